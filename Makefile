@@ -1,0 +1,48 @@
+# One-command set-up: every target below creates or refreshes .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export KEDRO_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+.PHONY: help install run test test-fast lint viz viz-build mlflow-ui bench-localization clean-data
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+# The venv is stale when pyproject.toml or constraints.txt changed after the last install.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" 
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv (if missing or stale) and install pinned dependencies
+
+run: $(STAMP)  ## run the whole study on the embedded phantom dataset
+	$(BIN)/kedro run
+
+test: $(STAMP)  ## run the test suite (unit + integration)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+test-fast: $(STAMP)  ## unit tests only
+	$(BIN)/python -m pytest -n 2 -m "not integration and not browser"
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check src tests benchmarks
+
+viz: $(STAMP)  ## kedro-viz on 127.0.0.1:4141
+	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
+
+viz-build: $(STAMP)  ## static kedro-viz site in build/
+	$(BIN)/kedro viz build
+
+mlflow-ui: $(STAMP)  ## MLflow UI for the project's SQLite store on 127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+bench-localization: $(STAMP)  ## localization speed benchmark vs the reference semantics
+	$(BIN)/python benchmarks/bench_localization.py
+
+clean-data:  ## remove generated data (keeps folder structure)
+	find data -type f ! -name .gitkeep -delete

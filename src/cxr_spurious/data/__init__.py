@@ -1,0 +1,1 @@
+"""The data contract shared by all sources: manifest, annotations, image cache."""

@@ -1,0 +1,54 @@
+"""Project exceptions.
+
+Every error a user can cause (a bad file, a bad parameter) raises one of these, with a
+message that names the file, row or key and says what was expected.
+"""
+
+from __future__ import annotations
+
+
+class CxrSpuriousError(Exception):
+    """Base class of all errors raised on purpose by this project."""
+
+
+class DataFormatError(CxrSpuriousError):
+    """An input file does not have the expected format or content."""
+
+    def __init__(self, source: object, problem: str, *, where: str | None = None) -> None:
+        self.source = str(source)
+        self.problem = problem
+        self.where = where
+        location = f"{self.source}" + (f" ({where})" if where else "")
+        super().__init__(f"{location}: {problem}")
+
+
+class ParameterError(CxrSpuriousError):
+    """A configuration parameter is missing, of the wrong type or out of range."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"parameter '{key}': {problem}")
+
+
+class ContractError(CxrSpuriousError):
+    """A table or array handed between pipelines breaks the documented contract."""
+
+
+def unknown_name_error(kind: str, name: str, valid: object, key: str | None = None) -> CxrSpuriousError:
+    """Build the standard error for an unknown registry name.
+
+    Args:
+        kind: What was looked up ("architecture", "saliency method", ...).
+        name: The name that was asked for.
+        valid: The valid names (any iterable).
+        key: The parameter key the name came from, when known.
+
+    Returns:
+        A ``ParameterError`` (with ``key``) or a ``CxrSpuriousError`` listing the valid names.
+    """
+    names = ", ".join(sorted(str(v) for v in valid))
+    problem = f"unknown {kind} '{name}'; valid names are: {names}"
+    if key is not None:
+        return ParameterError(key, problem)
+    return CxrSpuriousError(problem)

@@ -1,0 +1,1 @@
+"""File formats and safe file handling (one implementation of each codec)."""

@@ -1,0 +1,1 @@
+"""Statistics shared by every pipeline (one bootstrap implementation)."""
