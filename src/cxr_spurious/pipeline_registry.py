@@ -1,8 +1,18 @@
-"""Project pipelines."""
+"""Project pipelines.
+
+Each folder under ``pipelines/`` registers itself under its folder name (``ingestion``,
+``debiasing``, ``training``, ``saliency``, ``localization``, ``regression``,
+``robustness``, ``study``, ...). ``__default__`` is the end-to-end study: every stage except
+the long headline ``comparison``, which runs on request (``kedro run --pipeline comparison``).
+"""
+
 from __future__ import annotations
 
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
+
+# Pipelines that are registered but not part of the default end-to-end run.
+NOT_IN_DEFAULT: frozenset[str] = frozenset({"comparison"})
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -12,5 +22,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         A mapping from pipeline names to ``Pipeline`` objects.
     """
     pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(pipelines.values())
+    pipelines["__default__"] = sum(
+        (p for name, p in pipelines.items() if name not in NOT_IN_DEFAULT), start=Pipeline([])
+    )
     return pipelines

@@ -10,3 +10,21 @@ from __future__ import annotations
 
 # Spatial-specificity study (Saab et al.): image labels, boxes, pixel masks.
 STUDY_MODELS: tuple[str, ...] = ("erm", "box", "seg")
+
+# Saliency maps the default study computes and evaluates: (model, method) pairs. Dense
+# models (box, seg) also get their own predicted probability map (``seg_prob``).
+STUDY_HEATMAPS: tuple[tuple[str, str], ...] = (
+    ("erm", "gradcam"),
+    ("box", "gradcam"),
+    ("box", "seg_prob"),
+    ("seg", "gradcam"),
+    ("seg", "seg_prob"),
+)
+
+
+def heatmap_namespace(model: str, method: str) -> str:
+    """Kedro namespace of one (model, method) heatmap set, e.g. ``erm.gradcam``.
+
+    Kedro namespaces may not contain '+', so ``gradcam++`` becomes ``gradcampp``.
+    """
+    return f"{model}.{method.replace('+', 'p')}"

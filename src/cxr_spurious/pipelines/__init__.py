@@ -1,0 +1,1 @@
+"""Kedro pipelines, one folder each; discovered by ``find_pipelines``."""

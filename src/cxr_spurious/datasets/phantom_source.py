@@ -1,0 +1,81 @@
+"""``PhantomSourceDataset``: the generated phantom folder in the raw layer.
+
+``save(PhantomRequest)`` runs the generator into the folder (atomically) unless the folder
+already holds the output of the same request; ``load()`` returns the folder path, which the
+ingestion pipeline reads with the phantom adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset
+
+from cxr_spurious.io.atomic import write_text_atomic
+
+logger = logging.getLogger(__name__)
+_REQUEST_FILE = ".phantom_request.json"
+
+
+@dataclass(frozen=True)
+class PhantomRequest:
+    """What to generate; ``enabled`` is False when another source is ingested."""
+
+    enabled: bool
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    n_jobs: int = 1
+
+    def digest(self) -> str:
+        """Hash of the request (not of ``n_jobs``: output does not depend on it)."""
+        from cxr_spurious import __version__
+
+        blob = json.dumps({"config": self.config, "seed": self.seed, "version": __version__}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class PhantomSourceDataset(AbstractDataset[PhantomRequest, str]):
+    """The phantom generator's output folder."""
+
+    def __init__(self, path: str, progress: bool = True, metadata: dict[str, Any] | None = None) -> None:
+        """Create the dataset.
+
+        Args:
+            path: Output folder of the generator.
+            progress: Show the generator's progress bar.
+            metadata: Kedro metadata.
+        """
+        self._path = Path(path)
+        self._progress = progress
+        self.metadata = metadata
+
+    def load(self) -> str:
+        """The folder path (the adapter reads it)."""
+        return str(self._path.resolve())
+
+    def save(self, data: PhantomRequest) -> None:
+        """Generate the phantom unless disabled or already generated for this request."""
+        if not data.enabled:
+            logger.info("ingestion.source is not 'phantom': phantom generation skipped")
+            return
+        stamp = self._path / _REQUEST_FILE
+        digest = data.digest()
+        if stamp.is_file() and json.loads(stamp.read_text()).get("digest") == digest:
+            logger.info("Phantom dataset at %s is up to date (request %s); skipping generation", self._path, digest)
+            return
+        from cxr_spurious.phantom import PhantomConfig, generate_phantom
+
+        config = PhantomConfig.from_dict(data.config)
+        generate_phantom(config, self._path, seed=data.seed, n_jobs=data.n_jobs, progress=self._progress)
+        write_text_atomic(stamp, json.dumps({"digest": digest, **asdict(data)}, default=str))
+
+    def _exists(self) -> bool:
+        return (self._path / _REQUEST_FILE).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

@@ -1,0 +1,126 @@
+"""Ingestion nodes: thin wrappers around ``cxr_spurious.data``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cxr_spurious.data.adapters import IngestedSource, get_adapter
+from cxr_spurious.data.cache import CacheSpec, make_cache_spec
+from cxr_spurious.data.contract import validate_manifest
+from cxr_spurious.data.report import dataset_counts, plot_dataset_report
+from cxr_spurious.datasets.phantom_source import PhantomRequest
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.tasks import SPURIOUS_OBJECTS
+
+logger = logging.getLogger(__name__)
+
+
+def plan_phantom(source: str, phantom: dict[str, Any], seed: int, n_jobs: int) -> PhantomRequest:
+    """Describe the phantom to generate (disabled unless ``source`` is ``phantom``).
+
+    Args:
+        source: ``ingestion.source``.
+        phantom: ``ingestion.phantom`` generator settings.
+        seed: ``ingestion.seed``.
+        n_jobs: ``ingestion.n_jobs``.
+
+    Returns:
+        The request the ``phantom_source`` dataset carries out.
+    """
+    return PhantomRequest(enabled=source == "phantom", config=dict(phantom or {}), seed=int(seed), n_jobs=int(n_jobs))
+
+
+def read_source(phantom_root: str, options: dict[str, Any]) -> IngestedSource:
+    """Read the configured source through its adapter.
+
+    Args:
+        phantom_root: Folder of the generated phantom (used when the source is ``phantom``).
+        options: The ``ingestion`` parameters (``source``, ``root`` and adapter options).
+
+    Returns:
+        The adapter's output.
+    """
+    source = options.get("source", "phantom")
+    adapter = get_adapter(source)
+    if source == "phantom":
+        root = Path(phantom_root)
+    else:
+        if not options.get("root"):
+            raise ParameterError("ingestion.root", f"source '{source}' needs the dataset folder: --params \"ingestion.source={source},ingestion.root=/abs/path\"")
+        root = Path(str(options["root"])).expanduser()
+    ingested = adapter(root, options)
+    logger.info("Read %d images of source '%s' from %s (tasks: %s)", len(ingested.manifest), source, root, ", ".join(ingested.tasks))
+    return ingested
+
+
+def build_manifest(ingested: IngestedSource) -> pd.DataFrame:
+    """Validate the adapter's manifest against the contract and return it."""
+    manifest = validate_manifest(ingested.manifest, ingested.tasks)
+    counts = manifest["split"].value_counts().to_dict()
+    logger.info("Manifest: %d images, %d patients, splits %s", len(manifest), manifest["patient_id"].nunique(), counts)
+    return manifest
+
+
+def extract_ground_truth(ingested: IngestedSource) -> tuple[dict, dict, dict, dict, dict, dict, dict]:
+    """Split the adapter output into the catalog's ground-truth datasets.
+
+    Returns:
+        gt_annotations, gt_segmentations, instance_segmentations, spurious_segmentations,
+        hb_annotations, hb_segmentations, hb_salient_points.
+    """
+    hb = ingested.human_benchmark or {}
+    return (
+        ingested.annotations,
+        ingested.segmentations,
+        ingested.instance_segmentations,
+        ingested.spurious_segmentations,
+        hb.get("annotations", {}),
+        hb.get("segmentations", {}),
+        hb.get("salient_points", {}),
+    )
+
+
+def plan_image_cache(manifest: pd.DataFrame, ingested: IngestedSource, size: int, n_jobs: int) -> CacheSpec:
+    """Describe the model-input cache (the ``image_cache`` dataset builds it).
+
+    Args:
+        manifest: The validated manifest.
+        ingested: Adapter output (ground truth and counterfactual renders).
+        size: Training resolution in pixels (square).
+        n_jobs: Worker processes for decoding.
+
+    Returns:
+        The cache specification.
+    """
+    objects = [o for o in SPURIOUS_OBJECTS if any(o in v for v in ingested.spurious_segmentations.values())]
+    return make_cache_spec(
+        manifest,
+        ingested.tasks,
+        size,
+        segmentations=ingested.segmentations,
+        instance_segmentations=ingested.instance_segmentations,
+        annotations=ingested.annotations,
+        spurious_segmentations=ingested.spurious_segmentations,
+        objects=objects,
+        variants=ingested.variants,
+        n_jobs=n_jobs,
+    )
+
+
+def report_dataset(manifest: pd.DataFrame, attributes: list[str]) -> tuple[pd.DataFrame, Figure]:
+    """Counts by split x label x attribute, as a table and a figure.
+
+    Args:
+        manifest: The manifest.
+        attributes: Attribute columns to break the counts down by.
+
+    Returns:
+        The long-format count table and its figure.
+    """
+    counts = dataset_counts(manifest, manifest.attrs.get("tasks") or [], attributes)
+    return counts, plot_dataset_report(counts)

@@ -1,0 +1,172 @@
+"""The CheXlocalize-layout adapter: real sample, synthetic trees, and every bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr_spurious.data.adapters import get_adapter
+from cxr_spurious.data.contract import validate_manifest
+from cxr_spurious.errors import ContractError, DataFormatError, ParameterError
+from cxr_spurious.io.masks import decode_rle, encode_rle, rasterize_polygons
+from cxr_spurious.tasks import CHEXLOCALIZE_TASKS, CHEXPERT_HEADER, CHEXPERT_OBSERVATIONS
+
+H, W = 40, 50
+POLY = [[[5.0, 5.0], [30.0, 6.0], [28.0, 25.0], [6.0, 22.0]]]
+
+
+def make_tree(root: Path, n_patients: int = 3, *, split_dir: str = "valid") -> Path:
+    """A small CheXlocalize-layout folder: valid.csv, JPEG images, gt JSON files."""
+    rows, annotations, segmentations = [], {}, {}
+    rng = np.random.default_rng(0)
+    for p in range(n_patients):
+        rel = f"{split_dir}/patient{64541 + p}/study1/view1_frontal.jpg"
+        img_path = root / rel
+        img_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (H, W), dtype=np.uint8)).save(img_path, quality=90)
+        labels = {obs: "0.0" for obs in CHEXPERT_OBSERVATIONS}
+        labels["Cardiomegaly"] = "1.0" if p % 2 == 0 else "0.0"
+        rows.append({"Path": f"CheXpert-v1.0/{rel}", "Sex": "Female" if p % 2 else "Male", "Age": str(50 + p), "Frontal/Lateral": "Frontal", "AP/PA": "PA", **labels})
+        cxr_id = f"patient{64541 + p}_study1_view1_frontal"
+        entry = {"img_size": [H, W]}
+        if p % 2 == 0:
+            entry["Cardiomegaly"] = POLY
+        annotations[cxr_id] = entry
+        segmentations[cxr_id] = {t: encode_rle(rasterize_polygons(entry.get(t, []), H, W)) for t in CHEXLOCALIZE_TASKS}
+    with (root / "valid.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CHEXPERT_HEADER))
+        writer.writeheader()
+        writer.writerows(rows)
+    (root / "gt_annotations_val.json").write_text(json.dumps(annotations))
+    (root / "gt_segmentations_val.json").write_text(json.dumps(segmentations))
+    return root
+
+
+def read(root: Path, **params):
+    return get_adapter("chexlocalize")(root, {"source": "chexlocalize", **params})
+
+
+def test_synthetic_tree_gives_a_valid_manifest(tmp_path: Path) -> None:
+    out = read(make_tree(tmp_path))
+    m = validate_manifest(out.manifest)
+    assert list(m["image_id"]) == [f"patient{64541 + p}_study1_view1_frontal" for p in range(3)]
+    assert (m["split"] == "val").all() and (m["width"] == W).all() and (m["height"] == H).all()
+    assert list(m["sex"]) == ["M", "F", "M"] and list(m["age_years"]) == [50.0, 51.0, 52.0]
+    assert out.tasks == list(CHEXLOCALIZE_TASKS) and "Airspace Opacity" in m.columns
+    assert m["Cardiomegaly"].tolist() == [1.0, 0.0, 1.0]
+    mask = decode_rle(out.segmentations["patient64541_study1_view1_frontal"]["Cardiomegaly"])
+    np.testing.assert_array_equal(mask, rasterize_polygons(POLY, H, W))
+
+
+def test_segmentations_are_rasterised_when_only_annotations_exist(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    (root / "gt_segmentations_val.json").unlink()
+    out = read(root)
+    assert set(out.segmentations["patient64541_study1_view1_frontal"]) == set(CHEXLOCALIZE_TASKS)
+    assert decode_rle(out.segmentations["patient64541_study1_view1_frontal"]["Cardiomegaly"]).sum() == rasterize_polygons(POLY, H, W).sum()
+
+
+def test_missing_image_names_csv_and_row(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    (root / "valid/patient64542/study1/view1_frontal.jpg").unlink()
+    with pytest.raises(DataFormatError, match=r"valid\.csv \(row 3\).*does not exist"):
+        read(root)
+
+
+def test_missing_image_can_be_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_tree(tmp_path)
+    (root / "valid/patient64542/study1/view1_frontal.jpg").unlink()
+    out = read(root, on_missing="skip")
+    assert len(out.manifest) == 2
+    assert "Skipped 1 CSV row" in caplog.text
+
+
+def test_truncated_image_is_reported(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    img = root / "valid/patient64543/study1/view1_frontal.jpg"
+    img.write_bytes(img.read_bytes()[:100])
+    with pytest.raises(DataFormatError, match=r"view1_frontal\.jpg.*unreadable or truncated.*row 4"):
+        read(root)
+
+
+def test_wrong_csv_header(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    text = (root / "valid.csv").read_text().replace("Pleural Effusion", "Effusion", 1)
+    (root / "valid.csv").write_text(text)
+    with pytest.raises(DataFormatError, match=r"valid\.csv \(line 1\).*unknown columns \['Effusion'\], missing columns \['Pleural Effusion'\]"):
+        read(root)
+
+
+def test_unknown_task_in_annotations(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    ann = json.loads((root / "gt_annotations_val.json").read_text())
+    ann["patient64541_study1_view1_frontal"]["Cardiomegally"] = POLY
+    (root / "gt_annotations_val.json").write_text(json.dumps(ann))
+    with pytest.raises(DataFormatError, match=r"gt_annotations \(patient64541_study1_view1_frontal\).*unknown task name 'Cardiomegally'"):
+        read(root)
+
+
+def test_polygon_with_two_points(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    ann = json.loads((root / "gt_annotations_val.json").read_text())
+    ann["patient64541_study1_view1_frontal"]["Cardiomegaly"] = [[[1.0, 1.0], [5.0, 5.0]]]
+    (root / "gt_annotations_val.json").write_text(json.dumps(ann))
+    with pytest.raises(DataFormatError, match=r"patient64541_study1_view1_frontal/Cardiomegaly.*2 point\(s\); a polygon needs at least 3"):
+        read(root)
+
+
+def test_rle_size_disagreeing_with_image(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    seg = json.loads((root / "gt_segmentations_val.json").read_text())
+    seg["patient64542_study1_view1_frontal"]["Edema"] = encode_rle(np.zeros((W, H), dtype=np.uint8))
+    (root / "gt_segmentations_val.json").write_text(json.dumps(seg))
+    with pytest.raises(DataFormatError, match=r"patient64542_study1_view1_frontal/Edema.*RLE size \[50, 40\] disagrees with the image's \[h, w\] \[40, 50\]"):
+        read(root)
+
+
+def test_invalid_json_names_line(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    (root / "gt_annotations_val.json").write_text('{"a": \n oops}')
+    with pytest.raises(DataFormatError, match=r"gt_annotations_val\.json \(line 2\): invalid JSON"):
+        read(root)
+
+
+def test_patient_in_two_splits_is_rejected(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    # The same patient also appears in the test labels.
+    lines = (root / "valid.csv").read_text().splitlines()
+    header = ",".join(["Path", *CHEXPERT_OBSERVATIONS])
+    row = lines[1].split(",")
+    test_row = [row[0].replace("CheXpert-v1.0/valid", "test").replace("study1", "study2")] + row[5:]
+    img = root / "test/patient64541/study2/view1_frontal.jpg"
+    img.parent.mkdir(parents=True)
+    Image.fromarray(np.zeros((H, W), dtype=np.uint8)).save(img)
+    (root / "test_labels.csv").write_text(header + "\n" + ",".join(test_row) + "\n")
+    out = read(root)
+    with pytest.raises(ContractError, match="patient 'patient64541' appears in several splits"):
+        validate_manifest(out.manifest)
+
+
+def test_unknown_source_lists_valid_names() -> None:
+    with pytest.raises(ParameterError, match="ingestion.source.*unknown source 'chexpertt'.*chexlocalize"):
+        get_adapter("chexpertt")
+
+
+def test_real_sample(shared_sample: Path) -> None:
+    out = read(shared_sample)
+    m = validate_manifest(out.manifest)
+    assert len(m) == 2 and (m["split"] == "val").all()
+    row = m.set_index("image_id").loc["patient64541_study1_view1_frontal"]
+    assert (row["width"], row["height"]) == (2828, 2320)
+    assert row["Cardiomegaly"] == 1.0 and row["Airspace Opacity"] == 1.0
+    ann = json.loads((shared_sample / "gt_annotations_val.json").read_text())
+    for cxr_id, entry in ann.items():
+        h, w = entry["img_size"]
+        for task in CHEXLOCALIZE_TASKS:
+            ours = rasterize_polygons(entry.get(task, []), h, w)
+            np.testing.assert_array_equal(ours, decode_rle(out.segmentations[cxr_id][task]))

@@ -1,0 +1,88 @@
+"""Shared fixtures: paths to reference data and an isolated Kedro project for runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "tests" / "data"
+SAMPLE_IN_REPO = TEST_DATA / "chexlocalize_sample"
+# The full real sample (images and all heatmaps) is outside the repo; tests that need it skip.
+SHARED = REPO.parent / "shared"
+SAMPLE_SHARED = SHARED / "chexlocalize_sample"
+
+# Tiny phantom for end-to-end runs (overrides conf/base through the `test` environment).
+TINY_TEST_ENV = """
+ingestion:
+  n_jobs: 1
+  cache:
+    size: 32
+"""
+
+
+def require_shared_sample() -> Path:
+    """The full real CheXlocalize sample, or skip the test with a message."""
+    if not SAMPLE_SHARED.is_dir():
+        pytest.skip(f"real CheXlocalize sample not found at {SAMPLE_SHARED} (only present next to the developers' checkout)")
+    return SAMPLE_SHARED
+
+
+@pytest.fixture
+def shared_sample() -> Path:
+    """Fixture form of ``require_shared_sample``."""
+    return require_shared_sample()
+
+
+@pytest.fixture
+def kedro_project(tmp_path: Path) -> Path:
+    """A throwaway copy of the project's configuration with empty data folders.
+
+    Runs in it never touch the repository's ``data/`` or ``mlflow.db``. Extra
+    configuration for a test goes into ``conf/test/`` (use ``--env test``).
+    """
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO / "pyproject.toml", project / "pyproject.toml")
+    shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    (project / "conf" / "test").mkdir(exist_ok=True)
+    (project / "conf" / "test" / "parameters_tiny.yml").write_text(TINY_TEST_ENV)
+    shutil.copy(REPO / ".telemetry", project / ".telemetry")
+    for layer in ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input", "06_models", "07_model_output", "08_reporting"):
+        (project / "data" / layer).mkdir(parents=True)
+    return project
+
+
+def kedro_env() -> dict[str, str]:
+    """Environment for Kedro subprocesses: no telemetry, one thread per library."""
+    env = dict(os.environ)
+    env.update({"KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+@pytest.fixture
+def run_kedro() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``kedro <args>`` in a project folder; fail the test with the output on error."""
+
+    def _run(project: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kedro", *args],
+            cwd=project,
+            env=kedro_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(f"kedro {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        return proc
+
+    return _run
