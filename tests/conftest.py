@@ -55,6 +55,7 @@ def kedro_project(tmp_path: Path) -> Path:
     (project / "conf" / "test").mkdir(exist_ok=True)
     (project / "conf" / "test" / "parameters_tiny.yml").write_text(TINY_TEST_ENV)
     shutil.copy(REPO / ".telemetry", project / ".telemetry")
+    (project / "src").mkdir()  # Kedro checks that the source folder exists; the package is installed
     for layer in ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input", "06_models", "07_model_output", "08_reporting"):
         (project / "data" / layer).mkdir(parents=True)
     return project

@@ -17,6 +17,8 @@ CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     "custom_resolvers": {"env": _env},
+    # An environment (e.g. `--env chexlocalize`) overrides single keys, not whole blocks.
+    "merge_strategy": {"parameters": "soft", "catalog": "soft"},
     "config_patterns": {
         "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
     },

@@ -145,3 +145,24 @@ def paired_bootstrap(
     else:
         p_value = float(min(1.0, 2 * min((finite <= 0).mean(), (finite >= 0).mean())))
     return BootstrapResult(estimate, lo, hi, reps), p_value
+
+
+def legacy_bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """Replicate row indices drawn like CheXlocalize's ``eval.py`` (legacy ``RandomState``).
+
+    The reference seeds numpy's global generator and calls ``np.random.choice(n, n)`` per
+    replicate; a local ``RandomState(seed)`` gives the same draws without global state,
+    so bootstrap tables match the reference files number for number.
+
+    Args:
+        n: Number of rows.
+        n_boot: Number of replicates (>= 1).
+        seed: Seed of the local legacy generator.
+
+    Returns:
+        An (n_boot, n) integer array.
+    """
+    if n_boot < 1:
+        raise ParameterError("n_boot", f"must be >= 1, got {n_boot}")
+    rs = np.random.RandomState(seed)
+    return np.stack([rs.choice(n, size=n, replace=True) for _ in range(n_boot)]) if n else np.zeros((n_boot, 0), dtype=int)

@@ -189,6 +189,27 @@ def is_stray_file(name: str) -> bool:
     return base.startswith("._") or base in STRAY_FILES
 
 
+def index_files(folder: Path, suffix: str) -> dict[str, Path]:
+    """Map file stem -> path for every ``*<suffix>`` below ``folder`` (OS clutter ignored).
+
+    Raises:
+        DataFormatError: the folder is missing, or two files share a stem (ambiguous ids).
+    """
+    if not Path(folder).is_dir():
+        raise DataFormatError(folder, "image folder not found")
+    index: dict[str, Path] = {}
+    for dirpath, _dirs, files in tqdm(os.walk(folder), desc=f"index {Path(folder).name}", leave=False, unit="dir"):
+        for name in files:
+            if not name.lower().endswith(suffix) or is_stray_file(name):
+                continue
+            path = Path(dirpath) / name
+            stem = name[: -len(suffix)]
+            if stem in index:
+                raise DataFormatError(folder, f"two files named '{name}': {index[stem]} and {path}; image ids must be unique")
+            index[stem] = path
+    return index
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image file from its header (no pixel decoding).
 

@@ -14,6 +14,7 @@ from cxr_spurious.data.cache import CacheSpec, make_cache_spec
 from cxr_spurious.data.contract import validate_manifest
 from cxr_spurious.data.report import dataset_counts, plot_dataset_report
 from cxr_spurious.datasets.phantom_source import PhantomRequest
+from cxr_spurious.phantom import example_grid
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.tasks import SPURIOUS_OBJECTS
 
@@ -124,3 +125,17 @@ def report_dataset(manifest: pd.DataFrame, attributes: list[str]) -> tuple[pd.Da
     """
     counts = dataset_counts(manifest, manifest.attrs.get("tasks") or [], attributes)
     return counts, plot_dataset_report(counts)
+
+
+def plot_examples(ingested: IngestedSource, n: int, seed: int) -> Figure:
+    """A grid of example images with pathology outlines and chest-tube masks.
+
+    Args:
+        ingested: Adapter output (images are read from their paths).
+        n: Number of examples.
+        seed: Seed of the stratified sample of examples.
+
+    Returns:
+        The figure.
+    """
+    return example_grid(ingested, n=n, seed=seed)

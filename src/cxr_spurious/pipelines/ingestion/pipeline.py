@@ -60,6 +60,12 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 outputs=["dataset_report", "dataset_report_figure"],
                 name="report_dataset",
             ),
+            Node(
+                func=nodes.plot_examples,
+                inputs={"ingested": "ingested_source", "n": "params:ingestion.examples.n", "seed": "params:ingestion.seed"},
+                outputs="example_grid",
+                name="plot_examples",
+            ),
         ],
         tags=["ingestion"],
     )

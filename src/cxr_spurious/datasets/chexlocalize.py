@@ -1,0 +1,92 @@
+"""Kedro datasets for a folder in the CheXlocalize layout (read-only inputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import fsspec
+from kedro.io import AbstractDataset, DatasetError
+
+from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.localization.chexlocalize_io import load_json, read_heatmap_folder
+from cxr_spurious.variants import heatmap_namespace
+
+
+class CheXlocalizeHeatmapFolderDataset(AbstractDataset[None, dict[str, HeatmapSet]]):
+    """``<path>/<map_dir>/*_map.pkl`` as ``{"<model>.<method>": HeatmapSet}`` (lazy maps).
+
+    Maps stay on disk: the set's ``maps`` loads one pickle per access, so evaluation
+    streams with bounded memory. Pickles go through the restricted unpickler.
+    """
+
+    def __init__(self, path: str, map_dir: str = "gradcam_maps_val", model: str = "chexlocalize", method: str = "gradcam", metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(path)
+        self._map_dir = map_dir
+        self._model = model
+        self._method = method
+        self.metadata = metadata
+
+    def load(self) -> dict[str, HeatmapSet]:
+        """Index the folder."""
+        folder = self._path / self._map_dir
+        if not folder.is_dir():
+            raise DatasetError(f"CheXlocalize heatmap folder not found: {folder} (set --params chexlocalize_dir=... and localization map_dir)")
+        return {heatmap_namespace(self._model, self._method): read_heatmap_folder(folder, model=self._model, method=self._method)}
+
+    def save(self, data: None) -> None:
+        """Read-only."""
+        raise DatasetError("CheXlocalizeHeatmapFolderDataset is read-only")
+
+    def _exists(self) -> bool:
+        return (self._path / self._map_dir).is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path), "map_dir": self._map_dir, "model": self._model, "method": self._method}
+
+
+class CheXlocalizeJSONDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
+    """A CheXlocalize JSON (segmentations, annotations, salient points) via fsspec.
+
+    With ``optional: true`` a missing file loads as ``{}`` (e.g. no human benchmark).
+    """
+
+    def __init__(self, filepath: str, optional: bool = False, metadata: dict[str, Any] | None = None) -> None:
+        protocol, path = fsspec.core.split_protocol(filepath)
+        self._protocol = protocol or "file"
+        self._filepath = PurePosixPath(path)
+        self._fs = fsspec.filesystem(self._protocol)
+        self._optional = optional
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Any]:
+        """Read the JSON ({} when optional and missing)."""
+        if not self._fs.exists(str(self._filepath)):
+            if self._optional:
+                return {}
+            raise DatasetError(f"CheXlocalize JSON not found: {self._filepath}")
+        if self._protocol == "file":
+            return load_json(str(self._filepath))
+        import json
+
+        with self._fs.open(str(self._filepath), "r") as fh:
+            return json.load(fh)
+
+    def save(self, data: dict[str, Any]) -> None:
+        """Write the JSON atomically (local files) or through fsspec."""
+        import json
+
+        text = json.dumps(data)
+        if self._protocol == "file":
+            from cxr_spurious.io.atomic import write_text_atomic
+
+            write_text_atomic(str(self._filepath), text)
+        else:
+            with self._fs.open(str(self._filepath), "w") as fh:
+                fh.write(text)
+
+    def _exists(self) -> bool:
+        return bool(self._fs.exists(str(self._filepath)))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "optional": self._optional}

@@ -1,0 +1,93 @@
+"""Deep Feature Reweighting (Kirichenko et al. 2023): refit only the last layer.
+
+A logistic regression on the frozen ERM embeddings, trained on a group-balanced subset of
+one half of the validation patients, predicts every manifest image in the training
+``predictions`` format. Caveat: the robustness pipeline chooses operating points on the
+whole val split, half of which DFR was fitted on, so DFR's threshold is slightly optimistic
+(its test metrics are not affected).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from cxr_spurious.errors import DataFormatError, ParameterError
+
+from .features import embedding_matrix
+from .groups import NO_GROUP
+
+
+def dfr_training_rows(manifest: pd.DataFrame, groups: np.ndarray, task: str, *, seed: int = 0) -> np.ndarray:
+    """Positions of a group x label balanced subset of half the validation patients.
+
+    Args:
+        manifest: The manifest.
+        groups: Group id per row (``-1`` = none).
+        task: The label column.
+        seed: Seed of the patient halving and of the balancing draw.
+
+    Returns:
+        Sorted row positions; every (group, label) cell has the size of the smallest one.
+
+    Raises:
+        DataFormatError: a (group, label) cell is empty in that half.
+    """
+    rng = np.random.default_rng(seed)
+    val = manifest["split"].to_numpy() == "val"
+    patients = np.array(sorted(manifest.loc[val, "patient_id"].astype(str).unique()))
+    if patients.size < 2:
+        raise DataFormatError("manifest", f"DFR needs at least 2 validation patients, found {patients.size}", where="split == val")
+    half = set(rng.permutation(patients)[: patients.size // 2])
+    y = manifest[task].to_numpy(dtype=float)
+    pool = np.flatnonzero(val & manifest["patient_id"].astype(str).isin(half).to_numpy() & np.isfinite(y) & (np.asarray(groups) != NO_GROUP))
+    cells = {}
+    for gid in np.unique(np.asarray(groups)[pool]):
+        for cls in (0.0, 1.0):
+            cells[(int(gid), cls)] = pool[(np.asarray(groups)[pool] == gid) & (y[pool] == cls)]
+    empty = [k for k, v in cells.items() if v.size == 0]
+    if not cells or empty:
+        raise DataFormatError("manifest", f"DFR's validation half has no rows for (group, label) {empty[:3] or 'any'}; use coarser groups", where="split == val")
+    size = min(v.size for v in cells.values())
+    return np.sort(np.concatenate([rng.choice(v, size=size, replace=False) for v in cells.values()]))
+
+
+def fit_dfr(
+    manifest: pd.DataFrame,
+    embeddings: pd.DataFrame,
+    groups: np.ndarray,
+    tasks: Sequence[str],
+    *,
+    c: float = 1.0,
+    seed: int = 0,
+    model_name: str = "dfr",
+) -> pd.DataFrame:
+    """Refit the last layer on balanced validation data and predict every image.
+
+    Args:
+        manifest: The manifest.
+        embeddings: ERM embeddings (``image_id, e0..``), one row per manifest image.
+        groups: Group id per manifest row.
+        tasks: Label columns; one logistic regression each.
+        c: Inverse L2 regularisation strength of the logistic regression.
+        seed: Seed of the balancing draw and the solver.
+        model_name: Written to the ``model`` column.
+
+    Returns:
+        ``image_id, split, model, p_<task>...`` for every manifest row.
+    """
+    if c <= 0:
+        raise ParameterError("debiasing.dfr_c", f"must be > 0, got {c}")
+    x = embedding_matrix(manifest, embeddings)
+    out = pd.DataFrame({"image_id": manifest["image_id"].to_numpy(), "split": manifest["split"].to_numpy(), "model": model_name})
+    for task in tasks:
+        rows = dfr_training_rows(manifest, np.asarray(groups), task, seed=seed)
+        scaler = StandardScaler().fit(x[rows])
+        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+        clf.fit(scaler.transform(x[rows]), manifest[task].to_numpy(dtype=float)[rows].astype(int))
+        out[f"p_{task}"] = clf.predict_proba(scaler.transform(x))[:, 1]
+    return out

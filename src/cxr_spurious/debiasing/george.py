@@ -1,0 +1,61 @@
+"""Discovered groups (GEORGE, Sohoni et al. 2020): cluster ERM embeddings within each class.
+
+The cluster ids become the ``group`` column that Group DRO reads when true groups are
+unknown.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+
+from cxr_spurious.errors import ParameterError
+
+from .features import embedding_matrix
+from .groups import NO_GROUP
+
+
+def discover_groups(
+    manifest: pd.DataFrame,
+    embeddings: pd.DataFrame,
+    task: str,
+    *,
+    n_clusters: int = 2,
+    n_components: int = 8,
+    seed: int = 0,
+) -> pd.Series:
+    """Per-class k-means clusters of the ERM embeddings, as group ids.
+
+    The clusters are fitted on the train rows of each class and every labelled row (all
+    splits) is assigned to its nearest centroid; group id = ``class * n_clusters +
+    cluster``; rows with a missing label get ``-1``.
+
+    Args:
+        manifest: The manifest.
+        embeddings: ``image_id, e0..`` for every manifest row.
+        task: The label column.
+        n_clusters: Clusters per class.
+        n_components: PCA dimensions before clustering (capped by the data).
+        seed: Seed of PCA and k-means.
+
+    Returns:
+        Group ids aligned with the manifest.
+    """
+    if n_clusters < 1:
+        raise ParameterError("debiasing.george_clusters", f"must be >= 1, got {n_clusters}")
+    x = embedding_matrix(manifest, embeddings)
+    y = manifest[task].to_numpy(dtype=float)
+    train = manifest["split"].to_numpy() == "train"
+    out = np.full(len(manifest), NO_GROUP, dtype=np.int64)
+    for cls in (0, 1):
+        fit_rows = np.flatnonzero(train & (y == cls))
+        all_rows = np.flatnonzero(y == cls)
+        if fit_rows.size < n_clusters:
+            raise ParameterError("debiasing.george_clusters", f"class {cls} of '{task}' has {fit_rows.size} train rows, fewer than {n_clusters} clusters")
+        dims = max(1, min(n_components, x.shape[1], fit_rows.size - 1))
+        pca = PCA(n_components=dims, random_state=seed).fit(x[fit_rows])
+        km = KMeans(n_clusters=n_clusters, n_init=4, random_state=seed).fit(pca.transform(x[fit_rows]))
+        out[all_rows] = cls * n_clusters + km.predict(pca.transform(x[all_rows]))
+    return pd.Series(out, index=manifest.index, name="group")

@@ -1,0 +1,139 @@
+"""Group DRO (Sagawa et al. 2020) as a training objective.
+
+The training loop calls an objective as
+``objective(logits (B, T), labels (B, T), valid (B, T) bool, batch) -> scalar`` where
+``batch`` holds ``weight (B,)``, ``group (B,)`` long and ``index (B,)`` long. Group DRO
+keeps a probability ``q`` over groups, multiplies ``q_g`` by ``exp(step_size * loss_g)``
+after each batch (online exponentiated gradient, detached from the graph) and returns
+``sum_g q_g * loss_g``. Groups are the manifest's ``group`` column: known groups from the
+debiasing pipeline or discovered clusters (``cxr_spurious.debiasing.george``). Rows of
+group ``-1`` are left out of the robust loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxr_spurious.errors import ParameterError
+
+
+class GroupDROObjective:
+    """Online Group DRO loss over ``n_groups`` groups (binary cross-entropy per task)."""
+
+    def __init__(self, n_groups: int, *, step_size: float = 0.01, size_adjustment: float = 0.0, group_sizes: torch.Tensor | None = None) -> None:
+        """Set up uniform group weights.
+
+        Args:
+            n_groups: Number of groups (ids ``0..n_groups-1``).
+            step_size: Exponentiated-gradient step ``eta`` (> 0).
+            size_adjustment: Sagawa et al.'s ``C``: adds ``C / sqrt(n_g)`` to each group loss.
+            group_sizes: Train size of each group (needed when ``size_adjustment > 0``).
+        """
+        if n_groups < 1:
+            raise ParameterError("training.group_dro.n_groups", f"must be >= 1, got {n_groups}")
+        if step_size <= 0:
+            raise ParameterError("training.group_dro.step_size", f"must be > 0, got {step_size}")
+        if size_adjustment > 0 and (group_sizes is None or len(group_sizes) != n_groups):
+            raise ParameterError("training.group_dro.size_adjustment", "needs group_sizes with one entry per group")
+        self.n_groups = int(n_groups)
+        self.step_size = float(step_size)
+        self.q = torch.full((n_groups,), 1.0 / n_groups)
+        adjust = torch.zeros(n_groups)
+        if size_adjustment > 0 and group_sizes is not None:
+            adjust = size_adjustment / torch.sqrt(torch.as_tensor(group_sizes, dtype=torch.float32).clamp_min(1))
+        self.adjust = adjust
+
+    def group_losses(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean loss per group and a mask of the groups present in the batch."""
+        per_elem = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(labels, nan=0.0).to(logits.dtype), reduction="none")
+        v = valid.to(logits.dtype)
+        per_sample = (per_elem * v).sum(1) / v.sum(1).clamp_min(1.0)
+        has_label = valid.any(1) & (group >= 0)
+        g = group.clamp_min(0).long()
+        onehot = F.one_hot(g, self.n_groups).to(logits.dtype) * has_label.unsqueeze(1).to(logits.dtype)
+        counts = onehot.sum(0)
+        losses = (onehot * per_sample.unsqueeze(1)).sum(0) / counts.clamp_min(1.0)
+        return losses, counts > 0
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Robust loss of one batch; updates ``q`` (no gradient flows through ``q``)."""
+        group = batch["group"].to(logits.device)
+        if int(group.max()) >= self.n_groups:
+            raise ParameterError("training.group_dro.n_groups", f"batch has group {int(group.max())} but n_groups is {self.n_groups}")
+        losses, present = self.group_losses(logits, labels, valid, group)
+        adjusted = losses + self.adjust.to(losses.device)
+        with torch.no_grad():
+            q = self.q.to(losses.device)
+            step = torch.where(present, torch.exp(self.step_size * adjusted.detach()), torch.ones_like(q))
+            q = q * step
+            self.q = (q / q.sum()).cpu()
+        return (self.q.to(losses.device) * adjusted * present.to(losses.dtype)).sum()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The group weights (so a resumed run continues the same ``q``)."""
+        return {"q": self.q.clone(), "adjust": self.adjust.clone()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore ``q`` (and the size adjustment) from ``state_dict``."""
+        q = torch.as_tensor(state["q"], dtype=torch.float32)
+        if q.shape != self.q.shape:
+            raise ParameterError("training.group_dro.n_groups", f"checkpoint has {q.numel()} groups, objective has {self.n_groups}")
+        self.q = q.clone()
+        self.adjust = torch.as_tensor(state["adjust"], dtype=torch.float32).clone()
+
+
+def make_group_dro(config: Mapping[str, Any]) -> GroupDROObjective:
+    """Build a Group DRO objective from ``{"n_groups", "step_size", ...}``.
+
+    Raises:
+        ParameterError: ``n_groups`` is missing.
+    """
+    if "n_groups" not in config:
+        raise ParameterError("training.group_dro.n_groups", "is required (number of groups in the manifest's 'group' column)")
+    sizes = config.get("group_sizes")
+    return GroupDROObjective(
+        int(config["n_groups"]),
+        step_size=float(config.get("step_size", 0.01)),
+        size_adjustment=float(config.get("size_adjustment", 0.0)),
+        group_sizes=torch.as_tensor(sizes) if sizes is not None else None,
+    )
+
+
+def group_dro_factory(labels: np.ndarray, groups: np.ndarray, params: Mapping[str, Any]) -> GroupDROObjective:
+    """Training-registry factory: groups from the train ``group`` column.
+
+    Args:
+        labels: Train labels ``(n, T)`` (unused; the signature of the registry).
+        groups: Train group ids ``(n,)`` (``-1`` = none).
+        params: ``training.objective_params``: ``step_size``, ``size_adjustment``.
+
+    Raises:
+        ParameterError: no train row has a group.
+    """
+    g = np.asarray(groups, dtype=np.int64)
+    known = g[g >= 0]
+    if known.size == 0:
+        raise ParameterError("training.objective", "group_dro needs the manifest's 'group' column (run the debiasing pipeline with group_by set)")
+    sizes = np.bincount(known)
+    return make_group_dro({**params, "n_groups": int(sizes.size), "group_sizes": sizes.tolist()})
+
+
+OBJECTIVE_FACTORIES: dict[str, Callable[..., GroupDROObjective]] = {"group_dro": group_dro_factory}
+
+
+def _register() -> None:
+    """Register the objectives with the training registry when it is importable."""
+    try:
+        from cxr_spurious.training.objectives import register_objective
+    except ModuleNotFoundError:  # training not installed in this checkout
+        return
+    for name, factory in OBJECTIVE_FACTORIES.items():
+        register_objective(name, factory)
+
+
+_register()

@@ -1,0 +1,238 @@
+"""Resampling strategies over the train split (val / test rows are never touched).
+
+Every strategy takes a manifest and per-row integer group ids and returns the
+*resampled manifest*: train rows resampled (rows may repeat; duplicates stay next to their
+original), val and test rows unchanged, plus ``weight``, ``augment`` and ``group``.
+Train rows without a group (id ``-1``) are kept once with weight 1. Duplicates are copies
+of train rows only, so no patient crosses a split boundary. The same seed gives the same
+rows.
+
+Strategies:
+
+* ``none``: unchanged.
+* ``upsample``: groups smaller than the target gain rows drawn with replacement.
+* ``downsample``: groups larger than the target lose rows drawn without replacement.
+* ``group_balance``: every group (meant to be crossed with the label) set to the target,
+  down without replacement or up with replacement.
+* ``cluster_downsample``: like ``downsample``, but the kept rows are spread over the
+  k-means clusters of the group's features (each cluster keeps an equal share, capped by
+  its size), so rare looks survive the cut.
+* ``augment_upsample``: ``upsample`` with ``augment=True`` on the added copies.
+* ``reweight``: no row changes; ``weight = n_grouped / (n_groups * n_group)``.
+* ``jtt``: rows an ERM model got wrong are repeated ``jtt_upweight`` times in total
+  (Liu et al. 2021), or weighted by it when ``jtt_mode='weight'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+
+from cxr_spurious.errors import ContractError, ParameterError, unknown_name_error
+
+from .groups import NO_GROUP
+
+STRATEGIES: tuple[str, ...] = (
+    "none",
+    "upsample",
+    "downsample",
+    "group_balance",
+    "cluster_downsample",
+    "augment_upsample",
+    "reweight",
+    "jtt",
+)
+TARGETS: tuple[str, ...] = ("min", "median", "max")
+Target = int | Literal["min", "median", "max"]
+
+
+def target_size(sizes: Sequence[int], target: Target) -> int:
+    """Resolve the target group size from the train group sizes.
+
+    Args:
+        sizes: Row count of every group in the train split.
+        target: ``"min"``, ``"median"``, ``"max"`` or a positive integer.
+
+    Returns:
+        The target size (the median is rounded half up).
+
+    Raises:
+        ParameterError: the target is zero, negative or an unknown name.
+    """
+    if isinstance(target, str):
+        if target not in TARGETS:
+            raise unknown_name_error("target size", target, TARGETS, key="debiasing.target")
+        if not len(sizes):
+            raise ParameterError("debiasing.target", "no train group to size against")
+        arr = np.asarray(sizes, dtype=float)
+        value = {"min": arr.min(), "max": arr.max(), "median": np.floor(np.median(arr) + 0.5)}[target]
+        return int(value)
+    if isinstance(target, bool) or not isinstance(target, int | np.integer) or int(target) <= 0:
+        raise ParameterError("debiasing.target", f"must be min, median, max or a positive integer, got {target!r}")
+    return int(target)
+
+
+def resample_manifest(
+    manifest: pd.DataFrame,
+    groups: pd.Series | np.ndarray,
+    strategy: str,
+    *,
+    target: Target = "median",
+    seed: int = 0,
+    features: np.ndarray | None = None,
+    errors: pd.Series | np.ndarray | None = None,
+    n_clusters: int = 8,
+    jtt_upweight: int = 6,
+    jtt_mode: Literal["duplicate", "weight"] = "duplicate",
+) -> pd.DataFrame:
+    """Apply one strategy to the train rows of a manifest.
+
+    Args:
+        manifest: The manifest (``split`` column required).
+        groups: Group id per manifest row (``-1`` = no group).
+        strategy: One of ``STRATEGIES``.
+        target: Target group size (``min`` / ``median`` / ``max`` / positive int).
+        seed: Seed of the local generator.
+        features: ``cluster_downsample`` only: one feature row per manifest row (val/test
+            rows may hold anything; only train rows are read).
+        errors: ``jtt`` only: per manifest row, True where the ERM model was wrong.
+        n_clusters: ``cluster_downsample``: k-means clusters per over-represented group.
+        jtt_upweight: ``jtt``: total copies (or weight) of an error row (lambda >= 1).
+        jtt_mode: ``duplicate`` (repeat rows) or ``weight`` (set ``weight``).
+
+    Returns:
+        The resampled manifest with a fresh RangeIndex.
+    """
+    if strategy not in STRATEGIES:
+        raise unknown_name_error("debiasing strategy", strategy, STRATEGIES, key="debiasing.strategy")
+    g = np.asarray(groups, dtype=np.int64)
+    if g.shape[0] != len(manifest):
+        raise ContractError(f"groups has {g.shape[0]} entries for a manifest of {len(manifest)} rows")
+    base = manifest.reset_index(drop=True).copy()
+    base["group"] = g
+    base["weight"] = 1.0
+    base["augment"] = False
+    train = np.flatnonzero(base["split"].to_numpy() == "train")
+    rng = np.random.default_rng(seed)
+    extra: list[np.ndarray] = []
+    drop = np.zeros(len(base), dtype=bool)
+    if strategy in ("none",):
+        return base
+    if strategy == "reweight":
+        base.loc[train, "weight"] = _balanced_weights(g[train])
+        return base
+    if strategy == "jtt":
+        return _jtt(base, train, errors, jtt_upweight, jtt_mode)
+    members = _train_members(g, train)
+    size = target_size([m.size for m in members.values()], target)
+    for gid in sorted(members):
+        rows = members[gid]
+        if rows.size < size and strategy in ("upsample", "augment_upsample", "group_balance"):
+            extra.append(rng.choice(rows, size=size - rows.size, replace=True))
+        elif rows.size > size and strategy in ("downsample", "group_balance"):
+            drop[np.setdiff1d(rows, rng.choice(rows, size=size, replace=False))] = True
+        elif rows.size > size and strategy == "cluster_downsample":
+            if features is None:
+                raise ParameterError("debiasing.strategy", "cluster_downsample needs features (embeddings or thumbnails)")
+            keep = cluster_keep(np.asarray(features)[rows], size, n_clusters=n_clusters, seed=int(rng.integers(2**31)))
+            drop[np.setdiff1d(rows, rows[keep])] = True
+    return _assemble(base, drop, extra, augment_copies=strategy == "augment_upsample")
+
+
+def cluster_keep(features: np.ndarray, n_keep: int, *, n_clusters: int = 8, seed: int = 0) -> np.ndarray:
+    """Pick ``n_keep`` rows spread over the k-means clusters of ``features``.
+
+    Each cluster gets an equal share of ``n_keep`` capped by its size (water filling: what a
+    small cluster cannot use goes to the others); rows inside a cluster are drawn at random.
+
+    Args:
+        features: ``(n, d)`` float features.
+        n_keep: How many rows to keep (``<= n``).
+        n_clusters: Number of clusters (reduced to ``n_keep`` when larger).
+        seed: Seed of k-means and of the draws.
+
+    Returns:
+        Sorted indices of the kept rows.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    n = x.shape[0]
+    if not 0 < n_keep <= n:
+        raise ParameterError("debiasing.target", f"cannot keep {n_keep} of {n} rows")
+    if n_clusters < 1:
+        raise ParameterError("debiasing.n_clusters", f"must be >= 1, got {n_clusters}")
+    if not np.isfinite(x).all():
+        raise ContractError("cluster features contain NaN or infinite values")
+    k = min(n_clusters, n_keep, n)
+    labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(x)
+    sizes = np.bincount(labels, minlength=k)
+    quota = _water_fill(sizes, n_keep)
+    rng = np.random.default_rng(seed)
+    kept = [rng.choice(np.flatnonzero(labels == c), size=quota[c], replace=False) for c in range(k)]
+    return np.sort(np.concatenate(kept))
+
+
+def _water_fill(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` as equally as possible over bins capped by ``sizes``."""
+    quota = np.zeros_like(sizes)
+    left = total
+    open_bins = np.flatnonzero(sizes > 0)
+    while left > 0 and open_bins.size:
+        share, rest = divmod(left, open_bins.size)
+        give = np.full(open_bins.size, share)
+        give[:rest] += 1
+        give = np.minimum(give, sizes[open_bins] - quota[open_bins])
+        quota[open_bins] += give
+        left -= int(give.sum())
+        open_bins = open_bins[quota[open_bins] < sizes[open_bins]]
+    return quota
+
+
+def _train_members(g: np.ndarray, train: np.ndarray) -> dict[int, np.ndarray]:
+    grouped = train[g[train] != NO_GROUP]
+    if grouped.size == 0:
+        raise ContractError("no train row has a group; check 'group_by' against the manifest")
+    return {int(k): grouped[g[grouped] == k] for k in np.unique(g[grouped])}
+
+
+def _balanced_weights(g: np.ndarray) -> np.ndarray:
+    w = np.ones(g.shape[0], dtype=float)
+    known = g != NO_GROUP
+    if known.any():
+        ids, counts = np.unique(g[known], return_counts=True)
+        per = known.sum() / (ids.size * counts)
+        w[known] = per[np.searchsorted(ids, g[known])]
+    return w
+
+
+def _jtt(base: pd.DataFrame, train: np.ndarray, errors: pd.Series | np.ndarray | None, upweight: int, mode: str) -> pd.DataFrame:
+    if errors is None:
+        raise ParameterError("debiasing.strategy", "jtt needs the ERM model's errors (erm.predictions)")
+    err = np.asarray(errors, dtype=bool)
+    if err.shape[0] != len(base):
+        raise ContractError(f"errors has {err.shape[0]} entries for a manifest of {len(base)} rows")
+    if isinstance(upweight, bool) or int(upweight) < 1:
+        raise ParameterError("debiasing.jtt_upweight", f"must be an integer >= 1, got {upweight!r}")
+    if mode not in ("duplicate", "weight"):
+        raise unknown_name_error("jtt mode", mode, ("duplicate", "weight"), key="debiasing.jtt_mode")
+    wrong = train[err[train]]
+    if mode == "weight":
+        base.loc[wrong, "weight"] = float(upweight)
+        return base
+    extra = [np.repeat(wrong, int(upweight) - 1)]
+    return _assemble(base, np.zeros(len(base), dtype=bool), extra, augment_copies=False)
+
+
+def _assemble(base: pd.DataFrame, drop: np.ndarray, extra: list[np.ndarray], *, augment_copies: bool) -> pd.DataFrame:
+    """Rows kept once plus the extra copies, each copy right after its original row."""
+    kept = np.flatnonzero(~drop)
+    copies = np.concatenate(extra) if extra else np.empty(0, dtype=np.int64)
+    order = np.concatenate([kept, copies])
+    is_copy = np.concatenate([np.zeros(kept.size, bool), np.ones(copies.size, bool)])
+    sort = np.lexsort((is_copy, order))
+    out = base.iloc[order[sort]].reset_index(drop=True)
+    out["augment"] = is_copy[sort] & augment_copies
+    return out

@@ -1,0 +1,1 @@
+"""Saliency-map localization: CheXlocalize-exact segmentation, IoU, hit/miss, tuning, summaries."""

@@ -1,0 +1,229 @@
+"""Reading and writing the CheXlocalize file formats (DATASET_FORMATS.md section 3).
+
+* heatmap pickles ``<cxr_id>_<task>_map.pkl`` (dict: map, prob, task, gt, cxr_img, cxr_dims
+  = (w, h)), loaded with the project's restricted unpickler;
+* segmentation JSONs ``{cxr_id: {task: rle}}`` and annotation JSONs (polygons, img_size
+  [h, w]); salient points; tuning CSVs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cxr_spurious.errors import DataFormatError, unknown_name_error
+from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.io.masks import decode_rle, encode_rle, rasterize_polygons
+from cxr_spurious.io.safe_pickle import load_torch_pickle
+from cxr_spurious.tasks import CHEXLOCALIZE_PROB_ORDER, CHEXLOCALIZE_TASKS
+
+logger = logging.getLogger(__name__)
+
+PICKLE_KEYS: tuple[str, ...] = ("map", "prob", "cxr_dims")
+MAP_SUFFIX = "_map.pkl"
+
+
+def parse_map_filename(path: str | Path) -> tuple[str, str]:
+    """``<cxr_id>_<task>_map.pkl`` -> (cxr_id, task); the task may contain spaces.
+
+    Raises:
+        DataFormatError: the name does not follow the pattern or the task is unknown.
+    """
+    name = Path(path).name
+    if not name.endswith(MAP_SUFFIX) or name.count("_") < 2:
+        raise DataFormatError(path, f"heatmap file name must be '<cxr_id>_<task>{MAP_SUFFIX}'")
+    cxr_id, task = name[: -len(MAP_SUFFIX)].rsplit("_", 1)
+    check_task(task, source=path)
+    return cxr_id, task
+
+
+def check_task(task: str, *, source: object, key: str | None = None) -> None:
+    """Raise ``DataFormatError`` naming the file when ``task`` is not a CheXlocalize task."""
+    if task not in CHEXLOCALIZE_TASKS:
+        problem = str(unknown_name_error("task", task, CHEXLOCALIZE_TASKS))
+        raise DataFormatError(source, problem, where=key)
+
+
+def _probability(prob: Any, task: str, source: object) -> float:
+    if isinstance(prob, torch.Tensor | np.ndarray):
+        arr = np.asarray(prob, dtype=float).reshape(-1)
+        if arr.size == 1:
+            return float(arr[0])
+        if arr.size == len(CHEXLOCALIZE_PROB_ORDER):
+            return float(arr[CHEXLOCALIZE_PROB_ORDER.index(task)])
+        raise DataFormatError(source, f"'prob' must be a float or a 14-vector, got {arr.size} values", where="prob")
+    try:
+        return float(prob)
+    except (TypeError, ValueError) as exc:
+        raise DataFormatError(source, f"'prob' must be a number, got {type(prob).__name__}", where="prob") from exc
+
+
+@dataclass(frozen=True)
+class MapRecord:
+    """One heatmap pickle, parsed: map at native resolution, (w, h), probability, label."""
+
+    cxr_id: str
+    task: str
+    map: np.ndarray
+    width: int
+    height: int
+    prob: float
+    gt: float
+
+
+def read_heatmap_pickle(path: str | Path) -> MapRecord:
+    """Load and validate one CheXlocalize heatmap pickle (restricted unpickler).
+
+    Raises:
+        DataFormatError: not a dict with ``map``/``prob``/``cxr_dims``, a malformed map or
+            dims, NaN/inf values, or code-executing content.
+    """
+    cxr_id, task = parse_map_filename(path)
+    info = load_torch_pickle(path)
+    if not isinstance(info, Mapping):
+        raise DataFormatError(path, f"expected a dict with keys {list(PICKLE_KEYS)}, got {type(info).__name__}")
+    missing = [k for k in PICKLE_KEYS if k not in info]
+    if missing:
+        raise DataFormatError(path, f"heatmap pickle lacks key(s) {missing}; expected {list(PICKLE_KEYS)}")
+    arr = np.asarray(torch.as_tensor(info["map"]).detach().cpu(), dtype=np.float32)
+    arr = arr.reshape(arr.shape[-2:]) if arr.ndim >= 2 and int(np.prod(arr.shape[:-2])) == 1 else arr
+    if arr.ndim != 2:
+        raise DataFormatError(path, f"'map' must be (1, 1, h, w) or (h, w), got shape {arr.shape}", where="map")
+    if not np.isfinite(arr).all():
+        raise DataFormatError(path, "heatmap holds NaN or infinite values; expected finite floats", where="map")
+    dims = info["cxr_dims"]
+    try:
+        width, height = (int(dims[0]), int(dims[1]))
+    except (TypeError, IndexError, ValueError) as exc:
+        raise DataFormatError(path, f"'cxr_dims' must be (w, h), got {dims!r}", where="cxr_dims") from exc
+    if width <= 0 or height <= 0:
+        raise DataFormatError(path, f"'cxr_dims' must be positive (w, h), got {dims!r}", where="cxr_dims")
+    gt = info.get("gt", np.nan)
+    return MapRecord(cxr_id, task, arr, width, height, _probability(info["prob"], task, path), float(gt) if gt is not None else np.nan)
+
+
+@dataclass
+class PickleMapStack:
+    """Lazy (n, h, w) stack of heatmap pickles: ``stack[i]`` loads file ``i`` when asked.
+
+    Quacks like the ``maps`` array of a ``HeatmapSet`` (``ndim``, ``shape``, integer and
+    boolean indexing), so a CheXlocalize folder streams through the same nodes without
+    holding all maps in memory.
+    """
+
+    paths: list[Path]
+    map_shape: tuple[int, int]
+    ndim: int = field(default=3, init=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(n, h, w) at native map resolution."""
+        return (len(self.paths), *self.map_shape)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: Any) -> Any:
+        if isinstance(item, int | np.integer):
+            return read_heatmap_pickle(self.paths[int(item)]).map
+        mask = np.asarray(item)
+        idx = np.flatnonzero(mask) if mask.dtype == bool else mask.astype(int)
+        return PickleMapStack([self.paths[i] for i in idx], self.map_shape)
+
+
+def read_heatmap_folder(folder: str | Path, *, model: str = "chexlocalize", method: str = "gradcam") -> HeatmapSet:
+    """Index a CheXlocalize map folder as a lazy ``HeatmapSet`` (maps load on access).
+
+    Every pickle is read once to fill the index (prob, gt, cxr_dims); maps are not kept.
+
+    Raises:
+        DataFormatError: the folder has no ``*_map.pkl`` file, or a file is malformed.
+    """
+    root = Path(folder)
+    paths = sorted(p for p in root.rglob(f"*{MAP_SUFFIX}"))
+    if not paths:
+        raise DataFormatError(root, f"no '*{MAP_SUFFIX}' heatmap files found")
+    rows, shape = [], None
+    for path in tqdm(paths, desc="index heatmaps", leave=False):
+        rec = read_heatmap_pickle(path)
+        if shape is None:
+            shape = rec.map.shape
+        rows.append({"image_id": rec.cxr_id, "task": rec.task, "prob": rec.prob, "gt": rec.gt, "cxr_w": rec.width, "cxr_h": rec.height, "model": model, "method": method})
+    index = pd.DataFrame(rows)
+    return HeatmapSet(index, PickleMapStack(paths, tuple(shape)))  # type: ignore[arg-type]
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    """Read a CheXlocalize JSON file (dict at top level)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataFormatError(path, f"not a readable JSON file: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DataFormatError(path, f"expected a JSON object keyed by cxr id, got {type(data).__name__}")
+    return data
+
+
+def annotations_to_segmentations(annotations: Mapping[str, Mapping[str, Any]], tasks: Sequence[str] = CHEXLOCALIZE_TASKS, *, source: object = "gt_annotations") -> dict[str, dict[str, dict[str, Any]]]:
+    """Rasterise annotation polygons (outline included) into an RLE JSON with every task.
+
+    Raises:
+        DataFormatError: a CXR lacks ``img_size`` or names an unknown task.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for cxr_id in sorted(annotations):
+        entry = annotations[cxr_id]
+        if "img_size" not in entry:
+            raise DataFormatError(source, "annotation lacks 'img_size' [h, w]", where=cxr_id)
+        h, w = (int(entry["img_size"][0]), int(entry["img_size"][1]))
+        for task in entry:
+            if task != "img_size":
+                check_task(task, source=source, key=cxr_id)
+        out[cxr_id] = {task: encode_rle(rasterize_polygons(entry.get(task, []), h, w)) for task in tasks}
+    return out
+
+
+def validate_segmentation_json(data: Mapping[str, Any], *, source: object, tasks: Sequence[str] = CHEXLOCALIZE_TASKS, decode: bool = False) -> None:
+    """Check task names and RLE structure of a segmentation JSON (optionally decode each).
+
+    Raises:
+        DataFormatError: unknown task, malformed RLE, or (with ``decode``) undecodable counts.
+    """
+    for cxr_id, entry in data.items():
+        if not isinstance(entry, Mapping):
+            raise DataFormatError(source, "expected {task: rle}", where=cxr_id)
+        for task, rle in entry.items():
+            check_task(task, source=source, key=cxr_id)
+            if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
+                raise DataFormatError(source, "expected an RLE dict with 'size' and 'counts'", where=f"{cxr_id}/{task}")
+            if decode:
+                decode_rle(rle, source=source, key=f"{cxr_id}/{task}")
+
+
+def read_threshold_table(table: pd.DataFrame, *, source: object = "tuning_results.csv") -> dict[str, float]:
+    """``threshold,task`` CSV -> {task: threshold}."""
+    if not {"threshold", "task"} <= set(table.columns):
+        raise DataFormatError(source, f"expected columns 'threshold,task', got {list(table.columns)}")
+    for task in table["task"]:
+        check_task(str(task), source=source)
+    return {str(t): float(v) for t, v in zip(table["task"], table["threshold"])}
+
+
+def read_probability_cutoffs(table: pd.DataFrame, *, source: object = "probability_tuning_results.csv") -> dict[str, float]:
+    """``prob_threshold,mIoU,task`` CSV -> {task: cutoff with the highest mIoU} (first on ties)."""
+    if not {"prob_threshold", "mIoU", "task"} <= set(table.columns):
+        raise DataFormatError(source, f"expected columns 'prob_threshold,mIoU,task', got {list(table.columns)}")
+    best = table.loc[table.groupby("task")["mIoU"].idxmax()]
+    for task in best["task"]:
+        check_task(str(task), source=source)
+    return {str(t): float(v) for t, v in zip(best["task"], best["prob_threshold"])}

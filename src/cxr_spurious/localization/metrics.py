@@ -1,0 +1,161 @@
+"""Localization metrics on RLEs and full-resolution maps (reference semantics noted per function)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pycocotools import mask as mask_utils
+
+from cxr_spurious.errors import DataFormatError
+from cxr_spurious.io.masks import decode_rle
+from cxr_spurious.stats.metrics import auroc
+from cxr_spurious.tasks import CHEXLOCALIZE_TASKS
+
+logger = logging.getLogger(__name__)
+
+
+def _coco(rle: Mapping[str, Any]) -> dict[str, Any]:
+    counts = rle["counts"]
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def rle_counts(pred: Mapping[str, Any], gt: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(pred area, gt area, intersection) of two RLEs, without decoding them."""
+    p, g = _coco(pred), _coco(gt)
+    inter = int(mask_utils.area(mask_utils.merge([p, g], intersect=True)))
+    return int(mask_utils.area(p)), int(mask_utils.area(g)), inter
+
+
+def iou_from_counts(pred_area: int, gt_area: int, inter: int, *, true_pos_only: bool) -> float:
+    """Reference IoU: true-positive mode is NaN when either mask is empty; full mode when the union is."""
+    union = pred_area + gt_area - inter
+    if true_pos_only and (pred_area == 0 or gt_area == 0):
+        return float("nan")
+    if union == 0:
+        return float("nan")
+    return inter / union
+
+
+def rle_pixel(rle: Mapping[str, Any], row: int, col: int) -> int:
+    """Value (0/1) of an RLE mask at (row, col), via a one-pixel RLE intersection."""
+    h, w = int(rle["size"][0]), int(rle["size"][1])
+    idx = int(col) * h + int(row)
+    point = mask_utils.frPyObjects({"size": [h, w], "counts": [idx, 1, h * w - idx - 1]}, h, w)
+    return int(mask_utils.area(mask_utils.merge([_coco(rle), point], intersect=True)))
+
+
+def salient_point_hit(gt_mask: np.ndarray, points: Sequence[Sequence[float]] | None) -> float:
+    """Human-benchmark hit: NaN for an empty gt; 1 if any point (x, y) is inside, else 0."""
+    if not gt_mask.any():
+        return float("nan")
+    if not points:
+        return 0.0
+    h, w = gt_mask.shape
+    for x, y in ((float(p[0]), float(p[1])) for p in points):
+        r, c = int(y), int(x)
+        if 0 <= r < h and 0 <= c < w and gt_mask[r, c]:
+            return 1.0
+    return 0.0
+
+
+def segmentation_table(pred: Mapping[str, Mapping[str, Any]], gt: Mapping[str, Mapping[str, Any]], *, source: str = "prediction", tasks: Sequence[str] = CHEXLOCALIZE_TASKS) -> pd.DataFrame:
+    """Per (cxr, task) pixel counts and IoUs of a segmentation JSON against the ground truth.
+
+    Covers every gt CXR (a missing prediction is an empty mask, logged) and, for the full
+    mode, predicted CXRs outside the gt (gt taken as empty), like the reference eval.
+
+    Returns:
+        Columns image_id, task, in_gt, pred_area, gt_area, intersection, n_pixels, iou_tp, iou_full.
+    """
+    rows = []
+    for cxr_id in sorted(set(gt) | set(pred)):
+        for task in tasks:
+            p_rle = pred.get(cxr_id, {}).get(task)
+            g_rle = gt.get(cxr_id, {}).get(task)
+            ref = g_rle if g_rle is not None else p_rle
+            if ref is None:
+                continue
+            h, w = int(ref["size"][0]), int(ref["size"][1])
+            if p_rle is None:
+                logger.info("%s has no segmentation for %s / %s: scored as an empty mask", source, cxr_id, task)
+                pa, ga, inter = 0, int(mask_utils.area(_coco(g_rle))), 0
+            elif g_rle is None:
+                pa, ga, inter = int(mask_utils.area(_coco(p_rle))), 0, 0
+            else:
+                if [int(s) for s in p_rle["size"]] != [h, w]:
+                    raise DataFormatError(source, f"mask size {p_rle['size']} differs from the ground truth {[h, w]}", where=f"{cxr_id}/{task}")
+                pa, ga, inter = rle_counts(p_rle, g_rle)
+            rows.append({"image_id": cxr_id, "task": task, "in_gt": cxr_id in gt, "pred_area": pa, "gt_area": ga, "intersection": inter, "n_pixels": h * w,
+                         "iou_tp": iou_from_counts(pa, ga, inter, true_pos_only=True) if cxr_id in gt else np.nan,
+                         "iou_full": iou_from_counts(pa, ga, inter, true_pos_only=False)})
+    return pd.DataFrame(rows)
+
+
+def human_hit_table(gt: Mapping[str, Mapping[str, Any]], salient_points: Mapping[str, Mapping[str, Any]], tasks: Sequence[str] = CHEXLOCALIZE_TASKS) -> pd.DataFrame:
+    """Human-benchmark hit/miss per (gt cxr, task) from salient points (reference semantics)."""
+    rows = []
+    for cxr_id in sorted(gt):
+        for task in tasks:
+            mask = decode_rle(gt[cxr_id][task], source="gt_segmentations", key=f"{cxr_id}/{task}")
+            rows.append({"image_id": cxr_id, "task": task, "hit": salient_point_hit(mask, salient_points.get(cxr_id, {}).get(task))})
+    return pd.DataFrame(rows)
+
+
+def precision_recall_specificity(table: pd.DataFrame) -> pd.DataFrame:
+    """Pixel-wise precision, recall/sensitivity and specificity per task, pooled over gt CXRs.
+
+    Args:
+        table: Output of ``segmentation_table`` (or the per-map table) with pixel counts.
+
+    Returns:
+        Columns pathology, precision, recall/sensitivity, specificity (tasks sorted).
+    """
+    t = table[table["in_gt"]].copy()
+    t["tp"] = t["intersection"]
+    t["fp"] = t["pred_area"] - t["intersection"]
+    t["fn"] = t["gt_area"] - t["intersection"]
+    t["tn"] = t["n_pixels"] - t["pred_area"] - t["gt_area"] + t["intersection"]
+    s = t.groupby("task")[["tp", "fp", "fn", "tn"]].sum().sort_index()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return pd.DataFrame({"pathology": s.index, "precision": (s.tp / (s.tp + s.fp)).to_numpy(), "recall/sensitivity": (s.tp / (s.tp + s.fn)).to_numpy(), "specificity": (s.tn / (s.tn + s.fp)).to_numpy()})
+
+
+def count_segmentations(segmentations: Mapping[str, Mapping[str, Any]], tasks: Sequence[str] = CHEXLOCALIZE_TASKS) -> pd.Series:
+    """Number of CXRs with a non-empty segmentation per task (sorted tasks; reference ``n_segs``)."""
+    counts = {t: sum(int(mask_utils.area(_coco(seg[t]))) > 0 for seg in segmentations.values() if t in seg) for t in sorted(tasks)}
+    return pd.Series(counts, dtype="int64")
+
+
+def mass_rank_metrics(score: np.ndarray, gt_mask: np.ndarray, *, top_k: int = 1000) -> dict[str, float]:
+    """Quantus-style localisation metrics of a non-negative map against a mask.
+
+    Empty ground truth gives NaN for every metric (Quantus would count it as a hit).
+
+    Returns:
+        relevance_mass (share of map mass inside the mask), relevance_rank (share of the
+        top-|mask| pixels inside it), top_k_intersection (share of the top-k pixels inside
+        it) and pixel_auroc (the map as a pixel score for the mask).
+    """
+    s = np.asarray(score, dtype=np.float64).reshape(-1)
+    g = np.asarray(gt_mask, dtype=bool).reshape(-1)
+    n_gt = int(g.sum())
+    if n_gt == 0:
+        return {"relevance_mass": np.nan, "relevance_rank": np.nan, "top_k_intersection": np.nan, "pixel_auroc": np.nan}
+    total = s.sum()
+    mass = float(s[g].sum() / total) if total > 0 else np.nan
+    order = np.argsort(-s, kind="stable")
+    rank = float(g[order[:n_gt]].mean())
+    k = min(int(top_k), s.size)
+    topk = float(g[order[:k]].mean())
+    return {"relevance_mass": mass, "relevance_rank": rank, "top_k_intersection": topk, "pixel_auroc": auroc(g.astype(float), s)}
+
+
+def mass_share(score: np.ndarray, mask: np.ndarray) -> float:
+    """Share of a non-negative map's mass on a mask (NaN for a zero map)."""
+    s = np.asarray(score, dtype=np.float64)
+    total = s.sum()
+    return float(s[np.asarray(mask, dtype=bool)].sum() / total) if total > 0 else float("nan")

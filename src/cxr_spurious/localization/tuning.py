@@ -1,0 +1,65 @@
+"""Threshold tuning from the per-map counts of one streaming pass (no re-reading of maps)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from cxr_spurious.errors import ParameterError
+
+
+def threshold_grid(start: float, stop: float, step: float) -> list[float]:
+    """``np.arange(start, stop, step)`` like the reference (0.2..0.7 for 0.2, 0.8, 0.1)."""
+    if step <= 0 or stop <= start:
+        raise ParameterError("localization.tuning_grid", f"need start < stop and step > 0, got {start}, {stop}, {step}")
+    return [float(v) for v in np.arange(start, stop, step)]
+
+
+def tune_thresholds(per_map: pd.DataFrame, grid: Sequence[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per task, the fixed threshold maximising true-positive mIoU over the gt CXRs.
+
+    Returns:
+        (``tuning_results.csv`` layout: threshold, task; and the full grid: task, threshold, mIoU).
+    """
+    rows, best = [], []
+    scored = per_map[per_map["in_gt"].astype(bool)]
+    for task, group in scored.groupby("task", sort=True):
+        mious = []
+        for t in grid:
+            area = group.get(f"tune_area_{t:g}")
+            if area is None:
+                raise ParameterError("localization.tuning_grid", f"per-map table lacks counts for threshold {t:g}; evaluate with the same grid")
+            area = area.to_numpy(float)
+            inter = group[f"tune_inter_{t:g}"].to_numpy(float)
+            gt_area = group["gt_area"].to_numpy(float)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                iou = np.where((area > 0) & (gt_area > 0), inter / (area + gt_area - inter), np.nan)
+            miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else np.nan
+            mious.append(miou)
+            rows.append({"task": task, "threshold": round(t, 1), "mIoU": miou})
+        finite = [m if np.isfinite(m) else -np.inf for m in mious]
+        best.append({"threshold": round(grid[int(np.argmax(finite))], 1), "task": task})
+    return pd.DataFrame(best), pd.DataFrame(rows)
+
+
+def tune_probability_cutoffs(per_map: pd.DataFrame, cutoffs: Sequence[float]) -> pd.DataFrame:
+    """Full-dataset mIoU per task when maps with ``prob < cutoff`` get an empty mask.
+
+    Returns:
+        ``probability_tuning_results.csv`` layout: prob_threshold, mIoU (3 decimals), task.
+    """
+    rows = []
+    for task, group in per_map.groupby("task", sort=True):
+        prob = group["prob"].to_numpy(float)
+        pa, ga, inter = (group[c].to_numpy(float) for c in ("pred_area", "gt_area", "intersection"))
+        for c in cutoffs:
+            off = prob < c
+            a, i = np.where(off, 0, pa), np.where(off, 0, inter)
+            union = a + ga - i
+            with np.errstate(invalid="ignore", divide="ignore"):
+                iou = np.where(union > 0, i / union, np.nan)
+            miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else np.nan
+            rows.append({"prob_threshold": round(float(c), 1), "mIoU": round(miou, 3), "task": task})
+    return pd.DataFrame(rows)

@@ -1,0 +1,175 @@
+"""Thin nodes of the localization pipeline; the work lives in ``cxr_spurious.localization``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.localization import metrics, summary, tuning
+from cxr_spurious.localization.chexlocalize_io import check_task
+from cxr_spurious.localization.evaluate import evaluate_heatmap_set
+from cxr_spurious.localization.segmentation import SegmentationConfig
+
+logger = logging.getLogger(__name__)
+
+
+def _configs(fixed_thresholds: dict[str, float] | None, prob_cutoffs: dict[str, float] | None, smoothing_k: int) -> dict[str, SegmentationConfig]:
+    fixed, cut = dict(fixed_thresholds or {}), dict(prob_cutoffs or {})
+    for key, table in (("localization.fixed_thresholds", fixed), ("localization.prob_cutoffs", cut)):
+        for task in table:
+            check_task(task, source=f"parameter {key}")
+    if smoothing_k < 0:
+        raise ParameterError("localization.smoothing_k", f"must be >= 0, got {smoothing_k}")
+    tasks = set(fixed) | set(cut)
+    return {t: SegmentationConfig(threshold=fixed.get(t), smoothing_k=smoothing_k, prob_cutoff=float(cut.get(t, 0.0))) for t in tasks} | {"*": SegmentationConfig(smoothing_k=smoothing_k)}
+
+
+def evaluate_heatmaps(
+    heatmap_collection: dict[str, HeatmapSet],
+    gt_segmentations: dict[str, Any],
+    spurious_segmentations: dict[str, Any],
+    fixed_thresholds: dict[str, float] | None,
+    prob_cutoffs: dict[str, float] | None,
+    smoothing_k: int,
+    tuning_grid: list[float],
+    extra_metrics: bool,
+    top_k: int,
+    prefer_gpu: bool,
+) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """Segment and score every heatmap set (one streaming pass per set).
+
+    Returns:
+        The per-map table of all sets (``set`` column) and ``{set: segmentation JSON}``.
+    """
+    grid = tuning.threshold_grid(*tuning_grid) if tuning_grid else []
+    configs = _configs(fixed_thresholds, prob_cutoffs, int(smoothing_k))
+    default = configs.pop("*")
+    tables, segs = [], {}
+    for name in tqdm(sorted(heatmap_collection), desc="heatmap sets", leave=False):
+        hs = heatmap_collection[name]
+        per_task = {t: configs.get(t, default) for t in hs.index["task"].astype(str).unique()}
+        table, seg = evaluate_heatmap_set(hs, gt_segmentations, configs=per_task, tuning_grid=grid, extra_metrics=extra_metrics, top_k=top_k, spurious_segmentations=spurious_segmentations, prefer_gpu=prefer_gpu, desc=name)
+        table.insert(0, "set", name)
+        tables.append(table)
+        segs[name] = seg
+        logger.info("%s: %d maps evaluated", name, len(table))
+    return pd.concat(tables, ignore_index=True), segs
+
+
+def summarise_localization(per_map: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """``localization_summary``: set x task (+ overall) with bootstrap CIs."""
+    return summary.summary_table(per_map, n_boot=n_boot, seed=seed, by=("set", "model", "method"))
+
+
+def select_per_cxr(per_map: pd.DataFrame) -> pd.DataFrame:
+    """``localization_per_cxr``: per (set, CXR, task) outcomes, without tuning counts."""
+    return per_map[[c for c in per_map.columns if not c.startswith("tune_")]].reset_index(drop=True)
+
+
+def tune_segmentation(per_map: pd.DataFrame, tuning_grid: list[float], prob_cutoffs_grid: list[float]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Threshold and probability-cutoff tuning per set (reference CSV layouts + ``set``)."""
+    grid = tuning.threshold_grid(*tuning_grid)
+    cut = tuning.threshold_grid(*prob_cutoffs_grid)
+    best, full, prob = [], [], []
+    for name, group in per_map.groupby("set", sort=True):
+        b, f = tuning.tune_thresholds(group, grid)
+        p = tuning.tune_probability_cutoffs(group[group["in_gt"].astype(bool)], cut)
+        for frame, out in ((b, best), (f, full), (p, prob)):
+            out.append(frame.assign(set=name))
+    return pd.concat(best, ignore_index=True), pd.concat(full, ignore_index=True), pd.concat(prob, ignore_index=True)
+
+
+def evaluate_human_benchmark(gt_segmentations: dict[str, Any], hb_segmentations: dict[str, Any], hb_salient_points: dict[str, Any]) -> pd.DataFrame:
+    """Per (CXR, task) human-benchmark IoU counts and hit/miss (empty when no benchmark)."""
+    if not hb_segmentations and not hb_salient_points:
+        return pd.DataFrame(columns=["image_id", "task", "in_gt", "iou_tp", "iou_full", "hit"])
+    table = metrics.segmentation_table(hb_segmentations, gt_segmentations, source="hb_segmentations") if hb_segmentations else None
+    hits = metrics.human_hit_table(gt_segmentations, hb_salient_points) if hb_salient_points else None
+    if table is None:
+        return hits.assign(in_gt=True)
+    return table.merge(hits, on=["image_id", "task"], how="left") if hits is not None else table
+
+
+def _layout(per_map: pd.DataFrame, prefix: str, n_boot: int, seed: int, true_pos_only: bool) -> dict[str, pd.DataFrame]:
+    out: dict[str, pd.DataFrame] = {}
+    for metric, col, outside in (("iou", "iou_tp" if true_pos_only else "iou_full", not true_pos_only), ("hitmiss", "hit", False)):
+        if col not in per_map.columns:
+            continue
+        wide = summary.per_cxr_table(per_map, col, include_outside_gt=outside)
+        bs = summary.reference_bootstrap(wide, n_boot=n_boot, seed=seed)
+        out[f"{metric}_{prefix}results_per_cxr"] = wide
+        out[f"{metric}_{prefix}bootstrap_results_per_cxr"] = bs
+        out[f"{metric}_{prefix}summary_results"] = summary.reference_summary(bs)
+    return out
+
+
+def build_reference_reports(per_map: pd.DataFrame, hb_table: pd.DataFrame, n_boot: int, seed: int, true_pos_only: bool) -> dict[str, pd.DataFrame]:
+    """CheXlocalize-layout CSVs ({partition: table}); one subfolder per set when several.
+
+    Includes per-cxr / bootstrap / summary tables for IoU and hit/miss, the human benchmark
+    ones and percentage decreases when a benchmark exists, precision/recall/specificity,
+    and ``n_segs``.
+    """
+    reports: dict[str, pd.DataFrame] = {}
+    sets = sorted(per_map["set"].unique())
+    hb = _layout(hb_table, "humanbenchmark_", n_boot, seed, true_pos_only) if len(hb_table) else {}
+    for name in sets:
+        group = per_map[per_map["set"] == name]
+        prefix = "" if len(sets) == 1 else f"{name}/"
+        tables = _layout(group, "", n_boot, seed, true_pos_only)
+        tables["pred_precision_recall_specificity"] = metrics.precision_recall_specificity(group)
+        tables["n_segs"] = group.groupby("task")["pred_area"].apply(lambda s: int((s > 0).sum())).sort_index().rename("0").to_frame()
+        for metric in ("iou", "hitmiss"):
+            hb_bs = hb.get(f"{metric}_humanbenchmark_bootstrap_results_per_cxr")
+            if hb_bs is not None and f"{metric}_bootstrap_results_per_cxr" in tables:
+                tables[f"{metric}_pct_decrease"] = summary.percentage_decrease(tables[f"{metric}_bootstrap_results_per_cxr"], hb_bs)
+        reports.update({f"{prefix}{k}": v for k, v in tables.items()})
+    if len(hb_table) and "pred_area" in hb_table.columns:
+        reports["hb_precision_recall_specificity"] = metrics.precision_recall_specificity(hb_table)
+    for k, v in hb.items():
+        reports[k] = v
+    return {k: (v.reset_index() if k.endswith("pct_decrease") or k.endswith("n_segs") else v) for k, v in reports.items()}
+
+
+def summarise_subgroups(per_map: pd.DataFrame, manifest: pd.DataFrame, attributes: list[str], n_boot: int, seed: int) -> pd.DataFrame:
+    """Every metric by manifest attribute level, with bootstrap CIs."""
+    return summary.subgroup_table(per_map, manifest, attributes, n_boot=n_boot, seed=seed)
+
+
+def compare_sets(per_map: pd.DataFrame, pairs: list[list[str]] | None, n_boot: int, seed: int) -> pd.DataFrame:
+    """Paired differences between heatmap sets (all pairs of sets when ``pairs`` is null)."""
+    names = sorted(per_map["set"].unique())
+    chosen = pairs if pairs else [[a, b] for i, a in enumerate(names) for b in names[i + 1 :]]
+    unknown = sorted({s for p in chosen for s in p} - set(names))
+    if unknown:
+        raise ParameterError("localization.compare_pairs", f"unknown heatmap set(s) {unknown}; available: {names}")
+    return summary.paired_comparisons(per_map, chosen, n_boot=n_boot, seed=seed)
+
+
+def plot_metric_bars(localization_summary: pd.DataFrame) -> plt.Figure:
+    """Per-task bars of mIoU and hit rate with 95% CIs, one colour per set."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    sets = sorted(localization_summary["set"].unique()) if len(localization_summary) else []
+    for ax, metric in zip(axes, ("miou_tp", "hit_rate")):
+        tasks = sorted(localization_summary["task"].unique()) if sets else []
+        width = 0.8 / max(len(sets), 1)
+        for k, name in enumerate(sets):
+            sub = localization_summary[localization_summary["set"] == name].set_index("task").reindex(tasks)
+            x = [i + k * width for i in range(len(tasks))]
+            err = [(sub[metric] - sub[f"{metric}_lo"]).clip(lower=0).fillna(0), (sub[f"{metric}_hi"] - sub[metric]).clip(lower=0).fillna(0)]
+            ax.bar(x, sub[metric].fillna(0), width=width, yerr=err, capsize=2, label=name)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel(metric)
+        ax.set_ylim(0, 1)
+    if sets:
+        axes[0].legend(fontsize=8)
+    return fig

@@ -1,0 +1,1 @@
+"""Regressions of localization performance on pathology geometry and model confidence."""

@@ -1,0 +1,46 @@
+"""Geometric features of ground-truth masks (reference: cheXlocalize compute_pathology_features)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from cxr_spurious.io.masks import decode_rle
+
+
+def mask_features(mask: np.ndarray) -> dict[str, float]:
+    """Area ratio, elongation and irrectangularity of a binary mask.
+
+    Elongation = long / short side of the minimum-area rectangle of the longest contour;
+    irrectangularity = 1 - contour area / rectangle area. NaN for an empty mask.
+    """
+    h, w = mask.shape
+    area = float(mask.sum())
+    out = {"area_ratio": area / (h * w), "elongation": np.nan, "irrectangularity": np.nan}
+    if area == 0:
+        return out
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    longest = max(contours, key=len)
+    (_, _), (rw, rh), _ = cv2.minAreaRect(longest)
+    long_side, short_side = max(rw, rh), min(rw, rh)
+    rect_area = rw * rh
+    out["elongation"] = float(long_side / short_side) if short_side > 0 else np.nan
+    out["irrectangularity"] = float(1 - cv2.contourArea(longest) / rect_area) if rect_area > 0 else np.nan
+    return out
+
+
+def geometric_features(gt_segmentations: Mapping[str, Mapping[str, Any]], gt_annotations: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Per (CXR, task) with a non-empty gt: n_instances, area_ratio, elongation, irrectangularity."""
+    rows = []
+    for cxr_id in sorted(gt_segmentations):
+        for task, rle in sorted(gt_segmentations[cxr_id].items()):
+            mask = decode_rle(rle, source="gt_segmentations", key=f"{cxr_id}/{task}")
+            if not mask.any():
+                continue
+            n_inst = len(gt_annotations.get(cxr_id, {}).get(task, [])) or np.nan
+            rows.append({"image_id": cxr_id, "task": task, "n_instances": n_inst, **mask_features(mask)})
+    return pd.DataFrame(rows)

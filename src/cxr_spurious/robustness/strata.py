@@ -1,0 +1,198 @@
+"""Hidden stratification (Oakden-Rayner et al. 2020): cluster a model's embeddings within
+each true class and look for clusters the model fails on.
+
+Per class: PCA (seeded) -> k-means or a Gaussian mixture (k fixed, or chosen by the
+silhouette score over a range) -> per cluster: size, error rate at the operating point,
+mean score, AUROC of the cluster against all rows of the other class; a cluster is flagged
+when its error rate exceeds the class's by ``margin``. Adjusted mutual information (AMI)
+between clusters and known attributes tells whether the clusters recover them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_mutual_info_score, silhouette_score
+from sklearn.mixture import GaussianMixture
+
+from cxr_spurious.errors import ParameterError, unknown_name_error
+from cxr_spurious.stats.metrics import auroc
+
+REDUCERS = ("pca", "umap")
+CLUSTERERS = ("kmeans", "gmm")
+
+
+def reduce(x: np.ndarray, *, method: str = "pca", n_components: int = 10, seed: int = 0) -> np.ndarray:
+    """Reduce embeddings to ``n_components`` (capped by the data) with PCA or UMAP.
+
+    Raises:
+        ParameterError: unknown method, or ``umap`` without umap-learn installed.
+    """
+    if method not in REDUCERS:
+        raise unknown_name_error("reducer", method, REDUCERS, key="robustness.strata.reducer")
+    dims = max(1, min(n_components, x.shape[1], x.shape[0] - 1))
+    if method == "umap":
+        try:
+            import umap  # type: ignore[import-not-found]
+        except ModuleNotFoundError as exc:
+            raise ParameterError("robustness.strata.reducer", "umap needs the umap-learn package, which is not installed; use 'pca'") from exc
+        return umap.UMAP(n_components=dims, random_state=seed).fit_transform(x)
+    return PCA(n_components=dims, random_state=seed).fit_transform(x)
+
+
+def cluster(z: np.ndarray, *, method: str = "kmeans", k: int | Sequence[int] = (2, 3, 4, 5), seed: int = 0) -> tuple[np.ndarray, int]:
+    """Cluster ``z``; ``k`` fixed or the silhouette-best of a range.
+
+    Returns:
+        Labels and the chosen k.
+    """
+    if method not in CLUSTERERS:
+        raise unknown_name_error("clusterer", method, CLUSTERERS, key="robustness.strata.clusterer")
+    candidates = [int(k)] if isinstance(k, int | np.integer) else [int(v) for v in k]
+    candidates = [c for c in candidates if 1 <= c < len(z)] or [1]
+    best: tuple[float, np.ndarray, int] | None = None
+    for c in candidates:
+        if method == "kmeans":
+            labels = KMeans(n_clusters=c, n_init=4, random_state=seed).fit_predict(z)
+        else:
+            labels = GaussianMixture(n_components=c, random_state=seed).fit(z).predict(z)
+        score = silhouette_score(z, labels) if 1 < np.unique(labels).size < len(z) else -1.0
+        if best is None or score > best[0]:
+            best = (score, labels, c)
+    assert best is not None
+    return best[1], best[2]
+
+
+def find_strata(
+    y: np.ndarray,
+    p: np.ndarray,
+    x: np.ndarray,
+    threshold: float,
+    *,
+    reducer: str = "pca",
+    n_components: int = 10,
+    clusterer: Literal["kmeans", "gmm"] = "kmeans",
+    k: int | Sequence[int] = (2, 3, 4, 5),
+    margin: float = 0.1,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Cluster each true class and score the clusters.
+
+    Args:
+        y: Labels 1 / 0 (NaN rows get cluster -1).
+        p: Scores.
+        x: Embeddings ``(n, d)``.
+        threshold: Operating point (positive when ``p >= threshold``).
+        reducer: ``pca`` or ``umap``.
+        n_components: Reduced dimensions.
+        clusterer: ``kmeans`` or ``gmm``.
+        k: Number of clusters per class, or candidates for the silhouette.
+        margin: Flag a cluster when its error rate > class error rate + margin.
+        seed: Seed of reduction and clustering.
+
+    Returns:
+        ``(cluster id per row (class * 100 + cluster), 2-D coordinates per row, table)``;
+        table rows: ``class, cluster, size, error_rate, class_error_rate, mean_score,
+        auroc, flagged``.
+    """
+    yy = np.asarray(y, dtype=float)
+    pred = np.asarray(p, dtype=float) >= threshold
+    ids = np.full(len(yy), -1, dtype=np.int64)
+    coords = np.full((len(yy), 2), np.nan)
+    rows = []
+    for cls in (0, 1):
+        members = np.flatnonzero(yy == cls)
+        other = np.flatnonzero(yy == 1 - cls)
+        if members.size < 3:
+            continue
+        z = reduce(x[members], method=reducer, n_components=n_components, seed=seed)
+        coords[members, : min(2, z.shape[1])] = z[:, :2]
+        labels, _ = cluster(z, method=clusterer, k=k, seed=seed)
+        ids[members] = cls * 100 + labels
+        wrong = pred[members] != bool(cls)
+        class_err = float(wrong.mean())
+        for c in np.unique(labels):
+            sel = members[labels == c]
+            err = float(wrong[labels == c].mean())
+            both = np.r_[sel, other]
+            rows.append(
+                {
+                    "class": cls,
+                    "cluster": int(cls * 100 + c),
+                    "size": int(sel.size),
+                    "error_rate": err,
+                    "class_error_rate": class_err,
+                    "mean_score": float(np.mean(np.asarray(p)[sel])),
+                    "auroc": auroc(yy[both], np.asarray(p, dtype=float)[both]),
+                    "flagged": bool(err > class_err + margin),
+                }
+            )
+    return ids, coords, pd.DataFrame(rows, columns=["class", "cluster", "size", "error_rate", "class_error_rate", "mean_score", "auroc", "flagged"])
+
+
+def attribute_ami(clusters: np.ndarray, y: np.ndarray, attributes: pd.DataFrame) -> pd.DataFrame:
+    """AMI between the clusters and each attribute, within each class.
+
+    Returns:
+        Rows ``class, attribute, ami, n``.
+    """
+    rows = []
+    for cls in (0, 1):
+        in_cls = (np.asarray(y, dtype=float) == cls) & (clusters >= 0)
+        for attr in attributes.columns:
+            vals = attributes[attr].to_numpy()
+            ok = in_cls & pd.notna(vals)
+            if ok.sum() < 2:
+                continue
+            ami = adjusted_mutual_info_score(vals[ok].astype(str), clusters[ok])
+            rows.append({"class": cls, "attribute": attr, "ami": float(ami), "n": int(ok.sum())})
+    return pd.DataFrame(rows, columns=["class", "attribute", "ami", "n"])
+
+
+def plot_strata(coords: np.ndarray, clusters: np.ndarray, y: np.ndarray, colour_by: pd.DataFrame, title: str = "") -> Figure:
+    """Scatter of the 2-D coordinates per class, coloured by cluster and by each attribute."""
+    cols = ["cluster", *colour_by.columns]
+    fig, axes = plt.subplots(2, len(cols), figsize=(3.2 * len(cols), 6.4), squeeze=False)
+    for r, cls in enumerate((0, 1)):
+        sel = np.asarray(y, dtype=float) == cls
+        for c, name in enumerate(cols):
+            ax = axes[r, c]
+            values = clusters[sel] if name == "cluster" else colour_by[name].to_numpy()[sel]
+            for v in sorted(pd.unique(values), key=str):
+                pts = coords[sel][values == v] if pd.notna(v) else coords[sel][pd.isna(values)]
+                ax.scatter(pts[:, 0], pts[:, 1], s=5, label=str(v))
+            ax.set_title(f"y={cls}: {name}", fontsize=8)
+            ax.legend(fontsize=6, markerscale=2)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_thumbnails(images: dict[int, np.ndarray], title: str = "") -> Figure:
+    """A row of thumbnails per flagged cluster (``{cluster: (n, h, w) uint8}``)."""
+    n_rows = max(1, len(images))
+    n_cols = max([len(v) for v in images.values()] or [1])
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.4 * n_cols, 1.5 * n_rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for r, (cid, imgs) in enumerate(sorted(images.items())):
+        for c, img in enumerate(imgs):
+            axes[r, c].imshow(img, cmap="gray", vmin=0, vmax=255)
+        axes[r, 0].set_title(f"cluster {cid}", fontsize=7, loc="left")
+    if not images:
+        axes[0, 0].text(0.5, 0.5, "no flagged cluster", ha="center", va="center")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

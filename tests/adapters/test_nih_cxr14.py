@@ -1,0 +1,172 @@
+"""NIH ChestX-ray14 adapter: both Data_Entry variants, split lists, boxes, nested PNGs."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxr_spurious.data.adapters import get_adapter
+from cxr_spurious.data.adapters.nih_cxr14 import TASKS
+from cxr_spurious.data.contract import validate_manifest
+from cxr_spurious.errors import DataFormatError
+from cxr_spurious.io.images import read_image
+from cxr_spurious.io.masks import decode_rle
+
+from .fixtures import NIH_RGBA, NIH_ROWS, NIH_SIZE, base_params, build_nih, write_png
+
+read = get_adapter("nih_cxr14")
+
+
+def test_v2020_manifest(tmp_path: Path) -> None:
+    root = build_nih(tmp_path)
+    out = read(root, base_params())
+    m = validate_manifest(out.manifest).set_index("image_id")
+    assert out.tasks == list(TASKS) and len(m) == len(NIH_ROWS)
+    a = m.loc["00004521_000"]
+    assert (a["patient_id"], a["sex"], a["age_years"], a["view"], a["Effusion"], a["Infiltration"], a["Mass"]) == ("4521", "F", 63.0, "AP", 1.0, 1.0, 0.0)
+    assert (m.loc["00004521_001", list(TASKS)] == 0).all()  # No Finding -> all zero, not NaN
+    assert m.loc["00017733_002", "Pleural_Thickening"] == 1.0
+    assert math.isnan(m.loc["00011290_003", "age_years"])  # 414 is impossible
+    assert m.loc["00011290_003", "follow_up"] == 2  # kept from the CSV, not the file suffix
+    assert Path(m.loc["00004521_001", "path"]).parent.parent.name == "images_002"  # found below the root
+    assert (m["width"] == NIH_SIZE).all() and (m["height"] == NIH_SIZE).all()
+    test_ids = {r[0].removesuffix(".png") for r in NIH_ROWS if r[7] == "test"}
+    assert set(m.index[m["split"] == "test"]) == test_ids
+    assert (m.loc[list(test_ids), "patient_id"].isin(["40001", "40002"])).all()
+    assert set(m.loc[~m.index.isin(test_ids), "split"]) <= {"train", "val"}
+    assert (m["split"] == "val").any()  # carved from train_val by patient
+
+
+def test_2017_variant_with_trailing_column_matches_v2020(tmp_path: Path) -> None:
+    a = read(build_nih(tmp_path / "a"), base_params()).manifest
+    b = read(build_nih(tmp_path / "b", variant="2017"), base_params()).manifest
+    assert "Unnamed: 11" not in b.columns and "_trailing" not in b.columns
+    cols = [c for c in a.columns if c != "path"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_rgba_png_reduced_to_one_channel(tmp_path: Path) -> None:
+    m = read(build_nih(tmp_path), base_params()).manifest.set_index("image_id")
+    image = read_image(m.loc[NIH_RGBA, "path"])
+    assert image.ndim == 2 and image.dtype == np.uint8 and image.shape == (NIH_SIZE, NIH_SIZE)
+    with Image.open(m.loc[NIH_RGBA, "path"]) as img:
+        assert img.mode == "RGBA"
+        channel0 = np.asarray(img)[..., 0]  # R = G = B here, so grey = channel 0 (TorchXRayVision's choice)
+    np.testing.assert_array_equal(image, channel0)
+
+
+def test_boxes_become_polygons_masks_and_instances(tmp_path: Path) -> None:
+    out = read(build_nih(tmp_path), base_params())
+    ann = out.annotations["00011290_003"]
+    assert ann["img_size"] == [NIH_SIZE, NIH_SIZE]
+    assert "Infiltration" in ann and "Infiltrate" not in ann
+    assert ann["Infiltration"] == [[[19.0, 33.6667], [41.4444, 33.6667], [41.4444, 53.6667], [19.0, 53.6667]]]
+    assert len(ann["Nodule"]) == 2 and len(out.instance_segmentations["00011290_003"]["Nodule"]) == 2
+    second = decode_rle(out.instance_segmentations["00011290_003"]["Nodule"][1])
+    expected = np.zeros((NIH_SIZE, NIH_SIZE), np.uint8)
+    expected[40:47, 50:56] = 1  # box x=50, y=40, w=5, h=6 filled with its outline
+    np.testing.assert_array_equal(second, expected)
+    union = decode_rle(out.segmentations["00011290_003"]["Nodule"])
+    assert union.sum() == second.sum() + decode_rle(out.instance_segmentations["00011290_003"]["Nodule"][0]).sum()
+    seg = out.segmentations["00004521_000"]
+    # Effusion has a box; Infiltration is positive without a box (location unknown); negatives are empty.
+    assert decode_rle(seg["Effusion"]).sum() > 0 and "Infiltration" not in seg
+    assert decode_rle(seg["Cardiomegaly"]).sum() == 0 and set(seg) == {t for t in TASKS if t != "Infiltration"}
+    assert set(out.annotations) == {"00004521_000", "00011290_003"}
+
+
+def test_bbox_header_and_labels_checked(tmp_path: Path) -> None:
+    root = build_nih(tmp_path)
+    bbox = root / "BBox_List_2017.csv"
+    text = bbox.read_text()
+    bbox.write_text(text.replace("Infiltrate", "Infiltrat"))
+    with pytest.raises(DataFormatError, match=r"BBox_List_2017\.csv \(line 3\): unknown box label 'Infiltrat'"):
+        read(root, base_params())
+    bbox.write_text(text.replace("Bbox [x,y,w,h]", "Box x,y,w,h"))
+    with pytest.raises(DataFormatError, match=r"BBox_List_2017\.csv \(line 1\).*unexpected CSV header"):
+        read(root, base_params())
+
+
+def test_changed_entry_header(tmp_path: Path) -> None:
+    root = build_nih(tmp_path)
+    path = root / "Data_Entry_2017_v2020.csv"
+    path.write_text(path.read_text().replace("Patient Gender", "Sex", 1))
+    with pytest.raises(DataFormatError, match=r"Data_Entry_2017_v2020\.csv \(line 1\).*missing \['Patient Gender'\]"):
+        read(root, base_params())
+
+
+def test_unknown_finding_names_line(tmp_path: Path) -> None:
+    root = build_nih(tmp_path)
+    path = root / "Data_Entry_2017_v2020.csv"
+    path.write_text(path.read_text().replace("Pleural_Thickening", "Pleural Thickening"))
+    with pytest.raises(DataFormatError, match=r"\(line 4\): unknown finding 'Pleural Thickening'"):
+        read(root, base_params())
+
+
+def test_missing_image_error_and_skip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = build_nih(tmp_path)
+    next(root.rglob("00030003_000.png")).unlink()
+    with pytest.raises(DataFormatError, match=r"Data_Entry_2017_v2020\.csv \(line 8\): image .*00030003_000\.png .*does not exist"):
+        read(root, base_params())
+    with caplog.at_level(logging.WARNING):
+        m = read(root, base_params(on_missing="skip")).manifest
+    assert len(m) == len(NIH_ROWS) - 1
+
+
+def test_overlapping_lists_rejected(tmp_path: Path) -> None:
+    root = build_nih(tmp_path)
+    with (root / "test_list.txt").open("a") as fh:
+        fh.write("00030001_000.png\n")
+    with pytest.raises(DataFormatError, match=r"test_list\.txt \(line 3\): 00030001_000\.png is also in the train list"):
+        read(root, base_params())
+
+
+def test_lists_not_patient_disjoint(tmp_path: Path) -> None:
+    root = build_nih(tmp_path)
+    lines = (root / "train_val_list.txt").read_text().replace("00004521_001.png\n", "")
+    (root / "train_val_list.txt").write_text(lines)
+    with (root / "test_list.txt").open("a") as fh:
+        fh.write("00004521_001.png\n")
+    with pytest.raises(DataFormatError, match="patient '4521' appears in several official splits"):
+        read(root, base_params())
+
+
+def test_without_lists_all_splits_carved(tmp_path: Path) -> None:
+    m = validate_manifest(read(build_nih(tmp_path, with_lists=False, with_boxes=False), base_params(split_fractions={"train": 0.5, "val": 0.25, "test": 0.25})).manifest)
+    assert set(m["split"]) == {"train", "val", "test"}
+
+
+def test_conflicting_sex(tmp_path: Path) -> None:
+    root = build_nih(tmp_path)
+    path = root / "Data_Entry_2017_v2020.csv"
+    path.write_text(path.read_text().replace("No Finding,1,4521,63,F", "No Finding,1,4521,63,M"))
+    with pytest.raises(DataFormatError, match=r"patient '4521' has conflicting sex across rows \(Data_Entry_2017_v2020\.csv line 2=F, Data_Entry_2017_v2020\.csv line 3=M\)"):
+        read(root, base_params())
+
+
+def test_duplicate_basename_in_tree(tmp_path: Path) -> None:
+    root = build_nih(tmp_path)
+    write_png(root / "extra" / "00030001_000.png", (8, 8))
+    with pytest.raises(DataFormatError, match="two files named '00030001_000.png'"):
+        read(root, base_params())
+
+
+def test_stray_os_files_ignored(tmp_path: Path) -> None:
+    root = build_nih(tmp_path)
+    (root / "images_001" / "images" / "._00030001_000.png").write_bytes(b"\x00\x05\x16\x07")
+    m = read(root, base_params()).manifest
+    assert len(m) == len(NIH_ROWS)
+
+
+def test_kaggle_style_age_strings(tmp_path: Path) -> None:
+    root = build_nih(tmp_path)
+    path = root / "Data_Entry_2017_v2020.csv"
+    path.write_text(path.read_text().replace("17733,41,M", "17733,041Y,M"))
+    m = read(root, base_params()).manifest.set_index("image_id")
+    assert m.loc["00017733_002", "age_years"] == 41.0

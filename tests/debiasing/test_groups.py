@@ -1,0 +1,71 @@
+"""Tests of grouping: age bins, keys, ids and the bad-input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.debiasing.debias_fixtures import TASK, make_manifest
+
+from cxr_spurious.debiasing.groups import (
+    age_bin_labels,
+    assign_groups,
+    bin_ages,
+    check_groups,
+    group_keys,
+)
+from cxr_spurious.errors import DataFormatError, ParameterError
+
+
+def test_age_bins_default_edges() -> None:
+    assert age_bin_labels([0, 20, 40, 60, 80]) == ["0-20", "20-40", "40-60", "60-80", "80+"]
+    out = bin_ages(pd.Series([0, 19.9, 20, 79, 80, 101, np.nan, -1]))
+    assert out.tolist()[:6] == ["0-20", "0-20", "20-40", "60-80", "80+", "80+"]
+    assert pd.isna(out.iloc[6]) and pd.isna(out.iloc[7])
+
+
+def test_age_bins_must_increase() -> None:
+    with pytest.raises(ParameterError, match="age_bins"):
+        bin_ages(pd.Series([1.0]), [0, 40, 20])
+
+
+def test_keys_crossed_with_label_and_missing_values() -> None:
+    m = make_manifest()
+    m.loc[0, "sex"] = np.nan
+    m.loc[1, TASK] = np.nan
+    keys = group_keys(m, ["sex", "age_bin"], task=TASK, cross_label=True)
+    assert pd.isna(keys.iloc[0]) and pd.isna(keys.iloc[1])
+    row = m.iloc[2]
+    expected_bin = bin_ages(pd.Series([row["age_years"]])).iloc[0]
+    assert keys.iloc[2] == f"sex={row['sex']}|age_bin={expected_bin}|label={int(row[TASK])}"
+    ids, names = assign_groups(keys)
+    assert ids.iloc[0] == -1 and ids.iloc[1] == -1
+    assert names[int(ids.iloc[2])] == keys.iloc[2]
+    assert sorted(names.values()) == list(names.values())
+
+
+def test_unknown_attribute_names_key_and_columns() -> None:
+    with pytest.raises(ParameterError, match=r"group_by.*\['ethnicity'\].*available columns"):
+        group_keys(make_manifest(), ["ethnicity"])
+
+
+def test_group_with_one_patient_is_rejected() -> None:
+    m = make_manifest()
+    first = m.index[m["split"] == "train"][0]
+    pid = m.loc[first, "patient_id"]
+    m.loc[m["patient_id"] == pid, "sex"] = "X"
+    keys = group_keys(m, ["sex"])
+    with pytest.raises(DataFormatError, match=rf"group 'sex=X' has 1 patient\(s\) \({pid}\)"):
+        check_groups(m, keys, TASK)
+
+
+def test_group_with_all_labels_missing_is_rejected() -> None:
+    m = make_manifest()
+    m.loc[m["sex"] == "F", TASK] = np.nan
+    with pytest.raises(DataFormatError, match=f"every '{TASK}' label of group 'sex=F' is missing"):
+        check_groups(m, group_keys(m, ["sex"]), TASK)
+
+
+def test_valid_groups_pass() -> None:
+    m = make_manifest()
+    check_groups(m, group_keys(m, ["sex", "tube"]), TASK)

@@ -1,0 +1,168 @@
+"""Tests of augmentation, feature alignment, JTT errors, GEORGE groups, DFR and Group DRO."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from tests.debiasing.debias_fixtures import TASK, make_manifest
+
+from cxr_spurious.debiasing.augment import augment_image
+from cxr_spurious.debiasing.dfr import dfr_training_rows, fit_dfr
+from cxr_spurious.debiasing.features import align_table, embedding_matrix, thumbnails
+from cxr_spurious.debiasing.george import discover_groups
+from cxr_spurious.debiasing.groups import assign_groups, group_keys
+from cxr_spurious.debiasing.jtt import error_set
+from cxr_spurious.debiasing.objectives import GroupDROObjective, make_group_dro
+from cxr_spurious.debiasing.report import group_count_table, plot_group_counts
+from cxr_spurious.debiasing.resampling import resample_manifest
+from cxr_spurious.errors import ContractError, DataFormatError, ParameterError
+
+
+def _embeddings(m: pd.DataFrame, d: int = 6, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(len(m), d))
+    x[:, 0] += 3 * m[TASK].to_numpy()
+    x[:, 1] += 4 * (m["sex"] == "F").to_numpy()
+    return pd.DataFrame({"image_id": m["image_id"], **{f"e{i}": x[:, i] for i in range(d)}})
+
+
+def test_augment_deterministic_no_flip() -> None:
+    img = np.zeros((64, 64), np.uint8)
+    img[10:30, 5:20] = 200  # bright block on the left
+    a, b, c = augment_image(img, 7), augment_image(img, 7), augment_image(img, 8)
+    assert a.dtype == np.uint8 and a.shape == img.shape
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a[:, :32].mean() > 2 * a[:, 32:].mean()  # laterality kept
+    with pytest.raises(ParameterError, match="2-D uint8"):
+        augment_image(img.astype(float), 0)
+
+
+def test_align_and_misaligned_embeddings() -> None:
+    m = make_manifest()
+    emb = _embeddings(m).sample(frac=1.0, random_state=0)
+    x = embedding_matrix(m, emb)
+    assert np.allclose(x[:, 0], _embeddings(m)["e0"])
+    with pytest.raises(ContractError, match="misaligned with the manifest: 1 of"):
+        embedding_matrix(m, emb.iloc[1:])
+    with pytest.raises(ContractError, match="duplicated"):
+        align_table(m, pd.concat([emb, emb.iloc[:1]]), name="embeddings")
+    with pytest.raises(ContractError, match="e0..e"):
+        embedding_matrix(m, emb[["image_id"]])
+
+
+def test_thumbnails_area_mean() -> None:
+    imgs = np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8)
+    t = thumbnails(imgs, size=2)
+    assert t.shape == (2, 4)
+    assert np.isclose(t[0, 0], imgs[0, :4, :4].mean() / 255.0)
+
+
+def test_jtt_error_set() -> None:
+    m = make_manifest()
+    p = np.where(m[TASK] == 1, 0.9, 0.1)
+    flip = np.arange(len(m)) % 4 == 0
+    p[flip] = 1 - p[flip]
+    preds = pd.DataFrame({"image_id": m["image_id"], "split": m["split"], "model": "erm", f"p_{TASK}": p})
+    err = error_set(m, preds, TASK)
+    assert (err == (flip & (m["split"] == "train").to_numpy())).all()
+    with pytest.raises(ContractError, match="erm.predictions is misaligned"):
+        error_set(m, preds[m["split"] != "train"], TASK)
+
+
+def test_george_groups_recover_hidden_attribute() -> None:
+    m = make_manifest(n_patients=120)
+    g = discover_groups(m, _embeddings(m), TASK, n_clusters=2, seed=0)
+    from sklearn.metrics import adjusted_rand_score
+
+    for cls in (0, 1):
+        rows = m[TASK] == cls
+        assert adjusted_rand_score(m.loc[rows, "sex"], g[rows]) > 0.8
+        assert set(g[rows]) == {2 * cls, 2 * cls + 1}
+
+
+def test_dfr_matches_sklearn_on_balanced_half() -> None:
+    m = make_manifest(n_patients=150)
+    ids, _ = assign_groups(group_keys(m, ["sex"]))
+    emb = _embeddings(m)
+    rows = dfr_training_rows(m, ids.to_numpy(), TASK, seed=0)
+    assert (m.loc[rows, "split"] == "val").all()
+    cells = m.loc[rows].groupby(["sex", TASK]).size()
+    assert cells.nunique() == 1 and len(cells) == 4
+    preds = fit_dfr(m, emb, ids.to_numpy(), [TASK], seed=0)
+    x = emb[[f"e{i}" for i in range(6)]].to_numpy()
+    sc = StandardScaler().fit(x[rows])
+    ref = LogisticRegression(C=1.0, max_iter=2000, random_state=0).fit(sc.transform(x[rows]), m[TASK].to_numpy()[rows].astype(int))
+    np.testing.assert_allclose(preds[f"p_{TASK}"], ref.predict_proba(sc.transform(x))[:, 1])
+    assert list(preds.columns) == ["image_id", "split", "model", f"p_{TASK}"]
+
+
+def test_dfr_empty_cell_error() -> None:
+    m = make_manifest(n_patients=150)
+    m.loc[(m["split"] == "val") & (m["sex"] == "F"), TASK] = 0.0
+    ids, _ = assign_groups(group_keys(m, ["sex"]))
+    with pytest.raises(DataFormatError, match="no rows for \\(group, label\\)"):
+        dfr_training_rows(m, ids.to_numpy(), TASK)
+
+
+def test_group_dro_matches_hand_computation() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(6, 1, requires_grad=True)
+    labels = torch.tensor([[1.0], [0.0], [1.0], [0.0], [1.0], [float("nan")]])
+    valid = ~labels.isnan()
+    group = torch.tensor([0, 0, 1, 1, 1, 1])
+    obj = GroupDROObjective(3, step_size=0.5)
+    loss = obj(logits, labels, valid, {"group": group, "weight": torch.ones(6), "index": torch.arange(6)})
+    per = F.binary_cross_entropy_with_logits(logits[:5, 0], labels[:5, 0], reduction="none").detach()
+    l0, l1 = per[:2].mean(), per[2:5].mean()
+    q = torch.tensor([np.exp(0.5 * l0.item()), np.exp(0.5 * l1.item()), 1.0]) / 3
+    q = (q / q.sum()).float()
+    assert torch.allclose(obj.q, q.float(), atol=1e-6)
+    assert torch.isclose(loss, q[0] * l0 + q[1] * l1, atol=1e-6)
+    loss.backward()
+    assert logits.grad is not None and logits.grad[5].abs().sum() == 0
+
+
+def test_group_dro_upweights_worst_group_over_steps() -> None:
+    obj = make_group_dro({"n_groups": 2, "step_size": 0.1})
+    logits = torch.tensor([[3.0], [-3.0], [-3.0], [3.0]])
+    labels = torch.tensor([[1.0], [0.0], [1.0], [0.0]])
+    batch = {"group": torch.tensor([0, 0, 1, 1])}
+    for _ in range(10):
+        obj(logits, labels, torch.ones_like(labels, dtype=torch.bool), batch)
+    assert obj.q[1] > 0.9
+    with pytest.raises(ParameterError, match="n_groups"):
+        make_group_dro({})
+    with pytest.raises(ParameterError, match="step_size"):
+        GroupDROObjective(2, step_size=0)
+
+
+def test_group_count_report() -> None:
+    m = make_manifest()
+    ids, names = assign_groups(group_keys(m, ["sex"]))
+    out = resample_manifest(m, ids, "upsample", target="max")
+    table = group_count_table(m.assign(group=ids), out, names)
+    assert list(table["key"]) == ["sex=F", "sex=M"]
+    assert table["n_after"].nunique() == 1 and (table["n_before"] <= table["n_after"]).all()
+    assert (table["patients_after"] == table["patients_before"]).all()
+    fig = plot_group_counts(table)
+    assert len(fig.axes[0].patches) == 4
+
+
+def test_group_dro_registered_with_training_and_resumes() -> None:
+    objectives = pytest.importorskip("cxr_spurious.training.objectives")
+    obj = objectives.make_objective("group_dro", np.zeros((6, 1)), np.array([0, 0, 1, 2, 2, -1]), {"step_size": 0.2})
+    assert isinstance(obj, GroupDROObjective) and obj.n_groups == 3
+    labels = torch.tensor([[1.0], [0.0], [1.0], [0.0], [1.0], [0.0]])
+    batch = {"group": torch.tensor([0, 0, 1, 2, 2, -1])}
+    obj(torch.zeros(6, 1), labels, torch.ones(6, 1, dtype=torch.bool), batch)
+    fresh = objectives.make_objective("group_dro", np.zeros((6, 1)), np.array([0, 0, 1, 2, 2, -1]), {"step_size": 0.2})
+    fresh.load_state_dict(obj.state_dict())
+    assert torch.equal(fresh.q, obj.q)
+    with pytest.raises(ParameterError, match="'group' column"):
+        objectives.make_objective("group_dro", np.zeros((2, 1)), np.array([-1, -1]), {})

@@ -1,0 +1,69 @@
+"""Structure of the comparison pipeline: variants, inputs, parameters and catalog entries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kedro.config import OmegaConfigLoader
+
+from cxr_spurious.pipelines.comparison.pipeline import (
+    DFR,
+    JTT,
+    RESAMPLED,
+    VARIANTS,
+    create_pipeline,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    pytest.importorskip("cxr_spurious.pipelines.training.pipeline")
+    return create_pipeline()
+
+
+def _params() -> dict:
+    loader = OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env="base")
+    return loader["parameters"]
+
+
+def _lookup(params: dict, dotted: str) -> object:
+    node: object = params
+    for part in dotted.split("."):
+        assert isinstance(node, dict) and part in node, f"parameter '{dotted}' is missing (at '{part}')"
+        node = node[part]
+    return node
+
+
+def test_every_parameter_input_is_configured(pipeline) -> None:
+    params = _params()
+    for name in pipeline.inputs():
+        if name.startswith("params:"):
+            _lookup(params, name.removeprefix("params:"))
+    for variant in VARIANTS:
+        if variant != DFR:
+            block = _lookup(params, f"comparison.training_variants.{variant}")
+            assert block["name"] == variant
+
+
+def test_variants_train_on_their_own_resampled_manifest(pipeline) -> None:
+    free = pipeline.inputs()
+    assert {"manifest", "image_cache"} <= free
+    assert not any(n.endswith((".predictions", ".embeddings", ".resampled_manifest")) for n in free)
+    for variant in (*RESAMPLED, JTT):
+        node = next(n for n in pipeline.nodes if n.name == f"{variant}.prepare_training_table")
+        assert f"{variant}.resampled_manifest" in node.inputs
+    jtt = next(n for n in pipeline.nodes if n.name == f"{JTT}.upweight_erm_errors")
+    assert "cmp_erm.predictions" in jtt.inputs
+    cluster = next(n for n in pipeline.nodes if n.name == "cmp_cluster_downsample.resample_train_rows")
+    assert "cmp_erm.embeddings" in cluster.inputs
+    headline = next(n for n in pipeline.nodes if n.name == "build_headline_table")
+    assert headline.inputs == [f"{v}.model_summary" for v in VARIANTS] and headline.outputs == ["headline_table"]
+
+
+def test_group_dro_variant_uses_group_dro_objective() -> None:
+    block = _lookup(_params(), "comparison.training_variants.cmp_group_dro")
+    assert block["objective"] == "group_dro"
+    assert _lookup(_params(), "comparison.strategies.cmp_group_dro.strategy") == "none"

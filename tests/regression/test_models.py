@@ -1,0 +1,67 @@
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from scipy import stats
+
+from cxr_spurious.regression.features import mask_features
+from cxr_spurious.regression.models import (
+    feature_regressions,
+    logistic_hit,
+    minmax,
+    mixed_effects,
+    spearman_fisher,
+)
+
+
+def _table(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"image_id": [f"c{i // 2}" for i in range(n)], "task": ["Edema", "Cardiomegaly"] * (n // 2),
+                       "n_instances": rng.integers(1, 3, n).astype(float), "area_ratio": rng.random(n), "elongation": 1 + rng.random(n) * 3, "irrectangularity": rng.random(n)})
+    df["iou_tp"] = 0.2 + 0.5 * df["area_ratio"] + rng.normal(0, 0.05, n)
+    df["hit"] = (rng.random(n) < 0.3 + 0.5 * df["area_ratio"]).astype(float)
+    return df
+
+
+def test_pooled_ols_matches_statsmodels_directly():
+    df = _table()
+    res = feature_regressions(df, ["iou_tp"], features=["area_ratio"])
+    x = sm.add_constant(minmax(df["area_ratio"]))
+    fit = sm.OLS(df["iou_tp"], x).fit()
+    row = res.iloc[0]
+    assert np.isclose(row.coef, fit.params["area_ratio"]) and np.isclose(row.coef_pval, fit.pvalues["area_ratio"])
+    assert np.allclose([row.coef_lo, row.coef_hi], fit.conf_int().loc["area_ratio"])
+    rho = stats.spearmanr(df["iou_tp"], df["area_ratio"])[0]
+    assert np.isclose(row["corr"], rho)
+
+
+def test_cluster_robust_matches_statsmodels():
+    df = _table()
+    res = feature_regressions(df, ["iou_tp"], features=["area_ratio"], cluster="image_id").iloc[0]
+    fit = sm.OLS(df["iou_tp"], sm.add_constant(minmax(df["area_ratio"]))).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]})
+    assert np.allclose([res.coef_lo, res.coef_hi], fit.conf_int().loc["area_ratio"])
+
+
+def test_spearman_fisher_ci():
+    y, x = np.arange(10.0), np.array([1, 3, 2, 5, 4, 7, 6, 9, 8, 10.0])
+    rho, _, lo, hi = spearman_fisher(y, x)
+    assert np.isclose(lo, np.tanh(np.arctanh(rho) - 1.96 / np.sqrt(7)))
+    assert np.isclose(hi, np.tanh(np.arctanh(rho) + 1.96 / np.sqrt(7)))
+
+
+def test_logistic_and_mixed_models_match_statsmodels():
+    df = _table(60)
+    out = logistic_hit(df, features=["area_ratio"])
+    fit = sm.Logit(df["hit"], sm.add_constant(minmax(df["area_ratio"]))).fit(disp=0)
+    assert np.isclose(out.iloc[0].coef, fit.params["area_ratio"])
+    mixed = mixed_effects(df, "iou_tp", features=["area_ratio"])
+    assert len(mixed) == 1 and mixed.iloc[0].coef_lo < mixed.iloc[0].coef < mixed.iloc[0].coef_hi
+
+
+def test_mask_features_on_rectangle():
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:9, 2:22] = 1
+    f = mask_features(mask)
+    assert np.isclose(f["area_ratio"], 80 / 600)
+    assert np.isclose(f["elongation"], 19 / 3)  # contour through pixel centres: 19 x 3
+    assert abs(f["irrectangularity"]) < 1e-9
+    assert np.isnan(mask_features(np.zeros((3, 3), np.uint8))["elongation"])

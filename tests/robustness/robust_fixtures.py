@@ -1,0 +1,24 @@
+"""A tiny synthetic evaluation table for the robustness tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+TASK = "Pneumothorax"
+
+
+def make_table(n_patients: int = 150, seed: int = 0) -> pd.DataFrame:
+    """Scores good for sex M, poor for F; tube confounded with the label."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        sex = "F" if p % 3 == 0 else "M"
+        split = "val" if p % 2 else "test"
+        for k in range(1 + p % 2):
+            y = float(rng.random() < 0.4)
+            tube = float(rng.random() < (0.8 if y else 0.2))
+            signal = 1.5 if sex == "M" else 0.3
+            logit = signal * (2 * y - 1) + 1.5 * (2 * tube - 1) + rng.normal()
+            rows.append({"image_id": f"p{p}_{k}", "patient_id": f"p{p}", "split": split, TASK: y, f"p_{TASK}": 1 / (1 + np.exp(-logit)), "sex": sex, "site": "a" if rng.random() < 0.5 else "b", "tube": tube})
+    return pd.DataFrame(rows)

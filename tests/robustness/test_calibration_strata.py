@@ -1,0 +1,95 @@
+"""Calibration (against scikit-learn's calibration_curve) and hidden stratification."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import adjusted_mutual_info_score
+from tests.robustness.robust_fixtures import TASK, make_table
+
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.robustness.calibration import (
+    calibration_table,
+    expected_calibration_error,
+    plot_reliability,
+    reliability_bins,
+)
+from cxr_spurious.robustness.strata import (
+    attribute_ami,
+    cluster,
+    find_strata,
+    plot_strata,
+    plot_thumbnails,
+    reduce,
+)
+
+
+def test_reliability_bins_match_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    p = np.r_[rng.random(300), 1.0, 0.0]
+    y = (rng.random(302) < p).astype(float)
+    bins = reliability_bins(y, p, 10)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
+    np.testing.assert_allclose(bins["fraction_positive"], prob_true)
+    np.testing.assert_allclose(bins["mean_score"], prob_pred)
+    ece = expected_calibration_error(y, p, 10)
+    assert np.isclose(ece, np.sum(bins["count"] / 302 * np.abs(prob_true - prob_pred)))
+    assert expected_calibration_error(np.ones(10), np.zeros(10)) == 1.0
+    with pytest.raises(ParameterError, match="calibration_bins"):
+        reliability_bins(y, p, 0)
+
+
+def test_calibration_table_and_figure() -> None:
+    t = make_table()
+    out = calibration_table(t, TASK, ["sex"], n_boot=20)
+    assert list(out["group"]) == ["all", "F", "M"]
+    assert np.isclose(out["ece"].iloc[0], expected_calibration_error(t[TASK], t[f"p_{TASK}"]))
+    # ECE is biased upwards under resampling, so the estimate may sit below the interval
+    assert (out["ece_lo"] < out["ece_hi"]).all() and out[["ece_lo", "ece_hi"]].notna().all().all()
+    fig = plot_reliability(t, TASK, "sex")
+    assert len(fig.axes[0].lines) == 3
+
+
+def _strata_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Positives: a hidden subgroup (drain=0) far away in embedding space and missed."""
+    rng = np.random.default_rng(seed)
+    n = 200
+    y = (np.arange(n) % 2).astype(float)
+    drain = (rng.random(n) < 0.6).astype(int)
+    x = rng.normal(size=(n, 5))
+    x[:, 0] += 6 * drain
+    p = np.where(y == 1, np.where(drain == 1, 0.9, 0.3), 0.2) + rng.normal(0, 0.05, n)
+    return y, p, x, drain
+
+
+def test_find_strata_flags_hidden_subgroup() -> None:
+    y, p, x, drain = _strata_data()
+    ids, coords, table = find_strata(y, p, x, 0.5, k=[2, 3, 4], margin=0.1, seed=0)
+    flagged = table[table["flagged"]]
+    assert len(flagged) == 1 and flagged["class"].iloc[0] == 1
+    members = ids == flagged["cluster"].iloc[0]
+    assert drain[members].mean() < 0.05 and flagged["error_rate"].iloc[0] > 0.9
+    assert table.groupby("class")["size"].sum().tolist() == [100, 100]
+    ami = attribute_ami(ids, y, pd.DataFrame({"drain": drain}))
+    pos = ids >= 100
+    assert np.isclose(ami.query("`class` == 1")["ami"].iloc[0], adjusted_mutual_info_score(drain[pos].astype(str), ids[pos]))
+    assert ami.query("`class` == 1")["ami"].iloc[0] > 0.8
+    again = find_strata(y, p, x, 0.5, k=[2, 3, 4], seed=0)
+    np.testing.assert_array_equal(ids, again[0])
+    assert np.isfinite(coords[y == 1]).all()
+    fig = plot_strata(coords, ids, y, pd.DataFrame({"drain": drain}))
+    assert len(fig.axes) == 4
+    thumbs = plot_thumbnails({101: np.zeros((3, 8, 8), np.uint8)})
+    assert len(thumbs.axes) == 3
+
+
+def test_gmm_fixed_k_and_reducer_errors() -> None:
+    _, _, x, _ = _strata_data()
+    labels, k = cluster(x, method="gmm", k=3, seed=0)
+    assert k == 3 and np.unique(labels).size <= 3
+    with pytest.raises(ParameterError, match="umap-learn"):
+        reduce(x, method="umap")
+    with pytest.raises(ParameterError, match="valid names are: pca, umap"):
+        reduce(x, method="tsne")
