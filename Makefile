@@ -24,6 +24,7 @@ run: $(STAMP)  ## run the whole study on the embedded phantom dataset
 	$(BIN)/kedro run
 
 test: $(STAMP)  ## run the test suite (unit + integration)
+	bash scripts/install_chromium.sh
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test-fast: $(STAMP)  ## unit tests only

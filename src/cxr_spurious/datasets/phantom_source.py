@@ -33,9 +33,9 @@ class PhantomRequest:
 
     def digest(self) -> str:
         """Hash of the request (not of ``n_jobs``: output does not depend on it)."""
-        from cxr_spurious import __version__
+        from cxr_spurious.phantom import PHANTOM_VERSION
 
-        blob = json.dumps({"config": self.config, "seed": self.seed, "version": __version__}, sort_keys=True, default=str)
+        blob = json.dumps({"config": self.config, "seed": self.seed, "version": PHANTOM_VERSION}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -70,7 +70,7 @@ class PhantomSourceDataset(AbstractDataset[PhantomRequest, str]):
             return
         from cxr_spurious.phantom import PhantomConfig, generate_phantom
 
-        config = PhantomConfig.from_dict(data.config)
+        config = PhantomConfig.from_dict(data.config, key="ingestion.phantom")
         generate_phantom(config, self._path, seed=data.seed, n_jobs=data.n_jobs, progress=self._progress)
         write_text_atomic(stamp, json.dumps({"digest": digest, **asdict(data)}, default=str))
 

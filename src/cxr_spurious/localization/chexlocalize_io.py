@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from cxr_spurious.errors import DataFormatError, unknown_name_error
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.masks import decode_rle, encode_rle, rasterize_polygons
-from cxr_spurious.io.safe_pickle import load_torch_pickle
+from cxr_spurious.io.safe_pickle import (
+    _load_storage_from_bytes,
+    _TorchPickleUnpickler,
+    load_torch_pickle,
+)
+from cxr_spurious.localization.parallel import ordered_map
 from cxr_spurious.tasks import CHEXLOCALIZE_PROB_ORDER, CHEXLOCALIZE_TASKS
 
 logger = logging.getLogger(__name__)
@@ -80,21 +85,76 @@ class MapRecord:
     gt: float
 
 
+class _Deferred:
+    """A storage or tensor recorded by the unpickler but not built (e.g. ``cxr_img``)."""
+
+    def __init__(self, func: Any, args: tuple[Any, ...]) -> None:
+        self.func, self.args = func, args
+
+    def build(self) -> Any:
+        return self.func(*[a.build() if isinstance(a, _Deferred) else a for a in self.args])
+
+
+class _MapOnlyUnpickler(_TorchPickleUnpickler):
+    """The project's restricted tensor unpickler, with tensor rebuilding deferred.
+
+    The allow-list is unchanged (everything else still goes through the parent's
+    ``find_class``); storages and tensors become inert ``_Deferred`` records so that only
+    the values asked for (``map``, a tensor ``prob``) are ever built, and the 1.2 MB
+    ``cxr_img`` never is.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return lambda data: _Deferred(_load_storage_from_bytes, (data,))
+        func = super().find_class(module, name)
+        if module == "torch._utils" and name.startswith("_rebuild_tensor"):
+            return lambda *args: _Deferred(func, args)
+        return func
+
+
+def load_heatmap_pickle(path: str | Path, keys: tuple[str, ...] = ("map", "prob", "gt")) -> Any:
+    """Safely load a heatmap pickle, building only the tensors under ``keys``.
+
+    Zip files written by ``torch.save`` go through ``load_torch_pickle`` unchanged.
+
+    Raises:
+        DataFormatError: not a pickle, or it references anything but tensors and plain values.
+    """
+    path = Path(path)
+    with path.open("rb") as fh:
+        if fh.read(2) == b"PK":
+            return load_torch_pickle(path)
+        fh.seek(0)
+        try:
+            info = _MapOnlyUnpickler(fh, str(path)).load()
+            if isinstance(info, Mapping):
+                return {k: (v.build() if isinstance(v, _Deferred) and k in keys else v) for k, v in info.items()}
+            return info.build() if isinstance(info, _Deferred) else info
+        except DataFormatError:
+            raise
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, RuntimeError) as exc:
+            raise DataFormatError(path, f"not a readable heatmap pickle: {exc}") from exc
+
+
 def read_heatmap_pickle(path: str | Path) -> MapRecord:
-    """Load and validate one CheXlocalize heatmap pickle (restricted unpickler).
+    """Load and validate one CheXlocalize heatmap pickle (restricted unpickler, map only).
 
     Raises:
         DataFormatError: not a dict with ``map``/``prob``/``cxr_dims``, a malformed map or
             dims, NaN/inf values, or code-executing content.
     """
     cxr_id, task = parse_map_filename(path)
-    info = load_torch_pickle(path)
+    info = load_heatmap_pickle(path)
     if not isinstance(info, Mapping):
         raise DataFormatError(path, f"expected a dict with keys {list(PICKLE_KEYS)}, got {type(info).__name__}")
     missing = [k for k in PICKLE_KEYS if k not in info]
     if missing:
         raise DataFormatError(path, f"heatmap pickle lacks key(s) {missing}; expected {list(PICKLE_KEYS)}")
-    arr = np.asarray(torch.as_tensor(info["map"]).detach().cpu(), dtype=np.float32)
+    try:
+        arr = np.asarray(torch.as_tensor(info["map"]).detach().cpu(), dtype=np.float32)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DataFormatError(path, f"'map' must be a tensor or array, got {type(info['map']).__name__}", where="map") from exc
     arr = arr.reshape(arr.shape[-2:]) if arr.ndim >= 2 and int(np.prod(arr.shape[:-2])) == 1 else arr
     if arr.ndim != 2:
         raise DataFormatError(path, f"'map' must be (1, 1, h, w) or (h, w), got shape {arr.shape}", where="map")
@@ -108,7 +168,14 @@ def read_heatmap_pickle(path: str | Path) -> MapRecord:
     if width <= 0 or height <= 0:
         raise DataFormatError(path, f"'cxr_dims' must be positive (w, h), got {dims!r}", where="cxr_dims")
     gt = info.get("gt", np.nan)
-    return MapRecord(cxr_id, task, arr, width, height, _probability(info["prob"], task, path), float(gt) if gt is not None else np.nan)
+    gt = np.nan if gt is None or isinstance(gt, _Deferred) else gt
+    return MapRecord(cxr_id, task, arr, width, height, _probability(info["prob"], task, path), float(gt))
+
+
+def _index_row(path: Path) -> tuple[dict[str, Any], tuple[int, int]]:
+    """Index fields and map shape of one pickle (runs in a worker)."""
+    rec = read_heatmap_pickle(path)
+    return {"image_id": rec.cxr_id, "task": rec.task, "prob": rec.prob, "gt": rec.gt, "cxr_w": rec.width, "cxr_h": rec.height}, tuple(rec.map.shape)
 
 
 @dataclass
@@ -140,10 +207,17 @@ class PickleMapStack:
         return PickleMapStack([self.paths[i] for i in idx], self.map_shape)
 
 
-def read_heatmap_folder(folder: str | Path, *, model: str = "chexlocalize", method: str = "gradcam") -> HeatmapSet:
+def read_heatmap_folder(folder: str | Path, *, model: str = "chexlocalize", method: str = "gradcam", workers: int | None = None) -> HeatmapSet:
     """Index a CheXlocalize map folder as a lazy ``HeatmapSet`` (maps load on access).
 
-    Every pickle is read once to fill the index (prob, gt, cxr_dims); maps are not kept.
+    Every pickle is read once (in parallel, map tensor only) to fill the index (prob, gt,
+    cxr_dims) and validate the map; maps are not kept.
+
+    Args:
+        folder: Folder searched recursively for ``*_map.pkl``.
+        model: Model name for the index.
+        method: Saliency method name for the index.
+        workers: Processes (``None`` = one per core, 1 = in this process).
 
     Raises:
         DataFormatError: the folder has no ``*_map.pkl`` file, or a file is malformed.
@@ -152,14 +226,12 @@ def read_heatmap_folder(folder: str | Path, *, model: str = "chexlocalize", meth
     paths = sorted(p for p in root.rglob(f"*{MAP_SUFFIX}"))
     if not paths:
         raise DataFormatError(root, f"no '*{MAP_SUFFIX}' heatmap files found")
-    rows, shape = [], None
-    for path in tqdm(paths, desc="index heatmaps", leave=False):
-        rec = read_heatmap_pickle(path)
-        if shape is None:
-            shape = rec.map.shape
-        rows.append({"image_id": rec.cxr_id, "task": rec.task, "prob": rec.prob, "gt": rec.gt, "cxr_w": rec.width, "cxr_h": rec.height, "model": model, "method": method})
+    rows, shapes = [], set()
+    for row, shape in ordered_map(_index_row, paths, n_items=len(paths), workers=workers, chunksize=16, desc="index heatmaps"):
+        rows.append({**row, "model": model, "method": method})
+        shapes.add(shape)
     index = pd.DataFrame(rows)
-    return HeatmapSet(index, PickleMapStack(paths, tuple(shape)))  # type: ignore[arg-type]
+    return HeatmapSet(index, PickleMapStack(paths, next(iter(sorted(shapes)))))  # type: ignore[arg-type]
 
 
 def load_json(path: str | Path) -> dict[str, Any]:

@@ -1,28 +1,41 @@
 """Stream a ``HeatmapSet`` once: segmentation, IoU, hit/miss, tuning counts, extra metrics.
 
-Each map is upsampled once (torch; on CUDA when available), segmented, RLE-encoded, and
-scored against the ground-truth RLE without decoding it (pycocotools RLE arithmetic).
-Only positive (non-empty gt) pairs decode their mask, for the threshold-tuning counts and
-the optional mass/rank metrics. Memory is bounded by one full-size map at a time.
+Each map is loaded, upsampled once and segmented by the fast kernels
+(``localization.kernels``: cv2 on the CPU, one worker process per core; torch on CUDA
+when present), RLE-encoded, and scored against the ground-truth RLE without decoding it
+(pycocotools RLE arithmetic). Only positive (non-empty gt) pairs decode their mask, for
+the threshold-tuning counts and the optional mass/rank metrics. Memory is bounded by one
+full-size map per worker; results are merged in input order, so they do not depend on
+the number of workers.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from pycocotools import mask as mask_utils
-from tqdm.auto import tqdm
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.masks import decode_rle, encode_rle
-from cxr_spurious.localization.chexlocalize_io import check_task
+from cxr_spurious.localization.chexlocalize_io import (
+    PickleMapStack,
+    check_task,
+    read_heatmap_pickle,
+)
+from cxr_spurious.localization.kernels import (
+    FastMap,
+    segment_map_cpu,
+    segment_map_torch,
+    threshold_counts,
+)
 from cxr_spurious.localization.metrics import (
     iou_from_counts,
     mass_rank_metrics,
@@ -30,22 +43,43 @@ from cxr_spurious.localization.metrics import (
     rle_counts,
     rle_pixel,
 )
-from cxr_spurious.localization.segmentation import (
-    SegmentationConfig,
-    check_finite,
-    is_constant,
-    normalise,
-    pick_device,
-    segment,
-    upsample,
-)
+from cxr_spurious.localization.parallel import ordered_map
+from cxr_spurious.localization.segmentation import SegmentationConfig, check_finite, pick_device
 
 logger = logging.getLogger(__name__)
 
 
-def _encode_fast(mask: np.ndarray) -> dict[str, Any]:
-    # pycocotools wants column-major data: a blocked cv2 transpose beats np.asfortranarray.
-    return encode_rle(cv2.transpose(mask).T)
+@dataclass(frozen=True)
+class MapJob:
+    """Everything needed to evaluate one map, picklable for a worker process.
+
+    Attributes:
+        image_id: CXR id.
+        task: Pathology.
+        source: The map (2-D array) or the path of its pickle (loaded in the worker).
+        height: Original image height.
+        width: Original image width.
+        prob: Model probability.
+        config: Segmentation options.
+        gt_rle: Ground-truth RLE, or ``None`` when the CXR is not in the ground truth.
+        tuning_grid: Fixed thresholds to count pixels for (positive pairs only).
+        extra_metrics: Compute relevance mass/rank, top-k and pixel AUROC.
+        top_k: k of the top-k intersection.
+        spurious: ``{object: rle}`` of the CXR for shortcut attribution.
+    """
+
+    image_id: str
+    task: str
+    source: Any
+    height: int
+    width: int
+    prob: float
+    config: SegmentationConfig = SegmentationConfig()
+    gt_rle: dict[str, Any] | None = None
+    tuning_grid: tuple[float, ...] = ()
+    extra_metrics: bool = False
+    top_k: int = 1000
+    spurious: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _gt_entry(gt: Mapping[str, Mapping[str, Any]], image_id: str, task: str, h: int, w: int) -> dict[str, Any] | None:
@@ -61,34 +95,96 @@ def _gt_entry(gt: Mapping[str, Mapping[str, Any]], image_id: str, task: str, h: 
     return rle
 
 
-def score_map(up: torch.Tensor, norm: torch.Tensor | None, mask: np.ndarray, gt_rle: dict[str, Any] | None, *, tuning_grid: Sequence[float], extra_metrics: bool, top_k: int, spurious: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Score one segmented map; returns (record fields, predicted RLE)."""
-    h, w = mask.shape
-    pred = _encode_fast(mask)
+def _load_map(job: MapJob) -> np.ndarray:
+    """The job's 2-D float32 map (read from its pickle when given a path), checked finite."""
+    if isinstance(job.source, str | Path):
+        return read_heatmap_pickle(job.source).map
+    arr = np.asarray(job.source, dtype=np.float32)
+    arr = arr.reshape(arr.shape[-2:]) if arr.ndim > 2 else arr
+    check_finite(arr, source="heatmaps", key=f"{job.image_id}/{job.task}")
+    return arr
+
+
+def _score(fast: FastMap, job: MapJob) -> np.ndarray | None:
+    """Normalised (h, w) float32 map for the mass metrics (zeros for a constant map)."""
+    up = np.asarray(fast.up_t.cpu() if isinstance(fast.up_t, torch.Tensor) else fast.up_t).T
+    if fast.span <= 0:
+        return np.zeros((job.height, job.width), np.float32)
+    norm = np.subtract(up, np.float32(fast.lo), dtype=np.float32)
+    return np.ascontiguousarray(np.divide(norm, np.float32(fast.span), dtype=np.float32))
+
+
+def score_fast_map(fast: FastMap, job: MapJob) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score one segmented map against its ground truth; returns (record fields, predicted RLE)."""
+    h, w = job.height, job.width
+    pred = encode_rle(fast.mask_t.T)  # the transposed C-order mask is the (h, w) mask in Fortran order
+    gt_rle = job.gt_rle
     rec: dict[str, Any] = {"in_gt": gt_rle is not None, "n_pixels": h * w}
     if gt_rle is None:
-        pa, ga, inter = int(mask.sum()), 0, 0
+        pa, ga, inter = int(mask_utils.area(_coco(pred))), 0, 0
     else:
         pa, ga, inter = rle_counts(pred, gt_rle)
     rec.update(pred_area=pa, gt_area=ga, intersection=inter)
     rec["iou_tp"] = iou_from_counts(pa, ga, inter, true_pos_only=True) if gt_rle is not None else np.nan
     rec["iou_full"] = iou_from_counts(pa, ga, inter, true_pos_only=False)
-    flat = int(torch.argmax(up).item())  # first maximal index, like np.argmax
-    row, col = divmod(flat, w)
+    row, col = fast.argmax
     rec.update(argmax_row=row, argmax_col=col)
     rec["hit"] = float(rle_pixel(gt_rle, row, col)) if gt_rle is not None and ga > 0 else np.nan
-    score = norm if norm is not None else torch.zeros_like(up)
-    if gt_rle is not None and ga > 0 and (tuning_grid or extra_metrics):
-        gt_mask = torch.from_numpy(decode_rle(gt_rle, source="gt_segmentations")).to(score.device).bool()
-        inside = score[gt_mask]
-        for t in tuning_grid:
-            rec[f"tune_area_{t:g}"] = int((score > float(t)).sum().item())
-            rec[f"tune_inter_{t:g}"] = int((inside > float(t)).sum().item())
-        if extra_metrics:
-            rec.update(mass_rank_metrics(score.cpu().numpy(), gt_mask.cpu().numpy(), top_k=top_k))
-    for name, rle in spurious.items():
-        rec[f"shortcut_{name}"] = mass_share(score.cpu().numpy(), decode_rle(rle, source="spurious_segmentations", key=name))
+    positive = gt_rle is not None and ga > 0
+    gt_mask = decode_rle(gt_rle, source="gt_segmentations", key=f"{job.image_id}/{job.task}") if positive and (job.tuning_grid or job.extra_metrics) else None
+    if gt_mask is not None and job.tuning_grid:
+        areas, inters = threshold_counts(fast, job.tuning_grid, gt_mask, mask_utils.toBbox(_coco(gt_rle)))
+        for t, a, i in zip(job.tuning_grid, areas, inters):
+            rec[f"tune_area_{t:g}"], rec[f"tune_inter_{t:g}"] = a, i
+    score = _score(fast, job) if (gt_mask is not None and job.extra_metrics) or job.spurious else None
+    if gt_mask is not None and job.extra_metrics:
+        rec.update(mass_rank_metrics(score, gt_mask, top_k=job.top_k))
+    for name, rle in job.spurious.items():
+        rec[f"shortcut_{name}"] = mass_share(score, decode_rle(rle, source="spurious_segmentations", key=name))
     return rec, pred
+
+
+def _coco(rle: Mapping[str, Any]) -> dict[str, Any]:
+    counts = rle["counts"]
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def evaluate_job(job: MapJob, device: torch.device | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load, segment and score one map (the unit of work of a worker process).
+
+    Args:
+        job: The map and its context.
+        device: A CUDA device for the torch kernel; ``None`` = cv2 on the CPU.
+
+    Returns:
+        (record fields, predicted RLE).
+    """
+    map2d = _load_map(job)
+    if device is not None and device.type == "cuda":
+        with torch.inference_mode():
+            fast = segment_map_torch(map2d, job.height, job.width, job.prob, job.config, device)
+            return score_fast_map(fast, job)
+    return score_fast_map(segment_map_cpu(map2d, job.height, job.width, job.prob, job.config), job)
+
+
+def build_jobs(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[str, Any]], *, configs: Mapping[str, SegmentationConfig], tuning_grid: Sequence[float], extra_metrics: bool, top_k: int, spurious_segmentations: Mapping[str, Mapping[str, Any]]) -> list[MapJob]:
+    """One ``MapJob`` per index row (maps of a pickle folder travel as paths).
+
+    Raises:
+        DataFormatError: unknown task, or dims that disagree with the ground truth.
+    """
+    index = heatmaps.index.reset_index(drop=True)
+    paths = heatmaps.maps.paths if isinstance(heatmaps.maps, PickleMapStack) else None
+    grid = tuple(float(t) for t in tuning_grid)
+    jobs = []
+    for i, row in enumerate(index[["image_id", "task", "cxr_h", "cxr_w", "prob"]].itertuples(index=False)):
+        image_id, task = str(row.image_id), str(row.task)
+        check_task(task, source="heatmaps", key=image_id)
+        h, w = int(row.cxr_h), int(row.cxr_w)
+        gt_rle = _gt_entry(gt_segmentations, image_id, task, h, w)
+        source = str(paths[i]) if paths is not None else heatmaps.maps[i]
+        jobs.append(MapJob(image_id, task, source, h, w, float(row.prob), configs.get(task, SegmentationConfig()), gt_rle, grid, extra_metrics, top_k, spurious_segmentations.get(image_id, {})))
+    return jobs
 
 
 def evaluate_heatmap_set(
@@ -103,6 +199,7 @@ def evaluate_heatmap_set(
     prefer_gpu: bool = True,
     progress: bool = True,
     desc: str = "localization",
+    workers: int | None = None,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """Evaluate every map of a set against the ground truth in one streaming pass.
 
@@ -114,9 +211,10 @@ def evaluate_heatmap_set(
         extra_metrics: Compute relevance mass/rank, top-k and pixel AUROC (full-res sorts).
         top_k: k of the top-k intersection.
         spurious_segmentations: ``{cxr_id: {object: rle}}`` for shortcut attribution.
-        prefer_gpu: Upsample on CUDA when present.
+        prefer_gpu: Run the kernels on CUDA when present (in this process).
         progress: Show a progress bar.
         desc: Progress-bar label.
+        workers: CPU worker processes (``None`` = one per core; 1 = in this process).
 
     Returns:
         The per-map table (index columns + counts, IoUs, hit, tuning counts, extras) and the
@@ -126,27 +224,28 @@ def evaluate_heatmap_set(
         DataFormatError: unknown task, NaN/inf map, or dims that disagree with the gt.
     """
     device = pick_device(prefer_gpu)
-    configs = configs or {}
-    spurious_segmentations = spurious_segmentations or {}
     index = heatmaps.index.reset_index(drop=True)
+    jobs = build_jobs(heatmaps, gt_segmentations, configs=configs or {}, tuning_grid=tuning_grid, extra_metrics=extra_metrics, top_k=top_k, spurious_segmentations=spurious_segmentations or {})
+    if device.type == "cuda":
+        results = ordered_map(_CudaJob(device), jobs, n_items=len(jobs), workers=1, desc=desc, progress=progress)
+    else:
+        results = ordered_map(evaluate_job, jobs, n_items=len(jobs), workers=workers, desc=desc, progress=progress)
     records, seg_json = [], {}
-    for i in tqdm(range(len(index)), desc=desc, leave=False, disable=not progress):
-        row = index.iloc[i]
-        image_id, task = str(row["image_id"]), str(row["task"])
-        check_task(task, source="heatmaps", key=image_id)
-        h, w = int(row["cxr_h"]), int(row["cxr_w"])
-        map2d = heatmaps.maps[i]
-        check_finite(map2d, source="heatmaps", key=f"{image_id}/{task}")
-        gt_rle = _gt_entry(gt_segmentations, image_id, task, h, w)
-        with torch.inference_mode():
-            up = upsample(map2d, h, w, device)
-            norm = None if is_constant(map2d) else normalise(up)
-            mask = segment(norm, (h, w), float(row["prob"]), configs.get(task, SegmentationConfig()))
-            rec, pred = score_map(up, norm, mask, gt_rle, tuning_grid=tuning_grid, extra_metrics=extra_metrics, top_k=top_k, spurious=spurious_segmentations.get(image_id, {}))
-        seg_json.setdefault(image_id, {})[task] = pred
-        records.append({**row.to_dict(), **rec})
+    for row, job, (rec, pred) in zip(index.to_dict("records"), jobs, results):
+        seg_json.setdefault(job.image_id, {})[job.task] = pred
+        records.append({**row, **rec})
     table = pd.DataFrame(records)
     return _add_missing_predictions(table, gt_segmentations, index), seg_json
+
+
+class _CudaJob:
+    """``evaluate_job`` bound to a CUDA device (run in this process)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self, job: MapJob) -> tuple[dict[str, Any], dict[str, Any]]:
+        return evaluate_job(job, self.device)
 
 
 def _add_missing_predictions(table: pd.DataFrame, gt: Mapping[str, Mapping[str, Any]], index: pd.DataFrame) -> pd.DataFrame:

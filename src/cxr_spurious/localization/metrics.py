@@ -95,11 +95,15 @@ def segmentation_table(pred: Mapping[str, Mapping[str, Any]], gt: Mapping[str, M
     return pd.DataFrame(rows)
 
 
-def human_hit_table(gt: Mapping[str, Mapping[str, Any]], salient_points: Mapping[str, Mapping[str, Any]], tasks: Sequence[str] = CHEXLOCALIZE_TASKS) -> pd.DataFrame:
-    """Human-benchmark hit/miss per (gt cxr, task) from salient points (reference semantics)."""
+def human_hit_table(gt: Mapping[str, Mapping[str, Any]], salient_points: Mapping[str, Mapping[str, Any]], tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """Human-benchmark hit/miss per (gt cxr, task) from salient points (reference semantics).
+
+    ``tasks`` defaults to the tasks present in each CXR's ground truth (the 10 CheXlocalize
+    tasks on CheXlocalize data, the phantom's pathologies on the phantom).
+    """
     rows = []
     for cxr_id in sorted(gt):
-        for task in tasks:
+        for task in (tasks if tasks is not None else list(gt[cxr_id])):
             mask = decode_rle(gt[cxr_id][task], source="gt_segmentations", key=f"{cxr_id}/{task}")
             rows.append({"image_id": cxr_id, "task": task, "hit": salient_point_hit(mask, salient_points.get(cxr_id, {}).get(task))})
     return pd.DataFrame(rows)

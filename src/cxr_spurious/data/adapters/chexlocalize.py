@@ -30,7 +30,14 @@ from cxr_spurious.data.adapters.base import IngestedSource
 from cxr_spurious.data.contract import assign_patient_splits, normalise_manifest
 from cxr_spurious.errors import DataFormatError, ParameterError
 from cxr_spurious.io.masks import decode_rle, encode_rle, rasterize_polygons
-from cxr_spurious.tasks import CHEXLOCALIZE_TASKS, CHEXPERT_HEADER, CHEXPERT_OBSERVATIONS, PHANTOM_TASKS, SPURIOUS_OBJECTS, task_column
+from cxr_spurious.tasks import (
+    CHEXLOCALIZE_TASKS,
+    CHEXPERT_HEADER,
+    CHEXPERT_OBSERVATIONS,
+    PHANTOM_TASKS,
+    SPURIOUS_OBJECTS,
+    task_column,
+)
 
 logger = logging.getLogger(__name__)
 

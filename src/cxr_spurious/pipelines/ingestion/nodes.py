@@ -14,8 +14,8 @@ from cxr_spurious.data.cache import CacheSpec, make_cache_spec
 from cxr_spurious.data.contract import validate_manifest
 from cxr_spurious.data.report import dataset_counts, plot_dataset_report
 from cxr_spurious.datasets.phantom_source import PhantomRequest
-from cxr_spurious.phantom import example_grid
 from cxr_spurious.errors import ParameterError
+from cxr_spurious.phantom import example_grid
 from cxr_spurious.tasks import SPURIOUS_OBJECTS
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,110 @@
+"""``TorchModelDataset``: a model artifact ``{"state_dict", "config"}`` in one torch file.
+
+Saved with ``torch.save`` (locally to a temporary file renamed into place, so a crash
+never leaves half a model); loaded with ``torch.load(weights_only=True)``, so a model file
+can never run code. fsspec paths (``s3://``, ``gs://``...) work too.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+from typing import Any
+
+import fsspec
+import torch
+from kedro.io import AbstractDataset
+from kedro.io.core import get_protocol_and_path
+
+from cxr_spurious.errors import DataFormatError
+from cxr_spurious.io.atomic import atomic_path
+
+
+class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
+    """A model artifact: a state dict and the config that rebuilds its architecture."""
+
+    def __init__(
+        self,
+        filepath: str,
+        architecture: str | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Create the dataset.
+
+        Args:
+            filepath: Path or fsspec URL of the ``.pt`` file.
+            architecture: If given, ``load`` refuses an artifact of another architecture.
+            fs_args: Extra arguments for the fsspec filesystem.
+            metadata: Free-form metadata (kedro-viz layer).
+        """
+        protocol, path = get_protocol_and_path(filepath)
+        self._protocol = protocol
+        self._filepath = PurePosixPath(path)
+        self._fs = fsspec.filesystem(protocol, **(fs_args or {}))
+        self._architecture = architecture
+        self.metadata = metadata
+
+    @property
+    def _url(self) -> str:
+        return (
+            str(self._filepath)
+            if self._protocol == "file"
+            else f"{self._protocol}://{self._filepath}"
+        )
+
+    def load(self) -> dict[str, Any]:
+        """Read the artifact with ``weights_only=True`` and check its shape and architecture.
+
+        Raises:
+            DataFormatError: unreadable, not ``{"state_dict", "config"}``, or another
+                architecture than the configured one (naming the file and both).
+        """
+        try:
+            with self._fs.open(self._url, "rb") as fh:
+                artifact = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise DataFormatError(
+                self._url,
+                f"not a readable torch model artifact (loaded with weights_only=True): {exc}",
+            ) from exc
+        if not isinstance(artifact, dict) or not {"state_dict", "config"} <= set(artifact):
+            keys = sorted(artifact) if isinstance(artifact, dict) else type(artifact).__name__
+            raise DataFormatError(
+                self._url, f"expected a dict with 'state_dict' and 'config', got {keys}"
+            )
+        arch = artifact["config"].get("architecture")
+        if self._architecture is not None and arch != self._architecture:
+            raise DataFormatError(
+                self._url,
+                f"holds a '{arch}' model but this dataset expects architecture '{self._architecture}'",
+            )
+        return artifact
+
+    def save(self, data: Mapping[str, Any]) -> None:
+        """Write ``{"state_dict", "config"}`` (tensors moved to CPU)."""
+        if not isinstance(data, Mapping) or not {"state_dict", "config"} <= set(data):
+            raise DataFormatError(self._url, "can only save a dict with 'state_dict' and 'config'")
+        payload = {
+            "state_dict": {k: v.detach().cpu() for k, v in data["state_dict"].items()},
+            "config": dict(data["config"]),
+        }
+        if self._protocol == "file":
+            with atomic_path(self._url, suffix=".pt") as tmp:
+                torch.save(payload, tmp)
+            return
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        parent = str(self._filepath.parent)
+        self._fs.makedirs(f"{self._protocol}://{parent}", exist_ok=True)
+        with self._fs.open(self._url, "wb") as fh:
+            fh.write(buffer.getvalue())
+
+    def _exists(self) -> bool:
+        return bool(self._fs.exists(self._url))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._url, "architecture": self._architecture}

@@ -1,0 +1,131 @@
+"""Ordered, deterministic process-pool map for per-map work (one worker per core).
+
+Results come back in input order whatever the number of workers, so outputs do not
+depend on it. Project errors raised in a worker are re-raised in the caller as the same
+exception (``DataFormatError`` does not survive pickling by itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import cv2
+from tqdm.auto import tqdm
+
+from cxr_spurious.errors import DataFormatError, ParameterError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MIN_ITEMS_FOR_POOL = 16  # below this, forking costs more than it saves
+
+
+@dataclass(frozen=True)
+class _Failure:
+    kind: str
+    args: tuple[Any, ...]
+    text: str
+
+
+def available_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_workers(workers: int | None, n_items: int) -> int:
+    """Number of processes: ``None`` = one per core; 1 (or a small job) = in-process.
+
+    Raises:
+        ParameterError: ``workers`` < 1.
+    """
+    if workers is not None and workers < 1:
+        raise ParameterError("localization.workers", f"must be >= 1 or null (one per core), got {workers}")
+    n = available_cores() if workers is None else int(workers)
+    return 1 if n_items < MIN_ITEMS_FOR_POOL else max(1, min(n, n_items))
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class _Guarded:
+    """Picklable wrapper that turns worker exceptions into ``_Failure`` values."""
+
+    def __init__(self, func: Callable[[Any], Any]) -> None:
+        self.func = func
+
+    def __call__(self, item: Any) -> Any:
+        try:
+            return self.func(item)
+        except DataFormatError as exc:
+            return _Failure("DataFormatError", (exc.source, exc.problem, exc.where), "")
+        except ParameterError as exc:
+            return _Failure("ParameterError", (exc.key, exc.problem), "")
+        except Exception as exc:  # re-raised in the parent with the worker's traceback
+            return _Failure(type(exc).__name__, (str(exc),), traceback.format_exc())
+
+
+def _raise(failure: _Failure) -> None:
+    if failure.kind == "DataFormatError":
+        source, problem, where = failure.args
+        raise DataFormatError(source, problem, where=where)
+    if failure.kind == "ParameterError":
+        raise ParameterError(*failure.args)
+    raise RuntimeError(f"worker failed with {failure.kind}: {failure.args[0]}\n{failure.text}")
+
+
+def ordered_map(func: Callable[[T], R], items: Iterable[T], *, n_items: int, workers: int | None = None, chunksize: int = 8, desc: str = "", progress: bool = True) -> Iterator[R]:
+    """``map(func, items)`` over a pool of processes, yielding results in input order.
+
+    Args:
+        func: A picklable (module-level) function of one item.
+        items: The inputs (consumed lazily by the pool's feeder).
+        n_items: Number of items (for the progress bar and the pool decision).
+        workers: Processes; ``None`` = one per available core; 1 = in this process.
+        chunksize: Items sent to a worker at a time.
+        desc: Progress-bar label.
+        progress: Show a tqdm bar.
+
+    Yields:
+        ``func(item)`` for each item, in order.
+
+    Raises:
+        DataFormatError: re-raised from a worker.
+        ParameterError: re-raised from a worker, or bad ``workers``.
+    """
+    n = resolve_workers(workers, n_items)
+    guarded = _Guarded(func)
+    bar = tqdm(total=n_items, desc=desc, leave=False, disable=not progress)
+    try:
+        if n == 1:
+            results: Iterable[Any] = map(guarded, items)
+            for res in results:
+                if isinstance(res, _Failure):
+                    _raise(res)
+                bar.update(1)
+                yield res
+            return
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        logger.debug("%s: %d items over %d %s workers", desc, n_items, n, method)
+        with mp.get_context(method).Pool(n, initializer=_init_worker) as pool:
+            for res in pool.imap(guarded, items, chunksize=max(1, int(chunksize))):
+                if isinstance(res, _Failure):
+                    _raise(res)
+                bar.update(1)
+                yield res
+    finally:
+        bar.close()

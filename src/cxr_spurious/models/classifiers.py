@@ -1,0 +1,66 @@
+"""Image-level classifiers on torchvision backbones (ResNet, DenseNet), 1-channel input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from cxr_spurious.models.base import CXRModel
+from cxr_spurious.models.pretrained import load_backbone
+
+
+class ResNetClassifier(CXRModel):
+    """torchvision ResNet-18/34/50 with a linear head over the pooled ``layer4`` features."""
+
+    def __init__(self, depth: int, tasks: Sequence[str], pretrained: str | None = None) -> None:
+        super().__init__(tasks)
+        net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+        net = load_backbone(net, pretrained, "conv1", ("fc.",))
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
+        self.embed_dim = net.fc.in_features
+        self.fc = nn.Linear(self.embed_dim, len(self.tasks))
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """``layer4``."""
+        return self.layer4
+
+    def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image logits and the pooled ``layer4`` features."""
+        h = self.maxpool(self.relu(self.bn1(self.conv1(self.normalise(x)))))
+        h = self.layer4(self.layer3(self.layer2(self.layer1(h))))
+        emb = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+        return self.fc(emb), emb
+
+
+class DenseNetClassifier(CXRModel):
+    """torchvision DenseNet-121 (the CheXpert / CheXlocalize backbone)."""
+
+    def __init__(self, tasks: Sequence[str], pretrained: str | None = None) -> None:
+        super().__init__(tasks)
+        net = torchvision.models.densenet121(weights=None)
+        net = load_backbone(net, pretrained, "features.conv0", ("classifier.",))
+        self.features = net.features
+        self.embed_dim = net.classifier.in_features
+        self.classifier = nn.Linear(self.embed_dim, len(self.tasks))
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The ``features`` block (its output feeds the final ReLU and pooling)."""
+        return self.features
+
+    def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image logits and the pooled feature vector."""
+        h = F.relu(self.features(self.normalise(x)))
+        emb = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+        return self.classifier(emb), emb

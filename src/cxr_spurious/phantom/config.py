@@ -1,0 +1,480 @@
+"""Configuration of the phantom generator: one frozen dataclass with nested sections.
+
+Every knob has a default that reproduces the project's default study (about 1,000 train,
+300 val and 600 test images at 256 px, pneumothorax confounded with a chest tube in train
+and val, independent in test). ``PhantomConfig.from_dict`` builds a config from a (possibly
+partial, possibly nested) mapping such as ``params:ingestion.phantom``: missing keys keep
+their defaults, unknown keys and bad values raise ``ParameterError`` naming the dotted key.
+
+Mappings keyed by a fixed vocabulary (tasks, splits) are merged with the defaults; mappings
+keyed by user-chosen names (sites, demographic groups, multipliers) replace them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.tasks import PHANTOM_TASKS
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+CORNERS: tuple[str, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
+DEMOGRAPHIC_ATTRIBUTES: tuple[str, ...] = ("sex", "race", "insurance", "site")
+COUNTERFACTUAL_VARIANTS: tuple[str, ...] = ("no_tube", "no_lesion")
+
+
+@dataclass(frozen=True)
+class TubeConfig:
+    """The chest tube, the shortcut correlated with Pneumothorax.
+
+    Attributes:
+        p_given_ptx: P(tube | Pneumothorax positive) per split.
+        p_given_no_ptx: P(tube | Pneumothorax negative) per split. The defaults confound
+            train and val (0.9 / 0.1) and make the tube independent of PTX in test (0.5).
+        side: ``"ptx"`` puts the tube on the side of the pneumothorax (random side for a
+            PTX-negative image); ``"random"`` picks either side at random.
+        width_frac: Tube width as a fraction of the image size (0.02 = 2 px at 96 px).
+        contrast: Brightness of the radiopaque stripe, in attenuation units.
+    """
+
+    p_given_ptx: dict[str, float] = field(default_factory=lambda: {"train": 0.9, "val": 0.9, "test": 0.5})
+    p_given_no_ptx: dict[str, float] = field(default_factory=lambda: {"train": 0.1, "val": 0.1, "test": 0.5})
+    side: str = "ptx"
+    width_frac: float = 0.02
+    contrast: float = 0.3
+
+
+@dataclass(frozen=True)
+class FindingsConfig:
+    """Pathology appearance and size.
+
+    Attributes:
+        contrast: Visibility multiplier per task (1 = moderate, 0.5 = subtle, 2 = strong).
+            For Cardiomegaly it scales how much the heart is enlarged.
+        max_instances: Largest number of instances per positive task (at least one is drawn;
+            Pneumothorax and Pleural Effusion use one or two sides, Cardiomegaly one heart).
+        min_thickness_at_96: Smallest thickness (px) of any lesion mask once the image is
+            resized to 96 px; sizes are scaled from it to the written resolution.
+    """
+
+    contrast: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHANTOM_TASKS, 1.0))
+    max_instances: dict[str, int] = field(
+        default_factory=lambda: {
+            "Pneumothorax": 1,
+            "Pleural Effusion": 2,
+            "Lung Lesion": 4,
+            "Cardiomegaly": 1,
+            "Airspace Opacity": 3,
+        }
+    )
+    min_thickness_at_96: float = 5.5
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """One acquisition site: its share of patients, image appearance and marker style.
+
+    Attributes:
+        share: Fraction of patients from this site (all shares sum to 1).
+        brightness: Additive intensity offset of the site's detector (about -0.1..0.1).
+        contrast: Multiplicative gain of the site's display curve (about 0.8..1.2).
+        noise: Multiplier of the image noise level.
+        blur: Multiplier of the image blur.
+        lesion_contrast: Multiplier of every lesion's visibility at this site (a site with
+            subtler lesions is harder, so a model can under-serve it).
+        prevalence_multiplier: Multiplier of every task's prevalence at this site.
+        marker: Text of the site's laterality marker token ("L", "R", "PORT", ...).
+        marker_corner: Corner where the marker is drawn.
+        marker_prob: Probability that an image of this site carries the marker.
+    """
+
+    share: float = 1.0
+    brightness: float = 0.0
+    contrast: float = 1.0
+    noise: float = 1.0
+    blur: float = 1.0
+    lesion_contrast: float = 1.0
+    prevalence_multiplier: float = 1.0
+    marker: str = "L"
+    marker_corner: str = "top_right"
+    marker_prob: float = 0.9
+
+
+def _default_sites() -> dict[str, SiteConfig]:
+    return {
+        "A": SiteConfig(share=0.6, brightness=0.0, contrast=1.0, noise=1.0, blur=1.0, marker="L", marker_corner="top_right", marker_prob=0.9),
+        "B": SiteConfig(share=0.3, brightness=0.06, contrast=0.9, noise=1.4, blur=1.2, marker="R", marker_corner="top_left", marker_prob=0.9),
+        "C": SiteConfig(share=0.1, brightness=-0.05, contrast=1.1, noise=1.8, blur=1.5, lesion_contrast=0.7, prevalence_multiplier=1.2, marker="PORT", marker_corner="bottom_right", marker_prob=0.8),
+    }
+
+
+@dataclass(frozen=True)
+class DemographicsConfig:
+    """Patient attributes and how they change prevalence and lesion visibility.
+
+    Attributes:
+        sex: Share of each sex code (``M`` / ``F``).
+        race: Share of each race group.
+        insurance: Share of each insurance group.
+        age_mean: Mean age in years (normal, clipped to [age_min, age_max]).
+        age_sd: Standard deviation of age.
+        age_min: Youngest age.
+        age_max: Oldest age.
+        prevalence_multiplier: ``{attribute: {group: factor}}`` multiplying every task's
+            prevalence for that group (attributes: sex, race, insurance, site).
+        lesion_contrast_multiplier: ``{attribute: {group: factor}}`` multiplying lesion
+            visibility for that group (< 1 makes the group's lesions subtler).
+    """
+
+    sex: dict[str, float] = field(default_factory=lambda: {"M": 0.5, "F": 0.5})
+    race: dict[str, float] = field(default_factory=lambda: {"White": 0.6, "Black": 0.15, "Asian": 0.15, "Other": 0.1})
+    insurance: dict[str, float] = field(default_factory=lambda: {"Private": 0.45, "Medicare": 0.35, "Medicaid": 0.2})
+    age_mean: float = 58.0
+    age_sd: float = 17.0
+    age_min: int = 18
+    age_max: int = 90
+    prevalence_multiplier: dict[str, dict[str, float]] = field(default_factory=dict)
+    lesion_contrast_multiplier: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AppearanceConfig:
+    """Per-image variation (drawn uniformly within these ranges).
+
+    Attributes:
+        body_scale: Range of the thorax half-width as a fraction of the half image size.
+        shift: Largest centre shift as a fraction of the image size.
+        rotation_deg: Largest rotation in degrees.
+        exposure: Largest additive exposure change.
+        contrast: Range of the display gamma (< 1 brightens, > 1 darkens).
+        noise: Range of the noise standard deviation (intensity units).
+        blur: Range of the blur sigma as a fraction of the image size.
+    """
+
+    body_scale: tuple[float, float] = (0.78, 0.9)
+    shift: float = 0.03
+    rotation_deg: float = 5.0
+    exposure: float = 0.05
+    contrast: tuple[float, float] = (0.85, 1.2)
+    noise: tuple[float, float] = (0.015, 0.035)
+    blur: tuple[float, float] = (0.001, 0.004)
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    """Other acquisition features.
+
+    Attributes:
+        p_support_device: Probability of support devices (ECG leads, a central line).
+        p_ap: Probability that a view is AP (else PA); AP views are slightly magnified.
+    """
+
+    p_support_device: float = 0.25
+    p_ap: float = 0.3
+
+
+@dataclass(frozen=True)
+class CounterfactualConfig:
+    """Counterfactual renders (same seed, same noise, one element removed).
+
+    Attributes:
+        splits: Splits rendered (default the test split).
+        variants: ``no_tube`` (without the chest tube) and/or ``no_lesion`` (without any
+            pathology).
+    """
+
+    splits: tuple[str, ...] = ("test",)
+    variants: tuple[str, ...] = COUNTERFACTUAL_VARIANTS
+
+
+@dataclass(frozen=True)
+class HumanBenchmarkConfig:
+    """The simulated second reader of the test split.
+
+    Attributes:
+        splits: Splits that get a human benchmark (empty to switch it off).
+        boundary_jitter: Amplitude of the smooth boundary perturbation, as a fraction of
+            the image size.
+        shift: Largest translation of each outline, as a fraction of the image size.
+        p_miss: Probability of missing an instance, for instances smaller than
+            ``small_area`` when the task has another instance.
+        small_area: Area (fraction of the image) below which an instance may be missed.
+        point_jitter: Jitter of the salient point, as a fraction of the image size.
+    """
+
+    splits: tuple[str, ...] = ("test",)
+    boundary_jitter: float = 0.012
+    shift: float = 0.008
+    p_miss: float = 0.2
+    small_area: float = 0.01
+    point_jitter: float = 0.01
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """Everything the phantom generator needs besides the seed.
+
+    Attributes:
+        n_images: Total number of images (one frontal view per study).
+        image_size: Written resolution in pixels (square images).
+        split_fractions: Share of patients per split (patient-disjoint, seeded).
+        studies_per_patient: Probabilities of 1, 2, ... studies per patient.
+        prevalence: Base prevalence of each task (before group multipliers).
+        tube: Chest tube shortcut settings.
+        findings: Pathology appearance.
+        sites: Acquisition sites by name.
+        demographics: Patient attributes.
+        appearance: Per-image variation.
+        devices: Support devices and view.
+        counterfactuals: Counterfactual renders.
+        human_benchmark: Simulated second reader.
+    """
+
+    n_images: int = 1900
+    image_size: int = 256
+    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.53, "val": 0.16, "test": 0.31})
+    studies_per_patient: tuple[float, ...] = (0.6, 0.25, 0.15)
+    prevalence: dict[str, float] = field(
+        default_factory=lambda: {
+            "Pneumothorax": 0.5,
+            "Pleural Effusion": 0.2,
+            "Lung Lesion": 0.2,
+            "Cardiomegaly": 0.15,
+            "Airspace Opacity": 0.2,
+        }
+    )
+    tube: TubeConfig = field(default_factory=TubeConfig)
+    findings: FindingsConfig = field(default_factory=FindingsConfig)
+    sites: dict[str, SiteConfig] = field(default_factory=_default_sites)
+    demographics: DemographicsConfig = field(default_factory=DemographicsConfig)
+    appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    counterfactuals: CounterfactualConfig = field(default_factory=CounterfactualConfig)
+    human_benchmark: HumanBenchmarkConfig = field(default_factory=HumanBenchmarkConfig)
+
+    @classmethod
+    def from_dict(cls, params: Mapping[str, Any] | None, *, key: str = "phantom") -> PhantomConfig:
+        """Build and validate a config from a (partial) nested mapping.
+
+        Args:
+            params: Overrides of the defaults, e.g. ``{"n_images": 400, "tube": {"side":
+                "random"}}``. ``None`` or ``{}`` gives the default config.
+            key: Name of the mapping in error messages (``phantom.tube.side``).
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ParameterError: an unknown key or a bad value, naming the dotted key.
+        """
+        if params is None:
+            params = {}
+        config = _build(cls, params, key)
+        validate_config(config, key)
+        return config
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> PhantomConfig:
+        """A small, fast config for tests: 24 images at 64 px (overridable)."""
+        return cls.from_dict({"n_images": 24, "image_size": 64, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain JSON-able Python values."""
+        return _plain(dataclasses.asdict(self))
+
+    def fingerprint(self) -> str:
+        """A short hash of the resolved config."""
+        blob = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- building
+
+# Mappings whose keys are a fixed vocabulary: user values are merged into the defaults.
+_MERGED_MAPPINGS = {"p_given_ptx", "p_given_no_ptx", "contrast", "max_instances", "prevalence", "split_fractions"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, params: Any, key: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``params`` over its defaults (recursively)."""
+    if not isinstance(params, Mapping):
+        raise ParameterError(key, f"expected a mapping of settings, got {type(params).__name__} {params!r:.60}")
+    defaults = cls()
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in params if k not in names)
+    if unknown:
+        raise ParameterError(f"{key}.{unknown[0]}", f"unknown key; valid keys are: {', '.join(sorted(names))}")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in params:
+            continue
+        sub = f"{key}.{f.name}"
+        values[f.name] = _coerce(getattr(defaults, f.name), params[f.name], sub, merge=f.name in _MERGED_MAPPINGS)
+    return cls(**values)
+
+
+def _coerce(default: Any, value: Any, key: str, *, merge: bool = False) -> Any:
+    """Convert ``value`` to the type of ``default``; raise ParameterError otherwise."""
+    if dataclasses.is_dataclass(default):
+        return _build(type(default), value, key)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ParameterError(key, f"expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+            raise ParameterError(key, f"expected an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+            raise ParameterError(key, f"expected a finite number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ParameterError(key, f"expected a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise ParameterError(key, f"expected a list, got {value!r}")
+        proto = default[0] if default else ""
+        return tuple(_coerce(proto, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if isinstance(default, dict):
+        if not isinstance(value, Mapping):
+            raise ParameterError(key, f"expected a mapping, got {value!r:.60}")
+        proto = next(iter(default.values())) if default else _mapping_prototype(key)
+        out = dict(default) if merge else {}
+        for k, v in value.items():
+            if merge and k not in default:
+                raise ParameterError(f"{key}.{k}", f"unknown key; valid keys are: {', '.join(sorted(default))}")
+            out[str(k)] = _coerce(proto, v, f"{key}.{k}")
+        return out
+    raise ParameterError(key, f"unsupported setting type {type(default).__name__}")  # pragma: no cover
+
+
+def _mapping_prototype(key: str) -> Any:
+    """Value prototype of mappings whose default is empty."""
+    if key.endswith("multiplier"):
+        return {"": 1.0}
+    return 1.0  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_range(value: float, key: str, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    if not (lo < value <= hi if lo_open else lo <= value <= hi):
+        bracket = "(" if lo_open else "["
+        raise ParameterError(key, f"expected a value in {bracket}{lo}, {hi}], got {value}")
+
+
+def _check_shares(shares: Mapping[str, float], key: str) -> None:
+    if not shares:
+        raise ParameterError(key, "expected at least one group")
+    for name, share in shares.items():
+        _check_range(share, f"{key}.{name}", 0.0, 1.0)
+    total = sum(shares.values())
+    if not math.isclose(total, 1.0, abs_tol=1e-6):
+        raise ParameterError(key, f"shares must sum to 1, got {total:.6g} from {dict(shares)}")
+
+
+def _check_pair(pair: tuple[float, ...], key: str, lo: float, hi: float) -> None:
+    if len(pair) != 2 or not (lo <= pair[0] <= pair[1] <= hi):
+        raise ParameterError(key, f"expected [low, high] with {lo} <= low <= high <= {hi}, got {list(pair)}")
+
+
+def validate_config(cfg: PhantomConfig, key: str = "phantom") -> None:
+    """Check ranges and cross-field consistency of a config.
+
+    Raises:
+        ParameterError: naming the dotted key and what was expected.
+    """
+    if cfg.n_images < 1:
+        raise ParameterError(f"{key}.n_images", f"expected a positive integer, got {cfg.n_images}")
+    if not 32 <= cfg.image_size <= 2048:
+        raise ParameterError(f"{key}.image_size", f"expected 32..2048 pixels, got {cfg.image_size}")
+    _check_shares(cfg.split_fractions, f"{key}.split_fractions")
+    if not cfg.studies_per_patient:
+        raise ParameterError(f"{key}.studies_per_patient", "expected probabilities of 1, 2, ... studies")
+    _check_shares({str(i + 1): p for i, p in enumerate(cfg.studies_per_patient)}, f"{key}.studies_per_patient")
+    for task, p in cfg.prevalence.items():
+        _check_range(p, f"{key}.prevalence.{task}", 0.0, 1.0)
+    for name in ("p_given_ptx", "p_given_no_ptx"):
+        for split, p in getattr(cfg.tube, name).items():
+            _check_range(p, f"{key}.tube.{name}.{split}", 0.0, 1.0)
+    if cfg.tube.side not in ("ptx", "random"):
+        raise ParameterError(f"{key}.tube.side", f"expected 'ptx' or 'random', got {cfg.tube.side!r}")
+    _check_range(cfg.tube.width_frac, f"{key}.tube.width_frac", 0.0, 0.1, lo_open=True)
+    _check_range(cfg.tube.contrast, f"{key}.tube.contrast", 0.0, 2.0)
+    for task, c in cfg.findings.contrast.items():
+        _check_range(c, f"{key}.findings.contrast.{task}", 0.0, 5.0)
+    for task, n in cfg.findings.max_instances.items():
+        _check_range(n, f"{key}.findings.max_instances.{task}", 1, 8)
+    _check_range(cfg.findings.min_thickness_at_96, f"{key}.findings.min_thickness_at_96", 1.0, 20.0)
+    _check_shares({name: s.share for name, s in cfg.sites.items()}, f"{key}.sites (share)")
+    for name, site in cfg.sites.items():
+        skey = f"{key}.sites.{name}"
+        if not isinstance(site, SiteConfig):
+            raise ParameterError(skey, "expected a mapping of site settings")
+        _check_range(site.brightness, f"{skey}.brightness", -0.5, 0.5)
+        for attr in ("contrast", "noise", "blur", "lesion_contrast", "prevalence_multiplier"):
+            _check_range(getattr(site, attr), f"{skey}.{attr}", 0.0, 5.0)
+        if site.marker_corner not in CORNERS:
+            raise ParameterError(f"{skey}.marker_corner", f"expected one of {', '.join(CORNERS)}, got {site.marker_corner!r}")
+        if not 1 <= len(site.marker) <= 6 or not site.marker.isascii() or not site.marker.isprintable():
+            raise ParameterError(f"{skey}.marker", f"expected 1-6 printable ASCII characters, got {site.marker!r}")
+        _check_range(site.marker_prob, f"{skey}.marker_prob", 0.0, 1.0)
+    demo = cfg.demographics
+    for attr in ("sex", "race", "insurance"):
+        _check_shares(getattr(demo, attr), f"{key}.demographics.{attr}")
+    unknown_sex = sorted(set(demo.sex) - {"M", "F"})
+    if unknown_sex:
+        raise ParameterError(f"{key}.demographics.sex", f"expected codes 'M' / 'F', got {unknown_sex}")
+    if not demo.age_min <= demo.age_max or demo.age_min < 0 or demo.age_max > 120:
+        raise ParameterError(f"{key}.demographics.age_min", f"expected 0 <= age_min <= age_max <= 120, got {demo.age_min}..{demo.age_max}")
+    _check_range(demo.age_sd, f"{key}.demographics.age_sd", 0.0, 60.0)
+    groups = {"sex": demo.sex, "race": demo.race, "insurance": demo.insurance, "site": cfg.sites}
+    for name in ("prevalence_multiplier", "lesion_contrast_multiplier"):
+        for attr, mults in getattr(demo, name).items():
+            mkey = f"{key}.demographics.{name}.{attr}"
+            if attr not in groups:
+                raise ParameterError(mkey, f"unknown attribute; expected one of {', '.join(DEMOGRAPHIC_ATTRIBUTES)}")
+            for group, factor in mults.items():
+                if group not in groups[attr]:
+                    raise ParameterError(f"{mkey}.{group}", f"unknown {attr} group; expected one of {', '.join(sorted(groups[attr]))}")
+                _check_range(factor, f"{mkey}.{group}", 0.0, 10.0)
+    app = cfg.appearance
+    _check_pair(app.body_scale, f"{key}.appearance.body_scale", 0.4, 1.0)
+    _check_range(app.shift, f"{key}.appearance.shift", 0.0, 0.15)
+    _check_range(app.rotation_deg, f"{key}.appearance.rotation_deg", 0.0, 20.0)
+    _check_range(app.exposure, f"{key}.appearance.exposure", 0.0, 0.3)
+    _check_pair(app.contrast, f"{key}.appearance.contrast", 0.3, 3.0)
+    _check_pair(app.noise, f"{key}.appearance.noise", 0.0, 0.3)
+    _check_pair(app.blur, f"{key}.appearance.blur", 0.0, 0.02)
+    _check_range(cfg.devices.p_support_device, f"{key}.devices.p_support_device", 0.0, 1.0)
+    _check_range(cfg.devices.p_ap, f"{key}.devices.p_ap", 0.0, 1.0)
+    for name in ("counterfactuals", "human_benchmark"):
+        for split in getattr(cfg, name).splits:
+            if split not in SPLITS:
+                raise ParameterError(f"{key}.{name}.splits", f"unknown split {split!r}; expected some of {', '.join(SPLITS)}")
+    for variant in cfg.counterfactuals.variants:
+        if variant not in COUNTERFACTUAL_VARIANTS:
+            raise ParameterError(f"{key}.counterfactuals.variants", f"unknown variant {variant!r}; expected some of {', '.join(COUNTERFACTUAL_VARIANTS)}")
+    hb = cfg.human_benchmark
+    _check_range(hb.boundary_jitter, f"{key}.human_benchmark.boundary_jitter", 0.0, 0.1)
+    _check_range(hb.shift, f"{key}.human_benchmark.shift", 0.0, 0.1)
+    _check_range(hb.p_miss, f"{key}.human_benchmark.p_miss", 0.0, 1.0)
+    _check_range(hb.small_area, f"{key}.human_benchmark.small_area", 0.0, 1.0)
+    _check_range(hb.point_jitter, f"{key}.human_benchmark.point_jitter", 0.0, 0.1)

@@ -1,0 +1,260 @@
+"""``generate_phantom``: render the cohort and write it in the CheXpert / CheXlocalize formats.
+
+Output folder (written into a temporary folder and swapped in only when complete)::
+
+    images/patientXXXXX/studyN/view1_frontal.png      8-bit grayscale
+    labels.csv                                        CheXpert header
+    attributes.csv                                    image_id,patient_id,study_id,split,sex,age_years,race,insurance,site,tube
+    gt_annotations.json, gt_segmentations.json        CheXlocalize formats (every image)
+    spurious_segmentations.json                       {image_id: {object: rle}}
+    hb_annotations.json, hb_segmentations.json, hb_salient_pt.json   (human-benchmark splits)
+    counterfactuals/<variant>/images/...png           (counterfactual splits)
+    phantom_meta.json                                 resolved config, seed, version, counts
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import io
+import json
+import logging
+import multiprocessing
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.io.atomic import atomic_dir, write_text_atomic
+from cxr_spurious.io.masks import encode_rle
+from cxr_spurious.phantom import human_benchmark
+from cxr_spurious.phantom.cohort import STREAM_IMAGE, ImageRecord, build_cohort, stream_rng
+from cxr_spurious.phantom.config import SPLITS, PhantomConfig
+from cxr_spurious.phantom.render import VARIANT_REMOVES, RenderedImage, render_variants
+from cxr_spurious.tasks import (
+    CHEXPERT_HEADER,
+    CHEXPERT_OBSERVATIONS,
+    PHANTOM_TASKS,
+    SPURIOUS_OBJECTS,
+    task_column,
+)
+
+logger = logging.getLogger(__name__)
+
+PHANTOM_VERSION = "1.0.0"
+ATTRIBUTE_HEADER: tuple[str, ...] = ("image_id", "patient_id", "study_id", "split", "sex", "age_years", "race", "insurance", "site", "tube")
+_HB_STREAM = 90
+_CHUNK = 16
+_SEX_WORD = {"M": "Male", "F": "Female"}
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What a worker sends back for one image (everything but the pixels)."""
+
+    record: ImageRecord
+    positives: tuple[str, ...]
+    annotations: dict[str, Any]
+    segmentations: dict[str, Any]
+    spurious: dict[str, Any]
+    hb_annotations: dict[str, Any] | None
+    hb_segmentations: dict[str, Any] | None
+    hb_points: dict[str, Any] | None
+    support_device: int
+
+
+def _png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:  # pragma: no cover - OpenCV failure
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _segmentations(polygons: dict[str, list], size: int) -> dict[str, Any]:
+    from cxr_spurious.io.masks import rasterize_polygons
+
+    return {t: encode_rle(rasterize_polygons(polygons.get(t, []), size, size)) for t in PHANTOM_TASKS}
+
+
+def _variants_needed(rec: ImageRecord, variants: Sequence[str]) -> dict[str, frozenset[str]]:
+    """Counterfactuals that differ from the original (the others are byte copies)."""
+    present = set(rec.positives) | ({"Chest Tube"} if rec.tube else set())
+    return {v: VARIANT_REMOVES[v] for v in variants if VARIANT_REMOVES[v] & present}
+
+
+def process_record(cfg: PhantomConfig, rec: ImageRecord, seed: int, out_dir: Path) -> ImageResult:
+    """Render one image (and its counterfactuals), write its PNGs, return its ground truth.
+
+    Args:
+        cfg: Generator config.
+        rec: The image's record.
+        seed: Master seed.
+        out_dir: Output (temporary) folder.
+
+    Returns:
+        The image's ground truth entries.
+    """
+    size = cfg.image_size
+    cf_variants = cfg.counterfactuals.variants if rec.split in cfg.counterfactuals.splits else ()
+    needed = _variants_needed(rec, cf_variants)
+    renders = render_variants(cfg, rec, seed, {"original": frozenset(), **needed})
+    original: RenderedImage = renders["original"]
+    data = _png(original.image)
+    _write(out_dir / rec.rel_path, data)
+    for variant in cf_variants:
+        _write(out_dir / "counterfactuals" / variant / rec.rel_path, _png(renders[variant].image) if variant in needed else data)
+    polygons = original.polygons
+    annotations = {"img_size": [size, size], **{t: polygons[t] for t in PHANTOM_TASKS if t in polygons}}
+    hb = (None, None, None)
+    if rec.split in cfg.human_benchmark.splits:
+        outlines, points = human_benchmark.read_image(polygons, stream_rng(seed, STREAM_IMAGE, rec.index, _HB_STREAM), cfg.human_benchmark, size)
+        hb = ({"img_size": [size, size], **outlines}, _segmentations(outlines, size), points)
+    return ImageResult(
+        record=rec,
+        positives=tuple(t for t in PHANTOM_TASKS if t in polygons),
+        annotations=annotations,
+        segmentations=_segmentations(polygons, size),
+        spurious={o: encode_rle(original.spurious[o]) for o in SPURIOUS_OBJECTS},
+        hb_annotations=hb[0],
+        hb_segmentations=hb[1],
+        hb_points=hb[2],
+        support_device=int(original.spurious["Support Device"].any()),
+    )
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _process_chunk(cfg: PhantomConfig, records: Sequence[ImageRecord], seed: int, out_dir: str) -> list[ImageResult]:
+    return [process_record(cfg, rec, seed, Path(out_dir)) for rec in records]
+
+
+def _run(cfg: PhantomConfig, records: Sequence[ImageRecord], seed: int, out_dir: Path, n_jobs: int, progress: bool) -> list[ImageResult]:
+    chunks = [records[i : i + _CHUNK] for i in range(0, len(records), _CHUNK)]
+    results: list[ImageResult] = []
+    with tqdm(total=len(records), desc="phantom", unit="img", disable=not progress) as bar:
+        if n_jobs == 1:
+            for chunk in chunks:
+                results.extend(_process_chunk(cfg, chunk, seed, str(out_dir)))
+                bar.update(len(chunk))
+        else:
+            context = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
+                futures = [pool.submit(_process_chunk, cfg, chunk, seed, str(out_dir)) for chunk in chunks]
+                for future in cf.as_completed(futures):
+                    part = future.result()
+                    results.extend(part)
+                    bar.update(len(part))
+    return sorted(results, key=lambda r: r.record.index)
+
+
+def labels_row(result: ImageResult) -> list[str]:
+    """One ``labels.csv`` row (CheXpert header order) for an image."""
+    rec = result.record
+    row = [rec.rel_path, _SEX_WORD[rec.sex], str(rec.age_years), "Frontal", rec.view]
+    for obs in CHEXPERT_OBSERVATIONS:
+        task = task_column(obs)
+        if task in PHANTOM_TASKS:
+            row.append("1.0" if task in result.positives else "0.0")
+        elif obs == "Support Devices":
+            row.append("1.0" if (rec.tube or result.support_device) else "0.0")
+        elif obs == "No Finding":
+            row.append("0.0" if result.positives else "1.0")
+        else:
+            row.append("")
+    return row
+
+
+def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def summarise(results: Sequence[ImageResult]) -> dict[str, Any]:
+    """Counts per split: images, patients, positives per task, tube rates by PTX status."""
+    out: dict[str, Any] = {}
+    for split in SPLITS:
+        rows = [r for r in results if r.record.split == split]
+        ptx = [r for r in rows if "Pneumothorax" in r.positives]
+        no_ptx = [r for r in rows if "Pneumothorax" not in r.positives]
+        out[split] = {
+            "images": len(rows),
+            "patients": len({r.record.patient for r in rows}),
+            "positives": {t: sum(t in r.positives for r in rows) for t in PHANTOM_TASKS},
+            "tube": sum(r.record.tube for r in rows),
+            "tube_rate_given_ptx": (sum(r.record.tube for r in ptx) / len(ptx)) if ptx else None,
+            "tube_rate_given_no_ptx": (sum(r.record.tube for r in no_ptx) / len(no_ptx)) if no_ptx else None,
+        }
+    return out
+
+
+def _write_tables(cfg: PhantomConfig, results: Sequence[ImageResult], seed: int, out: Path) -> None:
+    write_text_atomic(out / "labels.csv", _csv(CHEXPERT_HEADER, [labels_row(r) for r in results]))
+    attrs = [[r.record.image_id, r.record.patient_id, r.record.study_id, r.record.split, r.record.sex, r.record.age_years, r.record.race, r.record.insurance, r.record.site, r.record.tube] for r in results]
+    write_text_atomic(out / "attributes.csv", _csv(ATTRIBUTE_HEADER, attrs))
+    write_text_atomic(out / "gt_annotations.json", _json({r.record.image_id: r.annotations for r in results}))
+    write_text_atomic(out / "gt_segmentations.json", _json({r.record.image_id: r.segmentations for r in results}))
+    write_text_atomic(out / "spurious_segmentations.json", _json({r.record.image_id: r.spurious for r in results}))
+    hb = [r for r in results if r.hb_annotations is not None]
+    if cfg.human_benchmark.splits:
+        write_text_atomic(out / "hb_annotations.json", _json({r.record.image_id: r.hb_annotations for r in hb}))
+        write_text_atomic(out / "hb_segmentations.json", _json({r.record.image_id: r.hb_segmentations for r in hb}))
+        write_text_atomic(out / "hb_salient_pt.json", _json({r.record.image_id: r.hb_points for r in hb}))
+    meta = {
+        "generator": "cxr_spurious.phantom",
+        "version": PHANTOM_VERSION,
+        "seed": int(seed),
+        "config": cfg.to_dict(),
+        "counts": summarise(results),
+        "human_benchmark_images": len(hb),
+        "counterfactual_images": {v: sum(r.record.split in cfg.counterfactuals.splits for r in results) for v in cfg.counterfactuals.variants},
+    }
+    write_text_atomic(out / "phantom_meta.json", json.dumps(meta, indent=2, sort_keys=True))
+
+
+def generate_phantom(cfg: PhantomConfig, out_dir: Path | str, *, seed: int, n_jobs: int = 1, progress: bool = True) -> Path:
+    """Generate the phantom data set into ``out_dir`` (replaced atomically when complete).
+
+    Args:
+        cfg: Generator config (``PhantomConfig.from_dict``).
+        out_dir: Output folder; an existing folder is replaced only once the new one is done.
+        seed: Master seed; the output depends only on (cfg, seed), not on ``n_jobs``.
+        n_jobs: Worker processes (1 renders in this process).
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        The output folder.
+
+    Raises:
+        ParameterError: ``n_jobs`` < 1 or a non-integer seed.
+    """
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise ParameterError("n_jobs", f"expected an integer >= 1, got {n_jobs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ParameterError("seed", f"expected an integer >= 0, got {seed!r}")
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    records = build_cohort(cfg, int(seed))
+    with atomic_dir(out_dir) as tmp:
+        results = _run(cfg, records, int(seed), tmp, n_jobs, progress)
+        mismatched = [r.record.image_id for r in results if set(r.positives) != set(r.record.positives)]
+        if mismatched:
+            logger.warning("%d image(s) lost a finding that did not fit (labels follow the drawn outlines), e.g. %s", len(mismatched), mismatched[:3])
+        _write_tables(cfg, results, int(seed), tmp)
+    logger.info("Phantom: %d images written to %s in %.1f s (n_jobs=%d)", len(results), out_dir, time.perf_counter() - start, n_jobs)
+    return out_dir

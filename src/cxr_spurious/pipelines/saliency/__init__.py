@@ -1,0 +1,5 @@
+"""The saliency pipeline: maps of every trained model, sanity check, overlays, CheXlocalize export."""
+
+from cxr_spurious.pipelines.saliency.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

@@ -1,0 +1,211 @@
+"""Thin nodes of the saliency pipeline; the work lives in ``cxr_spurious.saliency``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cxr_spurious.data.cache import ImageCache
+from cxr_spurious.datasets.heatmaps import ChexlocalizeExport
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.saliency.compute import (
+    heatmap_set_for,
+    load_model,
+    name_list,
+    plan_methods,
+    resolve_tasks,
+    select_image_ids,
+)
+from cxr_spurious.saliency.overlays import overlay_figure, sample_rows
+from cxr_spurious.saliency.registry import MethodOptions
+from cxr_spurious.saliency.sanity import SANITY_COLUMNS, model_randomisation_check
+from cxr_spurious.variants import heatmap_namespace
+
+logger = logging.getLogger(__name__)
+
+
+def _options(method_options: dict[str, Any] | None, seed: int) -> MethodOptions:
+    return MethodOptions.from_params({**(method_options or {}), "seed": int(seed)})
+
+
+def compute_model_heatmaps(
+    model_artifact: dict[str, Any],
+    image_cache: ImageCache,
+    manifest: pd.DataFrame,
+    methods: list[str] | str | None,
+    tasks: list[str] | str | None,
+    split: str,
+    max_images: int | None,
+    seed: int,
+    batch_size: int,
+    device: str,
+    method_options: dict[str, Any] | None,
+    *,
+    model_name: str,
+) -> dict[str, HeatmapSet]:
+    """Saliency maps of one trained model for every planned method.
+
+    Args:
+        model_artifact: ``{"state_dict", "config"}`` of the variant.
+        image_cache: The image cache.
+        manifest: The manifest (split, labels, original sizes).
+        methods: ``params:saliency.methods`` (``None``: the study's pairs).
+        tasks: ``params:saliency.tasks`` (``None``: all of the model's tasks).
+        split: Evaluation split.
+        max_images: Optional cap (seeded subset).
+        seed: Seed of the subset and of random methods.
+        batch_size: Images per batch.
+        device: ``auto`` / ``cpu`` / ``cuda``.
+        method_options: Method knobs (see ``MethodOptions``).
+        model_name: Variant name (bound in the pipeline).
+
+    Returns:
+        ``{heatmap_namespace(model, method): HeatmapSet}``.
+    """
+    model = load_model(model_artifact, model_name)
+    planned = plan_methods(model_name, model, methods)
+    ids = select_image_ids(manifest, split, max_images, seed)
+    images = np.asarray(image_cache.images[image_cache.rows(ids)])
+    options = _options(method_options, seed)
+    out = {}
+    for method in planned:
+        start = time.perf_counter()
+        out[heatmap_namespace(model_name, method)] = heatmap_set_for(
+            model, images, ids, manifest, model_name=model_name, method=method, tasks=tasks,
+            batch_size=batch_size, device=device, options=options,
+        )
+        elapsed = time.perf_counter() - start
+        logger.info("%s %s: %d images in %.1f s (%.1f img/s)", model_name, method, len(ids), elapsed, len(ids) / max(elapsed, 1e-9))
+    return out
+
+
+def check_model_saliency(
+    model_artifact: dict[str, Any],
+    image_cache: ImageCache,
+    manifest: pd.DataFrame,
+    methods: list[str] | str | None,
+    tasks: list[str] | str | None,
+    split: str,
+    seed: int,
+    batch_size: int,
+    device: str,
+    method_options: dict[str, Any] | None,
+    enabled: bool,
+    n_images: int,
+    n_boot: int,
+    *,
+    model_name: str,
+) -> pd.DataFrame:
+    """Model-randomisation sanity check for one model (empty table when disabled).
+
+    Args:
+        model_artifact: ``{"state_dict", "config"}`` of the variant.
+        image_cache: The image cache.
+        manifest: The manifest.
+        methods: ``params:saliency.methods``.
+        tasks: ``params:saliency.tasks``.
+        split: Evaluation split.
+        seed: Seed of the image subset, the re-initialisation and the bootstrap.
+        batch_size: Images per batch.
+        device: Device spec.
+        method_options: Method knobs.
+        enabled: ``params:saliency.sanity.enabled``.
+        n_images: Images in the check.
+        n_boot: Bootstrap replicates.
+        model_name: Variant name (bound in the pipeline).
+
+    Returns:
+        One row per (method, task): mean Spearman correlation trained vs random, with CI.
+    """
+    if not enabled:
+        return pd.DataFrame(columns=list(SANITY_COLUMNS))
+    model = load_model(model_artifact, model_name)
+    planned = plan_methods(model_name, model, methods)
+    ids = select_image_ids(manifest, split, n_images, seed)
+    images = np.asarray(image_cache.images[image_cache.rows(ids)])
+    task_names = resolve_tasks(model, tasks, model_name)
+    return model_randomisation_check(model, images, planned, task_names, model_name=model_name, seed=seed,
+                                     n_boot=n_boot, batch_size=batch_size, device=device,
+                                     options=_options(method_options, seed))
+
+
+def plot_heatmap_overlays(heatmaps: dict[str, HeatmapSet], image_cache: ImageCache, n_images: int,
+                          seed: int) -> dict[str, Figure]:
+    """One overlay figure per heatmap set (a seeded sample, positives first).
+
+    Args:
+        heatmaps: ``{namespace: HeatmapSet}`` of one model.
+        image_cache: The image cache (images and pathology masks for the outlines).
+        n_images: Maps per figure.
+        seed: Seed of the sample.
+
+    Returns:
+        ``{"<namespace>.png": Figure}`` for ``MatplotlibDataset``.
+    """
+    figures = {}
+    for name, hset in heatmaps.items():
+        rows = sample_rows(hset, n_images, seed)
+        picked = hset.index.iloc[rows]
+        ids = picked["image_id"].astype(str).unique().tolist()
+        cache_rows = image_cache.rows(ids)
+        images = {i: np.asarray(image_cache.images[r]) for i, r in zip(ids, cache_rows)}
+        masks = {}
+        for image_id, task in zip(picked["image_id"].astype(str), picked["task"].astype(str)):
+            if task in image_cache.tasks:
+                masks[(image_id, task)] = np.asarray(image_cache.masks[image_cache.row(image_id), image_cache.task_index(task)])
+        figures[f"{name}.png"] = overlay_figure(hset, rows, images, masks, title=name)
+    return figures
+
+
+def collect_heatmaps(*per_model: dict[str, HeatmapSet]) -> dict[str, HeatmapSet]:
+    """Merge the per-model dicts into ``heatmap_collection`` (names are unique by construction)."""
+    merged: dict[str, HeatmapSet] = {}
+    for sets in per_model:
+        merged.update(sets)
+    logger.info("heatmap collection: %s", sorted(merged))
+    return merged
+
+
+def collect_saliency_sanity(*tables: pd.DataFrame) -> pd.DataFrame:
+    """Stack the per-model sanity tables into ``saliency_sanity``."""
+    frames = [t for t in tables if len(t)]
+    if not frames:
+        return pd.DataFrame(columns=list(SANITY_COLUMNS))
+    return pd.concat(frames, ignore_index=True)
+
+
+def export_chexlocalize(heatmap_collection: dict[str, HeatmapSet], image_cache: ImageCache, enabled: bool,
+                        sets: list[str] | str | None) -> dict[str, ChexlocalizeExport]:
+    """Pick the sets to export to the CheXlocalize pickle layout (nothing when disabled).
+
+    Args:
+        heatmap_collection: All heatmap sets.
+        image_cache: The image cache (the model-input image goes into each pickle).
+        enabled: ``params:saliency.export.enabled``.
+        sets: Set names to export (``None``: all).
+
+    Returns:
+        ``{name: ChexlocalizeExport}`` for ``ChexlocalizeExportDataset``.
+
+    Raises:
+        ParameterError: a requested set is not in the collection.
+    """
+    if not enabled:
+        return {}
+    names = sorted(heatmap_collection) if sets is None else name_list(sets) or []
+    unknown = [n for n in names if n not in heatmap_collection]
+    if unknown:
+        raise ParameterError("saliency.export.sets", f"unknown heatmap set(s) {unknown}; available: {sorted(heatmap_collection)}")
+    out = {}
+    for name in names:
+        hset = heatmap_collection[name]
+        ids = hset.index["image_id"].astype(str).unique().tolist()
+        rows = image_cache.rows(ids)
+        out[name] = ChexlocalizeExport(hset, {i: np.asarray(image_cache.images[r]) for i, r in zip(ids, rows)})
+    return out

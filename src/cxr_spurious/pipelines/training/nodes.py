@@ -1,0 +1,215 @@
+"""Thin nodes of the ``training`` pipeline; the work is in ``cxr_spurious.training``.
+
+Every node of a variant that ``training.method`` does not select returns ``SKIPPED``
+(its outputs are wrapped in ``SkippableDataset``, so previous artifacts are kept).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cxr_spurious.data.cache import ImageCache
+from cxr_spurious.datasets.skippable import SKIPPED
+from cxr_spurious.errors import unknown_name_error
+from cxr_spurious.models import model_from_artifact
+from cxr_spurious.training.checkpoints import checkpoint_folder
+from cxr_spurious.training.config import METHODS, is_selected, model_config, resolve_training_config
+from cxr_spurious.training.data import build_training_table
+from cxr_spurious.training.device import resolve_device
+from cxr_spurious.training.engine import fit
+from cxr_spurious.training.outputs import (
+    RENDERS,
+    compute_test_metrics,
+    embeddings_frame,
+    flat_metrics,
+    predict_images,
+    predictions_frame,
+    resampling_name,
+    run_name,
+    run_params,
+    training_curves,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_config(training: Mapping[str, Any], variant: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge shared and variant parameters and apply the ``training.method`` gate.
+
+    Args:
+        training: The ``training`` parameters (shared defaults, ``method`` gate, ``variants``).
+        variant: This variant's block (``name``, ``method``, overrides).
+
+    Returns:
+        The resolved config with ``skip`` true when the gate does not select the variant.
+    """
+    cfg = resolve_training_config(training, variant)
+    selection = training.get("method")
+    names = [selection] if isinstance(selection, str) else list(selection or [])
+    valid = set(METHODS) | set(training.get("variants", {}))
+    for name in names:
+        if name not in valid:
+            raise unknown_name_error(
+                "training method or variant", name, valid, key="training.method"
+            )
+    cfg["skip"] = not is_selected(selection, cfg["variant"], cfg["method"])
+    if cfg["skip"]:
+        logger.info(
+            "Variant '%s' not selected by training.method=%s: skipped, previous artifacts kept",
+            cfg["variant"],
+            selection,
+        )
+    return cfg
+
+
+def prepare_training_table(
+    resampled_manifest: pd.DataFrame, image_cache: ImageCache, config: dict[str, Any]
+) -> pd.DataFrame | object:
+    """Validated training table (train rows from the resampled manifest, val/test rows too)."""
+    if config["skip"]:
+        return SKIPPED
+    return build_training_table(resampled_manifest, image_cache, config)
+
+
+def train_model(
+    training_table: pd.DataFrame, image_cache: ImageCache, config: dict[str, Any]
+) -> tuple[Any, Any]:
+    """Fit the variant; return the selected model artifact and the per-epoch history.
+
+    Checkpoints go to ``<checkpoint_dir>/<variant>/`` (a documented side channel used by
+    ``training.resume``); the model itself goes through the catalog.
+    """
+    if config["skip"]:
+        return SKIPPED, SKIPPED
+    setup = resolve_device(str(config["device"]))
+    result = fit(
+        training_table[training_table["split"] == "train"].reset_index(drop=True),
+        training_table[training_table["split"] == "val"].reset_index(drop=True),
+        image_cache,
+        config,
+        setup,
+        checkpoint_dir=checkpoint_folder(config["checkpoint_dir"], config["variant"]),
+    )
+    logger.info(
+        "[%s] selected epoch %d (stopped: %s)", config["variant"], result.best_epoch, result.stopped
+    )
+    return {"state_dict": result.state_dict, "config": model_config(config)}, result.history
+
+
+def predict_manifest(
+    model: Any, manifest: pd.DataFrame, image_cache: ImageCache, config: dict[str, Any]
+) -> tuple[Any, Any]:
+    """Per-image probabilities (every split) and penultimate embeddings."""
+    if config["skip"]:
+        return SKIPPED, SKIPPED
+    net = model_from_artifact(
+        model, source=f"{config['variant']}.model", expected_architecture=config["architecture"]
+    )
+    probs, embs = predict_images(
+        net, manifest, image_cache, config, resolve_device(str(config["device"]))
+    )
+    return predictions_frame(manifest, probs, net.tasks, config["variant"]), embeddings_frame(
+        manifest["image_id"].astype(str).tolist(), embs
+    )
+
+
+def predict_counterfactuals(
+    model: Any, manifest: pd.DataFrame, image_cache: ImageCache, config: dict[str, Any]
+) -> Any:
+    """Test images scored on each cache render available (original, no_tube, no_lesion)."""
+    if config["skip"]:
+        return SKIPPED
+    net = model_from_artifact(
+        model, source=f"{config['variant']}.model", expected_architecture=config["architecture"]
+    )
+    setup = resolve_device(str(config["device"]))
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    frames = []
+    for render in RENDERS:
+        if render != "original" and render not in image_cache.variants:
+            logger.warning(
+                "Image cache has no '%s' render; counterfactual predictions skip it", render
+            )
+            continue
+        ids = set(image_cache.variant_ids.get(render, test["image_id"]))
+        subset = test[test["image_id"].isin(ids)].reset_index(drop=True)
+        probs, _ = predict_images(net, subset, image_cache, config, setup, render=render)
+        frame = predictions_frame(subset, probs, net.tasks, config["variant"]).drop(
+            columns=["split", "model"]
+        )
+        frames.append(frame.assign(render=render))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["image_id", "render", *[c for c in out.columns if c.startswith("p_")]]]
+
+
+def evaluate_test_metrics(predictions: Any, manifest: pd.DataFrame, config: dict[str, Any]) -> Any:
+    """Test AUROC, robust and reverse AUROC on ``training.subgroup`` with bootstrap CIs."""
+    if config["skip"]:
+        return SKIPPED
+    return compute_test_metrics(
+        predictions,
+        manifest,
+        config["tasks"],
+        config["subgroup"],
+        n_boot=int(config["n_boot"]),
+        seed=int(config["seed"]),
+        level=float(config["ci_level"]),
+    )
+
+
+def plot_training_curves(training_history: Any, config: dict[str, Any]) -> Figure | object:
+    """Loss and validation AUROC / robust AUROC per epoch."""
+    if config["skip"]:
+        return SKIPPED
+    return training_curves(
+        training_history, f"{config['variant']} ({config['method']}, {config['architecture']})"
+    )
+
+
+def assemble_run_record(
+    config: dict[str, Any],
+    training_table: Any,
+    training_history: Any,
+    metrics: Any,
+    curves: Any,
+    model: Any,
+) -> Any:
+    """The MLflow record of one variant (see ``MlflowChildRunDataset``)."""
+    if config["skip"]:
+        return SKIPPED
+    train = training_table[training_table["split"] == "train"]
+    resampling = resampling_name(config, training_table)
+    history_cols = (
+        "train_loss",
+        "image_loss",
+        "dense_loss",
+        "val_auroc",
+        "val_robust_auroc",
+        "lr",
+        "images_per_s",
+        "data_wait_fraction",
+    )
+    return {
+        "run_name": run_name(config, resampling),
+        "tags": {
+            "variant": config["variant"],
+            "method": config["method"],
+            "architecture": config["architecture"],
+            "pipeline": "training",
+        },
+        "params": run_params(config, resampling, len(train), train["image_id"].nunique()),
+        "metric_history": {c: training_history[c].astype(float).tolist() for c in history_cols},
+        "metrics": {
+            **flat_metrics(metrics),
+            "selected_epoch": float(
+                training_history.loc[training_history["selected"], "epoch"].max()
+            ),
+        },
+        "figures": {"training_curves.png": curves},
+        "model": model_from_artifact(model, source=f"{config['variant']}.model"),
+    }

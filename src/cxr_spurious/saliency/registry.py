@@ -1,0 +1,419 @@
+"""Saliency method registry: a name -> a method that maps a batch and a task to maps.
+
+Methods come from pytorch-grad-cam (``gradcam``, ``gradcam++``, ``eigencam``,
+``layercam``), Captum (``integrated_gradients``, ``deeplift``, ``occlusion``,
+``saliency``, ``smoothgrad``) and the model itself (``seg_prob``: a dense model's own
+probability map). Each method is opened once per model as a context manager
+(``with method.open(model, options) as attribute:``) so that library hooks are released
+when the block ends, then called per batch and task:
+``attribute(x, task_index) -> (maps, logits)`` with ``maps`` a (B, h, w) float32 array and
+``logits`` the (B, T) image logits of the same forward pass when the method has them
+(CAM methods), else ``None``.
+
+Cost. CAM methods only need gradients down to the cam layer: every parameter outside it
+is frozen while they run, so the backward pass stops at the cam layer instead of reaching
+the input (on a ResNet-18 at 96 px this makes Grad-CAM barely dearer than inference).
+
+Targets. Every model has one sigmoid logit per task (``forward(x) -> (B, T)``), so the
+target of task ``t`` is the raw logit ``forward(x)[:, t]`` (never a softmax over tasks).
+For dense models ``forward`` is the pooled dense map, so gradients flow through the
+pooling into the dense head.
+
+Map values.
+
+* CAM methods: pytorch-grad-cam's maps (ReLU, min-max scaled to [0, 1] per image and
+  resized to the input size).
+* Gradient methods (``integrated_gradients``, ``deeplift``, ``saliency``,
+  ``smoothgrad``): the channel dimension is reduced by absolute value (``|a|`` summed over
+  input channels; the models take one channel), then each map is divided by its maximum
+  so that float16 storage does not underflow (maps are compared within an image, so the
+  scale is not informative).
+* ``occlusion``: the positive part of the logit drop (evidence *for* the task), divided
+  by its maximum per map.
+* ``seg_prob``: ``sigmoid(dense_logits)`` unchanged (absolute probabilities in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxr_spurious.errors import CxrSpuriousError, ParameterError, unknown_name_error
+
+# attribute(x, task) -> (maps (B, h, w) float32, image logits (B, T) of that pass or None)
+Attribute = Callable[[torch.Tensor, int], tuple[np.ndarray, torch.Tensor | None]]
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Knobs of the methods that have any (defaults suit 96-px inputs on a CPU).
+
+    Attributes:
+        ig_steps: Integrated-gradients steps (Riemann trapezoid, zero baseline).
+        smoothgrad_samples: Noisy copies per image for SmoothGrad.
+        smoothgrad_stdev: Noise standard deviation (input scale is [0, 1]).
+        occlusion_window: Occlusion window side in pixels (``None``: input size // 8).
+        occlusion_stride: Occlusion stride in pixels (``None``: window // 2).
+        seed: Seed of the SmoothGrad noise.
+    """
+
+    ig_steps: int = 16
+    smoothgrad_samples: int = 16
+    smoothgrad_stdev: float = 0.1
+    occlusion_window: int | None = None
+    occlusion_stride: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any] | None, key: str = "saliency.method_options") -> MethodOptions:
+        """Build options from a parameter mapping; unknown keys raise ``ParameterError``."""
+        params = dict(params or {})
+        valid = set(cls.__dataclass_fields__)
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise ParameterError(key, f"unknown option(s) {unknown}; valid options are {sorted(valid)}")
+        opts = cls(**params)
+        for name in ("ig_steps", "smoothgrad_samples"):
+            if int(getattr(opts, name)) < 1:
+                raise ParameterError(f"{key}.{name}", f"must be >= 1, got {getattr(opts, name)}")
+        if opts.smoothgrad_stdev < 0:
+            raise ParameterError(f"{key}.smoothgrad_stdev", f"must be >= 0, got {opts.smoothgrad_stdev}")
+        return opts
+
+
+@dataclass(frozen=True)
+class SaliencyMethod:
+    """One registered method.
+
+    Attributes:
+        name: Registry key.
+        family: ``cam`` (pytorch-grad-cam), ``gradient`` (Captum) or ``dense``.
+        needs_cam_layer: Requires ``model.cam_layer`` (a convolutional layer).
+        needs_dense: Requires a dense model (``dense_logits``).
+        opener: ``opener(model, options)`` -> context manager yielding ``attribute``.
+    """
+
+    name: str
+    family: str
+    needs_cam_layer: bool
+    needs_dense: bool
+    opener: Callable[[nn.Module, MethodOptions], contextlib.AbstractContextManager[Attribute]] = field(repr=False)
+
+    def check_model(self, model: nn.Module, model_name: str = "model") -> None:
+        """Raise ``CxrSpuriousError`` if ``model`` cannot be explained by this method."""
+        if self.needs_cam_layer and getattr(model, "cam_layer", None) is None:
+            raise CxrSpuriousError(
+                f"saliency method '{self.name}' needs a convolutional target layer, but {model_name} "
+                f"has cam_layer=None; methods that work for it: {compatible_methods(model)}"
+            )
+        if self.needs_dense and not bool(getattr(model, "is_dense", False)):
+            raise CxrSpuriousError(
+                f"saliency method '{self.name}' needs a dense model (dense_logits), but {model_name} is an "
+                f"image classifier (is_dense=False); methods that work for it: {compatible_methods(model)}"
+            )
+
+    def _fits(self, model: nn.Module) -> bool:
+        has_cam = getattr(model, "cam_layer", None) is not None
+        dense = bool(getattr(model, "is_dense", False))
+        return (has_cam or not self.needs_cam_layer) and (dense or not self.needs_dense)
+
+    def supports(self, model: nn.Module) -> bool:
+        """Whether ``check_model`` would pass."""
+        return self._fits(model)
+
+    def open(self, model: nn.Module, options: MethodOptions | None = None) -> contextlib.AbstractContextManager[Attribute]:
+        """Check the model, then return the context manager yielding ``attribute(x, task)``."""
+        self.check_model(model)
+        return self.opener(model, options or MethodOptions())
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _input_gradients_only(model: nn.Module) -> Iterator[None]:
+    """Eval mode, parameters frozen (no weight gradients wasted), grad mode on; restored after."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _per_map_max_scale(maps: torch.Tensor) -> np.ndarray:
+    """(B, h, w) non-negative maps divided by their own maximum (all-zero maps stay zero)."""
+    arr = maps.detach().float().cpu().numpy()
+    peak = arr.reshape(arr.shape[0], -1).max(axis=1)
+    peak = np.where(peak > 0, peak, 1.0)
+    return (arr / peak[:, None, None]).astype(np.float32)
+
+
+def _abs_channels(attr: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) signed attributions -> (B, h, w) summed absolute value over channels."""
+    return attr.abs().sum(dim=1)
+
+
+class _LogitModel(nn.Module):
+    """Wraps a model so that Captum sees a plain module returning ``(B, T)`` logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+# ---------------------------------------------------------------------- CAM methods
+
+
+class _LogitTarget:
+    """pytorch-grad-cam target: the raw sigmoid logit of one task (no softmax)."""
+
+    def __init__(self, task: int) -> None:
+        self.task = task
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        return output[..., self.task]
+
+
+@contextlib.contextmanager
+def _cam_gradients_only(model: nn.Module, layer: nn.Module) -> Iterator[bool]:
+    """Eval mode, grad mode on, every parameter outside ``layer`` frozen; restored after.
+
+    Yields:
+        Whether the input must require gradients (``layer`` has no parameters of its own,
+        so its activations are in the graph only through the input).
+    """
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    own = {id(p) for p in layer.parameters()}
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(id(p) in own)
+    try:
+        with torch.enable_grad():
+            yield not own
+    finally:
+        for p, flag in flags:
+            p.grad = None if id(p) in own else p.grad
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _cam_opener(cam_class_path: str) -> Callable[[nn.Module, MethodOptions], contextlib.AbstractContextManager[Attribute]]:
+    @contextlib.contextmanager
+    def opener(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
+        import pytorch_grad_cam
+
+        cam_class = getattr(pytorch_grad_cam, cam_class_path)
+        layer = model.cam_layer
+        with _cam_gradients_only(model, layer) as needs_input_grad:
+            cam = cam_class(model=model, target_layers=[layer])
+            try:
+
+                def attribute(x: torch.Tensor, task: int) -> tuple[np.ndarray, torch.Tensor | None]:
+                    x = x.detach().requires_grad_(needs_input_grad)
+                    maps = cam(input_tensor=x, targets=[_LogitTarget(task)] * x.shape[0])
+                    return np.asarray(maps, dtype=np.float32), cam.outputs.detach()
+
+                yield attribute
+            finally:
+                # The CAM's own __exit__ releases its hooks; it is called with no exception
+                # because its ``with`` form would print and swallow any IndexError raised
+                # in the block.
+                cam.__exit__(None, None, None)
+
+    return opener
+
+
+# ----------------------------------------------------------------- Captum methods
+
+
+@contextlib.contextmanager
+def _integrated_gradients(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
+    from captum.attr import IntegratedGradients
+
+    with _input_gradients_only(model):
+        ig = IntegratedGradients(_LogitModel(model))
+
+        def attribute(x: torch.Tensor, task: int) -> tuple[np.ndarray, None]:
+            x = x.detach().requires_grad_(True)
+            attr = ig.attribute(x, baselines=torch.zeros_like(x), target=task, n_steps=int(options.ig_steps),
+                                internal_batch_size=max(1, x.shape[0]) * int(options.ig_steps))
+            return _per_map_max_scale(_abs_channels(attr)), None
+
+        yield attribute
+
+
+@contextlib.contextmanager
+def _deeplift(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
+    from captum.attr import DeepLift
+
+    # DeepLift hooks every nonlinearity; in-place activations break those hooks, so it
+    # runs on a copy with in-place ReLUs turned off.
+    work = copy.deepcopy(model)
+    for module in work.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    with _input_gradients_only(work):
+        dl = DeepLift(_LogitModel(work))
+
+        def attribute(x: torch.Tensor, task: int) -> tuple[np.ndarray, None]:
+            x = x.detach().requires_grad_(True)
+            try:
+                with warnings.catch_warnings():  # captum's notice that it hooks the nonlinearities
+                    warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
+                    attr = dl.attribute(x, baselines=torch.zeros_like(x), target=task)
+            except (AssertionError, RuntimeError) as exc:
+                if "more than once" not in str(exc) and "only once" not in str(exc):
+                    raise
+                raise CxrSpuriousError(
+                    "deeplift cannot explain this model: it calls one nonlinearity module more than once "
+                    "per forward pass (as torchvision ResNet blocks do), and Captum's DeepLift needs each "
+                    "used once; use integrated_gradients instead"
+                ) from exc
+            return _per_map_max_scale(_abs_channels(attr)), None
+
+        yield attribute
+
+
+@contextlib.contextmanager
+def _occlusion(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
+    from captum.attr import Occlusion
+
+    occ = Occlusion(_LogitModel(model))
+    was_training = model.training
+    model.eval()
+    try:
+
+        def attribute(x: torch.Tensor, task: int) -> tuple[np.ndarray, None]:
+            size = int(x.shape[-1])
+            window = int(options.occlusion_window or max(1, size // 8))
+            stride = int(options.occlusion_stride or max(1, window // 2))
+            with torch.no_grad():
+                attr = occ.attribute(x, sliding_window_shapes=(x.shape[1], window, window),
+                                     strides=(x.shape[1], stride, stride), baselines=0.0, target=task,
+                                     perturbations_per_eval=16)
+            return _per_map_max_scale(attr.sum(dim=1).clamp(min=0)), None
+
+        yield attribute
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _saliency(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
+    from captum.attr import Saliency
+
+    with _input_gradients_only(model):
+        sal = Saliency(_LogitModel(model))
+
+        def attribute(x: torch.Tensor, task: int) -> tuple[np.ndarray, None]:
+            attr = sal.attribute(x.detach().requires_grad_(True), target=task, abs=True)
+            return _per_map_max_scale(attr.sum(dim=1)), None
+
+        yield attribute
+
+
+@contextlib.contextmanager
+def _smoothgrad(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
+    from captum.attr import NoiseTunnel, Saliency
+
+    with _input_gradients_only(model):
+        nt = NoiseTunnel(Saliency(_LogitModel(model)))
+        calls = [0]
+
+        def attribute(x: torch.Tensor, task: int) -> tuple[np.ndarray, None]:
+            # Captum draws the noise from torch's global generator: fork it and seed the
+            # fork (seed + call number), so results are reproducible and global state is untouched.
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(int(options.seed) + calls[0])
+                attr = nt.attribute(x.detach().requires_grad_(True), nt_type="smoothgrad", nt_samples=int(options.smoothgrad_samples),
+                                    nt_samples_batch_size=int(options.smoothgrad_samples),
+                                    stdevs=float(options.smoothgrad_stdev), target=task, abs=True)
+            calls[0] += 1
+            return _per_map_max_scale(attr.sum(dim=1)), None
+
+        yield attribute
+
+
+# -------------------------------------------------------------------------- seg_prob
+
+
+@contextlib.contextmanager
+def _seg_prob(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
+    was_training = model.training
+    model.eval()
+    try:
+
+        last: dict[str, torch.Tensor] = {}
+
+        def attribute(x: torch.Tensor, task: int) -> tuple[np.ndarray, None]:
+            if last.get("x") is not x:  # one dense pass per batch serves every task
+                with torch.inference_mode():
+                    last["x"], last["probs"] = x, torch.sigmoid(model.dense_logits(x)).float().cpu()
+            return last["probs"][:, task].numpy(), None
+
+        yield attribute
+    finally:
+        model.train(was_training)
+
+
+METHODS: dict[str, SaliencyMethod] = {
+    "gradcam": SaliencyMethod("gradcam", "cam", True, False, _cam_opener("GradCAM")),
+    "gradcam++": SaliencyMethod("gradcam++", "cam", True, False, _cam_opener("GradCAMPlusPlus")),
+    "eigencam": SaliencyMethod("eigencam", "cam", True, False, _cam_opener("EigenCAM")),
+    "layercam": SaliencyMethod("layercam", "cam", True, False, _cam_opener("LayerCAM")),
+    "integrated_gradients": SaliencyMethod("integrated_gradients", "gradient", False, False, _integrated_gradients),
+    "deeplift": SaliencyMethod("deeplift", "gradient", False, False, _deeplift),
+    "occlusion": SaliencyMethod("occlusion", "perturbation", False, False, _occlusion),
+    "saliency": SaliencyMethod("saliency", "gradient", False, False, _saliency),
+    "smoothgrad": SaliencyMethod("smoothgrad", "gradient", False, False, _smoothgrad),
+    "seg_prob": SaliencyMethod("seg_prob", "dense", False, True, _seg_prob),
+}
+
+
+def compatible_methods(model: nn.Module) -> list[str]:
+    """Names of the methods that can explain ``model`` (given its cam layer and density), sorted."""
+    return sorted(name for name, spec in METHODS.items() if spec.supports(model))
+
+
+def available_methods() -> list[str]:
+    """Names of the registered saliency methods, sorted."""
+    return sorted(METHODS)
+
+
+def get_method(name: str, key: str | None = "saliency.methods") -> SaliencyMethod:
+    """Look a method up by name.
+
+    Args:
+        name: Registry key, e.g. ``"gradcam"``.
+        key: Parameter key the name came from (for the error message).
+
+    Returns:
+        The registered method.
+
+    Raises:
+        ParameterError: unknown name (the message lists the valid ones).
+    """
+    try:
+        return METHODS[str(name)]
+    except KeyError:
+        raise unknown_name_error("saliency method", str(name), METHODS, key=key) from None

@@ -1,0 +1,44 @@
+"""The study's headline figure: each model's metrics with their CIs."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+PANELS: tuple[tuple[str, str], ...] = (
+    ("auroc", "Overall AUROC"),
+    ("robust_auroc", "Robust AUROC\n(PTX without tube vs no PTX with tube)"),
+    ("cf_auroc_no_tube", "AUROC on tube-free renders"),
+    ("cf_drop_no_tube", "Drop in P(PTX) when the tube is removed"),
+    ("gradcam_tube_mass", "Grad-CAM mass on the tube\n(images with a tube)"),
+    ("gradcam_miou", "Grad-CAM mIoU with the true lesion"),
+)
+
+
+def plot_findings(findings: pd.DataFrame) -> Figure:
+    """One panel per headline metric, one point with its 95% CI per model."""
+    panels = [(c, t) for c, t in PANELS if c in findings.columns]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
+    models = findings["model"].tolist()
+    y = np.arange(len(models))
+    colours = plt.get_cmap("tab10")(np.arange(len(models)))
+    for ax, (col, title) in zip(axes[0], panels):
+        est = findings[col].to_numpy(float)
+        lo = findings.get(f"{col}_lo", findings[col]).to_numpy(float)
+        hi = findings.get(f"{col}_hi", findings[col]).to_numpy(float)
+        for k in range(len(models)):
+            if np.isfinite(est[k]):
+                ax.errorbar(est[k], y[k], xerr=[[max(est[k] - lo[k], 0)], [max(hi[k] - est[k], 0)]], fmt="o", color=colours[k], capsize=3)
+        if "auroc" in col:
+            ax.axvline(0.5, color="grey", lw=0.8, ls="--")
+            ax.set_xlim(0, 1)
+        ax.set_yticks(y, models if ax is axes[0][0] else [""] * len(models))
+        ax.set_ylim(-0.6, len(models) - 0.4)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Spatial specificity vs shortcut learning (point estimate, 95% bootstrap CI)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,133 @@
+"""``study_findings``: one row per model with every headline metric and its CI.
+
+Per model: overall and robust (tube-subgroup) AUROC from training; for each saliency
+method, localisation of the true pathology (mIoU, hit rate, share of saliency mass on the
+lesion), the share of saliency mass on the chest tube, and the percentage decrease from the
+(simulated) human benchmark; and the counterfactual tests (probability drop without the
+tube / without the lesion, AUROC on tube-free renders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxr_spurious.errors import ContractError
+from cxr_spurious.stats.bootstrap import bootstrap
+
+TUBE_MASS_COLUMN = "shortcut_Chest Tube"
+_NAN3 = (np.nan, np.nan, np.nan)
+
+
+def _with_ci(name: str, values: tuple[float, float, float]) -> dict[str, float]:
+    est, lo, hi = values
+    return {name: est, f"{name}_lo": lo, f"{name}_hi": hi}
+
+
+def _mean_ci(values: np.ndarray, clusters: np.ndarray, *, n_boot: int, seed: int, level: float) -> tuple[float, float, float]:
+    keep = np.isfinite(values)
+    values, clusters = values[keep], clusters[keep]
+    if values.size == 0:
+        return _NAN3
+    res = bootstrap(lambda i: float(values[i].mean()), values.size, n_boot=n_boot, seed=seed, clusters=clusters, level=level)
+    return res.estimate, res.lo, res.hi
+
+
+def saliency_findings(
+    per_map: pd.DataFrame,
+    manifest: pd.DataFrame,
+    human: pd.DataFrame | None,
+    *,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """Localisation and shortcut metrics of one heatmap set, with patient-clustered CIs.
+
+    Args:
+        per_map: The set's rows of ``localization_per_cxr`` (image_id, task, iou_tp, hit,
+            optionally relevance_mass and ``shortcut_Chest Tube``).
+        manifest: For patients and the ``tube`` attribute.
+        human: ``localization_human_benchmark`` (image_id, task, iou_tp, hit) or None.
+        n_boot: Bootstrap replicates.
+        seed: Seed.
+        level: CI level.
+
+    Returns:
+        ``miou``, ``hit_rate``, ``lesion_mass``, ``tube_mass`` and, with a human benchmark,
+        ``miou_pct_below_human`` and ``hit_pct_below_human``, each with ``_lo``/``_hi``.
+    """
+    meta = manifest.set_index("image_id")
+    patients = per_map["image_id"].map(meta["patient_id"]).astype(str).to_numpy()
+    out: dict[str, float] = {}
+    for name, col in (("miou", "iou_tp"), ("hit_rate", "hit"), ("lesion_mass", "relevance_mass")):
+        vals = per_map[col].to_numpy(dtype=float) if col in per_map else np.full(len(per_map), np.nan)
+        out.update(_with_ci(name, _mean_ci(vals, patients, n_boot=n_boot, seed=seed, level=level)))
+    if TUBE_MASS_COLUMN in per_map:
+        with_tube = per_map["image_id"].map(meta["tube"]).to_numpy(dtype=float) == 1
+        vals = np.where(with_tube, per_map[TUBE_MASS_COLUMN].to_numpy(dtype=float), np.nan)
+        out.update(_with_ci("tube_mass", _mean_ci(vals, patients, n_boot=n_boot, seed=seed, level=level)))
+    else:
+        out.update(_with_ci("tube_mass", _NAN3))
+    for name, col in (("miou_pct_below_human", "iou_tp"), ("hit_pct_below_human", "hit")):
+        out.update(_with_ci(name, _pct_below_human(per_map, human, col, meta, n_boot=n_boot, seed=seed, level=level)))
+    return out
+
+
+def _pct_below_human(per_map: pd.DataFrame, human: pd.DataFrame | None, col: str, meta: pd.DataFrame, *, n_boot: int, seed: int, level: float) -> tuple[float, float, float]:
+    """(human - model) / human x 100 on the (image, task) pairs both scored (paired bootstrap)."""
+    if human is None or human.empty or col not in human or col not in per_map:
+        return _NAN3
+    pairs = per_map[["image_id", "task", col]].merge(human[["image_id", "task", col]], on=["image_id", "task"], suffixes=("_model", "_human"))
+    pairs = pairs.dropna()
+    if pairs.empty:
+        return _NAN3
+    m = pairs[f"{col}_model"].to_numpy(float)
+    h = pairs[f"{col}_human"].to_numpy(float)
+    clusters = pairs["image_id"].map(meta["patient_id"]).astype(str).to_numpy()
+
+    def pct(i: np.ndarray) -> float:
+        denominator = h[i].mean()
+        return float((denominator - m[i].mean()) / denominator * 100) if denominator > 0 else float("nan")
+
+    res = bootstrap(pct, len(pairs), n_boot=n_boot, seed=seed, clusters=clusters, level=level)
+    return res.estimate, res.lo, res.hi
+
+
+def model_row(
+    model: str,
+    variant: Mapping[str, Any],
+    test_metrics: Mapping[str, Any],
+    task: str,
+) -> dict[str, Any]:
+    """Identity and AUROC columns of one model from its ``test_metrics``."""
+    if task not in test_metrics:
+        raise ContractError(f"{model}.test_metrics has no entry for task '{task}'; it has {sorted(k for k, v in test_metrics.items() if isinstance(v, Mapping))}")
+    entry = test_metrics[task]
+    row: dict[str, Any] = {"model": model, "supervision": variant.get("method", model), "architecture": variant.get("architecture"), "task": task, "n_test": test_metrics.get("n_test")}
+    for name in ("auroc", "robust_auroc", "reverse_auroc"):
+        row.update({name: entry.get(name), f"{name}_lo": entry.get(f"{name}_lo"), f"{name}_hi": entry.get(f"{name}_hi")})
+    return row
+
+
+def assemble_findings(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows -> table with identity columns first, then metrics with their CIs side by side."""
+    table = pd.DataFrame(list(rows))
+    ident = [c for c in ("model", "supervision", "architecture", "task", "n_test") if c in table]
+    rest = [c for c in table.columns if c not in ident]
+    return table[ident + rest]
+
+
+def findings_metrics(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Flatten the findings for MLflow: ``{"<model>.<metric>": {"value": v, "step": 0}}`` (finite only)."""
+    out: dict[str, dict[str, float]] = {}
+    for rec in table.to_dict("records"):
+        for key, value in rec.items():
+            if key in {"model", "supervision", "architecture", "task", "n_test"}:
+                continue
+            if isinstance(value, int | float | np.floating) and np.isfinite(value):
+                out[f"{rec['model']}.{key}".replace(" ", "_")] = {"value": float(value), "step": 0}
+    return out

@@ -1,0 +1,204 @@
+"""Training configuration: shared defaults merged with one variant's overrides, validated.
+
+The resolved config is a plain dict (it crosses Kedro nodes and is stored in checkpoints
+and model artifacts). ``resolve_training_config`` is the single place that checks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cxr_spurious.errors import ParameterError, unknown_name_error
+from cxr_spurious.models import ARCHITECTURES, DENSE_ARCHITECTURES, POOLINGS
+
+METHODS: tuple[str, ...] = ("erm", "coarse", "box", "seg", "multitask")
+DENSE_METHODS: frozenset[str] = frozenset({"coarse", "box", "seg", "multitask"})
+SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
+SELECTION_METRICS: tuple[str, ...] = ("auroc", "robust_auroc")
+COARSE_MODES: tuple[str, ...] = ("dilate", "grid")
+
+DEFAULTS: dict[str, Any] = {
+    "method": None,
+    "tasks": ["Pneumothorax"],
+    "architecture": "resnet18",
+    "pretrained": None,
+    "batch_size": 32,
+    "eval_batch_size": 64,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "schedule": "cosine",
+    "step_size": 3,
+    "gamma": 0.1,
+    "epochs": 6,
+    "max_steps": None,
+    "time_budget_s": None,
+    "patience": None,
+    "selection_metric": "auroc",
+    "subgroup": "tube",
+    "seed": 0,
+    "deterministic": True,
+    "device": "auto",
+    "num_workers": 0,
+    "location_fraction": 1.0,
+    "coarse_mode": "dilate",
+    "coarse_radius": 4,
+    "grid_cell": 8,
+    "target_dilation": 0,
+    "multitask_weight": 1.0,
+    "dense_pooling": "max",
+    "pool_kernel": 5,
+    "topk": 0.01,
+    "base_channels": 16,
+    "objective": "bce",
+    "objective_params": {},
+    "resume": False,
+    "checkpoint_dir": "data/06_models/checkpoints",
+    "keep_checkpoints": 2,
+    "n_boot": 1000,
+    "ci_level": 0.95,
+    "resampling": None,
+    "progress": True,
+}
+# Keys that only configure the gate or the variant list, not a model.
+_NOT_MODEL_KEYS = {"variants", "method"}
+
+
+def _positive_int(
+    cfg: Mapping[str, Any], key: str, *, allow_none: bool = False, minimum: int = 1
+) -> None:
+    value = cfg[key]
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ParameterError(
+            f"training.{key}",
+            f"must be an integer >= {minimum}{' or null' if allow_none else ''}, got {value!r}",
+        )
+
+
+def _choice(cfg: Mapping[str, Any], key: str, valid: Iterable[str], kind: str) -> None:
+    if cfg[key] not in tuple(valid):
+        raise unknown_name_error(kind, str(cfg[key]), valid, key=f"training.{key}")
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    """Check every key of a merged config; raise ``ParameterError`` naming the key."""
+    _choice(cfg, "method", METHODS, "training method")
+    _choice(cfg, "architecture", ARCHITECTURES, "architecture")
+    _choice(cfg, "schedule", SCHEDULES, "schedule")
+    _choice(cfg, "selection_metric", SELECTION_METRICS, "selection metric")
+    _choice(cfg, "dense_pooling", POOLINGS, "dense pooling")
+    _choice(cfg, "coarse_mode", COARSE_MODES, "coarse mode")
+    if cfg["method"] in DENSE_METHODS and cfg["architecture"] not in DENSE_ARCHITECTURES:
+        raise ParameterError(
+            "training.architecture",
+            f"method '{cfg['method']}' needs a dense architecture ({', '.join(sorted(DENSE_ARCHITECTURES))}), got '{cfg['architecture']}'",
+        )
+    tasks = cfg["tasks"]
+    if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) for t in tasks):
+        raise ParameterError(
+            "training.tasks", f"must be a non-empty list of task names, got {tasks!r}"
+        )
+    for key in (
+        "batch_size",
+        "eval_batch_size",
+        "epochs",
+        "keep_checkpoints",
+        "n_boot",
+        "pool_kernel",
+        "base_channels",
+        "grid_cell",
+    ):
+        _positive_int(cfg, key)
+    for key in ("seed", "num_workers", "coarse_radius", "target_dilation", "step_size"):
+        _positive_int(cfg, key, minimum=0)
+    _positive_int(cfg, "max_steps", allow_none=True)
+    _positive_int(cfg, "patience", allow_none=True)
+    if not 0.0 <= float(cfg["location_fraction"]) <= 1.0:
+        raise ParameterError(
+            "training.location_fraction", f"must be in [0, 1], got {cfg['location_fraction']!r}"
+        )
+    for key in ("lr", "weight_decay", "multitask_weight", "gamma"):
+        if not isinstance(cfg[key], int | float) or cfg[key] < 0:
+            raise ParameterError(f"training.{key}", f"must be a number >= 0, got {cfg[key]!r}")
+    if not 0 < float(cfg["topk"]) <= 1:
+        raise ParameterError("training.topk", f"must be in (0, 1], got {cfg['topk']!r}")
+    if cfg["pool_kernel"] % 2 == 0:
+        raise ParameterError("training.pool_kernel", f"must be odd, got {cfg['pool_kernel']}")
+    if cfg["device"] not in ("auto", "cpu", "mps") and not str(cfg["device"]).startswith("cuda"):
+        raise ParameterError(
+            "training.device", f"must be auto, cpu, mps or cuda[:k], got {cfg['device']!r}"
+        )
+
+
+def resolve_training_config(
+    shared: Mapping[str, Any], variant: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Merge defaults < shared ``training`` params < one variant's block, and validate.
+
+    Args:
+        shared: The ``training`` parameters (its ``variants`` and ``method`` keys are ignored
+            here; ``method`` is the gate, see ``is_selected``).
+        variant: The variant's block; must name the variant (``name``) and its ``method``.
+
+    Returns:
+        The full config, with ``variant`` set to the variant name.
+
+    Raises:
+        ParameterError: unknown keys, names or out-of-range values, naming the key.
+    """
+    if "name" not in variant or "method" not in variant:
+        raise ParameterError(
+            "training.variants.<name>",
+            f"each variant needs 'name' and 'method'; got keys {sorted(variant)}",
+        )
+    allowed = set(DEFAULTS) | _NOT_MODEL_KEYS | {"name"}
+    for where, block in (("training", shared), (f"training.variants.{variant['name']}", variant)):
+        unknown = sorted(set(block) - allowed)
+        if unknown:
+            raise ParameterError(
+                f"{where}.{unknown[0]}", f"unknown key(s) {unknown}; valid keys: {sorted(DEFAULTS)}"
+            )
+    cfg = dict(DEFAULTS)
+    cfg.update({k: v for k, v in shared.items() if k not in _NOT_MODEL_KEYS})
+    cfg.update({k: v for k, v in variant.items() if k != "name"})
+    cfg["variant"] = str(variant["name"])
+    cfg["tasks"] = list(cfg["tasks"]) if not isinstance(cfg["tasks"], str) else cfg["tasks"]
+    cfg["objective_params"] = dict(cfg.get("objective_params") or {})
+    if cfg["method"] == "multitask":
+        cfg["image_head"] = "linear"
+    validate_config(cfg)
+    return cfg
+
+
+def is_selected(selection: str | Iterable[str] | None, variant: str, method: str) -> bool:
+    """Whether the ``training.method`` gate selects a variant.
+
+    Args:
+        selection: None (all variants), one name, or a list of names; a name matches a
+            variant's name or its method.
+        variant: The variant's name (its Kedro namespace).
+        method: The variant's supervision method.
+    """
+    if selection is None:
+        return True
+    names = {selection} if isinstance(selection, str) else set(selection)
+    return variant in names or method in names
+
+
+def model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a training config ``build_model`` needs."""
+    keys = (
+        "architecture",
+        "tasks",
+        "pretrained",
+        "dense_pooling",
+        "pool_kernel",
+        "topk",
+        "base_channels",
+    )
+    out = {k: cfg[k] for k in keys}
+    out["tasks"] = list(out["tasks"])
+    out["image_head"] = cfg.get("image_head", "pool")
+    return out

@@ -1,0 +1,452 @@
+"""The training loop: ``train_one_epoch``, ``evaluate``, ``predict`` and ``fit``.
+
+``fit`` runs epochs of ``train_one_epoch`` + ``evaluate`` with AdamW, a cosine / step
+schedule, model selection and early stopping on a validation metric, and a checkpoint
+per epoch (``training.checkpoints``). The same code runs in one process or under
+DistributedDataParallel (``rank``/``world`` > 1, see ``training.distributed``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cxr_spurious.data.cache import ImageCache
+from cxr_spurious.models import CXRModel, build_model
+from cxr_spurious.stats.metrics import auroc, robust_auroc
+from cxr_spurious.training.checkpoints import (
+    load_latest_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from cxr_spurious.training.config import DENSE_METHODS, model_config
+from cxr_spurious.training.data import LABEL_PREFIX, CacheBatches, make_loader
+from cxr_spurious.training.device import DeviceSetup
+from cxr_spurious.training.objectives import Objective, dense_loss, make_objective
+
+logger = logging.getLogger(__name__)
+
+HISTORY_COLUMNS: tuple[str, ...] = (
+    "epoch", "train_loss", "image_loss", "dense_loss", "val_auroc", "val_robust_auroc",
+    "lr", "steps", "seconds", "images_per_s", "data_wait_fraction", "selected",
+)  # fmt: skip
+
+
+class TrainingForward(nn.Module):
+    """What DDP wraps: one forward giving image logits and, for dense models, dense logits."""
+
+    def __init__(self, model: CXRModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(logits,)`` or ``(logits, dense_logits)``."""
+        if self.model.is_dense:
+            logits, _, dense = self.model.all_outputs(x)
+            return logits, dense
+        return (self.model(x),)
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """Deterministic kernels (warn-only where none exists) and no cuDNN autotuning."""
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def init_model(cfg: Mapping[str, Any]) -> CXRModel:
+    """Build the model with weights initialised from ``seed`` (global RNG left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg["seed"]))
+        return build_model(model_config(cfg))
+
+
+def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """AdamW with ``lr`` and ``weight_decay``."""
+    return torch.optim.AdamW(
+        model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"])
+    )
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any]
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule: cosine over ``epochs``, step (``step_size``, ``gamma``) or constant."""
+    if cfg["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(cfg["epochs"]))
+    if cfg["schedule"] == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=max(1, int(cfg["step_size"])), gamma=float(cfg["gamma"])
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def batch_loss(
+    outputs: tuple[torch.Tensor, ...],
+    batch: Mapping[str, torch.Tensor],
+    cfg: Mapping[str, Any],
+    objective: Objective,
+) -> tuple[torch.Tensor, float, float]:
+    """Total loss and its image / dense parts for one batch.
+
+    ``erm``: the objective on every known label. Dense methods: the Dice + BCE loss on the
+    maps whose location label is used, and the objective on the other known labels
+    (images without location labels); ``multitask``: the objective on every known label
+    plus ``multitask_weight`` x the dense loss.
+    """
+    logits = outputs[0]
+    labels, valid = batch["labels"], batch["valid"]
+    if cfg["method"] not in DENSE_METHODS:
+        image = objective(logits, labels, valid, batch)
+        return image, float(image.detach()), 0.0
+    dense_valid = batch["dense_valid"]
+    dense = dense_loss(outputs[1], batch["target"], dense_valid)
+    if cfg["method"] == "multitask":
+        image = objective(logits, labels, valid, batch)
+        total = image + float(cfg["multitask_weight"]) * dense
+    else:
+        image = objective(logits, labels, valid & ~dense_valid, batch)
+        total = image + dense
+    return total, float(image.detach()), float(dense.detach())
+
+
+def _to_device(batch: Mapping[str, torch.Tensor], setup: DeviceSetup) -> dict[str, torch.Tensor]:
+    out = {k: v.to(setup.device, non_blocking=setup.pin_memory) for k, v in batch.items()}
+    out["image"] = setup.to_input(batch["image"])
+    return out
+
+
+def train_one_epoch(
+    net: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    objective: Objective,
+    setup: DeviceSetup,
+    cfg: Mapping[str, Any],
+    *,
+    epoch: int,
+    max_steps: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """One pass over the training loader.
+
+    Args:
+        net: The model wrapped in ``TrainingForward`` (possibly inside DDP).
+        loader: Training loader from ``make_loader``.
+        optimizer: The optimiser.
+        objective: Image-level objective.
+        setup: Device settings.
+        cfg: Training config (``method``, ``multitask_weight``).
+        epoch: Epoch number (selects the shuffle and augmentation draws).
+        max_steps: Stop after this many steps (None: whole epoch).
+        progress: Show a progress bar.
+
+    Returns:
+        Mean ``train_loss``, ``image_loss``, ``dense_loss``, ``steps``, ``seconds``,
+        ``images_per_s`` and ``data_wait_fraction`` (share of step time spent waiting for
+        the loader).
+    """
+    net.train()
+    loader.sampler.set_epoch(epoch)
+    totals = np.zeros(3)
+    steps = images = 0
+    wait = 0.0
+    start = time.perf_counter()
+    iterator = iter(loader)
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, disable=not progress)
+    while max_steps is None or steps < max_steps:
+        t0 = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        wait += time.perf_counter() - t0
+        batch = _to_device(batch, setup)
+        optimizer.zero_grad(set_to_none=True)
+        with setup.autocast():
+            outputs = net(batch["image"])
+        loss, image, dense = batch_loss(outputs, batch, cfg, objective)
+        loss.backward()
+        optimizer.step()
+        totals += (float(loss.detach()), image, dense)
+        steps += 1
+        images += int(batch["image"].shape[0])
+        bar.update()
+    bar.close()
+    seconds = time.perf_counter() - start
+    means = totals / max(steps, 1)
+    return {
+        "train_loss": float(means[0]),
+        "image_loss": float(means[1]),
+        "dense_loss": float(means[2]),
+        "steps": steps,
+        "seconds": seconds,
+        "images_per_s": images / seconds if seconds > 0 else float("nan"),
+        "data_wait_fraction": wait / seconds if seconds > 0 else float("nan"),
+    }
+
+
+@torch.inference_mode()
+def predict(
+    model: CXRModel,
+    loader: torch.utils.data.DataLoader,
+    setup: DeviceSetup,
+    *,
+    progress: bool = False,
+    desc: str = "predict",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``(n, T)`` and embeddings ``(n, D)`` (float32) in loader order."""
+    model.eval()
+    probs, embs = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        with setup.autocast():
+            logits, emb = model.logits_and_embedding(setup.to_input(batch["image"]))
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        embs.append(emb.float().cpu().numpy())
+    return np.concatenate(probs).astype(np.float32), np.concatenate(embs).astype(np.float32)
+
+
+def validation_metrics(
+    labels: np.ndarray, probs: np.ndarray, subgroup: np.ndarray
+) -> dict[str, float]:
+    """Mean over tasks of AUROC and of robust AUROC on ``subgroup`` (NaN-aware)."""
+    aurocs = [auroc(labels[:, t], probs[:, t]) for t in range(labels.shape[1])]
+    robust = [robust_auroc(labels[:, t], probs[:, t], subgroup) for t in range(labels.shape[1])]
+    mean = lambda v: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")  # noqa: E731
+    return {"auroc": mean(np.asarray(aurocs)), "robust_auroc": mean(np.asarray(robust))}
+
+
+def evaluate(
+    model: CXRModel,
+    loader: torch.utils.data.DataLoader,
+    table: pd.DataFrame,
+    cfg: Mapping[str, Any],
+    setup: DeviceSetup,
+) -> dict[str, float]:
+    """Validation AUROC and robust AUROC of ``model`` on the rows of ``table`` (loader order).
+
+    Returns:
+        ``{"auroc": ..., "robust_auroc": ...}`` (means over tasks).
+    """
+    probs, _ = predict(model, loader, setup, desc="evaluate")
+    labels = table[[LABEL_PREFIX + t for t in cfg["tasks"]]].to_numpy(dtype=float)
+    return validation_metrics(labels, probs, table["subgroup"].to_numpy(dtype=float))
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` hands back: the selected weights and the per-epoch history."""
+
+    state_dict: dict[str, torch.Tensor]
+    history: pd.DataFrame
+    best_epoch: int
+    stopped: str
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Make BatchNorm running statistics identical on every rank (rank 0's)."""
+    for buf in model.buffers():
+        torch.distributed.broadcast(buf, src=0)
+
+
+def _improved(value: float, best: float | None) -> bool:
+    if not math.isfinite(value):
+        return best is None
+    return best is None or not math.isfinite(best) or value > best
+
+
+def fit(
+    train_table: pd.DataFrame,
+    val_table: pd.DataFrame,
+    cache: ImageCache,
+    cfg: Mapping[str, Any],
+    setup: DeviceSetup,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> FitResult:
+    """Train a model from ``cfg`` on ``train_table``, selecting on ``val_table``.
+
+    Args:
+        train_table: Train rows of ``build_training_table``.
+        val_table: Validation rows.
+        cache: The image cache.
+        cfg: Resolved training config.
+        setup: Device settings.
+        checkpoint_dir: Folder of this variant's checkpoints (None: no checkpoints). With
+            ``cfg["resume"]`` the newest one is continued.
+        rank: Process rank under DDP (0 writes checkpoints).
+        world: Number of processes (> 1: DistributedDataParallel).
+
+    Returns:
+        The best state dict (on CPU), the history, the selected epoch and why training stopped.
+    """
+    configure_determinism(bool(cfg["deterministic"]))
+    model = init_model(cfg).to(setup.device)
+    if setup.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward: nn.Module = TrainingForward(model)
+    if world > 1:
+        ids = [setup.device.index] if setup.device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(forward, device_ids=ids)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    labels = train_table[[LABEL_PREFIX + t for t in cfg["tasks"]]].to_numpy(dtype=float)
+    objective = make_objective(
+        str(cfg["objective"]), labels, train_table["group"].to_numpy(), cfg["objective_params"]
+    )
+    workers = int(cfg["num_workers"])
+    train_loader = make_loader(
+        CacheBatches(train_table, cache, cfg, train=True), int(cfg["batch_size"]), seed=int(cfg["seed"]), shuffle=True,
+        drop_last=True, num_workers=workers, pin_memory=setup.pin_memory, rank=rank, world=world,
+    )  # fmt: skip
+    val_loader = make_loader(
+        CacheBatches(val_table, cache, cfg, train=False), int(cfg["eval_batch_size"]), seed=0, shuffle=False,
+        drop_last=False, num_workers=workers, pin_memory=setup.pin_memory,
+    )  # fmt: skip
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "history": [],
+        "best": None,
+        "bad_epochs": 0,
+        "global_step": 0,
+        "stopped": "",
+    }
+    saved = (
+        load_latest_checkpoint(checkpoint_dir, cfg) if (checkpoint_dir and cfg["resume"]) else None
+    )
+    with torch.random.fork_rng(
+        devices=[setup.device.index or 0] if setup.device.type == "cuda" else []
+    ):
+        torch.manual_seed(int(cfg["seed"]) + 1)
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            if saved.get("objective") is not None and hasattr(objective, "load_state_dict"):
+                objective.load_state_dict(saved["objective"])
+            set_rng_state(saved["rng"])
+            state.update({k: saved[k] for k in state})
+        _run_epochs(
+            forward,
+            model,
+            optimizer,
+            scheduler,
+            objective,
+            train_loader,
+            val_loader,
+            val_table,
+            cfg,
+            setup,
+            state,
+            checkpoint_dir,
+            rank,
+            world,
+        )
+    best = state["best"] or {
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "epoch": state["epoch"],
+    }
+    history = pd.DataFrame(state["history"], columns=list(HISTORY_COLUMNS))
+    if len(history):
+        history["selected"] = history["epoch"] == best["epoch"]
+    return FitResult(best["state_dict"], history, int(best["epoch"]), state["stopped"] or "epochs")
+
+
+def _run_epochs(
+    forward: nn.Module,
+    model: CXRModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    objective: Objective,
+    train_loader: torch.utils.data.DataLoader,
+    val_loader: torch.utils.data.DataLoader,
+    val_table: pd.DataFrame,
+    cfg: Mapping[str, Any],
+    setup: DeviceSetup,
+    state: dict[str, Any],
+    checkpoint_dir: str | Path | None,
+    rank: int,
+    world: int,
+) -> None:
+    """Epoch loop of ``fit`` (mutates ``state``)."""
+    started = time.perf_counter()
+    metric_key = "val_" + str(cfg["selection_metric"])
+    while state["epoch"] < int(cfg["epochs"]) and not state["stopped"]:
+        epoch = state["epoch"] + 1
+        steps_left = (
+            None if cfg["max_steps"] is None else int(cfg["max_steps"]) - state["global_step"]
+        )
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(
+            forward,
+            train_loader,
+            optimizer,
+            objective,
+            setup,
+            cfg,
+            epoch=epoch,
+            max_steps=steps_left,
+            progress=bool(cfg["progress"]) and rank == 0,
+        )
+        scheduler.step()
+        if world > 1:
+            _broadcast_buffers(model)
+        val = evaluate(model, val_loader, val_table, cfg, setup)
+        row = {
+            "epoch": epoch,
+            **stats,
+            "val_auroc": val["auroc"],
+            "val_robust_auroc": val["robust_auroc"],
+            "lr": lr,
+            "selected": False,
+        }
+        state["history"].append(row)
+        state["global_step"] += stats["steps"]
+        state["epoch"] = epoch
+        best = state["best"]
+        if _improved(row[metric_key], None if best is None else best["metric"]):
+            state["best"] = {
+                "metric": row[metric_key],
+                "epoch": epoch,
+                "state_dict": copy.deepcopy(
+                    {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                ),
+            }
+            state["bad_epochs"] = 0
+        else:
+            state["bad_epochs"] += 1
+        if cfg["patience"] is not None and state["bad_epochs"] >= int(cfg["patience"]):
+            state["stopped"] = "early_stopping"
+        elif cfg["max_steps"] is not None and state["global_step"] >= int(cfg["max_steps"]):
+            state["stopped"] = "max_steps"
+        elif cfg["time_budget_s"] is not None and time.perf_counter() - started >= float(
+            cfg["time_budget_s"]
+        ):
+            state["stopped"] = "time_budget"
+        logger.info(
+            "[%s] epoch %d: loss %.4f, val AUROC %.3f, val robust AUROC %.3f, %.0f img/s, data wait %.0f%%",
+            cfg.get("variant", "?"), epoch, row["train_loss"], row["val_auroc"], row["val_robust_auroc"],
+            row["images_per_s"], 100 * row["data_wait_fraction"],
+        )  # fmt: skip
+        if checkpoint_dir is not None and rank == 0:
+            objective_state = objective.state_dict() if hasattr(objective, "state_dict") else None
+            save_checkpoint(
+                checkpoint_dir,
+                {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "objective": objective_state, "rng": rng_state(), "config": dict(cfg)},
+                keep=int(cfg["keep_checkpoints"]),
+            )  # fmt: skip

@@ -1,0 +1,216 @@
+"""Tables, metrics, figures and MLflow records built from a trained model.
+
+Everything here is pure given its inputs; the Kedro nodes of the ``training`` pipeline
+are thin calls into these functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cxr_spurious.data.cache import ImageCache
+from cxr_spurious.models import CXRModel
+from cxr_spurious.stats.bootstrap import bootstrap
+from cxr_spurious.stats.metrics import auroc, reverse_auroc, robust_auroc
+from cxr_spurious.training.data import CacheBatches, make_loader
+from cxr_spurious.training.device import DeviceSetup
+from cxr_spurious.training.engine import predict
+
+RENDERS: tuple[str, ...] = ("original", "no_tube", "no_lesion")
+
+
+def _inference_table(
+    manifest: pd.DataFrame, cache: ImageCache, tasks: Sequence[str]
+) -> pd.DataFrame:
+    """A minimal table for ``CacheBatches`` (no labels needed for inference)."""
+    table = pd.DataFrame(
+        {
+            "image_id": manifest["image_id"].astype(str).to_numpy(),
+            "split": manifest["split"].astype(str).to_numpy(),
+        }
+    )
+    table["row"] = cache.rows(table["image_id"])
+    for task in tasks:
+        table["y_" + task] = np.nan
+    table["weight"], table["augment"], table["group"], table["loc"] = 1.0, False, -1, False
+    return table
+
+
+def predict_images(
+    model: CXRModel,
+    manifest: pd.DataFrame,
+    cache: ImageCache,
+    cfg: Mapping[str, Any],
+    setup: DeviceSetup,
+    *,
+    render: str = "original",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and embeddings of the manifest's images (cache render ``render``)."""
+    dataset = CacheBatches(
+        _inference_table(manifest, cache, model.tasks), cache, cfg, train=False, variant=render
+    )
+    loader = make_loader(
+        dataset,
+        int(cfg["eval_batch_size"]),
+        seed=0,
+        shuffle=False,
+        drop_last=False,
+        num_workers=int(cfg["num_workers"]),
+        pin_memory=setup.pin_memory,
+    )
+    return predict(
+        model.to(setup.device),
+        loader,
+        setup,
+        progress=bool(cfg["progress"]),
+        desc=f"predict {render}",
+    )
+
+
+def predictions_frame(
+    manifest: pd.DataFrame, probs: np.ndarray, tasks: Sequence[str], model_name: str
+) -> pd.DataFrame:
+    """``image_id, split, model, p_<task>...`` (one row per manifest image)."""
+    out = pd.DataFrame(
+        {
+            "image_id": manifest["image_id"].astype(str).to_numpy(),
+            "split": manifest["split"].astype(str).to_numpy(),
+            "model": model_name,
+        }
+    )
+    for j, task in enumerate(tasks):
+        out["p_" + task] = probs[:, j].astype(float)
+    return out
+
+
+def embeddings_frame(image_ids: Sequence[str], embeddings: np.ndarray) -> pd.DataFrame:
+    """``image_id, e0..e{D-1}`` (float32)."""
+    cols = {f"e{j}": embeddings[:, j].astype(np.float32) for j in range(embeddings.shape[1])}
+    return pd.DataFrame({"image_id": list(image_ids), **cols})
+
+
+def compute_test_metrics(
+    predictions: pd.DataFrame,
+    manifest: pd.DataFrame,
+    tasks: Sequence[str],
+    subgroup: str,
+    *,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Test-split AUROC, robust and reverse AUROC on ``subgroup`` with bootstrap CIs.
+
+    Bootstrap resamples patients (clusters) when ``patient_id`` is present.
+
+    Returns:
+        ``{"n_test": n, "subgroup": name, "<task>": {"auroc", "auroc_lo", "auroc_hi",
+        "robust_auroc", ..., "reverse_auroc", ...}, "mean_auroc": ..., "mean_robust_auroc": ...}``.
+    """
+    test = manifest[manifest["split"] == "test"].merge(
+        predictions[["image_id", *("p_" + t for t in tasks)]],
+        on="image_id",
+        how="left",
+        validate="one_to_one",
+    )
+    spurious = (
+        pd.to_numeric(test[subgroup], errors="coerce").to_numpy(float)
+        if subgroup in test
+        else np.full(len(test), np.nan)
+    )
+    clusters = test["patient_id"].astype(str).to_numpy() if "patient_id" in test else None
+    out: dict[str, Any] = {"n_test": len(test), "subgroup": subgroup}
+    for task in tasks:
+        y = pd.to_numeric(test[task], errors="coerce").to_numpy(float)
+        p = test["p_" + task].to_numpy(float)
+        entry: dict[str, float] = {}
+        for name, fn in (
+            ("auroc", lambda i, y=y, p=p: auroc(y[i], p[i])),
+            ("robust_auroc", lambda i, y=y, p=p: robust_auroc(y[i], p[i], spurious[i])),
+            ("reverse_auroc", lambda i, y=y, p=p: reverse_auroc(y[i], p[i], spurious[i])),
+        ):
+            entry.update(
+                bootstrap(
+                    fn, len(test), n_boot=n_boot, seed=seed, clusters=clusters, level=level
+                ).as_dict(name)
+            )
+        out[task] = entry
+    out["mean_auroc"] = float(np.nanmean([out[t]["auroc"] for t in tasks]))
+    out["mean_robust_auroc"] = float(np.nanmean([out[t]["robust_auroc"] for t in tasks]))
+    return out
+
+
+def flat_metrics(metrics: Mapping[str, Any], prefix: str = "test") -> dict[str, float]:
+    """``{"test_<task>_auroc": v, ...}``: the numeric leaves of ``test_metrics``."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            out.update(
+                {
+                    f"{prefix}_{key}_{k}": float(v)
+                    for k, v in value.items()
+                    if isinstance(v, int | float)
+                }
+            )
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}_{key}"] = float(value)
+    return out
+
+
+def training_curves(history: pd.DataFrame, title: str) -> Figure:
+    """Two panels: train loss per epoch; val AUROC and robust AUROC, selected epoch marked."""
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    ax_loss, ax_auc = fig.subplots(1, 2)
+    ax_loss.plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
+    if (history["dense_loss"] > 0).any():
+        ax_loss.plot(
+            history["epoch"], history["dense_loss"], marker=".", ls="--", label="dense part"
+        )
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
+    ax_loss.legend()
+    ax_auc.plot(history["epoch"], history["val_auroc"], marker="o", label="val AUROC")
+    ax_auc.plot(history["epoch"], history["val_robust_auroc"], marker="s", label="val robust AUROC")
+    selected = history[history["selected"].astype(bool)]
+    for epoch in selected["epoch"]:
+        ax_auc.axvline(epoch, color="grey", ls=":", label="selected")
+    ax_auc.set(xlabel="epoch", ylabel="AUROC", ylim=(0, 1.02), title="validation")
+    ax_auc.legend(loc="lower right")
+    fig.suptitle(title)
+    return fig
+
+
+def run_name(cfg: Mapping[str, Any], resampling: str) -> str:
+    """``<variant>-<method>-<architecture>-<resampling>-seed<k>``."""
+    return f"{cfg['variant']}-{cfg['method']}-{cfg['architecture']}-{resampling}-seed{cfg['seed']}"
+
+
+def resampling_name(cfg: Mapping[str, Any], manifest: pd.DataFrame) -> str:
+    """``training.resampling`` if set, else the table's ``attrs`` (``resampling`` or ``strategy``), else ``none``."""
+    if cfg.get("resampling"):
+        return str(cfg["resampling"])
+    for key in ("resampling", "strategy"):
+        if manifest.attrs.get(key):
+            return str(manifest.attrs[key])
+    return "none"
+
+
+def run_params(
+    cfg: Mapping[str, Any], resampling: str, n_train: int, n_train_unique: int
+) -> dict[str, Any]:
+    """The parameter table of a variant's MLflow run."""
+    keys = (
+        "variant", "method", "architecture", "pretrained", "tasks", "batch_size", "lr", "weight_decay", "schedule",
+        "epochs", "max_steps", "patience", "selection_metric", "subgroup", "seed", "deterministic", "location_fraction",
+        "coarse_mode", "coarse_radius", "target_dilation", "multitask_weight", "dense_pooling", "pool_kernel", "objective",
+    )  # fmt: skip
+    params = {k: cfg.get(k) for k in keys}
+    params["tasks"] = ",".join(cfg["tasks"])
+    params.update(
+        {"resampling": resampling, "n_train_rows": n_train, "n_train_images": n_train_unique}
+    )
+    return {k: ("null" if v is None else v) for k, v in params.items()}

@@ -1,0 +1,136 @@
+"""Architecture registry and the model interface."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from cxr_spurious.errors import DataFormatError, ParameterError
+from cxr_spurious.models import (
+    ARCHITECTURES,
+    DENSE_ARCHITECTURES,
+    build_model,
+    model_from_artifact,
+    pool_dense_logits,
+)
+from cxr_spurious.models.pretrained import grey_first_conv
+
+TASKS = ["Pneumothorax", "Pleural Effusion"]
+FAST = ["resnet18", "densenet121", "resunet18", "unet_small"]
+
+
+@pytest.mark.parametrize("arch", FAST)
+def test_interface_shapes(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model({"architecture": arch, "tasks": TASKS}).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        logits, emb = model.logits_and_embedding(x)
+        assert torch.allclose(model(x), logits)
+        assert torch.allclose(model.embed(x), emb)
+        assert logits.shape == (2, 2)
+        assert emb.shape == (2, model.embed_dim)
+        assert model.is_dense == (arch in DENSE_ARCHITECTURES)
+        if model.is_dense:
+            assert model.dense_logits(x).shape == (2, 2, 32, 32)
+    assert model.tasks == TASKS
+    assert isinstance(model.cam_layer, nn.Module)
+    assert any(isinstance(m, nn.Conv2d) for m in model.cam_layer.modules())
+
+
+def test_cam_layers_are_the_documented_ones() -> None:
+    resnet = build_model({"architecture": "resnet18", "tasks": TASKS})
+    dense = build_model({"architecture": "densenet121", "tasks": TASKS})
+    unet = build_model({"architecture": "unet_small", "tasks": TASKS})
+    assert resnet.cam_layer is resnet.layer4
+    assert dense.cam_layer is dense.features
+    assert unet.cam_layer is unet.up[-1].conv
+
+
+def test_registry_lists_every_documented_architecture() -> None:
+    assert set(ARCHITECTURES) == {
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "densenet121",
+        "resunet18",
+        "resunet34",
+        "resunet50",
+        "unet_small",
+    }
+
+
+def test_unknown_architecture_lists_valid_names() -> None:
+    with pytest.raises(ParameterError, match="unknown architecture 'vit'.*densenet121.*unet_small"):
+        build_model({"architecture": "vit", "tasks": TASKS})
+
+
+def test_grey_conv_equals_rgb_conv_on_replicated_grey() -> None:
+    torch.manual_seed(0)
+    rgb = nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False)
+    grey = grey_first_conv(rgb)
+    x = torch.rand(2, 1, 16, 16)
+    assert torch.allclose(grey(x), rgb(x.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_pretrained_from_local_file_sums_rgb_kernels(tmp_path) -> None:
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model({"architecture": "resnet18", "tasks": TASKS, "pretrained": str(path)})
+    assert torch.allclose(model.conv1.weight, reference.conv1.weight.sum(dim=1, keepdim=True))
+    assert torch.equal(model.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
+    assert model.fc.out_features == 2
+
+
+def test_pretrained_name_not_cached_is_refused_without_download(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ParameterError, match="never downloads"):
+        build_model(
+            {
+                "architecture": "resnet18",
+                "tasks": TASKS,
+                "pretrained": "ResNet18_Weights.IMAGENET1K_V1",
+            }
+        )
+
+
+def test_max_pooling_ignores_a_single_hot_pixel() -> None:
+    dense = torch.zeros(2, 1, 16, 16)
+    dense[0, 0, 8, 8] = 10.0  # one noisy pixel, away from the border
+    dense[1, 0, 6:11, 6:11] = 2.0  # a 5x5 blob
+    pooled = pool_dense_logits(dense, "max", kernel=5)
+    assert pooled[0, 0] == pytest.approx(10 / 25)
+    assert pooled[1, 0] == pytest.approx(2.0)
+    assert torch.equal(pool_dense_logits(dense, "max", kernel=1), dense.amax(dim=(2, 3)))
+    assert torch.allclose(pool_dense_logits(dense, "mean"), dense.mean(dim=(2, 3)))
+    top = pool_dense_logits(dense, "topk_mean", topk=25 / 256)
+    assert top[1, 0] == pytest.approx(2.0)
+
+
+def test_unknown_pooling() -> None:
+    with pytest.raises(ParameterError, match="training.dense_pooling"):
+        build_model({"architecture": "unet_small", "tasks": TASKS, "dense_pooling": "median"})
+
+
+def test_artifact_round_trip_and_architecture_mismatch() -> None:
+    model = build_model({"architecture": "unet_small", "tasks": TASKS, "base_channels": 4})
+    artifact = {
+        "state_dict": model.state_dict(),
+        "config": {"architecture": "unet_small", "tasks": TASKS, "base_channels": 4},
+    }
+    rebuilt = model_from_artifact(artifact, source="m.pt")
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), model.eval()(x))
+    with pytest.raises(DataFormatError, match=r"m\.pt.*'unet_small'.*'resnet18'"):
+        model_from_artifact(artifact, source="m.pt", expected_architecture="resnet18")
+    wrong = {
+        "state_dict": model.state_dict(),
+        "config": {"architecture": "resnet18", "tasks": TASKS},
+    }
+    with pytest.raises(DataFormatError, match=r"m\.pt.*'resnet18'.*another architecture"):
+        model_from_artifact(wrong, source="m.pt")

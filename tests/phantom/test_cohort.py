@@ -1,0 +1,93 @@
+"""The cohort: patient-disjoint splits, configured rates, per-split confounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxr_spurious.phantom import PhantomConfig, build_cohort
+from cxr_spurious.phantom.cohort import split_counts
+
+N = 4000  # cohort only (no pixels): fast
+
+
+@pytest.fixture(scope="module")
+def cohort() -> tuple:
+    cfg = PhantomConfig.from_dict({"n_images": N, "demographics": {"prevalence_multiplier": {"race": {"Black": 1.5}}}})
+    return cfg, build_cohort(cfg, seed=11)
+
+
+def _close(observed: float, expected: float, n: int, z: float = 4.5) -> bool:
+    """Within z binomial standard errors."""
+    return abs(observed - expected) <= z * np.sqrt(max(expected * (1 - expected), 1e-4) / n)
+
+
+def test_counts_ids_and_studies(cohort: tuple) -> None:
+    cfg, records = cohort
+    assert len(records) == N
+    assert [r.index for r in records] == list(range(N))
+    assert len({r.image_id for r in records}) == N
+    assert len({r.study_id for r in records}) == N
+    per_patient = np.bincount([r.patient for r in records])[1:]
+    assert per_patient.max() == len(cfg.studies_per_patient) and per_patient.min() >= 1
+    share_single = float(np.mean(per_patient == 1))
+    assert _close(share_single, cfg.studies_per_patient[0], len(per_patient))
+    assert records[0].image_id == "patient00001_study1_view1_frontal"
+
+
+def test_splits_are_patient_disjoint_with_configured_fractions(cohort: tuple) -> None:
+    cfg, records = cohort
+    split_of: dict[int, set[str]] = {}
+    for r in records:
+        split_of.setdefault(r.patient, set()).add(r.split)
+    assert all(len(s) == 1 for s in split_of.values())
+    counts = split_counts(records)
+    for split, frac in cfg.split_fractions.items():
+        assert _close(counts[split] / N, frac, N, z=6)
+
+
+def test_tube_confounding_per_split(cohort: tuple) -> None:
+    cfg, records = cohort
+    for split in ("train", "val", "test"):
+        for ptx, table in ((1, cfg.tube.p_given_ptx), (0, cfg.tube.p_given_no_ptx)):
+            rows = [r.tube for r in records if r.split == split and r.labels["Pneumothorax"] == ptx]
+            assert _close(float(np.mean(rows)), table[split], len(rows)), (split, ptx, np.mean(rows))
+
+
+def test_tube_on_ptx_side(cohort: tuple) -> None:
+    _, records = cohort
+    tubes = [r for r in records if r.tube and r.labels["Pneumothorax"]]
+    assert all(r.tube_side == r.ptx_side for r in tubes)
+    random_cfg = PhantomConfig.from_dict({"n_images": 2000, "tube": {"side": "random"}})
+    random_tubes = [r for r in build_cohort(random_cfg, 2) if r.tube and r.labels["Pneumothorax"]]
+    agree = np.mean([r.tube_side == r.ptx_side for r in random_tubes])
+    assert _close(float(agree), 0.5, len(random_tubes))
+
+
+def test_prevalence_and_group_multipliers(cohort: tuple) -> None:
+    cfg, records = cohort
+    for task, base in cfg.prevalence.items():
+        rows = [r.labels[task] for r in records if r.site == "A" and r.race != "Black"]
+        assert _close(float(np.mean(rows)), base, len(rows)), task
+        black_a = [r.labels[task] for r in records if r.site == "A" and r.race == "Black"]
+        assert _close(float(np.mean(black_a)), min(1.0, base * 1.5), len(black_a)), task
+        site_c = [r.labels[task] for r in records if r.site == "C" and r.race != "Black"]
+        assert _close(float(np.mean(site_c)), base * cfg.sites["C"].prevalence_multiplier, len(site_c)), task
+
+
+def test_group_shares(cohort: tuple) -> None:
+    cfg, records = cohort
+    patients = {r.patient: r for r in records}.values()
+    n = len(patients)
+    for attr, shares in (("sex", cfg.demographics.sex), ("race", cfg.demographics.race), ("insurance", cfg.demographics.insurance), ("site", {k: s.share for k, s in cfg.sites.items()})):
+        for group, share in shares.items():
+            assert _close(float(np.mean([getattr(p, attr) == group for p in patients])), share, n), (attr, group)
+    ages = np.array([p.age_years for p in patients])
+    assert ages.min() >= cfg.demographics.age_min and ages.max() <= cfg.demographics.age_max
+    assert abs(ages.mean() - cfg.demographics.age_mean) < 2.0
+
+
+def test_cohort_is_deterministic_and_seed_dependent() -> None:
+    cfg = PhantomConfig.from_dict({"n_images": 300})
+    assert build_cohort(cfg, 5) == build_cohort(cfg, 5)
+    assert build_cohort(cfg, 5) != build_cohort(cfg, 6)

@@ -1,0 +1,74 @@
+"""PhantomConfig: defaults, overrides, validation errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.phantom import PhantomConfig
+from cxr_spurious.tasks import PHANTOM_TASKS
+
+
+def test_defaults_match_the_default_study() -> None:
+    cfg = PhantomConfig.from_dict({})
+    assert cfg.n_images == 1900 and cfg.image_size == 256
+    assert cfg.tube.p_given_ptx == {"train": 0.9, "val": 0.9, "test": 0.5}
+    assert cfg.tube.p_given_no_ptx == {"train": 0.1, "val": 0.1, "test": 0.5}
+    assert set(cfg.prevalence) == set(PHANTOM_TASKS)
+    assert cfg.counterfactuals.splits == ("test",) and cfg.human_benchmark.splits == ("test",)
+
+
+def test_tiny_is_small_and_overridable() -> None:
+    cfg = PhantomConfig.tiny(image_size=32)
+    assert (cfg.n_images, cfg.image_size) == (24, 32)
+
+
+def test_partial_nested_override_merges_fixed_vocabularies() -> None:
+    cfg = PhantomConfig.from_dict({"tube": {"p_given_ptx": {"test": 0.7}, "side": "random"}, "prevalence": {"Pneumothorax": 0.3}})
+    assert cfg.tube.p_given_ptx == {"train": 0.9, "val": 0.9, "test": 0.7}
+    assert cfg.tube.side == "random"
+    assert cfg.prevalence["Pneumothorax"] == 0.3 and cfg.prevalence["Lung Lesion"] == 0.2
+
+
+def test_user_named_groups_replace_defaults() -> None:
+    cfg = PhantomConfig.from_dict({"sites": {"X": {"share": 0.25}, "Y": {"share": 0.75, "marker": "R"}}})
+    assert set(cfg.sites) == {"X", "Y"}
+    assert cfg.sites["Y"].marker == "R" and cfg.sites["X"].noise == 1.0
+
+
+def test_round_trip_through_to_dict() -> None:
+    cfg = PhantomConfig.from_dict({"n_images": 50, "demographics": {"lesion_contrast_multiplier": {"race": {"Black": 0.6}}}})
+    again = PhantomConfig.from_dict(cfg.to_dict())
+    assert again == cfg and again.fingerprint() == cfg.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("params", "key"),
+    [
+        ({"n_imgs": 3}, "phantom.n_imgs"),
+        ({"tube": {"p_given": 0.3}}, "phantom.tube.p_given"),
+        ({"tube": {"p_given_ptx": {"training": 0.3}}}, "phantom.tube.p_given_ptx.training"),
+        ({"tube": {"p_given_ptx": {"train": 1.3}}}, "phantom.tube.p_given_ptx.train"),
+        ({"tube": {"side": "left"}}, "phantom.tube.side"),
+        ({"prevalence": {"Edema": 0.2}}, "phantom.prevalence.Edema"),
+        ({"n_images": "many"}, "phantom.n_images"),
+        ({"n_images": 0}, "phantom.n_images"),
+        ({"image_size": 12.5}, "phantom.image_size"),
+        ({"split_fractions": {"train": 0.5, "val": 0.1, "test": 0.1}}, "phantom.split_fractions"),
+        ({"demographics": {"sex": {"M": 0.5, "X": 0.5}}}, "phantom.demographics.sex"),
+        ({"demographics": {"prevalence_multiplier": {"site": {"Z": 2.0}}}}, "phantom.demographics.prevalence_multiplier.site.Z"),
+        ({"demographics": {"prevalence_multiplier": {"height": {"tall": 2.0}}}}, "phantom.demographics.prevalence_multiplier.height"),
+        ({"sites": {"A": {"share": 1.0, "marker_corner": "middle"}}}, "phantom.sites.A.marker_corner"),
+        ({"sites": {"A": {"share": 1.0, "colour": 3}}}, "phantom.sites.A.colour"),
+        ({"counterfactuals": {"variants": ["no_heart"]}}, "phantom.counterfactuals.variants"),
+        ({"human_benchmark": {"splits": ["holdout"]}}, "phantom.human_benchmark.splits"),
+        ({"appearance": {"noise": [0.2, 0.1]}}, "phantom.appearance.noise"),
+        ({"findings": {"max_instances": {"Lung Lesion": 0}}}, "phantom.findings.max_instances.Lung Lesion"),
+        ({"counterfactuals": True}, "phantom.counterfactuals"),
+    ],
+)
+def test_bad_settings_raise_parameter_error_naming_the_key(params: dict, key: str) -> None:
+    with pytest.raises(ParameterError) as info:
+        PhantomConfig.from_dict(params)
+    assert info.value.key == key
+    assert key in str(info.value)

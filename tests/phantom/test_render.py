@@ -1,0 +1,127 @@
+"""Rendering: determinism, exact counterfactuals, mask thickness, spurious masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.io.masks import rasterize_polygons
+from cxr_spurious.phantom import PhantomConfig, build_cohort, render_image
+from cxr_spurious.phantom.findings import thickness
+from cxr_spurious.phantom.geometry import dilate, vertex_normals
+from cxr_spurious.tasks import PHANTOM_TASKS, SPURIOUS_OBJECTS
+
+CFG = PhantomConfig.from_dict({"n_images": 60, "image_size": 96, "prevalence": {"Lung Lesion": 0.5, "Airspace Opacity": 0.4}})
+SEED = 4
+
+
+def test_same_seed_same_pixels_and_outlines() -> None:
+    a, b = render_image(CFG, 3, SEED), render_image(CFG, 3, SEED)
+    assert a.image.dtype == np.uint8 and a.image.shape == (96, 96)
+    assert np.array_equal(a.image, b.image)
+    assert a.polygons == b.polygons
+    assert all(np.array_equal(a.spurious[o], b.spurious[o]) for o in SPURIOUS_OBJECTS)
+
+
+def test_different_seed_or_index_differs() -> None:
+    assert not np.array_equal(render_image(CFG, 3, SEED).image, render_image(CFG, 3, SEED + 1).image)
+    assert not np.array_equal(render_image(CFG, 3, SEED).image, render_image(CFG, 4, SEED).image)
+
+
+def test_image_looks_like_a_radiograph() -> None:
+    img = render_image(CFG, 0, SEED).image.astype(float)
+    assert 40 < img.mean() < 200 and img.std() > 30  # not blank, not saturated
+    centre, corner = img[30:70, 40:56].mean(), img[:10, :10].mean()
+    assert centre > corner  # mediastinum brighter than the air outside the body
+
+
+def _records(predicate) -> list:
+    return [r for r in build_cohort(CFG, SEED) if predicate(r)]
+
+
+def test_no_tube_counterfactual_changes_only_the_tube_region() -> None:
+    recs = _records(lambda r: r.tube)[:4]
+    assert recs
+    for rec in recs:
+        orig = render_image(CFG, rec.index, SEED)
+        cf = render_image(CFG, rec.index, SEED, remove=frozenset({"Chest Tube"}))
+        tube = orig.spurious["Chest Tube"]
+        assert tube.any() and not cf.spurious["Chest Tube"].any()
+        diff = orig.image != cf.image
+        assert diff.any()
+        assert not (diff & (dilate(tube, 4) == 0)).any()
+        assert cf.polygons == orig.polygons
+
+
+def test_no_lesion_counterfactual_changes_only_the_lesion_region() -> None:
+    recs = _records(lambda r: r.positives and "Cardiomegaly" not in r.positives)[:4]
+    assert recs
+    for rec in recs:
+        orig = render_image(CFG, rec.index, SEED)
+        cf = render_image(CFG, rec.index, SEED, remove=frozenset(PHANTOM_TASKS))
+        assert cf.polygons == {}
+        lesions = np.zeros((96, 96), np.uint8)
+        for mask in orig.masks().values():
+            lesions |= mask
+        diff = orig.image != cf.image
+        assert diff.any()
+        assert not (diff & (dilate(lesions, 4) == 0)).any()
+        # the lesion is visible: the pixels inside differ on average
+        assert np.abs(orig.image[lesions > 0].astype(float) - cf.image[lesions > 0]).mean() > 3
+
+
+def test_cardiomegaly_counterfactual_restores_a_smaller_heart() -> None:
+    rec = _records(lambda r: "Cardiomegaly" in r.positives)[0]
+    orig = render_image(CFG, rec.index, SEED)
+    heart = orig.masks()["Cardiomegaly"]
+    cf = render_image(CFG, rec.index, SEED, remove=frozenset({"Cardiomegaly"}))
+    assert "Cardiomegaly" not in cf.polygons
+    assert not ((orig.image != cf.image) & (dilate(heart, 4) == 0)).any()
+
+
+def test_spurious_masks_follow_the_record() -> None:
+    for rec in build_cohort(CFG, SEED)[:30]:
+        out = render_image(CFG, rec.index, SEED)
+        assert out.spurious["Chest Tube"].any() == bool(rec.tube)
+        assert out.spurious["Laterality Marker"].any() == bool(rec.marker)
+        assert out.spurious["Support Device"].any() == bool(rec.support_device)
+        assert set(out.polygons) == set(rec.positives)
+
+
+@pytest.mark.parametrize("size", [96, 256])
+def test_every_instance_is_at_least_five_pixels_thick_at_96(size: int) -> None:
+    cfg = PhantomConfig.from_dict({"n_images": 40, "image_size": size, "prevalence": dict.fromkeys(PHANTOM_TASKS, 0.6)})
+    scale = 96.0 / size
+    checked = 0
+    for index in range(0, 40, 2 if size == 96 else 5):
+        for task, instances in render_image(cfg, index, 1).polygons.items():
+            for outline in instances:
+                at96 = rasterize_polygons([[[x * scale, y * scale] for x, y in outline]], 96, 96)
+                assert thickness(at96) >= 5.0, (task, index, thickness(at96))
+                checked += 1
+    assert checked > 10
+
+
+def test_polygons_are_one_per_instance_and_inside_the_image() -> None:
+    out = render_image(CFG, 1, SEED)
+    for instances in out.polygons.values():
+        for outline in instances:
+            pts = np.asarray(outline)
+            assert pts.shape[1] == 2 and len(pts) >= 3
+            assert pts.min() >= 0 and pts.max() <= 95
+
+
+def test_remove_and_index_are_validated() -> None:
+    with pytest.raises(ParameterError, match="remove"):
+        render_image(CFG, 0, SEED, remove=frozenset({"Chest tube"}))
+    with pytest.raises(ParameterError, match="index"):
+        render_image(CFG, 60, SEED)
+
+
+def test_vertex_normals_point_outward_for_either_orientation() -> None:
+    square = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    for pts in (square, square[::-1]):
+        moved = pts + 0.1 * vertex_normals(pts)
+        centre = pts.mean(axis=0)
+        assert np.all(np.linalg.norm(moved - centre, axis=1) > np.linalg.norm(pts - centre, axis=1))

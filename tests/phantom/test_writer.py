@@ -1,0 +1,159 @@
+"""generate_phantom: on-disk formats, determinism across worker counts, ground-truth agreement."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.io.images import read_image
+from cxr_spurious.io.masks import decode_rle, rasterize_polygons
+from cxr_spurious.phantom import PhantomConfig, generate_phantom
+from cxr_spurious.phantom.geometry import dilate
+from cxr_spurious.phantom.writer import ATTRIBUTE_HEADER
+from cxr_spurious.tasks import CHEXPERT_HEADER, PHANTOM_TASKS, SPURIOUS_OBJECTS, TASK_TO_CSV
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_layout_and_headers(tiny_dir: Path, tiny_cfg: PhantomConfig) -> None:
+    for name in ("labels.csv", "attributes.csv", "gt_annotations.json", "gt_segmentations.json", "spurious_segmentations.json", "hb_annotations.json", "hb_segmentations.json", "hb_salient_pt.json", "phantom_meta.json"):
+        assert (tiny_dir / name).is_file(), name
+    with (tiny_dir / "labels.csv").open(newline="") as fh:
+        assert tuple(next(csv.reader(fh))) == CHEXPERT_HEADER
+    with (tiny_dir / "attributes.csv").open(newline="") as fh:
+        assert tuple(next(csv.reader(fh))) == ATTRIBUTE_HEADER
+    labels = pd.read_csv(tiny_dir / "labels.csv")
+    assert len(labels) == tiny_cfg.n_images
+    for rel in labels["Path"]:
+        assert rel.startswith("images/patient") and rel.endswith("/view1_frontal.png")
+        img = read_image(tiny_dir / rel)
+        assert img.shape == (64, 64) and img.dtype == np.uint8
+    assert set(labels["Sex"]) <= {"Male", "Female"} and set(labels["Frontal/Lateral"]) == {"Frontal"}
+    assert set(labels["AP/PA"]) <= {"AP", "PA"}
+    assert labels["Edema"].isna().all() and labels["Fracture"].isna().all()
+    assert not list(tiny_dir.parent.glob(".phantom.*")), "temporary folders left behind"
+
+
+def test_labels_attributes_and_annotations_agree(tiny_dir: Path) -> None:
+    labels = pd.read_csv(tiny_dir / "labels.csv")
+    attrs = pd.read_csv(tiny_dir / "attributes.csv", dtype={"image_id": str})
+    ann = json.loads((tiny_dir / "gt_annotations.json").read_text())
+    ids = labels["Path"].str.removeprefix("images/").str.removesuffix(".png").str.replace("/", "_")
+    assert list(ids) == list(attrs["image_id"]) and set(ann) == set(ids)
+    for image_id, (_, row) in zip(ids, labels.iterrows()):
+        assert ann[image_id]["img_size"] == [64, 64]
+        for task in PHANTOM_TASKS:
+            assert row[TASK_TO_CSV.get(task, task)] == (1.0 if task in ann[image_id] else 0.0)
+        assert row["No Finding"] == (0.0 if any(t in ann[image_id] for t in PHANTOM_TASKS) else 1.0)
+    tube = dict(zip(attrs["image_id"], attrs["tube"]))
+    assert all(labels.loc[i, "Support Devices"] == 1.0 for i, image_id in enumerate(ids) if tube[image_id] == 1)
+    assert set(attrs["sex"]) <= {"M", "F"} and attrs["study_id"].is_unique
+
+
+def test_segmentations_are_the_rasterised_annotations(tiny_dir: Path) -> None:
+    ann = json.loads((tiny_dir / "gt_annotations.json").read_text())
+    seg = json.loads((tiny_dir / "gt_segmentations.json").read_text())
+    assert set(seg) == set(ann)
+    for image_id, entry in seg.items():
+        assert set(entry) == set(PHANTOM_TASKS)
+        for task, rle in entry.items():
+            expected = rasterize_polygons(ann[image_id].get(task, []), 64, 64)
+            assert np.array_equal(decode_rle(rle), expected), (image_id, task)
+
+
+def test_spurious_masks_exactly_where_drawn(tiny_dir: Path) -> None:
+    attrs = pd.read_csv(tiny_dir / "attributes.csv", dtype={"image_id": str})
+    spurious = json.loads((tiny_dir / "spurious_segmentations.json").read_text())
+    assert set(spurious) == set(attrs["image_id"])
+    for image_id, tube in zip(attrs["image_id"], attrs["tube"]):
+        assert set(spurious[image_id]) == set(SPURIOUS_OBJECTS)
+        assert decode_rle(spurious[image_id]["Chest Tube"]).any() == (tube == 1)
+
+
+def test_counterfactuals_mirror_the_test_images(tiny_dir: Path) -> None:
+    attrs = pd.read_csv(tiny_dir / "attributes.csv", dtype={"image_id": str})
+    spurious = json.loads((tiny_dir / "spurious_segmentations.json").read_text())
+    test = attrs[attrs["split"] == "test"]
+    assert len(test) > 0
+    for variant in ("no_tube", "no_lesion"):
+        files = sorted((tiny_dir / "counterfactuals" / variant).rglob("*.png"))
+        assert len(files) == len(test)
+    for image_id, tube in zip(test["image_id"], test["tube"]):
+        rel = Path("images", *image_id.split("_", 2)).with_suffix(".png")
+        orig = read_image(tiny_dir / rel)
+        no_tube = read_image(tiny_dir / "counterfactuals" / "no_tube" / rel)
+        tube_mask = decode_rle(spurious[image_id]["Chest Tube"])
+        assert np.array_equal(orig, no_tube) == (tube == 0)
+        assert not ((orig != no_tube) & (dilate(tube_mask, 3) == 0)).any()
+
+
+def test_human_benchmark_is_perturbed_but_overlapping(medium_dir: Path) -> None:
+    attrs = pd.read_csv(medium_dir / "attributes.csv", dtype={"image_id": str})
+    gt = json.loads((medium_dir / "gt_segmentations.json").read_text())
+    hb = json.loads((medium_dir / "hb_segmentations.json").read_text())
+    hb_ann = json.loads((medium_dir / "hb_annotations.json").read_text())
+    points = json.loads((medium_dir / "hb_salient_pt.json").read_text())
+    assert set(hb) == set(attrs.loc[attrs["split"] == "test", "image_id"])
+    ious = []
+    for image_id, entry in hb.items():
+        assert set(entry) == set(PHANTOM_TASKS)
+        for task in PHANTOM_TASKS:
+            a, b = decode_rle(gt[image_id][task]), decode_rle(entry[task])
+            if a.any():
+                ious.append((a & b).sum() / (a | b).sum())
+                assert task in hb_ann[image_id] and points[image_id][task]
+                for x, y in points[image_id][task]:
+                    assert b[int(y), int(x)] == 1  # the reader's point lies on the reader's outline
+            else:
+                assert not b.any()
+    ious_arr = np.array(ious)
+    assert len(ious_arr) > 50
+    assert 0.5 < ious_arr.mean() < 0.97 and ious_arr.max() < 1.0 and np.median(ious_arr) > 0.5
+
+
+def test_observed_rates_match_config(medium_dir: Path, medium_cfg: PhantomConfig) -> None:
+    attrs = pd.read_csv(medium_dir / "attributes.csv", dtype={"image_id": str})
+    labels = pd.read_csv(medium_dir / "labels.csv")
+    df = attrs.assign(ptx=labels["Pneumothorax"].to_numpy())
+    for split in ("train", "test"):
+        for ptx, table in ((1.0, medium_cfg.tube.p_given_ptx), (0.0, medium_cfg.tube.p_given_no_ptx)):
+            rows = df[(df["split"] == split) & (df["ptx"] == ptx)]["tube"]
+            p = table[split]
+            assert abs(rows.mean() - p) < 4.5 * np.sqrt(p * (1 - p) / len(rows)), (split, ptx, rows.mean())
+    assert abs(labels["Pneumothorax"].mean() - 0.5 * (0.9 + 0.1 * 1.2)) < 0.1
+    meta = json.loads((medium_dir / "phantom_meta.json").read_text())
+    assert meta["seed"] == 3 and meta["config"] == medium_cfg.to_dict()
+    assert sum(c["images"] for c in meta["counts"].values()) == 400
+
+
+def test_same_output_for_one_or_two_workers_and_seed_dependence(tmp_path: Path) -> None:
+    cfg = PhantomConfig.tiny(n_images=20, image_size=48)
+    one = generate_phantom(cfg, tmp_path / "one", seed=5, n_jobs=1, progress=False)
+    two = generate_phantom(cfg, tmp_path / "two", seed=5, n_jobs=2, progress=False)
+    other = generate_phantom(cfg, tmp_path / "other", seed=6, n_jobs=1, progress=False)
+    assert _tree_digest(one) == _tree_digest(two)
+    digest_other = _tree_digest(other)
+    assert digest_other != _tree_digest(one)
+    # regenerating in place replaces the folder atomically with identical content
+    again = generate_phantom(cfg, tmp_path / "one", seed=5, progress=False)
+    assert _tree_digest(again) == _tree_digest(two)
+
+
+def test_switches_and_argument_validation(tmp_path: Path) -> None:
+    cfg = PhantomConfig.tiny(n_images=8, image_size=32, counterfactuals={"splits": []}, human_benchmark={"splits": []})
+    out = generate_phantom(cfg, tmp_path / "p", seed=0, progress=False)
+    assert not (out / "counterfactuals").exists() and not (out / "hb_annotations.json").exists()
+    with pytest.raises(ParameterError, match="n_jobs"):
+        generate_phantom(cfg, tmp_path / "q", seed=0, n_jobs=0)
+    with pytest.raises(ParameterError, match="seed"):
+        generate_phantom(cfg, tmp_path / "q", seed=-1)
+    assert not (tmp_path / "q").exists()

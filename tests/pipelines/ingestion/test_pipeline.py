@@ -1,0 +1,62 @@
+"""End to end: ``kedro run --pipeline ingestion`` on the phantom and on the real sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr_spurious.data.cache import load_cache
+from cxr_spurious.io.masks import decode_rle, rasterize_polygons
+from tests.conftest import load_from_catalog, require_shared_sample
+
+pytestmark = pytest.mark.integration
+
+
+def test_phantom_ingestion_end_to_end(kedro_project: Path, run_kedro) -> None:
+    proc = run_kedro(kedro_project, "run", "--pipeline", "ingestion", "--env", "test")
+    assert "Pipeline execution completed successfully" in proc.log
+    loaded = load_from_catalog(kedro_project, "manifest", "gt_annotations", "gt_segmentations")
+    manifest = loaded["manifest"]
+    assert manifest["len"] == 48
+    assert manifest["attrs"]["tasks"] == ["Pneumothorax", "Pleural Effusion", "Lung Lesion", "Cardiomegaly", "Airspace Opacity"]
+    assert {"image_id", "split", "tube", "site", "sex"} <= set(manifest["columns"])
+    assert loaded["gt_annotations"]["len"] == 48 and loaded["gt_segmentations"]["len"] == 48
+
+    cache = load_cache(kedro_project / "data/05_model_input/image_cache")
+    assert cache.images.shape == (48, 32, 32) and cache.objects[0] == "Chest Tube"
+    assert set(cache.variants) == {"no_tube", "no_lesion"}
+    # Cached masks agree with the full-resolution ground truth (area ratio preserved).
+    seg = json.loads((kedro_project / "data/03_primary/gt_segmentations.json").read_text())
+    ann = json.loads((kedro_project / "data/03_primary/gt_annotations.json").read_text())
+    for image_id in cache.image_ids[:10]:
+        h, w = ann[image_id]["img_size"]
+        for j, task in enumerate(cache.tasks):
+            full = decode_rle(seg[image_id][task])
+            np.testing.assert_array_equal(full, rasterize_polygons(ann[image_id].get(task, []), h, w))
+            small = cache.masks[cache.row(image_id), j]
+            assert abs(small.mean() - full.mean()) < 0.05
+    for name in ("dataset_report.csv", "dataset_report.png", "example_grid.png"):
+        assert (kedro_project / "data/08_reporting" / name).stat().st_size > 0
+
+    # A second run reuses the phantom and the cache (resumable, nothing rebuilt).
+    again = run_kedro(kedro_project, "run", "--pipeline", "ingestion", "--env", "test")
+    log = again.log
+    assert "skipping generation" in log and "skipping the rebuild" in log
+
+
+def test_chexlocalize_sample_ingestion(kedro_project: Path, run_kedro) -> None:
+    sample = require_shared_sample()
+    run_kedro(kedro_project, "run", "--pipeline", "ingestion", "--env", "test", "--params", f"ingestion.source=chexlocalize,ingestion.root={sample}")
+    loaded = load_from_catalog(kedro_project, "manifest", "gt_annotations", "gt_segmentations")
+    assert loaded["manifest"]["len"] == 2
+    assert loaded["gt_segmentations"]["keys"] == ["patient64541_study1_view1_frontal", "patient64542_study1_view1_frontal"]
+    assert not (kedro_project / "data/01_raw/phantom/labels.csv").exists()  # phantom generation skipped
+
+
+def test_unknown_source_fails_with_the_valid_names(kedro_project: Path, run_kedro) -> None:
+    proc = run_kedro(kedro_project, "run", "--pipeline", "ingestion", "--env", "test", "--params", "ingestion.source=chexpertt", check=False)
+    assert proc.returncode != 0
+    assert "unknown source 'chexpertt'" in proc.log

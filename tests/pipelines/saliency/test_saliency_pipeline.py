@@ -1,0 +1,63 @@
+"""The saliency pipeline with a SequentialRunner over tiny real inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from cxr_spurious.datasets.heatmaps import ChexlocalizeExportDataset, HeatmapCollectionDataset
+from cxr_spurious.pipelines.saliency import create_pipeline
+from cxr_spurious.variants import STUDY_HEATMAPS, STUDY_MODELS, heatmap_namespace
+
+
+def _catalog(tmp_path, params, cache, manifest, artifacts):
+    datasets = {name: MemoryDataset(value) for name, value in params.items()}
+    datasets.update({f"{m}.model": MemoryDataset(artifacts[m]) for m in STUDY_MODELS})
+    datasets["image_cache"] = MemoryDataset(cache, copy_mode="assign")
+    datasets["manifest"] = MemoryDataset(manifest)
+    datasets["heatmap_collection"] = HeatmapCollectionDataset(path=str(tmp_path / "heatmaps"))
+    datasets["chexlocalize_export"] = ChexlocalizeExportDataset(path=str(tmp_path / "export"), progress=False)
+    return DataCatalog(datasets=datasets)
+
+
+def test_pipeline_structure():
+    pipe = create_pipeline()
+    names = {n.name for n in pipe.nodes}
+    assert {f"{m}.compute_heatmaps" for m in STUDY_MODELS} <= names
+    assert {"collect_heatmaps", "collect_saliency_sanity", "export_chexlocalize"} <= names
+    assert {f"{m}.model" for m in STUDY_MODELS} | {"image_cache", "manifest"} <= pipe.inputs()
+    assert "heatmap_collection" in pipe.all_outputs()
+
+
+@pytest.mark.integration
+def test_pipeline_runs_default_pairs_and_exports(tmp_path, params, cache_and_manifest, artifacts):
+    cache, manifest = cache_and_manifest
+    params = {**params, "params:saliency.batch_size": 4, "params:saliency.sanity.n_images": 3,
+              "params:saliency.sanity.n_boot": 20, "params:saliency.export.enabled": True,
+              "params:saliency.export.sets": ["seg.seg_prob"], "params:saliency.device": "cpu"}
+    catalog = _catalog(tmp_path, params, cache, manifest, artifacts)
+    SequentialRunner().run(create_pipeline(), catalog)
+    collection = HeatmapCollectionDataset(path=str(tmp_path / "heatmaps")).load()
+    assert sorted(collection) == sorted(heatmap_namespace(m, k) for m, k in STUDY_HEATMAPS)
+    for hset in collection.values():
+        assert hset.maps.dtype == np.float16 and len(hset) == 4
+    exported = ChexlocalizeExportDataset(path=str(tmp_path / "export"), progress=False).load()
+    assert list(exported) == ["seg.seg_prob"]
+    np.testing.assert_allclose(exported["seg.seg_prob"].maps, collection["seg.seg_prob"].maps.astype(np.float32))
+    sanity = catalog.load("saliency_sanity")
+    assert len(sanity) == len(STUDY_HEATMAPS) and sanity["spearman"].notna().any()
+
+
+@pytest.mark.integration
+def test_pipeline_methods_param(tmp_path, params, cache_and_manifest, artifacts):
+    cache, manifest = cache_and_manifest
+    params = {**params, "params:saliency.methods": ["gradcam", "integrated_gradients"],
+              "params:saliency.sanity.enabled": False, "params:saliency.max_images": 2,
+              "params:saliency.method_options": {"ig_steps": 4}, "params:saliency.device": "cpu"}
+    catalog = _catalog(tmp_path, params, cache, manifest, artifacts)
+    SequentialRunner().run(create_pipeline(), catalog)
+    collection = HeatmapCollectionDataset(path=str(tmp_path / "heatmaps")).load()
+    assert sorted(collection) == sorted(f"{m}.{k}" for m in STUDY_MODELS for k in ("gradcam", "integrated_gradients"))
+    assert not (tmp_path / "export").exists()

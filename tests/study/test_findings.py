@@ -1,0 +1,59 @@
+"""study_findings: saliency metrics, human gap, table assembly and the MLflow flattening."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_spurious.errors import ContractError
+from cxr_spurious.study.findings import assemble_findings, findings_metrics, model_row, saliency_findings
+
+
+def _inputs(n: int = 40):
+    rng = np.random.default_rng(0)
+    ids = [f"img{i}" for i in range(n)]
+    manifest = pd.DataFrame({"image_id": ids, "patient_id": [f"p{i // 2}" for i in range(n)], "tube": [float(i % 2) for i in range(n)]})
+    per_map = pd.DataFrame(
+        {
+            "image_id": ids,
+            "task": "Pneumothorax",
+            "iou_tp": np.where(np.arange(n) < 30, rng.uniform(0.1, 0.5, n), np.nan),
+            "hit": np.where(np.arange(n) < 30, (np.arange(n) % 3 == 0).astype(float), np.nan),
+            "shortcut_Chest Tube": np.where(np.arange(n) % 2 == 1, 0.6, 0.0),
+        }
+    )
+    human = pd.DataFrame({"image_id": ids, "task": "Pneumothorax", "iou_tp": np.where(np.arange(n) < 30, 0.8, np.nan), "hit": np.where(np.arange(n) < 30, 1.0, np.nan)})
+    return per_map, manifest, human
+
+
+def test_saliency_findings_values_and_cis() -> None:
+    per_map, manifest, human = _inputs()
+    out = saliency_findings(per_map, manifest, human, n_boot=200, seed=0)
+    assert out["miou"] == pytest.approx(per_map["iou_tp"].mean())
+    assert out["hit_rate"] == pytest.approx(per_map["hit"].mean())
+    # Tube mass is averaged over images that have a tube only.
+    assert out["tube_mass"] == pytest.approx(0.6)
+    assert out["miou_lo"] <= out["miou"] <= out["miou_hi"]
+    expected_gap = (0.8 - per_map["iou_tp"].iloc[:30].mean()) / 0.8 * 100
+    assert out["miou_pct_below_human"] == pytest.approx(expected_gap)
+    assert out["miou_pct_below_human_lo"] < expected_gap < out["miou_pct_below_human_hi"]
+    assert np.isnan(out["lesion_mass"])  # no relevance_mass column in this input
+
+
+def test_saliency_findings_without_human_benchmark_is_nan() -> None:
+    per_map, manifest, _ = _inputs()
+    out = saliency_findings(per_map, manifest, None, n_boot=50, seed=0)
+    assert np.isnan(out["miou_pct_below_human"]) and np.isfinite(out["miou"])
+
+
+def test_model_row_and_assembly() -> None:
+    metrics = {"n_test": 10, "Pneumothorax": {"auroc": 0.9, "auroc_lo": 0.8, "auroc_hi": 0.95, "robust_auroc": 0.3, "robust_auroc_lo": 0.2, "robust_auroc_hi": 0.4, "reverse_auroc": 1.0, "reverse_auroc_lo": 1.0, "reverse_auroc_hi": 1.0}}
+    row = model_row("erm", {"name": "erm", "method": "erm", "architecture": "resnet18"}, metrics, "Pneumothorax")
+    table = assemble_findings([{**row, "gradcam_miou": 0.1}, {**row, "model": "seg", "gradcam_miou": np.nan}])
+    assert list(table.columns[:5]) == ["model", "supervision", "architecture", "task", "n_test"]
+    flat = findings_metrics(table)
+    assert flat["erm.robust_auroc"] == {"value": 0.3, "step": 0}
+    assert "seg.gradcam_miou" not in flat  # NaN is not logged
+    with pytest.raises(ContractError, match="no entry for task 'Edema'"):
+        model_row("erm", {}, metrics, "Edema")

@@ -1,0 +1,134 @@
+"""fit / train_one_epoch / evaluate: determinism, resume, checkpoints, stopping rules."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tests.training.training_tiny_data import TASK, tiny_config
+
+from cxr_spurious.errors import DataFormatError
+from cxr_spurious.stats.metrics import auroc
+from cxr_spurious.training.checkpoints import list_checkpoints
+from cxr_spurious.training.data import CacheBatches, build_training_table, make_loader
+from cxr_spurious.training.device import resolve_device
+from cxr_spurious.training.engine import evaluate, fit, init_model, predict
+
+CPU = resolve_device("cpu")
+
+
+def _split(manifest, cache, cfg):
+    table = build_training_table(manifest, cache, cfg)
+    return table[table["split"] == "train"].reset_index(drop=True), table[
+        table["split"] == "val"
+    ].reset_index(drop=True)
+
+
+def _fit(tiny, cfg, ckpt: Path | None = None):
+    manifest, cache = tiny
+    train, val = _split(manifest, cache, cfg)
+    return fit(train, val, cache, cfg, CPU, checkpoint_dir=ckpt)
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["erm", "seg"])
+def test_resume_after_interruption_gives_the_uninterrupted_result(
+    tiny, tmp_path: Path, method: str
+) -> None:
+    cfg = tiny_config(epochs=2, method=method, architecture="unet_small")
+    full = _fit(tiny, cfg, tmp_path / "full")
+    assert [p.name for p in list_checkpoints(tmp_path / "full")] == ["epoch_001.pt", "epoch_002.pt"]
+    shutil.copytree(tmp_path / "full", tmp_path / "crashed")
+    (tmp_path / "crashed" / "epoch_002.pt").unlink()  # killed during epoch 2
+    resumed = _fit(tiny, {**cfg, "resume": True}, tmp_path / "crashed")
+    assert _same_state(full.state_dict, resumed.state_dict)
+    cols = ["epoch", "train_loss", "dense_loss", "val_auroc", "val_robust_auroc", "lr", "selected"]
+    assert full.history[cols].equals(resumed.history[cols])
+
+
+def test_one_epoch_then_resume_one_more_equals_two_epochs(tiny, tmp_path: Path) -> None:
+    kw = {"method": "seg", "architecture": "unet_small", "schedule": "constant"}
+    full = _fit(tiny, tiny_config(epochs=2, **kw), tmp_path / "full")
+    _fit(tiny, tiny_config(epochs=1, **kw), tmp_path / "split")
+    resumed = _fit(tiny, tiny_config(epochs=2, resume=True, **kw), tmp_path / "split")
+    assert _same_state(full.state_dict, resumed.state_dict)
+    assert full.history["train_loss"].tolist() == resumed.history["train_loss"].tolist()
+
+
+def test_resume_of_a_finished_run_trains_nothing_more(tiny, tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=1)
+    first = _fit(tiny, cfg, tmp_path)
+    again = _fit(tiny, {**cfg, "resume": True}, tmp_path)
+    assert _same_state(first.state_dict, again.state_dict) and len(again.history) == 1
+
+
+def test_same_seed_same_weights_other_seed_differs(tiny) -> None:
+    a = _fit(tiny, tiny_config(seed=3))
+    b = _fit(tiny, tiny_config(seed=3))
+    c = _fit(tiny, tiny_config(seed=4))
+    assert _same_state(a.state_dict, b.state_dict)
+    assert not _same_state(a.state_dict, c.state_dict)
+
+
+def test_checkpoint_from_another_architecture_is_refused(tiny, tmp_path: Path) -> None:
+    _fit(tiny, tiny_config(method="seg", architecture="unet_small"), tmp_path)
+    with pytest.raises(
+        DataFormatError,
+        match=r"epoch_001\.pt.*architecture 'unet_small' but this run uses 'resunet18'",
+    ):
+        _fit(
+            tiny,
+            tiny_config(method="seg", architecture="resunet18", resume=True, epochs=2),
+            tmp_path,
+        )
+
+
+def test_checkpoint_holds_the_documented_keys(tiny, tmp_path: Path) -> None:
+    _fit(tiny, tiny_config(), tmp_path)
+    state = torch.load(list_checkpoints(tmp_path)[-1], weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "config", "rng", "history", "best"} <= set(
+        state
+    )
+    assert state["epoch"] == 1 and state["config"]["architecture"] == "unet_small"
+
+
+def test_max_steps_and_early_stopping(tiny) -> None:
+    limited = _fit(tiny, tiny_config(epochs=3, max_steps=3))  # 2 steps per epoch
+    assert limited.history["steps"].tolist() == [2, 1] and limited.stopped == "max_steps"
+    # lr 0 cannot improve the metric after epoch 1: patience 1 stops at epoch 2.
+    stopped = _fit(tiny, tiny_config(epochs=5, patience=1, lr=0.0))
+    assert (
+        stopped.stopped == "early_stopping"
+        and len(stopped.history) == 2
+        and stopped.best_epoch == 1
+    )
+
+
+def test_history_records_data_wait_and_selection(tiny) -> None:
+    result = _fit(tiny, tiny_config(epochs=2))
+    h = result.history
+    assert ((h["data_wait_fraction"] >= 0) & (h["data_wait_fraction"] < 1)).all()
+    assert (
+        h["selected"].sum() == 1 and int(h.loc[h["selected"], "epoch"].iloc[0]) == result.best_epoch
+    )
+
+
+def test_evaluate_matches_sklearn_auroc_on_predictions(tiny) -> None:
+    manifest, cache = tiny
+    cfg = tiny_config()
+    _, val = _split(manifest, cache, cfg)
+    model = init_model(cfg)
+    loader = make_loader(
+        CacheBatches(val, cache, cfg, train=False), 5, seed=0, shuffle=False, drop_last=False
+    )
+    metrics = evaluate(model, loader, val, cfg, CPU)
+    probs, embs = predict(model, loader, CPU)
+    assert probs.shape == (len(val), 1) and embs.shape == (len(val), model.embed_dim)
+    assert metrics["auroc"] == pytest.approx(auroc(val["y_" + TASK].to_numpy(), probs[:, 0]))
+    assert np.isfinite(metrics["robust_auroc"])
