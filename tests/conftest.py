@@ -24,6 +24,11 @@ ingestion:
   n_jobs: 1
   cache:
     size: 32
+  examples:
+    n: 4
+  phantom:
+    n_images: 48
+    image_size: 64
 """
 
 
@@ -64,9 +69,42 @@ def kedro_project(tmp_path: Path) -> Path:
 def kedro_env() -> dict[str, str]:
     """Environment for Kedro subprocesses: no telemetry, one thread per library."""
     env = dict(os.environ)
-    env.update({"KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env.update({"KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "250"})
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
+
+
+LOAD_DATASETS_SCRIPT = """
+import json, sys
+from pathlib import Path
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+project = Path(sys.argv[1]); env = sys.argv[2]; names = sys.argv[3:]
+bootstrap_project(project)
+with KedroSession.create(project_path=project, env=env) as session:
+    catalog = session.load_context().catalog
+    out = {}
+    for name in names:
+        data = catalog.load(name)
+        out[name] = {"type": type(data).__name__, "len": len(data) if hasattr(data, "__len__") else None}
+        if hasattr(data, "columns"):
+            out[name]["columns"] = list(map(str, data.columns))
+            out[name]["attrs"] = data.attrs
+        if isinstance(data, dict):
+            out[name]["keys"] = sorted(data)[:5]
+print("JSON:" + json.dumps(out, default=str))
+"""
+
+
+def load_from_catalog(project: Path, *names: str, env: str = "test") -> dict:
+    """Load datasets through a real ``KedroSession`` (in a subprocess) and summarise them."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", LOAD_DATASETS_SCRIPT, str(project), env, *names], cwd=project, env=kedro_env(), capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.fail(f"loading {names} from the catalog failed:\n{proc.stderr[-6000:]}")
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("JSON:"))
+    return json.loads(line[5:])
 
 
 @pytest.fixture
@@ -82,6 +120,7 @@ def run_kedro() -> Callable[..., subprocess.CompletedProcess[str]]:
             text=True,
             timeout=timeout,
         )
+        proc.log = " ".join((proc.stdout + proc.stderr).split())  # type: ignore[attr-defined]  # whitespace-normalised
         if check and proc.returncode != 0:
             pytest.fail(f"kedro {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
         return proc
