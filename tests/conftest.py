@@ -27,8 +27,27 @@ ingestion:
   examples:
     n: 4
   phantom:
-    n_images: 48
+    n_images: 96
     image_size: 64
+training:
+  batch_size: 16
+  n_boot: 50
+  variants:
+    erm: {epochs: 1}
+    box: {epochs: 1}
+    seg: {epochs: 1}
+saliency:
+  max_images: 12
+  sanity: {n_images: 4, n_boot: 50}
+  overlays: {n_images: 2}
+localization:
+  n_boot: 50
+  top_k: 50
+robustness:
+  n_boot: 50
+  thumbnails_per_cluster: 2
+study:
+  n_boot: 50
 """
 
 

@@ -21,7 +21,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     Returns:
         A mapping from pipeline names to ``Pipeline`` objects.
     """
-    pipelines = find_pipelines(raise_errors=True)
+    # Every node carries its stage's name as a tag (`kedro run --tags training`, timings).
+    pipelines = {name: pipeline.tag(name) for name, pipeline in find_pipelines(raise_errors=True).items()}
     pipelines["__default__"] = sum(
         (p for name, p in pipelines.items() if name not in NOT_IN_DEFAULT), start=Pipeline([])
     )

@@ -6,6 +6,8 @@ import os
 
 from kedro.config import OmegaConfigLoader
 
+from cxr_spurious.hooks import StageTimingHooks
+
 
 def _env(name: str, default: str | None = None) -> str | None:
     """``${env:NAME,default}``: read an environment variable in any config file."""
@@ -23,3 +25,5 @@ CONFIG_LOADER_ARGS = {
         "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
     },
 }
+
+HOOKS = (StageTimingHooks(),)

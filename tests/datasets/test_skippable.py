@@ -44,3 +44,16 @@ def test_sentinel_survives_copies() -> None:
 def test_bad_config() -> None:
     with pytest.raises(DatasetError, match="type"):
         SkippableDataset(dataset={"filepath": "x"})
+
+
+def test_saved_value_is_served_from_memory_for_write_only_datasets(tmp_path) -> None:
+    import matplotlib.pyplot as plt
+
+    from cxr_spurious.datasets.skippable import SkippableDataset
+
+    ds = SkippableDataset(dataset={"type": "matplotlib.MatplotlibDataset", "filepath": str(tmp_path / "fig.png")})
+    fig, _ = plt.subplots()
+    ds.save(fig)
+    assert (tmp_path / "fig.png").stat().st_size > 0
+    assert ds.load() is fig  # MatplotlibDataset itself cannot load
+    plt.close(fig)

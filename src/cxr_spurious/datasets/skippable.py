@@ -12,6 +12,9 @@ artifacts untouched. Everything else is delegated::
 
 After ``save(SKIPPED)``, ``load()`` returns the previous artifact if there is one, else
 ``SKIPPED`` (so the skipped variant's downstream nodes, which skip too, can run without it).
+
+Within one run, what was saved is also kept in memory and returned by ``load()``: this
+spares re-reading large outputs and lets write-only datasets (figures) feed later nodes.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class SkippableDataset(AbstractDataset[Any, Any]):
             )
         self.metadata = metadata
         self._skipped = False
+        self._cache: Any = SKIPPED  # what this run saved (SKIPPED = nothing yet)
 
     @property
     def wrapped(self) -> AbstractDataset:
@@ -89,6 +93,8 @@ class SkippableDataset(AbstractDataset[Any, Any]):
 
     def load(self) -> Any:
         """The wrapped dataset's data; ``SKIPPED`` if this run skipped it and nothing exists."""
+        if self._cache is not SKIPPED:
+            return self._cache
         if self._skipped and not self._dataset.exists():
             return SKIPPED
         return self._dataset.load()
@@ -104,6 +110,7 @@ class SkippableDataset(AbstractDataset[Any, Any]):
             return
         self._skipped = False
         self._dataset.save(data)
+        self._cache = data
 
     def _exists(self) -> bool:
         return self._dataset.exists()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -35,16 +36,20 @@ from cxr_spurious.localization.kernels import (
     segment_map_cpu,
     segment_map_torch,
     threshold_counts,
+    upsample_t,
 )
 from cxr_spurious.localization.metrics import (
     iou_from_counts,
     mass_rank_metrics,
     mass_share,
+    rle_area,
+    rle_bbox,
     rle_counts,
+    rle_decode_t,
     rle_pixel,
 )
 from cxr_spurious.localization.parallel import ordered_map
-from cxr_spurious.localization.segmentation import SegmentationConfig, check_finite, pick_device
+from cxr_spurious.localization.segmentation import SegmentationConfig, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +106,8 @@ def _load_map(job: MapJob) -> np.ndarray:
         return read_heatmap_pickle(job.source).map
     arr = np.asarray(job.source, dtype=np.float32)
     arr = arr.reshape(arr.shape[-2:]) if arr.ndim > 2 else arr
-    check_finite(arr, source="heatmaps", key=f"{job.image_id}/{job.task}")
+    if not np.isfinite(arr).all():  # numpy, not torch: workers stay out of torch's thread pool
+        raise DataFormatError("heatmaps", "heatmap holds NaN or infinite values; expected finite floats", where=f"{job.image_id}/{job.task}")
     return arr
 
 
@@ -121,7 +127,7 @@ def score_fast_map(fast: FastMap, job: MapJob) -> tuple[dict[str, Any], dict[str
     gt_rle = job.gt_rle
     rec: dict[str, Any] = {"in_gt": gt_rle is not None, "n_pixels": h * w}
     if gt_rle is None:
-        pa, ga, inter = int(mask_utils.area(_coco(pred))), 0, 0
+        pa, ga, inter = rle_area(pred), 0, 0
     else:
         pa, ga, inter = rle_counts(pred, gt_rle)
     rec.update(pred_area=pa, gt_area=ga, intersection=inter)
@@ -131,9 +137,9 @@ def score_fast_map(fast: FastMap, job: MapJob) -> tuple[dict[str, Any], dict[str
     rec.update(argmax_row=row, argmax_col=col)
     rec["hit"] = float(rle_pixel(gt_rle, row, col)) if gt_rle is not None and ga > 0 else np.nan
     positive = gt_rle is not None and ga > 0
-    gt_mask = decode_rle(gt_rle, source="gt_segmentations", key=f"{job.image_id}/{job.task}") if positive and (job.tuning_grid or job.extra_metrics) else None
-    if gt_mask is not None and job.tuning_grid:
-        areas, inters = threshold_counts(fast, job.tuning_grid, gt_mask, mask_utils.toBbox(_coco(gt_rle)))
+    gt_mask = decode_rle(gt_rle, source="gt_segmentations", key=f"{job.image_id}/{job.task}") if positive and job.extra_metrics else None
+    if positive and job.tuning_grid:
+        areas, inters = threshold_counts(fast, job.tuning_grid, rle_decode_t(gt_rle), rle_bbox(gt_rle))
         for t, a, i in zip(job.tuning_grid, areas, inters):
             rec[f"tune_area_{t:g}"], rec[f"tune_inter_{t:g}"] = a, i
     score = _score(fast, job) if (gt_mask is not None and job.extra_metrics) or job.spurious else None
@@ -142,11 +148,6 @@ def score_fast_map(fast: FastMap, job: MapJob) -> tuple[dict[str, Any], dict[str
     for name, rle in job.spurious.items():
         rec[f"shortcut_{name}"] = mass_share(score, decode_rle(rle, source="spurious_segmentations", key=name))
     return rec, pred
-
-
-def _coco(rle: Mapping[str, Any]) -> dict[str, Any]:
-    counts = rle["counts"]
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def evaluate_job(job: MapJob, device: torch.device | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -236,6 +237,30 @@ def evaluate_heatmap_set(
         records.append({**row, **rec})
     table = pd.DataFrame(records)
     return _add_missing_predictions(table, gt_segmentations, index), seg_json
+
+
+def count_thresholds_job(job: MapJob) -> dict[str, Any]:
+    """Threshold-tuning counts of one positive map, without segmenting it (a worker's unit).
+
+    Loads and upsamples the map once and counts, for every threshold of
+    ``job.tuning_grid``, the pixels of the normalised map above it over the image and
+    inside the ground truth (the reference re-reads and re-upsamples per threshold).
+
+    Returns:
+        ``gt_area`` and ``tune_area_<t>`` / ``tune_inter_<t>`` for each threshold.
+    """
+    if job.gt_rle is None:
+        raise ValueError(f"{job.image_id}/{job.task}: threshold counts need a ground truth")
+    map2d = _load_map(job)
+    up_t = upsample_t(map2d, job.height, job.width)
+    lo, hi = (float(v) for v in cv2.minMaxLoc(up_t)[:2])
+    span = 0.0 if map2d.max() == map2d.min() else float(np.float32(np.float32(hi) - np.float32(lo)))
+    fast = FastMap(np.empty((0, 0), np.uint8), up_t, lo, span, (0, 0))
+    areas, inters = threshold_counts(fast, job.tuning_grid, rle_decode_t(job.gt_rle), rle_bbox(job.gt_rle))
+    rec: dict[str, Any] = {"gt_area": rle_area(job.gt_rle)}
+    for t, a, i in zip(job.tuning_grid, areas, inters):
+        rec[f"tune_area_{t:g}"], rec[f"tune_inter_{t:g}"] = a, i
+    return rec
 
 
 class _CudaJob:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from cxr_spurious.localization.segmentation import SegmentationConfig, fill_outer_contours
 
-ROWS_PER_CHUNK = 48  # rows of the transposed map per cache-sized chunk in ``uint8_and_row_max``
+ROWS_PER_CHUNK = 128 # rows of the transposed map per cache-sized chunk in ``uint8_and_row_max``
 
 
 @dataclass
@@ -124,8 +124,11 @@ def uint8_and_row_max(up_t: np.ndarray, lo: float, span: float) -> tuple[np.ndar
         chunk = up_t[r0 : r0 + ROWS_PER_CHUNK]
         b = buf[: len(chunk)]
         np.maximum(row_max, chunk.max(axis=0), out=row_max)
-        np.subtract(chunk, lo32, out=b)
-        np.divide(b, span32, out=b)
+        if lo32 == 0:  # x - 0 == x exactly: skip a pass (ReLU'd maps)
+            np.divide(chunk, span32, out=b)
+        else:
+            np.subtract(chunk, lo32, out=b)
+            np.divide(b, span32, out=b)
         np.multiply(b, s255, out=b)
         out[r0 : r0 + len(chunk)] = b  # C cast: truncation, like np.uint8(...)
     return out, row_max
@@ -279,10 +282,11 @@ def threshold_counts(fast: FastMap, thresholds: Sequence[float], gt_t: np.ndarra
     the intersection only looks inside the ground truth's bounding box.
 
     Args:
-        fast: Output of a ``segment_map_*`` kernel (``span > 0``).
+        fast: Output of a ``segment_map_*`` kernel.
         thresholds: Fixed thresholds on the normalised map.
-        gt_t: Transposed (w, h) ground-truth mask (``decode(rle).T``).
-        bbox: pycocotools ``toBbox`` of the ground truth: [x, y, w, h] in (h, w) coordinates.
+        gt_t: Transposed (w, h) uint8 ground-truth mask (``pycocotools.mask.decode(rle).T``,
+            a view without copy).
+        bbox: pycocotools bounding box of the ground truth: [x, y, w, h] in (h, w) coordinates.
 
     Returns:
         (areas, intersections), one int per threshold.
@@ -293,13 +297,9 @@ def threshold_counts(fast: FastMap, thresholds: Sequence[float], gt_t: np.ndarra
     x0, y0 = int(bbox[0]), int(bbox[1])
     x1, y1 = x0 + int(np.ceil(bbox[2])), y0 + int(np.ceil(bbox[3]))
     up_t = fast.up_t
+    g_t = np.ascontiguousarray(gt_t[x0:x1, y0:y1]).view(bool)
     if isinstance(up_t, torch.Tensor):
-        g = torch.as_tensor(gt_t[x0:x1, y0:y1], device=up_t.device).bool()
-        inside = up_t[x0:x1, y0:y1][g]
-        areas = [int((up_t >= float(e)).sum()) for e in edges]
-        inters = [int((inside >= float(e)).sum()) for e in edges]
-        return areas, inters
-    inside = np.sort(up_t[x0:x1, y0:y1][gt_t[x0:x1, y0:y1].view(bool)])
-    areas = [int(np.count_nonzero(up_t >= e)) for e in edges]
-    inters = [int(inside.size - np.searchsorted(inside, e, side="left")) for e in edges]
-    return areas, inters
+        inside = up_t[x0:x1, y0:y1][torch.as_tensor(g_t, device=up_t.device)]
+        return [int((up_t >= float(e)).sum()) for e in edges], [int((inside >= float(e)).sum()) for e in edges]
+    inside = up_t[x0:x1, y0:y1][g_t]
+    return [int(np.count_nonzero(up_t >= e)) for e in edges], [int(np.count_nonzero(inside >= e)) for e in edges]

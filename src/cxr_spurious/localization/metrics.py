@@ -23,6 +23,25 @@ def _coco(rle: Mapping[str, Any]) -> dict[str, Any]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
+def rle_area(rle: Mapping[str, Any] | None) -> int:
+    """Foreground pixels of an RLE without decoding it (0 for ``None``)."""
+    return 0 if rle is None else int(mask_utils.area(_coco(rle)))
+
+
+def rle_bbox(rle: Mapping[str, Any]) -> list[float]:
+    """pycocotools bounding box [x, y, w, h] of an RLE, without decoding it."""
+    return [float(v) for v in mask_utils.toBbox(_coco(rle))]
+
+
+def rle_decode_t(rle: Mapping[str, Any]) -> np.ndarray:
+    """Decoded mask, transposed: a C-contiguous (w, h) uint8 view, without the copy to C order.
+
+    pycocotools decodes column-major, so ``decode(rle).T`` is already contiguous; this is
+    the orientation of the fast kernels (``localization.kernels``).
+    """
+    return mask_utils.decode(_coco(rle)).T
+
+
 def rle_counts(pred: Mapping[str, Any], gt: Mapping[str, Any]) -> tuple[int, int, int]:
     """(pred area, gt area, intersection) of two RLEs, without decoding them."""
     p, g = _coco(pred), _coco(gt)

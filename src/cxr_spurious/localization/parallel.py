@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-MIN_ITEMS_FOR_POOL = 16  # below this, forking costs more than it saves
+MIN_ITEMS_FOR_POOL = 16  # below this, starting workers costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,34 @@ def resolve_workers(workers: int | None, n_items: int) -> int:
     return 1 if n_items < MIN_ITEMS_FOR_POOL else max(1, min(n, n_items))
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)
-    import torch
+def _context() -> mp.context.BaseContext:
+    """Fork where available (no interpreter start-up, ~3 s with torch), else spawn."""
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
-    torch.set_num_threads(1)
+
+def _init_worker() -> None:
+    """Workers run cv2 single-threaded (one worker per core) and never enter torch's
+    OpenMP regions (they only deserialise tensors), so no inherited thread pool is used."""
+    if cv2.getNumThreads() != 1:  # spawned workers; forked ones inherit 1 (see ``_start_pool``)
+        cv2.setNumThreads(1)
+
+
+@contextmanager
+def _start_pool(n: int) -> Iterator[Any]:
+    """A pool of ``n`` workers, forked while cv2 has no worker threads.
+
+    cv2's thread pool does not survive ``fork`` (a child touching it hangs), so this
+    process drops to one cv2 thread while the workers are forked and restores its
+    setting right after.
+    """
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        pool = _context().Pool(n, initializer=_init_worker)
+    finally:
+        cv2.setNumThreads(previous)
+    with pool:
+        yield pool
 
 
 class _Guarded:
@@ -119,9 +143,7 @@ def ordered_map(func: Callable[[T], R], items: Iterable[T], *, n_items: int, wor
                 bar.update(1)
                 yield res
             return
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        logger.debug("%s: %d items over %d %s workers", desc, n_items, n, method)
-        with mp.get_context(method).Pool(n, initializer=_init_worker) as pool:
+        with _start_pool(n) as pool:
             for res in pool.imap(guarded, items, chunksize=max(1, int(chunksize))):
                 if isinstance(res, _Failure):
                     _raise(res)

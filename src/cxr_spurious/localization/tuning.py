@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ParameterError
+from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.localization.evaluate import build_jobs, count_thresholds_job
+from cxr_spurious.localization.metrics import rle_area
+from cxr_spurious.localization.parallel import ordered_map
 
 
 def threshold_grid(start: float, stop: float, step: float) -> list[float]:
@@ -15,6 +20,34 @@ def threshold_grid(start: float, stop: float, step: float) -> list[float]:
     if step <= 0 or stop <= start:
         raise ParameterError("localization.tuning_grid", f"need start < stop and step > 0, got {start}, {stop}, {step}")
     return [float(v) for v in np.arange(start, stop, step)]
+
+
+def tuning_counts(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[str, Any]], grid: Sequence[float], *, workers: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Per-map pixel counts for threshold tuning, in one streaming pass over the positive maps.
+
+    Only (CXR, task) pairs with a non-empty ground truth are read: the true-positive IoU
+    the reference tunes on is NaN for every other map. Each map is upsampled once for all
+    thresholds (the reference re-reads and re-upsamples it for every threshold).
+
+    Args:
+        heatmaps: Maps with their index.
+        gt_segmentations: CheXlocalize gt JSON.
+        grid: Fixed thresholds (``threshold_grid``).
+        workers: CPU worker processes (``None`` = one per core).
+        progress: Show a progress bar.
+
+    Returns:
+        One row per positive map: index columns, ``in_gt``, ``gt_area`` and
+        ``tune_area_<t>`` / ``tune_inter_<t>``; the input of ``tune_thresholds``.
+    """
+    index = heatmaps.index.reset_index(drop=True)
+    keep = np.array([rle_area(gt_segmentations.get(str(c), {}).get(str(t))) > 0 for c, t in zip(index["image_id"], index["task"])], dtype=bool)
+    subset = heatmaps.select(keep)
+    jobs = build_jobs(subset, gt_segmentations, configs={}, tuning_grid=grid, extra_metrics=False, top_k=0, spurious_segmentations={})
+    counts = list(ordered_map(count_thresholds_job, jobs, n_items=len(jobs), workers=workers, desc="tuning counts", progress=progress))
+    table = pd.concat([subset.index.reset_index(drop=True), pd.DataFrame(counts, index=range(len(counts)))], axis=1)
+    table.insert(len(subset.index.columns), "in_gt", True)
+    return table
 
 
 def tune_thresholds(per_map: pd.DataFrame, grid: Sequence[float]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -28,7 +28,7 @@ def create_model_template() -> Pipeline:
                     "seed": "params:study.seed",
                 },
                 outputs="findings_row",
-                name="summarise_model",
+                name="summarise_findings",
             )
         ]
     )

@@ -166,6 +166,10 @@ def plot_training_curves(training_history: Any, config: dict[str, Any]) -> Figur
     """Loss and validation AUROC / robust AUROC per epoch."""
     if config["skip"]:
         return SKIPPED
+    return _curves(training_history, config)
+
+
+def _curves(training_history: pd.DataFrame, config: dict[str, Any]) -> Figure:
     return training_curves(
         training_history, f"{config['variant']} ({config['method']}, {config['architecture']})"
     )
@@ -176,10 +180,13 @@ def assemble_run_record(
     training_table: Any,
     training_history: Any,
     metrics: Any,
-    curves: Any,
     model: Any,
 ) -> Any:
-    """The MLflow record of one variant (see ``MlflowChildRunDataset``)."""
+    """The MLflow record of one variant (see ``MlflowChildRunDataset``).
+
+    The curves figure is drawn again from the history (figures are write-only datasets, and
+    a resumed run may skip ``plot_training_curves``).
+    """
     if config["skip"]:
         return SKIPPED
     train = training_table[training_table["split"] == "train"]
@@ -210,6 +217,6 @@ def assemble_run_record(
                 training_history.loc[training_history["selected"], "epoch"].max()
             ),
         },
-        "figures": {"training_curves.png": curves},
+        "figures": {"training_curves.png": _curves(training_history, config)},
         "model": model_from_artifact(model, source=f"{config['variant']}.model"),
     }

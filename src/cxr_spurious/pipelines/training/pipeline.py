@@ -75,7 +75,6 @@ def create_training_template() -> Pipeline:
                     "training_table",
                     "training_history",
                     "test_metrics",
-                    "training_curves",
                     "model",
                 ],
                 outputs="mlflow_run",

@@ -1,0 +1,211 @@
+"""The fast kernels against the exact torch path, numpy, cv2 and brute force."""
+
+import pickle
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+
+from cxr_spurious.errors import DataFormatError
+from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.io.masks import encode_rle
+from cxr_spurious.io.safe_pickle import load_torch_pickle
+from cxr_spurious.localization import tuning
+from cxr_spurious.localization.chexlocalize_io import load_heatmap_pickle
+from cxr_spurious.localization.evaluate import evaluate_heatmap_set
+from cxr_spurious.localization.kernels import (
+    fill_holes_t,
+    first_argmax,
+    level_edges,
+    otsu_threshold,
+    segment_map_cpu,
+    segment_map_torch,
+    uint8_and_row_max,
+    upsample_t,
+)
+from cxr_spurious.localization.segmentation import (
+    SegmentationConfig,
+    fill_outer_contours,
+    heatmap_to_segmentation,
+)
+
+GRID = tuning.threshold_grid(0.2, 0.8, 0.1)
+
+
+def _blobs(rng, h=12, w=10, zero_floor=True):
+    yy, xx = np.mgrid[0:h, 0:w]
+    m = np.zeros((h, w))
+    for _ in range(2):
+        cy, cx, s = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(1, 3)
+        m += rng.uniform(0.3, 1) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+    m = np.maximum(m - 0.2 * m.max(), 0) if zero_floor else m + 0.5
+    return (m * 1e-3).astype(np.float32)
+
+
+def _torch_up(m, h, w):
+    return F.interpolate(torch.from_numpy(m)[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def test_upsample_matches_torch_bilinear_within_rounding():
+    m = _blobs(np.random.default_rng(0))
+    ref = _torch_up(m, 97, 83)
+    ours = upsample_t(m, 97, 83).T
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6 * float(ref.max()))
+
+
+@pytest.mark.parametrize("zero_floor", [True, False])
+def test_level_edges_reproduce_float32_thresholds_exactly(zero_floor):
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        up = upsample_t(_blobs(rng, zero_floor=zero_floor), 131, 117)
+        lo = np.float32(up.min())
+        span = np.float32(up.max() - lo)
+        norm = (up - lo) / span  # the reference's float32 chain
+        for t, e in zip(GRID, level_edges(lo, span, GRID)):
+            np.testing.assert_array_equal(norm > t, up >= e)
+        u8 = np.uint8(255 * norm)
+        for k, e in zip(range(1, 256), level_edges(lo, span, range(1, 256), scale=255, strict=False)):
+            assert np.array_equal(u8 >= k, up >= e), k
+
+
+@pytest.mark.parametrize("zero_floor", [True, False])
+def test_uint8_and_row_max_match_numpy(zero_floor):
+    up = upsample_t(_blobs(np.random.default_rng(2), zero_floor=zero_floor), 301, 257)
+    lo, hi = float(up.min()), float(up.max())
+    u8, row_max = uint8_and_row_max(up, lo, float(np.float32(hi) - np.float32(lo)))
+    np.testing.assert_array_equal(u8, np.uint8(255 * ((up - np.float32(lo)) / np.float32(np.float32(hi) - np.float32(lo)))))
+    np.testing.assert_array_equal(row_max, up.T.max(axis=1))
+
+
+def test_first_argmax_is_c_order_first_with_ties():
+    up = np.zeros((6, 5), np.float32)  # (h, w) map
+    up[3, 1] = up[1, 4] = up[4, 0] = 2.0
+    up_t = np.ascontiguousarray(up.T)
+    assert first_argmax(up_t, up_t.max(axis=0)) == np.unravel_index(np.argmax(up), up.shape) == (1, 4)
+
+
+def test_otsu_threshold_replicates_cv2():
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (40, 37), dtype=np.uint8), np.full((8, 8), 7, np.uint8), np.repeat(np.array([[0, 200]], np.uint8), 9, axis=0),
+              np.clip(rng.normal(60, 10, (50, 50)), 0, 255).astype(np.uint8), (rng.random((30, 30)) > 0.9).astype(np.uint8) * 255]
+    for img in images:
+        hist = cv2.calcHist([img], [0], None, [256], [0, 256]).ravel()
+        assert otsu_threshold(hist) == int(cv2.threshold(img, 0, 255, cv2.THRESH_OTSU)[0])
+
+
+def test_fill_holes_transposed_equals_reference_fill():
+    ring = np.zeros((11, 9), np.uint8)
+    ring[2:9, 2:7] = 1
+    ring[5, 4] = 0
+    filled_t = fill_holes_t(np.ascontiguousarray(ring.T))
+    np.testing.assert_array_equal(filled_t.T, fill_outer_contours(ring))
+    assert filled_t.T[5, 4] == 1
+
+
+@pytest.mark.parametrize("config", [SegmentationConfig(), SegmentationConfig(threshold=0.4), SegmentationConfig(smoothing_k=5), SegmentationConfig(prob_cutoff=0.5)])
+def test_cpu_kernel_matches_exact_torch_path(config):
+    rng = np.random.default_rng(4)
+    diff = 0
+    for _ in range(6):
+        m = _blobs(rng)
+        fast = segment_map_cpu(m, 143, 121, 0.6, config)
+        exact = heatmap_to_segmentation(m, 143, 121, config, prob=0.6)
+        diff += int((exact != fast.mask_t.T).sum())
+        up = _torch_up(m, 143, 121)
+        assert fast.argmax == np.unravel_index(np.argmax(up), up.shape)
+    assert diff <= 3  # float rounding on the threshold only (0 here in practice)
+
+
+def test_torch_kernel_matches_cpu_kernel():
+    rng = np.random.default_rng(5)
+    for config in (SegmentationConfig(), SegmentationConfig(threshold=0.3)):
+        m = _blobs(rng)
+        cpu = segment_map_cpu(m, 90, 77, 1.0, config)
+        gpu = segment_map_torch(m, 90, 77, 1.0, config, torch.device("cpu"))
+        assert int((cpu.mask_t != gpu.mask_t).sum()) <= 2 and cpu.argmax == gpu.argmax
+
+
+def test_map_only_loader_equals_full_loader(sample_dir, tmp_path):
+    path = tmp_path / "p1_study1_view1_frontal_Edema_map.pkl"
+    with path.open("wb") as fh:  # the CheXlocalize layout, cxr_img included
+        pickle.dump({"map": torch.rand(1, 1, 5, 4), "prob": 0.3, "task": "Edema", "gt": 1, "cxr_img": torch.rand(3, 5, 4), "cxr_dims": (9, 11)}, fh, protocol=3)
+    paths = [path, *sorted((sample_dir / "gradcam_maps_val").glob("*_map.pkl"))]
+    for p in paths:
+        full, lazy = load_torch_pickle(p), load_heatmap_pickle(p)
+        assert torch.equal(full["map"], lazy["map"]) and full["prob"] == lazy["prob"] and tuple(full["cxr_dims"]) == tuple(lazy["cxr_dims"])
+        assert full.keys() == lazy.keys()
+    assert isinstance(full["map"], torch.Tensor) and not isinstance(load_heatmap_pickle(path)["cxr_img"], torch.Tensor)  # never built
+
+
+def _memory_set(n=18, h=41, w=35, seed=6):
+    rng = np.random.default_rng(seed)
+    rows, maps, gt = [], [], {}
+    for i in range(n):
+        cxr = f"p{i // 2}_study1_view1_frontal"
+        task = ("Edema", "Cardiomegaly")[i % 2]
+        mask = np.zeros((h, w), np.uint8)
+        if rng.random() < 0.7:
+            mask[int(rng.integers(0, h // 2)) :, int(rng.integers(0, w // 2)) : w - 3] = 1
+        gt.setdefault(cxr, {})[task] = encode_rle(mask)
+        rows.append({"image_id": cxr, "task": task, "prob": float(rng.random()), "gt": float(mask.any()), "cxr_w": w, "cxr_h": h, "model": "m", "method": "g"})
+        maps.append(_blobs(rng, 7, 6))
+    return HeatmapSet(pd.DataFrame(rows), np.stack(maps)), gt
+
+
+def test_parallel_pass_equals_serial_pass():
+    hs, gt = _memory_set()
+    serial, seg1 = evaluate_heatmap_set(hs, gt, tuning_grid=GRID, progress=False, workers=1, prefer_gpu=False)
+    parallel, seg2 = evaluate_heatmap_set(hs, gt, tuning_grid=GRID, progress=False, workers=2, prefer_gpu=False)
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert seg1 == seg2
+
+
+def test_worker_error_names_the_map():
+    hs, gt = _memory_set()
+    hs.maps[5, 2, 2] = np.nan
+    bad = f"{hs.index.loc[5, 'image_id']}/{hs.index.loc[5, 'task']}"
+    with pytest.raises(DataFormatError, match="NaN") as exc:
+        evaluate_heatmap_set(hs, gt, progress=False, workers=2, prefer_gpu=False)
+    assert bad in str(exc.value)
+
+
+def test_tuning_counts_match_brute_force_and_evaluation_pass():
+    hs, gt = _memory_set()
+    counts = tuning.tuning_counts(hs, gt, GRID, workers=1, progress=False)
+    per_map, _ = evaluate_heatmap_set(hs, gt, tuning_grid=GRID, progress=False, workers=1, prefer_gpu=False)
+    assert len(counts) == int((per_map["gt_area"] > 0).sum()) > 0
+    merged = counts.merge(per_map, on=["image_id", "task"], suffixes=("", "_eval"))
+    for t in GRID:
+        np.testing.assert_array_equal(merged[f"tune_area_{t:g}"], merged[f"tune_area_{t:g}_eval"])
+        np.testing.assert_array_equal(merged[f"tune_inter_{t:g}"], merged[f"tune_inter_{t:g}_eval"])
+    for row in counts.to_dict("records"):  # brute force with the exact torch path, every threshold
+        i = int(np.flatnonzero((hs.index["image_id"] == row["image_id"]) & (hs.index["task"] == row["task"]))[0])
+        g = mask_utils.decode(gt[row["image_id"]][row["task"]]).astype(bool)
+        for t in GRID:
+            seg = heatmap_to_segmentation(hs.maps[i], 41, 35, SegmentationConfig(threshold=t)).astype(bool)
+            assert (row[f"tune_area_{t:g}"], row[f"tune_inter_{t:g}"]) == (seg.sum(), (seg & g).sum())
+    best, _ = tuning.tune_thresholds(counts, GRID)
+    best_eval, _ = tuning.tune_thresholds(per_map, GRID)
+    pd.testing.assert_frame_equal(best, best_eval)
+
+
+def test_heatmap_pickle_folder_streams_through_workers(tmp_path, sample_dir):
+    # 16+ pickles so the pool is used: copies of the two sample maps under new ids
+    from cxr_spurious.localization.chexlocalize_io import read_heatmap_folder
+
+    src = sorted((sample_dir / "gradcam_maps_val").glob("*_map.pkl"))
+    for k in range(8):
+        for path in src:
+            info = load_torch_pickle(path)
+            info["cxr_dims"] = (120, 100)  # small originals keep the test fast
+            name = path.name.replace("patient6454", f"patient9{k}54")
+            with (tmp_path / name).open("wb") as fh:
+                pickle.dump(info, fh, protocol=3)
+    hs = read_heatmap_folder(tmp_path, workers=2)
+    per_map, seg = evaluate_heatmap_set(hs, {}, progress=False, workers=2, prefer_gpu=False)
+    assert len(per_map) == 16 and len({v["counts"] for s in seg.values() for v in s.values()}) == 2

@@ -1,0 +1,56 @@
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.io.masks import encode_rle
+from cxr_spurious.localization.figures import overlay_panel, plot_overlays, sample_overlay_rows
+
+
+def _set():
+    rng = np.random.default_rng(0)
+    rows, maps, gt = [], [], {}
+    for i in range(6):
+        cxr = f"p{i}_study1_view1_frontal"
+        mask = np.zeros((60, 50), np.uint8)
+        if i % 2 == 0:
+            mask[10:40, 5:30] = 1
+        gt[cxr] = {"Edema": encode_rle(mask)}
+        rows.append({"image_id": cxr, "task": "Edema", "prob": 0.5, "gt": float(mask.any()), "cxr_w": 50, "cxr_h": 60, "model": "m", "method": "g"})
+        maps.append(rng.random((6, 5)).astype(np.float32))
+    return HeatmapSet(pd.DataFrame(rows), np.stack(maps)), gt
+
+
+def test_sample_is_seeded_and_prefers_positive_maps():
+    hs, gt = _set()
+    a, b = sample_overlay_rows(hs, gt, 3, seed=1), sample_overlay_rows(hs, gt, 3, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert set(a) == {0, 2, 4}  # the three maps with a non-empty ground truth
+    assert len(sample_overlay_rows(hs, gt, 10, seed=1)) == 6
+    with pytest.raises(ParameterError, match="overlay_n"):
+        sample_overlay_rows(hs, gt, 0, seed=1)
+
+
+def test_overlay_panel_iou_matches_numpy():
+    hs, gt = _set()
+    panel = overlay_panel(hs.maps[0], 60, 50, 0.5, gt["p0_study1_view1_frontal"]["Edema"])
+    from cxr_spurious.localization.segmentation import heatmap_to_segmentation
+
+    pred = heatmap_to_segmentation(hs.maps[0], 60, 50).astype(bool)
+    g = np.zeros((60, 50), bool)
+    g[10:40, 5:30] = True
+    assert np.isclose(panel["iou"], (pred & g).sum() / (pred | g).sum())
+    assert panel["heat"].shape == panel["gt"].shape == (256, 213) and panel["heat"].min() >= 0 and panel["heat"].max() <= 1
+
+
+def test_plot_overlays_draws_one_titled_panel_per_map():
+    hs, gt = _set()
+    fig = plot_overlays(hs, gt, n=5, seed=0)
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert len(titled) == 5 and all("Edema" in ax.get_title() for ax in titled)
+    plt.close(fig)
