@@ -20,11 +20,15 @@ PANELS: tuple[tuple[str, str], ...] = (
 def plot_findings(findings: pd.DataFrame) -> Figure:
     """One panel per headline metric, one point with its 95% CI per model."""
     panels = [(c, t) for c, t in PANELS if c in findings.columns]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
+    ncols = min(3, len(panels))
+    nrows = int(np.ceil(len(panels) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.6 * nrows), squeeze=False)
     models = findings["model"].tolist()
     y = np.arange(len(models))
     colours = plt.get_cmap("tab10")(np.arange(len(models)))
-    for ax, (col, title) in zip(axes[0], panels):
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (col, title) in zip(axes.flat, panels):
         est = findings[col].to_numpy(float)
         lo = findings.get(f"{col}_lo", findings[col]).to_numpy(float)
         hi = findings.get(f"{col}_hi", findings[col]).to_numpy(float)
@@ -34,7 +38,7 @@ def plot_findings(findings: pd.DataFrame) -> Figure:
         if "auroc" in col:
             ax.axvline(0.5, color="grey", lw=0.8, ls="--")
             ax.set_xlim(0, 1)
-        ax.set_yticks(y, models if ax is axes[0][0] else [""] * len(models))
+        ax.set_yticks(y, models)
         ax.set_ylim(-0.6, len(models) - 0.4)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=9)

@@ -30,7 +30,7 @@ def test_default_study_then_one_variant(kedro_project: Path, run_kedro) -> None:
     assert findings["seg_prob_miou"].notna().sum() == 2  # the two dense models
     ok = findings.dropna(subset=["auroc_lo", "auroc_hi"])
     assert (ok["auroc_lo"] <= ok["auroc"]).all() and (ok["auroc"] <= ok["auroc_hi"]).all()
-    for name in ("study_findings.png", "example_grid.png", "dataset_report.png", "regression_forest_plot.png"):
+    for name in ("study_findings.png", "example_grid.png", "dataset_report.png", "forest_plot.png", "metric_bars.png"):
         hits = list((kedro_project / "data/08_reporting").rglob(name))
         assert hits and hits[0].stat().st_size > 0, name
 
@@ -41,7 +41,7 @@ def test_default_study_then_one_variant(kedro_project: Path, run_kedro) -> None:
     assert sorted(r.data.tags.get("variant") for r in children) == sorted(STUDY_MODELS)
     assert all("test_Pneumothorax_auroc" in r.data.metrics for r in children)
     parents = [r for r in runs if not r.data.tags.get("mlflow.parentRunId")]
-    assert any("erm.robust_auroc" in r.data.metrics for r in parents)
+    assert any("findings.erm.robust_auroc" in r.data.metrics for r in parents), [sorted(r.data.metrics)[:5] for r in parents]
 
     # `--params training.method=seg` retrains only seg; erm and box artifacts are untouched.
     models = {v: kedro_project / f"data/06_models/{v}/model.pt" for v in STUDY_MODELS}
