@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxr_spurious.augment import augment_pair
 from cxr_spurious.data.cache import ImageCache
 from cxr_spurious.errors import ContractError, DataFormatError, ParameterError
 from cxr_spurious.training.config import DENSE_METHODS
@@ -219,39 +220,6 @@ class GlobalBatchSampler:
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
         return full + (1 if rest and not self.drop_last and self.world == 1 else 0)
-
-
-def augment_pair(
-    image: np.ndarray, target: np.ndarray | None, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Label-preserving augmentation: small affine (same for image and target), intensity, noise.
-
-    Never a horizontal flip (laterality matters on a chest X-ray).
-
-    Args:
-        image: ``(S, S)`` float32 in [0, 1].
-        target: ``(T, S, S)`` float32 or None.
-        rng: The example's generator.
-    """
-    s = image.shape[0]
-    angle = rng.uniform(-7, 7)
-    scale = rng.uniform(0.93, 1.07)
-    tx, ty = rng.uniform(-0.04, 0.04, size=2) * s
-    mat = cv2.getRotationMatrix2D((s / 2, s / 2), angle, scale)
-    mat[:, 2] += (tx, ty)
-    out = cv2.warpAffine(image, mat, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    gain, bias = rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05)
-    out = out * gain + bias + rng.normal(0.0, 0.01, size=out.shape).astype(np.float32)
-    if target is not None:
-        target = np.stack(
-            [
-                cv2.warpAffine(
-                    t, mat, (s, s), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT
-                )
-                for t in target
-            ]
-        )
-    return np.clip(out, 0.0, 1.0).astype(np.float32), target
 
 
 def dense_targets(cache: ImageCache, rows: np.ndarray, cfg: Mapping[str, Any]) -> np.ndarray:

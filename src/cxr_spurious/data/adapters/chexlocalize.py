@@ -30,6 +30,7 @@ from cxr_spurious.data.adapters.base import IngestedSource
 from cxr_spurious.data.contract import assign_patient_splits, normalise_manifest
 from cxr_spurious.errors import DataFormatError, ParameterError
 from cxr_spurious.io.masks import decode_rle, encode_rle, rasterize_polygons
+from cxr_spurious.phantom.writer import ATTRIBUTE_HEADER  # the phantom's attributes.csv header
 from cxr_spurious.tasks import (
     CHEXLOCALIZE_TASKS,
     CHEXPERT_HEADER,
@@ -309,7 +310,6 @@ def _load_optional(root: Path, names: tuple[str, ...]) -> dict[str, Any]:
     return load_json(path) if path else {}
 
 
-_ATTRIBUTE_HEADER = ("image_id", "patient_id", "study_id", "split", "sex", "age_years", "race", "insurance", "site", "tube")
 
 
 def _read_attributes(root: Path) -> pd.DataFrame | None:
@@ -317,9 +317,9 @@ def _read_attributes(root: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "study_id": str})
-    missing = [c for c in _ATTRIBUTE_HEADER if c not in df.columns]
+    missing = [c for c in ATTRIBUTE_HEADER if c not in df.columns]
     if missing:
-        raise DataFormatError(path, f"missing column(s) {missing}; expected {list(_ATTRIBUTE_HEADER)}", where="line 1")
+        raise DataFormatError(path, f"missing column(s) {missing}; expected {list(ATTRIBUTE_HEADER)}", where="line 1")
     return df
 
 
@@ -331,7 +331,7 @@ def _merge_attributes(manifest: pd.DataFrame, attributes: pd.DataFrame, path: Pa
     out = manifest.drop(columns=[c for c in ("sex", "age_years") if c in manifest.columns])
     for col in ("patient_id", "study_id", "split", "sex", "age_years", "race", "insurance", "site", "tube"):
         out[col] = out["image_id"].map(attrs[col])
-    extra = [c for c in attributes.columns if c not in _ATTRIBUTE_HEADER]
+    extra = [c for c in attributes.columns if c not in ATTRIBUTE_HEADER]
     for col in extra:
         out[col] = out["image_id"].map(attrs[col])
     return out
