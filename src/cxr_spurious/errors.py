@@ -21,6 +21,14 @@ class DataFormatError(CxrSpuriousError):
         location = f"{self.source}" + (f" ({where})" if where else "")
         super().__init__(f"{location}: {problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str], dict[str, str | None]]:
+        # Keyword-only ``where`` needs explicit pickling (errors cross process pools).
+        return (self.__class__, (self.source, self.problem), {"where": self.where, "args": self.args})
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.where = state["where"]  # type: ignore[assignment]
+        self.args = state["args"]  # type: ignore[assignment]
+
 
 class ParameterError(CxrSpuriousError):
     """A configuration parameter is missing, of the wrong type or out of range."""
@@ -29,6 +37,9 @@ class ParameterError(CxrSpuriousError):
         self.key = key
         self.problem = problem
         super().__init__(f"parameter '{key}': {problem}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (self.__class__, (self.key, self.problem))
 
 
 class ContractError(CxrSpuriousError):

@@ -2,12 +2,17 @@
 
 Starts ``kedro viz run`` on a free loopback port in an isolated project copy, loads the
 app in headless Chromium and reads what is drawn: the layer bands' labels and the SVG
-node labels. ``kedro viz build`` is checked the same way, by serving its static site.
+node labels. ``kedro viz build`` is checked the same way, by serving its static site;
+that static site also gives the README's full-graph screenshot
+(``test-artifacts/browser/kedro_viz_default.png``, copied by hand to
+``docs/screenshots/``), taken after a small page on the same origin has switched off
+kedro-viz's feature tour in ``localStorage``.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -15,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from tests.browser.harness import (
     REPO,
+    WINDOW_SIZE,
     artifacts_dir,
     dump_dom,
     free_port,
@@ -25,6 +32,7 @@ from tests.browser.harness import (
     screenshot,
     serve,
     texts_of_class,
+    visible_text,
 )
 from tests.conftest import kedro_env
 
@@ -38,6 +46,24 @@ PROJECT_LAYERS = ("raw", "intermediate", "primary", "feature", "model_input", "m
 INGESTION_LAYERS = ("raw", "primary", "model_input", "reporting")
 INGESTION_NODES = ("generate_phantom", "read_source", "build_manifest", "extract_ground_truth", "build_image_cache", "report_dataset")
 RENDER_BUDGET_MS = 15000
+# A few nodes of every stage that the collapsed default view draws (namespaced per-model
+# nodes are inside the collapsed model boxes, so these are the un-namespaced ones).
+DEFAULT_NODES_PER_STAGE: dict[str, tuple[str, ...]] = {
+    "ingestion": ("build_manifest", "build_image_cache"),
+    "debiasing": ("resample_train_rows", "summarise_group_counts"),
+    "saliency": ("collect_heatmaps", "collect_saliency_sanity"),
+    "localization": ("evaluate_heatmaps", "summarise_localization", "evaluate_human_benchmark"),
+    "regression": ("regress_on_features", "regress_on_confidence"),
+    "robustness": ("combine_robustness_summary",),
+    "study": ("compile_findings",),
+}
+# kedro-viz keeps its UI state in localStorage under "KedroViz" (see its bundle:
+# `Qg="KedroViz"`, flag `showFeatureHints`); stored keys override the defaults on load.
+PRIME_PAGE = """<!doctype html><meta charset="utf-8"><script>
+localStorage.setItem("KedroViz", JSON.stringify(%s));
+location.replace("./?pid=__default__");
+</script>"""
+SCREENSHOT_STATE = {"showFeatureHints": False, "visible": {"sidebar": False, "miniMap": False}}
 
 
 def _viz_command(port: int, *extra: str) -> list[str]:
@@ -167,3 +193,52 @@ def test_kedro_viz_build_makes_a_static_site_that_renders(
     assert list(INGESTION_LAYERS) == [name for name in layers if name in INGESTION_LAYERS], f"layer bands drawn: {layers}"
     assert set(INGESTION_NODES) <= set(labels), f"drawn: {sorted(labels)}"
 
+
+
+@dataclass(frozen=True)
+class StaticDefaultView:
+    """The default pipeline as drawn by a ``kedro viz build`` site, tour switched off."""
+
+    api: dict
+    dom: str
+    png: Path
+
+
+@pytest.fixture(scope="module")
+def static_default_view(tmp_path_factory: pytest.TempPathFactory) -> StaticDefaultView:
+    """Build the static site once, prime kedro-viz's localStorage, render the default view."""
+    binary = require_chromium()
+    root = tmp_path_factory.mktemp("viz-static")
+    project = make_project_copy(root)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kedro", "viz", "build"], cwd=project, env=kedro_env(),
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, f"kedro viz build failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
+    build = project / "build"
+    (build / "prime.html").write_text(PRIME_PAGE % json.dumps(SCREENSHOT_STATE))
+    out = artifacts_dir(REPO)
+    port = free_port()
+    command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(build)]
+    with serve(command, cwd=root, env=kedro_env(), port=port, ready_path="/api/main", log_path=root / "static.log", timeout=30) as server:
+        dom = dump_dom(binary, f"{server.url}/prime.html", root / "profile-dom", budget_ms=RENDER_BUDGET_MS)
+        png = screenshot(binary, f"{server.url}/prime.html", out / "kedro_viz_default.png", root / "profile-png", budget_ms=RENDER_BUDGET_MS)
+    (out / "kedro_viz_default_static.html").write_text(dom)
+    return StaticDefaultView(api=json.loads((build / "api" / "main").read_text()), dom=dom, png=png)
+
+
+def test_full_graph_screenshot_shows_layers_and_every_stage(static_default_view: StaticDefaultView) -> None:
+    """The README screenshot: all stages, collapsed model boxes, layer bands, no tour."""
+    view = static_default_view
+    layers, labels = _drawn_graph(view.dom)
+    missing = {stage: [n for n in names if n not in labels] for stage, names in DEFAULT_NODES_PER_STAGE.items()}
+    missing = {stage: names for stage, names in missing.items() if names}
+    assert not missing, f"default view lacks nodes of stages {missing}; drawn: {sorted(labels)}"
+    for model in STUDY_MODELS:
+        assert labels.count(model) == 1, f"namespace {model!r} should be one collapsed box, drawn {labels.count(model)}x"
+    assert "Workflow run status" not in visible_text(view.dom), "kedro-viz's feature tour is still open"
+    with Image.open(view.png) as image:
+        assert image.size == tuple(int(v) for v in WINDOW_SIZE.split(","))
+        assert len(set(image.convert("L").resize((64, 40)).getdata())) > 4, "the screenshot is blank"
+    assert view.api["layers"], f"kedro-viz disabled layers, datasets feeding an earlier layer: {_backward_layer_links(view.api)}"
+    assert layers == view.api["layers"], f"drawn layer bands {layers} != kedro-viz API layers {view.api['layers']}"

@@ -84,3 +84,14 @@ def test_siim_rle_overflow_and_odd_tokens_raise() -> None:
         decode_siim_rle("1 2 3", 4, 4)
     with pytest.raises(DataFormatError, match="non-integer"):
         decode_siim_rle("1 x", 4, 4)
+
+
+def test_project_errors_survive_pickling() -> None:
+    import pickle
+
+    from cxr_spurious.errors import ParameterError
+
+    err = pickle.loads(pickle.dumps(DataFormatError("a.json", "bad RLE", where="cxr1/Edema")))
+    assert str(err) == "a.json (cxr1/Edema): bad RLE" and err.where == "cxr1/Edema"
+    perr = pickle.loads(pickle.dumps(ParameterError("training.lr", "must be > 0")))
+    assert str(perr) == "parameter 'training.lr': must be > 0" and perr.key == "training.lr"

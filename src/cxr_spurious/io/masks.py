@@ -48,7 +48,7 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     """Encode a binary (h, w) mask as a pycocotools RLE with a ``str`` counts field."""
     if mask.ndim != 2:
         raise ValueError(f"encode_rle expects a 2-D mask, got shape {mask.shape}")
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8, copy=False)))
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 

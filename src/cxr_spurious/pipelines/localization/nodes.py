@@ -14,6 +14,7 @@ from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.localization import metrics, summary, tuning
 from cxr_spurious.localization.chexlocalize_io import check_task
 from cxr_spurious.localization.evaluate import evaluate_heatmap_set
+from cxr_spurious.localization.figures import plot_overlays
 from cxr_spurious.localization.segmentation import SegmentationConfig
 
 logger = logging.getLogger(__name__)
@@ -170,3 +171,8 @@ def plot_metric_bars(localization_summary: pd.DataFrame) -> plt.Figure:
     if sets:
         axes[0].legend(fontsize=8)
     return fig
+
+
+def plot_localization_overlays(heatmap_collection: dict[str, HeatmapSet], gt_segmentations: dict[str, Any], n: int, seed: int) -> dict[str, plt.Figure]:
+    """One overlay figure per heatmap set: map, Otsu mask, ground truth and hit/miss point."""
+    return {name: plot_overlays(heatmap_collection[name], gt_segmentations, n=n, seed=seed) for name in sorted(heatmap_collection)}

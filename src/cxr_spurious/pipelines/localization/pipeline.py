@@ -9,6 +9,7 @@ from .nodes import (
     compare_sets,
     evaluate_heatmaps,
     evaluate_human_benchmark,
+    plot_localization_overlays,
     plot_metric_bars,
     select_per_cxr,
     summarise_localization,
@@ -85,5 +86,12 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 tags=["localization", "report"],
             ),
             Node(func=plot_metric_bars, inputs={"localization_summary": "localization_summary"}, outputs="localization_metric_bars", name="plot_metric_bars", tags=["localization", "figures"]),
+            Node(
+                func=plot_localization_overlays,
+                inputs={"heatmap_collection": "heatmap_collection", "gt_segmentations": "gt_segmentations", "n": "params:localization.overlays.n_images", "seed": "params:localization.seed"},
+                outputs="localization_overlays",
+                name="plot_localization_overlays",
+                tags=["localization", "figures"],
+            ),
         ]
     )
