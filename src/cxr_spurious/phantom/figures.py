@@ -121,7 +121,9 @@ def example_grid(data: Any, n: int = 12, seed: int = 0, *, ncols: int = 4) -> Fi
         row = table.loc[image_id]
         findings = ", ".join(_SHORT[t] for t in PHANTOM_TASKS if t in entry) or "no finding"
         tube = "tube" if row.get("tube", 0) == 1 else "no tube"
-        ax.set_title(f"{findings} | {tube}\n{row.get('split', '?')} | site {row.get('site', '?')} | {row.get('sex', '?')} {int(row.get('age_years', 0))} y", fontsize=8.5)
+        age = row.get("age_years")
+        age_text = f"{int(age)} y" if age is not None and pd.notna(age) else "age ?"
+        ax.set_title(f"{findings} | {tube}\n{row.get('split', '?')} | site {row.get('site', '?')} | {row.get('sex', '?')} {age_text}", fontsize=8.5)
     handles = [Line2D([], [], color=c, lw=2, label=t) for t, c in TASK_COLOURS.items()]
     handles.append(Line2D([], [], color=TUBE_COLOUR, lw=6, alpha=0.6, label="Chest Tube mask"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8.5, frameon=False)

@@ -11,6 +11,7 @@ from cxr_spurious.pipelines.comparison.pipeline import (
     DFR,
     JTT,
     RESAMPLED,
+    STUDY,
     VARIANTS,
     create_pipeline,
 )
@@ -43,7 +44,7 @@ def test_every_parameter_input_is_configured(pipeline) -> None:
         if name.startswith("params:"):
             _lookup(params, name.removeprefix("params:"))
     for variant in VARIANTS:
-        if variant != DFR:
+        if variant not in (DFR, *STUDY):
             block = _lookup(params, f"comparison.training_variants.{variant}")
             assert block["name"] == variant
 
@@ -51,14 +52,16 @@ def test_every_parameter_input_is_configured(pipeline) -> None:
 def test_variants_train_on_their_own_resampled_manifest(pipeline) -> None:
     free = pipeline.inputs()
     assert {"manifest", "image_cache"} <= free
-    assert not any(n.endswith((".predictions", ".embeddings", ".resampled_manifest")) for n in free)
+    # The study's models are reused, not retrained: their outputs are the only free model inputs.
+    assert {n for n in free if n.endswith((".predictions", ".embeddings", ".model_summary"))} == {"erm.predictions", "erm.embeddings", *(f"{m}.model_summary" for m in STUDY)}
+    assert not any(n.endswith(".resampled_manifest") for n in free)
     for variant in (*RESAMPLED, JTT):
         node = next(n for n in pipeline.nodes if n.name == f"{variant}.prepare_training_table")
         assert f"{variant}.resampled_manifest" in node.inputs
     jtt = next(n for n in pipeline.nodes if n.name == f"{JTT}.upweight_erm_errors")
-    assert "cmp_erm.predictions" in jtt.inputs
+    assert "erm.predictions" in jtt.inputs
     cluster = next(n for n in pipeline.nodes if n.name == "cmp_cluster_downsample.resample_train_rows")
-    assert "cmp_erm.embeddings" in cluster.inputs
+    assert "erm.embeddings" in cluster.inputs
     headline = next(n for n in pipeline.nodes if n.name == "build_headline_table")
     assert headline.inputs == [f"{v}.model_summary" for v in VARIANTS] and headline.outputs == ["headline_table"]
 

@@ -20,13 +20,13 @@ def test_phantom_ingestion_end_to_end(kedro_project: Path, run_kedro) -> None:
     assert "Pipeline execution completed successfully" in proc.log
     loaded = load_from_catalog(kedro_project, "manifest", "gt_annotations", "gt_segmentations")
     manifest = loaded["manifest"]
-    assert manifest["len"] == 48
+    assert manifest["len"] == 96
     assert manifest["attrs"]["tasks"] == ["Pneumothorax", "Pleural Effusion", "Lung Lesion", "Cardiomegaly", "Airspace Opacity"]
     assert {"image_id", "split", "tube", "site", "sex"} <= set(manifest["columns"])
-    assert loaded["gt_annotations"]["len"] == 48 and loaded["gt_segmentations"]["len"] == 48
+    assert loaded["gt_annotations"]["len"] == 96 and loaded["gt_segmentations"]["len"] == 96
 
     cache = load_cache(kedro_project / "data/05_model_input/image_cache")
-    assert cache.images.shape == (48, 32, 32) and cache.objects[0] == "Chest Tube"
+    assert cache.images.shape == (96, 32, 32) and cache.objects[0] == "Chest Tube"
     assert set(cache.variants) == {"no_tube", "no_lesion"}
     # Cached masks agree with the full-resolution ground truth (area ratio preserved).
     seg = json.loads((kedro_project / "data/03_primary/gt_segmentations.json").read_text())

@@ -1,11 +1,13 @@
 """Wiring of the ``comparison`` pipeline (``kedro run --pipeline comparison``).
 
-On the same data and seed: ERM without resampling (``cmp_erm``), one ERM per resampling
-strategy (debiasing template namespaced ``cmp_<strategy>`` feeding the training template
-in the same namespace), Group DRO on the debiasing groups, JTT (upweights ``cmp_erm``'s
-train errors), DFR (last layer refit on ``cmp_erm``'s embeddings, no training), and the
-spatial-specificity models (``cmp_box``, ``cmp_seg``). Each variant gets the robustness
-template; ``headline_table`` stacks their summaries. Trained variants log one MLflow child
+On the same data and seed as the default study: ERM without resampling and the
+spatial-specificity models are the study's own ``erm``, ``box`` and ``seg`` (trained and
+evaluated by ``kedro run``: same data, seed and configuration, so they are not trained
+twice); then one ERM per resampling strategy (debiasing template namespaced
+``cmp_<strategy>`` feeding the training template in the same namespace), Group DRO on the
+debiasing groups, JTT (upweights ``erm``'s train errors) and DFR (last layer refit on
+``erm``'s embeddings, no training). Each new variant gets the robustness template;
+``headline_table`` stacks every variant's summary. Trained variants log one MLflow child
 run each through the training template's ``<variant>.mlflow_run``.
 """
 
@@ -32,10 +34,13 @@ RESAMPLED: dict[str, str] = {
     "cmp_reweight": "thumbnails",
     "cmp_group_dro": "thumbnails",
 }
-PLAIN: tuple[str, ...] = ("cmp_erm", "cmp_box", "cmp_seg")
+# The study's models (variants.STUDY_MODELS), reused: ERM without resampling and the
+# spatial-specificity models.
+ERM = "erm"
+STUDY: tuple[str, ...] = ("erm", "box", "seg")
 JTT = "cmp_jtt"
 DFR = "cmp_dfr"
-VARIANTS: tuple[str, ...] = ("cmp_erm", *RESAMPLED, JTT, DFR, "cmp_box", "cmp_seg")
+VARIANTS: tuple[str, ...] = (ERM, *RESAMPLED, JTT, DFR, "box", "seg")
 
 
 def _debias_params(template: Pipeline, variant: str) -> dict[str, str]:
@@ -54,9 +59,9 @@ def _debiasing(variant: str, features: str, *, jtt: bool = False) -> Pipeline:
     if "image_cache" in template.inputs():
         inputs["image_cache"] = "image_cache"
     if "embeddings" in template.inputs():
-        inputs["embeddings"] = "cmp_erm.embeddings"
+        inputs["embeddings"] = f"{ERM}.embeddings"
     if jtt:
-        inputs["erm_predictions"] = "cmp_erm.predictions"
+        inputs["erm_predictions"] = f"{ERM}.predictions"
     return Pipeline(template, namespace=variant, inputs=inputs, parameters=_debias_params(template, variant))
 
 
@@ -79,7 +84,7 @@ def _robustness(variant: str, embeddings: str | None = None) -> Pipeline:
 
 def create_pipeline(**kwargs: object) -> Pipeline:
     """Every comparison variant, its robustness evaluation and ``headline_table``."""
-    parts = [_training(v, "manifest") for v in PLAIN]
+    parts: list[Pipeline] = []
     for variant, features in RESAMPLED.items():
         parts += [_debiasing(variant, features), _training(variant, f"{variant}.resampled_manifest")]
     parts += [_debiasing(JTT, "thumbnails", jtt=True), _training(JTT, f"{JTT}.resampled_manifest")]
@@ -90,7 +95,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                     func=nodes.refit_last_layer,
                     inputs={
                         "manifest": "manifest",
-                        "embeddings": "cmp_erm.embeddings",
+                        "embeddings": f"{ERM}.embeddings",
                         "tasks": f"{C}.debiasing.tasks",
                         "group_by": f"{C}.debiasing.group_by",
                         "age_bins": f"{C}.debiasing.age_bins",
@@ -104,7 +109,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             ]
         )
     )
-    parts += [_robustness(v) for v in VARIANTS if v != DFR]
+    parts += [_robustness(v) for v in VARIANTS if v not in (DFR, *STUDY)]
     parts.append(_robustness(DFR, embeddings=f"{DFR}.dfr_embeddings"))
     parts.append(
         Pipeline(
