@@ -75,3 +75,15 @@ def test_auroc_variants() -> None:
     # reverse: positives with tube (0) vs negatives without (3, 5): both right
     assert reverse_auroc(y, score, tube) == pytest.approx(1.0)
     assert np.isnan(auroc(np.array([1, 1]), np.array([0.1, 0.2])))
+
+
+def test_count_matrix_replicates_equal_the_index_replicates() -> None:
+    from cxr_spurious.stats.bootstrap import bootstrap_count_matrix, replicate_nanmeans
+
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=60)
+    values[::7] = np.nan
+    clusters = np.repeat(np.arange(20), 3)
+    counts = bootstrap_count_matrix(60, 100, seed=4, clusters=clusters)
+    expected = [np.nanmean(values[i]) for i in bootstrap_indices(60, 100, seed=4, clusters=clusters)]
+    np.testing.assert_allclose(replicate_nanmeans(counts, values), expected, rtol=1e-12)

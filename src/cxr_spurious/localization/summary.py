@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.stats.bootstrap import (
-    bootstrap_indices,
+    bootstrap_count_matrix,
     legacy_bootstrap_indices,
     paired_bootstrap,
     percentile_ci,
+    replicate_nanmeans,
 )
 from cxr_spurious.tasks import CHEXLOCALIZE_TASKS
 
@@ -97,13 +98,12 @@ def _metric_columns(per_map: pd.DataFrame) -> dict[str, str]:
 def bootstrap_means(per_map: pd.DataFrame, *, n_boot: int, seed: int, level: float = 0.95) -> dict[str, float]:
     """Mean of each metric with a percentile CI, resampling CXRs (all their tasks together)."""
     out: dict[str, float] = {"n_cxr": float(per_map["image_id"].nunique()), "n_maps": float(len(per_map))}
-    idx = bootstrap_indices(len(per_map), n_boot, seed, clusters=per_map["image_id"].astype(str).to_numpy())
+    counts = bootstrap_count_matrix(len(per_map), n_boot, seed, clusters=per_map["image_id"].astype(str).to_numpy())
     for name, col in _metric_columns(per_map).items():
         values = per_map[col].to_numpy(dtype=float)
         finite = np.isfinite(values)
         out[name] = float(values[finite].mean()) if finite.any() else np.nan
-        reps = np.array([np.nanmean(values[i]) if np.isfinite(values[i]).any() else np.nan for i in idx])
-        out[f"{name}_lo"], out[f"{name}_hi"] = percentile_ci(reps, level)
+        out[f"{name}_lo"], out[f"{name}_hi"] = percentile_ci(replicate_nanmeans(counts, values), level)
     return out
 
 

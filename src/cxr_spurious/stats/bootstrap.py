@@ -73,6 +73,35 @@ def bootstrap_indices(
     return out
 
 
+def bootstrap_count_matrix(
+    n: int,
+    n_boot: int,
+    seed: int,
+    clusters: Sequence[object] | np.ndarray | None = None,
+) -> np.ndarray:
+    """How often each row is drawn in each replicate: an ``(n_boot, n)`` float matrix.
+
+    The same replicates as ``bootstrap_indices`` (same arguments, same draws), in a form
+    that turns replicate means of many columns into matrix products:
+    ``(counts @ values) / (counts @ ~isnan(values))``.
+    """
+    samples = bootstrap_indices(n, n_boot, seed, clusters)
+    counts = np.zeros((n_boot, n), dtype=np.float64)
+    for r, idx in enumerate(samples):
+        counts[r] = np.bincount(idx, minlength=n)
+    return counts
+
+
+def replicate_nanmeans(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mean of the finite ``values`` in each replicate of ``counts`` (NaN where none)."""
+    v = np.asarray(values, dtype=float)
+    finite = np.isfinite(v)
+    sums = counts @ np.where(finite, v, 0.0)
+    hits = counts @ finite.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(hits > 0, sums / np.maximum(hits, 1e-300), np.nan)
+
+
 def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of the finite replicates (NaN, NaN when none are finite)."""
     if not 0 < level < 1:

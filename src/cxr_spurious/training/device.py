@@ -59,4 +59,6 @@ def resolve_device(name: str = "auto", *, local_rank: int | None = None) -> Devi
         return DeviceSetup(device, torch.bfloat16, True, True)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ParameterError("training.device", "'mps' requested but MPS is not available")
-    return DeviceSetup(device, None, False, False)
+    # channels_last also pays on CPU (oneDNN): measured +20 % img/s for unet_small and
+    # +7 % for resnet18 at 96 px on a 2-core machine.
+    return DeviceSetup(device, None, device.type == "cpu", False)
