@@ -1,4 +1,8 @@
-"""Project hooks: per-stage wall time, logged at the end of every run."""
+"""Project hooks: per-stage wall time, logged at the end of every run.
+
+A stage's time is its nodes' run time plus the time spent loading their inputs and saving
+their outputs (saving is where the phantom is generated and the image cache is built).
+"""
 
 from __future__ import annotations
 
@@ -36,7 +40,26 @@ class StageTimingHooks:
 
     @hook_impl
     def after_node_run(self, node: Node) -> None:
-        started = self._start.pop(node.name, None)
+        self._stop(node.name, node)
+
+    @hook_impl
+    def before_dataset_loaded(self, dataset_name: str, node: Node) -> None:
+        self._start[f"load:{dataset_name}:{node.name}"] = time.perf_counter()
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, node: Node) -> None:
+        self._stop(f"load:{dataset_name}:{node.name}", node)
+
+    @hook_impl
+    def before_dataset_saved(self, dataset_name: str, node: Node) -> None:
+        self._start[f"save:{dataset_name}:{node.name}"] = time.perf_counter()
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, node: Node) -> None:
+        self._stop(f"save:{dataset_name}:{node.name}", node)
+
+    def _stop(self, key: str, node: Node) -> None:
+        started = self._start.pop(key, None)
         if started is not None:
             self._totals[stage_of(node)] += time.perf_counter() - started
 

@@ -87,3 +87,24 @@ def test_count_matrix_replicates_equal_the_index_replicates() -> None:
     counts = bootstrap_count_matrix(60, 100, seed=4, clusters=clusters)
     expected = [np.nanmean(values[i]) for i in bootstrap_indices(60, 100, seed=4, clusters=clusters)]
     np.testing.assert_allclose(replicate_nanmeans(counts, values), expected, rtol=1e-12)
+
+
+def test_cluster_indices_are_the_picked_clusters_in_order() -> None:
+    clusters = np.array(["b", "a", "b", "c", "a", "b"])
+    rng = np.random.default_rng(11)
+    picked = rng.integers(0, 3, size=3)  # what bootstrap_indices draws first with seed 11
+    members = {0: [1, 4], 1: [0, 2, 5], 2: [3]}  # a, b, c
+    expected = np.concatenate([members[int(k)] for k in picked])
+    np.testing.assert_array_equal(bootstrap_indices(6, 1, seed=11, clusters=clusters)[0], expected)
+
+
+def test_auroc_equals_scikit_learn_with_ties_and_nans() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        y = rng.integers(0, 2, 80).astype(float)
+        s = np.round(rng.normal(size=80) + y, 1)  # rounding creates ties
+        y[rng.integers(0, 80, 5)] = np.nan
+        keep = np.isfinite(y)
+        assert auroc(y, s) == pytest.approx(roc_auc_score(y[keep], s[keep]), abs=1e-12)

@@ -65,11 +65,14 @@ def bootstrap_indices(
     uniques, inverse = np.unique(labels, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(uniques.size + 1))
-    members = [order[bounds[i] : bounds[i + 1]] for i in range(uniques.size)]
+    starts, sizes = bounds[:-1], np.diff(bounds)
     out = []
     for _ in range(n_boot):
         picked = rng.integers(0, uniques.size, size=uniques.size)
-        out.append(np.concatenate([members[i] for i in picked]))
+        # The picked clusters' members, concatenated in picked order (a vectorised ragged range).
+        lens = sizes[picked]
+        offsets = np.repeat(starts[picked] - (np.cumsum(lens) - lens), lens)
+        out.append(order[np.arange(lens.sum()) + offsets])
     return out
 
 

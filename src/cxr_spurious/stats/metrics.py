@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from scipy.stats import rankdata
 
 
 def auroc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """AUROC ignoring NaN labels; NaN when fewer than two classes remain."""
+    """AUROC ignoring NaN labels and scores; NaN when fewer than two classes remain.
+
+    Computed as the Mann-Whitney statistic with average ranks for ties, which equals
+    scikit-learn's ``roc_auc_score`` (tested) at a fraction of its cost inside bootstraps.
+    """
     y = np.asarray(y_true, dtype=float)
     s = np.asarray(score, dtype=float)
     keep = np.isfinite(y) & np.isfinite(s)
     y, s = y[keep], s[keep]
-    if y.size == 0 or np.unique(y).size < 2:
+    positive = y == 1
+    n_pos = int(positive.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    return float(roc_auc_score(y, s))
+    ranks = rankdata(s)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def robust_auroc(y_true: np.ndarray, score: np.ndarray, spurious: np.ndarray) -> float:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 
 from cxr_spurious.data.cache import ImageCache
@@ -63,8 +64,11 @@ def predict_images(
         num_workers=int(cfg["num_workers"]),
         pin_memory=setup.pin_memory,
     )
+    model = model.to(setup.device)
+    if setup.channels_last:  # match the inputs' memory format (else every layer converts)
+        model = model.to(memory_format=torch.channels_last)
     return predict(
-        model.to(setup.device),
+        model,
         loader,
         setup,
         progress=bool(cfg["progress"]),
