@@ -7,10 +7,16 @@ import json
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
+from tests.conftest import SAMPLE_IN_REPO
 
 from cxr_spurious.errors import DataFormatError
-from cxr_spurious.io.masks import decode_rle, decode_siim_rle, encode_rle, encode_siim_rle, rasterize_polygons
-from tests.conftest import SAMPLE_IN_REPO
+from cxr_spurious.io.masks import (
+    decode_rle,
+    decode_siim_rle,
+    encode_rle,
+    encode_siim_rle,
+    rasterize_polygons,
+)
 
 
 def test_encode_decode_round_trip_matches_pycocotools() -> None:

@@ -14,7 +14,7 @@ from cxr_spurious.io.safe_pickle import load_pickle, load_torch_pickle
 
 
 class _Evil:
-    def __reduce__(self):  # noqa: D105
+    def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))
 
 

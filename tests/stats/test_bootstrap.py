@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from cxr_spurious.errors import ParameterError
-from cxr_spurious.stats.bootstrap import bootstrap, bootstrap_indices, paired_bootstrap, percentile_ci
+from cxr_spurious.stats.bootstrap import (
+    bootstrap,
+    bootstrap_indices,
+    paired_bootstrap,
+    percentile_ci,
+)
 from cxr_spurious.stats.metrics import auroc, reverse_auroc, robust_auroc
 
 

@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 
 from cxr_spurious.errors import ContractError
-from cxr_spurious.study.findings import assemble_findings, findings_metrics, model_row, saliency_findings
+from cxr_spurious.study.findings import (
+    assemble_findings,
+    findings_metrics,
+    model_row,
+    saliency_findings,
+)
 
 
 def _inputs(n: int = 40):

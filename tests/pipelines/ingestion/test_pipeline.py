@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.conftest import load_from_catalog, require_shared_sample
 
 from cxr_spurious.data.cache import load_cache
 from cxr_spurious.io.masks import decode_rle, rasterize_polygons
-from tests.conftest import load_from_catalog, require_shared_sample
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,12 @@ from matplotlib.figure import Figure
 
 from cxr_spurious.study.counterfactual import counterfactual_findings
 from cxr_spurious.study.figures import plot_findings
-from cxr_spurious.study.findings import assemble_findings, findings_metrics, model_row, saliency_findings
+from cxr_spurious.study.findings import (
+    assemble_findings,
+    findings_metrics,
+    model_row,
+    saliency_findings,
+)
 
 logger = logging.getLogger(__name__)
 
