@@ -23,7 +23,8 @@ install: $(STAMP)  ## create .venv (if missing or stale) and install pinned depe
 run: $(STAMP)  ## run the whole study on the embedded phantom dataset
 	$(BIN)/kedro run
 
-test: $(STAMP)  ## run the test suite (unit + integration)
+test: $(STAMP)  ## lint, then the whole test suite (unit, integration, browser, notebooks)
+	$(BIN)/ruff check src tests benchmarks
 	bash scripts/install_chromium.sh
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
