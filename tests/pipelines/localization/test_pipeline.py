@@ -44,12 +44,15 @@ def test_localization_pipeline_runs_on_memory_catalog(tmp_path):
     sets, gt, manifest = _collection()
     data = {"heatmap_collection": sets, "gt_segmentations": gt, "spurious_segmentations": {}, "hb_segmentations": {}, "hb_salient_points": {}, "manifest": manifest}
     data.update({f"params:localization.{k}": v for k, v in PARAMS.items()})
+    data["params:localization.overlays.n_images"] = 2
     datasets = {k: MemoryDataset(v) for k, v in data.items()}
-    kept = ("localization_summary", "chexlocalize_reports", "localization_comparisons")
+    kept = ("localization_summary", "chexlocalize_reports", "localization_comparisons", "localization_overlays")
     datasets.update({k: PickleDataset(filepath=str(tmp_path / f"{k}.pkl")) for k in kept})  # survive release
     catalog = DataCatalog(datasets)
     SequentialRunner().run(create_pipeline(), catalog)
     summary = catalog.load("localization_summary")
+    overlays = catalog.load("localization_overlays")
+    assert overlays and all(fig.axes for fig in overlays.values())  # one figure per heatmap set
     assert set(summary["set"]) == {"erm.gradcam", "seg.gradcam"}
     assert {"miou_tp", "miou_tp_lo", "miou_tp_hi", "hit_rate_lo", "relevance_mass"} <= set(summary.columns)
     assert (summary["task"] == "overall").sum() == 2
