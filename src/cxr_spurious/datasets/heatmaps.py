@@ -63,7 +63,21 @@ def _checked(cls: type[HeatmapSet], index: pd.DataFrame, maps: np.ndarray, where
 
 
 class _FolderDataset:
-    """Shared path handling (local vs fsspec)."""
+    """Shared construction and path handling (local vs fsspec)."""
+
+    def __init__(self, *, path: str, mmap: bool = True, fs_args: dict[str, Any] | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        """Create the dataset.
+
+        Args:
+            path: Folder of the set, or of the collection (local path or fsspec URL).
+            mmap: Memory-map the maps on load (local folders only).
+            fs_args: Extra fsspec filesystem arguments.
+            metadata: Kedro metadata (kedro-viz layer).
+        """
+        self._init_path(path, fs_args)
+        self._mmap = mmap
+        self.metadata = metadata
 
     def _init_path(self, path: str, fs_args: dict[str, Any] | None) -> None:
         protocol, bare = get_protocol_and_path(str(path))
@@ -98,20 +112,6 @@ class _FolderDataset:
 class HeatmapSetDataset(_FolderDataset, AbstractDataset[HeatmapSet, HeatmapSet]):
     """One ``HeatmapSet`` stored as ``<path>/maps.npy`` (float16) + ``<path>/index.parquet``."""
 
-    def __init__(self, *, path: str, mmap: bool = True, fs_args: dict[str, Any] | None = None,
-                 metadata: dict[str, Any] | None = None) -> None:
-        """Create the dataset.
-
-        Args:
-            path: Set folder (local path or fsspec URL).
-            mmap: Memory-map the maps on load (local folders only).
-            fs_args: Extra fsspec filesystem arguments.
-            metadata: Kedro metadata (kedro-viz layer).
-        """
-        self._init_path(path, fs_args)
-        self._mmap = mmap
-        self.metadata = metadata
-
     def load(self) -> HeatmapSet:
         """Load the set (maps memory-mapped when local)."""
         if self._local:
@@ -141,20 +141,6 @@ class HeatmapCollectionDataset(_FolderDataset, AbstractDataset[dict[str, Heatmap
     Saving replaces the whole collection (sets absent from the dict disappear); loading
     returns every set folder found, sorted by name.
     """
-
-    def __init__(self, *, path: str, mmap: bool = True, fs_args: dict[str, Any] | None = None,
-                 metadata: dict[str, Any] | None = None) -> None:
-        """Create the dataset.
-
-        Args:
-            path: Collection folder (local path or fsspec URL).
-            mmap: Memory-map the maps on load (local folders only).
-            fs_args: Extra fsspec filesystem arguments.
-            metadata: Kedro metadata (kedro-viz layer).
-        """
-        self._init_path(path, fs_args)
-        self._mmap = mmap
-        self.metadata = metadata
 
     @staticmethod
     def _check_names(data: dict[str, HeatmapSet], where: object) -> None:
