@@ -10,13 +10,54 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats
 
+from cxr_spurious.errors import ContractError
+
 FEATURES: tuple[str, ...] = ("n_instances", "area_ratio", "elongation", "irrectangularity")
+
+# Outcomes of the human-benchmark gap (reference semantics: benchmark minus saliency method).
+GAP_OUTCOMES: dict[str, str] = {"iou_gap": "iou_tp", "hit_gap": "hit"}
 
 
 def minmax(series: pd.Series) -> pd.Series:
     """Min-max normalise (a constant column becomes 0)."""
     lo, hi = series.min(), series.max()
     return (series - lo) / (hi - lo) if hi > lo else series * 0.0
+
+
+def with_human_gap(table: pd.DataFrame, human: pd.DataFrame | None) -> pd.DataFrame:
+    """Join the human benchmark's per-(CXR, task) scores and add the gap outcomes.
+
+    ``iou_gap`` = benchmark IoU - saliency IoU and ``hit_gap`` = benchmark hit - saliency hit
+    (CheXlocalize's ``miou_diff`` / ``hitrate_diff``), on the pairs both scored; NaN elsewhere.
+
+    Args:
+        table: Per-map outcomes with ``image_id``, ``task``, ``iou_tp``, ``hit``.
+        human: ``localization_human_benchmark`` rows (``image_id``, ``task``, ``iou_tp``,
+            ``hit``); None or empty: the gap columns are all NaN.
+
+    Returns:
+        ``table`` with ``hb_iou_tp``, ``hb_hit``, ``iou_gap`` and ``hit_gap`` added.
+
+    Raises:
+        ContractError: the benchmark table lacks ``image_id`` / ``task`` or has duplicate
+            (CXR, task) rows.
+    """
+    out = table.drop(columns=[c for c in ("hb_iou_tp", "hb_hit", *GAP_OUTCOMES) if c in table])
+    if human is None or human.empty:
+        return out.assign(hb_iou_tp=np.nan, hb_hit=np.nan, **{gap: np.nan for gap in GAP_OUTCOMES})
+    missing = {"image_id", "task"} - set(human.columns)
+    if missing:
+        raise ContractError(f"localization_human_benchmark lacks column(s) {sorted(missing)}; it has {list(human.columns)}")
+    if human.duplicated(["image_id", "task"]).any():
+        dup = human.loc[human.duplicated(["image_id", "task"]), ["image_id", "task"]].iloc[0].tolist()
+        raise ContractError(f"localization_human_benchmark has several rows for (image_id, task) {dup}")
+    hb = human[["image_id", "task"]].copy()
+    for col in GAP_OUTCOMES.values():
+        hb[f"hb_{col}"] = pd.to_numeric(human[col], errors="coerce") if col in human else np.nan
+    out = out.merge(hb, on=["image_id", "task"], how="left")
+    for gap, col in GAP_OUTCOMES.items():
+        out[gap] = out[f"hb_{col}"] - out[col]
+    return out
 
 
 def spearman_fisher(y: np.ndarray, x: np.ndarray, z: float = 1.96) -> tuple[float, float, float, float]:

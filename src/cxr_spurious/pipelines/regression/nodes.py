@@ -16,18 +16,28 @@ def compute_geometric_features(gt_segmentations: dict[str, Any], gt_annotations:
     return feat.geometric_features(gt_segmentations, gt_annotations)
 
 
-def build_regression_table(localization_per_cxr: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
-    """Per-map outcomes joined with the gt features (true-positive slice keeps IoU > NaN)."""
+def build_regression_table(localization_per_cxr: pd.DataFrame, features: pd.DataFrame, human_benchmark: pd.DataFrame) -> pd.DataFrame:
+    """Per-map outcomes joined with the gt features and the human-benchmark gap.
+
+    The true-positive slice keeps IoU > NaN; ``iou_gap`` / ``hit_gap`` are benchmark minus
+    saliency (NaN without a benchmark).
+    """
     cols = ["set", "image_id", "task", "prob", "iou_tp", "iou_full", "hit"]
-    return localization_per_cxr[cols].merge(features, on=["image_id", "task"], how="inner")
+    table = localization_per_cxr[cols].merge(features, on=["image_id", "task"], how="inner")
+    return models.with_human_gap(table, human_benchmark)
 
 
 def regress_on_features(table: pd.DataFrame, cluster_robust: bool) -> pd.DataFrame:
-    """Reference pooled OLS (and per-task, optionally cluster-robust by CXR) per set."""
+    """Reference pooled OLS (and per-task, optionally cluster-robust by CXR) per set.
+
+    Outcomes: ``iou_tp`` and ``hit``, plus the human-benchmark gaps ``iou_gap`` and
+    ``hit_gap`` where a benchmark scored the same maps.
+    """
     frames = []
     for name, group in table.groupby("set", sort=True):
+        outcomes = ["iou_tp", "hit"] + [gap for gap in models.GAP_OUTCOMES if gap in group and group[gap].notna().any()]
         for by_task in (False, True):
-            res = models.feature_regressions(group, ["iou_tp", "hit"], cluster="image_id" if cluster_robust else None, by_task=by_task)
+            res = models.feature_regressions(group, outcomes, cluster="image_id" if cluster_robust else None, by_task=by_task)
             frames.append(res.assign(set=name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
