@@ -24,7 +24,7 @@ from cxr_spurious.localization.kernels import (
     otsu_threshold,
     segment_map_cpu,
     segment_map_torch,
-    uint8_and_row_max,
+    uint8_hist_and_row_max,
     upsample_t,
 )
 from cxr_spurious.localization.segmentation import (
@@ -74,12 +74,15 @@ def test_level_edges_reproduce_float32_thresholds_exactly(zero_floor):
 
 
 @pytest.mark.parametrize("zero_floor", [True, False])
-def test_uint8_and_row_max_match_numpy(zero_floor):
+def test_uint8_hist_and_row_max_match_numpy(zero_floor):
     up = upsample_t(_blobs(np.random.default_rng(2), zero_floor=zero_floor), 301, 257)
     lo, hi = float(up.min()), float(up.max())
-    u8, row_max = uint8_and_row_max(up, lo, float(np.float32(hi) - np.float32(lo)))
-    np.testing.assert_array_equal(u8, np.uint8(255 * ((up - np.float32(lo)) / np.float32(np.float32(hi) - np.float32(lo)))))
+    u8, hist, row_max = uint8_hist_and_row_max(up, lo, float(np.float32(hi) - np.float32(lo)))
+    expected = np.uint8(255 * ((up - np.float32(lo)) / np.float32(np.float32(hi) - np.float32(lo))))
+    np.testing.assert_array_equal(u8, expected)
+    np.testing.assert_array_equal(hist, np.bincount(expected.ravel(), minlength=256))
     np.testing.assert_array_equal(row_max, up.T.max(axis=1))
+    assert otsu_threshold(hist) == int(cv2.threshold(expected, 0, 255, cv2.THRESH_OTSU)[0])
 
 
 def test_first_argmax_is_c_order_first_with_ties():
@@ -209,3 +212,42 @@ def test_heatmap_pickle_folder_streams_through_workers(tmp_path, sample_dir):
     hs = read_heatmap_folder(tmp_path, workers=2)
     per_map, seg = evaluate_heatmap_set(hs, {}, progress=False, workers=2, prefer_gpu=False)
     assert len(per_map) == 16 and len({v["counts"] for s in seg.values() for v in s.values()}) == 2
+
+
+def test_large_payloads_are_seeked_over_and_read_on_demand(tmp_path):
+    """The index reads no tensor bytes; the map's bytes are read only when it is built."""
+    import pickle
+
+    from cxr_spurious.localization import chexlocalize_io as cio
+
+    path = tmp_path / "p9_study1_view1_frontal_Edema_map.pkl"
+    m = torch.arange(200 * 150, dtype=torch.float32).reshape(1, 1, 200, 150)  # 120 kB payload
+    img = torch.rand(3, 256, 256)  # 786 kB payload
+    pickle.dump({"map": m, "prob": 0.25, "task": "Edema", "gt": 1, "cxr_img": img, "cxr_dims": (300, 400)}, path.open("wb"), protocol=3)
+    reads = []
+
+    class CountingReader(cio._SkippingReader):
+        def read(self, n=-1):
+            data = super().read(n)
+            reads.append(len(data))
+            return data
+
+        def readinto(self, buffer):
+            n = super().readinto(buffer)
+            if len(memoryview(buffer)) < cio.SKIP_PAYLOAD_BYTES:
+                reads.append(n)
+            return n
+
+    original = cio._SkippingReader
+    cio._SkippingReader = CountingReader
+    try:
+        header = cio.read_heatmap_pickle(path, with_map=False)
+        header_bytes = sum(reads)
+        reads.clear()
+        full = cio.read_heatmap_pickle(path)
+    finally:
+        cio._SkippingReader = original
+    assert header.map.shape == (200, 150) and (header.width, header.height) == (300, 400) and header.prob == 0.25
+    assert header_bytes < 10_000  # neither payload was read
+    np.testing.assert_array_equal(full.map, m[0, 0].numpy())  # the map's bytes, read on demand
+    assert full.prob == 0.25 and full.gt == 1.0

@@ -9,6 +9,7 @@ from cxr_spurious.localization.chexlocalize_io import (
     annotations_to_segmentations,
     load_json,
     read_heatmap_folder,
+    read_heatmap_pickle,
 )
 from cxr_spurious.localization.evaluate import evaluate_heatmap_set
 from cxr_spurious.localization.segmentation import (
@@ -85,4 +86,9 @@ def test_nan_map_is_rejected(tmp_path):
     m[0, 0, 1, 1] = float("nan")
     pickle.dump({"map": m, "prob": 0.5, "task": "Edema", "gt": 0, "cxr_dims": (8, 8)}, path.open("wb"), protocol=3)
     with pytest.raises(DataFormatError, match="NaN"):
-        read_heatmap_folder(tmp_path)
+        read_heatmap_pickle(path)
+    # Indexing reads headers only; the values are checked when the map is evaluated.
+    heatmaps = read_heatmap_folder(tmp_path, workers=1)
+    assert heatmaps.maps.shape == (1, 4, 4)
+    with pytest.raises(DataFormatError, match=r"p1_study1_view1_frontal_Edema_map\.pkl.*NaN"):
+        evaluate_heatmap_set(heatmaps, {}, workers=1, progress=False, prefer_gpu=False)

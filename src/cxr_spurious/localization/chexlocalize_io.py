@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,28 +96,86 @@ class _Deferred:
         return self.func(*[a.build() if isinstance(a, _Deferred) else a for a in self.args])
 
 
+SKIP_PAYLOAD_BYTES = 1 << 16  # byte strings at least this long are seeked over, read on demand
+
+
+class _SkippingReader:
+    """A read-only file view for the unpickler that seeks over large byte strings.
+
+    The C unpickler fills a large ``BINBYTES`` payload through ``readinto``; this view
+    zero-fills it and seeks past its bytes instead, recording where they live, so a
+    payload that is never built (the 1.2 MB ``cxr_img`` of a CheXlocalize pickle, or the
+    map itself when only the index fields are needed) is never read from disk.
+    """
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self.last_skipped: tuple[int, int] | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        return self._fh.read(n)
+
+    def readline(self) -> bytes:
+        return self._fh.readline()
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if len(view) < SKIP_PAYLOAD_BYTES:
+            return self._fh.readinto(view)
+        start = self._fh.tell()
+        end = self._fh.seek(0, os.SEEK_END)
+        n = min(len(view), end - start)
+        self._fh.seek(start + n)
+        view[:n] = bytes(n)
+        self.last_skipped = (start, n)
+        return n
+
+    def payload(self, region: tuple[int, int]) -> bytes:
+        """The bytes of a skipped region, read now (keeps the current position)."""
+        here = self._fh.tell()
+        self._fh.seek(region[0])
+        data = self._fh.read(region[1])
+        self._fh.seek(here)
+        if len(data) != region[1]:
+            raise EOFError(f"truncated payload: {len(data)} of {region[1]} bytes at offset {region[0]}")
+        return data
+
+
 class _MapOnlyUnpickler(_TorchPickleUnpickler):
     """The project's restricted tensor unpickler, with tensor rebuilding deferred.
 
     The allow-list is unchanged (everything else still goes through the parent's
     ``find_class``); storages and tensors become inert ``_Deferred`` records so that only
     the values asked for (``map``, a tensor ``prob``) are ever built, and the 1.2 MB
-    ``cxr_img`` never is.
+    ``cxr_img`` never is. Reading through ``_SkippingReader``, a large storage's bytes
+    are only read from disk when that storage is built.
     """
+
+    def __init__(self, reader: _SkippingReader, source: str) -> None:
+        super().__init__(reader, source)  # type: ignore[arg-type]
+        self._reader = reader
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("torch.storage", "_load_from_bytes"):
-            return lambda data: _Deferred(_load_storage_from_bytes, (data,))
+            return self._deferred_storage
         func = super().find_class(module, name)
         if module == "torch._utils" and name.startswith("_rebuild_tensor"):
             return lambda *args: _Deferred(func, args)
         return func
 
+    def _deferred_storage(self, data: bytes) -> _Deferred:
+        region = self._reader.last_skipped
+        self._reader.last_skipped = None
+        if region is not None and region[1] == len(data):
+            return _Deferred(lambda r: _load_storage_from_bytes(self._reader.payload(r)), (region,))
+        return _Deferred(_load_storage_from_bytes, (data,))
+
 
 def load_heatmap_pickle(path: str | Path, keys: tuple[str, ...] = ("map", "prob", "gt")) -> Any:
     """Safely load a heatmap pickle, building only the tensors under ``keys``.
 
-    Zip files written by ``torch.save`` go through ``load_torch_pickle`` unchanged.
+    Large tensor payloads outside ``keys`` are seeked over, never read. Zip files written
+    by ``torch.save`` go through ``load_torch_pickle`` unchanged.
 
     Raises:
         DataFormatError: not a pickle, or it references anything but tensors and plain values.
@@ -127,7 +186,7 @@ def load_heatmap_pickle(path: str | Path, keys: tuple[str, ...] = ("map", "prob"
             return load_torch_pickle(path)
         fh.seek(0)
         try:
-            info = _MapOnlyUnpickler(fh, str(path)).load()
+            info = _MapOnlyUnpickler(_SkippingReader(fh), str(path)).load()
             if isinstance(info, Mapping):
                 return {k: (v.build() if isinstance(v, _Deferred) and k in keys else v) for k, v in info.items()}
             return info.build() if isinstance(info, _Deferred) else info
@@ -137,29 +196,49 @@ def load_heatmap_pickle(path: str | Path, keys: tuple[str, ...] = ("map", "prob"
             raise DataFormatError(path, f"not a readable heatmap pickle: {exc}") from exc
 
 
-def read_heatmap_pickle(path: str | Path) -> MapRecord:
+def _map_shape(shape: Sequence[int], path: str | Path) -> tuple[int, int]:
+    """(h, w) of a map of shape (1, 1, h, w) or (h, w); a clear error otherwise."""
+    dims = tuple(int(d) for d in shape)
+    if len(dims) >= 2 and int(np.prod(dims[:-2])) == 1:
+        dims = dims[-2:]
+    if len(dims) != 2:
+        raise DataFormatError(path, f"'map' must be (1, 1, h, w) or (h, w), got shape {dims}", where="map")
+    return dims[0], dims[1]
+
+
+def read_heatmap_pickle(path: str | Path, *, with_map: bool = True) -> MapRecord:
     """Load and validate one CheXlocalize heatmap pickle (restricted unpickler, map only).
+
+    Args:
+        path: The ``{cxr_id}_{task}_map.pkl`` file.
+        with_map: Build and check the map (finite values). ``False`` (indexing): the map
+            tensor's bytes are not read; ``MapRecord.map`` is an empty array of the map's
+            shape, and the values are checked when the map is loaded for evaluation.
 
     Raises:
         DataFormatError: not a dict with ``map``/``prob``/``cxr_dims``, a malformed map or
             dims, NaN/inf values, or code-executing content.
     """
     cxr_id, task = parse_map_filename(path)
-    info = load_heatmap_pickle(path)
+    info = load_heatmap_pickle(path, keys=("map", "prob", "gt") if with_map else ("prob", "gt"))
     if not isinstance(info, Mapping):
         raise DataFormatError(path, f"expected a dict with keys {list(PICKLE_KEYS)}, got {type(info).__name__}")
     missing = [k for k in PICKLE_KEYS if k not in info]
     if missing:
         raise DataFormatError(path, f"heatmap pickle lacks key(s) {missing}; expected {list(PICKLE_KEYS)}")
-    try:
-        arr = np.asarray(torch.as_tensor(info["map"]).detach().cpu(), dtype=np.float32)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise DataFormatError(path, f"'map' must be a tensor or array, got {type(info['map']).__name__}", where="map") from exc
-    arr = arr.reshape(arr.shape[-2:]) if arr.ndim >= 2 and int(np.prod(arr.shape[:-2])) == 1 else arr
-    if arr.ndim != 2:
-        raise DataFormatError(path, f"'map' must be (1, 1, h, w) or (h, w), got shape {arr.shape}", where="map")
-    if not np.isfinite(arr).all():
-        raise DataFormatError(path, "heatmap holds NaN or infinite values; expected finite floats", where="map")
+    raw = info["map"]
+    if not with_map and isinstance(raw, _Deferred) and len(raw.args) > 2 and isinstance(raw.args[2], tuple | list | torch.Size):
+        arr = np.empty(_map_shape(raw.args[2], path), dtype=np.float32)  # shape from the tensor record, bytes unread
+    else:
+        if isinstance(raw, _Deferred):
+            raw = raw.build()
+        try:
+            arr = np.asarray(torch.as_tensor(raw).detach().cpu(), dtype=np.float32)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise DataFormatError(path, f"'map' must be a tensor or array, got {type(info['map']).__name__}", where="map") from exc
+        arr = arr.reshape(_map_shape(arr.shape, path))
+        if not np.isfinite(arr).all():
+            raise DataFormatError(path, "heatmap holds NaN or infinite values; expected finite floats", where="map")
     dims = info["cxr_dims"]
     try:
         width, height = (int(dims[0]), int(dims[1]))
@@ -173,8 +252,8 @@ def read_heatmap_pickle(path: str | Path) -> MapRecord:
 
 
 def _index_row(path: Path) -> tuple[dict[str, Any], tuple[int, int]]:
-    """Index fields and map shape of one pickle (runs in a worker)."""
-    rec = read_heatmap_pickle(path)
+    """Index fields and map shape of one pickle (runs in a worker; map bytes not read)."""
+    rec = read_heatmap_pickle(path, with_map=False)
     return {"image_id": rec.cxr_id, "task": rec.task, "prob": rec.prob, "gt": rec.gt, "cxr_w": rec.width, "cxr_h": rec.height}, tuple(rec.map.shape)
 
 
@@ -210,8 +289,9 @@ class PickleMapStack:
 def read_heatmap_folder(folder: str | Path, *, model: str = "chexlocalize", method: str = "gradcam", workers: int | None = None) -> HeatmapSet:
     """Index a CheXlocalize map folder as a lazy ``HeatmapSet`` (maps load on access).
 
-    Every pickle is read once (in parallel, map tensor only) to fill the index (prob, gt,
-    cxr_dims) and validate the map; maps are not kept.
+    Every pickle's header is read once (in parallel) to fill the index (prob, gt,
+    cxr_dims, map shape); tensor payloads are seeked over, and each map's values are read
+    and checked when it is evaluated.
 
     Args:
         folder: Folder searched recursively for ``*_map.pkl``.

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import cv2
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cxr_spurious.localization.segmentation import SegmentationConfig, fill_outer_contours
 
-ROWS_PER_CHUNK = 128 # rows of the transposed map per cache-sized chunk in ``uint8_and_row_max``
 
 
 @dataclass
@@ -110,28 +110,49 @@ def level_edges(lo: float, span: float, levels: Sequence[float], *, scale: float
     return np.where(a > top, np.float32(np.inf), edges).astype(np.float32)
 
 
-def uint8_and_row_max(up_t: np.ndarray, lo: float, span: float) -> tuple[np.ndarray, np.ndarray]:
-    """``uint8(255 * (up - lo) / span)`` (float32 chain, truncation) and each original row's max.
+@numba.njit(cache=True, nogil=True)
+def _u8_hist_row_max(up_t: np.ndarray, lo: np.float32, span: np.float32, out: np.ndarray, hist: np.ndarray, row_max: np.ndarray) -> None:  # pragma: no cover - compiled
+    s255 = np.float32(255.0)
+    n = up_t.shape[1]
+    sub = np.zeros((4, 256), dtype=np.int64)  # four interleaved histograms: no store-to-load stalls
+    for i in range(up_t.shape[0]):
+        row = up_t[i]
+        o = out[i]
+        for j in range(n):  # vectorisable: float32 chain, C truncation, running maxima
+            x = row[j]
+            row_max[j] = max(row_max[j], x)
+            o[j] = np.uint8(((x - lo) / span) * s255)
+        j = 0
+        while j + 4 <= n:
+            sub[0, o[j]] += 1
+            sub[1, o[j + 1]] += 1
+            sub[2, o[j + 2]] += 1
+            sub[3, o[j + 3]] += 1
+            j += 4
+        while j < n:
+            sub[0, o[j]] += 1
+            j += 1
+    for k in range(256):
+        hist[k] = sub[0, k] + sub[1, k] + sub[2, k] + sub[3, k]
 
-    Processed in cache-sized chunks of the transposed map; the row maxima (one per row of
-    the (h, w) map) give the first C-order argmax without another pass.
+
+def uint8_hist_and_row_max(up_t: np.ndarray, lo: float, span: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass: ``uint8(255 * (up - lo) / span)``, its 256-bin histogram, each original row's max.
+
+    The reference's float32 chain (subtract, divide, multiply by 255, truncate) in a compiled
+    loop over the transposed map; bit-identical to the numpy expression (no fast-math). The
+    histogram feeds ``otsu_threshold`` and the row maxima give the first C-order argmax, so
+    the full-size map is read once.
+
+    Returns:
+        (uint8 image (w, h), int64 histogram (256,), float32 row maxima (h,)).
     """
-    lo32, span32, s255 = np.float32(lo), np.float32(span), np.float32(255)
+    up_t = np.ascontiguousarray(up_t, dtype=np.float32)
     out = np.empty(up_t.shape, dtype=np.uint8)
+    hist = np.zeros(256, dtype=np.int64)
     row_max = np.full(up_t.shape[1], -np.inf, dtype=np.float32)
-    buf = np.empty((ROWS_PER_CHUNK, up_t.shape[1]), dtype=np.float32)
-    for r0 in range(0, up_t.shape[0], ROWS_PER_CHUNK):
-        chunk = up_t[r0 : r0 + ROWS_PER_CHUNK]
-        b = buf[: len(chunk)]
-        np.maximum(row_max, chunk.max(axis=0), out=row_max)
-        if lo32 == 0:  # x - 0 == x exactly: skip a pass (ReLU'd maps)
-            np.divide(chunk, span32, out=b)
-        else:
-            np.subtract(chunk, lo32, out=b)
-            np.divide(b, span32, out=b)
-        np.multiply(b, s255, out=b)
-        out[r0 : r0 + len(chunk)] = b  # C cast: truncation, like np.uint8(...)
-    return out, row_max
+    _u8_hist_row_max(up_t, np.float32(lo), np.float32(span), out, hist, row_max)
+    return out, hist, row_max
 
 
 def first_argmax(up_t: Any, row_max: Any) -> tuple[int, int]:
@@ -195,16 +216,16 @@ def fill_holes_t(binary_t: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(fill_outer_contours(np.ascontiguousarray(binary_t.T)).T)
 
 
-def _binarise(u8_t: np.ndarray, up_t: np.ndarray, lo: float, span: float, config: SegmentationConfig) -> np.ndarray:
+def _binarise(u8_t: np.ndarray, hist: np.ndarray, up_t: np.ndarray, lo: float, span: float, config: SegmentationConfig) -> np.ndarray:
     """Transposed 0/1 mask from the uint8 image (Otsu) or the float map (fixed threshold)."""
     if config.threshold is not None:
         edge = level_edges(lo, span, [float(config.threshold)])[0]
         return (up_t >= edge).view(np.uint8)
     if config.smoothing_k > 0:
-        u8_t = _smooth(u8_t, config.smoothing_k)
-    if int(u8_t.max()) == 0:  # reference: maxval = max(uint8) = 0 gives an empty mask
+        return _binarise_cpu_u8(_smooth(u8_t, config.smoothing_k), config)
+    if hist[0] == u8_t.size:  # reference: maxval = max(uint8) = 0 gives an empty mask
         return np.zeros_like(u8_t)
-    _, binary = cv2.threshold(u8_t, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    _, binary = cv2.threshold(u8_t, otsu_threshold(hist), 1, cv2.THRESH_BINARY)
     return fill_holes_t(binary) if config.fill_contours else binary
 
 
@@ -229,11 +250,11 @@ def segment_map_cpu(map2d: np.ndarray, height: int, width: int, prob: float, con
     if constant:
         row_max = up_t.max(axis=0)
         return FastMap(np.zeros(up_t.shape, np.uint8), up_t, float(lo), 0.0, first_argmax(up_t, row_max))
-    u8_t, row_max = uint8_and_row_max(up_t, lo, span)
+    u8_t, hist, row_max = uint8_hist_and_row_max(up_t, lo, span)
     argmax = first_argmax(up_t, row_max)
     if prob < config.prob_cutoff:
         return FastMap(np.zeros(up_t.shape, np.uint8), up_t, float(lo), span, argmax)
-    return FastMap(_binarise(u8_t, up_t, lo, span, config), up_t, float(lo), span, argmax)
+    return FastMap(_binarise(u8_t, hist, up_t, lo, span, config), up_t, float(lo), span, argmax)
 
 
 def segment_map_torch(map2d: np.ndarray, height: int, width: int, prob: float, config: SegmentationConfig, device: torch.device) -> FastMap:
