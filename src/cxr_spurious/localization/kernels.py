@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from cxr_spurious.localization.segmentation import SegmentationConfig, fill_outer_contours
 
 
-
 @dataclass
 class FastMap:
     """One map after the fast kernel, in transposed (w, h) orientation.
