@@ -18,7 +18,7 @@ from cxr_spurious.models import (
 from cxr_spurious.models.pretrained import grey_first_conv
 
 TASKS = ["Pneumothorax", "Pleural Effusion"]
-FAST = ["resnet18", "densenet121", "resunet18", "unet_small"]
+FAST = ["resnet18", "densenet121", "resunet18", "unet_small", "cnn_small"]
 
 
 @pytest.mark.parametrize("arch", FAST)
@@ -47,6 +47,19 @@ def test_cam_layers_are_the_documented_ones() -> None:
     assert resnet.cam_layer is resnet.layer4
     assert dense.cam_layer is dense.features
     assert unet.cam_layer is unet.up[-1].conv
+    cnn = build_model({"architecture": "cnn_small", "tasks": TASKS, "base_channels": 8}).eval()
+    assert cnn.cam_layer is cnn.enc[-1]
+    feats = []
+    handle = cnn.cam_layer.register_forward_hook(lambda m, i, o: feats.append(o))
+    with torch.no_grad():
+        cnn(torch.rand(1, 1, 96, 96))
+    handle.remove()
+    assert feats[0].shape[-2:] == (12, 12)  # 1/8 of the input, against resnet18's 3x3
+    # the same encoder as unet_small: its state dict loads into the dense model's encoder
+    small_unet = build_model({"architecture": "unet_small", "tasks": TASKS, "base_channels": 8})
+    enc_state = {k: v for k, v in cnn.state_dict().items() if k.startswith("enc.")}
+    missing, unexpected = small_unet.load_state_dict(enc_state, strict=False)
+    assert not unexpected and not any(k.startswith("enc.") for k in missing)
 
 
 def test_registry_lists_every_documented_architecture() -> None:
@@ -55,6 +68,7 @@ def test_registry_lists_every_documented_architecture() -> None:
         "resnet34",
         "resnet50",
         "densenet121",
+        "cnn_small",
         "resunet18",
         "resunet34",
         "resunet50",

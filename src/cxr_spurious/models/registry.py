@@ -9,7 +9,7 @@ import torch
 
 from cxr_spurious.errors import DataFormatError, ParameterError, unknown_name_error
 from cxr_spurious.models.base import CXRModel
-from cxr_spurious.models.classifiers import DenseNetClassifier, ResNetClassifier
+from cxr_spurious.models.classifiers import DenseNetClassifier, ResNetClassifier, SmallCNNClassifier
 from cxr_spurious.models.unet import ResUNet, UNetSmall
 
 Builder = Callable[[Mapping[str, Any]], CXRModel]
@@ -29,6 +29,7 @@ ARCHITECTURES: dict[str, Builder] = {
     "resnet34": lambda c: ResNetClassifier(34, c["tasks"], c.get("pretrained")),
     "resnet50": lambda c: ResNetClassifier(50, c["tasks"], c.get("pretrained")),
     "densenet121": lambda c: DenseNetClassifier(c["tasks"], c.get("pretrained")),
+    "cnn_small": lambda c: SmallCNNClassifier(c["tasks"], int(c.get("base_channels", 16))),
     "resunet18": lambda c: ResUNet(18, c["tasks"], c.get("pretrained"), **_dense_kwargs(c)),
     "resunet34": lambda c: ResUNet(34, c["tasks"], c.get("pretrained"), **_dense_kwargs(c)),
     "resunet50": lambda c: ResUNet(50, c["tasks"], c.get("pretrained"), **_dense_kwargs(c)),
