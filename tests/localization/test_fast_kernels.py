@@ -251,3 +251,19 @@ def test_large_payloads_are_seeked_over_and_read_on_demand(tmp_path):
     assert header_bytes < 10_000  # neither payload was read
     np.testing.assert_array_equal(full.map, m[0, 0].numpy())  # the map's bytes, read on demand
     assert full.prob == 0.25 and full.gt == 1.0
+
+
+def _tuned_in_child(_: int) -> bool:
+    from cxr_spurious.localization.parallel import tune_worker_malloc
+
+    return tune_worker_malloc()
+
+
+def test_worker_allocator_tuning_applies_on_glibc():
+    import multiprocessing as mp
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt tuning applies to glibc only")
+    with mp.get_context("fork").Pool(1) as pool:  # a child: the test process keeps its allocator
+        assert pool.map(_tuned_in_child, [0]) == [True]
