@@ -267,3 +267,32 @@ def test_worker_allocator_tuning_applies_on_glibc():
         pytest.skip("mallopt tuning applies to glibc only")
     with mp.get_context("fork").Pool(1) as pool:  # a child: the test process keeps its allocator
         assert pool.map(_tuned_in_child, [0]) == [True]
+
+
+def test_missing_maps_scope_all_vs_evaluated():
+    """``all`` (reference) charges every gt pair without a map as a miss; ``evaluated`` only
+    those of the CXRs and tasks the set has maps for."""
+    from cxr_spurious.errors import ParameterError
+
+    hs, gt = _memory_set()
+    mask = np.zeros((31, 27), np.uint8)
+    mask[5:20, 5:20] = 1
+    other = dict(gt)
+    other["q9_study1_view1_frontal"] = {"Edema": encode_rle(mask)}  # a CXR of another split, no map
+    first = hs.index.loc[0, "image_id"]
+    other[first] = {**gt[first], "Pneumothorax": encode_rle(mask)}  # a task the set has no maps for
+    full, _ = evaluate_heatmap_set(hs, other, progress=False, workers=1, prefer_gpu=False, missing="all")
+    scoped, _ = evaluate_heatmap_set(hs, other, progress=False, workers=1, prefer_gpu=False, missing="evaluated")
+    assert len(full) == len(hs) + 2 and len(scoped) == len(hs)
+    extra = full.iloc[len(hs):]
+    assert set(zip(extra["image_id"], extra["task"])) == {("q9_study1_view1_frontal", "Edema"), (first, "Pneumothorax")}
+    assert (extra["hit"] == 0.0).all() and (extra["pred_area"] == 0).all()
+    pd.testing.assert_frame_equal(full.iloc[: len(hs)], scoped, check_dtype=False)  # NaN rows upcast ints
+    # a missing pair of an evaluated CXR and task is still charged in the scoped mode
+    dropped = HeatmapSet(hs.index.iloc[1:].reset_index(drop=True), hs.maps[1:])
+    scoped_dropped, _ = evaluate_heatmap_set(dropped, gt, progress=False, workers=1, prefer_gpu=False, missing="evaluated")
+    charged = scoped_dropped.iloc[len(dropped):]
+    assert hs.index.loc[0, "image_id"] in set(dropped.index["image_id"])  # its other task keeps the CXR evaluated
+    assert list(zip(charged["image_id"], charged["task"])) == [(hs.index.loc[0, "image_id"], hs.index.loc[0, "task"])]
+    with pytest.raises(ParameterError, match=r"localization.missing_maps.*'all', 'evaluated'.*'some'"):
+        evaluate_heatmap_set(hs, gt, progress=False, workers=1, prefer_gpu=False, missing="some")

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from pycocotools import mask as mask_utils
 
-from cxr_spurious.errors import DataFormatError
+from cxr_spurious.errors import DataFormatError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.masks import decode_rle, encode_rle
 from cxr_spurious.localization.chexlocalize_io import (
@@ -52,6 +52,9 @@ from cxr_spurious.localization.parallel import ordered_map
 from cxr_spurious.localization.segmentation import SegmentationConfig, pick_device
 
 logger = logging.getLogger(__name__)
+
+
+MISSING_MODES: tuple[str, ...] = ("all", "evaluated")
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,7 @@ def evaluate_heatmap_set(
     progress: bool = True,
     desc: str = "localization",
     workers: int | None = None,
+    missing: str = "all",
 ) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """Evaluate every map of a set against the ground truth in one streaming pass.
 
@@ -216,6 +220,10 @@ def evaluate_heatmap_set(
         progress: Show a progress bar.
         desc: Progress-bar label.
         workers: CPU worker processes (``None`` = one per core; 1 = in this process).
+        missing: Ground-truth (CXR, task) pairs without a map, scored as empty predictions:
+            ``all`` of them (the reference's semantics) or only those of the CXRs and tasks
+            the set has maps for (``evaluated``: a set made on one split for some tasks is
+            not charged with misses on the other splits and tasks).
 
     Returns:
         The per-map table (index columns + counts, IoUs, hit, tuning counts, extras) and the
@@ -223,7 +231,10 @@ def evaluate_heatmap_set(
 
     Raises:
         DataFormatError: unknown task, NaN/inf map, or dims that disagree with the gt.
+        ParameterError: ``missing`` is not ``all`` or ``evaluated``.
     """
+    if missing not in MISSING_MODES:
+        raise ParameterError("localization.missing_maps", f"expected one of {list(MISSING_MODES)}, got {missing!r}")
     device = pick_device(prefer_gpu)
     index = heatmaps.index.reset_index(drop=True)
     jobs = build_jobs(heatmaps, gt_segmentations, configs=configs or {}, tuning_grid=tuning_grid, extra_metrics=extra_metrics, top_k=top_k, spurious_segmentations=spurious_segmentations or {})
@@ -236,7 +247,12 @@ def evaluate_heatmap_set(
         seg_json.setdefault(job.image_id, {})[job.task] = pred
         records.append({**row, **rec})
     table = pd.DataFrame(records)
-    return _add_missing_predictions(table, gt_segmentations, index), seg_json
+    if missing == "evaluated":
+        ids, tasks = set(index["image_id"].astype(str)), set(index["task"].astype(str))
+        gt_scope = {cxr: {t: r for t, r in entry.items() if t in tasks} for cxr, entry in gt_segmentations.items() if cxr in ids}
+    else:
+        gt_scope = gt_segmentations
+    return _add_missing_predictions(table, gt_scope, index), seg_json
 
 
 def count_thresholds_job(job: MapJob) -> dict[str, Any]:

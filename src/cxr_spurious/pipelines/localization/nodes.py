@@ -42,8 +42,14 @@ def evaluate_heatmaps(
     extra_metrics: bool,
     top_k: int,
     prefer_gpu: bool,
+    missing_maps: str = "all",
 ) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """Segment and score every heatmap set (one streaming pass per set).
+
+    ``missing_maps`` (``localization.missing_maps``): ``all`` scores every ground-truth
+    (CXR, task) pair without a map as an empty prediction (the reference's semantics);
+    ``evaluated`` does so only for the CXRs and tasks a set has maps for (a study's test
+    split and its model's tasks).
 
     Returns:
         The per-map table of all sets (``set`` column) and ``{set: segmentation JSON}``.
@@ -55,7 +61,7 @@ def evaluate_heatmaps(
     for name in tqdm(sorted(heatmap_collection), desc="heatmap sets", leave=False):
         hs = heatmap_collection[name]
         per_task = {t: configs.get(t, default) for t in hs.index["task"].astype(str).unique()}
-        table, seg = evaluate_heatmap_set(hs, gt_segmentations, configs=per_task, tuning_grid=grid, extra_metrics=extra_metrics, top_k=top_k, spurious_segmentations=spurious_segmentations, prefer_gpu=prefer_gpu, desc=name)
+        table, seg = evaluate_heatmap_set(hs, gt_segmentations, configs=per_task, tuning_grid=grid, extra_metrics=extra_metrics, top_k=top_k, spurious_segmentations=spurious_segmentations, prefer_gpu=prefer_gpu, desc=name, missing=missing_maps)
         table.insert(0, "set", name)
         tables.append(table)
         segs[name] = seg

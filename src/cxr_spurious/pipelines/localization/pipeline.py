@@ -37,6 +37,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                     "extra_metrics": f"{P}extra_metrics",
                     "top_k": f"{P}top_k",
                     "prefer_gpu": f"{P}prefer_gpu",
+                    "missing_maps": f"{P}missing_maps",
                 },
                 outputs=["localization_per_map", "localization_segmentations"],
                 name="evaluate_heatmaps",
