@@ -11,6 +11,7 @@ from torch import nn
 
 from cxr_spurious.models.base import CXRModel
 from cxr_spurious.models.pretrained import load_backbone
+from cxr_spurious.models.unet import run_small_encoder, small_encoder
 
 
 class ResNetClassifier(CXRModel):
@@ -78,11 +79,8 @@ class SmallCNNClassifier(CXRModel):
 
     def __init__(self, tasks: Sequence[str], base: int = 16) -> None:
         super().__init__(tasks)
-        from cxr_spurious.models.unet import conv_block
-
-        c = [base, base * 2, base * 4, base * 8]
-        self.enc = nn.ModuleList([conv_block(1, c[0]), conv_block(c[0], c[1]), conv_block(c[1], c[2]), conv_block(c[2], c[3])])
-        self.embed_dim = c[3]
+        self.enc = small_encoder(1, base)
+        self.embed_dim = base * 8
         self.fc = nn.Linear(self.embed_dim, len(self.tasks))
 
     @property
@@ -92,8 +90,6 @@ class SmallCNNClassifier(CXRModel):
 
     def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image logits and the pooled last-block features."""
-        h = self.normalise(x)
-        for i, block in enumerate(self.enc):
-            h = block(h if i == 0 else F.max_pool2d(h, 2, ceil_mode=True))
+        h = run_small_encoder(self.enc, self.normalise(x))[-1]
         emb = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
         return self.fc(emb), emb

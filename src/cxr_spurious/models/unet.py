@@ -33,6 +33,21 @@ def conv_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+def small_encoder(c_in: int, base: int) -> nn.ModuleList:
+    """The four conv blocks of ``unet_small`` (widths base, 2, 4, 8 x base)."""
+    c = [base, base * 2, base * 4, base * 8]
+    return nn.ModuleList([conv_block(c_in, c[0]), conv_block(c[0], c[1]), conv_block(c[1], c[2]), conv_block(c[2], c[3])])
+
+
+def run_small_encoder(blocks: nn.ModuleList, h: torch.Tensor) -> list[torch.Tensor]:
+    """Each block's output, with 2x2 max pooling (ceil mode) between blocks."""
+    outs = []
+    for i, block in enumerate(blocks):
+        h = block(h if i == 0 else F.max_pool2d(h, 2, ceil_mode=True))
+        outs.append(h)
+    return outs
+
+
 class UpBlock(nn.Module):
     """Upsample to the skip's size, concatenate, convolve."""
 
@@ -122,14 +137,7 @@ class UNetSmall(DenseModel):
     ) -> None:
         super().__init__(tasks, pooling, pool_kernel, topk, image_head)
         c = [base, base * 2, base * 4, base * 8]
-        self.enc = nn.ModuleList(
-            [
-                conv_block(1, c[0]),
-                conv_block(c[0], c[1]),
-                conv_block(c[1], c[2]),
-                conv_block(c[2], c[3]),
-            ]
-        )
+        self.enc = small_encoder(1, base)
         self.up = nn.ModuleList(
             [UpBlock(c[3], c[2], c[2]), UpBlock(c[2], c[1], c[1]), UpBlock(c[1], c[0], c[0])]
         )
@@ -141,12 +149,8 @@ class UNetSmall(DenseModel):
         return self.up[-1].conv
 
     def _encode_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.normalise(x)
-        skips = []
-        for i, block in enumerate(self.enc):
-            h = block(h if i == 0 else F.max_pool2d(h, 2, ceil_mode=True))
-            skips.append(h)
-        bottleneck = h
+        skips = run_small_encoder(self.enc, self.normalise(x))
+        h = bottleneck = skips[-1]
         for up, skip in zip(self.up, reversed(skips[:-1])):
             h = up(h, skip)
         return self.seg_head(h), bottleneck
