@@ -35,7 +35,10 @@ def test_otsu_matches_reference_json_full_sample(shared_dir):
     _, seg = evaluate_heatmap_set(hs, {}, progress=False)
     ref = load_json(shared_dir / "gradcam_segmentations_val_sample.json")
     assert len(seg) == 2 and all(len(v) == 10 for v in seg.values())
-    assert _pixel_diffs(seg, ref) <= 5  # measured: 1 pixel (float rounding on the threshold)
+    # measured: 1 pixel, where the value sits on the Otsu threshold within float rounding; the
+    # JSON was written by the reference with its own torch build, whose bilinear kernel
+    # rounds differently from the torch arithmetic replicated here
+    assert _pixel_diffs(seg, ref) <= 5
 
 
 def test_annotations_rasterise_to_gt_json(sample_dir):

@@ -1,11 +1,11 @@
 """Stream a ``HeatmapSet`` once: segmentation, IoU, hit/miss, tuning counts, extra metrics.
 
-Each map is loaded, upsampled once and segmented by the fast kernels
-(``localization.kernels``: cv2 on the CPU, one worker process per core; torch on CUDA
-when present), RLE-encoded, and scored against the ground-truth RLE without decoding it
+Each map is loaded and segmented by the fast kernels (``localization.kernels``: on the CPU
+without building the full-size map, one worker process per core; torch on CUDA when
+present) straight to an RLE, and scored against the ground-truth RLE without decoding it
 (pycocotools RLE arithmetic). Only positive (non-empty gt) pairs decode their mask, for
 the threshold-tuning counts and the optional mass/rank metrics. Memory is bounded by one
-full-size map per worker; results are merged in input order, so they do not depend on
+full-size map per worker (only built for tuning counts and mass metrics); results are merged in input order, so they do not depend on
 the number of workers.
 """
 
@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -25,7 +24,8 @@ from pycocotools import mask as mask_utils
 
 from cxr_spurious.errors import DataFormatError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
-from cxr_spurious.io.masks import decode_rle, encode_rle
+from cxr_spurious.io.masks import decode_rle
+from cxr_spurious.localization.bilinear import BilinearMap
 from cxr_spurious.localization.chexlocalize_io import (
     PickleMapStack,
     check_task,
@@ -36,7 +36,6 @@ from cxr_spurious.localization.kernels import (
     segment_map_cpu,
     segment_map_torch,
     threshold_counts,
-    upsample_t,
 )
 from cxr_spurious.localization.metrics import (
     iou_from_counts,
@@ -126,7 +125,7 @@ def _score(fast: FastMap, job: MapJob) -> np.ndarray | None:
 def score_fast_map(fast: FastMap, job: MapJob) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score one segmented map against its ground truth; returns (record fields, predicted RLE)."""
     h, w = job.height, job.width
-    pred = encode_rle(fast.mask_t.T)  # the transposed C-order mask is the (h, w) mask in Fortran order
+    pred = fast.rle
     gt_rle = job.gt_rle
     rec: dict[str, Any] = {"in_gt": gt_rle is not None, "n_pixels": h * w}
     if gt_rle is None:
@@ -158,7 +157,7 @@ def evaluate_job(job: MapJob, device: torch.device | None = None) -> tuple[dict[
 
     Args:
         job: The map and its context.
-        device: A CUDA device for the torch kernel; ``None`` = cv2 on the CPU.
+        device: A CUDA device for the torch kernel; ``None`` = the CPU kernel.
 
     Returns:
         (record fields, predicted RLE).
@@ -268,10 +267,10 @@ def count_thresholds_job(job: MapJob) -> dict[str, Any]:
     if job.gt_rle is None:
         raise ValueError(f"{job.image_id}/{job.task}: threshold counts need a ground truth")
     map2d = _load_map(job)
-    up_t = upsample_t(map2d, job.height, job.width)
-    lo, hi = (float(v) for v in cv2.minMaxLoc(up_t)[:2])
+    source = BilinearMap(map2d, job.height, job.width)
+    lo, hi, argmax = source.extremes()
     span = 0.0 if map2d.max() == map2d.min() else float(np.float32(np.float32(hi) - np.float32(lo)))
-    fast = FastMap(np.empty((0, 0), np.uint8), up_t, lo, span, (0, 0))
+    fast = FastMap({}, lo, span, argmax, source)
     areas, inters = threshold_counts(fast, job.tuning_grid, rle_decode_t(job.gt_rle), rle_bbox(job.gt_rle))
     rec: dict[str, Any] = {"gt_area": rle_area(job.gt_rle)}
     for t, a, i in zip(job.tuning_grid, areas, inters):

@@ -68,7 +68,7 @@ def overlay_panel(map2d: np.ndarray, height: int, width: int, prob: float, gt_rl
     dh, dw = _display_size(height, width)
     up = np.ascontiguousarray(fast.up_t.T)
     heat = (up - fast.lo) / fast.span if fast.span > 0 else np.zeros_like(up)
-    pred = np.ascontiguousarray(fast.mask_t.T)
+    pred = decode_rle(fast.rle, source="segmentation")
     gt = decode_rle(dict(gt_rle), source="gt_segmentations") if gt_rle is not None else None
     inter = int((pred & gt).sum()) if gt is not None else 0
     union = int((pred | gt).sum()) if gt is not None else 0

@@ -1,18 +1,18 @@
-"""Fast per-map kernels: heatmap -> Otsu mask, first argmax and threshold counts.
+"""Fast per-map kernels: heatmap -> Otsu mask (as an RLE), first argmax and threshold counts.
 
-Same semantics as ``segmentation`` (CheXlocalize's reference), computed with cv2 on the
-CPU or torch on CUDA instead of torch's CPU bilinear kernel, which is 6-7x slower than
-cv2's. The two bilinear kernels (both ``align_corners=False`` / half-pixel centres, edge
-samples clamped) differ by float rounding only (~2e-7 relative), so a mask differs from the
-reference only where a pixel's value sits within rounding of the Otsu threshold; the
-benchmark (``benchmarks/bench_localization.py``) counts those pixels.
+Same semantics as ``segmentation`` (CheXlocalize's reference). On the CPU the work is done
+by ``localization.bilinear``, which replicates torch's bilinear arithmetic bit for bit and
+answers the segmentation questions per source cell, without building the full-size map:
+the exact minimum, maximum and first C-order argmax, the 256-bin histogram of the
+reference's ``uint8`` image, Otsu's level on it (``otsu_threshold``, a replica of
+``cv2.THRESH_OTSU``), the mask as column-major runs (encoded straight to the pycocotools
+RLE string) and the hole check for the filled outer contours. The masks therefore equal
+the reference's. On CUDA the same steps run on the full map in torch.
 
-Everything full-size is kept *transposed*, shape (w, h): its C order is the column-major
-order of pycocotools RLEs, so ``mask_t.T`` encodes without a copy and a decoded ground
-truth ``decode(rle).T`` is already in this orientation. Normalisation, ``uint8`` truncation
-and fixed thresholds follow the reference's float32 arithmetic exactly; thresholds on the
-normalised map are applied as exact float32 *edges* on the upsampled map (the
-normalisation is monotone), so no normalised copy is ever made.
+Thresholds on the normalised map are applied as exact float32 *edges* on the upsampled
+map (the normalisation is monotone), so no normalised copy is ever made. A full-size map,
+when a caller needs one (tuning counts, mass metrics), is kept *transposed*, shape (w, h):
+its C order is the column-major order of pycocotools RLEs.
 """
 
 from __future__ import annotations
@@ -21,58 +21,85 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxr_spurious.localization.segmentation import SegmentationConfig, fill_outer_contours
+from cxr_spurious.io.masks import decode_rle, encode_rle
+from cxr_spurious.localization.bilinear import BilinearMap, rle_from_runs, runs_have_hole
+from cxr_spurious.localization.segmentation import (
+    SegmentationConfig,
+    fill_outer_contours,
+    normalise,
+    segment,
+)
 
 
 @dataclass
 class FastMap:
-    """One map after the fast kernel, in transposed (w, h) orientation.
+    """One map after the fast kernel.
 
     Attributes:
-        mask_t: uint8 0/1 segmentation, shape (w, h); ``mask_t.T`` is the (h, w) mask.
-        up_t: Upsampled map, float32 (w, h) (numpy, or a torch tensor on the GPU path).
+        rle: The predicted segmentation, a CheXlocalize RLE (``counts`` str).
         lo: Minimum of the upsampled map (float32 value).
         span: ``max - lo`` in float32; 0 for a constant map.
         argmax: (row, col) of the first maximum of the (h, w) upsampled map in C order.
+        source: The implicit upsampled map (CPU), materialised only on demand.
+        up: The upsampled (h, w) map once materialised (numpy, or a torch tensor on CUDA).
     """
 
-    mask_t: np.ndarray
-    up_t: Any
+    rle: dict[str, Any]
     lo: float
     span: float
     argmax: tuple[int, int]
+    source: BilinearMap | None = None
+    up: Any = None
+
+    @property
+    def up_t(self) -> Any:
+        """The upsampled map transposed, (w, h) (a view; built from ``source`` on first use)."""
+        if self.up is None:
+            if self.source is None:
+                raise ValueError("FastMap has neither an upsampled map nor its source")
+            self.up = self.source.full()
+        return self.up.t() if isinstance(self.up, torch.Tensor) else self.up.T
 
 
 def upsample_t(map2d: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear upsampling (half-pixel centres) with cv2, returned transposed as (width, height)."""
-    src = np.ascontiguousarray(np.asarray(map2d, dtype=np.float32).T)
-    if src.shape == (int(width), int(height)):
-        return src
-    return cv2.resize(src, (int(height), int(width)), interpolation=cv2.INTER_LINEAR)
+    """torch-exact bilinear upsampling (half-pixel centres), returned transposed as (width, height)."""
+    return BilinearMap(np.asarray(map2d, dtype=np.float32), height, width).full().T
 
 
-def _keys(values: np.ndarray) -> np.ndarray:
-    """float32 -> int64 keys with the same order (negative floats reversed)."""
-    bits = np.asarray(values, dtype=np.float32).view(np.int32).astype(np.int64)
-    return np.where(bits >= 0, bits, -(bits & 0x7FFFFFFF))
+@numba.njit(cache=True, nogil=True)
+def _key(x):  # pragma: no cover - compiled
+    """float32 -> int64 key with the same order (negative floats reversed)."""
+    bits = np.int64(np.array([x], np.float32).view(np.int32)[0])
+    return bits if bits >= 0 else -(bits & 0x7FFFFFFF)
 
 
-def _floats(keys: np.ndarray) -> np.ndarray:
-    """Inverse of ``_keys``."""
-    bits = np.where(keys >= 0, keys, (-keys) | 0x80000000).astype(np.uint32)
-    return bits.view(np.float32)
+@numba.njit(cache=True, nogil=True)
+def _float(key):  # pragma: no cover - compiled
+    """Inverse of ``_key``."""
+    bits = key if key >= 0 else (-key) | 0x80000000
+    return np.array([bits], np.int64).astype(np.uint32).view(np.float32)[0]
 
 
-def _normalised(x: np.ndarray, lo: np.float32, span: np.float32, scale: np.float32 | None) -> np.ndarray:
-    """The reference's float32 chain ``(x - lo) / span`` (then ``* scale``)."""
-    v = np.divide(np.subtract(x, lo, dtype=np.float32), span, dtype=np.float32)
-    return v if scale is None else np.multiply(v, scale, dtype=np.float32)
+@numba.njit(cache=True, nogil=True)
+def _level_edges(lo, span, targets, scale, strict):  # pragma: no cover - compiled
+    top = _key(np.float32(lo + span))
+    out = np.empty(targets.shape[0], np.float32)
+    for i in range(targets.shape[0]):
+        a, b = _key(lo), top + 1  # top + 1 = "no qualifying value"
+        while a < b:  # smallest key whose float qualifies (v is non-decreasing in x)
+            mid = (a + b) // 2
+            v = ((_float(mid) - lo) / span) * scale
+            if (v > targets[i]) if strict else (v >= targets[i]):
+                b = mid
+            else:
+                a = mid + 1
+        out[i] = np.float32(np.inf) if a > top else _float(a)
+    return out
 
 
 def level_edges(lo: float, span: float, levels: Sequence[float], *, scale: float | None = None, strict: bool = True) -> np.ndarray:
@@ -93,72 +120,9 @@ def level_edges(lo: float, span: float, levels: Sequence[float], *, scale: float
     Returns:
         float32 array of edges, one per level.
     """
-    lo32, span32 = np.float32(lo), np.float32(span)
-    scale32 = None if scale is None else np.float32(scale)
-    target = np.asarray(levels, dtype=np.float32)
-    a = np.full(target.shape, _keys(np.array([lo32]))[0], dtype=np.int64)
-    top = int(_keys(np.array([np.float32(lo32 + span32)]))[0])
-    b = np.full(target.shape, top + 1, dtype=np.int64)  # top + 1 = "no qualifying value"
-    while bool((a < b).any()):
-        mid = (a + b) // 2
-        v = _normalised(_floats(np.minimum(mid, top)), lo32, span32, scale32)
-        ok = ((v > target) if strict else (v >= target)) & (mid <= top)
-        b = np.where(ok & (a < b), mid, b)
-        a = np.where(~ok & (a < b), mid + 1, a)
-    edges = _floats(np.minimum(a, top))
-    return np.where(a > top, np.float32(np.inf), edges).astype(np.float32)
-
-
-@numba.njit(cache=True, nogil=True)
-def _u8_hist_row_max(up_t: np.ndarray, lo: np.float32, span: np.float32, out: np.ndarray, hist: np.ndarray, row_max: np.ndarray) -> None:  # pragma: no cover - compiled
-    s255 = np.float32(255.0)
-    n = up_t.shape[1]
-    sub = np.zeros((4, 256), dtype=np.int64)  # four interleaved histograms: no store-to-load stalls
-    for i in range(up_t.shape[0]):
-        row = up_t[i]
-        o = out[i]
-        for j in range(n):  # vectorisable: float32 chain, C truncation, running maxima
-            x = row[j]
-            row_max[j] = max(row_max[j], x)
-            o[j] = np.uint8(((x - lo) / span) * s255)
-        j = 0
-        while j + 4 <= n:
-            sub[0, o[j]] += 1
-            sub[1, o[j + 1]] += 1
-            sub[2, o[j + 2]] += 1
-            sub[3, o[j + 3]] += 1
-            j += 4
-        while j < n:
-            sub[0, o[j]] += 1
-            j += 1
-    for k in range(256):
-        hist[k] = sub[0, k] + sub[1, k] + sub[2, k] + sub[3, k]
-
-
-def uint8_hist_and_row_max(up_t: np.ndarray, lo: float, span: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One pass: ``uint8(255 * (up - lo) / span)``, its 256-bin histogram, each original row's max.
-
-    The reference's float32 chain (subtract, divide, multiply by 255, truncate) in a compiled
-    loop over the transposed map; bit-identical to the numpy expression (no fast-math). The
-    histogram feeds ``otsu_threshold`` and the row maxima give the first C-order argmax, so
-    the full-size map is read once.
-
-    Returns:
-        (uint8 image (w, h), int64 histogram (256,), float32 row maxima (h,)).
-    """
-    up_t = np.ascontiguousarray(up_t, dtype=np.float32)
-    out = np.empty(up_t.shape, dtype=np.uint8)
-    hist = np.zeros(256, dtype=np.int64)
-    row_max = np.full(up_t.shape[1], -np.inf, dtype=np.float32)
-    _u8_hist_row_max(up_t, np.float32(lo), np.float32(span), out, hist, row_max)
-    return out, hist, row_max
-
-
-def first_argmax(up_t: Any, row_max: Any) -> tuple[int, int]:
-    """(row, col) of the first maximum in C order of the (h, w) map, from its transposed copy."""
-    row = int(row_max.argmax())  # first row holding the maximum
-    col = int(up_t[:, row].argmax())  # first column of that row holding it
-    return row, col
+    targets = np.atleast_1d(np.asarray(levels, dtype=np.float32))
+    # a missing scale multiplies by 1, which is exact in float32
+    return _level_edges(np.float32(lo), np.float32(span), targets, np.float32(1.0 if scale is None else scale), bool(strict))
 
 
 def otsu_threshold(hist: Sequence[float]) -> int:
@@ -195,41 +159,19 @@ def otsu_threshold(hist: Sequence[float]) -> int:
     return max_val
 
 
-def _smooth(u8_t: np.ndarray, k: int) -> np.ndarray:
-    """The reference's optional smoothing (JET colour map -> grey -> box filter -> inverted)."""
-    u8 = np.ascontiguousarray(u8_t.T)
-    jet = cv2.applyColorMap(u8, cv2.COLORMAP_JET)
-    grey = cv2.boxFilter(cv2.cvtColor(jet, cv2.COLOR_RGB2GRAY), -1, (k, k))
-    return np.ascontiguousarray((255 - grey).T)
+def _empty_rle(height: int, width: int) -> dict[str, Any]:
+    return rle_from_runs(np.array([int(height) * int(width)], np.int64), height, width)
 
 
-def fill_holes_t(binary_t: np.ndarray) -> np.ndarray:
-    """Outer contours filled (reference), for a transposed 0/1 mask.
-
-    Holes are topological, so they are detected on the transposed mask; only a mask with
-    holes is transposed back and filled by PIL like the reference (rare, and exact).
-    """
-    _, hierarchy = cv2.findContours(binary_t, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if hierarchy is None or not (hierarchy[0][:, 3] >= 0).any():
-        return binary_t
-    return np.ascontiguousarray(fill_outer_contours(np.ascontiguousarray(binary_t.T)).T)
-
-
-def _binarise(u8_t: np.ndarray, hist: np.ndarray, up_t: np.ndarray, lo: float, span: float, config: SegmentationConfig) -> np.ndarray:
-    """Transposed 0/1 mask from the uint8 image (Otsu) or the float map (fixed threshold)."""
-    if config.threshold is not None:
-        edge = level_edges(lo, span, [float(config.threshold)])[0]
-        return (up_t >= edge).view(np.uint8)
-    if config.smoothing_k > 0:
-        return _binarise_cpu_u8(_smooth(u8_t, config.smoothing_k), config)
-    if hist[0] == u8_t.size:  # reference: maxval = max(uint8) = 0 gives an empty mask
-        return np.zeros_like(u8_t)
-    _, binary = cv2.threshold(u8_t, otsu_threshold(hist), 1, cv2.THRESH_BINARY)
-    return fill_holes_t(binary) if config.fill_contours else binary
+def _reference_segment(up: np.ndarray | torch.Tensor, prob: float, config: SegmentationConfig) -> dict[str, Any]:
+    """The reference's own path on a materialised map (box-filter smoothing only)."""
+    t = torch.as_tensor(up)
+    mask = segment(normalise(t), tuple(t.shape), prob, config)
+    return encode_rle(mask)
 
 
 def segment_map_cpu(map2d: np.ndarray, height: int, width: int, prob: float, config: SegmentationConfig) -> FastMap:
-    """Upsample, normalise, binarise and locate the maximum of one map with cv2 / numpy.
+    """Segment one map at (height, width) without building the full-size map (see module doc).
 
     Args:
         map2d: 2-D map at native resolution (finite).
@@ -239,21 +181,34 @@ def segment_map_cpu(map2d: np.ndarray, height: int, width: int, prob: float, con
         config: Segmentation options.
 
     Returns:
-        The transposed mask, upsampled map, normalisation constants and first argmax.
+        The mask RLE, normalisation constants, first argmax and the implicit map.
     """
-    m = np.asarray(map2d, dtype=np.float32)
-    up_t = upsample_t(m, height, width)
-    lo, hi = cv2.minMaxLoc(up_t)[:2]
+    m = np.ascontiguousarray(map2d, dtype=np.float32)
+    src = BilinearMap(m, height, width)
+    lo, hi, argmax = src.extremes()
     span = float(np.float32(np.float32(hi) - np.float32(lo)))
-    constant = bool(m.max() == m.min()) or span <= 0
-    if constant:
-        row_max = up_t.max(axis=0)
-        return FastMap(np.zeros(up_t.shape, np.uint8), up_t, float(lo), 0.0, first_argmax(up_t, row_max))
-    u8_t, hist, row_max = uint8_hist_and_row_max(up_t, lo, span)
-    argmax = first_argmax(up_t, row_max)
+    if bool(m.max() == m.min()) or span <= 0:
+        return FastMap(_empty_rle(height, width), lo, 0.0, argmax, src)
     if prob < config.prob_cutoff:
-        return FastMap(np.zeros(up_t.shape, np.uint8), up_t, float(lo), span, argmax)
-    return FastMap(_binarise(u8_t, hist, up_t, lo, span, config), up_t, float(lo), span, argmax)
+        return FastMap(_empty_rle(height, width), lo, span, argmax, src)
+    fast = FastMap(_empty_rle(height, width), lo, span, argmax, src)
+    if config.threshold is not None:
+        edge = level_edges(lo, span, [float(config.threshold)])[0]
+        fast.rle = rle_from_runs(src.runs(edge), height, width)
+        return fast
+    if config.smoothing_k > 0:
+        fast.rle = _reference_segment(fast.up_t.T, prob, config)
+        return fast
+    hist = src.histogram(lo, hi)
+    if hist[0] == int(height) * int(width):  # reference: maxval = max(uint8) = 0 gives an empty mask
+        return fast
+    level = otsu_threshold(hist)
+    edge = level_edges(lo, span, [level + 1], scale=255.0, strict=False)[0]  # uint8 > level  <=>  v >= edge
+    runs = src.runs(edge)
+    fast.rle = rle_from_runs(runs, height, width)
+    if config.fill_contours and runs_have_hole(runs, height, width):
+        fast.rle = encode_rle(fill_outer_contours(decode_rle(fast.rle, source="segmentation", key="mask")))
+    return fast
 
 
 def segment_map_torch(map2d: np.ndarray, height: int, width: int, prob: float, config: SegmentationConfig, device: torch.device) -> FastMap:
@@ -261,38 +216,31 @@ def segment_map_torch(map2d: np.ndarray, height: int, width: int, prob: float, c
 
     Upsampling (torch bilinear), min/max, the uint8 image, its histogram, the Otsu
     threshold (``otsu_threshold``) and the argmax run on the device; the binary mask comes
-    back to the CPU for the contour check and RLE encoding. ``up_t`` stays on the device.
+    back to the CPU for the hole check and RLE encoding. ``up`` stays on the device.
     """
     t = torch.as_tensor(np.ascontiguousarray(map2d, dtype=np.float32), device=device)[None, None]
     up = F.interpolate(t, size=(int(height), int(width)), mode="bilinear", align_corners=False)[0, 0] if tuple(t.shape[-2:]) != (height, width) else t[0, 0]
     lo_t, hi_t = torch.aminmax(up)
     lo, span = float(lo_t), float(hi_t - lo_t)
     flat = int(torch.argmax(up))  # first maximal index
-    argmax = divmod(flat, int(width))
-    up_t = up.t().contiguous()
-    empty = np.zeros((int(width), int(height)), np.uint8)
-    if bool(t.max() == t.min()) or span <= 0 or prob < config.prob_cutoff:
-        return FastMap(empty, up_t, lo, span, argmax)
+    constant = bool(t.max() == t.min()) or span <= 0
+    fast = FastMap(_empty_rle(height, width), lo, 0.0 if constant else span, divmod(flat, int(width)), None, up)
+    if constant or prob < config.prob_cutoff:
+        return fast
     if config.threshold is not None:
         edge = float(level_edges(lo, span, [float(config.threshold)])[0])
-        return FastMap((up_t >= edge).to(torch.uint8).cpu().numpy(), up_t, lo, span, argmax)
-    u8_t = torch.mul(torch.div(torch.sub(up_t, lo_t), hi_t - lo_t), 255).to(torch.uint8)
+        fast.rle = encode_rle((up >= edge).to(torch.uint8).cpu().numpy())
+        return fast
     if config.smoothing_k > 0:
-        cpu = _smooth(u8_t.cpu().numpy(), config.smoothing_k)
-        return FastMap(_binarise_cpu_u8(cpu, config), up_t, lo, span, argmax)
-    if int(u8_t.max()) == 0:
-        return FastMap(empty, up_t, lo, span, argmax)
-    thresh = otsu_threshold(torch.bincount(u8_t.reshape(-1), minlength=256).cpu().tolist())
-    binary = (u8_t > thresh).to(torch.uint8).cpu().numpy()
-    return FastMap(fill_holes_t(binary) if config.fill_contours else binary, up_t, lo, span, argmax)
-
-
-def _binarise_cpu_u8(u8_t: np.ndarray, config: SegmentationConfig) -> np.ndarray:
-    """Otsu + contour fill of an already smoothed transposed uint8 image."""
-    if int(u8_t.max()) == 0:
-        return np.zeros_like(u8_t)
-    _, binary = cv2.threshold(u8_t, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-    return fill_holes_t(binary) if config.fill_contours else binary
+        fast.rle = _reference_segment(up.cpu(), prob, config)
+        return fast
+    u8 = torch.mul(torch.div(torch.sub(up, lo_t), hi_t - lo_t), 255).to(torch.uint8)
+    if int(u8.max()) == 0:
+        return fast
+    level = otsu_threshold(torch.bincount(u8.reshape(-1), minlength=256).cpu().tolist())
+    binary = (u8 > level).to(torch.uint8).cpu().numpy()
+    fast.rle = encode_rle(fill_outer_contours(binary) if config.fill_contours else binary)
+    return fast
 
 
 def threshold_counts(fast: FastMap, thresholds: Sequence[float], gt_t: np.ndarray, bbox: Sequence[float]) -> tuple[list[int], list[int]]:

@@ -1,0 +1,224 @@
+"""``localization.bilinear``: torch's bilinear arithmetic and the cell-wise Otsu kernels, exactly."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+
+from cxr_spurious.io.masks import encode_rle
+from cxr_spurious.localization.bilinear import (
+    BilinearMap,
+    bilinear_taps,
+    rle_from_runs,
+    runs_have_hole,
+)
+from cxr_spurious.localization.kernels import level_edges, segment_map_cpu
+from cxr_spurious.localization.segmentation import SegmentationConfig, heatmap_to_segmentation
+
+# torch's CPU bilinear kernel contracts its multiply-adds into FMAs in the AVX2/AVX512
+# builds (the ones these machines run) for outputs of more than 4,096 pixels; smaller
+# outputs and the scalar build take other code paths that round differently.
+TORCH_FMA = torch.backends.cpu.get_cpu_capability() in {"AVX2", "AVX512"}
+
+
+def _torch_up(m, h, w):
+    return F.interpolate(torch.from_numpy(m)[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _gradcam_like(rng, n=32, grid=5, scale=1e-3):
+    """ReLU'd Gaussian field on a coarse grid, bilinearly upsampled (like CheXlocalize's maps)."""
+    coarse = np.maximum(rng.normal(size=(grid, grid)), 0).astype(np.float32)
+    m = _torch_up(coarse, n, n)
+    return (m / max(float(m.max()), 1e-12) * scale).astype(np.float32)
+
+
+def _assert_same_as_torch(m, h, w):
+    ours, ref = BilinearMap(m, h, w).full(), _torch_up(m, h, w)
+    assert ours.shape == ref.shape == (h, w)
+    if TORCH_FMA:
+        assert int((ours != ref).sum()) == 0
+    else:  # pragma: no cover - other torch builds
+        np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize(("src", "out"), [((32, 32), (263, 241)), ((7, 5), (500, 61)), ((1, 9), (130, 400)), ((20, 20), (20, 20)), ((400, 300), (170, 120)), ((320, 320), (1987, 2411))])
+def test_full_map_is_torch_bilinear_bit_for_bit(src, out):
+    rng = np.random.default_rng(sum(src) + sum(out))
+    _assert_same_as_torch((rng.random(src) * 10.0 ** rng.uniform(-6, 1)).astype(np.float32), *out)
+
+
+@pytest.mark.parametrize(("src", "out"), [((7, 5), (50, 61)), ((1, 9), (13, 40))])
+def test_small_outputs_agree_with_torch_within_rounding(src, out):
+    m = np.random.default_rng(1).random(src).astype(np.float32)
+    np.testing.assert_allclose(BilinearMap(m, *out).full(), _torch_up(m, *out), rtol=1e-6, atol=0)
+
+
+def test_taps_follow_torch_index_rules():
+    i0, i1, w0, w1 = bilinear_taps(4, 10)
+    assert i0[0] == 0 and w1[0] == 0 and w0[0] == 1  # clamped below 0
+    assert i0[-1] == 3 and i1[-1] == 3  # last source row has no successor
+    assert (np.diff(i0) >= 0).all() and ((i1 - i0) <= 1).all()
+    with pytest.raises(ValueError, match="positive sizes"):
+        bilinear_taps(0, 5)
+
+
+def _ref_extremes(up):
+    flat = int(np.argmax(up))  # numpy: first maximum in C order
+    return float(up.min()), float(up.max()), divmod(flat, up.shape[1])
+
+
+@pytest.mark.parametrize("kind", ["gradcam", "signed", "plateau", "constant_rows", "tiny"])
+def test_extremes_and_first_argmax_are_exact(kind):
+    rng = np.random.default_rng(3)
+    if kind == "gradcam":
+        m = _gradcam_like(rng)
+    elif kind == "signed":
+        m = (rng.normal(size=(16, 12))).astype(np.float32)
+    elif kind == "plateau":  # the maximum held by a block of source pixels: many tied outputs
+        m = np.zeros((12, 12), np.float32)
+        m[4:8, 3:9] = 0.5
+    elif kind == "constant_rows":
+        m = np.repeat(rng.random((1, 10)).astype(np.float32), 8, axis=0)
+    else:  # subnormal-range values
+        m = (rng.random((9, 9)) * 1e-39).astype(np.float32)
+    h, w = 97, 83
+    lo, hi, argmax = BilinearMap(m, h, w).extremes()
+    up = BilinearMap(m, h, w).full()
+    assert (lo, hi, argmax) == _ref_extremes(up)
+    if TORCH_FMA:
+        assert (lo, hi, argmax) == _ref_extremes(_torch_up(m, h, w))
+
+
+def test_histogram_equals_reference_uint8_image():
+    rng = np.random.default_rng(4)
+    for _ in range(4):
+        m = _gradcam_like(rng)
+        bm = BilinearMap(m, 211, 187)
+        lo, hi, _ = bm.extremes()
+        up = bm.full()
+        span = np.float32(np.float32(hi) - np.float32(lo))
+        u8 = ((up - np.float32(lo)) / span * np.float32(255)).astype(np.uint8)
+        np.testing.assert_array_equal(bm.histogram(lo, hi), np.bincount(u8.ravel(), minlength=256))
+    with pytest.raises(ValueError, match="hi > lo"):
+        bm.histogram(1.0, 1.0)
+
+
+def test_runs_equal_the_rle_of_the_thresholded_full_map():
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        m = _gradcam_like(rng)
+        bm = BilinearMap(m, 157, 203)
+        up = bm.full()
+        for q in (0.0, 0.3, 0.5, 0.97, 1.0):
+            edge = np.float32(np.quantile(up, q))
+            got = rle_from_runs(bm.runs(edge), 157, 203)
+            assert got == encode_rle((up >= edge).astype(np.uint8))
+        assert rle_from_runs(bm.runs(np.float32(np.inf)), 157, 203) == encode_rle(np.zeros((157, 203), np.uint8))
+
+
+def test_rle_string_matches_pycocotools():
+    rng = np.random.default_rng(6)
+    masks = [np.zeros((5, 4), np.uint8), np.ones((5, 4), np.uint8), (rng.random((31, 17)) > 0.5).astype(np.uint8)]
+    masks.append((cv2.GaussianBlur(rng.random((300, 200)), (0, 0), 12) > 0.5).astype(np.uint8))
+    for mask in masks:
+        flat = np.asfortranarray(mask).ravel(order="F")
+        change = np.flatnonzero(np.diff(flat)) + 1
+        bounds = np.concatenate([[0], change, [flat.size]])
+        runs = np.diff(bounds)
+        if flat[0] == 1:
+            runs = np.concatenate([[0], runs])
+        assert rle_from_runs(runs, *mask.shape) == encode_rle(mask)
+    with pytest.raises(ValueError, match="run lengths sum to 3, expected 20"):
+        rle_from_runs(np.array([1, 2]), 5, 4)
+
+
+def _cv2_has_hole(mask):
+    _, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    return hierarchy is not None and bool((hierarchy[0][:, 3] >= 0).any())
+
+
+def _runs_of(mask):
+    return np.array(_decode_counts(mask_utils.encode(np.asfortranarray(mask))["counts"]), np.int64)
+
+
+def _decode_counts(s):
+    """pycocotools' compressed counts string -> run lengths (its ``rleFrString``)."""
+    out, p, s = [], 0, bytes(s)
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            c = s[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def test_hole_check_agrees_with_find_contours():
+    rng = np.random.default_rng(7)
+    cases = []
+    ring = np.zeros((11, 9), np.uint8)
+    ring[2:9, 2:7] = 1
+    ring[5, 4] = 0
+    cases.append(ring)
+    diag = np.zeros((6, 6), np.uint8)  # background pixel meeting the outside only diagonally: still a hole
+    diag[1:4, 1:4] = 1
+    diag[2, 2] = 0
+    diag[1, 1] = 0
+    cases.append(diag)
+    edge = np.ones((5, 5), np.uint8)  # background touching the border is not a hole
+    edge[0, 2] = 0
+    cases.append(edge)
+    cases.extend((rng.random((15, 13)) > p).astype(np.uint8) for p in (0.2, 0.35, 0.5, 0.65) for _ in range(40))
+    seen = set()
+    for mask in cases:
+        expected = _cv2_has_hole(mask)
+        seen.add(expected)
+        assert runs_have_hole(_runs_of(mask), *mask.shape) == expected
+    assert seen == {True, False}
+
+
+@pytest.mark.parametrize("config", [SegmentationConfig(), SegmentationConfig(threshold=0.4), SegmentationConfig(smoothing_k=5), SegmentationConfig(prob_cutoff=0.7), SegmentationConfig(fill_contours=False)])
+def test_segmentation_equals_the_reference_pixel_for_pixel(config):
+    rng = np.random.default_rng(8)
+    for _ in range(5):
+        m = _gradcam_like(rng, grid=4)
+        fast = segment_map_cpu(m, 143, 121, 0.6, config)
+        ref = heatmap_to_segmentation(m, 143, 121, config, prob=0.6)
+        if TORCH_FMA:
+            assert fast.rle == encode_rle(ref)
+        up = _torch_up(m, 143, 121)
+        assert fast.argmax == divmod(int(np.argmax(up)), 121)
+
+
+def test_filled_holes_like_the_reference():
+    yy, xx = np.mgrid[0:24, 0:24]
+    r = np.hypot(yy - 11.5, xx - 11.5)
+    m = np.exp(-((r - 7) ** 2) / 4).astype(np.float32)  # a ring: Otsu leaves a hole in the middle
+    fast = segment_map_cpu(m, 96, 96, 1.0, SegmentationConfig())
+    ref = heatmap_to_segmentation(m, 96, 96)
+    assert ref[48, 48] == 1  # filled
+    assert fast.rle == encode_rle(ref)
+    unfilled = segment_map_cpu(m, 96, 96, 1.0, SegmentationConfig(fill_contours=False))
+    assert mask_utils.decode({"size": [96, 96], "counts": unfilled.rle["counts"].encode()})[48, 48] == 0
+
+
+def test_level_edge_is_the_exact_uint8_boundary():
+    rng = np.random.default_rng(9)
+    m = _gradcam_like(rng)
+    bm = BilinearMap(m, 120, 130)
+    lo, hi, _ = bm.extremes()
+    up = bm.full()
+    span = float(np.float32(np.float32(hi) - np.float32(lo)))
+    u8 = ((up - np.float32(lo)) / np.float32(span) * np.float32(255)).astype(np.uint8)
+    for level in (0, 17, 100, 254):
+        edge = level_edges(lo, span, [level + 1], scale=255.0, strict=False)[0]
+        np.testing.assert_array_equal(up >= edge, u8 > level)
