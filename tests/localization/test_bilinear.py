@@ -222,3 +222,32 @@ def test_level_edge_is_the_exact_uint8_boundary():
     for level in (0, 17, 100, 254):
         edge = level_edges(lo, span, [level + 1], scale=255.0, strict=False)[0]
         np.testing.assert_array_equal(up >= edge, u8 > level)
+
+
+def test_random_sweep_of_shapes_and_value_distributions():
+    """Random source/output sizes and value distributions: RLE, argmax and extremes exact."""
+    rng = np.random.default_rng(10)
+    kinds = ("gradcam", "signed", "spikes", "steps")
+    for i in range(24):
+        h0, w0 = int(rng.integers(1, 40)), int(rng.integers(2, 40))
+        h, w = int(rng.integers(65, 260)), int(rng.integers(65, 260))
+        kind = kinds[i % len(kinds)]
+        if kind == "gradcam":
+            m = np.maximum(rng.normal(size=(h0, w0)), 0)
+        elif kind == "signed":
+            m = rng.normal(size=(h0, w0)) * 10.0 ** rng.uniform(-8, 3)
+        elif kind == "spikes":  # mostly zero, a few isolated peaks
+            m = np.zeros((h0, w0))
+            m.flat[rng.integers(0, m.size, 3)] = rng.random(3)
+        else:  # few distinct values: ties and flat cells
+            m = rng.integers(0, 3, (h0, w0)) / 2.0
+        m = m.astype(np.float32)
+        if m.max() == m.min():
+            m.flat[0] += np.float32(1.0)
+        bm = BilinearMap(m, h, w)
+        up = bm.full()
+        assert bm.extremes() == _ref_extremes(up)
+        fast = segment_map_cpu(m, h, w, 1.0, SegmentationConfig())
+        ref = heatmap_to_segmentation(m, h, w)
+        if TORCH_FMA:
+            assert fast.rle == encode_rle(ref), (i, kind, (h0, w0), (h, w))

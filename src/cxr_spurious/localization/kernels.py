@@ -187,11 +187,10 @@ def segment_map_cpu(map2d: np.ndarray, height: int, width: int, prob: float, con
     src = BilinearMap(m, height, width)
     lo, hi, argmax = src.extremes()
     span = float(np.float32(np.float32(hi) - np.float32(lo)))
-    if bool(m.max() == m.min()) or span <= 0:
-        return FastMap(_empty_rle(height, width), lo, 0.0, argmax, src)
-    if prob < config.prob_cutoff:
-        return FastMap(_empty_rle(height, width), lo, span, argmax, src)
-    fast = FastMap(_empty_rle(height, width), lo, span, argmax, src)
+    constant = bool(m.max() == m.min()) or span <= 0
+    fast = FastMap(_empty_rle(height, width), lo, 0.0 if constant else span, argmax, src)
+    if constant or prob < config.prob_cutoff:
+        return fast
     if config.threshold is not None:
         edge = level_edges(lo, span, [float(config.threshold)])[0]
         fast.rle = rle_from_runs(src.runs(edge), height, width)
