@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
+from sklearn.metrics import roc_auc_score
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.heatmaps import HeatmapSet
@@ -126,6 +127,21 @@ def _memory_set(n=18, h=41, w=35, seed=6):
         rows.append({"image_id": cxr, "task": task, "prob": float(rng.random()), "gt": float(mask.any()), "cxr_w": w, "cxr_h": h, "model": "m", "method": "g"})
         maps.append(_blobs(rng, 7, 6))
     return HeatmapSet(pd.DataFrame(rows), np.stack(maps)), gt
+
+
+def test_shortcut_attribution_per_map():
+    hs, gt = _memory_set(n=6)
+    h, w = 41, 35
+    tube = np.zeros((h, w), bool)
+    tube[:, 30:32] = True
+    spurious = {cxr: {"Chest Tube": encode_rle(tube.astype(np.uint8))} for cxr in hs.index["image_id"]}
+    table, _ = evaluate_heatmap_set(hs, gt, spurious_segmentations=spurious, progress=False, workers=1)
+    for row, m in zip(table.to_dict("records"), hs.maps):
+        up = _torch_up(np.asarray(m, np.float32), h, w).astype(np.float64)
+        score = (up - up.min()) / (up.max() - up.min())
+        keep = ~decode_rle(gt[row["image_id"]][row["task"]]).astype(bool)  # the lesion is left out of the rank metric
+        assert np.isclose(row["shortcut_Chest Tube"], score[tube].sum() / score.sum())
+        assert np.isclose(row["shortcut_auroc_Chest Tube"], roc_auc_score(tube[keep], score[keep]))
 
 
 def test_parallel_pass_equals_serial_pass():

@@ -11,6 +11,7 @@ from cxr_spurious.localization.metrics import (
     rle_counts,
     rle_pixel,
     segmentation_table,
+    spurious_auroc,
 )
 
 
@@ -72,6 +73,25 @@ def test_mass_rank_metrics_small_case():
     assert out["relevance_rank"] == 1.0 and out["top_k_intersection"] == 0.5
     assert np.isclose(out["pixel_auroc"], roc_auc_score(gt.ravel(), score.ravel()))
     assert all(np.isnan(v) for v in mass_rank_metrics(score, np.zeros_like(gt)).values())
+
+
+def test_spurious_auroc_ranks_object_pixels_outside_the_lesion():
+    rng = np.random.default_rng(3)
+    score = rng.random((9, 8))
+    tube = np.zeros((9, 8), bool)
+    tube[:, 2] = True
+    lesion = np.zeros((9, 8), bool)
+    lesion[:3, :4] = True
+    keep = ~lesion
+    expected = roc_auc_score(tube[keep], score[keep])
+    assert np.isclose(spurious_auroc(score, tube, exclude=lesion), expected)
+    assert np.isclose(spurious_auroc(score, tube), roc_auc_score(tube.ravel(), score.ravel()))
+    coarse = np.kron(np.array([[0.0, 1.0], [0.0, 1.0]]), np.ones((5, 4)))[:9, :8]  # a blob over the tube's half
+    tube_right = np.zeros((9, 8), bool)
+    tube_right[:, 6] = True
+    assert spurious_auroc(coarse, tube_right) > 0.7 and spurious_auroc(coarse, tube) < 0.3
+    assert np.isnan(spurious_auroc(np.ones((9, 8)), tube))  # constant map: no spatial information
+    assert np.isnan(spurious_auroc(score, np.zeros((9, 8), bool)))  # no object
 
 
 def test_tuning_matches_brute_force():

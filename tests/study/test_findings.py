@@ -26,6 +26,7 @@ def _inputs(n: int = 40):
             "iou_tp": np.where(np.arange(n) < 30, rng.uniform(0.1, 0.5, n), np.nan),
             "hit": np.where(np.arange(n) < 30, (np.arange(n) % 3 == 0).astype(float), np.nan),
             "shortcut_Chest Tube": np.where(np.arange(n) % 2 == 1, 0.6, 0.0),
+            "shortcut_auroc_Chest Tube": np.where(np.arange(n) % 2 == 1, np.where(np.arange(n) < 20, 0.9, 0.7), np.nan),
         }
     )
     human = pd.DataFrame({"image_id": ids, "task": "Pneumothorax", "iou_tp": np.where(np.arange(n) < 30, 0.8, np.nan), "hit": np.where(np.arange(n) < 30, 1.0, np.nan)})
@@ -39,6 +40,8 @@ def test_saliency_findings_values_and_cis() -> None:
     assert out["hit_rate"] == pytest.approx(per_map["hit"].mean())
     # Tube mass is averaged over images that have a tube only.
     assert out["tube_mass"] == pytest.approx(0.6)
+    assert out["tube_auroc"] == pytest.approx(0.8)  # 10 tube images at 0.9, 10 at 0.7
+    assert out["tube_auroc_lo"] < 0.8 < out["tube_auroc_hi"]
     assert out["miou_lo"] <= out["miou"] <= out["miou_hi"]
     expected_gap = (0.8 - per_map["iou_tp"].iloc[:30].mean()) / 0.8 * 100
     assert out["miou_pct_below_human"] == pytest.approx(expected_gap)

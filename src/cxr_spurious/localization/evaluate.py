@@ -46,6 +46,7 @@ from cxr_spurious.localization.metrics import (
     rle_counts,
     rle_decode_t,
     rle_pixel,
+    spurious_auroc,
 )
 from cxr_spurious.localization.parallel import ordered_map
 from cxr_spurious.localization.segmentation import SegmentationConfig, pick_device
@@ -147,8 +148,13 @@ def score_fast_map(fast: FastMap, job: MapJob) -> tuple[dict[str, Any], dict[str
     score = _score(fast, job) if (gt_mask is not None and job.extra_metrics) or job.spurious else None
     if gt_mask is not None and job.extra_metrics:
         rec.update(mass_rank_metrics(score, gt_mask, top_k=job.top_k))
+    lesion = gt_mask  # the pathology, left out of the rank-based shortcut metric
+    if lesion is None and positive and job.spurious:
+        lesion = decode_rle(gt_rle, source="gt_segmentations", key=f"{job.image_id}/{job.task}")
     for name, rle in job.spurious.items():
-        rec[f"shortcut_{name}"] = mass_share(score, decode_rle(rle, source="spurious_segmentations", key=name))
+        obj = decode_rle(rle, source="spurious_segmentations", key=name)
+        rec[f"shortcut_{name}"] = mass_share(score, obj)
+        rec[f"shortcut_auroc_{name}"] = spurious_auroc(score, obj, exclude=lesion)
     return rec, pred
 
 

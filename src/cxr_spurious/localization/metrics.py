@@ -177,6 +177,25 @@ def mass_rank_metrics(score: np.ndarray, gt_mask: np.ndarray, *, top_k: int = 10
     return {"relevance_mass": mass, "relevance_rank": rank, "top_k_intersection": topk, "pixel_auroc": auroc(g.astype(float), s)}
 
 
+def spurious_auroc(score: np.ndarray, mask: np.ndarray, exclude: np.ndarray | None = None) -> float:
+    """The map as a pixel score for a spurious-object mask: P(object pixel > other pixel).
+
+    Rank-based, so unlike the mass share it does not depend on how finely the map can
+    resolve a thin object: a coarse map centred on the object still ranks its pixels high.
+    Pixels of ``exclude`` (the true pathology) are left out of both classes, so a map on
+    the lesion is neither credited nor charged for an object drawn inside it. NaN for a
+    constant map (no spatial information) or when either class is empty.
+    """
+    s = np.asarray(score).reshape(-1)
+    if s.size == 0 or s.max() == s.min():
+        return float("nan")
+    m = np.asarray(mask, dtype=bool).reshape(-1)
+    if exclude is not None:
+        keep = ~np.asarray(exclude, dtype=bool).reshape(-1)
+        s, m = s[keep], m[keep]
+    return auroc(m.astype(float), s)
+
+
 def mass_share(score: np.ndarray, mask: np.ndarray) -> float:
     """Share of a non-negative map's mass on a mask (NaN for a zero map)."""
     s = np.asarray(score, dtype=np.float64)

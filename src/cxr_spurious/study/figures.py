@@ -13,6 +13,7 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("cf_auroc_no_tube", "AUROC on tube-free renders"),
     ("cf_drop_no_tube", "Drop in P(PTX) when the tube is removed"),
     ("gradcam_tube_mass", "Grad-CAM mass on the tube\n(images with a tube)"),
+    ("gradcam_tube_auroc", "Grad-CAM as a pixel score for the tube\n(AUROC outside the lesion, images with a tube)"),
     ("gradcam_miou", "Grad-CAM mIoU with the true lesion"),
 )
 
@@ -20,7 +21,7 @@ PANELS: tuple[tuple[str, str], ...] = (
 def plot_findings(findings: pd.DataFrame) -> Figure:
     """One panel per headline metric, one point with its 95% CI per model."""
     panels = [(c, t) for c, t in PANELS if c in findings.columns]
-    ncols = min(3, len(panels))
+    ncols = min(4, len(panels))
     nrows = int(np.ceil(len(panels) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.6 * nrows), squeeze=False)
     models = findings["model"].tolist()

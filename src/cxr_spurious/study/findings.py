@@ -19,6 +19,7 @@ from cxr_spurious.errors import ContractError
 from cxr_spurious.stats.bootstrap import bootstrap
 
 TUBE_MASS_COLUMN = "shortcut_Chest Tube"
+TUBE_AUROC_COLUMN = "shortcut_auroc_Chest Tube"
 _NAN3 = (np.nan, np.nan, np.nan)
 
 
@@ -49,7 +50,7 @@ def saliency_findings(
 
     Args:
         per_map: The set's rows of ``localization_per_cxr`` (image_id, task, iou_tp, hit,
-            optionally relevance_mass and ``shortcut_Chest Tube``).
+            optionally relevance_mass, ``shortcut_Chest Tube`` and ``shortcut_auroc_Chest Tube``).
         manifest: For patients and the ``tube`` attribute.
         human: ``localization_human_benchmark`` (image_id, task, iou_tp, hit) or None.
         n_boot: Bootstrap replicates.
@@ -57,7 +58,8 @@ def saliency_findings(
         level: CI level.
 
     Returns:
-        ``miou``, ``hit_rate``, ``lesion_mass``, ``tube_mass`` and, with a human benchmark,
+        ``miou``, ``hit_rate``, ``lesion_mass``, ``tube_mass``, ``tube_auroc`` (the map as a
+        pixel score for the tube outside the lesion, images with a tube) and, with a human benchmark,
         ``miou_pct_below_human`` and ``hit_pct_below_human``, each with ``_lo``/``_hi``.
     """
     meta = manifest.set_index("image_id")
@@ -66,12 +68,13 @@ def saliency_findings(
     for name, col in (("miou", "iou_tp"), ("hit_rate", "hit"), ("lesion_mass", "relevance_mass")):
         vals = per_map[col].to_numpy(dtype=float) if col in per_map else np.full(len(per_map), np.nan)
         out.update(_with_ci(name, _mean_ci(vals, patients, n_boot=n_boot, seed=seed, level=level)))
-    if TUBE_MASS_COLUMN in per_map:
-        with_tube = per_map["image_id"].map(meta["tube"]).to_numpy(dtype=float) == 1
-        vals = np.where(with_tube, per_map[TUBE_MASS_COLUMN].to_numpy(dtype=float), np.nan)
-        out.update(_with_ci("tube_mass", _mean_ci(vals, patients, n_boot=n_boot, seed=seed, level=level)))
-    else:
-        out.update(_with_ci("tube_mass", _NAN3))
+    with_tube = per_map["image_id"].map(meta["tube"]).to_numpy(dtype=float) == 1
+    for name, col in (("tube_mass", TUBE_MASS_COLUMN), ("tube_auroc", TUBE_AUROC_COLUMN)):
+        if col in per_map:
+            vals = np.where(with_tube, per_map[col].to_numpy(dtype=float), np.nan)
+            out.update(_with_ci(name, _mean_ci(vals, patients, n_boot=n_boot, seed=seed, level=level)))
+        else:
+            out.update(_with_ci(name, _NAN3))
     for name, col in (("miou_pct_below_human", "iou_tp"), ("hit_pct_below_human", "hit")):
         out.update(_with_ci(name, _pct_below_human(per_map, human, col, meta, n_boot=n_boot, seed=seed, level=level)))
     return out
