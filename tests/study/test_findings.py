@@ -65,3 +65,10 @@ def test_model_row_and_assembly() -> None:
     assert "seg.gradcam_miou" not in flat  # NaN is not logged
     with pytest.raises(ContractError, match="no entry for task 'Edema'"):
         model_row("erm", {}, metrics, "Edema")
+    assert row["architecture"] == "resnet18"  # no record from training: the study's parameters
+
+
+def test_model_row_names_what_training_recorded() -> None:
+    metrics = {"method": "erm", "architecture": "cnn_small", "n_test": 4, "Pneumothorax": {"auroc": 0.8}}
+    row = model_row("erm", {"name": "erm", "method": "erm", "architecture": "resnet18"}, metrics, "Pneumothorax")
+    assert (row["supervision"], row["architecture"]) == ("erm", "cnn_small")

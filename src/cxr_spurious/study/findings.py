@@ -110,7 +110,10 @@ def model_row(
     if task not in test_metrics:
         raise ContractError(f"{model}.test_metrics has no entry for task '{task}'; it has {sorted(k for k, v in test_metrics.items() if isinstance(v, Mapping))}")
     entry = test_metrics[task]
-    row: dict[str, Any] = {"model": model, "supervision": variant.get("method", model), "architecture": variant.get("architecture"), "task": task, "n_test": test_metrics.get("n_test")}
+    # what was trained (recorded by training) wins over the study's variant parameters
+    supervision = test_metrics.get("method", variant.get("method", model))
+    architecture = test_metrics.get("architecture", variant.get("architecture"))
+    row: dict[str, Any] = {"model": model, "supervision": supervision, "architecture": architecture, "task": task, "n_test": test_metrics.get("n_test")}
     for name in ("auroc", "robust_auroc", "reverse_auroc"):
         row.update({name: entry.get(name), f"{name}_lo": entry.get(f"{name}_lo"), f"{name}_hi": entry.get(f"{name}_hi")})
     return row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,8 @@ def test_gate_trains_only_the_selected_variant_and_keeps_others(tmp_path: Path) 
         and set(preds["split"]) == {"train", "val", "test"}
         and (preds["model"] == "seg").all()
     )
+    metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
+    assert (metrics["method"], metrics["architecture"]) == ("seg", "unet_small")  # what was trained
     cf = pd.read_parquet(tmp_path / "seg" / "cf.parquet")
     assert sorted(cf["render"].unique()) == ["no_lesion", "no_tube", "original"] and len(cf) == 24
 

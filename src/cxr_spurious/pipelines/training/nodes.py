@@ -148,10 +148,14 @@ def predict_counterfactuals(
 
 
 def evaluate_test_metrics(predictions: Any, manifest: pd.DataFrame, config: dict[str, Any]) -> Any:
-    """Test AUROC, robust and reverse AUROC on ``training.subgroup`` with bootstrap CIs."""
+    """Test AUROC, robust and reverse AUROC on ``training.subgroup`` with bootstrap CIs.
+
+    The trained model's supervision and architecture travel with the metrics, so reports
+    name what was trained even when a run overrode the variant on the command line.
+    """
     if config["skip"]:
         return SKIPPED
-    return compute_test_metrics(
+    metrics = compute_test_metrics(
         predictions,
         manifest,
         config["tasks"],
@@ -160,6 +164,7 @@ def evaluate_test_metrics(predictions: Any, manifest: pd.DataFrame, config: dict
         seed=int(config["seed"]),
         level=float(config["ci_level"]),
     )
+    return {"method": config["method"], "architecture": config["architecture"], **metrics}
 
 
 def plot_training_curves(training_history: Any, config: dict[str, Any]) -> Figure | object:
