@@ -116,6 +116,12 @@ def test_runs_equal_the_rle_of_the_thresholded_full_map():
             got = rle_from_runs(bm.runs(edge), 157, 203)
             assert got == encode_rle((up >= edge).astype(np.uint8))
         assert rle_from_runs(bm.runs(np.float32(np.inf)), 157, 203) == encode_rle(np.zeros((157, 203), np.uint8))
+    noisy = BilinearMap(rng.random((64, 64)).astype(np.float32), 300, 280)  # > 4,096 runs: the buffer grows
+    up = noisy.full()
+    edge = np.float32(np.median(up))
+    runs = noisy.runs(edge)
+    assert runs.size > 4096
+    assert rle_from_runs(runs, 300, 280) == encode_rle((up >= edge).astype(np.uint8))
 
 
 def test_rle_string_matches_pycocotools():

@@ -174,6 +174,20 @@ def _level(v, lo, span):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _row_pair(m, xi0, xi1, xw0, xw1, k0, k1, ka, kb, ra, rb):  # pragma: no cover - compiled
+    """Make ``ra``/``rb`` the width-interpolated source rows ``k0``/``k1`` (rows ``ka``/``kb``
+    now); consecutive groups share a row, which is reused. Returns the new (ka, kb)."""
+    if k0 != ka:
+        if k0 == kb:
+            ra[:] = rb
+        else:
+            _width_row(m[k0], xi0, xi1, xw0, xw1, ra)
+    if k1 != kb:
+        _width_row(m[k1], xi0, xi1, xw0, xw1, rb)
+    return k0, k1
+
+
+@numba.njit(cache=True, nogil=True)
 def _histogram(m, xi0, xi1, xw0, xw1, yk0, ys, ye, yk1, yw0, yw1, lo, span):  # pragma: no cover - compiled
     """256-bin histogram of ``uint8(255 * (v - lo) / span)`` over all output pixels, row by row."""
     w = xi0.shape[0]
@@ -183,15 +197,7 @@ def _histogram(m, xi0, xi1, xw0, xw1, yk0, ys, ye, yk1, yw0, yw1, lo, span):  # 
     levels = np.empty(w, np.uint8)
     sub = np.zeros((4, 256), np.int64)  # interleaved counters: no store-to-load stalls
     for g in range(yk0.shape[0]):
-        if yk0[g] != ka:
-            if yk0[g] == kb:
-                ra[:] = rb
-            else:
-                _width_row(m[yk0[g]], xi0, xi1, xw0, xw1, ra)
-            ka = yk0[g]
-        if yk1[g] != kb:
-            _width_row(m[yk1[g]], xi0, xi1, xw0, xw1, rb)
-            kb = yk1[g]
+        ka, kb = _row_pair(m, xi0, xi1, xw0, xw1, yk0[g], yk1[g], ka, kb, ra, rb)
         for y in range(ys[g], ye[g]):
             wa, wb = yw0[y], yw1[y]
             for x in range(w):  # vectorised: fma, then the reference's float32 chain and truncation
@@ -213,10 +219,14 @@ def _histogram(m, xi0, xi1, xw0, xw1, yk0, ys, ye, yk1, yw0, yw1, lo, span):  # 
 
 
 @numba.njit(cache=True, nogil=True)
-def _grow(counts):  # pragma: no cover - compiled
-    grown = np.empty(counts.shape[0] * 2, np.int64)
-    grown[: counts.shape[0]] = counts
-    return grown
+def _append(counts, n, length):  # pragma: no cover - compiled
+    """``counts[n] = length`` with ``counts`` doubled when full; returns (counts, n + 1)."""
+    if n >= counts.shape[0]:
+        grown = np.empty(counts.shape[0] * 2, np.int64)
+        grown[: counts.shape[0]] = counts
+        counts = grown
+    counts[n] = length
+    return counts, n + 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -245,10 +255,7 @@ def _runs(m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1, clo, chi, e
                 st = seg_state[s]
                 if st >= 0:
                     if st != cur:
-                        if n + 1 >= counts.shape[0]:
-                            counts = _grow(counts)
-                        counts[n] = length
-                        n += 1
+                        counts, n = _append(counts, n, length)
                         cur, length = st, np.int64(0)
                     length += seg_len[s]
                     continue
@@ -259,16 +266,11 @@ def _runs(m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1, clo, chi, e
                 for y in range(ys[g], ye[g]):
                     on = np.int8(1) if _fma(c0, yw0[y], c1 * yw1[y]) >= edge else np.int8(0)
                     if on != cur:
-                        if n + 1 >= counts.shape[0]:
-                            counts = _grow(counts)
-                        counts[n] = length
-                        n += 1
+                        counts, n = _append(counts, n, length)
                         cur, length = on, np.int64(0)
                     length += 1
-    if n + 1 >= counts.shape[0]:
-        counts = _grow(counts)
-    counts[n] = length
-    return counts[: n + 1]
+    counts, n = _append(counts, n, length)
+    return counts[:n]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -280,15 +282,7 @@ def _full(m, xi0, xi1, xw0, xw1, yk0, ys, ye, yk1, yw0, yw1, h):  # pragma: no c
     rb = np.empty(w, np.float32)
     ka, kb = -1, -1
     for g in range(yk0.shape[0]):
-        if yk0[g] != ka:
-            if yk0[g] == kb:
-                ra[:] = rb
-            else:
-                _width_row(m[yk0[g]], xi0, xi1, xw0, xw1, ra)
-            ka = yk0[g]
-        if yk1[g] != kb:
-            _width_row(m[yk1[g]], xi0, xi1, xw0, xw1, rb)
-            kb = yk1[g]
+        ka, kb = _row_pair(m, xi0, xi1, xw0, xw1, yk0[g], yk1[g], ka, kb, ra, rb)
         for y in range(ys[g], ye[g]):
             wa, wb = yw0[y], yw1[y]
             o = out[y]
