@@ -43,7 +43,7 @@ def test_unknown_key_names_the_key() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("location_fraction", 1.5), ("batch_size", 0), ("pool_kernel", 4), ("device", "tpu")],
+    [("location_fraction", 1.5), ("batch_size", 0), ("pool_kernel", 4), ("device", "tpu"), ("precision", "fp16")],
 )
 def test_out_of_range_values(key: str, value: object) -> None:
     with pytest.raises(ParameterError, match=f"training.{key}"):

@@ -11,6 +11,7 @@ from typing import Any
 
 from cxr_spurious.errors import ParameterError, unknown_name_error
 from cxr_spurious.models import ARCHITECTURES, DENSE_ARCHITECTURES, POOLINGS
+from cxr_spurious.training.device import PRECISIONS
 
 METHODS: tuple[str, ...] = ("erm", "coarse", "box", "seg", "multitask")
 DENSE_METHODS: frozenset[str] = frozenset({"coarse", "box", "seg", "multitask"})
@@ -39,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "deterministic": True,
     "device": "auto",
+    "precision": "auto",
     "num_workers": 0,
     "location_fraction": 1.0,
     "coarse_mode": "dilate",
@@ -90,6 +92,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _choice(cfg, "selection_metric", SELECTION_METRICS, "selection metric")
     _choice(cfg, "dense_pooling", POOLINGS, "dense pooling")
     _choice(cfg, "coarse_mode", COARSE_MODES, "coarse mode")
+    _choice(cfg, "precision", PRECISIONS, "precision")
     if cfg["method"] in DENSE_METHODS and cfg["architecture"] not in DENSE_ARCHITECTURES:
         raise ParameterError(
             "training.architecture",

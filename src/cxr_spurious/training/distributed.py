@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from cxr_spurious.data.cache import ImageCache
 from cxr_spurious.training.config import model_config
-from cxr_spurious.training.device import resolve_device
+from cxr_spurious.training.device import setup_for
 from cxr_spurious.training.engine import FitResult, fit
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def distributed_fit(
 ) -> FitResult:
     """``fit`` on this process's share (the process group must be initialised)."""
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    setup = resolve_device(str(cfg["device"]), local_rank=local_rank)
+    setup = setup_for(cfg, local_rank=local_rank)
     if setup.device.type == "cuda":
         torch.cuda.set_device(setup.device)
     train = table[table["split"] == "train"].reset_index(drop=True)

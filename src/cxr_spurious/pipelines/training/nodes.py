@@ -20,7 +20,7 @@ from cxr_spurious.models import model_from_artifact
 from cxr_spurious.training.checkpoints import checkpoint_folder
 from cxr_spurious.training.config import METHODS, is_selected, model_config, resolve_training_config
 from cxr_spurious.training.data import build_training_table
-from cxr_spurious.training.device import resolve_device
+from cxr_spurious.training.device import precision_name, setup_for
 from cxr_spurious.training.engine import fit
 from cxr_spurious.training.outputs import (
     RENDERS,
@@ -86,7 +86,7 @@ def train_model(
     """
     if config["skip"]:
         return SKIPPED, SKIPPED
-    setup = resolve_device(str(config["device"]))
+    setup = setup_for(config)
     result = fit(
         training_table[training_table["split"] == "train"].reset_index(drop=True),
         training_table[training_table["split"] == "val"].reset_index(drop=True),
@@ -111,7 +111,7 @@ def predict_manifest(
         model, source=f"{config['variant']}.model", expected_architecture=config["architecture"]
     )
     probs, embs = predict_images(
-        net, manifest, image_cache, config, resolve_device(str(config["device"]))
+        net, manifest, image_cache, config, setup_for(config)
     )
     return predictions_frame(manifest, probs, net.tasks, config["variant"]), embeddings_frame(
         manifest["image_id"].astype(str).tolist(), embs
@@ -127,7 +127,7 @@ def predict_counterfactuals(
     net = model_from_artifact(
         model, source=f"{config['variant']}.model", expected_architecture=config["architecture"]
     )
-    setup = resolve_device(str(config["device"]))
+    setup = setup_for(config)
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     frames = []
     for render in RENDERS:
@@ -212,6 +212,7 @@ def assemble_run_record(
             "variant": config["variant"],
             "method": config["method"],
             "architecture": config["architecture"],
+            "precision": precision_name(setup_for(config)),  # what `precision: auto` resolved to here
             "pipeline": "training",
         },
         "params": run_params(config, resampling, len(train), train["image_id"].nunique()),
