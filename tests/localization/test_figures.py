@@ -54,3 +54,22 @@ def test_plot_overlays_draws_one_titled_panel_per_map():
     titled = [ax for ax in fig.axes if ax.get_title()]
     assert len(titled) == 5 and all("Edema" in ax.get_title() for ax in titled)
     plt.close(fig)
+
+
+def test_overlays_outline_the_spurious_object_and_say_so():
+    hs, gt = _set()
+    tube = np.zeros((60, 50), np.uint8)
+    tube[5:55, 40:42] = 1
+    spurious = {cxr: {"Chest Tube": encode_rle(tube), "Support Device": encode_rle(tube)} for cxr in gt}
+    spurious["p0_study1_view1_frontal"]["Chest Tube"] = encode_rle(np.zeros((60, 50), np.uint8))  # empty: not drawn
+    panel = overlay_panel(hs.maps[2], 60, 50, 0.5, gt["p2_study1_view1_frontal"]["Edema"], spurious["p2_study1_view1_frontal"])
+    assert set(panel["objects"]) == {"Chest Tube", "Support Device"} and panel["objects"]["Chest Tube"].shape == (256, 213)
+    assert panel["objects"]["Chest Tube"].sum() > 0
+    fig = plot_overlays(hs, gt, n=6, seed=0, spurious_segmentations=spurious)
+    assert "chest tube (magenta, dashed)" in fig._suptitle.get_text()
+    dashed = [ax for ax in fig.axes if any(c.get_edgecolor().size and np.allclose(c.get_edgecolor()[0][:3], (1, 0, 1)) for c in ax.collections)]
+    assert len(dashed) == 5  # every panel but p0's, whose tube mask is empty; Support Device is not asked for
+    plt.close(fig)
+    plain = plot_overlays(hs, gt, n=6, seed=0)
+    assert "magenta" not in plain._suptitle.get_text()
+    plt.close(plain)

@@ -55,14 +55,26 @@ def _display_size(height: int, width: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def overlay_panel(map2d: np.ndarray, height: int, width: int, prob: float, gt_rle: Mapping[str, Any] | None) -> dict[str, Any]:
+def overlay_panel(
+    map2d: np.ndarray,
+    height: int,
+    width: int,
+    prob: float,
+    gt_rle: Mapping[str, Any] | None,
+    objects: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Display-size layers of one map: normalised heatmap, Otsu mask, gt mask, argmax, IoU.
 
     The segmentation is computed at full size (the evaluation's kernel) and then shrunk.
 
+    Args:
+        objects: Optional spurious-object masks of the CXR (``{name: rle}``, the
+            ``spurious_segmentations`` entry); empty masks are dropped.
+
     Returns:
-        ``heat`` (float, [0, 1]), ``pred`` and ``gt`` (uint8 0/1 or ``None``), ``argmax``
-        (row, col) in display pixels and ``iou`` (NaN when undefined).
+        ``heat`` (float, [0, 1]), ``pred`` and ``gt`` (uint8 0/1 or ``None``), ``objects``
+        (``{name: uint8 mask}``), ``argmax`` (row, col) in display pixels and ``iou`` (NaN
+        when undefined).
     """
     fast = segment_map_cpu(np.asarray(map2d, np.float32), height, width, prob, SegmentationConfig())
     dh, dw = _display_size(height, width)
@@ -77,24 +89,40 @@ def overlay_panel(map2d: np.ndarray, height: int, width: int, prob: float, gt_rl
         "heat": cv2.resize(heat.astype(np.float32), (dw, dh), interpolation=cv2.INTER_AREA),
         "pred": cv2.resize(pred, (dw, dh), interpolation=cv2.INTER_NEAREST),
         "gt": cv2.resize(gt, (dw, dh), interpolation=cv2.INTER_NEAREST) if gt is not None else None,
+        "objects": {
+            str(name): cv2.resize(mask, (dw, dh), interpolation=cv2.INTER_NEAREST)
+            for name, rle in (objects or {}).items()
+            if (mask := decode_rle(dict(rle), source="spurious_segmentations", key=str(name))).any()
+        },
         "argmax": (row * dh / height, col * dw / width),
         "iou": inter / union if gt is not None and pred.any() and gt.any() else float("nan"),
     }
 
 
-def plot_overlays(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[str, Any]], n: int, seed: int) -> plt.Figure:
+def plot_overlays(
+    heatmaps: HeatmapSet,
+    gt_segmentations: Mapping[str, Mapping[str, Any]],
+    n: int,
+    seed: int,
+    spurious_segmentations: Mapping[str, Mapping[str, Any]] | None = None,
+    spurious_objects: tuple[str, ...] = ("Chest Tube",),
+) -> plt.Figure:
     """Overlays of heatmap, Otsu segmentation and ground truth for ``n`` sampled maps.
 
     Each panel shows the min-max normalised heatmap (jet), the predicted mask's outline
-    (white), the ground-truth outline (lime), and the heatmap's maximum (the hit/miss
-    point: a circle, filled when inside the ground truth), titled with CXR, task, model
-    probability and IoU. Maps with a non-empty ground truth are drawn first.
+    (white), the ground-truth outline (lime), the outline of each spurious object present
+    (magenta, dashed: where a shortcut model may look instead), and the heatmap's maximum
+    (the hit/miss point: a circle, filled when inside the ground truth), titled with CXR,
+    task, model probability and IoU. Maps with a non-empty ground truth are drawn first.
 
     Args:
         heatmaps: Maps with their index (at native resolution).
         gt_segmentations: CheXlocalize gt JSON ``{cxr_id: {task: rle}}``.
         n: Number of panels.
         seed: Seed of the sample.
+        spurious_segmentations: Optional ``{cxr_id: {object: rle}}`` (the phantom's
+            ``spurious_segmentations``); ``None`` or ``{}`` draws none.
+        spurious_objects: Which objects of it to outline.
 
     Returns:
         The figure (one panel per map, up to 4 columns).
@@ -106,14 +134,20 @@ def plot_overlays(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[s
     index = heatmaps.index.reset_index(drop=True)
     for ax in axes.ravel():
         ax.axis("off")
+    drew_objects = False
     for ax, i in zip(axes.ravel(), rows):
         row = index.iloc[int(i)]
         cxr, task = str(row["image_id"]), str(row["task"])
         gt_rle = gt_segmentations.get(cxr, {}).get(task)
-        panel = overlay_panel(np.asarray(heatmaps.maps[int(i)]), int(row["cxr_h"]), int(row["cxr_w"]), float(row["prob"]), gt_rle)
+        found = (spurious_segmentations or {}).get(cxr, {})
+        objects = {name: found[name] for name in spurious_objects if name in found}
+        panel = overlay_panel(np.asarray(heatmaps.maps[int(i)]), int(row["cxr_h"]), int(row["cxr_w"]), float(row["prob"]), gt_rle, objects)
         ax.imshow(panel["heat"], cmap="jet", vmin=0, vmax=1)
         if panel["pred"].any():
             ax.contour(panel["pred"], levels=[0.5], colors="white", linewidths=1.0)
+        for mask in panel["objects"].values():
+            ax.contour(mask, levels=[0.5], colors="magenta", linewidths=0.9, linestyles="dashed")
+            drew_objects = True
         hit = False
         if panel["gt"] is not None and panel["gt"].any():
             ax.contour(panel["gt"], levels=[0.5], colors="lime", linewidths=1.0)
@@ -124,5 +158,8 @@ def plot_overlays(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[s
         ax.set_title(f"{cxr[:40]}\n{task}  p={float(row['prob']):.2f}  IoU={iou}", fontsize=7)
     if not rows.size:
         axes[0, 0].text(0.5, 0.5, "no heatmaps", ha="center", va="center")
-    fig.suptitle("Heatmap (jet), Otsu segmentation (white), ground truth (lime), maximum (o: filled = hit)", fontsize=8)
+    legend = "Heatmap (jet), Otsu segmentation (white), ground truth (lime)"
+    if drew_objects:
+        legend += f", {' / '.join(o.lower() for o in spurious_objects)} (magenta, dashed)"
+    fig.suptitle(f"{legend}, maximum (o: filled = hit)", fontsize=8)
     return fig

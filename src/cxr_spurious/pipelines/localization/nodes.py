@@ -179,6 +179,15 @@ def plot_metric_bars(localization_summary: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def plot_localization_overlays(heatmap_collection: dict[str, HeatmapSet], gt_segmentations: dict[str, Any], n: int, seed: int) -> dict[str, plt.Figure]:
-    """One overlay figure per heatmap set: map, Otsu mask, ground truth and hit/miss point."""
-    return {name: plot_overlays(heatmap_collection[name], gt_segmentations, n=n, seed=seed) for name in sorted(heatmap_collection)}
+def plot_localization_overlays(
+    heatmap_collection: dict[str, HeatmapSet],
+    gt_segmentations: dict[str, Any],
+    n: int,
+    seed: int,
+    spurious_segmentations: dict[str, Any] | None = None,
+) -> dict[str, plt.Figure]:
+    """One overlay figure per heatmap set: map, Otsu mask, ground truth, chest tube and hit/miss point."""
+    return {
+        name: plot_overlays(heatmap_collection[name], gt_segmentations, n=n, seed=seed, spurious_segmentations=spurious_segmentations)
+        for name in sorted(heatmap_collection)
+    }

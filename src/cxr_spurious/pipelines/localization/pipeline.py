@@ -89,7 +89,13 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             Node(func=plot_metric_bars, inputs={"localization_summary": "localization_summary"}, outputs="localization_metric_bars", name="plot_metric_bars", tags=["localization", "figures"]),
             Node(
                 func=plot_localization_overlays,
-                inputs={"heatmap_collection": "heatmap_collection", "gt_segmentations": "gt_segmentations", "n": "params:localization.overlays.n_images", "seed": "params:localization.seed"},
+                inputs={
+                    "heatmap_collection": "heatmap_collection",
+                    "gt_segmentations": "gt_segmentations",
+                    "n": "params:localization.overlays.n_images",
+                    "seed": "params:localization.seed",
+                    "spurious_segmentations": "spurious_segmentations",
+                },
                 outputs="localization_overlays",
                 name="plot_localization_overlays",
                 tags=["localization", "figures"],
