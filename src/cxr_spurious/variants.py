@@ -11,10 +11,11 @@ from __future__ import annotations
 # Spatial-specificity study (Saab et al.): image labels, boxes, pixel masks.
 STUDY_MODELS: tuple[str, ...] = ("erm", "box", "seg")
 
-# Saliency maps the default study computes and evaluates: (model, method) pairs. Dense
-# models (box, seg) also get their own predicted probability map (``seg_prob``).
+# Saliency maps the default study computes and evaluates: (model, method) pairs. The three
+# models share a dense network, so each also gets its own probability map (``seg_prob``).
 STUDY_HEATMAPS: tuple[tuple[str, str], ...] = (
     ("erm", "gradcam"),
+    ("erm", "seg_prob"),
     ("box", "gradcam"),
     ("box", "seg_prob"),
     ("seg", "gradcam"),

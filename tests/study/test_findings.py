@@ -23,6 +23,7 @@ def _inputs(n: int = 40):
         {
             "image_id": ids,
             "task": "Pneumothorax",
+            "gt": (np.arange(n) < 30).astype(float),
             "iou_tp": np.where(np.arange(n) < 30, rng.uniform(0.1, 0.5, n), np.nan),
             "hit": np.where(np.arange(n) < 30, (np.arange(n) % 3 == 0).astype(float), np.nan),
             "shortcut_Chest Tube": np.where(np.arange(n) % 2 == 1, 0.6, 0.0),
@@ -40,6 +41,12 @@ def test_saliency_findings_values_and_cis() -> None:
     assert out["hit_rate"] == pytest.approx(per_map["hit"].mean())
     # Tube mass is averaged over images that have a tube only.
     assert out["tube_mass"] == pytest.approx(0.6)
+    assert out["tube_mass_no_finding"] == pytest.approx(0.6)  # the 5 odd ids >= 30
+    per_map.loc[per_map.index >= 30, "shortcut_Chest Tube"] = 0.2
+    again = saliency_findings(per_map, manifest, human, n_boot=200, seed=0)
+    assert again["tube_mass_no_finding"] == pytest.approx(0.2)
+    assert again["tube_mass"] == pytest.approx((15 * 0.6 + 5 * 0.2) / 20)
+    assert again["tube_mass_no_finding_lo"] <= 0.2 <= again["tube_mass_no_finding_hi"]
     assert out["tube_auroc"] == pytest.approx(0.8)  # 10 tube images at 0.9, 10 at 0.7
     assert out["tube_auroc_lo"] < 0.8 < out["tube_auroc_hi"]
     assert out["miou_lo"] <= out["miou"] <= out["miou_hi"]

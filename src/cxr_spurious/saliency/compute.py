@@ -276,10 +276,11 @@ def plan_methods(model_name: str, model: nn.Module, requested: Sequence[str] | N
         model_name: Variant name.
         model: The model (its ``is_dense`` / ``cam_layer`` decide what applies).
         requested: ``saliency.methods`` (a list, or a string, see ``name_list``):
-            ``None`` -> the variant's methods in
-            ``default_pairs``; a list -> those methods for every model, skipping (with a
-            warning) the ones the model does not support (``seg_prob`` on a classifier, CAM
-            methods without a cam layer).
+            ``None`` -> the variant's methods in ``default_pairs``; a list -> those methods
+            for every model. Either way a method the model does not support (``seg_prob``
+            on an image classifier, e.g. after
+            ``--params training.variants.erm.architecture=resnet18``; CAM methods without a
+            cam layer) is skipped with a warning.
         default_pairs: (model, method) pairs; default ``cxr_spurious.variants.STUDY_HEATMAPS``.
 
     Returns:
@@ -301,8 +302,6 @@ def plan_methods(model_name: str, model: nn.Module, requested: Sequence[str] | N
         spec = get_method(name)
         if spec.supports(model):
             planned.append(name)
-        elif requested is None:
-            spec.check_model(model, model_name)  # a default pair that cannot run is a bug: say why
         else:
             logger.warning("skipping saliency method '%s' for %s: %s", name, model_name,
                            "needs a dense model" if spec.needs_dense else "needs a cam layer")

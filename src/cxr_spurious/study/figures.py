@@ -13,6 +13,7 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("cf_auroc_no_tube", "AUROC on tube-free renders"),
     ("cf_drop_no_tube", "Drop in P(PTX) when the tube is removed"),
     ("gradcam_tube_mass", "Grad-CAM mass on the tube\n(images with a tube)"),
+    ("gradcam_tube_mass_no_finding", "Grad-CAM mass on the tube\n(images with a tube, no PTX)"),
     ("gradcam_tube_auroc", "Grad-CAM as a pixel score for the tube\n(AUROC outside the lesion, images with a tube)"),
     ("gradcam_miou", "Grad-CAM mIoU with the true lesion"),
 )

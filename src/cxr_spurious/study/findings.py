@@ -50,7 +50,7 @@ def saliency_findings(
 
     Args:
         per_map: The set's rows of ``localization_per_cxr`` (image_id, task, iou_tp, hit,
-            optionally relevance_mass, ``shortcut_Chest Tube`` and ``shortcut_auroc_Chest Tube``).
+            optionally gt, relevance_mass, ``shortcut_Chest Tube`` and ``shortcut_auroc_Chest Tube``).
         manifest: For patients and the ``tube`` attribute.
         human: ``localization_human_benchmark`` (image_id, task, iou_tp, hit) or None.
         n_boot: Bootstrap replicates.
@@ -58,7 +58,9 @@ def saliency_findings(
         level: CI level.
 
     Returns:
-        ``miou``, ``hit_rate``, ``lesion_mass``, ``tube_mass``, ``tube_auroc`` (the map as a
+        ``miou``, ``hit_rate``, ``lesion_mass``, ``tube_mass`` (images with a tube),
+        ``tube_mass_no_finding`` (images with a tube whose task label ``gt`` is 0),
+        ``tube_auroc`` (the map as a
         pixel score for the tube outside the lesion, images with a tube) and, with a human benchmark,
         ``miou_pct_below_human`` and ``hit_pct_below_human``, each with ``_lo``/``_hi``.
     """
@@ -69,9 +71,15 @@ def saliency_findings(
         vals = per_map[col].to_numpy(dtype=float) if col in per_map else np.full(len(per_map), np.nan)
         out.update(_with_ci(name, _mean_ci(vals, patients, n_boot=n_boot, seed=seed, level=level)))
     with_tube = per_map["image_id"].map(meta["tube"]).to_numpy(dtype=float) == 1
-    for name, col in (("tube_mass", TUBE_MASS_COLUMN), ("tube_auroc", TUBE_AUROC_COLUMN)):
+    # the label of the map's task (0 = the pathology is absent): the tube is all there is to find
+    negative = per_map["gt"].to_numpy(dtype=float) == 0 if "gt" in per_map else np.zeros(len(per_map), dtype=bool)
+    for name, col, rows in (
+        ("tube_mass", TUBE_MASS_COLUMN, with_tube),
+        ("tube_mass_no_finding", TUBE_MASS_COLUMN, with_tube & negative),
+        ("tube_auroc", TUBE_AUROC_COLUMN, with_tube),
+    ):
         if col in per_map:
-            vals = np.where(with_tube, per_map[col].to_numpy(dtype=float), np.nan)
+            vals = np.where(rows, per_map[col].to_numpy(dtype=float), np.nan)
             out.update(_with_ci(name, _mean_ci(vals, patients, n_boot=n_boot, seed=seed, level=level)))
         else:
             out.update(_with_ci(name, _NAN3))

@@ -40,14 +40,17 @@ def test_pipeline_runs_default_pairs_and_exports(tmp_path, params, cache_and_man
     catalog = _catalog(tmp_path, params, cache, manifest, artifacts)
     SequentialRunner().run(create_pipeline(), catalog)
     collection = HeatmapCollectionDataset(path=str(tmp_path / "heatmaps")).load()
-    assert sorted(collection) == sorted(heatmap_namespace(m, k) for m, k in STUDY_HEATMAPS)
+    # the fixture's erm is a resnet18 classifier: its default seg_prob pair is skipped, the rest run
+    runnable = [(m, k) for m, k in STUDY_HEATMAPS if (m, k) != ("erm", "seg_prob")]
+    assert ("erm", "seg_prob") in STUDY_HEATMAPS
+    assert sorted(collection) == sorted(heatmap_namespace(m, k) for m, k in runnable)
     for hset in collection.values():
         assert hset.maps.dtype == np.float16 and len(hset) == 4
     exported = ChexlocalizeExportDataset(path=str(tmp_path / "export"), progress=False).load()
     assert list(exported) == ["seg.seg_prob"]
     np.testing.assert_allclose(exported["seg.seg_prob"].maps, collection["seg.seg_prob"].maps.astype(np.float32))
     sanity = catalog.load("saliency_sanity")
-    assert len(sanity) == len(STUDY_HEATMAPS) and sanity["spearman"].notna().any()
+    assert len(sanity) == len(runnable) and sanity["spearman"].notna().any()
 
 
 @pytest.mark.integration

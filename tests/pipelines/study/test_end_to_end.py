@@ -27,7 +27,9 @@ def test_default_study_then_one_variant(kedro_project: Path, run_kedro) -> None:
     for metric in ("auroc", "robust_auroc", "gradcam_miou", "gradcam_tube_mass", "cf_drop_no_tube", "cf_auroc_no_tube"):
         assert {metric, f"{metric}_lo", f"{metric}_hi"} <= set(findings.columns), metric
     assert findings["auroc"].between(0, 1).all()
-    assert findings["seg_prob_miou"].notna().sum() == 2  # the two dense models
+    assert findings["seg_prob_miou"].notna().sum() == 3  # erm, box and seg share the dense unet_small
+    assert list(findings["architecture"]) == ["unet_small"] * 3
+    assert {"gradcam_tube_mass_no_finding", "gradcam_tube_mass_no_finding_lo"} <= set(findings.columns)
     ok = findings.dropna(subset=["auroc_lo", "auroc_hi"])
     assert (ok["auroc_lo"] <= ok["auroc"]).all() and (ok["auroc"] <= ok["auroc_hi"]).all()
     for name in ("study_findings.png", "example_grid.png", "dataset_report.png", "forest_plot.png", "metric_bars.png"):
