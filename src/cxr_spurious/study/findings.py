@@ -60,9 +60,9 @@ def saliency_findings(
     Returns:
         ``miou``, ``hit_rate``, ``lesion_mass``, ``tube_mass`` (images with a tube),
         ``tube_mass_no_finding`` (images with a tube whose task label ``gt`` is 0),
-        ``tube_auroc`` (the map as a
-        pixel score for the tube outside the lesion, images with a tube) and, with a human benchmark,
-        ``miou_pct_below_human`` and ``hit_pct_below_human``, each with ``_lo``/``_hi``.
+        ``tube_auroc`` (the map as a pixel score for the tube outside the lesion, images with
+        a tube) and, with a human benchmark, ``miou_pct_below_human`` and
+        ``hit_pct_below_human``, each with ``_lo``/``_hi``.
     """
     meta = manifest.set_index("image_id")
     patients = per_map["image_id"].map(meta["patient_id"]).astype(str).to_numpy()
