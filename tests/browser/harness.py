@@ -254,54 +254,100 @@ def _chromium(binary: str, args: Sequence[str], profile: Path, timeout: float) -
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def dump_dom(binary: str, url: str, profile: Path, budget_ms: int = 15000, timeout: float = 60.0) -> str:
+def _wait_for_file(path: Path, wait_s: float) -> bool:
+    """True once ``path`` is a non-empty file, polling for up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if path.is_file() and path.stat().st_size > 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+def dump_dom(
+    binary: str, url: str, profile: Path, budget_ms: int = 15000, timeout: float = 60.0, attempts: int = 2
+) -> str:
     """The DOM of ``url`` after its JavaScript ran for ``budget_ms`` of virtual time.
+
+    Headless Chromium occasionally exits 0 without output; such a run is repeated (with
+    a fresh profile) up to ``attempts`` times in all before the call fails.
 
     Args:
         binary: Chromium executable.
         url: Page to load (hash routes such as ``#/experiments/1`` are fine).
-        profile: A folder that does not exist yet, used as ``--user-data-dir``.
+        profile: A folder that does not exist yet, used as ``--user-data-dir`` (later
+            attempts use ``<profile>-retry<k>``).
         budget_ms: Virtual time the page gets to render (network waits advance it).
-        timeout: Wall-clock bound in seconds.
+        timeout: Wall-clock bound in seconds per attempt.
+        attempts: Chromium runs allowed (at least 1).
 
     Returns:
         The serialised DOM (HTML).
 
     Raises:
-        AssertionError: Chromium failed or printed nothing.
+        AssertionError: Every attempt failed or printed nothing.
     """
-    proc = _chromium(binary, [f"--virtual-time-budget={budget_ms}", "--dump-dom", url], profile, timeout)
-    assert proc.returncode == 0 and proc.stdout.strip(), (
-        f"chromium --dump-dom {url} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-    )
-    return proc.stdout
+    failures: list[str] = []
+    for attempt in range(max(1, attempts)):
+        run_profile = profile if attempt == 0 else profile.with_name(f"{profile.name}-retry{attempt}")
+        proc = _chromium(binary, [f"--virtual-time-budget={budget_ms}", "--dump-dom", url], run_profile, timeout)
+        if proc.returncode == 0 and proc.stdout.strip():
+            return proc.stdout
+        failures.append(f"attempt {attempt + 1}: exit {proc.returncode}, {len(proc.stdout)} chars on stdout\n{proc.stderr[-1500:]}")
+    raise AssertionError(f"chromium --dump-dom {url} failed:\n" + "\n".join(failures))
 
 
-def screenshot(binary: str, url: str, out_png: Path, profile: Path, budget_ms: int = 15000, timeout: float = 60.0) -> Path:
+def screenshot(
+    binary: str,
+    url: str,
+    out_png: Path,
+    profile: Path,
+    budget_ms: int = 15000,
+    timeout: float = 60.0,
+    attempts: int = 2,
+    settle_s: float = 5.0,
+) -> Path:
     """Save a ``WINDOW_SIZE`` PNG screenshot of ``url`` after ``budget_ms`` of rendering.
+
+    Chromium writes into a scratch file next to the profile; the PNG is checked, then
+    copied beside ``out_png`` and renamed onto it, so ``out_png`` is never half-written.
+    Headless Chromium has been seen to exit 0 and report "N bytes written to file" while
+    the file is missing a moment later (it happened once on CI); the file is polled for a
+    few seconds and the run repeated with a fresh profile up to ``attempts`` times in all.
 
     Args:
         binary: Chromium executable.
         url: Page to load.
         out_png: Where to write the PNG (parent folders are created).
-        profile: A folder that does not exist yet, used as ``--user-data-dir``.
+        profile: A folder that does not exist yet, used as ``--user-data-dir`` (later
+            attempts use ``<profile>-retry<k>``).
         budget_ms: Virtual time the page gets to render.
-        timeout: Wall-clock bound in seconds.
+        timeout: Wall-clock bound in seconds per attempt.
+        attempts: Chromium runs allowed (at least 1).
+        settle_s: How long to wait for the file after Chromium exited 0.
 
     Returns:
         ``out_png``.
 
     Raises:
-        AssertionError: Chromium failed or wrote no PNG.
+        AssertionError: No attempt produced a PNG.
     """
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    out_png.unlink(missing_ok=True)
-    proc = _chromium(binary, [f"--virtual-time-budget={budget_ms}", f"--screenshot={out_png}", url], profile, timeout)
-    assert proc.returncode == 0 and out_png.is_file(), (
-        f"chromium --screenshot {url} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-    )
-    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{out_png} is not a PNG"
-    return out_png
+    failures: list[str] = []
+    for attempt in range(max(1, attempts)):
+        run_profile = profile if attempt == 0 else profile.with_name(f"{profile.name}-retry{attempt}")
+        scratch = run_profile.with_name(f"{run_profile.name}.png")
+        scratch.unlink(missing_ok=True)
+        proc = _chromium(binary, [f"--virtual-time-budget={budget_ms}", f"--screenshot={scratch}", url], run_profile, timeout)
+        if proc.returncode == 0 and _wait_for_file(scratch, wait_s=settle_s):
+            assert scratch.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{scratch} (screenshot of {url}) is not a PNG"
+            partial = out_png.with_name(f".{out_png.name}.partial")
+            shutil.copyfile(scratch, partial)
+            os.replace(partial, out_png)
+            return out_png
+        failures.append(f"attempt {attempt + 1}: exit {proc.returncode}, file present: {scratch.is_file()}\n{proc.stderr[-1500:]}")
+    raise AssertionError(f"chromium --screenshot {url} wrote no PNG:\n" + "\n".join(failures))
 
 
 class _TextExtractor(HTMLParser):

@@ -113,3 +113,63 @@ def test_missing_chromium_skips_locally_but_fails_on_ci(monkeypatch: pytest.Monk
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         harness.require_chromium()
+
+
+# A stand-in for Chromium: counts its runs in a file and only from run ``ok_from`` on does
+# its job (prints a DOM for --dump-dom, writes a PNG for --screenshot=PATH); earlier runs
+# exit 0 and do nothing, the failure headless Chromium has shown on CI.
+FAKE_CHROMIUM = """#!{python}
+import sys
+from pathlib import Path
+counter = Path({counter!r})
+runs = int(counter.read_text()) + 1 if counter.exists() else 1
+counter.write_text(str(runs))
+if runs < {ok_from}:
+    sys.exit(0)
+for arg in sys.argv[1:]:
+    if arg == "--dump-dom":
+        print("<html><body>rendered</body></html>")
+    if arg.startswith("--screenshot="):
+        Path(arg.split("=", 1)[1]).write_bytes(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(64))
+"""
+
+
+def _fake_chromium(tmp_path: Path, ok_from: int) -> tuple[str, Path]:
+    """An executable fake Chromium that succeeds from its ``ok_from``-th run; its counter."""
+    counter = tmp_path / "runs.txt"
+    script = tmp_path / "fake-chromium"
+    script.write_text(FAKE_CHROMIUM.format(python=sys.executable, counter=str(counter), ok_from=ok_from))
+    script.chmod(0o755)
+    return str(script), counter
+
+
+def test_screenshot_retries_a_run_that_wrote_nothing(tmp_path: Path) -> None:
+    binary, counter = _fake_chromium(tmp_path, ok_from=2)
+    out = tmp_path / "artifacts" / "page.png"
+    out.parent.mkdir()
+    out.write_bytes(b"stale")
+    assert harness.screenshot(binary, "http://127.0.0.1:1/", out, tmp_path / "profile", timeout=30) == out
+    assert counter.read_text() == "2"
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["page.png"]  # no partial file left
+
+
+def test_screenshot_fails_after_its_attempts_and_keeps_the_old_file(tmp_path: Path) -> None:
+    binary, counter = _fake_chromium(tmp_path, ok_from=99)
+    out = tmp_path / "page.png"
+    out.write_bytes(b"previous screenshot")
+    with pytest.raises(AssertionError, match=r"wrote no PNG(.|\n)*attempt 2: exit 0, file present: False"):
+        harness.screenshot(binary, "http://127.0.0.1:1/", out, tmp_path / "profile", timeout=30, attempts=2, settle_s=0.5)
+    assert counter.read_text() == "2"
+    assert out.read_bytes() == b"previous screenshot"
+
+
+def test_dump_dom_retries_an_empty_answer(tmp_path: Path) -> None:
+    binary, counter = _fake_chromium(tmp_path, ok_from=2)
+    dom = harness.dump_dom(binary, "http://127.0.0.1:1/", tmp_path / "profile", timeout=30)
+    assert visible_text(dom) == "rendered"
+    assert counter.read_text() == "2"
+    (tmp_path / "never").mkdir()
+    never, _ = _fake_chromium(tmp_path / "never", ok_from=99)
+    with pytest.raises(AssertionError, match="attempt 1: exit 0, 0 chars on stdout"):
+        harness.dump_dom(never, "http://127.0.0.1:1/", tmp_path / "p2", attempts=1)
