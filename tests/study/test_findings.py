@@ -56,6 +56,25 @@ def test_saliency_findings_values_and_cis() -> None:
     assert np.isnan(out["lesion_mass"])  # no relevance_mass column in this input
 
 
+def test_mass_shares_count_the_all_zero_maps_they_leave_out() -> None:
+    per_map, manifest, human = _inputs()
+    per_map["gt_area"] = np.where(per_map["gt"] == 1, 50.0, 0.0)
+    per_map["relevance_mass"] = np.where(per_map["gt"] == 1, 0.5, np.nan)
+    # all-zero maps have no share: three lesion images, two tube images without the finding
+    per_map.loc[[0, 2, 4], "relevance_mass"] = np.nan
+    per_map.loc[[31, 33], "shortcut_Chest Tube"] = np.nan
+    out = saliency_findings(per_map, manifest, human, n_boot=50, seed=0)
+    assert (out["lesion_mass_n_maps"], out["lesion_mass_n_nonzero"]) == (30, 27)
+    assert (out["tube_mass_n_maps"], out["tube_mass_n_nonzero"]) == (20, 18)
+    assert (out["tube_mass_no_finding_n_maps"], out["tube_mass_no_finding_n_nonzero"]) == (5, 3)
+    assert out["tube_mass_no_finding"] == pytest.approx(0.6)  # averaged over the 3 with mass
+    assert "tube_auroc_n_maps" not in out
+    # without the input columns the counts are absent (lesion) or zero (tube)
+    bare = saliency_findings(per_map.drop(columns=["gt_area", "shortcut_Chest Tube"]), manifest, human, n_boot=50, seed=0)
+    assert "lesion_mass_n_maps" not in bare
+    assert (bare["tube_mass_n_maps"], bare["tube_mass_n_nonzero"]) == (20, 0)
+
+
 def test_saliency_findings_without_human_benchmark_is_nan() -> None:
     per_map, manifest, _ = _inputs()
     out = saliency_findings(per_map, manifest, None, n_boot=50, seed=0)

@@ -62,7 +62,9 @@ def saliency_findings(
         ``tube_mass_no_finding`` (images with a tube whose task label ``gt`` is 0),
         ``tube_auroc`` (the map as a pixel score for the tube outside the lesion, images with
         a tube) and, with a human benchmark, ``miou_pct_below_human`` and
-        ``hit_pct_below_human``, each with ``_lo``/``_hi``.
+        ``hit_pct_below_human``, each with ``_lo``/``_hi``; for ``lesion_mass`` (images
+        with a lesion), ``tube_mass`` and ``tube_mass_no_finding`` also ``_n_maps`` and
+        ``_n_nonzero`` (the maps the share averages: all-zero maps have no share).
     """
     meta = manifest.set_index("image_id")
     patients = per_map["image_id"].map(meta["patient_id"]).astype(str).to_numpy()
@@ -70,6 +72,8 @@ def saliency_findings(
     for name, col in (("miou", "iou_tp"), ("hit_rate", "hit"), ("lesion_mass", "relevance_mass")):
         vals = per_map[col].to_numpy(dtype=float) if col in per_map else np.full(len(per_map), np.nan)
         out.update(_with_ci(name, _mean_ci(vals, patients, n_boot=n_boot, seed=seed, level=level)))
+    if "gt_area" in per_map:
+        out.update(_mass_counts("lesion_mass", per_map, "relevance_mass", per_map["gt_area"].to_numpy(dtype=float) > 0))
     with_tube = per_map["image_id"].map(meta["tube"]).to_numpy(dtype=float) == 1
     # the label of the map's task (0 = the pathology is absent): the tube is all there is to find
     negative = per_map["gt"].to_numpy(dtype=float) == 0 if "gt" in per_map else np.zeros(len(per_map), dtype=bool)
@@ -83,9 +87,22 @@ def saliency_findings(
             out.update(_with_ci(name, _mean_ci(vals, patients, n_boot=n_boot, seed=seed, level=level)))
         else:
             out.update(_with_ci(name, _NAN3))
+        if name != "tube_auroc":
+            out.update(_mass_counts(name, per_map, col, rows))
     for name, col in (("miou_pct_below_human", "iou_tp"), ("hit_pct_below_human", "hit")):
         out.update(_with_ci(name, _pct_below_human(per_map, human, col, meta, n_boot=n_boot, seed=seed, level=level)))
     return out
+
+
+def _mass_counts(name: str, per_map: pd.DataFrame, col: str, rows: np.ndarray) -> dict[str, float]:
+    """``<name>_n_maps`` (maps in the group) and ``<name>_n_nonzero`` (those with any mass).
+
+    A mass share is undefined for an all-zero map (Grad-CAM after its ReLU often is), so the
+    share averages the ``_n_nonzero`` maps only; the two counts show how selective that is.
+    """
+    n_maps = int(rows.sum())
+    nonzero = int(np.isfinite(per_map[col].to_numpy(dtype=float)[rows]).sum()) if col in per_map else 0
+    return {f"{name}_n_maps": float(n_maps), f"{name}_n_nonzero": float(nonzero)}
 
 
 def _pct_below_human(per_map: pd.DataFrame, human: pd.DataFrame | None, col: str, meta: pd.DataFrame, *, n_boot: int, seed: int, level: float) -> tuple[float, float, float]:

@@ -30,6 +30,9 @@ def test_default_study_then_one_variant(kedro_project: Path, run_kedro) -> None:
     assert findings["seg_prob_miou"].notna().sum() == 3  # erm, box and seg share the dense unet_small
     assert list(findings["architecture"]) == ["unet_small"] * 3
     assert {"gradcam_tube_mass_no_finding", "gradcam_tube_mass_no_finding_lo"} <= set(findings.columns)
+    for share in ("gradcam_lesion_mass", "gradcam_tube_mass", "gradcam_tube_mass_no_finding"):
+        n_maps, n_nonzero = findings[f"{share}_n_maps"], findings[f"{share}_n_nonzero"]
+        assert ((n_maps > 0) & (n_nonzero <= n_maps)).all(), share
     ok = findings.dropna(subset=["auroc_lo", "auroc_hi"])
     assert (ok["auroc_lo"] <= ok["auroc"]).all() and (ok["auroc"] <= ok["auroc_hi"]).all()
     for name in ("study_findings.png", "example_grid.png", "dataset_report.png", "forest_plot.png", "metric_bars.png"):
