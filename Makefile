@@ -43,8 +43,8 @@ viz-build: $(STAMP)  ## static kedro-viz site in build/
 mlflow-ui: $(STAMP)  ## MLflow UI for the project's SQLite store on 127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
-bench-localization: $(STAMP)  ## localization speed benchmark vs the reference semantics
-	$(BIN)/python benchmarks/bench_localization.py
+bench-localization: $(STAMP)  ## localization speed benchmark vs the reference (generates its own set; BENCH_ARGS="--n 20")
+	$(BIN)/python benchmarks/bench_localization.py $(BENCH_ARGS)
 
 clean-data:  ## remove generated data (keeps folder structure)
 	find data -type f ! -name .gitkeep -delete

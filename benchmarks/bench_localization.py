@@ -1,10 +1,12 @@
 """Localization speed benchmark: this project's evaluator vs the CheXlocalize reference algorithm.
 
 Usage:
-    python benchmarks/bench_localization.py [--dir DIR] [--n 234] [--ref-maps 120] [--workers N]
+    python benchmarks/bench_localization.py [--dir DIR] [--n 234] [--seed 0] [--ref-maps 120] [--workers N]
 
-``--dir`` is a folder made by /work/shared/bench/make_chexlocalize_bench.py (``--n`` CXRs x
-10 tasks); without it a fresh set is generated in a temporary folder. Both sides run in
+The set is a CheXlocalize-format folder written by ``make_chexlocalize_set.py`` next to this
+file (``--n`` CXRs x 10 tasks, ``--seed``): without ``--dir`` it is generated in a temporary
+folder and removed afterwards; a ``--dir`` that is missing or empty is filled (and kept for
+the next run); a ``--dir`` with files is used as it is. Both sides run in
 this process, one after the other (same machine, same moment; the 1-minute load average
 is printed before and after). The set is larger than this machine's page cache, so
 every pass over it reads from disk: the timed files are evicted from the cache before
@@ -53,7 +55,7 @@ from cxr_spurious.localization.chexlocalize_io import (
 )
 from cxr_spurious.localization.evaluate import evaluate_heatmap_set
 
-GEN = Path("/work/shared/bench/make_chexlocalize_bench.py")
+GEN = Path(__file__).resolve().with_name("make_chexlocalize_set.py")
 N_BOOT = 1000
 
 
@@ -168,18 +170,28 @@ def _ms(seconds: float, n: int) -> str:
     return f"{1e3 * seconds / max(n, 1):8.2f}"
 
 
-def main() -> None:
+def prepare_set(folder: Path | None, n: int, seed: int) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+    """The bench folder: ``folder`` as it is if it has files, else a set generated into it
+    (or into a temporary folder when ``folder`` is None, returned to be cleaned up)."""
+    tmp = None
+    if folder is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_loc_")
+        folder = Path(tmp.name)
+    if folder.is_dir() and any(folder.iterdir()):
+        return folder, tmp
+    subprocess.run([sys.executable, str(GEN), "--n", str(n), "--seed", str(seed), "--out", str(folder)], check=True)
+    return folder, tmp
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--dir", type=Path, default=None, help="bench folder (default: generate one in /tmp)")
-    ap.add_argument("--n", type=int, default=234, help="CXRs to generate when --dir is not given")
+    ap.add_argument("--dir", type=Path, default=None, help="bench folder (default: generate one in a temporary folder)")
+    ap.add_argument("--n", type=int, default=234, help="CXRs to generate when --dir is missing or empty")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the generated set")
     ap.add_argument("--ref-maps", type=int, default=120, help="maps timed on the reference side (first N in name order)")
     ap.add_argument("--workers", type=int, default=None, help="our worker processes (default: one per core)")
-    args = ap.parse_args()
-    tmp = None
-    if args.dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_loc_")
-        args.dir = Path(tmp.name)
-        subprocess.run([sys.executable, str(GEN), "--n", str(args.n), "--out", str(args.dir)], check=True)
+    args = ap.parse_args(argv)
+    args.dir, tmp = prepare_set(args.dir, args.n, args.seed)
     gt = load_json(args.dir / "gt_segmentations_val.json")
     grid = tuning.threshold_grid(0.2, 0.8, 0.1)
     map_dir = args.dir / "gradcam_maps_val"
@@ -196,7 +208,7 @@ def main() -> None:
     n = len(hs)
     evict(all_paths)
     t0 = time.perf_counter()
-    per_map, seg = evaluate_heatmap_set(hs, gt, workers=args.workers, progress=False, prefer_gpu=True)
+    per_map, seg = evaluate_heatmap_set(hs, gt, workers=args.workers, progress=False, prefer_gpu=False)  # the exact CPU kernel (the GPU path is opt-in)
     t_eval = time.perf_counter() - t0
     t0 = time.perf_counter()
     for col in ("iou_tp", "hit"):

@@ -13,10 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"
+# The real CheXlocalize sample (MIT): JSON/CSV files, the 2 images and 3 of the 20 heatmap
+# pickles (without their ``cxr_img``); see its PROVENANCE.md. Tests read only files in the
+# repository, so a clean clone runs them all.
 SAMPLE_IN_REPO = TEST_DATA / "chexlocalize_sample"
-# The full real sample (images and all heatmaps) is outside the repo; tests that need it skip.
-SHARED = REPO.parent / "shared"
-SAMPLE_SHARED = SHARED / "chexlocalize_sample"
 
 # Tiny phantom for end-to-end runs (overrides conf/base through the `test` environment).
 TINY_TEST_ENV = """
@@ -51,17 +51,28 @@ study:
 """
 
 
-def require_shared_sample() -> Path:
-    """The full real CheXlocalize sample, or skip the test with a message."""
-    if not SAMPLE_SHARED.is_dir():
-        pytest.skip(f"real CheXlocalize sample not found at {SAMPLE_SHARED} (only present next to the developers' checkout)")
-    return SAMPLE_SHARED
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``@pytest.mark.cuda`` tests, and only those, when torch sees no CUDA device.
+
+    Every other test runs on a CPU-only clean clone (``tests/framework/test_skips.py`` checks
+    that no test skips on a missing import or on data outside the repository).
+    """
+    cuda_items = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not cuda_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="CUDA-only test: torch sees no CUDA device")
+    for item in cuda_items:
+        item.add_marker(skip)
 
 
 @pytest.fixture
-def shared_sample() -> Path:
-    """Fixture form of ``require_shared_sample``."""
-    return require_shared_sample()
+def chexlocalize_sample() -> Path:
+    """The real CheXlocalize sample kept in ``tests/data`` (never skipped)."""
+    return SAMPLE_IN_REPO
 
 
 @pytest.fixture

@@ -1,20 +1,109 @@
-"""Kedro project settings."""
+"""Kedro project settings.
+
+Environment variables reach the configuration only through ``${env:NAME,default}`` in
+``credentials*`` and ``mlflow*`` files, and only for the names in ``ENV_ALLOWED``
+(MLflow / cloud-storage credentials, the tracking URI and the experiment name). Any other
+use (a parameters or catalog file, another variable) is refused with an error naming the
+file and key, so a config file can never copy e.g. ``$HOME`` or a token into parameters
+that end up logged as MLflow params.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import fnmatch
 import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from kedro.config import OmegaConfigLoader
+from omegaconf import DictConfig, OmegaConf
 
+from cxr_spurious.errors import ParameterError
 from cxr_spurious.hooks import StageTimingHooks
+
+#: Config keys (groups of files) in which ``${env:...}`` may be used.
+ENV_CONFIG_KEYS = ("credentials", "mlflow")
+#: Environment variables ``${env:...}`` may read (shell-style patterns).
+ENV_ALLOWED = (
+    "MLFLOW_*",
+    "AWS_*",
+    "AZURE_STORAGE_*",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "CXR_SPURIOUS_EXPERIMENT",
+)
+
+_ENV_USE = re.compile(r"\$\{\s*env\s*:\s*([^,}]*)")
+_LOADING: contextvars.ContextVar[str | None] = contextvars.ContextVar("cxr_config_key", default=None)
+
+
+def env_name_allowed(name: str) -> bool:
+    """Whether ``${env:name}`` may be read (``name`` matches one of ``ENV_ALLOWED``)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in ENV_ALLOWED)
+
+
+def _rule() -> str:
+    return (
+        f"${{env:...}} may only be used in {' / '.join(f'{k}*.yml' for k in ENV_CONFIG_KEYS)} "
+        f"files, for the variables {', '.join(ENV_ALLOWED)}"
+    )
 
 
 def _env(name: str, default: str | None = None) -> str | None:
-    """``${env:NAME,default}``: read an environment variable in any config file."""
-    return os.environ.get(name, default)
+    """``${env:NAME,default}``: an allowed environment variable, in credentials / mlflow config."""
+    key = _LOADING.get()
+    if key not in ENV_CONFIG_KEYS or not env_name_allowed(str(name)):
+        where = f"'{key}' configuration" if key else "configuration outside the config loader"
+        raise ParameterError(f"env:{name}", f"refused in {where}: {_rule()}")
+    return os.environ.get(str(name), default)
 
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+def _env_uses(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """``(dotted key, variable name)`` of every ``${env:...}`` in a raw (unresolved) config."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _env_uses(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _env_uses(v, f"{prefix}[{i}]")
+    elif isinstance(node, str):
+        for match in _ENV_USE.finditer(node):
+            yield prefix, match.group(1).strip()
+
+
+class ProjectConfigLoader(OmegaConfigLoader):
+    """``OmegaConfigLoader`` that confines ``${env:...}`` to credentials / mlflow files."""
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        # Credentials are resolved while their files are read, before any merge.
+        token = _LOADING.set(key)
+        try:
+            return super().__getitem__(key)
+        finally:
+            _LOADING.reset(token)
+
+    def _merge_and_resolve(
+        self, key: str, config_per_file: dict[Path, DictConfig]
+    ) -> dict[str, Any]:
+        for path, config in config_per_file.items():
+            raw = OmegaConf.to_container(config, resolve=False)
+            for dotted, name in _env_uses(raw):
+                if key not in ENV_CONFIG_KEYS or not env_name_allowed(name):
+                    raise ParameterError(
+                        dotted,
+                        f"{Path(path).as_posix()} uses ${{env:{name}}} ('{key}' configuration), "
+                        f"which is refused: {_rule()}",
+                    )
+        token = _LOADING.set(key)
+        try:
+            return super()._merge_and_resolve(key, config_per_file)
+        finally:
+            _LOADING.reset(token)
+
+
+CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",

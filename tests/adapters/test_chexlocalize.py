@@ -157,14 +157,14 @@ def test_unknown_source_lists_valid_names() -> None:
         get_adapter("chexpertt")
 
 
-def test_real_sample(shared_sample: Path) -> None:
-    out = read(shared_sample)
+def test_real_sample(chexlocalize_sample: Path) -> None:
+    out = read(chexlocalize_sample)
     m = validate_manifest(out.manifest)
     assert len(m) == 2 and (m["split"] == "val").all()
     row = m.set_index("image_id").loc["patient64541_study1_view1_frontal"]
     assert (row["width"], row["height"]) == (2828, 2320)
     assert row["Cardiomegaly"] == 1.0 and row["Airspace Opacity"] == 1.0
-    ann = json.loads((shared_sample / "gt_annotations_val.json").read_text())
+    ann = json.loads((chexlocalize_sample / "gt_annotations_val.json").read_text())
     for cxr_id, entry in ann.items():
         h, w = entry["img_size"]
         for task in CHEXLOCALIZE_TASKS:

@@ -21,7 +21,7 @@ from cxr_spurious.io.safe_pickle import load_pickle
 from .fixtures import base_params, build_siim, siim_uid
 
 read = get_adapter("siim_acr")
-SHARED_TUBES = Path(__file__).resolve().parents[3] / "shared" / "siim_tube_labels" / "cxr_tube_dict.pkl"
+REAL_TUBES = Path(__file__).resolve().parents[1] / "data" / "siim_tube_labels" / "cxr_tube_dict.pkl"
 
 
 def test_relative_column_major_rle_example() -> None:
@@ -168,12 +168,10 @@ def test_tube_file_must_be_plain_str_bool(tmp_path: Path) -> None:
 
 
 def test_real_tube_label_file() -> None:
-    if not SHARED_TUBES.is_file():
-        pytest.skip(f"real Saab et al. tube labels not found at {SHARED_TUBES} (only present next to the developers' checkout)")
     from cxr_spurious.data.adapters.siim_acr import load_tube_labels
 
-    raw = load_pickle(SHARED_TUBES)
-    labels = load_tube_labels(SHARED_TUBES)
+    raw = load_pickle(REAL_TUBES)
+    labels = load_tube_labels(REAL_TUBES)
     assert isinstance(raw, dict) and len(labels) == 1951
     assert sum(v == 1.0 for v in labels.values()) == 525 and sum(v == 0.0 for v in labels.values()) == 1426
     assert all(k.startswith("1.2.276.0.7230010.3.1.4.") for k in labels)

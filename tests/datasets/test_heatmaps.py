@@ -87,3 +87,50 @@ def test_chexlocalize_export_dataset_round_trip(tmp_path):
     merged = hset.index.merge(back.index, on=["image_id", "task"], suffixes=("", "_b"))
     np.testing.assert_allclose(merged["prob"], merged["prob_b"])
     np.testing.assert_array_equal(merged["gt"].fillna(-9), merged["gt_b"].fillna(-9))
+
+
+def test_collection_missing_a_recorded_set_is_an_error(tmp_path):
+    """A removed `erm.gradcam` must stop localization, not become NaN findings (#15.4)."""
+    import shutil
+
+    ds = HeatmapCollectionDataset(path=str(tmp_path / "heatmaps"))
+    ds.save({"erm.gradcam": _set(), "seg.gradcam": _set("seg", seed=1)})
+    shutil.rmtree(tmp_path / "heatmaps" / "erm.gradcam")
+    with pytest.raises(DatasetError, match=r"erm\.gradcam: heatmap set\(s\) \['erm\.gradcam'\].*missing.*--pipeline saliency"):
+        ds.load()
+    # an incomplete folder counts as missing too
+    ds.save({"erm.gradcam": _set(), "seg.gradcam": _set("seg", seed=1)})
+    (tmp_path / "heatmaps" / "seg.gradcam" / "maps.npy").unlink()
+    with pytest.raises(DatasetError, match=r"seg\.gradcam.*missing or incomplete"):
+        ds.load()
+
+
+def test_collection_ignores_unrecorded_folders_and_reads_legacy_collections(tmp_path, caplog):
+    ds = HeatmapCollectionDataset(path=str(tmp_path / "heatmaps"))
+    ds.save({"erm.gradcam": _set()})
+    HeatmapSetDataset(path=str(tmp_path / "heatmaps" / "old.gradcam")).save(_set("old"))
+    assert list(ds.load()) == ["erm.gradcam"]
+    assert "ignoring set folder(s) ['old.gradcam']" in caplog.text
+    (tmp_path / "heatmaps" / "collection.json").unlink()  # a collection saved before the record
+    assert sorted(ds.load()) == ["erm.gradcam", "old.gradcam"]
+
+
+def test_per_set_outputs_of_a_set_no_longer_evaluated_are_removed(tmp_path):
+    """The base catalog's per-set partitioned outputs drop partitions of sets not saved again."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    conf = OmegaConfigLoader(conf_source="conf", base_env="base", default_run_env="base")["catalog"]
+    entries = {}
+    for name in ("localization_segmentations", "chexlocalize_reports"):
+        entry = dict(conf[name])
+        assert entry.get("overwrite") is True, name
+        entries[name] = {**entry, "path": str(tmp_path / name)}
+    catalog = DataCatalog.from_config(entries)
+    catalog.save("localization_segmentations", {"erm.gradcam": {"a": 1}, "seg.gradcam": {"b": 2}})
+    catalog.save("localization_segmentations", {"seg.gradcam": {"b": 3}})
+    assert sorted(p.name for p in (tmp_path / "localization_segmentations").iterdir()) == ["seg.gradcam.json"]
+    table = pd.DataFrame({"x": [1]})
+    catalog.save("chexlocalize_reports", {"erm.gradcam/iou_summary_results": table, "seg.gradcam/iou_summary_results": table})
+    catalog.save("chexlocalize_reports", {"seg.gradcam/iou_summary_results": table})
+    assert sorted(p.name for p in (tmp_path / "chexlocalize_reports").iterdir()) == ["seg.gradcam"]

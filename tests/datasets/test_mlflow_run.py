@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import mlflow
 import pytest
+import torch
+from kedro.io.core import DatasetError
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
-from cxr_spurious.datasets.mlflow_run import MlflowChildRunDataset
+from cxr_spurious.datasets.mlflow_run import (
+    MODEL_ARTIFACT,
+    MlflowChildRunDataset,
+    load_model_artifact,
+    load_model_from_run,
+)
+from cxr_spurious.errors import DataFormatError
 from cxr_spurious.models import build_model
+
+CONFIG = {"architecture": "unet_small", "tasks": ["Pneumothorax"], "base_channels": 4}
+
+
+def _artifact() -> dict:
+    """What the catalog's ``TorchModelDataset`` saves for a trained model."""
+    torch.manual_seed(0)
+    return {"state_dict": build_model(CONFIG).state_dict(), "config": dict(CONFIG)}
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +56,7 @@ def _record(with_model: bool = False) -> dict:
         "metric_history": {"train_loss": [0.9, 0.5, 0.4], "val_auroc": [0.6, 0.7, 0.8]},
         "metrics": {"test_Pneumothorax_auroc": 0.91, "test_Pneumothorax_robust_auroc": 0.7},
         "figures": {"training_curves.png": fig},
-        "model": build_model(
-            {"architecture": "unet_small", "tasks": ["Pneumothorax"], "base_channels": 4}
-        )
-        if with_model
-        else None,
+        "model": _artifact() if with_model else None,
     }
 
 
@@ -74,7 +89,14 @@ def test_child_run_nested_under_the_active_run(tracking: str) -> None:
     assert "training_curves.png" in [a.path for a in client.list_artifacts(child_id)]
 
 
-def test_top_level_run_in_the_study_experiment_with_model(tracking: str) -> None:
+def _all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for info in client.list_artifacts(run_id, path):
+        out.extend(_all_artifacts(client, run_id, info.path) if info.is_dir else [info.path])
+    return out
+
+
+def test_top_level_run_in_the_study_experiment_with_model(tracking: str, tmp_path: Path) -> None:
     ds = MlflowChildRunDataset(experiment="study_x", tracking_uri=tracking)
     ds.save(_record(with_model=True))
     run_id = ds.load()["run_id"]
@@ -82,5 +104,47 @@ def test_top_level_run_in_the_study_experiment_with_model(tracking: str) -> None
     run = client.get_run(run_id)
     assert client.get_experiment(run.info.experiment_id).name == "study_x"
     assert "mlflow.parentRunId" not in run.data.tags
-    loaded = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
-    assert loaded.tasks == ["Pneumothorax"] and loaded.is_dense
+    # the model is the catalog's artifact, readable without unpickling code
+    files = _all_artifacts(client, run_id)
+    assert sorted(f for f in files if f.startswith("model/")) == ["model/config.json", MODEL_ARTIFACT]
+    local = client.download_artifacts(run_id, MODEL_ARTIFACT, str(tmp_path))
+    raw = torch.load(io.BytesIO(Path(local).read_bytes()), weights_only=True)
+    expected = _artifact()
+    assert raw["config"] == expected["config"]
+    assert raw["state_dict"].keys() == expected["state_dict"].keys()
+    assert all(torch.equal(raw["state_dict"][k], v) for k, v in expected["state_dict"].items())
+    assert load_model_artifact(run_id, tracking)["config"] == CONFIG
+    model = load_model_from_run(run_id, tracking)
+    assert model.tasks == ["Pneumothorax"] and model.is_dense and not model.training
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected["state_dict"].items())
+
+
+def test_no_artifact_is_a_pickled_mlflow_model(tracking: str, tmp_path: Path) -> None:
+    ds = MlflowChildRunDataset(experiment="study_x", tracking_uri=tracking)
+    ds.save(_record(with_model=True))
+    run_id = ds.load()["run_id"]
+    client = MlflowClient(tracking)
+    files = _all_artifacts(client, run_id)
+    assert not [f for f in files if Path(f).name == "MLmodel" or f.endswith((".pkl", ".pth"))]
+    for name in files:
+        local = Path(client.download_artifacts(run_id, name, str(tmp_path)))
+        if local.suffix == ".pt":  # a torch zip: weights_only=True refuses any pickled object
+            torch.load(io.BytesIO(local.read_bytes()), weights_only=True)
+
+
+def test_a_module_instead_of_the_artifact_is_refused(tracking: str) -> None:
+    ds = MlflowChildRunDataset(experiment="study_x", tracking_uri=tracking)
+    record = {**_record(), "model": build_model(CONFIG)}
+    with pytest.raises(DatasetError, match=r"record\['model'\] must be the model artifact"):
+        ds.save(record)
+    bad = {**_record(), "model": {"state_dict": {"x": torch.zeros(1)}, "config": dict(CONFIG)}}
+    with pytest.raises(DatasetError, match=r"record\['model'\]: weights do not fit architecture 'unet_small'"):
+        ds.save(bad)
+
+
+def test_loading_a_run_without_a_model_names_the_run(tracking: str) -> None:
+    ds = MlflowChildRunDataset(experiment="study_x", tracking_uri=tracking)
+    ds.save(_record())
+    run_id = ds.load()["run_id"]
+    with pytest.raises(DataFormatError, match=f"runs:/{run_id}/model/model.pt: the run has no model"):
+        load_model_from_run(run_id, tracking)

@@ -51,3 +51,34 @@ def test_save_rejects_non_artifacts(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="state_dict"):
         TorchModelDataset(filepath=str(tmp_path / "m.pt")).save({"weights": 1})
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_another_variants_model_file_is_refused(tmp_path: Path) -> None:
+    """`cp seg/model.pt erm/model.pt` must not make erm's saliency silently use seg (#15.5)."""
+    seg = tmp_path / "seg" / "model.pt"
+    state = build_model(CONFIG).state_dict()
+    artifact = {"state_dict": state, "config": CONFIG, "variant": "seg", "fingerprint": "ab" * 32}
+    TorchModelDataset(filepath=str(seg), variant="seg").save(artifact)
+    assert TorchModelDataset(filepath=str(seg), variant="seg").load()["variant"] == "seg"
+    erm = tmp_path / "erm" / "model.pt"
+    erm.parent.mkdir()
+    erm.write_bytes(seg.read_bytes())
+    with pytest.raises(
+        DatasetError, match=r"erm/model\.pt: holds the model of variant 'seg' .*abababababab.*not of 'erm'"
+    ):
+        TorchModelDataset(filepath=str(erm), variant="erm").load()
+
+
+def test_model_without_a_variant_record_is_refused_where_one_is_expected(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    TorchModelDataset(filepath=str(path)).save({"state_dict": build_model(CONFIG).state_dict(), "config": CONFIG})
+    with pytest.raises(DatasetError, match=r"does not record which variant .*expected 'erm'.*retrain"):
+        TorchModelDataset(filepath=str(path), variant="erm").load()
+    assert TorchModelDataset(filepath=str(path)).load()["config"] == CONFIG  # no check asked for
+
+
+def test_saving_another_variants_model_is_refused(tmp_path: Path) -> None:
+    artifact = {"state_dict": build_model(CONFIG).state_dict(), "config": CONFIG, "variant": "seg"}
+    with pytest.raises(DatasetError, match="variant 'seg' as 'erm'"):
+        TorchModelDataset(filepath=str(tmp_path / "m.pt"), variant="erm").save(artifact)
+    assert not (tmp_path / "m.pt").exists()

@@ -56,9 +56,9 @@ def test_torch_save_file_loads_weights_only(tmp_path: Path) -> None:
     assert load_torch_pickle(path)["map"].sum().item() == 4
 
 
-def test_real_chexlocalize_heatmap(shared_sample: Path) -> None:
-    path = shared_sample / "gradcam_maps_val" / "patient64541_study1_view1_frontal_Cardiomegaly_map.pkl"
+def test_real_chexlocalize_heatmap(chexlocalize_sample: Path) -> None:
+    path = chexlocalize_sample / "gradcam_maps_val" / "patient64541_study1_view1_frontal_Cardiomegaly_map.pkl"
     d = load_torch_pickle(path)
-    assert set(d) == {"map", "prob", "task", "gt", "cxr_img", "cxr_dims"}
+    assert set(d) == {"map", "prob", "task", "gt", "cxr_dims"}  # the repo copy drops ``cxr_img``
     assert tuple(d["map"].shape) == (1, 1, 320, 320)
     assert d["cxr_dims"] == (2828, 2320) and d["task"] == "Cardiomegaly" and d["gt"] == 1

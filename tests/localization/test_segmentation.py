@@ -30,15 +30,17 @@ def test_otsu_matches_reference_json_trimmed(sample_dir):
     assert _pixel_diffs(seg, {c: {t: ref[c][t] for t in seg[c]} for c in seg}) == 0
 
 
-def test_otsu_matches_reference_json_full_sample(shared_dir):
-    hs = read_heatmap_folder(shared_dir / "gradcam_maps_val")
+def test_otsu_differs_from_reference_json_by_one_pixel_on_the_rounding_case(sample_dir):
+    # Of the full sample's 20 maps only patient64541 Pneumothorax differs from the reference
+    # JSON (measured: 1 pixel, the other 19 maps identical); that map is kept in the repo. The
+    # pixel's value sits on the Otsu threshold within float rounding: the JSON was written by
+    # the reference with its own torch build, whose bilinear kernel rounds differently from
+    # the torch arithmetic replicated here.
+    hs = read_heatmap_folder(sample_dir / "gradcam_maps_val_rounding")
     _, seg = evaluate_heatmap_set(hs, {}, progress=False)
-    ref = load_json(shared_dir / "gradcam_segmentations_val_sample.json")
-    assert len(seg) == 2 and all(len(v) == 10 for v in seg.values())
-    # measured: 1 pixel, where the value sits on the Otsu threshold within float rounding; the
-    # JSON was written by the reference with its own torch build, whose bilinear kernel
-    # rounds differently from the torch arithmetic replicated here
-    assert _pixel_diffs(seg, ref) <= 5
+    ref = load_json(sample_dir / "gradcam_segmentations_val_sample.json")
+    assert {c: sorted(t) for c, t in seg.items()} == {"patient64541_study1_view1_frontal": ["Pneumothorax"]}
+    assert _pixel_diffs(seg, {c: {t: ref[c][t] for t in seg[c]} for c in seg}) == 1
 
 
 def test_annotations_rasterise_to_gt_json(sample_dir):

@@ -35,10 +35,71 @@ def test_pooled_ols_matches_statsmodels_directly():
 
 
 def test_cluster_robust_matches_statsmodels():
-    df = _table()
-    res = feature_regressions(df, ["iou_tp"], features=["area_ratio"], cluster="image_id").iloc[0]
+    df = _table()  # 20 CXRs
+    res = feature_regressions(df, ["iou_tp"], features=["area_ratio"], cluster="image_id", min_clusters=20).iloc[0]
     fit = sm.OLS(df["iou_tp"], sm.add_constant(minmax(df["area_ratio"]))).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]})
     assert np.allclose([res.coef_lo, res.coef_hi], fit.conf_int().loc["area_ratio"])
+    assert res.se_type == "cluster-robust (image_id)" and res.cluster == "image_id" and res.n_cxr == 20
+
+
+def test_few_clusters_use_ols_errors_and_are_never_flagged(caplog):
+    import logging
+
+    rng = np.random.default_rng(7)
+    df = pd.DataFrame({"image_id": ["a", "a", "b", "b"], "task": ["Edema", "Cardiomegaly"] * 2, "area_ratio": [0.15, 0.13, 0.02, 0.01]})
+    df["iou_tp"] = 0.1 + 2.0 * df["area_ratio"] + rng.normal(0, 0.01, 4)
+    x = sm.add_constant(minmax(df["area_ratio"]))
+    clustered = sm.OLS(df["iou_tp"], x).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]})
+    assert clustered.pvalues["area_ratio"] < 0.05 / 4  # what the old code reported as Bonferroni-significant
+    with caplog.at_level(logging.INFO, logger="cxr_spurious.regression.models"):
+        res = feature_regressions(df, ["iou_tp"], features=["area_ratio"], cluster="image_id").iloc[0]
+    ols = sm.OLS(df["iou_tp"], x).fit()
+    assert np.allclose([res.coef_lo, res.coef_hi], ols.conf_int().loc["area_ratio"], rtol=1e-12)
+    assert np.isclose(res.coef_pval, ols.pvalues["area_ratio"])
+    assert res.se_type == "ols (2 image_id clusters < min_clusters 30)" and res.cluster == "none"
+    assert not res.bonferroni_significant
+    assert res.significance_note == "not flagged: 2 CXRs (4 observations) < min_clusters 30"
+    assert "ordinary OLS errors, not cluster-robust" in caplog.text
+
+
+def test_min_clusters_is_validated():
+    import pytest
+
+    from cxr_spurious.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="regression.min_clusters"):
+        feature_regressions(_table(), ["iou_tp"], features=["area_ratio"], min_clusters=1)
+
+
+def test_chexlocalize_env_reproduces_the_reference_ols_on_the_sample():
+    """The shared 2-CXR sample: 4 positive (CXR, task) pairs, the reference's own segmentations."""
+    from pathlib import Path
+
+    import statsmodels.formula.api as smf
+
+    from cxr_spurious.datasets.chexlocalize import CheXlocalizeJSONDataset
+    from cxr_spurious.localization.metrics import segmentation_table
+    from cxr_spurious.pipelines.regression import nodes
+
+    root = Path(__file__).resolve().parents[2]
+    sample = root / "tests" / "data" / "chexlocalize_sample"
+    gt = CheXlocalizeJSONDataset(str(sample / "gt_segmentations_val.json")).load()
+    ann = CheXlocalizeJSONDataset(str(sample / "gt_annotations_val.json")).load()
+    seg = CheXlocalizeJSONDataset(str(sample / "gradcam_segmentations_val_sample.json")).load()
+    per_cxr = segmentation_table(seg, gt).assign(set="chexlocalize.gradcam", prob=np.nan, hit=np.nan)
+    table = nodes.build_regression_table(per_cxr, nodes.compute_geometric_features(gt, ann), pd.DataFrame())
+    from cxr_spurious.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
+
+    loader = CONFIG_LOADER_CLASS(conf_source=str(root / "conf"), env="chexlocalize", runtime_params={"chexlocalize_dir": str(sample)}, **CONFIG_LOADER_ARGS)
+    params = loader["parameters"]["regression"]
+    res = nodes.regress_on_features(table, params["cluster_robust"], params["min_clusters"])
+    row = res[(res["task"] == "pooled") & (res["outcome"] == "iou_tp") & (res["feature"] == "area_ratio")].iloc[0]
+    data = table.dropna(subset=["iou_tp", "area_ratio"]).assign(x=lambda d: minmax(d["area_ratio"]))
+    fit = smf.ols("iou_tp ~ x", data=data).fit()  # the reference's call
+    assert row.n == 4 and row.n_cxr == 2 and row.se_type == "ols"
+    assert np.allclose([row.coef, row.coef_lo, row.coef_hi], [fit.params["x"], *fit.conf_int().loc["x"]], rtol=1e-12)
+    assert (round(row.coef_lo, 3), round(row.coef_hi, 3)) == (0.225, 0.658)
+    assert not row.bonferroni_significant and row.significance_note.startswith("not flagged: 2 CXRs")
 
 
 def test_spearman_fisher_ci():

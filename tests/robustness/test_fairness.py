@@ -77,3 +77,80 @@ def test_fairness_deterministic_and_skips_single_group() -> None:
     b = fairness_tables(t, TASK, 0.5, ["sex", "one"], n_boot=20, seed=2)
     pd.testing.assert_frame_equal(a[1], b[1])
     assert set(a[1]["attribute"]) == {"sex"}
+
+
+def _rare_group_table(seed: int = 0) -> pd.DataFrame:
+    """Group R has 3 positive patients: some patient-bootstrap replicates draw none of them."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(80):
+        group = "R" if p < 12 else ("A" if p % 2 else "B")
+        y = float(p < 3) if group == "R" else float(rng.random() < 0.4)
+        for k in range(1 + p % 2):
+            score = float(np.clip(0.5 + 0.3 * (2 * y - 1) + rng.normal(0, 0.3), 0, 1))
+            rows.append({"image_id": f"p{p}_{k}", "patient_id": f"p{p}", TASK: y, f"p_{TASK}": score, "grp": group})
+    return pd.DataFrame(rows)
+
+
+def _slow_fairlearn_bootstrap(t: pd.DataFrame, threshold: float, n_boot: int, seed: int) -> dict[str, tuple[float, float, int]]:
+    """Reference: per replicate draw patients (default_rng, sorted labels), rebuild the rows and
+    score the gaps with Fairlearn itself; a gap that needs a class some group lacks is NaN."""
+    rng = np.random.default_rng(seed)
+    labels = sorted(t["patient_id"].unique())
+    groups = sorted(t["grp"].unique())
+    reps: dict[str, list[float]] = {"equalized_odds_difference": [], "fnr_gap": [], "fpr_gap": []}
+    for _ in range(n_boot):
+        picked = rng.integers(0, len(labels), size=len(labels))
+        rep = pd.concat([t[t["patient_id"] == labels[k]] for k in picked])
+        y, yp, s = rep[TASK].astype(int), (rep[f"p_{TASK}"] >= threshold).astype(int), rep["grp"]
+        has_pos = all(((s == g) & (y == 1)).any() for g in groups)
+        has_neg = all(((s == g) & (y == 0)).any() for g in groups)
+        mf = MetricFrame(metrics={"fnr": false_negative_rate, "fpr": false_positive_rate}, y_true=y, y_pred=yp, sensitive_features=s)
+        diff = mf.difference()
+        reps["fnr_gap"].append(float(diff["fnr"]) if has_pos else np.nan)
+        reps["fpr_gap"].append(float(diff["fpr"]) if has_neg else np.nan)
+        reps["equalized_odds_difference"].append(float(equalized_odds_difference(y, yp, sensitive_features=s)) if has_pos and has_neg else np.nan)
+    out = {}
+    for metric, values in reps.items():
+        v = np.array(values)
+        f = v[np.isfinite(v)]
+        out[metric] = (float(np.quantile(f, 0.025)), float(np.quantile(f, 0.975)), int((~np.isfinite(v)).sum()))
+    return out
+
+
+def test_fast_gaps_are_undefined_not_zero_or_fewer_groups_when_a_group_lacks_a_class() -> None:
+    y = np.array([1, 0, 1, 0, 0, 0])
+    yp = np.array([1, 0, 0, 1, 1, 0])
+    g = np.array([0, 0, 1, 1, 2, 2])  # group 2 has no positive: Fairlearn would score its TPR and FNR 0
+    fast = _fast_gaps(y, yp, g, 3)
+    assert np.isnan(fast["fnr_gap"]) and np.isnan(fast["equalized_odds_difference"])
+    mf = MetricFrame(metrics={"fpr": false_positive_rate}, y_true=y, y_pred=yp, sensitive_features=g)
+    assert fast["fpr_gap"] == pytest.approx(mf.difference()["fpr"])  # every group has negatives
+    absent = _fast_gaps(y[:4], yp[:4], g[:4], 3)  # group 2 not drawn at all: no gap over 2 groups
+    assert all(np.isnan(v) for v in absent.values())
+
+
+def test_fairness_cis_equal_fairlearn_on_every_patient_replicate() -> None:
+    t = _rare_group_table()
+    _, gaps = fairness_tables(t, TASK, 0.5, ["grp"], min_per_class=3, n_boot=100, seed=1, max_dropped_share=1.0)
+    ref = _slow_fairlearn_bootstrap(t, 0.5, 100, 1)
+    g = gaps.set_index("metric")
+    assert g.loc["fnr_gap", "n_dropped"] > 0  # the convention is exercised
+    for metric, (lo, hi, dropped) in ref.items():
+        assert g.loc[metric, "lo"] == pytest.approx(lo, abs=1e-12), metric
+        assert g.loc[metric, "hi"] == pytest.approx(hi, abs=1e-12), metric
+        assert g.loc[metric, "n_dropped"] == dropped, metric
+    assert (g["n_patients"] == 80).all()
+    again = fairness_tables(t, TASK, 0.5, ["grp"], min_per_class=3, n_boot=100, seed=1, max_dropped_share=1.0)[1]
+    pd.testing.assert_frame_equal(gaps, again)
+
+
+def test_fairness_fails_loudly_when_too_many_replicates_are_undefined() -> None:
+    from cxr_spurious.stats.bootstrap import BootstrapDropError
+
+    t = _rare_group_table()
+    # seed 1: 6 of 100 replicates draw none of group R's 3 positive patients; the default limit is 5 %
+    with pytest.raises(BootstrapDropError, match=r"fairness Pneumothorax/grp/equalized_odds_difference: 6 of 100 bootstrap replicates"):
+        fairness_tables(t, TASK, 0.5, ["grp"], min_per_class=3, n_boot=100, seed=1)
+    with pytest.raises(ParameterError, match="min_per_class"):
+        fairness_tables(t, TASK, 0.5, ["grp"], min_per_class=0)

@@ -81,7 +81,6 @@ def _artifact(config: dict) -> dict:
 
 
 def test_real_registry_resnet18_and_unet_small(toys):
-    pytest.importorskip("cxr_spurious.models")
     images = toys.blob_images(2, size=64)
     ids = ["a", "b"]
     manifest = toys.toy_manifest(ids, tasks=["Pneumothorax"])
@@ -97,7 +96,6 @@ def test_real_registry_resnet18_and_unet_small(toys):
 
 
 def test_deeplift_on_a_resnet_is_a_clear_error(toys):
-    pytest.importorskip("cxr_spurious.models")
     from cxr_spurious.models import build_model
 
     model = build_model({"architecture": "resnet18", "tasks": ["Pneumothorax"]}).eval()

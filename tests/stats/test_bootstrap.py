@@ -62,12 +62,79 @@ def test_paired_bootstrap_detects_a_real_difference() -> None:
     assert p_same == 1.0
 
 
-def test_percentile_ci_ignores_nan_and_validates_level() -> None:
-    assert percentile_ci(np.array([np.nan, np.nan])) == (pytest.approx(np.nan, nan_ok=True), pytest.approx(np.nan, nan_ok=True))
-    lo, hi = percentile_ci(np.array([np.nan, *range(101)]))
+def test_percentile_ci_leaves_out_few_nan_and_validates_level() -> None:
+    nan_pair = percentile_ci(np.array([np.nan, np.nan]), max_dropped_share=None)
+    assert nan_pair == (pytest.approx(np.nan, nan_ok=True), pytest.approx(np.nan, nan_ok=True))
+    lo, hi = percentile_ci(np.array([np.nan, *range(101)]))  # 1 of 102 undefined: under 5 %
     assert (lo, hi) == (pytest.approx(2.5), pytest.approx(97.5))
     with pytest.raises(ParameterError, match="ci_level"):
         percentile_ci(np.arange(5.0), level=1.5)
+    with pytest.raises(ParameterError, match="max_dropped_share"):
+        percentile_ci(np.arange(5.0), max_dropped_share=1.5)
+
+
+def test_percentile_ci_fails_loudly_above_the_dropped_share() -> None:
+    from cxr_spurious.stats.bootstrap import BootstrapDropError
+
+    reps = np.r_[np.full(6, np.nan), np.arange(94.0)]  # 6 % undefined
+    with pytest.raises(BootstrapDropError, match=r"auroc M: 6 of 100 bootstrap replicates are undefined \(NaN\), 6.0% > max_dropped_share 5.0%"):
+        percentile_ci(reps, label="auroc M")
+    assert percentile_ci(reps, max_dropped_share=0.06) == (pytest.approx(np.quantile(np.arange(94.0), 0.025)), pytest.approx(np.quantile(np.arange(94.0), 0.975)))
+    with pytest.raises(BootstrapDropError):
+        percentile_ci(np.full(10, np.nan))  # all undefined is an error unless the caller opts out
+
+
+def test_bootstrap_counts_dropped_and_skips_the_check_for_an_undefined_estimate() -> None:
+    from cxr_spurious.stats.bootstrap import BootstrapDropError
+
+    y = np.r_[np.ones(3), np.zeros(37)]
+    share_pos = lambda i: float(y[i].mean()) if y[i].any() else np.nan  # noqa: E731 - undefined without a positive
+    res = bootstrap(share_pos, 40, n_boot=500, seed=0, max_dropped_share=0.5)
+    expected = sum(not y[i].any() for i in bootstrap_indices(40, 500, seed=0))
+    assert res.n_dropped == expected > 0  # (37/40)^40 = 4 % of the replicates
+    with pytest.raises(BootstrapDropError, match=f"share: {expected} of 500"):
+        bootstrap(share_pos, 40, n_boot=500, seed=0, max_dropped_share=0.001, desc="share")
+    import logging
+
+    from cxr_spurious.stats import bootstrap as module
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    module.logger.addHandler(handler)
+    y2 = np.r_[np.ones(2), np.zeros(38)]  # (38/40)^40 = 13 % of the replicates draw no positive
+    rare = lambda i: float(y2[i].mean()) if y2[i].any() else np.nan  # noqa: E731
+    try:
+        res2 = bootstrap(rare, 40, n_boot=500, seed=0, desc="legacy caller")  # no limit given: a warning, not silence
+    finally:
+        module.logger.removeHandler(handler)
+    assert res2.n_dropped > 25
+    assert [r.getMessage() for r in records] == [f"legacy caller: {res2.n_dropped} of 500 bootstrap replicates are undefined (NaN) and left out of the CI (> 5%)"]
+    none = bootstrap(lambda i: np.nan, 10, n_boot=20, seed=0)
+    assert np.isnan(none.estimate) and np.isnan(none.lo) and none.n_dropped == 20
+
+
+def test_nanmean_cis_equal_a_slow_patient_loop() -> None:
+    from cxr_spurious.stats.bootstrap import nanmean_cis
+
+    rng = np.random.default_rng(9)
+    patients = np.array([f"p{k}" for k in rng.integers(0, 15, 70)])
+    values = rng.normal(size=70)
+    values[rng.random(70) < 0.3] = np.nan
+    res = nanmean_cis({"v": values}, patients, n_boot=250, seed=6)["v"]
+    # slow reference: draw patients (sorted labels) with the same generator, take all their rows
+    gen = np.random.default_rng(6)
+    labels = sorted(set(patients))
+    reps = []
+    for _ in range(250):
+        picked = gen.integers(0, len(labels), size=len(labels))
+        drawn = np.concatenate([values[patients == labels[k]] for k in picked])
+        reps.append(np.nanmean(drawn) if np.isfinite(drawn).any() else np.nan)
+    reps = np.array(reps)
+    np.testing.assert_allclose(res.replicates, reps, rtol=1e-12)
+    assert res.lo == pytest.approx(np.quantile(reps[np.isfinite(reps)], 0.025), abs=1e-12)
+    assert res.hi == pytest.approx(np.quantile(reps[np.isfinite(reps)], 0.975), abs=1e-12)
+    assert res.estimate == pytest.approx(np.nanmean(values))
 
 
 def test_auroc_variants() -> None:

@@ -6,18 +6,31 @@ weights agree to a tolerance, not bit for bit.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from tests.training.training_tiny_data import tiny_config
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.pipeline import Node, Pipeline
+from tests.training.training_tiny_data import TASK, tiny_config, tiny_study
 
+from cxr_spurious.errors import ParameterError
 from cxr_spurious.models import build_model
+from cxr_spurious.pipelines.training import create_pipeline, create_training_template
 from cxr_spurious.training.config import model_config
 from cxr_spurious.training.data import build_training_table
 from cxr_spurious.training.device import resolve_device
-from cxr_spurious.training.distributed import parse_params, spawn_fit
+from cxr_spurious.training.distributed import (
+    parse_params,
+    run_variant,
+    spawn_fit,
+    split_for_ranks,
+    variant_pipeline,
+)
 from cxr_spurious.training.engine import fit, init_model
 from cxr_spurious.training.outputs import predict_images
+from cxr_spurious.variants import STUDY_MODELS
 
 
 def test_parse_params_like_kedro() -> None:
@@ -51,3 +64,117 @@ def test_ddp_two_cpu_processes_match_one_process(tiny) -> None:
     rel = (ddp.state_dict[conv] - single.state_dict[conv]).norm() / single.state_dict[conv].norm()
     assert float(rel) < 0.05
     assert not torch.equal(ddp.state_dict[conv], init_model(cfg).state_dict()[conv])  # it trained
+
+
+def _spawn(worker: object, out: Path, *args: object) -> list[dict]:
+    """Run ``worker`` in 2 gloo CPU processes; return what each rank saved."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(worker, args=(2, str(out / "init"), str(out), *args), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def _group_dro_batches(n_batches: int = 3, size: int = 12) -> list[dict[str, torch.Tensor]]:
+    """Batches whose groups are unevenly split between the two ranks' shards (r::2)."""
+    gen = torch.Generator().manual_seed(0)
+    groups = torch.tensor([0, 0, 1, 0, 2, 0, 1, 0, 0, 0, 2, 1])  # rank 1 has no group 2
+    batches = []
+    for _ in range(n_batches):
+        labels = (torch.rand(size, 1, generator=gen) > 0.5).float()
+        batches.append(
+            {
+                "x": torch.randn(size, 5, generator=gen) + labels,
+                "labels": labels,
+                "valid": torch.ones(size, 1, dtype=torch.bool),
+                "group": groups,
+                "weight": torch.ones(size),
+                "index": torch.arange(size),
+            }
+        )
+    return batches
+
+
+def test_group_dro_weights_are_synchronised_across_ranks(tmp_path: Path) -> None:
+    """Two ranks, each on half of every batch, keep the single-process ``q`` and weights."""
+    from tests.training.ddp_workers import group_dro_steps, group_dro_worker
+
+    batches = _group_dro_batches()
+    weight = torch.randn(5, 1, generator=torch.Generator().manual_seed(1))
+    single = group_dro_steps(batches, weight, world=1, rank=0, lr=0.5)
+    ranks = _spawn(group_dro_worker, tmp_path, batches, weight)
+    assert not torch.allclose(single["q"][-1], torch.full((3,), 1 / 3), atol=1e-3)  # q moved
+    for result in ranks:
+        torch.testing.assert_close(result["q"], single["q"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(result["weight"], single["weight"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(result["loss"], single["loss"], rtol=1e-5, atol=1e-6)
+
+
+def test_time_budget_stop_is_rank_0_decision(tiny, tmp_path: Path) -> None:
+    """One rank's clock passes ``time_budget_s`` after epoch 1: both ranks follow rank 0.
+
+    Rank 0 fast: both stop after epoch 1 (``time_budget``); rank 1 fast: both train the 2
+    epochs. Before, the rank past its budget stopped alone and the other one's next
+    all-reduce failed (or hung).
+    """
+    from tests.training.ddp_workers import time_budget_worker
+
+    manifest, cache = tiny
+    cfg = tiny_config(epochs=2, batch_size=8, time_budget_s=100)
+    table = build_training_table(manifest, cache, cfg)
+    ranks = _spawn(time_budget_worker, tmp_path, table, cache, cfg)
+    expected = [{"epochs": [1], "stopped": "time_budget"}, {"epochs": [1, 2], "stopped": "epochs"}]
+    assert ranks == [expected, expected]
+
+
+def _variant_catalog(checkpoints: Path) -> DataCatalog:
+    manifest, cache = tiny_study(n_test=48)  # enough test images for defined bootstrap CIs
+    training = {
+        "method": "erm", "tasks": [TASK], "batch_size": 8, "eval_batch_size": 16, "epochs": 1,
+        "device": "cpu", "progress": False, "n_boot": 20, "base_channels": 4, "target_dilation": 0,
+        "checkpoint_dir": str(checkpoints),
+        "variants": {v: {"name": v, "method": v, "architecture": "unet_small"} for v in STUDY_MODELS},
+    }  # fmt: skip
+    datasets = {
+        "manifest": MemoryDataset(manifest),
+        "resampled_manifest": MemoryDataset(manifest),
+        "image_cache": MemoryDataset(cache, copy_mode="assign"),
+        "params:training": MemoryDataset(training),
+        "params:training.variants.erm": MemoryDataset(training["variants"]["erm"]),
+    }
+    return DataCatalog(datasets)
+
+
+def _with_extra_node() -> Pipeline:
+    """The study's training pipeline plus a node added to the ``erm`` variant after fit."""
+    extra = Pipeline(
+        [Node(lambda h: len(h), inputs="training_history", outputs="n_epochs", name="count_epochs")],
+        namespace="erm",
+    )
+    return create_pipeline() + extra
+
+
+def test_ddp_plan_runs_every_template_node_on_rank_0() -> None:
+    """A node added to the template is part of rank 0's run; other ranks only fit."""
+    pipeline = variant_pipeline(_with_extra_node(), "erm")
+    rank0, others = split_for_ranks(pipeline)
+    template = {f"erm.{n.name}" for n in create_training_template().nodes}
+    assert {n.name for n in rank0.nodes} == template | {"erm.count_epochs"}
+    assert {n.name for n in others.nodes} == {"erm.resolve_config", "erm.prepare_training_table", "erm.train_model"}
+    assert rank0.all_outputs() >= {f"erm.{o}" for o in create_training_template().all_outputs()}
+    with pytest.raises(SystemExit, match="--variant 'pixel'.*valid: \\['box', 'erm', 'seg'\\]"):
+        variant_pipeline(create_pipeline(), "pixel")
+    with pytest.raises(ParameterError, match="exactly one node tagged 'fit'"):
+        split_for_ranks(pipeline.only_nodes_with_tags("predict"))
+
+
+def test_run_variant_rank_0_saves_every_output_and_other_ranks_none(tmp_path: Path) -> None:
+    """``run_variant`` (no process group: one process) writes through the catalog on rank 0 only."""
+    pipeline = variant_pipeline(_with_extra_node(), "erm")
+    catalog = _variant_catalog(tmp_path)
+    run_variant(pipeline, catalog, rank=1)
+    assert not any(name in catalog for name in pipeline.outputs())  # rank != 0 saves nothing
+    run_variant(pipeline, catalog, rank=0)
+    assert catalog.load("erm.n_epochs") == 1  # the added node ran
+    for name in pipeline.outputs():
+        assert catalog.load(name) is not None, name
+    assert catalog.load("erm.mlflow_run")["run_name"].startswith("erm-erm-unet_small")

@@ -33,6 +33,13 @@ def _fit(tiny, cfg, ckpt: Path | None = None):
     return fit(train, val, cache, cfg, CPU, checkpoint_dir=ckpt)
 
 
+def _run_checkpoints(variant_dir: Path) -> list[Path]:
+    """The checkpoint files of the only run folder under ``variant_dir``."""
+    folders = sorted(p.parent for p in variant_dir.glob("*/fingerprint.json"))
+    assert len(folders) == 1, folders
+    return list_checkpoints(folders[0])
+
+
 def _same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -43,9 +50,9 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(
 ) -> None:
     cfg = tiny_config(epochs=2, method=method, architecture="unet_small")
     full = _fit(tiny, cfg, tmp_path / "full")
-    assert [p.name for p in list_checkpoints(tmp_path / "full")] == ["epoch_001.pt", "epoch_002.pt"]
+    assert [p.name for p in _run_checkpoints(tmp_path / "full")] == ["epoch_001.pt", "epoch_002.pt"]
     shutil.copytree(tmp_path / "full", tmp_path / "crashed")
-    (tmp_path / "crashed" / "epoch_002.pt").unlink()  # killed during epoch 2
+    _run_checkpoints(tmp_path / "crashed")[-1].unlink()  # killed during epoch 2
     resumed = _fit(tiny, {**cfg, "resume": True}, tmp_path / "crashed")
     assert _same_state(full.state_dict, resumed.state_dict)
     cols = ["epoch", "train_loss", "dense_loss", "val_auroc", "val_robust_auroc", "lr", "selected"]
@@ -80,7 +87,7 @@ def test_checkpoint_from_another_architecture_is_refused(tiny, tmp_path: Path) -
     _fit(tiny, tiny_config(method="seg", architecture="unet_small"), tmp_path)
     with pytest.raises(
         DataFormatError,
-        match=r"epoch_001\.pt.*architecture 'unet_small' but this run uses 'resunet18'",
+        match=r"other settings \(.*training\.architecture: checkpoint 'unet_small', this run 'resunet18'",
     ):
         _fit(
             tiny,
@@ -91,11 +98,55 @@ def test_checkpoint_from_another_architecture_is_refused(tiny, tmp_path: Path) -
 
 def test_checkpoint_holds_the_documented_keys(tiny, tmp_path: Path) -> None:
     _fit(tiny, tiny_config(), tmp_path)
-    state = torch.load(list_checkpoints(tmp_path)[-1], weights_only=True)
+    state = torch.load(_run_checkpoints(tmp_path)[-1], weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "config", "rng", "history", "best"} <= set(
         state
     )
     assert state["epoch"] == 1 and state["config"]["architecture"] == "unet_small"
+    assert len(state["fingerprint"]) == 64 and state["fingerprint_items"]["lr"] == 0.003
+
+
+def test_fresh_run_never_prunes_or_resumes_another_runs_checkpoints(tiny, tmp_path: Path) -> None:
+    """An older run's epoch_003 must not make a fresh run delete its own epoch_001 (issue #15.1)."""
+    old = _fit(tiny, tiny_config(epochs=3, schedule="constant", lr=0.001), tmp_path)
+    old_files = {p: p.read_bytes() for p in tmp_path.glob("*/epoch_*.pt")}
+    assert len(old_files) == 2  # keep_checkpoints: 2
+    _fit(tiny, tiny_config(epochs=1, schedule="constant", lr=0.01), tmp_path)
+    assert {p: p.read_bytes() for p in old_files} == old_files  # untouched
+    new = [p for p in tmp_path.glob("*/epoch_*.pt") if p not in old_files]
+    assert [p.name for p in new] == ["epoch_001.pt"]
+    # Resuming the lr=0.01 run continues it, not the lr=0.001 run.
+    resumed = _fit(tiny, tiny_config(epochs=2, schedule="constant", lr=0.01, resume=True), tmp_path)
+    assert resumed.history["epoch"].tolist() == [1, 2]
+    assert not _same_state(resumed.state_dict, old.state_dict)
+
+
+def test_resume_with_other_settings_is_refused_naming_what_differs(tiny, tmp_path: Path) -> None:
+    _fit(tiny, tiny_config(epochs=1, lr=0.001), tmp_path)
+    with pytest.raises(DataFormatError, match=r"training\.lr: checkpoint 0\.001, this run 0\.01"):
+        _fit(tiny, tiny_config(epochs=1, lr=0.01, resume=True), tmp_path)
+
+
+def test_resume_on_other_training_data_is_refused(tiny, tmp_path: Path) -> None:
+    manifest, cache = tiny
+    cfg = tiny_config(epochs=1)
+    train, val = _split(manifest, cache, cfg)
+    fit(train, val, cache, cfg, CPU, checkpoint_dir=tmp_path)
+    with pytest.raises(DataFormatError, match="training data: checkpoint"):
+        fit(train.iloc[1:], val, cache, {**cfg, "resume": True}, CPU, checkpoint_dir=tmp_path)
+
+
+def test_fresh_run_of_the_same_settings_starts_its_folder_over(tiny, tmp_path: Path) -> None:
+    """Stale epochs of an identical earlier run never outrank a fresh run's own checkpoints."""
+    _fit(tiny, tiny_config(epochs=3, schedule="constant"), tmp_path)
+    _fit(tiny, tiny_config(epochs=1, schedule="constant"), tmp_path)
+    assert [p.name for p in _run_checkpoints(tmp_path)] == ["epoch_001.pt"]
+
+
+def test_unfingerprinted_checkpoint_is_refused_on_resume(tiny, tmp_path: Path) -> None:
+    torch.save({"epoch": 4, "config": {}}, tmp_path / "epoch_004.pt")
+    with pytest.raises(DataFormatError, match=r"epoch_004\.pt: checkpoint written without a fingerprint"):
+        _fit(tiny, tiny_config(resume=True), tmp_path)
 
 
 def test_max_steps_and_early_stopping(tiny) -> None:

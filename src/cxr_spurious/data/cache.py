@@ -14,18 +14,34 @@ Folder layout::
     has_mask.npy          (N, T) bool          location label known for (image, task)
     variants/<name>.npy   (M, S, S) uint8      counterfactual renders (ids in index.json)
 
-The cache is rebuilt only when its fingerprint (ids, files, sizes, settings) changes.
+The cache is rebuilt when its fingerprint (ids, files, sizes, settings) changes or when
+``verify_cache_files`` finds a file damaged: ``index.json`` records every array file's size
+and a sampled hash at build time. A build writes into ``.image_cache.tmp.*`` next to the
+cache (with an owner record); an interrupt (SIGINT / SIGTERM) stops the worker processes and
+removes it, and a later build removes any such folder whose owner process no longer runs.
+Before writing, ``check_disk_space`` refuses a build the disk cannot hold.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+import shutil
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import connection as mp_connection
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +50,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cxr_spurious.errors import ContractError, DataFormatError, ParameterError
+from cxr_spurious.errors import ContractError, CxrSpuriousError, DataFormatError, ParameterError
 from cxr_spurious.io.atomic import atomic_dir, write_text_atomic
 from cxr_spurious.io.images import read_image
 from cxr_spurious.io.masks import decode_rle
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+# 2: index.json records each array file's size and sampled hash (``files``).
+CACHE_FORMAT_VERSION = 2
 # Area fraction above which a downsampled pixel counts as inside a mask.
 PATHOLOGY_THRESHOLD = 0.5
 # Spurious objects are thin (a tube is ~2 px at 256 px): keep any pixel they cover a quarter of.
@@ -229,57 +246,85 @@ def _variant_payload(args: tuple[str, str, int]) -> np.ndarray:
     return resize_image(read_image(path), size)
 
 
+# Every build writes here first: ``.<name>.tmp.*`` (see ``atomic_dir``), with an owner record.
+_OWNER_FILE = ".owner.json"
+# A temporary folder without an owner record (written by an older version) counts as stale
+# once nothing in it changed for this long; one from another host after a day.
+_UNOWNED_GRACE_S = 120.0
+_FOREIGN_GRACE_S = 86400.0
+# Extra free space a build keeps in reserve (index.json, headers, filesystem slack).
+_DISK_HEADROOM = 64 * 2**20
+_ARRAY_FILES = ("images.npy", "masks.npy", "boxes.npy", "spurious.npy", "has_mask.npy")
+_SAMPLE_BLOCK = 4096
+_SAMPLE_BLOCKS = 32
+REBUILD_HINT = "run `kedro run --pipeline ingestion` to rebuild the image cache"
+
+
 def build_cache(spec: CacheSpec, folder: str | os.PathLike[str], *, progress: bool = True) -> None:
     """Decode, resize and write every image and mask of ``spec`` into ``folder`` (atomically).
+
+    Stale temporary folders of interrupted builds are removed first and the free disk space
+    is checked against the cache's size. SIGINT / SIGTERM during the build stop the worker
+    processes and remove the temporary folder before the exception propagates.
 
     Args:
         spec: What to cache.
         folder: Destination folder (replaced only when the new cache is complete).
         progress: Show progress bars.
+
+    Raises:
+        ParameterError: ``ingestion.cache.size`` too small, or a cache too large for the disk.
     """
     if spec.size < 8:
         raise ParameterError("ingestion.cache.size", f"must be >= 8 pixels, got {spec.size}")
+    folder = Path(folder)
     n, t, k, s = len(spec.image_ids), len(spec.tasks), len(spec.objects), spec.size
     jobs = (
         (
-            image_id,
-            path,
-            hw,
-            spec.labels[i],
-            spec.tasks,
-            spec.objects,
-            s,
-            spec.segmentations.get(image_id),
-            spec.instance_segmentations.get(image_id),
-            spec.annotations.get(image_id),
-            spec.spurious_segmentations.get(image_id),
+            i,
+            (
+                image_id,
+                path,
+                hw,
+                spec.labels[i],
+                spec.tasks,
+                spec.objects,
+                s,
+                spec.segmentations.get(image_id),
+                spec.instance_segmentations.get(image_id),
+                spec.annotations.get(image_id),
+                spec.spurious_segmentations.get(image_id),
+            ),
         )
         for i, (image_id, path, hw) in enumerate(zip(spec.image_ids, spec.paths, spec.sizes))
     )
-    with atomic_dir(folder) as tmp:
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, s, s))
-        masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, t, s, s))
-        boxes = np.lib.format.open_memmap(tmp / "boxes.npy", mode="w+", dtype=np.uint8, shape=(n, t, s, s))
-        spurious = np.lib.format.open_memmap(tmp / "spurious.npy", mode="w+", dtype=np.uint8, shape=(n, k, s, s))
+    remove_stale_builds(folder)
+    check_disk_space(spec, folder)
+    with _sigterm_raises(), atomic_dir(folder) as tmp:
+        (tmp / _OWNER_FILE).write_text(json.dumps(_owner_record()))
+        for name, shape in (("images", (n, s, s)), ("masks", (n, t, s, s)), ("boxes", (n, t, s, s)), ("spurious", (n, k, s, s))):
+            _allocate(tmp / f"{name}.npy", shape)
         has_mask = np.zeros((n, t), dtype=bool)
-        results = _map(_row_payload, jobs, spec.n_jobs, total=n, desc="caching images", progress=progress)
-        for i, (img, msk, box, spur, known) in enumerate(results):
-            images[i], masks[i], boxes[i], spurious[i], has_mask[i] = img, msk, box, spur, known
-        for arr in (images, masks, boxes, spurious):
-            arr.flush()
-        del images, masks, boxes, spurious
-        np.save(tmp / "has_mask.npy", has_mask)
         variant_ids: dict[str, list[str]] = {}
-        if spec.variants:
-            (tmp / "variants").mkdir()
-        for name, mapping in sorted(spec.variants.items()):
-            ids = sorted(mapping)
-            arr = np.lib.format.open_memmap(tmp / "variants" / f"{name}.npy", mode="w+", dtype=np.uint8, shape=(len(ids), s, s))
-            for i, img in enumerate(_map(_variant_payload, ((i, mapping[i], s) for i in ids), spec.n_jobs, total=len(ids), desc=f"caching '{name}' renders", progress=progress)):
-                arr[i] = img
-            arr.flush()
-            del arr
-            variant_ids[name] = ids
+        try:
+            with _worker_pool(spec.n_jobs) as pool:
+                write_row = functools.partial(_cache_row, str(tmp), _row_payload)
+                for i, known in _map(write_row, jobs, pool, total=n, desc="caching images", progress=progress):
+                    has_mask[i] = known
+                if spec.variants:
+                    (tmp / "variants").mkdir()
+                for name, mapping in sorted(spec.variants.items()):
+                    ids = sorted(mapping)
+                    target = tmp / "variants" / f"{name}.npy"
+                    _allocate(target, (len(ids), s, s))
+                    write_render = functools.partial(_cache_render, str(target), _variant_payload)
+                    renders = ((r, (image_id, mapping[image_id], s)) for r, image_id in enumerate(ids))
+                    for _ in _map(write_render, renders, pool, total=len(ids), desc=f"caching '{name}' renders", progress=progress):
+                        pass
+                    variant_ids[name] = ids
+        finally:
+            _close_targets()
+        np.save(tmp / "has_mask.npy", has_mask)
         index = {
             "format_version": CACHE_FORMAT_VERSION,
             "fingerprint": spec.fingerprint(),
@@ -288,25 +333,442 @@ def build_cache(spec: CacheSpec, folder: str | os.PathLike[str], *, progress: bo
             "objects": spec.objects,
             "image_ids": spec.image_ids,
             "variant_ids": variant_ids,
+            "files": {name: _file_record(tmp / name) for name in _array_files(variant_ids)},
         }
         write_text_atomic(tmp / "index.json", json.dumps(index))
+        (tmp / _OWNER_FILE).unlink()
     logger.info("Image cache: %d images at %dx%d, %d tasks, %d objects, variants %s -> %s", n, s, s, t, k, sorted(variant_ids), folder)
 
 
-def _map(func: Any, jobs: Iterable[Any], n_jobs: int, *, total: int, desc: str, progress: bool) -> Iterable[Any]:
+def _allocate(path: Path, shape: tuple[int, ...]) -> None:
+    """Create a zero-filled uint8 ``.npy`` file that workers then fill in place."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    del arr
+
+
+# Arrays a process has open for writing (``np.load(mmap_mode="r+")``), by path.
+_TARGETS: dict[str, np.ndarray] = {}
+
+
+def _target(path: str) -> np.ndarray:
+    arr = _TARGETS.get(path)
+    if arr is None:
+        arr = _TARGETS[path] = np.load(path, mmap_mode="r+")
+    return arr
+
+
+def _close_targets() -> None:
+    # No msync: the pages are shared with every process through the page cache, and a
+    # worker that synced a large cache on exit could outlast ``_WorkerPool.close``.
+    _TARGETS.clear()
+
+
+def _cache_row(folder: str, payload: Any, item: tuple[int, tuple[Any, ...]]) -> tuple[int, np.ndarray]:
+    """Decode row ``i`` with ``payload`` and write it into the arrays of ``folder``.
+
+    Workers write into the memory-mapped files themselves, so only ``(i, has_mask row)``
+    goes back through their pipe (a few bytes, written atomically).
+    """
+    i, job = item
+    img, msk, box, spur, known = payload(job)
+    for name, value in (("images", img), ("masks", msk), ("boxes", box), ("spurious", spur)):
+        _target(os.path.join(folder, f"{name}.npy"))[i] = value
+    return i, known
+
+
+def _cache_render(path: str, payload: Any, item: tuple[int, tuple[str, str, int]]) -> int:
+    i, job = item
+    _target(path)[i] = payload(job)
+    return i
+
+
+def _map(func: Any, items: Iterable[Any], pool: _WorkerPool | None, *, total: int, desc: str, progress: bool) -> Iterator[Any]:
+    """``func`` over ``items`` (in the pool's workers when there is one), results unordered."""
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
     try:
-        if n_jobs <= 1:
-            for job in jobs:
-                yield func(job)
-                bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-                for result in pool.map(func, jobs, chunksize=16):
-                    yield result
-                    bar.update()
+        results = (func(item) for item in items) if pool is None else pool.imap_unordered(func, items)
+        for result in results:
+            yield result
+            bar.update()
     finally:
         bar.close()
+
+
+class WorkerError(CxrSpuriousError):
+    """A cache worker process failed outside the job itself (it died, or its error could not be sent)."""
+
+
+def _worker_loop(conn: Connection) -> None:
+    """Run ``(func, chunk)`` messages until told to stop; SIGINT is left to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            break
+        if message is None:
+            break
+        func, chunk = message
+        try:
+            reply: tuple[str, Any] = ("ok", [func(item) for item in chunk])
+        except Exception as exc:  # sent to the parent, which raises it
+            reply = ("error", (exc, traceback.format_exc()))
+        try:
+            conn.send(reply)
+        except Exception:  # the error itself cannot be pickled
+            conn.send(("error", (WorkerError(traceback.format_exc()), "")))
+    _close_targets()
+
+
+class _WorkerPool:
+    """Worker processes that each talk to the parent over their own pipe.
+
+    Unlike ``concurrent.futures.ProcessPoolExecutor`` there are no helper threads and no
+    locks shared between workers, so ``stop()`` can end the workers at any moment (Ctrl-C,
+    SIGTERM) without leaving a thread that blocks the interpreter's exit.
+    """
+
+    def __init__(self, n_jobs: int, chunksize: int = 4, queued: int = 2) -> None:
+        ctx = multiprocessing.get_context()
+        self._chunksize, self._queued = chunksize, queued
+        self._procs: list[Any] = []
+        self._conns: list[Connection] = []
+        for _ in range(n_jobs):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_loop, args=(child,), daemon=True, name="image-cache-worker")
+            proc.start()
+            child.close()
+            self._procs.append(proc)
+            self._conns.append(parent)
+
+    def imap_unordered(self, func: Any, items: Iterable[Any]) -> Iterator[Any]:
+        items = iter(items)
+        in_flight = [0] * len(self._conns)
+
+        def feed(w: int) -> None:
+            chunk = list(itertools.islice(items, self._chunksize))
+            if chunk:
+                self._conns[w].send((func, chunk))
+                in_flight[w] += 1
+
+        for _ in range(self._queued):
+            for w in range(len(self._conns)):
+                feed(w)
+        while any(in_flight):
+            busy = [self._conns[w] for w in range(len(self._conns)) if in_flight[w]]
+            ready = mp_connection.wait(busy + [p.sentinel for p in self._procs])
+            for w, conn in enumerate(self._conns):
+                if conn not in ready:
+                    continue
+                try:
+                    status, payload = conn.recv()
+                except (EOFError, OSError) as exc:  # the worker ended and closed its pipe
+                    self._procs[w].join(1.0)
+                    raise self._died(self._procs[w]) from exc
+                in_flight[w] -= 1
+                if status == "error":
+                    error, remote = payload
+                    raise error from (WorkerError(remote) if remote else None)
+                yield from payload
+                feed(w)
+            for proc in self._procs:
+                if proc.sentinel in ready and not proc.is_alive():
+                    raise self._died(proc)
+
+    @staticmethod
+    def _died(proc: Any) -> WorkerError:
+        code = "still running" if proc.exitcode is None else f"exit code {proc.exitcode}"
+        return WorkerError(f"image-cache worker {proc.pid} died ({code}) while building the cache (out of memory?)")
+
+    def close(self) -> None:
+        """Let the workers finish and exit (after a complete build)."""
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        for proc in self._procs:
+            proc.join(10)
+        self.stop()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Terminate (then kill) every worker that still runs and reap it."""
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in self._procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+        for conn in self._conns:
+            conn.close()
+
+
+@contextlib.contextmanager
+def _worker_pool(n_jobs: int) -> Iterator[_WorkerPool | None]:
+    """A ``_WorkerPool`` (None for ``n_jobs <= 1``) whose workers are stopped on any exception."""
+    if n_jobs <= 1:
+        yield None
+        return
+    pool = _WorkerPool(n_jobs)
+    try:
+        yield pool
+    except BaseException:
+        pool.stop()
+        raise
+    pool.close()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a build runs, SIGTERM raises ``SystemExit(143)`` so that cleanup code runs.
+
+    Only in the main thread and only when SIGTERM still has its default action (a handler
+    installed by someone else is left alone). Repeated SIGTERMs during cleanup are ignored.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# ----------------------------------------------------------------------------- stale builds
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of process ``pid`` (clock ticks since boot, Linux) or None if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError, IndexError):
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    return True
+
+
+def _owner_record() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"pid": pid, "start": _process_start(pid), "host": socket.gethostname(), "created": time.time()}
+
+
+def _latest_mtime(path: Path) -> float:
+    stamps = [path.stat().st_mtime]
+    for child in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            stamps.append(child.stat().st_mtime)
+    return max(stamps)
+
+
+def _stale_reason(path: Path, now: float) -> str | None:
+    """Why a leftover build folder next to the cache is stale, or None if it may be in use."""
+    name = path.name
+    if ".old." in name:  # ``atomic_dir``'s ``.<cache>.old.<pid>`` between swap and removal
+        pid = name.rsplit(".", 1)[1]
+        if pid.isdigit() and not _pid_running(int(pid)):
+            return f"its process {pid} no longer runs"
+        return None
+    try:
+        owner = json.loads((path / _OWNER_FILE).read_text())
+        pid = int(owner["pid"])
+    except FileNotFoundError:
+        owner = None
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its owner record is unreadable"
+    if owner is None:
+        age = now - _latest_mtime(path)
+        return f"no owner record and unchanged for {age:.0f} s" if age > _UNOWNED_GRACE_S else None
+    if owner.get("host") != socket.gethostname():
+        age = now - _latest_mtime(path)
+        return f"written on host {owner.get('host')!r}, unchanged for {age:.0f} s" if age > _FOREIGN_GRACE_S else None
+    if not _pid_running(pid):
+        return f"its process {pid} no longer runs"
+    start = _process_start(pid)
+    if owner.get("start") is not None and start is not None and start != owner["start"]:
+        return f"its process {pid} ended (the pid now belongs to another process)"
+    return None
+
+
+def remove_stale_builds(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary folders that interrupted builds of ``folder`` left next to it.
+
+    A ``.<name>.tmp.*`` folder is stale when the process recorded in its owner record no
+    longer runs (a concurrent build's folder is kept); one without a record (an older
+    version's) when nothing in it changed for two minutes.
+
+    Returns:
+        The folders removed.
+    """
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return []
+    now = time.time()
+    removed = []
+    for pattern in (f".{folder.name}.tmp.*", f".{folder.name}.old.*"):
+        for path in sorted(folder.parent.glob(pattern)):
+            try:
+                reason = _stale_reason(path, now) if path.is_dir() else None
+            except OSError:
+                continue  # vanished meanwhile (its build finished or cleaned up)
+            if reason is None:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            logger.warning("Removed %s, left by an interrupted image-cache build (%s)", path, reason)
+            removed.append(path)
+    return removed
+
+
+# ----------------------------------------------------------------------------- disk space
+
+
+def estimate_cache_bytes(spec: CacheSpec) -> int:
+    """Bytes the arrays of ``spec``'s cache take on disk (headers and index not included)."""
+    n, t, k, s = len(spec.image_ids), len(spec.tasks), len(spec.objects), spec.size
+    renders = sum(len(mapping) for mapping in spec.variants.values())
+    return n * s * s * (1 + 2 * t + k) + n * t + renders * s * s
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def check_disk_space(spec: CacheSpec, folder: str | os.PathLike[str]) -> None:
+    """Refuse a build the disk holding ``folder`` has no room for.
+
+    Raises:
+        ParameterError: (``ingestion.cache.size``) with the needed and free bytes and the folder.
+    """
+    folder = Path(folder).absolute()
+    probe = folder.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    need = estimate_cache_bytes(spec) + _DISK_HEADROOM
+    if need > free:
+        n, t, k, s = len(spec.image_ids), len(spec.tasks), len(spec.objects), spec.size
+        raise ParameterError(
+            "ingestion.cache.size",
+            f"the image cache {folder} needs about {_format_bytes(need)} ({need} bytes: {n} images x {s}x{s} px"
+            f" x (1 image + 2 x {t} task masks + {k} object masks) + renders) but the disk has only"
+            f" {_format_bytes(free)} ({free} bytes) free; lower ingestion.cache.size (now {s}) or free space",
+        )
+
+
+# ----------------------------------------------------------------------------- file checks
+
+
+def _array_files(variant_ids: Iterable[str]) -> list[str]:
+    return [*_ARRAY_FILES, *(f"variants/{name}.npy" for name in sorted(variant_ids))]
+
+
+def sampled_hash(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's size and of 34 blocks of 4 KiB spread over it (all of a small file)."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        if size <= _SAMPLE_BLOCK * (_SAMPLE_BLOCKS + 2):
+            h.update(fh.read())
+        else:
+            last = size - _SAMPLE_BLOCK
+            for j in range(_SAMPLE_BLOCKS + 2):
+                fh.seek(last * j // (_SAMPLE_BLOCKS + 1))
+                h.update(fh.read(_SAMPLE_BLOCK))
+    return h.hexdigest()[:32]
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sampled_sha256": sampled_hash(path)}
+
+
+def _npy_expected_bytes(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and total size in bytes that a ``.npy`` file's header promises."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except FileNotFoundError as exc:
+        raise DataFormatError(path, f"is missing; {REBUILD_HINT}") from exc
+    except (OSError, ValueError) as exc:
+        raise DataFormatError(path, f"has no readable .npy header ({exc}); {REBUILD_HINT}") from exc
+    return shape, dtype, offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def _open_array(path: Path, mmap_mode: str | None) -> np.ndarray:
+    """``np.load`` after checking that the file is as long as its header says."""
+    shape, dtype, expected = _npy_expected_bytes(path)
+    actual = path.stat().st_size
+    if actual != expected:
+        raise DataFormatError(
+            path, f"is {actual} bytes but its header (shape {list(shape)}, {dtype}) needs {expected}: truncated or damaged; {REBUILD_HINT}"
+        )
+    try:
+        return np.load(path, mmap_mode=mmap_mode)
+    except (OSError, ValueError) as exc:
+        raise DataFormatError(path, f"cannot be read ({exc}); {REBUILD_HINT}") from exc
+
+
+def verify_cache_files(folder: str | os.PathLike[str], index: Mapping[str, Any] | None = None) -> list[str]:
+    """Check every array file of a cache against its header and the record in ``index.json``.
+
+    Args:
+        folder: The cache folder.
+        index: Its ``index.json`` (read from ``folder`` when None).
+
+    Returns:
+        One line per problem, each naming the file (empty when the cache is intact).
+    """
+    folder = Path(folder)
+    index = read_cache_index(folder) if index is None else index
+    if index is None:
+        return [f"{folder / 'index.json'}: missing or unreadable"]
+    records = index.get("files")
+    if not isinstance(records, Mapping):
+        return [f"{folder / 'index.json'}: records no file sizes and hashes (an older cache format)"]
+    problems = []
+    for name in _array_files(index.get("variant_ids", {})):
+        path = folder / name
+        record = records.get(name)
+        try:
+            _, _, expected = _npy_expected_bytes(path)
+            actual = path.stat().st_size
+        except (DataFormatError, OSError) as exc:
+            problems.append(f"{path}: missing or unreadable ({getattr(exc, 'problem', exc)})")
+            continue
+        if not isinstance(record, Mapping):
+            problems.append(f"{path}: not recorded in index.json")
+        elif actual != expected or actual != record.get("bytes"):
+            problems.append(f"{path}: {actual} bytes, expected {expected} (truncated or damaged)")
+        elif sampled_hash(path) != record.get("sampled_sha256"):
+            problems.append(f"{path}: content differs from the hash recorded when it was built")
+    return problems
 
 
 def read_cache_index(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -321,23 +783,28 @@ def read_cache_index(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def load_cache(folder: str | os.PathLike[str], *, mmap: bool = True) -> ImageCache:
-    """Open a cache folder (arrays memory-mapped read-only by default)."""
+    """Open a cache folder (arrays memory-mapped read-only by default).
+
+    Raises:
+        DataFormatError: no cache in ``folder``, or an array file that is missing, shorter
+            or longer than its header says (naming the file and how to rebuild it).
+    """
     folder = Path(folder)
     index = read_cache_index(folder)
     if index is None:
         raise DataFormatError(folder, "no image cache here (index.json missing or unreadable); run the ingestion pipeline")
     mode = "r" if mmap else None
-    variants = {name: np.load(folder / "variants" / f"{name}.npy", mmap_mode=mode) for name in index["variant_ids"]}
+    variants = {name: _open_array(folder / "variants" / f"{name}.npy", mode) for name in index["variant_ids"]}
     return ImageCache(
         image_ids=list(index["image_ids"]),
         tasks=list(index["tasks"]),
         objects=list(index["objects"]),
         size=int(index["size"]),
-        images=np.load(folder / "images.npy", mmap_mode=mode),
-        masks=np.load(folder / "masks.npy", mmap_mode=mode),
-        boxes=np.load(folder / "boxes.npy", mmap_mode=mode),
-        spurious=np.load(folder / "spurious.npy", mmap_mode=mode),
-        has_mask=np.load(folder / "has_mask.npy"),
+        images=_open_array(folder / "images.npy", mode),
+        masks=_open_array(folder / "masks.npy", mode),
+        boxes=_open_array(folder / "boxes.npy", mode),
+        spurious=_open_array(folder / "spurious.npy", mode),
+        has_mask=_open_array(folder / "has_mask.npy", None),
         variants=variants,
         variant_ids={k: list(v) for k, v in index["variant_ids"].items()},
         fingerprint=str(index.get("fingerprint", "")),

@@ -3,19 +3,25 @@
 * ``HeatmapSetDataset``: one ``HeatmapSet`` in a folder: ``maps.npy`` (n, h, w) float16 and
   ``index.parquet``.
 * ``HeatmapCollectionDataset``: ``dict[name, HeatmapSet]``, one such folder per name
-  (``<folder>/<name>/``); names are heatmap namespaces such as ``erm.gradcam``.
+  (``<folder>/<name>/``); names are heatmap namespaces such as ``erm.gradcam``. The saved
+  names are recorded in ``<folder>/collection.json``; loading requires every recorded set
+  (a missing or damaged one is an error naming its folder, not a silently absent set) and
+  ignores, with a warning, folders the record does not list.
 * ``ChexlocalizeExportDataset``: saves ``dict[name, ChexlocalizeExport]`` as CheXlocalize
   heatmap-pickle folders (``<folder>/<name>/{cxr_id}_{task}_map.pkl``) and loads them back
   as ``dict[name, HeatmapSet]`` through the restricted unpickler.
 
 Local folders are written atomically (a complete temporary folder replaces the old one)
-and loaded with memory-mapped maps; other fsspec protocols (``s3://``, ``gs://``...) are
-read and written through fsspec without memory mapping.
+and loaded with memory-mapped maps; other fsspec protocols (``s3://``...) are read and
+written through fsspec without memory mapping (not atomically: a collection's old folder is
+removed, then the new sets are written), with the filesystem options of ``credentials`` (a
+Kedro credentials entry) and ``fs_args``. ``ChexlocalizeExportDataset`` is local only.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -35,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 MAPS_FILE = "maps.npy"
 INDEX_FILE = "index.parquet"
+COLLECTION_FILE = "collection.json"  #: names of the sets a collection was saved with
 
 
 def _write_set(heatmaps: HeatmapSet, folder: Path) -> None:
@@ -66,6 +73,7 @@ class _FolderDataset:
     """Shared construction and path handling (local vs fsspec)."""
 
     def __init__(self, *, path: str, mmap: bool = True, fs_args: dict[str, Any] | None = None,
+                 credentials: dict[str, Any] | None = None,
                  metadata: dict[str, Any] | None = None) -> None:
         """Create the dataset.
 
@@ -73,9 +81,12 @@ class _FolderDataset:
             path: Folder of the set, or of the collection (local path or fsspec URL).
             mmap: Memory-map the maps on load (local folders only).
             fs_args: Extra fsspec filesystem arguments.
+            credentials: fsspec filesystem arguments from a Kedro credentials entry (e.g.
+                ``key``, ``secret``, ``client_kwargs: {endpoint_url: ...}`` for s3fs);
+                ``fs_args`` wins on a key given in both.
             metadata: Kedro metadata (kedro-viz layer).
         """
-        self._init_path(path, fs_args)
+        self._init_path(path, {**(credentials or {}), **(fs_args or {})})
         self._mmap = mmap
         self.metadata = metadata
 
@@ -161,9 +172,50 @@ class HeatmapCollectionDataset(_FolderDataset, AbstractDataset[dict[str, Heatmap
         found = [PurePosixPath(p).parent.name for p in self._fs.glob(self._full("*", MAPS_FILE))]
         return sorted(set(found))
 
+    def _recorded_names(self) -> list[str] | None:
+        """The names in ``collection.json`` (None for a collection saved before the record)."""
+        where = self._full(COLLECTION_FILE)
+        try:
+            if self._local:
+                text = Path(where).read_text(encoding="utf-8")
+            else:
+                with self._fs.open(where, "r") as fh:
+                    text = fh.read()
+        except FileNotFoundError:
+            return None
+        try:
+            names = json.loads(text)["sets"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataFormatError(where, f"expected {{\"sets\": [names]}}: {exc}") from exc
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataFormatError(where, f"'sets' must be a list of set names, got {names!r}")
+        return names
+
     def load(self) -> dict[str, HeatmapSet]:
-        """Load every set of the collection (maps memory-mapped when local)."""
-        names = self._names()
+        """Load every set of the collection (maps memory-mapped when local).
+
+        Raises:
+            DataFormatError: a set recorded in ``collection.json`` is missing or incomplete
+                (naming its folder and the command that rewrites the collection).
+        """
+        found = self._names()
+        recorded = self._recorded_names()
+        if recorded is None:
+            names = found
+            if names:
+                logger.warning("%s has no %s (written by an older version): loading every set folder found", self._full(), COLLECTION_FILE)
+        else:
+            missing = [n for n in recorded if n not in found]
+            if missing:
+                raise DataFormatError(
+                    self._full(missing[0]),
+                    f"heatmap set(s) {missing} of this collection are missing or incomplete "
+                    f"(recorded in {COLLECTION_FILE}); rerun `kedro run --pipeline saliency` to rewrite the collection",
+                )
+            extra = sorted(set(found) - set(recorded))
+            if extra:
+                logger.warning("%s: ignoring set folder(s) %s not recorded in %s", self._full(), extra, COLLECTION_FILE)
+            names = list(recorded)
         if not names:
             raise DatasetError(f"no heatmap sets found under {self._full()}")
         if self._local:
@@ -173,14 +225,20 @@ class HeatmapCollectionDataset(_FolderDataset, AbstractDataset[dict[str, Heatmap
     def save(self, data: dict[str, HeatmapSet]) -> None:
         """Save the collection (atomically when local: all sets or none)."""
         self._check_names(data, self._full())
+        record = json.dumps({"sets": sorted(data)}, indent=1) + "\n"
         if self._local:
             with atomic_dir(Path(self._path)) as tmp:
                 for name, hset in data.items():
                     (tmp / name).mkdir()
                     _write_set(hset, tmp / name)
+                (tmp / COLLECTION_FILE).write_text(record, encoding="utf-8")
         else:
+            if self._fs.exists(self._full()):  # replace the collection, as locally
+                self._fs.rm(self._full(), recursive=True)
             for name, hset in data.items():
                 self._write_remote_set(hset, name)
+            with self._fs.open(self._full(COLLECTION_FILE), "w") as fh:  # last: marks it complete
+                fh.write(record)
         logger.info("saved %d heatmap set(s) to %s: %s", len(data), self._full(), sorted(data))
 
     def _exists(self) -> bool:
@@ -224,6 +282,12 @@ class ChexlocalizeExportDataset(AbstractDataset[dict[str, ChexlocalizeExport], d
             progress: Show progress bars.
             metadata: Kedro metadata (kedro-viz layer).
         """
+        protocol, _ = get_protocol_and_path(str(path))
+        if protocol != "file":
+            raise DatasetError(
+                f"ChexlocalizeExportDataset: path {path!r} is a {protocol}:// URL, but CheXlocalize "
+                "pickle folders are written and read on local disk only; give a local folder"
+            )
         self._path = Path(path)
         self._progress = progress
         self.metadata = metadata

@@ -8,7 +8,15 @@ from typing import Any
 
 from kedro.io import AbstractDataset
 
-from cxr_spurious.data.cache import CacheSpec, ImageCache, build_cache, load_cache, read_cache_index
+from cxr_spurious.data.cache import (
+    CacheSpec,
+    ImageCache,
+    build_cache,
+    load_cache,
+    read_cache_index,
+    remove_stale_builds,
+    verify_cache_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +26,9 @@ class ImageCacheDataset(AbstractDataset[CacheSpec, ImageCache]):
 
     ``save`` decodes and resizes every image of the spec (in parallel, with progress bars)
     into a temporary folder that replaces the old cache only when complete. When the cache
-    on disk already has the spec's fingerprint, ``save`` does nothing (re-runs are cheap).
+    on disk already has the spec's fingerprint and its files pass ``verify_cache_files``
+    (sizes and sampled hashes recorded at build time), ``save`` does nothing (re-runs are
+    cheap); a damaged cache is rebuilt with a warning naming the file.
     Memory mapping needs a local path, so this dataset is local-only.
     """
 
@@ -40,11 +50,15 @@ class ImageCacheDataset(AbstractDataset[CacheSpec, ImageCache]):
 
     def save(self, data: CacheSpec) -> None:
         """Build the cache described by ``data`` unless an identical one is already there."""
+        remove_stale_builds(self._path)  # also when no rebuild follows
         index = read_cache_index(self._path)
         fingerprint = data.fingerprint()
         if index is not None and index.get("fingerprint") == fingerprint:
-            logger.info("Image cache %s is up to date (fingerprint %s); skipping the rebuild", self._path, fingerprint)
-            return
+            problems = verify_cache_files(self._path, index)
+            if not problems:
+                logger.info("Image cache %s is up to date (fingerprint %s); skipping the rebuild", self._path, fingerprint)
+                return
+            logger.warning("Image cache %s is damaged, rebuilding it: %s", self._path, "; ".join(problems))
         build_cache(data, self._path, progress=self._progress)
 
     def _exists(self) -> bool:

@@ -7,7 +7,7 @@
      "metric_history": {"train_loss": [per epoch], "val_auroc": [...], ...},
      "metrics": {"test_Pneumothorax_auroc": 0.9, ...},
      "figures": {"training_curves.png": matplotlib Figure},
-     "model": torch nn.Module (logged with the MLflow pytorch flavour) or None}
+     "model": {"state_dict": ..., "config": ...} (what ``TorchModelDataset`` saves) or None}
 
 and creates a run nested under the active run (the kedro-mlflow session run), in the
 active run's experiment; with no active run it creates a top-level run in ``experiment``.
@@ -15,10 +15,18 @@ The tracking URI is ``tracking_uri`` if given, else whatever MLflow is configure
 (``MLFLOW_TRACKING_URI`` or the URI kedro-mlflow set from ``conf/*/mlflow.yml``). The git
 commit of the project is added as the ``git_commit`` parameter. Loading returns the
 latest run's data (params, metrics) of that run name, for inspection.
+
+The model is logged as the run artifact ``model/model.pt``: the same ``{"state_dict",
+"config"}`` file the catalog writes, readable with ``torch.load(weights_only=True)`` (no
+MLflow pytorch flavour, whose pickled model would run code when loaded), plus
+``model/config.json`` for reading in the UI. ``load_model_from_run(run_id)`` rebuilds the
+model from a run id; ``load_model_artifact(run_id)`` returns the raw artifact.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import subprocess
 import tempfile
@@ -27,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.artifacts
 from kedro.io import AbstractDataset
 from kedro.io.core import DatasetError
 from mlflow.entities import Metric, Param
@@ -35,6 +44,7 @@ from mlflow.tracking import MlflowClient
 logger = logging.getLogger(__name__)
 
 _MAX_BATCH = 900  # MLflow's log_batch limit is 1000 metrics per call
+MODEL_ARTIFACT = "model/model.pt"  #: path of the model file inside a run's artifacts
 
 
 def git_commit(path: str | Path = ".") -> str:
@@ -61,7 +71,6 @@ class MlflowChildRunDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         experiment: str | None = None,
         tracking_uri: str | None = None,
         log_model: bool = True,
-        pip_requirements: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         """Create the dataset.
@@ -69,14 +78,12 @@ class MlflowChildRunDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         Args:
             experiment: Experiment of top-level runs (used when no run is active).
             tracking_uri: Tracking URI; None = MLflow's current one.
-            log_model: Log ``record["model"]`` with ``mlflow.pytorch.log_model``.
-            pip_requirements: Requirements stored with the model (default: this torch).
+            log_model: Log ``record["model"]`` as the ``model/model.pt`` artifact.
             metadata: Free-form metadata (kedro-viz layer).
         """
         self._experiment = experiment
         self._tracking_uri = tracking_uri
         self._log_model = log_model
-        self._pip_requirements = pip_requirements
         self._last_run_id: str | None = None
         self.metadata = metadata
 
@@ -147,22 +154,35 @@ class MlflowChildRunDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         for name, fig in figures.items():
             client.log_figure(run_id, fig, str(name))
 
-    def _log_torch_model(self, client: MlflowClient, run_id: str, model: Any) -> None:
-        """Save with the pytorch flavour and upload as the run's ``model`` artifact.
+    @staticmethod
+    def _log_torch_model(client: MlflowClient, run_id: str, model: Any) -> None:
+        """Upload the ``{"state_dict", "config"}`` artifact as ``model/model.pt`` (+ config.json).
 
-        (No fluent ``start_run`` here: it would clash with the session's active experiment.)
+        The weights are checked against the architecture first (a run never holds a model
+        that cannot be rebuilt). No fluent ``start_run`` here: it would clash with the
+        session's active experiment.
         """
-        import mlflow.pytorch
         import torch
 
-        requirements = self._pip_requirements or [f"torch=={torch.__version__.split('+')[0]}"]
+        from cxr_spurious.models import model_from_artifact
+
+        if not isinstance(model, Mapping) or not {"state_dict", "config"} <= set(model):
+            raise DatasetError(
+                "MlflowChildRunDataset: record['model'] must be the model artifact "
+                f"{{'state_dict', 'config'}} saved by the catalog, got {type(model).__name__}"
+            )
+        model_from_artifact(model, source="record['model']")  # weights fit the architecture
+        payload = {
+            "state_dict": {k: v.detach().cpu() for k, v in model["state_dict"].items()},
+            "config": dict(model["config"]),
+            **{k: model[k] for k in ("variant", "fingerprint") if model.get(k) is not None},
+        }
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / "model"
-            mlflow.pytorch.save_model(
-                model.cpu().eval(),
-                str(target),
-                pip_requirements=requirements,
-                serialization_format="pickle",
+            target.mkdir()
+            torch.save(payload, target / "model.pt")
+            (target / "config.json").write_text(
+                json.dumps(payload["config"], indent=2, sort_keys=True, default=str) + "\n"
             )
             client.log_artifacts(run_id, str(target), "model")
 
@@ -185,3 +205,54 @@ class MlflowChildRunDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
 
     def _describe(self) -> dict[str, Any]:
         return {"experiment": self._experiment, "tracking_uri": self._tracking_uri}
+
+
+def load_model_artifact(run_id: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The ``{"state_dict", "config"}`` model artifact of an MLflow run, read safely.
+
+    Args:
+        run_id: The run's id (shown in the MLflow UI).
+        tracking_uri: Tracking URI; None = MLflow's current one (``MLFLOW_TRACKING_URI``).
+
+    Returns:
+        The artifact, loaded with ``torch.load(weights_only=True)`` (it cannot run code).
+
+    Raises:
+        DataFormatError: the run has no ``model/model.pt`` or it is not a model artifact.
+    """
+    import torch
+
+    from cxr_spurious.errors import DataFormatError
+
+    source = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=MODEL_ARTIFACT, tracking_uri=tracking_uri, dst_path=tmp
+            )
+        except Exception as exc:
+            raise DataFormatError(source, f"the run has no model artifact: {exc}") from exc
+        data = Path(local).read_bytes()
+    try:
+        artifact = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataFormatError(
+            source, f"not a torch model artifact (loaded with weights_only=True): {exc}"
+        ) from exc
+    if not isinstance(artifact, dict) or not {"state_dict", "config"} <= set(artifact):
+        raise DataFormatError(source, "expected a dict with 'state_dict' and 'config'")
+    return artifact
+
+
+def load_model_from_run(run_id: str, tracking_uri: str | None = None) -> Any:
+    """Rebuild the model an MLflow run logged (eval mode, CPU), without unpickling code.
+
+    Example::
+
+        from cxr_spurious.datasets.mlflow_run import load_model_from_run
+        model = load_model_from_run("<run id>", tracking_uri="sqlite:///mlflow.db")
+    """
+    from cxr_spurious.models import model_from_artifact
+
+    artifact = load_model_artifact(run_id, tracking_uri)
+    return model_from_artifact(artifact, source=f"runs:/{run_id}/{MODEL_ARTIFACT}")

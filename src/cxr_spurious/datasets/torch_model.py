@@ -1,8 +1,14 @@
 """``TorchModelDataset``: a model artifact ``{"state_dict", "config"}`` in one torch file.
 
+A trained model's artifact also records the ``variant`` it was trained as and its training
+``fingerprint`` (``training.checkpoints.result_fingerprint``: settings, precision, data);
+a dataset configured with ``variant`` refuses a file of another variant (a model copied
+over another's), naming the file and both variants.
+
 Saved with ``torch.save`` (locally to a temporary file renamed into place, so a crash
 never leaves half a model); loaded with ``torch.load(weights_only=True)``, so a model file
-can never run code. fsspec paths (``s3://``, ``gs://``...) work too.
+can never run code. fsspec URLs (``s3://``...) are written and read through fsspec; their
+filesystem options come from ``credentials`` (a Kedro credentials entry) and ``fs_args``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         self,
         filepath: str,
         architecture: str | None = None,
+        variant: str | None = None,
         fs_args: dict[str, Any] | None = None,
+        credentials: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         """Create the dataset.
@@ -36,14 +44,20 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         Args:
             filepath: Path or fsspec URL of the ``.pt`` file.
             architecture: If given, ``load`` refuses an artifact of another architecture.
+            variant: If given, ``load`` refuses an artifact that does not record this variant
+                (another variant's model, or a file written without the record).
             fs_args: Extra arguments for the fsspec filesystem.
+            credentials: fsspec filesystem arguments from a Kedro credentials entry (e.g.
+                ``key``, ``secret``, ``client_kwargs: {endpoint_url: ...}`` for s3fs);
+                ``fs_args`` wins on a key given in both.
             metadata: Free-form metadata (kedro-viz layer).
         """
         protocol, path = get_protocol_and_path(filepath)
         self._protocol = protocol
         self._filepath = PurePosixPath(path)
-        self._fs = fsspec.filesystem(protocol, **(fs_args or {}))
+        self._fs = fsspec.filesystem(protocol, **{**(credentials or {}), **(fs_args or {})})
         self._architecture = architecture
+        self._variant = variant
         self.metadata = metadata
 
     @property
@@ -82,6 +96,18 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
                 self._url,
                 f"holds a '{arch}' model but this dataset expects architecture '{self._architecture}'",
             )
+        recorded = artifact.get("variant")
+        if self._variant is not None and recorded != self._variant:
+            problem = (
+                f"holds the model of variant '{recorded}' (training fingerprint "
+                f"{str(artifact.get('fingerprint', ''))[:12] or 'unknown'}), not of '{self._variant}'"
+                if recorded is not None
+                else f"does not record which variant it was trained as (expected '{self._variant}')"
+            )
+            raise DataFormatError(
+                self._url,
+                f"{problem}; retrain it (`kedro run --pipeline training`) or restore the right file",
+            )
         return artifact
 
     def save(self, data: Mapping[str, Any]) -> None:
@@ -91,7 +117,13 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         payload = {
             "state_dict": {k: v.detach().cpu() for k, v in data["state_dict"].items()},
             "config": dict(data["config"]),
+            **{k: data[k] for k in ("variant", "fingerprint") if data.get(k) is not None},
         }
+        if self._variant is not None and payload.get("variant") not in (None, self._variant):
+            raise DataFormatError(
+                self._url,
+                f"refusing to save the model of variant '{payload['variant']}' as '{self._variant}'",
+            )
         if self._protocol == "file":
             with atomic_path(self._url, suffix=".pt") as tmp:
                 torch.save(payload, tmp)
@@ -107,4 +139,4 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         return bool(self._fs.exists(self._url))
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._url, "architecture": self._architecture}
+        return {"filepath": self._url, "architecture": self._architecture, "variant": self._variant}

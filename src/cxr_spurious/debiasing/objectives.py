@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from cxr_spurious.errors import ParameterError
@@ -48,31 +49,58 @@ class GroupDROObjective:
             adjust = size_adjustment / torch.sqrt(torch.as_tensor(group_sizes, dtype=torch.float32).clamp_min(1))
         self.adjust = adjust
 
-    def group_losses(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean loss per group and a mask of the groups present in the batch."""
+    def group_sums(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed per-sample loss per group (with gradient) and the number of samples per group."""
         per_elem = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(labels, nan=0.0).to(logits.dtype), reduction="none")
         v = valid.to(logits.dtype)
         per_sample = (per_elem * v).sum(1) / v.sum(1).clamp_min(1.0)
         has_label = valid.any(1) & (group >= 0)
         g = group.clamp_min(0).long()
         onehot = F.one_hot(g, self.n_groups).to(logits.dtype) * has_label.unsqueeze(1).to(logits.dtype)
-        counts = onehot.sum(0)
-        losses = (onehot * per_sample.unsqueeze(1)).sum(0) / counts.clamp_min(1.0)
-        return losses, counts > 0
+        return (onehot * per_sample.unsqueeze(1)).sum(0), onehot.sum(0).detach()
+
+    def group_losses(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean loss per group and a mask of the groups present in the batch."""
+        sums, counts = self.group_sums(logits, labels, valid, group)
+        return sums / counts.clamp_min(1.0), counts > 0
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Robust loss of one batch; updates ``q`` (no gradient flows through ``q``)."""
+        """Robust loss of one batch; updates ``q`` (no gradient flows through ``q``).
+
+        Under DistributedDataParallel (an initialised process group of more than one process)
+        each process holds a share of the global batch: the group loss sums and counts are
+        all-reduced before the update, so every rank applies the same update to ``q`` as one
+        process would on the whole batch, and the loss is scaled so that DDP's gradient
+        average equals the single-process gradient of ``sum_g q_g * loss_g``. The returned
+        value is the global batch's robust loss on every rank.
+        """
         group = batch["group"].to(logits.device)
         if int(group.max()) >= self.n_groups:
             raise ParameterError("training.group_dro.n_groups", f"batch has group {int(group.max())} but n_groups is {self.n_groups}")
-        losses, present = self.group_losses(logits, labels, valid, group)
-        adjusted = losses + self.adjust.to(losses.device)
+        sums, counts = self.group_sums(logits, labels, valid, group)
+        world = _world_size()
+        if world > 1:
+            totals = torch.stack([sums.detach().float(), counts.float()])
+            dist.all_reduce(totals)
+            global_sums, counts = totals[0].to(sums.dtype), totals[1].to(sums.dtype)
+        else:
+            global_sums = sums.detach()
+        present = counts > 0
+        adjust = self.adjust.to(sums.device, sums.dtype)
         with torch.no_grad():
-            q = self.q.to(losses.device)
-            step = torch.where(present, torch.exp(self.step_size * adjusted.detach()), torch.ones_like(q))
+            adjusted = global_sums / counts.clamp_min(1.0) + adjust
+            q = self.q.to(sums.device)
+            step = torch.where(present, torch.exp(self.step_size * adjusted), torch.ones_like(q))
             q = q * step
             self.q = (q / q.sum()).cpu()
-        return (self.q.to(losses.device) * adjusted * present.to(losses.dtype)).sum()
+        q = self.q.to(sums.device, sums.dtype)
+        mask = present.to(sums.dtype)
+        local = sums / counts.clamp_min(1.0)  # this rank's share of each global group mean
+        if world == 1:
+            return (q * (local + adjust) * mask).sum()
+        value = (q * adjusted * mask).sum()
+        grad_part = world * (q * local).sum()  # DDP averages gradients over the ranks
+        return grad_part + (value - grad_part).detach()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The group weights (so a resumed run continues the same ``q``)."""
@@ -85,6 +113,13 @@ class GroupDROObjective:
             raise ParameterError("training.group_dro.n_groups", f"checkpoint has {q.numel()} groups, objective has {self.n_groups}")
         self.q = q.clone()
         self.adjust = torch.as_tensor(state["adjust"], dtype=torch.float32).clone()
+
+
+def _world_size() -> int:
+    """Processes in the default process group (1 without one)."""
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_world_size())
+    return 1
 
 
 def make_group_dro(config: Mapping[str, Any]) -> GroupDROObjective:

@@ -1,6 +1,9 @@
 """Write files and folders atomically: to a temporary path first, then rename.
 
-A crash or an error mid-write never leaves a half-written file at the final path.
+A crash or an error mid-write never leaves a half-written file at the final path. The
+result has the permissions a plain ``open(path, "w")`` / ``mkdir`` would give it: a new
+file ``0o666 & ~umask``, a new folder ``0o777 & ~umask``, a replaced file keeps its mode
+(``tempfile`` alone would leave them owner-only, ``0o600`` / ``0o700``).
 """
 
 from __future__ import annotations
@@ -8,9 +11,36 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read from ``/proc`` on Linux, else set-and-restore under a lock)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _normal_mode(final: Path, *, base: int) -> int:
+    """Mode a plain write would give ``final``: an existing file's own, else ``base & ~umask``."""
+    try:
+        return stat.S_IMODE(final.stat().st_mode)
+    except OSError:
+        return base & ~current_umask()
 
 
 @contextlib.contextmanager
@@ -31,6 +61,8 @@ def atomic_path(final: str | os.PathLike[str], *, suffix: str = "") -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file 0o600; a writer may also have replaced it with its own.
+        os.chmod(tmp_path, _normal_mode(final, base=0o666))
         os.replace(tmp_path, final)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -53,6 +85,7 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes the folder 0o700
         if final.exists():
             old = final.with_name(f".{final.name}.old.{os.getpid()}")
             os.replace(final, old)

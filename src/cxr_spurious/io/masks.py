@@ -1,7 +1,9 @@
 """Binary masks: polygon rasterisation and the two run-length encodings in use.
 
 * CheXlocalize / COCO compressed RLE through pycocotools (``size`` is [h, w], ``counts``
-  a str in JSON).
+  a str in JSON). ``validate_rle`` parses the counts in Python before pycocotools sees
+  them: pycocotools' C loops trust the string, and a malformed one can make ``merge`` run
+  without end or ``decode`` write past its buffer.
 * SIIM-ACR relative column-major RLE ("offset length" pairs on a 1024x1024 grid, ``-1``
   for an empty mask).
 
@@ -10,7 +12,7 @@ This module is the one implementation of each codec in the project.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,11 @@ from pycocotools import mask as mask_utils
 from cxr_spurious.errors import DataFormatError
 
 Polygon = Sequence[Sequence[float]]
+
+MAX_MASK_SIDE = 1 << 15
+"""Largest mask height or width accepted (32,768 px; chest X-rays are below 5,000)."""
+_RLE_CHAR_MIN, _RLE_CHAR_MAX = 48, 48 + 63  # pycocotools' alphabet: '0'..'o'
+_RLE_MAX_CHARS_PER_COUNT = 7  # 35 bits: more than any run of a MAX_MASK_SIDE^2 mask
 
 
 def rasterize_polygons(polygons: Sequence[Polygon], height: int, width: int) -> np.ndarray:
@@ -52,6 +59,95 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+def _is_integral(value: Any) -> bool:
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, int | np.integer):
+        return True
+    return isinstance(value, float | np.floating) and float(value).is_integer()
+
+
+def _rle_size(rle: Any, source: object, key: str | None) -> tuple[int, int]:
+    if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
+        raise DataFormatError(source, f"expected an RLE dict with 'size' [h, w] and 'counts', got {rle!r:.80}", where=key)
+    size = rle["size"]
+    if not isinstance(size, Sequence | np.ndarray) or isinstance(size, str | bytes) or len(size) != 2 or not all(_is_integral(v) for v in size):
+        raise DataFormatError(source, f"RLE 'size' must be two integers [h, w], got {size!r:.80}", where=key)
+    h, w = int(size[0]), int(size[1])
+    if not (0 < h <= MAX_MASK_SIDE and 0 < w <= MAX_MASK_SIDE):
+        raise DataFormatError(source, f"RLE 'size' [h, w] must lie in 1..{MAX_MASK_SIDE}, got [{h}, {w}]", where=key)
+    return h, w
+
+
+def _compressed_counts(counts: str | bytes, source: object, key: str | None) -> np.ndarray:
+    """Run lengths of a pycocotools compressed counts string (its LEB128-like code), checked."""
+    try:
+        raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    except UnicodeEncodeError as exc:
+        raise DataFormatError(source, f"RLE counts must be ASCII, got {counts!r:.60}", where=key) from exc
+    if not raw:
+        raise DataFormatError(source, "RLE counts string is empty", where=key)
+    chars = np.frombuffer(raw, dtype=np.uint8).astype(np.int64)
+    bad = np.flatnonzero((chars < _RLE_CHAR_MIN) | (chars > _RLE_CHAR_MAX))
+    if bad.size:
+        i = int(bad[0])
+        raise DataFormatError(source, f"RLE counts is not a pycocotools RLE string: character {raw[i:i + 1]!r} at offset {i} is outside '0'..'o' (got {raw[:40]!r})", where=key)
+    c = chars - _RLE_CHAR_MIN
+    last = np.flatnonzero((c & 0x20) == 0)  # the last character of each count
+    if last.size == 0 or last[-1] != c.size - 1:
+        raise DataFormatError(source, "RLE counts string ends in the middle of a count (continuation bit set)", where=key)
+    first = np.concatenate([[0], last[:-1] + 1])
+    length = last - first + 1
+    if int(length.max()) > _RLE_MAX_CHARS_PER_COUNT:
+        raise DataFormatError(source, f"RLE counts has a count of {int(length.max())} characters; no valid mask needs more than {_RLE_MAX_CHARS_PER_COUNT}", where=key)
+    shift = 5 * (np.arange(c.size) - np.repeat(first, length))
+    values = np.add.reduceat((c & 0x1F) << shift, first)
+    values -= np.where((c[last] & 0x10) != 0, np.int64(1) << (5 * length), 0)  # sign extension
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])  # counts after the third are deltas to the count two back
+    runs[2::2] = np.cumsum(values[2::2])
+    return runs
+
+
+def validate_rle(rle: Any, *, source: object = "<rle>", key: str | None = None, size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Check an RLE before any pycocotools call; returns its (h, w).
+
+    Checks: a dict with ``size`` (two integers in 1..``MAX_MASK_SIDE``) and ``counts`` (a
+    compressed string in pycocotools' alphabet that ends on a complete count, or a list of
+    integers); every run length >= 0; the runs summing to exactly h x w; and, when given,
+    ``size`` equal to the image's (h, w). Runs in time linear in the counts' length.
+
+    Args:
+        rle: The candidate RLE.
+        source: File the RLE came from, for error messages.
+        key: The key (cxr id / task) in that file, for error messages.
+        size: The image's (h, w), when known.
+
+    Raises:
+        DataFormatError: naming ``source`` and ``key`` and what was expected.
+    """
+    h, w = _rle_size(rle, source, key)
+    if size is not None and (h, w) != (int(size[0]), int(size[1])):
+        raise DataFormatError(source, f"RLE size [h, w] = [{h}, {w}] disagrees with the image's [{int(size[0])}, {int(size[1])}]", where=key)
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        if not all(isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_) for v in counts):
+            raise DataFormatError(source, "uncompressed RLE counts must be a list of integers", where=key)
+        runs: list[Any] | np.ndarray = counts
+    elif isinstance(counts, str | bytes):
+        runs = _compressed_counts(counts, source, key)
+    else:
+        raise DataFormatError(source, f"RLE counts must be a string or a list of integers, got {type(counts).__name__}", where=key)
+    negative = [i for i, v in enumerate(runs) if v < 0] if isinstance(runs, list) else np.flatnonzero(runs < 0)
+    if len(negative):
+        i = int(negative[0])
+        raise DataFormatError(source, f"RLE run {i} has negative length {int(runs[i])}", where=key)
+    total = sum(int(v) for v in runs) if isinstance(runs, list) else int(runs.sum())
+    if total != h * w:
+        raise DataFormatError(source, f"RLE runs sum to {total} pixels, expected h x w = {h} x {w} = {h * w}", where=key)
+    return h, w
+
+
 def decode_rle(rle: dict[str, Any], *, source: object = "<rle>", key: str | None = None) -> np.ndarray:
     """Decode a pycocotools RLE (counts as str or bytes) into a uint8 (h, w) mask.
 
@@ -64,13 +160,11 @@ def decode_rle(rle: dict[str, Any], *, source: object = "<rle>", key: str | None
         The decoded mask.
 
     Raises:
-        DataFormatError: the RLE is malformed or does not decode to its declared size.
+        DataFormatError: the RLE is malformed (see ``validate_rle``) or does not decode to
+            its declared size.
     """
-    try:
-        size = [int(rle["size"][0]), int(rle["size"][1])]
-        counts = rle["counts"]
-    except (KeyError, TypeError, IndexError, ValueError) as exc:
-        raise DataFormatError(source, f"expected an RLE dict with 'size' [h, w] and 'counts', got {rle!r:.80}", where=key) from exc
+    size = list(validate_rle(rle, source=source, key=key))
+    counts = rle["counts"]
     if isinstance(counts, str):
         counts = counts.encode("ascii")
     if isinstance(counts, list):  # uncompressed RLE

@@ -3,16 +3,39 @@
 Only plain Python values (dict, list, tuple, str, numbers, bool, None), numpy arrays and
 torch tensors may be reconstructed; any other global (a function, a class with side
 effects, ``os.system``...) raises ``DataFormatError`` before it can run.
+
+Sizes are bounded too. Before unpickling, the opcode stream is scanned (payloads are
+seeked over, not read): every length field must fit in the bytes left in the file and in
+``max_bytes``, every memo index must be one a pickler could have written, and
+out-of-band buffers (protocol 5 ``buffer_callback``) are refused. Numpy arrays, dtypes
+and torch tensors/storages are recorded while unpickling and built afterwards by this
+module, from checked sizes: an array's bytes must match its shape and dtype (numeric
+dtypes only), a tensor must lie inside its storage, a storage inside the bytes that
+carry it, and a constructor asked for ``N`` bytes (``bytes(N)``, ``torch.FloatStorage(N)``)
+gets at most the file's own size. Numpy arrays pickled at protocols 2 to 5 (in-band) are
+supported, from numpy 1.x (``numpy.core``) and 2.x (``numpy._core``).
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
+import math
+import mmap
+import os
 import pickle
+import pickletools
+import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cxr_spurious.errors import DataFormatError
+
+DEFAULT_MAX_BYTES = 1 << 30
+"""Largest allocation (bytes) a pickle may ask for, unless ``max_bytes`` says otherwise."""
 
 _PLAIN = {
     ("builtins", "dict"),
@@ -27,15 +50,9 @@ _PLAIN = {
     ("builtins", "bool"),
     ("builtins", "complex"),
     ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # protocol 2 writes bytes as _codecs.encode(str, 'latin1')
 }
-_NUMPY = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-}
+_NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
 _TORCH = {
     ("torch._utils", "_rebuild_tensor"),
     ("torch._utils", "_rebuild_tensor_v2"),
@@ -45,36 +62,437 @@ _TORCH = {
     ("torch.serialization", "_get_layout"),
     ("torch", "strided"),
 }
-_TORCH_STORAGES = {
-    "FloatStorage",
-    "DoubleStorage",
-    "HalfStorage",
-    "BFloat16Storage",
-    "LongStorage",
-    "IntStorage",
-    "ShortStorage",
-    "CharStorage",
-    "ByteStorage",
-    "BoolStorage",
-    "UntypedStorage",
+_TORCH_STORAGES = {  # element size in bytes
+    "FloatStorage": 4,
+    "DoubleStorage": 8,
+    "HalfStorage": 2,
+    "BFloat16Storage": 2,
+    "LongStorage": 8,
+    "IntStorage": 4,
+    "ShortStorage": 2,
+    "CharStorage": 1,
+    "ByteStorage": 1,
+    "BoolStorage": 1,
+    "UntypedStorage": 1,
 }
+_NUMERIC_KINDS = "biufc"  # bool, signed, unsigned, float, complex
+_LENGTH_PREFIX = {  # argument descriptor n -> (prefix bytes, struct format)
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, "<B"),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, "<i"),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, "<I"),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, "<Q"),
+}
+_READ_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    AttributeError,
+    ValueError,
+    TypeError,
+    RuntimeError,
+    MemoryError,
+    OverflowError,
+    RecursionError,
+    IndexError,
+    KeyError,
+    struct.error,
+)
+
+
+class _Context:
+    """One load: the file named in errors, its size, the allocation limit, payload access."""
+
+    def __init__(self, source: str, file_size: int, max_bytes: int | None) -> None:
+        self.source = source
+        self.file_size = file_size
+        self.max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
+        self._seen: dict[int, tuple[Any, Any]] = {}  # id -> (object kept alive, its built value)
+        self.records = 0  # records made by this load (nothing to build when 0)
+
+    def error(self, problem: str) -> DataFormatError:
+        return DataFormatError(self.source, problem)
+
+    def check_size(self, nbytes: int, what: str, *, available: int | None = None) -> int:
+        """``nbytes`` if it is within the file's size (or ``available``) and ``max_bytes``."""
+        limit = self.file_size if available is None else available
+        if nbytes < 0:
+            raise self.error(f"{what} has a negative size ({nbytes})")
+        if nbytes > self.max_bytes:
+            raise self.error(f"{what} asks for {nbytes:,} bytes, more than the limit of {self.max_bytes:,} bytes (max_bytes)")
+        if nbytes > limit:
+            raise self.error(f"{what} asks for {nbytes:,} bytes, more than the {limit:,} bytes that carry it")
+        return nbytes
+
+    def payload(self, data: Any) -> Any:
+        """The real bytes of ``data`` (a reader that seeks over payloads overrides this)."""
+        return data
+
+    def finish(self, obj: Any) -> Any:
+        """``materialize(obj)``, skipped (no walk) when the load made no record and skipped nothing."""
+        return self.materialize(obj) if self.records or self.skipped() else obj
+
+    def skipped(self) -> bool:
+        """Whether a payload was seeked over (overridden by a skipping reader's context)."""
+        return False
+
+    def materialize(self, obj: Any) -> Any:
+        """``obj`` with every record built and every payload real (shared values kept shared)."""
+        key = id(obj)
+        if key in self._seen:
+            return self._seen[key][1]
+        if isinstance(obj, _Record):
+            out = obj.build()
+        elif isinstance(obj, bytes | bytearray):
+            out = self.payload(obj)
+        elif isinstance(obj, dict):
+            self._seen[key] = (obj, obj)
+            for k in list(obj):
+                if isinstance(k, _Record):
+                    raise self.error("an array or tensor is used as a dict key; not supported")
+                obj[k] = self.materialize(obj[k])
+            return obj
+        elif isinstance(obj, list):
+            self._seen[key] = (obj, obj)
+            for i, v in enumerate(obj):
+                obj[i] = self.materialize(v)
+            return obj
+        elif type(obj) is tuple:
+            out = tuple(self.materialize(v) for v in obj)
+        elif type(obj) in (set, frozenset) and any(isinstance(v, _Record) for v in obj):
+            raise self.error("an array or tensor is stored in a set; not supported")
+        else:
+            return obj
+        self._seen[key] = (obj, out)
+        return out
+
+
+def _scan_opcodes(fh: Any, ctx: _Context) -> None:
+    """Check the opcode stream of the pickle at ``fh``'s position (see ``_scan_buffer``).
+
+    The file is memory-mapped, so payloads that are skipped are not read from disk.
+    """
+    start = fh.tell()
+    if isinstance(fh, io.BytesIO):
+        _scan_buffer(fh.getvalue(), start, ctx)
+        return
+    try:
+        fileno = fh.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fileno = None
+    if fileno is None or ctx.file_size == 0:
+        _scan_buffer(fh.read(), 0, ctx)
+        fh.seek(start)
+        return
+    with mmap.mmap(fileno, 0, access=mmap.ACCESS_READ) as view:
+        _scan_buffer(view, start, ctx)
+
+
+def _scan_buffer(data: Any, pos: int, ctx: _Context) -> int:
+    """Check a pickle's opcode stream in ``data`` from ``pos``; the offset after its STOP.
+
+    Raises:
+        DataFormatError: an unknown opcode, a length beyond the data or ``max_bytes``, a
+            memo index no pickler writes, out-of-band buffers, or no STOP.
+    """
+    end = len(data)
+    n_ops = 0
+    while True:
+        at = pos
+        if pos >= end:
+            raise ctx.error(f"pickle data ends at offset {pos} without a STOP opcode (truncated)")
+        entry = _OP_TABLE[data[pos]]
+        if entry is None:
+            raise ctx.error(f"not a pickle: unknown opcode {bytes([data[pos]])!r} at offset {pos}")
+        name, kind, width, fmt = entry
+        pos += 1
+        n_ops += 1
+        value = None
+        if kind == _FIXED:
+            if pos + width > end:
+                raise ctx.error(f"pickle data truncated in {name} at offset {at}")
+            if fmt:
+                (value,) = struct.unpack_from(fmt, data, pos)
+            pos += width
+        elif kind == _COUNTED:
+            if pos + width > end:
+                raise ctx.error(f"pickle data truncated in {name} at offset {at}")
+            (size,) = struct.unpack_from(fmt, data, pos)
+            pos += width
+            pos += ctx.check_size(size, f"{name} at offset {at}", available=end - pos)
+        elif kind == _LINES:
+            for _ in range(width):
+                newline = data.find(b"\n", pos)
+                if newline < 0:
+                    raise ctx.error(f"pickle data truncated in {name} at offset {at}")
+                if name == "PUT":
+                    try:
+                        value = int(bytes(data[pos:newline]))
+                    except ValueError as exc:
+                        raise ctx.error(f"malformed PUT at offset {at}") from exc
+                pos = newline + 1
+        elif kind == _REFUSED:
+            raise ctx.error("pickle refers to out-of-band buffers (protocol 5 with buffer_callback); only in-band data is supported, re-pickle without buffer_callback")
+        if value is None:
+            if name == "STOP":
+                return pos
+        elif name == "FRAME":
+            ctx.check_size(value, f"FRAME at offset {at}", available=end - pos)
+        elif not 0 <= value < n_ops:  # PUT, BINPUT, LONG_BINPUT
+            raise ctx.error(f"{name} at offset {at} uses memo index {value}; a pickler numbers memo entries from 0 in order")
+
+
+def _op_table() -> list[tuple[str, int, int, str] | None]:
+    """Per opcode byte: (name, kind, width or line count, struct format of a checked value)."""
+    table: list[tuple[str, int, int, str] | None] = [None] * 256
+    checked = {"BINPUT": "<B", "LONG_BINPUT": "<I", "FRAME": "<Q"}
+    for op in pickletools.opcodes:
+        arg = op.arg
+        if op.name in ("NEXT_BUFFER", "READONLY_BUFFER"):
+            entry = (op.name, _REFUSED, 0, "")
+        elif arg is None:
+            entry = (op.name, _FIXED, 0, "")
+        elif arg.n in _LENGTH_PREFIX:
+            entry = (op.name, _COUNTED, *_LENGTH_PREFIX[arg.n])
+        elif arg.n == pickletools.UP_TO_NEWLINE:
+            entry = (op.name, _LINES, 2 if op.name in ("GLOBAL", "INST") else 1, "")
+        else:
+            entry = (op.name, _FIXED, arg.n, checked.get(op.name, ""))
+        table[ord(op.code)] = entry
+    return table
+
+
+_FIXED, _COUNTED, _LINES, _REFUSED = range(4)
+_OP_TABLE = _op_table()
+
+
+# ---------------------------------------------------------------------------------------
+# Records: values that are built after unpickling, from checked sizes.
+
+
+class _Record:
+    """A value the unpickler recorded instead of building; ``build()`` makes it."""
+
+    shape: tuple[int, ...] | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"pickle sets the state of a {type(self).__name__}; not allowed")
+
+    def build(self) -> Any:  # pragma: no cover - every record overrides
+        raise NotImplementedError
+
+
+class _Call(_Record):
+    """``func(*args)`` with ``args`` built first (tensors, parameters)."""
+
+    def __init__(self, ctx: _Context, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.ctx, self.func, self.args = ctx, func, args
+        ctx.records += 1
+        size = args[2] if len(args) > 3 else getattr(args[0], "shape", None) if args else None  # tensor / parameter
+        if isinstance(size, tuple | list) and all(isinstance(d, int) for d in size):
+            self.shape = tuple(size)
+
+    def build(self) -> Any:
+        return self.func(*[self.ctx.materialize(a) for a in self.args])
+
+
+class _DtypeRecord(_Record):
+    """``numpy.dtype(obj, align, copy)`` and its pickled state; numeric dtypes only."""
+
+    def __init__(self, ctx: _Context, obj: Any, *_: Any) -> None:
+        self.ctx, self.obj, self.state = ctx, obj, None
+        ctx.records += 1
+
+    def __setstate__(self, state: Any) -> None:
+        if self.state is not None:
+            super().__setstate__(state)
+        self.state = state
+
+    def build(self) -> np.dtype:
+        if not isinstance(self.obj, str):
+            raise self.ctx.error(f"numpy dtype {self.obj!r:.40} is not supported; expected a numeric dtype code")
+        try:
+            dtype = np.dtype(self.obj)
+        except TypeError as exc:
+            raise self.ctx.error(f"unknown numpy dtype {self.obj!r:.40}") from exc
+        state = self.state
+        if isinstance(state, tuple) and len(state) >= 2:
+            if any(v is not None for v in state[2:5]):
+                raise self.ctx.error("structured or sub-array numpy dtypes are not supported; expected a numeric dtype")
+            if state[1] in ("<", ">"):
+                dtype = dtype.newbyteorder(state[1])
+        if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+            raise self.ctx.error(f"numpy dtype '{dtype.str}' is not supported; expected bool, integer, float or complex")
+        return dtype
+
+
+def _dims(ctx: _Context, shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, tuple | list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ctx.error(f"numpy array shape {shape!r:.60} is not a tuple of non-negative ints")
+    return tuple(shape)
+
+
+def _array_from_bytes(ctx: _Context, data: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+    """A writable copy of ``data`` as an array, after checking its size against the shape."""
+    dtype = dtype.build() if isinstance(dtype, _DtypeRecord) else None
+    if dtype is None:
+        raise ctx.error("numpy array without a numpy dtype")
+    dims = _dims(ctx, shape)
+    nbytes = ctx.check_size(math.prod(dims) * dtype.itemsize, f"numpy array {dims} of {dtype.str}")
+    data = ctx.payload(data)
+    if isinstance(data, list):
+        raise ctx.error("numpy object arrays are not supported; expected a numeric array")
+    if not isinstance(data, bytes | bytearray) or len(data) != nbytes:
+        got = len(data) if isinstance(data, bytes | bytearray) else type(data).__name__
+        raise ctx.error(f"numpy array {dims} of {dtype.str} needs {nbytes} bytes of data, got {got}")
+    flat = np.frombuffer(data, dtype=dtype)
+    return flat.reshape(dims, order="F" if order == "F" else "C").copy(order="K")
+
+
+class _ArrayRecord(_Record):
+    """``numpy.core.multiarray._reconstruct(ndarray, ...)`` and its BUILD state."""
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx, self.state = ctx, None
+        ctx.records += 1
+
+    def __setstate__(self, state: Any) -> None:
+        if self.state is not None or not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("malformed numpy array state; expected (version, shape, dtype, fortran, data)")
+        self.state = state[-4:]
+        if isinstance(self.state[0], tuple | list) and all(isinstance(d, int) for d in self.state[0]):
+            self.shape = tuple(self.state[0])
+
+    def build(self) -> np.ndarray:
+        if self.state is None:
+            raise self.ctx.error("numpy array without its data (no BUILD state)")
+        shape, dtype, fortran, data = self.state
+        return _array_from_bytes(self.ctx, data, dtype, shape, "F" if fortran else "C")
+
+
+class _FromBufferRecord(_Record):
+    """``numpy.core.numeric._frombuffer(buf, dtype, shape, order)`` (protocol 5, in-band)."""
+
+    def __init__(self, ctx: _Context, buf: Any, dtype: Any, shape: Any, order: Any) -> None:
+        self.ctx, self.args = ctx, (buf, dtype, shape, order)
+        ctx.records += 1
+        if isinstance(shape, tuple) and all(isinstance(d, int) for d in shape):
+            self.shape = shape
+
+    def build(self) -> np.ndarray:
+        buf, dtype, shape, order = self.args
+        return _array_from_bytes(self.ctx, buf, dtype, shape, order)
+
+
+class _ScalarRecord(_Record):
+    """``numpy.core.multiarray.scalar(dtype, data)``."""
+
+    def __init__(self, ctx: _Context, dtype: Any, data: Any = None) -> None:
+        self.ctx, self.args = ctx, (dtype, data)
+        ctx.records += 1
+
+    def build(self) -> Any:
+        dtype, data = self.args
+        return _array_from_bytes(self.ctx, data, dtype, (), "C")[()]
+
+
+class _StorageRecord(_Record):
+    """``torch.storage._load_from_bytes(data)``: a legacy ``torch.save`` of one storage."""
+
+    def __init__(self, ctx: _Context, data: Any) -> None:
+        self.ctx, self.data = ctx, data
+        ctx.records += 1
+
+    def build(self) -> Any:
+        return _load_storage_from_bytes(self.ctx.payload(self.data), self.ctx)
+
+
+# ---------------------------------------------------------------------------------------
+# Checked constructors handed out by find_class (sealed: a pickle cannot BUILD on them).
+
+
+class _Checked:
+    __slots__ = ("_func", "_name")
+
+    def __init__(self, name: str, func: Callable[..., Any]) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_func", func)
+
+    def __call__(self, *args: Any) -> Any:
+        return self._func(*args)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise pickle.UnpicklingError(f"pickle modifies '{self._name}'; not allowed")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"pickle sets the state of '{self._name}'; not allowed")
+
+    def __repr__(self) -> str:
+        return f"<checked {self._name}>"
+
+
+_STR_ARGS = (str, bytes, bytearray, int, float, bool, type(None))
+
+
+def _plain(ctx: _Context, module: str, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        args = tuple(ctx.payload(a) if isinstance(a, bytes | bytearray) else a for a in args)
+        if name == "bytes" and args and isinstance(args[0], int):
+            ctx.check_size(args[0], f"bytes({args[0]})")
+        if name == "str" and not all(isinstance(a, _STR_ARGS) for a in args):
+            raise ctx.error("str() of a container is not allowed in a pickle")
+        if name == "encode":
+            if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
+                raise ctx.error("_codecs.encode is only allowed as encode(str, 'latin1') (protocol 2 bytes)")
+            return args[0].encode("latin-1")
+        return func(*args)
+
+    return call
+
+
+def _storage_class(ctx: _Context, name: str, cls: Any) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        if args and isinstance(args[0], int):
+            ctx.check_size(args[0] * _TORCH_STORAGES[name], f"torch.{name}({args[0]})")
+        return cls(*args)
+
+    return call
+
+
+def _check_view(ctx: _Context, storage: Any, offset: Any, size: Any, stride: Any) -> None:
+    """Raise unless the tensor (offset, size, stride) lies inside ``storage`` (no resize)."""
+    dims, steps = tuple(size), tuple(stride)
+    if not (isinstance(offset, int) and offset >= 0 and len(dims) == len(steps) and all(isinstance(d, int) and d >= 0 for d in dims + steps)):
+        raise ctx.error(f"tensor record with offset {offset!r:.20}, size {dims!r:.40}, stride {steps!r:.40} is malformed")
+    n = storage._size() if hasattr(storage, "_size") else len(storage)  # elements; _size() does not warn
+    if 0 in dims:
+        return
+    last = offset + sum((d - 1) * s for d, s in zip(dims, steps))
+    if last >= n:
+        raise ctx.error(f"tensor of size {dims} (offset {offset}, stride {steps}) reaches element {last} of a storage of {n} elements")
+
+
+def _rebuild(ctx: _Context, func: Callable[..., Any]) -> Callable[..., Any]:
+    def call(storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> Any:
+        _check_view(ctx, storage, offset, size, stride)
+        return func(storage, offset, size, stride, *rest)
+
+    return call
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BufferedIOBase, source: str, allow_torch: bool, allow_numpy: bool) -> None:
+    def __init__(self, file: Any, ctx: _Context, allow_torch: bool, allow_numpy: bool) -> None:
         super().__init__(file)
-        self._source = source
+        self._ctx = ctx
+        self._source = ctx.source
         self._allow_torch = allow_torch
         self._allow_numpy = allow_numpy
 
     def find_class(self, module: str, name: str) -> Any:
-        key = (module, name)
-        allowed = key in _PLAIN
-        if self._allow_numpy and (key in _NUMPY or (module == "numpy" and name == "dtype")):
-            allowed = True
-        if self._allow_torch and (key in _TORCH or (module == "torch" and name in _TORCH_STORAGES)):
-            allowed = True
-        if not allowed:
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol 2 names (__builtin__ ...)
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        found = self._checked(module, name)
+        if found is None:
             raise DataFormatError(
                 self._source,
                 f"refusing to unpickle global '{module}.{name}': only plain values"
@@ -82,38 +500,117 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 + (" and torch tensors" if self._allow_torch else "")
                 + " are allowed",
             )
-        return super().find_class(module, name)
+        return found
+
+    def _checked(self, module: str, name: str) -> Any:
+        ctx, key = self._ctx, (module, name)
+        if key in _PLAIN:
+            return _Checked(f"{module}.{name}", _plain(ctx, module, name, super().find_class(module, name)))
+        if self._allow_numpy:
+            if key == ("numpy", "ndarray"):
+                return _NDARRAY
+            if key == ("numpy", "dtype"):
+                return _Checked("numpy.dtype", lambda *a: _DtypeRecord(ctx, *a))
+            if module in _NUMPY_CORE and name == "_reconstruct":
+                return _Checked(f"{module}.{name}", lambda cls, *_: _ArrayRecord(ctx) if cls is _NDARRAY else _refuse(ctx, "numpy _reconstruct of a class other than ndarray"))
+            if module in _NUMPY_CORE and name == "_frombuffer":
+                return _Checked(f"{module}.{name}", lambda *a: _FromBufferRecord(ctx, *a))
+            if module in _NUMPY_CORE and name == "scalar":
+                return _Checked(f"{module}.{name}", lambda *a: _ScalarRecord(ctx, *a))
+        if self._allow_torch:
+            if key == ("torch", "strided"):
+                return super().find_class(module, name)
+            if key in _TORCH:
+                func = super().find_class(module, name)
+                if name.startswith("_rebuild_tensor"):
+                    func = _rebuild(ctx, func)
+                if name.startswith("_rebuild"):
+                    return _Checked(f"{module}.{name}", lambda *a, f=func: _Call(ctx, f, a))
+                return _Checked(f"{module}.{name}", func)
+            if module == "torch" and name in _TORCH_STORAGES:
+                return _Checked(f"torch.{name}", _storage_class(ctx, name, super().find_class(module, name)))
+        return None
 
     def persistent_load(self, pid: Any) -> Any:
         raise DataFormatError(self._source, f"pickle references an external object {pid!r:.60}; not allowed")
 
 
-def load_pickle(path: str | Path, *, allow_numpy: bool = False) -> Any:
+def _refuse(ctx: _Context, problem: str) -> Any:
+    raise ctx.error(f"{problem}; not allowed")
+
+
+class _NdarrayClass:
+    """Stands for ``numpy.ndarray`` in a pickle (only as ``_reconstruct``'s argument)."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any) -> Any:
+        raise pickle.UnpicklingError("pickle calls numpy.ndarray(...) directly; only pickled arrays are allowed")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("pickle sets the state of numpy.ndarray; not allowed")
+
+
+_NDARRAY = _NdarrayClass()
+
+
+def _open_size(fh: Any) -> int:
+    try:
+        return os.fstat(fh.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        here = fh.tell()
+        end = fh.seek(0, os.SEEK_END)
+        fh.seek(here)
+        return end
+
+
+def _unpickle(fh: Any, ctx: _Context, make: Callable[[Any], pickle.Unpickler], *, materialize: bool = True) -> Any:
+    """Scan then unpickle one pickle from ``fh`` (at its start); build records unless told not to."""
+    _scan_opcodes(fh, ctx)
+    obj = make(fh).load()
+    return ctx.finish(obj) if materialize else obj
+
+
+def load_pickle(path: str | Path, *, allow_numpy: bool = False, max_bytes: int | None = None) -> Any:
     """Load a pickle of plain Python values (and optionally numpy arrays) safely.
 
+    Args:
+        path: The file.
+        allow_numpy: Also allow numeric numpy arrays and scalars (protocols 2 to 5, in-band).
+        max_bytes: Largest allocation the file may ask for (default ``DEFAULT_MAX_BYTES``);
+            every allocation is also bounded by the file's own size.
+
     Raises:
-        DataFormatError: the file is not a pickle or holds a disallowed global.
+        DataFormatError: the file is not a pickle, holds a disallowed global, or asks for
+            more memory than its own size or ``max_bytes``.
     """
     path = Path(path)
     try:
         with path.open("rb") as fh:
-            return _RestrictedUnpickler(fh, str(path), allow_torch=False, allow_numpy=allow_numpy).load()
+            ctx = _Context(str(path), _open_size(fh), max_bytes)
+            return _unpickle(fh, ctx, lambda f: _RestrictedUnpickler(f, ctx, allow_torch=False, allow_numpy=allow_numpy))
     except DataFormatError:
         raise
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as exc:
+    except _READ_ERRORS as exc:
         raise DataFormatError(path, f"not a readable pickle: {exc}") from exc
 
 
-def load_torch_pickle(path: str | Path) -> Any:
+def load_torch_pickle(path: str | Path, *, max_bytes: int | None = None) -> Any:
     """Load a pickle that holds torch tensors (e.g. CheXlocalize heatmaps) safely, on CPU.
 
     Plain ``pickle.dump`` of a dict with tensors (what CheXlocalize did) records tensors
     through ``torch.Tensor.__reduce_ex__`` -> ``torch._utils._rebuild_tensor_v2`` with
-    storages as ``torch.*Storage`` persistent ids; ``torch.save`` files are zip archives
-    that ``torch.load(weights_only=True)`` reads with its own restricted unpickler.
+    storages as ``torch.storage._load_from_bytes`` payloads; ``torch.save`` files are zip
+    archives that ``torch.load(weights_only=True)`` reads with its own restricted unpickler.
+    Numpy arrays are allowed as for ``load_pickle(allow_numpy=True)``.
+
+    Args:
+        path: The file.
+        max_bytes: Largest allocation the file may ask for (default ``DEFAULT_MAX_BYTES``).
 
     Raises:
-        DataFormatError: not a pickle, or it references anything but tensors and plain values.
+        DataFormatError: not a pickle, it references anything but tensors, arrays and
+            plain values, or asks for more memory than its own size or ``max_bytes``.
     """
     import torch
 
@@ -129,27 +626,80 @@ def load_torch_pickle(path: str | Path) -> Any:
             raise DataFormatError(path, f"not a readable torch file: {exc}") from exc
     try:
         with path.open("rb") as fh:
-            return _TorchPickleUnpickler(fh, str(path)).load()
+            ctx = _Context(str(path), _open_size(fh), max_bytes)
+            return _unpickle(fh, ctx, lambda f: _TorchPickleUnpickler(f, ctx))
     except DataFormatError:
         raise
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, RuntimeError) as exc:
+    except _READ_ERRORS as exc:
         raise DataFormatError(path, f"not a readable heatmap pickle: {exc}") from exc
 
 
 class _TorchPickleUnpickler(_RestrictedUnpickler):
     """Plain pickles of tensors: tensors pickle their storage via ``torch.storage`` reducers."""
 
-    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
-        super().__init__(file, source, allow_torch=True, allow_numpy=True)
+    def __init__(self, file: Any, ctx: _Context) -> None:
+        super().__init__(file, ctx, allow_torch=True, allow_numpy=True)
 
     def find_class(self, module: str, name: str) -> Any:
         # Pickled tensors (without torch.save) rebuild storages from bytes.
-        if (module, name) in {("torch.storage", "_load_from_bytes")}:
-            return _load_storage_from_bytes
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            ctx = self._ctx
+            return _Checked("torch.storage._load_from_bytes", lambda data: _StorageRecord(ctx, data))
         return super().find_class(module, name)
 
 
-def _load_storage_from_bytes(data: bytes) -> Any:
+class _StorageType:
+    """A ``torch.*Storage`` class named in a storage record (element size only)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.itemsize = name, _TORCH_STORAGES[name]
+
+
+class _StorageHeaderUnpickler(_RestrictedUnpickler):
+    """Reads the pickles of a legacy ``torch.save`` of storages, collecting storage records."""
+
+    def __init__(self, file: Any, ctx: _Context) -> None:
+        super().__init__(file, ctx, allow_torch=False, allow_numpy=False)
+        self.storages: list[tuple[_StorageType, int]] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name in _TORCH_STORAGES:
+            return _StorageType(name)
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType) and isinstance(pid[4], int)):
+            raise DataFormatError(self._source, f"unexpected record {pid!r:.80} in a tensor storage; expected ('storage', type, key, location, size)")
+        self.storages.append((pid[1], pid[4]))
+        return None
+
+
+def _load_storage_from_bytes(data: bytes, ctx: _Context | None = None) -> Any:
+    """A storage from a ``_load_from_bytes`` payload, its claimed size checked first.
+
+    The payload is a legacy ``torch.save``: magic number, protocol, system info, the
+    storage record(s) (size in elements), the keys, then each storage's bytes. The claimed
+    sizes must fit in the bytes that follow them (and ``max_bytes``) before torch
+    allocates anything.
+    """
     import torch
 
+    if not isinstance(data, bytes | bytearray):
+        raise pickle.UnpicklingError(f"tensor storage payload must be bytes, got {type(data).__name__}")
+    if ctx is None:
+        ctx = _Context("<tensor storage>", len(data), None)
+    inner = _Context(f"{ctx.source} (tensor storage)", len(data), ctx.max_bytes)
+    pos = 0
+    for _ in range(3):  # magic number, protocol, system info: checked, not needed
+        pos = _scan_buffer(data, pos, inner)
+    end = _scan_buffer(data, pos, inner)  # the storage record(s)
+    fh = io.BytesIO(data)
+    fh.seek(pos)
+    header = _StorageHeaderUnpickler(fh, inner)
+    header.load()
+    if fh.tell() != end or not header.storages:
+        raise inner.error("no storage record where a legacy torch.save has one")
+    pos = _scan_buffer(data, end, inner)  # the storage keys
+    total = sum(kind.itemsize * n for kind, n in header.storages)
+    inner.check_size(total, "tensor storage", available=len(data) - pos - 8 * len(header.storages))  # 8: size field
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

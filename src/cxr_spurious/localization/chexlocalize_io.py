@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,19 @@ import torch
 
 from cxr_spurious.errors import DataFormatError, unknown_name_error
 from cxr_spurious.heatmaps import HeatmapSet
-from cxr_spurious.io.masks import decode_rle, encode_rle, rasterize_polygons
+from cxr_spurious.io.masks import (
+    MAX_MASK_SIDE,
+    decode_rle,
+    encode_rle,
+    rasterize_polygons,
+    validate_rle,
+)
 from cxr_spurious.io.safe_pickle import (
-    _load_storage_from_bytes,
+    _READ_ERRORS,
+    _Context,
+    _open_size,
+    _Record,
+    _scan_opcodes,
     _TorchPickleUnpickler,
     load_torch_pickle,
 )
@@ -86,15 +95,7 @@ class MapRecord:
     gt: float
 
 
-class _Deferred:
-    """A storage or tensor recorded by the unpickler but not built (e.g. ``cxr_img``)."""
-
-    def __init__(self, func: Any, args: tuple[Any, ...]) -> None:
-        self.func, self.args = func, args
-
-    def build(self) -> Any:
-        return self.func(*[a.build() if isinstance(a, _Deferred) else a for a in self.args])
-
+_Deferred = _Record  # a storage, tensor or array recorded by the unpickler, not built yet
 
 SKIP_PAYLOAD_BYTES = 1 << 16  # byte strings at least this long are seeked over, read on demand
 
@@ -102,15 +103,19 @@ SKIP_PAYLOAD_BYTES = 1 << 16  # byte strings at least this long are seeked over,
 class _SkippingReader:
     """A read-only file view for the unpickler that seeks over large byte strings.
 
-    The C unpickler fills a large ``BINBYTES`` payload through ``readinto``; this view
-    zero-fills it and seeks past its bytes instead, recording where they live, so a
-    payload that is never built (the 1.2 MB ``cxr_img`` of a CheXlocalize pickle, or the
-    map itself when only the index fields are needed) is never read from disk.
+    The C unpickler fills a large ``BINBYTES``/``BYTEARRAY8`` payload through ``readinto``;
+    this view seeks past its bytes instead and leaves a marker in the buffer (a random
+    per-file token and the region's number), so a payload that is never built (the 1.2 MB
+    ``cxr_img`` of a CheXlocalize pickle, or the map itself when only the index fields
+    are needed) is never read from disk. Whoever uses a payload, a torch storage, a numpy
+    array or any other value, gets its real bytes through ``resolve``: a marked buffer is
+    never taken for data.
     """
 
     def __init__(self, fh: Any) -> None:
         self._fh = fh
-        self.last_skipped: tuple[int, int] | None = None
+        self._token = os.urandom(16)
+        self._regions: list[tuple[int, int]] = []
 
     def read(self, n: int = -1) -> bytes:
         return self._fh.read(n)
@@ -127,8 +132,20 @@ class _SkippingReader:
         n = min(len(view), end - start)
         self._fh.seek(start + n)
         view[:n] = bytes(n)
-        self.last_skipped = (start, n)
+        marker = self._token + len(self._regions).to_bytes(8, "little")
+        view[: min(n, len(marker))] = marker[:n]
+        self._regions.append((start, n))
         return n
+
+    def resolve(self, data: Any) -> Any:
+        """``data`` itself, or the real bytes of a payload this reader seeked over."""
+        if not isinstance(data, bytes | bytearray) or len(data) < SKIP_PAYLOAD_BYTES or data[:16] != self._token:
+            return data
+        region = self._regions[int.from_bytes(data[16:24], "little")]
+        if region[1] != len(data):
+            raise EOFError(f"truncated payload: {region[1]} of {len(data)} bytes at offset {region[0]}")
+        payload = self.payload(region)
+        return bytearray(payload) if isinstance(data, bytearray) else payload
 
     def payload(self, region: tuple[int, int]) -> bytes:
         """The bytes of a skipped region, read now (keeps the current position)."""
@@ -141,58 +158,68 @@ class _SkippingReader:
         return data
 
 
-class _MapOnlyUnpickler(_TorchPickleUnpickler):
-    """The project's restricted tensor unpickler, with tensor rebuilding deferred.
+class _SkippingContext(_Context):
+    """A load through a ``_SkippingReader``: payloads are resolved to their real bytes."""
 
-    The allow-list is unchanged (everything else still goes through the parent's
-    ``find_class``); storages and tensors become inert ``_Deferred`` records so that only
-    the values asked for (``map``, a tensor ``prob``) are ever built, and the 1.2 MB
-    ``cxr_img`` never is. Reading through ``_SkippingReader``, a large storage's bytes
-    are only read from disk when that storage is built.
-    """
-
-    def __init__(self, reader: _SkippingReader, source: str) -> None:
-        super().__init__(reader, source)  # type: ignore[arg-type]
+    def __init__(self, source: str, file_size: int, max_bytes: int | None, reader: _SkippingReader) -> None:
+        super().__init__(source, file_size, max_bytes)
         self._reader = reader
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("torch.storage", "_load_from_bytes"):
-            return self._deferred_storage
-        func = super().find_class(module, name)
-        if module == "torch._utils" and name.startswith("_rebuild_tensor"):
-            return lambda *args: _Deferred(func, args)
-        return func
+    def payload(self, data: Any) -> Any:
+        return self._reader.resolve(data)
 
-    def _deferred_storage(self, data: bytes) -> _Deferred:
-        region = self._reader.last_skipped
-        self._reader.last_skipped = None
-        if region is not None and region[1] == len(data):
-            return _Deferred(lambda r: _load_storage_from_bytes(self._reader.payload(r)), (region,))
-        return _Deferred(_load_storage_from_bytes, (data,))
+    def skipped(self) -> bool:
+        return bool(self._reader._regions)
 
 
-def load_heatmap_pickle(path: str | Path, keys: tuple[str, ...] = ("map", "prob", "gt")) -> Any:
-    """Safely load a heatmap pickle, building only the tensors under ``keys``.
+class _MapOnlyUnpickler(_TorchPickleUnpickler):
+    """The project's restricted tensor unpickler, reading through a ``_SkippingReader``.
 
-    Large tensor payloads outside ``keys`` are seeked over, never read. Zip files written
-    by ``torch.save`` go through ``load_torch_pickle`` unchanged.
+    The allow-list and the size checks are those of ``io.safe_pickle``; storages, tensors
+    and numpy arrays are records (``_Record``) built after loading, so only the values
+    asked for (``map``, ``prob``, ``gt``) are ever built, and the 1.2 MB ``cxr_img``
+    never is. A large payload's bytes are only read from disk when its value is built.
+    """
+
+    def __init__(self, reader: _SkippingReader, ctx: _SkippingContext) -> None:
+        super().__init__(reader, ctx)
+        self._reader = reader
+
+
+def load_heatmap_pickle(path: str | Path, keys: tuple[str, ...] = ("map", "prob", "gt"), *, max_bytes: int | None = None) -> Any:
+    """Safely load a heatmap pickle, building only the values under ``keys``.
+
+    Large payloads outside ``keys`` are seeked over, never read; their values stay
+    unbuilt records (``_Record``). Tensors and numpy arrays (protocols 2 to 5, in-band)
+    give the same values as ``load_torch_pickle``. Zip files written by ``torch.save`` go
+    through ``load_torch_pickle`` unchanged.
+
+    Args:
+        path: The pickle.
+        keys: The dict values to build.
+        max_bytes: Largest allocation the file may ask for (``io.safe_pickle``
+            ``DEFAULT_MAX_BYTES`` by default); allocations are also bounded by the file size.
 
     Raises:
-        DataFormatError: not a pickle, or it references anything but tensors and plain values.
+        DataFormatError: not a pickle, it references anything but tensors, arrays and
+            plain values, or it asks for more memory than its size or ``max_bytes``.
     """
     path = Path(path)
     with path.open("rb") as fh:
         if fh.read(2) == b"PK":
-            return load_torch_pickle(path)
+            return load_torch_pickle(path, max_bytes=max_bytes)
         fh.seek(0)
         try:
-            info = _MapOnlyUnpickler(_SkippingReader(fh), str(path)).load()
+            reader = _SkippingReader(fh)
+            ctx = _SkippingContext(str(path), _open_size(fh), max_bytes, reader)
+            _scan_opcodes(fh, ctx)
+            info = _MapOnlyUnpickler(reader, ctx).load()
             if isinstance(info, Mapping):
-                return {k: (v.build() if isinstance(v, _Deferred) and k in keys else v) for k, v in info.items()}
-            return info.build() if isinstance(info, _Deferred) else info
+                return {k: (v if isinstance(v, _Record) and k not in keys else ctx.materialize(v)) for k, v in info.items()}
+            return ctx.finish(info)
         except DataFormatError:
             raise
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, RuntimeError) as exc:
+        except _READ_ERRORS as exc:
             raise DataFormatError(path, f"not a readable heatmap pickle: {exc}") from exc
 
 
@@ -227,10 +254,10 @@ def read_heatmap_pickle(path: str | Path, *, with_map: bool = True) -> MapRecord
     if missing:
         raise DataFormatError(path, f"heatmap pickle lacks key(s) {missing}; expected {list(PICKLE_KEYS)}")
     raw = info["map"]
-    if not with_map and isinstance(raw, _Deferred) and len(raw.args) > 2 and isinstance(raw.args[2], tuple | list | torch.Size):
-        arr = np.empty(_map_shape(raw.args[2], path), dtype=np.float32)  # shape from the tensor record, bytes unread
+    if not with_map and isinstance(raw, _Record) and raw.shape is not None:
+        arr = np.empty(_map_shape(raw.shape, path), dtype=np.float32)  # shape from the tensor/array record, bytes unread
     else:
-        if isinstance(raw, _Deferred):
+        if isinstance(raw, _Record):
             raw = raw.build()
         try:
             arr = np.asarray(torch.as_tensor(raw).detach().cpu(), dtype=np.float32)
@@ -247,13 +274,20 @@ def read_heatmap_pickle(path: str | Path, *, with_map: bool = True) -> MapRecord
     if width <= 0 or height <= 0:
         raise DataFormatError(path, f"'cxr_dims' must be positive (w, h), got {dims!r}", where="cxr_dims")
     gt = info.get("gt", np.nan)
-    gt = np.nan if gt is None or isinstance(gt, _Deferred) else gt
+    gt = np.nan if gt is None or isinstance(gt, _Record) else gt
     return MapRecord(cxr_id, task, arr, width, height, _probability(info["prob"], task, path), float(gt))
 
 
 def _index_row(path: Path) -> tuple[dict[str, Any], tuple[int, int]]:
-    """Index fields and map shape of one pickle (runs in a worker; map bytes not read)."""
+    """Index fields and map shape of one pickle (runs in a worker; map bytes not read).
+
+    Raises:
+        DataFormatError: ``cxr_dims`` beyond ``MAX_MASK_SIDE`` (the upsampled map and its
+            mask would be unboundedly large).
+    """
     rec = read_heatmap_pickle(path, with_map=False)
+    if rec.width > MAX_MASK_SIDE or rec.height > MAX_MASK_SIDE:
+        raise DataFormatError(path, f"'cxr_dims' (w, h) = ({rec.width}, {rec.height}) exceed {MAX_MASK_SIDE} px; expected the original image size", where="cxr_dims")
     return {"image_id": rec.cxr_id, "task": rec.task, "prob": rec.prob, "gt": rec.gt, "cxr_w": rec.width, "cxr_h": rec.height}, tuple(rec.map.shape)
 
 
@@ -286,24 +320,56 @@ class PickleMapStack:
         return PickleMapStack([self.paths[i] for i in idx], self.map_shape)
 
 
-def read_heatmap_folder(folder: str | Path, *, model: str = "chexlocalize", method: str = "gradcam", workers: int | None = None) -> HeatmapSet:
+def _folder_files(root: Path, skip_unparsable: bool) -> tuple[list[Path], list[Path]]:
+    """(heatmap pickles, skipped files) of a map folder; every non-hidden file must parse.
+
+    Raises:
+        DataFormatError: naming the first file whose name is not ``<cxr_id>_<task>_map.pkl``
+            with a CheXlocalize task (unless ``skip_unparsable``).
+    """
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    paths, skipped = [], []
+    for path in files:
+        try:
+            parse_map_filename(path)
+        except DataFormatError as exc:
+            if not skip_unparsable:
+                raise DataFormatError(path, f"{exc.problem}; its map would count as missing. Remove or rename the file, or pass skip_unparsable (runtime param skip_unparsable_maps=true) to skip such files with a warning") from exc
+            skipped.append(path)
+            continue
+        paths.append(path)
+    if skipped:
+        logger.warning("%s: skipped %d file(s) whose name is not '<cxr_id>_<task>%s': %s", root, len(skipped), MAP_SUFFIX, ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    return paths, skipped
+
+
+def read_heatmap_folder(folder: str | Path, *, model: str = "chexlocalize", method: str = "gradcam", workers: int | None = None, skip_unparsable: bool = False) -> HeatmapSet:
     """Index a CheXlocalize map folder as a lazy ``HeatmapSet`` (maps load on access).
 
     Every pickle's header is read once (in parallel) to fill the index (prob, gt,
     cxr_dims, map shape); tensor payloads are seeked over, and each map's values are read
     and checked when it is evaluated.
 
+    Every non-hidden file of the folder (searched recursively) must be named
+    ``<cxr_id>_<task>_map.pkl``: a file that is not would silently be a missing map.
+    With ``skip_unparsable`` such files are skipped with a warning, and their paths are
+    kept in ``index.attrs["skipped_files"]`` (the localization pipeline writes their
+    count in its outputs).
+
     Args:
         folder: Folder searched recursively for ``*_map.pkl``.
         model: Model name for the index.
         method: Saliency method name for the index.
         workers: Processes (``None`` = one per core, 1 = in this process).
+        skip_unparsable: Skip (with a warning) files whose name does not parse instead of
+            stopping.
 
     Raises:
-        DataFormatError: the folder has no ``*_map.pkl`` file, or a file is malformed.
+        DataFormatError: the folder has no ``*_map.pkl`` file, a file name does not parse
+            (without ``skip_unparsable``), or a file is malformed.
     """
     root = Path(folder)
-    paths = sorted(p for p in root.rglob(f"*{MAP_SUFFIX}"))
+    paths, skipped = _folder_files(root, skip_unparsable)
     if not paths:
         raise DataFormatError(root, f"no '*{MAP_SUFFIX}' heatmap files found")
     rows, shapes = [], set()
@@ -311,6 +377,7 @@ def read_heatmap_folder(folder: str | Path, *, model: str = "chexlocalize", meth
         rows.append({**row, "model": model, "method": method})
         shapes.add(shape)
     index = pd.DataFrame(rows)
+    index.attrs["skipped_files"] = [str(p) for p in skipped]
     return HeatmapSet(index, PickleMapStack(paths, next(iter(sorted(shapes)))))  # type: ignore[arg-type]
 
 
@@ -345,21 +412,35 @@ def annotations_to_segmentations(annotations: Mapping[str, Mapping[str, Any]], t
     return out
 
 
-def validate_segmentation_json(data: Mapping[str, Any], *, source: object, tasks: Sequence[str] = CHEXLOCALIZE_TASKS, decode: bool = False) -> None:
-    """Check task names and RLE structure of a segmentation JSON (optionally decode each).
+def validate_segmentation_json(data: Mapping[str, Any], *, source: object, tasks: Sequence[str] = CHEXLOCALIZE_TASKS, decode: bool = False, sizes: Mapping[str, tuple[int, int]] | None = None) -> None:
+    """Check the names and every RLE of a segmentation JSON ``{cxr_id: {task: rle}}``.
+
+    Every RLE goes through ``io.masks.validate_rle`` (pycocotools alphabet, complete
+    counts, runs >= 0 summing to h x w, size within bounds and, with ``sizes``, equal to
+    the image's) before any pycocotools call can see it: a malformed counts string makes
+    pycocotools' ``merge`` loop without end. Linear in the JSON's size.
+
+    Args:
+        data: The JSON.
+        source: The file, for error messages.
+        tasks: The names an entry may use (CheXlocalize tasks by default).
+        decode: Also decode each mask.
+        sizes: ``{cxr_id: (h, w)}`` of the images, when known.
 
     Raises:
-        DataFormatError: unknown task, malformed RLE, or (with ``decode``) undecodable counts.
+        DataFormatError: naming the file, the CXR and the task: unknown task or malformed RLE.
     """
+    allowed = tuple(tasks)
     for cxr_id, entry in data.items():
         if not isinstance(entry, Mapping):
-            raise DataFormatError(source, "expected {task: rle}", where=cxr_id)
+            raise DataFormatError(source, f"expected {{task: rle}}, got {type(entry).__name__}", where=str(cxr_id))
         for task, rle in entry.items():
-            check_task(task, source=source, key=cxr_id)
-            if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
-                raise DataFormatError(source, "expected an RLE dict with 'size' and 'counts'", where=f"{cxr_id}/{task}")
+            if task not in allowed:
+                raise DataFormatError(source, str(unknown_name_error("task", str(task), allowed)), where=str(cxr_id))
+            key = f"{cxr_id}/{task}"
+            validate_rle(rle, source=source, key=key, size=None if sizes is None else sizes.get(str(cxr_id)))
             if decode:
-                decode_rle(rle, source=source, key=f"{cxr_id}/{task}")
+                decode_rle(rle, source=source, key=key)
 
 
 def read_threshold_table(table: pd.DataFrame, *, source: object = "tuning_results.csv") -> dict[str, float]:

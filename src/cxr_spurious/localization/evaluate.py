@@ -1,8 +1,8 @@
 """Stream a ``HeatmapSet`` once: segmentation, IoU, hit/miss, tuning counts, extra metrics.
 
-Each map is loaded and segmented by the fast kernels (``localization.kernels``: on the CPU
-without building the full-size map, one worker process per core; torch on CUDA when
-present) straight to an RLE, and scored against the ground-truth RLE without decoding it
+Each map is loaded and segmented by the fast kernels (``localization.kernels``: the exact
+CPU kernel without building the full-size map, one worker process per core; torch on CUDA
+only when opted into with ``prefer_gpu``, see ``segmentation.pick_device``) straight to an RLE, and scored against the ground-truth RLE without decoding it
 (pycocotools RLE arithmetic). Only positive (non-empty gt) pairs decode their mask, for
 the threshold-tuning counts and the optional mass/rank metrics. Memory is bounded by one
 full-size map per worker (only built for tuning counts and mass metrics); results are merged in input order, so they do not depend on
@@ -24,7 +24,7 @@ from pycocotools import mask as mask_utils
 
 from cxr_spurious.errors import DataFormatError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
-from cxr_spurious.io.masks import decode_rle
+from cxr_spurious.io.masks import MAX_MASK_SIDE, decode_rle, validate_rle
 from cxr_spurious.localization.bilinear import BilinearMap
 from cxr_spurious.localization.chexlocalize_io import (
     PickleMapStack,
@@ -88,6 +88,22 @@ class MapJob:
     extra_metrics: bool = False
     top_k: int = 1000
     spurious: Mapping[str, Any] = field(default_factory=dict)
+
+
+def validate_segmentations(segmentations: Mapping[str, Any], *, source: str) -> None:
+    """Validate every RLE of ``{cxr_id: {name: rle}}`` before pycocotools sees any of them.
+
+    pycocotools' ``merge`` and ``area`` trust the counts string: a malformed one (e.g.
+    ``"%%%not-rle%%%"``) made the evaluation loop for minutes. Linear in the input's size.
+
+    Raises:
+        DataFormatError: naming ``source``, the CXR and the task / object.
+    """
+    for cxr_id, entry in segmentations.items():
+        if not isinstance(entry, Mapping):
+            raise DataFormatError(source, f"expected {{task: rle}}, got {type(entry).__name__}", where=str(cxr_id))
+        for name, rle in entry.items():
+            validate_rle(rle, source=source, key=f"{cxr_id}/{name}")
 
 
 def _gt_entry(gt: Mapping[str, Mapping[str, Any]], image_id: str, task: str, h: int, w: int) -> dict[str, Any] | None:
@@ -180,7 +196,7 @@ def build_jobs(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[str,
     """One ``MapJob`` per index row (maps of a pickle folder travel as paths).
 
     Raises:
-        DataFormatError: unknown task, or dims that disagree with the ground truth.
+        DataFormatError: unknown task, dims out of bounds or that disagree with the ground truth.
     """
     index = heatmaps.index.reset_index(drop=True)
     paths = heatmaps.maps.paths if isinstance(heatmaps.maps, PickleMapStack) else None
@@ -190,6 +206,8 @@ def build_jobs(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[str,
         image_id, task = str(row.image_id), str(row.task)
         check_task(task, source="heatmaps", key=image_id)
         h, w = int(row.cxr_h), int(row.cxr_w)
+        if not (0 < h <= MAX_MASK_SIDE and 0 < w <= MAX_MASK_SIDE):
+            raise DataFormatError("heatmaps", f"cxr_dims (w, h) = ({w}, {h}) must lie in 1..{MAX_MASK_SIDE} px (the original image size)", where=f"{image_id}/{task}")
         gt_rle = _gt_entry(gt_segmentations, image_id, task, h, w)
         source = str(paths[i]) if paths is not None else heatmaps.maps[i]
         jobs.append(MapJob(image_id, task, source, h, w, float(row.prob), configs.get(task, SegmentationConfig()), gt_rle, grid, extra_metrics, top_k, spurious_segmentations.get(image_id, {})))
@@ -205,7 +223,7 @@ def evaluate_heatmap_set(
     extra_metrics: bool = False,
     top_k: int = 1000,
     spurious_segmentations: Mapping[str, Mapping[str, Any]] | None = None,
-    prefer_gpu: bool = True,
+    prefer_gpu: bool = False,
     progress: bool = True,
     desc: str = "localization",
     workers: int | None = None,
@@ -221,7 +239,9 @@ def evaluate_heatmap_set(
         extra_metrics: Compute relevance mass/rank, top-k and pixel AUROC (full-res sorts).
         top_k: k of the top-k intersection.
         spurious_segmentations: ``{cxr_id: {object: rle}}`` for shortcut attribution.
-        prefer_gpu: Run the kernels on CUDA when present (in this process).
+        prefer_gpu: Run the kernels on CUDA when present (in this process). Off by default:
+            the CUDA path is not the reference's arithmetic and its parity with the exact
+            CPU kernel is not measured (a warning says so when it is used).
         progress: Show a progress bar.
         desc: Progress-bar label.
         workers: CPU worker processes (``None`` = one per core; 1 = in this process).
@@ -235,11 +255,14 @@ def evaluate_heatmap_set(
         predicted segmentation JSON ``{cxr_id: {task: rle}}``.
 
     Raises:
-        DataFormatError: unknown task, NaN/inf map, or dims that disagree with the gt.
+        DataFormatError: a malformed ground-truth or spurious RLE (file, CXR and task
+            named), unknown task, NaN/inf map, or dims out of bounds or that disagree with the gt.
         ParameterError: ``missing`` is not ``all`` or ``evaluated``.
     """
     if missing not in MISSING_MODES:
         raise ParameterError("localization.missing_maps", f"expected one of {list(MISSING_MODES)}, got {missing!r}")
+    validate_segmentations(gt_segmentations, source="gt_segmentations")
+    validate_segmentations(spurious_segmentations or {}, source="spurious_segmentations")
     device = pick_device(prefer_gpu)
     index = heatmaps.index.reset_index(drop=True)
     jobs = build_jobs(heatmaps, gt_segmentations, configs=configs or {}, tuning_grid=tuning_grid, extra_metrics=extra_metrics, top_k=top_k, spurious_segmentations=spurious_segmentations or {})

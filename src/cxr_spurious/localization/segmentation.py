@@ -19,6 +19,7 @@ in float32, so an upsampled constant map can show ulp-level ripples.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import cv2
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from cxr_spurious.errors import DataFormatError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,28 @@ class SegmentationConfig:
     fill_contours: bool = True
 
 
-def pick_device(prefer_gpu: bool = True) -> torch.device:
-    """CUDA when available and wanted, else CPU."""
-    return torch.device("cuda") if prefer_gpu and torch.cuda.is_available() else torch.device("cpu")
+GPU_PATH_NOTE = (
+    "localization on CUDA (prefer_gpu: true): torch's CUDA bilinear upsampling and the GPU "
+    "histogram are not the reference's arithmetic, and this path has not been measured "
+    "against the exact CPU kernel; masks, IoUs and hit/miss may differ from CheXlocalize's. "
+    "Set localization.prefer_gpu: false for the exact kernel."
+)
+
+
+def pick_device(prefer_gpu: bool = False) -> torch.device:
+    """The device of the evaluation kernels: the exact CPU kernel unless the GPU is opted into.
+
+    CUDA is used only when ``prefer_gpu`` is true and CUDA is available; the choice is then
+    logged with ``GPU_PATH_NOTE`` (a warning): the CUDA path is not the reference's
+    arithmetic and its parity with the exact kernel is not measured.
+    """
+    if not prefer_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        logger.info("localization: prefer_gpu is set but CUDA is not available; using the exact CPU kernel")
+        return torch.device("cpu")
+    logger.warning(GPU_PATH_NOTE)
+    return torch.device("cuda")
 
 
 def check_finite(map2d: np.ndarray | torch.Tensor, *, source: object, key: str) -> None:

@@ -1,20 +1,35 @@
-"""Tables from the per-map results: reference CheXlocalize layouts and the project summary."""
+"""Tables from the per-map results: reference CheXlocalize layouts and the project summary.
+
+Bootstrap conventions: the reference-layout tables (``reference_bootstrap``,
+``reference_summary``, ``percentage_decrease``) resample CXRs with the reference's legacy
+draws, so they reproduce its files; the project tables (``summary_table``,
+``subgroup_table``, ``paired_comparisons``) resample patients (``patient_clusters``) with
+``cxr_spurious.stats.bootstrap``.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from cxr_spurious.errors import ContractError
 from cxr_spurious.stats.bootstrap import (
-    bootstrap_count_matrix,
+    MAX_DROPPED_SHARE,
+    MIN_CI_CLUSTERS,
     legacy_bootstrap_indices,
+    nanmean_cis,
     paired_bootstrap,
-    percentile_ci,
-    replicate_nanmeans,
 )
 from cxr_spurious.tasks import CHEXLOCALIZE_TASKS
+
+logger = logging.getLogger(__name__)
+
+#: CheXpert / CheXlocalize image ids start with the patient: ``patient64541_study1_view1_frontal``.
+_CHEXPERT_ID = re.compile(r"^(patient\d+)_study\d+")
 
 METRICS: dict[str, str] = {"miou_tp": "iou_tp", "miou_full": "iou_full", "hit_rate": "hit"}
 EXTRA_METRICS: tuple[str, ...] = ("relevance_mass", "relevance_rank", "top_k_intersection", "pixel_auroc")
@@ -95,33 +110,135 @@ def _metric_columns(per_map: pd.DataFrame) -> dict[str, str]:
     return cols
 
 
-def bootstrap_means(per_map: pd.DataFrame, *, n_boot: int, seed: int, level: float = 0.95) -> dict[str, float]:
-    """Mean of each metric with a percentile CI, resampling CXRs (all their tasks together)."""
-    out: dict[str, float] = {"n_cxr": float(per_map["image_id"].nunique()), "n_maps": float(len(per_map))}
-    counts = bootstrap_count_matrix(len(per_map), n_boot, seed, clusters=per_map["image_id"].astype(str).to_numpy())
-    for name, col in _metric_columns(per_map).items():
-        values = per_map[col].to_numpy(dtype=float)
-        finite = np.isfinite(values)
-        out[name] = float(values[finite].mean()) if finite.any() else np.nan
-        out[f"{name}_lo"], out[f"{name}_hi"] = percentile_ci(replicate_nanmeans(counts, values), level)
+def patient_clusters(image_ids: pd.Series | Sequence[str], manifest: object = None) -> tuple[np.ndarray, str]:
+    """The bootstrap cluster of each CXR: its patient, or the CXR itself when unknown.
+
+    Args:
+        image_ids: CXR ids of the rows.
+        manifest: The manifest (``image_id``, ``patient_id``); anything else (e.g. ``{}`` in
+            the ``chexlocalize`` environment) or a manifest without ``patient_id``: the
+            patient is read from CheXpert-style ids (``patient<digits>_study<k>_...``).
+
+    Returns:
+        ``(labels, unit)``: one label per row and ``"patient"`` or ``"cxr"`` (ids that are
+        not CheXpert-style and no manifest: each CXR is its own cluster, logged).
+
+    Raises:
+        ContractError: the manifest has ``patient_id`` but lacks some of the CXRs.
+    """
+    ids = pd.Series(image_ids, dtype=object).astype(str).reset_index(drop=True)
+    if isinstance(manifest, pd.DataFrame) and {"image_id", "patient_id"} <= set(manifest.columns):
+        dedup = manifest.drop_duplicates("image_id")
+        lookup = pd.Series(dedup["patient_id"].to_numpy(), index=dedup["image_id"].astype(str).to_numpy())
+        patients = ids.map(lookup)
+        missing = sorted(set(ids[patients.isna()]))
+        if missing:
+            raise ContractError(
+                f"manifest has no patient_id for {len(missing)} CXR(s) of the localization table, e.g. "
+                f"{missing[:3]}; every evaluated CXR must be a manifest row (patient bootstrap)"
+            )
+        return patients.astype(str).to_numpy(), "patient"
+    parsed = ids.str.extract(_CHEXPERT_ID, expand=False)
+    if len(ids) and parsed.notna().all():
+        return parsed.astype(str).to_numpy(), "patient"
+    if len(ids):
+        bad = ids[parsed.isna()].iloc[0]
+        logger.warning(
+            "bootstrap clusters: no manifest patient_id and id %r is not CheXpert-style "
+            "(patient<digits>_study<k>_...): CXRs are resampled, not patients", bad
+        )
+    return ids.to_numpy(), "cxr"
+
+
+def bootstrap_means(
+    per_map: pd.DataFrame,
+    *,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+    clusters: np.ndarray | None = None,
+    cluster_unit: str = "cxr",
+    max_dropped_share: float = MAX_DROPPED_SHARE,
+    min_clusters: int = MIN_CI_CLUSTERS,
+    label: str = "",
+) -> dict[str, float | str]:
+    """Mean of each metric with a percentile CI, resampling clusters (all their maps together).
+
+    Args:
+        per_map: Rows of one table cell.
+        n_boot: Replicates.
+        seed: Seed.
+        level: CI level.
+        clusters: Cluster of each row (default: the CXR, ``image_id``).
+        cluster_unit: Name of the cluster unit for the ``cluster_unit`` column.
+        max_dropped_share: Largest share of undefined replicates (a replicate that drew no
+            finite value of a metric); above it ``BootstrapDropError``.
+        min_clusters: A metric finite in fewer clusters gets no CI (named in ``ci_note``).
+        label: The cell, for error messages.
+
+    Returns:
+        ``n_cxr``, ``n_maps``, ``n_clusters``, ``cluster_unit``, then per metric
+        ``<m>``, ``<m>_lo``, ``<m>_hi``, ``<m>_dropped`` (replicates left out), and ``ci_note``.
+    """
+    labels = per_map["image_id"].astype(str).to_numpy() if clusters is None else np.asarray(clusters)
+    out: dict[str, float | str] = {
+        "n_cxr": float(per_map["image_id"].nunique()),
+        "n_maps": float(len(per_map)),
+        "n_clusters": float(pd.unique(labels).size),
+        "cluster_unit": cluster_unit,
+    }
+    names = _metric_columns(per_map)
+    cols = {name: per_map[col].to_numpy(dtype=float) for name, col in names.items()}
+    results = nanmean_cis(cols, labels, n_boot=n_boot, seed=seed, level=level, max_dropped_share=max_dropped_share, min_clusters=min_clusters, label=label)
+    short = []
+    for name, res in results.items():
+        out[name], out[f"{name}_lo"], out[f"{name}_hi"] = res.estimate, res.lo, res.hi
+        out[f"{name}_dropped"] = float(res.n_dropped)
+        finite = np.isfinite(cols[name])
+        if finite.any() and not np.isfinite(res.lo):
+            short.append(name)
+    out["ci_note"] = f"no CI (finite in < {min_clusters} {cluster_unit}s): {', '.join(short)}" if short else ""
     return out
 
 
-def summary_table(per_map: pd.DataFrame, *, n_boot: int, seed: int, by: Sequence[str] = ("model", "method")) -> pd.DataFrame:
+def summary_table(
+    per_map: pd.DataFrame,
+    *,
+    n_boot: int,
+    seed: int,
+    by: Sequence[str] = ("model", "method"),
+    manifest: object = None,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
+    level: float = 0.95,
+) -> pd.DataFrame:
     """``localization_summary``: per group x task and an ``overall`` row, every metric with CIs.
 
-    Only CXRs in the ground truth count (the reference's evaluation set).
+    Only CXRs in the ground truth count (the reference's evaluation set). CIs resample
+    patients (``patient_clusters``: the manifest's ``patient_id``, else CheXpert-style ids);
+    see ``bootstrap_means`` for the columns.
     """
     rows = []
     scored = per_map[per_map["in_gt"].astype(bool)]
+    patients, unit = patient_clusters(scored["image_id"], manifest)
+    scored = scored.assign(_cluster=patients)
     for key, group in scored.groupby(list(by), sort=True):
         labels = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         for task, sub in [*group.groupby("task", sort=True), ("overall", group)]:
-            rows.append({**labels, "task": task, **bootstrap_means(sub, n_boot=n_boot, seed=seed)})
+            cell = "/".join(str(v) for v in (*labels.values(), task)) + ": "
+            stats = bootstrap_means(sub.drop(columns="_cluster"), n_boot=n_boot, seed=seed, level=level, clusters=sub["_cluster"].to_numpy(), cluster_unit=unit, max_dropped_share=max_dropped_share, label=cell)
+            rows.append({**labels, "task": task, **stats})
     return pd.DataFrame(rows)
 
 
-def subgroup_table(per_map: pd.DataFrame, manifest: pd.DataFrame, attributes: Sequence[str], *, n_boot: int, seed: int) -> pd.DataFrame:
+def subgroup_table(
+    per_map: pd.DataFrame,
+    manifest: pd.DataFrame,
+    attributes: Sequence[str],
+    *,
+    n_boot: int,
+    seed: int,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
+) -> pd.DataFrame:
     """Summary broken down by manifest attributes (one block per attribute and level)."""
     if not isinstance(manifest, pd.DataFrame) or manifest.empty or not attributes:
         return pd.DataFrame()
@@ -130,27 +247,40 @@ def subgroup_table(per_map: pd.DataFrame, manifest: pd.DataFrame, attributes: Se
     joined = per_map.merge(manifest[["image_id", *attrs]].astype({"image_id": str}), on="image_id", how="left")
     for attr in attrs:
         for level, sub in joined.groupby(joined[attr].astype(str), sort=True):
-            table = summary_table(sub, n_boot=n_boot, seed=seed)
+            table = summary_table(sub, n_boot=n_boot, seed=seed, manifest=manifest, max_dropped_share=max_dropped_share)
             table.insert(0, "level", level)
             table.insert(0, "attribute", attr)
             frames.append(table)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def paired_comparisons(per_map: pd.DataFrame, pairs: Sequence[Sequence[str]], *, n_boot: int, seed: int) -> pd.DataFrame:
+def paired_comparisons(
+    per_map: pd.DataFrame,
+    pairs: Sequence[Sequence[str]],
+    *,
+    n_boot: int,
+    seed: int,
+    manifest: object = None,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
+) -> pd.DataFrame:
     """Difference a - b of each metric between two heatmap sets on the same (CXR, task) pairs.
 
     Args:
         per_map: Per-map table with a ``set`` column.
         pairs: [[set_a, set_b], ...].
-        n_boot: Replicates (CXRs resampled).
+        n_boot: Replicates (patients resampled, ``patient_clusters``).
         seed: Seed.
+        manifest: For the patient of each CXR (see ``patient_clusters``).
+        max_dropped_share: See ``cxr_spurious.stats.bootstrap.percentile_ci``.
 
     Returns:
-        set_a, set_b, task, metric, diff, diff_lo, diff_hi, p_value, n_maps.
+        set_a, set_b, task, metric, diff, diff_lo, diff_hi, p_value, n_maps, n_clusters,
+        cluster_unit, diff_dropped.
     """
     rows = []
     scored = per_map[per_map["in_gt"].astype(bool)]
+    patients, unit = patient_clusters(scored["image_id"], manifest)
+    scored = scored.assign(_cluster=patients)
     for a, b in pairs:
         left = scored[scored["set"] == a].set_index(["image_id", "task"])
         right = scored[scored["set"] == b].set_index(["image_id", "task"])
@@ -166,6 +296,7 @@ def paired_comparisons(per_map: pd.DataFrame, pairs: Sequence[Sequence[str]], *,
                 if not keep.any():
                     continue
                 va, vb = va[keep], vb[keep]
-                res, p = paired_bootstrap(lambda i, v=va: float(v[i].mean()), lambda i, v=vb: float(v[i].mean()), len(va), n_boot=n_boot, seed=seed, clusters=la["image_id"].to_numpy()[keep])
-                rows.append({"set_a": a, "set_b": b, "task": task, "metric": name, "diff": res.estimate, "diff_lo": res.lo, "diff_hi": res.hi, "p_value": p, "n_maps": int(keep.sum())})
+                groups = la["_cluster"].to_numpy()[keep]
+                res, p = paired_bootstrap(lambda i, v=va: float(v[i].mean()), lambda i, v=vb: float(v[i].mean()), len(va), n_boot=n_boot, seed=seed, clusters=groups, max_dropped_share=max_dropped_share, label=f"{a} - {b}/{task}/{name}")
+                rows.append({"set_a": a, "set_b": b, "task": task, "metric": name, "diff": res.estimate, "diff_lo": res.lo, "diff_hi": res.hi, "p_value": p, "n_maps": int(keep.sum()), "n_clusters": int(pd.unique(groups).size), "cluster_unit": unit, "diff_dropped": res.n_dropped})
     return pd.DataFrame(rows)

@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 from cxr_spurious.models.base import CXRModel
+from cxr_spurious.models.ops import global_avg_pool
 from cxr_spurious.models.pretrained import load_backbone
 from cxr_spurious.models.unet import run_small_encoder, small_encoder
 
@@ -40,7 +41,7 @@ class ResNetClassifier(CXRModel):
         """Image logits and the pooled ``layer4`` features."""
         h = self.maxpool(self.relu(self.bn1(self.conv1(self.normalise(x)))))
         h = self.layer4(self.layer3(self.layer2(self.layer1(h))))
-        emb = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+        emb = global_avg_pool(h)
         return self.fc(emb), emb
 
 
@@ -63,7 +64,7 @@ class DenseNetClassifier(CXRModel):
     def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image logits and the pooled feature vector."""
         h = F.relu(self.features(self.normalise(x)))
-        emb = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+        emb = global_avg_pool(h)
         return self.classifier(emb), emb
 
 
@@ -91,5 +92,5 @@ class SmallCNNClassifier(CXRModel):
     def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image logits and the pooled last-block features."""
         h = run_small_encoder(self.enc, self.normalise(x))[-1]
-        emb = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+        emb = global_avg_pool(h)
         return self.fc(emb), emb

@@ -16,6 +16,7 @@ from torch import nn
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.models.base import POOLINGS, CXRModel, pool_dense_logits
+from cxr_spurious.models.ops import global_avg_pool, resize_bilinear
 from cxr_spurious.models.pretrained import load_backbone
 
 IMAGE_HEADS: tuple[str, ...] = ("pool", "linear")
@@ -60,7 +61,7 @@ class UpBlock(nn.Module):
     ) -> torch.Tensor:
         """Upsample ``x`` (to ``skip``'s or ``size``), concatenate ``skip`` when given, convolve."""
         target = skip.shape[-2:] if skip is not None else size
-        x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
+        x = resize_bilinear(x, target)  # deterministic backward on CUDA too
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
         return self.conv(x)
@@ -110,7 +111,7 @@ class DenseModel(CXRModel):
     def all_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Image logits, embedding and dense logits from one pass (used by training)."""
         dense, bottleneck = self._encode_decode(x)
-        emb = torch.flatten(F.adaptive_avg_pool2d(bottleneck, 1), 1)
+        emb = global_avg_pool(bottleneck)
         if self.cls_head is not None:
             logits = self.cls_head(emb)
         else:

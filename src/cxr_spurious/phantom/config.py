@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.tasks import PHANTOM_TASKS
 
@@ -478,3 +480,33 @@ def validate_config(cfg: PhantomConfig, key: str = "phantom") -> None:
     _check_range(hb.p_miss, f"{key}.human_benchmark.p_miss", 0.0, 1.0)
     _check_range(hb.small_area, f"{key}.human_benchmark.small_area", 0.0, 1.0)
     _check_range(hb.point_jitter, f"{key}.human_benchmark.point_jitter", 0.0, 0.1)
+
+
+def min_images_for_splits(cfg: PhantomConfig, key: str = "phantom") -> int:
+    """Fewest ``n_images`` for which every split (train, val, test) surely gets a patient.
+
+    The cohort draws 1..K studies per patient (``studies_per_patient``), so ``n`` images
+    come from ``ceil(n / K)`` to ``n`` patients; ``assign_patient_splits`` gives split ``s``
+    ``round(c_s * P) - round(c_{s-1} * P)`` of ``P`` patients (``c``: cumulative fractions).
+    The result is the smallest ``n`` for which that is >= 1 for every split and every
+    possible ``P``.
+
+    Raises:
+        ParameterError: a split has a zero fraction (it could never get a patient).
+    """
+    fractions = [float(cfg.split_fractions.get(s, 0.0)) for s in SPLITS]
+    for split, fraction in zip(SPLITS, fractions):
+        if fraction <= 0:
+            raise ParameterError(f"{key}.split_fractions.{split}", f"must be > 0 (the study needs train, val and test patients), got {fraction}")
+    k_max = max(i + 1 for i, p in enumerate(cfg.studies_per_patient) if p > 0)
+    cumulative = np.cumsum(fractions)
+
+    def every_split_gets_one(patients: int) -> bool:
+        bounds = np.round(cumulative * patients).astype(int)
+        return bool(np.all(np.diff(np.concatenate([[0], bounds])) >= 1))
+
+    # From fraction * P >= 2 on, rounding cannot empty a split; check every P below that.
+    limit = math.ceil(2 / min(fractions)) + 1
+    failing = [p for p in range(1, limit + 1) if not every_split_gets_one(p)]
+    min_patients = max(failing) + 1 if failing else 1
+    return (min_patients - 1) * k_max + 1

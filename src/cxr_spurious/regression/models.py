@@ -1,7 +1,14 @@
-"""Statsmodels regressions: the reference single-predictor OLS and what it lacks."""
+"""Statsmodels regressions: the reference single-predictor OLS and what it lacks.
+
+Standard errors: cluster-robust (by CXR) errors are only valid with many clusters; with
+fewer than ``min_clusters`` clusters the fit uses ordinary OLS errors (logged, and named in
+``se_type``). Significance: a fit on fewer than ``min_clusters`` CXRs is never flagged
+``bonferroni_significant`` (``significance_note`` says why), whatever its p-value.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -10,7 +17,12 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats
 
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError
+
+logger = logging.getLogger(__name__)
+
+#: Fewest clusters (CXRs) for cluster-robust errors and for a significance flag.
+MIN_CLUSTERS = 30
 
 FEATURES: tuple[str, ...] = ("n_instances", "area_ratio", "elongation", "irrectangularity")
 
@@ -70,21 +82,66 @@ def spearman_fisher(y: np.ndarray, x: np.ndarray, z: float = 1.96) -> tuple[floa
     return float(rho), float(p), math.tanh(math.atanh(rho) - delta), math.tanh(math.atanh(rho) + delta)
 
 
-def ols_single(df: pd.DataFrame, y: str, x: str, *, cluster: str | None = None) -> dict[str, float]:
-    """OLS ``y ~ x`` with 95% CI (cluster-robust by ``cluster`` when given) + Spearman."""
+def _check_min_clusters(min_clusters: int) -> int:
+    if isinstance(min_clusters, bool) or int(min_clusters) != min_clusters or int(min_clusters) < 2:
+        raise ParameterError("regression.min_clusters", f"must be an integer >= 2, got {min_clusters!r}")
+    return int(min_clusters)
+
+
+def ols_single(df: pd.DataFrame, y: str, x: str, *, cluster: str | None = None, min_clusters: int = MIN_CLUSTERS) -> dict[str, float | str]:
+    """OLS ``y ~ x`` with 95% CI + Spearman.
+
+    Errors are cluster-robust by ``cluster`` when given and the data has at least
+    ``min_clusters`` clusters; otherwise ordinary OLS errors (``se_type`` says which, and
+    why; the fallback is logged).
+    """
+    min_clusters = _check_min_clusters(min_clusters)
     data = df[[y, x] + ([cluster] if cluster else [])].dropna()
     model = smf.ols(f"{y} ~ {x}", data=data)
-    fit = model.fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(data[cluster])[0]}) if cluster else model.fit()
+    n_clusters = int(data[cluster].nunique()) if cluster else 0
+    if cluster and n_clusters >= min_clusters:
+        fit = model.fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(data[cluster])[0]})
+        se_type = f"cluster-robust ({cluster})"
+    else:
+        fit = model.fit()
+        se_type = "ols"
+        if cluster:
+            se_type = f"ols ({n_clusters} {cluster} clusters < min_clusters {min_clusters})"
+            logger.info("%s ~ %s: %d observations in %d %s clusters < %d: ordinary OLS errors, not cluster-robust",
+                        y, x, len(data), n_clusters, cluster, min_clusters)
     lo, hi = fit.conf_int(alpha=0.05).loc[x]
     rho, rho_p, rho_lo, rho_hi = spearman_fisher(data[y].to_numpy(), data[x].to_numpy())
-    return {"coef": float(fit.params[x]), "coef_lo": float(lo), "coef_hi": float(hi), "coef_pval": float(fit.pvalues[x]), "corr": rho, "corr_lo": rho_lo, "corr_hi": rho_hi, "corr_pval": rho_p, "n": int(len(data))}
+    return {"coef": float(fit.params[x]), "coef_lo": float(lo), "coef_hi": float(hi), "coef_pval": float(fit.pvalues[x]), "corr": rho, "corr_lo": rho_lo, "corr_hi": rho_hi, "corr_pval": rho_p, "n": int(len(data)), "se_type": se_type}
 
 
-def feature_regressions(table: pd.DataFrame, outcomes: Sequence[str], features: Sequence[str] = FEATURES, *, cluster: str | None = None, by_task: bool = False) -> pd.DataFrame:
+def feature_regressions(
+    table: pd.DataFrame,
+    outcomes: Sequence[str],
+    features: Sequence[str] = FEATURES,
+    *,
+    cluster: str | None = None,
+    by_task: bool = False,
+    min_clusters: int = MIN_CLUSTERS,
+) -> pd.DataFrame:
     """Single-predictor OLS of each outcome on each min-max-normalised feature.
 
     Pooled over tasks (reference) or per task; Bonferroni significance over the features.
+
+    Args:
+        table: Rows with ``task``, ``image_id``, the outcomes and features.
+        outcomes: Outcome columns.
+        features: Feature columns.
+        cluster: Column for cluster-robust errors (None: OLS errors).
+        by_task: One fit per task instead of pooled.
+        min_clusters: Fewest clusters for cluster-robust errors, and fewest CXRs
+            (``image_id``) for ``bonferroni_significant`` to be set.
+
+    Returns:
+        One row per fit: coefficients, CIs, p-values, Spearman, ``n``, ``n_cxr``,
+        ``se_type``, ``bonferroni_significant``, ``significance_note`` (why a fit is not
+        eligible for the flag; empty otherwise), ``cluster`` (used for the errors or "none").
     """
+    min_clusters = _check_min_clusters(min_clusters)
     rows = []
     groups = table.groupby("task") if by_task else [("pooled", table)]
     for task, group in groups:
@@ -96,8 +153,12 @@ def feature_regressions(table: pd.DataFrame, outcomes: Sequence[str], features: 
                 sub = g[[y, f, "image_id", "patient_id"] if "patient_id" in g else [y, f, "image_id"]].dropna()
                 if len(sub) < 3 or sub[f].nunique() < 2:
                     continue
-                res = ols_single(sub, y, f, cluster=cluster)
-                rows.append({"task": task, "outcome": y, "feature": f, **res, "bonferroni_significant": res["coef_pval"] < 0.05 / len(features), "cluster": cluster or "none"})
+                res = ols_single(sub, y, f, cluster=cluster, min_clusters=min_clusters)
+                n_cxr = int(sub["image_id"].nunique())
+                note = "" if n_cxr >= min_clusters else f"not flagged: {n_cxr} CXRs ({len(sub)} observations) < min_clusters {min_clusters}"
+                significant = bool(res["coef_pval"] < 0.05 / len(features)) and not note
+                used = cluster if cluster and str(res["se_type"]).startswith("cluster") else "none"
+                rows.append({"task": task, "outcome": y, "feature": f, **res, "n_cxr": n_cxr, "bonferroni_significant": significant, "significance_note": note, "cluster": used})
     return pd.DataFrame(rows)
 
 

@@ -6,6 +6,16 @@ differences) come from Fairlearn's ``MetricFrame`` and ``equalized_odds_differen
 The bootstrap replicates use ``_fast_gaps``, a vectorised count of the same quantities
 (one MetricFrame costs about 60 ms, so 200 replicates x attributes x models would take
 minutes on a small CPU); the tests check it equals Fairlearn on random data.
+
+Convention for a replicate in which a reported group lacks a class: the point estimate is
+taken on groups that all have at least ``min_per_class`` (>= 1) positives and negatives, so
+every rate in it is defined. In a patient-bootstrap replicate a group can draw no positive
+(TPR / FNR undefined) or no negative (FPR undefined). Fairlearn would score such a rate 0
+(TPR and FNR both 0), and dropping the group would compare fewer groups than the estimate;
+neither is the same statistic. The replicate's gap is therefore undefined (NaN) for the
+gaps that need the missing class (``fnr_gap``: positives; ``fpr_gap``: negatives;
+``equalized_odds_difference``: both), counted in ``n_dropped`` and, above
+``max_dropped_share`` of the replicates, an error.
 """
 
 from __future__ import annotations
@@ -25,7 +35,12 @@ from fairlearn.metrics import (
 from sklearn.metrics import precision_score, roc_curve
 
 from cxr_spurious.errors import ContractError, ParameterError, unknown_name_error
-from cxr_spurious.stats.bootstrap import bootstrap_indices, percentile_ci
+from cxr_spurious.stats.bootstrap import (
+    MAX_DROPPED_SHARE,
+    bootstrap_indices,
+    count_dropped,
+    percentile_ci,
+)
 
 from .subgroups import eligible_groups
 
@@ -92,17 +107,21 @@ def fairness_point(y: np.ndarray, y_pred: np.ndarray, sensitive: np.ndarray) -> 
 
 
 def _fast_gaps(y: np.ndarray, y_pred: np.ndarray, codes: np.ndarray, n_groups: int) -> dict[str, float]:
-    """Same gaps as ``fairness_point`` by counting; groups lacking a class are skipped."""
+    """Same gaps as ``fairness_point`` by counting, over all ``n_groups`` groups.
+
+    Equal to Fairlearn whenever every group has positives and negatives. A gap that needs a
+    class some group lacks (or a group without rows) is NaN (module docstring), never a
+    gap over fewer groups.
+    """
     pos = np.bincount(codes, weights=(y == 1), minlength=n_groups)
     neg = np.bincount(codes, weights=(y == 0), minlength=n_groups)
     tp = np.bincount(codes, weights=(y == 1) & (y_pred == 1), minlength=n_groups)
     fp = np.bincount(codes, weights=(y == 0) & (y_pred == 1), minlength=n_groups)
-    ok = (pos > 0) & (neg > 0)
-    if ok.sum() < 2:
-        return {"equalized_odds_difference": np.nan, "fnr_gap": np.nan, "fpr_gap": np.nan}
-    tpr, fpr = tp[ok] / pos[ok], fp[ok] / neg[ok]
-    tpr_gap, fpr_gap = float(np.ptp(tpr)), float(np.ptp(fpr))
-    return {"equalized_odds_difference": max(tpr_gap, fpr_gap), "fnr_gap": tpr_gap, "fpr_gap": fpr_gap}
+    has_pos, has_neg = bool((pos > 0).all()), bool((neg > 0).all())
+    tpr_gap = float(np.ptp(tp / pos)) if has_pos else np.nan
+    fpr_gap = float(np.ptp(fp / neg)) if has_neg else np.nan
+    eod = max(tpr_gap, fpr_gap) if has_pos and has_neg else np.nan
+    return {"equalized_odds_difference": eod, "fnr_gap": tpr_gap, "fpr_gap": fpr_gap}
 
 
 def fairness_tables(
@@ -115,6 +134,7 @@ def fairness_tables(
     n_boot: int = 200,
     seed: int = 0,
     level: float = 0.95,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group rates and gaps (with patient-bootstrap CIs) at a fixed threshold.
 
@@ -126,15 +146,23 @@ def fairness_tables(
         task: The label column.
         threshold: Positive when ``p >= threshold``.
         attributes: Sensitive attributes (columns of ``table``).
-        min_per_class: Smallest class count of a reported group.
+        min_per_class: Smallest class count of a reported group (>= 1).
         n_boot: Bootstrap replicates for the gap CIs.
         seed: Bootstrap seed.
         level: CI level.
+        max_dropped_share: Largest share of undefined replicates (a reported group without
+            the class a gap needs, see the module docstring); above it an error.
 
     Returns:
         ``(by_group, gaps)``: ``task, attribute, group, tpr, fpr, fnr, ppv, count`` and
-        ``task, attribute, metric, estimate, lo, hi, n_groups``.
+        ``task, attribute, metric, estimate, lo, hi, n_groups, n_patients, n_dropped``.
+
+    Raises:
+        ParameterError: ``min_per_class`` < 1.
+        BootstrapDropError: too many undefined replicates for a gap.
     """
+    if int(min_per_class) < 1:
+        raise ParameterError("robustness.min_per_class", f"must be >= 1 (a reported group needs both classes), got {min_per_class}")
     labelled = table[np.isfinite(table[task].to_numpy(dtype=float))]
     by_group, gaps = [], []
     for attr in attributes:
@@ -156,8 +184,10 @@ def fairness_tables(
         point = fairness_point(y, y_pred, sens)
         reps = [_fast_gaps(y[i], y_pred[i], codes[i], len(groups)) for i in bootstrap_indices(len(y), n_boot, seed, pid)]
         for metric, value in point.items():
-            lo, hi = percentile_ci(np.array([r[metric] for r in reps], dtype=float), level)
-            gaps.append({"task": task, "attribute": attr, "metric": metric, "estimate": value, "lo": lo, "hi": hi, "n_groups": len(groups)})
+            values = np.array([r[metric] for r in reps], dtype=float)
+            lo, hi = percentile_ci(values, level, max_dropped_share=max_dropped_share, label=f"fairness {task}/{attr}/{metric}")
+            gaps.append({"task": task, "attribute": attr, "metric": metric, "estimate": value, "lo": lo, "hi": hi, "n_groups": len(groups),
+                         "n_patients": int(pd.unique(pid).size), "n_dropped": count_dropped(values)})
     group_cols = ["task", "attribute", "group", "tpr", "fpr", "fnr", "ppv", "count"]
     by = pd.concat(by_group, ignore_index=True)[group_cols] if by_group else pd.DataFrame(columns=group_cols)
-    return by, pd.DataFrame(gaps, columns=["task", "attribute", "metric", "estimate", "lo", "hi", "n_groups"])
+    return by, pd.DataFrame(gaps, columns=["task", "attribute", "metric", "estimate", "lo", "hi", "n_groups", "n_patients", "n_dropped"])

@@ -126,7 +126,7 @@ def compute_maps(
 
     Returns:
         ``maps`` (N, len(tasks), h, w) float16 and ``probs`` (N, len(tasks)) float64
-        (``sigmoid(forward(x))``).
+        (``sigmoid(forward(x))``), both computed in fp32 with autocast off.
 
     Raises:
         ParameterError: unknown method or task.
@@ -136,13 +136,14 @@ def compute_maps(
     task_names = resolve_tasks(model, tasks)
     task_idx = [list(model.tasks).index(t) for t in task_names]
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    model = model.to(dev)
+    model = model.to(device=dev, dtype=torch.float32)
     model.eval()
     n = len(images)
     maps: np.ndarray | None = None
     probs = np.zeros((n, len(task_idx)), dtype=np.float64)
     batches = image_batches(images, batch_size)
-    with spec.open(model, options) as attribute:
+    # fp32 whatever the training precision or an enclosing autocast (bf16 ties scores)
+    with torch.autocast(device_type=dev.type, enabled=False), spec.open(model, options) as attribute:
         for sl in tqdm(batches, desc=desc or f"saliency {method}", leave=False, disable=not progress):
             x = to_input(images[sl], dev)
             logits = None

@@ -4,8 +4,9 @@ A saliency method that explains the *model* must give different maps when the tr
 weights are replaced by random ones. The check re-initialises every layer of a copy of
 the model (seeded), recomputes the maps on the same images and reports, per method and
 task, the mean Spearman rank correlation between trained and random maps over images,
-with a bootstrap CI over images. High similarity means the maps mostly reflect the input
-or the architecture, not what the model learned.
+with a percentile bootstrap CI over patients (images when no patient is given; the
+project's one bootstrap, ``cxr_spurious.stats.bootstrap``). High similarity means the maps
+mostly reflect the input or the architecture, not what the model learned.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from torch import nn
 
 from cxr_spurious.saliency.compute import compute_maps
 from cxr_spurious.saliency.registry import MethodOptions
-from cxr_spurious.stats.bootstrap import bootstrap
+from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, MIN_CI_CLUSTERS, nanmean_cis
 
 logger = logging.getLogger(__name__)
 
 SANITY_COLUMNS: tuple[str, ...] = (
-    "model", "method", "task", "n_images", "n_valid", "spearman", "spearman_lo", "spearman_hi",
+    "model", "method", "task", "n_images", "n_valid", "n_patients", "spearman", "spearman_lo", "spearman_hi",
+    "spearman_dropped",
 )
 
 
@@ -85,13 +87,46 @@ def spearman_per_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def summarise_similarity(rho: np.ndarray, *, n_boot: int, seed: int, level: float = 0.95) -> dict[str, float]:
-    """Mean of the finite correlations with a bootstrap CI over images."""
-    finite = rho[np.isfinite(rho)]
-    if finite.size == 0:
-        return {"n_valid": 0, "spearman": float("nan"), "spearman_lo": float("nan"), "spearman_hi": float("nan")}
-    res = bootstrap(lambda idx: float(finite[idx].mean()), finite.size, n_boot=n_boot, seed=seed, level=level)
-    return {"n_valid": int(finite.size), "spearman": res.estimate, "spearman_lo": res.lo, "spearman_hi": res.hi}
+def summarise_similarity(
+    rho: np.ndarray,
+    *,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+    patients: Sequence[object] | np.ndarray | None = None,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
+    min_clusters: int = MIN_CI_CLUSTERS,
+    label: str = "spearman",
+) -> dict[str, float]:
+    """Mean of the finite correlations with a percentile bootstrap CI over patients.
+
+    Every image is resampled with its patient (all of a patient's images together); a
+    replicate that draws only constant maps (NaN correlations) is undefined and counted in
+    ``spearman_dropped`` (see ``cxr_spurious.stats.bootstrap.percentile_ci`` for the limit).
+
+    Args:
+        rho: (n,) correlations, NaN for constant maps.
+        n_boot: Replicates.
+        seed: Seed.
+        level: CI level.
+        patients: Patient of each image (default: each image is its own cluster).
+        max_dropped_share: Largest share of undefined replicates.
+        min_clusters: Fewest patients with a finite correlation for a CI (else NaN bounds).
+        label: Name in error messages.
+    """
+    rho = np.asarray(rho, dtype=float)
+    clusters = np.arange(rho.size) if patients is None else np.asarray(patients)
+    if clusters.shape[0] != rho.shape[0]:
+        raise ValueError(f"{clusters.shape[0]} patient labels for {rho.shape[0]} correlations")
+    finite = np.isfinite(rho)
+    n_patients = int(np.unique(clusters).size)
+    if not finite.any():
+        return {"n_valid": 0, "n_patients": n_patients, "spearman": float("nan"), "spearman_lo": float("nan"),
+                "spearman_hi": float("nan"), "spearman_dropped": float("nan")}
+    res = nanmean_cis({"spearman": rho}, clusters, n_boot=n_boot, seed=seed, level=level,
+                      max_dropped_share=max_dropped_share, min_clusters=min_clusters, label=label)["spearman"]
+    return {"n_valid": int(finite.sum()), "n_patients": n_patients, "spearman": res.estimate, "spearman_lo": res.lo,
+            "spearman_hi": res.hi, "spearman_dropped": float(res.n_dropped)}
 
 
 def model_randomisation_check(
@@ -107,6 +142,8 @@ def model_randomisation_check(
     device: str | torch.device | None = "auto",
     options: MethodOptions | None = None,
     random_model: nn.Module | None = None,
+    patients: Sequence[object] | None = None,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
 ) -> pd.DataFrame:
     """Trained-vs-randomised map similarity per method and task.
 
@@ -123,6 +160,8 @@ def model_randomisation_check(
         options: Method options.
         random_model: Comparison model (default: ``randomized_copy(model, seed)``); passing
             ``model`` itself gives the identity check (correlation 1).
+        patients: Patient of each image, the bootstrap's cluster (default: the image).
+        max_dropped_share: Largest share of undefined bootstrap replicates.
 
     Returns:
         One row per (method, task) with the columns of ``SANITY_COLUMNS``.
@@ -136,7 +175,9 @@ def model_randomisation_check(
                                  options=options, progress=False)
         for j, task in enumerate(tasks):
             rho = spearman_per_map(trained[:, j], random[:, j])
-            summary = summarise_similarity(rho, n_boot=n_boot, seed=seed)
+            summary = summarise_similarity(rho, n_boot=n_boot, seed=seed, patients=patients,
+                                           max_dropped_share=max_dropped_share,
+                                           label=f"sanity {model_name}/{method}/{task}")
             rows.append({"model": model_name, "method": method, "task": task, "n_images": len(images), **summary})
             logger.info("sanity %s %s %s: spearman %.3f [%.3f, %.3f] (%d/%d maps)", model_name, method, task,
                         summary["spearman"], summary["spearman_lo"], summary["spearman_hi"], summary["n_valid"], len(images))

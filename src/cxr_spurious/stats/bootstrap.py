@@ -3,17 +3,33 @@
 Resampling units are rows, or clusters (e.g. patients) when ``clusters`` is given: a
 cluster is drawn with replacement and brings all its rows. Every function takes a seed
 and gives the same numbers for the same seed.
+
+Undefined replicates: a replicate whose statistic is NaN (e.g. no positive drawn) is left
+out of the percentile interval and counted (``BootstrapResult.n_dropped``); when more than
+``max_dropped_share`` of the replicates are undefined while the full-sample estimate is
+defined, ``percentile_ci`` raises ``BootstrapDropError`` instead of returning an interval
+computed from a conditioned subset of the replicates.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from cxr_spurious.errors import ParameterError
+from cxr_spurious.errors import ContractError, ParameterError
+
+logger = logging.getLogger(__name__)
+
+#: Largest share of undefined (NaN) replicates a percentile CI may leave out before it is an error.
+MAX_DROPPED_SHARE = 0.05
+
+
+class BootstrapDropError(ContractError):
+    """Too many bootstrap replicates are undefined for the interval to mean what it says."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +40,11 @@ class BootstrapResult:
     lo: float
     hi: float
     replicates: np.ndarray
+
+    @property
+    def n_dropped(self) -> int:
+        """Replicates left out of the interval because the statistic was undefined (NaN)."""
+        return count_dropped(self.replicates)
 
     @property
     def replicate_mean(self) -> float:
@@ -105,12 +126,54 @@ def replicate_nanmeans(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
         return np.where(hits > 0, sums / np.maximum(hits, 1e-300), np.nan)
 
 
-def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the finite replicates (NaN, NaN when none are finite)."""
+def count_dropped(replicates: np.ndarray) -> int:
+    """Number of undefined (non-finite) replicates."""
+    return int((~np.isfinite(np.asarray(replicates, dtype=float))).sum())
+
+
+def check_max_dropped_share(value: float, key: str = "max_dropped_share") -> float:
+    """Validate a ``max_dropped_share`` parameter (a share in [0, 1])."""
+    share = float(value)
+    if not 0 <= share <= 1:
+        raise ParameterError(key, f"must be a share in [0, 1], got {value}")
+    return share
+
+
+def percentile_ci(
+    replicates: np.ndarray,
+    level: float = 0.95,
+    *,
+    max_dropped_share: float | None = MAX_DROPPED_SHARE,
+    label: str = "bootstrap statistic",
+) -> tuple[float, float]:
+    """Percentile interval of the finite replicates (NaN, NaN when none are finite).
+
+    Args:
+        replicates: Replicate values; NaN marks a replicate where the statistic is undefined.
+        level: Confidence level.
+        max_dropped_share: Largest share of NaN replicates that may be left out; above it
+            ``BootstrapDropError`` is raised. ``None``: no check (only for replicates of a
+            statistic that is undefined on the full sample too, see ``bootstrap``).
+        label: What the replicates are, for the error message.
+
+    Raises:
+        ParameterError: ``level`` outside (0, 1) or ``max_dropped_share`` outside [0, 1].
+        BootstrapDropError: more than ``max_dropped_share`` of the replicates are NaN.
+    """
     if not 0 < level < 1:
         raise ParameterError("ci_level", f"must be in (0, 1), got {level}")
-    finite = np.asarray(replicates, dtype=float)
-    finite = finite[np.isfinite(finite)]
+    values = np.asarray(replicates, dtype=float)
+    finite = values[np.isfinite(values)]
+    if max_dropped_share is not None and values.size:
+        limit = check_max_dropped_share(max_dropped_share)
+        dropped = values.size - finite.size
+        if dropped / values.size > limit:
+            raise BootstrapDropError(
+                f"{label}: {dropped} of {values.size} bootstrap replicates are undefined (NaN), "
+                f"{dropped / values.size:.1%} > max_dropped_share {limit:.1%}; the percentile CI would "
+                "describe only the resamples where the statistic exists. Use more data per group, "
+                "drop the group, or raise max_dropped_share knowingly"
+            )
     if finite.size == 0:
         return float("nan"), float("nan")
     alpha = (1 - level) / 2
@@ -127,6 +190,7 @@ def bootstrap(
     level: float = 0.95,
     progress: bool = False,
     desc: str = "bootstrap",
+    max_dropped_share: float | None = None,
 ) -> BootstrapResult:
     """Bootstrap ``statistic`` (a function of a row-index array) over ``n`` rows.
 
@@ -138,17 +202,34 @@ def bootstrap(
         clusters: Optional cluster label per row (resample clusters, e.g. patients).
         level: Confidence level of the percentile interval.
         progress: Show a progress bar.
-        desc: Progress bar label.
+        desc: Progress bar label (and the statistic's name in errors).
+        max_dropped_share: Largest share of NaN replicates (see ``percentile_ci``); not
+            checked when the estimate on all rows is NaN itself (then the CI is NaN).
+            ``None`` (callers that do not surface ``n_dropped`` yet): a warning above
+            ``MAX_DROPPED_SHARE`` instead of an error.
 
     Returns:
         The estimate on all rows, the percentile CI and the replicates.
+
+    Raises:
+        BootstrapDropError: too many undefined replicates.
     """
     estimate = float(statistic(np.arange(n)))
     samples = bootstrap_indices(n, n_boot, seed, clusters)
     iterator = tqdm(samples, desc=desc, leave=False, disable=not progress)
     reps = np.array([float(statistic(idx)) for idx in iterator], dtype=float)
-    lo, hi = percentile_ci(reps, level)
+    if not np.isfinite(estimate):
+        return BootstrapResult(estimate, float("nan"), float("nan"), reps)
+    _warn_if_many_dropped(reps, max_dropped_share, desc)
+    lo, hi = percentile_ci(reps, level, max_dropped_share=max_dropped_share, label=desc)
     return BootstrapResult(estimate, lo, hi, reps)
+
+
+def _warn_if_many_dropped(reps: np.ndarray, max_dropped_share: float | None, label: str) -> None:
+    dropped = count_dropped(reps)
+    if max_dropped_share is None and reps.size and dropped / reps.size > MAX_DROPPED_SHARE:
+        logger.warning("%s: %d of %d bootstrap replicates are undefined (NaN) and left out of the CI (> %.0f%%)",
+                       label, dropped, reps.size, 100 * MAX_DROPPED_SHARE)
 
 
 def paired_bootstrap(
@@ -160,8 +241,13 @@ def paired_bootstrap(
     seed: int = 0,
     clusters: Sequence[object] | np.ndarray | None = None,
     level: float = 0.95,
+    max_dropped_share: float | None = None,
+    label: str = "paired difference",
 ) -> tuple[BootstrapResult, float]:
     """Bootstrap the difference ``a - b`` on the same resampled rows.
+
+    Undefined replicates follow ``bootstrap`` (counted; an error above ``max_dropped_share``
+    unless the full-sample difference is undefined too).
 
     Returns:
         The result for the difference and a two-sided p-value (twice the smaller share of
@@ -170,7 +256,10 @@ def paired_bootstrap(
     estimate = float(statistic_a(np.arange(n)) - statistic_b(np.arange(n)))
     samples = bootstrap_indices(n, n_boot, seed, clusters)
     reps = np.array([float(statistic_a(i) - statistic_b(i)) for i in samples], dtype=float)
-    lo, hi = percentile_ci(reps, level)
+    if not np.isfinite(estimate):
+        return BootstrapResult(estimate, float("nan"), float("nan"), reps), float("nan")
+    _warn_if_many_dropped(reps, max_dropped_share, label)
+    lo, hi = percentile_ci(reps, level, max_dropped_share=max_dropped_share, label=label)
     finite = reps[np.isfinite(reps)]
     if finite.size == 0:
         p_value = float("nan")
@@ -198,3 +287,55 @@ def legacy_bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
         raise ParameterError("n_boot", f"must be >= 1, got {n_boot}")
     rs = np.random.RandomState(seed)
     return np.stack([rs.choice(n, size=n, replace=True) for _ in range(n_boot)]) if n else np.zeros((n_boot, 0), dtype=int)
+
+
+#: Fewest clusters with a finite value for which a mean gets a bootstrap CI.
+MIN_CI_CLUSTERS = 5
+
+
+def nanmean_cis(
+    columns: dict[str, np.ndarray],
+    clusters: Sequence[object] | np.ndarray,
+    *,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
+    min_clusters: int = MIN_CI_CLUSTERS,
+    label: str = "",
+) -> dict[str, BootstrapResult]:
+    """Mean of the finite values of each column with a cluster-bootstrap percentile CI.
+
+    All columns share the rows, the clusters and therefore the replicates (the same draws
+    as ``bootstrap_indices(n, n_boot, seed, clusters)``). A replicate's mean is NaN when it
+    drew no finite value; those replicates are counted in ``n_dropped``.
+
+    Args:
+        columns: ``{name: (n,) values}`` (NaN = undefined for that row).
+        clusters: Cluster (e.g. patient) of each row.
+        n_boot: Replicates.
+        seed: Seed.
+        level: Confidence level.
+        max_dropped_share: See ``percentile_ci``.
+        min_clusters: A column whose finite values come from fewer clusters gets no CI
+            (NaN bounds, no drop check): a percentile interval over a handful of clusters
+            says nothing.
+        label: Prefix of the statistic's name in errors (e.g. the table cell).
+
+    Returns:
+        ``{name: BootstrapResult}``.
+    """
+    labels = np.asarray(clusters)
+    counts = bootstrap_count_matrix(len(labels), n_boot, seed, labels)
+    out: dict[str, BootstrapResult] = {}
+    for name, raw in columns.items():
+        values = np.asarray(raw, dtype=float)
+        finite = np.isfinite(values)
+        estimate = float(values[finite].mean()) if finite.any() else float("nan")
+        reps = replicate_nanmeans(counts, values)
+        if np.unique(labels[finite]).size < max(int(min_clusters), 1):
+            out[name] = BootstrapResult(estimate, float("nan"), float("nan"), reps)
+            continue
+        lo, hi = percentile_ci(reps, level, max_dropped_share=max_dropped_share, label=f"{label}{name}")
+        out[name] = BootstrapResult(estimate, lo, hi, reps)
+    return out

@@ -3,27 +3,55 @@
 A checkpoint holds ``model``, ``optimizer``, ``scheduler`` and ``objective`` states,
 ``epoch`` (completed epochs), ``config``, ``rng`` (torch CPU/CUDA RNG states), ``history``
 (list of per-epoch dicts), ``best`` (``metric``, ``epoch``, ``state_dict``) and
-``bad_epochs`` (early-stopping counter). Files are ``epoch_XXX.pt`` under
-``<checkpoint_dir>/<variant>/``. They are a side channel for resuming only; the trained
-model goes through the catalog.
+``bad_epochs`` (early-stopping counter), and ``fingerprint`` / ``fingerprint_items``: what
+determines the result (every training parameter that changes the weights, the resolved
+precision and device type, and a digest of the training data). Files are ``epoch_XXX.pt``
+under ``<checkpoint_dir>/<variant>/<fingerprint[:16]>/``, so runs with different settings
+never share a folder: a fresh run starts its own folder over and never resumes or prunes
+another configuration's checkpoints, and ``resume`` refuses a checkpoint written with other
+settings, naming what differs. They are a side channel for resuming only; the trained model
+goes through the catalog.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from cxr_spurious.errors import DataFormatError
-from cxr_spurious.io.atomic import atomic_path
+from cxr_spurious.io.atomic import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 _PATTERN = re.compile(r"^epoch_(\d+)\.pt$")
+FINGERPRINT_FILE = "fingerprint.json"
+# Training keys that do not change the weights a run arrives at: where files go, how
+# progress is shown, how many checkpoints are kept, evaluation-only settings, and the
+# stopping rules (a run stopped early continues along the same trajectory).
+NOT_RESULT_KEYS: frozenset[str] = frozenset(
+    {
+        "resume",
+        "checkpoint_dir",
+        "keep_checkpoints",
+        "progress",
+        "num_workers",
+        "n_boot",
+        "ci_level",
+        "max_steps",
+        "time_budget_s",
+        "patience",
+        "variants",
+    }
+)
 # Config keys that must agree between a checkpoint and the run resuming from it.
 COMPATIBLE_KEYS: tuple[str, ...] = (
     "architecture",
@@ -38,6 +66,99 @@ COMPATIBLE_KEYS: tuple[str, ...] = (
 def checkpoint_folder(checkpoint_dir: str | Path, variant: str) -> Path:
     """``<checkpoint_dir>/<variant>``."""
     return Path(checkpoint_dir) / variant
+
+
+def result_fingerprint(
+    cfg: Mapping[str, Any], *, data: str, precision: str, device: str
+) -> tuple[str, dict[str, Any]]:
+    """Digest of everything that determines a training run's result, and its items.
+
+    Args:
+        cfg: Resolved training config. Every key except ``NOT_RESULT_KEYS`` counts;
+            ``epochs`` counts only with the cosine schedule (whose learning rates depend on
+            it), so a constant- or step-schedule run can be resumed for more epochs.
+        data: Digest of the training data (tables and image cache).
+        precision: Resolved training precision (``fp32`` / ``bf16``).
+        device: Device type (``cpu`` / ``cuda``).
+
+    Returns:
+        The hex digest and the dict it was computed from (JSON-ready).
+    """
+    items = {k: v for k, v in sorted(cfg.items()) if k not in NOT_RESULT_KEYS}
+    if cfg.get("schedule") != "cosine":
+        items.pop("epochs", None)
+    items = json.loads(json.dumps(items, sort_keys=True, default=str))
+    items.update({"_data": data, "_precision": precision, "_device": device})
+    blob = json.dumps(items, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest(), items
+
+
+def data_digest(*tables: pd.DataFrame, extra: str = "") -> str:
+    """SHA-256 of ``tables`` (values, columns and index, as CSV) and ``extra`` (a cache fingerprint)."""
+    digest = hashlib.sha256(extra.encode())
+    for table in tables:
+        digest.update(table.to_csv().encode())
+    return digest.hexdigest()
+
+
+def _describe_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    names = {"_data": "training data", "_precision": "precision", "_device": "device"}
+    parts = []
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            label = names.get(key, f"training.{key}")
+            parts.append(f"{label}: checkpoint {saved.get(key)!r}, this run {current.get(key)!r}")
+    return "; ".join(parts) or "unknown settings"
+
+
+def prepare_run_folder(
+    variant_dir: str | Path, fingerprint: str, items: Mapping[str, Any], *, resume: bool, rank: int = 0
+) -> Path:
+    """The checkpoint folder of this configuration under ``variant_dir``.
+
+    A fresh run (``resume`` false) empties its own folder (rank 0) and leaves every other
+    configuration's folder alone. With ``resume``, when this configuration has no checkpoint
+    but another one does (or an old unfingerprinted ``epoch_XXX.pt`` lies in
+    ``variant_dir``), the run stops and names the settings that differ rather than silently
+    starting over or continuing the other run.
+
+    Raises:
+        DataFormatError: resume asked for, and only checkpoints of other settings exist.
+    """
+    variant_dir = Path(variant_dir)
+    folder = variant_dir / fingerprint[:16]
+    if not resume:
+        if rank == 0 and folder.exists():
+            logger.info("Fresh run (training.resume: false): removing this configuration's old checkpoints in %s", folder)
+            shutil.rmtree(folder)
+    elif not list_checkpoints(folder):
+        legacy = list_checkpoints(variant_dir)
+        if legacy:
+            raise DataFormatError(
+                legacy[-1],
+                "checkpoint written without a fingerprint (by an older version), so it cannot be "
+                "shown to match this run; delete it or set training.resume: false",
+            )
+        others = sorted(
+            (p for p in variant_dir.glob(f"*/{FINGERPRINT_FILE}") if p.parent != folder and list_checkpoints(p.parent)),
+            key=lambda p: p.stat().st_mtime,
+        )  # fmt: skip
+        if others:
+            newest = others[-1]
+            try:
+                saved = json.loads(newest.read_text())
+            except (OSError, ValueError) as exc:
+                raise DataFormatError(newest, f"unreadable checkpoint fingerprint: {exc}") from exc
+            raise DataFormatError(
+                newest.parent,
+                "training.resume: true, but the only checkpoints of this variant were written with "
+                f"other settings ({_describe_difference(saved, items)}); run with the checkpoint's "
+                "settings to resume it, or set training.resume: false to start this configuration",
+            )
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(folder / FINGERPRINT_FILE, json.dumps(dict(items), indent=1, sort_keys=True))
+    return folder
 
 
 def save_checkpoint(folder: str | Path, state: Mapping[str, Any], *, keep: int = 2) -> Path:
@@ -60,12 +181,23 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_latest_checkpoint(folder: str | Path, config: Mapping[str, Any]) -> dict[str, Any] | None:
+def load_latest_checkpoint(
+    folder: str | Path,
+    config: Mapping[str, Any],
+    *,
+    fingerprint: tuple[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any] | None:
     """The newest checkpoint of ``folder`` (None if there is none), checked against ``config``.
 
+    Args:
+        folder: A run folder from ``prepare_run_folder``.
+        config: This run's resolved config.
+        fingerprint: This run's ``result_fingerprint`` (digest, items); when given, the
+            checkpoint's digest must equal it.
+
     Raises:
-        DataFormatError: the file is unreadable, or was written with another architecture,
-            method, task list, batch size, seed or objective (naming the file and both values).
+        DataFormatError: the file is unreadable, or was written with other settings (naming
+            the file and what differs).
     """
     paths = list_checkpoints(folder)
     if not paths:
@@ -75,6 +207,13 @@ def load_latest_checkpoint(folder: str | Path, config: Mapping[str, Any]) -> dic
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DataFormatError(path, f"unreadable checkpoint: {exc}") from exc
+    if fingerprint is not None and state.get("fingerprint") != fingerprint[0]:
+        differs = _describe_difference(state.get("fingerprint_items") or {}, fingerprint[1])
+        raise DataFormatError(
+            path,
+            f"checkpoint was written with other settings ({differs}); "
+            "delete the checkpoint folder or set training.resume: false",
+        )
     saved = state.get("config", {})
     for key in COMPATIBLE_KEYS:
         if saved.get(key) != config.get(key):

@@ -6,6 +6,7 @@ and model artifacts). ``resolve_training_config`` is the single place that check
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -13,9 +14,12 @@ from cxr_spurious.errors import ParameterError, unknown_name_error
 from cxr_spurious.models import ARCHITECTURES, DENSE_ARCHITECTURES, POOLINGS
 from cxr_spurious.training.device import PRECISIONS
 
+logger = logging.getLogger(__name__)
+
 METHODS: tuple[str, ...] = ("erm", "coarse", "box", "seg", "multitask")
 DENSE_METHODS: frozenset[str] = frozenset({"coarse", "box", "seg", "multitask"})
 SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 SELECTION_METRICS: tuple[str, ...] = ("auroc", "robust_auroc")
 COARSE_MODES: tuple[str, ...] = ("dilate", "grid")
 
@@ -26,7 +30,9 @@ DEFAULTS: dict[str, Any] = {
     "pretrained": None,
     "batch_size": 32,
     "eval_batch_size": 64,
+    "optimizer": "adamw",
     "lr": 1e-3,
+    "momentum": 0.0,
     "weight_decay": 1e-4,
     "schedule": "cosine",
     "step_size": 3,
@@ -89,6 +95,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _choice(cfg, "method", METHODS, "training method")
     _choice(cfg, "architecture", ARCHITECTURES, "architecture")
     _choice(cfg, "schedule", SCHEDULES, "schedule")
+    _choice(cfg, "optimizer", OPTIMIZERS, "optimizer")
     _choice(cfg, "selection_metric", SELECTION_METRICS, "selection metric")
     _choice(cfg, "dense_pooling", POOLINGS, "dense pooling")
     _choice(cfg, "coarse_mode", COARSE_MODES, "coarse mode")
@@ -122,7 +129,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ParameterError(
             "training.location_fraction", f"must be in [0, 1], got {cfg['location_fraction']!r}"
         )
-    for key in ("lr", "weight_decay", "multitask_weight", "gamma"):
+    for key in ("lr", "momentum", "weight_decay", "multitask_weight", "gamma"):
         if not isinstance(cfg[key], int | float) or cfg[key] < 0:
             raise ParameterError(f"training.{key}", f"must be a number >= 0, got {cfg[key]!r}")
     if not 0 < float(cfg["topk"]) <= 1:
@@ -172,7 +179,63 @@ def resolve_training_config(
     if cfg["method"] == "multitask":
         cfg["image_head"] = "linear"
     validate_config(cfg)
+    _check_overridden_shared_values(cfg, shared, variant)
+    _warn_unused_shared_values(shared)
     return cfg
+
+
+def overridden_shared_keys(shared: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Shared ``training`` keys that every block of ``training.variants`` overrides.
+
+    Such a shared value has no effect on any variant (``--params training.epochs=20`` would
+    change nothing).
+
+    Returns:
+        ``{key: ["training.variants.<name>.<key>", ...]}`` (empty without variants).
+    """
+    variants = shared.get("variants") or {}
+    if not isinstance(variants, Mapping) or not variants:
+        return {}
+    out: dict[str, list[str]] = {}
+    for key in shared:
+        if key in _NOT_MODEL_KEYS:
+            continue
+        if all(isinstance(block, Mapping) and key in block for block in variants.values()):
+            out[key] = [f"training.variants.{name}.{key}" for name in variants]
+    return out
+
+
+_REPORTED_OVERRIDES: set[str] = set()
+
+
+def _warn_unused_shared_values(shared: Mapping[str, Any]) -> None:
+    """Log once per process each shared value that every variant overrides."""
+    variants = shared.get("variants") or {}
+    for key, overriding in overridden_shared_keys(shared).items():
+        values = ", ".join(
+            f"{where}={block[key]!r}" for where, block in zip(overriding, variants.values())
+        )
+        message = (
+            f"training.{key}={shared[key]!r} has no effect: every study variant sets its own value"
+            f" ({values}); change or remove those keys for the shared value to apply"
+        )
+        if message not in _REPORTED_OVERRIDES:
+            _REPORTED_OVERRIDES.add(message)
+            logger.warning(message)
+
+
+def _check_overridden_shared_values(
+    cfg: Mapping[str, Any], shared: Mapping[str, Any], variant: Mapping[str, Any]
+) -> None:
+    """Refuse a bad shared value even where this variant overrides it (e.g. epochs=-1)."""
+    overridden = [k for k in shared if k in variant and k not in _NOT_MODEL_KEYS | {"name"}]
+    if "architecture" in overridden:
+        overridden.remove("architecture")  # a shared default may be dense or not; name only
+        _choice(shared, "architecture", ARCHITECTURES, "architecture")
+    if overridden:
+        probe = dict(cfg)
+        probe.update({k: shared[k] for k in overridden})
+        validate_config(probe)
 
 
 def is_selected(selection: str | Iterable[str] | None, variant: str, method: str) -> bool:

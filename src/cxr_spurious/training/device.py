@@ -1,8 +1,10 @@
-"""Device choice and per-device settings (autocast, channels_last, pinned memory)."""
+"""Device choice and per-device settings (autocast, channels_last, pinned memory), and
+the deterministic-algorithms switch of ``training.deterministic``."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +12,15 @@ from typing import Any
 import torch
 
 from cxr_spurious.errors import ParameterError
+
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+"""cuBLAS workspace setting that makes cuBLAS deterministic (``:16:8`` also does)."""
+DETERMINISTIC_CUBLAS_CONFIGS: tuple[str, ...] = (":4096:8", ":16:8")
+
+# cuBLAS reads this once, when a process first uses it, so it is set when the training
+# code is imported (before any CUDA work); an existing value is left alone and checked by
+# ``configure_determinism``. It has no effect on CPU.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,13 @@ class DeviceSetup:
             yield
             return
         with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
+            yield
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """Plain fp32 for predictions, embeddings and scores: autocast off, whatever the
+        training precision (bf16 keeps 8 bits of mantissa, so bf16 scores tie)."""
+        with torch.autocast(device_type=self.device.type, enabled=False):
             yield
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +87,9 @@ def resolve_device(name: str = "auto", *, local_rank: int | None = None, precisi
         local_rank: Under DDP, the CUDA device index of this process.
         precision: ``auto`` (bf16 autocast on CUDA and on CPUs with native bf16, i.e.
             AVX512-BF16 or AMX; fp32 elsewhere), ``fp32`` or ``bf16`` (forced; slow where
-            the CPU emulates it). Results are deterministic per machine either way, but
-            bf16 and fp32 runs differ.
+            the CPU emulates it): the training precision. Predictions and embeddings are
+            fp32 either way (``DeviceSetup.inference``). Results are deterministic per
+            machine either way, but bf16 and fp32 runs differ.
 
     Raises:
         ParameterError: the requested device is not available, or an unknown precision.
@@ -102,3 +121,31 @@ def setup_for(cfg: Mapping[str, Any], *, local_rank: int | None = None) -> Devic
 def precision_name(setup: DeviceSetup) -> str:
     """``bf16`` or ``fp32``: what a run actually used (recorded with its metrics)."""
     return "bf16" if setup.autocast_dtype == torch.bfloat16 else "fp32"
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """Switch PyTorch's deterministic algorithms on (strictly) or off, process-wide.
+
+    On: ``torch.use_deterministic_algorithms(True)`` without ``warn_only``, so an operation
+    with no deterministic implementation raises instead of warning (the models replace
+    the CUDA ones they used, see ``cxr_spurious.models.ops``), cuDNN picks deterministic
+    algorithms without autotuning, and ``CUBLAS_WORKSPACE_CONFIG`` is ``:4096:8`` when unset.
+    Same seed, same machine, same precision: same numbers. Other CPU models or GPUs,
+    library versions or precisions give other numbers.
+
+    Raises:
+        ParameterError: ``CUBLAS_WORKSPACE_CONFIG`` is set to a value under which cuBLAS
+            is not deterministic.
+    """
+    if deterministic:
+        current = os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+        if current not in DETERMINISTIC_CUBLAS_CONFIGS:
+            raise ParameterError(
+                "training.deterministic",
+                f"needs the environment variable CUBLAS_WORKSPACE_CONFIG to be one of "
+                f"{', '.join(DETERMINISTIC_CUBLAS_CONFIGS)} (or unset), got {current!r}; "
+                "unset it or set training.deterministic: false",
+            )
+    torch.use_deterministic_algorithms(bool(deterministic))
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = bool(deterministic)

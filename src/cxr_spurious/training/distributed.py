@@ -1,22 +1,28 @@
-"""DistributedDataParallel entry point: the same training code, N processes.
+"""DistributedDataParallel entry point: the training pipeline of one variant, N processes.
 
 Run from the project root (one process per GPU, or CPU processes with gloo)::
 
     torchrun --nproc_per_node 2 -m cxr_spurious.training.distributed --variant seg \
         [--env local] [--params "training.epochs=20,training.batch_size=64"]
 
-Every process bootstraps the Kedro project, reads the same parameters and catalog,
-loads ``resampled_manifest``, ``manifest`` and ``image_cache``, and trains with
-``engine.fit`` under DDP; the global batch ``training.batch_size`` is split evenly across
-processes, so the optimiser sees the same global batches as a single-process run. Rank 0
-writes checkpoints and then saves the variant's outputs to the catalog (model, history,
-predictions, embeddings, counterfactual predictions, test metrics, curves and the MLflow
-run, a top-level run in the study experiment since no kedro-mlflow session is active).
+Every process bootstraps the Kedro project with the same configuration and takes the
+registered ``training`` pipeline's nodes of namespace ``--variant`` (the training template,
+see ``cxr_spurious.pipelines.training``). The node tagged ``fit`` (``train_model``) trains
+under DDP on every rank: ``fit`` sees the process group through ``distributed_setup`` and
+splits the global batch ``training.batch_size`` evenly across processes, so the optimiser
+sees the same global batches as a single-process run. Rank 0 runs the whole variant
+pipeline with Kedro's ``SequentialRunner`` (so every node of the template, present or
+added later, runs, and every catalog output is written once, by rank 0); the other ranks
+run only the fit node and the nodes it depends on, in memory, and save nothing. Rank 0
+also writes the checkpoints; the MLflow run is a top-level run (no kedro-mlflow session
+run is active). ``training.method`` is set to the variant, so the method gate selects it.
 
 What differs from one process: BatchNorm statistics are computed per process (on
 ``batch_size / N`` images; running statistics are synchronised from rank 0 after every
 epoch), and losses that average over a batch-dependent count (the dense loss over maps
-with location labels, NaN-masked labels) average per process first.
+with location labels, NaN-masked labels) average per process first. Group DRO's group
+weights are updated from all-reduced group losses (identical on every rank), and the
+time-budget stop is rank 0's decision, broadcast.
 """
 
 from __future__ import annotations
@@ -26,18 +32,23 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 import torch.distributed as dist
 
 from cxr_spurious.data.cache import ImageCache
-from cxr_spurious.training.config import model_config
-from cxr_spurious.training.device import setup_for
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.training.device import DeviceSetup, setup_for
 from cxr_spurious.training.engine import FitResult, fit
 
+if TYPE_CHECKING:
+    from kedro.pipeline import Pipeline
+
 logger = logging.getLogger(__name__)
+
+FIT_TAG = "fit"  # the training template's node that trains (every rank runs it under DDP)
 
 
 def parse_params(text: str | None) -> dict[str, Any]:
@@ -57,6 +68,27 @@ def parse_params(text: str | None) -> dict[str, Any]:
     return out
 
 
+def process_group() -> tuple[int, int]:
+    """``(rank, world)`` of the default process group; ``(0, 1)`` when none is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank()), int(dist.get_world_size())
+    return 0, 1
+
+
+def distributed_setup(cfg: Mapping[str, Any]) -> tuple[DeviceSetup, int, int]:
+    """Device settings, rank and world size of this process.
+
+    With an initialised process group of N > 1 processes, CUDA runs use device
+    ``LOCAL_RANK`` (set by torchrun); without one this is ``setup_for(cfg)``, rank 0 of 1.
+    """
+    rank, world = process_group()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank)) if world > 1 else None
+    setup = setup_for(cfg, local_rank=local_rank)
+    if setup.device.type == "cuda":
+        torch.cuda.set_device(setup.device)
+    return setup, rank, world
+
+
 def distributed_fit(
     table: pd.DataFrame,
     cache: ImageCache,
@@ -67,10 +99,12 @@ def distributed_fit(
     checkpoint_dir: str | Path | None,
 ) -> FitResult:
     """``fit`` on this process's share (the process group must be initialised)."""
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    setup = setup_for(cfg, local_rank=local_rank)
-    if setup.device.type == "cuda":
-        torch.cuda.set_device(setup.device)
+    setup, group_rank, group_world = distributed_setup(cfg)
+    if (group_rank, group_world) != (rank, world):
+        raise ParameterError(
+            "rank/world",
+            f"got rank {rank} of {world}, but the process group is rank {group_rank} of {group_world}",
+        )
     train = table[table["split"] == "train"].reset_index(drop=True)
     val = table[table["split"] == "val"].reset_index(drop=True)
     return fit(train, val, cache, cfg, setup, checkpoint_dir=checkpoint_dir, rank=rank, world=world)
@@ -135,33 +169,63 @@ def spawn_fit(
     )
 
 
-def _save_outputs(
-    catalog: Any, variant: str, table: pd.DataFrame, cfg: dict[str, Any], result: FitResult
-) -> None:
-    """Rank 0: the variant's outputs, computed by the pipeline's own node functions."""
-    from cxr_spurious.pipelines.training import nodes
+def variant_pipeline(training: Pipeline, variant: str) -> Pipeline:
+    """The nodes of namespace ``variant`` of the registered ``training`` pipeline.
 
-    manifest = catalog.load("manifest")
-    cache = catalog.load("image_cache")
-    artifact = {"state_dict": result.state_dict, "config": model_config(cfg)}
-    predictions, embeddings = nodes.predict_manifest(artifact, manifest, cache, cfg)
-    metrics = nodes.evaluate_test_metrics(predictions, manifest, cfg)
-    curves = nodes.plot_training_curves(result.history, cfg)
-    outputs = {
-        "model": artifact,
-        "training_history": result.history,
-        "predictions": predictions,
-        "embeddings": embeddings,
-        "counterfactual_predictions": nodes.predict_counterfactuals(artifact, manifest, cache, cfg),
-        "test_metrics": metrics,
-        "training_curves": curves,
-        "mlflow_run": nodes.assemble_run_record(
-            cfg, table, result.history, metrics, curves, artifact
-        ),
-    }
-    for name, data in outputs.items():
-        catalog.save(f"{variant}.{name}", data)
-        logger.info("saved %s.%s", variant, name)
+    Raises:
+        SystemExit: no node has that namespace (the message lists the valid ones).
+    """
+    namespaces = sorted({str(n.namespace) for n in training.nodes if n.namespace})
+    if variant not in namespaces:
+        raise SystemExit(
+            f"--variant '{variant}': the training pipeline has no such namespace; valid: {namespaces}"
+        )
+    return training.only_nodes_with_namespaces([variant])
+
+
+def split_for_ranks(pipeline: Pipeline) -> tuple[Pipeline, Pipeline]:
+    """What rank 0 runs (all of ``pipeline``) and what the other ranks run.
+
+    The other ranks run the node tagged ``fit`` and the nodes it depends on, nothing else.
+
+    Raises:
+        ParameterError: ``pipeline`` does not have exactly one node tagged ``fit``.
+    """
+    fits = [n.name for n in pipeline.nodes if FIT_TAG in n.tags]
+    if len(fits) != 1:
+        raise ParameterError(
+            "training pipeline",
+            f"expected exactly one node tagged '{FIT_TAG}' (the DDP training step), got {fits}",
+        )
+    return pipeline, pipeline.to_nodes(fits[0])
+
+
+def run_in_memory(pipeline: Pipeline, catalog: Any) -> dict[str, Any]:
+    """Run ``pipeline``'s nodes in order, loading free inputs from ``catalog``, saving nothing.
+
+    Returns:
+        Every node output by name.
+    """
+    data: dict[str, Any] = {}
+    for node in pipeline.nodes:  # topologically sorted
+        inputs = {name: data[name] if name in data else catalog.load(name) for name in node.inputs}
+        data.update(node.run(inputs))
+    return data
+
+
+def run_variant(pipeline: Pipeline, catalog: Any, *, rank: int) -> None:
+    """This rank's part of a DDP run of one variant's ``pipeline`` (see ``split_for_ranks``).
+
+    Rank 0 runs the pipeline with Kedro's ``SequentialRunner`` on ``catalog`` (outputs are
+    saved there, once); the other ranks compute the fit node and its inputs in memory.
+    """
+    from kedro.runner import SequentialRunner
+
+    everything, fit_part = split_for_ranks(pipeline)
+    if rank == 0:
+        SequentialRunner().run(everything, catalog)
+    else:
+        run_in_memory(fit_part, catalog)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -177,46 +241,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
+    from kedro.framework.project import pipelines
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    from cxr_spurious.pipelines.training import nodes
-    from cxr_spurious.training.checkpoints import checkpoint_folder
-    from cxr_spurious.training.data import build_training_table
+    runtime_params = parse_params(args.params)
+    training = runtime_params.setdefault("training", {})
+    if not isinstance(training, dict):
+        raise SystemExit(f"--params: 'training' must be a group of keys, got {training!r}")
+    training["method"] = args.variant  # the gate selects the variant being trained
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING)
+    rank, _ = process_group()
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s",
+    )
     try:
         project = Path(args.project).resolve()
         bootstrap_project(project)
+        if rank != 0:
+            dist.barrier()  # rank 0 sets up first (kedro-mlflow creates the tracking store)
         with KedroSession.create(
-            project_path=project, env=args.env, runtime_params=parse_params(args.params)
+            project_path=project, env=args.env, runtime_params=runtime_params
         ) as session:
             context = session.load_context()
-            training = context.params["training"]
-            if args.variant not in training.get("variants", {}):
-                raise SystemExit(
-                    f"--variant '{args.variant}' is not in training.variants ({sorted(training.get('variants', {}))})"
-                )
-            cfg = nodes.resolve_config(
-                {**training, "method": None}, training["variants"][args.variant]
-            )
-            catalog = context.catalog
-            cache = catalog.load("image_cache")
-            table = build_training_table(catalog.load("resampled_manifest"), cache, cfg)
-            result = distributed_fit(
-                table,
-                cache,
-                cfg,
-                rank=rank,
-                world=world,
-                checkpoint_dir=checkpoint_folder(cfg["checkpoint_dir"], cfg["variant"]),
-            )
             if rank == 0:
-                _save_outputs(catalog, args.variant, table, cfg, result)
-        dist.barrier()
+                dist.barrier()
+            pipeline = variant_pipeline(pipelines["training"], args.variant)
+            run_variant(pipeline, context.catalog, rank=rank)
+        # No barrier here: the other ranks are done once fit returns (no collective
+        # follows), and rank 0's predictions and MLflow logging may outlast a
+        # collective's timeout (10 min for NCCL).
     finally:
         dist.destroy_process_group()
 

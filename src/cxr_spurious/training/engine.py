@@ -1,6 +1,6 @@
 """The training loop: ``train_one_epoch``, ``evaluate``, ``predict`` and ``fit``.
 
-``fit`` runs epochs of ``train_one_epoch`` + ``evaluate`` with AdamW, a cosine / step
+``fit`` runs epochs of ``train_one_epoch`` + ``evaluate`` with AdamW (or SGD), a cosine / step
 schedule, model selection and early stopping on a validation metric, and a checkpoint
 per epoch (``training.checkpoints``). The same code runs in one process or under
 DistributedDataParallel (``rank``/``world`` > 1, see ``training.distributed``).
@@ -27,14 +27,17 @@ from cxr_spurious.data.cache import ImageCache
 from cxr_spurious.models import CXRModel, build_model
 from cxr_spurious.stats.metrics import auroc, robust_auroc
 from cxr_spurious.training.checkpoints import (
+    data_digest,
     load_latest_checkpoint,
+    prepare_run_folder,
+    result_fingerprint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from cxr_spurious.training.config import DENSE_METHODS, model_config
 from cxr_spurious.training.data import LABEL_PREFIX, CacheBatches, make_loader
-from cxr_spurious.training.device import DeviceSetup
+from cxr_spurious.training.device import DeviceSetup, configure_determinism
 from cxr_spurious.training.objectives import Objective, dense_loss, make_objective
 
 logger = logging.getLogger(__name__)
@@ -60,12 +63,6 @@ class TrainingForward(nn.Module):
         return (self.model(x),)
 
 
-def configure_determinism(deterministic: bool) -> None:
-    """Deterministic kernels (warn-only where none exists) and no cuDNN autotuning."""
-    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
-    torch.backends.cudnn.benchmark = not deterministic
-
-
 def init_model(cfg: Mapping[str, Any]) -> CXRModel:
     """Build the model with weights initialised from ``seed`` (global RNG left untouched)."""
     with torch.random.fork_rng(devices=[]):
@@ -74,7 +71,14 @@ def init_model(cfg: Mapping[str, Any]) -> CXRModel:
 
 
 def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """AdamW with ``lr`` and ``weight_decay``."""
+    """``optimizer``: AdamW (default) or SGD (``momentum``), with ``lr`` and ``weight_decay``."""
+    if cfg.get("optimizer", "adamw") == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=float(cfg["lr"]),
+            momentum=float(cfg.get("momentum", 0.0)),
+            weight_decay=float(cfg["weight_decay"]),
+        )
     return torch.optim.AdamW(
         model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"])
     )
@@ -207,11 +211,15 @@ def predict(
     progress: bool = False,
     desc: str = "predict",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities ``(n, T)`` and embeddings ``(n, D)`` (float32) in loader order."""
+    """Probabilities ``(n, T)`` and embeddings ``(n, D)`` (float32) in loader order.
+
+    Always computed in fp32 (``setup.inference``), also when training ran under bf16
+    autocast: bf16 scores keep 8 bits of mantissa and would tie in AUROCs.
+    """
     model.eval()
     probs, embs = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        with setup.autocast():
+        with setup.inference():
             logits, emb = model.logits_and_embedding(setup.to_input(batch["image"]))
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         embs.append(emb.float().cpu().numpy())
@@ -253,6 +261,7 @@ class FitResult:
     history: pd.DataFrame
     best_epoch: int
     stopped: str
+    fingerprint: str = ""  #: ``checkpoints.result_fingerprint`` of the run (settings + data)
 
 
 def _broadcast_buffers(model: nn.Module) -> None:
@@ -325,9 +334,20 @@ def fit(
         "global_step": 0,
         "stopped": "",
     }
-    saved = (
-        load_latest_checkpoint(checkpoint_dir, cfg) if (checkpoint_dir and cfg["resume"]) else None
+    saved = None
+    fingerprint = result_fingerprint(
+        cfg,
+        data=data_digest(train_table, val_table, extra=cache.fingerprint),
+        precision=str(setup.autocast_dtype or "fp32").replace("torch.", ""),
+        device=setup.device.type,
     )
+    if checkpoint_dir:
+        checkpoint_dir = prepare_run_folder(
+            checkpoint_dir, fingerprint[0], fingerprint[1], resume=bool(cfg["resume"]), rank=rank
+        )
+        if cfg["resume"]:
+            saved = load_latest_checkpoint(checkpoint_dir, cfg, fingerprint=fingerprint)
+        state.update({"fingerprint": fingerprint[0], "fingerprint_items": fingerprint[1]})
     with torch.random.fork_rng(
         devices=[setup.device.index or 0] if setup.device.type == "cuda" else []
     ):
@@ -363,7 +383,40 @@ def fit(
     history = pd.DataFrame(state["history"], columns=list(HISTORY_COLUMNS))
     if len(history):
         history["selected"] = history["epoch"] == best["epoch"]
-    return FitResult(best["state_dict"], history, int(best["epoch"]), state["stopped"] or "epochs")
+    return FitResult(
+        best["state_dict"], history, int(best["epoch"]), state["stopped"] or "epochs", fingerprint[0]
+    )
+
+
+STOP_REASONS: tuple[str, ...] = ("", "early_stopping", "max_steps", "time_budget")
+
+
+def _stop_reason(
+    cfg: Mapping[str, Any],
+    state: Mapping[str, Any],
+    elapsed_s: float,
+    world: int,
+    setup: DeviceSetup,
+) -> str:
+    """Why training stops after this epoch ("" = go on): rank 0's decision, on every rank.
+
+    Early stopping and ``max_steps`` agree across ranks by construction, but the time budget
+    reads each process's own clock; under DDP rank 0 decides and broadcasts, so every rank
+    stops after the same epoch (a rank that stopped alone would leave the others waiting in
+    their next all-reduce).
+    """
+    reason = ""
+    if cfg["patience"] is not None and state["bad_epochs"] >= int(cfg["patience"]):
+        reason = "early_stopping"
+    elif cfg["max_steps"] is not None and state["global_step"] >= int(cfg["max_steps"]):
+        reason = "max_steps"
+    elif cfg["time_budget_s"] is not None and elapsed_s >= float(cfg["time_budget_s"]):
+        reason = "time_budget"
+    if world > 1:
+        code = torch.tensor([STOP_REASONS.index(reason)], device=setup.device)
+        torch.distributed.broadcast(code, src=0)
+        reason = STOP_REASONS[int(code.item())]
+    return reason
 
 
 def _run_epochs(
@@ -429,14 +482,7 @@ def _run_epochs(
             state["bad_epochs"] = 0
         else:
             state["bad_epochs"] += 1
-        if cfg["patience"] is not None and state["bad_epochs"] >= int(cfg["patience"]):
-            state["stopped"] = "early_stopping"
-        elif cfg["max_steps"] is not None and state["global_step"] >= int(cfg["max_steps"]):
-            state["stopped"] = "max_steps"
-        elif cfg["time_budget_s"] is not None and time.perf_counter() - started >= float(
-            cfg["time_budget_s"]
-        ):
-            state["stopped"] = "time_budget"
+        state["stopped"] = _stop_reason(cfg, state, time.perf_counter() - started, world, setup)
         logger.info(
             "[%s] epoch %d: loss %.4f, val AUROC %.3f, val robust AUROC %.3f, %.0f img/s, data wait %.0f%%",
             cfg.get("variant", "?"), epoch, row["train_loss"], row["val_auroc"], row["val_robust_auroc"],

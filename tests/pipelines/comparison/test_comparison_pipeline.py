@@ -21,7 +21,6 @@ REPO = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def pipeline():
-    pytest.importorskip("cxr_spurious.pipelines.training.pipeline")
     return create_pipeline()
 
 

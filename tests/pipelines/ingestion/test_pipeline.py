@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import load_from_catalog, require_shared_sample
+from tests.conftest import SAMPLE_IN_REPO, load_from_catalog
 
 from cxr_spurious.data.cache import load_cache
 from cxr_spurious.io.masks import decode_rle, rasterize_polygons
@@ -48,7 +48,7 @@ def test_phantom_ingestion_end_to_end(kedro_project: Path, run_kedro) -> None:
 
 
 def test_chexlocalize_sample_ingestion(kedro_project: Path, run_kedro) -> None:
-    sample = require_shared_sample()
+    sample = SAMPLE_IN_REPO
     run_kedro(kedro_project, "run", "--pipeline", "ingestion", "--env", "test", "--params", f"ingestion.source=chexlocalize,ingestion.root={sample}")
     loaded = load_from_catalog(kedro_project, "manifest", "gt_annotations", "gt_segmentations")
     assert loaded["manifest"]["len"] == 2

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[3]
 SAMPLE = ROOT / "tests" / "data" / "chexlocalize_sample"
 PARAMS = {"n_boot": 20, "seed": 0, "true_pos_only": True, "fixed_thresholds": {}, "prob_cutoffs": {}, "smoothing_k": 0,
           "tuning_grid": [0.2, 0.8, 0.1], "prob_cutoffs_grid": [0.0, 0.85, 0.1], "extra_metrics": True, "top_k": 5,
-          "prefer_gpu": False, "missing_maps": "all", "subgroup_attributes": ["sex"], "compare_pairs": None}
+          "prefer_gpu": False, "missing_maps": "all", "subgroup_attributes": ["sex"], "compare_pairs": None,
+          "max_dropped_share": 0.05}
 
 
 def _collection():

@@ -21,7 +21,7 @@ def test_regression_pipeline_runs(tmp_path):
         iou = 0.1 + h * w / 400 + rng.normal(0, 0.05)
         hb.append({"image_id": cxr, "task": "Edema", "in_gt": True, "iou_tp": 0.9 - h * w / 800 + rng.normal(0, 0.05), "iou_full": np.nan, "hit": 1.0})
         rows.append({"set": "erm.gradcam", "image_id": cxr, "task": "Edema", "prob": rng.random(), "in_gt": True, "iou_tp": iou, "iou_full": iou, "hit": float(rng.random() < 0.5 + h * w / 800)})
-    data = {"gt_segmentations": gt, "gt_annotations": ann, "localization_per_cxr": pd.DataFrame(rows), "localization_human_benchmark": pd.DataFrame(hb), "params:regression.cluster_robust": True}
+    data = {"gt_segmentations": gt, "gt_annotations": ann, "localization_per_cxr": pd.DataFrame(rows), "localization_human_benchmark": pd.DataFrame(hb), "params:regression.cluster_robust": True, "params:regression.min_clusters": 30}
     datasets = {k: MemoryDataset(v) for k, v in data.items()}
     datasets["regression_feature_results"] = PickleDataset(filepath=str(tmp_path / "res.pkl"))
     catalog = DataCatalog(datasets)

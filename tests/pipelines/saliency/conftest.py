@@ -51,7 +51,7 @@ def cache_and_manifest():
 
 @pytest.fixture
 def artifacts() -> dict[str, dict[str, Any]]:
-    models = pytest.importorskip("cxr_spurious.models")
+    from cxr_spurious import models
     configs = {
         "erm": {"architecture": "resnet18", "tasks": TASKS},
         "box": {"architecture": "unet_small", "tasks": TASKS, "base_channels": 8},

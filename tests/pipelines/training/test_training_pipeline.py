@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from tests.training.training_tiny_data import TASK, tiny_study
@@ -46,6 +47,7 @@ def _catalog(tmp_path: Path, method: object) -> DataCatalog:
             {
                 "type": "cxr_spurious.datasets.torch_model.TorchModelDataset",
                 "filepath": str(tmp_path / name / "model.pt"),
+                "variant": name,
             }
         )
         datasets[f"{name}.training_history"] = SkippableDataset(
@@ -122,6 +124,8 @@ def test_gate_trains_only_the_selected_variant_and_keeps_others(tmp_path: Path) 
         and set(preds["split"]) == {"train", "val", "test"}
         and (preds["model"] == "seg").all()
     )
+    model = torch.load(tmp_path / "seg" / "model.pt", weights_only=True)
+    assert model["variant"] == "seg" and len(model["fingerprint"]) == 64  # what it was trained as
     metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
     assert (metrics["method"], metrics["architecture"]) == ("seg", "unet_small")  # what was trained
     cf = pd.read_parquet(tmp_path / "seg" / "cf.parquet")

@@ -16,6 +16,7 @@ from cxr_spurious.data.report import dataset_counts, plot_dataset_report
 from cxr_spurious.datasets.phantom_source import PhantomRequest
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.phantom import example_grid
+from cxr_spurious.phantom.config import PhantomConfig, min_images_for_splits
 from cxr_spurious.tasks import SPURIOUS_OBJECTS
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,27 @@ def plan_phantom(source: str, phantom: dict[str, Any], seed: int, n_jobs: int) -
 
     Returns:
         The request the ``phantom_source`` dataset carries out.
+
+    Raises:
+        ParameterError: a bad generator setting, or too few images for every split (train,
+            val, test) to get a patient (``ingestion.phantom.n_images``, with the minimum).
     """
+    if source == "phantom":
+        check_phantom_size(phantom)
     return PhantomRequest(enabled=source == "phantom", config=dict(phantom or {}), seed=int(seed), n_jobs=int(n_jobs))
+
+
+def check_phantom_size(phantom: dict[str, Any] | None) -> None:
+    """Refuse a phantom too small to give every split a patient, before generating it."""
+    key = "ingestion.phantom"
+    cfg = PhantomConfig.from_dict(dict(phantom or {}), key=key)
+    minimum = min_images_for_splits(cfg, key)
+    if cfg.n_images < minimum:
+        raise ParameterError(
+            f"{key}.n_images",
+            f"must be at least {minimum} so that train, val and test each get a patient (split_fractions"
+            f" {dict(cfg.split_fractions)}, up to {len(cfg.studies_per_patient)} studies per patient); got {cfg.n_images}",
+        )
 
 
 def read_source(phantom_root: str, options: dict[str, Any]) -> IngestedSource:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -18,6 +19,27 @@ from cxr_spurious.localization.figures import plot_overlays
 from cxr_spurious.localization.segmentation import SegmentationConfig
 
 logger = logging.getLogger(__name__)
+
+MAX_GRID_POINTS = 1000  # a threshold grid longer than this is a typo (e.g. a step of 1e-9), not a study
+SKIPPED_COLUMN = "skipped_map_files"  # files of a map folder skipped under skip_unparsable_maps
+
+
+def _grid(values: list[float], key: str) -> list[float]:
+    """``tuning.threshold_grid`` of ``[start, stop, step]``, refusing grids that would not end."""
+    if not isinstance(values, list | tuple) or len(values) != 3:
+        raise ParameterError(key, f"expected [start, stop, step], got {values!r}")
+    try:
+        start, stop, step = (float(v) for v in values)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(key, f"expected three numbers [start, stop, step], got {values!r}") from exc
+    if not all(math.isfinite(v) for v in (start, stop, step)):
+        raise ParameterError(key, f"expected finite numbers, got {values!r}")
+    if step > 0 and stop > start and (stop - start) / step > MAX_GRID_POINTS:
+        raise ParameterError(key, f"[{start}, {stop}, {step}] makes {(stop - start) / step:.3g} thresholds; at most {MAX_GRID_POINTS} allowed")
+    try:
+        return tuning.threshold_grid(start, stop, step)
+    except ParameterError as exc:
+        raise ParameterError(key, exc.problem) from exc
 
 
 def _configs(fixed_thresholds: dict[str, float] | None, prob_cutoffs: dict[str, float] | None, smoothing_k: int) -> dict[str, SegmentationConfig]:
@@ -51,10 +73,15 @@ def evaluate_heatmaps(
     ``evaluated`` does so only for the CXRs and tasks a set has maps for (a study's test
     split and its model's tasks).
 
+    ``prefer_gpu`` (``localization.prefer_gpu``, false by default): the CUDA kernels instead of
+    the exact CPU kernel; not the reference's arithmetic, logged with a warning when used.
+
     Returns:
-        The per-map table of all sets (``set`` column) and ``{set: segmentation JSON}``.
+        The per-map table of all sets (``set`` column; ``skipped_map_files``: the files of
+        the set's map folder skipped because their names do not parse, 0 unless
+        ``skip_unparsable_maps`` is set) and ``{set: segmentation JSON}``.
     """
-    grid = tuning.threshold_grid(*tuning_grid) if tuning_grid else []
+    grid = _grid(tuning_grid, "localization.tuning_grid") if tuning_grid else []
     configs = _configs(fixed_thresholds, prob_cutoffs, int(smoothing_k))
     default = configs.pop("*")
     tables, segs = [], {}
@@ -63,15 +90,25 @@ def evaluate_heatmaps(
         per_task = {t: configs.get(t, default) for t in hs.index["task"].astype(str).unique()}
         table, seg = evaluate_heatmap_set(hs, gt_segmentations, configs=per_task, tuning_grid=grid, extra_metrics=extra_metrics, top_k=top_k, spurious_segmentations=spurious_segmentations, prefer_gpu=prefer_gpu, desc=name, missing=missing_maps)
         table.insert(0, "set", name)
+        skipped = list(hs.index.attrs.get("skipped_files", []))
+        table[SKIPPED_COLUMN] = len(skipped)
+        if skipped:
+            logger.warning("%s: %d file(s) of the map folder skipped (names do not parse); their maps count as missing", name, len(skipped))
         tables.append(table)
         segs[name] = seg
         logger.info("%s: %d maps evaluated", name, len(table))
     return pd.concat(tables, ignore_index=True), segs
 
 
-def summarise_localization(per_map: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
-    """``localization_summary``: set x task (+ overall) with bootstrap CIs."""
-    return summary.summary_table(per_map, n_boot=n_boot, seed=seed, by=("set", "model", "method"))
+def summarise_localization(per_map: pd.DataFrame, n_boot: int, seed: int, manifest: Any = None, max_dropped_share: float = 0.05) -> pd.DataFrame:
+    """``localization_summary``: set x task (+ overall) with bootstrap CIs.
+
+    Carries ``skipped_map_files`` (per set) from the per-map table when present.
+    """
+    table = summary.summary_table(per_map, n_boot=n_boot, seed=seed, by=("set", "model", "method"), manifest=manifest, max_dropped_share=float(max_dropped_share))
+    if SKIPPED_COLUMN in per_map.columns and len(table):
+        table[SKIPPED_COLUMN] = table["set"].map(per_map.groupby("set")[SKIPPED_COLUMN].max()).fillna(0).astype(int)
+    return table
 
 
 def select_per_cxr(per_map: pd.DataFrame) -> pd.DataFrame:
@@ -81,8 +118,8 @@ def select_per_cxr(per_map: pd.DataFrame) -> pd.DataFrame:
 
 def tune_segmentation(per_map: pd.DataFrame, tuning_grid: list[float], prob_cutoffs_grid: list[float]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Threshold and probability-cutoff tuning per set (reference CSV layouts + ``set``)."""
-    grid = tuning.threshold_grid(*tuning_grid)
-    cut = tuning.threshold_grid(*prob_cutoffs_grid)
+    grid = _grid(tuning_grid, "localization.tuning_grid")
+    cut = _grid(prob_cutoffs_grid, "localization.prob_cutoffs_grid")
     best, full, prob = [], [], []
     for name, group in per_map.groupby("set", sort=True):
         b, f = tuning.tune_thresholds(group, grid)
@@ -144,19 +181,19 @@ def build_reference_reports(per_map: pd.DataFrame, hb_table: pd.DataFrame, n_boo
     return {k: (v.reset_index() if k.endswith("pct_decrease") or k.endswith("n_segs") else v) for k, v in reports.items()}
 
 
-def summarise_subgroups(per_map: pd.DataFrame, manifest: pd.DataFrame, attributes: list[str], n_boot: int, seed: int) -> pd.DataFrame:
-    """Every metric by manifest attribute level, with bootstrap CIs."""
-    return summary.subgroup_table(per_map, manifest, attributes, n_boot=n_boot, seed=seed)
+def summarise_subgroups(per_map: pd.DataFrame, manifest: pd.DataFrame, attributes: list[str], n_boot: int, seed: int, max_dropped_share: float = 0.05) -> pd.DataFrame:
+    """Every metric by manifest attribute level, with patient-bootstrap CIs."""
+    return summary.subgroup_table(per_map, manifest, attributes, n_boot=n_boot, seed=seed, max_dropped_share=float(max_dropped_share))
 
 
-def compare_sets(per_map: pd.DataFrame, pairs: list[list[str]] | None, n_boot: int, seed: int) -> pd.DataFrame:
+def compare_sets(per_map: pd.DataFrame, pairs: list[list[str]] | None, n_boot: int, seed: int, manifest: Any = None, max_dropped_share: float = 0.05) -> pd.DataFrame:
     """Paired differences between heatmap sets (all pairs of sets when ``pairs`` is null)."""
     names = sorted(per_map["set"].unique())
     chosen = pairs if pairs else [[a, b] for i, a in enumerate(names) for b in names[i + 1 :]]
     unknown = sorted({s for p in chosen for s in p} - set(names))
     if unknown:
         raise ParameterError("localization.compare_pairs", f"unknown heatmap set(s) {unknown}; available: {names}")
-    return summary.paired_comparisons(per_map, chosen, n_boot=n_boot, seed=seed)
+    return summary.paired_comparisons(per_map, chosen, n_boot=n_boot, seed=seed, manifest=manifest, max_dropped_share=float(max_dropped_share))
 
 
 def plot_metric_bars(localization_summary: pd.DataFrame) -> plt.Figure:

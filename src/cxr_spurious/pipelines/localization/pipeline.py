@@ -46,7 +46,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             Node(func=select_per_cxr, inputs={"per_map": "localization_per_map"}, outputs="localization_per_cxr", name="select_per_cxr", tags=["localization", "report"]),
             Node(
                 func=summarise_localization,
-                inputs={"per_map": "localization_per_map", "n_boot": f"{P}n_boot", "seed": f"{P}seed"},
+                inputs={"per_map": "localization_per_map", "n_boot": f"{P}n_boot", "seed": f"{P}seed", "manifest": "manifest", "max_dropped_share": f"{P}max_dropped_share"},
                 outputs="localization_summary",
                 name="summarise_localization",
                 tags=["localization", "report"],
@@ -74,14 +74,14 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             ),
             Node(
                 func=summarise_subgroups,
-                inputs={"per_map": "localization_per_map", "manifest": "manifest", "attributes": f"{P}subgroup_attributes", "n_boot": f"{P}n_boot", "seed": f"{P}seed"},
+                inputs={"per_map": "localization_per_map", "manifest": "manifest", "attributes": f"{P}subgroup_attributes", "n_boot": f"{P}n_boot", "seed": f"{P}seed", "max_dropped_share": f"{P}max_dropped_share"},
                 outputs="localization_subgroups",
                 name="summarise_subgroups",
                 tags=["localization", "report"],
             ),
             Node(
                 func=compare_sets,
-                inputs={"per_map": "localization_per_map", "pairs": f"{P}compare_pairs", "n_boot": f"{P}n_boot", "seed": f"{P}seed"},
+                inputs={"per_map": "localization_per_map", "pairs": f"{P}compare_pairs", "n_boot": f"{P}n_boot", "seed": f"{P}seed", "manifest": "manifest", "max_dropped_share": f"{P}max_dropped_share"},
                 outputs="localization_comparisons",
                 name="compare_sets",
                 tags=["localization", "report"],

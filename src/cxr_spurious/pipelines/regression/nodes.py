@@ -27,28 +27,29 @@ def build_regression_table(localization_per_cxr: pd.DataFrame, features: pd.Data
     return models.with_human_gap(table, human_benchmark)
 
 
-def regress_on_features(table: pd.DataFrame, cluster_robust: bool) -> pd.DataFrame:
+def regress_on_features(table: pd.DataFrame, cluster_robust: bool, min_clusters: int = models.MIN_CLUSTERS) -> pd.DataFrame:
     """Reference pooled OLS (and per-task, optionally cluster-robust by CXR) per set.
 
     Outcomes: ``iou_tp`` and ``hit``, plus the human-benchmark gaps ``iou_gap`` and
-    ``hit_gap`` where a benchmark scored the same maps.
+    ``hit_gap`` where a benchmark scored the same maps. Cluster-robust errors need
+    ``min_clusters`` CXRs (else OLS errors, logged); fits on fewer CXRs are never flagged.
     """
     frames = []
     for name, group in table.groupby("set", sort=True):
         outcomes = ["iou_tp", "hit"] + [gap for gap in models.GAP_OUTCOMES if gap in group and group[gap].notna().any()]
         for by_task in (False, True):
-            res = models.feature_regressions(group, outcomes, cluster="image_id" if cluster_robust else None, by_task=by_task)
+            res = models.feature_regressions(group, outcomes, cluster="image_id" if cluster_robust else None, by_task=by_task, min_clusters=int(min_clusters))
             frames.append(res.assign(set=name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def regress_on_confidence(localization_per_cxr: pd.DataFrame) -> pd.DataFrame:
-    """Probability -> IoU (full dataset) and hit, per task and pooled, per set."""
+def regress_on_confidence(localization_per_cxr: pd.DataFrame, min_clusters: int = models.MIN_CLUSTERS) -> pd.DataFrame:
+    """Probability -> IoU (full dataset) and hit, per task and pooled, per set (OLS errors)."""
     frames = []
     for name, group in localization_per_cxr[localization_per_cxr["in_gt"].astype(bool)].groupby("set", sort=True):
         g = group.assign(prob_norm=models.minmax(group["prob"].astype(float)))
         for by_task in (False, True):
-            frames.append(models.feature_regressions(g, ["iou_full", "hit"], features=["prob_norm"], by_task=by_task).assign(set=name))
+            frames.append(models.feature_regressions(g, ["iou_full", "hit"], features=["prob_norm"], by_task=by_task, min_clusters=int(min_clusters)).assign(set=name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -38,12 +38,12 @@ def choose_operating_points(table: pd.DataFrame, tasks: list[str], method: str, 
     return pd.DataFrame(rows)
 
 
-def compute_fairness(table: pd.DataFrame, operating_points: pd.DataFrame, attributes: list[str], min_per_class: int, n_boot: int, seed: int, ci_level: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compute_fairness(table: pd.DataFrame, operating_points: pd.DataFrame, attributes: list[str], min_per_class: int, n_boot: int, seed: int, ci_level: float, max_dropped_share: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group rates and gaps on the test split at the validation thresholds."""
     test = split_rows(table, "test")
     by, gaps = [], []
     for op in operating_points.itertuples():
-        b, g = fairness_tables(test, op.task, op.threshold, attributes, min_per_class=int(min_per_class), n_boot=int(n_boot), seed=int(seed), level=float(ci_level))
+        b, g = fairness_tables(test, op.task, op.threshold, attributes, min_per_class=int(min_per_class), n_boot=int(n_boot), seed=int(seed), level=float(ci_level), max_dropped_share=float(max_dropped_share))
         by.append(b.assign(threshold=op.threshold))
         gaps.append(g.assign(threshold=op.threshold))
     return pd.concat(by, ignore_index=True), pd.concat(gaps, ignore_index=True)

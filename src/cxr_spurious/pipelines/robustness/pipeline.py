@@ -47,7 +47,7 @@ def create_robustness_template() -> Pipeline:
             ),
             Node(
                 func=nodes.compute_fairness,
-                inputs={"table": "evaluation_table", "operating_points": "operating_points", "attributes": f"{P}.attributes", "min_per_class": f"{P}.min_per_class", **boot},
+                inputs={"table": "evaluation_table", "operating_points": "operating_points", "attributes": f"{P}.attributes", "min_per_class": f"{P}.min_per_class", **boot, "max_dropped_share": f"{P}.max_dropped_share"},
                 outputs=["fairness_by_group", "fairness_gaps"],
                 name="compute_fairness",
                 tags=["robustness", "fairness"],

@@ -99,6 +99,7 @@ def check_model_saliency(
     enabled: bool,
     n_images: int,
     n_boot: int,
+    max_dropped_share: float = 0.05,
     *,
     model_name: str,
 ) -> pd.DataFrame:
@@ -117,7 +118,8 @@ def check_model_saliency(
         method_options: Method knobs.
         enabled: ``params:saliency.sanity.enabled``.
         n_images: Images in the check.
-        n_boot: Bootstrap replicates.
+        n_boot: Bootstrap replicates (patients resampled).
+        max_dropped_share: Largest share of undefined bootstrap replicates.
         model_name: Variant name (bound in the pipeline).
 
     Returns:
@@ -132,7 +134,18 @@ def check_model_saliency(
     task_names = resolve_tasks(model, tasks, model_name)
     return model_randomisation_check(model, images, planned, task_names, model_name=model_name, seed=seed,
                                      n_boot=n_boot, batch_size=batch_size, device=device,
-                                     options=_options(method_options, seed))
+                                     options=_options(method_options, seed),
+                                     patients=_patients_of(manifest, ids),
+                                     max_dropped_share=float(max_dropped_share))
+
+
+def _patients_of(manifest: pd.DataFrame, ids: list[str]) -> list[str] | None:
+    """``patient_id`` of each image (the bootstrap cluster), None when the manifest has none."""
+    if "patient_id" not in manifest.columns:
+        return None
+    lookup = manifest.drop_duplicates("image_id").set_index("image_id")["patient_id"].astype(str)
+    lookup.index = lookup.index.astype(str)
+    return [lookup[i] for i in ids]
 
 
 def plot_heatmap_overlays(heatmaps: dict[str, HeatmapSet], image_cache: ImageCache, n_images: int,

@@ -31,6 +31,7 @@ _PARAMETERS = {
     "params:saliency.sanity.enabled",
     "params:saliency.sanity.n_images",
     "params:saliency.sanity.n_boot",
+    "params:saliency.sanity.max_dropped_share",
     "params:saliency.overlays.n_images",
 }
 
@@ -69,6 +70,7 @@ def _model_pipeline(model_name: str) -> Pipeline:
                     "enabled": "params:saliency.sanity.enabled",
                     "n_images": "params:saliency.sanity.n_images",
                     "n_boot": "params:saliency.sanity.n_boot",
+                    "max_dropped_share": "params:saliency.sanity.max_dropped_share",
                 },
                 outputs="saliency_sanity",
                 name="check_saliency_sanity",

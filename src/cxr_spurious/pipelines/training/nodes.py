@@ -21,6 +21,7 @@ from cxr_spurious.training.checkpoints import checkpoint_folder
 from cxr_spurious.training.config import METHODS, is_selected, model_config, resolve_training_config
 from cxr_spurious.training.data import build_training_table
 from cxr_spurious.training.device import precision_name, setup_for
+from cxr_spurious.training.distributed import distributed_setup
 from cxr_spurious.training.engine import fit
 from cxr_spurious.training.outputs import (
     RENDERS,
@@ -81,12 +82,14 @@ def train_model(
 ) -> tuple[Any, Any]:
     """Fit the variant; return the selected model artifact and the per-epoch history.
 
-    Checkpoints go to ``<checkpoint_dir>/<variant>/`` (a documented side channel used by
-    ``training.resume``); the model itself goes through the catalog.
+    Checkpoints go to ``<checkpoint_dir>/<variant>/<fingerprint>/`` (a documented side channel used by
+    ``training.resume``); the model itself goes through the catalog. Inside an initialised
+    process group (``torchrun -m cxr_spurious.training.distributed``) every rank runs this
+    node and trains under DDP; the group's rank and size come from ``distributed_setup``.
     """
     if config["skip"]:
         return SKIPPED, SKIPPED
-    setup = setup_for(config)
+    setup, rank, world = distributed_setup(config)
     result = fit(
         training_table[training_table["split"] == "train"].reset_index(drop=True),
         training_table[training_table["split"] == "val"].reset_index(drop=True),
@@ -94,11 +97,19 @@ def train_model(
         config,
         setup,
         checkpoint_dir=checkpoint_folder(config["checkpoint_dir"], config["variant"]),
+        rank=rank,
+        world=world,
     )
     logger.info(
         "[%s] selected epoch %d (stopped: %s)", config["variant"], result.best_epoch, result.stopped
     )
-    return {"state_dict": result.state_dict, "config": model_config(config)}, result.history
+    artifact = {
+        "state_dict": result.state_dict,
+        "config": model_config(config),
+        "variant": config["variant"],
+        "fingerprint": result.fingerprint,
+    }
+    return artifact, result.history
 
 
 def predict_manifest(
@@ -224,5 +235,5 @@ def assemble_run_record(
             ),
         },
         "figures": {"training_curves.png": _curves(training_history, config)},
-        "model": model_from_artifact(model, source=f"{config['variant']}.model"),
+        "model": model,  # the catalog's {"state_dict", "config"}: logged as a torch file, no pickle
     }

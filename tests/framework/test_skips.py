@@ -1,0 +1,88 @@
+"""On a CPU-only clean clone the only skips are CUDA-only tests, each marked ``cuda``.
+
+A broken import of the project's own code must fail, not skip, and no test may read data
+from outside the repository (``/work/shared`` or ``../shared``), where a user's clone has none.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from tests import conftest
+
+TESTS = Path(__file__).resolve().parents[1]
+# Platform guards that never skip on the Linux CPU machines the project supports, and the
+# browser harness (skips without Chromium locally, fails on CI; `make test` installs it).
+ALLOWED_SKIPS = {
+    ("browser/harness.py", "pytest.skip(message)"),
+    ("browser/test_harness.py", 'Path("/proc").is_dir()'),
+    ("localization/test_fast_kernels.py", "glibc"),
+    ("data_contract/test_cache_faults.py", 'Path("/proc/self/stat").exists()'),
+}
+SKIP_CALL = re.compile(r"pytest\.skip\(|\.skipif\(|mark\.skip\(|importorskip\(")
+OWN_IMPORTORSKIP = re.compile(r"importorskip\(\s*[\"']cxr_spurious")
+# a path built into ../shared or /work/shared (mentions in prose are fine)
+OUTSIDE_DATA = re.compile(r"Path\(\s*[\"'][^\"']*shared|/\s*[\"']shared[\"']")
+
+
+def _test_sources() -> list[tuple[str, list[str]]]:
+    own = {Path(__file__).resolve(), Path(conftest.__file__).resolve()}
+    return [
+        (path.relative_to(TESTS).as_posix(), path.read_text(encoding="utf-8").splitlines())
+        for path in sorted(TESTS.rglob("*.py"))
+        if path.resolve() not in own and "data" not in path.relative_to(TESTS).parts[:1]
+    ]
+
+
+def test_no_importorskip_of_the_project_and_no_data_outside_the_repo() -> None:
+    bad = [
+        f"{name}:{i}: {line.strip()}"
+        for name, lines in _test_sources()
+        for i, line in enumerate(lines, start=1)
+        if OWN_IMPORTORSKIP.search(line) or OUTSIDE_DATA.search(line)
+    ]
+    assert not bad, "import the project's modules plainly and read tests/data only:\n" + "\n".join(bad)
+
+
+def test_every_skip_is_cuda_only_or_a_listed_platform_guard() -> None:
+    bad = []
+    for name, lines in _test_sources():
+        for i, line in enumerate(lines, start=1):
+            if not SKIP_CALL.search(line) or line.lstrip().startswith("#"):
+                continue
+            near = lines[max(0, i - 4) : i + 3]
+            if any("@pytest.mark.cuda" in other for other in near):
+                continue
+            if any(name == f and needle in line for f, needle in ALLOWED_SKIPS):
+                continue
+            bad.append(f"{name}:{i}: {line.strip()}")
+    assert not bad, "skips that are neither CUDA-only (@pytest.mark.cuda) nor listed:\n" + "\n".join(bad)
+
+
+class _Item:
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.added: list[pytest.MarkDecorator] = []
+
+    def get_closest_marker(self, name: str) -> object | None:
+        return object() if name == "cuda" and self.cuda else None
+
+    def add_marker(self, marker: pytest.MarkDecorator) -> None:
+        self.added.append(marker)
+
+
+@pytest.mark.parametrize("has_cuda", [False, True])
+def test_cuda_marked_tests_skip_only_without_a_device(monkeypatch: pytest.MonkeyPatch, has_cuda: bool) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: has_cuda)
+    gpu, cpu = _Item(cuda=True), _Item(cuda=False)
+    conftest.pytest_collection_modifyitems(None, [gpu, cpu])  # type: ignore[arg-type]
+    assert cpu.added == []
+    if has_cuda:
+        assert gpu.added == []
+    else:
+        assert [m.mark.name for m in gpu.added] == ["skip"]
+        assert "CUDA-only" in gpu.added[0].kwargs["reason"]
