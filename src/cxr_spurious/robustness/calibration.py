@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxr_spurious.errors import ParameterError
-from cxr_spurious.stats.bootstrap import bootstrap
+from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap
 
 
 def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
@@ -58,11 +58,17 @@ def calibration_table(
     n_boot: int = 200,
     seed: int = 0,
     level: float = 0.95,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
 ) -> pd.DataFrame:
     """ECE overall and per group (groups of at least ``min_rows`` labelled rows), with CIs.
 
+    A replicate's ECE is undefined when it drew no row with a label and a score; those
+    replicates are counted in ``ece_dropped``. ECE needs no class balance, so a group of
+    ``min_rows`` rows has none unless scores are missing: above ``max_dropped_share`` it is
+    an error (``BootstrapDropError`` naming the task and group), not a quieter interval.
+
     Returns:
-        Rows ``task, attribute, group, n, ece, ece_lo, ece_hi``.
+        Rows ``task, attribute, group, n, ece, ece_lo, ece_hi, ece_dropped``.
     """
     lab = table[np.isfinite(table[task].to_numpy(dtype=float))].reset_index(drop=True)
     parts = [("all", "all", np.ones(len(lab), dtype=bool))]
@@ -75,8 +81,9 @@ def calibration_table(
     for attr, group, mask in parts:
         y = lab.loc[mask, task].to_numpy(dtype=float)
         p = lab.loc[mask, f"p_{task}"].to_numpy(dtype=float)
-        res = bootstrap(lambda i, y=y, p=p: expected_calibration_error(y[i], p[i], n_bins), len(y), n_boot=n_boot, seed=seed, clusters=lab.loc[mask, "patient_id"].to_numpy(), level=level)
-        rows.append({"task": task, "attribute": attr, "group": group, "n": len(y), "ece": res.estimate, "ece_lo": res.lo, "ece_hi": res.hi})
+        res = bootstrap(lambda i, y=y, p=p: expected_calibration_error(y[i], p[i], n_bins), len(y), n_boot=n_boot, seed=seed, clusters=lab.loc[mask, "patient_id"].to_numpy(), level=level,
+                        max_dropped_share=float(max_dropped_share), desc=f"ECE {task}/{attr}={group}")
+        rows.append({"task": task, "attribute": attr, "group": group, "n": len(y), "ece": res.estimate, "ece_lo": res.lo, "ece_hi": res.hi, "ece_dropped": res.n_dropped})
     return pd.DataFrame(rows)
 
 

@@ -1,15 +1,30 @@
 """AUROC overall, per subgroup, Saab's robust (tube) AUROC and worst-group AUROC, with
-bootstrap CIs over patients, and a paired bootstrap test between two models."""
+bootstrap CIs over patients, and a paired bootstrap test between two models.
+
+Undefined replicates (a resample without a positive or a negative where the AUROC needs
+them) are counted in ``n_dropped`` next to each CI. Overall AUROC and the paired difference
+raise ``BootstrapDropError`` above ``max_dropped_share``. Statistics of groups (a subgroup's
+AUROC, the worst-group AUROC, robust / reverse AUROC, which compare two tube subgroups) may
+legitimately be undefined in many resamples of a small group: above the threshold their CI
+is NaN and ``ci_note`` says why and how many (``bootstrap_or_note``); the estimate stays.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError
-from cxr_spurious.stats.bootstrap import BootstrapResult, bootstrap, paired_bootstrap
+from cxr_spurious.stats.bootstrap import (
+    MAX_DROPPED_SHARE,
+    BootstrapResult,
+    bootstrap,
+    bootstrap_or_note,
+    paired_bootstrap,
+)
 from cxr_spurious.stats.metrics import auroc, reverse_auroc, robust_auroc
 
 METRICS: dict[str, Callable[..., float]] = {"auroc": auroc, "robust_auroc": robust_auroc, "reverse_auroc": reverse_auroc}
@@ -25,10 +40,17 @@ def eligible_groups(y: np.ndarray, values: pd.Series, min_per_class: int) -> lis
     return out
 
 
-def worst_group_auroc(y: np.ndarray, s: np.ndarray, codes: np.ndarray, n_groups: int) -> float:
-    """Lowest AUROC over the groups ``0..n_groups-1`` of ``codes`` (NaN groups skipped)."""
+def worst_group_auroc(y: np.ndarray, s: np.ndarray, codes: np.ndarray, n_groups: int, *, strict: bool = False) -> float:
+    """Lowest AUROC over the groups ``0..n_groups-1`` of ``codes``.
+
+    ``strict=False``: undefined (NaN) groups are skipped. ``strict=True``: NaN when any group
+    is undefined (a bootstrap replicate that lost a group's positives has no worst group; the
+    minimum over the remaining groups would bias the interval upwards).
+    """
     values = [auroc(y[codes == k], s[codes == k]) for k in range(n_groups)]
     finite = [v for v in values if np.isfinite(v)]
+    if strict and len(finite) < len(values):
+        return float("nan")
     return float(min(finite)) if finite else float("nan")
 
 
@@ -42,12 +64,14 @@ def subgroup_auroc(
     n_boot: int = 200,
     seed: int = 0,
     level: float = 0.95,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
 ) -> pd.DataFrame:
     """AUROC overall, per group of each attribute, worst group, and robust / reverse AUROC.
 
     CIs resample patients (``patient_id``). A subgroup's CI resamples the patients of that
     subgroup; the worst-group CI resamples all patients and takes the minimum over the
-    eligible groups (those with ``min_per_class`` positives and negatives) in each replicate.
+    eligible groups (those with ``min_per_class`` positives and negatives) in each replicate
+    (undefined when any of them is). Undefined replicates: see the module docstring.
 
     Args:
         table: Evaluation rows of one split (``patient_id``, ``task``, ``p_<task>``, attributes).
@@ -58,21 +82,25 @@ def subgroup_auroc(
         n_boot: Bootstrap replicates.
         seed: Bootstrap seed.
         level: CI level.
+        max_dropped_share: Largest share of undefined replicates: above it the overall AUROC
+            raises ``BootstrapDropError``; a group statistic gets a NaN CI and a ``ci_note``.
 
     Returns:
-        Rows ``task, metric, attribute, group, n, n_pos, estimate, lo, hi``.
+        Rows ``task, metric, attribute, group, n, n_pos, estimate, lo, hi, n_dropped, ci_note``.
     """
     y = table[task].to_numpy(dtype=float)
     s = table[f"p_{task}"].to_numpy(dtype=float)
     pid = table["patient_id"].to_numpy()
-    kw = {"n_boot": n_boot, "seed": seed, "level": level}
-    rows = [_row(task, "auroc", "all", "all", y, bootstrap(lambda i: auroc(y[i], s[i]), len(y), clusters=pid, **kw))]
+    kw: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level}
+    share = float(max_dropped_share)
+    overall = bootstrap(lambda i: auroc(y[i], s[i]), len(y), clusters=pid, max_dropped_share=share, desc=f"AUROC {task}", **kw)
+    rows = [_row(task, "auroc", "all", "all", y, overall)]
     if spurious is not None and spurious in table.columns:
         t = table[spurious].to_numpy(dtype=float)
         for metric in ("robust_auroc", "reverse_auroc"):
             fn = METRICS[metric]
-            res = bootstrap(lambda i, fn=fn: fn(y[i], s[i], t[i]), len(y), clusters=pid, **kw)
-            rows.append(_row(task, metric, spurious, "all", y, res))
+            res, note = bootstrap_or_note(lambda i, fn=fn: fn(y[i], s[i], t[i]), len(y), clusters=pid, max_dropped_share=share, desc=f"{metric} {task}/{spurious}", **kw)
+            rows.append(_row(task, metric, spurious, "all", y, res, note))
     for attr in attributes:
         if attr not in table.columns:
             raise ContractError(f"evaluation table has no attribute column '{attr}'")
@@ -80,12 +108,12 @@ def subgroup_auroc(
         for v in groups:
             mask = (table[attr] == v).to_numpy()
             yy, ss, pp = y[mask], s[mask], pid[mask]
-            res = bootstrap(lambda i, yy=yy, ss=ss: auroc(yy[i], ss[i]), int(mask.sum()), clusters=pp, **kw)
-            rows.append(_row(task, "auroc", attr, str(v), yy, res))
+            res, note = bootstrap_or_note(lambda i, yy=yy, ss=ss: auroc(yy[i], ss[i]), int(mask.sum()), clusters=pp, max_dropped_share=share, desc=f"AUROC {task}/{attr}={v}", **kw)
+            rows.append(_row(task, "auroc", attr, str(v), yy, res, note))
         if groups:
             codes = pd.Categorical(table[attr], categories=groups).codes
-            res = bootstrap(_worst_statistic(y, s, codes, len(groups)), len(y), clusters=pid, **kw)
-            rows.append(_row(task, "worst_group_auroc", attr, "worst", y, res))
+            res, note = bootstrap_or_note(_worst_statistic(y, s, codes, len(groups)), len(y), clusters=pid, max_dropped_share=share, desc=f"worst-group AUROC {task}/{attr}", **kw)
+            rows.append(_row(task, "worst_group_auroc", attr, "worst", y, res, note))
     return pd.DataFrame(rows)
 
 
@@ -99,14 +127,17 @@ def paired_auroc_test(
     n_boot: int = 200,
     seed: int = 0,
     level: float = 0.95,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
 ) -> dict[str, float]:
     """Paired bootstrap (over patients) of ``metric(a) - metric(b)`` on the same images.
 
     Returns:
-        ``{"difference", "difference_lo", "difference_hi", "p_value"}``.
+        ``{"difference", "difference_lo", "difference_hi", "difference_dropped", "p_value"}``
+        (``difference_dropped``: replicates where the difference was undefined).
 
     Raises:
         ContractError: the two tables do not hold the same images.
+        BootstrapDropError: more than ``max_dropped_share`` of the replicates are undefined.
     """
     a = table_a.set_index("image_id")
     b = table_b.set_index("image_id")
@@ -121,15 +152,16 @@ def paired_auroc_test(
     def stat(score: np.ndarray) -> Callable[[np.ndarray], float]:
         return lambda i: fn(y[i], score[i], *(e[i] for e in extra))
 
-    res, p = paired_bootstrap(stat(sa), stat(sb), len(y), n_boot=n_boot, seed=seed, clusters=a["patient_id"].to_numpy(), level=level)
-    return {**res.as_dict("difference"), "p_value": p}
+    res, p = paired_bootstrap(stat(sa), stat(sb), len(y), n_boot=n_boot, seed=seed, clusters=a["patient_id"].to_numpy(), level=level,
+                              max_dropped_share=float(max_dropped_share), label=f"paired {metric} difference {task}")
+    return {**res.as_dict("difference"), "difference_dropped": float(res.n_dropped), "p_value": p}
 
 
 def _worst_statistic(y: np.ndarray, s: np.ndarray, codes: np.ndarray, k: int) -> Callable[[np.ndarray], float]:
-    return lambda i: worst_group_auroc(y[i], s[i], codes[i], k)
+    return lambda i: worst_group_auroc(y[i], s[i], codes[i], k, strict=True)
 
 
-def _row(task: str, metric: str, attribute: str, group: str, y: np.ndarray, res: BootstrapResult) -> dict[str, object]:
+def _row(task: str, metric: str, attribute: str, group: str, y: np.ndarray, res: BootstrapResult, note: str = "") -> dict[str, object]:
     return {
         "task": task,
         "metric": metric,
@@ -140,4 +172,6 @@ def _row(task: str, metric: str, attribute: str, group: str, y: np.ndarray, res:
         "estimate": res.estimate,
         "lo": res.lo,
         "hi": res.hi,
+        "n_dropped": res.n_dropped,
+        "ci_note": note,
     }

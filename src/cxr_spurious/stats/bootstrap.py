@@ -8,7 +8,8 @@ Undefined replicates: a replicate whose statistic is NaN (e.g. no positive drawn
 out of the percentile interval and counted (``BootstrapResult.n_dropped``); when more than
 ``max_dropped_share`` of the replicates are undefined while the full-sample estimate is
 defined, ``percentile_ci`` raises ``BootstrapDropError`` instead of returning an interval
-computed from a conditioned subset of the replicates.
+computed from a conditioned subset of the replicates. ``bootstrap_or_note`` is the variant
+for statistics of small groups: a NaN CI and a note instead of the error.
 """
 
 from __future__ import annotations
@@ -223,6 +224,43 @@ def bootstrap(
     _warn_if_many_dropped(reps, max_dropped_share, desc)
     lo, hi = percentile_ci(reps, level, max_dropped_share=max_dropped_share, label=desc)
     return BootstrapResult(estimate, lo, hi, reps)
+
+
+def bootstrap_or_note(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    max_dropped_share: float,
+    desc: str = "bootstrap",
+    **kwargs: object,
+) -> tuple[BootstrapResult, str]:
+    """``bootstrap`` for a statistic of a small group, where undefined replicates are legitimate.
+
+    A rare group's AUROC is undefined in every replicate that drew none of its positives (or
+    negatives). Instead of ``BootstrapDropError`` (which would stop a study on a legitimately
+    small group), a defined estimate whose replicates are undefined more than
+    ``max_dropped_share`` of the time gets a NaN CI and a note naming the count; never an
+    interval of the surviving replicates only. The count stays in ``n_dropped`` either way.
+
+    Args:
+        statistic: See ``bootstrap``.
+        n: Number of rows.
+        max_dropped_share: Largest share of undefined replicates for a CI.
+        desc: The statistic's name (logged with the note).
+        **kwargs: Further ``bootstrap`` arguments (``n_boot``, ``seed``, ``clusters``, ``level``).
+
+    Returns:
+        The result (NaN ``lo``/``hi`` above the threshold) and the note (``""`` when the CI stands).
+    """
+    limit = check_max_dropped_share(max_dropped_share)
+    res = bootstrap(statistic, n, desc=desc, max_dropped_share=1.0, **kwargs)  # type: ignore[arg-type]
+    dropped, size = res.n_dropped, res.replicates.size
+    if not np.isfinite(res.estimate) or not size or dropped / size <= limit:
+        return res, ""
+    note = (f"no CI: {dropped} of {size} bootstrap replicates undefined "
+            f"({dropped / size:.1%} > max_dropped_share {limit:.1%})")
+    logger.warning("%s: %s", desc, note)
+    return BootstrapResult(res.estimate, float("nan"), float("nan"), res.replicates), note
 
 
 def _warn_if_many_dropped(reps: np.ndarray, max_dropped_share: float | None, label: str) -> None:

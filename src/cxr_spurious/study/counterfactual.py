@@ -7,11 +7,13 @@ removed (and the AUROC on tube-free copies) shows what a prediction depends on.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError
-from cxr_spurious.stats.bootstrap import bootstrap
+from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap
 from cxr_spurious.stats.metrics import auroc
 
 ORIGINAL = "original"
@@ -50,6 +52,8 @@ def counterfactual_findings(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
+    label: str = "",
 ) -> dict[str, float]:
     """Mean probability drop for each removal and the AUROC on tube-free copies, with CIs.
 
@@ -57,36 +61,45 @@ def counterfactual_findings(
     * ``cf_drop_no_lesion``: mean of p(original) - p(no lesion) over positive test images;
     * ``cf_auroc_no_tube``: AUROC of the task on every test image rendered without its tube.
 
-    CIs are percentile bootstrap intervals, resampling patients.
+    CIs are percentile bootstrap intervals, resampling patients. ``<metric>_dropped``
+    counts the undefined replicates (for the AUROC: a resample without a positive or a
+    negative; NaN when no bootstrap ran); above ``max_dropped_share`` of them the metric
+    raises ``BootstrapDropError`` (its message starts with ``label``, e.g. the model).
 
     Returns:
-        A flat dict: each metric with ``_lo`` / ``_hi``.
+        A flat dict: each metric with ``_lo`` / ``_hi`` / ``_dropped``.
+
+    Raises:
+        BootstrapDropError: too many undefined replicates.
     """
     meta = manifest.set_index("image_id")
     out: dict[str, float] = {}
+    boot: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level, "max_dropped_share": float(max_dropped_share)}
+    prefix = f"{label}/" if label else ""
+    empty = {"": np.nan, "_lo": np.nan, "_hi": np.nan, "_dropped": np.nan}
     specs = ((NO_TUBE, "tube"), (NO_LESION, task))
     for render, condition in specs:
         name = f"cf_drop_{render}"
         if render not in set(predictions["render"]):
-            out.update({name: np.nan, f"{name}_lo": np.nan, f"{name}_hi": np.nan})
+            out.update({name + k: v for k, v in empty.items()})
             continue
         pairs = paired_renders(predictions, task, render)
         pairs = pairs[pairs["image_id"].map(meta[condition]) == 1].reset_index(drop=True)
         drop = (pairs["p_original"] - pairs["p_counterfactual"]).to_numpy()
         patients = pairs["image_id"].map(meta["patient_id"]).to_numpy()
         if len(drop) == 0:
-            out.update({name: np.nan, f"{name}_lo": np.nan, f"{name}_hi": np.nan})
+            out.update({name + k: v for k, v in empty.items()})
             continue
-        res = bootstrap(lambda i, d=drop: float(d[i].mean()), len(drop), n_boot=n_boot, seed=seed, clusters=patients, level=level)
-        out.update(res.as_dict(name))
+        res = bootstrap(lambda i, d=drop: float(d[i].mean()), len(drop), clusters=patients, desc=f"{prefix}{name} {task}", **boot)
+        out.update({**res.as_dict(name), f"{name}_dropped": float(res.n_dropped)})
     name = "cf_auroc_no_tube"
     if NO_TUBE in set(predictions["render"]):
         pairs = paired_renders(predictions, task, NO_TUBE)
         y = pairs["image_id"].map(meta[task]).to_numpy(dtype=float)
         score = pairs["p_counterfactual"].to_numpy()
         patients = pairs["image_id"].map(meta["patient_id"]).to_numpy()
-        res = bootstrap(lambda i: auroc(y[i], score[i]), len(y), n_boot=n_boot, seed=seed, clusters=patients, level=level)
-        out.update(res.as_dict(name))
+        res = bootstrap(lambda i: auroc(y[i], score[i]), len(y), clusters=patients, desc=f"{prefix}{name} {task}", **boot)
+        out.update({**res.as_dict(name), f"{name}_dropped": float(res.n_dropped)})
     else:
-        out.update({name: np.nan, f"{name}_lo": np.nan, f"{name}_hi": np.nan})
+        out.update({name + k: v for k, v in empty.items()})
     return out

@@ -5,6 +5,11 @@ method, localisation of the true pathology (mIoU, hit rate, share of saliency ma
 lesion), the share of saliency mass on the chest tube, and the percentage decrease from the
 (simulated) human benchmark; and the counterfactual tests (probability drop without the
 tube / without the lesion, AUROC on tube-free renders).
+
+Every CI comes with ``<metric>_dropped``: its undefined bootstrap replicates (a resample
+where the statistic does not exist, e.g. a zero human denominator). Above
+``max_dropped_share`` of them the CI is an error (``BootstrapDropError`` naming the model's
+metric), never an interval of the resamples where the statistic happened to exist.
 """
 
 from __future__ import annotations
@@ -16,25 +21,26 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError
-from cxr_spurious.stats.bootstrap import bootstrap
+from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap
 
 TUBE_MASS_COLUMN = "shortcut_Chest Tube"
 TUBE_AUROC_COLUMN = "shortcut_auroc_Chest Tube"
-_NAN3 = (np.nan, np.nan, np.nan)
+# estimate, lo, hi, dropped replicates (NaN: no bootstrap ran)
+_NAN4 = (np.nan, np.nan, np.nan, np.nan)
 
 
-def _with_ci(name: str, values: tuple[float, float, float]) -> dict[str, float]:
-    est, lo, hi = values
-    return {name: est, f"{name}_lo": lo, f"{name}_hi": hi}
+def _with_ci(name: str, values: tuple[float, float, float, float]) -> dict[str, float]:
+    est, lo, hi, dropped = values
+    return {name: est, f"{name}_lo": lo, f"{name}_hi": hi, f"{name}_dropped": dropped}
 
 
-def _mean_ci(values: np.ndarray, clusters: np.ndarray, *, n_boot: int, seed: int, level: float) -> tuple[float, float, float]:
+def _mean_ci(values: np.ndarray, clusters: np.ndarray, *, n_boot: int, seed: int, level: float, max_dropped_share: float, label: str) -> tuple[float, float, float, float]:
     keep = np.isfinite(values)
     values, clusters = values[keep], clusters[keep]
     if values.size == 0:
-        return _NAN3
-    res = bootstrap(lambda i: float(values[i].mean()), values.size, n_boot=n_boot, seed=seed, clusters=clusters, level=level)
-    return res.estimate, res.lo, res.hi
+        return _NAN4
+    res = bootstrap(lambda i: float(values[i].mean()), values.size, n_boot=n_boot, seed=seed, clusters=clusters, level=level, max_dropped_share=max_dropped_share, desc=label)
+    return res.estimate, res.lo, res.hi, float(res.n_dropped)
 
 
 def saliency_findings(
@@ -45,6 +51,8 @@ def saliency_findings(
     n_boot: int,
     seed: int,
     level: float = 0.95,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
+    label: str = "",
 ) -> dict[str, float]:
     """Localisation and shortcut metrics of one heatmap set, with patient-clustered CIs.
 
@@ -56,22 +64,27 @@ def saliency_findings(
         n_boot: Bootstrap replicates.
         seed: Seed.
         level: CI level.
+        max_dropped_share: Largest share of undefined replicates; above it ``BootstrapDropError``.
+        label: The set (e.g. ``erm/gradcam``), prefixed to the metric in errors.
 
     Returns:
         ``miou``, ``hit_rate``, ``lesion_mass``, ``tube_mass`` (images with a tube),
         ``tube_mass_no_finding`` (images with a tube whose task label ``gt`` is 0),
         ``tube_auroc`` (the map as a pixel score for the tube outside the lesion, images with
         a tube) and, with a human benchmark, ``miou_pct_below_human`` and
-        ``hit_pct_below_human``, each with ``_lo``/``_hi``; for ``lesion_mass`` (images
+        ``hit_pct_below_human``, each with ``_lo``/``_hi``/``_dropped``; for ``lesion_mass`` (images
         with a lesion), ``tube_mass`` and ``tube_mass_no_finding`` also ``_n_maps`` and
         ``_n_nonzero`` (the maps the share averages: all-zero maps have no share).
     """
     meta = manifest.set_index("image_id")
     patients = per_map["image_id"].map(meta["patient_id"]).astype(str).to_numpy()
     out: dict[str, float] = {}
+    share = float(max_dropped_share)
+    prefix = f"{label}/" if label else ""
+    boot: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level, "max_dropped_share": share}
     for name, col in (("miou", "iou_tp"), ("hit_rate", "hit"), ("lesion_mass", "relevance_mass")):
         vals = per_map[col].to_numpy(dtype=float) if col in per_map else np.full(len(per_map), np.nan)
-        out.update(_with_ci(name, _mean_ci(vals, patients, n_boot=n_boot, seed=seed, level=level)))
+        out.update(_with_ci(name, _mean_ci(vals, patients, label=prefix + name, **boot)))
     if "gt_area" in per_map:
         out.update(_mass_counts("lesion_mass", per_map, "relevance_mass", per_map["gt_area"].to_numpy(dtype=float) > 0))
     with_tube = per_map["image_id"].map(meta["tube"]).to_numpy(dtype=float) == 1
@@ -84,13 +97,13 @@ def saliency_findings(
     ):
         if col in per_map:
             vals = np.where(rows, per_map[col].to_numpy(dtype=float), np.nan)
-            out.update(_with_ci(name, _mean_ci(vals, patients, n_boot=n_boot, seed=seed, level=level)))
+            out.update(_with_ci(name, _mean_ci(vals, patients, label=prefix + name, **boot)))
         else:
-            out.update(_with_ci(name, _NAN3))
+            out.update(_with_ci(name, _NAN4))
         if name != "tube_auroc":
             out.update(_mass_counts(name, per_map, col, rows))
     for name, col in (("miou_pct_below_human", "iou_tp"), ("hit_pct_below_human", "hit")):
-        out.update(_with_ci(name, _pct_below_human(per_map, human, col, meta, n_boot=n_boot, seed=seed, level=level)))
+        out.update(_with_ci(name, _pct_below_human(per_map, human, col, meta, label=prefix + name, **boot)))
     return out
 
 
@@ -105,14 +118,17 @@ def _mass_counts(name: str, per_map: pd.DataFrame, col: str, rows: np.ndarray) -
     return {f"{name}_n_maps": float(n_maps), f"{name}_n_nonzero": float(nonzero)}
 
 
-def _pct_below_human(per_map: pd.DataFrame, human: pd.DataFrame | None, col: str, meta: pd.DataFrame, *, n_boot: int, seed: int, level: float) -> tuple[float, float, float]:
-    """(human - model) / human x 100 on the (image, task) pairs both scored (paired bootstrap)."""
+def _pct_below_human(per_map: pd.DataFrame, human: pd.DataFrame | None, col: str, meta: pd.DataFrame, *, n_boot: int, seed: int, level: float, max_dropped_share: float, label: str) -> tuple[float, float, float, float]:
+    """(human - model) / human x 100 on the (image, task) pairs both scored (paired bootstrap).
+
+    Undefined in a replicate whose human mean is 0 (counted in the fourth value).
+    """
     if human is None or human.empty or col not in human or col not in per_map:
-        return _NAN3
+        return _NAN4
     pairs = per_map[["image_id", "task", col]].merge(human[["image_id", "task", col]], on=["image_id", "task"], suffixes=("_model", "_human"))
     pairs = pairs.dropna()
     if pairs.empty:
-        return _NAN3
+        return _NAN4
     m = pairs[f"{col}_model"].to_numpy(float)
     h = pairs[f"{col}_human"].to_numpy(float)
     clusters = pairs["image_id"].map(meta["patient_id"]).astype(str).to_numpy()
@@ -121,8 +137,8 @@ def _pct_below_human(per_map: pd.DataFrame, human: pd.DataFrame | None, col: str
         denominator = h[i].mean()
         return float((denominator - m[i].mean()) / denominator * 100) if denominator > 0 else float("nan")
 
-    res = bootstrap(pct, len(pairs), n_boot=n_boot, seed=seed, clusters=clusters, level=level)
-    return res.estimate, res.lo, res.hi
+    res = bootstrap(pct, len(pairs), n_boot=n_boot, seed=seed, clusters=clusters, level=level, max_dropped_share=max_dropped_share, desc=label)
+    return res.estimate, res.lo, res.hi, float(res.n_dropped)
 
 
 def model_row(
@@ -140,7 +156,8 @@ def model_row(
     architecture = test_metrics.get("architecture", variant.get("architecture"))
     row: dict[str, Any] = {"model": model, "supervision": supervision, "architecture": architecture, "task": task, "n_test": test_metrics.get("n_test")}
     for name in ("auroc", "robust_auroc", "reverse_auroc"):
-        row.update({name: entry.get(name), f"{name}_lo": entry.get(f"{name}_lo"), f"{name}_hi": entry.get(f"{name}_hi")})
+        row.update({name: entry.get(name), f"{name}_lo": entry.get(f"{name}_lo"), f"{name}_hi": entry.get(f"{name}_hi"), f"{name}_dropped": entry.get(f"{name}_dropped")})
+    row["test_ci_note"] = entry.get("ci_note", "")
     return row
 
 

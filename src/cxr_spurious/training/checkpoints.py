@@ -46,6 +46,7 @@ NOT_RESULT_KEYS: frozenset[str] = frozenset(
         "num_workers",
         "n_boot",
         "ci_level",
+        "max_dropped_share",
         "max_steps",
         "time_budget_s",
         "patience",

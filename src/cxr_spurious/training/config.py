@@ -65,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "keep_checkpoints": 2,
     "n_boot": 1000,
     "ci_level": 0.95,
+    "max_dropped_share": 0.05,
     "resampling": None,
     "progress": True,
 }
@@ -125,6 +126,12 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         _positive_int(cfg, key, minimum=0)
     _positive_int(cfg, "max_steps", allow_none=True)
     _positive_int(cfg, "patience", allow_none=True)
+    share = cfg["max_dropped_share"]
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+        raise ParameterError(
+            "training.max_dropped_share",
+            f"must be a share in [0, 1], got {cfg['max_dropped_share']!r}",
+        )
     if not 0.0 <= float(cfg["location_fraction"]) <= 1.0:
         raise ParameterError(
             "training.location_fraction", f"must be in [0, 1], got {cfg['location_fraction']!r}"

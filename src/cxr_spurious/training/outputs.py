@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from cxr_spurious.data.cache import ImageCache
 from cxr_spurious.models import CXRModel
-from cxr_spurious.stats.bootstrap import bootstrap
+from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, bootstrap_or_note
 from cxr_spurious.stats.metrics import auroc, reverse_auroc, robust_auroc
 from cxr_spurious.training.data import CacheBatches, make_loader
 from cxr_spurious.training.device import DeviceSetup
@@ -107,14 +107,20 @@ def compute_test_metrics(
     n_boot: int,
     seed: int,
     level: float = 0.95,
+    max_dropped_share: float = MAX_DROPPED_SHARE,
 ) -> dict[str, Any]:
     """Test-split AUROC, robust and reverse AUROC on ``subgroup`` with bootstrap CIs.
 
-    Bootstrap resamples patients (clusters) when ``patient_id`` is present.
+    Bootstrap resamples patients (clusters) when ``patient_id`` is present. Each CI comes
+    with ``<metric>_dropped``, its undefined replicates (a resample without a positive or a
+    negative). Above ``max_dropped_share`` the AUROC raises ``BootstrapDropError``; robust
+    and reverse AUROC, which compare two ``subgroup`` groups and may legitimately be
+    undefined in many resamples of a small test set, get a NaN CI and a ``ci_note`` instead.
 
     Returns:
         ``{"n_test": n, "subgroup": name, "<task>": {"auroc", "auroc_lo", "auroc_hi",
-        "robust_auroc", ..., "reverse_auroc", ...}, "mean_auroc": ..., "mean_robust_auroc": ...}``.
+        "auroc_dropped", "robust_auroc", ..., "reverse_auroc", ..., "ci_note"}, "mean_auroc":
+        ..., "mean_robust_auroc": ...}`` (``ci_note``: ``""`` unless a CI was withheld).
     """
     test = manifest[manifest["split"] == "test"].merge(
         predictions[["image_id", *("p_" + t for t in tasks)]],
@@ -132,17 +138,25 @@ def compute_test_metrics(
     for task in tasks:
         y = pd.to_numeric(test[task], errors="coerce").to_numpy(float)
         p = test["p_" + task].to_numpy(float)
-        entry: dict[str, float] = {}
+        entry: dict[str, Any] = {}
+        notes = []
+        kw: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "clusters": clusters, "level": level}
+        share = float(max_dropped_share)
         for name, fn in (
             ("auroc", lambda i, y=y, p=p: auroc(y[i], p[i])),
             ("robust_auroc", lambda i, y=y, p=p: robust_auroc(y[i], p[i], spurious[i])),
             ("reverse_auroc", lambda i, y=y, p=p: reverse_auroc(y[i], p[i], spurious[i])),
         ):
-            entry.update(
-                bootstrap(
-                    fn, len(test), n_boot=n_boot, seed=seed, clusters=clusters, level=level
-                ).as_dict(name)
-            )
+            desc = f"test {name} {task}" + (f"/{subgroup}" if name != "auroc" else "")
+            if name == "auroc":
+                res = bootstrap(fn, len(test), max_dropped_share=share, desc=desc, **kw)
+            else:
+                res, note = bootstrap_or_note(fn, len(test), max_dropped_share=share, desc=desc, **kw)
+                if note:
+                    notes.append(f"{name}: {note}")
+            entry.update(res.as_dict(name))
+            entry[f"{name}_dropped"] = float(res.n_dropped)
+        entry["ci_note"] = "; ".join(notes)
         out[task] = entry
     out["mean_auroc"] = float(np.nanmean([out[t]["auroc"] for t in tasks]))
     out["mean_robust_auroc"] = float(np.nanmean([out[t]["robust_auroc"] for t in tasks]))

@@ -24,10 +24,14 @@ def build_evaluation_table(manifest: pd.DataFrame, predictions: pd.DataFrame, ta
     return evaluation_table(manifest, predictions, tasks, attributes, age_edges=age_bins)
 
 
-def compute_subgroup_auroc(table: pd.DataFrame, tasks: list[str], attributes: list[str], spurious: str, min_per_class: int, n_boot: int, seed: int, ci_level: float) -> pd.DataFrame:
-    """Test-split AUROC overall, per subgroup, worst group, robust / reverse (tube)."""
+def compute_subgroup_auroc(table: pd.DataFrame, tasks: list[str], attributes: list[str], spurious: str, min_per_class: int, n_boot: int, seed: int, ci_level: float, max_dropped_share: float = 0.05) -> pd.DataFrame:
+    """Test-split AUROC overall, per subgroup, worst group, robust / reverse (tube).
+
+    ``n_dropped`` counts undefined replicates; above ``max_dropped_share`` the overall AUROC
+    is an error and a group statistic gets a NaN CI with a ``ci_note``.
+    """
     test = split_rows(table, "test")
-    parts = [subgroup_auroc(test, t, attributes, spurious=spurious, min_per_class=int(min_per_class), n_boot=int(n_boot), seed=int(seed), level=float(ci_level)) for t in tasks]
+    parts = [subgroup_auroc(test, t, attributes, spurious=spurious, min_per_class=int(min_per_class), n_boot=int(n_boot), seed=int(seed), level=float(ci_level), max_dropped_share=float(max_dropped_share)) for t in tasks]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -49,10 +53,10 @@ def compute_fairness(table: pd.DataFrame, operating_points: pd.DataFrame, attrib
     return pd.concat(by, ignore_index=True), pd.concat(gaps, ignore_index=True)
 
 
-def compute_calibration(table: pd.DataFrame, tasks: list[str], attributes: list[str], n_bins: int, min_rows: int, n_boot: int, seed: int, ci_level: float) -> pd.DataFrame:
-    """ECE overall and per group on the test split, with CIs."""
+def compute_calibration(table: pd.DataFrame, tasks: list[str], attributes: list[str], n_bins: int, min_rows: int, n_boot: int, seed: int, ci_level: float, max_dropped_share: float = 0.05) -> pd.DataFrame:
+    """ECE overall and per group on the test split, with CIs (and ``ece_dropped``)."""
     test = split_rows(table, "test")
-    return pd.concat([calibration_table(test, t, attributes, n_bins=int(n_bins), min_rows=int(min_rows), n_boot=int(n_boot), seed=int(seed), level=float(ci_level)) for t in tasks], ignore_index=True)
+    return pd.concat([calibration_table(test, t, attributes, n_bins=int(n_bins), min_rows=int(min_rows), n_boot=int(n_boot), seed=int(seed), level=float(ci_level), max_dropped_share=float(max_dropped_share)) for t in tasks], ignore_index=True)
 
 
 def plot_reliability_diagram(table: pd.DataFrame, tasks: list[str], attribute: str, n_bins: int) -> Figure:

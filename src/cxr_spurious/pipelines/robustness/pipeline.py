@@ -33,7 +33,7 @@ def create_robustness_template() -> Pipeline:
             ),
             Node(
                 func=nodes.compute_subgroup_auroc,
-                inputs={"table": "evaluation_table", "tasks": f"{P}.tasks", "attributes": f"{P}.attributes", "spurious": f"{P}.spurious", "min_per_class": f"{P}.min_per_class", **boot},
+                inputs={"table": "evaluation_table", "tasks": f"{P}.tasks", "attributes": f"{P}.attributes", "spurious": f"{P}.spurious", "min_per_class": f"{P}.min_per_class", **boot, "max_dropped_share": f"{P}.max_dropped_share"},
                 outputs="subgroup_auroc",
                 name="compute_subgroup_auroc",
                 tags=["robustness", "auroc"],
@@ -54,7 +54,7 @@ def create_robustness_template() -> Pipeline:
             ),
             Node(
                 func=nodes.compute_calibration,
-                inputs={"table": "evaluation_table", "tasks": f"{P}.tasks", "attributes": f"{P}.attributes", "n_bins": f"{P}.calibration_bins", "min_rows": f"{P}.calibration_min_rows", **boot},
+                inputs={"table": "evaluation_table", "tasks": f"{P}.tasks", "attributes": f"{P}.attributes", "n_bins": f"{P}.calibration_bins", "min_rows": f"{P}.calibration_min_rows", **boot, "max_dropped_share": f"{P}.max_dropped_share"},
                 outputs="calibration",
                 name="compute_calibration",
                 tags=["robustness", "calibration"],

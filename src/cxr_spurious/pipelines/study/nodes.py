@@ -30,6 +30,7 @@ def summarise_model(
     task: str,
     n_boot: int,
     seed: int,
+    max_dropped_share: float = 0.05,
 ) -> dict[str, Any]:
     """All findings of one model as a flat row.
 
@@ -43,6 +44,8 @@ def summarise_model(
         task: The study's task (e.g. Pneumothorax).
         n_boot: Bootstrap replicates.
         seed: Seed.
+        max_dropped_share: Largest share of undefined bootstrap replicates of a CI; above it
+            ``BootstrapDropError`` names the model and metric. Each CI's count is ``<metric>_dropped``.
 
     Returns:
         One row of ``study_findings``.
@@ -53,9 +56,9 @@ def summarise_model(
     human = human_benchmark[human_benchmark["task"] == task] if len(human_benchmark) else None
     for method, per_map in sets.groupby("method", sort=True):
         prefix = str(method).replace("+", "p")
-        metrics = saliency_findings(per_map, manifest, human, n_boot=n_boot, seed=seed)
+        metrics = saliency_findings(per_map, manifest, human, n_boot=n_boot, seed=seed, max_dropped_share=float(max_dropped_share), label=f"{model}/{method}")
         row.update({f"{prefix}_{k}": v for k, v in metrics.items()})
-    row.update(counterfactual_findings(counterfactual_predictions, manifest, task, n_boot=n_boot, seed=seed))
+    row.update(counterfactual_findings(counterfactual_predictions, manifest, task, n_boot=n_boot, seed=seed, max_dropped_share=float(max_dropped_share), label=model))
     logger.info("%s: AUROC %.3f, robust AUROC %.3f, tube-removal drop %.3f", model, row["auroc"], row["robust_auroc"], row.get("cf_drop_no_tube", float("nan")))
     return row
 

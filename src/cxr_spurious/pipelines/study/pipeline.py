@@ -26,6 +26,7 @@ def create_model_template() -> Pipeline:
                     "task": "params:study.task",
                     "n_boot": "params:study.n_boot",
                     "seed": "params:study.seed",
+                    "max_dropped_share": "params:study.max_dropped_share",
                 },
                 outputs="findings_row",
                 name="summarise_findings",
@@ -42,7 +43,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             template,
             namespace=name,
             inputs=SHARED,
-            parameters={"params:variant": f"params:training.variants.{name}", "params:study.task": "params:study.task", "params:study.n_boot": "params:study.n_boot", "params:study.seed": "params:study.seed"},
+            parameters={"params:variant": f"params:training.variants.{name}", "params:study.task": "params:study.task", "params:study.n_boot": "params:study.n_boot", "params:study.seed": "params:study.seed", "params:study.max_dropped_share": "params:study.max_dropped_share"},
         )
         for name in STUDY_MODELS
     ]

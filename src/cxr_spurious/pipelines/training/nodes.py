@@ -174,6 +174,7 @@ def evaluate_test_metrics(predictions: Any, manifest: pd.DataFrame, config: dict
         n_boot=int(config["n_boot"]),
         seed=int(config["seed"]),
         level=float(config["ci_level"]),
+        max_dropped_share=float(config["max_dropped_share"]),
     )
     return {"method": config["method"], "architecture": config["architecture"], **metrics}
 
