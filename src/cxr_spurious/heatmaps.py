@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError
 
 INDEX_COLUMNS: tuple[str, ...] = ("image_id", "task", "prob", "gt", "cxr_w", "cxr_h", "model", "method")
 
@@ -53,3 +53,41 @@ class HeatmapSet:
         """Rows where ``mask`` is true, as a new ``HeatmapSet``."""
         m = np.asarray(mask, dtype=bool)
         return HeatmapSet(self.index.loc[m].reset_index(drop=True), self.maps[m])
+
+
+def sample_positives_first(heatmaps: HeatmapSet, n: int, seed: int, *, parameter: str, positive: np.ndarray | None = None) -> np.ndarray:
+    """Row numbers of a seeded sample of at most ``n`` maps, positive rows drawn first.
+
+    The one "positives first" sampler of the overlay figures: ``n`` rows are drawn without
+    replacement from the positive rows with ``np.random.default_rng(seed)``, and the rest
+    (if any) from the other rows with the same generator, so a seed picks the same maps
+    on every run.
+
+    Args:
+        heatmaps: The set.
+        n: Sample size (fewer rows when the set is smaller).
+        seed: Seed of the local generator.
+        parameter: The parameter ``n`` comes from, named by the error (e.g.
+            ``saliency.overlays.n_images``).
+        positive: Boolean mask of the rows drawn first; by default the rows whose image
+            label is positive (``gt == 1``). An all-false mask draws uniformly.
+
+    Returns:
+        Sorted row numbers.
+
+    Raises:
+        ParameterError: ``n`` < 1, naming ``parameter``.
+        ContractError: ``positive`` is not one flag per row.
+    """
+    if n < 1:
+        raise ParameterError(parameter, f"must be >= 1, got {n}")
+    first = heatmaps.index["gt"].to_numpy(dtype=float) == 1 if positive is None else np.asarray(positive, dtype=bool)
+    if first.shape != (len(heatmaps),):
+        raise ContractError(f"positive mask has shape {first.shape}; expected one flag per row ({len(heatmaps)},)")
+    rng = np.random.default_rng(seed)
+    picked: list[int] = []
+    for pool in (np.flatnonzero(first), np.flatnonzero(~first)):
+        take = min(n - len(picked), pool.size)
+        if take > 0:
+            picked += rng.choice(pool, size=take, replace=False).tolist()
+    return np.sort(np.asarray(picked, dtype=int))

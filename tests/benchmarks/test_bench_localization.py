@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from cxr_spurious.data.adapters.chexlocalize import rasterize_annotations
 from cxr_spurious.io.safe_pickle import load_torch_pickle
 from cxr_spurious.localization.chexlocalize_io import (
-    annotations_to_segmentations,
     load_json,
     read_heatmap_folder,
     validate_segmentation_json,
@@ -73,7 +73,7 @@ def test_generated_set_has_the_chexlocalize_format_and_depends_only_on_the_seed(
     segs = load_json(tmp_path / "a" / "gt_segmentations_val.json")
     annotations = load_json(tmp_path / "a" / "gt_annotations_val.json")
     validate_segmentation_json(segs, source="gt_segmentations_val.json", decode=True)
-    assert annotations_to_segmentations(annotations) == segs
+    assert rasterize_annotations(annotations, list(CHEXLOCALIZE_TASKS)) == segs
     for name, payload in maps.items():
         cxr = name.split("_")[0] + "_study1_view1_frontal"
         assert payload["gt"] == int(cxr in annotations and payload["task"] in annotations[cxr])

@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from tests.debiasing.debias_fixtures import TASK, make_manifest
 
-from cxr_spurious.debiasing.augment import augment_image
+from cxr_spurious.augment import augment_image
 from cxr_spurious.debiasing.dfr import dfr_training_rows, fit_dfr
 from cxr_spurious.debiasing.features import align_table, embedding_matrix, thumbnails
 from cxr_spurious.debiasing.george import discover_groups

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cxr_spurious.errors import ParameterError
-from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.heatmaps import HeatmapSet, sample_positives_first
 from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.localization.figures import overlay_panel, plot_overlays, sample_overlay_rows
 
@@ -32,8 +32,19 @@ def test_sample_is_seeded_and_prefers_positive_maps():
     np.testing.assert_array_equal(a, b)
     assert set(a) == {0, 2, 4}  # the three maps with a non-empty ground truth
     assert len(sample_overlay_rows(hs, gt, 10, seed=1)) == 6
-    with pytest.raises(ParameterError, match="overlay_n"):
+    with pytest.raises(ParameterError, match=r"localization\.overlays\.n_images"):
         sample_overlay_rows(hs, gt, 0, seed=1)
+
+
+def test_sample_keeps_its_draws_through_the_shared_sampler():
+    hs, gt = _set()
+    # Rows drawn before the sampler moved to heatmaps.sample_positives_first: same seed, same maps.
+    cases = [(2, 1), (4, 1), (4, 5), (5, 2)]
+    assert [sample_overlay_rows(hs, gt, n, seed=s).tolist() for n, s in cases] == [[0, 2], [0, 1, 2, 4], [0, 2, 3, 4], [0, 1, 2, 4, 5]]
+    # Here a map's label is positive exactly when its mask is non-empty, so the saliency
+    # figure's default (labels first) picks the same rows as this one (masks first).
+    for n, s in cases:
+        np.testing.assert_array_equal(sample_overlay_rows(hs, gt, n, seed=s), sample_positives_first(hs, n, s, parameter="p"))
 
 
 def test_overlay_panel_iou_matches_numpy():

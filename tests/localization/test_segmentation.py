@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
+from cxr_spurious.data.adapters.chexlocalize import rasterize_annotations
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.localization.chexlocalize_io import (
-    annotations_to_segmentations,
     load_json,
     read_heatmap_folder,
     read_heatmap_pickle,
@@ -17,6 +17,7 @@ from cxr_spurious.localization.segmentation import (
     fill_outer_contours,
     heatmap_to_segmentation,
 )
+from cxr_spurious.tasks import CHEXLOCALIZE_TASKS
 
 
 def _pixel_diffs(seg, ref):
@@ -44,7 +45,7 @@ def test_otsu_differs_from_reference_json_by_one_pixel_on_the_rounding_case(samp
 
 
 def test_annotations_rasterise_to_gt_json(sample_dir):
-    ann = annotations_to_segmentations(load_json(sample_dir / "gt_annotations_val.json"))
+    ann = rasterize_annotations(load_json(sample_dir / "gt_annotations_val.json"), list(CHEXLOCALIZE_TASKS))
     gt = load_json(sample_dir / "gt_segmentations_val.json")
     assert ann.keys() == gt.keys()
     assert _pixel_diffs(ann, gt) == 0

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from matplotlib.figure import Figure
 
-from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.heatmaps import HeatmapSet, sample_positives_first
 from cxr_spurious.saliency.overlays import overlay_figure, sample_rows
 
 
@@ -22,6 +24,17 @@ def test_sample_rows_positives_first_and_seeded():
     assert len(rows) == 3 and (hset.index["gt"].to_numpy()[rows] == 1).all()
     np.testing.assert_array_equal(rows, sample_rows(hset, 3, seed=0))
     assert len(sample_rows(hset, 20, seed=0)) == 8
+
+
+def test_sample_rows_keeps_its_draws_and_names_its_parameter():
+    hset = _set()
+    # Rows drawn before the sampler moved to heatmaps.sample_positives_first: same seed, same maps.
+    cases = [(3, 0), (5, 0), (5, 3), (2, 11)]
+    assert [sample_rows(hset, n, seed=s).tolist() for n, s in cases] == [[2, 4, 6], [0, 1, 2, 4, 6], [0, 2, 4, 6, 7], [0, 6]]
+    for n, s in cases:
+        np.testing.assert_array_equal(sample_rows(hset, n, seed=s), sample_positives_first(hset, n, s, parameter="p"))
+    with pytest.raises(ParameterError, match=r"saliency\.overlays\.n_images"):
+        sample_rows(hset, 0, seed=0)
 
 
 def test_overlay_figure_draws_image_heatmap_and_outline(tmp_path):

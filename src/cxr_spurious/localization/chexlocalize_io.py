@@ -2,8 +2,10 @@
 
 * heatmap pickles ``<cxr_id>_<task>_map.pkl`` (dict: map, prob, task, gt, cxr_img, cxr_dims
   = (w, h)), loaded with the project's restricted unpickler;
-* segmentation JSONs ``{cxr_id: {task: rle}}`` and annotation JSONs (polygons, img_size
-  [h, w]); salient points; tuning CSVs.
+* the layout's JSON files (``load_json``) and the check of a segmentation JSON
+  ``{cxr_id: {task: rle}}`` (``validate_segmentation_json``); the pickle writer is
+  ``saliency.chexlocalize_io``, the polygon rasteriser the ingestion adapter's
+  ``rasterize_annotations``.
 """
 
 from __future__ import annotations
@@ -22,13 +24,7 @@ import torch
 
 from cxr_spurious.errors import DataFormatError, unknown_name_error
 from cxr_spurious.heatmaps import HeatmapSet
-from cxr_spurious.io.masks import (
-    MAX_MASK_SIDE,
-    decode_rle,
-    encode_rle,
-    rasterize_polygons,
-    validate_rle,
-)
+from cxr_spurious.io.masks import MAX_MASK_SIDE, decode_rle, validate_rle
 from cxr_spurious.io.safe_pickle import (
     _READ_ERRORS,
     _Context,
@@ -382,34 +378,27 @@ def read_heatmap_folder(folder: str | Path, *, model: str = "chexlocalize", meth
 
 
 def load_json(path: str | Path) -> dict[str, Any]:
-    """Read a CheXlocalize JSON file (dict at top level)."""
+    """Read a CheXlocalize JSON file (an object keyed by cxr id at top level).
+
+    The one JSON reader of the CheXlocalize layout: ingestion's adapter and the Kedro
+    datasets both use it.
+
+    Raises:
+        DataFormatError: the file cannot be read, is not valid JSON (the line is named) or
+            is not a JSON object.
+    """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
         raise DataFormatError(path, f"not a readable JSON file: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(path, f"invalid JSON: {exc.msg}", where=f"line {exc.lineno}") from exc
     if not isinstance(data, dict):
         raise DataFormatError(path, f"expected a JSON object keyed by cxr id, got {type(data).__name__}")
     return data
-
-
-def annotations_to_segmentations(annotations: Mapping[str, Mapping[str, Any]], tasks: Sequence[str] = CHEXLOCALIZE_TASKS, *, source: object = "gt_annotations") -> dict[str, dict[str, dict[str, Any]]]:
-    """Rasterise annotation polygons (outline included) into an RLE JSON with every task.
-
-    Raises:
-        DataFormatError: a CXR lacks ``img_size`` or names an unknown task.
-    """
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for cxr_id in sorted(annotations):
-        entry = annotations[cxr_id]
-        if "img_size" not in entry:
-            raise DataFormatError(source, "annotation lacks 'img_size' [h, w]", where=cxr_id)
-        h, w = (int(entry["img_size"][0]), int(entry["img_size"][1]))
-        for task in entry:
-            if task != "img_size":
-                check_task(task, source=source, key=cxr_id)
-        out[cxr_id] = {task: encode_rle(rasterize_polygons(entry.get(task, []), h, w)) for task in tasks}
-    return out
 
 
 def validate_segmentation_json(data: Mapping[str, Any], *, source: object, tasks: Sequence[str] = CHEXLOCALIZE_TASKS, decode: bool = False, sizes: Mapping[str, tuple[int, int]] | None = None) -> None:
@@ -441,22 +430,3 @@ def validate_segmentation_json(data: Mapping[str, Any], *, source: object, tasks
             validate_rle(rle, source=source, key=key, size=None if sizes is None else sizes.get(str(cxr_id)))
             if decode:
                 decode_rle(rle, source=source, key=key)
-
-
-def read_threshold_table(table: pd.DataFrame, *, source: object = "tuning_results.csv") -> dict[str, float]:
-    """``threshold,task`` CSV -> {task: threshold}."""
-    if not {"threshold", "task"} <= set(table.columns):
-        raise DataFormatError(source, f"expected columns 'threshold,task', got {list(table.columns)}")
-    for task in table["task"]:
-        check_task(str(task), source=source)
-    return {str(t): float(v) for t, v in zip(table["task"], table["threshold"])}
-
-
-def read_probability_cutoffs(table: pd.DataFrame, *, source: object = "probability_tuning_results.csv") -> dict[str, float]:
-    """``prob_threshold,mIoU,task`` CSV -> {task: cutoff with the highest mIoU} (first on ties)."""
-    if not {"prob_threshold", "mIoU", "task"} <= set(table.columns):
-        raise DataFormatError(source, f"expected columns 'prob_threshold,mIoU,task', got {list(table.columns)}")
-    best = table.loc[table.groupby("task")["mIoU"].idxmax()]
-    for task in best["task"]:
-        check_task(str(task), source=source)
-    return {str(t): float(v) for t, v in zip(best["task"], best["prob_threshold"])}

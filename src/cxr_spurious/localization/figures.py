@@ -13,8 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cxr_spurious.errors import ParameterError
-from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.heatmaps import HeatmapSet, sample_positives_first
 from cxr_spurious.io.masks import decode_rle
 from cxr_spurious.localization.kernels import segment_map_cpu
 from cxr_spurious.localization.metrics import rle_area
@@ -24,30 +23,16 @@ DISPLAY_SIDE = 256  # longest side of each panel, in pixels
 
 
 def sample_overlay_rows(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[str, Any]], n: int, seed: int) -> np.ndarray:
-    """Row positions of ``n`` maps drawn without replacement, maps with a non-empty gt first.
+    """Seeded sample of at most ``n`` rows, maps with a non-empty ground-truth mask first.
 
-    Args:
-        heatmaps: The set to draw from.
-        gt_segmentations: CheXlocalize gt JSON (pairs with a positive mask are preferred).
-        n: Number of maps (fewer when the set is smaller).
-        seed: Seed of the local generator.
-
-    Returns:
-        Sorted row positions.
+    ``heatmaps.sample_positives_first`` with the gt JSON's non-empty masks as positives.
 
     Raises:
-        ParameterError: ``n`` < 1.
+        ParameterError: ``n`` < 1 (``localization.overlays.n_images``).
     """
-    if n < 1:
-        raise ParameterError("localization.overlay_n", f"must be >= 1, got {n}")
-    rng = np.random.default_rng(seed)
-    index = heatmaps.index.reset_index(drop=True)
-    positive = np.array([rle_area(gt_segmentations.get(str(c), {}).get(str(t))) > 0 for c, t in zip(index["image_id"], index["task"])], dtype=bool)
-    pos, neg = np.flatnonzero(positive), np.flatnonzero(~positive)
-    take_pos = rng.choice(pos, size=min(n, pos.size), replace=False) if pos.size else np.array([], int)
-    rest = n - take_pos.size
-    take_neg = rng.choice(neg, size=min(rest, neg.size), replace=False) if rest > 0 and neg.size else np.array([], int)
-    return np.sort(np.concatenate([take_pos, take_neg]).astype(int))
+    index = heatmaps.index
+    positive = [rle_area(gt_segmentations.get(str(c), {}).get(str(t))) > 0 for c, t in zip(index["image_id"], index["task"])]
+    return sample_positives_first(heatmaps, n, seed, parameter="localization.overlays.n_images", positive=np.array(positive, dtype=bool))
 
 
 def _display_size(height: int, width: int) -> tuple[int, int]:

@@ -7,33 +7,15 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure  # object API: no pyplot state, no GUI backend
 
-from cxr_spurious.errors import ParameterError
-from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.heatmaps import HeatmapSet, sample_positives_first
 
 
-def sample_rows(heatmaps: HeatmapSet, n: int, seed: int, *, positives_first: bool = True) -> np.ndarray:
-    """Row numbers of a seeded sample of at most ``n`` maps (positives drawn first).
+def sample_rows(heatmaps: HeatmapSet, n: int, seed: int) -> np.ndarray:
+    """Seeded sample of at most ``n`` rows, positive image labels (``gt == 1``) first.
 
-    Args:
-        heatmaps: The set.
-        n: Sample size.
-        seed: Seed of the local generator.
-        positives_first: Draw from rows with ``gt == 1`` first, then from the rest.
-
-    Returns:
-        Sorted row numbers.
+    ``heatmaps.sample_positives_first`` with this figure's parameter named in its error.
     """
-    if n < 1:
-        raise ParameterError("saliency.overlays.n_images", f"must be >= 1, got {n}")
-    rng = np.random.default_rng(seed)
-    gt = heatmaps.index["gt"].to_numpy(dtype=float)
-    pools = [np.flatnonzero(gt == 1), np.flatnonzero(gt != 1)] if positives_first else [np.arange(len(heatmaps))]
-    picked: list[int] = []
-    for pool in pools:
-        take = min(n - len(picked), pool.size)
-        if take > 0:
-            picked += rng.choice(pool, size=take, replace=False).tolist()
-    return np.sort(np.asarray(picked, dtype=int))
+    return sample_positives_first(heatmaps, n, seed, parameter="saliency.overlays.n_images")
 
 
 def _resize_nearest(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -15,7 +15,6 @@ through this reader.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -29,7 +28,8 @@ from PIL import Image, UnidentifiedImageError
 from cxr_spurious.data.adapters.base import IngestedSource
 from cxr_spurious.data.contract import assign_patient_splits, normalise_manifest
 from cxr_spurious.errors import DataFormatError, ParameterError
-from cxr_spurious.io.masks import decode_rle, encode_rle, rasterize_polygons
+from cxr_spurious.io.masks import encode_rle, rasterize_polygons
+from cxr_spurious.localization.chexlocalize_io import load_json, validate_segmentation_json
 from cxr_spurious.phantom.writer import ATTRIBUTE_HEADER  # the phantom's attributes.csv header
 from cxr_spurious.tasks import (
     CHEXLOCALIZE_TASKS,
@@ -106,14 +106,6 @@ def _find(root: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def load_json(path: Path) -> Any:
-    """Read a JSON file; a syntax error names the file and the line."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(path, f"invalid JSON: {exc.msg}", where=f"line {exc.lineno}") from exc
-
-
 def check_annotations(annotations: Mapping[str, Any], source: Path | str, sizes: Mapping[str, tuple[int, int]]) -> None:
     """Validate CheXlocalize polygon annotations.
 
@@ -145,16 +137,18 @@ def check_annotations(annotations: Mapping[str, Any], source: Path | str, sizes:
 
 
 def check_segmentations(segmentations: Mapping[str, Any], source: Path | str, sizes: Mapping[str, tuple[int, int]], names: frozenset[str] | None = None) -> None:
-    """Validate RLE segmentations: known names, decodable RLE of the image's size."""
-    allowed = names if names is not None else KNOWN_TASKS
+    """Validate RLE segmentations: known names, decodable RLE of the image's size.
+
+    The image sizes are compared here; names and RLEs go through the localization
+    reader's ``validate_segmentation_json``.
+    """
     for cxr_id, entry in segmentations.items():
-        for name, rle in entry.items():
-            if name not in allowed:
-                raise DataFormatError(source, f"unknown name '{name}'; expected one of {sorted(allowed)}", where=cxr_id)
-            size = tuple(int(v) for v in rle.get("size", ()))
-            if cxr_id in sizes and size != sizes[cxr_id]:
+        for name, rle in (entry.items() if isinstance(entry, Mapping) else ()):
+            size = rle.get("size") if isinstance(rle, Mapping) else None
+            if cxr_id in sizes and isinstance(size, list | tuple) and tuple(size) != tuple(sizes[cxr_id]):
                 raise DataFormatError(source, f"RLE size {list(size)} disagrees with the image's [h, w] {list(sizes[cxr_id])}", where=f"{cxr_id}/{name}")
-            decode_rle(rle, source=source, key=f"{cxr_id}/{name}")
+    allowed = names if names is not None else KNOWN_TASKS
+    validate_segmentation_json(segmentations, source=source, tasks=tuple(sorted(allowed)), decode=True)
 
 
 def rasterize_annotations(annotations: Mapping[str, Any], tasks: list[str]) -> dict[str, dict[str, Any]]:
@@ -298,10 +292,7 @@ def _load_split_json(root: Path, stem: str) -> dict[str, Any]:
     for name in (f"{stem}_val.json", f"{stem}_test.json", f"{stem}.json"):
         path = _find(root, (name,))
         if path is not None:
-            blob = load_json(path)
-            if not isinstance(blob, dict):
-                raise DataFormatError(path, f"expected a JSON object keyed by cxr id, got {type(blob).__name__}")
-            merged.update(blob)
+            merged.update(load_json(path))
     return merged
 
 
