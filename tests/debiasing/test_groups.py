@@ -7,13 +7,8 @@ import pandas as pd
 import pytest
 from tests.debiasing.debias_fixtures import TASK, make_manifest
 
-from cxr_spurious.debiasing.groups import (
-    age_bin_labels,
-    assign_groups,
-    bin_ages,
-    check_groups,
-    group_keys,
-)
+from cxr_spurious.data.contract import age_bin_labels, bin_ages
+from cxr_spurious.debiasing.groups import assign_groups, check_groups, group_keys
 from cxr_spurious.errors import DataFormatError, ParameterError
 
 

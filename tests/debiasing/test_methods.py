@@ -12,8 +12,9 @@ from sklearn.preprocessing import StandardScaler
 from tests.debiasing.debias_fixtures import TASK, make_manifest
 
 from cxr_spurious.augment import augment_image
+from cxr_spurious.data.contract import align_table
 from cxr_spurious.debiasing.dfr import dfr_training_rows, fit_dfr
-from cxr_spurious.debiasing.features import align_table, embedding_matrix, thumbnails
+from cxr_spurious.debiasing.features import embedding_matrix, thumbnails
 from cxr_spurious.debiasing.george import discover_groups
 from cxr_spurious.debiasing.groups import assign_groups, group_keys
 from cxr_spurious.debiasing.jtt import error_set

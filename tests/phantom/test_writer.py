@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxr_spurious.data.contract import ATTRIBUTE_HEADER
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.io.images import read_image
 from cxr_spurious.io.masks import decode_rle, rasterize_polygons
 from cxr_spurious.phantom import PhantomConfig, generate_phantom
 from cxr_spurious.phantom.geometry import dilate
-from cxr_spurious.phantom.writer import ATTRIBUTE_HEADER
 from cxr_spurious.tasks import CHEXPERT_HEADER, PHANTOM_TASKS, SPURIOUS_OBJECTS, TASK_TO_CSV
 
 

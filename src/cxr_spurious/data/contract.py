@@ -24,6 +24,11 @@ tube           float     chest tube present 1 / 0 / NaN
 
 Extra columns (e.g. ``body_part``) are allowed. Pathology columns are named in
 ``manifest.attrs["tasks"]`` (kept through parquet) or passed explicitly.
+
+Also here, because every stage that reads a manifest shares them: the header of the
+``attributes.csv`` file that carries the attributes next to CheXpert-style labels (written
+by the phantom, read by the CheXlocalize adapter), the ``age_bin`` attribute derived from
+``age_years``, and ``align_table``, which puts a per-image table in manifest order.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError
 
 ID_COLUMNS: tuple[str, ...] = ("image_id", "patient_id", "study_id", "source", "split", "path", "view")
 SIZE_COLUMNS: tuple[str, ...] = ("width", "height")
@@ -41,6 +46,13 @@ REQUIRED_COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *SIZE_COLUMNS)
 ATTRIBUTE_COLUMNS: tuple[str, ...] = ("sex", "age_years", "race", "insurance", "site", "tube")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _STRING_ATTRIBUTES = ("sex", "race", "insurance", "site")
+
+# Header of attributes.csv: ids, split and the attribute columns, in this order.
+ATTRIBUTE_HEADER: tuple[str, ...] = ("image_id", "patient_id", "study_id", "split", *ATTRIBUTE_COLUMNS)
+
+# The derived attribute ``age_bin`` and the default lower edges of its bins.
+AGE_BIN = "age_bin"
+DEFAULT_AGE_EDGES: tuple[float, ...] = (0.0, 20.0, 40.0, 60.0, 80.0)
 
 
 def manifest_tasks(manifest: pd.DataFrame, tasks: Sequence[str] | None = None) -> list[str]:
@@ -158,8 +170,6 @@ def assign_patient_splits(
     Returns:
         ``{patient_id: split}``.
     """
-    from cxr_spurious.errors import ParameterError
-
     unknown = set(fractions) - set(SPLITS)
     if unknown:
         raise ParameterError("split_fractions", f"unknown split(s) {sorted(unknown)}; expected keys from {SPLITS}")
@@ -177,4 +187,86 @@ def assign_patient_splits(
         for pid in unique[start:end]:
             out[str(pid)] = split
         start = end
+    return out
+
+
+def age_bin_labels(edges: Sequence[float]) -> list[str]:
+    """Labels of the age bins defined by increasing lower edges (last bin open-ended).
+
+    Args:
+        edges: Lower edges, e.g. ``[0, 20, 40, 60, 80]``.
+
+    Returns:
+        ``["0-20", "20-40", "40-60", "60-80", "80+"]`` for the default edges.
+    """
+    e = _check_edges(edges)
+    names = [f"{_edge(a)}-{_edge(b)}" for a, b in zip(e[:-1], e[1:])]
+    return [*names, f"{_edge(e[-1])}+"]
+
+
+def bin_ages(ages: pd.Series | np.ndarray, edges: Sequence[float] = DEFAULT_AGE_EDGES) -> pd.Series:
+    """Map ages in years to bin labels; ages below the first edge or NaN map to NaN.
+
+    Args:
+        ages: Ages in years.
+        edges: Increasing lower edges; bins are ``[a, b)`` and the last is ``[last, inf)``.
+
+    Returns:
+        A Series of bin labels (object dtype, NaN where unknown).
+
+    Raises:
+        ParameterError: (on ``age_bins``) the edges are empty or not increasing.
+    """
+    e = _check_edges(edges)
+    values = pd.to_numeric(pd.Series(ages), errors="coerce").to_numpy(dtype=float)
+    labels = np.array(age_bin_labels(e), dtype=object)
+    idx = np.searchsorted(np.asarray(e), values, side="right") - 1
+    out = np.full(values.shape, np.nan, dtype=object)
+    ok = np.isfinite(values) & (idx >= 0)
+    out[ok] = labels[idx[ok]]
+    return pd.Series(out, index=getattr(ages, "index", None), dtype=object)
+
+
+def _check_edges(edges: Sequence[float]) -> list[float]:
+    e = [float(x) for x in edges]
+    if not e or any(b <= a for a, b in zip(e[:-1], e[1:])):
+        raise ParameterError("age_bins", f"must be a non-empty increasing list of lower edges, got {list(edges)}")
+    return e
+
+
+def _edge(value: float) -> str:
+    return str(int(value)) if value.is_integer() else str(value)
+
+
+def align_table(manifest: pd.DataFrame, table: pd.DataFrame, *, name: str, split: str | None = None) -> pd.DataFrame:
+    """Rows of ``table`` in manifest order (optionally only the rows of one split).
+
+    Args:
+        manifest: The manifest (``image_id``, ``split``).
+        table: A per-image table with an ``image_id`` column.
+        name: Dataset name for error messages.
+        split: Restrict the required ids to this split (``None``: all rows).
+
+    Returns:
+        ``table`` reindexed on the manifest ids (index = manifest index of those rows).
+
+    Raises:
+        ContractError: duplicated ids in ``table`` or manifest ids missing from it.
+    """
+    if "image_id" not in table.columns:
+        raise ContractError(f"{name}: no image_id column; got {list(table.columns)[:8]}")
+    ids = table["image_id"].astype(str)
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise ContractError(f"{name}: image_id must be unique; duplicated {list(dup.unique()[:5])}")
+    wanted = manifest if split is None else manifest[manifest["split"] == split]
+    want_ids = wanted["image_id"].astype(str)
+    missing = ~want_ids.isin(ids)
+    if missing.any():
+        raise ContractError(
+            f"{name} is misaligned with the manifest: {int(missing.sum())} of {len(want_ids)} "
+            f"{split or 'manifest'} image_id(s) are absent, e.g. {list(want_ids[missing][:3])}"
+        )
+    out = table.assign(image_id=ids).set_index("image_id").loc[want_ids.to_numpy()]
+    out.index = wanted.index
     return out

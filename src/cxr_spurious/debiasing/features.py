@@ -1,5 +1,7 @@
-"""Features for clustering rows: model embeddings or cached-image thumbnails, and
-alignment of per-image tables with the manifest."""
+"""Features for clustering rows: model embeddings or cached-image thumbnails.
+
+Per-image tables are put in manifest order by ``cxr_spurious.data.contract.align_table``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from cxr_spurious.data.contract import align_table
 from cxr_spurious.errors import ContractError, ParameterError
 
 
@@ -20,40 +23,6 @@ def embedding_columns(table: pd.DataFrame, *, name: str = "embeddings") -> list[
     if "image_id" not in table.columns or not cols:
         raise ContractError(f"{name}: expected columns image_id, e0..e{{D-1}}; got {list(table.columns)[:8]}")
     return sorted(cols, key=lambda c: int(c[1:]))
-
-
-def align_table(manifest: pd.DataFrame, table: pd.DataFrame, *, name: str, split: str | None = None) -> pd.DataFrame:
-    """Rows of ``table`` in manifest order (optionally only the rows of one split).
-
-    Args:
-        manifest: The manifest (``image_id``, ``split``).
-        table: A per-image table with an ``image_id`` column.
-        name: Dataset name for error messages.
-        split: Restrict the required ids to this split (``None``: all rows).
-
-    Returns:
-        ``table`` reindexed on the manifest ids (index = manifest index of those rows).
-
-    Raises:
-        ContractError: duplicated ids in ``table`` or manifest ids missing from it.
-    """
-    if "image_id" not in table.columns:
-        raise ContractError(f"{name}: no image_id column; got {list(table.columns)[:8]}")
-    ids = table["image_id"].astype(str)
-    dup = ids[ids.duplicated()]
-    if len(dup):
-        raise ContractError(f"{name}: image_id must be unique; duplicated {list(dup.unique()[:5])}")
-    wanted = manifest if split is None else manifest[manifest["split"] == split]
-    want_ids = wanted["image_id"].astype(str)
-    missing = ~want_ids.isin(ids)
-    if missing.any():
-        raise ContractError(
-            f"{name} is misaligned with the manifest: {int(missing.sum())} of {len(want_ids)} "
-            f"{split or 'manifest'} image_id(s) are absent, e.g. {list(want_ids[missing][:3])}"
-        )
-    out = table.assign(image_id=ids).set_index("image_id").loc[want_ids.to_numpy()]
-    out.index = wanted.index
-    return out
 
 
 def embedding_matrix(manifest: pd.DataFrame, embeddings: pd.DataFrame, *, split: str | None = None) -> np.ndarray:

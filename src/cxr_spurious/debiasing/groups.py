@@ -12,46 +12,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from cxr_spurious.data.contract import AGE_BIN, DEFAULT_AGE_EDGES, bin_ages
 from cxr_spurious.errors import DataFormatError, ParameterError
 
-AGE_BIN = "age_bin"
 LABEL = "label"
 NO_GROUP = -1
-DEFAULT_AGE_EDGES: tuple[float, ...] = (0.0, 20.0, 40.0, 60.0, 80.0)
-
-
-def age_bin_labels(edges: Sequence[float]) -> list[str]:
-    """Labels of the age bins defined by increasing lower edges (last bin open-ended).
-
-    Args:
-        edges: Lower edges, e.g. ``[0, 20, 40, 60, 80]``.
-
-    Returns:
-        ``["0-20", "20-40", "40-60", "60-80", "80+"]`` for the default edges.
-    """
-    e = _check_edges(edges)
-    names = [f"{_fmt(a)}-{_fmt(b)}" for a, b in zip(e[:-1], e[1:])]
-    return [*names, f"{_fmt(e[-1])}+"]
-
-
-def bin_ages(ages: pd.Series | np.ndarray, edges: Sequence[float] = DEFAULT_AGE_EDGES) -> pd.Series:
-    """Map ages in years to bin labels; ages below the first edge or NaN map to NaN.
-
-    Args:
-        ages: Ages in years.
-        edges: Increasing lower edges; bins are ``[a, b)`` and the last is ``[last, inf)``.
-
-    Returns:
-        A Series of bin labels (object dtype, NaN where unknown).
-    """
-    e = _check_edges(edges)
-    values = pd.to_numeric(pd.Series(ages), errors="coerce").to_numpy(dtype=float)
-    labels = np.array(age_bin_labels(e), dtype=object)
-    idx = np.searchsorted(np.asarray(e), values, side="right") - 1
-    out = np.full(values.shape, np.nan, dtype=object)
-    ok = np.isfinite(values) & (idx >= 0)
-    out[ok] = labels[idx[ok]]
-    return pd.Series(out, index=getattr(ages, "index", None), dtype=object)
 
 
 def grouping_columns(manifest: pd.DataFrame, attributes: Sequence[str], age_edges: Sequence[float] = DEFAULT_AGE_EDGES) -> pd.DataFrame:
@@ -154,13 +119,6 @@ def check_groups(manifest: pd.DataFrame, keys: pd.Series, task: str, *, split: s
             "the group cannot be balanced by label (drop it or choose another task)",
             where=f"column {task}",
         )
-
-
-def _check_edges(edges: Sequence[float]) -> list[float]:
-    e = [float(x) for x in edges]
-    if not e or any(b <= a for a, b in zip(e[:-1], e[1:])):
-        raise ParameterError("age_bins", f"must be a non-empty increasing list of lower edges, got {list(edges)}")
-    return e
 
 
 def _fmt(value: object) -> str:

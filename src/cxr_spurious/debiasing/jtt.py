@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cxr_spurious.data.contract import align_table
 from cxr_spurious.errors import ContractError, ParameterError
-
-from .features import align_table
 
 
 def error_set(manifest: pd.DataFrame, predictions: pd.DataFrame, task: str, *, threshold: float = 0.5) -> pd.Series:

@@ -8,11 +8,14 @@ after each batch (online exponentiated gradient, detached from the graph) and re
 ``sum_g q_g * loss_g``. Groups are the manifest's ``group`` column: known groups from the
 debiasing pipeline or discovered clusters (``cxr_spurious.debiasing.george``). Rows of
 group ``-1`` are left out of the robust loss.
+
+``group_dro_factory`` is listed under ``group_dro`` in the training registry
+(``cxr_spurious.training.objectives`` imports it); this module does not import training.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -156,19 +159,3 @@ def group_dro_factory(labels: np.ndarray, groups: np.ndarray, params: Mapping[st
         raise ParameterError("training.objective", "group_dro needs the manifest's 'group' column (run the debiasing pipeline with group_by set)")
     sizes = np.bincount(known)
     return make_group_dro({**params, "n_groups": int(sizes.size), "group_sizes": sizes.tolist()})
-
-
-OBJECTIVE_FACTORIES: dict[str, Callable[..., GroupDROObjective]] = {"group_dro": group_dro_factory}
-
-
-def _register() -> None:
-    """Register the objectives with the training registry when it is importable."""
-    try:
-        from cxr_spurious.training.objectives import register_objective
-    except ModuleNotFoundError:  # training not installed in this checkout
-        return
-    for name, factory in OBJECTIVE_FACTORIES.items():
-        register_objective(name, factory)
-
-
-_register()

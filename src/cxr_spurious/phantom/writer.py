@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from cxr_spurious.data.contract import ATTRIBUTE_HEADER
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.io.atomic import atomic_dir, write_text_atomic
 from cxr_spurious.io.masks import encode_rle
@@ -48,7 +49,6 @@ from cxr_spurious.tasks import (
 logger = logging.getLogger(__name__)
 
 PHANTOM_VERSION = "1.0.0"
-ATTRIBUTE_HEADER: tuple[str, ...] = ("image_id", "patient_id", "study_id", "split", "sex", "age_years", "race", "insurance", "site", "tube")
 _HB_STREAM = 90
 _CHUNK = 16
 _SEX_WORD = {"M": "Male", "F": "Female"}

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.debiasing.features import align_table
-from cxr_spurious.debiasing.groups import AGE_BIN, DEFAULT_AGE_EDGES, bin_ages
+from cxr_spurious.data.contract import AGE_BIN, DEFAULT_AGE_EDGES, align_table, bin_ages
 from cxr_spurious.errors import ContractError, ParameterError
 
 

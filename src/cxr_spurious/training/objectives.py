@@ -1,15 +1,13 @@
 """Image-level training objectives and their registry; the dense (Dice + BCE) loss.
 
 An ``Objective`` maps image logits, labels, a validity mask and the batch to a scalar.
-Debiasing methods (Group DRO, JTT, ...) register their own objectives with
-``register_objective``; ``cxr_spurious.debiasing.objectives`` is imported lazily, when
-present, the first time an unknown name is asked for.
+The registry below lists every objective by name: ``bce`` (defined here) and
+``group_dro`` (imported from ``cxr_spurious.debiasing.objectives``, which does not import
+training). ``register_objective`` adds one at run time (tests, experiments).
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,11 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxr_spurious.debiasing.objectives import group_dro_factory
 from cxr_spurious.errors import unknown_name_error
-
-logger = logging.getLogger(__name__)
-
-EXTENSION_MODULES: tuple[str, ...] = ("cxr_spurious.debiasing.objectives",)
 
 
 @runtime_checkable
@@ -85,7 +80,8 @@ class ClassBalancedBCE:
 
 
 _REGISTRY: dict[str, ObjectiveFactory] = {
-    "bce": lambda labels, groups, params: ClassBalancedBCE(labels)
+    "bce": lambda labels, groups, params: ClassBalancedBCE(labels),
+    "group_dro": group_dro_factory,
 }
 
 
@@ -95,19 +91,8 @@ def register_objective(name: str, factory: ObjectiveFactory) -> None:
 
 
 def available_objectives() -> list[str]:
-    """Registered names (after importing the optional extension modules)."""
-    _import_extensions()
+    """Registered names."""
     return sorted(_REGISTRY)
-
-
-def _import_extensions() -> None:
-    for module in EXTENSION_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module.startswith(exc.name):
-                raise
-            logger.debug("optional objective module %s not present", module)
 
 
 def make_objective(
@@ -118,8 +103,6 @@ def make_objective(
     Raises:
         ParameterError: unknown name (on ``training.objective``), listing the valid ones.
     """
-    if name not in _REGISTRY:
-        _import_extensions()
     if name not in _REGISTRY:
         raise unknown_name_error("objective", name, _REGISTRY, key="training.objective")
     return _REGISTRY[name](labels, groups, dict(params or {}))

@@ -26,11 +26,10 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from cxr_spurious.data.adapters.base import IngestedSource
-from cxr_spurious.data.contract import assign_patient_splits, normalise_manifest
+from cxr_spurious.data.contract import ATTRIBUTE_HEADER, assign_patient_splits, normalise_manifest
 from cxr_spurious.errors import DataFormatError, ParameterError
 from cxr_spurious.io.masks import encode_rle, rasterize_polygons
 from cxr_spurious.localization.chexlocalize_io import load_json, validate_segmentation_json
-from cxr_spurious.phantom.writer import ATTRIBUTE_HEADER  # the phantom's attributes.csv header
 from cxr_spurious.tasks import (
     CHEXLOCALIZE_TASKS,
     CHEXPERT_HEADER,
