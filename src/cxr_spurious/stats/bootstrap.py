@@ -133,11 +133,10 @@ def count_dropped(replicates: np.ndarray) -> int:
 
 
 def check_max_dropped_share(value: float, key: str = "max_dropped_share") -> float:
-    """Validate a ``max_dropped_share`` parameter (a share in [0, 1])."""
-    share = float(value)
-    if not 0 <= share <= 1:
-        raise ParameterError(key, f"must be a share in [0, 1], got {value}")
-    return share
+    """Validate a ``max_dropped_share`` parameter (a number in [0, 1]; booleans refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ParameterError(key, f"must be a share in [0, 1], got {value!r}")
+    return float(value)
 
 
 def percentile_ci(

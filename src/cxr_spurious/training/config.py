@@ -12,6 +12,7 @@ from typing import Any
 
 from cxr_spurious.errors import ParameterError, unknown_name_error
 from cxr_spurious.models import ARCHITECTURES, DENSE_ARCHITECTURES, POOLINGS
+from cxr_spurious.stats.bootstrap import check_max_dropped_share
 from cxr_spurious.training.device import PRECISIONS
 
 logger = logging.getLogger(__name__)
@@ -126,12 +127,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         _positive_int(cfg, key, minimum=0)
     _positive_int(cfg, "max_steps", allow_none=True)
     _positive_int(cfg, "patience", allow_none=True)
-    share = cfg["max_dropped_share"]
-    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
-        raise ParameterError(
-            "training.max_dropped_share",
-            f"must be a share in [0, 1], got {cfg['max_dropped_share']!r}",
-        )
+    check_max_dropped_share(cfg["max_dropped_share"], "training.max_dropped_share")
     if not 0.0 <= float(cfg["location_fraction"]) <= 1.0:
         raise ParameterError(
             "training.location_fraction", f"must be in [0, 1], got {cfg['location_fraction']!r}"
