@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: help install run test test-fast lint viz viz-build mlflow-ui bench-localization clean-data
+.PHONY: help install run test test-fast lint format viz viz-build mlflow-ui mlflow-server mlflow-server-stop bench-localization clean-data
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,16 +23,23 @@ install: $(STAMP)  ## create .venv (if missing or stale) and install pinned depe
 run: $(STAMP)  ## run the whole study on the embedded phantom dataset
 	$(BIN)/kedro run
 
-test: $(STAMP)  ## lint, then the whole test suite (unit, integration, browser, notebooks)
+test: $(STAMP)  ## lint (ruff check + format check), then the whole test suite (unit, integration, browser, notebooks)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	bash scripts/install_chromium.sh
+	bash scripts/install_postgres.sh
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest -n 2 -m "not integration and not browser"
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff check (rules incl. E501 at 100 columns) and ruff format --check
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(STAMP)  ## ruff format + the import-order fixes of ruff check
+	$(BIN)/ruff check --select I --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
 
 viz: $(STAMP)  ## kedro-viz on 127.0.0.1:4141
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
@@ -42,6 +49,13 @@ viz-build: $(STAMP)  ## static kedro-viz site in build/
 
 mlflow-ui: $(STAMP)  ## MLflow UI for the project's SQLite store on 127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+mlflow-server: $(STAMP)  ## team MLflow server on PostgreSQL on 127.0.0.1, port MLFLOW_PORT (default 5000); see README
+	bash scripts/install_postgres.sh
+	$(BIN)/python -m cxr_spurious.tracking_server start
+
+mlflow-server-stop: $(STAMP)  ## stop the team MLflow server and its project-local PostgreSQL
+	$(BIN)/python -m cxr_spurious.tracking_server stop
 
 bench-localization: $(STAMP)  ## localization speed benchmark vs the reference (generates its own set; BENCH_ARGS="--n 20")
 	$(BIN)/python benchmarks/bench_localization.py $(BENCH_ARGS)

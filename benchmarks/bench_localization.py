@@ -1,7 +1,8 @@
 """Localization speed benchmark: this project's evaluator vs the CheXlocalize reference algorithm.
 
 Usage:
-    python benchmarks/bench_localization.py [--dir DIR] [--n 234] [--seed 0] [--ref-maps 120] [--workers N]
+    python benchmarks/bench_localization.py [--dir DIR] [--n 234] [--seed 0] [--ref-maps 120]
+        [--workers N]
 
 The set is a CheXlocalize-format folder written by ``make_chexlocalize_set.py`` next to this
 file (``--n`` CXRs x 10 tasks, ``--seed``): without ``--dir`` it is generated in a temporary
@@ -46,13 +47,13 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from cxr_spurious.io.safe_pickle import load_torch_pickle
-from cxr_spurious.localization import summary, tuning
-from cxr_spurious.localization.chexlocalize_io import (
+from cxr_spurious.io.chexlocalize import (
     load_json,
     parse_map_filename,
     read_heatmap_folder,
 )
+from cxr_spurious.io.safe_pickle import load_torch_pickle
+from cxr_spurious.localization import summary, tuning
 from cxr_spurious.localization.evaluate import evaluate_heatmap_set
 
 GEN = Path(__file__).resolve().with_name("make_chexlocalize_set.py")
@@ -77,7 +78,9 @@ def _ref_segment(up: torch.Tensor, threshold: float | None = None) -> np.ndarray
     img = Image.new("1", (u8.shape[1], u8.shape[0]))
     for c in cnts:
         if len(c) > 1:
-            ImageDraw.Draw(img).polygon([(int(p[0][0]), int(p[0][1])) for p in c], outline=1, fill=1)
+            ImageDraw.Draw(img).polygon(
+                [(int(p[0][0]), int(p[0][1])) for p in c], outline=1, fill=1
+            )
     return np.array(img, dtype="int")
 
 
@@ -108,7 +111,9 @@ def evict(paths: list[Path]) -> None:
             os.close(fd)
 
 
-def reference(paths: list[Path], gt: dict, grid: list[float]) -> tuple[dict[str, float], dict[str, int], dict]:
+def reference(
+    paths: list[Path], gt: dict, grid: list[float]
+) -> tuple[dict[str, float], dict[str, int], dict]:
     """Seconds spent in each reference stage on ``paths``, how many maps each covered, outputs.
 
     Stages are separate passes over the files like the reference scripts
@@ -126,7 +131,9 @@ def reference(paths: list[Path], gt: dict, grid: list[float]) -> tuple[dict[str,
     t["segment"] = time.perf_counter() - s
     s = time.perf_counter()
     for _, (cxr, task) in in_gt:
-        out["iou"][(cxr, task)] = _ref_iou(mask_utils.decode(out["seg"][(cxr, task)]), mask_utils.decode(gt[cxr][task]))
+        out["iou"][(cxr, task)] = _ref_iou(
+            mask_utils.decode(out["seg"][(cxr, task)]), mask_utils.decode(gt[cxr][task])
+        )
     t["iou"] = time.perf_counter() - s
     evict(paths)
     s = time.perf_counter()
@@ -142,7 +149,9 @@ def reference(paths: list[Path], gt: dict, grid: list[float]) -> tuple[dict[str,
         s = time.perf_counter()
         for p, (cxr, task) in in_gt:
             seg = _ref_segment(_ref_upsampled(p), thr)
-            out["tune_iou"][(cxr, task, round(thr, 1))] = _ref_iou(seg, mask_utils.decode(gt[cxr][task]))
+            out["tune_iou"][(cxr, task, round(thr, 1))] = _ref_iou(
+                seg, mask_utils.decode(gt[cxr][task])
+            )
         t["tuning"] += time.perf_counter() - s
     n = {"segment": len(paths), "iou": len(in_gt), "hitmiss": len(in_gt), "tuning": len(in_gt)}
     return t, n, out
@@ -152,7 +161,10 @@ def reference_bootstrap(wide: pd.DataFrame, n_boot: int) -> pd.DataFrame:
     """The reference's bootstrap: global seed, ``np.random.choice`` rows, pandas means."""
     np.random.seed(0)
     cols = [c for c in wide.columns if c != "img_id"]
-    reps = [wide.iloc[np.random.choice(len(wide), size=len(wide), replace=True)][cols].mean() for _ in range(n_boot)]
+    reps = [
+        wide.iloc[np.random.choice(len(wide), size=len(wide), replace=True)][cols].mean()
+        for _ in range(n_boot)
+    ]
     return pd.DataFrame(reps)
 
 
@@ -170,7 +182,9 @@ def _ms(seconds: float, n: int) -> str:
     return f"{1e3 * seconds / max(n, 1):8.2f}"
 
 
-def prepare_set(folder: Path | None, n: int, seed: int) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+def prepare_set(
+    folder: Path | None, n: int, seed: int
+) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
     """The bench folder: ``folder`` as it is if it has files, else a set generated into it
     (or into a temporary folder when ``folder`` is None, returned to be cleaned up)."""
     tmp = None
@@ -179,24 +193,45 @@ def prepare_set(folder: Path | None, n: int, seed: int) -> tuple[Path, tempfile.
         folder = Path(tmp.name)
     if folder.is_dir() and any(folder.iterdir()):
         return folder, tmp
-    subprocess.run([sys.executable, str(GEN), "--n", str(n), "--seed", str(seed), "--out", str(folder)], check=True)
+    subprocess.run(
+        [sys.executable, str(GEN), "--n", str(n), "--seed", str(seed), "--out", str(folder)],
+        check=True,
+    )
     return folder, tmp
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--dir", type=Path, default=None, help="bench folder (default: generate one in a temporary folder)")
-    ap.add_argument("--n", type=int, default=234, help="CXRs to generate when --dir is missing or empty")
+    ap.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="bench folder (default: generate one in a temporary folder)",
+    )
+    ap.add_argument(
+        "--n", type=int, default=234, help="CXRs to generate when --dir is missing or empty"
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the generated set")
-    ap.add_argument("--ref-maps", type=int, default=120, help="maps timed on the reference side (first N in name order)")
-    ap.add_argument("--workers", type=int, default=None, help="our worker processes (default: one per core)")
+    ap.add_argument(
+        "--ref-maps",
+        type=int,
+        default=120,
+        help="maps timed on the reference side (first N in name order)",
+    )
+    ap.add_argument(
+        "--workers", type=int, default=None, help="our worker processes (default: one per core)"
+    )
     args = ap.parse_args(argv)
     args.dir, tmp = prepare_set(args.dir, args.n, args.seed)
     gt = load_json(args.dir / "gt_segmentations_val.json")
     grid = tuning.threshold_grid(0.2, 0.8, 0.1)
     map_dir = args.dir / "gradcam_maps_val"
     load_before = _load()
-    print(f"set: {map_dir}; cores: {os.cpu_count()}, torch threads (reference side): {torch.get_num_threads()}, cuda: {torch.cuda.is_available()}, 1-min load before: {load_before:.2f}")
+    print(
+        f"set: {map_dir}; cores: {os.cpu_count()}, "
+        f"torch threads (reference side): {torch.get_num_threads()}, "
+        f"cuda: {torch.cuda.is_available()}, 1-min load before: {load_before:.2f}"
+    )
 
     all_paths = sorted(map_dir.glob("*_map.pkl"))
     evict(all_paths)
@@ -208,7 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     n = len(hs)
     evict(all_paths)
     t0 = time.perf_counter()
-    per_map, seg = evaluate_heatmap_set(hs, gt, workers=args.workers, progress=False, prefer_gpu=False)  # the exact CPU kernel (the GPU path is opt-in)
+    per_map, seg = evaluate_heatmap_set(
+        hs, gt, workers=args.workers, progress=False, prefer_gpu=False
+    )  # the exact CPU kernel (the GPU path is opt-in)
     t_eval = time.perf_counter() - t0
     t0 = time.perf_counter()
     for col in ("iou_tp", "hit"):
@@ -240,26 +277,56 @@ def main(argv: list[str] | None = None) -> None:
     t_ref_boot = time.perf_counter() - t0
     load_after = _load()
     per_ref = {k: t_ref[k] / max(n_ref[k], 1) for k in t_ref}  # seconds per applicable map
-    ref_stage = {"segment": per_ref["segment"] * n, "iou": per_ref["iou"] * n_gt_maps, "hitmiss": per_ref["hitmiss"] * n_gt_maps, "tuning": per_ref["tuning"] * n_gt_maps}
+    ref_stage = {
+        "segment": per_ref["segment"] * n,
+        "iou": per_ref["iou"] * n_gt_maps,
+        "hitmiss": per_ref["hitmiss"] * n_gt_maps,
+        "tuning": per_ref["tuning"] * n_gt_maps,
+    }
     ref_eval = ref_stage["segment"] + ref_stage["iou"] + ref_stage["hitmiss"] + t_ref_boot
     ref_tune = ref_stage["tuning"]
 
-    print(f"\n{n} heatmaps ({n_gt_maps} of CXRs in the ground truth, {len(counts)} positive); reference timed on {len(paths)} maps, extrapolated per applicable map")
+    print(
+        f"\n{n} heatmaps ({n_gt_maps} of CXRs in the ground truth, {len(counts)} positive); "
+        f"reference timed on {len(paths)} maps, extrapolated per applicable map"
+    )
     print(f"{'stage':<44}{'ours ms/map':>12}{'ref ms/map':>12}")
     print(f"{'index (read every pickle once, map only)':<44}{_ms(t_index, n):>12}{'-':>12}")
-    print(f"{'segment + IoU + hit/miss (one pass)':<44}{_ms(t_eval, n):>12}{_ms(ref_stage['segment'] + ref_stage['iou'] + ref_stage['hitmiss'], n):>12}")
-    print(f"{'  reference: segment (Otsu, contours, RLE)':<44}{'':>12}{_ms(ref_stage['segment'], n):>12}")
+    print(
+        f"{'segment + IoU + hit/miss (one pass)':<44}{_ms(t_eval, n):>12}"
+        f"{_ms(ref_stage['segment'] + ref_stage['iou'] + ref_stage['hitmiss'], n):>12}"
+    )
+    print(
+        f"{'  reference: segment (Otsu, contours, RLE)':<44}{'':>12}"
+        f"{_ms(ref_stage['segment'], n):>12}"
+    )
     print(f"{'  reference: IoU':<44}{'':>12}{_ms(ref_stage['iou'], n):>12}")
     print(f"{'  reference: hit/miss':<44}{'':>12}{_ms(ref_stage['hitmiss'], n):>12}")
-    print(f"{'bootstrap (IoU + hit/miss, 2 x 1000)':<44}{_ms(t_boot, n):>12}{_ms(t_ref_boot, n):>12}")
+    print(
+        f"{'bootstrap (IoU + hit/miss, 2 x 1000)':<44}{_ms(t_boot, n):>12}{_ms(t_ref_boot, n):>12}"
+    )
     print(f"{'threshold tuning (7 thresholds)':<44}{_ms(t_tune, n):>12}{_ms(ref_tune, n):>12}")
-    print(f"\nwhole evaluation (index + pass + bootstrap): ours {ours_eval:.1f} s, reference {ref_eval:.1f} s -> speed-up x{ref_eval / ours_eval:.1f}")
-    print(f"threshold tuning (index + tuning pass + table): ours {ours_tune:.1f} s, reference {ref_tune:.1f} s -> speed-up x{ref_tune / ours_tune:.1f}")
+    print(
+        f"\nwhole evaluation (index + pass + bootstrap): ours {ours_eval:.1f} s, "
+        f"reference {ref_eval:.1f} s -> speed-up x{ref_eval / ours_eval:.1f}"
+    )
+    print(
+        f"threshold tuning (index + tuning pass + table): ours {ours_tune:.1f} s, "
+        f"reference {ref_tune:.1f} s -> speed-up x{ref_tune / ours_tune:.1f}"
+    )
     ref_wall = sum(t_ref.values())
-    print(f"CPU time (all cores, load-independent cost): ours {1e3 * c_eval / n:.1f} ms/map for the evaluation (index + pass + bootstrap, includes the fork of workers after the index), "
-          f"{1e3 * (c_tune + c_index) / n:.1f} ms/map for tuning (index + tuning pass); reference {c_ref / ref_wall:.2f} CPU-s per wall-s over its timed stages "
-          f"-> CPU-time speed-ups x{ref_eval * (c_ref / ref_wall) / c_eval:.1f} (evaluation), x{ref_tune * (c_ref / ref_wall) / (c_tune + c_index):.1f} (tuning)")
-    print(f"peak RSS: this process {peak_parent:.0f} MiB, largest worker {peak_child:.0f} MiB; 1-min load after: {load_after:.2f}")
+    print(
+        f"CPU time (all cores, load-independent cost): ours {1e3 * c_eval / n:.1f} ms/map "
+        "for the evaluation (index + pass + bootstrap, includes the fork of workers after the "
+        f"index), {1e3 * (c_tune + c_index) / n:.1f} ms/map for tuning (index + tuning pass); "
+        f"reference {c_ref / ref_wall:.2f} CPU-s per wall-s over its timed stages "
+        f"-> CPU-time speed-ups x{ref_eval * (c_ref / ref_wall) / c_eval:.1f} (evaluation), "
+        f"x{ref_tune * (c_ref / ref_wall) / (c_tune + c_index):.1f} (tuning)"
+    )
+    print(
+        f"peak RSS: this process {peak_parent:.0f} MiB, largest worker {peak_child:.0f} MiB; "
+        f"1-min load after: {load_after:.2f}"
+    )
 
     px = hit_diff = n_iou = nan_diff = 0
     iou_diff = 0.0
@@ -281,11 +348,18 @@ def main(argv: list[str] | None = None) -> None:
     for (cxr, task, thr), v in ref["tune_iou"].items():
         if (cxr, task) not in tune.index or np.isnan(v):
             continue
-        a, i, g = (float(tune.loc[(cxr, task), c]) for c in (f"tune_area_{thr:g}", f"tune_inter_{thr:g}", "gt_area"))
+        a, i, g = (
+            float(tune.loc[(cxr, task), c])
+            for c in (f"tune_area_{thr:g}", f"tune_inter_{thr:g}", "gt_area")
+        )
         tune_diff = max(tune_diff, abs(v - (i / (a + g - i) if a > 0 else np.nan)))
         n_tune += 1
-    print(f"agreement on the {len(ref['seg'])} reference maps: {px} differing mask pixels, {hit_diff} differing hit/miss values, "
-          f"max |IoU diff| {iou_diff:.2e} over {n_iou} IoUs ({nan_diff} NaN/non-NaN disagreements), max |tuning IoU diff| {tune_diff:.2e} over {n_tune} (map, threshold) IoUs")
+    print(
+        f"agreement on the {len(ref['seg'])} reference maps: {px} differing mask pixels, "
+        f"{hit_diff} differing hit/miss values, max |IoU diff| {iou_diff:.2e} over {n_iou} IoUs "
+        f"({nan_diff} NaN/non-NaN disagreements), max |tuning IoU diff| {tune_diff:.2e} "
+        f"over {n_tune} (map, threshold) IoUs"
+    )
     print(tune_grid.pivot(index="task", columns="threshold", values="mIoU").round(4).to_string())
     if tmp is not None:
         tmp.cleanup()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_DATA = REPO / "tests" / "data"
+TEST_DATA = REPO / "tests" / "fixtures"
 # The real CheXlocalize sample (MIT): JSON/CSV files, the 2 images and 3 of the 20 heatmap
 # pickles (without their ``cxr_img``); see its PROVENANCE.md. Tests read only files in the
 # repository, so a clean clone runs them all.
@@ -71,7 +71,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def chexlocalize_sample() -> Path:
-    """The real CheXlocalize sample kept in ``tests/data`` (never skipped)."""
+    """The real CheXlocalize sample kept in ``tests/fixtures`` (never skipped)."""
     return SAMPLE_IN_REPO
 
 
@@ -90,8 +90,19 @@ def kedro_project(tmp_path: Path) -> Path:
     (project / "conf" / "test").mkdir(exist_ok=True)
     (project / "conf" / "test" / "parameters_tiny.yml").write_text(TINY_TEST_ENV)
     shutil.copy(REPO / ".telemetry", project / ".telemetry")
-    (project / "src").mkdir()  # Kedro checks that the source folder exists; the package is installed
-    for layer in ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input", "06_models", "07_model_output", "08_reporting"):
+    (
+        project / "src"
+    ).mkdir()  # Kedro checks that the source folder exists; the package is installed
+    for layer in (
+        "01_raw",
+        "02_intermediate",
+        "03_primary",
+        "04_feature",
+        "05_model_input",
+        "06_models",
+        "07_model_output",
+        "08_reporting",
+    ):
         (project / "data" / layer).mkdir(parents=True)
     return project
 
@@ -99,7 +110,16 @@ def kedro_project(tmp_path: Path) -> Path:
 def kedro_env() -> dict[str, str]:
     """Environment for Kedro subprocesses: no telemetry, one thread per library."""
     env = dict(os.environ)
-    env.update({"KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "250"})
+    env.update(
+        {
+            "KEDRO_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            "COLUMNS": "250",
+        }
+    )
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
@@ -116,7 +136,10 @@ with KedroSession.create(project_path=project, env=env) as session:
     out = {}
     for name in names:
         data = catalog.load(name)
-        out[name] = {"type": type(data).__name__, "len": len(data) if hasattr(data, "__len__") else None}
+        out[name] = {
+            "type": type(data).__name__,
+            "len": len(data) if hasattr(data, "__len__") else None,
+        }
         if hasattr(data, "columns"):
             out[name]["columns"] = list(map(str, data.columns))
             out[name]["attrs"] = data.attrs
@@ -130,7 +153,14 @@ def load_from_catalog(project: Path, *names: str, env: str = "test") -> dict:
     """Load datasets through a real ``KedroSession`` (in a subprocess) and summarise them."""
     import json
 
-    proc = subprocess.run([sys.executable, "-c", LOAD_DATASETS_SCRIPT, str(project), env, *names], cwd=project, env=kedro_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_DATASETS_SCRIPT, str(project), env, *names],
+        cwd=project,
+        env=kedro_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if proc.returncode != 0:
         pytest.fail(f"loading {names} from the catalog failed:\n{proc.stderr[-6000:]}")
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("JSON:"))
@@ -141,7 +171,9 @@ def load_from_catalog(project: Path, *names: str, env: str = "test") -> dict:
 def run_kedro() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run ``kedro <args>`` in a project folder; fail the test with the output on error."""
 
-    def _run(project: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    def _run(
+        project: Path, *args: str, check: bool = True, timeout: int = 600
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "kedro", *args],
             cwd=project,
@@ -152,7 +184,10 @@ def run_kedro() -> Callable[..., subprocess.CompletedProcess[str]]:
         )
         proc.log = " ".join((proc.stdout + proc.stderr).split())  # type: ignore[attr-defined]  # whitespace-normalised
         if check and proc.returncode != 0:
-            pytest.fail(f"kedro {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+            pytest.fail(
+                f"kedro {' '.join(args)} failed ({proc.returncode}):\n"
+                f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+            )
         return proc
 
     return _run

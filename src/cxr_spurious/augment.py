@@ -53,13 +53,30 @@ def augment_pair(
     shift = rng.uniform(-cfg.max_translation, cfg.max_translation, size=2) * np.array([w, h])
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, scale)
     matrix[:, 2] += shift
-    warped = cv2.warpAffine(np.asarray(image, dtype=np.float32), matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    warped = cv2.warpAffine(
+        np.asarray(image, dtype=np.float32),
+        matrix,
+        (w, h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
     x = np.clip(warped.astype(np.float64), 0.0, 1.0)
     x = x ** np.exp(rng.uniform(-cfg.max_gamma, cfg.max_gamma))
     x = (x - x.mean()) * (1.0 + rng.uniform(-cfg.max_contrast, cfg.max_contrast)) + x.mean()
     x = x + rng.normal(0.0, cfg.noise_std, size=x.shape)
     if target is not None:
-        target = np.stack([cv2.warpAffine(np.asarray(t, dtype=np.float32), matrix, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT) for t in target])
+        target = np.stack(
+            [
+                cv2.warpAffine(
+                    np.asarray(t, dtype=np.float32),
+                    matrix,
+                    (w, h),
+                    flags=cv2.INTER_NEAREST,
+                    borderMode=cv2.BORDER_CONSTANT,
+                )
+                for t in target
+            ]
+        )
     return np.clip(x, 0.0, 1.0).astype(np.float32), target
 
 
@@ -78,6 +95,10 @@ def augment_image(image: np.ndarray, seed: int, config: AugmentConfig | None = N
         ParameterError: the image is not a 2-D uint8 array.
     """
     if image.ndim != 2 or image.dtype != np.uint8:
-        raise ParameterError("image", f"expected a 2-D uint8 array, got shape {image.shape} dtype {image.dtype}")
-    out, _ = augment_pair(image.astype(np.float32) / 255.0, None, np.random.default_rng(seed), config)
+        raise ParameterError(
+            "image", f"expected a 2-D uint8 array, got shape {image.shape} dtype {image.dtype}"
+        )
+    out, _ = augment_pair(
+        image.astype(np.float32) / 255.0, None, np.random.default_rng(seed), config
+    )
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)

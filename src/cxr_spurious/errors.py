@@ -23,7 +23,11 @@ class DataFormatError(CxrSpuriousError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str], dict[str, str | None]]:
         # Keyword-only ``where`` needs explicit pickling (errors cross process pools).
-        return (self.__class__, (self.source, self.problem), {"where": self.where, "args": self.args})
+        return (
+            self.__class__,
+            (self.source, self.problem),
+            {"where": self.where, "args": self.args},
+        )
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.where = state["where"]  # type: ignore[assignment]
@@ -46,7 +50,9 @@ class ContractError(CxrSpuriousError):
     """A table or array handed between pipelines breaks the documented contract."""
 
 
-def unknown_name_error(kind: str, name: str, valid: object, key: str | None = None) -> CxrSpuriousError:
+def unknown_name_error(
+    kind: str, name: str, valid: object, key: str | None = None
+) -> CxrSpuriousError:
     """Build the standard error for an unknown registry name.
 
     Args:

@@ -26,7 +26,16 @@ import pandas as pd
 
 from cxr_spurious.errors import ContractError, ParameterError
 
-INDEX_COLUMNS: tuple[str, ...] = ("image_id", "task", "prob", "gt", "cxr_w", "cxr_h", "model", "method")
+INDEX_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "task",
+    "prob",
+    "gt",
+    "cxr_w",
+    "cxr_h",
+    "model",
+    "method",
+)
 
 
 @dataclass
@@ -39,12 +48,20 @@ class HeatmapSet:
     def __post_init__(self) -> None:
         missing = [c for c in INDEX_COLUMNS if c not in self.index.columns]
         if missing:
-            raise ContractError(f"HeatmapSet index lacks column(s) {missing}; expected {list(INDEX_COLUMNS)}")
+            raise ContractError(
+                f"HeatmapSet index lacks column(s) {missing}; expected {list(INDEX_COLUMNS)}"
+            )
         if self.maps.ndim != 3 or self.maps.shape[0] != len(self.index):
-            raise ContractError(f"HeatmapSet maps must be (n, h, w) with n = {len(self.index)} rows, got {self.maps.shape}")
+            raise ContractError(
+                f"HeatmapSet maps must be (n, h, w) with n = {len(self.index)} rows, "
+                f"got {self.maps.shape}"
+            )
         keys = self.index["image_id"].astype(str) + "|" + self.index["task"].astype(str)
         if keys.duplicated().any():
-            raise ContractError(f"HeatmapSet has duplicate (image_id, task) rows: {list(keys[keys.duplicated()][:3])}")
+            raise ContractError(
+                "HeatmapSet has duplicate (image_id, task) rows: "
+                f"{list(keys[keys.duplicated()][:3])}"
+            )
 
     def __len__(self) -> int:
         return len(self.index)
@@ -55,7 +72,9 @@ class HeatmapSet:
         return HeatmapSet(self.index.loc[m].reset_index(drop=True), self.maps[m])
 
 
-def sample_positives_first(heatmaps: HeatmapSet, n: int, seed: int, *, parameter: str, positive: np.ndarray | None = None) -> np.ndarray:
+def sample_positives_first(
+    heatmaps: HeatmapSet, n: int, seed: int, *, parameter: str, positive: np.ndarray | None = None
+) -> np.ndarray:
     """Row numbers of a seeded sample of at most ``n`` maps, positive rows drawn first.
 
     The one "positives first" sampler of the overlay figures: ``n`` rows are drawn without
@@ -81,9 +100,15 @@ def sample_positives_first(heatmaps: HeatmapSet, n: int, seed: int, *, parameter
     """
     if n < 1:
         raise ParameterError(parameter, f"must be >= 1, got {n}")
-    first = heatmaps.index["gt"].to_numpy(dtype=float) == 1 if positive is None else np.asarray(positive, dtype=bool)
+    first = (
+        heatmaps.index["gt"].to_numpy(dtype=float) == 1
+        if positive is None
+        else np.asarray(positive, dtype=bool)
+    )
     if first.shape != (len(heatmaps),):
-        raise ContractError(f"positive mask has shape {first.shape}; expected one flag per row ({len(heatmaps)},)")
+        raise ContractError(
+            f"positive mask has shape {first.shape}; expected one flag per row ({len(heatmaps)},)"
+        )
     rng = np.random.default_rng(seed)
     picked: list[int] = []
     for pool in (np.flatnonzero(first), np.flatnonzero(~first)):

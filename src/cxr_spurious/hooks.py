@@ -1,7 +1,13 @@
-"""Project hooks: per-stage wall time, logged at the end of every run.
+"""Project hooks: per-stage wall time, logged at the end of every run; and the sweep's
+parameters handed to pipeline construction.
 
 A stage's time is its nodes' run time plus the time spent loading their inputs and saving
 their outputs (saving is where the phantom is generated and the image cache is built).
+
+``SweepParamsHook`` stashes the ``sweep`` parameters (with ``--params`` overrides) when the
+context is created, which Kedro does before the first access to the registered pipelines
+(``KedroSession.run``: ``load_context()``, then ``pipelines[name]``), so that
+``pipelines/sweep/pipeline.py`` can build one namespace per grid cell.
 """
 
 from __future__ import annotations
@@ -11,13 +17,43 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from kedro.framework.context import KedroContext
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Node
 
 logger = logging.getLogger(__name__)
 
 # Pipeline (stage) names, in study order; a node's stage is the first of its tags listed here.
-STAGES: tuple[str, ...] = ("ingestion", "debiasing", "training", "saliency", "localization", "regression", "robustness", "study", "comparison")
+STAGES: tuple[str, ...] = (
+    "ingestion",
+    "debiasing",
+    "training",
+    "saliency",
+    "localization",
+    "regression",
+    "robustness",
+    "study",
+    "comparison",
+    "sweep",
+)
+
+_SWEEP_PARAMS: dict[str, Any] | None = None
+
+
+def stashed_sweep_params() -> dict[str, Any] | None:
+    """The ``sweep`` parameters of the current session's context (None before one exists)."""
+    return None if _SWEEP_PARAMS is None else dict(_SWEEP_PARAMS)
+
+
+class SweepParamsHook:
+    """Stash ``config_loader["parameters"]["sweep"]`` (runtime overrides included) at
+    context creation; reading ``context.params`` here would load the pipelines first."""
+
+    @hook_impl
+    def after_context_created(self, context: KedroContext) -> None:
+        global _SWEEP_PARAMS
+        sweep = context.config_loader["parameters"].get("sweep")
+        _SWEEP_PARAMS = dict(sweep) if isinstance(sweep, dict) else None
 
 
 class StageTimingHooks:
@@ -40,7 +76,11 @@ class StageTimingHooks:
 
     @hook_impl
     def after_node_run(self, node: Node) -> None:
+        started = self._start.get(node.name)
         self._stop(node.name, node)
+        if started is not None:  # the console's one line per node (logging_filters.py)
+            seconds = time.perf_counter() - started
+            logger.info("Node %s done in %.1f s (%s)", node.name, seconds, stage_of(node))
 
     @hook_impl
     def before_dataset_loaded(self, dataset_name: str, node: Node) -> None:
@@ -66,7 +106,10 @@ class StageTimingHooks:
     @hook_impl
     def after_pipeline_run(self) -> None:
         total = time.perf_counter() - self._run_start
-        parts = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in sorted(self._totals.items(), key=lambda kv: _order(kv[0])))
+        parts = ", ".join(
+            f"{stage} {seconds:.0f} s"
+            for stage, seconds in sorted(self._totals.items(), key=lambda kv: _order(kv[0]))
+        )
         logger.info("Wall time by stage: %s; whole run %.0f s", parts, total)
 
 

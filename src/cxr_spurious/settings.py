@@ -22,7 +22,8 @@ from kedro.config import OmegaConfigLoader
 from omegaconf import DictConfig, OmegaConf
 
 from cxr_spurious.errors import ParameterError
-from cxr_spurious.hooks import StageTimingHooks
+from cxr_spurious.hooks import StageTimingHooks, SweepParamsHook
+from cxr_spurious.tracking import MlflowRunNamingHook
 
 #: Config keys (groups of files) in which ``${env:...}`` may be used.
 ENV_CONFIG_KEYS = ("credentials", "mlflow")
@@ -36,7 +37,9 @@ ENV_ALLOWED = (
 )
 
 _ENV_USE = re.compile(r"\$\{\s*env\s*:\s*([^,}]*)")
-_LOADING: contextvars.ContextVar[str | None] = contextvars.ContextVar("cxr_config_key", default=None)
+_LOADING: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "cxr_config_key", default=None
+)
 
 
 def env_name_allowed(name: str) -> bool:
@@ -115,4 +118,4 @@ CONFIG_LOADER_ARGS = {
     },
 }
 
-HOOKS = (StageTimingHooks(),)
+HOOKS = (StageTimingHooks(), SweepParamsHook(), MlflowRunNamingHook())

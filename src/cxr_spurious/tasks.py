@@ -21,7 +21,14 @@ CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
 )
 
 # The header of CheXpert train.csv / valid.csv, exactly.
-CHEXPERT_HEADER: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_OBSERVATIONS)
+CHEXPERT_HEADER: tuple[str, ...] = (
+    "Path",
+    "Sex",
+    "Age",
+    "Frontal/Lateral",
+    "AP/PA",
+    *CHEXPERT_OBSERVATIONS,
+)
 
 # The 10 CheXlocalize localization tasks.
 CHEXLOCALIZE_TASKS: tuple[str, ...] = (
@@ -37,28 +44,25 @@ CHEXLOCALIZE_TASKS: tuple[str, ...] = (
     "Support Devices",
 )
 
-# Order of the 14-vector ``prob`` in CheXlocalize heatmap pickles (Lesion/Opacity swapped
-# with respect to the CheXpert CSV).
-CHEXLOCALIZE_PROB_ORDER: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Lesion",
-    "Airspace Opacity",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-
 # Manifest pathology columns use CheXlocalize spellings ("Airspace Opacity").
 CSV_TO_TASK = {"Lung Opacity": "Airspace Opacity"}
 TASK_TO_CSV = {v: k for k, v in CSV_TO_TASK.items()}
+
+
+def _lesion_before_opacity(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` with "Lung Lesion" and "Airspace Opacity" trading places."""
+    out = list(names)
+    i, j = out.index("Airspace Opacity"), out.index("Lung Lesion")
+    out[i], out[j] = out[j], out[i]
+    return tuple(out)
+
+
+# Order of the 14-vector ``prob`` in CheXlocalize heatmap pickles (``CHEXPERT_TASKS`` of the
+# CheXlocalize code): the CheXpert observations in task spelling, with Lesion and Opacity
+# swapped with respect to the CheXpert CSV.
+CHEXLOCALIZE_PROB_ORDER: tuple[str, ...] = _lesion_before_opacity(
+    tuple(CSV_TO_TASK.get(name, name) for name in CHEXPERT_OBSERVATIONS)
+)
 
 # Pathologies the phantom generator draws (a subset of the CheXlocalize tasks).
 PHANTOM_TASKS: tuple[str, ...] = (

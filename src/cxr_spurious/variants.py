@@ -1,8 +1,10 @@
 """The model variants of the study, declared once.
 
-Each name is a Kedro namespace: the training template pipeline is instantiated once per
-name, and saliency, localization and robustness follow the same names. The supervision
-method, architecture and budget of each variant are parameters
+Each name is a Kedro namespace: the training, saliency, robustness and study templates
+are instantiated once per name (``cxr_spurious.pipelines._recipe.per_variant``; the recipe
+and a worked example of adding a variant are in docs/ARCHITECTURE.md), and the catalog's
+``"{variant}.<dataset>"`` patterns place each variant's datasets. The supervision, the
+architecture and the budget of each variant are parameters, ``training.variants.<name>``
 (``conf/base/parameters_training.yml``).
 """
 
@@ -23,9 +25,12 @@ STUDY_HEATMAPS: tuple[tuple[str, str], ...] = (
 )
 
 
-def heatmap_namespace(model: str, method: str) -> str:
-    """Kedro namespace of one (model, method) heatmap set, e.g. ``erm.gradcam``.
+def heatmap_set_name(model: str, method: str) -> str:
+    """Name of one (model, method) heatmap set, e.g. ``erm.gradcam``.
 
-    Kedro namespaces may not contain '+', so ``gradcam++`` becomes ``gradcampp``.
+    The one place heatmap set names are made: the keys of ``heatmap_collection``, the
+    ``set`` column of the localization tables, ``saliency.export.sets`` and the overlay
+    figures' names. Not a Kedro namespace. ``gradcam++`` becomes ``gradcampp`` (the name
+    of the set's folders and files, kept as it was when set names were namespaces).
     """
     return f"{model}.{method.replace('+', 'p')}"

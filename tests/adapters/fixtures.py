@@ -73,7 +73,14 @@ def write_dicom(
         if window is not None:
             ds.WindowCenter, ds.WindowWidth = window
         if pixels is not None:
-            _set_pixels(ds, pixels, photometric=photometric, bits_stored=bits_stored, signed=signed, jpeg=jpeg)
+            _set_pixels(
+                ds,
+                pixels,
+                photometric=photometric,
+                bits_stored=bits_stored,
+                signed=signed,
+                jpeg=jpeg,
+            )
         if syntax is not None:
             ds.file_meta.TransferSyntaxUID = syntax
             if ds.file_meta.TransferSyntaxUID.is_compressed and pixels is not None and not jpeg:
@@ -90,7 +97,14 @@ def write_dicom(
     return path
 
 
-def _secondary_capture(sop_uid: str | None, study_uid: str | None, series_uid: str | None, patient_id: str, sex: str, age: str) -> Dataset:
+def _secondary_capture(
+    sop_uid: str | None,
+    study_uid: str | None,
+    series_uid: str | None,
+    patient_id: str,
+    sex: str,
+    age: str,
+) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
@@ -112,7 +126,9 @@ def _secondary_capture(sop_uid: str | None, study_uid: str | None, series_uid: s
     return ds
 
 
-def _set_pixels(ds: Dataset, pixels: np.ndarray, *, photometric: str, bits_stored: int, signed: bool, jpeg: bool) -> None:
+def _set_pixels(
+    ds: Dataset, pixels: np.ndarray, *, photometric: str, bits_stored: int, signed: bool, jpeg: bool
+) -> None:
     h, w = pixels.shape
     ds.Rows, ds.Columns = h, w
     ds.SamplesPerPixel = 1
@@ -129,7 +145,12 @@ def _set_pixels(ds: Dataset, pixels: np.ndarray, *, photometric: str, bits_store
         ds.LossyImageCompression = "01"
         ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     else:
-        dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}[(ds.BitsAllocated, signed)]
+        dtype = {
+            (8, False): np.uint8,
+            (8, True): np.int8,
+            (16, False): np.uint16,
+            (16, True): np.int16,
+        }[(ds.BitsAllocated, signed)]
         ds.PixelData = np.ascontiguousarray(pixels.astype(dtype)).tobytes()
 
 
@@ -170,7 +191,9 @@ def write_jpeg(path: Path, size: tuple[int, int]) -> Path:
     """A tiny 8-bit grayscale JPEG of ``size`` (w, h)."""
     w, h = size
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.arange(w * h).reshape(h, w) % 251).astype(np.uint8), mode="L").save(path, format="JPEG")
+    Image.fromarray((np.arange(w * h).reshape(h, w) % 251).astype(np.uint8), mode="L").save(
+        path, format="JPEG"
+    )
     return path
 
 
@@ -187,24 +210,158 @@ def write_text(path: Path, text: str, *, gz: bool = False) -> Path:
 
 # --------------------------------------------------------------------------- CheXpert
 
-CHEXPERT_HEADER_LINE = "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
+CHEXPERT_HEADER_LINE = (
+    "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,"
+    "Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,"
+    "Pleural Effusion,Pleural Other,Fracture,Support Devices"
+)
 # (split dir, patient, study, file, Sex, Age, Frontal/Lateral, AP/PA, 14 labels as CSV text)
 CHEXPERT_TRAIN_ROWS: tuple[tuple[str, ...], ...] = (
-    ("train", "patient00417", "study2", "view1_frontal.jpg", "Female", "54", "Frontal", "AP", ",,-1.0,1.0,,,,,,0.0,1.0,,,1.0"),
-    ("train", "patient00417", "study2", "view2_lateral.jpg", "Female", "54", "Lateral", "", ",,-1.0,1.0,,,,,,0.0,1.0,,,1.0"),
-    ("train", "patient03120", "study1", "view1_frontal.jpg", "Male", "77", "Frontal", "PA", "1.0,,0.0,,,,,,,0.0,,,,"),
-    ("train", "patient03120", "study2", "view2_frontal.jpg", "Male", "78", "Frontal", "PA", ",,,,,-1.0,,,1.0,,,,,"),
-    ("train", "patient03121", "study1", "view1_lateral.jpg", "Unknown", "0", "Lateral", "", ",,,,,,,,,1.0,,,,"),
-    ("train", "patient03122", "study1", "view1_frontal.jpg", "Female", "90", "Frontal", "LL", ",1.0,,,,,,,,,,,0.0,"),
-    ("train", "patient03123", "study1", "view1_frontal.jpg", "Male", "35", "Frontal", "AP", "1.0,,,,,,,,,,,,,"),
-    ("train", "patient03124", "study1", "view1_frontal.jpg", "Female", "61", "Frontal", "PA", ",,,,,,,,-1.0,,,,,"),
-    ("train", "patient03125", "study1", "view1_frontal.jpg", "Male", "48", "Frontal", "AP", ",,,1.0,,,,,,,,,,"),
-    ("train", "patient03126", "study1", "view1_frontal.jpg", "Female", "70", "Frontal", "PA", ",,1.0,,,,,,,,,,,"),
+    (
+        "train",
+        "patient00417",
+        "study2",
+        "view1_frontal.jpg",
+        "Female",
+        "54",
+        "Frontal",
+        "AP",
+        ",,-1.0,1.0,,,,,,0.0,1.0,,,1.0",
+    ),
+    (
+        "train",
+        "patient00417",
+        "study2",
+        "view2_lateral.jpg",
+        "Female",
+        "54",
+        "Lateral",
+        "",
+        ",,-1.0,1.0,,,,,,0.0,1.0,,,1.0",
+    ),
+    (
+        "train",
+        "patient03120",
+        "study1",
+        "view1_frontal.jpg",
+        "Male",
+        "77",
+        "Frontal",
+        "PA",
+        "1.0,,0.0,,,,,,,0.0,,,,",
+    ),
+    (
+        "train",
+        "patient03120",
+        "study2",
+        "view2_frontal.jpg",
+        "Male",
+        "78",
+        "Frontal",
+        "PA",
+        ",,,,,-1.0,,,1.0,,,,,",
+    ),
+    (
+        "train",
+        "patient03121",
+        "study1",
+        "view1_lateral.jpg",
+        "Unknown",
+        "0",
+        "Lateral",
+        "",
+        ",,,,,,,,,1.0,,,,",
+    ),
+    (
+        "train",
+        "patient03122",
+        "study1",
+        "view1_frontal.jpg",
+        "Female",
+        "90",
+        "Frontal",
+        "LL",
+        ",1.0,,,,,,,,,,,0.0,",
+    ),
+    (
+        "train",
+        "patient03123",
+        "study1",
+        "view1_frontal.jpg",
+        "Male",
+        "35",
+        "Frontal",
+        "AP",
+        "1.0,,,,,,,,,,,,,",
+    ),
+    (
+        "train",
+        "patient03124",
+        "study1",
+        "view1_frontal.jpg",
+        "Female",
+        "61",
+        "Frontal",
+        "PA",
+        ",,,,,,,,-1.0,,,,,",
+    ),
+    (
+        "train",
+        "patient03125",
+        "study1",
+        "view1_frontal.jpg",
+        "Male",
+        "48",
+        "Frontal",
+        "AP",
+        ",,,1.0,,,,,,,,,,",
+    ),
+    (
+        "train",
+        "patient03126",
+        "study1",
+        "view1_frontal.jpg",
+        "Female",
+        "70",
+        "Frontal",
+        "PA",
+        ",,1.0,,,,,,,,,,,",
+    ),
 )
 CHEXPERT_VALID_ROWS: tuple[tuple[str, ...], ...] = (
-    ("valid", "patient64541", "study1", "view1_frontal.jpg", "Male", "73", "Frontal", "AP", "0.0,1.0,1.0,1.0,0.0,1.0,1.0,0.0,1.0,0.0,0.0,0.0,0.0,1.0"),
-    ("valid", "patient64542", "study1", "view1_frontal.jpg", "Female", "70", "Frontal", "PA", "1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0"),
-    ("valid", "patient64542", "study1", "view2_lateral.jpg", "Female", "70", "Lateral", "", "1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0"),
+    (
+        "valid",
+        "patient64541",
+        "study1",
+        "view1_frontal.jpg",
+        "Male",
+        "73",
+        "Frontal",
+        "AP",
+        "0.0,1.0,1.0,1.0,0.0,1.0,1.0,0.0,1.0,0.0,0.0,0.0,0.0,1.0",
+    ),
+    (
+        "valid",
+        "patient64542",
+        "study1",
+        "view1_frontal.jpg",
+        "Female",
+        "70",
+        "Frontal",
+        "PA",
+        "1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0",
+    ),
+    (
+        "valid",
+        "patient64542",
+        "study1",
+        "view2_lateral.jpg",
+        "Female",
+        "70",
+        "Lateral",
+        "",
+        "1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0",
+    ),
 )
 CHEXPERT_TEST_ROWS: tuple[tuple[str, ...], ...] = (
     ("test", "patient64741", "study1", "view1_frontal.jpg", "0,0,1,1,0,0,0,0,0,0,1,0,0,1"),
@@ -216,7 +373,9 @@ def chexpert_image_size(index: int) -> tuple[int, int]:
     return 20 + index, 16 + 2 * index
 
 
-def build_chexpert(base: Path, *, prefix: str = "CheXpert-v1.0-small", with_test: bool = False) -> Path:
+def build_chexpert(
+    base: Path, *, prefix: str = "CheXpert-v1.0-small", with_test: bool = False
+) -> Path:
     """CheXpert tree under ``base/chexpert/<prefix>/``; returns ``base/chexpert``.
 
     ``valid.csv`` paths use the other prefix (full vs small) to prove both are stripped.
@@ -225,10 +384,15 @@ def build_chexpert(base: Path, *, prefix: str = "CheXpert-v1.0-small", with_test
     data = root / prefix
     other = "CheXpert-v1.0" if prefix.endswith("small") else "CheXpert-v1.0-small"
     index = 0
-    for name, rows, pref in (("train.csv", CHEXPERT_TRAIN_ROWS, prefix), ("valid.csv", CHEXPERT_VALID_ROWS, other)):
+    for name, rows, pref in (
+        ("train.csv", CHEXPERT_TRAIN_ROWS, prefix),
+        ("valid.csv", CHEXPERT_VALID_ROWS, other),
+    ):
         lines = [CHEXPERT_HEADER_LINE]
         for split_dir, patient, study, file, sex, age, fl, appa, labels in rows:
-            lines.append(f"{pref}/{split_dir}/{patient}/{study}/{file},{sex},{age},{fl},{appa},{labels}")
+            lines.append(
+                f"{pref}/{split_dir}/{patient}/{study}/{file},{sex},{age},{fl},{appa},{labels}"
+            )
             write_jpeg(data / split_dir / patient / study / file, chexpert_image_size(index))
             index += 1
         write_text(data / name, "\n".join(lines) + "\n")
@@ -245,7 +409,13 @@ def build_chexpert(base: Path, *, prefix: str = "CheXpert-v1.0-small", with_test
 
 def base_params(**overrides: object) -> dict[str, object]:
     """The ``ingestion`` parameter block as the pipeline hands it to an adapter."""
-    params: dict[str, object] = {"root": "", "split_fractions": {"train": 0.7, "val": 0.1, "test": 0.2}, "seed": 0, "on_missing": "error", "tasks": None}
+    params: dict[str, object] = {
+        "root": "",
+        "split_fractions": {"train": 0.7, "val": 0.1, "test": 0.2},
+        "seed": 0,
+        "on_missing": "error",
+        "tasks": None,
+    }
     params.update(overrides)
     return params
 
@@ -280,7 +450,17 @@ class SiimFixture:
 # (n, patient, sex, age, view, series description, photometric, instance masks, tube label)
 SIIM_IMAGES: tuple[tuple[object, ...], ...] = (
     (1, "p-a", "M", "62", "PA", "view: PA", "MONOCHROME2", [], False),
-    (2, "p-b", "F", "45", "AP", "view: AP", "MONOCHROME2", [((150, 300), 40), ((160, 700), 30)], True),
+    (
+        2,
+        "p-b",
+        "F",
+        "45",
+        "AP",
+        "view: AP",
+        "MONOCHROME2",
+        [((150, 300), 40), ((160, 700), 30)],
+        True,
+    ),
     (3, "p-c", "M", "71", "PA", "view: PA", "MONOCHROME1", [((200, 250), 25)], None),
     (4, "p-d", "F", "058Y", None, "view: AP", "MONOCHROME2", [], None),
     (5, "p-e", "M", "33", "PA", "view: PA", "MONOCHROME2", [((120, 760), 35)], None),
@@ -290,7 +470,13 @@ SIIM_IMAGES: tuple[tuple[object, ...], ...] = (
 )
 
 
-def build_siim(base: Path, *, leading_space_values: bool = True, header: str = "ImageId, EncodedPixels", size: int = 1024) -> SiimFixture:
+def build_siim(
+    base: Path,
+    *,
+    leading_space_values: bool = True,
+    header: str = "ImageId, EncodedPixels",
+    size: int = 1024,
+) -> SiimFixture:
     """SIIM-ACR tree: JPEG-compressed DICOMs in Study/Series folders, train-rle.csv, tube pickle.
 
     One extra DICOM has no CSV row; the tube dict also names an ImageId that is not on disk.
@@ -303,7 +489,20 @@ def build_siim(base: Path, *, leading_space_values: bool = True, header: str = "
     for n, patient, sex, age, view, desc, photometric, shapes, tube in SIIM_IMAGES:
         sop = siim_uid(4, n)
         path = root / "dicom-images-train" / siim_uid(2, n) / siim_uid(3, n) / f"{sop}.dcm"
-        write_dicom(path, pixels, sop_uid=sop, study_uid=siim_uid(2, n), series_uid=siim_uid(3, n), patient_id=patient, sex=sex, age=age, view=view, series_description=desc, photometric=photometric, jpeg=True)
+        write_dicom(
+            path,
+            pixels,
+            sop_uid=sop,
+            study_uid=siim_uid(2, n),
+            series_uid=siim_uid(3, n),
+            patient_id=patient,
+            sex=sex,
+            age=age,
+            view=view,
+            series_description=desc,
+            photometric=photometric,
+            jpeg=True,
+        )
         masks = [blob(c, r, size) for c, r in shapes]
         fx.instances[sop] = masks
         fx.patients[sop] = patient
@@ -311,7 +510,12 @@ def build_siim(base: Path, *, leading_space_values: bool = True, header: str = "
         if tube is not None:
             fx.tube_labels[sop] = tube
     extra = siim_uid(4, 99)
-    write_dicom(root / "dicom-images-train" / siim_uid(2, 99) / siim_uid(3, 99) / f"{extra}.dcm", pixels[:8, :8], sop_uid=extra, jpeg=True)
+    write_dicom(
+        root / "dicom-images-train" / siim_uid(2, 99) / siim_uid(3, 99) / f"{extra}.dcm",
+        pixels[:8, :8],
+        sop_uid=extra,
+        jpeg=True,
+    )
     fx.unlabelled = extra
     write_text(fx.csv, "\n".join(lines) + "\n")
     (root / "dicom-images-train" / ".DS_Store").write_bytes(b"\x00\x00")
@@ -322,7 +526,10 @@ def build_siim(base: Path, *, leading_space_values: bool = True, header: str = "
 
 # --------------------------------------------------------------------------- NIH ChestX-ray14
 
-NIH_HEADER_V2020 = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+NIH_HEADER_V2020 = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 # (image, labels, follow-up, patient id, age, sex, view, list); follow-up differs from the suffix.
 NIH_ROWS: tuple[tuple[str, ...], ...] = (
     ("00004521_000.png", "Effusion|Infiltration", "0", "4521", "63", "F", "AP", "train"),
@@ -334,7 +541,16 @@ NIH_ROWS: tuple[tuple[str, ...], ...] = (
     ("00030003_000.png", "Hernia|Mass", "0", "30003", "88", "F", "PA", "train"),
     ("00030004_000.png", "No Finding", "0", "30004", "52", "M", "PA", "train"),
     ("00040001_000.png", "Pneumothorax", "0", "40001", "33", "F", "AP", "test"),
-    ("00040002_001.png", "Emphysema|Fibrosis|Edema|Consolidation|Pneumonia|Atelectasis", "0", "40002", "60", "M", "PA", "test"),
+    (
+        "00040002_001.png",
+        "Emphysema|Fibrosis|Edema|Consolidation|Pneumonia|Atelectasis",
+        "0",
+        "40002",
+        "60",
+        "M",
+        "PA",
+        "test",
+    ),
 )
 NIH_BBOX_LINES = (
     "Image Index,Finding Label,Bbox [x,y,w,h],,,",
@@ -347,7 +563,9 @@ NIH_SIZE = 64
 NIH_RGBA = "00030002_000"
 
 
-def build_nih(base: Path, *, variant: str = "v2020", with_lists: bool = True, with_boxes: bool = True) -> Path:
+def build_nih(
+    base: Path, *, variant: str = "v2020", with_lists: bool = True, with_boxes: bool = True
+) -> Path:
     """NIH tree in the Kaggle layout (``images_00N/images/*.png``); one RGBA PNG.
 
     ``variant='2017'`` writes ``Data_Entry_2017.csv`` with each line's trailing comma.
@@ -356,9 +574,16 @@ def build_nih(base: Path, *, variant: str = "v2020", with_lists: bool = True, wi
     trailing = "," if variant == "2017" else ""
     lines = [NIH_HEADER_V2020 + trailing]
     for k, (image, labels, follow, pid, age, sex, view, _split) in enumerate(NIH_ROWS):
-        lines.append(f"{image},{labels},{follow},{pid},{age},{sex},{view},2500,2048,0.168,0.168{trailing}")
+        lines.append(
+            f"{image},{labels},{follow},{pid},{age},{sex},{view},2500,2048,0.168,0.168{trailing}"
+        )
         mode = "RGBA" if image.startswith(NIH_RGBA) else "L"
-        write_png(root / f"images_00{1 + k % 2}" / "images" / image, (NIH_SIZE, NIH_SIZE), mode=mode, value=40 + k)
+        write_png(
+            root / f"images_00{1 + k % 2}" / "images" / image,
+            (NIH_SIZE, NIH_SIZE),
+            mode=mode,
+            value=40 + k,
+        )
     name = "Data_Entry_2017.csv" if variant == "2017" else "Data_Entry_2017_v2020.csv"
     write_text(root / name, "\n".join(lines) + "\n")
     if with_lists:
@@ -371,8 +596,16 @@ def build_nih(base: Path, *, variant: str = "v2020", with_lists: bool = True, wi
 
 # --------------------------------------------------------------------------- MIMIC-CXR-JPG
 
-MIMIC_META_HEADER = "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,PatientOrientationCodeSequence_CodeMeaning"
-MIMIC_LABEL_HEADER = "subject_id,study_id,Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices"
+MIMIC_META_HEADER = (
+    "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,"
+    "StudyDate,StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,"
+    "PatientOrientationCodeSequence_CodeMeaning"
+)
+MIMIC_LABEL_HEADER = (
+    "subject_id,study_id,Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,"
+    "Fracture,Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,"
+    "Pneumothorax,Support Devices"
+)
 
 
 def mimic_dicom_id(n: int) -> str:
@@ -413,12 +646,31 @@ MIMIC_PATIENTS = (
     "14555505,M,40,2130,2011 - 2013,",
 )
 MIMIC_ADMISSIONS_V2 = (
-    "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admit_provider_id,admission_location,discharge_location,insurance,language,marital_status,race,edregtime,edouttime,hospital_expire_flag",
-    "10999901,27777701,2153-04-11 09:12:00,2153-04-14 15:00:00,,EW EMER.,P12ABC,EMERGENCY ROOM,HOME,Medicare,English,MARRIED,WHITE,2153-04-11 05:40:00,2153-04-11 09:30:00,0",
-    "10999901,27777702,2156-01-03 10:00:00,2156-01-05 12:00:00,,URGENT,P12ABC,WALK-IN/SELF REFERRAL,HOME,Other,English,MARRIED,BLACK/AFRICAN AMERICAN,,,0",
-    "10999901,27777703,2150-06-01 10:00:00,2150-06-02 12:00:00,,ELECTIVE,P12ABC,PHYSICIAN REFERRAL,HOME,Medicaid,English,MARRIED,WHITE,,,0",
-    "11888802,26666601,2187-01-01 20:00:00,2187-01-09 10:00:00,,EW EMER.,P34DEF,EMERGENCY ROOM,SKILLED NURSING FACILITY,Medicaid,English,WIDOWED,UNABLE TO OBTAIN,,,0",
-    "13666604,25555501,2120-02-02 08:00:00,2120-02-03 08:00:00,,EW EMER.,P56GHI,EMERGENCY ROOM,HOME,Private,English,SINGLE,ASIAN,,,0",
+    (
+        "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admit_provider_id,"
+        "admission_location,discharge_location,insurance,language,marital_status,race,edregtime,"
+        "edouttime,hospital_expire_flag"
+    ),
+    (
+        "10999901,27777701,2153-04-11 09:12:00,2153-04-14 15:00:00,,EW EMER.,P12ABC,EMERGENCY ROOM,"
+        "HOME,Medicare,English,MARRIED,WHITE,2153-04-11 05:40:00,2153-04-11 09:30:00,0"
+    ),
+    (
+        "10999901,27777702,2156-01-03 10:00:00,2156-01-05 12:00:00,,URGENT,P12ABC,"
+        "WALK-IN/SELF REFERRAL,HOME,Other,English,MARRIED,BLACK/AFRICAN AMERICAN,,,0"
+    ),
+    (
+        "10999901,27777703,2150-06-01 10:00:00,2150-06-02 12:00:00,,ELECTIVE,P12ABC,"
+        "PHYSICIAN REFERRAL,HOME,Medicaid,English,MARRIED,WHITE,,,0"
+    ),
+    (
+        "11888802,26666601,2187-01-01 20:00:00,2187-01-09 10:00:00,,EW EMER.,P34DEF,EMERGENCY ROOM,"
+        "SKILLED NURSING FACILITY,Medicaid,English,WIDOWED,UNABLE TO OBTAIN,,,0"
+    ),
+    (
+        "13666604,25555501,2120-02-02 08:00:00,2120-02-03 08:00:00,,EW EMER.,P56GHI,EMERGENCY ROOM,"
+        "HOME,Private,English,SINGLE,ASIAN,,,0"
+    ),
 )
 
 
@@ -434,14 +686,33 @@ def build_mimic(base: Path, *, mimic_iv: str | None = "v2") -> Path:
     split = ["dicom_id,study_id,subject_id,split"]
     for n, subject, study, view, rows, cols, date, time, split_name in MIMIC_IMAGES:
         dicom = mimic_dicom_id(n)
-        meaning = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral", "LL": "left lateral"}.get(view, "")
-        meta.append(f"{dicom},{subject},{study},CHEST (PA AND LAT),{view},{rows},{cols},{date},{time},CHEST (PA AND LAT),{meaning},Erect")
+        meaning = {
+            "PA": "postero-anterior",
+            "AP": "antero-posterior",
+            "LATERAL": "lateral",
+            "LL": "left lateral",
+        }.get(view, "")
+        meta.append(
+            f"{dicom},{subject},{study},CHEST (PA AND LAT),{view},{rows},{cols},{date},{time},"
+            f"CHEST (PA AND LAT),{meaning},Erect"
+        )
         split.append(f"{dicom},{study},{subject},{split_name}")
-        write_jpeg(root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg", (cols, rows))
+        write_jpeg(
+            root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg",
+            (cols, rows),
+        )
     write_text(root / "mimic-cxr-2.0.0-metadata.csv.gz", "\n".join(meta) + "\n", gz=True)
     write_text(root / "mimic-cxr-2.0.0-split.csv.gz", "\n".join(split) + "\n", gz=True)
-    write_text(root / "mimic-cxr-2.0.0-chexpert.csv.gz", "\n".join([MIMIC_LABEL_HEADER, *MIMIC_CHEXPERT_ROWS]) + "\n", gz=True)
-    write_text(root / "mimic-cxr-2.0.0-negbio.csv.gz", "\n".join([MIMIC_LABEL_HEADER, *MIMIC_NEGBIO_ROWS]) + "\n", gz=True)
+    write_text(
+        root / "mimic-cxr-2.0.0-chexpert.csv.gz",
+        "\n".join([MIMIC_LABEL_HEADER, *MIMIC_CHEXPERT_ROWS]) + "\n",
+        gz=True,
+    )
+    write_text(
+        root / "mimic-cxr-2.0.0-negbio.csv.gz",
+        "\n".join([MIMIC_LABEL_HEADER, *MIMIC_NEGBIO_ROWS]) + "\n",
+        gz=True,
+    )
     if mimic_iv == "v2":
         iv = base / "mimic-iv" / "hosp"
         admissions = list(MIMIC_ADMISSIONS_V2)

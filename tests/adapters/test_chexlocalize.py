@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_spurious.data.adapters import get_adapter
-from cxr_spurious.data.contract import validate_manifest
 from cxr_spurious.errors import ContractError, DataFormatError, ParameterError
 from cxr_spurious.io.masks import decode_rle, encode_rle, rasterize_polygons
+from cxr_spurious.sources.adapters import get_adapter
+from cxr_spurious.sources.adapters._common import DEFAULT_FRACTIONS
+from cxr_spurious.sources.contract import assign_patient_splits, validate_manifest
 from cxr_spurious.tasks import CHEXLOCALIZE_TASKS, CHEXPERT_HEADER, CHEXPERT_OBSERVATIONS
 
 H, W = 40, 50
@@ -31,13 +32,24 @@ def make_tree(root: Path, n_patients: int = 3, *, split_dir: str = "valid") -> P
         Image.fromarray(rng.integers(0, 255, (H, W), dtype=np.uint8)).save(img_path, quality=90)
         labels = {obs: "0.0" for obs in CHEXPERT_OBSERVATIONS}
         labels["Cardiomegaly"] = "1.0" if p % 2 == 0 else "0.0"
-        rows.append({"Path": f"CheXpert-v1.0/{rel}", "Sex": "Female" if p % 2 else "Male", "Age": str(50 + p), "Frontal/Lateral": "Frontal", "AP/PA": "PA", **labels})
+        rows.append(
+            {
+                "Path": f"CheXpert-v1.0/{rel}",
+                "Sex": "Female" if p % 2 else "Male",
+                "Age": str(50 + p),
+                "Frontal/Lateral": "Frontal",
+                "AP/PA": "PA",
+                **labels,
+            }
+        )
         cxr_id = f"patient{64541 + p}_study1_view1_frontal"
         entry = {"img_size": [H, W]}
         if p % 2 == 0:
             entry["Cardiomegaly"] = POLY
         annotations[cxr_id] = entry
-        segmentations[cxr_id] = {t: encode_rle(rasterize_polygons(entry.get(t, []), H, W)) for t in CHEXLOCALIZE_TASKS}
+        segmentations[cxr_id] = {
+            t: encode_rle(rasterize_polygons(entry.get(t, []), H, W)) for t in CHEXLOCALIZE_TASKS
+        }
     with (root / "valid.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(CHEXPERT_HEADER))
         writer.writeheader()
@@ -68,7 +80,10 @@ def test_segmentations_are_rasterised_when_only_annotations_exist(tmp_path: Path
     (root / "gt_segmentations_val.json").unlink()
     out = read(root)
     assert set(out.segmentations["patient64541_study1_view1_frontal"]) == set(CHEXLOCALIZE_TASKS)
-    assert decode_rle(out.segmentations["patient64541_study1_view1_frontal"]["Cardiomegaly"]).sum() == rasterize_polygons(POLY, H, W).sum()
+    assert (
+        decode_rle(out.segmentations["patient64541_study1_view1_frontal"]["Cardiomegaly"]).sum()
+        == rasterize_polygons(POLY, H, W).sum()
+    )
 
 
 def test_missing_image_names_csv_and_row(tmp_path: Path) -> None:
@@ -78,7 +93,9 @@ def test_missing_image_names_csv_and_row(tmp_path: Path) -> None:
         read(root)
 
 
-def test_missing_image_can_be_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_image_can_be_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = make_tree(tmp_path)
     (root / "valid/patient64542/study1/view1_frontal.jpg").unlink()
     out = read(root, on_missing="skip")
@@ -90,7 +107,9 @@ def test_truncated_image_is_reported(tmp_path: Path) -> None:
     root = make_tree(tmp_path)
     img = root / "valid/patient64543/study1/view1_frontal.jpg"
     img.write_bytes(img.read_bytes()[:100])
-    with pytest.raises(DataFormatError, match=r"view1_frontal\.jpg.*unreadable or truncated.*row 4"):
+    with pytest.raises(
+        DataFormatError, match=r"view1_frontal\.jpg.*unreadable or truncated.*row 4"
+    ):
         read(root)
 
 
@@ -98,7 +117,11 @@ def test_wrong_csv_header(tmp_path: Path) -> None:
     root = make_tree(tmp_path)
     text = (root / "valid.csv").read_text().replace("Pleural Effusion", "Effusion", 1)
     (root / "valid.csv").write_text(text)
-    with pytest.raises(DataFormatError, match=r"valid\.csv \(line 1\).*unknown columns \['Effusion'\], missing columns \['Pleural Effusion'\]"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"valid\.csv \(line 1\).*unknown columns \['Effusion'\], "
+        r"missing columns \['Pleural Effusion'\]",
+    ):
         read(root)
 
 
@@ -107,7 +130,11 @@ def test_unknown_task_in_annotations(tmp_path: Path) -> None:
     ann = json.loads((root / "gt_annotations_val.json").read_text())
     ann["patient64541_study1_view1_frontal"]["Cardiomegally"] = POLY
     (root / "gt_annotations_val.json").write_text(json.dumps(ann))
-    with pytest.raises(DataFormatError, match=r"gt_annotations \(patient64541_study1_view1_frontal\).*unknown task name 'Cardiomegally'"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"gt_annotations \(patient64541_study1_view1_frontal\)"
+        r".*unknown task name 'Cardiomegally'",
+    ):
         read(root)
 
 
@@ -116,7 +143,11 @@ def test_polygon_with_two_points(tmp_path: Path) -> None:
     ann = json.loads((root / "gt_annotations_val.json").read_text())
     ann["patient64541_study1_view1_frontal"]["Cardiomegaly"] = [[[1.0, 1.0], [5.0, 5.0]]]
     (root / "gt_annotations_val.json").write_text(json.dumps(ann))
-    with pytest.raises(DataFormatError, match=r"patient64541_study1_view1_frontal/Cardiomegaly.*2 point\(s\); a polygon needs at least 3"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"patient64541_study1_view1_frontal/Cardiomegaly"
+        r".*2 point\(s\); a polygon needs at least 3",
+    ):
         read(root)
 
 
@@ -125,7 +156,11 @@ def test_rle_size_disagreeing_with_image(tmp_path: Path) -> None:
     seg = json.loads((root / "gt_segmentations_val.json").read_text())
     seg["patient64542_study1_view1_frontal"]["Edema"] = encode_rle(np.zeros((W, H), dtype=np.uint8))
     (root / "gt_segmentations_val.json").write_text(json.dumps(seg))
-    with pytest.raises(DataFormatError, match=r"patient64542_study1_view1_frontal/Edema.*RLE size \[50, 40\] disagrees with the image's \[h, w\] \[40, 50\]"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"patient64542_study1_view1_frontal/Edema"
+        r".*RLE size \[50, 40\] disagrees with the image's \[h, w\] \[40, 50\]",
+    ):
         read(root)
 
 
@@ -153,7 +188,9 @@ def test_patient_in_two_splits_is_rejected(tmp_path: Path) -> None:
 
 
 def test_unknown_source_lists_valid_names() -> None:
-    with pytest.raises(ParameterError, match="ingestion.source.*unknown source 'chexpertt'.*chexlocalize"):
+    with pytest.raises(
+        ParameterError, match="ingestion.source.*unknown source 'chexpertt'.*chexlocalize"
+    ):
         get_adapter("chexpertt")
 
 
@@ -170,3 +207,43 @@ def test_real_sample(chexlocalize_sample: Path) -> None:
         for task in CHEXLOCALIZE_TASKS:
             ours = rasterize_polygons(entry.get(task, []), h, w)
             np.testing.assert_array_equal(ours, decode_rle(out.segmentations[cxr_id][task]))
+
+
+def test_unknown_on_missing_value_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match=r"ingestion\.on_missing.*'ignore'.*error, skip"):
+        read(make_tree(tmp_path), on_missing="ignore")
+
+
+def test_rows_of_labels_csv_get_seeded_patient_splits(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, n_patients=8)
+    (root / "valid.csv").rename(root / "labels.csv")  # no split of its own, no attributes.csv
+    fractions = {"train": 0.5, "val": 0.25, "test": 0.25}
+    out = read(root, split_fractions=fractions, seed=3)
+    m = validate_manifest(out.manifest)
+    expected = assign_patient_splits(m["patient_id"], fractions, 3)
+    assert m["split"].tolist() == m["patient_id"].map(expected).tolist()
+    assert set(m["split"]) == {"train", "val", "test"}
+    # Without split_fractions / seed: the defaults every adapter shares.
+    default = read(root).manifest.set_index("patient_id")["split"]
+    assert default.to_dict() == assign_patient_splits(list(default.index), DEFAULT_FRACTIONS, 0)
+
+
+def test_human_benchmark_is_read_checked_and_limited_to_ingested_images(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    ann = json.loads((root / "gt_annotations_val.json").read_text())
+    extra = {"patient99999_study1_view1_frontal": {"img_size": [H, W]}}
+    (root / "hb_annotations_test.json").write_text(json.dumps({**ann, **extra}))
+    (root / "hb_salient_pt_test.json").write_text(
+        json.dumps({"patient64541_study1_view1_frontal": {}})
+    )
+    out = read(root)
+    assert out.human_benchmark["annotations"] == ann
+    assert out.human_benchmark["salient_points"] == {"patient64541_study1_view1_frontal": {}}
+    assert out.human_benchmark["segmentations"] == {}
+    ann["patient64542_study1_view1_frontal"]["Edema"] = [[[1.0, 1.0], [5.0, 5.0]]]
+    (root / "hb_annotations_test.json").write_text(json.dumps(ann))
+    with pytest.raises(
+        DataFormatError,
+        match=r"hb_annotations \(patient64542_study1_view1_frontal/Edema\).*2 point",
+    ):
+        read(root)

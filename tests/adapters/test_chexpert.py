@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_spurious.data.adapters import get_adapter
-from cxr_spurious.data.contract import validate_manifest
 from cxr_spurious.errors import DataFormatError, ParameterError
+from cxr_spurious.sources.adapters import get_adapter
+from cxr_spurious.sources.contract import validate_manifest
 
 from .fixtures import (
     CHEXPERT_TRAIN_ROWS,
@@ -34,13 +34,28 @@ def test_small_layout_manifest(tmp_path: Path) -> None:
     out = read(root, base_params())
     m = validate_manifest(out.manifest)
     assert len(m) == len(CHEXPERT_TRAIN_ROWS) + len(CHEXPERT_VALID_ROWS)
-    assert "Airspace Opacity" in out.tasks and "Lung Opacity" not in m.columns and len(out.tasks) == 14
+    assert (
+        "Airspace Opacity" in out.tasks and "Lung Opacity" not in m.columns and len(out.tasks) == 14
+    )
     first = _row(m, "patient00417_study2_view1_frontal")
-    assert (first["patient_id"], first["study_id"], first["sex"], first["age_years"], first["view"]) == ("patient00417", "patient00417_study2", "F", 54.0, "AP")
-    assert Path(first["path"]) == root / "CheXpert-v1.0-small" / "train" / "patient00417" / "study2" / "view1_frontal.jpg"
+    assert (
+        first["patient_id"],
+        first["study_id"],
+        first["sex"],
+        first["age_years"],
+        first["view"],
+    ) == ("patient00417", "patient00417_study2", "F", 54.0, "AP")
+    assert (
+        Path(first["path"])
+        == root / "CheXpert-v1.0-small" / "train" / "patient00417" / "study2" / "view1_frontal.jpg"
+    )
     # -1.0 (uncertain) -> NaN under the default 'ignore' policy; blank -> NaN; 1.0 / 0.0 kept.
     assert math.isnan(first["Cardiomegaly"]) and math.isnan(first["No Finding"])
-    assert (first["Airspace Opacity"], first["Pneumothorax"], first["Support Devices"]) == (1.0, 0.0, 1.0)
+    assert (first["Airspace Opacity"], first["Pneumothorax"], first["Support Devices"]) == (
+        1.0,
+        0.0,
+        1.0,
+    )
     lateral = _row(m, "patient00417_study2_view2_lateral")
     assert lateral["view"] == "Lateral" and lateral["projection"] == "Lateral"
     unknown = _row(m, "patient03121_study1_view1_lateral")
@@ -75,9 +90,20 @@ def test_full_prefix_and_test_labels(tmp_path: Path) -> None:
     root = build_chexpert(tmp_path, prefix="CheXpert-v1.0", with_test=True)
     m = validate_manifest(read(root, base_params()).manifest)
     assert set(m.loc[m["split"] == "test", "image_id"]) == {"patient64741_study1_view1_frontal"}
-    assert (m.loc[m["patient_id"].str.startswith("patient00") | m["patient_id"].str.startswith("patient031"), "split"] == "train").all()
+    assert (
+        m.loc[
+            m["patient_id"].str.startswith("patient00")
+            | m["patient_id"].str.startswith("patient031"),
+            "split",
+        ]
+        == "train"
+    ).all()
     test = _row(m, "patient64741_study1_view1_frontal")
-    assert math.isnan(test["age_years"]) and test["Cardiomegaly"] == 1.0 and test["Airspace Opacity"] == 1.0
+    assert (
+        math.isnan(test["age_years"])
+        and test["Cardiomegaly"] == 1.0
+        and test["Airspace Opacity"] == 1.0
+    )
 
 
 @pytest.mark.parametrize(("policy", "value"), [("zeros", 0.0), ("ones", 1.0)])
@@ -95,7 +121,10 @@ def test_bad_policy_names_key(tmp_path: Path) -> None:
 def test_tasks_subset_and_unknown(tmp_path: Path) -> None:
     root = build_chexpert(tmp_path)
     out = read(root, base_params(tasks=["Pneumothorax", "Airspace Opacity"]))
-    assert out.tasks == ["Pneumothorax", "Airspace Opacity"] and "Cardiomegaly" not in out.manifest.columns
+    assert (
+        out.tasks == ["Pneumothorax", "Airspace Opacity"]
+        and "Cardiomegaly" not in out.manifest.columns
+    )
     validate_manifest(out.manifest)
     with pytest.raises(ParameterError, match="ingestion.tasks"):
         read(root, base_params(tasks=["Hernia"]))
@@ -110,7 +139,10 @@ def test_changed_header(tmp_path: Path) -> None:
     root = build_chexpert(tmp_path)
     csv = root / "CheXpert-v1.0-small" / "train.csv"
     csv.write_text(csv.read_text().replace("Lung Opacity", "Opacity", 1))
-    with pytest.raises(DataFormatError, match=r"train\.csv \(line 1\).*missing \['Lung Opacity'\].*unexpected \['Opacity'\]"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"train\.csv \(line 1\).*missing \['Lung Opacity'\].*unexpected \['Opacity'\]",
+    ):
         read(root, base_params())
 
 
@@ -126,13 +158,21 @@ def test_bad_label_value_names_row_and_column(tmp_path: Path) -> None:
 
 def test_missing_image_error_and_skip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = build_chexpert(tmp_path)
-    (root / "CheXpert-v1.0-small" / "train" / "patient03123" / "study1" / "view1_frontal.jpg").unlink()
-    with pytest.raises(DataFormatError, match=r"train\.csv line 8.*patient03123/study1/view1_frontal\.jpg.*does not exist \(1 missing"):
+    (
+        root / "CheXpert-v1.0-small" / "train" / "patient03123" / "study1" / "view1_frontal.jpg"
+    ).unlink()
+    with pytest.raises(
+        DataFormatError,
+        match=r"train\.csv line 8.*patient03123/study1/view1_frontal\.jpg"
+        r".*does not exist \(1 missing",
+    ):
         read(root, base_params())
     with caplog.at_level(logging.WARNING):
         m = read(root, base_params(on_missing="skip")).manifest
     assert "patient03123_study1_view1_frontal" not in set(m["image_id"]) and len(m) == 12
-    assert any("1 missing" in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records)
+    assert any(
+        "1 missing" in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_conflicting_sex(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -141,7 +181,11 @@ def test_conflicting_sex(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     lines = csv.read_text().splitlines()
     lines[4] = lines[4].replace(",Male,78,", ",Female,78,")  # patient03120 study2
     csv.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataFormatError, match=r"patient '?patient03120'? has conflicting sex.*train\.csv line 4=M.*train\.csv line 5=F"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"patient '?patient03120'? has conflicting sex"
+        r".*train\.csv line 4=M.*train\.csv line 5=F",
+    ):
         read(root, base_params())
     with caplog.at_level(logging.WARNING):
         m = read(root, base_params(sex_conflict="missing")).manifest
@@ -154,7 +198,9 @@ def test_duplicate_row(tmp_path: Path) -> None:
     csv = root / "CheXpert-v1.0-small" / "train.csv"
     lines = csv.read_text().splitlines()
     csv.write_text("\n".join([*lines, lines[1]]) + "\n")
-    with pytest.raises(DataFormatError, match=r"patient00417_study2_view1_frontal.*more than once.*line 2.*line 12"):
+    with pytest.raises(
+        DataFormatError, match=r"patient00417_study2_view1_frontal.*more than once.*line 2.*line 12"
+    ):
         read(root, base_params())
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_spurious.data.contract import validate_manifest
+from cxr_spurious.sources.contract import validate_manifest
 
 from .fixtures import (
     MIMIC_IMAGES,
@@ -49,16 +49,31 @@ def _mura(base: Path) -> tuple[Path, str, int]:
     return build_mura(base), "", sum(int(s[4]) for s in MURA_STUDIES)
 
 
-BUILDERS: dict[str, Callable[[Path], tuple[Path, str, int]]] = {"chexpert": _chexpert, "siim_acr": _siim, "nih_cxr14": _nih, "mimic_cxr": _mimic, "mura": _mura}
+BUILDERS: dict[str, Callable[[Path], tuple[Path, str, int]]] = {
+    "chexpert": _chexpert,
+    "siim_acr": _siim,
+    "nih_cxr14": _nih,
+    "mimic_cxr": _mimic,
+    "mura": _mura,
+}
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("source", sorted(BUILDERS))
-def test_kedro_ingestion_run(source: str, tmp_path: Path, kedro_project: Path, run_kedro: Callable[..., object]) -> None:
+def test_kedro_ingestion_run(
+    source: str, tmp_path: Path, kedro_project: Path, run_kedro: Callable[..., object]
+) -> None:
     root, extra, n_images = BUILDERS[source](tmp_path / "data")
     # Kedro requires <project>/src; the package itself is imported from the installed checkout.
     (kedro_project / "src").mkdir(exist_ok=True)
-    run_kedro(kedro_project, "run", "--pipeline", "ingestion", "--params", f"ingestion.source={source},ingestion.root={root},ingestion.n_jobs=1,ingestion.cache.size=32{extra}")
+    run_kedro(
+        kedro_project,
+        "run",
+        "--pipeline",
+        "ingestion",
+        "--params",
+        f"ingestion.source={source},ingestion.root={root},ingestion.n_jobs=1,ingestion.cache.size=32{extra}",
+    )
     primary = kedro_project / "data" / "03_primary"
     manifest = pd.read_parquet(primary / "manifest.parquet")
     tasks = [c for c in manifest.columns if c not in ("image_id",)] and manifest.attrs.get("tasks")

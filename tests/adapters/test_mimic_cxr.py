@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxr_spurious.data.adapters import get_adapter
-from cxr_spurious.data.adapters.mimic_cxr import choose_admission_values, study_datetime
-from cxr_spurious.data.contract import validate_manifest
 from cxr_spurious.errors import DataFormatError
+from cxr_spurious.sources.adapters import get_adapter
+from cxr_spurious.sources.adapters.mimic_cxr import choose_admission_values, study_datetime
+from cxr_spurious.sources.contract import validate_manifest
 
 from .fixtures import MIMIC_IMAGES, base_params, build_mimic, mimic_dicom_id
 
@@ -33,33 +33,75 @@ def _id(n: int) -> str:
 def test_manifest_labels_and_splits(tmp_path: Path) -> None:
     m = _m(tmp_path, mimic_iv_dir=IV)
     assert len(m) == len(MIMIC_IMAGES)
-    assert m.loc[_id(7), "split"] == "val" and m.loc[_id(8), "split"] == "test" and m.loc[_id(1), "split"] == "train"
+    assert (
+        m.loc[_id(7), "split"] == "val"
+        and m.loc[_id(8), "split"] == "test"
+        and m.loc[_id(1), "split"] == "train"
+    )
     # Labels are per study: both images of study 59999901 carry them; -1.0 -> NaN; blank -> NaN.
     for n in (1, 2):
         row = m.loc[_id(n)]
-        assert (row["Cardiomegaly"], row["Airspace Opacity"], row["Pleural Effusion"], row["Pneumothorax"]) == (1.0, 1.0, 1.0, 0.0)
+        assert (
+            row["Cardiomegaly"],
+            row["Airspace Opacity"],
+            row["Pleural Effusion"],
+            row["Pneumothorax"],
+        ) == (1.0, 1.0, 1.0, 0.0)
         assert math.isnan(row["Edema"]) and math.isnan(row["Atelectasis"])
     assert m.loc[_id(3), "Atelectasis"] == 1.0 and m.loc[_id(3), "Support Devices"] == 1.0
-    assert m.loc[_id(8), [c for c in m.columns if c in ("Cardiomegaly", "No Finding", "Edema")]].isna().all()  # no label row
-    assert (m.loc[_id(1), "view"], m.loc[_id(2), "view"], m.loc[_id(8), "view"]) == ("PA", "Lateral", "LL")
+    assert (
+        m.loc[_id(8), [c for c in m.columns if c in ("Cardiomegaly", "No Finding", "Edema")]]
+        .isna()
+        .all()
+    )  # no label row
+    assert (m.loc[_id(1), "view"], m.loc[_id(2), "view"], m.loc[_id(8), "view"]) == (
+        "PA",
+        "Lateral",
+        "LL",
+    )
     assert isinstance(m.loc[_id(5), "view"], float)  # blank ViewPosition -> NaN
     assert (m.loc[_id(3), "width"], m.loc[_id(3), "height"]) == (26, 22)  # Columns, Rows
-    assert Path(m.loc[_id(1), "path"]).relative_to(tmp_path / "mimic-cxr-jpg").as_posix() == f"files/p10/p10999901/s59999901/{_id(1)}.jpg"
+    assert (
+        Path(m.loc[_id(1), "path"]).relative_to(tmp_path / "mimic-cxr-jpg").as_posix()
+        == f"files/p10/p10999901/s59999901/{_id(1)}.jpg"
+    )
     assert (m.loc[_id(1), "patient_id"], m.loc[_id(1), "study_id"]) == ("10999901", "59999901")
 
 
 def test_demographics_nearest_admission(tmp_path: Path) -> None:
     m = _m(tmp_path, mimic_iv_dir=IV)
     one = m.loc[_id(1)]
-    assert (one["sex"], one["age_years"], one["race"], one["insurance"]) == ("F", 52.0, "WHITE", "Medicare")
+    assert (one["sex"], one["age_years"], one["race"], one["insurance"]) == (
+        "F",
+        52.0,
+        "WHITE",
+        "Medicare",
+    )
     three = m.loc[_id(3)]  # study 2156-01-01: nearest admission 2156-01-03; age 52 + 3
-    assert (three["age_years"], three["race"], three["insurance"]) == (55.0, "BLACK/AFRICAN AMERICAN", "Other")
+    assert (three["age_years"], three["race"], three["insurance"]) == (
+        55.0,
+        "BLACK/AFRICAN AMERICAN",
+        "Other",
+    )
     four = m.loc[_id(4)]  # anchor_age 91 (top-coded) + 7 years; race UNABLE TO OBTAIN -> missing
-    assert (four["sex"], four["age_years"], four["insurance"]) == ("M", 98.0, "Medicaid") and pd.isna(four["race"])
+    assert (four["sex"], four["age_years"], four["insurance"]) == (
+        "M",
+        98.0,
+        "Medicaid",
+    ) and pd.isna(four["race"])
     six = m.loc[_id(6)]  # subject not in MIMIC-IV
-    assert pd.isna(six["sex"]) and math.isnan(six["age_years"]) and pd.isna(six["race"]) and pd.isna(six["insurance"])
+    assert (
+        pd.isna(six["sex"])
+        and math.isnan(six["age_years"])
+        and pd.isna(six["race"])
+        and pd.isna(six["insurance"])
+    )
     eight = m.loc[_id(8)]  # in patients, no admissions
-    assert (eight["sex"], eight["age_years"]) == ("M", 40.0) and pd.isna(eight["race"]) and pd.isna(eight["insurance"])
+    assert (
+        (eight["sex"], eight["age_years"]) == ("M", 40.0)
+        and pd.isna(eight["race"])
+        and pd.isna(eight["insurance"])
+    )
     assert (m.loc[_id(7), "race"], m.loc[_id(7), "insurance"]) == ("ASIAN", "Private")
 
 
@@ -102,7 +144,11 @@ def test_frontal_only(tmp_path: Path) -> None:
 def test_missing_image_error_and_skip(tmp_path: Path) -> None:
     root = build_mimic(tmp_path, mimic_iv=None)
     next(root.rglob(f"{_id(4)}.jpg")).unlink()
-    with pytest.raises(DataFormatError, match=r"metadata\.csv\.gz \(mimic-cxr-2\.0\.0-metadata\.csv\.gz line 5\): image .*p11888802/s58888802/.*\.jpg .*does not exist"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"metadata\.csv\.gz \(mimic-cxr-2\.0\.0-metadata\.csv\.gz line 5\): "
+        r"image .*p11888802/s58888802/.*\.jpg .*does not exist",
+    ):
         read(root, base_params())
     assert len(read(root, base_params(on_missing="skip")).manifest) == len(MIMIC_IMAGES) - 1
 
@@ -117,7 +163,9 @@ def _rewrite_gz(path: Path, old: str, new: str) -> None:
 def test_changed_metadata_header(tmp_path: Path) -> None:
     root = build_mimic(tmp_path, mimic_iv=None)
     _rewrite_gz(root / "mimic-cxr-2.0.0-metadata.csv.gz", "ViewPosition", "View")
-    with pytest.raises(DataFormatError, match=r"metadata\.csv\.gz \(line 1\).*missing \['ViewPosition'\]"):
+    with pytest.raises(
+        DataFormatError, match=r"metadata\.csv\.gz \(line 1\).*missing \['ViewPosition'\]"
+    ):
         read(root, base_params())
 
 
@@ -133,7 +181,11 @@ def test_conflicting_gender(tmp_path: Path) -> None:
     path = tmp_path / "mimic-iv" / "hosp" / "patients.csv.gz"
     with gzip.open(path, "at") as fh:
         fh.write("10999901,M,52,2153,2014 - 2016,\n")
-    with pytest.raises(DataFormatError, match=r"patients\.csv\.gz: patient '10999901' has conflicting sex across rows \(line 2=F, line 6=M\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"patients\.csv\.gz: patient '10999901' has conflicting sex across rows "
+        r"\(line 2=F, line 6=M\)",
+    ):
         read(root, base_params(mimic_iv_dir=IV))
 
 
@@ -145,11 +197,22 @@ def test_missing_mimic_iv_tables(tmp_path: Path) -> None:
 
 def test_study_time_float_without_leading_zeros() -> None:
     when = study_datetime(pd.Series(["21530412", "21530412"]), pd.Series(["84517.234", "5959.5"]))
-    assert when.iloc[0] == pd.Timestamp("2153-04-12 08:45:17") and when.iloc[1] == pd.Timestamp("2153-04-12 00:59:59")
+    assert when.iloc[0] == pd.Timestamp("2153-04-12 08:45:17") and when.iloc[1] == pd.Timestamp(
+        "2153-04-12 00:59:59"
+    )
 
 
 def test_nearest_rule_tie_breaks_to_earlier_admission() -> None:
-    studies = pd.DataFrame({"study_id": ["s1"], "subject_id": ["1"], "_when": [pd.Timestamp("2100-01-10")]})
-    adm = pd.DataFrame({"subject_id": ["1", "1"], "admittime": [pd.Timestamp("2100-01-15"), pd.Timestamp("2100-01-05")], "race": ["B", "A"], "insurance": ["Y", "X"]})
+    studies = pd.DataFrame(
+        {"study_id": ["s1"], "subject_id": ["1"], "_when": [pd.Timestamp("2100-01-10")]}
+    )
+    adm = pd.DataFrame(
+        {
+            "subject_id": ["1", "1"],
+            "admittime": [pd.Timestamp("2100-01-15"), pd.Timestamp("2100-01-05")],
+            "race": ["B", "A"],
+            "insurance": ["Y", "X"],
+        }
+    )
     got = choose_admission_values(studies, adm, "nearest")
     assert (got.loc["s1", "race"], got.loc["s1", "insurance"]) == ("A", "X")

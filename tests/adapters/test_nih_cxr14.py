@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_spurious.data.adapters import get_adapter
-from cxr_spurious.data.adapters.nih_cxr14 import TASKS
-from cxr_spurious.data.contract import validate_manifest
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io.images import read_image
 from cxr_spurious.io.masks import decode_rle
+from cxr_spurious.sources.adapters import get_adapter
+from cxr_spurious.sources.adapters.nih_cxr14 import TASKS
+from cxr_spurious.sources.contract import validate_manifest
 
 from .fixtures import NIH_RGBA, NIH_ROWS, NIH_SIZE, base_params, build_nih, write_png
 
@@ -29,12 +29,22 @@ def test_v2020_manifest(tmp_path: Path) -> None:
     m = validate_manifest(out.manifest).set_index("image_id")
     assert out.tasks == list(TASKS) and len(m) == len(NIH_ROWS)
     a = m.loc["00004521_000"]
-    assert (a["patient_id"], a["sex"], a["age_years"], a["view"], a["Effusion"], a["Infiltration"], a["Mass"]) == ("4521", "F", 63.0, "AP", 1.0, 1.0, 0.0)
+    assert (
+        a["patient_id"],
+        a["sex"],
+        a["age_years"],
+        a["view"],
+        a["Effusion"],
+        a["Infiltration"],
+        a["Mass"],
+    ) == ("4521", "F", 63.0, "AP", 1.0, 1.0, 0.0)
     assert (m.loc["00004521_001", list(TASKS)] == 0).all()  # No Finding -> all zero, not NaN
     assert m.loc["00017733_002", "Pleural_Thickening"] == 1.0
     assert math.isnan(m.loc["00011290_003", "age_years"])  # 414 is impossible
     assert m.loc["00011290_003", "follow_up"] == 2  # kept from the CSV, not the file suffix
-    assert Path(m.loc["00004521_001", "path"]).parent.parent.name == "images_002"  # found below the root
+    assert (
+        Path(m.loc["00004521_001", "path"]).parent.parent.name == "images_002"
+    )  # found below the root
     assert (m["width"] == NIH_SIZE).all() and (m["height"] == NIH_SIZE).all()
     test_ids = {r[0].removesuffix(".png") for r in NIH_ROWS if r[7] == "test"}
     assert set(m.index[m["split"] == "test"]) == test_ids
@@ -57,7 +67,9 @@ def test_rgba_png_reduced_to_one_channel(tmp_path: Path) -> None:
     assert image.ndim == 2 and image.dtype == np.uint8 and image.shape == (NIH_SIZE, NIH_SIZE)
     with Image.open(m.loc[NIH_RGBA, "path"]) as img:
         assert img.mode == "RGBA"
-        channel0 = np.asarray(img)[..., 0]  # R = G = B here, so grey = channel 0 (TorchXRayVision's choice)
+        channel0 = np.asarray(img)[
+            ..., 0
+        ]  # R = G = B here, so grey = channel 0 (TorchXRayVision's choice)
     np.testing.assert_array_equal(image, channel0)
 
 
@@ -66,18 +78,28 @@ def test_boxes_become_polygons_masks_and_instances(tmp_path: Path) -> None:
     ann = out.annotations["00011290_003"]
     assert ann["img_size"] == [NIH_SIZE, NIH_SIZE]
     assert "Infiltration" in ann and "Infiltrate" not in ann
-    assert ann["Infiltration"] == [[[19.0, 33.6667], [41.4444, 33.6667], [41.4444, 53.6667], [19.0, 53.6667]]]
-    assert len(ann["Nodule"]) == 2 and len(out.instance_segmentations["00011290_003"]["Nodule"]) == 2
+    assert ann["Infiltration"] == [
+        [[19.0, 33.6667], [41.4444, 33.6667], [41.4444, 53.6667], [19.0, 53.6667]]
+    ]
+    assert (
+        len(ann["Nodule"]) == 2 and len(out.instance_segmentations["00011290_003"]["Nodule"]) == 2
+    )
     second = decode_rle(out.instance_segmentations["00011290_003"]["Nodule"][1])
     expected = np.zeros((NIH_SIZE, NIH_SIZE), np.uint8)
     expected[40:47, 50:56] = 1  # box x=50, y=40, w=5, h=6 filled with its outline
     np.testing.assert_array_equal(second, expected)
     union = decode_rle(out.segmentations["00011290_003"]["Nodule"])
-    assert union.sum() == second.sum() + decode_rle(out.instance_segmentations["00011290_003"]["Nodule"][0]).sum()
+    assert (
+        union.sum()
+        == second.sum() + decode_rle(out.instance_segmentations["00011290_003"]["Nodule"][0]).sum()
+    )
     seg = out.segmentations["00004521_000"]
-    # Effusion has a box; Infiltration is positive without a box (location unknown); negatives are empty.
+    # Effusion has a box; Infiltration is positive without a box (location unknown);
+    # negatives are empty.
     assert decode_rle(seg["Effusion"]).sum() > 0 and "Infiltration" not in seg
-    assert decode_rle(seg["Cardiomegaly"]).sum() == 0 and set(seg) == {t for t in TASKS if t != "Infiltration"}
+    assert decode_rle(seg["Cardiomegaly"]).sum() == 0 and set(seg) == {
+        t for t in TASKS if t != "Infiltration"
+    }
     assert set(out.annotations) == {"00004521_000", "00011290_003"}
 
 
@@ -86,10 +108,14 @@ def test_bbox_header_and_labels_checked(tmp_path: Path) -> None:
     bbox = root / "BBox_List_2017.csv"
     text = bbox.read_text()
     bbox.write_text(text.replace("Infiltrate", "Infiltrat"))
-    with pytest.raises(DataFormatError, match=r"BBox_List_2017\.csv \(line 3\): unknown box label 'Infiltrat'"):
+    with pytest.raises(
+        DataFormatError, match=r"BBox_List_2017\.csv \(line 3\): unknown box label 'Infiltrat'"
+    ):
         read(root, base_params())
     bbox.write_text(text.replace("Bbox [x,y,w,h]", "Box x,y,w,h"))
-    with pytest.raises(DataFormatError, match=r"BBox_List_2017\.csv \(line 1\).*unexpected CSV header"):
+    with pytest.raises(
+        DataFormatError, match=r"BBox_List_2017\.csv \(line 1\).*unexpected CSV header"
+    ):
         read(root, base_params())
 
 
@@ -97,7 +123,10 @@ def test_changed_entry_header(tmp_path: Path) -> None:
     root = build_nih(tmp_path)
     path = root / "Data_Entry_2017_v2020.csv"
     path.write_text(path.read_text().replace("Patient Gender", "Sex", 1))
-    with pytest.raises(DataFormatError, match=r"Data_Entry_2017_v2020\.csv \(line 1\).*missing \['Patient Gender'\]"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"Data_Entry_2017_v2020\.csv \(line 1\).*missing \['Patient Gender'\]",
+    ):
         read(root, base_params())
 
 
@@ -112,7 +141,10 @@ def test_unknown_finding_names_line(tmp_path: Path) -> None:
 def test_missing_image_error_and_skip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = build_nih(tmp_path)
     next(root.rglob("00030003_000.png")).unlink()
-    with pytest.raises(DataFormatError, match=r"Data_Entry_2017_v2020\.csv \(line 8\): image .*00030003_000\.png .*does not exist"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"Data_Entry_2017_v2020\.csv \(line 8\): image .*00030003_000\.png .*does not exist",
+    ):
         read(root, base_params())
     with caplog.at_level(logging.WARNING):
         m = read(root, base_params(on_missing="skip")).manifest
@@ -123,7 +155,10 @@ def test_overlapping_lists_rejected(tmp_path: Path) -> None:
     root = build_nih(tmp_path)
     with (root / "test_list.txt").open("a") as fh:
         fh.write("00030001_000.png\n")
-    with pytest.raises(DataFormatError, match=r"test_list\.txt \(line 3\): 00030001_000\.png is also in the train list"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"test_list\.txt \(line 3\): 00030001_000\.png is also in the train list",
+    ):
         read(root, base_params())
 
 
@@ -138,7 +173,12 @@ def test_lists_not_patient_disjoint(tmp_path: Path) -> None:
 
 
 def test_without_lists_all_splits_carved(tmp_path: Path) -> None:
-    m = validate_manifest(read(build_nih(tmp_path, with_lists=False, with_boxes=False), base_params(split_fractions={"train": 0.5, "val": 0.25, "test": 0.25})).manifest)
+    m = validate_manifest(
+        read(
+            build_nih(tmp_path, with_lists=False, with_boxes=False),
+            base_params(split_fractions={"train": 0.5, "val": 0.25, "test": 0.25}),
+        ).manifest
+    )
     assert set(m["split"]) == {"train", "val", "test"}
 
 
@@ -146,7 +186,11 @@ def test_conflicting_sex(tmp_path: Path) -> None:
     root = build_nih(tmp_path)
     path = root / "Data_Entry_2017_v2020.csv"
     path.write_text(path.read_text().replace("No Finding,1,4521,63,F", "No Finding,1,4521,63,M"))
-    with pytest.raises(DataFormatError, match=r"patient '4521' has conflicting sex across rows \(Data_Entry_2017_v2020\.csv line 2=F, Data_Entry_2017_v2020\.csv line 3=M\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"patient '4521' has conflicting sex across rows "
+        r"\(Data_Entry_2017_v2020\.csv line 2=F, Data_Entry_2017_v2020\.csv line 3=M\)",
+    ):
         read(root, base_params())
 
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_spurious.data.adapters.chexlocalize import rasterize_annotations
-from cxr_spurious.io.safe_pickle import load_torch_pickle
-from cxr_spurious.localization.chexlocalize_io import (
+from cxr_spurious.io.chexlocalize import (
     load_json,
+    rasterize_annotations,
     read_heatmap_folder,
     validate_segmentation_json,
 )
+from cxr_spurious.io.safe_pickle import load_torch_pickle
 from cxr_spurious.tasks import CHEXLOCALIZE_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +28,9 @@ BENCH = REPO / "benchmarks"
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_chexlocalize_set", BENCH / "make_chexlocalize_set.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_chexlocalize_set", BENCH / "make_chexlocalize_set.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -36,7 +38,10 @@ def _generator() -> ModuleType:
 
 
 def _pickles(folder: Path) -> dict[str, dict]:
-    return {p.name: load_torch_pickle(p) for p in sorted((folder / "gradcam_maps_val").glob("*_map.pkl"))}
+    return {
+        p.name: load_torch_pickle(p)
+        for p in sorted((folder / "gradcam_maps_val").glob("*_map.pkl"))
+    }
 
 
 def _same_payload(a: dict, b: dict) -> bool:
@@ -45,7 +50,9 @@ def _same_payload(a: dict, b: dict) -> bool:
     )
 
 
-def test_generated_set_has_the_chexlocalize_format_and_depends_only_on_the_seed(tmp_path: Path) -> None:
+def test_generated_set_has_the_chexlocalize_format_and_depends_only_on_the_seed(
+    tmp_path: Path,
+) -> None:
     gen = _generator()
     manifest = gen.generate(tmp_path / "a", n=2, seed=3)
     gen.generate(tmp_path / "b", n=2, seed=3)
@@ -87,16 +94,37 @@ def test_benchmark_generates_its_set_into_an_empty_dir_and_runs(tmp_path: Path) 
     folder = tmp_path / "set"
     folder.mkdir()
     done = subprocess.run(
-        [sys.executable, str(BENCH / "bench_localization.py"), "--dir", str(folder), "--n", "3",
-         "--ref-maps", "4", "--workers", "1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False,
+        [
+            sys.executable,
+            str(BENCH / "bench_localization.py"),
+            "--dir",
+            str(folder),
+            "--n",
+            "3",
+            "--ref-maps",
+            "4",
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "\n30 heatmaps (" in out, out
-    assert re.search(r"whole evaluation \(index \+ pass \+ bootstrap\): ours [\d.]+ s, reference [\d.]+ s", out), out
-    assert "agreement on the 4 reference maps: 0 differing mask pixels, 0 differing hit/miss values" in out, out
-    assert json.loads((folder / "manifest.json").read_text())["n_cxr"] == 3  # the set is kept for reuse
+    assert re.search(
+        r"whole evaluation \(index \+ pass \+ bootstrap\): ours [\d.]+ s, reference [\d.]+ s", out
+    ), out
+    assert (
+        "agreement on the 4 reference maps: 0 differing mask pixels, 0 differing hit/miss values"
+        in out
+    ), out
+    assert (
+        json.loads((folder / "manifest.json").read_text())["n_cxr"] == 3
+    )  # the set is kept for reuse
 
 
 def test_benchmarks_need_nothing_outside_the_repository() -> None:

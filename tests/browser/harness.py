@@ -41,7 +41,16 @@ CHROMIUM_FLAGS: tuple[str, ...] = (
 )
 WINDOW_SIZE = "1600,1000"
 REPO = Path(__file__).resolve().parents[2]
-DATA_LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input", "06_models", "07_model_output", "08_reporting")
+DATA_LAYERS = (
+    "01_raw",
+    "02_intermediate",
+    "03_primary",
+    "04_feature",
+    "05_model_input",
+    "06_models",
+    "07_model_output",
+    "08_reporting",
+)
 
 
 class ServerError(RuntimeError):
@@ -118,7 +127,9 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
-def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float, interval: float = 0.5) -> float:
+def wait_for_http(
+    url: str, proc: subprocess.Popen[bytes], timeout: float, interval: float = 0.5
+) -> float:
     """Poll ``url`` until it answers 200, the process exits, or ``timeout`` passes.
 
     Args:
@@ -146,7 +157,9 @@ def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float, inter
     raise ServerError(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
-def stop_process_group(proc: subprocess.Popen[bytes], port: int | None = None, grace: float = 10.0) -> None:
+def stop_process_group(
+    proc: subprocess.Popen[bytes], port: int | None = None, grace: float = 10.0
+) -> None:
     """Stop a process started with ``start_new_session=True`` and all its children.
 
     Sends SIGTERM to the whole process group, waits (at most ``grace`` seconds) until the
@@ -165,7 +178,9 @@ def stop_process_group(proc: subprocess.Popen[bytes], port: int | None = None, g
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and not (proc.poll() is not None and (port is None or port_is_free(port))):
+    while time.monotonic() < deadline and not (
+        proc.poll() is not None and (port is None or port_is_free(port))
+    ):
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -210,7 +225,12 @@ def serve(
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            list(command), cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            list(command),
+            cwd=cwd,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         try:
@@ -241,16 +261,26 @@ def require_chromium() -> str:
     path = find_chromium()
     if path is not None:
         return path
-    message = "chromium not found (install Debian's `chromium` package: bash scripts/install_chromium.sh)"
+    message = (
+        "chromium not found (install Debian's `chromium` package: bash scripts/install_chromium.sh)"
+    )
     if os.environ.get("CI"):
         pytest.fail(f"CI is set but {message}")
     pytest.skip(message)
 
 
-def _chromium(binary: str, args: Sequence[str], profile: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+def _chromium(
+    binary: str, args: Sequence[str], profile: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
     """Run headless Chromium once with a fresh profile folder."""
     profile.mkdir(parents=True, exist_ok=False)
-    command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={WINDOW_SIZE}", *args]
+    command = [
+        binary,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        f"--window-size={WINDOW_SIZE}",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -266,7 +296,12 @@ def _wait_for_file(path: Path, wait_s: float) -> bool:
 
 
 def dump_dom(
-    binary: str, url: str, profile: Path, budget_ms: int = 15000, timeout: float = 60.0, attempts: int = 2
+    binary: str,
+    url: str,
+    profile: Path,
+    budget_ms: int = 15000,
+    timeout: float = 60.0,
+    attempts: int = 2,
 ) -> str:
     """The DOM of ``url`` after its JavaScript ran for ``budget_ms`` of virtual time.
 
@@ -290,11 +325,18 @@ def dump_dom(
     """
     failures: list[str] = []
     for attempt in range(max(1, attempts)):
-        run_profile = profile if attempt == 0 else profile.with_name(f"{profile.name}-retry{attempt}")
-        proc = _chromium(binary, [f"--virtual-time-budget={budget_ms}", "--dump-dom", url], run_profile, timeout)
+        run_profile = (
+            profile if attempt == 0 else profile.with_name(f"{profile.name}-retry{attempt}")
+        )
+        proc = _chromium(
+            binary, [f"--virtual-time-budget={budget_ms}", "--dump-dom", url], run_profile, timeout
+        )
         if proc.returncode == 0 and proc.stdout.strip():
             return proc.stdout
-        failures.append(f"attempt {attempt + 1}: exit {proc.returncode}, {len(proc.stdout)} chars on stdout\n{proc.stderr[-1500:]}")
+        failures.append(
+            f"attempt {attempt + 1}: exit {proc.returncode}, "
+            f"{len(proc.stdout)} chars on stdout\n{proc.stderr[-1500:]}"
+        )
     raise AssertionError(f"chromium --dump-dom {url} failed:\n" + "\n".join(failures))
 
 
@@ -336,17 +378,29 @@ def screenshot(
     out_png.parent.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     for attempt in range(max(1, attempts)):
-        run_profile = profile if attempt == 0 else profile.with_name(f"{profile.name}-retry{attempt}")
+        run_profile = (
+            profile if attempt == 0 else profile.with_name(f"{profile.name}-retry{attempt}")
+        )
         scratch = run_profile.with_name(f"{run_profile.name}.png")
         scratch.unlink(missing_ok=True)
-        proc = _chromium(binary, [f"--virtual-time-budget={budget_ms}", f"--screenshot={scratch}", url], run_profile, timeout)
+        proc = _chromium(
+            binary,
+            [f"--virtual-time-budget={budget_ms}", f"--screenshot={scratch}", url],
+            run_profile,
+            timeout,
+        )
         if proc.returncode == 0 and _wait_for_file(scratch, wait_s=settle_s):
-            assert scratch.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{scratch} (screenshot of {url}) is not a PNG"
+            assert scratch.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", (
+                f"{scratch} (screenshot of {url}) is not a PNG"
+            )
             partial = out_png.with_name(f".{out_png.name}.partial")
             shutil.copyfile(scratch, partial)
             os.replace(partial, out_png)
             return out_png
-        failures.append(f"attempt {attempt + 1}: exit {proc.returncode}, file present: {scratch.is_file()}\n{proc.stderr[-1500:]}")
+        failures.append(
+            f"attempt {attempt + 1}: exit {proc.returncode}, "
+            f"file present: {scratch.is_file()}\n{proc.stderr[-1500:]}"
+        )
     raise AssertionError(f"chromium --screenshot {url} wrote no PNG:\n" + "\n".join(failures))
 
 
@@ -398,7 +452,23 @@ def artifacts_dir(repo: Path) -> Path:
 class _ClassTextExtractor(HTMLParser):
     """Collects the text inside every element carrying a given CSS class."""
 
-    _VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"})
+    _VOID = frozenset(
+        {
+            "area",
+            "base",
+            "br",
+            "col",
+            "embed",
+            "hr",
+            "img",
+            "input",
+            "link",
+            "meta",
+            "source",
+            "track",
+            "wbr",
+        }
+    )
 
     def __init__(self, css_class: str) -> None:
         super().__init__(convert_charrefs=True)

@@ -57,7 +57,15 @@ def test_serve_stops_the_whole_process_group(tmp_path: Path) -> None:
     port = free_port()
     pid_file = tmp_path / "child.pid"
     command = [sys.executable, "-c", PARENT_WITH_CHILD, str(port), str(pid_file)]
-    with serve(command, cwd=tmp_path, env=dict(os.environ), port=port, ready_path="/", log_path=tmp_path / "log", timeout=30) as server:
+    with serve(
+        command,
+        cwd=tmp_path,
+        env=dict(os.environ),
+        port=port,
+        ready_path="/",
+        log_path=tmp_path / "log",
+        timeout=30,
+    ) as server:
         child = int(pid_file.read_text())
         assert harness.http_status(server.url + "/") == 200
         assert _alive(child) and not port_is_free(port)
@@ -71,8 +79,17 @@ def test_serve_stops_the_whole_process_group(tmp_path: Path) -> None:
 
 def test_serve_reports_a_server_that_dies_with_its_log(tmp_path: Path) -> None:
     command = [sys.executable, "-c", "import sys; print('bad flag --prot'); sys.exit(3)"]
-    with pytest.raises(ServerError, match=r"exited with code 3(.|\n)*bad flag --prot"), serve(
-        command, cwd=tmp_path, env=dict(os.environ), port=free_port(), ready_path="/", log_path=tmp_path / "log", timeout=30
+    with (
+        pytest.raises(ServerError, match=r"exited with code 3(.|\n)*bad flag --prot"),
+        serve(
+            command,
+            cwd=tmp_path,
+            env=dict(os.environ),
+            port=free_port(),
+            ready_path="/",
+            log_path=tmp_path / "log",
+            timeout=30,
+        ),
     ):
         pass
 
@@ -80,22 +97,36 @@ def test_serve_reports_a_server_that_dies_with_its_log(tmp_path: Path) -> None:
 def test_serve_gives_up_after_its_timeout(tmp_path: Path) -> None:
     command = [sys.executable, "-c", "import time; time.sleep(60)"]
     start = time.monotonic()
-    with pytest.raises(ServerError, match="did not answer 200 within"), serve(
-        command, cwd=tmp_path, env=dict(os.environ), port=free_port(), ready_path="/", log_path=tmp_path / "log", timeout=1
+    with (
+        pytest.raises(ServerError, match="did not answer 200 within"),
+        serve(
+            command,
+            cwd=tmp_path,
+            env=dict(os.environ),
+            port=free_port(),
+            ready_path="/",
+            log_path=tmp_path / "log",
+            timeout=1,
+        ),
     ):
         pass
     assert time.monotonic() - start < 15
 
 
 def test_visible_text_skips_scripts_and_styles() -> None:
-    dom = "<html><head><style>.a{color:red}</style><script>var x = 'hidden';</script></head><body><h1>Runs</h1><p>erm &amp; box</p><noscript>Enable JS</noscript></body></html>"
+    dom = (
+        "<html><head><style>.a{color:red}</style><script>var x = 'hidden';</script></head>"
+        "<body><h1>Runs</h1><p>erm &amp; box</p><noscript>Enable JS</noscript></body></html>"
+    )
     assert visible_text(dom) == "Runs erm & box"
 
 
 def test_texts_of_class_reads_svg_labels_and_nested_text() -> None:
     dom = (
-        '<ul><li class="pipeline-layer-name" data-id="layer-label--raw">raw</li><li class="pipeline-layer-name x">primary</li></ul>'
-        '<svg><g class="pipeline-node"><path d="M0 0"></path><text class="pipeline-node__text">build_manifest</text></g>'
+        '<ul><li class="pipeline-layer-name" data-id="layer-label--raw">raw</li>'
+        '<li class="pipeline-layer-name x">primary</li></ul>'
+        '<svg><g class="pipeline-node"><path d="M0 0"></path>'
+        '<text class="pipeline-node__text">build_manifest</text></g>'
         '<g class="pipeline-node"><rect/><text class="pipeline-node__text">erm</text></g></svg>'
         '<div class="row"><span>test_auroc</span><input type="checkbox"><b>0.81</b></div>'
     )
@@ -138,7 +169,9 @@ def _fake_chromium(tmp_path: Path, ok_from: int) -> tuple[str, Path]:
     """An executable fake Chromium that succeeds from its ``ok_from``-th run; its counter."""
     counter = tmp_path / "runs.txt"
     script = tmp_path / "fake-chromium"
-    script.write_text(FAKE_CHROMIUM.format(python=sys.executable, counter=str(counter), ok_from=ok_from))
+    script.write_text(
+        FAKE_CHROMIUM.format(python=sys.executable, counter=str(counter), ok_from=ok_from)
+    )
     script.chmod(0o755)
     return str(script), counter
 
@@ -148,7 +181,10 @@ def test_screenshot_retries_a_run_that_wrote_nothing(tmp_path: Path) -> None:
     out = tmp_path / "artifacts" / "page.png"
     out.parent.mkdir()
     out.write_bytes(b"stale")
-    assert harness.screenshot(binary, "http://127.0.0.1:1/", out, tmp_path / "profile", timeout=30) == out
+    assert (
+        harness.screenshot(binary, "http://127.0.0.1:1/", out, tmp_path / "profile", timeout=30)
+        == out
+    )
     assert counter.read_text() == "2"
     assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert sorted(p.name for p in out.parent.iterdir()) == ["page.png"]  # no partial file left
@@ -158,8 +194,18 @@ def test_screenshot_fails_after_its_attempts_and_keeps_the_old_file(tmp_path: Pa
     binary, counter = _fake_chromium(tmp_path, ok_from=99)
     out = tmp_path / "page.png"
     out.write_bytes(b"previous screenshot")
-    with pytest.raises(AssertionError, match=r"wrote no PNG(.|\n)*attempt 2: exit 0, file present: False"):
-        harness.screenshot(binary, "http://127.0.0.1:1/", out, tmp_path / "profile", timeout=30, attempts=2, settle_s=0.5)
+    with pytest.raises(
+        AssertionError, match=r"wrote no PNG(.|\n)*attempt 2: exit 0, file present: False"
+    ):
+        harness.screenshot(
+            binary,
+            "http://127.0.0.1:1/",
+            out,
+            tmp_path / "profile",
+            timeout=30,
+            attempts=2,
+            settle_s=0.5,
+        )
     assert counter.read_text() == "2"
     assert out.read_bytes() == b"previous screenshot"
 

@@ -27,12 +27,24 @@ print(json.dumps({
 def test_kedro_loads_project_logging_config() -> None:
     env = kedro_env()
     env.pop("KEDRO_LOGGING_CONFIG", None)
-    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     levels = result["levels"]
     assert levels["cxr_spurious.pipelines.ingestion.nodes"] == "INFO"
     assert levels["kedro.runner"] == "INFO"
-    noisy = {name: level for name, level in levels.items() if not name.startswith(("cxr_spurious", "kedro."))}
+    noisy = {
+        name: level
+        for name, level in levels.items()
+        if not name.startswith(("cxr_spurious", "kedro."))
+    }
     assert set(noisy.values()) == {"WARNING"}, noisy
     assert result["handlers"] == ["kedro.logging.RichHandler"]

@@ -32,7 +32,7 @@ from kedro.io import DataCatalog
 from kedro.io.core import DatasetError
 from moto.server import ThreadedMotoServer
 
-from cxr_spurious.datasets.heatmaps import ChexlocalizeExportDataset
+from cxr_spurious.datasets.heatmap_folders import ChexlocalizeExportDataset
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
 
@@ -45,8 +45,9 @@ KINDS = {
     "pandas.CSVDataset": "table",
     "json.JSONDataset": "json",
     "matplotlib.MatplotlibDataset": "figure",
+    "cxr_spurious.datasets.figures.FigureDataset": "figure",  # also loads the PNG bytes back
     "cxr_spurious.datasets.torch_model.TorchModelDataset": "model",
-    "cxr_spurious.datasets.heatmaps.HeatmapCollectionDataset": "heatmaps",
+    "cxr_spurious.datasets.heatmap_folders.HeatmapCollectionDataset": "heatmaps",
 }
 
 
@@ -86,8 +87,11 @@ def bucket(s3_endpoint: str) -> str:
 
 
 def _credentials(endpoint: str) -> dict[str, Any]:
-    return {"key": "testing", "secret": "testing",
-            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+    return {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
 
 
 def _load_config(tmp_path: Path, endpoint: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -97,13 +101,18 @@ def _load_config(tmp_path: Path, endpoint: str) -> tuple[dict[str, Any], dict[st
     (conf / "local").mkdir()
     for name in CATALOGS:
         shutil.copy(REPO / "conf" / "base" / name, conf / "base" / name)
-    (conf / "local" / "credentials.yml").write_text(yaml.safe_dump({"s3_test": _credentials(endpoint)}))
+    (conf / "local" / "credentials.yml").write_text(
+        yaml.safe_dump({"s3_test": _credentials(endpoint)})
+    )
     loader = CONFIG_LOADER_CLASS(conf_source=str(conf), **CONFIG_LOADER_ARGS)
     return dict(loader["catalog"]), dict(loader["credentials"])
 
 
 def _relocate(catalog: dict[str, Any], root: str, credentials: str | None) -> dict[str, Any]:
-    """Move every ``data/...`` file path under ``root``; add ``credentials`` to each file dataset."""
+    """Move every ``data/...`` file path under ``root``.
+
+    ``credentials`` is added to each file dataset.
+    """
     out = {}
     for name, entry in catalog.items():
         if name.startswith("_") or name in LOCAL_ONLY or not isinstance(entry, dict):
@@ -121,6 +130,13 @@ def _relocate(catalog: dict[str, Any], root: str, credentials: str | None) -> di
     return out
 
 
+def _inner_type(entry: dict[str, Any]) -> str:
+    """The dataset type inside a ``SkippableDataset`` / ``PartitionedDataset`` wrapper."""
+    target = entry["dataset"] if entry["type"].endswith("SkippableDataset") else entry
+    inner = target["dataset"] if target["type"] == "partitions.PartitionedDataset" else target
+    return inner if isinstance(inner, str) else inner["type"]
+
+
 def _kind(entry: dict[str, Any]) -> tuple[str, bool]:
     """(data kind, partitioned) of a catalog entry."""
     target = entry["dataset"] if entry["type"].endswith("SkippableDataset") else entry
@@ -134,11 +150,18 @@ def _kind(entry: dict[str, Any]) -> tuple[str, bool]:
 
 def _heatmap_set(seed: int) -> HeatmapSet:
     rng = np.random.default_rng(seed)
-    index = pd.DataFrame({
-        "image_id": [f"patient{i}_study1_view1_frontal" for i in range(3)], "task": "Pneumothorax",
-        "prob": rng.random(3), "gt": [1.0, 0.0, np.nan], "cxr_w": 300, "cxr_h": 200,
-        "model": "erm", "method": "gradcam",
-    })
+    index = pd.DataFrame(
+        {
+            "image_id": [f"patient{i}_study1_view1_frontal" for i in range(3)],
+            "task": "Pneumothorax",
+            "prob": rng.random(3),
+            "gt": [1.0, 0.0, np.nan],
+            "cxr_w": 300,
+            "cxr_h": 200,
+            "model": "erm",
+            "method": "gradcam",
+        }
+    )
     return HeatmapSet(index, rng.random((3, 7, 5)).astype(np.float32))
 
 
@@ -151,20 +174,34 @@ def _figure(seed: int) -> plt.Figure:
 def _sample(kind: str, seed: int) -> Any:
     rng = np.random.default_rng(seed)
     if kind == "table":
-        return pd.DataFrame({"image_id": [f"patient{i}_study1_view1_frontal" for i in range(4)],
-                             "task": ["Edema", "Cardiomegaly", "Edema", "Lung Lesion"],
-                             "iou": [rng.random(), np.nan, rng.random(), 0.0],
-                             "n": [1, 2, 3, 4], "hit": [True, False, True, True]})
+        return pd.DataFrame(
+            {
+                "image_id": [f"patient{i}_study1_view1_frontal" for i in range(4)],
+                "task": ["Edema", "Cardiomegaly", "Edema", "Lung Lesion"],
+                "iou": [rng.random(), np.nan, rng.random(), 0.0],
+                "n": [1, 2, 3, 4],
+                "hit": [True, False, True, True],
+            }
+        )
     if kind == "json":
-        return {"auroc": float(rng.random()), "n": 4, "tasks": ["Edema", "Pneumothorax"],
-                "Edema": {"size": [2320, 2828], "counts": "PVWX6"}}
+        return {
+            "auroc": float(rng.random()),
+            "n": 4,
+            "tasks": ["Edema", "Pneumothorax"],
+            "Edema": {"size": [2320, 2828], "counts": "PVWX6"},
+        }
     if kind == "figure":
         return _figure(seed)
     if kind == "model":
-        return {"state_dict": {"conv.weight": torch.from_numpy(rng.random((2, 1, 3, 3)).astype(np.float32)),
-                               "conv.bias": torch.zeros(2)},
-                "config": {"architecture": "unet_small", "in_channels": 1, "tasks": ["Pneumothorax"]},
-                "variant": "erm", "fingerprint": "0" * 64}  # the catalog's model entries check the variant
+        return {
+            "state_dict": {
+                "conv.weight": torch.from_numpy(rng.random((2, 1, 3, 3)).astype(np.float32)),
+                "conv.bias": torch.zeros(2),
+            },
+            "config": {"architecture": "unet_small", "in_channels": 1, "tasks": ["Pneumothorax"]},
+            "variant": "erm",
+            "fingerprint": "0" * 64,
+        }  # the catalog's model entries check the variant
     assert kind == "heatmaps"
     return {"erm.gradcam": _heatmap_set(seed), "seg.seg_prob": _heatmap_set(seed + 1)}
 
@@ -176,7 +213,10 @@ def _assert_same(kind: str, saved: Any, loaded: Any, where: str) -> None:
         assert loaded == saved, where
     elif kind == "model":
         assert loaded["config"] == saved["config"], where
-        assert (loaded["variant"], loaded["fingerprint"]) == (saved["variant"], saved["fingerprint"]), where
+        assert (loaded["variant"], loaded["fingerprint"]) == (
+            saved["variant"],
+            saved["fingerprint"],
+        ), where
         assert loaded["state_dict"].keys() == saved["state_dict"].keys(), where
         for key, tensor in saved["state_dict"].items():
             assert torch.equal(loaded["state_dict"][key], tensor), f"{where}: {key}"
@@ -184,7 +224,9 @@ def _assert_same(kind: str, saved: Any, loaded: Any, where: str) -> None:
         assert sorted(loaded) == sorted(saved), where
         for name, hset in saved.items():
             pd.testing.assert_frame_equal(hset.index, loaded[name].index, obj=f"{where}/{name}")
-            np.testing.assert_array_equal(hset.maps.astype(np.float16), loaded[name].maps, err_msg=f"{where}/{name}")
+            np.testing.assert_array_equal(
+                hset.maps.astype(np.float16), loaded[name].maps, err_msg=f"{where}/{name}"
+            )
 
 
 def _dataset_name(pattern: str) -> str:
@@ -194,7 +236,11 @@ def _dataset_name(pattern: str) -> str:
 def _figure_path(entry: dict[str, Any]) -> str:
     """Where a figure entry writes (file or folder), for reading its bytes back."""
     target = entry["dataset"] if entry["type"].endswith("SkippableDataset") else entry
-    return target.get("path", target.get("filepath")).replace("{variant}", "erm").replace("{model}", "erm")
+    return (
+        target.get("path", target.get("filepath"))
+        .replace("{variant}", "erm")
+        .replace("{model}", "erm")
+    )
 
 
 def test_outputs_round_trip_through_s3(tmp_path: Path, s3_endpoint: str, bucket: str) -> None:
@@ -208,8 +254,12 @@ def test_outputs_round_trip_through_s3(tmp_path: Path, s3_endpoint: str, bucket:
     saved: dict[str, tuple[str, bool, Any]] = {}
     for i, (pattern, entry) in enumerate(sorted(s3_conf.items())):
         kind, partitioned = _kind(entry)
-        data = {"erm.gradcam": _sample(kind, i), "seg.seg_prob": _sample(kind, i + 50)} if partitioned else _sample(kind, i)
-        if pattern == "{model}.saliency_overlays":  # a folder of figures (overwrite: true)
+        data = (
+            {"erm.gradcam": _sample(kind, i), "seg.seg_prob": _sample(kind, i + 50)}
+            if partitioned
+            else _sample(kind, i)
+        )
+        if pattern == "{variant}.saliency_overlays":  # a folder of figures (overwrite: true)
             data = {"overlay_0.png": _figure(i), "overlay_1.png": _figure(i + 50)}
         name = _dataset_name(pattern)
         writer.save(name, data)
@@ -225,12 +275,18 @@ def test_outputs_round_trip_through_s3(tmp_path: Path, s3_endpoint: str, bucket:
         if kind == "figure":  # write-only datasets: the S3 files hold the bytes a local save writes
             remote = _figure_path(s3_conf[pattern])
             local_root = Path(_figure_path(local_conf[pattern]))
-            local_files = sorted(p for p in local_root.rglob("*") if p.is_file()) if local_root.is_dir() else [local_root]
+            local_files = (
+                sorted(p for p in local_root.rglob("*") if p.is_file())
+                if local_root.is_dir()
+                else [local_root]
+            )
             assert local_files, name
             for path in local_files:
                 rel = path.relative_to(local_root).as_posix() if local_root.is_dir() else ""
                 key = f"{remote}/{rel}" if rel else remote
                 assert fs.cat_file(key) == path.read_bytes(), f"{name}: {key}"
+            if _inner_type(s3_conf[pattern]).endswith("FigureDataset") and not partitioned:
+                assert reader.load(name) == local_files[0].read_bytes(), name
             continue
         loaded = reader.load(name)
         if partitioned:
@@ -242,7 +298,9 @@ def test_outputs_round_trip_through_s3(tmp_path: Path, s3_endpoint: str, bucket:
     plt.close("all")
 
 
-def test_heatmap_collection_save_replaces_the_s3_collection(tmp_path: Path, s3_endpoint: str, bucket: str) -> None:
+def test_heatmap_collection_save_replaces_the_s3_collection(
+    tmp_path: Path, s3_endpoint: str, bucket: str
+) -> None:
     catalog, _ = _load_config(tmp_path, s3_endpoint)
     entry = _relocate(catalog, f"s3://{bucket}/study", None)["heatmap_collection"]
     entry["fs_args"] = _credentials(s3_endpoint)  # the other way to configure the filesystem

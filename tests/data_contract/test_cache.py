@@ -1,7 +1,10 @@
-"""The memory-mapped image cache: content, masks, boxes, variants, skip-if-unchanged."""
+"""The memory-mapped image cache: content, masks, boxes, renders (and their masks),
+skip-if-unchanged, format bump."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,35 +12,82 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_spurious.data.cache import build_cache, load_cache, make_cache_spec, resize_mask
-from cxr_spurious.data.contract import normalise_manifest
 from cxr_spurious.datasets.image_cache import ImageCacheDataset
 from cxr_spurious.errors import ContractError, DataFormatError, ParameterError
 from cxr_spurious.io.masks import encode_rle, rasterize_polygons
+from cxr_spurious.sources.cache import (
+    CACHE_FORMAT_VERSION,
+    build_cache,
+    estimate_cache_bytes,
+    load_cache,
+    make_cache_spec,
+    resize_image,
+    resize_mask,
+    resize_support,
+    verify_cache_files,
+)
+from cxr_spurious.sources.contract import normalise_manifest
 
 H, W = 64, 80
 
 
 def _setup(tmp_path: Path, n: int = 4):
     rng = np.random.default_rng(0)
-    rows, seg, ann, spur, variants = [], {}, {}, {}, {"no_tube": {}}
+    rows, seg, ann, spur = [], {}, {}, {}
+    renders: dict[str, dict[str, str]] = {"no_tube": {}, "with_box": {}}
+    render_masks: dict[str, dict] = {"with_box": {}}
     for i in range(n):
         image_id = f"patient{i:05d}_study1_view1_frontal"
         path = tmp_path / f"{image_id}.png"
         Image.fromarray(rng.integers(0, 255, (H, W), dtype=np.uint8)).save(path)
         cf = tmp_path / f"{image_id}_cf.png"
         Image.fromarray(np.full((H, W), 7, dtype=np.uint8)).save(cf)
-        variants["no_tube"][image_id] = str(cf)
-        polys = [[[4, 4], [20, 4], [20, 20], [4, 20]], [[50, 40], [70, 40], [70, 60], [50, 60]]] if i % 2 == 0 else []
+        renders["no_tube"][image_id] = str(cf)
+        # with_box: the original plus a bright square (rows 30-39, columns 50-61) and its mask
+        pixels = np.asarray(Image.open(path))
+        box = np.zeros((H, W), dtype=np.uint8)
+        box[30:40, 50:62] = 1
+        added = tmp_path / f"{image_id}_box.png"
+        Image.fromarray(np.where(box == 1, 255, pixels).astype(np.uint8)).save(added)
+        renders["with_box"][image_id] = str(added)
+        render_masks["with_box"][image_id] = encode_rle(box)
+        polys = (
+            [[[4, 4], [20, 4], [20, 20], [4, 20]], [[50, 40], [70, 40], [70, 60], [50, 60]]]
+            if i % 2 == 0
+            else []
+        )
         ann[image_id] = {"img_size": [H, W], **({"Lung Lesion": polys} if polys else {})}
         seg[image_id] = {"Lung Lesion": encode_rle(rasterize_polygons(polys, H, W))}
         tube = np.zeros((H, W), dtype=np.uint8)
         tube[:, 10:12] = 1
         spur[image_id] = {"Chest Tube": encode_rle(tube)}
-        rows.append({"image_id": image_id, "patient_id": f"p{i}", "study_id": f"p{i}_s1", "split": "train", "path": str(path), "view": "PA", "width": W, "height": H, "Lung Lesion": float(i % 2 == 0), "Edema": 0.0 if i < 2 else np.nan})
+        rows.append(
+            {
+                "image_id": image_id,
+                "patient_id": f"p{i}",
+                "study_id": f"p{i}_s1",
+                "split": "train",
+                "path": str(path),
+                "view": "PA",
+                "width": W,
+                "height": H,
+                "Lung Lesion": float(i % 2 == 0),
+                "Edema": 0.0 if i < 2 else np.nan,
+            }
+        )
     manifest = normalise_manifest(pd.DataFrame(rows), ["Lung Lesion", "Edema"], source="unit")
     seg = {k: v for k, v in seg.items()}
-    spec = make_cache_spec(manifest, ["Lung Lesion", "Edema"], 32, segmentations=seg, annotations=ann, spurious_segmentations=spur, objects=["Chest Tube"], variants=variants)
+    spec = make_cache_spec(
+        manifest,
+        ["Lung Lesion", "Edema"],
+        32,
+        segmentations=seg,
+        annotations=ann,
+        spurious_segmentations=spur,
+        objects=["Chest Tube"],
+        renders=renders,
+        render_masks=render_masks,
+    )
     return manifest, spec
 
 
@@ -60,17 +110,119 @@ def test_cache_content(tmp_path: Path) -> None:
     np.testing.assert_array_equal(cache.has_mask[:, 0], [True] * 4)
     np.testing.assert_array_equal(cache.has_mask[:, 1], [True, True, False, False])
     ids = ["patient00002_study1_view1_frontal", "patient00000_study1_view1_frontal"]
-    np.testing.assert_array_equal(cache.variant("no_tube", ids), np.full((2, 32, 32), 7, dtype=np.uint8))
+    seven = np.full((2, 32, 32), 7, dtype=np.uint8)
+    np.testing.assert_array_equal(cache.render("no_tube", ids), seven)
+    np.testing.assert_array_equal(cache.render("original", ids), cache.images[cache.rows(ids)])
     with pytest.raises(ContractError, match="not in the image cache"):
         cache.row("nope")
-    with pytest.raises(ContractError, match="no variant 'no_lesion'"):
-        cache.variant("no_lesion", ids)
+    with pytest.raises(ContractError, match="no render 'no_lesion'"):
+        cache.render("no_lesion", ids)
+    with pytest.raises(ContractError, match="render 'no_tube' of the image cache has no mask.*box"):
+        cache.render_mask("no_tube", ids)
+
+
+def test_render_masks_round_trip_and_bound_every_changed_pixel(tmp_path: Path) -> None:
+    _, spec = _setup(tmp_path)
+    build_cache(spec, tmp_path / "cache", progress=False)
+    folder = tmp_path / "cache"
+    renders = folder / "renders"
+    assert (renders / "with_box.npy").is_file() and (renders / "with_box.mask.npy").is_file()
+    assert not (renders / "no_tube.mask.npy").exists() and not (folder / "variants").exists()
+    index = json.loads((folder / "index.json").read_text())
+    assert index["format_version"] == CACHE_FORMAT_VERSION == 3
+    assert index["render_masks"] == ["with_box"]
+    assert set(index["render_ids"]) == {"no_tube", "with_box"}
+    files = {"renders/with_box.npy", "renders/with_box.mask.npy", "renders/no_tube.npy"}
+    assert files <= set(index["files"])
+    assert verify_cache_files(folder) == []
+    cache = load_cache(folder)
+    ids = cache.image_ids
+    box = np.zeros((H, W), dtype=np.uint8)
+    box[30:40, 50:62] = 1
+    mask = cache.render_mask("with_box", ids)
+    np.testing.assert_array_equal(mask, np.broadcast_to(resize_support(box, 32), mask.shape))
+    # the cached mask covers the box's whole reach: the renders equal the originals outside it
+    with_box, original = cache.render("with_box", ids), cache.render("original", ids)
+    np.testing.assert_array_equal(with_box[mask == 0], original[mask == 0])
+    assert (with_box != original)[mask == 1].any()
+    full = np.asarray(Image.open(spec.renders["with_box"][ids[0]]))
+    np.testing.assert_array_equal(with_box[0], resize_image(full, 32))
+    # damage to a mask file is caught like damage to any other array
+    raw = bytearray((folder / "renders" / "with_box.mask.npy").read_bytes())
+    raw[-1] ^= 1
+    (folder / "renders" / "with_box.mask.npy").write_bytes(bytes(raw))
+    assert any("with_box.mask.npy" in p for p in verify_cache_files(folder))
+
+
+def test_select_renders_picks_one_render_per_image(tmp_path: Path) -> None:
+    _, spec = _setup(tmp_path)
+    build_cache(spec, tmp_path / "cache", progress=False)
+    cache = load_cache(tmp_path / "cache")
+    ids = cache.image_ids
+    names = ["with_box", "original", "no_tube", "with_box"]
+    picked = cache.select_renders(ids, names)
+    for k, (image_id, name) in enumerate(zip(ids, names)):
+        np.testing.assert_array_equal(picked[k], cache.render(name, [image_id])[0])
+    with pytest.raises(ContractError, match="4 image ids but 3 render names"):
+        cache.select_renders(ids, names[:3])
+
+
+def test_render_masks_must_cover_every_image_of_their_render(tmp_path: Path) -> None:
+    manifest, spec = _setup(tmp_path)
+    masks = dict(spec.render_masks["with_box"])
+    task = ["Lung Lesion"]
+    missing = sorted(masks)[1]
+    del masks[missing]
+    with pytest.raises(ContractError, match=f"render 'with_box' has no mask for 1 .*{missing}"):
+        make_cache_spec(manifest, task, 32, renders=spec.renders, render_masks={"with_box": masks})
+    with pytest.raises(ContractError, match="render 'with_tube', which has no images"):
+        make_cache_spec(manifest, task, 32, renders=spec.renders, render_masks={"with_tube": masks})
+
+
+def test_disk_estimate_counts_renders_and_their_masks(tmp_path: Path) -> None:
+    _, spec = _setup(tmp_path)
+    n, t, k, s = 4, 2, 1, 32
+    # images + masks + boxes + spurious + has_mask, then 2 renders of 4 images and 1 mask array
+    assert estimate_cache_bytes(spec) == n * s * s * (1 + 2 * t + k) + n * t + (2 * 4 + 4) * s * s
+    build_cache(spec, tmp_path / "cache", progress=False)
+    arrays = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*.npy"))
+    assert 0 <= arrays - estimate_cache_bytes(spec) <= 128 * 9  # only the .npy headers on top
+
+
+def test_a_cache_of_the_previous_format_is_rebuilt_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, spec = _setup(tmp_path)
+    folder = tmp_path / "cache"
+    build_cache(spec, folder, progress=False)
+    # turn it into what format 2 wrote: variants/<name>.npy and variant_ids, no masks
+    (folder / "renders" / "with_box.mask.npy").unlink()
+    (folder / "renders").rename(folder / "variants")
+    index = json.loads((folder / "index.json").read_text())
+    index["format_version"] = 2
+    index["variant_ids"] = index.pop("render_ids")
+    del index["render_masks"]
+    files = index["files"].items()
+    index["files"] = {k.replace("renders/", "variants/"): v for k, v in files if "mask" not in k}
+    (folder / "index.json").write_text(json.dumps(index))
+    old = r"index\.json.*format 2, this version reads format 3.*kedro run --pipeline ingestion"
+    with pytest.raises(DataFormatError, match=old):
+        load_cache(folder)
+    assert "format 2" in verify_cache_files(folder)[0]
+    with caplog.at_level(logging.INFO, logger="cxr_spurious.datasets.image_cache"):
+        ImageCacheDataset(path=str(folder), progress=False).save(spec)
+    assert "was written in format 2; this version writes format 3" in caplog.text
+    cache = load_cache(folder)
+    assert not (folder / "variants").exists() and set(cache.render_masks) == {"with_box"}
+    assert verify_cache_files(folder) == []
 
 
 def test_boxes_fill_bounding_box_of_each_instance(tmp_path: Path) -> None:
     _, spec = _setup(tmp_path, n=1)
     tri = [[[4, 4], [40, 4], [4, 40]]]
-    spec.segmentations["patient00000_study1_view1_frontal"]["Lung Lesion"] = encode_rle(rasterize_polygons(tri, H, W))
+    spec.segmentations["patient00000_study1_view1_frontal"]["Lung Lesion"] = encode_rle(
+        rasterize_polygons(tri, H, W)
+    )
     spec.annotations["patient00000_study1_view1_frontal"]["Lung Lesion"] = tri
     build_cache(spec, tmp_path / "c", progress=False)
     cache = load_cache(tmp_path / "c")
@@ -93,7 +245,9 @@ def test_dataset_skips_rebuild_when_unchanged(tmp_path: Path) -> None:
 def test_image_size_disagreeing_with_manifest_is_reported(tmp_path: Path) -> None:
     _, spec = _setup(tmp_path, n=2)
     spec.sizes[1] = (H + 1, W)
-    with pytest.raises(DataFormatError, match="patient00001_study1_view1_frontal.*the manifest says 80x65"):
+    with pytest.raises(
+        DataFormatError, match="patient00001_study1_view1_frontal.*the manifest says 80x65"
+    ):
         build_cache(spec, tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists()  # nothing half-written
 

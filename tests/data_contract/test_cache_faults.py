@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_spurious.data import cache as cache_mod
-from cxr_spurious.data.cache import (
+from cxr_spurious.datasets.image_cache import ImageCacheDataset
+from cxr_spurious.errors import DataFormatError, ParameterError
+from cxr_spurious.sources import cache as cache_mod
+from cxr_spurious.sources.cache import (
     CacheSpec,
     build_cache,
     check_disk_space,
@@ -27,8 +29,6 @@ from cxr_spurious.data.cache import (
     remove_stale_builds,
     verify_cache_files,
 )
-from cxr_spurious.datasets.image_cache import ImageCacheDataset
-from cxr_spurious.errors import DataFormatError, ParameterError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ BUILD_SCRIPT = textwrap.dedent(
     import numpy as np
     from PIL import Image
 
-    from cxr_spurious.data import cache
+    from cxr_spurious.sources import cache
 
     _original = cache._row_payload
 
@@ -106,12 +106,19 @@ def _spec(tmp_path: Path, n: int = 6, size: int = 16) -> CacheSpec:
     )
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="counts processes through /proc (Linux)")
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="counts processes through /proc (Linux)"
+)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_stops_every_worker_and_removes_the_temporary_folder(tmp_path: Path, sig: int) -> None:
+def test_interrupt_stops_every_worker_and_removes_the_temporary_folder(
+    tmp_path: Path, sig: int
+) -> None:
     script = tmp_path / "build.py"
     script.write_text(BUILD_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen(
         [sys.executable, str(script), str(tmp_path)],
         start_new_session=True,  # its own process group, as a shell gives a foreground job
@@ -151,7 +158,9 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_stale_temporary_folders_are_removed_but_a_concurrent_build_is_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_stale_temporary_folders_are_removed_but_a_concurrent_build_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = tmp_path / "image_cache"
     host = cache_mod.socket.gethostname()
     dead = tmp_path / ".image_cache.tmp.dead"
@@ -170,14 +179,18 @@ def test_stale_temporary_folders_are_removed_but_a_concurrent_build_is_kept(tmp_
         live = tmp_path / ".image_cache.tmp.live"
         live.mkdir()
         start = cache_mod._process_start(sleeper.pid)
-        (live / ".owner.json").write_text(json.dumps({"pid": sleeper.pid, "start": start, "host": host}))
-        with caplog.at_level(logging.WARNING, logger="cxr_spurious.data.cache"):
+        (live / ".owner.json").write_text(
+            json.dumps({"pid": sleeper.pid, "start": start, "host": host})
+        )
+        with caplog.at_level(logging.WARNING, logger="cxr_spurious.sources.cache"):
             build_cache(_spec(tmp_path), folder, progress=False)
         assert not dead.exists() and not old_swap.exists() and not legacy.exists()
         assert live.is_dir() and fresh_legacy.is_dir()
         assert str(dead) in caplog.text and "no longer runs" in caplog.text
         # The same pid now running another program (start time differs): stale.
-        (live / ".owner.json").write_text(json.dumps({"pid": sleeper.pid, "start": "1", "host": host}))
+        (live / ".owner.json").write_text(
+            json.dumps({"pid": sleeper.pid, "start": "1", "host": host})
+        )
         assert remove_stale_builds(folder) == [live]
     finally:
         sleeper.kill()
@@ -185,7 +198,9 @@ def test_stale_temporary_folders_are_removed_but_a_concurrent_build_is_kept(tmp_
     assert load_cache(folder).images.shape == (6, 16, 16)
 
 
-def test_a_cache_the_disk_cannot_hold_is_refused_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cache_the_disk_cannot_hold_is_refused_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = _spec(tmp_path, size=64)
     need = estimate_cache_bytes(spec)
     assert need == 6 * 64 * 64 * (1 + 2 * 2 + 1) + 6 * 2
@@ -208,7 +223,9 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_writing(tmp_path: Path, 
     check_disk_space(spec, tmp_path / "image_cache")  # the real disk holds 150 KB
 
 
-def test_truncated_array_is_named_downstream_and_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_truncated_array_is_named_downstream_and_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     spec = _spec(tmp_path)
     folder = tmp_path / "image_cache"
     ds = ImageCacheDataset(path=str(folder), progress=False)
@@ -217,7 +234,9 @@ def test_truncated_array_is_named_downstream_and_rebuilt(tmp_path: Path, caplog:
     assert verify_cache_files(folder) == []
     images = folder / "images.npy"
     os.truncate(images, images.stat().st_size - 100)
-    with pytest.raises(DataFormatError, match=r"images\.npy.*truncated or damaged.*kedro run --pipeline ingestion"):
+    with pytest.raises(
+        DataFormatError, match=r"images\.npy.*truncated or damaged.*kedro run --pipeline ingestion"
+    ):
         load_cache(folder)
     problems = verify_cache_files(folder)
     assert len(problems) == 1 and str(images) in problems[0]
@@ -228,7 +247,9 @@ def test_truncated_array_is_named_downstream_and_rebuilt(tmp_path: Path, caplog:
     assert verify_cache_files(folder) == []
 
 
-def test_same_size_damage_is_caught_by_the_sampled_hash(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_same_size_damage_is_caught_by_the_sampled_hash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     spec = _spec(tmp_path)
     folder = tmp_path / "image_cache"
     ds = ImageCacheDataset(path=str(folder), progress=False)
@@ -264,7 +285,9 @@ def test_an_up_to_date_cache_still_gets_stale_folders_removed(tmp_path: Path) ->
     stamp = (folder / "images.npy").stat().st_mtime_ns
     stale = tmp_path / ".image_cache.tmp.killed"
     stale.mkdir()
-    (stale / ".owner.json").write_text(json.dumps({"pid": _dead_pid(), "start": None, "host": cache_mod.socket.gethostname()}))
+    (stale / ".owner.json").write_text(
+        json.dumps({"pid": _dead_pid(), "start": None, "host": cache_mod.socket.gethostname()})
+    )
     ds.save(spec)
     assert not stale.exists()
     assert (folder / "images.npy").stat().st_mtime_ns == stamp  # not rebuilt
@@ -274,7 +297,9 @@ def _die(args: object) -> None:
     os._exit(3)
 
 
-def test_a_worker_that_dies_is_an_error_not_a_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_that_dies_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = _spec(tmp_path)
     spec.n_jobs = 2
     monkeypatch.setattr(cache_mod, "_row_payload", _die)
@@ -287,6 +312,8 @@ def test_an_error_in_a_worker_reaches_the_caller(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
     spec.n_jobs = 2
     spec.sizes[3] = (41, 48)
-    with pytest.raises(DataFormatError, match=r"img3\.png \(i3\): image is 48x40 .* manifest says 48x41"):
+    with pytest.raises(
+        DataFormatError, match=r"img3\.png \(i3\): image is 48x40 .* manifest says 48x41"
+    ):
         build_cache(spec, tmp_path / "image_cache", progress=False)
     assert not list(tmp_path.glob(".image_cache*"))

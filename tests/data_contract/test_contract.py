@@ -6,8 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_spurious.data.contract import assign_patient_splits, normalise_manifest, validate_manifest
 from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.sources.contract import (
+    assign_patient_splits,
+    normalise_manifest,
+    validate_manifest,
+)
 
 
 def _manifest(n: int = 6) -> pd.DataFrame:
@@ -32,7 +36,17 @@ def test_normalised_manifest_validates_and_keeps_tasks() -> None:
     m = _manifest()
     assert validate_manifest(m) is m
     assert m.attrs["tasks"] == ["Pneumothorax"]
-    assert list(m.columns[:9]) == ["image_id", "patient_id", "study_id", "source", "split", "path", "view", "width", "height"]
+    assert list(m.columns[:9]) == [
+        "image_id",
+        "patient_id",
+        "study_id",
+        "source",
+        "split",
+        "path",
+        "view",
+        "width",
+        "height",
+    ]
     assert m["tube"].isna().all() and m["source"].eq("unit").all()
 
 
@@ -40,10 +54,22 @@ def test_normalised_manifest_validates_and_keeps_tasks() -> None:
     ("mutate", "message"),
     [
         (lambda m: m.drop(columns=["split"]), r"missing column\(s\) \['split'\]"),
-        (lambda m: m.assign(image_id=["a", "a", "b", "c", "d", "e"]), "image_id must be unique.*'a'"),
-        (lambda m: m.assign(split=["train", "train", "val", "val", "test", "holdout"]), "split must be one of.*holdout"),
-        (lambda m: m.assign(patient_id=["p1", "p1", "p1", "p2", "p3", "p4"]), "patient 'p1' appears in several splits"),
-        (lambda m: m.assign(Pneumothorax=[1.0, 0.0, -1.0, 1.0, 0.0, 1.0]), "'Pneumothorax' must hold 1 / 0 / NaN.*-1.0"),
+        (
+            lambda m: m.assign(image_id=["a", "a", "b", "c", "d", "e"]),
+            "image_id must be unique.*'a'",
+        ),
+        (
+            lambda m: m.assign(split=["train", "train", "val", "val", "test", "holdout"]),
+            "split must be one of.*holdout",
+        ),
+        (
+            lambda m: m.assign(patient_id=["p1", "p1", "p1", "p2", "p3", "p4"]),
+            "patient 'p1' appears in several splits",
+        ),
+        (
+            lambda m: m.assign(Pneumothorax=[1.0, 0.0, -1.0, 1.0, 0.0, 1.0]),
+            "'Pneumothorax' must hold 1 / 0 / NaN.*-1.0",
+        ),
         (lambda m: m.assign(width=[64, 64, 0, 64, 64, 64]), "'width' must be a positive integer"),
         (lambda m: m.assign(age_years=[-3.0, 1, 1, 1, 1, 1]), "age_years must be >= 0"),
         (lambda m: m.iloc[:0], "has no rows"),

@@ -106,7 +106,10 @@ def test_top_level_run_in_the_study_experiment_with_model(tracking: str, tmp_pat
     assert "mlflow.parentRunId" not in run.data.tags
     # the model is the catalog's artifact, readable without unpickling code
     files = _all_artifacts(client, run_id)
-    assert sorted(f for f in files if f.startswith("model/")) == ["model/config.json", MODEL_ARTIFACT]
+    assert sorted(f for f in files if f.startswith("model/")) == [
+        "model/config.json",
+        MODEL_ARTIFACT,
+    ]
     local = client.download_artifacts(run_id, MODEL_ARTIFACT, str(tmp_path))
     raw = torch.load(io.BytesIO(Path(local).read_bytes()), weights_only=True)
     expected = _artifact()
@@ -138,7 +141,9 @@ def test_a_module_instead_of_the_artifact_is_refused(tracking: str) -> None:
     with pytest.raises(DatasetError, match=r"record\['model'\] must be the model artifact"):
         ds.save(record)
     bad = {**_record(), "model": {"state_dict": {"x": torch.zeros(1)}, "config": dict(CONFIG)}}
-    with pytest.raises(DatasetError, match=r"record\['model'\]: weights do not fit architecture 'unet_small'"):
+    with pytest.raises(
+        DatasetError, match=r"record\['model'\]: weights do not fit architecture 'unet_small'"
+    ):
         ds.save(bad)
 
 
@@ -146,5 +151,7 @@ def test_loading_a_run_without_a_model_names_the_run(tracking: str) -> None:
     ds = MlflowChildRunDataset(experiment="study_x", tracking_uri=tracking)
     ds.save(_record())
     run_id = ds.load()["run_id"]
-    with pytest.raises(DataFormatError, match=f"runs:/{run_id}/model/model.pt: the run has no model"):
+    with pytest.raises(
+        DataFormatError, match=f"runs:/{run_id}/model/model.pt: the run has no model"
+    ):
         load_model_from_run(run_id, tracking)

@@ -51,7 +51,9 @@ def test_saved_value_is_served_from_memory_for_write_only_datasets(tmp_path) -> 
 
     from cxr_spurious.datasets.skippable import SkippableDataset
 
-    ds = SkippableDataset(dataset={"type": "matplotlib.MatplotlibDataset", "filepath": str(tmp_path / "fig.png")})
+    ds = SkippableDataset(
+        dataset={"type": "matplotlib.MatplotlibDataset", "filepath": str(tmp_path / "fig.png")}
+    )
     fig, _ = plt.subplots()
     ds.save(fig)
     assert (tmp_path / "fig.png").stat().st_size > 0

@@ -64,15 +64,20 @@ def test_another_variants_model_file_is_refused(tmp_path: Path) -> None:
     erm.parent.mkdir()
     erm.write_bytes(seg.read_bytes())
     with pytest.raises(
-        DatasetError, match=r"erm/model\.pt: holds the model of variant 'seg' .*abababababab.*not of 'erm'"
+        DatasetError,
+        match=r"erm/model\.pt: holds the model of variant 'seg' .*abababababab.*not of 'erm'",
     ):
         TorchModelDataset(filepath=str(erm), variant="erm").load()
 
 
 def test_model_without_a_variant_record_is_refused_where_one_is_expected(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
-    TorchModelDataset(filepath=str(path)).save({"state_dict": build_model(CONFIG).state_dict(), "config": CONFIG})
-    with pytest.raises(DatasetError, match=r"does not record which variant .*expected 'erm'.*retrain"):
+    TorchModelDataset(filepath=str(path)).save(
+        {"state_dict": build_model(CONFIG).state_dict(), "config": CONFIG}
+    )
+    with pytest.raises(
+        DatasetError, match=r"does not record which variant .*expected 'erm'.*retrain"
+    ):
         TorchModelDataset(filepath=str(path), variant="erm").load()
     assert TorchModelDataset(filepath=str(path)).load()["config"] == CONFIG  # no check asked for
 

@@ -13,7 +13,11 @@ def make_manifest(n_patients: int = 60, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
     for p in range(n_patients):
-        split = "train" if p < int(0.6 * n_patients) else ("val" if p < int(0.8 * n_patients) else "test")
+        split = (
+            "train"
+            if p < int(0.6 * n_patients)
+            else ("val" if p < int(0.8 * n_patients) else "test")
+        )
         sex = "F" if rng.random() < 0.3 else "M"
         age = float(rng.integers(5, 95))
         for k in range(int(rng.integers(1, 4))):

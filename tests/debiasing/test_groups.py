@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from tests.debiasing.debias_fixtures import TASK, make_manifest
 
-from cxr_spurious.data.contract import age_bin_labels, bin_ages
 from cxr_spurious.debiasing.groups import assign_groups, check_groups, group_keys
 from cxr_spurious.errors import DataFormatError, ParameterError
+from cxr_spurious.sources.contract import age_bin_labels, bin_ages
 
 
 def test_age_bins_default_edges() -> None:

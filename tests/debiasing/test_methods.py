@@ -12,7 +12,6 @@ from sklearn.preprocessing import StandardScaler
 from tests.debiasing.debias_fixtures import TASK, make_manifest
 
 from cxr_spurious.augment import augment_image
-from cxr_spurious.data.contract import align_table
 from cxr_spurious.debiasing.dfr import dfr_training_rows, fit_dfr
 from cxr_spurious.debiasing.features import embedding_matrix, thumbnails
 from cxr_spurious.debiasing.george import discover_groups
@@ -22,6 +21,7 @@ from cxr_spurious.debiasing.objectives import GroupDROObjective, make_group_dro
 from cxr_spurious.debiasing.report import group_count_table, plot_group_counts
 from cxr_spurious.debiasing.resampling import resample_manifest
 from cxr_spurious.errors import ContractError, DataFormatError, ParameterError
+from cxr_spurious.sources.contract import align_table
 
 
 def _embeddings(m: pd.DataFrame, d: int = 6, seed: int = 0) -> pd.DataFrame:
@@ -69,7 +69,9 @@ def test_jtt_error_set() -> None:
     p = np.where(m[TASK] == 1, 0.9, 0.1)
     flip = np.arange(len(m)) % 4 == 0
     p[flip] = 1 - p[flip]
-    preds = pd.DataFrame({"image_id": m["image_id"], "split": m["split"], "model": "erm", f"p_{TASK}": p})
+    preds = pd.DataFrame(
+        {"image_id": m["image_id"], "split": m["split"], "model": "erm", f"p_{TASK}": p}
+    )
     err = error_set(m, preds, TASK)
     assert (err == (flip & (m["split"] == "train").to_numpy())).all()
     with pytest.raises(ContractError, match="erm.predictions is misaligned"):
@@ -98,7 +100,9 @@ def test_dfr_matches_sklearn_on_balanced_half() -> None:
     preds = fit_dfr(m, emb, ids.to_numpy(), [TASK], seed=0)
     x = emb[[f"e{i}" for i in range(6)]].to_numpy()
     sc = StandardScaler().fit(x[rows])
-    ref = LogisticRegression(C=1.0, max_iter=2000, random_state=0).fit(sc.transform(x[rows]), m[TASK].to_numpy()[rows].astype(int))
+    ref = LogisticRegression(C=1.0, max_iter=2000, random_state=0).fit(
+        sc.transform(x[rows]), m[TASK].to_numpy()[rows].astype(int)
+    )
     np.testing.assert_allclose(preds[f"p_{TASK}"], ref.predict_proba(sc.transform(x))[:, 1])
     assert list(preds.columns) == ["image_id", "split", "model", f"p_{TASK}"]
 
@@ -118,8 +122,12 @@ def test_group_dro_matches_hand_computation() -> None:
     valid = ~labels.isnan()
     group = torch.tensor([0, 0, 1, 1, 1, 1])
     obj = GroupDROObjective(3, step_size=0.5)
-    loss = obj(logits, labels, valid, {"group": group, "weight": torch.ones(6), "index": torch.arange(6)})
-    per = F.binary_cross_entropy_with_logits(logits[:5, 0], labels[:5, 0], reduction="none").detach()
+    loss = obj(
+        logits, labels, valid, {"group": group, "weight": torch.ones(6), "index": torch.arange(6)}
+    )
+    per = F.binary_cross_entropy_with_logits(
+        logits[:5, 0], labels[:5, 0], reduction="none"
+    ).detach()
     l0, l1 = per[:2].mean(), per[2:5].mean()
     q = torch.tensor([np.exp(0.5 * l0.item()), np.exp(0.5 * l1.item()), 1.0]) / 3
     q = (q / q.sum()).float()
@@ -158,12 +166,16 @@ def test_group_count_report() -> None:
 def test_group_dro_registered_with_training_and_resumes() -> None:
     from cxr_spurious.training import objectives
 
-    obj = objectives.make_objective("group_dro", np.zeros((6, 1)), np.array([0, 0, 1, 2, 2, -1]), {"step_size": 0.2})
+    obj = objectives.make_objective(
+        "group_dro", np.zeros((6, 1)), np.array([0, 0, 1, 2, 2, -1]), {"step_size": 0.2}
+    )
     assert isinstance(obj, GroupDROObjective) and obj.n_groups == 3
     labels = torch.tensor([[1.0], [0.0], [1.0], [0.0], [1.0], [0.0]])
     batch = {"group": torch.tensor([0, 0, 1, 2, 2, -1])}
     obj(torch.zeros(6, 1), labels, torch.ones(6, 1, dtype=torch.bool), batch)
-    fresh = objectives.make_objective("group_dro", np.zeros((6, 1)), np.array([0, 0, 1, 2, 2, -1]), {"step_size": 0.2})
+    fresh = objectives.make_objective(
+        "group_dro", np.zeros((6, 1)), np.array([0, 0, 1, 2, 2, -1]), {"step_size": 0.2}
+    )
     fresh.load_state_dict(obj.state_dict())
     assert torch.equal(fresh.q, obj.q)
     with pytest.raises(ParameterError, match="'group' column"):

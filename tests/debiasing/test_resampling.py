@@ -27,7 +27,9 @@ def _features(m: pd.DataFrame) -> np.ndarray:
     return np.random.default_rng(1).normal(size=(len(m), 4))
 
 
-def _run(strategy: str, seed: int = 0, **kw: object) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+def _run(
+    strategy: str, seed: int = 0, **kw: object
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
     m, g = _setup(cross_label=strategy == "group_balance")
     if strategy == "cluster_downsample":
         kw.setdefault("features", _features(m))
@@ -45,7 +47,10 @@ def test_val_test_unchanged_and_no_patient_leak(strategy: str) -> None:
     m, out, _ = _run(strategy)
     cols = list(m.columns)
     for split in ("val", "test"):
-        pd.testing.assert_frame_equal(out.loc[out["split"] == split, cols].reset_index(drop=True), m.loc[m["split"] == split, cols].reset_index(drop=True))
+        pd.testing.assert_frame_equal(
+            out.loc[out["split"] == split, cols].reset_index(drop=True),
+            m.loc[m["split"] == split, cols].reset_index(drop=True),
+        )
     train_patients = set(m.loc[m["split"] == "train", "patient_id"])
     assert set(out.loc[out["split"] == "train", "patient_id"]) <= train_patients
     assert out.groupby("patient_id")["split"].nunique().max() == 1
@@ -60,7 +65,10 @@ def test_same_seed_same_rows(strategy: str) -> None:
     pd.testing.assert_frame_equal(a, b)
 
 
-@pytest.mark.parametrize("strategy", ["upsample", "downsample", "group_balance", "cluster_downsample", "augment_upsample"])
+@pytest.mark.parametrize(
+    "strategy",
+    ["upsample", "downsample", "group_balance", "cluster_downsample", "augment_upsample"],
+)
 def test_different_seed_different_rows(strategy: str) -> None:
     _, a, _ = _run(strategy, seed=1)
     _, b, _ = _run(strategy, seed=2)
@@ -134,7 +142,9 @@ def test_cluster_downsample_counts_and_spread() -> None:
     m, out, g = _run("cluster_downsample", target="min")
     assert (_train_counts(out) == _train_counts(m.assign(group=g)).min()).all()
     # two well separated blobs of unequal size keep equal shares
-    x = np.r_[np.zeros((90, 2)), np.full((10, 2), 10.0)] + np.random.default_rng(0).normal(0, 0.1, (100, 2))
+    x = np.r_[np.zeros((90, 2)), np.full((10, 2), 10.0)] + np.random.default_rng(0).normal(
+        0, 0.1, (100, 2)
+    )
     keep = cluster_keep(x, 20, n_clusters=2, seed=0)
     assert keep.size == 20 and np.sum(keep >= 90) == 10
 
@@ -157,7 +167,12 @@ def test_bad_target_size(bad: object) -> None:
 
 
 def test_target_size_names() -> None:
-    assert (target_size([3, 5, 10], "min"), target_size([3, 5, 10], "median"), target_size([3, 6], "median"), target_size([3, 5, 10], "max")) == (3, 5, 5, 10)
+    assert (
+        target_size([3, 5, 10], "min"),
+        target_size([3, 5, 10], "median"),
+        target_size([3, 6], "median"),
+        target_size([3, 5, 10], "max"),
+    ) == (3, 5, 5, 10)
 
 
 def test_zero_target_in_resample() -> None:
@@ -168,7 +183,9 @@ def test_zero_target_in_resample() -> None:
 
 def test_unknown_strategy_lists_valid() -> None:
     m, g = _setup()
-    with pytest.raises(ParameterError, match="debiasing.strategy.*valid names are: augment_upsample"):
+    with pytest.raises(
+        ParameterError, match="debiasing.strategy.*valid names are: augment_upsample"
+    ):
         resample_manifest(m, g, "smote")
 
 

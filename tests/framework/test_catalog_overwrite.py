@@ -11,8 +11,12 @@ from cxr_spurious.settings import CONFIG_LOADER_ARGS
 
 
 def _catalog(env: str) -> dict:
-    args = {k: v for k, v in CONFIG_LOADER_ARGS.items() if k in ("merge_strategy", "config_patterns")}
-    return OmegaConfigLoader(conf_source="conf", base_env="base", default_run_env=env, **args)["catalog"]
+    args = {
+        k: v for k, v in CONFIG_LOADER_ARGS.items() if k in ("merge_strategy", "config_patterns")
+    }
+    return OmegaConfigLoader(conf_source="conf", base_env="base", default_run_env=env, **args)[
+        "catalog"
+    ]
 
 
 def _location(entry: dict) -> str | None:
@@ -24,8 +28,14 @@ def _location(entry: dict) -> str | None:
 
 @pytest.mark.parametrize("env", ["base", "chexlocalize"])
 def test_overwriting_folders_hold_no_other_dataset(env: str) -> None:
-    catalog = {k: v for k, v in _catalog(env).items() if isinstance(v, dict) and not k.startswith("_")}
-    overwriting = {k: PurePosixPath(_location(v)) for k, v in catalog.items() if v.get("overwrite") is True and _location(v)}
+    catalog = {
+        k: v for k, v in _catalog(env).items() if isinstance(v, dict) and not k.startswith("_")
+    }
+    overwriting = {
+        k: PurePosixPath(_location(v))
+        for k, v in catalog.items()
+        if v.get("overwrite") is True and _location(v)
+    }
     assert "localization_segmentations" in overwriting  # the check has something to check
     for name, folder in overwriting.items():
         for other, entry in catalog.items():

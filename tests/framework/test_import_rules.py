@@ -4,10 +4,10 @@
   imports ``cxr_spurious.pipelines``;
 * ``robustness`` does not import ``debiasing`` (shared manifest helpers live in
   ``data/contract.py``);
-* ``data/adapters`` does not import ``phantom`` (the ``attributes.csv`` header lives in
+* ``sources/adapters`` does not import ``phantom`` (the ``attributes.csv`` header lives in
   ``data/contract.py``);
 * no library module loads a ``cxr_spurious`` module with ``importlib.import_module`` except
-  the adapter registry (``data/adapters/base.py``, a name -> module table); everything else
+  the adapter registry (``sources/adapters/base.py``, a name -> module table); everything else
   is a plain import a reader can follow.
 
 Imports inside functions and relative imports count.
@@ -23,7 +23,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "src" / "cxr_spurious"
 WIRING_FILES = frozenset({"pipeline_registry.py", "settings.py", "hooks.py"})
-DYNAMIC_IMPORT_ALLOWED = frozenset({"data/adapters/base.py"})
+DYNAMIC_IMPORT_ALLOWED = frozenset({"sources/adapters/base.py"})
 
 
 def _module_name(rel: Path) -> str:
@@ -62,7 +62,13 @@ def dynamic_imports(source: str) -> Iterator[tuple[int, str]]:
         if not isinstance(node, ast.Call) or not node.args:
             continue
         func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        name = (
+            func.attr
+            if isinstance(func, ast.Attribute)
+            else func.id
+            if isinstance(func, ast.Name)
+            else ""
+        )
         if name not in {"import_module", "__import__"}:
             continue
         arg = node.args[0]
@@ -82,7 +88,11 @@ def violations(rel: Path, source: str) -> list[str]:
     rules = [
         ("imports the wiring", "cxr_spurious.pipelines", not wiring),
         ("robustness imports debiasing", "cxr_spurious.debiasing", rel.parts[0] == "robustness"),
-        ("an adapter imports the phantom generator", "cxr_spurious.phantom", rel.parts[:2] == ("data", "adapters")),
+        (
+            "an adapter imports the phantom generator",
+            "cxr_spurious.phantom",
+            rel.parts[:2] == ("sources", "adapters"),
+        ),
     ]
     out: dict[tuple[int, str], str] = {}
     for line, module in imported_modules(source, rel):
@@ -91,7 +101,9 @@ def violations(rel: Path, source: str) -> list[str]:
                 out.setdefault((line, rule), f"{where}:{line} {rule} ({module})")
     if not wiring and where not in DYNAMIC_IMPORT_ALLOWED:
         for line, target in dynamic_imports(source):
-            out[(line, "import_module")] = f"{where}:{line} loads {target!r} with import_module; use a plain import"
+            out[(line, "import_module")] = (
+                f"{where}:{line} loads {target!r} with import_module; use a plain import"
+            )
     return [out[k] for k in sorted(out)]
 
 
@@ -101,26 +113,62 @@ def _library_files() -> list[Path]:
 
 def test_the_package_is_found() -> None:
     files = _library_files()
-    assert len(files) > 50 and (PKG / "data" / "contract.py") in files
+    assert len(files) > 50 and (PKG / "sources" / "contract.py") in files
 
 
 def test_library_follows_the_import_rules() -> None:
-    found = [v for p in _library_files() for v in violations(p.relative_to(PKG), p.read_text(encoding="utf-8"))]
+    found = [
+        v
+        for p in _library_files()
+        for v in violations(p.relative_to(PKG), p.read_text(encoding="utf-8"))
+    ]
     assert not found, "import rule(s) broken:\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize(
     ("path", "source", "expected"),
     [
-        ("training/distributed.py", "from cxr_spurious.pipelines.training import nodes\n", "imports the wiring"),
-        ("training/distributed.py", "def f():\n    import cxr_spurious.pipelines.training.nodes\n", "imports the wiring"),
+        (
+            "training/distributed.py",
+            "from cxr_spurious.pipelines.training import nodes\n",
+            "imports the wiring",
+        ),
+        (
+            "training/distributed.py",
+            "def f():\n    import cxr_spurious.pipelines.training.nodes\n",
+            "imports the wiring",
+        ),
         ("datasets/x.py", "from ..pipelines.training import nodes\n", "imports the wiring"),
-        ("robustness/evaluation.py", "from cxr_spurious.debiasing.groups import bin_ages\n", "robustness imports debiasing"),
-        ("robustness/evaluation.py", "from ..debiasing import features\n", "robustness imports debiasing"),
-        ("data/adapters/chexlocalize.py", "from cxr_spurious.phantom.writer import X\n", "imports the phantom"),
-        ("data/adapters/chexlocalize.py", "from cxr_spurious import phantom\n", "imports the phantom"),
-        ("training/objectives.py", "import importlib\nimportlib.import_module('cxr_spurious.debiasing.objectives')\n", "import_module"),
-        ("training/objectives.py", "from importlib import import_module\nimport_module(name)\n", "import_module"),
+        (
+            "robustness/evaluation.py",
+            "from cxr_spurious.debiasing.groups import bin_ages\n",
+            "robustness imports debiasing",
+        ),
+        (
+            "robustness/evaluation.py",
+            "from ..debiasing import features\n",
+            "robustness imports debiasing",
+        ),
+        (
+            "sources/adapters/chexlocalize.py",
+            "from cxr_spurious.phantom.writer import X\n",
+            "imports the phantom",
+        ),
+        (
+            "sources/adapters/chexlocalize.py",
+            "from cxr_spurious import phantom\n",
+            "imports the phantom",
+        ),
+        (
+            "training/objectives.py",
+            "import importlib\nimportlib.import_module('cxr_spurious.debiasing.objectives')\n",
+            "import_module",
+        ),
+        (
+            "training/objectives.py",
+            "from importlib import import_module\nimport_module(name)\n",
+            "import_module",
+        ),
     ],
 )
 def test_the_rules_catch_a_violation(path: str, source: str, expected: str) -> None:
@@ -133,8 +181,8 @@ def test_the_rules_catch_a_violation(path: str, source: str, expected: str) -> N
     [
         ("pipelines/training/pipeline.py", "from cxr_spurious.pipelines.training import nodes\n"),
         ("pipeline_registry.py", "from cxr_spurious.pipelines import training\n"),
-        ("data/adapters/base.py", "import importlib\nimportlib.import_module(module_name)\n"),
-        ("robustness/evaluation.py", "from cxr_spurious.data.contract import bin_ages\n"),
+        ("sources/adapters/base.py", "import importlib\nimportlib.import_module(module_name)\n"),
+        ("robustness/evaluation.py", "from cxr_spurious.sources.contract import bin_ages\n"),
         ("io/x.py", "import importlib\nimportlib.import_module('pycocotools.mask')\n"),
         ("datasets/x.py", "from .pipelines_io import x\n"),
     ],

@@ -21,8 +21,12 @@ def test_every_folder_with_modules_is_found_by_setuptools() -> None:
     assert not missing, f"folders with modules but no __init__.py (left out of a wheel): {missing}"
 
 
-@pytest.mark.parametrize("module", ["cxr_spurious.training.engine", "cxr_spurious.training.distributed"])
+@pytest.mark.parametrize(
+    "module", ["cxr_spurious.training.engine", "cxr_spurious.training.distributed"]
+)
 def test_training_modules_import_from_the_package(module: str) -> None:
     import importlib
 
-    assert importlib.import_module(module).__file__.startswith(str(SRC / "cxr_spurious" / "training"))
+    assert importlib.import_module(module).__file__.startswith(
+        str(SRC / "cxr_spurious" / "training")
+    )

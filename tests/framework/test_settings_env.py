@@ -45,7 +45,9 @@ def test_project_mlflow_config_reads_the_tracking_uri_and_experiment(
     assert loader["parameters"] and loader["catalog"]
 
 
-def test_credentials_may_read_allowed_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_credentials_may_read_allowed_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-test")
     conf = _conf(tmp_path, **{"credentials.yml": "s3: {key: '${env:AWS_ACCESS_KEY_ID}'}\n"})
     assert _loader(conf)["credentials"] == {"s3": {"key": "AKIA-test"}}
@@ -62,19 +64,27 @@ def test_parameters_file_reading_an_environment_variable_is_refused(
     assert "x.home" in message and "parameters_x.yml" in message and "env:HOME" in message
     assert "credentials*.yml / mlflow*.yml" in message
     # even an allowed name is refused outside credentials / mlflow files
-    conf = _conf(tmp_path / "b", **{"catalog_x.yml": "d:\n  type: x\n  uri: ${env:MLFLOW_TRACKING_URI}\n"})
+    conf = _conf(
+        tmp_path / "b", **{"catalog_x.yml": "d:\n  type: x\n  uri: ${env:MLFLOW_TRACKING_URI}\n"}
+    )
     with pytest.raises(ParameterError, match=r"catalog_x.yml uses \$\{env:MLFLOW_TRACKING_URI\}"):
         _loader(conf)["catalog"]
 
 
-def test_mlflow_file_reading_another_variable_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlflow_file_reading_another_variable_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GITHUB_TOKEN", "secret")
     conf = _conf(tmp_path, **{"mlflow.yml": "tracking:\n  run:\n    name: ${env:GITHUB_TOKEN}\n"})
-    with pytest.raises(ParameterError, match=r"tracking.run.name.*mlflow.yml uses \$\{env:GITHUB_TOKEN\}"):
+    with pytest.raises(
+        ParameterError, match=r"tracking.run.name.*mlflow.yml uses \$\{env:GITHUB_TOKEN\}"
+    ):
         _loader(conf)["mlflow"]
 
 
-def test_resolver_refuses_outside_the_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolver_refuses_outside_the_loader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
     _loader(_conf(tmp_path))  # registers the `env` resolver with OmegaConf, process-wide
     with pytest.raises(Exception, match="refused in configuration outside the config loader"):

@@ -32,7 +32,7 @@ def _test_sources() -> list[tuple[str, list[str]]]:
     return [
         (path.relative_to(TESTS).as_posix(), path.read_text(encoding="utf-8").splitlines())
         for path in sorted(TESTS.rglob("*.py"))
-        if path.resolve() not in own and "data" not in path.relative_to(TESTS).parts[:1]
+        if path.resolve() not in own and "fixtures" not in path.relative_to(TESTS).parts[:1]
     ]
 
 
@@ -43,7 +43,9 @@ def test_no_importorskip_of_the_project_and_no_data_outside_the_repo() -> None:
         for i, line in enumerate(lines, start=1)
         if OWN_IMPORTORSKIP.search(line) or OUTSIDE_DATA.search(line)
     ]
-    assert not bad, "import the project's modules plainly and read tests/data only:\n" + "\n".join(bad)
+    assert not bad, (
+        "import the project's modules plainly and read tests/fixtures only:\n" + "\n".join(bad)
+    )
 
 
 def test_every_skip_is_cuda_only_or_a_listed_platform_guard() -> None:
@@ -55,10 +57,13 @@ def test_every_skip_is_cuda_only_or_a_listed_platform_guard() -> None:
             near = lines[max(0, i - 4) : i + 3]
             if any("@pytest.mark.cuda" in other for other in near):
                 continue
-            if any(name == f and needle in line for f, needle in ALLOWED_SKIPS):
+            statement = " ".join(lines[i - 1 : i + 2])  # a call wrapped by the formatter
+            if any(name == f and needle in statement for f, needle in ALLOWED_SKIPS):
                 continue
             bad.append(f"{name}:{i}: {line.strip()}")
-    assert not bad, "skips that are neither CUDA-only (@pytest.mark.cuda) nor listed:\n" + "\n".join(bad)
+    assert not bad, (
+        "skips that are neither CUDA-only (@pytest.mark.cuda) nor listed:\n" + "\n".join(bad)
+    )
 
 
 class _Item:
@@ -74,7 +79,9 @@ class _Item:
 
 
 @pytest.mark.parametrize("has_cuda", [False, True])
-def test_cuda_marked_tests_skip_only_without_a_device(monkeypatch: pytest.MonkeyPatch, has_cuda: bool) -> None:
+def test_cuda_marked_tests_skip_only_without_a_device(
+    monkeypatch: pytest.MonkeyPatch, has_cuda: bool
+) -> None:
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: has_cuda)

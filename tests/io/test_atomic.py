@@ -59,7 +59,10 @@ def umask() -> Iterator[Callable[[int], None]]:
     os.umask(previous)
 
 
-@pytest.mark.parametrize(("mask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775), (0o077, 0o600, 0o700)])
+@pytest.mark.parametrize(
+    ("mask", "file_mode", "dir_mode"),
+    [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775), (0o077, 0o600, 0o700)],
+)
 def test_new_files_and_folders_get_the_mode_of_a_plain_write(
     tmp_path: Path, umask: Callable[[int], None], mask: int, file_mode: int, dir_mode: int
 ) -> None:

@@ -83,7 +83,13 @@ def test_signed_pixels_use_pixel_representation(tmp_path: Path) -> None:
 
 def test_rescale_and_window_match_pydicom_reference(tmp_path: Path) -> None:
     pixels = _ramp(10, 10, top=4095)
-    path = fx.write_dicom(tmp_path / "w.dcm", pixels, bits_stored=12, rescale=(2.0, -1024.0), window=([1000.0, 50.0], [2000.0, 400.0]))
+    path = fx.write_dicom(
+        tmp_path / "w.dcm",
+        pixels,
+        bits_stored=12,
+        rescale=(2.0, -1024.0),
+        window=([1000.0, 50.0], [2000.0, 400.0]),
+    )
     ds = pydicom.dcmread(path)
     # Reference: pydicom's own LUT functions, first window, output range of the rescaled stage.
     ref = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds, index=0)
@@ -110,7 +116,9 @@ def test_no_pixel_data_names_file(tmp_path: Path) -> None:
 
 def test_undecodable_syntax_names_syntax_and_install(tmp_path: Path) -> None:
     path = fx.write_dicom(tmp_path / "ls.dcm", _ramp(), syntax=fx.JPEG_LS_SYNTAX)
-    with pytest.raises(DataFormatError, match=r"ls\.dcm.*JPEG-LS.*1\.2\.840\.10008\.1\.2\.4\.80.*pylibjpeg"):
+    with pytest.raises(
+        DataFormatError, match=r"ls\.dcm.*JPEG-LS.*1\.2\.840\.10008\.1\.2\.4\.80.*pylibjpeg"
+    ):
         read_dicom(path)
 
 
@@ -124,15 +132,36 @@ def test_not_dicom_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_header_fields(tmp_path: Path) -> None:
-    path = fx.write_dicom(tmp_path / "h.dcm", _ramp(), sex="F", age="058Y", view="AP", sop_uid="1.2.3.4")
+    path = fx.write_dicom(
+        tmp_path / "h.dcm", _ramp(), sex="F", age="058Y", view="AP", sop_uid="1.2.3.4"
+    )
     header = read_dicom_header(path)
-    assert (header.sop_instance_uid, header.sex, header.age_years, header.view) == ("1.2.3.4", "F", 58.0, "AP")
+    assert (header.sop_instance_uid, header.sex, header.age_years, header.view) == (
+        "1.2.3.4",
+        "F",
+        58.0,
+        "AP",
+    )
     assert (header.rows, header.columns, header.has_pixel_data) == (16, 12, True)
 
 
 @pytest.mark.parametrize(
     ("raw", "years"),
-    [("62", 62.0), ("058Y", 58.0), ("58Y", 58.0), ("58 Y", 58.0), ("006M", 0.5), ("052W", 52 * 7 / 365.25), ("365D", 365 / 365.25), (62, 62.0), ("", math.nan), (None, math.nan), ("414", math.nan), ("abc", math.nan), ("-5", math.nan)],
+    [
+        ("62", 62.0),
+        ("058Y", 58.0),
+        ("58Y", 58.0),
+        ("58 Y", 58.0),
+        ("006M", 0.5),
+        ("052W", 52 * 7 / 365.25),
+        ("365D", 365 / 365.25),
+        (62, 62.0),
+        ("", math.nan),
+        (None, math.nan),
+        ("414", math.nan),
+        ("abc", math.nan),
+        ("-5", math.nan),
+    ],
 )
 def test_parse_patient_age(raw: object, years: float) -> None:
     got = parse_patient_age(raw)

@@ -35,7 +35,11 @@ def test_decode_rle_rejects_garbage_with_location() -> None:
         decode_rle({"counts": "abc"}, source="seg.json", key="cxr1/Edema")
     good = encode_rle(np.ones((10, 10), dtype=np.uint8))
     with pytest.raises(DataFormatError, match="cxr1/Edema"):
-        decode_rle({"size": [10, 10], "counts": good["counts"][:-1] + "~~~"}, source="seg.json", key="cxr1/Edema")
+        decode_rle(
+            {"size": [10, 10], "counts": good["counts"][:-1] + "~~~"},
+            source="seg.json",
+            key="cxr1/Edema",
+        )
 
 
 def test_rasterize_fills_and_includes_outline() -> None:
@@ -46,7 +50,10 @@ def test_rasterize_fills_and_includes_outline() -> None:
 
 
 def test_rasterised_annotations_equal_reference_segmentations_on_real_sample() -> None:
-    """The CheXlocalize sample: polygons -> masks equal gt_segmentations_val.json pixel for pixel."""
+    """The CheXlocalize sample.
+
+    Polygons -> masks equal gt_segmentations_val.json pixel for pixel.
+    """
     annotations = json.loads((SAMPLE_IN_REPO / "gt_annotations_val.json").read_text())
     segmentations = json.loads((SAMPLE_IN_REPO / "gt_segmentations_val.json").read_text())
     compared = 0
@@ -59,7 +66,9 @@ def test_rasterised_annotations_equal_reference_segmentations_on_real_sample() -
             assert int((ours != reference).sum()) == 0, f"{cxr_id}/{task}"
             compared += 1
     assert compared == 20  # 2 CXRs x 10 tasks
-    assert any(decode_rle(r).any() for r in segmentations["patient64541_study1_view1_frontal"].values())
+    assert any(
+        decode_rle(r).any() for r in segmentations["patient64541_study1_view1_frontal"].values()
+    )
 
 
 def test_siim_rle_documented_example() -> None:

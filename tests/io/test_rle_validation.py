@@ -38,7 +38,9 @@ def test_large_runs_need_several_characters() -> None:
     mask[1000:2000, 5:2800] = 1
     rle = encode_rle(mask)
     assert validate_rle(rle) == (3000, 2900)
-    assert int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()})) == int(mask.sum())
+    assert int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()})) == int(
+        mask.sum()
+    )
 
 
 VALID = encode_rle(np.pad(np.ones((3, 3), np.uint8), 2))  # 7x7, counts "=3...": a normal string
@@ -49,7 +51,10 @@ VALID = encode_rle(np.pad(np.ones((3, 3), np.uint8), 2))  # 7x7, counts "=3...":
     [
         ({"size": [2320, 2828], "counts": "%%%not-rle%%%"}, "not a pycocotools RLE string"),
         ({"size": [7, 7], "counts": VALID["counts"][:-1]}, "sum to"),  # truncated
-        ({"size": [7, 7], "counts": VALID["counts"] + "P"}, "middle of a count"),  # dangling continuation
+        (
+            {"size": [7, 7], "counts": VALID["counts"] + "P"},
+            "middle of a count",
+        ),  # dangling continuation
         ({"size": [7, 7], "counts": "é"}, "ASCII"),
         ({"size": [7, 7], "counts": ""}, "empty"),
         ({"size": [7, 7], "counts": "ooooooooo1"}, "characters"),  # a 10-character count
@@ -68,7 +73,9 @@ VALID = encode_rle(np.pad(np.ones((3, 3), np.uint8), 2))  # 7x7, counts "=3...":
 )
 def test_malformed_rle_names_file_and_key(rle: object, message: str) -> None:
     with pytest.raises(DataFormatError, match=message) as exc:
-        validate_rle(rle, source="gt_segmentations_val.json", key="patient1_study1_view1_frontal/Edema")
+        validate_rle(
+            rle, source="gt_segmentations_val.json", key="patient1_study1_view1_frontal/Edema"
+        )
     assert "gt_segmentations_val.json" in str(exc.value)
     assert "patient1_study1_view1_frontal/Edema" in str(exc.value)
 

@@ -27,7 +27,10 @@ def test_plain_pickle_loads(tmp_path: Path) -> None:
 def test_code_executing_pickle_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"map": _Evil()}))
-    with pytest.raises(DataFormatError, match=r"evil\.pkl.*refusing to unpickle global 'posix.system'|evil\.pkl.*refusing"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"evil\.pkl.*refusing to unpickle global 'posix.system'|evil\.pkl.*refusing",
+    ):
         load_pickle(path)
     with pytest.raises(DataFormatError, match="refusing"):
         load_torch_pickle(path)
@@ -42,7 +45,13 @@ def test_not_a_pickle(tmp_path: Path) -> None:
 
 def test_tensor_dict_round_trip_like_chexlocalize(tmp_path: Path) -> None:
     path = tmp_path / "m.pkl"
-    data = {"map": torch.rand(1, 1, 4, 5), "prob": 0.3, "task": "Edema", "gt": 1, "cxr_dims": (50, 40)}
+    data = {
+        "map": torch.rand(1, 1, 4, 5),
+        "prob": 0.3,
+        "task": "Edema",
+        "gt": 1,
+        "cxr_dims": (50, 40),
+    }
     with path.open("wb") as fh:
         pickle.dump(data, fh, protocol=3)
     loaded = load_torch_pickle(path)
@@ -57,7 +66,11 @@ def test_torch_save_file_loads_weights_only(tmp_path: Path) -> None:
 
 
 def test_real_chexlocalize_heatmap(chexlocalize_sample: Path) -> None:
-    path = chexlocalize_sample / "gradcam_maps_val" / "patient64541_study1_view1_frontal_Cardiomegaly_map.pkl"
+    path = (
+        chexlocalize_sample
+        / "gradcam_maps_val"
+        / "patient64541_study1_view1_frontal_Cardiomegaly_map.pkl"
+    )
     d = load_torch_pickle(path)
     assert set(d) == {"map", "prob", "task", "gt", "cxr_dims"}  # the repo copy drops ``cxr_img``
     assert tuple(d["map"].shape) == (1, 1, 320, 320)

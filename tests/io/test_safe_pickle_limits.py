@@ -14,13 +14,15 @@ import torch
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io import safe_pickle
+from cxr_spurious.io.chexlocalize import load_heatmap_pickle
 from cxr_spurious.io.safe_pickle import load_pickle, load_torch_pickle
-from cxr_spurious.localization.chexlocalize_io import load_heatmap_pickle
 
 BIG = 1 << 28  # 256 MiB: far more than any test file, small enough not to hurt if allocated
 
 
-def _write(tmp_path: Path, data: bytes, name: str = "p1_study1_view1_frontal_Edema_map.pkl") -> Path:
+def _write(
+    tmp_path: Path, data: bytes, name: str = "p1_study1_view1_frontal_Edema_map.pkl"
+) -> Path:
     path = tmp_path / name
     path.write_bytes(data)
     return path
@@ -34,14 +36,21 @@ def _long1(n: int) -> bytes:
 def test_bytes_of_n_is_capped_by_the_file_size(tmp_path: Path) -> None:
     path = _write(tmp_path, b"\x80\x03cbuiltins\nbytes\n" + _long1(BIG) + b"\x85R.", "labels.pkl")
     assert path.stat().st_size < 64
-    with pytest.raises(DataFormatError, match=r"labels\.pkl: bytes\(268435456\) asks for 268,435,456 bytes, more than the \d+ bytes"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"labels\.pkl: bytes\(268435456\) asks for 268,435,456 bytes, "
+        r"more than the \d+ bytes",
+    ):
         load_pickle(path)
 
 
 def test_torch_storage_of_n_is_capped(tmp_path: Path) -> None:
     path = _write(tmp_path, b"\x80\x02ctorch\nFloatStorage\n" + _long1(BIG // 4) + b"\x85R.")
     for load in (load_torch_pickle, load_heatmap_pickle):
-        with pytest.raises(DataFormatError, match=r"Edema_map\.pkl: torch\.FloatStorage\(67108864\) asks for 268,435,456 bytes"):
+        with pytest.raises(
+            DataFormatError,
+            match=r"Edema_map\.pkl: torch\.FloatStorage\(67108864\) asks for 268,435,456 bytes",
+        ):
             load(path)
 
 
@@ -53,7 +62,9 @@ class _TensorView:
 
     def __reduce__(self):
         storage = torch.zeros(4).untyped_storage()
-        typed = torch.storage.TypedStorage(wrap_storage=storage, dtype=torch.float32, _internal=True)
+        typed = torch.storage.TypedStorage(
+            wrap_storage=storage, dtype=torch.float32, _internal=True
+        )
         args = (typed, 0, (BIG,) if self.state is None else (4,), (1,), False, OrderedDict())
         if self.state is None:
             return (torch._utils._rebuild_tensor_v2, args)
@@ -63,14 +74,21 @@ class _TensorView:
 def test_tensor_larger_than_its_storage_is_refused(tmp_path: Path) -> None:
     path = _write(tmp_path, pickle.dumps({"map": _TensorView()}, protocol=3))
     for load in (load_torch_pickle, load_heatmap_pickle):
-        with pytest.raises(DataFormatError, match=r"Edema_map\.pkl: tensor of size \(268435456,\).* storage of 4 elements"):
+        with pytest.raises(
+            DataFormatError,
+            match=r"Edema_map\.pkl: tensor of size \(268435456,\).* storage of 4 elements",
+        ):
             load(path)
 
 
 def test_tensor_state_cannot_be_set_by_the_pickle(tmp_path: Path) -> None:
     # BUILD on a tensor calls Tensor.__setstate__ -> set_(storage, 0, size, stride): a resize
-    storage = torch.storage.TypedStorage(wrap_storage=torch.zeros(4).untyped_storage(), dtype=torch.float32, _internal=True)
-    path = _write(tmp_path, pickle.dumps({"map": _TensorView((storage, 0, (BIG,), (1,)))}, protocol=3))
+    storage = torch.storage.TypedStorage(
+        wrap_storage=torch.zeros(4).untyped_storage(), dtype=torch.float32, _internal=True
+    )
+    path = _write(
+        tmp_path, pickle.dumps({"map": _TensorView((storage, 0, (BIG,), (1,)))}, protocol=3)
+    )
     with pytest.raises(DataFormatError, match=r"Edema_map\.pkl.*sets the state"):
         load_torch_pickle(path)
 
@@ -81,10 +99,22 @@ def _legacy_storage_payload(claimed: int, data: bytes) -> bytes:
 
     class P(pickle.Pickler):
         def persistent_id(self, obj):
-            return ("storage", torch.FloatStorage, "0", "cpu", claimed, None) if obj is marker else None
+            return (
+                ("storage", torch.FloatStorage, "0", "cpu", claimed, None)
+                if obj is marker
+                else None
+            )
 
     out = io.BytesIO()
-    for value in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+    for value in (
+        0x1950A86A20F9469CFC6C,
+        1001,
+        {
+            "protocol_version": 1001,
+            "little_endian": True,
+            "type_sizes": {"short": 2, "int": 4, "long": 4},
+        },
+    ):
         pickle.dump(value, out, protocol=2)
     P(out, protocol=2).dump(marker)
     pickle.dump(["0"], out, protocol=2)
@@ -100,25 +130,46 @@ class _Storage:
 
 
 def test_storage_cannot_claim_more_than_the_bytes_that_follow(tmp_path: Path) -> None:
-    honest = _write(tmp_path, pickle.dumps({"s": _Storage(_legacy_storage_payload(4, np.arange(4, dtype="<f4").tobytes()))}, protocol=3), "ok.pkl")
-    assert bytes(load_torch_pickle(honest)["s"]._untyped_storage.tolist()) == np.arange(4, dtype="<f4").tobytes()
-    path = _write(tmp_path, pickle.dumps({"s": _Storage(_legacy_storage_payload(BIG // 4, bytes(16)))}, protocol=3))
+    honest = _write(
+        tmp_path,
+        pickle.dumps(
+            {"s": _Storage(_legacy_storage_payload(4, np.arange(4, dtype="<f4").tobytes()))},
+            protocol=3,
+        ),
+        "ok.pkl",
+    )
+    assert (
+        bytes(load_torch_pickle(honest)["s"]._untyped_storage.tolist())
+        == np.arange(4, dtype="<f4").tobytes()
+    )
+    path = _write(
+        tmp_path,
+        pickle.dumps({"s": _Storage(_legacy_storage_payload(BIG // 4, bytes(16)))}, protocol=3),
+    )
     for load in (load_torch_pickle, lambda p: load_heatmap_pickle(p, keys=("s",))):
-        with pytest.raises(DataFormatError, match=r"Edema_map\.pkl \(tensor storage\): tensor storage asks for 268,435,456 bytes, more than the 16 bytes"):
+        with pytest.raises(
+            DataFormatError,
+            match=r"Edema_map\.pkl \(tensor storage\): "
+            r"tensor storage asks for 268,435,456 bytes, more than the 16 bytes",
+        ):
             load(path)
 
 
 def test_opcode_length_beyond_the_file_is_refused(tmp_path: Path) -> None:
     path = _write(tmp_path, b"\x80\x04\x8e" + struct.pack("<Q", 1 << 33) + b"abc.", "x.pkl")
     for load in (load_pickle, load_torch_pickle):
-        with pytest.raises(DataFormatError, match=r"x\.pkl: BINBYTES8 at offset 2 asks for 8,589,934,592 bytes"):
+        with pytest.raises(
+            DataFormatError, match=r"x\.pkl: BINBYTES8 at offset 2 asks for 8,589,934,592 bytes"
+        ):
             load(path)
 
 
 def test_memo_index_far_beyond_the_opcodes_is_refused(tmp_path: Path) -> None:
     # LONG_BINPUT n makes the C unpickler allocate and zero a memo of 2n entries
     path = _write(tmp_path, b"\x80\x02]r" + struct.pack("<I", 1 << 24) + b".", "x.pkl")
-    with pytest.raises(DataFormatError, match=r"x\.pkl: LONG_BINPUT at offset 3 uses memo index 16777216"):
+    with pytest.raises(
+        DataFormatError, match=r"x\.pkl: LONG_BINPUT at offset 3 uses memo index 16777216"
+    ):
         load_pickle(path)
 
 
@@ -126,18 +177,27 @@ def test_max_bytes_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     arr = np.arange(50_000, dtype=np.float32)  # 200 kB
     path = _write(tmp_path, pickle.dumps({"a": arr, "b": b"x" * 300_000}, protocol=4), "x.pkl")
     np.testing.assert_array_equal(load_pickle(path, allow_numpy=True)["a"], arr)
-    with pytest.raises(DataFormatError, match=r"x\.pkl: .*more than the limit of 100,000 bytes \(max_bytes\)"):
+    with pytest.raises(
+        DataFormatError, match=r"x\.pkl: .*more than the limit of 100,000 bytes \(max_bytes\)"
+    ):
         load_pickle(path, allow_numpy=True, max_bytes=100_000)
     with pytest.raises(DataFormatError, match=r"limit of 100,000 bytes"):
         load_torch_pickle(path, max_bytes=100_000)
     monkeypatch.setattr(safe_pickle, "DEFAULT_MAX_BYTES", 250_000)  # the module-level default
-    with pytest.raises(DataFormatError, match=r"BINBYTES at offset \d+ asks for 300,000 bytes, more than the limit of 250,000"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"BINBYTES at offset \d+ asks for 300,000 bytes, more than the limit of 250,000",
+    ):
         load_pickle(path, allow_numpy=True)
 
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_numpy_arrays_load_at_every_protocol(tmp_path: Path, protocol: int) -> None:
-    value = {"m": np.linspace(0, 1, 100_000, dtype=np.float32).reshape(1, 1, 250, 400), "s": np.float64(2.5), "b": b"\x00\xff" * 3}
+    value = {
+        "m": np.linspace(0, 1, 100_000, dtype=np.float32).reshape(1, 1, 250, 400),
+        "s": np.float64(2.5),
+        "b": b"\x00\xff" * 3,
+    }
     path = _write(tmp_path, pickle.dumps(value, protocol=protocol), "x.pkl")
     loaded = load_pickle(path, allow_numpy=True)
     np.testing.assert_array_equal(loaded["m"], value["m"])
@@ -147,9 +207,13 @@ def test_numpy_arrays_load_at_every_protocol(tmp_path: Path, protocol: int) -> N
 
 def test_numpy_out_of_band_buffers_are_refused_clearly(tmp_path: Path) -> None:
     buffers: list = []
-    path = _write(tmp_path, pickle.dumps(np.ones(10), protocol=5, buffer_callback=buffers.append), "x.pkl")
+    path = _write(
+        tmp_path, pickle.dumps(np.ones(10), protocol=5, buffer_callback=buffers.append), "x.pkl"
+    )
     assert buffers  # really out-of-band
-    with pytest.raises(DataFormatError, match=r"x\.pkl: .*out-of-band buffers.*re-pickle without buffer_callback"):
+    with pytest.raises(
+        DataFormatError, match=r"x\.pkl: .*out-of-band buffers.*re-pickle without buffer_callback"
+    ):
         load_pickle(path, allow_numpy=True)
 
 
@@ -162,12 +226,17 @@ class _Ndarray:
     ("value", "problem"),
     [
         (np.array([1, "x"], dtype=object), r"numpy dtype '\|O' is not supported"),
-        (np.zeros(3, dtype=[("a", "<f4"), ("b", "<i4")]), r"structured or sub-array numpy dtypes are not supported"),
+        (
+            np.zeros(3, dtype=[("a", "<f4"), ("b", "<i4")]),
+            r"structured or sub-array numpy dtypes are not supported",
+        ),
         (_Ndarray(), r"numpy\.ndarray\(\.\.\.\) directly"),
     ],
     ids=["object", "structured", "ndarray-call"],
 )
-def test_numpy_values_that_are_not_plain_arrays_are_refused(tmp_path: Path, value: object, problem: str) -> None:
+def test_numpy_values_that_are_not_plain_arrays_are_refused(
+    tmp_path: Path, value: object, problem: str
+) -> None:
     path = _write(tmp_path, pickle.dumps({"a": value}, protocol=4), "x.pkl")
     with pytest.raises(DataFormatError, match=r"x\.pkl: .*" + problem):
         load_pickle(path, allow_numpy=True)
@@ -176,14 +245,23 @@ def test_numpy_values_that_are_not_plain_arrays_are_refused(tmp_path: Path, valu
 def test_numpy_array_with_too_few_bytes_is_refused(tmp_path: Path) -> None:
     data = pickle.dumps(np.arange(4, dtype="<f4"), protocol=3)
     payload = np.arange(4, dtype="<f4").tobytes()
-    data = data.replace(b"C" + bytes([len(payload)]) + payload, b"C" + bytes([8]) + payload[:8])  # SHORT_BINBYTES
+    data = data.replace(
+        b"C" + bytes([len(payload)]) + payload, b"C" + bytes([8]) + payload[:8]
+    )  # SHORT_BINBYTES
     path = _write(tmp_path, data, "x.pkl")
-    with pytest.raises(DataFormatError, match=r"x\.pkl: numpy array \(4,\) of <f4 needs 16 bytes of data, got 8"):
+    with pytest.raises(
+        DataFormatError, match=r"x\.pkl: numpy array \(4,\) of <f4 needs 16 bytes of data, got 8"
+    ):
         load_pickle(path, allow_numpy=True)
 
 
 def test_plain_pickles_still_load(tmp_path: Path) -> None:
-    value = {"a": [1, 2.5, "x", None, True], "b": (b"\x00" * 70_000, frozenset({1, 2})), "c": OrderedDict(x=1), "d": 3 + 4j}
+    value = {
+        "a": [1, 2.5, "x", None, True],
+        "b": (b"\x00" * 70_000, frozenset({1, 2})),
+        "c": OrderedDict(x=1),
+        "d": 3 + 4j,
+    }
     for protocol in (0, 1, 2, 3, 4, 5):
         path = _write(tmp_path, pickle.dumps(value, protocol=protocol), f"x{protocol}.pkl")
         assert load_pickle(path) == value
@@ -193,7 +271,9 @@ def test_numpy1_names_and_protocol2_tensors_load(tmp_path: Path) -> None:
     arr = np.arange(12, dtype=np.float32).reshape(3, 4)
     data = pickle.dumps({"a": arr}, protocol=2)  # text GLOBALs: rename to what numpy 1.x wrote
     assert b"numpy._core.multiarray\n_reconstruct" in data
-    path = _write(tmp_path, data.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"), "x.pkl")
+    path = _write(
+        tmp_path, data.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"), "x.pkl"
+    )
     np.testing.assert_array_equal(load_pickle(path, allow_numpy=True)["a"], arr)
     tensor = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     path = _write(tmp_path, pickle.dumps({"map": tensor}, protocol=2), "t.pkl")

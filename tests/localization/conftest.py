@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "chexlocalize_sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "chexlocalize_sample"
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""``localization.bilinear``: torch's bilinear arithmetic and the cell-wise Otsu kernels, exactly."""
+"""``localization.bilinear``: torch's bilinear arithmetic and the cell-wise Otsu kernels.
+
+Both are checked for exact agreement.
+"""
 
 import cv2
 import numpy as np
@@ -24,7 +27,9 @@ TORCH_FMA = torch.backends.cpu.get_cpu_capability() in {"AVX2", "AVX512"}
 
 
 def _torch_up(m, h, w):
-    return F.interpolate(torch.from_numpy(m)[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return F.interpolate(
+        torch.from_numpy(m)[None, None], size=(h, w), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
 
 
 def _gradcam_like(rng, n=32, grid=5, scale=1e-3):
@@ -43,7 +48,17 @@ def _assert_same_as_torch(m, h, w):
         np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-30)
 
 
-@pytest.mark.parametrize(("src", "out"), [((32, 32), (263, 241)), ((7, 5), (500, 61)), ((1, 9), (130, 400)), ((20, 20), (20, 20)), ((400, 300), (170, 120)), ((320, 320), (1987, 2411))])
+@pytest.mark.parametrize(
+    ("src", "out"),
+    [
+        ((32, 32), (263, 241)),
+        ((7, 5), (500, 61)),
+        ((1, 9), (130, 400)),
+        ((20, 20), (20, 20)),
+        ((400, 300), (170, 120)),
+        ((320, 320), (1987, 2411)),
+    ],
+)
 def test_full_map_is_torch_bilinear_bit_for_bit(src, out):
     rng = np.random.default_rng(sum(src) + sum(out))
     _assert_same_as_torch((rng.random(src) * 10.0 ** rng.uniform(-6, 1)).astype(np.float32), *out)
@@ -115,8 +130,12 @@ def test_runs_equal_the_rle_of_the_thresholded_full_map():
             edge = np.float32(np.quantile(up, q))
             got = rle_from_runs(bm.runs(edge), 157, 203)
             assert got == encode_rle((up >= edge).astype(np.uint8))
-        assert rle_from_runs(bm.runs(np.float32(np.inf)), 157, 203) == encode_rle(np.zeros((157, 203), np.uint8))
-    noisy = BilinearMap(rng.random((64, 64)).astype(np.float32), 300, 280)  # > 4,096 runs: the buffer grows
+        assert rle_from_runs(bm.runs(np.float32(np.inf)), 157, 203) == encode_rle(
+            np.zeros((157, 203), np.uint8)
+        )
+    noisy = BilinearMap(
+        rng.random((64, 64)).astype(np.float32), 300, 280
+    )  # > 4,096 runs: the buffer grows
     up = noisy.full()
     edge = np.float32(np.median(up))
     runs = noisy.runs(edge)
@@ -126,7 +145,11 @@ def test_runs_equal_the_rle_of_the_thresholded_full_map():
 
 def test_rle_string_matches_pycocotools():
     rng = np.random.default_rng(6)
-    masks = [np.zeros((5, 4), np.uint8), np.ones((5, 4), np.uint8), (rng.random((31, 17)) > 0.5).astype(np.uint8)]
+    masks = [
+        np.zeros((5, 4), np.uint8),
+        np.ones((5, 4), np.uint8),
+        (rng.random((31, 17)) > 0.5).astype(np.uint8),
+    ]
     masks.append((cv2.GaussianBlur(rng.random((300, 200)), (0, 0), 12) > 0.5).astype(np.uint8))
     for mask in masks:
         flat = np.asfortranarray(mask).ravel(order="F")
@@ -175,7 +198,9 @@ def test_hole_check_agrees_with_find_contours():
     ring[2:9, 2:7] = 1
     ring[5, 4] = 0
     cases.append(ring)
-    diag = np.zeros((6, 6), np.uint8)  # background pixel meeting the outside only diagonally: still a hole
+    diag = np.zeros(
+        (6, 6), np.uint8
+    )  # background pixel meeting the outside only diagonally: still a hole
     diag[1:4, 1:4] = 1
     diag[2, 2] = 0
     diag[1, 1] = 0
@@ -183,7 +208,11 @@ def test_hole_check_agrees_with_find_contours():
     edge = np.ones((5, 5), np.uint8)  # background touching the border is not a hole
     edge[0, 2] = 0
     cases.append(edge)
-    cases.extend((rng.random((15, 13)) > p).astype(np.uint8) for p in (0.2, 0.35, 0.5, 0.65) for _ in range(40))
+    cases.extend(
+        (rng.random((15, 13)) > p).astype(np.uint8)
+        for p in (0.2, 0.35, 0.5, 0.65)
+        for _ in range(40)
+    )
     seen = set()
     for mask in cases:
         expected = _cv2_has_hole(mask)
@@ -192,7 +221,16 @@ def test_hole_check_agrees_with_find_contours():
     assert seen == {True, False}
 
 
-@pytest.mark.parametrize("config", [SegmentationConfig(), SegmentationConfig(threshold=0.4), SegmentationConfig(smoothing_k=5), SegmentationConfig(prob_cutoff=0.7), SegmentationConfig(fill_contours=False)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        SegmentationConfig(),
+        SegmentationConfig(threshold=0.4),
+        SegmentationConfig(smoothing_k=5),
+        SegmentationConfig(prob_cutoff=0.7),
+        SegmentationConfig(fill_contours=False),
+    ],
+)
 def test_segmentation_equals_the_reference_pixel_for_pixel(config):
     rng = np.random.default_rng(8)
     for _ in range(5):
@@ -214,7 +252,10 @@ def test_filled_holes_like_the_reference():
     assert ref[48, 48] == 1  # filled
     assert fast.rle == encode_rle(ref)
     unfilled = segment_map_cpu(m, 96, 96, 1.0, SegmentationConfig(fill_contours=False))
-    assert mask_utils.decode({"size": [96, 96], "counts": unfilled.rle["counts"].encode()})[48, 48] == 0
+    assert (
+        mask_utils.decode({"size": [96, 96], "counts": unfilled.rle["counts"].encode()})[48, 48]
+        == 0
+    )
 
 
 def test_level_edge_is_the_exact_uint8_boundary():

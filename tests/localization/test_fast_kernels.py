@@ -13,10 +13,10 @@ from sklearn.metrics import roc_auc_score
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.io.chexlocalize import load_heatmap_pickle
 from cxr_spurious.io.masks import decode_rle, encode_rle
 from cxr_spurious.io.safe_pickle import load_torch_pickle
 from cxr_spurious.localization import tuning
-from cxr_spurious.localization.chexlocalize_io import load_heatmap_pickle
 from cxr_spurious.localization.evaluate import evaluate_heatmap_set
 from cxr_spurious.localization.kernels import (
     level_edges,
@@ -44,7 +44,9 @@ def _blobs(rng, h=12, w=10, zero_floor=True):
 
 
 def _torch_up(m, h, w):
-    return F.interpolate(torch.from_numpy(m)[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return F.interpolate(
+        torch.from_numpy(m)[None, None], size=(h, w), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
 
 
 def test_upsample_matches_torch_bilinear():
@@ -52,7 +54,9 @@ def test_upsample_matches_torch_bilinear():
     ref = _torch_up(m, 97, 83)
     ours = upsample_t(m, 97, 83).T
     assert ours.shape == ref.shape
-    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6 * float(ref.max()))  # bit for bit: test_bilinear
+    np.testing.assert_allclose(
+        ours, ref, rtol=0, atol=1e-6 * float(ref.max())
+    )  # bit for bit: test_bilinear
 
 
 @pytest.mark.parametrize("zero_floor", [True, False])
@@ -66,20 +70,35 @@ def test_level_edges_reproduce_float32_thresholds_exactly(zero_floor):
         for t, e in zip(GRID, level_edges(lo, span, GRID)):
             np.testing.assert_array_equal(norm > t, up >= e)
         u8 = np.uint8(255 * norm)
-        for k, e in zip(range(1, 256), level_edges(lo, span, range(1, 256), scale=255, strict=False)):
+        for k, e in zip(
+            range(1, 256), level_edges(lo, span, range(1, 256), scale=255, strict=False)
+        ):
             assert np.array_equal(u8 >= k, up >= e), k
 
 
 def test_otsu_threshold_replicates_cv2():
     rng = np.random.default_rng(3)
-    images = [rng.integers(0, 256, (40, 37), dtype=np.uint8), np.full((8, 8), 7, np.uint8), np.repeat(np.array([[0, 200]], np.uint8), 9, axis=0),
-              np.clip(rng.normal(60, 10, (50, 50)), 0, 255).astype(np.uint8), (rng.random((30, 30)) > 0.9).astype(np.uint8) * 255]
+    images = [
+        rng.integers(0, 256, (40, 37), dtype=np.uint8),
+        np.full((8, 8), 7, np.uint8),
+        np.repeat(np.array([[0, 200]], np.uint8), 9, axis=0),
+        np.clip(rng.normal(60, 10, (50, 50)), 0, 255).astype(np.uint8),
+        (rng.random((30, 30)) > 0.9).astype(np.uint8) * 255,
+    ]
     for img in images:
         hist = cv2.calcHist([img], [0], None, [256], [0, 256]).ravel()
         assert otsu_threshold(hist) == int(cv2.threshold(img, 0, 255, cv2.THRESH_OTSU)[0])
 
 
-@pytest.mark.parametrize("config", [SegmentationConfig(), SegmentationConfig(threshold=0.4), SegmentationConfig(smoothing_k=5), SegmentationConfig(prob_cutoff=0.5)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        SegmentationConfig(),
+        SegmentationConfig(threshold=0.4),
+        SegmentationConfig(smoothing_k=5),
+        SegmentationConfig(prob_cutoff=0.5),
+    ],
+)
 def test_cpu_kernel_matches_exact_torch_path(config):
     rng = np.random.default_rng(4)
     diff = 0
@@ -99,19 +118,39 @@ def test_torch_kernel_matches_cpu_kernel():
         m = _blobs(rng)
         cpu = segment_map_cpu(m, 90, 77, 1.0, config)
         gpu = segment_map_torch(m, 90, 77, 1.0, config, torch.device("cpu"))
-        assert int((decode_rle(cpu.rle) != decode_rle(gpu.rle)).sum()) <= 2 and cpu.argmax == gpu.argmax
+        assert (
+            int((decode_rle(cpu.rle) != decode_rle(gpu.rle)).sum()) <= 2
+            and cpu.argmax == gpu.argmax
+        )
 
 
 def test_map_only_loader_equals_full_loader(sample_dir, tmp_path):
     path = tmp_path / "p1_study1_view1_frontal_Edema_map.pkl"
     with path.open("wb") as fh:  # the CheXlocalize layout, cxr_img included
-        pickle.dump({"map": torch.rand(1, 1, 5, 4), "prob": 0.3, "task": "Edema", "gt": 1, "cxr_img": torch.rand(3, 5, 4), "cxr_dims": (9, 11)}, fh, protocol=3)
+        pickle.dump(
+            {
+                "map": torch.rand(1, 1, 5, 4),
+                "prob": 0.3,
+                "task": "Edema",
+                "gt": 1,
+                "cxr_img": torch.rand(3, 5, 4),
+                "cxr_dims": (9, 11),
+            },
+            fh,
+            protocol=3,
+        )
     paths = [path, *sorted((sample_dir / "gradcam_maps_val").glob("*_map.pkl"))]
     for p in paths:
         full, lazy = load_torch_pickle(p), load_heatmap_pickle(p)
-        assert torch.equal(full["map"], lazy["map"]) and full["prob"] == lazy["prob"] and tuple(full["cxr_dims"]) == tuple(lazy["cxr_dims"])
+        assert (
+            torch.equal(full["map"], lazy["map"])
+            and full["prob"] == lazy["prob"]
+            and tuple(full["cxr_dims"]) == tuple(lazy["cxr_dims"])
+        )
         assert full.keys() == lazy.keys()
-    assert isinstance(full["map"], torch.Tensor) and not isinstance(load_heatmap_pickle(path)["cxr_img"], torch.Tensor)  # never built
+    assert isinstance(full["map"], torch.Tensor) and not isinstance(
+        load_heatmap_pickle(path)["cxr_img"], torch.Tensor
+    )  # never built
 
 
 def _memory_set(n=18, h=41, w=35, seed=6):
@@ -124,7 +163,18 @@ def _memory_set(n=18, h=41, w=35, seed=6):
         if rng.random() < 0.7:
             mask[int(rng.integers(0, h // 2)) :, int(rng.integers(0, w // 2)) : w - 3] = 1
         gt.setdefault(cxr, {})[task] = encode_rle(mask)
-        rows.append({"image_id": cxr, "task": task, "prob": float(rng.random()), "gt": float(mask.any()), "cxr_w": w, "cxr_h": h, "model": "m", "method": "g"})
+        rows.append(
+            {
+                "image_id": cxr,
+                "task": task,
+                "prob": float(rng.random()),
+                "gt": float(mask.any()),
+                "cxr_w": w,
+                "cxr_h": h,
+                "model": "m",
+                "method": "g",
+            }
+        )
         maps.append(_blobs(rng, 7, 6))
     return HeatmapSet(pd.DataFrame(rows), np.stack(maps)), gt
 
@@ -134,20 +184,30 @@ def test_shortcut_attribution_per_map():
     h, w = 41, 35
     tube = np.zeros((h, w), bool)
     tube[:, 30:32] = True
-    spurious = {cxr: {"Chest Tube": encode_rle(tube.astype(np.uint8))} for cxr in hs.index["image_id"]}
-    table, _ = evaluate_heatmap_set(hs, gt, spurious_segmentations=spurious, progress=False, workers=1)
+    spurious = {
+        cxr: {"Chest Tube": encode_rle(tube.astype(np.uint8))} for cxr in hs.index["image_id"]
+    }
+    table, _ = evaluate_heatmap_set(
+        hs, gt, spurious_segmentations=spurious, progress=False, workers=1
+    )
     for row, m in zip(table.to_dict("records"), hs.maps):
         up = _torch_up(np.asarray(m, np.float32), h, w).astype(np.float64)
         score = (up - up.min()) / (up.max() - up.min())
-        keep = ~decode_rle(gt[row["image_id"]][row["task"]]).astype(bool)  # the lesion is left out of the rank metric
+        keep = ~decode_rle(gt[row["image_id"]][row["task"]]).astype(
+            bool
+        )  # the lesion is left out of the rank metric
         assert np.isclose(row["shortcut_Chest Tube"], score[tube].sum() / score.sum())
         assert np.isclose(row["shortcut_auroc_Chest Tube"], roc_auc_score(tube[keep], score[keep]))
 
 
 def test_parallel_pass_equals_serial_pass():
     hs, gt = _memory_set()
-    serial, seg1 = evaluate_heatmap_set(hs, gt, tuning_grid=GRID, progress=False, workers=1, prefer_gpu=False)
-    parallel, seg2 = evaluate_heatmap_set(hs, gt, tuning_grid=GRID, progress=False, workers=2, prefer_gpu=False)
+    serial, seg1 = evaluate_heatmap_set(
+        hs, gt, tuning_grid=GRID, progress=False, workers=1, prefer_gpu=False
+    )
+    parallel, seg2 = evaluate_heatmap_set(
+        hs, gt, tuning_grid=GRID, progress=False, workers=2, prefer_gpu=False
+    )
     pd.testing.assert_frame_equal(serial, parallel)
     assert seg1 == seg2
 
@@ -164,18 +224,29 @@ def test_worker_error_names_the_map():
 def test_tuning_counts_match_brute_force_and_evaluation_pass():
     hs, gt = _memory_set()
     counts = tuning.tuning_counts(hs, gt, GRID, workers=1, progress=False)
-    per_map, _ = evaluate_heatmap_set(hs, gt, tuning_grid=GRID, progress=False, workers=1, prefer_gpu=False)
+    per_map, _ = evaluate_heatmap_set(
+        hs, gt, tuning_grid=GRID, progress=False, workers=1, prefer_gpu=False
+    )
     assert len(counts) == int((per_map["gt_area"] > 0).sum()) > 0
     merged = counts.merge(per_map, on=["image_id", "task"], suffixes=("", "_eval"))
     for t in GRID:
         np.testing.assert_array_equal(merged[f"tune_area_{t:g}"], merged[f"tune_area_{t:g}_eval"])
         np.testing.assert_array_equal(merged[f"tune_inter_{t:g}"], merged[f"tune_inter_{t:g}_eval"])
     for row in counts.to_dict("records"):  # brute force with the exact torch path, every threshold
-        i = int(np.flatnonzero((hs.index["image_id"] == row["image_id"]) & (hs.index["task"] == row["task"]))[0])
+        i = int(
+            np.flatnonzero(
+                (hs.index["image_id"] == row["image_id"]) & (hs.index["task"] == row["task"])
+            )[0]
+        )
         g = mask_utils.decode(gt[row["image_id"]][row["task"]]).astype(bool)
         for t in GRID:
-            seg = heatmap_to_segmentation(hs.maps[i], 41, 35, SegmentationConfig(threshold=t)).astype(bool)
-            assert (row[f"tune_area_{t:g}"], row[f"tune_inter_{t:g}"]) == (seg.sum(), (seg & g).sum())
+            seg = heatmap_to_segmentation(
+                hs.maps[i], 41, 35, SegmentationConfig(threshold=t)
+            ).astype(bool)
+            assert (row[f"tune_area_{t:g}"], row[f"tune_inter_{t:g}"]) == (
+                seg.sum(),
+                (seg & g).sum(),
+            )
     best, _ = tuning.tune_thresholds(counts, GRID)
     best_eval, _ = tuning.tune_thresholds(per_map, GRID)
     pd.testing.assert_frame_equal(best, best_eval)
@@ -183,7 +254,7 @@ def test_tuning_counts_match_brute_force_and_evaluation_pass():
 
 def test_heatmap_pickle_folder_streams_through_workers(tmp_path, sample_dir):
     # 16+ pickles so the pool is used: copies of the two sample maps under new ids
-    from cxr_spurious.localization.chexlocalize_io import read_heatmap_folder
+    from cxr_spurious.io.chexlocalize import read_heatmap_folder
 
     src = sorted((sample_dir / "gradcam_maps_val").glob("*_map.pkl"))
     for k in range(8):
@@ -202,12 +273,16 @@ def test_large_payloads_are_seeked_over_and_read_on_demand(tmp_path):
     """The index reads no tensor bytes; the map's bytes are read only when it is built."""
     import pickle
 
-    from cxr_spurious.localization import chexlocalize_io as cio
+    from cxr_spurious.io import chexlocalize as cio
 
     path = tmp_path / "p9_study1_view1_frontal_Edema_map.pkl"
     m = torch.arange(200 * 150, dtype=torch.float32).reshape(1, 1, 200, 150)  # 120 kB payload
     img = torch.rand(3, 256, 256)  # 786 kB payload
-    pickle.dump({"map": m, "prob": 0.25, "task": "Edema", "gt": 1, "cxr_img": img, "cxr_dims": (300, 400)}, path.open("wb"), protocol=3)
+    pickle.dump(
+        {"map": m, "prob": 0.25, "task": "Edema", "gt": 1, "cxr_img": img, "cxr_dims": (300, 400)},
+        path.open("wb"),
+        protocol=3,
+    )
     reads = []
 
     class CountingReader(cio._SkippingReader):
@@ -231,14 +306,18 @@ def test_large_payloads_are_seeked_over_and_read_on_demand(tmp_path):
         full = cio.read_heatmap_pickle(path)
     finally:
         cio._SkippingReader = original
-    assert header.map.shape == (200, 150) and (header.width, header.height) == (300, 400) and header.prob == 0.25
+    assert (
+        header.map.shape == (200, 150)
+        and (header.width, header.height) == (300, 400)
+        and header.prob == 0.25
+    )
     assert header_bytes < 10_000  # neither payload was read
     np.testing.assert_array_equal(full.map, m[0, 0].numpy())  # the map's bytes, read on demand
     assert full.prob == 0.25 and full.gt == 1.0
 
 
 def _tuned_in_child(_: int) -> bool:
-    from cxr_spurious.localization.parallel import tune_worker_malloc
+    from cxr_spurious.parallel import tune_worker_malloc
 
     return tune_worker_malloc()
 
@@ -265,18 +344,35 @@ def test_missing_maps_scope_all_vs_evaluated():
     other["q9_study1_view1_frontal"] = {"Edema": encode_rle(mask)}  # a CXR of another split, no map
     first = hs.index.loc[0, "image_id"]
     other[first] = {**gt[first], "Pneumothorax": encode_rle(mask)}  # a task the set has no maps for
-    full, _ = evaluate_heatmap_set(hs, other, progress=False, workers=1, prefer_gpu=False, missing="all")
-    scoped, _ = evaluate_heatmap_set(hs, other, progress=False, workers=1, prefer_gpu=False, missing="evaluated")
+    full, _ = evaluate_heatmap_set(
+        hs, other, progress=False, workers=1, prefer_gpu=False, missing="all"
+    )
+    scoped, _ = evaluate_heatmap_set(
+        hs, other, progress=False, workers=1, prefer_gpu=False, missing="evaluated"
+    )
     assert len(full) == len(hs) + 2 and len(scoped) == len(hs)
-    extra = full.iloc[len(hs):]
-    assert set(zip(extra["image_id"], extra["task"])) == {("q9_study1_view1_frontal", "Edema"), (first, "Pneumothorax")}
+    extra = full.iloc[len(hs) :]
+    assert set(zip(extra["image_id"], extra["task"])) == {
+        ("q9_study1_view1_frontal", "Edema"),
+        (first, "Pneumothorax"),
+    }
     assert (extra["hit"] == 0.0).all() and (extra["pred_area"] == 0).all()
-    pd.testing.assert_frame_equal(full.iloc[: len(hs)], scoped, check_dtype=False)  # NaN rows upcast ints
+    pd.testing.assert_frame_equal(
+        full.iloc[: len(hs)], scoped, check_dtype=False
+    )  # NaN rows upcast ints
     # a missing pair of an evaluated CXR and task is still charged in the scoped mode
     dropped = HeatmapSet(hs.index.iloc[1:].reset_index(drop=True), hs.maps[1:])
-    scoped_dropped, _ = evaluate_heatmap_set(dropped, gt, progress=False, workers=1, prefer_gpu=False, missing="evaluated")
-    charged = scoped_dropped.iloc[len(dropped):]
-    assert hs.index.loc[0, "image_id"] in set(dropped.index["image_id"])  # its other task keeps the CXR evaluated
-    assert list(zip(charged["image_id"], charged["task"])) == [(hs.index.loc[0, "image_id"], hs.index.loc[0, "task"])]
-    with pytest.raises(ParameterError, match=r"localization.missing_maps.*'all', 'evaluated'.*'some'"):
+    scoped_dropped, _ = evaluate_heatmap_set(
+        dropped, gt, progress=False, workers=1, prefer_gpu=False, missing="evaluated"
+    )
+    charged = scoped_dropped.iloc[len(dropped) :]
+    assert hs.index.loc[0, "image_id"] in set(
+        dropped.index["image_id"]
+    )  # its other task keeps the CXR evaluated
+    assert list(zip(charged["image_id"], charged["task"])) == [
+        (hs.index.loc[0, "image_id"], hs.index.loc[0, "task"])
+    ]
+    with pytest.raises(
+        ParameterError, match=r"localization.missing_maps.*'all', 'evaluated'.*'some'"
+    ):
         evaluate_heatmap_set(hs, gt, progress=False, workers=1, prefer_gpu=False, missing="some")

@@ -1,15 +1,32 @@
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgb
 
-from cxr_spurious.errors import ParameterError
+from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet, sample_positives_first
 from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.localization.figures import overlay_panel, plot_overlays, sample_overlay_rows
+from cxr_spurious.overlays import HEATMAP_CMAP, OUTLINES
+
+
+def _images(n: int = 6) -> dict[str, np.ndarray]:
+    """Square 'cache' radiographs (32 x 32), each with its own pixel values."""
+    rng = np.random.default_rng(3)
+    return {
+        f"p{i}_study1_view1_frontal": rng.integers(0, 256, (32, 32), dtype=np.uint8)
+        for i in range(n)
+    }
+
+
+def _contours_of(ax, kind: str) -> list:
+    """Contour sets on ``ax`` drawn in the style of outline ``kind``."""
+    colour = to_rgb(OUTLINES[kind]["colors"])
+    return [
+        c
+        for c in ax.collections
+        if c.get_edgecolor().size and np.allclose(c.get_edgecolor()[0][:3], colour)
+    ]
 
 
 def _set():
@@ -21,7 +38,18 @@ def _set():
         if i % 2 == 0:
             mask[10:40, 5:30] = 1
         gt[cxr] = {"Edema": encode_rle(mask)}
-        rows.append({"image_id": cxr, "task": "Edema", "prob": 0.5, "gt": float(mask.any()), "cxr_w": 50, "cxr_h": 60, "model": "m", "method": "g"})
+        rows.append(
+            {
+                "image_id": cxr,
+                "task": "Edema",
+                "prob": 0.5,
+                "gt": float(mask.any()),
+                "cxr_w": 50,
+                "cxr_h": 60,
+                "model": "m",
+                "method": "g",
+            }
+        )
         maps.append(rng.random((6, 5)).astype(np.float32))
     return HeatmapSet(pd.DataFrame(rows), np.stack(maps)), gt
 
@@ -40,11 +68,18 @@ def test_sample_keeps_its_draws_through_the_shared_sampler():
     hs, gt = _set()
     # Rows drawn before the sampler moved to heatmaps.sample_positives_first: same seed, same maps.
     cases = [(2, 1), (4, 1), (4, 5), (5, 2)]
-    assert [sample_overlay_rows(hs, gt, n, seed=s).tolist() for n, s in cases] == [[0, 2], [0, 1, 2, 4], [0, 2, 3, 4], [0, 1, 2, 4, 5]]
+    assert [sample_overlay_rows(hs, gt, n, seed=s).tolist() for n, s in cases] == [
+        [0, 2],
+        [0, 1, 2, 4],
+        [0, 2, 3, 4],
+        [0, 1, 2, 4, 5],
+    ]
     # Here a map's label is positive exactly when its mask is non-empty, so the saliency
     # figure's default (labels first) picks the same rows as this one (masks first).
     for n, s in cases:
-        np.testing.assert_array_equal(sample_overlay_rows(hs, gt, n, seed=s), sample_positives_first(hs, n, s, parameter="p"))
+        np.testing.assert_array_equal(
+            sample_overlay_rows(hs, gt, n, seed=s), sample_positives_first(hs, n, s, parameter="p")
+        )
 
 
 def test_overlay_panel_iou_matches_numpy():
@@ -56,31 +91,94 @@ def test_overlay_panel_iou_matches_numpy():
     g = np.zeros((60, 50), bool)
     g[10:40, 5:30] = True
     assert np.isclose(panel["iou"], (pred & g).sum() / (pred | g).sum())
-    assert panel["heat"].shape == panel["gt"].shape == (256, 213) and panel["heat"].min() >= 0 and panel["heat"].max() <= 1
+    assert (
+        panel["heat"].shape == panel["gt"].shape == (256, 213)
+        and panel["heat"].min() >= 0
+        and panel["heat"].max() <= 1
+    )
 
 
 def test_plot_overlays_draws_one_titled_panel_per_map():
     hs, gt = _set()
-    fig = plot_overlays(hs, gt, n=5, seed=0)
+    fig = plot_overlays(hs, gt, _images(), n=5, seed=0, title="m.g")
     titled = [ax for ax in fig.axes if ax.get_title()]
     assert len(titled) == 5 and all("Edema" in ax.get_title() for ax in titled)
-    plt.close(fig)
+    assert fig.get_suptitle().startswith("m.g: heatmap over the radiograph")
+
+
+def test_overlay_panels_blend_the_heatmap_over_the_radiograph():
+    hs, gt = _set()
+    images = _images()
+    fig = plot_overlays(hs, gt, images, n=6, seed=0)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 6
+    for ax in panels:
+        cxr = ax.get_title().split("\n")[0]
+        grey, heat = ax.images  # bottom to top
+        assert grey.get_cmap().name == "gray" and grey.get_alpha() is None
+        # the radiograph's own pixel values (the 32 x 32 cache image brought to the panel size)
+        shown = np.asarray(grey.get_array())
+        assert shown.shape == (256, 213) and shown.dtype == np.uint8
+        assert abs(float(shown.mean()) - float(images[cxr].mean())) < 3
+        assert heat.get_cmap().name == HEATMAP_CMAP and 0 < heat.get_alpha() < 1
+        assert heat.get_array().shape == shown.shape
+        assert heat.get_array().min() >= 0 and heat.get_array().max() <= 1
+        empty = encode_rle(np.zeros((60, 50), np.uint8))["counts"]
+        has_gt = gt[cxr]["Edema"]["counts"] != empty
+        assert len(_contours_of(ax, "ground truth")) == int(has_gt)
+        assert len(_contours_of(ax, "segmentation (Otsu)")) == 1  # random maps segment to something
+        assert _contours_of(ax, "chest tube") == []  # no spurious_segmentations given
+    # one colour bar for the heatmap, one legend naming the outlines drawn
+    assert panels[0].images[1].colorbar is not None
+    assert len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "ground truth",
+        "segmentation (Otsu)",
+    ]
+
+
+def test_a_map_without_its_image_is_drawn_on_a_black_field_and_says_so():
+    hs, gt = _set()
+    images = _images()
+    del images["p2_study1_view1_frontal"]
+    fig = plot_overlays(hs, gt, images, n=6, seed=0)
+    panels = {ax.get_title().split("\n")[0]: ax for ax in fig.axes if ax.get_title()}
+    blank = panels["p2_study1_view1_frontal  (no image)"]
+    assert not np.asarray(blank.images[0].get_array()).any()
+    assert sum("(no image)" in title for title in panels) == 1
+    images["p0_study1_view1_frontal"] = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ContractError, match="image of 'p0_study1_view1_frontal' must be 2-D"):
+        plot_overlays(hs, gt, images, n=6, seed=0)
 
 
 def test_overlays_outline_the_spurious_object_and_say_so():
     hs, gt = _set()
     tube = np.zeros((60, 50), np.uint8)
     tube[5:55, 40:42] = 1
-    spurious = {cxr: {"Chest Tube": encode_rle(tube), "Support Device": encode_rle(tube)} for cxr in gt}
-    spurious["p0_study1_view1_frontal"]["Chest Tube"] = encode_rle(np.zeros((60, 50), np.uint8))  # empty: not drawn
-    panel = overlay_panel(hs.maps[2], 60, 50, 0.5, gt["p2_study1_view1_frontal"]["Edema"], spurious["p2_study1_view1_frontal"])
-    assert set(panel["objects"]) == {"Chest Tube", "Support Device"} and panel["objects"]["Chest Tube"].shape == (256, 213)
+    spurious = {
+        cxr: {"Chest Tube": encode_rle(tube), "Support Device": encode_rle(tube)} for cxr in gt
+    }
+    spurious["p0_study1_view1_frontal"]["Chest Tube"] = encode_rle(
+        np.zeros((60, 50), np.uint8)
+    )  # empty: not drawn
+    panel = overlay_panel(
+        hs.maps[2],
+        60,
+        50,
+        0.5,
+        gt["p2_study1_view1_frontal"]["Edema"],
+        spurious["p2_study1_view1_frontal"],
+    )
+    assert set(panel["objects"]) == {"Chest Tube", "Support Device"} and panel["objects"][
+        "Chest Tube"
+    ].shape == (256, 213)
     assert panel["objects"]["Chest Tube"].sum() > 0
-    fig = plot_overlays(hs, gt, n=6, seed=0, spurious_segmentations=spurious)
-    assert "chest tube (magenta, dashed)" in fig._suptitle.get_text()
-    dashed = [ax for ax in fig.axes if any(c.get_edgecolor().size and np.allclose(c.get_edgecolor()[0][:3], (1, 0, 1)) for c in ax.collections)]
-    assert len(dashed) == 5  # every panel but p0's, whose tube mask is empty; Support Device is not asked for
-    plt.close(fig)
-    plain = plot_overlays(hs, gt, n=6, seed=0)
-    assert "magenta" not in plain._suptitle.get_text()
-    plt.close(plain)
+    fig = plot_overlays(hs, gt, _images(), n=6, seed=0, spurious_segmentations=spurious)
+    assert "chest tube" in [t.get_text() for t in fig.legends[0].get_texts()]
+    dashed = [ax for ax in fig.axes if _contours_of(ax, "chest tube")]
+    tubes = [c for ax in dashed for c in _contours_of(ax, "chest tube")]
+    assert all(c.get_linestyle()[0][1] is not None for c in tubes)  # dashed
+    # every panel but p0's, whose tube mask is empty; Support Device is not asked for
+    assert len(dashed) == 5
+    plain = plot_overlays(hs, gt, _images(), n=6, seed=0)
+    assert "chest tube" not in [t.get_text() for t in plain.legends[0].get_texts()]

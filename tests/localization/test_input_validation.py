@@ -24,12 +24,12 @@ from cxr_spurious.datasets.chexlocalize import (
 )
 from cxr_spurious.errors import DataFormatError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
-from cxr_spurious.io.masks import MAX_MASK_SIDE, encode_rle
-from cxr_spurious.localization import evaluate as evaluate_module
-from cxr_spurious.localization.chexlocalize_io import (
+from cxr_spurious.io.chexlocalize import (
     read_heatmap_folder,
     validate_segmentation_json,
 )
+from cxr_spurious.io.masks import MAX_MASK_SIDE, encode_rle
+from cxr_spurious.localization import evaluate as evaluate_module
 from cxr_spurious.localization.evaluate import evaluate_heatmap_set
 from cxr_spurious.localization.segmentation import pick_device
 from cxr_spurious.pipelines.localization import nodes
@@ -40,7 +40,20 @@ GARBAGE = {"size": [2320, 2828], "counts": "%%%not-rle%%%"}
 
 
 def _set(h: int = 6, w: int = 5, task: str = "Edema") -> HeatmapSet:
-    index = pd.DataFrame([{"image_id": CXR, "task": task, "prob": 0.9, "gt": 1.0, "cxr_w": w, "cxr_h": h, "model": "m", "method": "g"}])
+    index = pd.DataFrame(
+        [
+            {
+                "image_id": CXR,
+                "task": task,
+                "prob": 0.9,
+                "gt": 1.0,
+                "cxr_w": w,
+                "cxr_h": h,
+                "model": "m",
+                "method": "g",
+            }
+        ]
+    )
     return HeatmapSet(index, np.arange(4, dtype=np.float32).reshape(1, 2, 2))
 
 
@@ -52,7 +65,17 @@ def _gt(h: int = 6, w: int = 5) -> dict:
 
 def _write_map(folder: Path, name: str, dims: tuple[int, int] = (5, 6)) -> None:
     with (folder / name).open("wb") as fh:
-        pickle.dump({"map": torch.arange(4.0).reshape(1, 1, 2, 2), "prob": 0.9, "task": "Edema", "gt": 1, "cxr_dims": dims}, fh, protocol=3)
+        pickle.dump(
+            {
+                "map": torch.arange(4.0).reshape(1, 1, 2, 2),
+                "prob": 0.9,
+                "task": "Edema",
+                "gt": 1,
+                "cxr_dims": dims,
+            },
+            fh,
+            protocol=3,
+        )
 
 
 # --- item 2: the device -------------------------------------------------------------------
@@ -88,7 +111,9 @@ def test_evaluation_default_never_reaches_the_cuda_kernel(monkeypatch):
     assert len(table) == 1 and table["in_gt"].all()
 
 
-@pytest.mark.parametrize("path", ["conf/base/parameters_localization.yml", "conf/chexlocalize/parameters.yml"])
+@pytest.mark.parametrize(
+    "path", ["conf/base/parameters_localization.yml", "conf/chexlocalize/parameters.yml"]
+)
 def test_configured_default_is_the_exact_cpu_kernel(path):
     params = yaml.safe_load((ROOT / path).read_text())
     assert params["localization"]["prefer_gpu"] is False
@@ -110,14 +135,18 @@ def test_malformed_gt_rle_stops_the_evaluation_within_seconds(tmp_path):
         hs = HeatmapSet(index, np.arange(4, dtype=np.float32).reshape(1, 2, 2))
         t0 = time.perf_counter()
         try:
-            evaluate_heatmap_set(hs, {{"{CXR}": {{"Edema": {GARBAGE!r}}}}}, progress=False, workers=1)
+            evaluate_heatmap_set(
+                hs, {{"{CXR}": {{"Edema": {GARBAGE!r}}}}}, progress=False, workers=1
+            )
         except Exception as exc:
             print("ELAPSED", time.perf_counter() - t0)
             print("ERROR", type(exc).__name__, exc)
         """
     )
     try:
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=ROOT)
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=ROOT
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("the evaluation of a malformed ground-truth RLE did not stop within 180 s")
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
@@ -129,7 +158,13 @@ def test_malformed_gt_rle_stops_the_evaluation_within_seconds(tmp_path):
 
 def test_malformed_spurious_rle_is_refused_before_the_evaluation():
     with pytest.raises(DataFormatError, match=rf"spurious_segmentations \({CXR}/Chest Tube\)"):
-        evaluate_heatmap_set(_set(), _gt(), spurious_segmentations={CXR: {"Chest Tube": {"size": [6, 5], "counts": "%%%"}}}, progress=False, workers=1)
+        evaluate_heatmap_set(
+            _set(),
+            _gt(),
+            spurious_segmentations={CXR: {"Chest Tube": {"size": [6, 5], "counts": "%%%"}}},
+            progress=False,
+            workers=1,
+        )
 
 
 def test_gt_missing_a_map_with_a_malformed_rle_is_refused():
@@ -142,7 +177,9 @@ def test_gt_missing_a_map_with_a_malformed_rle_is_refused():
 def test_gt_json_dataset_validates_every_rle_on_load(tmp_path):
     path = tmp_path / "gt_segmentations_val.json"
     path.write_text(json.dumps({**_gt(), "patient2_study1_view1_frontal": {"Edema": GARBAGE}}))
-    with pytest.raises(DatasetError, match="not a pycocotools RLE string") as exc:  # kedro wraps load errors
+    with pytest.raises(
+        DatasetError, match="not a pycocotools RLE string"
+    ) as exc:  # kedro wraps load errors
         CheXlocalizeJSONDataset(str(path), kind="segmentations").load()
     assert str(path) in str(exc.value)
     assert "patient2_study1_view1_frontal/Edema" in str(exc.value)
@@ -154,9 +191,14 @@ def test_spurious_json_dataset_checks_object_names(tmp_path):
     path = tmp_path / "spurious_segmentations.json"
     mask = encode_rle(np.zeros((6, 5), np.uint8))
     path.write_text(json.dumps({CXR: {"Chest Tube": mask}}))
-    assert CheXlocalizeJSONDataset(str(path), kind="spurious_segmentations").load()[CXR]["Chest Tube"] == mask
+    assert (
+        CheXlocalizeJSONDataset(str(path), kind="spurious_segmentations").load()[CXR]["Chest Tube"]
+        == mask
+    )
     path.write_text(json.dumps({CXR: {"Edema": mask}}))
-    with pytest.raises(DatasetError, match=rf"spurious_segmentations\.json \({CXR}\).*unknown task 'Edema'"):
+    with pytest.raises(
+        DatasetError, match=rf"spurious_segmentations\.json \({CXR}\).*unknown task 'Edema'"
+    ):
         CheXlocalizeJSONDataset(str(path), kind="spurious_segmentations").load()
     with pytest.raises(DatasetError, match="kind"):
         CheXlocalizeJSONDataset(str(path), kind="masks")
@@ -170,13 +212,17 @@ def test_chexlocalize_catalog_validates_segmentation_files():
 
 
 def test_segmentation_json_size_must_match_the_image():
-    with pytest.raises(DataFormatError, match=rf"x\.json \({CXR}/Edema\).*disagrees with the image's \[6, 6\]"):
+    with pytest.raises(
+        DataFormatError, match=rf"x\.json \({CXR}/Edema\).*disagrees with the image's \[6, 6\]"
+    ):
         validate_segmentation_json(_gt(), source="x.json", sizes={CXR: (6, 6)})
     validate_segmentation_json(_gt(), source="x.json", sizes={CXR: (6, 5)})
 
 
 def test_segmentation_json_validates_without_decode():
-    with pytest.raises(DataFormatError, match=rf"x\.json \({CXR}/Edema\).*not a pycocotools RLE string"):
+    with pytest.raises(
+        DataFormatError, match=rf"x\.json \({CXR}/Edema\).*not a pycocotools RLE string"
+    ):
         validate_segmentation_json({CXR: {"Edema": GARBAGE}}, source="x.json")
 
 
@@ -200,7 +246,9 @@ def test_unparsable_file_is_skipped_only_on_request_with_a_warning_and_a_count(t
     assert len(hs) == 1
     assert hs.index.attrs["skipped_files"] == [str(tmp_path / "garbage.pkl")]
     assert "skipped 1 file" in caplog.text and "garbage.pkl" in caplog.text
-    per_map, _ = nodes.evaluate_heatmaps({"chexlocalize.gradcam": hs}, _gt(), {}, None, None, 0, [], False, 10, False)
+    per_map, _ = nodes.evaluate_heatmaps(
+        {"chexlocalize.gradcam": hs}, _gt(), {}, None, None, 0, [], False, 10, False
+    )
     assert per_map["skipped_map_files"].tolist() == [1]
     summary = nodes.summarise_localization(per_map, n_boot=10, seed=0)
     assert set(summary["skipped_map_files"]) == {1}
@@ -229,7 +277,9 @@ def test_huge_cxr_dims_in_a_pickle_are_refused(tmp_path):
 
 
 def test_huge_cxr_dims_in_a_heatmap_set_are_refused():
-    with pytest.raises(DataFormatError, match=rf"heatmaps \({CXR}/Edema\).*must lie in 1\.\.{MAX_MASK_SIDE}"):
+    with pytest.raises(
+        DataFormatError, match=rf"heatmaps \({CXR}/Edema\).*must lie in 1\.\.{MAX_MASK_SIDE}"
+    ):
         evaluate_heatmap_set(_set(h=10**6, w=10**6), {}, progress=False, workers=1)
 
 

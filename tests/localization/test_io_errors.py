@@ -9,11 +9,11 @@ import torch
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.heatmaps import HeatmapSet
-from cxr_spurious.io.masks import encode_rle
-from cxr_spurious.localization.chexlocalize_io import (
+from cxr_spurious.io.chexlocalize import (
     read_heatmap_pickle,
     validate_segmentation_json,
 )
+from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.localization.evaluate import evaluate_heatmap_set
 from cxr_spurious.localization.metrics import segmentation_table
 
@@ -57,7 +57,20 @@ def test_unknown_task_in_file_name(tmp_path):
 
 
 def _set(h=6, w=5, task="Edema"):
-    index = pd.DataFrame([{"image_id": "c1", "task": task, "prob": 0.9, "gt": 1.0, "cxr_w": w, "cxr_h": h, "model": "m", "method": "g"}])
+    index = pd.DataFrame(
+        [
+            {
+                "image_id": "c1",
+                "task": task,
+                "prob": 0.9,
+                "gt": 1.0,
+                "cxr_w": w,
+                "cxr_h": h,
+                "model": "m",
+                "method": "g",
+            }
+        ]
+    )
     return HeatmapSet(index, np.arange(4, dtype=np.float32).reshape(1, 2, 2))
 
 
@@ -75,7 +88,9 @@ def test_unknown_task_in_heatmap_set():
 
 def test_undecodable_rle():
     with pytest.raises(DataFormatError, match="c1/Edema"):
-        validate_segmentation_json({"c1": {"Edema": {"size": [4, 4], "counts": "garbage!!"}}}, source="x.json", decode=True)
+        validate_segmentation_json(
+            {"c1": {"Edema": {"size": [4, 4], "counts": "garbage!!"}}}, source="x.json", decode=True
+        )
 
 
 def test_missing_prediction_is_empty_mask_and_logged(caplog):

@@ -33,7 +33,9 @@ def test_rle_counts_and_iou_match_numpy():
 def test_rle_pixel_matches_decoded_mask():
     _, g = _masks(1)
     rle = encode_rle(g)
-    assert all(rle_pixel(rle, r, c) == g[r, c] for r in range(g.shape[0]) for c in range(g.shape[1]))
+    assert all(
+        rle_pixel(rle, r, c) == g[r, c] for r in range(g.shape[0]) for c in range(g.shape[1])
+    )
 
 
 def test_precision_recall_specificity_against_sklearn():
@@ -58,8 +60,15 @@ def test_reference_bootstrap_equals_global_seed_reimplementation():
     wide.iloc[::4, 0] = np.nan
     ours = summary.reference_bootstrap(wide, n_boot=50, seed=0)
     np.random.seed(0)  # the reference's own procedure, verbatim semantics
-    ref = [wide.iloc[np.random.choice(len(wide), size=len(wide), replace=True)].mean() for _ in range(50)]
-    np.testing.assert_allclose(ours[["Cardiomegaly", "Edema"]].to_numpy(), pd.DataFrame(ref)[["Cardiomegaly", "Edema"]].to_numpy(), rtol=1e-12)
+    ref = [
+        wide.iloc[np.random.choice(len(wide), size=len(wide), replace=True)].mean()
+        for _ in range(50)
+    ]
+    np.testing.assert_allclose(
+        ours[["Cardiomegaly", "Edema"]].to_numpy(),
+        pd.DataFrame(ref)[["Cardiomegaly", "Edema"]].to_numpy(),
+        rtol=1e-12,
+    )
     lo, mean, hi = summary.reference_ci(ours["Edema"])
     srt = ours["Edema"].sort_values().to_numpy()
     assert (lo, hi) == (round(srt[int(0.025 * 50) - 1], 3), round(srt[int(0.975 * 50) - 1], 3))
@@ -86,7 +95,9 @@ def test_spurious_auroc_ranks_object_pixels_outside_the_lesion():
     expected = roc_auc_score(tube[keep], score[keep])
     assert np.isclose(spurious_auroc(score, tube, exclude=lesion), expected)
     assert np.isclose(spurious_auroc(score, tube), roc_auc_score(tube.ravel(), score.ravel()))
-    coarse = np.kron(np.array([[0.0, 1.0], [0.0, 1.0]]), np.ones((5, 4)))[:9, :8]  # a blob over the tube's half
+    coarse = np.kron(np.array([[0.0, 1.0], [0.0, 1.0]]), np.ones((5, 4)))[
+        :9, :8
+    ]  # a blob over the tube's half
     tube_right = np.zeros((9, 8), bool)
     tube_right[:, 6] = True
     assert spurious_auroc(coarse, tube_right) > 0.7 and spurious_auroc(coarse, tube) < 0.3
@@ -95,9 +106,17 @@ def test_spurious_auroc_ranks_object_pixels_outside_the_lesion():
 
 
 def test_tuning_matches_brute_force():
-    per_map = pd.DataFrame({"task": ["Edema"] * 3, "in_gt": True, "gt_area": [10, 10, 0],
-                            "tune_area_0.2": [20, 5, 3], "tune_inter_0.2": [8, 5, 0],
-                            "tune_area_0.5": [9, 2, 0], "tune_inter_0.5": [7, 2, 0]})
+    per_map = pd.DataFrame(
+        {
+            "task": ["Edema"] * 3,
+            "in_gt": True,
+            "gt_area": [10, 10, 0],
+            "tune_area_0.2": [20, 5, 3],
+            "tune_inter_0.2": [8, 5, 0],
+            "tune_area_0.5": [9, 2, 0],
+            "tune_inter_0.5": [7, 2, 0],
+        }
+    )
     best, grid = tuning.tune_thresholds(per_map, [0.2, 0.5])
     m02 = np.mean([8 / 22, 5 / 10])
     m05 = np.mean([7 / 12, 2 / 10])

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from cxr_spurious.errors import DataFormatError
-from cxr_spurious.io.safe_pickle import load_torch_pickle
-from cxr_spurious.localization.chexlocalize_io import (
+from cxr_spurious.io.chexlocalize import (
     load_heatmap_pickle,
     load_json,
     read_heatmap_folder,
     read_heatmap_pickle,
 )
+from cxr_spurious.io.safe_pickle import load_torch_pickle
 from cxr_spurious.localization.evaluate import evaluate_heatmap_set
 
 PROTOCOLS = (2, 3, 4, 5)
@@ -35,7 +35,9 @@ def _sample_maps(sample_dir: Path) -> list[Path]:
     return paths
 
 
-def _numpy_variant(src: Path, dst: Path, protocol: int, *, squeeze: bool, with_img: bool = True) -> None:
+def _numpy_variant(
+    src: Path, dst: Path, protocol: int, *, squeeze: bool, with_img: bool = True
+) -> None:
     """``src`` with every tensor replaced by its ``.numpy()`` (map optionally H x W)."""
     info = load_torch_pickle(src)
     out = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in info.items()}
@@ -49,7 +51,9 @@ def _numpy_variant(src: Path, dst: Path, protocol: int, *, squeeze: bool, with_i
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("squeeze", [False, True], ids=["1x1xHxW", "HxW"])
-def test_numpy_map_equals_tensor_map(sample_dir: Path, tmp_path: Path, protocol: int, squeeze: bool) -> None:
+def test_numpy_map_equals_tensor_map(
+    sample_dir: Path, tmp_path: Path, protocol: int, squeeze: bool
+) -> None:
     for src in _sample_maps(sample_dir):
         dst = tmp_path / src.name
         _numpy_variant(src, dst, protocol, squeeze=squeeze)
@@ -57,7 +61,14 @@ def test_numpy_map_equals_tensor_map(sample_dir: Path, tmp_path: Path, protocol:
         assert got.map.dtype == want.map.dtype == np.float32
         np.testing.assert_array_equal(got.map, want.map)
         assert float(np.abs(got.map).max()) > 0  # not the zero-filled placeholder
-        assert (got.cxr_id, got.task, got.width, got.height, got.prob, got.gt) == (want.cxr_id, want.task, want.width, want.height, want.prob, want.gt)
+        assert (got.cxr_id, got.task, got.width, got.height, got.prob, got.gt) == (
+            want.cxr_id,
+            want.task,
+            want.width,
+            want.height,
+            want.prob,
+            want.gt,
+        )
         header = read_heatmap_pickle(dst, with_map=False)  # index: shape without the bytes
         assert header.map.shape == want.map.shape and header.prob == want.prob
         lazy = load_heatmap_pickle(dst)
@@ -96,24 +107,44 @@ def test_numpy_folder_evaluates_like_tensor_folder(sample_dir: Path, tmp_path: P
     for i, src in enumerate(_sample_maps(sample_dir)):
         shutil.copy(src, tensors / src.name)
         _numpy_variant(src, arrays / src.name, (2, 5)[i], squeeze=bool(i % 2))
-    want, want_seg = evaluate_heatmap_set(read_heatmap_folder(tensors, workers=1), gt, progress=False, workers=1)
-    got, got_seg = evaluate_heatmap_set(read_heatmap_folder(arrays, workers=1), gt, progress=False, workers=1)
+    want, want_seg = evaluate_heatmap_set(
+        read_heatmap_folder(tensors, workers=1), gt, progress=False, workers=1
+    )
+    got, got_seg = evaluate_heatmap_set(
+        read_heatmap_folder(arrays, workers=1), gt, progress=False, workers=1
+    )
     pd.testing.assert_frame_equal(got, want)
     assert got_seg == want_seg
     evaluated = want.dropna(subset=["prob"])  # rows with a map (the others are missing maps)
-    assert len(evaluated) == 2 and (evaluated["pred_area"] > 0).all() and evaluated["argmax_row"].notna().all()
+    assert (
+        len(evaluated) == 2
+        and (evaluated["pred_area"] > 0).all()
+        and evaluated["argmax_row"].notna().all()
+    )
 
 
 def test_skipped_payload_never_reaches_a_value_as_zeros(tmp_path: Path) -> None:
     """A large plain ``bytes`` value (not a storage) read through the skipping reader is real."""
     raw = bytes(range(256)) * 512  # 128 kB
     path = tmp_path / "p1_study1_view1_frontal_Edema_map.pkl"
-    path.write_bytes(pickle.dumps({"map": np.ones((2, 2), np.float32), "raw": raw, "prob": 0.5, "cxr_dims": (2, 2)}, protocol=4))
+    path.write_bytes(
+        pickle.dumps(
+            {"map": np.ones((2, 2), np.float32), "raw": raw, "prob": 0.5, "cxr_dims": (2, 2)},
+            protocol=4,
+        )
+    )
     assert load_heatmap_pickle(path)["raw"] == raw
 
 
 def test_numpy_object_map_is_refused_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "p1_study1_view1_frontal_Edema_map.pkl"
-    path.write_bytes(pickle.dumps({"map": np.array([[1.0, "x"]], dtype=object), "prob": 0.5, "cxr_dims": (2, 1)}, protocol=4))
-    with pytest.raises(DataFormatError, match=r"p1_study1_view1_frontal_Edema_map\.pkl.*not supported"):
+    path.write_bytes(
+        pickle.dumps(
+            {"map": np.array([[1.0, "x"]], dtype=object), "prob": 0.5, "cxr_dims": (2, 1)},
+            protocol=4,
+        )
+    )
+    with pytest.raises(
+        DataFormatError, match=r"p1_study1_view1_frontal_Edema_map\.pkl.*not supported"
+    ):
         read_heatmap_pickle(path)

@@ -27,7 +27,11 @@ def slow_patient_ci(values, patients, n_boot, seed, level=0.95):
         reps.append(sum(finite) / len(finite) if finite else np.nan)
     kept = [r for r in reps if np.isfinite(r)]
     alpha = (1 - level) / 2
-    return float(np.quantile(kept, alpha)), float(np.quantile(kept, 1 - alpha)), len(reps) - len(kept)
+    return (
+        float(np.quantile(kept, alpha)),
+        float(np.quantile(kept, 1 - alpha)),
+        len(reps) - len(kept),
+    )
 
 
 def _per_map(n_patients=12, cxr_per_patient=3, seed=0):
@@ -41,8 +45,19 @@ def _per_map(n_patients=12, cxr_per_patient=3, seed=0):
             manifest.append({"image_id": cxr, "patient_id": f"P{p:02d}"})
             for task in ("Edema", "Cardiomegaly"):
                 iou = float(np.clip(level + rng.normal(0, 0.02), 0, 1))
-                rows.append({"set": "erm.gradcam", "model": "erm", "method": "gradcam", "image_id": cxr, "task": task, "in_gt": True,
-                             "iou_tp": iou if rng.random() < 0.8 else np.nan, "iou_full": iou, "hit": float(level > 0.5)})
+                rows.append(
+                    {
+                        "set": "erm.gradcam",
+                        "model": "erm",
+                        "method": "gradcam",
+                        "image_id": cxr,
+                        "task": task,
+                        "in_gt": True,
+                        "iou_tp": iou if rng.random() < 0.8 else np.nan,
+                        "iou_full": iou,
+                        "hit": float(level > 0.5),
+                    }
+                )
     return pd.DataFrame(rows), pd.DataFrame(manifest)
 
 
@@ -50,22 +65,38 @@ def test_summary_cis_resample_patients_like_the_slow_reference():
     per_map, manifest = _per_map()
     table = summary.summary_table(per_map, n_boot=300, seed=3, by=("set",), manifest=manifest)
     overall = table[table["task"] == "overall"].iloc[0]
-    assert overall["cluster_unit"] == "patient" and overall["n_clusters"] == 12 and overall["n_cxr"] == 36
+    assert (
+        overall["cluster_unit"] == "patient"
+        and overall["n_clusters"] == 12
+        and overall["n_cxr"] == 36
+    )
     order = np.arange(len(per_map))  # the cell's rows in table order
     patients = per_map["image_id"].map(manifest.set_index("image_id")["patient_id"]).to_numpy()
     for metric, col in (("miou_tp", "iou_tp"), ("miou_full", "iou_full"), ("hit_rate", "hit")):
-        lo, hi, dropped = slow_patient_ci(per_map[col].to_numpy()[order], list(patients[order]), 300, 3)
+        lo, hi, dropped = slow_patient_ci(
+            per_map[col].to_numpy()[order], list(patients[order]), 300, 3
+        )
         assert overall[f"{metric}_lo"] == pytest.approx(lo, abs=1e-12)
         assert overall[f"{metric}_hi"] == pytest.approx(hi, abs=1e-12)
         assert overall[f"{metric}_dropped"] == dropped == 0
     edema = per_map[per_map["task"] == "Edema"]
-    lo, hi, _ = slow_patient_ci(edema["iou_tp"].to_numpy(), list(edema["image_id"].map(manifest.set_index("image_id")["patient_id"])), 300, 3)
+    lo, hi, _ = slow_patient_ci(
+        edema["iou_tp"].to_numpy(),
+        list(edema["image_id"].map(manifest.set_index("image_id")["patient_id"])),
+        300,
+        3,
+    )
     row = table[table["task"] == "Edema"].iloc[0]
-    assert (row["miou_tp_lo"], row["miou_tp_hi"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+    assert (row["miou_tp_lo"], row["miou_tp_hi"]) == (
+        pytest.approx(lo, abs=1e-12),
+        pytest.approx(hi, abs=1e-12),
+    )
     # Resampling CXRs instead (the old behaviour) gives a narrower, wrong interval here.
     by_cxr = summary.bootstrap_means(per_map, n_boot=300, seed=3)
     assert by_cxr["cluster_unit"] == "cxr"
-    assert (by_cxr["miou_full_hi"] - by_cxr["miou_full_lo"]) < 0.8 * (overall["miou_full_hi"] - overall["miou_full_lo"])
+    assert (by_cxr["miou_full_hi"] - by_cxr["miou_full_lo"]) < 0.8 * (
+        overall["miou_full_hi"] - overall["miou_full_lo"]
+    )
 
 
 def test_same_seed_same_cis_and_subgroups_use_patients():
@@ -75,11 +106,19 @@ def test_same_seed_same_cis_and_subgroups_use_patients():
     b = summary.summary_table(per_map, n_boot=100, seed=5, by=("set",), manifest=manifest)
     pd.testing.assert_frame_equal(a, b)
     sub = summary.subgroup_table(per_map, manifest, ["sex"], n_boot=100, seed=5)
-    assert set(sub["cluster_unit"]) == {"patient"} and set(sub.loc[sub["task"] == "overall", "n_clusters"]) == {6.0}
+    assert set(sub["cluster_unit"]) == {"patient"} and set(
+        sub.loc[sub["task"] == "overall", "n_clusters"]
+    ) == {6.0}
 
 
 def test_patient_clusters_sources():
-    ids = pd.Series(["patient00012_study1_view1_frontal", "patient00012_study2_view1_frontal", "patient00013_study1_view1_frontal"])
+    ids = pd.Series(
+        [
+            "patient00012_study1_view1_frontal",
+            "patient00012_study2_view1_frontal",
+            "patient00013_study1_view1_frontal",
+        ]
+    )
     labels, unit = summary.patient_clusters(ids, {})  # chexlocalize env: no manifest DataFrame
     assert unit == "patient" and list(labels) == ["patient00012", "patient00012", "patient00013"]
     manifest = pd.DataFrame({"image_id": ids, "patient_id": ["a", "a", "b"]})
@@ -100,8 +139,17 @@ def test_too_many_undefined_replicates_is_an_error_naming_the_cell():
     rows = []
     for p in range(40):
         for task in ("Edema",):
-            rows.append({"set": "s", "image_id": f"patient{p:05d}_study1_view1_frontal", "task": task, "in_gt": True,
-                         "iou_tp": float(rng.random()) if p < 5 else np.nan, "iou_full": 0.5, "hit": 1.0})
+            rows.append(
+                {
+                    "set": "s",
+                    "image_id": f"patient{p:05d}_study1_view1_frontal",
+                    "task": task,
+                    "in_gt": True,
+                    "iou_tp": float(rng.random()) if p < 5 else np.nan,
+                    "iou_full": 0.5,
+                    "hit": 1.0,
+                }
+            )
     per_map = pd.DataFrame(rows)
     # 5 of 40 patients carry an IoU: (35/40)^40 = 0.5 % of the replicates draw none -> fine at 5 %
     ok = summary.summary_table(per_map, n_boot=2000, seed=0, by=("set",))
@@ -109,29 +157,60 @@ def test_too_many_undefined_replicates_is_an_error_naming_the_cell():
     # at a 0.1 % limit the same cell is an error that names it and the counts
     dropped = int(ok.loc[0, "miou_tp_dropped"])
     assert 0 < dropped < 100
-    with pytest.raises(BootstrapDropError, match=rf"s/Edema: miou_tp: {dropped} of 2000 bootstrap replicates are undefined"):
+    with pytest.raises(
+        BootstrapDropError,
+        match=rf"s/Edema: miou_tp: {dropped} of 2000 bootstrap replicates are undefined",
+    ):
         summary.summary_table(per_map, n_boot=2000, seed=0, by=("set",), max_dropped_share=0.001)
 
 
 def test_metric_on_too_few_patients_gets_no_ci_and_a_note():
-    rows = [{"set": "s", "image_id": f"patient{p:05d}_study1_view1_frontal", "task": "Edema", "in_gt": True,
-             "iou_tp": 0.3 if p < 2 else np.nan, "iou_full": 0.1 * p, "hit": 1.0} for p in range(10)]
+    rows = [
+        {
+            "set": "s",
+            "image_id": f"patient{p:05d}_study1_view1_frontal",
+            "task": "Edema",
+            "in_gt": True,
+            "iou_tp": 0.3 if p < 2 else np.nan,
+            "iou_full": 0.1 * p,
+            "hit": 1.0,
+        }
+        for p in range(10)
+    ]
     table = summary.summary_table(pd.DataFrame(rows), n_boot=200, seed=0, by=("set",))
     row = table.iloc[0]
-    assert row["miou_tp"] == pytest.approx(0.3) and np.isnan(row["miou_tp_lo"]) and np.isnan(row["miou_tp_hi"])
+    assert (
+        row["miou_tp"] == pytest.approx(0.3)
+        and np.isnan(row["miou_tp_lo"])
+        and np.isnan(row["miou_tp_hi"])
+    )
     assert row["ci_note"] == "no CI (finite in < 5 patients): miou_tp"
     assert np.isfinite(row["miou_full_lo"])
 
 
 def test_paired_comparisons_resample_patients():
     per_map, manifest = _per_map(seed=4)
-    other = per_map.assign(set="seg.gradcam", iou_tp=per_map["iou_tp"] * 0.5, iou_full=per_map["iou_full"] * 0.5, hit=0.0)
+    other = per_map.assign(
+        set="seg.gradcam",
+        iou_tp=per_map["iou_tp"] * 0.5,
+        iou_full=per_map["iou_full"] * 0.5,
+        hit=0.0,
+    )
     both = pd.concat([per_map, other], ignore_index=True)
-    out = summary.paired_comparisons(both, [["erm.gradcam", "seg.gradcam"]], n_boot=200, seed=1, manifest=manifest)
+    out = summary.paired_comparisons(
+        both, [["erm.gradcam", "seg.gradcam"]], n_boot=200, seed=1, manifest=manifest
+    )
     row = out[(out["task"] == "overall") & (out["metric"] == "miou_full")].iloc[0]
     assert row["cluster_unit"] == "patient" and row["n_clusters"] == 12 and row["diff_dropped"] == 0
-    left = per_map.set_index(["image_id", "task"]).loc[other.set_index(["image_id", "task"]).index].reset_index()
+    left = (
+        per_map.set_index(["image_id", "task"])
+        .loc[other.set_index(["image_id", "task"]).index]
+        .reset_index()
+    )
     diff = (left["iou_full"] * 0.5).to_numpy()
     pats = list(left["image_id"].map(manifest.set_index("image_id")["patient_id"]))
     lo, hi, _ = slow_patient_ci(diff, pats, 200, 1)
-    assert (row["diff_lo"], row["diff_hi"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+    assert (row["diff_lo"], row["diff_hi"]) == (
+        pytest.approx(lo, abs=1e-12),
+        pytest.approx(hi, abs=1e-12),
+    )

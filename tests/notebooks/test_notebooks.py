@@ -74,11 +74,19 @@ def study_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _kedro(project: Path, *args: str) -> None:
     """Run ``kedro <args>`` in ``project``; fail the test with its output on error."""
     proc = subprocess.run(
-        [sys.executable, "-m", "kedro", *args], cwd=project, env=kedro_env(),
-        capture_output=True, text=True, timeout=STUDY_TIMEOUT_S, check=False,
+        [sys.executable, "-m", "kedro", *args],
+        cwd=project,
+        env=kedro_env(),
+        capture_output=True,
+        text=True,
+        timeout=STUDY_TIMEOUT_S,
+        check=False,
     )
     if proc.returncode != 0:
-        pytest.fail(f"kedro {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}")
+        pytest.fail(
+            f"kedro {' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
+        )
 
 
 def test_there_are_notebooks() -> None:
@@ -90,17 +98,26 @@ def test_notebook_is_stored_without_outputs(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     dirty = [
-        i for i, cell in enumerate(nb.cells)
+        i
+        for i, cell in enumerate(nb.cells)
         if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
     ]
-    assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
-    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{path.name}: kernelspec must be python3"
+    assert not dirty, (
+        f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
+    )
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", (
+        f"{path.name}: kernelspec must be python3"
+    )
     required = nb.metadata.get("cxr_spurious", {}).get("requires_pipelines")
-    assert isinstance(required, list), f"{path.name}: metadata.cxr_spurious.requires_pipelines (a list) is missing"
+    assert isinstance(required, list), (
+        f"{path.name}: metadata.cxr_spurious.requires_pipelines (a list) is missing"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_loads_only_catalog_entries(path: Path, base_config: tuple[CatalogConfigResolver, dict]) -> None:
+def test_notebook_loads_only_catalog_entries(
+    path: Path, base_config: tuple[CatalogConfigResolver, dict]
+) -> None:
     """Every ``catalog.load`` names a dataset (or pattern match) or parameter of conf/base."""
     resolver, parameters = base_config
     nb = nbformat.read(path, as_version=4)
@@ -120,14 +137,21 @@ def test_notebook_loads_only_catalog_entries(path: Path, base_config: tuple[Cata
 
 
 def test_loaded_names_reads_plain_and_f_string_loads() -> None:
-    cell = nbformat.v4.new_code_cell('a = catalog.load("manifest")\nb = catalog.load(f"{model}.calibration")')
-    assert _loaded_names(nbformat.v4.new_notebook(cells=[cell])) == ["manifest", f"{STUDY_MODELS[0]}.calibration"]
+    cell = nbformat.v4.new_code_cell(
+        'a = catalog.load("manifest")\nb = catalog.load(f"{model}.calibration")'
+    )
+    assert _loaded_names(nbformat.v4.new_notebook(cells=[cell])) == [
+        "manifest",
+        f"{STUDY_MODELS[0]}.calibration",
+    ]
 
 
 @pytest.mark.integration
 @pytest.mark.xdist_group("notebooks")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_runs_top_to_bottom(path: Path, study_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_runs_top_to_bottom(
+    path: Path, study_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     nb = nbformat.read(path, as_version=4)
     for pipeline in nb.metadata["cxr_spurious"]["requires_pipelines"]:
         if pipeline in NOT_IN_DEFAULT:  # not part of the session's default run
@@ -136,16 +160,27 @@ def test_notebook_runs_top_to_bottom(path: Path, study_project: Path, monkeypatc
     workdir.mkdir(exist_ok=True)
     shutil.copy(path, workdir / path.name)
     # Not stored in the notebook: prove the kernel read the project copy, not the repository.
-    nb.cells.append(nbformat.v4.new_code_cell(
-        f"from pathlib import Path\nassert Path(context.project_path).resolve() == Path({str(study_project.resolve())!r}), context.project_path"
-    ))
-    for name, value in {"KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1"}.items():
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "from pathlib import Path\n"
+            "assert Path(context.project_path).resolve() == "
+            f"Path({str(study_project.resolve())!r}), context.project_path"
+        )
+    )
+    for name, value in {
+        "KEDRO_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "OMP_NUM_THREADS": "1",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws the figures
 
     client = NotebookClient(
-        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+        nb,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(workdir)}},
     )
     try:
         client.execute()  # raises CellExecutionError naming the failing cell
@@ -158,5 +193,7 @@ def test_notebook_runs_top_to_bottom(path: Path, study_project: Path, monkeypatc
     assert all(cell.execution_count is not None for cell in code_cells), "some cells did not run"
     errors = [out for cell in code_cells for out in cell.outputs if out.output_type == "error"]
     assert not errors, errors
-    figures = [out for cell in code_cells for out in cell.outputs if "image/png" in out.get("data", {})]
+    figures = [
+        out for cell in code_cells for out in cell.outputs if "image/png" in out.get("data", {})
+    ]
     assert figures, f"{path.name} drew no figure"

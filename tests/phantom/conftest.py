@@ -19,7 +19,9 @@ def tiny_cfg() -> PhantomConfig:
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory, tiny_cfg: PhantomConfig) -> Path:
-    return generate_phantom(tiny_cfg, tmp_path_factory.mktemp("tiny") / "phantom", seed=7, progress=False)
+    return generate_phantom(
+        tiny_cfg, tmp_path_factory.mktemp("tiny") / "phantom", seed=7, progress=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -29,4 +31,6 @@ def medium_cfg() -> PhantomConfig:
 
 @pytest.fixture(scope="session")
 def medium_dir(tmp_path_factory: pytest.TempPathFactory, medium_cfg: PhantomConfig) -> Path:
-    return generate_phantom(medium_cfg, tmp_path_factory.mktemp("medium") / "phantom", seed=3, progress=False)
+    return generate_phantom(
+        medium_cfg, tmp_path_factory.mktemp("medium") / "phantom", seed=3, progress=False
+    )

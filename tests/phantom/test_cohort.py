@@ -13,7 +13,9 @@ N = 4000  # cohort only (no pixels): fast
 
 @pytest.fixture(scope="module")
 def cohort() -> tuple:
-    cfg = PhantomConfig.from_dict({"n_images": N, "demographics": {"prevalence_multiplier": {"race": {"Black": 1.5}}}})
+    cfg = PhantomConfig.from_dict(
+        {"n_images": N, "demographics": {"prevalence_multiplier": {"race": {"Black": 1.5}}}}
+    )
     return cfg, build_cohort(cfg, seed=11)
 
 
@@ -51,7 +53,11 @@ def test_tube_confounding_per_split(cohort: tuple) -> None:
     for split in ("train", "val", "test"):
         for ptx, table in ((1, cfg.tube.p_given_ptx), (0, cfg.tube.p_given_no_ptx)):
             rows = [r.tube for r in records if r.split == split and r.labels["Pneumothorax"] == ptx]
-            assert _close(float(np.mean(rows)), table[split], len(rows)), (split, ptx, np.mean(rows))
+            assert _close(float(np.mean(rows)), table[split], len(rows)), (
+                split,
+                ptx,
+                np.mean(rows),
+            )
 
 
 def test_tube_on_ptx_side(cohort: tuple) -> None:
@@ -72,16 +78,25 @@ def test_prevalence_and_group_multipliers(cohort: tuple) -> None:
         black_a = [r.labels[task] for r in records if r.site == "A" and r.race == "Black"]
         assert _close(float(np.mean(black_a)), min(1.0, base * 1.5), len(black_a)), task
         site_c = [r.labels[task] for r in records if r.site == "C" and r.race != "Black"]
-        assert _close(float(np.mean(site_c)), base * cfg.sites["C"].prevalence_multiplier, len(site_c)), task
+        assert _close(
+            float(np.mean(site_c)), base * cfg.sites["C"].prevalence_multiplier, len(site_c)
+        ), task
 
 
 def test_group_shares(cohort: tuple) -> None:
     cfg, records = cohort
     patients = {r.patient: r for r in records}.values()
     n = len(patients)
-    for attr, shares in (("sex", cfg.demographics.sex), ("race", cfg.demographics.race), ("insurance", cfg.demographics.insurance), ("site", {k: s.share for k, s in cfg.sites.items()})):
+    for attr, shares in (
+        ("sex", cfg.demographics.sex),
+        ("race", cfg.demographics.race),
+        ("insurance", cfg.demographics.insurance),
+        ("site", {k: s.share for k, s in cfg.sites.items()}),
+    ):
         for group, share in shares.items():
-            assert _close(float(np.mean([getattr(p, attr) == group for p in patients])), share, n), (attr, group)
+            assert _close(
+                float(np.mean([getattr(p, attr) == group for p in patients])), share, n
+            ), (attr, group)
     ages = np.array([p.age_years for p in patients])
     assert ages.min() >= cfg.demographics.age_min and ages.max() <= cfg.demographics.age_max
     assert abs(ages.mean() - cfg.demographics.age_mean) < 2.0

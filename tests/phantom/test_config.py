@@ -24,20 +24,29 @@ def test_tiny_is_small_and_overridable() -> None:
 
 
 def test_partial_nested_override_merges_fixed_vocabularies() -> None:
-    cfg = PhantomConfig.from_dict({"tube": {"p_given_ptx": {"test": 0.7}, "side": "random"}, "prevalence": {"Pneumothorax": 0.3}})
+    cfg = PhantomConfig.from_dict(
+        {
+            "tube": {"p_given_ptx": {"test": 0.7}, "side": "random"},
+            "prevalence": {"Pneumothorax": 0.3},
+        }
+    )
     assert cfg.tube.p_given_ptx == {"train": 0.9, "val": 0.9, "test": 0.7}
     assert cfg.tube.side == "random"
     assert cfg.prevalence["Pneumothorax"] == 0.3 and cfg.prevalence["Lung Lesion"] == 0.2
 
 
 def test_user_named_groups_replace_defaults() -> None:
-    cfg = PhantomConfig.from_dict({"sites": {"X": {"share": 0.25}, "Y": {"share": 0.75, "marker": "R"}}})
+    cfg = PhantomConfig.from_dict(
+        {"sites": {"X": {"share": 0.25}, "Y": {"share": 0.75, "marker": "R"}}}
+    )
     assert set(cfg.sites) == {"X", "Y"}
     assert cfg.sites["Y"].marker == "R" and cfg.sites["X"].noise == 1.0
 
 
 def test_round_trip_through_to_dict() -> None:
-    cfg = PhantomConfig.from_dict({"n_images": 50, "demographics": {"lesion_contrast_multiplier": {"race": {"Black": 0.6}}}})
+    cfg = PhantomConfig.from_dict(
+        {"n_images": 50, "demographics": {"lesion_contrast_multiplier": {"race": {"Black": 0.6}}}}
+    )
     again = PhantomConfig.from_dict(cfg.to_dict())
     assert again == cfg and again.fingerprint() == cfg.fingerprint()
 
@@ -56,14 +65,27 @@ def test_round_trip_through_to_dict() -> None:
         ({"image_size": 12.5}, "phantom.image_size"),
         ({"split_fractions": {"train": 0.5, "val": 0.1, "test": 0.1}}, "phantom.split_fractions"),
         ({"demographics": {"sex": {"M": 0.5, "X": 0.5}}}, "phantom.demographics.sex"),
-        ({"demographics": {"prevalence_multiplier": {"site": {"Z": 2.0}}}}, "phantom.demographics.prevalence_multiplier.site.Z"),
-        ({"demographics": {"prevalence_multiplier": {"height": {"tall": 2.0}}}}, "phantom.demographics.prevalence_multiplier.height"),
-        ({"sites": {"A": {"share": 1.0, "marker_corner": "middle"}}}, "phantom.sites.A.marker_corner"),
+        (
+            {"demographics": {"prevalence_multiplier": {"site": {"Z": 2.0}}}},
+            "phantom.demographics.prevalence_multiplier.site.Z",
+        ),
+        (
+            {"demographics": {"prevalence_multiplier": {"height": {"tall": 2.0}}}},
+            "phantom.demographics.prevalence_multiplier.height",
+        ),
+        (
+            {"sites": {"A": {"share": 1.0, "marker_corner": "middle"}}},
+            "phantom.sites.A.marker_corner",
+        ),
         ({"sites": {"A": {"share": 1.0, "colour": 3}}}, "phantom.sites.A.colour"),
         ({"counterfactuals": {"variants": ["no_heart"]}}, "phantom.counterfactuals.variants"),
+        ({"counterfactuals": {"renders": ["no_heart"]}}, "phantom.counterfactuals.renders"),
         ({"human_benchmark": {"splits": ["holdout"]}}, "phantom.human_benchmark.splits"),
         ({"appearance": {"noise": [0.2, 0.1]}}, "phantom.appearance.noise"),
-        ({"findings": {"max_instances": {"Lung Lesion": 0}}}, "phantom.findings.max_instances.Lung Lesion"),
+        (
+            {"findings": {"max_instances": {"Lung Lesion": 0}}},
+            "phantom.findings.max_instances.Lung Lesion",
+        ),
         ({"counterfactuals": True}, "phantom.counterfactuals"),
     ],
 )
@@ -72,3 +94,12 @@ def test_bad_settings_raise_parameter_error_naming_the_key(params: dict, key: st
         PhantomConfig.from_dict(params)
     assert info.value.key == key
     assert key in str(info.value)
+
+
+def test_the_old_counterfactuals_variants_key_names_its_new_name() -> None:
+    renamed = r"renamed to phantom\.counterfactuals\.renders"
+    with pytest.raises(ParameterError, match=renamed) as info:
+        PhantomConfig.from_dict({"counterfactuals": {"variants": ["no_tube"]}})
+    assert info.value.key == "phantom.counterfactuals.variants"
+    cfg = PhantomConfig.from_dict({"counterfactuals": {"renders": ["no_tube"]}})
+    assert cfg.counterfactuals.renders == ("no_tube",)

@@ -37,8 +37,8 @@ def test_example_grid_sample_is_seeded(tiny_dir: Path) -> None:
 
 
 def test_shared_reader_ingests_the_phantom(tiny_dir: Path) -> None:
-    from cxr_spurious.data.adapters import phantom as adapter
-    from cxr_spurious.data.contract import validate_manifest
+    from cxr_spurious.sources.adapters import phantom as adapter
+    from cxr_spurious.sources.contract import validate_manifest
 
     source = adapter.read_phantom(tiny_dir, {})
     validate_manifest(source.manifest, source.tasks)
@@ -57,8 +57,24 @@ def test_example_grid_accepts_missing_attributes() -> None:
 
     from cxr_spurious.phantom import example_grid
 
-    table = pd.DataFrame({"image_id": ["a", "b"], "split": ["val", "val"], "sex": ["M", np.nan], "age_years": [np.nan, 40.0], "tube": [np.nan, 1.0]})
-    data = {"attributes": table, "annotations": {"a": {"img_size": [8, 8]}, "b": {"img_size": [8, 8], "Lung Lesion": [[[1, 1], [5, 1], [5, 5]]]}}, "spurious_segmentations": {}, "images": {"a": np.zeros((8, 8), np.uint8), "b": np.full((8, 8), 90, np.uint8)}}
+    table = pd.DataFrame(
+        {
+            "image_id": ["a", "b"],
+            "split": ["val", "val"],
+            "sex": ["M", np.nan],
+            "age_years": [np.nan, 40.0],
+            "tube": [np.nan, 1.0],
+        }
+    )
+    data = {
+        "attributes": table,
+        "annotations": {
+            "a": {"img_size": [8, 8]},
+            "b": {"img_size": [8, 8], "Lung Lesion": [[[1, 1], [5, 1], [5, 5]]]},
+        },
+        "spurious_segmentations": {},
+        "images": {"a": np.zeros((8, 8), np.uint8), "b": np.full((8, 8), 90, np.uint8)},
+    }
     fig = example_grid(data, n=2, seed=0, ncols=2)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert any("age ?" in t for t in titles) and any("40 y" in t for t in titles)

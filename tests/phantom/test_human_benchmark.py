@@ -25,7 +25,10 @@ def test_perturbed_outline_overlaps_but_differs() -> None:
 
 
 def test_reader_misses_small_instances_but_never_all() -> None:
-    polygons = {"Lung Lesion": [_disc(20, 20, 4), _disc(60, 60, 4), _disc(80, 20, 4)], "Cardiomegaly": [_disc(50, 70, 20)]}
+    polygons = {
+        "Lung Lesion": [_disc(20, 20, 4), _disc(60, 60, 4), _disc(80, 20, 4)],
+        "Cardiomegaly": [_disc(50, 70, 20)],
+    }
     always_miss = HumanBenchmarkConfig(p_miss=1.0, small_area=0.01)
     outlines, points = read_image(polygons, np.random.default_rng(0), always_miss, 100)
     assert len(outlines["Lung Lesion"]) == 1  # two missed, the last one kept
@@ -40,6 +43,6 @@ def test_salient_points_lie_inside_the_readers_outline() -> None:
     polygons = {"Pleural Effusion": [_disc(30, 70, 12)]}
     outlines, points = read_image(polygons, np.random.default_rng(3), HumanBenchmarkConfig(), 100)
     mask = rasterize_polygons(outlines["Pleural Effusion"], 100, 100)
-    (x, y), = points["Pleural Effusion"]
+    ((x, y),) = points["Pleural Effusion"]
     assert mask[int(y), int(x)] == 1
     assert np.hypot(x - 30, y - 70) < 6

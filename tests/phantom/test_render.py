@@ -12,7 +12,9 @@ from cxr_spurious.phantom.findings import thickness
 from cxr_spurious.phantom.geometry import dilate, vertex_normals
 from cxr_spurious.tasks import PHANTOM_TASKS, SPURIOUS_OBJECTS
 
-CFG = PhantomConfig.from_dict({"n_images": 60, "image_size": 96, "prevalence": {"Lung Lesion": 0.5, "Airspace Opacity": 0.4}})
+CFG = PhantomConfig.from_dict(
+    {"n_images": 60, "image_size": 96, "prevalence": {"Lung Lesion": 0.5, "Airspace Opacity": 0.4}}
+)
 SEED = 4
 
 
@@ -25,7 +27,9 @@ def test_same_seed_same_pixels_and_outlines() -> None:
 
 
 def test_different_seed_or_index_differs() -> None:
-    assert not np.array_equal(render_image(CFG, 3, SEED).image, render_image(CFG, 3, SEED + 1).image)
+    assert not np.array_equal(
+        render_image(CFG, 3, SEED).image, render_image(CFG, 3, SEED + 1).image
+    )
     assert not np.array_equal(render_image(CFG, 3, SEED).image, render_image(CFG, 4, SEED).image)
 
 
@@ -91,7 +95,9 @@ def test_spurious_masks_follow_the_record() -> None:
 
 @pytest.mark.parametrize("size", [96, 256])
 def test_every_instance_is_at_least_five_pixels_thick_at_96(size: int) -> None:
-    cfg = PhantomConfig.from_dict({"n_images": 40, "image_size": size, "prevalence": dict.fromkeys(PHANTOM_TASKS, 0.6)})
+    cfg = PhantomConfig.from_dict(
+        {"n_images": 40, "image_size": size, "prevalence": dict.fromkeys(PHANTOM_TASKS, 0.6)}
+    )
     scale = 96.0 / size
     checked = 0
     for index in range(0, 40, 2 if size == 96 else 5):

@@ -11,21 +11,35 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_spurious.data.contract import ATTRIBUTE_HEADER
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.io.images import read_image
 from cxr_spurious.io.masks import decode_rle, rasterize_polygons
 from cxr_spurious.phantom import PhantomConfig, generate_phantom
 from cxr_spurious.phantom.geometry import dilate
+from cxr_spurious.sources.contract import ATTRIBUTE_HEADER
 from cxr_spurious.tasks import CHEXPERT_HEADER, PHANTOM_TASKS, SPURIOUS_OBJECTS, TASK_TO_CSV
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_layout_and_headers(tiny_dir: Path, tiny_cfg: PhantomConfig) -> None:
-    for name in ("labels.csv", "attributes.csv", "gt_annotations.json", "gt_segmentations.json", "spurious_segmentations.json", "hb_annotations.json", "hb_segmentations.json", "hb_salient_pt.json", "phantom_meta.json"):
+    for name in (
+        "labels.csv",
+        "attributes.csv",
+        "gt_annotations.json",
+        "gt_segmentations.json",
+        "spurious_segmentations.json",
+        "hb_annotations.json",
+        "hb_segmentations.json",
+        "hb_salient_pt.json",
+        "phantom_meta.json",
+    ):
         assert (tiny_dir / name).is_file(), name
     with (tiny_dir / "labels.csv").open(newline="") as fh:
         assert tuple(next(csv.reader(fh))) == CHEXPERT_HEADER
@@ -37,7 +51,9 @@ def test_layout_and_headers(tiny_dir: Path, tiny_cfg: PhantomConfig) -> None:
         assert rel.startswith("images/patient") and rel.endswith("/view1_frontal.png")
         img = read_image(tiny_dir / rel)
         assert img.shape == (64, 64) and img.dtype == np.uint8
-    assert set(labels["Sex"]) <= {"Male", "Female"} and set(labels["Frontal/Lateral"]) == {"Frontal"}
+    assert set(labels["Sex"]) <= {"Male", "Female"} and set(labels["Frontal/Lateral"]) == {
+        "Frontal"
+    }
     assert set(labels["AP/PA"]) <= {"AP", "PA"}
     assert labels["Edema"].isna().all() and labels["Fracture"].isna().all()
     assert not list(tiny_dir.parent.glob(".phantom.*")), "temporary folders left behind"
@@ -55,7 +71,11 @@ def test_labels_attributes_and_annotations_agree(tiny_dir: Path) -> None:
             assert row[TASK_TO_CSV.get(task, task)] == (1.0 if task in ann[image_id] else 0.0)
         assert row["No Finding"] == (0.0 if any(t in ann[image_id] for t in PHANTOM_TASKS) else 1.0)
     tube = dict(zip(attrs["image_id"], attrs["tube"]))
-    assert all(labels.loc[i, "Support Devices"] == 1.0 for i, image_id in enumerate(ids) if tube[image_id] == 1)
+    assert all(
+        labels.loc[i, "Support Devices"] == 1.0
+        for i, image_id in enumerate(ids)
+        if tube[image_id] == 1
+    )
     assert set(attrs["sex"]) <= {"M", "F"} and attrs["study_id"].is_unique
 
 
@@ -125,10 +145,17 @@ def test_observed_rates_match_config(medium_dir: Path, medium_cfg: PhantomConfig
     labels = pd.read_csv(medium_dir / "labels.csv")
     df = attrs.assign(ptx=labels["Pneumothorax"].to_numpy())
     for split in ("train", "test"):
-        for ptx, table in ((1.0, medium_cfg.tube.p_given_ptx), (0.0, medium_cfg.tube.p_given_no_ptx)):
+        for ptx, table in (
+            (1.0, medium_cfg.tube.p_given_ptx),
+            (0.0, medium_cfg.tube.p_given_no_ptx),
+        ):
             rows = df[(df["split"] == split) & (df["ptx"] == ptx)]["tube"]
             p = table[split]
-            assert abs(rows.mean() - p) < 4.5 * np.sqrt(p * (1 - p) / len(rows)), (split, ptx, rows.mean())
+            assert abs(rows.mean() - p) < 4.5 * np.sqrt(p * (1 - p) / len(rows)), (
+                split,
+                ptx,
+                rows.mean(),
+            )
     assert abs(labels["Pneumothorax"].mean() - 0.5 * (0.9 + 0.1 * 1.2)) < 0.1
     meta = json.loads((medium_dir / "phantom_meta.json").read_text())
     assert meta["seed"] == 3 and meta["config"] == medium_cfg.to_dict()
@@ -149,7 +176,9 @@ def test_same_output_for_one_or_two_workers_and_seed_dependence(tmp_path: Path) 
 
 
 def test_switches_and_argument_validation(tmp_path: Path) -> None:
-    cfg = PhantomConfig.tiny(n_images=8, image_size=32, counterfactuals={"splits": []}, human_benchmark={"splits": []})
+    cfg = PhantomConfig.tiny(
+        n_images=8, image_size=32, counterfactuals={"splits": []}, human_benchmark={"splits": []}
+    )
     out = generate_phantom(cfg, tmp_path / "p", seed=0, progress=False)
     assert not (out / "counterfactuals").exists() and not (out / "hb_annotations.json").exists()
     with pytest.raises(ParameterError, match="n_jobs"):

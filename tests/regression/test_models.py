@@ -15,8 +15,16 @@ from cxr_spurious.regression.models import (
 
 def _table(n=40, seed=0):
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame({"image_id": [f"c{i // 2}" for i in range(n)], "task": ["Edema", "Cardiomegaly"] * (n // 2),
-                       "n_instances": rng.integers(1, 3, n).astype(float), "area_ratio": rng.random(n), "elongation": 1 + rng.random(n) * 3, "irrectangularity": rng.random(n)})
+    df = pd.DataFrame(
+        {
+            "image_id": [f"c{i // 2}" for i in range(n)],
+            "task": ["Edema", "Cardiomegaly"] * (n // 2),
+            "n_instances": rng.integers(1, 3, n).astype(float),
+            "area_ratio": rng.random(n),
+            "elongation": 1 + rng.random(n) * 3,
+            "irrectangularity": rng.random(n),
+        }
+    )
     df["iou_tp"] = 0.2 + 0.5 * df["area_ratio"] + rng.normal(0, 0.05, n)
     df["hit"] = (rng.random(n) < 0.3 + 0.5 * df["area_ratio"]).astype(float)
     return df
@@ -28,7 +36,9 @@ def test_pooled_ols_matches_statsmodels_directly():
     x = sm.add_constant(minmax(df["area_ratio"]))
     fit = sm.OLS(df["iou_tp"], x).fit()
     row = res.iloc[0]
-    assert np.isclose(row.coef, fit.params["area_ratio"]) and np.isclose(row.coef_pval, fit.pvalues["area_ratio"])
+    assert np.isclose(row.coef, fit.params["area_ratio"]) and np.isclose(
+        row.coef_pval, fit.pvalues["area_ratio"]
+    )
     assert np.allclose([row.coef_lo, row.coef_hi], fit.conf_int().loc["area_ratio"])
     rho = stats.spearmanr(df["iou_tp"], df["area_ratio"])[0]
     assert np.isclose(row["corr"], rho)
@@ -36,23 +46,41 @@ def test_pooled_ols_matches_statsmodels_directly():
 
 def test_cluster_robust_matches_statsmodels():
     df = _table()  # 20 CXRs
-    res = feature_regressions(df, ["iou_tp"], features=["area_ratio"], cluster="image_id", min_clusters=20).iloc[0]
-    fit = sm.OLS(df["iou_tp"], sm.add_constant(minmax(df["area_ratio"]))).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]})
+    res = feature_regressions(
+        df, ["iou_tp"], features=["area_ratio"], cluster="image_id", min_clusters=20
+    ).iloc[0]
+    fit = sm.OLS(df["iou_tp"], sm.add_constant(minmax(df["area_ratio"]))).fit(
+        cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]}
+    )
     assert np.allclose([res.coef_lo, res.coef_hi], fit.conf_int().loc["area_ratio"])
-    assert res.se_type == "cluster-robust (image_id)" and res.cluster == "image_id" and res.n_cxr == 20
+    assert (
+        res.se_type == "cluster-robust (image_id)" and res.cluster == "image_id" and res.n_cxr == 20
+    )
 
 
 def test_few_clusters_use_ols_errors_and_are_never_flagged(caplog):
     import logging
 
     rng = np.random.default_rng(7)
-    df = pd.DataFrame({"image_id": ["a", "a", "b", "b"], "task": ["Edema", "Cardiomegaly"] * 2, "area_ratio": [0.15, 0.13, 0.02, 0.01]})
+    df = pd.DataFrame(
+        {
+            "image_id": ["a", "a", "b", "b"],
+            "task": ["Edema", "Cardiomegaly"] * 2,
+            "area_ratio": [0.15, 0.13, 0.02, 0.01],
+        }
+    )
     df["iou_tp"] = 0.1 + 2.0 * df["area_ratio"] + rng.normal(0, 0.01, 4)
     x = sm.add_constant(minmax(df["area_ratio"]))
-    clustered = sm.OLS(df["iou_tp"], x).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]})
-    assert clustered.pvalues["area_ratio"] < 0.05 / 4  # what the old code reported as Bonferroni-significant
-    with caplog.at_level(logging.INFO, logger="cxr_spurious.regression.models"):
-        res = feature_regressions(df, ["iou_tp"], features=["area_ratio"], cluster="image_id").iloc[0]
+    clustered = sm.OLS(df["iou_tp"], x).fit(
+        cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]}
+    )
+    assert (
+        clustered.pvalues["area_ratio"] < 0.05 / 4
+    )  # what the old code reported as Bonferroni-significant
+    with caplog.at_level(logging.DEBUG, logger="cxr_spurious.regression.models"):
+        res = feature_regressions(df, ["iou_tp"], features=["area_ratio"], cluster="image_id").iloc[
+            0
+        ]
     ols = sm.OLS(df["iou_tp"], x).fit()
     assert np.allclose([res.coef_lo, res.coef_hi], ols.conf_int().loc["area_ratio"], rtol=1e-12)
     assert np.isclose(res.coef_pval, ols.pvalues["area_ratio"])
@@ -82,24 +110,41 @@ def test_chexlocalize_env_reproduces_the_reference_ols_on_the_sample():
     from cxr_spurious.pipelines.regression import nodes
 
     root = Path(__file__).resolve().parents[2]
-    sample = root / "tests" / "data" / "chexlocalize_sample"
+    sample = root / "tests" / "fixtures" / "chexlocalize_sample"
     gt = CheXlocalizeJSONDataset(str(sample / "gt_segmentations_val.json")).load()
     ann = CheXlocalizeJSONDataset(str(sample / "gt_annotations_val.json")).load()
     seg = CheXlocalizeJSONDataset(str(sample / "gradcam_segmentations_val_sample.json")).load()
-    per_cxr = segmentation_table(seg, gt).assign(set="chexlocalize.gradcam", prob=np.nan, hit=np.nan)
-    table = nodes.build_regression_table(per_cxr, nodes.compute_geometric_features(gt, ann), pd.DataFrame())
+    per_cxr = segmentation_table(seg, gt).assign(
+        set="chexlocalize.gradcam", prob=np.nan, hit=np.nan
+    )
+    table = nodes.build_regression_table(
+        per_cxr, nodes.compute_geometric_features(gt, ann), pd.DataFrame()
+    )
     from cxr_spurious.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
 
-    loader = CONFIG_LOADER_CLASS(conf_source=str(root / "conf"), env="chexlocalize", runtime_params={"chexlocalize_dir": str(sample)}, **CONFIG_LOADER_ARGS)
+    loader = CONFIG_LOADER_CLASS(
+        conf_source=str(root / "conf"),
+        env="chexlocalize",
+        runtime_params={"chexlocalize_dir": str(sample)},
+        **CONFIG_LOADER_ARGS,
+    )
     params = loader["parameters"]["regression"]
     res = nodes.regress_on_features(table, params["cluster_robust"], params["min_clusters"])
-    row = res[(res["task"] == "pooled") & (res["outcome"] == "iou_tp") & (res["feature"] == "area_ratio")].iloc[0]
+    row = res[
+        (res["task"] == "pooled") & (res["outcome"] == "iou_tp") & (res["feature"] == "area_ratio")
+    ].iloc[0]
     data = table.dropna(subset=["iou_tp", "area_ratio"]).assign(x=lambda d: minmax(d["area_ratio"]))
     fit = smf.ols("iou_tp ~ x", data=data).fit()  # the reference's call
     assert row.n == 4 and row.n_cxr == 2 and row.se_type == "ols"
-    assert np.allclose([row.coef, row.coef_lo, row.coef_hi], [fit.params["x"], *fit.conf_int().loc["x"]], rtol=1e-12)
+    assert np.allclose(
+        [row.coef, row.coef_lo, row.coef_hi],
+        [fit.params["x"], *fit.conf_int().loc["x"]],
+        rtol=1e-12,
+    )
     assert (round(row.coef_lo, 3), round(row.coef_hi, 3)) == (0.225, 0.658)
-    assert not row.bonferroni_significant and row.significance_note.startswith("not flagged: 2 CXRs")
+    assert not row.bonferroni_significant and row.significance_note.startswith(
+        "not flagged: 2 CXRs"
+    )
 
 
 def test_spearman_fisher_ci():
@@ -131,10 +176,26 @@ def test_mask_features_on_rectangle():
 def test_human_gap_is_benchmark_minus_saliency_on_shared_pairs():
     from cxr_spurious.regression.models import with_human_gap
 
-    table = pd.DataFrame({"image_id": ["a", "b", "c"], "task": ["Edema"] * 3, "iou_tp": [0.2, 0.5, 0.1], "hit": [0.0, 1.0, 1.0]})
-    human = pd.DataFrame({"image_id": ["a", "b"], "task": ["Edema", "Edema"], "iou_tp": [0.6, 0.4], "hit": [1.0, 1.0]})
+    table = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c"],
+            "task": ["Edema"] * 3,
+            "iou_tp": [0.2, 0.5, 0.1],
+            "hit": [0.0, 1.0, 1.0],
+        }
+    )
+    human = pd.DataFrame(
+        {
+            "image_id": ["a", "b"],
+            "task": ["Edema", "Edema"],
+            "iou_tp": [0.6, 0.4],
+            "hit": [1.0, 1.0],
+        }
+    )
     out = with_human_gap(table, human)
-    assert np.allclose(out["iou_gap"].to_numpy()[:2], [0.4, -0.1]) and np.isnan(out["iou_gap"].iloc[2])
+    assert np.allclose(out["iou_gap"].to_numpy()[:2], [0.4, -0.1]) and np.isnan(
+        out["iou_gap"].iloc[2]
+    )
     assert out["hit_gap"].tolist()[:2] == [1.0, 0.0] and np.isnan(out["hit_gap"].iloc[2])
     empty = with_human_gap(table, pd.DataFrame(columns=["image_id", "task", "iou_tp", "hit"]))
     assert empty["iou_gap"].isna().all() and len(empty) == 3
@@ -147,8 +208,17 @@ def test_human_gap_rejects_duplicate_benchmark_rows():
     from cxr_spurious.regression.models import with_human_gap
 
     table = pd.DataFrame({"image_id": ["a"], "task": ["Edema"], "iou_tp": [0.2], "hit": [0.0]})
-    human = pd.DataFrame({"image_id": ["a", "a"], "task": ["Edema", "Edema"], "iou_tp": [0.6, 0.5], "hit": [1.0, 1.0]})
-    with pytest.raises(ContractError, match=r"several rows for \(image_id, task\) \['a', 'Edema'\]"):
+    human = pd.DataFrame(
+        {
+            "image_id": ["a", "a"],
+            "task": ["Edema", "Edema"],
+            "iou_tp": [0.6, 0.5],
+            "hit": [1.0, 1.0],
+        }
+    )
+    with pytest.raises(
+        ContractError, match=r"several rows for \(image_id, task\) \['a', 'Edema'\]"
+    ):
         with_human_gap(table, human)
 
 
@@ -157,11 +227,50 @@ def test_gap_regression_matches_statsmodels_directly():
 
     df = _table(60, seed=3)
     rng = np.random.default_rng(4)
-    human = df[["image_id", "task"]].assign(iou_tp=0.8 - 0.3 * df["area_ratio"] + rng.normal(0, 0.05, len(df)), hit=1.0)
+    human = df[["image_id", "task"]].assign(
+        iou_tp=0.8 - 0.3 * df["area_ratio"] + rng.normal(0, 0.05, len(df)), hit=1.0
+    )
     gap = with_human_gap(df, human)
     res = feature_regressions(gap, ["iou_gap"], features=["area_ratio"], cluster="image_id").iloc[0]
     y = human["iou_tp"] - df["iou_tp"]
-    fit = sm.OLS(y, sm.add_constant(minmax(df["area_ratio"]))).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]})
-    assert np.isclose(res.coef, fit.params["area_ratio"]) and np.isclose(res.coef_pval, fit.pvalues["area_ratio"])
+    fit = sm.OLS(y, sm.add_constant(minmax(df["area_ratio"]))).fit(
+        cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]}
+    )
+    assert np.isclose(res.coef, fit.params["area_ratio"]) and np.isclose(
+        res.coef_pval, fit.pvalues["area_ratio"]
+    )
     assert np.allclose([res.coef_lo, res.coef_hi], fit.conf_int().loc["area_ratio"])
     assert res.coef < 0  # the benchmark's advantage shrinks on larger findings in this table
+
+
+def test_convergence_is_recorded_in_the_tables_not_warned():
+    """Statsmodels' convergence warnings become ``converged`` / ``fit_warnings`` columns."""
+    import warnings
+
+    df = _table(60)
+    separated = df.assign(hit=(df["area_ratio"] > 0.5).astype(float))  # perfect separation
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        good = logistic_hit(df, features=["area_ratio"])
+        bad = logistic_hit(separated, features=["area_ratio"])
+        # no random-intercept variance in this table: the MLE sits on the boundary
+        mixed = mixed_effects(df, "iou_tp", features=["area_ratio"])
+        ols = feature_regressions(df, ["iou_tp"], features=["area_ratio"])
+    assert escaped == []
+    assert good.iloc[0].converged and good.iloc[0].fit_warnings == ""
+    assert not bad.iloc[0].converged
+    assert bad.iloc[0].fit_warnings.startswith("ConvergenceWarning: ")
+    assert not mixed.iloc[0].converged
+    assert "ConvergenceWarning: The MLE may be on the boundary" in mixed.iloc[0].fit_warnings
+    assert ols.iloc[0].fit_warnings == ""
+
+
+def test_fit_joint_models_keeps_the_convergence_columns():
+    from cxr_spurious.pipelines.regression.nodes import fit_joint_models
+
+    out = fit_joint_models(_table(60).assign(set="m"))
+    assert {"converged", "fit_warnings"} <= set(out.columns)
+    assert set(out["model"]) == {"logit", "mixedlm:iou_tp"}
+    assert out.loc[out["model"] == "logit", "converged"].all()
+    empty = fit_joint_models(_table(60).iloc[:0].assign(set="m"))
+    assert {"converged", "fit_warnings"} <= set(empty.columns) and empty.empty

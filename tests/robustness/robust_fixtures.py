@@ -20,5 +20,16 @@ def make_table(n_patients: int = 150, seed: int = 0) -> pd.DataFrame:
             tube = float(rng.random() < (0.8 if y else 0.2))
             signal = 1.5 if sex == "M" else 0.3
             logit = signal * (2 * y - 1) + 1.5 * (2 * tube - 1) + rng.normal()
-            rows.append({"image_id": f"p{p}_{k}", "patient_id": f"p{p}", "split": split, TASK: y, f"p_{TASK}": 1 / (1 + np.exp(-logit)), "sex": sex, "site": "a" if rng.random() < 0.5 else "b", "tube": tube})
+            rows.append(
+                {
+                    "image_id": f"p{p}_{k}",
+                    "patient_id": f"p{p}",
+                    "split": split,
+                    TASK: y,
+                    f"p_{TASK}": 1 / (1 + np.exp(-logit)),
+                    "sex": sex,
+                    "site": "a" if rng.random() < 0.5 else "b",
+                    "tube": tube,
+                }
+            )
     return pd.DataFrame(rows)

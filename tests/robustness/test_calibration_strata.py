@@ -74,7 +74,10 @@ def test_find_strata_flags_hidden_subgroup() -> None:
     assert table.groupby("class")["size"].sum().tolist() == [100, 100]
     ami = attribute_ami(ids, y, pd.DataFrame({"drain": drain}))
     pos = ids >= 100
-    assert np.isclose(ami.query("`class` == 1")["ami"].iloc[0], adjusted_mutual_info_score(drain[pos].astype(str), ids[pos]))
+    assert np.isclose(
+        ami.query("`class` == 1")["ami"].iloc[0],
+        adjusted_mutual_info_score(drain[pos].astype(str), ids[pos]),
+    )
     assert ami.query("`class` == 1")["ami"].iloc[0] > 0.8
     again = find_strata(y, p, x, 0.5, k=[2, 3, 4], seed=0)
     np.testing.assert_array_equal(ids, again[0])
@@ -87,9 +90,9 @@ def test_find_strata_flags_hidden_subgroup() -> None:
 
 def test_gmm_fixed_k_and_reducer_errors() -> None:
     _, _, x, _ = _strata_data()
-    labels, k = cluster(x, method="gmm", k=3, seed=0)
+    labels, k = cluster(x, clusterer="gmm", k=3, seed=0)
     assert k == 3 and np.unique(labels).size <= 3
     with pytest.raises(ParameterError, match="umap-learn"):
-        reduce(x, method="umap")
+        reduce(x, reducer="umap")
     with pytest.raises(ParameterError, match="valid names are: pca, umap"):
-        reduce(x, method="tsne")
+        reduce(x, reducer="tsne")

@@ -37,7 +37,9 @@ def _with_rare_site() -> pd.DataFrame:
 
 def test_subgroup_rows_count_dropped_replicates_like_a_slow_count() -> None:
     t = _with_rare_site()
-    out = subgroup_auroc(t, TASK, ["site"], min_per_class=1, n_boot=N_BOOT, seed=0, max_dropped_share=1.0)
+    out = subgroup_auroc(
+        t, TASK, ["site"], min_per_class=1, n_boot=N_BOOT, seed=0, max_dropped_share=1.0
+    )
     y, pid = t[TASK].to_numpy(float), t["patient_id"].to_numpy()
     rare = (t["site"] == "rare").to_numpy()
     row = out.query("attribute == 'site' and group == 'rare'").iloc[0]
@@ -51,7 +53,10 @@ def test_subgroup_rows_count_dropped_replicates_like_a_slow_count() -> None:
     codes = {g: (t["site"] == g).to_numpy() for g in ("a", "b", "rare")}
     slow_worst = 0
     for idx in bootstrap_indices(len(y), N_BOOT, 0, pid):
-        if any(not ((y[idx][m[idx]] == 1).any() and (y[idx][m[idx]] == 0).any()) for m in codes.values()):
+        if any(
+            not ((y[idx][m[idx]] == 1).any() and (y[idx][m[idx]] == 0).any())
+            for m in codes.values()
+        ):
             slow_worst += 1
     worst = out.query("metric == 'worst_group_auroc'").iloc[0]
     assert worst["n_dropped"] == slow_worst > 0
@@ -66,10 +71,15 @@ def test_subgroup_rows_count_dropped_replicates_like_a_slow_count() -> None:
 
 def test_rare_subgroup_above_threshold_gets_nan_ci_and_a_note() -> None:
     t = _with_rare_site()
-    out = subgroup_auroc(t, TASK, ["site"], min_per_class=1, n_boot=N_BOOT, seed=0, max_dropped_share=0.05)
+    out = subgroup_auroc(
+        t, TASK, ["site"], min_per_class=1, n_boot=N_BOOT, seed=0, max_dropped_share=0.05
+    )
     row = out.query("attribute == 'site' and group == 'rare'").iloc[0]
     assert np.isfinite(row["estimate"]) and np.isnan(row["lo"]) and np.isnan(row["hi"])
-    assert f"{int(row['n_dropped'])} of {N_BOOT}" in row["ci_note"] and "max_dropped_share" in row["ci_note"]
+    assert (
+        f"{int(row['n_dropped'])} of {N_BOOT}" in row["ci_note"]
+        and "max_dropped_share" in row["ci_note"]
+    )
     worst = out.query("metric == 'worst_group_auroc'").iloc[0]
     assert np.isnan(worst["lo"]) and "undefined" in worst["ci_note"]
     big = out.query("attribute == 'site' and group == 'a'").iloc[0]
@@ -116,7 +126,9 @@ def test_calibration_counts_dropped_replicates() -> None:
 
 def test_calibration_above_threshold_is_an_error_naming_the_group() -> None:
     with pytest.raises(BootstrapDropError, match=f"ECE {TASK}/all=all"):
-        calibration_table(_sparse_scores(), TASK, [], min_rows=1, n_boot=N_BOOT, seed=0, max_dropped_share=0.05)
+        calibration_table(
+            _sparse_scores(), TASK, [], min_rows=1, n_boot=N_BOOT, seed=0, max_dropped_share=0.05
+        )
 
 
 def test_pipeline_threads_the_threshold_to_auroc_and_calibration() -> None:

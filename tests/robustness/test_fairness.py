@@ -44,12 +44,28 @@ def test_fairness_equals_fairlearn_directly() -> None:
     by, gaps = fairness_tables(t, TASK, thr, ["sex", "site"], n_boot=40, seed=0)
     for attr in ("sex", "site"):
         y, yp, s = t[TASK].astype(int), (t[f"p_{TASK}"] >= thr).astype(int), t[attr]
-        mf = MetricFrame(metrics={"tpr": true_positive_rate, "fpr": false_positive_rate, "fnr": false_negative_rate, "ppv": lambda a, b: precision_score(a, b, zero_division=np.nan)}, y_true=y, y_pred=yp, sensitive_features=s)
+        mf = MetricFrame(
+            metrics={
+                "tpr": true_positive_rate,
+                "fpr": false_positive_rate,
+                "fnr": false_negative_rate,
+                "ppv": lambda a, b: precision_score(a, b, zero_division=np.nan),
+            },
+            y_true=y,
+            y_pred=yp,
+            sensitive_features=s,
+        )
         mine = by[by["attribute"] == attr].set_index("group")
         for col in ("tpr", "fpr", "fnr", "ppv"):
-            np.testing.assert_allclose(mine.loc[mf.by_group.index, col].to_numpy(dtype=float), mf.by_group[col].to_numpy(dtype=float))
+            np.testing.assert_allclose(
+                mine.loc[mf.by_group.index, col].to_numpy(dtype=float),
+                mf.by_group[col].to_numpy(dtype=float),
+            )
         g = gaps[gaps["attribute"] == attr].set_index("metric")
-        assert np.isclose(g.loc["equalized_odds_difference", "estimate"], equalized_odds_difference(y, yp, sensitive_features=s))
+        assert np.isclose(
+            g.loc["equalized_odds_difference", "estimate"],
+            equalized_odds_difference(y, yp, sensitive_features=s),
+        )
         assert np.isclose(g.loc["fnr_gap", "estimate"], mf.difference()["fnr"])
         assert np.isclose(g.loc["fpr_gap", "estimate"], mf.difference()["fpr"])
         assert (g["lo"] <= g["estimate"] + 1e-12).all() and (g["estimate"] <= g["hi"] + 1e-12).all()
@@ -65,9 +81,19 @@ def test_fast_gaps_equal_fairlearn_on_random_data() -> None:
         y, yp = rng.integers(0, 2, n), rng.integers(0, 2, n)
         g = rng.integers(0, 4, n)
         fast = _fast_gaps(y, yp, g, 4)
-        assert np.isclose(fast["equalized_odds_difference"], equalized_odds_difference(y, yp, sensitive_features=g))
-        mf = MetricFrame(metrics={"fnr": false_negative_rate, "fpr": false_positive_rate}, y_true=y, y_pred=yp, sensitive_features=g)
-        assert np.isclose(fast["fnr_gap"], mf.difference()["fnr"]) and np.isclose(fast["fpr_gap"], mf.difference()["fpr"])
+        assert np.isclose(
+            fast["equalized_odds_difference"],
+            equalized_odds_difference(y, yp, sensitive_features=g),
+        )
+        mf = MetricFrame(
+            metrics={"fnr": false_negative_rate, "fpr": false_positive_rate},
+            y_true=y,
+            y_pred=yp,
+            sensitive_features=g,
+        )
+        assert np.isclose(fast["fnr_gap"], mf.difference()["fnr"]) and np.isclose(
+            fast["fpr_gap"], mf.difference()["fpr"]
+        )
 
 
 def test_fairness_deterministic_and_skips_single_group() -> None:
@@ -88,11 +114,21 @@ def _rare_group_table(seed: int = 0) -> pd.DataFrame:
         y = float(p < 3) if group == "R" else float(rng.random() < 0.4)
         for k in range(1 + p % 2):
             score = float(np.clip(0.5 + 0.3 * (2 * y - 1) + rng.normal(0, 0.3), 0, 1))
-            rows.append({"image_id": f"p{p}_{k}", "patient_id": f"p{p}", TASK: y, f"p_{TASK}": score, "grp": group})
+            rows.append(
+                {
+                    "image_id": f"p{p}_{k}",
+                    "patient_id": f"p{p}",
+                    TASK: y,
+                    f"p_{TASK}": score,
+                    "grp": group,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def _slow_fairlearn_bootstrap(t: pd.DataFrame, threshold: float, n_boot: int, seed: int) -> dict[str, tuple[float, float, int]]:
+def _slow_fairlearn_bootstrap(
+    t: pd.DataFrame, threshold: float, n_boot: int, seed: int
+) -> dict[str, tuple[float, float, int]]:
     """Reference: per replicate draw patients (default_rng, sorted labels), rebuild the rows and
     score the gaps with Fairlearn itself; a gap that needs a class some group lacks is NaN."""
     rng = np.random.default_rng(seed)
@@ -105,26 +141,43 @@ def _slow_fairlearn_bootstrap(t: pd.DataFrame, threshold: float, n_boot: int, se
         y, yp, s = rep[TASK].astype(int), (rep[f"p_{TASK}"] >= threshold).astype(int), rep["grp"]
         has_pos = all(((s == g) & (y == 1)).any() for g in groups)
         has_neg = all(((s == g) & (y == 0)).any() for g in groups)
-        mf = MetricFrame(metrics={"fnr": false_negative_rate, "fpr": false_positive_rate}, y_true=y, y_pred=yp, sensitive_features=s)
+        mf = MetricFrame(
+            metrics={"fnr": false_negative_rate, "fpr": false_positive_rate},
+            y_true=y,
+            y_pred=yp,
+            sensitive_features=s,
+        )
         diff = mf.difference()
         reps["fnr_gap"].append(float(diff["fnr"]) if has_pos else np.nan)
         reps["fpr_gap"].append(float(diff["fpr"]) if has_neg else np.nan)
-        reps["equalized_odds_difference"].append(float(equalized_odds_difference(y, yp, sensitive_features=s)) if has_pos and has_neg else np.nan)
+        reps["equalized_odds_difference"].append(
+            float(equalized_odds_difference(y, yp, sensitive_features=s))
+            if has_pos and has_neg
+            else np.nan
+        )
     out = {}
     for metric, values in reps.items():
         v = np.array(values)
         f = v[np.isfinite(v)]
-        out[metric] = (float(np.quantile(f, 0.025)), float(np.quantile(f, 0.975)), int((~np.isfinite(v)).sum()))
+        out[metric] = (
+            float(np.quantile(f, 0.025)),
+            float(np.quantile(f, 0.975)),
+            int((~np.isfinite(v)).sum()),
+        )
     return out
 
 
 def test_fast_gaps_are_undefined_not_zero_or_fewer_groups_when_a_group_lacks_a_class() -> None:
     y = np.array([1, 0, 1, 0, 0, 0])
     yp = np.array([1, 0, 0, 1, 1, 0])
-    g = np.array([0, 0, 1, 1, 2, 2])  # group 2 has no positive: Fairlearn would score its TPR and FNR 0
+    g = np.array(
+        [0, 0, 1, 1, 2, 2]
+    )  # group 2 has no positive: Fairlearn would score its TPR and FNR 0
     fast = _fast_gaps(y, yp, g, 3)
     assert np.isnan(fast["fnr_gap"]) and np.isnan(fast["equalized_odds_difference"])
-    mf = MetricFrame(metrics={"fpr": false_positive_rate}, y_true=y, y_pred=yp, sensitive_features=g)
+    mf = MetricFrame(
+        metrics={"fpr": false_positive_rate}, y_true=y, y_pred=yp, sensitive_features=g
+    )
     assert fast["fpr_gap"] == pytest.approx(mf.difference()["fpr"])  # every group has negatives
     absent = _fast_gaps(y[:4], yp[:4], g[:4], 3)  # group 2 not drawn at all: no gap over 2 groups
     assert all(np.isnan(v) for v in absent.values())
@@ -132,7 +185,9 @@ def test_fast_gaps_are_undefined_not_zero_or_fewer_groups_when_a_group_lacks_a_c
 
 def test_fairness_cis_equal_fairlearn_on_every_patient_replicate() -> None:
     t = _rare_group_table()
-    _, gaps = fairness_tables(t, TASK, 0.5, ["grp"], min_per_class=3, n_boot=100, seed=1, max_dropped_share=1.0)
+    _, gaps = fairness_tables(
+        t, TASK, 0.5, ["grp"], min_per_class=3, n_boot=100, seed=1, max_dropped_share=1.0
+    )
     ref = _slow_fairlearn_bootstrap(t, 0.5, 100, 1)
     g = gaps.set_index("metric")
     assert g.loc["fnr_gap", "n_dropped"] > 0  # the convention is exercised
@@ -141,7 +196,9 @@ def test_fairness_cis_equal_fairlearn_on_every_patient_replicate() -> None:
         assert g.loc[metric, "hi"] == pytest.approx(hi, abs=1e-12), metric
         assert g.loc[metric, "n_dropped"] == dropped, metric
     assert (g["n_patients"] == 80).all()
-    again = fairness_tables(t, TASK, 0.5, ["grp"], min_per_class=3, n_boot=100, seed=1, max_dropped_share=1.0)[1]
+    again = fairness_tables(
+        t, TASK, 0.5, ["grp"], min_per_class=3, n_boot=100, seed=1, max_dropped_share=1.0
+    )[1]
     pd.testing.assert_frame_equal(gaps, again)
 
 
@@ -149,8 +206,12 @@ def test_fairness_fails_loudly_when_too_many_replicates_are_undefined() -> None:
     from cxr_spurious.stats.bootstrap import BootstrapDropError
 
     t = _rare_group_table()
-    # seed 1: 6 of 100 replicates draw none of group R's 3 positive patients; the default limit is 5 %
-    with pytest.raises(BootstrapDropError, match=r"fairness Pneumothorax/grp/equalized_odds_difference: 6 of 100 bootstrap replicates"):
+    # seed 1: 6 of 100 replicates draw none of group R's 3 positive patients;
+    # the default limit is 5 %
+    with pytest.raises(
+        BootstrapDropError,
+        match=r"fairness Pneumothorax/grp/equalized_odds_difference: 6 of 100 bootstrap replicates",
+    ):
         fairness_tables(t, TASK, 0.5, ["grp"], min_per_class=3, n_boot=100, seed=1)
     with pytest.raises(ParameterError, match="min_per_class"):
         fairness_tables(t, TASK, 0.5, ["grp"], min_per_class=0)

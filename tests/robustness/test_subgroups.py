@@ -23,7 +23,9 @@ def test_subgroup_auroc_matches_sklearn() -> None:
     for sex in ("F", "M"):
         sub = t[t["sex"] == sex]
         per[sex] = roc_auc_score(sub[TASK], sub[f"p_{TASK}"])
-        assert np.isclose(out.query(f"attribute == 'sex' and group == '{sex}'")["estimate"].iloc[0], per[sex])
+        assert np.isclose(
+            out.query(f"attribute == 'sex' and group == '{sex}'")["estimate"].iloc[0], per[sex]
+        )
     worst = out.query("metric == 'worst_group_auroc' and attribute == 'sex'").iloc[0]
     assert np.isclose(worst["estimate"], min(per.values())) and per["F"] < per["M"]
     keep = ((t[TASK] == 1) & (t["tube"] == 0)) | ((t[TASK] == 0) & (t["tube"] == 1))

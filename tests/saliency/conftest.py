@@ -21,7 +21,12 @@ class ToyClassifier(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.tasks = list(tasks)
-        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1, stride=2), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 8, 3, padding=1, stride=2),
+            nn.ReLU(),
+        )
         self.fc = nn.Linear(8, len(self.tasks))
 
     @property
@@ -44,7 +49,9 @@ class ToyDense(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.tasks = list(tasks)
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
         self.head = nn.Conv2d(8, len(self.tasks), 1)
 
     @property
@@ -55,7 +62,9 @@ class ToyDense(nn.Module):
         return self.head(self.features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dense = nn.functional.avg_pool2d(self.dense_logits(x), 5, stride=1, padding=2, count_include_pad=False)
+        dense = nn.functional.avg_pool2d(
+            self.dense_logits(x), 5, stride=1, padding=2, count_include_pad=False
+        )
         return dense.amax(dim=(2, 3))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +101,9 @@ class RegionModel(nn.Module):
         with torch.no_grad():
             conv.weight.fill_(1 / 9)
             conv.bias.zero_()
-        self.features = nn.Sequential(conv, nn.ReLU(), RegionMask(torch.from_numpy(region_mask(size)).float()))
+        self.features = nn.Sequential(
+            conv, nn.ReLU(), RegionMask(torch.from_numpy(region_mask(size)).float())
+        )
         self.fc = nn.Linear(2, 1)
         with torch.no_grad():
             self.fc.weight.fill_(1.0)
@@ -143,10 +154,19 @@ def blob_images(n: int = 6, size: int = SIZE, seed: int = 0) -> np.ndarray:
     return imgs
 
 
-def toy_manifest(image_ids: list[str], tasks: list[str] = TASKS, split: str = "test") -> pd.DataFrame:
+def toy_manifest(
+    image_ids: list[str], tasks: list[str] = TASKS, split: str = "test"
+) -> pd.DataFrame:
     """Manifest rows with labels, sizes and a split."""
     n = len(image_ids)
-    df = pd.DataFrame({"image_id": image_ids, "split": split, "width": 100 + np.arange(n), "height": 200 + np.arange(n)})
+    df = pd.DataFrame(
+        {
+            "image_id": image_ids,
+            "split": split,
+            "width": 100 + np.arange(n),
+            "height": 200 + np.arange(n),
+        }
+    )
     for j, task in enumerate(tasks):
         labels = ((np.arange(n) + j) % 2).astype(float)
         labels[-1] = np.nan
@@ -172,8 +192,13 @@ def dense() -> ToyDense:
 
 def hooks_on(model: nn.Module) -> int:
     """Number of forward / backward hooks registered on any module of ``model``."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
-               for m in model.modules())
+    return sum(
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in model.modules()
+    )
 
 
 @pytest.fixture
@@ -182,7 +207,15 @@ def toys():
     import types
 
     return types.SimpleNamespace(
-        TASKS=TASKS, SIZE=SIZE, ToyClassifier=ToyClassifier, ToyDense=ToyDense, RegionModel=RegionModel,
-        NoCamModel=NoCamModel, LinearModel=LinearModel, blob_images=blob_images, toy_manifest=toy_manifest,
-        region_mask=region_mask, hooks_on=hooks_on,
+        TASKS=TASKS,
+        SIZE=SIZE,
+        ToyClassifier=ToyClassifier,
+        ToyDense=ToyDense,
+        RegionModel=RegionModel,
+        NoCamModel=NoCamModel,
+        LinearModel=LinearModel,
+        blob_images=blob_images,
+        toy_manifest=toy_manifest,
+        region_mask=region_mask,
+        hooks_on=hooks_on,
     )

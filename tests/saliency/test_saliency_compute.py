@@ -13,7 +13,9 @@ from cxr_spurious.saliency.compute import load_model, plan_methods
 
 
 def _manifest(n: int = 10) -> pd.DataFrame:
-    return pd.DataFrame({"image_id": [f"p{i}" for i in range(n)], "split": ["test", "val"] * (n // 2)})
+    return pd.DataFrame(
+        {"image_id": [f"p{i}" for i in range(n)], "split": ["test", "val"] * (n // 2)}
+    )
 
 
 def test_select_image_ids_whole_split_in_manifest_order():
@@ -38,8 +40,16 @@ def test_select_image_ids_errors():
 def test_heatmap_set_index_from_model_and_manifest(classifier, images, toys):
     ids = [f"patient{i:05d}_study1_view1_frontal" for i in range(len(images))]
     manifest = toys.toy_manifest(ids)
-    hset = heatmap_set_for(classifier, images, ids, manifest, model_name="erm", method="gradcam",
-                           device="cpu", progress=False)
+    hset = heatmap_set_for(
+        classifier,
+        images,
+        ids,
+        manifest,
+        model_name="erm",
+        method="gradcam",
+        device="cpu",
+        progress=False,
+    )
     assert list(hset.index.columns) == list(INDEX_COLUMNS)
     assert len(hset) == len(ids) * 2 and hset.maps.shape == (len(ids) * 2, toys.SIZE, toys.SIZE)
     assert hset.maps.dtype == np.float16
@@ -57,21 +67,38 @@ def test_heatmap_set_index_from_model_and_manifest(classifier, images, toys):
 def test_heatmap_set_rejects_ids_missing_from_manifest(classifier, images, toys):
     manifest = toys.toy_manifest([f"a{i}" for i in range(len(images))])
     with pytest.raises(ContractError, match="not in the manifest"):
-        heatmap_set_for(classifier, images, [f"b{i}" for i in range(len(images))], manifest, model_name="erm",
-                        method="gradcam", device="cpu", progress=False)
+        heatmap_set_for(
+            classifier,
+            images,
+            [f"b{i}" for i in range(len(images))],
+            manifest,
+            model_name="erm",
+            method="gradcam",
+            device="cpu",
+            progress=False,
+        )
 
 
 def test_plan_methods_defaults_and_overrides(classifier, dense):
     pairs = (("erm", "gradcam"), ("seg", "gradcam"), ("seg", "seg_prob"))
     assert plan_methods("erm", classifier, None, pairs) == ["gradcam"]
     assert plan_methods("seg", dense, None, pairs) == ["gradcam", "seg_prob"]
-    assert plan_methods("erm", classifier, ["gradcam", "integrated_gradients", "seg_prob"]) == ["gradcam", "integrated_gradients"]
+    assert plan_methods("erm", classifier, ["gradcam", "integrated_gradients", "seg_prob"]) == [
+        "gradcam",
+        "integrated_gradients",
+    ]
     assert plan_methods("seg", dense, ["seg_prob", "seg_prob"]) == ["seg_prob"]
     with pytest.raises(ParameterError, match="unknown saliency method 'gradkam'"):
         plan_methods("erm", classifier, ["gradkam"])
-    # a default pair the variant's architecture cannot run (erm retrained as a classifier) is skipped
-    assert plan_methods("erm", classifier, None, (("erm", "gradcam"), ("erm", "seg_prob"))) == ["gradcam"]
-    assert plan_methods("erm", dense, None, (("erm", "gradcam"), ("erm", "seg_prob"))) == ["gradcam", "seg_prob"]
+    # a default pair the variant's architecture cannot run (erm retrained as a classifier)
+    # is skipped
+    assert plan_methods("erm", classifier, None, (("erm", "gradcam"), ("erm", "seg_prob"))) == [
+        "gradcam"
+    ]
+    assert plan_methods("erm", dense, None, (("erm", "gradcam"), ("erm", "seg_prob"))) == [
+        "gradcam",
+        "seg_prob",
+    ]
 
 
 def _artifact(config: dict) -> dict:
@@ -85,23 +112,51 @@ def test_real_registry_resnet18_and_unet_small(toys):
     ids = ["a", "b"]
     manifest = toys.toy_manifest(ids, tasks=["Pneumothorax"])
     erm = load_model(_artifact({"architecture": "resnet18", "tasks": ["Pneumothorax"]}), "erm")
-    seg = load_model(_artifact({"architecture": "unet_small", "tasks": ["Pneumothorax"], "base_channels": 8}), "seg")
-    for model, method in ((erm, "gradcam"), (erm, "integrated_gradients"), (seg, "gradcam"), (seg, "seg_prob"),
-                          (seg, "saliency")):
-        hset = heatmap_set_for(model, images, ids, manifest, model_name="m", method=method, device="cpu", progress=False)
+    seg = load_model(
+        _artifact({"architecture": "unet_small", "tasks": ["Pneumothorax"], "base_channels": 8}),
+        "seg",
+    )
+    for model, method in (
+        (erm, "gradcam"),
+        (erm, "integrated_gradients"),
+        (seg, "gradcam"),
+        (seg, "seg_prob"),
+        (seg, "saliency"),
+    ):
+        hset = heatmap_set_for(
+            model,
+            images,
+            ids,
+            manifest,
+            model_name="m",
+            method=method,
+            device="cpu",
+            progress=False,
+        )
         assert hset.maps.shape == (2, 64, 64) and np.isfinite(hset.maps).all()
         assert toys.hooks_on(model) == 0
     with pytest.raises(CxrSpuriousError, match="'seg_prob' needs a dense model"):
-        heatmap_set_for(erm, images, ids, manifest, model_name="erm", method="seg_prob", progress=False)
+        heatmap_set_for(
+            erm, images, ids, manifest, model_name="erm", method="seg_prob", progress=False
+        )
 
 
 def test_deeplift_on_a_resnet_is_a_clear_error(toys):
     from cxr_spurious.models import build_model
 
     model = build_model({"architecture": "resnet18", "tasks": ["Pneumothorax"]}).eval()
-    with pytest.raises(CxrSpuriousError, match="deeplift cannot explain this model.*integrated_gradients"):
-        heatmap_set_for(model, toys.blob_images(1, size=64), ["a"], toys.toy_manifest(["a"], tasks=["Pneumothorax"]),
-                        model_name="erm", method="deeplift", progress=False)
+    with pytest.raises(
+        CxrSpuriousError, match="deeplift cannot explain this model.*integrated_gradients"
+    ):
+        heatmap_set_for(
+            model,
+            toys.blob_images(1, size=64),
+            ["a"],
+            toys.toy_manifest(["a"], tasks=["Pneumothorax"]),
+            model_name="erm",
+            method="deeplift",
+            progress=False,
+        )
     assert toys.hooks_on(model) == 0
 
 
@@ -110,6 +165,9 @@ def test_name_list_accepts_cli_strings(classifier):
 
     assert name_list("gradcam integrated_gradients") == ["gradcam", "integrated_gradients"]
     assert name_list("gradcam;gradcam++") == ["gradcam", "gradcam++"]
-    assert name_list("Pleural Effusion;Lung Lesion", spaces=False) == ["Pleural Effusion", "Lung Lesion"]
+    assert name_list("Pleural Effusion;Lung Lesion", spaces=False) == [
+        "Pleural Effusion",
+        "Lung Lesion",
+    ]
     assert name_list(None) is None and name_list(["a"]) == ["a"]
     assert plan_methods("erm", classifier, "gradcam saliency") == ["gradcam", "saliency"]

@@ -12,7 +12,9 @@ from cxr_spurious.saliency.compute import compute_maps
 
 @pytest.mark.parametrize("method", ["gradcam", "saliency", "seg_prob"])
 def test_compute_maps_ignores_an_enclosing_bf16_autocast(toys, method: str) -> None:
-    model = build_model({"architecture": "unet_small", "tasks": ["Pneumothorax"], "base_channels": 4}).eval()
+    model = build_model(
+        {"architecture": "unet_small", "tasks": ["Pneumothorax"], "base_channels": 4}
+    ).eval()
     images = toys.blob_images(4, size=32)
     kw = {"device": "cpu", "progress": False, "batch_size": 2}
     maps, probs = compute_maps(model, images, method, ["Pneumothorax"], **kw)

@@ -18,20 +18,38 @@ CLASSIFIER_METHODS = [m for m in available_methods() if m != "seg_prob"]
 
 def test_registry_lists_the_documented_methods():
     assert set(available_methods()) == {
-        "gradcam", "gradcam++", "eigencam", "layercam", "integrated_gradients", "deeplift",
-        "occlusion", "saliency", "smoothgrad", "seg_prob",
+        "gradcam",
+        "gradcam++",
+        "eigencam",
+        "layercam",
+        "integrated_gradients",
+        "deeplift",
+        "occlusion",
+        "saliency",
+        "smoothgrad",
+        "seg_prob",
     }
 
 
 @pytest.mark.parametrize("method", CLASSIFIER_METHODS)
 def test_classifier_maps_finite_right_shape_and_hooks_released(method, classifier, images, toys):
-    maps, probs = compute_maps(classifier, images, method, toys.TASKS, batch_size=4, device="cpu",
-                               options=FAST, progress=False)
+    maps, probs = compute_maps(
+        classifier,
+        images,
+        method,
+        toys.TASKS,
+        batch_size=4,
+        device="cpu",
+        options=FAST,
+        progress=False,
+    )
     assert maps.shape == (len(images), 2, toys.SIZE, toys.SIZE)
     assert maps.dtype == np.float16
     assert np.isfinite(maps).all() and (maps >= 0).all() and maps.max() <= 1.0
     with torch.inference_mode():
-        expected = torch.sigmoid(classifier(torch.from_numpy(images).float()[:, None] / 255)).numpy()
+        expected = torch.sigmoid(
+            classifier(torch.from_numpy(images).float()[:, None] / 255)
+        ).numpy()
     np.testing.assert_allclose(probs, expected, rtol=1e-5)
     assert toys.hooks_on(classifier) == 0
     assert all(p.requires_grad for p in classifier.parameters())  # frozen only while attributing
@@ -39,8 +57,16 @@ def test_classifier_maps_finite_right_shape_and_hooks_released(method, classifie
 
 @pytest.mark.parametrize("method", available_methods())
 def test_dense_maps_finite_right_shape_and_hooks_released(method, dense, images, toys):
-    maps, probs = compute_maps(dense, images, method, ["Lung Lesion"], batch_size=4, device="cpu",
-                               options=FAST, progress=False)
+    maps, probs = compute_maps(
+        dense,
+        images,
+        method,
+        ["Lung Lesion"],
+        batch_size=4,
+        device="cpu",
+        options=FAST,
+        progress=False,
+    )
     assert maps.shape == (len(images), 1, toys.SIZE, toys.SIZE)
     assert np.isfinite(maps).all()
     assert probs.shape == (len(images), 1)
@@ -48,36 +74,66 @@ def test_dense_maps_finite_right_shape_and_hooks_released(method, dense, images,
 
 
 def test_seg_prob_is_the_dense_probability_map(dense, images):
-    maps, _ = compute_maps(dense, images, "seg_prob", ["Pneumothorax"], device="cpu", progress=False)
+    maps, _ = compute_maps(
+        dense, images, "seg_prob", ["Pneumothorax"], device="cpu", progress=False
+    )
     with torch.inference_mode():
-        expected = torch.sigmoid(dense.dense_logits(torch.from_numpy(images).float()[:, None] / 255))[:, 0].numpy()
+        expected = torch.sigmoid(
+            dense.dense_logits(torch.from_numpy(images).float()[:, None] / 255)
+        )[:, 0].numpy()
     np.testing.assert_allclose(maps[:, 0].astype(np.float32), expected, atol=1e-3)
 
 
 def test_gradcam_matches_a_manual_computation(classifier, images):
     """Grad-CAM = ReLU(sum_c mean(dlogit/dA_c) A_c), min-max scaled, resized to the input."""
-    maps, _ = compute_maps(classifier, images[:1], "gradcam", ["Lung Lesion"], device="cpu", progress=False)
+    maps, _ = compute_maps(
+        classifier, images[:1], "gradcam", ["Lung Lesion"], device="cpu", progress=False
+    )
     x = torch.from_numpy(images[:1]).float()[:, None] / 255
     acts = classifier.features(x).detach().requires_grad_(True)
     logit = classifier.fc(acts.mean(dim=(2, 3)))[0, 1]
     (grad,) = torch.autograd.grad(logit, acts)
     cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * acts).sum(1))[0].detach().numpy()
     cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
-    up = torch.nn.functional.interpolate(torch.from_numpy(cam)[None, None], size=x.shape[-2:], mode="bilinear",
-                                         align_corners=False)[0, 0].numpy()
+    up = torch.nn.functional.interpolate(
+        torch.from_numpy(cam)[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False
+    )[0, 0].numpy()
     # cv2.resize and torch bilinear differ slightly at borders: compare ranks and values loosely.
     assert np.corrcoef(maps[0, 0].astype(float).ravel(), up.ravel())[0, 1] > 0.97
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam", "integrated_gradients", "deeplift",
-                                    "occlusion", "saliency", "smoothgrad"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "gradcam",
+        "gradcam++",
+        "layercam",
+        "integrated_gradients",
+        "deeplift",
+        "occlusion",
+        "saliency",
+        "smoothgrad",
+    ],
+)
 def test_map_mass_concentrates_where_the_logit_looks(method, toys):
     """The RegionModel sees only the top-left quadrant, although every quadrant has a blob."""
     model = toys.RegionModel().eval()
     images = toys.blob_images(4)
-    maps, _ = compute_maps(model, images, method, ["Pneumothorax"], device="cpu",
-                           options=MethodOptions(ig_steps=8, smoothgrad_samples=4, smoothgrad_stdev=0.02,
-                                                 occlusion_window=4, occlusion_stride=4), progress=False)
+    maps, _ = compute_maps(
+        model,
+        images,
+        method,
+        ["Pneumothorax"],
+        device="cpu",
+        options=MethodOptions(
+            ig_steps=8,
+            smoothgrad_samples=4,
+            smoothgrad_stdev=0.02,
+            occlusion_window=4,
+            occlusion_stride=4,
+        ),
+        progress=False,
+    )
     region = toys.region_mask()
     grown = np.zeros_like(region)
     grown[: toys.SIZE // 2 + 1, : toys.SIZE // 2 + 1] = True  # a 3x3 conv reaches one pixel out
@@ -87,7 +143,9 @@ def test_map_mass_concentrates_where_the_logit_looks(method, toys):
 
 
 def test_unknown_method_lists_valid_names(classifier, images):
-    with pytest.raises(ParameterError, match="unknown saliency method 'gradcamz'.*eigencam.*seg_prob"):
+    with pytest.raises(
+        ParameterError, match="unknown saliency method 'gradcamz'.*eigencam.*seg_prob"
+    ):
         compute_maps(classifier, images, "gradcamz", ["Pneumothorax"], progress=False)
     with pytest.raises(ParameterError, match="saliency.methods"):
         get_method("nope")
@@ -96,7 +154,11 @@ def test_unknown_method_lists_valid_names(classifier, images):
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam", "layercam"])
 def test_cam_method_without_cam_layer_is_a_clear_error(method, images, toys):
     model = toys.NoCamModel().eval()
-    with pytest.raises(CxrSpuriousError, match=re.escape(f"'{method}' needs a convolutional target layer") + ".*integrated_gradients"):
+    with pytest.raises(
+        CxrSpuriousError,
+        match=re.escape(f"'{method}' needs a convolutional target layer")
+        + ".*integrated_gradients",
+    ):
         compute_maps(model, images, method, ["Pneumothorax"], progress=False)
     assert toys.hooks_on(model) == 0
 
@@ -107,15 +169,38 @@ def test_seg_prob_on_a_classifier_is_a_clear_error(classifier, images):
 
 
 def test_task_not_trained_lists_the_model_tasks(classifier, images):
-    with pytest.raises(ParameterError, match=r"task\(s\) \['Edema'\].*\['Pneumothorax', 'Lung Lesion'\]"):
+    with pytest.raises(
+        ParameterError, match=r"task\(s\) \['Edema'\].*\['Pneumothorax', 'Lung Lesion'\]"
+    ):
         compute_maps(classifier, images, "gradcam", ["Edema"], progress=False)
 
 
 def test_smoothgrad_is_seeded_and_leaves_global_rng_alone(classifier, images):
     state = torch.random.get_rng_state()
-    a, _ = compute_maps(classifier, images, "smoothgrad", ["Pneumothorax"], options=MethodOptions(seed=3, smoothgrad_samples=4), progress=False)
-    b, _ = compute_maps(classifier, images, "smoothgrad", ["Pneumothorax"], options=MethodOptions(seed=3, smoothgrad_samples=4), progress=False)
-    c, _ = compute_maps(classifier, images, "smoothgrad", ["Pneumothorax"], options=MethodOptions(seed=4, smoothgrad_samples=4), progress=False)
+    a, _ = compute_maps(
+        classifier,
+        images,
+        "smoothgrad",
+        ["Pneumothorax"],
+        options=MethodOptions(seed=3, smoothgrad_samples=4),
+        progress=False,
+    )
+    b, _ = compute_maps(
+        classifier,
+        images,
+        "smoothgrad",
+        ["Pneumothorax"],
+        options=MethodOptions(seed=3, smoothgrad_samples=4),
+        progress=False,
+    )
+    c, _ = compute_maps(
+        classifier,
+        images,
+        "smoothgrad",
+        ["Pneumothorax"],
+        options=MethodOptions(seed=4, smoothgrad_samples=4),
+        progress=False,
+    )
     assert torch.equal(state, torch.random.get_rng_state())
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)

@@ -24,7 +24,11 @@ def test_spearman_per_map_matches_scipy_and_flags_constant_maps():
 def test_randomized_copy_is_seeded_and_leaves_the_model_and_global_rng_alone(classifier):
     before = {k: v.clone() for k, v in classifier.state_dict().items()}
     state = torch.random.get_rng_state()
-    r1, r2, r3 = randomized_copy(classifier, 1), randomized_copy(classifier, 1), randomized_copy(classifier, 2)
+    r1, r2, r3 = (
+        randomized_copy(classifier, 1),
+        randomized_copy(classifier, 1),
+        randomized_copy(classifier, 2),
+    )
     assert torch.equal(state, torch.random.get_rng_state())
     for k, v in classifier.state_dict().items():
         assert torch.equal(v, before[k])
@@ -35,8 +39,16 @@ def test_randomized_copy_is_seeded_and_leaves_the_model_and_global_rng_alone(cla
 
 
 def test_identical_models_give_correlation_one(classifier, images):
-    table = model_randomisation_check(classifier, images, ["gradcam", "saliency"], ["Pneumothorax"],
-                                      model_name="erm", random_model=classifier, n_boot=50, device="cpu")
+    table = model_randomisation_check(
+        classifier,
+        images,
+        ["gradcam", "saliency"],
+        ["Pneumothorax"],
+        model_name="erm",
+        random_model=classifier,
+        n_boot=50,
+        device="cpu",
+    )
     assert list(table.columns) == list(SANITY_COLUMNS)
     assert (table["spearman"] > 0.999).all()
     assert (table["n_images"] == len(images)).all()
@@ -45,18 +57,37 @@ def test_identical_models_give_correlation_one(classifier, images):
 def test_randomised_weights_give_low_correlation(toys):
     model = toys.LinearModel().eval()
     images = toys.blob_images(12)
-    table = model_randomisation_check(model, images, ["saliency", "integrated_gradients"], ["Pneumothorax"],
-                                      model_name="erm", seed=0, n_boot=200, device="cpu")
+    table = model_randomisation_check(
+        model,
+        images,
+        ["saliency", "integrated_gradients"],
+        ["Pneumothorax"],
+        model_name="erm",
+        seed=0,
+        n_boot=200,
+        device="cpu",
+    )
     rho = table.set_index("method")["spearman"]
     # The gradient of w . x is w: random weights give an unrelated map.
     assert abs(rho["saliency"]) < 0.2, table
     # Integrated gradients of w . x is x * w: the image itself survives randomisation
     # (the input-dominance Adebayo et al. warn about), so the check must show it.
     assert rho["integrated_gradients"] > rho["saliency"] + 0.3, table
-    # (identical correlations on every image: replicate means equal the estimate up to float rounding)
-    assert (table["spearman_lo"] <= table["spearman"] + 1e-12).all() and (table["spearman"] <= table["spearman_hi"] + 1e-12).all()
-    again = model_randomisation_check(model, images, ["saliency", "integrated_gradients"], ["Pneumothorax"],
-                                      model_name="erm", seed=0, n_boot=200, device="cpu")
+    # (identical correlations on every image: replicate means equal the estimate up to
+    # float rounding)
+    assert (table["spearman_lo"] <= table["spearman"] + 1e-12).all() and (
+        table["spearman"] <= table["spearman_hi"] + 1e-12
+    ).all()
+    again = model_randomisation_check(
+        model,
+        images,
+        ["saliency", "integrated_gradients"],
+        ["Pneumothorax"],
+        model_name="erm",
+        seed=0,
+        n_boot=200,
+        device="cpu",
+    )
     np.testing.assert_array_equal(table["spearman_lo"], again["spearman_lo"])
 
 
@@ -72,7 +103,9 @@ def test_similarity_ci_resamples_patients_like_a_slow_loop():
     labels = sorted(set(patients))
     reps = []
     for _ in range(300):
-        drawn = np.concatenate([rho[patients == labels[k]] for k in gen.integers(0, len(labels), size=len(labels))])
+        drawn = np.concatenate(
+            [rho[patients == labels[k]] for k in gen.integers(0, len(labels), size=len(labels))]
+        )
         reps.append(np.nanmean(drawn))
     assert out["spearman_lo"] == pytest.approx(np.quantile(reps, 0.025), abs=1e-12)
     assert out["spearman_hi"] == pytest.approx(np.quantile(reps, 0.975), abs=1e-12)
@@ -80,11 +113,24 @@ def test_similarity_ci_resamples_patients_like_a_slow_loop():
     assert out["n_patients"] == 10 and out["spearman_dropped"] == 0
     # per-image resampling treats correlated images of one patient as independent: narrower
     per_image = summarise_similarity(rho, n_boot=300, seed=2)
-    assert per_image["spearman_hi"] - per_image["spearman_lo"] < 0.8 * (out["spearman_hi"] - out["spearman_lo"])
+    assert per_image["spearman_hi"] - per_image["spearman_lo"] < 0.8 * (
+        out["spearman_hi"] - out["spearman_lo"]
+    )
 
 
 def test_sanity_table_reports_patients_and_dropped_replicates(classifier, images):
     patients = ["a", "a", "b", "c", "d", "e"][: len(images)]
-    table = model_randomisation_check(classifier, images, ["saliency"], ["Pneumothorax"], model_name="erm",
-                                      random_model=classifier, n_boot=40, device="cpu", patients=patients)
-    assert table.loc[0, "n_patients"] == len(set(patients)) and table.loc[0, "spearman_dropped"] == 0
+    table = model_randomisation_check(
+        classifier,
+        images,
+        ["saliency"],
+        ["Pneumothorax"],
+        model_name="erm",
+        random_model=classifier,
+        n_boot=40,
+        device="cpu",
+        patients=patients,
+    )
+    assert (
+        table.loc[0, "n_patients"] == len(set(patients)) and table.loc[0, "spearman_dropped"] == 0
+    )

@@ -58,7 +58,9 @@ def test_paired_bootstrap_detects_a_real_difference() -> None:
     b = a - 0.5 + 0.1 * rng.normal(size=300)
     res, p = paired_bootstrap(lambda i: a[i].mean(), lambda i: b[i].mean(), 300, n_boot=500, seed=0)
     assert res.lo > 0.4 and res.hi < 0.6 and p < 0.01
-    _, p_same = paired_bootstrap(lambda i: a[i].mean(), lambda i: a[i].mean() + 0 * b[i].mean(), 300, n_boot=200, seed=0)
+    _, p_same = paired_bootstrap(
+        lambda i: a[i].mean(), lambda i: a[i].mean() + 0 * b[i].mean(), 300, n_boot=200, seed=0
+    )
     assert p_same == 1.0
 
 
@@ -77,9 +79,16 @@ def test_percentile_ci_fails_loudly_above_the_dropped_share() -> None:
     from cxr_spurious.stats.bootstrap import BootstrapDropError
 
     reps = np.r_[np.full(6, np.nan), np.arange(94.0)]  # 6 % undefined
-    with pytest.raises(BootstrapDropError, match=r"auroc M: 6 of 100 bootstrap replicates are undefined \(NaN\), 6.0% > max_dropped_share 5.0%"):
+    with pytest.raises(
+        BootstrapDropError,
+        match=r"auroc M: 6 of 100 bootstrap replicates are undefined \(NaN\), "
+        r"6.0% > max_dropped_share 5.0%",
+    ):
         percentile_ci(reps, label="auroc M")
-    assert percentile_ci(reps, max_dropped_share=0.06) == (pytest.approx(np.quantile(np.arange(94.0), 0.025)), pytest.approx(np.quantile(np.arange(94.0), 0.975)))
+    assert percentile_ci(reps, max_dropped_share=0.06) == (
+        pytest.approx(np.quantile(np.arange(94.0), 0.025)),
+        pytest.approx(np.quantile(np.arange(94.0), 0.975)),
+    )
     with pytest.raises(BootstrapDropError):
         percentile_ci(np.full(10, np.nan))  # all undefined is an error unless the caller opts out
 
@@ -105,11 +114,16 @@ def test_bootstrap_counts_dropped_and_skips_the_check_for_an_undefined_estimate(
     y2 = np.r_[np.ones(2), np.zeros(38)]  # (38/40)^40 = 13 % of the replicates draw no positive
     rare = lambda i: float(y2[i].mean()) if y2[i].any() else np.nan  # noqa: E731
     try:
-        res2 = bootstrap(rare, 40, n_boot=500, seed=0, desc="legacy caller")  # no limit given: a warning, not silence
+        res2 = bootstrap(
+            rare, 40, n_boot=500, seed=0, desc="legacy caller"
+        )  # no limit given: a warning, not silence
     finally:
         module.logger.removeHandler(handler)
     assert res2.n_dropped > 25
-    assert [r.getMessage() for r in records] == [f"legacy caller: {res2.n_dropped} of 500 bootstrap replicates are undefined (NaN) and left out of the CI (> 5%)"]
+    assert [r.getMessage() for r in records] == [
+        f"legacy caller: {res2.n_dropped} of 500 bootstrap replicates are undefined (NaN) "
+        "and left out of the CI (> 5%)"
+    ]
     none = bootstrap(lambda i: np.nan, 10, n_boot=20, seed=0)
     assert np.isnan(none.estimate) and np.isnan(none.lo) and none.n_dropped == 20
 
@@ -142,7 +156,8 @@ def test_auroc_variants() -> None:
     tube = np.array([1, 0, 1, 0, 0, 0, 1])
     score = np.array([0.9, 0.2, 0.8, 0.1, 0.3, 0.4, 0.5])
     assert auroc(y, score) == pytest.approx(5 / 9)  # 5 of 9 positive/negative pairs ordered right
-    # robust: positives without tube (idx 1, 4) vs negatives with tube (idx 2): 0 of 2 pairs ranked right
+    # robust: positives without tube (idx 1, 4) vs negatives with tube (idx 2):
+    # 0 of 2 pairs ranked right
     assert robust_auroc(y, score, tube) == pytest.approx(0.0)
     # reverse: positives with tube (0) vs negatives without (3, 5): both right
     assert reverse_auroc(y, score, tube) == pytest.approx(1.0)
@@ -157,7 +172,9 @@ def test_count_matrix_replicates_equal_the_index_replicates() -> None:
     values[::7] = np.nan
     clusters = np.repeat(np.arange(20), 3)
     counts = bootstrap_count_matrix(60, 100, seed=4, clusters=clusters)
-    expected = [np.nanmean(values[i]) for i in bootstrap_indices(60, 100, seed=4, clusters=clusters)]
+    expected = [
+        np.nanmean(values[i]) for i in bootstrap_indices(60, 100, seed=4, clusters=clusters)
+    ]
     np.testing.assert_allclose(replicate_nanmeans(counts, values), expected, rtol=1e-12)
 
 

@@ -16,7 +16,14 @@ def _data(shortcut: bool, n: int = 200, seed: int = 0):
     y = rng.integers(0, 2, n).astype(float)
     tube = rng.integers(0, 2, n).astype(float)
     ids = [f"img{i}" for i in range(n)]
-    manifest = pd.DataFrame({"image_id": ids, "patient_id": [f"p{i // 2}" for i in range(n)], "Pneumothorax": y, "tube": tube})
+    manifest = pd.DataFrame(
+        {
+            "image_id": ids,
+            "patient_id": [f"p{i // 2}" for i in range(n)],
+            "Pneumothorax": y,
+            "tube": tube,
+        }
+    )
     base = 0.1 + 0.1 * rng.random(n)
     if shortcut:  # the model reads the tube
         p_orig = base + 0.7 * tube

@@ -18,7 +18,13 @@ from cxr_spurious.study.findings import (
 def _inputs(n: int = 40):
     rng = np.random.default_rng(0)
     ids = [f"img{i}" for i in range(n)]
-    manifest = pd.DataFrame({"image_id": ids, "patient_id": [f"p{i // 2}" for i in range(n)], "tube": [float(i % 2) for i in range(n)]})
+    manifest = pd.DataFrame(
+        {
+            "image_id": ids,
+            "patient_id": [f"p{i // 2}" for i in range(n)],
+            "tube": [float(i % 2) for i in range(n)],
+        }
+    )
     per_map = pd.DataFrame(
         {
             "image_id": ids,
@@ -27,10 +33,19 @@ def _inputs(n: int = 40):
             "iou_tp": np.where(np.arange(n) < 30, rng.uniform(0.1, 0.5, n), np.nan),
             "hit": np.where(np.arange(n) < 30, (np.arange(n) % 3 == 0).astype(float), np.nan),
             "shortcut_Chest Tube": np.where(np.arange(n) % 2 == 1, 0.6, 0.0),
-            "shortcut_auroc_Chest Tube": np.where(np.arange(n) % 2 == 1, np.where(np.arange(n) < 20, 0.9, 0.7), np.nan),
+            "shortcut_auroc_Chest Tube": np.where(
+                np.arange(n) % 2 == 1, np.where(np.arange(n) < 20, 0.9, 0.7), np.nan
+            ),
         }
     )
-    human = pd.DataFrame({"image_id": ids, "task": "Pneumothorax", "iou_tp": np.where(np.arange(n) < 30, 0.8, np.nan), "hit": np.where(np.arange(n) < 30, 1.0, np.nan)})
+    human = pd.DataFrame(
+        {
+            "image_id": ids,
+            "task": "Pneumothorax",
+            "iou_tp": np.where(np.arange(n) < 30, 0.8, np.nan),
+            "hit": np.where(np.arange(n) < 30, 1.0, np.nan),
+        }
+    )
     return per_map, manifest, human
 
 
@@ -70,7 +85,9 @@ def test_mass_shares_count_the_all_zero_maps_they_leave_out() -> None:
     assert out["tube_mass_no_finding"] == pytest.approx(0.6)  # averaged over the 3 with mass
     assert "tube_auroc_n_maps" not in out
     # without the input columns the counts are absent (lesion) or zero (tube)
-    bare = saliency_findings(per_map.drop(columns=["gt_area", "shortcut_Chest Tube"]), manifest, human, n_boot=50, seed=0)
+    bare = saliency_findings(
+        per_map.drop(columns=["gt_area", "shortcut_Chest Tube"]), manifest, human, n_boot=50, seed=0
+    )
     assert "lesion_mass_n_maps" not in bare
     assert (bare["tube_mass_n_maps"], bare["tube_mass_n_nonzero"]) == (20, 0)
 
@@ -82,9 +99,29 @@ def test_saliency_findings_without_human_benchmark_is_nan() -> None:
 
 
 def test_model_row_and_assembly() -> None:
-    metrics = {"n_test": 10, "Pneumothorax": {"auroc": 0.9, "auroc_lo": 0.8, "auroc_hi": 0.95, "robust_auroc": 0.3, "robust_auroc_lo": 0.2, "robust_auroc_hi": 0.4, "reverse_auroc": 1.0, "reverse_auroc_lo": 1.0, "reverse_auroc_hi": 1.0}}
-    row = model_row("erm", {"name": "erm", "method": "erm", "architecture": "resnet18"}, metrics, "Pneumothorax")
-    table = assemble_findings([{**row, "gradcam_miou": 0.1}, {**row, "model": "seg", "gradcam_miou": np.nan}])
+    metrics = {
+        "n_test": 10,
+        "Pneumothorax": {
+            "auroc": 0.9,
+            "auroc_lo": 0.8,
+            "auroc_hi": 0.95,
+            "robust_auroc": 0.3,
+            "robust_auroc_lo": 0.2,
+            "robust_auroc_hi": 0.4,
+            "reverse_auroc": 1.0,
+            "reverse_auroc_lo": 1.0,
+            "reverse_auroc_hi": 1.0,
+        },
+    }
+    row = model_row(
+        "erm",
+        {"name": "erm", "supervision": "erm", "architecture": "resnet18"},
+        metrics,
+        "Pneumothorax",
+    )
+    table = assemble_findings(
+        [{**row, "gradcam_miou": 0.1}, {**row, "model": "seg", "gradcam_miou": np.nan}]
+    )
     assert list(table.columns[:5]) == ["model", "supervision", "architecture", "task", "n_test"]
     flat = findings_metrics(table)
     assert flat["erm.robust_auroc"] == {"value": 0.3, "step": 0}
@@ -95,6 +132,17 @@ def test_model_row_and_assembly() -> None:
 
 
 def test_model_row_names_what_training_recorded() -> None:
-    metrics = {"method": "erm", "architecture": "cnn_small", "n_test": 4, "Pneumothorax": {"auroc": 0.8}}
-    row = model_row("erm", {"name": "erm", "method": "erm", "architecture": "resnet18"}, metrics, "Pneumothorax")
-    assert (row["supervision"], row["architecture"]) == ("erm", "cnn_small")
+    metrics = {
+        "supervision": "box",
+        "architecture": "cnn_small",
+        "n_test": 4,
+        "Pneumothorax": {"auroc": 0.8},
+    }
+    variant = {"name": "erm", "supervision": "erm", "architecture": "resnet18"}
+    row = model_row("erm", variant, metrics, "Pneumothorax")
+    assert (row["supervision"], row["architecture"]) == ("box", "cnn_small")
+    # test metrics written before the rename record the supervision as ``method``
+    before_rename = {k: v for k, v in metrics.items() if k != "supervision"} | {"method": "seg"}
+    assert model_row("erm", variant, before_rename, "Pneumothorax")["supervision"] == "seg"
+    unrecorded = {"Pneumothorax": {"auroc": 0.8}}
+    assert model_row("erm", variant, unrecorded, "Pneumothorax")["supervision"] == "erm"

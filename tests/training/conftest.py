@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from tests.training.training_tiny_data import tiny_study
 
-from cxr_spurious.data.cache import ImageCache
+from cxr_spurious.sources.cache import ImageCache
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,16 @@ from cxr_spurious.training.engine import fit
 # are the registry's other small architectures and the multitask / pooling options
 MODEL_CONFIGS = {
     "unet_small": {"architecture": "unet_small", "base_channels": 4},
-    "unet_small-linear-head": {"architecture": "unet_small", "base_channels": 4, "image_head": "linear"},
-    "unet_small-topk": {"architecture": "unet_small", "base_channels": 4, "dense_pooling": "topk_mean"},
+    "unet_small-linear-head": {
+        "architecture": "unet_small",
+        "base_channels": 4,
+        "image_head": "linear",
+    },
+    "unet_small-topk": {
+        "architecture": "unet_small",
+        "base_channels": 4,
+        "dense_pooling": "topk_mean",
+    },
     "cnn_small": {"architecture": "cnn_small", "base_channels": 4},
     "resnet18": {"architecture": "resnet18"},
     "resunet18": {"architecture": "resunet18"},
@@ -70,15 +78,21 @@ def test_a_deterministic_cublas_setting_is_kept_and_another_refused(
     configure_determinism(True)
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
-    with pytest.raises(ParameterError, match=r"training.deterministic.*CUBLAS_WORKSPACE_CONFIG.*':0:0'"):
+    with pytest.raises(
+        ParameterError, match=r"training.deterministic.*CUBLAS_WORKSPACE_CONFIG.*':0:0'"
+    ):
         configure_determinism(True)
     configure_determinism(False)  # not needed without determinism
 
 
 def test_importing_the_training_code_sets_the_cublas_workspace_before_any_cuda_work() -> None:
     env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
-    code = "import os, cxr_spurious.training.engine; print(os.environ.get('CUBLAS_WORKSPACE_CONFIG'))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    code = (
+        "import os, cxr_spurious.training.engine; print(os.environ.get('CUBLAS_WORKSPACE_CONFIG'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == ":4096:8"
 
 
@@ -86,7 +100,7 @@ def test_fit_trains_under_strict_determinism_and_same_seed_gives_same_weights(
     tiny, restore_determinism
 ) -> None:
     manifest, cache = tiny
-    cfg = tiny_config(epochs=1, seed=5, architecture="unet_small", method="seg")
+    cfg = tiny_config(epochs=1, seed=5, architecture="unet_small", supervision="seg")
     table = build_training_table(manifest, cache, cfg)
     train = table[table["split"] == "train"].reset_index(drop=True)
     val = table[table["split"] == "val"].reset_index(drop=True)
@@ -99,7 +113,9 @@ def test_fit_trains_under_strict_determinism_and_same_seed_gives_same_weights(
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
 
 
-def _forward_backward(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _forward_backward(
+    model: torch.nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     if model.is_dense:
         logits, emb, dense = model.all_outputs(x)
@@ -146,12 +162,18 @@ def test_matrix_bilinear_resize_equals_interpolate(size: tuple[int, int]) -> Non
 
 def test_cpu_keeps_the_plain_kernels_bit_for_bit() -> None:
     x = torch.randn(2, 3, 12, 9)
-    assert torch.equal(ops.resize_bilinear(x, (24, 18)), F.interpolate(x, size=(24, 18), mode="bilinear", align_corners=False))
+    assert torch.equal(
+        ops.resize_bilinear(x, (24, 18)),
+        F.interpolate(x, size=(24, 18), mode="bilinear", align_corners=False),
+    )
     assert torch.equal(ops.global_avg_pool(x), torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; the CPU tests above force the CUDA code path")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU; the CPU tests above force the CUDA code path",
+)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_default_model_is_deterministic_on_cuda(precision: str, restore_determinism) -> None:
     configure_determinism(True)
@@ -160,7 +182,11 @@ def test_default_model_is_deterministic_on_cuda(precision: str, restore_determin
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
-        model = build_model({"tasks": ["Pneumothorax"], "architecture": "unet_small"}).to("cuda").train()
+        model = (
+            build_model({"tasks": ["Pneumothorax"], "architecture": "unet_small"})
+            .to("cuda")
+            .train()
+        )
         with setup.autocast():
             runs.append(_forward_backward(model, x))
     assert torch.equal(runs[0][0], runs[1][0])

@@ -34,15 +34,15 @@ from cxr_spurious.variants import STUDY_MODELS
 
 
 def test_parse_params_like_kedro() -> None:
-    assert parse_params("training.epochs=3,training.method=seg,training.resume=true") == {
-        "training": {"epochs": 3, "method": "seg", "resume": True}
+    assert parse_params("training.epochs=3,training.only=seg,training.resume=true") == {
+        "training": {"epochs": 3, "only": "seg", "resume": True}
     }
 
 
 @pytest.mark.integration
 def test_ddp_two_cpu_processes_match_one_process(tiny) -> None:
     manifest, cache = tiny
-    cfg = tiny_config(method="seg", epochs=2, batch_size=8, lr=0.001)
+    cfg = tiny_config(supervision="seg", epochs=2, batch_size=8, lr=0.001)
     table = build_training_table(manifest, cache, cfg)
     single = fit(
         table[table["split"] == "train"].reset_index(drop=True),
@@ -129,10 +129,11 @@ def test_time_budget_stop_is_rank_0_decision(tiny, tmp_path: Path) -> None:
 def _variant_catalog(checkpoints: Path) -> DataCatalog:
     manifest, cache = tiny_study(n_test=48)  # enough test images for defined bootstrap CIs
     training = {
-        "method": "erm", "tasks": [TASK], "batch_size": 8, "eval_batch_size": 16, "epochs": 1,
+        "only": "erm", "tasks": [TASK], "batch_size": 8, "eval_batch_size": 16, "epochs": 1,
         "device": "cpu", "progress": False, "n_boot": 20, "base_channels": 4, "target_dilation": 0,
         "checkpoint_dir": str(checkpoints),
-        "variants": {v: {"name": v, "method": v, "architecture": "unet_small"} for v in STUDY_MODELS},
+        "variants": {v: {"name": v, "supervision": v, "architecture": "unet_small"}
+                     for v in STUDY_MODELS},
     }  # fmt: skip
     datasets = {
         "manifest": MemoryDataset(manifest),
@@ -147,7 +148,11 @@ def _variant_catalog(checkpoints: Path) -> DataCatalog:
 def _with_extra_node() -> Pipeline:
     """The study's training pipeline plus a node added to the ``erm`` variant after fit."""
     extra = Pipeline(
-        [Node(lambda h: len(h), inputs="training_history", outputs="n_epochs", name="count_epochs")],
+        [
+            Node(
+                lambda h: len(h), inputs="training_history", outputs="n_epochs", name="count_epochs"
+            )
+        ],
         namespace="erm",
     )
     return create_pipeline() + extra
@@ -159,7 +164,11 @@ def test_ddp_plan_runs_every_template_node_on_rank_0() -> None:
     rank0, others = split_for_ranks(pipeline)
     template = {f"erm.{n.name}" for n in create_training_template().nodes}
     assert {n.name for n in rank0.nodes} == template | {"erm.count_epochs"}
-    assert {n.name for n in others.nodes} == {"erm.resolve_config", "erm.prepare_training_table", "erm.train_model"}
+    assert {n.name for n in others.nodes} == {
+        "erm.resolve_config",
+        "erm.prepare_training_table",
+        "erm.train_model",
+    }
     assert rank0.all_outputs() >= {f"erm.{o}" for o in create_training_template().all_outputs()}
     with pytest.raises(SystemExit, match="--variant 'pixel'.*valid: \\['box', 'erm', 'seg'\\]"):
         variant_pipeline(create_pipeline(), "pixel")

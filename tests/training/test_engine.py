@@ -44,11 +44,11 @@ def _same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("method", ["erm", "seg"])
+@pytest.mark.parametrize("supervision", ["erm", "seg"])
 def test_resume_after_interruption_gives_the_uninterrupted_result(
-    tiny, tmp_path: Path, method: str
+    tiny, tmp_path: Path, supervision: str
 ) -> None:
-    cfg = tiny_config(epochs=2, method=method, architecture="unet_small")
+    cfg = tiny_config(epochs=2, supervision=supervision, architecture="unet_small")
     full = _fit(tiny, cfg, tmp_path / "full")
     assert [p.name for p in _run_checkpoints(tmp_path / "full")] == ["epoch_001.pt", "epoch_002.pt"]
     shutil.copytree(tmp_path / "full", tmp_path / "crashed")
@@ -60,7 +60,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(
 
 
 def test_one_epoch_then_resume_one_more_equals_two_epochs(tiny, tmp_path: Path) -> None:
-    kw = {"method": "seg", "architecture": "unet_small", "schedule": "constant"}
+    kw = {"supervision": "seg", "architecture": "unet_small", "schedule": "constant"}
     full = _fit(tiny, tiny_config(epochs=2, **kw), tmp_path / "full")
     _fit(tiny, tiny_config(epochs=1, **kw), tmp_path / "split")
     resumed = _fit(tiny, tiny_config(epochs=2, resume=True, **kw), tmp_path / "split")
@@ -84,14 +84,15 @@ def test_same_seed_same_weights_other_seed_differs(tiny) -> None:
 
 
 def test_checkpoint_from_another_architecture_is_refused(tiny, tmp_path: Path) -> None:
-    _fit(tiny, tiny_config(method="seg", architecture="unet_small"), tmp_path)
+    _fit(tiny, tiny_config(supervision="seg", architecture="unet_small"), tmp_path)
     with pytest.raises(
         DataFormatError,
-        match=r"other settings \(.*training\.architecture: checkpoint 'unet_small', this run 'resunet18'",
+        match=r"other settings \(.*training\.architecture: "
+        r"checkpoint 'unet_small', this run 'resunet18'",
     ):
         _fit(
             tiny,
-            tiny_config(method="seg", architecture="resunet18", resume=True, epochs=2),
+            tiny_config(supervision="seg", architecture="resunet18", resume=True, epochs=2),
             tmp_path,
         )
 
@@ -145,7 +146,9 @@ def test_fresh_run_of_the_same_settings_starts_its_folder_over(tiny, tmp_path: P
 
 def test_unfingerprinted_checkpoint_is_refused_on_resume(tiny, tmp_path: Path) -> None:
     torch.save({"epoch": 4, "config": {}}, tmp_path / "epoch_004.pt")
-    with pytest.raises(DataFormatError, match=r"epoch_004\.pt: checkpoint written without a fingerprint"):
+    with pytest.raises(
+        DataFormatError, match=r"epoch_004\.pt: checkpoint written without a fingerprint"
+    ):
         _fit(tiny, tiny_config(resume=True), tmp_path)
 
 
@@ -183,3 +186,25 @@ def test_evaluate_matches_sklearn_auroc_on_predictions(tiny) -> None:
     assert probs.shape == (len(val), 1) and embs.shape == (len(val), model.embed_dim)
     assert metrics["auroc"] == pytest.approx(auroc(val["y_" + TASK].to_numpy(), probs[:, 0]))
     assert np.isfinite(metrics["robust_auroc"])
+
+
+def test_checkpoint_from_before_the_supervision_rename_resumes(tiny, tmp_path: Path) -> None:
+    """A checkpoint whose config says ``method`` (the old name) continues: same fingerprint."""
+    cfg = tiny_config(supervision="seg", schedule="constant")
+    _fit(tiny, cfg, tmp_path)
+    (path,) = _run_checkpoints(tmp_path)
+    state = torch.load(path, weights_only=True)
+    assert state["fingerprint_items"]["method"] == "seg"  # digested under the old name
+    assert "supervision" not in state["fingerprint_items"]
+    old_config = {("method" if k == "supervision" else k): v for k, v in state["config"].items()}
+    torch.save({**state, "config": old_config}, path)
+    resumed = _fit(tiny, {**cfg, "epochs": 2, "resume": True}, tmp_path)
+    assert resumed.history["epoch"].tolist() == [1, 2]
+
+
+def test_resume_with_another_supervision_names_training_supervision(tiny, tmp_path: Path) -> None:
+    _fit(tiny, tiny_config(supervision="seg"), tmp_path)
+    with pytest.raises(
+        DataFormatError, match=r"training\.supervision: checkpoint 'seg', this run 'box'"
+    ):
+        _fit(tiny, tiny_config(supervision="box", name="seg", resume=True), tmp_path)

@@ -32,8 +32,12 @@ def bf16_model(tiny):
 
 def _plain_fp32(model, manifest, cache, cfg, render: str = "original"):
     """Reference: the model called directly in fp32, no project inference code."""
-    data = CacheBatches(_inference_table(manifest, cache, model.tasks), cache, cfg, train=False, variant=render)
-    loader = make_loader(data, 16, seed=0, shuffle=False, drop_last=False, num_workers=0, pin_memory=False)
+    data = CacheBatches(
+        _inference_table(manifest, cache, model.tasks), cache, cfg, train=False, render=render
+    )
+    loader = make_loader(
+        data, 16, seed=0, shuffle=False, drop_last=False, num_workers=0, pin_memory=False
+    )
     probs, embs = [], []
     with torch.no_grad():
         for batch in loader:
@@ -71,7 +75,9 @@ def test_predict_switches_off_an_enclosing_autocast(tiny, bf16_model) -> None:
     manifest, cache = tiny
     model, cfg = bf16_model
     data = CacheBatches(_inference_table(manifest, cache, model.tasks), cache, cfg, train=False)
-    loader = make_loader(data, 16, seed=0, shuffle=False, drop_last=False, num_workers=0, pin_memory=False)
+    loader = make_loader(
+        data, 16, seed=0, shuffle=False, drop_last=False, num_workers=0, pin_memory=False
+    )
     plain, _ = predict(model, loader, FP32)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         inside, _ = predict(model, loader, BF16)

@@ -14,8 +14,8 @@ from cxr_spurious.training.config import overridden_shared_keys, resolve_trainin
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = {
-    "erm": {"name": "erm", "method": "erm", "architecture": "unet_small", "epochs": 5},
-    "seg": {"name": "seg", "method": "seg", "architecture": "unet_small", "epochs": 5},
+    "erm": {"name": "erm", "supervision": "erm", "architecture": "unet_small", "epochs": 5},
+    "seg": {"name": "seg", "supervision": "seg", "architecture": "unet_small", "epochs": 5},
 }
 
 
@@ -24,7 +24,9 @@ def _fresh_reports() -> None:
     config_mod._REPORTED_OVERRIDES.clear()
 
 
-def test_a_shared_value_every_variant_overrides_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_shared_value_every_variant_overrides_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     shared = {"epochs": 20, "lr": 0.01, "variants": VARIANTS}
     assert overridden_shared_keys(shared) == {
         "epochs": ["training.variants.erm.epochs", "training.variants.seg.epochs"]
@@ -40,8 +42,13 @@ def test_a_shared_value_every_variant_overrides_is_reported(caplog: pytest.LogCa
     assert "training.variants.seg.epochs=5" in warnings[0]
 
 
-def test_a_value_only_some_variants_override_is_not_reported(caplog: pytest.LogCaptureFixture) -> None:
-    variants = {**VARIANTS, "box": {"name": "box", "method": "box", "architecture": "unet_small"}}
+def test_a_value_only_some_variants_override_is_not_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    variants = {
+        **VARIANTS,
+        "box": {"name": "box", "supervision": "box", "architecture": "unet_small"},
+    }
     shared = {"epochs": 20, "variants": variants}
     assert overridden_shared_keys(shared) == {}
     with caplog.at_level(logging.WARNING, logger="cxr_spurious.training.config"):
@@ -51,7 +58,9 @@ def test_a_value_only_some_variants_override_is_not_reported(caplog: pytest.LogC
 
 @pytest.mark.parametrize("value", [-1, 0, 2.5])
 def test_an_invalid_shared_value_is_refused_even_where_variants_override_it(value: object) -> None:
-    with pytest.raises(ParameterError, match=r"parameter 'training\.epochs': must be an integer >= 1"):
+    with pytest.raises(
+        ParameterError, match=r"parameter 'training\.epochs': must be an integer >= 1"
+    ):
         resolve_training_config({"epochs": value, "variants": VARIANTS}, VARIANTS["erm"])
 
 
@@ -60,7 +69,9 @@ def test_a_shared_architecture_is_checked_by_name_only() -> None:
     cfg = resolve_training_config({"architecture": "resnet18"}, VARIANTS["seg"])
     assert cfg["architecture"] == "unet_small"
     # ...but an unknown name is refused.
-    with pytest.raises(ParameterError, match=r"training\.architecture.*unknown architecture 'resnet9'"):
+    with pytest.raises(
+        ParameterError, match=r"training\.architecture.*unknown architecture 'resnet9'"
+    ):
         resolve_training_config({"architecture": "resnet9"}, VARIANTS["seg"])
 
 

@@ -37,7 +37,7 @@ def test_resampled_rows_keep_weight_augment_group(tiny) -> None:
     resampled["group"] = np.arange(len(manifest)) % 4
     resampled = resampled.loc[list(resampled.index) + [0, 0]]  # up-sampled train row
     table = build_training_table(
-        resampled, cache, tiny_config(method="seg", architecture="unet_small")
+        resampled, cache, tiny_config(supervision="seg", architecture="unet_small")
     )
     assert len(table) == len(manifest) + 2
     assert table["weight"].tolist() == resampled["weight"].tolist()
@@ -71,12 +71,14 @@ def test_missing_mask_for_seg_names_the_image(tiny) -> None:
 
     broken = replace(cache, has_mask=has_mask)
     with pytest.raises(DataFormatError, match=f"missing masks.*{positive}"):
-        build_training_table(manifest, broken, tiny_config(method="seg", architecture="unet_small"))
+        build_training_table(
+            manifest, broken, tiny_config(supervision="seg", architecture="unet_small")
+        )
     # With a lower location fraction the image without a mask is simply not used for location.
     table = build_training_table(
         manifest,
         broken,
-        tiny_config(method="seg", architecture="unet_small", location_fraction=0.5),
+        tiny_config(supervision="seg", architecture="unet_small", location_fraction=0.5),
     )
     assert not table.loc[table["image_id"] == positive, "loc"].any()
     assert table["loc"].sum() == 8
@@ -87,17 +89,17 @@ def test_location_fraction_is_seeded(tiny) -> None:
     a = build_training_table(
         manifest,
         cache,
-        tiny_config(method="box", architecture="unet_small", location_fraction=0.25, seed=1),
+        tiny_config(supervision="box", architecture="unet_small", location_fraction=0.25, seed=1),
     )
     b = build_training_table(
         manifest,
         cache,
-        tiny_config(method="box", architecture="unet_small", location_fraction=0.25, seed=1),
+        tiny_config(supervision="box", architecture="unet_small", location_fraction=0.25, seed=1),
     )
     c = build_training_table(
         manifest,
         cache,
-        tiny_config(method="box", architecture="unet_small", location_fraction=0.25, seed=2),
+        tiny_config(supervision="box", architecture="unet_small", location_fraction=0.25, seed=2),
     )
     assert a["loc"].sum() == 4 and a["loc"].equals(b["loc"]) and not a["loc"].equals(c["loc"])
     assert not a.loc[a["split"] != "train", "loc"].any()
@@ -126,15 +128,15 @@ def test_shuffle_changes_per_epoch_and_repeats_per_seed() -> None:
     assert sorted(first) == list(range(16))
 
 
-def test_dense_targets_per_method(tiny) -> None:
+def test_dense_targets_per_supervision(tiny) -> None:
     manifest, cache = tiny
     rows = np.array([0, 1, 3])
-    seg = dense_targets(cache, rows, tiny_config(method="seg", architecture="unet_small"))
+    seg = dense_targets(cache, rows, tiny_config(supervision="seg", architecture="unet_small"))
     assert np.array_equal(seg, cache.masks[rows].astype(np.float32))
-    box = dense_targets(cache, rows, tiny_config(method="box", architecture="unet_small"))
+    box = dense_targets(cache, rows, tiny_config(supervision="box", architecture="unet_small"))
     assert np.array_equal(box, cache.boxes[rows].astype(np.float32))
     coarse = dense_targets(
-        cache, rows, tiny_config(method="coarse", architecture="unet_small", coarse_radius=2)
+        cache, rows, tiny_config(supervision="coarse", architecture="unet_small", coarse_radius=2)
     )
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     assert np.array_equal(coarse[1, 0], cv2.dilate(cache.masks[1, 0], kernel).astype(np.float32))
@@ -164,7 +166,7 @@ def test_batches_are_deterministic_and_masked(tiny) -> None:
     resampled = manifest.copy()
     resampled["augment"] = True
     resampled.loc[resampled.index[1], TASK] = np.nan
-    cfg = tiny_config(method="seg", architecture="unet_small")
+    cfg = tiny_config(supervision="seg", architecture="unet_small")
     table = build_training_table(resampled, cache, cfg)
     data = CacheBatches(table, cache, cfg, train=True)
     a, b, c = data[(1, [0, 1, 2])], data[(1, [0, 1, 2])], data[(2, [0, 1, 2])]

@@ -85,7 +85,7 @@ def test_training_curves_figure() -> None:
 
 def test_run_name_and_resampling_label(tiny) -> None:
     manifest, _ = tiny
-    cfg = tiny_config(method="seg", seed=2)
+    cfg = tiny_config(supervision="seg", seed=2)
     assert resampling_name(cfg, manifest) == "none"
     tagged = manifest.copy()
     tagged.attrs["strategy"] = "balanced"

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.data.cache import ImageCache
-from cxr_spurious.data.contract import normalise_manifest
+from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.sources.contract import normalise_manifest
 
 TASK = "Pneumothorax"
 
@@ -66,8 +66,10 @@ def tiny_study(
             rng3.bit_generator.state = state
             img_nl, _ = render(rng3, size, None, tube)
             image_id = f"patient{len(rows):05d}_study1_view1_frontal"
-            rows.append({"image_id": image_id, "patient_id": f"p{len(rows)}", "study_id": f"s{len(rows)}", "split": split, "path": f"/nonexistent/{image_id}.png",
-                         "view": "PA", "width": size, "height": size, TASK: label, "tube": float(tube)})  # fmt: skip
+            rows.append({"image_id": image_id, "patient_id": f"p{len(rows)}",
+                         "study_id": f"s{len(rows)}", "split": split,
+                         "path": f"/nonexistent/{image_id}.png", "view": "PA", "width": size,
+                         "height": size, TASK: label, "tube": float(tube)})  # fmt: skip
             images.append(img)
             masks.append(mask)
             tubes.append(np.zeros_like(mask) if not tube else (img > 200).astype(np.uint8))
@@ -88,11 +90,11 @@ def tiny_study(
         boxes=boxes,
         spurious=np.stack(tubes)[:, None],
         has_mask=np.ones((len(rows), 1), dtype=bool),
-        variants={
+        renders={
             "no_tube": np.stack(no_tube)[test_rows],
             "no_lesion": np.stack(no_lesion)[test_rows],
         },
-        variant_ids={"no_tube": test_ids, "no_lesion": test_ids},
+        render_ids={"no_tube": test_ids, "no_lesion": test_ids},
     )
     return manifest, cache
 
@@ -101,11 +103,12 @@ def tiny_config(**overrides: Any) -> dict[str, Any]:
     """A resolved training config for tiny CPU runs (default: ERM on a 4-channel U-Net)."""
     from cxr_spurious.training.config import resolve_training_config
 
-    shared = {"tasks": [TASK], "batch_size": 8, "eval_batch_size": 16, "epochs": 1, "lr": 0.003, "device": "cpu", "progress": False,
-              "n_boot": 50, "base_channels": 4, "target_dilation": 0, "checkpoint_dir": "unused"}  # fmt: skip
+    shared = {"tasks": [TASK], "batch_size": 8, "eval_batch_size": 16, "epochs": 1, "lr": 0.003,
+              "device": "cpu", "progress": False, "n_boot": 50, "base_channels": 4,
+              "target_dilation": 0, "checkpoint_dir": "unused"}  # fmt: skip
     variant = {
-        "name": overrides.pop("name", overrides.get("method", "erm")),
-        "method": overrides.pop("method", "erm"),
+        "name": overrides.pop("name", overrides.get("supervision", "erm")),
+        "supervision": overrides.pop("supervision", "erm"),
         "architecture": overrides.pop("architecture", "unet_small"),
     }
     shared.update(overrides)

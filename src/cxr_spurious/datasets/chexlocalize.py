@@ -8,15 +8,15 @@ from typing import Any
 import fsspec
 from kedro.io import AbstractDataset, DatasetError
 
-from cxr_spurious.errors import DataFormatError
 from cxr_spurious.heatmaps import HeatmapSet
-from cxr_spurious.localization.chexlocalize_io import (
+from cxr_spurious.io.chexlocalize import (
     load_json,
+    parse_json,
     read_heatmap_folder,
     validate_segmentation_json,
 )
 from cxr_spurious.tasks import CHEXLOCALIZE_TASKS, SPURIOUS_OBJECTS
-from cxr_spurious.variants import heatmap_namespace
+from cxr_spurious.variants import heatmap_set_name
 
 
 class CheXlocalizeHeatmapFolderDataset(AbstractDataset[None, dict[str, HeatmapSet]]):
@@ -26,7 +26,15 @@ class CheXlocalizeHeatmapFolderDataset(AbstractDataset[None, dict[str, HeatmapSe
     streams with bounded memory. Pickles go through the restricted unpickler.
     """
 
-    def __init__(self, path: str, map_dir: str = "gradcam_maps_val", model: str = "chexlocalize", method: str = "gradcam", skip_unparsable: bool | str = False, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        map_dir: str = "gradcam_maps_val",
+        model: str = "chexlocalize",
+        method: str = "gradcam",
+        skip_unparsable: bool | str = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         self._path = Path(path)
         self._map_dir = map_dir
         self._model = model
@@ -38,8 +46,18 @@ class CheXlocalizeHeatmapFolderDataset(AbstractDataset[None, dict[str, HeatmapSe
         """Index the folder."""
         folder = self._path / self._map_dir
         if not folder.is_dir():
-            raise DatasetError(f"CheXlocalize heatmap folder not found: {folder} (set --params chexlocalize_dir=... and localization map_dir)")
-        return {heatmap_namespace(self._model, self._method): read_heatmap_folder(folder, model=self._model, method=self._method, skip_unparsable=self._skip_unparsable)}
+            raise DatasetError(
+                f"CheXlocalize heatmap folder not found: {folder} "
+                "(set --params chexlocalize_dir=... and localization map_dir)"
+            )
+        return {
+            heatmap_set_name(self._model, self._method): read_heatmap_folder(
+                folder,
+                model=self._model,
+                method=self._method,
+                skip_unparsable=self._skip_unparsable,
+            )
+        }
 
     def save(self, data: None) -> None:
         """Read-only."""
@@ -49,7 +67,13 @@ class CheXlocalizeHeatmapFolderDataset(AbstractDataset[None, dict[str, HeatmapSe
         return (self._path / self._map_dir).is_dir()
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path), "map_dir": self._map_dir, "model": self._model, "method": self._method, "skip_unparsable": self._skip_unparsable}
+        return {
+            "path": str(self._path),
+            "map_dir": self._map_dir,
+            "model": self._model,
+            "method": self._method,
+            "skip_unparsable": self._skip_unparsable,
+        }
 
 
 def _flag(value: bool | str, key: str) -> bool:
@@ -63,7 +87,10 @@ def _flag(value: bool | str, key: str) -> bool:
 
 
 # ``kind`` of a segmentation JSON -> the names its entries may use.
-SEGMENTATION_KINDS: dict[str, tuple[str, ...]] = {"segmentations": CHEXLOCALIZE_TASKS, "spurious_segmentations": SPURIOUS_OBJECTS}
+SEGMENTATION_KINDS: dict[str, tuple[str, ...]] = {
+    "segmentations": CHEXLOCALIZE_TASKS,
+    "spurious_segmentations": SPURIOUS_OBJECTS,
+}
 
 
 class CheXlocalizeJSONDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
@@ -76,9 +103,18 @@ class CheXlocalizeJSONDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     pycocotools, whose loops can run without end on a garbage counts string.
     """
 
-    def __init__(self, filepath: str, optional: bool = False, kind: str | None = None, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        filepath: str,
+        optional: bool = False,
+        kind: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         if kind is not None and kind not in SEGMENTATION_KINDS:
-            raise DatasetError(f"CheXlocalizeJSONDataset kind: expected one of {sorted(SEGMENTATION_KINDS)} or null, got {kind!r}")
+            raise DatasetError(
+                "CheXlocalizeJSONDataset kind: expected one of "
+                f"{sorted(SEGMENTATION_KINDS)} or null, got {kind!r}"
+            )
         self._kind = kind
         protocol, path = fsspec.core.split_protocol(filepath)
         self._protocol = protocol or "file"
@@ -88,7 +124,10 @@ class CheXlocalizeJSONDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         self.metadata = metadata
 
     def load(self) -> dict[str, Any]:
-        """Read the JSON ({} when optional and missing), validating its RLEs when ``kind`` is set."""
+        """Read the JSON ({} when optional and missing).
+
+        Its RLEs are validated when ``kind`` is set.
+        """
         if not self._fs.exists(str(self._filepath)):
             if self._optional:
                 return {}
@@ -96,14 +135,12 @@ class CheXlocalizeJSONDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         if self._protocol == "file":
             data = load_json(str(self._filepath))
         else:
-            import json
-
             with self._fs.open(str(self._filepath), "r") as fh:
-                data = json.load(fh)
+                data = parse_json(fh.read(), source=self._filepath)
         if self._kind is not None:
-            if not isinstance(data, dict):
-                raise DataFormatError(self._filepath, f"expected a JSON object keyed by cxr id, got {type(data).__name__}")
-            validate_segmentation_json(data, source=self._filepath, tasks=SEGMENTATION_KINDS[self._kind])
+            validate_segmentation_json(
+                data, source=self._filepath, tasks=SEGMENTATION_KINDS[self._kind]
+            )
         return data
 
     def save(self, data: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 ``save(record)`` takes::
 
     {"run_name": "seg-seg-unet_small-none-seed0",
+     "description": "one line" (optional; default: ``describe_variant`` of the tags / params),
      "tags": {...}, "params": {...},
      "metric_history": {"train_loss": [per epoch], "val_auroc": [...], ...},
      "metrics": {"test_Pneumothorax_auroc": 0.9, ...},
@@ -11,6 +12,8 @@
 
 and creates a run nested under the active run (the kedro-mlflow session run), in the
 active run's experiment; with no active run it creates a top-level run in ``experiment``.
+The run's description (the ``mlflow.note.content`` tag the MLflow UI shows) says what the
+variant is: supervision, architecture, data (``describe_variant``).
 The tracking URI is ``tracking_uri`` if given, else whatever MLflow is configured with
 (``MLFLOW_TRACKING_URI`` or the URI kedro-mlflow set from ``conf/*/mlflow.yml``). The git
 commit of the project is added as the ``git_commit`` parameter. Loading returns the
@@ -45,6 +48,44 @@ logger = logging.getLogger(__name__)
 
 _MAX_BATCH = 900  # MLflow's log_batch limit is 1000 metrics per call
 MODEL_ARTIFACT = "model/model.pt"  #: path of the model file inside a run's artifacts
+DESCRIPTION_TAG = "mlflow.note.content"  #: the tag the MLflow UI shows as a run's description
+
+#: How each supervision (``training.config.SUPERVISIONS``) is described.
+SUPERVISION_TEXT = {
+    "erm": "image labels only (ERM)",
+    "coarse": "image labels + coarse location masks",
+    "box": "image labels + bounding-box masks",
+    "seg": "image labels + segmentation masks",
+    "multitask": "image labels + a segmentation head (multitask)",
+}
+
+
+def describe_variant(tags: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    """One line on what a trained variant is: supervision, architecture, data.
+
+    Example: ``erm: trained on image labels only (ERM); unet_small from scratch; 59 training
+    images (resampling none), seed 0``.
+    """
+    info = {**{str(k): v for k, v in params.items()}, **{str(k): v for k, v in tags.items()}}
+
+    def known(key: str) -> bool:
+        return info.get(key) not in (None, "", "null")
+
+    parts = [str(info.get("variant", "model"))]
+    if known("supervision"):
+        supervision = str(info["supervision"])
+        parts[0] += f": trained on {SUPERVISION_TEXT.get(supervision, supervision)}"
+    if known("architecture"):
+        pretrained = str(info.get("pretrained", "")).lower() in ("true", "1", "imagenet")
+        parts.append(f"{info['architecture']} {'pretrained' if pretrained else 'from scratch'}")
+    data = f"{info['n_train_images']} training images" if known("n_train_images") else ""
+    if known("resampling"):
+        data += f" (resampling {info['resampling']})"
+    if known("seed"):
+        data += f", seed {info['seed']}" if data else f"seed {info['seed']}"
+    if data.strip():
+        parts.append(data.strip())
+    return "; ".join(parts)
 
 
 def git_commit(path: str | Path = ".") -> str:
@@ -101,13 +142,22 @@ class MlflowChildRunDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         """Create the run and log params, tags, metric history, metrics, figures and model."""
         if not isinstance(data, Mapping) or "run_name" not in data:
             raise DatasetError(
-                f"MlflowChildRunDataset expects a record dict with 'run_name', got {type(data).__name__}"
+                "MlflowChildRunDataset expects a record dict with 'run_name', "
+                f"got {type(data).__name__}"
             )
         if self._tracking_uri:
             mlflow.set_tracking_uri(self._tracking_uri)
         client = self._client()
         parent = mlflow.active_run()
         tags = {str(k): str(v) for k, v in (data.get("tags") or {}).items()}
+        tags.setdefault(
+            DESCRIPTION_TAG,
+            " ".join(
+                str(
+                    data.get("description") or describe_variant(tags, data.get("params") or {})
+                ).split()
+            ),
+        )
         if parent is not None:
             tags["mlflow.parentRunId"] = parent.info.run_id
         run = client.create_run(

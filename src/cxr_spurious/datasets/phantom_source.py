@@ -35,14 +35,20 @@ class PhantomRequest:
         """Hash of the request (not of ``n_jobs``: output does not depend on it)."""
         from cxr_spurious.phantom import PHANTOM_VERSION
 
-        blob = json.dumps({"config": self.config, "seed": self.seed, "version": PHANTOM_VERSION}, sort_keys=True, default=str)
+        blob = json.dumps(
+            {"config": self.config, "seed": self.seed, "version": PHANTOM_VERSION},
+            sort_keys=True,
+            default=str,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class PhantomSourceDataset(AbstractDataset[PhantomRequest, str]):
     """The phantom generator's output folder."""
 
-    def __init__(self, path: str, progress: bool = True, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, path: str, progress: bool = True, metadata: dict[str, Any] | None = None
+    ) -> None:
         """Create the dataset.
 
         Args:
@@ -66,12 +72,18 @@ class PhantomSourceDataset(AbstractDataset[PhantomRequest, str]):
         stamp = self._path / _REQUEST_FILE
         digest = data.digest()
         if stamp.is_file() and json.loads(stamp.read_text()).get("digest") == digest:
-            logger.info("Phantom dataset at %s is up to date (request %s); skipping generation", self._path, digest)
+            logger.info(
+                "Phantom dataset at %s is up to date (request %s); skipping generation",
+                self._path,
+                digest,
+            )
             return
         from cxr_spurious.phantom import PhantomConfig, generate_phantom
 
         config = PhantomConfig.from_dict(data.config, key="ingestion.phantom")
-        generate_phantom(config, self._path, seed=data.seed, n_jobs=data.n_jobs, progress=self._progress)
+        generate_phantom(
+            config, self._path, seed=data.seed, n_jobs=data.n_jobs, progress=self._progress
+        )
         write_text_atomic(stamp, json.dumps({"digest": digest, **asdict(data)}, default=str))
 
     def _exists(self) -> bool:

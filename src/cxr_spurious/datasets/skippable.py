@@ -1,6 +1,6 @@
 """``SkippableDataset``: wrap any dataset so that saving the ``SKIPPED`` sentinel is a no-op.
 
-Kedro pipelines are static, so a variant that ``training.method`` does not select still
+Kedro pipelines are static, so a variant that ``training.only`` does not select still
 runs its nodes; they return ``SKIPPED`` and the wrapped outputs keep their previous
 artifacts untouched. Everything else is delegated::
 
@@ -80,7 +80,8 @@ class SkippableDataset(AbstractDataset[Any, Any]):
             self._dataset = AbstractDataset.from_config("skippable_inner", dict(dataset))
         else:
             raise DatasetError(
-                f"SkippableDataset: 'dataset' must be a dataset config with a 'type', got {dataset!r}"
+                "SkippableDataset: 'dataset' must be a dataset config with a 'type', "
+                f"got {dataset!r}"
             )
         self.metadata = metadata
         self._skipped = False
@@ -104,7 +105,7 @@ class SkippableDataset(AbstractDataset[Any, Any]):
         if data is SKIPPED:
             self._skipped = True
             logger.info(
-                "Skipped saving %s (variant not selected by training.method); previous artifact kept",
+                "Skipped saving %s (variant not selected by training.only); previous artifact kept",
                 self._dataset,
             )
             return

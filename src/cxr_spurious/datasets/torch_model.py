@@ -94,19 +94,22 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         if self._architecture is not None and arch != self._architecture:
             raise DataFormatError(
                 self._url,
-                f"holds a '{arch}' model but this dataset expects architecture '{self._architecture}'",
+                f"holds a '{arch}' model but this dataset expects architecture "
+                f"'{self._architecture}'",
             )
         recorded = artifact.get("variant")
         if self._variant is not None and recorded != self._variant:
             problem = (
                 f"holds the model of variant '{recorded}' (training fingerprint "
-                f"{str(artifact.get('fingerprint', ''))[:12] or 'unknown'}), not of '{self._variant}'"
+                f"{str(artifact.get('fingerprint', ''))[:12] or 'unknown'}), "
+                f"not of '{self._variant}'"
                 if recorded is not None
                 else f"does not record which variant it was trained as (expected '{self._variant}')"
             )
             raise DataFormatError(
                 self._url,
-                f"{problem}; retrain it (`kedro run --pipeline training`) or restore the right file",
+                f"{problem}; retrain it (`kedro run --pipeline training`) "
+                "or restore the right file",
             )
         return artifact
 
@@ -122,7 +125,8 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         if self._variant is not None and payload.get("variant") not in (None, self._variant):
             raise DataFormatError(
                 self._url,
-                f"refusing to save the model of variant '{payload['variant']}' as '{self._variant}'",
+                f"refusing to save the model of variant '{payload['variant']}' "
+                f"as '{self._variant}'",
             )
         if self._protocol == "file":
             with atomic_path(self._url, suffix=".pt") as tmp:

@@ -22,7 +22,9 @@ from .features import embedding_matrix
 from .groups import NO_GROUP
 
 
-def dfr_training_rows(manifest: pd.DataFrame, groups: np.ndarray, task: str, *, seed: int = 0) -> np.ndarray:
+def dfr_training_rows(
+    manifest: pd.DataFrame, groups: np.ndarray, task: str, *, seed: int = 0
+) -> np.ndarray:
     """Positions of a group x label balanced subset of half the validation patients.
 
     Args:
@@ -41,19 +43,35 @@ def dfr_training_rows(manifest: pd.DataFrame, groups: np.ndarray, task: str, *, 
     val = manifest["split"].to_numpy() == "val"
     patients = np.array(sorted(manifest.loc[val, "patient_id"].astype(str).unique()))
     if patients.size < 2:
-        raise DataFormatError("manifest", f"DFR needs at least 2 validation patients, found {patients.size}", where="split == val")
+        raise DataFormatError(
+            "manifest",
+            f"DFR needs at least 2 validation patients, found {patients.size}",
+            where="split == val",
+        )
     half = set(rng.permutation(patients)[: patients.size // 2])
     y = manifest[task].to_numpy(dtype=float)
-    pool = np.flatnonzero(val & manifest["patient_id"].astype(str).isin(half).to_numpy() & np.isfinite(y) & (np.asarray(groups) != NO_GROUP))
+    pool = np.flatnonzero(
+        val
+        & manifest["patient_id"].astype(str).isin(half).to_numpy()
+        & np.isfinite(y)
+        & (np.asarray(groups) != NO_GROUP)
+    )
     cells = {}
     for gid in np.unique(np.asarray(groups)[pool]):
         for cls in (0.0, 1.0):
             cells[(int(gid), cls)] = pool[(np.asarray(groups)[pool] == gid) & (y[pool] == cls)]
     empty = [k for k, v in cells.items() if v.size == 0]
     if not cells or empty:
-        raise DataFormatError("manifest", f"DFR's validation half has no rows for (group, label) {empty[:3] or 'any'}; use coarser groups", where="split == val")
+        raise DataFormatError(
+            "manifest",
+            "DFR's validation half has no rows for (group, label) "
+            f"{empty[:3] or 'any'}; use coarser groups",
+            where="split == val",
+        )
     size = min(v.size for v in cells.values())
-    return np.sort(np.concatenate([rng.choice(v, size=size, replace=False) for v in cells.values()]))
+    return np.sort(
+        np.concatenate([rng.choice(v, size=size, replace=False) for v in cells.values()])
+    )
 
 
 def fit_dfr(
@@ -83,7 +101,13 @@ def fit_dfr(
     if c <= 0:
         raise ParameterError("debiasing.dfr_c", f"must be > 0, got {c}")
     x = embedding_matrix(manifest, embeddings)
-    out = pd.DataFrame({"image_id": manifest["image_id"].to_numpy(), "split": manifest["split"].to_numpy(), "model": model_name})
+    out = pd.DataFrame(
+        {
+            "image_id": manifest["image_id"].to_numpy(),
+            "split": manifest["split"].to_numpy(),
+            "model": model_name,
+        }
+    )
     for task in tasks:
         rows = dfr_training_rows(manifest, np.asarray(groups), task, seed=seed)
         scaler = StandardScaler().fit(x[rows])

@@ -1,6 +1,6 @@
 """Features for clustering rows: model embeddings or cached-image thumbnails.
 
-Per-image tables are put in manifest order by ``cxr_spurious.data.contract.align_table``.
+Per-image tables are put in manifest order by ``cxr_spurious.sources.contract.align_table``.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.data.contract import align_table
 from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.sources.contract import align_table
 
 
 def embedding_columns(table: pd.DataFrame, *, name: str = "embeddings") -> list[str]:
@@ -19,13 +19,19 @@ def embedding_columns(table: pd.DataFrame, *, name: str = "embeddings") -> list[
     Raises:
         ContractError: no ``image_id`` column or no ``e<i>`` columns.
     """
-    cols = [c for c in table.columns if isinstance(c, str) and c.startswith("e") and c[1:].isdigit()]
+    cols = [
+        c for c in table.columns if isinstance(c, str) and c.startswith("e") and c[1:].isdigit()
+    ]
     if "image_id" not in table.columns or not cols:
-        raise ContractError(f"{name}: expected columns image_id, e0..e{{D-1}}; got {list(table.columns)[:8]}")
+        raise ContractError(
+            f"{name}: expected columns image_id, e0..e{{D-1}}; got {list(table.columns)[:8]}"
+        )
     return sorted(cols, key=lambda c: int(c[1:]))
 
 
-def embedding_matrix(manifest: pd.DataFrame, embeddings: pd.DataFrame, *, split: str | None = None) -> np.ndarray:
+def embedding_matrix(
+    manifest: pd.DataFrame, embeddings: pd.DataFrame, *, split: str | None = None
+) -> np.ndarray:
     """Embedding rows in manifest order as a float array (rows of other splits are NaN).
 
     Raises:
@@ -52,5 +58,10 @@ def thumbnails(images: np.ndarray, size: int = 16) -> np.ndarray:
         raise ParameterError("debiasing.thumbnail_size", f"must be >= 1, got {size}")
     out = np.empty((len(images), size * size), dtype=np.float32)
     for i, img in enumerate(images):
-        out[i] = cv2.resize(np.asarray(img, dtype=np.float32), (size, size), interpolation=cv2.INTER_AREA).ravel() / 255.0
+        out[i] = (
+            cv2.resize(
+                np.asarray(img, dtype=np.float32), (size, size), interpolation=cv2.INTER_AREA
+            ).ravel()
+            / 255.0
+        )
     return out

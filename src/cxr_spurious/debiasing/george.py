@@ -53,9 +53,15 @@ def discover_groups(
         fit_rows = np.flatnonzero(train & (y == cls))
         all_rows = np.flatnonzero(y == cls)
         if fit_rows.size < n_clusters:
-            raise ParameterError("debiasing.george_clusters", f"class {cls} of '{task}' has {fit_rows.size} train rows, fewer than {n_clusters} clusters")
+            raise ParameterError(
+                "debiasing.george_clusters",
+                f"class {cls} of '{task}' has {fit_rows.size} train rows, "
+                f"fewer than {n_clusters} clusters",
+            )
         dims = max(1, min(n_components, x.shape[1], fit_rows.size - 1))
         pca = PCA(n_components=dims, random_state=seed).fit(x[fit_rows])
-        km = KMeans(n_clusters=n_clusters, n_init=4, random_state=seed).fit(pca.transform(x[fit_rows]))
+        km = KMeans(n_clusters=n_clusters, n_init=4, random_state=seed).fit(
+            pca.transform(x[fit_rows])
+        )
         out[all_rows] = cls * n_clusters + km.predict(pca.transform(x[all_rows]))
     return pd.Series(out, index=manifest.index, name="group")

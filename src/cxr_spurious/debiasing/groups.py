@@ -12,14 +12,18 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.data.contract import AGE_BIN, DEFAULT_AGE_EDGES, bin_ages
 from cxr_spurious.errors import DataFormatError, ParameterError
+from cxr_spurious.sources.contract import AGE_BIN, DEFAULT_AGE_EDGES, bin_ages
 
 LABEL = "label"
 NO_GROUP = -1
 
 
-def grouping_columns(manifest: pd.DataFrame, attributes: Sequence[str], age_edges: Sequence[float] = DEFAULT_AGE_EDGES) -> pd.DataFrame:
+def grouping_columns(
+    manifest: pd.DataFrame,
+    attributes: Sequence[str],
+    age_edges: Sequence[float] = DEFAULT_AGE_EDGES,
+) -> pd.DataFrame:
     """The grouping values of every row, one column per attribute (``age_bin`` derived).
 
     Raises:
@@ -30,7 +34,11 @@ def grouping_columns(manifest: pd.DataFrame, attributes: Sequence[str], age_edge
     missing = [a for a in attributes if a != AGE_BIN and a not in manifest.columns]
     if missing or (AGE_BIN in attributes and "age_years" not in manifest.columns):
         bad = missing or ["age_years (needed by age_bin)"]
-        raise ParameterError("group_by", f"attribute(s) {bad} not in the manifest; available columns: {sorted(map(str, manifest.columns))} and '{AGE_BIN}'")
+        raise ParameterError(
+            "group_by",
+            f"attribute(s) {bad} not in the manifest; available columns: "
+            f"{sorted(map(str, manifest.columns))} and '{AGE_BIN}'",
+        )
     cols = {}
     for attr in attributes:
         if attr == AGE_BIN:
@@ -63,7 +71,9 @@ def group_keys(
     values = grouping_columns(manifest, attributes, age_edges)
     if cross_label:
         if task is None or task not in manifest.columns:
-            raise ParameterError("task", f"cross_label needs a label column; '{task}' is not in the manifest")
+            raise ParameterError(
+                "task", f"cross_label needs a label column; '{task}' is not in the manifest"
+            )
         values[LABEL] = manifest[task].to_numpy()
     known = values.notna().all(axis=1)
     keys = pd.Series(np.nan, index=manifest.index, dtype=object)
@@ -85,7 +95,14 @@ def assign_groups(keys: pd.Series) -> tuple[pd.Series, dict[int, str]]:
     return ids, dict(enumerate(names))
 
 
-def check_groups(manifest: pd.DataFrame, keys: pd.Series, task: str, *, split: str = "train", min_patients: int = 2) -> None:
+def check_groups(
+    manifest: pd.DataFrame,
+    keys: pd.Series,
+    task: str,
+    *,
+    split: str = "train",
+    min_patients: int = 2,
+) -> None:
     """Reject groups that cannot be resampled safely in ``split``.
 
     Raises:
@@ -105,7 +122,8 @@ def check_groups(manifest: pd.DataFrame, keys: pd.Series, task: str, *, split: s
         raise DataFormatError(
             "manifest",
             f"group '{key}' has {int(few.iloc[0])} patient(s) ({pid!s}) in the {split} split; "
-            f"resampling needs at least {min_patients} per group: merge groups, change 'group_by' or 'age_bins'",
+            f"resampling needs at least {min_patients} per group: merge groups, "
+            "change 'group_by' or 'age_bins'",
             where=f"group {key}",
         )
     if task not in manifest.columns:
@@ -115,7 +133,8 @@ def check_groups(manifest: pd.DataFrame, keys: pd.Series, task: str, *, split: s
     if len(unlabelled):
         raise DataFormatError(
             "manifest",
-            f"every '{task}' label of group '{unlabelled.index[0]}' is missing in the {split} split; "
+            f"every '{task}' label of group '{unlabelled.index[0]}' "
+            f"is missing in the {split} split; "
             "the group cannot be balanced by label (drop it or choose another task)",
             where=f"column {task}",
         )

@@ -9,11 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.data.contract import align_table
 from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.sources.contract import align_table
 
 
-def error_set(manifest: pd.DataFrame, predictions: pd.DataFrame, task: str, *, threshold: float = 0.5) -> pd.Series:
+def error_set(
+    manifest: pd.DataFrame, predictions: pd.DataFrame, task: str, *, threshold: float = 0.5
+) -> pd.Series:
     """True for the train rows an ERM model misclassified at ``threshold``.
 
     Args:

@@ -29,7 +29,14 @@ from cxr_spurious.errors import ParameterError
 class GroupDROObjective:
     """Online Group DRO loss over ``n_groups`` groups (binary cross-entropy per task)."""
 
-    def __init__(self, n_groups: int, *, step_size: float = 0.01, size_adjustment: float = 0.0, group_sizes: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        n_groups: int,
+        *,
+        step_size: float = 0.01,
+        size_adjustment: float = 0.0,
+        group_sizes: torch.Tensor | None = None,
+    ) -> None:
         """Set up uniform group weights.
 
         Args:
@@ -43,31 +50,49 @@ class GroupDROObjective:
         if step_size <= 0:
             raise ParameterError("training.group_dro.step_size", f"must be > 0, got {step_size}")
         if size_adjustment > 0 and (group_sizes is None or len(group_sizes) != n_groups):
-            raise ParameterError("training.group_dro.size_adjustment", "needs group_sizes with one entry per group")
+            raise ParameterError(
+                "training.group_dro.size_adjustment", "needs group_sizes with one entry per group"
+            )
         self.n_groups = int(n_groups)
         self.step_size = float(step_size)
         self.q = torch.full((n_groups,), 1.0 / n_groups)
         adjust = torch.zeros(n_groups)
         if size_adjustment > 0 and group_sizes is not None:
-            adjust = size_adjustment / torch.sqrt(torch.as_tensor(group_sizes, dtype=torch.float32).clamp_min(1))
+            adjust = size_adjustment / torch.sqrt(
+                torch.as_tensor(group_sizes, dtype=torch.float32).clamp_min(1)
+            )
         self.adjust = adjust
 
-    def group_sums(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def group_sums(
+        self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, group: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed per-sample loss per group (with gradient) and the number of samples per group."""
-        per_elem = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(labels, nan=0.0).to(logits.dtype), reduction="none")
+        per_elem = F.binary_cross_entropy_with_logits(
+            logits, torch.nan_to_num(labels, nan=0.0).to(logits.dtype), reduction="none"
+        )
         v = valid.to(logits.dtype)
         per_sample = (per_elem * v).sum(1) / v.sum(1).clamp_min(1.0)
         has_label = valid.any(1) & (group >= 0)
         g = group.clamp_min(0).long()
-        onehot = F.one_hot(g, self.n_groups).to(logits.dtype) * has_label.unsqueeze(1).to(logits.dtype)
+        onehot = F.one_hot(g, self.n_groups).to(logits.dtype) * has_label.unsqueeze(1).to(
+            logits.dtype
+        )
         return (onehot * per_sample.unsqueeze(1)).sum(0), onehot.sum(0).detach()
 
-    def group_losses(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def group_losses(
+        self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, group: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean loss per group and a mask of the groups present in the batch."""
         sums, counts = self.group_sums(logits, labels, valid, group)
         return sums / counts.clamp_min(1.0), counts > 0
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        valid: torch.Tensor,
+        batch: Mapping[str, torch.Tensor],
+    ) -> torch.Tensor:
         """Robust loss of one batch; updates ``q`` (no gradient flows through ``q``).
 
         Under DistributedDataParallel (an initialised process group of more than one process)
@@ -79,7 +104,10 @@ class GroupDROObjective:
         """
         group = batch["group"].to(logits.device)
         if int(group.max()) >= self.n_groups:
-            raise ParameterError("training.group_dro.n_groups", f"batch has group {int(group.max())} but n_groups is {self.n_groups}")
+            raise ParameterError(
+                "training.group_dro.n_groups",
+                f"batch has group {int(group.max())} but n_groups is {self.n_groups}",
+            )
         sums, counts = self.group_sums(logits, labels, valid, group)
         world = _world_size()
         if world > 1:
@@ -113,7 +141,10 @@ class GroupDROObjective:
         """Restore ``q`` (and the size adjustment) from ``state_dict``."""
         q = torch.as_tensor(state["q"], dtype=torch.float32)
         if q.shape != self.q.shape:
-            raise ParameterError("training.group_dro.n_groups", f"checkpoint has {q.numel()} groups, objective has {self.n_groups}")
+            raise ParameterError(
+                "training.group_dro.n_groups",
+                f"checkpoint has {q.numel()} groups, objective has {self.n_groups}",
+            )
         self.q = q.clone()
         self.adjust = torch.as_tensor(state["adjust"], dtype=torch.float32).clone()
 
@@ -132,7 +163,10 @@ def make_group_dro(config: Mapping[str, Any]) -> GroupDROObjective:
         ParameterError: ``n_groups`` is missing.
     """
     if "n_groups" not in config:
-        raise ParameterError("training.group_dro.n_groups", "is required (number of groups in the manifest's 'group' column)")
+        raise ParameterError(
+            "training.group_dro.n_groups",
+            "is required (number of groups in the manifest's 'group' column)",
+        )
     sizes = config.get("group_sizes")
     return GroupDROObjective(
         int(config["n_groups"]),
@@ -142,7 +176,9 @@ def make_group_dro(config: Mapping[str, Any]) -> GroupDROObjective:
     )
 
 
-def group_dro_factory(labels: np.ndarray, groups: np.ndarray, params: Mapping[str, Any]) -> GroupDROObjective:
+def group_dro_factory(
+    labels: np.ndarray, groups: np.ndarray, params: Mapping[str, Any]
+) -> GroupDROObjective:
     """Training-registry factory: groups from the train ``group`` column.
 
     Args:
@@ -156,6 +192,10 @@ def group_dro_factory(labels: np.ndarray, groups: np.ndarray, params: Mapping[st
     g = np.asarray(groups, dtype=np.int64)
     known = g[g >= 0]
     if known.size == 0:
-        raise ParameterError("training.objective", "group_dro needs the manifest's 'group' column (run the debiasing pipeline with group_by set)")
+        raise ParameterError(
+            "training.objective",
+            "group_dro needs the manifest's 'group' column "
+            "(run the debiasing pipeline with group_by set)",
+        )
     sizes = np.bincount(known)
     return make_group_dro({**params, "n_groups": int(sizes.size), "group_sizes": sizes.tolist()})

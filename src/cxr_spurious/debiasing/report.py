@@ -12,7 +12,9 @@ from matplotlib.figure import Figure
 from .groups import NO_GROUP
 
 
-def group_count_table(before: pd.DataFrame, after: pd.DataFrame, names: Mapping[int, str]) -> pd.DataFrame:
+def group_count_table(
+    before: pd.DataFrame, after: pd.DataFrame, names: Mapping[int, str]
+) -> pd.DataFrame:
     """Rows, patients and summed weight per train group, before and after.
 
     Args:

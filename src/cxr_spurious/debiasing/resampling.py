@@ -69,10 +69,14 @@ def target_size(sizes: Sequence[int], target: Target) -> int:
         if not len(sizes):
             raise ParameterError("debiasing.target", "no train group to size against")
         arr = np.asarray(sizes, dtype=float)
-        value = {"min": arr.min(), "max": arr.max(), "median": np.floor(np.median(arr) + 0.5)}[target]
+        value = {"min": arr.min(), "max": arr.max(), "median": np.floor(np.median(arr) + 0.5)}[
+            target
+        ]
         return int(value)
     if isinstance(target, bool) or not isinstance(target, int | np.integer) or int(target) <= 0:
-        raise ParameterError("debiasing.target", f"must be min, median, max or a positive integer, got {target!r}")
+        raise ParameterError(
+            "debiasing.target", f"must be min, median, max or a positive integer, got {target!r}"
+        )
     return int(target)
 
 
@@ -108,10 +112,14 @@ def resample_manifest(
         The resampled manifest with a fresh RangeIndex.
     """
     if strategy not in STRATEGIES:
-        raise unknown_name_error("debiasing strategy", strategy, STRATEGIES, key="debiasing.strategy")
+        raise unknown_name_error(
+            "debiasing strategy", strategy, STRATEGIES, key="debiasing.strategy"
+        )
     g = np.asarray(groups, dtype=np.int64)
     if g.shape[0] != len(manifest):
-        raise ContractError(f"groups has {g.shape[0]} entries for a manifest of {len(manifest)} rows")
+        raise ContractError(
+            f"groups has {g.shape[0]} entries for a manifest of {len(manifest)} rows"
+        )
     base = manifest.reset_index(drop=True).copy()
     base["group"] = g
     base["weight"] = 1.0
@@ -137,13 +145,23 @@ def resample_manifest(
             drop[np.setdiff1d(rows, rng.choice(rows, size=size, replace=False))] = True
         elif rows.size > size and strategy == "cluster_downsample":
             if features is None:
-                raise ParameterError("debiasing.strategy", "cluster_downsample needs features (embeddings or thumbnails)")
-            keep = cluster_keep(np.asarray(features)[rows], size, n_clusters=n_clusters, seed=int(rng.integers(2**31)))
+                raise ParameterError(
+                    "debiasing.strategy",
+                    "cluster_downsample needs features (embeddings or thumbnails)",
+                )
+            keep = cluster_keep(
+                np.asarray(features)[rows],
+                size,
+                n_clusters=n_clusters,
+                seed=int(rng.integers(2**31)),
+            )
             drop[np.setdiff1d(rows, rows[keep])] = True
     return _assemble(base, drop, extra, augment_copies=strategy == "augment_upsample")
 
 
-def cluster_keep(features: np.ndarray, n_keep: int, *, n_clusters: int = 8, seed: int = 0) -> np.ndarray:
+def cluster_keep(
+    features: np.ndarray, n_keep: int, *, n_clusters: int = 8, seed: int = 0
+) -> np.ndarray:
     """Pick ``n_keep`` rows spread over the k-means clusters of ``features``.
 
     Each cluster gets an equal share of ``n_keep`` capped by its size (water filling: what a
@@ -208,16 +226,26 @@ def _balanced_weights(g: np.ndarray) -> np.ndarray:
     return w
 
 
-def _jtt(base: pd.DataFrame, train: np.ndarray, errors: pd.Series | np.ndarray | None, upweight: int, mode: str) -> pd.DataFrame:
+def _jtt(
+    base: pd.DataFrame,
+    train: np.ndarray,
+    errors: pd.Series | np.ndarray | None,
+    upweight: int,
+    mode: str,
+) -> pd.DataFrame:
     if errors is None:
-        raise ParameterError("debiasing.strategy", "jtt needs the ERM model's errors (erm.predictions)")
+        raise ParameterError(
+            "debiasing.strategy", "jtt needs the ERM model's errors (erm.predictions)"
+        )
     err = np.asarray(errors, dtype=bool)
     if err.shape[0] != len(base):
         raise ContractError(f"errors has {err.shape[0]} entries for a manifest of {len(base)} rows")
     if isinstance(upweight, bool) or int(upweight) < 1:
         raise ParameterError("debiasing.jtt_upweight", f"must be an integer >= 1, got {upweight!r}")
     if mode not in ("duplicate", "weight"):
-        raise unknown_name_error("jtt mode", mode, ("duplicate", "weight"), key="debiasing.jtt_mode")
+        raise unknown_name_error(
+            "jtt mode", mode, ("duplicate", "weight"), key="debiasing.jtt_mode"
+        )
     wrong = train[err[train]]
     if mode == "weight":
         base.loc[wrong, "weight"] = float(upweight)
@@ -226,7 +254,9 @@ def _jtt(base: pd.DataFrame, train: np.ndarray, errors: pd.Series | np.ndarray |
     return _assemble(base, np.zeros(len(base), dtype=bool), extra, augment_copies=False)
 
 
-def _assemble(base: pd.DataFrame, drop: np.ndarray, extra: list[np.ndarray], *, augment_copies: bool) -> pd.DataFrame:
+def _assemble(
+    base: pd.DataFrame, drop: np.ndarray, extra: list[np.ndarray], *, augment_copies: bool
+) -> pd.DataFrame:
     """Rows kept once plus the extra copies, each copy right after its original row."""
     kept = np.flatnonzero(~drop)
     copies = np.concatenate(extra) if extra else np.empty(0, dtype=np.int64)

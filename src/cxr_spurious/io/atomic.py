@@ -56,7 +56,9 @@ def atomic_path(final: str | os.PathLike[str], *, suffix: str = "") -> Iterator[
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or final.suffix, dir=final.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=suffix or final.suffix, dir=final.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

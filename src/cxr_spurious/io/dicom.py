@@ -116,7 +116,9 @@ def parse_patient_age(value: Any) -> float:
 
 
 def parse_view(ds: Dataset) -> str | float:
-    """View of a radiograph: ``ViewPosition``, else ``SeriesDescription``, else ``ViewCodeSequence``.
+    """View of a radiograph.
+
+    Read from ``ViewPosition``, else ``SeriesDescription``, else ``ViewCodeSequence``.
 
     Returns:
         ``PA`` / ``AP`` / ``LL`` / ``RL`` / ``Lateral`` (or the raw upper-case
@@ -244,12 +246,22 @@ def _stored_pixels(ds: Dataset, path: str | Path) -> np.ndarray:
     if syntax.is_compressed:
         decoder = get_decoder(syntax)
         if decoder is None or not decoder.is_available:
-            missing = "; ".join(decoder.missing_dependencies) if decoder is not None else "no decoder known to pydicom"
-            raise DataFormatError(path, f"cannot decode transfer syntax {syntax.name} ({syntax}); {_INSTALL_HINT} ({missing})")
+            missing = (
+                "; ".join(decoder.missing_dependencies)
+                if decoder is not None
+                else "no decoder known to pydicom"
+            )
+            raise DataFormatError(
+                path,
+                f"cannot decode transfer syntax {syntax.name} ({syntax}); "
+                f"{_INSTALL_HINT} ({missing})",
+            )
     try:
         arr = ds.pixel_array
     except Exception as exc:
-        raise DataFormatError(path, f"pixel data of transfer syntax {syntax.name} ({syntax}) does not decode: {exc}") from exc
+        raise DataFormatError(
+            path, f"pixel data of transfer syntax {syntax.name} ({syntax}) does not decode: {exc}"
+        ) from exc
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
@@ -259,7 +271,11 @@ def _stored_pixels(ds: Dataset, path: str | Path) -> np.ndarray:
         # pydicom converts YBR to RGB by default; reduce to luminance (ITU-R 601).
         arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     elif samples != 1 or arr.ndim != 2:
-        raise DataFormatError(path, f"expected one sample per pixel (grayscale), got SamplesPerPixel={samples}, shape {arr.shape}")
+        raise DataFormatError(
+            path,
+            "expected one sample per pixel (grayscale), "
+            f"got SamplesPerPixel={samples}, shape {arr.shape}",
+        )
     return arr
 
 

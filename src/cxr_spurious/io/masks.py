@@ -56,7 +56,10 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     if mask.ndim != 2:
         raise ValueError(f"encode_rle expects a 2-D mask, got shape {mask.shape}")
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8, copy=False)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": rle["counts"].decode("ascii"),
+    }
 
 
 def _is_integral(value: Any) -> bool:
@@ -69,13 +72,26 @@ def _is_integral(value: Any) -> bool:
 
 def _rle_size(rle: Any, source: object, key: str | None) -> tuple[int, int]:
     if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
-        raise DataFormatError(source, f"expected an RLE dict with 'size' [h, w] and 'counts', got {rle!r:.80}", where=key)
+        raise DataFormatError(
+            source,
+            f"expected an RLE dict with 'size' [h, w] and 'counts', got {rle!r:.80}",
+            where=key,
+        )
     size = rle["size"]
-    if not isinstance(size, Sequence | np.ndarray) or isinstance(size, str | bytes) or len(size) != 2 or not all(_is_integral(v) for v in size):
-        raise DataFormatError(source, f"RLE 'size' must be two integers [h, w], got {size!r:.80}", where=key)
+    if (
+        not isinstance(size, Sequence | np.ndarray)
+        or isinstance(size, str | bytes)
+        or len(size) != 2
+        or not all(_is_integral(v) for v in size)
+    ):
+        raise DataFormatError(
+            source, f"RLE 'size' must be two integers [h, w], got {size!r:.80}", where=key
+        )
     h, w = int(size[0]), int(size[1])
     if not (0 < h <= MAX_MASK_SIDE and 0 < w <= MAX_MASK_SIDE):
-        raise DataFormatError(source, f"RLE 'size' [h, w] must lie in 1..{MAX_MASK_SIDE}, got [{h}, {w}]", where=key)
+        raise DataFormatError(
+            source, f"RLE 'size' [h, w] must lie in 1..{MAX_MASK_SIDE}, got [{h}, {w}]", where=key
+        )
     return h, w
 
 
@@ -84,22 +100,39 @@ def _compressed_counts(counts: str | bytes, source: object, key: str | None) -> 
     try:
         raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
     except UnicodeEncodeError as exc:
-        raise DataFormatError(source, f"RLE counts must be ASCII, got {counts!r:.60}", where=key) from exc
+        raise DataFormatError(
+            source, f"RLE counts must be ASCII, got {counts!r:.60}", where=key
+        ) from exc
     if not raw:
         raise DataFormatError(source, "RLE counts string is empty", where=key)
     chars = np.frombuffer(raw, dtype=np.uint8).astype(np.int64)
     bad = np.flatnonzero((chars < _RLE_CHAR_MIN) | (chars > _RLE_CHAR_MAX))
     if bad.size:
         i = int(bad[0])
-        raise DataFormatError(source, f"RLE counts is not a pycocotools RLE string: character {raw[i:i + 1]!r} at offset {i} is outside '0'..'o' (got {raw[:40]!r})", where=key)
+        raise DataFormatError(
+            source,
+            "RLE counts is not a pycocotools RLE string: "
+            f"character {raw[i : i + 1]!r} at offset {i} is outside '0'..'o' "
+            f"(got {raw[:40]!r})",
+            where=key,
+        )
     c = chars - _RLE_CHAR_MIN
     last = np.flatnonzero((c & 0x20) == 0)  # the last character of each count
     if last.size == 0 or last[-1] != c.size - 1:
-        raise DataFormatError(source, "RLE counts string ends in the middle of a count (continuation bit set)", where=key)
+        raise DataFormatError(
+            source,
+            "RLE counts string ends in the middle of a count (continuation bit set)",
+            where=key,
+        )
     first = np.concatenate([[0], last[:-1] + 1])
     length = last - first + 1
     if int(length.max()) > _RLE_MAX_CHARS_PER_COUNT:
-        raise DataFormatError(source, f"RLE counts has a count of {int(length.max())} characters; no valid mask needs more than {_RLE_MAX_CHARS_PER_COUNT}", where=key)
+        raise DataFormatError(
+            source,
+            f"RLE counts has a count of {int(length.max())} characters; "
+            f"no valid mask needs more than {_RLE_MAX_CHARS_PER_COUNT}",
+            where=key,
+        )
     shift = 5 * (np.arange(c.size) - np.repeat(first, length))
     values = np.add.reduceat((c & 0x1F) << shift, first)
     values -= np.where((c[last] & 0x10) != 0, np.int64(1) << (5 * length), 0)  # sign extension
@@ -109,7 +142,13 @@ def _compressed_counts(counts: str | bytes, source: object, key: str | None) -> 
     return runs
 
 
-def validate_rle(rle: Any, *, source: object = "<rle>", key: str | None = None, size: tuple[int, int] | None = None) -> tuple[int, int]:
+def validate_rle(
+    rle: Any,
+    *,
+    source: object = "<rle>",
+    key: str | None = None,
+    size: tuple[int, int] | None = None,
+) -> tuple[int, int]:
     """Check an RLE before any pycocotools call; returns its (h, w).
 
     Checks: a dict with ``size`` (two integers in 1..``MAX_MASK_SIDE``) and ``counts`` (a
@@ -128,27 +167,50 @@ def validate_rle(rle: Any, *, source: object = "<rle>", key: str | None = None, 
     """
     h, w = _rle_size(rle, source, key)
     if size is not None and (h, w) != (int(size[0]), int(size[1])):
-        raise DataFormatError(source, f"RLE size [h, w] = [{h}, {w}] disagrees with the image's [{int(size[0])}, {int(size[1])}]", where=key)
+        raise DataFormatError(
+            source,
+            f"RLE size [h, w] = [{h}, {w}] disagrees with the image's "
+            f"[{int(size[0])}, {int(size[1])}]",
+            where=key,
+        )
     counts = rle["counts"]
     if isinstance(counts, list):
-        if not all(isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_) for v in counts):
-            raise DataFormatError(source, "uncompressed RLE counts must be a list of integers", where=key)
+        if not all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_) for v in counts
+        ):
+            raise DataFormatError(
+                source, "uncompressed RLE counts must be a list of integers", where=key
+            )
         runs: list[Any] | np.ndarray = counts
     elif isinstance(counts, str | bytes):
         runs = _compressed_counts(counts, source, key)
     else:
-        raise DataFormatError(source, f"RLE counts must be a string or a list of integers, got {type(counts).__name__}", where=key)
-    negative = [i for i, v in enumerate(runs) if v < 0] if isinstance(runs, list) else np.flatnonzero(runs < 0)
+        raise DataFormatError(
+            source,
+            f"RLE counts must be a string or a list of integers, got {type(counts).__name__}",
+            where=key,
+        )
+    negative = (
+        [i for i, v in enumerate(runs) if v < 0]
+        if isinstance(runs, list)
+        else np.flatnonzero(runs < 0)
+    )
     if len(negative):
         i = int(negative[0])
         raise DataFormatError(source, f"RLE run {i} has negative length {int(runs[i])}", where=key)
     total = sum(int(v) for v in runs) if isinstance(runs, list) else int(runs.sum())
     if total != h * w:
-        raise DataFormatError(source, f"RLE runs sum to {total} pixels, expected h x w = {h} x {w} = {h * w}", where=key)
+        raise DataFormatError(
+            source,
+            f"RLE runs sum to {total} pixels, expected h x w = {h} x {w} = {h * w}",
+            where=key,
+        )
     return h, w
 
 
-def decode_rle(rle: dict[str, Any], *, source: object = "<rle>", key: str | None = None) -> np.ndarray:
+def decode_rle(
+    rle: dict[str, Any], *, source: object = "<rle>", key: str | None = None
+) -> np.ndarray:
     """Decode a pycocotools RLE (counts as str or bytes) into a uint8 (h, w) mask.
 
     Args:
@@ -176,15 +238,26 @@ def decode_rle(rle: dict[str, Any], *, source: object = "<rle>", key: str | None
     except Exception as exc:  # pycocotools raises bare exceptions on garbage
         raise DataFormatError(source, f"RLE counts do not decode: {exc}", where=key) from exc
     if decoded.shape != tuple(size):
-        raise DataFormatError(source, f"RLE decoded to shape {decoded.shape}, declared size {size}", where=key)
+        raise DataFormatError(
+            source, f"RLE decoded to shape {decoded.shape}, declared size {size}", where=key
+        )
     # pycocotools cannot tell a truncated counts string from a short one: check the run total.
     area = int(mask_utils.area(obj))
     if area != int(decoded.sum()):
-        raise DataFormatError(source, "RLE counts are inconsistent with the decoded mask", where=key)
+        raise DataFormatError(
+            source, "RLE counts are inconsistent with the decoded mask", where=key
+        )
     return np.ascontiguousarray(decoded, dtype=np.uint8)
 
 
-def decode_siim_rle(encoded: str, height: int = 1024, width: int = 1024, *, source: object = "<siim rle>", where: str | None = None) -> np.ndarray:
+def decode_siim_rle(
+    encoded: str,
+    height: int = 1024,
+    width: int = 1024,
+    *,
+    source: object = "<siim rle>",
+    where: str | None = None,
+) -> np.ndarray:
     """Decode a SIIM-ACR relative, column-major RLE string.
 
     Args:
@@ -207,16 +280,24 @@ def decode_siim_rle(encoded: str, height: int = 1024, width: int = 1024, *, sour
     try:
         values = [int(t) for t in text.split()]
     except ValueError as exc:
-        raise DataFormatError(source, f"RLE has a non-integer token: {text[:60]!r}", where=where) from exc
+        raise DataFormatError(
+            source, f"RLE has a non-integer token: {text[:60]!r}", where=where
+        ) from exc
     if len(values) % 2:
-        raise DataFormatError(source, f"RLE needs (offset, length) pairs, got {len(values)} numbers", where=where)
+        raise DataFormatError(
+            source, f"RLE needs (offset, length) pairs, got {len(values)} numbers", where=where
+        )
     cursor = 0
     for offset, length in zip(values[0::2], values[1::2]):
         if offset < 0 or length < 0:
             raise DataFormatError(source, "RLE offsets and lengths must be >= 0", where=where)
         cursor += offset
         if cursor + length > flat.size:
-            raise DataFormatError(source, f"RLE run ends at pixel {cursor + length}, beyond a {height}x{width} image", where=where)
+            raise DataFormatError(
+                source,
+                f"RLE run ends at pixel {cursor + length}, beyond a {height}x{width} image",
+                where=where,
+            )
         flat[cursor : cursor + length] = 1
         cursor += length
     return flat.reshape((height, width), order="F")

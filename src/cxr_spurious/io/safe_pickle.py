@@ -52,7 +52,12 @@ _PLAIN = {
     ("collections", "OrderedDict"),
     ("_codecs", "encode"),  # protocol 2 writes bytes as _codecs.encode(str, 'latin1')
 }
-_NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+_NUMPY_CORE = (
+    "numpy.core.multiarray",
+    "numpy._core.multiarray",
+    "numpy.core.numeric",
+    "numpy._core.numeric",
+)
 _TORCH = {
     ("torch._utils", "_rebuild_tensor"),
     ("torch._utils", "_rebuild_tensor_v2"),
@@ -117,9 +122,14 @@ class _Context:
         if nbytes < 0:
             raise self.error(f"{what} has a negative size ({nbytes})")
         if nbytes > self.max_bytes:
-            raise self.error(f"{what} asks for {nbytes:,} bytes, more than the limit of {self.max_bytes:,} bytes (max_bytes)")
+            raise self.error(
+                f"{what} asks for {nbytes:,} bytes, "
+                f"more than the limit of {self.max_bytes:,} bytes (max_bytes)"
+            )
         if nbytes > limit:
-            raise self.error(f"{what} asks for {nbytes:,} bytes, more than the {limit:,} bytes that carry it")
+            raise self.error(
+                f"{what} asks for {nbytes:,} bytes, more than the {limit:,} bytes that carry it"
+            )
         return nbytes
 
     def payload(self, data: Any) -> Any:
@@ -127,7 +137,10 @@ class _Context:
         return data
 
     def finish(self, obj: Any) -> Any:
-        """``materialize(obj)``, skipped (no walk) when the load made no record and skipped nothing."""
+        """``materialize(obj)``.
+
+        Skipped (no walk) when the load made no record and skipped nothing.
+        """
         return self.materialize(obj) if self.records or self.skipped() else obj
 
     def skipped(self) -> bool:
@@ -230,14 +243,20 @@ def _scan_buffer(data: Any, pos: int, ctx: _Context) -> int:
                         raise ctx.error(f"malformed PUT at offset {at}") from exc
                 pos = newline + 1
         elif kind == _REFUSED:
-            raise ctx.error("pickle refers to out-of-band buffers (protocol 5 with buffer_callback); only in-band data is supported, re-pickle without buffer_callback")
+            raise ctx.error(
+                "pickle refers to out-of-band buffers (protocol 5 with buffer_callback); "
+                "only in-band data is supported, re-pickle without buffer_callback"
+            )
         if value is None:
             if name == "STOP":
                 return pos
         elif name == "FRAME":
             ctx.check_size(value, f"FRAME at offset {at}", available=end - pos)
         elif not 0 <= value < n_ops:  # PUT, BINPUT, LONG_BINPUT
-            raise ctx.error(f"{name} at offset {at} uses memo index {value}; a pickler numbers memo entries from 0 in order")
+            raise ctx.error(
+                f"{name} at offset {at} uses memo index {value}; "
+                "a pickler numbers memo entries from 0 in order"
+            )
 
 
 def _op_table() -> list[tuple[str, int, int, str] | None]:
@@ -274,7 +293,9 @@ class _Record:
     shape: tuple[int, ...] | None = None
 
     def __setstate__(self, state: Any) -> None:
-        raise pickle.UnpicklingError(f"pickle sets the state of a {type(self).__name__}; not allowed")
+        raise pickle.UnpicklingError(
+            f"pickle sets the state of a {type(self).__name__}; not allowed"
+        )
 
     def build(self) -> Any:  # pragma: no cover - every record overrides
         raise NotImplementedError
@@ -286,7 +307,9 @@ class _Call(_Record):
     def __init__(self, ctx: _Context, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self.ctx, self.func, self.args = ctx, func, args
         ctx.records += 1
-        size = args[2] if len(args) > 3 else getattr(args[0], "shape", None) if args else None  # tensor / parameter
+        size = (
+            args[2] if len(args) > 3 else getattr(args[0], "shape", None) if args else None
+        )  # tensor / parameter
         if isinstance(size, tuple | list) and all(isinstance(d, int) for d in size):
             self.shape = tuple(size)
 
@@ -308,7 +331,9 @@ class _DtypeRecord(_Record):
 
     def build(self) -> np.dtype:
         if not isinstance(self.obj, str):
-            raise self.ctx.error(f"numpy dtype {self.obj!r:.40} is not supported; expected a numeric dtype code")
+            raise self.ctx.error(
+                f"numpy dtype {self.obj!r:.40} is not supported; expected a numeric dtype code"
+            )
         try:
             dtype = np.dtype(self.obj)
         except TypeError as exc:
@@ -316,11 +341,21 @@ class _DtypeRecord(_Record):
         state = self.state
         if isinstance(state, tuple) and len(state) >= 2:
             if any(v is not None for v in state[2:5]):
-                raise self.ctx.error("structured or sub-array numpy dtypes are not supported; expected a numeric dtype")
+                raise self.ctx.error(
+                    "structured or sub-array numpy dtypes are not supported; "
+                    "expected a numeric dtype"
+                )
             if state[1] in ("<", ">"):
                 dtype = dtype.newbyteorder(state[1])
-        if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-            raise self.ctx.error(f"numpy dtype '{dtype.str}' is not supported; expected bool, integer, float or complex")
+        if (
+            dtype.kind not in _NUMERIC_KINDS
+            or dtype.fields is not None
+            or dtype.subdtype is not None
+        ):
+            raise self.ctx.error(
+                f"numpy dtype '{dtype.str}' is not supported; "
+                "expected bool, integer, float or complex"
+            )
         return dtype
 
 
@@ -342,7 +377,9 @@ def _array_from_bytes(ctx: _Context, data: Any, dtype: Any, shape: Any, order: s
         raise ctx.error("numpy object arrays are not supported; expected a numeric array")
     if not isinstance(data, bytes | bytearray) or len(data) != nbytes:
         got = len(data) if isinstance(data, bytes | bytearray) else type(data).__name__
-        raise ctx.error(f"numpy array {dims} of {dtype.str} needs {nbytes} bytes of data, got {got}")
+        raise ctx.error(
+            f"numpy array {dims} of {dtype.str} needs {nbytes} bytes of data, got {got}"
+        )
     flat = np.frombuffer(data, dtype=dtype)
     return flat.reshape(dims, order="F" if order == "F" else "C").copy(order="K")
 
@@ -356,9 +393,13 @@ class _ArrayRecord(_Record):
 
     def __setstate__(self, state: Any) -> None:
         if self.state is not None or not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise pickle.UnpicklingError("malformed numpy array state; expected (version, shape, dtype, fortran, data)")
+            raise pickle.UnpicklingError(
+                "malformed numpy array state; expected (version, shape, dtype, fortran, data)"
+            )
         self.state = state[-4:]
-        if isinstance(self.state[0], tuple | list) and all(isinstance(d, int) for d in self.state[0]):
+        if isinstance(self.state[0], tuple | list) and all(
+            isinstance(d, int) for d in self.state[0]
+        ):
             self.shape = tuple(self.state[0])
 
     def build(self) -> np.ndarray:
@@ -440,8 +481,14 @@ def _plain(ctx: _Context, module: str, name: str, func: Callable[..., Any]) -> C
         if name == "str" and not all(isinstance(a, _STR_ARGS) for a in args):
             raise ctx.error("str() of a container is not allowed in a pickle")
         if name == "encode":
-            if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
-                raise ctx.error("_codecs.encode is only allowed as encode(str, 'latin1') (protocol 2 bytes)")
+            if (
+                len(args) != 2
+                or not isinstance(args[0], str)
+                or args[1] not in ("latin1", "latin-1")
+            ):
+                raise ctx.error(
+                    "_codecs.encode is only allowed as encode(str, 'latin1') (protocol 2 bytes)"
+                )
             return args[0].encode("latin-1")
         return func(*args)
 
@@ -460,14 +507,27 @@ def _storage_class(ctx: _Context, name: str, cls: Any) -> Callable[..., Any]:
 def _check_view(ctx: _Context, storage: Any, offset: Any, size: Any, stride: Any) -> None:
     """Raise unless the tensor (offset, size, stride) lies inside ``storage`` (no resize)."""
     dims, steps = tuple(size), tuple(stride)
-    if not (isinstance(offset, int) and offset >= 0 and len(dims) == len(steps) and all(isinstance(d, int) and d >= 0 for d in dims + steps)):
-        raise ctx.error(f"tensor record with offset {offset!r:.20}, size {dims!r:.40}, stride {steps!r:.40} is malformed")
-    n = storage._size() if hasattr(storage, "_size") else len(storage)  # elements; _size() does not warn
+    if not (
+        isinstance(offset, int)
+        and offset >= 0
+        and len(dims) == len(steps)
+        and all(isinstance(d, int) and d >= 0 for d in dims + steps)
+    ):
+        raise ctx.error(
+            f"tensor record with offset {offset!r:.20}, size {dims!r:.40}, "
+            f"stride {steps!r:.40} is malformed"
+        )
+    n = (
+        storage._size() if hasattr(storage, "_size") else len(storage)
+    )  # elements; _size() does not warn
     if 0 in dims:
         return
     last = offset + sum((d - 1) * s for d, s in zip(dims, steps))
     if last >= n:
-        raise ctx.error(f"tensor of size {dims} (offset {offset}, stride {steps}) reaches element {last} of a storage of {n} elements")
+        raise ctx.error(
+            f"tensor of size {dims} (offset {offset}, stride {steps}) "
+            f"reaches element {last} of a storage of {n} elements"
+        )
 
 
 def _rebuild(ctx: _Context, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -505,14 +565,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def _checked(self, module: str, name: str) -> Any:
         ctx, key = self._ctx, (module, name)
         if key in _PLAIN:
-            return _Checked(f"{module}.{name}", _plain(ctx, module, name, super().find_class(module, name)))
+            return _Checked(
+                f"{module}.{name}", _plain(ctx, module, name, super().find_class(module, name))
+            )
         if self._allow_numpy:
             if key == ("numpy", "ndarray"):
                 return _NDARRAY
             if key == ("numpy", "dtype"):
                 return _Checked("numpy.dtype", lambda *a: _DtypeRecord(ctx, *a))
             if module in _NUMPY_CORE and name == "_reconstruct":
-                return _Checked(f"{module}.{name}", lambda cls, *_: _ArrayRecord(ctx) if cls is _NDARRAY else _refuse(ctx, "numpy _reconstruct of a class other than ndarray"))
+                return _Checked(
+                    f"{module}.{name}",
+                    lambda cls, *_: (
+                        _ArrayRecord(ctx)
+                        if cls is _NDARRAY
+                        else _refuse(ctx, "numpy _reconstruct of a class other than ndarray")
+                    ),
+                )
             if module in _NUMPY_CORE and name == "_frombuffer":
                 return _Checked(f"{module}.{name}", lambda *a: _FromBufferRecord(ctx, *a))
             if module in _NUMPY_CORE and name == "scalar":
@@ -528,11 +597,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
                     return _Checked(f"{module}.{name}", lambda *a, f=func: _Call(ctx, f, a))
                 return _Checked(f"{module}.{name}", func)
             if module == "torch" and name in _TORCH_STORAGES:
-                return _Checked(f"torch.{name}", _storage_class(ctx, name, super().find_class(module, name)))
+                return _Checked(
+                    f"torch.{name}", _storage_class(ctx, name, super().find_class(module, name))
+                )
         return None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise DataFormatError(self._source, f"pickle references an external object {pid!r:.60}; not allowed")
+        raise DataFormatError(
+            self._source, f"pickle references an external object {pid!r:.60}; not allowed"
+        )
 
 
 def _refuse(ctx: _Context, problem: str) -> Any:
@@ -545,7 +618,9 @@ class _NdarrayClass:
     __slots__ = ()
 
     def __call__(self, *args: Any) -> Any:
-        raise pickle.UnpicklingError("pickle calls numpy.ndarray(...) directly; only pickled arrays are allowed")
+        raise pickle.UnpicklingError(
+            "pickle calls numpy.ndarray(...) directly; only pickled arrays are allowed"
+        )
 
     def __setstate__(self, state: Any) -> None:
         raise pickle.UnpicklingError("pickle sets the state of numpy.ndarray; not allowed")
@@ -564,14 +639,21 @@ def _open_size(fh: Any) -> int:
         return end
 
 
-def _unpickle(fh: Any, ctx: _Context, make: Callable[[Any], pickle.Unpickler], *, materialize: bool = True) -> Any:
-    """Scan then unpickle one pickle from ``fh`` (at its start); build records unless told not to."""
+def _unpickle(
+    fh: Any, ctx: _Context, make: Callable[[Any], pickle.Unpickler], *, materialize: bool = True
+) -> Any:
+    """Scan then unpickle one pickle from ``fh`` (at its start).
+
+    Records are built unless told not to.
+    """
     _scan_opcodes(fh, ctx)
     obj = make(fh).load()
     return ctx.finish(obj) if materialize else obj
 
 
-def load_pickle(path: str | Path, *, allow_numpy: bool = False, max_bytes: int | None = None) -> Any:
+def load_pickle(
+    path: str | Path, *, allow_numpy: bool = False, max_bytes: int | None = None
+) -> Any:
     """Load a pickle of plain Python values (and optionally numpy arrays) safely.
 
     Args:
@@ -588,7 +670,11 @@ def load_pickle(path: str | Path, *, allow_numpy: bool = False, max_bytes: int |
     try:
         with path.open("rb") as fh:
             ctx = _Context(str(path), _open_size(fh), max_bytes)
-            return _unpickle(fh, ctx, lambda f: _RestrictedUnpickler(f, ctx, allow_torch=False, allow_numpy=allow_numpy))
+            return _unpickle(
+                fh,
+                ctx,
+                lambda f: _RestrictedUnpickler(f, ctx, allow_torch=False, allow_numpy=allow_numpy),
+            )
     except DataFormatError:
         raise
     except _READ_ERRORS as exc:
@@ -644,7 +730,9 @@ class _TorchPickleUnpickler(_RestrictedUnpickler):
         # Pickled tensors (without torch.save) rebuild storages from bytes.
         if (module, name) == ("torch.storage", "_load_from_bytes"):
             ctx = self._ctx
-            return _Checked("torch.storage._load_from_bytes", lambda data: _StorageRecord(ctx, data))
+            return _Checked(
+                "torch.storage._load_from_bytes", lambda data: _StorageRecord(ctx, data)
+            )
         return super().find_class(module, name)
 
 
@@ -668,8 +756,18 @@ class _StorageHeaderUnpickler(_RestrictedUnpickler):
         return super().find_class(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType) and isinstance(pid[4], int)):
-            raise DataFormatError(self._source, f"unexpected record {pid!r:.80} in a tensor storage; expected ('storage', type, key, location, size)")
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) >= 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+            and isinstance(pid[4], int)
+        ):
+            raise DataFormatError(
+                self._source,
+                f"unexpected record {pid!r:.80} in a tensor storage; "
+                "expected ('storage', type, key, location, size)",
+            )
         self.storages.append((pid[1], pid[4]))
         return None
 
@@ -685,7 +783,9 @@ def _load_storage_from_bytes(data: bytes, ctx: _Context | None = None) -> Any:
     import torch
 
     if not isinstance(data, bytes | bytearray):
-        raise pickle.UnpicklingError(f"tensor storage payload must be bytes, got {type(data).__name__}")
+        raise pickle.UnpicklingError(
+            f"tensor storage payload must be bytes, got {type(data).__name__}"
+        )
     if ctx is None:
         ctx = _Context("<tensor storage>", len(data), None)
     inner = _Context(f"{ctx.source} (tensor storage)", len(data), ctx.max_bytes)
@@ -701,5 +801,7 @@ def _load_storage_from_bytes(data: bytes, ctx: _Context | None = None) -> Any:
         raise inner.error("no storage record where a legacy torch.save has one")
     pos = _scan_buffer(data, end, inner)  # the storage keys
     total = sum(kind.itemsize * n for kind, n in header.storages)
-    inner.check_size(total, "tensor storage", available=len(data) - pos - 8 * len(header.storages))  # 8: size field
+    inner.check_size(
+        total, "tensor storage", available=len(data) - pos - 8 * len(header.storages)
+    )  # 8: size field
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

@@ -63,7 +63,9 @@ def _fma(typingctx, a, b, c):  # pragma: no cover - compiled
 
     def codegen(context, builder, signature, args):
         f32 = ir.FloatType()
-        fn = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32, f32, f32]))
+        fn = builder.module.declare_intrinsic(
+            "llvm.fma", [f32], ir.FunctionType(f32, [f32, f32, f32])
+        )
         return builder.call(fn, args)
 
     return sig, codegen
@@ -85,7 +87,9 @@ def bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nda
         raise ValueError(f"bilinear_taps needs positive sizes, got n_in={n_in}, n_out={n_out}")
     scale = np.float32(np.float32(n_in) / np.float32(n_out))
     d = np.arange(n_out, dtype=np.float32) + np.float32(0.5)
-    src = np.maximum((np.float64(scale) * d.astype(np.float64) - 0.5).astype(np.float32), np.float32(0.0))
+    src = np.maximum(
+        (np.float64(scale) * d.astype(np.float64) - 0.5).astype(np.float32), np.float32(0.0)
+    )
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     lam = np.clip(src - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
     i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
@@ -95,7 +99,9 @@ def bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nda
 def _groups(i0: np.ndarray, i1: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """[start, end) of the maximal runs of outputs that share the same source pair."""
     change = np.flatnonzero((np.diff(i0) != 0) | (np.diff(i1) != 0)) + 1
-    return np.concatenate([[0], change]).astype(np.int64), np.concatenate([change, [n]]).astype(np.int64)
+    return np.concatenate([[0], change]).astype(np.int64), np.concatenate([change, [n]]).astype(
+        np.int64
+    )
 
 
 @numba.njit(cache=True, nogil=True)
@@ -129,7 +135,9 @@ def _cell_bounds(m, xk0, xk1, yk0, yk1):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _extremes(m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1, clo, chi):  # pragma: no cover - compiled
+def _extremes(
+    m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1, clo, chi
+):  # pragma: no cover - compiled
     """Exact (min, max, argmax row, argmax col) of the upsampled map, first maximum in C order."""
     ny, nx = clo.shape
     jb = gb = jl = gl = 0
@@ -147,7 +155,8 @@ def _extremes(m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1, clo, ch
                 if sweep == 0 and not ((j == jb and g == gb) or (j == jl and g == gl)):
                     continue
                 if chi[g, j] < vmax and clo[g, j] >= vmin:
-                    continue  # cannot hold a larger (or equal, earlier) maximum nor a smaller minimum
+                    # cannot hold a larger (or equal, earlier) maximum nor a smaller minimum
+                    continue
                 k0, k1 = yk0[g], yk1[g]
                 for x in range(xs[j], xe[j]):
                     c0 = _fma(m[k0, xi0[x]], xw0[x], m[k0, xi1[x]] * xw1[x])
@@ -188,7 +197,9 @@ def _row_pair(m, xi0, xi1, xw0, xw1, k0, k1, ka, kb, ra, rb):  # pragma: no cove
 
 
 @numba.njit(cache=True, nogil=True)
-def _histogram(m, xi0, xi1, xw0, xw1, yk0, ys, ye, yk1, yw0, yw1, lo, span):  # pragma: no cover - compiled
+def _histogram(
+    m, xi0, xi1, xw0, xw1, yk0, ys, ye, yk1, yw0, yw1, lo, span
+):  # pragma: no cover - compiled
     """256-bin histogram of ``uint8(255 * (v - lo) / span)`` over all output pixels, row by row."""
     w = xi0.shape[0]
     ra = np.empty(w, np.float32)
@@ -230,11 +241,15 @@ def _append(counts, n, length):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _runs(m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1, clo, chi, edge):  # pragma: no cover - compiled
+def _runs(
+    m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1, clo, chi, edge
+):  # pragma: no cover - compiled
     """Column-major run lengths (zeros first, pycocotools order) of the mask ``v >= edge``."""
     ny, nx = clo.shape
     e64 = np.float64(edge)
-    seg_g = np.empty(ny, np.int64)  # the x group's column as segments: merged whole cells, or one mixed cell
+    seg_g = np.empty(
+        ny, np.int64
+    )  # the x group's column as segments: merged whole cells, or one mixed cell
     seg_len = np.empty(ny, np.int64)
     seg_state = np.empty(ny, np.int8)  # 1 inside, 0 outside, -1 mixed
     counts = np.empty(4096, np.int64)
@@ -244,7 +259,9 @@ def _runs(m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1, clo, chi, e
     for j in range(nx):
         ns = 0
         for g in range(ny):
-            st = np.int8(1) if clo[g, j] >= e64 else (np.int8(0) if chi[g, j] < e64 else np.int8(-1))
+            st = (
+                np.int8(1) if clo[g, j] >= e64 else (np.int8(0) if chi[g, j] < e64 else np.int8(-1))
+            )
             if st >= 0 and ns > 0 and seg_state[ns - 1] == st:
                 seg_len[ns - 1] += ye[g] - ys[g]
             else:
@@ -358,7 +375,9 @@ def runs_have_hole(counts: np.ndarray, height: int, width: int) -> bool:
     A hole is a 4-connected background component that does not touch the image border:
     what ``cv2.findContours`` (8-connected foreground) reports as a hole contour.
     """
-    return bool(_runs_have_hole(np.ascontiguousarray(counts, dtype=np.int64), int(height), int(width)))
+    return bool(
+        _runs_have_hole(np.ascontiguousarray(counts, dtype=np.int64), int(height), int(width))
+    )
 
 
 @numba.njit(cache=True, nogil=True)
@@ -386,8 +405,14 @@ def rle_from_runs(counts: np.ndarray, height: int, width: int) -> dict[str, Any]
     """CheXlocalize RLE (``size`` [h, w], ``counts`` str) from column-major run lengths."""
     counts = np.ascontiguousarray(counts, dtype=np.int64)
     if int(counts.sum()) != int(height) * int(width):
-        raise ValueError(f"run lengths sum to {int(counts.sum())}, expected {int(height) * int(width)} = {height} x {width}")
-    return {"size": [int(height), int(width)], "counts": _rle_string(counts).tobytes().decode("ascii")}
+        raise ValueError(
+            f"run lengths sum to {int(counts.sum())}, "
+            f"expected {int(height) * int(width)} = {height} x {width}"
+        )
+    return {
+        "size": [int(height), int(width)],
+        "counts": _rle_string(counts).tobytes().decode("ascii"),
+    }
 
 
 class BilinearMap:
@@ -425,7 +450,10 @@ class BilinearMap:
         return float(lo), float(hi), (int(row), int(col))
 
     def histogram(self, lo: float, hi: float) -> np.ndarray:
-        """256-bin histogram of the reference's ``uint8(255 * (v - lo) / (hi - lo))`` (``hi > lo``)."""
+        """256-bin histogram of the reference's ``uint8(255 * (v - lo) / (hi - lo))``.
+
+        Needs ``hi > lo``.
+        """
         span = np.float32(np.float32(hi) - np.float32(lo))
         if not span > 0:
             raise ValueError(f"histogram needs hi > lo, got lo={lo}, hi={hi}")

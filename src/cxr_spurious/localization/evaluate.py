@@ -2,11 +2,12 @@
 
 Each map is loaded and segmented by the fast kernels (``localization.kernels``: the exact
 CPU kernel without building the full-size map, one worker process per core; torch on CUDA
-only when opted into with ``prefer_gpu``, see ``segmentation.pick_device``) straight to an RLE, and scored against the ground-truth RLE without decoding it
-(pycocotools RLE arithmetic). Only positive (non-empty gt) pairs decode their mask, for
-the threshold-tuning counts and the optional mass/rank metrics. Memory is bounded by one
-full-size map per worker (only built for tuning counts and mass metrics); results are merged in input order, so they do not depend on
-the number of workers.
+only when opted into with ``prefer_gpu``, see ``segmentation.pick_device``) straight to an
+RLE, and scored against the ground-truth RLE without decoding it (pycocotools RLE
+arithmetic). Only positive (non-empty gt) pairs decode their mask, for the threshold-tuning
+counts and the optional mass/rank metrics. Memory is bounded by one full-size map per worker
+(only built for tuning counts and mass metrics); results are merged in input order, so they
+do not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from pycocotools import mask as mask_utils
 
 from cxr_spurious.errors import DataFormatError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
-from cxr_spurious.io.masks import MAX_MASK_SIDE, decode_rle, validate_rle
-from cxr_spurious.localization.bilinear import BilinearMap
-from cxr_spurious.localization.chexlocalize_io import (
+from cxr_spurious.io.chexlocalize import (
     PickleMapStack,
     check_task,
     read_heatmap_pickle,
 )
+from cxr_spurious.io.masks import MAX_MASK_SIDE, decode_rle, validate_rle
+from cxr_spurious.localization.bilinear import BilinearMap
 from cxr_spurious.localization.kernels import (
     FastMap,
     segment_map_cpu,
@@ -48,8 +49,8 @@ from cxr_spurious.localization.metrics import (
     rle_pixel,
     spurious_auroc,
 )
-from cxr_spurious.localization.parallel import ordered_map
 from cxr_spurious.localization.segmentation import SegmentationConfig, pick_device
+from cxr_spurious.parallel import ordered_map
 
 logger = logging.getLogger(__name__)
 
@@ -101,21 +102,33 @@ def validate_segmentations(segmentations: Mapping[str, Any], *, source: str) -> 
     """
     for cxr_id, entry in segmentations.items():
         if not isinstance(entry, Mapping):
-            raise DataFormatError(source, f"expected {{task: rle}}, got {type(entry).__name__}", where=str(cxr_id))
+            raise DataFormatError(
+                source, f"expected {{task: rle}}, got {type(entry).__name__}", where=str(cxr_id)
+            )
         for name, rle in entry.items():
             validate_rle(rle, source=source, key=f"{cxr_id}/{name}")
 
 
-def _gt_entry(gt: Mapping[str, Mapping[str, Any]], image_id: str, task: str, h: int, w: int) -> dict[str, Any] | None:
+def _gt_entry(
+    gt: Mapping[str, Mapping[str, Any]], image_id: str, task: str, h: int, w: int
+) -> dict[str, Any] | None:
     entry = gt.get(image_id)
     if entry is None:
         return None
     rle = entry.get(task)
     if rle is None:
-        raise DataFormatError("gt_segmentations", f"CXR has no mask for task '{task}'; ground-truth files list every task", where=image_id)
+        raise DataFormatError(
+            "gt_segmentations",
+            f"CXR has no mask for task '{task}'; ground-truth files list every task",
+            where=image_id,
+        )
     size = [int(rle["size"][0]), int(rle["size"][1])]
     if size != [h, w]:
-        raise DataFormatError("heatmap", f"cxr_dims (w, h) = ({w}, {h}) disagree with the ground-truth size [h, w] = {size}", where=f"{image_id}/{task}")
+        raise DataFormatError(
+            "heatmap",
+            f"cxr_dims (w, h) = ({w}, {h}) disagree with the ground-truth size [h, w] = {size}",
+            where=f"{image_id}/{task}",
+        )
     return rle
 
 
@@ -126,7 +139,11 @@ def _load_map(job: MapJob) -> np.ndarray:
     arr = np.asarray(job.source, dtype=np.float32)
     arr = arr.reshape(arr.shape[-2:]) if arr.ndim > 2 else arr
     if not np.isfinite(arr).all():  # numpy, not torch: workers stay out of torch's thread pool
-        raise DataFormatError("heatmaps", "heatmap holds NaN or infinite values; expected finite floats", where=f"{job.image_id}/{job.task}")
+        raise DataFormatError(
+            "heatmaps",
+            "heatmap holds NaN or infinite values; expected finite floats",
+            where=f"{job.image_id}/{job.task}",
+        )
     return arr
 
 
@@ -150,18 +167,28 @@ def score_fast_map(fast: FastMap, job: MapJob) -> tuple[dict[str, Any], dict[str
     else:
         pa, ga, inter = rle_counts(pred, gt_rle)
     rec.update(pred_area=pa, gt_area=ga, intersection=inter)
-    rec["iou_tp"] = iou_from_counts(pa, ga, inter, true_pos_only=True) if gt_rle is not None else np.nan
+    rec["iou_tp"] = (
+        iou_from_counts(pa, ga, inter, true_pos_only=True) if gt_rle is not None else np.nan
+    )
     rec["iou_full"] = iou_from_counts(pa, ga, inter, true_pos_only=False)
     row, col = fast.argmax
     rec.update(argmax_row=row, argmax_col=col)
     rec["hit"] = float(rle_pixel(gt_rle, row, col)) if gt_rle is not None and ga > 0 else np.nan
     positive = gt_rle is not None and ga > 0
-    gt_mask = decode_rle(gt_rle, source="gt_segmentations", key=f"{job.image_id}/{job.task}") if positive and job.extra_metrics else None
+    gt_mask = (
+        decode_rle(gt_rle, source="gt_segmentations", key=f"{job.image_id}/{job.task}")
+        if positive and job.extra_metrics
+        else None
+    )
     if positive and job.tuning_grid:
-        areas, inters = threshold_counts(fast, job.tuning_grid, rle_decode_t(gt_rle), rle_bbox(gt_rle))
+        areas, inters = threshold_counts(
+            fast, job.tuning_grid, rle_decode_t(gt_rle), rle_bbox(gt_rle)
+        )
         for t, a, i in zip(job.tuning_grid, areas, inters):
             rec[f"tune_area_{t:g}"], rec[f"tune_inter_{t:g}"] = a, i
-    score = _score(fast, job) if (gt_mask is not None and job.extra_metrics) or job.spurious else None
+    score = (
+        _score(fast, job) if (gt_mask is not None and job.extra_metrics) or job.spurious else None
+    )
     if gt_mask is not None and job.extra_metrics:
         rec.update(mass_rank_metrics(score, gt_mask, top_k=job.top_k))
     lesion = gt_mask  # the pathology, left out of the rank-based shortcut metric
@@ -174,7 +201,9 @@ def score_fast_map(fast: FastMap, job: MapJob) -> tuple[dict[str, Any], dict[str
     return rec, pred
 
 
-def evaluate_job(job: MapJob, device: torch.device | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def evaluate_job(
+    job: MapJob, device: torch.device | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load, segment and score one map (the unit of work of a worker process).
 
     Args:
@@ -192,7 +221,16 @@ def evaluate_job(job: MapJob, device: torch.device | None = None) -> tuple[dict[
     return score_fast_map(segment_map_cpu(map2d, job.height, job.width, job.prob, job.config), job)
 
 
-def build_jobs(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[str, Any]], *, configs: Mapping[str, SegmentationConfig], tuning_grid: Sequence[float], extra_metrics: bool, top_k: int, spurious_segmentations: Mapping[str, Mapping[str, Any]]) -> list[MapJob]:
+def build_jobs(
+    heatmaps: HeatmapSet,
+    gt_segmentations: Mapping[str, Mapping[str, Any]],
+    *,
+    configs: Mapping[str, SegmentationConfig],
+    tuning_grid: Sequence[float],
+    extra_metrics: bool,
+    top_k: int,
+    spurious_segmentations: Mapping[str, Mapping[str, Any]],
+) -> list[MapJob]:
     """One ``MapJob`` per index row (maps of a pickle folder travel as paths).
 
     Raises:
@@ -202,15 +240,37 @@ def build_jobs(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[str,
     paths = heatmaps.maps.paths if isinstance(heatmaps.maps, PickleMapStack) else None
     grid = tuple(float(t) for t in tuning_grid)
     jobs = []
-    for i, row in enumerate(index[["image_id", "task", "cxr_h", "cxr_w", "prob"]].itertuples(index=False)):
+    for i, row in enumerate(
+        index[["image_id", "task", "cxr_h", "cxr_w", "prob"]].itertuples(index=False)
+    ):
         image_id, task = str(row.image_id), str(row.task)
         check_task(task, source="heatmaps", key=image_id)
         h, w = int(row.cxr_h), int(row.cxr_w)
         if not (0 < h <= MAX_MASK_SIDE and 0 < w <= MAX_MASK_SIDE):
-            raise DataFormatError("heatmaps", f"cxr_dims (w, h) = ({w}, {h}) must lie in 1..{MAX_MASK_SIDE} px (the original image size)", where=f"{image_id}/{task}")
+            raise DataFormatError(
+                "heatmaps",
+                f"cxr_dims (w, h) = ({w}, {h}) must lie in 1..{MAX_MASK_SIDE} px "
+                "(the original image size)",
+                where=f"{image_id}/{task}",
+            )
         gt_rle = _gt_entry(gt_segmentations, image_id, task, h, w)
         source = str(paths[i]) if paths is not None else heatmaps.maps[i]
-        jobs.append(MapJob(image_id, task, source, h, w, float(row.prob), configs.get(task, SegmentationConfig()), gt_rle, grid, extra_metrics, top_k, spurious_segmentations.get(image_id, {})))
+        jobs.append(
+            MapJob(
+                image_id,
+                task,
+                source,
+                h,
+                w,
+                float(row.prob),
+                configs.get(task, SegmentationConfig()),
+                gt_rle,
+                grid,
+                extra_metrics,
+                top_k,
+                spurious_segmentations.get(image_id, {}),
+            )
+        )
     return jobs
 
 
@@ -260,16 +320,30 @@ def evaluate_heatmap_set(
         ParameterError: ``missing`` is not ``all`` or ``evaluated``.
     """
     if missing not in MISSING_MODES:
-        raise ParameterError("localization.missing_maps", f"expected one of {list(MISSING_MODES)}, got {missing!r}")
+        raise ParameterError(
+            "localization.missing_maps", f"expected one of {list(MISSING_MODES)}, got {missing!r}"
+        )
     validate_segmentations(gt_segmentations, source="gt_segmentations")
     validate_segmentations(spurious_segmentations or {}, source="spurious_segmentations")
     device = pick_device(prefer_gpu)
     index = heatmaps.index.reset_index(drop=True)
-    jobs = build_jobs(heatmaps, gt_segmentations, configs=configs or {}, tuning_grid=tuning_grid, extra_metrics=extra_metrics, top_k=top_k, spurious_segmentations=spurious_segmentations or {})
+    jobs = build_jobs(
+        heatmaps,
+        gt_segmentations,
+        configs=configs or {},
+        tuning_grid=tuning_grid,
+        extra_metrics=extra_metrics,
+        top_k=top_k,
+        spurious_segmentations=spurious_segmentations or {},
+    )
     if device.type == "cuda":
-        results = ordered_map(_CudaJob(device), jobs, n_items=len(jobs), workers=1, desc=desc, progress=progress)
+        results = ordered_map(
+            _CudaJob(device), jobs, n_items=len(jobs), workers=1, desc=desc, progress=progress
+        )
     else:
-        results = ordered_map(evaluate_job, jobs, n_items=len(jobs), workers=workers, desc=desc, progress=progress)
+        results = ordered_map(
+            evaluate_job, jobs, n_items=len(jobs), workers=workers, desc=desc, progress=progress
+        )
     records, seg_json = [], {}
     for row, job, (rec, pred) in zip(index.to_dict("records"), jobs, results):
         seg_json.setdefault(job.image_id, {})[job.task] = pred
@@ -277,7 +351,11 @@ def evaluate_heatmap_set(
     table = pd.DataFrame(records)
     if missing == "evaluated":
         ids, tasks = set(index["image_id"].astype(str)), set(index["task"].astype(str))
-        gt_scope = {cxr: {t: r for t, r in entry.items() if t in tasks} for cxr, entry in gt_segmentations.items() if cxr in ids}
+        gt_scope = {
+            cxr: {t: r for t, r in entry.items() if t in tasks}
+            for cxr, entry in gt_segmentations.items()
+            if cxr in ids
+        }
     else:
         gt_scope = gt_segmentations
     return _add_missing_predictions(table, gt_scope, index), seg_json
@@ -300,7 +378,9 @@ def count_thresholds_job(job: MapJob) -> dict[str, Any]:
     lo, hi, argmax = source.extremes()
     span = 0.0 if map2d.max() == map2d.min() else float(np.float32(np.float32(hi) - np.float32(lo)))
     fast = FastMap({}, lo, span, argmax, source)
-    areas, inters = threshold_counts(fast, job.tuning_grid, rle_decode_t(job.gt_rle), rle_bbox(job.gt_rle))
+    areas, inters = threshold_counts(
+        fast, job.tuning_grid, rle_decode_t(job.gt_rle), rle_bbox(job.gt_rle)
+    )
     rec: dict[str, Any] = {"gt_area": rle_area(job.gt_rle)}
     for t, a, i in zip(job.tuning_grid, areas, inters):
         rec[f"tune_area_{t:g}"], rec[f"tune_inter_{t:g}"] = a, i
@@ -317,7 +397,9 @@ class _CudaJob:
         return evaluate_job(job, self.device)
 
 
-def _add_missing_predictions(table: pd.DataFrame, gt: Mapping[str, Mapping[str, Any]], index: pd.DataFrame) -> pd.DataFrame:
+def _add_missing_predictions(
+    table: pd.DataFrame, gt: Mapping[str, Mapping[str, Any]], index: pd.DataFrame
+) -> pd.DataFrame:
     """Gt (cxr, task) pairs without a map: an empty prediction (reference semantics), logged."""
     have = set(zip(index["image_id"].astype(str), index["task"].astype(str)))
     extra = []
@@ -328,9 +410,35 @@ def _add_missing_predictions(table: pd.DataFrame, gt: Mapping[str, Mapping[str, 
             if (cxr_id, task) in have:
                 continue
             logger.info("no heatmap for %s / %s: scored as an empty prediction", cxr_id, task)
-            ga = int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii") if isinstance(rle["counts"], str) else rle["counts"]}))
+            ga = int(
+                mask_utils.area(
+                    {
+                        "size": rle["size"],
+                        "counts": rle["counts"].encode("ascii")
+                        if isinstance(rle["counts"], str)
+                        else rle["counts"],
+                    }
+                )
+            )
             h, w = int(rle["size"][0]), int(rle["size"][1])
-            extra.append({"image_id": cxr_id, "task": task, "prob": np.nan, "gt": float(ga > 0), "cxr_w": w, "cxr_h": h, "model": model, "method": method,
-                          "in_gt": True, "n_pixels": h * w, "pred_area": 0, "gt_area": ga, "intersection": 0, "iou_tp": np.nan,
-                          "iou_full": iou_from_counts(0, ga, 0, true_pos_only=False), "hit": 0.0 if ga > 0 else np.nan})
+            extra.append(
+                {
+                    "image_id": cxr_id,
+                    "task": task,
+                    "prob": np.nan,
+                    "gt": float(ga > 0),
+                    "cxr_w": w,
+                    "cxr_h": h,
+                    "model": model,
+                    "method": method,
+                    "in_gt": True,
+                    "n_pixels": h * w,
+                    "pred_area": 0,
+                    "gt_area": ga,
+                    "intersection": 0,
+                    "iou_tp": np.nan,
+                    "iou_full": iou_from_counts(0, ga, 0, true_pos_only=False),
+                    "hit": 0.0 if ga > 0 else np.nan,
+                }
+            )
     return pd.concat([table, pd.DataFrame(extra)], ignore_index=True) if extra else table

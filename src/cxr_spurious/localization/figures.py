@@ -1,4 +1,9 @@
-"""Heatmap / mask overlays for a random sample of (CXR, task) maps."""
+"""Overlays of a random sample of (CXR, task) maps on their radiographs.
+
+Each panel is the shared drawing of ``cxr_spurious.overlays``: the min-max normalised map
+blended over the grey image, with the ground-truth outline, the chest-tube outline and the
+map's Otsu segmentation (CheXlocalize's semantics, the evaluation's own kernel).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,30 @@ from collections.abc import Mapping
 from typing import Any
 
 import cv2
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure  # object API: no pyplot state, no GUI backend
 
+from cxr_spurious.errors import ContractError
 from cxr_spurious.heatmaps import HeatmapSet, sample_positives_first
 from cxr_spurious.io.masks import decode_rle
 from cxr_spurious.localization.kernels import segment_map_cpu
 from cxr_spurious.localization.metrics import rle_area
 from cxr_spurious.localization.segmentation import SegmentationConfig
+from cxr_spurious.overlays import (
+    CHEST_TUBE,
+    GROUND_TRUTH,
+    SEGMENTATION,
+    OverlayLayers,
+    draw_overlay,
+    finish_overlay_figure,
+)
 
 DISPLAY_SIDE = 256  # longest side of each panel, in pixels
 
 
-def sample_overlay_rows(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[str, Any]], n: int, seed: int) -> np.ndarray:
+def sample_overlay_rows(
+    heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[str, Any]], n: int, seed: int
+) -> np.ndarray:
     """Seeded sample of at most ``n`` rows, maps with a non-empty ground-truth mask first.
 
     ``heatmaps.sample_positives_first`` with the gt JSON's non-empty masks as positives.
@@ -31,13 +44,42 @@ def sample_overlay_rows(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Map
         ParameterError: ``n`` < 1 (``localization.overlays.n_images``).
     """
     index = heatmaps.index
-    positive = [rle_area(gt_segmentations.get(str(c), {}).get(str(t))) > 0 for c, t in zip(index["image_id"], index["task"])]
-    return sample_positives_first(heatmaps, n, seed, parameter="localization.overlays.n_images", positive=np.array(positive, dtype=bool))
+    positive = [
+        rle_area(gt_segmentations.get(str(c), {}).get(str(t))) > 0
+        for c, t in zip(index["image_id"], index["task"])
+    ]
+    return sample_positives_first(
+        heatmaps,
+        n,
+        seed,
+        parameter="localization.overlays.n_images",
+        positive=np.array(positive, dtype=bool),
+    )
 
 
 def _display_size(height: int, width: int) -> tuple[int, int]:
     scale = DISPLAY_SIDE / max(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def segment_for_display(
+    map2d: np.ndarray, height: int, width: int, prob: float
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """A map upsampled to ``height`` x ``width``, its Otsu segmentation and its maximum.
+
+    The evaluation's kernel (``segment_map_cpu`` with the default ``SegmentationConfig``),
+    so a figure outlines exactly the mask the metrics score.
+
+    Returns:
+        The min-max normalised map (float32 in [0, 1], zeros for a constant map), the
+        segmentation (uint8 0/1) and the maximum's (row, col), all at full size.
+    """
+    fast = segment_map_cpu(np.asarray(map2d, np.float32), height, width, prob, SegmentationConfig())
+    up = np.ascontiguousarray(fast.up_t.T)
+    heat = (up - fast.lo) / fast.span if fast.span > 0 else np.zeros_like(up)
+    pred = decode_rle(fast.rle, source="segmentation")
+    row, col = fast.argmax
+    return heat.astype(np.float32), pred, (float(row), float(col))
 
 
 def overlay_panel(
@@ -61,17 +103,13 @@ def overlay_panel(
         (``{name: uint8 mask}``), ``argmax`` (row, col) in display pixels and ``iou`` (NaN
         when undefined).
     """
-    fast = segment_map_cpu(np.asarray(map2d, np.float32), height, width, prob, SegmentationConfig())
+    heat, pred, (row, col) = segment_for_display(map2d, height, width, prob)
     dh, dw = _display_size(height, width)
-    up = np.ascontiguousarray(fast.up_t.T)
-    heat = (up - fast.lo) / fast.span if fast.span > 0 else np.zeros_like(up)
-    pred = decode_rle(fast.rle, source="segmentation")
     gt = decode_rle(dict(gt_rle), source="gt_segmentations") if gt_rle is not None else None
     inter = int((pred & gt).sum()) if gt is not None else 0
     union = int((pred | gt).sum()) if gt is not None else 0
-    row, col = fast.argmax
     return {
-        "heat": cv2.resize(heat.astype(np.float32), (dw, dh), interpolation=cv2.INTER_AREA),
+        "heat": cv2.resize(heat, (dw, dh), interpolation=cv2.INTER_AREA),
         "pred": cv2.resize(pred, (dw, dh), interpolation=cv2.INTER_NEAREST),
         "gt": cv2.resize(gt, (dw, dh), interpolation=cv2.INTER_NEAREST) if gt is not None else None,
         "objects": {
@@ -84,67 +122,120 @@ def overlay_panel(
     }
 
 
+def _display_image(
+    images: Mapping[str, np.ndarray], cxr: str, shape: tuple[int, int]
+) -> np.ndarray | None:
+    """The radiograph of ``cxr`` at display size (the cache's square image back to its
+    aspect), ``None`` when ``images`` has none."""
+    if cxr not in images:
+        return None
+    image = np.asarray(images[cxr])
+    if image.ndim != 2:
+        raise ContractError(f"overlay: image of '{cxr}' must be 2-D grey, got shape {image.shape}")
+    if image.shape == shape:
+        return image
+    interp = cv2.INTER_AREA if image.shape[0] >= shape[0] else cv2.INTER_LINEAR
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=interp)
+
+
 def plot_overlays(
     heatmaps: HeatmapSet,
     gt_segmentations: Mapping[str, Mapping[str, Any]],
+    images: Mapping[str, np.ndarray],
     n: int,
     seed: int,
     spurious_segmentations: Mapping[str, Mapping[str, Any]] | None = None,
     spurious_objects: tuple[str, ...] = ("Chest Tube",),
-) -> plt.Figure:
-    """Overlays of heatmap, Otsu segmentation and ground truth for ``n`` sampled maps.
+    *,
+    title: str = "",
+) -> Figure:
+    """Overlays of heatmap, Otsu segmentation and ground truth on ``n`` sampled radiographs.
 
-    Each panel shows the min-max normalised heatmap (jet), the predicted mask's outline
-    (white), the ground-truth outline (lime), the outline of each spurious object present
-    (magenta, dashed: where a shortcut model may look instead), and the heatmap's maximum
-    (the hit/miss point: a circle, filled when inside the ground truth), titled with CXR,
-    task, model probability and IoU. Maps with a non-empty ground truth are drawn first.
+    Each panel (``cxr_spurious.overlays.draw_overlay``) shows the radiograph in grey with
+    the min-max normalised heatmap blended over it (jet, semi-transparent), the outlines of
+    the ground truth (lime), of each spurious object present (magenta, dashed: where a
+    shortcut model may look instead) and of the map's Otsu segmentation (white), and the
+    heatmap's maximum (the hit/miss point: a circle, filled when inside the ground truth);
+    it is titled with CXR, task, model probability and IoU. Maps with a non-empty ground
+    truth are drawn first. A legend names the outlines drawn; a colour bar the heatmap.
 
     Args:
         heatmaps: Maps with their index (at native resolution).
         gt_segmentations: CheXlocalize gt JSON ``{cxr_id: {task: rle}}``.
+        images: Grey radiograph per ``image_id`` (any size, e.g. the image cache's square
+            images; resized to the panel). A sampled map without one is drawn on a black
+            field, titled "no image" (e.g. external CheXlocalize maps without an image cache).
         n: Number of panels.
         seed: Seed of the sample.
         spurious_segmentations: Optional ``{cxr_id: {object: rle}}`` (the phantom's
             ``spurious_segmentations``); ``None`` or ``{}`` draws none.
         spurious_objects: Which objects of it to outline.
+        title: Figure title (e.g. the heatmap set's name).
 
     Returns:
         The figure (one panel per map, up to 4 columns).
+
+    Raises:
+        ContractError: an image is not 2-D.
     """
-    rows = sample_overlay_rows(heatmaps, gt_segmentations, n, seed) if len(heatmaps) else np.array([], int)
+    rows = (
+        sample_overlay_rows(heatmaps, gt_segmentations, n, seed)
+        if len(heatmaps)
+        else np.array([], int)
+    )
     ncols = max(1, min(4, rows.size))
     nrows = max(1, math.ceil(rows.size / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows), squeeze=False, constrained_layout=True)
+    fig = Figure(figsize=(3.2 * ncols + 0.8, 3.4 * nrows + 0.5), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     index = heatmaps.index.reset_index(drop=True)
     for ax in axes.ravel():
-        ax.axis("off")
-    drew_objects = False
+        ax.set_axis_off()
+    layers: list[OverlayLayers] = []
     for ax, i in zip(axes.ravel(), rows):
         row = index.iloc[int(i)]
         cxr, task = str(row["image_id"]), str(row["task"])
         gt_rle = gt_segmentations.get(cxr, {}).get(task)
         found = (spurious_segmentations or {}).get(cxr, {})
         objects = {name: found[name] for name in spurious_objects if name in found}
-        panel = overlay_panel(np.asarray(heatmaps.maps[int(i)]), int(row["cxr_h"]), int(row["cxr_w"]), float(row["prob"]), gt_rle, objects)
-        ax.imshow(panel["heat"], cmap="jet", vmin=0, vmax=1)
-        if panel["pred"].any():
-            ax.contour(panel["pred"], levels=[0.5], colors="white", linewidths=1.0)
-        for mask in panel["objects"].values():
-            ax.contour(mask, levels=[0.5], colors="magenta", linewidths=0.9, linestyles="dashed")
-            drew_objects = True
+        panel = overlay_panel(
+            np.asarray(heatmaps.maps[int(i)]),
+            int(row["cxr_h"]),
+            int(row["cxr_w"]),
+            float(row["prob"]),
+            gt_rle,
+            objects,
+        )
+        image = _display_image(images, cxr, panel["heat"].shape)
+        note = "" if image is not None else "  (no image)"
+        if image is None:
+            image = np.zeros(panel["heat"].shape, np.uint8)
+        tube = None
+        if panel["objects"]:
+            tube = np.any(np.stack(list(panel["objects"].values())), axis=0).astype(np.uint8)
+        layer = draw_overlay(
+            ax,
+            image,
+            panel["heat"],
+            {GROUND_TRUTH: panel["gt"], CHEST_TUBE: tube, SEGMENTATION: panel["pred"]},
+        )
+        layers.append(layer)
         hit = False
         if panel["gt"] is not None and panel["gt"].any():
-            ax.contour(panel["gt"], levels=[0.5], colors="lime", linewidths=1.0)
             r, c = (min(int(v), s - 1) for v, s in zip(panel["argmax"], panel["gt"].shape))
             hit = bool(panel["gt"][r, c])
-        ax.plot(panel["argmax"][1], panel["argmax"][0], "o", ms=6, mec="white", mfc="white" if hit else "none")
+        ax.plot(
+            panel["argmax"][1],
+            panel["argmax"][0],
+            "o",
+            ms=6,
+            mec="white",
+            mfc="white" if hit else "none",
+        )
         iou = "n/a" if np.isnan(panel["iou"]) else f"{panel['iou']:.2f}"
-        ax.set_title(f"{cxr[:40]}\n{task}  p={float(row['prob']):.2f}  IoU={iou}", fontsize=7)
+        ax.set_title(f"{cxr[:40]}{note}\n{task}  p={float(row['prob']):.2f}  IoU={iou}", fontsize=7)
     if not rows.size:
         axes[0, 0].text(0.5, 0.5, "no heatmaps", ha="center", va="center")
-    legend = "Heatmap (jet), Otsu segmentation (white), ground truth (lime)"
-    if drew_objects:
-        legend += f", {' / '.join(o.lower() for o in spurious_objects)} (magenta, dashed)"
-    fig.suptitle(f"{legend}, maximum (o: filled = hit)", fontsize=8)
+    finish_overlay_figure(fig, axes, layers)
+    head = f"{title}: " if title else ""
+    fig.suptitle(f"{head}heatmap over the radiograph; maximum (o: filled = hit)", fontsize=8)
     return fig

@@ -67,7 +67,10 @@ class FastMap:
 
 
 def upsample_t(map2d: np.ndarray, height: int, width: int) -> np.ndarray:
-    """torch-exact bilinear upsampling (half-pixel centres), returned transposed as (width, height)."""
+    """torch-exact bilinear upsampling (half-pixel centres).
+
+    Returned transposed, as (width, height).
+    """
     return BilinearMap(np.asarray(map2d, dtype=np.float32), height, width).full().T
 
 
@@ -102,7 +105,14 @@ def _level_edges(lo, span, targets, scale, strict):  # pragma: no cover - compil
     return out
 
 
-def level_edges(lo: float, span: float, levels: Sequence[float], *, scale: float | None = None, strict: bool = True) -> np.ndarray:
+def level_edges(
+    lo: float,
+    span: float,
+    levels: Sequence[float],
+    *,
+    scale: float | None = None,
+    strict: bool = True,
+) -> np.ndarray:
     """Exact float32 edges of thresholds on the normalised map.
 
     For each level ``L`` returns the smallest float32 ``x`` in ``[lo, lo + span]`` with
@@ -122,7 +132,13 @@ def level_edges(lo: float, span: float, levels: Sequence[float], *, scale: float
     """
     targets = np.atleast_1d(np.asarray(levels, dtype=np.float32))
     # a missing scale multiplies by 1, which is exact in float32
-    return _level_edges(np.float32(lo), np.float32(span), targets, np.float32(1.0 if scale is None else scale), bool(strict))
+    return _level_edges(
+        np.float32(lo),
+        np.float32(span),
+        targets,
+        np.float32(1.0 if scale is None else scale),
+        bool(strict),
+    )
 
 
 def otsu_threshold(hist: Sequence[float]) -> int:
@@ -163,14 +179,18 @@ def _empty_rle(height: int, width: int) -> dict[str, Any]:
     return rle_from_runs(np.array([int(height) * int(width)], np.int64), height, width)
 
 
-def _reference_segment(up: np.ndarray | torch.Tensor, prob: float, config: SegmentationConfig) -> dict[str, Any]:
+def _reference_segment(
+    up: np.ndarray | torch.Tensor, prob: float, config: SegmentationConfig
+) -> dict[str, Any]:
     """The reference's own path on a materialised map (box-filter smoothing only)."""
     t = torch.as_tensor(up)
     mask = segment(normalise(t), tuple(t.shape), prob, config)
     return encode_rle(mask)
 
 
-def segment_map_cpu(map2d: np.ndarray, height: int, width: int, prob: float, config: SegmentationConfig) -> FastMap:
+def segment_map_cpu(
+    map2d: np.ndarray, height: int, width: int, prob: float, config: SegmentationConfig
+) -> FastMap:
     """Segment one map at (height, width) without building the full-size map (see module doc).
 
     Args:
@@ -199,18 +219,31 @@ def segment_map_cpu(map2d: np.ndarray, height: int, width: int, prob: float, con
         fast.rle = _reference_segment(fast.up_t.T, prob, config)
         return fast
     hist = src.histogram(lo, hi)
-    if hist[0] == int(height) * int(width):  # reference: maxval = max(uint8) = 0 gives an empty mask
+    if hist[0] == int(height) * int(
+        width
+    ):  # reference: maxval = max(uint8) = 0 gives an empty mask
         return fast
     level = otsu_threshold(hist)
-    edge = level_edges(lo, span, [level + 1], scale=255.0, strict=False)[0]  # uint8 > level  <=>  v >= edge
+    edge = level_edges(lo, span, [level + 1], scale=255.0, strict=False)[
+        0
+    ]  # uint8 > level  <=>  v >= edge
     runs = src.runs(edge)
     fast.rle = rle_from_runs(runs, height, width)
     if config.fill_contours and runs_have_hole(runs, height, width):
-        fast.rle = encode_rle(fill_outer_contours(decode_rle(fast.rle, source="segmentation", key="mask")))
+        fast.rle = encode_rle(
+            fill_outer_contours(decode_rle(fast.rle, source="segmentation", key="mask"))
+        )
     return fast
 
 
-def segment_map_torch(map2d: np.ndarray, height: int, width: int, prob: float, config: SegmentationConfig, device: torch.device) -> FastMap:
+def segment_map_torch(
+    map2d: np.ndarray,
+    height: int,
+    width: int,
+    prob: float,
+    config: SegmentationConfig,
+    device: torch.device,
+) -> FastMap:
     """GPU variant of ``segment_map_cpu``: the full-size work runs in torch on ``device``.
 
     Upsampling (torch bilinear), min/max, the uint8 image, its histogram, the Otsu
@@ -218,12 +251,18 @@ def segment_map_torch(map2d: np.ndarray, height: int, width: int, prob: float, c
     back to the CPU for the hole check and RLE encoding. ``up`` stays on the device.
     """
     t = torch.as_tensor(np.ascontiguousarray(map2d, dtype=np.float32), device=device)[None, None]
-    up = F.interpolate(t, size=(int(height), int(width)), mode="bilinear", align_corners=False)[0, 0] if tuple(t.shape[-2:]) != (height, width) else t[0, 0]
+    up = (
+        F.interpolate(t, size=(int(height), int(width)), mode="bilinear", align_corners=False)[0, 0]
+        if tuple(t.shape[-2:]) != (height, width)
+        else t[0, 0]
+    )
     lo_t, hi_t = torch.aminmax(up)
     lo, span = float(lo_t), float(hi_t - lo_t)
     flat = int(torch.argmax(up))  # first maximal index
     constant = bool(t.max() == t.min()) or span <= 0
-    fast = FastMap(_empty_rle(height, width), lo, 0.0 if constant else span, divmod(flat, int(width)), None, up)
+    fast = FastMap(
+        _empty_rle(height, width), lo, 0.0 if constant else span, divmod(flat, int(width)), None, up
+    )
     if constant or prob < config.prob_cutoff:
         return fast
     if config.threshold is not None:
@@ -242,7 +281,9 @@ def segment_map_torch(map2d: np.ndarray, height: int, width: int, prob: float, c
     return fast
 
 
-def threshold_counts(fast: FastMap, thresholds: Sequence[float], gt_t: np.ndarray, bbox: Sequence[float]) -> tuple[list[int], list[int]]:
+def threshold_counts(
+    fast: FastMap, thresholds: Sequence[float], gt_t: np.ndarray, bbox: Sequence[float]
+) -> tuple[list[int], list[int]]:
     """Pixels above each fixed threshold, over the image and inside the ground truth.
 
     ``norm > t`` (float32, like the reference's tuning) is evaluated as ``up >= edge``;
@@ -267,6 +308,10 @@ def threshold_counts(fast: FastMap, thresholds: Sequence[float], gt_t: np.ndarra
     g_t = np.ascontiguousarray(gt_t[x0:x1, y0:y1]).view(bool)
     if isinstance(up_t, torch.Tensor):
         inside = up_t[x0:x1, y0:y1][torch.as_tensor(g_t, device=up_t.device)]
-        return [int((up_t >= float(e)).sum()) for e in edges], [int((inside >= float(e)).sum()) for e in edges]
+        return [int((up_t >= float(e)).sum()) for e in edges], [
+            int((inside >= float(e)).sum()) for e in edges
+        ]
     inside = up_t[x0:x1, y0:y1][g_t]
-    return [int(np.count_nonzero(up_t >= e)) for e in edges], [int(np.count_nonzero(inside >= e)) for e in edges]
+    return [int(np.count_nonzero(up_t >= e)) for e in edges], [
+        int(np.count_nonzero(inside >= e)) for e in edges
+    ]

@@ -1,4 +1,7 @@
-"""Localization metrics on RLEs and full-resolution maps (reference semantics noted per function)."""
+"""Localization metrics on RLEs and full-resolution maps.
+
+The reference semantics are noted per function.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,10 @@ logger = logging.getLogger(__name__)
 
 def _coco(rle: Mapping[str, Any]) -> dict[str, Any]:
     counts = rle["counts"]
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
 
 
 def rle_area(rle: Mapping[str, Any] | None) -> int:
@@ -50,7 +56,10 @@ def rle_counts(pred: Mapping[str, Any], gt: Mapping[str, Any]) -> tuple[int, int
 
 
 def iou_from_counts(pred_area: int, gt_area: int, inter: int, *, true_pos_only: bool) -> float:
-    """Reference IoU: true-positive mode is NaN when either mask is empty; full mode when the union is."""
+    """Reference IoU.
+
+    True-positive mode is NaN when either mask is empty; full mode when the union is.
+    """
     union = pred_area + gt_area - inter
     if true_pos_only and (pred_area == 0 or gt_area == 0):
         return float("nan")
@@ -81,7 +90,13 @@ def salient_point_hit(gt_mask: np.ndarray, points: Sequence[Sequence[float]] | N
     return 0.0
 
 
-def segmentation_table(pred: Mapping[str, Mapping[str, Any]], gt: Mapping[str, Mapping[str, Any]], *, source: str = "prediction", tasks: Sequence[str] = CHEXLOCALIZE_TASKS) -> pd.DataFrame:
+def segmentation_table(
+    pred: Mapping[str, Mapping[str, Any]],
+    gt: Mapping[str, Mapping[str, Any]],
+    *,
+    source: str = "prediction",
+    tasks: Sequence[str] = CHEXLOCALIZE_TASKS,
+) -> pd.DataFrame:
     """Per (cxr, task) pixel counts and IoUs of a segmentation JSON against the ground truth.
 
     Covers every gt CXR (a missing prediction is an empty mask, logged) and, for the full
@@ -100,21 +115,46 @@ def segmentation_table(pred: Mapping[str, Mapping[str, Any]], gt: Mapping[str, M
                 continue
             h, w = int(ref["size"][0]), int(ref["size"][1])
             if p_rle is None:
-                logger.info("%s has no segmentation for %s / %s: scored as an empty mask", source, cxr_id, task)
+                logger.info(
+                    "%s has no segmentation for %s / %s: scored as an empty mask",
+                    source,
+                    cxr_id,
+                    task,
+                )
                 pa, ga, inter = 0, int(mask_utils.area(_coco(g_rle))), 0
             elif g_rle is None:
                 pa, ga, inter = int(mask_utils.area(_coco(p_rle))), 0, 0
             else:
                 if [int(s) for s in p_rle["size"]] != [h, w]:
-                    raise DataFormatError(source, f"mask size {p_rle['size']} differs from the ground truth {[h, w]}", where=f"{cxr_id}/{task}")
+                    raise DataFormatError(
+                        source,
+                        f"mask size {p_rle['size']} differs from the ground truth {[h, w]}",
+                        where=f"{cxr_id}/{task}",
+                    )
                 pa, ga, inter = rle_counts(p_rle, g_rle)
-            rows.append({"image_id": cxr_id, "task": task, "in_gt": cxr_id in gt, "pred_area": pa, "gt_area": ga, "intersection": inter, "n_pixels": h * w,
-                         "iou_tp": iou_from_counts(pa, ga, inter, true_pos_only=True) if cxr_id in gt else np.nan,
-                         "iou_full": iou_from_counts(pa, ga, inter, true_pos_only=False)})
+            rows.append(
+                {
+                    "image_id": cxr_id,
+                    "task": task,
+                    "in_gt": cxr_id in gt,
+                    "pred_area": pa,
+                    "gt_area": ga,
+                    "intersection": inter,
+                    "n_pixels": h * w,
+                    "iou_tp": iou_from_counts(pa, ga, inter, true_pos_only=True)
+                    if cxr_id in gt
+                    else np.nan,
+                    "iou_full": iou_from_counts(pa, ga, inter, true_pos_only=False),
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def human_hit_table(gt: Mapping[str, Mapping[str, Any]], salient_points: Mapping[str, Mapping[str, Any]], tasks: Sequence[str] | None = None) -> pd.DataFrame:
+def human_hit_table(
+    gt: Mapping[str, Mapping[str, Any]],
+    salient_points: Mapping[str, Mapping[str, Any]],
+    tasks: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Human-benchmark hit/miss per (gt cxr, task) from salient points (reference semantics).
 
     ``tasks`` defaults to the tasks present in each CXR's ground truth (the 10 CheXlocalize
@@ -122,9 +162,15 @@ def human_hit_table(gt: Mapping[str, Mapping[str, Any]], salient_points: Mapping
     """
     rows = []
     for cxr_id in sorted(gt):
-        for task in (tasks if tasks is not None else list(gt[cxr_id])):
+        for task in tasks if tasks is not None else list(gt[cxr_id]):
             mask = decode_rle(gt[cxr_id][task], source="gt_segmentations", key=f"{cxr_id}/{task}")
-            rows.append({"image_id": cxr_id, "task": task, "hit": salient_point_hit(mask, salient_points.get(cxr_id, {}).get(task))})
+            rows.append(
+                {
+                    "image_id": cxr_id,
+                    "task": task,
+                    "hit": salient_point_hit(mask, salient_points.get(cxr_id, {}).get(task)),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -144,16 +190,35 @@ def precision_recall_specificity(table: pd.DataFrame) -> pd.DataFrame:
     t["tn"] = t["n_pixels"] - t["pred_area"] - t["gt_area"] + t["intersection"]
     s = t.groupby("task")[["tp", "fp", "fn", "tn"]].sum().sort_index()
     with np.errstate(divide="ignore", invalid="ignore"):
-        return pd.DataFrame({"pathology": s.index, "precision": (s.tp / (s.tp + s.fp)).to_numpy(), "recall/sensitivity": (s.tp / (s.tp + s.fn)).to_numpy(), "specificity": (s.tn / (s.tn + s.fp)).to_numpy()})
+        return pd.DataFrame(
+            {
+                "pathology": s.index,
+                "precision": (s.tp / (s.tp + s.fp)).to_numpy(),
+                "recall/sensitivity": (s.tp / (s.tp + s.fn)).to_numpy(),
+                "specificity": (s.tn / (s.tn + s.fp)).to_numpy(),
+            }
+        )
 
 
-def count_segmentations(segmentations: Mapping[str, Mapping[str, Any]], tasks: Sequence[str] = CHEXLOCALIZE_TASKS) -> pd.Series:
-    """Number of CXRs with a non-empty segmentation per task (sorted tasks; reference ``n_segs``)."""
-    counts = {t: sum(int(mask_utils.area(_coco(seg[t]))) > 0 for seg in segmentations.values() if t in seg) for t in sorted(tasks)}
+def count_segmentations(
+    segmentations: Mapping[str, Mapping[str, Any]], tasks: Sequence[str] = CHEXLOCALIZE_TASKS
+) -> pd.Series:
+    """Number of CXRs with a non-empty segmentation per task.
+
+    Sorted tasks; the reference's ``n_segs``.
+    """
+    counts = {
+        t: sum(
+            int(mask_utils.area(_coco(seg[t]))) > 0 for seg in segmentations.values() if t in seg
+        )
+        for t in sorted(tasks)
+    }
     return pd.Series(counts, dtype="int64")
 
 
-def mass_rank_metrics(score: np.ndarray, gt_mask: np.ndarray, *, top_k: int = 1000) -> dict[str, float]:
+def mass_rank_metrics(
+    score: np.ndarray, gt_mask: np.ndarray, *, top_k: int = 1000
+) -> dict[str, float]:
     """Quantus-style localisation metrics of a non-negative map against a mask.
 
     Empty ground truth gives NaN for every metric (Quantus would count it as a hit).
@@ -167,14 +232,24 @@ def mass_rank_metrics(score: np.ndarray, gt_mask: np.ndarray, *, top_k: int = 10
     g = np.asarray(gt_mask, dtype=bool).reshape(-1)
     n_gt = int(g.sum())
     if n_gt == 0:
-        return {"relevance_mass": np.nan, "relevance_rank": np.nan, "top_k_intersection": np.nan, "pixel_auroc": np.nan}
+        return {
+            "relevance_mass": np.nan,
+            "relevance_rank": np.nan,
+            "top_k_intersection": np.nan,
+            "pixel_auroc": np.nan,
+        }
     total = s.sum()
     mass = float(s[g].sum() / total) if total > 0 else np.nan
     order = np.argsort(-s, kind="stable")
     rank = float(g[order[:n_gt]].mean())
     k = min(int(top_k), s.size)
     topk = float(g[order[:k]].mean())
-    return {"relevance_mass": mass, "relevance_rank": rank, "top_k_intersection": topk, "pixel_auroc": auroc(g.astype(float), s)}
+    return {
+        "relevance_mass": mass,
+        "relevance_rank": rank,
+        "top_k_intersection": topk,
+        "pixel_auroc": auroc(g.astype(float), s),
+    }
 
 
 def spurious_auroc(score: np.ndarray, mask: np.ndarray, exclude: np.ndarray | None = None) -> float:

@@ -68,7 +68,9 @@ def pick_device(prefer_gpu: bool = False) -> torch.device:
     if not prefer_gpu:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        logger.info("localization: prefer_gpu is set but CUDA is not available; using the exact CPU kernel")
+        logger.info(
+            "localization: prefer_gpu is set but CUDA is not available; using the exact CPU kernel"
+        )
         return torch.device("cpu")
     logger.warning(GPU_PATH_NOTE)
     return torch.device("cuda")
@@ -78,16 +80,22 @@ def check_finite(map2d: np.ndarray | torch.Tensor, *, source: object, key: str) 
     """Raise ``DataFormatError`` naming ``source``/``key`` when the map has NaN or inf."""
     t = torch.as_tensor(map2d)
     if not bool(torch.isfinite(t).all()):
-        raise DataFormatError(source, "heatmap holds NaN or infinite values; expected finite floats", where=key)
+        raise DataFormatError(
+            source, "heatmap holds NaN or infinite values; expected finite floats", where=key
+        )
 
 
-def upsample(map2d: np.ndarray | torch.Tensor, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+def upsample(
+    map2d: np.ndarray | torch.Tensor, height: int, width: int, device: torch.device | None = None
+) -> torch.Tensor:
     """Bilinear (align_corners=False) upsampling of a 2-D map to (height, width), float32."""
     t = torch.as_tensor(np.ascontiguousarray(map2d) if isinstance(map2d, np.ndarray) else map2d)
     t = t.to(device=device or t.device, dtype=torch.float32).reshape(1, 1, *t.shape[-2:])
     if tuple(t.shape[-2:]) == (height, width):
         return t[0, 0]
-    return F.interpolate(t, size=(int(height), int(width)), mode="bilinear", align_corners=False)[0, 0]
+    return F.interpolate(t, size=(int(height), int(width)), mode="bilinear", align_corners=False)[
+        0, 0
+    ]
 
 
 def is_constant(map2d: np.ndarray | torch.Tensor) -> bool:
@@ -139,7 +147,9 @@ def fill_outer_contours(binary: np.ndarray) -> np.ndarray:
     return np.maximum(filled, binary)
 
 
-def segment(norm: torch.Tensor | None, shape: tuple[int, int], prob: float, config: SegmentationConfig) -> np.ndarray:
+def segment(
+    norm: torch.Tensor | None, shape: tuple[int, int], prob: float, config: SegmentationConfig
+) -> np.ndarray:
     """Binary uint8 (h, w) segmentation of a normalised map (``None`` = constant map)."""
     if norm is None or prob < config.prob_cutoff:
         return np.zeros(shape, dtype=np.uint8)
@@ -149,7 +159,13 @@ def segment(norm: torch.Tensor | None, shape: tuple[int, int], prob: float, conf
     return fill_outer_contours(binary) if config.fill_contours else binary
 
 
-def heatmap_to_segmentation(map2d: np.ndarray | torch.Tensor, height: int, width: int, config: SegmentationConfig | None = None, prob: float = 1.0) -> np.ndarray:
+def heatmap_to_segmentation(
+    map2d: np.ndarray | torch.Tensor,
+    height: int,
+    width: int,
+    config: SegmentationConfig | None = None,
+    prob: float = 1.0,
+) -> np.ndarray:
     """One map (native resolution) to its binary segmentation at (height, width).
 
     Args:

@@ -32,13 +32,25 @@ logger = logging.getLogger(__name__)
 _CHEXPERT_ID = re.compile(r"^(patient\d+)_study\d+")
 
 METRICS: dict[str, str] = {"miou_tp": "iou_tp", "miou_full": "iou_full", "hit_rate": "hit"}
-EXTRA_METRICS: tuple[str, ...] = ("relevance_mass", "relevance_rank", "top_k_intersection", "pixel_auroc")
+EXTRA_METRICS: tuple[str, ...] = (
+    "relevance_mass",
+    "relevance_rank",
+    "top_k_intersection",
+    "pixel_auroc",
+)
 
 
-def per_cxr_table(per_map: pd.DataFrame, column: str, *, include_outside_gt: bool = False) -> pd.DataFrame:
-    """Reference ``*_results_per_cxr.csv``: one row per CXR, sorted task columns, then ``img_id``."""
+def per_cxr_table(
+    per_map: pd.DataFrame, column: str, *, include_outside_gt: bool = False
+) -> pd.DataFrame:
+    """Reference ``*_results_per_cxr.csv``.
+
+    One row per CXR, sorted task columns, then ``img_id``.
+    """
     rows = per_map if include_outside_gt else per_map[per_map["in_gt"].astype(bool)]
-    wide = rows.pivot_table(index="image_id", columns="task", values=column, aggfunc="first", dropna=False)
+    wide = rows.pivot_table(
+        index="image_id", columns="task", values=column, aggfunc="first", dropna=False
+    )
     tasks = sorted(set(CHEXLOCALIZE_TASKS) & set(wide.columns)) or sorted(wide.columns)
     wide = wide.reindex(columns=tasks).sort_index()
     out = wide.reset_index(drop=True)
@@ -56,14 +68,19 @@ def _nanmean_replicates(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def reference_bootstrap(per_cxr: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Reference ``*_bootstrap_results_per_cxr.csv``: replicate means per task (reference task order)."""
+    """Reference ``*_bootstrap_results_per_cxr.csv``.
+
+    Replicate means per task, in the reference's task order.
+    """
     tasks = [t for t in CHEXLOCALIZE_TASKS if t in per_cxr.columns]
     idx = legacy_bootstrap_indices(len(per_cxr), n_boot, seed)
     reps = _nanmean_replicates(per_cxr[tasks].to_numpy(dtype=float), idx)
     return pd.DataFrame(reps, columns=tasks)
 
 
-def reference_ci(replicates: pd.Series, confidence_level: float = 0.05) -> tuple[float, float, float]:
+def reference_ci(
+    replicates: pd.Series, confidence_level: float = 0.05
+) -> tuple[float, float, float]:
     """Reference CI: order statistics of the sorted replicates (NaN last), rounded to 3."""
     ordered = replicates.sort_values().reset_index(drop=True)
     n = len(ordered)
@@ -99,7 +116,13 @@ def percentage_decrease(pred_bs: pd.DataFrame, hb_bs: pd.DataFrame) -> pd.DataFr
     avg_pred, avg_hb = round(out["pred"].mean(), 3), round(out["hb"].mean(), 3)
     avg_bs = 100 * (hb_bs.mean(axis=1) - pred_bs.mean(axis=1)) / hb_bs.mean(axis=1)
     lo, _, hi = reference_ci(avg_bs)
-    out.loc["Average"] = {"hb": avg_hb, "pred": avg_pred, "pct_diff": round((avg_hb - avg_pred) / avg_hb * 100, 3), "pct_diff_lower": lo, "pct_diff_upper": hi}
+    out.loc["Average"] = {
+        "hb": avg_hb,
+        "pred": avg_pred,
+        "pct_diff": round((avg_hb - avg_pred) / avg_hb * 100, 3),
+        "pct_diff_lower": lo,
+        "pct_diff_upper": hi,
+    }
     return out
 
 
@@ -110,7 +133,9 @@ def _metric_columns(per_map: pd.DataFrame) -> dict[str, str]:
     return cols
 
 
-def patient_clusters(image_ids: pd.Series | Sequence[str], manifest: object = None) -> tuple[np.ndarray, str]:
+def patient_clusters(
+    image_ids: pd.Series | Sequence[str], manifest: object = None
+) -> tuple[np.ndarray, str]:
     """The bootstrap cluster of each CXR: its patient, or the CXR itself when unknown.
 
     Args:
@@ -129,12 +154,15 @@ def patient_clusters(image_ids: pd.Series | Sequence[str], manifest: object = No
     ids = pd.Series(image_ids, dtype=object).astype(str).reset_index(drop=True)
     if isinstance(manifest, pd.DataFrame) and {"image_id", "patient_id"} <= set(manifest.columns):
         dedup = manifest.drop_duplicates("image_id")
-        lookup = pd.Series(dedup["patient_id"].to_numpy(), index=dedup["image_id"].astype(str).to_numpy())
+        lookup = pd.Series(
+            dedup["patient_id"].to_numpy(), index=dedup["image_id"].astype(str).to_numpy()
+        )
         patients = ids.map(lookup)
         missing = sorted(set(ids[patients.isna()]))
         if missing:
             raise ContractError(
-                f"manifest has no patient_id for {len(missing)} CXR(s) of the localization table, e.g. "
+                f"manifest has no patient_id for {len(missing)} CXR(s) "
+                "of the localization table, e.g. "
                 f"{missing[:3]}; every evaluated CXR must be a manifest row (patient bootstrap)"
             )
         return patients.astype(str).to_numpy(), "patient"
@@ -145,7 +173,8 @@ def patient_clusters(image_ids: pd.Series | Sequence[str], manifest: object = No
         bad = ids[parsed.isna()].iloc[0]
         logger.warning(
             "bootstrap clusters: no manifest patient_id and id %r is not CheXpert-style "
-            "(patient<digits>_study<k>_...): CXRs are resampled, not patients", bad
+            "(patient<digits>_study<k>_...): CXRs are resampled, not patients",
+            bad,
         )
     return ids.to_numpy(), "cxr"
 
@@ -180,7 +209,9 @@ def bootstrap_means(
         ``n_cxr``, ``n_maps``, ``n_clusters``, ``cluster_unit``, then per metric
         ``<m>``, ``<m>_lo``, ``<m>_hi``, ``<m>_dropped`` (replicates left out), and ``ci_note``.
     """
-    labels = per_map["image_id"].astype(str).to_numpy() if clusters is None else np.asarray(clusters)
+    labels = (
+        per_map["image_id"].astype(str).to_numpy() if clusters is None else np.asarray(clusters)
+    )
     out: dict[str, float | str] = {
         "n_cxr": float(per_map["image_id"].nunique()),
         "n_maps": float(len(per_map)),
@@ -189,7 +220,16 @@ def bootstrap_means(
     }
     names = _metric_columns(per_map)
     cols = {name: per_map[col].to_numpy(dtype=float) for name, col in names.items()}
-    results = nanmean_cis(cols, labels, n_boot=n_boot, seed=seed, level=level, max_dropped_share=max_dropped_share, min_clusters=min_clusters, label=label)
+    results = nanmean_cis(
+        cols,
+        labels,
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+        max_dropped_share=max_dropped_share,
+        min_clusters=min_clusters,
+        label=label,
+    )
     short = []
     for name, res in results.items():
         out[name], out[f"{name}_lo"], out[f"{name}_hi"] = res.estimate, res.lo, res.hi
@@ -197,7 +237,9 @@ def bootstrap_means(
         finite = np.isfinite(cols[name])
         if finite.any() and not np.isfinite(res.lo):
             short.append(name)
-    out["ci_note"] = f"no CI (finite in < {min_clusters} {cluster_unit}s): {', '.join(short)}" if short else ""
+    out["ci_note"] = (
+        f"no CI (finite in < {min_clusters} {cluster_unit}s): {', '.join(short)}" if short else ""
+    )
     return out
 
 
@@ -225,7 +267,16 @@ def summary_table(
         labels = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         for task, sub in [*group.groupby("task", sort=True), ("overall", group)]:
             cell = "/".join(str(v) for v in (*labels.values(), task)) + ": "
-            stats = bootstrap_means(sub.drop(columns="_cluster"), n_boot=n_boot, seed=seed, level=level, clusters=sub["_cluster"].to_numpy(), cluster_unit=unit, max_dropped_share=max_dropped_share, label=cell)
+            stats = bootstrap_means(
+                sub.drop(columns="_cluster"),
+                n_boot=n_boot,
+                seed=seed,
+                level=level,
+                clusters=sub["_cluster"].to_numpy(),
+                cluster_unit=unit,
+                max_dropped_share=max_dropped_share,
+                label=cell,
+            )
             rows.append({**labels, "task": task, **stats})
     return pd.DataFrame(rows)
 
@@ -244,10 +295,18 @@ def subgroup_table(
         return pd.DataFrame()
     frames = []
     attrs = [a for a in attributes if a in manifest.columns]
-    joined = per_map.merge(manifest[["image_id", *attrs]].astype({"image_id": str}), on="image_id", how="left")
+    joined = per_map.merge(
+        manifest[["image_id", *attrs]].astype({"image_id": str}), on="image_id", how="left"
+    )
     for attr in attrs:
         for level, sub in joined.groupby(joined[attr].astype(str), sort=True):
-            table = summary_table(sub, n_boot=n_boot, seed=seed, manifest=manifest, max_dropped_share=max_dropped_share)
+            table = summary_table(
+                sub,
+                n_boot=n_boot,
+                seed=seed,
+                manifest=manifest,
+                max_dropped_share=max_dropped_share,
+            )
             table.insert(0, "level", level)
             table.insert(0, "attribute", attr)
             frames.append(table)
@@ -288,7 +347,10 @@ def paired_comparisons(
         if common.empty:
             continue
         left, right = left.loc[common].reset_index(), right.loc[common].reset_index()
-        for task, sel in [*((t, (left["task"] == t).to_numpy()) for t in sorted(left["task"].unique())), ("overall", np.ones(len(left), bool))]:
+        for task, sel in [
+            *((t, (left["task"] == t).to_numpy()) for t in sorted(left["task"].unique())),
+            ("overall", np.ones(len(left), bool)),
+        ]:
             la, rb = left[sel], right[sel]
             for name, col in METRICS.items():
                 va, vb = la[col].to_numpy(float), rb[col].to_numpy(float)
@@ -297,6 +359,30 @@ def paired_comparisons(
                     continue
                 va, vb = va[keep], vb[keep]
                 groups = la["_cluster"].to_numpy()[keep]
-                res, p = paired_bootstrap(lambda i, v=va: float(v[i].mean()), lambda i, v=vb: float(v[i].mean()), len(va), n_boot=n_boot, seed=seed, clusters=groups, max_dropped_share=max_dropped_share, label=f"{a} - {b}/{task}/{name}")
-                rows.append({"set_a": a, "set_b": b, "task": task, "metric": name, "diff": res.estimate, "diff_lo": res.lo, "diff_hi": res.hi, "p_value": p, "n_maps": int(keep.sum()), "n_clusters": int(pd.unique(groups).size), "cluster_unit": unit, "diff_dropped": res.n_dropped})
+                res, p = paired_bootstrap(
+                    lambda i, v=va: float(v[i].mean()),
+                    lambda i, v=vb: float(v[i].mean()),
+                    len(va),
+                    n_boot=n_boot,
+                    seed=seed,
+                    clusters=groups,
+                    max_dropped_share=max_dropped_share,
+                    label=f"{a} - {b}/{task}/{name}",
+                )
+                rows.append(
+                    {
+                        "set_a": a,
+                        "set_b": b,
+                        "task": task,
+                        "metric": name,
+                        "diff": res.estimate,
+                        "diff_lo": res.lo,
+                        "diff_hi": res.hi,
+                        "p_value": p,
+                        "n_maps": int(keep.sum()),
+                        "n_clusters": int(pd.unique(groups).size),
+                        "cluster_unit": unit,
+                        "diff_dropped": res.n_dropped,
+                    }
+                )
     return pd.DataFrame(rows)

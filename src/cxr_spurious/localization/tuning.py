@@ -12,17 +12,27 @@ from cxr_spurious.errors import ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.localization.evaluate import build_jobs, count_thresholds_job
 from cxr_spurious.localization.metrics import rle_area
-from cxr_spurious.localization.parallel import ordered_map
+from cxr_spurious.parallel import ordered_map
 
 
 def threshold_grid(start: float, stop: float, step: float) -> list[float]:
     """``np.arange(start, stop, step)`` like the reference (0.2..0.7 for 0.2, 0.8, 0.1)."""
     if step <= 0 or stop <= start:
-        raise ParameterError("localization.tuning_grid", f"need start < stop and step > 0, got {start}, {stop}, {step}")
+        raise ParameterError(
+            "localization.tuning_grid",
+            f"need start < stop and step > 0, got {start}, {stop}, {step}",
+        )
     return [float(v) for v in np.arange(start, stop, step)]
 
 
-def tuning_counts(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[str, Any]], grid: Sequence[float], *, workers: int | None = None, progress: bool = True) -> pd.DataFrame:
+def tuning_counts(
+    heatmaps: HeatmapSet,
+    gt_segmentations: Mapping[str, Mapping[str, Any]],
+    grid: Sequence[float],
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Per-map pixel counts for threshold tuning, in one streaming pass over the positive maps.
 
     Only (CXR, task) pairs with a non-empty ground truth are read: the true-positive IoU
@@ -41,16 +51,44 @@ def tuning_counts(heatmaps: HeatmapSet, gt_segmentations: Mapping[str, Mapping[s
         ``tune_area_<t>`` / ``tune_inter_<t>``; the input of ``tune_thresholds``.
     """
     index = heatmaps.index.reset_index(drop=True)
-    keep = np.array([rle_area(gt_segmentations.get(str(c), {}).get(str(t))) > 0 for c, t in zip(index["image_id"], index["task"])], dtype=bool)
+    keep = np.array(
+        [
+            rle_area(gt_segmentations.get(str(c), {}).get(str(t))) > 0
+            for c, t in zip(index["image_id"], index["task"])
+        ],
+        dtype=bool,
+    )
     subset = heatmaps.select(keep)
-    jobs = build_jobs(subset, gt_segmentations, configs={}, tuning_grid=grid, extra_metrics=False, top_k=0, spurious_segmentations={})
-    counts = list(ordered_map(count_thresholds_job, jobs, n_items=len(jobs), workers=workers, desc="tuning counts", progress=progress))
-    table = pd.concat([subset.index.reset_index(drop=True), pd.DataFrame(counts, index=range(len(counts)))], axis=1)
+    jobs = build_jobs(
+        subset,
+        gt_segmentations,
+        configs={},
+        tuning_grid=grid,
+        extra_metrics=False,
+        top_k=0,
+        spurious_segmentations={},
+    )
+    counts = list(
+        ordered_map(
+            count_thresholds_job,
+            jobs,
+            n_items=len(jobs),
+            workers=workers,
+            desc="tuning counts",
+            progress=progress,
+        )
+    )
+    table = pd.concat(
+        [subset.index.reset_index(drop=True), pd.DataFrame(counts, index=range(len(counts)))],
+        axis=1,
+    )
     table.insert(len(subset.index.columns), "in_gt", True)
     return table
 
 
-def tune_thresholds(per_map: pd.DataFrame, grid: Sequence[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def tune_thresholds(
+    per_map: pd.DataFrame, grid: Sequence[float]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per task, the fixed threshold maximising true-positive mIoU over the gt CXRs.
 
     Returns:
@@ -63,7 +101,10 @@ def tune_thresholds(per_map: pd.DataFrame, grid: Sequence[float]) -> tuple[pd.Da
         for t in grid:
             area = group.get(f"tune_area_{t:g}")
             if area is None:
-                raise ParameterError("localization.tuning_grid", f"per-map table lacks counts for threshold {t:g}; evaluate with the same grid")
+                raise ParameterError(
+                    "localization.tuning_grid",
+                    f"per-map table lacks counts for threshold {t:g}; evaluate with the same grid",
+                )
             area = area.to_numpy(float)
             inter = group[f"tune_inter_{t:g}"].to_numpy(float)
             gt_area = group["gt_area"].to_numpy(float)
@@ -94,5 +135,7 @@ def tune_probability_cutoffs(per_map: pd.DataFrame, cutoffs: Sequence[float]) ->
             with np.errstate(invalid="ignore", divide="ignore"):
                 iou = np.where(union > 0, i / union, np.nan)
             miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else np.nan
-            rows.append({"prob_threshold": round(float(c), 1), "mIoU": round(miou, 3), "task": task})
+            rows.append(
+                {"prob_threshold": round(float(c), 1), "mIoU": round(miou, 3), "task": task}
+            )
     return pd.DataFrame(rows)

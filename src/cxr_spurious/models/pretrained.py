@@ -34,14 +34,15 @@ def resolve_weights_file(pretrained: str) -> Path:
     except (ValueError, KeyError, AttributeError) as exc:
         raise ParameterError(
             "training.pretrained",
-            f"'{pretrained}' is neither an existing file nor a torchvision weights name (e.g. ResNet18_Weights.IMAGENET1K_V1)",
+            f"'{pretrained}' is neither an existing file nor a torchvision weights name "
+            "(e.g. ResNet18_Weights.IMAGENET1K_V1)",
         ) from exc
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not cached.is_file():
         raise ParameterError(
             "training.pretrained",
-            f"weights '{pretrained}' are not available locally (expected {cached}); this project never downloads "
-            "weights: copy the file there or give its path",
+            f"weights '{pretrained}' are not available locally (expected {cached}); "
+            "this project never downloads weights: copy the file there or give its path",
         )
     return cached
 
@@ -108,7 +109,8 @@ def load_backbone(
         if missing or unexpected:
             raise DataFormatError(
                 pretrained,
-                f"weights do not fit the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}",
+                f"weights do not fit the backbone: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}",
             )
     parent_name, _, attr = first_conv.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model

@@ -117,5 +117,6 @@ def load_weights(
         first = str(exc).splitlines()[0][:200]
         raise DataFormatError(
             source,
-            f"weights do not fit architecture '{architecture}' ({type(model).__name__}); were they saved from another architecture? {first}",
+            f"weights do not fit architecture '{architecture}' ({type(model).__name__}); "
+            f"were they saved from another architecture? {first}",
         ) from exc

@@ -37,7 +37,14 @@ def conv_block(c_in: int, c_out: int) -> nn.Sequential:
 def small_encoder(c_in: int, base: int) -> nn.ModuleList:
     """The four conv blocks of ``unet_small`` (widths base, 2, 4, 8 x base)."""
     c = [base, base * 2, base * 4, base * 8]
-    return nn.ModuleList([conv_block(c_in, c[0]), conv_block(c[0], c[1]), conv_block(c[1], c[2]), conv_block(c[2], c[3])])
+    return nn.ModuleList(
+        [
+            conv_block(c_in, c[0]),
+            conv_block(c[0], c[1]),
+            conv_block(c[1], c[2]),
+            conv_block(c[2], c[3]),
+        ]
+    )
 
 
 def run_small_encoder(blocks: nn.ModuleList, h: torch.Tensor) -> list[torch.Tensor]:

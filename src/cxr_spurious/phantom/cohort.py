@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxr_spurious.data.contract import assign_patient_splits
-from cxr_spurious.phantom.config import SPLITS, PhantomConfig
+from cxr_spurious.phantom.config import PhantomConfig
+from cxr_spurious.sources.contract import SPLITS, assign_patient_splits
 from cxr_spurious.tasks import PHANTOM_TASKS
 
 # Stream ids mixed into numpy SeedSequences: (master seed, stream, index...).
@@ -35,7 +35,9 @@ def stream_rng(seed: int, stream: int, *keys: int) -> np.random.Generator:
     Returns:
         A fresh ``np.random.Generator``; the same arguments give the same numbers.
     """
-    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, stream, *map(int, keys)]))
+    return np.random.default_rng(
+        np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, stream, *map(int, keys)])
+    )
 
 
 @dataclass(frozen=True)
@@ -148,18 +150,33 @@ def build_cohort(cfg: PhantomConfig, seed: int) -> tuple[ImageRecord, ...]:
     race = _choice(rng, demo.race, n_pat)
     insurance = _choice(rng, demo.insurance, n_pat)
     site = _choice(rng, {k: s.share for k, s in cfg.sites.items()}, n_pat)
-    age0 = np.clip(np.round(rng.normal(demo.age_mean, demo.age_sd, n_pat)), demo.age_min, demo.age_max).astype(int)
+    age0 = np.clip(
+        np.round(rng.normal(demo.age_mean, demo.age_sd, n_pat)), demo.age_min, demo.age_max
+    ).astype(int)
     patient_ids = [f"patient{p + 1:05d}" for p in range(n_pat)]
-    split_of = assign_patient_splits(patient_ids, cfg.split_fractions, seed=int(stream_rng(seed, STREAM_SPLIT).integers(2**31)))
+    split_of = assign_patient_splits(
+        patient_ids, cfg.split_fractions, seed=int(stream_rng(seed, STREAM_SPLIT).integers(2**31))
+    )
     records: list[ImageRecord] = []
     index = 0
     for p in range(n_pat):
-        attrs = {"sex": str(sex[p]), "race": str(race[p]), "insurance": str(insurance[p]), "site": str(site[p])}
-        prev_mult = _multiplier(demo.prevalence_multiplier, attrs) * cfg.sites[attrs["site"]].prevalence_multiplier
+        attrs = {
+            "sex": str(sex[p]),
+            "race": str(race[p]),
+            "insurance": str(insurance[p]),
+            "site": str(site[p]),
+        }
+        prev_mult = (
+            _multiplier(demo.prevalence_multiplier, attrs)
+            * cfg.sites[attrs["site"]].prevalence_multiplier
+        )
         split = split_of[patient_ids[p]]
         age = int(age0[p])
         for study in range(1, counts[p] + 1):
-            labels = {t: int(rng.random() < min(1.0, cfg.prevalence[t] * prev_mult)) for t in PHANTOM_TASKS}
+            labels = {
+                t: int(rng.random() < min(1.0, cfg.prevalence[t] * prev_mult))
+                for t in PHANTOM_TASKS
+            }
             ptx = labels["Pneumothorax"]
             p_tube = (cfg.tube.p_given_ptx if ptx else cfg.tube.p_given_no_ptx).get(split, 0.5)
             tube = int(rng.random() < p_tube)

@@ -23,12 +23,22 @@ from typing import Any
 import numpy as np
 
 from cxr_spurious.errors import ParameterError
+from cxr_spurious.phantom.artefacts import ARTEFACT_KINDS, TUBE_KINDS
+from cxr_spurious.sources.contract import SPLITS
 from cxr_spurious.tasks import PHANTOM_TASKS
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 CORNERS: tuple[str, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
 DEMOGRAPHIC_ATTRIBUTES: tuple[str, ...] = ("sex", "race", "insurance", "site")
-COUNTERFACTUAL_VARIANTS: tuple[str, ...] = ("no_tube", "no_lesion")
+COUNTERFACTUAL_RENDERS: tuple[str, ...] = ("no_tube", "no_lesion")
+
+# Per-task defaults: (base prevalence, largest number of instances).
+_TASK_DEFAULTS: dict[str, tuple[float, int]] = {
+    "Pneumothorax": (0.5, 1),
+    "Pleural Effusion": (0.2, 2),
+    "Lung Lesion": (0.2, 4),
+    "Cardiomegaly": (0.15, 1),
+    "Airspace Opacity": (0.2, 3),
+}
 
 
 @dataclass(frozen=True)
@@ -45,8 +55,12 @@ class TubeConfig:
         contrast: Brightness of the radiopaque stripe, in attenuation units.
     """
 
-    p_given_ptx: dict[str, float] = field(default_factory=lambda: {"train": 0.9, "val": 0.9, "test": 0.5})
-    p_given_no_ptx: dict[str, float] = field(default_factory=lambda: {"train": 0.1, "val": 0.1, "test": 0.5})
+    p_given_ptx: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.9, "val": 0.9, "test": 0.5}
+    )
+    p_given_no_ptx: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.1, "val": 0.1, "test": 0.5}
+    )
     side: str = "ptx"
     width_frac: float = 0.02
     contrast: float = 0.3
@@ -67,13 +81,7 @@ class FindingsConfig:
 
     contrast: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHANTOM_TASKS, 1.0))
     max_instances: dict[str, int] = field(
-        default_factory=lambda: {
-            "Pneumothorax": 1,
-            "Pleural Effusion": 2,
-            "Lung Lesion": 4,
-            "Cardiomegaly": 1,
-            "Airspace Opacity": 3,
-        }
+        default_factory=lambda: {t: n for t, (_, n) in _TASK_DEFAULTS.items()}
     )
     min_thickness_at_96: float = 5.5
 
@@ -110,9 +118,38 @@ class SiteConfig:
 
 def _default_sites() -> dict[str, SiteConfig]:
     return {
-        "A": SiteConfig(share=0.6, brightness=0.0, contrast=1.0, noise=1.0, blur=1.0, marker="L", marker_corner="top_right", marker_prob=0.9),
-        "B": SiteConfig(share=0.3, brightness=0.06, contrast=0.9, noise=1.4, blur=1.2, marker="R", marker_corner="top_left", marker_prob=0.9),
-        "C": SiteConfig(share=0.1, brightness=-0.05, contrast=1.1, noise=1.8, blur=1.5, lesion_contrast=0.7, prevalence_multiplier=1.2, marker="PORT", marker_corner="bottom_right", marker_prob=0.8),
+        "A": SiteConfig(
+            share=0.6,
+            brightness=0.0,
+            contrast=1.0,
+            noise=1.0,
+            blur=1.0,
+            marker="L",
+            marker_corner="top_right",
+            marker_prob=0.9,
+        ),
+        "B": SiteConfig(
+            share=0.3,
+            brightness=0.06,
+            contrast=0.9,
+            noise=1.4,
+            blur=1.2,
+            marker="R",
+            marker_corner="top_left",
+            marker_prob=0.9,
+        ),
+        "C": SiteConfig(
+            share=0.1,
+            brightness=-0.05,
+            contrast=1.1,
+            noise=1.8,
+            blur=1.5,
+            lesion_contrast=0.7,
+            prevalence_multiplier=1.2,
+            marker="PORT",
+            marker_corner="bottom_right",
+            marker_prob=0.8,
+        ),
     }
 
 
@@ -135,8 +172,12 @@ class DemographicsConfig:
     """
 
     sex: dict[str, float] = field(default_factory=lambda: {"M": 0.5, "F": 0.5})
-    race: dict[str, float] = field(default_factory=lambda: {"White": 0.6, "Black": 0.15, "Asian": 0.15, "Other": 0.1})
-    insurance: dict[str, float] = field(default_factory=lambda: {"Private": 0.45, "Medicare": 0.35, "Medicaid": 0.2})
+    race: dict[str, float] = field(
+        default_factory=lambda: {"White": 0.6, "Black": 0.15, "Asian": 0.15, "Other": 0.1}
+    )
+    insurance: dict[str, float] = field(
+        default_factory=lambda: {"Private": 0.45, "Medicare": 0.35, "Medicaid": 0.2}
+    )
     age_mean: float = 58.0
     age_sd: float = 17.0
     age_min: int = 18
@@ -187,12 +228,67 @@ class CounterfactualConfig:
 
     Attributes:
         splits: Splits rendered (default the test split).
-        variants: ``no_tube`` (without the chest tube) and/or ``no_lesion`` (without any
-            pathology).
+        renders: ``no_tube`` (without the chest tube) and/or ``no_lesion`` (without any
+            pathology). Called ``variants`` before; that key is refused naming this one.
     """
 
     splits: tuple[str, ...] = ("test",)
-    variants: tuple[str, ...] = COUNTERFACTUAL_VARIANTS
+    renders: tuple[str, ...] = COUNTERFACTUAL_RENDERS
+
+
+@dataclass(frozen=True)
+class MarkerArtefactConfig:
+    """The ``marker_port`` artefact: a text marker outside the lung fields.
+
+    Attributes:
+        text: Marker text (1-6 printable ASCII characters).
+        corner: Image corner it is drawn in (``top_left``, ...).
+    """
+
+    text: str = "PORT"
+    corner: str = "top_left"
+
+
+@dataclass(frozen=True)
+class TextureArtefactConfig:
+    """The ``faint_texture`` artefact: a low-contrast fine checker texture in one fixed disc.
+
+    Attributes:
+        contrast: Amplitude in attenuation units (0.02: about 1-2 grey levels mean absolute
+            change inside the disc, peaks of about 6, under the image noise; barely visible).
+        period: Period of the checker as a fraction of the image size (0.04 = 3.8 px at 96 px,
+            so it survives the cache's downsampling).
+        centre: Disc centre (x, y) as fractions of the image size (over the upper abdomen).
+        radius: Disc radius as a fraction of the image size.
+    """
+
+    contrast: float = 0.02
+    period: float = 0.04
+    centre: tuple[float, float] = (0.3, 0.84)
+    radius: float = 0.09
+
+
+@dataclass(frozen=True)
+class ArtefactsConfig:
+    """Paired artefact renders for the shortcut sweep (``phantom/artefacts.py``).
+
+    Every image of ``splits`` is also rendered WITH each artefact of ``kinds`` (written to
+    ``counterfactuals/with_<kind>/`` with a ``masks.json`` of the artefact's exact masks),
+    from the same random streams as the original. The originals must carry none of them:
+    with a tube kind the tube probabilities of those splits must be 0, with ``marker_port``
+    every site's ``marker_prob`` must be 0.
+
+    Attributes:
+        kinds: Artefact kinds (``ARTEFACT_KINDS``); empty (the default) renders none.
+        splits: Splits whose images get the renders.
+        marker_port: Text and corner of the ``marker_port`` artefact.
+        faint_texture: Look and place of the ``faint_texture`` artefact.
+    """
+
+    kinds: tuple[str, ...] = ()
+    splits: tuple[str, ...] = SPLITS
+    marker_port: MarkerArtefactConfig = field(default_factory=MarkerArtefactConfig)
+    faint_texture: TextureArtefactConfig = field(default_factory=TextureArtefactConfig)
 
 
 @dataclass(frozen=True)
@@ -236,20 +332,17 @@ class PhantomConfig:
         devices: Support devices and view.
         counterfactuals: Counterfactual renders.
         human_benchmark: Simulated second reader.
+        artefacts: Paired ``with_<kind>`` renders for the shortcut sweep (none by default).
     """
 
     n_images: int = 1900
     image_size: int = 256
-    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.53, "val": 0.16, "test": 0.31})
+    split_fractions: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.53, "val": 0.16, "test": 0.31}
+    )
     studies_per_patient: tuple[float, ...] = (0.6, 0.25, 0.15)
     prevalence: dict[str, float] = field(
-        default_factory=lambda: {
-            "Pneumothorax": 0.5,
-            "Pleural Effusion": 0.2,
-            "Lung Lesion": 0.2,
-            "Cardiomegaly": 0.15,
-            "Airspace Opacity": 0.2,
-        }
+        default_factory=lambda: {t: p for t, (p, _) in _TASK_DEFAULTS.items()}
     )
     tube: TubeConfig = field(default_factory=TubeConfig)
     findings: FindingsConfig = field(default_factory=FindingsConfig)
@@ -259,6 +352,7 @@ class PhantomConfig:
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     counterfactuals: CounterfactualConfig = field(default_factory=CounterfactualConfig)
     human_benchmark: HumanBenchmarkConfig = field(default_factory=HumanBenchmarkConfig)
+    artefacts: ArtefactsConfig = field(default_factory=ArtefactsConfig)
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None, *, key: str = "phantom") -> PhantomConfig:
@@ -299,7 +393,14 @@ class PhantomConfig:
 # ----------------------------------------------------------------------------- building
 
 # Mappings whose keys are a fixed vocabulary: user values are merged into the defaults.
-_MERGED_MAPPINGS = {"p_given_ptx", "p_given_no_ptx", "contrast", "max_instances", "prevalence", "split_fractions"}
+_MERGED_MAPPINGS = {
+    "p_given_ptx",
+    "p_given_no_ptx",
+    "contrast",
+    "max_instances",
+    "prevalence",
+    "split_fractions",
+}
 
 
 def _plain(value: Any) -> Any:
@@ -310,21 +411,36 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# Keys that were renamed: (section, old key) -> new key; the old key is refused naming the new.
+_RENAMED_KEYS: dict[tuple[type, str], str] = {(CounterfactualConfig, "variants"): "renders"}
+
+
 def _build(cls: type, params: Any, key: str) -> Any:
     """Instantiate dataclass ``cls`` from ``params`` over its defaults (recursively)."""
     if not isinstance(params, Mapping):
-        raise ParameterError(key, f"expected a mapping of settings, got {type(params).__name__} {params!r:.60}")
+        raise ParameterError(
+            key, f"expected a mapping of settings, got {type(params).__name__} {params!r:.60}"
+        )
+    for old in params:
+        new = _RENAMED_KEYS.get((cls, str(old)))
+        if new is not None:
+            message = f"renamed to {key}.{new} (same values); see CHANGELOG.md"
+            raise ParameterError(f"{key}.{old}", message)
     defaults = cls()
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in params if k not in names)
     if unknown:
-        raise ParameterError(f"{key}.{unknown[0]}", f"unknown key; valid keys are: {', '.join(sorted(names))}")
+        raise ParameterError(
+            f"{key}.{unknown[0]}", f"unknown key; valid keys are: {', '.join(sorted(names))}"
+        )
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in params:
             continue
         sub = f"{key}.{f.name}"
-        values[f.name] = _coerce(getattr(defaults, f.name), params[f.name], sub, merge=f.name in _MERGED_MAPPINGS)
+        values[f.name] = _coerce(
+            getattr(defaults, f.name), params[f.name], sub, merge=f.name in _MERGED_MAPPINGS
+        )
     return cls(**values)
 
 
@@ -337,11 +453,19 @@ def _coerce(default: Any, value: Any, key: str, *, merge: bool = False) -> Any:
             raise ParameterError(key, f"expected true or false, got {value!r}")
         return value
     if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or float(value) != int(value)
+        ):
             raise ParameterError(key, f"expected an integer, got {value!r}")
         return int(value)
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(float(value))
+        ):
             raise ParameterError(key, f"expected a finite number, got {value!r}")
         return float(value)
     if isinstance(default, str):
@@ -360,10 +484,14 @@ def _coerce(default: Any, value: Any, key: str, *, merge: bool = False) -> Any:
         out = dict(default) if merge else {}
         for k, v in value.items():
             if merge and k not in default:
-                raise ParameterError(f"{key}.{k}", f"unknown key; valid keys are: {', '.join(sorted(default))}")
+                raise ParameterError(
+                    f"{key}.{k}", f"unknown key; valid keys are: {', '.join(sorted(default))}"
+                )
             out[str(k)] = _coerce(proto, v, f"{key}.{k}")
         return out
-    raise ParameterError(key, f"unsupported setting type {type(default).__name__}")  # pragma: no cover
+    raise ParameterError(
+        key, f"unsupported setting type {type(default).__name__}"
+    )  # pragma: no cover
 
 
 def _mapping_prototype(key: str) -> Any:
@@ -382,6 +510,12 @@ def _check_range(value: float, key: str, lo: float, hi: float, *, lo_open: bool 
         raise ParameterError(key, f"expected a value in {bracket}{lo}, {hi}], got {value}")
 
 
+def _check_ranges(section: Any, key: str, bounds: Mapping[str, tuple[float, float]]) -> None:
+    """``_check_range`` of each ``{attribute: (low, high)}`` of a config section."""
+    for attr, (lo, hi) in bounds.items():
+        _check_range(getattr(section, attr), f"{key}.{attr}", lo, hi)
+
+
 def _check_shares(shares: Mapping[str, float], key: str) -> None:
     if not shares:
         raise ParameterError(key, "expected at least one group")
@@ -394,7 +528,9 @@ def _check_shares(shares: Mapping[str, float], key: str) -> None:
 
 def _check_pair(pair: tuple[float, ...], key: str, lo: float, hi: float) -> None:
     if len(pair) != 2 or not (lo <= pair[0] <= pair[1] <= hi):
-        raise ParameterError(key, f"expected [low, high] with {lo} <= low <= high <= {hi}, got {list(pair)}")
+        raise ParameterError(
+            key, f"expected [low, high] with {lo} <= low <= high <= {hi}, got {list(pair)}"
+        )
 
 
 def validate_config(cfg: PhantomConfig, key: str = "phantom") -> None:
@@ -409,15 +545,21 @@ def validate_config(cfg: PhantomConfig, key: str = "phantom") -> None:
         raise ParameterError(f"{key}.image_size", f"expected 32..2048 pixels, got {cfg.image_size}")
     _check_shares(cfg.split_fractions, f"{key}.split_fractions")
     if not cfg.studies_per_patient:
-        raise ParameterError(f"{key}.studies_per_patient", "expected probabilities of 1, 2, ... studies")
-    _check_shares({str(i + 1): p for i, p in enumerate(cfg.studies_per_patient)}, f"{key}.studies_per_patient")
+        raise ParameterError(
+            f"{key}.studies_per_patient", "expected probabilities of 1, 2, ... studies"
+        )
+    _check_shares(
+        {str(i + 1): p for i, p in enumerate(cfg.studies_per_patient)}, f"{key}.studies_per_patient"
+    )
     for task, p in cfg.prevalence.items():
         _check_range(p, f"{key}.prevalence.{task}", 0.0, 1.0)
     for name in ("p_given_ptx", "p_given_no_ptx"):
         for split, p in getattr(cfg.tube, name).items():
             _check_range(p, f"{key}.tube.{name}.{split}", 0.0, 1.0)
     if cfg.tube.side not in ("ptx", "random"):
-        raise ParameterError(f"{key}.tube.side", f"expected 'ptx' or 'random', got {cfg.tube.side!r}")
+        raise ParameterError(
+            f"{key}.tube.side", f"expected 'ptx' or 'random', got {cfg.tube.side!r}"
+        )
     _check_range(cfg.tube.width_frac, f"{key}.tube.width_frac", 0.0, 0.1, lo_open=True)
     _check_range(cfg.tube.contrast, f"{key}.tube.contrast", 0.0, 2.0)
     for task, c in cfg.findings.contrast.items():
@@ -433,53 +575,119 @@ def validate_config(cfg: PhantomConfig, key: str = "phantom") -> None:
         _check_range(site.brightness, f"{skey}.brightness", -0.5, 0.5)
         for attr in ("contrast", "noise", "blur", "lesion_contrast", "prevalence_multiplier"):
             _check_range(getattr(site, attr), f"{skey}.{attr}", 0.0, 5.0)
-        if site.marker_corner not in CORNERS:
-            raise ParameterError(f"{skey}.marker_corner", f"expected one of {', '.join(CORNERS)}, got {site.marker_corner!r}")
-        if not 1 <= len(site.marker) <= 6 or not site.marker.isascii() or not site.marker.isprintable():
-            raise ParameterError(f"{skey}.marker", f"expected 1-6 printable ASCII characters, got {site.marker!r}")
+        _check_marker(site.marker, site.marker_corner, f"{skey}.marker", f"{skey}.marker_corner")
         _check_range(site.marker_prob, f"{skey}.marker_prob", 0.0, 1.0)
     demo = cfg.demographics
     for attr in ("sex", "race", "insurance"):
         _check_shares(getattr(demo, attr), f"{key}.demographics.{attr}")
     unknown_sex = sorted(set(demo.sex) - {"M", "F"})
     if unknown_sex:
-        raise ParameterError(f"{key}.demographics.sex", f"expected codes 'M' / 'F', got {unknown_sex}")
+        raise ParameterError(
+            f"{key}.demographics.sex", f"expected codes 'M' / 'F', got {unknown_sex}"
+        )
     if not demo.age_min <= demo.age_max or demo.age_min < 0 or demo.age_max > 120:
-        raise ParameterError(f"{key}.demographics.age_min", f"expected 0 <= age_min <= age_max <= 120, got {demo.age_min}..{demo.age_max}")
+        raise ParameterError(
+            f"{key}.demographics.age_min",
+            f"expected 0 <= age_min <= age_max <= 120, got {demo.age_min}..{demo.age_max}",
+        )
     _check_range(demo.age_sd, f"{key}.demographics.age_sd", 0.0, 60.0)
     groups = {"sex": demo.sex, "race": demo.race, "insurance": demo.insurance, "site": cfg.sites}
     for name in ("prevalence_multiplier", "lesion_contrast_multiplier"):
         for attr, mults in getattr(demo, name).items():
             mkey = f"{key}.demographics.{name}.{attr}"
             if attr not in groups:
-                raise ParameterError(mkey, f"unknown attribute; expected one of {', '.join(DEMOGRAPHIC_ATTRIBUTES)}")
+                raise ParameterError(
+                    mkey, f"unknown attribute; expected one of {', '.join(DEMOGRAPHIC_ATTRIBUTES)}"
+                )
             for group, factor in mults.items():
                 if group not in groups[attr]:
-                    raise ParameterError(f"{mkey}.{group}", f"unknown {attr} group; expected one of {', '.join(sorted(groups[attr]))}")
+                    raise ParameterError(
+                        f"{mkey}.{group}",
+                        f"unknown {attr} group; expected one of {', '.join(sorted(groups[attr]))}",
+                    )
                 _check_range(factor, f"{mkey}.{group}", 0.0, 10.0)
     app = cfg.appearance
-    _check_pair(app.body_scale, f"{key}.appearance.body_scale", 0.4, 1.0)
-    _check_range(app.shift, f"{key}.appearance.shift", 0.0, 0.15)
-    _check_range(app.rotation_deg, f"{key}.appearance.rotation_deg", 0.0, 20.0)
-    _check_range(app.exposure, f"{key}.appearance.exposure", 0.0, 0.3)
-    _check_pair(app.contrast, f"{key}.appearance.contrast", 0.3, 3.0)
-    _check_pair(app.noise, f"{key}.appearance.noise", 0.0, 0.3)
-    _check_pair(app.blur, f"{key}.appearance.blur", 0.0, 0.02)
-    _check_range(cfg.devices.p_support_device, f"{key}.devices.p_support_device", 0.0, 1.0)
-    _check_range(cfg.devices.p_ap, f"{key}.devices.p_ap", 0.0, 1.0)
-    for name in ("counterfactuals", "human_benchmark"):
+    pairs = {
+        "body_scale": (0.4, 1.0),
+        "contrast": (0.3, 3.0),
+        "noise": (0.0, 0.3),
+        "blur": (0.0, 0.02),
+    }
+    for attr, (lo, hi) in pairs.items():
+        _check_pair(getattr(app, attr), f"{key}.appearance.{attr}", lo, hi)
+    scalars = {"shift": (0.0, 0.15), "rotation_deg": (0.0, 20.0), "exposure": (0.0, 0.3)}
+    _check_ranges(app, f"{key}.appearance", scalars)
+    probabilities = {"p_support_device": (0.0, 1.0), "p_ap": (0.0, 1.0)}
+    _check_ranges(cfg.devices, f"{key}.devices", probabilities)
+    for name in ("counterfactuals", "human_benchmark", "artefacts"):
         for split in getattr(cfg, name).splits:
             if split not in SPLITS:
-                raise ParameterError(f"{key}.{name}.splits", f"unknown split {split!r}; expected some of {', '.join(SPLITS)}")
-    for variant in cfg.counterfactuals.variants:
-        if variant not in COUNTERFACTUAL_VARIANTS:
-            raise ParameterError(f"{key}.counterfactuals.variants", f"unknown variant {variant!r}; expected some of {', '.join(COUNTERFACTUAL_VARIANTS)}")
-    hb = cfg.human_benchmark
-    _check_range(hb.boundary_jitter, f"{key}.human_benchmark.boundary_jitter", 0.0, 0.1)
-    _check_range(hb.shift, f"{key}.human_benchmark.shift", 0.0, 0.1)
-    _check_range(hb.p_miss, f"{key}.human_benchmark.p_miss", 0.0, 1.0)
-    _check_range(hb.small_area, f"{key}.human_benchmark.small_area", 0.0, 1.0)
-    _check_range(hb.point_jitter, f"{key}.human_benchmark.point_jitter", 0.0, 0.1)
+                raise ParameterError(
+                    f"{key}.{name}.splits",
+                    f"unknown split {split!r}; expected some of {', '.join(SPLITS)}",
+                )
+    for render in cfg.counterfactuals.renders:
+        if render not in COUNTERFACTUAL_RENDERS:
+            known = ", ".join(COUNTERFACTUAL_RENDERS)
+            message = f"unknown render {render!r}; expected some of {known}"
+            raise ParameterError(f"{key}.counterfactuals.renders", message)
+    _validate_artefacts(cfg, key)
+    reader = {
+        "boundary_jitter": (0.0, 0.1),
+        "shift": (0.0, 0.1),
+        "p_miss": (0.0, 1.0),
+        "small_area": (0.0, 1.0),
+        "point_jitter": (0.0, 0.1),
+    }
+    _check_ranges(cfg.human_benchmark, f"{key}.human_benchmark", reader)
+
+
+def _check_marker(text: str, corner: str, text_key: str, corner_key: str) -> None:
+    if corner not in CORNERS:
+        raise ParameterError(corner_key, f"expected one of {', '.join(CORNERS)}, got {corner!r}")
+    if not 1 <= len(text) <= 6 or not text.isascii() or not text.isprintable():
+        raise ParameterError(text_key, f"expected 1-6 printable ASCII characters, got {text!r}")
+
+
+def _validate_artefacts(cfg: PhantomConfig, key: str) -> None:
+    """Known, distinct kinds; sane texture and marker; originals free of the listed kinds."""
+    art = cfg.artefacts
+    akey = f"{key}.artefacts"
+    for kind in art.kinds:
+        if kind not in ARTEFACT_KINDS:
+            known = ", ".join(ARTEFACT_KINDS)
+            message = f"unknown artefact {kind!r}; expected some of {known}"
+            raise ParameterError(f"{akey}.kinds", message)
+    if len(set(art.kinds)) != len(art.kinds):
+        raise ParameterError(f"{akey}.kinds", f"lists a kind twice: {list(art.kinds)}")
+    marker, mkey = art.marker_port, f"{akey}.marker_port"
+    _check_marker(marker.text, marker.corner, f"{mkey}.text", f"{mkey}.corner")
+    tex = art.faint_texture
+    tkey = f"{akey}.faint_texture"
+    _check_range(tex.contrast, f"{tkey}.contrast", 0.0, 0.5, lo_open=True)
+    _check_range(tex.period, f"{tkey}.period", 0.01, 0.25)
+    _check_range(tex.radius, f"{tkey}.radius", 0.0, 0.5, lo_open=True)
+    if len(tex.centre) != 2:
+        message = f"expected [x, y] fractions of the image size, got {list(tex.centre)}"
+        raise ParameterError(f"{tkey}.centre", message)
+    for axis, value in zip("xy", tex.centre):
+        _check_range(value, f"{tkey}.centre.{axis}", 0.0, 1.0)
+    clean = "a sweep phantom's original images carry no artefact (the with_<kind> renders add it)"
+    tube_kinds = sorted(TUBE_KINDS & set(art.kinds))
+    if tube_kinds:
+        for name in ("p_given_ptx", "p_given_no_ptx"):
+            probs = getattr(cfg.tube, name)
+            for split in art.splits:
+                p = probs.get(split, 0.5)
+                if p != 0.0:
+                    message = f"must be 0 when {akey}.kinds lists {tube_kinds[0]}: {clean}; got {p}"
+                    raise ParameterError(f"{key}.tube.{name}.{split}", message)
+    if "marker_port" in art.kinds:
+        for name, site in cfg.sites.items():
+            if site.marker_prob != 0.0:
+                got = site.marker_prob
+                message = f"must be 0 when {akey}.kinds lists marker_port: {clean}; got {got}"
+                raise ParameterError(f"{key}.sites.{name}.marker_prob", message)
 
 
 def min_images_for_splits(cfg: PhantomConfig, key: str = "phantom") -> int:
@@ -497,7 +705,10 @@ def min_images_for_splits(cfg: PhantomConfig, key: str = "phantom") -> int:
     fractions = [float(cfg.split_fractions.get(s, 0.0)) for s in SPLITS]
     for split, fraction in zip(SPLITS, fractions):
         if fraction <= 0:
-            raise ParameterError(f"{key}.split_fractions.{split}", f"must be > 0 (the study needs train, val and test patients), got {fraction}")
+            raise ParameterError(
+                f"{key}.split_fractions.{split}",
+                f"must be > 0 (the study needs train, val and test patients), got {fraction}",
+            )
     k_max = max(i + 1 for i, p in enumerate(cfg.studies_per_patient) if p > 0)
     cumulative = np.cumsum(fractions)
 

@@ -39,7 +39,9 @@ def tube_path(frame: Frame, rng: np.random.Generator, side: int) -> np.ndarray:
     return frame.to_px(catmull_rom(ctrl, 10, closed=False))
 
 
-def draw_tube(att: np.ndarray, path: np.ndarray, width_px: float, contrast: float, rng: np.random.Generator) -> np.ndarray:
+def draw_tube(
+    att: np.ndarray, path: np.ndarray, width_px: float, contrast: float, rng: np.random.Generator
+) -> np.ndarray:
     """Radiopaque tube with a lucent lumen and side holes near the tip (in place).
 
     Returns:
@@ -81,7 +83,9 @@ def draw_marker(att: np.ndarray, text: str, corner: str, rng: np.random.Generato
     mask = np.zeros((size, size), np.uint8)
     ys, xs = np.nonzero(canvas)
     pad = max(1, round(size / 128))
-    mask[max(0, ys.min() - pad) : ys.max() + pad + 1, max(0, xs.min() - pad) : xs.max() + pad + 1] = 1
+    mask[
+        max(0, ys.min() - pad) : ys.max() + pad + 1, max(0, xs.min() - pad) : xs.max() + pad + 1
+    ] = 1
     return mask
 
 
@@ -96,16 +100,42 @@ def draw_support_devices(att: np.ndarray, frame: Frame, rng: np.random.Generator
     layer = np.zeros((size, size), np.float32)
     for _ in range(int(rng.integers(2, 5))):
         centre = np.array([rng.uniform(-0.85, 0.85), rng.uniform(-0.95, -0.45)])
-        ring = catmull_rom(np.array([centre + 0.04 * np.array([np.cos(t), np.sin(t)]) for t in np.linspace(0, 2 * np.pi, 8, endpoint=False)]), 4)
+        ring = catmull_rom(
+            np.array(
+                [
+                    centre + 0.04 * np.array([np.cos(t), np.sin(t)])
+                    for t in np.linspace(0, 2 * np.pi, 8, endpoint=False)
+                ]
+            ),
+            4,
+        )
         layer = np.maximum(layer, stroke(frame.to_px(ring), size, 1.8 * px, closed=True))
-        cv2.circle(layer, tuple(int(round(c)) for c in frame.to_px(centre)[0]), max(1, round(1.5 * px)), 1.0, -1)
+        cv2.circle(
+            layer,
+            tuple(int(round(c)) for c in frame.to_px(centre)[0]),
+            max(1, round(1.5 * px)),
+            1.0,
+            -1,
+        )
         exit_pt = np.array([np.sign(centre[0]) * 1.7, rng.uniform(-1.6, 1.0)])
         mid = (centre + exit_pt) / 2 + rng.normal(0, 0.2, 2)
         wire = catmull_rom(np.array([centre, mid, exit_pt]), 12, closed=False)
         layer = np.maximum(layer, 0.6 * stroke(frame.to_px(wire), size, 1.2 * px))
     if rng.random() < 0.5:
         s = float(rng.choice((-1, 1)))
-        line = catmull_rom(np.array([(s * 1.4, -1.05), (s * 0.7, -0.93), (s * 0.3, -0.84), (s * 0.06, -0.55), (s * 0.03, rng.uniform(-0.35, -0.2))]), 10, closed=False)
+        line = catmull_rom(
+            np.array(
+                [
+                    (s * 1.4, -1.05),
+                    (s * 0.7, -0.93),
+                    (s * 0.3, -0.84),
+                    (s * 0.06, -0.55),
+                    (s * 0.03, rng.uniform(-0.35, -0.2)),
+                ]
+            ),
+            10,
+            closed=False,
+        )
         layer = np.maximum(layer, 0.7 * stroke(frame.to_px(line), size, 1.8 * px))
     att += 0.45 * soften(layer, 0.4 * px)
     return dilate(layer > 0.05, max(1, round(px)))

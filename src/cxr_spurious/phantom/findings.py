@@ -70,7 +70,9 @@ def _region_polygon(region: np.ndarray, min_thickness_px: float) -> np.ndarray |
     return poly
 
 
-def _interior_points(mask: np.ndarray, clearance_px: float, rng: np.random.Generator, k: int) -> np.ndarray:
+def _interior_points(
+    mask: np.ndarray, clearance_px: float, rng: np.random.Generator, k: int
+) -> np.ndarray:
     """Up to ``k`` random pixel centres (x, y) at least ``clearance_px`` inside a mask."""
     dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
     ys, xs = np.nonzero(dist >= clearance_px)
@@ -80,7 +82,9 @@ def _interior_points(mask: np.ndarray, clearance_px: float, rng: np.random.Gener
     return np.stack([xs[pick], ys[pick]], axis=1).astype(np.float64)
 
 
-def sample_pneumothorax(ctx: FindingContext, rng: np.random.Generator, side: int) -> tuple[list[np.ndarray], np.ndarray]:
+def sample_pneumothorax(
+    ctx: FindingContext, rng: np.random.Generator, side: int
+) -> tuple[list[np.ndarray], np.ndarray]:
     """A pneumothorax: the lung collapsed away from the apex or the lateral wall.
 
     Args:
@@ -108,7 +112,9 @@ def sample_pneumothorax(ctx: FindingContext, rng: np.random.Generator, side: int
     for _ in range(5):
         factor = max(0.3, 1.0 - 1.4 * target / far)
         collapsed = scale_about(lung, anchor, factor, factor)
-        region = lung_mask & (1 - rasterize_polygons([collapsed.tolist()], ctx.size, ctx.size)) & keep
+        region = (
+            lung_mask & (1 - rasterize_polygons([collapsed.tolist()], ctx.size, ctx.size)) & keep
+        )
         poly = _region_polygon(region.astype(np.uint8), ctx.min_thickness_px)
         if poly is not None:
             return [poly], collapsed
@@ -167,7 +173,9 @@ def sample_opacity(ctx: FindingContext, rng: np.random.Generator, n_max: int) ->
         found = _interior_points(lung, 0.5 * radius, rng, 1)
         if len(found) == 0:
             continue
-        outline = blob(found[0], radius, rng, irregularity=0.45, n_points=32, aspect=rng.uniform(0.7, 1.3))
+        outline = blob(
+            found[0], radius, rng, irregularity=0.45, n_points=32, aspect=rng.uniform(0.7, 1.3)
+        )
         region = lung & rasterize_polygons([outline.tolist()], ctx.size, ctx.size)
         poly = _region_polygon(region, ctx.min_thickness_px)
         if poly is not None:
@@ -175,7 +183,9 @@ def sample_opacity(ctx: FindingContext, rng: np.random.Generator, n_max: int) ->
     return polys
 
 
-def draw_pneumothorax(att: np.ndarray, mask: np.ndarray, collapsed: np.ndarray, layers: AnatomyLayers, strength: float) -> None:
+def draw_pneumothorax(
+    att: np.ndarray, mask: np.ndarray, collapsed: np.ndarray, layers: AnatomyLayers, strength: float
+) -> None:
     """Darken the rim, remove its lung markings and draw the visceral pleural line (in place)."""
     size = att.shape[0]
     px = size / 256.0
@@ -185,16 +195,23 @@ def draw_pneumothorax(att: np.ndarray, mask: np.ndarray, collapsed: np.ndarray, 
     att += _PTX_LINE * strength * stroke(collapsed, size, 1.3 * px, closed=True) * near
 
 
-def draw_effusion(att: np.ndarray, mask: np.ndarray, layers: AnatomyLayers, strength: float) -> None:
+def draw_effusion(
+    att: np.ndarray, mask: np.ndarray, layers: AnatomyLayers, strength: float
+) -> None:
     """Basal opacity, denser towards the bottom (in place)."""
     px = att.shape[0] / 256.0
     soft = soften(mask.astype(np.float32), 1.5 * px)
     rows = np.nonzero(mask.any(axis=1))[0]
     if rows.size:
-        depth = np.clip((np.arange(att.shape[0]) - rows.min()) / max(1, rows.max() - rows.min()), 0, 1)[:, None]
+        depth = np.clip(
+            (np.arange(att.shape[0]) - rows.min()) / max(1, rows.max() - rows.min()), 0, 1
+        )[:, None]
     else:
         depth = np.zeros((att.shape[0], 1))
-    att += _EFFUSION * strength * soft * (0.7 + 0.3 * depth).astype(np.float32) - 0.5 * soft * 0.09 * layers.markings
+    att += (
+        _EFFUSION * strength * soft * (0.7 + 0.3 * depth).astype(np.float32)
+        - 0.5 * soft * 0.09 * layers.markings
+    )
 
 
 def draw_nodules(att: np.ndarray, mask: np.ndarray, strength: float) -> None:
@@ -203,7 +220,9 @@ def draw_nodules(att: np.ndarray, mask: np.ndarray, strength: float) -> None:
     att += _NODULE * strength * soften(mask.astype(np.float32), 1.2 * px)
 
 
-def draw_opacity(att: np.ndarray, mask: np.ndarray, rng: np.random.Generator, strength: float) -> None:
+def draw_opacity(
+    att: np.ndarray, mask: np.ndarray, rng: np.random.Generator, strength: float
+) -> None:
     """Patchy, mottled airspace opacity (in place)."""
     size = att.shape[0]
     texture = np.clip(0.7 + 0.3 * smooth_field(rng, size, max(8, size // 12)), 0.2, 1.2)

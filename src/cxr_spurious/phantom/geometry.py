@@ -74,18 +74,33 @@ def catmull_rom(ctrl: np.ndarray, n_per_segment: int = 8, *, closed: bool = True
         padded = np.concatenate([batch[:, -1:], batch, batch[:, :2]], axis=1)
         n_seg = batch.shape[1]
     else:
-        padded = np.concatenate([2 * batch[:, :1] - batch[:, 1:2], batch, 2 * batch[:, -1:] - batch[:, -2:-1]], axis=1)
+        padded = np.concatenate(
+            [2 * batch[:, :1] - batch[:, 1:2], batch, 2 * batch[:, -1:] - batch[:, -2:-1]], axis=1
+        )
         n_seg = batch.shape[1] - 1
     p0, p1, p2, p3 = (padded[:, k : k + n_seg, None, :] for k in range(4))
     t = np.linspace(0.0, 1.0, n_per_segment, endpoint=False)[None, None, :, None]
-    curve = 0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3)
+    curve = 0.5 * (
+        (2 * p1)
+        + (-p0 + p2) * t
+        + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
+        + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3
+    )
     curve = curve.reshape(batch.shape[0], -1, 2)
     if not closed:
         curve = np.concatenate([curve, batch[:, -1:]], axis=1)
     return curve if pts.ndim == 3 else curve[0]
 
 
-def blob(center: np.ndarray, radius: float, rng: np.random.Generator, *, irregularity: float = 0.15, n_points: int = 28, aspect: float = 1.0) -> np.ndarray:
+def blob(
+    center: np.ndarray,
+    radius: float,
+    rng: np.random.Generator,
+    *,
+    irregularity: float = 0.15,
+    n_points: int = 28,
+    aspect: float = 1.0,
+) -> np.ndarray:
     """A smooth irregular closed outline around ``center`` (in whatever units it is given).
 
     Args:
@@ -102,7 +117,12 @@ def blob(center: np.ndarray, radius: float, rng: np.random.Generator, *, irregul
     theta = np.linspace(0, 2 * np.pi, n_points, endpoint=False)
     r = np.ones_like(theta)
     for k in (2, 3, 4):
-        r += irregularity / (k - 1) * rng.uniform(-1, 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+        r += (
+            irregularity
+            / (k - 1)
+            * rng.uniform(-1, 1)
+            * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+        )
     r = np.clip(r, 0.55, 1.6) * radius
     return np.stack([center[0] + r * np.cos(theta), center[1] + aspect * r * np.sin(theta)], axis=1)
 
@@ -124,17 +144,34 @@ def fill(polygons_px: list[np.ndarray], size: int) -> np.ndarray:
     return canvas.astype(np.float32) / 255.0
 
 
-def stroke(polyline_px: np.ndarray, size: int, width_px: float, *, closed: bool = False) -> np.ndarray:
+def stroke(
+    polyline_px: np.ndarray, size: int, width_px: float, *, closed: bool = False
+) -> np.ndarray:
     """Anti-aliased stroke of a pixel polyline as a float32 layer in [0, 1]."""
     canvas = np.zeros((size, size), np.uint8)
     stroke_into(canvas, polyline_px, width_px, closed=closed)
     return canvas.astype(np.float32) / 255.0
 
 
-def stroke_into(canvas: np.ndarray, polyline_px: np.ndarray, width_px: float, value: float = 1.0, *, closed: bool = False) -> None:
+def stroke_into(
+    canvas: np.ndarray,
+    polyline_px: np.ndarray,
+    width_px: float,
+    value: float = 1.0,
+    *,
+    closed: bool = False,
+) -> None:
     """Draw an anti-aliased polyline into a uint8 canvas (``value`` in [0, 1]), in place."""
     colour = int(round(255 * min(1.0, max(0.0, value))))
-    cv2.polylines(canvas, [_int_pts(polyline_px)], closed, colour, max(1, int(round(width_px))), cv2.LINE_AA, shift=_SHIFT)
+    cv2.polylines(
+        canvas,
+        [_int_pts(polyline_px)],
+        closed,
+        colour,
+        max(1, int(round(width_px))),
+        cv2.LINE_AA,
+        shift=_SHIFT,
+    )
 
 
 def soften(layer: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -165,7 +202,9 @@ def largest_contour(mask: np.ndarray, min_area_px: float = 4.0) -> np.ndarray | 
     included) reproduces the region. Returns ``None`` when the region is smaller than
     ``min_area_px`` or the mask is empty.
     """
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     if not contours:
         return None
     best = max(contours, key=cv2.contourArea)

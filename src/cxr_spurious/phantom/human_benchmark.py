@@ -18,7 +18,9 @@ from cxr_spurious.phantom.geometry import polygon_area, vertex_normals
 Polygons = dict[str, list[list[list[float]]]]
 
 
-def perturb_outline(points: np.ndarray, rng: np.random.Generator, amplitude_px: float, shift_px: float, size: int) -> np.ndarray:
+def perturb_outline(
+    points: np.ndarray, rng: np.random.Generator, amplitude_px: float, shift_px: float, size: int
+) -> np.ndarray:
     """Move each vertex along its normal by a smooth random offset, then shift the outline.
 
     Args:
@@ -42,7 +44,9 @@ def perturb_outline(points: np.ndarray, rng: np.random.Generator, amplitude_px: 
     return np.clip(moved, 0.0, size - 1.0)
 
 
-def salient_point(outline: list[list[float]], rng: np.random.Generator, jitter_px: float, size: int) -> list[float]:
+def salient_point(
+    outline: list[list[float]], rng: np.random.Generator, jitter_px: float, size: int
+) -> list[float]:
     """The most representative point of an instance: its deepest interior pixel, jittered
     but kept inside the instance."""
     mask = rasterize_polygons([outline], size, size)
@@ -55,7 +59,9 @@ def salient_point(outline: list[list[float]], rng: np.random.Generator, jitter_p
     return [float(x), float(y)]
 
 
-def read_image(polygons: Polygons, rng: np.random.Generator, cfg: HumanBenchmarkConfig, size: int) -> tuple[Polygons, dict[str, list[list[float]]]]:
+def read_image(
+    polygons: Polygons, rng: np.random.Generator, cfg: HumanBenchmarkConfig, size: int
+) -> tuple[Polygons, dict[str, list[list[float]]]]:
     """Simulate the second reader on one image.
 
     Args:
@@ -73,7 +79,10 @@ def read_image(polygons: Polygons, rng: np.random.Generator, cfg: HumanBenchmark
     shift = max(1.0, cfg.shift * size)
     for task, instances in polygons.items():
         areas = [polygon_area(np.asarray(o)) for o in instances]
-        missed = [len(instances) > 1 and a < cfg.small_area * size * size and rng.random() < cfg.p_miss for a in areas]
+        missed = [
+            len(instances) > 1 and a < cfg.small_area * size * size and rng.random() < cfg.p_miss
+            for a in areas
+        ]
         if all(missed):
             missed[int(np.argmax(areas))] = False  # the reader always sees the largest one
         kept = []

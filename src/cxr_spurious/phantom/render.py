@@ -1,9 +1,9 @@
 """Render one phantom image (and its counterfactuals) from its cohort record.
 
 Every component draws from its own random stream, seeded by (master seed, image index,
-component), so removing a component (the chest tube, the lesions) leaves every other
-pixel and the noise unchanged: a counterfactual differs from the original only around
-the removed object.
+component), so removing a component (the chest tube, the lesions) or adding an artefact
+(``phantom/artefacts.py``) leaves every other pixel and the noise unchanged: a
+counterfactual differs from the original only around the removed or added object.
 """
 
 from __future__ import annotations
@@ -16,6 +16,12 @@ import numpy as np
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.io.masks import rasterize_polygons
 from cxr_spurious.phantom import anatomy, devices, findings
+from cxr_spurious.phantom.artefacts import (
+    ARTEFACT_KINDS,
+    ARTEFACT_STREAMS,
+    ARTEFACTS,
+    ArtefactScene,
+)
 from cxr_spurious.phantom.cohort import (
     STREAM_IMAGE,
     STREAM_PATIENT,
@@ -33,11 +39,24 @@ _S_POSE, _S_TEXTURE, _S_NOISE, _S_TUBE, _S_MARKER, _S_DEVICES, _S_APPEARANCE = 1
 _S_TASK = {task: 20 + i for i, task in enumerate(PHANTOM_TASKS)}
 
 REMOVABLE: frozenset[str] = frozenset(PHANTOM_TASKS) | frozenset(SPURIOUS_OBJECTS)
-# Counterfactual variant name -> what it removes.
-VARIANT_REMOVES: dict[str, frozenset[str]] = {
+# Counterfactual render name -> what it removes.
+RENDER_REMOVES: dict[str, frozenset[str]] = {
     "no_tube": frozenset({"Chest Tube"}),
     "no_lesion": frozenset(PHANTOM_TASKS),
 }
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """One version of an image: what is left out, and the artefact added (if any).
+
+    Attributes:
+        remove: Task / object names left out (counterfactuals).
+        artefact: An artefact kind of ``ARTEFACT_KINDS`` drawn on top, or None.
+    """
+
+    remove: frozenset[str] = frozenset()
+    artefact: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,10 @@ class RenderedImage:
         spurious: ``{object: (S, S) uint8 mask}`` for every spurious object (empty if absent).
         record: The cohort record (ids, split, attributes, labels as generated).
         removed: What was left out of this render.
+        artefact: The artefact kind added to this render, or None.
+        artefact_mask: (S, S) uint8 mask of every pixel where the artefact may change the
+            image (its footprint grown by the image blur; outside it the render equals the
+            same render without the artefact exactly), or None.
     """
 
     image: np.ndarray
@@ -58,6 +81,8 @@ class RenderedImage:
     spurious: dict[str, np.ndarray]
     record: ImageRecord
     removed: frozenset[str] = field(default_factory=frozenset)
+    artefact: str | None = None
+    artefact_mask: np.ndarray | None = None
 
     def masks(self) -> dict[str, np.ndarray]:
         """Ground-truth mask of every phantom task: the rasterised polygons (empty if none)."""
@@ -71,17 +96,23 @@ def _rng(seed: int, index: int, sub: int) -> np.random.Generator:
 
 def _lesion_strength(cfg: PhantomConfig, rec: ImageRecord) -> float:
     attrs = {"sex": rec.sex, "race": rec.race, "insurance": rec.insurance, "site": rec.site}
-    return cfg.sites[rec.site].lesion_contrast * _multiplier(cfg.demographics.lesion_contrast_multiplier, attrs)
+    return cfg.sites[rec.site].lesion_contrast * _multiplier(
+        cfg.demographics.lesion_contrast_multiplier, attrs
+    )
 
 
 def _enlargement(cfg: PhantomConfig, rec: ImageRecord, seed: int, strength: float) -> float:
     if not rec.labels["Cardiomegaly"]:
         return 1.0
     visibility = min(2.0, cfg.findings.contrast["Cardiomegaly"] * strength)
-    return 1.0 + 0.32 * visibility * _rng(seed, rec.index, _S_TASK["Cardiomegaly"]).uniform(0.8, 1.25)
+    return 1.0 + 0.32 * visibility * _rng(seed, rec.index, _S_TASK["Cardiomegaly"]).uniform(
+        0.8, 1.25
+    )
 
 
-def _anatomy(cfg: PhantomConfig, rec: ImageRecord, seed: int, enlargement: float) -> tuple[anatomy.Anatomy, anatomy.AnatomyLayers]:
+def _anatomy(
+    cfg: PhantomConfig, rec: ImageRecord, seed: int, enlargement: float
+) -> tuple[anatomy.Anatomy, anatomy.AnatomyLayers]:
     app = cfg.appearance
     anat = anatomy.sample_anatomy(
         stream_rng(seed, STREAM_PATIENT, rec.patient),
@@ -97,25 +128,37 @@ def _anatomy(cfg: PhantomConfig, rec: ImageRecord, seed: int, enlargement: float
     return anat, anatomy.draw_anatomy(anat, _rng(seed, rec.index, _S_TEXTURE), cfg.image_size)
 
 
-def render_variants(cfg: PhantomConfig, rec: ImageRecord, seed: int, removes: Mapping[str, frozenset[str]]) -> dict[str, RenderedImage]:
+def render_versions(
+    cfg: PhantomConfig, rec: ImageRecord, seed: int, specs: Mapping[str, RenderSpec]
+) -> dict[str, RenderedImage]:
     """Render several versions of one image, sharing the work they have in common.
 
     Args:
         cfg: Generator config.
         rec: The image's record.
         seed: Master seed.
-        removes: ``{name: names to leave out}``, e.g. ``{"original": frozenset(),
-            "no_tube": frozenset({"Chest Tube"})}``.
+        specs: ``{name: RenderSpec}``, e.g. ``{"original": RenderSpec(), "no_tube":
+            RenderSpec(remove=frozenset({"Chest Tube"})), "with_marker_port":
+            RenderSpec(artefact="marker_port")}``.
 
     Returns:
-        ``{name: RenderedImage}``; each equals ``render_record(..., remove=removes[name])``.
+        ``{name: RenderedImage}``; each equals ``render_record(cfg, rec, seed,
+        remove=spec.remove, artefact=spec.artefact)``.
     """
     strength = _lesion_strength(cfg, rec)
     enlargement = _enlargement(cfg, rec, seed, strength)
     bases: dict[float, tuple[anatomy.Anatomy, anatomy.AnatomyLayers]] = {}
-    drawn_cache: dict[tuple[float, frozenset[str]], tuple[dict[str, list[list[list[float]]]], np.ndarray]] = {}
+    drawn_cache: dict[
+        tuple[float, frozenset[str]], tuple[dict[str, list[list[list[float]]]], np.ndarray]
+    ] = {}
+    exposure = _exposure(cfg, rec, seed)
+
+    def task_rng(task: str) -> np.random.Generator:
+        return _rng(seed, rec.index, _S_TASK[task])
+
     out: dict[str, RenderedImage] = {}
-    for name, remove in removes.items():
+    for name, spec in specs.items():
+        remove = frozenset(spec.remove)
         drawn = frozenset(t for t in rec.positives if t not in remove)
         heart = enlargement if "Cardiomegaly" in drawn else 1.0
         if heart not in bases:
@@ -127,13 +170,57 @@ def render_variants(cfg: PhantomConfig, rec: ImageRecord, seed: int, removes: Ma
             drawn_cache[(heart, drawn)] = (polygons, att)
         polygons, att_findings = drawn_cache[(heart, drawn)]
         att = att_findings.copy()
-        spurious = _draw_spurious(cfg, rec, seed, anat, att, frozenset(remove))
-        image = _expose(cfg, rec, seed, att)
-        out[name] = RenderedImage(image=image, polygons=polygons, spurious=spurious, record=rec, removed=frozenset(remove))
+        spurious = _draw_spurious(cfg, rec, seed, anat, att, remove)
+        mask = None
+        if spec.artefact is not None:
+            scene = ArtefactScene(cfg, rec, _context(cfg, anat, layers), task_rng)
+            rng = _rng(seed, rec.index, ARTEFACT_STREAMS[spec.artefact])
+            mask = _add_artefact(scene, att, spec.artefact, rng, blur_sigma=exposure[0])
+        image = _expose(cfg, rec, seed, att, exposure)
+        out[name] = RenderedImage(
+            image=image,
+            polygons=polygons,
+            spurious=spurious,
+            record=rec,
+            removed=remove,
+            artefact=spec.artefact,
+            artefact_mask=mask,
+        )
     return out
 
 
-def render_record(cfg: PhantomConfig, rec: ImageRecord, seed: int, *, remove: frozenset[str] = frozenset()) -> RenderedImage:
+def _add_artefact(
+    scene: ArtefactScene, att: np.ndarray, kind: str, rng: np.random.Generator, *, blur_sigma: float
+) -> np.ndarray:
+    """Draw artefact ``kind`` into ``att`` (in place); return every pixel it may change.
+
+    That is its footprint plus every pixel whose attenuation it changed, grown by the
+    support of the image blur (``_expose``): blur, display curve, noise and rounding are
+    otherwise pixel-wise, so the exposed image is unchanged outside this mask.
+    """
+    before = att.copy()
+    footprint = ARTEFACTS[kind](scene, att, rng)
+    changed = (att != before).astype(np.float32)
+    reach = soften(changed, blur_sigma) > 0  # a Gaussian is positive on its whole kernel
+    return (footprint.astype(bool) | reach | (changed > 0)).astype(np.uint8)
+
+
+def _context(
+    cfg: PhantomConfig, anat: anatomy.Anatomy, layers: anatomy.AnatomyLayers
+) -> findings.FindingContext:
+    size = cfg.image_size
+    thickness = cfg.findings.min_thickness_at_96 * size / 96.0
+    return findings.FindingContext(anat, layers, size, thickness)
+
+
+def render_record(
+    cfg: PhantomConfig,
+    rec: ImageRecord,
+    seed: int,
+    *,
+    remove: frozenset[str] = frozenset(),
+    artefact: str | None = None,
+) -> RenderedImage:
     """Render the image of one cohort record.
 
     Args:
@@ -141,16 +228,35 @@ def render_record(cfg: PhantomConfig, rec: ImageRecord, seed: int, *, remove: fr
         rec: The image's record.
         seed: Master seed.
         remove: Task / object names to leave out (counterfactuals).
+        artefact: Artefact kind to add (``ARTEFACT_KINDS``), or None.
 
     Returns:
-        The image with its polygons and spurious masks.
+        The image with its polygons and spurious masks (and the artefact's mask).
     """
-    return render_variants(cfg, rec, seed, {"image": frozenset(remove)})["image"]
+    spec = RenderSpec(frozenset(remove), artefact)
+    return render_versions(cfg, rec, seed, {"image": spec})["image"]
 
 
-def _draw_findings(cfg: PhantomConfig, rec: ImageRecord, seed: int, anat: anatomy.Anatomy, layers: anatomy.AnatomyLayers, att: np.ndarray, drawn: set[str], strength: float) -> dict[str, list[list[list[float]]]]:
+def lung_mask(cfg: PhantomConfig, index: int, seed: int) -> np.ndarray:
+    """Union of both lung fields of image ``index`` as an (S, S) uint8 mask."""
+    rec = cohort_for(cfg, seed)[index]
+    anat, layers = _anatomy(cfg, rec, seed, 1.0)
+    ctx = _context(cfg, anat, layers)
+    return ctx.lung_mask(0) | ctx.lung_mask(1)
+
+
+def _draw_findings(
+    cfg: PhantomConfig,
+    rec: ImageRecord,
+    seed: int,
+    anat: anatomy.Anatomy,
+    layers: anatomy.AnatomyLayers,
+    att: np.ndarray,
+    drawn: set[str],
+    strength: float,
+) -> dict[str, list[list[list[float]]]]:
     size = cfg.image_size
-    ctx = findings.FindingContext(anat, layers, size, cfg.findings.min_thickness_at_96 * size / 96.0)
+    ctx = _context(cfg, anat, layers)
     out: dict[str, list[list[list[float]]]] = {}
     for task in PHANTOM_TASKS:
         if task not in drawn:
@@ -186,24 +292,37 @@ def _draw_findings(cfg: PhantomConfig, rec: ImageRecord, seed: int, anat: anatom
     return out
 
 
-def _draw_spurious(cfg: PhantomConfig, rec: ImageRecord, seed: int, anat: anatomy.Anatomy, att: np.ndarray, remove: frozenset[str]) -> dict[str, np.ndarray]:
+def _draw_spurious(
+    cfg: PhantomConfig,
+    rec: ImageRecord,
+    seed: int,
+    anat: anatomy.Anatomy,
+    att: np.ndarray,
+    remove: frozenset[str],
+) -> dict[str, np.ndarray]:
     size = cfg.image_size
     empty = np.zeros((size, size), np.uint8)
     out = dict.fromkeys(SPURIOUS_OBJECTS, empty)
     if rec.support_device and "Support Device" not in remove:
-        out["Support Device"] = devices.draw_support_devices(att, anat.frame, _rng(seed, rec.index, _S_DEVICES))
+        out["Support Device"] = devices.draw_support_devices(
+            att, anat.frame, _rng(seed, rec.index, _S_DEVICES)
+        )
     if rec.tube and "Chest Tube" not in remove:
         rng = _rng(seed, rec.index, _S_TUBE)
         path = devices.tube_path(anat.frame, rng, rec.tube_side)
-        out["Chest Tube"] = devices.draw_tube(att, path, max(1.0, cfg.tube.width_frac * size), cfg.tube.contrast, rng)
+        out["Chest Tube"] = devices.draw_tube(
+            att, path, max(1.0, cfg.tube.width_frac * size), cfg.tube.contrast, rng
+        )
     if rec.marker and "Laterality Marker" not in remove:
         site = cfg.sites[rec.site]
-        out["Laterality Marker"] = devices.draw_marker(att, site.marker, site.marker_corner, _rng(seed, rec.index, _S_MARKER))
+        out["Laterality Marker"] = devices.draw_marker(
+            att, site.marker, site.marker_corner, _rng(seed, rec.index, _S_MARKER)
+        )
     return out
 
 
-def _expose(cfg: PhantomConfig, rec: ImageRecord, seed: int, att: np.ndarray) -> np.ndarray:
-    """Blur, display curve (site and image exposure / contrast) and noise -> uint8."""
+def _exposure(cfg: PhantomConfig, rec: ImageRecord, seed: int) -> tuple[float, float, float, float]:
+    """The image's blur sigma (px), display gamma, exposure offset and noise level."""
     size = cfg.image_size
     app = cfg.appearance
     site = cfg.sites[rec.site]
@@ -212,6 +331,20 @@ def _expose(cfg: PhantomConfig, rec: ImageRecord, seed: int, att: np.ndarray) ->
     gamma = rng.uniform(*app.contrast)
     exposure = rng.uniform(-app.exposure, app.exposure) + site.brightness
     noise_sd = rng.uniform(*app.noise) * site.noise
+    return float(sigma), float(gamma), float(exposure), float(noise_sd)
+
+
+def _expose(
+    cfg: PhantomConfig,
+    rec: ImageRecord,
+    seed: int,
+    att: np.ndarray,
+    params: tuple[float, float, float, float],
+) -> np.ndarray:
+    """Blur, display curve (site and image exposure / contrast) and noise -> uint8."""
+    size = cfg.image_size
+    site = cfg.sites[rec.site]
+    sigma, gamma, exposure, noise_sd = params
     img = soften(att, sigma)
     img = np.clip(1.3 * site.contrast * (img - 0.02) + exposure, 0.0, 1.0) ** gamma
     noise_rng = _rng(seed, rec.index, _S_NOISE)
@@ -221,7 +354,14 @@ def _expose(cfg: PhantomConfig, rec: ImageRecord, seed: int, att: np.ndarray) ->
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def render_image(cfg: PhantomConfig, index: int, seed: int, *, remove: frozenset[str] = frozenset()) -> RenderedImage:
+def render_image(
+    cfg: PhantomConfig,
+    index: int,
+    seed: int,
+    *,
+    remove: frozenset[str] = frozenset(),
+    artefact: str | None = None,
+) -> RenderedImage:
     """Render image ``index`` of the phantom defined by ``cfg`` and ``seed``.
 
     Args:
@@ -229,18 +369,24 @@ def render_image(cfg: PhantomConfig, index: int, seed: int, *, remove: frozenset
         index: Image index (0 <= index < cfg.n_images).
         seed: Master seed.
         remove: Names to leave out: any of ``PHANTOM_TASKS`` and ``SPURIOUS_OBJECTS``.
+        artefact: An artefact kind (``ARTEFACT_KINDS``) to add, or None.
 
     Returns:
         The rendered image; identical for the same arguments.
 
     Raises:
-        ParameterError: ``index`` is out of range or ``remove`` names something unknown.
+        ParameterError: ``index`` is out of range, ``remove`` or ``artefact`` names
+            something unknown.
     """
     if not 0 <= index < cfg.n_images:
         raise ParameterError("index", f"expected 0 <= index < {cfg.n_images}, got {index}")
     unknown = sorted(set(remove) - REMOVABLE)
     if unknown:
-        raise ParameterError("remove", f"unknown name(s) {unknown}; expected some of {sorted(REMOVABLE)}")
-    return render_record(cfg, cohort_for(cfg, seed)[index], seed, remove=frozenset(remove))
-
-
+        raise ParameterError(
+            "remove", f"unknown name(s) {unknown}; expected some of {sorted(REMOVABLE)}"
+        )
+    if artefact is not None and artefact not in ARTEFACT_KINDS:
+        kinds = ", ".join(ARTEFACT_KINDS)
+        raise ParameterError("artefact", f"unknown artefact {artefact!r}; expected one of {kinds}")
+    rec = cohort_for(cfg, seed)[index]
+    return render_record(cfg, rec, seed, remove=frozenset(remove), artefact=artefact)

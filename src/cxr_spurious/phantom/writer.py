@@ -4,11 +4,14 @@ Output folder (written into a temporary folder and swapped in only when complete
 
     images/patientXXXXX/studyN/view1_frontal.png      8-bit grayscale
     labels.csv                                        CheXpert header
-    attributes.csv                                    image_id,patient_id,study_id,split,sex,age_years,race,insurance,site,tube
+    attributes.csv                                    image_id,patient_id,study_id,split,sex,
+                                                      age_years,race,insurance,site,tube
     gt_annotations.json, gt_segmentations.json        CheXlocalize formats (every image)
     spurious_segmentations.json                       {image_id: {object: rle}}
     hb_annotations.json, hb_segmentations.json, hb_salient_pt.json   (human-benchmark splits)
-    counterfactuals/<variant>/images/...png           (counterfactual splits)
+    counterfactuals/<render>/images/...png            (counterfactual splits: no_tube, no_lesion)
+    counterfactuals/with_<kind>/images/...png         (artefact splits: one render per artefact)
+    counterfactuals/with_<kind>/masks.json            {image_id: rle} the artefact's exact mask
     phantom_meta.json                                 resolved config, seed, version, counts
 """
 
@@ -30,14 +33,16 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from cxr_spurious.data.contract import ATTRIBUTE_HEADER
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.io.atomic import atomic_dir, write_text_atomic
 from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.phantom import human_benchmark
+from cxr_spurious.phantom.artefacts import render_name
 from cxr_spurious.phantom.cohort import STREAM_IMAGE, ImageRecord, build_cohort, stream_rng
-from cxr_spurious.phantom.config import SPLITS, PhantomConfig
-from cxr_spurious.phantom.render import VARIANT_REMOVES, RenderedImage, render_variants
+from cxr_spurious.phantom.config import PhantomConfig
+from cxr_spurious.phantom.render import RENDER_REMOVES, RenderedImage, RenderSpec, render_versions
+from cxr_spurious.sources.adapters.base import RENDER_MASKS_FILE
+from cxr_spurious.sources.contract import ATTRIBUTE_HEADER, SPLITS
 from cxr_spurious.tasks import (
     CHEXPERT_HEADER,
     CHEXPERT_OBSERVATIONS,
@@ -67,6 +72,7 @@ class ImageResult:
     hb_segmentations: dict[str, Any] | None
     hb_points: dict[str, Any] | None
     support_device: int
+    render_masks: dict[str, Any] | None = None
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -79,13 +85,15 @@ def _png(image: np.ndarray) -> bytes:
 def _segmentations(polygons: dict[str, list], size: int) -> dict[str, Any]:
     from cxr_spurious.io.masks import rasterize_polygons
 
-    return {t: encode_rle(rasterize_polygons(polygons.get(t, []), size, size)) for t in PHANTOM_TASKS}
+    return {
+        t: encode_rle(rasterize_polygons(polygons.get(t, []), size, size)) for t in PHANTOM_TASKS
+    }
 
 
-def _variants_needed(rec: ImageRecord, variants: Sequence[str]) -> dict[str, frozenset[str]]:
+def _renders_needed(rec: ImageRecord, renders: Sequence[str]) -> dict[str, RenderSpec]:
     """Counterfactuals that differ from the original (the others are byte copies)."""
     present = set(rec.positives) | ({"Chest Tube"} if rec.tube else set())
-    return {v: VARIANT_REMOVES[v] for v in variants if VARIANT_REMOVES[v] & present}
+    return {r: RenderSpec(remove=RENDER_REMOVES[r]) for r in renders if RENDER_REMOVES[r] & present}
 
 
 def process_record(cfg: PhantomConfig, rec: ImageRecord, seed: int, out_dir: Path) -> ImageResult:
@@ -101,19 +109,34 @@ def process_record(cfg: PhantomConfig, rec: ImageRecord, seed: int, out_dir: Pat
         The image's ground truth entries.
     """
     size = cfg.image_size
-    cf_variants = cfg.counterfactuals.variants if rec.split in cfg.counterfactuals.splits else ()
-    needed = _variants_needed(rec, cf_variants)
-    renders = render_variants(cfg, rec, seed, {"original": frozenset(), **needed})
+    cf_renders = cfg.counterfactuals.renders if rec.split in cfg.counterfactuals.splits else ()
+    needed = _renders_needed(rec, cf_renders)
+    kinds = cfg.artefacts.kinds if rec.split in cfg.artefacts.splits else ()
+    with_artefact = {render_name(k): RenderSpec(artefact=k) for k in kinds}
+    renders = render_versions(cfg, rec, seed, {"original": RenderSpec(), **needed, **with_artefact})
     original: RenderedImage = renders["original"]
     data = _png(original.image)
     _write(out_dir / rec.rel_path, data)
-    for variant in cf_variants:
-        _write(out_dir / "counterfactuals" / variant / rec.rel_path, _png(renders[variant].image) if variant in needed else data)
+    for render in cf_renders:
+        image = _png(renders[render].image) if render in needed else data
+        _write(out_dir / "counterfactuals" / render / rec.rel_path, image)
+    render_masks = {}
+    for name in with_artefact:
+        _write(out_dir / "counterfactuals" / name / rec.rel_path, _png(renders[name].image))
+        render_masks[name] = encode_rle(renders[name].artefact_mask)
     polygons = original.polygons
-    annotations = {"img_size": [size, size], **{t: polygons[t] for t in PHANTOM_TASKS if t in polygons}}
+    annotations = {
+        "img_size": [size, size],
+        **{t: polygons[t] for t in PHANTOM_TASKS if t in polygons},
+    }
     hb = (None, None, None)
     if rec.split in cfg.human_benchmark.splits:
-        outlines, points = human_benchmark.read_image(polygons, stream_rng(seed, STREAM_IMAGE, rec.index, _HB_STREAM), cfg.human_benchmark, size)
+        outlines, points = human_benchmark.read_image(
+            polygons,
+            stream_rng(seed, STREAM_IMAGE, rec.index, _HB_STREAM),
+            cfg.human_benchmark,
+            size,
+        )
         hb = ({"img_size": [size, size], **outlines}, _segmentations(outlines, size), points)
     return ImageResult(
         record=rec,
@@ -125,6 +148,7 @@ def process_record(cfg: PhantomConfig, rec: ImageRecord, seed: int, out_dir: Pat
         hb_segmentations=hb[1],
         hb_points=hb[2],
         support_device=int(original.spurious["Support Device"].any()),
+        render_masks=render_masks or None,
     )
 
 
@@ -133,11 +157,20 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def _process_chunk(cfg: PhantomConfig, records: Sequence[ImageRecord], seed: int, out_dir: str) -> list[ImageResult]:
+def _process_chunk(
+    cfg: PhantomConfig, records: Sequence[ImageRecord], seed: int, out_dir: str
+) -> list[ImageResult]:
     return [process_record(cfg, rec, seed, Path(out_dir)) for rec in records]
 
 
-def _run(cfg: PhantomConfig, records: Sequence[ImageRecord], seed: int, out_dir: Path, n_jobs: int, progress: bool) -> list[ImageResult]:
+def _run(
+    cfg: PhantomConfig,
+    records: Sequence[ImageRecord],
+    seed: int,
+    out_dir: Path,
+    n_jobs: int,
+    progress: bool,
+) -> list[ImageResult]:
     chunks = [records[i : i + _CHUNK] for i in range(0, len(records), _CHUNK)]
     results: list[ImageResult] = []
     with tqdm(total=len(records), desc="phantom", unit="img", disable=not progress) as bar:
@@ -148,7 +181,9 @@ def _run(cfg: PhantomConfig, records: Sequence[ImageRecord], seed: int, out_dir:
         else:
             context = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
-                futures = [pool.submit(_process_chunk, cfg, chunk, seed, str(out_dir)) for chunk in chunks]
+                futures = [
+                    pool.submit(_process_chunk, cfg, chunk, seed, str(out_dir)) for chunk in chunks
+                ]
                 for future in cf.as_completed(futures):
                     part = future.result()
                     results.extend(part)
@@ -198,23 +233,61 @@ def summarise(results: Sequence[ImageResult]) -> dict[str, Any]:
             "positives": {t: sum(t in r.positives for r in rows) for t in PHANTOM_TASKS},
             "tube": sum(r.record.tube for r in rows),
             "tube_rate_given_ptx": (sum(r.record.tube for r in ptx) / len(ptx)) if ptx else None,
-            "tube_rate_given_no_ptx": (sum(r.record.tube for r in no_ptx) / len(no_ptx)) if no_ptx else None,
+            "tube_rate_given_no_ptx": (sum(r.record.tube for r in no_ptx) / len(no_ptx))
+            if no_ptx
+            else None,
         }
     return out
 
 
 def _write_tables(cfg: PhantomConfig, results: Sequence[ImageResult], seed: int, out: Path) -> None:
     write_text_atomic(out / "labels.csv", _csv(CHEXPERT_HEADER, [labels_row(r) for r in results]))
-    attrs = [[r.record.image_id, r.record.patient_id, r.record.study_id, r.record.split, r.record.sex, r.record.age_years, r.record.race, r.record.insurance, r.record.site, r.record.tube] for r in results]
+    attrs = [
+        [
+            r.record.image_id,
+            r.record.patient_id,
+            r.record.study_id,
+            r.record.split,
+            r.record.sex,
+            r.record.age_years,
+            r.record.race,
+            r.record.insurance,
+            r.record.site,
+            r.record.tube,
+        ]
+        for r in results
+    ]
     write_text_atomic(out / "attributes.csv", _csv(ATTRIBUTE_HEADER, attrs))
-    write_text_atomic(out / "gt_annotations.json", _json({r.record.image_id: r.annotations for r in results}))
-    write_text_atomic(out / "gt_segmentations.json", _json({r.record.image_id: r.segmentations for r in results}))
-    write_text_atomic(out / "spurious_segmentations.json", _json({r.record.image_id: r.spurious for r in results}))
+    write_text_atomic(
+        out / "gt_annotations.json", _json({r.record.image_id: r.annotations for r in results})
+    )
+    write_text_atomic(
+        out / "gt_segmentations.json", _json({r.record.image_id: r.segmentations for r in results})
+    )
+    write_text_atomic(
+        out / "spurious_segmentations.json", _json({r.record.image_id: r.spurious for r in results})
+    )
     hb = [r for r in results if r.hb_annotations is not None]
     if cfg.human_benchmark.splits:
-        write_text_atomic(out / "hb_annotations.json", _json({r.record.image_id: r.hb_annotations for r in hb}))
-        write_text_atomic(out / "hb_segmentations.json", _json({r.record.image_id: r.hb_segmentations for r in hb}))
-        write_text_atomic(out / "hb_salient_pt.json", _json({r.record.image_id: r.hb_points for r in hb}))
+        write_text_atomic(
+            out / "hb_annotations.json", _json({r.record.image_id: r.hb_annotations for r in hb})
+        )
+        write_text_atomic(
+            out / "hb_segmentations.json",
+            _json({r.record.image_id: r.hb_segmentations for r in hb}),
+        )
+        write_text_atomic(
+            out / "hb_salient_pt.json", _json({r.record.image_id: r.hb_points for r in hb})
+        )
+    artefact_images = {}
+    for name in map(render_name, cfg.artefacts.kinds):
+        masks = {
+            r.record.image_id: r.render_masks[name]
+            for r in results
+            if name in (r.render_masks or {})
+        }
+        write_text_atomic(out / "counterfactuals" / name / RENDER_MASKS_FILE, _json(masks))
+        artefact_images[name] = len(masks)
     meta = {
         "generator": "cxr_spurious.phantom",
         "version": PHANTOM_VERSION,
@@ -222,12 +295,18 @@ def _write_tables(cfg: PhantomConfig, results: Sequence[ImageResult], seed: int,
         "config": cfg.to_dict(),
         "counts": summarise(results),
         "human_benchmark_images": len(hb),
-        "counterfactual_images": {v: sum(r.record.split in cfg.counterfactuals.splits for r in results) for v in cfg.counterfactuals.variants},
+        "counterfactual_images": {
+            v: sum(r.record.split in cfg.counterfactuals.splits for r in results)
+            for v in cfg.counterfactuals.renders
+        },
+        "artefact_images": artefact_images,
     }
     write_text_atomic(out / "phantom_meta.json", json.dumps(meta, indent=2, sort_keys=True))
 
 
-def generate_phantom(cfg: PhantomConfig, out_dir: Path | str, *, seed: int, n_jobs: int = 1, progress: bool = True) -> Path:
+def generate_phantom(
+    cfg: PhantomConfig, out_dir: Path | str, *, seed: int, n_jobs: int = 1, progress: bool = True
+) -> Path:
     """Generate the phantom data set into ``out_dir`` (replaced atomically when complete).
 
     Args:
@@ -252,9 +331,22 @@ def generate_phantom(cfg: PhantomConfig, out_dir: Path | str, *, seed: int, n_jo
     records = build_cohort(cfg, int(seed))
     with atomic_dir(out_dir) as tmp:
         results = _run(cfg, records, int(seed), tmp, n_jobs, progress)
-        mismatched = [r.record.image_id for r in results if set(r.positives) != set(r.record.positives)]
+        mismatched = [
+            r.record.image_id for r in results if set(r.positives) != set(r.record.positives)
+        ]
         if mismatched:
-            logger.warning("%d image(s) lost a finding that did not fit (labels follow the drawn outlines), e.g. %s", len(mismatched), mismatched[:3])
+            logger.warning(
+                "%d image(s) lost a finding that did not fit "
+                "(labels follow the drawn outlines), e.g. %s",
+                len(mismatched),
+                mismatched[:3],
+            )
         _write_tables(cfg, results, int(seed), tmp)
-    logger.info("Phantom: %d images written to %s in %.1f s (n_jobs=%d)", len(results), out_dir, time.perf_counter() - start, n_jobs)
+    logger.info(
+        "Phantom: %d images written to %s in %.1f s (n_jobs=%d)",
+        len(results),
+        out_dir,
+        time.perf_counter() - start,
+        n_jobs,
+    )
     return out_dir

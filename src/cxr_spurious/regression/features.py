@@ -29,12 +29,20 @@ def mask_features(mask: np.ndarray) -> dict[str, float]:
     long_side, short_side = max(rw, rh), min(rw, rh)
     rect_area = rw * rh
     out["elongation"] = float(long_side / short_side) if short_side > 0 else np.nan
-    out["irrectangularity"] = float(1 - cv2.contourArea(longest) / rect_area) if rect_area > 0 else np.nan
+    out["irrectangularity"] = (
+        float(1 - cv2.contourArea(longest) / rect_area) if rect_area > 0 else np.nan
+    )
     return out
 
 
-def geometric_features(gt_segmentations: Mapping[str, Mapping[str, Any]], gt_annotations: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Per (CXR, task) with a non-empty gt: n_instances, area_ratio, elongation, irrectangularity."""
+def geometric_features(
+    gt_segmentations: Mapping[str, Mapping[str, Any]],
+    gt_annotations: Mapping[str, Mapping[str, Any]],
+) -> pd.DataFrame:
+    """Shape features per (CXR, task) with a non-empty gt.
+
+    Columns n_instances, area_ratio, elongation, irrectangularity.
+    """
     rows = []
     for cxr_id in sorted(gt_segmentations):
         for task, rle in sorted(gt_segmentations[cxr_id].items()):
@@ -42,5 +50,7 @@ def geometric_features(gt_segmentations: Mapping[str, Mapping[str, Any]], gt_ann
             if not mask.any():
                 continue
             n_inst = len(gt_annotations.get(cxr_id, {}).get(task, [])) or np.nan
-            rows.append({"image_id": cxr_id, "task": task, "n_instances": n_inst, **mask_features(mask)})
+            rows.append(
+                {"image_id": cxr_id, "task": task, "n_instances": n_inst, **mask_features(mask)}
+            )
     return pd.DataFrame(rows)

@@ -4,13 +4,22 @@ Standard errors: cluster-robust (by CXR) errors are only valid with many cluster
 fewer than ``min_clusters`` clusters the fit uses ordinary OLS errors (logged, and named in
 ``se_type``). Significance: a fit on fewer than ``min_clusters`` CXRs is never flagged
 ``bonferroni_significant`` (``significance_note`` says why), whatever its p-value.
+
+Expected statistical conditions are recorded in the tables, not printed: the fallback to OLS
+errors in ``se_type`` (logged at DEBUG only), and for the iterative fits (logit, mixed model)
+``converged`` (the optimiser converged and statsmodels raised no ``ConvergenceWarning``) and
+``fit_warnings`` (the warnings statsmodels raised during the fit, e.g. a Hessian that is not
+positive definite). Every fit records its warnings in ``fit_warnings`` instead of letting
+them reach the console.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -28,6 +37,32 @@ FEATURES: tuple[str, ...] = ("n_instances", "area_ratio", "elongation", "irrecta
 
 # Outcomes of the human-benchmark gap (reference semantics: benchmark minus saliency method).
 GAP_OUTCOMES: dict[str, str] = {"iou_gap": "iou_tp", "hit_gap": "hit"}
+
+
+@contextmanager
+def recorded_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Collect the warnings raised inside the block (all of them, none shown)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+def warning_text(caught: Sequence[warnings.WarningMessage]) -> str:
+    """The distinct warnings as ``"Category: message; ..."`` (empty string for none)."""
+    seen = dict.fromkeys(
+        f"{w.category.__name__}: {' '.join(str(w.message).split())}" for w in caught
+    )
+    return "; ".join(seen)
+
+
+def _converged(fit: object, caught: Sequence[warnings.WarningMessage]) -> bool:
+    """The optimiser's own flag, and no ``ConvergenceWarning`` raised during the fit."""
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+    flag = getattr(fit, "converged", None)
+    if flag is None:
+        flag = (getattr(fit, "mle_retvals", None) or {}).get("converged", True)
+    return bool(flag) and not any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
 def minmax(series: pd.Series) -> pd.Series:
@@ -59,10 +94,17 @@ def with_human_gap(table: pd.DataFrame, human: pd.DataFrame | None) -> pd.DataFr
         return out.assign(hb_iou_tp=np.nan, hb_hit=np.nan, **{gap: np.nan for gap in GAP_OUTCOMES})
     missing = {"image_id", "task"} - set(human.columns)
     if missing:
-        raise ContractError(f"localization_human_benchmark lacks column(s) {sorted(missing)}; it has {list(human.columns)}")
+        raise ContractError(
+            f"localization_human_benchmark lacks column(s) {sorted(missing)}; "
+            f"it has {list(human.columns)}"
+        )
     if human.duplicated(["image_id", "task"]).any():
-        dup = human.loc[human.duplicated(["image_id", "task"]), ["image_id", "task"]].iloc[0].tolist()
-        raise ContractError(f"localization_human_benchmark has several rows for (image_id, task) {dup}")
+        dup = (
+            human.loc[human.duplicated(["image_id", "task"]), ["image_id", "task"]].iloc[0].tolist()
+        )
+        raise ContractError(
+            f"localization_human_benchmark has several rows for (image_id, task) {dup}"
+        )
     hb = human[["image_id", "task"]].copy()
     for col in GAP_OUTCOMES.values():
         hb[f"hb_{col}"] = pd.to_numeric(human[col], errors="coerce") if col in human else np.nan
@@ -72,23 +114,39 @@ def with_human_gap(table: pd.DataFrame, human: pd.DataFrame | None) -> pd.DataFr
     return out
 
 
-def spearman_fisher(y: np.ndarray, x: np.ndarray, z: float = 1.96) -> tuple[float, float, float, float]:
+def spearman_fisher(
+    y: np.ndarray, x: np.ndarray, z: float = 1.96
+) -> tuple[float, float, float, float]:
     """Spearman rho, p-value and its Fisher-z CI (se = 1/sqrt(n - 3)), like the reference."""
     rho, p = stats.spearmanr(y, x, nan_policy="omit")
     n = len(y)
     if n <= 3 or not np.isfinite(rho) or abs(rho) >= 1:
         return float(rho), float(p), np.nan, np.nan
     delta = z / math.sqrt(n - 3)
-    return float(rho), float(p), math.tanh(math.atanh(rho) - delta), math.tanh(math.atanh(rho) + delta)
+    return (
+        float(rho),
+        float(p),
+        math.tanh(math.atanh(rho) - delta),
+        math.tanh(math.atanh(rho) + delta),
+    )
 
 
 def _check_min_clusters(min_clusters: int) -> int:
     if isinstance(min_clusters, bool) or int(min_clusters) != min_clusters or int(min_clusters) < 2:
-        raise ParameterError("regression.min_clusters", f"must be an integer >= 2, got {min_clusters!r}")
+        raise ParameterError(
+            "regression.min_clusters", f"must be an integer >= 2, got {min_clusters!r}"
+        )
     return int(min_clusters)
 
 
-def ols_single(df: pd.DataFrame, y: str, x: str, *, cluster: str | None = None, min_clusters: int = MIN_CLUSTERS) -> dict[str, float | str]:
+def ols_single(
+    df: pd.DataFrame,
+    y: str,
+    x: str,
+    *,
+    cluster: str | None = None,
+    min_clusters: int = MIN_CLUSTERS,
+) -> dict[str, float | str]:
     """OLS ``y ~ x`` with 95% CI + Spearman.
 
     Errors are cluster-robust by ``cluster`` when given and the data has at least
@@ -99,19 +157,43 @@ def ols_single(df: pd.DataFrame, y: str, x: str, *, cluster: str | None = None, 
     data = df[[y, x] + ([cluster] if cluster else [])].dropna()
     model = smf.ols(f"{y} ~ {x}", data=data)
     n_clusters = int(data[cluster].nunique()) if cluster else 0
+    with recorded_warnings() as caught:
+        if cluster and n_clusters >= min_clusters:
+            groups = pd.factorize(data[cluster])[0]
+            fit = model.fit(cov_type="cluster", cov_kwds={"groups": groups})
+        else:
+            fit = model.fit()
+        lo, hi = fit.conf_int(alpha=0.05).loc[x]
+        rho, rho_p, rho_lo, rho_hi = spearman_fisher(data[y].to_numpy(), data[x].to_numpy())
     if cluster and n_clusters >= min_clusters:
-        fit = model.fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(data[cluster])[0]})
         se_type = f"cluster-robust ({cluster})"
     else:
-        fit = model.fit()
         se_type = "ols"
         if cluster:
             se_type = f"ols ({n_clusters} {cluster} clusters < min_clusters {min_clusters})"
-            logger.info("%s ~ %s: %d observations in %d %s clusters < %d: ordinary OLS errors, not cluster-robust",
-                        y, x, len(data), n_clusters, cluster, min_clusters)
-    lo, hi = fit.conf_int(alpha=0.05).loc[x]
-    rho, rho_p, rho_lo, rho_hi = spearman_fisher(data[y].to_numpy(), data[x].to_numpy())
-    return {"coef": float(fit.params[x]), "coef_lo": float(lo), "coef_hi": float(hi), "coef_pval": float(fit.pvalues[x]), "corr": rho, "corr_lo": rho_lo, "corr_hi": rho_hi, "corr_pval": rho_p, "n": int(len(data)), "se_type": se_type}
+            logger.debug(
+                "%s ~ %s: %d observations in %d %s clusters < %d: "
+                "ordinary OLS errors, not cluster-robust",
+                y,
+                x,
+                len(data),
+                n_clusters,
+                cluster,
+                min_clusters,
+            )
+    return {
+        "coef": float(fit.params[x]),
+        "coef_lo": float(lo),
+        "coef_hi": float(hi),
+        "coef_pval": float(fit.pvalues[x]),
+        "corr": rho,
+        "corr_lo": rho_lo,
+        "corr_hi": rho_hi,
+        "corr_pval": rho_p,
+        "n": int(len(data)),
+        "se_type": se_type,
+        "fit_warnings": warning_text(caught),
+    }
 
 
 def feature_regressions(
@@ -139,7 +221,8 @@ def feature_regressions(
     Returns:
         One row per fit: coefficients, CIs, p-values, Spearman, ``n``, ``n_cxr``,
         ``se_type``, ``bonferroni_significant``, ``significance_note`` (why a fit is not
-        eligible for the flag; empty otherwise), ``cluster`` (used for the errors or "none").
+        eligible for the flag; empty otherwise), ``cluster`` (used for the errors or "none"),
+        ``fit_warnings`` (warnings raised by the fit; empty for none).
     """
     min_clusters = _check_min_clusters(min_clusters)
     rows = []
@@ -150,39 +233,94 @@ def feature_regressions(
             g[f] = minmax(g[f].astype(float))
         for y in outcomes:
             for f in features:
-                sub = g[[y, f, "image_id", "patient_id"] if "patient_id" in g else [y, f, "image_id"]].dropna()
+                sub = g[
+                    [y, f, "image_id", "patient_id"] if "patient_id" in g else [y, f, "image_id"]
+                ].dropna()
                 if len(sub) < 3 or sub[f].nunique() < 2:
                     continue
                 res = ols_single(sub, y, f, cluster=cluster, min_clusters=min_clusters)
                 n_cxr = int(sub["image_id"].nunique())
-                note = "" if n_cxr >= min_clusters else f"not flagged: {n_cxr} CXRs ({len(sub)} observations) < min_clusters {min_clusters}"
+                note = (
+                    ""
+                    if n_cxr >= min_clusters
+                    else f"not flagged: {n_cxr} CXRs ({len(sub)} observations) "
+                    f"< min_clusters {min_clusters}"
+                )
                 significant = bool(res["coef_pval"] < 0.05 / len(features)) and not note
                 used = cluster if cluster and str(res["se_type"]).startswith("cluster") else "none"
-                rows.append({"task": task, "outcome": y, "feature": f, **res, "n_cxr": n_cxr, "bonferroni_significant": significant, "significance_note": note, "cluster": used})
+                rows.append(
+                    {
+                        "task": task,
+                        "outcome": y,
+                        "feature": f,
+                        **res,
+                        "n_cxr": n_cxr,
+                        "bonferroni_significant": significant,
+                        "significance_note": note,
+                        "cluster": used,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def logistic_hit(table: pd.DataFrame, features: Sequence[str] = FEATURES) -> pd.DataFrame:
-    """Logistic regression of hit/miss on all normalised features together (odds ratios)."""
+    """Logistic regression of hit/miss on all normalised features together (odds ratios).
+
+    One row per term, with ``converged`` and ``fit_warnings`` (see the module docstring).
+    """
     data = table[["hit", *features]].dropna().copy()
     for f in features:
         data[f] = minmax(data[f].astype(float))
     usable = [f for f in features if data[f].nunique() > 1]
     if len(data) <= len(usable) + 1 or data["hit"].nunique() < 2:
         return pd.DataFrame()
-    fit = smf.logit(f"hit ~ {' + '.join(usable)}", data=data).fit(disp=0)
-    ci = fit.conf_int()
-    return pd.DataFrame({"term": usable, "coef": fit.params[usable].to_numpy(), "coef_lo": ci.loc[usable, 0].to_numpy(), "coef_hi": ci.loc[usable, 1].to_numpy(), "p_value": fit.pvalues[usable].to_numpy(), "model": "logit", "n": len(data)})
+    with recorded_warnings() as caught:
+        fit = smf.logit(f"hit ~ {' + '.join(usable)}", data=data).fit(disp=0)
+        ci = fit.conf_int()
+        pvalues = fit.pvalues
+    return pd.DataFrame(
+        {
+            "term": usable,
+            "coef": fit.params[usable].to_numpy(),
+            "coef_lo": ci.loc[usable, 0].to_numpy(),
+            "coef_hi": ci.loc[usable, 1].to_numpy(),
+            "p_value": pvalues[usable].to_numpy(),
+            "model": "logit",
+            "n": len(data),
+            "converged": _converged(fit, caught),
+            "fit_warnings": warning_text(caught),
+        }
+    )
 
 
-def mixed_effects(table: pd.DataFrame, outcome: str, features: Sequence[str] = FEATURES) -> pd.DataFrame:
-    """Linear mixed model ``outcome ~ features`` with a random intercept per CXR."""
+def mixed_effects(
+    table: pd.DataFrame, outcome: str, features: Sequence[str] = FEATURES
+) -> pd.DataFrame:
+    """Linear mixed model ``outcome ~ features`` with a random intercept per CXR.
+
+    One row per term, with ``converged`` and ``fit_warnings`` (see the module docstring).
+    """
     data = table[[outcome, "image_id", *features]].dropna().copy()
     for f in features:
         data[f] = minmax(data[f].astype(float))
     usable = [f for f in features if data[f].nunique() > 1]
     if len(data) <= len(usable) + 2 or data["image_id"].nunique() < 2:
         return pd.DataFrame()
-    fit = smf.mixedlm(f"{outcome} ~ {' + '.join(usable)}", data=data, groups=data["image_id"]).fit()
-    ci = fit.conf_int()
-    return pd.DataFrame({"term": usable, "coef": fit.params[usable].to_numpy(), "coef_lo": ci.loc[usable, 0].to_numpy(), "coef_hi": ci.loc[usable, 1].to_numpy(), "p_value": fit.pvalues[usable].to_numpy(), "model": f"mixedlm:{outcome}", "n": len(data)})
+    formula = f"{outcome} ~ {' + '.join(usable)}"
+    with recorded_warnings() as caught:
+        fit = smf.mixedlm(formula, data=data, groups=data["image_id"]).fit()
+        ci = fit.conf_int()
+        pvalues = fit.pvalues
+    return pd.DataFrame(
+        {
+            "term": usable,
+            "coef": fit.params[usable].to_numpy(),
+            "coef_lo": ci.loc[usable, 0].to_numpy(),
+            "coef_hi": ci.loc[usable, 1].to_numpy(),
+            "p_value": pvalues[usable].to_numpy(),
+            "model": f"mixedlm:{outcome}",
+            "n": len(data),
+            "converged": _converged(fit, caught),
+            "fit_warnings": warning_text(caught),
+        }
+    )

@@ -36,7 +36,14 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataF
     s = np.bincount(ids, weights=pp, minlength=n_bins)
     t = np.bincount(ids, weights=yy, minlength=n_bins)
     nz = count > 0
-    return pd.DataFrame({"bin": np.flatnonzero(nz), "count": count[nz], "mean_score": s[nz] / count[nz], "fraction_positive": t[nz] / count[nz]})
+    return pd.DataFrame(
+        {
+            "bin": np.flatnonzero(nz),
+            "count": count[nz],
+            "mean_score": s[nz] / count[nz],
+            "fraction_positive": t[nz] / count[nz],
+        }
+    )
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
@@ -81,21 +88,55 @@ def calibration_table(
     for attr, group, mask in parts:
         y = lab.loc[mask, task].to_numpy(dtype=float)
         p = lab.loc[mask, f"p_{task}"].to_numpy(dtype=float)
-        res = bootstrap(lambda i, y=y, p=p: expected_calibration_error(y[i], p[i], n_bins), len(y), n_boot=n_boot, seed=seed, clusters=lab.loc[mask, "patient_id"].to_numpy(), level=level,
-                        max_dropped_share=float(max_dropped_share), desc=f"ECE {task}/{attr}={group}")
-        rows.append({"task": task, "attribute": attr, "group": group, "n": len(y), "ece": res.estimate, "ece_lo": res.lo, "ece_hi": res.hi, "ece_dropped": res.n_dropped})
+        res = bootstrap(
+            lambda i, y=y, p=p: expected_calibration_error(y[i], p[i], n_bins),
+            len(y),
+            n_boot=n_boot,
+            seed=seed,
+            clusters=lab.loc[mask, "patient_id"].to_numpy(),
+            level=level,
+            max_dropped_share=float(max_dropped_share),
+            desc=f"ECE {task}/{attr}={group}",
+        )
+        rows.append(
+            {
+                "task": task,
+                "attribute": attr,
+                "group": group,
+                "n": len(y),
+                "ece": res.estimate,
+                "ece_lo": res.lo,
+                "ece_hi": res.hi,
+                "ece_dropped": res.n_dropped,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def plot_reliability(table: pd.DataFrame, task: str, attribute: str | None, *, n_bins: int = 10, title: str = "") -> Figure:
+def plot_reliability(
+    table: pd.DataFrame, task: str, attribute: str | None, *, n_bins: int = 10, title: str = ""
+) -> Figure:
     """Reliability diagram: fraction positive vs mean score per bin, one line per group."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     lab = table[np.isfinite(table[task].to_numpy(dtype=float))]
-    groups = [("all", lab)] if attribute is None else [(str(v), lab[lab[attribute] == v]) for v in sorted(lab[attribute].dropna().unique(), key=str)]
+    groups = (
+        [("all", lab)]
+        if attribute is None
+        else [
+            (str(v), lab[lab[attribute] == v])
+            for v in sorted(lab[attribute].dropna().unique(), key=str)
+        ]
+    )
     for name, sub in groups:
         bins = reliability_bins(sub[task].to_numpy(), sub[f"p_{task}"].to_numpy(), n_bins)
-        ax.plot(bins["mean_score"], bins["fraction_positive"], marker="o", ms=3, label=f"{name} (n={len(sub)})")
+        ax.plot(
+            bins["mean_score"],
+            bins["fraction_positive"],
+            marker="o",
+            ms=3,
+            label=f"{name} (n={len(sub)})",
+        )
     ax.set_xlabel("mean predicted probability")
     ax.set_ylabel("fraction positive")
     ax.set_title(title or f"{task} reliability" + (f" by {attribute}" if attribute else ""))

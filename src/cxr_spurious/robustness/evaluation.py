@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.data.contract import AGE_BIN, DEFAULT_AGE_EDGES, align_table, bin_ages
 from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.sources.contract import AGE_BIN, DEFAULT_AGE_EDGES, align_table, bin_ages
 
 
 def evaluation_table(
@@ -40,10 +40,16 @@ def evaluation_table(
     m = manifest.drop_duplicates("image_id").reset_index(drop=True)
     missing_p = [f"p_{t}" for t in tasks if f"p_{t}" not in predictions.columns]
     if missing_p:
-        raise ContractError(f"{name}: missing column(s) {missing_p}; got {list(predictions.columns)}")
+        raise ContractError(
+            f"{name}: missing column(s) {missing_p}; got {list(predictions.columns)}"
+        )
     bad = [a for a in attributes if a != AGE_BIN and a not in m.columns]
     if bad:
-        raise ParameterError("robustness.attributes", f"attribute(s) {bad} not in the manifest; available: {sorted(map(str, m.columns))} and '{AGE_BIN}'")
+        raise ParameterError(
+            "robustness.attributes",
+            f"attribute(s) {bad} not in the manifest; "
+            f"available: {sorted(map(str, m.columns))} and '{AGE_BIN}'",
+        )
     aligned = align_table(m, predictions, name=name)
     out = m[["image_id", "patient_id", "split", *tasks]].copy()
     for t in tasks:

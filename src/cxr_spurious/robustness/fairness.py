@@ -44,40 +44,47 @@ from cxr_spurious.stats.bootstrap import (
 
 from .subgroups import eligible_groups
 
-METHODS: tuple[str, ...] = ("youden", "fixed_sensitivity", "fixed_specificity")
-Method = Literal["youden", "fixed_sensitivity", "fixed_specificity"]
+# Operating-point rules (``robustness.operating_point``).
+RULES: tuple[str, ...] = ("youden", "fixed_sensitivity", "fixed_specificity")
+Rule = Literal["youden", "fixed_sensitivity", "fixed_specificity"]
 
 
-def choose_threshold(y: np.ndarray, p: np.ndarray, method: Method = "youden", target: float = 0.9) -> float:
+def choose_threshold(
+    y: np.ndarray, p: np.ndarray, rule: Rule = "youden", target: float = 0.9
+) -> float:
     """Decision threshold on validation scores (predict positive when ``p >= threshold``).
 
     Args:
         y: Labels 1 / 0 (NaN ignored).
         p: Scores.
-        method: ``youden`` (max TPR - FPR), ``fixed_sensitivity`` (highest threshold with
+        rule: ``youden`` (max TPR - FPR), ``fixed_sensitivity`` (highest threshold with
             TPR >= target) or ``fixed_specificity`` (lowest threshold with 1 - FPR >= target).
-        target: Sensitivity or specificity for the fixed methods.
+        target: Sensitivity or specificity for the fixed rules.
 
     Returns:
         The threshold.
 
     Raises:
-        ParameterError: unknown method or target outside (0, 1].
+        ParameterError: unknown rule or target outside (0, 1].
         ContractError: the validation labels have one class only.
     """
-    if method not in METHODS:
-        raise unknown_name_error("operating-point method", method, METHODS, key="robustness.operating_point")
+    if rule not in RULES:
+        raise unknown_name_error(
+            "operating-point rule", rule, RULES, key="robustness.operating_point"
+        )
     if not 0 < target <= 1:
         raise ParameterError("robustness.operating_target", f"must be in (0, 1], got {target}")
     yy = np.asarray(y, dtype=float)
     keep = np.isfinite(yy)
     if np.unique(yy[keep]).size < 2:
-        raise ContractError("validation labels have a single class; cannot choose an operating point")
+        raise ContractError(
+            "validation labels have a single class; cannot choose an operating point"
+        )
     fpr, tpr, thr = roc_curve(yy[keep], np.asarray(p, dtype=float)[keep], drop_intermediate=False)
     thr = np.minimum(thr, 1.0)  # sklearn's first threshold is +inf
-    if method == "youden":
+    if rule == "youden":
         return float(thr[int(np.argmax(tpr - fpr))])
-    if method == "fixed_sensitivity":
+    if rule == "fixed_sensitivity":
         return float(thr[int(np.flatnonzero(tpr >= target)[0])])
     return float(thr[int(np.flatnonzero(1 - fpr >= target)[-1])])
 
@@ -86,7 +93,12 @@ def _ppv(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(precision_score(y_true, y_pred, zero_division=np.nan))
 
 
-RATE_METRICS = {"tpr": true_positive_rate, "fpr": false_positive_rate, "fnr": false_negative_rate, "ppv": _ppv}
+RATE_METRICS = {
+    "tpr": true_positive_rate,
+    "fpr": false_positive_rate,
+    "fnr": false_negative_rate,
+    "ppv": _ppv,
+}
 
 
 def group_metric_frame(y: np.ndarray, y_pred: np.ndarray, sensitive: np.ndarray) -> MetricFrame:
@@ -97,16 +109,25 @@ def group_metric_frame(y: np.ndarray, y_pred: np.ndarray, sensitive: np.ndarray)
 
 def fairness_point(y: np.ndarray, y_pred: np.ndarray, sensitive: np.ndarray) -> dict[str, float]:
     """Equalized-odds difference, FNR gap and FPR gap, computed by Fairlearn."""
-    frame = MetricFrame(metrics={k: RATE_METRICS[k] for k in ("fnr", "fpr")}, y_true=y, y_pred=y_pred, sensitive_features=sensitive)
+    frame = MetricFrame(
+        metrics={k: RATE_METRICS[k] for k in ("fnr", "fpr")},
+        y_true=y,
+        y_pred=y_pred,
+        sensitive_features=sensitive,
+    )
     diff = frame.difference(method="between_groups")
     return {
-        "equalized_odds_difference": float(equalized_odds_difference(y, y_pred, sensitive_features=sensitive)),
+        "equalized_odds_difference": float(
+            equalized_odds_difference(y, y_pred, sensitive_features=sensitive)
+        ),
         "fnr_gap": float(diff["fnr"]),
         "fpr_gap": float(diff["fpr"]),
     }
 
 
-def _fast_gaps(y: np.ndarray, y_pred: np.ndarray, codes: np.ndarray, n_groups: int) -> dict[str, float]:
+def _fast_gaps(
+    y: np.ndarray, y_pred: np.ndarray, codes: np.ndarray, n_groups: int
+) -> dict[str, float]:
     """Same gaps as ``fairness_point`` by counting, over all ``n_groups`` groups.
 
     Equal to Fairlearn whenever every group has positives and negatives. A gap that needs a
@@ -162,7 +183,10 @@ def fairness_tables(
         BootstrapDropError: too many undefined replicates for a gap.
     """
     if int(min_per_class) < 1:
-        raise ParameterError("robustness.min_per_class", f"must be >= 1 (a reported group needs both classes), got {min_per_class}")
+        raise ParameterError(
+            "robustness.min_per_class",
+            f"must be >= 1 (a reported group needs both classes), got {min_per_class}",
+        )
     labelled = table[np.isfinite(table[task].to_numpy(dtype=float))]
     by_group, gaps = [], []
     for attr in attributes:
@@ -182,12 +206,48 @@ def fairness_tables(
         codes = pd.Categorical(sens).codes
         pid = sub["patient_id"].to_numpy()
         point = fairness_point(y, y_pred, sens)
-        reps = [_fast_gaps(y[i], y_pred[i], codes[i], len(groups)) for i in bootstrap_indices(len(y), n_boot, seed, pid)]
+        reps = [
+            _fast_gaps(y[i], y_pred[i], codes[i], len(groups))
+            for i in bootstrap_indices(len(y), n_boot, seed, pid)
+        ]
         for metric, value in point.items():
             values = np.array([r[metric] for r in reps], dtype=float)
-            lo, hi = percentile_ci(values, level, max_dropped_share=max_dropped_share, label=f"fairness {task}/{attr}/{metric}")
-            gaps.append({"task": task, "attribute": attr, "metric": metric, "estimate": value, "lo": lo, "hi": hi, "n_groups": len(groups),
-                         "n_patients": int(pd.unique(pid).size), "n_dropped": count_dropped(values)})
+            lo, hi = percentile_ci(
+                values,
+                level,
+                max_dropped_share=max_dropped_share,
+                label=f"fairness {task}/{attr}/{metric}",
+            )
+            gaps.append(
+                {
+                    "task": task,
+                    "attribute": attr,
+                    "metric": metric,
+                    "estimate": value,
+                    "lo": lo,
+                    "hi": hi,
+                    "n_groups": len(groups),
+                    "n_patients": int(pd.unique(pid).size),
+                    "n_dropped": count_dropped(values),
+                }
+            )
     group_cols = ["task", "attribute", "group", "tpr", "fpr", "fnr", "ppv", "count"]
-    by = pd.concat(by_group, ignore_index=True)[group_cols] if by_group else pd.DataFrame(columns=group_cols)
-    return by, pd.DataFrame(gaps, columns=["task", "attribute", "metric", "estimate", "lo", "hi", "n_groups", "n_patients", "n_dropped"])
+    by = (
+        pd.concat(by_group, ignore_index=True)[group_cols]
+        if by_group
+        else pd.DataFrame(columns=group_cols)
+    )
+    return by, pd.DataFrame(
+        gaps,
+        columns=[
+            "task",
+            "attribute",
+            "metric",
+            "estimate",
+            "lo",
+            "hi",
+            "n_groups",
+            "n_patients",
+            "n_dropped",
+        ],
+    )

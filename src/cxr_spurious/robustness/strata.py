@@ -29,37 +29,50 @@ REDUCERS = ("pca", "umap")
 CLUSTERERS = ("kmeans", "gmm")
 
 
-def reduce(x: np.ndarray, *, method: str = "pca", n_components: int = 10, seed: int = 0) -> np.ndarray:
+def reduce(
+    x: np.ndarray, *, reducer: str = "pca", n_components: int = 10, seed: int = 0
+) -> np.ndarray:
     """Reduce embeddings to ``n_components`` (capped by the data) with PCA or UMAP.
 
     Raises:
-        ParameterError: unknown method, or ``umap`` without umap-learn installed.
+        ParameterError: unknown reducer, or ``umap`` without umap-learn installed.
     """
-    if method not in REDUCERS:
-        raise unknown_name_error("reducer", method, REDUCERS, key="robustness.strata.reducer")
+    if reducer not in REDUCERS:
+        raise unknown_name_error("reducer", reducer, REDUCERS, key="robustness.strata.reducer")
     dims = max(1, min(n_components, x.shape[1], x.shape[0] - 1))
-    if method == "umap":
+    if reducer == "umap":
         try:
             import umap  # type: ignore[import-not-found]
         except ModuleNotFoundError as exc:
-            raise ParameterError("robustness.strata.reducer", "umap needs the umap-learn package, which is not installed; use 'pca'") from exc
+            raise ParameterError(
+                "robustness.strata.reducer",
+                "umap needs the umap-learn package, which is not installed; use 'pca'",
+            ) from exc
         return umap.UMAP(n_components=dims, random_state=seed).fit_transform(x)
     return PCA(n_components=dims, random_state=seed).fit_transform(x)
 
 
-def cluster(z: np.ndarray, *, method: str = "kmeans", k: int | Sequence[int] = (2, 3, 4, 5), seed: int = 0) -> tuple[np.ndarray, int]:
+def cluster(
+    z: np.ndarray,
+    *,
+    clusterer: str = "kmeans",
+    k: int | Sequence[int] = (2, 3, 4, 5),
+    seed: int = 0,
+) -> tuple[np.ndarray, int]:
     """Cluster ``z``; ``k`` fixed or the silhouette-best of a range.
 
     Returns:
         Labels and the chosen k.
     """
-    if method not in CLUSTERERS:
-        raise unknown_name_error("clusterer", method, CLUSTERERS, key="robustness.strata.clusterer")
+    if clusterer not in CLUSTERERS:
+        raise unknown_name_error(
+            "clusterer", clusterer, CLUSTERERS, key="robustness.strata.clusterer"
+        )
     candidates = [int(k)] if isinstance(k, int | np.integer) else [int(v) for v in k]
     candidates = [c for c in candidates if 1 <= c < len(z)] or [1]
     best: tuple[float, np.ndarray, int] | None = None
     for c in candidates:
-        if method == "kmeans":
+        if clusterer == "kmeans":
             labels = KMeans(n_clusters=c, n_init=4, random_state=seed).fit_predict(z)
         else:
             labels = GaussianMixture(n_components=c, random_state=seed).fit(z).predict(z)
@@ -112,9 +125,9 @@ def find_strata(
         other = np.flatnonzero(yy == 1 - cls)
         if members.size < 3:
             continue
-        z = reduce(x[members], method=reducer, n_components=n_components, seed=seed)
+        z = reduce(x[members], reducer=reducer, n_components=n_components, seed=seed)
         coords[members, : min(2, z.shape[1])] = z[:, :2]
-        labels, _ = cluster(z, method=clusterer, k=k, seed=seed)
+        labels, _ = cluster(z, clusterer=clusterer, k=k, seed=seed)
         ids[members] = cls * 100 + labels
         wrong = pred[members] != bool(cls)
         class_err = float(wrong.mean())
@@ -134,7 +147,23 @@ def find_strata(
                     "flagged": bool(err > class_err + margin),
                 }
             )
-    return ids, coords, pd.DataFrame(rows, columns=["class", "cluster", "size", "error_rate", "class_error_rate", "mean_score", "auroc", "flagged"])
+    return (
+        ids,
+        coords,
+        pd.DataFrame(
+            rows,
+            columns=[
+                "class",
+                "cluster",
+                "size",
+                "error_rate",
+                "class_error_rate",
+                "mean_score",
+                "auroc",
+                "flagged",
+            ],
+        ),
+    )
 
 
 def attribute_ami(clusters: np.ndarray, y: np.ndarray, attributes: pd.DataFrame) -> pd.DataFrame:
@@ -156,7 +185,13 @@ def attribute_ami(clusters: np.ndarray, y: np.ndarray, attributes: pd.DataFrame)
     return pd.DataFrame(rows, columns=["class", "attribute", "ami", "n"])
 
 
-def plot_strata(coords: np.ndarray, clusters: np.ndarray, y: np.ndarray, colour_by: pd.DataFrame, title: str = "") -> Figure:
+def plot_strata(
+    coords: np.ndarray,
+    clusters: np.ndarray,
+    y: np.ndarray,
+    colour_by: pd.DataFrame,
+    title: str = "",
+) -> Figure:
     """Scatter of the 2-D coordinates per class, coloured by cluster and by each attribute."""
     cols = ["cluster", *colour_by.columns]
     fig, axes = plt.subplots(2, len(cols), figsize=(3.2 * len(cols), 6.4), squeeze=False)

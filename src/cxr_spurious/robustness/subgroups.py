@@ -27,7 +27,11 @@ from cxr_spurious.stats.bootstrap import (
 )
 from cxr_spurious.stats.metrics import auroc, reverse_auroc, robust_auroc
 
-METRICS: dict[str, Callable[..., float]] = {"auroc": auroc, "robust_auroc": robust_auroc, "reverse_auroc": reverse_auroc}
+METRICS: dict[str, Callable[..., float]] = {
+    "auroc": auroc,
+    "robust_auroc": robust_auroc,
+    "reverse_auroc": reverse_auroc,
+}
 
 
 def eligible_groups(y: np.ndarray, values: pd.Series, min_per_class: int) -> list[object]:
@@ -40,7 +44,9 @@ def eligible_groups(y: np.ndarray, values: pd.Series, min_per_class: int) -> lis
     return out
 
 
-def worst_group_auroc(y: np.ndarray, s: np.ndarray, codes: np.ndarray, n_groups: int, *, strict: bool = False) -> float:
+def worst_group_auroc(
+    y: np.ndarray, s: np.ndarray, codes: np.ndarray, n_groups: int, *, strict: bool = False
+) -> float:
     """Lowest AUROC over the groups ``0..n_groups-1`` of ``codes``.
 
     ``strict=False``: undefined (NaN) groups are skipped. ``strict=True``: NaN when any group
@@ -93,13 +99,27 @@ def subgroup_auroc(
     pid = table["patient_id"].to_numpy()
     kw: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level}
     share = float(max_dropped_share)
-    overall = bootstrap(lambda i: auroc(y[i], s[i]), len(y), clusters=pid, max_dropped_share=share, desc=f"AUROC {task}", **kw)
+    overall = bootstrap(
+        lambda i: auroc(y[i], s[i]),
+        len(y),
+        clusters=pid,
+        max_dropped_share=share,
+        desc=f"AUROC {task}",
+        **kw,
+    )
     rows = [_row(task, "auroc", "all", "all", y, overall)]
     if spurious is not None and spurious in table.columns:
         t = table[spurious].to_numpy(dtype=float)
         for metric in ("robust_auroc", "reverse_auroc"):
             fn = METRICS[metric]
-            res, note = bootstrap_or_note(lambda i, fn=fn: fn(y[i], s[i], t[i]), len(y), clusters=pid, max_dropped_share=share, desc=f"{metric} {task}/{spurious}", **kw)
+            res, note = bootstrap_or_note(
+                lambda i, fn=fn: fn(y[i], s[i], t[i]),
+                len(y),
+                clusters=pid,
+                max_dropped_share=share,
+                desc=f"{metric} {task}/{spurious}",
+                **kw,
+            )
             rows.append(_row(task, metric, spurious, "all", y, res, note))
     for attr in attributes:
         if attr not in table.columns:
@@ -108,11 +128,25 @@ def subgroup_auroc(
         for v in groups:
             mask = (table[attr] == v).to_numpy()
             yy, ss, pp = y[mask], s[mask], pid[mask]
-            res, note = bootstrap_or_note(lambda i, yy=yy, ss=ss: auroc(yy[i], ss[i]), int(mask.sum()), clusters=pp, max_dropped_share=share, desc=f"AUROC {task}/{attr}={v}", **kw)
+            res, note = bootstrap_or_note(
+                lambda i, yy=yy, ss=ss: auroc(yy[i], ss[i]),
+                int(mask.sum()),
+                clusters=pp,
+                max_dropped_share=share,
+                desc=f"AUROC {task}/{attr}={v}",
+                **kw,
+            )
             rows.append(_row(task, "auroc", attr, str(v), yy, res, note))
         if groups:
             codes = pd.Categorical(table[attr], categories=groups).codes
-            res, note = bootstrap_or_note(_worst_statistic(y, s, codes, len(groups)), len(y), clusters=pid, max_dropped_share=share, desc=f"worst-group AUROC {task}/{attr}", **kw)
+            res, note = bootstrap_or_note(
+                _worst_statistic(y, s, codes, len(groups)),
+                len(y),
+                clusters=pid,
+                max_dropped_share=share,
+                desc=f"worst-group AUROC {task}/{attr}",
+                **kw,
+            )
             rows.append(_row(task, "worst_group_auroc", attr, "worst", y, res, note))
     return pd.DataFrame(rows)
 
@@ -142,7 +176,10 @@ def paired_auroc_test(
     a = table_a.set_index("image_id")
     b = table_b.set_index("image_id")
     if set(a.index) != set(b.index):
-        raise ContractError(f"paired test needs the same images in both models; {len(set(a.index) ^ set(b.index))} differ")
+        raise ContractError(
+            "paired test needs the same images in both models; "
+            f"{len(set(a.index) ^ set(b.index))} differ"
+        )
     b = b.loc[a.index]
     y = a[task].to_numpy(dtype=float)
     sa, sb = a[f"p_{task}"].to_numpy(dtype=float), b[f"p_{task}"].to_numpy(dtype=float)
@@ -152,16 +189,35 @@ def paired_auroc_test(
     def stat(score: np.ndarray) -> Callable[[np.ndarray], float]:
         return lambda i: fn(y[i], score[i], *(e[i] for e in extra))
 
-    res, p = paired_bootstrap(stat(sa), stat(sb), len(y), n_boot=n_boot, seed=seed, clusters=a["patient_id"].to_numpy(), level=level,
-                              max_dropped_share=float(max_dropped_share), label=f"paired {metric} difference {task}")
+    res, p = paired_bootstrap(
+        stat(sa),
+        stat(sb),
+        len(y),
+        n_boot=n_boot,
+        seed=seed,
+        clusters=a["patient_id"].to_numpy(),
+        level=level,
+        max_dropped_share=float(max_dropped_share),
+        label=f"paired {metric} difference {task}",
+    )
     return {**res.as_dict("difference"), "difference_dropped": float(res.n_dropped), "p_value": p}
 
 
-def _worst_statistic(y: np.ndarray, s: np.ndarray, codes: np.ndarray, k: int) -> Callable[[np.ndarray], float]:
+def _worst_statistic(
+    y: np.ndarray, s: np.ndarray, codes: np.ndarray, k: int
+) -> Callable[[np.ndarray], float]:
     return lambda i: worst_group_auroc(y[i], s[i], codes[i], k, strict=True)
 
 
-def _row(task: str, metric: str, attribute: str, group: str, y: np.ndarray, res: BootstrapResult, note: str = "") -> dict[str, object]:
+def _row(
+    task: str,
+    metric: str,
+    attribute: str,
+    group: str,
+    y: np.ndarray,
+    res: BootstrapResult,
+    note: str = "",
+) -> dict[str, object]:
     return {
         "task": task,
         "metric": metric,

@@ -27,7 +27,9 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         return torch.device(str(device))
     except RuntimeError as exc:
-        raise ParameterError("saliency.device", f"expected 'auto', 'cpu' or 'cuda[:n]', got {device!r}") from exc
+        raise ParameterError(
+            "saliency.device", f"expected 'auto', 'cpu' or 'cuda[:n]', got {device!r}"
+        ) from exc
 
 
 def load_model(artifact: dict[str, Any], name: str = "model") -> nn.Module:
@@ -47,7 +49,9 @@ def load_model(artifact: dict[str, Any], name: str = "model") -> nn.Module:
     return model_from_artifact(artifact, source=f"{name}.model")
 
 
-def resolve_tasks(model: nn.Module, tasks: Sequence[str] | None, model_name: str = "model") -> list[str]:
+def resolve_tasks(
+    model: nn.Module, tasks: Sequence[str] | None, model_name: str = "model"
+) -> list[str]:
     """The tasks to explain: ``tasks`` (checked against ``model.tasks``) or all of the model's.
 
     Raises:
@@ -59,11 +63,16 @@ def resolve_tasks(model: nn.Module, tasks: Sequence[str] | None, model_name: str
     wanted = name_list(tasks, spaces=False) or []
     unknown = [t for t in wanted if t not in model_tasks]
     if unknown:
-        raise ParameterError("saliency.tasks", f"{model_name} was not trained on task(s) {unknown}; its tasks are {model_tasks}")
+        raise ParameterError(
+            "saliency.tasks",
+            f"{model_name} was not trained on task(s) {unknown}; its tasks are {model_tasks}",
+        )
     return wanted
 
 
-def select_image_ids(manifest: pd.DataFrame, split: str, max_images: int | None, seed: int) -> list[str]:
+def select_image_ids(
+    manifest: pd.DataFrame, split: str, max_images: int | None, seed: int
+) -> list[str]:
     """Image ids of one split, optionally a seeded random subset of at most ``max_images``.
 
     The subset keeps manifest order, and the same seed gives the same subset.
@@ -73,7 +82,11 @@ def select_image_ids(manifest: pd.DataFrame, split: str, max_images: int | None,
     """
     ids = manifest.loc[manifest["split"] == split, "image_id"].astype(str).to_numpy()
     if ids.size == 0:
-        raise ParameterError("saliency.split", f"no manifest rows with split == {split!r}; splits present: {sorted(manifest['split'].unique())}")
+        raise ParameterError(
+            "saliency.split",
+            f"no manifest rows with split == {split!r}; "
+            f"splits present: {sorted(manifest['split'].unique())}",
+        )
     if max_images is None or int(max_images) >= ids.size:
         return ids.tolist()
     if int(max_images) < 1:
@@ -143,8 +156,13 @@ def compute_maps(
     probs = np.zeros((n, len(task_idx)), dtype=np.float64)
     batches = image_batches(images, batch_size)
     # fp32 whatever the training precision or an enclosing autocast (bf16 ties scores)
-    with torch.autocast(device_type=dev.type, enabled=False), spec.open(model, options) as attribute:
-        for sl in tqdm(batches, desc=desc or f"saliency {method}", leave=False, disable=not progress):
+    with (
+        torch.autocast(device_type=dev.type, enabled=False),
+        spec.open(model, options) as attribute,
+    ):
+        for sl in tqdm(
+            batches, desc=desc or f"saliency {method}", leave=False, disable=not progress
+        ):
             x = to_input(images[sl], dev)
             logits = None
             for j, t in enumerate(task_idx):
@@ -160,7 +178,10 @@ def compute_maps(
     if maps is None:
         maps = np.zeros((0, len(task_idx), *images.shape[1:]), dtype=np.float16)
     if not np.isfinite(maps).all():
-        raise CxrSpuriousError(f"saliency method '{method}' produced non-finite maps for {int((~np.isfinite(maps)).sum())} pixels")
+        raise CxrSpuriousError(
+            f"saliency method '{method}' produced non-finite maps "
+            f"for {int((~np.isfinite(maps)).sum())} pixels"
+        )
     return maps, probs
 
 
@@ -183,7 +204,9 @@ def build_heatmap_set(
     """
     missing_cols = [t for t in tasks if t not in manifest.columns]
     if missing_cols:
-        raise ContractError(f"manifest lacks task column(s) {missing_cols} needed for heatmap labels")
+        raise ContractError(
+            f"manifest lacks task column(s) {missing_cols} needed for heatmap labels"
+        )
     table = manifest.assign(image_id=manifest["image_id"].astype(str)).set_index("image_id")
     ids = [str(i) for i in image_ids]
     absent = [i for i in ids if i not in table.index]
@@ -242,8 +265,17 @@ def heatmap_set_for(
     if len(images) != len(image_ids):
         raise ContractError(f"{len(images)} images but {len(image_ids)} image ids")
     task_names = resolve_tasks(model, tasks, model_name)
-    maps, probs = compute_maps(model, images, method, task_names, batch_size=batch_size, device=device,
-                               options=options, progress=progress, desc=f"{model_name} {method}")
+    maps, probs = compute_maps(
+        model,
+        images,
+        method,
+        task_names,
+        batch_size=batch_size,
+        device=device,
+        options=options,
+        progress=progress,
+        desc=f"{model_name} {method}",
+    )
     return build_heatmap_set(maps, probs, image_ids, task_names, manifest, model_name, method)
 
 
@@ -269,8 +301,12 @@ def name_list(value: str | Sequence[str] | None, *, spaces: bool = True) -> list
     return [str(v) for v in value]
 
 
-def plan_methods(model_name: str, model: nn.Module, requested: Sequence[str] | None,
-                 default_pairs: Sequence[tuple[str, str]] | None = None) -> list[str]:
+def plan_methods(
+    model_name: str,
+    model: nn.Module,
+    requested: Sequence[str] | None,
+    default_pairs: Sequence[tuple[str, str]] | None = None,
+) -> list[str]:
     """The saliency methods to run for one model.
 
     Args:
@@ -304,6 +340,10 @@ def plan_methods(model_name: str, model: nn.Module, requested: Sequence[str] | N
         if spec.supports(model):
             planned.append(name)
         else:
-            logger.warning("skipping saliency method '%s' for %s: %s", name, model_name,
-                           "needs a dense model" if spec.needs_dense else "needs a cam layer")
+            logger.warning(
+                "skipping saliency method '%s' for %s: %s",
+                name,
+                model_name,
+                "needs a dense model" if spec.needs_dense else "needs a cam layer",
+            )
     return planned

@@ -1,4 +1,10 @@
-"""Overlay figures: image, heatmap on the image, ground-truth outline where known."""
+"""Overlay figures: the radiograph, and the heatmap over it with its outlines.
+
+Each row is one map: the model-input image alone, then the same image with the min-max
+normalised map blended over it (``cxr_spurious.overlays.draw_overlay``) and the outlines of
+the ground-truth lesion, the chest tube and the map's Otsu segmentation (the evaluation's
+kernel, ``localization.figures.segment_for_display``, at the image's size).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,18 @@ import numpy as np
 from matplotlib.figure import Figure  # object API: no pyplot state, no GUI backend
 
 from cxr_spurious.heatmaps import HeatmapSet, sample_positives_first
+from cxr_spurious.localization.figures import segment_for_display
+from cxr_spurious.overlays import (
+    CHEST_TUBE,
+    DEFAULT_ALPHA,
+    GROUND_TRUTH,
+    SEGMENTATION,
+    OverlayLayers,
+    draw_overlay,
+    finish_overlay_figure,
+)
+
+TUBE_OBJECT = "Chest Tube"  # the spurious object outlined (a name of ``ImageCache.objects``)
 
 
 def sample_rows(heatmaps: HeatmapSet, n: int, seed: int) -> np.ndarray:
@@ -18,57 +36,63 @@ def sample_rows(heatmaps: HeatmapSet, n: int, seed: int) -> np.ndarray:
     return sample_positives_first(heatmaps, n, seed, parameter="saliency.overlays.n_images")
 
 
-def _resize_nearest(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    rows = (np.arange(shape[0]) * arr.shape[0] / shape[0]).astype(int)
-    cols = (np.arange(shape[1]) * arr.shape[1] / shape[1]).astype(int)
-    return arr[rows][:, cols]
-
-
 def overlay_figure(
     heatmaps: HeatmapSet,
     rows: np.ndarray,
     images: Mapping[str, np.ndarray],
     gt_masks: Mapping[tuple[str, str], np.ndarray] | None = None,
+    tube_masks: Mapping[str, np.ndarray] | None = None,
     *,
     title: str = "",
-    alpha: float = 0.45,
+    alpha: float = DEFAULT_ALPHA,
 ) -> Figure:
-    """One figure, one row per map: the image and the heatmap over it, GT outlined in green.
+    """One figure, one row per map: the image, and the heatmap over it with its outlines.
 
     Args:
         heatmaps: The set.
         rows: Row numbers of ``heatmaps`` to draw.
         images: Model-input image (h, w) per ``image_id``.
-        gt_masks: Optional ground-truth mask per ``(image_id, task)`` (any size; resized).
+        gt_masks: Optional ground-truth mask per ``(image_id, task)`` (any size; resized);
+            outlined in lime on both panels.
+        tube_masks: Optional chest-tube (spurious object) mask per ``image_id``; outlined
+            in magenta, dashed, on both panels.
         title: Figure title.
-        alpha: Heatmap opacity.
+        alpha: Heatmap opacity, in (0, 1).
 
     Returns:
-        The figure (not shown; the caller saves and closes it).
+        The figure (not shown; the caller saves and closes it), with a legend of the
+        outlines drawn and the heatmap's colour bar.
     """
     n = max(1, len(rows))
-    fig = Figure(figsize=(4.4, 2.2 * n), layout="constrained")
+    fig = Figure(figsize=(5.2, 2.3 * n + 0.6), layout="constrained")
     axes = fig.subplots(n, 2, squeeze=False)
+    layers: list[OverlayLayers] = []
+    for ax in axes.ravel():
+        ax.set_axis_off()
     for ax_row, r in zip(axes, rows):
         rec = heatmaps.index.iloc[int(r)]
-        image = np.asarray(images[str(rec["image_id"])])
-        hm = np.asarray(heatmaps.maps[int(r)], dtype=np.float32)
-        hm_up = _resize_nearest(hm, image.shape[:2]) if hm.shape != image.shape[:2] else hm
-        ax_row[0].imshow(image, cmap="gray", vmin=0, vmax=255 if image.dtype == np.uint8 else 1)
-        ax_row[1].imshow(image, cmap="gray", vmin=0, vmax=255 if image.dtype == np.uint8 else 1)
-        ax_row[1].imshow(hm_up, cmap="jet", alpha=alpha, vmin=0, vmax=max(float(hm_up.max()), 1e-6))
-        mask = None if gt_masks is None else gt_masks.get((str(rec["image_id"]), str(rec["task"])))
-        if mask is not None and np.asarray(mask).any():
-            m = np.asarray(mask, dtype=float)
-            m = _resize_nearest(m, image.shape[:2]) if m.shape != image.shape[:2] else m
-            for ax in ax_row:
-                ax.contour(m, levels=[0.5], colors="lime", linewidths=0.8)
-        gt = rec["gt"]
-        label = "?" if not np.isfinite(float(gt)) else int(gt)
-        ax_row[0].set_title(f"{rec['image_id']}"[-24:], fontsize=6)
-        ax_row[1].set_title(f"{rec['task']} p={float(rec['prob']):.2f} gt={label}", fontsize=6)
-        for ax in ax_row:
-            ax.set_axis_off()
+        image_id, task = str(rec["image_id"]), str(rec["task"])
+        image = np.asarray(images[image_id])
+        h, w = image.shape[:2]
+        heat, pred, _ = segment_for_display(heatmaps.maps[int(r)], h, w, float(rec["prob"]))
+        gt = None if gt_masks is None else gt_masks.get((image_id, task))
+        tube = None if tube_masks is None else tube_masks.get(image_id)
+        # Left: the radiograph with the reference outlines only; right: the map over it.
+        layers.append(draw_overlay(ax_row[0], image, None, {GROUND_TRUTH: gt, CHEST_TUBE: tube}))
+        layers.append(
+            draw_overlay(
+                ax_row[1],
+                image,
+                heat,
+                {GROUND_TRUTH: gt, CHEST_TUBE: tube, SEGMENTATION: pred},
+                alpha=alpha,
+            )
+        )
+        gt_label = rec["gt"]
+        label = "?" if not np.isfinite(float(gt_label)) else int(gt_label)
+        ax_row[0].set_title(image_id[-24:], fontsize=6)
+        ax_row[1].set_title(f"{task} p={float(rec['prob']):.2f} gt={label}", fontsize=6)
+    finish_overlay_figure(fig, axes, layers)
     if title:
         fig.suptitle(title, fontsize=8)
     return fig

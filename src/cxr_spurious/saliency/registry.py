@@ -73,19 +73,25 @@ class MethodOptions:
     seed: int = 0
 
     @classmethod
-    def from_params(cls, params: dict[str, Any] | None, key: str = "saliency.method_options") -> MethodOptions:
+    def from_params(
+        cls, params: dict[str, Any] | None, key: str = "saliency.method_options"
+    ) -> MethodOptions:
         """Build options from a parameter mapping; unknown keys raise ``ParameterError``."""
         params = dict(params or {})
         valid = set(cls.__dataclass_fields__)
         unknown = sorted(set(params) - valid)
         if unknown:
-            raise ParameterError(key, f"unknown option(s) {unknown}; valid options are {sorted(valid)}")
+            raise ParameterError(
+                key, f"unknown option(s) {unknown}; valid options are {sorted(valid)}"
+            )
         opts = cls(**params)
         for name in ("ig_steps", "smoothgrad_samples"):
             if int(getattr(opts, name)) < 1:
                 raise ParameterError(f"{key}.{name}", f"must be >= 1, got {getattr(opts, name)}")
         if opts.smoothgrad_stdev < 0:
-            raise ParameterError(f"{key}.smoothgrad_stdev", f"must be >= 0, got {opts.smoothgrad_stdev}")
+            raise ParameterError(
+                f"{key}.smoothgrad_stdev", f"must be >= 0, got {opts.smoothgrad_stdev}"
+            )
         return opts
 
 
@@ -105,19 +111,23 @@ class SaliencyMethod:
     family: str
     needs_cam_layer: bool
     needs_dense: bool
-    opener: Callable[[nn.Module, MethodOptions], contextlib.AbstractContextManager[Attribute]] = field(repr=False)
+    opener: Callable[[nn.Module, MethodOptions], contextlib.AbstractContextManager[Attribute]] = (
+        field(repr=False)
+    )
 
     def check_model(self, model: nn.Module, model_name: str = "model") -> None:
         """Raise ``CxrSpuriousError`` if ``model`` cannot be explained by this method."""
         if self.needs_cam_layer and getattr(model, "cam_layer", None) is None:
             raise CxrSpuriousError(
-                f"saliency method '{self.name}' needs a convolutional target layer, but {model_name} "
-                f"has cam_layer=None; methods that work for it: {compatible_methods(model)}"
+                f"saliency method '{self.name}' needs a convolutional target layer, "
+                f"but {model_name} has cam_layer=None; "
+                f"methods that work for it: {compatible_methods(model)}"
             )
         if self.needs_dense and not bool(getattr(model, "is_dense", False)):
             raise CxrSpuriousError(
-                f"saliency method '{self.name}' needs a dense model (dense_logits), but {model_name} is an "
-                f"image classifier (is_dense=False); methods that work for it: {compatible_methods(model)}"
+                f"saliency method '{self.name}' needs a dense model (dense_logits), "
+                f"but {model_name} is an image classifier (is_dense=False); "
+                f"methods that work for it: {compatible_methods(model)}"
             )
 
     def _fits(self, model: nn.Module) -> bool:
@@ -129,7 +139,9 @@ class SaliencyMethod:
         """Whether ``check_model`` would pass."""
         return self._fits(model)
 
-    def open(self, model: nn.Module, options: MethodOptions | None = None) -> contextlib.AbstractContextManager[Attribute]:
+    def open(
+        self, model: nn.Module, options: MethodOptions | None = None
+    ) -> contextlib.AbstractContextManager[Attribute]:
         """Check the model, then return the context manager yielding ``attribute(x, task)``."""
         self.check_model(model)
         return self.opener(model, options or MethodOptions())
@@ -216,7 +228,9 @@ def _cam_gradients_only(model: nn.Module, layer: nn.Module) -> Iterator[bool]:
         model.train(was_training)
 
 
-def _cam_opener(cam_class_path: str) -> Callable[[nn.Module, MethodOptions], contextlib.AbstractContextManager[Attribute]]:
+def _cam_opener(
+    cam_class_path: str,
+) -> Callable[[nn.Module, MethodOptions], contextlib.AbstractContextManager[Attribute]]:
     @contextlib.contextmanager
     def opener(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
         import pytorch_grad_cam
@@ -254,8 +268,13 @@ def _integrated_gradients(model: nn.Module, options: MethodOptions) -> Iterator[
 
         def attribute(x: torch.Tensor, task: int) -> tuple[np.ndarray, None]:
             x = x.detach().requires_grad_(True)
-            attr = ig.attribute(x, baselines=torch.zeros_like(x), target=task, n_steps=int(options.ig_steps),
-                                internal_batch_size=max(1, x.shape[0]) * int(options.ig_steps))
+            attr = ig.attribute(
+                x,
+                baselines=torch.zeros_like(x),
+                target=task,
+                n_steps=int(options.ig_steps),
+                internal_batch_size=max(1, x.shape[0]) * int(options.ig_steps),
+            )
             return _per_map_max_scale(_abs_channels(attr)), None
 
         yield attribute
@@ -284,8 +303,9 @@ def _deeplift(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
                 if "more than once" not in str(exc) and "only once" not in str(exc):
                     raise
                 raise CxrSpuriousError(
-                    "deeplift cannot explain this model: it calls one nonlinearity module more than once "
-                    "per forward pass (as torchvision ResNet blocks do), and Captum's DeepLift needs each "
+                    "deeplift cannot explain this model: "
+                    "it calls one nonlinearity module more than once per forward pass "
+                    "(as torchvision ResNet blocks do), and Captum's DeepLift needs each "
                     "used once; use integrated_gradients instead"
                 ) from exc
             return _per_map_max_scale(_abs_channels(attr)), None
@@ -307,9 +327,14 @@ def _occlusion(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
             window = int(options.occlusion_window or max(1, size // 8))
             stride = int(options.occlusion_stride or max(1, window // 2))
             with torch.no_grad():
-                attr = occ.attribute(x, sliding_window_shapes=(x.shape[1], window, window),
-                                     strides=(x.shape[1], stride, stride), baselines=0.0, target=task,
-                                     perturbations_per_eval=16)
+                attr = occ.attribute(
+                    x,
+                    sliding_window_shapes=(x.shape[1], window, window),
+                    strides=(x.shape[1], stride, stride),
+                    baselines=0.0,
+                    target=task,
+                    perturbations_per_eval=16,
+                )
             return _per_map_max_scale(attr.sum(dim=1).clamp(min=0)), None
 
         yield attribute
@@ -345,9 +370,15 @@ def _smoothgrad(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]
             devices = [x.device] if x.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(int(options.seed) + calls[0])
-                attr = nt.attribute(x.detach().requires_grad_(True), nt_type="smoothgrad", nt_samples=int(options.smoothgrad_samples),
-                                    nt_samples_batch_size=int(options.smoothgrad_samples),
-                                    stdevs=float(options.smoothgrad_stdev), target=task, abs=True)
+                attr = nt.attribute(
+                    x.detach().requires_grad_(True),
+                    nt_type="smoothgrad",
+                    nt_samples=int(options.smoothgrad_samples),
+                    nt_samples_batch_size=int(options.smoothgrad_samples),
+                    stdevs=float(options.smoothgrad_stdev),
+                    target=task,
+                    abs=True,
+                )
             calls[0] += 1
             return _per_map_max_scale(attr.sum(dim=1)), None
 
@@ -362,7 +393,6 @@ def _seg_prob(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
     was_training = model.training
     model.eval()
     try:
-
         last: dict[str, torch.Tensor] = {}
 
         def attribute(x: torch.Tensor, task: int) -> tuple[np.ndarray, None]:
@@ -381,7 +411,9 @@ METHODS: dict[str, SaliencyMethod] = {
     "gradcam++": SaliencyMethod("gradcam++", "cam", True, False, _cam_opener("GradCAMPlusPlus")),
     "eigencam": SaliencyMethod("eigencam", "cam", True, False, _cam_opener("EigenCAM")),
     "layercam": SaliencyMethod("layercam", "cam", True, False, _cam_opener("LayerCAM")),
-    "integrated_gradients": SaliencyMethod("integrated_gradients", "gradient", False, False, _integrated_gradients),
+    "integrated_gradients": SaliencyMethod(
+        "integrated_gradients", "gradient", False, False, _integrated_gradients
+    ),
     "deeplift": SaliencyMethod("deeplift", "gradient", False, False, _deeplift),
     "occlusion": SaliencyMethod("occlusion", "perturbation", False, False, _occlusion),
     "saliency": SaliencyMethod("saliency", "gradient", False, False, _saliency),

@@ -28,7 +28,15 @@ from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, MIN_CI_CLUSTERS, nan
 logger = logging.getLogger(__name__)
 
 SANITY_COLUMNS: tuple[str, ...] = (
-    "model", "method", "task", "n_images", "n_valid", "n_patients", "spearman", "spearman_lo", "spearman_hi",
+    "model",
+    "method",
+    "task",
+    "n_images",
+    "n_valid",
+    "n_patients",
+    "spearman",
+    "spearman_lo",
+    "spearman_hi",
     "spearman_dropped",
 )
 
@@ -121,12 +129,32 @@ def summarise_similarity(
     finite = np.isfinite(rho)
     n_patients = int(np.unique(clusters).size)
     if not finite.any():
-        return {"n_valid": 0, "n_patients": n_patients, "spearman": float("nan"), "spearman_lo": float("nan"),
-                "spearman_hi": float("nan"), "spearman_dropped": float("nan")}
-    res = nanmean_cis({"spearman": rho}, clusters, n_boot=n_boot, seed=seed, level=level,
-                      max_dropped_share=max_dropped_share, min_clusters=min_clusters, label=label)["spearman"]
-    return {"n_valid": int(finite.sum()), "n_patients": n_patients, "spearman": res.estimate, "spearman_lo": res.lo,
-            "spearman_hi": res.hi, "spearman_dropped": float(res.n_dropped)}
+        return {
+            "n_valid": 0,
+            "n_patients": n_patients,
+            "spearman": float("nan"),
+            "spearman_lo": float("nan"),
+            "spearman_hi": float("nan"),
+            "spearman_dropped": float("nan"),
+        }
+    res = nanmean_cis(
+        {"spearman": rho},
+        clusters,
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+        max_dropped_share=max_dropped_share,
+        min_clusters=min_clusters,
+        label=label,
+    )["spearman"]
+    return {
+        "n_valid": int(finite.sum()),
+        "n_patients": n_patients,
+        "spearman": res.estimate,
+        "spearman_lo": res.lo,
+        "spearman_hi": res.hi,
+        "spearman_dropped": float(res.n_dropped),
+    }
 
 
 def model_randomisation_check(
@@ -169,16 +197,54 @@ def model_randomisation_check(
     other = random_model if random_model is not None else randomized_copy(model, seed)
     rows = []
     for method in methods:
-        trained, _ = compute_maps(model, images, method, tasks, batch_size=batch_size, device=device,
-                                  options=options, progress=False)
-        random, _ = compute_maps(other, images, method, tasks, batch_size=batch_size, device=device,
-                                 options=options, progress=False)
+        trained, _ = compute_maps(
+            model,
+            images,
+            method,
+            tasks,
+            batch_size=batch_size,
+            device=device,
+            options=options,
+            progress=False,
+        )
+        random, _ = compute_maps(
+            other,
+            images,
+            method,
+            tasks,
+            batch_size=batch_size,
+            device=device,
+            options=options,
+            progress=False,
+        )
         for j, task in enumerate(tasks):
             rho = spearman_per_map(trained[:, j], random[:, j])
-            summary = summarise_similarity(rho, n_boot=n_boot, seed=seed, patients=patients,
-                                           max_dropped_share=max_dropped_share,
-                                           label=f"sanity {model_name}/{method}/{task}")
-            rows.append({"model": model_name, "method": method, "task": task, "n_images": len(images), **summary})
-            logger.info("sanity %s %s %s: spearman %.3f [%.3f, %.3f] (%d/%d maps)", model_name, method, task,
-                        summary["spearman"], summary["spearman_lo"], summary["spearman_hi"], summary["n_valid"], len(images))
+            summary = summarise_similarity(
+                rho,
+                n_boot=n_boot,
+                seed=seed,
+                patients=patients,
+                max_dropped_share=max_dropped_share,
+                label=f"sanity {model_name}/{method}/{task}",
+            )
+            rows.append(
+                {
+                    "model": model_name,
+                    "method": method,
+                    "task": task,
+                    "n_images": len(images),
+                    **summary,
+                }
+            )
+            logger.info(
+                "sanity %s %s %s: spearman %.3f [%.3f, %.3f] (%d/%d maps)",
+                model_name,
+                method,
+                task,
+                summary["spearman"],
+                summary["spearman_lo"],
+                summary["spearman_hi"],
+                summary["n_valid"],
+                len(images),
+            )
     return pd.DataFrame(rows, columns=list(SANITY_COLUMNS))

@@ -170,9 +170,10 @@ def percentile_ci(
         if dropped / values.size > limit:
             raise BootstrapDropError(
                 f"{label}: {dropped} of {values.size} bootstrap replicates are undefined (NaN), "
-                f"{dropped / values.size:.1%} > max_dropped_share {limit:.1%}; the percentile CI would "
-                "describe only the resamples where the statistic exists. Use more data per group, "
-                "drop the group, or raise max_dropped_share knowingly"
+                f"{dropped / values.size:.1%} > max_dropped_share {limit:.1%}; "
+                "the percentile CI would describe only the resamples where the statistic "
+                "exists. Use more data per group, drop the group, or raise max_dropped_share "
+                "knowingly"
             )
     if finite.size == 0:
         return float("nan"), float("nan")
@@ -256,8 +257,10 @@ def bootstrap_or_note(
     dropped, size = res.n_dropped, res.replicates.size
     if not np.isfinite(res.estimate) or not size or dropped / size <= limit:
         return res, ""
-    note = (f"no CI: {dropped} of {size} bootstrap replicates undefined "
-            f"({dropped / size:.1%} > max_dropped_share {limit:.1%})")
+    note = (
+        f"no CI: {dropped} of {size} bootstrap replicates undefined "
+        f"({dropped / size:.1%} > max_dropped_share {limit:.1%})"
+    )
     logger.warning("%s: %s", desc, note)
     return BootstrapResult(res.estimate, float("nan"), float("nan"), res.replicates), note
 
@@ -265,8 +268,14 @@ def bootstrap_or_note(
 def _warn_if_many_dropped(reps: np.ndarray, max_dropped_share: float | None, label: str) -> None:
     dropped = count_dropped(reps)
     if max_dropped_share is None and reps.size and dropped / reps.size > MAX_DROPPED_SHARE:
-        logger.warning("%s: %d of %d bootstrap replicates are undefined (NaN) and left out of the CI (> %.0f%%)",
-                       label, dropped, reps.size, 100 * MAX_DROPPED_SHARE)
+        logger.warning(
+            "%s: %d of %d bootstrap replicates are undefined (NaN) "
+            "and left out of the CI (> %.0f%%)",
+            label,
+            dropped,
+            reps.size,
+            100 * MAX_DROPPED_SHARE,
+        )
 
 
 def paired_bootstrap(
@@ -323,7 +332,11 @@ def legacy_bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     if n_boot < 1:
         raise ParameterError("n_boot", f"must be >= 1, got {n_boot}")
     rs = np.random.RandomState(seed)
-    return np.stack([rs.choice(n, size=n, replace=True) for _ in range(n_boot)]) if n else np.zeros((n_boot, 0), dtype=int)
+    return (
+        np.stack([rs.choice(n, size=n, replace=True) for _ in range(n_boot)])
+        if n
+        else np.zeros((n_boot, 0), dtype=int)
+    )
 
 
 #: Fewest clusters with a finite value for which a mean gets a bootstrap CI.
@@ -373,6 +386,8 @@ def nanmean_cis(
         if np.unique(labels[finite]).size < max(int(min_clusters), 1):
             out[name] = BootstrapResult(estimate, float("nan"), float("nan"), reps)
             continue
-        lo, hi = percentile_ci(reps, level, max_dropped_share=max_dropped_share, label=f"{label}{name}")
+        lo, hi = percentile_ci(
+            reps, level, max_dropped_share=max_dropped_share, label=f"{label}{name}"
+        )
         out[name] = BootstrapResult(estimate, lo, hi, reps)
     return out

@@ -34,11 +34,16 @@ def paired_renders(predictions: pd.DataFrame, task: str, render: str) -> pd.Data
     """
     col = f"p_{task}"
     if col not in predictions.columns:
-        raise ContractError(f"counterfactual predictions lack column '{col}'; have {list(predictions.columns)}")
+        raise ContractError(
+            f"counterfactual predictions lack column '{col}'; have {list(predictions.columns)}"
+        )
     wide = predictions.pivot_table(index="image_id", columns="render", values=col, aggfunc="first")
     for name in (ORIGINAL, render):
         if name not in wide.columns:
-            raise ContractError(f"counterfactual predictions have no '{name}' render; renders: {sorted(wide.columns)}")
+            raise ContractError(
+                f"counterfactual predictions have no '{name}' render; "
+                f"renders: {sorted(wide.columns)}"
+            )
     out = wide[[ORIGINAL, render]].dropna().reset_index()
     out.columns = ["image_id", "p_original", "p_counterfactual"]
     return out
@@ -74,7 +79,12 @@ def counterfactual_findings(
     """
     meta = manifest.set_index("image_id")
     out: dict[str, float] = {}
-    boot: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level, "max_dropped_share": float(max_dropped_share)}
+    boot: dict[str, Any] = {
+        "n_boot": n_boot,
+        "seed": seed,
+        "level": level,
+        "max_dropped_share": float(max_dropped_share),
+    }
     prefix = f"{label}/" if label else ""
     empty = {"": np.nan, "_lo": np.nan, "_hi": np.nan, "_dropped": np.nan}
     specs = ((NO_TUBE, "tube"), (NO_LESION, task))
@@ -90,7 +100,13 @@ def counterfactual_findings(
         if len(drop) == 0:
             out.update({name + k: v for k, v in empty.items()})
             continue
-        res = bootstrap(lambda i, d=drop: float(d[i].mean()), len(drop), clusters=patients, desc=f"{prefix}{name} {task}", **boot)
+        res = bootstrap(
+            lambda i, d=drop: float(d[i].mean()),
+            len(drop),
+            clusters=patients,
+            desc=f"{prefix}{name} {task}",
+            **boot,
+        )
         out.update({**res.as_dict(name), f"{name}_dropped": float(res.n_dropped)})
     name = "cf_auroc_no_tube"
     if NO_TUBE in set(predictions["render"]):
@@ -98,7 +114,13 @@ def counterfactual_findings(
         y = pairs["image_id"].map(meta[task]).to_numpy(dtype=float)
         score = pairs["p_counterfactual"].to_numpy()
         patients = pairs["image_id"].map(meta["patient_id"]).to_numpy()
-        res = bootstrap(lambda i: auroc(y[i], score[i]), len(y), clusters=patients, desc=f"{prefix}{name} {task}", **boot)
+        res = bootstrap(
+            lambda i: auroc(y[i], score[i]),
+            len(y),
+            clusters=patients,
+            desc=f"{prefix}{name} {task}",
+            **boot,
+        )
         out.update({**res.as_dict(name), f"{name}_dropped": float(res.n_dropped)})
     else:
         out.update({name + k: v for k, v in empty.items()})

@@ -14,7 +14,10 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("cf_drop_no_tube", "Drop in P(PTX) when the tube is removed"),
     ("gradcam_tube_mass", "Grad-CAM mass on the tube\n(images with a tube)"),
     ("gradcam_tube_mass_no_finding", "Grad-CAM mass on the tube\n(images with a tube, no PTX)"),
-    ("gradcam_tube_auroc", "Grad-CAM as a pixel score for the tube\n(AUROC outside the lesion, images with a tube)"),
+    (
+        "gradcam_tube_auroc",
+        "Grad-CAM as a pixel score for the tube\n(AUROC outside the lesion, images with a tube)",
+    ),
     ("gradcam_miou", "Grad-CAM mIoU with the true lesion"),
 )
 
@@ -28,7 +31,7 @@ def plot_findings(findings: pd.DataFrame) -> Figure:
     models = findings["model"].tolist()
     y = np.arange(len(models))
     colours = plt.get_cmap("tab10")(np.arange(len(models)))
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (col, title) in zip(axes.flat, panels):
         est = findings[col].to_numpy(float)
@@ -36,7 +39,14 @@ def plot_findings(findings: pd.DataFrame) -> Figure:
         hi = findings.get(f"{col}_hi", findings[col]).to_numpy(float)
         for k in range(len(models)):
             if np.isfinite(est[k]):
-                ax.errorbar(est[k], y[k], xerr=[[max(est[k] - lo[k], 0)], [max(hi[k] - est[k], 0)]], fmt="o", color=colours[k], capsize=3)
+                ax.errorbar(
+                    est[k],
+                    y[k],
+                    xerr=[[max(est[k] - lo[k], 0)], [max(hi[k] - est[k], 0)]],
+                    fmt="o",
+                    color=colours[k],
+                    capsize=3,
+                )
         if "auroc" in col:
             ax.axvline(0.5, color="grey", lw=0.8, ls="--")
             ax.set_xlim(0, 1)
@@ -45,6 +55,8 @@ def plot_findings(findings: pd.DataFrame) -> Figure:
         ax.invert_yaxis()
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("Spatial specificity vs shortcut learning (point estimate, 95% bootstrap CI)", fontsize=10)
+    fig.suptitle(
+        "Spatial specificity vs shortcut learning (point estimate, 95% bootstrap CI)", fontsize=10
+    )
     fig.tight_layout()
     return fig

@@ -34,12 +34,30 @@ def _with_ci(name: str, values: tuple[float, float, float, float]) -> dict[str, 
     return {name: est, f"{name}_lo": lo, f"{name}_hi": hi, f"{name}_dropped": dropped}
 
 
-def _mean_ci(values: np.ndarray, clusters: np.ndarray, *, n_boot: int, seed: int, level: float, max_dropped_share: float, label: str) -> tuple[float, float, float, float]:
+def _mean_ci(
+    values: np.ndarray,
+    clusters: np.ndarray,
+    *,
+    n_boot: int,
+    seed: int,
+    level: float,
+    max_dropped_share: float,
+    label: str,
+) -> tuple[float, float, float, float]:
     keep = np.isfinite(values)
     values, clusters = values[keep], clusters[keep]
     if values.size == 0:
         return _NAN4
-    res = bootstrap(lambda i: float(values[i].mean()), values.size, n_boot=n_boot, seed=seed, clusters=clusters, level=level, max_dropped_share=max_dropped_share, desc=label)
+    res = bootstrap(
+        lambda i: float(values[i].mean()),
+        values.size,
+        n_boot=n_boot,
+        seed=seed,
+        clusters=clusters,
+        level=level,
+        max_dropped_share=max_dropped_share,
+        desc=label,
+    )
     return res.estimate, res.lo, res.hi, float(res.n_dropped)
 
 
@@ -58,7 +76,8 @@ def saliency_findings(
 
     Args:
         per_map: The set's rows of ``localization_per_cxr`` (image_id, task, iou_tp, hit,
-            optionally gt, relevance_mass, ``shortcut_Chest Tube`` and ``shortcut_auroc_Chest Tube``).
+            optionally gt, relevance_mass, ``shortcut_Chest Tube`` and
+            ``shortcut_auroc_Chest Tube``).
         manifest: For patients and the ``tube`` attribute.
         human: ``localization_human_benchmark`` (image_id, task, iou_tp, hit) or None.
         n_boot: Bootstrap replicates.
@@ -81,15 +100,33 @@ def saliency_findings(
     out: dict[str, float] = {}
     share = float(max_dropped_share)
     prefix = f"{label}/" if label else ""
-    boot: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level, "max_dropped_share": share}
+    boot: dict[str, Any] = {
+        "n_boot": n_boot,
+        "seed": seed,
+        "level": level,
+        "max_dropped_share": share,
+    }
     for name, col in (("miou", "iou_tp"), ("hit_rate", "hit"), ("lesion_mass", "relevance_mass")):
-        vals = per_map[col].to_numpy(dtype=float) if col in per_map else np.full(len(per_map), np.nan)
+        vals = (
+            per_map[col].to_numpy(dtype=float) if col in per_map else np.full(len(per_map), np.nan)
+        )
         out.update(_with_ci(name, _mean_ci(vals, patients, label=prefix + name, **boot)))
     if "gt_area" in per_map:
-        out.update(_mass_counts("lesion_mass", per_map, "relevance_mass", per_map["gt_area"].to_numpy(dtype=float) > 0))
+        out.update(
+            _mass_counts(
+                "lesion_mass",
+                per_map,
+                "relevance_mass",
+                per_map["gt_area"].to_numpy(dtype=float) > 0,
+            )
+        )
     with_tube = per_map["image_id"].map(meta["tube"]).to_numpy(dtype=float) == 1
     # the label of the map's task (0 = the pathology is absent): the tube is all there is to find
-    negative = per_map["gt"].to_numpy(dtype=float) == 0 if "gt" in per_map else np.zeros(len(per_map), dtype=bool)
+    negative = (
+        per_map["gt"].to_numpy(dtype=float) == 0
+        if "gt" in per_map
+        else np.zeros(len(per_map), dtype=bool)
+    )
     for name, col, rows in (
         ("tube_mass", TUBE_MASS_COLUMN, with_tube),
         ("tube_mass_no_finding", TUBE_MASS_COLUMN, with_tube & negative),
@@ -103,7 +140,9 @@ def saliency_findings(
         if name != "tube_auroc":
             out.update(_mass_counts(name, per_map, col, rows))
     for name, col in (("miou_pct_below_human", "iou_tp"), ("hit_pct_below_human", "hit")):
-        out.update(_with_ci(name, _pct_below_human(per_map, human, col, meta, label=prefix + name, **boot)))
+        out.update(
+            _with_ci(name, _pct_below_human(per_map, human, col, meta, label=prefix + name, **boot))
+        )
     return out
 
 
@@ -114,18 +153,33 @@ def _mass_counts(name: str, per_map: pd.DataFrame, col: str, rows: np.ndarray) -
     share averages the ``_n_nonzero`` maps only; the two counts show how selective that is.
     """
     n_maps = int(rows.sum())
-    nonzero = int(np.isfinite(per_map[col].to_numpy(dtype=float)[rows]).sum()) if col in per_map else 0
+    nonzero = (
+        int(np.isfinite(per_map[col].to_numpy(dtype=float)[rows]).sum()) if col in per_map else 0
+    )
     return {f"{name}_n_maps": float(n_maps), f"{name}_n_nonzero": float(nonzero)}
 
 
-def _pct_below_human(per_map: pd.DataFrame, human: pd.DataFrame | None, col: str, meta: pd.DataFrame, *, n_boot: int, seed: int, level: float, max_dropped_share: float, label: str) -> tuple[float, float, float, float]:
+def _pct_below_human(
+    per_map: pd.DataFrame,
+    human: pd.DataFrame | None,
+    col: str,
+    meta: pd.DataFrame,
+    *,
+    n_boot: int,
+    seed: int,
+    level: float,
+    max_dropped_share: float,
+    label: str,
+) -> tuple[float, float, float, float]:
     """(human - model) / human x 100 on the (image, task) pairs both scored (paired bootstrap).
 
     Undefined in a replicate whose human mean is 0 (counted in the fourth value).
     """
     if human is None or human.empty or col not in human or col not in per_map:
         return _NAN4
-    pairs = per_map[["image_id", "task", col]].merge(human[["image_id", "task", col]], on=["image_id", "task"], suffixes=("_model", "_human"))
+    pairs = per_map[["image_id", "task", col]].merge(
+        human[["image_id", "task", col]], on=["image_id", "task"], suffixes=("_model", "_human")
+    )
     pairs = pairs.dropna()
     if pairs.empty:
         return _NAN4
@@ -135,9 +189,22 @@ def _pct_below_human(per_map: pd.DataFrame, human: pd.DataFrame | None, col: str
 
     def pct(i: np.ndarray) -> float:
         denominator = h[i].mean()
-        return float((denominator - m[i].mean()) / denominator * 100) if denominator > 0 else float("nan")
+        return (
+            float((denominator - m[i].mean()) / denominator * 100)
+            if denominator > 0
+            else float("nan")
+        )
 
-    res = bootstrap(pct, len(pairs), n_boot=n_boot, seed=seed, clusters=clusters, level=level, max_dropped_share=max_dropped_share, desc=label)
+    res = bootstrap(
+        pct,
+        len(pairs),
+        n_boot=n_boot,
+        seed=seed,
+        clusters=clusters,
+        level=level,
+        max_dropped_share=max_dropped_share,
+        desc=label,
+    )
     return res.estimate, res.lo, res.hi, float(res.n_dropped)
 
 
@@ -149,14 +216,32 @@ def model_row(
 ) -> dict[str, Any]:
     """Identity and AUROC columns of one model from its ``test_metrics``."""
     if task not in test_metrics:
-        raise ContractError(f"{model}.test_metrics has no entry for task '{task}'; it has {sorted(k for k, v in test_metrics.items() if isinstance(v, Mapping))}")
+        raise ContractError(
+            f"{model}.test_metrics has no entry for task '{task}'; it has "
+            f"{sorted(k for k, v in test_metrics.items() if isinstance(v, Mapping))}"
+        )
     entry = test_metrics[task]
-    # what was trained (recorded by training) wins over the study's variant parameters
-    supervision = test_metrics.get("method", variant.get("method", model))
+    # what was trained (recorded by training) wins over the study's variant parameters;
+    # test metrics written before the rename to ``supervision`` hold it as ``method``
+    recorded = test_metrics.get("supervision", test_metrics.get("method"))
+    supervision = recorded if recorded is not None else variant.get("supervision", model)
     architecture = test_metrics.get("architecture", variant.get("architecture"))
-    row: dict[str, Any] = {"model": model, "supervision": supervision, "architecture": architecture, "task": task, "n_test": test_metrics.get("n_test")}
+    row: dict[str, Any] = {
+        "model": model,
+        "supervision": supervision,
+        "architecture": architecture,
+        "task": task,
+        "n_test": test_metrics.get("n_test"),
+    }
     for name in ("auroc", "robust_auroc", "reverse_auroc"):
-        row.update({name: entry.get(name), f"{name}_lo": entry.get(f"{name}_lo"), f"{name}_hi": entry.get(f"{name}_hi"), f"{name}_dropped": entry.get(f"{name}_dropped")})
+        row.update(
+            {
+                name: entry.get(name),
+                f"{name}_lo": entry.get(f"{name}_lo"),
+                f"{name}_hi": entry.get(f"{name}_hi"),
+                f"{name}_dropped": entry.get(f"{name}_dropped"),
+            }
+        )
     row["test_ci_note"] = entry.get("ci_note", "")
     return row
 
@@ -170,7 +255,10 @@ def assemble_findings(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def findings_metrics(table: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Flatten the findings for MLflow: ``{"<model>.<metric>": {"value": v, "step": 0}}`` (finite only)."""
+    """Flatten the findings for MLflow.
+
+    Returns ``{"<model>.<metric>": {"value": v, "step": 0}}``, finite values only.
+    """
     out: dict[str, dict[str, float]] = {}
     for rec in table.to_dict("records"):
         for key, value in rec.items():

@@ -56,12 +56,21 @@ NOT_RESULT_KEYS: frozenset[str] = frozenset(
 # Config keys that must agree between a checkpoint and the run resuming from it.
 COMPATIBLE_KEYS: tuple[str, ...] = (
     "architecture",
-    "method",
+    "supervision",
     "tasks",
     "batch_size",
     "seed",
     "objective",
 )
+
+
+# Config keys renamed since checkpoints were first written -> the name they had then. The
+# fingerprint digests such a key under its old name, so a run's digest (and its checkpoint
+# folder) is the one it had before the rename and its checkpoints stay resumable; the
+# setting is the same one, only its name changed. A checkpoint's stored ``config`` is read
+# under either name.
+FINGERPRINT_NAMES: dict[str, str] = {"supervision": "method"}
+_CURRENT_NAMES = {old: new for new, old in FINGERPRINT_NAMES.items()}
 
 
 def checkpoint_folder(checkpoint_dir: str | Path, variant: str) -> Path:
@@ -75,9 +84,10 @@ def result_fingerprint(
     """Digest of everything that determines a training run's result, and its items.
 
     Args:
-        cfg: Resolved training config. Every key except ``NOT_RESULT_KEYS`` counts;
-            ``epochs`` counts only with the cosine schedule (whose learning rates depend on
-            it), so a constant- or step-schedule run can be resumed for more epochs.
+        cfg: Resolved training config. Every key except ``NOT_RESULT_KEYS`` counts (a key
+            of ``FINGERPRINT_NAMES`` under its old name); ``epochs`` counts only with the
+            cosine schedule (whose learning rates depend on it), so a constant- or
+            step-schedule run can be resumed for more epochs.
         data: Digest of the training data (tables and image cache).
         precision: Resolved training precision (``fp32`` / ``bf16``).
         device: Device type (``cpu`` / ``cuda``).
@@ -85,7 +95,9 @@ def result_fingerprint(
     Returns:
         The hex digest and the dict it was computed from (JSON-ready).
     """
-    items = {k: v for k, v in sorted(cfg.items()) if k not in NOT_RESULT_KEYS}
+    items = {
+        FINGERPRINT_NAMES.get(k, k): v for k, v in sorted(cfg.items()) if k not in NOT_RESULT_KEYS
+    }
     if cfg.get("schedule") != "cosine":
         items.pop("epochs", None)
     items = json.loads(json.dumps(items, sort_keys=True, default=str))
@@ -95,7 +107,10 @@ def result_fingerprint(
 
 
 def data_digest(*tables: pd.DataFrame, extra: str = "") -> str:
-    """SHA-256 of ``tables`` (values, columns and index, as CSV) and ``extra`` (a cache fingerprint)."""
+    """SHA-256 of ``tables`` and ``extra``.
+
+    The tables are hashed as CSV (values, columns and index); ``extra`` is a cache fingerprint.
+    """
     digest = hashlib.sha256(extra.encode())
     for table in tables:
         digest.update(table.to_csv().encode())
@@ -107,13 +122,18 @@ def _describe_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -
     parts = []
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
-            label = names.get(key, f"training.{key}")
+            label = names.get(key, f"training.{_CURRENT_NAMES.get(key, key)}")
             parts.append(f"{label}: checkpoint {saved.get(key)!r}, this run {current.get(key)!r}")
     return "; ".join(parts) or "unknown settings"
 
 
 def prepare_run_folder(
-    variant_dir: str | Path, fingerprint: str, items: Mapping[str, Any], *, resume: bool, rank: int = 0
+    variant_dir: str | Path,
+    fingerprint: str,
+    items: Mapping[str, Any],
+    *,
+    resume: bool,
+    rank: int = 0,
 ) -> Path:
     """The checkpoint folder of this configuration under ``variant_dir``.
 
@@ -130,7 +150,11 @@ def prepare_run_folder(
     folder = variant_dir / fingerprint[:16]
     if not resume:
         if rank == 0 and folder.exists():
-            logger.info("Fresh run (training.resume: false): removing this configuration's old checkpoints in %s", folder)
+            logger.info(
+                "Fresh run (training.resume: false): "
+                "removing this configuration's old checkpoints in %s",
+                folder,
+            )
             shutil.rmtree(folder)
     elif not list_checkpoints(folder):
         legacy = list_checkpoints(variant_dir)
@@ -141,7 +165,8 @@ def prepare_run_folder(
                 "shown to match this run; delete it or set training.resume: false",
             )
         others = sorted(
-            (p for p in variant_dir.glob(f"*/{FINGERPRINT_FILE}") if p.parent != folder and list_checkpoints(p.parent)),
+            (p for p in variant_dir.glob(f"*/{FINGERPRINT_FILE}")
+             if p.parent != folder and list_checkpoints(p.parent)),
             key=lambda p: p.stat().st_mtime,
         )  # fmt: skip
         if others:
@@ -158,7 +183,9 @@ def prepare_run_folder(
             )
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(folder / FINGERPRINT_FILE, json.dumps(dict(items), indent=1, sort_keys=True))
+        write_text_atomic(
+            folder / FINGERPRINT_FILE, json.dumps(dict(items), indent=1, sort_keys=True)
+        )
     return folder
 
 
@@ -217,11 +244,13 @@ def load_latest_checkpoint(
         )
     saved = state.get("config", {})
     for key in COMPATIBLE_KEYS:
-        if saved.get(key) != config.get(key):
+        value = saved.get(key, saved.get(FINGERPRINT_NAMES.get(key, key)))
+        if value != config.get(key):
             what = "architecture" if key == "architecture" else f"'{key}'"
             raise DataFormatError(
                 path,
-                f"checkpoint was written with {what} {saved.get(key)!r} but this run uses {config.get(key)!r}; "
+                f"checkpoint was written with {what} {value!r} "
+                f"but this run uses {config.get(key)!r}; "
                 "delete the checkpoint folder or set training.resume: false",
             )
     logger.info("Resuming from %s (epoch %d)", path, state["epoch"])

@@ -17,15 +17,17 @@ from cxr_spurious.training.device import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("erm", "coarse", "box", "seg", "multitask")
-DENSE_METHODS: frozenset[str] = frozenset({"coarse", "box", "seg", "multitask"})
+# What a variant learns from (``training.variants.<v>.supervision``): image labels only, or
+# dense targets too (coarse masks, boxes, masks, masks + image labels).
+SUPERVISIONS: tuple[str, ...] = ("erm", "coarse", "box", "seg", "multitask")
+DENSE_SUPERVISIONS: frozenset[str] = frozenset({"coarse", "box", "seg", "multitask"})
 SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 SELECTION_METRICS: tuple[str, ...] = ("auroc", "robust_auroc")
 COARSE_MODES: tuple[str, ...] = ("dilate", "grid")
 
 DEFAULTS: dict[str, Any] = {
-    "method": None,
+    "supervision": None,
     "tasks": ["Pneumothorax"],
     "architecture": "resnet18",
     "pretrained": None,
@@ -71,7 +73,14 @@ DEFAULTS: dict[str, Any] = {
     "progress": True,
 }
 # Keys that only configure the gate or the variant list, not a model.
-_NOT_MODEL_KEYS = {"variants", "method"}
+_NOT_MODEL_KEYS = {"variants", "only"}
+# Keys set per variant only (a shared value would be overridden by every variant).
+_VARIANT_ONLY_KEYS = {"supervision"}
+# Keys renamed in the parameters (old name -> new key), in the shared ``training`` block and
+# in a variant's block. Refused with a message naming both, so an old configuration fails
+# instead of being ignored.
+_RENAMED_SHARED_KEYS: dict[str, str] = {"method": "training.only"}
+_RENAMED_VARIANT_KEYS: dict[str, str] = {"method": "supervision"}
 
 
 def _positive_int(
@@ -94,7 +103,7 @@ def _choice(cfg: Mapping[str, Any], key: str, valid: Iterable[str], kind: str) -
 
 def validate_config(cfg: Mapping[str, Any]) -> None:
     """Check every key of a merged config; raise ``ParameterError`` naming the key."""
-    _choice(cfg, "method", METHODS, "training method")
+    _choice(cfg, "supervision", SUPERVISIONS, "supervision")
     _choice(cfg, "architecture", ARCHITECTURES, "architecture")
     _choice(cfg, "schedule", SCHEDULES, "schedule")
     _choice(cfg, "optimizer", OPTIMIZERS, "optimizer")
@@ -102,10 +111,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _choice(cfg, "dense_pooling", POOLINGS, "dense pooling")
     _choice(cfg, "coarse_mode", COARSE_MODES, "coarse mode")
     _choice(cfg, "precision", PRECISIONS, "precision")
-    if cfg["method"] in DENSE_METHODS and cfg["architecture"] not in DENSE_ARCHITECTURES:
+    if cfg["supervision"] in DENSE_SUPERVISIONS and cfg["architecture"] not in DENSE_ARCHITECTURES:
         raise ParameterError(
             "training.architecture",
-            f"method '{cfg['method']}' needs a dense architecture ({', '.join(sorted(DENSE_ARCHITECTURES))}), got '{cfg['architecture']}'",
+            f"supervision '{cfg['supervision']}' needs a dense architecture "
+            f"({', '.join(sorted(DENSE_ARCHITECTURES))}), got '{cfg['architecture']}'",
         )
     tasks = cfg["tasks"]
     if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) for t in tasks):
@@ -151,27 +161,34 @@ def resolve_training_config(
     """Merge defaults < shared ``training`` params < one variant's block, and validate.
 
     Args:
-        shared: The ``training`` parameters (its ``variants`` and ``method`` keys are ignored
-            here; ``method`` is the gate, see ``is_selected``).
-        variant: The variant's block; must name the variant (``name``) and its ``method``.
+        shared: The ``training`` parameters (its ``variants`` and ``only`` keys are ignored
+            here; ``only`` is the gate, see ``variant_selected``).
+        variant: The variant's block; must name the variant (``name``) and its
+            ``supervision``.
 
     Returns:
         The full config, with ``variant`` set to the variant name.
 
     Raises:
-        ParameterError: unknown keys, names or out-of-range values, naming the key.
+        ParameterError: unknown keys, names or out-of-range values, or a key of the old
+            spelling (``training.method``, ``training.variants.<v>.method``), naming the key.
     """
-    if "name" not in variant or "method" not in variant:
+    _refuse_renamed_keys(shared, variant)
+    if "name" not in variant or "supervision" not in variant:
         raise ParameterError(
             "training.variants.<name>",
-            f"each variant needs 'name' and 'method'; got keys {sorted(variant)}",
+            f"each variant needs 'name' and 'supervision'; got keys {sorted(variant)}",
         )
     allowed = set(DEFAULTS) | _NOT_MODEL_KEYS | {"name"}
-    for where, block in (("training", shared), (f"training.variants.{variant['name']}", variant)):
-        unknown = sorted(set(block) - allowed)
+    shared_allowed = allowed - _VARIANT_ONLY_KEYS
+    for where, block, valid in (
+        ("training", shared, shared_allowed),
+        (f"training.variants.{variant['name']}", variant, allowed),
+    ):
+        unknown = sorted(set(block) - valid)
         if unknown:
             raise ParameterError(
-                f"{where}.{unknown[0]}", f"unknown key(s) {unknown}; valid keys: {sorted(DEFAULTS)}"
+                f"{where}.{unknown[0]}", f"unknown key(s) {unknown}; valid keys: {sorted(valid)}"
             )
     cfg = dict(DEFAULTS)
     cfg.update({k: v for k, v in shared.items() if k not in _NOT_MODEL_KEYS})
@@ -179,7 +196,7 @@ def resolve_training_config(
     cfg["variant"] = str(variant["name"])
     cfg["tasks"] = list(cfg["tasks"]) if not isinstance(cfg["tasks"], str) else cfg["tasks"]
     cfg["objective_params"] = dict(cfg.get("objective_params") or {})
-    if cfg["method"] == "multitask":
+    if cfg["supervision"] == "multitask":
         cfg["image_head"] = "linear"
     validate_config(cfg)
     _check_overridden_shared_values(cfg, shared, variant)
@@ -241,19 +258,55 @@ def _check_overridden_shared_values(
         validate_config(probe)
 
 
-def is_selected(selection: str | Iterable[str] | None, variant: str, method: str) -> bool:
-    """Whether the ``training.method`` gate selects a variant.
+def _refuse_renamed_keys(shared: Mapping[str, Any], variant: Mapping[str, Any]) -> None:
+    """Fail on a key of the old spelling, naming the old and the new key."""
+    for old, new in _RENAMED_SHARED_KEYS.items():
+        if old in shared:
+            raise ParameterError(
+                f"training.{old}",
+                f"renamed to '{new}' (a variant name, a supervision name or a list of them); "
+                f"write {new}: {shared[old]!r}",
+            )
+    for old, new in _RENAMED_VARIANT_KEYS.items():
+        if old in variant:
+            name = variant.get("name", "<name>")
+            raise ParameterError(
+                f"training.variants.{name}.{old}",
+                f"renamed to '{new}': write {new}: {variant[old]!r} in the block of variant "
+                f"'{name}' (training.variants.{name}, or comparison.training_variants.{name} "
+                "for a comparison variant)",
+            )
+
+
+def is_selected(selection: str | Iterable[str] | None, variant: str, supervision: str) -> bool:
+    """Whether the ``training.only`` gate ``selection`` selects a variant.
 
     Args:
         selection: None (all variants), one name, or a list of names; a name matches a
-            variant's name or its method.
+            variant's name or its supervision.
         variant: The variant's name (its Kedro namespace).
-        method: The variant's supervision method.
+        supervision: The variant's supervision (one of ``SUPERVISIONS``).
     """
     if selection is None:
         return True
     names = {selection} if isinstance(selection, str) else set(selection)
-    return variant in names or method in names
+    return variant in names or supervision in names
+
+
+def variant_selected(training: Mapping[str, Any], cfg: Mapping[str, Any]) -> bool:
+    """Whether ``training.only`` selects the variant of the resolved config ``cfg``.
+
+    Raises:
+        ParameterError: ``training.only`` names neither a supervision nor a variant of
+            ``training.variants``.
+    """
+    selection = training.get("only")
+    names = [selection] if isinstance(selection, str) else list(selection or [])
+    valid = set(SUPERVISIONS) | set(training.get("variants") or {})
+    for name in names:
+        if name not in valid:
+            raise unknown_name_error("supervision or variant", name, valid, key="training.only")
+    return is_selected(selection, str(cfg["variant"]), str(cfg["supervision"]))
 
 
 def model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:

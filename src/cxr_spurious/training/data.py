@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 
 from cxr_spurious.augment import augment_pair
-from cxr_spurious.data.cache import ImageCache
 from cxr_spurious.errors import ContractError, DataFormatError, ParameterError
-from cxr_spurious.training.config import DENSE_METHODS
+from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.training.config import DENSE_SUPERVISIONS
 
 LABEL_PREFIX = "y_"
 
@@ -40,7 +40,7 @@ def build_training_table(
         manifest: The resampled manifest (or the plain manifest): ``image_id``, ``split``,
             the task columns, the subgroup column, optionally ``weight``, ``augment``, ``group``.
         cache: The image cache holding every image of ``manifest``.
-        cfg: Resolved training config (``tasks``, ``method``, ``location_fraction``,
+        cfg: Resolved training config (``tasks``, ``supervision``, ``location_fraction``,
             ``subgroup``, ``seed``).
         name: Dataset name used in error messages.
 
@@ -56,7 +56,8 @@ def build_training_table(
     missing = [t for t in tasks if t not in manifest.columns]
     if missing:
         raise ContractError(
-            f"{name}: missing target task column(s) {missing} (training.tasks); it has task-like columns {list(manifest.attrs.get('tasks', []))}"
+            f"{name}: missing target task column(s) {missing} (training.tasks); "
+            f"it has task-like columns {list(manifest.attrs.get('tasks', []))}"
         )
     for col in ("image_id", "split"):
         if col not in manifest.columns:
@@ -107,7 +108,8 @@ def _check_labels(table: pd.DataFrame, tasks: Sequence[str], name: str) -> None:
         if not (y == 1).any():
             raise DataFormatError(
                 name,
-                f"task '{task}' has no positive label in train ({int((y == 0).sum())} negatives, {int(y.isna().sum())} unknown); it cannot be learned",
+                f"task '{task}' has no positive label in train ({int((y == 0).sum())} negatives, "
+                f"{int(y.isna().sum())} unknown); it cannot be learned",
                 where=f"column '{task}'",
             )
         if not (y == 0).any():
@@ -131,7 +133,7 @@ def location_known(table: pd.DataFrame, cache: ImageCache, tasks: Sequence[str])
 def select_location_labels(
     table: pd.DataFrame, cache: ImageCache, cfg: Mapping[str, Any], name: str = "resampled_manifest"
 ) -> np.ndarray:
-    """Which train rows use their location label (dense methods only).
+    """Which train rows use their location label (dense supervisions only).
 
     ``location_fraction`` of the distinct train images are drawn with ``seed`` among those
     whose location labels are known for every task; repeated rows of one image share
@@ -141,7 +143,7 @@ def select_location_labels(
         DataFormatError: more images are needed than have masks; names the first ones missing.
     """
     loc = np.zeros(len(table), dtype=bool)
-    if cfg["method"] not in DENSE_METHODS:
+    if cfg["supervision"] not in DENSE_SUPERVISIONS:
         return loc
     train = (table["split"] == "train").to_numpy()
     known = location_known(table, cache, cfg["tasks"]).all(axis=1)
@@ -153,8 +155,10 @@ def select_location_labels(
         lacking = [i for i in ids if not per_id[i]]
         raise DataFormatError(
             name,
-            f"method '{cfg['method']}' with location_fraction={cfg['location_fraction']} needs location labels for {needed} train images "
-            f"but only {len(candidates)} have them; missing masks (has_mask false for a positive label) for e.g. {lacking[:5]}",
+            f"supervision '{cfg['supervision']}' with "
+            f"location_fraction={cfg['location_fraction']} needs location labels "
+            f"for {needed} train images but only {len(candidates)} have them; "
+            f"missing masks (has_mask false for a positive label) for e.g. {lacking[:5]}",
             where="image cache has_mask",
         )
     rng = np.random.default_rng(int(cfg["seed"]))
@@ -223,19 +227,21 @@ class GlobalBatchSampler:
 
 
 def dense_targets(cache: ImageCache, rows: np.ndarray, cfg: Mapping[str, Any]) -> np.ndarray:
-    """``(n, T, S, S)`` float32 targets of a dense method for cache ``rows``.
+    """``(n, T, S, S)`` float32 targets of a dense supervision for cache ``rows``.
 
     ``seg``/``multitask``: pixel masks; ``box``: filled boxes; ``coarse``: masks dilated by
     ``coarse_radius`` px (``coarse_mode: dilate``) or the ``grid_cell`` cells a mask touches
     (``grid``). ``target_dilation`` > 0 dilates seg / box targets too (thin lesions).
     """
     cols = [cache.task_index(t) for t in cfg["tasks"]]
-    source = cache.boxes if cfg["method"] == "box" else cache.masks
+    source = cache.boxes if cfg["supervision"] == "box" else cache.masks
     order = np.argsort(rows, kind="stable")
     picked = np.empty((len(rows), len(cols), cache.size, cache.size), dtype=np.float32)
     picked[order] = np.asarray(source[rows[order]])[:, cols].astype(np.float32)
-    radius = int(cfg["coarse_radius"]) if cfg["method"] == "coarse" else int(cfg["target_dilation"])
-    if cfg["method"] == "coarse" and cfg["coarse_mode"] == "grid":
+    radius = (
+        int(cfg["coarse_radius"]) if cfg["supervision"] == "coarse" else int(cfg["target_dilation"])
+    )
+    if cfg["supervision"] == "coarse" and cfg["coarse_mode"] == "grid":
         return grid_cells(picked, int(cfg["grid_cell"]))
     if radius > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -262,7 +268,7 @@ class CacheBatches(torch.utils.data.Dataset):
 
     Batch keys: ``image (B,1,S,S)`` float in [0, 1], ``labels (B,T)`` (NaN -> 0),
     ``valid (B,T)`` bool, ``weight (B,)``, ``group (B,)`` long, ``index (B,)`` long (table
-    position), and for dense methods ``target (B,T,S,S)`` and ``dense_valid (B,T)`` bool.
+    position), and for dense supervisions ``target (B,T,S,S)`` and ``dense_valid (B,T)`` bool.
     """
 
     def __init__(
@@ -272,9 +278,9 @@ class CacheBatches(torch.utils.data.Dataset):
         cfg: Mapping[str, Any],
         *,
         train: bool,
-        variant: str | None = None,
+        render: str | None = None,
     ) -> None:
-        self.cache, self.cfg, self.train, self.variant = cache, dict(cfg), train, variant
+        self.cache, self.cfg, self.train, self.render = cache, dict(cfg), train, render
         self.tasks = list(cfg["tasks"])
         self.rows = table["row"].to_numpy(dtype=np.int64)
         self.ids = table["image_id"].tolist()
@@ -282,7 +288,7 @@ class CacheBatches(torch.utils.data.Dataset):
         self.weight = table["weight"].to_numpy(dtype=np.float32)
         self.group = table["group"].to_numpy(dtype=np.int64)
         self.augment = table["augment"].to_numpy(dtype=bool) & train
-        self.dense = train and cfg["method"] in DENSE_METHODS
+        self.dense = train and cfg["supervision"] in DENSE_SUPERVISIONS
         self.dense_valid = (
             (location_known(table, cache, self.tasks) & table["loc"].to_numpy()[:, None])
             if self.dense
@@ -293,9 +299,9 @@ class CacheBatches(torch.utils.data.Dataset):
         return len(self.rows)
 
     def _images(self, idx: np.ndarray) -> np.ndarray:
-        if self.variant is not None and self.variant != "original":
+        if self.render is not None and self.render != "original":
             return (
-                self.cache.variant(self.variant, [self.ids[i] for i in idx]).astype(np.float32)
+                self.cache.render(self.render, [self.ids[i] for i in idx]).astype(np.float32)
                 / 255.0
             )
         rows = self.rows[idx]

@@ -67,7 +67,9 @@ def cpu_has_native_bf16() -> bool:
 
 def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision not in PRECISIONS:
-        raise ParameterError("training.precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ParameterError(
+            "training.precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
     if precision == "fp32" or device.type == "mps":
         return None
     if precision == "bf16":
@@ -79,7 +81,9 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
-def resolve_device(name: str = "auto", *, local_rank: int | None = None, precision: str = "auto") -> DeviceSetup:
+def resolve_device(
+    name: str = "auto", *, local_rank: int | None = None, precision: str = "auto"
+) -> DeviceSetup:
     """Pick the device (``auto`` = CUDA when present, else MPS, else CPU) and the precision.
 
     Args:
@@ -115,7 +119,9 @@ def resolve_device(name: str = "auto", *, local_rank: int | None = None, precisi
 
 def setup_for(cfg: Mapping[str, Any], *, local_rank: int | None = None) -> DeviceSetup:
     """``resolve_device`` from a training config's ``device`` and ``precision``."""
-    return resolve_device(str(cfg["device"]), local_rank=local_rank, precision=str(cfg.get("precision", "auto")))
+    return resolve_device(
+        str(cfg["device"]), local_rank=local_rank, precision=str(cfg.get("precision", "auto"))
+    )
 
 
 def precision_name(setup: DeviceSetup) -> str:

@@ -15,7 +15,7 @@ pipeline with Kedro's ``SequentialRunner`` (so every node of the template, prese
 added later, runs, and every catalog output is written once, by rank 0); the other ranks
 run only the fit node and the nodes it depends on, in memory, and save nothing. Rank 0
 also writes the checkpoints; the MLflow run is a top-level run (no kedro-mlflow session
-run is active). ``training.method`` is set to the variant, so the method gate selects it.
+run is active). ``training.only`` is set to the variant, so the gate selects it.
 
 What differs from one process: BatchNorm statistics are computed per process (on
 ``batch_size / N`` images; running statistics are synchronised from rank 0 after every
@@ -38,8 +38,8 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from cxr_spurious.data.cache import ImageCache
 from cxr_spurious.errors import ParameterError
+from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.training.device import DeviceSetup, setup_for
 from cxr_spurious.training.engine import FitResult, fit
 
@@ -103,7 +103,8 @@ def distributed_fit(
     if (group_rank, group_world) != (rank, world):
         raise ParameterError(
             "rank/world",
-            f"got rank {rank} of {world}, but the process group is rank {group_rank} of {group_world}",
+            f"got rank {rank} of {world}, "
+            f"but the process group is rank {group_rank} of {group_world}",
         )
     train = table[table["split"] == "train"].reset_index(drop=True)
     val = table[table["split"] == "val"].reset_index(drop=True)
@@ -178,7 +179,8 @@ def variant_pipeline(training: Pipeline, variant: str) -> Pipeline:
     namespaces = sorted({str(n.namespace) for n in training.nodes if n.namespace})
     if variant not in namespaces:
         raise SystemExit(
-            f"--variant '{variant}': the training pipeline has no such namespace; valid: {namespaces}"
+            f"--variant '{variant}': the training pipeline has no such namespace; "
+            f"valid: {namespaces}"
         )
     return training.only_nodes_with_namespaces([variant])
 
@@ -249,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     training = runtime_params.setdefault("training", {})
     if not isinstance(training, dict):
         raise SystemExit(f"--params: 'training' must be a group of keys, got {training!r}")
-    training["method"] = args.variant  # the gate selects the variant being trained
+    training["only"] = args.variant  # the gate selects the variant being trained
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)

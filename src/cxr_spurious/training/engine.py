@@ -4,6 +4,11 @@
 schedule, model selection and early stopping on a validation metric, and a checkpoint
 per epoch (``training.checkpoints``). The same code runs in one process or under
 DistributedDataParallel (``rank``/``world`` > 1, see ``training.distributed``).
+
+``fit`` is ``build_parts`` (model, optimiser, schedule, objective, loaders: a ``TrainParts``),
+an optional ``restore`` from the newest checkpoint, and ``run_epochs``, which per epoch calls
+``train_and_validate``, ``record_epoch`` (model selection, early-stopping counter),
+``stop_reason`` and ``save_epoch_checkpoint``; a ``TrainState`` carries the progress.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +28,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxr_spurious.data.cache import ImageCache
 from cxr_spurious.models import CXRModel, build_model
+from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.metrics import auroc, robust_auroc
 from cxr_spurious.training.checkpoints import (
     data_digest,
@@ -35,7 +40,7 @@ from cxr_spurious.training.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from cxr_spurious.training.config import DENSE_METHODS, model_config
+from cxr_spurious.training.config import DENSE_SUPERVISIONS, model_config
 from cxr_spurious.training.data import LABEL_PREFIX, CacheBatches, make_loader
 from cxr_spurious.training.device import DeviceSetup, configure_determinism
 from cxr_spurious.training.objectives import Objective, dense_loss, make_objective
@@ -105,19 +110,19 @@ def batch_loss(
 ) -> tuple[torch.Tensor, float, float]:
     """Total loss and its image / dense parts for one batch.
 
-    ``erm``: the objective on every known label. Dense methods: the Dice + BCE loss on the
+    ``erm``: the objective on every known label. Dense supervisions: the Dice + BCE loss on the
     maps whose location label is used, and the objective on the other known labels
     (images without location labels); ``multitask``: the objective on every known label
     plus ``multitask_weight`` x the dense loss.
     """
     logits = outputs[0]
     labels, valid = batch["labels"], batch["valid"]
-    if cfg["method"] not in DENSE_METHODS:
+    if cfg["supervision"] not in DENSE_SUPERVISIONS:
         image = objective(logits, labels, valid, batch)
         return image, float(image.detach()), 0.0
     dense_valid = batch["dense_valid"]
     dense = dense_loss(outputs[1], batch["target"], dense_valid)
-    if cfg["method"] == "multitask":
+    if cfg["supervision"] == "multitask":
         image = objective(logits, labels, valid, batch)
         total = image + float(cfg["multitask_weight"]) * dense
     else:
@@ -152,7 +157,7 @@ def train_one_epoch(
         optimizer: The optimiser.
         objective: Image-level objective.
         setup: Device settings.
-        cfg: Training config (``method``, ``multitask_weight``).
+        cfg: Training config (``supervision``, ``multitask_weight``).
         epoch: Epoch number (selects the shuffle and augmentation draws).
         max_steps: Stop after this many steps (None: whole epoch).
         progress: Show a progress bar.
@@ -264,16 +269,302 @@ class FitResult:
     fingerprint: str = ""  #: ``checkpoints.result_fingerprint`` of the run (settings + data)
 
 
+STOP_REASONS: tuple[str, ...] = ("", "early_stopping", "max_steps", "time_budget")
+
+
+@dataclass
+class TrainState:
+    """Where a run stands after its last completed epoch: what a checkpoint holds besides
+    the model, optimiser, scheduler, objective and RNG states.
+
+    ``to_checkpoint`` gives those checkpoint keys (``epoch``, ``history``, ``best``,
+    ``bad_epochs``, ``global_step``, ``stopped`` and, for a run with checkpoints,
+    ``fingerprint`` / ``fingerprint_items``); ``from_checkpoint`` reads them back.
+    """
+
+    epoch: int = 0  #: completed epochs
+    history: list[dict[str, Any]] = field(default_factory=list)  #: one row per epoch
+    best_epoch: int | None = None  #: the selected epoch (None before the first)
+    best_metric: float = float("nan")  #: its selection metric
+    best_state_dict: dict[str, torch.Tensor] | None = None  #: its weights, on CPU
+    bad_epochs: int = 0  #: epochs since the selected one (the early-stopping counter)
+    global_step: int = 0  #: optimiser steps so far
+    stopped: str = ""  #: why training stopped ("" while it goes on; one of ``STOP_REASONS``)
+    fingerprint: str | None = None  #: ``result_fingerprint`` digest (runs with checkpoints)
+    fingerprint_items: dict[str, Any] | None = None  #: what the digest was computed from
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint keys of this state (the fingerprint keys only when set)."""
+        best = None
+        if self.best_epoch is not None:
+            best = {
+                "metric": self.best_metric,
+                "epoch": self.best_epoch,
+                "state_dict": self.best_state_dict,
+            }
+        out: dict[str, Any] = {
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": best,
+            "bad_epochs": self.bad_epochs,
+            "global_step": self.global_step,
+            "stopped": self.stopped,
+        }
+        if self.fingerprint is not None:
+            out.update(fingerprint=self.fingerprint, fingerprint_items=self.fingerprint_items)
+        return out
+
+    @classmethod
+    def from_checkpoint(cls, saved: Mapping[str, Any]) -> TrainState:
+        """The state ``to_checkpoint`` wrote into ``saved`` (a loaded checkpoint)."""
+        best = saved["best"]
+        return cls(
+            epoch=saved["epoch"],
+            history=saved["history"],
+            best_epoch=None if best is None else best["epoch"],
+            best_metric=float("nan") if best is None else best["metric"],
+            best_state_dict=None if best is None else best["state_dict"],
+            bad_epochs=saved["bad_epochs"],
+            global_step=saved["global_step"],
+            stopped=saved["stopped"],
+            fingerprint=saved["fingerprint"],
+            fingerprint_items=saved["fingerprint_items"],
+        )
+
+
+@dataclass
+class TrainParts:
+    """The objects one ``fit`` trains with (built by ``build_parts``)."""
+
+    model: CXRModel  #: the model itself (its weights are what ``fit`` returns)
+    forward: nn.Module  #: ``TrainingForward(model)``, inside DDP when world > 1
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective: Objective
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    val_table: pd.DataFrame  #: the validation rows, in ``val_loader`` order
+
+
+def build_parts(
+    train_table: pd.DataFrame,
+    val_table: pd.DataFrame,
+    cache: ImageCache,
+    cfg: Mapping[str, Any],
+    setup: DeviceSetup,
+    *,
+    rank: int,
+    world: int,
+) -> TrainParts:
+    """Model (seeded by ``cfg['seed']``), optimiser, schedule, objective and loaders."""
+    model = init_model(cfg).to(setup.device)
+    if setup.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward: nn.Module = TrainingForward(model)
+    if world > 1:
+        ids = [setup.device.index] if setup.device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(forward, device_ids=ids)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    labels = train_table[[LABEL_PREFIX + t for t in cfg["tasks"]]].to_numpy(dtype=float)
+    objective = make_objective(
+        str(cfg["objective"]), labels, train_table["group"].to_numpy(), cfg["objective_params"]
+    )
+    workers = int(cfg["num_workers"])
+    train_loader = make_loader(
+        CacheBatches(train_table, cache, cfg, train=True), int(cfg["batch_size"]),
+        seed=int(cfg["seed"]), shuffle=True, drop_last=True, num_workers=workers,
+        pin_memory=setup.pin_memory, rank=rank, world=world,
+    )  # fmt: skip
+    val_loader = make_loader(
+        CacheBatches(val_table, cache, cfg, train=False), int(cfg["eval_batch_size"]), seed=0,
+        shuffle=False, drop_last=False, num_workers=workers, pin_memory=setup.pin_memory,
+    )  # fmt: skip
+    return TrainParts(
+        model, forward, optimizer, scheduler, objective, train_loader, val_loader, val_table
+    )
+
+
 def _broadcast_buffers(model: nn.Module) -> None:
     """Make BatchNorm running statistics identical on every rank (rank 0's)."""
     for buf in model.buffers():
         torch.distributed.broadcast(buf, src=0)
 
 
+def train_and_validate(
+    parts: TrainParts,
+    state: TrainState,
+    cfg: Mapping[str, Any],
+    setup: DeviceSetup,
+    *,
+    rank: int,
+    world: int,
+) -> dict[str, Any]:
+    """Train epoch ``state.epoch + 1``, step the schedule, validate; the epoch's history row.
+
+    ``max_steps`` caps the epoch at the steps the run has left; under DDP the BatchNorm
+    running statistics are rank 0's before validating. ``state`` is not changed.
+    """
+    epoch = state.epoch + 1
+    steps_left = None if cfg["max_steps"] is None else int(cfg["max_steps"]) - state.global_step
+    lr = parts.optimizer.param_groups[0]["lr"]
+    stats = train_one_epoch(
+        parts.forward, parts.train_loader, parts.optimizer, parts.objective, setup, cfg,
+        epoch=epoch, max_steps=steps_left, progress=bool(cfg["progress"]) and rank == 0,
+    )  # fmt: skip
+    parts.scheduler.step()
+    if world > 1:
+        _broadcast_buffers(parts.model)
+    val = evaluate(parts.model, parts.val_loader, parts.val_table, cfg, setup)
+    return {
+        "epoch": epoch,
+        **stats,
+        "val_auroc": val["auroc"],
+        "val_robust_auroc": val["robust_auroc"],
+        "lr": lr,
+        "selected": False,
+    }
+
+
 def _improved(value: float, best: float | None) -> bool:
+    """Whether ``value`` beats ``best`` (None: nothing selected yet; NaN never wins over a
+    selection, and any finite value beats a NaN best)."""
     if not math.isfinite(value):
         return best is None
     return best is None or not math.isfinite(best) or value > best
+
+
+def record_epoch(state: TrainState, row: dict[str, Any], metric: str, model: nn.Module) -> bool:
+    """Add ``row`` (from ``train_and_validate``) to ``state`` and apply model selection.
+
+    When ``row[metric]`` improves on the selected epoch's metric (see ``_improved``), the
+    epoch becomes the selected one with a CPU copy of ``model``'s weights and the
+    early-stopping counter restarts; otherwise the counter grows by one.
+
+    Returns:
+        Whether this epoch was selected.
+    """
+    state.history.append(row)
+    state.global_step += row["steps"]
+    state.epoch = row["epoch"]
+    value = row[metric]
+    if not _improved(value, None if state.best_epoch is None else state.best_metric):
+        state.bad_epochs += 1
+        return False
+    state.best_metric, state.best_epoch = value, state.epoch
+    state.best_state_dict = copy.deepcopy(
+        {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    )
+    state.bad_epochs = 0
+    return True
+
+
+def stop_reason(cfg: Mapping[str, Any], state: TrainState, elapsed_s: float) -> str:
+    """Why training stops after this epoch ("" = go on), by this process's own reading.
+
+    In order: ``patience`` epochs without improvement, ``max_steps`` optimiser steps taken,
+    ``time_budget_s`` seconds spent (each None = no such limit).
+    """
+    if cfg["patience"] is not None and state.bad_epochs >= int(cfg["patience"]):
+        return "early_stopping"
+    if cfg["max_steps"] is not None and state.global_step >= int(cfg["max_steps"]):
+        return "max_steps"
+    if cfg["time_budget_s"] is not None and elapsed_s >= float(cfg["time_budget_s"]):
+        return "time_budget"
+    return ""
+
+
+def _rank0_decides(reason: str, world: int, setup: DeviceSetup) -> str:
+    """Rank 0's ``reason``, on every rank.
+
+    Early stopping and ``max_steps`` agree across ranks by construction, but the time budget
+    reads each process's own clock; under DDP rank 0 decides and broadcasts, so every rank
+    stops after the same epoch (a rank that stopped alone would leave the others waiting in
+    their next all-reduce).
+    """
+    if world <= 1:
+        return reason
+    code = torch.tensor([STOP_REASONS.index(reason)], device=setup.device)
+    torch.distributed.broadcast(code, src=0)
+    return STOP_REASONS[int(code.item())]
+
+
+def save_epoch_checkpoint(
+    folder: Path, state: TrainState, parts: TrainParts, cfg: Mapping[str, Any]
+) -> Path:
+    """Write ``state`` with the model, optimiser, scheduler, objective and RNG states."""
+    objective = parts.objective
+    objective_state = objective.state_dict() if hasattr(objective, "state_dict") else None
+    return save_checkpoint(
+        folder,
+        {**state.to_checkpoint(), "model": parts.model.state_dict(),
+         "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
+         "objective": objective_state, "rng": rng_state(), "config": dict(cfg)},
+        keep=int(cfg["keep_checkpoints"]),
+    )  # fmt: skip
+
+
+def restore(parts: TrainParts, saved: Mapping[str, Any]) -> TrainState:
+    """Load a checkpoint's model, optimiser, scheduler, objective and RNG states into
+    ``parts`` and the global RNG; the ``TrainState`` it holds."""
+    parts.model.load_state_dict(saved["model"])
+    parts.optimizer.load_state_dict(saved["optimizer"])
+    parts.scheduler.load_state_dict(saved["scheduler"])
+    if saved.get("objective") is not None and hasattr(parts.objective, "load_state_dict"):
+        parts.objective.load_state_dict(saved["objective"])
+    set_rng_state(saved["rng"])
+    return TrainState.from_checkpoint(saved)
+
+
+def _log_epoch(cfg: Mapping[str, Any], row: Mapping[str, Any]) -> None:
+    logger.info(
+        "[%s] epoch %d: loss %.4f, val AUROC %.3f, val robust AUROC %.3f, %.0f img/s, "
+        "data wait %.0f%%",
+        cfg.get("variant", "?"), row["epoch"], row["train_loss"], row["val_auroc"],
+        row["val_robust_auroc"], row["images_per_s"], 100 * row["data_wait_fraction"],
+    )  # fmt: skip
+
+
+def run_epochs(
+    parts: TrainParts,
+    state: TrainState,
+    cfg: Mapping[str, Any],
+    setup: DeviceSetup,
+    *,
+    folder: Path | None,
+    rank: int,
+    world: int,
+) -> None:
+    """Train epochs until ``cfg['epochs']`` or a stop rule (updates ``state``).
+
+    After every epoch: model selection, the stop decision (rank 0's under DDP) and, with a
+    checkpoint ``folder``, a checkpoint written by rank 0.
+    """
+    started = time.perf_counter()
+    metric = "val_" + str(cfg["selection_metric"])
+    while state.epoch < int(cfg["epochs"]) and not state.stopped:
+        row = train_and_validate(parts, state, cfg, setup, rank=rank, world=world)
+        record_epoch(state, row, metric, parts.model)
+        reason = stop_reason(cfg, state, time.perf_counter() - started)
+        state.stopped = _rank0_decides(reason, world, setup)
+        _log_epoch(cfg, row)
+        if folder is not None and rank == 0:
+            save_epoch_checkpoint(folder, state, parts, cfg)
+
+
+def fit_result(state: TrainState, model: nn.Module, fingerprint: str) -> FitResult:
+    """``FitResult`` of a finished run: the selected epoch's weights (the last weights when
+    no epoch was selected, e.g. a run that trained none), the history with ``selected``,
+    and the run's ``result_fingerprint`` digest."""
+    if state.best_epoch is None:
+        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        best_epoch = state.epoch
+    else:
+        weights, best_epoch = state.best_state_dict, state.best_epoch
+    history = pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS))
+    if len(history):
+        history["selected"] = history["epoch"] == best_epoch
+    return FitResult(weights, history, int(best_epoch), state.stopped or "epochs", fingerprint)
 
 
 def fit(
@@ -304,195 +595,25 @@ def fit(
         The best state dict (on CPU), the history, the selected epoch and why training stopped.
     """
     configure_determinism(bool(cfg["deterministic"]))
-    model = init_model(cfg).to(setup.device)
-    if setup.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    forward: nn.Module = TrainingForward(model)
-    if world > 1:
-        ids = [setup.device.index] if setup.device.type == "cuda" else None
-        forward = nn.parallel.DistributedDataParallel(forward, device_ids=ids)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg)
-    labels = train_table[[LABEL_PREFIX + t for t in cfg["tasks"]]].to_numpy(dtype=float)
-    objective = make_objective(
-        str(cfg["objective"]), labels, train_table["group"].to_numpy(), cfg["objective_params"]
-    )
-    workers = int(cfg["num_workers"])
-    train_loader = make_loader(
-        CacheBatches(train_table, cache, cfg, train=True), int(cfg["batch_size"]), seed=int(cfg["seed"]), shuffle=True,
-        drop_last=True, num_workers=workers, pin_memory=setup.pin_memory, rank=rank, world=world,
-    )  # fmt: skip
-    val_loader = make_loader(
-        CacheBatches(val_table, cache, cfg, train=False), int(cfg["eval_batch_size"]), seed=0, shuffle=False,
-        drop_last=False, num_workers=workers, pin_memory=setup.pin_memory,
-    )  # fmt: skip
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "history": [],
-        "best": None,
-        "bad_epochs": 0,
-        "global_step": 0,
-        "stopped": "",
-    }
-    saved = None
+    parts = build_parts(train_table, val_table, cache, cfg, setup, rank=rank, world=world)
     fingerprint = result_fingerprint(
         cfg,
         data=data_digest(train_table, val_table, extra=cache.fingerprint),
         precision=str(setup.autocast_dtype or "fp32").replace("torch.", ""),
         device=setup.device.type,
     )
+    state, folder, saved = TrainState(), None, None
     if checkpoint_dir:
-        checkpoint_dir = prepare_run_folder(
+        folder = prepare_run_folder(
             checkpoint_dir, fingerprint[0], fingerprint[1], resume=bool(cfg["resume"]), rank=rank
         )
         if cfg["resume"]:
-            saved = load_latest_checkpoint(checkpoint_dir, cfg, fingerprint=fingerprint)
-        state.update({"fingerprint": fingerprint[0], "fingerprint_items": fingerprint[1]})
-    with torch.random.fork_rng(
-        devices=[setup.device.index or 0] if setup.device.type == "cuda" else []
-    ):
+            saved = load_latest_checkpoint(folder, cfg, fingerprint=fingerprint)
+        state.fingerprint, state.fingerprint_items = fingerprint
+    cuda = [setup.device.index or 0] if setup.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(int(cfg["seed"]) + 1)
         if saved is not None:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            if saved.get("objective") is not None and hasattr(objective, "load_state_dict"):
-                objective.load_state_dict(saved["objective"])
-            set_rng_state(saved["rng"])
-            state.update({k: saved[k] for k in state})
-        _run_epochs(
-            forward,
-            model,
-            optimizer,
-            scheduler,
-            objective,
-            train_loader,
-            val_loader,
-            val_table,
-            cfg,
-            setup,
-            state,
-            checkpoint_dir,
-            rank,
-            world,
-        )
-    best = state["best"] or {
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "epoch": state["epoch"],
-    }
-    history = pd.DataFrame(state["history"], columns=list(HISTORY_COLUMNS))
-    if len(history):
-        history["selected"] = history["epoch"] == best["epoch"]
-    return FitResult(
-        best["state_dict"], history, int(best["epoch"]), state["stopped"] or "epochs", fingerprint[0]
-    )
-
-
-STOP_REASONS: tuple[str, ...] = ("", "early_stopping", "max_steps", "time_budget")
-
-
-def _stop_reason(
-    cfg: Mapping[str, Any],
-    state: Mapping[str, Any],
-    elapsed_s: float,
-    world: int,
-    setup: DeviceSetup,
-) -> str:
-    """Why training stops after this epoch ("" = go on): rank 0's decision, on every rank.
-
-    Early stopping and ``max_steps`` agree across ranks by construction, but the time budget
-    reads each process's own clock; under DDP rank 0 decides and broadcasts, so every rank
-    stops after the same epoch (a rank that stopped alone would leave the others waiting in
-    their next all-reduce).
-    """
-    reason = ""
-    if cfg["patience"] is not None and state["bad_epochs"] >= int(cfg["patience"]):
-        reason = "early_stopping"
-    elif cfg["max_steps"] is not None and state["global_step"] >= int(cfg["max_steps"]):
-        reason = "max_steps"
-    elif cfg["time_budget_s"] is not None and elapsed_s >= float(cfg["time_budget_s"]):
-        reason = "time_budget"
-    if world > 1:
-        code = torch.tensor([STOP_REASONS.index(reason)], device=setup.device)
-        torch.distributed.broadcast(code, src=0)
-        reason = STOP_REASONS[int(code.item())]
-    return reason
-
-
-def _run_epochs(
-    forward: nn.Module,
-    model: CXRModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    objective: Objective,
-    train_loader: torch.utils.data.DataLoader,
-    val_loader: torch.utils.data.DataLoader,
-    val_table: pd.DataFrame,
-    cfg: Mapping[str, Any],
-    setup: DeviceSetup,
-    state: dict[str, Any],
-    checkpoint_dir: str | Path | None,
-    rank: int,
-    world: int,
-) -> None:
-    """Epoch loop of ``fit`` (mutates ``state``)."""
-    started = time.perf_counter()
-    metric_key = "val_" + str(cfg["selection_metric"])
-    while state["epoch"] < int(cfg["epochs"]) and not state["stopped"]:
-        epoch = state["epoch"] + 1
-        steps_left = (
-            None if cfg["max_steps"] is None else int(cfg["max_steps"]) - state["global_step"]
-        )
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(
-            forward,
-            train_loader,
-            optimizer,
-            objective,
-            setup,
-            cfg,
-            epoch=epoch,
-            max_steps=steps_left,
-            progress=bool(cfg["progress"]) and rank == 0,
-        )
-        scheduler.step()
-        if world > 1:
-            _broadcast_buffers(model)
-        val = evaluate(model, val_loader, val_table, cfg, setup)
-        row = {
-            "epoch": epoch,
-            **stats,
-            "val_auroc": val["auroc"],
-            "val_robust_auroc": val["robust_auroc"],
-            "lr": lr,
-            "selected": False,
-        }
-        state["history"].append(row)
-        state["global_step"] += stats["steps"]
-        state["epoch"] = epoch
-        best = state["best"]
-        if _improved(row[metric_key], None if best is None else best["metric"]):
-            state["best"] = {
-                "metric": row[metric_key],
-                "epoch": epoch,
-                "state_dict": copy.deepcopy(
-                    {k: v.detach().cpu() for k, v in model.state_dict().items()}
-                ),
-            }
-            state["bad_epochs"] = 0
-        else:
-            state["bad_epochs"] += 1
-        state["stopped"] = _stop_reason(cfg, state, time.perf_counter() - started, world, setup)
-        logger.info(
-            "[%s] epoch %d: loss %.4f, val AUROC %.3f, val robust AUROC %.3f, %.0f img/s, data wait %.0f%%",
-            cfg.get("variant", "?"), epoch, row["train_loss"], row["val_auroc"], row["val_robust_auroc"],
-            row["images_per_s"], 100 * row["data_wait_fraction"],
-        )  # fmt: skip
-        if checkpoint_dir is not None and rank == 0:
-            objective_state = objective.state_dict() if hasattr(objective, "state_dict") else None
-            save_checkpoint(
-                checkpoint_dir,
-                {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "objective": objective_state, "rng": rng_state(), "config": dict(cfg)},
-                keep=int(cfg["keep_checkpoints"]),
-            )  # fmt: skip
+            state = restore(parts, saved)
+        run_epochs(parts, state, cfg, setup, folder=folder, rank=rank, world=world)
+    return fit_result(state, parts.model, fingerprint[0])

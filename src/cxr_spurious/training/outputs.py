@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from cxr_spurious.data.cache import ImageCache
 from cxr_spurious.models import CXRModel
+from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, bootstrap_or_note
 from cxr_spurious.stats.metrics import auroc, reverse_auroc, robust_auroc
 from cxr_spurious.training.data import CacheBatches, make_loader
@@ -53,7 +53,7 @@ def predict_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and embeddings of the manifest's images (cache render ``render``)."""
     dataset = CacheBatches(
-        _inference_table(manifest, cache, model.tasks), cache, cfg, train=False, variant=render
+        _inference_table(manifest, cache, model.tasks), cache, cfg, train=False, render=render
     )
     loader = make_loader(
         dataset,
@@ -151,7 +151,9 @@ def compute_test_metrics(
             if name == "auroc":
                 res = bootstrap(fn, len(test), max_dropped_share=share, desc=desc, **kw)
             else:
-                res, note = bootstrap_or_note(fn, len(test), max_dropped_share=share, desc=desc, **kw)
+                res, note = bootstrap_or_note(
+                    fn, len(test), max_dropped_share=share, desc=desc, **kw
+                )
                 if note:
                     notes.append(f"{name}: {note}")
             entry.update(res.as_dict(name))
@@ -203,12 +205,18 @@ def training_curves(history: pd.DataFrame, title: str) -> Figure:
 
 
 def run_name(cfg: Mapping[str, Any], resampling: str) -> str:
-    """``<variant>-<method>-<architecture>-<resampling>-seed<k>``."""
-    return f"{cfg['variant']}-{cfg['method']}-{cfg['architecture']}-{resampling}-seed{cfg['seed']}"
+    """``<variant>-<supervision>-<architecture>-<resampling>-seed<k>``."""
+    return (
+        f"{cfg['variant']}-{cfg['supervision']}-{cfg['architecture']}-"
+        f"{resampling}-seed{cfg['seed']}"
+    )
 
 
 def resampling_name(cfg: Mapping[str, Any], manifest: pd.DataFrame) -> str:
-    """``training.resampling`` if set, else the table's ``attrs`` (``resampling`` or ``strategy``), else ``none``."""
+    """``training.resampling`` if set, else the table's ``attrs``, else ``none``.
+
+    The ``attrs`` key is ``resampling`` or ``strategy``.
+    """
     if cfg.get("resampling"):
         return str(cfg["resampling"])
     for key in ("resampling", "strategy"):
@@ -222,9 +230,10 @@ def run_params(
 ) -> dict[str, Any]:
     """The parameter table of a variant's MLflow run."""
     keys = (
-        "variant", "method", "architecture", "pretrained", "tasks", "batch_size", "lr", "weight_decay", "schedule",
-        "epochs", "max_steps", "patience", "selection_metric", "subgroup", "seed", "deterministic", "location_fraction",
-        "coarse_mode", "coarse_radius", "target_dilation", "multitask_weight", "dense_pooling", "pool_kernel", "objective",
+        "variant", "supervision", "architecture", "pretrained", "tasks", "batch_size", "lr",
+        "weight_decay", "schedule", "epochs", "max_steps", "patience", "selection_metric",
+        "subgroup", "seed", "deterministic", "location_fraction", "coarse_mode", "coarse_radius",
+        "target_dilation", "multitask_weight", "dense_pooling", "pool_kernel", "objective",
     )  # fmt: skip
     params = {k: cfg.get(k) for k in keys}
     params["tasks"] = ",".join(cfg["tasks"])

@@ -9,12 +9,13 @@ from kedro.config import OmegaConfigLoader
 
 from cxr_spurious.pipelines.comparison.pipeline import (
     DFR,
+    ERM,
     JTT,
     RESAMPLED,
-    STUDY,
     VARIANTS,
     create_pipeline,
 )
+from cxr_spurious.variants import STUDY_MODELS
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -32,7 +33,9 @@ def _params() -> dict:
 def _lookup(params: dict, dotted: str) -> object:
     node: object = params
     for part in dotted.split("."):
-        assert isinstance(node, dict) and part in node, f"parameter '{dotted}' is missing (at '{part}')"
+        assert isinstance(node, dict) and part in node, (
+            f"parameter '{dotted}' is missing (at '{part}')"
+        )
         node = node[part]
     return node
 
@@ -43,7 +46,7 @@ def test_every_parameter_input_is_configured(pipeline) -> None:
         if name.startswith("params:"):
             _lookup(params, name.removeprefix("params:"))
     for variant in VARIANTS:
-        if variant not in (DFR, *STUDY):
+        if variant not in (DFR, *STUDY_MODELS):
             block = _lookup(params, f"comparison.training_variants.{variant}")
             assert block["name"] == variant
 
@@ -52,17 +55,32 @@ def test_variants_train_on_their_own_resampled_manifest(pipeline) -> None:
     free = pipeline.inputs()
     assert {"manifest", "image_cache"} <= free
     # The study's models are reused, not retrained: their outputs are the only free model inputs.
-    assert {n for n in free if n.endswith((".predictions", ".embeddings", ".model_summary"))} == {"erm.predictions", "erm.embeddings", *(f"{m}.model_summary" for m in STUDY)}
+    assert {n for n in free if n.endswith((".predictions", ".embeddings", ".model_summary"))} == {
+        "erm.predictions",
+        "erm.embeddings",
+        *(f"{m}.model_summary" for m in STUDY_MODELS),
+    }
     assert not any(n.endswith(".resampled_manifest") for n in free)
     for variant in (*RESAMPLED, JTT):
         node = next(n for n in pipeline.nodes if n.name == f"{variant}.prepare_training_table")
         assert f"{variant}.resampled_manifest" in node.inputs
     jtt = next(n for n in pipeline.nodes if n.name == f"{JTT}.upweight_erm_errors")
     assert "erm.predictions" in jtt.inputs
-    cluster = next(n for n in pipeline.nodes if n.name == "cmp_cluster_downsample.resample_train_rows")
+    cluster = next(
+        n for n in pipeline.nodes if n.name == "cmp_cluster_downsample.resample_train_rows"
+    )
     assert "erm.embeddings" in cluster.inputs
     headline = next(n for n in pipeline.nodes if n.name == "build_headline_table")
-    assert headline.inputs == [f"{v}.model_summary" for v in VARIANTS] and headline.outputs == ["headline_table"]
+    assert headline.inputs == [f"{v}.model_summary" for v in VARIANTS] and headline.outputs == [
+        "headline_table"
+    ]
+
+
+def test_the_study_models_come_from_variants() -> None:
+    # ERM without resampling is the study's erm; every study model closes the table once.
+    assert ERM in STUDY_MODELS
+    assert all(VARIANTS.count(m) == 1 for m in STUDY_MODELS) and VARIANTS[0] == ERM
+    assert len(set(VARIANTS)) == len(VARIANTS)
 
 
 def test_group_dro_variant_uses_group_dro_objective() -> None:

@@ -12,10 +12,10 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from tests.debiasing.debias_fixtures import TASK, make_manifest
 
-from cxr_spurious.data.cache import ImageCache
 from cxr_spurious.errors import ContractError
 from cxr_spurious.pipelines.debiasing import nodes
 from cxr_spurious.pipelines.debiasing.pipeline import create_debiasing_template, create_pipeline
+from cxr_spurious.sources.cache import ImageCache
 
 PARAMS_FILE = "conf/base/parameters_debiasing.yml"
 
@@ -50,32 +50,56 @@ def _cache(manifest: pd.DataFrame) -> ImageCache:
     )
 
 
-def _run(pipeline: object, manifest: pd.DataFrame, params: dict[str, object], **extra: object) -> dict[str, object]:
+def _run(
+    pipeline: object, manifest: pd.DataFrame, params: dict[str, object], **extra: object
+) -> dict[str, object]:
     data = {"manifest": manifest, "image_cache": _cache(manifest), **extra}
     data.update({f"params:debiasing.{k}": v for k, v in params.items()})
     catalog = DataCatalog({k: MemoryDataset(v, copy_mode="assign") for k, v in data.items()})
-    for name in ("resampled_manifest", "group_counts", "group_counts_plot", "debiasing_groups", "cluster_features"):
+    for name in (
+        "resampled_manifest",
+        "group_counts",
+        "group_counts_plot",
+        "debiasing_groups",
+        "cluster_features",
+    ):
         catalog[name] = _Kept(copy_mode="assign")
     SequentialRunner().run(pipeline, catalog)
     return {name: catalog.load(name) for name in ("resampled_manifest", "group_counts")}
 
 
-@pytest.mark.parametrize("strategy", ["none", "upsample", "cluster_downsample", "group_balance", "reweight"])
+@pytest.mark.parametrize(
+    "strategy", ["none", "upsample", "cluster_downsample", "group_balance", "reweight"]
+)
 def test_default_pipeline_strategies(strategy: str) -> None:
     m = make_manifest()
-    out = _run(create_pipeline(), m, _params(strategy=strategy, target="min" if "down" in strategy else "max"))
+    out = _run(
+        create_pipeline(),
+        m,
+        _params(strategy=strategy, target="min" if "down" in strategy else "max"),
+    )
     res, counts = out["resampled_manifest"], out["group_counts"]
     assert {"weight", "augment", "group"} <= set(res.columns)
     assert counts["n_before"].sum() == (m["split"] == "train").sum()
     assert counts["n_after"].sum() == (res["split"] == "train").sum()
     if strategy == "cluster_downsample":
-        assert counts["n_after"].nunique() == 1 and counts["n_after"].iloc[0] == counts["n_before"].min()
+        assert (
+            counts["n_after"].nunique() == 1
+            and counts["n_after"].iloc[0] == counts["n_before"].min()
+        )
 
 
 def test_jtt_template_reads_erm_predictions() -> None:
     m = make_manifest()
-    preds = pd.DataFrame({"image_id": m["image_id"], "split": m["split"], "model": "erm", f"p_{TASK}": 1.0 - m[TASK]})
-    out = _run(create_debiasing_template(jtt=True), m, _params(strategy="jtt", jtt_upweight=3), erm_predictions=preds)
+    preds = pd.DataFrame(
+        {"image_id": m["image_id"], "split": m["split"], "model": "erm", f"p_{TASK}": 1.0 - m[TASK]}
+    )
+    out = _run(
+        create_debiasing_template(jtt=True),
+        m,
+        _params(strategy="jtt", jtt_upweight=3),
+        erm_predictions=preds,
+    )
     train = m["split"] == "train"
     assert (out["resampled_manifest"]["split"] == "train").sum() == 3 * train.sum()
 
@@ -88,7 +112,12 @@ def test_embedding_template_and_misaligned_embeddings() -> None:
     out = _run(template, m, _params(strategy="cluster_downsample", target="min"), embeddings=emb)
     assert out["group_counts"]["n_after"].nunique() == 1
     with pytest.raises(ContractError, match="misaligned with the manifest"):
-        _run(template, m, _params(strategy="cluster_downsample", target="min"), embeddings=emb.iloc[10:])
+        _run(
+            template,
+            m,
+            _params(strategy="cluster_downsample", target="min"),
+            embeddings=emb.iloc[10:],
+        )
 
 
 def test_group_node_errors() -> None:

@@ -8,13 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_spurious.data.cache import load_cache, verify_cache_files
+from cxr_spurious.sources.cache import load_cache, verify_cache_files
 
 pytestmark = pytest.mark.integration
 
 
 def test_too_few_phantom_images_fail_before_generation(kedro_project: Path, run_kedro) -> None:
-    proc = run_kedro(kedro_project, "run", "--pipeline", "ingestion", "--env", "test", "--params", "ingestion.phantom.n_images=3", check=False)
+    proc = run_kedro(
+        kedro_project,
+        "run",
+        "--pipeline",
+        "ingestion",
+        "--env",
+        "test",
+        "--params",
+        "ingestion.phantom.n_images=3",
+        check=False,
+    )
     assert proc.returncode != 0
     assert "parameter 'ingestion.phantom.n_images': must be at least 19" in proc.log
     assert not (kedro_project / "data/01_raw/phantom/labels.csv").exists()  # nothing generated

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tests.conftest import SAMPLE_IN_REPO, load_from_catalog
 
-from cxr_spurious.data.cache import load_cache
 from cxr_spurious.io.masks import decode_rle, rasterize_polygons
+from cxr_spurious.sources.cache import load_cache
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +21,19 @@ def test_phantom_ingestion_end_to_end(kedro_project: Path, run_kedro) -> None:
     loaded = load_from_catalog(kedro_project, "manifest", "gt_annotations", "gt_segmentations")
     manifest = loaded["manifest"]
     assert manifest["len"] == 96
-    assert manifest["attrs"]["tasks"] == ["Pneumothorax", "Pleural Effusion", "Lung Lesion", "Cardiomegaly", "Airspace Opacity"]
+    assert manifest["attrs"]["tasks"] == [
+        "Pneumothorax",
+        "Pleural Effusion",
+        "Lung Lesion",
+        "Cardiomegaly",
+        "Airspace Opacity",
+    ]
     assert {"image_id", "split", "tube", "site", "sex"} <= set(manifest["columns"])
     assert loaded["gt_annotations"]["len"] == 96 and loaded["gt_segmentations"]["len"] == 96
 
     cache = load_cache(kedro_project / "data/05_model_input/image_cache")
     assert cache.images.shape == (96, 32, 32) and cache.objects[0] == "Chest Tube"
-    assert set(cache.variants) == {"no_tube", "no_lesion"}
+    assert set(cache.renders) == {"no_tube", "no_lesion"} and cache.render_masks == {}
     # Cached masks agree with the full-resolution ground truth (area ratio preserved).
     seg = json.loads((kedro_project / "data/03_primary/gt_segmentations.json").read_text())
     ann = json.loads((kedro_project / "data/03_primary/gt_annotations.json").read_text())
@@ -35,7 +41,9 @@ def test_phantom_ingestion_end_to_end(kedro_project: Path, run_kedro) -> None:
         h, w = ann[image_id]["img_size"]
         for j, task in enumerate(cache.tasks):
             full = decode_rle(seg[image_id][task])
-            np.testing.assert_array_equal(full, rasterize_polygons(ann[image_id].get(task, []), h, w))
+            np.testing.assert_array_equal(
+                full, rasterize_polygons(ann[image_id].get(task, []), h, w)
+            )
             small = cache.masks[cache.row(image_id), j]
             assert abs(small.mean() - full.mean()) < 0.05
     for name in ("dataset_report.csv", "dataset_report.png", "example_grid.png"):
@@ -49,14 +57,38 @@ def test_phantom_ingestion_end_to_end(kedro_project: Path, run_kedro) -> None:
 
 def test_chexlocalize_sample_ingestion(kedro_project: Path, run_kedro) -> None:
     sample = SAMPLE_IN_REPO
-    run_kedro(kedro_project, "run", "--pipeline", "ingestion", "--env", "test", "--params", f"ingestion.source=chexlocalize,ingestion.root={sample}")
+    run_kedro(
+        kedro_project,
+        "run",
+        "--pipeline",
+        "ingestion",
+        "--env",
+        "test",
+        "--params",
+        f"ingestion.source=chexlocalize,ingestion.root={sample}",
+    )
     loaded = load_from_catalog(kedro_project, "manifest", "gt_annotations", "gt_segmentations")
     assert loaded["manifest"]["len"] == 2
-    assert loaded["gt_segmentations"]["keys"] == ["patient64541_study1_view1_frontal", "patient64542_study1_view1_frontal"]
-    assert not (kedro_project / "data/01_raw/phantom/labels.csv").exists()  # phantom generation skipped
+    assert loaded["gt_segmentations"]["keys"] == [
+        "patient64541_study1_view1_frontal",
+        "patient64542_study1_view1_frontal",
+    ]
+    assert not (
+        kedro_project / "data/01_raw/phantom/labels.csv"
+    ).exists()  # phantom generation skipped
 
 
 def test_unknown_source_fails_with_the_valid_names(kedro_project: Path, run_kedro) -> None:
-    proc = run_kedro(kedro_project, "run", "--pipeline", "ingestion", "--env", "test", "--params", "ingestion.source=chexpertt", check=False)
+    proc = run_kedro(
+        kedro_project,
+        "run",
+        "--pipeline",
+        "ingestion",
+        "--env",
+        "test",
+        "--params",
+        "ingestion.source=chexpertt",
+        check=False,
+    )
     assert proc.returncode != 0
     assert "unknown source 'chexpertt'" in proc.log

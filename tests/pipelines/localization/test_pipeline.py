@@ -13,13 +13,27 @@ from kedro_datasets.pickle import PickleDataset
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.pipelines.localization import create_pipeline
+from cxr_spurious.sources.cache import ImageCache
 
 ROOT = Path(__file__).resolve().parents[3]
-SAMPLE = ROOT / "tests" / "data" / "chexlocalize_sample"
-PARAMS = {"n_boot": 20, "seed": 0, "true_pos_only": True, "fixed_thresholds": {}, "prob_cutoffs": {}, "smoothing_k": 0,
-          "tuning_grid": [0.2, 0.8, 0.1], "prob_cutoffs_grid": [0.0, 0.85, 0.1], "extra_metrics": True, "top_k": 5,
-          "prefer_gpu": False, "missing_maps": "all", "subgroup_attributes": ["sex"], "compare_pairs": None,
-          "max_dropped_share": 0.05}
+SAMPLE = ROOT / "tests" / "fixtures" / "chexlocalize_sample"
+PARAMS = {
+    "n_boot": 20,
+    "seed": 0,
+    "true_pos_only": True,
+    "fixed_thresholds": {},
+    "prob_cutoffs": {},
+    "smoothing_k": 0,
+    "tuning_grid": [0.2, 0.8, 0.1],
+    "prob_cutoffs_grid": [0.0, 0.85, 0.1],
+    "extra_metrics": True,
+    "top_k": 5,
+    "prefer_gpu": False,
+    "missing_maps": "all",
+    "subgroup_attributes": ["sex"],
+    "compare_pairs": None,
+    "max_dropped_share": 0.05,
+}
 
 
 def _collection():
@@ -35,31 +49,92 @@ def _collection():
                 m[4:10, 3:8] = 1
             gt[cxr][t] = encode_rle(m)
     for model in ("erm", "seg"):
-        rows = [{"image_id": c, "task": t, "prob": float(rng.random()), "gt": 1.0, "cxr_w": 12, "cxr_h": 16, "model": model, "method": "gradcam"} for c in ids for t in tasks]
-        sets[f"{model}.gradcam"] = HeatmapSet(pd.DataFrame(rows), rng.random((len(rows), 4, 3)).astype(np.float32))
+        rows = [
+            {
+                "image_id": c,
+                "task": t,
+                "prob": float(rng.random()),
+                "gt": 1.0,
+                "cxr_w": 12,
+                "cxr_h": 16,
+                "model": model,
+                "method": "gradcam",
+            }
+            for c in ids
+            for t in tasks
+        ]
+        sets[f"{model}.gradcam"] = HeatmapSet(
+            pd.DataFrame(rows), rng.random((len(rows), 4, 3)).astype(np.float32)
+        )
     manifest = pd.DataFrame({"image_id": ids, "sex": ["M", "F", "M", "F"]})
     return sets, gt, manifest
 
 
+def _cache(ids: list[str], size: int = 8) -> ImageCache:
+    """A tiny image cache of ``ids`` (the overlays draw the maps over its images)."""
+    n = len(ids)
+    images = np.random.default_rng(1).integers(0, 256, (n, size, size), dtype=np.uint8)
+    masks = np.zeros((n, 1, size, size), np.uint8)
+    return ImageCache(
+        image_ids=ids,
+        tasks=["Edema"],
+        objects=[],
+        size=size,
+        images=images,
+        masks=masks,
+        boxes=masks.copy(),
+        spurious=np.zeros((n, 0, size, size), np.uint8),
+        has_mask=np.zeros((n, 1), bool),
+    )
+
+
 def test_localization_pipeline_runs_on_memory_catalog(tmp_path):
     sets, gt, manifest = _collection()
-    data = {"heatmap_collection": sets, "gt_segmentations": gt, "spurious_segmentations": {}, "hb_segmentations": {}, "hb_salient_points": {}, "manifest": manifest}
+    data = {
+        "heatmap_collection": sets,
+        "gt_segmentations": gt,
+        "spurious_segmentations": {},
+        "hb_segmentations": {},
+        "hb_salient_points": {},
+        "manifest": manifest,
+    }
+    data["image_cache"] = _cache(manifest["image_id"].tolist())
     data.update({f"params:localization.{k}": v for k, v in PARAMS.items()})
     data["params:localization.overlays.n_images"] = 2
     datasets = {k: MemoryDataset(v) for k, v in data.items()}
-    kept = ("localization_summary", "chexlocalize_reports", "localization_comparisons", "localization_overlays")
-    datasets.update({k: PickleDataset(filepath=str(tmp_path / f"{k}.pkl")) for k in kept})  # survive release
+    kept = (
+        "localization_summary",
+        "chexlocalize_reports",
+        "localization_comparisons",
+        "localization_overlays",
+    )
+    datasets.update(
+        {k: PickleDataset(filepath=str(tmp_path / f"{k}.pkl")) for k in kept}
+    )  # survive release
     catalog = DataCatalog(datasets)
     SequentialRunner().run(create_pipeline(), catalog)
     summary = catalog.load("localization_summary")
     overlays = catalog.load("localization_overlays")
     assert overlays and all(fig.axes for fig in overlays.values())  # one figure per heatmap set
+    # each panel draws its radiograph (grey) under the heatmap
+    panels = [ax for fig in overlays.values() for ax in fig.axes if ax.images]
+    assert panels and all(ax.images[0].get_cmap().name == "gray" for ax in panels)
     assert set(summary["set"]) == {"erm.gradcam", "seg.gradcam"}
-    assert {"miou_tp", "miou_tp_lo", "miou_tp_hi", "hit_rate_lo", "relevance_mass"} <= set(summary.columns)
+    assert {"miou_tp", "miou_tp_lo", "miou_tp_hi", "hit_rate_lo", "relevance_mass"} <= set(
+        summary.columns
+    )
     assert (summary["task"] == "overall").sum() == 2
     reports = catalog.load("chexlocalize_reports")
-    assert "erm.gradcam/iou_results_per_cxr" in reports and "seg.gradcam/hitmiss_summary_results" in reports
-    assert list(reports["erm.gradcam/iou_summary_results"].columns) == ["name", "lower", "mean", "upper"]
+    assert (
+        "erm.gradcam/iou_results_per_cxr" in reports
+        and "seg.gradcam/hitmiss_summary_results" in reports
+    )
+    assert list(reports["erm.gradcam/iou_summary_results"].columns) == [
+        "name",
+        "lower",
+        "mean",
+        "upper",
+    ]
     comps = catalog.load("localization_comparisons")
     assert set(comps["metric"]) >= {"miou_tp", "hit_rate"}
 
@@ -70,17 +145,63 @@ def test_kedro_run_chexlocalize_env(tmp_path):
     project.mkdir()
     shutil.copy(ROOT / "pyproject.toml", project)
     shutil.copytree(ROOT / "conf", project / "conf")
-    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-    cmd = [sys.executable, "-m", "kedro", "run", "--pipeline", "localization", "--env", "chexlocalize", "--params", f"chexlocalize_dir={SAMPLE}"]
-    res = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "KEDRO_DISABLE_TELEMETRY": "true", "HOME": str(tmp_path)})
+    shutil.copytree(
+        ROOT / "src", project / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "kedro",
+        "run",
+        "--pipeline",
+        "localization",
+        "--env",
+        "chexlocalize",
+        "--params",
+        f"chexlocalize_dir={SAMPLE}",
+    ]
+    res = subprocess.run(
+        cmd,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "OMP_NUM_THREADS": "1",
+            "KEDRO_DISABLE_TELEMETRY": "true",
+            "HOME": str(tmp_path),
+        },
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = project / "data" / "08_reporting" / "chexlocalize"
     iou = pd.read_csv(out / "iou_results_per_cxr.csv")
     assert list(iou.columns)[-1] == "img_id" and len(iou) == 2
-    # the two positive maps kept in the trimmed sample: Cardiomegaly (64541) and Support Devices (64542)
+    # the two positive maps kept in the trimmed sample: Cardiomegaly (64541) and
+    # Support Devices (64542)
     assert np.isclose(iou.loc[0, "Cardiomegaly"], 0.366206, atol=1e-6)
     assert np.isclose(iou.loc[1, "Support Devices"], 0.03329, atol=1e-5)
     hit = pd.read_csv(out / "hitmiss_results_per_cxr.csv")
     assert hit.loc[0, "Cardiomegaly"] == 1.0
-    for name in ("iou_bootstrap_results_per_cxr.csv", "iou_summary_results.csv", "hitmiss_summary_results.csv", "tuning_results.csv", "probability_tuning_results.csv", "segmentations/chexlocalize.gradcam.json"):
+    for name in (
+        "iou_bootstrap_results_per_cxr.csv",
+        "iou_summary_results.csv",
+        "hitmiss_summary_results.csv",
+        "tuning_results.csv",
+        "probability_tuning_results.csv",
+        "segmentations/chexlocalize.gradcam.json",
+    ):
         assert (out / name).is_file(), name
+
+
+def test_overlays_without_an_image_cache_draw_every_map_without_its_radiograph(caplog):
+    from cxr_spurious.pipelines.localization.nodes import plot_localization_overlays
+
+    sets, gt, manifest = _collection()
+    figures = plot_localization_overlays(sets, gt, None, n=2, seed=0)
+    titles = [ax.get_title() for fig in figures.values() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 4 and all("(no image)" in t for t in titles)
+    assert "2 of 2 overlay images are not in the image cache" in caplog.text
+    cache = _cache(manifest["image_id"].tolist())
+    cached = plot_localization_overlays(sets, gt, cache, n=2, seed=0)
+    assert not any("(no image)" in ax.get_title() for fig in cached.values() for ax in fig.axes)

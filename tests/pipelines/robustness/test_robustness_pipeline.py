@@ -8,15 +8,13 @@ import numpy as np
 import pandas as pd
 import yaml
 from kedro.io import DataCatalog, MemoryDataset
-from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 from tests.robustness.robust_fixtures import TASK, make_table
 
-from cxr_spurious.data.cache import ImageCache
-from cxr_spurious.pipelines.robustness import nodes
-from cxr_spurious.pipelines.robustness.pipeline import instantiate, summary_node
+from cxr_spurious.pipelines.robustness import create_pipeline, nodes
+from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.variants import STUDY_MODELS
 
 PARAMS = Path(__file__).resolve().parents[3] / "conf/base/parameters_robustness.yml"
@@ -33,13 +31,26 @@ def _inputs(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, Im
     t = make_table(n_patients=160, seed=seed)
     rng = np.random.default_rng(seed)
     t["split"] = np.where(t["patient_id"].str[1:].astype(int) % 4 == 0, "train", t["split"])
-    manifest = t.drop(columns=[f"p_{TASK}"]).assign(age_years=rng.uniform(20, 90, len(t)), race="A", insurance="x")
+    manifest = t.drop(columns=[f"p_{TASK}"]).assign(
+        age_years=rng.uniform(20, 90, len(t)), race="A", insurance="x"
+    )
     preds = t[["image_id", "split", f"p_{TASK}"]].assign(model="m")
-    emb = pd.DataFrame({"image_id": t["image_id"], **{f"e{i}": rng.normal(size=len(t)) + 3 * t["tube"] * (i == 0) for i in range(4)}})
+    emb = pd.DataFrame(
+        {
+            "image_id": t["image_id"],
+            **{f"e{i}": rng.normal(size=len(t)) + 3 * t["tube"] * (i == 0) for i in range(4)},
+        }
+    )
     cache = ImageCache(
-        image_ids=t["image_id"].tolist(), tasks=[TASK], objects=[], size=8,
-        images=rng.integers(0, 255, (len(t), 8, 8), dtype=np.uint8), masks=np.zeros((len(t), 1, 8, 8), np.uint8),
-        boxes=np.zeros((len(t), 1, 8, 8), np.uint8), spurious=np.zeros((len(t), 0, 8, 8), np.uint8), has_mask=np.zeros((len(t), 1), bool),
+        image_ids=t["image_id"].tolist(),
+        tasks=[TASK],
+        objects=[],
+        size=8,
+        images=rng.integers(0, 255, (len(t), 8, 8), dtype=np.uint8),
+        masks=np.zeros((len(t), 1, 8, 8), np.uint8),
+        boxes=np.zeros((len(t), 1, 8, 8), np.uint8),
+        spurious=np.zeros((len(t), 0, 8, 8), np.uint8),
+        has_mask=np.zeros((len(t), 1), bool),
     )
     return manifest, preds, emb, cache
 
@@ -48,10 +59,21 @@ def test_namespaced_run_and_summary() -> None:
     manifest, preds, emb, cache = _inputs()
     with open(PARAMS) as fh:
         params = yaml.safe_load(fh)["robustness"]
-    params.update(n_boot=20, attributes=["sex", "site", "tube", "age_bin"], worst_group_attributes=["sex", "site"], fairness_attribute="sex", reliability_attribute="sex")
+    params.update(
+        n_boot=20,
+        attributes=["sex", "site", "tube", "age_bin"],
+        worst_group_attributes=["sex", "site"],
+        fairness_attribute="sex",
+        reliability_attribute="sex",
+    )
     models = list(STUDY_MODELS)
-    pipe = instantiate(models) + Pipeline([summary_node(models, "robustness_summary")])
-    data: dict[str, object] = {"manifest": manifest, "image_cache": cache, **{f"params:robustness.{k}": v for k, v in params.items()}}
+    pipe = create_pipeline()
+    assert {n.namespace for n in pipe.nodes} == {*models, None}
+    data: dict[str, object] = {
+        "manifest": manifest,
+        "image_cache": cache,
+        **{f"params:robustness.{k}": v for k, v in params.items()},
+    }
     noise = np.random.default_rng(5)
     for i, m in enumerate(models):
         p = preds.copy()
@@ -67,13 +89,21 @@ def test_namespaced_run_and_summary() -> None:
     test = manifest.assign(p=data["erm.predictions"][f"p_{TASK}"])
     test = test[test["split"] == "test"]
     assert np.isclose(summary.loc[0, "auroc"], roc_auc_score(test[TASK], test["p"]))
-    for col in ("auroc", "worst_group_auroc", "robust_tube_auroc", "fnr_gap", "equalized_odds_difference"):
+    for col in (
+        "auroc",
+        "worst_group_auroc",
+        "robust_tube_auroc",
+        "fnr_gap",
+        "equalized_odds_difference",
+    ):
         assert {col, f"{col}_lo", f"{col}_hi"} <= set(summary.columns)
         assert summary[col].notna().all()
     assert (summary["worst_group_auroc"] <= summary["auroc"] + 1e-9).all()
     ops = catalog.load("erm.operating_points")
     assert 0 < ops["threshold"].iloc[0] < 1
-    assert isinstance(catalog.load("seg.strata_plot"), Figure) and isinstance(catalog.load("box.flagged_thumbnails"), Figure)
+    assert isinstance(catalog.load("seg.strata_plot"), Figure) and isinstance(
+        catalog.load("box.flagged_thumbnails"), Figure
+    )
     ami = catalog.load("erm.strata_ami")
     assert set(ami["attribute"]) <= {"tube", "site", "sex"} and len(ami) > 0
 
@@ -81,13 +111,61 @@ def test_namespaced_run_and_summary() -> None:
 def test_summarise_model_picks_worst_attribute() -> None:
     sub = pd.DataFrame(
         [
-            {"task": TASK, "metric": "auroc", "attribute": "all", "group": "all", "estimate": 0.9, "lo": 0.8, "hi": 0.95},
-            {"task": TASK, "metric": "worst_group_auroc", "attribute": "sex", "group": "worst", "estimate": 0.7, "lo": 0.6, "hi": 0.8},
-            {"task": TASK, "metric": "worst_group_auroc", "attribute": "site", "group": "worst", "estimate": 0.6, "lo": 0.5, "hi": 0.7},
-            {"task": TASK, "metric": "robust_auroc", "attribute": "tube", "group": "all", "estimate": 0.3, "lo": 0.2, "hi": 0.4},
+            {
+                "task": TASK,
+                "metric": "auroc",
+                "attribute": "all",
+                "group": "all",
+                "estimate": 0.9,
+                "lo": 0.8,
+                "hi": 0.95,
+            },
+            {
+                "task": TASK,
+                "metric": "worst_group_auroc",
+                "attribute": "sex",
+                "group": "worst",
+                "estimate": 0.7,
+                "lo": 0.6,
+                "hi": 0.8,
+            },
+            {
+                "task": TASK,
+                "metric": "worst_group_auroc",
+                "attribute": "site",
+                "group": "worst",
+                "estimate": 0.6,
+                "lo": 0.5,
+                "hi": 0.7,
+            },
+            {
+                "task": TASK,
+                "metric": "robust_auroc",
+                "attribute": "tube",
+                "group": "all",
+                "estimate": 0.3,
+                "lo": 0.2,
+                "hi": 0.4,
+            },
         ]
     )
-    gaps = pd.DataFrame([{"task": TASK, "attribute": "site", "metric": m, "estimate": v, "lo": v - 0.1, "hi": v + 0.1} for m, v in (("fnr_gap", 0.4), ("equalized_odds_difference", 0.5))])
+    gaps = pd.DataFrame(
+        [
+            {
+                "task": TASK,
+                "attribute": "site",
+                "metric": m,
+                "estimate": v,
+                "lo": v - 0.1,
+                "hi": v + 0.1,
+            }
+            for m, v in (("fnr_gap", 0.4), ("equalized_odds_difference", 0.5))
+        ]
+    )
     row = nodes.summarise_model(sub, gaps, ["sex", "site"], "site").iloc[0]
     assert row["worst_group_auroc"] == 0.6 and row["worst_group"] == "site"
-    assert row["robust_tube_auroc_lo"] == 0.2 and row["fnr_gap"] == 0.4 and row["equalized_odds_difference_hi"] == 0.6
+    assert (
+        row["robust_tube_auroc_lo"] == 0.2
+        and row["fnr_gap"] == 0.4
+        and row["equalized_odds_difference_hi"] == 0.6
+    )

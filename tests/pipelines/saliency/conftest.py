@@ -32,7 +32,7 @@ def params() -> dict[str, Any]:
 
 @pytest.fixture
 def cache_and_manifest():
-    from cxr_spurious.data.cache import ImageCache
+    from cxr_spurious.sources.cache import ImageCache
 
     rng = np.random.default_rng(0)
     n = 6
@@ -40,11 +40,26 @@ def cache_and_manifest():
     images = rng.integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8)
     masks = np.zeros((n, 1, SIZE, SIZE), np.uint8)
     masks[::2, 0, 5:20, 5:20] = 1
-    cache = ImageCache(image_ids=ids, tasks=TASKS, objects=["Chest Tube"], size=SIZE, images=images, masks=masks,
-                       boxes=masks.copy(), spurious=np.zeros((n, 1, SIZE, SIZE), np.uint8),
-                       has_mask=np.ones((n, 1), bool))
-    manifest = pd.DataFrame({"image_id": ids, "split": ["test"] * 4 + ["val"] * 2, "width": 1024, "height": 1000,
-                             "Pneumothorax": [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]})
+    cache = ImageCache(
+        image_ids=ids,
+        tasks=TASKS,
+        objects=["Chest Tube"],
+        size=SIZE,
+        images=images,
+        masks=masks,
+        boxes=masks.copy(),
+        spurious=np.zeros((n, 1, SIZE, SIZE), np.uint8),
+        has_mask=np.ones((n, 1), bool),
+    )
+    manifest = pd.DataFrame(
+        {
+            "image_id": ids,
+            "split": ["test"] * 4 + ["val"] * 2,
+            "width": 1024,
+            "height": 1000,
+            "Pneumothorax": [1.0, 0.0, 1.0, 0.0, 1.0, 0.0],
+        }
+    )
     manifest.attrs["tasks"] = TASKS
     return cache, manifest
 
@@ -52,6 +67,7 @@ def cache_and_manifest():
 @pytest.fixture
 def artifacts() -> dict[str, dict[str, Any]]:
     from cxr_spurious import models
+
     configs = {
         "erm": {"architecture": "resnet18", "tasks": TASKS},
         "box": {"architecture": "unet_small", "tasks": TASKS, "base_channels": 8},

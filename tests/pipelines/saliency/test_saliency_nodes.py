@@ -13,54 +13,89 @@ from cxr_spurious.saliency.sanity import SANITY_COLUMNS
 
 def _run_args(params, **over):
     args = {
-        "methods": params["params:saliency.methods"], "tasks": None, "split": "test",
-        "seed": 0, "batch_size": 3, "device": "cpu", "method_options": params["params:saliency.method_options"],
+        "methods": params["params:saliency.methods"],
+        "tasks": None,
+        "split": "test",
+        "seed": 0,
+        "batch_size": 3,
+        "device": "cpu",
+        "method_options": params["params:saliency.method_options"],
     }
     args.update(over)
     return args
 
 
-def test_compute_model_heatmaps_default_pairs(params, cache_and_manifest, artifacts):
+def test_compute_heatmaps_default_pairs(params, cache_and_manifest, artifacts):
     cache, manifest = cache_and_manifest
-    erm = nodes.compute_model_heatmaps(artifacts["erm"], cache, manifest, max_images=None, model_name="erm", **_run_args(params))
-    seg = nodes.compute_model_heatmaps(artifacts["seg"], cache, manifest, max_images=3, model_name="seg", **_run_args(params))
+    erm = nodes.compute_heatmaps(
+        artifacts["erm"], {"name": "erm"}, cache, manifest, max_images=None, **_run_args(params)
+    )
+    seg = nodes.compute_heatmaps(
+        artifacts["seg"], {"name": "seg"}, cache, manifest, max_images=3, **_run_args(params)
+    )
     assert sorted(erm) == ["erm.gradcam"]
     assert sorted(seg) == ["seg.gradcam", "seg.seg_prob"]
     assert len(erm["erm.gradcam"]) == 4 and len(seg["seg.seg_prob"]) == 3  # test split; seeded cap
-    assert set(erm["erm.gradcam"].index["image_id"]) <= set(manifest.loc[manifest["split"] == "test", "image_id"])
+    assert set(erm["erm.gradcam"].index["image_id"]) <= set(
+        manifest.loc[manifest["split"] == "test", "image_id"]
+    )
 
 
-def test_compute_model_heatmaps_methods_param(params, cache_and_manifest, artifacts):
+def test_compute_heatmaps_methods_param(params, cache_and_manifest, artifacts):
     cache, manifest = cache_and_manifest
-    out = nodes.compute_model_heatmaps(artifacts["erm"], cache, manifest, max_images=2, model_name="erm",
-                                       **_run_args(params, methods=["gradcam", "integrated_gradients", "seg_prob"]))
-    assert sorted(out) == ["erm.gradcam", "erm.integrated_gradients"]  # seg_prob skipped for a classifier
+    out = nodes.compute_heatmaps(
+        artifacts["erm"],
+        {"name": "erm"},
+        cache,
+        manifest,
+        max_images=2,
+        **_run_args(params, methods=["gradcam", "integrated_gradients", "seg_prob"]),
+    )
+    assert sorted(out) == [
+        "erm.gradcam",
+        "erm.integrated_gradients",
+    ]  # seg_prob skipped for a classifier
 
 
 def test_sanity_node_enabled_and_disabled(params, cache_and_manifest, artifacts):
     cache, manifest = cache_and_manifest
     args = _run_args(params)
-    table = nodes.check_model_saliency(artifacts["seg"], cache, manifest, enabled=True, n_images=3, n_boot=20,
-                                       model_name="seg", **args)
+    seg = {"name": "seg"}
+    table = nodes.check_saliency_sanity(
+        artifacts["seg"], seg, cache, manifest, enabled=True, n_images=3, n_boot=20, **args
+    )
     assert list(table.columns) == list(SANITY_COLUMNS)
     assert table["method"].tolist() == ["gradcam", "seg_prob"]
-    off = nodes.check_model_saliency(artifacts["seg"], cache, manifest, enabled=False, n_images=3, n_boot=20,
-                                     model_name="seg", **args)
+    off = nodes.check_saliency_sanity(
+        artifacts["seg"], seg, cache, manifest, enabled=False, n_images=3, n_boot=20, **args
+    )
     assert off.empty and list(off.columns) == list(SANITY_COLUMNS)
 
 
 def test_overlays_and_export_nodes(params, cache_and_manifest, artifacts):
     cache, manifest = cache_and_manifest
-    sets = nodes.compute_model_heatmaps(artifacts["box"], cache, manifest, max_images=None, model_name="box", **_run_args(params))
+    sets = nodes.compute_heatmaps(
+        artifacts["box"], {"name": "box"}, cache, manifest, max_images=None, **_run_args(params)
+    )
     figs = nodes.plot_heatmap_overlays(sets, cache, n_images=2, seed=0)
     assert sorted(figs) == ["box.gradcam.png", "box.seg_prob.png"]
     assert all(isinstance(f, Figure) for f in figs.values())
     assert nodes.export_chexlocalize(sets, cache, enabled=False, sets=None) == {}
     export = nodes.export_chexlocalize(sets, cache, enabled=True, sets=["box.seg_prob"])
     assert list(export) == ["box.seg_prob"]
-    np.testing.assert_array_equal(export["box.seg_prob"].images[cache.image_ids[0]], cache.images[0])
+    np.testing.assert_array_equal(
+        export["box.seg_prob"].images[cache.image_ids[0]], cache.images[0]
+    )
     with pytest.raises(ParameterError, match="erm.gradcam.*box.gradcam"):
         nodes.export_chexlocalize(sets, cache, enabled=True, sets=["erm.gradcam"])
+
+
+def test_a_variant_block_without_a_name_is_refused(params, cache_and_manifest, artifacts):
+    cache, manifest = cache_and_manifest
+    with pytest.raises(ParameterError, match=r"training\.variants\.<name>.*'name'.*\['method'\]"):
+        nodes.compute_heatmaps(
+            artifacts["erm"], {"method": "erm"}, cache, manifest, max_images=2, **_run_args(params)
+        )
 
 
 def test_collect_nodes():

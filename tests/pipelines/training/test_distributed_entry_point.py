@@ -57,7 +57,7 @@ from cxr_spurious.training.objectives import make_objective
 project, params, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 bootstrap_project(project)
 runtime = parse_params(params)
-runtime["training"]["method"] = "erm"
+runtime["training"]["only"] = "erm"
 with KedroSession.create(project_path=project, env="test", runtime_params=runtime) as session:
     catalog = session.load_context().catalog
     pipe = variant_pipeline(pipelines["training"], "erm")
@@ -75,9 +75,14 @@ if setup.channels_last:  # as fit does: the memory format decides max-pool tie-b
     model = model.to(memory_format=torch.channels_last)
 net, optimizer = TrainingForward(model).train(), make_optimizer(model, cfg)
 labels = train[[LABEL_PREFIX + t for t in cfg["tasks"]]].to_numpy(dtype=float)
-objective = make_objective(cfg["objective"], labels, train["group"].to_numpy(), cfg["objective_params"])
-loaders = [make_loader(CacheBatches(train, cache, cfg, train=True), int(cfg["batch_size"]), seed=int(cfg["seed"]),
-                       shuffle=True, drop_last=True, num_workers=0, pin_memory=False, rank=r, world=2) for r in (0, 1)]
+groups = train["group"].to_numpy()
+objective = make_objective(cfg["objective"], labels, groups, cfg["objective_params"])
+loaders = [
+    make_loader(CacheBatches(train, cache, cfg, train=True), int(cfg["batch_size"]),
+                seed=int(cfg["seed"]), shuffle=True,
+                drop_last=True, num_workers=0, pin_memory=False, rank=r, world=2)
+    for r in (0, 1)
+]
 steps = 0
 for loader in loaders:
     loader.sampler.set_epoch(1)
@@ -120,7 +125,9 @@ def test_torchrun_two_cpu_processes(kedro_project: Path, run_kedro) -> None:
     assert torchrun, "torchrun not found next to the Python interpreter"
     command = [torchrun, "--nproc_per_node", "2", "-m", "cxr_spurious.training.distributed",
                "--variant", "erm", "--params", PARAMS, "--env", "test"]  # fmt: skip
-    proc = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        command, cwd=project, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
 
     # Every catalog output is written once, by rank 0.
@@ -153,7 +160,9 @@ def test_torchrun_two_cpu_processes(kedro_project: Path, run_kedro) -> None:
         f"erm.{name}" for name in (*IN_MEMORY, "mlflow_run")
     }
     saved = torch.load(out, weights_only=True)
-    step_single = torch.cat([(saved["single"][n] - saved["init"][n]).flatten() for n in saved["params"]])
+    step_single = torch.cat(
+        [(saved["single"][n] - saved["init"][n]).flatten() for n in saved["params"]]
+    )
     step_ddp = torch.cat([(saved["ddp"][n] - saved["init"][n]).flatten() for n in saved["params"]])
     rel = float((step_ddp - step_single).norm() / step_single.norm())
     # Same operations in the same memory format: equal up to float rounding (0.0 measured),

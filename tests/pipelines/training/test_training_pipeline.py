@@ -1,4 +1,4 @@
-"""The training pipeline: namespaced wiring, a SequentialRunner run, and the method gate."""
+"""The training pipeline: namespaced wiring, a SequentialRunner run, and the training.only gate."""
 
 from __future__ import annotations
 
@@ -19,21 +19,22 @@ from cxr_spurious.pipelines.training import create_pipeline, create_training_tem
 from cxr_spurious.variants import STUDY_MODELS
 
 
-def _params(method: object = None) -> dict[str, Any]:
+def _params(only: object = None) -> dict[str, Any]:
     return {
-        "method": method, "tasks": [TASK], "batch_size": 8, "eval_batch_size": 16, "epochs": 1, "device": "cpu",
+        "only": only, "tasks": [TASK], "batch_size": 8, "eval_batch_size": 16, "epochs": 1,
+        "device": "cpu",
         "progress": False, "n_boot": 20, "base_channels": 4, "target_dilation": 0,
         "variants": {
-            "erm": {"name": "erm", "method": "erm", "architecture": "unet_small"},
-            "box": {"name": "box", "method": "box", "architecture": "unet_small"},
-            "seg": {"name": "seg", "method": "seg", "architecture": "unet_small"},
+            "erm": {"name": "erm", "supervision": "erm", "architecture": "unet_small"},
+            "box": {"name": "box", "supervision": "box", "architecture": "unet_small"},
+            "seg": {"name": "seg", "supervision": "seg", "architecture": "unet_small"},
         },
     }  # fmt: skip
 
 
-def _catalog(tmp_path: Path, method: object) -> DataCatalog:
+def _catalog(tmp_path: Path, only: object) -> DataCatalog:
     manifest, cache = tiny_study()
-    params = _params(method)
+    params = _params(only)
     params["checkpoint_dir"] = str(tmp_path / "ckpt")
     datasets: dict[str, Any] = {
         "manifest": MemoryDataset(manifest),
@@ -127,7 +128,10 @@ def test_gate_trains_only_the_selected_variant_and_keeps_others(tmp_path: Path) 
     model = torch.load(tmp_path / "seg" / "model.pt", weights_only=True)
     assert model["variant"] == "seg" and len(model["fingerprint"]) == 64  # what it was trained as
     metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
-    assert (metrics["method"], metrics["architecture"]) == ("seg", "unet_small")  # what was trained
+    assert (metrics["supervision"], metrics["architecture"]) == (
+        "seg",
+        "unet_small",
+    )  # what was trained
     cf = pd.read_parquet(tmp_path / "seg" / "cf.parquet")
     assert sorted(cf["render"].unique()) == ["no_lesion", "no_tube", "original"] and len(cf) == 24
 
@@ -141,6 +145,6 @@ def test_gate_trains_only_the_selected_variant_and_keeps_others(tmp_path: Path) 
 
 def test_gate_rejects_unknown_names(tmp_path: Path) -> None:
     with pytest.raises(
-        ParameterError, match="training.method.*unknown training method or variant 'pixel'"
+        ParameterError, match="training.only.*unknown supervision or variant 'pixel'"
     ):
         SequentialRunner().run(create_pipeline(), _catalog(tmp_path, "pixel"))

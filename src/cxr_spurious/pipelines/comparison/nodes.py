@@ -11,7 +11,13 @@ from cxr_spurious.debiasing.groups import assign_groups, group_keys
 
 logger = logging.getLogger(__name__)
 
-HEADLINE_METRICS: tuple[str, ...] = ("auroc", "worst_group_auroc", "robust_tube_auroc", "fnr_gap", "equalized_odds_difference")
+HEADLINE_METRICS: tuple[str, ...] = (
+    "auroc",
+    "worst_group_auroc",
+    "robust_tube_auroc",
+    "fnr_gap",
+    "equalized_odds_difference",
+)
 
 
 def refit_last_layer(
@@ -29,7 +35,9 @@ def refit_last_layer(
         ``(predictions, embeddings)`` in the training formats (the embeddings are ERM's).
     """
     ids, _ = assign_groups(group_keys(manifest, group_by, age_edges=age_bins))
-    preds = fit_dfr(manifest, embeddings, ids.to_numpy(), tasks, c=float(c), seed=int(seed), model_name="dfr")
+    preds = fit_dfr(
+        manifest, embeddings, ids.to_numpy(), tasks, c=float(c), seed=int(seed), model_name="dfr"
+    )
     return preds, embeddings
 
 
@@ -40,8 +48,12 @@ def build_headline_table(**summaries: pd.DataFrame) -> pd.DataFrame:
         for rec in summary.to_dict("records"):
             row = {"variant": variant, "task": rec["task"]}
             for m in HEADLINE_METRICS:
-                row.update({m: rec.get(m), f"{m}_lo": rec.get(f"{m}_lo"), f"{m}_hi": rec.get(f"{m}_hi")})
+                row.update(
+                    {m: rec.get(m), f"{m}_lo": rec.get(f"{m}_lo"), f"{m}_hi": rec.get(f"{m}_hi")}
+                )
             rows.append(row)
     table = pd.DataFrame(rows)
-    logger.info("headline table:\n%s", table[["variant", *HEADLINE_METRICS]].round(3).to_string(index=False))
+    logger.info(
+        "headline table:\n%s", table[["variant", *HEADLINE_METRICS]].round(3).to_string(index=False)
+    )
     return table

@@ -8,20 +8,22 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxr_spurious.data.cache import ImageCache
 from cxr_spurious.debiasing.features import embedding_matrix, thumbnails
 from cxr_spurious.debiasing.groups import assign_groups, check_groups, group_keys
 from cxr_spurious.debiasing.jtt import error_set
 from cxr_spurious.debiasing.report import group_count_table, plot_group_counts
 from cxr_spurious.debiasing.resampling import resample_manifest
 from cxr_spurious.errors import ParameterError
+from cxr_spurious.sources.cache import ImageCache
 
 logger = logging.getLogger(__name__)
 
 
 def _primary_task(tasks: list[str]) -> str:
     if not tasks:
-        raise ParameterError("debiasing.tasks", "needs at least one task (the label used for grouping)")
+        raise ParameterError(
+            "debiasing.tasks", "needs at least one task (the label used for grouping)"
+        )
     return str(tasks[0])
 
 
@@ -40,15 +42,29 @@ def assign_row_groups(
         ``image_id, group, group_key`` in manifest order.
     """
     task = _primary_task(tasks)
-    keys = group_keys(manifest, group_by, task=task, cross_label=cross_label or strategy == "group_balance", age_edges=age_bins)
+    keys = group_keys(
+        manifest,
+        group_by,
+        task=task,
+        cross_label=cross_label or strategy == "group_balance",
+        age_edges=age_bins,
+    )
     if strategy != "none":
         check_groups(manifest, keys, task, min_patients=int(min_patients))
     ids, _ = assign_groups(keys)
     logger.info("debiasing: %d groups over %s", int(ids.max()) + 1, group_by)
-    return pd.DataFrame({"image_id": manifest["image_id"].to_numpy(), "group": ids.to_numpy(), "group_key": keys.to_numpy()})
+    return pd.DataFrame(
+        {
+            "image_id": manifest["image_id"].to_numpy(),
+            "group": ids.to_numpy(),
+            "group_key": keys.to_numpy(),
+        }
+    )
 
 
-def compute_thumbnail_features(manifest: pd.DataFrame, image_cache: ImageCache, strategy: str, size: int) -> pd.DataFrame:
+def compute_thumbnail_features(
+    manifest: pd.DataFrame, image_cache: ImageCache, strategy: str, size: int
+) -> pd.DataFrame:
     """Thumbnail pixels of the train images (``image_id, e0..``); empty unless clustering."""
     if strategy != "cluster_downsample":
         return pd.DataFrame({"image_id": pd.Series(dtype=str)})
@@ -67,10 +83,27 @@ def resample_train_rows(
     n_clusters: int,
 ) -> pd.DataFrame:
     """The resampled manifest (train rows resampled; ``weight``, ``augment``, ``group``)."""
-    x = embedding_matrix(manifest, features, split="train") if strategy == "cluster_downsample" else None
-    out = resample_manifest(manifest, groups["group"].to_numpy(), strategy, target=target, seed=int(seed), features=x, n_clusters=int(n_clusters))
+    x = (
+        embedding_matrix(manifest, features, split="train")
+        if strategy == "cluster_downsample"
+        else None
+    )
+    out = resample_manifest(
+        manifest,
+        groups["group"].to_numpy(),
+        strategy,
+        target=target,
+        seed=int(seed),
+        features=x,
+        n_clusters=int(n_clusters),
+    )
     out.attrs["tasks"] = list(manifest.attrs.get("tasks", []))
-    logger.info("debiasing %s: %d -> %d train rows", strategy, int((manifest["split"] == "train").sum()), int((out["split"] == "train").sum()))
+    logger.info(
+        "debiasing %s: %d -> %d train rows",
+        strategy,
+        int((manifest["split"] == "train").sum()),
+        int((out["split"] == "train").sum()),
+    )
     return out
 
 
@@ -86,15 +119,31 @@ def upweight_erm_errors(
     """JTT: the resampled manifest where the ERM model's train errors are upweighted."""
     errors = error_set(manifest, erm_predictions, _primary_task(tasks), threshold=float(threshold))
     logger.info("jtt: %d train errors upweighted x%d", int(errors.sum()), int(upweight))
-    out = resample_manifest(manifest, groups["group"].to_numpy(), "jtt", errors=errors, jtt_upweight=int(upweight), jtt_mode=mode)  # type: ignore[arg-type]
+    out = resample_manifest(
+        manifest,
+        groups["group"].to_numpy(),
+        "jtt",
+        errors=errors,
+        jtt_upweight=int(upweight),
+        jtt_mode=mode,
+    )  # type: ignore[arg-type]
     out.attrs["tasks"] = list(manifest.attrs.get("tasks", []))
     return out
 
 
-def summarise_group_counts(manifest: pd.DataFrame, groups: pd.DataFrame, resampled_manifest: pd.DataFrame) -> pd.DataFrame:
+def summarise_group_counts(
+    manifest: pd.DataFrame, groups: pd.DataFrame, resampled_manifest: pd.DataFrame
+) -> pd.DataFrame:
     """Rows, patients and weight per train group before and after."""
-    names = groups.loc[groups["group"] >= 0].drop_duplicates("group").set_index("group")["group_key"].to_dict()
-    return group_count_table(manifest.assign(group=groups["group"].to_numpy()), resampled_manifest, names)
+    names = (
+        groups.loc[groups["group"] >= 0]
+        .drop_duplicates("group")
+        .set_index("group")["group_key"]
+        .to_dict()
+    )
+    return group_count_table(
+        manifest.assign(group=groups["group"].to_numpy()), resampled_manifest, names
+    )
 
 
 def plot_group_count_bars(group_counts: pd.DataFrame, strategy: str) -> Figure:

@@ -18,7 +18,9 @@ from cxr_spurious.pipelines.debiasing import nodes
 P = "params:debiasing"
 
 
-def create_debiasing_template(features: Literal["thumbnails", "embeddings"] = "thumbnails", *, jtt: bool = False) -> Pipeline:
+def create_debiasing_template(
+    features: Literal["thumbnails", "embeddings"] = "thumbnails", *, jtt: bool = False
+) -> Pipeline:
     """One resampling run: groups -> (features) -> resampled manifest -> group-count report."""
     group_node = Node(
         func=nodes.assign_row_groups,
@@ -59,7 +61,12 @@ def create_debiasing_template(features: Literal["thumbnails", "embeddings"] = "t
             core.append(
                 Node(
                     func=nodes.compute_thumbnail_features,
-                    inputs={"manifest": "manifest", "image_cache": "image_cache", "strategy": f"{P}.strategy", "size": f"{P}.thumbnail_size"},
+                    inputs={
+                        "manifest": "manifest",
+                        "image_cache": "image_cache",
+                        "strategy": f"{P}.strategy",
+                        "size": f"{P}.thumbnail_size",
+                    },
                     outputs="cluster_features",
                     name="compute_thumbnail_features",
                     tags=["debiasing"],
@@ -85,7 +92,11 @@ def create_debiasing_template(features: Literal["thumbnails", "embeddings"] = "t
     report = [
         Node(
             func=nodes.summarise_group_counts,
-            inputs={"manifest": "manifest", "groups": "debiasing_groups", "resampled_manifest": "resampled_manifest"},
+            inputs={
+                "manifest": "manifest",
+                "groups": "debiasing_groups",
+                "resampled_manifest": "resampled_manifest",
+            },
             outputs="group_counts",
             name="summarise_group_counts",
             tags=["debiasing", "report"],

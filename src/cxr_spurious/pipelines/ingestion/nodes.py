@@ -1,4 +1,4 @@
-"""Ingestion nodes: thin wrappers around ``cxr_spurious.data``."""
+"""Ingestion nodes: thin wrappers around ``cxr_spurious.sources``."""
 
 from __future__ import annotations
 
@@ -9,21 +9,27 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxr_spurious.data.adapters import IngestedSource, get_adapter
-from cxr_spurious.data.cache import CacheSpec, make_cache_spec
-from cxr_spurious.data.contract import validate_manifest
-from cxr_spurious.data.report import dataset_counts, plot_dataset_report
 from cxr_spurious.datasets.phantom_source import PhantomRequest
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.phantom import example_grid
 from cxr_spurious.phantom.config import PhantomConfig, min_images_for_splits
+from cxr_spurious.sources.adapters import IngestedSource, get_adapter
+from cxr_spurious.sources.cache import CacheSpec, make_cache_spec
+from cxr_spurious.sources.contract import validate_manifest
+from cxr_spurious.sources.report import dataset_counts, plot_dataset_report
 from cxr_spurious.tasks import SPURIOUS_OBJECTS
 
 logger = logging.getLogger(__name__)
 
 
-def plan_phantom(source: str, phantom: dict[str, Any], seed: int, n_jobs: int) -> PhantomRequest:
+def generate_phantom(
+    source: str, phantom: dict[str, Any], seed: int, n_jobs: int
+) -> PhantomRequest:
     """Describe the phantom to generate (disabled unless ``source`` is ``phantom``).
+
+    The node only checks and describes; saving its request to the ``phantom_source``
+    dataset generates the folder (``cxr_spurious.phantom.generate_phantom``), skipped when
+    the folder already holds the same request.
 
     Args:
         source: ``ingestion.source``.
@@ -40,7 +46,9 @@ def plan_phantom(source: str, phantom: dict[str, Any], seed: int, n_jobs: int) -
     """
     if source == "phantom":
         check_phantom_size(phantom)
-    return PhantomRequest(enabled=source == "phantom", config=dict(phantom or {}), seed=int(seed), n_jobs=int(n_jobs))
+    return PhantomRequest(
+        enabled=source == "phantom", config=dict(phantom or {}), seed=int(seed), n_jobs=int(n_jobs)
+    )
 
 
 def check_phantom_size(phantom: dict[str, Any] | None) -> None:
@@ -51,8 +59,9 @@ def check_phantom_size(phantom: dict[str, Any] | None) -> None:
     if cfg.n_images < minimum:
         raise ParameterError(
             f"{key}.n_images",
-            f"must be at least {minimum} so that train, val and test each get a patient (split_fractions"
-            f" {dict(cfg.split_fractions)}, up to {len(cfg.studies_per_patient)} studies per patient); got {cfg.n_images}",
+            f"must be at least {minimum} so that train, val and test each get a patient"
+            f" (split_fractions {dict(cfg.split_fractions)}, up to"
+            f" {len(cfg.studies_per_patient)} studies per patient); got {cfg.n_images}",
         )
 
 
@@ -72,10 +81,20 @@ def read_source(phantom_root: str, options: dict[str, Any]) -> IngestedSource:
         root = Path(phantom_root)
     else:
         if not options.get("root"):
-            raise ParameterError("ingestion.root", f"source '{source}' needs the dataset folder: --params \"ingestion.source={source},ingestion.root=/abs/path\"")
+            raise ParameterError(
+                "ingestion.root",
+                f"source '{source}' needs the dataset folder: --params "
+                f'"ingestion.source={source},ingestion.root=/abs/path"',
+            )
         root = Path(str(options["root"])).expanduser()
     ingested = adapter(root, options)
-    logger.info("Read %d images of source '%s' from %s (tasks: %s)", len(ingested.manifest), source, root, ", ".join(ingested.tasks))
+    logger.info(
+        "Read %d images of source '%s' from %s (tasks: %s)",
+        len(ingested.manifest),
+        source,
+        root,
+        ", ".join(ingested.tasks),
+    )
     return ingested
 
 
@@ -83,11 +102,18 @@ def build_manifest(ingested: IngestedSource) -> pd.DataFrame:
     """Validate the adapter's manifest against the contract and return it."""
     manifest = validate_manifest(ingested.manifest, ingested.tasks)
     counts = manifest["split"].value_counts().to_dict()
-    logger.info("Manifest: %d images, %d patients, splits %s", len(manifest), manifest["patient_id"].nunique(), counts)
+    logger.info(
+        "Manifest: %d images, %d patients, splits %s",
+        len(manifest),
+        manifest["patient_id"].nunique(),
+        counts,
+    )
     return manifest
 
 
-def extract_ground_truth(ingested: IngestedSource) -> tuple[dict, dict, dict, dict, dict, dict, dict]:
+def extract_ground_truth(
+    ingested: IngestedSource,
+) -> tuple[dict, dict, dict, dict, dict, dict, dict]:
     """Split the adapter output into the catalog's ground-truth datasets.
 
     Returns:
@@ -106,8 +132,10 @@ def extract_ground_truth(ingested: IngestedSource) -> tuple[dict, dict, dict, di
     )
 
 
-def plan_image_cache(manifest: pd.DataFrame, ingested: IngestedSource, size: int, n_jobs: int) -> CacheSpec:
-    """Describe the model-input cache (the ``image_cache`` dataset builds it).
+def build_image_cache(
+    manifest: pd.DataFrame, ingested: IngestedSource, size: int, n_jobs: int
+) -> CacheSpec:
+    """Describe the model-input cache; saving it to the ``image_cache`` dataset builds it.
 
     Args:
         manifest: The validated manifest.
@@ -118,7 +146,9 @@ def plan_image_cache(manifest: pd.DataFrame, ingested: IngestedSource, size: int
     Returns:
         The cache specification.
     """
-    objects = [o for o in SPURIOUS_OBJECTS if any(o in v for v in ingested.spurious_segmentations.values())]
+    objects = [
+        o for o in SPURIOUS_OBJECTS if any(o in v for v in ingested.spurious_segmentations.values())
+    ]
     return make_cache_spec(
         manifest,
         ingested.tasks,
@@ -128,7 +158,8 @@ def plan_image_cache(manifest: pd.DataFrame, ingested: IngestedSource, size: int
         annotations=ingested.annotations,
         spurious_segmentations=ingested.spurious_segmentations,
         objects=objects,
-        variants=ingested.variants,
+        renders=ingested.renders,
+        render_masks=ingested.render_masks,
         n_jobs=n_jobs,
     )
 

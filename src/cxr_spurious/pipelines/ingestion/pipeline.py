@@ -12,7 +12,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
     return Pipeline(
         [
             Node(
-                func=nodes.plan_phantom,
+                func=nodes.generate_phantom,
                 inputs={
                     "source": "params:ingestion.source",
                     "phantom": "params:ingestion.phantom",
@@ -28,7 +28,12 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 outputs="ingested_source",
                 name="read_source",
             ),
-            Node(func=nodes.build_manifest, inputs="ingested_source", outputs="manifest", name="build_manifest"),
+            Node(
+                func=nodes.build_manifest,
+                inputs="ingested_source",
+                outputs="manifest",
+                name="build_manifest",
+            ),
             Node(
                 func=nodes.extract_ground_truth,
                 inputs="ingested_source",
@@ -44,7 +49,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 name="extract_ground_truth",
             ),
             Node(
-                func=nodes.plan_image_cache,
+                func=nodes.build_image_cache,
                 inputs={
                     "manifest": "manifest",
                     "ingested": "ingested_source",
@@ -62,7 +67,11 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             ),
             Node(
                 func=nodes.plot_examples,
-                inputs={"ingested": "ingested_source", "n": "params:ingestion.examples.n", "seed": "params:ingestion.seed"},
+                inputs={
+                    "ingested": "ingested_source",
+                    "n": "params:ingestion.examples.n",
+                    "seed": "params:ingestion.seed",
+                },
                 outputs="example_grid",
                 name="plot_examples",
             ),

@@ -12,15 +12,19 @@ from tqdm.auto import tqdm
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.io.chexlocalize import check_task
 from cxr_spurious.localization import metrics, summary, tuning
-from cxr_spurious.localization.chexlocalize_io import check_task
 from cxr_spurious.localization.evaluate import evaluate_heatmap_set
-from cxr_spurious.localization.figures import plot_overlays
+from cxr_spurious.localization.figures import plot_overlays, sample_overlay_rows
 from cxr_spurious.localization.segmentation import SegmentationConfig
+from cxr_spurious.overlays import images_of
+from cxr_spurious.sources.cache import ImageCache
 
 logger = logging.getLogger(__name__)
 
-MAX_GRID_POINTS = 1000  # a threshold grid longer than this is a typo (e.g. a step of 1e-9), not a study
+MAX_GRID_POINTS = (
+    1000  # a threshold grid longer than this is a typo (e.g. a step of 1e-9), not a study
+)
 SKIPPED_COLUMN = "skipped_map_files"  # files of a map folder skipped under skip_unparsable_maps
 
 
@@ -31,26 +35,44 @@ def _grid(values: list[float], key: str) -> list[float]:
     try:
         start, stop, step = (float(v) for v in values)
     except (TypeError, ValueError) as exc:
-        raise ParameterError(key, f"expected three numbers [start, stop, step], got {values!r}") from exc
+        raise ParameterError(
+            key, f"expected three numbers [start, stop, step], got {values!r}"
+        ) from exc
     if not all(math.isfinite(v) for v in (start, stop, step)):
         raise ParameterError(key, f"expected finite numbers, got {values!r}")
     if step > 0 and stop > start and (stop - start) / step > MAX_GRID_POINTS:
-        raise ParameterError(key, f"[{start}, {stop}, {step}] makes {(stop - start) / step:.3g} thresholds; at most {MAX_GRID_POINTS} allowed")
+        raise ParameterError(
+            key,
+            f"[{start}, {stop}, {step}] makes {(stop - start) / step:.3g} thresholds; "
+            f"at most {MAX_GRID_POINTS} allowed",
+        )
     try:
         return tuning.threshold_grid(start, stop, step)
     except ParameterError as exc:
         raise ParameterError(key, exc.problem) from exc
 
 
-def _configs(fixed_thresholds: dict[str, float] | None, prob_cutoffs: dict[str, float] | None, smoothing_k: int) -> dict[str, SegmentationConfig]:
+def _configs(
+    fixed_thresholds: dict[str, float] | None,
+    prob_cutoffs: dict[str, float] | None,
+    smoothing_k: int,
+) -> dict[str, SegmentationConfig]:
     fixed, cut = dict(fixed_thresholds or {}), dict(prob_cutoffs or {})
-    for key, table in (("localization.fixed_thresholds", fixed), ("localization.prob_cutoffs", cut)):
+    for key, table in (
+        ("localization.fixed_thresholds", fixed),
+        ("localization.prob_cutoffs", cut),
+    ):
         for task in table:
             check_task(task, source=f"parameter {key}")
     if smoothing_k < 0:
         raise ParameterError("localization.smoothing_k", f"must be >= 0, got {smoothing_k}")
     tasks = set(fixed) | set(cut)
-    return {t: SegmentationConfig(threshold=fixed.get(t), smoothing_k=smoothing_k, prob_cutoff=float(cut.get(t, 0.0))) for t in tasks} | {"*": SegmentationConfig(smoothing_k=smoothing_k)}
+    return {
+        t: SegmentationConfig(
+            threshold=fixed.get(t), smoothing_k=smoothing_k, prob_cutoff=float(cut.get(t, 0.0))
+        )
+        for t in tasks
+    } | {"*": SegmentationConfig(smoothing_k=smoothing_k)}
 
 
 def evaluate_heatmaps(
@@ -88,26 +110,57 @@ def evaluate_heatmaps(
     for name in tqdm(sorted(heatmap_collection), desc="heatmap sets", leave=False):
         hs = heatmap_collection[name]
         per_task = {t: configs.get(t, default) for t in hs.index["task"].astype(str).unique()}
-        table, seg = evaluate_heatmap_set(hs, gt_segmentations, configs=per_task, tuning_grid=grid, extra_metrics=extra_metrics, top_k=top_k, spurious_segmentations=spurious_segmentations, prefer_gpu=prefer_gpu, desc=name, missing=missing_maps)
+        table, seg = evaluate_heatmap_set(
+            hs,
+            gt_segmentations,
+            configs=per_task,
+            tuning_grid=grid,
+            extra_metrics=extra_metrics,
+            top_k=top_k,
+            spurious_segmentations=spurious_segmentations,
+            prefer_gpu=prefer_gpu,
+            desc=name,
+            missing=missing_maps,
+        )
         table.insert(0, "set", name)
         skipped = list(hs.index.attrs.get("skipped_files", []))
         table[SKIPPED_COLUMN] = len(skipped)
         if skipped:
-            logger.warning("%s: %d file(s) of the map folder skipped (names do not parse); their maps count as missing", name, len(skipped))
+            logger.warning(
+                "%s: %d file(s) of the map folder skipped (names do not parse); "
+                "their maps count as missing",
+                name,
+                len(skipped),
+            )
         tables.append(table)
         segs[name] = seg
         logger.info("%s: %d maps evaluated", name, len(table))
     return pd.concat(tables, ignore_index=True), segs
 
 
-def summarise_localization(per_map: pd.DataFrame, n_boot: int, seed: int, manifest: Any = None, max_dropped_share: float = 0.05) -> pd.DataFrame:
+def summarise_localization(
+    per_map: pd.DataFrame,
+    n_boot: int,
+    seed: int,
+    manifest: Any = None,
+    max_dropped_share: float = 0.05,
+) -> pd.DataFrame:
     """``localization_summary``: set x task (+ overall) with bootstrap CIs.
 
     Carries ``skipped_map_files`` (per set) from the per-map table when present.
     """
-    table = summary.summary_table(per_map, n_boot=n_boot, seed=seed, by=("set", "model", "method"), manifest=manifest, max_dropped_share=float(max_dropped_share))
+    table = summary.summary_table(
+        per_map,
+        n_boot=n_boot,
+        seed=seed,
+        by=("set", "model", "method"),
+        manifest=manifest,
+        max_dropped_share=float(max_dropped_share),
+    )
     if SKIPPED_COLUMN in per_map.columns and len(table):
-        table[SKIPPED_COLUMN] = table["set"].map(per_map.groupby("set")[SKIPPED_COLUMN].max()).fillna(0).astype(int)
+        table[SKIPPED_COLUMN] = (
+            table["set"].map(per_map.groupby("set")[SKIPPED_COLUMN].max()).fillna(0).astype(int)
+        )
     return table
 
 
@@ -116,7 +169,9 @@ def select_per_cxr(per_map: pd.DataFrame) -> pd.DataFrame:
     return per_map[[c for c in per_map.columns if not c.startswith("tune_")]].reset_index(drop=True)
 
 
-def tune_segmentation(per_map: pd.DataFrame, tuning_grid: list[float], prob_cutoffs_grid: list[float]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def tune_segmentation(
+    per_map: pd.DataFrame, tuning_grid: list[float], prob_cutoffs_grid: list[float]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Threshold and probability-cutoff tuning per set (reference CSV layouts + ``set``)."""
     grid = _grid(tuning_grid, "localization.tuning_grid")
     cut = _grid(prob_cutoffs_grid, "localization.prob_cutoffs_grid")
@@ -126,23 +181,42 @@ def tune_segmentation(per_map: pd.DataFrame, tuning_grid: list[float], prob_cuto
         p = tuning.tune_probability_cutoffs(group[group["in_gt"].astype(bool)], cut)
         for frame, out in ((b, best), (f, full), (p, prob)):
             out.append(frame.assign(set=name))
-    return pd.concat(best, ignore_index=True), pd.concat(full, ignore_index=True), pd.concat(prob, ignore_index=True)
+    return (
+        pd.concat(best, ignore_index=True),
+        pd.concat(full, ignore_index=True),
+        pd.concat(prob, ignore_index=True),
+    )
 
 
-def evaluate_human_benchmark(gt_segmentations: dict[str, Any], hb_segmentations: dict[str, Any], hb_salient_points: dict[str, Any]) -> pd.DataFrame:
+def evaluate_human_benchmark(
+    gt_segmentations: dict[str, Any],
+    hb_segmentations: dict[str, Any],
+    hb_salient_points: dict[str, Any],
+) -> pd.DataFrame:
     """Per (CXR, task) human-benchmark IoU counts and hit/miss (empty when no benchmark)."""
     if not hb_segmentations and not hb_salient_points:
         return pd.DataFrame(columns=["image_id", "task", "in_gt", "iou_tp", "iou_full", "hit"])
-    table = metrics.segmentation_table(hb_segmentations, gt_segmentations, source="hb_segmentations") if hb_segmentations else None
-    hits = metrics.human_hit_table(gt_segmentations, hb_salient_points) if hb_salient_points else None
+    table = (
+        metrics.segmentation_table(hb_segmentations, gt_segmentations, source="hb_segmentations")
+        if hb_segmentations
+        else None
+    )
+    hits = (
+        metrics.human_hit_table(gt_segmentations, hb_salient_points) if hb_salient_points else None
+    )
     if table is None:
         return hits.assign(in_gt=True)
     return table.merge(hits, on=["image_id", "task"], how="left") if hits is not None else table
 
 
-def _layout(per_map: pd.DataFrame, prefix: str, n_boot: int, seed: int, true_pos_only: bool) -> dict[str, pd.DataFrame]:
+def _layout(
+    per_map: pd.DataFrame, prefix: str, n_boot: int, seed: int, true_pos_only: bool
+) -> dict[str, pd.DataFrame]:
     out: dict[str, pd.DataFrame] = {}
-    for metric, col, outside in (("iou", "iou_tp" if true_pos_only else "iou_full", not true_pos_only), ("hitmiss", "hit", False)):
+    for metric, col, outside in (
+        ("iou", "iou_tp" if true_pos_only else "iou_full", not true_pos_only),
+        ("hitmiss", "hit", False),
+    ):
         if col not in per_map.columns:
             continue
         wide = summary.per_cxr_table(per_map, col, include_outside_gt=outside)
@@ -153,7 +227,9 @@ def _layout(per_map: pd.DataFrame, prefix: str, n_boot: int, seed: int, true_pos
     return out
 
 
-def build_reference_reports(per_map: pd.DataFrame, hb_table: pd.DataFrame, n_boot: int, seed: int, true_pos_only: bool) -> dict[str, pd.DataFrame]:
+def build_reference_reports(
+    per_map: pd.DataFrame, hb_table: pd.DataFrame, n_boot: int, seed: int, true_pos_only: bool
+) -> dict[str, pd.DataFrame]:
     """CheXlocalize-layout CSVs ({partition: table}); one subfolder per set when several.
 
     Includes per-cxr / bootstrap / summary tables for IoU and hit/miss, the human benchmark
@@ -168,32 +244,73 @@ def build_reference_reports(per_map: pd.DataFrame, hb_table: pd.DataFrame, n_boo
         prefix = "" if len(sets) == 1 else f"{name}/"
         tables = _layout(group, "", n_boot, seed, true_pos_only)
         tables["pred_precision_recall_specificity"] = metrics.precision_recall_specificity(group)
-        tables["n_segs"] = group.groupby("task")["pred_area"].apply(lambda s: int((s > 0).sum())).sort_index().rename("0").to_frame()
+        tables["n_segs"] = (
+            group.groupby("task")["pred_area"]
+            .apply(lambda s: int((s > 0).sum()))
+            .sort_index()
+            .rename("0")
+            .to_frame()
+        )
         for metric in ("iou", "hitmiss"):
             hb_bs = hb.get(f"{metric}_humanbenchmark_bootstrap_results_per_cxr")
             if hb_bs is not None and f"{metric}_bootstrap_results_per_cxr" in tables:
-                tables[f"{metric}_pct_decrease"] = summary.percentage_decrease(tables[f"{metric}_bootstrap_results_per_cxr"], hb_bs)
+                tables[f"{metric}_pct_decrease"] = summary.percentage_decrease(
+                    tables[f"{metric}_bootstrap_results_per_cxr"], hb_bs
+                )
         reports.update({f"{prefix}{k}": v for k, v in tables.items()})
     if len(hb_table) and "pred_area" in hb_table.columns:
         reports["hb_precision_recall_specificity"] = metrics.precision_recall_specificity(hb_table)
     for k, v in hb.items():
         reports[k] = v
-    return {k: (v.reset_index() if k.endswith("pct_decrease") or k.endswith("n_segs") else v) for k, v in reports.items()}
+    return {
+        k: (v.reset_index() if k.endswith("pct_decrease") or k.endswith("n_segs") else v)
+        for k, v in reports.items()
+    }
 
 
-def summarise_subgroups(per_map: pd.DataFrame, manifest: pd.DataFrame, attributes: list[str], n_boot: int, seed: int, max_dropped_share: float = 0.05) -> pd.DataFrame:
+def summarise_subgroups(
+    per_map: pd.DataFrame,
+    manifest: pd.DataFrame,
+    attributes: list[str],
+    n_boot: int,
+    seed: int,
+    max_dropped_share: float = 0.05,
+) -> pd.DataFrame:
     """Every metric by manifest attribute level, with patient-bootstrap CIs."""
-    return summary.subgroup_table(per_map, manifest, attributes, n_boot=n_boot, seed=seed, max_dropped_share=float(max_dropped_share))
+    return summary.subgroup_table(
+        per_map,
+        manifest,
+        attributes,
+        n_boot=n_boot,
+        seed=seed,
+        max_dropped_share=float(max_dropped_share),
+    )
 
 
-def compare_sets(per_map: pd.DataFrame, pairs: list[list[str]] | None, n_boot: int, seed: int, manifest: Any = None, max_dropped_share: float = 0.05) -> pd.DataFrame:
+def compare_sets(
+    per_map: pd.DataFrame,
+    pairs: list[list[str]] | None,
+    n_boot: int,
+    seed: int,
+    manifest: Any = None,
+    max_dropped_share: float = 0.05,
+) -> pd.DataFrame:
     """Paired differences between heatmap sets (all pairs of sets when ``pairs`` is null)."""
     names = sorted(per_map["set"].unique())
     chosen = pairs if pairs else [[a, b] for i, a in enumerate(names) for b in names[i + 1 :]]
     unknown = sorted({s for p in chosen for s in p} - set(names))
     if unknown:
-        raise ParameterError("localization.compare_pairs", f"unknown heatmap set(s) {unknown}; available: {names}")
-    return summary.paired_comparisons(per_map, chosen, n_boot=n_boot, seed=seed, manifest=manifest, max_dropped_share=float(max_dropped_share))
+        raise ParameterError(
+            "localization.compare_pairs", f"unknown heatmap set(s) {unknown}; available: {names}"
+        )
+    return summary.paired_comparisons(
+        per_map,
+        chosen,
+        n_boot=n_boot,
+        seed=seed,
+        manifest=manifest,
+        max_dropped_share=float(max_dropped_share),
+    )
 
 
 def plot_metric_bars(localization_summary: pd.DataFrame) -> plt.Figure:
@@ -204,11 +321,24 @@ def plot_metric_bars(localization_summary: pd.DataFrame) -> plt.Figure:
         tasks = sorted(localization_summary["task"].unique()) if sets else []
         width = 0.8 / max(len(sets), 1)
         for k, name in enumerate(sets):
-            sub = localization_summary[localization_summary["set"] == name].set_index("task").reindex(tasks)
+            sub = (
+                localization_summary[localization_summary["set"] == name]
+                .set_index("task")
+                .reindex(tasks)
+            )
             x = [i + k * width for i in range(len(tasks))]
-            err = [(sub[metric] - sub[f"{metric}_lo"]).clip(lower=0).fillna(0), (sub[f"{metric}_hi"] - sub[metric]).clip(lower=0).fillna(0)]
+            err = [
+                (sub[metric] - sub[f"{metric}_lo"]).clip(lower=0).fillna(0),
+                (sub[f"{metric}_hi"] - sub[metric]).clip(lower=0).fillna(0),
+            ]
             ax.bar(x, sub[metric].fillna(0), width=width, yerr=err, capsize=2, label=name)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(
+            [i + 0.4 - width / 2 for i in range(len(tasks))],
+            tasks,
+            rotation=60,
+            ha="right",
+            fontsize=8,
+        )
         ax.set_ylabel(metric)
         ax.set_ylim(0, 1)
     if sets:
@@ -219,12 +349,39 @@ def plot_metric_bars(localization_summary: pd.DataFrame) -> plt.Figure:
 def plot_localization_overlays(
     heatmap_collection: dict[str, HeatmapSet],
     gt_segmentations: dict[str, Any],
+    image_cache: ImageCache | None,
     n: int,
     seed: int,
     spurious_segmentations: dict[str, Any] | None = None,
 ) -> dict[str, plt.Figure]:
-    """One overlay figure per heatmap set: map, Otsu mask, ground truth, chest tube and hit/miss point."""
-    return {
-        name: plot_overlays(heatmap_collection[name], gt_segmentations, n=n, seed=seed, spurious_segmentations=spurious_segmentations)
-        for name in sorted(heatmap_collection)
-    }
+    """One overlay figure per heatmap set over the radiographs of the image cache.
+
+    Each panel: map, Otsu mask, ground truth, chest tube, hit/miss point. Images the cache
+    does not hold (every image when there is no cache: external CheXlocalize maps) are drawn
+    on a black field, with a warning.
+    """
+    figures = {}
+    for name in sorted(heatmap_collection):
+        hset = heatmap_collection[name]
+        rows = sample_overlay_rows(hset, gt_segmentations, n, seed) if len(hset) else []
+        ids = hset.index["image_id"].iloc[rows].astype(str).unique().tolist()
+        cached = [i for i in ids if image_cache is not None and i in image_cache.image_ids]
+        if len(cached) < len(ids):
+            logger.warning(
+                "%s: %d of %d overlay images are not in the image cache; "
+                "drawn without the radiograph",
+                name,
+                len(ids) - len(cached),
+                len(ids),
+            )
+        images = images_of(image_cache, cached) if image_cache is not None else {}
+        figures[name] = plot_overlays(
+            hset,
+            gt_segmentations,
+            images,
+            n=n,
+            seed=seed,
+            spurious_segmentations=spurious_segmentations,
+            title=name,
+        )
+    return figures

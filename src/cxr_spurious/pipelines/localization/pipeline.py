@@ -1,4 +1,10 @@
-"""Localization pipeline wiring (see README.md in this folder for the data contract)."""
+"""Localization pipeline wiring (see README.md in this folder for the data contract).
+
+A collector stage, not a per-variant template (``cxr_spurious.pipelines._recipe``):
+``evaluate_heatmaps`` evaluates every set of ``heatmap_collection`` (keys from
+``cxr_spurious.variants.heatmap_set_name``) one after the other through the parallel
+kernels, and the nodes after it tune, summarise and compare sets on one per-map table.
+"""
 
 from __future__ import annotations
 
@@ -43,55 +49,106 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 name="evaluate_heatmaps",
                 tags=["localization", "evaluate"],
             ),
-            Node(func=select_per_cxr, inputs={"per_map": "localization_per_map"}, outputs="localization_per_cxr", name="select_per_cxr", tags=["localization", "report"]),
+            Node(
+                func=select_per_cxr,
+                inputs={"per_map": "localization_per_map"},
+                outputs="localization_per_cxr",
+                name="select_per_cxr",
+                tags=["localization", "report"],
+            ),
             Node(
                 func=summarise_localization,
-                inputs={"per_map": "localization_per_map", "n_boot": f"{P}n_boot", "seed": f"{P}seed", "manifest": "manifest", "max_dropped_share": f"{P}max_dropped_share"},
+                inputs={
+                    "per_map": "localization_per_map",
+                    "n_boot": f"{P}n_boot",
+                    "seed": f"{P}seed",
+                    "manifest": "manifest",
+                    "max_dropped_share": f"{P}max_dropped_share",
+                },
                 outputs="localization_summary",
                 name="summarise_localization",
                 tags=["localization", "report"],
             ),
             Node(
                 func=tune_segmentation,
-                inputs={"per_map": "localization_per_map", "tuning_grid": f"{P}tuning_grid", "prob_cutoffs_grid": f"{P}prob_cutoffs_grid"},
-                outputs=["localization_tuning_results", "localization_tuning_grid", "localization_probability_tuning_results"],
+                inputs={
+                    "per_map": "localization_per_map",
+                    "tuning_grid": f"{P}tuning_grid",
+                    "prob_cutoffs_grid": f"{P}prob_cutoffs_grid",
+                },
+                outputs=[
+                    "localization_tuning_results",
+                    "localization_tuning_grid",
+                    "localization_probability_tuning_results",
+                ],
                 name="tune_segmentation",
                 tags=["localization", "tuning"],
             ),
             Node(
                 func=evaluate_human_benchmark,
-                inputs={"gt_segmentations": "gt_segmentations", "hb_segmentations": "hb_segmentations", "hb_salient_points": "hb_salient_points"},
+                inputs={
+                    "gt_segmentations": "gt_segmentations",
+                    "hb_segmentations": "hb_segmentations",
+                    "hb_salient_points": "hb_salient_points",
+                },
                 outputs="localization_human_benchmark",
                 name="evaluate_human_benchmark",
                 tags=["localization", "evaluate"],
             ),
             Node(
                 func=build_reference_reports,
-                inputs={"per_map": "localization_per_map", "hb_table": "localization_human_benchmark", "n_boot": f"{P}n_boot", "seed": f"{P}seed", "true_pos_only": f"{P}true_pos_only"},
+                inputs={
+                    "per_map": "localization_per_map",
+                    "hb_table": "localization_human_benchmark",
+                    "n_boot": f"{P}n_boot",
+                    "seed": f"{P}seed",
+                    "true_pos_only": f"{P}true_pos_only",
+                },
                 outputs="chexlocalize_reports",
                 name="build_reference_reports",
                 tags=["localization", "report"],
             ),
             Node(
                 func=summarise_subgroups,
-                inputs={"per_map": "localization_per_map", "manifest": "manifest", "attributes": f"{P}subgroup_attributes", "n_boot": f"{P}n_boot", "seed": f"{P}seed", "max_dropped_share": f"{P}max_dropped_share"},
+                inputs={
+                    "per_map": "localization_per_map",
+                    "manifest": "manifest",
+                    "attributes": f"{P}subgroup_attributes",
+                    "n_boot": f"{P}n_boot",
+                    "seed": f"{P}seed",
+                    "max_dropped_share": f"{P}max_dropped_share",
+                },
                 outputs="localization_subgroups",
                 name="summarise_subgroups",
                 tags=["localization", "report"],
             ),
             Node(
                 func=compare_sets,
-                inputs={"per_map": "localization_per_map", "pairs": f"{P}compare_pairs", "n_boot": f"{P}n_boot", "seed": f"{P}seed", "manifest": "manifest", "max_dropped_share": f"{P}max_dropped_share"},
+                inputs={
+                    "per_map": "localization_per_map",
+                    "pairs": f"{P}compare_pairs",
+                    "n_boot": f"{P}n_boot",
+                    "seed": f"{P}seed",
+                    "manifest": "manifest",
+                    "max_dropped_share": f"{P}max_dropped_share",
+                },
                 outputs="localization_comparisons",
                 name="compare_sets",
                 tags=["localization", "report"],
             ),
-            Node(func=plot_metric_bars, inputs={"localization_summary": "localization_summary"}, outputs="localization_metric_bars", name="plot_metric_bars", tags=["localization", "figures"]),
+            Node(
+                func=plot_metric_bars,
+                inputs={"localization_summary": "localization_summary"},
+                outputs="localization_metric_bars",
+                name="plot_metric_bars",
+                tags=["localization", "figures"],
+            ),
             Node(
                 func=plot_localization_overlays,
                 inputs={
                     "heatmap_collection": "heatmap_collection",
                     "gt_segmentations": "gt_segmentations",
+                    "image_cache": "image_cache",
                     "n": "params:localization.overlays.n_images",
                     "seed": "params:localization.seed",
                     "spurious_segmentations": "spurious_segmentations",

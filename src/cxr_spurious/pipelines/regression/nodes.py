@@ -11,12 +11,16 @@ from cxr_spurious.regression import features as feat
 from cxr_spurious.regression import models
 
 
-def compute_geometric_features(gt_segmentations: dict[str, Any], gt_annotations: dict[str, Any]) -> pd.DataFrame:
+def compute_geometric_features(
+    gt_segmentations: dict[str, Any], gt_annotations: dict[str, Any]
+) -> pd.DataFrame:
     """Per positive (CXR, task): instances, area ratio, elongation, irrectangularity."""
     return feat.geometric_features(gt_segmentations, gt_annotations)
 
 
-def build_regression_table(localization_per_cxr: pd.DataFrame, features: pd.DataFrame, human_benchmark: pd.DataFrame) -> pd.DataFrame:
+def build_regression_table(
+    localization_per_cxr: pd.DataFrame, features: pd.DataFrame, human_benchmark: pd.DataFrame
+) -> pd.DataFrame:
     """Per-map outcomes joined with the gt features and the human-benchmark gap.
 
     The true-positive slice keeps IoU > NaN; ``iou_gap`` / ``hit_gap`` are benchmark minus
@@ -27,7 +31,9 @@ def build_regression_table(localization_per_cxr: pd.DataFrame, features: pd.Data
     return models.with_human_gap(table, human_benchmark)
 
 
-def regress_on_features(table: pd.DataFrame, cluster_robust: bool, min_clusters: int = models.MIN_CLUSTERS) -> pd.DataFrame:
+def regress_on_features(
+    table: pd.DataFrame, cluster_robust: bool, min_clusters: int = models.MIN_CLUSTERS
+) -> pd.DataFrame:
     """Reference pooled OLS (and per-task, optionally cluster-robust by CXR) per set.
 
     Outcomes: ``iou_tp`` and ``hit``, plus the human-benchmark gaps ``iou_gap`` and
@@ -36,39 +42,96 @@ def regress_on_features(table: pd.DataFrame, cluster_robust: bool, min_clusters:
     """
     frames = []
     for name, group in table.groupby("set", sort=True):
-        outcomes = ["iou_tp", "hit"] + [gap for gap in models.GAP_OUTCOMES if gap in group and group[gap].notna().any()]
+        outcomes = ["iou_tp", "hit"] + [
+            gap for gap in models.GAP_OUTCOMES if gap in group and group[gap].notna().any()
+        ]
         for by_task in (False, True):
-            res = models.feature_regressions(group, outcomes, cluster="image_id" if cluster_robust else None, by_task=by_task, min_clusters=int(min_clusters))
+            res = models.feature_regressions(
+                group,
+                outcomes,
+                cluster="image_id" if cluster_robust else None,
+                by_task=by_task,
+                min_clusters=int(min_clusters),
+            )
             frames.append(res.assign(set=name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def regress_on_confidence(localization_per_cxr: pd.DataFrame, min_clusters: int = models.MIN_CLUSTERS) -> pd.DataFrame:
+def regress_on_confidence(
+    localization_per_cxr: pd.DataFrame, min_clusters: int = models.MIN_CLUSTERS
+) -> pd.DataFrame:
     """Probability -> IoU (full dataset) and hit, per task and pooled, per set (OLS errors)."""
     frames = []
-    for name, group in localization_per_cxr[localization_per_cxr["in_gt"].astype(bool)].groupby("set", sort=True):
+    for name, group in localization_per_cxr[localization_per_cxr["in_gt"].astype(bool)].groupby(
+        "set", sort=True
+    ):
         g = group.assign(prob_norm=models.minmax(group["prob"].astype(float)))
         for by_task in (False, True):
-            frames.append(models.feature_regressions(g, ["iou_full", "hit"], features=["prob_norm"], by_task=by_task, min_clusters=int(min_clusters)).assign(set=name))
+            frames.append(
+                models.feature_regressions(
+                    g,
+                    ["iou_full", "hit"],
+                    features=["prob_norm"],
+                    by_task=by_task,
+                    min_clusters=int(min_clusters),
+                ).assign(set=name)
+            )
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def fit_joint_models(table: pd.DataFrame) -> pd.DataFrame:
-    """Logistic hit/miss model and a mixed model (random intercept per CXR), per set."""
+    """Logistic hit/miss model and a mixed model (random intercept per CXR), per set.
+
+    ``converged`` / ``fit_warnings`` record statsmodels' convergence problems per fit (a
+    tiny study's mixed model often sits on the boundary) instead of console warnings.
+    """
     frames = []
     for name, group in table.groupby("set", sort=True):
-        frames += [models.logistic_hit(group).assign(set=name), models.mixed_effects(group, "iou_tp").assign(set=name)]
+        frames += [
+            models.logistic_hit(group).assign(set=name),
+            models.mixed_effects(group, "iou_tp").assign(set=name),
+        ]
     frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["term", "coef", "coef_lo", "coef_hi", "p_value", "model", "n", "set"])
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(
+            columns=[
+                "term",
+                "coef",
+                "coef_lo",
+                "coef_hi",
+                "p_value",
+                "model",
+                "n",
+                "converged",
+                "fit_warnings",
+                "set",
+            ]
+        )
+    )
 
 
 def plot_forest(feature_regressions: pd.DataFrame) -> plt.Figure:
     """Forest plot of pooled feature coefficients with 95% CIs."""
-    pooled = feature_regressions[feature_regressions.get("task", pd.Series(dtype=str)) == "pooled"] if len(feature_regressions) else feature_regressions
+    pooled = (
+        feature_regressions[feature_regressions.get("task", pd.Series(dtype=str)) == "pooled"]
+        if len(feature_regressions)
+        else feature_regressions
+    )
     fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(pooled), 4) + 1), constrained_layout=True)
-    labels = [f"{r.set} | {r.outcome} ~ {r.feature}" for r in pooled.itertuples()] if len(pooled) else []
+    labels = (
+        [f"{r.set} | {r.outcome} ~ {r.feature}" for r in pooled.itertuples()] if len(pooled) else []
+    )
     for i, r in enumerate(pooled.itertuples()):
-        ax.errorbar(r.coef, i, xerr=[[r.coef - r.coef_lo], [r.coef_hi - r.coef]], fmt="o", color="C3" if r.bonferroni_significant else "C0", capsize=3)
+        ax.errorbar(
+            r.coef,
+            i,
+            xerr=[[r.coef - r.coef_lo], [r.coef_hi - r.coef]],
+            fmt="o",
+            color="C3" if r.bonferroni_significant else "C0",
+            capsize=3,
+        )
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xlabel("coefficient (min-max-normalised feature)")

@@ -8,58 +8,146 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxr_spurious.data.cache import ImageCache
 from cxr_spurious.debiasing.features import embedding_matrix
 from cxr_spurious.robustness.calibration import calibration_table, plot_reliability
 from cxr_spurious.robustness.evaluation import evaluation_table, split_rows
 from cxr_spurious.robustness.fairness import choose_threshold, fairness_tables
 from cxr_spurious.robustness.strata import attribute_ami, find_strata, plot_strata, plot_thumbnails
 from cxr_spurious.robustness.subgroups import subgroup_auroc
+from cxr_spurious.sources.cache import ImageCache
 
 logger = logging.getLogger(__name__)
 
 
-def build_evaluation_table(manifest: pd.DataFrame, predictions: pd.DataFrame, tasks: list[str], attributes: list[str], age_bins: list[float]) -> pd.DataFrame:
+def build_evaluation_table(
+    manifest: pd.DataFrame,
+    predictions: pd.DataFrame,
+    tasks: list[str],
+    attributes: list[str],
+    age_bins: list[float],
+) -> pd.DataFrame:
     """Predictions joined with labels and attributes (one row per image)."""
     return evaluation_table(manifest, predictions, tasks, attributes, age_edges=age_bins)
 
 
-def compute_subgroup_auroc(table: pd.DataFrame, tasks: list[str], attributes: list[str], spurious: str, min_per_class: int, n_boot: int, seed: int, ci_level: float, max_dropped_share: float = 0.05) -> pd.DataFrame:
+def compute_subgroup_auroc(
+    table: pd.DataFrame,
+    tasks: list[str],
+    attributes: list[str],
+    spurious: str,
+    min_per_class: int,
+    n_boot: int,
+    seed: int,
+    ci_level: float,
+    max_dropped_share: float = 0.05,
+) -> pd.DataFrame:
     """Test-split AUROC overall, per subgroup, worst group, robust / reverse (tube).
 
     ``n_dropped`` counts undefined replicates; above ``max_dropped_share`` the overall AUROC
     is an error and a group statistic gets a NaN CI with a ``ci_note``.
     """
     test = split_rows(table, "test")
-    parts = [subgroup_auroc(test, t, attributes, spurious=spurious, min_per_class=int(min_per_class), n_boot=int(n_boot), seed=int(seed), level=float(ci_level), max_dropped_share=float(max_dropped_share)) for t in tasks]
+    parts = [
+        subgroup_auroc(
+            test,
+            t,
+            attributes,
+            spurious=spurious,
+            min_per_class=int(min_per_class),
+            n_boot=int(n_boot),
+            seed=int(seed),
+            level=float(ci_level),
+            max_dropped_share=float(max_dropped_share),
+        )
+        for t in tasks
+    ]
     return pd.concat(parts, ignore_index=True)
 
 
-def choose_operating_points(table: pd.DataFrame, tasks: list[str], method: str, target: float) -> pd.DataFrame:
+def choose_operating_points(
+    table: pd.DataFrame, tasks: list[str], rule: str, target: float
+) -> pd.DataFrame:
     """Thresholds chosen on the validation split, one per task."""
     val = split_rows(table, "val")
-    rows = [{"task": t, "method": method, "target": float(target), "threshold": choose_threshold(val[t].to_numpy(), val[f"p_{t}"].to_numpy(), method, float(target))} for t in tasks]  # type: ignore[arg-type]
+    rows = [
+        {
+            "task": t,
+            "rule": rule,
+            "target": float(target),
+            "threshold": choose_threshold(
+                val[t].to_numpy(), val[f"p_{t}"].to_numpy(), rule, float(target)
+            ),
+        }
+        for t in tasks
+    ]  # type: ignore[arg-type]
     return pd.DataFrame(rows)
 
 
-def compute_fairness(table: pd.DataFrame, operating_points: pd.DataFrame, attributes: list[str], min_per_class: int, n_boot: int, seed: int, ci_level: float, max_dropped_share: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compute_fairness(
+    table: pd.DataFrame,
+    operating_points: pd.DataFrame,
+    attributes: list[str],
+    min_per_class: int,
+    n_boot: int,
+    seed: int,
+    ci_level: float,
+    max_dropped_share: float = 0.05,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group rates and gaps on the test split at the validation thresholds."""
     test = split_rows(table, "test")
     by, gaps = [], []
     for op in operating_points.itertuples():
-        b, g = fairness_tables(test, op.task, op.threshold, attributes, min_per_class=int(min_per_class), n_boot=int(n_boot), seed=int(seed), level=float(ci_level), max_dropped_share=float(max_dropped_share))
+        b, g = fairness_tables(
+            test,
+            op.task,
+            op.threshold,
+            attributes,
+            min_per_class=int(min_per_class),
+            n_boot=int(n_boot),
+            seed=int(seed),
+            level=float(ci_level),
+            max_dropped_share=float(max_dropped_share),
+        )
         by.append(b.assign(threshold=op.threshold))
         gaps.append(g.assign(threshold=op.threshold))
     return pd.concat(by, ignore_index=True), pd.concat(gaps, ignore_index=True)
 
 
-def compute_calibration(table: pd.DataFrame, tasks: list[str], attributes: list[str], n_bins: int, min_rows: int, n_boot: int, seed: int, ci_level: float, max_dropped_share: float = 0.05) -> pd.DataFrame:
+def compute_calibration(
+    table: pd.DataFrame,
+    tasks: list[str],
+    attributes: list[str],
+    n_bins: int,
+    min_rows: int,
+    n_boot: int,
+    seed: int,
+    ci_level: float,
+    max_dropped_share: float = 0.05,
+) -> pd.DataFrame:
     """ECE overall and per group on the test split, with CIs (and ``ece_dropped``)."""
     test = split_rows(table, "test")
-    return pd.concat([calibration_table(test, t, attributes, n_bins=int(n_bins), min_rows=int(min_rows), n_boot=int(n_boot), seed=int(seed), level=float(ci_level), max_dropped_share=float(max_dropped_share)) for t in tasks], ignore_index=True)
+    return pd.concat(
+        [
+            calibration_table(
+                test,
+                t,
+                attributes,
+                n_bins=int(n_bins),
+                min_rows=int(min_rows),
+                n_boot=int(n_boot),
+                seed=int(seed),
+                level=float(ci_level),
+                max_dropped_share=float(max_dropped_share),
+            )
+            for t in tasks
+        ],
+        ignore_index=True,
+    )
 
 
-def plot_reliability_diagram(table: pd.DataFrame, tasks: list[str], attribute: str, n_bins: int) -> Figure:
+def plot_reliability_diagram(
+    table: pd.DataFrame, tasks: list[str], attribute: str, n_bins: int
+) -> Figure:
     """Reliability diagram of the first task on the test split, one line per group."""
     return plot_reliability(split_rows(table, "test"), tasks[0], attribute, n_bins=int(n_bins))
 
@@ -82,14 +170,26 @@ def find_hidden_strata(
     x = embedding_matrix(test, embeddings)
     y = test[task].to_numpy(dtype=float)
     ids, coords, clusters = find_strata(
-        y, test[f"p_{task}"].to_numpy(), x, float(op["threshold"]),
-        reducer=strata.get("reducer", "pca"), n_components=int(strata.get("n_components", 10)), clusterer=strata.get("clusterer", "kmeans"),
-        k=strata.get("k", [2, 3, 4, 5]), margin=float(strata.get("margin", 0.1)), seed=int(strata.get("seed", 0)),
+        y,
+        test[f"p_{task}"].to_numpy(),
+        x,
+        float(op["threshold"]),
+        reducer=strata.get("reducer", "pca"),
+        n_components=int(strata.get("n_components", 10)),
+        clusterer=strata.get("clusterer", "kmeans"),
+        k=strata.get("k", [2, 3, 4, 5]),
+        margin=float(strata.get("margin", 0.1)),
+        seed=int(strata.get("seed", 0)),
     )
     present = [a for a in ami_attributes if a in test.columns]
     assign = test[["image_id", task, *present]].assign(cluster=ids, x=coords[:, 0], y=coords[:, 1])
     ami = attribute_ami(ids, y, test[present])
-    logger.info("hidden strata (%s): %d clusters, %d flagged", task, len(clusters), int(clusters["flagged"].sum()) if len(clusters) else 0)
+    logger.info(
+        "hidden strata (%s): %d clusters, %d flagged",
+        task,
+        len(clusters),
+        int(clusters["flagged"].sum()) if len(clusters) else 0,
+    )
     return assign, clusters.assign(task=task), ami.assign(task=task)
 
 
@@ -97,20 +197,34 @@ def plot_hidden_strata(assignments: pd.DataFrame, ami_attributes: list[str]) -> 
     """Embedding scatter per class coloured by cluster and by each attribute."""
     task = assignments.columns[1]
     present = [a for a in ami_attributes if a in assignments.columns]
-    return plot_strata(assignments[["x", "y"]].to_numpy(), assignments["cluster"].to_numpy(), assignments[task].to_numpy(dtype=float), assignments[present], title=f"hidden strata: {task}")
+    return plot_strata(
+        assignments[["x", "y"]].to_numpy(),
+        assignments["cluster"].to_numpy(),
+        assignments[task].to_numpy(dtype=float),
+        assignments[present],
+        title=f"hidden strata: {task}",
+    )
 
 
-def plot_flagged_thumbnails(assignments: pd.DataFrame, clusters: pd.DataFrame, image_cache: ImageCache, per_cluster: int) -> Figure:
+def plot_flagged_thumbnails(
+    assignments: pd.DataFrame, clusters: pd.DataFrame, image_cache: ImageCache, per_cluster: int
+) -> Figure:
     """Thumbnails of the first ``per_cluster`` images of each flagged cluster."""
     flagged = clusters.loc[clusters["flagged"], "cluster"].tolist() if len(clusters) else []
     images = {}
     for cid in flagged:
-        ids = assignments.loc[assignments["cluster"] == cid, "image_id"].head(int(per_cluster)).tolist()
+        ids = (
+            assignments.loc[assignments["cluster"] == cid, "image_id"]
+            .head(int(per_cluster))
+            .tolist()
+        )
         images[int(cid)] = np.asarray(image_cache.images[image_cache.rows(ids)])
     return plot_thumbnails(images, title="flagged clusters")
 
 
-def summarise_model(subgroup: pd.DataFrame, gaps: pd.DataFrame, worst_attributes: list[str], fairness_attribute: str) -> pd.DataFrame:
+def summarise_model(
+    subgroup: pd.DataFrame, gaps: pd.DataFrame, worst_attributes: list[str], fairness_attribute: str
+) -> pd.DataFrame:
     """One row per task: overall, worst-group and robust AUROC, FNR gap, EOD (with CIs).
 
     The worst-group AUROC is the lowest per-attribute worst group over ``worst_attributes``.
@@ -121,19 +235,35 @@ def summarise_model(subgroup: pd.DataFrame, gaps: pd.DataFrame, worst_attributes
         row: dict[str, object] = {"task": task}
         row.update(_pick(s, (s["metric"] == "auroc") & (s["attribute"] == "all"), "auroc"))
         worst = s[(s["metric"] == "worst_group_auroc") & s["attribute"].isin(worst_attributes)]
-        row.update(_pick(worst, worst["estimate"] == worst["estimate"].min() if len(worst) else worst["estimate"].notna(), "worst_group_auroc"))
-        row["worst_group"] = worst.loc[worst["estimate"].idxmin(), "attribute"] if len(worst) and worst["estimate"].notna().any() else None
+        row.update(
+            _pick(
+                worst,
+                worst["estimate"] == worst["estimate"].min()
+                if len(worst)
+                else worst["estimate"].notna(),
+                "worst_group_auroc",
+            )
+        )
+        row["worst_group"] = (
+            worst.loc[worst["estimate"].idxmin(), "attribute"]
+            if len(worst) and worst["estimate"].notna().any()
+            else None
+        )
         row.update(_pick(s, s["metric"] == "robust_auroc", "robust_tube_auroc"))
         g = gaps[(gaps["task"] == task) & (gaps["attribute"] == fairness_attribute)]
         row.update(_pick(g, g["metric"] == "fnr_gap", "fnr_gap"))
-        row.update(_pick(g, g["metric"] == "equalized_odds_difference", "equalized_odds_difference"))
+        row.update(
+            _pick(g, g["metric"] == "equalized_odds_difference", "equalized_odds_difference")
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def combine_model_summaries(**summaries: pd.DataFrame) -> pd.DataFrame:
+def combine_robustness_summary(**summaries: pd.DataFrame) -> pd.DataFrame:
     """Stack per-model summaries with a ``model`` column (keyword = model name)."""
-    return pd.concat([s.assign(model=name) for name, s in summaries.items()], ignore_index=True).pipe(lambda d: d[["model", *[c for c in d.columns if c != "model"]]])
+    return pd.concat(
+        [s.assign(model=name) for name, s in summaries.items()], ignore_index=True
+    ).pipe(lambda d: d[["model", *[c for c in d.columns if c != "model"]]])
 
 
 def _pick(frame: pd.DataFrame, mask: pd.Series, name: str) -> dict[str, float]:

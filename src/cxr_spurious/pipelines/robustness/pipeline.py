@@ -2,8 +2,9 @@
 
 ``create_robustness_template`` evaluates one model (un-namespaced: inputs ``manifest``,
 ``image_cache``, ``predictions``, ``embeddings``); ``create_pipeline`` instantiates it per
-``STUDY_MODELS`` name (namespace = model, so it reads ``<model>.predictions``) and adds
-one summary over the models.
+``STUDY_MODELS`` name with the one recipe (``cxr_spurious.pipelines._recipe.per_variant``:
+namespace = model, so it reads ``<model>.predictions``) and adds one collector,
+``combine_robustness_summary``, over the models.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterable
 
 from kedro.pipeline import Node, Pipeline
 
+from cxr_spurious.pipelines._recipe import per_variant, variant_datasets
 from cxr_spurious.pipelines.robustness import nodes
 from cxr_spurious.variants import STUDY_MODELS
 
@@ -20,76 +22,135 @@ SHARED_INPUTS: frozenset[str] = frozenset({"manifest", "image_cache"})
 
 
 def create_robustness_template() -> Pipeline:
-    """One model: evaluation table -> AUROC, operating point -> fairness, calibration, strata, summary."""
+    """One model: evaluation table -> AUROC, operating point -> fairness, calibration, strata,
+    summary."""
     boot = {"n_boot": f"{P}.n_boot", "seed": f"{P}.seed", "ci_level": f"{P}.ci_level"}
     return Pipeline(
         [
             Node(
                 func=nodes.build_evaluation_table,
-                inputs={"manifest": "manifest", "predictions": "predictions", "tasks": f"{P}.tasks", "attributes": f"{P}.attributes", "age_bins": f"{P}.age_bins"},
+                inputs={
+                    "manifest": "manifest",
+                    "predictions": "predictions",
+                    "tasks": f"{P}.tasks",
+                    "attributes": f"{P}.attributes",
+                    "age_bins": f"{P}.age_bins",
+                },
                 outputs="evaluation_table",
                 name="build_evaluation_table",
                 tags=["robustness"],
             ),
             Node(
                 func=nodes.compute_subgroup_auroc,
-                inputs={"table": "evaluation_table", "tasks": f"{P}.tasks", "attributes": f"{P}.attributes", "spurious": f"{P}.spurious", "min_per_class": f"{P}.min_per_class", **boot, "max_dropped_share": f"{P}.max_dropped_share"},
+                inputs={
+                    "table": "evaluation_table",
+                    "tasks": f"{P}.tasks",
+                    "attributes": f"{P}.attributes",
+                    "spurious": f"{P}.spurious",
+                    "min_per_class": f"{P}.min_per_class",
+                    **boot,
+                    "max_dropped_share": f"{P}.max_dropped_share",
+                },
                 outputs="subgroup_auroc",
                 name="compute_subgroup_auroc",
                 tags=["robustness", "auroc"],
             ),
             Node(
                 func=nodes.choose_operating_points,
-                inputs={"table": "evaluation_table", "tasks": f"{P}.tasks", "method": f"{P}.operating_point", "target": f"{P}.operating_target"},
+                inputs={
+                    "table": "evaluation_table",
+                    "tasks": f"{P}.tasks",
+                    "rule": f"{P}.operating_point",
+                    "target": f"{P}.operating_target",
+                },
                 outputs="operating_points",
                 name="choose_operating_points",
                 tags=["robustness", "fairness"],
             ),
             Node(
                 func=nodes.compute_fairness,
-                inputs={"table": "evaluation_table", "operating_points": "operating_points", "attributes": f"{P}.attributes", "min_per_class": f"{P}.min_per_class", **boot, "max_dropped_share": f"{P}.max_dropped_share"},
+                inputs={
+                    "table": "evaluation_table",
+                    "operating_points": "operating_points",
+                    "attributes": f"{P}.attributes",
+                    "min_per_class": f"{P}.min_per_class",
+                    **boot,
+                    "max_dropped_share": f"{P}.max_dropped_share",
+                },
                 outputs=["fairness_by_group", "fairness_gaps"],
                 name="compute_fairness",
                 tags=["robustness", "fairness"],
             ),
             Node(
                 func=nodes.compute_calibration,
-                inputs={"table": "evaluation_table", "tasks": f"{P}.tasks", "attributes": f"{P}.attributes", "n_bins": f"{P}.calibration_bins", "min_rows": f"{P}.calibration_min_rows", **boot, "max_dropped_share": f"{P}.max_dropped_share"},
+                inputs={
+                    "table": "evaluation_table",
+                    "tasks": f"{P}.tasks",
+                    "attributes": f"{P}.attributes",
+                    "n_bins": f"{P}.calibration_bins",
+                    "min_rows": f"{P}.calibration_min_rows",
+                    **boot,
+                    "max_dropped_share": f"{P}.max_dropped_share",
+                },
                 outputs="calibration",
                 name="compute_calibration",
                 tags=["robustness", "calibration"],
             ),
             Node(
                 func=nodes.plot_reliability_diagram,
-                inputs={"table": "evaluation_table", "tasks": f"{P}.tasks", "attribute": f"{P}.reliability_attribute", "n_bins": f"{P}.calibration_bins"},
+                inputs={
+                    "table": "evaluation_table",
+                    "tasks": f"{P}.tasks",
+                    "attribute": f"{P}.reliability_attribute",
+                    "n_bins": f"{P}.calibration_bins",
+                },
                 outputs="reliability_plot",
                 name="plot_reliability_diagram",
                 tags=["robustness", "calibration"],
             ),
             Node(
                 func=nodes.find_hidden_strata,
-                inputs={"table": "evaluation_table", "embeddings": "embeddings", "operating_points": "operating_points", "strata": f"{P}.strata", "ami_attributes": f"{P}.ami_attributes"},
+                inputs={
+                    "table": "evaluation_table",
+                    "embeddings": "embeddings",
+                    "operating_points": "operating_points",
+                    "strata": f"{P}.strata",
+                    "ami_attributes": f"{P}.ami_attributes",
+                },
                 outputs=["strata_assignments", "hidden_strata", "strata_ami"],
                 name="find_hidden_strata",
                 tags=["robustness", "strata"],
             ),
             Node(
                 func=nodes.plot_hidden_strata,
-                inputs={"assignments": "strata_assignments", "ami_attributes": f"{P}.ami_attributes"},
+                inputs={
+                    "assignments": "strata_assignments",
+                    "ami_attributes": f"{P}.ami_attributes",
+                },
                 outputs="strata_plot",
                 name="plot_hidden_strata",
                 tags=["robustness", "strata"],
             ),
             Node(
                 func=nodes.plot_flagged_thumbnails,
-                inputs={"assignments": "strata_assignments", "clusters": "hidden_strata", "image_cache": "image_cache", "per_cluster": f"{P}.thumbnails_per_cluster"},
+                inputs={
+                    "assignments": "strata_assignments",
+                    "clusters": "hidden_strata",
+                    "image_cache": "image_cache",
+                    "per_cluster": f"{P}.thumbnails_per_cluster",
+                },
                 outputs="flagged_thumbnails",
                 name="plot_flagged_thumbnails",
                 tags=["robustness", "strata"],
             ),
             Node(
                 func=nodes.summarise_model,
-                inputs={"subgroup": "subgroup_auroc", "gaps": "fairness_gaps", "worst_attributes": f"{P}.worst_group_attributes", "fairness_attribute": f"{P}.fairness_attribute"},
+                inputs={
+                    "subgroup": "subgroup_auroc",
+                    "gaps": "fairness_gaps",
+                    "worst_attributes": f"{P}.worst_group_attributes",
+                    "fairness_attribute": f"{P}.fairness_attribute",
+                },
                 outputs="model_summary",
                 name="summarise_model",
                 tags=["robustness", "summary"],
@@ -98,30 +159,19 @@ def create_robustness_template() -> Pipeline:
     )
 
 
-def template_parameters(template: Pipeline) -> dict[str, str]:
-    """Identity mapping of the template's parameters (kept un-namespaced in instances)."""
-    return {p: p for p in sorted(template.inputs()) if p.startswith("params:")}
-
-
-def instantiate(models: Iterable[str], shared_inputs: Iterable[str] = SHARED_INPUTS) -> Pipeline:
-    """The template once per model namespace (reads ``<model>.predictions`` / ``.embeddings``)."""
-    template = create_robustness_template()
-    params = template_parameters(template)
-    return sum((Pipeline(template, namespace=m, inputs=set(shared_inputs), parameters=params) for m in models), start=Pipeline([]))
-
-
-def summary_node(models: Iterable[str], output: str) -> Node:
-    """Stack ``<model>.model_summary`` of every model into ``output``."""
+def summary_node(models: Iterable[str]) -> Node:
+    """The collector: stack ``<model>.model_summary`` of every model into ``robustness_summary``."""
     names = list(models)
     return Node(
-        func=nodes.combine_model_summaries,
-        inputs={m: f"{m}.model_summary" for m in names},
-        outputs=output,
-        name=f"combine_{output}",
+        func=nodes.combine_robustness_summary,
+        inputs=dict(zip(names, variant_datasets(names, "model_summary"), strict=True)),
+        outputs="robustness_summary",
+        name="combine_robustness_summary",
         tags=["robustness", "summary"],
     )
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:
     """Every study model, plus ``robustness_summary`` over them."""
-    return instantiate(STUDY_MODELS) + Pipeline([summary_node(STUDY_MODELS, "robustness_summary")])
+    per_model = per_variant(create_robustness_template(), STUDY_MODELS, shared_inputs=SHARED_INPUTS)
+    return per_model + Pipeline([summary_node(STUDY_MODELS)])

@@ -1,5 +1,6 @@
-"""The saliency pipeline: maps of every trained model, sanity check, overlays, CheXlocalize export."""
+"""The saliency pipeline: maps of every trained model, sanity check, overlays, CheXlocalize
+export."""
 
-from cxr_spurious.pipelines.saliency.pipeline import create_pipeline
+from cxr_spurious.pipelines.saliency.pipeline import create_pipeline, create_saliency_template
 
-__all__ = ["create_pipeline"]
+__all__ = ["create_pipeline", "create_saliency_template"]

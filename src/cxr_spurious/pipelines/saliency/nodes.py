@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxr_spurious.data.cache import ImageCache
-from cxr_spurious.datasets.heatmaps import ChexlocalizeExport
+from cxr_spurious.datasets.heatmap_folders import ChexlocalizeExport
+from cxr_spurious.datasets.skippable import SKIPPED, is_skipped
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.overlays import images_of
 from cxr_spurious.saliency.compute import (
     heatmap_set_for,
     load_model,
@@ -22,10 +24,11 @@ from cxr_spurious.saliency.compute import (
     resolve_tasks,
     select_image_ids,
 )
-from cxr_spurious.saliency.overlays import overlay_figure, sample_rows
+from cxr_spurious.saliency.overlays import TUBE_OBJECT, overlay_figure, sample_rows
 from cxr_spurious.saliency.registry import MethodOptions
 from cxr_spurious.saliency.sanity import SANITY_COLUMNS, model_randomisation_check
-from cxr_spurious.variants import heatmap_namespace
+from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.variants import heatmap_set_name
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +37,19 @@ def _options(method_options: dict[str, Any] | None, seed: int) -> MethodOptions:
     return MethodOptions.from_params({**(method_options or {}), "seed": int(seed)})
 
 
-def compute_model_heatmaps(
+def _variant_name(variant: Mapping[str, Any]) -> str:
+    """The variant's name from its parameter block ``training.variants.<name>``."""
+    if not isinstance(variant, Mapping) or not variant.get("name"):
+        got = sorted(variant) if isinstance(variant, Mapping) else type(variant).__name__
+        raise ParameterError(
+            "training.variants.<name>", f"expected a block with a 'name'; got {got}"
+        )
+    return str(variant["name"])
+
+
+def compute_heatmaps(
     model_artifact: dict[str, Any],
+    variant: Mapping[str, Any],
     image_cache: ImageCache,
     manifest: pd.DataFrame,
     methods: list[str] | str | None,
@@ -46,13 +60,13 @@ def compute_model_heatmaps(
     batch_size: int,
     device: str,
     method_options: dict[str, Any] | None,
-    *,
-    model_name: str,
 ) -> dict[str, HeatmapSet]:
     """Saliency maps of one trained model for every planned method.
 
     Args:
         model_artifact: ``{"state_dict", "config"}`` of the variant.
+        variant: The variant's block ``training.variants.<name>`` (its ``name`` names the
+            heatmap sets).
         image_cache: The image cache.
         manifest: The manifest (split, labels, original sizes).
         methods: ``params:saliency.methods`` (``None``: the study's pairs).
@@ -63,11 +77,14 @@ def compute_model_heatmaps(
         batch_size: Images per batch.
         device: ``auto`` / ``cpu`` / ``cuda``.
         method_options: Method knobs (see ``MethodOptions``).
-        model_name: Variant name (bound in the pipeline).
 
     Returns:
-        ``{heatmap_namespace(model, method): HeatmapSet}``.
+        ``{heatmap_set_name(model, method): HeatmapSet}``; ``SKIPPED`` when the model is.
     """
+    model_name = _variant_name(variant)
+    if is_skipped(model_artifact):  # a model skipped upstream (the sweep's resumed cells)
+        logger.info("%s: model skipped upstream, no heatmaps computed", model_name)
+        return SKIPPED
     model = load_model(model_artifact, model_name)
     planned = plan_methods(model_name, model, methods)
     ids = select_image_ids(manifest, split, max_images, seed)
@@ -76,17 +93,33 @@ def compute_model_heatmaps(
     out = {}
     for method in planned:
         start = time.perf_counter()
-        out[heatmap_namespace(model_name, method)] = heatmap_set_for(
-            model, images, ids, manifest, model_name=model_name, method=method, tasks=tasks,
-            batch_size=batch_size, device=device, options=options,
+        out[heatmap_set_name(model_name, method)] = heatmap_set_for(
+            model,
+            images,
+            ids,
+            manifest,
+            model_name=model_name,
+            method=method,
+            tasks=tasks,
+            batch_size=batch_size,
+            device=device,
+            options=options,
         )
         elapsed = time.perf_counter() - start
-        logger.info("%s %s: %d images in %.1f s (%.1f img/s)", model_name, method, len(ids), elapsed, len(ids) / max(elapsed, 1e-9))
+        logger.info(
+            "%s %s: %d images in %.1f s (%.1f img/s)",
+            model_name,
+            method,
+            len(ids),
+            elapsed,
+            len(ids) / max(elapsed, 1e-9),
+        )
     return out
 
 
-def check_model_saliency(
+def check_saliency_sanity(
     model_artifact: dict[str, Any],
+    variant: Mapping[str, Any],
     image_cache: ImageCache,
     manifest: pd.DataFrame,
     methods: list[str] | str | None,
@@ -100,13 +133,12 @@ def check_model_saliency(
     n_images: int,
     n_boot: int,
     max_dropped_share: float = 0.05,
-    *,
-    model_name: str,
 ) -> pd.DataFrame:
     """Model-randomisation sanity check for one model (empty table when disabled).
 
     Args:
         model_artifact: ``{"state_dict", "config"}`` of the variant.
+        variant: The variant's block ``training.variants.<name>``.
         image_cache: The image cache.
         manifest: The manifest.
         methods: ``params:saliency.methods``.
@@ -120,11 +152,11 @@ def check_model_saliency(
         n_images: Images in the check.
         n_boot: Bootstrap replicates (patients resampled).
         max_dropped_share: Largest share of undefined bootstrap replicates.
-        model_name: Variant name (bound in the pipeline).
 
     Returns:
         One row per (method, task): mean Spearman correlation trained vs random, with CI.
     """
+    model_name = _variant_name(variant)
     if not enabled:
         return pd.DataFrame(columns=list(SANITY_COLUMNS))
     model = load_model(model_artifact, model_name)
@@ -132,11 +164,20 @@ def check_model_saliency(
     ids = select_image_ids(manifest, split, n_images, seed)
     images = np.asarray(image_cache.images[image_cache.rows(ids)])
     task_names = resolve_tasks(model, tasks, model_name)
-    return model_randomisation_check(model, images, planned, task_names, model_name=model_name, seed=seed,
-                                     n_boot=n_boot, batch_size=batch_size, device=device,
-                                     options=_options(method_options, seed),
-                                     patients=_patients_of(manifest, ids),
-                                     max_dropped_share=float(max_dropped_share))
+    return model_randomisation_check(
+        model,
+        images,
+        planned,
+        task_names,
+        model_name=model_name,
+        seed=seed,
+        n_boot=n_boot,
+        batch_size=batch_size,
+        device=device,
+        options=_options(method_options, seed),
+        patients=_patients_of(manifest, ids),
+        max_dropped_share=float(max_dropped_share),
+    )
 
 
 def _patients_of(manifest: pd.DataFrame, ids: list[str]) -> list[str] | None:
@@ -148,31 +189,36 @@ def _patients_of(manifest: pd.DataFrame, ids: list[str]) -> list[str] | None:
     return [lookup[i] for i in ids]
 
 
-def plot_heatmap_overlays(heatmaps: dict[str, HeatmapSet], image_cache: ImageCache, n_images: int,
-                          seed: int) -> dict[str, Figure]:
+def plot_heatmap_overlays(
+    heatmaps: dict[str, HeatmapSet], image_cache: ImageCache, n_images: int, seed: int
+) -> dict[str, Figure]:
     """One overlay figure per heatmap set (a seeded sample, positives first).
 
     Args:
-        heatmaps: ``{namespace: HeatmapSet}`` of one model.
-        image_cache: The image cache (images and pathology masks for the outlines).
+        heatmaps: ``{heatmap set name: HeatmapSet}`` of one model.
+        image_cache: The image cache (images, pathology and chest-tube masks for the outlines).
         n_images: Maps per figure.
         seed: Seed of the sample.
 
     Returns:
-        ``{"<namespace>.png": Figure}`` for ``MatplotlibDataset``.
+        ``{"<heatmap set name>.png": Figure}`` for ``MatplotlibDataset``.
     """
     figures = {}
     for name, hset in heatmaps.items():
         rows = sample_rows(hset, n_images, seed)
         picked = hset.index.iloc[rows]
-        ids = picked["image_id"].astype(str).unique().tolist()
-        cache_rows = image_cache.rows(ids)
-        images = {i: np.asarray(image_cache.images[r]) for i, r in zip(ids, cache_rows)}
+        images = images_of(image_cache, picked["image_id"])
         masks = {}
         for image_id, task in zip(picked["image_id"].astype(str), picked["task"].astype(str)):
             if task in image_cache.tasks:
-                masks[(image_id, task)] = np.asarray(image_cache.masks[image_cache.row(image_id), image_cache.task_index(task)])
-        figures[f"{name}.png"] = overlay_figure(hset, rows, images, masks, title=name)
+                masks[(image_id, task)] = np.asarray(
+                    image_cache.masks[image_cache.row(image_id), image_cache.task_index(task)]
+                )
+        tubes = {}
+        if TUBE_OBJECT in image_cache.objects:
+            k = image_cache.objects.index(TUBE_OBJECT)
+            tubes = {i: np.asarray(image_cache.spurious[image_cache.row(i), k]) for i in images}
+        figures[f"{name}.png"] = overlay_figure(hset, rows, images, masks, tubes, title=name)
     return figures
 
 
@@ -193,8 +239,12 @@ def collect_saliency_sanity(*tables: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def export_chexlocalize(heatmap_collection: dict[str, HeatmapSet], image_cache: ImageCache, enabled: bool,
-                        sets: list[str] | str | None) -> dict[str, ChexlocalizeExport]:
+def export_chexlocalize(
+    heatmap_collection: dict[str, HeatmapSet],
+    image_cache: ImageCache,
+    enabled: bool,
+    sets: list[str] | str | None,
+) -> dict[str, ChexlocalizeExport]:
     """Pick the sets to export to the CheXlocalize pickle layout (nothing when disabled).
 
     Args:
@@ -214,11 +264,16 @@ def export_chexlocalize(heatmap_collection: dict[str, HeatmapSet], image_cache: 
     names = sorted(heatmap_collection) if sets is None else name_list(sets) or []
     unknown = [n for n in names if n not in heatmap_collection]
     if unknown:
-        raise ParameterError("saliency.export.sets", f"unknown heatmap set(s) {unknown}; available: {sorted(heatmap_collection)}")
+        raise ParameterError(
+            "saliency.export.sets",
+            f"unknown heatmap set(s) {unknown}; available: {sorted(heatmap_collection)}",
+        )
     out = {}
     for name in names:
         hset = heatmap_collection[name]
         ids = hset.index["image_id"].astype(str).unique().tolist()
         rows = image_cache.rows(ids)
-        out[name] = ChexlocalizeExport(hset, {i: np.asarray(image_cache.images[r]) for i, r in zip(ids, rows)})
+        out[name] = ChexlocalizeExport(
+            hset, {i: np.asarray(image_cache.images[r]) for i, r in zip(ids, rows)}
+        )
     return out

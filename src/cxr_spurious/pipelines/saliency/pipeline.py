@@ -1,76 +1,60 @@
 """Wiring of the saliency pipeline (see README.md in this folder).
 
-One namespaced sub-pipeline per study model (namespace = the variant name, so its model
-input is ``<variant>.model``) computes the maps of every planned method for that model:
-the study's ``STUDY_HEATMAPS`` pairs by default, or the methods in ``saliency.methods``.
-``collect_heatmaps`` gathers all sets into ``heatmap_collection``, keyed by
-``heatmap_namespace(model, method)``.
+``create_saliency_template`` is one variant's saliency (un-namespaced: input ``model``, its
+name from ``params:variant``): the maps of every planned method for that model (the
+study's ``STUDY_HEATMAPS`` pairs by default, or the methods in ``saliency.methods``), the
+sanity check and overlays. ``create_pipeline`` instantiates it once per ``STUDY_MODELS``
+name with the one recipe (``cxr_spurious.pipelines._recipe.per_variant``), then the
+collectors: ``collect_heatmaps`` gathers every set into ``heatmap_collection``, keyed by
+``heatmap_set_name(model, method)``.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
+from cxr_spurious.pipelines._recipe import per_variant, variant_datasets
 from cxr_spurious.pipelines.saliency import nodes
 from cxr_spurious.variants import STUDY_MODELS
 
-_SHARED_INPUTS = {"image_cache", "manifest"}
-_PARAMETERS = {
-    "params:saliency.methods",
-    "params:saliency.tasks",
-    "params:saliency.split",
-    "params:saliency.max_images",
-    "params:saliency.seed",
-    "params:saliency.batch_size",
-    "params:saliency.device",
-    "params:saliency.method_options",
-    "params:saliency.sanity.enabled",
-    "params:saliency.sanity.n_images",
-    "params:saliency.sanity.n_boot",
-    "params:saliency.sanity.max_dropped_share",
-    "params:saliency.overlays.n_images",
-}
+SHARED_INPUTS: frozenset[str] = frozenset({"image_cache", "manifest"})
+P = "params:saliency"
 
 
-def _for_model(func: Callable[..., Any], model_name: str) -> Callable[..., Any]:
-    """``func`` with its ``model_name`` keyword bound (keeps the name for Kedro)."""
-    return functools.update_wrapper(functools.partial(func, model_name=model_name), func)
-
-
-def _model_pipeline(model_name: str) -> Pipeline:
+def create_saliency_template() -> Pipeline:
+    """One variant: heatmaps of every planned method, sanity check, overlay figures."""
     run_inputs = {
         "model_artifact": "model",
+        "variant": "params:variant",
         "image_cache": "image_cache",
         "manifest": "manifest",
-        "methods": "params:saliency.methods",
-        "tasks": "params:saliency.tasks",
-        "split": "params:saliency.split",
-        "seed": "params:saliency.seed",
-        "batch_size": "params:saliency.batch_size",
-        "device": "params:saliency.device",
-        "method_options": "params:saliency.method_options",
+        "methods": f"{P}.methods",
+        "tasks": f"{P}.tasks",
+        "split": f"{P}.split",
+        "seed": f"{P}.seed",
+        "batch_size": f"{P}.batch_size",
+        "device": f"{P}.device",
+        "method_options": f"{P}.method_options",
     }
     return Pipeline(
         [
             Node(
-                func=_for_model(nodes.compute_model_heatmaps, model_name),
-                inputs={**run_inputs, "max_images": "params:saliency.max_images"},
+                func=nodes.compute_heatmaps,
+                inputs={**run_inputs, "max_images": f"{P}.max_images"},
                 outputs="heatmaps",
                 name="compute_heatmaps",
                 tags=["saliency"],
             ),
             Node(
-                func=_for_model(nodes.check_model_saliency, model_name),
+                func=nodes.check_saliency_sanity,
                 inputs={
                     **run_inputs,
-                    "enabled": "params:saliency.sanity.enabled",
-                    "n_images": "params:saliency.sanity.n_images",
-                    "n_boot": "params:saliency.sanity.n_boot",
-                    "max_dropped_share": "params:saliency.sanity.max_dropped_share",
+                    "enabled": f"{P}.sanity.enabled",
+                    "n_images": f"{P}.sanity.n_images",
+                    "n_boot": f"{P}.sanity.n_boot",
+                    "max_dropped_share": f"{P}.sanity.max_dropped_share",
                 },
                 outputs="saliency_sanity",
                 name="check_saliency_sanity",
@@ -81,36 +65,33 @@ def _model_pipeline(model_name: str) -> Pipeline:
                 inputs={
                     "heatmaps": "heatmaps",
                     "image_cache": "image_cache",
-                    "n_images": "params:saliency.overlays.n_images",
-                    "seed": "params:saliency.seed",
+                    "n_images": f"{P}.overlays.n_images",
+                    "seed": f"{P}.seed",
                 },
                 outputs="saliency_overlays",
                 name="plot_heatmap_overlays",
                 tags=["saliency", "reporting"],
             ),
-        ],
-        namespace=model_name,
-        inputs=_SHARED_INPUTS,
-        parameters=_PARAMETERS,
+        ]
     )
 
 
 def create_pipeline(**kwargs: Any) -> Pipeline:
-    """Create the saliency pipeline for the study's models (``STUDY_MODELS``)."""
-    per_model = [_model_pipeline(m) for m in STUDY_MODELS]
+    """The template per study model (``STUDY_MODELS``), then the collectors and the export."""
+    per_model = per_variant(create_saliency_template(), STUDY_MODELS, shared_inputs=SHARED_INPUTS)
     return Pipeline(
         [
-            *per_model,
+            per_model,
             Node(
                 func=nodes.collect_heatmaps,
-                inputs=[f"{m}.heatmaps" for m in STUDY_MODELS],
+                inputs=variant_datasets(STUDY_MODELS, "heatmaps"),
                 outputs="heatmap_collection",
                 name="collect_heatmaps",
                 tags=["saliency"],
             ),
             Node(
                 func=nodes.collect_saliency_sanity,
-                inputs=[f"{m}.saliency_sanity" for m in STUDY_MODELS],
+                inputs=variant_datasets(STUDY_MODELS, "saliency_sanity"),
                 outputs="saliency_sanity",
                 name="collect_saliency_sanity",
                 tags=["saliency", "sanity", "reporting"],
@@ -120,8 +101,8 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
                 inputs={
                     "heatmap_collection": "heatmap_collection",
                     "image_cache": "image_cache",
-                    "enabled": "params:saliency.export.enabled",
-                    "sets": "params:saliency.export.sets",
+                    "enabled": f"{P}.export.enabled",
+                    "sets": f"{P}.export.sets",
                 },
                 outputs="chexlocalize_export",
                 name="export_chexlocalize",

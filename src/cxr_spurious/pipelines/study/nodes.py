@@ -1,4 +1,4 @@
-"""Study nodes: per-model findings rows and the compiled table."""
+"""Study nodes: per-model findings rows (``summarise_findings``) and the compiled table."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from cxr_spurious.study.findings import (
 logger = logging.getLogger(__name__)
 
 
-def summarise_model(
+def summarise_findings(
     test_metrics: dict[str, Any],
     counterfactual_predictions: pd.DataFrame,
     manifest: pd.DataFrame,
@@ -45,25 +45,54 @@ def summarise_model(
         n_boot: Bootstrap replicates.
         seed: Seed.
         max_dropped_share: Largest share of undefined bootstrap replicates of a CI; above it
-            ``BootstrapDropError`` names the model and metric. Each CI's count is ``<metric>_dropped``.
+            ``BootstrapDropError`` names the model and metric. Each CI's count is
+            ``<metric>_dropped``.
 
     Returns:
         One row of ``study_findings``.
     """
     model = str(variant["name"])
     row = model_row(model, variant, test_metrics, task)
-    sets = localization_per_cxr[(localization_per_cxr["model"] == model) & (localization_per_cxr["task"] == task)]
+    sets = localization_per_cxr[
+        (localization_per_cxr["model"] == model) & (localization_per_cxr["task"] == task)
+    ]
     human = human_benchmark[human_benchmark["task"] == task] if len(human_benchmark) else None
     for method, per_map in sets.groupby("method", sort=True):
         prefix = str(method).replace("+", "p")
-        metrics = saliency_findings(per_map, manifest, human, n_boot=n_boot, seed=seed, max_dropped_share=float(max_dropped_share), label=f"{model}/{method}")
+        metrics = saliency_findings(
+            per_map,
+            manifest,
+            human,
+            n_boot=n_boot,
+            seed=seed,
+            max_dropped_share=float(max_dropped_share),
+            label=f"{model}/{method}",
+        )
         row.update({f"{prefix}_{k}": v for k, v in metrics.items()})
-    row.update(counterfactual_findings(counterfactual_predictions, manifest, task, n_boot=n_boot, seed=seed, max_dropped_share=float(max_dropped_share), label=model))
-    logger.info("%s: AUROC %.3f, robust AUROC %.3f, tube-removal drop %.3f", model, row["auroc"], row["robust_auroc"], row.get("cf_drop_no_tube", float("nan")))
+    row.update(
+        counterfactual_findings(
+            counterfactual_predictions,
+            manifest,
+            task,
+            n_boot=n_boot,
+            seed=seed,
+            max_dropped_share=float(max_dropped_share),
+            label=model,
+        )
+    )
+    logger.info(
+        "%s: AUROC %.3f, robust AUROC %.3f, tube-removal drop %.3f",
+        model,
+        row["auroc"],
+        row["robust_auroc"],
+        row.get("cf_drop_no_tube", float("nan")),
+    )
     return row
 
 
-def compile_findings(*rows: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, dict[str, float]], Figure]:
+def compile_findings(
+    *rows: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]], Figure]:
     """The findings table, its metrics for MLflow and the headline figure."""
     table = assemble_findings(rows)
     return table, findings_metrics(table), plot_findings(table)

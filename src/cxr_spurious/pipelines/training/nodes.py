@@ -1,6 +1,6 @@
 """Thin nodes of the ``training`` pipeline; the work is in ``cxr_spurious.training``.
 
-Every node of a variant that ``training.method`` does not select returns ``SKIPPED``
+Every node of a variant that ``training.only`` does not select returns ``SKIPPED``
 (its outputs are wrapped in ``SkippableDataset``, so previous artifacts are kept).
 """
 
@@ -13,12 +13,11 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxr_spurious.data.cache import ImageCache
 from cxr_spurious.datasets.skippable import SKIPPED
-from cxr_spurious.errors import unknown_name_error
 from cxr_spurious.models import model_from_artifact
+from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.training.checkpoints import checkpoint_folder
-from cxr_spurious.training.config import METHODS, is_selected, model_config, resolve_training_config
+from cxr_spurious.training.config import model_config, resolve_training_config, variant_selected
 from cxr_spurious.training.data import build_training_table
 from cxr_spurious.training.device import precision_name, setup_for
 from cxr_spurious.training.distributed import distributed_setup
@@ -39,31 +38,35 @@ from cxr_spurious.training.outputs import (
 logger = logging.getLogger(__name__)
 
 
-def resolve_config(training: Mapping[str, Any], variant: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge shared and variant parameters and apply the ``training.method`` gate.
+def resolve_config(
+    training: Mapping[str, Any],
+    variant: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Merge shared and variant parameters and apply the ``training.only`` gate.
 
     Args:
-        training: The ``training`` parameters (shared defaults, ``method`` gate, ``variants``).
-        variant: This variant's block (``name``, ``method``, overrides).
+        training: The ``training`` parameters (shared defaults, ``only`` gate, ``variants``).
+        variant: This variant's block (``name``, ``supervision``, overrides).
+        overrides: Optional ``{"variant": {...}, "skip": bool}`` made by an upstream node:
+            keys merged over ``variant``, and a skip on top of the gate (the sweep's cells).
 
     Returns:
-        The resolved config with ``skip`` true when the gate does not select the variant.
+        The resolved config with ``skip`` true when the gate does not select the variant
+        (or ``overrides`` skips it).
     """
-    cfg = resolve_training_config(training, variant)
-    selection = training.get("method")
-    names = [selection] if isinstance(selection, str) else list(selection or [])
-    valid = set(METHODS) | set(training.get("variants", {}))
-    for name in names:
-        if name not in valid:
-            raise unknown_name_error(
-                "training method or variant", name, valid, key="training.method"
-            )
-    cfg["skip"] = not is_selected(selection, cfg["variant"], cfg["method"])
+    extra = dict(overrides or {})
+    cfg = resolve_training_config(training, {**variant, **dict(extra.get("variant") or {})})
+    if extra.get("skip"):
+        cfg["skip"] = True
+        logger.info("Variant '%s' skipped: %s", cfg["variant"], extra.get("reason", "overrides"))
+        return cfg
+    cfg["skip"] = not variant_selected(training, cfg)
     if cfg["skip"]:
         logger.info(
-            "Variant '%s' not selected by training.method=%s: skipped, previous artifacts kept",
+            "Variant '%s' not selected by training.only=%s: skipped, previous artifacts kept",
             cfg["variant"],
-            selection,
+            training.get("only"),
         )
     return cfg
 
@@ -82,8 +85,8 @@ def train_model(
 ) -> tuple[Any, Any]:
     """Fit the variant; return the selected model artifact and the per-epoch history.
 
-    Checkpoints go to ``<checkpoint_dir>/<variant>/<fingerprint>/`` (a documented side channel used by
-    ``training.resume``); the model itself goes through the catalog. Inside an initialised
+    Checkpoints go to ``<checkpoint_dir>/<variant>/<fingerprint>/`` (a documented side channel
+    used by ``training.resume``); the model itself goes through the catalog. Inside an initialised
     process group (``torchrun -m cxr_spurious.training.distributed``) every rank runs this
     node and trains under DDP; the group's rank and size come from ``distributed_setup``.
     """
@@ -121,9 +124,7 @@ def predict_manifest(
     net = model_from_artifact(
         model, source=f"{config['variant']}.model", expected_architecture=config["architecture"]
     )
-    probs, embs = predict_images(
-        net, manifest, image_cache, config, setup_for(config)
-    )
+    probs, embs = predict_images(net, manifest, image_cache, config, setup_for(config))
     return predictions_frame(manifest, probs, net.tasks, config["variant"]), embeddings_frame(
         manifest["image_id"].astype(str).tolist(), embs
     )
@@ -142,12 +143,12 @@ def predict_counterfactuals(
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     frames = []
     for render in RENDERS:
-        if render != "original" and render not in image_cache.variants:
+        if render != "original" and render not in image_cache.renders:
             logger.warning(
                 "Image cache has no '%s' render; counterfactual predictions skip it", render
             )
             continue
-        ids = set(image_cache.variant_ids.get(render, test["image_id"]))
+        ids = set(image_cache.render_ids.get(render, test["image_id"]))
         subset = test[test["image_id"].isin(ids)].reset_index(drop=True)
         probs, _ = predict_images(net, subset, image_cache, config, setup, render=render)
         frame = predictions_frame(subset, probs, net.tasks, config["variant"]).drop(
@@ -176,7 +177,7 @@ def evaluate_test_metrics(predictions: Any, manifest: pd.DataFrame, config: dict
         level=float(config["ci_level"]),
         max_dropped_share=float(config["max_dropped_share"]),
     )
-    return {"method": config["method"], "architecture": config["architecture"], **metrics}
+    return {"supervision": config["supervision"], "architecture": config["architecture"], **metrics}
 
 
 def plot_training_curves(training_history: Any, config: dict[str, Any]) -> Figure | object:
@@ -188,7 +189,7 @@ def plot_training_curves(training_history: Any, config: dict[str, Any]) -> Figur
 
 def _curves(training_history: pd.DataFrame, config: dict[str, Any]) -> Figure:
     return training_curves(
-        training_history, f"{config['variant']} ({config['method']}, {config['architecture']})"
+        training_history, f"{config['variant']} ({config['supervision']}, {config['architecture']})"
     )
 
 
@@ -222,9 +223,11 @@ def assemble_run_record(
         "run_name": run_name(config, resampling),
         "tags": {
             "variant": config["variant"],
-            "method": config["method"],
+            "supervision": config["supervision"],
             "architecture": config["architecture"],
-            "precision": precision_name(setup_for(config)),  # what `precision: auto` resolved to here
+            "precision": precision_name(
+                setup_for(config)
+            ),  # what `precision: auto` resolved to here
             "pipeline": "training",
         },
         "params": run_params(config, resampling, len(train), train["image_id"].nunique()),

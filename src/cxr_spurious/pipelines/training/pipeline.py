@@ -1,27 +1,37 @@
 """Wiring of the ``training`` pipeline.
 
 ``create_training_template`` is one variant's pipeline (un-namespaced); ``create_pipeline``
-instantiates it once per ``STUDY_MODELS`` name, namespace = variant name, mapping the
-shared inputs and the variant's parameter block ``training.variants.<name>``.
+instantiates it once per ``STUDY_MODELS`` name with the one recipe
+(``cxr_spurious.pipelines._recipe.per_variant``): namespace = variant name, the shared
+inputs keep their names, ``params:variant`` is the variant's block ``training.variants.<name>``.
 """
 
 from __future__ import annotations
 
 from kedro.pipeline import Node, Pipeline
 
+from cxr_spurious.pipelines._recipe import per_variant
 from cxr_spurious.pipelines.training import nodes
 from cxr_spurious.variants import STUDY_MODELS
 
 SHARED_INPUTS: frozenset[str] = frozenset({"manifest", "resampled_manifest", "image_cache"})
 
 
-def create_training_template() -> Pipeline:
-    """One variant: config gate -> table -> fit -> predictions, metrics, curves, MLflow record."""
+def create_training_template(*, overrides: str | None = None) -> Pipeline:
+    """One variant: config gate -> table -> fit -> predictions, metrics, curves, MLflow record.
+
+    Args:
+        overrides: Name of a dataset made upstream (in the same namespace) whose
+            ``{"variant": {...}, "skip": bool}`` is merged over ``params:variant`` and the
+            ``training.only`` gate (the sweep's cells, ``pipelines/sweep``); None (the
+            study): the variant block alone.
+    """
+    config_inputs = ["params:training", "params:variant", *([overrides] if overrides else [])]
     return Pipeline(
         [
             Node(
                 func=nodes.resolve_config,
-                inputs=["params:training", "params:variant"],
+                inputs=config_inputs,
                 outputs="config",
                 name="resolve_config",
                 tags=["training", "config"],
@@ -87,19 +97,4 @@ def create_training_template() -> Pipeline:
 
 def create_pipeline(**kwargs: object) -> Pipeline:
     """The template once per study variant (``kedro run --namespaces seg`` runs one)."""
-    template = create_training_template()
-    return sum(
-        (
-            Pipeline(
-                template,
-                namespace=name,
-                inputs=set(SHARED_INPUTS),
-                parameters={
-                    "params:training": "params:training",
-                    "params:variant": f"params:training.variants.{name}",
-                },
-            )
-            for name in STUDY_MODELS
-        ),
-        start=Pipeline([]),
-    )
+    return per_variant(create_training_template(), STUDY_MODELS, shared_inputs=SHARED_INPUTS)

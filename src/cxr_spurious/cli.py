@@ -1,0 +1,102 @@
+"""Project CLI: Kedro's ``run`` command with a readable console and readable errors.
+
+Kedro loads ``<package>.cli`` and lets its ``cli`` group replace built-in commands of the same
+name (``kedro run`` and ``python -m cxr_spurious`` both use this ``run``). It takes exactly
+Kedro's options and does Kedro's run, and in addition:
+
+* routes logging (``logging_filters.configure_run_logging``): one line per node on the
+  console, everything else (dataset loads, library warnings, tracebacks) in ``logs/info.log``;
+* stops on a user's mistake (``USER_ERRORS``: bad data, a bad parameter, too few samples for
+  a confidence interval, an unknown name) with its message on one line and where the full
+  traceback is, instead of a screenful of traceback. Any other exception is a bug: it keeps
+  its traceback on the console (and in the log file).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+from kedro.framework.cli.project import run as kedro_run
+
+from cxr_spurious.errors import CxrSpuriousError, DataFormatError, ParameterError
+from cxr_spurious.logging_filters import configure_run_logging
+from cxr_spurious.stats.bootstrap import BootstrapDropError
+
+logger = logging.getLogger(__name__)
+
+#: Errors a user causes and fixes (their message says what to change). ``CxrSpuriousError``
+#: itself is an unknown name (``unknown_name_error`` without a parameter key).
+#: ``ContractError`` (a pipeline's output breaking its contract) and ``WorkerError`` (a
+#: worker process died) are bugs to report, and keep their traceback.
+USER_ERRORS: tuple[type[CxrSpuriousError], ...] = (
+    DataFormatError,
+    ParameterError,
+    BootstrapDropError,
+)
+
+
+def user_error(exc: BaseException) -> CxrSpuriousError | None:
+    """The user's mistake behind ``exc`` (itself, or its cause / context chain), if any.
+
+    Kedro wraps errors raised while loading or saving a dataset in ``DatasetError``; the
+    project's error is then its ``__cause__``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, USER_ERRORS) or type(current) is CxrSpuriousError:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def one_line(message: object) -> str:
+    """``message`` with its line breaks (and the indentation after them) turned into spaces."""
+    return re.sub(r"\s*\n\s*", " ", str(message)).strip()
+
+
+def _project_path(ctx: click.Context) -> Path:
+    metadata = ctx.obj
+    return Path(getattr(metadata, "project_path", None) or Path.cwd())
+
+
+@click.group(name="cxr-spurious")
+def cli() -> None:
+    """Commands of the cxr-spurious project (they replace Kedro's of the same name)."""
+
+
+@cli.command(name="run", params=list(kedro_run.params), help=kedro_run.help)
+@click.pass_context
+def run(ctx: click.Context, **kwargs: Any) -> None:
+    """Kedro's ``run`` with the project's logging and one-line errors for user mistakes."""
+    project = _project_path(ctx)
+    console_filter, log_file = configure_run_logging(project)
+    shown = log_file.relative_to(project) if log_file.is_relative_to(project) else log_file
+
+    def library_warnings() -> None:
+        summary = console_filter.summary(shown)
+        if summary:
+            logger.info(summary)
+
+    try:
+        ctx.invoke(kedro_run.callback, **kwargs)  # type: ignore[arg-type]
+    except Exception as exc:
+        library_warnings()
+        mistake = user_error(exc)
+        if mistake is None:
+            logger.error(
+                "The run failed with an unexpected error", exc_info=exc, extra={"console": False}
+            )
+            raise
+        logger.error(
+            "The run stopped: %s", one_line(mistake), exc_info=exc, extra={"console": False}
+        )
+        click.echo(f"Error: {one_line(mistake)}", err=True)
+        click.echo(f"({type(mistake).__name__}; the full traceback is in {shown})", err=True)
+        ctx.exit(1)
+    library_warnings()

@@ -1,0 +1,785 @@
+"""The CheXlocalize file formats (DATASET_FORMATS.md section 3): every reader and writer.
+
+* JSON files of the layout, objects keyed by cxr id (``load_json``):
+
+  - polygon annotations ``{cxr_id: {"img_size": [h, w], task: [[[x, y], ...], ...]}}``
+    (``check_annotations``; ``rasterize_annotations`` turns them into RLE the way the
+    CheXlocalize reference code does);
+  - segmentations ``{cxr_id: {task: {"size": [h, w], "counts": str}}}``
+    (``validate_segmentation_json``, ``check_segmentations`` with the image sizes).
+
+* Heatmap pickles ``<cxr_id>_<task>_map.pkl``: a protocol-3 ``pickle.dump`` of a dict with
+  ``map`` tensor (1, 1, h, w) float32, ``prob`` float, ``task`` str, ``gt`` int,
+  ``cxr_img`` tensor (3, h, w) float32 in [0, 1] (the model input, gray replicated to three
+  channels) and ``cxr_dims`` (w, h) of the original image; CheXlocalize's evaluation
+  upsamples ``map`` to ``cxr_dims`` itself. Reading goes through the project's restricted
+  unpickler (``io.safe_pickle``) and builds only the values asked for
+  (``read_heatmap_pickle``, ``read_heatmap_folder``: a lazy ``HeatmapSet``); writing is
+  ``write_chexlocalize_folder``, and ``read_chexlocalize_folder`` reads such an export back
+  (an unknown label, ``gt`` NaN in a ``HeatmapSet``, is written as ``gt = -1``).
+
+The ingestion adapter (``data/adapters/chexlocalize.py``), the Kedro datasets, the saliency
+export and the localization evaluation all use this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cxr_spurious.errors import ContractError, DataFormatError, unknown_name_error
+from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.io.atomic import atomic_dir
+from cxr_spurious.io.masks import (
+    MAX_MASK_SIDE,
+    decode_rle,
+    encode_rle,
+    rasterize_polygons,
+    validate_rle,
+)
+from cxr_spurious.io.safe_pickle import (
+    _READ_ERRORS,
+    _Context,
+    _open_size,
+    _Record,
+    _scan_opcodes,
+    _TorchPickleUnpickler,
+    load_torch_pickle,
+)
+from cxr_spurious.parallel import ordered_map
+from cxr_spurious.tasks import (
+    CHEXLOCALIZE_PROB_ORDER,
+    CHEXLOCALIZE_TASKS,
+    CHEXPERT_OBSERVATIONS,
+    PHANTOM_TASKS,
+    task_column,
+)
+
+logger = logging.getLogger(__name__)
+
+MAP_SUFFIX = "_map.pkl"
+PICKLE_KEYS: tuple[str, ...] = ("map", "prob", "cxr_dims")
+PICKLE_PROTOCOL = 3
+UNKNOWN_GT = -1
+# The task names a polygon annotation or a ground-truth segmentation may use.
+ANNOTATION_TASKS: frozenset[str] = (
+    frozenset(CHEXLOCALIZE_TASKS)
+    | frozenset(PHANTOM_TASKS)
+    | frozenset(task_column(o) for o in CHEXPERT_OBSERVATIONS)
+)
+
+# ----------------------------------------------------------------------------- names
+
+
+def parse_map_filename(path: str | Path) -> tuple[str, str]:
+    """``<cxr_id>_<task>_map.pkl`` -> (cxr_id, task); the task may contain spaces.
+
+    Raises:
+        DataFormatError: the name does not follow the pattern or the task is unknown.
+    """
+    name = Path(path).name
+    if not name.endswith(MAP_SUFFIX) or name.count("_") < 2:
+        raise DataFormatError(path, f"heatmap file name must be '<cxr_id>_<task>{MAP_SUFFIX}'")
+    cxr_id, task = name[: -len(MAP_SUFFIX)].rsplit("_", 1)
+    check_task(task, source=path)
+    return cxr_id, task
+
+
+def pickle_name(image_id: str, task: str) -> str:
+    """File name of one map, e.g. ``patient1_study1_view1_frontal_Edema_map.pkl``."""
+    return f"{image_id}_{task}{MAP_SUFFIX}"
+
+
+def check_task(task: str, *, source: object, key: str | None = None) -> None:
+    """Raise ``DataFormatError`` naming the file when ``task`` is not a CheXlocalize task."""
+    if task not in CHEXLOCALIZE_TASKS:
+        problem = str(unknown_name_error("task", task, CHEXLOCALIZE_TASKS))
+        raise DataFormatError(source, problem, where=key)
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    """Read a local CheXlocalize JSON file (an object keyed by cxr id at top level).
+
+    Raises:
+        DataFormatError: the file cannot be read, is not valid JSON (the line is named) or
+            is not a JSON object.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataFormatError(path, f"not a readable JSON file: {exc}") from exc
+    return parse_json(text, source=path)
+
+
+def parse_json(text: str, *, source: object) -> dict[str, Any]:
+    """Parse the text of a CheXlocalize JSON file (``source`` names it in errors).
+
+    Raises:
+        DataFormatError: not valid JSON (the line is named) or not a JSON object.
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}"
+        raise DataFormatError(source, f"invalid JSON: {exc.msg}", where=where) from exc
+    if not isinstance(data, dict):
+        problem = f"expected a JSON object keyed by cxr id, got {type(data).__name__}"
+        raise DataFormatError(source, problem)
+    return data
+
+
+def validate_segmentation_json(
+    data: Mapping[str, Any],
+    *,
+    source: object,
+    tasks: Sequence[str] = CHEXLOCALIZE_TASKS,
+    decode: bool = False,
+    sizes: Mapping[str, tuple[int, int]] | None = None,
+) -> None:
+    """Check the names and every RLE of a segmentation JSON ``{cxr_id: {task: rle}}``.
+
+    Every RLE goes through ``io.masks.validate_rle`` (pycocotools alphabet, complete
+    counts, runs >= 0 summing to h x w, size within bounds and, with ``sizes``, equal to
+    the image's) before any pycocotools call can see it: a malformed counts string makes
+    pycocotools' ``merge`` loop without end. Linear in the JSON's size.
+
+    Args:
+        data: The JSON.
+        source: The file, for error messages.
+        tasks: The names an entry may use (CheXlocalize tasks by default).
+        decode: Also decode each mask.
+        sizes: ``{cxr_id: (h, w)}`` of the images, when known.
+
+    Raises:
+        DataFormatError: naming the file, the CXR and the task: unknown task or malformed RLE.
+    """
+    allowed = tuple(tasks)
+    for cxr_id, entry in data.items():
+        if not isinstance(entry, Mapping):
+            problem = f"expected {{task: rle}}, got {type(entry).__name__}"
+            raise DataFormatError(source, problem, where=str(cxr_id))
+        for task, rle in entry.items():
+            if task not in allowed:
+                problem = str(unknown_name_error("task", str(task), allowed))
+                raise DataFormatError(source, problem, where=str(cxr_id))
+            key = f"{cxr_id}/{task}"
+            size = None if sizes is None else sizes.get(str(cxr_id))
+            validate_rle(rle, source=source, key=key, size=size)
+            if decode:
+                decode_rle(rle, source=source, key=key)
+
+
+def check_segmentations(
+    segmentations: Mapping[str, Any],
+    source: Path | str,
+    sizes: Mapping[str, tuple[int, int]],
+    names: frozenset[str] | None = None,
+) -> None:
+    """Validate RLE segmentations: known names, decodable RLE of the image's size.
+
+    Args:
+        segmentations: ``{cxr_id: {name: rle}}``.
+        source: The file, for error messages.
+        sizes: ``{cxr_id: (h, w)}`` of the images.
+        names: The names an entry may use (``ANNOTATION_TASKS`` by default).
+
+    Raises:
+        DataFormatError: naming the file, the CXR and the name: an RLE size that is not the
+            image's, an unknown name or a malformed RLE.
+    """
+    for cxr_id, entry in segmentations.items():
+        if cxr_id not in sizes:
+            continue
+        expected = list(sizes[cxr_id])
+        for name, rle in entry.items() if isinstance(entry, Mapping) else ():
+            size = rle.get("size") if isinstance(rle, Mapping) else None
+            if isinstance(size, list | tuple) and list(size) != expected:
+                problem = f"RLE size {list(size)} disagrees with the image's [h, w] {expected}"
+                raise DataFormatError(source, problem, where=f"{cxr_id}/{name}")
+    allowed = tuple(sorted(names if names is not None else ANNOTATION_TASKS))
+    validate_segmentation_json(segmentations, source=source, tasks=allowed, decode=True)
+
+
+def check_annotations(
+    annotations: Mapping[str, Any], source: Path | str, sizes: Mapping[str, tuple[int, int]]
+) -> None:
+    """Validate CheXlocalize polygon annotations.
+
+    Checks every task name (``ANNOTATION_TASKS``), every polygon (>= 3 points of 2 numbers)
+    and ``img_size`` against the image size.
+
+    Args:
+        annotations: ``{cxr_id: {"img_size": [h, w], task: polygons}}``.
+        source: The file, for error messages.
+        sizes: ``{cxr_id: (h, w)}`` of the images.
+
+    Raises:
+        DataFormatError: naming the file, the cxr id and task.
+    """
+    for cxr_id, entry in annotations.items():
+        if not isinstance(entry, Mapping):
+            problem = f"expected an object of tasks, got {type(entry).__name__}"
+            raise DataFormatError(source, problem, where=cxr_id)
+        size = entry.get("img_size")
+        if size is None or len(size) != 2:
+            raise DataFormatError(source, "missing 'img_size' [h, w]", where=cxr_id)
+        if cxr_id in sizes and tuple(int(v) for v in size) != sizes[cxr_id]:
+            expected = list(sizes[cxr_id])
+            problem = f"img_size {list(size)} disagrees with the image's [h, w] {expected}"
+            raise DataFormatError(source, problem, where=cxr_id)
+        for task, polygons in entry.items():
+            if task == "img_size":
+                continue
+            if task not in ANNOTATION_TASKS:
+                problem = f"unknown task name '{task}'; expected one of {sorted(ANNOTATION_TASKS)}"
+                raise DataFormatError(source, problem, where=cxr_id)
+            for k, polygon in enumerate(polygons):
+                _check_polygon(polygon, k, source=source, where=f"{cxr_id}/{task}")
+
+
+def _check_polygon(polygon: Any, k: int, *, source: Path | str, where: str) -> None:
+    """Polygon ``k`` must be a list of at least three ``[x, y]`` points."""
+    pts = np.asarray(polygon, dtype=float)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise DataFormatError(source, f"polygon {k} must be a list of [x, y] points", where=where)
+    if len(pts) < 3:
+        problem = f"polygon {k} has {len(pts)} point(s); a polygon needs at least 3"
+        raise DataFormatError(source, problem, where=where)
+
+
+def rasterize_annotations(
+    annotations: Mapping[str, Any], tasks: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """CheXlocalize reference rasterisation: polygons -> RLE for every task of every CXR."""
+    out: dict[str, dict[str, Any]] = {}
+    for cxr_id, entry in annotations.items():
+        h, w = (int(v) for v in entry["img_size"])
+        out[cxr_id] = {t: encode_rle(rasterize_polygons(entry.get(t, []), h, w)) for t in tasks}
+    return out
+
+
+# ----------------------------------------------------------------------------- pickles: reading
+
+
+def _probability(prob: Any, task: str, source: object) -> float:
+    """``prob`` as a float: a number, a one-element array, or the task's entry of a 14-vector."""
+    if isinstance(prob, torch.Tensor | np.ndarray):
+        arr = np.asarray(prob, dtype=float).reshape(-1)
+        if arr.size == 1:
+            return float(arr[0])
+        if arr.size == len(CHEXLOCALIZE_PROB_ORDER):
+            return float(arr[CHEXLOCALIZE_PROB_ORDER.index(task)])
+        problem = f"'prob' must be a float or a 14-vector, got {arr.size} values"
+        raise DataFormatError(source, problem, where="prob")
+    try:
+        return float(prob)
+    except (TypeError, ValueError) as exc:
+        problem = f"'prob' must be a number, got {type(prob).__name__}"
+        raise DataFormatError(source, problem, where="prob") from exc
+
+
+@dataclass(frozen=True)
+class MapRecord:
+    """One heatmap pickle, parsed: map at native resolution, (w, h), probability, label."""
+
+    cxr_id: str
+    task: str
+    map: np.ndarray
+    width: int
+    height: int
+    prob: float
+    gt: float
+
+
+SKIP_PAYLOAD_BYTES = 1 << 16  # byte strings at least this long are seeked over, read on demand
+
+
+class _SkippingReader:
+    """A read-only file view for the unpickler that seeks over large byte strings.
+
+    The C unpickler fills a large ``BINBYTES``/``BYTEARRAY8`` payload through ``readinto``;
+    this view seeks past its bytes instead and leaves a marker in the buffer (a random
+    per-file token and the region's number), so a payload that is never built (the 1.2 MB
+    ``cxr_img`` of a CheXlocalize pickle, or the map itself when only the index fields
+    are needed) is never read from disk. Whoever uses a payload, a torch storage, a numpy
+    array or any other value, gets its real bytes through ``resolve``: a marked buffer is
+    never taken for data.
+    """
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self._token = os.urandom(16)
+        self._regions: list[tuple[int, int]] = []
+
+    def read(self, n: int = -1) -> bytes:
+        return self._fh.read(n)
+
+    def readline(self) -> bytes:
+        return self._fh.readline()
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if len(view) < SKIP_PAYLOAD_BYTES:
+            return self._fh.readinto(view)
+        start = self._fh.tell()
+        end = self._fh.seek(0, os.SEEK_END)
+        n = min(len(view), end - start)
+        self._fh.seek(start + n)
+        view[:n] = bytes(n)
+        marker = self._token + len(self._regions).to_bytes(8, "little")
+        view[: min(n, len(marker))] = marker[:n]
+        self._regions.append((start, n))
+        return n
+
+    def resolve(self, data: Any) -> Any:
+        """``data`` itself, or the real bytes of a payload this reader seeked over."""
+        if (
+            not isinstance(data, bytes | bytearray)
+            or len(data) < SKIP_PAYLOAD_BYTES
+            or data[:16] != self._token
+        ):
+            return data
+        region = self._regions[int.from_bytes(data[16:24], "little")]
+        if region[1] != len(data):
+            raise EOFError(
+                f"truncated payload: {region[1]} of {len(data)} bytes at offset {region[0]}"
+            )
+        payload = self.payload(region)
+        return bytearray(payload) if isinstance(data, bytearray) else payload
+
+    def payload(self, region: tuple[int, int]) -> bytes:
+        """The bytes of a skipped region, read now (keeps the current position)."""
+        here = self._fh.tell()
+        self._fh.seek(region[0])
+        data = self._fh.read(region[1])
+        self._fh.seek(here)
+        if len(data) != region[1]:
+            raise EOFError(
+                f"truncated payload: {len(data)} of {region[1]} bytes at offset {region[0]}"
+            )
+        return data
+
+
+class _SkippingContext(_Context):
+    """A load through a ``_SkippingReader``: payloads are resolved to their real bytes."""
+
+    def __init__(
+        self, source: str, file_size: int, max_bytes: int | None, reader: _SkippingReader
+    ) -> None:
+        super().__init__(source, file_size, max_bytes)
+        self._reader = reader
+
+    def payload(self, data: Any) -> Any:
+        return self._reader.resolve(data)
+
+    def skipped(self) -> bool:
+        return bool(self._reader._regions)
+
+
+class _MapOnlyUnpickler(_TorchPickleUnpickler):
+    """The project's restricted tensor unpickler, reading through a ``_SkippingReader``.
+
+    The allow-list and the size checks are those of ``io.safe_pickle``; storages, tensors
+    and numpy arrays are records (``_Record``) built after loading, so only the values
+    asked for (``map``, ``prob``, ``gt``) are ever built, and the 1.2 MB ``cxr_img``
+    never is. A large payload's bytes are only read from disk when its value is built.
+    """
+
+    def __init__(self, reader: _SkippingReader, ctx: _SkippingContext) -> None:
+        super().__init__(reader, ctx)
+        self._reader = reader
+
+
+def load_heatmap_pickle(
+    path: str | Path,
+    keys: tuple[str, ...] = ("map", "prob", "gt"),
+    *,
+    max_bytes: int | None = None,
+) -> Any:
+    """Safely load a heatmap pickle, building only the values under ``keys``.
+
+    Large payloads outside ``keys`` are seeked over, never read; their values stay
+    unbuilt records (``_Record``). Tensors and numpy arrays (protocols 2 to 5, in-band)
+    give the same values as ``load_torch_pickle``. Zip files written by ``torch.save`` go
+    through ``load_torch_pickle`` unchanged.
+
+    Args:
+        path: The pickle.
+        keys: The dict values to build.
+        max_bytes: Largest allocation the file may ask for (``io.safe_pickle``
+            ``DEFAULT_MAX_BYTES`` by default); allocations are also bounded by the file size.
+
+    Raises:
+        DataFormatError: not a pickle, it references anything but tensors, arrays and
+            plain values, or it asks for more memory than its size or ``max_bytes``.
+    """
+    path = Path(path)
+    with path.open("rb") as fh:
+        if fh.read(2) == b"PK":
+            return load_torch_pickle(path, max_bytes=max_bytes)
+        fh.seek(0)
+        try:
+            reader = _SkippingReader(fh)
+            ctx = _SkippingContext(str(path), _open_size(fh), max_bytes, reader)
+            _scan_opcodes(fh, ctx)
+            info = _MapOnlyUnpickler(reader, ctx).load()
+            if isinstance(info, Mapping):
+                return {
+                    k: v if isinstance(v, _Record) and k not in keys else ctx.materialize(v)
+                    for k, v in info.items()
+                }
+            return ctx.finish(info)
+        except DataFormatError:
+            raise
+        except _READ_ERRORS as exc:
+            raise DataFormatError(path, f"not a readable heatmap pickle: {exc}") from exc
+
+
+def _map_shape(shape: Sequence[int], path: str | Path) -> tuple[int, int]:
+    """(h, w) of a map of shape (1, 1, h, w) or (h, w); a clear error otherwise."""
+    dims = tuple(int(d) for d in shape)
+    if len(dims) >= 2 and int(np.prod(dims[:-2])) == 1:
+        dims = dims[-2:]
+    if len(dims) != 2:
+        problem = f"'map' must be (1, 1, h, w) or (h, w), got shape {dims}"
+        raise DataFormatError(path, problem, where="map")
+    return dims[0], dims[1]
+
+
+def _map_values(raw: Any, path: str | Path) -> np.ndarray:
+    """The (h, w) float32 map of a pickle's ``map`` value, checked to be finite."""
+    original = raw
+    if isinstance(raw, _Record):
+        raw = raw.build()
+    try:
+        arr = np.asarray(torch.as_tensor(raw).detach().cpu(), dtype=np.float32)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        problem = f"'map' must be a tensor or array, got {type(original).__name__}"
+        raise DataFormatError(path, problem, where="map") from exc
+    arr = arr.reshape(_map_shape(arr.shape, path))
+    if not np.isfinite(arr).all():
+        problem = "heatmap holds NaN or infinite values; expected finite floats"
+        raise DataFormatError(path, problem, where="map")
+    return arr
+
+
+def _cxr_dims(dims: Any, path: str | Path) -> tuple[int, int]:
+    """(w, h) of the original image from ``cxr_dims``, both positive."""
+    try:
+        width, height = (int(dims[0]), int(dims[1]))
+    except (TypeError, IndexError, ValueError) as exc:
+        problem = f"'cxr_dims' must be (w, h), got {dims!r}"
+        raise DataFormatError(path, problem, where="cxr_dims") from exc
+    if width <= 0 or height <= 0:
+        problem = f"'cxr_dims' must be positive (w, h), got {dims!r}"
+        raise DataFormatError(path, problem, where="cxr_dims")
+    return width, height
+
+
+def read_heatmap_pickle(path: str | Path, *, with_map: bool = True) -> MapRecord:
+    """Load and validate one CheXlocalize heatmap pickle (restricted unpickler, map only).
+
+    Args:
+        path: The ``{cxr_id}_{task}_map.pkl`` file.
+        with_map: Build and check the map (finite values). ``False`` (indexing): the map
+            tensor's bytes are not read; ``MapRecord.map`` is an empty array of the map's
+            shape, and the values are checked when the map is loaded for evaluation.
+
+    Raises:
+        DataFormatError: not a dict with ``map``/``prob``/``cxr_dims``, a malformed map or
+            dims, NaN/inf values, or code-executing content.
+    """
+    cxr_id, task = parse_map_filename(path)
+    info = load_heatmap_pickle(path, keys=("map", "prob", "gt") if with_map else ("prob", "gt"))
+    if not isinstance(info, Mapping):
+        problem = f"expected a dict with keys {list(PICKLE_KEYS)}, got {type(info).__name__}"
+        raise DataFormatError(path, problem)
+    missing = [k for k in PICKLE_KEYS if k not in info]
+    if missing:
+        problem = f"heatmap pickle lacks key(s) {missing}; expected {list(PICKLE_KEYS)}"
+        raise DataFormatError(path, problem)
+    raw = info["map"]
+    if not with_map and isinstance(raw, _Record) and raw.shape is not None:
+        # shape from the tensor/array record, bytes unread
+        arr = np.empty(_map_shape(raw.shape, path), dtype=np.float32)
+    else:
+        arr = _map_values(raw, path)
+    width, height = _cxr_dims(info["cxr_dims"], path)
+    gt = info.get("gt", np.nan)
+    gt = np.nan if gt is None or isinstance(gt, _Record) else gt
+    prob = _probability(info["prob"], task, path)
+    return MapRecord(cxr_id, task, arr, width, height, prob, float(gt))
+
+
+def _index_row(path: Path) -> tuple[dict[str, Any], tuple[int, int]]:
+    """Index fields and map shape of one pickle (runs in a worker; map bytes not read).
+
+    Raises:
+        DataFormatError: ``cxr_dims`` beyond ``MAX_MASK_SIDE`` (the upsampled map and its
+            mask would be unboundedly large).
+    """
+    rec = read_heatmap_pickle(path, with_map=False)
+    if rec.width > MAX_MASK_SIDE or rec.height > MAX_MASK_SIDE:
+        problem = (
+            f"'cxr_dims' (w, h) = ({rec.width}, {rec.height}) exceed {MAX_MASK_SIDE} px; "
+            "expected the original image size"
+        )
+        raise DataFormatError(path, problem, where="cxr_dims")
+    row = {
+        "image_id": rec.cxr_id,
+        "task": rec.task,
+        "prob": rec.prob,
+        "gt": rec.gt,
+        "cxr_w": rec.width,
+        "cxr_h": rec.height,
+    }
+    return row, tuple(rec.map.shape)
+
+
+@dataclass
+class PickleMapStack:
+    """Lazy (n, h, w) stack of heatmap pickles: ``stack[i]`` loads file ``i`` when asked.
+
+    Quacks like the ``maps`` array of a ``HeatmapSet`` (``ndim``, ``shape``, integer and
+    boolean indexing), so a CheXlocalize folder streams through the same nodes without
+    holding all maps in memory.
+    """
+
+    paths: list[Path]
+    map_shape: tuple[int, int]
+    ndim: int = field(default=3, init=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(n, h, w) at native map resolution."""
+        return (len(self.paths), *self.map_shape)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: Any) -> Any:
+        if isinstance(item, int | np.integer):
+            return read_heatmap_pickle(self.paths[int(item)]).map
+        mask = np.asarray(item)
+        idx = np.flatnonzero(mask) if mask.dtype == bool else mask.astype(int)
+        return PickleMapStack([self.paths[i] for i in idx], self.map_shape)
+
+
+def _folder_files(root: Path, skip_unparsable: bool) -> tuple[list[Path], list[Path]]:
+    """(heatmap pickles, skipped files) of a map folder; every non-hidden file must parse.
+
+    Raises:
+        DataFormatError: naming the first file whose name is not ``<cxr_id>_<task>_map.pkl``
+            with a CheXlocalize task (unless ``skip_unparsable``).
+    """
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    paths, skipped = [], []
+    for path in files:
+        try:
+            parse_map_filename(path)
+        except DataFormatError as exc:
+            if not skip_unparsable:
+                problem = (
+                    f"{exc.problem}; its map would count as missing. Remove or rename the file, "
+                    "or pass skip_unparsable (runtime param skip_unparsable_maps=true) to skip "
+                    "such files with a warning"
+                )
+                raise DataFormatError(path, problem) from exc
+            skipped.append(path)
+            continue
+        paths.append(path)
+    if skipped:
+        names = ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        logger.warning(
+            "%s: skipped %d file(s) whose name is not '<cxr_id>_<task>%s': %s",
+            root,
+            len(skipped),
+            MAP_SUFFIX,
+            names,
+        )
+    return paths, skipped
+
+
+def read_heatmap_folder(
+    folder: str | Path,
+    *,
+    model: str = "chexlocalize",
+    method: str = "gradcam",
+    workers: int | None = None,
+    skip_unparsable: bool = False,
+) -> HeatmapSet:
+    """Index a CheXlocalize map folder as a lazy ``HeatmapSet`` (maps load on access).
+
+    Every pickle's header is read once (in parallel) to fill the index (prob, gt,
+    cxr_dims, map shape); tensor payloads are seeked over, and each map's values are read
+    and checked when it is evaluated.
+
+    Every non-hidden file of the folder (searched recursively) must be named
+    ``<cxr_id>_<task>_map.pkl``: a file that is not would silently be a missing map.
+    With ``skip_unparsable`` such files are skipped with a warning, and their paths are
+    kept in ``index.attrs["skipped_files"]`` (the localization pipeline writes their
+    count in its outputs).
+
+    Args:
+        folder: Folder searched recursively for ``*_map.pkl``.
+        model: Model name for the index.
+        method: Saliency method name for the index.
+        workers: Processes (``None`` = one per core, 1 = in this process).
+        skip_unparsable: Skip (with a warning) files whose name does not parse instead of
+            stopping.
+
+    Raises:
+        DataFormatError: the folder has no ``*_map.pkl`` file, a file name does not parse
+            (without ``skip_unparsable``), or a file is malformed.
+    """
+    root = Path(folder)
+    paths, skipped = _folder_files(root, skip_unparsable)
+    if not paths:
+        raise DataFormatError(root, f"no '*{MAP_SUFFIX}' heatmap files found")
+    rows, shapes = [], set()
+    indexed = ordered_map(
+        _index_row, paths, n_items=len(paths), workers=workers, chunksize=16, desc="index heatmaps"
+    )
+    for row, shape in indexed:
+        rows.append({**row, "model": model, "method": method})
+        shapes.add(shape)
+    index = pd.DataFrame(rows)
+    index.attrs["skipped_files"] = [str(p) for p in skipped]
+    maps = PickleMapStack(paths, next(iter(sorted(shapes))))
+    return HeatmapSet(index, maps)  # type: ignore[arg-type]
+
+
+def read_chexlocalize_folder(
+    folder: str | Path,
+    *,
+    model: str = "chexlocalize",
+    method: str = "gradcam",
+    materialise: bool = True,
+) -> HeatmapSet:
+    """Read a folder written by ``write_chexlocalize_folder`` (rows sorted by file name).
+
+    ``read_heatmap_folder`` (restricted unpickler, file-name and content checks) plus the
+    writer's convention for unknown labels (``gt == -1`` -> NaN).
+
+    Args:
+        folder: Folder of ``{cxr_id}_{task}_map.pkl`` files.
+        model: Value of the ``model`` column.
+        method: Value of the ``method`` column.
+        materialise: Load every map into one float32 array (default); ``False`` keeps the
+            reader's lazy stack that loads a pickle per access.
+
+    Returns:
+        The set, maps at the pickles' own resolution.
+
+    Raises:
+        DataFormatError: no pickles, a malformed or unsafe file.
+    """
+    lazy = read_heatmap_folder(folder, model=model, method=method)
+    index = lazy.index.copy()
+    index["gt"] = index["gt"].astype(float).mask(index["gt"] == UNKNOWN_GT)
+    if not materialise:
+        return HeatmapSet(index=index, maps=lazy.maps)
+    if len(lazy):
+        maps = np.stack([np.asarray(lazy.maps[i], dtype=np.float32) for i in range(len(lazy))])
+    else:
+        maps = np.zeros((0, 1, 1), np.float32)
+    return HeatmapSet(index=index, maps=maps)
+
+
+# ----------------------------------------------------------------------------- pickles: writing
+
+
+def heatmap_payload(
+    row: Mapping[str, Any], heatmap: np.ndarray, image: np.ndarray
+) -> dict[str, Any]:
+    """The CheXlocalize dict of one map.
+
+    Args:
+        row: One ``HeatmapSet.index`` row.
+        heatmap: (h, w) map.
+        image: (h', w') uint8 (or [0, 1] float) model-input image.
+
+    Returns:
+        The dict to pickle.
+    """
+    img = np.asarray(image)
+    img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+    gt = row["gt"]
+    return {
+        "map": torch.from_numpy(np.asarray(heatmap, dtype=np.float32).copy())[None, None],
+        "prob": float(row["prob"]),
+        "task": str(row["task"]),
+        "gt": UNKNOWN_GT if not np.isfinite(float(gt)) else int(gt),
+        "cxr_img": torch.from_numpy(np.repeat(img[None], 3, axis=0).copy()),
+        "cxr_dims": (int(row["cxr_w"]), int(row["cxr_h"])),
+    }
+
+
+def iter_payloads(
+    heatmaps: HeatmapSet, images: Mapping[str, np.ndarray]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(file name, payload)`` for every row of ``heatmaps``.
+
+    Raises:
+        ContractError: an image of the set is missing from ``images``.
+    """
+    for i, row in enumerate(heatmaps.index.to_dict("records")):
+        image_id = str(row["image_id"])
+        if image_id not in images:
+            raise ContractError(f"no image for heatmap row {i} (image_id {image_id!r})")
+        name = pickle_name(image_id, str(row["task"]))
+        yield name, heatmap_payload(row, heatmaps.maps[i], images[image_id])
+
+
+def write_chexlocalize_folder(
+    heatmaps: HeatmapSet,
+    images: Mapping[str, np.ndarray],
+    folder: str | Path,
+    *,
+    progress: bool = True,
+) -> int:
+    """Write a heatmap set as a CheXlocalize pickle folder, atomically (all files or none).
+
+    Args:
+        heatmaps: The set.
+        images: Model-input image per ``image_id``.
+        folder: Destination folder; an existing one is replaced when the new one is complete.
+        progress: Show a progress bar.
+
+    Returns:
+        The number of files written.
+    """
+    count = 0
+    with atomic_dir(folder) as tmp:
+        payloads = tqdm(
+            iter_payloads(heatmaps, images),
+            total=len(heatmaps),
+            desc=f"export {Path(folder).name}",
+            leave=False,
+            disable=not progress,
+        )
+        for name, payload in payloads:
+            with (tmp / name).open("wb") as fh:
+                pickle.dump(payload, fh, protocol=PICKLE_PROTOCOL)
+            count += 1
+    logger.info("wrote %d CheXlocalize heatmap pickles to %s", count, folder)
+    return count

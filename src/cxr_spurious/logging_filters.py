@@ -1,0 +1,195 @@
+"""What a ``kedro run`` prints on the console, and the log file that keeps everything else.
+
+The console shows one line per node (``StageTimingHooks``), progress bars, the warnings that
+need the user's attention (the project's own; Kedro's, MLflow's), and the stage summary.
+Everything (every dataset load and save, every library warning, full tracebacks) is written
+to the log file, ``logs/info.log`` under the project root.
+
+Kedro 1.7 accepts only ``logging`` / ``kedro.logging`` classes in ``conf/logging.yml`` (and no
+``()`` factories), so the console filter and the file handler cannot be named there; the
+project's ``run`` command (``cli.py``) installs them with ``configure_run_logging`` before the
+session starts. Levels per logger stay in ``conf/logging.yml``.
+
+A record is kept off the console (and still written to the file) when:
+
+* it carries ``extra={"console": False}`` (e.g. the traceback of a user's mistake);
+* it is one of Kedro's per-dataset / per-node INFO lines (``CONSOLE_QUIET_INFO``);
+* it is a Python warning (``py.warnings``) raised inside an installed library
+  (``site-packages``, this package aside) or a deprecation notice: their count is printed at
+  the end of the run instead (``ConsoleFilter.summary``).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import TextIO
+
+#: The log file, relative to the project root.
+LOG_FILE = Path("logs") / "info.log"
+
+#: INFO lines kept off the console: (logger name prefix, message prefix).
+CONSOLE_QUIET_INFO: tuple[tuple[str, str], ...] = (
+    ("kedro.io.data_catalog", ""),  # "Loading data from ..." / "Saving data to ..."
+    ("kedro.pipeline.node", "Running node:"),  # replaced by the hook's line with the time
+    ("kedro.runner", "Completed "),  # "Completed node: x", "Completed 3 out of 9 tasks"
+    ("kedro.runner", "Using synchronous mode"),
+    ("kedro.validation", "No typed parameter requirements"),
+    ("kedro_mlflow", "Registering new custom resolver"),
+    ("kedro_mlflow", "Mlflow run '"),  # tracking.py logs the run's name for what ran
+    ("kedro_mlflow", "The run '"),  # "... was closed because of an error" (once per run)
+)
+
+#: Warning categories that never need a user's attention on the console.
+QUIET_CATEGORIES = frozenset(
+    {"DeprecationWarning", "PendingDeprecationWarning", "FutureWarning", "KedroDeprecationWarning"}
+)
+
+# ``logging.captureWarnings`` logs "path:line: Category: message\n  source line".
+_WARNING_HEAD = re.compile(r"^(?P<path>.*?):(?P<line>\d+): (?P<category>\w+): ")
+_LIBRARY_DIRS = ("site-packages", "dist-packages")
+
+_FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
+
+
+def warning_origin(record: logging.LogRecord) -> tuple[str, str] | None:
+    """``(file path, warning category)`` of a ``py.warnings`` record, else None."""
+    if record.name != "py.warnings":
+        return None
+    match = _WARNING_HEAD.match(record.getMessage())
+    if match is None:
+        return None
+    return match.group("path"), match.group("category")
+
+
+def is_library_warning(record: logging.LogRecord) -> bool:
+    """A Python warning raised inside an installed package, or any deprecation notice."""
+    origin = warning_origin(record)
+    if origin is None:
+        return False
+    path, category = origin
+    parts = Path(path).parts
+    if category in QUIET_CATEGORIES:
+        return True
+    return "cxr_spurious" not in parts and any(d in parts for d in _LIBRARY_DIRS)
+
+
+class ConsoleFilter(logging.Filter):
+    """Keep per-dataset INFO lines, library warnings and file-only records off the console.
+
+    Counts the library warnings it drops (per category) for the end-of-run summary.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped_warnings: Counter[str] = Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "console", True) is False:
+            return False
+        if record.levelno == logging.INFO and _quiet_info(record):
+            return False
+        if is_library_warning(record):
+            origin = warning_origin(record)
+            self.dropped_warnings[origin[1] if origin else "Warning"] += 1
+            return False
+        return True
+
+    def summary(self, log_file: Path | str) -> str | None:
+        """One line naming how many library warnings went to the log file only (None: none)."""
+        total = sum(self.dropped_warnings.values())
+        if not total:
+            return None
+        kinds = ", ".join(f"{n} {cat}" for cat, n in self.dropped_warnings.most_common())
+        return f"{total} warning(s) from libraries ({kinds}) are in {Path(log_file).as_posix()}"
+
+
+def _quiet_info(record: logging.LogRecord) -> bool:
+    message: str | None = None
+    for logger_prefix, message_prefix in CONSOLE_QUIET_INFO:
+        if record.name == logger_prefix or record.name.startswith(logger_prefix + "."):
+            if message is None:
+                message = str(record.msg)
+            if message.startswith(message_prefix):
+                return True
+    return False
+
+
+class PlainConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Console handler for output that is not a terminal (a file, a pipe, CI logs).
+
+    One record, one line per line of its message: no wrapping at the console width (rich
+    wraps at 80 columns when it cannot see a terminal, in the middle of words), no colours.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream if stream is not None else sys.stdout)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)-8s %(message)s", "%H:%M:%S"))
+
+
+def _is_console_handler(handler: logging.Handler) -> bool:
+    if isinstance(handler, logging.FileHandler):
+        return False
+    if hasattr(handler, "console"):  # rich.logging.RichHandler (and Kedro's subclass)
+        return True
+    return isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (
+        sys.stdout,
+        sys.stderr,
+        sys.__stdout__,
+        sys.__stderr__,
+    )
+
+
+def _is_terminal(handler: logging.Handler) -> bool:
+    console = getattr(handler, "console", None)
+    if console is not None:
+        return bool(console.is_terminal)
+    stream = getattr(handler, "stream", None)
+    return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+
+
+def configure_run_logging(project_path: Path | str = ".") -> tuple[ConsoleFilter, Path]:
+    """Route a run's output: a quiet console, everything in ``<project>/logs/info.log``.
+
+    Idempotent: handlers and filters installed by an earlier call are replaced.
+
+    Args:
+        project_path: The project root (the log file goes under its ``logs/``).
+
+    Returns:
+        The console filter (its ``summary`` names the dropped library warnings) and the
+        log file's path.
+    """
+    root = logging.getLogger()
+    log_file = Path(project_path) / LOG_FILE
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and getattr(handler, "_cxr_run_logging", 0):
+            root.removeHandler(handler)
+            handler.close()
+    console_filter = ConsoleFilter()
+    for handler in list(root.handlers):
+        if not _is_console_handler(handler):
+            continue
+        for old in [f for f in handler.filters if isinstance(f, ConsoleFilter)]:
+            handler.removeFilter(old)
+        if not _is_terminal(handler) and not isinstance(handler, PlainConsoleHandler):
+            plain = PlainConsoleHandler(getattr(getattr(handler, "console", None), "file", None))
+            plain.setLevel(handler.level)
+            plain.addFilter(console_filter)
+            root.removeHandler(handler)
+            root.addHandler(plain)
+        else:
+            handler.addFilter(console_filter)
+    file_handler = logging.handlers.RotatingFileHandler(
+        log_file, maxBytes=20_000_000, backupCount=3, encoding="utf-8"
+    )
+    file_handler.setFormatter(logging.Formatter(_FORMAT))
+    file_handler.setLevel(logging.INFO)
+    file_handler._cxr_run_logging = True  # type: ignore[attr-defined]
+    root.addHandler(file_handler)
+    return console_filter, log_file

@@ -1,0 +1,98 @@
+"""Thin nodes of the report pipeline; the page is built by ``cxr_spurious.report``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pandas as pd
+
+from cxr_spurious.report.study import (
+    HUMAN_TABLES,
+    StudyReportInputs,
+    build_study_report,
+    stack_per_model,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def stack_calibration(**tables: pd.DataFrame) -> pd.DataFrame:
+    """Every model's ``<m>.calibration`` in one table (keyword = model name)."""
+    return stack_per_model(tables)
+
+
+def stack_fairness_gaps(**tables: pd.DataFrame) -> pd.DataFrame:
+    """Every model's ``<m>.fairness_gaps`` in one table (keyword = model name)."""
+    return stack_per_model(tables)
+
+
+def _loaded(partitions: Mapping[str, Callable[[], Any]], keep: Callable[[str], bool]) -> dict:
+    """The partitions of a ``PartitionedDataset`` whose id ``keep`` accepts, loaded."""
+    return {key: load() for key, load in sorted(partitions.items()) if keep(key)}
+
+
+def build_report(
+    dataset_report: pd.DataFrame,
+    example_grid: bytes,
+    study_findings: pd.DataFrame,
+    study_findings_figure: bytes,
+    localization_overlays: Mapping[str, Callable[[], bytes]],
+    localization_summary: pd.DataFrame,
+    chexlocalize_reports: Mapping[str, Callable[[], pd.DataFrame]],
+    regression_forest_plot: bytes,
+    robustness_summary: pd.DataFrame,
+    calibration: pd.DataFrame,
+    fairness_gaps: pd.DataFrame,
+    headline_table: pd.DataFrame | None,
+    sweep_summary: pd.DataFrame | None,
+    shortcut_detection: pd.DataFrame | None,
+    title: str,
+    max_rows: int,
+) -> str:
+    """The study report (``report``): one HTML page of the stages' reporting datasets.
+
+    Args:
+        dataset_report: Counts per split, label and subgroup.
+        example_grid: PNG of the example images.
+        study_findings: The findings table (one row per model).
+        study_findings_figure: PNG of the findings figure.
+        localization_overlays: Overlay PNG per heatmap set (partitions, loaded here).
+        localization_summary: Localization per heatmap set.
+        chexlocalize_reports: CheXlocalize report tables (partitions; only the human
+            benchmark comparisons are loaded).
+        regression_forest_plot: PNG of the regression forest plot.
+        robustness_summary: Robustness per model.
+        calibration: Calibration of every model (``stack_calibration``).
+        fairness_gaps: Fairness gaps of every model (``stack_fairness_gaps``).
+        headline_table: The comparison's table, ``None`` when it has not been run.
+        sweep_summary: The sweep's summary, ``None`` when it has not been run.
+        shortcut_detection: The sweep's detection table, ``None`` likewise.
+        title: ``params:report.title``.
+        max_rows: ``params:report.max_table_rows``.
+
+    Returns:
+        The HTML page.
+    """
+    inputs = StudyReportInputs(
+        dataset_report=dataset_report,
+        example_grid=example_grid,
+        study_findings=study_findings,
+        study_findings_figure=study_findings_figure,
+        overlays=_loaded(localization_overlays, lambda key: True),
+        localization_summary=localization_summary,
+        human_benchmark=_loaded(
+            chexlocalize_reports, lambda key: key.rpartition("/")[2] in HUMAN_TABLES
+        ),
+        regression_forest_plot=regression_forest_plot,
+        robustness_summary=robustness_summary,
+        calibration=calibration,
+        fairness_gaps=fairness_gaps,
+        headline_table=headline_table,
+        sweep_summary=sweep_summary,
+        shortcut_detection=shortcut_detection,
+    )
+    page = build_study_report(inputs, title=title, max_rows=int(max_rows))
+    logger.info("study report: %.1f MB of HTML", len(page.encode()) / 1e6)
+    return page

@@ -1,0 +1,297 @@
+"""Thin nodes of the ``sweep`` pipeline; the work is in ``cxr_spurious.sweep``.
+
+Per cell (namespace ``cell.namespace``): ``plan_cell`` (the cell's variant block, config
+hash and resume decision) -> ``compose_cell`` (the cell's manifest and in-memory image
+cache: which images carry the artefact) -> the training template -> ``tag_run_record``
+(cell and seed on the MLflow child run) -> the saliency template's ``compute_heatmaps`` ->
+``predict_renders`` and ``attribute_saliency`` -> ``summarise_cell`` (one ``sweep_models``
+row). A cell whose previous row has the same config hash is skipped: every node returns
+``SKIPPED`` and the row's ``SkippableDataset`` keeps the previous file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cxr_spurious.datasets.skippable import SKIPPED, is_skipped
+from cxr_spurious.errors import ContractError
+from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.models import model_from_artifact
+from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.sweep.attribution import saliency_table
+from cxr_spurious.sweep.confounding import NO_LESION, ORIGINAL, assign_artefacts, render_name
+from cxr_spurious.sweep.detection import shortcut_detection
+from cxr_spurious.sweep.figures import plot_detection, plot_strength_curves
+from cxr_spurious.sweep.grid import Cell, config_hash
+from cxr_spurious.sweep.metrics import model_metrics, model_row, render_table
+from cxr_spurious.sweep.summary import paired_differences, summarise_cells
+from cxr_spurious.training.device import setup_for
+from cxr_spurious.training.outputs import predict_images, predictions_frame
+
+logger = logging.getLogger(__name__)
+
+#: Manifest column of a cell: 1 where the image carries the cell's artefact.
+ARTEFACT_COLUMN = "artefact"
+#: Keys of the ``sweep`` parameters that decide a cell's row besides the cell and training.
+HASHED_SWEEP_KEYS: tuple[str, ...] = ("task", "test_p", "ingestion", "saliency", "metrics")
+
+
+def plan_cell(
+    previous_row: Mapping[str, Any] | None,
+    training: Mapping[str, Any],
+    sweep: Mapping[str, Any],
+    *,
+    cell: Cell,
+) -> dict[str, Any]:
+    """The cell's variant block, its config hash and whether its previous row still holds.
+
+    Args:
+        previous_row: The cell's row of an earlier run (None if there is none).
+        training: The shared ``training`` parameters.
+        sweep: The ``sweep`` parameters (``training`` block and everything hashed).
+        cell: The cell (bound when the pipeline is built).
+
+    Returns:
+        ``{"cell", "variant", "config_hash", "skip", "reason"}``: ``variant`` is merged over
+        ``sweep.training`` by the training template's ``resolve_config``.
+    """
+    variant = {
+        "name": cell.namespace,
+        "supervision": cell.supervision,
+        "location_fraction": cell.location_fraction,
+        "seed": cell.seed,
+    }
+    shared = {k: v for k, v in training.items() if k not in ("variants", "only")}
+    hashed = {
+        "training": {**shared, **dict(sweep.get("training") or {}), **variant},
+        "sweep": {k: sweep.get(k) for k in HASHED_SWEEP_KEYS},
+    }
+    digest = config_hash(cell, hashed)
+    skip = previous_row is not None and previous_row.get("config_hash") == digest
+    reason = f"its row for config hash {digest[:12]} exists (resume)" if skip else ""
+    return {
+        "cell": cell.as_dict(),
+        "variant": variant,
+        "config_hash": digest,
+        "skip": skip,
+        "reason": reason,
+    }
+
+
+def compose_cell(
+    manifest: pd.DataFrame,
+    image_cache: ImageCache,
+    plan: Mapping[str, Any],
+    task: str,
+    test_p: float,
+) -> tuple[Any, Any, Any]:
+    """The cell's manifest (column ``artefact``) and image cache (its confounding level).
+
+    Each image is the ``with_<kind>`` render where ``assign_artefacts`` gives it the
+    artefact, else the original; the artefact mask is the cache's one spurious object.
+
+    Returns:
+        ``(manifest, test_manifest, image_cache)``: the test split's rows are what the
+        training template predicts and evaluates (the sweep needs no train / val
+        predictions); ``SKIPPED`` three times for a skipped cell.
+    """
+    if plan["skip"]:
+        return SKIPPED, SKIPPED, SKIPPED
+    cell = Cell(**plan["cell"])
+    has = assign_artefacts(
+        manifest,
+        task=task,
+        p_given_ptx=cell.p_given_ptx,
+        p_given_no_ptx=cell.p_given_no_ptx,
+        test_p=test_p,
+        seed=cell.seed,
+    )
+    ids = manifest["image_id"].astype(str).tolist()
+    carries = has.reindex(ids, fill_value=False).to_numpy(dtype=bool)
+    render = render_name(cell.artefact)
+    images = image_cache.select_renders(ids, [render if c else ORIGINAL for c in carries])
+    order = image_cache.rows(ids)
+    spurious = np.zeros((len(image_cache), 1, image_cache.size, image_cache.size), np.uint8)
+    spurious[order[carries], 0] = image_cache.render_mask(
+        render, [i for i, c in zip(ids, carries) if c]
+    )
+    full = np.asarray(image_cache.images).copy()
+    full[order] = images
+    stamp = hashlib.sha256(np.packbits(carries).tobytes() + render.encode()).hexdigest()[:12]
+    cache = dataclasses.replace(
+        image_cache,
+        images=full,
+        objects=[cell.artefact],
+        spurious=spurious,
+        renders={},
+        render_ids={},
+        render_masks={},
+        fingerprint=f"{image_cache.fingerprint}-{stamp}",
+    )
+    out = manifest.copy()
+    out[ARTEFACT_COLUMN] = carries.astype(int)
+    out.attrs = dict(manifest.attrs)
+    logger.info(
+        "[%s] %d of %d images carry %s", cell.namespace, int(carries.sum()), len(ids), cell.artefact
+    )
+    test = out[out["split"] == "test"].reset_index(drop=True)
+    test.attrs = dict(out.attrs)
+    return out, test, cache
+
+
+def tag_run_record(run_record: Any, plan: Mapping[str, Any]) -> Any:
+    """The training template's MLflow record with the cell, seed and config hash added as
+    tags and params (the MLflow UI compares cells by them)."""
+    if is_skipped(run_record):
+        return SKIPPED
+    cell = {k: str(v) for k, v in plan["cell"].items()}
+    extra = {**cell, "config_hash": str(plan["config_hash"]), "pipeline": "sweep"}
+    return {
+        **run_record,
+        "tags": {**run_record.get("tags", {}), **extra},
+        "params": {**run_record.get("params", {}), **cell},
+    }
+
+
+def predict_renders(
+    model: Any,
+    manifest: pd.DataFrame,
+    image_cache: ImageCache,
+    config: Mapping[str, Any],
+    plan: Mapping[str, Any],
+) -> Any:
+    """P(task) of every test image on the original, ``with_<kind>`` and ``no_lesion``
+    renders of the sweep's image cache: ``image_id, render, p_<task>``."""
+    if config["skip"] or is_skipped(model):
+        return SKIPPED
+    net = model_from_artifact(
+        model, source=f"{config['variant']}.model", expected_architecture=config["architecture"]
+    )
+    setup = setup_for(config)
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    renders = [ORIGINAL, render_name(plan["cell"]["artefact"])]
+    renders += [NO_LESION] if NO_LESION in image_cache.renders else []
+    frames = []
+    for render in renders:
+        wanted = set(image_cache.render_ids.get(render, test["image_id"]))
+        subset = test[test["image_id"].isin(wanted)].reset_index(drop=True)
+        probs, _ = predict_images(net, subset, image_cache, config, setup, render=render)
+        frame = predictions_frame(subset, probs, net.tasks, config["variant"])
+        frames.append(frame.drop(columns=["split", "model"]).assign(render=render))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["image_id", "render", *[c for c in out.columns if c.startswith("p_")]]]
+
+
+def attribute_saliency(
+    heatmaps: Any,
+    cell_cache: Any,
+    image_cache: ImageCache,
+    plan: Mapping[str, Any],
+    task: str,
+) -> Any:
+    """Per-image lesion localisation and artefact attribution of every saliency method
+    (``cxr_spurious.sweep.attribution.saliency_table``)."""
+    if is_skipped(heatmaps):
+        return SKIPPED
+    sets: Mapping[str, HeatmapSet] = heatmaps
+    ids = sorted({str(i) for s in sets.values() for i in s.index["image_id"]})
+    rows = cell_cache.rows(ids)
+    lesions = np.asarray(cell_cache.masks[rows, cell_cache.task_index(task)])
+    artefacts = np.asarray(cell_cache.spurious[rows, 0])
+    if artefacts.shape[1:] != (image_cache.size, image_cache.size):
+        raise ContractError(
+            f"{plan['cell']['artefact']}: artefact masks {artefacts.shape} do "
+            f"not match the cache size {image_cache.size}"
+        )
+    return saliency_table(sets, ids, lesions, artefacts, task=task)
+
+
+def summarise_cell(
+    render_predictions: Any,
+    saliency: Any,
+    manifest: Any,
+    plan: Mapping[str, Any],
+    task: str,
+    metrics: Mapping[str, Any],
+) -> Any:
+    """One ``sweep_models`` row: the cell, seed, config hash and ``model_metrics``."""
+    if is_skipped(render_predictions):
+        return SKIPPED
+    cell = Cell(**plan["cell"])
+    has = manifest.set_index("image_id")[ARTEFACT_COLUMN].astype(bool)
+    table = render_table(render_predictions, manifest, has, task=task, artefact=cell.artefact)
+    values = model_metrics(
+        table,
+        None if is_skipped(saliency) else saliency,
+        n_boot=int(metrics["n_boot"]),
+        seed=int(metrics["seed"]),
+        level=float(metrics["ci_level"]),
+        max_dropped_share=float(metrics["max_dropped_share"]),
+        label=cell.namespace,
+    )
+    return _plain(model_row(cell, values, plan["config_hash"]))
+
+
+def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-ready values (numpy scalars as Python numbers)."""
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+
+
+def collect_sweep_models(*rows: Any) -> pd.DataFrame:
+    """``sweep_models``: one row per trained model (cells without a row are left out, with
+    a warning naming them)."""
+    missing = sum(is_skipped(r) for r in rows)
+    if missing:
+        logger.warning(
+            "%d of %d sweep cells have no row (skipped by training.only and never trained)",
+            missing,
+            len(rows),
+        )
+    kept = [dict(r) for r in rows if not is_skipped(r)]
+    if not kept:
+        raise ContractError(
+            "sweep_models: no cell has a row; run the sweep without "
+            "training.only, or with a grid that selects some cell"
+        )
+    return pd.DataFrame(kept)
+
+
+def summarise_sweep(
+    models: pd.DataFrame, summary: Mapping[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``sweep_summary`` (per cell, across seeds) and ``sweep_paired_differences``."""
+    level = float(summary["ci_level"])
+    pairs = [tuple(p) for p in summary["pairs"]]
+    cells = summarise_cells(models, level=level)
+    paired = paired_differences(models, pairs, level=level)
+    return cells, paired
+
+
+def detect_shortcuts(models: pd.DataFrame, detection: Mapping[str, Any]) -> pd.DataFrame:
+    """``shortcut_detection``: per saliency method and artefact."""
+    return shortcut_detection(
+        models,
+        reliance_threshold=float(detection["reliance_threshold"]),
+        flag_k=float(detection["flag_k"]),
+        n_boot=int(detection["n_boot"]),
+        seed=int(detection["seed"]),
+        level=float(detection["ci_level"]),
+    )
+
+
+def plot_sweep_strength(summary: pd.DataFrame) -> Figure:
+    """Robust AUROC and reliance against confounding strength (``plot_strength_curves``)."""
+    return plot_strength_curves(summary)
+
+
+def plot_sweep_detection(detection: pd.DataFrame) -> Figure:
+    """Detection AUROC per saliency method and artefact (``plot_detection``)."""
+    return plot_detection(detection)

@@ -1,0 +1,196 @@
+"""Pure HTML building blocks of the study report: tables, embedded PNG figures, the page.
+
+Everything a page shows goes through ``html.escape`` (cell values, column names, titles,
+captions, notes); figures are embedded as ``data:image/png;base64`` URIs and the style
+sheet is inline, so the page is one file that renders without a network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from cxr_spurious.errors import ContractError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
+margin:0;color:#1d232b;background:#f6f7f9;line-height:1.45}
+header{background:#1f3b57;color:#fff;padding:18px 32px}
+header h1{margin:0 0 4px;font-size:24px}header p{margin:0;opacity:.85}
+nav{background:#fff;border-bottom:1px solid #d8dde3;padding:8px 32px;font-size:14px}
+nav a{margin-right:14px;color:#1f5b8f;text-decoration:none}
+main{max-width:1200px;margin:0 auto;padding:8px 32px 40px}
+section{background:#fff;border:1px solid #d8dde3;border-radius:6px;margin:18px 0;
+padding:12px 20px 16px}
+section h2{margin:4px 0 6px;font-size:19px}section h3{font-size:15px;margin:14px 0 4px}
+p.read{margin:0 0 10px;color:#3d4a57;font-style:italic}
+figure{margin:8px 0}figure img{max-width:100%;height:auto;border:1px solid #e3e6ea}
+figcaption{font-size:13px;color:#55606b}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;font-size:12.5px;margin:4px 0 8px}
+th,td{border:1px solid #d8dde3;padding:3px 7px;text-align:right;white-space:nowrap}
+th{background:#eef1f4}td.text,th.text{text-align:left}
+p.note,li.note{color:#6b4e16}
+footer{color:#6b7580;font-size:12px;text-align:center;padding:12px}
+"""
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the page: an anchor id, a title, how to read it, and its HTML body."""
+
+    key: str
+    title: str
+    how_to_read: str
+    body: str
+
+
+def png_data_uri(png: bytes, *, name: str) -> str:
+    """``data:image/png;base64,...`` of a PNG file's bytes.
+
+    Raises:
+        ContractError: ``png`` is not PNG data, naming ``name`` (the figure's dataset).
+    """
+    if not isinstance(png, bytes | bytearray) or not bytes(png).startswith(PNG_SIGNATURE):
+        raise ContractError(f"report figure '{name}' is not a PNG image (expected PNG bytes)")
+    return "data:image/png;base64," + base64.b64encode(bytes(png)).decode("ascii")
+
+
+def figure_html(png: bytes, *, name: str, caption: str = "") -> str:
+    """An embedded figure: ``<figure><img src="data:..."><figcaption>``."""
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return (
+        f'<figure><img src="{png_data_uri(png, name=name)}" alt="{html.escape(name, quote=True)}">'
+        f"{cap}</figure>"
+    )
+
+
+def _fmt(value: object, digits: int) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "" if math.isnan(value) else str(value)
+        if float(value).is_integer() and abs(value) >= 1:
+            return str(int(value))
+        return f"{value:.{digits}f}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def _ci(est: object, lo: object, hi: object, digits: int) -> str:
+    e = _fmt(est, digits)
+    if not e:
+        return ""
+    lo_s, hi_s = _fmt(lo, digits), _fmt(hi, digits)
+    return f"{e} [{lo_s}, {hi_s}]" if lo_s and hi_s else e
+
+
+def with_cis(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """Each estimate with its interval in one text column: ``0.66 [0.60, 0.70]``.
+
+    Columns ``x``, ``x_lo``, ``x_hi`` become one column ``x``, and so do ``estimate``,
+    ``lo``, ``hi``; the bootstrap's bookkeeping columns ``*_dropped`` are left out. Other
+    columns are kept as they are.
+    """
+    out = table.copy()
+    cols = list(out.columns)
+    triples = [(c, f"{c}_lo", f"{c}_hi") for c in cols if f"{c}_lo" in cols and f"{c}_hi" in cols]
+    if {"estimate", "lo", "hi"} <= set(cols):
+        triples.append(("estimate", "lo", "hi"))
+    for est, lo, hi in triples:
+        out[est] = [_ci(e, a, b, digits) for e, a, b in zip(out[est], out[lo], out[hi])]
+    drop = {c for _, lo, hi in triples for c in (lo, hi)} | {
+        c for c in cols if str(c).endswith("_dropped")
+    }
+    return out[[c for c in out.columns if c not in drop]]
+
+
+def table_html(table: pd.DataFrame, *, digits: int = 2, max_rows: int = 60) -> str:
+    """An escaped HTML table (numbers rounded to ``digits``), cut at ``max_rows`` with a note."""
+    shown = table.head(max_rows)
+    head = "".join(
+        f'<th class="{"text" if not pd.api.types.is_numeric_dtype(shown[c]) else "num"}">'
+        f"{html.escape(str(c))}</th>"
+        for c in shown.columns
+    )
+    rows = []
+    for rec in shown.itertuples(index=False):
+        cells = "".join(
+            f'<td class="{"num" if isinstance(v, int | float) else "text"}">'
+            f"{html.escape(_fmt(v, digits))}</td>"
+            for v in rec
+        )
+        rows.append(f"<tr>{cells}</tr>")
+    note = ""
+    if len(table) > max_rows:
+        note = (
+            f'<p class="note">First {max_rows} of {len(table)} rows; the full table is the '
+            "CSV file named above.</p>"
+        )
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>{note}"
+    )
+
+
+def paragraph(text: str, cls: str = "") -> str:
+    """An escaped ``<p>``."""
+    attr = f' class="{html.escape(cls, quote=True)}"' if cls else ""
+    return f"<p{attr}>{html.escape(text)}</p>"
+
+
+def heading(text: str) -> str:
+    """An escaped ``<h3>``."""
+    return f"<h3>{html.escape(text)}</h3>"
+
+
+def render_page(
+    title: str, subtitle: str, sections: Sequence[Section], notes: Sequence[str] = ()
+) -> str:
+    """The whole self-contained page: header, contents, sections, then the omitted ones.
+
+    Args:
+        title: Page title.
+        subtitle: One line under it.
+        sections: The sections, in order (bodies are already HTML).
+        notes: One line per section left out (e.g. an optional table that does not exist),
+            listed under "Not in this report".
+
+    Returns:
+        The HTML document (UTF-8 text).
+
+    Raises:
+        ContractError: two sections share a key.
+    """
+    keys = [s.key for s in sections]
+    if len(set(keys)) != len(keys):
+        raise ContractError(f"report sections must have unique keys, got {keys}")
+    nav = "".join(
+        f'<a href="#{html.escape(s.key, quote=True)}">{html.escape(s.title)}</a>' for s in sections
+    )
+    body = "".join(
+        f'<section id="{html.escape(s.key, quote=True)}"><h2>{html.escape(s.title)}</h2>'
+        f'<p class="read">{html.escape(s.how_to_read)}</p>{s.body}</section>'
+        for s in sections
+    )
+    if notes:
+        items = "".join(f'<li class="note">{html.escape(n)}</li>' for n in notes)
+        body += f'<section id="omitted"><h2>Not in this report</h2><ul>{items}</ul></section>'
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+        f"<header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p></header>"
+        f"<nav>{nav}</nav><main>{body}</main>"
+        "<footer>One self-contained file: figures are embedded, nothing is fetched.</footer>"
+        "</body></html>\n"
+    )

@@ -1,0 +1,335 @@
+"""The study report: one self-contained HTML page from the stages' reporting tables and figures.
+
+``build_study_report`` takes the tables (pandas) and figures (PNG bytes) the stages wrote
+and returns the page (``cxr_spurious.report.html``). Its sections, in order, are
+``SECTIONS``; the comparison and sweep sections are ``OPTIONAL``: when their tables do not
+exist (those pipelines run on request) the section is left out and the page says so under
+"Not in this report". Every section opens with one sentence on how to read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pandas as pd
+
+from cxr_spurious import __version__
+from cxr_spurious.errors import ContractError
+from cxr_spurious.report.html import (
+    Section,
+    figure_html,
+    heading,
+    paragraph,
+    render_page,
+    table_html,
+    with_cis,
+)
+
+# (key, title) of every section, in page order.
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("dataset", "The dataset"),
+    ("findings", "Findings"),
+    ("findings-figure", "Findings figure"),
+    ("overlays", "Saliency overlays per model"),
+    ("localization", "Localization against the simulated radiologist"),
+    ("regression", "What makes a lesion hard to localize"),
+    ("robustness", "Subgroups, fairness and calibration"),
+    ("comparison", "Debiasing comparison"),
+    ("sweep", "Shortcut sweep"),
+)
+OPTIONAL: frozenset[str] = frozenset({"comparison", "sweep"})
+TITLES: dict[str, str] = dict(SECTIONS)
+
+# Human benchmark tables of ``chexlocalize_reports`` (partition "<set>/<name>").
+HUMAN_TABLES: dict[str, str] = {"iou_pct_decrease": "mIoU", "hitmiss_pct_decrease": "hit rate"}
+
+READ: dict[str, str] = {
+    "dataset": (
+        "Example radiographs with their pathology outlines and chest tubes, then the number "
+        "of images per split (patient-disjoint) by label and by subgroup."
+    ),
+    "findings": (
+        "One column per model, one row per measure: each cell is the estimate with its 95 % "
+        "bootstrap CI (patients resampled); robust_auroc ranks pneumothorax without a tube "
+        "against no pneumothorax with a tube (0.5 = chance, low = the tube shortcut), and "
+        "cf_drop_no_tube is how much P(pneumothorax) falls when the tube is removed."
+    ),
+    "findings-figure": (
+        "The headline measures per model with their CIs: bars whose intervals do not overlap "
+        "differ beyond the bootstrap's uncertainty."
+    ),
+    "overlays": (
+        "Each panel is a test radiograph with the model's saliency map blended over it (blue "
+        "low, red high), the true lesion outlined in lime, the chest tube in dashed magenta "
+        "and the map's Otsu segmentation in white: a map on the tube instead of the lesion "
+        "is the shortcut."
+    ),
+    "localization": (
+        "How well each saliency map localizes the lesion (mIoU of its segmentation, hit rate "
+        "of its maximum, share of its mass on the lesion), then the percentage by which it "
+        "falls below the simulated radiologist on the same images (positive = worse than the "
+        "radiologist)."
+    ),
+    "regression": (
+        "Each row is one geometric feature of the lesion regressed against localization "
+        "quality, with its 95 % CI: an interval that does not cross zero is an association."
+    ),
+    "robustness": (
+        "Per model: overall, worst-subgroup and robust (tube-stratified) AUROC and the "
+        "fairness gaps with CIs, then calibration error (ECE, 0 = calibrated) and the gaps "
+        "between subgroups at the chosen operating point (0 = equal)."
+    ),
+    "comparison": (
+        "One row per debiasing variant of the comparison pipeline: compare each variant's "
+        "worst-group and robust AUROC (with CIs) with erm's, the model that learned the "
+        "shortcut."
+    ),
+    "sweep": (
+        "Per cell of the shortcut sweep (artefact x strength, across seeds) the measures with "
+        "CIs, then whether saliency flags the models that rely on the artefact."
+    ),
+}
+
+MISSING: dict[str, str] = {
+    "comparison": (
+        "Debiasing comparison: headline_table has not been written "
+        "(kedro run --pipeline comparison, then kedro run --pipeline report)."
+    ),
+    "sweep": (
+        "Shortcut sweep: sweep_summary / shortcut_detection have not been written "
+        "(kedro run --pipeline sweep, then kedro run --pipeline report)."
+    ),
+}
+
+
+@dataclass
+class StudyReportInputs:
+    """What the report shows: tables as DataFrames, figures as PNG bytes.
+
+    Attributes:
+        dataset_report: ``dataset_report`` (split, task, label, attribute, value, n_images).
+        example_grid: PNG of ``example_grid``.
+        study_findings: ``study_findings`` (one row per model).
+        study_findings_figure: PNG of ``study_findings_figure``.
+        overlays: PNG per heatmap set name (``localization_overlays``).
+        localization_summary: ``localization_summary``.
+        human_benchmark: ``{"<set>/<table>": table}`` of ``chexlocalize_reports`` (``<table>``
+            alone when there is one set); the ``HUMAN_TABLES`` of each set are shown.
+        regression_forest_plot: PNG of ``regression_forest_plot``.
+        robustness_summary: ``robustness_summary``.
+        calibration: ``<m>.calibration`` of every model, stacked with a ``model`` column.
+        fairness_gaps: ``<m>.fairness_gaps`` of every model, stacked likewise.
+        headline_table: ``headline_table`` or ``None`` when it does not exist.
+        sweep_summary: ``sweep_summary`` or ``None``.
+        shortcut_detection: ``shortcut_detection`` or ``None``.
+    """
+
+    dataset_report: pd.DataFrame
+    example_grid: bytes
+    study_findings: pd.DataFrame
+    study_findings_figure: bytes
+    overlays: Mapping[str, bytes]
+    localization_summary: pd.DataFrame
+    human_benchmark: Mapping[str, pd.DataFrame]
+    regression_forest_plot: bytes
+    robustness_summary: pd.DataFrame
+    calibration: pd.DataFrame
+    fairness_gaps: pd.DataFrame
+    headline_table: pd.DataFrame | None = None
+    sweep_summary: pd.DataFrame | None = None
+    shortcut_detection: pd.DataFrame | None = None
+
+
+def stack_per_model(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One table of several models' tables, a ``model`` column first (models in given order)."""
+    frames = [t.assign(model=name)[["model", *t.columns]] for name, t in tables.items()]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"model": []})
+
+
+def _require(table: pd.DataFrame, columns: list[str], name: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ContractError(
+            f"report: table '{name}' lacks column(s) {missing}; has {list(table.columns)}"
+        )
+
+
+def _dataset(inputs: StudyReportInputs, max_rows: int) -> str:
+    counts = inputs.dataset_report
+    _require(counts, ["split", "task", "label", "attribute", "value", "n_images"], "dataset_report")
+    splits = [s for s in ("train", "val", "test") if s in set(counts["split"])]
+    splits += sorted(set(counts["split"]) - set(splits))
+    overall = counts[counts["attribute"] == "all"]
+    by_label = overall.pivot_table(
+        index=["task", "label"], columns="split", values="n_images", aggfunc="sum", fill_value=0
+    ).reindex(columns=splits, fill_value=0)
+    parts = [figure_html(inputs.example_grid, name="example_grid", caption="Example images.")]
+    parts += [
+        heading("Images per split, by label"),
+        table_html(by_label.reset_index(), max_rows=max_rows),
+    ]
+    groups = counts[counts["attribute"] != "all"]
+    if len(groups):
+        task = str(groups["task"].iloc[0])
+        per_group = (
+            groups[groups["task"] == task]
+            .pivot_table(
+                index=["attribute", "value"],
+                columns="split",
+                values="n_images",
+                aggfunc="sum",
+                fill_value=0,
+            )
+            .reindex(columns=splits, fill_value=0)
+        )
+        parts += [
+            heading(f"Images per split, by subgroup (all labels of {task})"),
+            table_html(per_group.reset_index(), max_rows=max_rows),
+        ]
+    return "".join(parts)
+
+
+def _findings(inputs: StudyReportInputs, max_rows: int) -> str:
+    findings = inputs.study_findings
+    _require(findings, ["model"], "study_findings")
+    wide = with_cis(findings).set_index("model").T.reset_index(names="measure")
+    wide.columns = [str(c) for c in wide.columns]
+    return table_html(wide.astype(str).replace({"nan": ""}), max_rows=max_rows)
+
+
+def _overlays(inputs: StudyReportInputs) -> str:
+    if not inputs.overlays:
+        return paragraph("No overlay figures were drawn (no heatmap sets).", "note")
+    models = [str(m) for m in inputs.study_findings.get("model", [])]
+
+    def order(name: str) -> tuple[int, str]:  # the findings' model order, then by name
+        model = name.split(".", 1)[0]
+        return (models.index(model) if model in models else len(models), name)
+
+    return "".join(
+        heading(name) + figure_html(inputs.overlays[name], name=f"localization_overlays/{name}")
+        for name in sorted(inputs.overlays, key=order)
+    )
+
+
+def _localization(inputs: StudyReportInputs, max_rows: int) -> str:
+    summary = inputs.localization_summary
+    _require(summary, ["set", "task"], "localization_summary")
+    keep = [
+        c
+        for c in ("set", "task", "n_cxr", "miou_tp", "hit_rate", "relevance_mass")
+        if c in summary.columns
+    ]
+    parts = [
+        heading("Localization per heatmap set"),
+        table_html(with_cis(summary)[keep], max_rows=max_rows),
+    ]
+    rows = []
+    sets = sorted({str(s) for s in summary["set"]})
+    for key, table in sorted(inputs.human_benchmark.items()):
+        set_name, _, kind = key.rpartition("/")
+        if kind not in HUMAN_TABLES:
+            continue
+        # with one heatmap set the reports have no per-set subfolder
+        set_name = set_name or (sets[0] if len(sets) == 1 else "all sets")
+        _require(table, ["hb", "pred", "pct_diff", "pct_diff_lower", "pct_diff_upper"], key)
+        task_col = "Index" if "Index" in table.columns else table.columns[0]
+        for rec in table.to_dict("records"):
+            rows.append(
+                {
+                    "set": set_name,
+                    "measure": HUMAN_TABLES[kind],
+                    "task": rec[task_col],
+                    "radiologist": rec["hb"],
+                    "model": rec["pred"],
+                    "pct_below": rec["pct_diff"],
+                    "pct_below_lo": rec["pct_diff_lower"],
+                    "pct_below_hi": rec["pct_diff_upper"],
+                }
+            )
+    if rows:
+        parts += [
+            heading("Against the simulated radiologist (% below the radiologist)"),
+            table_html(with_cis(pd.DataFrame(rows), digits=1), digits=3, max_rows=max_rows),
+        ]
+    else:
+        parts.append(paragraph("No human benchmark comparison was computed.", "note"))
+    return "".join(parts)
+
+
+def _robustness(inputs: StudyReportInputs, max_rows: int) -> str:
+    parts = [
+        heading("Robustness summary"),
+        table_html(with_cis(inputs.robustness_summary), max_rows=max_rows),
+    ]
+    cal = inputs.calibration
+    if len(cal):
+        _require(cal, ["model", "attribute"], "calibration")
+        parts += [
+            heading("Calibration (all test images)"),
+            table_html(with_cis(cal[cal["attribute"] == "all"]), max_rows=max_rows),
+        ]
+    if len(inputs.fairness_gaps):
+        parts += [
+            heading("Fairness gaps between subgroups"),
+            table_html(with_cis(inputs.fairness_gaps), max_rows=max_rows),
+        ]
+    return "".join(parts)
+
+
+def _subtitle(findings: pd.DataFrame) -> str:
+    models = ", ".join(str(m) for m in findings["model"]) if "model" in findings else ""
+    tasks = sorted({str(t) for t in findings["task"]}) if "task" in findings else []
+    bits = [f"models: {models}" if models else "", f"task: {', '.join(tasks)}" if tasks else ""]
+    return " · ".join([b for b in bits if b] + [f"cxr-spurious {__version__}"])
+
+
+def build_study_report(
+    inputs: StudyReportInputs,
+    *,
+    title: str = "Spurious correlations in chest X-ray models",
+    max_rows: int = 60,
+) -> str:
+    """The study report as one self-contained HTML page.
+
+    Args:
+        inputs: The stages' tables and figures.
+        title: Page title.
+        max_rows: Longest table shown (longer ones are cut with a note).
+
+    Returns:
+        The HTML page.
+
+    Raises:
+        ContractError: a table lacks a column the report needs, or a figure is not PNG
+            data (both name the dataset).
+    """
+    bodies: dict[str, str] = {
+        "dataset": _dataset(inputs, max_rows),
+        "findings": _findings(inputs, max_rows),
+        "findings-figure": figure_html(inputs.study_findings_figure, name="study_findings_figure"),
+        "overlays": _overlays(inputs),
+        "localization": _localization(inputs, max_rows),
+        "regression": figure_html(inputs.regression_forest_plot, name="regression_forest_plot"),
+        "robustness": _robustness(inputs, max_rows),
+    }
+    if inputs.headline_table is not None:
+        bodies["comparison"] = table_html(with_cis(inputs.headline_table), max_rows=max_rows)
+    sweep = []
+    if inputs.sweep_summary is not None:
+        sweep += [
+            heading("Sweep summary"),
+            table_html(with_cis(inputs.sweep_summary), max_rows=max_rows),
+        ]
+    if inputs.shortcut_detection is not None:
+        sweep += [
+            heading("Shortcut detection by saliency"),
+            table_html(with_cis(inputs.shortcut_detection), max_rows=max_rows),
+        ]
+    if sweep:
+        bodies["sweep"] = "".join(sweep)
+    sections = [Section(k, t, READ[k], bodies[k]) for k, t in SECTIONS if k in bodies]
+    notes = [MISSING[k] for k, _ in SECTIONS if k not in bodies]
+    return render_page(title, _subtitle(inputs.study_findings), sections, notes)

@@ -1,0 +1,178 @@
+"""Across-seed summaries of ``sweep_models``: training variance, not test sampling.
+
+``summarise_cells``: one row per cell (everything but the seed), each metric's mean over the
+seeds with a Student t interval on the seed values (``ci_covers`` = ``seeds``): the spread of
+retraining on the same data design, not the within-run bootstrap CI of one model.
+``paired_differences``: supervisions trained on the same data and seed (same artefact,
+strength, seed and, between two location supervisions, the same location fraction; ``erm``
+uses no location labels and pairs with every fraction), as the mean paired difference with a
+paired t interval and p-value (``scipy.stats.ttest_rel``'s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.sweep.grid import CELL_COLUMNS, LOCATION_SUPERVISIONS
+
+SEED_COLUMN = "seed"
+#: Columns that are never metrics (the cell, the seed and bookkeeping).
+IDENTITY_COLUMNS: frozenset[str] = frozenset(
+    {*CELL_COLUMNS, SEED_COLUMN, "confounding", "namespace", "config_hash"}
+)
+#: Within-run CI columns of ``sweep_models`` (not averaged over seeds).
+CI_SUFFIXES: tuple[str, ...] = ("_lo", "_hi", "_dropped")
+DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("seg", "erm"), ("seg", "box"), ("box", "erm"))
+ONE_SEED_NOTE = "one seed: no across-seed CI"
+
+
+def metric_columns(models: pd.DataFrame) -> list[str]:
+    """Numeric columns of ``sweep_models`` that are metrics (point estimates, not their CIs)."""
+    return [
+        c
+        for c in models.columns
+        if c not in IDENTITY_COLUMNS
+        and not c.endswith(CI_SUFFIXES)
+        and pd.api.types.is_numeric_dtype(models[c])
+        and not pd.api.types.is_bool_dtype(models[c])
+    ]
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the finite values and its Student t interval (NaN bounds with < 2 values)."""
+    if not 0 < level < 1:
+        raise ParameterError("ci_level", f"must be in (0, 1), got {level}")
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(v.mean())
+    if v.size < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return mean, mean - half, mean + half
+
+
+def summarise_cells(
+    models: pd.DataFrame, *, metrics: Sequence[str] | None = None, level: float = 0.95
+) -> pd.DataFrame:
+    """One row per cell: each metric's mean over seeds with a t interval across seeds.
+
+    Args:
+        models: ``sweep_models`` (``CELL_COLUMNS``, ``seed`` and the metric columns).
+        metrics: The metrics to summarise (default: ``metric_columns(models)``).
+        level: Confidence level.
+
+    Returns:
+        ``CELL_COLUMNS``, ``confounding``, ``n_seeds``, ``seeds``, per metric ``<m>``,
+        ``<m>_lo``, ``<m>_hi``; ``ci_covers`` ("seeds") and ``note``.
+    """
+    _check_models(models)
+    names = list(metrics) if metrics is not None else metric_columns(models)
+    rows = []
+    for key, group in models.groupby(list(CELL_COLUMNS), sort=True, dropna=False):
+        row: dict[str, Any] = dict(zip(CELL_COLUMNS, key))
+        row["confounding"] = row["p_given_ptx"] - row["p_given_no_ptx"]
+        row.update(n_seeds=len(group), seeds=_seed_list(group))
+        for m in names:
+            mean, lo, hi = t_interval(group[m].to_numpy(dtype=float), level)
+            row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi})
+        row["ci_covers"] = "seeds"
+        row["note"] = ONE_SEED_NOTE if len(group) == 1 else _missing_note(group, names)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_differences(
+    models: pd.DataFrame,
+    pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS,
+    *,
+    metrics: Sequence[str] | None = None,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Mean difference (a - b) between two supervisions trained on the same data and seed.
+
+    Returns:
+        One row per pair and matched cell: ``pair`` ("seg - erm"), ``supervision_a``,
+        ``supervision_b``, the cell columns (``location_fraction`` of the location side),
+        ``n_pairs``, ``seeds``, per metric ``<m>`` (mean difference), ``<m>_lo``, ``<m>_hi``
+        (paired t interval) and ``<m>_p`` (paired t-test p-value); ``ci_covers``, ``note``.
+    """
+    _check_models(models)
+    same = [f"{a} - {b}" for a, b in pairs if a == b]
+    if same:
+        raise ParameterError("pairs", f"a pair needs two different supervisions, got {same}")
+    names = list(metrics) if metrics is not None else metric_columns(models)
+    frames = [_pair_rows(models, a, b, names, level) for a, b in pairs]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _pair_rows(
+    models: pd.DataFrame, a: str, b: str, names: list[str], level: float
+) -> pd.DataFrame:
+    both_located = a in LOCATION_SUPERVISIONS and b in LOCATION_SUPERVISIONS
+    keys = ["artefact", "strength", "p_given_ptx", "p_given_no_ptx", SEED_COLUMN]
+    keys += ["location_fraction"] if both_located else []
+    cols = keys + names + ([] if both_located else ["location_fraction"])
+    side_a, side_b = (models.loc[models["supervision"] == s, cols] for s in (a, b))
+    merged = side_a.merge(side_b, on=keys, suffixes=("_a", "_b"))
+    if merged.empty:
+        return pd.DataFrame()
+    if not both_located:
+        located = "_a" if a in LOCATION_SUPERVISIONS else "_b"
+        merged["location_fraction"] = merged[f"location_fraction{located}"]
+    cell = [k for k in CELL_COLUMNS if k != "supervision"]
+    rows = []
+    for key, group in merged.groupby(cell, sort=True, dropna=False):
+        row: dict[str, Any] = {"pair": f"{a} - {b}", "supervision_a": a, "supervision_b": b}
+        row.update(dict(zip(cell, key)))
+        row.update(n_pairs=len(group), seeds=_seed_list(group))
+        for m in names:
+            diff = (group[f"{m}_a"] - group[f"{m}_b"]).to_numpy(dtype=float)
+            mean, lo, hi = t_interval(diff, level)
+            row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi, f"{m}_p": _paired_p(diff)})
+        row["ci_covers"] = "seeds (paired)"
+        row["note"] = "one seed pair: no CI" if len(group) == 1 else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _paired_p(diff: np.ndarray) -> float:
+    """Two-sided paired t-test p-value of the finite differences (NaN with < 2 or no spread)."""
+    d = diff[np.isfinite(diff)]
+    if d.size < 2 or d.std(ddof=1) == 0:
+        return float("nan")
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(d.size))
+    return float(2 * stats.t.sf(abs(t), d.size - 1))
+
+
+def _check_models(models: pd.DataFrame) -> None:
+    missing = [c for c in (*CELL_COLUMNS, SEED_COLUMN) if c not in models.columns]
+    if missing:
+        raise ContractError(f"sweep_models: missing column(s) {missing}")
+    repeated = models.duplicated([*CELL_COLUMNS, SEED_COLUMN])
+    if repeated.any():
+        rows = models.loc[repeated, ["artefact", "strength", "supervision", SEED_COLUMN]]
+        raise ContractError(
+            f"sweep_models: a cell and seed repeat, e.g. {rows.head(3).to_dict('records')}"
+        )
+
+
+def _seed_list(group: pd.DataFrame) -> str:
+    return ",".join(str(s) for s in sorted(group[SEED_COLUMN].tolist()))
+
+
+def _missing_note(group: pd.DataFrame, names: list[str]) -> str:
+    short = [
+        f"{m}: {int(group[m].notna().sum())} of {len(group)} seeds"
+        for m in names
+        if group[m].notna().sum() < len(group)
+    ]
+    return ("undefined for some seeds: " + ", ".join(short)) if short else ""

@@ -1,0 +1,115 @@
+"""``kedro run`` on output that is not a terminal: a user's mistake is one message, a bug
+keeps its traceback; both tracebacks are in ``logs/info.log``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.conftest import kedro_env
+
+from cxr_spurious.cli import USER_ERRORS, one_line, user_error
+from cxr_spurious.errors import ContractError, CxrSpuriousError, DataFormatError, ParameterError
+from cxr_spurious.stats.bootstrap import BootstrapDropError
+
+MESSAGE = (
+    "parameter 'ingestion.phantom.n_images': must be at least 19 so that train, val and test "
+    "each get a patient (split_fractions {'train': 0.59, 'val': 0.16, 'test': 0.25}, up to 3 "
+    "studies per patient); got 3"
+)
+
+# A genuine bug: the first node's helper raises KeyError (patched before the pipelines load).
+BUGGY_RUN = """
+import sys
+import cxr_spurious.pipelines.ingestion.nodes as nodes
+def broken(*args, **kwargs):
+    raise KeyError("genuine bug in check_phantom_size")
+nodes.check_phantom_size = broken
+from kedro.framework.cli import main
+sys.argv = ["kedro", "run", "--pipelines", "ingestion", "--env", "test"]
+main()
+"""
+
+
+def _run(project: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = kedro_env()
+    env.pop("COLUMNS", None)  # rich then wraps at 80 columns, as in a CI log or a pipe
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=project,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.integration
+def test_a_bad_parameter_is_one_line_without_traceback(kedro_project: Path) -> None:
+    proc = _run(
+        kedro_project,
+        "-m",
+        "kedro",
+        "run",
+        "--pipelines",
+        "ingestion",
+        "--env",
+        "test",
+        "--params",
+        "ingestion.phantom.n_images=3",
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert f"Error: {MESSAGE}" in proc.stderr.splitlines(), proc.stderr
+    assert "(ParameterError; the full traceback is in logs/info.log)" in proc.stderr
+    assert "Traceback" not in out and "╭" not in out  # no plain nor rich traceback
+    log = (kedro_project / "logs" / "info.log").read_text(encoding="utf-8")
+    assert "Traceback (most recent call last)" in log
+    assert f"The run stopped: {MESSAGE}" in log
+    assert "raise ParameterError(" in log and "check_phantom_size" in log
+
+
+@pytest.mark.integration
+def test_a_genuine_bug_keeps_its_traceback(kedro_project: Path) -> None:
+    proc = _run(kedro_project, "-c", BUGGY_RUN)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr
+    assert "KeyError" in proc.stderr and "genuine bug in check_phantom_size" in proc.stderr
+    assert "the full traceback is in" not in out
+    log = (kedro_project / "logs" / "info.log").read_text(encoding="utf-8")
+    assert "The run failed with an unexpected error" in log
+    assert "Traceback (most recent call last)" in log and "KeyError" in log
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (ParameterError("a.b", "must be > 0"), True),
+        (DataFormatError("labels.csv", "missing column 'x'", where="row 3"), True),
+        (BootstrapDropError("too many undefined replicates"), True),
+        (CxrSpuriousError("unknown architecture 'x'; valid names are: a, b"), True),
+        (ContractError("table lacks column 'image_id'"), False),
+        (KeyError("x"), False),
+    ],
+)
+def test_which_errors_are_a_users_mistake(exc: Exception, expected: bool) -> None:
+    assert (user_error(exc) is exc) is expected
+    assert set(USER_ERRORS) >= {ParameterError, DataFormatError, BootstrapDropError}
+
+
+def test_a_mistake_wrapped_by_kedro_is_found_and_flattened() -> None:
+    from kedro.io.core import DatasetError
+
+    inner = DataFormatError("images/a.png", "polygon 0 has 2 point(s)\n  need at least 3")
+    try:
+        try:
+            raise inner
+        except DataFormatError as exc:
+            raise DatasetError("Failed while loading data from dataset X") from exc
+    except DatasetError as outer:
+        assert user_error(outer) is inner
+    assert one_line(inner) == "images/a.png: polygon 0 has 2 point(s) need at least 3"

@@ -1,0 +1,153 @@
+"""HeatmapSetDataset, HeatmapCollectionDataset, ChexlocalizeExportDataset round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.io.core import DatasetError
+
+from cxr_spurious.datasets.heatmap_folders import (
+    ChexlocalizeExport,
+    ChexlocalizeExportDataset,
+    HeatmapCollectionDataset,
+    HeatmapSetDataset,
+)
+from cxr_spurious.errors import DataFormatError
+from cxr_spurious.heatmaps import HeatmapSet
+
+
+def _set(model: str = "erm", method: str = "gradcam", n: int = 4, seed: int = 0) -> HeatmapSet:
+    rng = np.random.default_rng(seed)
+    index = pd.DataFrame(
+        {
+            "image_id": [f"patient{i}_study1_view1_frontal" for i in range(n)],
+            "task": "Pneumothorax",
+            "prob": rng.random(n),
+            "gt": [1.0, 0.0, np.nan, 1.0][:n],
+            "cxr_w": 300,
+            "cxr_h": 200,
+            "model": model,
+            "method": method,
+        }
+    )
+    return HeatmapSet(index, rng.random((n, 6, 6)).astype(np.float32))
+
+
+def _assert_same(a: HeatmapSet, b: HeatmapSet) -> None:
+    pd.testing.assert_frame_equal(a.index, b.index)
+    assert b.maps.dtype == np.float16
+    np.testing.assert_array_equal(a.maps.astype(np.float16), b.maps)
+
+
+def test_set_round_trip_mmap(tmp_path):
+    ds = HeatmapSetDataset(path=str(tmp_path / "erm.gradcam"))
+    assert not ds.exists()
+    ds.save(_set())
+    assert ds.exists()
+    back = ds.load()
+    _assert_same(_set(), back)
+    assert isinstance(back.maps, np.memmap)
+
+
+def test_collection_round_trip_and_replacement(tmp_path):
+    ds = HeatmapCollectionDataset(path=str(tmp_path / "heatmaps"))
+    first = {"erm.gradcam": _set(), "seg.seg_prob": _set("seg", "seg_prob", seed=1)}
+    ds.save(first)
+    back = ds.load()
+    assert sorted(back) == ["erm.gradcam", "seg.seg_prob"]
+    for name in first:
+        _assert_same(first[name], back[name])
+    ds.save({"box.gradcampp": _set("box", "gradcam++")})  # a new save replaces the whole collection
+    assert sorted(ds.load()) == ["box.gradcampp"]
+    assert not [
+        p for p in (tmp_path).iterdir() if p.name.startswith(".")
+    ]  # no temporary folders left
+
+
+def test_collection_in_memory_filesystem():
+    ds = HeatmapCollectionDataset(path="memory://saliency-test/heatmaps")
+    ds.save({"erm.gradcam": _set()})
+    _assert_same(_set(), ds.load()["erm.gradcam"])
+
+
+def test_collection_errors(tmp_path):
+    ds = HeatmapCollectionDataset(path=str(tmp_path / "none"))
+    with pytest.raises(DatasetError, match="no heatmap sets found"):
+        ds.load()
+    with pytest.raises(DatasetError, match="bad/name"):
+        ds.save({"bad/name": _set()})
+    broken = tmp_path / "set"
+    broken.mkdir()
+    np.save(broken / "maps.npy", np.zeros((2, 3, 3), np.float16))
+    with pytest.raises(DatasetError, match="index.parquet: missing") as info:
+        HeatmapSetDataset(path=str(broken)).load()
+    assert isinstance(info.value.__cause__, DataFormatError)
+
+
+def test_chexlocalize_export_dataset_round_trip(tmp_path):
+    hset = _set(method="gradcam++")
+    images = {i: np.full((6, 6), 128, np.uint8) for i in hset.index["image_id"]}
+    ds = ChexlocalizeExportDataset(path=str(tmp_path / "export"), progress=False)
+    ds.save({"erm.gradcampp": ChexlocalizeExport(hset, images)})
+    assert len(list((tmp_path / "export" / "erm.gradcampp").glob("*_map.pkl"))) == 4
+    back = ds.load()["erm.gradcampp"]
+    assert set(back.index["method"]) == {"gradcam++"} and set(back.index["model"]) == {"erm"}
+    merged = hset.index.merge(back.index, on=["image_id", "task"], suffixes=("", "_b"))
+    np.testing.assert_allclose(merged["prob"], merged["prob_b"])
+    np.testing.assert_array_equal(merged["gt"].fillna(-9), merged["gt_b"].fillna(-9))
+
+
+def test_collection_missing_a_recorded_set_is_an_error(tmp_path):
+    """A removed `erm.gradcam` must stop localization, not become NaN findings (#15.4)."""
+    import shutil
+
+    ds = HeatmapCollectionDataset(path=str(tmp_path / "heatmaps"))
+    ds.save({"erm.gradcam": _set(), "seg.gradcam": _set("seg", seed=1)})
+    shutil.rmtree(tmp_path / "heatmaps" / "erm.gradcam")
+    with pytest.raises(
+        DatasetError,
+        match=r"erm\.gradcam: heatmap set\(s\) \['erm\.gradcam'\].*missing.*--pipeline saliency",
+    ):
+        ds.load()
+    # an incomplete folder counts as missing too
+    ds.save({"erm.gradcam": _set(), "seg.gradcam": _set("seg", seed=1)})
+    (tmp_path / "heatmaps" / "seg.gradcam" / "maps.npy").unlink()
+    with pytest.raises(DatasetError, match=r"seg\.gradcam.*missing or incomplete"):
+        ds.load()
+
+
+def test_collection_ignores_unrecorded_folders_and_reads_legacy_collections(tmp_path, caplog):
+    ds = HeatmapCollectionDataset(path=str(tmp_path / "heatmaps"))
+    ds.save({"erm.gradcam": _set()})
+    HeatmapSetDataset(path=str(tmp_path / "heatmaps" / "old.gradcam")).save(_set("old"))
+    assert list(ds.load()) == ["erm.gradcam"]
+    assert "ignoring set folder(s) ['old.gradcam']" in caplog.text
+    (tmp_path / "heatmaps" / "collection.json").unlink()  # a collection saved before the record
+    assert sorted(ds.load()) == ["erm.gradcam", "old.gradcam"]
+
+
+def test_per_set_outputs_of_a_set_no_longer_evaluated_are_removed(tmp_path):
+    """The base catalog's per-set partitioned outputs drop partitions of sets not saved again."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    conf = OmegaConfigLoader(conf_source="conf", base_env="base", default_run_env="base")["catalog"]
+    entries = {}
+    for name in ("localization_segmentations", "chexlocalize_reports"):
+        entry = dict(conf[name])
+        assert entry.get("overwrite") is True, name
+        entries[name] = {**entry, "path": str(tmp_path / name)}
+    catalog = DataCatalog.from_config(entries)
+    catalog.save("localization_segmentations", {"erm.gradcam": {"a": 1}, "seg.gradcam": {"b": 2}})
+    catalog.save("localization_segmentations", {"seg.gradcam": {"b": 3}})
+    assert sorted(p.name for p in (tmp_path / "localization_segmentations").iterdir()) == [
+        "seg.gradcam.json"
+    ]
+    table = pd.DataFrame({"x": [1]})
+    catalog.save(
+        "chexlocalize_reports",
+        {"erm.gradcam/iou_summary_results": table, "seg.gradcam/iou_summary_results": table},
+    )
+    catalog.save("chexlocalize_reports", {"seg.gradcam/iou_summary_results": table})
+    assert sorted(p.name for p in (tmp_path / "chexlocalize_reports").iterdir()) == ["seg.gradcam"]

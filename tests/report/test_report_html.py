@@ -1,0 +1,167 @@
+"""The study report's HTML: sections, embedded figures, escaping, optional sections."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+from PIL import Image
+from tests.report import synthetic
+
+from cxr_spurious.errors import ContractError
+from cxr_spurious.report.html import Section, png_data_uri, render_page, table_html, with_cis
+from cxr_spurious.report.study import MISSING, OPTIONAL, READ, SECTIONS, build_study_report
+
+
+class _Page(HTMLParser):
+    """Section ids, their first paragraph (how to read), img sources, links and scripts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.imgs: list[str] = []
+        self.external: list[str] = []
+        self.scripts = 0
+        self._in_read = False
+        self.reads: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self.sections.append(str(a.get("id")))
+        if tag == "img":
+            self.imgs.append(str(a.get("src")))
+        if tag == "script":
+            self.scripts += 1
+        for key in ("src", "href"):
+            if a.get(key) and not str(a[key]).startswith(("#", "data:")):
+                self.external.append(str(a[key]))
+        self._in_read = tag == "p" and a.get("class") == "read"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_read:
+            self.reads.append(data)
+            self._in_read = False
+
+
+def _parse(page: str) -> _Page:
+    parser = _Page()
+    parser.feed(page)
+    return parser
+
+
+def test_every_section_in_order_each_with_how_to_read_it():
+    page = build_study_report(synthetic.inputs())
+    parsed = _parse(page)
+    assert parsed.sections == [key for key, _ in SECTIONS]
+    assert parsed.reads == [READ[key] for key, _ in SECTIONS]
+    for _, title in SECTIONS:
+        assert f"<h2>{title}</h2>" in page
+    assert "Not in this report" not in page
+
+
+def test_figures_are_decodable_embedded_pngs_and_nothing_is_fetched():
+    inputs = synthetic.inputs()
+    parsed = _parse(build_study_report(inputs))
+    # example grid, findings figure, one overlay per model, forest plot
+    assert len(parsed.imgs) == 3 + len(inputs.overlays)
+    for src in parsed.imgs:
+        assert src.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1], validate=True)))
+        image.load()
+        assert image.format == "PNG" and image.width > 0 and image.height > 0
+    assert parsed.external == [] and parsed.scripts == 0
+
+
+def test_overlays_follow_the_findings_model_order():
+    page = build_study_report(synthetic.inputs())
+    found = re.findall(r"<h3>(\w+)\.gradcam</h3>", page)
+    assert found == list(synthetic.MODELS)
+
+
+def test_one_heatmap_set_reports_without_subfolders():
+    inputs = synthetic.inputs()
+    inputs.localization_summary = inputs.localization_summary.head(1)  # erm.gradcam only
+    iou = inputs.human_benchmark["erm.gradcam/iou_pct_decrease"]
+    inputs.human_benchmark = {"iou_pct_decrease": iou}
+    page = build_study_report(inputs)
+    section = page.split('id="localization"')[1].split("</section>")[0]
+    assert section.count('<td class="text">erm.gradcam</td><td class="text">mIoU</td>') == 2
+    assert "No human benchmark" not in section
+
+
+def test_missing_optional_sections_are_omitted_with_a_note():
+    page = build_study_report(synthetic.inputs(optional=False))
+    parsed = _parse(page)
+    assert parsed.sections == [key for key, _ in SECTIONS if key not in OPTIONAL] + ["omitted"]
+    for key in OPTIONAL:
+        assert f'id="{key}"' not in page and f'href="#{key}"' not in page
+        assert MISSING[key] in page
+    # one sweep table alone still gives the section
+    inputs = synthetic.inputs(optional=False)
+    inputs.shortcut_detection = synthetic.shortcut_detection()
+    assert 'id="sweep"' in build_study_report(inputs)
+
+
+def test_text_is_escaped_everywhere():
+    inputs = synthetic.inputs()
+    evil = "<script>alert('x')</script> & \"q\""
+    inputs.study_findings = inputs.study_findings.assign(model=[evil, "box", "seg"])
+    inputs.overlays = {f"{evil}.gradcam": inputs.overlays["erm.gradcam"]}
+    inputs.headline_table = inputs.headline_table.rename(columns={"task": evil})
+    page = build_study_report(inputs, title=evil)
+    assert "<script>" not in page and "alert('x')" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;q&quot;" in page
+    assert _parse(page).scripts == 0
+
+
+def test_a_figure_that_is_not_png_is_refused_naming_it():
+    inputs = synthetic.inputs()
+    inputs.regression_forest_plot = b"GIF89a..."
+    with pytest.raises(ContractError, match="'regression_forest_plot' is not a PNG"):
+        build_study_report(inputs)
+    with pytest.raises(ContractError, match="'x' is not a PNG"):
+        png_data_uri("not bytes", name="x")  # type: ignore[arg-type]
+
+
+def test_a_table_without_a_needed_column_is_named():
+    inputs = synthetic.inputs()
+    inputs.dataset_report = inputs.dataset_report.drop(columns="split")
+    expected = r"table 'dataset_report' lacks column\(s\) \['split'\]"
+    with pytest.raises(ContractError, match=expected):
+        build_study_report(inputs)
+
+
+def test_with_cis_joins_estimates_and_intervals():
+    table = pd.DataFrame(
+        {
+            "model": ["erm"],
+            "auroc": [0.656],
+            "auroc_lo": [0.6],
+            "auroc_hi": [0.7],
+            "auroc_dropped": [0.0],
+            "estimate": [0.1],
+            "lo": [float("nan")],
+            "hi": [0.2],
+            "n": [431],
+        }
+    )
+    out = with_cis(table)
+    assert list(out.columns) == ["model", "auroc", "estimate", "n"]
+    assert out.loc[0, "auroc"] == "0.66 [0.60, 0.70]"
+    assert out.loc[0, "estimate"] == "0.10"  # an interval with a missing end shows no interval
+
+
+def test_long_tables_are_cut_with_a_note():
+    html = table_html(pd.DataFrame({"x": range(10)}), max_rows=3)
+    assert html.count("<tr>") == 4 and "First 3 of 10 rows" in html
+
+
+def test_page_refuses_repeated_section_keys():
+    s = Section("a", "A", "read", "")
+    with pytest.raises(ContractError, match="unique keys"):
+        render_page("t", "s", [s, s])

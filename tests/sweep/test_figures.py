@@ -1,0 +1,109 @@
+"""Sweep figures: panels, one line per supervision with a CI band, readable labels."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PolyCollection
+
+from cxr_spurious.errors import ContractError
+from cxr_spurious.sweep.figures import (
+    CONFOUNDING_LABEL,
+    plot_detection,
+    plot_strength_curves,
+    series_label,
+)
+from cxr_spurious.sweep.summary import summarise_cells
+
+STRENGTHS = {"none": (0.5, 0.5), "medium": (0.7, 0.3), "strong": (0.9, 0.1)}
+SERIES = (("erm", 0.0), ("seg", 1.0), ("seg", 0.1))
+
+
+def _summary() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = [
+        {
+            "artefact": art,
+            "strength": st,
+            "p_given_ptx": p1,
+            "p_given_no_ptx": p0,
+            "supervision": sup,
+            "location_fraction": frac,
+            "seed": seed,
+            "robust_auroc": 0.8 - (p1 - p0) * 0.4 + rng.normal(0, 0.02),
+            "artefact_reliance": (p1 - p0) * 0.3 + rng.normal(0, 0.02),
+        }
+        for art in ("tube_random", "faint_texture")
+        for st, (p1, p0) in STRENGTHS.items()
+        for sup, frac in SERIES
+        for seed in range(3)
+    ]
+    return summarise_cells(pd.DataFrame(rows))
+
+
+def _labelled_lines(ax) -> list:
+    return [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+def test_strength_curves_one_panel_per_artefact_and_metric() -> None:
+    summary = _summary()
+    fig = plot_strength_curves(summary)
+    axes = fig.get_axes()
+    assert len(axes) == 2 * 2
+    for ax in axes:
+        lines = _labelled_lines(ax)
+        assert len(lines) == len(SERIES)
+        assert [len(line.get_xdata()) for line in lines] == [3, 3, 3]
+        bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert len(bands) == len(SERIES)
+    labels = {line.get_label() for line in _labelled_lines(axes[0])}
+    assert labels == {"erm", "seg", "seg (10% location labels)"}
+    assert [ax.get_title() for ax in axes[:2]] == ["faint texture", "tube random"]
+    assert axes[0].get_ylabel().startswith("Robust AUROC")
+    assert axes[2].get_ylabel().startswith("Artefact reliance")
+    assert axes[3].get_xlabel() == CONFOUNDING_LABEL
+    xs = sorted(_labelled_lines(axes[0])[0].get_xdata())
+    assert xs == pytest.approx([0.0, 0.4, 0.8])
+    fig.savefig(io.BytesIO(), format="png")
+
+
+def test_series_label() -> None:
+    assert series_label("seg", 0.25) == "seg (25% location labels)"
+    assert series_label("seg", 1.0) == "seg" and series_label("erm", 0.0) == "erm"
+
+
+def test_detection_figure_one_panel_per_artefact_with_ci_bars() -> None:
+    rows = [
+        {
+            "method": m,
+            "artefact": a,
+            "detection_auroc": v,
+            "detection_auroc_lo": v - 0.1,
+            "detection_auroc_hi": v + 0.05,
+        }
+        for a in ("tube_random", "marker_port", "all")
+        for m, v in (("gradcam", 0.8), ("occlusion", 0.6), ("ig", np.nan))
+    ]
+    fig = plot_detection(pd.DataFrame(rows))
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["marker port", "tube random", "all"]
+    # shared y axis: the method names label the first panel, in sorted order from the top
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == ["gradcam", "ig", "occlusion"]
+    assert axes[0].yaxis_inverted()
+    for ax in axes:
+        assert list(ax.get_yticks()) == [0, 1, 2]
+        assert ax.get_xlabel().startswith("Detection AUROC")
+        assert ax.get_xlim() == (0, 1)
+        (points,) = [line for line in ax.get_lines() if line.get_marker() == "o"]
+        assert list(points.get_xdata()) == pytest.approx([0.8, 0.6])
+    fig.savefig(io.BytesIO(), format="png")
+
+
+def test_figures_name_missing_columns() -> None:
+    with pytest.raises(ContractError, match="robust_auroc"):
+        plot_strength_curves(_summary().drop(columns="robust_auroc"))
+    with pytest.raises(ContractError, match="empty"):
+        plot_detection(pd.DataFrame(columns=["method", "artefact", "detection_auroc"]))

@@ -1,0 +1,130 @@
+"""Across-seed summaries and paired supervision differences against scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.sweep.summary import (
+    ONE_SEED_NOTE,
+    metric_columns,
+    paired_differences,
+    summarise_cells,
+)
+
+CELL = {"artefact": "tube_random", "strength": "strong", "p_given_ptx": 0.9, "p_given_no_ptx": 0.1}
+# seed -> robust AUROC per supervision (and fraction)
+VALUES = {
+    ("erm", 0.0): [0.42, 0.55, 0.47, 0.40],
+    ("box", 1.0): [0.61, 0.66, 0.58, 0.70],
+    ("seg", 1.0): [0.71, 0.69, 0.75, 0.80],
+    ("seg", 0.1): [0.50, 0.64, 0.52, 0.49],
+}
+
+
+def _models() -> pd.DataFrame:
+    rows = []
+    for (sup, frac), values in VALUES.items():
+        for seed, v in enumerate(values):
+            rows.append(
+                {
+                    **CELL,
+                    "supervision": sup,
+                    "location_fraction": frac,
+                    "seed": seed,
+                    "robust_auroc": v,
+                    "robust_auroc_lo": v - 0.1,
+                    "robust_auroc_hi": v + 0.1,
+                    "robust_auroc_dropped": 0.0,
+                    "artefact_reliance": 1 - v,
+                    "namespace": f"ns{sup}{frac}{seed}",
+                }
+            )
+    # rows in an order that pairs wrongly if paired by position
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=3).reset_index(drop=True)
+
+
+def test_metric_columns_skip_identity_and_within_run_cis() -> None:
+    assert metric_columns(_models()) == ["robust_auroc", "artefact_reliance"]
+
+
+def test_summary_matches_student_t_across_seeds() -> None:
+    summary = summarise_cells(_models())
+    assert len(summary) == 4 and set(summary["ci_covers"]) == {"seeds"}
+    for (sup, frac), values in VALUES.items():
+        row = summary[(summary["supervision"] == sup) & (summary["location_fraction"] == frac)]
+        row = row.iloc[0]
+        lo, hi = stats.t.interval(
+            0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values)
+        )
+        assert row["robust_auroc"] == pytest.approx(np.mean(values))
+        assert (row["robust_auroc_lo"], row["robust_auroc_hi"]) == pytest.approx((lo, hi))
+        assert row["n_seeds"] == 4 and row["seeds"] == "0,1,2,3"
+        assert row["confounding"] == pytest.approx(0.8)
+        assert row["note"] == ""
+
+
+def test_one_seed_has_no_interval_and_says_so() -> None:
+    models = _models()
+    summary = summarise_cells(models[models["seed"] == 2])
+    assert summary["robust_auroc_lo"].isna().all() and summary["robust_auroc_hi"].isna().all()
+    assert set(summary["note"]) == {ONE_SEED_NOTE}
+    assert summary["robust_auroc"].notna().all()
+
+
+def test_a_metric_missing_for_a_seed_is_noted() -> None:
+    models = _models()
+    models.loc[(models["supervision"] == "erm") & (models["seed"] == 0), "robust_auroc"] = np.nan
+    summary = summarise_cells(models).set_index("supervision")
+    assert summary.loc["erm", "robust_auroc"] == pytest.approx(np.mean(VALUES[("erm", 0.0)][1:]))
+    assert "robust_auroc: 3 of 4 seeds" in summary.loc["erm", "note"]
+
+
+def test_paired_differences_match_ttest_rel() -> None:
+    table = paired_differences(_models())
+    assert set(table["pair"]) == {"seg - erm", "seg - box", "box - erm"}
+    # seg pairs with erm at both fractions, with box only at the same fraction
+    assert sorted(table.loc[table["pair"] == "seg - erm", "location_fraction"]) == [0.1, 1.0]
+    assert table.loc[table["pair"] == "seg - box", "location_fraction"].tolist() == [1.0]
+    for (a, fa), (b, fb) in [
+        (("seg", 1.0), ("erm", 0.0)),
+        (("seg", 0.1), ("erm", 0.0)),
+        (("seg", 1.0), ("box", 1.0)),
+        (("box", 1.0), ("erm", 0.0)),
+    ]:
+        row = table[
+            (table["pair"] == f"{a} - {b}") & (table["location_fraction"] == max(fa, fb))
+        ].iloc[0]
+        ref = stats.ttest_rel(VALUES[(a, fa)], VALUES[(b, fb)])
+        ci = ref.confidence_interval(0.95)
+        diff = np.subtract(VALUES[(a, fa)], VALUES[(b, fb)]).mean()
+        assert row["robust_auroc"] == pytest.approx(diff)
+        assert (row["robust_auroc_lo"], row["robust_auroc_hi"]) == pytest.approx((ci.low, ci.high))
+        assert row["robust_auroc_p"] == pytest.approx(ref.pvalue)
+        assert row["n_pairs"] == 4 and row["ci_covers"] == "seeds (paired)"
+
+
+def test_pairs_only_share_seeds_present_on_both_sides() -> None:
+    models = _models()
+    models = models[~((models["supervision"] == "erm") & (models["seed"] == 3))]
+    table = paired_differences(models, [("box", "erm")])
+    assert table["n_pairs"].tolist() == [3] and table["seeds"].tolist() == ["0,1,2"]
+    ref = stats.ttest_rel(VALUES[("box", 1.0)][:3], VALUES[("erm", 0.0)][:3])
+    assert table["robust_auroc_p"].iloc[0] == pytest.approx(ref.pvalue)
+
+
+def test_repeated_cell_and_seed_is_an_error() -> None:
+    models = _models()
+    with pytest.raises(ContractError, match="repeat"):
+        summarise_cells(pd.concat([models, models.iloc[:1]]))
+    with pytest.raises(ContractError, match="seed"):
+        summarise_cells(models.drop(columns="seed"))
+
+
+def test_a_pair_of_one_supervision_is_refused() -> None:
+    with pytest.raises(ParameterError) as err:
+        paired_differences(_models(), [("seg", "seg")])
+    assert err.value.key == "pairs"
