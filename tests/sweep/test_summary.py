@@ -51,6 +51,13 @@ def test_metric_columns_skip_identity_and_within_run_cis() -> None:
     assert metric_columns(_models()) == ["robust_auroc", "artefact_reliance"]
 
 
+def test_counts_and_an_all_nan_note_read_back_from_csv_are_not_metrics() -> None:
+    models = _models().assign(n_test=200, n_with_artefact=100, ci_note=np.nan)
+    assert metric_columns(models) == ["robust_auroc", "artefact_reliance"]
+    summary = summarise_cells(models)
+    assert not {"ci_note_lo", "n_test_lo", "n_with_artefact_hi"} & set(summary.columns)
+
+
 def test_summary_matches_student_t_across_seeds() -> None:
     summary = summarise_cells(_models())
     assert len(summary) == 4 and set(summary["ci_covers"]) == {"seeds"}

@@ -20,6 +20,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,6 +64,33 @@ def _converged(fit: object, caught: Sequence[warnings.WarningMessage]) -> bool:
     if flag is None:
         flag = (getattr(fit, "mle_retvals", None) or {}).get("converged", True)
     return bool(flag) and not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
+def _term_table(
+    fit: Any,
+    ci: pd.DataFrame,
+    pvalues: pd.Series,
+    terms: Sequence[str],
+    caught: Sequence[warnings.WarningMessage],
+    *,
+    model: str,
+    n: int,
+) -> pd.DataFrame:
+    """One row per fitted term: coefficient, its CI and p-value, the fit's convergence."""
+    terms = list(terms)
+    return pd.DataFrame(
+        {
+            "term": terms,
+            "coef": fit.params[terms].to_numpy(),
+            "coef_lo": ci.loc[terms, 0].to_numpy(),
+            "coef_hi": ci.loc[terms, 1].to_numpy(),
+            "p_value": pvalues[terms].to_numpy(),
+            "model": model,
+            "n": n,
+            "converged": _converged(fit, caught),
+            "fit_warnings": warning_text(caught),
+        }
+    )
 
 
 def minmax(series: pd.Series) -> pd.Series:
@@ -276,21 +304,8 @@ def logistic_hit(table: pd.DataFrame, features: Sequence[str] = FEATURES) -> pd.
         return pd.DataFrame()
     with recorded_warnings() as caught:
         fit = smf.logit(f"hit ~ {' + '.join(usable)}", data=data).fit(disp=0)
-        ci = fit.conf_int()
-        pvalues = fit.pvalues
-    return pd.DataFrame(
-        {
-            "term": usable,
-            "coef": fit.params[usable].to_numpy(),
-            "coef_lo": ci.loc[usable, 0].to_numpy(),
-            "coef_hi": ci.loc[usable, 1].to_numpy(),
-            "p_value": pvalues[usable].to_numpy(),
-            "model": "logit",
-            "n": len(data),
-            "converged": _converged(fit, caught),
-            "fit_warnings": warning_text(caught),
-        }
-    )
+        ci, pvalues = fit.conf_int(), fit.pvalues
+    return _term_table(fit, ci, pvalues, usable, caught, model="logit", n=len(data))
 
 
 def mixed_effects(
@@ -309,18 +324,5 @@ def mixed_effects(
     formula = f"{outcome} ~ {' + '.join(usable)}"
     with recorded_warnings() as caught:
         fit = smf.mixedlm(formula, data=data, groups=data["image_id"]).fit()
-        ci = fit.conf_int()
-        pvalues = fit.pvalues
-    return pd.DataFrame(
-        {
-            "term": usable,
-            "coef": fit.params[usable].to_numpy(),
-            "coef_lo": ci.loc[usable, 0].to_numpy(),
-            "coef_hi": ci.loc[usable, 1].to_numpy(),
-            "p_value": pvalues[usable].to_numpy(),
-            "model": f"mixedlm:{outcome}",
-            "n": len(data),
-            "converged": _converged(fit, caught),
-            "fit_warnings": warning_text(caught),
-        }
-    )
+        ci, pvalues = fit.conf_int(), fit.pvalues
+    return _term_table(fit, ci, pvalues, usable, caught, model=f"mixedlm:{outcome}", n=len(data))

@@ -197,25 +197,18 @@ def model_randomisation_check(
     other = random_model if random_model is not None else randomized_copy(model, seed)
     rows = []
     for method in methods:
-        trained, _ = compute_maps(
-            model,
-            images,
-            method,
-            tasks,
-            batch_size=batch_size,
-            device=device,
-            options=options,
-            progress=False,
-        )
-        random, _ = compute_maps(
-            other,
-            images,
-            method,
-            tasks,
-            batch_size=batch_size,
-            device=device,
-            options=options,
-            progress=False,
+        trained, random = (
+            compute_maps(
+                net,
+                images,
+                method,
+                tasks,
+                batch_size=batch_size,
+                device=device,
+                options=options,
+                progress=False,
+            )[0]
+            for net in (model, other)
         )
         for j, task in enumerate(tasks):
             rho = spearman_per_map(trained[:, j], random[:, j])

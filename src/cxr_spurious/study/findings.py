@@ -14,7 +14,7 @@ metric), never an interval of the resamples where the statistic happened to exis
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,31 @@ def _with_ci(name: str, values: tuple[float, float, float, float]) -> dict[str, 
     return {name: est, f"{name}_lo": lo, f"{name}_hi": hi, f"{name}_dropped": dropped}
 
 
+def _bootstrap4(
+    stat: Callable[[np.ndarray], float],
+    n: int,
+    clusters: np.ndarray,
+    *,
+    n_boot: int,
+    seed: int,
+    level: float,
+    max_dropped_share: float,
+    label: str,
+) -> tuple[float, float, float, float]:
+    """(estimate, lo, hi, dropped replicates) of a patient-cluster bootstrap of ``stat``."""
+    res = bootstrap(
+        stat,
+        n,
+        n_boot=n_boot,
+        seed=seed,
+        clusters=clusters,
+        level=level,
+        max_dropped_share=max_dropped_share,
+        desc=label,
+    )
+    return res.estimate, res.lo, res.hi, float(res.n_dropped)
+
+
 def _mean_ci(
     values: np.ndarray,
     clusters: np.ndarray,
@@ -48,17 +73,16 @@ def _mean_ci(
     values, clusters = values[keep], clusters[keep]
     if values.size == 0:
         return _NAN4
-    res = bootstrap(
+    return _bootstrap4(
         lambda i: float(values[i].mean()),
         values.size,
+        clusters,
         n_boot=n_boot,
         seed=seed,
-        clusters=clusters,
         level=level,
         max_dropped_share=max_dropped_share,
-        desc=label,
+        label=label,
     )
-    return res.estimate, res.lo, res.hi, float(res.n_dropped)
 
 
 def saliency_findings(
@@ -195,17 +219,16 @@ def _pct_below_human(
             else float("nan")
         )
 
-    res = bootstrap(
+    return _bootstrap4(
         pct,
         len(pairs),
+        clusters,
         n_boot=n_boot,
         seed=seed,
-        clusters=clusters,
         level=level,
         max_dropped_share=max_dropped_share,
-        desc=label,
+        label=label,
     )
-    return res.estimate, res.lo, res.hi, float(res.n_dropped)
 
 
 def model_row(

@@ -28,6 +28,10 @@ IDENTITY_COLUMNS: frozenset[str] = frozenset(
 )
 #: Within-run CI columns of ``sweep_models`` (not averaged over seeds).
 CI_SUFFIXES: tuple[str, ...] = ("_lo", "_hi", "_dropped")
+#: Text columns that a CSV round trip may turn into all-NaN floats, and the counts of images
+#: behind each model's metrics (``n_test``, ``n_with_artefact``): neither is a metric.
+NOT_METRICS: frozenset[str] = frozenset({"ci_note", "note", "ci_covers"})
+COUNT_PREFIX = "n_"
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("seg", "erm"), ("seg", "box"), ("box", "erm"))
 ONE_SEED_NOTE = "one seed: no across-seed CI"
 
@@ -38,6 +42,8 @@ def metric_columns(models: pd.DataFrame) -> list[str]:
         c
         for c in models.columns
         if c not in IDENTITY_COLUMNS
+        and c not in NOT_METRICS
+        and not c.startswith(COUNT_PREFIX)
         and not c.endswith(CI_SUFFIXES)
         and pd.api.types.is_numeric_dtype(models[c])
         and not pd.api.types.is_bool_dtype(models[c])
