@@ -11,22 +11,12 @@ set -euo pipefail
 if command -v chromium >/dev/null 2>&1; then
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install_chromium: apt-get not found; install Chromium yourself (browser tests skip without it)" >&2
-    exit 0
-fi
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO=(sudo -n)
-    else
-        echo "install_chromium: needs root to run apt-get install chromium (browser tests skip without it)" >&2
-        exit 0
-    fi
-fi
-echo "install_chromium: installing Debian's chromium for the browser tests (a minute or two)..." >&2
-export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get update -qq >/dev/null
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+# shellcheck source=scripts/apt_install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt_install.sh"
+status=0
+apt_install install_chromium "install Chromium yourself (browser tests skip without it)" \
+    chromium fonts-dejavu-core || status=$?
+[ "$status" -eq 1 ] && exit 0  # no apt-get or no root: said so above
+[ "$status" -eq 0 ] || exit "$status"
 command -v chromium >/dev/null 2>&1 || { echo "install_chromium: chromium still not on PATH" >&2; exit 1; }
 echo "install_chromium: $(chromium --version 2>/dev/null || echo chromium) installed" >&2

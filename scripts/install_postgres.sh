@@ -18,22 +18,11 @@ have_postgres() {
 if have_postgres; then
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install_postgres: apt-get not found; install PostgreSQL (initdb, pg_ctl) yourself" >&2
-    exit 0
-fi
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO=(sudo -n)
-    else
-        echo "install_postgres: needs root to run apt-get install postgresql" >&2
-        exit 0
-    fi
-fi
-echo "install_postgres: installing Debian's postgresql for the MLflow server (a minute)..." >&2
-export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get update -qq >/dev/null
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+# shellcheck source=scripts/apt_install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt_install.sh"
+status=0
+apt_install install_postgres "install PostgreSQL (initdb, pg_ctl) yourself" postgresql || status=$?
+[ "$status" -eq 1 ] && exit 0  # no apt-get or no root: said so above
+[ "$status" -eq 0 ] || exit "$status"
 have_postgres || { echo "install_postgres: initdb still not found after the install" >&2; exit 1; }
 echo "install_postgres: $(ls -d /usr/lib/postgresql/*/ 2>/dev/null | tr '\n' ' ')installed" >&2

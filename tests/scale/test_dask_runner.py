@@ -27,6 +27,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from kedro.runner import SequentialRunner
 from kedro_datasets.pickle import PickleDataset
+from tests.pipelines.localization.test_pipeline import PARAMS as LOCALIZATION_PARAMS
 
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
@@ -43,24 +44,8 @@ CATALOG = REPO / "conf" / "base" / "catalog_localization.yml"
 IDS = [f"p{i}_study1_view1_frontal" for i in range(6)]
 TASKS = ["Edema", "Cardiomegaly"]
 CSV_PER_CXR = "data/07_model_output/localization/localization_per_cxr.csv"
-PARAMS = {
-    "n_boot": 20,
-    "seed": 0,
-    "true_pos_only": True,
-    "fixed_thresholds": {},
-    "prob_cutoffs": {},
-    "smoothing_k": 0,
-    "tuning_grid": [0.2, 0.8, 0.1],
-    "prob_cutoffs_grid": [0.0, 0.85, 0.1],
-    "extra_metrics": True,
-    "top_k": 5,
-    "prefer_gpu": False,
-    "missing_maps": "all",
-    "subgroup_attributes": ["sex"],
-    "compare_pairs": None,
-    "max_dropped_share": 0.05,
-    "overlays.n_images": 2,
-}
+# the localization pipeline test's parameters, plus the overlay count this test needs
+PARAMS = {**LOCALIZATION_PARAMS, "overlays.n_images": 2}
 
 
 def _inputs() -> dict[str, Any]:
