@@ -6,12 +6,23 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Kedro's data layers, the folders a project copy needs under data/.
+DATA_LAYERS: tuple[str, ...] = (
+    "01_raw",
+    "02_intermediate",
+    "03_primary",
+    "04_feature",
+    "05_model_input",
+    "06_models",
+    "07_model_output",
+    "08_reporting",
+)
 TEST_DATA = REPO / "tests" / "fixtures"
 # The real CheXlocalize sample (MIT): JSON/CSV files, the 2 images and 3 of the 20 heatmap
 # pickles (without their ``cxr_img``); see its PROVENANCE.md. Tests read only files in the
@@ -93,16 +104,7 @@ def kedro_project(tmp_path: Path) -> Path:
     (
         project / "src"
     ).mkdir()  # Kedro checks that the source folder exists; the package is installed
-    for layer in (
-        "01_raw",
-        "02_intermediate",
-        "03_primary",
-        "04_feature",
-        "05_model_input",
-        "06_models",
-        "07_model_output",
-        "08_reporting",
-    ):
+    for layer in DATA_LAYERS:
         (project / "data" / layer).mkdir(parents=True)
     return project
 
@@ -191,3 +193,23 @@ def run_kedro() -> Callable[..., subprocess.CompletedProcess[str]]:
         return proc
 
     return _run
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One MLflow SQLite store per test module (creating its tables takes seconds); the
+    module's tests run with it as the tracking URI and the temporary folder as working
+    directory (artifacts under ``mlruns/`` there)."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        yield uri
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(previous)

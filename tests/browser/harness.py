@@ -26,6 +26,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from tests.conftest import DATA_LAYERS
 
 CHROMIUM_CANDIDATES: tuple[str, ...] = ("/usr/bin/chromium", "chromium", "chromium-browser")
 CHROMIUM_FLAGS: tuple[str, ...] = (
@@ -41,16 +42,6 @@ CHROMIUM_FLAGS: tuple[str, ...] = (
 )
 WINDOW_SIZE = "1600,1000"
 REPO = Path(__file__).resolve().parents[2]
-DATA_LAYERS = (
-    "01_raw",
-    "02_intermediate",
-    "03_primary",
-    "04_feature",
-    "05_model_input",
-    "06_models",
-    "07_model_output",
-    "08_reporting",
-)
 
 
 class ServerError(RuntimeError):

@@ -30,22 +30,6 @@ def _artifact() -> dict:
     return {"state_dict": build_model(CONFIG).state_dict(), "config": dict(CONFIG)}
 
 
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store per module (creating its tables takes seconds)."""
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)  # artifacts under root/mlruns
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(uri)
-        yield uri
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(previous)
-
-
 def _record(with_model: bool = False) -> dict:
     fig = Figure()
     fig.subplots().plot([1, 2], [0.6, 0.8])

@@ -29,21 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 WHEN = datetime(2026, 12, 4, 17, 40)
 
 
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)  # artifacts under root/mlruns
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(uri)
-        yield uri
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(previous)
-
-
 def test_run_titles_say_what_ran_and_when() -> None:
     assert run_title(pipeline_names({}), WHEN) == "study 2026-12-04 17:40"
     assert run_title(pipeline_names({"pipeline_names": ["__default__"]}), WHEN).startswith("study ")
