@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: help install run test test-fast lint format viz viz-build mlflow-ui mlflow-server mlflow-server-stop bench-localization clean-data
+.PHONY: help install run test test-fast lint format viz viz-build mlflow-ui mlflow-server mlflow-server-stop bench-localization bench-training clean-data
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,11 +41,12 @@ format: $(STAMP)  ## ruff format + the import-order fixes of ruff check
 	$(BIN)/ruff check --select I --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-viz: $(STAMP)  ## kedro-viz on 127.0.0.1:4141
+viz: $(STAMP)  ## kedro-viz on 127.0.0.1:4141 (the study overview at the printed address)
+	@echo "kedro-viz: the study overview is http://127.0.0.1:4141/?pid=__default__&tags=overview"
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
 
 viz-build: $(STAMP)  ## static kedro-viz site in build/
-	$(BIN)/kedro viz build
+	$(BIN)/kedro viz build --include-previews
 
 mlflow-ui: $(STAMP)  ## MLflow UI for the project's SQLite store on 127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
@@ -59,6 +60,9 @@ mlflow-server-stop: $(STAMP)  ## stop the team MLflow server and its project-loc
 
 bench-localization: $(STAMP)  ## localization speed benchmark vs the reference (generates its own set; BENCH_ARGS="--n 20")
 	$(BIN)/python benchmarks/bench_localization.py $(BENCH_ARGS)
+
+bench-training: $(STAMP)  ## training loop vs the model's own step, img/s (builds its own cache; BENCH_ARGS="--images 200")
+	nice -n 10 $(BIN)/python benchmarks/bench_training.py $(BENCH_ARGS)
 
 clean-data:  ## remove generated data (keeps folder structure)
 	find data -type f ! -name .gitkeep -delete

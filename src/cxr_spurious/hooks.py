@@ -35,6 +35,7 @@ STAGES: tuple[str, ...] = (
     "study",
     "comparison",
     "sweep",
+    "report",
 )
 
 _SWEEP_PARAMS: dict[str, Any] | None = None

@@ -5,6 +5,12 @@ Each folder under ``pipelines/`` registers itself under its folder name (``inges
 ``robustness``, ``study``, ...). ``__default__`` is the end-to-end study: every stage except
 the long headline ``comparison`` and the shortcut ``sweep``, which run on request
 (``kedro run --pipeline comparison``, ``kedro run --pipeline sweep``).
+
+Every node carries its stage's name as a tag (kedro-viz's tag filter, ``kedro run --tags
+training``, the stage timings). The nodes of ``OVERVIEW_NODES`` also carry the tag
+``overview``: the study's story in kedro-viz (``/?pid=__default__&tags=overview``), data
+-> one collapsed box per model -> heatmaps -> localization -> findings. It is a view, not a
+run selection: ``kedro run --tags overview`` lacks the inputs those nodes' neighbours make.
 """
 
 from __future__ import annotations
@@ -12,8 +18,30 @@ from __future__ import annotations
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
+from cxr_spurious.variants import STUDY_MODELS
+
 # Pipelines that are registered but not part of the default end-to-end run.
 NOT_IN_DEFAULT: frozenset[str] = frozenset({"comparison", "sweep"})
+
+OVERVIEW_TAG = "overview"
+# The nodes of the study's story (full names, namespaces included): one box per model, its
+# heatmaps collected, localized against the lesion and the chest-tube outlines, the findings.
+# kedro-viz shows a dataset when a node that reads or writes it is shown, and draws an edge
+# through the nodes and datasets it hides; a model's box shows when one of its nodes does
+# (`<model>.prepare_training_table`, which reads the resampled manifest).
+OVERVIEW_NODES: tuple[str, ...] = (
+    *(f"{model}.prepare_training_table" for model in STUDY_MODELS),
+    "collect_heatmaps",
+    "evaluate_heatmaps",
+    "compile_findings",
+)
+
+
+def tag_overview(pipeline: Pipeline, names: frozenset[str]) -> Pipeline:
+    """``pipeline`` with the tag ``overview`` added to the nodes named in ``names``."""
+    return Pipeline(
+        [node.tag(OVERVIEW_TAG) if node.name in names else node for node in pipeline.nodes]
+    )
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -21,12 +49,24 @@ def register_pipelines() -> dict[str, Pipeline]:
 
     Returns:
         A mapping from pipeline names to ``Pipeline`` objects.
+
+    Raises:
+        ValueError: A name of ``OVERVIEW_NODES`` is not a node of ``__default__``.
     """
-    # Every node carries its stage's name as a tag (`kedro run --tags training`, timings).
+    overview = frozenset(OVERVIEW_NODES)
+    # The overview tag goes on every registered pipeline holding those nodes: kedro-viz keeps
+    # the tags of a node from the first registered pipeline it reads the node from.
     pipelines = {
-        name: pipeline.tag(name) for name, pipeline in find_pipelines(raise_errors=True).items()
+        name: tag_overview(pipeline.tag(name), overview)
+        for name, pipeline in find_pipelines(raise_errors=True).items()
     }
     pipelines["__default__"] = sum(
         (p for name, p in pipelines.items() if name not in NOT_IN_DEFAULT), start=Pipeline([])
     )
+    missing = sorted(overview - {node.name for node in pipelines["__default__"].nodes})
+    if missing:
+        raise ValueError(
+            f"pipeline_registry.OVERVIEW_NODES names {missing}, which are not nodes of the "
+            "default pipeline; expected full node names such as 'erm.train_model'"
+        )
     return pipelines

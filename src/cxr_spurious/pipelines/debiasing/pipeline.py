@@ -99,14 +99,14 @@ def create_debiasing_template(
             },
             outputs="group_counts",
             name="summarise_group_counts",
-            tags=["debiasing", "report"],
+            tags=["debiasing", "reporting"],
         ),
         Node(
             func=nodes.plot_group_count_bars,
             inputs={"group_counts": "group_counts", "strategy": f"{P}.strategy"},
             outputs="group_counts_plot",
             name="plot_group_count_bars",
-            tags=["debiasing", "report"],
+            tags=["debiasing", "reporting"],
         ),
     ]
     return Pipeline([group_node, *core, *report])

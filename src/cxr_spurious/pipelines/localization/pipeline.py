@@ -54,7 +54,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 inputs={"per_map": "localization_per_map"},
                 outputs="localization_per_cxr",
                 name="select_per_cxr",
-                tags=["localization", "report"],
+                tags=["localization", "reporting"],
             ),
             Node(
                 func=summarise_localization,
@@ -67,7 +67,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 },
                 outputs="localization_summary",
                 name="summarise_localization",
-                tags=["localization", "report"],
+                tags=["localization", "reporting"],
             ),
             Node(
                 func=tune_segmentation,
@@ -106,7 +106,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 },
                 outputs="chexlocalize_reports",
                 name="build_reference_reports",
-                tags=["localization", "report"],
+                tags=["localization", "reporting"],
             ),
             Node(
                 func=summarise_subgroups,
@@ -120,7 +120,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 },
                 outputs="localization_subgroups",
                 name="summarise_subgroups",
-                tags=["localization", "report"],
+                tags=["localization", "reporting"],
             ),
             Node(
                 func=compare_sets,
@@ -134,7 +134,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 },
                 outputs="localization_comparisons",
                 name="compare_sets",
-                tags=["localization", "report"],
+                tags=["localization", "reporting"],
             ),
             Node(
                 func=plot_metric_bars,

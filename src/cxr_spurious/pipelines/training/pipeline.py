@@ -76,7 +76,7 @@ def create_training_template(*, overrides: str | None = None) -> Pipeline:
                 inputs=["training_history", "config"],
                 outputs="training_curves",
                 name="plot_training_curves",
-                tags=["training", "report"],
+                tags=["training", "reporting"],
             ),
             Node(
                 func=nodes.assemble_run_record,
@@ -89,7 +89,7 @@ def create_training_template(*, overrides: str | None = None) -> Pipeline:
                 ],
                 outputs="mlflow_run",
                 name="assemble_run_record",
-                tags=["training", "report"],
+                tags=["training", "reporting"],
             ),
         ]
     )
