@@ -1,0 +1,417 @@
+"""Training-loop benchmark: the project's ``fit`` against the model's own training step.
+
+Usage:
+    python benchmarks/bench_training.py [--models unet_small cnn_small resnet18]
+        [--images 1700] [--size 96] [--batch 32] [--epochs 1] [--rounds 2]
+        [--precisions auto] [--threads N] [--device cpu] [--json FILE]
+
+Both sides run in this process, interleaved (loop, pure, loop, pure, ... ``--rounds`` times
+per model and precision), so a shared, noisy machine slows both alike:
+
+- **loop**: ``cxr_spurious.training.engine.fit`` on an image cache, as the training
+  pipeline calls it: model and optimiser set-up, loading batches from the memory-mapped
+  cache (dense targets for a dense supervision, augmentation for rows flagged by
+  ``--augment``), the project's loss, the optimiser step, the per-step loss bookkeeping,
+  one validation pass per epoch (fp32 predictions, AUROC and robust AUROC), model selection
+  and a checkpoint per epoch. The MLflow logging of the training pipeline happens outside
+  ``fit`` (in the pipeline's nodes and hooks) and is not timed. Loop img/s = training
+  images / wall time of ``fit``.
+- **pure**: forward + backward + optimiser step of the same model (same architecture,
+  width, optimiser, precision, memory format and threads) on one batch held in memory,
+  with a plain BCE-with-logits loss on its outputs; as many steps as one loop round takes.
+  Pure img/s = images / wall time of those steps.
+
+The image cache is built in a temporary folder from a phantom generated for the run
+(``cxr_spurious.phantom`` at the cache resolution, read by the phantom adapter and cached
+by ``cxr_spurious.sources.cache``; nothing is downloaded), with the default study's
+phantom settings (``conf/base/parameters_ingestion.yml``: split fractions, tube side) and
+``--images`` images (1700, the default study's size: ~1000 train and ~270 val images).
+Training settings are the default study's (``conf/base/parameters_training.yml``) with
+``--batch``, ``--epochs``, ``progress: false`` and, per model, the supervision of the
+default study's dense variant for ``unet_small`` (``--unet-supervision``, default ``seg``)
+and ``erm`` for the image-only models.
+
+``--precisions auto`` measures fp32, and bf16 autocast too where ``training/device.py``
+would choose it (CUDA, or a CPU with native bf16). Before the timed rounds of each row,
+a one-step ``fit`` and two pure steps run untimed (oneDNN / cuDNN set-up).
+
+Prints one row per model and precision: loop img/s, pure img/s, their ratio (the issue's
+target is >= 0.90), and the loop's in-epoch rate and data-wait share from its history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import yaml
+
+from cxr_spurious.phantom import PhantomConfig, generate_phantom
+from cxr_spurious.sources.adapters import get_adapter
+from cxr_spurious.sources.cache import ImageCache, build_cache, load_cache, make_cache_spec
+from cxr_spurious.sources.contract import validate_manifest
+from cxr_spurious.training.config import resolve_training_config
+from cxr_spurious.training.data import CacheBatches, build_training_table
+from cxr_spurious.training.device import (
+    DeviceSetup,
+    configure_determinism,
+    cpu_has_native_bf16,
+    precision_name,
+    resolve_device,
+)
+from cxr_spurious.training.engine import TrainingForward, fit, init_model, make_optimizer
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf" / "base"
+MODELS: tuple[str, ...] = ("unet_small", "cnn_small", "resnet18")
+DENSE_MODELS: frozenset[str] = frozenset({"unet_small"})
+TARGET = 0.90  # issue #20 item 1: the loop at >= 90 % of the pure rate
+
+
+def _yaml_block(path: Path, key: str) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data.get(key), dict):
+        raise KeyError(f"{path}: expected a mapping under '{key}'")
+    return dict(data[key])
+
+
+def build_bench_cache(
+    folder: Path, n_images: int, size: int, seed: int, n_jobs: int
+) -> tuple[pd.DataFrame, ImageCache]:
+    """Generate a phantom of ``n_images`` at ``size`` px and cache it in ``folder``.
+
+    Returns the validated manifest and the memory-mapped cache.
+    """
+    phantom = _yaml_block(CONF / "parameters_ingestion.yml", "ingestion").get("phantom") or {}
+    cfg = PhantomConfig.from_dict({**phantom, "n_images": n_images, "image_size": size})
+    generate_phantom(cfg, folder / "phantom", seed=seed, n_jobs=n_jobs, progress=False)
+    source = get_adapter("phantom")(folder / "phantom", {})
+    manifest = validate_manifest(source.manifest, source.tasks)
+    spec = make_cache_spec(
+        manifest,
+        source.tasks,
+        size,
+        segmentations=source.segmentations,
+        instance_segmentations=source.instance_segmentations,
+        annotations=source.annotations,
+        spurious_segmentations=source.spurious_segmentations,
+        n_jobs=n_jobs,
+    )
+    build_cache(spec, folder / "cache", progress=False)
+    return manifest, load_cache(folder / "cache")
+
+
+def training_config(
+    model: str, supervision: str, batch: int, epochs: int, precision: str, device: str
+) -> dict[str, Any]:
+    """The default study's training settings for ``model`` with the benchmark's overrides."""
+    shared = _yaml_block(CONF / "parameters_training.yml", "training")
+    shared.pop("variants", None)
+    shared.pop("only", None)
+    shared.update(
+        batch_size=batch, epochs=epochs, progress=False, precision=precision, device=device
+    )
+    variant = {"name": f"bench_{model}", "supervision": supervision, "architecture": model}
+    return resolve_training_config(shared, variant)
+
+
+def split_tables(
+    manifest: pd.DataFrame, cache: ImageCache, cfg: Mapping[str, Any], augment: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and val rows of the training table; ``augment`` of the train rows (drawn with
+    the config's seed) are flagged for augmentation, as ``augment_upsample`` flags its copies."""
+    table = build_training_table(manifest, cache, cfg)
+    train = table[table["split"] == "train"].reset_index(drop=True)
+    val = table[table["split"] == "val"].reset_index(drop=True)
+    if augment > 0:
+        rng = np.random.default_rng(int(cfg["seed"]))
+        train["augment"] = rng.random(len(train)) < augment
+    return train, val
+
+
+def _sync(setup: DeviceSetup) -> None:
+    if setup.device.type == "cuda":
+        torch.cuda.synchronize(setup.device)
+
+
+def time_loop(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    cache: ImageCache,
+    cfg: Mapping[str, Any],
+    setup: DeviceSetup,
+    checkpoint_dir: Path,
+) -> dict[str, float]:
+    """One ``fit`` (with checkpoints in ``checkpoint_dir``): images, seconds and its history's
+    in-epoch rate and data-wait share."""
+    _sync(setup)
+    start = time.perf_counter()
+    result = fit(train, val, cache, cfg, setup, checkpoint_dir=checkpoint_dir)
+    _sync(setup)
+    seconds = time.perf_counter() - start
+    hist = result.history
+    steps = int(hist["steps"].sum())
+    epoch_s = float(hist["seconds"].sum())
+    wait = float((hist["data_wait_fraction"] * hist["seconds"]).sum())
+    return {
+        "images": steps * int(cfg["batch_size"]),
+        "seconds": seconds,
+        "steps": steps,
+        "epoch_images_per_s": steps * int(cfg["batch_size"]) / epoch_s if epoch_s > 0 else 0.0,
+        "data_wait_fraction": wait / epoch_s if epoch_s > 0 else 0.0,
+    }
+
+
+def pure_step_runner(
+    cfg: Mapping[str, Any], setup: DeviceSetup, image: torch.Tensor
+) -> tuple[TrainingForward, torch.optim.Optimizer, torch.Tensor, list[torch.Tensor]]:
+    """The model as ``fit`` builds it (seeded weights, memory format), its optimiser, the
+    batch on the device and fixed 0/1 targets for each output."""
+    model = init_model(cfg).to(setup.device)
+    if setup.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = TrainingForward(model)
+    net.train()
+    optimizer = make_optimizer(model, cfg)
+    x = setup.to_input(image)
+    with torch.no_grad(), setup.autocast():
+        shapes = [o.shape for o in net(x)]
+    gen = torch.Generator().manual_seed(0)
+    targets = [(torch.rand(s, generator=gen) < 0.5).float().to(setup.device) for s in shapes]
+    return net, optimizer, x, targets
+
+
+def time_pure(
+    runner: tuple[TrainingForward, torch.optim.Optimizer, torch.Tensor, list[torch.Tensor]],
+    setup: DeviceSetup,
+    steps: int,
+) -> dict[str, float]:
+    """``steps`` forward + backward + optimiser steps on the batch in memory."""
+    net, optimizer, x, targets = runner
+    _sync(setup)
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        with setup.autocast():
+            outputs = net(x)
+        loss = sum(
+            F.binary_cross_entropy_with_logits(o.float(), t)
+            for o, t in zip(outputs, targets, strict=True)
+        )
+        loss.backward()
+        optimizer.step()
+    _sync(setup)
+    seconds = time.perf_counter() - start
+    return {"images": steps * int(x.shape[0]), "seconds": seconds, "steps": steps}
+
+
+def bench_row(
+    model: str,
+    supervision: str,
+    precision: str,
+    manifest: pd.DataFrame,
+    cache: ImageCache,
+    args: argparse.Namespace,
+    work: Path,
+) -> dict[str, Any]:
+    """Warm-up, then ``args.rounds`` x (loop, pure) for one model and precision."""
+    cfg = training_config(model, supervision, args.batch, args.epochs, precision, args.device)
+    setup = resolve_device(args.device, precision=precision)
+    configure_determinism(bool(cfg["deterministic"]))
+    train, val = split_tables(manifest, cache, cfg, args.augment)
+    image = CacheBatches(train, cache, cfg, train=True)[(0, list(range(args.batch)))]["image"]
+    fit(train, val, cache, {**cfg, "max_steps": 1}, setup, checkpoint_dir=work / "warmup")
+    time_pure(pure_step_runner(cfg, setup, image), setup, 2)
+    rounds = []
+    for r in range(args.rounds):
+        loop = time_loop(train, val, cache, cfg, setup, work / f"{model}_{precision}_{r}")
+        runner = pure_step_runner(cfg, setup, image)  # fresh weights, like each fit
+        pure = time_pure(runner, setup, max(1, loop["steps"]))
+        rounds.append({"loop": loop, "pure": pure})
+    loop_rate = sum(x["loop"]["images"] for x in rounds) / sum(x["loop"]["seconds"] for x in rounds)
+    pure_rate = sum(x["pure"]["images"] for x in rounds) / sum(x["pure"]["seconds"] for x in rounds)
+    epoch_s = sum(x["loop"]["images"] / x["loop"]["epoch_images_per_s"] for x in rounds)
+    wait = sum(
+        x["loop"]["data_wait_fraction"] * x["loop"]["images"] / x["loop"]["epoch_images_per_s"]
+        for x in rounds
+    )
+    return {
+        "model": model,
+        "supervision": supervision,
+        "precision": precision_name(setup),
+        "train_images": len(train),
+        "val_images": len(val),
+        "loop_img_s": loop_rate,
+        "pure_img_s": pure_rate,
+        "ratio": loop_rate / pure_rate,
+        "meets_target": loop_rate / pure_rate >= TARGET,
+        "in_epoch_img_s": sum(x["loop"]["images"] for x in rounds) / epoch_s,
+        "data_wait_fraction": wait / epoch_s,
+        "rounds": rounds,
+    }
+
+
+def precisions_for(choice: Sequence[str], device: str) -> list[str]:
+    """``auto``: fp32, plus bf16 where ``training/device.py`` would pick it on ``device``."""
+    if list(choice) != ["auto"]:
+        return list(choice)
+    setup = resolve_device(device)
+    bf16 = setup.device.type == "cuda" or (setup.device.type == "cpu" and cpu_has_native_bf16())
+    return ["fp32", "bf16"] if bf16 else ["fp32"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor``)."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The result table (Markdown)."""
+    out = [
+        "| model | supervision | precision | loop img/s | pure img/s | ratio | >= 90 % "
+        "| loop in-epoch img/s | loop data wait |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['model']} | {r['supervision']} | {r['precision']} | {r['loop_img_s']:.1f} "
+            f"| {r['pure_img_s']:.1f} | {r['ratio']:.2f} | {'yes' if r['meets_target'] else 'no'} "
+            f"| {r['in_epoch_img_s']:.1f} | {100 * r['data_wait_fraction']:.1f} % |"
+        )
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), help="architectures")
+    ap.add_argument(
+        "--unet-supervision",
+        default="seg",
+        choices=["erm", "box", "seg"],
+        help="supervision of the dense unet_small (default: seg; image-only models use erm)",
+    )
+    ap.add_argument(
+        "--images", type=int, default=1700, help="phantom images (train ~59 %%, val ~16 %%)"
+    )
+    ap.add_argument("--size", type=int, default=96, help="cache resolution in pixels")
+    ap.add_argument("--batch", type=int, default=32, help="training batch size")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs per loop round")
+    ap.add_argument("--rounds", type=int, default=2, help="(loop, pure) pairs per row")
+    ap.add_argument(
+        "--augment",
+        type=float,
+        default=0.0,
+        help="share of train rows flagged for augmentation (default study: 0)",
+    )
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "fp32", "bf16"],
+        help="auto: fp32, and bf16 where training/device.py picks it",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda[:k] | auto")
+    ap.add_argument("--seed", type=int, default=0, help="phantom seed")
+    ap.add_argument("--jobs", type=int, default=2, help="processes for phantom and cache")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    for name in ("images", "size", "batch", "epochs", "rounds", "jobs"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0.0 <= args.augment <= 1.0:
+        ap.error(f"--augment must be in [0, 1], got {args.augment}")
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        ap.error(f"--models: unknown {unknown}; expected some of {list(MODELS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    precisions = precisions_for(args.precisions, args.device)
+    started = dt.datetime.now(dt.UTC)
+    load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench_training_") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        manifest, cache = build_bench_cache(work, args.images, args.size, args.seed, args.jobs)
+        cache_s = time.perf_counter() - t0
+        print(
+            f"cache: {len(cache)} phantom images at {args.size} px in {cache_s:.1f} s; "
+            f"device {args.device}, torch threads {torch.get_num_threads()}, "
+            f"precisions {', '.join(precisions)}; CPU {cpu_name()}, "
+            f"1/5/15-min load before {' '.join(f'{v:.2f}' for v in load_before)}",
+            flush=True,
+        )
+        for model in args.models:
+            supervision = args.unet_supervision if model in DENSE_MODELS else "erm"
+            for precision in precisions:
+                t0 = time.perf_counter()
+                row = bench_row(model, supervision, precision, manifest, cache, args, work)
+                rows.append(row)
+                print(
+                    f"{model} {row['precision']}: loop {row['loop_img_s']:.1f} img/s, pure "
+                    f"{row['pure_img_s']:.1f} img/s, ratio {row['ratio']:.2f} "
+                    f"({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
+    load_after = os.getloadavg()
+    result = {
+        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
+        "date": started.isoformat(timespec="seconds"),
+        "cpu": cpu_name(),
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_before": list(load_before),
+        "load_after": list(load_after),
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"
+        },
+        "target_ratio": TARGET,
+        "rows": rows,
+    }
+    print()
+    print(format_table(rows))
+    print(
+        f"\n1/5/15-min load after: {' '.join(f'{v:.2f}' for v in load_after)}; rows below the "
+        f"{TARGET:.0%} target: "
+        + (", ".join(f"{r['model']} {r['precision']}" for r in rows if not r["meets_target"])
+           or "none")
+    )  # fmt: skip
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    return result
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The training-loop benchmark runs from this repository alone, on a cache it builds itself."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "benchmarks" / "bench_training.py"
+
+
+@pytest.mark.integration  # about 10 s: a 40-image phantom, its cache, 2 x (fit, pure) per row
+def test_training_benchmark_runs_on_tiny_sizes_and_reports_a_ratio_per_row(
+    tmp_path: Path,
+) -> None:
+    out_json = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--models", "cnn_small", "unet_small",
+         "--precisions", "fp32", "--images", "40", "--size", "32", "--batch", "8",
+         "--rounds", "2", "--jobs", "1", "--json", str(out_json)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out_json.read_text())
+    assert [(r["model"], r["supervision"], r["precision"]) for r in result["rows"]] == [
+        ("cnn_small", "erm", "fp32"),
+        ("unet_small", "seg", "fp32"),
+    ]
+    for row in result["rows"]:
+        assert len(row["rounds"]) == 2  # loop, pure, loop, pure
+        for key in ("loop_img_s", "pure_img_s", "ratio", "in_epoch_img_s"):
+            assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+        assert row["ratio"] == pytest.approx(row["loop_img_s"] / row["pure_img_s"])
+        assert row["meets_target"] == (row["ratio"] >= result["target_ratio"])
+        assert 0 <= row["data_wait_fraction"] < 1
+        for r in row["rounds"]:
+            # the pure side takes as many steps as the loop trained, on batches of 8
+            assert r["pure"]["steps"] == r["loop"]["steps"] == row["train_images"] // 8
+            assert r["loop"]["images"] == r["pure"]["images"] == 8 * r["loop"]["steps"]
+    assert result["settings"]["size"] == 32 and result["threads"] >= 1 and result["cpu"]
+    # The printed table: a header and one row per model and precision, the same numbers.
+    lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| model | supervision | precision | loop img/s | pure img/s")
+    for line, row in zip(lines[1:], result["rows"], strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[:3] == [row["model"], row["supervision"], row["precision"]]
+        assert float(cells[5]) == pytest.approx(row["ratio"], abs=0.006)
+    assert not list(tmp_path.glob("bench_training_*"))  # the temporary cache is gone
+
+
+def test_training_benchmark_refuses_an_unknown_model() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--models", "vgg11"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "unknown ['vgg11']" in done.stderr, done.stderr
