@@ -50,8 +50,10 @@ def register_pipelines() -> dict[str, Pipeline]:
     Returns:
         A mapping from pipeline names to ``Pipeline`` objects.
 
-    Raises:
-        ValueError: A name of ``OVERVIEW_NODES`` is not a node of ``__default__``.
+    Kedro 1.7 may load only the pipelines a run asks for (``kedro run --pipeline
+    ingestion``), so ``__default__`` can be partial here; that every name of
+    ``OVERVIEW_NODES`` is a node of the full default pipeline is checked by
+    ``tests/framework/test_pipeline_recipe.py``.
     """
     overview = frozenset(OVERVIEW_NODES)
     # The overview tag goes on every registered pipeline holding those nodes: kedro-viz keeps
@@ -63,10 +65,4 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["__default__"] = sum(
         (p for name, p in pipelines.items() if name not in NOT_IN_DEFAULT), start=Pipeline([])
     )
-    missing = sorted(overview - {node.name for node in pipelines["__default__"].nodes})
-    if missing:
-        raise ValueError(
-            f"pipeline_registry.OVERVIEW_NODES names {missing}, which are not nodes of the "
-            "default pipeline; expected full node names such as 'erm.train_model'"
-        )
     return pipelines

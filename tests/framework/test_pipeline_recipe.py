@@ -13,7 +13,7 @@ from kedro.framework.project import configure_project
 from kedro.pipeline import Node, Pipeline
 from kedro.pipeline.pipeline import PipelineError
 
-from cxr_spurious.pipeline_registry import register_pipelines
+from cxr_spurious.pipeline_registry import OVERVIEW_NODES, OVERVIEW_TAG, register_pipelines
 from cxr_spurious.pipelines._recipe import per_variant, variant_datasets
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,6 +126,27 @@ def test_registered_pipelines_have_no_interrupted_namespace(registered) -> None:
     # the study's rows sit under study.<model>, next to the training / saliency namespaces
     study = {n.namespace for n in pipelines["study"].nodes if n.namespace}
     assert study and all(ns.startswith("study.") for ns in study)
+
+
+def test_the_overview_nodes_are_nodes_of_the_full_default_pipeline(registered) -> None:
+    pipelines, _ = registered
+    default = {n.name: n for n in pipelines["__default__"].nodes}
+    assert set(OVERVIEW_NODES) <= set(default), sorted(set(OVERVIEW_NODES) - set(default))
+    tagged = {name for name, n in default.items() if OVERVIEW_TAG in n.tags}
+    assert tagged == set(OVERVIEW_NODES)
+
+
+def test_registering_only_the_requested_pipelines_works() -> None:
+    """``kedro run --pipeline ingestion`` loads only that pipeline (Kedro 1.7)."""
+    from kedro.framework.project import pipelines as project_pipelines
+
+    configure_project("cxr_spurious")
+    project_pipelines.set_requested(["ingestion"])
+    try:
+        loaded = dict(project_pipelines)
+    finally:
+        project_pipelines.set_requested(None)
+    assert "ingestion" in loaded and loaded["__default__"].nodes
 
 
 def test_every_node_is_named_after_the_function_it_runs(registered) -> None:
