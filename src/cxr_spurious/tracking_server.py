@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import pwd
 import re
@@ -38,11 +39,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"  #: the only interface either server binds
 DEFAULT_MLFLOW_PORT = 5000
@@ -359,10 +362,10 @@ def start_postgres(config: ServerConfig) -> dict[str, str]:
                 f"{config.pgdata} to start over with an empty database"
             )
     else:
-        print(f"tracking_server: initialising PostgreSQL in {config.pgdata}", flush=True)
+        logger.info(f"initialising PostgreSQL in {config.pgdata}")
         credentials = init_cluster(config)
     if postgres_running(config):
-        print(f"tracking_server: PostgreSQL already running ({config.pgdata})", flush=True)
+        logger.info(f"PostgreSQL already running ({config.pgdata})")
     else:
         _require_free_port(config.pg_port, "PGPORT")
         config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -386,7 +389,7 @@ def start_postgres(config: ServerConfig) -> dict[str, str]:
         except TrackingServerError as exc:
             tail = config.pg_log.read_text(errors="replace")[-3000:]
             raise TrackingServerError(f"{exc}\n--- {config.pg_log} ---\n{tail}") from None
-        print(f"tracking_server: PostgreSQL on {HOST}:{config.pg_port}", flush=True)
+        logger.info(f"PostgreSQL on {HOST}:{config.pg_port}")
     _ensure_database(credentials, _postgres_port(config))
     return credentials
 
@@ -589,7 +592,7 @@ def start(config: ServerConfig) -> str:
     """
     pid = mlflow_pid(config)
     if pid is not None and _healthy(config.url):
-        print(f"tracking_server: MLflow server already running at {config.url} (pid {pid})")
+        logger.info(f"MLflow server already running at {config.url} (pid {pid})")
         return config.url
     if pid is not None:
         stop_mlflow(config)  # a process that no longer answers
@@ -600,11 +603,10 @@ def start(config: ServerConfig) -> str:
         backend = postgres_uri(start_postgres(config), _postgres_port(config))
         shown = f"PostgreSQL on {HOST}:{_postgres_port(config)}, password in {config.credentials}"
     pid = start_mlflow(config, backend)
-    print(
-        f"tracking_server: MLflow server at {config.url} (pid {pid}); backend: {shown}; "
+    logger.info(
+        f"MLflow server at {config.url} (pid {pid}); backend: {shown}; "
         f"artifacts: {config.artifacts}; log: {config.mlflow_log}\n"
-        f"  point clients at it: export MLFLOW_TRACKING_URI={config.url}",
-        flush=True,
+        f"  point clients at it: export MLFLOW_TRACKING_URI={config.url}"
     )
     return config.url
 
@@ -612,22 +614,21 @@ def start(config: ServerConfig) -> str:
 def stop(config: ServerConfig) -> None:
     """Stop the MLflow server, then the local PostgreSQL cluster; fine if neither runs."""
     stopped = stop_mlflow(config)
-    print(f"tracking_server: MLflow server {'stopped' if stopped else 'was not running'}")
+    logger.info(f"MLflow server {'stopped' if stopped else 'was not running'}")
     if cluster_exists(config):
         stopped = stop_postgres(config)
-        print(f"tracking_server: PostgreSQL {'stopped' if stopped else 'was not running'}")
+        logger.info(f"PostgreSQL {'stopped' if stopped else 'was not running'}")
 
 
 def status(config: ServerConfig) -> bool:
-    """Print what runs; True when the MLflow server answers."""
+    """Report what runs (logged); True when the MLflow server answers."""
     pid = mlflow_pid(config)
     healthy = pid is not None and _healthy(config.url)
-    print(
-        f"tracking_server: MLflow server "
-        f"{f'running at {config.url} (pid {pid})' if healthy else 'not running'}"
+    logger.info(
+        f"MLflow server {f'running at {config.url} (pid {pid})' if healthy else 'not running'}"
     )
     pg = postgres_pid(config)
-    print(f"tracking_server: PostgreSQL {f'running (pid {pg})' if pg else 'not running'}")
+    logger.info(f"PostgreSQL {f'running (pid {pg})' if pg else 'not running'}")
     return healthy
 
 
@@ -645,6 +646,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="project folder holding .pgdata/, mlartifacts/, .mlflow-server/ and conf/local/",
     )
     args = parser.parse_args(argv)
+    with _console():
+        return _run_command(args)
+
+
+@contextlib.contextmanager
+def _console() -> Iterator[None]:
+    """Messages of this module on the console: progress on stdout, errors on stderr."""
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.ERROR)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.ERROR)
+    handlers = (out, err)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("tracking_server: %(message)s"))
+        logger.addHandler(handler)
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.flush()
+            logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         config = ServerConfig.from_env(args.root, os.environ)
         if args.command == "start":
@@ -654,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             return 0 if status(config) else 3
     except TrackingServerError as exc:
-        print(f"tracking_server: error: {exc}", file=sys.stderr)
+        logger.error(f"error: {exc}")
         return 1
     return 0
 

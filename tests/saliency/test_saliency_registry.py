@@ -177,30 +177,14 @@ def test_task_not_trained_lists_the_model_tasks(classifier, images):
 
 def test_smoothgrad_is_seeded_and_leaves_global_rng_alone(classifier, images):
     state = torch.random.get_rng_state()
-    a, _ = compute_maps(
-        classifier,
-        images,
-        "smoothgrad",
-        ["Pneumothorax"],
-        options=MethodOptions(seed=3, smoothgrad_samples=4),
-        progress=False,
-    )
-    b, _ = compute_maps(
-        classifier,
-        images,
-        "smoothgrad",
-        ["Pneumothorax"],
-        options=MethodOptions(seed=3, smoothgrad_samples=4),
-        progress=False,
-    )
-    c, _ = compute_maps(
-        classifier,
-        images,
-        "smoothgrad",
-        ["Pneumothorax"],
-        options=MethodOptions(seed=4, smoothgrad_samples=4),
-        progress=False,
-    )
+
+    def smoothgrad(seed: int) -> np.ndarray:
+        options = MethodOptions(seed=seed, smoothgrad_samples=4)
+        return compute_maps(
+            classifier, images, "smoothgrad", ["Pneumothorax"], options=options, progress=False
+        )[0]
+
+    a, b, c = smoothgrad(3), smoothgrad(3), smoothgrad(4)
     assert torch.equal(state, torch.random.get_rng_state())
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
