@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: help install run test test-fast lint format viz viz-build mlflow-ui mlflow-server mlflow-server-stop bench-localization bench-training clean-data
+.PHONY: help install run test test-fast lint format viz viz-build mlflow-ui mlflow-server mlflow-server-stop bench-localization bench-training bench-scaling bench-saliency clean-data
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -63,6 +63,12 @@ bench-localization: $(STAMP)  ## localization speed benchmark vs the reference (
 
 bench-training: $(STAMP)  ## training loop vs the model's own step, img/s (builds its own cache; BENCH_ARGS="--images 200")
 	nice -n 10 $(BIN)/python benchmarks/bench_training.py $(BENCH_ARGS)
+
+bench-scaling: $(STAMP)  ## time and peak memory per stage at 1k/4k/16k phantom images, growth fits (BENCH_ARGS="--sizes 500 1000 2000"; --quick for CI)
+	nice -n 10 $(BIN)/python benchmarks/bench_scaling.py --out data/08_reporting/bench_scaling $(BENCH_ARGS)
+
+bench-saliency: $(STAMP)  ## saliency maps/s, project path vs plain pytorch-grad-cam / Captum, interleaved (BENCH_ARGS="--sizes 96")
+	nice -n 10 $(BIN)/python benchmarks/bench_saliency.py $(BENCH_ARGS)
 
 clean-data:  ## remove generated data (keeps folder structure)
 	find data -type f ! -name .gitkeep -delete

@@ -7,7 +7,10 @@ their outputs (saving is where the phantom is generated and the image cache is b
 ``SweepParamsHook`` stashes the ``sweep`` parameters (with ``--params`` overrides) when the
 context is created, which Kedro does before the first access to the registered pipelines
 (``KedroSession.run``: ``load_context()``, then ``pipelines[name]``), so that
-``pipelines/sweep/pipeline.py`` can build one namespace per grid cell.
+``pipelines/sweep/pipeline.py`` can build one namespace per grid cell; it stashes every
+parameter too (``stashed_parameters``), which the comparison reads for its seeds
+(``pipelines/comparison/pipeline.py``). Without a session, ``base_parameters`` reads
+``conf/base`` (kedro-viz, tests, a bare ``register_pipelines()``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
+from kedro.config import OmegaConfigLoader
 from kedro.framework.context import KedroContext
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Node
@@ -39,11 +44,24 @@ STAGES: tuple[str, ...] = (
 )
 
 _SWEEP_PARAMS: dict[str, Any] | None = None
+_PARAMS: dict[str, Any] | None = None
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def stashed_sweep_params() -> dict[str, Any] | None:
     """The ``sweep`` parameters of the current session's context (None before one exists)."""
     return None if _SWEEP_PARAMS is None else dict(_SWEEP_PARAMS)
+
+
+def stashed_parameters() -> dict[str, Any] | None:
+    """Every parameter of the current session's context (None before one exists)."""
+    return None if _PARAMS is None else dict(_PARAMS)
+
+
+def base_parameters() -> dict[str, Any]:
+    """Every parameter of ``conf/base`` (pipeline construction without a session)."""
+    loader = OmegaConfigLoader(str(CONF), base_env="base", default_run_env="base")
+    return dict(loader["parameters"])
 
 
 class SweepParamsHook:
@@ -52,8 +70,9 @@ class SweepParamsHook:
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
-        global _SWEEP_PARAMS
-        sweep = context.config_loader["parameters"].get("sweep")
+        global _SWEEP_PARAMS, _PARAMS
+        _PARAMS = dict(context.config_loader["parameters"])
+        sweep = _PARAMS.get("sweep")
         _SWEEP_PARAMS = dict(sweep) if isinstance(sweep, dict) else None
 
 

@@ -17,6 +17,14 @@ A record is kept off the console (and still written to the file) when:
 * it is a Python warning (``py.warnings``) raised inside an installed library
   (``site-packages``, this package aside) or a deprecation notice: their count is printed at
   the end of the run instead (``ConsoleFilter.summary``).
+
+A few library warnings come earlier, while Kedro loads its plugins, before any ``kedro``
+command has started (``STARTUP_WARNINGS``: MLflow's "Add type hints to the `predict`
+method", raised when kedro-mlflow defines ``KedroPipelineModel``). The package's
+``__init__`` installs ``hold_startup_warnings`` before any plugin is imported: those records
+are held off the console, and ``configure_run_logging`` writes them to the log file (and
+counts them in the summary). Other commands (``kedro registry list``, ``kedro viz run``)
+have no log file; there they are dropped. Every other warning passes.
 """
 
 from __future__ import annotations
@@ -108,6 +116,72 @@ class ConsoleFilter(logging.Filter):
         return f"{total} warning(s) from libraries ({kinds}) are in {Path(log_file).as_posix()}"
 
 
+#: Library warnings raised while Kedro loads its plugins, before a command starts: (folder
+#: of the library in the warning's path, text of its message). They are about a plugin's
+#: code, not the project's.
+STARTUP_WARNINGS: tuple[tuple[str, str], ...] = (
+    # kedro-mlflow 2.0's ``KedroPipelineModel.predict`` has no type hints (MLflow 3 checks).
+    ("mlflow", "Add type hints to the `predict` method"),
+)
+
+
+def is_startup_warning(record: logging.LogRecord) -> bool:
+    """A ``py.warnings`` record of ``STARTUP_WARNINGS`` raised inside an installed library."""
+    origin = warning_origin(record)
+    if origin is None:
+        return False
+    parts = Path(origin[0]).parts
+    if not any(d in parts for d in _LIBRARY_DIRS):
+        return False
+    message = record.getMessage()
+    return any(lib in parts and text in message for lib, text in STARTUP_WARNINGS)
+
+
+class StartupWarningHold(logging.Filter):
+    """Filter of the ``py.warnings`` logger: holds ``STARTUP_WARNINGS`` records back (off
+    every handler) until ``configure_run_logging`` writes them to the log file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if is_startup_warning(record):
+            self.held.append(record)
+            return False
+        return True
+
+    def release(self) -> list[logging.LogRecord]:
+        """The held records, in order; the hold is emptied."""
+        held, self.held = self.held, []
+        return held
+
+
+_STARTUP_HOLD = StartupWarningHold()
+
+
+def hold_startup_warnings() -> StartupWarningHold:
+    """Install the (one) ``StartupWarningHold`` on the ``py.warnings`` logger; idempotent.
+
+    A filter on the logger, not on a handler: Kedro re-applies ``conf/logging.yml`` (new
+    root handlers) after the project's package is imported, and leaves this logger's filters.
+    """
+    logger = logging.getLogger("py.warnings")
+    if _STARTUP_HOLD not in logger.filters:
+        logger.addFilter(_STARTUP_HOLD)
+    return _STARTUP_HOLD
+
+
+def _release_startup_warnings(file_handler: logging.Handler, console_filter: ConsoleFilter) -> None:
+    """Write the held startup warnings to ``file_handler``, count them for the summary, and
+    stop holding: from now on the console filter keeps them off the console."""
+    logging.getLogger("py.warnings").removeFilter(_STARTUP_HOLD)
+    for record in _STARTUP_HOLD.release():
+        file_handler.handle(record)
+        origin = warning_origin(record)
+        console_filter.dropped_warnings[origin[1] if origin else "Warning"] += 1
+
+
 def _quiet_info(record: logging.LogRecord) -> bool:
     message: str | None = None
     for logger_prefix, message_prefix in CONSOLE_QUIET_INFO:
@@ -192,4 +266,5 @@ def configure_run_logging(project_path: Path | str = ".") -> tuple[ConsoleFilter
     file_handler.setLevel(logging.INFO)
     file_handler._cxr_run_logging = True  # type: ignore[attr-defined]
     root.addHandler(file_handler)
+    _release_startup_warnings(file_handler, console_filter)
     return console_filter, log_file

@@ -1,8 +1,21 @@
-"""Ordered, deterministic process-pool map for per-map work (one worker per core).
+"""Ordered, deterministic map for per-item work: a process pool, or Dask tasks on a cluster.
 
 Results come back in input order whatever the number of workers, so outputs do not
 depend on it. Project errors raised in a worker are re-raised in the caller as the same
 exception (``DataFormatError`` does not survive pickling by itself).
+
+Where the work runs:
+
+* **In a Dask task** (a node run by ``cxr_spurious.runner.DaskRunner``: ``distributed``'s
+  ``get_worker()`` answers in the calling thread), the items are cut into chunks that are
+  submitted to the cluster as Dask tasks (keys ``"{CHUNK_KEY_PREFIX}-<label>-<token>-<i>"``)
+  through ``distributed.worker_client()``: the calling task secedes from its worker's
+  thread pool while it waits (its slot runs other tasks, its own chunks included) and
+  rejoins when the map ends. The function is sent to the cluster once (scattered), not with
+  every chunk. ``workers`` bounds the chunks in flight (``None``: twice the cluster's
+  threads); ``workers=1`` keeps the work in the calling task.
+* **Elsewhere**, a pool of forked processes (one per core by default), or this process for
+  ``workers=1`` and for jobs below ``min_items``.
 """
 
 from __future__ import annotations
@@ -10,7 +23,10 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import re
 import traceback
+import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +35,7 @@ from typing import Any, TypeVar
 import cv2
 from tqdm.auto import tqdm
 
-from cxr_spurious.errors import DataFormatError, ParameterError
+from cxr_spurious.errors import CxrSpuriousError, DataFormatError, ParameterError
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +43,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MIN_ITEMS_FOR_POOL = 16  # below this, starting workers costs more than it saves
+#: Key prefix of the Dask tasks that ``ordered_map`` submits for its chunks.
+CHUNK_KEY_PREFIX = "cxr-chunk"
 
 # glibc mallopt parameters for the workers: a full-size map is allocated and freed several
 # times per heatmap (~27 MB float + ~7 MB uint8 arrays at 2,500 x 2,700 px). Serving them from
@@ -56,8 +74,8 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def resolve_workers(workers: int | None, n_items: int) -> int:
-    """Number of processes: ``None`` = one per core; 1 (or a small job) = in-process.
+def resolve_workers(workers: int | None, n_items: int, min_items: int = MIN_ITEMS_FOR_POOL) -> int:
+    """Number of processes: ``None`` = one per core; 1 (or fewer than ``min_items``) = in-process.
 
     Raises:
         ParameterError: ``workers`` < 1.
@@ -67,7 +85,20 @@ def resolve_workers(workers: int | None, n_items: int) -> int:
             "localization.workers", f"must be >= 1 or null (one per core), got {workers}"
         )
     n = available_cores() if workers is None else int(workers)
-    return 1 if n_items < MIN_ITEMS_FOR_POOL else max(1, min(n, n_items))
+    return 1 if n_items < min_items else max(1, min(n, n_items))
+
+
+def on_dask_worker() -> bool:
+    """Whether this thread runs a Dask task (``distributed.get_worker()`` answers)."""
+    try:
+        from distributed import get_worker
+    except ImportError:  # the `dask` extra is not installed: never on a worker
+        return False
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 def _context() -> mp.context.BaseContext:
@@ -133,6 +164,8 @@ class _Guarded:
             return _Failure("DataFormatError", (exc.source, exc.problem, exc.where), "")
         except ParameterError as exc:
             return _Failure("ParameterError", (exc.key, exc.problem), "")
+        except CxrSpuriousError as exc:  # the project's other errors pickle as themselves
+            return _Failure("CxrSpuriousError", (exc,), traceback.format_exc())
         except Exception as exc:  # re-raised in the parent with the worker's traceback
             return _Failure(type(exc).__name__, (str(exc),), traceback.format_exc())
 
@@ -143,7 +176,75 @@ def _raise(failure: _Failure) -> None:
         raise DataFormatError(source, problem, where=where)
     if failure.kind == "ParameterError":
         raise ParameterError(*failure.args)
+    if failure.kind == "CxrSpuriousError":
+        raise failure.args[0]
     raise RuntimeError(f"worker failed with {failure.kind}: {failure.args[0]}\n{failure.text}")
+
+
+def _run_chunk(func: Callable[[Any], Any], chunk: list[Any]) -> list[Any]:
+    """One Dask task: ``func`` (a ``_Guarded``) over the items of one chunk."""
+    return [func(item) for item in chunk]
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _label(desc: str, func: Callable[..., Any]) -> str:
+    """A key-safe label of the map: its description, else the function's name."""
+    name = desc or getattr(func, "__name__", type(func).__name__)
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", name).strip("_") or "map"
+
+
+def _dask_map(
+    guarded: _Guarded,
+    items: Iterable[Any],
+    *,
+    n_items: int,
+    workers: int | None,
+    chunksize: int,
+    label: str,
+) -> Iterator[Any]:
+    """Chunks of ``items`` as Dask tasks, results in input order (see the module docstring).
+
+    At most ``workers`` chunks (``None``: twice the cluster's threads) are in flight: the
+    next is submitted when the oldest has been consumed, so results are held one window
+    at a time and ``items`` is read lazily.
+    """
+    from distributed import worker_client
+
+    with worker_client() as client:
+        if workers is None:
+            threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+            window = max(2, 2 * threads)
+            # about four chunks per thread, so that the cluster's threads share the work
+            size = max(1, min(int(chunksize), -(-n_items // max(1, 4 * threads))))
+        else:
+            window, size = max(1, int(workers)), max(1, int(chunksize))
+        token = f"{CHUNK_KEY_PREFIX}-{label}-{uuid.uuid4().hex[:12]}"
+        func_future = client.scatter(guarded, hash=False)
+        pending: deque[Any] = deque()
+        chunks = _chunks(items, size)
+        try:
+            for i, chunk in enumerate(chunks):
+                pending.append(
+                    client.submit(_run_chunk, func_future, chunk, key=f"{token}-{i}", pure=False)
+                )
+                if len(pending) >= window:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        finally:
+            for future in pending:  # the consumer stopped early or a chunk failed
+                future.cancel()
+            func_future.release()
 
 
 def ordered_map(
@@ -155,17 +256,22 @@ def ordered_map(
     chunksize: int = 8,
     desc: str = "",
     progress: bool = True,
+    min_items: int = MIN_ITEMS_FOR_POOL,
 ) -> Iterator[R]:
-    """``map(func, items)`` over a pool of processes, yielding results in input order.
+    """``map(func, items)`` over processes or Dask tasks, yielding results in input order.
 
     Args:
         func: A picklable (module-level) function of one item.
-        items: The inputs (consumed lazily by the pool's feeder).
+        items: The inputs (consumed lazily by the pool's feeder / the chunk submitter).
         n_items: Number of items (for the progress bar and the pool decision).
-        workers: Processes; ``None`` = one per available core; 1 = in this process.
-        chunksize: Items sent to a worker at a time.
+        workers: Processes (Dask: chunks in flight); ``None`` = one per available core
+            (Dask: twice the cluster's threads); 1 = in this process (this task).
+        chunksize: Items sent to a worker at a time (Dask: at most, per chunk task).
         desc: Progress-bar label.
         progress: Show a tqdm bar.
+        min_items: Fewer items than this run in this process (a pool or chunk tasks would
+            cost more than they save; 16 suits per-map work of milliseconds, per-batch
+            work of seconds warrants 2).
 
     Yields:
         ``func(item)`` for each item, in order.
@@ -174,15 +280,28 @@ def ordered_map(
         DataFormatError: re-raised from a worker.
         ParameterError: re-raised from a worker, or bad ``workers``.
     """
-    n = resolve_workers(workers, n_items)
+    n = resolve_workers(workers, n_items, min_items)
     guarded = _Guarded(func)
     bar = tqdm(total=n_items, desc=desc, leave=False, disable=not progress)
     try:
-        if n == 1:
-            results: Iterable[Any] = map(guarded, items)
-            for res in results:
+        if workers != 1 and n_items >= min_items and on_dask_worker():
+            chunks = _dask_map(
+                guarded,
+                items,
+                n_items=n_items,
+                workers=workers,
+                chunksize=chunksize,
+                label=_label(desc, func),
+            )
+            for res in chunks:
                 if isinstance(res, _Failure):
                     _raise(res)
+                bar.update(1)
+                yield res
+            return
+        if n == 1:  # in this process: errors propagate as raised
+            for item in items:
+                res = func(item)
                 bar.update(1)
                 yield res
             return

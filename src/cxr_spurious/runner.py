@@ -22,7 +22,12 @@ Kedro's deployment guide for Dask, written against Kedro 1.7's ``AbstractRunner`
   explicitly through Dask: pipeline inputs are scattered once, an intermediate stays on
   the worker that produced it and moves to the worker of each consumer, with the copy rules
   of ``MemoryDataset`` (each load is a copy); free in-memory outputs come back to the
-  client's catalog, as under ``SequentialRunner``.
+  client's catalog, as under ``SequentialRunner``. A
+  ``cxr_spurious.datasets.shared_memory.RunnerMemoryDataset`` moves the same way, its
+  ``copy_mode`` (``assign`` included) applying within a worker.
+* **MLflow.** The project's MLflow datasets (``cxr_spurious.datasets.mlflow_run``) carry
+  the session's run to the workers when they are pickled: child runs and artifacts saved
+  on a worker land under the session's (parent) run.
 * **Pre-flight check.** Before anything starts, the run is refused (``ContractError``
   naming each dataset) when a dataset cannot cross processes: a ``MemoryDataset`` with
   ``copy_mode="assign"`` (an object shared by reference, e.g. a Spark frame or a
@@ -66,6 +71,7 @@ from kedro.pipeline.node import Node
 from kedro.runner import AbstractRunner
 from kedro.runner.task import Task
 
+from cxr_spurious.datasets.shared_memory import RunnerMemoryDataset
 from cxr_spurious.errors import ContractError
 from cxr_spurious.parallel import available_cores
 
@@ -105,7 +111,7 @@ class _NodeJob:
 class _Plan:
     """What the pre-flight check found: the in-memory datasets, and those back to the client."""
 
-    memory: dict[str, MemoryDataset]
+    memory: dict[str, MemoryDataset | RunnerMemoryDataset]
     free_memory_outputs: set[str] = field(default_factory=set)
 
 
@@ -253,6 +259,8 @@ def _client_log_levels() -> dict[str, int]:
 
 def _memory_kind(dataset: AbstractDataset) -> str | None:
     """Why ``dataset`` cannot cross processes, or None when it can (or is not in memory)."""
+    if isinstance(dataset, RunnerMemoryDataset):  # in memory, and made to cross processes
+        return None
     if getattr(dataset, "_SINGLE_PROCESS", False):
         return f"{type(dataset).__name__} is bound to one process (_SINGLE_PROCESS)"
     if isinstance(dataset, MemoryDataset):
@@ -289,7 +297,7 @@ def plan_transfers(pipeline: Pipeline, catalog: Any) -> _Plan:
             readers.setdefault(name, []).append(n)
     outputs = pipeline.outputs()
     problems: list[str] = []
-    memory: dict[str, MemoryDataset] = {}
+    memory: dict[str, MemoryDataset | RunnerMemoryDataset] = {}
     for name in sorted(pipeline.datasets()):
         dataset = catalog.get(name, fallback_to_runtime_pattern=True)
         writer = writers.get(name)
@@ -301,7 +309,7 @@ def plan_transfers(pipeline: Pipeline, catalog: Any) -> _Plan:
         if reason is not None:
             problems.append(f"'{name}' ({where}): {reason}")
             continue
-        if isinstance(dataset, MemoryDataset):
+        if isinstance(dataset, MemoryDataset | RunnerMemoryDataset):
             memory[name] = dataset
             if writer is None and users:  # the data exist already: check them now
                 problem = _pickle_problem(catalog.load(name))

@@ -7,6 +7,10 @@
   kedro-mlflow's pipeline name (``__default__``); a name set in ``conf/*/mlflow.yml``
   (``tracking.run.name``) is kept;
 * gives it a one-line description (the ``mlflow.note.content`` tag, shown in the UI);
+* records the run as this process's session run
+  (``cxr_spurious.datasets.mlflow_run.remember_session_run``, forgotten when the pipeline
+  ends), so that the MLflow datasets pickled for other processes (``ParallelRunner``,
+  ``DaskRunner``) carry it and log there;
 * marks the experiment as model training (``EXPERIMENT_KIND``; kept if someone chose another
   kind). MLflow UIs that read the tag open the experiment on its runs table; MLflow 3.17 lets
   a browser-wide switch (GenAI / Model training, top left, remembered by the browser) decide,
@@ -26,6 +30,7 @@ import mlflow
 from kedro.framework.hooks import hook_impl
 from mlflow.tracking import MlflowClient
 
+from cxr_spurious.datasets.mlflow_run import RunReference, remember_session_run
 from cxr_spurious.hooks import STAGES
 
 logger = logging.getLogger(__name__)
@@ -98,13 +103,16 @@ def mark_experiment_kind(client: MlflowClient, experiment_id: str) -> None:
 
 
 class MlflowRunNamingHook:
-    """Name and describe the session's MLflow run; set the experiment's kind."""
+    """Name and describe the session's MLflow run; set the experiment's kind; record it as
+    the run that datasets in other processes log under."""
 
     @hook_impl(trylast=True)  # after kedro-mlflow's hook has started the run
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
         run = mlflow.active_run()
         if run is None:  # tracking disabled for this pipeline
+            remember_session_run(None)
             return
+        remember_session_run(RunReference(run.info.run_id, mlflow.get_tracking_uri()))
         names = pipeline_names(run_params)
         client = MlflowClient()
         tags: dict[str, str] = {}
@@ -118,3 +126,11 @@ class MlflowRunNamingHook:
         mark_experiment_kind(client, run.info.experiment_id)
         if "mlflow.runName" in tags:
             logger.info("MLflow run '%s' (%s)", tags["mlflow.runName"], run.info.run_id)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        remember_session_run(None)
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        remember_session_run(None)

@@ -11,8 +11,11 @@ import pytest
 from cxr_spurious.logging_filters import (
     ConsoleFilter,
     PlainConsoleHandler,
+    StartupWarningHold,
     configure_run_logging,
+    hold_startup_warnings,
     is_library_warning,
+    is_startup_warning,
 )
 
 SITE = "/venv/lib/python3.11/site-packages"
@@ -108,3 +111,67 @@ def test_configure_run_logging_on_a_pipe(clean_root: logging.Logger, tmp_path: P
     assert long in written and "Loading data from params:x" in written
     assert "ValueError: inner" in written
     assert console_filter.summary(log_file) is None
+
+
+TYPE_HINTS = (
+    "\x1b[33mAdd type hints to the `predict` method to enable data validation and automatic "
+    "signature inference during model logging.\x1b[0m"
+)
+
+
+@pytest.mark.parametrize(
+    ("record", "held"),
+    [
+        (
+            _warning(f"{SITE}/mlflow/pyfunc/utils/data_validation.py", "UserWarning", TYPE_HINTS),
+            True,
+        ),
+        # the same text from the project's code, another MLflow warning, another library's
+        (_warning("/repo/src/cxr_spurious/tracking.py", "UserWarning", TYPE_HINTS), False),
+        (
+            _warning(f"{SITE}/mlflow/utils/x.py", "UserWarning", "Hint: pass an input_example"),
+            False,
+        ),
+        (_warning(f"{SITE}/statsmodels/m.py", "UserWarning", TYPE_HINTS), False),
+        (_record("mlflow.models", TYPE_HINTS, logging.WARNING), False),  # not a py warning
+    ],
+)
+def test_only_the_listed_startup_warnings_are_held(record: logging.LogRecord, held: bool) -> None:
+    assert is_startup_warning(record) is held
+    hold = StartupWarningHold()
+    assert hold.filter(record) is not held
+    assert hold.release() == ([record] if held else [])
+    assert hold.release() == []
+
+
+def test_held_startup_warnings_go_to_the_log_file(clean_root: logging.Logger, tmp_path) -> None:
+    from kedro.logging import RichHandler
+    from rich.console import Console
+
+    stream = io.StringIO()
+    clean_root.handlers[:] = [RichHandler(console=Console(file=stream, width=400))]
+    clean_root.setLevel(logging.INFO)
+    py_warnings = logging.getLogger("py.warnings")
+    hold = hold_startup_warnings()
+    assert hold_startup_warnings() is hold and py_warnings.filters.count(hold) == 1
+    hold.release()  # what importing the package may have held in this process
+    early = _warning(f"{SITE}/mlflow/pyfunc/utils/data_validation.py", "UserWarning", TYPE_HINTS)
+    mine = _warning("/repo/src/cxr_spurious/training/loop.py", "UserWarning", "few images")
+    py_warnings.handle(early)
+    py_warnings.handle(mine)
+    assert stream.getvalue().count("few images") == 1 and "type hints" not in stream.getvalue()
+    try:
+        console_filter, log_file = configure_run_logging(tmp_path)
+        assert hold not in py_warnings.filters  # the run's console filter takes over
+        later = _warning(f"{SITE}/mlflow/pyfunc/x.py", "UserWarning", TYPE_HINTS + " (later)")
+        py_warnings.handle(later)
+        for handler in clean_root.handlers:
+            handler.flush()
+        written = log_file.read_text(encoding="utf-8")
+        assert written.count("Add type hints to the `predict` method") == 2, written
+        assert "type hints" not in stream.getvalue()
+        assert console_filter.summary("logs/info.log") == (
+            "2 warning(s) from libraries (2 UserWarning) are in logs/info.log"
+        )
+    finally:
+        hold_startup_warnings()  # as the package's import left it

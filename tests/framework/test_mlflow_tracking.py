@@ -129,7 +129,7 @@ def test_the_findings_table_and_figure_are_parent_run_artifacts(
     entries = {}
     for name in ("study_findings", "study_findings_figure"):
         entry = dict(catalog_conf[name])
-        assert entry["type"] == "kedro_mlflow.io.artifacts.MlflowArtifactDataset", name
+        assert entry["type"] == "cxr_spurious.datasets.mlflow_run.MlflowRunArtifactDataset", name
         entry["dataset"] = {
             **entry["dataset"],
             "filepath": str(tmp_path / Path(entry["dataset"]["filepath"]).name),

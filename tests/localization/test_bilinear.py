@@ -298,3 +298,59 @@ def test_random_sweep_of_shapes_and_value_distributions():
         ref = heatmap_to_segmentation(m, h, w)
         if TORCH_FMA:
             assert fast.rle == encode_rle(ref), (i, kind, (h0, w0), (h, w))
+
+
+@pytest.mark.parametrize("kind", ["gradcam", "steps", "spikes", "noise"])
+def test_edge_counts_equal_counts_on_the_full_map(kind):
+    """Area above each edge and its overlap with a mask: exact against the materialised map,
+    in the order of the edges given (unsorted, repeated, +inf), whatever the map's shape."""
+    rng = np.random.default_rng({"gradcam": 11, "steps": 12, "spikes": 13, "noise": 14}[kind])
+    for h, w in ((157, 203), (64, 300), (211, 90)):
+        if kind == "gradcam":
+            m = _gradcam_like(rng, n=24)
+        elif kind == "steps":  # flat cells: most of the map counts cell by cell
+            m = (rng.integers(0, 3, (9, 7)) / 2.0).astype(np.float32)
+        elif kind == "spikes":
+            m = np.zeros((12, 12), np.float32)
+            m.flat[rng.integers(0, m.size, 3)] = rng.random(3).astype(np.float32)
+        else:
+            m = rng.random((40, 33)).astype(np.float32)
+        bm = BilinearMap(m, h, w)
+        up = bm.full()
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 5 : h // 2, w // 3 : w - 5] = 1
+        mask[rng.random((h, w)) < 0.05] = 1  # scattered pixels: many short runs
+        runs = _column_major_runs(mask)
+        assert rle_from_runs(runs, h, w) == encode_rle(mask)  # pycocotools' order
+        qs = np.quantile(up, [0.9, 0.0, 0.5, 0.999, 0.5, 1.0]).astype(np.float32)
+        edges = np.concatenate([qs, np.float32([np.inf, up.min() - 1])])
+        areas, inside = bm.edge_counts(edges, runs)
+        for e, a, i in zip(edges, areas, inside, strict=True):
+            above = up >= e
+            assert a == int(above.sum()), (kind, (h, w), e)
+            assert i == int((above & (mask == 1)).sum()), (kind, (h, w), e)
+    with pytest.raises(ValueError, match="sum to"):
+        bm.edge_counts(edges, runs[:-1])
+
+
+def _column_major_runs(mask: np.ndarray) -> np.ndarray:
+    """Run lengths of ``mask`` in column-major order, zeros first (pycocotools' RLE)."""
+    flat = mask.T.ravel()
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds)
+    return np.concatenate([[0], runs]) if flat[0] == 1 else runs
+
+
+def test_histogram_on_flat_cells_equals_reference_uint8_image():
+    """Step and spike maps (whole cells at one level, counted without their pixels)."""
+    rng = np.random.default_rng(15)
+    for shape, (h, w) in (((9, 7), (300, 257)), ((12, 12), (150, 410))):
+        m = (rng.integers(0, 4, shape) / 3.0).astype(np.float32)
+        m.flat[0] = np.float32(1.7)
+        bm = BilinearMap(m, h, w)
+        lo, hi, _ = bm.extremes()
+        up = bm.full()
+        span = np.float32(np.float32(hi) - np.float32(lo))
+        u8 = ((up - np.float32(lo)) / span * np.float32(255)).astype(np.uint8)
+        np.testing.assert_array_equal(bm.histogram(lo, hi), np.bincount(u8.ravel(), minlength=256))

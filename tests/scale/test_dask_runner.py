@@ -81,7 +81,7 @@ def _inputs() -> dict[str, Any]:
         spurious=np.zeros((n, 1, size, size), np.uint8),
         has_mask=np.ones((n, len(TASKS)), bool),
     )
-    manifest = pd.DataFrame({"image_id": IDS, "sex": ["M", "F"] * 3})
+    manifest = pd.DataFrame({"image_id": IDS, "sex": (["M", "F"] * len(IDS))[: len(IDS)]})
     data = {
         "heatmap_collection": sets,
         "gt_segmentations": gt,

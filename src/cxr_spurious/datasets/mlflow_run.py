@@ -24,6 +24,20 @@ The model is logged as the run artifact ``model/model.pt``: the same ``{"state_d
 MLflow pytorch flavour, whose pickled model would run code when loaded), plus
 ``model/config.json`` for reading in the UI. ``load_model_from_run(run_id)`` rebuilds the
 model from a run id; ``load_model_artifact(run_id)`` returns the raw artifact.
+
+``MlflowRunArtifactDataset`` wraps a file dataset: each save also logs the file as an
+artifact of the session's (parent) run (what kedro-mlflow's ``MlflowArtifactDataset``
+does, as a class that pickles, so that ``ParallelRunner`` and ``DaskRunner`` can use it).
+
+**Other processes.** Both datasets log under ``run_for_logging()``: the run active in this
+thread, else the run of this process's Kedro session (``remember_session_run``, called by
+``cxr_spurious.tracking.MlflowRunNamingHook`` while a pipeline runs), else the run they
+carried: a dataset that is pickled (``ParallelRunner`` sends the catalog to its worker
+processes, ``DaskRunner`` each node's datasets to its Dask worker) takes that run's id and
+tracking URI with it, so a node saved in another process logs under the session's run. A
+worker must reach the same tracking store (a relative ``sqlite:///mlflow.db`` resolves
+against the worker's working directory, the client's for a ``LocalCluster``; an
+``http://`` tracking server for remote workers).
 """
 
 from __future__ import annotations
@@ -34,13 +48,14 @@ import logging
 import subprocess
 import tempfile
 from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Any
 
 import mlflow
 import mlflow.artifacts
 from kedro.io import AbstractDataset
-from kedro.io.core import DatasetError
+from kedro.io.core import DatasetError, parse_dataset_definition
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -88,6 +103,54 @@ def describe_variant(tags: Mapping[str, Any], params: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class RunReference:
+    """An MLflow run and the tracking URI of its store."""
+
+    run_id: str
+    tracking_uri: str
+
+
+_session_run: RunReference | None = None
+
+
+def remember_session_run(run: RunReference | None) -> None:
+    """Record (or, with None, forget) the run of this process's Kedro session.
+
+    ``mlflow.active_run()`` is per thread; the session's run must also be found by the
+    threads that pickle datasets for other processes (e.g. Dask's event loop).
+    """
+    global _session_run
+    _session_run = run
+
+
+def run_for_logging() -> RunReference | None:
+    """The run to log under in this process: the one active in this thread, else the
+    Kedro session's (``remember_session_run``); None when there is neither."""
+    active = mlflow.active_run()
+    if active is not None:
+        return RunReference(active.info.run_id, mlflow.get_tracking_uri())
+    return _session_run
+
+
+class _CarriesRun:
+    """Mixin: the dataset takes ``run_for_logging()`` along when it is pickled."""
+
+    _carried_run: RunReference | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_carried_run"] = run_for_logging() or self._carried_run
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def _run(self) -> RunReference | None:
+        """The run to log under: this process's, else the one carried from the client."""
+        return run_for_logging() or self._carried_run
+
+
 def git_commit(path: str | Path = ".") -> str:
     """The ``HEAD`` commit of the repository containing ``path`` ("unknown" outside git)."""
     try:
@@ -104,8 +167,9 @@ def git_commit(path: str | Path = ".") -> str:
         return "unknown"
 
 
-class MlflowChildRunDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
-    """Write a run record as one MLflow run (nested under the active run when there is one)."""
+class MlflowChildRunDataset(_CarriesRun, AbstractDataset[Mapping[str, Any], dict[str, Any]]):
+    """Write a run record as one MLflow run (nested under the session's run when there is
+    one: ``run_for_logging()``, or the run it carried to this process)."""
 
     def __init__(
         self,
@@ -126,14 +190,18 @@ class MlflowChildRunDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         self._tracking_uri = tracking_uri
         self._log_model = log_model
         self._last_run_id: str | None = None
+        self._last_uri: str | None = None
         self.metadata = metadata
 
-    def _client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self._tracking_uri or mlflow.get_tracking_uri())
-
-    def _experiment_id(self, client: MlflowClient, parent: Any) -> str:
+    def _uri(self, parent: RunReference | None) -> str:
+        """The parent's store, else ``tracking_uri``, else MLflow's current one."""
         if parent is not None:
-            return parent.info.experiment_id
+            return parent.tracking_uri
+        return self._tracking_uri or mlflow.get_tracking_uri()
+
+    def _experiment_id(self, client: MlflowClient, parent: RunReference | None) -> str:
+        if parent is not None:
+            return client.get_run(parent.run_id).info.experiment_id
         name = self._experiment or "Default"
         found = client.get_experiment_by_name(name)
         return found.experiment_id if found is not None else client.create_experiment(name)
@@ -147,8 +215,9 @@ class MlflowChildRunDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
             )
         if self._tracking_uri:
             mlflow.set_tracking_uri(self._tracking_uri)
-        client = self._client()
-        parent = mlflow.active_run()
+        parent = self._run()
+        uri = self._uri(parent)
+        client = MlflowClient(tracking_uri=uri)
         tags = {str(k): str(v) for k, v in (data.get("tags") or {}).items()}
         tags.setdefault(
             DESCRIPTION_TAG,
@@ -159,7 +228,7 @@ class MlflowChildRunDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
             ),
         )
         if parent is not None:
-            tags["mlflow.parentRunId"] = parent.info.run_id
+            tags["mlflow.parentRunId"] = parent.run_id
         run = client.create_run(
             self._experiment_id(client, parent), run_name=str(data["run_name"]), tags=tags
         )
@@ -173,12 +242,12 @@ class MlflowChildRunDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         except BaseException:
             client.set_terminated(run_id, "FAILED")
             raise
-        self._last_run_id = run_id
+        self._last_run_id, self._last_uri = run_id, uri
         logger.info(
             "Logged MLflow run '%s' (%s)%s",
             data["run_name"],
             run_id,
-            f" under {parent.info.run_id}" if parent else "",
+            f" under {parent.run_id}" if parent else "",
         )
 
     @staticmethod
@@ -242,7 +311,7 @@ class MlflowChildRunDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
             raise DatasetError(
                 "MlflowChildRunDataset has not written a run in this session; nothing to load"
             )
-        run = self._client().get_run(self._last_run_id)
+        run = MlflowClient(tracking_uri=self._last_uri).get_run(self._last_run_id)
         return {
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
@@ -255,6 +324,84 @@ class MlflowChildRunDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
 
     def _describe(self) -> dict[str, Any]:
         return {"experiment": self._experiment, "tracking_uri": self._tracking_uri}
+
+
+class MlflowRunArtifactDataset(_CarriesRun, AbstractDataset[Any, Any]):
+    """A file dataset whose every save is also logged as an artifact of the session's run.
+
+    The catalog entry is kedro-mlflow's ``MlflowArtifactDataset``'s (``dataset``,
+    ``artifact_path``), e.g.::
+
+        sweep_models:
+          type: cxr_spurious.datasets.mlflow_run.MlflowRunArtifactDataset
+          dataset:
+            type: pandas.CSVDataset
+            filepath: data/08_reporting/sweep/sweep_models.csv
+
+    Loads read the local file. With no run to log under (tracking off, or a bare
+    ``catalog.save``) the file is written and a warning says it was not logged; kedro-mlflow
+    switches logging off (``_logging_activated``) for pipelines it does not track.
+    """
+
+    def __init__(
+        self,
+        dataset: str | dict[str, Any],
+        artifact_path: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Create the dataset.
+
+        Args:
+            dataset: The wrapped dataset's type, or its catalog entry (``type`` and its
+                arguments); it must write one local file (``filepath``), unversioned.
+            artifact_path: Folder of the artifact in the run (None: the run's root).
+            metadata: Free-form metadata (kedro-viz layer, preview arguments).
+
+        Raises:
+            DatasetError: the wrapped dataset has no ``filepath`` or is versioned.
+        """
+        config = {"type": dataset} if isinstance(dataset, str) else dict(dataset)
+        dataset_class, dataset_args = parse_dataset_definition(config)
+        self._dataset = dataset_class(**dataset_args)
+        if not isinstance(getattr(self._dataset, "_filepath", None), PurePath):
+            raise DatasetError(
+                f"MlflowRunArtifactDataset: the wrapped {dataset_class.__name__} has no "
+                "local 'filepath' to log as an artifact"
+            )
+        if getattr(self._dataset, "_version", None) is not None:
+            raise DatasetError(
+                f"MlflowRunArtifactDataset: the wrapped {dataset_class.__name__} is "
+                "versioned; log an unversioned file (the run keeps the history)"
+            )
+        self._artifact_path = artifact_path
+        self._logging_activated = True  # kedro-mlflow's switch for untracked pipelines
+        self.metadata = metadata
+        if hasattr(self._dataset, "preview"):  # kedro-viz reads the method's return type
+            self.preview = self._dataset.preview
+
+    def load(self) -> Any:
+        """The wrapped dataset's data (the local file)."""
+        return self._dataset.load()
+
+    def save(self, data: Any) -> None:
+        """Save through the wrapped dataset, then log its file to the run."""
+        self._dataset.save(data)
+        if not self._logging_activated:
+            return
+        local = str(self._dataset._filepath)  # type: ignore[attr-defined]
+        run = self._run()
+        if run is None:
+            logger.warning("No MLflow run to log %s under: saved, not logged", local)
+            return
+        MlflowClient(tracking_uri=run.tracking_uri).log_artifact(
+            run.run_id, local, self._artifact_path
+        )
+
+    def _exists(self) -> bool:
+        return bool(self._dataset.exists())
+
+    def _describe(self) -> dict[str, Any]:
+        return {"dataset": self._dataset._describe(), "artifact_path": self._artifact_path}
 
 
 def load_model_artifact(run_id: str, tracking_uri: str | None = None) -> dict[str, Any]:

@@ -526,6 +526,34 @@ def read_heatmap_pickle(path: str | Path, *, with_map: bool = True) -> MapRecord
     return MapRecord(cxr_id, task, arr, width, height, prob, float(gt))
 
 
+def map_bytes(map_shape: Sequence[int]) -> int:
+    """Bytes at the start of a heatmap pickle that hold its map (float32 values plus
+    the pickle and storage headers, with a margin): the ``map`` entry comes first."""
+    return 4 * int(np.prod(map_shape)) + (64 << 10)
+
+
+def prefetch_heatmap(path: str | Path, nbytes: int) -> None:
+    """Ask the OS to read the first ``nbytes`` of ``path`` into the page cache in the
+    background (``posix_fadvise`` ``WILLNEED``), so that a later read does not wait on disk.
+
+    Only a hint: nothing is read here, nothing is validated, and where the call is not
+    available or the file cannot be opened nothing happens (the later read reports it).
+    """
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None or nbytes <= 0:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        advise(fd, 0, int(nbytes), os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _index_row(path: Path) -> tuple[dict[str, Any], tuple[int, int]]:
     """Index fields and map shape of one pickle (runs in a worker; map bytes not read).
 

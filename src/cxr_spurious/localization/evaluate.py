@@ -28,6 +28,8 @@ from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.chexlocalize import (
     PickleMapStack,
     check_task,
+    map_bytes,
+    prefetch_heatmap,
     read_heatmap_pickle,
 )
 from cxr_spurious.io.masks import MAX_MASK_SIDE, decode_rle, validate_rle
@@ -43,9 +45,7 @@ from cxr_spurious.localization.metrics import (
     mass_rank_metrics,
     mass_share,
     rle_area,
-    rle_bbox,
     rle_counts,
-    rle_decode_t,
     rle_pixel,
     spurious_auroc,
 )
@@ -75,6 +75,8 @@ class MapJob:
         extra_metrics: Compute relevance mass/rank, top-k and pixel AUROC.
         top_k: k of the top-k intersection.
         spurious: ``{object: rle}`` of the CXR for shortcut attribution.
+        prefetch: ``(path, nbytes)`` of the next job's pickle: its map is read into the page
+            cache in the background while this job computes (``prefetch_heatmap``).
     """
 
     image_id: str
@@ -89,6 +91,7 @@ class MapJob:
     extra_metrics: bool = False
     top_k: int = 1000
     spurious: Mapping[str, Any] = field(default_factory=dict)
+    prefetch: tuple[str, int] | None = None
 
 
 def validate_segmentations(segmentations: Mapping[str, Any], *, source: str) -> None:
@@ -181,9 +184,7 @@ def score_fast_map(fast: FastMap, job: MapJob) -> tuple[dict[str, Any], dict[str
         else None
     )
     if positive and job.tuning_grid:
-        areas, inters = threshold_counts(
-            fast, job.tuning_grid, rle_decode_t(gt_rle), rle_bbox(gt_rle)
-        )
+        areas, inters = threshold_counts(fast, job.tuning_grid, gt_rle)
         for t, a, i in zip(job.tuning_grid, areas, inters):
             rec[f"tune_area_{t:g}"], rec[f"tune_inter_{t:g}"] = a, i
     score = (
@@ -213,6 +214,8 @@ def evaluate_job(
     Returns:
         (record fields, predicted RLE).
     """
+    if job.prefetch is not None:
+        prefetch_heatmap(*job.prefetch)
     map2d = _load_map(job)
     if device is not None and device.type == "cuda":
         with torch.inference_mode():
@@ -238,6 +241,7 @@ def build_jobs(
     """
     index = heatmaps.index.reset_index(drop=True)
     paths = heatmaps.maps.paths if isinstance(heatmaps.maps, PickleMapStack) else None
+    nbytes = map_bytes(heatmaps.maps.map_shape) if isinstance(heatmaps.maps, PickleMapStack) else 0
     grid = tuple(float(t) for t in tuning_grid)
     jobs = []
     for i, row in enumerate(
@@ -269,6 +273,7 @@ def build_jobs(
                 extra_metrics,
                 top_k,
                 spurious_segmentations.get(image_id, {}),
+                (str(paths[i + 1]), nbytes) if paths is not None and i + 1 < len(paths) else None,
             )
         )
     return jobs
@@ -373,14 +378,14 @@ def count_thresholds_job(job: MapJob) -> dict[str, Any]:
     """
     if job.gt_rle is None:
         raise ValueError(f"{job.image_id}/{job.task}: threshold counts need a ground truth")
+    if job.prefetch is not None:
+        prefetch_heatmap(*job.prefetch)
     map2d = _load_map(job)
     source = BilinearMap(map2d, job.height, job.width)
     lo, hi, argmax = source.extremes()
     span = 0.0 if map2d.max() == map2d.min() else float(np.float32(np.float32(hi) - np.float32(lo)))
     fast = FastMap({}, lo, span, argmax, source)
-    areas, inters = threshold_counts(
-        fast, job.tuning_grid, rle_decode_t(job.gt_rle), rle_bbox(job.gt_rle)
-    )
+    areas, inters = threshold_counts(fast, job.tuning_grid, job.gt_rle)
     rec: dict[str, Any] = {"gt_area": rle_area(job.gt_rle)}
     for t, a, i in zip(job.tuning_grid, areas, inters):
         rec[f"tune_area_{t:g}"], rec[f"tune_inter_{t:g}"] = a, i

@@ -17,7 +17,7 @@ its C order is the column-major order of pycocotools RLEs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from cxr_spurious.io.masks import decode_rle, encode_rle
 from cxr_spurious.localization.bilinear import BilinearMap, rle_from_runs, runs_have_hole
+from cxr_spurious.localization.metrics import rle_bbox, rle_decode_t, rle_runs
 from cxr_spurious.localization.segmentation import (
     SegmentationConfig,
     fill_outer_contours,
@@ -282,19 +283,21 @@ def segment_map_torch(
 
 
 def threshold_counts(
-    fast: FastMap, thresholds: Sequence[float], gt_t: np.ndarray, bbox: Sequence[float]
+    fast: FastMap, thresholds: Sequence[float], gt_rle: Mapping[str, Any]
 ) -> tuple[list[int], list[int]]:
     """Pixels above each fixed threshold, over the image and inside the ground truth.
 
-    ``norm > t`` (float32, like the reference's tuning) is evaluated as ``up >= edge``;
-    the intersection only looks inside the ground truth's bounding box.
+    ``norm > t`` (float32, like the reference's tuning) is evaluated as ``up >= edge``.
+    On the CPU (``fast.source``) all thresholds are counted in one pass over the cells of
+    the implicit map (``BilinearMap.edge_counts``: only cells an edge crosses are
+    evaluated pixel by pixel, the ground truth is read as its runs, never decoded); a
+    materialised map without its source (CUDA) is compared in full, the intersection
+    only inside the ground truth's bounding box.
 
     Args:
         fast: Output of a ``segment_map_*`` kernel.
         thresholds: Fixed thresholds on the normalised map.
-        gt_t: Transposed (w, h) uint8 ground-truth mask (``pycocotools.mask.decode(rle).T``,
-            a view without copy).
-        bbox: pycocotools bounding box of the ground truth: [x, y, w, h] in (h, w) coordinates.
+        gt_rle: The ground-truth RLE, of the map's (height, width).
 
     Returns:
         (areas, intersections), one int per threshold.
@@ -302,16 +305,20 @@ def threshold_counts(
     if fast.span <= 0:
         return [0] * len(thresholds), [0] * len(thresholds)
     edges = level_edges(fast.lo, fast.span, thresholds)
+    if fast.source is not None:
+        areas, inside = fast.source.edge_counts(edges, rle_runs(gt_rle))
+        return [int(a) for a in areas], [int(i) for i in inside]
+    bbox = rle_bbox(gt_rle)
     x0, y0 = int(bbox[0]), int(bbox[1])
     x1, y1 = x0 + int(np.ceil(bbox[2])), y0 + int(np.ceil(bbox[3]))
     up_t = fast.up_t
-    g_t = np.ascontiguousarray(gt_t[x0:x1, y0:y1]).view(bool)
+    g_t = np.ascontiguousarray(rle_decode_t(gt_rle)[x0:x1, y0:y1]).view(bool)
     if isinstance(up_t, torch.Tensor):
-        inside = up_t[x0:x1, y0:y1][torch.as_tensor(g_t, device=up_t.device)]
+        inside_t = up_t[x0:x1, y0:y1][torch.as_tensor(g_t, device=up_t.device)]
         return [int((up_t >= float(e)).sum()) for e in edges], [
-            int((inside >= float(e)).sum()) for e in edges
+            int((inside_t >= float(e)).sum()) for e in edges
         ]
-    inside = up_t[x0:x1, y0:y1][g_t]
+    inside_np = up_t[x0:x1, y0:y1][g_t]
     return [int(np.count_nonzero(up_t >= e)) for e in edges], [
-        int(np.count_nonzero(inside >= e)) for e in edges
+        int(np.count_nonzero(inside_np >= e)) for e in edges
     ]

@@ -14,7 +14,7 @@ import pandas as pd
 from pycocotools import mask as mask_utils
 
 from cxr_spurious.errors import DataFormatError
-from cxr_spurious.io.masks import decode_rle
+from cxr_spurious.io.masks import _compressed_counts, decode_rle
 from cxr_spurious.stats.metrics import auroc
 from cxr_spurious.tasks import CHEXLOCALIZE_TASKS
 
@@ -46,6 +46,21 @@ def rle_decode_t(rle: Mapping[str, Any]) -> np.ndarray:
     the orientation of the fast kernels (``localization.kernels``).
     """
     return mask_utils.decode(_coco(rle)).T
+
+
+def rle_runs(
+    rle: Mapping[str, Any], *, source: object = "<rle>", key: str | None = None
+) -> np.ndarray:
+    """Column-major run lengths (zeros first) of an RLE, without decoding the mask.
+
+    Raises:
+        DataFormatError: a counts string that is not pycocotools' code (naming ``source``
+            and ``key``).
+    """
+    counts = rle["counts"]
+    if isinstance(counts, str | bytes):
+        return _compressed_counts(counts, source, key)
+    return np.asarray(counts, dtype=np.int64)
 
 
 def rle_counts(pred: Mapping[str, Any], gt: Mapping[str, Any]) -> tuple[int, int, int]:

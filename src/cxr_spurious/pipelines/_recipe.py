@@ -31,7 +31,9 @@ the namespace as one collapsible box without a cycle).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from kedro.pipeline import Pipeline
 
@@ -44,6 +46,12 @@ ParameterMap = Mapping[str, str] | Callable[[str], Mapping[str, str]]
 def template_parameters(template: Pipeline) -> dict[str, str]:
     """Identity mapping of the template's parameters (kept un-namespaced in instances)."""
     return {p: p for p in sorted(template.inputs()) if p.startswith("params:")}
+
+
+def bind(func: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
+    """``func`` with keyword arguments fixed when the pipeline is built (a sweep cell, a
+    comparison seed), keeping its name and docstring (the node's name in kedro-viz)."""
+    return functools.update_wrapper(functools.partial(func, **kwargs), func)
 
 
 def variant_datasets(names: Iterable[str], dataset: str) -> list[str]:

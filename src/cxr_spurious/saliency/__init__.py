@@ -2,7 +2,9 @@
 
 from cxr_spurious.saliency.compute import (
     compute_maps,
+    compute_method_maps,
     heatmap_set_for,
+    heatmap_sets_for,
     load_model,
     select_image_ids,
 )
@@ -14,8 +16,10 @@ __all__ = [
     "MethodOptions",
     "available_methods",
     "compute_maps",
+    "compute_method_maps",
     "get_method",
     "heatmap_set_for",
+    "heatmap_sets_for",
     "load_model",
     "model_randomisation_check",
     "randomized_copy",

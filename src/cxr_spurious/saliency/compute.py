@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,8 @@ from tqdm.auto import tqdm
 
 from cxr_spurious.errors import ContractError, CxrSpuriousError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
-from cxr_spurious.saliency.registry import MethodOptions, get_method
+from cxr_spurious.parallel import on_dask_worker, ordered_map
+from cxr_spurious.saliency.registry import MethodOptions, get_method, options_from_call
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,186 @@ def to_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return x[:, None].to(device)
 
 
+@dataclass(frozen=True)
+class SaliencyChunk:
+    """One unit of saliency work: a method over consecutive whole batches of the images.
+
+    Attributes:
+        method: Registry name.
+        first_batch: Index of the chunk's first batch among all the batches of the images.
+        images: The chunk's images (whole batches of ``batch_size``, the last may be short).
+    """
+
+    method: str
+    first_batch: int
+    images: np.ndarray
+
+
+class ChunkMaps:
+    """Picklable function of a ``SaliencyChunk``: its maps and probabilities.
+
+    Opens the chunk's method once and runs its batches in order, so a chunk of all the
+    batches is exactly the sequential computation. A chunk that starts at batch ``b`` opens
+    the method with ``options_from_call(options, b * len(tasks))``: a seeded method
+    (SmoothGrad) draws for each (batch, task) the noise it draws in one pass over every
+    batch, so the maps do not depend on the chunking.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task_idx: Sequence[int],
+        *,
+        batch_size: int,
+        device: str | torch.device | None,
+        options: MethodOptions,
+        progress: bool = False,
+        desc: str = "",
+    ) -> None:
+        self.model = model
+        self.task_idx = list(task_idx)
+        self.batch_size = int(batch_size)
+        self.device = device
+        self.options = options
+        self.progress = progress
+        self.desc = desc
+
+    def __call__(self, chunk: SaliencyChunk) -> tuple[np.ndarray, np.ndarray]:
+        """(maps (n, T, h, w) float16, probs (n, T) float64) of the chunk's images."""
+        spec = get_method(chunk.method)
+        dev = self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
+        model = self.model.to(device=dev, dtype=torch.float32)
+        model.eval()
+        images = chunk.images
+        n, task_idx = len(images), self.task_idx
+        options = options_from_call(self.options, chunk.first_batch * len(task_idx))
+        maps: np.ndarray | None = None
+        probs = np.zeros((n, len(task_idx)), dtype=np.float64)
+        batches = image_batches(images, self.batch_size)
+        # fp32 whatever the training precision or an enclosing autocast (bf16 ties scores)
+        with (
+            torch.autocast(device_type=dev.type, enabled=False),
+            spec.open(model, options) as attribute,
+        ):
+            for sl in tqdm(
+                batches,
+                desc=self.desc or f"saliency {chunk.method}",
+                leave=False,
+                disable=not self.progress,
+            ):
+                x = to_input(images[sl], dev)
+                logits = None
+                for j, t in enumerate(task_idx):
+                    batch_maps, pass_logits = attribute(x, t)
+                    logits = pass_logits if logits is None else logits
+                    if maps is None:
+                        shape = (n, len(task_idx), *batch_maps.shape[1:])
+                        maps = np.zeros(shape, dtype=np.float16)
+                    maps[sl, j] = batch_maps
+                if logits is None:  # the method had no forward pass of its own
+                    with torch.inference_mode():
+                        logits = model(x)
+                probs[sl] = torch.sigmoid(logits[:, task_idx].float()).double().cpu().numpy()
+        if maps is None:
+            maps = np.zeros((0, len(task_idx), *images.shape[1:]), dtype=np.float16)
+        return maps, probs
+
+
+def saliency_chunks(
+    images: np.ndarray, methods: Sequence[str], batch_size: int, *, per_batch: bool
+) -> list[SaliencyChunk]:
+    """The chunks of the work: per (method, batch) when ``per_batch``, else one per method."""
+    batches = image_batches(images, batch_size)
+    if not per_batch or len(batches) <= 1:
+        return [SaliencyChunk(m, 0, images) for m in methods]
+    return [SaliencyChunk(m, b, images[sl]) for m in methods for b, sl in enumerate(batches)]
+
+
+def compute_method_maps(
+    model: nn.Module,
+    images: np.ndarray,
+    methods: Sequence[str],
+    tasks: Sequence[str],
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = "auto",
+    options: MethodOptions | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+    workers: int | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``compute_maps`` for several methods, the work cut into (method, batch) chunks.
+
+    In a Dask task (a node run by ``DaskRunner``) the (method, image batch) chunks run as
+    Dask tasks on the cluster (``cxr_spurious.parallel.ordered_map``); elsewhere each
+    method runs in this process over all its batches, as one sequential pass (on a few
+    CPU cores, torch's own threads already use them). The maps are the same either way.
+
+    Args:
+        model: The model.
+        images: (N, S, S) uint8 (or float in [0, 1]) images.
+        methods: Registry names.
+        tasks: Task names (a subset of ``model.tasks``).
+        batch_size: Images per batch (a chunk holds whole batches).
+        device: Device spec.
+        options: Method options.
+        progress: Show a progress bar over the batches (in-process runs).
+        desc: Progress-bar label (default ``saliency <method>``).
+        workers: Chunks in flight on Dask (``None``: twice the cluster's threads; 1: all
+            in this task); ignored off Dask.
+
+    Returns:
+        ``{method: (maps, probs)}`` in the order of ``methods`` (see ``compute_maps``).
+
+    Raises:
+        ParameterError: unknown method or task, or ``batch_size`` < 1.
+        CxrSpuriousError: a method cannot explain this model, or produced non-finite maps.
+    """
+    specs = [get_method(m) for m in methods]
+    task_names = resolve_tasks(model, tasks)
+    task_idx = [list(model.tasks).index(t) for t in task_names]
+    for spec in specs:  # before any work is sent anywhere
+        spec.check_model(model)
+    on_dask = on_dask_worker()
+    chunks = saliency_chunks(images, list(methods), batch_size, per_batch=on_dask)
+    func = ChunkMaps(
+        model,
+        task_idx,
+        batch_size=batch_size,
+        device=device,
+        options=options or MethodOptions(),
+        progress=progress and len(chunks) == len(methods),
+        desc=desc or "",
+    )
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in methods}
+    results = ordered_map(
+        func,
+        chunks,
+        n_items=len(chunks),
+        workers=workers if on_dask else 1,  # off Dask: in this process, as one pass
+        chunksize=1,
+        desc=desc or "saliency",
+        progress=False,
+        min_items=2,
+    )
+    for chunk, result in zip(chunks, results):
+        parts[chunk.method].append(result)
+    out = {}
+    for method, pieces in parts.items():
+        if len(pieces) == 1:
+            maps, probs = pieces[0]
+        else:
+            maps = np.concatenate([m for m, _ in pieces])
+            probs = np.concatenate([p for _, p in pieces])
+        if not np.isfinite(maps).all():
+            raise CxrSpuriousError(
+                f"saliency method '{method}' produced non-finite maps "
+                f"for {int((~np.isfinite(maps)).sum())} pixels"
+            )
+        out[method] = (maps, probs)
+    return out
+
+
 def compute_maps(
     model: nn.Module,
     images: np.ndarray,
@@ -145,44 +327,17 @@ def compute_maps(
         ParameterError: unknown method or task.
         CxrSpuriousError: the method cannot explain this model (no cam layer, not dense).
     """
-    spec = get_method(method)
-    task_names = resolve_tasks(model, tasks)
-    task_idx = [list(model.tasks).index(t) for t in task_names]
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    model = model.to(device=dev, dtype=torch.float32)
-    model.eval()
-    n = len(images)
-    maps: np.ndarray | None = None
-    probs = np.zeros((n, len(task_idx)), dtype=np.float64)
-    batches = image_batches(images, batch_size)
-    # fp32 whatever the training precision or an enclosing autocast (bf16 ties scores)
-    with (
-        torch.autocast(device_type=dev.type, enabled=False),
-        spec.open(model, options) as attribute,
-    ):
-        for sl in tqdm(
-            batches, desc=desc or f"saliency {method}", leave=False, disable=not progress
-        ):
-            x = to_input(images[sl], dev)
-            logits = None
-            for j, t in enumerate(task_idx):
-                batch_maps, pass_logits = attribute(x, t)
-                logits = pass_logits if logits is None else logits
-                if maps is None:
-                    maps = np.zeros((n, len(task_idx), *batch_maps.shape[1:]), dtype=np.float16)
-                maps[sl, j] = batch_maps
-            if logits is None:  # the method had no forward pass of its own
-                with torch.inference_mode():
-                    logits = model(x)
-            probs[sl] = torch.sigmoid(logits[:, task_idx].float()).double().cpu().numpy()
-    if maps is None:
-        maps = np.zeros((0, len(task_idx), *images.shape[1:]), dtype=np.float16)
-    if not np.isfinite(maps).all():
-        raise CxrSpuriousError(
-            f"saliency method '{method}' produced non-finite maps "
-            f"for {int((~np.isfinite(maps)).sum())} pixels"
-        )
-    return maps, probs
+    return compute_method_maps(
+        model,
+        images,
+        [method],
+        tasks,
+        batch_size=batch_size,
+        device=device,
+        options=options,
+        progress=progress,
+        desc=desc or f"saliency {method}",
+    )[method]
 
 
 def build_heatmap_set(
@@ -230,6 +385,58 @@ def build_heatmap_set(
     return HeatmapSet(index=index, maps=flat)
 
 
+def heatmap_sets_for(
+    model: nn.Module,
+    images: np.ndarray,
+    image_ids: Sequence[str],
+    manifest: pd.DataFrame,
+    *,
+    model_name: str,
+    methods: Sequence[str],
+    tasks: Sequence[str] | None = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = "auto",
+    options: MethodOptions | None = None,
+    progress: bool = True,
+) -> dict[str, HeatmapSet]:
+    """``compute_method_maps`` + ``build_heatmap_set`` for one model and several methods.
+
+    Args:
+        model: The model.
+        images: (N, S, S) images aligned with ``image_ids``.
+        image_ids: Ids of the images (manifest ``image_id``).
+        manifest: The manifest (labels and original sizes).
+        model_name: Variant name written to the index.
+        methods: Registry names.
+        tasks: Tasks to explain (default: all of the model's).
+        batch_size: Images per batch.
+        device: Device spec.
+        options: Method options.
+        progress: Show a progress bar.
+
+    Returns:
+        ``{method: heatmap set}`` (float16 maps at map resolution), in the order of ``methods``.
+    """
+    if len(images) != len(image_ids):
+        raise ContractError(f"{len(images)} images but {len(image_ids)} image ids")
+    task_names = resolve_tasks(model, tasks, model_name)
+    computed = compute_method_maps(
+        model,
+        images,
+        methods,
+        task_names,
+        batch_size=batch_size,
+        device=device,
+        options=options,
+        progress=progress,
+        desc=f"{model_name} saliency",
+    )
+    return {
+        method: build_heatmap_set(maps, probs, image_ids, task_names, manifest, model_name, method)
+        for method, (maps, probs) in computed.items()
+    }
+
+
 def heatmap_set_for(
     model: nn.Module,
     images: np.ndarray,
@@ -244,39 +451,20 @@ def heatmap_set_for(
     options: MethodOptions | None = None,
     progress: bool = True,
 ) -> HeatmapSet:
-    """``compute_maps`` + ``build_heatmap_set`` for one model and method.
-
-    Args:
-        model: The model.
-        images: (N, S, S) images aligned with ``image_ids``.
-        image_ids: Ids of the images (manifest ``image_id``).
-        manifest: The manifest (labels and original sizes).
-        model_name: Variant name written to the index.
-        method: Registry name.
-        tasks: Tasks to explain (default: all of the model's).
-        batch_size: Images per batch.
-        device: Device spec.
-        options: Method options.
-        progress: Show a progress bar.
-
-    Returns:
-        The heatmap set (float16 maps at map resolution).
-    """
-    if len(images) != len(image_ids):
-        raise ContractError(f"{len(images)} images but {len(image_ids)} image ids")
-    task_names = resolve_tasks(model, tasks, model_name)
-    maps, probs = compute_maps(
+    """``heatmap_sets_for`` with one method (same arguments, ``method`` a registry name)."""
+    return heatmap_sets_for(
         model,
         images,
-        method,
-        task_names,
+        image_ids,
+        manifest,
+        model_name=model_name,
+        methods=[method],
+        tasks=tasks,
         batch_size=batch_size,
         device=device,
         options=options,
         progress=progress,
-        desc=f"{model_name} {method}",
-    )
-    return build_heatmap_set(maps, probs, image_ids, task_names, manifest, model_name, method)
+    )[method]
 
 
 def name_list(value: str | Sequence[str] | None, *, spaces: bool = True) -> list[str] | None:

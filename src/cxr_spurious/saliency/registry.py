@@ -39,7 +39,7 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -62,7 +62,9 @@ class MethodOptions:
         smoothgrad_stdev: Noise standard deviation (input scale is [0, 1]).
         occlusion_window: Occlusion window side in pixels (``None``: input size // 8).
         occlusion_stride: Occlusion stride in pixels (``None``: window // 2).
-        seed: Seed of the SmoothGrad noise.
+        seed: Seed of the SmoothGrad noise: call ``k`` of an opened method (``k`` counts
+            the ``attribute(x, task)`` calls since ``open``) draws its noise from
+            ``torch.manual_seed(seed + k)``.
     """
 
     ig_steps: int = 16
@@ -93,6 +95,16 @@ class MethodOptions:
                 f"{key}.smoothgrad_stdev", f"must be >= 0, got {opts.smoothgrad_stdev}"
             )
         return opts
+
+
+def options_from_call(options: MethodOptions, first_call: int) -> MethodOptions:
+    """Options under which a freshly opened method's call ``k`` draws the random numbers of
+    call ``first_call + k`` of a method opened with ``options``.
+
+    Lets a chunk of batches that starts after ``first_call`` (batch, task) calls reproduce
+    the maps of one pass over every batch (the seed is the only random knob).
+    """
+    return replace(options, seed=int(options.seed) + int(first_call))
 
 
 @dataclass(frozen=True)

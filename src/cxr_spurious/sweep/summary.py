@@ -6,7 +6,8 @@ retraining on the same data design, not the within-run bootstrap CI of one model
 ``paired_differences``: supervisions trained on the same data and seed (same artefact,
 strength, seed and, between two location supervisions, the same location fraction; ``erm``
 uses no location labels and pairs with every fraction), as the mean paired difference with a
-paired t interval and p-value (``scipy.stats.ttest_rel``'s).
+paired t interval and p-value (``scipy.stats.ttest_rel``'s). The interval and the paired
+test are ``cxr_spurious.stats.seeds``'s (shared with the comparison's across-seed tables).
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.stats.seeds import SEED_COLUMN, paired_difference, seed_list, t_interval
 from cxr_spurious.sweep.grid import CELL_COLUMNS, LOCATION_SUPERVISIONS
 
-SEED_COLUMN = "seed"
 #: Columns that are never metrics (the cell, the seed and bookkeeping).
 IDENTITY_COLUMNS: frozenset[str] = frozenset(
     {*CELL_COLUMNS, SEED_COLUMN, "confounding", "namespace", "config_hash"}
@@ -48,21 +47,6 @@ def metric_columns(models: pd.DataFrame) -> list[str]:
         and pd.api.types.is_numeric_dtype(models[c])
         and not pd.api.types.is_bool_dtype(models[c])
     ]
-
-
-def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of the finite values and its Student t interval (NaN bounds with < 2 values)."""
-    if not 0 < level < 1:
-        raise ParameterError("ci_level", f"must be in (0, 1), got {level}")
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(v.mean())
-    if v.size < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-    return mean, mean - half, mean + half
 
 
 def summarise_cells(
@@ -142,21 +126,12 @@ def _pair_rows(
         row.update(n_pairs=len(group), seeds=_seed_list(group))
         for m in names:
             diff = (group[f"{m}_a"] - group[f"{m}_b"]).to_numpy(dtype=float)
-            mean, lo, hi = t_interval(diff, level)
-            row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi, f"{m}_p": _paired_p(diff)})
+            mean, lo, hi, p = paired_difference(diff, level)
+            row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi, f"{m}_p": p})
         row["ci_covers"] = "seeds (paired)"
         row["note"] = "one seed pair: no CI" if len(group) == 1 else ""
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _paired_p(diff: np.ndarray) -> float:
-    """Two-sided paired t-test p-value of the finite differences (NaN with < 2 or no spread)."""
-    d = diff[np.isfinite(diff)]
-    if d.size < 2 or d.std(ddof=1) == 0:
-        return float("nan")
-    t = d.mean() / (d.std(ddof=1) / np.sqrt(d.size))
-    return float(2 * stats.t.sf(abs(t), d.size - 1))
 
 
 def _check_models(models: pd.DataFrame) -> None:
@@ -172,7 +147,7 @@ def _check_models(models: pd.DataFrame) -> None:
 
 
 def _seed_list(group: pd.DataFrame) -> str:
-    return ",".join(str(s) for s in sorted(group[SEED_COLUMN].tolist()))
+    return seed_list(group[SEED_COLUMN])
 
 
 def _missing_note(group: pd.DataFrame, names: list[str]) -> str:

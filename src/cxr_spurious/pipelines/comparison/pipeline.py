@@ -12,15 +12,34 @@ run each through the training template's ``<variant>.mlflow_run``. Every templat
 instantiated with the one recipe (``cxr_spurious.pipelines._recipe.per_variant``), one
 namespace per variant, so the debiasing, training and robustness catalog patterns
 (``"{variant}.<dataset>"``) place its outputs.
+
+Seeds (``comparison.seeds``, read when the pipeline is built: this session's parameters
+stashed by ``hooks.SweepParamsHook``, ``--params`` included, else ``conf/base``): the seed
+``training.seed`` is the above, unchanged. Every other seed ``s`` repeats it in namespaces
+``seed_namespace(variant, s)`` (``cmp_jtt_s1``; the study's models retrained as
+``cmp_erm_s1``, ``cmp_box_s1``, ``cmp_seg_s1``; DFR refit on ``cmp_erm_s1``), with the same
+templates; a ``seed_overrides`` node sets ``training.seed`` (and the variant's name) through
+the training template's ``overrides``, a ``resampling_seed`` node the debiasing seed, and
+DFR's seed is ``s``. ``headline_table_s<s>`` is that seed's headline table; the collectors
+stack every seed (``headline_table_per_seed``) and summarise across seeds
+(``headline_table_seeds``, ``headline_paired_differences``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
-from cxr_spurious.pipelines._recipe import per_variant, template_parameters, variant_datasets
+from cxr_spurious.errors import ParameterError
+from cxr_spurious.hooks import base_parameters, stashed_parameters
+from cxr_spurious.pipelines._recipe import (
+    bind,
+    per_variant,
+    template_parameters,
+    variant_datasets,
+)
 from cxr_spurious.pipelines.comparison import nodes
 from cxr_spurious.pipelines.debiasing.pipeline import create_debiasing_template
 from cxr_spurious.pipelines.robustness.pipeline import create_robustness_template
@@ -46,6 +65,8 @@ DFR = "cmp_dfr"
 TRAINED: tuple[str, ...] = (*RESAMPLED, JTT)
 VARIANTS: tuple[str, ...] = (ERM, *TRAINED, DFR, *(m for m in STUDY_MODELS if m != ERM))
 SHARED_INPUTS: dict[str, str] = {"manifest": "manifest", "image_cache": "image_cache"}
+# What the study's models read (their resampled manifest is the study's debiasing output).
+STUDY_INPUTS: dict[str, str] = {**SHARED_INPUTS, "resampled_manifest": "resampled_manifest"}
 # What the debiasing templates read from the study's ERM (cluster features, JTT's errors).
 FROM_ERM: dict[str, str] = {
     "embeddings": f"{ERM}.embeddings",
@@ -69,17 +90,68 @@ def _debias_params(template: Pipeline) -> Callable[[str], dict[str, str]]:
     return for_variant
 
 
+def _shared(template: Pipeline, links: Mapping[str, str]) -> dict[str, str]:
+    """The template's inputs that ``links`` names (the others are the variant's own)."""
+    return {name: links[name] for name in sorted(template.inputs()) if name in links}
+
+
 def _debiasing(variants: list[str], features: str, *, jtt: bool = False) -> Pipeline:
     template = create_debiasing_template(features, jtt=jtt)  # type: ignore[arg-type]
-    links = {**SHARED_INPUTS, **FROM_ERM}
-    shared = {name: links[name] for name in sorted(template.inputs()) if name in links}
+    shared = _shared(template, {**SHARED_INPUTS, **FROM_ERM})
     return per_variant(
         template, variants, shared_inputs=shared, parameters=_debias_params(template)
     )
 
 
-def create_pipeline(**kwargs: object) -> Pipeline:
-    """Every comparison variant, its robustness evaluation and ``headline_table``."""
+def comparison_parameters() -> dict[str, Any]:
+    """Every parameter of this session (``hooks.stashed_parameters``), else of ``conf/base``."""
+    stashed = stashed_parameters()
+    return stashed if stashed is not None else base_parameters()
+
+
+def comparison_seeds(params: Mapping[str, Any]) -> tuple[list[int], int]:
+    """``comparison.seeds`` and the study's seed ``training.seed`` (one of them), checked.
+
+    Raises:
+        ParameterError: naming the key and what was expected.
+    """
+    study = (params.get("training") or {}).get("seed", 0)
+    if isinstance(study, bool) or not isinstance(study, int) or study < 0:
+        raise ParameterError("training.seed", f"must be an integer >= 0, got {study!r}")
+    raw = (params.get("comparison") or {}).get("seeds", [study])
+    if isinstance(raw, str) or not isinstance(raw, Sequence) or not raw:
+        raise ParameterError("comparison.seeds", f"must be a non-empty list of seeds, got {raw!r}")
+    bad = [s for s in raw if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise ParameterError("comparison.seeds", f"seeds must be integers >= 0, got {bad}")
+    if len(set(raw)) != len(raw):
+        raise ParameterError("comparison.seeds", f"seeds repeat in {list(raw)}")
+    if study not in raw:
+        raise ParameterError(
+            "comparison.seeds",
+            f"must contain training.seed ({study}), the seed of the study's erm, box and seg "
+            f"that the comparison reuses; got {list(raw)}",
+        )
+    return list(raw), study
+
+
+def seed_namespace(variant: str, seed: int, study_seed: int) -> str:
+    """The namespace of ``variant`` on ``seed``: the variant itself on the study's seed, else
+    ``<variant>_s<seed>`` (``cmp_jtt_s1``; the study's models ``cmp_<model>_s<seed>``, so a
+    retrained ``erm`` never takes the study's catalog entries)."""
+    if seed == study_seed:
+        return variant
+    base = variant if variant.startswith("cmp_") else f"cmp_{variant}"
+    return f"{base}_s{seed}"
+
+
+def headline_seed_table(seed: int, study_seed: int) -> str:
+    """The headline table of one seed: ``headline_table`` on the study's seed."""
+    return "headline_table" if seed == study_seed else f"headline_table_s{seed}"
+
+
+def create_study_seed_pipeline() -> Pipeline:
+    """Every comparison variant on the study's seed, its robustness and ``headline_table``."""
     by_features = {
         f: [v for v, g in RESAMPLED.items() if g == f] for f in ("thumbnails", "embeddings")
     }
@@ -124,3 +196,159 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         tags=["comparison", "summary"],
     )
     return debiasing + training + Pipeline([dfr]) + robustness + Pipeline([headline])
+
+
+def _seed_nodes(seed: int, name: str, *, resampling: bool) -> Pipeline:
+    """The un-namespaced nodes that set one variant's seed (and name) on ``seed``."""
+    tags = ["comparison", "seeds"]
+    made = [
+        Node(
+            bind(nodes.seed_overrides, seed=seed, name=name),
+            None,
+            "seed_overrides",
+            name="seed_overrides",
+            tags=tags,
+        )
+    ]
+    if resampling:
+        made.append(
+            Node(
+                bind(nodes.resampling_seed, seed=seed),
+                None,
+                "resampling_seed",
+                name="resampling_seed",
+                tags=tags,
+            )
+        )
+    return Pipeline(made)
+
+
+def _trained_on_seed(variant: str, seed: int, study_seed: int) -> Pipeline:
+    """``variant`` (a ``TRAINED`` one) on ``seed``: its seed nodes, debiasing and training."""
+    name = seed_namespace(variant, seed, study_seed)
+    erm = seed_namespace(ERM, seed, study_seed)
+    features = RESAMPLED.get(variant, "thumbnails")
+    debiasing = create_debiasing_template(
+        features,  # type: ignore[arg-type]
+        jtt=variant == JTT,
+        seed="resampling_seed",
+    )
+    links = {
+        **SHARED_INPUTS,
+        "embeddings": f"{erm}.embeddings",
+        "erm_predictions": f"{erm}.predictions",
+    }
+    # three instances in one namespace (the debiasing template's ``embeddings`` input is
+    # ERM's, the training template's output is the variant's own)
+    return (
+        per_variant(
+            _seed_nodes(seed, name, resampling="resampling_seed" in debiasing.inputs()), [name]
+        )
+        + per_variant(
+            debiasing,
+            [name],
+            shared_inputs=_shared(debiasing, links),
+            parameters=_debias_params(debiasing)(variant),
+        )
+        + per_variant(
+            create_training_template(overrides="seed_overrides"),
+            [name],
+            shared_inputs=SHARED_INPUTS,
+            parameters={"params:variant": f"{C}.training_variants.{variant}"},
+        )
+    )
+
+
+def _study_model_on_seed(model: str, seed: int, study_seed: int) -> Pipeline:
+    """A study model (``training.variants.<model>``) retrained on ``seed``."""
+    name = seed_namespace(model, seed, study_seed)
+    template = _seed_nodes(seed, name, resampling=False) + create_training_template(
+        overrides="seed_overrides"
+    )
+    return per_variant(
+        template,
+        [name],
+        shared_inputs=_shared(template, STUDY_INPUTS),
+        parameters={"params:variant": f"params:training.variants.{model}"},
+    )
+
+
+def create_seed_pipeline(seed: int, study_seed: int) -> Pipeline:
+    """Every variant on a seed other than the study's, its robustness and its headline table
+    (``headline_table_s<seed>``)."""
+    if seed == study_seed:
+        raise ValueError(f"seed {seed} is the study's seed: create_study_seed_pipeline builds it")
+
+    def ns(variant: str) -> str:
+        return seed_namespace(variant, seed, study_seed)
+
+    study_models = list(STUDY_MODELS)
+    trained = sum(
+        (_trained_on_seed(v, seed, study_seed) for v in TRAINED),
+        start=sum(
+            (_study_model_on_seed(m, seed, study_seed) for m in study_models),
+            start=Pipeline([]),
+        ),
+    )
+    dfr = Node(
+        func=bind(nodes.refit_last_layer, seed=seed),
+        inputs={
+            "manifest": "manifest",
+            "embeddings": f"{ns(ERM)}.embeddings",
+            "tasks": f"{C}.debiasing.tasks",
+            "group_by": f"{C}.debiasing.group_by",
+            "age_bins": f"{C}.debiasing.age_bins",
+            "c": f"{C}.dfr_c",
+        },
+        outputs=[f"{ns(DFR)}.predictions", f"{ns(DFR)}.dfr_embeddings"],
+        name="refit_last_layer",
+        namespace=ns(DFR),
+        tags=["comparison", "dfr"],
+    )
+    robustness = per_variant(
+        create_robustness_template(),
+        [ns(v) for v in (*study_models, *TRAINED)],
+        shared_inputs=SHARED_INPUTS,
+    ) + per_variant(
+        create_robustness_template(),
+        [ns(DFR)],
+        shared_inputs={**SHARED_INPUTS, "embeddings": f"{ns(DFR)}.dfr_embeddings"},
+    )
+    headline = Node(
+        func=nodes.build_headline_table,
+        inputs={v: f"{ns(v)}.model_summary" for v in VARIANTS},
+        outputs=headline_seed_table(seed, study_seed),
+        name="build_headline_table",
+        namespace=f"headline_s{seed}",  # one node name per seed: headline_s1.build_headline_table
+        tags=["comparison", "summary"],
+    )
+    return trained + Pipeline([dfr]) + robustness + Pipeline([headline])
+
+
+def create_collectors(seeds: Sequence[int], study_seed: int) -> Pipeline:
+    """Every seed's headline table stacked, and the across-seed summaries."""
+    return Pipeline(
+        [
+            Node(
+                func=nodes.stack_seed_tables,
+                inputs={f"s{s}": headline_seed_table(s, study_seed) for s in seeds},
+                outputs="headline_table_per_seed",
+                name="stack_seed_tables",
+                tags=["comparison", "summary"],
+            ),
+            Node(
+                func=nodes.summarise_headline_seeds,
+                inputs=["headline_table_per_seed", f"{C}.ci_level"],
+                outputs=["headline_table_seeds", "headline_paired_differences"],
+                name="summarise_headline_seeds",
+                tags=["comparison", "summary"],
+            ),
+        ]
+    )
+
+
+def create_pipeline(**kwargs: object) -> Pipeline:
+    """Every comparison variant on every seed of ``comparison.seeds``, and the summaries."""
+    seeds, study_seed = comparison_seeds(comparison_parameters())
+    others = [create_seed_pipeline(s, study_seed) for s in seeds if s != study_seed]
+    return sum(others, start=create_study_seed_pipeline()) + create_collectors(seeds, study_seed)

@@ -19,9 +19,16 @@ P = "params:debiasing"
 
 
 def create_debiasing_template(
-    features: Literal["thumbnails", "embeddings"] = "thumbnails", *, jtt: bool = False
+    features: Literal["thumbnails", "embeddings"] = "thumbnails",
+    *,
+    jtt: bool = False,
+    seed: str = f"{P}.seed",
 ) -> Pipeline:
-    """One resampling run: groups -> (features) -> resampled manifest -> group-count report."""
+    """One resampling run: groups -> (features) -> resampled manifest -> group-count report.
+
+    ``seed`` names the resampling seed's input: the parameter, or a dataset of the same
+    namespace (the comparison's seeds other than ``training.seed``, ``pipelines/comparison``).
+    """
     group_node = Node(
         func=nodes.assign_row_groups,
         inputs={
@@ -81,7 +88,7 @@ def create_debiasing_template(
                     "features": "cluster_features" if features == "thumbnails" else "embeddings",
                     "strategy": f"{P}.strategy",
                     "target": f"{P}.target",
-                    "seed": f"{P}.seed",
+                    "seed": seed,
                     "n_clusters": f"{P}.n_clusters",
                 },
                 outputs="resampled_manifest",

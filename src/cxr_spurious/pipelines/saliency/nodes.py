@@ -17,7 +17,7 @@ from cxr_spurious.errors import ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.overlays import images_of
 from cxr_spurious.saliency.compute import (
-    heatmap_set_for,
+    heatmap_sets_for,
     load_model,
     name_list,
     plan_methods,
@@ -63,6 +63,9 @@ def compute_heatmaps(
 ) -> dict[str, HeatmapSet]:
     """Saliency maps of one trained model for every planned method.
 
+    Run by ``DaskRunner``, the work goes to the cluster as (method, image batch) chunk tasks
+    (``cxr_spurious.saliency.compute.compute_method_maps``); elsewhere it runs here.
+
     Args:
         model_artifact: ``{"state_dict", "config"}`` of the variant.
         variant: The variant's block ``training.variants.<name>`` (its ``name`` names the
@@ -89,31 +92,29 @@ def compute_heatmaps(
     planned = plan_methods(model_name, model, methods)
     ids = select_image_ids(manifest, split, max_images, seed)
     images = np.asarray(image_cache.images[image_cache.rows(ids)])
-    options = _options(method_options, seed)
-    out = {}
-    for method in planned:
-        start = time.perf_counter()
-        out[heatmap_set_name(model_name, method)] = heatmap_set_for(
-            model,
-            images,
-            ids,
-            manifest,
-            model_name=model_name,
-            method=method,
-            tasks=tasks,
-            batch_size=batch_size,
-            device=device,
-            options=options,
-        )
-        elapsed = time.perf_counter() - start
-        logger.info(
-            "%s %s: %d images in %.1f s (%.1f img/s)",
-            model_name,
-            method,
-            len(ids),
-            elapsed,
-            len(ids) / max(elapsed, 1e-9),
-        )
+    start = time.perf_counter()
+    sets = heatmap_sets_for(
+        model,
+        images,
+        ids,
+        manifest,
+        model_name=model_name,
+        methods=planned,
+        tasks=tasks,
+        batch_size=batch_size,
+        device=device,
+        options=_options(method_options, seed),
+    )
+    elapsed = time.perf_counter() - start
+    logger.info(
+        "%s %s: %d images in %.1f s (%.1f img/s per method)",
+        model_name,
+        "+".join(planned) or "no methods",
+        len(ids),
+        elapsed,
+        len(ids) * len(planned) / max(elapsed, 1e-9),
+    )
+    out = {heatmap_set_name(model_name, method): hset for method, hset in sets.items()}
     return out
 
 

@@ -21,18 +21,20 @@ from ``conf/base`` (kedro-viz, tests, a bare ``register_pipelines()``).
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from kedro.config import OmegaConfigLoader
 from kedro.pipeline import Node, Pipeline
 
 from cxr_spurious.errors import ParameterError
-from cxr_spurious.hooks import stashed_sweep_params
-from cxr_spurious.pipelines._recipe import per_variant, template_parameters, variant_datasets
+from cxr_spurious.hooks import base_parameters, stashed_sweep_params
+from cxr_spurious.pipelines._recipe import (
+    bind,
+    per_variant,
+    template_parameters,
+    variant_datasets,
+)
 from cxr_spurious.pipelines.ingestion.pipeline import create_pipeline as create_ingestion
 from cxr_spurious.pipelines.saliency.pipeline import create_saliency_template
 from cxr_spurious.pipelines.sweep import nodes
@@ -45,7 +47,6 @@ NAMESPACE = "sweep"
 DATA = ("sweep.manifest", "sweep.image_cache")
 #: The training template's node the sweep leaves out (its renders come from predict_renders).
 NOT_IN_CELL = frozenset({"predict_counterfactuals"})
-CONF = Path(__file__).resolve().parents[4] / "conf"
 
 
 def sweep_parameters() -> dict[str, Any]:
@@ -53,8 +54,7 @@ def sweep_parameters() -> dict[str, Any]:
     stashed = stashed_sweep_params()
     if stashed is not None:
         return stashed
-    loader = OmegaConfigLoader(str(CONF), base_env="base", default_run_env="base")
-    return dict(loader["parameters"].get("sweep") or {})
+    return dict(base_parameters().get("sweep") or {})
 
 
 def sweep_cells(params: Mapping[str, Any]) -> list[Cell]:
@@ -63,11 +63,6 @@ def sweep_cells(params: Mapping[str, Any]) -> list[Cell]:
     if not isinstance(grid, Mapping):
         raise ParameterError("sweep.grid", f"must be a mapping of the grid axes, got {grid!r}")
     return expand_grid(grid)
-
-
-def _bound(func: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
-    """``func`` with keyword arguments bound, keeping its name (the node's name)."""
-    return functools.update_wrapper(functools.partial(func, **kwargs), func)
 
 
 def create_data_pipeline() -> Pipeline:
@@ -109,7 +104,7 @@ def create_cell_template(cell: Cell) -> Pipeline:
     return Pipeline(
         [
             Node(
-                _bound(nodes.plan_cell, cell=cell),
+                bind(nodes.plan_cell, cell=cell),
                 {
                     "previous_row": "previous_row",
                     "training": "params:training",

@@ -1,0 +1,158 @@
+"""Across-seed statistics: the spread of retraining, not the sampling of one test set.
+
+The one Student t interval over training seeds (``t_interval``) and the one paired
+comparison of two models trained on the same seeds (``paired_difference``: mean paired
+difference, paired t interval, ``scipy.stats.ttest_rel``'s two-sided p-value). The sweep's
+summaries (``cxr_spurious.sweep.summary``) and the comparison's across-seed tables
+(``summarise_over_seeds``, ``paired_over_seeds``) are built on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from cxr_spurious.errors import ContractError, ParameterError
+
+SEED_COLUMN = "seed"
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the finite values and its Student t interval (NaN bounds with < 2 values)."""
+    if not 0 < level < 1:
+        raise ParameterError("ci_level", f"must be in (0, 1), got {level}")
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(v.mean())
+    if v.size < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return mean, mean - half, mean + half
+
+
+def paired_p(diff: np.ndarray) -> float:
+    """Two-sided paired t-test p-value of the finite differences (NaN with < 2 or no spread)."""
+    d = np.asarray(diff, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size < 2 or d.std(ddof=1) == 0:
+        return float("nan")
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(d.size))
+    return float(2 * stats.t.sf(abs(t), d.size - 1))
+
+
+def paired_difference(diff: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean of the paired differences ``a - b``, its t interval and the paired p-value."""
+    mean, lo, hi = t_interval(diff, level)
+    return mean, lo, hi, paired_p(diff)
+
+
+def seed_list(seeds: pd.Series) -> str:
+    """The seeds of a group as text, sorted (``"0,1,2"``)."""
+    return ",".join(str(s) for s in sorted(seeds.tolist()))
+
+
+def summarise_over_seeds(
+    per_seed: pd.DataFrame,
+    keys: Sequence[str],
+    metrics: Sequence[str],
+    *,
+    level: float = 0.95,
+    source: str = "per-seed table",
+) -> pd.DataFrame:
+    """One row per ``keys`` group: each metric's mean over seeds and its t interval.
+
+    Args:
+        per_seed: One row per ``keys`` and ``seed``, one column per metric.
+        keys: Columns that identify what was trained (e.g. ``variant``, ``task``).
+        metrics: Metric columns to summarise (NaN values, an undefined metric of one seed,
+            are left out of that metric's mean and interval).
+        level: Confidence level.
+        source: The table's name in error messages.
+
+    Returns:
+        ``keys``, ``n_seeds``, ``seeds``, per metric ``<m>``, ``<m>_lo``, ``<m>_hi`` and
+        ``<m>_n`` (the seeds where the metric is defined).
+
+    Raises:
+        ContractError: a column is missing or a key and seed repeat (naming ``source``).
+    """
+    _check(per_seed, keys, metrics, source)
+    rows = []
+    for key, group in per_seed.groupby(list(keys), sort=False, dropna=False):
+        row: dict[str, Any] = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row.update(n_seeds=len(group), seeds=seed_list(group[SEED_COLUMN]))
+        for m in metrics:
+            values = group[m].to_numpy(dtype=float)
+            mean, lo, hi = t_interval(values, level)
+            row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi})
+            row[f"{m}_n"] = int(np.isfinite(values).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_over_seeds(
+    per_seed: pd.DataFrame,
+    by: str,
+    reference: str,
+    match: Sequence[str],
+    metrics: Sequence[str],
+    *,
+    level: float = 0.95,
+    source: str = "per-seed table",
+) -> pd.DataFrame:
+    """Every ``by`` value minus ``reference``, paired on the same seed and ``match`` columns.
+
+    Args:
+        per_seed: One row per ``by``, ``match`` and ``seed``.
+        by: The column of what is compared (e.g. ``variant``).
+        reference: The ``by`` value every other one is compared with (e.g. ``erm``).
+        match: Further columns a pair must share (e.g. ``task``).
+        metrics: Metric columns.
+        level: Confidence level of the paired t interval.
+        source: The table's name in error messages.
+
+    Returns:
+        One row per ``by`` value (but ``reference``) and ``match`` group: ``by``,
+        ``reference``, ``match``, ``n_pairs``, ``seeds``, per metric ``<m>`` (mean
+        difference), ``<m>_lo``, ``<m>_hi`` (paired t interval) and ``<m>_p`` (paired
+        t-test p-value). Seeds without a reference row are not paired.
+
+    Raises:
+        ContractError: a column is missing, a key and seed repeat, or no row is
+            ``reference`` (naming ``source``).
+    """
+    _check(per_seed, [by, *match], metrics, source)
+    ref = per_seed.loc[per_seed[by] == reference]
+    if ref.empty:
+        raise ContractError(f"{source}: no row with {by} = {reference!r} to pair with")
+    on = [*match, SEED_COLUMN]
+    others = per_seed.loc[per_seed[by] != reference, [by, *on, *metrics]]
+    merged = others.merge(ref[[*on, *metrics]], on=on, suffixes=("_a", "_b"))
+    rows = []
+    for key, group in merged.groupby([by, *match], sort=False, dropna=False):
+        row: dict[str, Any] = dict(zip([by, *match], key))
+        row["reference"] = reference
+        row.update(n_pairs=len(group), seeds=seed_list(group[SEED_COLUMN]))
+        for m in metrics:
+            diff = (group[f"{m}_a"] - group[f"{m}_b"]).to_numpy(dtype=float)
+            mean, lo, hi, p = paired_difference(diff, level)
+            row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi, f"{m}_p": p})
+        rows.append(row)
+    columns = [by, "reference", *match, "n_pairs", "seeds"]
+    return pd.DataFrame(rows, columns=None if rows else columns)
+
+
+def _check(frame: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str], source: str) -> None:
+    missing = [c for c in (*keys, SEED_COLUMN, *metrics) if c not in frame.columns]
+    if missing:
+        raise ContractError(f"{source}: missing column(s) {missing}; it has {list(frame.columns)}")
+    repeated = frame.duplicated([*keys, SEED_COLUMN])
+    if repeated.any():
+        rows = frame.loc[repeated, [*keys, SEED_COLUMN]].head(3).to_dict("records")
+        raise ContractError(f"{source}: a key and seed repeat, e.g. {rows}")
