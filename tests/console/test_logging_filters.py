@@ -31,6 +31,16 @@ def _warning(path: str, category: str, message: str) -> logging.LogRecord:
     return _record("py.warnings", f"{path}:10: {category}: {message}\n  code()\n", logging.WARNING)
 
 
+UNION = (
+    "Union type hint (int | str) is not supported for validation. Parameters with this type "
+    "will be passed as raw dictionaries."
+)
+DOTS = (
+    "One or more dataset names contain '.' characters, which is not recommended as the dot "
+    "notation is reserved for automatic namespacing in Kedro."
+)
+
+
 @pytest.mark.parametrize(
     ("record", "shown"),
     [
@@ -42,12 +52,22 @@ def _warning(path: str, category: str, message: str) -> logging.LogRecord:
         (_record("kedro.pipeline.node", "Running node: generate_phantom: ..."), False),
         (_record("kedro.runner.sequential_runner", "Completed 3 out of 9 tasks"), False),
         (_record("kedro.io.data_catalog", "a catalog problem", logging.WARNING), True),
+        (_record("kedro.validation.type_extractor", UNION, logging.WARNING), False),
+        (_record("kedro.validation.x", "another validation problem", logging.WARNING), True),
+        (_record("cxr_spurious.x", UNION, logging.WARNING), True),
         (_record("kedro.framework.session.session", "Kedro project cxr_spurious"), True),
         (_record("cxr_spurious.hooks", "Node build_manifest done in 0.1 s (ingestion)"), True),
         (_record("cxr_spurious.cli", "traceback", logging.ERROR, console=False), False),
         (_warning(f"{SITE}/statsmodels/base/model.py", "ConvergenceWarning", "MLE ..."), False),
         (_warning(f"{SITE}/kedro/pipeline/node.py", "UserWarning", "names contain '.'"), False),
         (_warning("/repo/src/cxr_spurious/x.py", "FutureWarning", "old API"), False),
+        # Kedro's namespace-notation warning, reported at the project's pipeline line
+        (
+            _warning("/repo/src/cxr_spurious/pipelines/sweep/pipeline.py", "UserWarning", DOTS),
+            False,
+        ),
+        (_warning("/repo/src/cxr_spurious/x.py", "UserWarning", "mine: " + DOTS), True),
+        (_warning("/repo/src/cxr_spurious/x.py", "RuntimeWarning", DOTS), True),
         (_warning("/repo/src/cxr_spurious/training/loop.py", "UserWarning", "few images"), True),
         (_warning(f"{SITE}/cxr_spurious/training/loop.py", "UserWarning", "few images"), True),
     ],
@@ -65,6 +85,11 @@ def test_dropped_library_warnings_are_counted_for_the_summary() -> None:
     assert console.summary(Path("logs/info.log")) == (
         "4 warning(s) from libraries (3 ConvergenceWarning, 1 KedroDeprecationWarning) "
         "are in logs/info.log"
+    )
+    console.filter(_record("kedro.validation.type_extractor", UNION, logging.WARNING))
+    assert console.summary("logs/info.log") == (
+        "5 warning(s) from libraries (3 ConvergenceWarning, 1 KedroDeprecationWarning, "
+        "1 kedro) are in logs/info.log"
     )
     assert not is_library_warning(_record("py.warnings", "not a formatted warning"))
 

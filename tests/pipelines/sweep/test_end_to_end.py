@@ -144,3 +144,29 @@ def test_sweep_writes_its_tables_resumes_and_follows_params(kedro_project: Path,
     seed0 = pd.read_csv(reports / "sweep_models.csv")
     assert sorted(seed0["namespace"]) == sorted(c.namespace for c in cells if c.seed == 0)
     assert not [c for c in cells if c.seed == 1 and f"{c.namespace}.plan_cell" in fewer.log]
+
+    # ParallelRunner: two cells' rows removed, retrained in worker processes; their MLflow
+    # child runs land under that session's parent run, and the tables are as before
+    redo_cells = [cells[2], cells[9]]
+    for cell in redo_cells:
+        (kedro_project / f"data/07_model_output/sweep/{cell.namespace}/row.json").unlink()
+    parallel = run_kedro(
+        kedro_project, "run", "--pipeline", "sweep", "--env", "test", "--runner", "ParallelRunner"
+    )
+    assert "Pipeline execution completed successfully" in parallel.log
+    assert _trained(parallel.log) == 2
+    assert _tables(kedro_project) == first
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    redone = [r for r in runs if r.info.run_id not in {c.info.run_id for c in children}]
+    redone_children = [r for r in redone if r.data.tags.get("mlflow.parentRunId")]
+    assert sorted(r.data.tags["variant"] for r in redone_children) == sorted(
+        c.namespace for c in redo_cells + [cells[5]]
+    )  # the ParallelRunner's two, and the one retrained sequentially above
+    newest_parent = max(
+        (r for r in redone if not r.data.tags.get("mlflow.parentRunId")),
+        key=lambda r: r.info.start_time,
+    )
+    in_parallel = [r for r in redone_children if r.data.tags["variant"] != cells[5].namespace]
+    assert {r.data.tags["mlflow.parentRunId"] for r in in_parallel} == {newest_parent.info.run_id}
+    logged = {a.path for a in client.list_artifacts(newest_parent.info.run_id)}
+    assert {"sweep_models.csv", "strength_curves.png"} <= logged  # saved in a worker
