@@ -159,7 +159,7 @@ def _zoom_scale(dom: str) -> float:
     return float(scale.group(1))
 
 
-def _settled_dom(binary: str, url: str, profile: Path, attempts: int = 3) -> tuple[str, int]:
+def _settled_dom(binary: str, url: str, profile: Path, attempts: int = 4) -> tuple[str, int]:
     """``dump_dom`` of a flowchart, read again with twice the render budget while the
     zoom-to-fit is still animating (its layout runs in a web worker, on wall-clock time).
 
