@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "benchmarks" / "bench_saliency.py"
+from tests.benchmarks.loader import load_benchmark
 
 
 def _bench() -> ModuleType:
-    name = "bench_saliency"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_saliency")
 
 
 def test_a_tiny_run_prints_one_row_per_method_and_size_with_matching_maps(

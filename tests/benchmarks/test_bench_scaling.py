@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,21 +11,14 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from tests.benchmarks.loader import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks" / "bench_scaling.py"
 
 
 def _bench() -> ModuleType:
-    name = "bench_scaling"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_scaling")
 
 
 def _rows(ns: list[int], wall: list[float], work_mb: list[float], items=None) -> list[dict]:

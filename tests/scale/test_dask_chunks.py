@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import tests.scale.test_dask_runner as localization_run
 import torch
-from distributed import Client, LocalCluster, get_task_stream
+from distributed import get_task_stream
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from kedro.runner import SequentialRunner
@@ -37,24 +37,6 @@ MANY_IDS = [f"p{i}_study1_view1_frontal" for i in range(12)]
 TASKS = ["Pneumothorax", "Lung Lesion"]
 METHODS = ["gradcam", "integrated_gradients", "smoothgrad", "seg_prob"]
 N_IMAGES, BATCH, SIZE = 7, 2, 32  # 4 batches (the last one short) per method
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Any:
-    """Two single-threaded worker processes on loopback; a client to watch the scheduler."""
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            memory_limit=0,
-        ) as local,
-        Client(local) as client,
-    ):
-        client.wait_for_workers(2, timeout=60)
-        yield local, client
 
 
 def _chunk_keys(stream: Any) -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from distributed import Client, LocalCluster
+from distributed import LocalCluster
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from kedro.runner import SequentialRunner
@@ -126,24 +126,6 @@ def _assert_same_outputs(first: Path, second: Path, *, extra: tuple[str, ...] = 
     assert len(a) >= 10  # every table, the segmentations, the reports and the figures
     different = [name for name in a if a[name] != b[name]]
     assert not different, f"outputs differ from SequentialRunner's: {different}"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Any:
-    """Two single-threaded worker processes on loopback; a client to inspect them."""
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            memory_limit=0,
-        ) as local,
-        Client(local) as client,
-    ):
-        client.wait_for_workers(2, timeout=60)
-        yield local, client
 
 
 @pytest.fixture(scope="module")
