@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.hooks import StageTimingHooks, SweepParamsHook
-from cxr_spurious.tracking import MlflowRunNamingHook
+from cxr_spurious.tracking import BatchedParamsMlflowHook, MlflowRunNamingHook
 
 #: Config keys (groups of files) in which ``${env:...}`` may be used.
 ENV_CONFIG_KEYS = ("credentials", "mlflow")
@@ -118,4 +118,7 @@ CONFIG_LOADER_ARGS = {
     },
 }
 
-HOOKS = (StageTimingHooks(), SweepParamsHook(), MlflowRunNamingHook())
+# kedro-mlflow's hook, with each node's parameters logged in one batch (src/cxr_spurious/
+# tracking.py), in place of the instance the plugin registers itself (disabled below).
+HOOKS = (StageTimingHooks(), SweepParamsHook(), BatchedParamsMlflowHook(), MlflowRunNamingHook())
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
