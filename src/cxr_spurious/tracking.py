@@ -163,11 +163,15 @@ def node_params(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 class BatchedParamsMlflowHook(MlflowHook):
-    """kedro-mlflow's hook, logging each node's parameters in one batch, each value once.
+    """kedro-mlflow's hook, logging parameters in batches, each value once.
 
     Same parameters, names (flattened with ``tracking.params.dict_params``, sanitised) and
-    long-value strategy (``truncate``, ``tag`` or ``fail``) as kedro-mlflow; a parameter whose
-    value changes within a run is still sent, so MLflow refuses it as before.
+    long-value strategy (``truncate``, ``tag`` or ``fail``) as kedro-mlflow. Every parameter
+    input of the pipeline is logged when the pipeline starts, in the session's process, so
+    runs under ``ParallelRunner`` or ``DaskRunner`` (whose node hooks run in workers that do
+    not know the session's run) record them too; each node then sends only what is new to
+    this process. A parameter whose value changes within a run is still sent, so MLflow
+    refuses it as before.
     """
 
     def __init__(self) -> None:
@@ -180,6 +184,10 @@ class BatchedParamsMlflowHook(MlflowHook):
     ) -> None:
         self._logged = {}
         super().before_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
+        if not self._is_mlflow_enabled or self.run_id is None:
+            return
+        names = sorted(n for n in pipeline.inputs() if n.startswith("params:") or n == "parameters")
+        self._log_params(node_params({n: catalog.load(n) for n in names}), "the pipeline")
 
     @hook_impl
     def before_node_run(
@@ -194,8 +202,10 @@ class BatchedParamsMlflowHook(MlflowHook):
         # kedro-mlflow reopens the session's run in this thread / process; given no
         # parameter inputs it logs nothing itself.
         super().before_node_run(node=node, catalog=catalog, inputs=others, is_async=is_async)
-        if not self._is_mlflow_enabled or self.run_id is None or not params:
-            return
+        if self._is_mlflow_enabled and self.run_id is not None and params:
+            self._log_params(params, f"node '{node.name}'")
+
+    def _log_params(self, params: dict[str, Any], where: str) -> None:
         if self.flatten:
             params = _flatten_dict(d=params, recursive=self.recursive, sep=self.sep)
         batch: dict[str, str] = {}
@@ -210,7 +220,7 @@ class BatchedParamsMlflowHook(MlflowHook):
                 batch[key] = text
             elif self.long_params_strategy == "fail":
                 raise ValueError(
-                    f"Parameter '{name}' of node '{node.name}' is {len(text)} characters "
+                    f"Parameter '{name}' of {where} is {len(text)} characters "
                     f"long; MLflow accepts at most {MAX_PARAM_VAL_LENGTH}. Set "
                     "tracking.params.long_params_strategy to 'tag' or 'truncate' in mlflow.yml."
                 )
@@ -220,7 +230,9 @@ class BatchedParamsMlflowHook(MlflowHook):
             else:
                 logger.warning(
                     "Parameter '%s' (%d characters) is truncated to its first %d",
-                    key, len(text), MAX_PARAM_VAL_LENGTH,
+                    key,
+                    len(text),
+                    MAX_PARAM_VAL_LENGTH,
                 )
                 batch[key] = text[:MAX_PARAM_VAL_LENGTH]
         items = [Param(key, value) for key, value in batch.items()]

@@ -72,13 +72,13 @@ def figure_html(png: bytes, *, name: str, caption: str = "") -> str:
     )
 
 
-def _fmt(value: object, digits: int) -> str:
+def _fmt(value: object, digits: int, fixed: bool = False) -> str:
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             return "" if math.isnan(value) else str(value)
-        if float(value).is_integer() and abs(value) >= 1:
+        if not fixed and float(value).is_integer() and abs(value) >= 1:
             return str(int(value))
         return f"{value:.{digits}f}"
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -86,20 +86,21 @@ def _fmt(value: object, digits: int) -> str:
     return str(value)
 
 
-def _ci(est: object, lo: object, hi: object, digits: int) -> str:
-    e = _fmt(est, digits)
+def _ci(est: object, lo: object, hi: object, digits: int, fixed: bool = False) -> str:
+    e = _fmt(est, digits, fixed)
     if not e:
         return ""
-    lo_s, hi_s = _fmt(lo, digits), _fmt(hi, digits)
+    lo_s, hi_s = _fmt(lo, digits, fixed), _fmt(hi, digits, fixed)
     return f"{e} [{lo_s}, {hi_s}]" if lo_s and hi_s else e
 
 
-def with_cis(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+def with_cis(table: pd.DataFrame, digits: int = 2, *, fixed: bool = False) -> pd.DataFrame:
     """Each estimate with its interval in one text column: ``0.66 [0.60, 0.70]``.
 
     Columns ``x``, ``x_lo``, ``x_hi`` become one column ``x``, and so do ``estimate``,
     ``lo``, ``hi``; the bootstrap's bookkeeping columns ``*_dropped`` are left out. Other
-    columns are kept as they are.
+    columns are kept as they are. Whole numbers print without decimals (counts) unless
+    ``fixed`` (every number with ``digits`` decimals: ``1.00 [1.00, 1.00]``).
     """
     out = table.copy()
     cols = list(out.columns)
@@ -107,7 +108,7 @@ def with_cis(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     if {"estimate", "lo", "hi"} <= set(cols):
         triples.append(("estimate", "lo", "hi"))
     for est, lo, hi in triples:
-        out[est] = [_ci(e, a, b, digits) for e, a, b in zip(out[est], out[lo], out[hi])]
+        out[est] = [_ci(e, a, b, digits, fixed) for e, a, b in zip(out[est], out[lo], out[hi])]
     drop = {c for _, lo, hi in triples for c in (lo, hi)} | {
         c for c in cols if str(c).endswith("_dropped")
     }

@@ -105,6 +105,10 @@ def test_sweep_writes_its_tables_resumes_and_follows_params(kedro_project: Path,
     assert {"detection_auroc_lo", "spearman_hi", "false_flag_rate_lo"} <= set(detection.columns)
     for figure in ("strength_curves.png", "detection.png"):
         assert (reports / figure).stat().st_size > 0, figure
+    markdown = (reports / "sweep_tables.md").read_text()
+    assert markdown.startswith("# Shortcut sweep: findings\n\n8 cells, 2 seed(s) each")
+    assert "## Where `erm` starts to rely on the artefact" in markdown
+    assert markdown.count("| Grad-CAM |") == 2  # the all-artefact and per-artefact tables
 
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{kedro_project / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -114,7 +118,7 @@ def test_sweep_writes_its_tables_resumes_and_follows_params(kedro_project: Path,
     assert {"artefact", "strength", "seed", "config_hash"} <= set(children[0].data.tags)
     parent = client.get_run(children[0].data.tags["mlflow.parentRunId"])
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"strength_curves.png", "detection.png", "sweep_models.csv"} <= logged
+    assert {"strength_curves.png", "detection.png", "sweep_models.csv", "sweep_tables.md"} <= logged
 
     # resume: the same grid again trains nothing and gives identical tables
     first = _tables(kedro_project)
@@ -170,3 +174,8 @@ def test_sweep_writes_its_tables_resumes_and_follows_params(kedro_project: Path,
     assert {r.data.tags["mlflow.parentRunId"] for r in in_parallel} == {newest_parent.info.run_id}
     logged = {a.path for a in client.list_artifacts(newest_parent.info.run_id)}
     assert {"sweep_models.csv", "strength_curves.png"} <= logged  # saved in a worker
+    # the pipeline's parameters reach the parent run from the session's process, though
+    # every node ran in a worker (BatchedParamsMlflowHook.before_pipeline_run)
+    params = newest_parent.data.params
+    assert params.get("sweep.task") == "Pneumothorax", sorted(params)[:20]
+    assert params.get("sweep.detection.flag_k") == "2.0"

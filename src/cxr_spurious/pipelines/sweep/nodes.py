@@ -33,6 +33,7 @@ from cxr_spurious.sweep.figures import plot_detection, plot_strength_curves
 from cxr_spurious.sweep.grid import Cell, config_hash
 from cxr_spurious.sweep.metrics import model_metrics, model_row, render_table
 from cxr_spurious.sweep.summary import paired_differences, summarise_cells
+from cxr_spurious.sweep.tables import render_sweep_tables
 from cxr_spurious.training.device import setup_for
 from cxr_spurious.training.outputs import predict_images, predictions_frame
 
@@ -295,3 +296,15 @@ def plot_sweep_strength(summary: pd.DataFrame) -> Figure:
 def plot_sweep_detection(detection: pd.DataFrame) -> Figure:
     """Detection AUROC per saliency method and artefact (``plot_detection``)."""
     return plot_detection(detection)
+
+
+def write_sweep_tables(
+    summary: pd.DataFrame,
+    paired: pd.DataFrame,
+    detection: pd.DataFrame,
+    tables: Mapping[str, Any],
+) -> str:
+    """``sweep_tables``: the findings as Markdown (``cxr_spurious.sweep.tables``)."""
+    return render_sweep_tables(
+        summary, paired, detection, onset_threshold=float(tables["onset_threshold"])
+    )

@@ -203,6 +203,17 @@ def create_collectors(names: list[str]) -> Pipeline:
                 "sweep_detection_figure",
                 name="plot_sweep_detection",
             ),
+            Node(
+                nodes.write_sweep_tables,
+                [
+                    "sweep_summary",
+                    "sweep_paired_differences",
+                    "shortcut_detection",
+                    "params:sweep.tables",
+                ],
+                "sweep_tables",
+                name="write_sweep_tables",
+            ),
         ]
     )
 

@@ -1,0 +1,419 @@
+"""The sweep's findings as Markdown tables (``sweep_tables``, ``sweep_tables.md``).
+
+What a README or a paper draft quotes, written from the sweep's own tables so that every
+number can be traced to a CSV of the same run:
+
+* ``by_supervision``: one metric of ``sweep_summary`` per artefact x strength (rows, weakest
+  confounding first), one column per supervision: mean over seeds [t interval across seeds];
+* ``paired_table``: ``sweep_paired_differences`` for one metric, one column per pair (same
+  data and seed): mean difference [paired t interval], p-value;
+* ``reliance_onset``: per artefact, the weakest confounding strength at which a supervision's
+  mean reliance over seeds reaches a threshold *and* its across-seed interval excludes 0;
+* ``detection_table`` / ``detection_by_artefact``: ``shortcut_detection`` per saliency method
+  (over all artefacts, and per artefact);
+* ``cell_column``: one cell's metrics, e.g. next to the single-run study table.
+
+``render_sweep_tables`` puts them into one Markdown document. Formatting of an estimate with
+its interval is ``cxr_spurious.report.html.with_cis``'s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from cxr_spurious.errors import ContractError
+from cxr_spurious.report.html import with_cis
+from cxr_spurious.sweep.detection import ALL_ARTEFACTS
+from cxr_spurious.sweep.figures import series_label
+
+#: Display names of the sweep's saliency methods (others are shown as they are).
+METHOD_NAMES: dict[str, str] = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "integrated_gradients": "integrated gradients",
+    "occlusion": "occlusion",
+    "smoothgrad": "SmoothGrad",
+    "seg_prob": "the model's own probability map",
+}
+#: Display names of the artefact kinds.
+ARTEFACT_NAMES: dict[str, str] = {
+    "tube_random": "tube, random side",
+    "tube_lesion": "tube crossing the lesion",
+    "marker_port": '"PORT" marker',
+    "faint_texture": "faint texture",
+    ALL_ARTEFACTS: "all artefacts",
+}
+#: Metrics of the default tables: (column, what it is).
+DEFAULT_METRICS: tuple[tuple[str, str], ...] = (
+    ("robust_auroc", "robust AUROC (PTX without the artefact vs no PTX with it)"),
+    ("artefact_reliance", "reliance: drop in P(PTX) when the artefact is removed"),
+    ("lesion_reliance", "drop in P(PTX) when the lesion is removed (PTX images)"),
+)
+MISSING = "n/a"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table of ``frame`` (index dropped; ``|`` in cells escaped)."""
+
+    def cell(value: object) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return MISSING
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join([head, rule, *body])
+
+
+def strength_label(name: str, p_given_ptx: float, p_given_no_ptx: float) -> str:
+    """``medium (0.7 / 0.3)``: the strength's name with P(artefact | PTX) / P(a | no PTX)."""
+    return f"{name} ({p_given_ptx:g} / {p_given_no_ptx:g})"
+
+
+def _require(table: pd.DataFrame, columns: Sequence[str], name: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ContractError(f"{name}: missing column(s) {missing}; has {list(table.columns)}")
+
+
+def _with_labels(summary: pd.DataFrame) -> pd.DataFrame:
+    out = summary.copy()
+    out["confounding"] = out["p_given_ptx"] - out["p_given_no_ptx"]
+    out["artefact_name"] = [ARTEFACT_NAMES.get(a, a) for a in out["artefact"]]
+    out["strength_name"] = [
+        strength_label(s, a, b)
+        for s, a, b in zip(out["strength"], out["p_given_ptx"], out["p_given_no_ptx"])
+    ]
+    out["series"] = [
+        series_label(s, f) for s, f in zip(out["supervision"], out["location_fraction"])
+    ]
+    return out
+
+
+def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
+    seen = list(dict.fromkeys(values))
+    return [v for v in order if v in seen] + [v for v in seen if v not in order]
+
+
+def _series_order(table: pd.DataFrame) -> list[str]:
+    ranks = {"erm": 0, "box": 1, "seg": 2}
+    keys = table[["series", "supervision", "location_fraction"]].drop_duplicates()
+    keys = keys.assign(
+        rank=[ranks.get(s, 3) for s in keys["supervision"]], neg=-keys["location_fraction"]
+    ).sort_values(["rank", "neg", "series"])
+    return list(keys["series"])
+
+
+def by_supervision(summary: pd.DataFrame, metric: str, *, digits: int = 2) -> pd.DataFrame:
+    """``metric`` per artefact x strength (rows) and supervision (columns), ``m [lo, hi]``."""
+    _require(
+        summary,
+        [
+            "artefact",
+            "strength",
+            "p_given_ptx",
+            "p_given_no_ptx",
+            "supervision",
+            "location_fraction",
+            metric,
+            f"{metric}_lo",
+            f"{metric}_hi",
+        ],
+        "sweep_summary",
+    )
+    table = _with_labels(summary)
+    table[metric] = with_cis(table[[metric, f"{metric}_lo", f"{metric}_hi"]], digits, fixed=True)[
+        metric
+    ]
+    series = _series_order(table)
+    rows = []
+    for (artefact, _confounding, strength), group in table.sort_values(
+        ["artefact", "confounding"]
+    ).groupby(["artefact_name", "confounding", "strength_name"], sort=False):
+        row = {"artefact": artefact, "strength (P(a | PTX) / P(a | no PTX))": strength}
+        values = dict(zip(group["series"], group[metric]))
+        row.update({f"`{s}`": values.get(s, MISSING) or MISSING for s in series})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_table(paired: pd.DataFrame, metric: str, *, digits: int = 2) -> pd.DataFrame:
+    """``metric``'s paired differences per artefact x strength (rows) and pair (columns):
+    ``d [lo, hi], p = ...`` (paired t interval and test across seeds)."""
+    _require(
+        paired,
+        [
+            "pair",
+            "artefact",
+            "strength",
+            "p_given_ptx",
+            "p_given_no_ptx",
+            "location_fraction",
+            metric,
+            f"{metric}_lo",
+            f"{metric}_hi",
+            f"{metric}_p",
+        ],
+        "sweep_paired_differences",
+    )
+    table = paired.copy()
+    table["confounding"] = table["p_given_ptx"] - table["p_given_no_ptx"]
+    table["pair_name"] = [
+        p if f >= 1 else f"{p} ({f:.0%} location labels)"
+        for p, f in zip(table["pair"], table["location_fraction"])
+    ]
+    text = with_cis(table[[metric, f"{metric}_lo", f"{metric}_hi"]], digits, fixed=True)[metric]
+    table["value"] = [
+        t if not t else f"{t}, p = {_p(p)}" for t, p in zip(text, table[f"{metric}_p"])
+    ]
+    order = table[["pair", "location_fraction", "pair_name"]].drop_duplicates()
+    order = order.assign(neg=-order["location_fraction"]).sort_values(
+        ["pair", "neg"], kind="stable"
+    )
+    first = {p: i for i, p in enumerate(dict.fromkeys(table["pair"]))}
+    order = order.assign(rank=order["pair"].map(first)).sort_values(["rank", "neg"], kind="stable")
+    pairs = list(dict.fromkeys(order["pair_name"]))
+    rows = []
+    for (artefact, _, strength, a, b), group in table.sort_values(
+        ["artefact", "confounding"]
+    ).groupby(["artefact", "confounding", "strength", "p_given_ptx", "p_given_no_ptx"], sort=False):
+        row = {
+            "artefact": ARTEFACT_NAMES.get(artefact, artefact),
+            "strength": strength_label(strength, a, b),
+        }
+        values = dict(zip(group["pair_name"], group["value"]))
+        row.update({f"`{p}`": values.get(p, MISSING) or MISSING for p in pairs})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _p(p: float) -> str:
+    if not np.isfinite(p):
+        return MISSING
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def reliance_onset(
+    summary: pd.DataFrame,
+    *,
+    supervision: str = "erm",
+    location_fraction: float | None = None,
+    metric: str = "artefact_reliance",
+    threshold: float = 0.05,
+    digits: int = 2,
+) -> pd.DataFrame:
+    """Per artefact, the weakest strength at which ``supervision`` relies on it.
+
+    "Relies" = the mean of ``metric`` over seeds is at least ``threshold`` and the interval
+    across seeds lies above 0. One row per artefact: the strength (or ``none of the grid's
+    strengths``) and the metric at each strength of the grid, weakest first.
+    """
+    _require(summary, ["artefact", "supervision", "location_fraction", metric], "sweep_summary")
+    table = _with_labels(summary)
+    pick = table["supervision"] == supervision
+    if location_fraction is not None:
+        pick &= np.isclose(table["location_fraction"], location_fraction)
+    table = table[pick].sort_values(["artefact", "confounding"])
+    if table.empty:
+        raise ContractError(f"sweep_summary: no cell of supervision '{supervision}'")
+    text = with_cis(table[[metric, f"{metric}_lo", f"{metric}_hi"]], digits, fixed=True)[metric]
+    table = table.assign(text=list(text))
+    rows = []
+    for artefact, group in table.groupby("artefact_name", sort=False):
+        relies = (group[metric] >= threshold) & (group[f"{metric}_lo"] > 0)
+        onset = group.loc[relies, "strength_name"]
+        rows.append(
+            {
+                "artefact": artefact,
+                f"`{supervision}` relies from": onset.iloc[0]
+                if len(onset)
+                else "none of the grid's strengths",
+                **dict(zip(group["strength_name"], group["text"])),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def detection_table(
+    detection: pd.DataFrame, artefact: str = ALL_ARTEFACTS, *, digits: int = 2
+) -> pd.DataFrame:
+    """One row per saliency method: detection AUROC [CI], Spearman [CI], false flags
+    ``k/n = rate [lo, hi]``, for one artefact (default: all artefacts together)."""
+    _require(
+        detection,
+        [
+            "method",
+            "artefact",
+            "detection_auroc",
+            "spearman",
+            "false_flag_rate",
+            "n_flagged",
+            "n_unconfounded",
+            "n_models",
+            "n_reliant",
+        ],
+        "shortcut_detection",
+    )
+    rows = detection[detection["artefact"] == artefact]
+    if rows.empty:
+        raise ContractError(f"shortcut_detection: no row for artefact '{artefact}'")
+    text = with_cis(rows, digits, fixed=True)
+    out = pd.DataFrame(
+        {
+            "method": [METHOD_NAMES.get(m, m) for m in rows["method"]],
+            "models (reliant)": [
+                f"{int(n)} ({int(r)})" for n, r in zip(rows["n_models"], rows["n_reliant"])
+            ],
+            "detection AUROC": list(text["detection_auroc"]),
+            "Spearman with reliance": list(text["spearman"]),
+            "false flags (unconfounded models)": [
+                f"{int(k)}/{int(n)} = {t}" if n else MISSING
+                for k, n, t in zip(
+                    rows["n_flagged"], rows["n_unconfounded"], text["false_flag_rate"]
+                )
+            ],
+        }
+    )
+    return out.replace("", MISSING)
+
+
+def detection_by_artefact(detection: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
+    """Detection AUROC [CI] per saliency method (rows) and artefact (columns); an undefined
+    AUROC says why (e.g. no model of that artefact relies on it)."""
+    _require(detection, ["method", "artefact", "detection_auroc"], "shortcut_detection")
+    text = with_cis(detection, digits, fixed=True)
+    notes = detection["note"].fillna("") if "note" in detection else pd.Series("", detection.index)
+    cells = {}
+    for m, a, t, note in zip(
+        detection["method"], detection["artefact"], text["detection_auroc"], notes
+    ):
+        if not t:
+            reason = next(
+                (
+                    part.split(": ", 1)[1]
+                    for part in str(note).split("; ")
+                    if part.startswith("detection_auroc: ")
+                ),
+                "",
+            )
+            if reason.startswith("undefined (") and reason.endswith(")"):
+                reason = reason[len("undefined (") : -1]
+            t = f"{MISSING} ({reason})" if reason else MISSING
+        cells[(m, a)] = t
+    methods = list(dict.fromkeys(detection["method"]))
+    artefacts = [a for a in dict.fromkeys(detection["artefact"]) if a != ALL_ARTEFACTS]
+    artefacts += [ALL_ARTEFACTS] if ALL_ARTEFACTS in set(detection["artefact"]) else []
+    return pd.DataFrame(
+        [
+            {
+                "method": METHOD_NAMES.get(m, m),
+                **{ARTEFACT_NAMES.get(a, a): cells.get((m, a), MISSING) for a in artefacts},
+            }
+            for m in methods
+        ]
+    )
+
+
+def cell_column(
+    summary: pd.DataFrame,
+    *,
+    artefact: str,
+    strength: str,
+    metrics: Sequence[str],
+    digits: int = 2,
+) -> pd.DataFrame:
+    """One cell's metrics (rows) per supervision (columns), ``mean [lo, hi]`` across seeds,
+    with the number of seeds behind each column."""
+    table = _with_labels(summary)
+    table = table[(table["artefact"] == artefact) & (table["strength"] == strength)]
+    if table.empty:
+        raise ContractError(f"sweep_summary: no cell {artefact} / {strength}")
+    _require(table, [f"{m}{s}" for m in metrics for s in ("", "_lo", "_hi")], "sweep_summary")
+    text = with_cis(table, digits, fixed=True)
+    series = _series_order(table)
+    by_series = {s: r for s, (_, r) in zip(text["series"], text.iterrows())}
+    seeds = dict(zip(table["series"], table.get("n_seeds", pd.Series(np.nan, table.index))))
+    rows = [
+        {"metric": m, **{f"`{s}`": by_series[s][m] or MISSING for s in series}} for m in metrics
+    ]
+    rows.append({"metric": "seeds", **{f"`{s}`": f"{seeds[s]:g}" for s in series}})
+    return pd.DataFrame(rows)
+
+
+def render_sweep_tables(
+    summary: pd.DataFrame,
+    paired: pd.DataFrame,
+    detection: pd.DataFrame,
+    *,
+    metrics: Sequence[tuple[str, str]] = DEFAULT_METRICS,
+    onset_threshold: float = 0.05,
+) -> str:
+    """The sweep's findings as one Markdown document (``sweep_tables.md``)."""
+    seeds = sorted({int(n) for n in summary.get("n_seeds", pd.Series([], dtype=float)).dropna()})
+    cells = summary[["artefact", "strength", "supervision", "location_fraction"]]
+    parts = [
+        "# Shortcut sweep: findings",
+        "",
+        f"{len(cells.drop_duplicates())} cells, {', '.join(map(str, seeds)) or MISSING} "
+        "seed(s) each. Cells: mean over seeds "
+        "[95 % t interval across seeds: training variance, with the test set fixed]. Paired "
+        "differences: same data and seed, paired t interval and p-value. Detection: "
+        "bootstrap CI over models; false flags: Wilson interval.",
+    ]
+    for metric, title in metrics:
+        if metric not in summary.columns:
+            continue
+        parts += [
+            "",
+            f"## {title} (`{metric}`)",
+            "",
+            markdown_table(by_supervision(summary, metric)),
+        ]
+    if "artefact_reliance" in summary.columns:
+        for supervision in _series_order(_with_labels(summary)):
+            sub = _with_labels(summary)
+            sub = sub[sub["series"] == supervision]
+            onset = reliance_onset(
+                sub,
+                supervision=str(sub["supervision"].iloc[0]),
+                threshold=onset_threshold,
+            )
+            parts += [
+                "",
+                f"## Where `{supervision}` starts to rely on the artefact",
+                "",
+                f"Weakest strength with mean reliance >= {onset_threshold:g} and its interval "
+                "across seeds above 0; reliance at each strength.",
+                "",
+                markdown_table(onset.rename(columns={onset.columns[1]: "relies from"})),
+            ]
+    if not paired.empty:
+        for metric, title in metrics:
+            if f"{metric}_p" not in paired.columns:
+                continue
+            parts += [
+                "",
+                f"## Paired differences: {title} (`{metric}`)",
+                "",
+                markdown_table(paired_table(paired, metric)),
+            ]
+    if not detection.empty:
+        rule = str(detection["rule"].iloc[0]) if "rule" in detection else ""
+        parts += [
+            "",
+            "## Does saliency reveal the reliance? (all artefacts)",
+            "",
+            rule,
+            "",
+            markdown_table(detection_table(detection)),
+            "",
+            "## Detection AUROC per artefact",
+            "",
+            markdown_table(detection_by_artefact(detection)),
+        ]
+    return "\n".join(parts) + "\n"

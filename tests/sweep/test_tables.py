@@ -1,0 +1,186 @@
+"""The sweep's Markdown tables: every number traced to scipy on the same synthetic sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from cxr_spurious.errors import ContractError
+from cxr_spurious.sweep.detection import shortcut_detection
+from cxr_spurious.sweep.summary import paired_differences, summarise_cells
+from cxr_spurious.sweep.tables import (
+    by_supervision,
+    cell_column,
+    detection_by_artefact,
+    detection_table,
+    markdown_table,
+    paired_table,
+    reliance_onset,
+    render_sweep_tables,
+)
+
+STRENGTHS = {"none": (0.5, 0.5), "medium": (0.7, 0.3), "strong": (0.9, 0.1)}
+SUPERVISIONS = [("erm", 0.0), ("seg", 1.0), ("seg", 0.1)]
+SEEDS = range(4)
+
+
+def _models() -> pd.DataFrame:
+    """tube_random: erm relies from medium on; faint_texture: nobody relies at any strength."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for artefact in ("tube_random", "faint_texture"):
+        for strength, (p1, p0) in STRENGTHS.items():
+            for sup, frac in SUPERVISIONS:
+                for seed in SEEDS:
+                    learns = artefact == "tube_random" and sup == "erm"
+                    reliance = (p1 - p0) * 0.5 * learns + rng.normal(0, 0.01)
+                    robust = 0.95 - reliance * 1.5 + rng.normal(0, 0.02)
+                    rows.append(
+                        {
+                            "artefact": artefact,
+                            "strength": strength,
+                            "p_given_ptx": p1,
+                            "p_given_no_ptx": p0,
+                            "supervision": sup,
+                            "location_fraction": frac,
+                            "seed": seed,
+                            "robust_auroc": robust,
+                            "artefact_reliance": reliance,
+                            "lesion_reliance": 0.5 - reliance + rng.normal(0, 0.02),
+                            "artefact_area": 0.03,
+                            "gradcam_artefact_mass": 0.03 + reliance * 0.5 + rng.normal(0, 0.01),
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def sweep() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    models = _models()
+    metrics = ["robust_auroc", "artefact_reliance", "lesion_reliance", "gradcam_artefact_mass"]
+    summary = summarise_cells(models, metrics=metrics)
+    paired = paired_differences(models, [("seg", "erm")], metrics=metrics)
+    detection = shortcut_detection(models, n_boot=50, seed=0)
+    return models, summary, paired, detection
+
+
+def _t(values: np.ndarray) -> str:
+    mean = values.mean()
+    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
+    return f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def test_markdown_table_shape_and_escaping() -> None:
+    text = markdown_table(pd.DataFrame({"a|b": ["x|y", None], "c": [1.5, float("nan")]}))
+    assert text.splitlines() == [
+        "| a\\|b | c |",
+        "|---|---|",
+        "| x\\|y | 1.5 |",
+        "| n/a | n/a |",
+    ]
+
+
+def test_by_supervision_cells_match_scipy(sweep) -> None:
+    models, summary, _, _ = sweep
+    table = by_supervision(summary, "robust_auroc")
+    assert list(table.columns) == [
+        "artefact",
+        "strength (P(a | PTX) / P(a | no PTX))",
+        "`erm`",
+        "`seg`",
+        "`seg (10% location labels)`",
+    ]
+    assert len(table) == 2 * 3  # artefact x strength, weakest first within an artefact
+    row = table[(table["artefact"] == "tube, random side")].iloc[2]
+    assert row.iloc[1] == "strong (0.9 / 0.1)"
+    pick = (
+        (models["artefact"] == "tube_random")
+        & (models["strength"] == "strong")
+        & (models["supervision"] == "erm")
+    )
+    assert row["`erm`"] == _t(models.loc[pick, "robust_auroc"].to_numpy())
+
+
+def test_paired_table_matches_scipy(sweep) -> None:
+    models, _, paired, _ = sweep
+    table = paired_table(paired, "artefact_reliance")
+    assert list(table.columns) == [
+        "artefact",
+        "strength",
+        "`seg - erm`",
+        "`seg - erm (10% location labels)`",
+    ]
+
+    def side(sup: str, frac: float) -> np.ndarray:
+        pick = (
+            (models["artefact"] == "tube_random")
+            & (models["strength"] == "medium")
+            & (models["supervision"] == sup)
+            & np.isclose(models["location_fraction"], frac)
+        )
+        return models[pick].sort_values("seed")["artefact_reliance"].to_numpy()
+
+    diff = side("seg", 1.0) - side("erm", 0.0)
+    p = stats.ttest_rel(side("seg", 1.0), side("erm", 0.0)).pvalue
+    cell = table[
+        (table["artefact"] == "tube, random side") & table["strength"].str.startswith("medium")
+    ]
+    expected = _t(diff) + ", p = " + ("< 0.001" if p < 0.001 else f"{p:.3f}")
+    assert cell["`seg - erm`"].iloc[0] == expected
+
+
+def test_reliance_onset_finds_the_weakest_relied_strength(sweep) -> None:
+    _, summary, _, _ = sweep
+    onset = reliance_onset(summary, supervision="erm", threshold=0.05)
+    by_artefact = onset.set_index("artefact")["`erm` relies from"]
+    # erm's reliance: 0 at none, 0.2 at medium, 0.4 at strong (seed noise 0.01)
+    assert by_artefact["tube, random side"] == "medium (0.7 / 0.3)"
+    assert by_artefact["faint texture"] == "none of the grid's strengths"
+    stricter = reliance_onset(summary, supervision="erm", threshold=0.3)
+    assert stricter.set_index("artefact").loc["tube, random side"].iloc[0] == "strong (0.9 / 0.1)"
+    with pytest.raises(ContractError, match="no cell of supervision 'box'"):
+        reliance_onset(summary, supervision="box")
+
+
+def test_detection_tables_report_counts_and_undefined_reasons(sweep) -> None:
+    models, _, _, detection = sweep
+    table = detection_table(detection)
+    row = table.iloc[0]
+    assert row["method"] == "Grad-CAM"
+    reliant = int((models["artefact_reliance"] >= 0.1).sum())
+    assert row["models (reliant)"] == f"{len(models)} ({reliant})"
+    every = detection[(detection["artefact"] == "all")].iloc[0]
+    assert row["false flags (unconfounded models)"].startswith(
+        f"{int(every['n_flagged'])}/{int(every['n_unconfounded'])} = "
+    )
+    per_artefact = detection_by_artefact(detection).set_index("method")
+    # no faint-texture model relies on it: the AUROC is undefined and says why
+    assert per_artefact.loc["Grad-CAM", "faint texture"].startswith("n/a (no model of")
+    assert per_artefact.loc["Grad-CAM", "tube, random side"][0].isdigit()
+    assert per_artefact.loc["Grad-CAM", "all artefacts"] == "1.00 [1.00, 1.00]"  # fixed digits
+
+
+def test_cell_column_and_the_whole_document(sweep) -> None:
+    models, summary, paired, detection = sweep
+    column = cell_column(
+        summary, artefact="tube_random", strength="strong", metrics=["artefact_reliance"]
+    )
+    assert list(column["metric"]) == ["artefact_reliance", "seeds"]
+    assert column.loc[1, "`erm`"] == str(len(SEEDS))
+    with pytest.raises(ContractError, match="no cell marker_port / strong"):
+        cell_column(summary, artefact="marker_port", strength="strong", metrics=["auroc"])
+    text = render_sweep_tables(summary, paired, detection)
+    assert text.startswith("# Shortcut sweep: findings")
+    assert "18 cells, 4 seed(s) each" in text
+    for heading in (
+        "## robust AUROC",
+        "## Where `erm` starts to rely on the artefact",
+        "## Paired differences: reliance",
+        "## Does saliency reveal the reliance? (all artefacts)",
+        "## Detection AUROC per artefact",
+    ):
+        assert heading in text
+    with pytest.raises(ContractError, match="sweep_summary: missing column"):
+        by_supervision(summary.drop(columns=["robust_auroc_lo"]), "robust_auroc")
