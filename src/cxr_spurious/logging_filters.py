@@ -56,8 +56,13 @@ CONSOLE_QUIET_INFO: tuple[tuple[str, str], ...] = (
 #: counted in the end-of-run line): (logger name prefix, message prefix). Kedro 1.7's
 #: parameter validation says, once per annotation, that it cannot validate a node argument
 #: typed as a union (e.g. ``methods: list[str] | str | None``): the project's nodes check
-#: those parameters themselves (``ParameterError`` naming the key).
-CONSOLE_QUIET_WARNINGS: tuple[tuple[str, str], ...] = (("kedro.validation", "Union type hint"),)
+#: those parameters themselves (``ParameterError`` naming the key). kedro-viz 12.5's run hook
+#: says on every partial run (``--pipeline``, ``--nodes``, ...) and every non-sequential
+#: runner that it records no run events for kedro-viz's workflow view: nothing is wrong.
+CONSOLE_QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
+    ("kedro.validation", "Union type hint"),
+    ("kedro_viz", "Workflow tracking is disabled"),
+)
 
 #: Warning categories that never need a user's attention on the console.
 QUIET_CATEGORIES = frozenset(

@@ -35,6 +35,8 @@ UNION = (
     "Union type hint (int | str) is not supported for validation. Parameters with this type "
     "will be passed as raw dictionaries."
 )
+VIZ_HOOK = "kedro_viz.integrations.kedro.run_hooks"
+WARN = logging.WARNING
 DOTS = (
     "One or more dataset names contain '.' characters, which is not recommended as the dot "
     "notation is reserved for automatic namespacing in Kedro."
@@ -54,6 +56,9 @@ DOTS = (
         (_record("kedro.io.data_catalog", "a catalog problem", logging.WARNING), True),
         (_record("kedro.validation.type_extractor", UNION, logging.WARNING), False),
         (_record("kedro.validation.x", "another validation problem", logging.WARNING), True),
+        (_record(VIZ_HOOK, "Workflow tracking is disabled during partial ...", WARN), False),
+        (_record(VIZ_HOOK, "Workflow tracking is disabled for non-sequential ...", WARN), False),
+        (_record(VIZ_HOOK, "another kedro-viz problem", logging.WARNING), True),
         (_record("cxr_spurious.x", UNION, logging.WARNING), True),
         (_record("kedro.framework.session.session", "Kedro project cxr_spurious"), True),
         (_record("cxr_spurious.hooks", "Node build_manifest done in 0.1 s (ingestion)"), True),

@@ -50,6 +50,9 @@ def test_kedro_run_keeps_the_type_hints_warning_in_the_log_file(kedro_project: P
     assert "contain '.'" not in console
     assert "Union type hint" not in console and "Union type hint" in log  # Kedro's validation
     assert "dataset names contain '.' characters" in log  # Kedro's, kept in the log file
+    # kedro-viz's hook on a partial run (--nodes): in the log file, not on the console
+    assert "Workflow tracking is disabled" not in console
+    assert "Workflow tracking is disabled" in log
 
 
 def test_kedro_registry_list_prints_no_type_hints_warning(kedro_project: Path) -> None:

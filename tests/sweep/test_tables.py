@@ -171,7 +171,11 @@ def test_cell_column_and_the_whole_document(sweep) -> None:
     assert column.loc[1, "`erm`"] == str(len(SEEDS))
     with pytest.raises(ContractError, match="no cell marker_port / strong"):
         cell_column(summary, artefact="marker_port", strength="strong", metrics=["auroc"])
-    text = render_sweep_tables(summary, paired, detection)
+    text = render_sweep_tables(summary, paired, detection, study_cell=("tube_random", "strong"))
+    assert "## The study's setting: tube, random side, strong" in text
+    assert "marker" not in render_sweep_tables(
+        summary, paired, detection, study_cell=("marker_port", "strong")
+    )  # a cell the sweep does not have: no section
     assert text.startswith("# Shortcut sweep: findings")
     assert "18 cells, 4 seed(s) each" in text
     for heading in (

@@ -53,6 +53,20 @@ DEFAULT_METRICS: tuple[tuple[str, str], ...] = (
     ("artefact_reliance", "reliance: drop in P(PTX) when the artefact is removed"),
     ("lesion_reliance", "drop in P(PTX) when the lesion is removed (PTX images)"),
 )
+#: Metrics of one cell put next to the single-run study table (``cell_column``).
+STUDY_METRICS: tuple[str, ...] = (
+    "auroc",
+    "robust_auroc",
+    "artefact_reliance",
+    "lesion_reliance",
+    "gradcam_miou",
+    "gradcam_hit_rate",
+    "gradcam_artefact_mass",
+    "gradcam_artefact_auroc",
+    "seg_prob_miou",
+    "seg_prob_artefact_mass",
+    "seg_prob_artefact_auroc",
+)
 MISSING = "n/a"
 
 
@@ -352,8 +366,11 @@ def render_sweep_tables(
     *,
     metrics: Sequence[tuple[str, str]] = DEFAULT_METRICS,
     onset_threshold: float = 0.05,
+    study_cell: tuple[str, str] | None = None,
 ) -> str:
-    """The sweep's findings as one Markdown document (``sweep_tables.md``)."""
+    """The sweep's findings as one Markdown document (``sweep_tables.md``); ``study_cell``
+    (artefact, strength) adds that cell's ``STUDY_METRICS`` per supervision, when the sweep
+    has it."""
     seeds = sorted({int(n) for n in summary.get("n_seeds", pd.Series([], dtype=float)).dropna()})
     cells = summary[["artefact", "strength", "supervision", "location_fraction"]]
     parts = [
@@ -401,6 +418,22 @@ def render_sweep_tables(
                 f"## Paired differences: {title} (`{metric}`)",
                 "",
                 markdown_table(paired_table(paired, metric)),
+            ]
+    if study_cell is not None:
+        artefact, strength = study_cell
+        here = (summary["artefact"] == artefact) & (summary["strength"] == strength)
+        if here.any():
+            present = [m for m in STUDY_METRICS if f"{m}_lo" in summary.columns]
+            parts += [
+                "",
+                f"## The study's setting: {ARTEFACT_NAMES.get(artefact, artefact)}, {strength}",
+                "",
+                "The cell matching the default study's phantom setting, per supervision "
+                "(mean over seeds [t interval across seeds]).",
+                "",
+                markdown_table(
+                    cell_column(summary, artefact=artefact, strength=strength, metrics=present)
+                ),
             ]
     if not detection.empty:
         rule = str(detection["rule"].iloc[0]) if "rule" in detection else ""

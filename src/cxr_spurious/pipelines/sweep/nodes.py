@@ -305,6 +305,11 @@ def write_sweep_tables(
     tables: Mapping[str, Any],
 ) -> str:
     """``sweep_tables``: the findings as Markdown (``cxr_spurious.sweep.tables``)."""
+    cell = tables.get("study_cell")
     return render_sweep_tables(
-        summary, paired, detection, onset_threshold=float(tables["onset_threshold"])
+        summary,
+        paired,
+        detection,
+        onset_threshold=float(tables["onset_threshold"]),
+        study_cell=(str(cell["artefact"]), str(cell["strength"])) if cell else None,
     )
