@@ -127,7 +127,7 @@ def test_paired_table_matches_scipy(sweep) -> None:
     cell = table[
         (table["artefact"] == "tube, random side") & table["strength"].str.startswith("medium")
     ]
-    expected = _t(diff) + ", p = " + ("< 0.001" if p < 0.001 else f"{p:.3f}")
+    expected = _t(diff) + ", p " + ("< 0.001" if p < 0.001 else f"= {p:.3f}")
     assert cell["`seg - erm`"].iloc[0] == expected
 
 
@@ -173,6 +173,7 @@ def test_cell_column_and_the_whole_document(sweep) -> None:
         cell_column(summary, artefact="marker_port", strength="strong", metrics=["auroc"])
     text = render_sweep_tables(summary, paired, detection, study_cell=("tube_random", "strong"))
     assert "## The study's setting: tube, random side, strong" in text
+    assert "flagged: the method's artefact mass share > 2 x" in text
     assert "marker" not in render_sweep_tables(
         summary, paired, detection, study_cell=("marker_port", "strong")
     )  # a cell the sweep does not have: no section

@@ -182,9 +182,7 @@ def paired_table(paired: pd.DataFrame, metric: str, *, digits: int = 2) -> pd.Da
         for p, f in zip(table["pair"], table["location_fraction"])
     ]
     text = with_cis(table[[metric, f"{metric}_lo", f"{metric}_hi"]], digits, fixed=True)[metric]
-    table["value"] = [
-        t if not t else f"{t}, p = {_p(p)}" for t, p in zip(text, table[f"{metric}_p"])
-    ]
+    table["value"] = [t if not t else f"{t}, p {_p(p)}" for t, p in zip(text, table[f"{metric}_p"])]
     order = table[["pair", "location_fraction", "pair_name"]].drop_duplicates()
     order = order.assign(neg=-order["location_fraction"]).sort_values(
         ["pair", "neg"], kind="stable"
@@ -209,7 +207,7 @@ def paired_table(paired: pd.DataFrame, metric: str, *, digits: int = 2) -> pd.Da
 def _p(p: float) -> str:
     if not np.isfinite(p):
         return MISSING
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def reliance_onset(
@@ -436,7 +434,12 @@ def render_sweep_tables(
                 ),
             ]
     if not detection.empty:
-        rule = str(detection["rule"].iloc[0]) if "rule" in detection else ""
+        first = detection.iloc[0]
+        rule = (
+            str(first["rule"]).replace(f"{first['method']} ", "the method's ")
+            if "rule" in detection
+            else ""
+        )
         parts += [
             "",
             "## Does saliency reveal the reliance? (all artefacts)",
