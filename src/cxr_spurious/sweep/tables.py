@@ -29,6 +29,7 @@ from cxr_spurious.errors import ContractError
 from cxr_spurious.report.html import with_cis
 from cxr_spurious.sweep.detection import ALL_ARTEFACTS
 from cxr_spurious.sweep.figures import series_label
+from cxr_spurious.sweep.grid import CELL_COLUMNS
 
 #: Display names of the sweep's saliency methods (others are shown as they are).
 METHOD_NAMES: dict[str, str] = {
@@ -127,17 +128,7 @@ def by_supervision(summary: pd.DataFrame, metric: str, *, digits: int = 2) -> pd
     """``metric`` per artefact x strength (rows) and supervision (columns), ``m [lo, hi]``."""
     _require(
         summary,
-        [
-            "artefact",
-            "strength",
-            "p_given_ptx",
-            "p_given_no_ptx",
-            "supervision",
-            "location_fraction",
-            metric,
-            f"{metric}_lo",
-            f"{metric}_hi",
-        ],
+        [*CELL_COLUMNS, metric, f"{metric}_lo", f"{metric}_hi"],
         "sweep_summary",
     )
     table = _with_labels(summary)
