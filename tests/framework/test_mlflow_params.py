@@ -25,6 +25,12 @@ from cxr_spurious.tracking import BatchedParamsMlflowHook, node_params
 NODE = node(lambda: None, inputs=None, outputs="nothing", name="some_node")
 
 
+def _experiment(name: str) -> str:
+    """A new experiment, made the active one (MLflow refuses to reopen a run of another
+    experiment than the active one, which an earlier test in this process may have set)."""
+    return mlflow.set_experiment(name).experiment_id
+
+
 def _configured(hook: MlflowHook, run_id: str, strategy: str = "truncate") -> MlflowHook:
     """The state kedro-mlflow's ``before_pipeline_run`` leaves for ``before_node_run``."""
     hook._is_mlflow_enabled = True
@@ -69,7 +75,7 @@ def test_node_params_picks_parameter_inputs() -> None:
 
 
 def test_the_same_params_as_kedro_mlflow_logs(tracking: str) -> None:
-    experiment = MlflowClient().create_experiment("params-parity")
+    experiment = _experiment("params-parity")
     reference = _params_logged_by(MlflowHook(), experiment)
     batched = _params_logged_by(BatchedParamsMlflowHook(), experiment)
     assert batched == reference
@@ -93,7 +99,7 @@ def test_one_batch_per_node_and_each_value_once(
 
     monkeypatch.setattr(MlflowClient, "log_batch", counting)
     monkeypatch.setattr(mlflow, "log_param", one_by_one)
-    experiment = MlflowClient().create_experiment("params-batches")
+    experiment = _experiment("params-batches")
     hook = BatchedParamsMlflowHook()
     many = {"params:grid": {f"p{i:03d}": i for i in range(150)}}
     run = mlflow.start_run(experiment_id=experiment)
@@ -114,7 +120,7 @@ def test_one_batch_per_node_and_each_value_once(
 
 
 def test_fail_strategy_names_the_parameter_and_node(tracking: str) -> None:
-    experiment = MlflowClient().create_experiment("params-fail")
+    experiment = _experiment("params-fail")
     run = mlflow.start_run(experiment_id=experiment)
     try:
         hook = _configured(BatchedParamsMlflowHook(), run.info.run_id, strategy="fail")
