@@ -126,11 +126,28 @@ def test_sweep_writes_its_tables_resumes_and_follows_params(kedro_project: Path,
     assert _trained(again.log) == 0 and again.log.count("exists (resume)") == 16
     assert _tables(kedro_project) == first
 
-    # one cell's row removed: only that cell is retrained, to the same row
-    one = cells[5].namespace
-    (kedro_project / f"data/07_model_output/sweep/{one}/row.json").unlink()
-    redo = run_kedro(kedro_project, "run", "--pipeline", "sweep", "--env", "test")
-    assert _trained(redo.log) == 1 and f"[{one}] selected epoch" in redo.log
+    # two cells' rows removed: only those cells are retrained, to the same rows; under
+    # DepthFirstRunner the first cell is summarised before the second one trains
+    one, two = cells[5].namespace, cells[6].namespace
+    for ns in (one, two):
+        (kedro_project / f"data/07_model_output/sweep/{ns}/row.json").unlink()
+    redo = run_kedro(
+        kedro_project,
+        "run",
+        "--pipeline",
+        "sweep",
+        "--env",
+        "test",
+        "--runner",
+        "cxr_spurious.depth_first.DepthFirstRunner",
+    )
+    assert _trained(redo.log) == 2 and f"[{one}] selected epoch" in redo.log
+    done = [line.split("Node ", 1)[1].split(" done in")[0] for line in redo.log.splitlines()
+            if "Node " in line and " done in " in line]  # fmt: skip
+    cell_nodes = [n for n in done if n.startswith((f"{one}.", f"{two}."))]
+    assert cell_nodes.index(f"{one}.summarise_cell") < cell_nodes.index(f"{two}.train_model"), (
+        cell_nodes
+    )
     assert _tables(kedro_project) == first
 
     # --params overriding an axis changes the set of namespaces (here: seed 0 only)
@@ -164,13 +181,13 @@ def test_sweep_writes_its_tables_resumes_and_follows_params(kedro_project: Path,
     redone = [r for r in runs if r.info.run_id not in {c.info.run_id for c in children}]
     redone_children = [r for r in redone if r.data.tags.get("mlflow.parentRunId")]
     assert sorted(r.data.tags["variant"] for r in redone_children) == sorted(
-        c.namespace for c in redo_cells + [cells[5]]
-    )  # the ParallelRunner's two, and the one retrained sequentially above
+        c.namespace for c in redo_cells + [cells[5], cells[6]]
+    )  # the ParallelRunner's two, and the two retrained depth first above
     newest_parent = max(
         (r for r in redone if not r.data.tags.get("mlflow.parentRunId")),
         key=lambda r: r.info.start_time,
     )
-    in_parallel = [r for r in redone_children if r.data.tags["variant"] != cells[5].namespace]
+    in_parallel = [r for r in redone_children if r.data.tags["variant"] not in (one, two)]
     assert {r.data.tags["mlflow.parentRunId"] for r in in_parallel} == {newest_parent.info.run_id}
     logged = {a.path for a in client.list_artifacts(newest_parent.info.run_id)}
     assert {"sweep_models.csv", "strength_curves.png"} <= logged  # saved in a worker
