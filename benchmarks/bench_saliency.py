@@ -16,8 +16,7 @@ median over its repeats.
 
 - **project**: ``cxr_spurious.saliency.compute.compute_maps`` (the registry's method, as
   the saliency pipeline calls it in-process): uint8 -> float input, fp32 with autocast off,
-  the model and its input in channels_last memory format on the CPU (as training runs
-  there), the method opened once per call, maps post-processed (CAM: as the library returns them;
+  the method opened once per call, maps post-processed (CAM: as the library returns them;
   gradient methods: ``|a|`` summed over channels, divided by the per-map maximum), float16
   storage and the probabilities ``sigmoid(logit)`` of every image.
 - **library**: what a user would write with the library alone, on float batches already

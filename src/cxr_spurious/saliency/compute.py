@@ -105,25 +105,13 @@ def image_batches(images: np.ndarray, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
 
 
-def uses_channels_last(device: torch.device) -> bool:
-    """Whether saliency runs the model in channels_last on ``device``: where training does
-    (CPU and CUDA, ``cxr_spurious.training.device.resolve_device``), not on MPS."""
-    from cxr_spurious.training.device import resolve_device as training_setup
-
-    return training_setup(str(device)).channels_last
-
-
-def to_input(
-    images: np.ndarray, device: torch.device, *, channels_last: bool = False
-) -> torch.Tensor:
-    """uint8 (B, S, S) (or float in [0, 1]) -> float (B, 1, S, S) in [0, 1] on ``device``
-    (in channels_last memory format when ``channels_last``)."""
+def to_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (B, S, S) (or float in [0, 1]) -> float (B, 1, S, S) in [0, 1] on ``device``."""
     arr = np.asarray(images)
     x = torch.from_numpy(np.ascontiguousarray(arr)).float()
     if arr.dtype == np.uint8:
         x = x / 255.0
-    x = x[:, None].to(device)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return x[:, None].to(device)
 
 
 @dataclass(frozen=True)
@@ -175,9 +163,6 @@ class ChunkMaps:
         spec = get_method(chunk.method)
         dev = self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
         model = self.model.to(device=dev, dtype=torch.float32)
-        channels_last = uses_channels_last(dev)
-        if channels_last:  # oneDNN / cuDNN run convolutions faster in NHWC
-            model = model.to(memory_format=torch.channels_last)
         model.eval()
         images = chunk.images
         n, task_idx = len(images), self.task_idx
@@ -196,7 +181,7 @@ class ChunkMaps:
                 leave=False,
                 disable=not self.progress,
             ):
-                x = to_input(images[sl], dev, channels_last=channels_last)
+                x = to_input(images[sl], dev)
                 logits = None
                 for j, t in enumerate(task_idx):
                     batch_maps, pass_logits = attribute(x, t)

@@ -1,5 +1,6 @@
 """`kedro run --pipeline sweep` on a tiny grid in a throwaway project: the three tables,
-the MLflow child runs, resuming without retraining, one cell retrained to the same row,
+the MLflow child runs, resuming without retraining, two cells retrained to the same rows
+(depth first, `DepthFirstRunner`), two more under `ParallelRunner`,
 and a `--params` override of a grid axis.
 
 Tiny settings: a 160-image phantom cached at 32 px, one epoch, 8 saliency maps per model,
@@ -9,6 +10,7 @@ two CPU cores).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import mlflow
@@ -142,8 +144,7 @@ def test_sweep_writes_its_tables_resumes_and_follows_params(kedro_project: Path,
         "cxr_spurious.depth_first.DepthFirstRunner",
     )
     assert _trained(redo.log) == 2 and f"[{one}] selected epoch" in redo.log
-    done = [line.split("Node ", 1)[1].split(" done in")[0] for line in redo.log.splitlines()
-            if "Node " in line and " done in " in line]  # fmt: skip
+    done = re.findall(r"Node (\S+) done in", redo.log)  # the log is whitespace-normalised
     cell_nodes = [n for n in done if n.startswith((f"{one}.", f"{two}."))]
     assert cell_nodes.index(f"{one}.summarise_cell") < cell_nodes.index(f"{two}.train_model"), (
         cell_nodes
