@@ -3,7 +3,8 @@
 Usage:
     python benchmarks/bench_scaling.py [--sizes 1000 4000 16000] [--image-size 224]
         [--cache-size 96] [--saliency-images N] [--methods gradcam seg_prob]
-        [--jobs 2] [--device cpu] [--out FOLDER] [--work-dir DIR] [--quick]
+        [--jobs 2] [--device cpu] [--stages phantom read cache] [--out FOLDER]
+        [--work-dir DIR] [--quick]
 
 For each data-set size N (``--sizes``), a phantom of N images at ``--image-size`` px goes
 through the stages below, each run in a fresh Python process (so its peak memory is its
@@ -11,11 +12,14 @@ own), writing into a temporary folder that the next stage reads, as the pipeline
 
 - ``phantom``: ``cxr_spurious.phantom.generate_phantom`` with the default study's phantom
   settings (``conf/base/parameters_ingestion.yml``) and ``n_images = N``.
-- ``cache``: the ingestion nodes ``read_source`` (phantom adapter), ``build_manifest`` and
-  ``build_image_cache``, then ``cxr_spurious.sources.cache.build_cache`` (what the
-  ``image_cache`` dataset does on save) at ``--cache-size`` px (default: the study's
-  ``ingestion.cache.size``); the manifest and the ground-truth JSON are written like the
-  catalog writes them.
+- ``read``: the ingestion nodes ``read_source`` (phantom adapter), ``build_manifest`` and
+  ``extract_ground_truth``; the manifest and the seven ground-truth JSON documents are
+  written like the catalog writes them (``pandas.ParquetDataset``'s ``to_parquet``,
+  ``json.JSONDataset``). The manifest and the ground truth are tables of
+  per-image rows: their in-memory size (``rows_mb``, a deep ``sys.getsizeof``) is measured.
+- ``cache``: ``build_image_cache``, then ``cxr_spurious.sources.cache.build_cache`` (what
+  the ``image_cache`` dataset does on save) at ``--cache-size`` px (default: the study's
+  ``ingestion.cache.size``). Reading the source again is set-up (in ``base_mb``).
 - ``train_epoch``: one epoch of ``cxr_spurious.training.engine.fit`` for the study's
   ``seg`` variant (``conf/base/parameters_training.yml`` with ``epochs: 1``,
   ``precision: fp32``, ``progress: false``; validation pass included), on the train split.
@@ -42,8 +46,9 @@ trained on, maps computed / evaluated), per-item milliseconds, and memory:
 Growth per stage (``fit_growth``): the log-log slope of wall time against items (1 = the
 time per item stays flat) and of ``work_mb`` against N (0 = memory does not grow with N),
 plus the linear fit's megabytes per 1,000 images; verdicts ``flat`` / ``grows``
-(``growth_verdicts``). Results: printed tables, ``scaling.csv`` (one row per stage and N)
-and ``scaling.json`` (rows, growth, settings, machine) under ``--out``.
+(``growth_verdicts``), or ``rows`` where the growth is that of the per-image tables the stage
+holds (``rows_mb``) and nothing else. Results: printed tables, ``scaling.csv`` (one row per
+stage and N) and ``scaling.json`` (rows, growth, settings, machine) under ``--out``.
 
 ``--quick`` (CI): sizes 40 and 80 at 64 px, a 32 px cache, one saliency method, one job.
 """
@@ -83,6 +88,10 @@ SAMPLE_S = 0.05  # memory sampling interval
 TIME_TOL = 0.15
 MEM_SLOPE = 0.25
 MEM_FLOOR_MB = 16.0
+# A stage's memory growth is that of its per-image tables ("rows") when its work memory rises
+# by no more than the tables' own rise plus ROWS_SLACK of it (allocator slack, the documents'
+# text while parsed and encoded) or MEM_FLOOR_MB, whichever is larger.
+ROWS_SLACK = 0.5
 TARGETS: dict[str, int] = {"MIMIC-CXR-JPG": 377_110, "CheXpert": 224_316}
 COLUMNS: tuple[str, ...] = (
     "stage",
@@ -94,6 +103,7 @@ COLUMNS: tuple[str, ...] = (
     "base_mb",
     "work_mb",
     "hwm_mb",
+    "rows_mb",
 )
 
 
@@ -107,10 +117,11 @@ class Growth:
     stage: str
     time_slope: float  # log-log slope of wall time vs items (1 = flat per item)
     mem_slope: float  # log-log slope of work memory vs N (0 = flat)
-    mb_per_1k: float  # linear fit of peak memory vs N, MB per 1,000 images
+    mb_per_1k: float  # linear fit of work memory vs N, MB per 1,000 images
     mem_rise_mb: float  # work memory at the largest N minus at the smallest
     time_verdict: str  # per-item time: flat | grows
-    mem_verdict: str  # flat | grows
+    mem_verdict: str  # flat | grows | rows (grows as its per-image tables, nothing else)
+    rows_rise_mb: float = 0.0  # in-memory per-image tables at the largest N minus smallest
 
 
 def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
@@ -128,10 +139,17 @@ def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.polyfit(lx, ly, 1)[0])
 
 
-def growth_verdicts(time_slope: float, mem_slope: float, mem_rise_mb: float) -> tuple[str, str]:
-    """(per-item time verdict, memory verdict), each ``flat`` or ``grows`` (see ``TIME_TOL``)."""
+def growth_verdicts(
+    time_slope: float, mem_slope: float, mem_rise_mb: float, rows_rise_mb: float = 0.0
+) -> tuple[str, str]:
+    """(per-item time verdict, memory verdict): ``flat`` or ``grows`` (see ``TIME_TOL``,
+    ``MEM_SLOPE``, ``MEM_FLOOR_MB``); memory that grows is ``rows`` when ``rows_rise_mb``,
+    the rise of the per-image tables the stage holds, accounts for it (``ROWS_SLACK``)."""
     time_verdict = "grows" if time_slope > 1.0 + TIME_TOL else "flat"
     mem_verdict = "grows" if mem_slope >= MEM_SLOPE and mem_rise_mb > MEM_FLOOR_MB else "flat"
+    explained = mem_rise_mb - rows_rise_mb <= max(MEM_FLOOR_MB, ROWS_SLACK * rows_rise_mb)
+    if mem_verdict == "grows" and rows_rise_mb > 0 and explained:
+        mem_verdict = "rows"
     return time_verdict, mem_verdict
 
 
@@ -150,10 +168,38 @@ def fit_growth(stage: str, rows: Sequence[Mapping[str, Any]]) -> Growth:
     time_slope = loglog_slope(items, [r["wall_s"] for r in rows])
     work = [max(1.0, float(r["work_mb"])) for r in rows]
     mem_slope = loglog_slope(ns, work)
-    mb_per_1k = float(np.polyfit(ns, [float(r["peak_mb"]) for r in rows], 1)[0]) * 1000
+    mb_per_1k = float(np.polyfit(ns, [float(r["work_mb"]) for r in rows], 1)[0]) * 1000
     rise = float(rows[-1]["work_mb"]) - float(rows[0]["work_mb"])
-    time_verdict, mem_verdict = growth_verdicts(time_slope, mem_slope, rise)
-    return Growth(stage, time_slope, mem_slope, mb_per_1k, rise, time_verdict, mem_verdict)
+    rows_rise = float(rows[-1].get("rows_mb", 0.0)) - float(rows[0].get("rows_mb", 0.0))
+    time_verdict, mem_verdict = growth_verdicts(time_slope, mem_slope, rise, rows_rise)
+    return Growth(
+        stage, time_slope, mem_slope, mb_per_1k, rise, time_verdict, mem_verdict, rows_rise
+    )
+
+
+def deep_size_mb(obj: Any) -> float:
+    """In-memory size of a table or JSON-like document in MB: ``sys.getsizeof`` of every
+    container, string and number reachable through dicts, lists and tuples (dicts and strings
+    counted once, as ``json`` shares its keys); a DataFrame's ``memory_usage(deep=True)``."""
+    seen: set[int] = set()
+    total = 0
+    todo = [obj]
+    while todo:
+        item = todo.pop()
+        if hasattr(item, "memory_usage") and hasattr(item, "columns"):  # a DataFrame
+            total += int(item.memory_usage(deep=True).sum())
+            continue
+        if isinstance(item, dict | str):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+        total += sys.getsizeof(item)
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list | tuple):
+            todo.extend(item)
+    return total / 2**20
 
 
 # ----------------------------------------------------------------------------- memory
@@ -271,9 +317,10 @@ class StageArgs:
 
 # ----------------------------------------------------------------------------- stages
 # Each stage: set-up (untimed), returning its work (timed) -> (items processed, items the
-# stage would process without ``--saliency-images``: the projections scale by it).
+# stage would process without ``--saliency-images``: the projections scale by it[, the
+# per-image tables the stage holds, sized after the timing by ``deep_size_mb``]).
 
-Work = Callable[[], tuple[int, int]]
+Work = Callable[[], tuple[int, int] | tuple[int, int, Any]]
 
 
 def _manifest(work: Path) -> Any:
@@ -288,34 +335,59 @@ def stage_phantom(a: StageArgs) -> Work:
     phantom = _yaml_block("parameters_ingestion.yml", "ingestion").get("phantom") or {}
     cfg = PhantomConfig.from_dict({**phantom, "n_images": a.n, "image_size": a.image_size})
 
-    def run() -> int:
+    def run() -> tuple[int, int]:
         generate_phantom(cfg, Path(a.work) / "phantom", seed=a.seed, n_jobs=a.jobs, progress=False)
         return a.n, a.n
 
     return run
 
 
-def stage_cache(a: StageArgs) -> Work:
-    from cxr_spurious.io.atomic import write_text_atomic
+def stage_read(a: StageArgs) -> Work:
+    from kedro_datasets.json import JSONDataset
+
     from cxr_spurious.pipelines.ingestion.nodes import (
-        build_image_cache,
         build_manifest,
+        extract_ground_truth,
         read_source,
     )
-    from cxr_spurious.sources.cache import build_cache
 
     options = _yaml_block("parameters_ingestion.yml", "ingestion")
     work = Path(a.work)
 
-    def run() -> int:
+    def run() -> tuple[int, int, Any]:
         ingested = read_source(str(work / "phantom"), {**options, "source": "phantom"})
         manifest = build_manifest(ingested)
         manifest.to_parquet(work / "manifest.parquet")
-        for name, blob in (
-            ("gt_segmentations", ingested.segmentations),
-            ("spurious_segmentations", ingested.spurious_segmentations),
-        ):
-            write_text_atomic(work / f"{name}.json", json.dumps(blob))
+        documents = extract_ground_truth(ingested)
+        for name, blob in zip(GROUND_TRUTH, documents, strict=True):
+            JSONDataset(filepath=str(work / f"{name}.json")).save(blob)  # the catalog's type
+        return len(manifest), len(manifest), [manifest, *documents]
+
+    return run
+
+
+# extract_ground_truth's outputs, in its order (the catalog's dataset names).
+GROUND_TRUTH: tuple[str, ...] = (
+    "gt_annotations",
+    "gt_segmentations",
+    "instance_segmentations",
+    "spurious_segmentations",
+    "hb_annotations",
+    "hb_segmentations",
+    "hb_salient_points",
+)
+
+
+def stage_cache(a: StageArgs) -> Work:
+    from cxr_spurious.pipelines.ingestion.nodes import build_image_cache, read_source
+    from cxr_spurious.sources.cache import build_cache
+
+    options = _yaml_block("parameters_ingestion.yml", "ingestion")
+    work = Path(a.work)
+    ingested = read_source(str(work / "phantom"), {**options, "source": "phantom"})
+    manifest = _manifest(work)
+
+    def run() -> tuple[int, int]:
         spec = build_image_cache(manifest, ingested, a.cache_size, a.jobs)
         build_cache(spec, work / "cache", progress=False)
         return len(manifest), len(manifest)
@@ -349,7 +421,7 @@ def stage_train_epoch(a: StageArgs) -> Work:
     val = table[table["split"] == "val"].reset_index(drop=True)
     setup = setup_for(cfg)
 
-    def run() -> int:
+    def run() -> tuple[int, int]:
         result = fit(train, val, cache, cfg, setup, checkpoint_dir=None)
         TorchModelDataset(str(work / "model.pt")).save(
             {"state_dict": result.state_dict, "config": model_config(cfg)}
@@ -377,7 +449,7 @@ def stage_saliency(a: StageArgs, method: str) -> Work:
     cache = load_cache(work / "cache")
     manifest = _manifest(work)
 
-    def run() -> int:
+    def run() -> tuple[int, int]:
         sets = compute_heatmaps(
             artifact,
             VARIANT,
@@ -414,7 +486,7 @@ def stage_localization(a: StageArgs) -> Work:
     split = _yaml_block("parameters_saliency.yml", "saliency")["split"]
     full = len(collection) * full_maps(_manifest(work), {}, split)
 
-    def run() -> int:
+    def run() -> tuple[int, int]:
         table, _ = evaluate_heatmaps(
             collection,
             gt,
@@ -440,6 +512,7 @@ def stage_runner(a: StageArgs) -> Work:
         return stage_saliency(a, a.stage[len(SALIENCY_PREFIX) :])
     stages: dict[str, Callable[[StageArgs], Work]] = {
         "phantom": stage_phantom,
+        "read": stage_read,
         "cache": stage_cache,
         "train_epoch": stage_train_epoch,
         "localization": stage_localization,
@@ -461,9 +534,12 @@ def run_stage_here(a: StageArgs) -> dict[str, Any]:
     base = tree_anon_mb()
     with PeakSampler() as sampler:
         start = time.perf_counter()
-        items, full_items = work()
+        done = work()
         wall = time.perf_counter() - start
     peak = max(sampler.peak, base)
+    items, full_items = done[0], done[1]
+    hwm_mb = _status_kb("self", "VmHWM:") / 1024  # before sizing the tables
+    rows_mb = deep_size_mb(done[2]) if len(done) > 2 else 0.0
     return {
         "stage": a.stage,
         "n": a.n,
@@ -474,7 +550,8 @@ def run_stage_here(a: StageArgs) -> dict[str, Any]:
         "peak_mb": peak,
         "base_mb": base,
         "work_mb": peak - base,
-        "hwm_mb": _status_kb("self", "VmHWM:") / 1024,
+        "hwm_mb": hwm_mb,
+        "rows_mb": rows_mb,
     }
 
 
@@ -497,23 +574,47 @@ def run_stage(a: StageArgs, timeout: float | None = None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- report
 
 
-def stages_for(methods: Sequence[str]) -> list[str]:
-    return ["phantom", "cache", "train_epoch", *(SALIENCY_PREFIX + m for m in methods)] + [
-        "localization"
-    ]
+def stages_for(methods: Sequence[str], only: Sequence[str] | None = None) -> list[str]:
+    """The stages in order: all, or those in ``only`` (each with the stages it reads from).
+
+    Raises:
+        ValueError: an unknown stage in ``only``, or one without a stage it reads from.
+    """
+    saliency = [SALIENCY_PREFIX + m for m in methods]
+    every = ["phantom", "read", "cache", "train_epoch", *saliency, "localization"]
+    if only is None:
+        return every
+    needs: dict[str, list[str]] = {
+        "phantom": [],
+        "read": ["phantom"],
+        "cache": ["phantom", "read"],
+        "train_epoch": ["cache"],
+        **{m: ["train_epoch"] for m in saliency},
+        "localization": ["read", *saliency],
+    }
+    unknown = sorted(set(only) - set(every))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; expected some of {every}")
+    for stage in only:
+        missing = [n for n in needs[stage] if n not in only]
+        if missing:
+            raise ValueError(f"stage '{stage}' reads the output of {missing}: add it")
+    return [s for s in every if s in only]
 
 
 def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
     """Per stage and N (Markdown)."""
     out = [
-        "| stage | N | items | wall s | per item ms | peak MB | base MB | work MB | hwm MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| stage | N | items | wall s | per item ms | peak MB | base MB | work MB | hwm MB "
+        "| rows MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        rows_mb = f"{r['rows_mb']:.0f}" if r.get("rows_mb") else "-"
         out.append(
             f"| {r['stage']} | {r['n']} | {r['items']} | {r['wall_s']:.2f} "
             f"| {r['per_item_ms']:.2f} | {r['peak_mb']:.0f} | {r['base_mb']:.0f} "
-            f"| {r['work_mb']:.0f} | {r['hwm_mb']:.0f} |"
+            f"| {r['work_mb']:.0f} | {r['hwm_mb']:.0f} | {rows_mb} |"
         )
     return "\n".join(out)
 
@@ -522,13 +623,14 @@ def format_growth(growth: Sequence[Growth]) -> str:
     """Fitted growth per stage (Markdown)."""
     out = [
         "| stage | time slope (1 = flat per item) | per-item time | work-memory slope "
-        "| rise MB | MB per 1k images | memory |",
-        "|---|---:|---|---:|---:|---:|---|",
+        "| rise MB | of it per-image tables MB | MB per 1k images | memory |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for g in growth:
         out.append(
             f"| {g.stage} | {g.time_slope:.2f} | {g.time_verdict} | {g.mem_slope:.2f} "
-            f"| {g.mem_rise_mb:.0f} | {g.mb_per_1k:.1f} | {g.mem_verdict} |"
+            f"| {g.mem_rise_mb:.0f} | {g.rows_rise_mb:.0f} | {g.mb_per_1k:.1f} "
+            f"| {g.mem_verdict} |"
         )
     return "\n".join(out)
 
@@ -568,6 +670,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cap on maps per N (a seeded subset of the test split; default: the whole split)",
     )
     ap.add_argument("--methods", nargs="+", default=None, help="saliency methods")
+    ap.add_argument(
+        "--stages",
+        nargs="+",
+        default=None,
+        help="only these stages (with the stages they read from), e.g. phantom read cache",
+    )
     ap.add_argument("--jobs", type=int, default=None, help="processes of phantom and cache (2)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda[:k] (training and saliency)")
     ap.add_argument("--seed", type=int, default=0)
@@ -609,6 +717,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 get_method(method)
             except Exception as exc:  # the registry's error lists the valid names
                 ap.error(f"--methods: {exc}")
+        try:
+            stages_for(args.methods, args.stages)
+        except ValueError as exc:
+            ap.error(f"--stages: {exc}")
     return args
 
 
@@ -619,7 +731,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.result.write_text(json.dumps(row))
         return row
     started = dt.datetime.now(dt.UTC)
-    stages = stages_for(args.methods)
+    stages = stages_for(args.methods, args.stages)
     rows: list[dict[str, Any]] = []
     print(
         f"sizes {args.sizes} at {args.image_size} px, cache {args.cache_size} px, methods "
@@ -670,7 +782,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(format_growth(growth))
     grows = [g.stage for g in growth if g.mem_verdict == "grows"]
+    rows_only = [g.stage for g in growth if g.mem_verdict == "rows"]
     print(f"\nstages whose memory grows with N: {', '.join(grows) or 'none'}")
+    print(
+        "stages whose memory grows only as their per-image tables: "
+        f"{', '.join(rows_only) or 'none'}"
+    )
     return result
 
 

@@ -317,3 +317,20 @@ def test_an_error_in_a_worker_reaches_the_caller(tmp_path: Path) -> None:
     ):
         build_cache(spec, tmp_path / "image_cache", progress=False)
     assert not list(tmp_path.glob(".image_cache*"))
+
+
+def _sees_parent_state(item: int) -> tuple[int, bool, int]:
+    return item, hasattr(cache_mod, "_PARENT_ONLY_STATE"), os.getppid()
+
+
+def test_workers_do_not_inherit_the_parents_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers come from the fork server: a worker forked from the caller would share the
+    caller's objects (every image's ground truth), and the caller's reads of them would copy
+    the shared pages, so memory would grow with the number of images."""
+    monkeypatch.setattr(cache_mod, "_PARENT_ONLY_STATE", ["ground truth"] * 1000, raising=False)
+    with cache_mod._worker_pool(2) as pool:
+        assert pool is not None
+        results = sorted(pool.imap_unordered(_sees_parent_state, range(8)))
+    assert [r[0] for r in results] == list(range(8))
+    assert not any(sees for _, sees, _ in results)
+    assert os.getpid() not in {ppid for _, _, ppid in results}

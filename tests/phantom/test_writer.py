@@ -14,7 +14,7 @@ import pytest
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.io.images import read_image
 from cxr_spurious.io.masks import decode_rle, rasterize_polygons
-from cxr_spurious.phantom import PhantomConfig, generate_phantom
+from cxr_spurious.phantom import PhantomConfig, generate_phantom, writer
 from cxr_spurious.phantom.geometry import dilate
 from cxr_spurious.sources.contract import ATTRIBUTE_HEADER
 from cxr_spurious.tasks import CHEXPERT_HEADER, PHANTOM_TASKS, SPURIOUS_OBJECTS, TASK_TO_CSV
@@ -163,7 +163,9 @@ def test_observed_rates_match_config(medium_dir: Path, medium_cfg: PhantomConfig
 
 
 def test_same_output_for_one_or_two_workers_and_seed_dependence(tmp_path: Path) -> None:
-    cfg = PhantomConfig.tiny(n_images=20, image_size=48)
+    # more chunks than the writer lets the workers render ahead of it
+    n_images = writer._CHUNK * (2 * writer._AHEAD_PER_JOB + 3)
+    cfg = PhantomConfig.tiny(n_images=n_images, image_size=32)
     one = generate_phantom(cfg, tmp_path / "one", seed=5, n_jobs=1, progress=False)
     two = generate_phantom(cfg, tmp_path / "two", seed=5, n_jobs=2, progress=False)
     other = generate_phantom(cfg, tmp_path / "other", seed=6, n_jobs=1, progress=False)
@@ -186,3 +188,67 @@ def test_switches_and_argument_validation(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="seed"):
         generate_phantom(cfg, tmp_path / "q", seed=-1)
     assert not (tmp_path / "q").exists()
+
+
+def test_json_object_writer_writes_the_bytes_of_the_whole_document(tmp_path: Path) -> None:
+    entries = {
+        "patient1_study1_view1_frontal": {"img_size": [64, 64], "Lung Lesion": [[[1.5, 2.25]]]},
+        'quote"and\\backslash': {"counts": "PPYo1", "size": [2, 3]},
+        "café ∅": None,
+        "empty": {},
+    }
+    w = writer.JsonObjectWriter(tmp_path / "sub" / "doc.json")
+    for key, value in entries.items():
+        w.add(key, value)
+    w.close()
+    w.close()  # closing twice is harmless
+    text = (tmp_path / "sub" / "doc.json").read_text(encoding="utf-8")
+    assert text == json.dumps(entries, separators=(",", ":"))
+    assert json.loads(text) == entries and w.count == len(entries)
+    empty = writer.JsonObjectWriter(tmp_path / "empty.json")
+    empty.close()
+    assert (tmp_path / "empty.json").read_text() == "{}" == json.dumps({})
+
+
+def test_workers_render_a_bounded_number_of_chunks_ahead_in_record_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The results held at any time do not grow with the number of images."""
+    import concurrent.futures as cf
+
+    events: list[str] = []
+
+    class InlineExecutor:
+        """Runs each submitted chunk at once (in the order submitted) and logs it."""
+
+        def __init__(self, max_workers: int, mp_context: object) -> None:
+            self.max_workers = max_workers
+
+        def __enter__(self) -> InlineExecutor:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def submit(self, fn, *args):  # type: ignore[no-untyped-def]
+            events.append("submit")
+            future: cf.Future = cf.Future()
+            future.set_result(fn(*args))
+            return future
+
+    def fake_chunk(cfg, records, seed, out_dir):  # type: ignore[no-untyped-def]
+        return [r.index for r in records]
+
+    monkeypatch.setattr(writer.cf, "ProcessPoolExecutor", InlineExecutor)
+    monkeypatch.setattr(writer, "_process_chunk", fake_chunk)
+    cfg = PhantomConfig.tiny(n_images=writer._CHUNK * 30, image_size=32)
+    records = sorted(writer.build_cohort(cfg, 0), key=lambda r: r.index)
+    n_jobs, ahead = 2, writer._AHEAD_PER_JOB * 2
+    seen = []
+    for index in writer._rendered(cfg, records, 0, Path("unused"), n_jobs, progress=False):
+        seen.append(index)
+        consumed_chunks = -(-len(seen) // writer._CHUNK)
+        submitted = events.count("submit")
+        assert submitted <= consumed_chunks + ahead, (len(seen), submitted)
+    assert seen == [r.index for r in records]
+    assert events.count("submit") == 30

@@ -18,13 +18,15 @@ Output folder (written into a temporary folder and swapped in only when complete
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import csv
 import io
 import json
 import logging
 import multiprocessing
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,8 @@ logger = logging.getLogger(__name__)
 PHANTOM_VERSION = "1.0.0"
 _HB_STREAM = 90
 _CHUNK = 16
+# Chunks rendered ahead of the writer per worker: bounds the results held in memory.
+_AHEAD_PER_JOB = 4
 _SEX_WORD = {"M": "Male", "F": "Female"}
 
 
@@ -73,6 +77,19 @@ class ImageResult:
     hb_points: dict[str, Any] | None
     support_device: int
     render_masks: dict[str, Any] | None = None
+
+    def row(self) -> ImageRow:
+        """What the tables and the summary keep of the image once its JSON is written."""
+        return ImageRow(self.record, self.positives, self.support_device)
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """The per-image row kept for ``labels.csv``, ``attributes.csv`` and the summary."""
+
+    record: ImageRecord
+    positives: tuple[str, ...]
+    support_device: int
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -163,35 +180,114 @@ def _process_chunk(
     return [process_record(cfg, rec, seed, Path(out_dir)) for rec in records]
 
 
-def _run(
+def _rendered(
     cfg: PhantomConfig,
     records: Sequence[ImageRecord],
     seed: int,
     out_dir: Path,
     n_jobs: int,
     progress: bool,
-) -> list[ImageResult]:
+) -> Iterator[ImageResult]:
+    """Render every record (writing its PNGs) and yield its result, in record order.
+
+    With several workers, at most ``_AHEAD_PER_JOB * n_jobs`` chunks are rendered ahead of
+    the consumer, so the results held in memory do not grow with the number of images.
+    """
     chunks = [records[i : i + _CHUNK] for i in range(0, len(records), _CHUNK)]
-    results: list[ImageResult] = []
     with tqdm(total=len(records), desc="phantom", unit="img", disable=not progress) as bar:
         if n_jobs == 1:
             for chunk in chunks:
-                results.extend(_process_chunk(cfg, chunk, seed, str(out_dir)))
-                bar.update(len(chunk))
-        else:
-            context = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
-                futures = [
-                    pool.submit(_process_chunk, cfg, chunk, seed, str(out_dir)) for chunk in chunks
-                ]
-                for future in cf.as_completed(futures):
-                    part = future.result()
-                    results.extend(part)
-                    bar.update(len(part))
-    return sorted(results, key=lambda r: r.record.index)
+                part = _process_chunk(cfg, chunk, seed, str(out_dir))
+                bar.update(len(part))
+                yield from part
+            return
+        context = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
+            todo = iter(chunks)
+            pending: deque[cf.Future[list[ImageResult]]] = deque()
+
+            def submit_next() -> None:
+                chunk = next(todo, None)
+                if chunk is not None:
+                    pending.append(pool.submit(_process_chunk, cfg, chunk, seed, str(out_dir)))
+
+            for _ in range(_AHEAD_PER_JOB * n_jobs):
+                submit_next()
+            while pending:
+                part = pending.popleft().result()
+                submit_next()
+                bar.update(len(part))
+                yield from part
 
 
-def labels_row(result: ImageResult) -> list[str]:
+class JsonObjectWriter:
+    """Writes a JSON object to a file one entry at a time.
+
+    The bytes are those of ``json.dumps(dict(entries), separators=(",", ":"))``, so a
+    document that does not fit in memory as Python objects is written without building it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.count = 0
+        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._fh.write("{")
+
+    def add(self, key: str, value: Any) -> None:
+        """Append ``key: value`` (keys must be unique; the caller guarantees it)."""
+        self._fh.write(("," if self.count else "") + json.dumps(key) + ":" + _json(value))
+        self.count += 1
+
+    def close(self) -> None:
+        """Close the object and the file."""
+        if not self._fh.closed:
+            self._fh.write("}")
+            self._fh.close()
+
+
+class _GroundTruthWriter:
+    """Streams each image's ground truth into the CheXlocalize-format JSON files."""
+
+    def __init__(self, cfg: PhantomConfig, out: Path, stack: contextlib.ExitStack) -> None:
+        def open_json(rel: str | Path) -> JsonObjectWriter:
+            writer = JsonObjectWriter(out / rel)
+            stack.callback(writer.close)
+            return writer
+
+        self.gt = {
+            "annotations": open_json("gt_annotations.json"),
+            "segmentations": open_json("gt_segmentations.json"),
+            "spurious": open_json("spurious_segmentations.json"),
+        }
+        self.hb = (
+            {
+                "hb_annotations": open_json("hb_annotations.json"),
+                "hb_segmentations": open_json("hb_segmentations.json"),
+                "hb_points": open_json("hb_salient_pt.json"),
+            }
+            if cfg.human_benchmark.splits
+            else {}
+        )
+        self.masks = {
+            name: open_json(Path("counterfactuals") / name / RENDER_MASKS_FILE)
+            for name in map(render_name, cfg.artefacts.kinds)
+        }
+        self.hb_images = 0
+
+    def add(self, result: ImageResult) -> None:
+        image_id = result.record.image_id
+        for field, writer in self.gt.items():
+            writer.add(image_id, getattr(result, field))
+        if result.hb_annotations is not None:
+            self.hb_images += 1
+            for field, writer in self.hb.items():
+                writer.add(image_id, getattr(result, field))
+        for name, mask in (result.render_masks or {}).items():
+            self.masks[name].add(image_id, mask)
+
+
+def labels_row(result: ImageRow) -> list[str]:
     """One ``labels.csv`` row (CheXpert header order) for an image."""
     rec = result.record
     row = [rec.rel_path, _SEX_WORD[rec.sex], str(rec.age_years), "Frontal", rec.view]
@@ -220,7 +316,7 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def summarise(results: Sequence[ImageResult]) -> dict[str, Any]:
+def summarise(results: Sequence[ImageRow]) -> dict[str, Any]:
     """Counts per split: images, patients, positives per task, tube rates by PTX status."""
     out: dict[str, Any] = {}
     for split in SPLITS:
@@ -240,8 +336,14 @@ def summarise(results: Sequence[ImageResult]) -> dict[str, Any]:
     return out
 
 
-def _write_tables(cfg: PhantomConfig, results: Sequence[ImageResult], seed: int, out: Path) -> None:
-    write_text_atomic(out / "labels.csv", _csv(CHEXPERT_HEADER, [labels_row(r) for r in results]))
+def _write_tables(
+    cfg: PhantomConfig,
+    rows: Sequence[ImageRow],
+    truth: _GroundTruthWriter,
+    seed: int,
+    out: Path,
+) -> None:
+    write_text_atomic(out / "labels.csv", _csv(CHEXPERT_HEADER, [labels_row(r) for r in rows]))
     attrs = [
         [
             r.record.image_id,
@@ -255,51 +357,21 @@ def _write_tables(cfg: PhantomConfig, results: Sequence[ImageResult], seed: int,
             r.record.site,
             r.record.tube,
         ]
-        for r in results
+        for r in rows
     ]
     write_text_atomic(out / "attributes.csv", _csv(ATTRIBUTE_HEADER, attrs))
-    write_text_atomic(
-        out / "gt_annotations.json", _json({r.record.image_id: r.annotations for r in results})
-    )
-    write_text_atomic(
-        out / "gt_segmentations.json", _json({r.record.image_id: r.segmentations for r in results})
-    )
-    write_text_atomic(
-        out / "spurious_segmentations.json", _json({r.record.image_id: r.spurious for r in results})
-    )
-    hb = [r for r in results if r.hb_annotations is not None]
-    if cfg.human_benchmark.splits:
-        write_text_atomic(
-            out / "hb_annotations.json", _json({r.record.image_id: r.hb_annotations for r in hb})
-        )
-        write_text_atomic(
-            out / "hb_segmentations.json",
-            _json({r.record.image_id: r.hb_segmentations for r in hb}),
-        )
-        write_text_atomic(
-            out / "hb_salient_pt.json", _json({r.record.image_id: r.hb_points for r in hb})
-        )
-    artefact_images = {}
-    for name in map(render_name, cfg.artefacts.kinds):
-        masks = {
-            r.record.image_id: r.render_masks[name]
-            for r in results
-            if name in (r.render_masks or {})
-        }
-        write_text_atomic(out / "counterfactuals" / name / RENDER_MASKS_FILE, _json(masks))
-        artefact_images[name] = len(masks)
     meta = {
         "generator": "cxr_spurious.phantom",
         "version": PHANTOM_VERSION,
         "seed": int(seed),
         "config": cfg.to_dict(),
-        "counts": summarise(results),
-        "human_benchmark_images": len(hb),
+        "counts": summarise(rows),
+        "human_benchmark_images": truth.hb_images,
         "counterfactual_images": {
-            v: sum(r.record.split in cfg.counterfactuals.splits for r in results)
+            v: sum(r.record.split in cfg.counterfactuals.splits for r in rows)
             for v in cfg.counterfactuals.renders
         },
-        "artefact_images": artefact_images,
+        "artefact_images": {name: writer.count for name, writer in truth.masks.items()},
     }
     write_text_atomic(out / "phantom_meta.json", json.dumps(meta, indent=2, sort_keys=True))
 
@@ -328,12 +400,17 @@ def generate_phantom(
         raise ParameterError("seed", f"expected an integer >= 0, got {seed!r}")
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    records = build_cohort(cfg, int(seed))
+    records = sorted(build_cohort(cfg, int(seed)), key=lambda r: r.index)
+    rows: list[ImageRow] = []
+    mismatched: list[str] = []
     with atomic_dir(out_dir) as tmp:
-        results = _run(cfg, records, int(seed), tmp, n_jobs, progress)
-        mismatched = [
-            r.record.image_id for r in results if set(r.positives) != set(r.record.positives)
-        ]
+        with contextlib.ExitStack() as stack:
+            truth = _GroundTruthWriter(cfg, tmp, stack)
+            for result in _rendered(cfg, records, int(seed), tmp, n_jobs, progress):
+                truth.add(result)
+                rows.append(result.row())
+                if set(result.positives) != set(result.record.positives):
+                    mismatched.append(result.record.image_id)
         if mismatched:
             logger.warning(
                 "%d image(s) lost a finding that did not fit "
@@ -341,10 +418,10 @@ def generate_phantom(
                 len(mismatched),
                 mismatched[:3],
             )
-        _write_tables(cfg, results, int(seed), tmp)
+        _write_tables(cfg, rows, truth, int(seed), tmp)
     logger.info(
         "Phantom: %d images written to %s in %.1f s (n_jobs=%d)",
-        len(results),
+        len(rows),
         out_dir,
         time.perf_counter() - start,
         n_jobs,

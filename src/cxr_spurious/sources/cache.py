@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import hashlib
 import itertools
 import json
@@ -118,11 +119,26 @@ class CacheSpec:
             self.render_masks,
         )
         for blob in blobs:
-            h.update(
-                hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).digest()
-            )
+            inner = hashlib.sha256()
+            _hash_json(inner, blob, depth=2)
+            h.update(inner.digest())
         h.update(np.nan_to_num(np.asarray(self.labels, dtype=float), nan=-1).tobytes())
         return h.hexdigest()[:16]
+
+
+def _hash_json(h: Any, obj: Any, depth: int) -> None:
+    """Feed a JSON-like document to ``h`` entry by entry (keys sorted) down to ``depth``
+    levels of mappings, so that the whole document is never encoded as one string (its
+    encoding is several times the size of the document)."""
+    if depth > 0 and isinstance(obj, Mapping):
+        h.update(b"{")
+        for key in sorted(obj, key=str):
+            h.update(json.dumps(str(key)).encode() + b":")
+            _hash_json(h, obj[key], depth - 1)
+            h.update(b",")
+        h.update(b"}")
+    else:
+        h.update(json.dumps(obj, sort_keys=True, default=str).encode())
 
 
 @dataclass
@@ -572,10 +588,26 @@ class WorkerError(CxrSpuriousError):
     """
 
 
+def _worker_context() -> Any:
+    """The fork server (its process preloads this module, so a worker starts in
+    milliseconds without the parent's memory), or spawn where there is none."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def _worker_loop(conn: Connection) -> None:
-    """Run ``(func, chunk)`` messages until told to stop; SIGINT is left to the parent."""
+    """Run ``(func, chunk)`` messages until told to stop; SIGINT is left to the parent.
+
+    One cv2 thread: the pool has a worker per core. The objects inherited from the fork
+    server are frozen (``gc.freeze``), so that this worker's collections do not write to
+    their pages and copy them."""
+    gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    cv2.setNumThreads(1)
     while True:
         try:
             message = conn.recv()
@@ -601,10 +633,15 @@ class _WorkerPool:
     Unlike ``concurrent.futures.ProcessPoolExecutor`` there are no helper threads and no
     locks shared between workers, so ``stop()`` can end the workers at any moment (Ctrl-C,
     SIGTERM) without leaving a thread that blocks the interpreter's exit.
+
+    The workers come from a fork server (``_worker_context``), not from this process: a
+    worker forked from here would share the ground truth of every image with it, and each
+    payload the parent then reads and pickles touches those objects' reference counts, so
+    the parent copies the shared pages: memory that grows with the number of images.
     """
 
     def __init__(self, n_jobs: int, chunksize: int = 4, queued: int = 2) -> None:
-        ctx = multiprocessing.get_context()
+        ctx = _worker_context()
         self._chunksize, self._queued = chunksize, queued
         self._procs: list[Any] = []
         self._conns: list[Connection] = []
