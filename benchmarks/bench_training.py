@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/bench_training.py [--models unet_small cnn_small resnet18]
         [--images 1700] [--size 96] [--batch 32] [--epochs 1] [--rounds 2]
-        [--precisions auto] [--threads N] [--device cpu] [--json FILE]
+        [--precisions auto] [--threads N] [--device cpu] [--compile] [--json FILE]
 
 Both sides run in this process, interleaved (loop, pure, loop, pure, ... ``--rounds`` times
 per model and precision), so a shared, noisy machine slows both alike:
@@ -37,6 +37,13 @@ a one-step ``fit`` and two pure steps run untimed (oneDNN / cuDNN set-up).
 
 Prints one row per model and precision: loop img/s, pure img/s, their ratio (the issue's
 target is >= 0.90), and the loop's in-epoch rate and data-wait share from its history.
+
+``--compile`` also times the pure step of ``torch.compile(model)`` (default mode, the
+inductor backend) in each round, right after the eager pure step, and reports: its img/s
+and its ratio to the eager pure rate; the first compiled steps' time (compilation
+included); and whether it is deterministic and how far it is from eager: the same number of
+steps from the same initial weights, twice compiled and once eager, the largest parameter
+difference between the two compiled runs (0 = deterministic) and between compiled and eager.
 """
 
 from __future__ import annotations
@@ -219,6 +226,43 @@ def time_pure(
     return {"images": steps * int(x.shape[0]), "seconds": seconds, "steps": steps}
 
 
+def _parameters(runner: tuple[TrainingForward, Any, Any, Any]) -> list[torch.Tensor]:
+    return [p.detach().float().cpu().clone() for p in runner[0].parameters()]
+
+
+def _max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def compile_runner(
+    runner: tuple[TrainingForward, torch.optim.Optimizer, torch.Tensor, list[torch.Tensor]],
+) -> tuple[Any, torch.optim.Optimizer, torch.Tensor, list[torch.Tensor]]:
+    """The runner with its model wrapped in ``torch.compile`` (same parameters, optimiser)."""
+    net, optimizer, x, targets = runner
+    return torch.compile(net), optimizer, x, targets
+
+
+def compile_checks(
+    cfg: Mapping[str, Any], setup: DeviceSetup, image: torch.Tensor, steps: int
+) -> dict[str, float]:
+    """From fresh (seeded) weights, ``steps`` steps twice compiled and once eager: the
+    largest parameter difference between the compiled runs and between compiled and eager,
+    and how far the eager steps moved the parameters (the scale of those differences)."""
+    first = pure_step_runner(cfg, setup, image)
+    time_pure(compile_runner(first), setup, steps)
+    second = pure_step_runner(cfg, setup, image)
+    time_pure(compile_runner(second), setup, steps)
+    eager = pure_step_runner(cfg, setup, image)
+    initial = _parameters(eager)
+    time_pure(eager, setup, steps)
+    return {
+        "compiled_vs_compiled_max_diff": _max_diff(_parameters(first), _parameters(second)),
+        "compiled_vs_eager_max_diff": _max_diff(_parameters(first), _parameters(eager)),
+        "eager_moved_max": _max_diff(initial, _parameters(eager)),
+        "check_steps": steps,
+    }
+
+
 def bench_row(
     model: str,
     supervision: str,
@@ -236,12 +280,20 @@ def bench_row(
     image = CacheBatches(train, cache, cfg, train=True)[(0, list(range(args.batch)))]["image"]
     fit(train, val, cache, {**cfg, "max_steps": 1}, setup, checkpoint_dir=work / "warmup")
     time_pure(pure_step_runner(cfg, setup, image), setup, 2)
+    compiled, compile_info = None, {}
+    if args.compile:
+        compiled = compile_runner(pure_step_runner(cfg, setup, image))
+        first = time_pure(compiled, setup, 2)  # compiles (forward and backward graphs)
+        compile_info = {"first_steps_s": first["seconds"], **compile_checks(cfg, setup, image, 3)}
     rounds = []
     for r in range(args.rounds):
         loop = time_loop(train, val, cache, cfg, setup, work / f"{model}_{precision}_{r}")
         runner = pure_step_runner(cfg, setup, image)  # fresh weights, like each fit
         pure = time_pure(runner, setup, max(1, loop["steps"]))
-        rounds.append({"loop": loop, "pure": pure})
+        entry = {"loop": loop, "pure": pure}
+        if compiled is not None:  # one compiled model for every round: no recompilation
+            entry["compiled"] = time_pure(compiled, setup, max(1, loop["steps"]))
+        rounds.append(entry)
     loop_rate = sum(x["loop"]["images"] for x in rounds) / sum(x["loop"]["seconds"] for x in rounds)
     pure_rate = sum(x["pure"]["images"] for x in rounds) / sum(x["pure"]["seconds"] for x in rounds)
     epoch_s = sum(x["loop"]["images"] / x["loop"]["epoch_images_per_s"] for x in rounds)
@@ -249,7 +301,7 @@ def bench_row(
         x["loop"]["data_wait_fraction"] * x["loop"]["images"] / x["loop"]["epoch_images_per_s"]
         for x in rounds
     )
-    return {
+    row = {
         "model": model,
         "supervision": supervision,
         "precision": precision_name(setup),
@@ -263,6 +315,14 @@ def bench_row(
         "data_wait_fraction": wait / epoch_s,
         "rounds": rounds,
     }
+    if compiled is not None:
+        done = [x["compiled"] for x in rounds]
+        compiled_rate = sum(x["images"] for x in done) / sum(x["seconds"] for x in done)
+        row.update(
+            compiled_img_s=compiled_rate, compiled_vs_eager=compiled_rate / pure_rate,
+            **compile_info,
+        )  # fmt: skip
+    return row
 
 
 def precisions_for(choice: Sequence[str], device: str) -> list[str]:
@@ -297,6 +357,21 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"| {r['pure_img_s']:.1f} | {r['ratio']:.2f} | {'yes' if r['meets_target'] else 'no'} "
             f"| {r['in_epoch_img_s']:.1f} | {100 * r['data_wait_fraction']:.1f} % |"
         )
+    compiled = [r for r in rows if "compiled_img_s" in r]
+    if compiled:
+        out += [
+            "",
+            "| model | precision | pure img/s | compiled img/s | compiled / pure "
+            "| first 2 compiled steps s | compiled run vs compiled run | compiled vs eager |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in compiled:
+            out.append(
+                f"| {r['model']} | {r['precision']} | {r['pure_img_s']:.1f} "
+                f"| {r['compiled_img_s']:.1f} | {r['compiled_vs_eager']:.2f} "
+                f"| {r['first_steps_s']:.1f} | {r['compiled_vs_compiled_max_diff']:.2g} "
+                f"| {r['compiled_vs_eager_max_diff']:.2g} |"
+            )
     return "\n".join(out)
 
 
@@ -333,6 +408,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu", help="cpu | cuda[:k] | auto")
     ap.add_argument("--seed", type=int, default=0, help="phantom seed")
     ap.add_argument("--jobs", type=int, default=2, help="processes for phantom and cache")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile of the pure step (and check its determinism)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     for name in ("images", "size", "batch", "epochs", "rounds", "jobs"):

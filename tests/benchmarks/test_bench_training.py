@@ -53,6 +53,37 @@ def test_training_benchmark_runs_on_tiny_sizes_and_reports_a_ratio_per_row(
     assert not list(tmp_path.glob("bench_training_*"))  # the temporary cache is gone
 
 
+@pytest.mark.integration  # about 30 s, most of it torch.compile of a tiny model
+def test_compile_flag_times_the_compiled_step_and_checks_its_determinism(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--models", "cnn_small", "--precisions", "fp32",
+         "--images", "40", "--size", "32", "--batch", "8", "--rounds", "1", "--jobs", "1",
+         "--compile", "--json", str(out_json)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out_json.read_text())["rows"]
+    (r,) = row["rounds"]
+    # the compiled step takes as many steps as the eager pure step, in the same round
+    assert r["compiled"]["steps"] == r["pure"]["steps"] == r["loop"]["steps"]
+    assert row["compiled_img_s"] == pytest.approx(
+        r["compiled"]["images"] / r["compiled"]["seconds"]
+    )
+    assert row["compiled_vs_eager"] == pytest.approx(row["compiled_img_s"] / row["pure_img_s"])
+    assert row["first_steps_s"] > 0 and row["check_steps"] == 3
+    for key in ("compiled_vs_compiled_max_diff", "compiled_vs_eager_max_diff"):
+        assert math.isfinite(row[key]) and row[key] >= 0, (key, row)
+    # compiled and eager end closer to each other than eager is to where it started: a
+    # compiled step that left the parameters alone would differ from eager by exactly that
+    assert row["eager_moved_max"] > 0
+    assert row["compiled_vs_eager_max_diff"] < row["eager_moved_max"]
+    table = done.stdout.split("| model | precision | pure img/s | compiled img/s")[1]
+    cells = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+    assert cells[:2] == ["cnn_small", "fp32"]
+    assert float(cells[4]) == pytest.approx(row["compiled_vs_eager"], abs=0.006)
+
+
 def test_training_benchmark_refuses_an_unknown_model() -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH), "--models", "vgg11"],
