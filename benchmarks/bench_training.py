@@ -41,9 +41,8 @@ target is >= 0.90), and the loop's in-epoch rate and data-wait share from its hi
 ``--compile`` also times the pure step of ``torch.compile(model)`` (default mode, the
 inductor backend) in each round, right after the eager pure step, and reports: its img/s
 and its ratio to the eager pure rate; the first compiled steps' time (compilation
-included); and whether it is deterministic and how far it is from eager: the same number of
-steps from the same initial weights, twice compiled and once eager, the largest parameter
-difference between the two compiled runs (0 = deterministic) and between compiled and eager.
+included); and ``compile_checks``: its outputs against eager's, and whether two compiled
+runs of 3 steps from the same weights end identical (deterministic).
 """
 
 from __future__ import annotations
@@ -245,20 +244,29 @@ def compile_runner(
 def compile_checks(
     cfg: Mapping[str, Any], setup: DeviceSetup, image: torch.Tensor, steps: int
 ) -> dict[str, float]:
-    """From fresh (seeded) weights, ``steps`` steps twice compiled and once eager: the
-    largest parameter difference between the compiled runs and between compiled and eager,
-    and how far the eager steps moved the parameters (the scale of those differences)."""
+    """How the compiled model compares, from fresh (seeded) weights: its outputs against
+    eager's on the batch (largest absolute difference); after ``steps`` steps run twice
+    compiled and once eager, the largest parameter difference between the two compiled runs
+    (0 = deterministic), how far the compiled steps moved the parameters, and how far the
+    compiled and eager parameters end apart (Adam's first steps are about ``lr`` times the
+    gradient's sign, so a parameter whose gradient is near 0 can move either way)."""
+    eager = pure_step_runner(cfg, setup, image)
+    initial = _parameters(eager)
+    compiled = compile_runner(pure_step_runner(cfg, setup, image))
+    with torch.no_grad(), setup.autocast():
+        outputs = [o.float() for o in eager[0](eager[2])]
+        compiled_outputs = [o.float() for o in compiled[0](compiled[2])]
+    forward_diff = _max_diff(outputs, compiled_outputs)
     first = pure_step_runner(cfg, setup, image)
     time_pure(compile_runner(first), setup, steps)
     second = pure_step_runner(cfg, setup, image)
     time_pure(compile_runner(second), setup, steps)
-    eager = pure_step_runner(cfg, setup, image)
-    initial = _parameters(eager)
     time_pure(eager, setup, steps)
     return {
+        "forward_max_diff": forward_diff,
         "compiled_vs_compiled_max_diff": _max_diff(_parameters(first), _parameters(second)),
+        "compiled_moved_max": _max_diff(initial, _parameters(first)),
         "compiled_vs_eager_max_diff": _max_diff(_parameters(first), _parameters(eager)),
-        "eager_moved_max": _max_diff(initial, _parameters(eager)),
         "check_steps": steps,
     }
 
@@ -362,14 +370,16 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         out += [
             "",
             "| model | precision | pure img/s | compiled img/s | compiled / pure "
-            "| first 2 compiled steps s | compiled run vs compiled run | compiled vs eager |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| first 2 compiled steps s | outputs vs eager | run vs run after 3 steps "
+            "| moved by 3 steps | vs eager after 3 steps |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in compiled:
             out.append(
                 f"| {r['model']} | {r['precision']} | {r['pure_img_s']:.1f} "
                 f"| {r['compiled_img_s']:.1f} | {r['compiled_vs_eager']:.2f} "
-                f"| {r['first_steps_s']:.1f} | {r['compiled_vs_compiled_max_diff']:.2g} "
+                f"| {r['first_steps_s']:.1f} | {r['forward_max_diff']:.2g} "
+                f"| {r['compiled_vs_compiled_max_diff']:.2g} | {r['compiled_moved_max']:.2g} "
                 f"| {r['compiled_vs_eager_max_diff']:.2g} |"
             )
     return "\n".join(out)

@@ -72,12 +72,12 @@ def test_compile_flag_times_the_compiled_step_and_checks_its_determinism(tmp_pat
     )
     assert row["compiled_vs_eager"] == pytest.approx(row["compiled_img_s"] / row["pure_img_s"])
     assert row["first_steps_s"] > 0 and row["check_steps"] == 3
-    for key in ("compiled_vs_compiled_max_diff", "compiled_vs_eager_max_diff"):
-        assert math.isfinite(row[key]) and row[key] >= 0, (key, row)
-    # compiled and eager end closer to each other than eager is to where it started: a
-    # compiled step that left the parameters alone would differ from eager by exactly that
-    assert row["eager_moved_max"] > 0
-    assert row["compiled_vs_eager_max_diff"] < row["eager_moved_max"]
+    # the compiled model computes what eager does, its steps train, and two compiled runs
+    # from the same weights end identical on one machine
+    assert row["forward_max_diff"] < 1e-4
+    assert row["compiled_moved_max"] > 1e-4
+    assert row["compiled_vs_compiled_max_diff"] == 0
+    assert math.isfinite(row["compiled_vs_eager_max_diff"])
     table = done.stdout.split("| model | precision | pure img/s | compiled img/s")[1]
     cells = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
     assert cells[:2] == ["cnn_small", "fp32"]
