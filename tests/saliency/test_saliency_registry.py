@@ -102,6 +102,44 @@ def test_gradcam_matches_a_manual_computation(classifier, images):
     assert np.corrcoef(maps[0, 0].astype(float).ravel(), up.ravel())[0, 1] > 0.97
 
 
+def _captum_ig_maps(model: torch.nn.Module, x: torch.Tensor, task: int, steps: int):
+    from captum.attr import IntegratedGradients
+
+    attr = IntegratedGradients(model).attribute(
+        x, baselines=torch.zeros_like(x), target=task, n_steps=steps,
+        internal_batch_size=len(x) * steps,
+    )  # fmt: skip
+    maps = attr.abs().sum(dim=1).detach().numpy()
+    peak = maps.reshape(len(maps), -1).max(axis=1)
+    return (maps / np.where(peak > 0, peak, 1.0)[:, None, None]).astype(np.float16)
+
+
+@pytest.mark.parametrize("architecture", ["toy", "unet_small"])
+def test_integrated_gradients_equal_captum_called_once_per_task(architecture, classifier, images):
+    """The shared forward pass per batch gives Captum's maps for every task and batch."""
+    if architecture == "toy":
+        model, tasks = classifier, ["Lung Lesion", "Pneumothorax"]
+    else:
+        from cxr_spurious.models import build_model
+
+        torch.manual_seed(0)
+        tasks = ["Pneumothorax", "Lung Lesion", "Edema"]
+        model = build_model({"architecture": "unet_small", "tasks": tasks}).eval()
+    steps = 5
+    maps, _ = compute_maps(
+        model, images, "integrated_gradients", tasks, batch_size=3, device="cpu",
+        options=MethodOptions(ig_steps=steps), progress=False,
+    )  # fmt: skip
+    x = torch.from_numpy(images).float()[:, None] / 255
+    for t, task in enumerate(tasks):
+        index = list(model.tasks).index(task)
+        expected = np.concatenate(
+            [_captum_ig_maps(model, x[i : i + 3], index, steps) for i in range(0, len(x), 3)]
+        )
+        assert np.abs(maps[:, t].astype(np.float32) - expected.astype(np.float32)).max() == 0, task
+    assert all(p.requires_grad for p in model.parameters())
+
+
 @pytest.mark.parametrize(
     "method",
     [
