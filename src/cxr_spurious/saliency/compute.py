@@ -183,8 +183,13 @@ class ChunkMaps:
             ):
                 x = to_input(images[sl], dev)
                 logits = None
-                for j, t in enumerate(task_idx):
-                    batch_maps, pass_logits = attribute(x, t)
+                for_tasks = getattr(attribute, "for_tasks", None)
+                per_task = (
+                    for_tasks(x, task_idx)
+                    if for_tasks is not None
+                    else (attribute(x, t) for t in task_idx)
+                )
+                for j, (batch_maps, pass_logits) in enumerate(per_task):
                     logits = pass_logits if logits is None else logits
                     if maps is None:
                         shape = (n, len(task_idx), *batch_maps.shape[1:])

@@ -8,7 +8,9 @@ probability map). Each method is opened once per model as a context manager
 when the block ends, then called per batch and task:
 ``attribute(x, task_index) -> (maps, logits)`` with ``maps`` a (B, h, w) float32 array and
 ``logits`` the (B, T) image logits of the same forward pass when the method has them
-(CAM methods), else ``None``.
+(CAM methods), else ``None``. A method whose tasks can share work also has
+``attribute.for_tasks(x, task_indices) -> [(maps, logits), ...]`` (integrated gradients:
+one forward pass for every task of a batch).
 
 Cost. CAM methods only need gradients down to the cam layer: every parameter outside it
 is frozen while they run, so the backward pass stops at the cam layer instead of reaching
@@ -271,52 +273,53 @@ def _cam_opener(
 # ----------------------------------------------------------------- Captum methods
 
 
-@contextlib.contextmanager
-def _integrated_gradients(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
-    """Captum's integrated gradients (Gauss-Legendre steps, zero baseline), computed once per
-    batch for every task: the forward pass over the batch's scaled copies is shared by the
-    tasks of that batch (its graph is kept while the batch's tasks are asked for), and each
-    task's gradients come from their own backward pass. The arithmetic after the gradients is
-    Captum's ``IntegratedGradients._attribute`` (step weights, sum over steps, times the
-    input minus the baseline), so the maps equal Captum's called once per task
-    (``tests/saliency/test_saliency_registry.py`` compares them), at one forward pass per
-    batch instead of one per batch and task.
+class _IntegratedGradients:
+    """Captum's integrated gradients (Gauss-Legendre steps, zero baseline) of a batch.
+
+    ``self(x, task)`` is one task, as Captum computes it: a forward pass over the batch's
+    scaled copies, then the backward pass. ``for_tasks(x, tasks)`` shares that forward pass
+    among the tasks (one backward pass each, the graph kept until the last task's) instead
+    of repeating it per task. After the gradients, the arithmetic is Captum's
+    ``IntegratedGradients._attribute`` (step weights, sum over steps, times the input minus
+    the baseline), so both give Captum's maps
+    (``tests/saliency/test_saliency_registry.py`` compares them).
     """
-    from captum.attr._utils.approximation_methods import approximation_parameters
 
-    n_steps = int(options.ig_steps)
-    step_sizes_of, alphas_of = approximation_parameters("gausslegendre")
-    step_sizes, alphas = step_sizes_of(n_steps), alphas_of(n_steps)
-    batch: dict[str, Any] = {}
+    def __init__(self, model: nn.Module, n_steps: int) -> None:
+        from captum.attr._utils.approximation_methods import approximation_parameters
 
-    def scaled_forward(x: torch.Tensor) -> None:
-        batch.clear()  # the previous batch's graph goes before this one is built
+        step_sizes_of, alphas_of = approximation_parameters("gausslegendre")
+        self.model, self.n_steps = model, int(n_steps)
+        self.step_sizes, self.alphas = step_sizes_of(self.n_steps), alphas_of(self.n_steps)
+
+    def __call__(self, x: torch.Tensor, task: int) -> tuple[np.ndarray, None]:
+        return self.for_tasks(x, [task])[0]
+
+    def for_tasks(self, x: torch.Tensor, tasks: list[int]) -> list[tuple[np.ndarray, None]]:
+        """The maps of each of ``tasks`` for the batch ``x``, from one forward pass."""
         inputs = x.detach()
         baseline = torch.zeros_like(inputs)
         scaled = torch.cat(
-            [baseline + alpha * (inputs - baseline) for alpha in alphas], dim=0
+            [baseline + alpha * (inputs - baseline) for alpha in self.alphas], dim=0
         ).requires_grad_()
-        batch.update(x=x, inputs=inputs, baseline=baseline, scaled=scaled, logits=model(scaled))
-
-    with _input_gradients_only(model):
-
-        def attribute(x: torch.Tensor, task: int) -> tuple[np.ndarray, None]:
-            if batch.get("x") is not x:
-                scaled_forward(x)
-            scaled = batch["scaled"]
+        logits = self.model(scaled)
+        weights = torch.tensor(self.step_sizes).float().view(self.n_steps, 1).to(x.device)
+        out = []
+        for k, task in enumerate(tasks):
             (grad,) = torch.autograd.grad(
-                torch.unbind(batch["logits"][:, task]), scaled, retain_graph=True
+                torch.unbind(logits[:, task]), scaled, retain_graph=k < len(tasks) - 1
             )
-            weights = torch.tensor(step_sizes).float().view(n_steps, 1).to(grad.device)
-            weighted = grad.contiguous().view(n_steps, -1) * weights
-            total = torch.sum(weighted.reshape((n_steps, x.shape[0], *x.shape[1:])), dim=0)
-            attr = total * (batch["inputs"] - batch["baseline"])
-            return _per_map_max_scale(_abs_channels(attr)), None
+            weighted = grad.contiguous().view(self.n_steps, -1) * weights
+            shape = (self.n_steps, inputs.shape[0], *inputs.shape[1:])
+            attr = torch.sum(weighted.reshape(shape), dim=0) * (inputs - baseline)
+            out.append((_per_map_max_scale(_abs_channels(attr)), None))
+        return out
 
-        try:
-            yield attribute
-        finally:
-            batch.clear()
+
+@contextlib.contextmanager
+def _integrated_gradients(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
+    with _input_gradients_only(model):
+        yield _IntegratedGradients(model, int(options.ig_steps))
 
 
 @contextlib.contextmanager
