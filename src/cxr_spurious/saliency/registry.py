@@ -1,8 +1,9 @@
 """Saliency method registry: a name -> a method that maps a batch and a task to maps.
 
 Methods come from pytorch-grad-cam (``gradcam``, ``gradcam++``, ``eigencam``,
-``layercam``), Captum (``integrated_gradients``, ``deeplift``, ``occlusion``,
-``saliency``, ``smoothgrad``) and the model itself (``seg_prob``: a dense model's own
+``layercam``), Captum (``deeplift``, ``occlusion``, ``saliency``, ``smoothgrad``; and
+``integrated_gradients``, computed here with Captum's steps and arithmetic so that the tasks
+of a batch share one forward pass) and the model itself (``seg_prob``: a dense model's own
 probability map). Each method is opened once per model as a context manager
 (``with method.open(model, options) as attribute:``) so that library hooks are released
 when the block ends, then called per batch and task:
