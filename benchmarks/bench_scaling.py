@@ -353,29 +353,27 @@ def stage_read(a: StageArgs) -> Work:
 
     options = _yaml_block("parameters_ingestion.yml", "ingestion")
     work = Path(a.work)
+    names = ground_truth_names()
 
     def run() -> tuple[int, int, Any]:
         ingested = read_source(str(work / "phantom"), {**options, "source": "phantom"})
         manifest = build_manifest(ingested)
         manifest.to_parquet(work / "manifest.parquet")
         documents = extract_ground_truth(ingested)
-        for name, blob in zip(GROUND_TRUTH, documents, strict=True):
+        for name, blob in zip(names, documents, strict=True):
             JSONDataset(filepath=str(work / f"{name}.json")).save(blob)  # the catalog's type
         return len(manifest), len(manifest), [manifest, *documents]
 
     return run
 
 
-# extract_ground_truth's outputs, in its order (the catalog's dataset names).
-GROUND_TRUTH: tuple[str, ...] = (
-    "gt_annotations",
-    "gt_segmentations",
-    "instance_segmentations",
-    "spurious_segmentations",
-    "hb_annotations",
-    "hb_segmentations",
-    "hb_salient_points",
-)
+def ground_truth_names() -> list[str]:
+    """The catalog names of ``extract_ground_truth``'s outputs, in its order (from the
+    ingestion pipeline's wiring)."""
+    from cxr_spurious.pipelines.ingestion.pipeline import create_pipeline
+
+    (node,) = (n for n in create_pipeline().nodes if n.name == "extract_ground_truth")
+    return list(node.outputs)
 
 
 def stage_cache(a: StageArgs) -> Work:
