@@ -3,7 +3,8 @@
 Usage:
     python benchmarks/bench_training.py [--models unet_small cnn_small resnet18]
         [--images 1700] [--size 96] [--batch 32] [--epochs 1] [--rounds 2]
-        [--precisions auto] [--threads N] [--device cpu] [--compile] [--json FILE]
+        [--precisions auto] [--threads N] [--device cpu] [--compile]
+        [--eval-batch N] [--eval-batches 16 32 64 128] [--json FILE]
 
 Both sides run in this process, interleaved (loop, pure, loop, pure, ... ``--rounds`` times
 per model and precision), so a shared, noisy machine slows both alike:
@@ -43,6 +44,15 @@ inductor backend) in each round, right after the eager pure step, and reports: i
 and its ratio to the eager pure rate; the first compiled steps' time (compilation
 included); and ``compile_checks``: its outputs against eager's, and whether two compiled
 runs of 3 steps from the same weights end identical (deterministic).
+
+``--eval-batches B ...`` also times, per model, ``training.engine.predict`` (the fp32
+inference pass of the validation and of the training pipeline's prediction nodes, batch
+size ``training.eval_batch_size``) over the validation rows at each batch size B, in
+``--rounds`` interleaved rounds on one model, and reports img/s per batch size and the
+largest difference of its probabilities from the first batch size's (the result must not
+depend on the batch size: BatchNorm uses its running statistics in evaluation).
+``--eval-batch N`` sets the loop's ``eval_batch_size`` (its validation pass) instead of
+the configuration's.
 """
 
 from __future__ import annotations
@@ -71,7 +81,7 @@ from cxr_spurious.sources.adapters import get_adapter
 from cxr_spurious.sources.cache import ImageCache, build_cache, load_cache, make_cache_spec
 from cxr_spurious.sources.contract import validate_manifest
 from cxr_spurious.training.config import resolve_training_config
-from cxr_spurious.training.data import CacheBatches, build_training_table
+from cxr_spurious.training.data import CacheBatches, build_training_table, make_loader
 from cxr_spurious.training.device import (
     DeviceSetup,
     configure_determinism,
@@ -79,7 +89,13 @@ from cxr_spurious.training.device import (
     precision_name,
     resolve_device,
 )
-from cxr_spurious.training.engine import TrainingForward, fit, init_model, make_optimizer
+from cxr_spurious.training.engine import (
+    TrainingForward,
+    fit,
+    init_model,
+    make_optimizer,
+    predict,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf" / "base"
@@ -122,15 +138,24 @@ def build_bench_cache(
 
 
 def training_config(
-    model: str, supervision: str, batch: int, epochs: int, precision: str, device: str
+    model: str,
+    supervision: str,
+    batch: int,
+    epochs: int,
+    precision: str,
+    device: str,
+    eval_batch: int | None = None,
 ) -> dict[str, Any]:
-    """The default study's training settings for ``model`` with the benchmark's overrides."""
+    """The default study's training settings for ``model`` with the benchmark's overrides
+    (``eval_batch``: ``eval_batch_size``, None keeps the configuration's)."""
     shared = _yaml_block(CONF / "parameters_training.yml", "training")
     shared.pop("variants", None)
     shared.pop("only", None)
     shared.update(
         batch_size=batch, epochs=epochs, progress=False, precision=precision, device=device
     )
+    if eval_batch is not None:
+        shared["eval_batch_size"] = eval_batch
     variant = {"name": f"bench_{model}", "supervision": supervision, "architecture": model}
     return resolve_training_config(shared, variant)
 
@@ -281,7 +306,9 @@ def bench_row(
     work: Path,
 ) -> dict[str, Any]:
     """Warm-up, then ``args.rounds`` x (loop, pure) for one model and precision."""
-    cfg = training_config(model, supervision, args.batch, args.epochs, precision, args.device)
+    cfg = training_config(
+        model, supervision, args.batch, args.epochs, precision, args.device, args.eval_batch
+    )
     setup = resolve_device(args.device, precision=precision)
     configure_determinism(bool(cfg["deterministic"]))
     train, val = split_tables(manifest, cache, cfg, args.augment)
@@ -314,6 +341,7 @@ def bench_row(
         "supervision": supervision,
         "precision": precision_name(setup),
         "train_images": len(train),
+        "eval_batch_size": int(cfg["eval_batch_size"]),
         "val_images": len(val),
         "loop_img_s": loop_rate,
         "pure_img_s": pure_rate,
@@ -331,6 +359,73 @@ def bench_row(
             **compile_info,
         )  # fmt: skip
     return row
+
+
+def bench_eval_batches(
+    model: str,
+    supervision: str,
+    manifest: pd.DataFrame,
+    cache: ImageCache,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """img/s of ``predict`` over the validation rows at each of ``args.eval_batches``.
+
+    One model (seeded weights, the training memory format), one untimed pass per batch
+    size first, then ``args.rounds`` rounds over the batch sizes in turn. Each row also
+    holds the largest absolute difference of its probabilities from the first size's.
+    """
+    cfg = training_config(model, supervision, args.batch, args.epochs, "fp32", args.device)
+    setup = resolve_device(args.device, precision="fp32")
+    configure_determinism(bool(cfg["deterministic"]))
+    _, val = split_tables(manifest, cache, cfg, 0.0)
+    net = init_model(cfg).to(setup.device)
+    if setup.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    loaders = {
+        b: make_loader(
+            CacheBatches(val, cache, cfg, train=False), b, seed=0, shuffle=False,
+            drop_last=False, num_workers=0, pin_memory=setup.pin_memory,
+        )
+        for b in args.eval_batches
+    }  # fmt: skip
+    probs = {b: predict(net, loader, setup)[0] for b, loader in loaders.items()}
+    seconds = dict.fromkeys(loaders, 0.0)
+    for _ in range(args.rounds):
+        for b, loader in loaders.items():
+            _sync(setup)
+            start = time.perf_counter()
+            predict(net, loader, setup)
+            _sync(setup)
+            seconds[b] += time.perf_counter() - start
+    first = probs[args.eval_batches[0]]
+    return [
+        {
+            "model": model,
+            "batch": b,
+            "images": len(val),
+            "img_s": args.rounds * len(val) / seconds[b],
+            "max_prob_diff": float(np.abs(probs[b] - first).max()),
+        }
+        for b in args.eval_batches
+    ]
+
+
+def format_eval_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The inference batch-size table (Markdown): img/s and the rate relative to the
+    fastest batch size of the same model."""
+    best = {}
+    for r in rows:
+        best[r["model"]] = max(best.get(r["model"], 0.0), r["img_s"])
+    out = [
+        "| model | eval batch | predict img/s | of the model's best | max prob diff |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['model']} | {r['batch']} | {r['img_s']:.1f} "
+            f"| {r['img_s'] / best[r['model']]:.2f} | {r['max_prob_diff']:.2g} |"
+        )
+    return "\n".join(out)
 
 
 def precisions_for(choice: Sequence[str], device: str) -> list[str]:
@@ -423,8 +518,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also time torch.compile of the pure step (and check its determinism)",
     )
+    ap.add_argument(
+        "--eval-batch",
+        type=int,
+        default=None,
+        help="the loop's eval_batch_size (default: conf/base/parameters_training.yml's)",
+    )
+    ap.add_argument(
+        "--eval-batches",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also time predict() on the validation rows at these batch sizes",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
+    if args.eval_batch is not None and args.eval_batch < 1:
+        ap.error(f"--eval-batch must be >= 1, got {args.eval_batch}")
+    if any(b < 1 for b in args.eval_batches):
+        ap.error(f"--eval-batches must be >= 1, got {args.eval_batches}")
     for name in ("images", "size", "batch", "epochs", "rounds", "jobs"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -468,6 +580,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"({time.perf_counter() - t0:.0f} s)",
                     flush=True,
                 )
+        eval_rows: list[dict[str, Any]] = []
+        if args.eval_batches:
+            for model in args.models:
+                supervision = args.unet_supervision if model in DENSE_MODELS else "erm"
+                eval_rows += bench_eval_batches(model, supervision, manifest, cache, args)
     load_after = os.getloadavg()
     result = {
         "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
@@ -483,9 +600,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "target_ratio": TARGET,
         "rows": rows,
+        "eval_batches": eval_rows,
     }
     print()
     print(format_table(rows))
+    if eval_rows:
+        print()
+        print(format_eval_table(eval_rows))
     print(
         f"\n1/5/15-min load after: {' '.join(f'{v:.2f}' for v in load_after)}; rows below the "
         f"{TARGET:.0%} target: "

@@ -22,11 +22,13 @@ def test_training_benchmark_runs_on_tiny_sizes_and_reports_a_ratio_per_row(
     done = subprocess.run(
         [sys.executable, str(BENCH), "--models", "cnn_small", "unet_small",
          "--precisions", "fp32", "--images", "40", "--size", "32", "--batch", "8",
-         "--rounds", "2", "--jobs", "1", "--json", str(out_json)],
+         "--rounds", "2", "--jobs", "1", "--eval-batch", "4", "--eval-batches", "4", "16",
+         "--json", str(out_json)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out_json.read_text())
+    assert {r["eval_batch_size"] for r in result["rows"]} == {4}  # --eval-batch reached fit
     assert [(r["model"], r["supervision"], r["precision"]) for r in result["rows"]] == [
         ("cnn_small", "erm", "fp32"),
         ("unet_small", "seg", "fp32"),
@@ -51,6 +53,20 @@ def test_training_benchmark_runs_on_tiny_sizes_and_reports_a_ratio_per_row(
         assert cells[:3] == [row["model"], row["supervision"], row["precision"]]
         assert float(cells[5]) == pytest.approx(row["ratio"], abs=0.006)
     assert not list(tmp_path.glob("bench_training_*"))  # the temporary cache is gone
+    # --eval-batches: predict() at each batch size per model, the same probabilities
+    evals = result["eval_batches"]
+    assert [(r["model"], r["batch"]) for r in evals] == [
+        (m, b) for m in ("cnn_small", "unet_small") for b in (4, 16)
+    ]
+    for r in evals:
+        assert r["images"] == result["rows"][0]["val_images"] > 4  # several batches at 4
+        assert math.isfinite(r["img_s"]) and r["img_s"] > 0
+        assert r["max_prob_diff"] < 1e-5, r
+    table = done.stdout.split("| model | eval batch | predict img/s")[1].splitlines()[2:6]
+    for line, r in zip(table, evals, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[:2] == [r["model"], str(r["batch"])]
+        assert float(cells[2]) == pytest.approx(r["img_s"], abs=0.06)
 
 
 @pytest.mark.integration  # about 30 s, most of it torch.compile of a tiny model
@@ -82,6 +98,15 @@ def test_compile_flag_times_the_compiled_step_and_checks_its_determinism(tmp_pat
     cells = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
     assert cells[:2] == ["cnn_small", "fp32"]
     assert float(cells[4]) == pytest.approx(row["compiled_vs_eager"], abs=0.006)
+
+
+@pytest.mark.parametrize("flag", [["--eval-batch", "0"], ["--eval-batches", "32", "0"]])
+def test_training_benchmark_refuses_a_batch_size_below_one(flag: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), *flag], capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "must be >= 1" in done.stderr, done.stderr
 
 
 def test_training_benchmark_refuses_an_unknown_model() -> None:

@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "architecture": "resnet18",
     "pretrained": None,
     "batch_size": 32,
-    "eval_batch_size": 64,
+    "eval_batch_size": 32,
     "optimizer": "adamw",
     "lr": 1e-3,
     "momentum": 0.0,
