@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/bench_saliency.py [--methods gradcam integrated_gradients]
-        [--sizes 96 64] [--images 128] [--batch 64] [--tasks 1] [--base-channels 16]
+        [--sizes 96 64] [--images 128] [--batch 32] [--tasks 1] [--base-channels 16]
         [--ig-steps 16] [--repeats 5] [--threads N] [--json FILE]
 
 Both sides explain the same model (``unet_small`` at the study's width, random weights
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[96, 64])
     parser.add_argument("--images", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--tasks", type=int, default=1, choices=range(1, len(TASK_NAMES) + 1))
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--ig-steps", type=int, default=16)

@@ -40,13 +40,20 @@ def test_training_benchmark_runs_on_tiny_sizes_and_reports_a_ratio_per_row(
         assert row["ratio"] == pytest.approx(row["loop_img_s"] / row["pure_img_s"])
         assert row["meets_target"] == (row["ratio"] >= result["target_ratio"])
         assert 0 <= row["data_wait_fraction"] < 1
+        fits = [r["loop"] for r in row["rounds"]]
+        in_epochs = sum(f["images"] / f["epoch_images_per_s"] for f in fits)
+        assert row["outside_epochs_s"] == pytest.approx(
+            (sum(f["seconds"] for f in fits) - in_epochs) / len(fits)
+        )
+        assert 0 < row["outside_epochs_s"] < max(f["seconds"] for f in fits)
         for r in row["rounds"]:
             # the pure side takes as many steps as the loop trained, on batches of 8
             assert r["pure"]["steps"] == r["loop"]["steps"] == row["train_images"] // 8
             assert r["loop"]["images"] == r["pure"]["images"] == 8 * r["loop"]["steps"]
     assert result["settings"]["size"] == 32 and result["threads"] >= 1 and result["cpu"]
     # The printed table: a header and one row per model and precision, the same numbers.
-    lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    loop_table = done.stdout.split("| model | eval batch")[0]
+    lines = [line for line in loop_table.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| model | supervision | precision | loop img/s | pure img/s")
     for line, row in zip(lines[1:], result["rows"], strict=True):
         cells = [c.strip() for c in line.strip("|").split("|")]

@@ -93,12 +93,28 @@ def test_undecodable_rle():
         )
 
 
-def test_missing_prediction_is_empty_mask_and_logged(caplog):
+def test_missing_prediction_is_empty_mask_marked_and_counted_in_one_line(caplog):
     gt_mask = np.zeros((4, 4), np.uint8)
     gt_mask[1:3, 1:3] = 1
-    gt = {"c1": {"Edema": encode_rle(gt_mask)}}
+    gt = {c: {"Edema": encode_rle(gt_mask), "Atelectasis": encode_rle(gt_mask)} for c in "abc"}
+    pred = {"b": {"Edema": encode_rle(gt_mask)}}
     with caplog.at_level(logging.INFO):
-        table = segmentation_table({}, gt, tasks=["Edema"])
-    assert "no segmentation for c1 / Edema" in caplog.text
+        table = segmentation_table(pred, gt, source="hb.json", tasks=["Atelectasis", "Edema"])
+    # one record for the 5 missing pairs, naming the source, the count and the first pair
+    (record,) = [r for r in caplog.records if "no segmentation" in r.getMessage()]
+    assert record.getMessage().startswith(
+        "hb.json has no segmentation for 5 (image, task) pair(s) with a ground truth "
+        "(first: a / Atelectasis)"
+    )
+    assert table.pred_missing.tolist() == [True, True, True, False, True, True]
     row = table.iloc[0]
     assert row.pred_area == 0 and np.isnan(row.iou_tp) and row.iou_full == 0.0
+    assert table.iloc[3].iou_full == 1.0
+
+
+def test_no_line_when_every_prediction_is_there(caplog):
+    gt = {"c1": {"Edema": encode_rle(np.ones((4, 4), np.uint8))}}
+    with caplog.at_level(logging.INFO):
+        table = segmentation_table(gt, gt, tasks=["Edema"])
+    assert "no segmentation" not in caplog.text
+    assert table.pred_missing.tolist() == [False]

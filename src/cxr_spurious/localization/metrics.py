@@ -114,13 +114,16 @@ def segmentation_table(
 ) -> pd.DataFrame:
     """Per (cxr, task) pixel counts and IoUs of a segmentation JSON against the ground truth.
 
-    Covers every gt CXR (a missing prediction is an empty mask, logged) and, for the full
-    mode, predicted CXRs outside the gt (gt taken as empty), like the reference eval.
+    Covers every gt CXR (a missing prediction is an empty mask, marked ``pred_missing``
+    and counted in one log line) and, for the full mode, predicted CXRs outside the gt (gt
+    taken as empty), like the reference eval.
 
     Returns:
-        Columns image_id, task, in_gt, pred_area, gt_area, intersection, n_pixels, iou_tp, iou_full.
+        Columns image_id, task, in_gt, pred_missing, pred_area, gt_area, intersection,
+        n_pixels, iou_tp, iou_full.
     """
     rows = []
+    missing: list[str] = []
     for cxr_id in sorted(set(gt) | set(pred)):
         for task in tasks:
             p_rle = pred.get(cxr_id, {}).get(task)
@@ -130,12 +133,7 @@ def segmentation_table(
                 continue
             h, w = int(ref["size"][0]), int(ref["size"][1])
             if p_rle is None:
-                logger.info(
-                    "%s has no segmentation for %s / %s: scored as an empty mask",
-                    source,
-                    cxr_id,
-                    task,
-                )
+                missing.append(f"{cxr_id} / {task}")
                 pa, ga, inter = 0, int(mask_utils.area(_coco(g_rle))), 0
             elif g_rle is None:
                 pa, ga, inter = int(mask_utils.area(_coco(p_rle))), 0, 0
@@ -152,6 +150,7 @@ def segmentation_table(
                     "image_id": cxr_id,
                     "task": task,
                     "in_gt": cxr_id in gt,
+                    "pred_missing": p_rle is None,
                     "pred_area": pa,
                     "gt_area": ga,
                     "intersection": inter,
@@ -162,6 +161,14 @@ def segmentation_table(
                     "iou_full": iou_from_counts(pa, ga, inter, true_pos_only=False),
                 }
             )
+    if missing:  # one line, not one per pair (a simulated reader skips thousands)
+        logger.info(
+            "%s has no segmentation for %d (image, task) pair(s) with a ground truth "
+            "(first: %s): scored as empty masks, marked in column pred_missing",
+            source,
+            len(missing),
+            missing[0],
+        )
     return pd.DataFrame(rows)
 
 
