@@ -10,7 +10,8 @@ context is created, which Kedro does before the first access to the registered p
 ``pipelines/sweep/pipeline.py`` can build one namespace per grid cell; it stashes every
 parameter too (``stashed_parameters``), which the comparison reads for its seeds
 (``pipelines/comparison/pipeline.py``). Without a session, ``base_parameters`` reads
-``conf/base`` (kedro-viz, tests, a bare ``register_pipelines()``).
+``conf/base`` (kedro-viz, tests, a bare ``register_pipelines()``) of the Kedro project that
+holds the current directory, else of the source checkout this package was imported from.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.framework.context import KedroContext
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Node
+from kedro.utils import find_kedro_project
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,27 @@ STAGES: tuple[str, ...] = (
 
 _SWEEP_PARAMS: dict[str, Any] | None = None
 _PARAMS: dict[str, Any] | None = None
-CONF = Path(__file__).resolve().parents[2] / "conf"
+# ``conf`` beside ``src/`` when the package is imported from its source checkout (an
+# editable install); an installed copy (site-packages) has none there.
+SOURCE_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def project_conf(start: Path | None = None) -> Path:
+    """The ``conf`` folder for ``base_parameters``: that of the Kedro project holding
+    ``start`` (default: the current directory), else ``SOURCE_CONF``.
+
+    Raises:
+        FileNotFoundError: neither has a ``base`` folder (the message names both places).
+    """
+    project = find_kedro_project(Path.cwd() if start is None else start)
+    for conf in ([project / "conf"] if project is not None else []) + [SOURCE_CONF]:
+        if (conf / "base").is_dir():
+            return conf
+    where = f"the Kedro project {project}" if project is not None else "no Kedro project"
+    raise FileNotFoundError(
+        f"no conf/base to read the parameters from: {where} holds the current directory, "
+        f"and {SOURCE_CONF / 'base'} does not exist; run from the project's folder"
+    )
 
 
 def stashed_sweep_params() -> dict[str, Any] | None:
@@ -60,7 +82,7 @@ def stashed_parameters() -> dict[str, Any] | None:
 
 def base_parameters() -> dict[str, Any]:
     """Every parameter of ``conf/base`` (pipeline construction without a session)."""
-    loader = OmegaConfigLoader(str(CONF), base_env="base", default_run_env="base")
+    loader = OmegaConfigLoader(str(project_conf()), base_env="base", default_run_env="base")
     return dict(loader["parameters"])
 
 
