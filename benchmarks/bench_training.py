@@ -77,6 +77,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import nn
 
 from cxr_spurious.phantom import PhantomConfig, generate_phantom
 from cxr_spurious.sources.adapters import get_adapter
@@ -209,14 +210,21 @@ def time_loop(
     }
 
 
+def model_as_fit_builds(cfg: Mapping[str, Any], setup: DeviceSetup) -> nn.Module:
+    """The model as ``fit`` builds it: weights seeded by ``cfg``, on the device, in the
+    training memory format."""
+    model = init_model(cfg).to(setup.device)
+    if setup.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def pure_step_runner(
     cfg: Mapping[str, Any], setup: DeviceSetup, image: torch.Tensor
 ) -> tuple[TrainingForward, torch.optim.Optimizer, torch.Tensor, list[torch.Tensor]]:
     """The model as ``fit`` builds it (seeded weights, memory format), its optimiser, the
     batch on the device and fixed 0/1 targets for each output."""
-    model = init_model(cfg).to(setup.device)
-    if setup.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model_as_fit_builds(cfg, setup)
     net = TrainingForward(model)
     net.train()
     optimizer = make_optimizer(model, cfg)
@@ -382,9 +390,7 @@ def bench_eval_batches(
     setup = resolve_device(args.device, precision="fp32")
     configure_determinism(bool(cfg["deterministic"]))
     _, val = split_tables(manifest, cache, cfg, 0.0)
-    net = init_model(cfg).to(setup.device)
-    if setup.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    net = model_as_fit_builds(cfg, setup)
     loaders = {
         b: make_loader(
             CacheBatches(val, cache, cfg, train=False), b, seed=0, shuffle=False,
