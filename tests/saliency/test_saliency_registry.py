@@ -233,3 +233,34 @@ def test_method_options_reject_unknown_keys():
         MethodOptions.from_params({"ig_stepz": 3})
     with pytest.raises(ParameterError, match="ig_steps"):
         MethodOptions.from_params({"ig_steps": 0})
+
+
+@pytest.mark.parametrize(
+    ("method", "model_name"),
+    [("gradcam", "classifier"), ("integrated_gradients", "classifier"), ("seg_prob", "dense")],
+)
+def test_maps_and_probabilities_do_not_depend_on_the_batch_size(method, model_name, request):
+    """``saliency.batch_size`` is a speed setting (README, Benchmarks): each image's map and
+    probability are its own, whatever batch it is computed in (eval mode, per-map scaling)."""
+    model = request.getfixturevalue(model_name)
+    images = request.getfixturevalue("images")
+    tasks = ["Lung Lesion"]
+    out = {
+        b: compute_maps(
+            model,
+            images,
+            method,
+            tasks,
+            batch_size=b,
+            device="cpu",
+            options=FAST,
+            progress=False,
+        )
+        for b in (1, 4, len(images))
+    }
+    for b in (1, 4):
+        np.testing.assert_allclose(
+            out[b][0].astype(np.float32), out[len(images)][0].astype(np.float32), atol=1e-3
+        )
+        np.testing.assert_allclose(out[b][1], out[len(images)][1], rtol=1e-6)
+    assert out[1][0].max() > 0  # maps with content, not all zeros
