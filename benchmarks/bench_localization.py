@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/bench_localization.py [--dir DIR] [--n 234] [--seed 0] [--ref-maps 120]
-        [--workers N]
+        [--workers N] [--profile N]
 
 The set is a CheXlocalize-format folder written by ``make_chexlocalize_set.py`` next to this
 file (``--n`` CXRs x 10 tasks, ``--seed``): without ``--dir`` it is generated in a temporary
@@ -26,6 +26,11 @@ on the first ``--ref-maps`` maps and extrapolated per applicable map to the whol
 
 Prints per-heatmap milliseconds of each stage, totals, speed-ups and result agreement on
 the reference maps (differing mask pixels, hit/miss, max |IoU diff|, tuning IoUs).
+
+``--profile N`` instead splits our evaluation pass into its steps on the first N maps, in
+this process (one core, no workers): reading and parsing the map from disk, the kernel's
+steps (``segment_map_cpu(timings=...)``), the scoring (IoU, hit/miss), next to the time to
+read the same files whole, once.
 """
 
 from __future__ import annotations
@@ -51,10 +56,12 @@ from cxr_spurious.io.chexlocalize import (
     load_json,
     parse_map_filename,
     read_heatmap_folder,
+    read_heatmap_pickle,
 )
 from cxr_spurious.io.safe_pickle import load_torch_pickle
 from cxr_spurious.localization import summary, tuning
-from cxr_spurious.localization.evaluate import evaluate_heatmap_set
+from cxr_spurious.localization.evaluate import build_jobs, evaluate_heatmap_set, score_fast_map
+from cxr_spurious.localization.kernels import segment_map_cpu
 
 GEN = Path(__file__).resolve().with_name("make_chexlocalize_set.py")
 N_BOOT = 1000
@@ -182,6 +189,78 @@ def _ms(seconds: float, n: int) -> str:
     return f"{1e3 * seconds / max(n, 1):8.2f}"
 
 
+PROFILE_STEPS: tuple[tuple[str, str], ...] = (
+    ("read", "read + parse the map (restricted unpickler, disk)"),
+    ("setup", "kernel: bilinear taps"),
+    ("extremes", "kernel: cell bounds + exact min / max / argmax"),
+    ("histogram", "kernel: 256-bin histogram of the uint8 image"),
+    ("otsu", "kernel: Otsu level and its float32 edge"),
+    ("mask", "kernel: mask runs, RLE string, hole check"),
+    ("score", "score: IoU, hit/miss"),
+)
+
+
+def profile_pass(
+    map_dir: Path, gt: dict, n_maps: int
+) -> tuple[dict[str, float], float, float, int]:
+    """Seconds of each step of our evaluation pass over the first ``n_maps`` maps.
+
+    One process, no workers: each map is read from disk (evicted first), segmented with
+    ``segment_map_cpu(timings=...)`` and scored, as ``evaluate_job`` does. Also returns
+    the seconds to read the same files whole once (evicted first), to parse their maps
+    again from the page cache (the CPU part of the read), and the number of maps.
+    """
+    hs = read_heatmap_folder(map_dir, workers=1)
+    jobs = build_jobs(
+        hs,
+        gt,
+        configs={},
+        tuning_grid=(),
+        extra_metrics=False,
+        top_k=1000,
+        spurious_segmentations={},
+    )[:n_maps]
+    paths = [Path(job.source) for job in jobs]
+    warm = jobs[0]  # compile / load the kernels before timing
+    score_fast_map(
+        segment_map_cpu(
+            read_heatmap_pickle(warm.source).map, warm.height, warm.width, 1.0, warm.config
+        ),
+        warm,
+    )
+    evict(paths)
+    t0 = time.perf_counter()
+    for path in paths:
+        path.read_bytes()
+    t_files = time.perf_counter() - t0
+    evict(paths)
+    steps: dict[str, float] = dict.fromkeys([key for key, _ in PROFILE_STEPS], 0.0)
+    for job in jobs:
+        t0 = time.perf_counter()
+        map2d = read_heatmap_pickle(job.source).map
+        steps["read"] += time.perf_counter() - t0
+        fast = segment_map_cpu(map2d, job.height, job.width, job.prob, job.config, timings=steps)
+        t0 = time.perf_counter()
+        score_fast_map(fast, job)
+        steps["score"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for job in jobs:  # now in the page cache
+        read_heatmap_pickle(job.source)
+    return steps, t_files, time.perf_counter() - t0, len(jobs)
+
+
+def print_profile(steps: dict[str, float], t_files: float, t_parse: float, n: int) -> None:
+    """The profile as a table (ms per map, share of the pass)."""
+    total = sum(steps.values())
+    print(f"\nour evaluation pass, step by step ({n} maps, one process, files read from disk)")
+    print(f"{'step':<52}{'ms/map':>8}{'share':>8}")
+    for key, label in PROFILE_STEPS:
+        print(f"{label:<52}{_ms(steps[key], n):>8}{steps[key] / total:>8.0%}")
+    print(f"{'whole pass':<52}{_ms(total, n):>8}{1:>8.0%}")
+    print(f"{'reading the same files whole, once (bytes only)':<52}{_ms(t_files, n):>8}")
+    print(f"{'parsing their maps again from the page cache':<52}{_ms(t_parse, n):>8}")
+
+
 def prepare_set(
     folder: Path | None, n: int, seed: int
 ) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
@@ -221,9 +300,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--workers", type=int, default=None, help="our worker processes (default: one per core)"
     )
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only split our evaluation pass into its steps on the first N maps",
+    )
     args = ap.parse_args(argv)
     args.dir, tmp = prepare_set(args.dir, args.n, args.seed)
     gt = load_json(args.dir / "gt_segmentations_val.json")
+    if args.profile > 0:
+        print_profile(*profile_pass(args.dir / "gradcam_maps_val", gt, args.profile))
+        if tmp is not None:
+            tmp.cleanup()
+        return
     grid = tuning.threshold_grid(0.2, 0.8, 0.1)
     map_dir = args.dir / "gradcam_maps_val"
     load_before = _load()

@@ -13,6 +13,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+from tests.benchmarks.loader import load_benchmark
 
 from cxr_spurious.io.chexlocalize import (
     load_json,
@@ -125,6 +126,18 @@ def test_benchmark_generates_its_set_into_an_empty_dir_and_runs(tmp_path: Path) 
     assert (
         json.loads((folder / "manifest.json").read_text())["n_cxr"] == 3
     )  # the set is kept for reuse
+
+
+def test_profile_splits_our_pass_into_its_steps(tmp_path: Path) -> None:
+    bench = load_benchmark("bench_localization")
+    _generator().generate(tmp_path / "set", n=2, seed=5)
+    gt = load_json(tmp_path / "set" / "gt_segmentations_val.json")
+    steps, t_files, t_parse, n = bench.profile_pass(tmp_path / "set" / "gradcam_maps_val", gt, 6)
+    assert n == 6
+    assert list(steps) == [key for key, _ in bench.PROFILE_STEPS]
+    # every map is read, set up, bounded and scored; the generated maps are segmented by Otsu
+    assert all(seconds > 0 for seconds in steps.values()), steps
+    assert t_files > 0 and t_parse > 0
 
 
 def test_benchmarks_need_nothing_outside_the_repository() -> None:

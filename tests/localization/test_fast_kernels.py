@@ -85,9 +85,17 @@ def test_otsu_threshold_replicates_cv2():
         np.clip(rng.normal(60, 10, (50, 50)), 0, 255).astype(np.uint8),
         (rng.random((30, 30)) > 0.9).astype(np.uint8) * 255,
     ]
+    for _ in range(200):  # skewed, narrow and two-level images of every size
+        n = int(rng.integers(1, 3000))
+        img = (rng.random((1, n)) ** rng.uniform(0.1, 8) * rng.uniform(1, 256)).astype(np.uint8)
+        if rng.random() < 0.2:
+            img[img > img.mean()] = 255
+        images.append(img)
     for img in images:
         hist = cv2.calcHist([img], [0], None, [256], [0, 256]).ravel()
-        assert otsu_threshold(hist) == int(cv2.threshold(img, 0, 255, cv2.THRESH_OTSU)[0])
+        expected = int(cv2.threshold(img, 0, 255, cv2.THRESH_OTSU)[0])
+        assert otsu_threshold(hist) == expected
+        assert otsu_threshold(hist.tolist()) == expected  # a plain list, as the CUDA path gives
 
 
 @pytest.mark.parametrize(
@@ -110,6 +118,29 @@ def test_cpu_kernel_matches_exact_torch_path(config):
         up = _torch_up(m, 143, 121)
         assert fast.argmax == np.unravel_index(np.argmax(up), up.shape)
     assert diff == 0  # torch-exact arithmetic (see test_bilinear)
+
+
+@pytest.mark.parametrize(
+    ("config", "steps"),
+    [
+        (SegmentationConfig(), ["setup", "extremes", "histogram", "otsu", "mask"]),
+        (SegmentationConfig(threshold=0.4), ["setup", "extremes", "mask"]),
+        (SegmentationConfig(prob_cutoff=0.9), ["setup", "extremes"]),
+    ],
+)
+def test_cpu_kernel_timings_name_the_steps_run_and_change_nothing(config, steps):
+    m = _blobs(np.random.default_rng(8))
+    timings = {"setup": 1.0}  # added to, not replaced
+    timed = segment_map_cpu(m, 143, 121, 0.6, config, timings=timings)
+    plain = segment_map_cpu(m, 143, 121, 0.6, config)
+    assert list(timings) == steps and all(t > 0 for t in timings.values())
+    assert timings["setup"] > 1.0
+    assert (timed.rle, timed.lo, timed.span, timed.argmax) == (
+        plain.rle,
+        plain.lo,
+        plain.span,
+        plain.argmax,
+    )
 
 
 def test_torch_kernel_matches_cpu_kernel():

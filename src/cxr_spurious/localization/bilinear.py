@@ -138,39 +138,58 @@ def _cell_bounds(m, xk0, xk1, yk0, yk1):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _cell_extremes(
+    m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1, g, j, ext
+):  # pragma: no cover - compiled
+    """Fold cell (g, j)'s pixels into ``ext`` = [min, max, argmax row, argmax col] (float64)."""
+    k0, k1 = yk0[g], yk1[g]
+    vmin, vmax = np.float32(ext[0]), np.float32(ext[1])
+    arow, acol = np.int64(ext[2]), np.int64(ext[3])
+    for x in range(xs[j], xe[j]):
+        c0 = _fma(m[k0, xi0[x]], xw0[x], m[k0, xi1[x]] * xw1[x])
+        c1 = _fma(m[k1, xi0[x]], xw0[x], m[k1, xi1[x]] * xw1[x])
+        for y in range(ys[g], ye[g]):
+            v = _fma(c0, yw0[y], c1 * yw1[y])
+            if v < vmin:
+                vmin = v
+            if v > vmax or (v == vmax and (y < arow or (y == arow and x < acol))):
+                vmax, arow, acol = v, y, x
+    ext[0], ext[1], ext[2], ext[3] = vmin, vmax, arow, acol
+
+
+@numba.njit(cache=True, nogil=True)
 def _extremes(
     m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1, clo, chi
 ):  # pragma: no cover - compiled
-    """Exact (min, max, argmax row, argmax col) of the upsampled map, first maximum in C order."""
+    """Exact (min, max, argmax row, argmax col) of the upsampled map, first maximum in C order.
+
+    The cells are scanned in row-major order (the bounds' memory order); the result does
+    not depend on the order, since ties of the maximum are broken by (row, col).
+    """
     ny, nx = clo.shape
     jb = gb = jl = gl = 0
-    for j in range(nx):
-        for g in range(ny):
+    for g in range(ny):
+        for j in range(nx):
             if chi[g, j] > chi[gb, jb]:
                 jb, gb = j, g
             if clo[g, j] < clo[gl, jl]:
                 jl, gl = j, g
-    vmax, vmin = np.float32(-np.inf), np.float32(np.inf)
-    arow, acol = np.int64(1 << 62), np.int64(1 << 62)
-    for sweep in range(2):  # 0: the two most promising cells (real values to prune with); 1: all
+    # float64 holds every float32 value and row/column index exactly
+    ext = np.array([np.inf, -np.inf, np.float64(1 << 52), np.float64(1 << 52)])
+    args = (m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1)
+    # the two most promising cells first: real values to prune the others with
+    _cell_extremes(*args, gb, jb, ext)
+    if (gl, jl) != (gb, jb):
+        _cell_extremes(*args, gl, jl, ext)
+    for g in range(ny):
         for j in range(nx):
-            for g in range(ny):
-                if sweep == 0 and not ((j == jb and g == gb) or (j == jl and g == gl)):
-                    continue
-                if chi[g, j] < vmax and clo[g, j] >= vmin:
-                    # cannot hold a larger (or equal, earlier) maximum nor a smaller minimum
-                    continue
-                k0, k1 = yk0[g], yk1[g]
-                for x in range(xs[j], xe[j]):
-                    c0 = _fma(m[k0, xi0[x]], xw0[x], m[k0, xi1[x]] * xw1[x])
-                    c1 = _fma(m[k1, xi0[x]], xw0[x], m[k1, xi1[x]] * xw1[x])
-                    for y in range(ys[g], ye[g]):
-                        v = _fma(c0, yw0[y], c1 * yw1[y])
-                        if v < vmin:
-                            vmin = v
-                        if v > vmax or (v == vmax and (y < arow or (y == arow and x < acol))):
-                            vmax, arow, acol = v, y, x
-    return vmin, vmax, arow, acol
+            if chi[g, j] < ext[1] and clo[g, j] >= ext[0]:
+                # cannot hold a larger (or equal, earlier) maximum nor a smaller minimum
+                continue
+            if (g == gb and j == jb) or (g == gl and j == jl):
+                continue
+            _cell_extremes(*args, g, j, ext)
+    return np.float32(ext[0]), np.float32(ext[1]), np.int64(ext[2]), np.int64(ext[3])
 
 
 @numba.njit(cache=True, nogil=True)
