@@ -6,6 +6,8 @@ This is the test that every stage connects: ingestion -> debiasing -> training -
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -17,11 +19,29 @@ from cxr_spurious.variants import STUDY_MODELS
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("e2e")]
 
 
+def repeated_lines(console: str, limit: int) -> dict[str, int]:
+    """Console lines that occur more than ``limit`` times once their numbers are masked
+    (``#``): one message per image, pair or map floods the console of a real dataset."""
+    counts = Counter(re.sub(r"\d+", "#", line.strip()) for line in console.splitlines())
+    return {line: n for line, n in counts.items() if line and n > limit}
+
+
+def test_repeated_lines_masks_numbers() -> None:
+    console = "\n".join(
+        [f"no mask for patient{i}_study1/Pneumothorax" for i in range(4)] + ["done", "", ""]
+    )
+    assert repeated_lines(console, 3) == {"no mask for patient#_study#/Pneumothorax": 4}
+    assert repeated_lines(console, 4) == {}
+
+
 def test_default_study_then_one_variant(kedro_project: Path, run_kedro) -> None:
     proc = run_kedro(kedro_project, "run", "--env", "test", timeout=900)
     assert "Pipeline execution completed successfully" in proc.log
     assert "Wall time by stage: ingestion" in proc.log
     assert "is interrupted" not in proc.log  # no namespace left and re-entered (the recipe)
+    # every stage's console, localization's included: no message once per image or pair
+    flood = repeated_lines(proc.stdout, 5)
+    assert not flood, flood
 
     findings = pd.read_csv(kedro_project / "data/08_reporting/study_findings.csv")
     assert list(findings["model"]) == list(STUDY_MODELS)
