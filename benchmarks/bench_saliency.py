@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/bench_saliency.py [--methods gradcam integrated_gradients]
         [--sizes 96 64] [--images 128] [--batch 32] [--tasks 1] [--base-channels 16]
-        [--ig-steps 16] [--repeats 5] [--threads N] [--json FILE]
+        [--ig-steps 16] [--repeats 5] [--threads N] [--json FILE] [--library-channels-last]
 
 Both sides explain the same model (``unet_small`` at the study's width, random weights
 seeded per size, fp32, eval mode, on the CPU) on the same images (random uint8 at
@@ -18,7 +18,11 @@ median over its repeats.
   the saliency pipeline calls it in-process): uint8 -> float input, fp32 with autocast off,
   the method opened once per call, maps post-processed (CAM: as the library returns them;
   gradient methods: ``|a|`` summed over channels, divided by the per-map maximum), float16
-  storage and the probabilities ``sigmoid(logit)`` of every image.
+  storage and the probabilities ``sigmoid(logit)`` of every image; on a copy of the model
+  in channels_last (the layout the project's training and predictions also use on the
+  CPU). ``--library-channels-last`` adds a third side, the library loop below on a
+  channels_last copy of the model and batches, to show how much of a difference is the
+  layout.
 - **library**: what a user would write with the library alone, on float batches already
   in memory: ``pytorch_grad_cam.GradCAM(model, [model.cam_layer])`` built once and called
   per batch and task with ``ClassifierOutputTarget(task)``; Captum's
@@ -42,6 +46,7 @@ task), their ratio (the issue's target is >= 1.0) and the largest map difference
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import os
@@ -152,8 +157,13 @@ def bench_row(
     base_channels: int,
     ig_steps: int,
     repeats: int,
+    library_channels_last: bool = False,
 ) -> dict[str, Any]:
-    """Interleaved timings of one method at one size; rates are maps (image x task) / s."""
+    """Interleaved timings of one method at one size; rates are maps (image x task) / s.
+
+    With ``library_channels_last`` a third side runs the library loop on a copy of the
+    model and batches in channels_last, the layout the project's path uses on the CPU.
+    """
     model = make_model(size, n_tasks, base_channels)
     images = make_images(n_images, size)
     tasks = list(model.tasks)
@@ -163,6 +173,12 @@ def bench_row(
         for i in range(0, n_images, batch)
     ]
     library = library_runner(method, model, n_tasks, ig_steps)
+    sides: dict[str, Callable[[], Any]] = {"library": lambda: library(batches)}
+    if library_channels_last:
+        model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        batches_cl = [x.contiguous(memory_format=torch.channels_last) for x in batches]
+        library_cl = library_runner(method, model_cl, n_tasks, ig_steps)
+        sides["library_cl"] = lambda: library_cl(batches_cl)
 
     def project() -> np.ndarray:
         return compute_maps(
@@ -172,29 +188,35 @@ def bench_row(
 
     lib_maps, proj_maps = library(batches), project()  # untimed: warm-up, and the comparison
     diff = float(np.abs(as_project_maps(method, lib_maps).astype(np.float32) - proj_maps).max())
+    for run in list(sides.values())[1:]:
+        run()  # untimed warm-up of the other sides
+    sides["project"] = project
     rounds = []
     n_maps = n_images * n_tasks
     for _ in range(repeats):
         timing = {}
-        for side, run in (("library", lambda: library(batches)), ("project", project)):
+        for side, run in sides.items():
             start = time.perf_counter()
             run()
             timing[side] = time.perf_counter() - start
         rounds.append(timing)
-    lib_rate = statistics.median(n_maps / r["library"] for r in rounds)
-    proj_rate = statistics.median(n_maps / r["project"] for r in rounds)
-    return {
+    rates = {side: statistics.median(n_maps / r[side] for r in rounds) for side in sides}
+    row = {
         "method": method,
         "size": size,
         "images": n_images,
         "tasks": n_tasks,
         "batch": batch,
-        "project_maps_s": proj_rate,
-        "library_maps_s": lib_rate,
-        "ratio": proj_rate / lib_rate,
+        "project_maps_s": rates["project"],
+        "library_maps_s": rates["library"],
+        "ratio": rates["project"] / rates["library"],
         "max_map_diff": diff,
         "rounds": rounds,
     }
+    if library_channels_last:
+        row["library_cl_maps_s"] = rates["library_cl"]
+        row["ratio_cl"] = rates["project"] / rates["library_cl"]
+    return row
 
 
 def run_benchmark(
@@ -207,6 +229,7 @@ def run_benchmark(
     base_channels: int = 16,
     ig_steps: int = 16,
     repeats: int = 5,
+    library_channels_last: bool = False,
 ) -> dict[str, Any]:
     """Every (method, size) row; the result that ``--json`` writes."""
     unknown = [m for m in methods if m not in METHODS]
@@ -216,6 +239,7 @@ def run_benchmark(
         bench_row(
             method, int(size), n_images=n_images, batch=batch, n_tasks=n_tasks,
             base_channels=base_channels, ig_steps=ig_steps, repeats=repeats,
+            library_channels_last=library_channels_last,
         )
         for size in sizes
         for method in methods
@@ -243,14 +267,21 @@ def run_benchmark(
 
 def format_table(result: dict[str, Any]) -> str:
     """A markdown table: one row per method and size."""
+    with_cl = any("library_cl_maps_s" in r for r in result["rows"])
+    extra = " library channels_last maps/s | ratio to it |" if with_cl else ""
     lines = [
-        "| method | size | project maps/s | library maps/s | ratio | max map diff |",
-        "|---|---|---|---|---|---|",
+        "| method | size | project maps/s | library maps/s | ratio | max map diff |" + extra,
+        "|---|---|---|---|---|---|" + ("---|---|" if with_cl else ""),
     ]
     for r in result["rows"]:
+        cells = (
+            f" {r['library_cl_maps_s']:.1f} | {r['ratio_cl']:.2f} |"
+            if "library_cl_maps_s" in r
+            else (" - | - |" if with_cl else "")
+        )
         lines.append(
             f"| {r['method']} | {r['size']} | {r['project_maps_s']:.1f} | "
-            f"{r['library_maps_s']:.1f} | {r['ratio']:.2f} | {r['max_map_diff']:.3g} |"
+            f"{r['library_maps_s']:.1f} | {r['ratio']:.2f} | {r['max_map_diff']:.3g} |" + cells
         )
     return "\n".join(lines)
 
@@ -267,13 +298,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--library-channels-last",
+        action="store_true",
+        help="also time the library loop on a channels_last copy of the model and batches",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run_benchmark(
         methods=args.methods, sizes=args.sizes, n_images=args.images, batch=args.batch,
         n_tasks=args.tasks, base_channels=args.base_channels, ig_steps=args.ig_steps,
-        repeats=args.repeats,
+        repeats=args.repeats, library_channels_last=args.library_channels_last,
     )  # fmt: skip
     print(
         f"saliency benchmark: unet_small fp32 on {result['cpu']}, {result['threads']} "

@@ -34,3 +34,18 @@ def test_a_tiny_run_prints_one_row_per_method_and_size_with_matching_maps(
         assert abs(r["ratio"] - r["project_maps_s"] / r["library_maps_s"]) < 1e-9
         assert len(r["rounds"]) == 1
         assert f"| {r['method']} | 32 |" in printed
+
+
+def test_library_channels_last_adds_a_third_side(capsys) -> None:
+    argv = ["--images", "4", "--sizes", "32", "--batch", "4", "--repeats", "2", "--ig-steps", "2"]
+    argv += ["--base-channels", "8", "--methods", "integrated_gradients", "--library-channels-last"]
+    assert _bench().main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| library channels_last maps/s | ratio to it |" in printed
+    row = _bench().bench_row(
+        "gradcam", 32, n_images=4, batch=4, n_tasks=1, base_channels=8, ig_steps=2, repeats=2,
+        library_channels_last=True,
+    )  # fmt: skip
+    assert [sorted(r) for r in row["rounds"]] == [["library", "library_cl", "project"]] * 2
+    assert row["library_cl_maps_s"] > 0
+    assert abs(row["ratio_cl"] - row["project_maps_s"] / row["library_cl_maps_s"]) < 1e-9

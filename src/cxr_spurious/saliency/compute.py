@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Sequence
@@ -162,7 +163,11 @@ class ChunkMaps:
         """(maps (n, T, h, w) float16, probs (n, T) float64) of the chunk's images."""
         spec = get_method(chunk.method)
         dev = self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
-        model = self.model.to(device=dev, dtype=torch.float32)
+        # channels_last on the CPU, as training and predictions run there (oneDNN's faster
+        # convolutions; the inputs follow below); maps differ from the default layout's by
+        # float rounding only. On a copy: the caller's model keeps its device and layout.
+        layout = torch.channels_last if dev.type == "cpu" else torch.contiguous_format
+        model = copy.deepcopy(self.model).to(device=dev, dtype=torch.float32, memory_format=layout)
         model.eval()
         images = chunk.images
         n, task_idx = len(images), self.task_idx
@@ -181,7 +186,7 @@ class ChunkMaps:
                 leave=False,
                 disable=not self.progress,
             ):
-                x = to_input(images[sl], dev)
+                x = to_input(images[sl], dev).contiguous(memory_format=layout)
                 logits = None
                 for_tasks = getattr(attribute, "for_tasks", None)
                 per_task = (
