@@ -13,6 +13,8 @@ from pycocotools import mask as mask_utils
 from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.localization.bilinear import (
     BilinearMap,
+    _group_rows,
+    _width_part,
     bilinear_taps,
     rle_from_runs,
     runs_have_hole,
@@ -354,3 +356,33 @@ def test_histogram_on_flat_cells_equals_reference_uint8_image():
         span = np.float32(np.float32(hi) - np.float32(lo))
         u8 = ((up - np.float32(lo)) / span * np.float32(255)).astype(np.uint8)
         np.testing.assert_array_equal(bm.histogram(lo, hi), np.bincount(u8.ravel(), minlength=256))
+
+
+def test_group_rows_hold_the_width_rows_over_every_requested_range():
+    """The histogram's two row buffers: rows reused across groups, columns filled on demand."""
+    rng = np.random.default_rng(16)
+    m = rng.random((11, 13)).astype(np.float32)
+    w = 97
+    xi0, xi1, xw0, xw1 = bilinear_taps(13, w)
+    rows = np.empty((11, w), np.float32)
+    for k in range(11):
+        _width_part(m[k], xi0, xi1, xw0, xw1, rows[k], 0, w)
+    np.testing.assert_array_equal(rows, BilinearMap(m[:, :], 11, w).full())  # same width pass
+    bufs = np.zeros((2, w), np.float32)
+    state = np.full((2, 3), -1, np.int64)
+    k0 = 0
+    for _ in range(400):  # consecutive groups share a row; ranges overlap, extend, or not
+        k0 = int(min(max(k0 + rng.integers(-1, 3), 0), 10))
+        k1 = min(k0 + 1, 10)
+        a = int(rng.integers(0, w))
+        b = int(rng.integers(a, w + 1))
+        i0, i1 = _group_rows(m, xi0, xi1, xw0, xw1, k0, k1, bufs, state, a, b)
+        assert i0 != i1
+        np.testing.assert_array_equal(bufs[i0, a:b], rows[k0, a:b])
+        np.testing.assert_array_equal(bufs[i1, a:b], rows[k1, a:b])
+
+
+def test_histogram_refuses_maps_beyond_its_counters():
+    bm = BilinearMap(np.arange(4, dtype=np.float32).reshape(2, 2), 1 << 16, 1 << 15)
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        bm.histogram(0.0, 3.0)

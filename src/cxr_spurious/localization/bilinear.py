@@ -28,10 +28,10 @@ most of that unnecessary:
      runs of adjacent columns (4-connected background, as ``cv2.findContours`` sees it).
 
    Only the 256-bin histogram of the reference's ``uint8`` image (for Otsu) needs every
-   pixel's level; it is computed row by row from the width-interpolated source rows
-   (contiguous, vectorised; nothing full-size kept). Counting whole single-level cells
-   at once was tried and was slower: the per-cell bookkeeping costs more than the
-   increments it saves.
+   pixel's level. A cell whose interval lies within one level is counted at once; the
+   other cells are evaluated row by row from the width-interpolated source rows, which
+   are computed over those cells' span only (contiguous, vectorised; nothing full-size
+   kept).
 
 So the masks, argmax and histograms equal those of the reference's torch arithmetic, not
 only up to rounding, and no full-size array is allocated unless a caller asks for
@@ -40,7 +40,7 @@ only up to rounding, and no full-size array is allocated unless a caller asks fo
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numba
@@ -105,6 +105,17 @@ def _groups(i0: np.ndarray, i1: np.ndarray, n: int) -> tuple[np.ndarray, np.ndar
     return np.concatenate([[0], change]).astype(np.int64), np.concatenate([change, [n]]).astype(
         np.int64
     )
+
+
+@lru_cache(maxsize=32)
+def _axis(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
+    """``bilinear_taps`` of one axis and its groups (``_groups``), cached by size.
+
+    The maps of a folder share their sizes (one per task of each CXR, in file-name order),
+    so most maps reuse their axes. The arrays are shared between maps: never written.
+    """
+    i0, i1, w0, w1 = bilinear_taps(n_in, n_out)
+    return (i0, i1, w0, w1, *_groups(i0, i1, n_out))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -193,29 +204,60 @@ def _extremes(
 
 
 @numba.njit(cache=True, nogil=True)
-def _width_row(r, xi0, xi1, xw0, xw1, out):  # pragma: no cover - compiled
-    for x in range(out.shape[0]):
+def _width_part(r, xi0, xi1, xw0, xw1, out, a, b):  # pragma: no cover - compiled
+    """``out[a:b]``: source row ``r`` interpolated along the width at output columns [a, b)."""
+    for x in range(a, b):
         out[x] = _fma(r[xi0[x]], xw0[x], r[xi1[x]] * xw1[x])
+
+
+@numba.njit(cache=True, nogil=True)
+def _cover(m, xi0, xi1, xw0, xw1, k, buf, state, a, b):  # pragma: no cover - compiled
+    """Make ``buf`` hold source row ``k`` width-interpolated over at least [a, b).
+
+    ``state`` = [row, v0, v1]: the row ``buf`` holds and its valid columns [v0, v1). Only
+    the missing columns are computed (the values do not depend on the range).
+    """
+    if state[0] != k:
+        _width_part(m[k], xi0, xi1, xw0, xw1, buf, a, b)
+        state[0], state[1], state[2] = k, a, b
+        return
+    v0, v1 = state[1], state[2]
+    if b < v0 or a > v1:  # disjoint from the valid range: keep the request only
+        _width_part(m[k], xi0, xi1, xw0, xw1, buf, a, b)
+        state[1], state[2] = a, b
+        return
+    if a < v0:
+        _width_part(m[k], xi0, xi1, xw0, xw1, buf, a, v0)
+        state[1] = a
+    if b > v1:
+        _width_part(m[k], xi0, xi1, xw0, xw1, buf, v1, b)
+        state[2] = b
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_rows(m, xi0, xi1, xw0, xw1, k0, k1, bufs, state, a, b):  # pragma: no cover - compiled
+    """Width-interpolated source rows ``k0`` and ``k1`` over columns [a, b).
+
+    ``bufs`` (2, w) and ``state`` (2, 3) persist across a map's row groups: consecutive
+    groups share a source row, which stays where it is and is not recomputed; only the
+    columns a group needs are computed (the histogram needs its mixed cells' span only).
+
+    Returns:
+        The indices in ``bufs`` of row ``k0`` and row ``k1``.
+    """
+    i0 = 0 if state[0, 0] == k0 else (1 if state[1, 0] == k0 else -1)
+    if i0 < 0:  # neither holds k0: take the buffer that does not hold k1
+        i0 = 1 if state[0, 0] == k1 else 0
+    i1 = 1 - i0
+    _cover(m, xi0, xi1, xw0, xw1, k0, bufs[i0], state[i0], a, b)
+    _cover(m, xi0, xi1, xw0, xw1, k1, bufs[i1], state[i1], a, b)
+    return i0, i1
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _level(v, lo, span):  # pragma: no cover - compiled
     """The reference's ``uint8(255 * (v - lo) / span)`` in float32 (for lo <= v <= lo + span)."""
     return np.uint8(((v - lo) / span) * np.float32(255.0))
-
-
-@numba.njit(cache=True, nogil=True)
-def _row_pair(m, xi0, xi1, xw0, xw1, k0, k1, ka, kb, ra, rb):  # pragma: no cover - compiled
-    """Make ``ra``/``rb`` the width-interpolated source rows ``k0``/``k1`` (rows ``ka``/``kb``
-    now); consecutive groups share a row, which is reused. Returns the new (ka, kb)."""
-    if k0 != ka:
-        if k0 == kb:
-            ra[:] = rb
-        else:
-            _width_row(m[k0], xi0, xi1, xw0, xw1, ra)
-    if k1 != kb:
-        _width_row(m[k1], xi0, xi1, xw0, xw1, rb)
-    return k0, k1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -238,17 +280,20 @@ def _histogram(
     A cell whose interval maps to one level (the level is non-decreasing in ``v``) is
     counted at once; the pixels of the other cells are evaluated row by row over the
     merged x-ranges of such cells (contiguous, vectorised), from the width-interpolated
-    source rows.
+    source rows, which are computed over the span of those ranges only (``_group_rows``).
     """
     ny, nx = clo.shape
     w = xi0.shape[0]
-    ra = np.empty(w, np.float32)
-    rb = np.empty(w, np.float32)
-    ka, kb = -1, -1
+    bufs = np.empty((2, w), np.float32)
+    state = np.full((2, 3), -1, np.int64)
     levels = np.empty(w, np.uint8)
     starts = np.empty(nx, np.int64)  # merged x-ranges of the group's mixed cells
     ends = np.empty(nx, np.int64)
-    sub = np.zeros((4, 256), np.int64)  # interleaved counters: no store-to-load stalls
+    hist = np.zeros(256, np.int64)  # whole cells
+    # interleaved counters of the evaluated pixels (no store-to-load stalls); int32 (half
+    # the cache lines of int64, 15 % faster) holds them: ``histogram`` refuses maps of
+    # 2**31 pixels or more
+    sub = np.zeros((4, 256), np.int32)
     la = np.empty(nx, np.float64)  # lowest and highest level a cell's values can have
     lb = np.empty(nx, np.float64)
     lo64, inv = np.float64(lo), 255.0 / np.float64(span)
@@ -260,7 +305,7 @@ def _histogram(
             lb[j] = min(np.floor((chi[g, j] - lo64) * inv + _LEVEL_SLACK), 255.0)
         for j in range(nx):
             if la[j] == lb[j]:
-                sub[0, np.int64(la[j])] += rows * (xe[j] - xs[j])
+                hist[np.int64(la[j])] += rows * (xe[j] - xs[j])
             elif nr > 0 and ends[nr - 1] == xs[j]:
                 ends[nr - 1] = xe[j]
             else:
@@ -268,8 +313,9 @@ def _histogram(
                 nr += 1
         if nr == 0:
             continue
-        ka, kb = _row_pair(m, xi0, xi1, xw0, xw1, yk0[g], yk1[g], ka, kb, ra, rb)
         lo_x, hi_x = starts[0], ends[nr - 1]
+        i0, i1 = _group_rows(m, xi0, xi1, xw0, xw1, yk0[g], yk1[g], bufs, state, lo_x, hi_x)
+        ra, rb = bufs[i0], bufs[i1]
         for y in range(ys[g], ye[g]):
             wa, wb = yw0[y], yw1[y]
             # levels over the span of the mixed ranges (vectorised; short loops would not be)
@@ -285,9 +331,8 @@ def _histogram(
                 while i < e:
                     sub[0, levels[i]] += 1
                     i += 1
-    hist = np.zeros(256, np.int64)
     for k in range(256):
-        hist[k] = sub[0, k] + sub[1, k] + sub[2, k] + sub[3, k]
+        hist[k] += np.int64(sub[0, k]) + sub[1, k] + sub[2, k] + sub[3, k]
     return hist
 
 
@@ -435,11 +480,11 @@ def _full(m, xi0, xi1, xw0, xw1, yk0, ys, ye, yk1, yw0, yw1, h):  # pragma: no c
     """The upsampled map, (h, w) C order."""
     w = xi0.shape[0]
     out = np.empty((h, w), np.float32)
-    ra = np.empty(w, np.float32)
-    rb = np.empty(w, np.float32)
-    ka, kb = -1, -1
+    bufs = np.empty((2, w), np.float32)
+    state = np.full((2, 3), -1, np.int64)
     for g in range(yk0.shape[0]):
-        ka, kb = _row_pair(m, xi0, xi1, xw0, xw1, yk0[g], yk1[g], ka, kb, ra, rb)
+        i0, i1 = _group_rows(m, xi0, xi1, xw0, xw1, yk0[g], yk1[g], bufs, state, 0, w)
+        ra, rb = bufs[i0], bufs[i1]
         for y in range(ys[g], ye[g]):
             wa, wb = yw0[y], yw1[y]
             o = out[y]
@@ -570,11 +615,10 @@ class BilinearMap:
             raise ValueError(f"BilinearMap needs a 2-D map, got shape {self.src.shape}")
         self.height, self.width = int(height), int(width)
         h0, w0 = self.src.shape
-        self._x = bilinear_taps(w0, self.width)
-        y0, y1, yw0, yw1 = bilinear_taps(h0, self.height)
-        ys, ye = _groups(y0, y1, self.height)
+        xi0, xi1, xw0, xw1, self._xs, self._xe = _axis(w0, self.width)
+        self._x = (xi0, xi1, xw0, xw1)
+        y0, y1, yw0, yw1, ys, ye = _axis(h0, self.height)
         self._y = (y0[ys], ys, ye, y1[ys], yw0, yw1)
-        self._xs, self._xe = _groups(self._x[0], self._x[1], self.width)
 
     @cached_property
     def _cells(self) -> tuple[np.ndarray, np.ndarray]:
@@ -597,6 +641,10 @@ class BilinearMap:
         span = np.float32(np.float32(hi) - np.float32(lo))
         if not span > 0:
             raise ValueError(f"histogram needs hi > lo, got lo={lo}, hi={hi}")
+        if self.height * self.width >= 1 << 31:  # the kernel's int32 counters
+            raise ValueError(
+                f"histogram counts up to 2**31 - 1 pixels, got {self.height} x {self.width}"
+            )
         return _histogram(*self._cell_args(), np.float32(lo), span)
 
     def runs(self, edge: float) -> np.ndarray:
