@@ -66,6 +66,11 @@ class HeatmapSet:
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def pairs(self) -> pd.DataFrame:
+        """(image_id, task) of each row (a folder-backed set answers without reading)."""
+        return self.index[["image_id", "task"]].reset_index(drop=True)
+
     def select(self, mask: np.ndarray | pd.Series) -> HeatmapSet:
         """Rows where ``mask`` is true, as a new ``HeatmapSet``."""
         m = np.asarray(mask, dtype=bool)

@@ -117,7 +117,8 @@ def test_benchmark_generates_its_set_into_an_empty_dir_and_runs(tmp_path: Path) 
     out = done.stdout
     assert "\n30 heatmaps (" in out, out
     assert re.search(
-        r"whole evaluation \(index \+ pass \+ bootstrap\): ours [\d.]+ s, reference [\d.]+ s", out
+        r"whole evaluation \(listing \+ pass \+ bootstrap\): ours [\d.]+ s, reference [\d.]+ s",
+        out,
     ), out
     assert (
         "agreement on the 4 reference maps: 0 differing mask pixels, 0 differing hit/miss values"

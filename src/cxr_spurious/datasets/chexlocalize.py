@@ -43,7 +43,7 @@ class CheXlocalizeHeatmapFolderDataset(AbstractDataset[None, dict[str, HeatmapSe
         self.metadata = metadata
 
     def load(self) -> dict[str, HeatmapSet]:
-        """Index the folder."""
+        """The folder as a ``PickleFolderSet`` (index read when first used)."""
         folder = self._path / self._map_dir
         if not folder.is_dir():
             raise DatasetError(
@@ -56,6 +56,7 @@ class CheXlocalizeHeatmapFolderDataset(AbstractDataset[None, dict[str, HeatmapSe
                 model=self._model,
                 method=self._method,
                 skip_unparsable=self._skip_unparsable,
+                lazy=True,  # the localization pass reads each pickle once, index included
             )
         }
 

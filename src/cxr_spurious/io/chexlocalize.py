@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxr_spurious.errors import ContractError, DataFormatError, unknown_name_error
-from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.heatmaps import INDEX_COLUMNS, HeatmapSet
 from cxr_spurious.io.atomic import atomic_dir
 from cxr_spurious.io.masks import (
     MAX_MASK_SIDE,
@@ -554,14 +554,21 @@ def prefetch_heatmap(path: str | Path, nbytes: int) -> None:
         os.close(fd)
 
 
-def _index_row(path: Path) -> tuple[dict[str, Any], tuple[int, int]]:
-    """Index fields and map shape of one pickle (runs in a worker; map bytes not read).
+def index_pickle(path: str | Path, *, with_map: bool = False) -> tuple[dict[str, Any], MapRecord]:
+    """One pickle's ``HeatmapSet`` index fields and its parsed record.
+
+    The one reader of a folder's files, for the index pass (``with_map=False``: the map's
+    bytes are not read) and for the evaluation passes that index and evaluate each map in
+    one read (``PickleFolderSet``).
+
+    Returns:
+        ``{image_id, task, prob, gt, cxr_w, cxr_h}`` and the ``MapRecord``.
 
     Raises:
-        DataFormatError: ``cxr_dims`` beyond ``MAX_MASK_SIDE`` (the upsampled map and its
-            mask would be unboundedly large).
+        DataFormatError: as ``read_heatmap_pickle``, or ``cxr_dims`` beyond
+            ``MAX_MASK_SIDE`` (the upsampled map and its mask would be unboundedly large).
     """
-    rec = read_heatmap_pickle(path, with_map=False)
+    rec = read_heatmap_pickle(path, with_map=with_map)
     if rec.width > MAX_MASK_SIDE or rec.height > MAX_MASK_SIDE:
         problem = (
             f"'cxr_dims' (w, h) = ({rec.width}, {rec.height}) exceed {MAX_MASK_SIDE} px; "
@@ -576,6 +583,12 @@ def _index_row(path: Path) -> tuple[dict[str, Any], tuple[int, int]]:
         "cxr_w": rec.width,
         "cxr_h": rec.height,
     }
+    return row, rec
+
+
+def _index_row(path: Path) -> tuple[dict[str, Any], tuple[int, int]]:
+    """Index fields and map shape of one pickle (runs in a worker; map bytes not read)."""
+    row, rec = index_pickle(path)
     return row, tuple(rec.map.shape)
 
 
@@ -647,6 +660,117 @@ def _folder_files(root: Path, skip_unparsable: bool) -> tuple[list[Path], list[P
     return paths, skipped
 
 
+class PickleFolderSet(HeatmapSet):
+    """A CheXlocalize pickle folder as a ``HeatmapSet`` whose index is read when first used.
+
+    The (image, task) pairs come from the file names (``pairs``). The index (prob, gt,
+    ``cxr_dims`` of every pickle) is read on the first access of ``index``, in parallel, as
+    ``read_heatmap_folder`` does, unless a pass that reads every map anyway supplies it
+    first: the localization evaluation reads each pickle once, takes its index fields
+    from the same read (``index_pickle``) and hands the rows over (``set_index``), so the
+    folder is not read twice. While ``index_pending``, such passes read the files
+    themselves (``paths``).
+
+    Args:
+        paths: The pickles, sorted (the index's row order).
+        model: Value of the ``model`` column.
+        method: Value of the ``method`` column.
+        workers: Processes of the index pass (``None`` = one per core).
+        skipped: Files skipped because their names do not parse (``index.attrs``).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        *,
+        model: str,
+        method: str,
+        workers: int | None = None,
+        skipped: Sequence[Path] = (),
+    ) -> None:
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise ContractError("PickleFolderSet needs at least one pickle")
+        self.model, self.method = model, method
+        self._workers = workers
+        self._skipped = [str(p) for p in skipped]
+        # the map shape of the first file sizes the read-ahead; the index pass refines it
+        _, first = index_pickle(self.paths[0])
+        self.maps = PickleMapStack(self.paths, tuple(first.map.shape))  # type: ignore[arg-type]
+        self._index: pd.DataFrame | None = None
+        self._pairs = pd.DataFrame(
+            [parse_map_filename(p) for p in self.paths], columns=["image_id", "task"]
+        )
+
+    @property
+    def index(self) -> pd.DataFrame:  # type: ignore[override]
+        """The index (read from every pickle's header on first use, unless supplied)."""
+        if self._index is None:
+            rows, shapes = [], set()
+            indexed = ordered_map(
+                _index_row,
+                self.paths,
+                n_items=len(self.paths),
+                workers=self._workers,
+                chunksize=16,
+                desc="index heatmaps",
+            )
+            for row, shape in indexed:
+                rows.append(row)
+                shapes.add(shape)
+            self.set_index(rows)
+            self.maps.map_shape = next(iter(sorted(shapes)))
+        return self._index  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def index_pending(self) -> bool:
+        """True until the index has been read or supplied."""
+        return self._index is None
+
+    @property
+    def pairs(self) -> pd.DataFrame:
+        """(image_id, task) of each row, from the file names (nothing read)."""
+        return self._pairs.copy()
+
+    def index_frame(self, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+        """Index rows (``index_pickle``'s fields) as an index frame with model and method."""
+        frame = pd.DataFrame(
+            [{**row, "model": self.model, "method": self.method} for row in rows],
+            columns=list(INDEX_COLUMNS),
+        )
+        frame.attrs["skipped_files"] = list(self._skipped)
+        return frame
+
+    def set_index(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Supply the index: one row of ``index_pickle`` fields per pickle, in ``paths`` order.
+
+        Raises:
+            ContractError: not one row per pickle, or a row that is not its file's pair.
+        """
+        frame = self.index_frame(rows)
+        if (
+            len(frame) != len(self.paths)
+            or not (
+                frame[["image_id", "task"]].astype(str).to_numpy() == self._pairs.to_numpy()
+            ).all()
+        ):
+            raise ContractError(
+                f"PickleFolderSet.set_index needs one row per pickle in file order "
+                f"({len(self.paths)}), got {len(frame)} rows"
+            )
+        self._index = frame
+        HeatmapSet.__post_init__(self)
+
+    def __repr__(self) -> str:
+        state = "pending" if self.index_pending else "read"
+        return (
+            f"PickleFolderSet({len(self.paths)} pickles, {self.model}/{self.method}, index {state})"
+        )
+
+
 def read_heatmap_folder(
     folder: str | Path,
     *,
@@ -654,12 +778,15 @@ def read_heatmap_folder(
     method: str = "gradcam",
     workers: int | None = None,
     skip_unparsable: bool = False,
+    lazy: bool = False,
 ) -> HeatmapSet:
-    """Index a CheXlocalize map folder as a lazy ``HeatmapSet`` (maps load on access).
+    """Index a CheXlocalize map folder as a ``HeatmapSet`` whose maps load on access.
 
     Every pickle's header is read once (in parallel) to fill the index (prob, gt,
     cxr_dims, map shape); tensor payloads are seeked over, and each map's values are read
-    and checked when it is evaluated.
+    and checked when it is evaluated. With ``lazy`` the index is read when first used
+    (``PickleFolderSet``), and the localization evaluation takes it from its own read of
+    each map instead, so the folder is read once.
 
     Every non-hidden file of the folder (searched recursively) must be named
     ``<cxr_id>_<task>_map.pkl``: a file that is not would silently be a missing map.
@@ -674,26 +801,23 @@ def read_heatmap_folder(
         workers: Processes (``None`` = one per core, 1 = in this process).
         skip_unparsable: Skip (with a warning) files whose name does not parse instead of
             stopping.
+        lazy: Defer the index (see above); only the first file is read now.
 
     Raises:
         DataFormatError: the folder has no ``*_map.pkl`` file, a file name does not parse
-            (without ``skip_unparsable``), or a file is malformed.
+            (without ``skip_unparsable``), or a file is malformed (with ``lazy``: when
+            the file is read).
     """
     root = Path(folder)
     paths, skipped = _folder_files(root, skip_unparsable)
     if not paths:
         raise DataFormatError(root, f"no '*{MAP_SUFFIX}' heatmap files found")
-    rows, shapes = [], set()
-    indexed = ordered_map(
-        _index_row, paths, n_items=len(paths), workers=workers, chunksize=16, desc="index heatmaps"
+    folder_set = PickleFolderSet(
+        paths, model=model, method=method, workers=workers, skipped=skipped
     )
-    for row, shape in indexed:
-        rows.append({**row, "model": model, "method": method})
-        shapes.add(shape)
-    index = pd.DataFrame(rows)
-    index.attrs["skipped_files"] = [str(p) for p in skipped]
-    maps = PickleMapStack(paths, next(iter(sorted(shapes))))
-    return HeatmapSet(index, maps)  # type: ignore[arg-type]
+    if not lazy:
+        folder_set.index  # noqa: B018 - reads the index now
+    return folder_set
 
 
 def read_chexlocalize_folder(

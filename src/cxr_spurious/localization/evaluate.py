@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,10 @@ from pycocotools import mask as mask_utils
 from cxr_spurious.errors import DataFormatError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.chexlocalize import (
+    PickleFolderSet,
     PickleMapStack,
     check_task,
+    index_pickle,
     map_bytes,
     prefetch_heatmap,
     read_heatmap_pickle,
@@ -77,6 +79,10 @@ class MapJob:
         spurious: ``{object: rle}`` of the CXR for shortcut attribution.
         prefetch: ``(path, nbytes)`` of the next job's pickle: its map is read into the page
             cache in the background while this job computes (``prefetch_heatmap``).
+        from_file: ``source`` is a pickle whose index fields are not known yet (a
+            ``PickleFolderSet`` with its index pending): ``height``, ``width`` and ``prob``
+            (0, 0, NaN until then) are read from the pickle together with the map
+            (``evaluate_file_job``, ``count_thresholds_file_job``).
     """
 
     image_id: str
@@ -92,6 +98,7 @@ class MapJob:
     top_k: int = 1000
     spurious: Mapping[str, Any] = field(default_factory=dict)
     prefetch: tuple[str, int] | None = None
+    from_file: bool = False
 
 
 def validate_segmentations(segmentations: Mapping[str, Any], *, source: str) -> None:
@@ -112,9 +119,8 @@ def validate_segmentations(segmentations: Mapping[str, Any], *, source: str) -> 
             validate_rle(rle, source=source, key=f"{cxr_id}/{name}")
 
 
-def _gt_entry(
-    gt: Mapping[str, Mapping[str, Any]], image_id: str, task: str, h: int, w: int
-) -> dict[str, Any] | None:
+def _gt_rle(gt: Mapping[str, Mapping[str, Any]], image_id: str, task: str) -> dict[str, Any] | None:
+    """The ground-truth RLE of (CXR, task); ``None`` when the CXR is not in the ground truth."""
     entry = gt.get(image_id)
     if entry is None:
         return None
@@ -125,6 +131,11 @@ def _gt_entry(
             f"CXR has no mask for task '{task}'; ground-truth files list every task",
             where=image_id,
         )
+    return rle
+
+
+def _check_gt_size(rle: Mapping[str, Any], image_id: str, task: str, h: int, w: int) -> None:
+    """The map's image size must be the ground truth's."""
     size = [int(rle["size"][0]), int(rle["size"][1])]
     if size != [h, w]:
         raise DataFormatError(
@@ -132,6 +143,14 @@ def _gt_entry(
             f"cxr_dims (w, h) = ({w}, {h}) disagree with the ground-truth size [h, w] = {size}",
             where=f"{image_id}/{task}",
         )
+
+
+def _gt_entry(
+    gt: Mapping[str, Mapping[str, Any]], image_id: str, task: str, h: int, w: int
+) -> dict[str, Any] | None:
+    rle = _gt_rle(gt, image_id, task)
+    if rle is not None:
+        _check_gt_size(rle, image_id, task, h, w)
     return rle
 
 
@@ -222,6 +241,84 @@ def evaluate_job(
             fast = segment_map_torch(map2d, job.height, job.width, job.prob, job.config, device)
             return score_fast_map(fast, job)
     return score_fast_map(segment_map_cpu(map2d, job.height, job.width, job.prob, job.config), job)
+
+
+def _read_file_job(job: MapJob) -> tuple[dict[str, Any], MapJob]:
+    """A ``from_file`` job's pickle, read once: its index fields and the job completed with
+    the map, the image size and the probability (checked against the ground truth)."""
+    if job.prefetch is not None:
+        prefetch_heatmap(*job.prefetch)
+    row, rec = index_pickle(job.source, with_map=True)
+    if job.gt_rle is not None:
+        _check_gt_size(job.gt_rle, job.image_id, job.task, rec.height, rec.width)
+    done = replace(
+        job,
+        source=rec.map,
+        height=rec.height,
+        width=rec.width,
+        prob=rec.prob,
+        prefetch=None,
+        from_file=False,
+    )
+    return row, done
+
+
+def evaluate_file_job(
+    job: MapJob, device: torch.device | None = None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``evaluate_job`` of a ``from_file`` job; returns (index fields, record fields, RLE)."""
+    row, done = _read_file_job(job)
+    rec, pred = evaluate_job(done, device)
+    return row, rec, pred
+
+
+def build_file_jobs(
+    heatmaps: PickleFolderSet,
+    gt_segmentations: Mapping[str, Mapping[str, Any]],
+    *,
+    configs: Mapping[str, SegmentationConfig],
+    tuning_grid: Sequence[float],
+    extra_metrics: bool,
+    top_k: int,
+    spurious_segmentations: Mapping[str, Mapping[str, Any]],
+    rows: Sequence[int] | None = None,
+) -> list[MapJob]:
+    """One ``from_file`` job per pickle of a folder whose index is pending (or per ``rows``).
+
+    Only the file names are used here (CXR and task); each job reads its pickle once, for
+    its index fields and its map.
+
+    Raises:
+        DataFormatError: unknown task, or a CXR of the ground truth without the task.
+    """
+    pairs = heatmaps.pairs
+    selected = list(range(len(pairs))) if rows is None else [int(i) for i in rows]
+    nbytes = map_bytes(heatmaps.maps.map_shape)
+    grid = tuple(float(t) for t in tuning_grid)
+    jobs = []
+    for n, i in enumerate(selected):
+        image_id, task = str(pairs.at[i, "image_id"]), str(pairs.at[i, "task"])
+        check_task(task, source="heatmaps", key=image_id)
+        following = selected[n + 1] if n + 1 < len(selected) else None
+        jobs.append(
+            MapJob(
+                image_id,
+                task,
+                str(heatmaps.paths[i]),
+                0,
+                0,
+                float("nan"),
+                configs.get(task, SegmentationConfig()),
+                _gt_rle(gt_segmentations, image_id, task),
+                grid,
+                extra_metrics,
+                top_k,
+                spurious_segmentations.get(image_id, {}),
+                (str(heatmaps.paths[following]), nbytes) if following is not None else None,
+                from_file=True,
+            )
+        )
+    return jobs
 
 
 def build_jobs(
@@ -331,24 +428,38 @@ def evaluate_heatmap_set(
     validate_segmentations(gt_segmentations, source="gt_segmentations")
     validate_segmentations(spurious_segmentations or {}, source="spurious_segmentations")
     device = pick_device(prefer_gpu)
-    index = heatmaps.index.reset_index(drop=True)
-    jobs = build_jobs(
-        heatmaps,
-        gt_segmentations,
-        configs=configs or {},
-        tuning_grid=tuning_grid,
-        extra_metrics=extra_metrics,
-        top_k=top_k,
-        spurious_segmentations=spurious_segmentations or {},
-    )
-    if device.type == "cuda":
-        results = ordered_map(
-            _CudaJob(device), jobs, n_items=len(jobs), workers=1, desc=desc, progress=progress
-        )
+    options = {
+        "configs": configs or {},
+        "tuning_grid": tuning_grid,
+        "extra_metrics": extra_metrics,
+        "top_k": top_k,
+        "spurious_segmentations": spurious_segmentations or {},
+    }
+    # a folder not indexed yet is indexed by this pass: each pickle is read once
+    from_files = isinstance(heatmaps, PickleFolderSet) and heatmaps.index_pending
+    if from_files:
+        jobs = build_file_jobs(heatmaps, gt_segmentations, **options)  # type: ignore[arg-type]
     else:
-        results = ordered_map(
-            evaluate_job, jobs, n_items=len(jobs), workers=workers, desc=desc, progress=progress
-        )
+        jobs = build_jobs(heatmaps, gt_segmentations, **options)  # type: ignore[arg-type]
+    on_cuda = device.type == "cuda"
+    work = (
+        _CudaJob(device, from_files)
+        if on_cuda
+        else (evaluate_file_job if from_files else evaluate_job)
+    )
+    results: Any = ordered_map(
+        work,
+        jobs,
+        n_items=len(jobs),
+        workers=1 if on_cuda else workers,
+        desc=desc,
+        progress=progress,
+    )
+    if from_files:
+        done = list(results)
+        heatmaps.set_index([row for row, _, _ in done])  # type: ignore[union-attr]
+        results = [(rec, pred) for _, rec, pred in done]
+    index = heatmaps.index.reset_index(drop=True)
     records, seg_json = [], {}
     for row, job, (rec, pred) in zip(index.to_dict("records"), jobs, results):
         seg_json.setdefault(job.image_id, {})[job.task] = pred
@@ -392,13 +503,23 @@ def count_thresholds_job(job: MapJob) -> dict[str, Any]:
     return rec
 
 
+def count_thresholds_file_job(job: MapJob) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``count_thresholds_job`` of a ``from_file`` job; returns (index fields, counts)."""
+    row, done = _read_file_job(job)
+    return row, count_thresholds_job(done)
+
+
 class _CudaJob:
-    """``evaluate_job`` bound to a CUDA device (run in this process)."""
+    """``evaluate_job`` (``evaluate_file_job`` for ``from_file`` jobs) bound to a CUDA device
+    (run in this process)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, from_files: bool = False) -> None:
         self.device = device
+        self.from_files = from_files
 
-    def __call__(self, job: MapJob) -> tuple[dict[str, Any], dict[str, Any]]:
+    def __call__(self, job: MapJob) -> Any:
+        if self.from_files:
+            return evaluate_file_job(job, self.device)
         return evaluate_job(job, self.device)
 
 

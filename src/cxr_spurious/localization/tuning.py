@@ -10,7 +10,13 @@ import pandas as pd
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
-from cxr_spurious.localization.evaluate import build_jobs, count_thresholds_job
+from cxr_spurious.io.chexlocalize import PickleFolderSet
+from cxr_spurious.localization.evaluate import (
+    build_file_jobs,
+    build_jobs,
+    count_thresholds_file_job,
+    count_thresholds_job,
+)
 from cxr_spurious.localization.metrics import rle_area
 from cxr_spurious.parallel import ordered_map
 
@@ -40,7 +46,8 @@ def tuning_counts(
     thresholds (the reference re-reads and re-upsamples it for every threshold).
 
     Args:
-        heatmaps: Maps with their index.
+        heatmaps: Maps with their index; a ``PickleFolderSet`` whose index is pending is
+            not indexed: only its positive pickles are read, each once.
         gt_segmentations: CheXlocalize gt JSON.
         grid: Fixed thresholds (``threshold_grid``).
         workers: CPU worker processes (``None`` = one per core).
@@ -50,39 +57,35 @@ def tuning_counts(
         One row per positive map: index columns, ``in_gt``, ``gt_area`` and
         ``tune_area_<t>`` / ``tune_inter_<t>``; the input of ``tune_thresholds``.
     """
-    index = heatmaps.index.reset_index(drop=True)
+    pairs = heatmaps.pairs
     keep = np.array(
         [
             rle_area(gt_segmentations.get(str(c), {}).get(str(t))) > 0
-            for c, t in zip(index["image_id"], index["task"])
+            for c, t in zip(pairs["image_id"], pairs["task"])
         ],
         dtype=bool,
     )
-    subset = heatmaps.select(keep)
-    jobs = build_jobs(
-        subset,
-        gt_segmentations,
-        configs={},
-        tuning_grid=grid,
-        extra_metrics=False,
-        top_k=0,
-        spurious_segmentations={},
-    )
-    counts = list(
-        ordered_map(
-            count_thresholds_job,
-            jobs,
-            n_items=len(jobs),
-            workers=workers,
-            desc="tuning counts",
-            progress=progress,
-        )
-    )
-    table = pd.concat(
-        [subset.index.reset_index(drop=True), pd.DataFrame(counts, index=range(len(counts)))],
-        axis=1,
-    )
-    table.insert(len(subset.index.columns), "in_gt", True)
+    options: dict[str, Any] = {
+        "configs": {},
+        "tuning_grid": grid,
+        "extra_metrics": False,
+        "top_k": 0,
+        "spurious_segmentations": {},
+    }
+    run = {"n_items": int(keep.sum()), "workers": workers, "desc": "tuning counts"}
+    if isinstance(heatmaps, PickleFolderSet) and heatmaps.index_pending:
+        # only the positive maps' pickles are read, each once (index fields and map)
+        jobs = build_file_jobs(heatmaps, gt_segmentations, rows=np.flatnonzero(keep), **options)
+        done = list(ordered_map(count_thresholds_file_job, jobs, progress=progress, **run))
+        index = heatmaps.index_frame([row for row, _ in done])
+        counts = [c for _, c in done]
+    else:
+        subset = heatmaps.select(keep)
+        jobs = build_jobs(subset, gt_segmentations, **options)
+        counts = list(ordered_map(count_thresholds_job, jobs, progress=progress, **run))
+        index = subset.index.reset_index(drop=True)
+    table = pd.concat([index, pd.DataFrame(counts, index=range(len(counts)))], axis=1)
+    table.insert(len(index.columns), "in_gt", True)
     return table
 
 

@@ -109,7 +109,8 @@ def evaluate_heatmaps(
     tables, segs = [], {}
     for name in tqdm(sorted(heatmap_collection), desc="heatmap sets", leave=False):
         hs = heatmap_collection[name]
-        per_task = {t: configs.get(t, default) for t in hs.index["task"].astype(str).unique()}
+        # the tasks from the pairs: a pickle folder's index is read by the evaluation itself
+        per_task = {t: configs.get(t, default) for t in hs.pairs["task"].astype(str).unique()}
         table, seg = evaluate_heatmap_set(
             hs,
             gt_segmentations,
