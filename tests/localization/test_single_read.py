@@ -151,3 +151,34 @@ def test_the_pipeline_node_evaluates_a_lazy_folder(tmp_path):
     want, _ = nodes.evaluate_heatmaps({"chexlocalize.gradcam": eager}, *args)
     pd.testing.assert_frame_equal(got, want)
     assert got["skipped_map_files"].tolist() == [0] * len(got)
+
+
+def test_overlays_of_a_lazy_folder_read_only_the_sampled_pickles(tmp_path, reads):
+    from cxr_spurious.localization.figures import plot_overlays
+
+    folder, gt = _folder(tmp_path)
+    eager = cio.read_heatmap_folder(folder, workers=1)
+    want = plot_overlays(eager, gt, {}, n=4, seed=1)
+    reads.clear()
+    lazy = cio.read_heatmap_folder(folder, workers=1, lazy=True)
+    got = plot_overlays(lazy, gt, {}, n=4, seed=1)
+    titles = [[ax.get_title() for ax in fig.axes if ax.get_title()] for fig in (got, want)]
+    assert titles[0] == titles[1] and len(titles[0]) == 4
+    # the listing's first header, then the 4 sampled pickles: their index fields and maps
+    assert len(reads) == 1 + 1 + 2 * 4 and lazy.index_pending
+
+
+def test_select_of_a_lazy_folder_stays_lazy_and_keeps_a_known_index(tmp_path):
+    folder, _ = _folder(tmp_path, n=6)
+    lazy = cio.read_heatmap_folder(folder, workers=1, lazy=True)
+    mask = np.array([True, False, True, False, False, True])
+    part = lazy.select(mask)
+    assert isinstance(part, cio.PickleFolderSet) and part.index_pending and len(part) == 3
+    eager = cio.read_heatmap_folder(folder, workers=1)
+    pd.testing.assert_frame_equal(
+        part.index, eager.index.loc[mask].reset_index(drop=True), check_like=False
+    )
+    known = eager.select(mask)
+    assert not known.index_pending
+    pd.testing.assert_frame_equal(known.index, part.index)
+    np.testing.assert_array_equal(known.maps[1], eager.maps[2])

@@ -735,6 +735,21 @@ class PickleFolderSet(HeatmapSet):
         """(image_id, task) of each row, from the file names (nothing read)."""
         return self._pairs.copy()
 
+    def select(self, mask: np.ndarray | pd.Series) -> PickleFolderSet:
+        """Rows where ``mask`` is true, as a folder set of those pickles (index pending
+        unless this set's is known: a few rows of a large folder read only their files)."""
+        keep = np.flatnonzero(np.asarray(mask, dtype=bool))
+        subset = PickleFolderSet(
+            [self.paths[i] for i in keep],
+            model=self.model,
+            method=self.method,
+            workers=self._workers,
+            skipped=self._skipped,
+        )
+        if self._index is not None:
+            subset.set_index(self._index.iloc[keep].to_dict("records"))
+        return subset
+
     def index_frame(self, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         """Index rows (``index_pickle``'s fields) as an index frame with model and method."""
         frame = pd.DataFrame(

@@ -43,10 +43,10 @@ def sample_overlay_rows(
     Raises:
         ParameterError: ``n`` < 1 (``localization.overlays.n_images``).
     """
-    index = heatmaps.index
+    pairs = heatmaps.pairs  # a folder's file names: no pickle is read to sample
     positive = [
         rle_area(gt_segmentations.get(str(c), {}).get(str(t))) > 0
-        for c, t in zip(index["image_id"], index["task"])
+        for c, t in zip(pairs["image_id"], pairs["task"])
     ]
     return sample_positives_first(
         heatmaps,
@@ -187,18 +187,22 @@ def plot_overlays(
     nrows = max(1, math.ceil(rows.size / ncols))
     fig = Figure(figsize=(3.2 * ncols + 0.8, 3.4 * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    index = heatmaps.index.reset_index(drop=True)
+    chosen = np.zeros(len(heatmaps), bool)
+    chosen[rows] = True
+    # rows are sorted, so the order is kept; a pickle folder reads only these files
+    sampled = heatmaps.select(chosen) if rows.size else heatmaps
+    index = sampled.index.reset_index(drop=True)
     for ax in axes.ravel():
         ax.set_axis_off()
     layers: list[OverlayLayers] = []
-    for ax, i in zip(axes.ravel(), rows):
+    for ax, i in zip(axes.ravel(), range(rows.size)):
         row = index.iloc[int(i)]
         cxr, task = str(row["image_id"]), str(row["task"])
         gt_rle = gt_segmentations.get(cxr, {}).get(task)
         found = (spurious_segmentations or {}).get(cxr, {})
         objects = {name: found[name] for name in spurious_objects if name in found}
         panel = overlay_panel(
-            np.asarray(heatmaps.maps[int(i)]),
+            np.asarray(sampled.maps[int(i)]),
             int(row["cxr_h"]),
             int(row["cxr_w"]),
             float(row["prob"]),

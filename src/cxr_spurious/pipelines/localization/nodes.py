@@ -365,7 +365,7 @@ def plot_localization_overlays(
     for name in sorted(heatmap_collection):
         hset = heatmap_collection[name]
         rows = sample_overlay_rows(hset, gt_segmentations, n, seed) if len(hset) else []
-        ids = hset.index["image_id"].iloc[rows].astype(str).unique().tolist()
+        ids = hset.pairs["image_id"].iloc[rows].astype(str).unique().tolist()
         cached = [i for i in ids if image_cache is not None and i in image_cache.image_ids]
         if len(cached) < len(ids):
             logger.warning(
