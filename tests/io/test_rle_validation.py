@@ -116,3 +116,22 @@ def test_decode_rle_validates_before_pycocotools() -> None:
     # pycocotools alone decodes this garbage to some mask; decode_rle must refuse it.
     with pytest.raises(DataFormatError, match="not a pycocotools RLE string"):
         decode_rle({"size": [4, 4], "counts": "%%%not-rle%%%"}, source="f.json", key="c/t")
+
+
+def test_compiled_counts_decoder_gives_the_run_lengths_of_every_mask() -> None:
+    """``_compressed_counts`` (compiled) against the masks' own run lengths, large runs and
+    negative deltas included; errors keep their order: bytes, then the end, then lengths."""
+    from cxr_spurious.io.masks import _compressed_counts
+
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        h, w = (int(v) for v in rng.integers(1, 400 if trial % 10 == 0 else 40, 2))
+        mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        counts = encode_rle(mask)["counts"]
+        assert _compressed_counts(counts, "f", "k").tolist() == _runs(mask)
+    with pytest.raises(DataFormatError, match="outside '0'..'o'"):
+        _compressed_counts("ooooooooo1%", "f", "k")  # a long count, then a bad byte
+    with pytest.raises(DataFormatError, match="middle of a count"):
+        _compressed_counts("ooooooooo", "f", "k")  # a long count that never ends
+    with pytest.raises(DataFormatError, match="count of 10 characters"):
+        _compressed_counts("ooooooooo1", "f", "k")

@@ -290,3 +290,26 @@ def test_threshold_grid_that_would_not_end_is_refused(grid):
         nodes.tune_segmentation(per_map, grid, [0.0, 0.85, 0.1])
     with pytest.raises(ParameterError, match="localization.prob_cutoffs_grid"):
         nodes.tune_segmentation(per_map, [0.2, 0.8, 0.1], grid)
+
+
+@pytest.mark.parametrize("which", ["gt", "spurious"])
+def test_the_node_checks_every_rle_once_before_its_sets(which, monkeypatch):
+    """The node validates the gt and spurious RLEs once for all sets (the sets then skip it)."""
+    from cxr_spurious.localization import evaluate as ev
+
+    gt, spurious = _gt(), {CXR: {"tube": encode_rle(np.zeros((6, 5), np.uint8))}}
+    if which == "gt":
+        gt = {CXR: {**gt[CXR], "Edema": GARBAGE}}
+    else:
+        spurious = {CXR: {"tube": GARBAGE}}
+    args = (None, None, 0, [], False, 10, False)
+    with pytest.raises(DataFormatError, match=rf"{which}.*segmentations.*{CXR}"):
+        nodes.evaluate_heatmaps({"a.gradcam": _set(), "b.gradcam": _set()}, gt, spurious, *args)
+    calls = []
+    real = ev.validate_segmentations
+    monkeypatch.setattr(
+        ev, "validate_segmentations", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    monkeypatch.setattr(nodes, "validate_segmentations", ev.validate_segmentations)
+    nodes.evaluate_heatmaps({"a.gradcam": _set(), "b.gradcam": _set()}, _gt(), {}, *args)
+    assert len(calls) == 2  # gt and spurious, once each, for two sets

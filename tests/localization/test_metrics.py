@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
 from cxr_spurious.io.masks import encode_rle
@@ -123,3 +124,38 @@ def test_tuning_matches_brute_force():
     assert np.isclose(grid.loc[0, "mIoU"], m02) and np.isclose(grid.loc[1, "mIoU"], m05)
     assert best.iloc[0]["threshold"] == (0.2 if m02 > m05 else 0.5)
     assert len(tuning.threshold_grid(0.2, 0.8, 0.1)) == len(np.arange(0.2, 0.8, 0.1))
+
+
+def test_one_sort_per_map_gives_the_rank_metrics_of_separate_sorts():
+    """``RankedScore`` (one sort shared by pixel AUROC, relevance rank, top-k and every
+    spurious AUROC) against scikit-learn and scipy's average ranks, ties included."""
+    from scipy.stats import rankdata
+
+    from cxr_spurious.localization.metrics import RankedScore
+
+    rng = np.random.default_rng(21)
+    for _ in range(25):
+        score = np.round(rng.random((23, 19)), int(rng.integers(1, 4)))  # many ties
+        gt = rng.random((23, 19)) < 0.2
+        tube = rng.random((23, 19)) < 0.1
+        ranked = RankedScore(score)
+        s, g = score.ravel(), gt.ravel()
+        if 0 < g.sum() < g.size:
+            assert ranked.auroc(gt) == pytest.approx(roc_auc_score(g, s), abs=1e-12)
+            r = rankdata(s)  # the Mann-Whitney sum from scipy's ranks, exactly
+            n_pos, n_neg = int(g.sum()), int((~g).sum())
+            assert ranked.auroc(gt) == (r[g].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        keep = ~g
+        want = roc_auc_score(tube.ravel()[keep], s[keep])
+        assert spurious_auroc(score, tube, exclude=gt, ranked=ranked) == pytest.approx(
+            want, abs=1e-12
+        )
+        assert spurious_auroc(score, tube, exclude=gt) == spurious_auroc(
+            score, tube, exclude=gt, ranked=ranked
+        )
+        order = np.argsort(-s, kind="stable")
+        k = 7
+        got = mass_rank_metrics(score, gt, top_k=k, ranked=ranked)
+        assert got == mass_rank_metrics(score, gt, top_k=k)
+        assert got["relevance_rank"] == g[order[: g.sum()]].mean()
+        assert got["top_k_intersection"] == g[order[:k]].mean()

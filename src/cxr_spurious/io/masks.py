@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numba
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
@@ -95,6 +96,46 @@ def _rle_size(rle: Any, source: object, key: str | None) -> tuple[int, int]:
     return h, w
 
 
+@numba.njit(cache=True, nogil=True)
+def _decode_counts(chars):  # pragma: no cover - compiled
+    """pycocotools' ``rleFrString`` on the bytes of a counts string, checked as it goes.
+
+    Returns:
+        (runs, status, at): status 0 = valid; 1 = the byte at ``at`` is outside '0'..'o';
+        2 = the string ends in the middle of a count; 3 = the count ending at ``at`` has
+        more than ``_RLE_MAX_CHARS_PER_COUNT`` characters.
+    """
+    runs = np.empty(chars.shape[0], np.int64)
+    m = 0
+    p = 0
+    n = chars.shape[0]
+    while p < n:
+        x = np.int64(0)
+        k = 0
+        more = True
+        c = np.int64(0)
+        while more:
+            if p >= n:
+                return runs[:m], 2, p
+            b = np.int64(chars[p])
+            if b < _RLE_CHAR_MIN or b > _RLE_CHAR_MAX:
+                return runs[:m], 1, p
+            c = b - _RLE_CHAR_MIN
+            x |= (c & 0x1F) << (5 * k)
+            more = (c & 0x20) != 0
+            p += 1
+            k += 1
+            if k > _RLE_MAX_CHARS_PER_COUNT:
+                return runs[:m], 3, p - 1
+        if c & 0x10:
+            x -= np.int64(1) << (5 * k)  # sign extension
+        if m > 2:
+            x += runs[m - 2]  # counts after the third are deltas to the count two back
+        runs[m] = x
+        m += 1
+    return runs[:m], 0, 0
+
+
 def _compressed_counts(counts: str | bytes, source: object, key: str | None) -> np.ndarray:
     """Run lengths of a pycocotools compressed counts string (its LEB128-like code), checked."""
     try:
@@ -105,7 +146,11 @@ def _compressed_counts(counts: str | bytes, source: object, key: str | None) -> 
         ) from exc
     if not raw:
         raise DataFormatError(source, "RLE counts string is empty", where=key)
-    chars = np.frombuffer(raw, dtype=np.uint8).astype(np.int64)
+    chars = np.frombuffer(raw, dtype=np.uint8)
+    runs, status, _ = _decode_counts(chars)
+    if status == 0:
+        return runs
+    # the reason, checked over the whole string in a fixed order (bytes, end, lengths)
     bad = np.flatnonzero((chars < _RLE_CHAR_MIN) | (chars > _RLE_CHAR_MAX))
     if bad.size:
         i = int(bad[0])
@@ -116,7 +161,7 @@ def _compressed_counts(counts: str | bytes, source: object, key: str | None) -> 
             f"(got {raw[:40]!r})",
             where=key,
         )
-    c = chars - _RLE_CHAR_MIN
+    c = chars.astype(np.int64) - _RLE_CHAR_MIN
     last = np.flatnonzero((c & 0x20) == 0)  # the last character of each count
     if last.size == 0 or last[-1] != c.size - 1:
         raise DataFormatError(
@@ -124,22 +169,13 @@ def _compressed_counts(counts: str | bytes, source: object, key: str | None) -> 
             "RLE counts string ends in the middle of a count (continuation bit set)",
             where=key,
         )
-    first = np.concatenate([[0], last[:-1] + 1])
-    length = last - first + 1
-    if int(length.max()) > _RLE_MAX_CHARS_PER_COUNT:
-        raise DataFormatError(
-            source,
-            f"RLE counts has a count of {int(length.max())} characters; "
-            f"no valid mask needs more than {_RLE_MAX_CHARS_PER_COUNT}",
-            where=key,
-        )
-    shift = 5 * (np.arange(c.size) - np.repeat(first, length))
-    values = np.add.reduceat((c & 0x1F) << shift, first)
-    values -= np.where((c[last] & 0x10) != 0, np.int64(1) << (5 * length), 0)  # sign extension
-    runs = values.copy()
-    runs[1::2] = np.cumsum(values[1::2])  # counts after the third are deltas to the count two back
-    runs[2::2] = np.cumsum(values[2::2])
-    return runs
+    length = np.diff(np.concatenate([[-1], last]))
+    raise DataFormatError(
+        source,
+        f"RLE counts has a count of {int(length.max())} characters; "
+        f"no valid mask needs more than {_RLE_MAX_CHARS_PER_COUNT}",
+        where=key,
+    )
 
 
 def validate_rle(

@@ -43,6 +43,7 @@ from cxr_spurious.localization.kernels import (
     threshold_counts,
 )
 from cxr_spurious.localization.metrics import (
+    RankedScore,
     iou_from_counts,
     mass_rank_metrics,
     mass_share,
@@ -209,15 +210,16 @@ def score_fast_map(fast: FastMap, job: MapJob) -> tuple[dict[str, Any], dict[str
     score = (
         _score(fast, job) if (gt_mask is not None and job.extra_metrics) or job.spurious else None
     )
+    ranked = RankedScore(score) if score is not None else None  # one sort for every rank metric
     if gt_mask is not None and job.extra_metrics:
-        rec.update(mass_rank_metrics(score, gt_mask, top_k=job.top_k))
+        rec.update(mass_rank_metrics(score, gt_mask, top_k=job.top_k, ranked=ranked))
     lesion = gt_mask  # the pathology, left out of the rank-based shortcut metric
     if lesion is None and positive and job.spurious:
         lesion = decode_rle(gt_rle, source="gt_segmentations", key=f"{job.image_id}/{job.task}")
     for name, rle in job.spurious.items():
         obj = decode_rle(rle, source="spurious_segmentations", key=name)
         rec[f"shortcut_{name}"] = mass_share(score, obj)
-        rec[f"shortcut_auroc_{name}"] = spurious_auroc(score, obj, exclude=lesion)
+        rec[f"shortcut_auroc_{name}"] = spurious_auroc(score, obj, exclude=lesion, ranked=ranked)
     return rec, pred
 
 
@@ -390,6 +392,7 @@ def evaluate_heatmap_set(
     desc: str = "localization",
     workers: int | None = None,
     missing: str = "all",
+    validate: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """Evaluate every map of a set against the ground truth in one streaming pass.
 
@@ -411,6 +414,9 @@ def evaluate_heatmap_set(
             ``all`` of them (the reference's semantics) or only those of the CXRs and tasks
             the set has maps for (``evaluated``: a set made on one split for some tasks is
             not charged with misses on the other splits and tasks).
+        validate: Check every ground-truth and spurious RLE first
+            (``validate_segmentations``); ``False`` only where the caller has checked these
+            same mappings already (the pipeline node, once for all its sets).
 
     Returns:
         The per-map table (index columns + counts, IoUs, hit, tuning counts, extras) and the
@@ -425,8 +431,9 @@ def evaluate_heatmap_set(
         raise ParameterError(
             "localization.missing_maps", f"expected one of {list(MISSING_MODES)}, got {missing!r}"
         )
-    validate_segmentations(gt_segmentations, source="gt_segmentations")
-    validate_segmentations(spurious_segmentations or {}, source="spurious_segmentations")
+    if validate:
+        validate_segmentations(gt_segmentations, source="gt_segmentations")
+        validate_segmentations(spurious_segmentations or {}, source="spurious_segmentations")
     device = pick_device(prefer_gpu)
     options = {
         "configs": configs or {},

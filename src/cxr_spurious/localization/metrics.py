@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io.masks import _compressed_counts, decode_rle
-from cxr_spurious.stats.metrics import auroc
+from cxr_spurious.stats.metrics import auroc_ranked
 from cxr_spurious.tasks import CHEXLOCALIZE_TASKS
 
 logger = logging.getLogger(__name__)
@@ -238,12 +238,54 @@ def count_segmentations(
     return pd.Series(counts, dtype="int64")
 
 
+class RankedScore:
+    """One descending sort of a map's pixel scores, shared by its rank-based metrics.
+
+    ``mass_rank_metrics`` (relevance rank, top-k, pixel AUROC) and ``spurious_auroc`` (one
+    per object) each sorted the full-resolution map again; with a ``RankedScore`` the map
+    is sorted once per map. The AUROCs are ``stats.metrics.auroc_ranked`` (the
+    Mann-Whitney statistic with average ranks for ties, as ``stats.metrics.auroc`` and
+    scikit-learn compute it).
+
+    Args:
+        score: The map (any shape, finite values).
+    """
+
+    def __init__(self, score: np.ndarray) -> None:
+        self.values = np.asarray(score, dtype=np.float64).reshape(-1)
+        # descending, ties in pixel order: the top-k convention of the relevance metrics
+        self.order = np.argsort(-self.values, kind="stable")
+        self.sorted = self.values[self.order]
+        self.constant = bool(self.values.size == 0 or self.sorted[0] == self.sorted[-1])
+
+    def auroc(self, mask: np.ndarray, exclude: np.ndarray | None = None) -> float:
+        """P(score of a ``mask`` pixel > score of another pixel), ties counted half.
+
+        Pixels of ``exclude`` are left out of both classes. NaN when a class is empty.
+        """
+        positive = np.asarray(mask, dtype=bool).reshape(-1)[self.order]
+        if exclude is None:
+            return auroc_ranked(positive, self.sorted)
+        keep = ~np.asarray(exclude, dtype=bool).reshape(-1)[self.order]
+        return auroc_ranked(positive[keep], self.sorted[keep])
+
+
 def mass_rank_metrics(
-    score: np.ndarray, gt_mask: np.ndarray, *, top_k: int = 1000
+    score: np.ndarray,
+    gt_mask: np.ndarray,
+    *,
+    top_k: int = 1000,
+    ranked: RankedScore | None = None,
 ) -> dict[str, float]:
     """Quantus-style localisation metrics of a non-negative map against a mask.
 
     Empty ground truth gives NaN for every metric (Quantus would count it as a hit).
+
+    Args:
+        score: The map.
+        gt_mask: The mask, same shape.
+        top_k: k of the top-k intersection.
+        ranked: ``RankedScore(score)`` when the caller already has it (one sort per map).
 
     Returns:
         relevance_mass (share of map mass inside the mask), relevance_rank (share of the
@@ -262,35 +304,39 @@ def mass_rank_metrics(
         }
     total = s.sum()
     mass = float(s[g].sum() / total) if total > 0 else np.nan
-    order = np.argsort(-s, kind="stable")
-    rank = float(g[order[:n_gt]].mean())
+    ranked = RankedScore(s) if ranked is None else ranked
+    inside = g[ranked.order]
+    rank = float(inside[:n_gt].mean())
     k = min(int(top_k), s.size)
-    topk = float(g[order[:k]].mean())
+    topk = float(inside[:k].mean())
     return {
         "relevance_mass": mass,
         "relevance_rank": rank,
         "top_k_intersection": topk,
-        "pixel_auroc": auroc(g.astype(float), s),
+        "pixel_auroc": ranked.auroc(g),
     }
 
 
-def spurious_auroc(score: np.ndarray, mask: np.ndarray, exclude: np.ndarray | None = None) -> float:
+def spurious_auroc(
+    score: np.ndarray,
+    mask: np.ndarray,
+    exclude: np.ndarray | None = None,
+    *,
+    ranked: RankedScore | None = None,
+) -> float:
     """The map as a pixel score for a spurious-object mask: P(object pixel > other pixel).
 
     Rank-based, so unlike the mass share it does not depend on how finely the map can
     resolve a thin object: a coarse map centred on the object still ranks its pixels high.
     Pixels of ``exclude`` (the true pathology) are left out of both classes, so a map on
     the lesion is neither credited nor charged for an object drawn inside it. NaN for a
-    constant map (no spatial information) or when either class is empty.
+    constant map (no spatial information) or when either class is empty. ``ranked``:
+    ``RankedScore(score)`` when the caller already has it (one sort per map).
     """
-    s = np.asarray(score).reshape(-1)
-    if s.size == 0 or s.max() == s.min():
+    ranked = RankedScore(score) if ranked is None else ranked
+    if ranked.constant:
         return float("nan")
-    m = np.asarray(mask, dtype=bool).reshape(-1)
-    if exclude is not None:
-        keep = ~np.asarray(exclude, dtype=bool).reshape(-1)
-        s, m = s[keep], m[keep]
-    return auroc(m.astype(float), s)
+    return ranked.auroc(mask, exclude)
 
 
 def mass_share(score: np.ndarray, mask: np.ndarray) -> float:

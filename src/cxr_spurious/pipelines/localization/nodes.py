@@ -14,7 +14,7 @@ from cxr_spurious.errors import ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.chexlocalize import check_task
 from cxr_spurious.localization import metrics, summary, tuning
-from cxr_spurious.localization.evaluate import evaluate_heatmap_set
+from cxr_spurious.localization.evaluate import evaluate_heatmap_set, validate_segmentations
 from cxr_spurious.localization.figures import plot_overlays, sample_overlay_rows
 from cxr_spurious.localization.segmentation import SegmentationConfig
 from cxr_spurious.overlays import images_of
@@ -104,6 +104,9 @@ def evaluate_heatmaps(
         ``skip_unparsable_maps`` is set) and ``{set: segmentation JSON}``.
     """
     grid = _grid(tuning_grid, "localization.tuning_grid") if tuning_grid else []
+    # every RLE checked once here, not once per set
+    validate_segmentations(gt_segmentations, source="gt_segmentations")
+    validate_segmentations(spurious_segmentations or {}, source="spurious_segmentations")
     configs = _configs(fixed_thresholds, prob_cutoffs, int(smoothing_k))
     default = configs.pop("*")
     tables, segs = [], {}
@@ -122,6 +125,7 @@ def evaluate_heatmaps(
             prefer_gpu=prefer_gpu,
             desc=name,
             missing=missing_maps,
+            validate=False,
         )
         table.insert(0, "set", name)
         skipped = list(hs.index.attrs.get("skipped_files", []))
