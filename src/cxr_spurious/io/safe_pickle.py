@@ -196,6 +196,11 @@ def _scan_opcodes(fh: Any, ctx: _Context) -> None:
         fh.seek(start)
         return
     with mmap.mmap(fileno, 0, access=mmap.ACCESS_READ) as view:
+        # no read-around: the scan touches a few pages, and a page fault would otherwise
+        # read the device's whole readahead window (8 MiB on some disks), i.e. the
+        # payloads it seeks over
+        if hasattr(view, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+            view.madvise(mmap.MADV_RANDOM)
         _scan_buffer(view, start, ctx)
 
 
@@ -789,9 +794,10 @@ def _load_storage_from_bytes(data: bytes, ctx: _Context | None = None) -> Any:
     if ctx is None:
         ctx = _Context("<tensor storage>", len(data), None)
     inner = _Context(f"{ctx.source} (tensor storage)", len(data), ctx.max_bytes)
-    pos = 0
-    for _ in range(3):  # magic number, protocol, system info: checked, not needed
-        pos = _scan_buffer(data, pos, inner)
+    pos, heads = 0, []
+    for _ in range(3):  # magic number, protocol, system info
+        start, pos = pos, _scan_buffer(data, pos, inner)
+        heads.append((start, pos))
     end = _scan_buffer(data, pos, inner)  # the storage record(s)
     fh = io.BytesIO(data)
     fh.seek(pos)
@@ -799,9 +805,75 @@ def _load_storage_from_bytes(data: bytes, ctx: _Context | None = None) -> Any:
     header.load()
     if fh.tell() != end or not header.storages:
         raise inner.error("no storage record where a legacy torch.save has one")
-    pos = _scan_buffer(data, end, inner)  # the storage keys
+    keys_at, pos = end, _scan_buffer(data, end, inner)  # the storage keys
     total = sum(kind.itemsize * n for kind, n in header.storages)
     inner.check_size(
         total, "tensor storage", available=len(data) - pos - 8 * len(header.storages)
     )  # 8: size field
+    if len(header.storages) == 1 and _plain_legacy_head(data, heads, (keys_at, pos), inner):
+        return _single_storage(data, pos, *header.storages[0], inner)
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER (legacy format)
+_LEGACY_PROTOCOL = 1001
+_STORAGE_DTYPES = {  # storage class -> torch dtype name
+    "FloatStorage": "float32",
+    "DoubleStorage": "float64",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "UntypedStorage": "uint8",
+}
+
+
+def _plain_legacy_head(
+    data: Any, heads: list[tuple[int, int]], keys: tuple[int, int], ctx: _Context
+) -> bool:
+    """Whether a legacy ``torch.save`` payload is the plain case this module reads itself.
+
+    Its magic number and protocol are torch's, and its key list names one storage; anything
+    else goes to ``torch.load`` (which reports what is wrong).
+    """
+
+    def small(span: tuple[int, int]) -> Any:
+        return _RestrictedUnpickler(
+            io.BytesIO(data[span[0] : span[1]]), ctx, allow_torch=False, allow_numpy=False
+        ).load()
+
+    magic, protocol = small(heads[0]), small(heads[1])
+    names = small(keys)
+    return (
+        type(magic) is int
+        and magic == _LEGACY_MAGIC
+        and type(protocol) is int
+        and protocol == _LEGACY_PROTOCOL
+        and type(names) is list
+        and len(names) == 1
+        and isinstance(names[0], str)
+    )
+
+
+def _single_storage(data: Any, pos: int, kind: _StorageType, numel: int, ctx: _Context) -> Any:
+    """The one storage of a legacy ``torch.save`` payload, from its bytes at ``pos``.
+
+    What ``torch.load`` builds (a typed storage of ``numel`` little-endian elements after
+    an int64 element count), without its pure-Python unpickler: a copy of the bytes.
+    """
+    import torch
+
+    (count,) = struct.unpack_from("<q", data, pos)
+    if count != numel:
+        raise ctx.error(f"tensor storage holds {count} elements where its record says {numel}")
+    start = pos + 8
+    raw = np.frombuffer(bytearray(data[start : start + numel * kind.itemsize]), dtype=np.uint8)
+    return torch.storage.TypedStorage(
+        wrap_storage=torch.from_numpy(raw).untyped_storage(),
+        dtype=getattr(torch, _STORAGE_DTYPES[kind.name]),
+        _internal=True,
+    )
