@@ -24,6 +24,7 @@ import logging
 import multiprocessing as mp
 import os
 import re
+import sys
 import traceback
 import uuid
 from collections import deque
@@ -89,7 +90,13 @@ def resolve_workers(workers: int | None, n_items: int, min_items: int = MIN_ITEM
 
 
 def on_dask_worker() -> bool:
-    """Whether this thread runs a Dask task (``distributed.get_worker()`` answers)."""
+    """Whether this thread runs a Dask task (``distributed.get_worker()`` answers).
+
+    A Dask worker has ``distributed`` imported already: where it is not, the answer is
+    no, without importing it (0.6 s).
+    """
+    if "distributed" not in sys.modules:
+        return False
     try:
         from distributed import get_worker
     except ImportError:  # the `dask` extra is not installed: never on a worker

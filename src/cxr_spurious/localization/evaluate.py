@@ -294,12 +294,14 @@ def build_file_jobs(
         DataFormatError: unknown task, or a CXR of the ground truth without the task.
     """
     pairs = heatmaps.pairs
+    image_ids = [str(v) for v in pairs["image_id"].tolist()]  # not .at per row (0.15 ms each)
+    tasks = [str(v) for v in pairs["task"].tolist()]
     selected = list(range(len(pairs))) if rows is None else [int(i) for i in rows]
     nbytes = map_bytes(heatmaps.maps.map_shape)
     grid = tuple(float(t) for t in tuning_grid)
     jobs = []
     for n, i in enumerate(selected):
-        image_id, task = str(pairs.at[i, "image_id"]), str(pairs.at[i, "task"])
+        image_id, task = image_ids[i], tasks[i]
         check_task(task, source="heatmaps", key=image_id)
         following = selected[n + 1] if n + 1 < len(selected) else None
         jobs.append(
