@@ -143,6 +143,15 @@ def test_runs_equal_the_rle_of_the_thresholded_full_map():
     runs = noisy.runs(edge)
     assert runs.size > 4096
     assert rle_from_runs(runs, 300, 280) == encode_rle((up >= edge).astype(np.uint8))
+    # cells of ~400 rows: one column of a mixed cell can add hundreds of runs (the buffer is
+    # sized per column group before the pixel loops)
+    coarse = BilinearMap((rng.random((3, 4)) > 0.5).astype(np.float32), 1201, 901)
+    up = coarse.full()
+    for q in (0.1, 0.5, 0.9):
+        edge = np.float32(np.quantile(up, q))
+        assert rle_from_runs(coarse.runs(edge), 1201, 901) == encode_rle(
+            (up >= edge).astype(np.uint8)
+        )
 
 
 def test_rle_string_matches_pycocotools():

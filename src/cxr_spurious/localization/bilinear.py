@@ -178,13 +178,11 @@ def _extremes(
     not depend on the order, since ties of the maximum are broken by (row, col).
     """
     ny, nx = clo.shape
-    jb = gb = jl = gl = 0
-    for g in range(ny):
-        for j in range(nx):
-            if chi[g, j] > chi[gb, jb]:
-                jb, gb = j, g
-            if clo[g, j] < clo[gl, jl]:
-                jl, gl = j, g
+    # the two most promising cells (largest upper, smallest lower bound), from flat scans
+    # of one array each (a 2-D scan of both with data-dependent indices took 0.2 ms)
+    best, low = np.argmax(chi.ravel()), np.argmin(clo.ravel())
+    gb, jb = best // nx, best % nx
+    gl, jl = low // nx, low % nx
     # float64 holds every float32 value and row/column index exactly
     ext = np.array([np.inf, -np.inf, np.float64(1 << 52), np.float64(1 << 52)])
     args = (m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1)
@@ -192,14 +190,16 @@ def _extremes(
     _cell_extremes(*args, gb, jb, ext)
     if (gl, jl) != (gb, jb):
         _cell_extremes(*args, gl, jl, ext)
+    e0, e1 = ext[0], ext[1]  # kept in registers; refreshed after each evaluated cell
     for g in range(ny):
         for j in range(nx):
-            if chi[g, j] < ext[1] and clo[g, j] >= ext[0]:
+            if chi[g, j] < e1 and clo[g, j] >= e0:
                 # cannot hold a larger (or equal, earlier) maximum nor a smaller minimum
                 continue
             if (g == gb and j == jb) or (g == gl and j == jl):
                 continue
             _cell_extremes(*args, g, j, ext)
+            e0, e1 = ext[0], ext[1]
     return np.float32(ext[0]), np.float32(ext[1]), np.int64(ext[2]), np.int64(ext[3])
 
 
@@ -363,23 +363,38 @@ def _runs(
     n = 0
     cur = np.int8(0)
     length = np.int64(0)
+    # each cell's state in one row-major pass (branch-free, vectorised: clo <= chi, so
+    # 2 * (clo >= edge) + (chi < edge) - 1 is 1 inside, 0 outside, -1 mixed); the column
+    # loop below reads it down the columns from a 1-byte array that stays in the cache
+    # (reading the float64 bounds down a column missed it at every cell: 0.5 ms of the
+    # 0.8 ms this function took on a 320 x 320 map)
+    cell_state = np.empty((ny, nx), np.int8)
+    for g in range(ny):
+        for j in range(nx):
+            cell_state[g, j] = np.int8(2 * np.int8(clo[g, j] >= e64) + np.int8(chi[g, j] < e64) - 1)
     for j in range(nx):
         ns = 0
+        bound = 0  # run ends one column of this group can add: 1 per whole segment, 1 per pixel
         for g in range(ny):
-            st = (
-                np.int8(1) if clo[g, j] >= e64 else (np.int8(0) if chi[g, j] < e64 else np.int8(-1))
-            )
+            st = cell_state[g, j]
             if st >= 0 and ns > 0 and seg_state[ns - 1] == st:
                 seg_len[ns - 1] += ye[g] - ys[g]
             else:
                 seg_g[ns], seg_len[ns], seg_state[ns] = g, ye[g] - ys[g], st
                 ns += 1
+                bound += 1 if st >= 0 else ye[g] - ys[g]
+        need = n + bound * (xe[j] - xs[j]) + 1
+        if need > counts.shape[0]:  # grown here, never inside the pixel loops
+            grown = np.empty(max(need, 2 * counts.shape[0]), np.int64)
+            grown[:n] = counts[:n]
+            counts = grown
         for x in range(xs[j], xe[j]):
             for s in range(ns):
                 st = seg_state[s]
                 if st >= 0:
                     if st != cur:
-                        counts, n = _append(counts, n, length)
+                        counts[n] = length
+                        n += 1
                         cur, length = st, np.int64(0)
                     length += seg_len[s]
                     continue
@@ -390,7 +405,8 @@ def _runs(
                 for y in range(ys[g], ye[g]):
                     on = np.int8(1) if _fma(c0, yw0[y], c1 * yw1[y]) >= edge else np.int8(0)
                     if on != cur:
-                        counts, n = _append(counts, n, length)
+                        counts[n] = length
+                        n += 1
                         cur, length = on, np.int64(0)
                     length += 1
     counts, n = _append(counts, n, length)
