@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" 
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m cxr_spurious.localization.warmup
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv (if missing or stale) and install pinned dependencies
