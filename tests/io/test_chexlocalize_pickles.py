@@ -15,7 +15,9 @@ import torch
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.chexlocalize import (
+    INDEX_BAR_MIN_FILES,
     read_chexlocalize_folder,
+    read_heatmap_folder,
     write_chexlocalize_folder,
 )
 from cxr_spurious.io.safe_pickle import load_torch_pickle
@@ -149,3 +151,35 @@ def test_real_sample_imports_and_our_export_uses_the_same_pickle_layout(tmp_path
     assert list(ref_payload) == [k for k in REAL_KEYS if k != "cxr_img"]
     for key in ref_payload:
         assert type(our_payload[key]) is type(ref_payload[key]), key
+
+
+def _folder_of(tmp_path: Path, n_files: int) -> Path:
+    rng = np.random.default_rng(1)
+    ids = [f"patient{i:05d}_study1_view1_frontal" for i in range(n_files // 2)]
+    index = pd.DataFrame(
+        {
+            "image_id": np.repeat(ids, 2),
+            "task": ["Pneumothorax", "Edema"] * len(ids),
+            "prob": rng.random(n_files),
+            "gt": 0.0,
+            "cxr_w": 40,
+            "cxr_h": 30,
+            "model": "erm",
+            "method": "gradcam",
+        }
+    )
+    maps = rng.random((n_files, 6, 6)).astype(np.float32)
+    images = {i: np.zeros((8, 8), np.uint8) for i in ids}
+    folder = tmp_path / f"maps{n_files}"
+    write_chexlocalize_folder(HeatmapSet(index, maps), images, folder, progress=False)
+    return folder
+
+
+def test_index_bar_only_for_folders_that_take_a_while(tmp_path, capsys):
+    """An overlay's few sampled pickles are indexed without printing an empty bar."""
+    for n_files, shown in ((8, False), (INDEX_BAR_MIN_FILES, True)):
+        folder = _folder_of(tmp_path, n_files)
+        capsys.readouterr()
+        heatmaps = read_heatmap_folder(folder, workers=1, lazy=True)
+        assert len(heatmaps.index) == n_files
+        assert ("index heatmaps" in capsys.readouterr().err) is shown, n_files

@@ -308,6 +308,10 @@ class MapRecord:
     gt: float
 
 
+INDEX_BAR_MIN_FILES = 100
+"""Folders with fewer pickles are indexed without a progress bar (a few ms of work: an
+overlay's sampled maps would print an empty bar)."""
+
 SKIP_PAYLOAD_BYTES = 1 << 16  # byte strings at least this long are seeked over, read on demand
 
 
@@ -732,6 +736,7 @@ class PickleFolderSet(HeatmapSet):
                 workers=self._workers,
                 chunksize=16,
                 desc="index heatmaps",
+                progress=len(self.paths) >= INDEX_BAR_MIN_FILES,
             )
             for row, shape in indexed:
                 rows.append(row)
