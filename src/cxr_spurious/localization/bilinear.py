@@ -414,10 +414,11 @@ def _runs(
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _bucket(v, edges):  # pragma: no cover - compiled
-    """Number of (ascending) edges ``<= v``: ``v >= edges[t]`` exactly for ``t < bucket``."""
-    b = 0
-    for t in range(edges.shape[0]):
+def _bucket_between(v, edges, b_lo, b_hi):  # pragma: no cover - compiled
+    """Number of (ascending) ``edges`` ``<= v`` for a value known to lie in buckets
+    ``b_lo .. b_hi``: every edge below ``b_lo`` is ``<= v`` and none from ``b_hi`` on is."""
+    b = b_lo
+    for t in range(b_lo, b_hi):
         b += v >= edges[t]
     return b
 
@@ -438,26 +439,33 @@ def _edge_counts(
     ny, nx = clo.shape
     h, n_edges = ye[ny - 1], edges.shape[0]
     e64 = edges.astype(np.float64)
-    state = np.empty((ny, nx), np.int64)  # the cell's bucket, or -1 when an edge crosses it
+    # the buckets of the cell's lowest and highest values (equal: the whole cell is in one
+    # bucket), one edge at a time over a row of cells (vectorised); a pixel of a crossed
+    # cell is compared with the edges between them only
+    blo = np.zeros((ny, nx), np.int32)
+    bhi = np.zeros((ny, nx), np.int32)
     area = np.zeros(n_edges + 1, np.int64)
     inside = np.zeros(n_edges + 1, np.int64)
     for g in range(ny):
+        lo_row, hi_row, clo_row, chi_row = blo[g], bhi[g], clo[g], chi[g]
+        for t in range(n_edges):
+            et = e64[t]
+            for j in range(nx):
+                lo_row[j] += np.int32(clo_row[j] >= et)
+                hi_row[j] += np.int32(chi_row[j] >= et)
+    for g in range(ny):  # row-major: the counts do not depend on the order of the cells
+        rows = ye[g] - ys[g]
+        k0, k1 = yk0[g], yk1[g]
         for j in range(nx):
-            b_lo, b_hi = _bucket(clo[g, j], e64), _bucket(chi[g, j], e64)
-            state[g, j] = b_lo if b_lo == b_hi else -1
-    for j in range(nx):
-        cols = xe[j] - xs[j]
-        for g in range(ny):
-            st = state[g, j]
-            if st >= 0:
-                area[st] += cols * (ye[g] - ys[g])
+            b0, b1 = blo[g, j], bhi[g, j]
+            if b0 == b1:
+                area[b0] += rows * (xe[j] - xs[j])
                 continue
-            k0, k1 = yk0[g], yk1[g]
             for x in range(xs[j], xe[j]):
                 c0 = _fma(m[k0, xi0[x]], xw0[x], m[k0, xi1[x]] * xw1[x])
                 c1 = _fma(m[k1, xi0[x]], xw0[x], m[k1, xi1[x]] * xw1[x])
                 for y in range(ys[g], ye[g]):
-                    area[_bucket(_fma(c0, yw0[y], c1 * yw1[y]), edges)] += 1
+                    area[_bucket_between(_fma(c0, yw0[y], c1 * yw1[y]), edges, b0, b1)] += 1
     col_group = np.empty(xi0.shape[0], np.int64)
     for j in range(nx):
         col_group[xs[j] : xe[j]] = j
@@ -478,15 +486,16 @@ def _edge_counts(
             g = row_group[y0]
             while g < ny and ys[g] < y1:
                 a, b = max(y0, ys[g]), min(y1, ye[g])
-                st = state[g, j]
-                if st >= 0:
-                    inside[st] += b - a
+                b0, b1 = blo[g, j], bhi[g, j]  # down a column, for the mask's runs only
+                if b0 == b1:
+                    inside[b0] += b - a
                 else:
                     k0, k1 = yk0[g], yk1[g]
                     c0 = _fma(m[k0, xi0[x]], xw0[x], m[k0, xi1[x]] * xw1[x])
                     c1 = _fma(m[k1, xi0[x]], xw0[x], m[k1, xi1[x]] * xw1[x])
                     for y in range(a, b):
-                        inside[_bucket(_fma(c0, yw0[y], c1 * yw1[y]), edges)] += 1
+                        v = _fma(c0, yw0[y], c1 * yw1[y])
+                        inside[_bucket_between(v, edges, b0, b1)] += 1
                 g += 1
     return area, inside
 
