@@ -74,12 +74,19 @@ def test_storage_equals_torch_load_for_every_dtype(tmp_path: Path, dtype: torch.
     assert torch.equal(load_torch_pickle(path)["whole"], base)
 
 
-def _payload(count: int, numel: int, *, magic: int = 0x1950A86A20F9469CFC6C, keys=("0",)):
+def _payload(
+    count: int,
+    numel: int,
+    *,
+    magic: int = 0x1950A86A20F9469CFC6C,
+    keys=("0",),
+    kind: type = torch.FloatStorage,
+):
     marker = object()
 
     class P(pickle.Pickler):
         def persistent_id(self, obj):
-            return ("storage", torch.FloatStorage, "0", "cpu", numel) if obj is marker else None
+            return ("storage", kind, "0", "cpu", numel) if obj is marker else None
 
     out = io.BytesIO()
     info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"int": 4}}
@@ -109,10 +116,17 @@ def test_element_count_that_disagrees_with_the_record_is_refused(tmp_path: Path)
         load_torch_pickle(path)
 
 
+# an untyped storage record named as ``torch.UntypedStorage`` (how pickle spells the class,
+# ``torch.storage.UntypedStorage``, is refused before): torch.load refuses it, having no dtype
+_UNTYPED = _payload(4, 4, kind=torch.UntypedStorage).replace(
+    b"ctorch.storage\nUntypedStorage\n", b"ctorch\nUntypedStorage\n"
+)
+
+
 @pytest.mark.parametrize(
     "payload",
-    [_payload(4, 4, magic=12345), _payload(4, 4, keys=("0", "1"))],
-    ids=["foreign magic number", "two storage keys"],
+    [_payload(4, 4, magic=12345), _payload(4, 4, keys=("0", "1")), _UNTYPED],
+    ids=["foreign magic number", "two storage keys", "untyped storage"],
 )
 def test_payload_outside_the_plain_case_goes_to_torch_load(tmp_path: Path, payload) -> None:
     path = tmp_path / "p1_study1_view1_frontal_Edema_map.pkl"

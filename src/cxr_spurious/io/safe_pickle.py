@@ -810,7 +810,11 @@ def _load_storage_from_bytes(data: bytes, ctx: _Context | None = None) -> Any:
     inner.check_size(
         total, "tensor storage", available=len(data) - pos - 8 * len(header.storages)
     )  # 8: size field
-    if len(header.storages) == 1 and _plain_legacy_head(data, heads, (keys_at, pos), inner):
+    if (
+        len(header.storages) == 1
+        and header.storages[0][0].name in _STORAGE_DTYPES
+        and _plain_legacy_head(data, heads, (keys_at, pos), inner)
+    ):
         return _single_storage(data, pos, *header.storages[0], inner)
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
@@ -828,8 +832,7 @@ _STORAGE_DTYPES = {  # storage class -> torch dtype name
     "CharStorage": "int8",
     "ByteStorage": "uint8",
     "BoolStorage": "bool",
-    "UntypedStorage": "uint8",
-}
+}  # an UntypedStorage record goes to torch.load (which refuses it: it has no dtype)
 
 
 def _plain_legacy_head(
