@@ -346,7 +346,7 @@ class _SkippingReader:
         end = self._fh.seek(0, os.SEEK_END)
         n = min(len(view), end - start)
         self._fh.seek(start + n)
-        view[:n] = bytes(n)
+        np.frombuffer(view, np.uint8, count=n)[:] = 0  # in place (no n-byte temporary)
         marker = self._token + len(self._regions).to_bytes(8, "little")
         view[: min(n, len(marker))] = marker[:n]
         self._regions.append((start, n))
