@@ -11,11 +11,11 @@ import io
 import mmap
 import os
 import pickle
-import struct
 from pathlib import Path
 
 import pytest
 import torch
+from tests.io.legacy_payloads import StoragePayload, legacy_storage_payload
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io import chexlocalize, safe_pickle
@@ -45,25 +45,34 @@ def _values(dtype: torch.dtype) -> torch.Tensor:
     return torch.randint(-100 if dtype != torch.uint8 else 0, 100, (3, 5), generator=gen).to(dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_storage_equals_torch_load_for_every_dtype(tmp_path: Path, dtype: torch.dtype) -> None:
-    base = _values(dtype)
-    view = base[1:, ::2]  # offset and strides into the storage
-    path = tmp_path / "p1_study1_view1_frontal_Edema_map.pkl"
-    path.write_bytes(pickle.dumps({"t": view, "whole": base}, protocol=4))
-    calls = []
+def _payload(count: int, numel: int, **kwargs) -> bytes:
+    return legacy_storage_payload(numel, bytes(4 * max(numel, count)), count=count, **kwargs)
+
+
+@pytest.fixture
+def torch_loads(monkeypatch) -> list[tuple]:
+    """The calls that reach ``torch.load`` (which still runs)."""
+    calls: list[tuple] = []
     real = torch.load
 
     def spy(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    torch.load = spy
-    try:
-        got = load_torch_pickle(path)
-    finally:
-        torch.load = real
-    assert calls == []  # built by safe_pickle, not torch.load
+    monkeypatch.setattr(torch, "load", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_storage_equals_torch_load_for_every_dtype(
+    tmp_path: Path, dtype: torch.dtype, torch_loads: list[tuple]
+) -> None:
+    base = _values(dtype)
+    view = base[1:, ::2]  # offset and strides into the storage
+    path = tmp_path / "p1_study1_view1_frontal_Edema_map.pkl"
+    path.write_bytes(pickle.dumps({"t": view, "whole": base}, protocol=4))
+    got = load_torch_pickle(path)
+    assert torch_loads == []  # built by safe_pickle, not torch.load
     for key, want in (("t", view), ("whole", base)):
         assert got[key].dtype == want.dtype
         assert got[key].shape == want.shape
@@ -74,40 +83,9 @@ def test_storage_equals_torch_load_for_every_dtype(tmp_path: Path, dtype: torch.
     assert torch.equal(load_torch_pickle(path)["whole"], base)
 
 
-def _payload(
-    count: int,
-    numel: int,
-    *,
-    magic: int = 0x1950A86A20F9469CFC6C,
-    keys=("0",),
-    kind: type = torch.FloatStorage,
-):
-    marker = object()
-
-    class P(pickle.Pickler):
-        def persistent_id(self, obj):
-            return ("storage", kind, "0", "cpu", numel) if obj is marker else None
-
-    out = io.BytesIO()
-    info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"int": 4}}
-    for value in (magic, 1001, info):
-        pickle.dump(value, out, protocol=2)
-    P(out, protocol=2).dump(marker)
-    pickle.dump(list(keys), out, protocol=2)
-    return out.getvalue() + struct.pack("<q", count) + bytes(4 * max(numel, count))
-
-
-class _Storage:
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-    def __reduce__(self):
-        return (torch.storage._load_from_bytes, (self.payload,))
-
-
 def test_element_count_that_disagrees_with_the_record_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "p1_study1_view1_frontal_Edema_map.pkl"
-    path.write_bytes(pickle.dumps({"s": _Storage(_payload(3, 4))}, protocol=3))
+    path.write_bytes(pickle.dumps({"s": StoragePayload(_payload(3, 4))}, protocol=3))
     with pytest.raises(
         DataFormatError,
         match=r"Edema_map\.pkl \(tensor storage\): tensor storage holds 3 elements "
@@ -128,23 +106,14 @@ _UNTYPED = _payload(4, 4, kind=torch.UntypedStorage).replace(
     [_payload(4, 4, magic=12345), _payload(4, 4, keys=("0", "1")), _UNTYPED],
     ids=["foreign magic number", "two storage keys", "untyped storage"],
 )
-def test_payload_outside_the_plain_case_goes_to_torch_load(tmp_path: Path, payload) -> None:
+def test_payload_outside_the_plain_case_goes_to_torch_load(
+    tmp_path: Path, payload: bytes, torch_loads: list[tuple]
+) -> None:
     path = tmp_path / "p1_study1_view1_frontal_Edema_map.pkl"
-    path.write_bytes(pickle.dumps({"s": _Storage(payload)}, protocol=3))
-    calls = []
-    real = torch.load
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    torch.load = spy
-    try:
-        with pytest.raises(DataFormatError):  # torch rejects both
-            load_torch_pickle(path)
-    finally:
-        torch.load = real
-    assert len(calls) == 1
+    path.write_bytes(pickle.dumps({"s": StoragePayload(payload)}, protocol=3))
+    with pytest.raises(DataFormatError):  # torch rejects each of them
+        load_torch_pickle(path)
+    assert len(torch_loads) == 1
 
 
 def _heatmap(tmp_path: Path) -> Path:
@@ -215,3 +184,17 @@ def test_heatmap_map_equals_plain_pickle_load(tmp_path: Path) -> None:
     got = load_heatmap_pickle(path)
     assert torch.equal(got["map"], want["map"])
     assert got["map"].dtype == torch.float32
+
+
+def test_key_list_naming_a_missing_record_is_reported_as_bad_data(tmp_path: Path) -> None:
+    """torch.load asserts on it; the reader reports it as the file's problem instead."""
+    path = tmp_path / "p1_study1_view1_frontal_Edema_map.pkl"
+    path.write_bytes(
+        pickle.dumps({"s": StoragePayload(_payload(4, 4, keys=("0", "1")))}, protocol=3)
+    )
+    with pytest.raises(
+        DataFormatError,
+        match=r"Edema_map\.pkl \(tensor storage\): not a readable legacy torch\.save payload: "
+        r"storage key '1' not found",
+    ):
+        load_torch_pickle(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import pickle
 import struct
 from collections import OrderedDict
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.io.legacy_payloads import StoragePayload, legacy_storage_payload
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io import safe_pickle
@@ -93,47 +93,11 @@ def test_tensor_state_cannot_be_set_by_the_pickle(tmp_path: Path) -> None:
         load_torch_pickle(path)
 
 
-def _legacy_storage_payload(claimed: int, data: bytes) -> bytes:
-    """What ``torch.storage._load_from_bytes`` receives, with a chosen element count."""
-    marker = object()
-
-    class P(pickle.Pickler):
-        def persistent_id(self, obj):
-            return (
-                ("storage", torch.FloatStorage, "0", "cpu", claimed, None)
-                if obj is marker
-                else None
-            )
-
-    out = io.BytesIO()
-    for value in (
-        0x1950A86A20F9469CFC6C,
-        1001,
-        {
-            "protocol_version": 1001,
-            "little_endian": True,
-            "type_sizes": {"short": 2, "int": 4, "long": 4},
-        },
-    ):
-        pickle.dump(value, out, protocol=2)
-    P(out, protocol=2).dump(marker)
-    pickle.dump(["0"], out, protocol=2)
-    return out.getvalue() + struct.pack("<q", claimed) + data
-
-
-class _Storage:
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-    def __reduce__(self):
-        return (torch.storage._load_from_bytes, (self.payload,))
-
-
 def test_storage_cannot_claim_more_than_the_bytes_that_follow(tmp_path: Path) -> None:
     honest = _write(
         tmp_path,
         pickle.dumps(
-            {"s": _Storage(_legacy_storage_payload(4, np.arange(4, dtype="<f4").tobytes()))},
+            {"s": StoragePayload(legacy_storage_payload(4, np.arange(4, dtype="<f4").tobytes()))},
             protocol=3,
         ),
         "ok.pkl",
@@ -144,7 +108,9 @@ def test_storage_cannot_claim_more_than_the_bytes_that_follow(tmp_path: Path) ->
     )
     path = _write(
         tmp_path,
-        pickle.dumps({"s": _Storage(_legacy_storage_payload(BIG // 4, bytes(16)))}, protocol=3),
+        pickle.dumps(
+            {"s": StoragePayload(legacy_storage_payload(BIG // 4, bytes(16)))}, protocol=3
+        ),
     )
     for load in (load_torch_pickle, lambda p: load_heatmap_pickle(p, keys=("s",))):
         with pytest.raises(

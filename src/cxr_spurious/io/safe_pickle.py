@@ -816,7 +816,10 @@ def _load_storage_from_bytes(data: bytes, ctx: _Context | None = None) -> Any:
         and _plain_legacy_head(data, heads, (keys_at, pos), inner)
     ):
         return _single_storage(data, pos, *header.storages[0], inner)
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except AssertionError as exc:  # torch asserts on a key list that names a missing record
+        raise inner.error(f"not a readable legacy torch.save payload: {exc}") from exc
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER (legacy format)

@@ -17,6 +17,8 @@ Usage:
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 
 import numpy as np
@@ -26,6 +28,8 @@ from cxr_spurious.localization.bilinear import BilinearMap
 from cxr_spurious.localization.kernels import segment_map_cpu
 from cxr_spurious.localization.metrics import rle_runs
 from cxr_spurious.localization.segmentation import SegmentationConfig
+
+logger = logging.getLogger(__name__)
 
 
 def warm_kernels(seed: int = 0) -> dict[str, float]:
@@ -76,12 +80,13 @@ def warm_kernels(seed: int = 0) -> dict[str, float]:
 
 
 def main() -> None:
-    """Print what was compiled (or loaded from the cache) and how long each group took."""
+    """Report (on stdout) how long compiling or loading each group of kernels took."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     start = time.perf_counter()
     times = warm_kernels()
     parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in times.items())
     total = time.perf_counter() - start
-    print(f"numba kernels compiled or loaded from the cache in {total:.1f} s ({parts})")
+    logger.info(f"numba kernels compiled or loaded from the cache in {total:.1f} s ({parts})")
 
 
 if __name__ == "__main__":
