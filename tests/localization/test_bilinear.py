@@ -4,6 +4,7 @@ Both are checked for exact agreement.
 """
 
 import cv2
+import numba
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,10 @@ from pycocotools import mask as mask_utils
 
 from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.localization.bilinear import (
+    _SPREAD_PAD,
     BilinearMap,
+    _axis,
+    _fma,
     _group_rows,
     _width_part,
     bilinear_taps,
@@ -367,16 +371,43 @@ def test_histogram_on_flat_cells_equals_reference_uint8_image():
         np.testing.assert_array_equal(bm.histogram(lo, hi), np.bincount(u8.ravel(), minlength=256))
 
 
-def test_group_rows_hold_the_width_rows_over_every_requested_range():
-    """The histogram's two row buffers: rows reused across groups, columns filled on demand."""
+@numba.njit
+def _width_direct(r, xi0, xi1, xw0, xw1, out):
+    """The width pass indexed per output column: torch's formula as written."""
+    for x in range(out.shape[0]):
+        out[x] = _fma(r[xi0[x]], xw0[x], r[xi1[x]] * xw1[x])
+
+
+@pytest.mark.parametrize(
+    ("w0", "w", "cases"),
+    [
+        (13, 97, {8, 16}),
+        (13, 160, {8, 16, 17}),
+        (7, 150, {16, 17}),
+        (5, 200, {17}),
+        (40, 23, {8}),
+    ],
+)
+def test_group_rows_hold_the_width_rows_over_every_requested_range(w0, w, cases):
+    """The histogram's two row buffers: rows reused across groups, columns filled on demand.
+
+    Cells of up to 8, 9-16 and over 16 columns (the spread stores' three cases: 13 -> 97,
+    13 -> 160, 7 -> 150 and 5 -> 200 px), and a downsampling (one column per cell).
+    """
     rng = np.random.default_rng(16)
-    m = rng.random((11, 13)).astype(np.float32)
-    w = 97
-    xi0, xi1, xw0, xw1 = bilinear_taps(13, w)
+    m = rng.random((11, w0)).astype(np.float32)
+    xi0, xi1, xw0, xw1, xs, xe = _axis(w0, w)
+    widths = xe - xs  # cells of <= 8 columns, 9-16, over 16
+    assert set(np.select([widths <= 8, widths <= 16], [8, 16], 17).tolist()) == cases
+    spread = np.full((2, w + _SPREAD_PAD), np.nan, np.float32)
     rows = np.empty((11, w), np.float32)
     for k in range(11):
-        _width_part(m[k], xi0, xi1, xw0, xw1, rows[k], 0, w)
-    np.testing.assert_array_equal(rows, BilinearMap(m[:, :], 11, w).full())  # same width pass
+        _width_part(m[k], xi0, xi1, xw0, xw1, xs, xe, spread, rows[k], 0, w)
+    direct = np.empty((11, w), np.float32)
+    for k in range(11):
+        _width_direct(m[k], xi0, xi1, xw0, xw1, direct[k])
+    np.testing.assert_array_equal(rows, direct)
+    np.testing.assert_array_equal(rows, BilinearMap(m, 11, w).full())  # same width pass
     bufs = np.zeros((2, w), np.float32)
     state = np.full((2, 3), -1, np.int64)
     k0 = 0
@@ -385,7 +416,8 @@ def test_group_rows_hold_the_width_rows_over_every_requested_range():
         k1 = min(k0 + 1, 10)
         a = int(rng.integers(0, w))
         b = int(rng.integers(a, w + 1))
-        i0, i1 = _group_rows(m, xi0, xi1, xw0, xw1, k0, k1, bufs, state, a, b)
+        args = (xi0, xi1, xw0, xw1, xs, xe, spread)
+        i0, i1 = _group_rows(m, *args, k0, k1, bufs, state, a, b)
         assert i0 != i1
         np.testing.assert_array_equal(bufs[i0, a:b], rows[k0, a:b])
         np.testing.assert_array_equal(bufs[i1, a:b], rows[k1, a:b])

@@ -203,42 +203,120 @@ def _extremes(
     return np.float32(ext[0]), np.float32(ext[1]), np.int64(ext[2]), np.int64(ext[3])
 
 
-@numba.njit(cache=True, nogil=True)
-def _width_part(r, xi0, xi1, xw0, xw1, out, a, b):  # pragma: no cover - compiled
-    """``out[a:b]``: source row ``r`` interpolated along the width at output columns [a, b)."""
-    for x in range(a, b):
-        out[x] = _fma(r[xi0[x]], xw0[x], r[xi1[x]] * xw1[x])
+# Padding, in values, after the end of ``_width_part``'s ``spread`` rows: a cell is spread
+# with whole 8- or 16-value stores that may run past the last column.
+_SPREAD_PAD = 16
+
+
+@intrinsic
+def _splat8(typingctx, arr, start, val):  # pragma: no cover - compiled
+    """Store ``val`` into ``arr[start : start + 8]`` (1-D C-contiguous float32) at once.
+
+    One 8-lane vector store (LLVM lowers it to the machine's widest stores); the caller
+    guarantees ``start + 8 <= len(arr)`` (no bounds check).
+    """
+    ok = (
+        isinstance(arr, types.Array)
+        and arr.dtype == types.float32
+        and arr.ndim == 1
+        and arr.layout == "C"
+    )
+    if not ok:
+        return None
+    sig = types.void(arr, types.intp, types.float32)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        lanes = ir.VectorType(ir.FloatType(), 8)
+        one = builder.insert_element(
+            ir.Constant(lanes, ir.Undefined), args[2], ir.Constant(ir.IntType(32), 0)
+        )
+        vec = builder.shuffle_vector(
+            one,
+            ir.Constant(lanes, ir.Undefined),
+            ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8),
+        )
+        target = builder.bitcast(builder.gep(data, [args[1]]), lanes.as_pointer())
+        builder.store(vec, target, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @numba.njit(cache=True, nogil=True)
-def _cover(m, xi0, xi1, xw0, xw1, k, buf, state, a, b):  # pragma: no cover - compiled
+def _fma_rows(a, b, wa, wb, out):  # pragma: no cover - compiled
+    """``out[x] = fma(a[x], wa[x], b[x] * wb[x])`` (views from 0: LLVM vectorises it)."""
+    for x in range(out.shape[0]):
+        out[x] = _fma(a[x], wa[x], b[x] * wb[x])
+
+
+@numba.njit(cache=True, nogil=True)
+def _width_part(r, xi0, xi1, xw0, xw1, xs, xe, spread, out, a, b):  # pragma: no cover - compiled
+    """``out[a:b]``: source row ``r`` interpolated along the width at output columns [a, b).
+
+    The output columns of a cell (x group ``j``: columns ``xs[j]:xe[j]``) share their two
+    source values, so these are spread over the cell's columns first (``spread`` (2,
+    ``w + _SPREAD_PAD``) scratch rows; one or two 8-lane stores per value and cell, each
+    cell's stores overwriting the previous cell's overrun), then one contiguous
+    vectorised pass computes ``fma(r[j0], wx0, r[j1] * wx1)``: the same float32
+    operations as indexing ``r`` per column (``r[xi0[x]]``, 3-4x slower: one gathered
+    load per value and column).
+    """
+    j = np.searchsorted(xs, a, side="right") - 1
+    sa, sb = spread[0], spread[1]
+    while j < xs.shape[0] and xs[j] < b:
+        s, n = xs[j], xe[j] - xs[j]
+        va, vb = r[xi0[s]], r[xi1[s]]
+        if n <= 8:
+            _splat8(sa, s, va)
+            _splat8(sb, s, vb)
+        elif n <= 16:
+            _splat8(sa, s, va)
+            _splat8(sa, s + 8, va)
+            _splat8(sb, s, vb)
+            _splat8(sb, s + 8, vb)
+        else:
+            sa[s : s + n] = va
+            sb[s : s + n] = vb
+        j += 1
+    _fma_rows(sa[a:b], sb[a:b], xw0[a:b], xw1[a:b], out[a:b])
+
+
+@numba.njit(cache=True, nogil=True)
+def _cover(
+    m, xi0, xi1, xw0, xw1, xs, xe, spread, k, buf, state, a, b
+):  # pragma: no cover - compiled
     """Make ``buf`` hold source row ``k`` width-interpolated over at least [a, b).
 
     ``state`` = [row, v0, v1]: the row ``buf`` holds and its valid columns [v0, v1). Only
     the missing columns are computed (the values do not depend on the range).
     """
+    args = (xi0, xi1, xw0, xw1, xs, xe, spread, buf)
     if state[0] != k:
-        _width_part(m[k], xi0, xi1, xw0, xw1, buf, a, b)
+        _width_part(m[k], *args, a, b)
         state[0], state[1], state[2] = k, a, b
         return
     v0, v1 = state[1], state[2]
     if b < v0 or a > v1:  # disjoint from the valid range: keep the request only
-        _width_part(m[k], xi0, xi1, xw0, xw1, buf, a, b)
+        _width_part(m[k], *args, a, b)
         state[1], state[2] = a, b
         return
     if a < v0:
-        _width_part(m[k], xi0, xi1, xw0, xw1, buf, a, v0)
+        _width_part(m[k], *args, a, v0)
         state[1] = a
     if b > v1:
-        _width_part(m[k], xi0, xi1, xw0, xw1, buf, v1, b)
+        _width_part(m[k], *args, v1, b)
         state[2] = b
 
 
 @numba.njit(cache=True, nogil=True)
-def _group_rows(m, xi0, xi1, xw0, xw1, k0, k1, bufs, state, a, b):  # pragma: no cover - compiled
+def _group_rows(
+    m, xi0, xi1, xw0, xw1, xs, xe, spread, k0, k1, bufs, state, a, b
+):  # pragma: no cover - compiled
     """Width-interpolated source rows ``k0`` and ``k1`` over columns [a, b).
 
-    ``bufs`` (2, w) and ``state`` (2, 3) persist across a map's row groups: consecutive
+    ``spread`` is ``_width_part``'s scratch. ``bufs`` (2, w) and ``state`` (2, 3) persist
+    across a map's row groups: consecutive
     groups share a source row, which stays where it is and is not recomputed; only the
     columns a group needs are computed (the histogram needs its mixed cells' span only).
 
@@ -249,8 +327,8 @@ def _group_rows(m, xi0, xi1, xw0, xw1, k0, k1, bufs, state, a, b):  # pragma: no
     if i0 < 0:  # neither holds k0: take the buffer that does not hold k1
         i0 = 1 if state[0, 0] == k1 else 0
     i1 = 1 - i0
-    _cover(m, xi0, xi1, xw0, xw1, k0, bufs[i0], state[i0], a, b)
-    _cover(m, xi0, xi1, xw0, xw1, k1, bufs[i1], state[i1], a, b)
+    _cover(m, xi0, xi1, xw0, xw1, xs, xe, spread, k0, bufs[i0], state[i0], a, b)
+    _cover(m, xi0, xi1, xw0, xw1, xs, xe, spread, k1, bufs[i1], state[i1], a, b)
     return i0, i1
 
 
@@ -285,6 +363,7 @@ def _histogram(
     ny, nx = clo.shape
     w = xi0.shape[0]
     bufs = np.empty((2, w), np.float32)
+    spread = np.empty((2, w + _SPREAD_PAD), np.float32)
     state = np.full((2, 3), -1, np.int64)
     levels = np.empty(w, np.uint8)
     starts = np.empty(nx, np.int64)  # merged x-ranges of the group's mixed cells
@@ -314,7 +393,9 @@ def _histogram(
         if nr == 0:
             continue
         lo_x, hi_x = starts[0], ends[nr - 1]
-        i0, i1 = _group_rows(m, xi0, xi1, xw0, xw1, yk0[g], yk1[g], bufs, state, lo_x, hi_x)
+        i0, i1 = _group_rows(
+            m, xi0, xi1, xw0, xw1, xs, xe, spread, yk0[g], yk1[g], bufs, state, lo_x, hi_x
+        )
         ra, rb = bufs[i0], bufs[i1]
         for y in range(ys[g], ye[g]):
             wa, wb = yw0[y], yw1[y]
@@ -501,14 +582,19 @@ def _edge_counts(
 
 
 @numba.njit(cache=True, nogil=True)
-def _full(m, xi0, xi1, xw0, xw1, yk0, ys, ye, yk1, yw0, yw1, h):  # pragma: no cover - compiled
+def _full(
+    m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1, h
+):  # pragma: no cover - compiled
     """The upsampled map, (h, w) C order."""
     w = xi0.shape[0]
     out = np.empty((h, w), np.float32)
     bufs = np.empty((2, w), np.float32)
+    spread = np.empty((2, w + _SPREAD_PAD), np.float32)
     state = np.full((2, 3), -1, np.int64)
     for g in range(yk0.shape[0]):
-        i0, i1 = _group_rows(m, xi0, xi1, xw0, xw1, yk0[g], yk1[g], bufs, state, 0, w)
+        i0, i1 = _group_rows(
+            m, xi0, xi1, xw0, xw1, xs, xe, spread, yk0[g], yk1[g], bufs, state, 0, w
+        )
         ra, rb = bufs[i0], bufs[i1]
         for y in range(ys[g], ye[g]):
             wa, wb = yw0[y], yw1[y]
@@ -708,4 +794,4 @@ class BilinearMap:
         """The upsampled map, (height, width) float32, equal to torch's ``F.interpolate``."""
         if self.src.shape == (self.height, self.width):
             return self.src
-        return _full(self.src, *self._x, *self._y, self.height)
+        return _full(self.src, *self._x, self._xs, self._xe, *self._y, self.height)
