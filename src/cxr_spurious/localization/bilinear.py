@@ -154,11 +154,13 @@ def _cell_extremes(
 ):  # pragma: no cover - compiled
     """Fold cell (g, j)'s pixels into ``ext`` = [min, max, argmax row, argmax col] (float64)."""
     k0, k1 = yk0[g], yk1[g]
+    j0, j1 = xi0[xs[j]], xi1[xs[j]]  # the cell's source columns (one pair per x group)
+    a0, b0, a1, b1 = m[k0, j0], m[k0, j1], m[k1, j0], m[k1, j1]
     vmin, vmax = np.float32(ext[0]), np.float32(ext[1])
     arow, acol = np.int64(ext[2]), np.int64(ext[3])
     for x in range(xs[j], xe[j]):
-        c0 = _fma(m[k0, xi0[x]], xw0[x], m[k0, xi1[x]] * xw1[x])
-        c1 = _fma(m[k1, xi0[x]], xw0[x], m[k1, xi1[x]] * xw1[x])
+        c0 = _fma(a0, xw0[x], b0 * xw1[x])
+        c1 = _fma(a1, xw0[x], b1 * xw1[x])
         for y in range(ys[g], ye[g]):
             v = _fma(c0, yw0[y], c1 * yw1[y])
             if v < vmin:
@@ -440,6 +442,8 @@ def _runs(
     )  # the x group's column as segments: merged whole cells, or one mixed cell
     seg_len = np.empty(ny, np.int64)
     seg_state = np.empty(ny, np.int8)  # 1 inside, 0 outside, -1 mixed
+    # a mixed segment's four source values: rows k0, k1 at the group's columns j0, j1
+    seg_src = np.empty((ny, 4), np.float32)
     counts = np.empty(4096, np.int64)
     n = 0
     cur = np.int8(0)
@@ -456,12 +460,17 @@ def _runs(
     for j in range(nx):
         ns = 0
         bound = 0  # run ends one column of this group can add: 1 per whole segment, 1 per pixel
+        j0, j1 = xi0[xs[j]], xi1[xs[j]]
         for g in range(ny):
             st = cell_state[g, j]
             if st >= 0 and ns > 0 and seg_state[ns - 1] == st:
                 seg_len[ns - 1] += ye[g] - ys[g]
             else:
                 seg_g[ns], seg_len[ns], seg_state[ns] = g, ye[g] - ys[g], st
+                if st < 0:
+                    k0, k1 = yk0[g], yk1[g]
+                    seg_src[ns, 0], seg_src[ns, 1] = m[k0, j0], m[k0, j1]
+                    seg_src[ns, 2], seg_src[ns, 3] = m[k1, j0], m[k1, j1]
                 ns += 1
                 bound += 1 if st >= 0 else ye[g] - ys[g]
         need = n + bound * (xe[j] - xs[j]) + 1
@@ -480,9 +489,8 @@ def _runs(
                     length += seg_len[s]
                     continue
                 g = seg_g[s]
-                k0, k1 = yk0[g], yk1[g]
-                c0 = _fma(m[k0, xi0[x]], xw0[x], m[k0, xi1[x]] * xw1[x])
-                c1 = _fma(m[k1, xi0[x]], xw0[x], m[k1, xi1[x]] * xw1[x])
+                c0 = _fma(seg_src[s, 0], xw0[x], seg_src[s, 1] * xw1[x])
+                c1 = _fma(seg_src[s, 2], xw0[x], seg_src[s, 3] * xw1[x])
                 for y in range(ys[g], ye[g]):
                     on = np.int8(1) if _fma(c0, yw0[y], c1 * yw1[y]) >= edge else np.int8(0)
                     if on != cur:
@@ -542,9 +550,11 @@ def _edge_counts(
             if b0 == b1:
                 area[b0] += rows * (xe[j] - xs[j])
                 continue
+            j0, j1 = xi0[xs[j]], xi1[xs[j]]  # the cell's source columns
+            s00, s01, s10, s11 = m[k0, j0], m[k0, j1], m[k1, j0], m[k1, j1]
             for x in range(xs[j], xe[j]):
-                c0 = _fma(m[k0, xi0[x]], xw0[x], m[k0, xi1[x]] * xw1[x])
-                c1 = _fma(m[k1, xi0[x]], xw0[x], m[k1, xi1[x]] * xw1[x])
+                c0 = _fma(s00, xw0[x], s01 * xw1[x])
+                c1 = _fma(s10, xw0[x], s11 * xw1[x])
                 for y in range(ys[g], ye[g]):
                     area[_bucket_between(_fma(c0, yw0[y], c1 * yw1[y]), edges, b0, b1)] += 1
     col_group = np.empty(xi0.shape[0], np.int64)
