@@ -261,8 +261,8 @@ def _width_part(r, xi0, xi1, xw0, xw1, xs, xe, spread, out, a, b):  # pragma: no
     ``w + _SPREAD_PAD``) scratch rows; one or two 8-lane stores per value and cell, each
     cell's stores overwriting the previous cell's overrun), then one contiguous
     vectorised pass computes ``fma(r[j0], wx0, r[j1] * wx1)``: the same float32
-    operations as indexing ``r`` per column (``r[xi0[x]]``, 3-4x slower: one gathered
-    load per value and column).
+    operations as indexing ``r`` per column (``r[xi0[x]]``), without a gathered load per
+    value and column (the histogram's width pass took 0.6-0.7 of its 2.2 ms that way).
     """
     j = np.searchsorted(xs, a, side="right") - 1
     sa, sb = spread[0], spread[1]
@@ -318,9 +318,9 @@ def _group_rows(
     """Width-interpolated source rows ``k0`` and ``k1`` over columns [a, b).
 
     ``spread`` is ``_width_part``'s scratch. ``bufs`` (2, w) and ``state`` (2, 3) persist
-    across a map's row groups: consecutive
-    groups share a source row, which stays where it is and is not recomputed; only the
-    columns a group needs are computed (the histogram needs its mixed cells' span only).
+    across a map's row groups: consecutive groups share a source row, which stays where it
+    is and is not recomputed; only the columns a group needs are computed (the histogram
+    needs its mixed cells' span only).
 
     Returns:
         The indices in ``bufs`` of row ``k0`` and row ``k1``.
