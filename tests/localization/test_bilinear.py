@@ -13,9 +13,11 @@ from pycocotools import mask as mask_utils
 
 from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.localization.bilinear import (
+    _LEVELS_PAD,
     _SPREAD_PAD,
     BilinearMap,
     _axis,
+    _count_runs,
     _fma,
     _group_rows,
     _width_part,
@@ -423,7 +425,38 @@ def test_group_rows_hold_the_width_rows_over_every_requested_range(w0, w, cases)
         np.testing.assert_array_equal(bufs[i1, a:b], rows[k1, a:b])
 
 
-def test_histogram_refuses_maps_beyond_its_counters():
-    bm = BilinearMap(np.arange(4, dtype=np.float32).reshape(2, 2), 1 << 16, 1 << 15)
-    with pytest.raises(ValueError, match="2\\*\\*31"):
-        bm.histogram(0.0, 3.0)
+def test_count_runs_equals_a_bincount_of_the_range():
+    """Runs shorter and longer than the 64-level blocks, changes on the blocks' edges.
+
+    The bytes after ``b`` (the rest of the row and the padding) differ from its last level,
+    so counting one of them, or missing a change between two blocks, shows.
+    """
+    rng = np.random.default_rng(17)
+    w = 700
+    for trial in range(300):
+        lengths = rng.choice([1, 2, 7, 63, 64, 65, 130], size=40)
+        values = rng.integers(0, 256, size=lengths.size).astype(np.uint8)
+        row = np.repeat(values, lengths)[:w]
+        levels = np.full(w + _LEVELS_PAD, 255 - row[-1], np.uint8)
+        levels[: row.size] = row
+        a = int(rng.integers(0, min(row.size, 150)))
+        b = int(rng.integers(a + 1, row.size + 1))
+        if trial % 3 == 0:  # a range ending on a block's edge, the last block full
+            b = min(a + 1 + 64 * int(rng.integers(1, 5)), row.size)
+        levels[b:] = 255 - levels[b - 1]
+        hist = np.zeros(256, np.int64)
+        _count_runs(levels, a, b, hist)
+        np.testing.assert_array_equal(hist, np.bincount(levels[a:b], minlength=256))
+
+
+def test_histogram_over_wide_spans_equals_reference_uint8_image():
+    """Rows whose mixed cells span several 64-level blocks, with frequent level changes."""
+    rng = np.random.default_rng(18)
+    for shape, (h, w) in (((40, 40), (90, 700)), ((20, 60), (64, 1000))):
+        m = rng.random(shape).astype(np.float32)
+        bm = BilinearMap(m, h, w)
+        lo, hi, _ = bm.extremes()
+        span = np.float32(np.float32(hi) - np.float32(lo))
+        u8 = ((bm.full() - np.float32(lo)) / span * np.float32(255)).astype(np.uint8)
+        assert (np.diff(u8.astype(int), axis=1) != 0).mean() > 0.2  # frequent changes
+        np.testing.assert_array_equal(bm.histogram(lo, hi), np.bincount(u8.ravel(), minlength=256))

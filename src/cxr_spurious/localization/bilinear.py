@@ -31,7 +31,7 @@ most of that unnecessary:
    pixel's level. A cell whose interval lies within one level is counted at once; the
    other cells are evaluated row by row from the width-interpolated source rows, which
    are computed over those cells' span only (contiguous, vectorised; nothing full-size
-   kept).
+   kept), and each row's levels are counted run by run (64 levels compared at once).
 
 So the masks, argmax and histograms equal those of the reference's torch arithmetic, not
 only up to rounding, and no full-size array is allocated unless a caller asks for
@@ -351,6 +351,82 @@ def _row_levels(ra, rb, wa, wb, lo, span, out):  # pragma: no cover - compiled
         out[x] = _level(_fma(ra[x], wa, rb[x] * wb), lo, span)
 
 
+# Padding, in bytes, after the end of the histogram's ``levels`` row: a change mask reads
+# 64 levels at once and may run past the last column (the bits past it are cleared).
+_LEVELS_PAD = 64
+
+
+@intrinsic
+def _change_mask64(typingctx, arr, i):  # pragma: no cover - compiled
+    """Bit ``k`` set where ``arr[i + k] != arr[i + k - 1]``, for k in 0..63 (uint64).
+
+    Two unaligned 64-byte loads, one vector compare (AVX-512: one ``vpcmpb`` into a mask
+    register; AVX2: two compares and two byte-mask moves). ``arr`` is 1-D C-contiguous
+    uint8; the caller guarantees ``1 <= i`` and ``i + 64 <= len(arr)`` (no bounds check).
+    """
+    ok = (
+        isinstance(arr, types.Array)
+        and arr.dtype == types.uint8
+        and arr.ndim == 1
+        and arr.layout == "C"
+    )
+    if not ok:
+        return None
+    sig = types.uint64(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        lanes = ir.VectorType(ir.IntType(8), 64).as_pointer()
+        before = builder.sub(args[1], ir.Constant(args[1].type, 1))
+        here = builder.load(builder.bitcast(builder.gep(data, [args[1]]), lanes), align=1)
+        prev = builder.load(builder.bitcast(builder.gep(data, [before]), lanes), align=1)
+        return builder.bitcast(builder.icmp_unsigned("!=", here, prev), ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _lowest_bit(typingctx, mask):  # pragma: no cover - compiled
+    """Index of the lowest set bit of a non-zero uint64 (``llvm.cttz``, one ``tzcnt``)."""
+    if mask != types.uint64:
+        return None
+    sig = types.intp(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = builder.module.declare_intrinsic(
+            "llvm.cttz", [i64], ir.FunctionType(i64, [i64, ir.IntType(1)])
+        )
+        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 1)])
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_runs(levels, a, b, hist):  # pragma: no cover - compiled
+    """Add the levels ``levels[a:b]`` (``a < b``) to ``hist``, one run of equal levels at once.
+
+    Along an output row the level changes about once in 8 pixels where it changes at all
+    (the mixed cells' span), so the row is scanned 64 levels at a time for changes
+    (``_change_mask64``), and each run adds its length to its level's bin: a few
+    instructions per change instead of one table increment per pixel. ``levels`` holds
+    ``_LEVELS_PAD`` bytes after ``b`` (read, never counted).
+    """
+    cur, start = levels[a], a
+    i = a + 1
+    while i < b:
+        mask = _change_mask64(levels, i)
+        if b - i < 64:  # the last block: only the changes before b
+            mask &= (np.uint64(1) << np.uint64(b - i)) - np.uint64(1)
+        while mask != 0:
+            p = i + _lowest_bit(mask)
+            hist[cur] += p - start
+            cur, start = levels[p], p
+            mask &= mask - np.uint64(1)
+        i += 64
+    hist[cur] += b - start
+
+
 @numba.njit(cache=True, nogil=True)
 def _histogram(
     m, xi0, xi1, xw0, xw1, xs, xe, yk0, ys, ye, yk1, yw0, yw1, clo, chi, lo, span
@@ -358,64 +434,43 @@ def _histogram(
     """256-bin histogram of ``uint8(255 * (v - lo) / span)`` over all output pixels.
 
     A cell whose interval maps to one level (the level is non-decreasing in ``v``) is
-    counted at once; the pixels of the other cells are evaluated row by row over the
-    merged x-ranges of such cells (contiguous, vectorised), from the width-interpolated
-    source rows, which are computed over the span of those ranges only (``_group_rows``).
+    counted at once, unless it lies between the row group's first and last mixed cells:
+    that span is evaluated row by row (contiguous, vectorised), from the width-interpolated
+    source rows, which are computed over the span only (``_group_rows``), and its levels
+    are counted run by run (``_count_runs``).
     """
     ny, nx = clo.shape
     w = xi0.shape[0]
     bufs = np.empty((2, w), np.float32)
     spread = np.empty((2, w + _SPREAD_PAD), np.float32)
     state = np.full((2, 3), -1, np.int64)
-    levels = np.empty(w, np.uint8)
-    starts = np.empty(nx, np.int64)  # merged x-ranges of the group's mixed cells
-    ends = np.empty(nx, np.int64)
-    hist = np.zeros(256, np.int64)  # whole cells
-    # interleaved counters of the evaluated pixels (no store-to-load stalls); int32 (half
-    # the cache lines of int64, 15 % faster) holds them: ``histogram`` refuses maps of
-    # 2**31 pixels or more
-    sub = np.zeros((4, 256), np.int32)
+    levels = np.zeros(w + _LEVELS_PAD, np.uint8)
+    hist = np.zeros(256, np.int64)
     la = np.empty(nx, np.float64)  # lowest and highest level a cell's values can have
     lb = np.empty(nx, np.float64)
     lo64, inv = np.float64(lo), 255.0 / np.float64(span)
     for g in range(ny):
         rows = ye[g] - ys[g]
-        nr = 0
         for j in range(nx):  # vectorised
             la[j] = max(np.floor((clo[g, j] - lo64) * inv - _LEVEL_SLACK), 0.0)
             lb[j] = min(np.floor((chi[g, j] - lo64) * inv + _LEVEL_SLACK), 255.0)
+        first, last = nx, -1  # the first and last mixed cells
         for j in range(nx):
-            if la[j] == lb[j]:
+            if la[j] != lb[j]:
+                first, last = min(first, j), j
+        for j in range(nx):
+            if j < first or j > last:
                 hist[np.int64(la[j])] += rows * (xe[j] - xs[j])
-            elif nr > 0 and ends[nr - 1] == xs[j]:
-                ends[nr - 1] = xe[j]
-            else:
-                starts[nr], ends[nr] = xs[j], xe[j]
-                nr += 1
-        if nr == 0:
+        if last < 0:
             continue
-        lo_x, hi_x = starts[0], ends[nr - 1]
+        lo_x, hi_x = xs[first], xe[last]
         i0, i1 = _group_rows(
             m, xi0, xi1, xw0, xw1, xs, xe, spread, yk0[g], yk1[g], bufs, state, lo_x, hi_x
         )
         ra, rb = bufs[i0], bufs[i1]
         for y in range(ys[g], ye[g]):
-            wa, wb = yw0[y], yw1[y]
-            # levels over the span of the mixed ranges (vectorised; short loops would not be)
-            _row_levels(ra[lo_x:hi_x], rb[lo_x:hi_x], wa, wb, lo, span, levels[lo_x:hi_x])
-            for r in range(nr):
-                i, e = starts[r], ends[r]
-                while i + 4 <= e:
-                    sub[0, levels[i]] += 1
-                    sub[1, levels[i + 1]] += 1
-                    sub[2, levels[i + 2]] += 1
-                    sub[3, levels[i + 3]] += 1
-                    i += 4
-                while i < e:
-                    sub[0, levels[i]] += 1
-                    i += 1
-    for k in range(256):
-        hist[k] += np.int64(sub[0, k]) + sub[1, k] + sub[2, k] + sub[3, k]
+            _row_levels(ra[lo_x:hi_x], rb[lo_x:hi_x], yw0[y], yw1[y], lo, span, levels[lo_x:hi_x])
+            _count_runs(levels, lo_x, hi_x, hist)
     return hist
 
 
@@ -762,10 +817,6 @@ class BilinearMap:
         span = np.float32(np.float32(hi) - np.float32(lo))
         if not span > 0:
             raise ValueError(f"histogram needs hi > lo, got lo={lo}, hi={hi}")
-        if self.height * self.width >= 1 << 31:  # the kernel's int32 counters
-            raise ValueError(
-                f"histogram counts up to 2**31 - 1 pixels, got {self.height} x {self.width}"
-            )
         return _histogram(*self._cell_args(), np.float32(lo), span)
 
     def runs(self, edge: float) -> np.ndarray:
