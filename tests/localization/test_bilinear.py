@@ -17,9 +17,11 @@ from cxr_spurious.localization.bilinear import (
     _SPREAD_PAD,
     BilinearMap,
     _axis,
+    _cell_bounds,
     _count_runs,
     _fma,
     _group_rows,
+    _max_abs,
     _width_part,
     bilinear_taps,
     rle_from_runs,
@@ -460,3 +462,30 @@ def test_histogram_over_wide_spans_equals_reference_uint8_image():
         u8 = ((bm.full() - np.float32(lo)) / span * np.float32(255)).astype(np.uint8)
         assert (np.diff(u8.astype(int), axis=1) != 0).mean() > 0.2  # frequent changes
         np.testing.assert_array_equal(bm.histogram(lo, hi), np.bincount(u8.ravel(), minlength=256))
+
+
+@pytest.mark.parametrize("kind", ["random", "signed", "plateau", "constant", "ties_in_a_row"])
+def test_cell_bounds_find_the_cells_argmax_and_argmin_would(kind):
+    """The first largest upper and smallest lower bound in C order, ties included."""
+    rng = np.random.default_rng(19)
+    if kind == "random":
+        m = rng.random((30, 41)).astype(np.float32)
+    elif kind == "signed":
+        m = (rng.random((30, 41)) - 0.7).astype(np.float32)
+    elif kind == "plateau":  # equal bounds over blocks of cells, in several rows
+        m = np.zeros((30, 41), np.float32)
+        m[10:14, 5:9] = 0.5
+        m[20:22, 1:3] = -0.25
+    elif kind == "constant":
+        m = np.full((30, 41), 0.25, np.float32)
+    else:  # the maximum tied in one row at columns 30 and 3: the earlier column wins
+        m = rng.random((30, 41)).astype(np.float32) * 0.5
+        m[12, 30] = m[12, 3] = m[25, 0] = 1.0
+    for h, w in ((97, 203), (30, 41), (12, 17)):
+        xi0, xi1, _, _, xs, _ = _axis(41, w)
+        yi0, yi1, _, _, ys, _ = _axis(30, h)
+        lo, hi, best, low = _cell_bounds(m, xi0[xs], xi1[xs], yi0[ys], yi1[ys])
+        assert best == np.argmax(hi.ravel())
+        assert low == np.argmin(lo.ravel())
+        assert (lo <= hi).all()
+    assert _max_abs(m) == np.abs(m).max()
