@@ -526,15 +526,17 @@ def _histogram(
         for j in range(nx):  # vectorised
             la[j] = max(np.floor((clo[g, j] - lo64) * inv - _LEVEL_SLACK), 0.0)
             lb[j] = min(np.floor((chi[g, j] - lo64) * inv + _LEVEL_SLACK), 255.0)
-        first, last = nx, -1  # the first and last mixed cells
-        for j in range(nx):
-            if la[j] != lb[j]:
-                first, last = min(first, j), j
-        for j in range(nx):
-            if j < first or j > last:
-                hist[np.int64(la[j])] += rows * (xe[j] - xs[j])
-        if last < 0:
+        # the single-level cells before the first mixed one and after the last one
+        first = 0
+        while first < nx and la[first] == lb[first]:
+            hist[np.int64(la[first])] += rows * (xe[first] - xs[first])
+            first += 1
+        if first == nx:
             continue
+        last = nx - 1
+        while la[last] == lb[last]:
+            hist[np.int64(la[last])] += rows * (xe[last] - xs[last])
+            last -= 1
         lo_x, hi_x = xs[first], xe[last]
         i0, i1 = _group_rows(
             m, xi0, xi1, xw0, xw1, xs, xe, spread, yk0[g], yk1[g], bufs, state, lo_x, hi_x
