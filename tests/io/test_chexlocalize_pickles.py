@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import pickletools
 from pathlib import Path
@@ -16,6 +17,9 @@ from cxr_spurious.errors import DataFormatError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.chexlocalize import (
     INDEX_BAR_MIN_FILES,
+    PREFETCH_TAIL_BYTES,
+    map_bytes,
+    prefetch_heatmap,
     read_chexlocalize_folder,
     read_heatmap_folder,
     write_chexlocalize_folder,
@@ -183,3 +187,46 @@ def test_index_bar_only_for_folders_that_take_a_while(tmp_path, capsys):
         heatmaps = read_heatmap_folder(folder, workers=1, lazy=True)
         assert len(heatmaps.index) == n_files
         assert ("index heatmaps" in capsys.readouterr().err) is shown, n_files
+
+
+def test_prefetch_covers_the_map_and_the_closing_opcodes(tmp_path, monkeypatch):
+    """The two ranges a worker asks the OS for ahead of time hold every byte the map-only
+    reader needs: the map at the start, and the opcodes after ``cxr_img`` at the end."""
+    rng = np.random.default_rng(2)
+    index = pd.DataFrame(
+        {
+            "image_id": ["patient00001_study1_view1_frontal"],
+            "task": ["Edema"],
+            "prob": [0.5],
+            "gt": [1.0],
+            "cxr_w": 2000,
+            "cxr_h": 1500,
+            "model": "erm",
+            "method": "gradcam",
+        }
+    )
+    maps = rng.random((1, 320, 320)).astype(np.float32)  # the real sample's sizes
+    images = {"patient00001_study1_view1_frontal": np.zeros((320, 320), np.uint8)}
+    write_chexlocalize_folder(HeatmapSet(index, maps), images, tmp_path, progress=False)
+    path = next(tmp_path.glob("*_map.pkl"))
+    raw = path.read_bytes()
+    nbytes = map_bytes(maps.shape[1:])
+    ops = list(pickletools.genops(raw))
+    payloads = [(pos, len(arg)) for op, arg, pos in ops if op.name.startswith("BINBYTES")]
+    assert len(payloads) == 2  # the map's storage, then cxr_img's
+    (map_at, map_len), (img_at, img_len) = payloads
+    assert map_at + map_len < nbytes  # the map and the opcodes around it: the head range
+    tail_start = len(raw) - PREFETCH_TAIL_BYTES
+    assert img_at + img_len > nbytes and img_at + img_len >= tail_start  # then the tail
+    assert ops[-1][0].name == "STOP"
+
+    calls = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, *args: calls.append(args))
+    prefetch_heatmap(path, nbytes)
+    assert calls == [
+        (0, nbytes, os.POSIX_FADV_WILLNEED),
+        (tail_start, PREFETCH_TAIL_BYTES, os.POSIX_FADV_WILLNEED),
+    ]
+    calls.clear()
+    prefetch_heatmap(path, len(raw) + 1)  # the whole file in the head range: one call
+    assert calls == [(0, len(raw) + 1, os.POSIX_FADV_WILLNEED)]
