@@ -5,9 +5,10 @@ Usage:
 
 ``localization/bilinear.py`` as it was at git revision ``REV`` (``git show``) is imported
 beside the current module, and both time the same maps, one after the other in each round
-(same process, same moment, so the machine's load affects both alike): the exact extremes,
-the Otsu mask's runs, the threshold-tuning counts (the grid 0.2..0.8 inside the ground
-truth mask) and the histogram. Results must agree; the script stops at the first
+(same process, same moment, so the machine's load affects both alike): the cell bounds
+(computed anew each time; the other kernels reuse each map's cached bounds), the exact
+extremes, the Otsu mask's runs, the threshold-tuning counts (the grid 0.2..0.8 inside the
+ground truth mask) and the histogram. Results must agree; the script stops at the first
 difference. The maps are the first ``--maps`` of a CheXlocalize-format folder, every
 other file (``--dir``; generated with ``make_chexlocalize_set.py`` when missing or empty,
 as ``bench_localization.py`` does).
@@ -82,7 +83,16 @@ def _cases(map_dir: Path, gt: dict, n_maps: int, old: Any) -> list[dict[str, Any
     return cases
 
 
+def _fresh_cell_bounds(m: Any) -> tuple[Any, Any]:
+    """A map's cell bounds computed anew (``BilinearMap`` caches them on first use): the
+    ``_bounds`` property of the current module, ``_cells`` of revisions before it."""
+    prop = getattr(type(m), "_bounds", None) or type(m)._cells
+    lo, hi = prop.func(m)[:2]
+    return lo, hi
+
+
 KERNELS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
+    "cell bounds": lambda m, c: _fresh_cell_bounds(m),
     "exact extremes": lambda m, c: m.extremes(),
     "Otsu mask runs": lambda m, c: m.runs(c["otsu_edge"]),
     "tuning counts (7 thresholds)": lambda m, c: (

@@ -46,6 +46,7 @@ def test_against_head_every_kernel_prints_a_row(tmp_path: Path) -> None:
     out = done.stdout
     assert "\n6 maps, 1 rounds; earlier kernels: HEAD\n" in out, out  # after the generator's line
     for kernel in (
+        "cell bounds",
         "exact extremes",
         "Otsu mask runs",
         r"tuning counts \(7 thresholds\)",
