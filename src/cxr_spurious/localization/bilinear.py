@@ -282,6 +282,14 @@ def _extremes(
 _SPREAD_PAD = 16
 
 
+def _c_vector(arr: Any, dtype: Any) -> bool:
+    """Whether the numba type ``arr`` is a 1-D C-contiguous array of ``dtype`` (the operand
+    the vector intrinsics below load from or store to without bounds checks)."""
+    return (
+        isinstance(arr, types.Array) and arr.dtype == dtype and arr.ndim == 1 and arr.layout == "C"
+    )
+
+
 @intrinsic
 def _splat8(typingctx, arr, start, val):  # pragma: no cover - compiled
     """Store ``val`` into ``arr[start : start + 8]`` (1-D C-contiguous float32) at once.
@@ -289,13 +297,7 @@ def _splat8(typingctx, arr, start, val):  # pragma: no cover - compiled
     One 8-lane vector store (LLVM lowers it to the machine's widest stores); the caller
     guarantees ``start + 8 <= len(arr)`` (no bounds check).
     """
-    ok = (
-        isinstance(arr, types.Array)
-        and arr.dtype == types.float32
-        and arr.ndim == 1
-        and arr.layout == "C"
-    )
-    if not ok:
+    if not _c_vector(arr, types.float32):
         return None
     sig = types.void(arr, types.intp, types.float32)
 
@@ -436,13 +438,7 @@ def _change_mask64(typingctx, arr, i):  # pragma: no cover - compiled
     register; AVX2: two compares and two byte-mask moves). ``arr`` is 1-D C-contiguous
     uint8; the caller guarantees ``1 <= i`` and ``i + 64 <= len(arr)`` (no bounds check).
     """
-    ok = (
-        isinstance(arr, types.Array)
-        and arr.dtype == types.uint8
-        and arr.ndim == 1
-        and arr.layout == "C"
-    )
-    if not ok:
+    if not _c_vector(arr, types.uint8):
         return None
     sig = types.uint64(arr, types.intp)
 
