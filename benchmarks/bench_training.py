@@ -4,7 +4,7 @@ Usage:
     python benchmarks/bench_training.py [--models unet_small cnn_small resnet18]
         [--images 1700] [--size 96] [--batch 32] [--epochs 1] [--rounds 2]
         [--precisions auto] [--threads N] [--device cpu] [--compile]
-        [--eval-batch N] [--eval-batches 16 32 64 128] [--json FILE]
+        [--eval-batch N] [--eval-batches 16 32 64 128] [--ceiling] [--json FILE]
 
 Both sides run in this process, interleaved (loop, pure, loop, pure, ... ``--rounds`` times
 per model and precision), so a shared, noisy machine slows both alike:
@@ -55,6 +55,14 @@ largest difference of its probabilities from the first batch size's (the result 
 depend on the batch size: BatchNorm uses its running statistics in evaluation).
 ``--eval-batch N`` sets the loop's ``eval_batch_size`` (its validation pass) instead of
 the configuration's.
+
+``--ceiling`` also reports, per row, how close the pure step is to what the CPU's matrix
+units do: the floating-point operations of one training step per image (forward + backward,
+counted by ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix products,
+the bulk of the work; element-wise operations are not counted), the pure step's GFLOP/s,
+and the rate of a large square matrix product (``--ceiling-size``, same precision and
+threads, timed right after the row's rounds) as the ceiling; with the images per second
+the pure step would reach at that ceiling.
 """
 
 from __future__ import annotations
@@ -78,6 +86,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from cxr_spurious.phantom import PhantomConfig, generate_phantom
 from cxr_spurious.sources.adapters import get_adapter
@@ -306,6 +315,46 @@ def compile_checks(
     }
 
 
+def step_flops_per_image(
+    runner: tuple[TrainingForward, torch.optim.Optimizer, torch.Tensor, list[torch.Tensor]],
+    setup: DeviceSetup,
+) -> float:
+    """Floating-point operations of one forward + backward of the pure step, per image
+    (``FlopCounterMode``: convolutions and matrix products; the optimiser step and
+    element-wise operations are not counted)."""
+    net, optimizer, x, targets = runner
+    counter = FlopCounterMode(display=False)
+    optimizer.zero_grad(set_to_none=True)
+    with counter:
+        with setup.autocast():
+            outputs = net(x)
+        loss = sum(
+            F.binary_cross_entropy_with_logits(o.float(), t)
+            for o, t in zip(outputs, targets, strict=True)
+        )
+        loss.backward()
+    optimizer.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / int(x.shape[0])
+
+
+def matmul_gflop_s(setup: DeviceSetup, precision: str, size: int, seconds: float = 2.0) -> float:
+    """GFLOP/s of ``size`` x ``size`` matrix products in ``precision`` (fp32, or bf16
+    operands) on the device: one untimed product, then as many as fit in ``seconds``."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=gen).to(setup.device, dtype) for _ in range(2))
+    torch.mm(a, b)
+    _sync(setup)
+    n, start = 0, time.perf_counter()
+    while True:
+        torch.mm(a, b)
+        n += 1
+        _sync(setup)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2.0 * size**3 * n / elapsed / 1e9
+
+
 def bench_row(
     model: str,
     supervision: str,
@@ -339,6 +388,13 @@ def bench_row(
         if compiled is not None:  # one compiled model for every round: no recompilation
             entry["compiled"] = time_pure(compiled, setup, max(1, loop["steps"]))
         rounds.append(entry)
+    ceiling: dict[str, float] = {}
+    if args.ceiling:
+        flops = step_flops_per_image(pure_step_runner(cfg, setup, image), setup)
+        ceiling = {
+            "step_gflop_per_image": flops / 1e9,
+            "matmul_gflop_s": matmul_gflop_s(setup, precision, args.ceiling_size),
+        }
     loop_rate = sum(x["loop"]["images"] for x in rounds) / sum(x["loop"]["seconds"] for x in rounds)
     pure_rate = sum(x["pure"]["images"] for x in rounds) / sum(x["pure"]["seconds"] for x in rounds)
     epoch_s = sum(x["loop"]["images"] / x["loop"]["epoch_images_per_s"] for x in rounds)
@@ -363,6 +419,14 @@ def bench_row(
         "outside_epochs_s": (sum(x["loop"]["seconds"] for x in rounds) - epoch_s) / len(rounds),
         "rounds": rounds,
     }
+    if ceiling:
+        gflop = ceiling["step_gflop_per_image"]
+        row.update(
+            ceiling,
+            pure_gflop_s=pure_rate * gflop,
+            of_ceiling=pure_rate * gflop / ceiling["matmul_gflop_s"],
+            img_s_at_ceiling=ceiling["matmul_gflop_s"] / gflop,
+        )
     if compiled is not None:
         done = [x["compiled"] for x in rounds]
         compiled_rate = sum(x["images"] for x in done) / sum(x["seconds"] for x in done)
@@ -471,6 +535,21 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"| {r['in_epoch_img_s']:.1f} | {100 * r['data_wait_fraction']:.1f} % "
             f"| {r['outside_epochs_s']:.2f} |"
         )
+    bounded = [r for r in rows if "matmul_gflop_s" in r]
+    if bounded:
+        out += [
+            "",
+            "| model | precision | GFLOP per image (step) | pure img/s | pure GFLOP/s "
+            "| matmul GFLOP/s | pure / matmul | img/s at the matmul rate |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in bounded:
+            out.append(
+                f"| {r['model']} | {r['precision']} | {r['step_gflop_per_image']:.3f} "
+                f"| {r['pure_img_s']:.1f} | {r['pure_gflop_s']:.1f} "
+                f"| {r['matmul_gflop_s']:.1f} | {r['of_ceiling']:.2f} "
+                f"| {r['img_s_at_ceiling']:.1f} |"
+            )
     compiled = [r for r in rows if "compiled_img_s" in r]
     if compiled:
         out += [
@@ -542,15 +621,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="also time predict() on the validation rows at these batch sizes",
     )
+    ap.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also count the step's FLOPs and time a matrix product as the CPU's ceiling",
+    )
+    ap.add_argument(
+        "--ceiling-size", type=int, default=2048, help="matrix size of --ceiling's product"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if args.eval_batch is not None and args.eval_batch < 1:
         ap.error(f"--eval-batch must be >= 1, got {args.eval_batch}")
     if any(b < 1 for b in args.eval_batches):
         ap.error(f"--eval-batches must be >= 1, got {args.eval_batches}")
-    for name in ("images", "size", "batch", "epochs", "rounds", "jobs"):
+    for name in ("images", "size", "batch", "epochs", "rounds", "jobs", "ceiling_size"):
         if getattr(args, name) < 1:
-            ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0.0 <= args.augment <= 1.0:
         ap.error(f"--augment must be in [0, 1], got {args.augment}")
     unknown = sorted(set(args.models) - set(MODELS))

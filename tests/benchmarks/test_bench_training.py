@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks" / "bench_training.py"
@@ -107,8 +108,62 @@ def test_compile_flag_times_the_compiled_step_and_checks_its_determinism(tmp_pat
     assert float(cells[4]) == pytest.approx(row["compiled_vs_eager"], abs=0.006)
 
 
-@pytest.mark.parametrize("flag", [["--eval-batch", "0"], ["--eval-batches", "32", "0"]])
-def test_training_benchmark_refuses_a_batch_size_below_one(flag: list[str]) -> None:
+def _conv_flops_by_hand(architecture: str, size: int) -> float:
+    """A training step's convolution and linear FLOPs per image, counted from the layers'
+    shapes: forward 2 x MACs; backward 2 x MACs for the weight gradients and 2 x MACs for
+    the input gradients of every layer but the first (the image needs no gradient)."""
+    from torch import nn
+
+    from cxr_spurious.models.registry import build_model
+
+    model = build_model({"architecture": architecture, "tasks": ["a"]}).train()
+    macs: list[int] = []
+
+    def hook(module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            macs.append(out[0].numel() * module.in_channels // module.groups * k)
+        else:
+            macs.append(out[0].numel() * module.in_features)
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            m.register_forward_hook(hook)
+    model.logits_and_embedding(torch.zeros(1, 1, size, size))
+    return 2.0 * (3 * sum(macs) - macs[0])
+
+
+@pytest.mark.integration  # about 15 s: a 40-image phantom, 1 x (fit, pure), 2 s of matmuls
+def test_ceiling_flag_counts_the_step_flops_and_times_a_matrix_product(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--models", "cnn_small", "--precisions", "fp32",
+         "--images", "40", "--size", "32", "--batch", "8", "--rounds", "1", "--jobs", "1",
+         "--ceiling", "--ceiling-size", "256", "--json", str(out_json)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out_json.read_text())["rows"]
+    # the counter's FLOPs are the layers' own, counted by hand from their shapes
+    assert row["step_gflop_per_image"] * 1e9 == pytest.approx(
+        _conv_flops_by_hand("cnn_small", 32), rel=1e-6
+    )
+    assert math.isfinite(row["matmul_gflop_s"]) and row["matmul_gflop_s"] > 0
+    assert row["pure_gflop_s"] == pytest.approx(row["pure_img_s"] * row["step_gflop_per_image"])
+    assert row["of_ceiling"] == pytest.approx(row["pure_gflop_s"] / row["matmul_gflop_s"])
+    assert row["img_s_at_ceiling"] == pytest.approx(
+        row["matmul_gflop_s"] / row["step_gflop_per_image"]
+    )
+    table = done.stdout.split("| model | precision | GFLOP per image (step)")[1]
+    cells = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+    assert cells[:2] == ["cnn_small", "fp32"]
+    assert float(cells[6]) == pytest.approx(row["of_ceiling"], abs=0.006)
+
+
+@pytest.mark.parametrize(
+    "flag", [["--eval-batch", "0"], ["--eval-batches", "32", "0"], ["--ceiling-size", "0"]]
+)
+def test_training_benchmark_refuses_a_size_below_one(flag: list[str]) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH), *flag], capture_output=True, text=True, timeout=120,
         check=False,

@@ -115,6 +115,33 @@ def test_dfr_empty_cell_error() -> None:
         dfr_training_rows(m, ids.to_numpy(), TASK)
 
 
+def test_dfr_refuses_a_group_that_the_validation_half_misses() -> None:
+    # a third site on 2 validation patients (one with each label): the patient halving puts
+    # both in the other half for some seeds, and the group must not drop out of the
+    # "group-balanced" set without a word
+    m = make_manifest(n_patients=150)
+    rare = sorted(m.loc[m["split"] == "val", "patient_id"].unique())[:2]
+    m.loc[m["patient_id"].isin(rare), "site"] = "s3"
+    m.loc[m["patient_id"] == rare[0], TASK] = 1.0
+    m.loc[m["patient_id"] == rare[1], TASK] = 0.0
+    ids, _ = assign_groups(group_keys(m, ["site"]))
+    g = ids.to_numpy()
+    s3 = int(np.unique(g[m["site"].to_numpy() == "s3"])[0])
+    outcomes = []
+    for seed in range(20):
+        try:
+            rows = dfr_training_rows(m, g, TASK, seed=seed)
+        except DataFormatError as err:
+            assert "no rows for (group, label)" in str(err)
+            outcomes.append("refused")
+            continue
+        assert s3 in set(g[rows]), seed  # every group it returns rows for is balanced in
+        cells = m.loc[rows].groupby([g[rows], TASK]).size()
+        assert cells.nunique() == 1 and len(cells) == 2 * len(np.unique(g[g >= 0]))
+        outcomes.append("ok")
+    assert "refused" in outcomes  # some seeds miss a patient of s3
+
+
 def test_group_dro_matches_hand_computation() -> None:
     torch.manual_seed(0)
     logits = torch.randn(6, 1, requires_grad=True)

@@ -41,6 +41,24 @@ def test_reliability_bins_match_sklearn() -> None:
         reliability_bins(y, p, 0)
 
 
+@pytest.mark.parametrize("n_bins", [10, 4, 8])
+def test_scores_on_a_bin_edge_fall_in_the_lower_bin_as_in_sklearn(n_bins: int) -> None:
+    # every inner edge of the bins (0.5 is a logit of 0), each next to scores inside bins
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    p = np.r_[edges, edges[1:-1] - 0.01, edges[1:-1] + 0.01, 0.5, 0.5]
+    y = (np.arange(p.size) % 3 == 0).astype(float)
+    bins = reliability_bins(y, p, n_bins)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
+    np.testing.assert_allclose(bins["fraction_positive"], prob_true)
+    np.testing.assert_allclose(bins["mean_score"], prob_pred)
+    # bin m holds (m / n, (m + 1) / n]: the edge m / n sits in bin m - 1
+    lower = reliability_bins(np.ones(1), np.array([edges[1]]), n_bins)
+    assert lower["bin"].tolist() == [0]
+    # two scores at 0.5 and one at 0.45 share a bin with 10 bins: ECE |2/3 - 0.4833...|
+    ece = expected_calibration_error(np.array([1.0, 1.0, 0.0]), np.array([0.5, 0.5, 0.45]), 10)
+    assert ece == pytest.approx(abs(2 / 3 - (0.5 + 0.5 + 0.45) / 3))
+
+
 def test_calibration_table_and_figure() -> None:
     t = make_table()
     out = calibration_table(t, TASK, ["sex"], n_boot=20)

@@ -38,6 +38,21 @@ def test_youden_and_fixed_points() -> None:
         choose_threshold(np.ones(4), p[:4])
 
 
+@pytest.mark.parametrize("target", [0.99, 1.0])
+def test_fixed_specificity_holds_when_negatives_score_exactly_one(target: float) -> None:
+    # a float32 sigmoid rounds logits above ~16.6 to exactly 1.0: 2 of 100 negatives here,
+    # so only "nothing positive" reaches specificity 0.99 or 1.0
+    rng = np.random.default_rng(0)
+    p = np.r_[rng.uniform(0, 0.9, 98), 1.0, 1.0, rng.uniform(0.3, 1.0, 50), np.ones(10)]
+    y = np.r_[np.zeros(100), np.ones(60)]
+    thr = choose_threshold(y, p, "fixed_specificity", target)
+    assert (p[y == 0] < thr).mean() >= target
+    assert thr > 1.0 and not (p >= thr).any()
+    # a reachable target still gets the lowest threshold that reaches it, at most 1
+    thr_97 = choose_threshold(y, p, "fixed_specificity", 0.97)
+    assert thr_97 <= 1.0 and (p[y == 0] < thr_97).mean() >= 0.97
+
+
 def test_fairness_equals_fairlearn_directly() -> None:
     t = make_table()
     thr = 0.5

@@ -84,6 +84,35 @@ def test_different_seeds_choose_different_images() -> None:
     assert _counts(manifest, a) == _counts(manifest, b)
 
 
+def _carriers(has: pd.Series, manifest: pd.DataFrame, split: str) -> set[str]:
+    ids = set(manifest.loc[manifest["split"] == split, "image_id"])
+    return {i for i in ids if has[i]}
+
+
+def test_a_test_seed_fixes_the_test_carriers_for_every_seed() -> None:
+    manifest = _manifest()
+
+    def assign(seed: int, test_seed: int | None) -> pd.Series:
+        return assign_artefacts(
+            manifest, task=TASK, p_given_ptx=0.9, p_given_no_ptx=0.1, test_p=0.5,
+            seed=seed, test_seed=test_seed,
+        )  # fmt: skip
+
+    # without a test seed, the seed re-draws the test carriers too
+    a, b = assign(0, None), assign(1, None)
+    assert _carriers(a, manifest, "test") != _carriers(b, manifest, "test")
+    pd.testing.assert_series_equal(a, _assign(manifest, seed=0))
+    # with one, the test carriers are the same for every seed; train and val still move
+    fixed = [assign(seed, 7) for seed in range(4)]
+    assert len({frozenset(_carriers(h, manifest, "test")) for h in fixed}) == 1
+    assert len({frozenset(_carriers(h, manifest, "train")) for h in fixed}) == 4
+    assert all(_counts(manifest, h) == _counts(manifest, a) for h in fixed)
+    # and another test seed draws other test carriers
+    assert _carriers(assign(0, 8), manifest, "test") != _carriers(fixed[0], manifest, "test")
+    with pytest.raises(ParameterError, match="sweep.test_seed"):
+        assign(0, 1.5)  # type: ignore[arg-type]
+
+
 def test_bad_probability_names_the_key() -> None:
     with pytest.raises(ParameterError) as err:
         assign_artefacts(_manifest(), task=TASK, p_given_ptx=1.5, p_given_no_ptx=0.1, seed=0)

@@ -37,7 +37,8 @@ def dfr_training_rows(
         Sorted row positions; every (group, label) cell has the size of the smallest one.
 
     Raises:
-        DataFormatError: a (group, label) cell is empty in that half.
+        DataFormatError: a (group, label) cell is empty in that half, for any group with
+            labelled validation rows (a group the half misses entirely included).
     """
     rng = np.random.default_rng(seed)
     val = manifest["split"].to_numpy() == "val"
@@ -50,16 +51,15 @@ def dfr_training_rows(
         )
     half = set(rng.permutation(patients)[: patients.size // 2])
     y = manifest[task].to_numpy(dtype=float)
-    pool = np.flatnonzero(
-        val
-        & manifest["patient_id"].astype(str).isin(half).to_numpy()
-        & np.isfinite(y)
-        & (np.asarray(groups) != NO_GROUP)
-    )
+    g = np.asarray(groups)
+    labelled = val & np.isfinite(y) & (g != NO_GROUP)
+    pool = np.flatnonzero(labelled & manifest["patient_id"].astype(str).isin(half).to_numpy())
     cells = {}
-    for gid in np.unique(np.asarray(groups)[pool]):
+    # every group with labelled validation rows, not only those the half happened to draw:
+    # a group missing from the half is an empty cell, not a group silently left out
+    for gid in np.unique(g[labelled]):
         for cls in (0.0, 1.0):
-            cells[(int(gid), cls)] = pool[(np.asarray(groups)[pool] == gid) & (y[pool] == cls)]
+            cells[(int(gid), cls)] = pool[(g[pool] == gid) & (y[pool] == cls)]
     empty = [k for k, v in cells.items() if v.size == 0]
     if not cells or empty:
         raise DataFormatError(

@@ -1,8 +1,10 @@
 """Calibration per group: expected calibration error and reliability diagrams.
 
 Binning: ``n_bins`` equal-width bins on [0, 1], assigned exactly as scikit-learn's
-``calibration_curve(strategy="uniform")`` does (inner edges, ``searchsorted`` right), so a
-score of exactly 1.0 falls in the last bin. ECE = sum over non-empty bins of
+``calibration_curve(strategy="uniform")`` does (``searchsorted`` on the inner edges, left
+side): bin ``m`` holds the scores in ``(m / n_bins, (m + 1) / n_bins]`` (Guo et al. 2017),
+so a score on an inner edge (0.5, the score of a logit of 0, with 10 bins) falls in the
+lower bin, 0.0 in the first bin and 1.0 in the last. ECE = sum over non-empty bins of
 ``n_bin / n * |mean label - mean score|``.
 """
 
@@ -31,7 +33,7 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataF
     keep = np.isfinite(yy) & np.isfinite(pp)
     yy, pp = yy[keep], pp[keep]
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    ids = np.searchsorted(edges[1:-1], pp, side="right")
+    ids = np.searchsorted(edges[1:-1], pp, side="left")
     count = np.bincount(ids, minlength=n_bins)
     s = np.bincount(ids, weights=pp, minlength=n_bins)
     t = np.bincount(ids, weights=yy, minlength=n_bins)

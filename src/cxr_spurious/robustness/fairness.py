@@ -47,6 +47,8 @@ from .subgroups import eligible_groups
 # Operating-point rules (``robustness.operating_point``).
 RULES: tuple[str, ...] = ("youden", "fixed_sensitivity", "fixed_specificity")
 Rule = Literal["youden", "fixed_sensitivity", "fixed_specificity"]
+# The threshold that calls no probability positive (``p >= ABOVE_ONE`` is never true).
+ABOVE_ONE = float(np.nextafter(1.0, 2.0))
 
 
 def choose_threshold(
@@ -81,7 +83,10 @@ def choose_threshold(
             "validation labels have a single class; cannot choose an operating point"
         )
     fpr, tpr, thr = roc_curve(yy[keep], np.asarray(p, dtype=float)[keep], drop_intermediate=False)
-    thr = np.minimum(thr, 1.0)  # sklearn's first threshold is +inf
+    # sklearn's first threshold is +inf (nothing called positive). It becomes the smallest
+    # float above 1: still above every probability, including scores that a float32 sigmoid
+    # rounded to exactly 1.0 (``p >= 1.0`` would call those positive and miss the target).
+    thr = np.minimum(thr, ABOVE_ONE)
     if rule == "youden":
         return float(thr[int(np.argmax(tpr - fpr))])
     if rule == "fixed_sensitivity":

@@ -7,8 +7,14 @@ the counterfactual reliance are measured on a balanced test set.
 Exact quotas, not coin flips: in each (split, label) group of ``n`` images exactly
 ``floor(p * n + 0.5)`` carry the artefact, chosen at random (seeded). Bernoulli draws would
 add binomial noise to the realised confounding (with 50 images, a nominal 0.9 lands anywhere
-in about [0.8, 0.98]); quotas give the nominal strength up to rounding, so the spread across
-seeds is training variance, not assignment noise.
+in about [0.8, 0.98]); quotas give the nominal strength up to rounding, so no seed trains on
+a weaker or stronger confounding than another.
+
+Which images carry the artefact still changes with the seed: each seed of the sweep re-draws
+the carriers of every split, so the spread across seeds covers retraining on a re-drawn
+training set and scoring on a re-drawn test composition (the test images themselves are
+fixed). ``test_seed`` fixes the test carriers instead (the same for every seed and cell):
+the spread across seeds is then the training side's alone.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ def assign_artefacts(
     p_given_no_ptx: float,
     test_p: float = 0.5,
     seed: int,
+    test_seed: int | None = None,
 ) -> pd.Series:
     """Which images carry the artefact: a boolean Series indexed by ``image_id``.
 
@@ -49,6 +56,8 @@ def assign_artefacts(
         p_given_no_ptx: Share of train and val negatives with the artefact.
         test_p: Share of test images with the artefact, for both labels.
         seed: Seed; the result depends on it and on the images, not on the row order.
+        test_seed: Seed of the test split's carriers alone (None: drawn with ``seed``, in
+            the same stream as the train and val carriers).
 
     Raises:
         ParameterError: a probability outside [0, 1].
@@ -59,12 +68,16 @@ def assign_artefacts(
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
             raise ParameterError(key, f"must be a probability in [0, 1], got {p!r}")
     table = _checked(manifest, task).sort_values("image_id", kind="stable")
+    if test_seed is not None and (isinstance(test_seed, bool) or not isinstance(test_seed, int)):
+        raise ParameterError("sweep.test_seed", f"must be an integer or null, got {test_seed!r}")
     rng = np.random.default_rng(seed)
+    test_rng = rng if test_seed is None else np.random.default_rng(test_seed)
     out = pd.Series(False, index=pd.Index(table["image_id"], name="image_id"), name="has_artefact")
     for (split, label), group in table.groupby(["split", task], sort=True):
         p = test_p if split == TEST_SPLIT else (p_given_ptx if label == 1 else p_given_no_ptx)
         ids = group["image_id"].to_numpy()
-        chosen = rng.choice(ids.size, size=quota(ids.size, float(p)), replace=False)
+        draw = test_rng if split == TEST_SPLIT else rng
+        chosen = draw.choice(ids.size, size=quota(ids.size, float(p)), replace=False)
         out.loc[ids[chosen]] = True
     return out
 

@@ -1,8 +1,10 @@
-"""Across-seed summaries of ``sweep_models``: training variance, not test sampling.
+"""Across-seed summaries of ``sweep_models``: what changes with the seed, not test sampling.
 
 ``summarise_cells``: one row per cell (everything but the seed), each metric's mean over the
 seeds with a Student t interval on the seed values (``ci_covers`` = ``seeds``): the spread of
-retraining on the same data design, not the within-run bootstrap CI of one model.
+retraining on the same data design, not the within-run bootstrap CI of one model. Each seed
+also re-draws which images carry the artefact, in train and val and, unless
+``sweep.test_seed`` fixes them, in the test split (``sweep.confounding``).
 ``paired_differences``: supervisions trained on the same data and seed (same artefact,
 strength, seed and, between two location supervisions, the same location fraction; ``erm``
 uses no location labels and pairs with every fraction), as the mean paired difference with a

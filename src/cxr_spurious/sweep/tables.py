@@ -367,7 +367,9 @@ def render_sweep_tables(
         "",
         f"{len(cells.drop_duplicates())} cells, {', '.join(map(str, seeds)) or MISSING} "
         "seed(s) each. Cells: mean over seeds "
-        "[95 % t interval across seeds: training variance, with the test set fixed]. Paired "
+        "[95 % t interval across seeds: each seed retrains on re-drawn artefact carriers; the "
+        "test images are fixed, their carriers re-drawn too unless `sweep.test_seed` is set]. "
+        "Paired "
         "differences: same data and seed, paired t interval and p-value. Detection: "
         "bootstrap CI over models; false flags: Wilson interval.",
     ]

@@ -85,6 +85,15 @@ def test_plan_cell_hashes_the_configuration_and_resumes_only_on_the_same_hash() 
     # the gate and the variant list do not change what a cell trains
     gated = nodes.plan_cell({}, {**TRAINING, "only": "seg", "variants": {}}, SWEEP, cell=CELL)
     assert gated["config_hash"] == first["config_hash"]
+    # sweep.test_seed: null keeps the hash of a configuration without the key (rows of
+    # earlier runs still resume); a set test seed changes what the cell measures
+    unset = nodes.plan_cell({}, TRAINING, {**SWEEP, "test_seed": None}, cell=CELL)
+    assert unset["config_hash"] == first["config_hash"]
+    fixed = {
+        s: nodes.plan_cell({}, TRAINING, {**SWEEP, "test_seed": s}, cell=CELL)["config_hash"]
+        for s in (0, 1)
+    }
+    assert len({first["config_hash"], *fixed.values()}) == 3
 
 
 def test_the_plan_reaches_the_training_config() -> None:

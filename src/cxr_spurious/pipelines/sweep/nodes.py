@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 ARTEFACT_COLUMN = "artefact"
 #: Keys of the ``sweep`` parameters that decide a cell's row besides the cell and training.
 HASHED_SWEEP_KEYS: tuple[str, ...] = ("task", "test_p", "ingestion", "saliency", "metrics")
+#: Keys hashed only when set (not null), so that adding them kept earlier rows' hashes.
+OPTIONAL_HASHED_SWEEP_KEYS: tuple[str, ...] = ("test_seed",)
 
 
 def plan_cell(
@@ -73,7 +75,10 @@ def plan_cell(
     shared = {k: v for k, v in training.items() if k not in ("variants", "only")}
     hashed = {
         "training": {**shared, **dict(sweep.get("training") or {}), **variant},
-        "sweep": {k: sweep.get(k) for k in HASHED_SWEEP_KEYS},
+        "sweep": {
+            **{k: sweep.get(k) for k in HASHED_SWEEP_KEYS},
+            **{k: sweep[k] for k in OPTIONAL_HASHED_SWEEP_KEYS if sweep.get(k) is not None},
+        },
     }
     digest = config_hash(cell, hashed)
     skip = previous_row is not None and previous_row.get("config_hash") == digest
@@ -93,6 +98,7 @@ def compose_cell(
     plan: Mapping[str, Any],
     task: str,
     test_p: float,
+    test_seed: int | None = None,
 ) -> tuple[Any, Any, Any]:
     """The cell's manifest (column ``artefact``) and image cache (its confounding level).
 
@@ -114,6 +120,7 @@ def compose_cell(
         p_given_no_ptx=cell.p_given_no_ptx,
         test_p=test_p,
         seed=cell.seed,
+        test_seed=test_seed,
     )
     ids = manifest["image_id"].astype(str).tolist()
     carries = has.reindex(ids, fill_value=False).to_numpy(dtype=bool)

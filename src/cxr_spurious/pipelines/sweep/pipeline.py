@@ -121,6 +121,7 @@ def create_cell_template(cell: Cell) -> Pipeline:
                     "plan": "plan",
                     "task": "params:sweep.task",
                     "test_p": "params:sweep.test_p",
+                    "test_seed": "params:sweep.test_seed",
                 },
                 ["manifest", "test_manifest", "image_cache"],
                 name="compose_cell",
