@@ -131,8 +131,14 @@ def test_tasks_subset_and_unknown(tmp_path: Path) -> None:
 
 
 def test_frontal_only(tmp_path: Path) -> None:
-    m = read(build_chexpert(tmp_path), base_params(frontal_only=True)).manifest
-    assert set(m["projection"]) == {"Frontal"} and "Lateral" not in set(m["view"].dropna())
+    root = build_chexpert(tmp_path)
+    every = read(root, base_params()).manifest
+    assert "LL" in set(every["view"]) and "Lateral" in set(every["view"])  # both kinds to drop
+    m = read(root, base_params(frontal_only=True)).manifest
+    assert set(m["projection"]) == {"Frontal"}
+    # an `AP/PA` of LL (lateral decubitus) on a row marked Frontal is not frontal either
+    assert set(m["view"].dropna()) <= {"AP", "PA"}
+    assert len(m) == (every["view"].isin(["AP", "PA"])).sum()
 
 
 def test_changed_header(tmp_path: Path) -> None:

@@ -54,6 +54,46 @@ def test_missing_task_column(tiny) -> None:
         build_training_table(manifest.drop(columns=[TASK]), cache, tiny_config())
 
 
+def test_subgroup_column_is_read_as_0_1_and_a_text_attribute_is_refused(tiny, caplog) -> None:
+    manifest, cache = tiny
+    table = build_training_table(manifest, cache, tiny_config())
+    np.testing.assert_array_equal(table["subgroup"], manifest["tube"].to_numpy(dtype=float))
+    # booleans and empty values are fine
+    as_bool = manifest.assign(tube=manifest["tube"].astype(bool).astype(object))
+    as_bool.loc[as_bool.index[:2], "tube"] = None
+    got = build_training_table(as_bool, cache, tiny_config())["subgroup"].to_numpy()
+    assert np.isnan(got[:2]).all() and (got[2:] == manifest["tube"].to_numpy()[2:]).all()
+    # a text attribute (sex M / F) used to become NaN everywhere, without a word
+    text = manifest.assign(sex=np.where(np.arange(len(manifest)) % 2, "M", "F"))
+    with pytest.raises(DataFormatError, match=r"column 'sex' \(training.subgroup\) must be 1"):
+        build_training_table(text, cache, tiny_config(subgroup="sex"))
+    # a dataset without the column: NaN, with a warning naming the column
+    with caplog.at_level("WARNING", logger="cxr_spurious.training.data"):
+        none = build_training_table(manifest.drop(columns=["tube"]), cache, tiny_config())
+    assert none["subgroup"].isna().all()
+    assert "no column 'tube' (training.subgroup)" in caplog.text
+
+
+def test_robust_auroc_selection_needs_the_subgroup_in_validation(tiny) -> None:
+    manifest, cache = tiny
+    cfg = tiny_config(selection_metric="robust_auroc")
+    build_training_table(manifest, cache, cfg)  # the tiny set defines it in val
+    # as with SIIM, where every tube-labelled patient is in test: val has no tube values
+    siim_like = manifest.copy()
+    siim_like.loc[siim_like["split"] == "val", "tube"] = np.nan
+    with pytest.raises(ParameterError, match="robust_auroc is undefined") as err:
+        build_training_table(siim_like, cache, cfg)
+    assert err.value.key == "training.selection_metric"
+    assert "0 of" in str(err.value)
+    # positives in val all carry the tube: no positive without it, still undefined
+    one_sided = manifest.copy()
+    one_sided.loc[(one_sided["split"] == "val") & (one_sided[TASK] == 1), "tube"] = 1.0
+    with pytest.raises(ParameterError, match="robust_auroc is undefined"):
+        build_training_table(one_sided, cache, cfg)
+    # selecting on auroc does not need it
+    build_training_table(siim_like, cache, tiny_config())
+
+
 def test_task_without_positives_in_train(tiny) -> None:
     manifest, cache = tiny
     bad = manifest.copy()

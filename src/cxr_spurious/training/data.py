@@ -11,6 +11,7 @@ see the same global batches.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,8 @@ from cxr_spurious.augment import augment_pair
 from cxr_spurious.errors import ContractError, DataFormatError, ParameterError
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.training.config import DENSE_SUPERVISIONS
+
+logger = logging.getLogger(__name__)
 
 LABEL_PREFIX = "y_"
 
@@ -48,9 +51,12 @@ def build_training_table(
         Columns ``image_id, split, row, y_<task>..., weight, augment, group, loc, subgroup``.
 
     Raises:
-        ContractError: a task column, or the subgroup column, is missing.
-        DataFormatError: a task has no positive (or no negative) in train, or location
-            labels are required but missing (naming the image ids).
+        ContractError: a task column is missing.
+        DataFormatError: a task has no positive (or no negative) in train, location
+            labels are required but missing (naming the image ids), or the subgroup
+            column holds a value other than 0 / 1 / empty.
+        ParameterError: ``selection_metric`` is ``robust_auroc`` and the validation rows
+            cannot define it (see ``_check_robust_selection``).
     """
     tasks = list(cfg["tasks"])
     missing = [t for t in tasks if t not in manifest.columns]
@@ -88,15 +94,67 @@ def build_training_table(
         if "group" in manifest
         else np.full(n, -1, np.int64)
     )
-    subgroup = cfg["subgroup"]
-    table["subgroup"] = (
-        pd.to_numeric(manifest[subgroup], errors="coerce").to_numpy(dtype=float)
-        if subgroup in manifest
-        else np.nan
-    )
+    table["subgroup"] = subgroup_column(manifest, str(cfg["subgroup"]), name)
     _check_labels(table, tasks, name)
+    if cfg.get("selection_metric") == "robust_auroc":
+        _check_robust_selection(table, tasks, str(cfg["subgroup"]), name)
     table["loc"] = select_location_labels(table, cache, cfg, name)
     return table.reset_index(drop=True)
+
+
+def subgroup_column(
+    manifest: pd.DataFrame, subgroup: str, name: str, *, warn_missing: bool = True
+) -> np.ndarray:
+    """The ``training.subgroup`` column as floats 1 / 0 / NaN (the robust AUROC's spurious
+    feature); all NaN when the manifest has no such column (a dataset without that
+    attribute: the robust AUROC is then undefined), with a warning if ``warn_missing``.
+
+    Raises:
+        DataFormatError: a value that is neither empty nor 0 / 1 (e.g. a text attribute).
+    """
+    if subgroup not in manifest.columns:
+        if not warn_missing:
+            return np.full(len(manifest), np.nan)
+        logger.warning(
+            "%s has no column '%s' (training.subgroup): the robust AUROC is undefined (NaN)",
+            name,
+            subgroup,
+        )
+        return np.full(len(manifest), np.nan)
+    raw = manifest[subgroup]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = raw.notna().to_numpy() & ~values.isin((0, 1)).to_numpy()
+    if bad.any():
+        examples = manifest.loc[bad, ["image_id", subgroup]].head(3).to_dict("records")
+        raise DataFormatError(
+            name,
+            f"column '{subgroup}' (training.subgroup) must be 1 (has the spurious feature), "
+            f"0 or empty; {int(bad.sum())} row(s) are not, e.g. {examples}",
+        )
+    return values.to_numpy(dtype=float)
+
+
+def _check_robust_selection(
+    table: pd.DataFrame, tasks: Sequence[str], subgroup: str, name: str
+) -> None:
+    """``selection_metric: robust_auroc`` needs, in the validation rows, for some task,
+    positives without the spurious feature and negatives with it; otherwise every epoch's
+    value is NaN and selection would keep the first epoch without a word."""
+    val = table[table["split"] == "val"]
+    s = val["subgroup"].to_numpy(dtype=float)
+    for task in tasks:
+        y = val[LABEL_PREFIX + task].to_numpy(dtype=float)
+        if ((y == 1) & (s == 0)).any() and ((y == 0) & (s == 1)).any():
+            return
+    known = int(np.isfinite(s).sum())
+    raise ParameterError(
+        "training.selection_metric",
+        f"robust_auroc is undefined on {name}'s validation split: it needs positives without "
+        f"and negatives with '{subgroup}' (training.subgroup), and {known} of {len(val)} "
+        "validation rows have a known value (the SIIM adapter, for one, puts every "
+        "tube-labelled patient in test); select on auroc, or give validation rows that "
+        "attribute",
+    )
 
 
 def _check_labels(table: pd.DataFrame, tasks: Sequence[str], name: str) -> None:

@@ -18,7 +18,7 @@ from cxr_spurious.models import CXRModel
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, bootstrap_or_note
 from cxr_spurious.stats.metrics import auroc, reverse_auroc, robust_auroc
-from cxr_spurious.training.data import CacheBatches, make_loader
+from cxr_spurious.training.data import CacheBatches, make_loader, subgroup_column
 from cxr_spurious.training.device import DeviceSetup
 from cxr_spurious.training.engine import predict
 
@@ -128,11 +128,8 @@ def compute_test_metrics(
         how="left",
         validate="one_to_one",
     )
-    spurious = (
-        pd.to_numeric(test[subgroup], errors="coerce").to_numpy(float)
-        if subgroup in test
-        else np.full(len(test), np.nan)
-    )
+    # training warned already when the column is missing (build_training_table)
+    spurious = subgroup_column(test, subgroup, "manifest", warn_missing=False)
     clusters = test["patient_id"].astype(str).to_numpy() if "patient_id" in test else None
     out: dict[str, Any] = {"n_test": len(test), "subgroup": subgroup}
     for task in tasks:

@@ -35,6 +35,8 @@ from cxr_spurious.tasks import CHEXPERT_HEADER, CHEXPERT_OBSERVATIONS, task_colu
 logger = logging.getLogger(__name__)
 
 SOURCE = "chexpert"
+# `AP/PA` values of rows marked Frontal that are not frontal views (frontal_only drops them).
+LATERAL_VIEWS: tuple[str, ...] = ("LL", "RL")
 DATASET_DIRS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
 # (file, split, header): test_labels.csv carries no demographic columns.
 LABEL_FILES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -171,7 +173,9 @@ def read_chexpert(root: Path, params: Mapping[str, Any]) -> IngestedSource:
         rows, sex_rule, source_file=label_files, row_refs=refs
     )
     if params.get("frontal_only"):
-        rows = rows[rows["projection"] == "Frontal"]
+        # `AP/PA` also says LL / RL (lateral decubitus) on some rows marked Frontal: frontal
+        # means PA or AP, as in the MIMIC adapter (a frontal row without AP/PA is kept)
+        rows = rows[(rows["projection"] == "Frontal") & ~rows["view"].isin(LATERAL_VIEWS)]
     keep = common.keep_existing(
         [Path(p) for p in rows["path"]],
         list(rows["_ref"]),
