@@ -245,6 +245,20 @@ def pure_step_runner(
     return net, optimizer, x, targets
 
 
+def forward_backward(
+    net: nn.Module, x: torch.Tensor, targets: Sequence[torch.Tensor], setup: DeviceSetup
+) -> None:
+    """The pure step's forward (in the precision's autocast) and backward: a plain BCE with
+    logits on each output against its fixed targets."""
+    with setup.autocast():
+        outputs = net(x)
+    loss = sum(
+        F.binary_cross_entropy_with_logits(o.float(), t)
+        for o, t in zip(outputs, targets, strict=True)
+    )
+    loss.backward()
+
+
 def time_pure(
     runner: tuple[TrainingForward, torch.optim.Optimizer, torch.Tensor, list[torch.Tensor]],
     setup: DeviceSetup,
@@ -256,13 +270,7 @@ def time_pure(
     start = time.perf_counter()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        with setup.autocast():
-            outputs = net(x)
-        loss = sum(
-            F.binary_cross_entropy_with_logits(o.float(), t)
-            for o, t in zip(outputs, targets, strict=True)
-        )
-        loss.backward()
+        forward_backward(net, x, targets, setup)
         optimizer.step()
     _sync(setup)
     seconds = time.perf_counter() - start
@@ -326,13 +334,7 @@ def step_flops_per_image(
     counter = FlopCounterMode(display=False)
     optimizer.zero_grad(set_to_none=True)
     with counter:
-        with setup.autocast():
-            outputs = net(x)
-        loss = sum(
-            F.binary_cross_entropy_with_logits(o.float(), t)
-            for o, t in zip(outputs, targets, strict=True)
-        )
-        loss.backward()
+        forward_backward(net, x, targets, setup)
     optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops() / int(x.shape[0])
 
