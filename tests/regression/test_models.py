@@ -1,6 +1,8 @@
 import numpy as np
 import pandas as pd
+import pytest
 import statsmodels.api as sm
+import statsmodels.formula.api as smf
 from scipy import stats
 
 from cxr_spurious.regression.features import mask_features
@@ -161,6 +163,18 @@ def test_logistic_and_mixed_models_match_statsmodels():
     assert np.isclose(out.iloc[0].coef, fit.params["area_ratio"])
     mixed = mixed_effects(df, "iou_tp", features=["area_ratio"])
     assert len(mixed) == 1 and mixed.iloc[0].coef_lo < mixed.iloc[0].coef < mixed.iloc[0].coef_hi
+    # the same random-intercept model fitted by statsmodels directly, on min-max features
+    ref = smf.mixedlm(
+        "iou_tp ~ area_ratio", data=df.assign(area_ratio=minmax(df["area_ratio"])),
+        groups=df["image_id"],
+    ).fit()  # fmt: skip
+    row = mixed.iloc[0]
+    assert np.allclose(
+        [row.coef, row.coef_lo, row.coef_hi],
+        [ref.params["area_ratio"], *ref.conf_int().loc["area_ratio"]],
+        rtol=1e-10,
+    )
+    assert row.p_value == pytest.approx(ref.pvalues["area_ratio"], rel=1e-10)
 
 
 def test_mask_features_on_rectangle():
