@@ -238,6 +238,22 @@ def test_smoothgrad_is_seeded_and_leaves_global_rng_alone(classifier, images):
     assert not np.array_equal(a, c)
 
 
+def test_smoothgrad_map_of_an_image_is_its_own_whatever_the_order_or_subset(classifier, images):
+    options = MethodOptions(seed=3, smoothgrad_samples=4)
+
+    def smoothgrad(imgs: np.ndarray, batch_size: int) -> np.ndarray:
+        return compute_maps(
+            classifier, imgs, "smoothgrad", ["Pneumothorax"], batch_size=batch_size,
+            options=options, progress=False,
+        )[0].astype(np.float32)  # fmt: skip
+
+    every = smoothgrad(images, len(images))
+    reversed_order = smoothgrad(images[::-1], 3)[::-1]
+    np.testing.assert_allclose(reversed_order, every, atol=1e-3)
+    alone = smoothgrad(images[2:3], 1)
+    np.testing.assert_allclose(alone[0], every[2], atol=1e-3)
+
+
 def test_method_options_reject_unknown_keys():
     with pytest.raises(ParameterError, match="unknown option.*ig_stepz"):
         MethodOptions.from_params({"ig_stepz": 3})
@@ -247,7 +263,12 @@ def test_method_options_reject_unknown_keys():
 
 @pytest.mark.parametrize(
     ("method", "model_name"),
-    [("gradcam", "classifier"), ("integrated_gradients", "classifier"), ("seg_prob", "dense")],
+    [
+        ("gradcam", "classifier"),
+        ("integrated_gradients", "classifier"),
+        ("smoothgrad", "classifier"),
+        ("seg_prob", "dense"),
+    ],
 )
 def test_maps_and_probabilities_do_not_depend_on_the_batch_size(method, model_name, request):
     """``saliency.batch_size`` is a speed setting (README, Benchmarks): each image's map and

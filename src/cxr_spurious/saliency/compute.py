@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from cxr_spurious.errors import ContractError, CxrSpuriousError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.parallel import on_dask_worker, ordered_map
-from cxr_spurious.saliency.registry import MethodOptions, get_method, options_from_call
+from cxr_spurious.saliency.registry import MethodOptions, get_method
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +134,9 @@ class ChunkMaps:
     """Picklable function of a ``SaliencyChunk``: its maps and probabilities.
 
     Opens the chunk's method once and runs its batches in order, so a chunk of all the
-    batches is exactly the sequential computation. A chunk that starts at batch ``b`` opens
-    the method with ``options_from_call(options, b * len(tasks))``: a seeded method
-    (SmoothGrad) draws for each (batch, task) the noise it draws in one pass over every
-    batch, so the maps do not depend on the chunking.
+    batches is exactly the sequential computation. The one seeded method (SmoothGrad)
+    seeds each image's noise from the image itself (``registry.image_noise_seed``), so the
+    maps do not depend on the chunking either.
     """
 
     def __init__(
@@ -171,7 +170,7 @@ class ChunkMaps:
         model.eval()
         images = chunk.images
         n, task_idx = len(images), self.task_idx
-        options = options_from_call(self.options, chunk.first_batch * len(task_idx))
+        options = self.options
         maps: np.ndarray | None = None
         probs = np.zeros((n, len(task_idx)), dtype=np.float64)
         batches = image_batches(images, self.batch_size)

@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -98,16 +99,6 @@ class MethodOptions:
                 f"{key}.smoothgrad_stdev", f"must be >= 0, got {opts.smoothgrad_stdev}"
             )
         return opts
-
-
-def options_from_call(options: MethodOptions, first_call: int) -> MethodOptions:
-    """Options under which a freshly opened method's call ``k`` draws the random numbers of
-    call ``first_call + k`` of a method opened with ``options``.
-
-    Lets a chunk of batches that starts after ``first_call`` (batch, task) calls reproduce
-    the maps of one pass over every batch (the seed is the only random knob).
-    """
-    return replace(options, seed=int(options.seed) + int(first_call))
 
 
 @dataclass(frozen=True)
@@ -399,31 +390,47 @@ def _saliency(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
         yield attribute
 
 
+def image_noise_seed(seed: int, image: torch.Tensor, task: int) -> int:
+    """The seed of one image's SmoothGrad noise for one task: from the method's seed, the
+    task and the image's own values (a 64-bit BLAKE2 digest of its bytes), so an image's
+    noise, and its map, do not depend on its batch, its place in it or the other images."""
+    digest = hashlib.blake2b(
+        image.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=8
+    ).digest()
+    entropy = [int(seed) % 2**64, int(task), int.from_bytes(digest, "little")]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+
+
 @contextlib.contextmanager
 def _smoothgrad(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
     from captum.attr import NoiseTunnel, Saliency
 
     with _input_gradients_only(model):
         nt = NoiseTunnel(Saliency(_LogitModel(model)))
-        calls = [0]
 
         def attribute(x: torch.Tensor, task: int) -> tuple[np.ndarray, None]:
-            # Captum draws the noise from torch's global generator: fork it and seed the
-            # fork (seed + call number), so results are reproducible and global state is untouched.
+            # Captum draws the noise from torch's global generator, for the whole input at
+            # once: call it per image, in a fork of the generator seeded for that image
+            # (``image_noise_seed``), so maps are reproducible, each image's is its own
+            # whatever the batch size, order or subset, and the global state is untouched.
             devices = [x.device] if x.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(int(options.seed) + calls[0])
-                attr = nt.attribute(
-                    x.detach().requires_grad_(True),
-                    nt_type="smoothgrad",
-                    nt_samples=int(options.smoothgrad_samples),
-                    nt_samples_batch_size=int(options.smoothgrad_samples),
-                    stdevs=float(options.smoothgrad_stdev),
-                    target=task,
-                    abs=True,
-                )
-            calls[0] += 1
-            return _per_map_max_scale(attr.sum(dim=1)), None
+            attrs = []
+            for i in range(x.shape[0]):
+                one = x[i : i + 1]
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(image_noise_seed(int(options.seed), one, task))
+                    attrs.append(
+                        nt.attribute(
+                            one.detach().requires_grad_(True),
+                            nt_type="smoothgrad",
+                            nt_samples=int(options.smoothgrad_samples),
+                            nt_samples_batch_size=int(options.smoothgrad_samples),
+                            stdevs=float(options.smoothgrad_stdev),
+                            target=task,
+                            abs=True,
+                        )
+                    )
+            return _per_map_max_scale(torch.cat(attrs).sum(dim=1)), None
 
         yield attribute
 
