@@ -83,6 +83,26 @@ def test_training_curves_figure() -> None:
     assert [line.get_ydata().tolist() for line in fig.axes[1].lines[:2]] == [[0.6, 0.8], [0.3, 0.5]]
 
 
+@pytest.mark.parametrize("strategy", ["upsample", "reweight", "none"])
+def test_the_resampling_strategy_reaches_the_run_name_through_parquet(
+    tiny, tmp_path, strategy
+) -> None:
+    # the comparison's resampled variants were all named "...-none-..." in MLflow: no
+    # producer labelled the manifest, and the training table dropped the label
+    from cxr_spurious.debiasing.resampling import resample_manifest
+    from cxr_spurious.training.data import build_training_table
+
+    manifest, cache = tiny
+    groups = manifest["tube"].fillna(-1).to_numpy(dtype=np.int64)
+    resampled = resample_manifest(manifest, groups, strategy, seed=0)
+    resampled.to_parquet(tmp_path / "resampled_manifest.parquet")  # as the catalog stores it
+    stored = pd.read_parquet(tmp_path / "resampled_manifest.parquet")
+    table = build_training_table(stored, cache, tiny_config(seed=1))
+    cfg = tiny_config(seed=1)
+    assert resampling_name(cfg, table) == strategy
+    assert run_name(cfg, resampling_name(cfg, table)) == f"erm-erm-unet_small-{strategy}-seed1"
+
+
 def test_run_name_and_resampling_label(tiny) -> None:
     manifest, _ = tiny
     cfg = tiny_config(supervision="seg", seed=2)

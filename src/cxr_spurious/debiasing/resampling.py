@@ -109,8 +109,31 @@ def resample_manifest(
         jtt_mode: ``duplicate`` (repeat rows) or ``weight`` (set ``weight``).
 
     Returns:
-        The resampled manifest with a fresh RangeIndex.
+        The resampled manifest with a fresh RangeIndex; ``attrs["strategy"]`` names the
+        strategy (kept by the Parquet files; the training runs' names read it).
     """
+    out = _resample(
+        manifest, groups, strategy, target=target, seed=seed, features=features,
+        errors=errors, n_clusters=n_clusters, jtt_upweight=jtt_upweight, jtt_mode=jtt_mode,
+    )  # fmt: skip
+    out.attrs["strategy"] = strategy
+    return out
+
+
+def _resample(
+    manifest: pd.DataFrame,
+    groups: pd.Series | np.ndarray,
+    strategy: str,
+    *,
+    target: Target,
+    seed: int,
+    features: np.ndarray | None,
+    errors: pd.Series | np.ndarray | None,
+    n_clusters: int,
+    jtt_upweight: int,
+    jtt_mode: Literal["duplicate", "weight"],
+) -> pd.DataFrame:
+    """``resample_manifest`` without the label."""
     if strategy not in STRATEGIES:
         raise unknown_name_error(
             "debiasing strategy", strategy, STRATEGIES, key="debiasing.strategy"

@@ -99,7 +99,12 @@ def build_training_table(
     if cfg.get("selection_metric") == "robust_auroc":
         _check_robust_selection(table, tasks, str(cfg["subgroup"]), name)
     table["loc"] = select_location_labels(table, cache, cfg, name)
-    return table.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    # the resampling's label travels with the table (``outputs.resampling_name``)
+    table.attrs.update(
+        {k: manifest.attrs[k] for k in ("resampling", "strategy") if manifest.attrs.get(k)}
+    )
+    return table
 
 
 def subgroup_column(

@@ -87,3 +87,23 @@ def test_group_dro_variant_uses_group_dro_objective() -> None:
     block = _lookup(_params(), "comparison.training_variants.cmp_group_dro")
     assert block["objective"] == "group_dro"
     assert _lookup(_params(), "comparison.strategies.cmp_group_dro.strategy") == "none"
+
+
+@pytest.mark.parametrize("epochs", [None, 20])
+def test_every_comparison_variant_trains_like_erm_but_for_its_method(epochs) -> None:
+    """A variant minus ``erm`` must compare training methods, not training lengths: every
+    ``comparison.training_variants`` block resolves to ``erm``'s configuration except its
+    name and objective, also under ``--params training.epochs=20``."""
+    from cxr_spurious.training.config import resolve_training_config
+
+    params = _params()
+    shared = dict(params["training"])
+    if epochs is not None:
+        shared["epochs"] = epochs
+    erm = resolve_training_config(shared, shared["variants"]["erm"])
+    method_keys = {"variant", "objective", "objective_params"}
+    for name, block in params["comparison"]["training_variants"].items():
+        cfg = resolve_training_config(shared, block)
+        differs = {k for k in cfg.keys() | erm.keys() if cfg.get(k) != erm.get(k)}
+        assert differs <= method_keys, (name, {k: (cfg.get(k), erm.get(k)) for k in differs})
+        assert cfg["epochs"] == shared["epochs"]
