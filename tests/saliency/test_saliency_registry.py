@@ -52,8 +52,9 @@ def test_classifier_maps_finite_right_shape_and_hooks_released(method, classifie
             classifier(torch.from_numpy(images).float()[:, None] / 255)
         ).numpy()
     np.testing.assert_allclose(probs, expected, rtol=1e-5)
+    # the caller's model is untouched (compute_maps works on a copy of it)
     assert toys.hooks_on(classifier) == 0
-    assert all(p.requires_grad for p in classifier.parameters())  # frozen only while attributing
+    assert all(p.requires_grad for p in classifier.parameters())
 
 
 @pytest.mark.parametrize("method", available_methods())
@@ -72,6 +73,30 @@ def test_dense_maps_finite_right_shape_and_hooks_released(method, dense, images,
     assert np.isfinite(maps).all()
     assert probs.shape == (len(images), 1)
     assert toys.hooks_on(dense) == 0
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_a_method_leaves_the_model_it_explains_as_it_found_it(
+    method, classifier, dense, images, toys
+):
+    """On the model the method runs on (``compute_maps`` hands it a copy of the caller's):
+    its hooks are gone and every parameter's ``requires_grad`` is back after the method's
+    context closes, whatever the method froze or hooked while attributing."""
+    from cxr_spurious.saliency.compute import to_input
+
+    spec = get_method(method)
+    model = copy.deepcopy(dense if spec.needs_dense else classifier)
+    params = list(model.parameters())
+    params[0].requires_grad_(False)  # a caller's own choice, to be kept as well
+    before = [p.requires_grad for p in params]
+    x = to_input(images[:2], torch.device("cpu"))
+    with spec.open(model, FAST) as attribute:
+        for_tasks = getattr(attribute, "for_tasks", None)
+        out = list(for_tasks(x, [0])) if for_tasks is not None else [attribute(x, 0)]
+    assert out[0][0].shape[0] == 2
+    assert [p.requires_grad for p in params] == before
+    assert toys.hooks_on(model) == 0
+    assert not model.training
 
 
 def test_seg_prob_is_the_dense_probability_map(dense, images):

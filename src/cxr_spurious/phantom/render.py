@@ -152,6 +152,13 @@ def render_versions(
         tuple[float, frozenset[str]], tuple[dict[str, list[list[list[float]]]], np.ndarray]
     ] = {}
     exposure = _exposure(cfg, rec, seed)
+    # Findings are placed in the record's own anatomy (its heart enlarged when it has
+    # Cardiomegaly) in every version: removing Cardiomegaly redraws a normal heart but
+    # leaves every other finding where it was (the open lung a lesion may occupy excludes
+    # the heart, so placing it around a normal heart would move it).
+    own_heart = enlargement if "Cardiomegaly" in rec.positives else 1.0
+    bases[own_heart] = _anatomy(cfg, rec, seed, own_heart)
+    placement = _context(cfg, *bases[own_heart])
 
     def task_rng(task: str) -> np.random.Generator:
         return _rng(seed, rec.index, _S_TASK[task])
@@ -166,7 +173,9 @@ def render_versions(
         anat, layers = bases[heart]
         if (heart, drawn) not in drawn_cache:
             att = layers.attenuation.copy()
-            polygons = _draw_findings(cfg, rec, seed, anat, layers, att, set(drawn), strength)
+            polygons = _draw_findings(
+                cfg, rec, seed, placement, anat, layers, att, set(drawn), strength
+            )
             drawn_cache[(heart, drawn)] = (polygons, att)
         polygons, att_findings = drawn_cache[(heart, drawn)]
         att = att_findings.copy()
@@ -249,14 +258,16 @@ def _draw_findings(
     cfg: PhantomConfig,
     rec: ImageRecord,
     seed: int,
+    ctx: findings.FindingContext,
     anat: anatomy.Anatomy,
     layers: anatomy.AnatomyLayers,
     att: np.ndarray,
     drawn: set[str],
     strength: float,
 ) -> dict[str, list[list[list[float]]]]:
+    """Draw the ``drawn`` findings into ``att`` (the anatomy ``anat`` / ``layers`` of this
+    version), placed in ``ctx`` (the record's own anatomy, the same in every version)."""
     size = cfg.image_size
-    ctx = _context(cfg, anat, layers)
     out: dict[str, list[list[list[float]]]] = {}
     for task in PHANTOM_TASKS:
         if task not in drawn:
