@@ -61,7 +61,7 @@ class MethodOptions:
     """Knobs of the methods that have any (defaults suit 96-px inputs on a CPU).
 
     Attributes:
-        ig_steps: Integrated-gradients steps (Riemann trapezoid, zero baseline).
+        ig_steps: Integrated-gradients steps (Gauss-Legendre, as Captum's default; zero baseline).
         smoothgrad_samples: Noisy copies per image for SmoothGrad.
         smoothgrad_stdev: Noise standard deviation (input scale is [0, 1]).
         occlusion_window: Occlusion window side in pixels (``None``: input size // 8).
