@@ -100,3 +100,17 @@ def time_budget_worker(
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def checkpointed_fit_worker(
+    rank: int, world: int, init_file: str, out: str, table: Any, cache: Any, cfg: dict, ckpt: str
+) -> None:
+    """``fit`` under DDP with checkpoints in ``ckpt`` (written by rank 0)."""
+    from cxr_spurious.training.distributed import distributed_fit
+
+    _join(rank, world, init_file)
+    try:
+        fitted = distributed_fit(table, cache, cfg, rank=rank, world=world, checkpoint_dir=ckpt)
+        torch.save({"fingerprint": fitted.fingerprint}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()

@@ -6,6 +6,7 @@ weights agree to a tolerance, not bit for bit.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from tests.training.training_tiny_data import TASK, tiny_config, tiny_study
 
-from cxr_spurious.errors import ParameterError
+from cxr_spurious.errors import DataFormatError, ParameterError
 from cxr_spurious.models import build_model
 from cxr_spurious.pipelines.training import create_pipeline, create_training_template
 from cxr_spurious.training.config import model_config
@@ -124,6 +125,31 @@ def test_time_budget_stop_is_rank_0_decision(tiny, tmp_path: Path) -> None:
     ranks = _spawn(time_budget_worker, tmp_path, table, cache, cfg)
     expected = [{"epochs": [1], "stopped": "time_budget"}, {"epochs": [1, 2], "stopped": "epochs"}]
     assert ranks == [expected, expected]
+
+
+def test_checkpoint_of_two_processes_is_refused_by_one(tiny, tmp_path: Path) -> None:
+    """1- and 2-process runs give different weights: the world size is in the fingerprint."""
+    from tests.training.ddp_workers import checkpointed_fit_worker
+
+    manifest, cache = tiny
+    cfg = tiny_config(epochs=1, batch_size=8)
+    table = build_training_table(manifest, cache, cfg)
+    ckpt = tmp_path / "ckpt"
+    ranks = _spawn(checkpointed_fit_worker, tmp_path, table, cache, cfg, str(ckpt))
+    assert ranks[0]["fingerprint"] == ranks[1]["fingerprint"]
+    (items,) = ckpt.glob("*/fingerprint.json")
+    assert json.loads(items.read_text())["_world"] == 2
+    with pytest.raises(
+        DataFormatError, match=r"number of processes \(world size\): checkpoint 2, this run 1"
+    ):
+        fit(
+            table[table["split"] == "train"].reset_index(drop=True),
+            table[table["split"] == "val"].reset_index(drop=True),
+            cache,
+            {**cfg, "epochs": 2, "resume": True},
+            resolve_device("cpu"),
+            checkpoint_dir=ckpt,
+        )
 
 
 def _variant_catalog(checkpoints: Path) -> DataCatalog:

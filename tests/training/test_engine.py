@@ -12,7 +12,11 @@ from tests.training.training_tiny_data import TASK, tiny_config
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.stats.metrics import auroc
-from cxr_spurious.training.checkpoints import list_checkpoints
+from cxr_spurious.training.checkpoints import (
+    list_checkpoints,
+    prepare_run_folder,
+    result_fingerprint,
+)
 from cxr_spurious.training.data import CacheBatches, build_training_table, make_loader
 from cxr_spurious.training.device import resolve_device
 from cxr_spurious.training.engine import evaluate, fit, init_model, predict
@@ -208,3 +212,138 @@ def test_resume_with_another_supervision_names_training_supervision(tiny, tmp_pa
         DataFormatError, match=r"training\.supervision: checkpoint 'seg', this run 'box'"
     ):
         _fit(tiny, tiny_config(supervision="box", name="seg", resume=True), tmp_path)
+
+
+def _interrupt_after(variant_dir: Path, copy_to: Path, epoch: int) -> None:
+    """Copy ``variant_dir`` to ``copy_to`` and drop the checkpoints after ``epoch`` there."""
+    shutil.copytree(variant_dir, copy_to)
+    for path in _run_checkpoints(copy_to)[epoch:]:
+        path.unlink()
+
+
+def test_resume_after_two_of_four_cosine_epochs_with_patience_is_bit_identical(
+    tiny, tmp_path: Path
+) -> None:
+    """The cosine position and the early-stopping counter come back from the checkpoint.
+
+    With this seed the metric peaks at epoch 1, so the counter is 1 at the interruption and
+    patience 3 stops the run after epoch 4; epochs 3 and 4 train at cosine learning rates that
+    a schedule restarted on resume would not give.
+    """
+    cfg = tiny_config(epochs=4, schedule="cosine", patience=3, seed=1, lr=0.01, keep_checkpoints=10)
+    full = _fit(tiny, cfg, tmp_path / "full")
+    assert full.stopped == "early_stopping" and full.history["epoch"].tolist() == [1, 2, 3, 4]
+    assert full.best_epoch == 1  # the counter is 1 after epoch 2: it must survive the resume
+    _interrupt_after(tmp_path / "full", tmp_path / "cut", 2)
+    resumed = _fit(tiny, {**cfg, "resume": True}, tmp_path / "cut")
+    assert _same_state(full.state_dict, resumed.state_dict)
+    cols = ["epoch", "train_loss", "val_auroc", "val_robust_auroc", "lr", "steps", "selected"]
+    assert full.history[cols].equals(resumed.history[cols])
+    assert (resumed.stopped, resumed.best_epoch) == (full.stopped, full.best_epoch)
+    last_full = torch.load(_run_checkpoints(tmp_path / "full")[-1], weights_only=True)
+    last_resumed = torch.load(_run_checkpoints(tmp_path / "cut")[-1], weights_only=True)
+    assert _same_state(last_full["model"], last_resumed["model"])  # the live weights too
+    assert last_full["bad_epochs"] == last_resumed["bad_epochs"] == 3
+
+
+def test_resume_after_the_time_budget_ran_out_continues(tiny, tmp_path: Path) -> None:
+    """A run stopped by its time budget goes on when resumed (the budget is per run)."""
+    kw = {"epochs": 3, "schedule": "constant"}
+    stopped = _fit(tiny, tiny_config(time_budget_s=1e-9, **kw), tmp_path)
+    assert stopped.stopped == "time_budget" and stopped.history["epoch"].tolist() == [1]
+    resumed = _fit(tiny, tiny_config(resume=True, **kw), tmp_path)
+    fresh = _fit(tiny, tiny_config(**kw))
+    assert resumed.stopped == "epochs" and resumed.history["epoch"].tolist() == [1, 2, 3]
+    assert _same_state(resumed.state_dict, fresh.state_dict)
+    assert resumed.history["train_loss"].tolist() == fresh.history["train_loss"].tolist()
+
+
+def test_resume_decides_early_stopping_with_this_runs_patience(tiny, tmp_path: Path) -> None:
+    """lr 0 never improves after epoch 1: patience 1 stops after epoch 2."""
+    kw = {"epochs": 4, "schedule": "constant", "lr": 0.0}
+    first = _fit(tiny, tiny_config(patience=1, **kw), tmp_path)
+    assert first.stopped == "early_stopping" and len(first.history) == 2
+    same = _fit(tiny, tiny_config(patience=1, resume=True, **kw), tmp_path)
+    assert same.stopped == "early_stopping" and len(same.history) == 2  # still stopped
+    raised = _fit(tiny, tiny_config(patience=2, resume=True, **kw), tmp_path)
+    assert raised.stopped == "early_stopping" and raised.history["epoch"].tolist() == [1, 2, 3]
+    removed = _fit(tiny, tiny_config(patience=None, resume=True, **kw), tmp_path)
+    assert removed.stopped == "epochs" and removed.history["epoch"].tolist() == [1, 2, 3, 4]
+
+
+def test_resume_under_another_max_steps_after_it_cut_an_epoch_is_refused(
+    tiny, tmp_path: Path
+) -> None:
+    """max_steps 3 cuts epoch 2 (2 steps per epoch) after 1 step: those weights need it."""
+    kw = {"epochs": 4, "schedule": "constant"}
+    cut = _fit(tiny, tiny_config(max_steps=3, **kw), tmp_path)
+    assert cut.history["steps"].tolist() == [2, 1] and cut.stopped == "max_steps"
+    for other, shown in ((None, "null"), (5, "5")):
+        with pytest.raises(
+            DataFormatError,
+            match=rf"epoch_002\.pt: training\.max_steps 3 cut the checkpoint's last epoch "
+            rf"\(epoch 2\) short .* this run has training\.max_steps {shown}",
+        ):
+            _fit(tiny, tiny_config(max_steps=other, resume=True, **kw), tmp_path)
+    same = _fit(tiny, tiny_config(max_steps=3, resume=True, **kw), tmp_path)
+    assert same.stopped == "max_steps" and _same_state(same.state_dict, cut.state_dict)
+
+
+def test_resume_after_max_steps_at_an_epoch_boundary_continues(tiny, tmp_path: Path) -> None:
+    """max_steps 4 ends exactly after epoch 2: without it the run goes on to a fresh result."""
+    kw = {"epochs": 3, "schedule": "constant"}
+    first = _fit(tiny, tiny_config(max_steps=4, **kw), tmp_path)
+    assert first.history["steps"].tolist() == [2, 2] and first.stopped == "max_steps"
+    resumed = _fit(tiny, tiny_config(resume=True, **kw), tmp_path)
+    fresh = _fit(tiny, tiny_config(**kw))
+    assert resumed.stopped == "epochs" and resumed.history["epoch"].tolist() == [1, 2, 3]
+    assert _same_state(resumed.state_dict, fresh.state_dict)
+
+
+def test_resume_past_this_runs_max_steps_is_refused(tiny, tmp_path: Path) -> None:
+    """A checkpoint with 4 steps cannot give a run that stops after 3."""
+    kw = {"epochs": 2, "schedule": "constant"}
+    _fit(tiny, tiny_config(**kw), tmp_path)
+    with pytest.raises(
+        DataFormatError,
+        match=r"epoch_002\.pt: checkpoint has taken 4 optimiser steps, more than this run's "
+        r"training\.max_steps \(3\)",
+    ):
+        _fit(tiny, tiny_config(max_steps=3, resume=True, **kw), tmp_path)
+
+
+def test_resume_with_fewer_epochs_than_the_checkpoint_is_refused(tiny, tmp_path: Path) -> None:
+    """Epochs are not digested with the step schedule: 3 epochs cannot give a 1-epoch run."""
+    kw = {"schedule": "step", "step_size": 1, "gamma": 0.5, "lr": 0.01}
+    _fit(tiny, tiny_config(epochs=3, **kw), tmp_path)
+    with pytest.raises(
+        DataFormatError,
+        match=r"epoch_003\.pt: checkpoint has 3 completed epochs, more than this run's "
+        r"training\.epochs \(1\)",
+    ):
+        _fit(tiny, tiny_config(epochs=1, resume=True, **kw), tmp_path)
+    again = _fit(tiny, tiny_config(epochs=3, resume=True, **kw), tmp_path)  # equal: the result
+    assert again.history["epoch"].tolist() == [1, 2, 3]
+
+
+def test_world_size_is_part_of_the_fingerprint_and_named_when_it_differs(tmp_path: Path) -> None:
+    cfg = tiny_config()
+    one = result_fingerprint(cfg, data="d", precision="fp32", device="cpu")
+    assert result_fingerprint(cfg, data="d", precision="fp32", device="cpu", world=1) == one
+    assert "_world" not in one[1]  # single-process digests are unchanged
+    two = result_fingerprint(cfg, data="d", precision="fp32", device="cpu", world=2)
+    assert two[0] != one[0] and two[1]["_world"] == 2
+    # A 2-process run's checkpoint, resumed by one process.
+    written = prepare_run_folder(tmp_path, *two, resume=False)
+    (written / "epoch_001.pt").write_bytes(b"")
+    with pytest.raises(
+        DataFormatError,
+        match=r"number of processes \(world size\): checkpoint 2, this run 1",
+    ):
+        prepare_run_folder(tmp_path, *one, resume=True)
+    with pytest.raises(DataFormatError, match=r"world size\): checkpoint 2, this run 3"):
+        prepare_run_folder(
+            tmp_path,
+            *result_fingerprint(cfg, data="d", precision="fp32", device="cpu", world=3),
+            resume=True,
+        )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
+from cxr_spurious.training.checkpoints import save_checkpoint
 from cxr_spurious.training.engine import (
     TrainState,
     fit_result,
@@ -91,16 +94,25 @@ def test_stop_reason(
     assert stop_reason({**NO_LIMITS, **limits}, state, elapsed) == expected
 
 
-def test_checkpoint_round_trip_keeps_every_field() -> None:
+def test_checkpoint_round_trip_keeps_every_field(tmp_path: Path) -> None:
+    """Through a file, as ``fit`` resumes: saved, loaded back with ``weights_only``."""
     state, _ = _run([0.6, 0.8, 0.7])
     state.stopped, state.fingerprint, state.fingerprint_items = "max_steps", "ab" * 32, {"lr": 1}
-    saved = state.to_checkpoint()
+    path = save_checkpoint(tmp_path, state.to_checkpoint())
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     assert list(saved) == [
         "epoch", "history", "best", "bad_epochs", "global_step", "stopped",
         "fingerprint", "fingerprint_items",
     ]  # fmt: skip
     assert saved["best"]["epoch"] == 2 and saved["best"]["metric"] == 0.8
-    assert TrainState.from_checkpoint(saved) == state
+    loaded = TrainState.from_checkpoint(saved)
+    assert loaded.best_state_dict is not state.best_state_dict  # a copy from disk
+    for f in dataclasses.fields(TrainState):
+        if f.name != "best_state_dict":
+            assert getattr(loaded, f.name) == getattr(state, f.name), f.name
+    assert loaded.best_state_dict.keys() == state.best_state_dict.keys()
+    for key, value in state.best_state_dict.items():
+        assert torch.equal(loaded.best_state_dict[key], value), key
 
 
 def test_unselected_unfingerprinted_state_checkpoints_best_none_no_fingerprint() -> None:

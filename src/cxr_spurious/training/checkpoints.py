@@ -5,12 +5,15 @@ A checkpoint holds ``model``, ``optimizer``, ``scheduler`` and ``objective`` sta
 (list of per-epoch dicts), ``best`` (``metric``, ``epoch``, ``state_dict``) and
 ``bad_epochs`` (early-stopping counter), and ``fingerprint`` / ``fingerprint_items``: what
 determines the result (every training parameter that changes the weights, the resolved
-precision and device type, and a digest of the training data). Files are ``epoch_XXX.pt``
-under ``<checkpoint_dir>/<variant>/<fingerprint[:16]>/``, so runs with different settings
-never share a folder: a fresh run starts its own folder over and never resumes or prunes
-another configuration's checkpoints, and ``resume`` refuses a checkpoint written with other
-settings, naming what differs. They are a side channel for resuming only; the trained model
-goes through the catalog.
+precision and device type, the number of processes, and a digest of the training data).
+Files are ``epoch_XXX.pt`` under ``<checkpoint_dir>/<variant>/<fingerprint[:16]>/``, so
+runs with different settings never share a folder: a fresh run starts its own folder over
+and never resumes or prunes another configuration's checkpoints, and ``resume`` refuses a
+checkpoint written with other settings, naming what differs. The settings left out of the fingerprint are checked when a
+run resumes instead (``load_latest_checkpoint``): a checkpoint past ``training.epochs``, or
+one whose steps ``training.max_steps`` no longer allows, is refused; the stopping rules are
+decided again with this run's settings (``engine.fit``). They are a side channel for resuming
+only; the trained model goes through the catalog.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ _PATTERN = re.compile(r"^epoch_(\d+)\.pt$")
 FINGERPRINT_FILE = "fingerprint.json"
 # Training keys that do not change the weights a run arrives at: where files go, how
 # progress is shown, how many checkpoints are kept, evaluation-only settings, and the
-# stopping rules (a run stopped early continues along the same trajectory).
+# stopping rules (a run stopped early continues along the same trajectory; a resumed run
+# decides them again with its own settings). ``max_steps`` changes the weights once it cuts
+# an epoch short: ``load_latest_checkpoint`` refuses such a checkpoint under another value.
 NOT_RESULT_KEYS: frozenset[str] = frozenset(
     {
         "resume",
@@ -79,7 +84,7 @@ def checkpoint_folder(checkpoint_dir: str | Path, variant: str) -> Path:
 
 
 def result_fingerprint(
-    cfg: Mapping[str, Any], *, data: str, precision: str, device: str
+    cfg: Mapping[str, Any], *, data: str, precision: str, device: str, world: int = 1
 ) -> tuple[str, dict[str, Any]]:
     """Digest of everything that determines a training run's result, and its items.
 
@@ -91,6 +96,9 @@ def result_fingerprint(
         data: Digest of the training data (tables and image cache).
         precision: Resolved training precision (``fp32`` / ``bf16``).
         device: Device type (``cpu`` / ``cuda``).
+        world: Number of processes (DDP world size): 1- and N-process runs give different
+            weights (per-process BatchNorm statistics and loss means). Digested as
+            ``_world`` when above 1, so single-process digests are those of older versions.
 
     Returns:
         The hex digest and the dict it was computed from (JSON-ready).
@@ -102,6 +110,8 @@ def result_fingerprint(
         items.pop("epochs", None)
     items = json.loads(json.dumps(items, sort_keys=True, default=str))
     items.update({"_data": data, "_precision": precision, "_device": device})
+    if int(world) != 1:
+        items["_world"] = int(world)
     blob = json.dumps(items, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest(), items
 
@@ -118,12 +128,19 @@ def data_digest(*tables: pd.DataFrame, extra: str = "") -> str:
 
 
 def _describe_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
-    names = {"_data": "training data", "_precision": "precision", "_device": "device"}
+    names = {
+        "_data": "training data",
+        "_precision": "precision",
+        "_device": "device",
+        "_world": "number of processes (world size)",
+    }
+    defaults = {"_world": 1}  # not digested for one process
     parts = []
     for key in sorted(set(saved) | set(current)):
-        if saved.get(key) != current.get(key):
+        old, new = saved.get(key, defaults.get(key)), current.get(key, defaults.get(key))
+        if old != new:
             label = names.get(key, f"training.{_CURRENT_NAMES.get(key, key)}")
-            parts.append(f"{label}: checkpoint {saved.get(key)!r}, this run {current.get(key)!r}")
+            parts.append(f"{label}: checkpoint {old!r}, this run {new!r}")
     return "; ".join(parts) or "unknown settings"
 
 
@@ -214,18 +231,27 @@ def load_latest_checkpoint(
     config: Mapping[str, Any],
     *,
     fingerprint: tuple[str, Mapping[str, Any]] | None = None,
+    epoch_steps: int | None = None,
 ) -> dict[str, Any] | None:
     """The newest checkpoint of ``folder`` (None if there is none), checked against ``config``.
+
+    Besides the fingerprint, the settings it leaves out must allow continuing the checkpoint
+    to this run's result (``check_continuation``): ``training.epochs`` at least the
+    checkpoint's epoch, and ``training.max_steps`` neither below its steps nor changed
+    after it cut the checkpoint's last epoch short.
 
     Args:
         folder: A run folder from ``prepare_run_folder``.
         config: This run's resolved config.
         fingerprint: This run's ``result_fingerprint`` (digest, items); when given, the
             checkpoint's digest must equal it.
+        epoch_steps: Optimiser steps of a whole epoch (the training loader's length); tells
+            whether ``max_steps`` cut the checkpoint's last epoch short (None: assume it did
+            when the checkpoint reached its ``max_steps``).
 
     Raises:
-        DataFormatError: the file is unreadable, or was written with other settings (naming
-            the file and what differs).
+        DataFormatError: the file is unreadable, was written with other settings, or cannot
+            be continued to this run's result (naming the file and what differs).
     """
     paths = list_checkpoints(folder)
     if not paths:
@@ -253,8 +279,71 @@ def load_latest_checkpoint(
                 f"but this run uses {config.get(key)!r}; "
                 "delete the checkpoint folder or set training.resume: false",
             )
+    check_continuation(path, state, config, epoch_steps=epoch_steps)
     logger.info("Resuming from %s (epoch %d)", path, state["epoch"])
     return state
+
+
+def check_continuation(
+    path: str | Path,
+    state: Mapping[str, Any],
+    config: Mapping[str, Any],
+    *,
+    epoch_steps: int | None = None,
+) -> None:
+    """Refuse a checkpoint that this run cannot continue to its own result.
+
+    The fingerprint leaves out ``epochs`` (except with the cosine schedule) and the stopping
+    rules, since a run continued for more epochs, or stopped earlier or later, follows the
+    same trajectory. That holds only forward: a checkpoint that has trained more epochs than
+    ``config['epochs']``, or more optimiser steps than ``config['max_steps']``, holds weights
+    this run would never reach; and once ``max_steps`` cut an epoch short, the weights
+    depend on it, so the checkpoint continues only under the same ``max_steps``.
+
+    Args:
+        path: The checkpoint file (named in the error).
+        state: The loaded checkpoint (``epoch``, ``global_step``, ``history``, ``config``).
+        config: This run's resolved config.
+        epoch_steps: Optimiser steps of a whole epoch (see ``load_latest_checkpoint``).
+
+    Raises:
+        DataFormatError: naming the setting, the checkpoint's value and this run's.
+    """
+    epoch, epochs = int(state["epoch"]), int(config["epochs"])
+    if epoch > epochs:
+        raise DataFormatError(
+            path,
+            f"checkpoint has {epoch} completed epochs, more than this run's training.epochs "
+            f"({epochs}); a resumed run cannot train fewer epochs than its checkpoint: set "
+            f"training.epochs to {epoch} or more to continue it, or training.resume: false "
+            "to start over",
+        )
+    steps = int(state.get("global_step", 0))
+    saved_max = state.get("config", {}).get("max_steps")
+    new_max = config.get("max_steps")
+    history = state.get("history") or []
+    last_steps = int(history[-1]["steps"]) if history else 0
+    cut_short = (
+        saved_max is not None
+        and steps >= int(saved_max)
+        and (epoch_steps is None or last_steps < int(epoch_steps))
+    )
+    if cut_short and saved_max != new_max:
+        raise DataFormatError(
+            path,
+            f"training.max_steps {saved_max!r} cut the checkpoint's last epoch (epoch {epoch}) "
+            f"short after {steps} optimiser steps, but this run has training.max_steps "
+            f"{'null' if new_max is None else new_max}; the checkpoint's weights depend on "
+            f"where that epoch was cut: run with training.max_steps: {saved_max} to resume it, "
+            "or set training.resume: false to start over",
+        )
+    if new_max is not None and steps > int(new_max):
+        raise DataFormatError(
+            path,
+            f"checkpoint has taken {steps} optimiser steps, more than this run's "
+            f"training.max_steps ({new_max}); set training.max_steps to {steps} or more "
+            "(or null) to continue it, or training.resume: false to start over",
+        )
 
 
 def rng_state() -> dict[str, Any]:

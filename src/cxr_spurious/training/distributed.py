@@ -22,7 +22,9 @@ What differs from one process: BatchNorm statistics are computed per process (on
 epoch), and losses that average over a batch-dependent count (the dense loss over maps
 with location labels, NaN-masked labels) average per process first. Group DRO's group
 weights are updated from all-reduced group losses (identical on every rank), and the
-time-budget stop is rank 0's decision, broadcast.
+time-budget stop is rank 0's decision, broadcast. Since the results differ, the number of
+processes is part of the checkpoint fingerprint: a checkpoint of N processes resumes only
+under N processes.
 """
 
 from __future__ import annotations

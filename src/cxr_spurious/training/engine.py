@@ -289,7 +289,9 @@ class TrainState:
     best_state_dict: dict[str, torch.Tensor] | None = None  #: its weights, on CPU
     bad_epochs: int = 0  #: epochs since the selected one (the early-stopping counter)
     global_step: int = 0  #: optimiser steps so far
-    stopped: str = ""  #: why training stopped ("" while it goes on; one of ``STOP_REASONS``)
+    #: why training stopped ("" while it goes on; one of ``STOP_REASONS``); a resumed run
+    #: decides it again with its own settings (``fit``), the stored value is a record only
+    stopped: str = ""
     fingerprint: str | None = None  #: ``result_fingerprint`` digest (runs with checkpoints)
     fingerprint_items: dict[str, Any] | None = None  #: what the digest was computed from
 
@@ -591,6 +593,12 @@ def fit(
         rank: Process rank under DDP (0 writes checkpoints).
         world: Number of processes (> 1: DistributedDataParallel).
 
+    Resuming continues the checkpoint only where that gives this run's result (see
+    ``checkpoints.load_latest_checkpoint``; the fingerprint includes ``world``), and the
+    stopping rules are decided again with this run's settings (``stop_reason``, with a time
+    budget that starts now), not read from the checkpoint: a run stopped by its time budget,
+    or by a ``patience`` since raised or removed, goes on.
+
     Returns:
         The best state dict (on CPU), the history, the selected epoch and why training stopped.
     """
@@ -601,6 +609,7 @@ def fit(
         data=data_digest(train_table, val_table, extra=cache.fingerprint),
         precision=str(setup.autocast_dtype or "fp32").replace("torch.", ""),
         device=setup.device.type,
+        world=world,
     )
     state, folder, saved = TrainState(), None, None
     if checkpoint_dir:
@@ -608,12 +617,16 @@ def fit(
             checkpoint_dir, fingerprint[0], fingerprint[1], resume=bool(cfg["resume"]), rank=rank
         )
         if cfg["resume"]:
-            saved = load_latest_checkpoint(folder, cfg, fingerprint=fingerprint)
+            saved = load_latest_checkpoint(
+                folder, cfg, fingerprint=fingerprint, epoch_steps=len(parts.train_loader)
+            )
         state.fingerprint, state.fingerprint_items = fingerprint
     cuda = [setup.device.index or 0] if setup.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(int(cfg["seed"]) + 1)
         if saved is not None:
             state = restore(parts, saved)
+            # The stored reason was decided under the checkpoint's settings (and clock).
+            state.stopped = stop_reason(cfg, state, 0.0)
         run_epochs(parts, state, cfg, setup, folder=folder, rank=rank, world=world)
     return fit_result(state, parts.model, fingerprint[0])
