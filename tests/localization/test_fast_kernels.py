@@ -364,8 +364,8 @@ def test_worker_allocator_tuning_applies_on_glibc():
 
 
 def test_missing_maps_scope_all_vs_evaluated():
-    """``all`` (reference) charges every gt pair without a map as a miss; ``evaluated`` only
-    those of the CXRs and tasks the set has maps for."""
+    """``all`` (reference) charges every gt pair without a map as an empty prediction;
+    ``evaluated`` only those of the CXRs and tasks the set has maps for."""
     from cxr_spurious.errors import ParameterError
 
     hs, gt = _memory_set()
@@ -387,7 +387,7 @@ def test_missing_maps_scope_all_vs_evaluated():
         ("q9_study1_view1_frontal", "Edema"),
         (first, "Pneumothorax"),
     }
-    assert (extra["hit"] == 0.0).all() and (extra["pred_area"] == 0).all()
+    assert extra["hit"].isna().all() and (extra["pred_area"] == 0).all()  # IoU charged, no hit
     pd.testing.assert_frame_equal(
         full.iloc[: len(hs)], scoped, check_dtype=False
     )  # NaN rows upcast ints
@@ -407,3 +407,66 @@ def test_missing_maps_scope_all_vs_evaluated():
         ParameterError, match=r"localization.missing_maps.*'all', 'evaluated'.*'some'"
     ):
         evaluate_heatmap_set(hs, gt, progress=False, workers=1, prefer_gpu=False, missing="some")
+
+
+def test_missing_map_is_left_out_of_the_hit_rate():
+    """The reference's ``get_hitrates`` only scores the maps it finds: a positive gt pair
+    without a map has a NaN hit (not a miss), while its IoU is still that of an empty mask."""
+    from cxr_spurious.localization import summary
+
+    hs, gt = _memory_set()
+    full, _ = evaluate_heatmap_set(hs, gt, progress=False, workers=1, prefer_gpu=False)
+    row = int(np.flatnonzero(full["gt_area"] > 0)[0])
+    keep = np.arange(len(hs)) != row
+    dropped = HeatmapSet(hs.index[keep].reset_index(drop=True), hs.maps[keep])
+    table, _ = evaluate_heatmap_set(dropped, gt, progress=False, workers=1, prefer_gpu=False)
+    key = (full.loc[row, "image_id"], full.loc[row, "task"])
+    (missing,) = table[(table["image_id"] == key[0]) & (table["task"] == key[1])].to_dict("records")
+    assert np.isnan(missing["hit"]) and missing["iou_full"] == 0.0 and missing["pred_area"] == 0
+    hits = summary.per_cxr_table(table, "hit").set_index("img_id")[key[1]]
+    others = full[(full["task"] == key[1]) & (np.arange(len(full)) != row)]
+    assert hits.mean() == pytest.approx(others["hit"].mean())  # the pair is not a miss
+
+
+def test_probability_tuning_counts_are_plain_otsu_whatever_the_config():
+    """The reference tunes the probability cutoff on plain Otsu masks (no cutoff, no fixed
+    threshold), over every map, CXRs outside the gt included: the counts an evaluation with
+    configured cutoffs and thresholds records for the tuning are those of the plain one."""
+    from cxr_spurious.pipelines.localization import nodes
+
+    hs, gt = _memory_set()
+    outside = hs.index.loc[0, "image_id"]
+    gt = {c: v for c, v in gt.items() if c != outside}  # a CXR with maps but no gt
+    plain, _ = evaluate_heatmap_set(
+        hs, gt, tuning_grid=GRID, progress=False, workers=1, prefer_gpu=False
+    )
+    configs = {
+        "Edema": SegmentationConfig(prob_cutoff=0.95),
+        "Cardiomegaly": SegmentationConfig(threshold=0.6),
+    }
+    tuned, _ = evaluate_heatmap_set(
+        hs, gt, configs=configs, tuning_grid=GRID, progress=False, workers=1, prefer_gpu=False
+    )
+    assert (tuned["pred_area"] != plain["pred_area"]).any()  # the configs change the masks
+    for col, plain_col in (("tune_otsu_area", "pred_area"), ("tune_otsu_inter", "intersection")):
+        np.testing.assert_array_equal(tuned[col], plain[plain_col])
+        np.testing.assert_array_equal(plain[col], plain[plain_col])
+    # brute force: the reference's compute_miou on the exact torch path
+    cutoffs = [0.0, 0.3, 0.6]
+    expected = []
+    for task in sorted(hs.index["task"].unique()):
+        for c in cutoffs:
+            ious = []
+            for i, r in enumerate(hs.index.to_dict("records")):
+                if r["task"] != task:
+                    continue
+                pred = heatmap_to_segmentation(hs.maps[i], 41, 35).astype(bool)
+                pred &= r["prob"] > c
+                entry = gt.get(r["image_id"])
+                g = decode_rle(entry[task]).astype(bool) if entry else np.zeros_like(pred)
+                union = (pred | g).sum()
+                ious.append((pred & g).sum() / union if union else np.nan)
+            expected.append(round(float(np.nanmean(ious)), 3))
+    for table in (plain, tuned):
+        _, _, prob = nodes.tune_segmentation(table.assign(set="s"), [0.2, 0.8, 0.1], [0, 0.7, 0.3])
+        assert prob["mIoU"].tolist() == expected

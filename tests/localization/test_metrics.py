@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
+from cxr_spurious.errors import ParameterError
 from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.localization import summary, tuning
 from cxr_spurious.localization.metrics import (
@@ -123,7 +124,14 @@ def test_tuning_matches_brute_force():
     m05 = np.mean([7 / 12, 2 / 10])
     assert np.isclose(grid.loc[0, "mIoU"], m02) and np.isclose(grid.loc[1, "mIoU"], m05)
     assert best.iloc[0]["threshold"] == (0.2 if m02 > m05 else 0.5)
-    assert len(tuning.threshold_grid(0.2, 0.8, 0.1)) == len(np.arange(0.2, 0.8, 0.1))
+    # the reference's tune_heatmap_threshold grid, np.arange(0.2, .8, .1), written out: the
+    # float steps overshoot, so 0.8 (0.8000000000000003) is tuned too; columns named by :g
+    grid_02 = tuning.threshold_grid(0.2, 0.8, 0.1)
+    assert grid_02 == pytest.approx([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], abs=1e-12)
+    assert [f"{t:g}" for t in grid_02] == ["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"]
+    assert tuning.threshold_grid(0.0, 0.9, 0.1) == pytest.approx(
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], abs=1e-12
+    )  # the reference's probability cutoffs, np.arange(0, .9, .1): 0.9 excluded
 
 
 def test_one_sort_per_map_gives_the_rank_metrics_of_separate_sorts():
@@ -159,3 +167,51 @@ def test_one_sort_per_map_gives_the_rank_metrics_of_separate_sorts():
         assert got == mass_rank_metrics(score, gt, top_k=k)
         assert got["relevance_rank"] == g[order[: g.sum()]].mean()
         assert got["top_k_intersection"] == g[order[:k]].mean()
+
+
+def test_rank_metrics_of_a_constant_map_are_nan():
+    """A constant map (the evaluation passes one as zeros) has no ranking: its relevance
+    rank, top-k and pixel AUROC would score the mask's place in pixel order, so NaN."""
+    gt = np.zeros((6, 5), np.uint8)
+    gt[0, :] = 1  # the first pixels in C order: a tie-break in pixel order scores 1.0
+    for value in (0.0, 0.7):
+        out = mass_rank_metrics(np.full((6, 5), value), gt, top_k=5)
+        assert np.isnan(out["relevance_rank"]) and np.isnan(out["top_k_intersection"])
+        assert np.isnan(out["pixel_auroc"])
+    assert np.isnan(mass_rank_metrics(np.zeros((6, 5)), gt)["relevance_mass"])  # no mass
+    assert np.isclose(mass_rank_metrics(np.full((6, 5), 0.7), gt)["relevance_mass"], 5 / 30)
+
+
+def _prob_tuning_table():
+    """Maps of one task: in the gt, outside it, a tie on a cutoff and a gt pair without a map."""
+    return pd.DataFrame(
+        {
+            "task": "Edema",
+            "image_id": ["a", "b", "c", "d", "e"],
+            "in_gt": [True, True, False, True, True],
+            "prob": [0.9, 0.5, 0.7, 0.2, np.nan],
+            "gt_area": [10, 10, 0, 0, 10],
+            "tune_otsu_area": [12, 8, 6, 0, np.nan],  # e: no map
+            "tune_otsu_inter": [8, 4, 0, 0, np.nan],
+            # the configured evaluation's own counts (a cutoff of 0.95): not what is tuned
+            "pred_area": [0, 0, 0, 0, 0],
+            "intersection": [0, 0, 0, 0, 0],
+        }
+    )
+
+
+def test_probability_tuning_scores_every_map_like_the_reference():
+    """The reference's ``compute_miou``: every map (a CXR outside the gt against an empty
+    mask), plain Otsu counts, mask kept when ``prob > cutoff`` (a tie empties it), gt pairs
+    without a map left out."""
+    out = tuning.tune_probability_cutoffs(_prob_tuning_table(), [0.0, 0.5, 0.8])
+    # cutoff 0: a 8/14, b 4/14, c 0/6 (outside the gt, kept), d NaN (both empty)
+    # cutoff 0.5: b's prob is 0.5, not > 0.5: empty, IoU 0 against its gt; c kept
+    # cutoff 0.8: only a kept; b 0, c NaN (both empty)
+    expected = [np.mean([8 / 14, 4 / 14, 0.0]), np.mean([8 / 14, 0.0, 0.0]), np.mean([8 / 14, 0])]
+    assert out["mIoU"].tolist() == [round(float(v), 3) for v in expected]
+    assert out["prob_threshold"].tolist() == [0.0, 0.5, 0.8] and set(out["task"]) == {"Edema"}
+    with pytest.raises(ParameterError, match="tune_otsu_area.*tuning grid"):
+        tuning.tune_probability_cutoffs(
+            _prob_tuning_table().drop(columns=["tune_otsu_area"]), [0.5]
+        )

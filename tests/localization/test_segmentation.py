@@ -1,7 +1,9 @@
+import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from cxr_spurious.errors import DataFormatError
@@ -11,7 +13,9 @@ from cxr_spurious.io.chexlocalize import (
     read_heatmap_folder,
     read_heatmap_pickle,
 )
+from cxr_spurious.io.masks import decode_rle
 from cxr_spurious.localization.evaluate import evaluate_heatmap_set
+from cxr_spurious.localization.kernels import segment_map_cpu, segment_map_torch
 from cxr_spurious.localization.segmentation import (
     SegmentationConfig,
     fill_outer_contours,
@@ -114,3 +118,49 @@ def test_nan_map_is_rejected(tmp_path):
     assert heatmaps.maps.shape == (1, 4, 4)
     with pytest.raises(DataFormatError, match=r"p1_study1_view1_frontal_Edema_map\.pkl.*NaN"):
         evaluate_heatmap_set(heatmaps, {}, workers=1, progress=False, prefer_gpu=False)
+
+
+def _reference_contours(binary: np.ndarray) -> np.ndarray:
+    """The reference's ``cam_to_segmentation`` drawing of an Otsu mask, verbatim: every
+    ``RETR_TREE`` contour with more than one point, a filled PIL polygon with outline."""
+    cnts = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    out = Image.new("1", (binary.shape[1], binary.shape[0]))
+    for cnt in cnts:
+        if len(cnt) > 1:
+            ImageDraw.Draw(out).polygon(
+                [(int(p[0][0]), int(p[0][1])) for p in cnt], outline=1, fill=1
+            )
+    return np.array(out, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("hole", [False, True])
+def test_isolated_otsu_pixel_is_dropped_like_the_reference(hole):
+    """A one-pixel Otsu component has a single-point contour, which the reference does not
+    draw: the exact kernel, the OpenCV path and the torch path all drop it (with and
+    without a hole in the rest of the mask)."""
+    m = np.zeros((20, 20), np.float32)
+    m[2:8, 2:8] = 1.0
+    if hole:
+        m[4, 4] = 0.0
+    m[15, 15] = 1.0  # isolated: none of its 8 neighbours is set
+    m[15, 2] = m[16, 3] = 1.0  # two diagonal pixels: one 8-connected component, kept
+    binary = (m > 0).astype(np.uint8)  # Otsu of a two-level map
+    expected = _reference_contours(binary)
+    assert expected[15, 15] == 0 and expected[15, 2] == expected[16, 3] == 1
+    cfg = SegmentationConfig()
+    np.testing.assert_array_equal(heatmap_to_segmentation(m, 20, 20, cfg), expected)
+    np.testing.assert_array_equal(decode_rle(segment_map_cpu(m, 20, 20, 1.0, cfg).rle), expected)
+    torch_path = segment_map_torch(m, 20, 20, 1.0, cfg, torch.device("cpu"))
+    np.testing.assert_array_equal(decode_rle(torch_path.rle), expected)
+    raw = SegmentationConfig(fill_contours=False)  # no contour drawing: the raw Otsu mask
+    np.testing.assert_array_equal(heatmap_to_segmentation(m, 20, 20, raw), binary)
+
+
+def test_contour_drawing_matches_the_reference_on_random_masks():
+    """``fill_outer_contours`` (one-pixel components dropped, outer contours filled) against
+    the reference's drawing of every contour, on masks with specks, holes and edges."""
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(3, 30, 2))
+        binary = (rng.random((h, w)) < rng.uniform(0.05, 0.7)).astype(np.uint8)
+        np.testing.assert_array_equal(fill_outer_contours(binary), _reference_contours(binary))

@@ -214,3 +214,54 @@ def test_paired_comparisons_resample_patients():
         pytest.approx(lo, abs=1e-12),
         pytest.approx(hi, abs=1e-12),
     )
+
+
+def _reference_inputs(per_map: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A model table with the counts the reports need, and a human benchmark on every CXR."""
+    model = per_map.assign(pred_area=5, gt_area=10, intersection=3, n_pixels=100)
+    hb = per_map.drop(columns=["set", "model", "method"]).assign(
+        iou_tp=lambda t: (t["iou_tp"] * 0.5 + 0.4).clip(upper=1),
+        iou_full=lambda t: (t["iou_full"] * 0.5 + 0.4).clip(upper=1),
+        hit=1.0,
+    )
+    return model, hb
+
+
+def test_percentage_decrease_is_paired_on_the_shared_cxrs():
+    """With ``missing_maps: evaluated`` the model's per-CXR table holds fewer CXRs than the
+    human benchmark's: both are cut to the shared CXRs before the same-seed bootstrap, so
+    replicate r of each resamples the same CXRs (the reference pairs its two bootstrap files
+    row by row, which is only that when both list the same CXRs)."""
+    from cxr_spurious.pipelines.localization import nodes
+
+    per_map, _ = _per_map()
+    model, hb = _reference_inputs(per_map)
+    kept = sorted(model["image_id"].unique())[5:]  # the model was evaluated on fewer CXRs
+    model = model[model["image_id"].isin(kept)]
+    reports = nodes.build_reference_reports(model, hb, n_boot=200, seed=0, true_pos_only=True)
+    for metric, col in (("iou", "iou_tp"), ("hitmiss", "hit")):
+        pred_bs = summary.reference_bootstrap(summary.per_cxr_table(model, col), 200, 0)
+        hb_shared = summary.per_cxr_table(hb[hb["image_id"].isin(kept)], col)
+        hb_bs = summary.reference_bootstrap(hb_shared, 200, 0)
+        expected = summary.percentage_decrease(pred_bs, hb_bs).reset_index()
+        pd.testing.assert_frame_equal(reports[f"{metric}_pct_decrease"], expected)
+    # on the same CXRs (the reference's own case) the two bootstrap files are paired as is
+    model_all, _ = _reference_inputs(per_map)
+    full = nodes.build_reference_reports(model_all, hb, n_boot=200, seed=0, true_pos_only=True)
+    expected = summary.percentage_decrease(
+        full["iou_bootstrap_results_per_cxr"], full["iou_humanbenchmark_bootstrap_results_per_cxr"]
+    ).reset_index()
+    pd.testing.assert_frame_equal(full["iou_pct_decrease"], expected)
+
+
+def test_unpairable_percentage_decrease_is_an_error():
+    per_map, _ = _per_map(n_patients=3)
+    pred = summary.per_cxr_table(per_map, "iou_tp")
+    other = pred.assign(img_id=[f"other{i}" for i in range(len(pred))])
+    with pytest.raises(ContractError, match="share 0 CXR"):
+        summary.paired_percentage_decrease(pred, other, n_boot=20)
+    with pytest.raises(ContractError, match="human benchmark per-CXR table has no 'img_id'"):
+        summary.paired_per_cxr(pred, pred.drop(columns=["img_id"]))
+    bs = summary.reference_bootstrap(pred, n_boot=20)
+    with pytest.raises(ContractError, match="20 model and 10 human-benchmark"):
+        summary.percentage_decrease(bs, bs.iloc[:10])

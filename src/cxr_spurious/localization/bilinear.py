@@ -812,6 +812,110 @@ def runs_have_hole(counts: np.ndarray, height: int, width: int) -> bool:
 
 
 @numba.njit(cache=True, nogil=True)
+def _drop_isolated_runs(counts, h, w):  # pragma: no cover - compiled
+    # foreground runs split at column boundaries, as (column, top, bottom) segments in
+    # column-major order (a run of one column is maximal: its neighbours above and below
+    # are background)
+    n_fg = 0
+    pos = np.int64(0)
+    for i in range(counts.shape[0]):
+        if i % 2 == 1 and counts[i] > 0:
+            n_fg += (pos + counts[i] - 1) // h - pos // h + 1
+        pos += counts[i]
+    col = np.empty(n_fg, np.int64)
+    top = np.empty(n_fg, np.int64)
+    bottom = np.empty(n_fg, np.int64)
+    k = 0
+    pos = 0
+    for i in range(counts.shape[0]):
+        start, end = pos, pos + counts[i]
+        pos = end
+        if i % 2 == 0:
+            continue
+        while start < end:
+            cx = start // h
+            stop = min(end, (cx + 1) * h)
+            r0, r1 = start - cx * h, stop - cx * h
+            if k > 0 and col[k - 1] == cx and bottom[k - 1] == r0:  # a zero-length gap
+                bottom[k - 1] = r1
+            else:
+                col[k], top[k], bottom[k] = cx, r0, r1
+                k += 1
+            start = stop
+    n_fg = k
+    first = np.empty(w + 1, np.int64)  # first segment of each column (n_fg past the last)
+    j = 0
+    for c in range(w + 1):
+        while j < n_fg and col[j] < c:
+            j += 1
+        first[c] = j
+    drop = np.zeros(n_fg, np.bool_)
+    n_drop = 0
+    for k in range(n_fg):
+        if bottom[k] - top[k] != 1:
+            continue
+        r, c = top[k], col[k]
+        alone = True
+        for nc in (c - 1, c + 1):
+            if nc < 0 or nc >= w:
+                continue
+            a, b = first[nc], first[nc + 1]
+            while a < b:  # the first segment of column nc reaching row r - 1
+                mid = (a + b) // 2
+                if bottom[mid] >= r:
+                    b = mid
+                else:
+                    a = mid + 1
+            if a < first[nc + 1] and top[a] <= r + 1:
+                alone = False
+                break
+        if alone:
+            drop[k] = True
+            n_drop += 1
+    if n_drop == 0:
+        return counts
+    out = np.empty(2 * n_fg + 1, np.int64)
+    n = 0
+    done = np.int64(0)  # pixels written so far
+    run_start, run_end = np.int64(-1), np.int64(-1)
+    for k in range(n_fg):
+        if drop[k]:
+            continue
+        s, e = col[k] * h + top[k], col[k] * h + bottom[k]
+        if s == run_end:
+            run_end = e
+            continue
+        if run_start >= 0:
+            out[n], out[n + 1] = run_start - done, run_end - run_start
+            n += 2
+            done = run_end
+        run_start, run_end = s, e
+    if run_start >= 0:
+        out[n], out[n + 1] = run_start - done, run_end - run_start
+        n += 2
+        done = run_end
+    if done < h * w or n == 0:
+        out[n] = h * w - done
+        n += 1
+    return out[:n]
+
+
+def drop_isolated_runs(counts: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Column-major run lengths of a mask without its one-pixel components.
+
+    The runs form of ``segmentation.drop_isolated_pixels`` (the reference draws no contour
+    of a single point, so an isolated pixel, 8-connectivity, is never in its mask): a
+    one-pixel piece of a column is dropped when neither neighbouring column has a set
+    pixel in the rows above, beside or below it. Costs O(runs) plus a binary search per
+    one-pixel piece; the mask is never decoded. Returns ``counts`` itself when nothing is
+    dropped, otherwise runs in pycocotools' form (zeros first, no trailing empty run).
+    """
+    return _drop_isolated_runs(
+        np.ascontiguousarray(counts, dtype=np.int64), int(height), int(width)
+    )
+
+
+@numba.njit(cache=True, nogil=True)
 def _rle_string(counts):  # pragma: no cover - compiled
     """pycocotools' compressed RLE string of run lengths (its ``rleToString``), as bytes."""
     out = np.empty(counts.shape[0] * 14 + 1, np.uint8)

@@ -60,6 +60,12 @@ logger = logging.getLogger(__name__)
 
 MISSING_MODES: tuple[str, ...] = ("all", "evaluated")
 
+#: The segmentation probability-cutoff tuning scores: the reference's
+#: ``tune_probability_threshold.compute_miou`` segments every map with plain
+#: ``cam_to_segmentation`` (Otsu, filled contours, no smoothing, no cutoff), whatever
+#: thresholds or cutoffs the evaluation itself is configured with.
+TUNING_OTSU = SegmentationConfig()
+
 
 @dataclass(frozen=True)
 class MapJob:
@@ -74,7 +80,8 @@ class MapJob:
         prob: Model probability.
         config: Segmentation options.
         gt_rle: Ground-truth RLE, or ``None`` when the CXR is not in the ground truth.
-        tuning_grid: Fixed thresholds to count pixels for (positive pairs only).
+        tuning_grid: Fixed thresholds to count pixels for (positive pairs only); when not
+            empty, every map also gets the plain-Otsu counts of the probability tuning.
         extra_metrics: Compute relevance mass/rank, top-k and pixel AUROC.
         top_k: k of the top-k intersection.
         spurious: ``{object: rle}`` of the CXR for shortcut attribution.
@@ -179,8 +186,53 @@ def _score(fast: FastMap, job: MapJob) -> np.ndarray | None:
     return np.ascontiguousarray(np.divide(norm, np.float32(fast.span), dtype=np.float32))
 
 
-def score_fast_map(fast: FastMap, job: MapJob) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Score one segmented map against its ground truth; returns (record fields, predicted RLE)."""
+def _is_tuning_otsu(job: MapJob) -> bool:
+    """Whether the job's own mask is the plain Otsu mask the probability tuning scores."""
+    cfg = job.config
+    return (
+        cfg.threshold is None
+        and cfg.smoothing_k == 0
+        and cfg.fill_contours == TUNING_OTSU.fill_contours
+        and not job.prob < cfg.prob_cutoff
+    )
+
+
+def tuning_otsu_map(
+    fast: FastMap, job: MapJob, map2d: np.ndarray | None = None, device: torch.device | None = None
+) -> FastMap:
+    """The map segmented as the probability-cutoff tuning needs it (``TUNING_OTSU``).
+
+    ``fast`` itself when the job's mask already is that mask (default Otsu config, map not
+    cut off); otherwise the map is segmented again with ``TUNING_OTSU`` (on ``device`` when
+    CUDA, from ``map2d`` or, on the CPU, from ``fast.source``).
+
+    Raises:
+        ValueError: a second segmentation is needed but neither ``map2d`` nor
+            ``fast.source`` holds the native map.
+    """
+    if _is_tuning_otsu(job):
+        return fast
+    if map2d is None:
+        if fast.source is None:
+            raise ValueError(
+                f"{job.image_id}/{job.task}: the tuning mask needs the native map "
+                "(pass map2d for a CUDA FastMap)"
+            )
+        map2d = fast.source.src
+    if device is not None and device.type == "cuda":
+        return segment_map_torch(map2d, job.height, job.width, 1.0, TUNING_OTSU, device)
+    return segment_map_cpu(map2d, job.height, job.width, 1.0, TUNING_OTSU)
+
+
+def score_fast_map(
+    fast: FastMap, job: MapJob, tuning_map: FastMap | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score one segmented map against its ground truth; returns (record fields, predicted RLE).
+
+    With a tuning grid, also ``tune_otsu_area`` / ``tune_otsu_inter``: the plain Otsu mask
+    (``tuning_map``, else ``tuning_otsu_map``) against the ground truth (empty when the CXR
+    is not in it), the counts of the probability-cutoff tuning.
+    """
     h, w = job.height, job.width
     pred = fast.rle
     gt_rle = job.gt_rle
@@ -203,6 +255,15 @@ def score_fast_map(fast: FastMap, job: MapJob) -> tuple[dict[str, Any], dict[str
         if positive and job.extra_metrics
         else None
     )
+    if job.tuning_grid:
+        otsu = tuning_map if tuning_map is not None else tuning_otsu_map(fast, job)
+        if otsu is fast:
+            rec["tune_otsu_area"], rec["tune_otsu_inter"] = pa, inter
+        elif gt_rle is None:
+            rec["tune_otsu_area"], rec["tune_otsu_inter"] = rle_area(otsu.rle), 0
+        else:
+            oa, _, oi = rle_counts(otsu.rle, gt_rle)
+            rec["tune_otsu_area"], rec["tune_otsu_inter"] = oa, oi
     if positive and job.tuning_grid:
         areas, inters = threshold_counts(fast, job.tuning_grid, gt_rle)
         for t, a, i in zip(job.tuning_grid, areas, inters):
@@ -241,7 +302,8 @@ def evaluate_job(
     if device is not None and device.type == "cuda":
         with torch.inference_mode():
             fast = segment_map_torch(map2d, job.height, job.width, job.prob, job.config, device)
-            return score_fast_map(fast, job)
+            otsu = tuning_otsu_map(fast, job, map2d, device) if job.tuning_grid else None
+            return score_fast_map(fast, job, otsu)
     return score_fast_map(segment_map_cpu(map2d, job.height, job.width, job.prob, job.config), job)
 
 
@@ -402,7 +464,9 @@ def evaluate_heatmap_set(
         heatmaps: Maps at native resolution with their index (see ``HeatmapSet``).
         gt_segmentations: CheXlocalize gt JSON ``{cxr_id: {task: rle}}``.
         configs: Per-task segmentation options (default Otsu for every task).
-        tuning_grid: Fixed thresholds for which to count pixels on positive pairs.
+        tuning_grid: Fixed thresholds for which to count pixels on positive pairs; when
+            given, every map also gets the plain-Otsu counts of the probability-cutoff
+            tuning (``tune_otsu_area`` / ``tune_otsu_inter``, see ``score_fast_map``).
         extra_metrics: Compute relevance mass/rank, top-k and pixel AUROC (full-res sorts).
         top_k: k of the top-k intersection.
         spurious_segmentations: ``{cxr_id: {object: rle}}`` for shortcut attribution.
@@ -412,7 +476,8 @@ def evaluate_heatmap_set(
         progress: Show a progress bar.
         desc: Progress-bar label.
         workers: CPU worker processes (``None`` = one per core; 1 = in this process).
-        missing: Ground-truth (CXR, task) pairs without a map, scored as empty predictions:
+        missing: Ground-truth (CXR, task) pairs without a map, scored as empty predictions
+            for IoU (their hit is NaN, as the reference leaves them out of the hit rate):
             ``all`` of them (the reference's semantics) or only those of the CXRs and tasks
             the set has maps for (``evaluated``: a set made on one split for some tasks is
             not charged with misses on the other splits and tasks).
@@ -535,7 +600,13 @@ class _CudaJob:
 def _add_missing_predictions(
     table: pd.DataFrame, gt: Mapping[str, Mapping[str, Any]], index: pd.DataFrame
 ) -> pd.DataFrame:
-    """Gt (cxr, task) pairs without a map: an empty prediction (reference semantics), logged."""
+    """Gt (cxr, task) pairs without a map, logged: scored like the reference.
+
+    IoU: an empty prediction (the reference's ``get_ious`` scores every gt pair, with a
+    zero mask where the prediction JSON lacks the CXR). Hit: NaN, left out of the hit
+    rate (the reference's ``get_hitrates`` only scores the map files it finds, so a pair
+    without a map is neither a hit nor a miss).
+    """
     have = set(zip(index["image_id"].astype(str), index["task"].astype(str)))
     extra = []
     model = index["model"].iloc[0] if len(index) else ""
@@ -573,7 +644,7 @@ def _add_missing_predictions(
                     "intersection": 0,
                     "iou_tp": np.nan,
                     "iou_full": iou_from_counts(0, ga, 0, true_pos_only=False),
-                    "hit": 0.0 if ga > 0 else np.nan,
+                    "hit": np.nan,  # no map, no pointing game (reference: left out)
                 }
             )
     return pd.concat([table, pd.DataFrame(extra)], ignore_index=True) if extra else table

@@ -6,8 +6,9 @@ answers the segmentation questions per source cell, without building the full-si
 the exact minimum, maximum and first C-order argmax, the 256-bin histogram of the
 reference's ``uint8`` image, Otsu's level on it (``otsu_threshold``, a replica of
 ``cv2.THRESH_OTSU``), the mask as column-major runs (encoded straight to the pycocotools
-RLE string) and the hole check for the filled outer contours. The masks therefore equal
-the reference's. On CUDA the same steps run on the full map in torch.
+RLE string) without its one-pixel components (``drop_isolated_runs``: the reference
+draws no single-point contour) and the hole check for the filled outer contours. The masks
+therefore equal the reference's. On CUDA the same steps run on the full map in torch.
 
 Thresholds on the normalised map are applied as exact float32 *edges* on the upsampled
 map (the normalisation is monotone), so no normalised copy is ever made. A full-size map,
@@ -28,7 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from cxr_spurious.io.masks import decode_rle, encode_rle
-from cxr_spurious.localization.bilinear import BilinearMap, rle_from_runs, runs_have_hole
+from cxr_spurious.localization.bilinear import (
+    BilinearMap,
+    drop_isolated_runs,
+    rle_from_runs,
+    runs_have_hole,
+)
 from cxr_spurious.localization.metrics import rle_bbox, rle_decode_t, rle_runs
 from cxr_spurious.localization.segmentation import (
     SegmentationConfig,
@@ -231,8 +237,8 @@ def segment_map_cpu(
         timings: Optional dict to which the seconds of each step are added (``setup``:
             the bilinear taps; ``extremes``: the cell bounds, then the exact minimum,
             maximum and argmax; ``histogram``; ``otsu``: the level and its edge;
-            ``mask``: the runs, RLE string and hole check). ``bench_localization.py
-            --profile`` sums them over maps.
+            ``mask``: the runs, one-pixel components, RLE string and hole check).
+            ``bench_localization.py --profile`` sums them over maps.
 
     Returns:
         The mask RLE, normalisation constants, first argmax and the implicit map.
@@ -269,6 +275,8 @@ def segment_map_cpu(
     ]  # uint8 > level  <=>  v >= edge
     lap("otsu")
     runs = src.runs(edge)
+    if config.fill_contours:  # the reference draws no single-point contour
+        runs = drop_isolated_runs(runs, height, width)
     fast.rle = rle_from_runs(runs, height, width)
     if config.fill_contours and runs_have_hole(runs, height, width):
         fast.rle = encode_rle(

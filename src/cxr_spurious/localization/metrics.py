@@ -279,7 +279,11 @@ def mass_rank_metrics(
 ) -> dict[str, float]:
     """Quantus-style localisation metrics of a non-negative map against a mask.
 
-    Empty ground truth gives NaN for every metric (Quantus would count it as a hit).
+    Empty ground truth gives NaN for every metric (Quantus would count it as a hit). A
+    constant map (no spatial information; the evaluation passes a constant map as zeros)
+    gives NaN for the rank-based metrics (relevance rank, top-k, pixel AUROC), as
+    ``spurious_auroc`` does: its descending sort would break the ties in pixel order, so
+    these would score the mask's position in the image, not the map.
 
     Args:
         score: The map.
@@ -290,7 +294,8 @@ def mass_rank_metrics(
     Returns:
         relevance_mass (share of map mass inside the mask), relevance_rank (share of the
         top-|mask| pixels inside it), top_k_intersection (share of the top-k pixels inside
-        it) and pixel_auroc (the map as a pixel score for the mask).
+        it) and pixel_auroc (the map as a pixel score for the mask); the last three NaN
+        for a constant map.
     """
     s = np.asarray(score, dtype=np.float64).reshape(-1)
     g = np.asarray(gt_mask, dtype=bool).reshape(-1)
@@ -305,6 +310,13 @@ def mass_rank_metrics(
     total = s.sum()
     mass = float(s[g].sum() / total) if total > 0 else np.nan
     ranked = RankedScore(s) if ranked is None else ranked
+    if ranked.constant:
+        return {
+            "relevance_mass": mass,
+            "relevance_rank": np.nan,
+            "top_k_intersection": np.nan,
+            "pixel_auroc": np.nan,
+        }
     inside = g[ranked.order]
     rank = float(inside[:n_gt].mean())
     k = min(int(top_k), s.size)

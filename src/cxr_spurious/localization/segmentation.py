@@ -5,7 +5,8 @@ Reference semantics (rajpurkarlab/cheXlocalize ``heatmap_to_segmentation.py``):
 * bilinear upsampling (``align_corners=False``) of the map to the original (h, w);
 * min-max normalisation in float32 (``(m - min) / (max - min)``);
 * Otsu (default): ``uint8(255 * norm)``, ``cv2.threshold(..., THRESH_OTSU)``, then the
-  outer contours (``RETR_EXTERNAL``) filled with their outline (holes filled);
+  contours drawn as filled polygons with their outline (holes filled); contours of a
+  single point are not drawn, so a one-pixel component (8-connectivity) is dropped;
 * fixed threshold: ``norm > threshold`` (float32 comparison);
 * optional box-filter smoothing with kernel ``k`` (JET colour map -> grey -> box filter
   -> inverted), Otsu mode only;
@@ -129,12 +130,32 @@ def otsu_binary(norm: torch.Tensor | None, *, smoothing_k: int = 0) -> np.ndarra
     return (binary > 0).astype(np.uint8)
 
 
-def fill_outer_contours(binary: np.ndarray) -> np.ndarray:
-    """Fill the outer contours of a 0/1 mask like the reference (PIL polygon, outline included).
+def drop_isolated_pixels(binary: np.ndarray) -> np.ndarray:
+    """The 0/1 mask without its one-pixel components (no set pixel among the 8 neighbours).
 
-    When the mask has no hole (the common case) the filled contours equal the mask itself,
-    so the PIL rasterisation only runs for masks with holes.
+    The reference's ``cam_to_segmentation`` only draws contours with ``len(cnt) > 1``; the
+    contour of an isolated pixel is a single point, so that pixel is never drawn. Every
+    larger 8-connected component has a contour of at least two points. O(pixels): one
+    3 x 3 box sum.
     """
+    b = np.ascontiguousarray(binary, dtype=np.uint8)
+    around = cv2.boxFilter(b, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    isolated = (b > 0) & (around == 1)  # the pixel itself is the only one set in its 3 x 3
+    if not isolated.any():
+        return b
+    out = b.copy()
+    out[isolated] = 0
+    return out
+
+
+def fill_outer_contours(binary: np.ndarray) -> np.ndarray:
+    """Draw the contours of a 0/1 mask like the reference (PIL polygon, outline included).
+
+    One-pixel components are dropped first (``drop_isolated_pixels``: the reference skips
+    single-point contours). When the remaining mask has no hole (the common case) the filled
+    contours equal the mask itself, so the PIL rasterisation only runs for masks with holes.
+    """
+    binary = drop_isolated_pixels(binary)
     contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None or not (hierarchy[0][:, 3] >= 0).any():
         return binary

@@ -102,8 +102,18 @@ def percentage_decrease(pred_bs: pd.DataFrame, hb_bs: pd.DataFrame) -> pd.DataFr
     """Reference ``*_pct_decrease.csv`` from paired bootstrap tables, with an ``Average`` row.
 
     The reference writes the Average row's CI under misspelt column names; here it goes in
-    ``pct_diff_lower`` / ``pct_diff_upper`` like the task rows.
+    ``pct_diff_lower`` / ``pct_diff_upper`` like the task rows. The two tables are paired
+    by row (replicate) position, so they must come from the same resamples of the same
+    CXRs (``paired_percentage_decrease`` builds them so).
+
+    Raises:
+        ContractError: the tables hold different numbers of replicates.
     """
+    if len(pred_bs) != len(hb_bs):
+        raise ContractError(
+            f"percentage decrease: {len(pred_bs)} model and {len(hb_bs)} human-benchmark "
+            "bootstrap replicates; they must be paired replicate by replicate"
+        )
     cols = [c for c in hb_bs.columns if c in pred_bs.columns]
     pred_bs, hb_bs = pred_bs[cols], hb_bs[cols]
     pct_bs = (hb_bs - pred_bs) / hb_bs
@@ -124,6 +134,66 @@ def percentage_decrease(pred_bs: pd.DataFrame, hb_bs: pd.DataFrame) -> pd.DataFr
         "pct_diff_upper": hi,
     }
     return out
+
+
+def paired_per_cxr(
+    pred_per_cxr: pd.DataFrame, hb_per_cxr: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two ``per_cxr_table`` outputs restricted to their shared CXRs and task columns.
+
+    The reference's ``pct_diff`` pairs the two bootstrap files row by row, i.e. replicate
+    by replicate, which is a paired bootstrap only when both were drawn over the same CXRs
+    in the same order (same seed, same row count: same resamples). That holds for its own
+    runs (both tables list every gt CXR); here the model table can hold fewer CXRs
+    (``missing_maps: evaluated``) or fewer tasks, so both are cut to the CXRs (``img_id``)
+    and tasks they share, in the same (sorted) order. When the rows and columns are already
+    the same, the tables are returned unchanged in content (the reference's numbers).
+
+    Raises:
+        ContractError: a table lacks ``img_id``, or the two share no CXR or no task.
+    """
+    for name, table in (("model", pred_per_cxr), ("human benchmark", hb_per_cxr)):
+        if "img_id" not in table.columns:
+            raise ContractError(f"{name} per-CXR table has no 'img_id' column")
+    tasks = [c for c in pred_per_cxr.columns if c != "img_id" and c in hb_per_cxr.columns]
+    ids = sorted(set(pred_per_cxr["img_id"].astype(str)) & set(hb_per_cxr["img_id"].astype(str)))
+    if not ids or not tasks:
+        raise ContractError(
+            "percentage decrease: the model and human-benchmark per-CXR tables share "
+            f"{len(ids)} CXR(s) and {len(tasks)} task(s); they cannot be paired"
+        )
+
+    def cut(table: pd.DataFrame) -> pd.DataFrame:
+        wide = table.assign(img_id=table["img_id"].astype(str)).set_index("img_id")
+        out = wide.loc[ids, tasks].reset_index(drop=True)
+        out["img_id"] = ids
+        return out
+
+    return cut(pred_per_cxr), cut(hb_per_cxr)
+
+
+def paired_percentage_decrease(
+    pred_per_cxr: pd.DataFrame, hb_per_cxr: pd.DataFrame, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Reference ``*_pct_decrease.csv`` from the two per-CXR tables, on their shared CXRs.
+
+    Both tables are restricted to their shared CXRs and tasks (``paired_per_cxr``), then
+    bootstrapped with the same seed (``reference_bootstrap``: the same resamples of the same
+    rows), then compared replicate by replicate (``percentage_decrease``).
+    """
+    pred, hb = paired_per_cxr(pred_per_cxr, hb_per_cxr)
+    if len(pred) < len(pred_per_cxr) or len(hb) < len(hb_per_cxr):
+        logger.info(
+            "percentage decrease on the %d CXR(s) shared by the model (%d) and the human "
+            "benchmark (%d)",
+            len(pred),
+            len(pred_per_cxr),
+            len(hb_per_cxr),
+        )
+    return percentage_decrease(
+        reference_bootstrap(pred, n_boot=n_boot, seed=seed),
+        reference_bootstrap(hb, n_boot=n_boot, seed=seed),
+    )
 
 
 def _metric_columns(per_map: pd.DataFrame) -> dict[str, str]:

@@ -22,7 +22,12 @@ from cxr_spurious.parallel import ordered_map
 
 
 def threshold_grid(start: float, stop: float, step: float) -> list[float]:
-    """``np.arange(start, stop, step)`` like the reference (0.2..0.7 for 0.2, 0.8, 0.1)."""
+    """``np.arange(start, stop, step)`` like the reference, float steps included.
+
+    For 0.2, 0.8, 0.1 that is 0.2..0.8 (seven thresholds: the accumulated steps overshoot,
+    so np.arange also yields 0.8000000000000003), the grid the reference's
+    ``tune_heatmap_threshold`` tunes; 0, 0.9, 0.1 gives the cutoffs 0..0.8.
+    """
     if step <= 0 or stop <= start:
         raise ParameterError(
             "localization.tuning_grid",
@@ -121,18 +126,44 @@ def tune_thresholds(
     return pd.DataFrame(best), pd.DataFrame(rows)
 
 
+#: Per-map counts of the probability-cutoff tuning (``evaluate.score_fast_map``).
+PROB_TUNING_COLUMNS: tuple[str, ...] = ("prob", "gt_area", "tune_otsu_area", "tune_otsu_inter")
+
+
 def tune_probability_cutoffs(per_map: pd.DataFrame, cutoffs: Sequence[float]) -> pd.DataFrame:
-    """Full-dataset mIoU per task when maps with ``prob < cutoff`` get an empty mask.
+    """Full-dataset mIoU per task when only maps with ``prob > cutoff`` keep their mask.
+
+    The reference's ``tune_probability_threshold.compute_miou``: every map of the task is
+    scored, a CXR outside the ground truth against an empty mask (IoU 0 for a non-empty
+    prediction, NaN when both are empty); the mask is plain Otsu (``cam_to_segmentation``
+    with no threshold, smoothing or cutoff: ``tune_otsu_area`` / ``tune_otsu_inter``),
+    whatever the evaluation was configured with; it is kept when ``prob > cutoff``
+    (strictly), else empty. Ground-truth pairs without a map (rows with no
+    ``tune_otsu_area``) are left out: the reference iterates over the map files.
+
+    Raises:
+        ParameterError: the per-map table lacks the counts (evaluated without a tuning grid).
 
     Returns:
         ``probability_tuning_results.csv`` layout: prob_threshold, mIoU (3 decimals), task.
     """
+    missing = [c for c in PROB_TUNING_COLUMNS if c not in per_map.columns]
+    if missing:
+        raise ParameterError(
+            "localization.tuning_grid",
+            f"per-map table lacks {missing} for the probability-cutoff tuning; "
+            "evaluate with a non-empty tuning grid",
+        )
     rows = []
-    for task, group in per_map.groupby("task", sort=True):
+    with_map = per_map[per_map["tune_otsu_area"].notna()]
+    for task, group in with_map.groupby("task", sort=True):
         prob = group["prob"].to_numpy(float)
-        pa, ga, inter = (group[c].to_numpy(float) for c in ("pred_area", "gt_area", "intersection"))
+        pa, ga, inter = (
+            group[c].to_numpy(float) for c in ("tune_otsu_area", "gt_area", "tune_otsu_inter")
+        )
         for c in cutoffs:
-            off = prob < c
+            with np.errstate(invalid="ignore"):
+                off = ~(prob > c)  # the reference keeps the mask when prob > cutoff
             a, i = np.where(off, 0, pa), np.where(off, 0, inter)
             union = a + ga - i
             with np.errstate(invalid="ignore", divide="ignore"):

@@ -91,7 +91,8 @@ def evaluate_heatmaps(
     """Segment and score every heatmap set (one streaming pass per set).
 
     ``missing_maps`` (``localization.missing_maps``): ``all`` scores every ground-truth
-    (CXR, task) pair without a map as an empty prediction (the reference's semantics);
+    (CXR, task) pair without a map as an empty prediction for IoU, with a NaN hit (the
+    reference's semantics: its hit rate only scores the maps it finds);
     ``evaluated`` does so only for the CXRs and tasks a set has maps for (a study's test
     split and its model's tasks).
 
@@ -177,13 +178,19 @@ def select_per_cxr(per_map: pd.DataFrame) -> pd.DataFrame:
 def tune_segmentation(
     per_map: pd.DataFrame, tuning_grid: list[float], prob_cutoffs_grid: list[float]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Threshold and probability-cutoff tuning per set (reference CSV layouts + ``set``)."""
+    """Threshold and probability-cutoff tuning per set (reference CSV layouts + ``set``).
+
+    The probability cutoffs are tuned like the reference's ``tune_probability_threshold``:
+    on every map of the set (CXRs outside the ground truth against an empty mask, pairs
+    without a map left out), with plain Otsu masks whatever ``prob_cutoffs`` and
+    ``fixed_thresholds`` the evaluation used (``tuning.tune_probability_cutoffs``).
+    """
     grid = _grid(tuning_grid, "localization.tuning_grid")
     cut = _grid(prob_cutoffs_grid, "localization.prob_cutoffs_grid")
     best, full, prob = [], [], []
     for name, group in per_map.groupby("set", sort=True):
         b, f = tuning.tune_thresholds(group, grid)
-        p = tuning.tune_probability_cutoffs(group[group["in_gt"].astype(bool)], cut)
+        p = tuning.tune_probability_cutoffs(group, cut)
         for frame, out in ((b, best), (f, full), (p, prob)):
             out.append(frame.assign(set=name))
     return (
@@ -239,7 +246,9 @@ def build_reference_reports(
 
     Includes per-cxr / bootstrap / summary tables for IoU and hit/miss, the human benchmark
     ones and percentage decreases when a benchmark exists, precision/recall/specificity,
-    and ``n_segs``.
+    and ``n_segs``. The percentage decreases are bootstrapped on the CXRs and tasks the set
+    and the benchmark share (``summary.paired_percentage_decrease``; all of the benchmark's
+    when the set has every gt CXR, as in the reference), not by row position.
     """
     reports: dict[str, pd.DataFrame] = {}
     sets = sorted(per_map["set"].unique())
@@ -257,10 +266,12 @@ def build_reference_reports(
             .to_frame()
         )
         for metric in ("iou", "hitmiss"):
-            hb_bs = hb.get(f"{metric}_humanbenchmark_bootstrap_results_per_cxr")
-            if hb_bs is not None and f"{metric}_bootstrap_results_per_cxr" in tables:
-                tables[f"{metric}_pct_decrease"] = summary.percentage_decrease(
-                    tables[f"{metric}_bootstrap_results_per_cxr"], hb_bs
+            hb_wide = hb.get(f"{metric}_humanbenchmark_results_per_cxr")
+            if hb_wide is not None and f"{metric}_results_per_cxr" in tables:
+                # paired on the shared CXRs and tasks: missing_maps: evaluated leaves the
+                # model table with fewer CXRs than the human benchmark's
+                tables[f"{metric}_pct_decrease"] = summary.paired_percentage_decrease(
+                    tables[f"{metric}_results_per_cxr"], hb_wide, n_boot=n_boot, seed=seed
                 )
         reports.update({f"{prefix}{k}": v for k, v in tables.items()})
     if len(hb_table) and "pred_area" in hb_table.columns:
