@@ -121,8 +121,9 @@ def test_nan_map_is_rejected(tmp_path):
 
 
 def _reference_contours(binary: np.ndarray) -> np.ndarray:
-    """The reference's ``cam_to_segmentation`` drawing of an Otsu mask, verbatim: every
-    ``RETR_TREE`` contour with more than one point, a filled PIL polygon with outline."""
+    """The drawing rule of the reference's ``cam_to_segmentation``, written here for the
+    test: each ``RETR_TREE`` contour with more than one point becomes a filled PIL polygon
+    with its outline."""
     cnts = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
     out = Image.new("1", (binary.shape[1], binary.shape[0]))
     for cnt in cnts:
