@@ -9,11 +9,12 @@ precision and device type, the number of processes, and a digest of the training
 Files are ``epoch_XXX.pt`` under ``<checkpoint_dir>/<variant>/<fingerprint[:16]>/``, so
 runs with different settings never share a folder: a fresh run starts its own folder over
 and never resumes or prunes another configuration's checkpoints, and ``resume`` refuses a
-checkpoint written with other settings, naming what differs. The settings left out of the fingerprint are checked when a
-run resumes instead (``load_latest_checkpoint``): a checkpoint past ``training.epochs``, or
-one whose steps ``training.max_steps`` no longer allows, is refused; the stopping rules are
-decided again with this run's settings (``engine.fit``). They are a side channel for resuming
-only; the trained model goes through the catalog.
+checkpoint written with other settings, naming what differs. The settings left out of the
+fingerprint are checked when a run resumes instead (``load_latest_checkpoint``): a
+checkpoint past ``training.epochs``, or one whose steps ``training.max_steps`` no longer
+allows, is refused; the stopping rules are decided again with this run's settings
+(``engine.fit``). They are a side channel for resuming only; the trained model goes through
+the catalog.
 """
 
 from __future__ import annotations
