@@ -41,7 +41,7 @@ from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 from kedro_mlflow.framework.hooks.utils import _flatten_dict
-from mlflow.entities import Param
+from mlflow.entities import Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
@@ -186,8 +186,35 @@ class BatchedParamsMlflowHook(MlflowHook):
         super().before_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
         if not self._is_mlflow_enabled or self.run_id is None:
             return
-        names = sorted(n for n in pipeline.inputs() if n.startswith("params:") or n == "parameters")
-        self._log_params(node_params({n: catalog.load(n) for n in names}), "the pipeline")
+        try:
+            names = sorted(
+                n for n in pipeline.inputs() if n.startswith("params:") or n == "parameters"
+            )
+            self._log_params(node_params({n: catalog.load(n) for n in names}), "the pipeline")
+        except BaseException:
+            # Kedro calls this hook outside the try whose except calls on_pipeline_error:
+            # close the run here, or it stays RUNNING (and MLflow ends it FINISHED at exit).
+            self._fail_pipeline_run()
+            raise
+
+    def _fail_pipeline_run(self) -> None:
+        """End the pipeline's MLflow run as FAILED (what kedro-mlflow's on_pipeline_error does)."""
+        if getattr(self, "_already_active_mlflow", False):
+            logger.warning(
+                "The MLflow run %s was open before 'kedro run' started, so it is not closed;"
+                " close it yourself",
+                self.run_id,
+            )
+            return
+        failed = RunStatus.to_string(RunStatus.FAILED)
+        try:
+            while mlflow.active_run() is not None:
+                mlflow.end_run(failed)
+            MlflowClient().set_terminated(self.run_id, failed)
+        except Exception as exc:  # keep the original error; this is cleanup
+            logger.warning("Could not mark the MLflow run %s as FAILED: %s", self.run_id, exc)
+        else:
+            logger.info("The MLflow run %s was closed as FAILED", self.run_id)
 
     @hook_impl
     def before_node_run(

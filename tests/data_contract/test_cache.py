@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,45 @@ def test_dataset_skips_rebuild_when_unchanged(tmp_path: Path) -> None:
     spec.size = 16
     ds.save(spec)
     assert ds.load().images.shape == (4, 16, 16)
+
+
+@pytest.mark.parametrize("mtime", ["preserved", "same_second"])
+def test_same_size_source_change_with_same_second_mtime_rebuilds(
+    tmp_path: Path, mtime: str
+) -> None:
+    """A corrected source copied in with ``cp -p``/``rsync -a`` (mtime kept), or rewritten
+    within the same second, keeps its size and whole-second mtime: the cache must rebuild."""
+    img = tmp_path / "a.png"
+
+    def write(value: int) -> None:
+        Image.fromarray(np.full((32, 32), value, np.uint8)).save(img, compress_level=0)
+
+    def spec():
+        manifest = pd.DataFrame(
+            {"image_id": ["a"], "path": [str(img)], "height": [32], "width": [32],
+             "Pneumothorax": [0.0]}
+        )  # fmt: skip
+        return make_cache_spec(manifest, ["Pneumothorax"], 16)
+
+    ds = ImageCacheDataset(path=str(tmp_path / "cache"), progress=False)
+    write(10)
+    before = img.stat()
+    first = spec().fingerprint()  # read from the files on each call
+    ds.save(spec())
+    assert int(ds.load().images[0, 0, 0]) == 10
+    write(200)
+    if mtime == "preserved":
+        os.utime(img, ns=(before.st_atime_ns, before.st_mtime_ns))
+    else:
+        whole = before.st_mtime_ns // 10**9 * 10**9
+        other = whole + (999_000_000 if before.st_mtime_ns - whole < 500_000_000 else 1_000)
+        os.utime(img, ns=(before.st_atime_ns, other))
+    after = img.stat()
+    assert after.st_size == before.st_size and int(after.st_mtime) == int(before.st_mtime)
+    second = spec()
+    assert second.fingerprint() != first
+    ds.save(second)
+    assert int(ds.load().images[0, 0, 0]) == 200
 
 
 def test_image_size_disagreeing_with_manifest_is_reported(tmp_path: Path) -> None:

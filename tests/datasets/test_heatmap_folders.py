@@ -71,6 +71,38 @@ def test_collection_in_memory_filesystem():
     _assert_same(_set(), ds.load()["erm.gradcam"])
 
 
+def test_an_interrupted_remote_collection_save_is_refused_not_loaded_partially(monkeypatch):
+    """On fsspec (memory://, as s3://) a save is not atomic: a save interrupted after some
+    sets must not load back as a partial collection (no record is not a legacy collection)."""
+    from cxr_spurious.datasets import heatmap_folders
+
+    ds = HeatmapCollectionDataset(path="memory://interrupted-save/heatmaps")
+    names = ["box.gradcam", "erm.gradcam", "seg.gradcam"]
+    ds.save({n: _set(n.split(".")[0], seed=i) for i, n in enumerate(names)})
+    assert sorted(ds.load()) == names and ds.exists()
+    real = heatmap_folders._FolderDataset._write_remote_set
+    calls = []
+
+    def dies_on_second_set(self, heatmaps, *parts):
+        calls.append(parts)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("lost connection")
+        return real(self, heatmaps, *parts)
+
+    monkeypatch.setattr(heatmap_folders._FolderDataset, "_write_remote_set", dies_on_second_set)
+    with pytest.raises(KeyboardInterrupt):
+        ds.save({n: _set(n.split(".")[0], seed=10 + i) for i, n in enumerate(names)})
+    monkeypatch.undo()
+    assert not ds.exists()
+    with pytest.raises(
+        DatasetError, match=r"memory://.*heatmaps/collection\.json: missing.*incomplete"
+    ) as info:
+        ds.load()
+    assert isinstance(info.value.__cause__, DataFormatError)
+    ds.save({"erm.gradcam": _set()})  # a complete save loads again
+    assert list(ds.load()) == ["erm.gradcam"]
+
+
 def test_collection_errors(tmp_path):
     ds = HeatmapCollectionDataset(path=str(tmp_path / "none"))
     with pytest.raises(DatasetError, match="no heatmap sets found"):
@@ -96,6 +128,27 @@ def test_chexlocalize_export_dataset_round_trip(tmp_path):
     merged = hset.index.merge(back.index, on=["image_id", "task"], suffixes=("", "_b"))
     np.testing.assert_allclose(merged["prob"], merged["prob_b"])
     np.testing.assert_array_equal(merged["gt"].fillna(-9), merged["gt_b"].fillna(-9))
+
+
+def test_chexlocalize_export_save_replaces_sets_of_earlier_runs(tmp_path):
+    def export(model: str, seed: int) -> ChexlocalizeExport:
+        hset = _set(model, seed=seed)
+        return ChexlocalizeExport(
+            hset, {i: np.full((6, 6), 128, np.uint8) for i in hset.index["image_id"]}
+        )
+
+    ds = ChexlocalizeExportDataset(path=str(tmp_path / "export"), progress=False)
+    ds.save({"erm.gradcam": export("erm", 0), "seg.gradcam": export("seg", 1)})  # run 1
+    ds.save({"erm.gradcam": export("erm", 2)})  # run 2 no longer exports seg.gradcam
+    back = ds.load()
+    assert sorted(back) == ["erm.gradcam"]
+    np.testing.assert_allclose(
+        back["erm.gradcam"].index.sort_values("image_id")["prob"].to_numpy(),
+        _set("erm", seed=2).index.sort_values("image_id")["prob"].to_numpy(),
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # nothing left beside it
+    ds.save({})  # export disabled: writes nothing, the folder stays as it is
+    assert sorted(ds.load()) == ["erm.gradcam"]
 
 
 def test_collection_missing_a_recorded_set_is_an_error(tmp_path):

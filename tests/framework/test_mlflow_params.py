@@ -14,7 +14,8 @@ from kedro.framework.hooks.manager import (
     _register_hooks,
     _register_hooks_entry_points,
 )
-from kedro.pipeline import node
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.pipeline import Pipeline, node
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -128,6 +129,41 @@ def test_fail_strategy_names_the_parameter_and_node(tracking: str) -> None:
             hook.before_node_run(NODE, None, _inputs(), False)
     finally:
         _end_runs()
+
+
+@pytest.mark.parametrize("failure", ["long_param", "interrupt"])
+def test_a_failure_in_before_pipeline_run_marks_the_run_failed(
+    tracking: str, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """Kedro calls before_pipeline_run outside the try that calls on_pipeline_error: a
+    failure after the run started must still end it FAILED, not leave it RUNNING."""
+    experiment = _experiment("params-before-pipeline-fails")
+
+    def kedro_mlflow_starts_the_run(self, run_params, pipeline, catalog) -> None:
+        _configured(self, mlflow.start_run(experiment_id=experiment).info.run_id, "fail")
+        self._already_active_mlflow = False
+
+    monkeypatch.setattr(MlflowHook, "before_pipeline_run", kedro_mlflow_starts_the_run)
+    value: Any = "x" * 7000
+    error: type[BaseException] = ValueError
+    if failure == "interrupt":
+
+        def interrupted(_: str) -> Any:
+            raise KeyboardInterrupt
+
+        value, error = "short", KeyboardInterrupt
+    catalog = DataCatalog(datasets={"params:notes": MemoryDataset(value)})
+    if failure == "interrupt":
+        monkeypatch.setattr(catalog, "load", interrupted)
+    hook = BatchedParamsMlflowHook()
+    pipeline = Pipeline([node(lambda x: None, "params:notes", None, name="n")])
+    try:
+        with pytest.raises(error):
+            hook.before_pipeline_run(run_params={}, pipeline=pipeline, catalog=catalog)
+        assert mlflow.active_run() is None
+    finally:
+        _end_runs()
+    assert MlflowClient().get_run(hook.run_id).info.status == "FAILED"
 
 
 def test_the_project_registers_exactly_one_mlflow_hook() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -91,3 +93,65 @@ def test_replacing_a_file_keeps_its_mode(tmp_path: Path, umask: Callable[[int], 
     target.chmod(0o664)
     write_text_atomic(target, "new")
     assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o664
+
+
+def test_an_interrupt_between_the_two_renames_puts_the_old_folder_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "heatmaps"
+    with atomic_dir(target) as tmp:
+        (tmp / "old.txt").write_text("previous good output")
+    real = os.replace
+    calls: list[tuple[object, object]] = []
+
+    def interrupted_second_rename(src: object, dst: object) -> None:
+        calls.append((src, dst))
+        if len(calls) == 2:  # final -> old done; tmp -> final is interrupted
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted_second_rename)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new complete output")
+    monkeypatch.setattr(os, "replace", real)
+    assert len(calls) >= 2
+    assert (target / "old.txt").read_text() == "previous good output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heatmaps"]
+
+
+def test_a_leftover_old_folder_of_this_pid_neither_blocks_nor_stays(tmp_path: Path) -> None:
+    """An interrupted removal left ``.<name>.old.<pid>`` non-empty; a later process that gets
+    the same pid (a container entrypoint) must still swap, and the leftover goes."""
+    target = tmp_path / "heatmaps"
+    with atomic_dir(target) as tmp:
+        (tmp / "v1.txt").write_text("v1")
+    stale = tmp_path / f".heatmaps.old.{os.getpid()}"
+    stale.mkdir()
+    (stale / "junk").write_text("x")
+    with atomic_dir(target) as tmp:
+        (tmp / "v2.txt").write_text("v2")
+    assert sorted(p.name for p in target.iterdir()) == ["v2.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heatmaps"]
+
+
+def test_stale_old_folders_of_ended_processes_are_removed_others_kept(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    dead = tmp_path / f".out.old.{_dead_pid()}.0a1b2c3d"
+    legacy = tmp_path / f".out.old.{_dead_pid()}"  # the name before the random suffix
+    live = tmp_path / f".out.old.{os.getppid()}.deadbeef"  # a running process's swap
+    other = tmp_path / f".other.old.{_dead_pid()}.0a1b2c3d"  # another folder's
+    sibling = tmp_path / f".out.old.{_dead_pid()}.tmp.x1y2"  # temporary folder of "out.old.N"
+    for path in (dead, legacy, live, other, sibling):
+        path.mkdir()
+        (path / "f").write_text("x")
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    assert not dead.exists() and not legacy.exists()
+    assert live.exists() and other.exists() and sibling.exists()
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

@@ -6,15 +6,18 @@
   (``<folder>/<name>/``); names are heatmap namespaces such as ``erm.gradcam``. The saved
   names are recorded in ``<folder>/collection.json``; loading requires every recorded set
   (a missing or damaged one is an error naming its folder, not a silently absent set) and
-  ignores, with a warning, folders the record does not list.
+  ignores, with a warning, folders the record does not list. A local collection without the
+  record (saved by an older version) loads every set folder found; a remote one is refused,
+  since a remote save writes the record last and no record means an interrupted save.
 * ``ChexlocalizeExportDataset``: saves ``dict[name, ChexlocalizeExport]`` as CheXlocalize
   heatmap-pickle folders (``<folder>/<name>/{cxr_id}_{task}_map.pkl``) and loads them back
   as ``dict[name, HeatmapSet]`` through the restricted unpickler.
 
 Local folders are written atomically (a complete temporary folder replaces the old one)
 and loaded with memory-mapped maps; other fsspec protocols (``s3://``...) are read and
-written through fsspec without memory mapping (not atomically: a collection's old folder is
-removed, then the new sets are written), with the filesystem options of ``credentials`` (a
+written through fsspec without memory mapping (not atomically: a collection's record and old
+folder are removed, then the new sets and last the record are written), with the filesystem
+options of ``credentials`` (a
 Kedro credentials entry) and ``fs_args``. ``ChexlocalizeExportDataset`` is local only.
 """
 
@@ -228,7 +231,16 @@ class HeatmapCollectionDataset(
         """
         found = self._names()
         recorded = self._recorded_names()
-        if recorded is None:
+        if recorded is None and found and not self._local:
+            # A remote save is not atomic: it removes the record first, writes the sets one
+            # by one and the record last, so no record means an interrupted save.
+            raise DataFormatError(
+                self._full(COLLECTION_FILE),
+                "missing: this remote heatmap collection is incomplete (its save did not "
+                f"finish; {COLLECTION_FILE} is written last); "
+                "rerun `kedro run --pipeline saliency` to rewrite the collection",
+            )
+        if recorded is None:  # a local collection saved before the record (saves are atomic)
             names = found
             if names:
                 logger.warning(
@@ -271,6 +283,9 @@ class HeatmapCollectionDataset(
                     _write_set(hset, tmp / name)
                 (tmp / COLLECTION_FILE).write_text(record, encoding="utf-8")
         else:
+            # Unmark the old collection first: an interrupted save must not load as complete.
+            if self._fs.exists(self._full(COLLECTION_FILE)):
+                self._fs.rm(self._full(COLLECTION_FILE))
             if self._fs.exists(self._full()):  # replace the collection, as locally
                 self._fs.rm(self._full(), recursive=True)
             for name, hset in data.items():
@@ -280,6 +295,8 @@ class HeatmapCollectionDataset(
         logger.info("saved %d heatmap set(s) to %s: %s", len(data), self._full(), sorted(data))
 
     def _exists(self) -> bool:
+        if not self._local and not self._fs.exists(self._full(COLLECTION_FILE)):
+            return False  # a remote collection without its record is an interrupted save
         return bool(self._names())
 
     def _describe(self) -> dict[str, Any]:
@@ -312,9 +329,11 @@ class ChexlocalizeExportDataset(
 ):
     """CheXlocalize heatmap-pickle folders, one per set name (local folders only).
 
-    ``save`` writes ``<path>/<name>/{cxr_id}_{task}_map.pkl`` (each folder atomically);
-    an empty dict writes nothing. ``load`` reads every folder back into a ``HeatmapSet``
-    (model and method taken from the folder name ``<model>.<method>``).
+    ``save`` writes ``<path>/<name>/{cxr_id}_{task}_map.pkl`` and replaces the whole export
+    folder atomically, so folders of sets an earlier run exported are gone; an empty dict
+    (export disabled) writes nothing and leaves the folder as it is. ``load`` reads every
+    folder back into a ``HeatmapSet`` (model and method taken from the folder name
+    ``<model>.<method>``).
     """
 
     def __init__(
@@ -339,14 +358,17 @@ class ChexlocalizeExportDataset(
         self.metadata = metadata
 
     def save(self, data: dict[str, ChexlocalizeExport]) -> None:
-        """Write each set's pickle folder."""
+        """Write each set's pickle folder; together they replace the export folder."""
         from cxr_spurious.io.chexlocalize import write_chexlocalize_folder
 
         HeatmapCollectionDataset._check_names({k: v.heatmaps for k, v in data.items()}, self._path)
-        for name, export in data.items():
-            write_chexlocalize_folder(
-                export.heatmaps, export.images, self._path / name, progress=self._progress
-            )
+        if not data:
+            return
+        with atomic_dir(self._path) as tmp:
+            for name, export in data.items():
+                write_chexlocalize_folder(
+                    export.heatmaps, export.images, tmp / name, progress=self._progress
+                )
 
     def load(self) -> dict[str, HeatmapSet]:
         """Read every exported folder (restricted unpickler)."""

@@ -9,7 +9,10 @@ file ``0o666 & ~umask``, a new folder ``0o777 & ~umask``, a replaced file keeps 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -71,9 +74,79 @@ def atomic_path(final: str | os.PathLike[str], *, suffix: str = "") -> Iterator[
         raise
 
 
+# Old folders this process is swapping out right now (``atomic_dir``), never stale.
+_SWAPPING: set[str] = set()
+_SWAPPING_LOCK = threading.Lock()
+# What follows ``.old.`` in an old folder's name: ``<pid>.<random hex>`` (``<pid>`` before).
+_OLD_SUFFIX = re.compile(r"(\d+)(?:\.[0-9a-f]+)?")
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie has ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        status = Path(f"/proc/{pid}/stat").read_text()
+        return status.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def old_folder_pid(path: str | os.PathLike[str]) -> int | None:
+    """The pid in an ``atomic_dir`` old-folder name ``.<name>.old.<pid>[.<suffix>]``."""
+    name = Path(path).name
+    if ".old." not in name:
+        return None
+    match = _OLD_SUFFIX.fullmatch(name.rsplit(".old.", 1)[1])
+    return int(match.group(1)) if match else None
+
+
+def stale_old_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why an ``atomic_dir`` old folder is a leftover, or None while its swap may be running.
+
+    The old folder only lives between ``atomic_dir``'s two renames and the removal after
+    them: it is a leftover when the process in its name no longer runs, or when that is this
+    process and none of its swaps holds it (a container entrypoint reuses its pid each run).
+    """
+    path = Path(path)
+    pid = old_folder_pid(path)
+    if pid is None:
+        return None
+    if pid == os.getpid():
+        with _SWAPPING_LOCK:
+            busy = str(path) in _SWAPPING
+        return None if busy else "left by an earlier process with this pid"
+    if not _pid_running(pid):
+        return f"its process {pid} no longer runs"
+    return None
+
+
+def remove_stale_old_folders(final: str | os.PathLike[str]) -> list[Path]:
+    """Remove the ``.<name>.old.*`` leftovers of interrupted ``atomic_dir`` swaps of ``final``."""
+    final = Path(final)
+    removed = []
+    for path in sorted(final.parent.glob(f".{glob.escape(final.name)}.old.*")):
+        try:
+            if not path.is_dir() or stale_old_reason(path) is None:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder next to ``final``; swap it in place of ``final`` on success.
+
+    The swap is two renames (``final`` -> ``.<name>.old.<pid>.<random>``, the new folder ->
+    ``final``); an exception between them (Ctrl-C, a failing rename) puts the old folder
+    back, so ``final`` is never lost. Old folders that interrupted swaps left behind (their
+    process no longer runs) are removed.
 
     Args:
         final: Destination folder. An existing folder there is replaced only once the new
@@ -84,20 +157,31 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_old_folders(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
+    old: Path | None = None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes the folder 0o700
         if final.exists():
-            old = final.with_name(f".{final.name}.old.{os.getpid()}")
+            # A unique name: a leftover of an earlier process with this pid cannot block it.
+            old = final.with_name(f".{final.name}.old.{os.getpid()}.{secrets.token_hex(4)}")
+            with _SWAPPING_LOCK:
+                _SWAPPING.add(str(old))
             os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        os.replace(tmp, final)
     except BaseException:
+        if old is not None and os.path.lexists(old) and not os.path.lexists(final):
+            with contextlib.suppress(OSError):
+                os.replace(old, final)  # put the previous folder back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if old is not None:
+            with _SWAPPING_LOCK:
+                _SWAPPING.discard(str(old))
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -17,7 +17,8 @@ Folder layout::
     renders/<name>.mask.npy  (M, S, S) uint8      where the render may differ from the
                                                   original (artefact renders only)
 
-The cache is rebuilt when its fingerprint (ids, files, sizes, settings) changes or when
+The cache is rebuilt when its fingerprint (ids, settings, and each source file's size,
+nanosecond mtime, inode change time and inode: ``_file_stamp``) changes or when
 ``verify_cache_files`` finds a file damaged: ``index.json`` records every array file's size
 and a sampled hash at build time. A build writes into ``.image_cache.tmp.*`` next to the
 cache (with an owner record); an interrupt (SIGINT / SIGTERM) stops the worker processes and
@@ -55,7 +56,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxr_spurious.errors import ContractError, CxrSpuriousError, DataFormatError, ParameterError
-from cxr_spurious.io.atomic import atomic_dir, write_text_atomic
+from cxr_spurious.io.atomic import atomic_dir, stale_old_reason, write_text_atomic
 from cxr_spurious.io.images import read_image
 from cxr_spurious.io.masks import decode_rle
 
@@ -260,9 +261,17 @@ class ImageCache:
 
 
 def _file_stamp(path: str) -> str:
+    """What identifies a source file's version without reading it (one ``stat``).
+
+    Size and whole-second mtime alone miss a same-size rewrite within the same second and a
+    file copied in with its mtime preserved (``cp -p``, ``rsync -a``, ``tar x``); the
+    nanosecond mtime, the inode change time (which no copy tool can preserve) and the inode
+    number catch both. ``chmod``/``chown``/``touch`` of a source also change the stamp (one
+    extra rebuild, never a stale cache).
+    """
     try:
         st = os.stat(path)
-        return f"{path}|{st.st_size}|{int(st.st_mtime)}"
+        return f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
     except OSError:
         return f"{path}|missing"
 
@@ -806,11 +815,8 @@ def _latest_mtime(path: Path) -> float:
 def _stale_reason(path: Path, now: float) -> str | None:
     """Why a leftover build folder next to the cache is stale, or None if it may be in use."""
     name = path.name
-    if ".old." in name:  # ``atomic_dir``'s ``.<cache>.old.<pid>`` between swap and removal
-        pid = name.rsplit(".", 1)[1]
-        if pid.isdigit() and not _pid_running(int(pid)):
-            return f"its process {pid} no longer runs"
-        return None
+    if ".old." in name:  # ``atomic_dir``'s ``.<cache>.old.<pid>.<random>`` mid-swap
+        return stale_old_reason(path)
     try:
         owner = json.loads((path / _OWNER_FILE).read_text())
         pid = int(owner["pid"])
