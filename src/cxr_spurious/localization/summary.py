@@ -189,6 +189,7 @@ def paired_percentage_decrease(
             len(pred),
             len(pred_per_cxr),
             len(hb_per_cxr),
+            extra={"console": False},  # expected (missing_maps: evaluated): the log file only
         )
     return percentage_decrease(
         reference_bootstrap(pred, n_boot=n_boot, seed=seed),
