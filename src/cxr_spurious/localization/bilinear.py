@@ -813,6 +813,20 @@ def runs_have_hole(counts: np.ndarray, height: int, width: int) -> bool:
 
 @numba.njit(cache=True, nogil=True)
 def _drop_isolated_runs(counts, h, w):  # pragma: no cover - compiled
+    # an isolated pixel is a one-pixel piece of a column: without any (the usual case: a
+    # run's pieces are its first and last column's, the others span whole columns), the
+    # mask is unchanged at the cost of one pass over the runs
+    single = h <= 1
+    pos = np.int64(0)
+    for i in range(counts.shape[0]):
+        if i % 2 == 1 and counts[i] > 0 and not single:
+            s, e = pos, pos + counts[i]
+            first_end = min(e, (s // h + 1) * h)
+            last_start = max(s, ((e - 1) // h) * h)
+            single = first_end - s == 1 or e - last_start == 1
+        pos += counts[i]
+    if not single:
+        return counts
     # foreground runs split at column boundaries, as (column, top, bottom) segments in
     # column-major order (a run of one column is maximal: its neighbours above and below
     # are background)
