@@ -9,7 +9,9 @@ Kedro's options and does Kedro's run, and in addition:
 * stops on a user's mistake (``USER_ERRORS``: bad data, a bad parameter, too few samples for
   a confidence interval, an unknown name) with its message on one line and where the full
   traceback is, instead of a screenful of traceback. Any other exception is a bug: it keeps
-  its traceback on the console (and in the log file).
+  its traceback on the console (and in the log file);
+* closes the MLflow runs still open when the run is interrupted (Ctrl-C) as KILLED: Kedro
+  calls ``on_pipeline_error`` for exceptions only, so MLflow would record them as FINISHED.
 """
 
 from __future__ import annotations
@@ -85,6 +87,12 @@ def run(ctx: click.Context, **kwargs: Any) -> None:
 
     try:
         ctx.invoke(kedro_run.callback, **kwargs)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        from cxr_spurious.tracking import end_interrupted_runs
+
+        for run_id in end_interrupted_runs():
+            logger.warning("Interrupted: the MLflow run %s is closed as KILLED", run_id)
+        raise
     except Exception as exc:
         library_warnings()
         mistake = user_error(exc)

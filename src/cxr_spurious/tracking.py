@@ -50,6 +50,22 @@ from cxr_spurious.hooks import STAGES
 
 logger = logging.getLogger(__name__)
 
+
+def end_interrupted_runs() -> list[str]:
+    """End every active MLflow run of this process as KILLED (a ``kedro run`` stopped by
+    Ctrl-C: Kedro calls ``on_pipeline_error`` for exceptions only, and MLflow would record
+    the session's run as FINISHED at exit). Returns the ids of the runs ended."""
+    ended = []
+    killed = RunStatus.to_string(RunStatus.KILLED)
+    try:
+        while (active := mlflow.active_run()) is not None:
+            ended.append(active.info.run_id)
+            mlflow.end_run(killed)
+    except Exception as exc:  # cleanup on the way out: keep the interrupt
+        logger.warning("Could not mark the MLflow run(s) %s as KILLED: %s", ended, exc)
+    return ended
+
+
 #: The experiment tag the MLflow UI reads to choose an experiment's first view.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 #: "Traditional ML" experiments open on the runs table (MLflow 3).
