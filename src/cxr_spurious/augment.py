@@ -37,7 +37,8 @@ def augment_pair(
 
     Args:
         image: ``(h, w)`` float image in [0, 1].
-        target: ``(T, h, w)`` masks moved with the same affine (nearest neighbour), or None.
+        target: ``(T, h, w)`` masks moved with the same affine and the same reflecting
+            border as the image (nearest neighbour), or None.
         rng: The example's generator (same state, same output).
         config: Ranges; the defaults when ``None``.
 
@@ -72,7 +73,9 @@ def augment_pair(
                     matrix,
                     (w, h),
                     flags=cv2.INTER_NEAREST,
-                    borderMode=cv2.BORDER_CONSTANT,
+                    # the image's border rule: a finding the image reflects in from the
+                    # edge is in the target too (a constant border would mark it background)
+                    borderMode=cv2.BORDER_REFLECT_101,
                 )
                 for t in target
             ]

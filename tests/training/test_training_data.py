@@ -201,6 +201,26 @@ def test_augmentation_moves_image_and_target_together_and_never_flips() -> None:
     assert target[0, :, :16].sum() > 0.9 * target[0].sum()  # stays on the left
 
 
+def test_a_finding_at_the_edge_is_in_the_image_and_the_target_alike() -> None:
+    # the image reflects what the affine pulls in from beyond its edge: so must the target
+    from cxr_spurious.augment import AugmentConfig
+
+    geometry_only = AugmentConfig(
+        max_rotation_deg=5.0, max_scale=0.05, max_translation=0.1, max_gamma=0.0,
+        max_contrast=0.0, noise_std=0.0,
+    )  # fmt: skip
+    mask = np.zeros((64, 64), dtype=np.float32)
+    mask[20:40, 0:6] = 1.0  # a lesion touching the left edge
+    worst = 0
+    for seed in range(30):
+        image, target = augment_pair(
+            mask.copy(), mask[None].copy(), np.random.default_rng(seed), geometry_only
+        )
+        worst = max(worst, int(((image > 0.5) != (target[0] > 0.5)).sum()))
+    # linear (image) against nearest (target) interpolation differ along the outline only
+    assert worst <= 12, worst
+
+
 def test_batches_are_deterministic_and_masked(tiny) -> None:
     manifest, cache = tiny
     resampled = manifest.copy()

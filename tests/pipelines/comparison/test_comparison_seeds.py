@@ -155,6 +155,22 @@ def test_bad_seeds_name_the_key(seeds: Any, study: Any, message: str) -> None:
         comparison_seeds({"training": {"seed": study}, "comparison": {"seeds": seeds}})
 
 
+def test_a_debiasing_seed_shared_with_another_seed_is_refused() -> None:
+    # training.seed 1 with conf/base's comparison.debiasing.seed 0: the study's seed (1)
+    # would resample with seed 0, as the namespaces of seed 0 do
+    def params(debiasing_seed: int) -> dict:
+        return {
+            "training": {"seed": 1},
+            "comparison": {"seeds": [0, 1], "debiasing": {"seed": debiasing_seed}},
+        }
+
+    with pytest.raises(ParameterError, match="comparison.debiasing.seed") as err:
+        comparison_seeds(params(0))
+    assert "same draws" in str(err.value)
+    assert comparison_seeds(params(1)) == ([0, 1], 1)  # the study's own seed
+    assert comparison_seeds(params(7)) == ([0, 1], 1)  # a seed no other namespace uses
+
+
 def test_seeds_come_from_the_sessions_parameters_else_conf_base(monkeypatch) -> None:
     monkeypatch.setattr(hooks, "_PARAMS", None)
     monkeypatch.setattr(hooks, "_SWEEP_PARAMS", None)

@@ -132,6 +132,18 @@ def comparison_seeds(params: Mapping[str, Any]) -> tuple[list[int], int]:
             f"must contain training.seed ({study}), the seed of the study's erm, box and seg "
             f"that the comparison reuses; got {list(raw)}",
         )
+    # the study's seed resamples (and fits DFR) with comparison.debiasing.seed, every other
+    # seed s with s: a debiasing seed equal to another seed of the list would give two
+    # "seeds" the same resampling draws
+    debiasing = ((params.get("comparison") or {}).get("debiasing") or {}).get("seed", study)
+    if debiasing != study and debiasing in raw:
+        raise ParameterError(
+            "comparison.debiasing.seed",
+            f"is {debiasing}, which is also a seed of comparison.seeds {list(raw)}: seeds "
+            f"{study} (training.seed, the study's) and {debiasing} would resample and fit DFR "
+            f"with the same draws; set comparison.debiasing.seed to {study} (training.seed) "
+            "or to a value outside comparison.seeds",
+        )
     return list(raw), study
 
 
