@@ -125,6 +125,21 @@ def test_max_pooling_ignores_a_single_hot_pixel() -> None:
     assert top[1, 0] == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("where", [(0, 0), (1, 1), (0, 8), (15, 15), (8, 8)])
+def test_max_pooling_weighs_a_hot_pixel_alike_anywhere_even_at_the_border(where) -> None:
+    # a corner window padded without counting the padding averaged 9 pixels, not 25: one
+    # pixel at the border (markers, collimation edges) weighed 1/9 there, 1/25 inside
+    dense = torch.zeros(1, 1, 16, 16)
+    dense[(0, 0, *where)] = 10.0
+    assert pool_dense_logits(dense, "max", kernel=5)[0, 0] == pytest.approx(10 / 25)
+    with pytest.raises(ParameterError, match="training.pool_kernel"):
+        pool_dense_logits(dense, "max", kernel=4)
+    # a map smaller than the window: one window over the whole map
+    assert pool_dense_logits(dense[..., :3, :3], "max", kernel=5)[0, 0] == pytest.approx(
+        float(dense[..., :3, :3].mean())
+    )
+
+
 def test_unknown_pooling() -> None:
     with pytest.raises(ParameterError, match="training.dense_pooling"):
         build_model({"architecture": "unet_small", "tasks": TASKS, "dense_pooling": "median"})

@@ -74,7 +74,9 @@ def pool_dense_logits(
         dense: ``(B, T, H, W)`` logits.
         pooling: ``max`` (max of the ``kernel`` x ``kernel`` average-pooled map, so a single
             noisy pixel cannot decide), ``mean``, or ``topk_mean`` (mean of the top ``topk``
-            fraction of pixels).
+            fraction of pixels). The windows of ``max`` lie wholly inside the map (no
+            padding): each averages ``kernel**2`` pixels, at the border too, where markers
+            and collimation edges sit (a map smaller than the window is one window).
         kernel: Averaging window of ``max`` (odd; 1 = plain max).
         topk: Fraction of pixels averaged by ``topk_mean``.
 
@@ -82,10 +84,11 @@ def pool_dense_logits(
         ``(B, T)`` logits.
     """
     if pooling == "max":
+        if kernel % 2 == 0 or kernel < 1:
+            raise ParameterError("training.pool_kernel", f"must be odd and >= 1, got {kernel}")
         if kernel > 1:
-            dense = F.avg_pool2d(
-                dense, kernel, stride=1, padding=kernel // 2, count_include_pad=False
-            )
+            k = min(kernel, dense.shape[-2], dense.shape[-1])
+            dense = F.avg_pool2d(dense, k, stride=1)
         return dense.amax(dim=(2, 3))
     if pooling == "mean":
         return dense.mean(dim=(2, 3))
