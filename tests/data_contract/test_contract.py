@@ -73,6 +73,24 @@ def test_normalised_manifest_validates_and_keeps_tasks() -> None:
         (lambda m: m.assign(width=[64, 64, 0, 64, 64, 64]), "'width' must be a positive integer"),
         (lambda m: m.assign(age_years=[-3.0, 1, 1, 1, 1, 1]), "age_years must be >= 0"),
         (lambda m: m.iloc[:0], "has no rows"),
+        # a missing id used to pass as the string "nan"
+        (
+            lambda m: m.assign(image_id=["a", np.nan, "b", "c", "d", "e"]),
+            r"image_id missing or empty at rows \[1\]",
+        ),
+        (
+            lambda m: m.assign(image_id=["a", " ", "b", "c", "d", "e"]),
+            r"image_id missing or empty at rows \[1\]",
+        ),
+        # rows without a patient escaped the patient-disjoint check (groupby drops NaN)
+        (
+            lambda m: m.assign(patient_id=["p1", np.nan, np.nan, "p2", "p3", "p4"]),
+            "patient_id missing or empty for image_id",
+        ),
+        (
+            lambda m: m.assign(width=[64, 64, 1.5, 64, 64, 64]),
+            "'width' must be a positive integer",
+        ),
     ],
 )
 def test_contract_violations_are_named(mutate, message: str) -> None:

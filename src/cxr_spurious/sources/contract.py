@@ -10,7 +10,7 @@ patient_id     str       patient identifier; splits never share a patient
 study_id       str       study identifier (unique across patients)
 source         str       adapter name (``phantom``, ``chexlocalize``, ...)
 split          str       ``train`` / ``val`` / ``test``
-path           str       absolute path (or fsspec URL) of the image file
+path           str       path (or fsspec URL) of the image file, as the adapter found it
 view           str       ``PA`` / ``AP`` / ``Lateral`` / ... (NaN if unknown)
 width, height  int       original image size in pixels
 <task>         float     one column per pathology: 1 / 0 / NaN (= unknown)
@@ -150,18 +150,26 @@ def validate_manifest(
         )
     if manifest.empty:
         raise ContractError(f"{name}: has no rows")
+    missing_id = _missing_text(manifest["image_id"])
+    if missing_id.any():
+        raise ContractError(
+            f"{name}: image_id missing or empty at rows "
+            f"{[int(i) for i in np.flatnonzero(missing_id)[:5]]}"
+        )
     ids = manifest["image_id"].astype(str)
     dup = ids[ids.duplicated()].unique()
     if len(dup):
         raise ContractError(f"{name}: image_id must be unique; duplicated: {list(dup[:5])}")
-    if (ids.str.len() == 0).any():
-        raise ContractError(
-            f"{name}: empty image_id at rows {list(np.flatnonzero(ids.str.len() == 0)[:5])}"
-        )
     bad_split = ~manifest["split"].isin(SPLITS)
     if bad_split.any():
         rows = manifest.loc[bad_split, ["image_id", "split"]].head(5).to_dict("records")
         raise ContractError(f"{name}: split must be one of {SPLITS}; got {rows}")
+    no_patient = _missing_text(manifest["patient_id"])
+    if no_patient.any():
+        raise ContractError(
+            f"{name}: patient_id missing or empty for image_id {list(ids[no_patient][:5])}; "
+            "every image needs its patient (splits and bootstraps are by patient)"
+        )
     splits_per_patient = manifest.groupby("patient_id")["split"].nunique()
     leaking = splits_per_patient[splits_per_patient > 1]
     if len(leaking):
@@ -173,7 +181,7 @@ def validate_manifest(
         )
     for col in SIZE_COLUMNS:
         values = pd.to_numeric(manifest[col], errors="coerce")
-        bad = values.isna() | (values <= 0)
+        bad = values.isna() | (values <= 0) | (values != np.floor(values))
         if bad.any():
             raise ContractError(
                 f"{name}: column '{col}' must be a positive integer; "
@@ -194,6 +202,13 @@ def validate_manifest(
             f"{name}: age_years must be >= 0 or NaN; bad for image_id {list(ids[ages < 0][:5])}"
         )
     return manifest
+
+
+def _missing_text(column: pd.Series) -> np.ndarray:
+    """Rows whose value is missing (None / NaN) or an empty or blank string."""
+    missing = column.isna().to_numpy()
+    text = column.astype(str).str.strip()
+    return missing | (text == "").to_numpy()
 
 
 def assign_patient_splits(

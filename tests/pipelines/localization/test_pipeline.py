@@ -205,3 +205,28 @@ def test_overlays_without_an_image_cache_draw_every_map_without_its_radiograph(c
     cache = _cache(manifest["image_id"].tolist())
     cached = plot_localization_overlays(sets, gt, cache, n=2, seed=0)
     assert not any("(no image)" in ax.get_title() for fig in cached.values() for ax in fig.axes)
+
+
+def test_the_chexlocalize_env_writes_no_reporting_output_over_the_studys() -> None:
+    """`kedro run --pipeline localization --env chexlocalize` must not replace an output of
+    the default study (the report reads the overlays back): every reporting dataset of the
+    localization pipeline that the env's run writes goes to a path of its own."""
+    from kedro.config import OmegaConfigLoader
+
+    conf = str(Path(__file__).resolve().parents[3] / "conf")
+    base = OmegaConfigLoader(conf, base_env="base", default_run_env="base")["catalog"]
+    env = OmegaConfigLoader(conf, base_env="base", default_run_env="chexlocalize")["catalog"]
+
+    def where(entry: dict) -> str:
+        return str(entry.get("filepath") or entry.get("path") or "")
+
+    written = {o for n in create_pipeline().nodes for o in n.outputs}
+    shared = [
+        name
+        for name in sorted(written)
+        if name in base
+        and where(base[name]).startswith("data/08_reporting/")
+        and where(env.get(name, base[name])) == where(base[name])
+    ]
+    assert not shared, shared
+    assert where(env["localization_overlays"]).startswith("data/08_reporting/chexlocalize/")
