@@ -120,8 +120,10 @@ def paired_over_seeds(
     Returns:
         One row per ``by`` value (but ``reference``) and ``match`` group: ``by``,
         ``reference``, ``match``, ``n_pairs``, ``seeds``, per metric ``<m>`` (mean
-        difference), ``<m>_lo``, ``<m>_hi`` (paired t interval) and ``<m>_p`` (paired
-        t-test p-value). Seeds without a reference row are not paired.
+        difference), ``<m>_lo``, ``<m>_hi`` (paired t interval), ``<m>_p`` (paired
+        t-test p-value) and ``<m>_n`` (the pairs where the metric is defined on both sides:
+        the others are left out of that metric's difference). Seeds without a reference
+        row are not paired.
 
     Raises:
         ContractError: a column is missing, a key and seed repeat, or no row is
@@ -143,6 +145,7 @@ def paired_over_seeds(
             diff = (group[f"{m}_a"] - group[f"{m}_b"]).to_numpy(dtype=float)
             mean, lo, hi, p = paired_difference(diff, level)
             row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi, f"{m}_p": p})
+            row[f"{m}_n"] = int(np.isfinite(diff).sum())  # pairs where both sides are defined
         rows.append(row)
     columns = [by, "reference", *match, "n_pairs", "seeds"]
     return pd.DataFrame(rows, columns=None if rows else columns)

@@ -96,6 +96,9 @@ def test_paired_differences_against_erm_on_the_same_seed_match_scipy() -> None:
     ja, jb = [0.69, 0.20], [0.20, 0.31]  # seed 2 is undefined for cmp_jtt
     assert jtt["robust_tube_auroc"] == pytest.approx(np.mean(np.subtract(ja, jb)))
     assert jtt["robust_tube_auroc_p"] == pytest.approx(stats.ttest_rel(ja, jb).pvalue)
+    # the row's n_pairs counts every paired seed; each metric says on how many it is defined
+    assert jtt["n_pairs"] == 3
+    assert (jtt["robust_tube_auroc_n"], jtt["auroc_n"], seg["robust_tube_auroc_n"]) == (2, 3, 3)
 
 
 def test_one_seed_has_no_across_seed_interval() -> None:

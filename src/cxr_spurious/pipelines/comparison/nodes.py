@@ -111,7 +111,8 @@ def summarise_headline_seeds(
     )
     paired["ci_note"] = (
         f"{level:.0%} paired t interval over training seeds of variant - {ERM_VARIANT} "
-        "(same seed and task); p: paired t-test"
+        "(same seed and task); p: paired t-test; <metric>_n: the pairs where the metric is "
+        "defined on both sides (n_pairs counts every paired seed)"
     )
     logger.info(
         "headline table over seeds:\n%s",
