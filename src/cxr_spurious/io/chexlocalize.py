@@ -58,6 +58,7 @@ from cxr_spurious.io.safe_pickle import (
     _scan_opcodes,
     _TorchPickleUnpickler,
     load_torch_pickle,
+    short_repr,
 )
 from cxr_spurious.parallel import ordered_map
 from cxr_spurious.tasks import (
@@ -505,10 +506,10 @@ def _cxr_dims(dims: Any, path: str | Path) -> tuple[int, int]:
     try:
         width, height = (int(dims[0]), int(dims[1]))
     except (TypeError, IndexError, ValueError) as exc:
-        problem = f"'cxr_dims' must be (w, h), got {dims!r}"
+        problem = f"'cxr_dims' must be (w, h), got {short_repr(dims)}"
         raise DataFormatError(path, problem, where="cxr_dims") from exc
     if width <= 0 or height <= 0:
-        problem = f"'cxr_dims' must be positive (w, h), got {dims!r}"
+        problem = f"'cxr_dims' must be positive (w, h), got {short_repr(dims)}"
         raise DataFormatError(path, problem, where="cxr_dims")
     return width, height
 

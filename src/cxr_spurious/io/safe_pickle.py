@@ -12,8 +12,13 @@ and torch tensors/storages are recorded while unpickling and built afterwards by
 module, from checked sizes: an array's bytes must match its shape and dtype (numeric
 dtypes only), a tensor must lie inside its storage, a storage inside the bytes that
 carry it, and a constructor asked for ``N`` bytes (``bytes(N)``, ``torch.FloatStorage(N)``)
-gets at most the file's own size. Numpy arrays pickled at protocols 2 to 5 (in-band) are
-supported, from numpy 1.x (``numpy.core``) and 2.x (``numpy._core``).
+gets at most the file's own size. All allocations of one load together may not pass
+``ALLOCATION_FACTOR`` times the file's size (at least ``ALLOCATION_FLOOR`` bytes) nor
+``max_bytes``, so a payload used many times (memo) cannot multiply memory. Tensors may
+have no more elements than their storage (no broadcast views of a tiny storage). Loaded
+values in error messages are shown through a bounded repr (``short_repr``). Numpy arrays
+pickled at protocols 2 to 5 (in-band) are supported, from numpy 1.x (``numpy.core``) and
+2.x (``numpy._core``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import mmap
 import os
 import pickle
 import pickletools
+import reprlib
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +42,43 @@ from cxr_spurious.errors import DataFormatError
 
 DEFAULT_MAX_BYTES = 1 << 30
 """Largest allocation (bytes) a pickle may ask for, unless ``max_bytes`` says otherwise."""
+ALLOCATION_FACTOR = 8
+"""Bytes a load may allocate in all, per byte of the file (memo reuse cannot multiply it).
+
+A CheXlocalize heatmap pickle allocates about 1x its size (the storage copy of its 1.2 MB
+``cxr_img`` payload); protocol 2 payloads (``_codecs.encode``) and numpy/torch copies of
+them reach about 2x. 8 leaves room for that and for list/tuple pointers (8 bytes per item).
+"""
+ALLOCATION_FLOOR = 1 << 20
+"""Smallest total allocation budget (bytes), so that tiny files are not refused."""
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxarray = 6
+_REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = 4
+_REPR.maxstring = _REPR.maxother = 40
+_REPR.maxlong = 40
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """A bounded repr of a loaded value for an error message (never builds a full repr).
+
+    Nesting, item counts and string lengths are capped (``reprlib``), so a memo-shared
+    structure whose full repr is exponential in the file size costs only a few items.
+    """
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a value whose repr fails: its type is enough
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _exc_text(exc: BaseException, limit: int = 200) -> str:
+    """``str(exc)``, bounded: a ``KeyError``'s text is the repr of a (loaded) key."""
+    plain = all(isinstance(a, str | bytes | int) for a in exc.args)
+    text = str(exc) if plain and not isinstance(exc, KeyError) else short_repr(exc.args, limit)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 _PLAIN = {
     ("builtins", "dict"),
@@ -97,8 +140,7 @@ _READ_ERRORS = (
     MemoryError,
     OverflowError,
     RecursionError,
-    IndexError,
-    KeyError,
+    LookupError,  # IndexError, KeyError, and an unknown codec (str(b'ab', 'hex'))
     struct.error,
 )
 
@@ -112,6 +154,8 @@ class _Context:
         self.max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
         self._seen: dict[int, tuple[Any, Any]] = {}  # id -> (object kept alive, its built value)
         self.records = 0  # records made by this load (nothing to build when 0)
+        self.allocated = 0  # bytes allocated from the pickle so far (charge())
+        self.budget = min(self.max_bytes, max(ALLOCATION_FACTOR * file_size, ALLOCATION_FLOOR))
 
     def error(self, problem: str) -> DataFormatError:
         return DataFormatError(self.source, problem)
@@ -131,6 +175,16 @@ class _Context:
                 f"{what} asks for {nbytes:,} bytes, more than the {limit:,} bytes that carry it"
             )
         return nbytes
+
+    def charge(self, nbytes: int, what: str) -> None:
+        """Count ``nbytes`` allocated for ``what``; refuse past the load's total budget."""
+        self.allocated += max(0, int(nbytes))
+        if self.allocated > self.budget:
+            raise self.error(
+                f"{what} brings the memory this pickle asks for to {self.allocated:,} bytes in "
+                f"all, more than the limit of {self.budget:,} bytes (min(max_bytes, "
+                f"{ALLOCATION_FACTOR} x the file's {self.file_size:,} bytes))"
+            )
 
     def payload(self, data: Any) -> Any:
         """The real bytes of ``data`` (a reader that seeks over payloads overrides this)."""
@@ -337,12 +391,13 @@ class _DtypeRecord(_Record):
     def build(self) -> np.dtype:
         if not isinstance(self.obj, str):
             raise self.ctx.error(
-                f"numpy dtype {self.obj!r:.40} is not supported; expected a numeric dtype code"
+                f"numpy dtype {short_repr(self.obj, 40)} is not supported; "
+                "expected a numeric dtype code"
             )
         try:
             dtype = np.dtype(self.obj)
         except TypeError as exc:
-            raise self.ctx.error(f"unknown numpy dtype {self.obj!r:.40}") from exc
+            raise self.ctx.error(f"unknown numpy dtype {short_repr(self.obj, 40)}") from exc
         state = self.state
         if isinstance(state, tuple) and len(state) >= 2:
             if any(v is not None for v in state[2:5]):
@@ -366,7 +421,9 @@ class _DtypeRecord(_Record):
 
 def _dims(ctx: _Context, shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, tuple | list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ctx.error(f"numpy array shape {shape!r:.60} is not a tuple of non-negative ints")
+        raise ctx.error(
+            f"numpy array shape {short_repr(shape, 60)} is not a tuple of non-negative ints"
+        )
     return tuple(shape)
 
 
@@ -376,15 +433,15 @@ def _array_from_bytes(ctx: _Context, data: Any, dtype: Any, shape: Any, order: s
     if dtype is None:
         raise ctx.error("numpy array without a numpy dtype")
     dims = _dims(ctx, shape)
-    nbytes = ctx.check_size(math.prod(dims) * dtype.itemsize, f"numpy array {dims} of {dtype.str}")
+    what = f"numpy array {short_repr(dims)} of {dtype.str}"
+    nbytes = ctx.check_size(math.prod(dims) * dtype.itemsize, what)
     data = ctx.payload(data)
     if isinstance(data, list):
         raise ctx.error("numpy object arrays are not supported; expected a numeric array")
     if not isinstance(data, bytes | bytearray) or len(data) != nbytes:
         got = len(data) if isinstance(data, bytes | bytearray) else type(data).__name__
-        raise ctx.error(
-            f"numpy array {dims} of {dtype.str} needs {nbytes} bytes of data, got {got}"
-        )
+        raise ctx.error(f"{what} needs {nbytes} bytes of data, got {got}")
+    ctx.charge(nbytes, what)
     flat = np.frombuffer(data, dtype=dtype)
     return flat.reshape(dims, order="F" if order == "F" else "C").copy(order="K")
 
@@ -476,13 +533,42 @@ class _Checked:
 
 
 _STR_ARGS = (str, bytes, bytearray, int, float, bool, type(None))
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+def _result_bytes(name: str, args: tuple[Any, ...]) -> int:
+    """About how many bytes ``builtins.<name>(*args)`` allocates (for ``_Context.charge``).
+
+    Containers: 8 bytes (a pointer) per item, plus a new object per character of a str
+    beyond latin-1 (CPython caches the others); str: 4 bytes per character (UCS-4 at
+    worst); bytes: 1 per byte, ``bytes(N)`` N; numbers: the length of their text.
+    """
+    if not args:
+        return 0
+    first = args[0]
+    if name == "bytes" and isinstance(first, int):
+        return first
+    try:
+        n = len(first)
+    except TypeError:
+        return 0
+    if name in ("list", "tuple", "set", "frozenset", "dict", "OrderedDict"):
+        if isinstance(first, str) and first and max(first) > "\xff":
+            return 88 * n  # one str object per character
+        return 8 * n
+    if name == "str":
+        return 4 * n
+    return n
 
 
 def _plain(ctx: _Context, module: str, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any) -> Any:
         args = tuple(ctx.payload(a) if isinstance(a, bytes | bytearray) else a for a in args)
+        what = f"{module}.{name}() of {type(args[0]).__name__ if args else 'nothing'}"
         if name == "bytes" and args and isinstance(args[0], int):
-            ctx.check_size(args[0], f"bytes({args[0]})")
+            what = f"bytes({short_repr(args[0], 30)})"
+            ctx.check_size(args[0], what)
+        ctx.charge(_result_bytes(name, args), what)
         if name == "str" and not all(isinstance(a, _STR_ARGS) for a in args):
             raise ctx.error("str() of a container is not allowed in a pickle")
         if name == "encode":
@@ -503,7 +589,11 @@ def _plain(ctx: _Context, module: str, name: str, func: Callable[..., Any]) -> C
 def _storage_class(ctx: _Context, name: str, cls: Any) -> Callable[..., Any]:
     def call(*args: Any) -> Any:
         if args and isinstance(args[0], int):
-            ctx.check_size(args[0] * _TORCH_STORAGES[name], f"torch.{name}({args[0]})")
+            what = f"torch.{name}({short_repr(args[0], 30)})"
+            ctx.check_size(args[0] * _TORCH_STORAGES[name], what)
+            ctx.charge(args[0] * _TORCH_STORAGES[name], what)
+        elif args and hasattr(args[0], "__len__"):
+            ctx.charge(len(args[0]) * _TORCH_STORAGES[name], f"torch.{name}() of a sequence")
         return cls(*args)
 
     return call
@@ -519,19 +609,26 @@ def _check_view(ctx: _Context, storage: Any, offset: Any, size: Any, stride: Any
         and all(isinstance(d, int) and d >= 0 for d in dims + steps)
     ):
         raise ctx.error(
-            f"tensor record with offset {offset!r:.20}, size {dims!r:.40}, "
-            f"stride {steps!r:.40} is malformed"
+            f"tensor record with offset {short_repr(offset, 20)}, size {short_repr(dims, 40)}, "
+            f"stride {short_repr(steps, 40)} is malformed"
         )
     n = (
         storage._size() if hasattr(storage, "_size") else len(storage)
     )  # elements; _size() does not warn
     if 0 in dims:
         return
+    view = f"tensor of size {short_repr(dims)} (offset {offset}, stride {short_repr(steps)})"
     last = offset + sum((d - 1) * s for d, s in zip(dims, steps))
     if last >= n:
+        raise ctx.error(f"{view} reaches element {last} of a storage of {n} elements")
+    # A stride-0 (broadcast) view has more elements than its storage: a few bytes in the
+    # file would become any number of elements once copied (``.contiguous()``, numpy).
+    # Tensors of real heatmaps never do; a pickled ``expand()`` view does.
+    numel = math.prod(dims)
+    if numel > n:
         raise ctx.error(
-            f"tensor of size {dims} (offset {offset}, stride {steps}) "
-            f"reaches element {last} of a storage of {n} elements"
+            f"{view} has {numel:,} elements, more than the {n:,} of its storage "
+            "(a broadcast view); save the tensor with .contiguous() or .clone()"
         )
 
 
@@ -609,7 +706,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise DataFormatError(
-            self._source, f"pickle references an external object {pid!r:.60}; not allowed"
+            self._source, f"pickle references an external object {short_repr(pid, 60)}; not allowed"
         )
 
 
@@ -683,7 +780,7 @@ def load_pickle(
     except DataFormatError:
         raise
     except _READ_ERRORS as exc:
-        raise DataFormatError(path, f"not a readable pickle: {exc}") from exc
+        raise DataFormatError(path, f"not a readable pickle: {_exc_text(exc)}") from exc
 
 
 def load_torch_pickle(path: str | Path, *, max_bytes: int | None = None) -> Any:
@@ -710,11 +807,13 @@ def load_torch_pickle(path: str | Path, *, max_bytes: int | None = None) -> Any:
         head = fh.read(4)
     if head[:2] == b"PK":  # torch.save zip format
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise DataFormatError(path, f"torch file holds disallowed objects: {exc}") from exc
         except Exception as exc:
             raise DataFormatError(path, f"not a readable torch file: {exc}") from exc
+        refuse_broadcast_tensors(loaded, path)
+        return loaded
     try:
         with path.open("rb") as fh:
             ctx = _Context(str(path), _open_size(fh), max_bytes)
@@ -722,7 +821,7 @@ def load_torch_pickle(path: str | Path, *, max_bytes: int | None = None) -> Any:
     except DataFormatError:
         raise
     except _READ_ERRORS as exc:
-        raise DataFormatError(path, f"not a readable heatmap pickle: {exc}") from exc
+        raise DataFormatError(path, f"not a readable heatmap pickle: {_exc_text(exc)}") from exc
 
 
 class _TorchPickleUnpickler(_RestrictedUnpickler):
@@ -770,7 +869,7 @@ class _StorageHeaderUnpickler(_RestrictedUnpickler):
         ):
             raise DataFormatError(
                 self._source,
-                f"unexpected record {pid!r:.80} in a tensor storage; "
+                f"unexpected record {short_repr(pid)} in a tensor storage; "
                 "expected ('storage', type, key, location, size)",
             )
         self.storages.append((pid[1], pid[4]))
@@ -810,6 +909,7 @@ def _load_storage_from_bytes(data: bytes, ctx: _Context | None = None) -> Any:
     inner.check_size(
         total, "tensor storage", available=len(data) - pos - 8 * len(header.storages)
     )  # 8: size field
+    ctx.charge(total, "tensor storage")
     if (
         len(header.storages) == 1
         and header.storages[0][0].name in _STORAGE_DTYPES
@@ -817,9 +917,36 @@ def _load_storage_from_bytes(data: bytes, ctx: _Context | None = None) -> Any:
     ):
         return _single_storage(data, pos, *header.storages[0], inner)
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except AssertionError as exc:  # torch asserts on a key list that names a missing record
-        raise inner.error(f"not a readable legacy torch.save payload: {exc}") from exc
+        raise inner.error(f"not a readable legacy torch.save payload: {_exc_text(exc)}") from exc
+    refuse_broadcast_tensors(loaded, inner.source)
+    return loaded
+
+
+def refuse_broadcast_tensors(value: Any, path: str | Path, *, depth: int = 0) -> None:
+    """Refuse a loaded tensor with more elements than its storage holds (a broadcast,
+    stride-0 view: ``torch.save`` keeps those, and a 1-element storage could then stand for
+    a map of any size), in ``value`` and the dicts, lists and tuples it holds."""
+    import torch
+
+    if depth > 64:
+        return
+    if isinstance(value, torch.Tensor):
+        held = value.untyped_storage().nbytes() // max(1, value.element_size())
+        if value.numel() > held:
+            raise DataFormatError(
+                path,
+                f"a tensor of shape {tuple(value.shape)} has {value.numel():,} elements, more "
+                f"than the {held:,} of its storage (a broadcast view); save it with "
+                ".contiguous() or .clone()",
+            )
+    elif isinstance(value, dict):
+        for item in value.values():
+            refuse_broadcast_tensors(item, path, depth=depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            refuse_broadcast_tensors(item, path, depth=depth + 1)
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER (legacy format)
