@@ -9,19 +9,6 @@ from types import SimpleNamespace
 import pytest
 
 
-@pytest.fixture
-def clean_root():
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    yield root
-    for handler in list(root.handlers):
-        if handler not in saved[0]:
-            root.removeHandler(handler)
-            handler.close()
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-
-
 def test_an_interrupted_run_closes_its_mlflow_runs_as_killed(
     tracking: str, clean_root: logging.Logger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

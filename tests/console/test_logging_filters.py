@@ -99,19 +99,6 @@ def test_dropped_library_warnings_are_counted_for_the_summary() -> None:
     assert not is_library_warning(_record("py.warnings", "not a formatted warning"))
 
 
-@pytest.fixture
-def clean_root():
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    yield root
-    for handler in list(root.handlers):
-        if handler not in saved[0]:
-            root.removeHandler(handler)
-            handler.close()
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-
-
 def test_configure_run_logging_on_a_pipe(clean_root: logging.Logger, tmp_path: Path) -> None:
     from kedro.logging import RichHandler
     from rich.console import Console

@@ -9,18 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.io.pickle_files import write_pickle as _write
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io.chexlocalize import load_heatmap_pickle
 from cxr_spurious.io.safe_pickle import load_pickle, load_torch_pickle
-
-
-def _write(
-    tmp_path: Path, data: bytes, name: str = "p1_study1_view1_frontal_Edema_map.pkl"
-) -> Path:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
 
 
 def _shared_tuples(depth: int) -> bytes:

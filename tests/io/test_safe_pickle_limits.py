@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from tests.io.legacy_payloads import StoragePayload, legacy_storage_payload
+from tests.io.pickle_files import write_pickle as _write
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io import safe_pickle
@@ -18,14 +19,6 @@ from cxr_spurious.io.chexlocalize import load_heatmap_pickle
 from cxr_spurious.io.safe_pickle import load_pickle, load_torch_pickle
 
 BIG = 1 << 28  # 256 MiB: far more than any test file, small enough not to hurt if allocated
-
-
-def _write(
-    tmp_path: Path, data: bytes, name: str = "p1_study1_view1_frontal_Edema_map.pkl"
-) -> Path:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
 
 
 def _long1(n: int) -> bytes:
