@@ -347,3 +347,49 @@ def test_world_size_is_part_of_the_fingerprint_and_named_when_it_differs(tmp_pat
             *result_fingerprint(cfg, data="d", precision="fp32", device="cpu", world=3),
             resume=True,
         )
+
+
+def test_a_checkpoint_is_not_resumed_under_changed_training_code(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pooling change of an earlier version would have continued old weights silently."""
+    from cxr_spurious.training import checkpoints
+
+    _fit(tiny, tiny_config(epochs=1), tmp_path)
+    real = checkpoints.code_digests()
+    edited = {**real, "cxr_spurious.models.ops": "0" * 16}
+    monkeypatch.setattr(checkpoints, "code_digests", lambda: edited)
+    with pytest.raises(
+        DataFormatError,
+        match=r"training code: the source of cxr_spurious\.models\.ops changed since the checkpoint",
+    ):
+        _fit(tiny, tiny_config(epochs=1, resume=True), tmp_path)
+    # The code as it was: the (complete) checkpoint is taken up again.
+    monkeypatch.setattr(checkpoints, "code_digests", lambda: real)
+    assert _fit(tiny, tiny_config(epochs=1, resume=True), tmp_path).history["epoch"].tolist() == [1]
+
+
+def test_a_checkpoint_without_code_digests_is_named_as_older(tmp_path: Path) -> None:
+    cfg = tiny_config()
+    digest, items = result_fingerprint(cfg, data="d", precision="fp32", device="cpu")
+    old_items = {k: v for k, v in items.items() if k != "_code"}
+    written = prepare_run_folder(tmp_path, "f" * 64, old_items, resume=False)
+    (written / "epoch_001.pt").write_bytes(b"")
+    with pytest.raises(DataFormatError, match=r"checkpoint predates code digests"):
+        prepare_run_folder(tmp_path, digest, items, resume=True)
+
+
+def test_result_modules_are_the_training_code_import_closure() -> None:
+    import subprocess
+    import sys
+
+    from cxr_spurious.training.checkpoints import RESULT_MODULES
+
+    code = (
+        "import sys, cxr_spurious.training.engine, cxr_spurious.training.distributed\n"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('cxr_spurious.')\n"
+        "    and getattr(sys.modules[m], '__file__', '') and\n"
+        "    not sys.modules[m].__file__.endswith('__init__.py'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert tuple(out.stdout.split()) == RESULT_MODULES

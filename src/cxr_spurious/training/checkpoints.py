@@ -5,7 +5,10 @@ A checkpoint holds ``model``, ``optimizer``, ``scheduler`` and ``objective`` sta
 (list of per-epoch dicts), ``best`` (``metric``, ``epoch``, ``state_dict``) and
 ``bad_epochs`` (early-stopping counter), and ``fingerprint`` / ``fingerprint_items``: what
 determines the result (every training parameter that changes the weights, the resolved
-precision and device type, the number of processes, and a digest of the training data).
+precision and device type, the number of processes, a digest of the training data, and a
+digest of the source of every project module the training code runs, ``RESULT_MODULES``:
+a checkpoint written before the model, loss or data code changed is not continued under
+the new code).
 Files are ``epoch_XXX.pt`` under ``<checkpoint_dir>/<variant>/<fingerprint[:16]>/``, so
 runs with different settings never share a folder: a fresh run starts its own folder over
 and never resumes or prunes another configuration's checkpoints, and ``resume`` refuses a
@@ -20,6 +23,7 @@ the catalog.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import re
@@ -70,6 +74,48 @@ COMPATIBLE_KEYS: tuple[str, ...] = (
 )
 
 
+# The project modules whose code decides the weights a training run arrives at: the import
+# closure of ``training.engine`` and ``training.distributed`` inside the package (a test
+# keeps this list equal to it). Their sources are digested into the fingerprint as
+# ``_code``, so a checkpoint is resumed only by the code that wrote it.
+RESULT_MODULES: tuple[str, ...] = (
+    "cxr_spurious.augment",
+    "cxr_spurious.debiasing.objectives",
+    "cxr_spurious.errors",
+    "cxr_spurious.io.atomic",
+    "cxr_spurious.io.images",
+    "cxr_spurious.io.masks",
+    "cxr_spurious.logging_filters",
+    "cxr_spurious.models.base",
+    "cxr_spurious.models.classifiers",
+    "cxr_spurious.models.ops",
+    "cxr_spurious.models.pretrained",
+    "cxr_spurious.models.registry",
+    "cxr_spurious.models.unet",
+    "cxr_spurious.sources.cache",
+    "cxr_spurious.stats.bootstrap",
+    "cxr_spurious.stats.metrics",
+    "cxr_spurious.training.checkpoints",
+    "cxr_spurious.training.config",
+    "cxr_spurious.training.data",
+    "cxr_spurious.training.device",
+    "cxr_spurious.training.distributed",
+    "cxr_spurious.training.engine",
+    "cxr_spurious.training.objectives",
+)
+
+
+def code_digests(modules: tuple[str, ...] = RESULT_MODULES) -> dict[str, str]:
+    """``{module: sha256 of its source file, first 16 hex digits}`` for ``modules``."""
+    out = {}
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            raise ModuleNotFoundError(f"result module {name!r} has no source file")
+        out[name] = hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
+    return out
+
+
 # Config keys renamed since checkpoints were first written -> the name they had then. The
 # fingerprint digests such a key under its old name, so a run's digest (and its checkpoint
 # folder) is the one it had before the rename and its checkpoints stay resumable; the
@@ -99,7 +145,10 @@ def result_fingerprint(
         device: Device type (``cpu`` / ``cuda``).
         world: Number of processes (DDP world size): 1- and N-process runs give different
             weights (per-process BatchNorm statistics and loss means). Digested as
-            ``_world`` when above 1, so single-process digests are those of older versions.
+            ``_world`` when above 1.
+
+    The items also hold ``_code``, ``code_digests()``: the source digest of each module of
+    ``RESULT_MODULES``.
 
     Returns:
         The hex digest and the dict it was computed from (JSON-ready).
@@ -110,7 +159,9 @@ def result_fingerprint(
     if cfg.get("schedule") != "cosine":
         items.pop("epochs", None)
     items = json.loads(json.dumps(items, sort_keys=True, default=str))
-    items.update({"_data": data, "_precision": precision, "_device": device})
+    items.update(
+        {"_data": data, "_precision": precision, "_device": device, "_code": code_digests()}
+    )
     if int(world) != 1:
         items["_world"] = int(world)
     blob = json.dumps(items, sort_keys=True).encode()
@@ -139,10 +190,19 @@ def _describe_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -
     parts = []
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key, defaults.get(key)), current.get(key, defaults.get(key))
-        if old != new:
+        if key == "_code" and old != new:
+            parts.append(_describe_code_change(old, new))
+        elif old != new:
             label = names.get(key, f"training.{_CURRENT_NAMES.get(key, key)}")
             parts.append(f"{label}: checkpoint {old!r}, this run {new!r}")
     return "; ".join(parts) or "unknown settings"
+
+
+def _describe_code_change(old: Any, new: Any) -> str:
+    if not isinstance(old, Mapping):
+        return "training code: the checkpoint predates code digests (an older version)"
+    changed = sorted(m for m in set(old) | set(new or {}) if old.get(m) != (new or {}).get(m))
+    return "training code: the source of " + ", ".join(changed) + " changed since the checkpoint"
 
 
 def prepare_run_folder(
