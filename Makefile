@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: help install run test test-fast lint format viz viz-build mlflow-ui mlflow-server mlflow-server-stop bench-localization bench-training bench-scaling bench-saliency clean-data
+.PHONY: help install run test test-fast screenshots lint format viz viz-build mlflow-ui mlflow-server mlflow-server-stop bench-localization bench-training bench-scaling bench-saliency clean-data
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,6 +33,10 @@ test: $(STAMP)  ## lint (ruff check + format check), then the whole test suite (
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest -n 2 -m "not integration and not browser"
+
+screenshots: $(STAMP)  ## rerun the browser tests and copy their screenshots to docs/screenshots/ (the README's)
+	bash scripts/install_chromium.sh
+	CXR_UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup tests/browser
 
 lint: $(STAMP)  ## ruff check (rules incl. E501 at 100 columns) and ruff format --check
 	$(BIN)/ruff check src tests benchmarks

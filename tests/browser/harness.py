@@ -440,6 +440,26 @@ def artifacts_dir(repo: Path) -> Path:
     return out
 
 
+SCREENSHOTS_ENV = "CXR_UPDATE_SCREENSHOTS"
+
+
+def publish_screenshot(png: Path, repo: Path = REPO) -> Path | None:
+    """Copy ``png`` to the README's ``docs/screenshots/`` when ``CXR_UPDATE_SCREENSHOTS=1``.
+
+    A plain test run leaves the tracked screenshots alone (its PNGs stay under
+    ``test-artifacts/browser/``); ``make screenshots`` sets the variable.
+
+    Returns:
+        The published path, or None when the variable is not set.
+    """
+    if os.environ.get(SCREENSHOTS_ENV) != "1":
+        return None
+    target = repo / "docs" / "screenshots" / png.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(png, target)
+    return target
+
+
 class _ClassTextExtractor(HTMLParser):
     """Collects the text inside every element carrying a given CSS class."""
 

@@ -219,3 +219,17 @@ def test_dump_dom_retries_an_empty_answer(tmp_path: Path) -> None:
     never, _ = _fake_chromium(tmp_path / "never", ok_from=99)
     with pytest.raises(AssertionError, match="attempt 1: exit 0, 0 chars on stdout"):
         harness.dump_dom(never, "http://127.0.0.1:1/", tmp_path / "p2", attempts=1)
+
+
+def test_screenshots_reach_docs_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    png = tmp_path / "shot.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    monkeypatch.delenv(harness.SCREENSHOTS_ENV, raising=False)
+    assert harness.publish_screenshot(png, repo=tmp_path) is None
+    assert not (tmp_path / "docs").exists()
+    monkeypatch.setenv(harness.SCREENSHOTS_ENV, "1")
+    target = harness.publish_screenshot(png, repo=tmp_path)
+    assert target == tmp_path / "docs" / "screenshots" / "shot.png"
+    assert target.read_bytes() == png.read_bytes()

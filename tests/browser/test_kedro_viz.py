@@ -6,7 +6,8 @@ node labels; its API gives the tags and, for a few small files written into the 
 side panel's previews. ``kedro viz build`` is checked the same way, by serving its static
 site; that static site also gives the README's screenshots
 (``test-artifacts/browser/kedro_viz_default.png``: the overview, and
-``kedro_viz_ingestion.png``; copied by hand to ``docs/screenshots/``), taken after a small
+``kedro_viz_ingestion.png``; copied to ``docs/screenshots/`` by ``make screenshots``), taken
+after a small
 page on the same origin has switched off kedro-viz's feature tour in ``localStorage``.
 
 The overview is the default pipeline filtered on the tag ``overview``
@@ -37,6 +38,7 @@ from tests.browser.harness import (
     dump_dom,
     free_port,
     make_project_copy,
+    publish_screenshot,
     require_chromium,
     screenshot,
     serve,
@@ -445,6 +447,7 @@ def static_site(tmp_path_factory: pytest.TempPathFactory) -> StaticSite:
             pages[view], budget = _settled_dom(binary, url, root / f"profile-{view}-dom")
             png = out / ("kedro_viz_default.png" if view == "overview" else f"kedro_viz_{view}.png")
             screenshot(binary, url, png, root / f"profile-{view}-png", budget_ms=budget)
+            publish_screenshot(png)
     (out / "kedro_viz_overview_static.html").write_text(pages["overview"])
     (out / "kedro_viz_ingestion_static.html").write_text(pages["ingestion"])
     return StaticSite(

@@ -8,13 +8,12 @@ and when (``run_title``) holding the findings table, and one nested child run pe
 variant (named by ``cxr_spurious.training.outputs.run_name``, described by
 ``describe_variant``) with its parameters and test metrics. ``mlflow ui`` serves it on a free
 loopback port; headless Chromium reads the pages a researcher opens first. The screenshots
-are the README's (``docs/screenshots/mlflow_*.png``).
+are the README's (``docs/screenshots/mlflow_*.png``, written by ``make screenshots``).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import urllib.parse
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from tests.browser.harness import (
     artifacts_dir,
     dump_dom,
     free_port,
+    publish_screenshot,
     require_chromium,
     screenshot,
     serve,
@@ -57,7 +57,6 @@ VARIANTS = (
     ("seg", "seg", "unet_small", 0.871),
 )
 PARENT_NAME = run_title(["__default__"], datetime(2026, 12, 4, 17, 40))
-SCREENSHOTS = REPO / "docs" / "screenshots"
 
 
 @dataclass(frozen=True)
@@ -219,9 +218,8 @@ def mlflow_pages(tmp_path_factory: pytest.TempPathFactory) -> MlflowPages:
     (out / "mlflow_run.html").write_text(run_dom)
     (out / "mlflow_home.html").write_text(home_dom)
     (out / "mlflow_compare.html").write_text(compare_dom)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for png in shots:  # the README's screenshots
-        shutil.copyfile(out / png, SCREENSHOTS / png)
+    for png in shots:  # the README's screenshots (with CXR_UPDATE_SCREENSHOTS=1)
+        publish_screenshot(out / png)
     return MlflowPages(
         store=store,
         table_text=visible_text(table_dom),
