@@ -138,7 +138,9 @@ def subgroup_auroc(
             )
             rows.append(_row(task, "auroc", attr, str(v), yy, res, note))
         if groups:
-            codes = pd.Categorical(table[attr], categories=groups).codes
+            # Rows of groups too small to score get code -1 (left out of the worst group).
+            values = table[attr].where(table[attr].isin(groups))
+            codes = pd.Categorical(values, categories=groups).codes
             res, note = bootstrap_or_note(
                 _worst_statistic(y, s, codes, len(groups)),
                 len(y),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
@@ -106,6 +107,61 @@ def test_namespaced_run_and_summary() -> None:
     )
     ami = catalog.load("erm.strata_ami")
     assert set(ami["attribute"]) <= {"tube", "site", "sex"} and len(ami) > 0
+
+
+def _youden_by_hand(y: np.ndarray, p: np.ndarray) -> float:
+    """The score t maximising TPR - FPR of ``p >= t`` (the first on ties, from the top)."""
+    best, best_t = -np.inf, np.inf
+    for t in np.unique(p)[::-1]:
+        j = np.mean(p[y == 1] >= t) - np.mean(p[y == 0] >= t)
+        if j > best:
+            best, best_t = j, t
+    return float(best_t)
+
+
+def test_operating_points_come_from_val_and_are_applied_to_test() -> None:
+    manifest, preds, emb, cache = _inputs()
+    # Test scores cubed: the same ranking, so Youden's point on test sits elsewhere.
+    test = preds["split"] == "test"
+    preds.loc[test, f"p_{TASK}"] = preds.loc[test, f"p_{TASK}"] ** 3
+    with open(PARAMS) as fh:
+        params = yaml.safe_load(fh)["robustness"]
+    params.update(
+        n_boot=20,
+        attributes=["sex", "site", "tube", "age_bin"],
+        worst_group_attributes=["sex", "site"],
+        fairness_attribute="sex",
+        reliability_attribute="sex",
+        operating_point="youden",
+    )
+    pipe = create_pipeline()
+    data: dict[str, object] = {
+        "manifest": manifest,
+        "image_cache": cache,
+        **{f"params:robustness.{k}": v for k, v in params.items()},
+    }
+    for m in STUDY_MODELS:
+        data[f"{m}.predictions"], data[f"{m}.embeddings"] = preds, emb
+    catalog = DataCatalog({k: MemoryDataset(v, copy_mode="assign") for k, v in data.items()})
+    for name in pipe.all_outputs():
+        catalog[name] = _Kept(copy_mode="assign")
+    SequentialRunner().run(pipe, catalog)
+
+    table = manifest.merge(preds[["image_id", f"p_{TASK}"]], on="image_id")
+    val, tst = (table[table["split"] == s] for s in ("val", "test"))
+    on_val = _youden_by_hand(val[TASK].to_numpy(), val[f"p_{TASK}"].to_numpy())
+    on_test = _youden_by_hand(tst[TASK].to_numpy(), tst[f"p_{TASK}"].to_numpy())
+    assert abs(on_val - on_test) > 0.05, "the fixture must tell the two splits apart"
+    threshold = float(catalog.load("erm.operating_points")["threshold"].iloc[0])
+    assert threshold == pytest.approx(on_val)
+    by_group = catalog.load("erm.fairness_by_group")
+    assert np.allclose(by_group["threshold"], on_val)
+    # The test split's TPR per sex at the validation threshold, by hand.
+    for sex, rows in tst.groupby("sex"):
+        pos = rows[rows[TASK] == 1]
+        expected = float(np.mean(pos[f"p_{TASK}"] >= on_val))
+        got = by_group.loc[(by_group["group"] == sex), "tpr"]
+        assert len(got) == 1 and got.iloc[0] == pytest.approx(expected), (sex, got, expected)
 
 
 def test_summarise_model_picks_worst_attribute() -> None:
