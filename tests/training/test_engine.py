@@ -361,7 +361,8 @@ def test_a_checkpoint_is_not_resumed_under_changed_training_code(
     monkeypatch.setattr(checkpoints, "code_digests", lambda: edited)
     with pytest.raises(
         DataFormatError,
-        match=r"training code: the source of cxr_spurious\.models\.ops changed since the checkpoint",
+        match=r"training code: the source of cxr_spurious\.models\.ops changed since the "
+        r"checkpoint",
     ):
         _fit(tiny, tiny_config(epochs=1, resume=True), tmp_path)
     # The code as it was: the (complete) checkpoint is taken up again.
