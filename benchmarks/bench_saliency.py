@@ -4,6 +4,7 @@ Usage:
     python benchmarks/bench_saliency.py [--methods gradcam integrated_gradients]
         [--sizes 96 64] [--images 128] [--batch 32] [--tasks 1] [--base-channels 16]
         [--ig-steps 16] [--repeats 5] [--threads N] [--json FILE] [--library-channels-last]
+        [--library-frozen]
 
 Both sides explain the same model (``unet_small`` at the study's width, random weights
 seeded per size, fp32, eval mode, on the CPU) on the same images (random uint8 at
@@ -22,7 +23,12 @@ median over its repeats.
   in channels_last (the layout the project's training and predictions also use on the
   CPU). ``--library-channels-last`` adds a third side, the library loop below on a
   channels_last copy of the model and batches, to show how much of a difference is the
-  layout.
+  layout. ``--library-frozen`` adds another, the library loop on a copy of the model whose
+  parameters outside ``model.cam_layer`` do not require gradients, as the project's CAM
+  path sets them (``saliency.registry._cam_gradients_only``): the library's backward pass
+  then stops at that layer instead of computing every weight's gradient. That is what
+  separates the two Grad-CAM rates; Captum's ``attribute`` asks autograd for the input's
+  gradient only, so for integrated gradients the frozen copy changes nothing.
 - **library**: what a user would write with the library alone, on float batches already
   in memory: ``pytorch_grad_cam.GradCAM(model, [model.cam_layer])`` built once and called
   per batch and task with ``ClassifierOutputTarget(task)``; Captum's
@@ -138,6 +144,15 @@ def library_runner(
     raise SystemExit(f"unknown method {method!r}; this benchmark measures {list(METHODS)}")
 
 
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters outside ``model.cam_layer`` need no gradient."""
+    copy_ = copy.deepcopy(model)
+    own = {id(p) for p in copy_.cam_layer.parameters()}
+    for p in copy_.parameters():
+        p.requires_grad_(id(p) in own)
+    return copy_
+
+
 def as_project_maps(method: str, maps: np.ndarray) -> np.ndarray:
     """The library's maps put through the project's post-processing (for the comparison)."""
     if method == "integrated_gradients":
@@ -158,11 +173,14 @@ def bench_row(
     ig_steps: int,
     repeats: int,
     library_channels_last: bool = False,
+    library_frozen: bool = False,
 ) -> dict[str, Any]:
     """Interleaved timings of one method at one size; rates are maps (image x task) / s.
 
     With ``library_channels_last`` a third side runs the library loop on a copy of the
     model and batches in channels_last, the layout the project's path uses on the CPU.
+    With ``library_frozen`` another runs it on ``frozen_copy(model)``; its maps are
+    compared with the project's too (``max_map_diff_frozen``).
     """
     model = make_model(size, n_tasks, base_channels)
     images = make_images(n_images, size)
@@ -179,6 +197,9 @@ def bench_row(
         batches_cl = [x.contiguous(memory_format=torch.channels_last) for x in batches]
         library_cl = library_runner(method, model_cl, n_tasks, ig_steps)
         sides["library_cl"] = lambda: library_cl(batches_cl)
+    if library_frozen:
+        library_fz = library_runner(method, frozen_copy(model), n_tasks, ig_steps)
+        sides["library_frozen"] = lambda: library_fz(batches)
 
     def project() -> np.ndarray:
         return compute_maps(
@@ -188,8 +209,10 @@ def bench_row(
 
     lib_maps, proj_maps = library(batches), project()  # untimed: warm-up, and the comparison
     diff = float(np.abs(as_project_maps(method, lib_maps).astype(np.float32) - proj_maps).max())
-    for run in list(sides.values())[1:]:
-        run()  # untimed warm-up of the other sides
+    frozen_maps = [run() for side, run in sides.items() if side == "library_frozen"]
+    for side, run in list(sides.items())[1:]:
+        if side != "library_frozen":
+            run()  # untimed warm-up of the other sides
     sides["project"] = project
     rounds = []
     n_maps = n_images * n_tasks
@@ -216,6 +239,11 @@ def bench_row(
     if library_channels_last:
         row["library_cl_maps_s"] = rates["library_cl"]
         row["ratio_cl"] = rates["project"] / rates["library_cl"]
+    if library_frozen:
+        row["library_frozen_maps_s"] = rates["library_frozen"]
+        row["ratio_frozen"] = rates["project"] / rates["library_frozen"]
+        frozen = as_project_maps(method, frozen_maps[0]).astype(np.float32)
+        row["max_map_diff_frozen"] = float(np.abs(frozen - proj_maps).max())
     return row
 
 
@@ -230,6 +258,7 @@ def run_benchmark(
     ig_steps: int = 16,
     repeats: int = 5,
     library_channels_last: bool = False,
+    library_frozen: bool = False,
 ) -> dict[str, Any]:
     """Every (method, size) row; the result that ``--json`` writes."""
     unknown = [m for m in methods if m not in METHODS]
@@ -239,7 +268,7 @@ def run_benchmark(
         bench_row(
             method, int(size), n_images=n_images, batch=batch, n_tasks=n_tasks,
             base_channels=base_channels, ig_steps=ig_steps, repeats=repeats,
-            library_channels_last=library_channels_last,
+            library_channels_last=library_channels_last, library_frozen=library_frozen,
         )
         for size in sizes
         for method in methods
@@ -268,10 +297,12 @@ def run_benchmark(
 def format_table(result: dict[str, Any]) -> str:
     """A markdown table: one row per method and size."""
     with_cl = any("library_cl_maps_s" in r for r in result["rows"])
+    with_fz = any("library_frozen_maps_s" in r for r in result["rows"])
     extra = " library channels_last maps/s | ratio to it |" if with_cl else ""
+    extra += " library frozen maps/s | ratio to it | max map diff to it |" if with_fz else ""
     lines = [
         "| method | size | project maps/s | library maps/s | ratio | max map diff |" + extra,
-        "|---|---|---|---|---|---|" + ("---|---|" if with_cl else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if with_cl else "") + ("---|---|---|" * with_fz),
     ]
     for r in result["rows"]:
         cells = (
@@ -279,6 +310,11 @@ def format_table(result: dict[str, Any]) -> str:
             if "library_cl_maps_s" in r
             else (" - | - |" if with_cl else "")
         )
+        if with_fz:
+            cells += (
+                f" {r['library_frozen_maps_s']:.1f} | {r['ratio_frozen']:.2f} |"
+                f" {r['max_map_diff_frozen']:.3g} |"
+            )
         lines.append(
             f"| {r['method']} | {r['size']} | {r['project_maps_s']:.1f} | "
             f"{r['library_maps_s']:.1f} | {r['ratio']:.2f} | {r['max_map_diff']:.3g} |" + cells
@@ -303,6 +339,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also time the library loop on a channels_last copy of the model and batches",
     )
+    parser.add_argument(
+        "--library-frozen",
+        action="store_true",
+        help="also time the library loop on a copy of the model with every parameter outside "
+        "the CAM layer frozen, as the project's CAM path sets them",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -310,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods=args.methods, sizes=args.sizes, n_images=args.images, batch=args.batch,
         n_tasks=args.tasks, base_channels=args.base_channels, ig_steps=args.ig_steps,
         repeats=args.repeats, library_channels_last=args.library_channels_last,
+        library_frozen=args.library_frozen,
     )  # fmt: skip
     print(
         f"saliency benchmark: unet_small fp32 on {result['cpu']}, {result['threads']} "

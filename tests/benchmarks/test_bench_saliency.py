@@ -49,3 +49,26 @@ def test_library_channels_last_adds_a_third_side(capsys) -> None:
     assert [sorted(r) for r in row["rounds"]] == [["library", "library_cl", "project"]] * 2
     assert row["library_cl_maps_s"] > 0
     assert abs(row["ratio_cl"] - row["project_maps_s"] / row["library_cl_maps_s"]) < 1e-9
+
+
+def test_library_frozen_side_freezes_outside_the_cam_layer_and_agrees(capsys) -> None:
+    bench = _bench()
+    model = bench.make_model(32, 1, 8)
+    frozen = bench.frozen_copy(model)
+    own = {name for name, _ in frozen.cam_layer.named_parameters()}
+    assert own, "the CAM layer of unet_small has parameters"
+    grads = {n: p.requires_grad for n, p in frozen.named_parameters()}
+    cam_prefix = next(n for n, m in frozen.named_modules() if m is frozen.cam_layer)
+    assert {n for n, g in grads.items() if g} == {f"{cam_prefix}.{n}" for n in own}
+    assert all(p.requires_grad for p in model.parameters()), "the original is left as it was"
+    row = bench.bench_row(
+        "gradcam", 32, n_images=4, batch=4, n_tasks=1, base_channels=8, ig_steps=2, repeats=2,
+        library_frozen=True,
+    )  # fmt: skip
+    assert [sorted(r) for r in row["rounds"]] == [["library", "library_frozen", "project"]] * 2
+    # The same maps as the project's, up to float16 rounding (one step at 1.0 is 4.9e-4).
+    assert row["max_map_diff_frozen"] < 1e-3
+    assert abs(row["ratio_frozen"] - row["project_maps_s"] / row["library_frozen_maps_s"]) < 1e-9
+    argv = ["--images", "4", "--sizes", "32", "--batch", "4", "--repeats", "1", "--ig-steps", "2"]
+    assert bench.main([*argv, "--base-channels", "8", "--library-frozen"]) == 0
+    assert "| library frozen maps/s | ratio to it | max map diff to it |" in capsys.readouterr().out
