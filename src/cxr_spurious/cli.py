@@ -9,7 +9,8 @@ Kedro's options and does Kedro's run, and in addition:
 * stops on a user's mistake (``USER_ERRORS``: bad data, a bad parameter, too few samples for
   a confidence interval, an unknown name) with its message on one line and where the full
   traceback is, instead of a screenful of traceback. Any other exception is a bug: it keeps
-  its traceback on the console (and in the log file);
+  its traceback on the console (and in the log file), also when it was raised while a
+  user's mistake was being handled (``user_error``);
 * closes the MLflow runs still open when the run is interrupted (Ctrl-C) as KILLED: Kedro
   calls ``on_pipeline_error`` for exceptions only, so MLflow would record them as FINISHED.
 """
@@ -23,6 +24,8 @@ from typing import Any
 
 import click
 from kedro.framework.cli.project import run as kedro_run
+from kedro.io.core import DatasetError
+from omegaconf.errors import OmegaConfBaseException
 
 from cxr_spurious.errors import CxrSpuriousError, DataFormatError, ParameterError
 from cxr_spurious.logging_filters import configure_run_logging
@@ -41,11 +44,21 @@ USER_ERRORS: tuple[type[CxrSpuriousError], ...] = (
 )
 
 
-def user_error(exc: BaseException) -> CxrSpuriousError | None:
-    """The user's mistake behind ``exc`` (itself, or its cause / context chain), if any.
+#: Exceptions that exist to wrap another one: Kedro's ``DatasetError`` around an error
+#: raised while loading or saving a dataset (kedro-mlflow raises it inside ``except``, without
+#: ``from``), omegaconf's errors around an error raised by a resolver (omegaconf clears
+#: ``__cause__`` and leaves the resolver's error only as ``__context__``; e.g. a refused
+#: ``${env:...}`` in ``credentials.yml``). The mistake behind them may be their ``__context__``.
+WRAPPERS: tuple[type[BaseException], ...] = (DatasetError, OmegaConfBaseException)
 
-    Kedro wraps errors raised while loading or saving a dataset in ``DatasetError``; the
-    project's error is then its ``__cause__``.
+
+def user_error(exc: BaseException) -> CxrSpuriousError | None:
+    """The user's mistake behind ``exc`` (itself, or what it wraps), if any.
+
+    Follows ``__cause__`` (``raise ... from``), and ``__context__`` only from ``WRAPPERS``.
+    Any other exception raised while a user's mistake was being handled (e.g. a hook's
+    ``on_pipeline_error`` failing inside Kedro's ``except``) is a bug of its own: None, so
+    that its traceback is kept.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -53,7 +66,12 @@ def user_error(exc: BaseException) -> CxrSpuriousError | None:
         seen.add(id(current))
         if isinstance(current, USER_ERRORS) or type(current) is CxrSpuriousError:
             return current
-        current = current.__cause__ or current.__context__
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif isinstance(current, WRAPPERS):
+            current = current.__context__
+        else:
+            current = None
     return None
 
 

@@ -16,7 +16,11 @@ A record is kept off the console (and still written to the file) when:
 * it is one of Kedro's per-dataset / per-node INFO lines (``CONSOLE_QUIET_INFO``);
 * it is a Python warning (``py.warnings``) raised inside an installed library
   (``site-packages``, this package aside) or a deprecation notice: their count is printed at
-  the end of the run instead (``ConsoleFilter.summary``).
+  the end of the run instead (``ConsoleFilter.summary``). Worker processes forked by Kedro's
+  ``ParallelRunner`` inherit the filter and the file handler; what they drop is counted in a
+  tally file that the run's process reads back (``ConsoleFilter.share_with_workers``).
+  Workers started by ``spawn`` / ``forkserver`` (``KEDRO_MP_CONTEXT``) configure logging from
+  ``conf/logging.yml`` alone: their warnings are neither filtered nor in the log file.
 
 A few library warnings come earlier, while Kedro loads its plugins, before any ``kedro``
 command has started (``STARTUP_WARNINGS``: MLflow's "Add type hints to the `predict`
@@ -31,8 +35,11 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import re
 import sys
+import tempfile
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import TextIO
@@ -115,12 +122,31 @@ def is_library_warning(record: logging.LogRecord) -> bool:
 class ConsoleFilter(logging.Filter):
     """Keep per-dataset INFO lines, library warnings and file-only records off the console.
 
-    Counts the library warnings it drops (per category) for the end-of-run summary.
+    Counts the library warnings it drops (per category) for the end-of-run summary: in
+    ``dropped_warnings`` in the process that made it, and, once ``share_with_workers`` is
+    called, in a tally file in the processes forked from it (``ParallelRunner``'s workers,
+    whose copy of ``dropped_warnings`` is lost when they end).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.dropped_warnings: Counter[str] = Counter()
+        self._pid = os.getpid()
+        self._tally: Path | None = None
+
+    def share_with_workers(self) -> Path:
+        """Have forked worker processes count what they drop in a tally file; idempotent.
+
+        Returns:
+            The tally file (one category per line, appended by the workers; removed when
+            this filter is garbage-collected or the process exits).
+        """
+        if self._tally is None:
+            fd, name = tempfile.mkstemp(prefix="cxr-spurious-warnings-", suffix=".txt")
+            os.close(fd)
+            self._tally = Path(name)
+            weakref.finalize(self, _remove_tally, self._tally, self._pid)
+        return self._tally
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "console", True) is False:
@@ -129,20 +155,51 @@ class ConsoleFilter(logging.Filter):
             return False
         if is_library_warning(record):
             origin = warning_origin(record)
-            self.dropped_warnings[origin[1] if origin else "Warning"] += 1
+            self._count(origin[1] if origin else "Warning")
             return False
         if record.levelno == logging.WARNING and _quiet(record, CONSOLE_QUIET_WARNINGS):
-            self.dropped_warnings[record.name.split(".")[0]] += 1
+            self._count(record.name.split(".")[0])
             return False
         return True
 
+    def _count(self, kind: str) -> None:
+        """Count a dropped warning here, or in the tally file from a forked worker."""
+        if self._tally is not None and os.getpid() != self._pid:
+            try:
+                # one short line per write on a file opened for appending: workers that
+                # write at the same time do not interleave
+                with self._tally.open("a", encoding="utf-8") as tally:
+                    tally.write(kind + "\n")
+                return
+            except OSError:
+                pass  # counted in this worker's copy only (lost with it)
+        self.dropped_warnings[kind] += 1
+
+    def counts(self) -> Counter[str]:
+        """The dropped library warnings per category, this process's and its workers'."""
+        total = Counter(self.dropped_warnings)
+        if self._tally is not None and os.getpid() == self._pid:
+            try:
+                lines = self._tally.read_text(encoding="utf-8").splitlines()
+            except OSError:
+                lines = []
+            total.update(line for line in lines if line)
+        return total
+
     def summary(self, log_file: Path | str) -> str | None:
         """One line naming how many library warnings went to the log file only (None: none)."""
-        total = sum(self.dropped_warnings.values())
+        counts = self.counts()
+        total = sum(counts.values())
         if not total:
             return None
-        kinds = ", ".join(f"{n} {cat}" for cat, n in self.dropped_warnings.most_common())
+        kinds = ", ".join(f"{n} {cat}" for cat, n in counts.most_common())
         return f"{total} warning(s) from libraries ({kinds}) are in {Path(log_file).as_posix()}"
+
+
+def _remove_tally(path: Path, owner_pid: int) -> None:
+    """Remove a ``ConsoleFilter``'s tally file, from the process that made it only."""
+    if os.getpid() == owner_pid:
+        path.unlink(missing_ok=True)
 
 
 #: Library warnings raised while Kedro loads its plugins, before a command starts: (folder
@@ -269,8 +326,8 @@ def configure_run_logging(project_path: Path | str = ".") -> tuple[ConsoleFilter
         project_path: The project root (the log file goes under its ``logs/``).
 
     Returns:
-        The console filter (its ``summary`` names the dropped library warnings) and the
-        log file's path.
+        The console filter (its ``summary`` names the library warnings dropped by this
+        process and the worker processes forked from it) and the log file's path.
     """
     root = logging.getLogger()
     log_file = Path(project_path) / LOG_FILE
@@ -280,6 +337,7 @@ def configure_run_logging(project_path: Path | str = ".") -> tuple[ConsoleFilter
             root.removeHandler(handler)
             handler.close()
     console_filter = ConsoleFilter()
+    console_filter.share_with_workers()
     for handler in list(root.handlers):
         if not _is_console_handler(handler):
             continue

@@ -113,3 +113,79 @@ def test_a_mistake_wrapped_by_kedro_is_found_and_flattened() -> None:
     except DatasetError as outer:
         assert user_error(outer) is inner
     assert one_line(inner) == "images/a.png: polygon 0 has 2 point(s) need at least 3"
+
+
+def test_a_bug_raised_while_a_mistake_is_handled_is_a_bug() -> None:
+    # Kedro's session calls ``on_pipeline_error`` inside ``except``: a hook failing there has
+    # the user's mistake as its ``__context__`` only, and must keep its own traceback.
+    try:
+        try:
+            raise ParameterError("training.lr", "must be > 0, got -1")
+        except ParameterError:
+            raise KeyError("genuine bug in a hook")  # noqa: B904 (the shape under test)
+    except KeyError as bug:
+        assert isinstance(bug.__context__, ParameterError) and bug.__cause__ is None
+        assert user_error(bug) is None
+
+
+def test_a_mistake_inside_a_wrapper_without_from_is_found() -> None:
+    # kedro-mlflow raises ``DatasetError(err)`` inside ``except`` (no ``from``).
+    from kedro.io.core import DatasetError
+
+    inner = DataFormatError("model.pt", "not a checkpoint")
+    try:
+        try:
+            raise inner
+        except DataFormatError as exc:
+            raise DatasetError(str(exc))  # noqa: B904 (the shape under test)
+    except DatasetError as outer:
+        assert user_error(outer) is inner
+
+
+def test_a_refused_env_in_credentials_is_one_line(tmp_path: Path) -> None:
+    # omegaconf re-raises a resolver's error with ``__cause__`` cleared: the ParameterError
+    # is only the ``__context__`` of its InterpolationResolutionError.
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cxr_spurious.settings import CONFIG_LOADER_ARGS, ProjectConfigLoader
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "credentials.yml").write_text("db:\n  pw: ${env:HOME}\n")
+    loader = ProjectConfigLoader(str(tmp_path), **CONFIG_LOADER_ARGS)
+    with pytest.raises(OmegaConfBaseException) as info:
+        loader["credentials"]
+    assert info.value.__cause__ is None
+    mistake = user_error(info.value)
+    assert isinstance(mistake, ParameterError) and mistake.key == "env:HOME"
+
+
+def test_the_console_keeps_the_traceback_of_a_failing_error_hook(
+    tmp_path: Path, clean_root: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    from click.testing import CliRunner
+
+    import cxr_spurious.cli as cli
+
+    def session_run(**kwargs: object) -> None:  # the shape of KedroSession.run
+        try:
+            raise ParameterError("training.lr", "must be > 0, got -1")
+        except Exception as error:
+            _failing_on_pipeline_error(error)
+            raise
+
+    fake = types.SimpleNamespace(callback=session_run, params=[], help="")
+    monkeypatch.setattr(cli, "kedro_run", fake)
+    result = CliRunner().invoke(cli.run, [], obj=types.SimpleNamespace(project_path=tmp_path))
+    assert isinstance(result.exception, AttributeError), result.output
+    assert "Error: parameter 'training.lr'" not in result.output
+    log = (tmp_path / "logs" / "info.log").read_text(encoding="utf-8")
+    assert "The run failed with an unexpected error" in log and "AttributeError" in log
+
+
+def _failing_on_pipeline_error(error: Exception) -> None:
+    """A hook's ``on_pipeline_error`` with a bug of its own."""
+    run = None
+    run.info  # type: ignore[attr-defined]  # noqa: B018

@@ -195,3 +195,75 @@ def test_held_startup_warnings_go_to_the_log_file(clean_root: logging.Logger, tm
         )
     finally:
         hold_startup_warnings()  # as the package's import left it
+
+
+def mean_of_nothing(x: object) -> float:
+    """A node that makes numpy warn twice (mean of an empty slice, then 0 / 0)."""
+    import numpy as np
+
+    return float(np.mean(np.array([])))
+
+
+def test_warnings_of_parallel_workers_are_counted(
+    clean_root: logging.Logger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+    import warnings
+    from collections import Counter
+
+    from kedro.framework.hooks.manager import _create_hook_manager
+    from kedro.io import MemoryDataset, SharedMemoryDataCatalog
+    from kedro.logging import RichHandler
+    from kedro.pipeline import Node, Pipeline
+    from kedro.runner import ParallelRunner
+    from rich.console import Console
+
+    monkeypatch.setenv("KEDRO_MP_CONTEXT", "fork")  # the workers inherit the run's logging
+    hold_startup_warnings().release()
+    stream = io.StringIO()
+    clean_root.handlers[:] = [RichHandler(console=Console(file=stream))]
+    clean_root.setLevel(logging.INFO)
+    pipeline = Pipeline([Node(mean_of_nothing, "a", f"o{i}", name=f"m{i}") for i in range(2)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        logging.captureWarnings(False)  # an earlier test's capture may be stale
+        logging.captureWarnings(True)
+        try:
+            console_filter, log_file = configure_run_logging(tmp_path)
+            catalog = SharedMemoryDataCatalog({"a": MemoryDataset(1)})
+            ParallelRunner(max_workers=2).run(pipeline, catalog, _create_hook_manager())
+        finally:
+            logging.captureWarnings(False)
+    for handler in clean_root.handlers:
+        handler.flush()
+    assert console_filter.dropped_warnings == Counter()  # nothing dropped in this process
+    assert "Mean of empty slice" not in stream.getvalue()
+    # the reference: the warnings the workers wrote to the log file, by category
+    written = Counter(
+        re.findall(r" py\.warnings: .*?:\d+: (\w+): ", log_file.read_text(encoding="utf-8"))
+    )
+    assert written["RuntimeWarning"] == 2 * 2  # two nodes, two numpy warnings each
+    summary = console_filter.summary("logs/info.log")
+    assert summary is not None, "the workers' warnings are not counted"
+    match = re.fullmatch(
+        r"(\d+) warning\(s\) from libraries \((.*)\) are in logs/info\.log", summary
+    )
+    assert match is not None, summary
+    counted = Counter({k: int(n) for n, k in re.findall(r"(\d+) (\w+)", match.group(2))})
+    assert counted == written and int(match.group(1)) == sum(written.values())
+
+
+def test_the_tally_file_is_the_owners(tmp_path: Path) -> None:
+    console = ConsoleFilter()
+    tally = console.share_with_workers()
+    assert console.share_with_workers() == tally and tally.exists()
+    tally.write_text("RuntimeWarning\nRuntimeWarning\n", encoding="utf-8")  # as two workers
+    console.filter(_warning(f"{SITE}/statsmodels/m.py", "ConvergenceWarning", "MLE"))
+    assert console.summary("logs/info.log") == (
+        "3 warning(s) from libraries (2 RuntimeWarning, 1 ConvergenceWarning) are in logs/info.log"
+    )
+    del console
+    import gc
+
+    gc.collect()
+    assert not tally.exists()

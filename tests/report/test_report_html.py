@@ -165,3 +165,69 @@ def test_page_refuses_repeated_section_keys():
     s = Section("a", "A", "read", "")
     with pytest.raises(ContractError, match="unique keys"):
         render_page("t", "s", [s, s])
+
+
+def _localization_rows(page: str) -> list[list[str]]:
+    """Header and cells of the first table of the localization section (unescaped text)."""
+    import html
+
+    section = page.split('id="localization"')[1].split("</table>")[0]
+    return [
+        [html.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", section)
+    ]
+
+
+def test_an_estimate_without_a_ci_says_why():
+    import numpy as np
+
+    from cxr_spurious.localization.summary import summary_table
+    from cxr_spurious.stats.bootstrap import MIN_CI_CLUSTERS
+
+    rng = np.random.default_rng(0)
+    rows = []
+    # Effusion: 3 patients, fewer than MIN_CI_CLUSTERS (5): estimates without a CI
+    for task, n in (("Pneumothorax", 12), ("Effusion", 3)):
+        for i in range(n):
+            rows.append(
+                {
+                    "set": "erm.gradcam",
+                    "model": "erm",
+                    "method": "gradcam",
+                    "task": task,
+                    "image_id": f"patient{i}_study1_view1_frontal",
+                    "in_gt": True,
+                    "iou_tp": rng.uniform(0, 0.6),
+                    "iou_full": rng.uniform(0, 0.6),
+                    "hit": float(rng.integers(0, 2)),
+                    "relevance_mass": rng.uniform(0, 1),
+                }
+            )
+    summary = summary_table(pd.DataFrame(rows), n_boot=100, seed=0, by=("set", "model", "method"))
+    assert MIN_CI_CLUSTERS > 3
+    inputs = synthetic.inputs()
+    inputs.localization_summary = summary
+    head, *body = _localization_rows(build_study_report(inputs))
+    assert "ci_note" in head and "skipped_map_files" not in head
+    cells = {r[head.index("task")]: dict(zip(head, r)) for r in body}
+    assert set(cells) == {"Effusion", "Pneumothorax", "overall"}
+    effusion = cells["Effusion"]
+    assert "[" not in effusion["miou_tp"]  # the estimate alone...
+    assert effusion["miou_tp"] == f"{summary.set_index('task').loc['Effusion', 'miou_tp']:.2f}"
+    assert effusion["ci_note"].startswith(f"no CI (finite in < {MIN_CI_CLUSTERS} patients)")
+    assert "miou_tp" in effusion["ci_note"]  # ...and why
+    for task in ("Pneumothorax", "overall"):
+        assert "[" in cells[task]["miou_tp"] and cells[task]["ci_note"] == ""
+
+
+def test_skipped_map_files_are_shown_when_there_are_any():
+    inputs = synthetic.inputs()
+    summary = inputs.localization_summary
+    inputs.localization_summary = summary.assign(skipped_map_files=0)
+    head, *_ = _localization_rows(build_study_report(inputs))
+    assert "skipped_map_files" not in head and "ci_note" not in head
+    inputs.localization_summary = summary.assign(skipped_map_files=[0, 2, 0])
+    head, *body = _localization_rows(build_study_report(inputs))
+    assert "skipped_map_files" in head
+    shown = [(r[head.index("set")], r[head.index("skipped_map_files")]) for r in body]
+    assert shown == [("erm.gradcam", "0"), ("box.gradcam", "2"), ("seg.gradcam", "0")]

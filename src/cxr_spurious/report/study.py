@@ -69,7 +69,10 @@ READ: dict[str, str] = {
         "How well each saliency map localizes the lesion (mIoU of its segmentation, hit rate "
         "of its maximum, share of its mass on the lesion), then the percentage by which it "
         "falls below the simulated radiologist on the same images (positive = worse than the "
-        "radiologist)."
+        "radiologist). An estimate shown without an interval was finite in too few patients "
+        "for a CI (the ci_note column names the measures); a skipped_map_files column counts "
+        "the files of a set's map folder whose names did not parse (their maps count as "
+        "missing)."
     ),
     "regression": (
         "Each row is one geometric feature of the lesion regressed against localization "
@@ -214,6 +217,20 @@ def _overlays(inputs: StudyReportInputs) -> str:
     )
 
 
+#: Columns of ``localization_summary`` shown when a row needs them: why an estimate has no CI
+#: (``ci_note``: finite in too few patients) and how many files of a set's map folder were
+#: skipped because their names do not parse (``skipped_map_files``).
+LOCALIZATION_NOTES: tuple[str, ...] = ("ci_note", "skipped_map_files")
+
+
+def _has_note(column: pd.Series) -> bool:
+    """Whether any row of a note column says something (a non-empty text, a non-zero count)."""
+    values = column.dropna()
+    if pd.api.types.is_numeric_dtype(values):
+        return bool((values != 0).any())
+    return bool(values.astype(str).str.strip().ne("").any())
+
+
 def _localization(inputs: StudyReportInputs, max_rows: int) -> str:
     summary = inputs.localization_summary
     _require(summary, ["set", "task"], "localization_summary")
@@ -221,11 +238,15 @@ def _localization(inputs: StudyReportInputs, max_rows: int) -> str:
         c
         for c in ("set", "task", "n_cxr", "miou_tp", "hit_rate", "relevance_mass")
         if c in summary.columns
-    ]
-    parts = [
-        heading("Localization per heatmap set"),
-        table_html(with_cis(summary)[keep], max_rows=max_rows),
-    ]
+    ] + [c for c in LOCALIZATION_NOTES if c in summary.columns and _has_note(summary[c])]
+    shown = with_cis(summary)[keep]
+    if "skipped_map_files" in keep:  # a count: "0", not table_html's "0.00"
+        shown = shown.assign(
+            skipped_map_files=[
+                "" if pd.isna(v) else str(int(v)) for v in shown["skipped_map_files"]
+            ]
+        )
+    parts = [heading("Localization per heatmap set"), table_html(shown, max_rows=max_rows)]
     rows = []
     sets = sorted({str(s) for s in summary["set"]})
     for key, table in sorted(inputs.human_benchmark.items()):
