@@ -30,12 +30,12 @@ def grouping_columns(
         ParameterError: an attribute is neither a manifest column nor ``age_bin``.
     """
     if not attributes:
-        raise ParameterError("group_by", "needs at least one attribute")
+        raise ParameterError("debiasing.group_by", "needs at least one attribute")
     missing = [a for a in attributes if a != AGE_BIN and a not in manifest.columns]
     if missing or (AGE_BIN in attributes and "age_years" not in manifest.columns):
         bad = missing or ["age_years (needed by age_bin)"]
         raise ParameterError(
-            "group_by",
+            "debiasing.group_by",
             f"attribute(s) {bad} not in the manifest; available columns: "
             f"{sorted(map(str, manifest.columns))} and '{AGE_BIN}'",
         )
@@ -72,7 +72,8 @@ def group_keys(
     if cross_label:
         if task is None or task not in manifest.columns:
             raise ParameterError(
-                "task", f"cross_label needs a label column; '{task}' is not in the manifest"
+                "debiasing.tasks",
+                f"cross_label needs a label column; '{task}' is not in the manifest",
             )
         values[LABEL] = manifest[task].to_numpy()
     known = values.notna().all(axis=1)
@@ -127,7 +128,7 @@ def check_groups(
             where=f"group {key}",
         )
     if task not in manifest.columns:
-        raise ParameterError("task", f"label column '{task}' is not in the manifest")
+        raise ParameterError("debiasing.tasks", f"label column '{task}' is not in the manifest")
     labelled = sub[task].notna().groupby(sub_keys).any()
     unlabelled = labelled[~labelled]
     if len(unlabelled):

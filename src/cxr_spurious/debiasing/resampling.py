@@ -90,7 +90,7 @@ def resample_manifest(
     features: np.ndarray | None = None,
     errors: pd.Series | np.ndarray | None = None,
     n_clusters: int = 8,
-    jtt_upweight: int = 6,
+    jtt_upweight: float = 6,
     jtt_mode: Literal["duplicate", "weight"] = "duplicate",
 ) -> pd.DataFrame:
     """Apply one strategy to the train rows of a manifest.
@@ -105,7 +105,8 @@ def resample_manifest(
             rows may hold anything; only train rows are read).
         errors: ``jtt`` only: per manifest row, True where the ERM model was wrong.
         n_clusters: ``cluster_downsample``: k-means clusters per over-represented group.
-        jtt_upweight: ``jtt``: total copies (or weight) of an error row (lambda >= 1).
+        jtt_upweight: ``jtt``: total copies (a whole number) or weight (any number) of an
+            error row (lambda >= 1; ``jtt_upweight_value``).
         jtt_mode: ``duplicate`` (repeat rows) or ``weight`` (set ``weight``).
 
     Returns:
@@ -130,7 +131,7 @@ def _resample(
     features: np.ndarray | None,
     errors: pd.Series | np.ndarray | None,
     n_clusters: int,
-    jtt_upweight: int,
+    jtt_upweight: float,
     jtt_mode: Literal["duplicate", "weight"],
 ) -> pd.DataFrame:
     """``resample_manifest`` without the label."""
@@ -249,11 +250,36 @@ def _balanced_weights(g: np.ndarray) -> np.ndarray:
     return w
 
 
+def jtt_upweight_value(upweight: object, mode: str) -> float:
+    """JTT's lambda, checked for its mode: a whole number of copies >= 1 in ``duplicate``
+    mode (1.9 copies cannot be made, and truncating it to 1 would make JTT plain ERM), any
+    finite number >= 1 in ``weight`` mode (kept as given: 2.5 weighs an error 2.5).
+
+    Raises:
+        ParameterError: naming ``debiasing.jtt_upweight``.
+    """
+    key = "debiasing.jtt_upweight"
+    if isinstance(upweight, bool) or not isinstance(
+        upweight, int | float | np.integer | np.floating
+    ):
+        raise ParameterError(key, f"must be a number >= 1, got {upweight!r}")
+    value = float(upweight)
+    if not np.isfinite(value) or value < 1:
+        raise ParameterError(key, f"must be a finite number >= 1, got {upweight!r}")
+    if mode == "duplicate" and not value.is_integer():
+        raise ParameterError(
+            key,
+            f"must be a whole number of copies >= 1 with jtt_mode 'duplicate', got {upweight!r} "
+            "(use jtt_mode 'weight' for a fractional weight)",
+        )
+    return value
+
+
 def _jtt(
     base: pd.DataFrame,
     train: np.ndarray,
     errors: pd.Series | np.ndarray | None,
-    upweight: int,
+    upweight: float,
     mode: str,
 ) -> pd.DataFrame:
     if errors is None:
@@ -263,17 +289,16 @@ def _jtt(
     err = np.asarray(errors, dtype=bool)
     if err.shape[0] != len(base):
         raise ContractError(f"errors has {err.shape[0]} entries for a manifest of {len(base)} rows")
-    if isinstance(upweight, bool) or int(upweight) < 1:
-        raise ParameterError("debiasing.jtt_upweight", f"must be an integer >= 1, got {upweight!r}")
     if mode not in ("duplicate", "weight"):
         raise unknown_name_error(
             "jtt mode", mode, ("duplicate", "weight"), key="debiasing.jtt_mode"
         )
+    lam = jtt_upweight_value(upweight, mode)
     wrong = train[err[train]]
     if mode == "weight":
-        base.loc[wrong, "weight"] = float(upweight)
+        base.loc[wrong, "weight"] = lam
         return base
-    extra = [np.repeat(wrong, int(upweight) - 1)]
+    extra = [np.repeat(wrong, int(lam) - 1)]
     return _assemble(base, np.zeros(len(base), dtype=bool), extra, augment_copies=False)
 
 

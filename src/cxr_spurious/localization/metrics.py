@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
-from cxr_spurious.errors import DataFormatError
+from cxr_spurious.errors import DataFormatError, ParameterError
 from cxr_spurious.io.masks import _compressed_counts, decode_rle
 from cxr_spurious.stats.metrics import auroc_ranked
 from cxr_spurious.tasks import CHEXLOCALIZE_TASKS
@@ -270,6 +270,24 @@ class RankedScore:
         return auroc_ranked(positive[keep], self.sorted[keep])
 
 
+def check_top_k(top_k: object, key: str = "localization.top_k") -> int:
+    """``top_k`` as an int >= 1 (a whole float such as 1000.0 is accepted).
+
+    ``inside[:k]`` with k = 0 is empty (a NaN share) and with k = -1 drops the last pixel
+    (a share of nearly the whole image), so neither may reach the metric.
+
+    Raises:
+        ParameterError: naming ``key``.
+    """
+    number = not isinstance(top_k, bool) and isinstance(
+        top_k, int | float | np.integer | np.floating
+    )
+    value = float(top_k) if number else float("nan")  # type: ignore[arg-type]
+    if not (np.isfinite(value) and value.is_integer() and value >= 1):
+        raise ParameterError(key, f"must be an integer >= 1 (pixels), got {top_k!r}")
+    return int(value)
+
+
 def mass_rank_metrics(
     score: np.ndarray,
     gt_mask: np.ndarray,
@@ -288,7 +306,7 @@ def mass_rank_metrics(
     Args:
         score: The map.
         gt_mask: The mask, same shape.
-        top_k: k of the top-k intersection.
+        top_k: k of the top-k intersection (an integer >= 1; ``check_top_k``).
         ranked: ``RankedScore(score)`` when the caller already has it (one sort per map).
 
     Returns:
@@ -319,7 +337,7 @@ def mass_rank_metrics(
         }
     inside = g[ranked.order]
     rank = float(inside[:n_gt].mean())
-    k = min(int(top_k), s.size)
+    k = min(check_top_k(top_k), s.size)
     topk = float(inside[:k].mean())
     return {
         "relevance_mass": mass,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ def evaluation_table(
     *,
     age_edges: Sequence[float] = DEFAULT_AGE_EDGES,
     name: str = "predictions",
+    spurious: str | None = None,
 ) -> pd.DataFrame:
     """One row per manifest image: ids, split, labels, ``p_<task>`` and grouping attributes.
 
@@ -29,13 +30,17 @@ def evaluation_table(
         attributes: Grouping attributes (manifest columns or ``age_bin``).
         age_edges: Lower edges of the age bins.
         name: Dataset name for error messages.
+        spurious: The spurious-feature column of the robust AUROC (``robustness.spurious``),
+            carried as floats 1 / 0 / NaN; None: none (``tube`` is carried whenever the
+            manifest has it).
 
     Returns:
-        ``image_id, patient_id, split, <task>, p_<task>, <attribute>...``.
+        ``image_id, patient_id, split, <task>, p_<task>, <attribute>..., tube, <spurious>``.
 
     Raises:
         ContractError: misaligned predictions or a missing ``p_<task>`` column.
-        ParameterError: an attribute not in the manifest.
+        ParameterError: an attribute or the spurious column not in the manifest, or a
+            spurious column holding values other than 1 / 0 / empty.
     """
     m = manifest.drop_duplicates("image_id").reset_index(drop=True)
     missing_p = [f"p_{t}" for t in tasks if f"p_{t}" not in predictions.columns]
@@ -58,9 +63,117 @@ def evaluation_table(
         out[a] = bin_ages(m["age_years"], age_edges).to_numpy() if a == AGE_BIN else m[a].to_numpy()
     if "tube" in m.columns and "tube" not in out.columns:
         out["tube"] = m["tube"].to_numpy(dtype=float)
+    if spurious is not None:
+        out[spurious] = spurious_column(m, spurious)
     if not np.isfinite(out[[f"p_{t}" for t in tasks]].to_numpy(dtype=float)).all():
         raise ContractError(f"{name}: p_<task> columns contain NaN or infinite values")
     return out
+
+
+def spurious_column(manifest: pd.DataFrame, spurious: str) -> np.ndarray:
+    """The ``robustness.spurious`` column as floats 1 / 0 / NaN.
+
+    Every manifest carries the source contract's attribute columns (``tube`` included, NaN
+    where a dataset has no label), so a name that is not a column is a wrong name, not a
+    dataset without the feature: refused rather than a robust AUROC silently left out.
+
+    Raises:
+        ParameterError: the column is not in the manifest, or holds other values.
+    """
+    key = "robustness.spurious"
+    if not isinstance(spurious, str) or spurious not in manifest.columns:
+        raise ParameterError(
+            key,
+            f"column {spurious!r} not in the manifest (the robust / reverse AUROC need a 1 / 0 "
+            f"spurious-feature column); available: {sorted(map(str, manifest.columns))}; "
+            "null skips the robust and reverse AUROC",
+        )
+    raw = manifest[spurious]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = raw.notna().to_numpy() & ~values.isin((0, 1)).to_numpy()
+    if bad.any():
+        examples = sorted({str(v) for v in raw[bad]})[:3]
+        raise ParameterError(
+            key,
+            f"column '{spurious}' must hold 1 (has the spurious feature), 0 or empty; "
+            f"{int(bad.sum())} row(s) do not, e.g. {examples}",
+        )
+    return values.to_numpy(dtype=float)
+
+
+def grouping_columns(table: pd.DataFrame, attributes: Sequence[str]) -> list[str]:
+    """The columns of an evaluation table that group rows: ``attributes`` and any other
+    column than ids, split, labels and scores (``tube``, the spurious column)."""
+    fixed = {"image_id", "patient_id", "split"}
+    scores = {c for c in table.columns if str(c).startswith("p_")}
+    labels = {str(c)[2:] for c in scores}
+    extra = [c for c in table.columns if c not in fixed | scores | labels and c not in attributes]
+    return [*attributes, *extra]
+
+
+def _names(value: object, key: str) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ParameterError(key, f"must be a list of attribute names, got {value!r}")
+    return [str(v) for v in value]
+
+
+def check_attribute_parameters(
+    attributes: Sequence[str],
+    columns: Collection[str] | None = None,
+    *,
+    worst_group_attributes: Sequence[str] | None = None,
+    fairness_attribute: str | None = None,
+    reliability_attribute: str | None = None,
+    ami_attributes: Sequence[str] | None = None,
+) -> None:
+    """Cross-check the attribute names of the ``robustness`` block.
+
+    The summary's worst-group AUROC and FNR gap can only be read from attributes that were
+    evaluated, so an entry outside ``robustness.attributes`` (a typo such as ``sites``)
+    would silently pick another worst group or give a NaN gap; refused here instead.
+
+    Args:
+        attributes: ``robustness.attributes``.
+        columns: The evaluation table's grouping columns (``grouping_columns``) for the
+            reliability and AMI attributes; None: ``attributes``.
+        worst_group_attributes: ``robustness.worst_group_attributes`` (None: not checked).
+        fairness_attribute: ``robustness.fairness_attribute`` (None: not checked).
+        reliability_attribute: ``robustness.reliability_attribute`` (None: one line for all).
+        ami_attributes: ``robustness.ami_attributes`` (None: not checked).
+
+    Raises:
+        ParameterError: naming the key, the unknown name(s) and the valid ones.
+    """
+    attrs = _names(attributes, "robustness.attributes")
+    present = list(columns) if columns is not None else attrs
+    if worst_group_attributes is not None:
+        worst = _names(worst_group_attributes, "robustness.worst_group_attributes")
+        bad = [a for a in worst if a not in attrs]
+        if bad or not worst:
+            raise ParameterError(
+                "robustness.worst_group_attributes",
+                f"{bad or 'an empty list'}: must be a non-empty subset of robustness.attributes "
+                f"{attrs} (the worst group is taken over their subgroup AUROCs)",
+            )
+    if fairness_attribute is not None and fairness_attribute not in attrs:
+        raise ParameterError(
+            "robustness.fairness_attribute",
+            f"{fairness_attribute!r} is not one of robustness.attributes {attrs} "
+            "(the FNR gap is computed for those only)",
+        )
+    if reliability_attribute is not None and reliability_attribute not in present:
+        raise ParameterError(
+            "robustness.reliability_attribute",
+            f"{reliability_attribute!r} is not a column of the evaluation table; "
+            f"available: {present}",
+        )
+    if ami_attributes is not None:
+        bad = [a for a in _names(ami_attributes, "robustness.ami_attributes") if a not in present]
+        if bad:
+            raise ParameterError(
+                "robustness.ami_attributes",
+                f"{bad} not columns of the evaluation table; available: {present}",
+            )
 
 
 def split_rows(table: pd.DataFrame, split: str) -> pd.DataFrame:

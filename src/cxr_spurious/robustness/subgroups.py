@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.stats.bootstrap import (
     MAX_DROPPED_SHARE,
     BootstrapResult,
@@ -83,7 +83,8 @@ def subgroup_auroc(
         table: Evaluation rows of one split (``patient_id``, ``task``, ``p_<task>``, attributes).
         task: The label column.
         attributes: Grouping attributes (columns of ``table``).
-        spurious: Binary spurious-feature column for robust / reverse AUROC (None: skip).
+        spurious: Binary spurious-feature column for robust / reverse AUROC (None: skip;
+            a name that is not a column of ``table`` is a ``ParameterError``).
         min_per_class: Smallest number of positives and of negatives to report a group.
         n_boot: Bootstrap replicates.
         seed: Bootstrap seed.
@@ -108,7 +109,14 @@ def subgroup_auroc(
         **kw,
     )
     rows = [_row(task, "auroc", "all", "all", y, overall)]
-    if spurious is not None and spurious in table.columns:
+    if spurious is not None and spurious not in table.columns:
+        # a silent skip would leave the robust / reverse AUROC out of every summary
+        raise ParameterError(
+            "robustness.spurious",
+            f"column {spurious!r} is not in the evaluation table; has {list(table.columns)} "
+            "(null skips the robust and reverse AUROC)",
+        )
+    if spurious is not None:
         t = table[spurious].to_numpy(dtype=float)
         for metric in ("robust_auroc", "reverse_auroc"):
             fn = METRICS[metric]

@@ -23,7 +23,8 @@ PANELS: tuple[tuple[str, str], ...] = (
 
 
 def plot_findings(findings: pd.DataFrame) -> Figure:
-    """One panel per headline metric, one point with its 95% CI per model."""
+    """One panel per headline metric, one point with its CI per model (at the table's
+    ``ci_level``, 95 % when the table does not record it)."""
     panels = [(c, t) for c, t in PANELS if c in findings.columns]
     ncols = min(4, len(panels))
     nrows = int(np.ceil(len(panels) / ncols))
@@ -56,7 +57,16 @@ def plot_findings(findings: pd.DataFrame) -> Figure:
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(
-        "Spatial specificity vs shortcut learning (point estimate, 95% bootstrap CI)", fontsize=10
+        "Spatial specificity vs shortcut learning "
+        f"(point estimate, {_level_text(findings)} bootstrap CI)",
+        fontsize=10,
     )
     fig.tight_layout()
     return fig
+
+
+def _level_text(findings: pd.DataFrame) -> str:
+    """``"95%"`` from the ``ci_level`` column (one level per table), 95 % without it."""
+    levels = findings["ci_level"].dropna().unique() if "ci_level" in findings else []
+    level = float(levels[0]) if len(levels) == 1 else 0.95
+    return f"{level * 100:g}%"

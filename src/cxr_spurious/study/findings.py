@@ -6,6 +6,11 @@ lesion), the share of saliency mass on the chest tube, and the percentage decrea
 (simulated) human benchmark; and the counterfactual tests (probability drop without the
 tube / without the lesion, AUROC on tube-free renders).
 
+Every CI of the table is at one level, ``ci_level`` (a column, with the replicates of each
+CI family: ``test_n_boot`` for the AUROC, robust and reverse AUROC copied from training's
+``test_metrics``, ``study_n_boot`` for the study's own saliency and counterfactual CIs);
+``training_ci_settings`` finds the level training used, so a table never mixes two levels.
+
 Every CI comes with ``<metric>_dropped``: its undefined bootstrap replicates (a resample
 where the statistic does not exist, e.g. a zero human denominator). Above
 ``max_dropped_share`` of them the CI is an error (``BootstrapDropError`` naming the model's
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap
 
 TUBE_MASS_COLUMN = "shortcut_Chest Tube"
@@ -269,12 +274,62 @@ def model_row(
     return row
 
 
+# Columns that record how the CIs were made (settings, not findings: not logged as metrics).
+CI_SETTING_COLUMNS: tuple[str, ...] = ("ci_level", "test_n_boot", "study_n_boot")
+
+
+def check_ci_level(level: object, key: str) -> float:
+    """A CI level as a float in (0, 1).
+
+    Raises:
+        ParameterError: naming ``key``.
+    """
+    if isinstance(level, bool) or not isinstance(level, int | float | np.integer | np.floating):
+        raise ParameterError(key, f"must be a number in (0, 1), got {level!r}")
+    if not 0 < float(level) < 1:
+        raise ParameterError(key, f"must be in (0, 1), got {level!r}")
+    return float(level)
+
+
+def training_ci_settings(
+    model: str,
+    variant: Mapping[str, Any],
+    test_metrics: Mapping[str, Any],
+    training_ci_level: float,
+    training_n_boot: int,
+) -> tuple[float, int, str]:
+    """The level and replicates of ``<model>.test_metrics``'s CIs, and the key that set it.
+
+    What ``test_metrics`` records (``ci_level``, ``n_boot``) wins; otherwise the model's
+    block ``training.variants.<model>`` over the shared ``training`` values, as training
+    merges them.
+
+    Returns:
+        ``(ci_level, n_boot, key)``: ``key`` names where the level came from.
+    """
+    block = f"training.variants.{model}"
+    if test_metrics.get("ci_level") is not None:
+        level, key = test_metrics["ci_level"], f"{model}.test_metrics (ci_level)"
+    elif "ci_level" in variant:
+        level, key = variant["ci_level"], f"{block}.ci_level"
+    else:
+        level, key = training_ci_level, "training.ci_level"
+    n_boot = test_metrics.get("n_boot", variant.get("n_boot", training_n_boot))
+    return check_ci_level(level, key), int(n_boot), key
+
+
 def assemble_findings(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Rows -> table with identity columns first, then metrics with their CIs side by side."""
     table = pd.DataFrame(list(rows))
     ident = [c for c in ("model", "supervision", "architecture", "task", "n_test") if c in table]
+    ident += [c for c in CI_SETTING_COLUMNS if c in table]
     rest = [c for c in table.columns if c not in ident]
-    return table[ident + rest]
+    out = table[ident + rest]
+    for col in CI_SETTING_COLUMNS:
+        values = out[col].dropna().unique() if col in out else []
+        if len(values) == 1:  # e.g. attrs["ci_level"] = 0.95, for a report's wording
+            out.attrs[col] = values[0].item() if hasattr(values[0], "item") else values[0]
+    return out
 
 
 def findings_metrics(table: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -286,6 +341,8 @@ def findings_metrics(table: pd.DataFrame) -> dict[str, dict[str, float]]:
     for rec in table.to_dict("records"):
         for key, value in rec.items():
             if key in {"model", "supervision", "architecture", "task", "n_test"}:
+                continue
+            if key in CI_SETTING_COLUMNS:
                 continue
             if isinstance(value, int | float | np.floating) and np.isfinite(value):
                 out[f"{rec['model']}.{key}".replace(" ", "_")] = {"value": float(value), "step": 0}

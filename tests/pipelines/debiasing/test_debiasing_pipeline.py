@@ -97,7 +97,8 @@ def test_jtt_template_reads_erm_predictions() -> None:
     out = _run(
         create_debiasing_template(jtt=True),
         m,
-        _params(strategy="jtt", jtt_upweight=3),
+        # JTT's settings are the comparison's (comparison.debiasing.jtt_*), not debiasing.*
+        _params(strategy="jtt", jtt_upweight=3, jtt_threshold=0.5, jtt_mode="duplicate"),
         erm_predictions=preds,
     )
     train = m["split"] == "train"

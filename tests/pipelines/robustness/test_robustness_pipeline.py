@@ -218,7 +218,7 @@ def test_summarise_model_picks_worst_attribute() -> None:
             for m, v in (("fnr_gap", 0.4), ("equalized_odds_difference", 0.5))
         ]
     )
-    row = nodes.summarise_model(sub, gaps, ["sex", "site"], "site").iloc[0]
+    row = nodes.summarise_model(sub, gaps, ["sex", "site"], "site", ["sex", "site", "tube"]).iloc[0]
     assert row["worst_group_auroc"] == 0.6 and row["worst_group"] == "site"
     assert (
         row["robust_tube_auroc_lo"] == 0.2

@@ -41,7 +41,11 @@ from cxr_spurious.pipelines._recipe import (
     variant_datasets,
 )
 from cxr_spurious.pipelines.comparison import nodes
-from cxr_spurious.pipelines.debiasing.pipeline import create_debiasing_template
+from cxr_spurious.pipelines.debiasing.pipeline import (
+    create_debiasing_template,
+    parameter_keys,
+    with_parameter_keys,
+)
 from cxr_spurious.pipelines.robustness.pipeline import create_robustness_template
 from cxr_spurious.pipelines.training.pipeline import create_training_template
 from cxr_spurious.variants import STUDY_MODELS
@@ -73,6 +77,8 @@ FROM_ERM: dict[str, str] = {
     "erm_predictions": f"{ERM}.predictions",
 }
 PER_VARIANT_DEBIASING: frozenset[str] = frozenset({"strategy", "target"})
+# The comparison.debiasing keys DFR reads.
+DFR_DEBIASING_KEYS: tuple[str, ...] = ("tasks", "group_by", "age_bins", "seed")
 
 
 def _debias_params(template: Pipeline) -> Callable[[str], dict[str, str]]:
@@ -98,8 +104,33 @@ def _shared(template: Pipeline, links: Mapping[str, str]) -> dict[str, str]:
 def _debiasing(variants: list[str], features: str, *, jtt: bool = False) -> Pipeline:
     template = create_debiasing_template(features, jtt=jtt)  # type: ignore[arg-type]
     shared = _shared(template, {**SHARED_INPUTS, **FROM_ERM})
-    return per_variant(
-        template, variants, shared_inputs=shared, parameters=_debias_params(template)
+    params = _debias_params(template)
+    # one instance per variant: its errors name the variant's own keys
+    # (comparison.strategies.<variant>.strategy), not the default pipeline's debiasing.*
+    return sum(
+        (
+            per_variant(
+                create_debiasing_template(
+                    features,  # type: ignore[arg-type]
+                    jtt=jtt,
+                    keys=parameter_keys(params(variant)),
+                ),
+                [variant],
+                shared_inputs=shared,
+                parameters=params(variant),
+            )
+            for variant in variants
+        ),
+        start=Pipeline([]),
+    )
+
+
+def _dfr_function(**bound: Any) -> Callable[..., Any]:
+    """``refit_last_layer`` (with ``bound`` arguments) whose errors name the comparison's
+    keys (``comparison.debiasing.<k>``, ``comparison.dfr_c``)."""
+    keys = {f"debiasing.{k}": f"comparison.debiasing.{k}" for k in DFR_DEBIASING_KEYS}
+    return with_parameter_keys(
+        nodes.refit_last_layer, {**keys, "debiasing.dfr_c": "comparison.dfr_c"}, **bound
     )
 
 
@@ -179,7 +210,7 @@ def create_study_seed_pipeline() -> Pipeline:
         variant_blocks=f"{C}.training_variants",
     )
     dfr = Node(
-        func=nodes.refit_last_layer,
+        func=_dfr_function(),
         inputs={
             "manifest": "manifest",
             "embeddings": f"{ERM}.embeddings",
@@ -245,6 +276,13 @@ def _trained_on_seed(variant: str, seed: int, study_seed: int) -> Pipeline:
         jtt=variant == JTT,
         seed="resampling_seed",
     )
+    params = _debias_params(debiasing)(variant)
+    debiasing = create_debiasing_template(
+        features,  # type: ignore[arg-type]
+        jtt=variant == JTT,
+        seed="resampling_seed",
+        keys=parameter_keys(params),
+    )
     links = {
         **SHARED_INPUTS,
         "embeddings": f"{erm}.embeddings",
@@ -260,7 +298,7 @@ def _trained_on_seed(variant: str, seed: int, study_seed: int) -> Pipeline:
             debiasing,
             [name],
             shared_inputs=_shared(debiasing, links),
-            parameters=_debias_params(debiasing)(variant),
+            parameters=params,
         )
         + per_variant(
             create_training_template(overrides="seed_overrides"),
@@ -303,7 +341,7 @@ def create_seed_pipeline(seed: int, study_seed: int) -> Pipeline:
         ),
     )
     dfr = Node(
-        func=bind(nodes.refit_last_layer, seed=seed),
+        func=_dfr_function(seed=seed),
         inputs={
             "manifest": "manifest",
             "embeddings": f"{ns(ERM)}.embeddings",

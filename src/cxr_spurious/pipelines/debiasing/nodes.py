@@ -12,7 +12,7 @@ from cxr_spurious.debiasing.features import embedding_matrix, thumbnails
 from cxr_spurious.debiasing.groups import assign_groups, check_groups, group_keys
 from cxr_spurious.debiasing.jtt import error_set
 from cxr_spurious.debiasing.report import group_count_table, plot_group_counts
-from cxr_spurious.debiasing.resampling import resample_manifest
+from cxr_spurious.debiasing.resampling import jtt_upweight_value, resample_manifest
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.sources.cache import ImageCache
 
@@ -113,20 +113,29 @@ def upweight_erm_errors(
     erm_predictions: pd.DataFrame,
     tasks: list[str],
     threshold: float,
-    upweight: int,
+    upweight: float,
     mode: str,
 ) -> pd.DataFrame:
-    """JTT: the resampled manifest where the ERM model's train errors are upweighted."""
+    """JTT: the resampled manifest where the ERM model's train errors are upweighted.
+
+    ``upweight`` is checked for ``mode`` before anything is read: a whole number of copies
+    in ``duplicate`` mode, kept as a float weight in ``weight`` mode (never truncated).
+
+    Raises:
+        ParameterError: a bad threshold, upweight or mode (``debiasing.jtt_*``).
+    """
+    if mode in ("duplicate", "weight"):
+        upweight = jtt_upweight_value(upweight, mode)
     errors = error_set(manifest, erm_predictions, _primary_task(tasks), threshold=float(threshold))
-    logger.info("jtt: %d train errors upweighted x%d", int(errors.sum()), int(upweight))
+    logger.info("jtt (%s): %d train errors upweighted x%g", mode, int(errors.sum()), upweight)
     out = resample_manifest(
         manifest,
         groups["group"].to_numpy(),
         "jtt",
         errors=errors,
-        jtt_upweight=int(upweight),
-        jtt_mode=mode,
-    )  # type: ignore[arg-type]
+        jtt_upweight=upweight,
+        jtt_mode=mode,  # type: ignore[arg-type]
+    )
     out.attrs["tasks"] = list(manifest.attrs.get("tasks", []))
     return out
 

@@ -9,13 +9,65 @@ writing ``resampled_manifest`` for training.
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 from kedro.pipeline import Node, Pipeline
 
+from cxr_spurious.errors import ParameterError
 from cxr_spurious.pipelines.debiasing import nodes
 
 P = "params:debiasing"
+
+
+def _call_with_keys(
+    func: Callable[..., Any], keys: Mapping[str, str], /, *args: Any, **kw: Any
+) -> Any:
+    try:
+        return func(*args, **kw)
+    except ParameterError as err:
+        if err.key not in keys:
+            raise
+        raise ParameterError(keys[err.key], err.problem) from err
+
+
+def with_parameter_keys(
+    func: Callable[..., Any], keys: Mapping[str, str] | None, **bound: Any
+) -> Callable[..., Any]:
+    """``func`` whose ``ParameterError`` names the key the node really reads.
+
+    The debiasing code names the ``debiasing.<k>`` keys of the default pipeline; where the
+    template reads other keys (the comparison's ``comparison.debiasing.<k>`` and
+    ``comparison.strategies.<variant>.<k>``), ``keys`` maps the one to the other, so an
+    error never points at a key that had no effect. A ``functools.partial`` (picklable,
+    like ``_recipe.bind``, with ``bound`` as its keywords) that keeps ``func``'s name and
+    docstring, and the signature Kedro checks the node's inputs against.
+
+    Args:
+        func: A node function.
+        keys: ``{"debiasing.<k>": "<key the node reads>"}``; None or empty: ``func`` itself
+            (with ``bound``).
+        **bound: Arguments fixed when the pipeline is built (``_recipe.bind``).
+    """
+    inner = functools.partial(func, **bound) if bound else func
+    if not keys:
+        return functools.update_wrapper(inner, func) if bound else func
+    wrapper = functools.partial(_call_with_keys, func, dict(keys), **bound)
+    functools.update_wrapper(wrapper, func)
+    wrapper.__signature__ = inspect.signature(inner, follow_wrapped=False)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def parameter_keys(mapping: Mapping[str, str]) -> dict[str, str]:
+    """``{"debiasing.<k>": "<key>"}`` of a ``per_variant`` parameter mapping
+    (``{"params:debiasing.<k>": "params:<key>"}``)."""
+    return {
+        src.removeprefix("params:"): dst.removeprefix("params:")
+        for src, dst in mapping.items()
+        if src.startswith(f"{P}.")
+    }
 
 
 def create_debiasing_template(
@@ -23,14 +75,21 @@ def create_debiasing_template(
     *,
     jtt: bool = False,
     seed: str = f"{P}.seed",
+    keys: Mapping[str, str] | None = None,
 ) -> Pipeline:
     """One resampling run: groups -> (features) -> resampled manifest -> group-count report.
 
     ``seed`` names the resampling seed's input: the parameter, or a dataset of the same
     namespace (the comparison's seeds other than ``training.seed``, ``pipelines/comparison``).
+    ``keys`` (``with_parameter_keys``): the keys that errors name when an instance reads
+    other parameters than ``debiasing.<k>`` (``parameter_keys`` of its mapping).
     """
+
+    def fn(func: Callable[..., Any]) -> Callable[..., Any]:
+        return with_parameter_keys(func, keys)
+
     group_node = Node(
-        func=nodes.assign_row_groups,
+        func=fn(nodes.assign_row_groups),
         inputs={
             "manifest": "manifest",
             "group_by": f"{P}.group_by",
@@ -47,7 +106,7 @@ def create_debiasing_template(
     if jtt:
         core = [
             Node(
-                func=nodes.upweight_erm_errors,
+                func=fn(nodes.upweight_erm_errors),
                 inputs={
                     "manifest": "manifest",
                     "groups": "debiasing_groups",
@@ -67,7 +126,7 @@ def create_debiasing_template(
         if features == "thumbnails":
             core.append(
                 Node(
-                    func=nodes.compute_thumbnail_features,
+                    func=fn(nodes.compute_thumbnail_features),
                     inputs={
                         "manifest": "manifest",
                         "image_cache": "image_cache",
@@ -81,7 +140,7 @@ def create_debiasing_template(
             )
         core.append(
             Node(
-                func=nodes.resample_train_rows,
+                func=fn(nodes.resample_train_rows),
                 inputs={
                     "manifest": "manifest",
                     "groups": "debiasing_groups",
@@ -98,7 +157,7 @@ def create_debiasing_template(
         )
     report = [
         Node(
-            func=nodes.summarise_group_counts,
+            func=fn(nodes.summarise_group_counts),
             inputs={
                 "manifest": "manifest",
                 "groups": "debiasing_groups",
@@ -109,7 +168,7 @@ def create_debiasing_template(
             tags=["debiasing", "reporting"],
         ),
         Node(
-            func=nodes.plot_group_count_bars,
+            func=fn(nodes.plot_group_count_bars),
             inputs={"group_counts": "group_counts", "strategy": f"{P}.strategy"},
             outputs="group_counts_plot",
             name="plot_group_count_bars",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -25,6 +27,7 @@ logger = logging.getLogger(__name__)
 MAX_GRID_POINTS = (
     1000  # a threshold grid longer than this is a typo (e.g. a step of 1e-9), not a study
 )
+GRID_TOLERANCE = 1e-9  # np.arange's rounding at a grid's ends
 SKIPPED_COLUMN = "skipped_map_files"  # files of a map folder skipped under skip_unparsable_maps
 
 
@@ -47,9 +50,46 @@ def _grid(values: list[float], key: str) -> list[float]:
             f"at most {MAX_GRID_POINTS} allowed",
         )
     try:
-        return tuning.threshold_grid(start, stop, step)
+        grid = tuning.threshold_grid(start, stop, step)
     except ParameterError as exc:
         raise ParameterError(key, exc.problem) from exc
+    # thresholds of normalised maps and probability cutoffs lie in [0, 1] (np.arange's
+    # accumulated steps may overshoot by a rounding error: 0.8000000000000003)
+    outside = [v for v in grid if not -GRID_TOLERANCE <= v <= 1 + GRID_TOLERANCE]
+    if outside:
+        raise ParameterError(
+            key, f"[{start}, {stop}, {step}] gives values outside [0, 1]: {outside[:3]}"
+        )
+    return grid
+
+
+def _unit_value(value: object, key: str) -> float:
+    """A threshold or cutoff on a [0, 1] scale (normalised map, model probability).
+
+    A percentage (50 for 0.5) would empty every mask and give an IoU of 0 everywhere.
+
+    Raises:
+        ParameterError: not a number (a bool neither), not finite, or outside [0, 1].
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ParameterError(key, f"must be a number in [0, 1], got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:
+        hint = " (a fraction, not a percentage)" if 1 < float(value) <= 100 else ""
+        raise ParameterError(key, f"must be in [0, 1]{hint}, got {value!r}")
+    return float(value)
+
+
+def _per_task(table: object, key: str) -> dict[str, float]:
+    """``{task: value}`` of ``fixed_thresholds`` / ``prob_cutoffs``, every entry checked."""
+    if table is None:
+        return {}
+    if not isinstance(table, Mapping):
+        raise ParameterError(key, f"must be a mapping {{task: value in [0, 1]}}, got {table!r}")
+    out = {}
+    for task, value in table.items():
+        check_task(task, source=f"parameter {key}")
+        out[str(task)] = _unit_value(value, f"{key}.{task}")
+    return out
 
 
 def _configs(
@@ -57,13 +97,8 @@ def _configs(
     prob_cutoffs: dict[str, float] | None,
     smoothing_k: int,
 ) -> dict[str, SegmentationConfig]:
-    fixed, cut = dict(fixed_thresholds or {}), dict(prob_cutoffs or {})
-    for key, table in (
-        ("localization.fixed_thresholds", fixed),
-        ("localization.prob_cutoffs", cut),
-    ):
-        for task in table:
-            check_task(task, source=f"parameter {key}")
+    fixed = _per_task(fixed_thresholds, "localization.fixed_thresholds")
+    cut = _per_task(prob_cutoffs, "localization.prob_cutoffs")
     if smoothing_k < 0:
         raise ParameterError("localization.smoothing_k", f"must be >= 0, got {smoothing_k}")
     tasks = set(fixed) | set(cut)
@@ -104,11 +139,13 @@ def evaluate_heatmaps(
         the set's map folder skipped because their names do not parse, 0 unless
         ``skip_unparsable_maps`` is set) and ``{set: segmentation JSON}``.
     """
+    # every parameter checked before any segmentation or map is read
     grid = _grid(tuning_grid, "localization.tuning_grid") if tuning_grid else []
+    configs = _configs(fixed_thresholds, prob_cutoffs, int(smoothing_k))
+    top_k = metrics.check_top_k(top_k)
     # every RLE checked once here, not once per set
     validate_segmentations(gt_segmentations, source="gt_segmentations")
     validate_segmentations(spurious_segmentations or {}, source="spurious_segmentations")
-    configs = _configs(fixed_thresholds, prob_cutoffs, int(smoothing_k))
     default = configs.pop("*")
     tables, segs = [], {}
     for name in tqdm(sorted(heatmap_collection), desc="heatmap sets", leave=False):

@@ -10,7 +10,12 @@ from matplotlib.figure import Figure
 
 from cxr_spurious.debiasing.features import embedding_matrix
 from cxr_spurious.robustness.calibration import calibration_table, plot_reliability
-from cxr_spurious.robustness.evaluation import evaluation_table, split_rows
+from cxr_spurious.robustness.evaluation import (
+    check_attribute_parameters,
+    evaluation_table,
+    grouping_columns,
+    split_rows,
+)
 from cxr_spurious.robustness.fairness import choose_threshold, fairness_tables
 from cxr_spurious.robustness.strata import attribute_ami, find_strata, plot_strata, plot_thumbnails
 from cxr_spurious.robustness.subgroups import subgroup_auroc
@@ -25,9 +30,34 @@ def build_evaluation_table(
     tasks: list[str],
     attributes: list[str],
     age_bins: list[float],
+    spurious: str | None = None,
+    worst_group_attributes: list[str] | None = None,
+    fairness_attribute: str | None = None,
+    reliability_attribute: str | None = None,
+    ami_attributes: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Predictions joined with labels and attributes (one row per image)."""
-    return evaluation_table(manifest, predictions, tasks, attributes, age_edges=age_bins)
+    """Predictions joined with labels and attributes (one row per image).
+
+    The first node of the pipeline, so every attribute name of the ``robustness`` block is
+    checked here against ``robustness.attributes`` and the table's columns
+    (``check_attribute_parameters``), before any bootstrap runs.
+
+    Raises:
+        ParameterError: an attribute or spurious column not in the manifest, or a summary,
+            reliability or AMI attribute that was not evaluated (naming the key).
+    """
+    table = evaluation_table(
+        manifest, predictions, tasks, attributes, age_edges=age_bins, spurious=spurious
+    )
+    check_attribute_parameters(
+        attributes,
+        grouping_columns(table, attributes),
+        worst_group_attributes=worst_group_attributes,
+        fairness_attribute=fairness_attribute,
+        reliability_attribute=reliability_attribute,
+        ami_attributes=ami_attributes,
+    )
+    return table
 
 
 def compute_subgroup_auroc(
@@ -148,7 +178,12 @@ def compute_calibration(
 def plot_reliability_diagram(
     table: pd.DataFrame, tasks: list[str], attribute: str, n_bins: int
 ) -> Figure:
-    """Reliability diagram of the first task on the test split, one line per group."""
+    """Reliability diagram of the first task on the test split, one line per group.
+
+    Raises:
+        ParameterError: ``attribute`` (``robustness.reliability_attribute``) is not a column.
+    """
+    check_attribute_parameters([], grouping_columns(table, []), reliability_attribute=attribute)
     return plot_reliability(split_rows(table, "test"), tasks[0], attribute, n_bins=int(n_bins))
 
 
@@ -163,7 +198,11 @@ def find_hidden_strata(
 
     Returns:
         ``(assignments: image_id, class, cluster, x, y + attributes; clusters table; AMI table)``.
+
+    Raises:
+        ParameterError: an AMI attribute (``robustness.ami_attributes``) is not a column.
     """
+    check_attribute_parameters([], grouping_columns(table, []), ami_attributes=ami_attributes)
     test = split_rows(table, "test")
     op = operating_points.iloc[0]
     task = str(op["task"])
@@ -181,7 +220,7 @@ def find_hidden_strata(
         margin=float(strata.get("margin", 0.1)),
         seed=int(strata.get("seed", 0)),
     )
-    present = [a for a in ami_attributes if a in test.columns]
+    present = list(ami_attributes)
     assign = test[["image_id", task, *present]].assign(cluster=ids, x=coords[:, 0], y=coords[:, 1])
     ami = attribute_ami(ids, y, test[present])
     logger.info(
@@ -223,12 +262,29 @@ def plot_flagged_thumbnails(
 
 
 def summarise_model(
-    subgroup: pd.DataFrame, gaps: pd.DataFrame, worst_attributes: list[str], fairness_attribute: str
+    subgroup: pd.DataFrame,
+    gaps: pd.DataFrame,
+    worst_attributes: list[str],
+    fairness_attribute: str,
+    attributes: list[str],
 ) -> pd.DataFrame:
     """One row per task: overall, worst-group and robust AUROC, FNR gap, EOD (with CIs).
 
     The worst-group AUROC is the lowest per-attribute worst group over ``worst_attributes``.
+
+    Args:
+        subgroup: ``subgroup_auroc``.
+        gaps: ``fairness_gaps``.
+        worst_attributes: ``robustness.worst_group_attributes``.
+        fairness_attribute: ``robustness.fairness_attribute``.
+        attributes: ``robustness.attributes`` (the evaluated ones).
+
+    Raises:
+        ParameterError: a worst-group or fairness attribute that was not evaluated.
     """
+    check_attribute_parameters(
+        attributes, worst_group_attributes=worst_attributes, fairness_attribute=fairness_attribute
+    )
     rows = []
     for task in subgroup["task"].unique():
         s = subgroup[subgroup["task"] == task]

@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cxr_spurious.errors import ParameterError
 from cxr_spurious.study.counterfactual import counterfactual_findings
 from cxr_spurious.study.figures import plot_findings
 from cxr_spurious.study.findings import (
     assemble_findings,
+    check_ci_level,
     findings_metrics,
     model_row,
     saliency_findings,
+    training_ci_settings,
 )
 
 logger = logging.getLogger(__name__)
@@ -31,8 +35,16 @@ def summarise_findings(
     n_boot: int,
     seed: int,
     max_dropped_share: float = 0.05,
+    ci_level: float = 0.95,
+    training_ci_level: float = 0.95,
+    training_n_boot: int = 1000,
 ) -> dict[str, Any]:
     """All findings of one model as a flat row.
+
+    Every CI of the row is at ``ci_level``: the study's own CIs are computed at it, and the
+    AUROC CIs copied from ``test_metrics`` must have been computed at it too (checked
+    before any bootstrap). The row records ``ci_level``, ``test_n_boot`` (replicates of the
+    AUROC, robust and reverse AUROC CIs) and ``study_n_boot`` (those of the study's own).
 
     Args:
         test_metrics: ``<model>.test_metrics`` from training.
@@ -42,17 +54,37 @@ def summarise_findings(
         human_benchmark: Human-benchmark outcomes (may be empty).
         variant: ``training.variants.<model>`` (name, method, architecture).
         task: The study's task (e.g. Pneumothorax).
-        n_boot: Bootstrap replicates.
+        n_boot: Bootstrap replicates of the study's own CIs (``study.n_boot``).
         seed: Seed.
         max_dropped_share: Largest share of undefined bootstrap replicates of a CI; above it
             ``BootstrapDropError`` names the model and metric. Each CI's count is
             ``<metric>_dropped``.
+        ci_level: The level of every CI of the table (``study.ci_level``).
+        training_ci_level: ``training.ci_level`` (the test metrics' level unless the
+            variant's block or the test metrics say otherwise).
+        training_n_boot: ``training.n_boot`` (likewise).
 
     Returns:
         One row of ``study_findings``.
+
+    Raises:
+        ParameterError: ``study.ci_level`` outside (0, 1) or not the level of the test
+            metrics' CIs (naming both keys).
     """
     model = str(variant["name"])
+    level = check_ci_level(ci_level, "study.ci_level")
+    test_level, test_n_boot, test_key = training_ci_settings(
+        model, variant, test_metrics, training_ci_level, training_n_boot
+    )
+    if not np.isclose(level, test_level, rtol=0.0, atol=1e-12):
+        raise ParameterError(
+            "study.ci_level",
+            f"is {level:g} but the AUROC / robust / reverse AUROC CIs of {model} come from "
+            f"{model}.test_metrics at {test_key}={test_level:g}; one findings table cannot mix "
+            f"two CI levels: set study.ci_level and {test_key} to the same value",
+        )
     row = model_row(model, variant, test_metrics, task)
+    row.update({"ci_level": level, "test_n_boot": test_n_boot, "study_n_boot": int(n_boot)})
     sets = localization_per_cxr[
         (localization_per_cxr["model"] == model) & (localization_per_cxr["task"] == task)
     ]
@@ -65,6 +97,7 @@ def summarise_findings(
             human,
             n_boot=n_boot,
             seed=seed,
+            level=level,
             max_dropped_share=float(max_dropped_share),
             label=f"{model}/{method}",
         )
@@ -76,6 +109,7 @@ def summarise_findings(
             task,
             n_boot=n_boot,
             seed=seed,
+            level=level,
             max_dropped_share=float(max_dropped_share),
             label=model,
         )
