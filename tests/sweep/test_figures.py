@@ -73,6 +73,52 @@ def test_strength_curves_one_panel_per_artefact_and_metric() -> None:
 def test_series_label() -> None:
     assert series_label("seg", 0.25) == "seg (25% location labels)"
     assert series_label("seg", 1.0) == "seg" and series_label("erm", 0.0) == "erm"
+    # exact: nearby fractions of one grid keep apart (whole percents made both "2%")
+    assert series_label("seg", 0.015) == "seg (1.5% location labels)"
+    assert series_label("seg", 0.02) == "seg (2% location labels)"
+    assert series_label("box", 0.125) == "box (12.5% location labels)"
+
+
+def test_nearby_fractions_are_separate_lines_and_a_shared_label_is_an_error() -> None:
+    summary = _summary()
+    seg = summary[summary["supervision"] == "seg"]
+    near = pd.concat(
+        [
+            summary[summary["supervision"] == "erm"],
+            seg[seg["location_fraction"] == 1.0].assign(location_fraction=0.015),
+            seg[seg["location_fraction"] == 0.1].assign(location_fraction=0.02),
+        ]
+    )
+    fig = plot_strength_curves(near)
+    for ax in fig.get_axes():
+        lines = {line.get_label(): line for line in _labelled_lines(ax)}
+        assert set(lines) == {
+            "erm",
+            "seg (1.5% location labels)",
+            "seg (2% location labels)",
+        }
+    ax = fig.get_axes()[0]  # robust AUROC, faint texture: each line is its own fraction's
+    lines = {line.get_label(): line for line in _labelled_lines(ax)}
+    for label, source in (("seg (1.5% location labels)", 1.0), ("seg (2% location labels)", 0.1)):
+        rows = seg[(seg["location_fraction"] == source) & (seg["artefact"] == "faint_texture")]
+        expected = rows.assign(c=rows["p_given_ptx"] - rows["p_given_no_ptx"]).sort_values("c")
+        assert list(lines[label].get_ydata()) == pytest.approx(list(expected["robust_auroc"]))
+    clash = near.assign(
+        location_fraction=near["location_fraction"].replace(
+            {0.015: 0.0123456781, 0.02: 0.0123456782}
+        )
+    )
+    with pytest.raises(ContractError, match="share the label"):
+        plot_strength_curves(clash)
+
+
+def test_figure_titles_name_the_configured_levels() -> None:
+    summary = _summary()
+    assert "band = 95% CI" in plot_strength_curves(summary)._suptitle.get_text()
+    assert "band = 80% CI" in plot_strength_curves(summary, level=0.8)._suptitle.get_text()
+    detection = pd.DataFrame({"method": ["gradcam"], "artefact": ["all"], "detection_auroc": [0.7]})
+    title = plot_detection(detection, level=0.9)._suptitle.get_text()
+    assert "(90% bootstrap CI over models)" in title and "95" not in title
 
 
 def test_detection_figure_one_panel_per_artefact_with_ci_bars() -> None:

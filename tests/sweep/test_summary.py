@@ -135,3 +135,26 @@ def test_a_pair_of_one_supervision_is_refused() -> None:
     with pytest.raises(ParameterError) as err:
         paired_differences(_models(), [("seg", "seg")])
     assert err.value.key == "pairs"
+
+
+def test_a_metric_undefined_for_some_pairs_is_counted_and_noted() -> None:
+    """A NaN seed drops out of that metric's pairs only: `<m>_n` and the note say how many
+    pairs are behind the difference, and the numbers are scipy's on the defined pairs."""
+    models = _models()
+    gone = (models["supervision"] == "erm") & (models["seed"] == 1)
+    models.loc[gone, "robust_auroc"] = np.nan
+    row = paired_differences(models, [("seg", "erm")])
+    row = row[row["location_fraction"] == 1.0].iloc[0]
+    kept = [0, 2, 3]
+    seg = np.asarray(VALUES[("seg", 1.0)])[kept]
+    erm = np.asarray(VALUES[("erm", 0.0)])[kept]
+    ref = stats.ttest_rel(seg, erm)
+    ci = ref.confidence_interval(0.95)
+    assert row["robust_auroc"] == pytest.approx(np.mean(seg - erm))
+    assert (row["robust_auroc_lo"], row["robust_auroc_hi"]) == pytest.approx((ci.low, ci.high))
+    assert row["robust_auroc_p"] == pytest.approx(ref.pvalue)
+    assert row["n_pairs"] == 4 and row["seeds"] == "0,1,2,3"
+    assert row["robust_auroc_n"] == 3 and row["artefact_reliance_n"] == 4
+    assert row["note"] == "undefined for some pairs: robust_auroc: 3 of 4 pairs"
+    complete = paired_differences(_models(), [("seg", "erm")])
+    assert (complete["robust_auroc_n"] == 4).all() and (complete["note"] == "").all()

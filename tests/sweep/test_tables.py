@@ -189,3 +189,154 @@ def test_cell_column_and_the_whole_document(sweep) -> None:
         assert heading in text
     with pytest.raises(ContractError, match="sweep_summary: missing column"):
         by_supervision(summary.drop(columns=["robust_auroc_lo"]), "robust_auroc")
+
+
+def _t_at(values: np.ndarray, level: float) -> str:
+    mean = values.mean()
+    lo, hi = stats.t.interval(level, len(values) - 1, loc=mean, scale=stats.sem(values))
+    return f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def test_the_document_names_the_configured_levels(sweep) -> None:
+    models, _, _, detection = sweep
+    metrics = ["robust_auroc", "artefact_reliance", "lesion_reliance"]
+    summary = summarise_cells(models, metrics=metrics, level=0.8)
+    paired = paired_differences(models, [("seg", "erm")], metrics=metrics, level=0.8)
+    text = render_sweep_tables(summary, paired, detection, level=0.8, detection_level=0.9)
+    assert "[80 % t interval across seeds" in text and "paired 80 % t interval" in text
+    assert "its 80 % interval across seeds above 0" in text
+    assert "90 % bootstrap CI over models; false flags: 90 % Wilson interval" in text
+    assert "95 %" not in text
+    # and the numbers are the 80 % intervals the text says they are
+    pick = (
+        (models["artefact"] == "tube_random")
+        & (models["strength"] == "strong")
+        & (models["supervision"] == "erm")
+    )
+    values = models.loc[pick, "robust_auroc"].to_numpy()
+    assert f"| {_t_at(values, 0.8)} |" in text and _t_at(values, 0.8) != _t_at(values, 0.95)
+    assert "[95 % t interval across seeds" in render_sweep_tables(summary, paired, detection)
+
+
+def test_paired_table_shows_how_many_pairs_define_a_metric() -> None:
+    models = _models()
+    gone = (models["supervision"] == "erm") & (models["seed"] == 2)
+    models.loc[gone, "artefact_reliance"] = np.nan
+    paired = paired_differences(models, [("seg", "erm")], metrics=["artefact_reliance"])
+    table = paired_table(paired, "artefact_reliance")
+
+    def side(sup: str, frac: float) -> np.ndarray:
+        pick = (
+            (models["artefact"] == "tube_random")
+            & (models["strength"] == "medium")
+            & (models["supervision"] == sup)
+            & np.isclose(models["location_fraction"], frac)
+        )
+        return models[pick].sort_values("seed")["artefact_reliance"].to_numpy()
+
+    seg, erm = side("seg", 1.0), side("erm", 0.0)
+    keep = np.isfinite(seg - erm)
+    p = stats.ttest_rel(seg[keep], erm[keep]).pvalue
+    cell = table[
+        (table["artefact"] == "tube, random side") & table["strength"].str.startswith("medium")
+    ]["`seg - erm`"].iloc[0]
+    expected = _t(seg[keep] - erm[keep]) + ", p " + ("< 0.001" if p < 0.001 else f"= {p:.3f}")
+    assert cell == expected + f" (n = {keep.sum()} of {len(SEEDS)} pairs)"
+    complete = paired_table(
+        paired_differences(_models(), [("seg", "erm")], metrics=["artefact_reliance"]),
+        "artefact_reliance",
+    )
+    assert not complete.apply(lambda c: c.astype(str).str.contains(r"\(n = ")).any().any()
+
+
+def _near_fractions() -> pd.DataFrame:
+    """seg at 1.5 % and at 2 % location labels: the first relies on the tube, the second not."""
+    models = _models()
+    models = models[models["location_fraction"] != 0.1]
+    low = models[models["supervision"] == "seg"].assign(location_fraction=0.015)
+    low = low.assign(artefact_reliance=low["artefact_reliance"] + 0.3)
+    two = models[models["supervision"] == "seg"].assign(location_fraction=0.02)
+    return pd.concat([models, low, two], ignore_index=True)
+
+
+def test_nearby_location_fractions_keep_their_own_columns_and_onsets() -> None:
+    models = _near_fractions()
+    metrics = ["robust_auroc", "artefact_reliance", "lesion_reliance"]
+    summary = summarise_cells(models, metrics=metrics)
+    table = by_supervision(summary, "artefact_reliance")
+    assert list(table.columns)[2:] == [
+        "`erm`",
+        "`seg`",
+        "`seg (2% location labels)`",
+        "`seg (1.5% location labels)`",
+    ]
+    strong = table.iloc[2]
+    assert strong.iloc[1] == "strong (0.9 / 0.1)"
+    for frac, column in (
+        (0.015, "`seg (1.5% location labels)`"),
+        (0.02, "`seg (2% location labels)`"),
+    ):
+        pick = (
+            (models["artefact"] == "faint_texture")
+            & (models["strength"] == "strong")
+            & (models["supervision"] == "seg")
+            & (models["location_fraction"] == frac)
+        )
+        assert strong[column] == _t(models.loc[pick, "artefact_reliance"].to_numpy())
+    paired = paired_differences(models, [("seg", "erm")], metrics=metrics)
+    pairs = paired_table(paired, "artefact_reliance")
+    assert list(pairs.columns)[2:] == [
+        "`seg - erm`",
+        "`seg - erm (2% location labels)`",
+        "`seg - erm (1.5% location labels)`",
+    ]
+    text = render_sweep_tables(summary, paired, pd.DataFrame())
+    onsets = {
+        label: text.split(f"## Where `{label}` starts to rely on the artefact")[1].split("##")[0]
+        for label in ("seg (1.5% location labels)", "seg (2% location labels)")
+    }
+    # 1.5 %: +0.3 reliance on every artefact from the weakest strength; 2 %: none
+    assert "| faint texture | none (0.5 / 0.5) |" in onsets["seg (1.5% location labels)"]
+    assert "| faint texture | none of the grid's strengths |" in onsets["seg (2% location labels)"]
+    with pytest.raises(ContractError, match="location fractions"):
+        reliance_onset(summary, supervision="seg")
+    clash = summary.assign(
+        location_fraction=summary["location_fraction"].replace(
+            {0.015: 0.0123456781, 0.02: 0.0123456782}
+        )
+    )
+    with pytest.raises(ContractError, match="share the label"):
+        by_supervision(clash, "artefact_reliance")
+    clash_pairs = paired.assign(
+        location_fraction=paired["location_fraction"].replace(
+            {0.015: 0.0123456781, 0.02: 0.0123456782}
+        )
+    )
+    with pytest.raises(ContractError, match="share the column"):
+        paired_table(clash_pairs, "artefact_reliance")
+
+
+def test_one_seed_onset_is_undetermined_not_none() -> None:
+    models = _models()
+    one = models[models["seed"] == 0]
+    summary = summarise_cells(one, metrics=["artefact_reliance"])
+    onset = reliance_onset(summary, supervision="erm", threshold=0.05)
+    by_artefact = onset.set_index("artefact")["`erm` relies from"]
+    # tube_random, erm, seed 0: reliance ~0.2 at medium and ~0.4 at strong, no interval
+    reliance = one[(one["artefact"] == "tube_random") & (one["supervision"] == "erm")]
+    assert (reliance.set_index("strength")["artefact_reliance"][["medium", "strong"]] > 0.1).all()
+    assert by_artefact["tube, random side"] == (
+        "undetermined (one seed: no across-seed interval) from medium (0.7 / 0.3)"
+    )
+    # below the threshold at every strength: not relying, interval or not
+    assert by_artefact["faint texture"] == "none of the grid's strengths"
+    # a strength with an interval above 0 after an undetermined one: both said
+    mixed = summarise_cells(
+        models[(models["seed"] == 0) | (models["strength"] == "strong")],
+        metrics=["artefact_reliance"],
+    )
+    mixed_onset = reliance_onset(mixed, supervision="erm", threshold=0.05)
+    assert mixed_onset.set_index("artefact").loc["tube, random side"].iloc[0] == (
+        "undetermined (one seed: no across-seed interval) from medium (0.7 / 0.3); "
+        "relies from strong (0.9 / 0.1)"
+    )

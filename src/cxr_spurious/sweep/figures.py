@@ -29,17 +29,56 @@ CONFOUNDING_LABEL = "P(artefact | PTX) - P(artefact | no PTX)"
 _REFERENCE = {"auroc": 0.5, "reliance": 0.0, "rise": 0.0}
 
 
+def percent(share: float) -> str:
+    """A share as an exact percentage without trailing zeros: ``0.015`` -> ``1.5%``, ``0.95``
+    -> ``95%`` (6 significant digits, so that nearby grid values stay apart)."""
+    return f"{100 * float(share):g}%"
+
+
 def series_label(supervision: str, location_fraction: float) -> str:
     """Legend label of one supervision (with its share of location labels when below 1)."""
     if supervision in LOCATION_SUPERVISIONS and location_fraction < 1:
-        return f"{supervision} ({location_fraction:.0%} location labels)"
+        return f"{supervision} ({percent(location_fraction)} location labels)"
     return supervision
 
 
+def series_labels(table: pd.DataFrame, name: str = "sweep_summary") -> dict[tuple[str, float], str]:
+    """``series_label`` of every (supervision, location fraction) of ``table``.
+
+    Raises:
+        ContractError: two series share a label (their fractions agree to 6 significant
+            digits), so a table column or a legend entry would hide one of them.
+    """
+    keys = table[["supervision", "location_fraction"]].drop_duplicates()
+    labels = {
+        (str(s), float(f)): series_label(str(s), float(f))
+        for s, f in zip(keys["supervision"], keys["location_fraction"])
+    }
+    seen: dict[str, tuple[str, float]] = {}
+    for key, label in labels.items():
+        if label in seen:
+            raise ContractError(
+                f"{name}: (supervision, location_fraction) {seen[label]} and {key} share the "
+                f"label '{label}'; use location fractions that differ in the first 6 "
+                "significant digits"
+            )
+        seen[label] = key
+    return labels
+
+
 def plot_strength_curves(
-    summary: pd.DataFrame, metrics: Sequence[tuple[str, str]] = STRENGTH_METRICS
+    summary: pd.DataFrame,
+    metrics: Sequence[tuple[str, str]] = STRENGTH_METRICS,
+    *,
+    level: float = 0.95,
 ) -> Figure:
-    """Metrics against confounding strength; ``summary`` is ``summarise_cells``' output."""
+    """Metrics against confounding strength; ``summary`` is ``summarise_cells``' output and
+    ``level`` the confidence level of its across-seed intervals (``sweep.summary.ci_level``),
+    named in the title.
+
+    Raises:
+        ContractError: a column is missing, the table is empty, or two series share a label.
+    """
     _require(
         summary,
         [
@@ -53,24 +92,29 @@ def plot_strength_curves(
         "sweep_summary",
     )
     table = summary.assign(confounding=summary["p_given_ptx"] - summary["p_given_no_ptx"])
+    labels = series_labels(table)
     artefacts = sorted(table["artefact"].unique())
     fig = Figure(figsize=(3.6 * len(artefacts), 2.8 * len(metrics)))
     axes = fig.subplots(len(metrics), len(artefacts), squeeze=False, sharex=True)
     for r, (metric, title) in enumerate(metrics):
         for c, artefact in enumerate(artefacts):
             ax = axes[r, c]
-            _draw_curves(ax, table[table["artefact"] == artefact], metric)
+            _draw_curves(ax, table[table["artefact"] == artefact], metric, labels)
             ax.set_title(artefact.replace("_", " ") if r == 0 else "", fontsize=9)
             ax.set_ylabel(title if c == 0 else "", fontsize=8)
             ax.set_xlabel(CONFOUNDING_LABEL if r == len(metrics) - 1 else "", fontsize=8)
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, loc="best")
-    fig.suptitle("Shortcut sweep: mean over seeds, band = 95% CI across seeds", fontsize=10)
+    fig.suptitle(
+        f"Shortcut sweep: mean over seeds, band = {percent(level)} CI across seeds", fontsize=10
+    )
     fig.tight_layout()
     return fig
 
 
-def _draw_curves(ax: Axes, cells: pd.DataFrame, metric: str) -> None:
+def _draw_curves(
+    ax: Axes, cells: pd.DataFrame, metric: str, labels: dict[tuple[str, float], str]
+) -> None:
     for (sup, frac), rows in cells.groupby(["supervision", "location_fraction"], sort=True):
         rows = rows.sort_values("confounding")
         x = rows["confounding"].to_numpy(dtype=float)
@@ -78,7 +122,7 @@ def _draw_curves(ax: Axes, cells: pd.DataFrame, metric: str) -> None:
             x,
             rows[metric].to_numpy(dtype=float),
             marker="o",
-            label=series_label(str(sup), float(frac)),
+            label=labels[(str(sup), float(frac))],
         )
         if f"{metric}_lo" in rows and f"{metric}_hi" in rows:
             lo, hi = rows[f"{metric}_lo"].to_numpy(float), rows[f"{metric}_hi"].to_numpy(float)
@@ -89,8 +133,11 @@ def _draw_curves(ax: Axes, cells: pd.DataFrame, metric: str) -> None:
             ax.axhline(level, color="grey", lw=0.8, ls="--", label="_reference")
 
 
-def plot_detection(detection: pd.DataFrame, metric: str = "detection_auroc") -> Figure:
-    """Each saliency method's detection AUROC with its CI, one panel per artefact."""
+def plot_detection(
+    detection: pd.DataFrame, metric: str = "detection_auroc", *, level: float = 0.95
+) -> Figure:
+    """Each saliency method's detection AUROC with its CI, one panel per artefact; ``level``
+    is the CI's confidence level (``sweep.detection.ci_level``), named in the title."""
     _require(detection, ["method", "artefact", metric], "shortcut_detection")
     kinds = sorted(a for a in detection["artefact"].unique() if a != ALL_ARTEFACTS)
     artefacts = kinds + ([ALL_ARTEFACTS] if (detection["artefact"] == ALL_ARTEFACTS).any() else [])
@@ -114,7 +161,9 @@ def plot_detection(detection: pd.DataFrame, metric: str = "detection_auroc") -> 
         ax.grid(axis="x", alpha=0.3)
     axes[0].invert_yaxis()  # shared y: the first method on top in every panel
     fig.suptitle(
-        "Does saliency detect reliance on the artefact? (95% bootstrap CI over models)", fontsize=10
+        "Does saliency detect reliance on the artefact? "
+        f"({percent(level)} bootstrap CI over models)",
+        fontsize=10,
     )
     fig.tight_layout()
     return fig

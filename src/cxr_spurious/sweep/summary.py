@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError, ParameterError
@@ -35,6 +36,7 @@ NOT_METRICS: frozenset[str] = frozenset({"ci_note", "note", "ci_covers"})
 COUNT_PREFIX = "n_"
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("seg", "erm"), ("seg", "box"), ("box", "erm"))
 ONE_SEED_NOTE = "one seed: no across-seed CI"
+ONE_PAIR_NOTE = "one seed pair: no CI"
 
 
 def metric_columns(models: pd.DataFrame) -> list[str]:
@@ -94,7 +96,10 @@ def paired_differences(
         One row per pair and matched cell: ``pair`` ("seg - erm"), ``supervision_a``,
         ``supervision_b``, the cell columns (``location_fraction`` of the location side),
         ``n_pairs``, ``seeds``, per metric ``<m>`` (mean difference), ``<m>_lo``, ``<m>_hi``
-        (paired t interval) and ``<m>_p`` (paired t-test p-value); ``ci_covers``, ``note``.
+        (paired t interval), ``<m>_p`` (paired t-test p-value) and ``<m>_n`` (the pairs where
+        the metric is defined on both sides: the others are left out of that metric's
+        difference, interval and test, and ``note`` names the metric, e.g. ``undefined for
+        some pairs: occlusion_artefact_mass: 2 of 3 pairs``); ``ci_covers``, ``note``.
     """
     _check_models(models)
     same = [f"{a} - {b}" for a, b in pairs if a == b]
@@ -126,12 +131,14 @@ def _pair_rows(
         row: dict[str, Any] = {"pair": f"{a} - {b}", "supervision_a": a, "supervision_b": b}
         row.update(dict(zip(cell, key)))
         row.update(n_pairs=len(group), seeds=_seed_list(group))
+        defined: dict[str, int] = {}
         for m in names:
             diff = (group[f"{m}_a"] - group[f"{m}_b"]).to_numpy(dtype=float)
             mean, lo, hi, p = paired_difference(diff, level)
-            row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi, f"{m}_p": p})
+            defined[m] = int(np.isfinite(diff).sum())  # pairs where both sides are defined
+            row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi, f"{m}_p": p, f"{m}_n": defined[m]})
         row["ci_covers"] = "seeds (paired)"
-        row["note"] = "one seed pair: no CI" if len(group) == 1 else ""
+        row["note"] = ONE_PAIR_NOTE if len(group) == 1 else _missing_pairs_note(defined, len(group))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -150,6 +157,11 @@ def _check_models(models: pd.DataFrame) -> None:
 
 def _seed_list(group: pd.DataFrame) -> str:
     return seed_list(group[SEED_COLUMN])
+
+
+def _missing_pairs_note(defined: dict[str, int], n_pairs: int) -> str:
+    short = [f"{m}: {k} of {n_pairs} pairs" for m, k in defined.items() if k < n_pairs]
+    return ("undefined for some pairs: " + ", ".join(short)) if short else ""
 
 
 def _missing_note(group: pd.DataFrame, names: list[str]) -> str:

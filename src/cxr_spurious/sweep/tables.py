@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ import pandas as pd
 from cxr_spurious.errors import ContractError
 from cxr_spurious.report.html import with_cis
 from cxr_spurious.sweep.detection import ALL_ARTEFACTS
-from cxr_spurious.sweep.figures import series_label
+from cxr_spurious.sweep.figures import percent, series_labels
 from cxr_spurious.sweep.grid import CELL_COLUMNS
 
 #: Display names of the sweep's saliency methods (others are shown as they are).
@@ -69,6 +70,8 @@ STUDY_METRICS: tuple[str, ...] = (
     "seg_prob_artefact_auroc",
 )
 MISSING = "n/a"
+#: ``reliance_onset`` where the mean reaches the threshold but there is no across-seed interval.
+UNDETERMINED = "undetermined"
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -96,6 +99,11 @@ def _require(table: pd.DataFrame, columns: Sequence[str], name: str) -> None:
         raise ContractError(f"{name}: missing column(s) {missing}; has {list(table.columns)}")
 
 
+def level_text(level: float) -> str:
+    """A confidence level as the tables write it: ``0.95`` -> ``95 %``, ``0.8`` -> ``80 %``."""
+    return percent(level).replace("%", " %")
+
+
 def _with_labels(summary: pd.DataFrame) -> pd.DataFrame:
     out = summary.copy()
     out["confounding"] = out["p_given_ptx"] - out["p_given_no_ptx"]
@@ -104,10 +112,16 @@ def _with_labels(summary: pd.DataFrame) -> pd.DataFrame:
         strength_label(s, a, b)
         for s, a, b in zip(out["strength"], out["p_given_ptx"], out["p_given_no_ptx"])
     ]
+    labels = series_labels(out)
     out["series"] = [
-        series_label(s, f) for s, f in zip(out["supervision"], out["location_fraction"])
+        labels[(str(s), float(f))] for s, f in zip(out["supervision"], out["location_fraction"])
     ]
     return out
+
+
+def _series_key(supervision: Any, location_fraction: Any) -> tuple[str, float]:
+    """A series' key: (supervision, location fraction), whatever the column dtypes."""
+    return str(supervision), float(location_fraction)
 
 
 def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
@@ -115,13 +129,18 @@ def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
     return [v for v in order if v in seen] + [v for v in seen if v not in order]
 
 
-def _series_order(table: pd.DataFrame) -> list[str]:
+def _series_order(table: pd.DataFrame) -> list[tuple[str, float, str]]:
+    """``(supervision, location_fraction, label)`` of every series of a ``_with_labels``
+    table: erm, box, seg (others after), the larger location fraction first."""
     ranks = {"erm": 0, "box": 1, "seg": 2}
     keys = table[["series", "supervision", "location_fraction"]].drop_duplicates()
     keys = keys.assign(
         rank=[ranks.get(s, 3) for s in keys["supervision"]], neg=-keys["location_fraction"]
     ).sort_values(["rank", "neg", "series"])
-    return list(keys["series"])
+    return [
+        (*_series_key(s, f), str(label))
+        for s, f, label in zip(keys["supervision"], keys["location_fraction"], keys["series"])
+    ]
 
 
 def by_supervision(summary: pd.DataFrame, metric: str, *, digits: int = 2) -> pd.DataFrame:
@@ -141,15 +160,25 @@ def by_supervision(summary: pd.DataFrame, metric: str, *, digits: int = 2) -> pd
         ["artefact", "confounding"]
     ).groupby(["artefact_name", "confounding", "strength_name"], sort=False):
         row = {"artefact": artefact, "strength (P(a | PTX) / P(a | no PTX))": strength}
-        values = dict(zip(group["series"], group[metric]))
-        row.update({f"`{s}`": values.get(s, MISSING) or MISSING for s in series})
+        values = {
+            _series_key(s, f): v
+            for s, f, v in zip(group["supervision"], group["location_fraction"], group[metric])
+        }
+        row.update({f"`{label}`": values.get((s, f), MISSING) or MISSING for s, f, label in series})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def paired_table(paired: pd.DataFrame, metric: str, *, digits: int = 2) -> pd.DataFrame:
     """``metric``'s paired differences per artefact x strength (rows) and pair (columns):
-    ``d [lo, hi], p = ...`` (paired t interval and test across seeds)."""
+    ``d [lo, hi], p = ...`` (paired t interval and test across seeds), with
+    ``(n = k of m pairs)`` where the metric is defined for fewer pairs (``<metric>_n``) than
+    were matched (``n_pairs``).
+
+    Raises:
+        ContractError: a column is missing, or two location fractions of a pair share a
+            column label.
+    """
     _require(
         paired,
         [
@@ -169,18 +198,29 @@ def paired_table(paired: pd.DataFrame, metric: str, *, digits: int = 2) -> pd.Da
     table = paired.copy()
     table["confounding"] = table["p_given_ptx"] - table["p_given_no_ptx"]
     table["pair_name"] = [
-        p if f >= 1 else f"{p} ({f:.0%} location labels)"
+        p if f >= 1 else f"{p} ({percent(f)} location labels)"
         for p, f in zip(table["pair"], table["location_fraction"])
     ]
     text = with_cis(table[[metric, f"{metric}_lo", f"{metric}_hi"]], digits, fixed=True)[metric]
-    table["value"] = [t if not t else f"{t}, p {_p(p)}" for t, p in zip(text, table[f"{metric}_p"])]
+    table["value"] = [
+        t if not t else f"{t}, p {_p(p)}{n}"
+        for t, p, n in zip(text, table[f"{metric}_p"], _defined_pairs(table, metric))
+    ]
     order = table[["pair", "location_fraction", "pair_name"]].drop_duplicates()
+    shared = order[order.duplicated("pair_name", keep=False)]
+    if not shared.empty:
+        clash = shared[["pair", "location_fraction"]].values.tolist()
+        raise ContractError(
+            f"sweep_paired_differences: pairs {clash} share the column "
+            f"'{shared['pair_name'].iloc[0]}'; use location fractions that differ in the first "
+            "6 significant digits"
+        )
     order = order.assign(neg=-order["location_fraction"]).sort_values(
         ["pair", "neg"], kind="stable"
     )
     first = {p: i for i, p in enumerate(dict.fromkeys(table["pair"]))}
     order = order.assign(rank=order["pair"].map(first)).sort_values(["rank", "neg"], kind="stable")
-    pairs = list(dict.fromkeys(order["pair_name"]))
+    pairs = list(zip(order["pair"], order["location_fraction"], order["pair_name"]))
     rows = []
     for (artefact, _, strength, a, b), group in table.sort_values(
         ["artefact", "confounding"]
@@ -189,10 +229,21 @@ def paired_table(paired: pd.DataFrame, metric: str, *, digits: int = 2) -> pd.Da
             "artefact": ARTEFACT_NAMES.get(artefact, artefact),
             "strength": strength_label(strength, a, b),
         }
-        values = dict(zip(group["pair_name"], group["value"]))
-        row.update({f"`{p}`": values.get(p, MISSING) or MISSING for p in pairs})
+        values = dict(zip(zip(group["pair"], group["location_fraction"]), group["value"]))
+        row.update({f"`{name}`": values.get((p, f), MISSING) or MISSING for p, f, name in pairs})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _defined_pairs(table: pd.DataFrame, metric: str) -> list[str]:
+    """`` (n = k of m pairs)`` where ``<metric>_n`` < ``n_pairs``, else ``""`` (and ``""``
+    for every row of a table written before ``<metric>_n`` existed)."""
+    if f"{metric}_n" not in table or "n_pairs" not in table:
+        return [""] * len(table)
+    return [
+        f" (n = {int(k)} of {int(m)} pairs)" if np.isfinite(k) and k < m else ""
+        for k, m in zip(table[f"{metric}_n"].astype(float), table["n_pairs"].astype(float))
+    ]
 
 
 def _p(p: float) -> str:
@@ -214,9 +265,21 @@ def reliance_onset(
 
     "Relies" = the mean of ``metric`` over seeds is at least ``threshold`` and the interval
     across seeds lies above 0. One row per artefact: the strength (or ``none of the grid's
-    strengths``) and the metric at each strength of the grid, weakest first.
+    strengths``) and the metric at each strength of the grid, weakest first. Where the mean
+    reaches ``threshold`` but there is no across-seed interval (one seed, or the metric
+    defined for one seed only), whether the model relies on the artefact is not known: the
+    onset reads ``undetermined (one seed: no across-seed interval)``, naming the strength,
+    rather than counting that strength as not relied on.
+
+    Raises:
+        ContractError: a column is missing, no cell has ``supervision``, or it has several
+            location fractions and ``location_fraction`` does not pick one.
     """
-    _require(summary, ["artefact", "supervision", "location_fraction", metric], "sweep_summary")
+    _require(
+        summary,
+        ["artefact", "supervision", "location_fraction", metric, f"{metric}_lo"],
+        "sweep_summary",
+    )
     table = _with_labels(summary)
     pick = table["supervision"] == supervision
     if location_fraction is not None:
@@ -224,22 +287,46 @@ def reliance_onset(
     table = table[pick].sort_values(["artefact", "confounding"])
     if table.empty:
         raise ContractError(f"sweep_summary: no cell of supervision '{supervision}'")
+    fractions = sorted(table["location_fraction"].unique())
+    if len(fractions) > 1:
+        raise ContractError(
+            f"sweep_summary: supervision '{supervision}' has location fractions {fractions}; "
+            "pass location_fraction to pick one (an onset per series)"
+        )
     text = with_cis(table[[metric, f"{metric}_lo", f"{metric}_hi"]], digits, fixed=True)[metric]
     table = table.assign(text=list(text))
     rows = []
     for artefact, group in table.groupby("artefact_name", sort=False):
-        relies = (group[metric] >= threshold) & (group[f"{metric}_lo"] > 0)
-        onset = group.loc[relies, "strength_name"]
         rows.append(
             {
                 "artefact": artefact,
-                f"`{supervision}` relies from": onset.iloc[0]
-                if len(onset)
-                else "none of the grid's strengths",
+                f"`{supervision}` relies from": _onset(group, metric, threshold),
                 **dict(zip(group["strength_name"], group["text"])),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _onset(group: pd.DataFrame, metric: str, threshold: float) -> str:
+    """The onset text of one artefact's strengths (weakest first), see ``reliance_onset``."""
+    reaches = group[metric] >= threshold
+    lower = group[f"{metric}_lo"].astype(float)
+    relies = reaches & (lower > 0)
+    unknown = reaches & lower.isna()
+    first = group.loc[relies | unknown]
+    if first.empty:
+        return "none of the grid's strengths"
+    if relies.loc[first.index[0]]:
+        return str(first["strength_name"].iloc[0])
+    seeds = first["n_seeds"].iloc[0] if "n_seeds" in first else 1
+    why = (
+        "one seed: no across-seed interval"
+        if not np.isfinite(seeds) or seeds <= 1
+        else f"no across-seed interval: `{metric}` defined for one seed only"
+    )
+    text = f"{UNDETERMINED} ({why}) from {first['strength_name'].iloc[0]}"
+    later = group.loc[relies, "strength_name"]
+    return f"{text}; relies from {later.iloc[0]}" if len(later) else text
 
 
 def detection_table(
@@ -339,12 +426,16 @@ def cell_column(
     _require(table, [f"{m}{s}" for m in metrics for s in ("", "_lo", "_hi")], "sweep_summary")
     text = with_cis(table, digits, fixed=True)
     series = _series_order(table)
-    by_series = {s: r for s, (_, r) in zip(text["series"], text.iterrows())}
-    seeds = dict(zip(table["series"], table.get("n_seeds", pd.Series(np.nan, table.index))))
+    keys = [_series_key(s, f) for s, f in zip(table["supervision"], table["location_fraction"])]
+    by_series = {k: r for k, (_, r) in zip(keys, text.iterrows())}
+    seeds = dict(zip(keys, table.get("n_seeds", pd.Series(np.nan, table.index))))
     rows = [
-        {"metric": m, **{f"`{s}`": by_series[s][m] or MISSING for s in series}} for m in metrics
+        {"metric": m, **{f"`{label}`": by_series[(s, f)][m] or MISSING for s, f, label in series}}
+        for m in metrics
     ]
-    rows.append({"metric": "seeds", **{f"`{s}`": f"{seeds[s]:g}" for s in series}})
+    rows.append(
+        {"metric": "seeds", **{f"`{label}`": f"{seeds[(s, f)]:g}" for s, f, label in series}}
+    )
     return pd.DataFrame(rows)
 
 
@@ -356,10 +447,14 @@ def render_sweep_tables(
     metrics: Sequence[tuple[str, str]] = DEFAULT_METRICS,
     onset_threshold: float = 0.05,
     study_cell: tuple[str, str] | None = None,
+    level: float = 0.95,
+    detection_level: float = 0.95,
 ) -> str:
     """The sweep's findings as one Markdown document (``sweep_tables.md``); ``study_cell``
     (artefact, strength) adds that cell's ``STUDY_METRICS`` per supervision, when the sweep
-    has it."""
+    has it. ``level`` is the confidence level of ``summary``'s and ``paired``'s across-seed
+    intervals (``sweep.summary.ci_level``), ``detection_level`` that of ``detection``'s
+    bootstrap and Wilson intervals (``sweep.detection.ci_level``); the text names both."""
     seeds = sorted({int(n) for n in summary.get("n_seeds", pd.Series([], dtype=float)).dropna()})
     cells = summary[["artefact", "strength", "supervision", "location_fraction"]]
     parts = [
@@ -367,11 +462,12 @@ def render_sweep_tables(
         "",
         f"{len(cells.drop_duplicates())} cells, {', '.join(map(str, seeds)) or MISSING} "
         "seed(s) each. Cells: mean over seeds "
-        "[95 % t interval across seeds: each seed retrains on re-drawn artefact carriers; the "
-        "test images are fixed, their carriers re-drawn too unless `sweep.test_seed` is set]. "
-        "Paired "
-        "differences: same data and seed, paired t interval and p-value. Detection: "
-        "bootstrap CI over models; false flags: Wilson interval.",
+        f"[{level_text(level)} t interval across seeds: each seed retrains on re-drawn "
+        "artefact carriers; the test images are fixed, their carriers re-drawn too unless "
+        "`sweep.test_seed` is set]. Paired differences: same data and seed, paired "
+        f"{level_text(level)} t interval and p-value. Detection: "
+        f"{level_text(detection_level)} bootstrap CI over models; false flags: "
+        f"{level_text(detection_level)} Wilson interval.",
     ]
     for metric, title in metrics:
         if metric not in summary.columns:
@@ -383,20 +479,23 @@ def render_sweep_tables(
             markdown_table(by_supervision(summary, metric)),
         ]
     if "artefact_reliance" in summary.columns:
-        for supervision in _series_order(_with_labels(summary)):
-            sub = _with_labels(summary)
-            sub = sub[sub["series"] == supervision]
+        for supervision, fraction, label in _series_order(_with_labels(summary)):
+            sub = summary[
+                (summary["supervision"].astype(str) == supervision)
+                & (summary["location_fraction"].astype(float) == fraction)
+            ]
             onset = reliance_onset(
                 sub,
-                supervision=str(sub["supervision"].iloc[0]),
+                supervision=supervision,
+                location_fraction=fraction,
                 threshold=onset_threshold,
             )
             parts += [
                 "",
-                f"## Where `{supervision}` starts to rely on the artefact",
+                f"## Where `{label}` starts to rely on the artefact",
                 "",
-                f"Weakest strength with mean reliance >= {onset_threshold:g} and its interval "
-                "across seeds above 0; reliance at each strength.",
+                f"Weakest strength with mean reliance >= {onset_threshold:g} and its "
+                f"{level_text(level)} interval across seeds above 0; reliance at each strength.",
                 "",
                 markdown_table(onset.rename(columns={onset.columns[1]: "relies from"})),
             ]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_spurious.datasets.skippable import SKIPPED, is_skipped
+from cxr_spurious.datasets.skippable import SKIPPED, SkippableDataset, is_skipped
+from cxr_spurious.errors import ContractError
 from cxr_spurious.hooks import SweepParamsHook, stashed_sweep_params
 from cxr_spurious.pipelines.sweep import nodes
 from cxr_spurious.pipelines.sweep import pipeline as sweep_pipeline
@@ -19,6 +22,7 @@ from cxr_spurious.sweep.grid import Cell, expand_grid
 SIZE = 8
 TASK = "Pneumothorax"
 CELL = Cell("marker_port", "strong", 0.9, 0.1, "seg", 1.0, 3)
+OTHER_CELL = Cell("marker_port", "none", 0.5, 0.5, "seg", 1.0, 3)
 TRAINING = {"tasks": [TASK], "epochs": 2, "only": None, "variants": {"erm": {}}}
 SWEEP = {
     "task": TASK,
@@ -140,10 +144,88 @@ def test_run_record_gets_the_cell_and_seed() -> None:
 
 
 def test_collector_leaves_out_cells_without_a_row() -> None:
-    table = nodes.collect_sweep_models({"namespace": "a", "x": 1.0}, SKIPPED)
-    assert list(table["namespace"]) == ["a"]
-    with pytest.raises(Exception, match="no cell has a row"):
-        nodes.collect_sweep_models(SKIPPED)
+    plans = [nodes.plan_cell(None, TRAINING, SWEEP, cell=c) for c in (CELL, OTHER_CELL)]
+    row = {"namespace": CELL.namespace, "config_hash": plans[0]["config_hash"], "x": 1.0}
+    table = nodes.collect_sweep_models(row, SKIPPED, *plans)
+    assert list(table["namespace"]) == [CELL.namespace]
+    with pytest.raises(ContractError, match="no cell has a row"):
+        nodes.collect_sweep_models(SKIPPED, plans[0])
+    with pytest.raises(ContractError, match="odd number"):
+        nodes.collect_sweep_models(row, *plans)
+
+
+def test_collector_leaves_out_stale_rows_that_training_only_did_not_retrain(
+    tmp_path, caplog
+) -> None:
+    """Run 1 writes every cell's row; run 2 changes a hashed setting (epochs) and retrains
+    only the seg cells (training.only): the erm cell keeps its run-1 row file."""
+    erm = dataclasses.replace(CELL, supervision="erm", location_fraction=0.0)
+    old = {c: nodes.plan_cell(None, TRAINING, SWEEP, cell=c) for c in (erm, CELL)}
+    files = {}
+    for cell, plan in old.items():
+        files[cell] = SkippableDataset(
+            {"type": "json.JSONDataset", "filepath": str(tmp_path / f"{cell.namespace}.json")}
+        )
+        files[cell].save({"namespace": cell.namespace, "config_hash": plan["config_hash"]})
+    rerun = {**TRAINING, "epochs": 8, "only": "seg"}
+    new = {c: nodes.plan_cell(files[c].load(), rerun, SWEEP, cell=c) for c in (erm, CELL)}
+    assert not new[erm]["skip"]  # the hash changed ...
+    assert resolve_config(rerun, SWEEP["training"], new[erm])["skip"]  # ... but not selected
+    files[erm] = SkippableDataset(files[erm].wrapped)  # run 2's dataset: nothing saved yet
+    files[erm].save(SKIPPED)  # summarise_cell returned SKIPPED: run 1's file stays
+    files[CELL] = SkippableDataset(files[CELL].wrapped)
+    files[CELL].save({"namespace": CELL.namespace, "config_hash": new[CELL]["config_hash"]})
+    rows = [files[c].load() for c in (erm, CELL)]
+    assert rows[0]["config_hash"] == old[erm]["config_hash"] != new[erm]["config_hash"]
+    with caplog.at_level(logging.WARNING):
+        table = nodes.collect_sweep_models(*rows, new[erm], new[CELL])
+    assert list(table["namespace"]) == [CELL.namespace]
+    assert list(table["config_hash"]) == [new[CELL]["config_hash"]]
+    warning = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "stale: configuration changed but the cell was not retrained (training.only)" in warning
+    assert erm.namespace in warning and CELL.namespace not in warning
+    # every row stale: nothing of the current configuration to tabulate
+    with pytest.raises(ContractError, match=erm.namespace):
+        nodes.collect_sweep_models(rows[0], new[erm])
+
+
+def test_collector_nodes_name_the_configured_levels() -> None:
+    rows = [
+        {
+            "artefact": "tube_random",
+            "strength": strength,
+            "p_given_ptx": p1,
+            "p_given_no_ptx": p0,
+            "supervision": sup,
+            "location_fraction": frac,
+            "seed": seed,
+            "artefact_reliance": (p1 - p0) * (sup == "erm") + 0.01 * seed,
+            "robust_auroc": 0.8 - 0.01 * seed,
+        }
+        for strength, (p1, p0) in {"none": (0.5, 0.5), "strong": (0.9, 0.1)}.items()
+        for sup, frac in (("erm", 0.0), ("seg", 1.0))
+        for seed in range(3)
+    ]
+    summary, paired = nodes.summarise_sweep(
+        pd.DataFrame(rows), {"ci_level": 0.8, "pairs": [["seg", "erm"]]}
+    )
+    text = nodes.write_sweep_tables(
+        summary,
+        paired,
+        pd.DataFrame(),
+        {"onset_threshold": 0.05, "study_cell": None},
+        {"ci_level": 0.8},
+        {"ci_level": 0.9},
+    )
+    assert "[80 % t interval across seeds" in text and "paired 80 % t interval" in text
+    assert "90 % bootstrap CI over models" in text and "95" not in text
+    strength = nodes.plot_sweep_strength(summary, {"ci_level": 0.8})
+    assert "band = 80% CI across seeds" in strength._suptitle.get_text()
+    detection = pd.DataFrame(
+        {"method": ["gradcam"], "artefact": ["tube_random"], "detection_auroc": [0.7]}
+    )
+    figure = nodes.plot_sweep_detection(detection, {"ci_level": 0.9})
+    assert "(90% bootstrap CI over models)" in figure._suptitle.get_text()
 
 
 def test_one_namespace_per_cell_and_not_in_the_default_run(monkeypatch) -> None:
@@ -172,6 +254,17 @@ def test_one_namespace_per_cell_and_not_in_the_default_run(monkeypatch) -> None:
         "summarise_cell",
     } <= names and "predict_counterfactuals" not in names
     assert {"sweep_models", "sweep_summary", "shortcut_detection"} <= pipe.all_outputs()
+    collectors = {n.name: n for n in pipe.nodes if not n.namespace}
+    inputs = collectors["collect_sweep_models"].inputs  # every row, then every plan
+    rows, plans = inputs[: len(cells)], inputs[len(cells) :]
+    assert len(inputs) == 2 * len(cells) and {r.rsplit(".", 1)[0] for r in rows} == cells
+    assert [r.rsplit(".", 1) for r in rows] == [[p.rsplit(".", 1)[0], "sweep_row"] for p in plans]
+    assert all(p.endswith(".plan") for p in plans)
+    assert "params:sweep.summary" in collectors["plot_sweep_strength"].inputs
+    assert "params:sweep.detection" in collectors["plot_sweep_detection"].inputs
+    assert {"params:sweep.summary", "params:sweep.detection"} <= set(
+        collectors["write_sweep_tables"].inputs
+    )
     from cxr_spurious.pipeline_registry import NOT_IN_DEFAULT
 
     assert "sweep" in NOT_IN_DEFAULT

@@ -6,7 +6,10 @@ cache: which images carry the artefact) -> the training template -> ``tag_run_re
 (cell and seed on the MLflow child run) -> the saliency template's ``compute_heatmaps`` ->
 ``predict_renders`` and ``attribute_saliency`` -> ``summarise_cell`` (one ``sweep_models``
 row). A cell whose previous row has the same config hash is skipped: every node returns
-``SKIPPED`` and the row's ``SkippableDataset`` keeps the previous file.
+``SKIPPED`` and the row's ``SkippableDataset`` keeps the previous file. A cell that
+``training.only`` leaves out is skipped too, whatever its hash: ``collect_sweep_models``
+compares each row with its cell's plan and leaves out (with a warning) rows of another
+configuration.
 """
 
 from __future__ import annotations
@@ -253,21 +256,76 @@ def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
 
 
-def collect_sweep_models(*rows: Any) -> pd.DataFrame:
-    """``sweep_models``: one row per trained model (cells without a row are left out, with
-    a warning naming them)."""
-    missing = sum(is_skipped(r) for r in rows)
+def collect_sweep_models(*rows_then_plans: Any) -> pd.DataFrame:
+    """``sweep_models``: one row per trained model of the current configuration.
+
+    The inputs are every cell's ``sweep_row``, then every cell's ``plan``, in the same cell
+    order (``pipeline.create_collectors``). A row is kept only when its ``config_hash`` is
+    the one ``plan_cell`` computed for this run's configuration. Two kinds of cell are left
+    out, each with a warning naming the cells:
+
+    * cells without a row (``training.only`` skipped them and they were never trained);
+    * *stale* cells: a hashed setting changed since the row was written, but
+      ``training.only`` did not select the cell, so it was not retrained and its row file
+      still holds the old configuration's numbers.
+
+    Stale rows are left out rather than kept: a row of another configuration would be
+    averaged with, and paired against, rows of this one (e.g. ``seg`` at 8 epochs minus
+    ``erm`` at 4), and every table would carry the mix unmarked. Leaving them out keeps
+    every number of ``sweep_models`` and the tables from one configuration; the cells and
+    pairs they belonged to are absent (``n/a``) until they are retrained.
+
+    Raises:
+        ContractError: the inputs are not rows and plans in equal numbers, or no cell has a
+            row of the current configuration (every row missing or stale; the stale cells
+            are named).
+    """
+    if len(rows_then_plans) % 2:
+        raise ContractError(
+            f"collect_sweep_models: expected every cell's row then its plan, got "
+            f"{len(rows_then_plans)} inputs (an odd number)"
+        )
+    half = len(rows_then_plans) // 2
+    rows, plans = rows_then_plans[:half], rows_then_plans[half:]
+    names = [str(p["variant"]["name"]) for p in plans]
+    missing = [n for n, r in zip(names, rows) if is_skipped(r)]
+    stale = [
+        n
+        for n, r, p in zip(names, rows, plans)
+        if not is_skipped(r) and r.get("config_hash") != p["config_hash"]
+    ]
     if missing:
         logger.warning(
-            "%d of %d sweep cells have no row (skipped by training.only and never trained)",
-            missing,
+            "sweep_models: %d of %d sweep cells have no row (skipped by training.only and "
+            "never trained): %s",
+            len(missing),
             len(rows),
+            ", ".join(missing),
         )
-    kept = [dict(r) for r in rows if not is_skipped(r)]
+    if stale:
+        logger.warning(
+            "sweep_models: %d of %d sweep cells left out, stale: configuration changed but "
+            "the cell was not retrained (training.only); their rows hold the previous "
+            "configuration's numbers. Run again with training.only selecting them (or "
+            "without it) to retrain: %s",
+            len(stale),
+            len(rows),
+            ", ".join(stale),
+        )
+    kept = [
+        dict(r)
+        for r, p in zip(rows, plans)
+        if not is_skipped(r) and r.get("config_hash") == p["config_hash"]
+    ]
     if not kept:
+        why = (
+            f"; stale (configuration changed but not retrained, training.only): {stale}"
+            if stale
+            else ""
+        )
         raise ContractError(
-            "sweep_models: no cell has a row; run the sweep without "
-            "training.only, or with a grid that selects some cell"
+            "sweep_models: no cell has a row of the current configuration; run the sweep "
+            f"without training.only, or with a grid that selects some cell{why}"
         )
     return pd.DataFrame(kept)
 
@@ -295,14 +353,16 @@ def detect_shortcuts(models: pd.DataFrame, detection: Mapping[str, Any]) -> pd.D
     )
 
 
-def plot_sweep_strength(summary: pd.DataFrame) -> Figure:
-    """Robust AUROC and reliance against confounding strength (``plot_strength_curves``)."""
-    return plot_strength_curves(summary)
+def plot_sweep_strength(summary: pd.DataFrame, summary_params: Mapping[str, Any]) -> Figure:
+    """Robust AUROC and reliance against confounding strength (``plot_strength_curves``),
+    the band at ``sweep.summary.ci_level``."""
+    return plot_strength_curves(summary, level=float(summary_params["ci_level"]))
 
 
-def plot_sweep_detection(detection: pd.DataFrame) -> Figure:
-    """Detection AUROC per saliency method and artefact (``plot_detection``)."""
-    return plot_detection(detection)
+def plot_sweep_detection(detection: pd.DataFrame, detection_params: Mapping[str, Any]) -> Figure:
+    """Detection AUROC per saliency method and artefact (``plot_detection``), the CI at
+    ``sweep.detection.ci_level``."""
+    return plot_detection(detection, level=float(detection_params["ci_level"]))
 
 
 def write_sweep_tables(
@@ -310,8 +370,11 @@ def write_sweep_tables(
     paired: pd.DataFrame,
     detection: pd.DataFrame,
     tables: Mapping[str, Any],
+    summary_params: Mapping[str, Any],
+    detection_params: Mapping[str, Any],
 ) -> str:
-    """``sweep_tables``: the findings as Markdown (``cxr_spurious.sweep.tables``)."""
+    """``sweep_tables``: the findings as Markdown (``cxr_spurious.sweep.tables``), naming
+    the levels of ``sweep.summary.ci_level`` and ``sweep.detection.ci_level``."""
     cell = tables.get("study_cell")
     return render_sweep_tables(
         summary,
@@ -319,4 +382,6 @@ def write_sweep_tables(
         detection,
         onset_threshold=float(tables["onset_threshold"]),
         study_cell=(str(cell["artefact"]), str(cell["strength"])) if cell else None,
+        level=float(summary_params["ci_level"]),
+        detection_level=float(detection_params["ci_level"]),
     )

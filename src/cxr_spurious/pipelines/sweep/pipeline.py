@@ -176,7 +176,8 @@ def create_collectors(names: list[str]) -> Pipeline:
         [
             Node(
                 nodes.collect_sweep_models,
-                variant_datasets(names, "sweep_row"),
+                # every cell's row, then its plan (a row of another config hash is stale)
+                variant_datasets(names, "sweep_row") + variant_datasets(names, "plan"),
                 "sweep_models",
                 name="collect_sweep_models",
             ),
@@ -194,13 +195,13 @@ def create_collectors(names: list[str]) -> Pipeline:
             ),
             Node(
                 nodes.plot_sweep_strength,
-                "sweep_summary",
+                ["sweep_summary", "params:sweep.summary"],
                 "sweep_strength_figure",
                 name="plot_sweep_strength",
             ),
             Node(
                 nodes.plot_sweep_detection,
-                "shortcut_detection",
+                ["shortcut_detection", "params:sweep.detection"],
                 "sweep_detection_figure",
                 name="plot_sweep_detection",
             ),
@@ -211,6 +212,8 @@ def create_collectors(names: list[str]) -> Pipeline:
                     "sweep_paired_differences",
                     "shortcut_detection",
                     "params:sweep.tables",
+                    "params:sweep.summary",
+                    "params:sweep.detection",
                 ],
                 "sweep_tables",
                 name="write_sweep_tables",
