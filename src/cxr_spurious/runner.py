@@ -43,6 +43,13 @@ Kedro's deployment guide for Dask, written against Kedro 1.7's ``AbstractRunner`
   on the workers, ``outputs`` is empty); dataset hooks are not called. A failing node stops
   the run with its own exception (type and message; the worker's traceback) and Kedro's
   hint of where to resume.
+* **Stopping.** As under Kedro's ``ParallelRunner``, a failing node stops the run only
+  once the nodes already running on other workers have finished (they count as completed
+  in the resume hint); nodes that had not started do not run. A run interrupted meanwhile
+  (Ctrl-C) cuts off the nodes still running: the runner names them, says that their
+  outputs may be partial and deletes those it can (file datasets with an fsspec
+  ``_filepath``) once its own cluster is closed, so that ``--only-missing-outputs`` runs
+  them again; the others are named for deletion by hand.
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, NoReturn
 
 import cloudpickle
 from kedro.framework.hooks.manager import _create_hook_manager, _NullPluginManager
@@ -90,6 +97,19 @@ ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
 #: Loggers whose client-side levels are not copied to the workers (Dask's own machinery).
 _OWN_LOGGERS = ("distributed", "dask", "tornado", "asyncio", "bokeh")
 _POLL_S = 0.2  # how often the client drains worker events while nodes run
+
+
+class _NotRun:
+    """What a node's task returns when the run was stopping before the node started."""
+
+
+def _did_run(result: Any) -> bool:
+    """On the worker holding a node's result: False when the node's task did not run it."""
+    return not isinstance(result, _NotRun)
+
+
+def _stop_event_name(topic: str) -> str:
+    return f"{topic}-stop"
 
 
 @dataclass(frozen=True)
@@ -181,8 +201,13 @@ def _portable(exc: BaseException) -> BaseException:
     return RuntimeError(f"{kind}: {exc} (the exception itself could not be pickled)")
 
 
-def _run_node_on_worker(job: _NodeJob, memory_inputs: dict[str, Any]) -> dict[str, Any]:
-    """The Dask task of one node: load, run, save on this worker; return in-memory outputs."""
+def _run_node_on_worker(job: _NodeJob, memory_inputs: dict[str, Any]) -> dict[str, Any] | _NotRun:
+    """The Dask task of one node: load, run, save on this worker; return in-memory outputs.
+
+    Returns ``_NotRun`` without running the node when the run is stopping (another node
+    failed) before this node starts: the check happens at the scheduler before the node's
+    start, so the client either sees the node start or sees it not run.
+    """
     for name, level in job.log_levels.items():
         logging.getLogger(name or None).setLevel(level)
     root = logging.getLogger()
@@ -202,6 +227,10 @@ def _run_node_on_worker(job: _NodeJob, memory_inputs: dict[str, Any]) -> dict[st
         _send({"kind": "skipped", "node": job.node.name, "worker": worker.address}, job.topic)
         root.removeHandler(forwarder)
         return {}
+    if Event(_stop_event_name(job.topic)).is_set():
+        _send({"kind": "not-run", "node": job.node.name}, job.topic)
+        root.removeHandler(forwarder)
+        return _NotRun()
     _send(
         {"kind": "started", "node": job.node.name, "worker": worker.address, "pid": os.getpid()},
         job.topic,
@@ -433,8 +462,56 @@ class DaskRunner(AbstractRunner):
         if not pipeline.nodes:  # e.g. --only-missing-outputs with every output there
             return
         own_cluster = not self.scheduler_address()
-        with self._client() as client:
-            _Session(self, pipeline, catalog, hooks, run_id, plan, client, own_cluster).run()
+        cut_off: list[Node] = []
+        try:
+            with self._client() as client:
+                session = _Session(
+                    self, pipeline, catalog, hooks, run_id, plan, client, own_cluster
+                )
+                session.cut_off = cut_off
+                session.run()
+        finally:  # after the runner's own cluster is closed: no worker writes them any more
+            if cut_off:
+                _discard_partial_outputs(cut_off, catalog, plan, self._logger)
+
+
+def _remove_file_output(dataset: AbstractDataset) -> bool:
+    """Delete what a file dataset (fsspec ``_fs`` and ``_filepath``) saved; False if unable."""
+    fs, path = getattr(dataset, "_fs", None), getattr(dataset, "_filepath", None)
+    if fs is None or path is None or getattr(dataset, "_version", None) is not None:
+        return False  # not a plain file dataset (a versioned one saves under a new version)
+    try:
+        if fs.exists(str(path)):
+            fs.rm(str(path), recursive=True)
+    except Exception:
+        return False
+    return True
+
+
+def _discard_partial_outputs(
+    nodes: list[Node], catalog: Any, plan: _Plan, log: logging.Logger
+) -> None:
+    """Name the nodes cut off mid-run; delete (or name) the outputs they may have left partial."""
+    removed: list[str] = []
+    left: list[str] = []
+    for name in sorted({out for n in nodes for out in n.outputs}):
+        if name in plan.memory:
+            continue  # in memory on a worker: gone with the run
+        dataset = catalog.get(name, fallback_to_runtime_pattern=True)
+        with contextlib.suppress(Exception):
+            catalog.release(name)
+        if _remove_file_output(dataset):
+            removed.append(name)
+        else:
+            left.append(f"{name} ({dataset})")
+    log.warning(
+        "The run stopped while node(s) %s were still running on Dask workers: outputs they "
+        "had started to write may be partial. Deleted: %s. Delete by hand before rerunning "
+        "with --only-missing-outputs: %s",
+        ", ".join(sorted(n.name for n in nodes)),
+        ", ".join(removed) or "none",
+        ", ".join(left) or "none",
+    )
 
 
 class _Session:
@@ -467,6 +544,9 @@ class _Session:
         self.done: set[Node] = set()
         self.inputs, self.outputs = pipeline.inputs(), pipeline.outputs()
         self.by_name = {n.name: n for n in pipeline.nodes}
+        self.running: dict[Future, Node] = {}
+        self.stopping = False
+        self.cut_off: list[Node] = []  # nodes left running when the run ended (filled by run)
 
     # -- events from the workers ------------------------------------------------------
     def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -494,6 +574,8 @@ class _Session:
                     self._hook("before_node_run", node)
             elif kind == "finished":
                 self.finished_events[name] += 1
+            elif kind == "not-run":
+                self.log.debug("Node %s not started: the run is stopping", name)
             elif kind == "skipped":
                 self.log.info(
                     "Node %s had finished before its worker died: not run again (on %s)",
@@ -567,7 +649,7 @@ class _Session:
     # -- completion -------------------------------------------------------------------
     def _completed(self, node: Node, future: Future) -> None:
         for name in node.outputs:
-            if name not in self.plan.memory:
+            if name not in self.plan.memory or self.stopping:  # no node will read them
                 continue
             picked = self.client.submit(operator.getitem, future, name, key=f"{name}-{future.key}")
             if name in self.plan.free_memory_outputs:
@@ -581,6 +663,8 @@ class _Session:
         self._hook("after_node_run", node, outputs={})
         self.log.info("Completed node: %s (on %s)", node.name, self.started.get(node.name, "?"))
         self.log.info("Completed %d out of %d tasks", len(self.done), len(self.pipeline.nodes))
+        if self.stopping:
+            return
         for name in node.inputs:
             self.pending_reads[name] -= 1
             if self.pending_reads[name] < 1:
@@ -592,50 +676,96 @@ class _Session:
             if self.pending_reads[name] < 1 and name not in self.outputs:
                 self.catalog.release(name)
 
-    def _failed(self, node: Node, future: Future, running: dict[Future, Node]) -> None:
-        self.client.cancel(list(running))
+    def _error_of(self, node: Node, future: Future) -> BaseException:
+        """The exception to report for a failed (or dropped) node's future."""
         if future.status == "cancelled":
-            error: BaseException = RuntimeError(
+            return RuntimeError(
                 f"node '{node.name}' was cancelled: the Dask scheduler dropped its task "
                 "(did the scheduler or every worker go away?)"
             )
-            traceback = None
-        else:
-            error, traceback = future.exception(), future.traceback()
-        self._drain()
+        error, traceback = future.exception(), future.traceback()
         worker = self.started.get(node.name, "an unknown worker")
         if isinstance(error, KilledWorker):
             allowed = error.allowed_failures
-            error = RuntimeError(
+            return RuntimeError(
                 f"node '{node.name}' was lost: the Dask workers running it died {allowed + 1} "
                 f"time(s) (last on {worker}; the scheduler's "
                 f"distributed.scheduler.allowed-failures = {allowed}). Outputs it had started "
                 "to write may be incomplete; rerun from this node"
             )
-            traceback = None
-        else:
-            error.add_note(f"(raised by node '{node.name}' on Dask worker {worker})")
+        error.add_note(f"(raised by node '{node.name}' on Dask worker {worker})")
+        return error.with_traceback(traceback)
+
+    def _finish_running(self) -> None:
+        """After a failure: let the started nodes finish; the others do not start.
+
+        Each task checks the run's stop event before its node starts, so every future left
+        ends soon after its node (if it started) ends. Finished nodes count as completed;
+        further failures are logged (and reach ``on_node_error``), not raised.
+        """
+        Event(_stop_event_name(self.topic), client=self.client).set()
+        self._drain()
+        started = sorted(n.name for n in self.running.values() if n.name in self.started)
+        if started:
+            self.log.warning(
+                "Waiting for the node(s) already running to finish before stopping (nodes "
+                "not yet started will not run; Ctrl-C would cut these off, their outputs "
+                "partial): %s",
+                ", ".join(started),
+            )
+        while self.running:
+            self.wake.wait(_POLL_S)
+            self.wake.clear()
+            self._drain()
+            finished = sorted(
+                (f for f in self.running if f.done()), key=lambda f: self.running[f].name
+            )
+            for future in finished:
+                node = self.running.pop(future)
+                if future.status == "finished":
+                    ran = self.client.submit(_did_run, future, key=f"ran-{future.key}")
+                    if ran.result():
+                        self._completed(node, future)
+                    elif node.name in self.started:  # an earlier try's worker died mid-run
+                        self.cut_off.append(node)
+                    continue
+                if future.status == "cancelled" and node.name in self.started:
+                    self.cut_off.append(node)  # the scheduler dropped it while it ran
+                error = self._error_of(node, future)
+                self.log.error(
+                    "Node %s also failed: %s: %s", node.name, type(error).__name__, error
+                )
+                self._hook("on_node_error", node, error=error)
+            del finished
+
+    def _failed(self, node: Node, future: Future) -> NoReturn:
+        self.stopping = True
+        self._drain()  # the node's start event names its worker
+        error = self._error_of(node, future)
+        del future
+        self._finish_running()
         self._hook("on_node_error", node, error=error)
         self.runner._suggest_resume_scenario(self.pipeline, self.done, self.catalog)
-        raise error.with_traceback(traceback)
+        raise error
 
-    def _settle(self, finished: set[Future], running: dict[Future, Node]) -> None:
+    def _settle(self, finished: set[Future]) -> None:
         """Record the finished futures (successes first, so the resume hint counts them).
 
         Their references end with this call: the scheduler forgets a node's task as soon
         as no future refers to it, so a worker lost later never makes it run again.
         """
+        running = self.running
         for future in sorted(finished, key=lambda f: (f.status != "finished", running[f].name)):
             node = running.pop(future)
             if future.status == "finished":
                 self._completed(node, future)
-            else:
-                self._failed(node, future, running)
+            else:  # the other failures are still in ``running``: settled while stopping
+                self._failed(node, future)
 
     def run(self) -> None:
         todo = set(self.pipeline.nodes)
         dependencies = self.pipeline.node_dependencies
-        running: dict[Future, Node] = {}
+        running = self.running
         self.client.subscribe_topic(self.topic, self._on_event)
         try:
             while todo or running:
@@ -657,7 +787,7 @@ class _Session:
                 self.wake.clear()
                 self._drain()
                 finished = {f for f in running if f.done()}
-                self._settle(finished, running)
+                self._settle(finished)
                 del finished  # a future still referenced here stays wanted (and recomputed)
             deadline = time.monotonic() + 2.0  # let the last log lines arrive
             while time.monotonic() < deadline and sum(self.finished_events.values()) < len(
@@ -666,10 +796,20 @@ class _Session:
                 time.sleep(0.05)
                 self._drain()
             self._drain()
+        except BaseException:  # e.g. Ctrl-C: the nodes still running are cut off
+            self._drain()
+            self.cut_off.extend(
+                n for n in running.values() if n.name in self.started and n not in self.done
+            )
+            raise
         finally:
+            running.clear()
             self.memory.clear()
             self.holders.clear()
             self.client.unsubscribe_topic(self.topic)
+            if self.stopping:
+                with contextlib.suppress(Exception):  # the scheduler may be gone
+                    Event(_stop_event_name(self.topic), client=self.client).clear()
             for node in self.done:  # the scheduler keeps set events until they are cleared
                 if not any(name in self.plan.memory for name in node.outputs):
                     Event(f"{self.topic}-done-{node.name}", client=self.client).clear()

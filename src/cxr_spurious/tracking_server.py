@@ -11,7 +11,10 @@
   its random password lives in ``conf/local/credentials.yml`` (git-ignored) under
   ``mlflow_server_postgres``. PostgreSQL refuses to run as root: as root, ``initdb`` and
   ``pg_ctl`` run as the ``postgres`` user (``runuser``) and the data folder is theirs.
-* ``stop`` stops the MLflow server (its whole process group) and the local cluster.
+* ``stop`` stops the MLflow server (its whole process group) and the local cluster; it
+  also finds the server's processes after their launcher (the pid file's ``mlflow server``
+  process) was killed: they keep its process group, which ``stop`` then ends, and
+  ``status`` reports such a server as answering without its launcher.
 * Both are idempotent: a second ``start`` says the server is running, ``stop`` with
   nothing running says so and succeeds.
 
@@ -57,6 +60,8 @@ PG_OS_USER = "postgres"  #: the account PostgreSQL runs under when we are root
 PG_INSTALL_HINT = "install Debian's postgresql package: bash scripts/install_postgres.sh"
 STARTUP_TIMEOUT_S = 120.0
 STOP_GRACE_S = 15.0
+#: A process whose command line has one of these belongs to the server (launcher, workers).
+SERVER_PROGRAMS: tuple[bytes, ...] = (b"mlflow", b"uvicorn", b"gunicorn")
 
 
 class TrackingServerError(RuntimeError):
@@ -461,21 +466,70 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _pid_file_pid(config: ServerConfig) -> int | None:
+    """The pid in the pid file (also the server's process group id), or None."""
+    try:
+        return int(config.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    """The arguments of process ``pid`` (empty when it is gone or a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
 def mlflow_pid(config: ServerConfig) -> int | None:
     """Pid of the MLflow server this module started, or None when it is not running.
 
     The pid file's process must still exist and be ``mlflow server`` (a reused pid is
     not taken for the server).
     """
-    try:
-        pid = int(config.pid_file.read_text().strip())
-    except (OSError, ValueError):
+    pid = _pid_file_pid(config)
+    if pid is None:
         return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
+    cmdline = _cmdline(pid)
     return pid if b"mlflow" in cmdline and b"server" in cmdline else None
+
+
+def _group_processes(pgid: int) -> list[int]:
+    """The living (not zombie) processes of process group ``pgid``, from ``/proc``."""
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:  # no /proc: nothing is found
+        return []
+    members: list[int] = []
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, group = stat[stat.rindex(")") + 2 :].split()[:3]
+        if state != "Z" and int(group) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def server_group(config: ServerConfig) -> int | None:
+    """Process group of the MLflow server this module started, while any of it still runs.
+
+    The group id is the pid file's pid (the launcher runs in a session of its own). The
+    launcher itself may be gone (killed) while its ``uvicorn`` / ``gunicorn`` workers keep
+    serving in its group; a group none of whose processes is ``mlflow``, ``uvicorn`` or
+    ``gunicorn`` (a reused id) is not taken for the server.
+    """
+    pgid = _pid_file_pid(config)
+    if pgid is None:
+        return None
+    for pid in _group_processes(pgid):
+        if any(name in arg for arg in _cmdline(pid) for name in SERVER_PROGRAMS):
+            return pgid
+    return None
 
 
 def _is_uri(location: str) -> bool:
@@ -550,35 +604,47 @@ def start_mlflow(config: ServerConfig, backend_store_uri: str) -> int:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a process of group ``pgid`` still runs (zombies, already dead, do not count)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(-pgid, os.WNOHANG)  # reap our own children of the group
+    return bool(_group_processes(pgid))
 
 
 def _stop_group(pgid: int) -> None:
-    """SIGTERM the process group, SIGKILL what is left after ``STOP_GRACE_S``."""
+    """SIGTERM the process group, SIGKILL what is left after ``STOP_GRACE_S``; wait until
+    no process of it runs (at most ``STOP_GRACE_S`` more)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(-pgid, os.WNOHANG)
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+    for sig in (signal.SIGKILL, None):
+        deadline = time.monotonic() + STOP_GRACE_S
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if sig is not None and _group_alive(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, sig)
 
 
 def stop_mlflow(config: ServerConfig) -> bool:
-    """Stop the MLflow server and its workers. Returns whether it was running."""
-    pid = mlflow_pid(config)
-    if pid is not None:
-        _stop_group(pid)  # started with start_new_session: its pid is its group id
+    """Stop the MLflow server and its workers. Returns whether it was running.
+
+    The server's process group is stopped also when its launcher (the pid file's pid) is
+    gone; the pid file goes only once no process of the group runs.
+
+    Raises:
+        TrackingServerError: processes of the group still run after SIGKILL (the pid file
+            is kept, so that a later ``stop`` finds them).
+    """
+    pgid = server_group(config)
+    if pgid is not None:
+        _stop_group(pgid)  # started with start_new_session: its pid is its group id
+        left = _group_processes(pgid)
+        if left:
+            raise TrackingServerError(
+                f"processes {left} of the MLflow server's process group {pgid} still run "
+                f"after SIGKILL; kept {config.pid_file}"
+            )
     config.pid_file.unlink(missing_ok=True)
-    return pid is not None
+    return pgid is not None
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -594,8 +660,8 @@ def start(config: ServerConfig) -> str:
     if pid is not None and _healthy(config.url):
         logger.info(f"MLflow server already running at {config.url} (pid {pid})")
         return config.url
-    if pid is not None:
-        stop_mlflow(config)  # a process that no longer answers
+    if server_group(config) is not None:
+        stop_mlflow(config)  # a process that no longer answers, or one without its launcher
     if config.backend_store_uri:
         backend = config.backend_store_uri
         shown = "MLFLOW_BACKEND_STORE_URI"
@@ -622,11 +688,22 @@ def stop(config: ServerConfig) -> None:
 
 def status(config: ServerConfig) -> bool:
     """Report what runs (logged); True when the MLflow server answers."""
-    pid = mlflow_pid(config)
-    healthy = pid is not None and _healthy(config.url)
-    logger.info(
-        f"MLflow server {f'running at {config.url} (pid {pid})' if healthy else 'not running'}"
-    )
+    pid, group = mlflow_pid(config), server_group(config)
+    healthy = group is not None and _healthy(config.url)
+    if healthy and pid is not None:
+        logger.info(f"MLflow server running at {config.url} (pid {pid})")
+    elif healthy:
+        logger.warning(
+            f"MLflow server answering at {config.url} but its launcher (pid {group}) is gone; "
+            "run stop"
+        )
+    elif group is not None:
+        logger.warning(
+            f"MLflow server not answering at {config.url}, but processes of its process group "
+            f"{group} still run; run stop"
+        )
+    else:
+        logger.info("MLflow server not running")
     pg = postgres_pid(config)
     logger.info(f"PostgreSQL {f'running (pid {pg})' if pg else 'not running'}")
     return healthy

@@ -28,13 +28,14 @@ from kedro.pipeline import Node, Pipeline
 from kedro.runner import SequentialRunner
 from kedro_datasets.pickle import PickleDataset
 from tests.pipelines.localization.test_pipeline import PARAMS as LOCALIZATION_PARAMS
+from tests.scale.slow_nodes import ROWS, SlowLines, count_rows, fails_while_b_saves, rows
 
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.parallel import available_cores
 from cxr_spurious.pipelines.localization import create_pipeline
-from cxr_spurious.runner import DaskRunner
+from cxr_spurious.runner import DaskRunner, _Session
 from cxr_spurious.sources.cache import ImageCache
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("dask")]
@@ -385,3 +386,73 @@ def test_without_an_address_a_loopback_local_cluster_sized_to_the_machine(
     assert (
         started and "tcp://127.0.0.1:" in started[0] and "1 worker(s) x 1 thread(s)" in started[0]
     )
+
+
+def test_a_failing_node_lets_a_running_node_finish_its_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    pipeline = Pipeline(
+        [
+            Node(fails_while_b_saves, ["a_in", "params:folder"], "a_out", name="a"),
+            Node(rows, "b_in", "b_out", name="b"),
+            Node(count_rows, "b_out", "c_out", name="c"),
+        ]
+    )
+
+    def catalog() -> DataCatalog:
+        files = {k: SlowLines(str(tmp_path / f"{k}.txt")) for k in ("a_out", "c_out")}
+        # b's save takes ROWS x 0.12 s = 6 s, longer than the 4 s a closing LocalCluster
+        # grants its workers before killing them
+        files["b_out"] = SlowLines(str(tmp_path / "b_out.txt"), pause_s=0.12)
+        memory = {"a_in": MemoryDataset(1), "b_in": MemoryDataset(2)}
+        return DataCatalog({**files, **memory, "params:folder": MemoryDataset(str(tmp_path))})
+
+    caplog.set_level(logging.INFO)
+    # the runner's own cluster, closed when the run stops (as under `kedro run`)
+    with pytest.raises(ValueError, match=r"boom") as failed:
+        DaskRunner(n_workers=2).run(pipeline, catalog())
+    assert any("raised by node 'a'" in note for note in failed.value.__notes__)
+    # b's save was complete when the run stopped (not cut off by the cluster's closing)
+    assert (tmp_path / "b_out.txt").read_text().splitlines() == rows(None)
+    messages = [r.getMessage() for r in caplog.records]
+    # b had started its save when a failed: the run waited for it, and b counts as done
+    waiting = [m for m in messages if m.startswith("Waiting for the node(s) already running")]
+    assert waiting and waiting[0].endswith(": b")
+    assert "Completed node: b (on tcp://127.0.0.1:" in "\n".join(messages)
+    assert any(m.startswith("There are 2 nodes that have not run.") for m in messages)
+    assert not (tmp_path / "c_out.txt").exists()  # c (after b) did not start
+    # the resumed run reuses b's output: it is complete
+    (tmp_path / "a_fixed").touch()
+    SequentialRunner().run(pipeline, catalog(), only_missing_outputs=True)
+    assert (tmp_path / "c_out.txt").read_text().split() == [str(ROWS)]
+
+
+def test_an_interrupted_run_deletes_the_outputs_it_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    pipeline = Pipeline([Node(rows, "b_in", "b_out", name="b")])
+    b_out = tmp_path / "b_out.txt"
+    catalog = DataCatalog({"b_in": MemoryDataset(2), "b_out": SlowLines(str(b_out), pause_s=0.12)})
+
+    drain = _Session._drain
+    interrupted: list[bool] = []
+
+    def drain_then_interrupt(session: _Session) -> None:  # Ctrl-C while b writes its 6 s save
+        drain(session)
+        if not interrupted and "b" in session.started and b_out.exists():
+            interrupted.append(True)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_Session, "_drain", drain_then_interrupt)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(KeyboardInterrupt):
+        DaskRunner(n_workers=1).run(pipeline, catalog)
+    assert interrupted
+    # the closing cluster killed b mid-save: its partial file is gone, so that
+    # --only-missing-outputs runs b again, and the log says so
+    assert not b_out.exists()
+    warning = next(r.getMessage() for r in caplog.records if "still running" in r.getMessage())
+    assert warning.startswith("The run stopped while node(s) b were still running")
+    assert "may be partial. Deleted: b_out." in warning

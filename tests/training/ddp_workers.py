@@ -114,3 +114,72 @@ def checkpointed_fit_worker(
         torch.save({"fingerprint": fitted.fingerprint}, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+class _Batches:
+    """The few things ``train_one_epoch`` reads of a loader, over fixed batches."""
+
+    def __init__(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        self.batches = batches
+        self.sampler = self  # set_epoch: the batches are fixed
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Any:
+        return iter(self.batches)
+
+
+class _LinearForward(torch.nn.Module):
+    """``(logits,)`` of a bias-free linear model on the flattened images (no BatchNorm)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight.clone())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (x.flatten(1) @ self.weight,)
+
+
+def epoch_stats(
+    batches: list[dict[str, torch.Tensor]], weight: torch.Tensor, world: int, rank: int
+) -> dict[str, Any]:
+    """``train_one_epoch`` (SGD, class-balanced BCE) on this rank's slice of every batch.
+
+    With ``world > 1`` the model is inside ``DistributedDataParallel``; slices are as
+    ``GlobalBatchSampler`` makes them (rank ``r`` gets the ``r``-th contiguous part).
+    """
+    import numpy as np
+
+    from cxr_spurious.training.device import DeviceSetup
+    from cxr_spurious.training.engine import train_one_epoch
+    from cxr_spurious.training.objectives import make_objective
+
+    per_rank = len(batches[0]["labels"]) // world
+    mine = [{k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in b.items()} for b in batches]
+    model = _LinearForward(weight)
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    labels = torch.cat([b["labels"] for b in batches]).numpy()
+    objective = make_objective("bce", labels, np.zeros(len(labels), dtype=int))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    setup = DeviceSetup(torch.device("cpu"), None, False, False)
+    stats = train_one_epoch(
+        net, _Batches(mine), optimizer, objective, setup, {"supervision": "erm"}, epoch=1
+    )
+    return {"stats": stats, "weight": model.weight.detach().clone()}
+
+
+def epoch_stats_worker(
+    rank: int, world: int, init_file: str, out: str, batches: list, weight: torch.Tensor
+) -> None:
+    """One rank of the epoch-statistics test."""
+    _join(rank, world, init_file)
+    try:
+        torch.save(epoch_stats(batches, weight, world, rank), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from tests.training.training_tiny_data import TASK, tiny_config, tiny_study
@@ -108,6 +109,73 @@ def test_group_dro_weights_are_synchronised_across_ranks(tmp_path: Path) -> None
         torch.testing.assert_close(result["q"], single["q"], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(result["weight"], single["weight"], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(result["loss"], single["loss"], rtol=1e-5, atol=1e-6)
+
+
+def _balanced_batches(n_batches: int = 3, size: int = 8) -> list[dict[str, torch.Tensor]]:
+    """Batches of 2x2 images, half of each batch positive (class-balanced BCE weighs 1)."""
+    gen = torch.Generator().manual_seed(2)
+    batches = []
+    for _ in range(n_batches):
+        labels = torch.tensor([[1.0], [0.0]] * (size // 2))[torch.randperm(size, generator=gen)]
+        batches.append(
+            {
+                "image": torch.randn(size, 1, 2, 2, generator=gen) + labels[:, :, None, None],
+                "labels": labels,
+                "valid": torch.ones(size, 1, dtype=torch.bool),
+                "weight": torch.ones(size),
+                "group": torch.zeros(size, dtype=torch.long),
+                "index": torch.arange(size),
+            }
+        )
+    return batches
+
+
+def _sgd_by_hand(
+    batches: list[dict[str, torch.Tensor]], weight: torch.Tensor, part: slice = slice(None)
+) -> tuple[list[float], torch.Tensor]:
+    """Per-step mean BCE on ``part`` of each batch and the final weights of SGD (lr 0.5) on
+    whole batches."""
+    w = weight.clone().requires_grad_(True)
+    losses = []
+    for batch in batches:
+        logits = batch["image"].flatten(1) @ w
+        loss = F.binary_cross_entropy_with_logits(logits, batch["labels"])
+        part_loss = F.binary_cross_entropy_with_logits(logits[part], batch["labels"][part])
+        losses.append(float(part_loss.detach()))
+        loss.backward()
+        with torch.no_grad():
+            w -= 0.5 * w.grad
+        w.grad = None
+    return losses, w.detach()
+
+
+def test_ddp_epoch_stats_cover_the_global_batch(tmp_path: Path) -> None:
+    """Under DDP ``train_loss`` is the global batches' mean loss and ``images_per_s`` counts
+    both processes' images, as in one process; the weights are those of one process.
+
+    Before, both were rank 0's: its half-batch loss, and half the images (4.0 images per
+    step instead of 8).
+    """
+    from tests.training.ddp_workers import epoch_stats, epoch_stats_worker
+
+    batches = _balanced_batches()
+    weight = torch.randn(4, 1, generator=torch.Generator().manual_seed(3))
+    losses, weights = _sgd_by_hand(batches, weight)
+    expected = float(np.mean(losses))
+    rank0_half, _ = _sgd_by_hand(batches, weight, slice(0, 4))
+    assert abs(float(np.mean(rank0_half)) - expected) > 0.01  # the halves' losses differ
+    single = epoch_stats(batches, weight, world=1, rank=0)
+    ranks = _spawn(epoch_stats_worker, tmp_path, batches, weight)
+    for result in (single, *ranks):
+        stats = result["stats"]
+        assert stats["steps"] == 3
+        assert stats["train_loss"] == pytest.approx(expected, rel=1e-5)
+        assert stats["image_loss"] == pytest.approx(expected, rel=1e-5)
+        assert stats["dense_loss"] == 0.0
+        assert stats["images_per_s"] * stats["seconds"] == pytest.approx(3 * 8, rel=1e-9)
+        assert 0.0 <= stats["data_wait_fraction"] <= 1.0
+        torch.testing.assert_close(result["weight"], weights, rtol=1e-5, atol=1e-6)
+    assert ranks[0]["stats"] == ranks[1]["stats"]  # the group's numbers, on every rank
 
 
 def test_time_budget_stop_is_rank_0_decision(tiny, tmp_path: Path) -> None:

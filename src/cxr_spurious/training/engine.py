@@ -165,7 +165,9 @@ def train_one_epoch(
     Returns:
         Mean ``train_loss``, ``image_loss``, ``dense_loss``, ``steps``, ``seconds``,
         ``images_per_s`` and ``data_wait_fraction`` (share of step time spent waiting for
-        the loader).
+        the loader). Under DDP (``net`` a ``DistributedDataParallel``) these are the whole
+        group's (``group_epoch_stats``): the losses are means over the global batches, as
+        in one process, and ``images_per_s`` counts every process's images.
     """
     net.train()
     loader.sampler.set_epoch(epoch)
@@ -195,6 +197,10 @@ def train_one_epoch(
         bar.update()
     bar.close()
     seconds = time.perf_counter() - start
+    if isinstance(net, nn.parallel.DistributedDataParallel):
+        totals, images, wait, seconds = group_epoch_stats(
+            totals, images, wait, seconds, net.process_group, setup.device
+        )
     means = totals / max(steps, 1)
     return {
         "train_loss": float(means[0]),
@@ -205,6 +211,43 @@ def train_one_epoch(
         "images_per_s": images / seconds if seconds > 0 else float("nan"),
         "data_wait_fraction": wait / seconds if seconds > 0 else float("nan"),
     }
+
+
+def group_epoch_stats(
+    totals: np.ndarray,
+    images: int,
+    wait: float,
+    seconds: float,
+    group: Any,
+    device: torch.device,
+) -> tuple[np.ndarray, int, float, float]:
+    """One epoch's training statistics of this process, made the whole DDP group's.
+
+    Every process runs the same steps, each on its equal slice of the global batch, and DDP
+    averages their gradients, so the loss of a global batch is the mean of the processes'
+    losses (the single-process loss when it is a mean over images): the loss sums are
+    averaged over the processes. Images and data-wait time add up; the epoch lasts as long
+    as its slowest process.
+
+    Args:
+        totals: This process's sums over steps of the total, image and dense losses.
+        images: Images this process trained on.
+        wait: Seconds this process waited for its loader.
+        seconds: This process's epoch duration.
+        group: The DDP process group (``DistributedDataParallel.process_group``).
+        device: Where the collective's tensors live (CUDA for NCCL).
+
+    Returns:
+        ``(totals, images, wait, seconds)`` of the group: loss sums averaged over the
+        processes, images summed, wait averaged, seconds the maximum.
+    """
+    world = torch.distributed.get_world_size(group)
+    summed = torch.tensor([*totals, images, wait], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(summed, op=torch.distributed.ReduceOp.SUM, group=group)
+    longest = torch.tensor([seconds], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(longest, op=torch.distributed.ReduceOp.MAX, group=group)
+    values = summed.cpu().numpy()
+    return values[:3] / world, int(round(values[3])), float(values[4]) / world, float(longest)
 
 
 @torch.inference_mode()
