@@ -1,8 +1,14 @@
-"""Project hooks: per-stage wall time, logged at the end of every run; and the sweep's
-parameters handed to pipeline construction.
+"""Project hooks: per-stage wall time, logged at the end of every run; the parameter keys
+checked before anything runs; and the sweep's parameters handed to pipeline construction.
 
 A stage's time is its nodes' run time plus the time spent loading their inputs and saving
 their outputs (saving is where the phantom is generated and the image cache is built).
+
+``ParameterKeysHook`` refuses, when the context is created (before any node, and before
+the other hooks), a parameter key that nothing reads: the merged parameters (environments
+and ``--params`` included) against the keys of the shipped configuration, ``conf/base`` and
+the ``SHIPPED_ENVS`` (``cxr_spurious.parameter_schema``). A misspelt ``study.nboot`` stops
+the run with a ``ParameterError`` naming ``study.n_boot``.
 
 ``SweepParamsHook`` stashes the ``sweep`` parameters (with ``--params`` overrides) when the
 context is created, which Kedro does before the first access to the registered pipelines
@@ -17,11 +23,13 @@ holds the current directory, else of the source checkout this package was import
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kedro.config import OmegaConfigLoader
 from kedro.framework.context import KedroContext
 from kedro.framework.hooks import hook_impl
@@ -50,6 +58,11 @@ _PARAMS: dict[str, Any] | None = None
 # ``conf`` beside ``src/`` when the package is imported from its source checkout (an
 # editable install); an installed copy (site-packages) has none there.
 SOURCE_CONF = Path(__file__).resolve().parents[2] / "conf"
+#: The environments shipped in ``conf/`` besides ``base`` and ``local``: the keys their
+#: parameters add (``chexlocalize_dir``, more sweep strengths) are valid in every run.
+SHIPPED_ENVS: tuple[str, ...] = ("chexlocalize", "sweep_full", "sweep_readme")
+_CONFIG_SUFFIXES = (".yml", ".yaml", ".json")
+_RUNTIME_PARAM = re.compile(r"\$\{\s*runtime_params\s*:\s*([\w.\-]+)")
 
 
 def project_conf(start: Path | None = None) -> Path:
@@ -84,6 +97,68 @@ def base_parameters() -> dict[str, Any]:
     """Every parameter of ``conf/base`` (pipeline construction without a session)."""
     loader = OmegaConfigLoader(str(project_conf()), base_env="base", default_run_env="base")
     return dict(loader["parameters"])
+
+
+def _config_files(folder: Path) -> list[Path]:
+    return sorted(
+        f
+        for f in folder.rglob("*")
+        if f.is_file()
+        and f.suffix in _CONFIG_SUFFIXES
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    )
+
+
+def shipped_parameters(conf: Path) -> list[dict[str, Any]]:
+    """The parameters of ``conf/base`` and of each of ``SHIPPED_ENVS`` present, each read
+    on its own and unresolved (only their keys matter): files named ``parameters*`` or
+    under a ``parameters*`` folder, as Kedro's config loader finds them."""
+    out: list[dict[str, Any]] = []
+    for env in ("base", *SHIPPED_ENVS):
+        folder = conf / env
+        if not folder.is_dir():
+            continue
+        for path in _config_files(folder):
+            if any(part.startswith("parameters") for part in path.relative_to(folder).parts):
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+                if isinstance(loaded, dict):
+                    out.append(loaded)
+    return out
+
+
+def runtime_param_names(conf: Path) -> list[str]:
+    """Names read with ``${runtime_params:NAME}`` anywhere in ``conf`` (``--params NAME=...``
+    sets them, which also adds them to the parameters)."""
+    names = {
+        match.group(1)
+        for path in _config_files(conf)
+        if not path.name.startswith("credentials")  # never read here
+        for match in _RUNTIME_PARAM.finditer(path.read_text(encoding="utf-8"))
+    }
+    return sorted(names)
+
+
+class ParameterKeysHook:
+    """Refuse unknown parameter keys when the context is created, before any node runs."""
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context: KedroContext) -> None:
+        """Check ``config_loader["parameters"]`` against the shipped configuration's keys.
+
+        Raises:
+            ParameterError: a key nothing reads, naming its dotted path and the closest
+                valid key (``cxr_spurious.parameter_schema.check_parameter_keys``).
+        """
+        # imported here: it imports torch, which `settings` (every kedro command) need not
+        from cxr_spurious.parameter_schema import check_parameter_keys, parameter_schema
+
+        conf = Path(context.config_loader.conf_source)
+        if not (conf / "base").is_dir():
+            logger.warning("Parameter keys not checked: %s has no base folder", conf)
+            return
+        params = context.config_loader["parameters"]
+        schema = parameter_schema(shipped_parameters(conf), runtime_param_names(conf))
+        check_parameter_keys(params, schema)
 
 
 class SweepParamsHook:

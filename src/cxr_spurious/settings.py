@@ -22,7 +22,7 @@ from kedro.config import OmegaConfigLoader
 from omegaconf import DictConfig, OmegaConf
 
 from cxr_spurious.errors import ParameterError
-from cxr_spurious.hooks import StageTimingHooks, SweepParamsHook
+from cxr_spurious.hooks import ParameterKeysHook, StageTimingHooks, SweepParamsHook
 from cxr_spurious.tracking import BatchedParamsMlflowHook, MlflowRunNamingHook
 
 #: Config keys (groups of files) in which ``${env:...}`` may be used.
@@ -120,5 +120,13 @@ CONFIG_LOADER_ARGS = {
 
 # kedro-mlflow's hook, with each node's parameters logged in one batch (src/cxr_spurious/
 # tracking.py), in place of the instance the plugin registers itself (disabled below).
-HOOKS = (StageTimingHooks(), SweepParamsHook(), BatchedParamsMlflowHook(), MlflowRunNamingHook())
+# ParameterKeysHook refuses unknown parameter keys first (``tryfirst``), before the MLflow
+# hooks open a run.
+HOOKS = (
+    ParameterKeysHook(),
+    StageTimingHooks(),
+    SweepParamsHook(),
+    BatchedParamsMlflowHook(),
+    MlflowRunNamingHook(),
+)
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")

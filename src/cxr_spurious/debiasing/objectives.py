@@ -25,6 +25,22 @@ import torch.nn.functional as F
 
 from cxr_spurious.errors import ParameterError
 
+#: The keys of ``training.objective_params`` Group DRO reads (any other key is refused).
+GROUP_DRO_PARAMS: tuple[str, ...] = ("step_size", "size_adjustment")
+# ``make_group_dro``'s config: the parameters plus what the factory derives from the groups.
+_GROUP_DRO_CONFIG: frozenset[str] = frozenset({*GROUP_DRO_PARAMS, "n_groups", "group_sizes"})
+
+
+def _refuse_unknown(config: Mapping[str, Any], valid: frozenset[str], key: str) -> None:
+    """Raise ``ParameterError`` naming ``<key>.<k>`` for the first key of ``config`` not in
+    ``valid`` (a misspelt ``stepsize`` would otherwise run with the default step size)."""
+    unknown = sorted(str(k) for k in config if k not in valid)
+    if unknown:
+        raise ParameterError(
+            f"{key}.{unknown[0]}",
+            f"Group DRO has no setting '{unknown[0]}'; valid keys: {', '.join(sorted(valid))}",
+        )
+
 
 class GroupDROObjective:
     """Online Group DRO loss over ``n_groups`` groups (binary cross-entropy per task)."""
@@ -159,9 +175,14 @@ def _world_size() -> int:
 def make_group_dro(config: Mapping[str, Any]) -> GroupDROObjective:
     """Build a Group DRO objective from ``{"n_groups", "step_size", ...}``.
 
+    Args:
+        config: ``n_groups`` (required), ``step_size``, ``size_adjustment`` and
+            ``group_sizes``; nothing else.
+
     Raises:
-        ParameterError: ``n_groups`` is missing.
+        ParameterError: ``n_groups`` is missing, or a key outside those four.
     """
+    _refuse_unknown(config, _GROUP_DRO_CONFIG, "training.group_dro")
     if "n_groups" not in config:
         raise ParameterError(
             "training.group_dro.n_groups",
@@ -184,11 +205,14 @@ def group_dro_factory(
     Args:
         labels: Train labels ``(n, T)`` (unused; the signature of the registry).
         groups: Train group ids ``(n,)`` (``-1`` = none).
-        params: ``training.objective_params``: ``step_size``, ``size_adjustment``.
+        params: ``training.objective_params``: ``step_size``, ``size_adjustment``
+            (``GROUP_DRO_PARAMS``; the groups give ``n_groups`` and ``group_sizes``).
 
     Raises:
-        ParameterError: no train row has a group.
+        ParameterError: no train row has a group, or a key of ``params`` outside
+            ``GROUP_DRO_PARAMS``.
     """
+    _refuse_unknown(params, frozenset(GROUP_DRO_PARAMS), "training.objective_params")
     g = np.asarray(groups, dtype=np.int64)
     known = g[g >= 0]
     if known.size == 0:

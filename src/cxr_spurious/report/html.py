@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -115,8 +116,33 @@ def with_cis(table: pd.DataFrame, digits: int = 2, *, fixed: bool = False) -> pd
     return out[[c for c in out.columns if c not in drop]]
 
 
+def check_row_limit(value: object, key: str = "max_rows") -> int:
+    """A table's row limit as an ``int``: an integer >= 1 (an integral float is accepted).
+
+    ``DataFrame.head`` reads a negative limit as "all but the last rows", so ``-1`` would
+    show 3 of 4 rows under the note "First -1 of 4 rows"; it is refused instead.
+
+    Raises:
+        ParameterError: naming ``key`` (``report.max_table_rows`` for the report's parameter).
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or not float(value).is_integer()
+        or value < 1
+    ):
+        raise ParameterError(key, f"must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def table_html(table: pd.DataFrame, *, digits: int = 2, max_rows: int = 60) -> str:
-    """An escaped HTML table (numbers rounded to ``digits``), cut at ``max_rows`` with a note."""
+    """An escaped HTML table (numbers rounded to ``digits``), cut at ``max_rows`` with a note.
+
+    Raises:
+        ParameterError: ``max_rows`` is not an integer >= 1 (``check_row_limit``).
+    """
+    max_rows = check_row_limit(max_rows)
     shown = table.head(max_rows)
     head = "".join(
         f'<th class="{"text" if not pd.api.types.is_numeric_dtype(shown[c]) else "num"}">'

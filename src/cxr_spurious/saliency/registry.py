@@ -68,7 +68,8 @@ class MethodOptions:
         occlusion_stride: Occlusion stride in pixels (``None``: window // 2).
         seed: Seed of the SmoothGrad noise: call ``k`` of an opened method (``k`` counts
             the ``attribute(x, task)`` calls since ``open``) draws its noise from
-            ``torch.manual_seed(seed + k)``.
+            ``torch.manual_seed(seed + k)``. Not a parameter of ``method_options``: the run's
+            ``saliency.seed`` (``from_params(..., seed=...)``).
     """
 
     ig_steps: int = 16
@@ -80,17 +81,40 @@ class MethodOptions:
 
     @classmethod
     def from_params(
-        cls, params: dict[str, Any] | None, key: str = "saliency.method_options"
+        cls,
+        params: dict[str, Any] | None,
+        key: str = "saliency.method_options",
+        *,
+        seed: int = 0,
     ) -> MethodOptions:
-        """Build options from a parameter mapping; unknown keys raise ``ParameterError``."""
+        """Build options from the parameter block ``key`` and the run's seed.
+
+        Args:
+            params: The block (``saliency.method_options``): any of ``OPTION_PARAMETERS``.
+            key: Its dotted key, for messages.
+            seed: The run's seed (``saliency.seed``, which also draws the image subset, the
+                overlay sample and the sanity check's re-initialisation).
+
+        Raises:
+            ParameterError: an unknown key; ``seed`` in the block (one seed per run, set by
+                ``<block>.seed``: a ``seed`` here would be overwritten, so it is refused);
+                an option out of range.
+        """
         params = dict(params or {})
-        valid = set(cls.__dataclass_fields__)
-        unknown = sorted(set(params) - valid)
+        if "seed" in params:
+            owner = f"{key.rpartition('.')[0] or 'saliency'}.seed"
+            raise ParameterError(
+                f"{key}.seed",
+                f"not a method option: the seed of SmoothGrad's noise is '{owner}' (it also "
+                f"draws the image subset, the overlay sample and the sanity check); set "
+                f"{owner}={params['seed']!r} instead",
+            )
+        unknown = sorted(set(params) - set(OPTION_PARAMETERS))
         if unknown:
             raise ParameterError(
-                key, f"unknown option(s) {unknown}; valid options are {sorted(valid)}"
+                key, f"unknown option(s) {unknown}; valid options are {sorted(OPTION_PARAMETERS)}"
             )
-        opts = cls(**params)
+        opts = cls(**params, seed=int(seed))
         for name in ("ig_steps", "smoothgrad_samples"):
             if int(getattr(opts, name)) < 1:
                 raise ParameterError(f"{key}.{name}", f"must be >= 1, got {getattr(opts, name)}")
@@ -99,6 +123,12 @@ class MethodOptions:
                 f"{key}.smoothgrad_stdev", f"must be >= 0, got {opts.smoothgrad_stdev}"
             )
         return opts
+
+
+#: The keys a ``method_options`` parameter block may set (``seed`` is the run's seed).
+OPTION_PARAMETERS: tuple[str, ...] = tuple(
+    name for name in MethodOptions.__dataclass_fields__ if name != "seed"
+)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ for statistics of small groups: a NaN CI and a note instead of the error.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -59,6 +61,23 @@ class BootstrapResult:
         return {name: self.estimate, f"{name}_lo": self.lo, f"{name}_hi": self.hi}
 
 
+def check_n_boot(value: object, key: str = "n_boot") -> int:
+    """A number of bootstrap replicates as an ``int``: every entry point's one check.
+
+    Accepts an integer >= 1, or a float with an integral value (``--params
+    study.n_boot=1e4`` parses as ``10000.0``); refuses booleans, fractions and anything else.
+
+    Raises:
+        ParameterError: naming ``key`` and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ParameterError(key, f"must be an integer >= 1, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or not number.is_integer() or number < 1:
+        raise ParameterError(key, f"must be an integer >= 1, got {value!r}")
+    return int(number)
+
+
 def bootstrap_indices(
     n: int,
     n_boot: int,
@@ -75,9 +94,11 @@ def bootstrap_indices(
 
     Returns:
         One index array per replicate.
+
+    Raises:
+        ParameterError: ``n_boot`` is not an integer >= 1 (``check_n_boot``).
     """
-    if n_boot < 1:
-        raise ParameterError("n_boot", f"must be >= 1, got {n_boot}")
+    n_boot = check_n_boot(n_boot)
     rng = np.random.default_rng(seed)
     if clusters is None:
         return [rng.integers(0, n, size=n) for _ in range(n_boot)]
@@ -110,6 +131,7 @@ def bootstrap_count_matrix(
     that turns replicate means of many columns into matrix products:
     ``(counts @ values) / (counts @ ~isnan(values))``.
     """
+    n_boot = check_n_boot(n_boot)
     samples = bootstrap_indices(n, n_boot, seed, clusters)
     counts = np.zeros((n_boot, n), dtype=np.float64)
     for r, idx in enumerate(samples):
@@ -214,7 +236,9 @@ def bootstrap(
 
     Raises:
         BootstrapDropError: too many undefined replicates.
+        ParameterError: ``n_boot`` is not an integer >= 1 (``check_n_boot``).
     """
+    n_boot = check_n_boot(n_boot)
     estimate = float(statistic(np.arange(n)))
     samples = bootstrap_indices(n, n_boot, seed, clusters)
     iterator = tqdm(samples, desc=desc, leave=False, disable=not progress)
@@ -298,7 +322,11 @@ def paired_bootstrap(
     Returns:
         The result for the difference and a two-sided p-value (twice the smaller share of
         replicates on either side of zero, capped at 1).
+
+    Raises:
+        ParameterError: ``n_boot`` is not an integer >= 1 (``check_n_boot``).
     """
+    n_boot = check_n_boot(n_boot)
     estimate = float(statistic_a(np.arange(n)) - statistic_b(np.arange(n)))
     samples = bootstrap_indices(n, n_boot, seed, clusters)
     reps = np.array([float(statistic_a(i) - statistic_b(i)) for i in samples], dtype=float)
@@ -328,9 +356,11 @@ def legacy_bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
 
     Returns:
         An (n_boot, n) integer array.
+
+    Raises:
+        ParameterError: ``n_boot`` is not an integer >= 1 (``check_n_boot``).
     """
-    if n_boot < 1:
-        raise ParameterError("n_boot", f"must be >= 1, got {n_boot}")
+    n_boot = check_n_boot(n_boot)
     rs = np.random.RandomState(seed)
     return (
         np.stack([rs.choice(n, size=n, replace=True) for _ in range(n_boot)])
@@ -374,7 +404,11 @@ def nanmean_cis(
 
     Returns:
         ``{name: BootstrapResult}``.
+
+    Raises:
+        ParameterError: ``n_boot`` is not an integer >= 1 (``check_n_boot``).
     """
+    n_boot = check_n_boot(n_boot)
     labels = np.asarray(clusters)
     counts = bootstrap_count_matrix(len(labels), n_boot, seed, labels)
     out: dict[str, BootstrapResult] = {}

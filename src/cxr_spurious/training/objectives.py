@@ -4,19 +4,25 @@ An ``Objective`` maps image logits, labels, a validity mask and the batch to a s
 The registry below lists every objective by name: ``bce`` (defined here) and
 ``group_dro`` (imported from ``cxr_spurious.debiasing.objectives``, which does not import
 training). ``register_objective`` adds one at run time (tests, experiments).
+
+Each objective declares the keys of ``training.objective_params`` it reads (``bce``: none;
+``group_dro``: ``step_size``, ``size_adjustment``); ``make_objective`` refuses any other key
+(``check_objective_params``), so a misspelt ``stepsize`` is an error instead of a silent
+default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxr_spurious.debiasing.objectives import group_dro_factory
-from cxr_spurious.errors import unknown_name_error
+from cxr_spurious.debiasing.objectives import GROUP_DRO_PARAMS, group_dro_factory
+from cxr_spurious.errors import ParameterError, unknown_name_error
 
 
 @runtime_checkable
@@ -83,11 +89,27 @@ _REGISTRY: dict[str, ObjectiveFactory] = {
     "bce": lambda labels, groups, params: ClassBalancedBCE(labels),
     "group_dro": group_dro_factory,
 }
+# The keys of ``objective_params`` each objective reads; None: not declared (its factory
+# checks them itself, e.g. one registered at run time without ``params``).
+_PARAMS: dict[str, frozenset[str] | None] = {
+    "bce": frozenset(),
+    "group_dro": frozenset(GROUP_DRO_PARAMS),
+}
 
 
-def register_objective(name: str, factory: ObjectiveFactory) -> None:
-    """Add (or replace) an objective factory under ``name``."""
+def register_objective(
+    name: str, factory: ObjectiveFactory, params: Iterable[str] | None = None
+) -> None:
+    """Add (or replace) an objective factory under ``name``.
+
+    Args:
+        name: Registry name (``training.objective``).
+        factory: Builds the objective from labels, groups and ``objective_params``.
+        params: The keys of ``objective_params`` it reads (any other key is refused by
+            ``make_objective``); None leaves the keys to the factory.
+    """
     _REGISTRY[name] = factory
+    _PARAMS[name] = None if params is None else frozenset(params)
 
 
 def available_objectives() -> list[str]:
@@ -95,16 +117,69 @@ def available_objectives() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def objective_param_keys(name: str) -> frozenset[str] | None:
+    """The ``objective_params`` keys objective ``name`` reads (None: not declared or unknown)."""
+    return _PARAMS.get(name)
+
+
+def check_objective_params(
+    name: str, params: Mapping[str, Any] | None, key: str = "training.objective_params"
+) -> None:
+    """Refuse an ``objective_params`` key that objective ``name`` does not read.
+
+    Args:
+        name: A registered objective (an unknown name is left to ``make_objective``).
+        params: The ``objective_params`` mapping.
+        key: Its dotted parameter key, for the message.
+
+    Raises:
+        ParameterError: naming ``<key>.<unknown key>``, the closest valid key and the valid
+            keys; or ``key`` when ``params`` is not a mapping.
+    """
+    if params is None:
+        return
+    if not isinstance(params, Mapping):
+        raise ParameterError(key, f"must be a mapping of settings, got {params!r}")
+    valid = objective_param_keys(name)
+    if valid is None:
+        return
+    unknown = sorted(str(k) for k in params if k not in valid)
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], sorted(valid), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    more = f"; unknown keys: {unknown}" if len(unknown) > 1 else ""
+    takes = f"its parameters are {', '.join(sorted(valid))}" if valid else "it takes none"
+    raise ParameterError(
+        f"{key}.{unknown[0]}",
+        f"objective '{name}' has no parameter '{unknown[0]}'{hint}{more}; {takes}",
+    )
+
+
 def make_objective(
-    name: str, labels: np.ndarray, groups: np.ndarray, params: Mapping[str, Any] | None = None
+    name: str,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    params: Mapping[str, Any] | None = None,
+    *,
+    key: str = "training.objective_params",
 ) -> Objective:
     """Build the objective registered as ``name``.
 
+    Args:
+        name: Registry name (``training.objective``).
+        labels: Train labels ``(n, T)`` (NaN = unknown).
+        groups: Train group ids ``(n,)`` (``-1`` = none).
+        params: ``objective_params``; only the keys the objective declares.
+        key: The dotted key of ``params`` in error messages.
+
     Raises:
-        ParameterError: unknown name (on ``training.objective``), listing the valid ones.
+        ParameterError: unknown name (on ``training.objective``), listing the valid ones; a
+            key of ``params`` the objective does not read (``check_objective_params``).
     """
     if name not in _REGISTRY:
         raise unknown_name_error("objective", name, _REGISTRY, key="training.objective")
+    check_objective_params(name, params, key)
     return _REGISTRY[name](labels, groups, dict(params or {}))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from cxr_spurious.report.html import check_row_limit
 from cxr_spurious.report.study import (
     HUMAN_TABLES,
     StudyReportInputs,
@@ -70,11 +71,15 @@ def build_report(
         sweep_summary: The sweep's summary, ``None`` when it has not been run.
         shortcut_detection: The sweep's detection table, ``None`` likewise.
         title: ``params:report.title``.
-        max_rows: ``params:report.max_table_rows``.
+        max_rows: ``params:report.max_table_rows``, an integer >= 1.
 
     Returns:
         The HTML page.
+
+    Raises:
+        ParameterError: ``report.max_table_rows`` is not an integer >= 1.
     """
+    max_rows = check_row_limit(max_rows, "report.max_table_rows")
     inputs = StudyReportInputs(
         dataset_report=dataset_report,
         example_grid=example_grid,
@@ -93,6 +98,6 @@ def build_report(
         sweep_summary=sweep_summary,
         shortcut_detection=shortcut_detection,
     )
-    page = build_study_report(inputs, title=title, max_rows=int(max_rows))
+    page = build_study_report(inputs, title=title, max_rows=max_rows)
     logger.info("study report: %.1f MB of HTML", len(page.encode()) / 1e6)
     return page

@@ -34,7 +34,12 @@ logger = logging.getLogger(__name__)
 
 
 def _options(method_options: dict[str, Any] | None, seed: int) -> MethodOptions:
-    return MethodOptions.from_params({**(method_options or {}), "seed": int(seed)})
+    """``saliency.method_options`` with the run's seed ``saliency.seed``.
+
+    ``seed`` is not a method option: ``saliency.method_options.seed`` is refused (it used
+    to be overwritten by ``saliency.seed`` without a word), naming ``saliency.seed``.
+    """
+    return MethodOptions.from_params(method_options, seed=int(seed))
 
 
 def _variant_name(variant: Mapping[str, Any]) -> str:
