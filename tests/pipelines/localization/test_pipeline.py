@@ -101,9 +101,12 @@ def test_localization_pipeline_runs_on_memory_catalog(tmp_path):
     data["image_cache"] = _cache(manifest["image_id"].tolist())
     data.update({f"params:localization.{k}": v for k, v in PARAMS.items()})
     data["params:localization.overlays.n_images"] = 2
+    data["params:saliency.split"] = "test"  # the split the maps were made on
     datasets = {k: MemoryDataset(v) for k, v in data.items()}
     kept = (
         "localization_summary",
+        "localization_tuning_results",
+        "localization_probability_tuning_results",
         "chexlocalize_reports",
         "localization_comparisons",
         "localization_overlays",
@@ -137,6 +140,8 @@ def test_localization_pipeline_runs_on_memory_catalog(tmp_path):
     ]
     comps = catalog.load("localization_comparisons")
     assert set(comps["metric"]) >= {"miou_tp", "hit_rate"}
+    for name in ("localization_tuning_results", "localization_probability_tuning_results"):
+        assert (catalog.load(name)["split"] == "test").all(), name
 
 
 @pytest.mark.integration

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cxr_spurious.errors import ParameterError
+from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.chexlocalize import check_task
 from cxr_spurious.localization import metrics, summary, tuning
@@ -213,14 +213,33 @@ def select_per_cxr(per_map: pd.DataFrame) -> pd.DataFrame:
 
 
 def tune_segmentation(
-    per_map: pd.DataFrame, tuning_grid: list[float], prob_cutoffs_grid: list[float]
+    per_map: pd.DataFrame,
+    tuning_grid: list[float],
+    prob_cutoffs_grid: list[float],
+    split: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Threshold and probability-cutoff tuning per set (reference CSV layouts + ``set``).
+    """Threshold and probability-cutoff tuning per set (reference CSV layouts + ``set``, ``split``).
 
     The probability cutoffs are tuned like the reference's ``tune_probability_threshold``:
     on every map of the set (CXRs outside the ground truth against an empty mask, pairs
     without a map left out), with plain Otsu masks whatever ``prob_cutoffs`` and
     ``fixed_thresholds`` the evaluation used (``tuning.tune_probability_cutoffs``).
+
+    The tuning runs on the maps being evaluated: each table carries a ``split`` column
+    naming the split they were made on (``saliency.split``; the ``chexlocalize``
+    environment's ``split`` runtime param). Thresholds tuned on the evaluated split and fed
+    back as ``localization.fixed_thresholds`` / ``prob_cutoffs`` would be scored on the
+    data they were tuned on; tune on another split's maps (the reference tunes on val).
+
+    Args:
+        per_map: ``localization_per_map`` (with the tuning counts).
+        tuning_grid: ``localization.tuning_grid``.
+        prob_cutoffs_grid: ``localization.prob_cutoffs_grid``.
+        split: The split the maps came from (``None``: unknown, an empty column).
+
+    Returns:
+        ``localization_tuning_results``, ``localization_tuning_grid`` and
+        ``localization_probability_tuning_results``, each with ``set`` and ``split``.
     """
     grid = _grid(tuning_grid, "localization.tuning_grid")
     cut = _grid(prob_cutoffs_grid, "localization.prob_cutoffs_grid")
@@ -229,7 +248,14 @@ def tune_segmentation(
         b, f = tuning.tune_thresholds(group, grid)
         p = tuning.tune_probability_cutoffs(group, cut)
         for frame, out in ((b, best), (f, full), (p, prob)):
-            out.append(frame.assign(set=name))
+            out.append(frame.assign(set=name, split=split))
+    if split is not None:
+        logger.info(
+            "segmentation thresholds tuned on the %s maps (the evaluated split): "
+            "not for localization.fixed_thresholds of a run scored on %s",
+            split,
+            split,
+        )
     return (
         pd.concat(best, ignore_index=True),
         pd.concat(full, ignore_index=True),
@@ -237,22 +263,69 @@ def tune_segmentation(
     )
 
 
+def _benchmark_ground_truth(
+    gt_segmentations: Mapping[str, Any],
+    hb_segmentations: Mapping[str, Any],
+    hb_salient_points: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ground truth of the CXRs the human benchmark covers.
+
+    The benchmark exists for one split (CheXlocalize's test set; the phantom's
+    ``human_benchmark.splits``) while ``gt_segmentations`` may hold every split: scored
+    against the others, each of their pathologies would count as a human miss and an empty
+    human mask.
+
+    Raises:
+        ContractError: The benchmark and the ground truth share no CXR (e.g. the
+            benchmark of one split against the ground truth of another).
+    """
+    covered = {str(k) for k in hb_segmentations} | {str(k) for k in hb_salient_points}
+    kept = {k: v for k, v in gt_segmentations.items() if str(k) in covered}
+    if not kept:
+        raise ContractError(
+            "human benchmark (hb_segmentations / hb_salient_points) and gt_segmentations "
+            f"share no CXR: the benchmark has {len(covered)} (e.g. {sorted(covered)[:3]}), "
+            f"the ground truth {len(gt_segmentations)} "
+            f"(e.g. {sorted(map(str, gt_segmentations))[:3]}); score the benchmark against "
+            "the ground truth of its own split (CheXlocalize: hb_*_test.json with "
+            "gt_segmentations_test.json, --params split=test in the chexlocalize environment)"
+        )
+    outside = len(covered - {str(k) for k in kept})
+    logger.info(
+        "human benchmark: %d CXR(s) of gt_segmentations' %d are covered and scored; "
+        "%d left out (no benchmark there)%s",
+        len(kept),
+        len(gt_segmentations),
+        len(gt_segmentations) - len(kept),
+        f"; {outside} benchmark CXR(s) outside the ground truth" if outside else "",
+    )
+    return kept
+
+
 def evaluate_human_benchmark(
     gt_segmentations: dict[str, Any],
     hb_segmentations: dict[str, Any],
     hb_salient_points: dict[str, Any],
 ) -> pd.DataFrame:
-    """Per (CXR, task) human-benchmark IoU counts and hit/miss (empty when no benchmark)."""
+    """Per (CXR, task) human-benchmark IoU counts and hit/miss (empty when no benchmark).
+
+    Scored on the CXRs the benchmark covers (the keys of ``hb_segmentations`` and
+    ``hb_salient_points``), not on every CXR of ``gt_segmentations``
+    (``_benchmark_ground_truth``); within them a CXR or task without a human mask is an
+    empty mask and one without a salient point a miss, as in the reference.
+
+    Raises:
+        ContractError: The benchmark and the ground truth share no CXR.
+    """
     if not hb_segmentations and not hb_salient_points:
         return pd.DataFrame(columns=["image_id", "task", "in_gt", "iou_tp", "iou_full", "hit"])
+    gt = _benchmark_ground_truth(gt_segmentations, hb_segmentations or {}, hb_salient_points or {})
     table = (
-        metrics.segmentation_table(hb_segmentations, gt_segmentations, source="hb_segmentations")
+        metrics.segmentation_table(hb_segmentations, gt, source="hb_segmentations")
         if hb_segmentations
         else None
     )
-    hits = (
-        metrics.human_hit_table(gt_segmentations, hb_salient_points) if hb_salient_points else None
-    )
+    hits = metrics.human_hit_table(gt, hb_salient_points) if hb_salient_points else None
     if table is None:
         return hits.assign(in_gt=True)
     return table.merge(hits, on=["image_id", "task"], how="left") if hits is not None else table
