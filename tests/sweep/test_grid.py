@@ -45,17 +45,17 @@ def test_namespaces_are_kedro_safe_and_unique() -> None:
 @pytest.mark.parametrize(
     ("change", "key"),
     [
-        ({"artefacts": ["tube_random", "laser"]}, "sweep.artefacts"),
-        ({"supervisions": ["erm", "erm"]}, "sweep.supervisions"),
-        ({"strengths": {"strong": [0.9, 1.2]}}, "sweep.strengths.strong"),
-        ({"strengths": {"very-strong": [0.9, 0.1]}}, "sweep.strengths.very-strong"),
-        ({"strengths": {"strong": [0.9]}}, "sweep.strengths.strong"),
-        ({"seeds": [0, 0]}, "sweep.seeds"),
-        ({"seeds": [0, -1]}, "sweep.seeds"),
-        ({"location_fractions": [0.0]}, "sweep.location_fractions"),
-        ({"extra_fractions": {"erm": [0.5]}}, "sweep.extra_fractions.erm"),
-        ({"extra_fractions": {"seg": [1.5]}}, "sweep.extra_fractions.seg"),
-        ({"epochs": 3}, "sweep.epochs"),
+        ({"artefacts": ["tube_random", "laser"]}, "sweep.grid.artefacts"),
+        ({"supervisions": ["erm", "erm"]}, "sweep.grid.supervisions"),
+        ({"strengths": {"strong": [0.9, 1.2]}}, "sweep.grid.strengths.strong"),
+        ({"strengths": {"very-strong": [0.9, 0.1]}}, "sweep.grid.strengths.very-strong"),
+        ({"strengths": {"strong": [0.9]}}, "sweep.grid.strengths.strong"),
+        ({"seeds": [0, 0]}, "sweep.grid.seeds"),
+        ({"seeds": [0, -1]}, "sweep.grid.seeds"),
+        ({"location_fractions": [0.0]}, "sweep.grid.location_fractions"),
+        ({"extra_fractions": {"erm": [0.5]}}, "sweep.grid.extra_fractions.erm"),
+        ({"extra_fractions": {"seg": [1.5]}}, "sweep.grid.extra_fractions.seg"),
+        ({"epochs": 3}, "sweep.grid.epochs"),
     ],
 )
 def test_bad_parameters_name_their_key(change: dict, key: str) -> None:
@@ -68,7 +68,7 @@ def test_missing_axis_is_named() -> None:
     params = {k: v for k, v in PARAMS.items() if k != "strengths"}
     with pytest.raises(ParameterError) as err:
         expand_grid(params)
-    assert err.value.key == "sweep.strengths"
+    assert err.value.key == "sweep.grid.strengths"
 
 
 def test_config_hash_is_canonical_sha256() -> None:

@@ -46,6 +46,8 @@ GRID_KEYS: frozenset[str] = frozenset(
     {"artefacts", "strengths", "supervisions", "location_fractions", "extra_fractions", "seeds"}
 )
 _LABEL = re.compile(r"[A-Za-z0-9]+")
+#: Where the grid's parameters are (``conf/base/parameters_sweep.yml``): errors name this key.
+GRID = "sweep.grid"
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,11 @@ def expand_grid(params: Mapping[str, Any]) -> list[Cell]:
     """Every cell of the sweep, in a stable order (artefact, strength, supervision, fraction, seed).
 
     Raises:
-        ParameterError: naming the key (``sweep.<key>``) and what was expected.
+        ParameterError: naming the key (``sweep.grid.<key>``) and what was expected.
     """
     unknown = sorted(set(params) - GRID_KEYS)
     if unknown:
-        raise ParameterError(f"sweep.{unknown[0]}", f"unknown key; expected {sorted(GRID_KEYS)}")
+        raise ParameterError(f"{GRID}.{unknown[0]}", f"unknown key; expected {sorted(GRID_KEYS)}")
     artefacts = _names(params, "artefacts", ARTEFACT_KINDS)
     supervisions = _names(params, "supervisions", SUPERVISIONS)
     strengths = _strengths(_required(params, "strengths"))
@@ -132,30 +134,30 @@ def _canonical(value: Any, key: str) -> Any:
 
 def _required(params: Mapping[str, Any], key: str) -> Any:
     if key not in params:
-        raise ParameterError(f"sweep.{key}", "is missing")
+        raise ParameterError(f"{GRID}.{key}", "is missing")
     return params[key]
 
 
 def _names(params: Mapping[str, Any], key: str, valid: Sequence[str]) -> list[str]:
     names = _required(params, key)
     if isinstance(names, str) or not isinstance(names, Sequence) or not names:
-        raise ParameterError(f"sweep.{key}", f"must be a non-empty list of {list(valid)}")
+        raise ParameterError(f"{GRID}.{key}", f"must be a non-empty list of {list(valid)}")
     bad = [n for n in names if n not in valid]
     if bad:
-        raise ParameterError(f"sweep.{key}", f"unknown {bad}; valid names are {list(valid)}")
+        raise ParameterError(f"{GRID}.{key}", f"unknown {bad}; valid names are {list(valid)}")
     if len(set(names)) != len(names):
-        raise ParameterError(f"sweep.{key}", f"names repeat in {list(names)}")
+        raise ParameterError(f"{GRID}.{key}", f"names repeat in {list(names)}")
     return list(names)
 
 
 def _strengths(raw: Any) -> dict[str, tuple[float, float]]:
     if not isinstance(raw, Mapping) or not raw:
         raise ParameterError(
-            "sweep.strengths", "must map a label to [P(art | PTX), P(art | no PTX)]"
+            f"{GRID}.strengths", "must map a label to [P(art | PTX), P(art | no PTX)]"
         )
     out: dict[str, tuple[float, float]] = {}
     for label, pair in raw.items():
-        key = f"sweep.strengths.{label}"
+        key = f"{GRID}.strengths.{label}"
         if not isinstance(label, str) or not _LABEL.fullmatch(label):
             raise ParameterError(key, "the label must be letters and digits only")
         if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
@@ -183,16 +185,16 @@ def _fraction_list(raw: Any, key: str) -> list[float]:
 
 
 def _fraction_rows(params: Mapping[str, Any], supervisions: list[str]) -> list[tuple[str, float]]:
-    base = _fraction_list(params.get("location_fractions", [1.0]), "sweep.location_fractions")
+    base = _fraction_list(params.get("location_fractions", [1.0]), f"{GRID}.location_fractions")
     extra = params.get("extra_fractions") or {}
     if not isinstance(extra, Mapping):
         raise ParameterError(
-            "sweep.extra_fractions", "must map a supervision to a list of fractions"
+            f"{GRID}.extra_fractions", "must map a supervision to a list of fractions"
         )
     for sup in extra:
         if sup not in supervisions or sup not in LOCATION_SUPERVISIONS:
             raise ParameterError(
-                f"sweep.extra_fractions.{sup}",
+                f"{GRID}.extra_fractions.{sup}",
                 f"must be one of the swept location supervisions "
                 f"{sorted(LOCATION_SUPERVISIONS & set(supervisions))}",
             )
@@ -202,7 +204,7 @@ def _fraction_rows(params: Mapping[str, Any], supervisions: list[str]) -> list[t
             rows.append((sup, 0.0))
             continue
         more = extra.get(sup)
-        key = f"sweep.extra_fractions.{sup}"
+        key = f"{GRID}.extra_fractions.{sup}"
         fractions = base + ([] if more is None else _fraction_list(more, key))
         rows.extend((sup, f) for f in dict.fromkeys(fractions))  # in order, without repeats
     return rows
@@ -210,10 +212,10 @@ def _fraction_rows(params: Mapping[str, Any], supervisions: list[str]) -> list[t
 
 def _seeds(raw: Any) -> list[int]:
     if isinstance(raw, str) or not isinstance(raw, Sequence) or not raw:
-        raise ParameterError("sweep.seeds", f"must be a non-empty list of integers, got {raw!r}")
+        raise ParameterError(f"{GRID}.seeds", f"must be a non-empty list of integers, got {raw!r}")
     bad = [s for s in raw if isinstance(s, bool) or not isinstance(s, int) or s < 0]
     if bad:
-        raise ParameterError("sweep.seeds", f"seeds must be integers >= 0, got {bad}")
+        raise ParameterError(f"{GRID}.seeds", f"seeds must be integers >= 0, got {bad}")
     if len(set(raw)) != len(raw):
-        raise ParameterError("sweep.seeds", f"seeds repeat in {list(raw)}")
+        raise ParameterError(f"{GRID}.seeds", f"seeds repeat in {list(raw)}")
     return list(raw)

@@ -20,8 +20,12 @@ from cxr_spurious.robustness.fairness import choose_threshold, fairness_tables
 from cxr_spurious.robustness.strata import attribute_ami, find_strata, plot_strata, plot_thumbnails
 from cxr_spurious.robustness.subgroups import subgroup_auroc
 from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.stats.bootstrap import check_n_boot
 
 logger = logging.getLogger(__name__)
+
+#: The parameter every robustness node's ``n_boot`` comes from (named in its errors).
+N_BOOT_KEY = "robustness.n_boot"
 
 
 def build_evaluation_table(
@@ -84,7 +88,7 @@ def compute_subgroup_auroc(
             attributes,
             spurious=spurious,
             min_per_class=int(min_per_class),
-            n_boot=int(n_boot),
+            n_boot=check_n_boot(n_boot, N_BOOT_KEY),
             seed=int(seed),
             level=float(ci_level),
             max_dropped_share=float(max_dropped_share),
@@ -133,7 +137,7 @@ def compute_fairness(
             op.threshold,
             attributes,
             min_per_class=int(min_per_class),
-            n_boot=int(n_boot),
+            n_boot=check_n_boot(n_boot, N_BOOT_KEY),
             seed=int(seed),
             level=float(ci_level),
             max_dropped_share=float(max_dropped_share),
@@ -164,7 +168,7 @@ def compute_calibration(
                 attributes,
                 n_bins=int(n_bins),
                 min_rows=int(min_rows),
-                n_boot=int(n_boot),
+                n_boot=check_n_boot(n_boot, N_BOOT_KEY),
                 seed=int(seed),
                 level=float(ci_level),
                 max_dropped_share=float(max_dropped_share),

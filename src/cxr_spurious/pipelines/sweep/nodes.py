@@ -6,7 +6,11 @@ cache: which images carry the artefact) -> the training template -> ``tag_run_re
 (cell and seed on the MLflow child run) -> the saliency template's ``compute_heatmaps`` ->
 ``predict_renders`` and ``attribute_saliency`` -> ``summarise_cell`` (one ``sweep_models``
 row). A cell whose previous row has the same config hash is skipped: every node returns
-``SKIPPED`` and the row's ``SkippableDataset`` keeps the previous file. A cell that
+``SKIPPED`` and the row's ``SkippableDataset`` keeps the previous file. The hash covers the
+cell, the merged training parameters, the sweep settings its row depends on, the precision
+and device type its training resolves to on this machine and the source of the code that
+computes the row (``ROW_MODULES``): a row written at another precision, on another kind of
+device or by other code is computed again, not reused. A cell that
 ``training.only`` leaves out is skipped too, whatever its hash: ``collect_sweep_models``
 compares each row with its cell's plan and leaves out (with a warning) rows of another
 configuration.
@@ -37,7 +41,9 @@ from cxr_spurious.sweep.grid import Cell, config_hash
 from cxr_spurious.sweep.metrics import model_metrics, model_row, render_table
 from cxr_spurious.sweep.summary import paired_differences, summarise_cells
 from cxr_spurious.sweep.tables import render_sweep_tables
-from cxr_spurious.training.device import setup_for
+from cxr_spurious.training.checkpoints import code_digests
+from cxr_spurious.training.config import DEFAULTS
+from cxr_spurious.training.device import precision_name, resolve_device, setup_for
 from cxr_spurious.training.outputs import predict_images, predictions_frame
 
 logger = logging.getLogger(__name__)
@@ -48,6 +54,92 @@ ARTEFACT_COLUMN = "artefact"
 HASHED_SWEEP_KEYS: tuple[str, ...] = ("task", "test_p", "ingestion", "saliency", "metrics")
 #: Keys hashed only when set (not null), so that adding them kept earlier rows' hashes.
 OPTIONAL_HASHED_SWEEP_KEYS: tuple[str, ...] = ("test_seed",)
+#: Keys of ``sweep.ingestion`` left out of the hash: the sweep's data pipeline is the ingestion
+#: pipeline up to ``manifest`` and ``image_cache`` (``pipeline.create_data_pipeline``), without
+#: the dataset report (``report_attributes``) and example figure (``examples``) nodes that read
+#: them, so they change no row. The shipped file does not set them (the parameter-key check
+#: refuses them); they are left out here too, for parameters that bypass that check.
+UNREAD_INGESTION_KEYS: frozenset[str] = frozenset({"report_attributes", "examples"})
+#: The project modules whose source decides a cell's row; their digests
+#: (``training.checkpoints.code_digests``) are hashed, so a row is reused only by the code that
+#: wrote it. The import closure of the modules whose functions compute the row (the sweep's
+#: phantom, manifest and image cache: ``pipelines.ingestion.nodes`` and the phantom adapter
+#: ``sources.adapters.phantom``; the cell, its training and saliency maps and its row:
+#: ``pipelines.training.nodes``, ``pipelines.saliency.nodes``, ``pipelines.sweep.nodes``),
+#: which holds the training code's ``RESULT_MODULES``, less the pipeline wiring that package
+#: imports pull in (``hooks``, ``pipelines._recipe``, ``pipelines.*.pipeline``), the collectors
+#: after the rows (``sweep.summary``, ``sweep.detection``, ``sweep.figures``, ``sweep.tables``,
+#: ``report.html``) and modules that only draw figures (``phantom.figures``,
+#: ``localization.figures``, ``saliency.overlays``, ``sources.report``). A test keeps this list
+#: equal to that rule.
+ROW_MODULES: tuple[str, ...] = (
+    "cxr_spurious.augment",
+    "cxr_spurious.datasets.heatmap_folders",
+    "cxr_spurious.datasets.phantom_source",
+    "cxr_spurious.datasets.skippable",
+    "cxr_spurious.debiasing.objectives",
+    "cxr_spurious.errors",
+    "cxr_spurious.heatmaps",
+    "cxr_spurious.io.atomic",
+    "cxr_spurious.io.chexlocalize",
+    "cxr_spurious.io.images",
+    "cxr_spurious.io.masks",
+    "cxr_spurious.io.safe_pickle",
+    "cxr_spurious.localization.bilinear",
+    "cxr_spurious.localization.kernels",
+    "cxr_spurious.localization.metrics",
+    "cxr_spurious.localization.segmentation",
+    "cxr_spurious.logging_filters",
+    "cxr_spurious.models.base",
+    "cxr_spurious.models.classifiers",
+    "cxr_spurious.models.ops",
+    "cxr_spurious.models.pretrained",
+    "cxr_spurious.models.registry",
+    "cxr_spurious.models.unet",
+    "cxr_spurious.overlays",
+    "cxr_spurious.parallel",
+    "cxr_spurious.phantom.anatomy",
+    "cxr_spurious.phantom.artefacts",
+    "cxr_spurious.phantom.cohort",
+    "cxr_spurious.phantom.config",
+    "cxr_spurious.phantom.devices",
+    "cxr_spurious.phantom.findings",
+    "cxr_spurious.phantom.geometry",
+    "cxr_spurious.phantom.human_benchmark",
+    "cxr_spurious.phantom.render",
+    "cxr_spurious.phantom.writer",
+    "cxr_spurious.pipelines.ingestion.nodes",
+    "cxr_spurious.pipelines.saliency.nodes",
+    "cxr_spurious.pipelines.sweep.nodes",
+    "cxr_spurious.pipelines.training.nodes",
+    "cxr_spurious.saliency.compute",
+    "cxr_spurious.saliency.registry",
+    "cxr_spurious.saliency.sanity",
+    "cxr_spurious.sources.adapters._common",
+    "cxr_spurious.sources.adapters.base",
+    "cxr_spurious.sources.adapters.chexlocalize",
+    "cxr_spurious.sources.adapters.phantom",
+    "cxr_spurious.sources.cache",
+    "cxr_spurious.sources.contract",
+    "cxr_spurious.stats.bootstrap",
+    "cxr_spurious.stats.metrics",
+    "cxr_spurious.stats.seeds",
+    "cxr_spurious.study.counterfactual",
+    "cxr_spurious.sweep.attribution",
+    "cxr_spurious.sweep.confounding",
+    "cxr_spurious.sweep.grid",
+    "cxr_spurious.sweep.metrics",
+    "cxr_spurious.tasks",
+    "cxr_spurious.training.checkpoints",
+    "cxr_spurious.training.config",
+    "cxr_spurious.training.data",
+    "cxr_spurious.training.device",
+    "cxr_spurious.training.distributed",
+    "cxr_spurious.training.engine",
+    "cxr_spurious.training.objectives",
+    "cxr_spurious.training.outputs",
+    "cxr_spurious.variants",
+)
 
 
 def plan_cell(
@@ -59,6 +151,12 @@ def plan_cell(
 ) -> dict[str, Any]:
     """The cell's variant block, its config hash and whether its previous row still holds.
 
+    The hash covers the cell; the merged training parameters; the sweep's ``task``,
+    ``test_p``, ``test_seed`` (when set), ``ingestion`` (less ``UNREAD_INGESTION_KEYS``),
+    ``saliency`` and ``metrics``; the precision (``bf16`` / ``fp32``) and device type the
+    cell's training resolves to here (``training.precision: auto`` and ``device: auto``
+    depend on the machine); and the source digests of ``ROW_MODULES``.
+
     Args:
         previous_row: The cell's row of an earlier run (None if there is none).
         training: The shared ``training`` parameters.
@@ -66,8 +164,13 @@ def plan_cell(
         cell: The cell (bound when the pipeline is built).
 
     Returns:
-        ``{"cell", "variant", "config_hash", "skip", "reason"}``: ``variant`` is merged over
-        ``sweep.training`` by the training template's ``resolve_config``.
+        ``{"cell", "variant", "config_hash", "skip", "reason", "precision", "device"}``:
+        ``variant`` is merged over ``sweep.training`` by the training template's
+        ``resolve_config``; ``precision`` and ``device`` are the resolved ones (hashed).
+
+    Raises:
+        ParameterError: the training device is not available or the precision unknown
+            (``training.device.resolve_device``).
     """
     variant = {
         "name": cell.namespace,
@@ -76,12 +179,17 @@ def plan_cell(
         "seed": cell.seed,
     }
     shared = {k: v for k, v in training.items() if k not in ("variants", "only")}
+    merged = {**shared, **dict(sweep.get("training") or {}), **variant}
+    swept = {k: sweep.get(k) for k in HASHED_SWEEP_KEYS}
+    swept["ingestion"] = _read_ingestion(swept["ingestion"])
+    resolved = resolved_precision_and_device(merged)
     hashed = {
-        "training": {**shared, **dict(sweep.get("training") or {}), **variant},
+        "training": merged,
         "sweep": {
-            **{k: sweep.get(k) for k in HASHED_SWEEP_KEYS},
+            **swept,
             **{k: sweep[k] for k in OPTIONAL_HASHED_SWEEP_KEYS if sweep.get(k) is not None},
         },
+        "run": {**resolved, "code": code_digests(ROW_MODULES)},
     }
     digest = config_hash(cell, hashed)
     skip = previous_row is not None and previous_row.get("config_hash") == digest
@@ -92,7 +200,25 @@ def plan_cell(
         "config_hash": digest,
         "skip": skip,
         "reason": reason,
+        **resolved,
     }
+
+
+def _read_ingestion(ingestion: Any) -> Any:
+    """``sweep.ingestion`` without ``UNREAD_INGESTION_KEYS`` (a non-mapping as it is)."""
+    if not isinstance(ingestion, Mapping):
+        return ingestion
+    return {k: v for k, v in ingestion.items() if k not in UNREAD_INGESTION_KEYS}
+
+
+def resolved_precision_and_device(config: Mapping[str, Any]) -> dict[str, str]:
+    """``{"precision": "bf16" | "fp32", "device": "cpu" | "cuda" | "mps"}``: what a training
+    config's ``precision`` and ``device`` (``training.config.DEFAULTS`` where unset) resolve
+    to on this machine, as the training node resolves them (``setup_for``)."""
+    device = config.get("device", DEFAULTS["device"])
+    precision = config.get("precision", DEFAULTS["precision"])
+    setup = resolve_device(str(device), precision=str(precision))
+    return {"precision": precision_name(setup), "device": setup.device.type}
 
 
 def compose_cell(
