@@ -1,8 +1,12 @@
 """Project hooks: per-stage wall time, logged at the end of every run; the parameter keys
 checked before anything runs; and the sweep's parameters handed to pipeline construction.
 
-A stage's time is its nodes' run time plus the time spent loading their inputs and saving
-their outputs (saving is where the phantom is generated and the image cache is built).
+A stage's time is the wall time during which at least one of its nodes was running,
+loading its inputs or saving its outputs (saving is where the phantom is generated and the
+image cache is built): the length of the union of those intervals, so nodes that run side
+by side (``ThreadRunner``) count once. Under ``ParallelRunner`` the nodes run in worker
+processes, whose hooks this process does not see: the line then says the stage times are
+not available. A failed run logs the line too, marked "(run failed)".
 
 ``ParameterKeysHook`` refuses, when the context is created (before any node, and before
 the other hooks), a parameter key that nothing reads: the merged parameters (environments
@@ -15,15 +19,21 @@ context is created, which Kedro does before the first access to the registered p
 (``KedroSession.run``: ``load_context()``, then ``pipelines[name]``), so that
 ``pipelines/sweep/pipeline.py`` can build one namespace per grid cell; it stashes every
 parameter too (``stashed_parameters``), which the comparison reads for its seeds
-(``pipelines/comparison/pipeline.py``). Without a session, ``base_parameters`` reads
-``conf/base`` (kedro-viz, tests, a bare ``register_pipelines()``) of the Kedro project that
-holds the current directory, else of the source checkout this package was imported from.
+(``pipelines/comparison/pipeline.py``). Kedro loads the registered pipelines once per
+process and keeps them; when a later session of the same process (a notebook, a script)
+has other ``PIPELINE_PARAMETERS`` than the previous one, the hook empties Kedro's registry,
+so that its pipelines are built again from its own parameters. Without a session,
+``base_parameters`` reads ``conf/base`` (kedro-viz, tests, a bare ``register_pipelines()``)
+of the Kedro project that holds the current directory, else of the source checkout this
+package was imported from.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -33,6 +43,7 @@ import yaml
 from kedro.config import OmegaConfigLoader
 from kedro.framework.context import KedroContext
 from kedro.framework.hooks import hook_impl
+from kedro.framework.project import pipelines as project_pipelines
 from kedro.pipeline import Node
 from kedro.utils import find_kedro_project
 
@@ -55,6 +66,12 @@ STAGES: tuple[str, ...] = (
 
 _SWEEP_PARAMS: dict[str, Any] | None = None
 _PARAMS: dict[str, Any] | None = None
+#: Top-level parameter blocks that pipeline construction reads: the sweep's grid
+#: (``pipelines/sweep``), the comparison's seeds and the study's seed (``training.seed``,
+#: ``pipelines/comparison``).
+PIPELINE_PARAMETERS: tuple[str, ...] = ("sweep", "comparison", "training")
+# PIPELINE_PARAMETERS of the last context created in this process (None: no context yet).
+_BUILT_FROM: dict[str, Any] | None = None
 # ``conf`` beside ``src/`` when the package is imported from its source checkout (an
 # editable install); an installed copy (site-packages) has none there.
 SOURCE_CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -161,47 +178,79 @@ class ParameterKeysHook:
         check_parameter_keys(params, schema)
 
 
+def reset_pipeline_registry() -> None:
+    """Empty Kedro's registry of pipelines (``kedro.framework.project.pipelines``), so that
+    the next access builds them again (``register_pipelines``).
+
+    Kedro 1.x loads the registry once and keeps it until ``configure`` is called again:
+    it is configured with the same module, and the pipelines the current ``KedroSession.run``
+    asked for (``set_requested``, called before the context is created) are asked again.
+    """
+    module = getattr(project_pipelines, "_pipelines_module", None)
+    requested = getattr(project_pipelines, "_requested_pipelines", None)
+    project_pipelines.configure(module)
+    project_pipelines.set_requested(requested)
+
+
 class SweepParamsHook:
     """Stash ``config_loader["parameters"]["sweep"]`` (runtime overrides included) at
-    context creation; reading ``context.params`` here would load the pipelines first."""
+    context creation; reading ``context.params`` here would load the pipelines first.
+
+    When the ``PIPELINE_PARAMETERS`` differ from those of the previous context of this
+    process (or there was none), Kedro's registry of pipelines is emptied
+    (``reset_pipeline_registry``): it would otherwise keep the pipelines an earlier session
+    built, e.g. the comparison's namespaces of seeds this session did not ask for.
+    """
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
-        global _SWEEP_PARAMS, _PARAMS
+        global _SWEEP_PARAMS, _PARAMS, _BUILT_FROM
         _PARAMS = dict(context.config_loader["parameters"])
         sweep = _PARAMS.get("sweep")
         _SWEEP_PARAMS = dict(sweep) if isinstance(sweep, dict) else None
+        blocks = {k: copy.deepcopy(_PARAMS.get(k)) for k in PIPELINE_PARAMETERS}
+        if blocks != _BUILT_FROM:
+            reset_pipeline_registry()
+            _BUILT_FROM = blocks
 
 
 class StageTimingHooks:
-    """Times every node and logs one line per stage with its wall time when the run ends."""
+    """Times every node and logs one line with each stage's wall time when the run ends.
+
+    Every node's run, input loads and output saves are recorded as ``(start, end)``
+    intervals per stage; a stage's wall time is the length of their union
+    (``union_length``), so nodes running side by side count once. The hooks may be called
+    from a runner's threads (``ThreadRunner``): the records are guarded by a lock.
+    """
 
     def __init__(self) -> None:
-        self._start: dict[str, float] = {}
-        self._totals: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+        # what is running now: key -> (start, stage)
+        self._start: dict[str, tuple[float, str]] = {}
+        self._intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self._run_start = 0.0
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
-        self._start.clear()
-        self._totals.clear()
-        self._run_start = time.perf_counter()
+        with self._lock:
+            self._start.clear()
+            self._intervals.clear()
+            self._run_start = time.perf_counter()
 
     @hook_impl
     def before_node_run(self, node: Node) -> None:
-        self._start[node.name] = time.perf_counter()
+        self._begin(node.name, node)
 
     @hook_impl
     def after_node_run(self, node: Node) -> None:
-        started = self._start.get(node.name)
-        self._stop(node.name, node)
-        if started is not None:  # the console's one line per node (logging_filters.py)
-            seconds = time.perf_counter() - started
+        interval = self._stop(node.name, node)
+        if interval is not None:  # the console's one line per node (logging_filters.py)
+            seconds = interval[1] - interval[0]
             logger.info("Node %s done in %.1f s (%s)", node.name, seconds, stage_of(node))
 
     @hook_impl
     def before_dataset_loaded(self, dataset_name: str, node: Node) -> None:
-        self._start[f"load:{dataset_name}:{node.name}"] = time.perf_counter()
+        self._begin(f"load:{dataset_name}:{node.name}", node)
 
     @hook_impl
     def after_dataset_loaded(self, dataset_name: str, node: Node) -> None:
@@ -209,25 +258,85 @@ class StageTimingHooks:
 
     @hook_impl
     def before_dataset_saved(self, dataset_name: str, node: Node) -> None:
-        self._start[f"save:{dataset_name}:{node.name}"] = time.perf_counter()
+        self._begin(f"save:{dataset_name}:{node.name}", node)
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, node: Node) -> None:
         self._stop(f"save:{dataset_name}:{node.name}", node)
 
-    def _stop(self, key: str, node: Node) -> None:
-        started = self._start.pop(key, None)
-        if started is not None:
-            self._totals[stage_of(node)] += time.perf_counter() - started
+    def _begin(self, key: str, node: Node) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            self._start[key] = (now, stage_of(node))
+
+    def _stop(self, key: str, node: Node) -> tuple[float, float] | None:
+        now = time.perf_counter()
+        with self._lock:
+            started = self._start.pop(key, None)
+            if started is None:
+                return None
+            self._intervals[started[1]].append((started[0], now))
+        return started[0], now
+
+    def _close_running(self) -> None:
+        """End, now, the intervals still open (a failed run: the node that raised)."""
+        now = time.perf_counter()
+        with self._lock:
+            for started, stage in self._start.values():
+                self._intervals[stage].append((started, now))
+            self._start.clear()
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Each timed stage's wall time in seconds (union of its intervals), in study order."""
+        with self._lock:
+            intervals = {stage: list(spans) for stage, spans in self._intervals.items()}
+        return {stage: union_length(intervals[stage]) for stage in sorted(intervals, key=_order)}
+
+    def summary(self, *, failed: bool = False) -> str:
+        """The line logged at the end of a run: each stage's wall time, then the whole run's.
+
+        Stages with no timed node are left out; with none at all (``ParallelRunner`` runs
+        the nodes and their hooks in worker processes) the stage times are "not available".
+
+        Args:
+            failed: The run stopped on an error (the line ends with "(run failed)").
+        """
+        total = time.perf_counter() - self._run_start
+        seconds = self.stage_seconds()
+        if seconds:
+            parts = ", ".join(f"{stage} {s:.0f} s" for stage, s in seconds.items())
+        elif failed:  # ParallelRunner's workers, or a run that failed before any node
+            parts = "not available (no node ran in this process)"
+        else:
+            parts = "not available (nodes ran in worker processes)"
+        return f"Wall time by stage: {parts}; whole run {total:.0f} s" + (
+            " (run failed)" if failed else ""
+        )
 
     @hook_impl
     def after_pipeline_run(self) -> None:
-        total = time.perf_counter() - self._run_start
-        parts = ", ".join(
-            f"{stage} {seconds:.0f} s"
-            for stage, seconds in sorted(self._totals.items(), key=lambda kv: _order(kv[0]))
-        )
-        logger.info("Wall time by stage: %s; whole run %.0f s", parts, total)
+        logger.info(self.summary())
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._close_running()
+        logger.info(self.summary(failed=True))
+
+
+def union_length(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by ``(start, end)`` intervals, overlaps counted once."""
+    total = 0.0
+    current_start = current_end = None
+    for start, end in sorted(intervals):
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                total += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        total += current_end - current_start
+    return total
 
 
 def stage_of(node: Node) -> str:

@@ -2,10 +2,12 @@
 
 Environment variables reach the configuration only through ``${env:NAME,default}`` in
 ``credentials*`` and ``mlflow*`` files, and only for the names in ``ENV_ALLOWED``
-(MLflow / cloud-storage credentials, the tracking URI and the experiment name). Any other
-use (a parameters or catalog file, another variable) is refused with an error naming the
-file and key, so a config file can never copy e.g. ``$HOME`` or a token into parameters
-that end up logged as MLflow params.
+(MLflow / cloud-storage credentials, the tracking URI and the experiment name). Kedro's own
+``${oc.env:NAME}``, which it resolves in ``credentials*`` files while reading them, is held
+to the same list. Any other use (a parameters or catalog file, another variable,
+``oc.env`` outside credentials) is refused with an error naming the file and key, so a
+config file can never copy e.g. ``$HOME`` or a token into parameters that end up logged as
+MLflow params.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ ENV_ALLOWED = (
     "CXR_SPURIOUS_EXPERIMENT",
 )
 
-_ENV_USE = re.compile(r"\$\{\s*env\s*:\s*([^,}]*)")
+# ``${env:NAME...}`` and ``${oc.env:NAME...}``: (resolver, NAME)
+_ENV_USE = re.compile(r"\$\{\s*(env|oc\.env)\s*:\s*([^,}]*)")
 _LOADING: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "cxr_config_key", default=None
 )
@@ -50,7 +53,8 @@ def env_name_allowed(name: str) -> bool:
 def _rule() -> str:
     return (
         f"${{env:...}} may only be used in {' / '.join(f'{k}*.yml' for k in ENV_CONFIG_KEYS)} "
-        f"files, for the variables {', '.join(ENV_ALLOWED)}"
+        f"files (${{oc.env:...}} in credentials*.yml only), for the variables "
+        f"{', '.join(ENV_ALLOWED)}"
     )
 
 
@@ -63,8 +67,9 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(str(name), default)
 
 
-def _env_uses(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
-    """``(dotted key, variable name)`` of every ``${env:...}`` in a raw (unresolved) config."""
+def _env_uses(node: Any, prefix: str = "") -> Iterator[tuple[str, str, str]]:
+    """``(dotted key, resolver, variable name)`` of every ``${env:...}`` and
+    ``${oc.env:...}`` in a raw (unresolved) config."""
     if isinstance(node, dict):
         for k, v in node.items():
             yield from _env_uses(v, f"{prefix}.{k}" if prefix else str(k))
@@ -73,7 +78,30 @@ def _env_uses(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
             yield from _env_uses(v, f"{prefix}[{i}]")
     elif isinstance(node, str):
         for match in _ENV_USE.finditer(node):
-            yield prefix, match.group(1).strip()
+            yield prefix, match.group(1), match.group(2).strip()
+
+
+def _check_env_uses(
+    key: str, path: Path | str, config: DictConfig, resolvers: tuple[str, ...] = ("env", "oc.env")
+) -> None:
+    """Refuse a use of ``resolvers`` (``${env:...}`` / ``${oc.env:...}``) in ``config`` (the
+    file ``path``, read for the config key ``key``) that ``ENV_CONFIG_KEYS`` /
+    ``ENV_ALLOWED`` do not allow; ``oc.env`` only in credentials, where Kedro resolves it.
+
+    Raises:
+        ParameterError: naming the dotted key, the file and the variable.
+    """
+    raw = OmegaConf.to_container(config, resolve=False)
+    for dotted, resolver, name in _env_uses(raw):
+        if resolver not in resolvers:
+            continue
+        allowed_here = key == "credentials" if resolver == "oc.env" else key in ENV_CONFIG_KEYS
+        if not allowed_here or not env_name_allowed(name):
+            raise ParameterError(
+                dotted,
+                f"{Path(path).as_posix()} uses ${{{resolver}:{name}}} ('{key}' configuration), "
+                f"which is refused: {_rule()}",
+            )
 
 
 class ProjectConfigLoader(OmegaConfigLoader):
@@ -87,18 +115,35 @@ class ProjectConfigLoader(OmegaConfigLoader):
         finally:
             _LOADING.reset(token)
 
+    def _read_dir_configs(
+        self,
+        conf_path: str,
+        patterns: Any,
+        key: str,
+        processed_files: set,
+        read_environment_variables: bool | None = False,
+    ) -> dict[Path, DictConfig]:
+        """Kedro's reading of one folder's files, with ``${oc.env:...}`` checked per file
+        before Kedro resolves it in credentials (``${env:...}`` is checked by its resolver,
+        ``_env``, there).
+
+        Raises:
+            ParameterError: a refused ``${oc.env:...}`` (``_check_env_uses``).
+        """
+        configs = super()._read_dir_configs(
+            conf_path, patterns, key, processed_files, read_environment_variables=False
+        )
+        for path, config in configs.items():
+            _check_env_uses(key, path, config, resolvers=("oc.env",))
+            if read_environment_variables:
+                self._resolve_environment_variables(config)
+        return configs
+
     def _merge_and_resolve(
         self, key: str, config_per_file: dict[Path, DictConfig]
     ) -> dict[str, Any]:
         for path, config in config_per_file.items():
-            raw = OmegaConf.to_container(config, resolve=False)
-            for dotted, name in _env_uses(raw):
-                if key not in ENV_CONFIG_KEYS or not env_name_allowed(name):
-                    raise ParameterError(
-                        dotted,
-                        f"{Path(path).as_posix()} uses ${{env:{name}}} ('{key}' configuration), "
-                        f"which is refused: {_rule()}",
-                    )
+            _check_env_uses(key, path, config)
         token = _LOADING.set(key)
         try:
             return super()._merge_and_resolve(key, config_per_file)

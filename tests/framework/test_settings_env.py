@@ -94,3 +94,44 @@ def test_resolver_refuses_outside_the_loader(
 def test_allow_list() -> None:
     assert env_name_allowed("MLFLOW_TRACKING_URI") and env_name_allowed("AWS_SECRET_ACCESS_KEY")
     assert not env_name_allowed("HOME") and not env_name_allowed("mlflow_tracking_uri")
+
+
+def test_kedro_oc_env_in_credentials_is_held_to_the_allow_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kedro resolves ``${oc.env:...}`` in credentials files while reading them."""
+    monkeypatch.setenv("CXR_TEST_SECRET", "leaked")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-test")
+    conf = _conf(tmp_path, **{"credentials.yml": "db:\n  pw: ${oc.env:CXR_TEST_SECRET}\n"})
+    with pytest.raises(ParameterError) as err:
+        _loader(conf)["credentials"]
+    message = str(err.value)
+    assert "db.pw" in message and "credentials.yml" in message
+    assert "${oc.env:CXR_TEST_SECRET}" in message and "leaked" not in message
+    # an allowed name reads the variable, as ${env:...} does
+    conf = _conf(
+        tmp_path / "b", **{"credentials.yml": "s3: {key: '${oc.env:AWS_ACCESS_KEY_ID}'}\n"}
+    )
+    assert _loader(conf)["credentials"] == {"s3": {"key": "AKIA-test"}}
+    # in an environment's credentials too (conf/local here)
+    conf = _conf(tmp_path / "c")
+    (conf / "local" / "credentials.yml").write_text("x: ${oc.env:HOME}\n")
+    with pytest.raises(ParameterError, match=r"local/credentials.yml uses \$\{oc.env:HOME\}"):
+        _loader(conf)["credentials"]
+
+
+def test_oc_env_outside_credentials_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
+    conf = _conf(
+        tmp_path,
+        **{"mlflow.yml": "server:\n  mlflow_tracking_uri: ${oc.env:MLFLOW_TRACKING_URI}\n"},
+    )
+    with pytest.raises(
+        ParameterError, match=r"server.mlflow_tracking_uri.*mlflow.yml uses \$\{oc.env:MLFLOW"
+    ):
+        _loader(conf)["mlflow"]
+    conf = _conf(tmp_path / "b", **{"parameters.yml": "x: ${oc.env:HOME}\n"})
+    with pytest.raises(ParameterError, match=r"parameter 'x'.*parameters.yml uses \$\{oc.env:HOME"):
+        _loader(conf)["parameters"]

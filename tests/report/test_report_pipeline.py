@@ -19,6 +19,7 @@ OPTIONAL_SOURCES = {
     "report_headline_table": "headline_table",
     "report_sweep_summary": "sweep_summary",
     "report_shortcut_detection": "shortcut_detection",
+    "report_study_findings_written": "study_findings",  # only when its file was written
 }
 
 

@@ -39,6 +39,7 @@ table{border-collapse:collapse;font-size:12.5px;margin:4px 0 8px}
 th,td{border:1px solid #d8dde3;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#eef1f4}td.text,th.text{text-align:left}
 p.note,li.note{color:#6b4e16}
+p.written{margin:2px 0 4px;font-size:13px;color:#55606b}
 footer{color:#6b7580;font-size:12px;text-align:center;padding:12px}
 """
 
@@ -136,8 +137,26 @@ def check_row_limit(value: object, key: str = "max_rows") -> int:
     return int(value)
 
 
-def table_html(table: pd.DataFrame, *, digits: int = 2, max_rows: int = 60) -> str:
+def cut_note(shown: int, total: int, source: str | None = None) -> str:
+    """The note under a table cut at ``shown`` of ``total`` rows: where the full table is
+    (``source``: the file the table comes from), else that the rest is not shown."""
+    if source:
+        return f"First {shown} of {total} rows; the full table is {source}."
+    return f"First {shown} of {total} rows; the rest is not shown; raise report.max_table_rows."
+
+
+def table_html(
+    table: pd.DataFrame, *, digits: int = 2, max_rows: int = 60, source: str | None = None
+) -> str:
     """An escaped HTML table (numbers rounded to ``digits``), cut at ``max_rows`` with a note.
+
+    Args:
+        table: The table.
+        digits: Decimals of the numbers shown.
+        max_rows: Longest table shown in full; a longer one shows its first ``max_rows``.
+        source: Where the full table is (a file, or the per-model files), named in the
+            note under a cut table (``cut_note``); without it the note says that the rest
+            is not shown.
 
     Raises:
         ParameterError: ``max_rows`` is not an integer >= 1 (``check_row_limit``).
@@ -159,10 +178,7 @@ def table_html(table: pd.DataFrame, *, digits: int = 2, max_rows: int = 60) -> s
         rows.append(f"<tr>{cells}</tr>")
     note = ""
     if len(table) > max_rows:
-        note = (
-            f'<p class="note">First {max_rows} of {len(table)} rows; the full table is the '
-            "CSV file named above.</p>"
-        )
+        note = paragraph(cut_note(max_rows, len(table), source), "note")
     return (
         f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>{note}"

@@ -5,16 +5,23 @@ and returns the page (``cxr_spurious.report.html``). Its sections, in order, are
 ``SECTIONS``; the comparison and sweep sections are ``OPTIONAL``: when their tables do not
 exist (those pipelines run on request) the section is left out and the page says so under
 "Not in this report". Every section opens with one sentence on how to read it.
+
+The optional tables come from runs on request, possibly long before this one: under each,
+the page says when its file was written (``StudyReportInputs.written``), with a note when
+that is before the study findings the page shows were written. A table cut at ``max_rows`` names
+the file that holds all of it (``SOURCES``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import pandas as pd
 
 from cxr_spurious import __version__
+from cxr_spurious.datasets.optional import WRITTEN_ATTR
 from cxr_spurious.errors import ContractError
 from cxr_spurious.report.html import (
     Section,
@@ -94,6 +101,29 @@ READ: dict[str, str] = {
     ),
 }
 
+#: The file of each table the page shows (``conf/base`` catalog; a test checks), named under
+#: a table cut at ``max_rows``. ``<model>``: one file per model; the human benchmark
+#: tables are partitions of ``chexlocalize_reports`` (``<set>/``: one folder per heatmap set
+#: when there are several).
+SOURCES: dict[str, str] = {
+    "dataset_report": "data/08_reporting/dataset_report.csv",
+    "study_findings": "data/08_reporting/study_findings.csv",
+    "localization_summary": "data/08_reporting/localization/localization_summary.csv",
+    "chexlocalize_reports": "data/08_reporting/localization/chexlocalize",
+    "robustness_summary": "data/08_reporting/robustness/robustness_summary.csv",
+    "calibration": "data/08_reporting/robustness/<model>/calibration.csv",
+    "fairness_gaps": "data/08_reporting/robustness/<model>/fairness_gaps.csv",
+    "headline_table": "data/08_reporting/comparison/headline_table.csv",
+    "sweep_summary": "data/08_reporting/sweep/sweep_summary.csv",
+    "shortcut_detection": "data/08_reporting/sweep/shortcut_detection.csv",
+}
+#: The pipeline that writes each optional table (named in the note on an old one).
+WRITTEN_BY: dict[str, str] = {
+    "headline_table": "comparison",
+    "sweep_summary": "sweep",
+    "shortcut_detection": "sweep",
+}
+
 MISSING: dict[str, str] = {
     "comparison": (
         "Debiasing comparison: headline_table has not been written "
@@ -126,6 +156,10 @@ class StudyReportInputs:
         headline_table: ``headline_table`` or ``None`` when it does not exist.
         sweep_summary: ``sweep_summary`` or ``None``.
         shortcut_detection: ``shortcut_detection`` or ``None``.
+        written: When the files of ``study_findings`` and of the optional tables
+            (``headline_table``, ``sweep_summary``, ``shortcut_detection``) were last
+            written (timezone-aware; ``None`` or absent: an optional table's own
+            ``attrs["written_utc"]``, which ``OptionalDataset`` sets, else not known).
     """
 
     dataset_report: pd.DataFrame
@@ -142,6 +176,7 @@ class StudyReportInputs:
     headline_table: pd.DataFrame | None = None
     sweep_summary: pd.DataFrame | None = None
     shortcut_detection: pd.DataFrame | None = None
+    written: Mapping[str, datetime | None] = field(default_factory=dict)
 
 
 def stack_per_model(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -168,10 +203,11 @@ def _dataset(inputs: StudyReportInputs, max_rows: int) -> str:
     by_label = overall.pivot_table(
         index=["task", "label"], columns="split", values="n_images", aggfunc="sum", fill_value=0
     ).reindex(columns=splits, fill_value=0)
+    pivot = f"{SOURCES['dataset_report']} (the counts this table pivots)"
     parts = [figure_html(inputs.example_grid, name="example_grid", caption="Example images.")]
     parts += [
         heading("Images per split, by label"),
-        table_html(by_label.reset_index(), max_rows=max_rows),
+        table_html(by_label.reset_index(), max_rows=max_rows, source=pivot),
     ]
     groups = counts[counts["attribute"] != "all"]
     if len(groups):
@@ -189,7 +225,7 @@ def _dataset(inputs: StudyReportInputs, max_rows: int) -> str:
         )
         parts += [
             heading(f"Images per split, by subgroup (all labels of {task})"),
-            table_html(per_group.reset_index(), max_rows=max_rows),
+            table_html(per_group.reset_index(), max_rows=max_rows, source=pivot),
         ]
     return "".join(parts)
 
@@ -199,7 +235,8 @@ def _findings(inputs: StudyReportInputs, max_rows: int) -> str:
     _require(findings, ["model"], "study_findings")
     wide = with_cis(findings).set_index("model").T.reset_index(names="measure")
     wide.columns = [str(c) for c in wide.columns]
-    return table_html(wide.astype(str).replace({"nan": ""}), max_rows=max_rows)
+    source = f"{SOURCES['study_findings']} (one row per model there)"
+    return table_html(wide.astype(str).replace({"nan": ""}), max_rows=max_rows, source=source)
 
 
 def _overlays(inputs: StudyReportInputs) -> str:
@@ -246,7 +283,10 @@ def _localization(inputs: StudyReportInputs, max_rows: int) -> str:
                 "" if pd.isna(v) else str(int(v)) for v in shown["skipped_map_files"]
             ]
         )
-    parts = [heading("Localization per heatmap set"), table_html(shown, max_rows=max_rows)]
+    parts = [
+        heading("Localization per heatmap set"),
+        table_html(shown, max_rows=max_rows, source=SOURCES["localization_summary"]),
+    ]
     rows = []
     sets = sorted({str(s) for s in summary["set"]})
     for key, table in sorted(inputs.human_benchmark.items()):
@@ -273,7 +313,16 @@ def _localization(inputs: StudyReportInputs, max_rows: int) -> str:
     if rows:
         parts += [
             heading("Against the simulated radiologist (% below the radiologist)"),
-            table_html(with_cis(pd.DataFrame(rows), digits=1), digits=3, max_rows=max_rows),
+            table_html(
+                with_cis(pd.DataFrame(rows), digits=1),
+                digits=3,
+                max_rows=max_rows,
+                source=(
+                    f"the files {', '.join(f'{t}.csv' for t in HUMAN_TABLES)} under "
+                    f"{SOURCES['chexlocalize_reports']} (one folder per heatmap set when "
+                    "there are several)"
+                ),
+            ),
         ]
     else:
         parts.append(paragraph("No human benchmark comparison was computed.", "note"))
@@ -283,21 +332,74 @@ def _localization(inputs: StudyReportInputs, max_rows: int) -> str:
 def _robustness(inputs: StudyReportInputs, max_rows: int) -> str:
     parts = [
         heading("Robustness summary"),
-        table_html(with_cis(inputs.robustness_summary), max_rows=max_rows),
+        table_html(
+            with_cis(inputs.robustness_summary),
+            max_rows=max_rows,
+            source=SOURCES["robustness_summary"],
+        ),
     ]
     cal = inputs.calibration
     if len(cal):
         _require(cal, ["model", "attribute"], "calibration")
         parts += [
             heading("Calibration (all test images)"),
-            table_html(with_cis(cal[cal["attribute"] == "all"]), max_rows=max_rows),
+            table_html(
+                with_cis(cal[cal["attribute"] == "all"]),
+                max_rows=max_rows,
+                source=f"{SOURCES['calibration']}, one file per model (every subgroup there)",
+            ),
         ]
     if len(inputs.fairness_gaps):
         parts += [
             heading("Fairness gaps between subgroups"),
-            table_html(with_cis(inputs.fairness_gaps), max_rows=max_rows),
+            table_html(
+                with_cis(inputs.fairness_gaps),
+                max_rows=max_rows,
+                source=f"{SOURCES['fairness_gaps']}, one file per model",
+            ),
         ]
     return "".join(parts)
+
+
+def utc_stamp(when: datetime) -> str:
+    """``YYYY-MM-DD HH:MM UTC`` (a naive time is taken as UTC)."""
+    aware = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return aware.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _written(name: str, table: pd.DataFrame, inputs: StudyReportInputs) -> str:
+    """When the optional table ``name``'s file was written (``inputs.written``, else the
+    table's ``attrs["written_utc"]``), with a note when that is before the study findings'
+    file was."""
+    when = inputs.written.get(name) or table.attrs.get(WRITTEN_ATTR)
+    if when is None:
+        return paragraph(f"{SOURCES[name]}: when it was written is not known.", "written")
+    parts = [paragraph(f"{SOURCES[name]}: written {utc_stamp(when)}.", "written")]
+    findings = inputs.written.get("study_findings")
+    if findings is not None and _utc(when) < _utc(findings):
+        parts.append(
+            paragraph(
+                f"Older than the study findings this report shows (written "
+                f"{utc_stamp(findings)}): this table comes from an earlier run, whose data and "
+                "parameters may differ from the rest of this report; kedro run --pipeline "
+                f"{WRITTEN_BY[name]}, then kedro run --pipeline report, brings it up to date.",
+                "note",
+            )
+        )
+    return "".join(parts)
+
+
+def _utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def _optional_table(
+    name: str, table: pd.DataFrame, inputs: StudyReportInputs, max_rows: int
+) -> str:
+    """An optional table: when it was written, then the table."""
+    return _written(name, table, inputs) + table_html(
+        with_cis(table), max_rows=max_rows, source=SOURCES[name]
+    )
 
 
 def _subtitle(findings: pd.DataFrame) -> str:
@@ -337,17 +439,19 @@ def build_study_report(
         "robustness": _robustness(inputs, max_rows),
     }
     if inputs.headline_table is not None:
-        bodies["comparison"] = table_html(with_cis(inputs.headline_table), max_rows=max_rows)
+        bodies["comparison"] = _optional_table(
+            "headline_table", inputs.headline_table, inputs, max_rows
+        )
     sweep = []
     if inputs.sweep_summary is not None:
         sweep += [
             heading("Sweep summary"),
-            table_html(with_cis(inputs.sweep_summary), max_rows=max_rows),
+            _optional_table("sweep_summary", inputs.sweep_summary, inputs, max_rows),
         ]
     if inputs.shortcut_detection is not None:
         sweep += [
             heading("Shortcut detection by saliency"),
-            table_html(with_cis(inputs.shortcut_detection), max_rows=max_rows),
+            _optional_table("shortcut_detection", inputs.shortcut_detection, inputs, max_rows),
         ]
     if sweep:
         bodies["sweep"] = "".join(sweep)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
+from cxr_spurious.datasets.optional import WRITTEN_ATTR
 from cxr_spurious.report.html import check_row_limit
 from cxr_spurious.report.study import (
     HUMAN_TABLES,
@@ -34,6 +36,11 @@ def _loaded(partitions: Mapping[str, Callable[[], Any]], keep: Callable[[str], b
     return {key: load() for key, load in sorted(partitions.items()) if keep(key)}
 
 
+def _written(table: pd.DataFrame | None) -> datetime | None:
+    """When an optional table's file was written (``OptionalDataset``'s ``attrs``)."""
+    return None if table is None else table.attrs.get(WRITTEN_ATTR)
+
+
 def build_report(
     dataset_report: pd.DataFrame,
     example_grid: bytes,
@@ -51,6 +58,7 @@ def build_report(
     shortcut_detection: pd.DataFrame | None,
     title: str,
     max_rows: int,
+    study_findings_written: datetime | None = None,
 ) -> str:
     """The study report (``report``): one HTML page of the stages' reporting datasets.
 
@@ -67,11 +75,15 @@ def build_report(
         robustness_summary: Robustness per model.
         calibration: Calibration of every model (``stack_calibration``).
         fairness_gaps: Fairness gaps of every model (``stack_fairness_gaps``).
-        headline_table: The comparison's table, ``None`` when it has not been run.
+        headline_table: The comparison's table, ``None`` when it has not been run (when
+            its file was written in ``attrs["written_utc"]``, as for the two below).
         sweep_summary: The sweep's summary, ``None`` when it has not been run.
         shortcut_detection: The sweep's detection table, ``None`` likewise.
         title: ``params:report.title``.
         max_rows: ``params:report.max_table_rows``, an integer >= 1.
+        study_findings_written: When ``study_findings``'s file was written
+            (``report_study_findings_written``); an optional table older than it gets a
+            note.
 
     Returns:
         The HTML page.
@@ -97,6 +109,12 @@ def build_report(
         headline_table=headline_table,
         sweep_summary=sweep_summary,
         shortcut_detection=shortcut_detection,
+        written={
+            "study_findings": study_findings_written,
+            "headline_table": _written(headline_table),
+            "sweep_summary": _written(sweep_summary),
+            "shortcut_detection": _written(shortcut_detection),
+        },
     )
     page = build_study_report(inputs, title=title, max_rows=max_rows)
     logger.info("study report: %.1f MB of HTML", len(page.encode()) / 1e6)

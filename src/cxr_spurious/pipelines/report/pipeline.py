@@ -3,7 +3,8 @@
 Its inputs are the other stages' reporting datasets, so it runs after them in the default
 ``kedro run``; the comparison's and the sweep's tables come through ``report_*`` entries
 that read their files when they exist (``OptionalDataset``), so the default run does not
-depend on those pipelines.
+depend on those pipelines; ``report_study_findings_written`` is when ``study_findings``'s
+file was written (the page notes an optional table older than it).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
                     "dataset_report": "dataset_report",
                     "example_grid": "example_grid",
                     "study_findings": "study_findings",
+                    "study_findings_written": "report_study_findings_written",
                     "study_findings_figure": "study_findings_figure",
                     "localization_overlays": "localization_overlays",
                     "localization_summary": "localization_summary",
