@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError, ParameterError
-from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap
+from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, check_n_boot
 
 TUBE_MASS_COLUMN = "shortcut_Chest Tube"
 TUBE_AUROC_COLUMN = "shortcut_auroc_Chest Tube"
@@ -244,10 +244,11 @@ def model_row(
 ) -> dict[str, Any]:
     """Identity and AUROC columns of one model from its ``test_metrics``."""
     if task not in test_metrics:
-        raise ContractError(
-            f"{model}.test_metrics has no entry for task '{task}'; it has "
-            f"{sorted(k for k, v in test_metrics.items() if isinstance(v, Mapping))}"
+        # a task's entry has an auroc (training's recorded training_config has none)
+        tasks = sorted(
+            k for k, v in test_metrics.items() if isinstance(v, Mapping) and "auroc" in v
         )
+        raise ContractError(f"{model}.test_metrics has no entry for task '{task}'; it has {tasks}")
     entry = test_metrics[task]
     # what was trained (recorded by training) wins over the study's variant parameters;
     # test metrics written before the rename to ``supervision`` hold it as ``method``
@@ -314,8 +315,30 @@ def training_ci_settings(
         level, key = variant["ci_level"], f"{block}.ci_level"
     else:
         level, key = training_ci_level, "training.ci_level"
-    n_boot = test_metrics.get("n_boot", variant.get("n_boot", training_n_boot))
-    return check_ci_level(level, key), int(n_boot), key
+    return (
+        check_ci_level(level, key),
+        _recorded_n_boot(model, variant, test_metrics, training_n_boot),
+        key,
+    )
+
+
+def _recorded_n_boot(
+    model: str,
+    variant: Mapping[str, Any],
+    test_metrics: Mapping[str, Any],
+    training_n_boot: object,
+) -> int:
+    """The replicates of ``<model>.test_metrics``'s CIs as an ``int`` (``check_n_boot``):
+    ``10000`` for ``1e4`` (``10000.0``); a fraction is refused, not truncated.
+
+    Raises:
+        ParameterError: naming the key the value came from.
+    """
+    if "n_boot" in test_metrics:
+        return check_n_boot(test_metrics["n_boot"], f"{model}.test_metrics (n_boot)")
+    if "n_boot" in variant:
+        return check_n_boot(variant["n_boot"], f"training.variants.{model}.n_boot")
+    return check_n_boot(training_n_boot, "training.n_boot")
 
 
 def assemble_findings(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

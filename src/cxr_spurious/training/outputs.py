@@ -6,6 +6,8 @@ are thin calls into these functions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,11 +20,25 @@ from cxr_spurious.models import CXRModel
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, bootstrap_or_note
 from cxr_spurious.stats.metrics import auroc, reverse_auroc, robust_auroc
+from cxr_spurious.training.checkpoints import NOT_RESULT_KEYS
 from cxr_spurious.training.data import CacheBatches, make_loader, subgroup_column
 from cxr_spurious.training.device import DeviceSetup
 from cxr_spurious.training.engine import predict
 
 RENDERS: tuple[str, ...] = ("original", "no_tube", "no_lesion")
+# The keys of ``test_metrics`` that record how it was made (settings, not findings: kept
+# out of ``flat_metrics``): the CI settings and ``training_record``'s configuration.
+CI_SETTING_KEYS: tuple[str, ...] = ("ci_level", "n_boot")
+TRAINING_RECORD_KEYS: tuple[str, ...] = ("training_config", "training_config_digest")
+# Resolved training keys left out of ``training_record``: those the checkpoint fingerprint
+# leaves out (where files go, progress, loader workers, the test-metric CI settings, which
+# ``test_metrics`` records apart) except the stopping rules, which change a finished run's
+# model (the fingerprint leaves them out only so that a resumed run may change them); and
+# the run's own labels: its name, the ``training.only`` gate, the resampling label of run
+# names and the inference batch (probabilities do not depend on it).
+NOT_RECORDED_KEYS: frozenset[str] = (
+    NOT_RESULT_KEYS - {"max_steps", "time_budget_s", "patience"}
+) | {"variant", "skip", "only", "resampling", "eval_batch_size"}
 
 
 def _inference_table(
@@ -118,9 +134,11 @@ def compute_test_metrics(
     undefined in many resamples of a small test set, get a NaN CI and a ``ci_note`` instead.
 
     Returns:
-        ``{"n_test": n, "subgroup": name, "<task>": {"auroc", "auroc_lo", "auroc_hi",
-        "auroc_dropped", "robust_auroc", ..., "reverse_auroc", ..., "ci_note"}, "mean_auroc":
-        ..., "mean_robust_auroc": ...}`` (``ci_note``: ``""`` unless a CI was withheld).
+        ``{"n_test": n, "subgroup": name, "ci_level": level, "n_boot": n_boot, "<task>":
+        {"auroc", "auroc_lo", "auroc_hi", "auroc_dropped", "robust_auroc", ...,
+        "reverse_auroc", ..., "ci_note"}, "mean_auroc": ..., "mean_robust_auroc": ...}``
+        (``ci_note``: ``""`` unless a CI was withheld; ``ci_level`` and ``n_boot`` record
+        the CI settings, which the study reads when training was skipped).
     """
     test = manifest[manifest["split"] == "test"].merge(
         predictions[["image_id", *("p_" + t for t in tasks)]],
@@ -131,7 +149,12 @@ def compute_test_metrics(
     # training warned already when the column is missing (build_training_table)
     spurious = subgroup_column(test, subgroup, "manifest", warn_missing=False)
     clusters = test["patient_id"].astype(str).to_numpy() if "patient_id" in test else None
-    out: dict[str, Any] = {"n_test": len(test), "subgroup": subgroup}
+    out: dict[str, Any] = {
+        "n_test": len(test),
+        "subgroup": subgroup,
+        "ci_level": float(level),
+        "n_boot": int(n_boot),
+    }
     for task in tasks:
         y = pd.to_numeric(test[task], errors="coerce").to_numpy(float)
         p = test["p_" + task].to_numpy(float)
@@ -162,10 +185,65 @@ def compute_test_metrics(
     return out
 
 
+def training_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``test_metrics`` records of the training configuration of its model.
+
+    Args:
+        cfg: The variant's resolved training config (``resolve_training_config``, with the
+            variant's overrides).
+
+    Returns:
+        ``{"training_config": {key: value}, "training_config_digest": sha256}``: every
+        resolved key except ``NOT_RECORDED_KEYS`` (JSON values, keys sorted), and the
+        SHA-256 of their JSON. Two runs with the same record trained under the same
+        settings; a comparison that reuses a model checks it with ``recorded_differences``.
+    """
+    items = {k: v for k, v in sorted(cfg.items()) if k not in NOT_RECORDED_KEYS}
+    items = json.loads(json.dumps(items, sort_keys=True, default=str))
+    digest = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
+    return {"training_config": items, "training_config_digest": digest}
+
+
+def recorded_differences(
+    recorded: Mapping[str, Any], cfg: Mapping[str, Any]
+) -> dict[str, tuple[Any, Any]] | None:
+    """The training keys where ``recorded`` (a ``test_metrics``) differs from ``cfg``.
+
+    Args:
+        recorded: A model's ``test_metrics``.
+        cfg: The resolved training config the model should have been trained with.
+
+    Returns:
+        ``{key: (recorded value, value under cfg)}`` (a key missing on one side: None),
+        empty when they agree; None when ``recorded`` has no ``training_record`` (written
+        before the record existed).
+    """
+    config = recorded.get("training_config")
+    if not isinstance(config, Mapping):
+        return None
+    expected = training_record(cfg)
+    now = expected["training_config"]
+    differs = {
+        k: (config.get(k), now.get(k))
+        for k in sorted(set(config) | set(now))
+        if config.get(k) != now.get(k)
+    }
+    digest = recorded.get("training_config_digest")
+    if not differs and digest != expected["training_config_digest"]:
+        differs["training_config_digest"] = (digest, expected["training_config_digest"])
+    return differs
+
+
 def flat_metrics(metrics: Mapping[str, Any], prefix: str = "test") -> dict[str, float]:
-    """``{"test_<task>_auroc": v, ...}``: the numeric leaves of ``test_metrics``."""
+    """``{"test_<task>_auroc": v, ...}``: the numeric leaves of ``test_metrics``.
+
+    The recorded settings (``CI_SETTING_KEYS``, ``TRAINING_RECORD_KEYS``) are not metrics
+    and are left out.
+    """
     out: dict[str, float] = {}
     for key, value in metrics.items():
+        if key in CI_SETTING_KEYS or key in TRAINING_RECORD_KEYS:
+            continue
         if isinstance(value, Mapping):
             out.update(
                 {

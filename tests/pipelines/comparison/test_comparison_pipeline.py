@@ -10,8 +10,10 @@ from kedro.config import OmegaConfigLoader
 from cxr_spurious.pipelines.comparison.pipeline import (
     DFR,
     ERM,
+    FROM_ERM,
     JTT,
     RESAMPLED,
+    STUDY_CHECK,
     VARIANTS,
     create_pipeline,
 )
@@ -64,16 +66,23 @@ def test_variants_train_on_their_own_resampled_manifest(pipeline) -> None:
     for variant in (*RESAMPLED, JTT):
         node = next(n for n in pipeline.nodes if n.name == f"{variant}.prepare_training_table")
         assert f"{variant}.resampled_manifest" in node.inputs
+    # erm's outputs reach JTT, cluster_downsample and DFR once check_study_models passed
+    gate = next(n for n in pipeline.nodes if n.name == "gate_study_erm")
+    assert gate.inputs == [STUDY_CHECK, "erm.predictions", "erm.embeddings"]
+    assert gate.outputs == [FROM_ERM["erm_predictions"], FROM_ERM["embeddings"]]
     jtt = next(n for n in pipeline.nodes if n.name == f"{JTT}.upweight_erm_errors")
-    assert "erm.predictions" in jtt.inputs
+    assert FROM_ERM["erm_predictions"] in jtt.inputs
     cluster = next(
         n for n in pipeline.nodes if n.name == "cmp_cluster_downsample.resample_train_rows"
     )
-    assert "erm.embeddings" in cluster.inputs
+    assert FROM_ERM["embeddings"] in cluster.inputs
+    dfr = next(n for n in pipeline.nodes if n.name == "refit_last_layer")
+    assert FROM_ERM["embeddings"] in dfr.inputs
     headline = next(n for n in pipeline.nodes if n.name == "build_headline_table")
-    assert headline.inputs == [f"{v}.model_summary" for v in VARIANTS] and headline.outputs == [
-        "headline_table"
-    ]
+    assert headline.inputs == [STUDY_CHECK, *(f"{v}.model_summary" for v in VARIANTS)]
+    assert headline.outputs == ["headline_table"]
+    check = next(n for n in pipeline.nodes if n.name == "check_study_models")
+    assert check.inputs == ["params:training", *(f"{m}.test_metrics" for m in STUDY_MODELS)]
 
 
 def test_the_study_models_come_from_variants() -> None:

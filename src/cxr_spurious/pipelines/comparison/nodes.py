@@ -6,14 +6,17 @@ The across-seed statistics are ``cxr_spurious.stats.seeds``'s (the sweep's too).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
 from cxr_spurious.debiasing.dfr import fit_dfr
 from cxr_spurious.debiasing.groups import assign_groups, group_keys
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.stats.seeds import SEED_COLUMN, paired_over_seeds, summarise_over_seeds
+from cxr_spurious.training.config import resolve_training_config
+from cxr_spurious.training.outputs import recorded_differences
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +52,94 @@ def refit_last_layer(
     return preds, embeddings
 
 
-def build_headline_table(**summaries: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant (keyword = variant) and task with the headline metrics and CIs."""
+RERUN_STUDY = "run `kedro run` with the same --params first"
+
+
+def check_study_models(
+    training: Mapping[str, Any], **test_metrics: Mapping[str, Any]
+) -> dict[str, str]:
+    """Check that the study's models were trained under this run's training parameters.
+
+    On ``training.seed`` the comparison reuses the study's models as the last ``kedro run``
+    left them and trains every ``cmp_*`` variant under this run's parameters: a study model
+    trained under other settings (``--params training.epochs=8`` given to the comparison
+    only) would be compared with variants trained differently. Each model's
+    ``test_metrics`` records its resolved training configuration
+    (``training.outputs.training_record``); it must equal the configuration this run's
+    ``training`` parameters give the model (``training.variants.<model>`` over them).
+
+    Args:
+        training: This run's ``training`` parameters.
+        **test_metrics: ``<model>.test_metrics`` of every study model (keyword = model).
+
+    Returns:
+        ``{model: training_config_digest}``: what was checked (the headline table and the
+        inputs that read ``erm``'s outputs wait for it).
+
+    Raises:
+        ContractError: a model's record differs (naming the model and every differing key
+            with both values) or is missing (a ``test_metrics`` written before the record).
+        ParameterError: ``training.variants`` has no block for a study model.
+    """
+    variants = training.get("variants") or {}
+    missing: list[str] = []
+    differing: list[str] = []
+    checked: dict[str, str] = {}
+    for model, metrics in test_metrics.items():
+        block = variants.get(model) if isinstance(variants, Mapping) else None
+        if not isinstance(block, Mapping):
+            raise ParameterError(
+                f"training.variants.{model}",
+                f"missing: the comparison reuses the study's model '{model}' and checks it "
+                "against its block",
+            )
+        cfg = resolve_training_config(training, block)
+        diff = recorded_differences(metrics, cfg) if isinstance(metrics, Mapping) else None
+        if diff is None:
+            missing.append(f"{model}.test_metrics")
+        elif diff:
+            values = "; ".join(
+                f"{key}={old!r} (this run: {new!r})" for key, (old, new) in diff.items()
+            )
+            differing.append(f"{model}.test_metrics records {values}")
+        else:
+            checked[model] = str(metrics["training_config_digest"])
+    if missing:
+        raise ContractError(
+            f"{', '.join(missing)}: no record of the training configuration (training_config): "
+            "the study models predate the record (written by an older version), so the "
+            "comparison cannot show they were trained under this run's parameters; re-run "
+            f"them: {RERUN_STUDY}"
+        )
+    if differing:
+        raise ContractError(
+            "the study's models were trained under other settings than this run's "
+            "parameters give them (training.<key>, or training.variants.<model>.<key>): "
+            + "; ".join(differing)
+            + ". The comparison reuses them on training.seed and trains every cmp_* variant "
+            f"under this run's parameters, so its rows would compare different training; "
+            f"{RERUN_STUDY}"
+        )
+    logger.info("study models %s: trained under this run's training settings", ", ".join(checked))
+    return checked
+
+
+def gate_study_erm(
+    study_check: Mapping[str, str], predictions: pd.DataFrame, embeddings: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``erm``'s predictions and embeddings, unchanged, once ``check_study_models`` passed
+    (``study_check``): JTT, ``cluster_downsample`` and DFR read them."""
+    return predictions, embeddings
+
+
+def build_headline_table(
+    study_check: Mapping[str, str] | None = None, **summaries: pd.DataFrame
+) -> pd.DataFrame:
+    """One row per variant (keyword = variant) and task with the headline metrics and CIs.
+
+    ``study_check``: ``check_study_models``'s result on ``training.seed``, where the study's
+    models are reused (the table waits for it); None on another seed.
+    """
     rows = []
     for variant, summary in summaries.items():
         for rec in summary.to_dict("records"):

@@ -7,7 +7,13 @@ twice); then one ERM per resampling strategy (debiasing template namespaced
 ``cmp_<strategy>`` feeding the training template in the same namespace), Group DRO on the
 debiasing groups, JTT (upweights ``erm``'s train errors) and DFR (last layer refit on
 ``erm``'s embeddings, no training). Each new variant gets the robustness template;
-``headline_table`` stacks every variant's summary. Trained variants log one MLflow child
+``headline_table`` stacks every variant's summary. Since ``erm``, ``box`` and ``seg`` come
+from the last ``kedro run`` while every ``cmp_*`` variant trains under this run's
+parameters, ``check_study_models`` first compares the training configuration each study
+model's ``test_metrics`` records with the one this run's ``training`` parameters give it,
+and stops the run naming the keys that differ (or saying the record is missing: models
+trained before it was recorded); ``headline_table`` and ``erm``'s predictions and
+embeddings (through ``gate_study_erm``) wait for it. Trained variants log one MLflow child
 run each through the training template's ``<variant>.mlflow_run``. Every template is
 instantiated with the one recipe (``cxr_spurious.pipelines._recipe.per_variant``), one
 namespace per variant, so the debiasing, training and robustness catalog patterns
@@ -71,10 +77,13 @@ VARIANTS: tuple[str, ...] = (ERM, *TRAINED, DFR, *(m for m in STUDY_MODELS if m 
 SHARED_INPUTS: dict[str, str] = {"manifest": "manifest", "image_cache": "image_cache"}
 # What the study's models read (their resampled manifest is the study's debiasing output).
 STUDY_INPUTS: dict[str, str] = {**SHARED_INPUTS, "resampled_manifest": "resampled_manifest"}
-# What the debiasing templates read from the study's ERM (cluster features, JTT's errors).
+# check_study_models's result: the study's models were trained under this run's parameters.
+STUDY_CHECK = "study_models_check"
+# What the debiasing templates read from the study's ERM (cluster features, JTT's errors):
+# erm.embeddings and erm.predictions passed on once the check passed (gate_study_erm).
 FROM_ERM: dict[str, str] = {
-    "embeddings": f"{ERM}.embeddings",
-    "erm_predictions": f"{ERM}.predictions",
+    "embeddings": "checked_erm_embeddings",
+    "erm_predictions": "checked_erm_predictions",
 }
 PER_VARIANT_DEBIASING: frozenset[str] = frozenset({"strategy", "target"})
 # The comparison.debiasing keys DFR reads.
@@ -193,8 +202,43 @@ def headline_seed_table(seed: int, study_seed: int) -> str:
     return "headline_table" if seed == study_seed else f"headline_table_s{seed}"
 
 
+def create_study_model_check() -> Pipeline:
+    """``check_study_models`` (the study's models against this run's ``training``) and
+    ``gate_study_erm`` (``erm``'s outputs, passed on once it passed)."""
+    tags = ["comparison", "check"]
+    return Pipeline(
+        [
+            Node(
+                func=nodes.check_study_models,
+                inputs={
+                    "training": "params:training",
+                    **{m: f"{m}.test_metrics" for m in STUDY_MODELS},
+                },
+                outputs=STUDY_CHECK,
+                name="check_study_models",
+                tags=tags,
+            ),
+            Node(
+                func=nodes.gate_study_erm,
+                inputs={
+                    "study_check": STUDY_CHECK,
+                    "predictions": f"{ERM}.predictions",
+                    "embeddings": f"{ERM}.embeddings",
+                },
+                outputs=[FROM_ERM["erm_predictions"], FROM_ERM["embeddings"]],
+                name="gate_study_erm",
+                tags=tags,
+            ),
+        ]
+    )
+
+
 def create_study_seed_pipeline() -> Pipeline:
-    """Every comparison variant on the study's seed, its robustness and ``headline_table``."""
+    """Every comparison variant on the study's seed, its robustness and ``headline_table``.
+
+    The study's models are reused here: ``create_study_model_check`` checks them first, and
+    ``headline_table`` and every input read from ``erm`` wait for the check.
+    """
     by_features = {
         f: [v for v, g in RESAMPLED.items() if g == f] for f in ("thumbnails", "embeddings")
     }
@@ -213,7 +257,7 @@ def create_study_seed_pipeline() -> Pipeline:
         func=_dfr_function(),
         inputs={
             "manifest": "manifest",
-            "embeddings": f"{ERM}.embeddings",
+            "embeddings": FROM_ERM["embeddings"],
             "tasks": f"{C}.debiasing.tasks",
             "group_by": f"{C}.debiasing.group_by",
             "age_bins": f"{C}.debiasing.age_bins",
@@ -233,12 +277,22 @@ def create_study_seed_pipeline() -> Pipeline:
     )
     headline = Node(
         func=nodes.build_headline_table,
-        inputs=dict(zip(VARIANTS, variant_datasets(VARIANTS, "model_summary"), strict=True)),
+        inputs={
+            "study_check": STUDY_CHECK,
+            **dict(zip(VARIANTS, variant_datasets(VARIANTS, "model_summary"), strict=True)),
+        },
         outputs="headline_table",
         name="build_headline_table",
         tags=["comparison", "summary"],
     )
-    return debiasing + training + Pipeline([dfr]) + robustness + Pipeline([headline])
+    return (
+        create_study_model_check()
+        + debiasing
+        + training
+        + Pipeline([dfr])
+        + robustness
+        + Pipeline([headline])
+    )
 
 
 def _seed_nodes(seed: int, name: str, *, resampling: bool) -> Pipeline:

@@ -33,6 +33,7 @@ from cxr_spurious.training.outputs import (
     run_name,
     run_params,
     training_curves,
+    training_record,
 )
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,10 @@ def evaluate_test_metrics(predictions: Any, manifest: pd.DataFrame, config: dict
     """Test AUROC, robust and reverse AUROC on ``training.subgroup`` with bootstrap CIs.
 
     The trained model's supervision and architecture travel with the metrics, so reports
-    name what was trained even when a run overrode the variant on the command line.
+    name what was trained even when a run overrode the variant on the command line; so do
+    the CI settings (``ci_level``, ``n_boot``) and the training configuration
+    (``training_record``), so a later run that reuses the model (the study, the comparison)
+    can check them against its own parameters.
     """
     if config["skip"]:
         return SKIPPED
@@ -177,7 +181,12 @@ def evaluate_test_metrics(predictions: Any, manifest: pd.DataFrame, config: dict
         level=float(config["ci_level"]),
         max_dropped_share=float(config["max_dropped_share"]),
     )
-    return {"supervision": config["supervision"], "architecture": config["architecture"], **metrics}
+    return {
+        "supervision": config["supervision"],
+        "architecture": config["architecture"],
+        **metrics,
+        **training_record(config),
+    }
 
 
 def plot_training_curves(training_history: Any, config: dict[str, Any]) -> Figure | object:

@@ -1,0 +1,197 @@
+"""The comparison reuses the study's erm, box and seg on ``training.seed`` as the last
+``kedro run`` left them, and trains every ``cmp_*`` variant under its own parameters: with
+``--params training.epochs=8`` given to the comparison only, seed 0 compared 8-epoch
+variants with the 5-epoch erm, with nothing saying so. Each model's ``test_metrics`` now
+records its training configuration and ``check_study_models`` refuses a mismatch.
+
+The study models' ``test_metrics`` here are written by the training template's own node
+(``evaluate_test_metrics``) under the study's parameters, saved and loaded through the
+catalog's file format (``json.JSONDataset``), and checked under the comparison's.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.pipeline import Pipeline
+from kedro.runner import SequentialRunner
+from kedro_datasets.json import JSONDataset
+
+from cxr_spurious.errors import ContractError
+from cxr_spurious.hooks import base_parameters
+from cxr_spurious.pipelines.comparison import nodes
+from cxr_spurious.pipelines.comparison.pipeline import VARIANTS, create_study_seed_pipeline
+from cxr_spurious.pipelines.training.nodes import evaluate_test_metrics, resolve_config
+from cxr_spurious.variants import STUDY_MODELS
+
+TASK = "Pneumothorax"
+CHECKED = {"predictions": "checked_erm_predictions", "embeddings": "checked_erm_embeddings"}
+
+
+class _Kept(MemoryDataset):
+    """A memory dataset the runner does not release after its last use."""
+
+    def _release(self) -> None:
+        pass
+
+
+def _training(**changes: Any) -> dict[str, Any]:
+    """``conf/base``'s ``training`` (few replicates), with ``changes`` at dotted keys."""
+    training = copy.deepcopy(base_parameters()["training"])
+    training["n_boot"] = 20
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        block = training
+        for part in path:
+            block = block[part]
+        block[last] = value
+    return training
+
+
+def _test_split(n: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
+    ids = [f"img{i}" for i in range(n)]
+    y = (np.arange(n) % 2).astype(float)
+    manifest = pd.DataFrame(
+        {
+            "image_id": ids,
+            "patient_id": [f"p{i}" for i in range(n)],
+            "split": "test",
+            TASK: y,
+            "tube": (np.arange(n) % 3 == 0).astype(float),
+        }
+    )
+    preds = pd.DataFrame({"image_id": ids, f"p_{TASK}": 0.6 * y + 0.4 * np.linspace(0, 1, n)})
+    return preds, manifest
+
+
+def _study_metrics(tmp_path: Path, training: dict[str, Any]) -> dict[str, JSONDataset]:
+    """Every study model's ``test_metrics`` as training writes it under ``training``."""
+    preds, manifest = _test_split()
+    out = {}
+    for model in STUDY_MODELS:
+        config = resolve_config(training, training["variants"][model])
+        dataset = JSONDataset(filepath=str(tmp_path / model / "test_metrics.json"))
+        dataset.save(evaluate_test_metrics(preds, manifest, config))
+        out[f"{model}.test_metrics"] = dataset
+    return out
+
+
+def _summary(auroc: float) -> pd.DataFrame:
+    row: dict[str, Any] = {"task": TASK}
+    for i, metric in enumerate(("auroc", "worst_group_auroc", "robust_tube_auroc")):
+        value = auroc - 0.1 * i
+        row.update({metric: value, f"{metric}_lo": value - 0.05, f"{metric}_hi": value + 0.05})
+    return pd.DataFrame([row])
+
+
+def _run(metrics: dict[str, JSONDataset], training: dict[str, Any]) -> dict[str, Any]:
+    """The study seed's check, gate and ``build_headline_table`` on in-memory stand-ins."""
+    names = {"check_study_models", "gate_study_erm", "build_headline_table"}
+    pipe = Pipeline([n for n in create_study_seed_pipeline().nodes if n.name in names])
+    preds, _ = _test_split()
+    embeddings = pd.DataFrame(
+        {"image_id": preds["image_id"], "e0": np.arange(len(preds), dtype=float)}
+    )
+    summaries = {f"{v}.model_summary": _summary(0.5 + 0.02 * i) for i, v in enumerate(VARIANTS)}
+    datasets: dict[str, Any] = {
+        "params:training": MemoryDataset(training),
+        "erm.predictions": MemoryDataset(preds),
+        "erm.embeddings": MemoryDataset(embeddings),
+        **metrics,
+        **{name: MemoryDataset(summary) for name, summary in summaries.items()},
+    }
+    catalog = DataCatalog(datasets)
+    outputs = pipe.all_outputs()
+    for name in outputs:
+        catalog[name] = _Kept(copy_mode="assign")
+    SequentialRunner().run(pipe, catalog)
+    return {name: catalog.load(name) for name in outputs} | {
+        "preds": preds,
+        "embeddings": embeddings,
+    }
+
+
+def test_same_training_settings_pass_and_the_headline_is_built(tmp_path: Path) -> None:
+    out = _run(_study_metrics(tmp_path, _training()), _training())
+    table = out["headline_table"]
+    assert list(table["variant"]) == list(VARIANTS)
+    assert table["auroc"].to_numpy() == pytest.approx(
+        [0.5 + 0.02 * i for i in range(len(VARIANTS))]
+    )
+    # erm's outputs pass the gate unchanged
+    pd.testing.assert_frame_equal(out[CHECKED["predictions"]], out["preds"])
+    pd.testing.assert_frame_equal(out[CHECKED["embeddings"]], out["embeddings"])
+
+
+def test_the_record_survives_the_catalog_file_and_is_its_own_digest(tmp_path: Path) -> None:
+    metrics = _study_metrics(tmp_path, _training(epochs=7))["erm.test_metrics"].load()
+    config = metrics["training_config"]
+    assert config["epochs"] == 7 and config["seed"] == 0 and config["supervision"] == "erm"
+    assert config["architecture"] == "unet_small" and config["tasks"] == [TASK]
+    # settings that do not change the model are not recorded; stopping rules are
+    assert not {"progress", "checkpoint_dir", "resume", "n_boot", "ci_level", "variant"} & set(
+        config
+    )
+    assert {"patience", "max_steps", "time_budget_s"} <= set(config)
+    blob = json.dumps(config, sort_keys=True).encode()
+    assert metrics["training_config_digest"] == hashlib.sha256(blob).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("change", "models", "expected"),
+    [
+        ({"epochs": 8}, STUDY_MODELS, "epochs=5 (this run: 8)"),
+        ({"variants.seg.target_dilation": 0}, ("seg",), "target_dilation=2 (this run: 0)"),
+        ({"patience": 2}, STUDY_MODELS, "patience=None (this run: 2)"),
+        ({"seed": 3}, STUDY_MODELS, "seed=0 (this run: 3)"),
+    ],
+)
+def test_other_training_settings_are_refused_naming_the_key(
+    tmp_path: Path, change: dict[str, Any], models: tuple[str, ...], expected: str
+) -> None:
+    # the study ran with conf/base; the comparison with --params <change>
+    metrics = _study_metrics(tmp_path, _training())
+    with pytest.raises(ContractError) as err:
+        _run(metrics, _training(**change))
+    message = str(err.value)
+    for model in STUDY_MODELS:
+        assert (f"{model}.test_metrics records {expected}" in message) == (model in models), message
+    assert "run `kedro run` with the same --params first" in message
+
+
+def test_settings_that_do_not_change_the_model_pass(tmp_path: Path) -> None:
+    metrics = _study_metrics(tmp_path, _training())
+    changes = {
+        "n_boot": 50, "ci_level": 0.9, "progress": False, "num_workers": 2, "resume": True,
+        "checkpoint_dir": "elsewhere", "eval_batch_size": 128, "only": "erm",
+    }  # fmt: skip
+    assert list(_run(metrics, _training(**changes))["headline_table"]["variant"]) == list(VARIANTS)
+
+
+def test_test_metrics_without_the_record_are_refused(tmp_path: Path) -> None:
+    metrics = _study_metrics(tmp_path, _training())
+    old = metrics["box.test_metrics"].load()
+    for key in ("training_config", "training_config_digest", "ci_level", "n_boot"):
+        del old[key]  # as written before the record
+    metrics["box.test_metrics"].save(old)
+    with pytest.raises(ContractError, match=r"box.test_metrics: no record .*predate") as err:
+        _run(metrics, _training())
+    assert "erm.test_metrics" not in str(err.value)
+    assert "run `kedro run` with the same --params first" in str(err.value)
+
+
+def test_a_missing_variant_block_names_the_key() -> None:
+    from cxr_spurious.errors import ParameterError
+
+    training = _training()
+    del training["variants"]["box"]
+    with pytest.raises(ParameterError, match="training.variants.box"):
+        nodes.check_study_models(training, box={})
