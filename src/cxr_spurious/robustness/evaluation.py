@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import json
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -186,3 +188,45 @@ def split_rows(table: pd.DataFrame, split: str) -> pd.DataFrame:
     if out.empty:
         raise ContractError(f"evaluation table has no '{split}' rows")
     return out
+
+
+# The robustness settings a model's summary row depends on (``summarise_model``): its
+# tasks, groups, operating point and bootstrap. Calibration, reliability, hidden-strata and
+# thumbnail settings feed other outputs only.
+SUMMARY_SETTINGS: tuple[str, ...] = (
+    "tasks",
+    "attributes",
+    "age_bins",
+    "spurious",
+    "min_per_class",
+    "worst_group_attributes",
+    "fairness_attribute",
+    "operating_point",
+    "operating_target",
+    "n_boot",
+    "ci_level",
+    "max_dropped_share",
+    "seed",
+)
+SETTINGS_COLUMN = "robustness_settings"
+
+
+def summary_settings(robustness: Mapping[str, Any]) -> str:
+    """The ``SUMMARY_SETTINGS`` of a ``robustness`` parameter block as sorted JSON.
+
+    ``summarise_model`` writes it into each row (``SETTINGS_COLUMN``) so that a later run
+    reusing the summary (the comparison) can tell whether it was computed under its own
+    settings.
+    """
+    return json.dumps({k: robustness.get(k) for k in SUMMARY_SETTINGS}, sort_keys=True)
+
+
+def settings_differences(recorded: str, robustness: Mapping[str, Any]) -> dict[str, tuple]:
+    """``{key: (recorded, this run's)}`` of the summary settings that differ.
+
+    Raises:
+        ValueError: ``recorded`` is not the JSON ``summary_settings`` writes.
+    """
+    old = json.loads(recorded)
+    new = json.loads(summary_settings(robustness))
+    return {k: (old.get(k), new[k]) for k in SUMMARY_SETTINGS if old.get(k) != new[k]}

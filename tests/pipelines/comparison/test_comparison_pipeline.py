@@ -14,6 +14,7 @@ from cxr_spurious.pipelines.comparison.pipeline import (
     JTT,
     RESAMPLED,
     STUDY_CHECK,
+    SUMMARY_CHECK,
     VARIANTS,
     create_pipeline,
 )
@@ -79,10 +80,17 @@ def test_variants_train_on_their_own_resampled_manifest(pipeline) -> None:
     dfr = next(n for n in pipeline.nodes if n.name == "refit_last_layer")
     assert FROM_ERM["embeddings"] in dfr.inputs
     headline = next(n for n in pipeline.nodes if n.name == "build_headline_table")
-    assert headline.inputs == [STUDY_CHECK, *(f"{v}.model_summary" for v in VARIANTS)]
+    assert headline.inputs == [
+        STUDY_CHECK,
+        SUMMARY_CHECK,
+        *(f"{v}.model_summary" for v in VARIANTS),
+    ]
     assert headline.outputs == ["headline_table"]
     check = next(n for n in pipeline.nodes if n.name == "check_study_models")
     assert check.inputs == ["params:training", *(f"{m}.test_metrics" for m in STUDY_MODELS)]
+    summaries = next(n for n in pipeline.nodes if n.name == "check_study_summaries")
+    assert summaries.inputs == ["params:robustness", *(f"{m}.model_summary" for m in STUDY_MODELS)]
+    assert summaries.outputs == [SUMMARY_CHECK]
 
 
 def test_the_study_models_come_from_variants() -> None:

@@ -30,6 +30,7 @@ from cxr_spurious.hooks import base_parameters
 from cxr_spurious.pipelines.comparison import nodes
 from cxr_spurious.pipelines.comparison.pipeline import VARIANTS, create_study_seed_pipeline
 from cxr_spurious.pipelines.training.nodes import evaluate_test_metrics, resolve_config
+from cxr_spurious.robustness.evaluation import SETTINGS_COLUMN, summary_settings
 from cxr_spurious.variants import STUDY_MODELS
 
 TASK = "Pneumothorax"
@@ -85,7 +86,10 @@ def _study_metrics(tmp_path: Path, training: dict[str, Any]) -> dict[str, JSONDa
 
 
 def _summary(auroc: float) -> pd.DataFrame:
-    row: dict[str, Any] = {"task": TASK}
+    row: dict[str, Any] = {
+        "task": TASK,
+        SETTINGS_COLUMN: summary_settings(base_parameters()["robustness"]),
+    }
     for i, metric in enumerate(("auroc", "worst_group_auroc", "robust_tube_auroc")):
         value = auroc - 0.1 * i
         row.update({metric: value, f"{metric}_lo": value - 0.05, f"{metric}_hi": value + 0.05})
@@ -94,7 +98,12 @@ def _summary(auroc: float) -> pd.DataFrame:
 
 def _run(metrics: dict[str, JSONDataset], training: dict[str, Any]) -> dict[str, Any]:
     """The study seed's check, gate and ``build_headline_table`` on in-memory stand-ins."""
-    names = {"check_study_models", "gate_study_erm", "build_headline_table"}
+    names = {
+        "check_study_models",
+        "check_study_summaries",
+        "gate_study_erm",
+        "build_headline_table",
+    }
     pipe = Pipeline([n for n in create_study_seed_pipeline().nodes if n.name in names])
     preds, _ = _test_split()
     embeddings = pd.DataFrame(
@@ -103,6 +112,7 @@ def _run(metrics: dict[str, JSONDataset], training: dict[str, Any]) -> dict[str,
     summaries = {f"{v}.model_summary": _summary(0.5 + 0.02 * i) for i, v in enumerate(VARIANTS)}
     datasets: dict[str, Any] = {
         "params:training": MemoryDataset(training),
+        "params:robustness": MemoryDataset(base_parameters()["robustness"]),
         "erm.predictions": MemoryDataset(preds),
         "erm.embeddings": MemoryDataset(embeddings),
         **metrics,

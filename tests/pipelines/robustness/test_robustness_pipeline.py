@@ -73,6 +73,7 @@ def test_namespaced_run_and_summary() -> None:
     data: dict[str, object] = {
         "manifest": manifest,
         "image_cache": cache,
+        "params:robustness": params,
         **{f"params:robustness.{k}": v for k, v in params.items()},
     }
     noise = np.random.default_rng(5)
@@ -138,6 +139,7 @@ def test_operating_points_come_from_val_and_are_applied_to_test() -> None:
     data: dict[str, object] = {
         "manifest": manifest,
         "image_cache": cache,
+        "params:robustness": params,
         **{f"params:robustness.{k}": v for k, v in params.items()},
     }
     for m in STUDY_MODELS:

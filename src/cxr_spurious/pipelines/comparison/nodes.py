@@ -14,6 +14,7 @@ import pandas as pd
 from cxr_spurious.debiasing.dfr import fit_dfr
 from cxr_spurious.debiasing.groups import assign_groups, group_keys
 from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.robustness.evaluation import SETTINGS_COLUMN, settings_differences
 from cxr_spurious.stats.seeds import SEED_COLUMN, paired_over_seeds, summarise_over_seeds
 from cxr_spurious.training.config import resolve_training_config
 from cxr_spurious.training.outputs import recorded_differences
@@ -124,6 +125,63 @@ def check_study_models(
     return checked
 
 
+def check_study_summaries(
+    robustness: Mapping[str, Any], **summaries: pd.DataFrame
+) -> dict[str, str]:
+    """Check that the study's robustness summaries were computed under this run's settings.
+
+    ``headline_table`` stacks the study models' ``model_summary`` (from the last
+    ``kedro run``) with the ``cmp_*`` variants' (computed in this run): a study summary made
+    under other ``robustness`` settings (``--params robustness.fairness_attribute=sex``
+    given to the comparison only) would put another attribute's FNR gap in the same column.
+    Each summary row records its settings (``robustness_settings``,
+    ``robustness.evaluation.summary_settings``).
+
+    Args:
+        robustness: This run's ``robustness`` parameters.
+        **summaries: ``<model>.model_summary`` of every study model (keyword = model).
+
+    Returns:
+        ``{model: recorded settings}``: what was checked (``headline_table`` waits for it).
+
+    Raises:
+        ContractError: a summary's record differs (naming the model and every differing key
+            with both values) or is missing (a summary written before the record).
+    """
+    missing: list[str] = []
+    differing: list[str] = []
+    checked: dict[str, str] = {}
+    for model, summary in summaries.items():
+        records = summary[SETTINGS_COLUMN].dropna().unique() if SETTINGS_COLUMN in summary else []
+        if len(records) != 1:
+            missing.append(f"{model}.model_summary")
+            continue
+        diff = settings_differences(str(records[0]), robustness)
+        if diff:
+            values = "; ".join(
+                f"robustness.{key}={old!r} (this run: {new!r})" for key, (old, new) in diff.items()
+            )
+            differing.append(f"{model}.model_summary records {values}")
+        else:
+            checked[model] = str(records[0])
+    if missing:
+        raise ContractError(
+            f"{', '.join(missing)}: no record of the robustness settings ({SETTINGS_COLUMN}): "
+            "the study's summaries predate the record (written by an older version), so the "
+            "comparison cannot show they were computed under this run's parameters; re-run "
+            f"them: {RERUN_STUDY}"
+        )
+    if differing:
+        raise ContractError(
+            "the study's robustness summaries were computed under other settings than this "
+            "run's: "
+            + "; ".join(differing)
+            + f". headline_table would mix them with the cmp_* variants' rows; {RERUN_STUDY}"
+        )
+    logger.info("study summaries %s: this run's robustness settings", ", ".join(checked))
+    return checked
+
+
 def gate_study_erm(
     study_check: Mapping[str, str], predictions: pd.DataFrame, embeddings: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -133,12 +191,15 @@ def gate_study_erm(
 
 
 def build_headline_table(
-    study_check: Mapping[str, str] | None = None, **summaries: pd.DataFrame
+    study_check: Mapping[str, str] | None = None,
+    summary_check: Mapping[str, str] | None = None,
+    **summaries: pd.DataFrame,
 ) -> pd.DataFrame:
     """One row per variant (keyword = variant) and task with the headline metrics and CIs.
 
-    ``study_check``: ``check_study_models``'s result on ``training.seed``, where the study's
-    models are reused (the table waits for it); None on another seed.
+    ``study_check`` / ``summary_check``: ``check_study_models`` / ``check_study_summaries``
+    results on ``training.seed``, where the study's models are reused (the table waits for
+    them); None on another seed.
     """
     rows = []
     for variant, summary in summaries.items():

@@ -79,6 +79,8 @@ SHARED_INPUTS: dict[str, str] = {"manifest": "manifest", "image_cache": "image_c
 STUDY_INPUTS: dict[str, str] = {**SHARED_INPUTS, "resampled_manifest": "resampled_manifest"}
 # check_study_models's result: the study's models were trained under this run's parameters.
 STUDY_CHECK = "study_models_check"
+# check_study_summaries's result: the study's robustness summaries use this run's settings.
+SUMMARY_CHECK = "study_summaries_check"
 # What the debiasing templates read from the study's ERM (cluster features, JTT's errors):
 # erm.embeddings and erm.predictions passed on once the check passed (gate_study_erm).
 FROM_ERM: dict[str, str] = {
@@ -229,6 +231,16 @@ def create_study_model_check() -> Pipeline:
                 name="gate_study_erm",
                 tags=tags,
             ),
+            Node(
+                func=nodes.check_study_summaries,
+                inputs={
+                    "robustness": "params:robustness",
+                    **{m: f"{m}.model_summary" for m in STUDY_MODELS},
+                },
+                outputs=SUMMARY_CHECK,
+                name="check_study_summaries",
+                tags=tags,
+            ),
         ]
     )
 
@@ -279,6 +291,7 @@ def create_study_seed_pipeline() -> Pipeline:
         func=nodes.build_headline_table,
         inputs={
             "study_check": STUDY_CHECK,
+            "summary_check": SUMMARY_CHECK,
             **dict(zip(VARIANTS, variant_datasets(VARIANTS, "model_summary"), strict=True)),
         },
         outputs="headline_table",

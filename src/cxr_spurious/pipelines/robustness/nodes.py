@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,10 +12,12 @@ from matplotlib.figure import Figure
 from cxr_spurious.debiasing.features import embedding_matrix
 from cxr_spurious.robustness.calibration import calibration_table, plot_reliability
 from cxr_spurious.robustness.evaluation import (
+    SETTINGS_COLUMN,
     check_attribute_parameters,
     evaluation_table,
     grouping_columns,
     split_rows,
+    summary_settings,
 )
 from cxr_spurious.robustness.fairness import choose_threshold, fairness_tables
 from cxr_spurious.robustness.strata import attribute_ami, find_strata, plot_strata, plot_thumbnails
@@ -271,10 +274,14 @@ def summarise_model(
     worst_attributes: list[str],
     fairness_attribute: str,
     attributes: list[str],
+    settings: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """One row per task: overall, worst-group and robust AUROC, FNR gap, EOD (with CIs).
 
     The worst-group AUROC is the lowest per-attribute worst group over ``worst_attributes``.
+    With ``settings`` (``params:robustness``) each row records the settings it was computed
+    under (``robustness_settings``, ``evaluation.summary_settings``), for runs that reuse
+    the summary (the comparison's ``check_study_summaries``).
 
     Args:
         subgroup: ``subgroup_auroc``.
@@ -282,6 +289,7 @@ def summarise_model(
         worst_attributes: ``robustness.worst_group_attributes``.
         fairness_attribute: ``robustness.fairness_attribute``.
         attributes: ``robustness.attributes`` (the evaluated ones).
+        settings: ``params:robustness``.
 
     Raises:
         ParameterError: a worst-group or fairness attribute that was not evaluated.
@@ -315,15 +323,18 @@ def summarise_model(
         row.update(
             _pick(g, g["metric"] == "equalized_odds_difference", "equalized_odds_difference")
         )
+        if settings is not None:
+            row[SETTINGS_COLUMN] = summary_settings(settings)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def combine_robustness_summary(**summaries: pd.DataFrame) -> pd.DataFrame:
-    """Stack per-model summaries with a ``model`` column (keyword = model name)."""
+    """Stack per-model summaries with a ``model`` column (keyword = model name); the
+    settings record of each row stays in the per-model files."""
     return pd.concat(
         [s.assign(model=name) for name, s in summaries.items()], ignore_index=True
-    ).pipe(lambda d: d[["model", *[c for c in d.columns if c != "model"]]])
+    ).pipe(lambda d: d[["model", *[c for c in d.columns if c not in ("model", SETTINGS_COLUMN)]]])
 
 
 def _pick(frame: pd.DataFrame, mask: pd.Series, name: str) -> dict[str, float]:

@@ -156,6 +156,7 @@ def create_robustness_template() -> Pipeline:
                     "worst_attributes": f"{P}.worst_group_attributes",
                     "fairness_attribute": f"{P}.fairness_attribute",
                     "attributes": f"{P}.attributes",
+                    "settings": "params:robustness",
                 },
                 outputs="model_summary",
                 name="summarise_model",

@@ -1,0 +1,118 @@
+"""The comparison stacks the study models' robustness summaries (from the last ``kedro run``)
+with the ``cmp_*`` variants' (computed in this run): ``--params
+robustness.fairness_attribute=sex`` given to the comparison only put sex's FNR gap in the
+variants' rows and site's in the study models', in one column. Each summary row now records
+the settings it was computed under and ``check_study_summaries`` refuses a mismatch.
+
+The study summaries here are written by the robustness template's own node
+(``summarise_model``) and saved and loaded through the catalog's file format (CSV).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from kedro_datasets.pandas import CSVDataset
+
+from cxr_spurious.errors import ContractError
+from cxr_spurious.hooks import base_parameters
+from cxr_spurious.pipelines.comparison.nodes import check_study_summaries
+from cxr_spurious.pipelines.robustness.nodes import combine_robustness_summary, summarise_model
+from cxr_spurious.robustness.evaluation import SETTINGS_COLUMN
+from cxr_spurious.variants import STUDY_MODELS
+
+TASK = "Pneumothorax"
+
+
+def _robustness(**changes: Any) -> dict[str, Any]:
+    robustness = copy.deepcopy(base_parameters()["robustness"])
+    robustness.update(changes)
+    return robustness
+
+
+def _subgroup_and_gaps() -> tuple[pd.DataFrame, pd.DataFrame]:
+    base = {"task": TASK, "lo": 0.5, "hi": 0.9}
+    subgroup = pd.DataFrame(
+        [
+            {**base, "metric": "auroc", "attribute": "all", "group": "all", "estimate": 0.8},
+            {**base, "metric": "worst_group_auroc", "attribute": "site", "estimate": 0.6},
+            {**base, "metric": "worst_group_auroc", "attribute": "sex", "estimate": 0.7},
+            {**base, "metric": "robust_auroc", "attribute": "tube", "estimate": 0.5},
+        ]
+    )
+    gaps = pd.DataFrame(
+        [
+            {"task": TASK, "attribute": a, "metric": m, "estimate": v, "lo": 0.0, "hi": 0.4}
+            for a, v in (("site", 0.3), ("sex", 0.1))
+            for m in ("fnr_gap", "equalized_odds_difference")
+        ]
+    )
+    return subgroup, gaps
+
+
+def _study_summaries(tmp_path: Path, robustness: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Every study model's ``model_summary`` as the robustness node writes it, via CSV."""
+    subgroup, gaps = _subgroup_and_gaps()
+    out = {}
+    for model in STUDY_MODELS:
+        summary = summarise_model(
+            subgroup,
+            gaps,
+            robustness["worst_group_attributes"],
+            robustness["fairness_attribute"],
+            robustness["attributes"],
+            settings=robustness,
+        )
+        dataset = CSVDataset(filepath=str(tmp_path / model / "model_summary.csv"))
+        dataset.save(summary)
+        out[model] = dataset.load()
+    return out
+
+
+def test_same_settings_pass(tmp_path: Path) -> None:
+    checked = check_study_summaries(_robustness(), **_study_summaries(tmp_path, _robustness()))
+    assert sorted(checked) == sorted(STUDY_MODELS)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"fairness_attribute": "sex"}, "robustness.fairness_attribute='site' (this run: 'sex')"),
+        ({"n_boot": 50}, "robustness.n_boot=200 (this run: 50)"),
+        ({"operating_point": "fixed_sensitivity"}, "robustness.operating_point='youden'"),
+    ],
+)
+def test_other_settings_are_refused_naming_the_key(
+    tmp_path: Path, change: dict[str, Any], expected: str
+) -> None:
+    summaries = _study_summaries(tmp_path, _robustness())
+    with pytest.raises(ContractError) as info:
+        check_study_summaries(_robustness(**change), **summaries)
+    message = str(info.value)
+    assert all(f"{m}.model_summary records" in message for m in STUDY_MODELS), message
+    assert expected in message and "kedro run" in message
+
+
+def test_settings_that_feed_other_outputs_do_not_matter(tmp_path: Path) -> None:
+    summaries = _study_summaries(tmp_path, _robustness())
+    later = _robustness(calibration_bins=5, thumbnails_per_cluster=2, ami_attributes=["sex"])
+    assert sorted(check_study_summaries(later, **summaries)) == sorted(STUDY_MODELS)
+
+
+def test_summaries_without_the_record_are_refused(tmp_path: Path) -> None:
+    summaries = _study_summaries(tmp_path, _robustness())
+    summaries["box"] = summaries["box"].drop(columns=[SETTINGS_COLUMN])
+    with pytest.raises(ContractError, match=r"box\.model_summary: no record of the robustness"):
+        check_study_summaries(_robustness(), **summaries)
+
+
+def test_the_stacked_summary_leaves_the_record_in_the_per_model_files(tmp_path: Path) -> None:
+    summaries = _study_summaries(tmp_path, _robustness())
+    assert SETTINGS_COLUMN in summaries["erm"]
+    stacked = combine_robustness_summary(**summaries)
+    assert SETTINGS_COLUMN not in stacked and list(stacked["model"]) == list(STUDY_MODELS)
+    assert stacked["fnr_gap"].tolist() == [0.3] * len(STUDY_MODELS)  # site, the default
