@@ -95,3 +95,17 @@ def test_each_task_is_fitted_on_its_rows_with_features_scaled_in_the_task() -> N
                 list(fit.conf_int(0.05)[1]), rel=1e-9
             )
             assert row["coef_pval"] == pytest.approx(fit.pvalues[1], rel=1e-9)
+
+
+def test_without_normalise_each_feature_enters_in_its_own_units() -> None:
+    table = _two_task_table()
+    out = feature_regressions(
+        table, ["iou_tp"], features=["elongation"], by_task=True, normalise=False
+    )
+    for task, rows in table.groupby("task"):
+        fit = _ols(rows["iou_tp"], rows["elongation"])
+        row = out[out["task"] == task].iloc[0]
+        assert row["coef"] == pytest.approx(fit.params[1], rel=1e-9), task
+        assert [row["coef_lo"], row["coef_hi"]] == pytest.approx(
+            list(fit.conf_int(0.05)[1]), rel=1e-9
+        )

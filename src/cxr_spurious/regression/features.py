@@ -15,16 +15,22 @@ from cxr_spurious.io.masks import decode_rle
 def mask_features(mask: np.ndarray) -> dict[str, float]:
     """Area ratio, elongation and irrectangularity of a binary mask.
 
-    Elongation = long / short side of the minimum-area rectangle of the longest contour;
-    irrectangularity = 1 - contour area / rectangle area. NaN for an empty mask.
+    As the reference's ``get_geometric_features``: every contour, holes included
+    (``cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)``, the reference's
+    ``findContours(segm, 1, 1)``), and of those the one with the most points (the first on a
+    tie), which can be a hole's. Elongation = long / short side of that contour's
+    minimum-area rectangle; irrectangularity = 1 - contour area / rectangle area (the
+    reference's ``1 - rec_area_ratio``). NaN for an empty mask.
     """
     h, w = mask.shape
     area = float(mask.sum())
     out = {"area_ratio": area / (h * w), "elongation": np.nan, "irrectangularity": np.nan}
     if area == 0:
         return out
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    longest = max(contours, key=len)
+    contours, _ = cv2.findContours(
+        np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE
+    )
+    longest = contours[int(np.argmax([len(c) for c in contours]))]
     (_, _), (rw, rh), _ = cv2.minAreaRect(longest)
     long_side, short_side = max(rw, rh), min(rw, rh)
     rect_area = rw * rh

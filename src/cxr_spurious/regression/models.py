@@ -232,10 +232,15 @@ def feature_regressions(
     cluster: str | None = None,
     by_task: bool = False,
     min_clusters: int = MIN_CLUSTERS,
+    normalise: bool = True,
 ) -> pd.DataFrame:
-    """Single-predictor OLS of each outcome on each min-max-normalised feature.
+    """Single-predictor OLS of each outcome on each (min-max-normalised) feature.
 
     Pooled over tasks (reference) or per task; Bonferroni significance over the features.
+    With ``normalise`` (the reference's geometric-feature regressions) each feature is
+    min-max scaled within the fitted group (all tasks pooled, or the one task), so a
+    coefficient is the outcome's change over the feature's range in that group; without it
+    the feature enters in its own units (the reference's probability regression).
 
     Args:
         table: Rows with ``task``, ``image_id``, the outcomes and features.
@@ -245,6 +250,7 @@ def feature_regressions(
         by_task: One fit per task instead of pooled.
         min_clusters: Fewest clusters for cluster-robust errors, and fewest CXRs
             (``image_id``) for ``bonferroni_significant`` to be set.
+        normalise: Min-max scale each feature within the fitted group (False: raw values).
 
     Returns:
         One row per fit: coefficients, CIs, p-values, Spearman, ``n``, ``n_cxr``,
@@ -258,7 +264,7 @@ def feature_regressions(
     for task, group in groups:
         g = group.copy()
         for f in features:
-            g[f] = minmax(g[f].astype(float))
+            g[f] = minmax(g[f].astype(float)) if normalise else g[f].astype(float)
         for y in outcomes:
             for f in features:
                 sub = g[

@@ -82,8 +82,14 @@ READ: dict[str, str] = {
         "missing)."
     ),
     "regression": (
-        "Each row is one geometric feature of the lesion regressed against localization "
-        "quality, with its 95 % CI: an interval that does not cross zero is an association."
+        "Each row is one localization outcome of a heatmap set regressed on one min-max-"
+        "normalised geometric feature of the lesion, pooled over tasks, with its unadjusted "
+        "95 % CI; a point is highlighted (red) only when Bonferroni-significant, p < 0.05/k "
+        "over the k features, in a fit on at least regression.min_clusters CXRs (30 by "
+        "default). iou_tp and hit are the saliency map's; the gap outcomes iou_gap and "
+        "hit_gap are benchmark minus saliency, so a positive gap means the saliency map is "
+        "worse than the benchmark and a positive coefficient that the gap widens as the "
+        "feature grows."
     ),
     "robustness": (
         "Per model: overall, worst-subgroup and robust (tube-stratified) AUROC and the "

@@ -6,9 +6,14 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from cxr_spurious.regression import features as feat
 from cxr_spurious.regression import models
+
+#: Forest-plot colours: Bonferroni-significant fits, and the others.
+SIGNIFICANT_COLOUR = "C3"
+OTHER_COLOUR = "C0"
 
 
 def compute_geometric_features(
@@ -60,20 +65,26 @@ def regress_on_features(
 def regress_on_confidence(
     localization_per_cxr: pd.DataFrame, min_clusters: int = models.MIN_CLUSTERS
 ) -> pd.DataFrame:
-    """Probability -> IoU (full dataset) and hit, per task and pooled, per set (OLS errors)."""
+    """Probability -> IoU (full dataset) and hit, per task and pooled, per set (OLS errors).
+
+    As the reference's ``regression_model_assurance.py``: OLS of the outcome on the model's
+    raw probability (``feature`` = ``prob``, not rescaled), so pooled and per-task
+    coefficients are all the outcome's change per unit of probability; Bonferroni over one
+    predictor (p < 0.05).
+    """
     frames = []
     for name, group in localization_per_cxr[localization_per_cxr["in_gt"].astype(bool)].groupby(
         "set", sort=True
     ):
-        g = group.assign(prob_norm=models.minmax(group["prob"].astype(float)))
         for by_task in (False, True):
             frames.append(
                 models.feature_regressions(
-                    g,
+                    group,
                     ["iou_full", "hit"],
-                    features=["prob_norm"],
+                    features=["prob"],
                     by_task=by_task,
                     min_clusters=int(min_clusters),
+                    normalise=False,
                 ).assign(set=name)
             )
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -113,13 +124,17 @@ def fit_joint_models(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_forest(feature_regressions: pd.DataFrame) -> plt.Figure:
-    """Forest plot of pooled feature coefficients with 95% CIs."""
+    """Forest plot of pooled feature coefficients with their unadjusted 95% CIs.
+
+    A point is red when ``bonferroni_significant`` (p < 0.05 / k over the k features, on a
+    fit of at least ``regression.min_clusters`` CXRs), blue otherwise; the legend says so.
+    """
     pooled = (
         feature_regressions[feature_regressions.get("task", pd.Series(dtype=str)) == "pooled"]
         if len(feature_regressions)
         else feature_regressions
     )
-    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(pooled), 4) + 1), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(pooled), 4) + 1.4), constrained_layout=True)
     labels = (
         [f"{r.set} | {r.outcome} ~ {r.feature}" for r in pooled.itertuples()] if len(pooled) else []
     )
@@ -129,10 +144,25 @@ def plot_forest(feature_regressions: pd.DataFrame) -> plt.Figure:
             i,
             xerr=[[r.coef - r.coef_lo], [r.coef_hi - r.coef]],
             fmt="o",
-            color="C3" if r.bonferroni_significant else "C0",
+            color=SIGNIFICANT_COLOUR if r.bonferroni_significant else OTHER_COLOUR,
             capsize=3,
         )
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set_xlabel("coefficient (min-max-normalised feature)")
+    ax.set_xlabel("coefficient (min-max-normalised feature), unadjusted 95% CI")
+    k = int(pooled["feature"].nunique()) if len(pooled) else len(models.FEATURES)
+    handles = [
+        Line2D([], [], color=SIGNIFICANT_COLOUR, marker="o", ls="none"),
+        Line2D([], [], color=OTHER_COLOUR, marker="o", ls="none"),
+    ]
+    fig.legend(
+        handles,
+        [
+            f"Bonferroni-significant: p < 0.05/{k}, fit on >= regression.min_clusters CXRs",
+            "not significant, or too few CXRs to flag",
+        ],
+        loc="outside lower center",
+        fontsize=7,
+        frameon=False,
+    )
     return fig
