@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import re
 from html.parser import HTMLParser
@@ -58,7 +59,8 @@ def test_every_section_in_order_each_with_how_to_read_it():
     page = build_study_report(synthetic.inputs())
     parsed = _parse(page)
     assert parsed.sections == [key for key, _ in SECTIONS]
-    assert parsed.reads == [READ[key] for key, _ in SECTIONS]
+    read = {**READ, "findings": READ["findings"].format(level="95 %")}
+    assert parsed.reads == [read[key] for key, _ in SECTIONS]
     for _, title in SECTIONS:
         assert f"<h2>{title}</h2>" in page
     assert "Not in this report" not in page
@@ -231,3 +233,23 @@ def test_skipped_map_files_are_shown_when_there_are_any():
     assert "skipped_map_files" in head
     shown = [(r[head.index("set")], r[head.index("skipped_map_files")]) for r in body]
     assert shown == [("erm.gradcam", "0"), ("box.gradcam", "2"), ("seg.gradcam", "0")]
+
+
+@pytest.mark.parametrize(("level", "said"), [(0.9, "90 %"), (0.95, "95 %"), (0.975, "97.5 %")])
+def test_the_findings_reading_states_the_tables_ci_level(level: float, said: str) -> None:
+    inputs = synthetic.inputs()
+    findings = inputs.study_findings.assign(ci_level=level)
+    page = build_study_report(dataclasses.replace(inputs, study_findings=findings))
+    findings_read = next(r for r in _parse(page).reads if r.startswith("One column per model"))
+    assert f"the estimate with its {said} bootstrap CI" in findings_read
+    other = "90 %" if said != "90 %" else "95 %"
+    assert f"its {other} bootstrap CI" not in page
+
+
+def test_findings_at_several_levels_are_refused() -> None:
+    inputs = synthetic.inputs()
+    findings = inputs.study_findings.assign(
+        ci_level=[0.9] + [0.95] * (len(inputs.study_findings) - 1)
+    )
+    with pytest.raises(ContractError, match=r"several CI levels \[0\.9, 0\.95\]"):
+        build_study_report(dataclasses.replace(inputs, study_findings=findings))

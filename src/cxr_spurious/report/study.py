@@ -57,7 +57,7 @@ READ: dict[str, str] = {
         "of images per split (patient-disjoint) by label and by subgroup."
     ),
     "findings": (
-        "One column per model, one row per measure: each cell is the estimate with its 95 % "
+        "One column per model, one row per measure: each cell is the estimate with its {level} "
         "bootstrap CI (patients resampled); robust_auroc ranks pneumothorax without a tube "
         "against no pneumothorax with a tube (0.5 = chance, low = the tube shortcut), and "
         "cf_drop_no_tube is how much P(pneumothorax) falls when the tube is removed."
@@ -234,6 +234,22 @@ def _dataset(inputs: StudyReportInputs, max_rows: int) -> str:
             table_html(per_group.reset_index(), max_rows=max_rows, source=pivot),
         ]
     return "".join(parts)
+
+
+def ci_level_text(findings: pd.DataFrame) -> str:
+    """The level of the findings' CIs as the page says it ("95 %"), from their ``ci_level``.
+
+    Findings written before the column existed were all at 95 %.
+
+    Raises:
+        ContractError: the rows record several levels.
+    """
+    if "ci_level" not in findings or findings["ci_level"].isna().all():
+        return "95 %"
+    levels = sorted({float(v) for v in findings["ci_level"].dropna()})
+    if len(levels) != 1:
+        raise ContractError(f"study_findings: rows at several CI levels {levels}; expected one")
+    return f"{100 * levels[0]:g} %"
 
 
 def _findings(inputs: StudyReportInputs, max_rows: int) -> str:
@@ -461,6 +477,7 @@ def build_study_report(
         ]
     if sweep:
         bodies["sweep"] = "".join(sweep)
-    sections = [Section(k, t, READ[k], bodies[k]) for k, t in SECTIONS if k in bodies]
+    read = {**READ, "findings": READ["findings"].format(level=ci_level_text(inputs.study_findings))}
+    sections = [Section(k, t, read[k], bodies[k]) for k, t in SECTIONS if k in bodies]
     notes = [MISSING[k] for k, _ in SECTIONS if k not in bodies]
     return render_page(title, _subtitle(inputs.study_findings), sections, notes)
