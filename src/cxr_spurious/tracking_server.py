@@ -434,13 +434,60 @@ def _ensure_database(credentials: Mapping[str, str], port: int) -> None:
         connection.close()
 
 
-def stop_postgres(config: ServerConfig) -> bool:
-    """Stop the local cluster (fast shutdown). Returns whether it was running."""
+def stop_postgres(config: ServerConfig, wait_s: float = 10.0) -> bool:
+    """Stop the local cluster (fast shutdown). Returns whether it was running.
+
+    ``pg_ctl stop -w`` returns once ``postmaster.pid`` is gone, which the postmaster removes
+    just before it exits; the postmaster and its children are then waited for (up to
+    ``wait_s``), so that nothing of the cluster runs when this returns.
+
+    Raises:
+        TrackingServerError: ``pg_ctl`` failed, or a process of the cluster still runs after
+            ``wait_s``.
+    """
     if not postgres_running(config):
         return False
+    postmaster = postgres_pid(config)
+    family = _children_and_self(postmaster) if postmaster is not None else []
     command = [pg_binary("pg_ctl"), "stop", "-D", str(config.pgdata), "-m", "fast", "-w"]
     _run(_as_pg_user(command), f"stopping PostgreSQL in {config.pgdata}")
+    deadline = time.monotonic() + wait_s
+    while (left := [pid for pid in family if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if left:
+        raise TrackingServerError(
+            f"PostgreSQL in {config.pgdata}: pg_ctl stopped it, but its processes {left} "
+            f"still run after {wait_s:g} s"
+        )
     return True
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a living process (a zombie, already dead, is not), from ``/proc``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] not in {"Z", "X"}
+
+
+def _children_and_self(pid: int) -> list[int]:
+    """``pid`` and its living child processes, from ``/proc``."""
+    found = [pid]
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
 
 
 # --- MLflow server ----------------------------------------------------------------------

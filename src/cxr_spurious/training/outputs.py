@@ -1,7 +1,8 @@
 """Tables, metrics, figures and MLflow records built from a trained model.
 
-Everything here is pure given its inputs; the Kedro nodes of the ``training`` pipeline
-are thin calls into these functions.
+Everything here is pure given its inputs, except ``resolved_precision_and_device`` (what
+this machine resolves ``precision`` / ``device`` to); the Kedro nodes of the ``training``
+pipeline are thin calls into these functions.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, bootstrap_or_note
 from cxr_spurious.stats.metrics import auroc, reverse_auroc, robust_auroc
 from cxr_spurious.training.checkpoints import NOT_RESULT_KEYS
+from cxr_spurious.training.config import DEFAULTS
 from cxr_spurious.training.data import CacheBatches, make_loader, subgroup_column
-from cxr_spurious.training.device import DeviceSetup
+from cxr_spurious.training.device import DeviceSetup, precision_name, resolve_device
 from cxr_spurious.training.engine import predict
 
 RENDERS: tuple[str, ...] = ("original", "no_tube", "no_lesion")
@@ -39,6 +41,10 @@ TRAINING_RECORD_KEYS: tuple[str, ...] = ("training_config", "training_config_dig
 NOT_RECORDED_KEYS: frozenset[str] = (
     NOT_RESULT_KEYS - {"max_steps", "time_budget_s", "patience"}
 ) | {"variant", "skip", "only", "resampling", "eval_batch_size"}
+# Keys that ``training_record`` records as training resolved them on its machine
+# (``resolved_precision_and_device``), not as written: ``auto`` is bf16 on one machine and
+# fp32 on another, and bf16 and fp32 runs give different numbers.
+RESOLVED_KEYS: tuple[str, ...] = ("precision", "device")
 
 
 def _inference_table(
@@ -185,33 +191,61 @@ def compute_test_metrics(
     return out
 
 
-def training_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def resolved_precision_and_device(config: Mapping[str, Any]) -> dict[str, str]:
+    """What a training config's ``precision`` and ``device`` resolve to on this machine.
+
+    Resolved as the training node resolves them (``training.device.setup_for``), with
+    ``training.config.DEFAULTS`` where a key is unset; the sweep hashes it, ``test_metrics``
+    records it (``training_record``).
+
+    Returns:
+        ``{"precision": "bf16" | "fp32", "device": "cpu" | "cuda" | "mps"}`` (the device
+        type: ``cuda:1`` trains as ``cuda:0`` does).
+
+    Raises:
+        ParameterError: the device is not available here or the precision is unknown
+            (``training.device.resolve_device``).
+    """
+    device = config.get("device", DEFAULTS["device"])
+    precision = config.get("precision", DEFAULTS["precision"])
+    setup = resolve_device(str(device), precision=str(precision))
+    return {"precision": precision_name(setup), "device": setup.device.type}
+
+
+def training_record(cfg: Mapping[str, Any], resolved: Mapping[str, str]) -> dict[str, Any]:
     """What ``test_metrics`` records of the training configuration of its model.
 
     Args:
         cfg: The variant's resolved training config (``resolve_training_config``, with the
             variant's overrides).
+        resolved: What ``cfg``'s precision and device resolved to where the model trained
+            (``resolved_precision_and_device``): recorded for ``RESOLVED_KEYS`` in place of
+            the values as written (``auto``).
 
     Returns:
         ``{"training_config": {key: value}, "training_config_digest": sha256}``: every
-        resolved key except ``NOT_RECORDED_KEYS`` (JSON values, keys sorted), and the
-        SHA-256 of their JSON. Two runs with the same record trained under the same
-        settings; a comparison that reuses a model checks it with ``recorded_differences``.
+        resolved key except ``NOT_RECORDED_KEYS`` (JSON values, keys sorted; ``precision``
+        and ``device`` from ``resolved``), and the SHA-256 of their JSON. Two runs with the
+        same record trained under the same settings; a comparison that reuses a model
+        checks it with ``recorded_differences``.
     """
     items = {k: v for k, v in sorted(cfg.items()) if k not in NOT_RECORDED_KEYS}
+    items.update({k: resolved[k] for k in RESOLVED_KEYS})
     items = json.loads(json.dumps(items, sort_keys=True, default=str))
     digest = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
     return {"training_config": items, "training_config_digest": digest}
 
 
 def recorded_differences(
-    recorded: Mapping[str, Any], cfg: Mapping[str, Any]
+    recorded: Mapping[str, Any], cfg: Mapping[str, Any], resolved: Mapping[str, str]
 ) -> dict[str, tuple[Any, Any]] | None:
     """The training keys where ``recorded`` (a ``test_metrics``) differs from ``cfg``.
 
     Args:
         recorded: A model's ``test_metrics``.
         cfg: The resolved training config the model should have been trained with.
+        resolved: What ``cfg``'s precision and device resolve to on this machine
+            (``resolved_precision_and_device``): the model should have trained at them.
 
     Returns:
         ``{key: (recorded value, value under cfg)}`` (a key missing on one side: None),
@@ -221,7 +255,7 @@ def recorded_differences(
     config = recorded.get("training_config")
     if not isinstance(config, Mapping):
         return None
-    expected = training_record(cfg)
+    expected = training_record(cfg, resolved)
     now = expected["training_config"]
     differs = {
         k: (config.get(k), now.get(k))

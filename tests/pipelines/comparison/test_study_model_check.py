@@ -4,6 +4,11 @@
 variants with the 5-epoch erm, with nothing saying so. Each model's ``test_metrics`` now
 records its training configuration and ``check_study_models`` refuses a mismatch.
 
+The record first held ``precision`` and ``device`` as written (``auto``), so a study
+trained in bf16 on one CPU passed the check against ``cmp_*`` variants trained in fp32 on
+another; it now holds what they resolved to where the model trained, and the check compares
+that with what they resolve to here.
+
 The study models' ``test_metrics`` here are written by the training template's own node
 (``evaluate_test_metrics``) under the study's parameters, saved and loaded through the
 catalog's file format (``json.JSONDataset``), and checked under the comparison's.
@@ -20,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
@@ -31,6 +37,7 @@ from cxr_spurious.pipelines.comparison import nodes
 from cxr_spurious.pipelines.comparison.pipeline import VARIANTS, create_study_seed_pipeline
 from cxr_spurious.pipelines.training.nodes import evaluate_test_metrics, resolve_config
 from cxr_spurious.robustness.evaluation import SETTINGS_COLUMN, summary_settings
+from cxr_spurious.training import device as device_module
 from cxr_spurious.variants import STUDY_MODELS
 
 TASK = "Pneumothorax"
@@ -205,3 +212,80 @@ def test_a_missing_variant_block_names_the_key() -> None:
     del training["variants"]["box"]
     with pytest.raises(ParameterError, match="training.variants.box"):
         nodes.check_study_models(training, box={})
+
+
+# --- the precision and device training resolved ----------------------------------------------
+
+
+def _machine(monkeypatch: pytest.MonkeyPatch, *, cuda: bool, native_bf16: bool) -> None:
+    """What ``device: auto`` / ``precision: auto`` find on this (pretend) machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native_bf16)
+
+
+@pytest.mark.parametrize(
+    ("study", "here", "expected"),
+    [
+        # an AMX CPU (auto -> bf16) then an AVX2 CPU (auto -> fp32)
+        ({"cuda": False, "native_bf16": True}, {"cuda": False, "native_bf16": False},
+         "precision='bf16' (this run: 'fp32')"),
+        ({"cuda": False, "native_bf16": False}, {"cuda": False, "native_bf16": True},
+         "precision='fp32' (this run: 'bf16')"),
+        # a GPU (bf16) then an AMX CPU (bf16): only the device differs
+        ({"cuda": True, "native_bf16": True}, {"cuda": False, "native_bf16": True},
+         "device='cuda' (this run: 'cpu')"),
+    ],
+)  # fmt: skip
+def test_a_study_trained_at_another_precision_or_device_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    study: dict[str, bool],
+    here: dict[str, bool],
+    expected: str,
+) -> None:
+    training = _training()
+    assert (training["precision"], training["device"]) == ("auto", "auto")
+    _machine(monkeypatch, **study)
+    metrics = _study_metrics(tmp_path, training)
+    _machine(monkeypatch, **here)  # the comparison, same parameters, another machine
+    with pytest.raises(ContractError) as err:
+        _run(metrics, training)
+    message = str(err.value)
+    for model in STUDY_MODELS:
+        assert f"{model}.test_metrics records {expected}" in message, message
+    assert "precision 'auto': bf16 on CUDA and on CPUs with native bf16" in message
+    assert "run `kedro run` with the same --params first" in message
+
+
+def test_the_same_resolved_precision_passes_however_it_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an AMX CPU: the study's auto and the comparison's explicit bf16 train alike
+    _machine(monkeypatch, cuda=False, native_bf16=True)
+    metrics = _study_metrics(tmp_path, _training())
+    assert metrics["erm.test_metrics"].load()["training_config"]["precision"] == "bf16"
+    out = _run(metrics, _training(precision="bf16", device="cpu"))
+    assert list(out["headline_table"]["variant"]) == list(VARIANTS)
+    # and explicit fp32 here does not
+    with pytest.raises(ContractError, match=r"precision='bf16' \(this run: 'fp32'\)"):
+        _run(metrics, _training(precision="fp32"))
+
+
+def test_a_record_of_precision_auto_as_written_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _machine(monkeypatch, cuda=False, native_bf16=False)
+    metrics = _study_metrics(tmp_path, _training())
+    for model in STUDY_MODELS:  # as written before the record held the resolved values
+        old = metrics[f"{model}.test_metrics"].load()
+        old["training_config"].update(precision="auto", device="auto")
+        blob = json.dumps(old["training_config"], sort_keys=True).encode()
+        old["training_config_digest"] = hashlib.sha256(blob).hexdigest()
+        metrics[f"{model}.test_metrics"].save(old)
+    with pytest.raises(ContractError) as err:
+        _run(metrics, _training())
+    message = str(err.value)
+    assert "erm.test_metrics records device='auto' (this run: 'cpu'); precision='auto' " in message
+    assert "(this run: 'fp32')" in message
+    assert "'auto' in a record: written before test_metrics recorded the resolved" in message

@@ -4,13 +4,20 @@ The study reads a recorded level before the parameters (``study.findings.
 training_ci_settings``), but training did not record it: after ``kedro run --params
 training.ci_level=0.9`` a later study run with ``training.ci_level`` back at 0.95 and
 training skipped checked the 90 % AUROC CIs as 95 % ones and put them in a 95 % table.
+
+Its training record held ``precision`` and ``device`` as written (``auto``), not what
+training used (bf16 on one CPU, fp32 on another); it now holds the resolved values.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from kedro_datasets.json import JSONDataset
 from sklearn.metrics import roc_auc_score
 
@@ -18,6 +25,7 @@ from cxr_spurious.errors import ParameterError
 from cxr_spurious.pipelines.study import nodes as study
 from cxr_spurious.pipelines.training.nodes import evaluate_test_metrics, resolve_config
 from cxr_spurious.stats.bootstrap import bootstrap_indices
+from cxr_spurious.training import device as device_module
 from cxr_spurious.training.outputs import flat_metrics
 
 TASK = "Pneumothorax"
@@ -41,11 +49,17 @@ def _test_split(n: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
     return preds, manifest
 
 
-def _metrics(tmp_path, level: float) -> dict:
+def _metrics(tmp_path, level: float, **training) -> dict:
     """``erm.test_metrics`` as training writes it at ``level``, through its JSON file."""
     preds, manifest = _test_split()
     config = resolve_config(
-        {"tasks": [TASK], "n_boot": N_BOOT, "ci_level": level, "variants": {"erm": VARIANT}},
+        {
+            "tasks": [TASK],
+            "n_boot": N_BOOT,
+            "ci_level": level,
+            "variants": {"erm": VARIANT},
+            **training,
+        },
         VARIANT,
     )
     dataset = JSONDataset(filepath=str(tmp_path / "test_metrics.json"))
@@ -97,3 +111,26 @@ def test_the_study_sees_the_recorded_level_when_training_was_skipped(tmp_path) -
     assert err.value.key == "study.ci_level"
     row = _summarise(metrics, 0.9)
     assert (row["ci_level"], row["test_n_boot"]) == (0.9, N_BOOT)
+
+
+@pytest.mark.parametrize(
+    ("cuda", "native_bf16", "written", "recorded"),
+    [
+        (False, True, {}, ("bf16", "cpu")),  # auto on an AMX CPU
+        (False, False, {}, ("fp32", "cpu")),  # auto on an AVX2 CPU
+        (True, False, {}, ("bf16", "cuda")),  # auto on a GPU
+        (True, False, {"device": "cuda:0", "precision": "fp32"}, ("fp32", "cuda")),
+        (True, True, {"device": "cpu"}, ("bf16", "cpu")),
+    ],
+)
+def test_test_metrics_record_the_precision_and_device_training_resolved_to(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, cuda, native_bf16, written, recorded
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native_bf16)
+    metrics = _metrics(tmp_path, 0.95, **written)
+    config = metrics["training_config"]
+    assert (config["precision"], config["device"]) == recorded
+    blob = json.dumps(config, sort_keys=True).encode()
+    assert metrics["training_config_digest"] == hashlib.sha256(blob).hexdigest()

@@ -17,7 +17,11 @@ from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.robustness.evaluation import SETTINGS_COLUMN, settings_differences
 from cxr_spurious.stats.seeds import SEED_COLUMN, paired_over_seeds, summarise_over_seeds
 from cxr_spurious.training.config import resolve_training_config
-from cxr_spurious.training.outputs import recorded_differences
+from cxr_spurious.training.outputs import (
+    RESOLVED_KEYS,
+    recorded_differences,
+    resolved_precision_and_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,12 @@ def refit_last_layer(
 
 
 RERUN_STUDY = "run `kedro run` with the same --params first"
+MACHINE_NOTE = (
+    "precision and device are recorded as training resolved them (precision 'auto': bf16 on "
+    "CUDA and on CPUs with native bf16, fp32 elsewhere; 'auto' in a record: written before "
+    "test_metrics recorded the resolved values), so the study must train on this kind of "
+    "machine or under the same explicit training.precision / training.device: "
+)
 
 
 def check_study_models(
@@ -67,7 +77,10 @@ def check_study_models(
     only) would be compared with variants trained differently. Each model's
     ``test_metrics`` records its resolved training configuration
     (``training.outputs.training_record``); it must equal the configuration this run's
-    ``training`` parameters give the model (``training.variants.<model>`` over them).
+    ``training`` parameters give the model (``training.variants.<model>`` over them), with
+    the precision (``bf16`` / ``fp32``) and device type they resolve to on this machine,
+    where the ``cmp_*`` variants train: ``precision: auto`` is bf16 on one machine and fp32
+    on another, and bf16 and fp32 models give different numbers.
 
     Args:
         training: This run's ``training`` parameters.
@@ -80,11 +93,13 @@ def check_study_models(
     Raises:
         ContractError: a model's record differs (naming the model and every differing key
             with both values) or is missing (a ``test_metrics`` written before the record).
-        ParameterError: ``training.variants`` has no block for a study model.
+        ParameterError: ``training.variants`` has no block for a study model, or its device
+            is not available here or its precision unknown (``resolve_device``).
     """
     variants = training.get("variants") or {}
     missing: list[str] = []
     differing: list[str] = []
+    machine = False  # a precision or device differs
     checked: dict[str, str] = {}
     for model, metrics in test_metrics.items():
         block = variants.get(model) if isinstance(variants, Mapping) else None
@@ -95,7 +110,10 @@ def check_study_models(
                 "against its block",
             )
         cfg = resolve_training_config(training, block)
-        diff = recorded_differences(metrics, cfg) if isinstance(metrics, Mapping) else None
+        resolved = resolved_precision_and_device(cfg)
+        diff = (
+            recorded_differences(metrics, cfg, resolved) if isinstance(metrics, Mapping) else None
+        )
         if diff is None:
             missing.append(f"{model}.test_metrics")
         elif diff:
@@ -103,6 +121,7 @@ def check_study_models(
                 f"{key}={old!r} (this run: {new!r})" for key, (old, new) in diff.items()
             )
             differing.append(f"{model}.test_metrics records {values}")
+            machine = machine or bool(set(diff) & set(RESOLVED_KEYS))
         else:
             checked[model] = str(metrics["training_config_digest"])
     if missing:
@@ -118,8 +137,9 @@ def check_study_models(
             "parameters give them (training.<key>, or training.variants.<model>.<key>): "
             + "; ".join(differing)
             + ". The comparison reuses them on training.seed and trains every cmp_* variant "
-            f"under this run's parameters, so its rows would compare different training; "
-            f"{RERUN_STUDY}"
+            "under this run's parameters, so its rows would compare different training; "
+            + (MACHINE_NOTE if machine else "")
+            + RERUN_STUDY
         )
     logger.info("study models %s: trained under this run's training settings", ", ".join(checked))
     return checked

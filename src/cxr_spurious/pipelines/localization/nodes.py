@@ -349,8 +349,43 @@ def _layout(
     return out
 
 
+def _shared_cxrs(pred_wide: pd.DataFrame, hb_wide: pd.DataFrame) -> set[str]:
+    """The CXRs (``img_id``) of two ``per_cxr_table`` outputs that both hold."""
+    return set(pred_wide["img_id"].astype(str)) & set(hb_wide["img_id"].astype(str))
+
+
+def _warn_unpaired(
+    name: str, split: str | None, skipped: list[str], group: pd.DataFrame, hb: pd.DataFrame
+) -> None:
+    """Log that set ``name`` shares no CXR with the human benchmark (no ``*_pct_decrease``)."""
+    ours = sorted(group["image_id"].astype(str).unique())
+    theirs = sorted(hb["image_id"].astype(str).unique())
+    made_on = (
+        f"made on the {split} split (saliency.split: {split})"
+        if split is not None
+        else "made on an unknown split (saliency.split not given)"
+    )
+    logger.warning(
+        "%s: its maps, %s, share no CXR with the human benchmark (the set's %d CXR(s), e.g. "
+        "%s; the benchmark's %d, e.g. %s): %s skipped for this set. The benchmark covers one "
+        "split (CheXlocalize's test set); compare with it a run on that split",
+        name,
+        made_on,
+        len(ours),
+        ours[:3],
+        len(theirs),
+        theirs[:3],
+        " and ".join(f"{m}_pct_decrease" for m in skipped),
+    )
+
+
 def build_reference_reports(
-    per_map: pd.DataFrame, hb_table: pd.DataFrame, n_boot: int, seed: int, true_pos_only: bool
+    per_map: pd.DataFrame,
+    hb_table: pd.DataFrame,
+    n_boot: int,
+    seed: int,
+    true_pos_only: bool,
+    split: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """CheXlocalize-layout CSVs ({partition: table}); one subfolder per set when several.
 
@@ -358,7 +393,21 @@ def build_reference_reports(
     ones and percentage decreases when a benchmark exists, precision/recall/specificity,
     and ``n_segs``. The percentage decreases are bootstrapped on the CXRs and tasks the set
     and the benchmark share (``summary.paired_percentage_decrease``; all of the benchmark's
-    when the set has every gt CXR, as in the reference), not by row position.
+    when the set has every gt CXR, as in the reference), not by row position. A set that
+    shares no CXR with the benchmark (maps of another split than the benchmark's, e.g. a
+    tuning run with ``saliency.split: val`` against CheXlocalize's test-only benchmark) gets
+    no ``*_pct_decrease``, with a warning naming the set and the split.
+
+    Args:
+        per_map: ``localization_per_map``.
+        hb_table: ``localization_human_benchmark`` (empty: no benchmark).
+        n_boot: Bootstrap replicates of the reference-layout files.
+        seed: Their seed.
+        true_pos_only: Reference IoU mode (only the CXRs with the pathology in the gt).
+        split: The split the maps were made on (``saliency.split``), named in the warning.
+
+    Returns:
+        ``{partition: table}`` of the reference-layout CSVs.
     """
     reports: dict[str, pd.DataFrame] = {}
     sets = sorted(per_map["set"].unique())
@@ -375,14 +424,22 @@ def build_reference_reports(
             .rename("0")
             .to_frame()
         )
+        unpaired: list[str] = []
         for metric in ("iou", "hitmiss"):
             hb_wide = hb.get(f"{metric}_humanbenchmark_results_per_cxr")
-            if hb_wide is not None and f"{metric}_results_per_cxr" in tables:
-                # paired on the shared CXRs and tasks: missing_maps: evaluated leaves the
-                # model table with fewer CXRs than the human benchmark's
-                tables[f"{metric}_pct_decrease"] = summary.paired_percentage_decrease(
-                    tables[f"{metric}_results_per_cxr"], hb_wide, n_boot=n_boot, seed=seed
-                )
+            pred_wide = tables.get(f"{metric}_results_per_cxr")
+            if hb_wide is None or pred_wide is None:
+                continue
+            if not _shared_cxrs(pred_wide, hb_wide):
+                unpaired.append(metric)  # nothing to pair: another split than the benchmark's
+                continue
+            # paired on the shared CXRs and tasks: missing_maps: evaluated leaves the
+            # model table with fewer CXRs than the human benchmark's
+            tables[f"{metric}_pct_decrease"] = summary.paired_percentage_decrease(
+                pred_wide, hb_wide, n_boot=n_boot, seed=seed
+            )
+        if unpaired:
+            _warn_unpaired(name, split, unpaired, group, hb_table)
         reports.update({f"{prefix}{k}": v for k, v in tables.items()})
     if len(hb_table) and "pred_area" in hb_table.columns:
         reports["hb_precision_recall_specificity"] = metrics.precision_recall_specificity(hb_table)

@@ -105,6 +105,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                     "n_boot": f"{P}n_boot",
                     "seed": f"{P}seed",
                     "true_pos_only": f"{P}true_pos_only",
+                    "split": "params:saliency.split",
                 },
                 outputs="chexlocalize_reports",
                 name="build_reference_reports",

@@ -42,9 +42,12 @@ from cxr_spurious.sweep.metrics import model_metrics, model_row, render_table
 from cxr_spurious.sweep.summary import paired_differences, summarise_cells
 from cxr_spurious.sweep.tables import render_sweep_tables
 from cxr_spurious.training.checkpoints import code_digests
-from cxr_spurious.training.config import DEFAULTS
-from cxr_spurious.training.device import precision_name, resolve_device, setup_for
-from cxr_spurious.training.outputs import predict_images, predictions_frame
+from cxr_spurious.training.device import setup_for
+from cxr_spurious.training.outputs import (
+    predict_images,
+    predictions_frame,
+    resolved_precision_and_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -209,16 +212,6 @@ def _read_ingestion(ingestion: Any) -> Any:
     if not isinstance(ingestion, Mapping):
         return ingestion
     return {k: v for k, v in ingestion.items() if k not in UNREAD_INGESTION_KEYS}
-
-
-def resolved_precision_and_device(config: Mapping[str, Any]) -> dict[str, str]:
-    """``{"precision": "bf16" | "fp32", "device": "cpu" | "cuda" | "mps"}``: what a training
-    config's ``precision`` and ``device`` (``training.config.DEFAULTS`` where unset) resolve
-    to on this machine, as the training node resolves them (``setup_for``)."""
-    device = config.get("device", DEFAULTS["device"])
-    precision = config.get("precision", DEFAULTS["precision"])
-    setup = resolve_device(str(device), precision=str(precision))
-    return {"precision": precision_name(setup), "device": setup.device.type}
 
 
 def compose_cell(

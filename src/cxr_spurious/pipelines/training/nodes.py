@@ -30,6 +30,7 @@ from cxr_spurious.training.outputs import (
     predict_images,
     predictions_frame,
     resampling_name,
+    resolved_precision_and_device,
     run_name,
     run_params,
     training_curves,
@@ -167,7 +168,9 @@ def evaluate_test_metrics(predictions: Any, manifest: pd.DataFrame, config: dict
     name what was trained even when a run overrode the variant on the command line; so do
     the CI settings (``ci_level``, ``n_boot``) and the training configuration
     (``training_record``), so a later run that reuses the model (the study, the comparison)
-    can check them against its own parameters.
+    can check them against its own parameters. The record holds the precision (``bf16`` /
+    ``fp32``) and device type that ``precision`` and ``device`` resolve to here, in the
+    ``kedro run`` that trained the model, not ``auto`` as written.
     """
     if config["skip"]:
         return SKIPPED
@@ -185,7 +188,7 @@ def evaluate_test_metrics(predictions: Any, manifest: pd.DataFrame, config: dict
         "supervision": config["supervision"],
         "architecture": config["architecture"],
         **metrics,
-        **training_record(config),
+        **training_record(config, resolved_precision_and_device(config)),
     }
 
 
