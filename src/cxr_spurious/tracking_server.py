@@ -462,6 +462,23 @@ def stop_postgres(config: ServerConfig, wait_s: float = 10.0) -> bool:
     return True
 
 
+def _proc_table() -> Iterator[tuple[int, str, int, int]]:
+    """``(pid, state, ppid, pgid)`` of every process in ``/proc`` (nothing without ``/proc``)."""
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        state, ppid, pgid = stat[stat.rindex(")") + 2 :].split()[:3]
+        yield int(entry.name), state, int(ppid), int(pgid)
+
+
 def _running(pid: int) -> bool:
     """Whether ``pid`` is a living process (a zombie, already dead, is not), from ``/proc``."""
     try:
@@ -473,24 +490,9 @@ def _running(pid: int) -> bool:
 
 def _children_and_self(pid: int) -> list[int]:
     """``pid`` and its living child processes, from ``/proc``."""
-    found = [pid]
-    try:
-        entries = list(Path("/proc").iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
-# --- MLflow server ----------------------------------------------------------------------
+    return [pid] + [
+        p for p, state, ppid, _ in _proc_table() if ppid == pid and state not in {"Z", "X"}
+    ]
 
 
 def _require_free_port(port: int, setting: str) -> None:
@@ -544,22 +546,7 @@ def mlflow_pid(config: ServerConfig) -> int | None:
 
 def _group_processes(pgid: int) -> list[int]:
     """The living (not zombie) processes of process group ``pgid``, from ``/proc``."""
-    try:
-        entries = list(Path("/proc").iterdir())
-    except OSError:  # no /proc: nothing is found
-        return []
-    members: list[int] = []
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, _ppid, group = stat[stat.rindex(")") + 2 :].split()[:3]
-        if state != "Z" and int(group) == pgid:
-            members.append(int(entry.name))
-    return members
+    return [p for p, state, _, group in _proc_table() if state != "Z" and group == pgid]
 
 
 def server_group(config: ServerConfig) -> int | None:
