@@ -17,6 +17,7 @@ Kedro's options and does Kedro's run, and in addition:
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import click
 from kedro.framework.cli.project import run as kedro_run
 from kedro.io.core import DatasetError
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cxr_spurious.errors import CxrSpuriousError, DataFormatError, ParameterError
@@ -90,7 +92,54 @@ def cli() -> None:
     """Commands of the cxr-spurious project (they replace Kedro's of the same name)."""
 
 
-@cli.command(name="run", params=list(kedro_run.params), help=kedro_run.help)
+def split_params(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """``--params`` as Kedro reads it, but a comma inside ``[...]`` / ``{...}`` or quotes
+    does not end an item: ``sweep.grid.seeds=[0,1,2],training.epochs=2`` is two items.
+
+    Kedro 1.7 splits on every comma, so a list value (``[0,1]``) stopped the run before it
+    started ("Item `1]` must contain a key and a value").
+    """
+    if not value or isinstance(value, dict):
+        return value or {}
+    items, depth, quote, current = [], 0, "", []
+    for char in str(value):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    items.append("".join(current))
+    dot_list = []
+    for item in (i.strip() for i in items if i.strip()):
+        key, equals, val = item.partition("=")
+        if not equals or not key.strip():
+            raise click.BadParameter(
+                f"item `{item}` must be a key and a value separated by `=`", ctx, param
+            )
+        dot_list.append(f"{key.strip()}={val}")
+    return OmegaConf.to_container(OmegaConf.from_dotlist(dot_list))
+
+
+def _run_params() -> list[click.Parameter]:
+    """Kedro's ``run`` options, with ``--params`` read by ``split_params``."""
+    params = []
+    for option in kedro_run.params:
+        if option.name == "params":
+            option = copy.copy(option)
+            option.callback = split_params
+        params.append(option)
+    return params
+
+
+@cli.command(name="run", params=_run_params(), help=kedro_run.help)
 @click.pass_context
 def run(ctx: click.Context, **kwargs: Any) -> None:
     """Kedro's ``run`` with the project's logging and one-line errors for user mistakes."""

@@ -36,6 +36,7 @@ import re
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ from kedro.framework.hooks import hook_impl
 from kedro.framework.project import pipelines as project_pipelines
 from kedro.pipeline import Node
 from kedro.utils import find_kedro_project
+
+from cxr_spurious.errors import ParameterError
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +158,42 @@ def runtime_param_names(conf: Path) -> list[str]:
     return sorted(names)
 
 
+SPLIT_NAMED_PARAMS: tuple[str, ...] = ("map_dir", "gt_segmentations")
+_SPLIT_TOKEN = re.compile(r"(?<![a-z])(train|val|test)(?![a-z])", re.IGNORECASE)
+
+
+def check_split_names(runtime_params: Mapping[str, Any], split: str | None) -> None:
+    """Refuse a map folder or ground-truth file name that says another split than ``split``.
+
+    In ``--env chexlocalize``, ``map_dir`` / ``gt_segmentations`` override a file name while
+    the tuning and reference tables write ``saliency.split`` in their ``split`` column:
+    ``map_dir=gradcam_maps_test`` without ``split=test`` would label test-split maps ``val``
+    (and thresholds tuned on them could then be "applied" to the test split).
+
+    Args:
+        runtime_params: The run's ``--params``.
+        split: The run's ``saliency.split`` (None: nothing to compare with).
+
+    Raises:
+        ParameterError: a name whose split token (``train`` / ``val`` / ``test`` as a word
+            of the name) differs from ``split``, naming the key, both splits and the fix.
+    """
+    if not split:
+        return
+    for key in SPLIT_NAMED_PARAMS:
+        value = runtime_params.get(key)
+        if not isinstance(value, str):
+            continue
+        named = {t.lower() for t in _SPLIT_TOKEN.findall(Path(value).name)}
+        if named and named != {str(split).lower()}:
+            raise ParameterError(
+                key,
+                f"{value!r} names the split {sorted(named)} but saliency.split is {split!r}, "
+                "which the tuning and reference tables write as their split; pass "
+                f"--params split={sorted(named)[0]} (it picks every file of that split)",
+            )
+
+
 class ParameterKeysHook:
     """Refuse unknown parameter keys when the context is created, before any node runs."""
 
@@ -176,6 +215,11 @@ class ParameterKeysHook:
         params = context.config_loader["parameters"]
         schema = parameter_schema(shipped_parameters(conf), runtime_param_names(conf))
         check_parameter_keys(params, schema)
+        saliency = params.get("saliency") if isinstance(params, Mapping) else None
+        check_split_names(
+            context.config_loader.runtime_params or {},
+            saliency.get("split") if isinstance(saliency, Mapping) else None,
+        )
 
 
 def reset_pipeline_registry() -> None:

@@ -60,8 +60,11 @@ PG_OS_USER = "postgres"  #: the account PostgreSQL runs under when we are root
 PG_INSTALL_HINT = "install Debian's postgresql package: bash scripts/install_postgres.sh"
 STARTUP_TIMEOUT_S = 120.0
 STOP_GRACE_S = 15.0
-#: A process whose command line has one of these belongs to the server (launcher, workers).
-SERVER_PROGRAMS: tuple[bytes, ...] = (b"mlflow", b"uvicorn", b"gunicorn")
+#: The web servers ``mlflow server`` runs its app under (a word of their command line).
+SERVER_PROGRAMS: tuple[bytes, ...] = (b"uvicorn", b"gunicorn")
+#: MLflow's app as those servers are given it (``mlflow.server.fastapi_app:app``, ...).
+SERVER_APP_PREFIX = b"mlflow.server"
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 class TrackingServerError(RuntimeError):
@@ -515,12 +518,52 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _pid_file_pid(config: ServerConfig) -> int | None:
-    """The pid in the pid file (also the server's process group id), or None."""
+def _boot_id() -> str:
+    """This boot's id (``/proc/sys/kernel/random/boot_id``; empty where there is none)."""
     try:
-        return int(config.pid_file.read_text().strip())
-    except (OSError, ValueError):
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _write_pid_file(config: ServerConfig, pid: int) -> None:
+    """The pid file: the launcher's pid, then the boot it was started in."""
+    config.pid_file.write_text(f"{pid}\n{_boot_id()}\n")
+
+
+def _pid_file_pid(config: ServerConfig) -> int | None:
+    """The pid in the pid file (also the server's process group id), or None.
+
+    None also when the file was written in another boot (a reboot or a container restart
+    kept the project folder): its pid may now be any program's.
+    """
+    try:
+        lines = config.pid_file.read_text().split()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
         return None
+    if len(lines) > 1 and lines[1] != _boot_id():
+        return None
+    return pid
+
+
+def _words(args: list[bytes]) -> list[bytes]:
+    """The program names in ``args``: each argument's basename without ``.py``."""
+    return [os.path.basename(a).removesuffix(b".py") for a in args]
+
+
+def _is_server_process(args: list[bytes]) -> bool:
+    """``mlflow server`` (the launcher), or the uvicorn / gunicorn serving MLflow's app.
+
+    Whole words only: ``mlflow ui`` or a program that merely has ``mlflow`` in a path is
+    not the server.
+    """
+    words = _words(args)
+    launcher = any(a == b"mlflow" and b == b"server" for a, b in zip(words, words[1:]))
+    serving = any(w in SERVER_PROGRAMS for w in words) and any(
+        a.startswith(SERVER_APP_PREFIX) for a in args
+    )
+    return launcher or serving
 
 
 def _cmdline(pid: int) -> list[bytes]:
@@ -540,8 +583,8 @@ def mlflow_pid(config: ServerConfig) -> int | None:
     pid = _pid_file_pid(config)
     if pid is None:
         return None
-    cmdline = _cmdline(pid)
-    return pid if b"mlflow" in cmdline and b"server" in cmdline else None
+    words = _words(_cmdline(pid))
+    return pid if any(a == b"mlflow" and b == b"server" for a, b in zip(words, words[1:])) else None
 
 
 def _group_processes(pgid: int) -> list[int]:
@@ -553,15 +596,16 @@ def server_group(config: ServerConfig) -> int | None:
     """Process group of the MLflow server this module started, while any of it still runs.
 
     The group id is the pid file's pid (the launcher runs in a session of its own). The
-    launcher itself may be gone (killed) while its ``uvicorn`` / ``gunicorn`` workers keep
-    serving in its group; a group none of whose processes is ``mlflow``, ``uvicorn`` or
-    ``gunicorn`` (a reused id) is not taken for the server.
+    launcher itself may be gone (killed) while its ``uvicorn`` / ``gunicorn`` server keeps
+    serving in its group; a group none of whose processes is ``mlflow server`` or a web
+    server of MLflow's app (``_is_server_process``: a reused id, say a user's ``mlflow ui``)
+    is not taken for the server, nor is a pid file of another boot.
     """
     pgid = _pid_file_pid(config)
     if pgid is None:
         return None
     for pid in _group_processes(pgid):
-        if any(name in arg for arg in _cmdline(pid) for name in SERVER_PROGRAMS):
+        if _is_server_process(_cmdline(pid)):
             return pgid
     return None
 
@@ -618,7 +662,7 @@ def start_mlflow(config: ServerConfig, backend_store_uri: str) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    config.pid_file.write_text(f"{proc.pid}\n")
+    _write_pid_file(config, proc.pid)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not _healthy(config.url):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -644,18 +688,31 @@ def _group_alive(pgid: int) -> bool:
     return bool(_group_processes(pgid))
 
 
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        raise TrackingServerError(
+            f"process group {pgid} (the pid file's) belongs to another user: not ours to stop"
+        ) from None
+
+
 def _stop_group(pgid: int) -> None:
     """SIGTERM the process group, SIGKILL what is left after ``STOP_GRACE_S``; wait until
-    no process of it runs (at most ``STOP_GRACE_S`` more)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+    no process of it runs (at most ``STOP_GRACE_S`` more).
+
+    Raises:
+        TrackingServerError: the group belongs to another user.
+    """
+    _signal_group(pgid, signal.SIGTERM)
     for sig in (signal.SIGKILL, None):
         deadline = time.monotonic() + STOP_GRACE_S
         while _group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.2)
         if sig is not None and _group_alive(pgid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, sig)
+            _signal_group(pgid, sig)
 
 
 def stop_mlflow(config: ServerConfig) -> bool:

@@ -285,7 +285,17 @@ def test_kedro_run_prints_the_typo_as_one_line_and_runs_nothing(kedro_project: P
     env = kedro_env()
     env.pop("COLUMNS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "kedro", "run", "--env", "test", "--params", "study.nboot=50"],
+        # a list with commas first: Kedro's own --params parser stopped at "Item `1]`"
+        [
+            sys.executable,
+            "-m",
+            "kedro",
+            "run",
+            "--env",
+            "test",
+            "--params",
+            "sweep.grid.seeds=[0,1],study.nboot=50",
+        ],  # fmt: skip
         cwd=kedro_project,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -210,7 +210,7 @@ def test_second_start_reports_running_and_keeps_the_password_private(
     entry = yaml.safe_load(credentials.read_text())[CREDENTIALS_KEY]
     assert entry["username"] and len(entry["password"]) >= 24
     assert credentials.stat().st_mode & 0o077 == 0, "credentials must be private to the owner"
-    pid = int((team_server.root / ".mlflow-server" / "mlflow.pid").read_text())
+    pid = int((team_server.root / ".mlflow-server" / "mlflow.pid").read_text().split()[0])
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
     assert entry["password"] not in cmdline, "the password shows in the process list"
     conf = (team_server.root / ".pgdata" / "postgresql.conf").read_text()
@@ -315,7 +315,7 @@ def _family(mlflow_pgid: int, postmaster: int) -> set[int]:
 
 
 def test_stop_leaves_no_process(team_server: TeamServer) -> None:
-    mlflow_pid = int((team_server.root / ".mlflow-server" / "mlflow.pid").read_text())
+    mlflow_pid = int((team_server.root / ".mlflow-server" / "mlflow.pid").read_text().split()[0])
     postmaster = (team_server.root / ".pgdata" / "postmaster.pid").read_text().split("\n")
     pg_pid = int(postmaster[0])
     assert int(postmaster[3]) == team_server.pg_port

@@ -2,8 +2,8 @@
 
 A fake server stands in for ``mlflow server``: a launcher whose command line reads
 ``... mlflow server`` starts, in its own session (as ``start_mlflow`` does), a child
-``fake_uvicorn.py`` that answers ``/health`` on 127.0.0.1 and ignores SIGTERM. SIGKILL
-the launcher: the child keeps serving in the launcher's process group.
+``uvicorn.py ... mlflow.server.fastapi_app:app`` that answers ``/health`` on 127.0.0.1 and
+ignores SIGTERM. SIGKILL the launcher: the child keeps serving in its process group.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
 
 LAUNCHER = """
 import subprocess, sys, time
-subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]])
+subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2], "mlflow.server.fastapi_app:app"])
 time.sleep(600)
 """
 
@@ -86,7 +86,8 @@ def orphaned_server(
     monkeypatch.setenv("MLFLOW_PORT", str(port))
     monkeypatch.setattr(tracking_server, "STOP_GRACE_S", 1.0)
     config = ServerConfig.from_env(tmp_path, os.environ)
-    child_script, launcher_script = tmp_path / "fake_uvicorn.py", tmp_path / "launcher.py"
+    # named as uvicorn and given MLflow's app, as the real server's child
+    child_script, launcher_script = tmp_path / "uvicorn.py", tmp_path / "launcher.py"
     child_script.write_text(CHILD)
     launcher_script.write_text(LAUNCHER)
     launcher = subprocess.Popen(
@@ -146,6 +147,66 @@ def test_a_reused_group_id_is_not_taken_for_the_server(
         assert main(["stop", "--root", str(tmp_path)]) == 0
         assert "MLflow server was not running" in capsys.readouterr().out
         assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "server"),
+    [
+        ([b"/usr/bin/python3", b"-m", b"mlflow", b"server", b"--port", b"5000"], True),
+        ([b"/venv/bin/mlflow", b"server"], True),
+        (
+            [b"python", b"-m", b"uvicorn", b"--port", b"5000", b"mlflow.server.fastapi_app:app"],
+            True,
+        ),
+        ([b"/venv/bin/gunicorn", b"-b", b"127.0.0.1:5000", b"mlflow.server:app"], True),
+        ([b"/venv/bin/mlflow", b"ui", b"--port", b"5000"], False),  # a user's `make mlflow-ui`
+        ([b"python", b"-m", b"uvicorn", b"myapp:app"], False),  # another web app
+        ([b"sqlite3", b"/home/u/mlflow.db"], False),  # "mlflow" only inside a path
+        ([b"make", b"mlflow-server"], False),
+    ],
+)
+def test_only_the_server_s_own_processes_are_recognised(args: list[bytes], server: bool) -> None:
+    assert tracking_server._is_server_process(args) is server
+
+
+def test_a_user_s_mlflow_ui_under_a_reused_group_id_is_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ui = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "mlflow", "ui"],
+        start_new_session=True,
+    )
+    try:
+        config = ServerConfig.from_env(tmp_path, {})
+        config.state_dir.mkdir()
+        config.pid_file.write_text(f"{ui.pid}\n")
+        assert tracking_server.server_group(config) is None
+        assert main(["stop", "--root", str(tmp_path)]) == 0
+        assert "MLflow server was not running" in capsys.readouterr().out
+        assert ui.poll() is None
+    finally:
+        ui.kill()
+        ui.wait()
+
+
+def test_a_pid_file_of_another_boot_is_stale(tmp_path: Path) -> None:
+    """After a reboot the pid file's number may be any program's, even an `mlflow server`."""
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "mlflow", "server"],
+        start_new_session=True,
+    )
+    try:
+        config = ServerConfig.from_env(tmp_path, {})
+        config.state_dir.mkdir()
+        tracking_server._write_pid_file(config, other.pid)
+        assert config.pid_file.read_text().split() == [str(other.pid), tracking_server._boot_id()]
+        assert tracking_server.server_group(config) == other.pid  # this boot's: the server
+        config.pid_file.write_text(f"{other.pid}\nanother-boot\n")
+        assert tracking_server.server_group(config) is None
+        assert tracking_server.mlflow_pid(config) is None
     finally:
         other.kill()
         other.wait()

@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 from kedro.io import DataCatalog
 
+from cxr_spurious.errors import ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
-from cxr_spurious.hooks import runtime_param_names, shipped_parameters
+from cxr_spurious.hooks import check_split_names, runtime_param_names, shipped_parameters
 from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.localization import tuning
 from cxr_spurious.parameter_schema import check_parameter_keys, parameter_schema
@@ -69,6 +70,48 @@ def test_every_input_follows_the_split(split: str | None) -> None:
         assert catalog[name]["optional"] is True  # no benchmark on val: no file, no error
     # the split is the one written beside the tuned thresholds
     assert config["parameters"]["saliency"]["split"] == want
+
+
+def test_saliency_split_given_directly_picks_the_files_too() -> None:
+    """``--params saliency.split=test`` (rather than ``split=test``): the files and the label
+    come from the same value, so the tables' ``split`` column names the files read."""
+    config = _config({"chexlocalize_dir": "/cx", "saliency": {"split": "test"}})
+    catalog = config["catalog"]
+    assert config["parameters"]["saliency"]["split"] == "test"
+    assert catalog["heatmap_collection"]["map_dir"] == "gradcam_maps_test"
+    assert catalog["gt_segmentations"]["filepath"] == "/cx/gt_segmentations_test.json"
+    assert catalog["hb_segmentations"]["filepath"] == "/cx/hb_segmentations_test.json"
+
+
+@pytest.mark.parametrize(
+    ("runtime", "split", "refused"),
+    [
+        ({"map_dir": "gradcam_maps_test"}, "val", "map_dir"),
+        ({"gt_segmentations": "gt_segmentations_test.json"}, "val", "gt_segmentations"),
+        ({"map_dir": "maps/val", "split": "test"}, "test", "map_dir"),
+        ({"map_dir": "gradcam_maps_test", "split": "test"}, "test", None),
+        ({"map_dir": "erm.gradcam"}, "test", None),  # no split in the name: nothing to compare
+        ({"map_dir": "my_validation_maps"}, "test", None),  # "val" only as a word of the name
+    ],
+)
+def test_a_file_name_of_another_split_is_refused(
+    runtime: dict[str, Any], split: str, refused: str | None
+) -> None:
+    if refused is None:
+        check_split_names(runtime, split)
+        return
+    with pytest.raises(
+        ParameterError, match=rf"parameter '{refused}'.*saliency\.split is '{split}'"
+    ):
+        check_split_names(runtime, split)
+
+
+def test_the_reference_reports_are_replaced_at_each_run() -> None:
+    """A run without a human benchmark (split=val) must not leave an earlier split=test run's
+    benchmark tables beside its own: the reports have their own folder, replaced each run."""
+    entry = _config({"chexlocalize_dir": "/cx"})["catalog"]["chexlocalize_reports"]
+    assert entry["path"] == "data/08_reporting/chexlocalize/reports"
+    assert entry["overwrite"] is True
 
 
 def test_explicit_file_names_still_win() -> None:

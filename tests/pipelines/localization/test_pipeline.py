@@ -179,7 +179,7 @@ def test_kedro_run_chexlocalize_env(tmp_path):
         },
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    out = project / "data" / "08_reporting" / "chexlocalize"
+    out = project / "data" / "08_reporting" / "chexlocalize" / "reports"
     iou = pd.read_csv(out / "iou_results_per_cxr.csv")
     assert list(iou.columns)[-1] == "img_id" and len(iou) == 2
     # the two positive maps kept in the trimmed sample: Cardiomegaly (64541) and
@@ -192,9 +192,9 @@ def test_kedro_run_chexlocalize_env(tmp_path):
         "iou_bootstrap_results_per_cxr.csv",
         "iou_summary_results.csv",
         "hitmiss_summary_results.csv",
-        "tuning_results.csv",
-        "probability_tuning_results.csv",
-        "segmentations/chexlocalize.gradcam.json",
+        "../tuning_results.csv",
+        "../probability_tuning_results.csv",
+        "../segmentations/chexlocalize.gradcam.json",
     ):
         assert (out / name).is_file(), name
 
