@@ -147,8 +147,22 @@ def test_chexlocalize_export_save_replaces_sets_of_earlier_runs(tmp_path):
         _set("erm", seed=2).index.sort_values("image_id")["prob"].to_numpy(),
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # nothing left beside it
-    ds.save({})  # export disabled: writes nothing, the folder stays as it is
-    assert sorted(ds.load()) == ["erm.gradcam"]
+
+
+def test_chexlocalize_export_disabled_leaves_no_earlier_export(tmp_path, caplog):
+    """Export disabled (``{}``) after a run that exported: the earlier run's pickles used to
+    stay and load as if this run had written them."""
+    hset = _set("erm", seed=0)
+    images = {i: np.full((6, 6), 128, np.uint8) for i in hset.index["image_id"]}
+    ds = ChexlocalizeExportDataset(path=str(tmp_path / "export"), progress=False)
+    ds.save({"erm.gradcam": ChexlocalizeExport(hset, images)})
+    assert ds.exists() and sorted(ds.load()) == ["erm.gradcam"]
+    with caplog.at_level("INFO", logger="cxr_spurious.datasets.heatmap_folders"):
+        ds.save({})
+    assert ds.load() == {} and not ds.exists()
+    assert list((tmp_path / "export").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # nothing left beside it
+    assert "1 set folder(s)" in caplog.text and "erm.gradcam" in caplog.text
 
 
 def test_collection_missing_a_recorded_set_is_an_error(tmp_path):

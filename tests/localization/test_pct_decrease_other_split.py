@@ -197,3 +197,24 @@ def test_the_test_split_case_is_unchanged_and_matches_the_by_hand_bootstrap(data
         expected = _by_hand_pct_decrease(pred[metric], human[metric])
         assert expected["pct_diff"].notna().all()
         _assert_by_hand(reports[f"{metric}_pct_decrease"], expected)
+
+
+def test_a_set_sharing_cxrs_but_no_task_is_skipped_with_a_warning(data, caplog) -> None:
+    """Maps of the benchmark's CXRs for a task it did not annotate: no pairing, no error.
+
+    ``paired_per_cxr`` raised "share N CXR(s) and 0 task(s); they cannot be paired" here."""
+    gt, _, hb_table, _, _ = data
+    model, _ = _model(TEST, "m.gradcam", gt, seed=7)
+    model = model.assign(task="Edema")  # a CheXlocalize task the benchmark lacks
+    assert set(model["image_id"]) & set(hb_table["image_id"])
+    with caplog.at_level(logging.WARNING):
+        reports = build_reference_reports(
+            model, hb_table, n_boot=N_BOOT, seed=SEED, true_pos_only=False, split="test"
+        )
+    assert not [k for k in reports if k.endswith("pct_decrease")]
+    assert "iou_summary_results" in reports
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("m.gradcam: ") and "but no task" in warnings[0]
+    assert "Edema" in warnings[0] and TASKS[0] in warnings[0]
+    assert "iou_pct_decrease and hitmiss_pct_decrease skipped" in warnings[0]

@@ -69,3 +69,26 @@ def test_shared_sample_features_match_the_reference() -> None:
             assert row["n_instances"] == len(ann[cxr_id].get(task, []))
             checked += 1
     assert checked == len(ours) > 0
+
+
+def test_a_mask_without_annotated_instances_counts_zero_as_the_reference(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The reference gives ``len(gt_ann[id][task]) if task in gt_ann[id] else 0``: a positive
+    mask whose task has no annotation keeps its row with 0 instances (it is not dropped from
+    the regressions as a NaN would be)."""
+    gt = json.loads((SAMPLE / "gt_segmentations_val.json").read_text())
+    ann = json.loads((SAMPLE / "gt_annotations_val.json").read_text())
+    cxr_id, task = next(
+        (c, t)
+        for c, tasks in gt.items()
+        for t, rle in tasks.items()
+        if mask_utils.decode(rle).any()
+    )
+    ann = {c: dict(tasks) for c, tasks in ann.items()}
+    del ann[cxr_id][task]
+    with caplog.at_level("WARNING", logger="cxr_spurious.regression.features"):
+        ours = geometric_features(gt, ann).set_index(["image_id", "task"])
+    assert ours.loc[(cxr_id, task), "n_instances"] == 0
+    assert not ours["n_instances"].isna().any()
+    assert f"{cxr_id}/{task}" in caplog.text and "1 non-empty" in caplog.text

@@ -331,7 +331,8 @@ class ChexlocalizeExportDataset(
 
     ``save`` writes ``<path>/<name>/{cxr_id}_{task}_map.pkl`` and replaces the whole export
     folder atomically, so folders of sets an earlier run exported are gone; an empty dict
-    (export disabled) writes nothing and leaves the folder as it is. ``load`` reads every
+    (export disabled, or no set chosen) empties an existing folder (and creates none), so an
+    earlier run's export cannot pass for this run's. ``load`` reads every
     folder back into a ``HeatmapSet`` (model and method taken from the folder name
     ``<model>.<method>``).
     """
@@ -363,7 +364,17 @@ class ChexlocalizeExportDataset(
 
         HeatmapCollectionDataset._check_names({k: v.heatmaps for k, v in data.items()}, self._path)
         if not data:
-            return
+            if not self._path.exists():
+                return  # nothing exported now or before: no folder
+            earlier = self._set_folders()
+            if earlier:
+                logger.info(
+                    "CheXlocalize export: no set exported by this run; the earlier export's "
+                    "%d set folder(s) in %s (%s) are removed",
+                    len(earlier),
+                    self._path,
+                    ", ".join(p.name for p in earlier[:3]),
+                )
         with atomic_dir(self._path) as tmp:
             for name, export in data.items():
                 write_chexlocalize_folder(
@@ -377,17 +388,21 @@ class ChexlocalizeExportDataset(
         if not self._path.is_dir():
             raise DatasetError(f"no CheXlocalize export at {self._path}")
         out = {}
-        for folder in sorted(
-            p for p in self._path.iterdir() if p.is_dir() and not p.name.startswith(".")
-        ):
+        for folder in self._set_folders():
             model, _, part = folder.name.partition(".")
             out[folder.name] = read_chexlocalize_folder(
                 folder, model=model, method=_method_from_namespace(part)
             )
         return out
 
+    def _set_folders(self) -> list[Path]:
+        """The exported set folders now under the export root (none when it is absent)."""
+        if not self._path.is_dir():
+            return []
+        return sorted(p for p in self._path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
     def _exists(self) -> bool:
-        return self._path.is_dir() and any(p.is_dir() for p in self._path.iterdir())
+        return bool(self._set_folders())
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.io.masks import decode_rle
+
+logger = logging.getLogger(__name__)
 
 
 def mask_features(mask: np.ndarray) -> dict[str, float]:
@@ -47,16 +50,31 @@ def geometric_features(
 ) -> pd.DataFrame:
     """Shape features per (CXR, task) with a non-empty gt.
 
-    Columns n_instances, area_ratio, elongation, irrectangularity.
+    Columns n_instances, area_ratio, elongation, irrectangularity. ``n_instances`` is the
+    number of annotated polygons of that task (as the reference, which counts annotations
+    because overlapping instances merge in the mask), 0 where the annotations have none for a
+    non-empty mask (the reference's value too); those pairs are counted in one warning, since
+    a mask without annotated instances usually means mismatched files.
     """
     rows = []
+    unannotated: list[str] = []
     for cxr_id in sorted(gt_segmentations):
         for task, rle in sorted(gt_segmentations[cxr_id].items()):
             mask = decode_rle(rle, source="gt_segmentations", key=f"{cxr_id}/{task}")
             if not mask.any():
                 continue
-            n_inst = len(gt_annotations.get(cxr_id, {}).get(task, [])) or np.nan
+            n_inst = len(gt_annotations.get(cxr_id, {}).get(task, []))
+            if n_inst == 0:
+                unannotated.append(f"{cxr_id}/{task}")
             rows.append(
                 {"image_id": cxr_id, "task": task, "n_instances": n_inst, **mask_features(mask)}
             )
+    if unannotated:
+        logger.warning(
+            "%d non-empty ground-truth mask(s) have no annotated instance in gt_annotations "
+            "(n_instances = 0, as the CheXlocalize reference counts them), e.g. %s: check that "
+            "the segmentations and annotations files are of the same split",
+            len(unannotated),
+            ", ".join(unannotated[:3]),
+        )
     return pd.DataFrame(rows)

@@ -354,6 +354,25 @@ def _shared_cxrs(pred_wide: pd.DataFrame, hb_wide: pd.DataFrame) -> set[str]:
     return set(pred_wide["img_id"].astype(str)) & set(hb_wide["img_id"].astype(str))
 
 
+def _shared_tasks(pred_wide: pd.DataFrame, hb_wide: pd.DataFrame) -> set[str]:
+    """The task columns of two ``per_cxr_table`` outputs that both hold."""
+    return (set(pred_wide.columns) & set(hb_wide.columns)) - {"img_id"}
+
+
+def _warn_no_shared_task(
+    name: str, skipped: list[str], group: pd.DataFrame, hb: pd.DataFrame
+) -> None:
+    """Log that set ``name`` shares CXRs but no task with the human benchmark."""
+    logger.warning(
+        "%s: its maps share CXRs with the human benchmark but no task (the set's tasks: %s; "
+        "the benchmark's: %s): %s skipped for this set",
+        name,
+        sorted(group["task"].astype(str).unique()),
+        sorted(hb["task"].astype(str).unique()),
+        " and ".join(f"{m}_pct_decrease" for m in skipped),
+    )
+
+
 def _warn_unpaired(
     name: str, split: str | None, skipped: list[str], group: pd.DataFrame, hb: pd.DataFrame
 ) -> None:
@@ -395,8 +414,9 @@ def build_reference_reports(
     and the benchmark share (``summary.paired_percentage_decrease``; all of the benchmark's
     when the set has every gt CXR, as in the reference), not by row position. A set that
     shares no CXR with the benchmark (maps of another split than the benchmark's, e.g. a
-    tuning run with ``saliency.split: val`` against CheXlocalize's test-only benchmark) gets
-    no ``*_pct_decrease``, with a warning naming the set and the split.
+    tuning run with ``saliency.split: val`` against CheXlocalize's test-only benchmark) or
+    no task gets no ``*_pct_decrease``, with a warning naming the set and the split (or the
+    two task lists).
 
     Args:
         per_map: ``localization_per_map``.
@@ -425,6 +445,7 @@ def build_reference_reports(
             .to_frame()
         )
         unpaired: list[str] = []
+        no_task: list[str] = []
         for metric in ("iou", "hitmiss"):
             hb_wide = hb.get(f"{metric}_humanbenchmark_results_per_cxr")
             pred_wide = tables.get(f"{metric}_results_per_cxr")
@@ -433,6 +454,9 @@ def build_reference_reports(
             if not _shared_cxrs(pred_wide, hb_wide):
                 unpaired.append(metric)  # nothing to pair: another split than the benchmark's
                 continue
+            if not _shared_tasks(pred_wide, hb_wide):
+                no_task.append(metric)  # e.g. a set of tasks the benchmark did not annotate
+                continue
             # paired on the shared CXRs and tasks: missing_maps: evaluated leaves the
             # model table with fewer CXRs than the human benchmark's
             tables[f"{metric}_pct_decrease"] = summary.paired_percentage_decrease(
@@ -440,6 +464,8 @@ def build_reference_reports(
             )
         if unpaired:
             _warn_unpaired(name, split, unpaired, group, hb_table)
+        if no_task:
+            _warn_no_shared_task(name, no_task, group, hb_table)
         reports.update({f"{prefix}{k}": v for k, v in tables.items()})
     if len(hb_table) and "pred_area" in hb_table.columns:
         reports["hb_precision_recall_specificity"] = metrics.precision_recall_specificity(hb_table)
