@@ -1,7 +1,8 @@
 """``TorchModelDataset``: a model artifact ``{"state_dict", "config"}`` in one torch file.
 
-A trained model's artifact also records the ``variant`` it was trained as and its training
-``fingerprint`` (``training.checkpoints.result_fingerprint``: settings, precision, data);
+A trained model's artifact also records the ``variant`` it was trained as, its training
+``fingerprint`` (``training.checkpoints.result_fingerprint``: settings, precision, data) and
+``trained_as`` (precision, device type and DDP processes it trained with);
 a dataset configured with ``variant`` refuses a file of another variant (a model copied
 over another's), naming the file and both variants.
 
@@ -120,7 +121,11 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         payload = {
             "state_dict": {k: v.detach().cpu() for k, v in data["state_dict"].items()},
             "config": dict(data["config"]),
-            **{k: data[k] for k in ("variant", "fingerprint") if data.get(k) is not None},
+            **{
+                k: data[k]
+                for k in ("variant", "fingerprint", "trained_as")
+                if data.get(k) is not None
+            },
         }
         if self._variant is not None and payload.get("variant") not in (None, self._variant):
             raise DataFormatError(

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from cxr_spurious.errors import ContractError
 from cxr_spurious.models import CXRModel
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, bootstrap_or_note
@@ -25,6 +26,7 @@ from cxr_spurious.training.checkpoints import NOT_RESULT_KEYS
 from cxr_spurious.training.config import DEFAULTS
 from cxr_spurious.training.data import CacheBatches, make_loader, subgroup_column
 from cxr_spurious.training.device import DeviceSetup, precision_name, resolve_device
+from cxr_spurious.training.distributed import process_group
 from cxr_spurious.training.engine import predict
 
 RENDERS: tuple[str, ...] = ("original", "no_tube", "no_lesion")
@@ -191,16 +193,34 @@ def compute_test_metrics(
     return out
 
 
-def resolved_precision_and_device(config: Mapping[str, Any]) -> dict[str, str]:
-    """What a training config's ``precision`` and ``device`` resolve to on this machine.
+def trained_as(setup: DeviceSetup, world: int = 1) -> dict[str, Any]:
+    """The precision, device type and process count a model trains with under ``setup``.
 
-    Resolved as the training node resolves them (``training.device.setup_for``), with
-    ``training.config.DEFAULTS`` where a key is unset; the sweep hashes it, ``test_metrics``
-    records it (``training_record``).
+    Args:
+        setup: The device settings training uses (``training.device.setup_for``).
+        world: Number of DDP processes.
 
     Returns:
-        ``{"precision": "bf16" | "fp32", "device": "cpu" | "cuda" | "mps"}`` (the device
-        type: ``cuda:1`` trains as ``cuda:0`` does).
+        ``{"precision": "bf16" | "fp32", "device": "cpu" | "cuda" | "mps"}``, with
+        ``"processes": world`` when above 1 (1- and N-process runs give different weights).
+    """
+    out: dict[str, Any] = {"precision": precision_name(setup), "device": setup.device.type}
+    if int(world) > 1:
+        out["processes"] = int(world)
+    return out
+
+
+def resolved_precision_and_device(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a training config's ``precision`` and ``device`` resolve to in this process.
+
+    Resolved as the training node resolves them (``training.device.setup_for``), with
+    ``training.config.DEFAULTS`` where a key is unset, and the process group's size; the
+    sweep hashes it, and the comparison checks the study's models against it.
+
+    Returns:
+        ``trained_as``: ``{"precision": "bf16" | "fp32", "device": "cpu" | "cuda" | "mps"}``
+        (the device type: ``cuda:1`` trains as ``cuda:0`` does), with ``processes`` inside
+        a process group of several.
 
     Raises:
         ParameterError: the device is not available here or the precision is unknown
@@ -209,7 +229,24 @@ def resolved_precision_and_device(config: Mapping[str, Any]) -> dict[str, str]:
     device = config.get("device", DEFAULTS["device"])
     precision = config.get("precision", DEFAULTS["precision"])
     setup = resolve_device(str(device), precision=str(precision))
-    return {"precision": precision_name(setup), "device": setup.device.type}
+    return trained_as(setup, process_group()[1])
+
+
+def recorded_trained_as(artifact: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``trained_as`` record of a model artifact (``train_model``), None when absent.
+
+    Raises:
+        ContractError: the record is there but not a ``trained_as`` mapping.
+    """
+    record = artifact.get("trained_as")
+    if record is None:
+        return None
+    if not isinstance(record, Mapping) or not set(RESOLVED_KEYS) <= set(record):
+        raise ContractError(
+            f"model of variant '{artifact.get('variant')}': 'trained_as' should map "
+            f"{list(RESOLVED_KEYS)} (and 'processes') to what training used, got {record!r}"
+        )
+    return dict(record)
 
 
 def training_record(cfg: Mapping[str, Any], resolved: Mapping[str, str]) -> dict[str, Any]:
@@ -219,8 +256,8 @@ def training_record(cfg: Mapping[str, Any], resolved: Mapping[str, str]) -> dict
         cfg: The variant's resolved training config (``resolve_training_config``, with the
             variant's overrides).
         resolved: What ``cfg``'s precision and device resolved to where the model trained
-            (``resolved_precision_and_device``): recorded for ``RESOLVED_KEYS`` in place of
-            the values as written (``auto``).
+            (``trained_as``, stored in the model artifact): recorded for ``RESOLVED_KEYS`` in
+            place of the values as written (``auto``), with ``processes`` when above 1.
 
     Returns:
         ``{"training_config": {key: value}, "training_config_digest": sha256}``: every
@@ -231,6 +268,8 @@ def training_record(cfg: Mapping[str, Any], resolved: Mapping[str, str]) -> dict
     """
     items = {k: v for k, v in sorted(cfg.items()) if k not in NOT_RECORDED_KEYS}
     items.update({k: resolved[k] for k in RESOLVED_KEYS})
+    if int(resolved.get("processes", 1)) > 1:
+        items["processes"] = int(resolved["processes"])  # DDP: only then, older records hold
     items = json.loads(json.dumps(items, sort_keys=True, default=str))
     digest = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
     return {"training_config": items, "training_config_digest": digest}

@@ -21,11 +21,12 @@ import torch
 from kedro_datasets.json import JSONDataset
 from sklearn.metrics import roc_auc_score
 
-from cxr_spurious.errors import ParameterError
+from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.pipelines.study import nodes as study
 from cxr_spurious.pipelines.training.nodes import evaluate_test_metrics, resolve_config
 from cxr_spurious.stats.bootstrap import bootstrap_indices
 from cxr_spurious.training import device as device_module
+from cxr_spurious.training import outputs
 from cxr_spurious.training.outputs import flat_metrics
 
 TASK = "Pneumothorax"
@@ -134,3 +135,60 @@ def test_test_metrics_record_the_precision_and_device_training_resolved_to(
     assert (config["precision"], config["device"]) == recorded
     blob = json.dumps(config, sort_keys=True).encode()
     assert metrics["training_config_digest"] == hashlib.sha256(blob).hexdigest()
+
+
+def _metrics_of(model: dict | None, **training) -> dict:
+    preds, manifest = _test_split()
+    config = resolve_config(
+        {"tasks": [TASK], "n_boot": N_BOOT, "variants": {"erm": VARIANT}, **training}, VARIANT
+    )
+    return evaluate_test_metrics(preds, manifest, config, model)
+
+
+def test_the_record_holds_how_the_model_trained_not_how_this_machine_resolves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``kedro run --from-nodes evaluate_test_metrics`` on a CPU for a model trained on a GPU
+    under two DDP processes: the record said fp32 / cpu (resolved where it ran)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
+    model = {
+        "variant": "erm",
+        "trained_as": {"precision": "bf16", "device": "cuda", "processes": 2},
+    }
+    config = _metrics_of(model)["training_config"]
+    assert (config["precision"], config["device"], config["processes"]) == ("bf16", "cuda", 2)
+    # one process is not recorded (records of single-process runs keep their digest)
+    single = _metrics_of({"variant": "erm", "trained_as": {"precision": "bf16", "device": "cpu"}})
+    assert "processes" not in single["training_config"]
+    assert single["training_config"]["precision"] == "bf16"
+
+
+def test_a_model_file_without_the_record_gets_this_machine_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        config = _metrics_of({"variant": "erm", "state_dict": {}})["training_config"]
+    assert (config["precision"], config["device"]) == ("fp32", "cpu")
+    assert "does not record the precision" in caplog.text and "precision=fp32" in caplog.text
+    caplog.clear()
+    with pytest.raises(ContractError, match="trained_as"):
+        _metrics_of({"variant": "erm", "trained_as": "bf16"})
+
+
+def test_resolution_inside_a_process_group_counts_its_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the comparison (and the sweep's hash) expect under ``torchrun``: N processes."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(outputs, "process_group", lambda: (1, 2))
+    assert outputs.resolved_precision_and_device({}) == {
+        "precision": "fp32",
+        "device": "cpu",
+        "processes": 2,
+    }
+    monkeypatch.setattr(outputs, "process_group", lambda: (0, 1))
+    assert outputs.resolved_precision_and_device({}) == {"precision": "fp32", "device": "cpu"}

@@ -16,6 +16,7 @@ from tests.training.training_tiny_data import TASK, tiny_study
 from cxr_spurious.datasets.skippable import SkippableDataset
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.pipelines.training import create_pipeline, create_training_template
+from cxr_spurious.training.device import cpu_has_native_bf16
 from cxr_spurious.variants import STUDY_MODELS
 
 
@@ -127,7 +128,12 @@ def test_gate_trains_only_the_selected_variant_and_keeps_others(tmp_path: Path) 
     )
     model = torch.load(tmp_path / "seg" / "model.pt", weights_only=True)
     assert model["variant"] == "seg" and len(model["fingerprint"]) == 64  # what it was trained as
+    # how it trained (this test trains on the CPU, one process): what test_metrics records
+    here = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert model["trained_as"] == {"precision": here, "device": "cpu"}
     metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
+    recorded = metrics["training_config"]
+    assert (recorded["precision"], recorded["device"]) == (here, "cpu")
     assert (metrics["supervision"], metrics["architecture"]) == (
         "seg",
         "unet_small",

@@ -29,10 +29,12 @@ from cxr_spurious.training.outputs import (
     flat_metrics,
     predict_images,
     predictions_frame,
+    recorded_trained_as,
     resampling_name,
     resolved_precision_and_device,
     run_name,
     run_params,
+    trained_as,
     training_curves,
     training_record,
 )
@@ -113,6 +115,7 @@ def train_model(
         "config": model_config(config),
         "variant": config["variant"],
         "fingerprint": result.fingerprint,
+        "trained_as": trained_as(setup, world),
     }
     return artifact, result.history
 
@@ -161,7 +164,12 @@ def predict_counterfactuals(
     return out[["image_id", "render", *[c for c in out.columns if c.startswith("p_")]]]
 
 
-def evaluate_test_metrics(predictions: Any, manifest: pd.DataFrame, config: dict[str, Any]) -> Any:
+def evaluate_test_metrics(
+    predictions: Any,
+    manifest: pd.DataFrame,
+    config: dict[str, Any],
+    model: Mapping[str, Any] | None = None,
+) -> Any:
     """Test AUROC, robust and reverse AUROC on ``training.subgroup`` with bootstrap CIs.
 
     The trained model's supervision and architecture travel with the metrics, so reports
@@ -169,8 +177,10 @@ def evaluate_test_metrics(predictions: Any, manifest: pd.DataFrame, config: dict
     the CI settings (``ci_level``, ``n_boot``) and the training configuration
     (``training_record``), so a later run that reuses the model (the study, the comparison)
     can check them against its own parameters. The record holds the precision (``bf16`` /
-    ``fp32``) and device type that ``precision`` and ``device`` resolve to here, in the
-    ``kedro run`` that trained the model, not ``auto`` as written.
+    ``fp32``), device type and DDP process count the model trained with, as the model
+    artifact records them (``trained_as``): not ``auto`` as written, and not what they
+    would resolve to on the machine that evaluates (``kedro run --from-nodes`` elsewhere).
+    A model file that predates the record gets what they resolve to here, with a warning.
     """
     if config["skip"]:
         return SKIPPED
@@ -184,11 +194,22 @@ def evaluate_test_metrics(predictions: Any, manifest: pd.DataFrame, config: dict
         level=float(config["ci_level"]),
         max_dropped_share=float(config["max_dropped_share"]),
     )
+    resolved = recorded_trained_as(model) if model is not None else None
+    if resolved is None:
+        resolved = resolved_precision_and_device(config)
+        if model is not None:
+            logger.warning(
+                "[%s] the model file does not record the precision and device it trained "
+                "with (written by an older version); test_metrics records what they resolve "
+                "to here (%s), which is right only if it trained on this machine",
+                config["variant"],
+                ", ".join(f"{k}={v}" for k, v in resolved.items()),
+            )
     return {
         "supervision": config["supervision"],
         "architecture": config["architecture"],
         **metrics,
-        **training_record(config, resolved_precision_and_device(config)),
+        **training_record(config, resolved),
     }
 
 
@@ -237,9 +258,9 @@ def assemble_run_record(
             "variant": config["variant"],
             "supervision": config["supervision"],
             "architecture": config["architecture"],
-            "precision": precision_name(
-                setup_for(config)
-            ),  # what `precision: auto` resolved to here
+            # what `precision: auto` resolved to where the model trained
+            "precision": (recorded_trained_as(model) or {}).get("precision")
+            or precision_name(setup_for(config)),
             "pipeline": "training",
         },
         "params": run_params(config, resampling, len(train), train["image_id"].nunique()),

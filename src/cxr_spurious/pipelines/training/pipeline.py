@@ -66,7 +66,7 @@ def create_training_template(*, overrides: str | None = None) -> Pipeline:
             ),
             Node(
                 func=nodes.evaluate_test_metrics,
-                inputs=["predictions", "manifest", "config"],
+                inputs=["predictions", "manifest", "config", "model"],
                 outputs="test_metrics",
                 name="evaluate_test_metrics",
                 tags=["training", "evaluate"],
