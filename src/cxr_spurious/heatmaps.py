@@ -1,7 +1,9 @@
 """``HeatmapSet``: saliency maps of one model and method, the saliency -> localization contract.
 
-``maps`` holds one float map per (image, task) at map resolution (any (h, w), e.g. 12x12
-for Grad-CAM or 96x96 for a dense model); ``index`` has one row per map:
+``maps`` holds one float map per (image, task) at map resolution (any (h, w)): the
+project's methods all give maps at the model's input size, e.g. 96x96 at 96 px (the CAM
+methods too: pytorch-grad-cam resizes its maps to the input), while an imported CheXlocalize
+folder keeps its own; ``index`` has one row per map:
 
 ==========  =======  ===========================================================
 column      dtype    meaning

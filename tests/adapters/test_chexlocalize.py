@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from cxr_spurious.errors import ContractError, DataFormatError, ParameterError
+from cxr_spurious.io.chexlocalize import check_annotations, rasterize_annotations
 from cxr_spurious.io.masks import decode_rle, encode_rle, rasterize_polygons
 from cxr_spurious.sources.adapters import get_adapter
 from cxr_spurious.sources.adapters._common import DEFAULT_FRACTIONS
@@ -245,5 +246,75 @@ def test_human_benchmark_is_read_checked_and_limited_to_ingested_images(tmp_path
     with pytest.raises(
         DataFormatError,
         match=r"hb_annotations \(patient64542_study1_view1_frontal/Edema\).*2 point",
+    ):
+        read(root)
+
+
+_TRIANGLE = [[1, 2], [3, 4], [5, 6]]
+_POINTS = r"polygon 0 must be a list of \[x, y\] points of finite numbers, got "
+_SIZE = r"'img_size' must be two integers \[h, w\] in 1\.\.32768, got "
+
+
+@pytest.mark.parametrize(
+    ("entry", "where", "problem"),
+    [
+        ({"Edema": [[[1, 2], [3]]]}, "c1/Edema", _POINTS + r"\[\[1, 2\], \[3\]\]"),
+        ({"Edema": [[["a", 2], [3, 4], [5, 6]]]}, "c1/Edema", _POINTS + r"\[\['a', 2\]"),
+        ({"Edema": [[[float("nan"), 2], [3, 4], [5, 6]]]}, "c1/Edema", _POINTS + r"\[\[nan, 2\]"),
+        ({"Edema": [[[True, 2], [3, 4], [5, 6]]]}, "c1/Edema", _POINTS + r"\[\[True, 2\]"),
+        ({"Edema": [[[10**400, 2], [3, 4], [5, 6]]]}, "c1/Edema", _POINTS),
+        ({"Edema": [{"x": 1}]}, "c1/Edema", _POINTS + r"\{'x': 1\}"),
+        ({"Edema": 5}, "c1/Edema", r"expected a list of polygons, got 5"),
+        ({"Edema": "abc"}, "c1/Edema", r"expected a list of polygons, got 'abc'"),
+        ({"img_size": 10}, "c1", _SIZE + "10"),
+        ({"img_size": [-10, 10]}, "c1", _SIZE + r"\[-10, 10\]"),
+        ({"img_size": [10.5, 10]}, "c1", _SIZE + r"\[10\.5, 10\]"),
+        ({"img_size": [10, 10, 3]}, "c1", _SIZE + r"\[10, 10, 3\]"),
+        ({"img_size": [40000, 10]}, "c1", _SIZE + r"\[40000, 10\]"),
+    ],
+    ids=[
+        "ragged",
+        "string",
+        "nan",
+        "bool",
+        "huge-int",
+        "dict",
+        "int-polygons",
+        "str-polygons",
+        "int-size",
+        "negative-size",
+        "float-size",
+        "three-sizes",
+        "size-beyond-limit",
+    ],
+)
+def test_malformed_annotations_name_the_file_cxr_and_task(
+    entry: dict, where: str, problem: str
+) -> None:
+    annotations = {"c1": {"img_size": [10, 10], "Edema": [_TRIANGLE], **entry}}
+    with pytest.raises(DataFormatError, match=rf"^gt_annotations_val\.json \({where}\): {problem}"):
+        check_annotations(annotations, "gt_annotations_val.json", {})
+
+
+def test_well_formed_annotations_rasterise_like_the_reference() -> None:
+    annotations = {"c1": {"img_size": [10, 12], "Edema": [_TRIANGLE, [[8, 1], [11, 1], [11, 4]]]}}
+    check_annotations(annotations, "gt_annotations_val.json", {"c1": (10, 12)})
+    (rle,) = rasterize_annotations(annotations, ["Edema"])["c1"].values()
+    canvas = Image.new("1", (12, 10))  # CheXlocalize's reference: PIL polygons, outline filled
+    draw = ImageDraw.Draw(canvas)
+    for polygon in annotations["c1"]["Edema"]:
+        draw.polygon([tuple(p) for p in polygon], outline=1, fill=1)
+    np.testing.assert_array_equal(decode_rle(rle), np.array(canvas, dtype=np.uint8))
+
+
+def test_an_image_beyond_the_decompression_bomb_limit_names_file_and_row(
+    tmp_path: Path, monkeypatch
+) -> None:
+    root = make_tree(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", (H * W) // 2 - 1)  # refused past 2x
+    with pytest.raises(
+        DataFormatError,
+        match=r"patient64541/study1/view1_frontal\.jpg: image too large to read "
+        r"\(referenced by valid\.csv row 2\): Image size \(2000 pixels\) exceeds limit",
     ):
         read(root)

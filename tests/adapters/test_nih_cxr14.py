@@ -214,3 +214,60 @@ def test_kaggle_style_age_strings(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("17733,41,M", "17733,041Y,M"))
     m = read(root, base_params()).manifest.set_index("image_id")
     assert m.loc["00017733_002", "age_years"] == 41.0
+
+
+@pytest.mark.parametrize("variant", ["v2020", "2017"])
+@pytest.mark.parametrize(
+    ("fields", "count"),
+    [
+        (lambda f: f[:5], 5),  # a short row: the view, sex, size and spacing missing
+        (lambda f: [*f[:4], *f[5:]], 10),  # the age dropped: every later value shifted
+        (lambda f: [*f, "EXTRA"], 12),  # a value past the spacing
+    ],
+    ids=["short", "shifted", "long"],
+)
+def test_a_row_with_the_wrong_number_of_fields_names_its_line(
+    tmp_path: Path, variant: str, fields, count: int
+) -> None:
+    root = build_nih(tmp_path, variant=variant)
+    path = root / ("Data_Entry_2017.csv" if variant == "2017" else "Data_Entry_2017_v2020.csv")
+    lines = path.read_text().splitlines()
+    row = lines[3].split(",")[:11]  # the third data row, without the 2017 trailing comma
+    assert len(row) == 11
+    lines[3] = ",".join(fields(row)) + ("," if variant == "2017" else "")
+    lines.insert(2, "")  # a blank line: the bad row is the file's line 5
+    path.write_text("\n".join(lines) + "\n")
+    if variant == "2017":  # the row's trailing comma: one more, empty, field
+        count, empty = count + 1, r" \(the last empty\)"
+    else:
+        empty = ""
+    with pytest.raises(
+        DataFormatError,
+        match=rf"{path.name} \(line 5\): row has {count} fields{empty}; expected 11 like the",
+    ):
+        read(root, base_params())
+
+
+def test_a_blank_finding_label_names_its_line(tmp_path: Path) -> None:
+    root = build_nih(tmp_path)
+    path = root / "Data_Entry_2017_v2020.csv"
+    lines = path.read_text().splitlines()
+    row = lines[2].split(",")
+    lines[2] = ",".join([row[0], " ", *row[2:]])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        DataFormatError,
+        match=r"\(line 3\): empty 'Finding Labels' \(' '\); expected a finding or 'No Finding'",
+    ):
+        read(root, base_params())
+
+
+def test_2017_header_with_rows_without_the_trailing_comma(tmp_path: Path) -> None:
+    a = read(build_nih(tmp_path / "a"), base_params()).manifest
+    root = build_nih(tmp_path / "b", variant="2017")
+    path = root / "Data_Entry_2017.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], *(line.removesuffix(",") for line in lines[1:])]) + "\n")
+    b = read(root, base_params()).manifest
+    cols = [c for c in a.columns if c != "path"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])

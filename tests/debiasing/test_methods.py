@@ -89,6 +89,23 @@ def test_george_groups_recover_hidden_attribute() -> None:
         assert set(g[rows]) == {2 * cls, 2 * cls + 1}
 
 
+def test_george_errors_name_its_own_argument() -> None:
+    # discover_groups is a library function: no parameter feeds it, so its errors name its
+    # argument n_clusters, not a debiasing.george_clusters key the parameter check refuses
+    m = make_manifest(n_patients=60)
+    emb = _embeddings(m)
+    with pytest.raises(ParameterError, match="^parameter 'n_clusters': .*>= 1, got 0") as err:
+        discover_groups(m, emb, TASK, n_clusters=0)
+    assert "george_clusters" not in str(err.value)
+    train = (m["split"] == "train").to_numpy()
+    n_pos = int((train & (m[TASK] == 1).to_numpy()).sum())
+    with pytest.raises(
+        ParameterError, match=f"^parameter 'n_clusters': .*class 1 .* {n_pos} train rows"
+    ) as err:
+        discover_groups(m, emb, TASK, n_clusters=n_pos + 1)
+    assert "george_clusters" not in str(err.value)
+
+
 def test_dfr_matches_sklearn_on_balanced_half() -> None:
     m = make_manifest(n_patients=150)
     ids, _ = assign_groups(group_keys(m, ["sex"]))
@@ -162,6 +179,74 @@ def test_group_dro_matches_hand_computation() -> None:
     assert torch.isclose(loss, q[0] * l0 + q[1] * l1, atol=1e-6)
     loss.backward()
     assert logits.grad is not None and logits.grad[5].abs().sum() == 0
+
+
+def _bce(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Binary cross-entropy with logits, by hand (float64)."""
+    return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+
+
+def test_group_dro_uses_the_per_sample_weights_within_each_group() -> None:
+    # weights below 1 (reweight gives large groups < 1) and above 1 (JTT's weight mode)
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(8, 2))
+    y = (rng.random((8, 2)) < 0.5).astype(float)
+    y[2, 1] = np.nan  # a missing label: that row's loss is the mean over its other task
+    group = np.array([0, 0, 0, 1, 1, 2, 2, -1])
+    w = np.array([6.0, 1.0, 0.5, 0.25, 0.5, 2.0, 1.0, 9.0])
+    eta = 0.3
+    per = np.nanmean(np.where(np.isnan(y), np.nan, _bce(z, np.nan_to_num(y))), axis=1)
+    means = np.array([(w * per)[group == g].sum() / w[group == g].sum() for g in range(3)])
+    q = np.exp(eta * means) / 3
+    q /= q.sum()
+    obj = GroupDROObjective(3, step_size=eta)
+    logits = torch.tensor(z, dtype=torch.float32, requires_grad=True)
+    labels = torch.tensor(y, dtype=torch.float32)
+    batch = {"group": torch.tensor(group), "weight": torch.tensor(w, dtype=torch.float32)}
+    loss = obj(logits, labels, ~labels.isnan(), batch)
+    np.testing.assert_allclose(obj.q.numpy(), q, rtol=1e-5)
+    np.testing.assert_allclose(float(loss.detach()), float((q * means).sum()), rtol=1e-5)
+    # the unweighted mean would give another loss: the weights matter
+    plain = np.array([per[group == g].mean() for g in range(3)])
+    assert abs(float(loss.detach()) - float((q * plain).sum())) > 1e-2
+    # gradient of sum_g q_g * weighted mean_g (q held fixed), by hand
+    loss.backward()
+    coef = np.zeros(8)
+    for g in range(3):
+        rows = group == g
+        coef[rows] = q[g] * w[rows] / w[rows].sum()
+    n_valid = (~np.isnan(y)).sum(1)
+    sig = 1 / (1 + np.exp(-z))
+    grad = np.where(np.isnan(y), 0.0, (sig - np.nan_to_num(y)) * (coef / n_valid)[:, None])
+    assert logits.grad is not None
+    np.testing.assert_allclose(logits.grad.numpy(), grad, rtol=1e-4, atol=1e-7)
+
+
+def test_group_dro_with_unit_weights_equals_no_weights() -> None:
+    # all weights 1 (every strategy but reweight / JTT's weight mode): bitwise the loss and q
+    # of the plain group means, as before the weights were read
+    torch.manual_seed(1)
+    logits = torch.randn(16, 2)
+    labels = (torch.rand(16, 2) < 0.4).float()
+    labels[3, 0] = float("nan")
+    valid = ~labels.isnan()
+    group = torch.tensor([0, 1, 2, 3] * 4)
+    group[5] = -1
+    a, b = GroupDROObjective(4, step_size=0.2), GroupDROObjective(4, step_size=0.2)
+    for _ in range(3):
+        la = a(logits, labels, valid, {"group": group, "weight": torch.ones(16)})
+        lb = b(logits, labels, valid, {"group": group})
+        assert torch.equal(la, lb) and torch.equal(a.q, b.q)
+    per = (
+        F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(labels), reduction="none")
+        * valid
+    ).sum(1) / valid.sum(1)
+    fresh = GroupDROObjective(4, step_size=0.2)
+    loss = fresh(logits, labels, valid, {"group": group, "weight": torch.ones(16)})
+    means = torch.stack([per[group == g].mean() for g in range(4)])
+    q = torch.exp(0.2 * means) / 4
+    q = q / q.sum()
+    assert torch.allclose(loss, (q * means).sum(), atol=1e-6)
 
 
 def test_group_dro_upweights_worst_group_over_steps() -> None:

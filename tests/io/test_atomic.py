@@ -155,3 +155,67 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` (links not followed): file text, link target or ``dir``."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            out[key] = f"-> {os.readlink(path)}"
+        elif path.is_dir():
+            out[key] = "dir"
+        else:
+            out[key] = path.read_text()
+    return out
+
+
+def test_atomic_dir_on_a_symlinked_folder_replaces_the_target(tmp_path: Path) -> None:
+    """``data/heatmaps -> ../bigdisk/heatmaps``: the new folder lands on the big disk."""
+    (tmp_path / "bigdisk" / "heatmaps").mkdir(parents=True)
+    (tmp_path / "bigdisk" / "heatmaps" / "a.txt").write_text("old")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "heatmaps").symlink_to(Path("..", "bigdisk", "heatmaps"))
+    with atomic_dir(tmp_path / "data" / "heatmaps") as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert _tree(tmp_path) == {
+        "bigdisk": "dir",
+        "bigdisk/heatmaps": "dir",
+        "bigdisk/heatmaps/b.txt": "new",
+        "data": "dir",
+        "data/heatmaps": "-> ../bigdisk/heatmaps",
+    }
+
+
+def test_atomic_path_on_a_symlinked_file_writes_the_target(tmp_path: Path) -> None:
+    (tmp_path / "bigdisk").mkdir()
+    (tmp_path / "bigdisk" / "report.txt").write_text("old")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "report.txt").symlink_to(Path("..", "bigdisk", "report.txt"))
+    write_text_atomic(tmp_path / "data" / "report.txt", "new")
+    assert _tree(tmp_path) == {
+        "bigdisk": "dir",
+        "bigdisk/report.txt": "new",
+        "data": "dir",
+        "data/report.txt": "-> ../bigdisk/report.txt",
+    }
+
+
+def test_a_stale_old_symlink_goes_and_its_target_stays(tmp_path: Path) -> None:
+    """A swap before the fix moved the link itself aside as ``.<name>.old.<pid>.<hex>``."""
+    (tmp_path / "bigdisk" / "heatmaps").mkdir(parents=True)
+    (tmp_path / "bigdisk" / "heatmaps" / "a.txt").write_text("kept")
+    stale = tmp_path / "data" / f".heatmaps.old.{_dead_pid()}.0a1b2c3d"
+    stale.parent.mkdir()
+    stale.symlink_to(Path("..", "bigdisk", "heatmaps"))
+    with atomic_dir(tmp_path / "data" / "heatmaps") as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert _tree(tmp_path) == {
+        "bigdisk": "dir",
+        "bigdisk/heatmaps": "dir",
+        "bigdisk/heatmaps/a.txt": "kept",
+        "data": "dir",
+        "data/heatmaps": "dir",
+        "data/heatmaps/b.txt": "new",
+    }

@@ -22,6 +22,7 @@ from cxr_spurious.io.chexlocalize import (
     prefetch_heatmap,
     read_chexlocalize_folder,
     read_heatmap_folder,
+    read_heatmap_pickle,
     write_chexlocalize_folder,
 )
 from cxr_spurious.io.safe_pickle import load_torch_pickle
@@ -230,3 +231,32 @@ def test_prefetch_covers_the_map_and_the_closing_opcodes(tmp_path, monkeypatch):
     calls.clear()
     prefetch_heatmap(path, len(raw) + 1)  # the whole file in the head range: one call
     assert calls == [(0, len(raw) + 1, os.POSIX_FADV_WILLNEED)]
+
+
+def _map_pickle(folder: Path, heatmap: torch.Tensor) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "patient64541_study1_view1_frontal_Edema_map.pkl"
+    with path.open("wb") as fh:
+        data = {"map": heatmap, "prob": 0.5, "task": "Edema", "gt": 1, "cxr_dims": (320, 320)}
+        pickle.dump(data, fh, protocol=3)
+    return path
+
+
+def test_a_map_shape_beyond_the_mask_limit_is_refused_without_allocating(tmp_path):
+    # an 865-byte pickle whose map claims 300000 x 300000 (a broadcast view of 1 value)
+    path = _map_pickle(tmp_path / "maps", torch.zeros(1, 1, 1, 1).expand(1, 1, 300000, 300000))
+    assert path.stat().st_size < 2000
+    message = r"Edema_map\.pkl \(map\): 'map' \(h, w\) = \(300000, 300000\); expected each side"
+    with pytest.raises(DataFormatError, match=message):
+        read_heatmap_pickle(path, with_map=False)
+    with pytest.raises(DataFormatError, match=message):
+        read_heatmap_folder(tmp_path / "maps")  # the index pass reads with_map=False
+
+
+def test_the_index_pass_map_is_a_zero_placeholder_of_the_map_shape(tmp_path):
+    heatmap = torch.rand(1, 1, 7, 5)
+    path = _map_pickle(tmp_path / "maps", heatmap)
+    placeholder = read_heatmap_pickle(path, with_map=False).map
+    assert placeholder.shape == (7, 5) and placeholder.dtype == np.float32
+    assert placeholder.strides == (0, 0) and not placeholder.any()  # no memory per pixel
+    np.testing.assert_array_equal(read_heatmap_pickle(path).map, heatmap.numpy()[0, 0])

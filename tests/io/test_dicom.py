@@ -192,3 +192,60 @@ def test_voi_lut_sequence_applied(tmp_path: Path) -> None:
     ds.VOILUTSequence = [item]
     ds.save_as(path)
     np.testing.assert_array_equal(read_dicom(path), 255 - pixels)
+
+
+def _by_hand(
+    stored: np.ndarray, slope: float, intercept: float, center: float, width: float
+) -> np.ndarray:
+    """PS3.3 C.11.1.1.2 rescale, then the C.11.2.1.2.1 linear window, as a 0..255 display.
+
+    ``y = ((x - (c - 0.5)) / (w - 1) + 0.5)`` of the output range, its bottom at or below
+    ``c - 0.5 - (w - 1) / 2`` and its top above ``c - 0.5 + (w - 1) / 2``.
+    """
+    out = np.empty(stored.shape)
+    for idx, s in np.ndenumerate(stored):
+        x = slope * float(s) + intercept
+        if x <= center - 0.5 - (width - 1) / 2:
+            y = 0.0
+        elif x > center - 0.5 + (width - 1) / 2:
+            y = 1.0
+        else:
+            y = (x - (center - 0.5)) / (width - 1) + 0.5
+        out[idx] = round(y * 255)
+    return out.astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("slope", "intercept", "center", "width"),
+    [
+        (-1.0, 4095.0, 2048.0, 4096.0),  # an inverting rescale, the whole range windowed
+        (-1.0, 4095.0, 3000.0, 1000.0),  # ... and a narrow window: both ends saturate
+        (-2.0, 1000.0, -2000.0, 3001.0),
+        (1.0, -1024.0, 40.0, 400.0),  # a CT-like positive rescale (unchanged behaviour)
+    ],
+)
+def test_rescale_then_window_matches_the_standard_by_hand(
+    tmp_path: Path, slope: float, intercept: float, center: float, width: float
+) -> None:
+    stored = np.array(
+        [[0, 7, 700, 1000, 1100, 1200, 1500], [2000, 2600, 3100, 3333, 3500, 4000, 4095]]
+    )
+    path = fx.write_dicom(
+        tmp_path / "r.dcm",
+        stored,
+        bits_stored=12,
+        rescale=(slope, intercept),
+        window=(center, width),
+    )
+    expected = _by_hand(stored, slope, intercept, center, width)
+    assert expected.min() == 0 and expected.max() == 255 and len(np.unique(expected)) > 4
+    np.testing.assert_array_equal(read_dicom(path), expected)
+    inverted = fx.write_dicom(
+        tmp_path / "m1.dcm",
+        stored,
+        bits_stored=12,
+        rescale=(slope, intercept),
+        window=(center, width),
+        photometric="MONOCHROME1",
+    )
+    np.testing.assert_array_equal(read_dicom(inverted), 255 - expected)

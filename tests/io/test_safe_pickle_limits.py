@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -237,3 +238,47 @@ def test_numpy1_names_and_protocol2_tensors_load(tmp_path: Path) -> None:
     tensor = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     path = _write(tmp_path, pickle.dumps({"map": tensor}, protocol=2), "t.pkl")
     assert torch.equal(load_torch_pickle(path)["map"], tensor)
+
+
+def _redeflate(src: Path, dst: Path) -> Path:
+    """``src`` (a ``torch.save`` zip) with every entry re-compressed (ZIP_DEFLATED)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename), zipfile.ZIP_DEFLATED)
+    return dst
+
+
+def test_a_compressed_torch_zip_is_refused_before_loading(tmp_path: Path) -> None:
+    saved = {"map": torch.zeros(1, 1, 1024, 1024), "prob": 0.5, "cxr_dims": (320, 320)}
+    real = tmp_path / "real_Edema_map.pkl"
+    torch.save(saved, real)
+    with zipfile.ZipFile(real) as archive:  # torch.save stores its entries uncompressed
+        assert {e.compress_type for e in archive.infolist()} == {zipfile.ZIP_STORED}
+    for load in (load_torch_pickle, load_heatmap_pickle):  # a real torch.save still loads
+        assert torch.equal(load(real, max_bytes=8 << 20)["map"], saved["map"])
+    bomb = _redeflate(real, tmp_path / "bomb_Edema_map.pkl")
+    assert bomb.stat().st_size * 100 < 4 * 1024 * 1024  # unpacks to > 100x its size
+    for load in (load_torch_pickle, load_heatmap_pickle):
+        with pytest.raises(
+            DataFormatError,
+            match=r"bomb_Edema_map\.pkl: zip entry '[^']+' is compressed \(\d+ bytes for "
+            r"[\d,]+\); torch\.save stores entries uncompressed",
+        ):
+            load(bomb, max_bytes=8 << 20)
+
+
+def test_a_stored_torch_zip_larger_than_max_bytes_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big_Edema_map.pkl"
+    saved = {"map": torch.arange(1_000_000, dtype=torch.float32)}
+    torch.save(saved, path)
+    with zipfile.ZipFile(path) as archive:
+        unpacked = sum(e.file_size for e in archive.infolist())
+    assert 4_000_000 < unpacked <= path.stat().st_size
+    for load in (load_torch_pickle, load_heatmap_pickle):
+        with pytest.raises(
+            DataFormatError,
+            match=rf"big_Edema_map\.pkl: unpacking the zip entries asks for {unpacked:,} bytes, "
+            r"more than the limit of 1,000,000 bytes \(max_bytes\)",
+        ):
+            load(path, max_bytes=1_000_000)
+        assert torch.equal(load(path)["map"], saved["map"])  # the default limit: 1 GiB

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import pytest
 import torch
 import torchvision
@@ -14,8 +16,9 @@ from cxr_spurious.models import (
     build_model,
     model_from_artifact,
     pool_dense_logits,
+    pretrained,
 )
-from cxr_spurious.models.pretrained import grey_first_conv
+from cxr_spurious.models.pretrained import grey_first_conv, load_pretrained_state
 
 TASKS = ["Pneumothorax", "Pleural Effusion"]
 FAST = ["resnet18", "densenet121", "resunet18", "unet_small", "cnn_small"]
@@ -163,3 +166,28 @@ def test_artifact_round_trip_and_architecture_mismatch() -> None:
     }
     with pytest.raises(DataFormatError, match=r"m\.pt.*'resnet18'.*another architecture"):
         model_from_artifact(wrong, source="m.pt")
+
+
+def test_pretrained_zip_with_compressed_entries_is_refused(tmp_path, monkeypatch) -> None:
+    state = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.bias": torch.zeros(1000)}
+    real = tmp_path / "real.pth"
+    torch.save(state, real)
+    loaded = load_pretrained_state(str(real))  # a torch.save file (stored entries) loads
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    bomb = tmp_path / "bomb.pth"  # the same entries re-compressed: about 1/100 of the bytes
+    with zipfile.ZipFile(real) as zin, zipfile.ZipFile(bomb, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename), zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size * 10 < real.stat().st_size
+    with pytest.raises(DataFormatError, match=r"bomb\.pth: zip entry '[^']+' is compressed"):
+        load_pretrained_state(str(bomb))
+    with zipfile.ZipFile(real) as archive:
+        unpacked = sum(e.file_size for e in archive.infolist())
+    monkeypatch.setattr(pretrained, "PRETRAINED_MAX_BYTES", unpacked - 1)
+    with pytest.raises(
+        DataFormatError,
+        match=rf"real\.pth: unpacking the zip entries asks for {unpacked:,} bytes, more than "
+        rf"the limit of {unpacked - 1:,} bytes",
+    ):
+        load_pretrained_state(str(real))

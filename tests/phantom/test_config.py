@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.phantom import PhantomConfig
@@ -87,6 +90,24 @@ def test_round_trip_through_to_dict() -> None:
             "phantom.findings.max_instances.Lung Lesion",
         ),
         ({"counterfactuals": True}, "phantom.counterfactuals"),
+        # Values the generator cannot honour (audit s21): refused up front.
+        ({"findings": {"min_thickness_at_96": 10.5}}, "phantom.findings.min_thickness_at_96"),
+        ({"findings": {"min_thickness_at_96": 16.0}}, "phantom.findings.min_thickness_at_96"),
+        ({"sites": {"A": {"share": 1.0, "marker": " "}}}, "phantom.sites.A.marker"),
+        ({"sites": {"A": {"share": 1.0, "marker": "   "}}}, "phantom.sites.A.marker"),
+        ({"artefacts": {"marker_port": {"text": " "}}}, "phantom.artefacts.marker_port.text"),
+        (
+            {"findings": {"max_instances": {"Pneumothorax": 2}}},
+            "phantom.findings.max_instances.Pneumothorax",
+        ),
+        (
+            {"findings": {"max_instances": {"Cardiomegaly": 3}}},
+            "phantom.findings.max_instances.Cardiomegaly",
+        ),
+        ({"demographics": {"age_mean": -500.0}}, "phantom.demographics.age_mean"),
+        ({"demographics": {"age_mean": 5000.0}}, "phantom.demographics.age_mean"),
+        ({"demographics": {"age_mean": 17.5}}, "phantom.demographics.age_mean"),
+        ({"demographics": {"age_min": 30, "age_mean": 25.0}}, "phantom.demographics.age_mean"),
     ],
 )
 def test_bad_settings_raise_parameter_error_naming_the_key(params: dict, key: str) -> None:
@@ -103,3 +124,34 @@ def test_the_old_counterfactuals_variants_key_names_its_new_name() -> None:
     assert info.value.key == "phantom.counterfactuals.variants"
     cfg = PhantomConfig.from_dict({"counterfactuals": {"renders": ["no_tube"]}})
     assert cfg.counterfactuals.renders == ("no_tube",)
+
+
+def test_values_at_the_edges_of_the_new_checks_are_accepted() -> None:
+    cfg = PhantomConfig.from_dict(
+        {
+            "findings": {
+                "min_thickness_at_96": 10.0,  # the measured bound (findings docstring)
+                "max_instances": {"Pneumothorax": 1, "Cardiomegaly": 1, "Pleural Effusion": 8},
+            },
+            "sites": {"A": {"share": 1.0, "marker": " L "}},
+            "demographics": {"age_mean": 18.0, "age_min": 18, "age_max": 90},
+        }
+    )
+    assert cfg.findings.min_thickness_at_96 == 10.0
+    assert cfg.findings.max_instances["Pleural Effusion"] == 8
+    assert PhantomConfig.from_dict({"demographics": {"age_mean": 90.0}}).demographics.age_mean == 90
+
+
+def test_single_instance_refusals_say_why() -> None:
+    with pytest.raises(ParameterError, match=r"must be 1 \(one pneumothorax on the record's ptx"):
+        PhantomConfig.from_dict({"findings": {"max_instances": {"Pneumothorax": 2}}})
+    with pytest.raises(ParameterError, match="must be 1 .*one enlarged heart.*got 3"):
+        PhantomConfig.from_dict({"findings": {"max_instances": {"Cardiomegaly": 3}}})
+
+
+def test_the_shipped_phantom_parameters_still_validate() -> None:
+    conf = Path(__file__).resolve().parents[2] / "conf" / "base"
+    ingestion = yaml.safe_load((conf / "parameters_ingestion.yml").read_text())
+    sweep = yaml.safe_load((conf / "parameters_sweep.yml").read_text())
+    for params in (ingestion["ingestion"]["phantom"], sweep["sweep"]["ingestion"]["phantom"]):
+        PhantomConfig.from_dict(params, key="ingestion.phantom")

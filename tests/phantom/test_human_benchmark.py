@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from scipy import ndimage
 
 from cxr_spurious.io.masks import rasterize_polygons
 from cxr_spurious.phantom.config import HumanBenchmarkConfig
@@ -46,3 +48,27 @@ def test_salient_points_lie_inside_the_readers_outline() -> None:
     ((x, y),) = points["Pleural Effusion"]
     assert mask[int(y), int(x)] == 1
     assert np.hypot(x - 30, y - 70) < 6
+
+
+def test_zero_jitter_and_shift_reproduce_the_true_outline() -> None:
+    outline = _disc(128, 128, 30)
+    exact = HumanBenchmarkConfig(boundary_jitter=0.0, shift=0.0, p_miss=0.0, point_jitter=0.0)
+    outlines, points = read_image({"Lung Lesion": [outline]}, np.random.default_rng(0), exact, 256)
+    ((read,),) = outlines.values()
+    assert np.abs(np.asarray(read) - np.asarray(outline)).max() < 1e-3  # rounding to 3 decimals
+    truth = rasterize_polygons([outline], 256, 256)
+    assert np.array_equal(rasterize_polygons([read], 256, 256), truth)
+    # The salient point is the deepest interior pixel, the disc's centre (scipy's exact EDT).
+    depth = ndimage.distance_transform_edt(truth)
+    ((x, y),) = points["Lung Lesion"]
+    assert depth[int(y), int(x)] >= depth.max() - 1.0
+
+
+def test_the_reader_moves_outlines_by_the_configured_fraction_even_in_small_images() -> None:
+    # 64 px: boundary_jitter 0.012 is 0.768 px, below the 1.5 px the reader used to force.
+    outline = _disc(32, 32, 12)
+    cfg = HumanBenchmarkConfig(boundary_jitter=0.012, shift=0.0, p_miss=0.0, point_jitter=0.0)
+    outlines, _ = read_image({"Lung Lesion": [outline]}, np.random.default_rng(5), cfg, 64)
+    ((read,),) = outlines.values()
+    moved = np.linalg.norm(np.asarray(read) - np.asarray(outline), axis=1).max()
+    assert moved == pytest.approx(0.012 * 64, abs=2e-3)  # the largest offset is the amplitude

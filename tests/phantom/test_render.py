@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.io.masks import rasterize_polygons
-from cxr_spurious.phantom import PhantomConfig, build_cohort, render_image
+from cxr_spurious.phantom import PhantomConfig, build_cohort, generate_phantom, render_image
+from cxr_spurious.phantom.devices import draw_marker
 from cxr_spurious.phantom.findings import thickness
 from cxr_spurious.phantom.geometry import dilate, vertex_normals
 from cxr_spurious.tasks import PHANTOM_TASKS, SPURIOUS_OBJECTS
@@ -115,6 +118,63 @@ def test_every_instance_is_at_least_five_pixels_thick_at_96(size: int) -> None:
                 assert thickness(at96) >= 5.0, (task, index, thickness(at96))
                 checked += 1
     assert checked > 10
+
+
+# Image sizes where a pneumothorax has the least room relative to min_thickness_at_96 (a
+# measurement over every size 32..400 found the largest value that always fits, 10.375,
+# at 37 px; 10.75 at 71 px).
+@pytest.mark.parametrize("size", [37, 71])
+def test_a_pneumothorax_at_the_largest_valid_thickness_always_fits(size: int) -> None:
+    cfg = PhantomConfig.from_dict(
+        {
+            "n_images": 300,
+            "image_size": size,
+            "prevalence": {"Pneumothorax": 1.0},
+            "findings": {"min_thickness_at_96": 10.0},
+        }
+    )
+    for index in range(cfg.n_images):
+        assert "Pneumothorax" in render_image(cfg, index, 0).polygons
+
+
+def _no_room_config(n_images: int) -> PhantomConfig:
+    """Valid settings whose small bodies leave no room for a 10 px pneumothorax at 37 px."""
+    return PhantomConfig.from_dict(
+        {
+            "n_images": n_images,
+            "image_size": 37,
+            "prevalence": {"Pneumothorax": 1.0},
+            "findings": {"min_thickness_at_96": 10.0},
+            "appearance": {"body_scale": [0.4, 0.4]},
+        }
+    )
+
+
+def test_a_pneumothorax_that_does_not_fit_names_the_key_and_the_image() -> None:
+    cfg = _no_room_config(4)
+    rec = build_cohort(cfg, 0)[0]
+    with pytest.raises(ParameterError) as info:
+        render_image(cfg, 0, 0)
+    assert info.value.key == "ingestion.phantom.findings.min_thickness_at_96"
+    assert f"image 0 ({rec.image_id})" in str(info.value)
+    assert "10 px thick at 96 px (3.9 px at the written 37 px)" in str(info.value)
+
+
+def test_generation_stops_with_the_parameter_error_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "phantom"
+    with pytest.raises(ParameterError, match="min_thickness_at_96"):
+        generate_phantom(_no_room_config(4), out, seed=0, progress=False)
+    assert not out.exists()
+
+
+def test_a_marker_that_draws_nothing_names_its_key() -> None:
+    att = np.zeros((64, 64), np.float32)
+    key = "ingestion.phantom.sites.A.marker"
+    with pytest.raises(ParameterError, match="draws no pixel") as info:
+        draw_marker(att, " ", "top_left", np.random.default_rng(0), key=key)
+    assert info.value.key == key
+    assert not att.any()
+    assert draw_marker(att, ".", "top_left", np.random.default_rng(0), key=key).any()
 
 
 def test_polygons_are_one_per_instance_and_inside_the_image() -> None:

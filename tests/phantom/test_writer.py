@@ -137,7 +137,10 @@ def test_human_benchmark_is_perturbed_but_overlapping(medium_dir: Path) -> None:
                 assert not b.any()
     ious_arr = np.array(ious)
     assert len(ious_arr) > 50
-    assert 0.5 < ious_arr.mean() < 0.97 and ious_arr.max() < 1.0 and np.median(ious_arr) > 0.5
+    assert 0.5 < ious_arr.mean() < 0.97 and np.median(ious_arr) > 0.5
+    # At 64 px the default jitter (0.012 x 64 = 0.77 px) and shift (0.51 px) are sub-pixel,
+    # so a few outlines rasterise exactly as the truth; nearly all differ.
+    assert (ious_arr < 1.0).mean() > 0.95
 
 
 def test_observed_rates_match_config(medium_dir: Path, medium_cfg: PhantomConfig) -> None:

@@ -57,7 +57,15 @@ def test_classifier_maps_finite_right_shape_and_hooks_released(method, classifie
     assert all(p.requires_grad for p in classifier.parameters())
 
 
-@pytest.mark.parametrize("method", available_methods())
+def test_deeplift_on_the_amax_pooled_dense_toy_is_refused(dense, images, toys):
+    """``ToyDense`` pools its map with ``amax`` (a function, as the project's dense models
+    do): DeepLift's attributions miss the logit change, so the method is refused."""
+    with pytest.raises(CxrSpuriousError, match=r"\(ToyDense\) faithfully.*summation-to-delta"):
+        compute_maps(dense, images, "deeplift", ["Lung Lesion"], device="cpu", progress=False)
+    assert toys.hooks_on(dense) == 0
+
+
+@pytest.mark.parametrize("method", [m for m in available_methods() if m != "deeplift"])
 def test_dense_maps_finite_right_shape_and_hooks_released(method, dense, images, toys):
     maps, probs = compute_maps(
         dense,

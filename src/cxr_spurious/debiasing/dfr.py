@@ -1,10 +1,12 @@
 """Deep Feature Reweighting (Kirichenko et al. 2023): refit only the last layer.
 
 A logistic regression on the frozen ERM embeddings, trained on a group-balanced subset of
-one half of the validation patients, predicts every manifest image in the training
-``predictions`` format. Caveat: the robustness pipeline chooses operating points on the
-whole val split, half of which DFR was fitted on, so DFR's threshold is slightly optimistic
-(its test metrics are not affected).
+one half of the validation patients (``dfr_training_rows``), predicts every manifest image
+in the training ``predictions`` format. The other half (``dfr_held_out_rows``) is never
+fitted on: the comparison chooses DFR's operating point on it alone (``refit_last_layer``
+writes its image ids, the robustness template's ``operating_rows``), since a threshold
+chosen on rows the model was fitted on moves every test metric read at that threshold
+(FNR gap, equalized-odds difference, per-group rates).
 """
 
 from __future__ import annotations
@@ -22,10 +24,52 @@ from .features import embedding_matrix
 from .groups import NO_GROUP
 
 
+def _fitting_half(manifest: pd.DataFrame, rng: np.random.Generator) -> set[str]:
+    """The validation patients DFR may fit on: the first half of a permutation by ``rng``.
+
+    Raises:
+        DataFormatError: fewer than 2 validation patients.
+    """
+    val = manifest["split"].to_numpy() == "val"
+    patients = np.array(sorted(manifest.loc[val, "patient_id"].astype(str).unique()))
+    if patients.size < 2:
+        raise DataFormatError(
+            "manifest",
+            f"DFR needs at least 2 validation patients, found {patients.size}",
+            where="split == val",
+        )
+    return set(rng.permutation(patients)[: patients.size // 2])
+
+
+def dfr_held_out_rows(manifest: pd.DataFrame, *, seed: int = 0) -> np.ndarray:
+    """Mask of the validation rows of the patients DFR never fits on (the other half).
+
+    ``dfr_training_rows`` draws its half of the validation patients with ``seed`` (the same
+    half for every task); these are the validation rows of the remaining patients, so no
+    image and no patient of them is in any task's fitting set. DFR's operating point is
+    chosen on them.
+
+    Args:
+        manifest: The manifest.
+        seed: The seed ``fit_dfr`` / ``dfr_training_rows`` were given.
+
+    Returns:
+        Boolean mask aligned with the manifest rows.
+
+    Raises:
+        DataFormatError: fewer than 2 validation patients.
+    """
+    half = _fitting_half(manifest, np.random.default_rng(seed))
+    val = manifest["split"].to_numpy() == "val"
+    return val & ~manifest["patient_id"].astype(str).isin(half).to_numpy()
+
+
 def dfr_training_rows(
     manifest: pd.DataFrame, groups: np.ndarray, task: str, *, seed: int = 0
 ) -> np.ndarray:
     """Positions of a group x label balanced subset of half the validation patients.
+
+    The other half is ``dfr_held_out_rows`` (same ``seed``).
 
     Args:
         manifest: The manifest.
@@ -42,14 +86,7 @@ def dfr_training_rows(
     """
     rng = np.random.default_rng(seed)
     val = manifest["split"].to_numpy() == "val"
-    patients = np.array(sorted(manifest.loc[val, "patient_id"].astype(str).unique()))
-    if patients.size < 2:
-        raise DataFormatError(
-            "manifest",
-            f"DFR needs at least 2 validation patients, found {patients.size}",
-            where="split == val",
-        )
-    half = set(rng.permutation(patients)[: patients.size // 2])
+    half = _fitting_half(manifest, rng)
     y = manifest[task].to_numpy(dtype=float)
     g = np.asarray(groups)
     labelled = val & np.isfinite(y) & (g != NO_GROUP)

@@ -1,7 +1,10 @@
 """Discovered groups (GEORGE, Sohoni et al. 2020): cluster ERM embeddings within each class.
 
-The cluster ids become the ``group`` column that Group DRO reads when true groups are
-unknown.
+A library function: no pipeline, node or parameter calls ``discover_groups`` (the
+comparison's Group DRO uses the known groups of ``comparison.debiasing.group_by``). Its
+ids have the form of the manifest's ``group`` column, so a caller can write them there for
+Group DRO when the true groups are unknown. Its errors name its own argument
+(``n_clusters``): no parameter feeds it (``debiasing.n_clusters`` is ``cluster_downsample``'s).
 """
 
 from __future__ import annotations
@@ -42,9 +45,15 @@ def discover_groups(
 
     Returns:
         Group ids aligned with the manifest.
+
+    Raises:
+        ParameterError: ``n_clusters`` below 1, or above a class's number of train rows
+            (the error names the argument ``n_clusters``).
     """
     if n_clusters < 1:
-        raise ParameterError("debiasing.george_clusters", f"must be >= 1, got {n_clusters}")
+        raise ParameterError(
+            "n_clusters", f"discover_groups needs n_clusters >= 1, got {n_clusters}"
+        )
     x = embedding_matrix(manifest, embeddings)
     y = manifest[task].to_numpy(dtype=float)
     train = manifest["split"].to_numpy() == "train"
@@ -54,9 +63,9 @@ def discover_groups(
         all_rows = np.flatnonzero(y == cls)
         if fit_rows.size < n_clusters:
             raise ParameterError(
-                "debiasing.george_clusters",
-                f"class {cls} of '{task}' has {fit_rows.size} train rows, "
-                f"fewer than {n_clusters} clusters",
+                "n_clusters",
+                f"discover_groups: class {cls} of '{task}' has {fit_rows.size} train rows, "
+                f"fewer than n_clusters={n_clusters}",
             )
         dims = max(1, min(n_components, x.shape[1], fit_rows.size - 1))
         pca = PCA(n_components=dims, random_state=seed).fit(x[fit_rows])

@@ -5,9 +5,16 @@ The training loop calls an objective as
 ``batch`` holds ``weight (B,)``, ``group (B,)`` long and ``index (B,)`` long. Group DRO
 keeps a probability ``q`` over groups, multiplies ``q_g`` by ``exp(step_size * loss_g)``
 after each batch (online exponentiated gradient, detached from the graph) and returns
-``sum_g q_g * loss_g``. Groups are the manifest's ``group`` column: known groups from the
-debiasing pipeline or discovered clusters (``cxr_spurious.debiasing.george``). Rows of
-group ``-1`` are left out of the robust loss.
+``sum_g q_g * loss_g``. ``loss_g`` is the weighted mean loss of group ``g``'s rows in the
+batch, ``sum(w_i * l_i) / sum(w_i)`` with the per-sample ``weight`` (``debiasing.strategy:
+reweight``, JTT's ``jtt_mode: weight``; all 1 otherwise, which is the plain mean); a group
+whose rows in the batch weigh 0 in all counts as absent. The size adjustment
+(``size_adjustment``) reads the train row count of each group (``group_sizes``), not the
+summed weights. Groups are the manifest's ``group`` column, written by the debiasing
+pipeline from the known groups of ``debiasing.group_by`` (in the comparison,
+``comparison.debiasing.group_by``). ``cxr_spurious.debiasing.george.discover_groups``
+returns ids of the same form from clusters of the ERM embeddings, but it is a library
+function that no pipeline calls. Rows of group ``-1`` are left out of the robust loss.
 
 ``group_dro_factory`` is listed under ``group_dro`` in the training registry
 (``cxr_spurious.training.objectives`` imports it); this module does not import training.
@@ -80,9 +87,26 @@ class GroupDROObjective:
         self.adjust = adjust
 
     def group_sums(
-        self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, group: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        valid: torch.Tensor,
+        group: torch.Tensor,
+        weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed per-sample loss per group (with gradient) and the number of samples per group."""
+        """Weighted loss sum per group (with gradient) and summed weight per group.
+
+        Args:
+            logits: ``(B, T)``.
+            labels: ``(B, T)`` (NaN where ``valid`` is false).
+            valid: ``(B, T)`` bool.
+            group: ``(B,)`` group ids (``-1`` = none).
+            weight: ``(B,)`` per-sample weights; None: all 1.
+
+        Returns:
+            ``(sum_i w_i * l_i, sum_i w_i)`` per group over the rows with a label and a
+            group; with all weights 1 the second is the number of such rows.
+        """
         per_elem = F.binary_cross_entropy_with_logits(
             logits, torch.nan_to_num(labels, nan=0.0).to(logits.dtype), reduction="none"
         )
@@ -93,14 +117,21 @@ class GroupDROObjective:
         onehot = F.one_hot(g, self.n_groups).to(logits.dtype) * has_label.unsqueeze(1).to(
             logits.dtype
         )
+        if weight is not None:
+            onehot = onehot * weight.to(onehot.device, onehot.dtype).unsqueeze(1)
         return (onehot * per_sample.unsqueeze(1)).sum(0), onehot.sum(0).detach()
 
     def group_losses(
-        self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, group: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        valid: torch.Tensor,
+        group: torch.Tensor,
+        weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean loss per group and a mask of the groups present in the batch."""
-        sums, counts = self.group_sums(logits, labels, valid, group)
-        return sums / counts.clamp_min(1.0), counts > 0
+        """Weighted mean loss per group and a mask of the groups present (summed weight > 0)."""
+        sums, totals = self.group_sums(logits, labels, valid, group, weight)
+        return sums / _denominator(totals), totals > 0
 
     def __call__(
         self,
@@ -111,12 +142,14 @@ class GroupDROObjective:
     ) -> torch.Tensor:
         """Robust loss of one batch; updates ``q`` (no gradient flows through ``q``).
 
-        Under DistributedDataParallel (an initialised process group of more than one process)
-        each process holds a share of the global batch: the group loss sums and counts are
-        all-reduced before the update, so every rank applies the same update to ``q`` as one
-        process would on the whole batch, and the loss is scaled so that DDP's gradient
-        average equals the single-process gradient of ``sum_g q_g * loss_g``. The returned
-        value is the global batch's robust loss on every rank.
+        ``loss_g`` is the weighted mean over group ``g``'s rows (``batch["weight"]``; all 1
+        when absent). Under DistributedDataParallel (an initialised process group of more
+        than one process) each process holds a share of the global batch: the weighted group
+        loss sums and the summed weights are all-reduced before the update, so every rank
+        applies the same update to ``q`` as one process would on the whole batch, and the
+        loss is scaled so that DDP's gradient average equals the single-process gradient of
+        ``sum_g q_g * loss_g``. The returned value is the global batch's robust loss on every
+        rank.
         """
         group = batch["group"].to(logits.device)
         if int(group.max()) >= self.n_groups:
@@ -124,7 +157,9 @@ class GroupDROObjective:
                 "training.group_dro.n_groups",
                 f"batch has group {int(group.max())} but n_groups is {self.n_groups}",
             )
-        sums, counts = self.group_sums(logits, labels, valid, group)
+        weight = batch.get("weight")
+        # counts: the summed weight of each group's rows (its row count when all weights are 1)
+        sums, counts = self.group_sums(logits, labels, valid, group, weight)
         world = _world_size()
         if world > 1:
             totals = torch.stack([sums.detach().float(), counts.float()])
@@ -135,14 +170,14 @@ class GroupDROObjective:
         present = counts > 0
         adjust = self.adjust.to(sums.device, sums.dtype)
         with torch.no_grad():
-            adjusted = global_sums / counts.clamp_min(1.0) + adjust
+            adjusted = global_sums / _denominator(counts) + adjust
             q = self.q.to(sums.device)
             step = torch.where(present, torch.exp(self.step_size * adjusted), torch.ones_like(q))
             q = q * step
             self.q = (q / q.sum()).cpu()
         q = self.q.to(sums.device, sums.dtype)
         mask = present.to(sums.dtype)
-        local = sums / counts.clamp_min(1.0)  # this rank's share of each global group mean
+        local = sums / _denominator(counts)  # this rank's share of each global group mean
         if world == 1:
             return (q * (local + adjust) * mask).sum()
         value = (q * adjusted * mask).sum()
@@ -163,6 +198,16 @@ class GroupDROObjective:
             )
         self.q = q.clone()
         self.adjust = torch.as_tensor(state["adjust"], dtype=torch.float32).clone()
+
+
+def _denominator(totals: torch.Tensor) -> torch.Tensor:
+    """The summed weights where positive, else 1 (an absent group's sum is 0, its mean 0).
+
+    Not ``clamp_min(1)``: weights below 1 (``reweight`` gives large groups ``< 1``) must
+    divide by their own sum. With all weights 1 the two are equal, so unweighted runs give
+    the same losses as before the weights were read.
+    """
+    return torch.where(totals > 0, totals, torch.ones_like(totals))
 
 
 def _world_size() -> int:

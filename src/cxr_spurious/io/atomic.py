@@ -38,6 +38,26 @@ def current_umask() -> int:
     return mask
 
 
+def _destination(final: str | os.PathLike[str]) -> Path:
+    """``final``, or where it links to when it is a symbolic link.
+
+    Renaming onto a link would replace the link itself: the new content would land next to
+    the link (often on another disk than the data it pointed at) and the link's target
+    would keep the old content.
+    """
+    final = Path(final)
+    return final.resolve() if final.is_symlink() else final
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a folder, or only the link when ``path`` is a symbolic link (never its target)."""
+    if path.is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _normal_mode(final: Path, *, base: int) -> int:
     """Mode a plain write would give ``final``: an existing file's own, else ``base & ~umask``."""
     try:
@@ -51,13 +71,14 @@ def atomic_path(final: str | os.PathLike[str], *, suffix: str = "") -> Iterator[
     """Yield a temporary file path next to ``final``; rename it onto ``final`` on success.
 
     Args:
-        final: Destination file path.
+        final: Destination file path. A symbolic link is followed: its target is written
+            and the link stays.
         suffix: Suffix for the temporary file (some writers infer the format from it).
 
     Yields:
         The temporary path to write to. It is removed if the block raises.
     """
-    final = Path(final)
+    final = _destination(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{final.name}.", suffix=suffix or final.suffix, dir=final.parent
@@ -134,8 +155,9 @@ def remove_stale_old_folders(final: str | os.PathLike[str]) -> list[Path]:
                 continue
         except OSError:
             continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
+        _remove_tree(path)  # a link (an old swap moved one aside) goes, its target stays
+        if not os.path.lexists(path):
+            removed.append(path)
     return removed
 
 
@@ -150,12 +172,13 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
 
     Args:
         final: Destination folder. An existing folder there is replaced only once the new
-            one is complete.
+            one is complete. A symbolic link is followed: the folder it points to is
+            replaced (next to it, on its disk) and the link stays.
 
     Yields:
         The temporary folder to fill. It is removed if the block raises.
     """
-    final = Path(final)
+    final = _destination(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_old_folders(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
@@ -181,7 +204,7 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
             with _SWAPPING_LOCK:
                 _SWAPPING.discard(str(old))
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_tree(old)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -28,6 +28,8 @@ import contextlib
 import io
 import json
 import logging
+import math
+import numbers
 import os
 import pickle
 from collections.abc import Iterator, Mapping, Sequence
@@ -223,8 +225,9 @@ def check_annotations(
 ) -> None:
     """Validate CheXlocalize polygon annotations.
 
-    Checks every task name (``ANNOTATION_TASKS``), every polygon (>= 3 points of 2 numbers)
-    and ``img_size`` against the image size.
+    Checks every task name (``ANNOTATION_TASKS``), every task's value (a list of
+    polygons), every polygon (>= 3 points of 2 finite numbers) and ``img_size`` (two
+    integers in 1..``MAX_MASK_SIDE``, the image's size).
 
     Args:
         annotations: ``{cxr_id: {"img_size": [h, w], task: polygons}}``.
@@ -238,10 +241,10 @@ def check_annotations(
         if not isinstance(entry, Mapping):
             problem = f"expected an object of tasks, got {type(entry).__name__}"
             raise DataFormatError(source, problem, where=cxr_id)
-        size = entry.get("img_size")
-        if size is None or len(size) != 2:
+        if "img_size" not in entry:
             raise DataFormatError(source, "missing 'img_size' [h, w]", where=cxr_id)
-        if cxr_id in sizes and tuple(int(v) for v in size) != sizes[cxr_id]:
+        size = _image_size(entry["img_size"], source=source, where=cxr_id)
+        if cxr_id in sizes and size != tuple(sizes[cxr_id]):
             expected = list(sizes[cxr_id])
             problem = f"img_size {list(size)} disagrees with the image's [h, w] {expected}"
             raise DataFormatError(source, problem, where=cxr_id)
@@ -251,24 +254,69 @@ def check_annotations(
             if task not in ANNOTATION_TASKS:
                 problem = f"unknown task name '{task}'; expected one of {sorted(ANNOTATION_TASKS)}"
                 raise DataFormatError(source, problem, where=cxr_id)
+            where = f"{cxr_id}/{task}"
+            if not _is_list(polygons):
+                problem = f"expected a list of polygons, got {short_repr(polygons)}"
+                raise DataFormatError(source, problem, where=where)
             for k, polygon in enumerate(polygons):
-                _check_polygon(polygon, k, source=source, where=f"{cxr_id}/{task}")
+                _check_polygon(polygon, k, source=source, where=where)
+
+
+def _is_list(value: Any) -> bool:
+    """Whether ``value`` is a list-like (a JSON array), not a string or an object."""
+    if isinstance(value, np.ndarray):
+        return value.ndim >= 1
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
+def _is_number(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (``True``/``False`` are not)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool | np.bool_):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer beyond float range (JSON allows any length)
+        return False
+
+
+def _image_size(size: Any, *, source: Path | str, where: str) -> tuple[int, int]:
+    """``img_size`` as (h, w): two integers in 1..``MAX_MASK_SIDE``."""
+    if not (
+        _is_list(size)
+        and len(size) == 2
+        and all(_is_number(v) and float(v).is_integer() for v in size)
+        and all(0 < v <= MAX_MASK_SIDE for v in size)
+    ):
+        problem = (
+            f"'img_size' must be two integers [h, w] in 1..{MAX_MASK_SIDE}, got {short_repr(size)}"
+        )
+        raise DataFormatError(source, problem, where=where)
+    return int(size[0]), int(size[1])
 
 
 def _check_polygon(polygon: Any, k: int, *, source: Path | str, where: str) -> None:
-    """Polygon ``k`` must be a list of at least three ``[x, y]`` points."""
-    pts = np.asarray(polygon, dtype=float)
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise DataFormatError(source, f"polygon {k} must be a list of [x, y] points", where=where)
-    if len(pts) < 3:
-        problem = f"polygon {k} has {len(pts)} point(s); a polygon needs at least 3"
+    """Polygon ``k`` must be a list of at least three ``[x, y]`` points (finite numbers)."""
+    if not _is_list(polygon) or not all(
+        _is_list(point) and len(point) == 2 and _is_number(point[0]) and _is_number(point[1])
+        for point in polygon
+    ):
+        problem = (
+            f"polygon {k} must be a list of [x, y] points of finite numbers, "
+            f"got {short_repr(polygon)}"
+        )
+        raise DataFormatError(source, problem, where=where)
+    if len(polygon) < 3:
+        problem = f"polygon {k} has {len(polygon)} point(s); a polygon needs at least 3"
         raise DataFormatError(source, problem, where=where)
 
 
 def rasterize_annotations(
     annotations: Mapping[str, Any], tasks: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    """CheXlocalize reference rasterisation: polygons -> RLE for every task of every CXR."""
+    """CheXlocalize reference rasterisation: polygons -> RLE for every task of every CXR.
+
+    The annotations must have passed ``check_annotations``.
+    """
     out: dict[str, dict[str, Any]] = {}
     for cxr_id, entry in annotations.items():
         h, w = (int(v) for v in entry["img_size"])
@@ -474,12 +522,16 @@ def load_heatmap_pickle(
 
 
 def _map_shape(shape: Sequence[int], path: str | Path) -> tuple[int, int]:
-    """(h, w) of a map of shape (1, 1, h, w) or (h, w); a clear error otherwise."""
+    """(h, w) of a map of shape (1, 1, h, w) or (h, w), each side in 1..``MAX_MASK_SIDE``;
+    a clear error otherwise."""
     dims = tuple(int(d) for d in shape)
-    if len(dims) >= 2 and int(np.prod(dims[:-2])) == 1:
+    if len(dims) >= 2 and math.prod(dims[:-2]) == 1:
         dims = dims[-2:]
     if len(dims) != 2:
         problem = f"'map' must be (1, 1, h, w) or (h, w), got shape {dims}"
+        raise DataFormatError(path, problem, where="map")
+    if not all(0 < d <= MAX_MASK_SIDE for d in dims):
+        problem = f"'map' (h, w) = {dims}; expected each side in 1..{MAX_MASK_SIDE} px"
         raise DataFormatError(path, problem, where="map")
     return dims[0], dims[1]
 
@@ -520,12 +572,14 @@ def read_heatmap_pickle(path: str | Path, *, with_map: bool = True) -> MapRecord
     Args:
         path: The ``{cxr_id}_{task}_map.pkl`` file.
         with_map: Build and check the map (finite values). ``False`` (indexing): the map
-            tensor's bytes are not read; ``MapRecord.map`` is an empty array of the map's
-            shape, and the values are checked when the map is loaded for evaluation.
+            tensor's bytes are not read; ``MapRecord.map`` is a read-only array of zeros of
+            the map's shape (nothing allocated), and the values are checked when the map
+            is loaded for evaluation.
 
     Raises:
         DataFormatError: not a dict with ``map``/``prob``/``cxr_dims``, a malformed map or
-            dims, NaN/inf values, or code-executing content.
+            dims, a map side beyond ``MAX_MASK_SIDE``, NaN/inf values, or code-executing
+            content.
     """
     cxr_id, task = parse_map_filename(path)
     info = load_heatmap_pickle(path, keys=("map", "prob", "gt") if with_map else ("prob", "gt"))
@@ -538,8 +592,9 @@ def read_heatmap_pickle(path: str | Path, *, with_map: bool = True) -> MapRecord
         raise DataFormatError(path, problem)
     raw = info["map"]
     if not with_map and isinstance(raw, _Record) and raw.shape is not None:
-        # shape from the tensor/array record, bytes unread
-        arr = np.empty(_map_shape(raw.shape, path), dtype=np.float32)
+        # shape from the tensor/array record, bytes unread: a read-only zero placeholder of
+        # that shape that allocates nothing (the record's shape is only checked, not trusted)
+        arr = np.broadcast_to(np.float32(0), _map_shape(raw.shape, path))
     else:
         arr = _map_values(raw, path)
     width, height = _cxr_dims(info["cxr_dims"], path)

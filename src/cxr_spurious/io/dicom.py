@@ -294,9 +294,28 @@ def _apply_luts(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, tuple[floa
         values = apply_voi_lut(values, ds, index=0)
         lo, hi = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
     elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        # Windowing maps into the range of its input stage (pydicom follows PS3.3 C.11.2.1.2).
-        values = apply_voi_lut(values, ds, index=0)
+        values, (lo, hi) = _apply_window(values, ds)
     return np.asarray(values, dtype=np.float64), (float(lo), float(hi))
+
+
+def _apply_window(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, tuple[float, float]]:
+    """The first window (PS3.3 C.11.2.1.2), rising from the bottom of its output range.
+
+    pydicom maps the window into the rescaled range of the stored values, from
+    ``y_min = stored_min * slope + intercept`` to ``y_max``: with a negative
+    ``RescaleSlope`` that range runs downwards, and values below the window would come out
+    white. The window's ends are read back from pydicom (a value far below it and one far
+    above it) and a downward range is turned round, so that below the window is always
+    the bottom of the range, as the standard defines.
+
+    Returns:
+        The windowed values and their range (low, high).
+    """
+    windowed = apply_voi_lut(values, ds, index=0)
+    y_below, y_above = apply_voi_lut(np.array([-np.inf, np.inf]), ds, index=0)
+    if y_below > y_above:
+        windowed = y_below + y_above - windowed
+    return windowed, (float(min(y_below, y_above)), float(max(y_below, y_above)))
 
 
 def _stored_range(ds: Dataset, stored: np.ndarray) -> tuple[float, float]:

@@ -39,7 +39,8 @@ def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as a 2-D uint8 array (h, w).
 
     Raises:
-        DataFormatError: the file is missing, truncated or not an image.
+        DataFormatError: the file is missing, truncated, not an image, or has more pixels
+            than Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
     """
     path = Path(path)
     if not path.is_file():
@@ -60,6 +61,8 @@ def read_image(path: str | Path) -> np.ndarray:
                 arr = to_uint8(np.asarray(img))
             else:
                 arr = np.asarray(img.convert("L"))
+    except Image.DecompressionBombError as exc:  # not an OSError
+        raise DataFormatError(path, f"image too large to read: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataFormatError(path, f"unreadable or truncated image: {exc}") from exc
     if arr.ndim != 2 or arr.size == 0:

@@ -16,7 +16,9 @@ gets at most the file's own size. All allocations of one load together may not p
 ``ALLOCATION_FACTOR`` times the file's size (at least ``ALLOCATION_FLOOR`` bytes) nor
 ``max_bytes``, so a payload used many times (memo) cannot multiply memory. Tensors may
 have no more elements than their storage (no broadcast views of a tiny storage). Loaded
-values in error messages are shown through a bounded repr (``short_repr``). Numpy arrays
+values in error messages are shown through a bounded repr (``short_repr``). A ``torch.save``
+zip archive must hold only stored (uncompressed) entries, together within its own size and
+``max_bytes``, before ``torch.load`` reads it (``check_torch_zip``). Numpy arrays
 pickled at protocols 2 to 5 (in-band) are supported, from numpy 1.x (``numpy.core``) and
 2.x (``numpy._core``).
 """
@@ -32,6 +34,7 @@ import pickle
 import pickletools
 import reprlib
 import struct
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -783,6 +786,39 @@ def load_pickle(
         raise DataFormatError(path, f"not a readable pickle: {_exc_text(exc)}") from exc
 
 
+def check_torch_zip(path: str | Path, *, max_bytes: int | None = None) -> None:
+    """Check a ``torch.save`` zip archive before ``torch.load`` unpacks it.
+
+    ``torch.save`` writes every entry stored (uncompressed), so the bytes ``torch.load``
+    unpacks are the archive's own bytes. A compressed entry could unpack to about 1000x
+    its size (a zip bomb) and is refused; the entries' sizes together must fit in the
+    file (entries that share bytes are refused too) and in ``max_bytes``.
+
+    Args:
+        path: The zip file.
+        max_bytes: Largest total size of the entries (default ``DEFAULT_MAX_BYTES``).
+
+    Raises:
+        DataFormatError: not a readable zip archive, a compressed entry, or entries larger
+            than the file or ``max_bytes``.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
+        raise DataFormatError(path, f"not a readable torch file (zip): {exc}") from exc
+    ctx = _Context(str(path), path.stat().st_size, max_bytes)
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED or entry.compress_size != entry.file_size:
+            raise ctx.error(
+                f"zip entry '{entry.filename}' is compressed ({entry.compress_size:,} bytes "
+                f"for {entry.file_size:,}); torch.save stores entries uncompressed, "
+                "re-save the file with torch.save"
+            )
+    ctx.check_size(sum(e.file_size for e in entries), "unpacking the zip entries")
+
+
 def load_torch_pickle(path: str | Path, *, max_bytes: int | None = None) -> Any:
     """Load a pickle that holds torch tensors (e.g. CheXlocalize heatmaps) safely, on CPU.
 
@@ -794,11 +830,13 @@ def load_torch_pickle(path: str | Path, *, max_bytes: int | None = None) -> Any:
 
     Args:
         path: The file.
-        max_bytes: Largest allocation the file may ask for (default ``DEFAULT_MAX_BYTES``).
+        max_bytes: Largest allocation the file may ask for (default ``DEFAULT_MAX_BYTES``);
+            for a zip file, the largest total size of its entries (``check_torch_zip``).
 
     Raises:
         DataFormatError: not a pickle, it references anything but tensors, arrays and
-            plain values, or asks for more memory than its own size or ``max_bytes``.
+            plain values, asks for more memory than its own size or ``max_bytes``, or a
+            zip file with compressed entries.
     """
     import torch
 
@@ -806,6 +844,7 @@ def load_torch_pickle(path: str | Path, *, max_bytes: int | None = None) -> Any:
     with path.open("rb") as fh:
         head = fh.read(4)
     if head[:2] == b"PK":  # torch.save zip format
+        check_torch_zip(path, max_bytes=max_bytes)
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:

@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 from cxr_spurious.errors import DataFormatError, ParameterError
+from cxr_spurious.io.safe_pickle import check_torch_zip
 
 
 def resolve_weights_file(pretrained: str) -> Path:
@@ -47,9 +48,26 @@ def resolve_weights_file(pretrained: str) -> Path:
     return cached
 
 
+PRETRAINED_MAX_BYTES = 16 << 30
+"""Largest total size (bytes) of the entries of a pretrained weights zip archive: far above
+any torchvision weights file (the largest is about 2.5 GB)."""
+
+
 def load_pretrained_state(pretrained: str) -> dict[str, torch.Tensor]:
-    """Read a pretrained state dict with ``torch.load(weights_only=True)``."""
+    """Read a pretrained state dict with ``torch.load(weights_only=True)``.
+
+    A zip archive (``torch.save``) is checked first (``check_torch_zip``): stored entries
+    only, within the file's size and ``PRETRAINED_MAX_BYTES``, so a compressed archive
+    cannot unpack to many times its size.
+
+    Raises:
+        DataFormatError: the file is not a readable state dict, or a zip archive with
+            compressed entries or entries larger than ``PRETRAINED_MAX_BYTES``.
+    """
     path = resolve_weights_file(pretrained)
+    with path.open("rb") as fh:
+        if fh.read(2) == b"PK":
+            check_torch_zip(path, max_bytes=PRETRAINED_MAX_BYTES)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

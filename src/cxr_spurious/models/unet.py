@@ -2,7 +2,9 @@
 
 Image-level logits come from the dense map by a pooling rule (``max`` over a k x k
 average-pooled map, ``mean`` or ``topk_mean``), or, for the multitask variant
-(``image_head="linear"``), from a linear head on the pooled bottleneck features.
+(``image_head="linear"``), from a linear head on the pooled bottleneck features; the
+``cam_layer`` of CAM methods is the block the image logit comes from (the last decoder
+block, or the bottleneck for the linear head).
 """
 
 from __future__ import annotations
@@ -153,8 +155,14 @@ class UNetSmall(DenseModel):
 
     @property
     def cam_layer(self) -> nn.Module:
-        """The last decoder conv block."""
-        return self.up[-1].conv
+        """The block the image logit is computed from, for CAM methods.
+
+        With ``image_head="pool"`` (default) the logit pools the dense map: the last decoder
+        conv block. With ``image_head="linear"`` (multitask) the logit is ``cls_head`` of the
+        pooled bottleneck and never passes through the decoder: the bottleneck block
+        ``enc[-1]`` (1/8 of the input resolution), whose output the logit depends on.
+        """
+        return self.enc[-1] if self.image_head == "linear" else self.up[-1].conv
 
     def _encode_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         skips = run_small_encoder(self.enc, self.normalise(x))
@@ -211,8 +219,14 @@ class ResUNet(DenseModel):
 
     @property
     def cam_layer(self) -> nn.Module:
-        """The last decoder conv block."""
-        return self.up[-1].conv
+        """The block the image logit is computed from, for CAM methods.
+
+        With ``image_head="pool"`` (default) the logit pools the dense map: the last decoder
+        conv block. With ``image_head="linear"`` (multitask) the logit is ``cls_head`` of the
+        pooled bottleneck and never passes through the decoder: the encoder's ``layer4``
+        (1/32 of the input resolution), whose output the logit depends on.
+        """
+        return self.layer4 if self.image_head == "linear" else self.up[-1].conv
 
     def _encode_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = (x.shape[-2], x.shape[-1])

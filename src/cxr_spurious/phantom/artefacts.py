@@ -132,8 +132,11 @@ def draw_tube_lesion(scene: ArtefactScene, att: np.ndarray, rng: np.random.Gener
 
 def draw_marker_port(scene: ArtefactScene, att: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The generator's text marker with the sweep's text and corner."""
+    from cxr_spurious.phantom.config import PIPELINE_KEY  # config imports this module
+
     marker = scene.cfg.artefacts.marker_port
-    return devices.draw_marker(att, marker.text, marker.corner, rng)
+    key = f"{PIPELINE_KEY}.artefacts.marker_port.text"
+    return devices.draw_marker(att, marker.text, marker.corner, rng, key=key)
 
 
 def draw_faint_texture(

@@ -27,9 +27,23 @@ from cxr_spurious.phantom.artefacts import ARTEFACT_KINDS, TUBE_KINDS
 from cxr_spurious.sources.contract import SPLITS
 from cxr_spurious.tasks import PHANTOM_TASKS
 
+# Where the pipeline keeps these settings (``params:ingestion.phantom``): errors found while
+# rendering name their key under it.
+PIPELINE_KEY = "ingestion.phantom"
 CORNERS: tuple[str, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
 DEMOGRAPHIC_ATTRIBUTES: tuple[str, ...] = ("sex", "race", "insurance", "site")
 COUNTERFACTUAL_RENDERS: tuple[str, ...] = ("no_tube", "no_lesion")
+
+# Tasks drawn as exactly one instance, with the reason (``findings.max_instances`` must be 1).
+_SINGLE_INSTANCE: dict[str, str] = {
+    "Pneumothorax": "one pneumothorax on the record's ptx_side, the side the chest tube follows",
+    "Cardiomegaly": "cardiomegaly is the one enlarged heart",
+}
+
+# Largest findings.min_thickness_at_96 for which a pneumothorax fits in every lung at the
+# default appearance.body_scale, at every image_size (measured over 32..2048 px; beyond it a
+# lung's room runs out, first in small images whose outlines are a few pixels thick).
+MAX_MIN_THICKNESS_AT_96 = 10.0
 
 # Per-task defaults: (base prevalence, largest number of instances).
 _TASK_DEFAULTS: dict[str, tuple[float, int]] = {
@@ -73,10 +87,16 @@ class FindingsConfig:
     Attributes:
         contrast: Visibility multiplier per task (1 = moderate, 0.5 = subtle, 2 = strong).
             For Cardiomegaly it scales how much the heart is enlarged.
-        max_instances: Largest number of instances per positive task (at least one is drawn;
-            Pneumothorax and Pleural Effusion use one or two sides, Cardiomegaly one heart).
+        max_instances: Largest number of instances per positive task (at least one is drawn).
+            Pleural Effusion has at most one per side (values above 2 act as 2). Pneumothorax
+            is one instance on the record's ``ptx_side`` (the side the chest tube follows)
+            and Cardiomegaly one heart: both must be 1.
         min_thickness_at_96: Smallest thickness (px) of any lesion mask once the image is
-            resized to 96 px; sizes are scaled from it to the written resolution.
+            resized to 96 px; sizes are scaled from it to the written resolution. At most
+            ``MAX_MIN_THICKNESS_AT_96`` (10), the largest for which a pneumothorax fits in
+            every lung at the default ``appearance.body_scale``; smaller bodies hold less
+            (about 5 at body_scale 0.4), and an image with no room stops the generation
+            with a ParameterError naming this key and the image.
     """
 
     contrast: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHANTOM_TASKS, 1.0))
@@ -99,7 +119,8 @@ class SiteConfig:
         lesion_contrast: Multiplier of every lesion's visibility at this site (a site with
             subtler lesions is harder, so a model can under-serve it).
         prevalence_multiplier: Multiplier of every task's prevalence at this site.
-        marker: Text of the site's laterality marker token ("L", "R", "PORT", ...).
+        marker: Text of the site's laterality marker token ("L", "R", "PORT", ...; 1-6
+            printable ASCII characters, not all spaces).
         marker_corner: Corner where the marker is drawn.
         marker_prob: Probability that an image of this site carries the marker.
     """
@@ -161,7 +182,8 @@ class DemographicsConfig:
         sex: Share of each sex code (``M`` / ``F``).
         race: Share of each race group.
         insurance: Share of each insurance group.
-        age_mean: Mean age in years (normal, clipped to [age_min, age_max]).
+        age_mean: Mean age in years (normal, clipped to [age_min, age_max]); must lie in
+            [age_min, age_max].
         age_sd: Standard deviation of age.
         age_min: Youngest age.
         age_max: Oldest age.
@@ -241,7 +263,7 @@ class MarkerArtefactConfig:
     """The ``marker_port`` artefact: a text marker outside the lung fields.
 
     Attributes:
-        text: Marker text (1-6 printable ASCII characters).
+        text: Marker text (1-6 printable ASCII characters, not all spaces).
         corner: Image corner it is drawn in (``top_left``, ...).
     """
 
@@ -298,12 +320,14 @@ class HumanBenchmarkConfig:
     Attributes:
         splits: Splits that get a human benchmark (empty to switch it off).
         boundary_jitter: Amplitude of the smooth boundary perturbation, as a fraction of
-            the image size.
-        shift: Largest translation of each outline, as a fraction of the image size.
+            the image size (0: the reader follows the true boundary).
+        shift: Largest translation of each outline, as a fraction of the image size (0: no
+            translation).
         p_miss: Probability of missing an instance, for instances smaller than
             ``small_area`` when the task has another instance.
         small_area: Area (fraction of the image) below which an instance may be missed.
-        point_jitter: Jitter of the salient point, as a fraction of the image size.
+        point_jitter: Jitter of the salient point, as a fraction of the image size (0: the
+            deepest interior point).
     """
 
     splits: tuple[str, ...] = ("test",)
@@ -566,7 +590,18 @@ def validate_config(cfg: PhantomConfig, key: str = "phantom") -> None:
         _check_range(c, f"{key}.findings.contrast.{task}", 0.0, 5.0)
     for task, n in cfg.findings.max_instances.items():
         _check_range(n, f"{key}.findings.max_instances.{task}", 1, 8)
-    _check_range(cfg.findings.min_thickness_at_96, f"{key}.findings.min_thickness_at_96", 1.0, 20.0)
+        if task in _SINGLE_INSTANCE and n != 1:
+            why = _SINGLE_INSTANCE[task]
+            raise ParameterError(
+                f"{key}.findings.max_instances.{task}", f"must be 1 ({why}); got {n}"
+            )
+    thickness_key = f"{key}.findings.min_thickness_at_96"
+    if not 1.0 <= cfg.findings.min_thickness_at_96 <= MAX_MIN_THICKNESS_AT_96:
+        message = (
+            f"expected a value in [1.0, {MAX_MIN_THICKNESS_AT_96}] (thicker pneumothoraces do"
+            f" not fit in every lung), got {cfg.findings.min_thickness_at_96}"
+        )
+        raise ParameterError(thickness_key, message)
     _check_shares({name: s.share for name, s in cfg.sites.items()}, f"{key}.sites (share)")
     for name, site in cfg.sites.items():
         skey = f"{key}.sites.{name}"
@@ -590,6 +625,7 @@ def validate_config(cfg: PhantomConfig, key: str = "phantom") -> None:
             f"{key}.demographics.age_min",
             f"expected 0 <= age_min <= age_max <= 120, got {demo.age_min}..{demo.age_max}",
         )
+    _check_range(demo.age_mean, f"{key}.demographics.age_mean", demo.age_min, demo.age_max)
     _check_range(demo.age_sd, f"{key}.demographics.age_sd", 0.0, 60.0)
     groups = {"sex": demo.sex, "race": demo.race, "insurance": demo.insurance, "site": cfg.sites}
     for name in ("prevalence_multiplier", "lesion_contrast_multiplier"):
@@ -647,6 +683,9 @@ def _check_marker(text: str, corner: str, text_key: str, corner_key: str) -> Non
         raise ParameterError(corner_key, f"expected one of {', '.join(CORNERS)}, got {corner!r}")
     if not 1 <= len(text) <= 6 or not text.isascii() or not text.isprintable():
         raise ParameterError(text_key, f"expected 1-6 printable ASCII characters, got {text!r}")
+    if not text.strip():
+        message = f"expected at least one visible character (spaces draw nothing), got {text!r}"
+        raise ParameterError(text_key, message)
 
 
 def _validate_artefacts(cfg: PhantomConfig, key: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from cxr_spurious.errors import ParameterError
 from cxr_spurious.phantom.geometry import Frame, catmull_rom, dilate, soften, stroke
 
 
@@ -60,11 +61,23 @@ def draw_tube(
     return dilate(stroke(path, size, width_px) > 0, max(1, round(px)))
 
 
-def draw_marker(att: np.ndarray, text: str, corner: str, rng: np.random.Generator) -> np.ndarray:
+def draw_marker(
+    att: np.ndarray, text: str, corner: str, rng: np.random.Generator, *, key: str = "marker"
+) -> np.ndarray:
     """A lead laterality marker / text token in a corner (in place).
+
+    Args:
+        att: Attenuation map (changed in place).
+        text: Marker text.
+        corner: Corner it is drawn in (``top_left``, ...).
+        rng: The marker's stream.
+        key: Parameter that set ``text``, named when it draws nothing.
 
     Returns:
         The marker's mask (its bounding box with a small margin).
+
+    Raises:
+        ParameterError: ``text`` draws no pixel (e.g. only spaces).
     """
     size = att.shape[0]
     height = 0.055 * size
@@ -78,6 +91,8 @@ def draw_marker(att: np.ndarray, text: str, corner: str, rng: np.random.Generato
     y = margin + th if corner.startswith("top") else size - margin - base
     canvas = np.zeros((size, size), np.uint8)
     cv2.putText(canvas, text, (x, y), font, scale, 255, thick, cv2.LINE_AA)
+    if not canvas.any():
+        raise ParameterError(key, f"marker text {text!r} draws no pixel; use a visible character")
     ink = canvas.astype(np.float32) / 255.0
     np.maximum(att, ink * 1.1 + (1 - ink) * att, out=att)
     mask = np.zeros((size, size), np.uint8)

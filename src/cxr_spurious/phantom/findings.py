@@ -33,6 +33,14 @@ _NODULE = 0.17
 _OPACITY = 0.15
 
 
+class FindingDoesNotFitError(Exception):
+    """No outline of the minimum thickness fits in this image's anatomy.
+
+    ``render`` turns it into a ``ParameterError`` naming ``findings.min_thickness_at_96``
+    and the image.
+    """
+
+
 @dataclass(frozen=True)
 class FindingContext:
     """What the samplers need to know about the image."""
@@ -94,6 +102,9 @@ def sample_pneumothorax(
 
     Returns:
         ([outline], collapsed lung outline) in pixels; the pleural line follows the latter.
+
+    Raises:
+        FindingDoesNotFitError: no region ``ctx.min_thickness_px`` thick fits in the lung.
     """
     which = 0 if side < 0 else 1
     lung = ctx.anatomy.lungs[which]
@@ -119,7 +130,9 @@ def sample_pneumothorax(
         if poly is not None:
             return [poly], collapsed
         target *= 1.3
-    raise RuntimeError("could not fit a pneumothorax of the minimum thickness")  # pragma: no cover
+    lung = "image left" if side < 0 else "image right"
+    message = f"no pneumothorax {ctx.min_thickness_px:.2f} px thick fits in the {lung} lung"
+    raise FindingDoesNotFitError(message)
 
 
 def sample_effusion(ctx: FindingContext, rng: np.random.Generator, n_max: int) -> list[np.ndarray]:

@@ -75,8 +75,8 @@ def read_image(
     """
     outlines: Polygons = {}
     points: dict[str, list[list[float]]] = {}
-    amplitude = max(1.5, cfg.boundary_jitter * size)
-    shift = max(1.0, cfg.shift * size)
+    amplitude = cfg.boundary_jitter * size
+    shift = cfg.shift * size
     for task, instances in polygons.items():
         areas = [polygon_area(np.asarray(o)) for o in instances]
         missed = [

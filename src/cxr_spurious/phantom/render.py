@@ -30,7 +30,7 @@ from cxr_spurious.phantom.cohort import (
     cohort_for,
     stream_rng,
 )
-from cxr_spurious.phantom.config import PhantomConfig
+from cxr_spurious.phantom.config import MAX_MIN_THICKNESS_AT_96, PIPELINE_KEY, PhantomConfig
 from cxr_spurious.phantom.geometry import smooth_field, soften
 from cxr_spurious.tasks import PHANTOM_TASKS, SPURIOUS_OBJECTS
 
@@ -144,7 +144,35 @@ def render_versions(
     Returns:
         ``{name: RenderedImage}``; each equals ``render_record(cfg, rec, seed,
         remove=spec.remove, artefact=spec.artefact)``.
+
+    Raises:
+        ParameterError: ``findings.min_thickness_at_96`` is too thick for this image's
+            pneumothorax (drawn, or the ``tube_lesion`` artefact's would-be one), or a
+            marker text draws nothing; naming the key and the image.
     """
+    try:
+        return _render_versions(cfg, rec, seed, specs)
+    except findings.FindingDoesNotFitError as err:
+        raise _too_thick_error(cfg, rec) from err
+
+
+def _too_thick_error(cfg: PhantomConfig, rec: ImageRecord) -> ParameterError:
+    """The error of a pneumothorax ``findings.min_thickness_at_96`` thick that does not fit."""
+    t96 = cfg.findings.min_thickness_at_96
+    size = cfg.image_size
+    message = (
+        f"a pneumothorax {t96:g} px thick at 96 px ({t96 * size / 96.0:.1f} px at the written"
+        f" {size} px) does not fit in the lung of image {rec.index} ({rec.image_id}); lower"
+        f" it (up to {MAX_MIN_THICKNESS_AT_96:g} fits at the default appearance.body_scale;"
+        " a smaller body_scale needs less)"
+    )
+    return ParameterError(f"{PIPELINE_KEY}.findings.min_thickness_at_96", message)
+
+
+def _render_versions(
+    cfg: PhantomConfig, rec: ImageRecord, seed: int, specs: Mapping[str, RenderSpec]
+) -> dict[str, RenderedImage]:
+    """``render_versions`` (which turns a lesion that does not fit into a ParameterError)."""
     strength = _lesion_strength(cfg, rec)
     enlargement = _enlargement(cfg, rec, seed, strength)
     bases: dict[float, tuple[anatomy.Anatomy, anatomy.AnatomyLayers]] = {}
@@ -327,7 +355,11 @@ def _draw_spurious(
     if rec.marker and "Laterality Marker" not in remove:
         site = cfg.sites[rec.site]
         out["Laterality Marker"] = devices.draw_marker(
-            att, site.marker, site.marker_corner, _rng(seed, rec.index, _S_MARKER)
+            att,
+            site.marker,
+            site.marker_corner,
+            _rng(seed, rec.index, _S_MARKER),
+            key=f"{PIPELINE_KEY}.sites.{rec.site}.marker",
         )
     return out
 

@@ -498,11 +498,17 @@ def name_list(value: str | Sequence[str] | None, *, spaces: bool = True) -> list
     return [str(v) for v in value]
 
 
+#: Images of the run that ``plan_methods`` tries a method's ``probe`` on (``deeplift``).
+PROBE_IMAGES = 4
+
+
 def plan_methods(
     model_name: str,
     model: nn.Module,
     requested: Sequence[str] | None,
     default_pairs: Sequence[tuple[str, str]] | None = None,
+    *,
+    probe: np.ndarray | None = None,
 ) -> list[str]:
     """The saliency methods to run for one model.
 
@@ -514,8 +520,13 @@ def plan_methods(
             for every model. Either way a method the model does not support (``seg_prob``
             on an image classifier, e.g. after
             ``--params training.variants.erm.architecture=resnet18``; CAM methods without a
-            cam layer) is skipped with a warning.
+            cam layer; ``deeplift`` where it would not decompose the logit, found on
+            ``probe``) is skipped with a warning giving the reason.
         default_pairs: (model, method) pairs; default ``cxr_spurious.variants.STUDY_HEATMAPS``.
+        probe: The run's images ((N, S, S) uint8 or float in [0, 1]); the first
+            ``PROBE_IMAGES`` try the methods that can only be judged by running them
+            (``SaliencyMethod.probe``). ``None``: not tried (such a method then fails when
+            it runs, with the same reason).
 
     Returns:
         Method names, in order, without duplicates.
@@ -531,16 +542,15 @@ def plan_methods(
         names = [method for name, method in default_pairs if name == model_name]
     else:
         names = name_list(requested) or []
+    x = None
+    if probe is not None and len(probe):
+        device = next((q.device for q in model.parameters()), torch.device("cpu"))
+        x = to_input(np.asarray(probe[:PROBE_IMAGES]), device)
     planned: list[str] = []
     for name in dict.fromkeys(names):
-        spec = get_method(name)
-        if spec.supports(model):
+        reason = get_method(name).unfit_reason(model, x)
+        if reason is None:
             planned.append(name)
         else:
-            logger.warning(
-                "skipping saliency method '%s' for %s: %s",
-                name,
-                model_name,
-                "needs a dense model" if spec.needs_dense else "needs a cam layer",
-            )
+            logger.warning("skipping saliency method '%s' for %s: %s", name, model_name, reason)
     return planned

@@ -13,6 +13,12 @@ when the block ends, then called per batch and task:
 ``attribute.for_tasks(x, task_indices) -> [(maps, logits), ...]`` (integrated gradients:
 one forward pass for every task of a batch).
 
+``deeplift`` is refused (``CxrSpuriousError``) where Captum's DeepLift does not decompose
+the logit: a nonlinearity module used twice (torchvision ResNet blocks), or attributions
+that miss ``f(x) - f(0)`` by more than ``DEEPLIFT_RTOL`` (nonlinearities called as
+functions, as in ``unet_small``, ``cnn_small`` and ``densenet121``); ``plan_methods``
+skips it for such a model, with the reason, when it is given a few of the images.
+
 Cost. CAM methods only need gradients down to the cam layer: every parameter outside it
 is frozen while they run, so the backward pass stops at the cam layer instead of reaching
 the input (on a ResNet-18 at 96 px this makes Grad-CAM barely dearer than inference).
@@ -66,10 +72,12 @@ class MethodOptions:
         smoothgrad_stdev: Noise standard deviation (input scale is [0, 1]).
         occlusion_window: Occlusion window side in pixels (``None``: input size // 8).
         occlusion_stride: Occlusion stride in pixels (``None``: window // 2).
-        seed: Seed of the SmoothGrad noise: call ``k`` of an opened method (``k`` counts
-            the ``attribute(x, task)`` calls since ``open``) draws its noise from
-            ``torch.manual_seed(seed + k)``. Not a parameter of ``method_options``: the run's
-            ``saliency.seed`` (``from_params(..., seed=...)``).
+        seed: Seed of the SmoothGrad noise: each image's noise for task ``t`` is drawn,
+            one image at a time, from ``torch.manual_seed(image_noise_seed(seed, image,
+            t))`` (the seed, the task and a digest of the image's values), so a map does
+            not depend on the batch, the image's place in it or the call order. Not a
+            parameter of ``method_options``: the run's ``saliency.seed``
+            (``from_params(..., seed=...)``).
     """
 
     ig_steps: int = 16
@@ -141,6 +149,10 @@ class SaliencyMethod:
         needs_cam_layer: Requires ``model.cam_layer`` (a convolutional layer).
         needs_dense: Requires a dense model (``dense_logits``).
         opener: ``opener(model, options)`` -> context manager yielding ``attribute``.
+        probe: Optional ``probe(model, x) -> reason or None``: whether the method can
+            explain ``model`` faithfully, tried on a few inputs ``x`` (``(B, 1, S, S)``
+            in [0, 1]) when that cannot be told from the model's attributes (``deeplift``:
+            ``deeplift_probe``). ``plan_methods`` runs it when given images.
     """
 
     name: str
@@ -150,6 +162,7 @@ class SaliencyMethod:
     opener: Callable[[nn.Module, MethodOptions], contextlib.AbstractContextManager[Attribute]] = (
         field(repr=False)
     )
+    probe: Callable[[nn.Module, torch.Tensor], str | None] | None = field(default=None, repr=False)
 
     def check_model(self, model: nn.Module, model_name: str = "model") -> None:
         """Raise ``CxrSpuriousError`` if ``model`` cannot be explained by this method."""
@@ -174,6 +187,22 @@ class SaliencyMethod:
     def supports(self, model: nn.Module) -> bool:
         """Whether ``check_model`` would pass."""
         return self._fits(model)
+
+    def unfit_reason(self, model: nn.Module, probe: torch.Tensor | None = None) -> str | None:
+        """Why this method cannot explain ``model`` (``None`` when it can).
+
+        Args:
+            model: The model.
+            probe: A few model inputs ``(B, 1, S, S)`` in [0, 1] for the method's ``probe``
+                (not run when ``None``: then only the model's attributes are checked).
+        """
+        if self.needs_dense and not bool(getattr(model, "is_dense", False)):
+            return "needs a dense model"
+        if self.needs_cam_layer and getattr(model, "cam_layer", None) is None:
+            return "needs a cam layer"
+        if probe is not None and self.probe is not None:
+            return self.probe(model, probe)
+        return None
 
     def open(
         self, model: nn.Module, options: MethodOptions | None = None
@@ -344,8 +373,56 @@ def _integrated_gradients(model: nn.Module, options: MethodOptions) -> Iterator[
         yield _IntegratedGradients(model, int(options.ig_steps))
 
 
+#: DeepLift's summation-to-delta tolerance: the attributions of an image must sum to the
+#: logit change ``f(x) - f(0)`` within ``DEEPLIFT_RTOL * |f(x) - f(0)| + DEEPLIFT_ATOL``.
+#: Measured on the CPU in fp32 (relative gap per image; untrained weights at 32 and 96 px,
+#: and after 60 Adam steps on synthetic blobs at 64 px): models whose nonlinearities are all
+#: modules used once, 1e-7 to 4e-5; ``unet_small`` with ``dense_pooling=mean`` (only its
+#: encoder's functional max pooling unhooked) up to 8e-4; ``cnn_small`` 0.013 to 0.23
+#: untrained, 0.0014 to 0.21 trained; ``unet_small`` (``amax`` pooling) 0.016 to 0.56
+#: untrained, 1e-5 to 1.8 trained; ``densenet121`` 0.05 to 0.41 untrained. 1% leaves room
+#: for float error (CUDA's default TF32 convolutions round to about 1e-3), and every batch
+#: of realistic size of those three has images far above it.
+DEEPLIFT_RTOL = 1e-2
+DEEPLIFT_ATOL = 1e-6
+
+
+def _summation_gap(attr: torch.Tensor, delta: torch.Tensor) -> tuple[int, float, float] | None:
+    """The image of a batch whose DeepLift attributions miss the logit change the most.
+
+    Args:
+        attr: Signed attributions ``(B, ...)``.
+        delta: Captum's convergence delta ``sum(attr) - (f(x) - f(baseline))`` per image.
+
+    Returns:
+        ``(image, |delta|, |f(x) - f(baseline)|)`` of the image most over the tolerance
+        (``DEEPLIFT_RTOL``, ``DEEPLIFT_ATOL``), or ``None`` when every image is within it.
+    """
+    total = attr.detach().double().flatten(1).sum(dim=1)
+    gap = delta.detach().double().reshape(-1)
+    change = (total - gap).abs()
+    excess = gap.abs() - (DEEPLIFT_RTOL * change + DEEPLIFT_ATOL)
+    worst = int(excess.argmax())
+    if float(excess[worst]) <= 0:
+        return None
+    return worst, float(gap[worst].abs()), float(change[worst])
+
+
+def _task_name(model: nn.Module, task: int) -> str:
+    tasks = list(getattr(model, "tasks", []) or [])
+    return repr(str(tasks[task])) if 0 <= task < len(tasks) else f"index {task}"
+
+
 @contextlib.contextmanager
 def _deeplift(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
+    """Captum's DeepLift (zero baseline), refused when it does not decompose the logit.
+
+    Captum applies DeepLift's rules only to nonlinearity *modules*; a nonlinearity called
+    as a function (``F.max_pool2d``, ``amax`` / top-k pooling, ``F.relu``: this project's
+    ``unet_small``, ``cnn_small``, ``densenet121``) gets its plain gradient instead, and the
+    attributions no longer sum to ``f(x) - f(0)``. Each batch's convergence delta is
+    checked (``DEEPLIFT_RTOL``); over the tolerance, ``CxrSpuriousError``.
+    """
     from captum.attr import DeepLift
 
     # DeepLift hooks every nonlinearity; in-place activations break those hooks, so it
@@ -354,6 +431,7 @@ def _deeplift(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
     for module in work.modules():
         if hasattr(module, "inplace"):
             module.inplace = False
+    name = type(model).__name__
     with _input_gradients_only(work):
         dl = DeepLift(_LogitModel(work))
 
@@ -362,19 +440,68 @@ def _deeplift(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
             try:
                 with warnings.catch_warnings():  # captum's notice that it hooks the nonlinearities
                     warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
-                    attr = dl.attribute(x, baselines=torch.zeros_like(x), target=task)
+                    attr, delta = dl.attribute(
+                        x,
+                        baselines=torch.zeros_like(x),
+                        target=task,
+                        return_convergence_delta=True,
+                    )
             except (AssertionError, RuntimeError) as exc:
+                if "does not have a deterministic implementation" in str(exc):
+                    raise CxrSpuriousError(
+                        f"deeplift cannot explain this model ({name}) under deterministic "
+                        "algorithms (training.deterministic, set by the training that ran "
+                        "in this process): Captum's rule for its max-pooling modules needs "
+                        "max_unpool2d, which has no deterministic implementation; use "
+                        "integrated_gradients instead, or run the saliency pipeline in a "
+                        "process without deterministic training"
+                    ) from exc
                 if "more than once" not in str(exc) and "only once" not in str(exc):
                     raise
                 raise CxrSpuriousError(
-                    "deeplift cannot explain this model: "
+                    f"deeplift cannot explain this model ({name}): "
                     "it calls one nonlinearity module more than once per forward pass "
                     "(as torchvision ResNet blocks do), and Captum's DeepLift needs each "
                     "used once; use integrated_gradients instead"
                 ) from exc
+            worst = _summation_gap(attr, delta)
+            if worst is not None:
+                image, gap, change = worst
+                raise CxrSpuriousError(
+                    f"deeplift cannot explain this model ({name}) faithfully: its "
+                    f"attributions do not sum to the logit change f(x) - f(0) they decompose "
+                    f"(DeepLift's summation-to-delta); for task {_task_name(model, task)}, "
+                    f"image {image} of the batch, |sum(attributions) - (f(x) - f(0))| = "
+                    f"{gap:.3g}, {gap / max(change, 1e-30):.1%} of |f(x) - f(0)| = "
+                    f"{change:.3g} (tolerance {DEEPLIFT_RTOL:.0%} + {DEEPLIFT_ATOL:g}). "
+                    "Captum's DeepLift rules cover nonlinearity modules only: one called as "
+                    "a function (max pooling, amax or top-k pooling, F.relu) gets its plain "
+                    "gradient, so these maps would not be DeepLift's; "
+                    "use integrated_gradients instead"
+                )
             return _per_map_max_scale(_abs_channels(attr)), None
 
         yield attribute
+
+
+def deeplift_probe(model: nn.Module, x: torch.Tensor) -> str | None:
+    """Why ``deeplift`` cannot explain ``model`` on the inputs ``x`` (``None``: it can).
+
+    Runs the method on ``x`` for every task of the model (on a copy of it), so that a
+    model it cannot explain (a nonlinearity module used twice, or attributions that miss
+    the logit change, see ``_deeplift``) is known before any real work.
+    """
+    tasks = list(getattr(model, "tasks", []) or [None])
+    try:
+        with (
+            torch.autocast(device_type=x.device.type, enabled=False),
+            _deeplift(model, MethodOptions()) as attribute,
+        ):
+            for task in range(len(tasks)):
+                attribute(x, task)
+    except CxrSpuriousError as exc:
+        return str(exc)
+    return None
 
 
 @contextlib.contextmanager
@@ -494,7 +621,9 @@ METHODS: dict[str, SaliencyMethod] = {
     "integrated_gradients": SaliencyMethod(
         "integrated_gradients", "gradient", False, False, _integrated_gradients
     ),
-    "deeplift": SaliencyMethod("deeplift", "gradient", False, False, _deeplift),
+    "deeplift": SaliencyMethod(
+        "deeplift", "gradient", False, False, _deeplift, probe=deeplift_probe
+    ),
     "occlusion": SaliencyMethod("occlusion", "perturbation", False, False, _occlusion),
     "saliency": SaliencyMethod("saliency", "gradient", False, False, _saliency),
     "smoothgrad": SaliencyMethod("smoothgrad", "gradient", False, False, _smoothgrad),

@@ -85,6 +85,7 @@ RESULT_MODULES: tuple[str, ...] = (
     "cxr_spurious.io.atomic",
     "cxr_spurious.io.images",
     "cxr_spurious.io.masks",
+    "cxr_spurious.io.safe_pickle",
     "cxr_spurious.logging_filters",
     "cxr_spurious.models.base",
     "cxr_spurious.models.classifiers",

@@ -119,7 +119,14 @@ def test_another_seed_sets_the_training_and_resampling_seeds(monkeypatch) -> Non
     assert "cmp_erm_s1.embeddings" in cluster.inputs
     dfr = _node(pipe, "cmp_dfr_s1.refit_last_layer")
     assert "cmp_erm_s1.embeddings" in dfr.inputs and dfr.func.keywords == {"seed": 1}
-    assert dfr.outputs == ["cmp_dfr_s1.predictions", "cmp_dfr_s1.dfr_embeddings"]
+    assert dfr.outputs == [
+        "cmp_dfr_s1.predictions",
+        "cmp_dfr_s1.dfr_embeddings",
+        "cmp_dfr_s1.dfr_held_out_val",
+    ]
+    # DFR's operating point is chosen on the validation rows it was not fitted on
+    choose = _node(pipe, "cmp_dfr_s1.choose_operating_points")
+    assert choose.inputs[-1] == "cmp_dfr_s1.dfr_held_out_val"
     # the study's models, retrained from their own blocks on the study's resampled manifest
     for model in STUDY_MODELS:
         name = f"cmp_{model}_s1"

@@ -101,3 +101,58 @@ def test_a_variant_block_without_a_name_is_refused(params, cache_and_manifest, a
 def test_collect_nodes():
     assert nodes.collect_heatmaps({"a": 1}, {"b": 2}) == {"a": 1, "b": 2}
     assert list(nodes.collect_saliency_sanity()) == list(SANITY_COLUMNS)
+
+
+def test_a_skipped_model_gives_no_sanity_rows_and_no_overlays(params, cache_and_manifest):
+    """A variant that training.only skips, with no trained model, loads as SKIPPED."""
+    from cxr_spurious.datasets.skippable import SKIPPED
+
+    cache, manifest = cache_and_manifest
+    table = nodes.check_saliency_sanity(
+        SKIPPED, {"name": "seg"}, cache, manifest, enabled=True, n_images=3, n_boot=20,
+        **_run_args(params),
+    )  # fmt: skip
+    assert table.empty and list(table.columns) == list(SANITY_COLUMNS)
+    assert nodes.plot_heatmap_overlays(SKIPPED, cache, n_images=2, seed=0) == {}
+    heatmaps = nodes.compute_heatmaps(
+        SKIPPED, {"name": "seg"}, cache, manifest, max_images=None, **_run_args(params)
+    )
+    assert heatmaps is SKIPPED
+
+
+def test_collect_leaves_a_skipped_variant_out_and_names_it(caplog):
+    from cxr_spurious.datasets.skippable import SKIPPED
+
+    with caplog.at_level("WARNING", logger="cxr_spurious.pipelines.saliency.nodes"):
+        merged = nodes.collect_heatmaps(
+            {"erm.gradcam": 1}, SKIPPED, {"seg.gradcam": 3}, variants=("erm", "box", "seg")
+        )
+    assert merged == {"erm.gradcam": 1, "seg.gradcam": 3}
+    assert "no sets of box" in caplog.text and "training.only" in caplog.text
+
+
+def test_export_of_a_skipped_variants_set_names_the_variant(cache_and_manifest):
+    cache, _ = cache_and_manifest
+    with pytest.raises(
+        ParameterError, match=r"\['box.gradcam'\].*\['box'\] have no heatmap set.*training.only"
+    ):
+        nodes.export_chexlocalize({"erm.gradcam": None}, cache, enabled=True, sets=["box.gradcam"])
+    with pytest.raises(ParameterError) as info:  # a variant that has sets: no such hint
+        nodes.export_chexlocalize({"erm.gradcam": None}, cache, enabled=True, sets=["erm.nope"])
+    assert "training.only" not in str(info.value)
+
+
+def test_deeplift_is_planned_away_for_unet_small(params, cache_and_manifest, artifacts, caplog):
+    cache, manifest = cache_and_manifest
+    with caplog.at_level("WARNING", logger="cxr_spurious.saliency.compute"):
+        out = nodes.compute_heatmaps(
+            artifacts["seg"],
+            {"name": "seg"},
+            cache,
+            manifest,
+            max_images=2,
+            **_run_args(params, methods=["deeplift", "saliency"]),
+        )
+    assert sorted(out) == ["seg.saliency"]
+    assert "skipping saliency method 'deeplift' for seg" in caplog.text
+    assert "summation-to-delta" in caplog.text

@@ -95,3 +95,28 @@ def test_pipeline_methods_param(tmp_path, params, cache_and_manifest, artifacts)
         f"{m}.{k}" for m in STUDY_MODELS for k in ("gradcam", "integrated_gradients")
     )
     assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.integration
+def test_pipeline_with_a_variant_skipped_by_training_only(
+    tmp_path, params, cache_and_manifest, artifacts
+):
+    """``box`` has no trained model and is not selected: its model loads as SKIPPED."""
+    from cxr_spurious.datasets.skippable import SKIPPED
+
+    cache, manifest = cache_and_manifest
+    params = {
+        **params,
+        "params:saliency.methods": ["saliency"],
+        "params:saliency.sanity.n_images": 3,
+        "params:saliency.sanity.n_boot": 20,
+        "params:saliency.max_images": 2,
+        "params:saliency.device": "cpu",
+    }
+    catalog = _catalog(tmp_path, params, cache, manifest, {**artifacts, "box": SKIPPED})
+    SequentialRunner().run(create_pipeline(), catalog)
+    collection = HeatmapCollectionDataset(path=str(tmp_path / "heatmaps")).load()
+    assert sorted(collection) == ["erm.saliency", "seg.saliency"]
+    sanity = catalog.load("saliency_sanity")
+    assert sorted(sanity["model"].unique()) == ["erm", "seg"]
+    assert catalog.load("box.saliency_overlays") == {}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxr_spurious.debiasing.dfr import fit_dfr
+from cxr_spurious.debiasing.dfr import dfr_held_out_rows, fit_dfr
 from cxr_spurious.debiasing.groups import assign_groups, group_keys
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.robustness.evaluation import SETTINGS_COLUMN, settings_differences
@@ -44,17 +44,22 @@ def refit_last_layer(
     age_bins: list[float],
     c: float,
     seed: int,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """DFR: logistic regression on the ERM embeddings, group-balanced on half the val split.
 
     Returns:
-        ``(predictions, embeddings)`` in the training formats (the embeddings are ERM's).
+        ``(predictions, embeddings, held_out)``: predictions and embeddings in the training
+        formats (the embeddings are ERM's); ``held_out`` (``image_id, patient_id``) the
+        validation rows of the patients DFR was not fitted on (``dfr_held_out_rows``), on
+        which the robustness template chooses DFR's operating point.
     """
     ids, _ = assign_groups(group_keys(manifest, group_by, age_edges=age_bins))
     preds = fit_dfr(
         manifest, embeddings, ids.to_numpy(), tasks, c=float(c), seed=int(seed), model_name="dfr"
     )
-    return preds, embeddings
+    held = dfr_held_out_rows(manifest, seed=int(seed))
+    held_out = manifest.loc[held, ["image_id", "patient_id"]].reset_index(drop=True)
+    return preds, embeddings, held_out
 
 
 RERUN_STUDY = "run `kedro run` with the same --params first"

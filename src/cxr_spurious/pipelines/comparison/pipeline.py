@@ -6,7 +6,9 @@ evaluated by ``kedro run``: same data, seed and configuration, so they are not t
 twice); then one ERM per resampling strategy (debiasing template namespaced
 ``cmp_<strategy>`` feeding the training template in the same namespace), Group DRO on the
 debiasing groups, JTT (upweights ``erm``'s train errors) and DFR (last layer refit on
-``erm``'s embeddings, no training). Each new variant gets the robustness template;
+``erm``'s embeddings, no training). Each new variant gets the robustness template; DFR's
+chooses its operating point on the validation patients DFR was not fitted on
+(``cmp_dfr.dfr_held_out_val``, the template's ``operating_rows``), every other on all of val;
 ``headline_table`` stacks every variant's summary. Since ``erm``, ``box`` and ``seg`` come
 from the last ``kedro run`` while every ``cmp_*`` variant trains under this run's
 parameters, ``check_study_models`` first compares the training configuration each study
@@ -90,6 +92,9 @@ FROM_ERM: dict[str, str] = {
 PER_VARIANT_DEBIASING: frozenset[str] = frozenset({"strategy", "target"})
 # The comparison.debiasing keys DFR reads.
 DFR_DEBIASING_KEYS: tuple[str, ...] = ("tasks", "group_by", "age_bins", "seed")
+# DFR's validation rows it was not fitted on (``<dfr namespace>.dfr_held_out_val``): its
+# robustness instance chooses the operating point on them, every other variant on all of val.
+DFR_HELD_OUT = "dfr_held_out_val"
 
 
 def _debias_params(template: Pipeline) -> Callable[[str], dict[str, str]]:
@@ -276,14 +281,14 @@ def create_study_seed_pipeline() -> Pipeline:
             "c": f"{C}.dfr_c",
             "seed": f"{C}.debiasing.seed",
         },
-        outputs=[f"{DFR}.predictions", f"{DFR}.dfr_embeddings"],
+        outputs=[f"{DFR}.predictions", f"{DFR}.dfr_embeddings", f"{DFR}.{DFR_HELD_OUT}"],
         name="refit_last_layer",
         tags=["comparison", "dfr"],
     )
     robustness = per_variant(
         create_robustness_template(), TRAINED, shared_inputs=SHARED_INPUTS
     ) + per_variant(
-        create_robustness_template(),
+        create_robustness_template(operating_rows=DFR_HELD_OUT),
         [DFR],
         shared_inputs={**SHARED_INPUTS, "embeddings": f"{DFR}.dfr_embeddings"},
     )
@@ -417,7 +422,11 @@ def create_seed_pipeline(seed: int, study_seed: int) -> Pipeline:
             "age_bins": f"{C}.debiasing.age_bins",
             "c": f"{C}.dfr_c",
         },
-        outputs=[f"{ns(DFR)}.predictions", f"{ns(DFR)}.dfr_embeddings"],
+        outputs=[
+            f"{ns(DFR)}.predictions",
+            f"{ns(DFR)}.dfr_embeddings",
+            f"{ns(DFR)}.{DFR_HELD_OUT}",
+        ],
         name="refit_last_layer",
         namespace=ns(DFR),
         tags=["comparison", "dfr"],
@@ -427,7 +436,7 @@ def create_seed_pipeline(seed: int, study_seed: int) -> Pipeline:
         [ns(v) for v in (*study_models, *TRAINED)],
         shared_inputs=SHARED_INPUTS,
     ) + per_variant(
-        create_robustness_template(),
+        create_robustness_template(operating_rows=DFR_HELD_OUT),
         [ns(DFR)],
         shared_inputs={**SHARED_INPUTS, "embeddings": f"{ns(DFR)}.dfr_embeddings"},
     )

@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxr_spurious.debiasing.features import embedding_matrix
+from cxr_spurious.errors import ContractError
 from cxr_spurious.robustness.calibration import calibration_table, plot_reliability
 from cxr_spurious.robustness.evaluation import (
     SETTINGS_COLUMN,
@@ -102,22 +103,73 @@ def compute_subgroup_auroc(
 
 
 def choose_operating_points(
-    table: pd.DataFrame, tasks: list[str], rule: str, target: float
+    table: pd.DataFrame,
+    tasks: list[str],
+    rule: str,
+    target: float,
+    rows: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Thresholds chosen on the validation split, one per task."""
+    """Thresholds chosen on the validation split, one per task.
+
+    Args:
+        table: The evaluation table.
+        tasks: Label columns.
+        rule: ``robustness.operating_point``.
+        target: ``robustness.operating_target``.
+        rows: None: every validation row. Else a table with ``image_id``: only those
+            validation rows (DFR's held-out half of val, ``refit_last_layer``'s
+            ``dfr_held_out_val``: a model fitted on validation rows must not choose its
+            threshold on them).
+
+    Returns:
+        ``task, rule, target, threshold, val_rows`` (``all`` or ``held_out``) and ``n_val``
+        (the labelled validation rows the threshold was chosen on).
+
+    Raises:
+        ContractError: ``rows`` names images that are not validation rows of the table, or
+            the rows chosen on have a single class.
+    """
     val = split_rows(table, "val")
-    rows = [
-        {
-            "task": t,
-            "rule": rule,
-            "target": float(target),
-            "threshold": choose_threshold(
-                val[t].to_numpy(), val[f"p_{t}"].to_numpy(), rule, float(target)
-            ),
-        }
-        for t in tasks
-    ]  # type: ignore[arg-type]
-    return pd.DataFrame(rows)
+    scope = "all"
+    if rows is not None:
+        val, scope = _operating_rows(val, rows), "held_out"
+    out = []
+    for t in tasks:
+        y, p = val[t].to_numpy(dtype=float), val[f"p_{t}"].to_numpy()
+        try:
+            threshold = choose_threshold(y, p, rule, float(target))  # type: ignore[arg-type]
+        except ContractError as err:
+            if rows is None:
+                raise
+            raise ContractError(
+                f"'{t}' on the {len(val)} held-out validation rows (the rows the model was "
+                f"not fitted on): {err}"
+            ) from err
+        row = {"task": t, "rule": rule, "target": float(target), "threshold": threshold}
+        out.append({**row, "val_rows": scope, "n_val": int(np.isfinite(y).sum())})
+    return pd.DataFrame(out)
+
+
+def _operating_rows(val: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """The validation rows whose ``image_id`` ``rows`` lists (checked: all validation rows).
+
+    Raises:
+        ContractError: ``rows`` lacks ``image_id``, is empty, or names images that are not
+            validation rows of the evaluation table.
+    """
+    if "image_id" not in rows.columns:
+        raise ContractError(
+            f"operating-point rows: need an 'image_id' column; got {list(rows.columns)}"
+        )
+    ids = rows["image_id"].astype(str)
+    foreign = sorted(set(ids) - set(val["image_id"].astype(str)))
+    if ids.empty or foreign:
+        raise ContractError(
+            f"operating-point rows: {len(foreign)} of {len(ids)} image ids are not validation "
+            f"rows of the evaluation table (e.g. {foreign[:3]}); expected a non-empty subset "
+            "of the val split"
+        )
+    return val[val["image_id"].astype(str).isin(set(ids))].reset_index(drop=True)
 
 
 def compute_fairness(

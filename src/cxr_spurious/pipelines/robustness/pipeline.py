@@ -21,9 +21,25 @@ P = "params:robustness"
 SHARED_INPUTS: frozenset[str] = frozenset({"manifest", "image_cache"})
 
 
-def create_robustness_template() -> Pipeline:
+def create_robustness_template(operating_rows: str | None = None) -> Pipeline:
     """One model: evaluation table -> AUROC, operating point -> fairness, calibration, strata,
-    summary."""
+    summary.
+
+    Args:
+        operating_rows: None: operating points are chosen on every validation row. Else the
+            name of a template input (namespaced like ``predictions``) listing the
+            ``image_id`` of the validation rows to choose them on: the comparison's DFR,
+            fitted on half the validation patients, gives ``dfr_held_out_val``, the other
+            half.
+    """
+    choose_inputs = {
+        "table": "evaluation_table",
+        "tasks": f"{P}.tasks",
+        "rule": f"{P}.operating_point",
+        "target": f"{P}.operating_target",
+    }
+    if operating_rows is not None:
+        choose_inputs["rows"] = operating_rows
     boot = {"n_boot": f"{P}.n_boot", "seed": f"{P}.seed", "ci_level": f"{P}.ci_level"}
     return Pipeline(
         [
@@ -62,12 +78,7 @@ def create_robustness_template() -> Pipeline:
             ),
             Node(
                 func=nodes.choose_operating_points,
-                inputs={
-                    "table": "evaluation_table",
-                    "tasks": f"{P}.tasks",
-                    "rule": f"{P}.operating_point",
-                    "target": f"{P}.operating_target",
-                },
+                inputs=choose_inputs,
                 outputs="operating_points",
                 name="choose_operating_points",
                 tags=["robustness", "fairness"],

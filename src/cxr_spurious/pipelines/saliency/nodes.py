@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,9 +94,9 @@ def compute_heatmaps(
         logger.info("%s: model skipped upstream, no heatmaps computed", model_name)
         return SKIPPED
     model = load_model(model_artifact, model_name)
-    planned = plan_methods(model_name, model, methods)
     ids = select_image_ids(manifest, split, max_images, seed)
     images = np.asarray(image_cache.images[image_cache.rows(ids)])
+    planned = plan_methods(model_name, model, methods, probe=images)
     start = time.perf_counter()
     sets = heatmap_sets_for(
         model,
@@ -160,15 +160,20 @@ def check_saliency_sanity(
         max_dropped_share: Largest share of undefined bootstrap replicates.
 
     Returns:
-        One row per (method, task): mean Spearman correlation trained vs random, with CI.
+        One row per (method, task): mean Spearman correlation trained vs random, with CI;
+        no rows when disabled or when the model is ``SKIPPED`` (a variant that
+        ``training.only`` does not select and that has no trained model).
     """
     model_name = _variant_name(variant)
     if not enabled:
         return pd.DataFrame(columns=list(SANITY_COLUMNS))
+    if is_skipped(model_artifact):
+        logger.info("%s: model skipped upstream (training.only), no sanity check", model_name)
+        return pd.DataFrame(columns=list(SANITY_COLUMNS))
     model = load_model(model_artifact, model_name)
-    planned = plan_methods(model_name, model, methods)
     ids = select_image_ids(manifest, split, n_images, seed)
     images = np.asarray(image_cache.images[image_cache.rows(ids)])
+    planned = plan_methods(model_name, model, methods, probe=images)
     task_names = resolve_tasks(model, tasks, model_name)
     return model_randomisation_check(
         model,
@@ -201,7 +206,8 @@ def plot_heatmap_overlays(
     """One overlay figure per heatmap set (a seeded sample, positives first).
 
     Args:
-        heatmaps: ``{heatmap set name: HeatmapSet}`` of one model.
+        heatmaps: ``{heatmap set name: HeatmapSet}`` of one model, or ``SKIPPED`` (its
+            model was skipped upstream: no figures).
         image_cache: The image cache (images, pathology and chest-tube masks for the outlines).
         n_images: Maps per figure.
         seed: Seed of the sample.
@@ -209,6 +215,9 @@ def plot_heatmap_overlays(
     Returns:
         ``{"<heatmap set name>.png": Figure}`` for ``MatplotlibDataset``.
     """
+    if is_skipped(heatmaps):
+        logger.info("model skipped upstream (training.only): no saliency overlays")
+        return {}
     figures = {}
     for name, hset in heatmaps.items():
         rows = sample_rows(hset, n_images, seed)
@@ -228,11 +237,35 @@ def plot_heatmap_overlays(
     return figures
 
 
-def collect_heatmaps(*per_model: dict[str, HeatmapSet]) -> dict[str, HeatmapSet]:
-    """Merge the per-model dicts into ``heatmap_collection`` (names are unique by construction)."""
+def collect_heatmaps(
+    *per_model: dict[str, HeatmapSet], variants: Sequence[str] | None = None
+) -> dict[str, HeatmapSet]:
+    """Merge the per-model dicts into ``heatmap_collection`` (names are unique by construction).
+
+    Args:
+        *per_model: Each model's ``{heatmap set name: HeatmapSet}``, or ``SKIPPED`` for a
+            variant that ``training.only`` does not select and that has no trained model:
+            its sets are left out of the collection, with a warning.
+        variants: The variant of each positional argument, for that warning (the pipeline
+            binds ``STUDY_MODELS``).
+
+    Returns:
+        Every set of the models that were not skipped.
+    """
     merged: dict[str, HeatmapSet] = {}
-    for sets in per_model:
+    skipped = []
+    for k, sets in enumerate(per_model):
+        if is_skipped(sets):
+            names = list(variants or [])
+            skipped.append(names[k] if k < len(names) else f"model #{k + 1}")
+            continue
         merged.update(sets)
+    if skipped:
+        logger.warning(
+            "heatmap collection: no sets of %s: skipped (not selected by training.only, and "
+            "no trained model); train them to get their heatmaps",
+            ", ".join(skipped),
+        )
     logger.info("heatmap collection: %s", sorted(merged))
     return merged
 
@@ -263,16 +296,26 @@ def export_chexlocalize(
         ``{name: ChexlocalizeExport}`` for ``ChexlocalizeExportDataset``.
 
     Raises:
-        ParameterError: a requested set is not in the collection.
+        ParameterError: a requested set is not in the collection (a variant with no set at
+            all is named: skipped by ``training.only`` without a trained model).
     """
     if not enabled:
         return {}
     names = sorted(heatmap_collection) if sets is None else name_list(sets) or []
     unknown = [n for n in names if n not in heatmap_collection]
     if unknown:
+        present = {str(n).rpartition(".")[0] for n in heatmap_collection}
+        absent = sorted({n.rpartition(".")[0] for n in unknown} - present - {""})
+        hint = (
+            f"; variant(s) {absent} have no heatmap set at all: a variant that training.only "
+            "does not select and that has no trained model is skipped (train it, or leave "
+            "its sets out of saliency.export.sets)"
+            if absent
+            else ""
+        )
         raise ParameterError(
             "saliency.export.sets",
-            f"unknown heatmap set(s) {unknown}; available: {sorted(heatmap_collection)}",
+            f"unknown heatmap set(s) {unknown}; available: {sorted(heatmap_collection)}{hint}",
         )
     out = {}
     for name in names:

@@ -6,7 +6,9 @@ study's ``STUDY_HEATMAPS`` pairs by default, or the methods in ``saliency.method
 sanity check and overlays. ``create_pipeline`` instantiates it once per ``STUDY_MODELS``
 name with the one recipe (``cxr_spurious.pipelines._recipe.per_variant``), then the
 collectors: ``collect_heatmaps`` gathers every set into ``heatmap_collection``, keyed by
-``heatmap_set_name(model, method)``.
+``heatmap_set_name(model, method)``. A variant whose model is ``SKIPPED`` (``training.only``
+does not select it and it has no trained model) has no heatmaps, no sanity rows and no
+overlays, and its sets are left out of the collection.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
-from cxr_spurious.pipelines._recipe import per_variant, variant_datasets
+from cxr_spurious.pipelines._recipe import bind, per_variant, variant_datasets
 from cxr_spurious.pipelines.saliency import nodes
 from cxr_spurious.variants import STUDY_MODELS
 
@@ -83,7 +85,7 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
         [
             per_model,
             Node(
-                func=nodes.collect_heatmaps,
+                func=bind(nodes.collect_heatmaps, variants=STUDY_MODELS),
                 inputs=variant_datasets(STUDY_MODELS, "heatmaps"),
                 outputs="heatmap_collection",
                 name="collect_heatmaps",

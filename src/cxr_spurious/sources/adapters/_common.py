@@ -260,7 +260,8 @@ def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image file from its header (no pixel decoding).
 
     Raises:
-        DataFormatError: the file is not a readable image.
+        DataFormatError: the file is not a readable image, or has more pixels than
+            Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
     """
     if path.suffix.lower() in DICOM_SUFFIXES:
         from cxr_spurious.io.dicom import read_dicom_header
@@ -270,6 +271,8 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return int(img.width), int(img.height)
+    except Image.DecompressionBombError as exc:  # not an OSError
+        raise DataFormatError(path, f"image too large to read: {exc}") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise DataFormatError(path, f"unreadable image header: {exc}") from exc
 

@@ -288,6 +288,9 @@ def _image_size(path: Path, ref: str, csv_path: Path) -> tuple[int, int]:
         with Image.open(path) as img:
             w, h = img.size
             img.verify()
+    except Image.DecompressionBombError as exc:  # not an OSError
+        problem = f"image too large to read (referenced by {csv_path.name} {ref}): {exc}"
+        raise DataFormatError(path, problem) from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         problem = f"unreadable or truncated image (referenced by {csv_path.name} {ref}): {exc}"
         raise DataFormatError(path, problem) from exc

@@ -23,6 +23,7 @@ Layout (``root`` holds the CSVs; PNGs anywhere below it, NIH Box ``images/`` or 
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,45 +94,69 @@ BBOX_LABELS = {**{t: t for t in TASKS}, "Infiltrate": "Infiltration"}
 def read_data_entry(path: Path) -> pd.DataFrame:
     """Read either Data_Entry variant with its header checked and own column names.
 
+    Every row must have the header's 11 values: a row with fewer or more would shift or
+    drop values silently. The 2017 file ends each line with a comma (an empty 12th field);
+    there a row may end with one empty field, and an 11-field row must not end empty (10
+    values and the trailing comma). Blank lines are skipped.
+
     Returns:
-        Columns ``ENTRY_NAMES`` (strings) plus ``_ref`` (``line N``).
+        Columns ``ENTRY_NAMES`` (strings) plus ``_ref`` (``line N``, the row's line in
+        the file).
 
     Raises:
         DataFormatError: the header is neither the 2017 nor the v2020 one, or a row has the
-            wrong number of fields.
+            wrong number of fields (naming its line).
     """
     found = [c.strip() for c in common.read_first_line(path).split(",")]
     trailing = len(found) == len(ENTRY_HEADER) + 1 and found[-1] == ""
     common.check_header(path, found[:-1] if trailing else found, ENTRY_HEADER)
-    names = [*ENTRY_NAMES, "_trailing"] if trailing else list(ENTRY_NAMES)
+    n = len(ENTRY_NAMES)
+    expected = f"{n} like the header" + (
+        f", or {n + 1} with an empty last one (the 2017 file's trailing comma)" if trailing else ""
+    )
+    rows: list[list[str]] = []
+    refs: list[str] = []
     try:
-        frame = pd.read_csv(
-            path,
-            header=None,
-            skiprows=1,
-            names=names,
-            dtype=str,
-            keep_default_na=False,
-            index_col=False,
-        )
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise DataFormatError(
-            path, f"rows do not have {len(names)} fields like the header: {exc}"
-        ) from exc
-    frame["_ref"] = [common.csv_line(i) for i in range(len(frame))]
-    return frame.drop(columns=["_trailing"], errors="ignore")
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            next(reader, None)  # the header, checked above
+            for fields in reader:
+                if not fields:
+                    continue
+                values = fields[:-1] if trailing and fields[-1] == "" else fields
+                if len(values) != n:
+                    empty = " (the last empty)" if fields[-1] == "" else ""
+                    raise DataFormatError(
+                        path,
+                        f"row has {len(fields)} fields{empty}; expected {expected}",
+                        where=f"line {reader.line_num}",
+                    )
+                rows.append(values)
+                refs.append(f"line {reader.line_num}")
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataFormatError(path, f"cannot read the CSV rows: {exc}") from exc
+    frame = pd.DataFrame(rows, columns=list(ENTRY_NAMES), dtype=str)
+    frame["_ref"] = refs
+    return frame
 
 
 def parse_findings(labels: pd.Series, refs: pd.Series, *, source_file: Path) -> pd.DataFrame:
     """``Effusion|Infiltration`` -> one 1/0 column per task.
 
     Raises:
-        DataFormatError: an unknown finding name, or ``No Finding`` combined with others.
+        DataFormatError: an empty label, an unknown finding name, or ``No Finding`` combined
+            with others.
     """
     out = np.zeros((len(labels), len(TASKS)), dtype=np.float64)
     column = {t: j for j, t in enumerate(TASKS)}
     for i, (text, ref) in enumerate(zip(labels, refs)):
         names = [n.strip() for n in str(text).split("|") if n.strip()]
+        if not names:
+            raise DataFormatError(
+                source_file,
+                f"empty 'Finding Labels' ({text!r}); expected a finding or 'No Finding'",
+                where=ref,
+            )
         if names == [NO_FINDING]:
             continue
         for name in names:
