@@ -282,3 +282,28 @@ def test_a_stored_torch_zip_larger_than_max_bytes_is_refused(tmp_path: Path) -> 
         ):
             load(path, max_bytes=1_000_000)
         assert torch.equal(load(path)["map"], saved["map"])  # the default limit: 1 GiB
+
+
+def test_model_artifacts_and_checkpoints_refuse_a_compressed_zip(tmp_path: Path) -> None:
+    """A model file or checkpoint from elsewhere goes through the same zip check before
+    ``torch.load`` (a re-deflated copy unpacks to far more than its size)."""
+    from kedro.io import DatasetError
+
+    from cxr_spurious.datasets.torch_model import TorchModelDataset
+    from cxr_spurious.training.checkpoints import load_latest_checkpoint
+
+    artifact = {"state_dict": {"w": torch.zeros(512, 512)}, "config": {"architecture": "x"}}
+    real = tmp_path / "model.pt"
+    torch.save(artifact, real)
+    assert torch.equal(
+        TorchModelDataset(filepath=str(real)).load()["state_dict"]["w"], artifact["state_dict"]["w"]
+    )
+    bomb = _redeflate(real, tmp_path / "bomb.pt")
+    with pytest.raises(DatasetError, match=r"bomb\.pt: zip entry '[^']+' is compressed") as err:
+        TorchModelDataset(filepath=str(bomb)).load()  # kedro wraps the dataset's error
+    assert isinstance(err.value.__cause__, DataFormatError)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    _redeflate(real, folder / "epoch_001.pt")
+    with pytest.raises(DataFormatError, match=r"epoch_001\.pt: zip entry '[^']+' is compressed"):
+        load_latest_checkpoint(folder, {})

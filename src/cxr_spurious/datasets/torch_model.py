@@ -8,8 +8,9 @@ over another's), naming the file and both variants.
 
 Saved with ``torch.save`` (locally to a temporary file renamed into place, so a crash
 never leaves half a model); loaded with ``torch.load(weights_only=True)``, so a model file
-can never run code. fsspec URLs (``s3://``...) are written and read through fsspec; their
-filesystem options come from ``credentials`` (a Kedro credentials entry) and ``fs_args``.
+can never run code, after ``check_torch_zip`` (no compressed entries: no zip bomb).
+fsspec URLs (``s3://``...) are written and read through fsspec; their filesystem options
+come from ``credentials`` (a Kedro credentials entry) and ``fs_args``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kedro.io.core import get_protocol_and_path
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io.atomic import atomic_path
+from cxr_spurious.io.safe_pickle import MODEL_FILE_MAX_BYTES, check_torch_zip
 
 
 class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
@@ -78,8 +80,11 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         """
         try:
             with self._fs.open(self._url, "rb") as fh:
-                artifact = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
+                data = io.BytesIO(fh.read())
+            if data.getbuffer()[:2] == b"PK":  # torch.save's zip: no compressed entries
+                check_torch_zip(data, max_bytes=MODEL_FILE_MAX_BYTES, name=self._url)
+            artifact = torch.load(data, map_location="cpu", weights_only=True)
+        except (FileNotFoundError, DataFormatError):
             raise
         except Exception as exc:
             raise DataFormatError(

@@ -44,6 +44,10 @@ import numpy as np
 from cxr_spurious.errors import DataFormatError
 
 DEFAULT_MAX_BYTES = 1 << 30
+#: Largest total size of the zip entries of a model weights file (pretrained weights, model
+#: artifacts, training checkpoints; ``check_torch_zip``): far above any of them (the largest
+#: torchvision weights file is about 2.5 GB).
+MODEL_FILE_MAX_BYTES = 16 << 30
 """Largest allocation (bytes) a pickle may ask for, unless ``max_bytes`` says otherwise."""
 ALLOCATION_FACTOR = 8
 """Bytes a load may allocate in all, per byte of the file (memo reuse cannot multiply it).
@@ -786,7 +790,9 @@ def load_pickle(
         raise DataFormatError(path, f"not a readable pickle: {_exc_text(exc)}") from exc
 
 
-def check_torch_zip(path: str | Path, *, max_bytes: int | None = None) -> None:
+def check_torch_zip(
+    path: str | Path | io.BytesIO, *, max_bytes: int | None = None, name: str | None = None
+) -> None:
     """Check a ``torch.save`` zip archive before ``torch.load`` unpacks it.
 
     ``torch.save`` writes every entry stored (uncompressed), so the bytes ``torch.load``
@@ -795,20 +801,29 @@ def check_torch_zip(path: str | Path, *, max_bytes: int | None = None) -> None:
     file (entries that share bytes are refused too) and in ``max_bytes``.
 
     Args:
-        path: The zip file.
+        path: The zip file, or its bytes already read (``io.BytesIO``, e.g. from a remote
+            filesystem; rewound afterwards).
         max_bytes: Largest total size of the entries (default ``DEFAULT_MAX_BYTES``).
+        name: The file named in errors (default: ``path``).
 
     Raises:
         DataFormatError: not a readable zip archive, a compressed entry, or entries larger
             than the file or ``max_bytes``.
     """
-    path = Path(path)
+    if isinstance(path, io.BytesIO):
+        source, size = name or "<bytes>", len(path.getbuffer())
+    else:
+        path = Path(path)
+        source, size = name or str(path), path.stat().st_size
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
-        raise DataFormatError(path, f"not a readable torch file (zip): {exc}") from exc
-    ctx = _Context(str(path), path.stat().st_size, max_bytes)
+        raise DataFormatError(source, f"not a readable torch file (zip): {exc}") from exc
+    finally:
+        if isinstance(path, io.BytesIO):
+            path.seek(0)
+    ctx = _Context(source, size, max_bytes)
     for entry in entries:
         if entry.compress_type != zipfile.ZIP_STORED or entry.compress_size != entry.file_size:
             raise ctx.error(

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from cxr_spurious.errors import DataFormatError, ParameterError
-from cxr_spurious.io.safe_pickle import check_torch_zip
+from cxr_spurious.io.safe_pickle import MODEL_FILE_MAX_BYTES, check_torch_zip
 
 
 def resolve_weights_file(pretrained: str) -> Path:
@@ -48,9 +48,8 @@ def resolve_weights_file(pretrained: str) -> Path:
     return cached
 
 
-PRETRAINED_MAX_BYTES = 16 << 30
-"""Largest total size (bytes) of the entries of a pretrained weights zip archive: far above
-any torchvision weights file (the largest is about 2.5 GB)."""
+PRETRAINED_MAX_BYTES = MODEL_FILE_MAX_BYTES
+"""Largest total size (bytes) of the entries of a pretrained weights zip archive."""
 
 
 def load_pretrained_state(pretrained: str) -> dict[str, torch.Tensor]:

@@ -37,6 +37,7 @@ import torch
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io.atomic import atomic_path, write_text_atomic
+from cxr_spurious.io.safe_pickle import MODEL_FILE_MAX_BYTES, check_torch_zip
 
 logger = logging.getLogger(__name__)
 
@@ -319,6 +320,7 @@ def load_latest_checkpoint(
     if not paths:
         return None
     path = paths[-1]
+    check_torch_zip(path, max_bytes=MODEL_FILE_MAX_BYTES)  # no compressed entries (zip bomb)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
