@@ -119,6 +119,27 @@ def test_bbox_header_and_labels_checked(tmp_path: Path) -> None:
         read(root, base_params())
 
 
+def test_a_box_row_with_a_value_after_the_sixth_field_names_its_line(tmp_path: Path) -> None:
+    """A shifted or extended row (a seventh value) lost that value silently
+    (``usecols=range(6)``); a short one is refused too."""
+    root = build_nih(tmp_path)
+    bbox = root / "BBox_List_2017.csv"
+    lines = bbox.read_text().splitlines()
+    fields = lines[2].split(",")
+    assert len(fields) >= 6
+    extended = ",".join([*fields[:6], "12.5", *fields[7:]])
+    bbox.write_text("\n".join([*lines[:2], extended, *lines[3:]]) + "\n")
+    with pytest.raises(
+        DataFormatError,
+        match=r"BBox_List_2017\.csv \(line 3\): row has \d+ fields with values after the 6th "
+        r"\(\['12\.5'\]\)",
+    ):
+        read(root, base_params())
+    bbox.write_text("\n".join([*lines[:2], ",".join(fields[:5]), *lines[3:]]) + "\n")
+    with pytest.raises(DataFormatError, match=r"\(line 3\): row has 5 fields; expected 6"):
+        read(root, base_params())
+
+
 def test_changed_entry_header(tmp_path: Path) -> None:
     root = build_nih(tmp_path)
     path = root / "Data_Entry_2017_v2020.csv"

@@ -198,14 +198,15 @@ def read_split_lists(folder: Path) -> dict[str, str]:
 
 
 def read_boxes(path: Path) -> pd.DataFrame:
-    """Read ``BBox_List_2017.csv`` (9-field header, 6-field rows).
+    """Read ``BBox_List_2017.csv`` (9-field header, 6-field rows; empty fields after them).
 
     Returns:
         Columns ``image``, ``task`` (``Infiltrate`` -> ``Infiltration``), ``x, y, w, h``
         (float pixels of the 1024x1024 PNG, top-left corner) and ``_ref``.
 
     Raises:
-        DataFormatError: a changed header, an unknown label or a non-numeric / negative box.
+        DataFormatError: a changed header, a row with fewer than 6 fields or a value after
+            the 6th (naming its line), an unknown label or a non-numeric / negative box.
     """
     found = [c.strip() for c in common.read_first_line(path).split(",")]
     common.check_header(
@@ -213,17 +214,31 @@ def read_boxes(path: Path) -> pd.DataFrame:
         [c for c in found if c] if all(c == "" for c in found[len(BBOX_HEADER) :]) else found,
         BBOX_HEADER,
     )
-    frame = pd.read_csv(
-        path,
-        header=None,
-        skiprows=1,
-        usecols=range(6),
-        names=["image", "label", "x", "y", "w", "h"],
-        dtype=str,
-        keep_default_na=False,
-        index_col=False,
-    )
-    frame["_ref"] = [common.csv_line(i) for i in range(len(frame))]
+    names = ["image", "label", "x", "y", "w", "h"]
+    rows: list[list[str]] = []
+    refs: list[str] = []
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            next(reader, None)  # the header, checked above
+            for fields in reader:
+                if not fields:
+                    continue
+                extra = [f for f in fields[len(names) :] if f.strip()]
+                if len(fields) < len(names) or extra:
+                    raise DataFormatError(
+                        path,
+                        f"row has {len(fields)} fields"
+                        + (f" with values after the 6th ({extra[:3]})" if extra else "")
+                        + "; expected 6 (image, label, x, y, w, h), then only empty ones",
+                        where=f"line {reader.line_num}",
+                    )
+                rows.append(fields[: len(names)])
+                refs.append(f"line {reader.line_num}")
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataFormatError(path, f"cannot read the CSV rows: {exc}") from exc
+    frame = pd.DataFrame(rows, columns=names, dtype=str)
+    frame["_ref"] = refs
     unknown = ~frame["label"].str.strip().isin(list(BBOX_LABELS))
     if unknown.any():
         i = int(np.flatnonzero(unknown.to_numpy())[0])
