@@ -249,3 +249,29 @@ def test_rescale_then_window_matches_the_standard_by_hand(
         photometric="MONOCHROME1",
     )
     np.testing.assert_array_equal(read_dicom(inverted), 255 - expected)
+
+
+@pytest.mark.parametrize(
+    ("window", "extra", "problem"),
+    [
+        ((2048.0, 0.0), {}, "Width must be greater than or equal to 1"),
+        ((2048.0, 4096.0), {"VOILUTFunction": "CUBIC"}, "CUBIC"),
+    ],
+)
+def test_a_transform_pydicom_refuses_names_the_file(
+    tmp_path: Path, window: tuple[float, float], extra: dict, problem: str
+) -> None:
+    """pydicom's own ValueError (a window width of 0, an unknown VOILUTFunction) reached the
+    user without the file name."""
+    path = fx.write_dicom(tmp_path / "w.dcm", np.array([[0, 4095]]), bits_stored=12, window=window)
+    if extra:
+        import pydicom
+
+        ds = pydicom.dcmread(path)
+        for keyword, value in extra.items():
+            setattr(ds, keyword, value)
+        ds.save_as(path)
+    with pytest.raises(
+        DataFormatError, match=rf"w\.dcm: cannot apply the DICOM's modality / VOI.*{problem}"
+    ):
+        read_dicom(path)

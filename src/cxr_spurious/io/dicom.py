@@ -226,14 +226,23 @@ def read_dicom(path: str | Path) -> np.ndarray:
     Raises:
         DataFormatError: missing file, no pixel data, a transfer syntax without an
             installed decoder (the message names it and what to install), colour data
-            that is not RGB/YBR, or pixels that fail to decode.
+            that is not RGB/YBR, pixels that fail to decode, or a modality / VOI transform
+            that cannot be applied (e.g. a window width below 1).
     """
     with _lenient_values():
         ds = open_dicom(path)
         if not any(k in ds for k in _PIXEL_KEYWORDS):
             raise DataFormatError(path, "DICOM has no pixel data (PixelData element missing)")
         stored = _stored_pixels(ds, path)
-        values, (lo, hi) = _apply_luts(stored, ds)
+        try:
+            values, (lo, hi) = _apply_luts(stored, ds)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise DataFormatError(
+                path,
+                "cannot apply the DICOM's modality / VOI transform (RescaleSlope / "
+                f"RescaleIntercept, WindowCenter / WindowWidth, VOILUTFunction, LUT sequences): "
+                f"{exc}",
+            ) from exc
     scaled = np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(values)
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1":
         scaled = 1.0 - scaled
