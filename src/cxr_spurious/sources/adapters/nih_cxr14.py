@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,38 @@ BBOX_HEADER: tuple[str, ...] = ("Image Index", "Finding Label", "Bbox [x", "y", 
 BBOX_LABELS = {**{t: t for t in TASKS}, "Infiltrate": "Infiltration"}
 
 
+def _csv_frame(
+    path: Path, names: Sequence[str], values_of: Callable[[list[str]], list[str] | str]
+) -> pd.DataFrame:
+    """The data rows of a CSV whose header was checked, as strings, with ``_ref``.
+
+    Blank lines are skipped; ``values_of`` turns a row's fields into its ``len(names)``
+    values, or returns what is wrong with the row.
+
+    Raises:
+        DataFormatError: naming the row's line (``values_of``'s problem), or an unreadable file.
+    """
+    rows: list[list[str]] = []
+    refs: list[str] = []
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            next(reader, None)  # the header
+            for fields in reader:
+                if not fields:
+                    continue
+                values = values_of(fields)
+                if isinstance(values, str):
+                    raise DataFormatError(path, values, where=f"line {reader.line_num}")
+                rows.append(values)
+                refs.append(f"line {reader.line_num}")
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataFormatError(path, f"cannot read the CSV rows: {exc}") from exc
+    frame = pd.DataFrame(rows, columns=list(names), dtype=str)
+    frame["_ref"] = refs
+    return frame
+
+
 def read_data_entry(path: Path) -> pd.DataFrame:
     """Read either Data_Entry variant with its header checked and own column names.
 
@@ -114,30 +146,15 @@ def read_data_entry(path: Path) -> pd.DataFrame:
     expected = f"{n} like the header" + (
         f", or {n + 1} with an empty last one (the 2017 file's trailing comma)" if trailing else ""
     )
-    rows: list[list[str]] = []
-    refs: list[str] = []
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh)
-            next(reader, None)  # the header, checked above
-            for fields in reader:
-                if not fields:
-                    continue
-                values = fields[:-1] if trailing and fields[-1] == "" else fields
-                if len(values) != n:
-                    empty = " (the last empty)" if fields[-1] == "" else ""
-                    raise DataFormatError(
-                        path,
-                        f"row has {len(fields)} fields{empty}; expected {expected}",
-                        where=f"line {reader.line_num}",
-                    )
-                rows.append(values)
-                refs.append(f"line {reader.line_num}")
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataFormatError(path, f"cannot read the CSV rows: {exc}") from exc
-    frame = pd.DataFrame(rows, columns=list(ENTRY_NAMES), dtype=str)
-    frame["_ref"] = refs
-    return frame
+
+    def values_of(fields: list[str]) -> list[str] | str:
+        values = fields[:-1] if trailing and fields[-1] == "" else fields
+        if len(values) != n:
+            empty = " (the last empty)" if fields[-1] == "" else ""
+            return f"row has {len(fields)} fields{empty}; expected {expected}"
+        return values
+
+    return _csv_frame(path, ENTRY_NAMES, values_of)
 
 
 def parse_findings(labels: pd.Series, refs: pd.Series, *, source_file: Path) -> pd.DataFrame:
@@ -215,30 +232,18 @@ def read_boxes(path: Path) -> pd.DataFrame:
         BBOX_HEADER,
     )
     names = ["image", "label", "x", "y", "w", "h"]
-    rows: list[list[str]] = []
-    refs: list[str] = []
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh)
-            next(reader, None)  # the header, checked above
-            for fields in reader:
-                if not fields:
-                    continue
-                extra = [f for f in fields[len(names) :] if f.strip()]
-                if len(fields) < len(names) or extra:
-                    raise DataFormatError(
-                        path,
-                        f"row has {len(fields)} fields"
-                        + (f" with values after the 6th ({extra[:3]})" if extra else "")
-                        + "; expected 6 (image, label, x, y, w, h), then only empty ones",
-                        where=f"line {reader.line_num}",
-                    )
-                rows.append(fields[: len(names)])
-                refs.append(f"line {reader.line_num}")
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataFormatError(path, f"cannot read the CSV rows: {exc}") from exc
-    frame = pd.DataFrame(rows, columns=names, dtype=str)
-    frame["_ref"] = refs
+
+    def values_of(fields: list[str]) -> list[str] | str:
+        extra = [f for f in fields[len(names) :] if f.strip()]
+        if len(fields) < len(names) or extra:
+            return (
+                f"row has {len(fields)} fields"
+                + (f" with values after the 6th ({extra[:3]})" if extra else "")
+                + "; expected 6 (image, label, x, y, w, h), then only empty ones"
+            )
+        return fields[: len(names)]
+
+    frame = _csv_frame(path, names, values_of)
     unknown = ~frame["label"].str.strip().isin(list(BBOX_LABELS))
     if unknown.any():
         i = int(np.flatnonzero(unknown.to_numpy())[0])
