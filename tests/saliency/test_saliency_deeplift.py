@@ -164,3 +164,67 @@ def test_planning_skips_deeplift_where_it_is_refused(caplog, nondeterministic):
     # without images only the attributes are checked (the method fails when it runs)
     assert plan_methods("seg", _unet_small(), methods) == methods
     assert get_method("deeplift").unfit_reason(AllModules(), None) is None
+
+
+def test_deeplift_refused_after_its_probe_passed_is_left_out_not_fatal(caplog, nondeterministic):
+    """The probe runs on the first ``PROBE_IMAGES`` images; where those pass and a later
+    batch does not (here: blank first images, for which f(x) - f(0) = 0 and the attributions
+    are 0), generating the heatmaps stopped the whole run after the other methods' work.
+    ``heatmap_sets_for(skip_unfit=True)`` (the saliency node) leaves DeepLift out with a
+    warning naming the batch and the reason, and keeps the other methods' maps."""
+    import pandas as pd
+
+    from cxr_spurious.saliency.compute import PROBE_IMAGES, heatmap_sets_for
+
+    model = _unet_small()
+    images = _images(n=12)
+    images[:PROBE_IMAGES] = 0  # the probe's images: blank, DeepLift's sums hold there
+    _, gap = _captum(model, images[PROBE_IMAGES:], 0)
+    assert gap.max() > 10 * DEEPLIFT_RTOL  # the reference: the later images fail
+    methods = ["deeplift", "integrated_gradients"]
+    assert plan_methods("seg", model, methods, probe=images) == methods  # the probe passed
+    ids = [f"patient{i:05d}_study1_view1_frontal" for i in range(len(images))]
+    manifest = pd.DataFrame({"image_id": ids, "Pneumothorax": 1.0, "width": 64, "height": 64})
+    kwargs = dict(model_name="seg", methods=methods, batch_size=4, device="cpu", progress=False)
+    with pytest.raises(CxrSpuriousError, match="summation-to-delta"):  # the library default
+        heatmap_sets_for(model, images, ids, manifest, **kwargs)
+    with caplog.at_level(logging.WARNING, logger="cxr_spurious.saliency.compute"):
+        sets = heatmap_sets_for(model, images, ids, manifest, skip_unfit=True, **kwargs)
+    assert list(sets) == ["integrated_gradients"]
+    assert sets["integrated_gradients"].maps.shape[0] == len(images)
+    assert re.search(
+        r"seg saliency: saliency method 'deeplift' left out: it refused the model on batch "
+        r"2 of 3 \(after its probe on the first 4 images passed\): deeplift cannot explain",
+        caplog.text,
+    )
+    alone = heatmap_sets_for(model, images, ids, manifest, **{**kwargs, "methods": methods[1:]})
+    np.testing.assert_array_equal(
+        sets["integrated_gradients"].maps, alone["integrated_gradients"].maps
+    )
+
+
+def test_the_sanity_check_leaves_out_deeplift_refused_on_the_randomised_copy(
+    caplog, nondeterministic
+):
+    """The model-randomisation check explains the trained model and a re-initialised copy;
+    DeepLift can pass on the first (the planning probe) and miss the logit change on the
+    second, which stopped the saliency pipeline. The method now has no rows, with a warning,
+    and the other methods' rows are unchanged."""
+    from cxr_spurious.saliency.sanity import model_randomisation_check
+
+    images = _images(n=6)
+    trained = AllModules().eval()  # DeepLift's sums hold on it
+    random = _unet_small()  # ... and not on this "randomised copy"
+    kwargs = dict(model_name="toy", n_boot=20, device="cpu", random_model=random)
+    assert get_method("deeplift").unfit_reason(random, None) is None  # attributes pass
+    with caplog.at_level(logging.WARNING, logger="cxr_spurious.saliency.sanity"):
+        table = model_randomisation_check(
+            trained, images, ["deeplift", "saliency"], ["Pneumothorax"], **kwargs
+        )
+    assert list(table["method"]) == ["saliency"]
+    assert "sanity toy: saliency method 'deeplift' left out (refused on the randomised model)" in (
+        caplog.text
+    )
+    alone = model_randomisation_check(trained, images, ["saliency"], ["Pneumothorax"], **kwargs)
+    pd_equal = alone.reset_index(drop=True).equals(table.reset_index(drop=True))
+    assert pd_equal

@@ -120,7 +120,8 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
         return artifact
 
     def save(self, data: Mapping[str, Any]) -> None:
-        """Write ``{"state_dict", "config"}`` (tensors moved to CPU)."""
+        """Write ``{"state_dict", "config"}`` (tensors moved to CPU), with the records
+        ``variant``, ``fingerprint``, ``trained_as`` and ``trained_on`` where present."""
         if not isinstance(data, Mapping) or not {"state_dict", "config"} <= set(data):
             raise DataFormatError(self._url, "can only save a dict with 'state_dict' and 'config'")
         payload = {
@@ -128,7 +129,7 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
             "config": dict(data["config"]),
             **{
                 k: data[k]
-                for k in ("variant", "fingerprint", "trained_as")
+                for k in ("variant", "fingerprint", "trained_as", "trained_on")
                 if data.get(k) is not None
             },
         }

@@ -314,3 +314,47 @@ def _assemble(
     out = base.iloc[order[sort]].reset_index(drop=True)
     out["augment"] = is_copy[sort] & augment_copies
     return out
+
+
+def resampling_differences(manifest: pd.DataFrame, resampled: pd.DataFrame) -> list[str]:
+    """How ``resampled`` differs from ``manifest`` left as it is (strategy ``none``).
+
+    Args:
+        manifest: The manifest.
+        resampled: A resampled manifest (``weight``, ``augment`` and ``group`` beside the
+            manifest's columns).
+
+    Returns:
+        One phrase per difference: train rows added or dropped (or another row order),
+        a manifest column whose values differ, weights other than 1, rows marked for
+        augmentation; empty when ``resampled`` is ``manifest`` unresampled.
+    """
+    out: list[str] = []
+    ids = manifest["image_id"].astype(str).reset_index(drop=True)
+    got = resampled["image_id"].astype(str).reset_index(drop=True)
+    if len(got) != len(ids) or not got.equals(ids):
+        n_train = int((manifest["split"] == "train").sum())
+        n_got = int((resampled["split"] == "train").sum()) if "split" in resampled else len(got)
+        out.append(
+            f"its rows are not the manifest's ({n_train} train rows in the manifest, "
+            f"{n_got} here{', in another order' if n_got == n_train else ''})"
+        )
+    else:
+        left, right = manifest.reset_index(drop=True), resampled.reset_index(drop=True)
+        for column in manifest.columns:
+            if column not in right.columns:
+                out.append(f"it has no column '{column}'")
+            elif not left[column].equals(right[column]):
+                a, b = left[column], right[column]
+                n = int((a.ne(b) & ~(a.isna() & b.isna())).sum())
+                if n:  # (equal values under another dtype are not a difference)
+                    out.append(f"column '{column}' differs from the manifest's on {n} row(s)")
+    if "weight" in resampled:
+        n = int((pd.to_numeric(resampled["weight"], errors="coerce") != 1.0).sum())
+        if n:
+            out.append(f"{n} row(s) weighted other than 1")
+    if "augment" in resampled:
+        n = int(resampled["augment"].astype(bool).sum())
+        if n:
+            out.append(f"{n} row(s) marked for augmentation")
+    return out

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from cxr_spurious.errors import ContractError, CxrSpuriousError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.parallel import on_dask_worker, ordered_map
-from cxr_spurious.saliency.registry import MethodOptions, get_method
+from cxr_spurious.saliency.registry import MethodOptions, MethodUnfitError, get_method
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,15 @@ class SaliencyChunk:
     images: np.ndarray
 
 
+@dataclass(frozen=True)
+class UnfitChunk:
+    """A chunk whose method refused the model on one of its batches (``MethodUnfitError``)."""
+
+    method: str
+    batch: int  #: the refused batch's index among all the batches of the images
+    reason: str
+
+
 class ChunkMaps:
     """Picklable function of a ``SaliencyChunk``: its maps and probabilities.
 
@@ -149,8 +158,10 @@ class ChunkMaps:
         options: MethodOptions,
         progress: bool = False,
         desc: str = "",
+        skip_unfit: bool = False,
     ) -> None:
         self.model = model
+        self.skip_unfit = bool(skip_unfit)
         self.task_idx = list(task_idx)
         self.batch_size = int(batch_size)
         self.device = device
@@ -158,8 +169,17 @@ class ChunkMaps:
         self.progress = progress
         self.desc = desc
 
-    def __call__(self, chunk: SaliencyChunk) -> tuple[np.ndarray, np.ndarray]:
-        """(maps (n, T, h, w) float16, probs (n, T) float64) of the chunk's images."""
+    def __call__(self, chunk: SaliencyChunk) -> tuple[np.ndarray, np.ndarray] | UnfitChunk:
+        """(maps (n, T, h, w) float16, probs (n, T) float64) of the chunk's images; with
+        ``skip_unfit``, an ``UnfitChunk`` where the method refused the model on a batch."""
+        if not self.skip_unfit:
+            return self._maps(chunk)
+        try:
+            return self._maps(chunk)
+        except MethodUnfitError as exc:
+            return UnfitChunk(chunk.method, getattr(exc, "batch", chunk.first_batch), str(exc))
+
+    def _maps(self, chunk: SaliencyChunk) -> tuple[np.ndarray, np.ndarray]:
         spec = get_method(chunk.method)
         dev = self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
         # channels_last on the CPU, as training and predictions run there (oneDNN's faster
@@ -179,11 +199,13 @@ class ChunkMaps:
             torch.autocast(device_type=dev.type, enabled=False),
             spec.open(model, options) as attribute,
         ):
-            for sl in tqdm(
-                batches,
-                desc=self.desc or f"saliency {chunk.method}",
-                leave=False,
-                disable=not self.progress,
+            for b, sl in enumerate(
+                tqdm(
+                    batches,
+                    desc=self.desc or f"saliency {chunk.method}",
+                    leave=False,
+                    disable=not self.progress,
+                )
             ):
                 x = to_input(images[sl], dev).contiguous(memory_format=layout)
                 logits = None
@@ -193,12 +215,16 @@ class ChunkMaps:
                     if for_tasks is not None
                     else (attribute(x, t) for t in task_idx)
                 )
-                for j, (batch_maps, pass_logits) in enumerate(per_task):
-                    logits = pass_logits if logits is None else logits
-                    if maps is None:
-                        shape = (n, len(task_idx), *batch_maps.shape[1:])
-                        maps = np.zeros(shape, dtype=np.float16)
-                    maps[sl, j] = batch_maps
+                try:
+                    for j, (batch_maps, pass_logits) in enumerate(per_task):
+                        logits = pass_logits if logits is None else logits
+                        if maps is None:
+                            shape = (n, len(task_idx), *batch_maps.shape[1:])
+                            maps = np.zeros(shape, dtype=np.float16)
+                        maps[sl, j] = batch_maps
+                except MethodUnfitError as exc:
+                    exc.batch = chunk.first_batch + b  # type: ignore[attr-defined]
+                    raise
                 if logits is None:  # the method had no forward pass of its own
                     with torch.inference_mode():
                         logits = model(x)
@@ -230,6 +256,7 @@ def compute_method_maps(
     progress: bool = True,
     desc: str | None = None,
     workers: int | None = None,
+    skip_unfit: bool = False,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``compute_maps`` for several methods, the work cut into (method, batch) chunks.
 
@@ -250,13 +277,20 @@ def compute_method_maps(
         desc: Progress-bar label (default ``saliency <method>``).
         workers: Chunks in flight on Dask (``None``: twice the cluster's threads; 1: all
             in this task); ignored off Dask.
+        skip_unfit: A method that refuses the model on some batch (``MethodUnfitError``:
+            DeepLift whose attributions miss the logit change there, after ``plan_methods``'
+            probe passed on the first images) is left out of the result with a warning
+            giving the reason and the batch, instead of stopping the run; its other
+            batches' maps are discarded.
 
     Returns:
-        ``{method: (maps, probs)}`` in the order of ``methods`` (see ``compute_maps``).
+        ``{method: (maps, probs)}`` in the order of ``methods`` (see ``compute_maps``),
+        without the methods ``skip_unfit`` left out.
 
     Raises:
         ParameterError: unknown method or task, or ``batch_size`` < 1.
-        CxrSpuriousError: a method cannot explain this model, or produced non-finite maps.
+        CxrSpuriousError: a method cannot explain this model (``MethodUnfitError`` only
+            without ``skip_unfit``), or produced non-finite maps.
     """
     specs = [get_method(m) for m in methods]
     task_names = resolve_tasks(model, tasks)
@@ -273,8 +307,9 @@ def compute_method_maps(
         options=options or MethodOptions(),
         progress=progress and len(chunks) == len(methods),
         desc=desc or "",
+        skip_unfit=skip_unfit,
     )
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in methods}
+    parts: dict[str, list[Any]] = {m: [] for m in methods}
     results = ordered_map(
         func,
         chunks,
@@ -288,7 +323,21 @@ def compute_method_maps(
     for chunk, result in zip(chunks, results):
         parts[chunk.method].append(result)
     out = {}
+    n_batches = len(image_batches(images, batch_size))
     for method, pieces in parts.items():
+        unfit = [p for p in pieces if isinstance(p, UnfitChunk)]
+        if unfit:
+            logger.warning(
+                "%s: saliency method '%s' left out: it refused the model on batch %d of %d "
+                "(after its probe on the first %d images passed): %s",
+                desc or "saliency",
+                method,
+                unfit[0].batch + 1,
+                n_batches,
+                PROBE_IMAGES,
+                unfit[0].reason,
+            )
+            continue
         if len(pieces) == 1:
             maps, probs = pieces[0]
         else:
@@ -407,6 +456,7 @@ def heatmap_sets_for(
     device: str | torch.device | None = "auto",
     options: MethodOptions | None = None,
     progress: bool = True,
+    skip_unfit: bool = False,
 ) -> dict[str, HeatmapSet]:
     """``compute_method_maps`` + ``build_heatmap_set`` for one model and several methods.
 
@@ -422,9 +472,12 @@ def heatmap_sets_for(
         device: Device spec.
         options: Method options.
         progress: Show a progress bar.
+        skip_unfit: Leave out, with a warning, a method that refuses the model on a batch
+            (see ``compute_method_maps``).
 
     Returns:
-        ``{method: heatmap set}`` (float16 maps at map resolution), in the order of ``methods``.
+        ``{method: heatmap set}`` (float16 maps at map resolution), in the order of
+        ``methods``, without the methods ``skip_unfit`` left out.
     """
     if len(images) != len(image_ids):
         raise ContractError(f"{len(images)} images but {len(image_ids)} image ids")
@@ -439,6 +492,7 @@ def heatmap_sets_for(
         options=options,
         progress=progress,
         desc=f"{model_name} saliency",
+        skip_unfit=skip_unfit,
     )
     return {
         method: build_heatmap_set(maps, probs, image_ids, task_names, manifest, model_name, method)

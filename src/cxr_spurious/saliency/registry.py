@@ -13,11 +13,12 @@ when the block ends, then called per batch and task:
 ``attribute.for_tasks(x, task_indices) -> [(maps, logits), ...]`` (integrated gradients:
 one forward pass for every task of a batch).
 
-``deeplift`` is refused (``CxrSpuriousError``) where Captum's DeepLift does not decompose
+``deeplift`` is refused (``MethodUnfitError``) where Captum's DeepLift does not decompose
 the logit: a nonlinearity module used twice (torchvision ResNet blocks), or attributions
 that miss ``f(x) - f(0)`` by more than ``DEEPLIFT_RTOL`` (nonlinearities called as
 functions, as in ``unet_small``, ``cnn_small`` and ``densenet121``); ``plan_methods``
-skips it for such a model, with the reason, when it is given a few of the images.
+skips it for such a model, with the reason, when it is given a few of the images, and
+``compute.heatmap_sets_for`` drops it, with the reason, when a later batch fails.
 
 Cost. CAM methods only need gradients down to the cam layer: every parameter outside it
 is frozen while they run, so the backward pass stops at the cam layer instead of reaching
@@ -60,6 +61,11 @@ from cxr_spurious.errors import CxrSpuriousError, ParameterError, unknown_name_e
 
 # attribute(x, task) -> (maps (B, h, w) float32, image logits (B, T) of that pass or None)
 Attribute = Callable[[torch.Tensor, int], tuple[np.ndarray, torch.Tensor | None]]
+
+
+class MethodUnfitError(CxrSpuriousError):
+    """A saliency method cannot explain this model faithfully (found while running it: e.g.
+    DeepLift's attributions that do not sum to the logit change they decompose)."""
 
 
 @dataclass(frozen=True)
@@ -421,7 +427,7 @@ def _deeplift(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
     as a function (``F.max_pool2d``, ``amax`` / top-k pooling, ``F.relu``: this project's
     ``unet_small``, ``cnn_small``, ``densenet121``) gets its plain gradient instead, and the
     attributions no longer sum to ``f(x) - f(0)``. Each batch's convergence delta is
-    checked (``DEEPLIFT_RTOL``); over the tolerance, ``CxrSpuriousError``.
+    checked (``DEEPLIFT_RTOL``); over the tolerance, ``MethodUnfitError``.
     """
     from captum.attr import DeepLift
 
@@ -448,7 +454,7 @@ def _deeplift(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
                     )
             except (AssertionError, RuntimeError) as exc:
                 if "does not have a deterministic implementation" in str(exc):
-                    raise CxrSpuriousError(
+                    raise MethodUnfitError(
                         f"deeplift cannot explain this model ({name}) under deterministic "
                         "algorithms (training.deterministic, set by the training that ran "
                         "in this process): Captum's rule for its max-pooling modules needs "
@@ -458,7 +464,7 @@ def _deeplift(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
                     ) from exc
                 if "more than once" not in str(exc) and "only once" not in str(exc):
                     raise
-                raise CxrSpuriousError(
+                raise MethodUnfitError(
                     f"deeplift cannot explain this model ({name}): "
                     "it calls one nonlinearity module more than once per forward pass "
                     "(as torchvision ResNet blocks do), and Captum's DeepLift needs each "
@@ -467,7 +473,7 @@ def _deeplift(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
             worst = _summation_gap(attr, delta)
             if worst is not None:
                 image, gap, change = worst
-                raise CxrSpuriousError(
+                raise MethodUnfitError(
                     f"deeplift cannot explain this model ({name}) faithfully: its "
                     f"attributions do not sum to the logit change f(x) - f(0) they decompose "
                     f"(DeepLift's summation-to-delta); for task {_task_name(model, task)}, "
@@ -499,7 +505,7 @@ def deeplift_probe(model: nn.Module, x: torch.Tensor) -> str | None:
         ):
             for task in range(len(tasks)):
                 attribute(x, task)
-    except CxrSpuriousError as exc:
+    except MethodUnfitError as exc:
         return str(exc)
     return None
 

@@ -22,7 +22,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from cxr_spurious.saliency.compute import compute_maps
-from cxr_spurious.saliency.registry import MethodOptions
+from cxr_spurious.saliency.registry import MethodOptions, MethodUnfitError
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, MIN_CI_CLUSTERS, nanmean_cis
 
 logger = logging.getLogger(__name__)
@@ -192,24 +192,38 @@ def model_randomisation_check(
         max_dropped_share: Largest share of undefined bootstrap replicates.
 
     Returns:
-        One row per (method, task) with the columns of ``SANITY_COLUMNS``.
+        One row per (method, task) with the columns of ``SANITY_COLUMNS``; a method that
+        refuses the trained model or its randomised copy (``MethodUnfitError``: DeepLift
+        whose attributions miss the logit change) has no rows, with a warning.
     """
     other = random_model if random_model is not None else randomized_copy(model, seed)
     rows = []
     for method in methods:
-        trained, random = (
-            compute_maps(
-                net,
-                images,
+        maps: dict[str, np.ndarray] = {}
+        try:
+            for which, net in (("trained", model), ("randomised", other)):
+                maps[which] = compute_maps(
+                    net,
+                    images,
+                    method,
+                    tasks,
+                    batch_size=batch_size,
+                    device=device,
+                    options=options,
+                    progress=False,
+                )[0]
+        except MethodUnfitError as exc:
+            # DeepLift whose attributions miss the logit change on the trained model or on
+            # its randomised copy: no maps to compare, as for a method planning skipped
+            logger.warning(
+                "sanity %s: saliency method '%s' left out (refused on the %s model): %s",
+                model_name,
                 method,
-                tasks,
-                batch_size=batch_size,
-                device=device,
-                options=options,
-                progress=False,
-            )[0]
-            for net in (model, other)
-        )
+                which,
+                exc,
+            )
+            continue
+        trained, random = maps["trained"], maps["randomised"]
         for j, task in enumerate(tasks):
             rho = spearman_per_map(trained[:, j], random[:, j])
             summary = summarise_similarity(

@@ -181,6 +181,19 @@ def data_digest(*tables: pd.DataFrame, extra: str = "") -> str:
     return digest.hexdigest()
 
 
+def training_data_digest(train: pd.DataFrame, val: pd.DataFrame, cache: Any) -> str:
+    """The ``_data`` item of ``result_fingerprint``: the train and validation rows a run
+    trains and selects on (``training.data.split_training_table``) and the image cache's
+    fingerprint (``ImageCache.fingerprint``: its image ids, settings and source files)."""
+    return data_digest(train, val, extra=str(cache.fingerprint))
+
+
+def changed_code_modules(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+    """The ``RESULT_MODULES`` whose source digest differs between two ``code_digests()``
+    (a module present on one side only counts as changed), sorted."""
+    return sorted(m for m in set(old) | set(new) if old.get(m) != new.get(m))
+
+
 def _describe_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
     names = {
         "_data": "training data",
@@ -203,7 +216,7 @@ def _describe_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -
 def _describe_code_change(old: Any, new: Any) -> str:
     if not isinstance(old, Mapping):
         return "training code: the checkpoint predates code digests (an older version)"
-    changed = sorted(m for m in set(old) | set(new or {}) if old.get(m) != (new or {}).get(m))
+    changed = changed_code_modules(old, new or {})
     return "training code: the source of " + ", ".join(changed) + " changed since the checkpoint"
 
 

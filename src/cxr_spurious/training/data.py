@@ -107,6 +107,14 @@ def build_training_table(
     return table
 
 
+def split_training_table(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The train rows (fitted on) and the validation rows (selected on) of a training
+    table, each with a fresh index: what ``engine.fit`` receives and digests."""
+    train = table[table["split"] == "train"].reset_index(drop=True)
+    val = table[table["split"] == "val"].reset_index(drop=True)
+    return train, val
+
+
 def subgroup_column(
     manifest: pd.DataFrame, subgroup: str, name: str, *, warn_missing: bool = True
 ) -> np.ndarray:

@@ -32,13 +32,13 @@ from cxr_spurious.models import CXRModel, build_model
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.metrics import auroc, robust_auroc
 from cxr_spurious.training.checkpoints import (
-    data_digest,
     load_latest_checkpoint,
     prepare_run_folder,
     result_fingerprint,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    training_data_digest,
 )
 from cxr_spurious.training.config import DENSE_SUPERVISIONS, model_config
 from cxr_spurious.training.data import LABEL_PREFIX, CacheBatches, make_loader
@@ -310,6 +310,9 @@ class FitResult:
     best_epoch: int
     stopped: str
     fingerprint: str = ""  #: ``checkpoints.result_fingerprint`` of the run (settings + data)
+    #: What ``fingerprint`` was computed from (``_data``: the training data's digest,
+    #: ``_code``: the training code's); None for a result read back without it.
+    fingerprint_items: dict[str, Any] | None = None
 
 
 STOP_REASONS: tuple[str, ...] = ("", "early_stopping", "max_steps", "time_budget")
@@ -597,10 +600,12 @@ def run_epochs(
             save_epoch_checkpoint(folder, state, parts, cfg)
 
 
-def fit_result(state: TrainState, model: nn.Module, fingerprint: str) -> FitResult:
+def fit_result(
+    state: TrainState, model: nn.Module, fingerprint: tuple[str, dict[str, Any]]
+) -> FitResult:
     """``FitResult`` of a finished run: the selected epoch's weights (the last weights when
     no epoch was selected, e.g. a run that trained none), the history with ``selected``,
-    and the run's ``result_fingerprint`` digest."""
+    and the run's ``result_fingerprint`` (digest and items)."""
     if state.best_epoch is None:
         weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         best_epoch = state.epoch
@@ -609,7 +614,14 @@ def fit_result(state: TrainState, model: nn.Module, fingerprint: str) -> FitResu
     history = pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS))
     if len(history):
         history["selected"] = history["epoch"] == best_epoch
-    return FitResult(weights, history, int(best_epoch), state.stopped or "epochs", fingerprint)
+    return FitResult(
+        weights,
+        history,
+        int(best_epoch),
+        state.stopped or "epochs",
+        fingerprint[0],
+        fingerprint[1],
+    )
 
 
 def fit(
@@ -649,7 +661,7 @@ def fit(
     parts = build_parts(train_table, val_table, cache, cfg, setup, rank=rank, world=world)
     fingerprint = result_fingerprint(
         cfg,
-        data=data_digest(train_table, val_table, extra=cache.fingerprint),
+        data=training_data_digest(train_table, val_table, cache),
         precision=str(setup.autocast_dtype or "fp32").replace("torch.", ""),
         device=setup.device.type,
         world=world,
@@ -672,4 +684,4 @@ def fit(
             # The stored reason was decided under the checkpoint's settings (and clock).
             state.stopped = stop_reason(cfg, state, 0.0)
         run_epochs(parts, state, cfg, setup, folder=folder, rank=rank, world=world)
-    return fit_result(state, parts.model, fingerprint[0])
+    return fit_result(state, parts.model, fingerprint)

@@ -34,6 +34,9 @@ RENDERS: tuple[str, ...] = ("original", "no_tube", "no_lesion")
 # out of ``flat_metrics``): the CI settings and ``training_record``'s configuration.
 CI_SETTING_KEYS: tuple[str, ...] = ("ci_level", "n_boot")
 TRAINING_RECORD_KEYS: tuple[str, ...] = ("training_config", "training_config_digest")
+# The key of a model artifact and of its ``test_metrics`` that records what the model was
+# trained on: the digest of its training data and of the training code (``trained_on``).
+TRAINED_ON_KEY = "trained_on"
 # Resolved training keys left out of ``training_record``: those the checkpoint fingerprint
 # leaves out (where files go, progress, loader workers, the test-metric CI settings, which
 # ``test_metrics`` records apart) except the stopping rules, which change a finished run's
@@ -232,6 +235,43 @@ def resolved_precision_and_device(config: Mapping[str, Any]) -> dict[str, Any]:
     return trained_as(setup, process_group()[1])
 
 
+def trained_on(items: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What a model trained on, from its run's ``result_fingerprint`` items.
+
+    Returns:
+        ``{"data": digest, "code": {module: digest}}``: ``data`` the digest of the train
+        and validation rows and the image cache (``checkpoints.training_data_digest``),
+        ``code`` the source digest of each module of ``checkpoints.RESULT_MODULES``; None
+        without items (a result read back from a spawned process group).
+    """
+    if items is None:
+        return None
+    code = {str(k): str(v) for k, v in items["_code"].items()}
+    return {"data": str(items["_data"]), "code": code}
+
+
+def recorded_trained_on(record: Mapping[str, Any], source: str) -> dict[str, Any] | None:
+    """The ``trained_on`` record of a model artifact or ``test_metrics``; None when absent.
+
+    Raises:
+        ContractError: the record is there but not ``{"data": str, "code": {module: str}}``
+            (``source`` names what it was read from).
+    """
+    value = record.get(TRAINED_ON_KEY)
+    if value is None:
+        return None
+    if (
+        not isinstance(value, Mapping)
+        or not isinstance(value.get("data"), str)
+        or not isinstance(value.get("code"), Mapping)
+    ):
+        raise ContractError(
+            f"{source}: '{TRAINED_ON_KEY}' should map 'data' to the training data's digest "
+            f"and 'code' to {{module: source digest}}, got {value!r}"
+        )
+    return {"data": value["data"], "code": dict(value["code"])}
+
+
 def recorded_trained_as(artifact: Mapping[str, Any]) -> dict[str, Any] | None:
     """The ``trained_as`` record of a model artifact (``train_model``), None when absent.
 
@@ -310,12 +350,12 @@ def recorded_differences(
 def flat_metrics(metrics: Mapping[str, Any], prefix: str = "test") -> dict[str, float]:
     """``{"test_<task>_auroc": v, ...}``: the numeric leaves of ``test_metrics``.
 
-    The recorded settings (``CI_SETTING_KEYS``, ``TRAINING_RECORD_KEYS``) are not metrics
-    and are left out.
+    The recorded settings (``CI_SETTING_KEYS``, ``TRAINING_RECORD_KEYS``, ``trained_on``)
+    are not metrics and are left out.
     """
     out: dict[str, float] = {}
     for key, value in metrics.items():
-        if key in CI_SETTING_KEYS or key in TRAINING_RECORD_KEYS:
+        if key in CI_SETTING_KEYS or key in TRAINING_RECORD_KEYS or key == TRAINED_ON_KEY:
             continue
         if isinstance(value, Mapping):
             out.update(

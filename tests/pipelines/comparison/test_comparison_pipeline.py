@@ -64,6 +64,13 @@ def test_variants_train_on_their_own_resampled_manifest(pipeline) -> None:
         *(f"{m}.model_summary" for m in STUDY_MODELS),
     }
     assert not any(n.endswith(".resampled_manifest") for n in free)
+    # the study's resampled manifest: checked against the study's models, and the rows the
+    # study's models are retrained on at the other seeds
+    readers = {n.name for n in pipeline.nodes if "resampled_manifest" in n.inputs}
+    assert "check_study_models" in readers
+    assert readers - {"check_study_models"} == {
+        f"cmp_{m}_s{s}.prepare_training_table" for m in STUDY_MODELS for s in (1, 2)
+    }
     for variant in (*RESAMPLED, JTT):
         node = next(n for n in pipeline.nodes if n.name == f"{variant}.prepare_training_table")
         assert f"{variant}.resampled_manifest" in node.inputs
@@ -87,7 +94,13 @@ def test_variants_train_on_their_own_resampled_manifest(pipeline) -> None:
     ]
     assert headline.outputs == ["headline_table"]
     check = next(n for n in pipeline.nodes if n.name == "check_study_models")
-    assert check.inputs == ["params:training", *(f"{m}.test_metrics" for m in STUDY_MODELS)]
+    assert check.inputs == [
+        "params:training",
+        "manifest",
+        "resampled_manifest",
+        "image_cache",
+        *(f"{m}.test_metrics" for m in STUDY_MODELS),
+    ]
     summaries = next(n for n in pipeline.nodes if n.name == "check_study_summaries")
     assert summaries.inputs == ["params:robustness", *(f"{m}.model_summary" for m in STUDY_MODELS)]
     assert summaries.outputs == [SUMMARY_CHECK]

@@ -198,3 +198,22 @@ def test_seeds_come_from_the_sessions_parameters_else_conf_base(monkeypatch) -> 
     assert any(n.namespace == "cmp_jtt_s4" for n in pipe.nodes)
     assert not any(n.namespace == "cmp_jtt_s1" for n in pipe.nodes)
     assert hooks.stashed_sweep_params() == {}
+
+
+def test_dfr_outputs_are_on_disk_so_its_robustness_can_resume(monkeypatch) -> None:
+    """``--from-nodes`` after ``refit_last_layer`` loads what it wrote: every output of the
+    DFR nodes (every seed) resolves to a file dataset in ``conf/base``'s catalog, not to a
+    memory dataset that a resumed run would not have."""
+    from kedro.io import DataCatalog, MemoryDataset
+    from tests.framework.test_catalog_overwrite import _catalog
+
+    pipe = _build(monkeypatch, [0, 1])
+    dfr_nodes = [n for n in pipe.nodes if n.name.endswith("refit_last_layer")]
+    assert len(dfr_nodes) == 2  # one per seed
+    catalog = DataCatalog.from_config(_catalog("base"))
+    outputs = [name for node in dfr_nodes for name in node.outputs]
+    assert "cmp_dfr_s1.dfr_held_out_val" in outputs and "cmp_dfr.dfr_embeddings" in outputs
+    for name in outputs:
+        dataset = catalog.get(name)
+        assert dataset is not None and not isinstance(dataset, MemoryDataset), name
+        assert "data/07_model_output/" in str(dataset), name

@@ -10,8 +10,10 @@ another; it now holds what they resolved to where the model trained, and the che
 that with what they resolve to here.
 
 The study models' ``test_metrics`` here are written by the training template's own node
-(``evaluate_test_metrics``) under the study's parameters, saved and loaded through the
-catalog's file format (``json.JSONDataset``), and checked under the comparison's.
+(``evaluate_test_metrics``) under the study's parameters, from a model artifact that records
+what the model trained on (``trained_on``, computed as ``train_model`` computes it: see
+``test_study_model_provenance.py`` for models the node really trains), saved and loaded
+through the catalog's file format (``json.JSONDataset``), and checked under the comparison's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
 from kedro_datasets.json import JSONDataset
+from tests.pipelines.comparison.study_models import study_artifact, study_data
 
 from cxr_spurious.errors import ContractError
 from cxr_spurious.hooks import base_parameters
@@ -83,11 +86,13 @@ def _test_split(n: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _study_metrics(tmp_path: Path, training: dict[str, Any]) -> dict[str, JSONDataset]:
     """Every study model's ``test_metrics`` as training writes it under ``training``."""
     preds, manifest = _test_split()
+    data = study_data()
     out = {}
     for model in STUDY_MODELS:
         config = resolve_config(training, training["variants"][model])
+        artifact = study_artifact(config, data)
         dataset = JSONDataset(filepath=str(tmp_path / model / "test_metrics.json"))
-        dataset.save(evaluate_test_metrics(preds, manifest, config))
+        dataset.save(evaluate_test_metrics(preds, manifest, config, model=artifact))
         out[f"{model}.test_metrics"] = dataset
     return out
 
@@ -117,7 +122,9 @@ def _run(metrics: dict[str, JSONDataset], training: dict[str, Any]) -> dict[str,
         {"image_id": preds["image_id"], "e0": np.arange(len(preds), dtype=float)}
     )
     summaries = {f"{v}.model_summary": _summary(0.5 + 0.02 * i) for i, v in enumerate(VARIANTS)}
+    data = study_data()
     datasets: dict[str, Any] = {
+        **{name: MemoryDataset(value, copy_mode="assign") for name, value in data.items()},
         "params:training": MemoryDataset(training),
         "params:robustness": MemoryDataset(base_parameters()["robustness"]),
         "erm.predictions": MemoryDataset(preds),
@@ -211,7 +218,7 @@ def test_a_missing_variant_block_names_the_key() -> None:
     training = _training()
     del training["variants"]["box"]
     with pytest.raises(ParameterError, match="training.variants.box"):
-        nodes.check_study_models(training, box={})
+        nodes.check_study_models(training, **study_data(), box={})
 
 
 # --- the precision and device training resolved ----------------------------------------------

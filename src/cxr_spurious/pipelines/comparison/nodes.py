@@ -13,13 +13,23 @@ import pandas as pd
 
 from cxr_spurious.debiasing.dfr import dfr_held_out_rows, fit_dfr
 from cxr_spurious.debiasing.groups import assign_groups, group_keys
+from cxr_spurious.debiasing.resampling import resampling_differences
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.robustness.evaluation import SETTINGS_COLUMN, settings_differences
+from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.seeds import SEED_COLUMN, paired_over_seeds, summarise_over_seeds
+from cxr_spurious.training.checkpoints import (
+    changed_code_modules,
+    code_digests,
+    training_data_digest,
+)
 from cxr_spurious.training.config import resolve_training_config
+from cxr_spurious.training.data import build_training_table, split_training_table
 from cxr_spurious.training.outputs import (
     RESOLVED_KEYS,
+    TRAINED_ON_KEY,
     recorded_differences,
+    recorded_trained_on,
     resolved_precision_and_device,
 )
 
@@ -72,23 +82,41 @@ MACHINE_NOTE = (
 
 
 def check_study_models(
-    training: Mapping[str, Any], **test_metrics: Mapping[str, Any]
+    training: Mapping[str, Any],
+    manifest: pd.DataFrame,
+    resampled_manifest: pd.DataFrame,
+    image_cache: ImageCache,
+    **test_metrics: Mapping[str, Any],
 ) -> dict[str, str]:
-    """Check that the study's models were trained under this run's training parameters.
+    """Check that the study's models were trained as this run trains its variants.
 
     On ``training.seed`` the comparison reuses the study's models as the last ``kedro run``
-    left them and trains every ``cmp_*`` variant under this run's parameters: a study model
-    trained under other settings (``--params training.epochs=8`` given to the comparison
-    only) would be compared with variants trained differently. Each model's
-    ``test_metrics`` records its resolved training configuration
-    (``training.outputs.training_record``); it must equal the configuration this run's
-    ``training`` parameters give the model (``training.variants.<model>`` over them), with
-    the precision (``bf16`` / ``fp32``) and device type they resolve to on this machine,
-    where the ``cmp_*`` variants train: ``precision: auto`` is bf16 on one machine and fp32
-    on another, and bf16 and fp32 models give different numbers.
+    left them and trains every ``cmp_*`` variant under this run's parameters, on this
+    run's data, with this code. Each study model's ``test_metrics`` records:
+
+    * its resolved training configuration (``training.outputs.training_record``), which
+      must equal the configuration this run's ``training`` parameters give the model
+      (``training.variants.<model>`` over them), with the precision (``bf16`` / ``fp32``)
+      and device type they resolve to on this machine: a study trained under other
+      settings (``--params training.epochs=8`` given to the comparison only), or at
+      another precision (``precision: auto`` is bf16 on one CPU and fp32 on another),
+      would be compared with variants trained differently;
+    * what it trained on (``trained_on``): the digest of its train and validation rows and
+      image cache, which must equal the digest of the rows this run's
+      ``resampled_manifest`` and ``image_cache`` give it (ingestion re-run with other
+      parameters since, or a changed image cache), and the source digest of each training
+      module (``checkpoints.RESULT_MODULES``), which must equal this code's (the project
+      updated between the two runs).
+
+    The study's ``resampled_manifest`` must also be ``manifest`` unresampled: the
+    comparison's ``erm`` row is ERM without resampling, and a study run with
+    ``debiasing.strategy`` other than ``none`` trained its models on resampled rows.
 
     Args:
         training: This run's ``training`` parameters.
+        manifest: The manifest every ``cmp_*`` variant is resampled from.
+        resampled_manifest: The study's resampled manifest (what its models trained on).
+        image_cache: The image cache.
         **test_metrics: ``<model>.test_metrics`` of every study model (keyword = model).
 
     Returns:
@@ -97,7 +125,9 @@ def check_study_models(
 
     Raises:
         ContractError: a model's record differs (naming the model and every differing key
-            with both values) or is missing (a ``test_metrics`` written before the record).
+            with both values, the data, or the modules whose source changed), a record is
+            missing (a ``test_metrics`` written by an older version), or the study's
+            ``resampled_manifest`` is resampled (saying how).
         ParameterError: ``training.variants`` has no block for a study model, or its device
             is not available here or its precision unknown (``resolve_device``).
     """
@@ -106,6 +136,7 @@ def check_study_models(
     differing: list[str] = []
     machine = False  # a precision or device differs
     checked: dict[str, str] = {}
+    configs: dict[str, dict[str, Any]] = {}
     for model, metrics in test_metrics.items():
         block = variants.get(model) if isinstance(variants, Mapping) else None
         if not isinstance(block, Mapping):
@@ -129,6 +160,7 @@ def check_study_models(
             machine = machine or bool(set(diff) & set(RESOLVED_KEYS))
         else:
             checked[model] = str(metrics["training_config_digest"])
+            configs[model] = cfg
     if missing:
         raise ContractError(
             f"{', '.join(missing)}: no record of the training configuration (training_config): "
@@ -146,8 +178,67 @@ def check_study_models(
             + (MACHINE_NOTE if machine else "")
             + RERUN_STUDY
         )
-    logger.info("study models %s: trained under this run's training settings", ", ".join(checked))
+    _check_trained_on(configs, manifest, resampled_manifest, image_cache, test_metrics)
+    logger.info(
+        "study models %s: trained under this run's training settings, on this run's data, "
+        "by this code",
+        ", ".join(checked),
+    )
     return checked
+
+
+def _check_trained_on(
+    configs: Mapping[str, dict[str, Any]],
+    manifest: pd.DataFrame,
+    resampled_manifest: pd.DataFrame,
+    image_cache: ImageCache,
+    test_metrics: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """``check_study_models``'s data and code part (the configurations already agree)."""
+    resampled = resampling_differences(manifest, resampled_manifest)
+    if resampled:
+        raise ContractError(
+            "resampled_manifest: the study's models were trained on rows that are not the "
+            f"manifest left unresampled ({'; '.join(resampled)}): the study ran with a "
+            "debiasing.strategy other than none, or ingestion re-ran since. The comparison's "
+            f"'{ERM_VARIANT}' row is ERM without resampling and every cmp_* variant is "
+            f"resampled from the manifest; {RERUN_STUDY}, with debiasing.strategy=none"
+        )
+    code_now = code_digests()
+    missing: list[str] = []
+    differing: list[str] = []
+    for model, cfg in configs.items():
+        record = recorded_trained_on(test_metrics[model], f"{model}.test_metrics")
+        if record is None:
+            missing.append(f"{model}.test_metrics")
+            continue
+        changed = changed_code_modules(record["code"], code_now)
+        if changed:
+            differing.append(
+                f"{model} was trained by other code (the source of {', '.join(changed)} "
+                "changed since)"
+            )
+        table = build_training_table(resampled_manifest, image_cache, cfg)
+        if record["data"] != training_data_digest(*split_training_table(table), image_cache):
+            differing.append(
+                f"{model} was trained on other data than resampled_manifest and image_cache "
+                "hold now (ingestion or the image cache ran since with other parameters or "
+                "sources)"
+            )
+    if missing:
+        raise ContractError(
+            f"{', '.join(missing)}: no record of the training data and code "
+            f"({TRAINED_ON_KEY}): the study models predate the record (written by an older "
+            "version), so the comparison cannot show they were trained on this run's data "
+            f"by this code; re-run them: {RERUN_STUDY}"
+        )
+    if differing:
+        raise ContractError(
+            "; ".join(differing)
+            + ". The comparison reuses the study's models on training.seed and trains every "
+            "cmp_* variant on this run's data with this code, so its rows would compare "
+            f"different data or code; {RERUN_STUDY}"
+        )
 
 
 def check_study_summaries(

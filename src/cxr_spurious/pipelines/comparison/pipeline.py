@@ -219,6 +219,7 @@ def create_study_model_check() -> Pipeline:
                 func=nodes.check_study_models,
                 inputs={
                     "training": "params:training",
+                    **STUDY_INPUTS,
                     **{m: f"{m}.test_metrics" for m in STUDY_MODELS},
                 },
                 outputs=STUDY_CHECK,

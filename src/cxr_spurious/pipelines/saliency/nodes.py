@@ -109,12 +109,13 @@ def compute_heatmaps(
         batch_size=batch_size,
         device=device,
         options=_options(method_options, seed),
+        skip_unfit=True,  # a method refused on a later batch is left out, like the probe's
     )
     elapsed = time.perf_counter() - start
     logger.info(
         "%s %s: %d images in %.1f s (%.1f img/s per method)",
         model_name,
-        "+".join(planned) or "no methods",
+        "+".join(sets) or "no methods",
         len(ids),
         elapsed,
         len(ids) * len(planned) / max(elapsed, 1e-9),

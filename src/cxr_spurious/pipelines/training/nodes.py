@@ -18,23 +18,26 @@ from cxr_spurious.models import model_from_artifact
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.training.checkpoints import checkpoint_folder
 from cxr_spurious.training.config import model_config, resolve_training_config, variant_selected
-from cxr_spurious.training.data import build_training_table
+from cxr_spurious.training.data import build_training_table, split_training_table
 from cxr_spurious.training.device import precision_name, setup_for
 from cxr_spurious.training.distributed import distributed_setup
 from cxr_spurious.training.engine import fit
 from cxr_spurious.training.outputs import (
     RENDERS,
+    TRAINED_ON_KEY,
     compute_test_metrics,
     embeddings_frame,
     flat_metrics,
     predict_images,
     predictions_frame,
     recorded_trained_as,
+    recorded_trained_on,
     resampling_name,
     resolved_precision_and_device,
     run_name,
     run_params,
     trained_as,
+    trained_on,
     training_curves,
     training_record,
 )
@@ -93,13 +96,16 @@ def train_model(
     used by ``training.resume``); the model itself goes through the catalog. Inside an initialised
     process group (``torchrun -m cxr_spurious.training.distributed``) every rank runs this
     node and trains under DDP; the group's rank and size come from ``distributed_setup``.
+    The artifact records how the model trained (``trained_as``: precision, device type,
+    processes) and on what (``trained_on``: digests of the training data and code).
     """
     if config["skip"]:
         return SKIPPED, SKIPPED
     setup, rank, world = distributed_setup(config)
+    train, val = split_training_table(training_table)
     result = fit(
-        training_table[training_table["split"] == "train"].reset_index(drop=True),
-        training_table[training_table["split"] == "val"].reset_index(drop=True),
+        train,
+        val,
         image_cache,
         config,
         setup,
@@ -116,6 +122,7 @@ def train_model(
         "variant": config["variant"],
         "fingerprint": result.fingerprint,
         "trained_as": trained_as(setup, world),
+        "trained_on": trained_on(result.fingerprint_items),
     }
     return artifact, result.history
 
@@ -181,6 +188,9 @@ def evaluate_test_metrics(
     artifact records them (``trained_as``): not ``auto`` as written, and not what they
     would resolve to on the machine that evaluates (``kedro run --from-nodes`` elsewhere).
     A model file that predates the record gets what they resolve to here, with a warning.
+    The model artifact's ``trained_on`` (digests of the training data and the training
+    code) is copied as it is, so the comparison can check that the model it reuses was
+    trained on its data by its code; a model file without it leaves it out.
     """
     if config["skip"]:
         return SKIPPED
@@ -205,11 +215,15 @@ def evaluate_test_metrics(
                 config["variant"],
                 ", ".join(f"{k}={v}" for k, v in resolved.items()),
             )
+    provenance = (
+        recorded_trained_on(model, f"{config['variant']}.model") if model is not None else None
+    )
     return {
         "supervision": config["supervision"],
         "architecture": config["architecture"],
         **metrics,
         **training_record(config, resolved),
+        **({TRAINED_ON_KEY: provenance} if provenance is not None else {}),
     }
 
 
