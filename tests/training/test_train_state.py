@@ -122,13 +122,15 @@ def test_unselected_unfingerprinted_state_checkpoints_best_none_no_fingerprint()
 
 def test_fit_result_returns_the_selected_epoch_marked_in_the_history() -> None:
     state, _ = _run([0.6, 0.8, 0.7])
-    result = fit_result(state, _model(7.0), "digest")
+    items = {"_data": "d" * 64, "_code": {"cxr_spurious.errors": "0" * 16}}
+    result = fit_result(state, _model(7.0), ("digest", items))
     assert result.best_epoch == 2 and result.stopped == "epochs" and result.fingerprint == "digest"
+    assert result.fingerprint_items == items  # what train_model records as trained_on
     assert result.history["selected"].tolist() == [False, True, False]
     assert torch.equal(result.state_dict["weight"], torch.full((1, 2), 2.0))
 
 
 def test_fit_result_without_a_selected_epoch_returns_the_current_weights() -> None:
-    result = fit_result(TrainState(epoch=4, stopped="time_budget"), _model(7.0), "")
+    result = fit_result(TrainState(epoch=4, stopped="time_budget"), _model(7.0), ("", {}))
     assert result.best_epoch == 4 and result.stopped == "time_budget" and result.history.empty
     assert torch.equal(result.state_dict["weight"], torch.full((1, 2), 7.0))

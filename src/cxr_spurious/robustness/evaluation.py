@@ -211,14 +211,33 @@ SUMMARY_SETTINGS: tuple[str, ...] = (
 SETTINGS_COLUMN = "robustness_settings"
 
 
-def summary_settings(robustness: Mapping[str, Any]) -> str:
+# The key of a summary's settings record that holds the source digests of the code that
+# computed it (``summary_settings(..., code=...)``).
+CODE_KEY = "_code"
+
+
+def summary_settings(robustness: Mapping[str, Any], code: Mapping[str, str] | None = None) -> str:
     """The ``SUMMARY_SETTINGS`` of a ``robustness`` parameter block as sorted JSON.
 
     ``summarise_model`` writes it into each row (``SETTINGS_COLUMN``) so that a later run
     reusing the summary (the comparison) can tell whether it was computed under its own
-    settings.
+    settings, and with ``code`` (``{module: source digest}`` of the modules that compute
+    the summary) by its own code, under ``CODE_KEY``.
     """
-    return json.dumps({k: robustness.get(k) for k in SUMMARY_SETTINGS}, sort_keys=True)
+    record: dict[str, Any] = {k: robustness.get(k) for k in SUMMARY_SETTINGS}
+    if code is not None:
+        record[CODE_KEY] = {str(k): str(v) for k, v in code.items()}
+    return json.dumps(record, sort_keys=True)
+
+
+def recorded_summary_code(recorded: str) -> dict[str, str] | None:
+    """The ``{module: source digest}`` a settings record holds (None: written without it).
+
+    Raises:
+        ValueError: ``recorded`` is not the JSON ``summary_settings`` writes.
+    """
+    code = json.loads(recorded).get(CODE_KEY)
+    return dict(code) if isinstance(code, Mapping) else None
 
 
 def settings_differences(recorded: str, robustness: Mapping[str, Any]) -> dict[str, tuple]:

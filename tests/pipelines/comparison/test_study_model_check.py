@@ -38,9 +38,11 @@ from cxr_spurious.errors import ContractError
 from cxr_spurious.hooks import base_parameters
 from cxr_spurious.pipelines.comparison import nodes
 from cxr_spurious.pipelines.comparison.pipeline import VARIANTS, create_study_seed_pipeline
+from cxr_spurious.pipelines.robustness.nodes import SUMMARY_MODULES
 from cxr_spurious.pipelines.training.nodes import evaluate_test_metrics, resolve_config
 from cxr_spurious.robustness.evaluation import SETTINGS_COLUMN, summary_settings
 from cxr_spurious.training import device as device_module
+from cxr_spurious.training.checkpoints import code_digests
 from cxr_spurious.variants import STUDY_MODELS
 
 TASK = "Pneumothorax"
@@ -100,7 +102,9 @@ def _study_metrics(tmp_path: Path, training: dict[str, Any]) -> dict[str, JSONDa
 def _summary(auroc: float) -> pd.DataFrame:
     row: dict[str, Any] = {
         "task": TASK,
-        SETTINGS_COLUMN: summary_settings(base_parameters()["robustness"]),
+        SETTINGS_COLUMN: summary_settings(
+            base_parameters()["robustness"], code=code_digests(SUMMARY_MODULES)
+        ),
     }
     for i, metric in enumerate(("auroc", "worst_group_auroc", "robust_tube_auroc")):
         value = auroc - 0.1 * i

@@ -116,3 +116,78 @@ def test_the_stacked_summary_leaves_the_record_in_the_per_model_files(tmp_path: 
     stacked = combine_robustness_summary(**summaries)
     assert SETTINGS_COLUMN not in stacked and list(stacked["model"]) == list(STUDY_MODELS)
     assert stacked["fnr_gap"].tolist() == [0.3] * len(STUDY_MODELS)  # site, the default
+
+
+# --- the code that computed the summaries ----------------------------------------------------
+
+
+def test_the_record_holds_the_summary_code(tmp_path: Path) -> None:
+    import json
+
+    from cxr_spurious.pipelines.robustness.nodes import SUMMARY_MODULES
+    from cxr_spurious.training.checkpoints import code_digests
+
+    summary = _study_summaries(tmp_path, _robustness())["erm"]
+    record = json.loads(summary[SETTINGS_COLUMN].iloc[0])
+    assert record["_code"] == code_digests(SUMMARY_MODULES)
+    assert "cxr_spurious.robustness.fairness" in record["_code"]
+
+
+def test_a_summary_computed_by_other_code_is_refused_naming_the_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``git pull`` between ``kedro run`` and the comparison that changed how the FNR gap
+    is computed: the study's summaries hold the old code's gaps, the variants' the new."""
+    from cxr_spurious.pipelines.comparison import nodes
+    from cxr_spurious.pipelines.robustness.nodes import SUMMARY_MODULES
+    from cxr_spurious.training.checkpoints import code_digests
+
+    summaries = _study_summaries(tmp_path, _robustness())
+    now = code_digests(SUMMARY_MODULES)
+    now["cxr_spurious.robustness.fairness"] = "0" * 16
+    monkeypatch.setattr(nodes, "code_digests", lambda modules: now)
+    with pytest.raises(ContractError) as err:
+        check_study_summaries(_robustness(), **summaries)
+    message = str(err.value)
+    for model in STUDY_MODELS:
+        assert (
+            f"{model}.model_summary was computed by other code (the source of "
+            "cxr_spurious.robustness.fairness changed since)"
+        ) in message
+    assert "run `kedro run` with the same --params first" in message
+
+
+def test_a_record_without_the_code_is_refused(tmp_path: Path) -> None:
+    import json
+
+    summaries = _study_summaries(tmp_path, _robustness())
+    record = json.loads(summaries["seg"][SETTINGS_COLUMN].iloc[0])
+    del record["_code"]  # as written before the record held it
+    summaries["seg"][SETTINGS_COLUMN] = json.dumps(record, sort_keys=True)
+    with pytest.raises(ContractError, match=r"seg.model_summary: no record of the robustness"):
+        check_study_summaries(_robustness(), **summaries)
+
+
+def test_summary_modules_follow_their_rule() -> None:
+    """``SUMMARY_MODULES``: the import closure of ``pipelines.robustness.nodes`` less the
+    wiring it pulls in and the modules that feed only other outputs."""
+    import subprocess
+    import sys
+
+    from cxr_spurious.pipelines.robustness.nodes import SUMMARY_MODULES
+
+    code = (
+        "import sys, cxr_spurious.pipelines.robustness.nodes\n"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('cxr_spurious.')\n"
+        "    and getattr(sys.modules[m], '__file__', '') and\n"
+        "    not sys.modules[m].__file__.endswith('__init__.py'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    not_summary = {
+        "cxr_spurious.pipelines._recipe",
+        "cxr_spurious.pipelines.robustness.pipeline",
+        "cxr_spurious.robustness.calibration",
+        "cxr_spurious.robustness.strata",
+        "cxr_spurious.debiasing.features",
+    }
+    assert tuple(sorted(set(out.stdout.split()) - not_summary)) == SUMMARY_MODULES

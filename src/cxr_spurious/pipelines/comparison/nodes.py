@@ -15,7 +15,12 @@ from cxr_spurious.debiasing.dfr import dfr_held_out_rows, fit_dfr
 from cxr_spurious.debiasing.groups import assign_groups, group_keys
 from cxr_spurious.debiasing.resampling import resampling_differences
 from cxr_spurious.errors import ContractError, ParameterError
-from cxr_spurious.robustness.evaluation import SETTINGS_COLUMN, settings_differences
+from cxr_spurious.pipelines.robustness.nodes import SUMMARY_MODULES
+from cxr_spurious.robustness.evaluation import (
+    SETTINGS_COLUMN,
+    recorded_summary_code,
+    settings_differences,
+)
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.seeds import SEED_COLUMN, paired_over_seeds, summarise_over_seeds
 from cxr_spurious.training.checkpoints import (
@@ -251,7 +256,10 @@ def check_study_summaries(
     under other ``robustness`` settings (``--params robustness.fairness_attribute=sex``
     given to the comparison only) would put another attribute's FNR gap in the same column.
     Each summary row records its settings (``robustness_settings``,
-    ``robustness.evaluation.summary_settings``).
+    ``robustness.evaluation.summary_settings``) and the source digests of the code that
+    computed it (``pipelines.robustness.nodes.SUMMARY_MODULES``): a summary computed by
+    other code (the project updated between the two runs) is refused too, naming the
+    modules.
 
     Args:
         robustness: This run's ``robustness`` parameters.
@@ -262,7 +270,8 @@ def check_study_summaries(
 
     Raises:
         ContractError: a summary's record differs (naming the model and every differing key
-            with both values) or is missing (a summary written before the record).
+            with both values, or the modules whose source changed) or is missing (a summary
+            written before the record, or before it held the code digests).
     """
     missing: list[str] = []
     differing: list[str] = []
@@ -273,24 +282,32 @@ def check_study_summaries(
             missing.append(f"{model}.model_summary")
             continue
         diff = settings_differences(str(records[0]), robustness)
+        code = recorded_summary_code(str(records[0]))
         if diff:
             values = "; ".join(
                 f"robustness.{key}={old!r} (this run: {new!r})" for key, (old, new) in diff.items()
             )
             differing.append(f"{model}.model_summary records {values}")
+        elif code is None:
+            missing.append(f"{model}.model_summary")
+        elif changed := changed_code_modules(code, code_digests(SUMMARY_MODULES)):
+            differing.append(
+                f"{model}.model_summary was computed by other code (the source of "
+                f"{', '.join(changed)} changed since)"
+            )
         else:
             checked[model] = str(records[0])
     if missing:
         raise ContractError(
-            f"{', '.join(missing)}: no record of the robustness settings ({SETTINGS_COLUMN}): "
-            "the study's summaries predate the record (written by an older version), so the "
-            "comparison cannot show they were computed under this run's parameters; re-run "
-            f"them: {RERUN_STUDY}"
+            f"{', '.join(missing)}: no record of the robustness settings and code "
+            f"({SETTINGS_COLUMN}): the study's summaries predate the record (written by an "
+            "older version), so the comparison cannot show they were computed under this "
+            f"run's parameters by this code; re-run them: {RERUN_STUDY}"
         )
     if differing:
         raise ContractError(
-            "the study's robustness summaries were computed under other settings than this "
-            "run's: "
+            "the study's robustness summaries were computed under other settings or by "
+            "other code than this run's: "
             + "; ".join(differing)
             + f". headline_table would mix them with the cmp_* variants' rows; {RERUN_STUDY}"
         )

@@ -25,8 +25,36 @@ from cxr_spurious.robustness.strata import attribute_ami, find_strata, plot_stra
 from cxr_spurious.robustness.subgroups import subgroup_auroc
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.bootstrap import check_n_boot
+from cxr_spurious.training.checkpoints import code_digests
 
 logger = logging.getLogger(__name__)
+
+#: The project modules whose source decides a model summary's numbers (``summarise_model``
+#: and what feeds it: the evaluation table, subgroup AUROC, the operating point and the
+#: fairness gaps); their digests (``training.checkpoints.code_digests``) are recorded in
+#: each summary row, so that the comparison reuses a study summary only under the code that
+#: wrote it. The import closure of this module, less the pipeline wiring it pulls in
+#: (``pipelines._recipe``, ``pipelines.robustness.pipeline``) and the modules that feed only
+#: other outputs (``robustness.calibration``, ``robustness.strata``, ``debiasing.features``).
+#: A test keeps this list equal to that rule.
+SUMMARY_MODULES: tuple[str, ...] = (
+    "cxr_spurious.errors",
+    "cxr_spurious.io.atomic",
+    "cxr_spurious.io.images",
+    "cxr_spurious.io.masks",
+    "cxr_spurious.io.safe_pickle",
+    "cxr_spurious.logging_filters",
+    "cxr_spurious.pipelines.robustness.nodes",
+    "cxr_spurious.robustness.evaluation",
+    "cxr_spurious.robustness.fairness",
+    "cxr_spurious.robustness.subgroups",
+    "cxr_spurious.sources.cache",
+    "cxr_spurious.sources.contract",
+    "cxr_spurious.stats.bootstrap",
+    "cxr_spurious.stats.metrics",
+    "cxr_spurious.training.checkpoints",
+    "cxr_spurious.variants",
+)
 
 #: The parameter every robustness node's ``n_boot`` comes from (named in its errors).
 N_BOOT_KEY = "robustness.n_boot"
@@ -332,8 +360,9 @@ def summarise_model(
 
     The worst-group AUROC is the lowest per-attribute worst group over ``worst_attributes``.
     With ``settings`` (``params:robustness``) each row records the settings it was computed
-    under (``robustness_settings``, ``evaluation.summary_settings``), for runs that reuse
-    the summary (the comparison's ``check_study_summaries``).
+    under (``robustness_settings``, ``evaluation.summary_settings``) and the source digests
+    of ``SUMMARY_MODULES``, for runs that reuse the summary (the comparison's
+    ``check_study_summaries``).
 
     Args:
         subgroup: ``subgroup_auroc``.
@@ -376,7 +405,7 @@ def summarise_model(
             _pick(g, g["metric"] == "equalized_odds_difference", "equalized_odds_difference")
         )
         if settings is not None:
-            row[SETTINGS_COLUMN] = summary_settings(settings)
+            row[SETTINGS_COLUMN] = summary_settings(settings, code=code_digests(SUMMARY_MODULES))
         rows.append(row)
     return pd.DataFrame(rows)
 
