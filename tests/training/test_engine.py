@@ -381,16 +381,11 @@ def test_a_checkpoint_without_code_digests_is_named_as_older(tmp_path: Path) -> 
 
 
 def test_result_modules_are_the_training_code_import_closure() -> None:
-    import subprocess
-    import sys
+    from tests.import_closure import project_import_closure
 
     from cxr_spurious.training.checkpoints import RESULT_MODULES
 
-    code = (
-        "import sys, cxr_spurious.training.engine, cxr_spurious.training.distributed\n"
-        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('cxr_spurious.')\n"
-        "    and getattr(sys.modules[m], '__file__', '') and\n"
-        "    not sys.modules[m].__file__.endswith('__init__.py'))))"
+    closure = project_import_closure(
+        "cxr_spurious.training.engine", "cxr_spurious.training.distributed"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert tuple(out.stdout.split()) == RESULT_MODULES
+    assert tuple(sorted(closure)) == RESULT_MODULES

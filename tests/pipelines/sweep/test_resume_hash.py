@@ -10,8 +10,6 @@ kind of device, or after a code change reused rows computed otherwise.
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tests.import_closure import project_import_closure
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.hooks import base_parameters, runtime_param_names, shipped_parameters
@@ -208,14 +207,7 @@ NOT_ROW = {
 
 
 def test_row_modules_are_the_row_code_import_closure() -> None:
-    code = (
-        f"import sys\nfor m in {ROW_ROOTS!r}: __import__(m)\n"
-        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('cxr_spurious.')\n"
-        "    and getattr(sys.modules[m], '__file__', '') and\n"
-        "    not sys.modules[m].__file__.endswith('__init__.py'))))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    closure = set(out.stdout.split())
+    closure = project_import_closure(*ROW_ROOTS)
     assert closure >= NOT_ROW  # every exclusion is still imported (else drop it here)
     assert tuple(sorted(closure - NOT_ROW)) == nodes.ROW_MODULES
     assert set(RESULT_MODULES) <= set(nodes.ROW_MODULES)
