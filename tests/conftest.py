@@ -80,6 +80,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _clear_stashed_session_parameters() -> Iterator[None]:
+    """Forget the parameters a session created in this process stashed, after each test.
+
+    ``hooks.SweepParamsHook`` stashes a session's parameters (``--params`` included) for the
+    sweep and comparison pipelines to read when they are built; left over from one test, they
+    would decide the seeds or grid another test's ``create_pipeline()`` builds, depending on
+    the order the tests run in.
+    """
+    yield
+    hooks = sys.modules.get("cxr_spurious.hooks")
+    if hooks is not None:
+        hooks._PARAMS = None
+        hooks._SWEEP_PARAMS = None
+
+
 @pytest.fixture
 def chexlocalize_sample() -> Path:
     """The real CheXlocalize sample kept in ``tests/fixtures`` (never skipped)."""

@@ -17,6 +17,8 @@ from cxr_spurious.variants import STUDY_MODELS
 
 OPTIONAL_SOURCES = {
     "report_headline_table": "headline_table",
+    "report_headline_table_seeds": "headline_table_seeds",
+    "report_headline_paired_differences": "headline_paired_differences",
     "report_sweep_summary": "sweep_summary",
     "report_shortcut_detection": "shortcut_detection",
     "report_study_findings_written": "study_findings",  # only when its file was written
@@ -57,6 +59,8 @@ def test_build_report_loads_partitions_and_keeps_only_the_human_benchmark_tables
         inputs.robustness_summary,
         inputs.calibration,
         inputs.fairness_gaps,
+        None,
+        None,
         None,
         None,
         None,
@@ -105,7 +109,8 @@ def test_optional_tables_read_the_files_their_pipelines_write(tmp_path):
         if source in config:  # the sweep's catalog may name its own files
             inner = config[source].get("dataset", config[source])
             assert config[entry]["dataset"]["filepath"] == inner["filepath"], entry
-    assert "headline_table" in config  # the check above has something to check
+    # the checks above have something to check
+    assert {"headline_table", "headline_table_seeds", "headline_paired_differences"} <= set(config)
     catalog = DataCatalog.from_config(
         {
             "t": {

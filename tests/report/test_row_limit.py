@@ -36,6 +36,8 @@ def _build(max_rows: object) -> str:
         None,
         None,
         None,
+        None,
+        None,
         title="t",
         max_rows=max_rows,  # type: ignore[arg-type]
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import os
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -54,20 +54,36 @@ def test_optional_dataset_gives_the_files_modification_time(tmp_path) -> None:
         OptionalDataset(config, returns="mtime")
 
 
-def _report_from_files(tmp_path, headline_written: datetime, findings_written: datetime) -> str:
-    """The report node with the comparison's table and the findings' time read through the
-    report's own catalog entries (their paths moved to ``tmp_path``)."""
+#: The comparison's tables the report reads: catalog entry, synthetic table.
+COMPARISON = {
+    "report_headline_table": synthetic.headline_table,
+    "report_headline_table_seeds": synthetic.headline_table_seeds,
+    "report_headline_paired_differences": synthetic.headline_paired_differences,
+}
+
+
+def _report_from_files(
+    tmp_path, headline_written: datetime | dict[str, datetime], findings_written: datetime
+) -> str:
+    """The report node with the comparison's tables and the findings' time read through the
+    report's own catalog entries (their paths moved to ``tmp_path``).
+
+    ``headline_written``: when ``headline_table.csv`` was written (the other comparison
+    tables are then not written), or when each of the ``COMPARISON`` entries it names was.
+    """
+    if isinstance(headline_written, datetime):
+        headline_written = {"report_headline_table": headline_written}
     config = _catalog_config()
-    headline = tmp_path / "headline_table.csv"
     findings = tmp_path / "study_findings.csv"
-    synthetic.headline_table().to_csv(headline, index=False)
     synthetic.findings().to_csv(findings, index=False)
-    _touch(headline, headline_written)
     _touch(findings, findings_written)
-    entries = {
-        "report_headline_table": headline,
-        "report_study_findings_written": findings,
-    }
+    entries = {"report_study_findings_written": findings}
+    for entry in COMPARISON:
+        path = tmp_path / f"{entry}.csv"
+        entries[entry] = path
+        if entry in headline_written:
+            COMPARISON[entry]().to_csv(path, index=False)
+            _touch(path, headline_written[entry])
     catalog = DataCatalog.from_config(
         {
             name: {**config[name], "dataset": {**config[name]["dataset"], "filepath": str(path)}}
@@ -87,7 +103,7 @@ def _report_from_files(tmp_path, headline_written: datetime, findings_written: d
         inputs.robustness_summary,
         inputs.calibration,
         inputs.fairness_gaps,
-        catalog.load("report_headline_table"),
+        *(catalog.load(entry) for entry in COMPARISON),
         None,
         None,
         title="t",
@@ -108,6 +124,30 @@ def test_a_table_written_after_the_study_findings_is_dated_without_a_note(tmp_pa
     text = _text(_report_from_files(tmp_path, TODAY, MONTH_AGO), "comparison")
     assert "headline_table.csv: written 2026-12-06 08:15 UTC" in text
     assert "Older than" not in text
+
+
+def test_each_comparison_table_has_its_own_time(tmp_path) -> None:
+    """The tables over seeds, read from CSV files through the report's catalog entries: the
+    paired differences a month old (flagged), the table over seeds current, no seed-0 table."""
+    written = {
+        "report_headline_table_seeds": TODAY,
+        "report_headline_paired_differences": MONTH_AGO,
+    }
+    text = _text(_report_from_files(tmp_path, written, TODAY - timedelta(hours=1)), "comparison")
+    assert "headline_table_seeds.csv: written 2026-12-06 08:15 UTC" in text
+    assert "headline_paired_differences.csv: written 2026-11-06 06:40 UTC" in text
+    assert text.count("Older than the study findings") == 1
+    older = text.index("Older than the study findings")
+    assert text.index("headline_paired_differences.csv: written") < older
+    assert "(written 2026-12-06 07:15 UTC)" in text
+    # read back from CSV ("0,1,2" stays text), the cells are as built from the tables
+    assert "0.90 [0.72, 1.08], p = 0.002 (adj. 0.023)" in text
+    assert " 0,1,2 " in text
+    # the seed-0 table was not written: named, not an error
+    assert (
+        "Not written: data/08_reporting/comparison/headline_table.csv (kedro run --pipeline "
+        "comparison, then kedro run --pipeline report)." in text
+    )
 
 
 def test_each_sweep_table_has_its_own_time() -> None:
@@ -166,6 +206,8 @@ def test_the_audits_cut_fairness_table_names_the_per_model_files() -> None:
 
 def test_the_files_the_page_names_are_the_catalogs() -> None:
     config = _catalog_config()
+    # the comparison's tables over seeds are named too (and checked below)
+    assert {"headline_table_seeds", "headline_paired_differences"} <= set(SOURCES)
     for name, path in SOURCES.items():
         if name in ("calibration", "fairness_gaps"):
             entry = config[f"{{variant}}.{name}"]

@@ -4,7 +4,10 @@
 and returns the page (``cxr_spurious.report.html``). Its sections, in order, are
 ``SECTIONS``; the comparison and sweep sections are ``OPTIONAL``: when their tables do not
 exist (those pipelines run on request) the section is left out and the page says so under
-"Not in this report". Every section opens with one sentence on how to read it.
+"Not in this report". Every section opens with one sentence on how to read it. The
+comparison section shows those of its tables that exist (``COMPARISON_TABLES``): the study's
+training seed, the comparison over training seeds, and each variant minus erm paired over
+seeds (one cell per metric, ``paired_cell``), each with its ``ci_note``.
 
 The optional tables come from runs on request, possibly long before this one: under each,
 the page says when its file was written (``StudyReportInputs.written``), with a note when
@@ -14,6 +17,7 @@ the file that holds all of it (``SOURCES``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -97,9 +101,11 @@ READ: dict[str, str] = {
         "between subgroups at the chosen operating point (0 = equal)."
     ),
     "comparison": (
-        "One row per debiasing variant of the comparison pipeline: compare each variant's "
-        "worst-group and robust AUROC (with CIs) with erm's, the model that learned the "
-        "shortcut."
+        "One row per debiasing variant of the comparison pipeline, to compare with erm, the "
+        "model that learned the shortcut: the first table is the study's training seed "
+        "(training.seed, 0 by default), whose CIs show test sampling only; the tables over "
+        "training seeds show how the results move when every model is retrained; trust a "
+        "paired difference from erm whose adjusted p (adj.) is small, not the uncorrected p."
     ),
     "sweep": (
         "Per cell of the shortcut sweep (artefact x strength, across seeds) the measures with "
@@ -120,19 +126,24 @@ SOURCES: dict[str, str] = {
     "calibration": "data/08_reporting/robustness/<model>/calibration.csv",
     "fairness_gaps": "data/08_reporting/robustness/<model>/fairness_gaps.csv",
     "headline_table": "data/08_reporting/comparison/headline_table.csv",
+    "headline_table_seeds": "data/08_reporting/comparison/headline_table_seeds.csv",
+    "headline_paired_differences": "data/08_reporting/comparison/headline_paired_differences.csv",
     "sweep_summary": "data/08_reporting/sweep/sweep_summary.csv",
     "shortcut_detection": "data/08_reporting/sweep/shortcut_detection.csv",
 }
 #: The pipeline that writes each optional table (named in the note on an old one).
 WRITTEN_BY: dict[str, str] = {
     "headline_table": "comparison",
+    "headline_table_seeds": "comparison",
+    "headline_paired_differences": "comparison",
     "sweep_summary": "sweep",
     "shortcut_detection": "sweep",
 }
 
 MISSING: dict[str, str] = {
     "comparison": (
-        "Debiasing comparison: headline_table has not been written "
+        "Debiasing comparison: headline_table, headline_table_seeds and "
+        "headline_paired_differences have not been written "
         "(kedro run --pipeline comparison, then kedro run --pipeline report)."
     ),
     "sweep": (
@@ -160,10 +171,15 @@ class StudyReportInputs:
         calibration: ``<m>.calibration`` of every model, stacked with a ``model`` column.
         fairness_gaps: ``<m>.fairness_gaps`` of every model, stacked likewise.
         headline_table: ``headline_table`` or ``None`` when it does not exist.
+        headline_table_seeds: ``headline_table_seeds`` (the comparison over training
+            seeds) or ``None``.
+        headline_paired_differences: ``headline_paired_differences`` (each variant minus
+            erm, paired over seeds) or ``None``.
         sweep_summary: ``sweep_summary`` or ``None``.
         shortcut_detection: ``shortcut_detection`` or ``None``.
         written: When the files of ``study_findings`` and of the optional tables
-            (``headline_table``, ``sweep_summary``, ``shortcut_detection``) were last
+            (``headline_table``, ``headline_table_seeds``, ``headline_paired_differences``,
+            ``sweep_summary``, ``shortcut_detection``) were last
             written (timezone-aware; ``None`` or absent: an optional table's own
             ``attrs["written_utc"]``, which ``OptionalDataset`` sets, else not known).
     """
@@ -180,6 +196,8 @@ class StudyReportInputs:
     calibration: pd.DataFrame
     fairness_gaps: pd.DataFrame
     headline_table: pd.DataFrame | None = None
+    headline_table_seeds: pd.DataFrame | None = None
+    headline_paired_differences: pd.DataFrame | None = None
     sweep_summary: pd.DataFrame | None = None
     shortcut_detection: pd.DataFrame | None = None
     written: Mapping[str, datetime | None] = field(default_factory=dict)
@@ -424,6 +442,238 @@ def _optional_table(
     )
 
 
+#: The comparison's tables, in the order its section shows them.
+COMPARISON_TABLES: tuple[str, ...] = (
+    "headline_table",
+    "headline_table_seeds",
+    "headline_paired_differences",
+)
+#: The column of a comparison table that says what its intervals (and p-values) are.
+CI_NOTE = "ci_note"
+#: Columns of the comparison tables that count seeds, or list them ("0,1,2"; a lone seed
+#: is read back from the CSV as a number): shown as they are written, not as "0.00".
+SEED_COUNTS: tuple[str, ...] = ("n_seeds", "n_pairs", "seeds")
+#: The smallest p-value printed as a number; a smaller one prints as ``p < 0.001``.
+P_FLOOR = 0.001
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a float when it is a finite number, else None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _p_value(p: float, equals: str = "") -> str:
+    return f"< {P_FLOOR:g}" if p < P_FLOOR else f"{equals}{p:.3f}"
+
+
+def paired_cell(
+    ci: str,
+    p: object = None,
+    p_adj: object = None,
+    n: object = None,
+    n_pairs: object = None,
+) -> str:
+    """One metric of a paired difference as one cell: ``0.90 [0.72, 1.08], p = 0.002 (adj. 0.023)``.
+
+    Args:
+        ci: The mean difference with its interval (``with_cis``); empty: the metric is not
+            defined for the row, and the cell is empty.
+        p: The paired test's p-value, shown with three decimals (``p < 0.001`` below
+            ``P_FLOOR``); left out when not a finite number.
+        p_adj: The p-value adjusted for multiplicity, shown as ``(adj. ...)`` only when it
+            is a finite number (tables written before the adjustment have none).
+        n: The pairs where the metric is defined, and ``n_pairs`` all the row's pairs:
+            ``2 of 3 pairs`` is added when ``n`` is fewer.
+    """
+    if not ci:
+        return ""
+    parts = [ci]
+    p_number = _finite(p)
+    if p_number is not None:
+        text = f"p {_p_value(p_number, '= ')}"
+        adjusted = _finite(p_adj)
+        if adjusted is not None:
+            text += f" (adj. {_p_value(adjusted)})"
+        parts.append(text)
+    k, total = _finite(n), _finite(n_pairs)
+    if k is not None and total is not None and k < total:
+        parts.append(f"{k:g} of {total:g} pairs")
+    return ", ".join(parts)
+
+
+def _count_text(values: pd.Series) -> list[str]:
+    """Seed counts and seed lists as written: ``3``, ``0``, ``0,1,2`` (not ``0.00``)."""
+    out = []
+    for v in values:
+        number = _finite(v)
+        if number is not None and number.is_integer():
+            out.append(str(int(number)))
+        else:
+            out.append("" if pd.isna(v) else str(v))
+    return out
+
+
+def _with_count_text(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return table.assign(**{c: _count_text(table[c]) for c in columns if c in table.columns})
+
+
+def _one_note(table: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The table without its ``ci_note`` column and that note, when every row has the same
+    one (the note is then said once under the table); else the table as it is."""
+    if CI_NOTE not in table.columns:
+        return table, None
+    notes = {str(v).strip() for v in table[CI_NOTE].dropna()} - {""}
+    if len(notes) > 1:  # rows with their own notes keep them in the table
+        return table, None
+    return table.drop(columns=CI_NOTE), (notes.pop() if notes else None)
+
+
+def _note_line(note: str | None) -> str:
+    return paragraph(f"The table's note (ci_note): {note}", "written") if note else ""
+
+
+def headline_seeds_table(table: pd.DataFrame) -> pd.DataFrame:
+    """``headline_table_seeds`` as the page shows it: each metric's mean over seeds with its
+    interval in one cell (``with_cis``, every number with two decimals); a ``<m>_n`` column
+    (the seeds where ``<m>`` is defined) only when it is below ``n_seeds`` in some row."""
+    columns = [str(c) for c in table.columns]
+    counts = [c for c in columns if c.endswith("_n") and c[: -len("_n")] in columns]
+    n_seeds = pd.to_numeric(table["n_seeds"], errors="coerce") if "n_seeds" in columns else None
+    full = [
+        c
+        for c in counts
+        if n_seeds is not None and bool((pd.to_numeric(table[c], errors="coerce") >= n_seeds).all())
+    ]
+    shown = with_cis(table.drop(columns=full), fixed=True)
+    return _with_count_text(shown, [*SEED_COUNTS, *(c for c in counts if c not in full)])
+
+
+def paired_differences_table(table: pd.DataFrame) -> pd.DataFrame:
+    """``headline_paired_differences`` as the page shows it: one cell per metric
+    (``paired_cell``: the mean difference, its interval, p and the adjusted p).
+
+    The metrics are the columns ``<m>`` with ``<m>_lo``, ``<m>_hi`` and ``<m>_p``; their
+    ``<m>_p_adj`` (absent in tables written before the adjustment) and ``<m>_n`` go into the
+    cell. Other columns are kept as they are; a table with no such metric is shown through
+    ``with_cis``.
+    """
+    columns = [str(c) for c in table.columns]
+    metrics = [
+        c[: -len("_p")]
+        for c in columns
+        if c.endswith("_p") and {c[:-2], f"{c[:-2]}_lo", f"{c[:-2]}_hi"} <= set(columns)
+    ]
+    if not metrics:
+        return _with_count_text(with_cis(table, fixed=True), list(SEED_COUNTS))
+    suffixes = ("", "_lo", "_hi", "_p", "_p_adj", "_n")
+    derived = {f"{m}{s}" for m in metrics for s in suffixes}
+    cis = with_cis(table[[f"{m}{s}" for m in metrics for s in ("", "_lo", "_hi")]], fixed=True)
+    out = table[[c for c in table.columns if c not in derived]]
+    out = _with_count_text(out, list(SEED_COUNTS))
+    none = [None] * len(table)
+
+    def column(name: str) -> list[object]:
+        return list(table[name]) if name in columns else none
+
+    cells = {
+        m: [
+            paired_cell(*values)
+            for values in zip(
+                cis[m],
+                column(f"{m}_p"),
+                column(f"{m}_p_adj"),
+                column(f"{m}_n"),
+                column("n_pairs"),
+            )
+        ]
+        for m in metrics
+    }
+    return out.assign(**cells)
+
+
+def _seed_heading(table: pd.DataFrame) -> str:
+    """The heading of ``headline_table``: its seed when the table has one ``seed``."""
+    seeds = _count_text(table["seed"].dropna()) if "seed" in table.columns else []
+    if len(set(seeds)) == 1:
+        return f"Training seed {seeds[0]}"
+    return "The study's training seed (training.seed)"
+
+
+def _comparison(inputs: StudyReportInputs, max_rows: int) -> str:
+    """The comparison section: the tables of ``COMPARISON_TABLES`` that exist, each with when
+    its file was written and its ``ci_note``; empty when none exists."""
+    parts: list[str] = []
+    table = inputs.headline_table
+    if table is not None:
+        shown, note = _one_note(table)
+        parts += [
+            heading(_seed_heading(table)),
+            _written("headline_table", table, inputs),
+            table_html(with_cis(shown), max_rows=max_rows, source=SOURCES["headline_table"]),
+            _note_line(note),
+        ]
+    table = inputs.headline_table_seeds
+    if table is not None:
+        shown, note = _one_note(table)
+        parts += [
+            heading("Over training seeds"),
+            _written("headline_table_seeds", table, inputs),
+            table_html(
+                headline_seeds_table(shown),
+                max_rows=max_rows,
+                source=SOURCES["headline_table_seeds"],
+            ),
+            _note_line(note),
+        ]
+    table = inputs.headline_paired_differences
+    if table is not None:
+        shown, note = _one_note(table)
+        references = (
+            {str(v) for v in table["reference"].dropna()} if "reference" in table.columns else set()
+        )
+        reference = references.pop() if len(references) == 1 else None
+        if reference is not None:
+            shown = shown.drop(columns="reference")
+        parts += [
+            heading(f"Each variant minus {reference or 'its reference'} (paired over seeds)"),
+            _written("headline_paired_differences", table, inputs),
+            table_html(
+                paired_differences_table(shown),
+                max_rows=max_rows,
+                source=SOURCES["headline_paired_differences"],
+            ),
+            _note_line(note),
+        ]
+        if any(str(c).endswith("_p") for c in table.columns) and not any(
+            str(c).endswith("_p_adj") for c in table.columns
+        ):
+            parts.append(
+                paragraph(
+                    "This file has no adjusted p-values (written before they were added): "
+                    "kedro run --pipeline comparison, then kedro run --pipeline report, adds "
+                    "them.",
+                    "note",
+                )
+            )
+    if parts:
+        missing = [SOURCES[n] for n in COMPARISON_TABLES if getattr(inputs, n) is None]
+        if missing:
+            parts.append(
+                paragraph(
+                    f"Not written: {', '.join(missing)} (kedro run --pipeline comparison, "
+                    "then kedro run --pipeline report).",
+                    "note",
+                )
+            )
+    return "".join(parts)
+
+
 def _subtitle(findings: pd.DataFrame) -> str:
     models = ", ".join(str(m) for m in findings["model"]) if "model" in findings else ""
     tasks = sorted({str(t) for t in findings["task"]}) if "task" in findings else []
@@ -460,10 +710,9 @@ def build_study_report(
         "regression": figure_html(inputs.regression_forest_plot, name="regression_forest_plot"),
         "robustness": _robustness(inputs, max_rows),
     }
-    if inputs.headline_table is not None:
-        bodies["comparison"] = _optional_table(
-            "headline_table", inputs.headline_table, inputs, max_rows
-        )
+    comparison = _comparison(inputs, max_rows)
+    if comparison:
+        bodies["comparison"] = comparison
     sweep = []
     if inputs.sweep_summary is not None:
         sweep += [

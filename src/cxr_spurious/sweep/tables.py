@@ -171,7 +171,8 @@ def by_supervision(summary: pd.DataFrame, metric: str, *, digits: int = 2) -> pd
 
 def paired_table(paired: pd.DataFrame, metric: str, *, digits: int = 2) -> pd.DataFrame:
     """``metric``'s paired differences per artefact x strength (rows) and pair (columns):
-    ``d [lo, hi], p = ...`` (paired t interval and test across seeds), with
+    ``d [lo, hi], p = ... (adj. ...)`` (paired t interval and test across seeds, and the
+    p-value adjusted for multiplicity, ``<metric>_p_adj``, where the table has it), with
     ``(n = k of m pairs)`` where the metric is defined for fewer pairs (``<metric>_n``) than
     were matched (``n_pairs``).
 
@@ -202,9 +203,16 @@ def paired_table(paired: pd.DataFrame, metric: str, *, digits: int = 2) -> pd.Da
         for p, f in zip(table["pair"], table["location_fraction"])
     ]
     text = with_cis(table[[metric, f"{metric}_lo", f"{metric}_hi"]], digits, fixed=True)[metric]
+    adjusted = (
+        table[f"{metric}_p_adj"]
+        if f"{metric}_p_adj" in table.columns
+        else pd.Series(np.nan, index=table.index)  # a table written before _p_adj existed
+    )
     table["value"] = [
-        t if not t else f"{t}, p {_p(p)}{n}"
-        for t, p, n in zip(text, table[f"{metric}_p"], _defined_pairs(table, metric))
+        t if not t else f"{t}, p {_p(p)}{'' if np.isnan(q) else f' (adj. {_p(q)})'}{n}"
+        for t, p, q, n in zip(
+            text, table[f"{metric}_p"], adjusted.astype(float), _defined_pairs(table, metric)
+        )
     ]
     order = table[["pair", "location_fraction", "pair_name"]].drop_duplicates()
     shared = order[order.duplicated("pair_name", keep=False)]
@@ -469,6 +477,12 @@ def render_sweep_tables(
         f"{level_text(detection_level)} bootstrap CI over models; false flags: "
         f"{level_text(detection_level)} Wilson interval.",
     ]
+    if "p_adj_note" in paired.columns and not paired.empty:
+        note = str(paired["p_adj_note"].iloc[0]).removeprefix("p_adj: ")
+        parts[-1] = parts[-1].replace(
+            "t interval and p-value.",
+            f"t interval and p-value; adj.: {note}.",
+        )
     for metric, title in metrics:
         if metric not in summary.columns:
             continue

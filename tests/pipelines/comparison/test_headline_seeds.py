@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.pipelines.comparison.nodes import (
     HEADLINE_METRICS,
     stack_seed_tables,
@@ -116,3 +117,34 @@ def test_a_repeated_seed_or_a_missing_erm_is_an_error() -> None:
     no_erm = _per_seed().query("variant != 'erm'")
     with pytest.raises(ContractError, match="no row with variant = 'erm'"):
         summarise_headline_seeds(no_erm, 0.95)
+
+
+def test_paired_p_values_are_adjusted_per_metric_with_holm_by_default() -> None:
+    _, paired = summarise_headline_seeds(_per_seed(), 0.95)
+    for m in HEADLINE_METRICS:
+        p = paired[f"{m}_p"].to_numpy(dtype=float)
+        keep = np.isfinite(p)
+        expected = np.full(p.size, np.nan)
+        expected[keep] = multipletests(p[keep], method="holm")[1]
+        np.testing.assert_allclose(paired[f"{m}_p_adj"], expected)
+    assert "Holm (family-wise error) over each metric within each task" in paired["ci_note"][0]
+
+
+def test_the_table_family_and_fdr_follow_the_parameter() -> None:
+    settings = {"method": "fdr_bh", "family": "table"}
+    _, paired = summarise_headline_seeds(_per_seed(), 0.95, settings)
+    cols = [f"{m}_p" for m in HEADLINE_METRICS]
+    p = paired[cols].to_numpy(dtype=float).ravel()
+    keep = np.isfinite(p)
+    expected = np.full(p.size, np.nan)
+    expected[keep] = multipletests(p[keep], method="fdr_bh")[1]
+    adjusted = paired[[f"{m}_p_adj" for m in HEADLINE_METRICS]].to_numpy(dtype=float).ravel()
+    np.testing.assert_allclose(adjusted, expected)
+    assert "Benjamini-Hochberg" in paired["ci_note"][0]
+
+
+def test_an_unknown_multiplicity_setting_names_the_key() -> None:
+    with pytest.raises(ParameterError, match="comparison.multiplicity.method"):
+        summarise_headline_seeds(_per_seed(), 0.95, {"method": "sidak"})
+    with pytest.raises(ParameterError, match=r"comparison.multiplicity.*\['level'\]"):
+        summarise_headline_seeds(_per_seed(), 0.95, {"level": 0.05})

@@ -195,6 +195,7 @@ NOT_ROW = {
     "cxr_spurious.pipelines.sweep.pipeline",
     "cxr_spurious.pipelines.training.pipeline",
     "cxr_spurious.sweep.summary",
+    "cxr_spurious.stats.multiplicity",  # adjusts the paired table, after the rows
     "cxr_spurious.sweep.detection",
     "cxr_spurious.sweep.figures",
     "cxr_spurious.sweep.tables",

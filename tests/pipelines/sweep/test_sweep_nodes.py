@@ -9,9 +9,10 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from statsmodels.stats.multitest import multipletests
 
 from cxr_spurious.datasets.skippable import SKIPPED, SkippableDataset, is_skipped
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.hooks import SweepParamsHook, stashed_sweep_params
 from cxr_spurious.pipelines.sweep import nodes
 from cxr_spurious.pipelines.sweep import pipeline as sweep_pipeline
@@ -294,3 +295,69 @@ def test_a_skipped_model_gets_no_heatmaps() -> None:
         SKIPPED, {"name": "sweep"}, cache, manifest, ["gradcam"], None, "test", 4, 0, 4, "cpu", None
     )
     assert is_skipped(out)
+
+
+def _pair_rows() -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    return pd.DataFrame(
+        [
+            {
+                "artefact": "tube_random",
+                "strength": strength,
+                "p_given_ptx": p1,
+                "p_given_no_ptx": p0,
+                "supervision": sup,
+                "location_fraction": frac,
+                "seed": seed,
+                "artefact_reliance": (p1 - p0) * (sup == "erm") + rng.normal(0, 0.05),
+                "robust_auroc": 0.8 - 0.2 * (p1 - p0) * (sup == "erm") + rng.normal(0, 0.05),
+            }
+            for strength, (p1, p0) in {
+                "none": (0.5, 0.5),
+                "medium": (0.7, 0.3),
+                "strong": (0.9, 0.1),
+            }.items()
+            for sup, frac in (("erm", 0.0), ("seg", 1.0), ("box", 1.0))
+            for seed in range(3)
+        ]
+    )
+
+
+def test_paired_differences_are_adjusted_per_metric_and_pair_over_the_cells() -> None:
+    summary_params = {"ci_level": 0.95, "pairs": [["seg", "erm"], ["box", "erm"]]}
+    summary, paired = nodes.summarise_sweep(_pair_rows(), summary_params)
+    assert set(paired["pair"]) == {"seg - erm", "box - erm"}
+    for metric in ("artefact_reliance", "robust_auroc"):
+        for _, family in paired.groupby("pair"):
+            assert len(family) == 3  # one test per strength
+            expected = multipletests(family[f"{metric}_p"], method="holm")[1]
+            np.testing.assert_allclose(family[f"{metric}_p_adj"], expected)
+    assert paired["p_adj_note"].iloc[0].startswith("p_adj: Holm (family-wise error) over each")
+    text = nodes.write_sweep_tables(
+        summary,
+        paired,
+        pd.DataFrame(),
+        {"onset_threshold": 0.05, "study_cell": None},
+        {"ci_level": 0.95},
+        {"ci_level": 0.95},
+    )
+    assert "adj.: Holm (family-wise error) over each metric within each pair and" in text
+    strong = paired[(paired["pair"] == "seg - erm") & (paired["strength"] == "strong")].iloc[0]
+    q = strong["artefact_reliance_p_adj"]
+    assert f"(adj. {'< 0.001' if q < 0.001 else f'= {q:.3f}'})" in text
+
+
+def test_the_sweep_multiplicity_parameter_is_read_and_checked() -> None:
+    settings = {
+        "ci_level": 0.95,
+        "pairs": [["seg", "erm"], ["box", "erm"]],
+        "multiplicity": {"method": "bonferroni", "family": "table"},
+    }
+    _, paired = nodes.summarise_sweep(_pair_rows(), settings)
+    p = paired[["artefact_reliance_p", "robust_auroc_p"]].to_numpy().ravel()
+    adjusted = paired[["artefact_reliance_p_adj", "robust_auroc_p_adj"]].to_numpy().ravel()
+    np.testing.assert_allclose(adjusted, np.minimum(1, np.isfinite(p).sum() * p))
+    with pytest.raises(ParameterError, match="sweep.summary.multiplicity.method"):
+        nodes.summarise_sweep(_pair_rows(), {**settings, "multiplicity": {"method": "x"}})
+    with pytest.raises(ParameterError, match=r"sweep.summary.multiplicity.*\['alpha'\]"):
+        nodes.summarise_sweep(_pair_rows(), {**settings, "multiplicity": {"alpha": 0.1}})

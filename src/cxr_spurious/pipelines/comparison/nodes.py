@@ -22,6 +22,7 @@ from cxr_spurious.robustness.evaluation import (
     settings_differences,
 )
 from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.stats.multiplicity import adjust_table, check_method, family_note
 from cxr_spurious.stats.seeds import SEED_COLUMN, paired_over_seeds, summarise_over_seeds
 from cxr_spurious.training.checkpoints import (
     changed_code_modules,
@@ -374,15 +375,24 @@ def stack_seed_tables(**tables: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarise_headline_seeds(
-    per_seed: pd.DataFrame, level: float
+    per_seed: pd.DataFrame, level: float, multiplicity: dict[str, str] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``headline_table_seeds`` and ``headline_paired_differences`` from the per-seed rows.
 
     ``headline_table_seeds``: one row per variant and task, each headline metric's mean over
     the training seeds with a Student t interval across seeds (``stats.seeds.t_interval``),
     ``n_seeds`` and ``ci_note``. ``headline_paired_differences``: every variant minus
-    ``erm`` on the same seed and task, with a paired t interval and p-value.
+    ``erm`` on the same seed and task, with a paired t interval, p-value and
+    ``<metric>_p_adj``, the p-value adjusted for the table's number of tests
+    (``comparison.multiplicity``: ``method`` holm | bonferroni | fdr_bh | none, ``family``
+    metric (each metric within each task) | table; ``stats.multiplicity``).
     """
+    settings = {"method": "holm", "family": "metric", **(multiplicity or {})}
+    unknown = sorted(set(settings) - {"method", "family"})
+    if unknown:
+        raise ParameterError("comparison.multiplicity", f"unknown key(s) {unknown}")
+    method, family = settings["method"], settings["family"]
+    check_method(method, family, key="comparison.multiplicity")
     metrics = list(HEADLINE_METRICS)
     source = "headline_table_per_seed"
     summary = summarise_over_seeds(
@@ -392,10 +402,14 @@ def summarise_headline_seeds(
     paired = paired_over_seeds(
         per_seed, "variant", ERM_VARIANT, ["task"], metrics, level=level, source=source
     )
+    paired = adjust_table(
+        paired, metrics, method=method, family=family, groups=["task"], source=source
+    )
     paired["ci_note"] = (
         f"{level:.0%} paired t interval over training seeds of variant - {ERM_VARIANT} "
-        "(same seed and task); p: paired t-test; <metric>_n: the pairs where the metric is "
-        "defined on both sides (n_pairs counts every paired seed)"
+        "(same seed and task); p: paired t-test; "
+        f"{family_note(method, family, ['task'])}; <metric>_n: the pairs where the metric "
+        "is defined on both sides (n_pairs counts every paired seed)"
     )
     logger.info(
         "headline table over seeds:\n%s",

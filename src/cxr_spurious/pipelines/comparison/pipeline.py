@@ -465,7 +465,11 @@ def create_collectors(seeds: Sequence[int], study_seed: int) -> Pipeline:
             ),
             Node(
                 func=nodes.summarise_headline_seeds,
-                inputs=["headline_table_per_seed", f"{C}.ci_level"],
+                inputs=[
+                    "headline_table_per_seed",
+                    f"{C}.ci_level",
+                    f"{C}.multiplicity",
+                ],
                 outputs=["headline_table_seeds", "headline_paired_differences"],
                 name="summarise_headline_seeds",
                 tags=["comparison", "summary"],

@@ -54,6 +54,8 @@ def build_report(
     calibration: pd.DataFrame,
     fairness_gaps: pd.DataFrame,
     headline_table: pd.DataFrame | None,
+    headline_table_seeds: pd.DataFrame | None,
+    headline_paired_differences: pd.DataFrame | None,
     sweep_summary: pd.DataFrame | None,
     shortcut_detection: pd.DataFrame | None,
     title: str,
@@ -76,7 +78,11 @@ def build_report(
         calibration: Calibration of every model (``stack_calibration``).
         fairness_gaps: Fairness gaps of every model (``stack_fairness_gaps``).
         headline_table: The comparison's table, ``None`` when it has not been run (when
-            its file was written in ``attrs["written_utc"]``, as for the two below).
+            its file was written in ``attrs["written_utc"]``, as for the four below).
+        headline_table_seeds: The comparison over training seeds, ``None`` when it has not
+            been written.
+        headline_paired_differences: Each comparison variant minus erm, paired over seeds,
+            ``None`` likewise.
         sweep_summary: The sweep's summary, ``None`` when it has not been run.
         shortcut_detection: The sweep's detection table, ``None`` likewise.
         title: ``params:report.title``.
@@ -107,11 +113,15 @@ def build_report(
         calibration=calibration,
         fairness_gaps=fairness_gaps,
         headline_table=headline_table,
+        headline_table_seeds=headline_table_seeds,
+        headline_paired_differences=headline_paired_differences,
         sweep_summary=sweep_summary,
         shortcut_detection=shortcut_detection,
         written={
             "study_findings": study_findings_written,
             "headline_table": _written(headline_table),
+            "headline_table_seeds": _written(headline_table_seeds),
+            "headline_paired_differences": _written(headline_paired_differences),
             "sweep_summary": _written(sweep_summary),
             "shortcut_detection": _written(shortcut_detection),
         },

@@ -51,6 +51,8 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
                     "calibration": "report_calibration",
                     "fairness_gaps": "report_fairness_gaps",
                     "headline_table": "report_headline_table",
+                    "headline_table_seeds": "report_headline_table_seeds",
+                    "headline_paired_differences": "report_headline_paired_differences",
                     "sweep_summary": "report_sweep_summary",
                     "shortcut_detection": "report_shortcut_detection",
                     "title": f"{P}.title",

@@ -29,17 +29,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxr_spurious.datasets.skippable import SKIPPED, is_skipped
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.models import model_from_artifact
 from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.stats.multiplicity import adjust_table, check_method, family_note
 from cxr_spurious.sweep.attribution import saliency_table
 from cxr_spurious.sweep.confounding import NO_LESION, ORIGINAL, assign_artefacts, render_name
 from cxr_spurious.sweep.detection import shortcut_detection
 from cxr_spurious.sweep.figures import plot_detection, plot_strength_curves
 from cxr_spurious.sweep.grid import Cell, config_hash
 from cxr_spurious.sweep.metrics import model_metrics, model_row, render_table
-from cxr_spurious.sweep.summary import paired_differences, summarise_cells
+from cxr_spurious.sweep.summary import metric_columns, paired_differences, summarise_cells
 from cxr_spurious.sweep.tables import render_sweep_tables
 from cxr_spurious.training.checkpoints import code_digests
 from cxr_spurious.training.device import setup_for
@@ -55,6 +56,9 @@ logger = logging.getLogger(__name__)
 ARTEFACT_COLUMN = "artefact"
 #: Keys of the ``sweep`` parameters that decide a cell's row besides the cell and training.
 HASHED_SWEEP_KEYS: tuple[str, ...] = ("task", "test_p", "ingestion", "saliency", "metrics")
+#: Columns of ``sweep_paired_differences`` that split a metric's multiplicity family: one
+#: family per compared pair (and location fraction), over the grid's cells.
+PAIR_FAMILY: tuple[str, ...] = ("pair", "location_fraction")
 #: Keys hashed only when set (not null), so that adding them kept earlier rows' hashes.
 OPTIONAL_HASHED_SWEEP_KEYS: tuple[str, ...] = ("test_seed",)
 #: Keys of ``sweep.ingestion`` left out of the hash: the sweep's data pipeline is the ingestion
@@ -452,11 +456,33 @@ def collect_sweep_models(*rows_then_plans: Any) -> pd.DataFrame:
 def summarise_sweep(
     models: pd.DataFrame, summary: Mapping[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``sweep_summary`` (per cell, across seeds) and ``sweep_paired_differences``."""
+    """``sweep_summary`` (per cell, across seeds) and ``sweep_paired_differences``.
+
+    ``sweep_paired_differences`` gets ``<metric>_p_adj`` beside each p-value:
+    ``summary.multiplicity`` (``method`` holm | bonferroni | fdr_bh | none, ``family``
+    metric: each metric within each pair and location fraction, over the grid's cells |
+    table: every p-value), Holm within each metric and pair when it is not set.
+    """
     level = float(summary["ci_level"])
     pairs = [tuple(p) for p in summary["pairs"]]
+    settings = {"method": "holm", "family": "metric", **dict(summary.get("multiplicity") or {})}
+    unknown = sorted(set(settings) - {"method", "family"})
+    if unknown:
+        raise ParameterError("sweep.summary.multiplicity", f"unknown key(s) {unknown}")
+    check_method(settings["method"], settings["family"], key="sweep.summary.multiplicity")
     cells = summarise_cells(models, level=level)
-    paired = paired_differences(models, pairs, level=level)
+    metrics = metric_columns(models)
+    paired = paired_differences(models, pairs, metrics=metrics, level=level)
+    if not paired.empty:
+        paired = adjust_table(
+            paired,
+            metrics,
+            method=settings["method"],
+            family=settings["family"],
+            groups=PAIR_FAMILY,
+            source="sweep_paired_differences",
+        )
+        paired["p_adj_note"] = family_note(settings["method"], settings["family"], PAIR_FAMILY)
     return cells, paired
 
 
