@@ -605,6 +605,25 @@ def _seed_heading(table: pd.DataFrame) -> str:
     return "The study's training seed (training.seed)"
 
 
+def _comparison_block(
+    name: str,
+    title: str,
+    table: pd.DataFrame,
+    shown: pd.DataFrame,
+    note: str | None,
+    inputs: StudyReportInputs,
+    max_rows: int,
+) -> list[str]:
+    """One comparison table: its heading, when its file was written, the table as shown and
+    its ``ci_note``."""
+    return [
+        heading(title),
+        _written(name, table, inputs),
+        table_html(shown, max_rows=max_rows, source=SOURCES[name]),
+        _note_line(note),
+    ]
+
+
 def _comparison(inputs: StudyReportInputs, max_rows: int) -> str:
     """The comparison section: the tables of ``COMPARISON_TABLES`` that exist, each with when
     its file was written and its ``ci_note``; empty when none exists."""
@@ -612,25 +631,21 @@ def _comparison(inputs: StudyReportInputs, max_rows: int) -> str:
     table = inputs.headline_table
     if table is not None:
         shown, note = _one_note(table)
-        parts += [
-            heading(_seed_heading(table)),
-            _written("headline_table", table, inputs),
-            table_html(with_cis(shown), max_rows=max_rows, source=SOURCES["headline_table"]),
-            _note_line(note),
-        ]
+        parts += _comparison_block(
+            "headline_table", _seed_heading(table), table, with_cis(shown), note, inputs, max_rows
+        )
     table = inputs.headline_table_seeds
     if table is not None:
         shown, note = _one_note(table)
-        parts += [
-            heading("Over training seeds"),
-            _written("headline_table_seeds", table, inputs),
-            table_html(
-                headline_seeds_table(shown),
-                max_rows=max_rows,
-                source=SOURCES["headline_table_seeds"],
-            ),
-            _note_line(note),
-        ]
+        parts += _comparison_block(
+            "headline_table_seeds",
+            "Over training seeds",
+            table,
+            headline_seeds_table(shown),
+            note,
+            inputs,
+            max_rows,
+        )
     table = inputs.headline_paired_differences
     if table is not None:
         shown, note = _one_note(table)
@@ -640,16 +655,15 @@ def _comparison(inputs: StudyReportInputs, max_rows: int) -> str:
         reference = references.pop() if len(references) == 1 else None
         if reference is not None:
             shown = shown.drop(columns="reference")
-        parts += [
-            heading(f"Each variant minus {reference or 'its reference'} (paired over seeds)"),
-            _written("headline_paired_differences", table, inputs),
-            table_html(
-                paired_differences_table(shown),
-                max_rows=max_rows,
-                source=SOURCES["headline_paired_differences"],
-            ),
-            _note_line(note),
-        ]
+        parts += _comparison_block(
+            "headline_paired_differences",
+            f"Each variant minus {reference or 'its reference'} (paired over seeds)",
+            table,
+            paired_differences_table(shown),
+            note,
+            inputs,
+            max_rows,
+        )
         if any(str(c).endswith("_p") for c in table.columns) and not any(
             str(c).endswith("_p_adj") for c in table.columns
         ):
