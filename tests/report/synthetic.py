@@ -152,7 +152,7 @@ SEEDS_NOTE = (
 )
 PAIRED_NOTE = (
     "95% paired t interval over training seeds of variant - erm (same seed and task); p: "
-    "paired t-test; p_adj: Holm (family-wise error) over each metric within each task; the "
+    "paired t-test; p_adj: Holm (family-wise error) over each metric and task; the "
     "intervals are not adjusted; <metric>_n: the pairs where the metric is defined on both "
     "sides (n_pairs counts every paired seed)"
 )
@@ -212,7 +212,7 @@ def headline_paired_differences(*, adjusted: bool = True) -> pd.DataFrame:
     if adjusted:
         return table
     note = PAIRED_NOTE.replace(
-        "p_adj: Holm (family-wise error) over each metric within each task; the intervals are "
+        "p_adj: Holm (family-wise error) over each metric and task; the intervals are "
         "not adjusted; ",
         "",
     )

@@ -143,7 +143,7 @@ def test_the_adjusted_p_only_where_the_table_has_it() -> None:
     assert paired[1]["worst_group_auroc"] == "0.19 [0.16, 0.22], p < 0.001"
     assert not any("adj." in cell for row in paired for cell in row.values())
     old_note = synthetic.PAIRED_NOTE.replace(
-        "p_adj: Holm (family-wise error) over each metric within each task; the intervals are "
+        "p_adj: Holm (family-wise error) over each metric and task; the intervals are "
         "not adjusted; ",
         "",
     )

@@ -124,8 +124,7 @@ def test_empty_table_gets_the_columns() -> None:
 
 def test_family_note_names_method_and_scope() -> None:
     assert family_note("holm", "metric", ["task"]) == (
-        "p_adj: Holm (family-wise error) over each metric within each task; "
-        "the intervals are not adjusted"
+        "p_adj: Holm (family-wise error) over each metric and task; the intervals are not adjusted"
     )
     assert "every p-value of the table" in family_note("fdr_bh", "table")
     assert "equal to p" in family_note("none", "metric")

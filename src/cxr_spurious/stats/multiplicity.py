@@ -4,7 +4,8 @@ A comparison table tests every variant against a reference on several metrics, s
 uncorrected p-values fall under 0.05 by chance alone (55 tests give about 2.75 such
 p-values when no variant changes anything). ``adjust_p`` returns the adjusted p-values of
 one family of tests; ``adjust_table`` adds ``<metric>_p_adj`` beside every ``<metric>_p``
-column of a paired table, with the family chosen by the caller:
+column of a paired table (``adjust_column``: one ``p_adj`` column of a table with one test
+per row), with the family chosen by the caller:
 
 * ``family="metric"``: each metric column (within each ``groups`` value, e.g. each task)
   is one family: "does any variant change this metric?".
@@ -24,7 +25,8 @@ NaN p-values (an undefined test) stay NaN and do not count in the family size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +44,22 @@ def check_method(method: str, family: str = "metric", *, key: str = "multiplicit
         raise ParameterError(f"{key}.method", f"must be one of {list(METHODS)}, got {method!r}")
     if family not in FAMILIES:
         raise ParameterError(f"{key}.family", f"must be one of {list(FAMILIES)}, got {family!r}")
+
+
+def read_settings(value: Mapping[str, Any] | None, key: str) -> tuple[str, str]:
+    """``(method, family)`` of a ``multiplicity`` parameter block (Holm per metric when it is
+    not set), checked.
+
+    Raises:
+        ParameterError: naming ``key``: an unknown key, method or family.
+    """
+    settings = {"method": "holm", "family": "metric", **dict(value or {})}
+    unknown = sorted(set(settings) - {"method", "family"})
+    if unknown:
+        raise ParameterError(key, f"unknown key(s) {unknown}; expected method and family")
+    method, family = str(settings["method"]), str(settings["family"])
+    check_method(method, family, key=key)
+    return method, family
 
 
 def adjust_p(p: np.ndarray | Sequence[float], method: str = "holm") -> np.ndarray:
@@ -126,18 +144,63 @@ def adjust_table(
         for j, m in enumerate(metrics):
             out[f"{m}{ADJUSTED_SUFFIX}"] = adjusted[:, j]
         return _ordered(out, metrics)
-    positions = (
-        [np.arange(len(out))]
-        if not groups
-        else list(out.groupby(list(groups), sort=False, dropna=False).indices.values())
-    )
     for m in metrics:
-        p = out[f"{m}_p"].to_numpy(dtype=float)
-        column = np.full(len(out), np.nan)
-        for rows in positions:
-            column[rows] = adjust_p(p[rows], method)
-        out[f"{m}{ADJUSTED_SUFFIX}"] = column
+        out[f"{m}{ADJUSTED_SUFFIX}"] = _adjust_within(out, f"{m}_p", groups, method)
     return _ordered(out, metrics)
+
+
+def adjust_column(
+    table: pd.DataFrame,
+    p_column: str,
+    *,
+    method: str = "holm",
+    family: str = "metric",
+    groups: Sequence[str] = (),
+    out_column: str = "p_adj",
+    source: str = "table",
+) -> pd.DataFrame:
+    """A copy of a long table (one test per row) with ``out_column`` after ``p_column``.
+
+    Args:
+        table: One row per test, its p-value in ``p_column``.
+        p_column: The column of p-values.
+        method: One of ``METHODS``.
+        family: ``metric``: one family per ``groups`` value (e.g. each metric and task);
+            ``table``: every row is one family.
+        groups: The columns whose values split the families with ``family="metric"``.
+        out_column: The name of the adjusted column.
+        source: The table's name in error messages.
+
+    Raises:
+        ParameterError: an unknown method or family.
+        ContractError: ``p_column`` or a ``groups`` column is missing (naming ``source``).
+    """
+    check_method(method, family)
+    missing = [c for c in (p_column, *groups) if c not in table.columns]
+    if missing:
+        raise ContractError(f"{source}: missing column(s) {missing} to adjust for multiplicity")
+    out = table.copy()
+    adjusted = _adjust_within(out, p_column, groups if family == "metric" else (), method)
+    columns = [c for c in out.columns if c != out_column]
+    out[out_column] = adjusted
+    columns.insert(columns.index(p_column) + 1, out_column)
+    return out[columns]
+
+
+def _adjust_within(
+    table: pd.DataFrame, p_column: str, groups: Sequence[str], method: str
+) -> np.ndarray:
+    """``p_column`` adjusted within each group of rows that share the ``groups`` values."""
+    p = table[p_column].to_numpy(dtype=float)
+    positions = (
+        [np.arange(len(table))]
+        if not groups
+        else list(table.groupby(list(groups), sort=False, dropna=False).indices.values())
+    )
+    out = np.full(len(table), np.nan)
+    for rows in positions:
+        out[rows] = adjust_p(p[rows], method)
+    return out
 
 
 def family_note(method: str, family: str, groups: Sequence[str] = ()) -> str:
@@ -152,7 +215,10 @@ def family_note(method: str, family: str, groups: Sequence[str] = ()) -> str:
     if family == "table":
         scope = "every p-value of the table"
     else:
-        scope = "each metric" + (f" within each {' and '.join(groups)}" if groups else "")
+        names = list(groups) if "metric" in groups else ["metric", *groups]
+        scope = "each " + (
+            names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        )
     return f"p_adj: {name} over {scope}; the intervals are not adjusted"
 
 

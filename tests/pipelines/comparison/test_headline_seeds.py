@@ -127,7 +127,7 @@ def test_paired_p_values_are_adjusted_per_metric_with_holm_by_default() -> None:
         expected = np.full(p.size, np.nan)
         expected[keep] = multipletests(p[keep], method="holm")[1]
         np.testing.assert_allclose(paired[f"{m}_p_adj"], expected)
-    assert "Holm (family-wise error) over each metric within each task" in paired["ci_note"][0]
+    assert "Holm (family-wise error) over each metric and task" in paired["ci_note"][0]
 
 
 def test_the_table_family_and_fdr_follow_the_parameter() -> None:

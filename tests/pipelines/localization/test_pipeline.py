@@ -33,6 +33,7 @@ PARAMS = {
     "subgroup_attributes": ["sex"],
     "compare_pairs": None,
     "max_dropped_share": 0.05,
+    "multiplicity": {"method": "holm", "family": "metric"},
 }
 
 
@@ -140,6 +141,8 @@ def test_localization_pipeline_runs_on_memory_catalog(tmp_path):
     ]
     comps = catalog.load("localization_comparisons")
     assert set(comps["metric"]) >= {"miou_tp", "hit_rate"}
+    assert (comps["p_adj"] >= comps["p_value"]).all()
+    assert comps["p_adj_note"].str.contains("Holm").all()
     for name in ("localization_tuning_results", "localization_probability_tuning_results"):
         assert (catalog.load(name)["split"] == "test").all(), name
 

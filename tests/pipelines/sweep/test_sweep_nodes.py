@@ -346,7 +346,7 @@ def test_paired_differences_are_adjusted_per_metric_and_pair_over_the_cells() ->
         {"ci_level": 0.95},
         {"ci_level": 0.95},
     )
-    assert "adj.: Holm (family-wise error) over each metric within each pair and" in text
+    assert "adj.: Holm (family-wise error) over each metric, pair and location_fraction;" in text
     strong = paired[(paired["pair"] == "seg - erm") & (paired["strength"] == "strong")].iloc[0]
     q = strong["artefact_reliance_p_adj"]
     assert f"(adj. {'< 0.001' if q < 0.001 else f'= {q:.3f}'})" in text

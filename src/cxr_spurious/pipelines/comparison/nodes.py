@@ -22,7 +22,7 @@ from cxr_spurious.robustness.evaluation import (
     settings_differences,
 )
 from cxr_spurious.sources.cache import ImageCache
-from cxr_spurious.stats.multiplicity import adjust_table, check_method, family_note
+from cxr_spurious.stats.multiplicity import adjust_table, family_note, read_settings
 from cxr_spurious.stats.seeds import SEED_COLUMN, paired_over_seeds, summarise_over_seeds
 from cxr_spurious.training.checkpoints import (
     changed_code_modules,
@@ -387,12 +387,7 @@ def summarise_headline_seeds(
     (``comparison.multiplicity``: ``method`` holm | bonferroni | fdr_bh | none, ``family``
     metric (each metric within each task) | table; ``stats.multiplicity``).
     """
-    settings = {"method": "holm", "family": "metric", **(multiplicity or {})}
-    unknown = sorted(set(settings) - {"method", "family"})
-    if unknown:
-        raise ParameterError("comparison.multiplicity", f"unknown key(s) {unknown}")
-    method, family = settings["method"], settings["family"]
-    check_method(method, family, key="comparison.multiplicity")
+    method, family = read_settings(multiplicity, "comparison.multiplicity")
     metrics = list(HEADLINE_METRICS)
     source = "headline_table_per_seed"
     summary = summarise_over_seeds(

@@ -21,6 +21,7 @@ from cxr_spurious.localization.figures import plot_overlays, sample_overlay_rows
 from cxr_spurious.localization.segmentation import SegmentationConfig
 from cxr_spurious.overlays import images_of
 from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.stats.multiplicity import adjust_column, family_note, read_settings
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ MAX_GRID_POINTS = (
 )
 GRID_TOLERANCE = 1e-9  # np.arange's rounding at a grid's ends
 SKIPPED_COLUMN = "skipped_map_files"  # files of a map folder skipped under skip_unparsable_maps
+#: Columns of ``localization_comparisons`` that split a multiplicity family (``family:
+#: metric``): one family per metric and task, over the pairs of heatmap sets compared.
+COMPARISON_FAMILY: tuple[str, ...] = ("metric", "task")
 
 
 def _grid(values: list[float], key: str) -> list[float]:
@@ -503,8 +507,16 @@ def compare_sets(
     seed: int,
     manifest: Any = None,
     max_dropped_share: float = 0.05,
+    multiplicity: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Paired differences between heatmap sets (all pairs of sets when ``pairs`` is null)."""
+    """Paired differences between heatmap sets (all pairs of sets when ``pairs`` is null).
+
+    ``p_adj`` (after ``p_value``) is the p-value adjusted for the number of pairs compared:
+    ``localization.multiplicity`` (``method`` holm | bonferroni | fdr_bh | none, ``family``
+    metric: each metric within each task over the pairs | table: every row), Holm per
+    metric and task when it is not set; ``p_adj_note`` says which.
+    """
+    method, family = read_settings(multiplicity, "localization.multiplicity")
     names = sorted(per_map["set"].unique())
     chosen = pairs if pairs else [[a, b] for i, a in enumerate(names) for b in names[i + 1 :]]
     unknown = sorted({s for p in chosen for s in p} - set(names))
@@ -512,7 +524,7 @@ def compare_sets(
         raise ParameterError(
             "localization.compare_pairs", f"unknown heatmap set(s) {unknown}; available: {names}"
         )
-    return summary.paired_comparisons(
+    table = summary.paired_comparisons(
         per_map,
         chosen,
         n_boot=n_boot,
@@ -520,6 +532,17 @@ def compare_sets(
         manifest=manifest,
         max_dropped_share=float(max_dropped_share),
     )
+    if table.empty:
+        return table
+    table = adjust_column(
+        table,
+        "p_value",
+        method=method,
+        family=family,
+        groups=COMPARISON_FAMILY,
+        source="localization_comparisons",
+    )
+    return table.assign(p_adj_note=family_note(method, family, COMPARISON_FAMILY))
 
 
 def plot_metric_bars(localization_summary: pd.DataFrame) -> plt.Figure:

@@ -134,6 +134,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                     "seed": f"{P}seed",
                     "manifest": "manifest",
                     "max_dropped_share": f"{P}max_dropped_share",
+                    "multiplicity": f"{P}multiplicity",
                 },
                 outputs="localization_comparisons",
                 name="compare_sets",

@@ -29,11 +29,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxr_spurious.datasets.skippable import SKIPPED, is_skipped
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.models import model_from_artifact
 from cxr_spurious.sources.cache import ImageCache
-from cxr_spurious.stats.multiplicity import adjust_table, check_method, family_note
+from cxr_spurious.stats.multiplicity import adjust_table, family_note, read_settings
 from cxr_spurious.sweep.attribution import saliency_table
 from cxr_spurious.sweep.confounding import NO_LESION, ORIGINAL, assign_artefacts, render_name
 from cxr_spurious.sweep.detection import shortcut_detection
@@ -465,11 +465,7 @@ def summarise_sweep(
     """
     level = float(summary["ci_level"])
     pairs = [tuple(p) for p in summary["pairs"]]
-    settings = {"method": "holm", "family": "metric", **dict(summary.get("multiplicity") or {})}
-    unknown = sorted(set(settings) - {"method", "family"})
-    if unknown:
-        raise ParameterError("sweep.summary.multiplicity", f"unknown key(s) {unknown}")
-    check_method(settings["method"], settings["family"], key="sweep.summary.multiplicity")
+    method, family = read_settings(summary.get("multiplicity"), "sweep.summary.multiplicity")
     cells = summarise_cells(models, level=level)
     metrics = metric_columns(models)
     paired = paired_differences(models, pairs, metrics=metrics, level=level)
@@ -477,12 +473,12 @@ def summarise_sweep(
         paired = adjust_table(
             paired,
             metrics,
-            method=settings["method"],
-            family=settings["family"],
+            method=method,
+            family=family,
             groups=PAIR_FAMILY,
             source="sweep_paired_differences",
         )
-        paired["p_adj_note"] = family_note(settings["method"], settings["family"], PAIR_FAMILY)
+        paired["p_adj_note"] = family_note(method, family, PAIR_FAMILY)
     return cells, paired
 
 
