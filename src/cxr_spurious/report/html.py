@@ -117,6 +117,15 @@ def with_cis(table: pd.DataFrame, digits: int = 2, *, fixed: bool = False) -> pd
     return out[[c for c in out.columns if c not in drop]]
 
 
+#: The smallest p-value printed as a number; a smaller one prints as ``< 0.001``.
+P_FLOOR = 0.001
+
+
+def p_text(p: float, equals: str = "= ") -> str:
+    """A finite p-value as table text: ``= 0.123`` (``equals`` first), or ``< 0.001``."""
+    return f"< {P_FLOOR:g}" if p < P_FLOOR else f"{equals}{p:.3f}"
+
+
 def check_row_limit(value: object, key: str = "max_rows") -> int:
     """A table's row limit as an ``int``: an integer >= 1 (an integral float is accepted).
 

@@ -31,6 +31,7 @@ from cxr_spurious.report.html import (
     Section,
     figure_html,
     heading,
+    p_text,
     paragraph,
     render_page,
     table_html,
@@ -453,8 +454,6 @@ CI_NOTE = "ci_note"
 #: Columns of the comparison tables that count seeds, or list them ("0,1,2"; a lone seed
 #: is read back from the CSV as a number): shown as they are written, not as "0.00".
 SEED_COUNTS: tuple[str, ...] = ("n_seeds", "n_pairs", "seeds")
-#: The smallest p-value printed as a number; a smaller one prints as ``p < 0.001``.
-P_FLOOR = 0.001
 
 
 def _finite(value: object) -> float | None:
@@ -466,10 +465,6 @@ def _finite(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _p_value(p: float, equals: str = "") -> str:
-    return f"< {P_FLOOR:g}" if p < P_FLOOR else f"{equals}{p:.3f}"
 
 
 def paired_cell(
@@ -485,7 +480,7 @@ def paired_cell(
         ci: The mean difference with its interval (``with_cis``); empty: the metric is not
             defined for the row, and the cell is empty.
         p: The paired test's p-value, shown with three decimals (``p < 0.001`` below
-            ``P_FLOOR``); left out when not a finite number.
+            ``report.html.P_FLOOR``); left out when not a finite number.
         p_adj: The p-value adjusted for multiplicity, shown as ``(adj. ...)`` only when it
             is a finite number (tables written before the adjustment have none).
         n: The pairs where the metric is defined, and ``n_pairs`` all the row's pairs:
@@ -496,10 +491,10 @@ def paired_cell(
     parts = [ci]
     p_number = _finite(p)
     if p_number is not None:
-        text = f"p {_p_value(p_number, '= ')}"
+        text = f"p {p_text(p_number)}"
         adjusted = _finite(p_adj)
         if adjusted is not None:
-            text += f" (adj. {_p_value(adjusted)})"
+            text += f" (adj. {p_text(adjusted, '')})"
         parts.append(text)
     k, total = _finite(n), _finite(n_pairs)
     if k is not None and total is not None and k < total:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError
-from cxr_spurious.report.html import with_cis
+from cxr_spurious.report.html import p_text, with_cis
 from cxr_spurious.sweep.detection import ALL_ARTEFACTS
 from cxr_spurious.sweep.figures import percent, series_labels
 from cxr_spurious.sweep.grid import CELL_COLUMNS
@@ -255,9 +255,7 @@ def _defined_pairs(table: pd.DataFrame, metric: str) -> list[str]:
 
 
 def _p(p: float) -> str:
-    if not np.isfinite(p):
-        return MISSING
-    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+    return p_text(p) if np.isfinite(p) else MISSING
 
 
 def reliance_onset(
