@@ -59,12 +59,20 @@ def _rule() -> str:
 
 
 def _env(name: str, default: str | None = None) -> str | None:
-    """``${env:NAME,default}``: an allowed environment variable, in credentials / mlflow config."""
+    """``${env:NAME,default}``: an allowed environment variable, in credentials / mlflow config.
+
+    A variable that is set but empty (``export MLFLOW_TRACKING_URI=``) counts as unset when
+    the use gives a default, as the shell's ``${NAME:-default}`` does: an empty tracking URI
+    would otherwise select MLflow's refused file store and an empty experiment name fail.
+    """
     key = _LOADING.get()
     if key not in ENV_CONFIG_KEYS or not env_name_allowed(str(name)):
         where = f"'{key}' configuration" if key else "configuration outside the config loader"
         raise ParameterError(f"env:{name}", f"refused in {where}: {_rule()}")
-    return os.environ.get(str(name), default)
+    value = os.environ.get(str(name))
+    if default is not None and (value is None or not value.strip()):
+        return default
+    return value
 
 
 def _env_uses(node: Any, prefix: str = "") -> Iterator[tuple[str, str, str]]:

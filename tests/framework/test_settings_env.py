@@ -41,6 +41,13 @@ def test_project_mlflow_config_reads_the_tracking_uri_and_experiment(
     assert mlflow_conf["tracking"]["experiment"]["name"] == "my_exp"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert _loader(conf)["mlflow"]["server"]["mlflow_tracking_uri"] == "sqlite:///mlflow.db"
+    # set but empty (``export MLFLOW_TRACKING_URI=``) reads as unset: the default, not the
+    # empty string that MLflow would take for its refused file store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    monkeypatch.setenv("CXR_SPURIOUS_EXPERIMENT", "  ")
+    empty = _loader(conf)["mlflow"]
+    assert empty["server"]["mlflow_tracking_uri"] == "sqlite:///mlflow.db"
+    assert empty["tracking"]["experiment"]["name"] == "cxr_spurious_study"
     # the project's parameters and catalog load under the restricted loader
     assert loader["parameters"] and loader["catalog"]
 
