@@ -20,11 +20,13 @@ from __future__ import annotations
 import copy
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 from kedro.framework.cli.project import run as kedro_run
+from kedro.framework.project import LOGGING
 from kedro.io.core import DatasetError
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -139,12 +141,23 @@ def _run_params() -> list[click.Parameter]:
     return params
 
 
+def _configured_levels() -> dict[str, object]:
+    """Logger name -> level of the logging configuration Kedro applied (``conf/logging.yml``
+    or ``KEDRO_LOGGING_CONFIG``): its ``loggers`` entries that name a level."""
+    loggers = (LOGGING.data or {}).get("loggers") or {}
+    return {
+        name: entry["level"]
+        for name, entry in loggers.items()
+        if isinstance(entry, Mapping) and entry.get("level") is not None
+    }
+
+
 @cli.command(name="run", params=_run_params(), help=kedro_run.help)
 @click.pass_context
 def run(ctx: click.Context, **kwargs: Any) -> None:
     """Kedro's ``run`` with the project's logging and one-line errors for user mistakes."""
     project = _project_path(ctx)
-    console_filter, log_file = configure_run_logging(project)
+    console_filter, log_file = configure_run_logging(project, _configured_levels())
     shown = log_file.relative_to(project) if log_file.is_relative_to(project) else log_file
 
     def library_warnings() -> None:

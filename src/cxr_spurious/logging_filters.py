@@ -22,6 +22,16 @@ A record is kept off the console (and still written to the file) when:
   Workers started by ``spawn`` / ``forkserver`` (``KEDRO_MP_CONTEXT``) configure logging from
   ``conf/logging.yml`` alone: their warnings are neither filtered nor in the log file.
 
+MLflow configures its own loggers when it is imported (``mlflow``, ``alembic``,
+``sqlalchemy.engine``, ``huey``: a stderr handler of its own, level ``MLFLOW_LOGGING_LEVEL``
+or INFO, no propagation), and kedro-mlflow imports it after Kedro has applied
+``conf/logging.yml``: its records would bypass both the console filter and the log file,
+and ``mlflow: WARNING`` there would have no effect (a fresh ``mlflow.db`` printed MLflow's
+"Creating initial MLflow database tables..." in its own format). ``configure_run_logging``
+takes those loggers back (``adopt_mlflow_loggers``): MLflow's handler removed, propagation
+to the run's handlers, and the level that the logging configuration names for them
+(``MLFLOW_LOGGING_LEVEL``, when set, wins, as MLflow documents it).
+
 A few library warnings come earlier, while Kedro loads its plugins, before any ``kedro``
 command has started (``STARTUP_WARNINGS``: MLflow's "Add type hints to the `predict`
 method", raised when kedro-mlflow defines ``KedroPipelineModel``). The package's
@@ -41,6 +51,7 @@ import sys
 import tempfile
 import weakref
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -317,13 +328,63 @@ def _is_terminal(handler: logging.Handler) -> bool:
     return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
 
 
-def configure_run_logging(project_path: Path | str = ".") -> tuple[ConsoleFilter, Path]:
+#: The loggers MLflow configures for itself when it is imported (its own stderr handler,
+#: no propagation): ``mlflow.utils.logging_utils._configure_mlflow_loggers``.
+MLFLOW_OWN_LOGGERS: tuple[str, ...] = ("mlflow", "alembic", "sqlalchemy.engine", "huey")
+
+
+def _is_mlflow_handler(handler: logging.Handler) -> bool:
+    """Whether ``handler`` is the one MLflow installs on its loggers (MLflow's formatter)."""
+    return type(handler.formatter).__name__ == "MlflowFormatter"
+
+
+def adopt_mlflow_loggers(levels: Mapping[str, object] | None = None) -> dict[str, int]:
+    """Route MLflow's self-configured loggers (``MLFLOW_OWN_LOGGERS``) like every other.
+
+    Imports MLflow first (its import configures them; done later, it would undo this), then
+    removes MLflow's own handler from each, lets its records propagate to the root's
+    handlers (the console filter, the log file) and sets its level: ``MLFLOW_LOGGING_LEVEL``
+    for ``mlflow`` when that variable is set, else ``levels[name]`` (the ``loggers``
+    entries of the logging configuration, e.g. ``conf/logging.yml``'s ``mlflow: WARNING``),
+    else the level MLflow gave it.
+
+    Args:
+        levels: Logger name -> level (a name such as ``"WARNING"`` or a number).
+
+    Returns:
+        The level each logger was set to.
+    """
+    import mlflow  # noqa: F401  (configures MLFLOW_OWN_LOGGERS on first import)
+
+    levels = dict(levels or {})
+    env_level = os.environ.get("MLFLOW_LOGGING_LEVEL", "").strip().upper()
+    if env_level:
+        levels["mlflow"] = env_level
+    applied = {}
+    for name in MLFLOW_OWN_LOGGERS:
+        log = logging.getLogger(name)
+        for handler in [h for h in log.handlers if _is_mlflow_handler(h)]:
+            log.removeHandler(handler)
+        log.propagate = True
+        level = levels.get(name)
+        if level is not None:
+            log.setLevel(level.upper() if isinstance(level, str) else int(level))  # type: ignore[call-overload]
+        applied[name] = log.level
+    return applied
+
+
+def configure_run_logging(
+    project_path: Path | str = ".", logger_levels: Mapping[str, object] | None = None
+) -> tuple[ConsoleFilter, Path]:
     """Route a run's output: a quiet console, everything in ``<project>/logs/info.log``.
 
-    Idempotent: handlers and filters installed by an earlier call are replaced.
+    Idempotent: handlers and filters installed by an earlier call are replaced. MLflow's
+    own loggers are taken back into that routing (``adopt_mlflow_loggers``).
 
     Args:
         project_path: The project root (the log file goes under its ``logs/``).
+        logger_levels: Logger name -> level from the logging configuration (its
+            ``loggers`` section), for the loggers MLflow reconfigured after it was applied.
 
     Returns:
         The console filter (its ``summary`` names the library warnings dropped by this
@@ -358,5 +419,6 @@ def configure_run_logging(project_path: Path | str = ".") -> tuple[ConsoleFilter
     file_handler.setLevel(logging.INFO)
     file_handler._cxr_run_logging = True  # type: ignore[attr-defined]
     root.addHandler(file_handler)
+    adopt_mlflow_loggers(logger_levels)
     _release_startup_warnings(file_handler, console_filter)
     return console_filter, log_file

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cxr_spurious.logging_filters import (
+    MLFLOW_OWN_LOGGERS,
     ConsoleFilter,
     PlainConsoleHandler,
     StartupWarningHold,
+    adopt_mlflow_loggers,
     configure_run_logging,
     hold_startup_warnings,
     is_library_warning,
@@ -267,3 +270,65 @@ def test_the_tally_file_is_the_owners(tmp_path: Path) -> None:
 
     gc.collect()
     assert not tally.exists()
+
+
+@pytest.fixture
+def mlflow_loggers() -> Iterator[None]:
+    """MLflow's loggers as MLflow's import leaves them, restored after the test."""
+    from mlflow.utils.logging_utils import _configure_mlflow_loggers
+
+    loggers = [logging.getLogger(name) for name in MLFLOW_OWN_LOGGERS]
+    saved = [(list(log.handlers), log.level, log.propagate) for log in loggers]
+    _configure_mlflow_loggers(root_module_name="mlflow")  # what `import mlflow` does
+    yield
+    for log, (handlers, level, propagate) in zip(loggers, saved):
+        log.handlers[:] = handlers
+        log.setLevel(level)
+        log.propagate = propagate
+
+
+def test_mlflow_records_follow_the_runs_logging(
+    clean_root: logging.Logger,
+    mlflow_loggers: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """MLflow configures its loggers at import, after Kedro applied conf/logging.yml: its
+    own stderr handler, INFO, no propagation. The run takes them back: the configured level,
+    the console filter and the log file."""
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
+    mlflow_log = logging.getLogger("mlflow")
+    assert mlflow_log.level == logging.INFO and not mlflow_log.propagate  # MLflow's own set-up
+    assert any(type(h.formatter).__name__ == "MlflowFormatter" for h in mlflow_log.handlers)
+
+    stream = io.StringIO()
+    clean_root.handlers[:] = [PlainConsoleHandler(stream)]
+    clean_root.setLevel(logging.INFO)
+    _, log_file = configure_run_logging(tmp_path, {"mlflow": "WARNING", "kedro": "INFO"})
+    for name in MLFLOW_OWN_LOGGERS:
+        log = logging.getLogger(name)
+        mlflows = [h for h in log.handlers if type(h.formatter).__name__ == "MlflowFormatter"]
+        assert log.propagate and not mlflows, (name, log.handlers)
+    assert mlflow_log.level == logging.WARNING
+    assert logging.getLogger("alembic").level == logging.WARNING  # MLflow's own choice, kept
+
+    db_utils = logging.getLogger("mlflow.store.db.utils")
+    db_utils.info("Creating initial MLflow database tables...")
+    db_utils.warning("the tracking database is locked; retrying")
+    for handler in clean_root.handlers:
+        handler.flush()
+    shown, written = stream.getvalue(), log_file.read_text(encoding="utf-8")
+    assert "Creating initial MLflow database tables" not in shown + written  # below WARNING
+    assert "the tracking database is locked" in shown and "the tracking database is locked" in (
+        written
+    )
+    assert "Creating initial" not in capsys.readouterr().err  # MLflow's stderr handler is gone
+
+    # MLFLOW_LOGGING_LEVEL, when set, wins over the configuration, as MLflow documents it
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "debug")
+    assert adopt_mlflow_loggers({"mlflow": "WARNING"})["mlflow"] == logging.DEBUG
+    # without a configured level, MLflow's own stays
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL")
+    mlflow_log.setLevel(logging.ERROR)
+    assert adopt_mlflow_loggers(None)["mlflow"] == logging.ERROR
