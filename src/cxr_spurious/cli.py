@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -141,6 +142,10 @@ def _run_params() -> list[click.Parameter]:
     return params
 
 
+#: MLflow's switch for the run and experiment links it prints to stdout (``true``: off).
+MLFLOW_QUIET_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
 def _configured_levels() -> dict[str, object]:
     """Logger name -> level of the logging configuration Kedro applied (``conf/logging.yml``
     or ``KEDRO_LOGGING_CONFIG``): its ``loggers`` entries that name a level."""
@@ -158,6 +163,10 @@ def run(ctx: click.Context, **kwargs: Any) -> None:
     """Kedro's ``run`` with the project's logging and one-line errors for user mistakes."""
     project = _project_path(ctx)
     console_filter, log_file = configure_run_logging(project, _configured_levels())
+    # MLflow writes two lines of its own to stdout ("View run ... at: <url>", "View
+    # experiment at: ...") for each run it ends on a tracking server; the project's log
+    # lines name each run with its URL instead (``datasets.mlflow_run.run_url``)
+    os.environ.setdefault(MLFLOW_QUIET_URLS, "true")
     shown = log_file.relative_to(project) if log_file.is_relative_to(project) else log_file
 
     def library_warnings() -> None:

@@ -45,7 +45,7 @@ from mlflow.entities import Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-from cxr_spurious.datasets.mlflow_run import RunReference, remember_session_run
+from cxr_spurious.datasets.mlflow_run import RunReference, remember_session_run, url_suffix
 from cxr_spurious.hooks import STAGES
 
 logger = logging.getLogger(__name__)
@@ -155,8 +155,12 @@ class MlflowRunNamingHook:
         for key, value in tags.items():
             client.set_tag(run.info.run_id, key, value)
         mark_experiment_kind(client, run.info.experiment_id)
-        if "mlflow.runName" in tags:
-            logger.info("MLflow run '%s' (%s)", tags["mlflow.runName"], run.info.run_id)
+        logger.info(
+            "MLflow run '%s' (%s)%s",
+            tags.get("mlflow.runName", run.info.run_name),
+            run.info.run_id,
+            url_suffix(mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id),
+        )
 
     @hook_impl
     def after_pipeline_run(self) -> None:

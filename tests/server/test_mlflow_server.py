@@ -187,6 +187,7 @@ class LoggedStudy:
     project: Path
     experiment_id: str
     runs: list[dict]
+    console: str  # the run's stdout and stderr
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +197,23 @@ def logged_study(team_server: TeamServer, tmp_path_factory: pytest.TempPathFacto
     assert proc.returncode == 0, f"kedro run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     experiment = _api(team_server, "experiments/get-by-name", experiment_name="team_single")
     experiment_id = experiment["experiment"]["experiment_id"]
-    return LoggedStudy(project, experiment_id, _search_runs(team_server, experiment_id))
+    runs = _search_runs(team_server, experiment_id)
+    return LoggedStudy(project, experiment_id, runs, proc.stdout + proc.stderr)
+
+
+def test_console_links_each_run_once_in_the_projects_lines(
+    team_server: TeamServer, logged_study: LoggedStudy
+) -> None:
+    """MLflow's own stdout links (two lines per ended run) are off; the project's line for
+    the session run and for each model's run carries the run's page on the server."""
+    console = logged_study.console
+    assert "View run" not in console and "View experiment at" not in console, console[-3000:]
+    experiment_url = f"{team_server.url}/#/experiments/{logged_study.experiment_id}/runs/"
+    for run in logged_study.runs:
+        url = experiment_url + run["info"]["run_id"]
+        lines = [line for line in console.splitlines() if line.endswith(f": {url}")]
+        assert len(lines) == 1, (run["info"]["run_name"], lines)
+        assert f"MLflow run '{run['info']['run_name']}' ({run['info']['run_id']})" in lines[0]
 
 
 def test_second_start_reports_running_and_keeps_the_password_private(

@@ -111,6 +111,21 @@ class RunReference:
     tracking_uri: str
 
 
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI of a tracking server (``http(s)://`` URIs), as MLflow
+    links it (``<server>/#/experiments/<id>/runs/<run>``); None for a local store (SQLite,
+    files), which has no server to link to."""
+    if not tracking_uri.lower().startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def url_suffix(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """``": <run_url>"`` for a tracking server, "" for a local store (log-line helper)."""
+    url = run_url(tracking_uri, experiment_id, run_id)
+    return f": {url}" if url else ""
+
+
 _session_run: RunReference | None = None
 
 
@@ -244,10 +259,11 @@ class MlflowChildRunDataset(_CarriesRun, AbstractDataset[Mapping[str, Any], dict
             raise
         self._last_run_id, self._last_uri = run_id, uri
         logger.info(
-            "Logged MLflow run '%s' (%s)%s",
+            "Logged MLflow run '%s' (%s)%s%s",
             data["run_name"],
             run_id,
             f" under {parent.run_id}" if parent else "",
+            url_suffix(uri, run.info.experiment_id, run_id),
         )
 
     @staticmethod
