@@ -21,7 +21,6 @@ import copy
 import logging
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cxr_spurious.errors import CxrSpuriousError, DataFormatError, ParameterError
-from cxr_spurious.logging_filters import configure_run_logging
+from cxr_spurious.logging_filters import configure_run_logging, configured_levels
 from cxr_spurious.stats.bootstrap import BootstrapDropError
 
 logger = logging.getLogger(__name__)
@@ -146,23 +145,12 @@ def _run_params() -> list[click.Parameter]:
 MLFLOW_QUIET_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 
-def _configured_levels() -> dict[str, object]:
-    """Logger name -> level of the logging configuration Kedro applied (``conf/logging.yml``
-    or ``KEDRO_LOGGING_CONFIG``): its ``loggers`` entries that name a level."""
-    loggers = (LOGGING.data or {}).get("loggers") or {}
-    return {
-        name: entry["level"]
-        for name, entry in loggers.items()
-        if isinstance(entry, Mapping) and entry.get("level") is not None
-    }
-
-
 @cli.command(name="run", params=_run_params(), help=kedro_run.help)
 @click.pass_context
 def run(ctx: click.Context, **kwargs: Any) -> None:
     """Kedro's ``run`` with the project's logging and one-line errors for user mistakes."""
     project = _project_path(ctx)
-    console_filter, log_file = configure_run_logging(project, _configured_levels())
+    console_filter, log_file = configure_run_logging(project, configured_levels(LOGGING.data))
     # MLflow writes two lines of its own to stdout ("View run ... at: <url>", "View
     # experiment at: ...") for each run it ends on a tracking server; the project's log
     # lines name each run with its URL instead (``datasets.mlflow_run.run_url``)

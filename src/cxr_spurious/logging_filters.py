@@ -373,6 +373,50 @@ def adopt_mlflow_loggers(levels: Mapping[str, object] | None = None) -> dict[str
     return applied
 
 
+def configured_levels(config: Mapping[str, object] | None) -> dict[str, object]:
+    """Logger name -> level of a logging configuration (``dictConfig`` schema, e.g. Kedro's
+    ``LOGGING.data`` read from ``conf/logging.yml``): its ``loggers`` entries with a level."""
+    loggers = (config or {}).get("loggers") or {}
+    if not isinstance(loggers, Mapping):
+        return {}
+    return {
+        str(name): entry["level"]
+        for name, entry in loggers.items()
+        if isinstance(entry, Mapping) and entry.get("level") is not None
+    }
+
+
+def configure_rank_logging(
+    project_path: Path | str, rank: int, logger_levels: Mapping[str, object] | None = None
+) -> tuple[ConsoleFilter, Path | None]:
+    """Logging of one process of a ``torchrun`` group (``training.distributed``).
+
+    Every rank prints plain lines (no wrapping; several processes share the terminal) that
+    name the rank, ``HH:MM:SS [rank k] LEVEL message``, through the console filter. Rank 0
+    is set up as ``kedro run`` is (``configure_run_logging``: its INFO lines, the log file
+    ``logs/info.log``); the other ranks print warnings and errors only and write no log
+    file (one writer per file), so each epoch's line is printed once.
+
+    Returns:
+        The rank's console filter and the log file (None on ranks other than 0).
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if _is_console_handler(h)]:
+        root.removeHandler(handler)
+    console = PlainConsoleHandler()
+    console.setFormatter(
+        logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)-8s %(message)s", "%H:%M:%S")
+    )
+    root.addHandler(console)
+    if rank == 0:
+        return configure_run_logging(project_path, logger_levels)
+    console.setLevel(logging.WARNING)
+    console_filter = ConsoleFilter()
+    console.addFilter(console_filter)
+    adopt_mlflow_loggers(logger_levels)
+    return console_filter, None
+
+
 def configure_run_logging(
     project_path: Path | str = ".", logger_levels: Mapping[str, object] | None = None
 ) -> tuple[ConsoleFilter, Path]:

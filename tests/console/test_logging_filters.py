@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from cxr_spurious.logging_filters import (
     PlainConsoleHandler,
     StartupWarningHold,
     adopt_mlflow_loggers,
+    configure_rank_logging,
     configure_run_logging,
+    configured_levels,
     hold_startup_warnings,
     is_library_warning,
     is_startup_warning,
@@ -332,3 +335,51 @@ def test_mlflow_records_follow_the_runs_logging(
     monkeypatch.delenv("MLFLOW_LOGGING_LEVEL")
     mlflow_log.setLevel(logging.ERROR)
     assert adopt_mlflow_loggers(None)["mlflow"] == logging.ERROR
+
+
+def test_configured_levels_reads_the_loggers_section() -> None:
+    config = {
+        "version": 1,
+        "loggers": {"mlflow": {"level": "WARNING"}, "kedro": {"handlers": []}, "x": "bad"},
+    }
+    assert configured_levels(config) == {"mlflow": "WARNING"}
+    assert configured_levels(None) == {} and configured_levels({"loggers": None}) == {}
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_rank_logging_names_the_rank_and_only_rank_0_speaks_at_info(
+    clean_root: logging.Logger,
+    mlflow_loggers: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    rank: int,
+) -> None:
+    from kedro.logging import RichHandler
+
+    hold_startup_warnings().release()
+    clean_root.handlers[:] = [RichHandler()]  # what Kedro's conf/logging.yml installs
+    clean_root.setLevel(logging.INFO)
+    _, log_file = configure_rank_logging(tmp_path, rank, {"mlflow": "WARNING"})
+    consoles = [h for h in clean_root.handlers if not isinstance(h, logging.FileHandler)]
+    assert len(consoles) == 1 and isinstance(consoles[0], PlainConsoleHandler)
+    log = logging.getLogger("cxr_spurious.training.engine")
+    long = "epoch 1: loss 0.6931, val AUROC 0.512, val robust AUROC 0.433, " + "x" * 80
+    log.info(long)
+    log.warning("rank-local trouble")
+    logging.getLogger("kedro.io.data_catalog").info("Loading data from seg.config ...")
+    for handler in clean_root.handlers:
+        handler.flush()
+    lines = capsys.readouterr().out.splitlines()
+    pattern = rf"^\d\d:\d\d:\d\d \[rank {rank}\] (INFO|WARNING) +"
+    assert lines and all(re.match(pattern, line) for line in lines), lines
+    assert sum("rank-local trouble" in line for line in lines) == 1
+    assert not any("Loading data from" in line for line in lines)
+    info_lines = [line for line in lines if long in line]  # whole, on one line
+    if rank == 0:
+        assert len(info_lines) == 1
+        assert log_file == tmp_path / "logs" / "info.log"
+        assert "Loading data from seg.config" in log_file.read_text(encoding="utf-8")
+    else:  # the other ranks: warnings only, no log file (one writer per file)
+        assert info_lines == [] and log_file is None
+        assert not (tmp_path / "logs").exists()
+        assert not [h for h in clean_root.handlers if isinstance(h, logging.FileHandler)]

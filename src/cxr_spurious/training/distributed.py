@@ -245,9 +245,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    from kedro.framework.project import pipelines
+    from kedro.framework.project import LOGGING, pipelines
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
+
+    from cxr_spurious.logging_filters import configure_rank_logging, configured_levels
 
     runtime_params = parse_params(args.params)
     training = runtime_params.setdefault("training", {})
@@ -258,13 +260,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
     rank, _ = process_group()
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s",
-    )
+    project = Path(args.project).resolve()
+    log_file = None
     try:
-        project = Path(args.project).resolve()
         bootstrap_project(project)
+        # Kedro applied conf/logging.yml (rich, INFO) in every process: every rank would print
+        # every INFO line, wrapped at 80 columns off a terminal; plain lines naming the rank
+        levels = configured_levels(LOGGING.data)
+        console_filter, log_file = configure_rank_logging(project, rank, levels)
         if rank != 0:
             dist.barrier()  # rank 0 sets up first (kedro-mlflow creates the tracking store)
         with KedroSession.create(
@@ -280,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # collective's timeout (10 min for NCCL).
     finally:
         dist.destroy_process_group()
+        if log_file is not None:
+            summary = console_filter.summary(log_file)
+            if summary:
+                logger.info(summary)
 
 
 if __name__ == "__main__":

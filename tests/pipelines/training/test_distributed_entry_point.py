@@ -10,6 +10,7 @@ update follows the gradient's scale (AdamW would normalise a wrong scale away).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,18 @@ def test_torchrun_two_cpu_processes(kedro_project: Path, run_kedro) -> None:
         command, cwd=project, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+
+    # A console a person can follow: plain lines naming the rank, each epoch's line once
+    # (rank 0's; the other ranks print warnings only), the dataset loads in rank 0's log file.
+    console = proc.stdout + proc.stderr
+    epochs = [ln for ln in console.splitlines() if "epoch 1: loss" in ln]
+    assert len(epochs) == 1, epochs
+    assert re.match(
+        r"^\d\d:\d\d:\d\d \[rank 0\] INFO +\[erm\] epoch 1: loss .* val AUROC", epochs[0]
+    )
+    assert not re.search(r"\[rank 1\] INFO", console), console[-3000:]
+    assert "Loading data from" not in console and "Saving data to" not in console
+    assert "Loading data from" in (project / "logs" / "info.log").read_text(encoding="utf-8")
 
     # Every catalog output is written once, by rank 0.
     saves = sorted(log.read_text().splitlines())
