@@ -63,6 +63,7 @@ CONSOLE_QUIET_INFO: tuple[tuple[str, str], ...] = (
     ("kedro.io.data_catalog", ""),  # "Loading data from ..." / "Saving data to ..."
     ("kedro.pipeline.node", "Running node:"),  # replaced by the hook's line with the time
     ("kedro.runner", "Completed "),  # "Completed node: x", "Completed 3 out of 9 tasks"
+    ("cxr_spurious.runner", "Completed "),  # DaskRunner's: "Completed node: x (on <worker>)"
     ("kedro.runner", "Using synchronous mode"),
     ("kedro.validation", "No typed parameter requirements"),
     ("kedro_mlflow", "Registering new custom resolver"),
@@ -290,6 +291,10 @@ def _quiet(record: logging.LogRecord, rules: tuple[tuple[str, str], ...]) -> boo
         if record.name == logger_prefix or record.name.startswith(logger_prefix + "."):
             if message is None:
                 message = str(record.msg)
+                # a worker's record forwarded by DaskRunner: "[node] " before its message
+                forwarded = getattr(record, "forwarded_from", "")
+                if forwarded and message.startswith(forwarded):
+                    message = message[len(forwarded) :]
             if message.startswith(message_prefix):
                 return True
     return False

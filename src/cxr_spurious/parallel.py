@@ -224,9 +224,15 @@ def _dask_map(
     At most ``workers`` chunks (``None``: twice the cluster's threads) are in flight: the
     next is submitted when the oldest has been consumed, so results are held one window
     at a time and ``items`` is read lazily.
+
+    The last chunk's results are yielded after ``worker_client`` has been left: a consumer
+    that stops at the last item without asking for the end (``zip(jobs, results)``) leaves
+    this generator suspended, and its finalisation, possibly in another thread, must not
+    run Dask's ``rejoin`` (which needs the task's own thread).
     """
     from distributed import worker_client
 
+    last: list[Any] = []
     with worker_client() as client:
         if workers is None:
             threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
@@ -246,12 +252,15 @@ def _dask_map(
                 )
                 if len(pending) >= window:
                     yield from pending.popleft().result()
-            while pending:
+            while len(pending) > 1:
                 yield from pending.popleft().result()
+            if pending:
+                last = pending.popleft().result()
         finally:
             for future in pending:  # the consumer stopped early or a chunk failed
                 future.cancel()
             func_future.release()
+    yield from last
 
 
 def ordered_map(

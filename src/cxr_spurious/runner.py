@@ -272,6 +272,32 @@ def _identity(value: Any) -> Any:
     return value
 
 
+#: Logging levels a ``DaskRunner`` accepts for Dask's own loggers.
+LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: Dask's setting of the ``distributed`` loggers' level, as an environment variable: read by
+#: every process that imports ``distributed``, so the workers the nannies spawn (and
+#: re-spawn after a crash) start with it.
+DASK_LOG_ENV = "DASK_LOGGING__DISTRIBUTED"
+
+
+@contextlib.contextmanager
+def _dask_log_level(level: str) -> Iterator[None]:
+    """Dask's ``distributed`` loggers at ``level`` in this process and in the processes it
+    starts meanwhile (``DASK_LOG_ENV``); both restored afterwards."""
+    log = logging.getLogger("distributed")
+    saved_level, saved_env = log.level, os.environ.get(DASK_LOG_ENV)
+    os.environ[DASK_LOG_ENV] = level.lower()
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(saved_level)
+        if saved_env is None:
+            os.environ.pop(DASK_LOG_ENV, None)
+        else:
+            os.environ[DASK_LOG_ENV] = saved_env
+
+
 def _is_daemon() -> bool:
     return multiprocessing.current_process().daemon
 
@@ -375,6 +401,10 @@ class DaskRunner(AbstractRunner):
         memory_limit: Per-worker memory limit of the ``LocalCluster`` (Dask's syntax; default
             0 = none: a node may use the machine's memory, as under ``SequentialRunner``).
         connect_timeout_s: How long to wait for the scheduler and for a first worker.
+        cluster_log_level: Level of Dask's own loggers (``distributed``) in the client and
+            in the workers of the ``LocalCluster`` (default WARNING: the scheduler's, the
+            nannies' and each worker's start-up INFO lines, about 40 for two workers, stay
+            off the console; ``INFO`` shows them). A cluster at ``address`` keeps its own.
     """
 
     def __init__(
@@ -385,12 +415,20 @@ class DaskRunner(AbstractRunner):
         threads_per_worker: int = 1,
         memory_limit: str | int = 0,
         connect_timeout_s: float = 60.0,
+        cluster_log_level: str = "WARNING",
     ) -> None:
         super().__init__(is_async=is_async)
         if n_workers is not None and int(n_workers) < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers}")
         if int(threads_per_worker) < 1:
             raise ValueError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
+        level = str(cluster_log_level).upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(
+                f"cluster_log_level must be one of {', '.join(LOG_LEVELS)}, "
+                f"got {cluster_log_level!r}"
+            )
+        self._cluster_log_level = level
         self._address = address
         self._n_workers = None if n_workers is None else int(n_workers)
         self._threads = int(threads_per_worker)
@@ -428,13 +466,15 @@ class DaskRunner(AbstractRunner):
                 # Worker processes that may start process pools (cxr_spurious.parallel); the
                 # nannies read this setting at every (re)start, so it stays set meanwhile.
                 stack.enter_context(dask.config.set({"distributed.worker.daemon": False}))
+                stack.enter_context(_dask_log_level(self._cluster_log_level))
                 cluster = stack.enter_context(LocalCluster(**options))
                 client = stack.enter_context(Client(cluster))
                 self._logger.info(
-                    "Started a local Dask cluster at %s: %d worker(s) x %d thread(s)",
+                    "Started a local Dask cluster at %s: %d worker(s) x %d thread(s); dashboard %s",
                     cluster.scheduler_address,
                     options["n_workers"],
                     options["threads_per_worker"],
+                    cluster.dashboard_link,
                 )
             client.wait_for_workers(1, timeout=self._timeout)
             daemonic = sorted(addr for addr, flag in client.run(_is_daemon).items() if flag)
@@ -588,6 +628,7 @@ class _Session:
         target = logging.getLogger(record.name)
         if target.isEnabledFor(record.levelno):
             record.msg = f"[{node_name}] {record.msg}"
+            record.forwarded_from = f"[{node_name}] "  # the prefix (console filter rules)
             record.markup = False  # plain text (Kedro's RichHandler would eat "[node]")
             target.handle(record)
 

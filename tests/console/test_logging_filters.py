@@ -59,6 +59,23 @@ DOTS = (
         (_record("kedro.io.data_catalog", "Saving data to 'x' (ParquetDataset)..."), False),
         (_record("kedro.pipeline.node", "Running node: generate_phantom: ..."), False),
         (_record("kedro.runner.sequential_runner", "Completed 3 out of 9 tasks"), False),
+        # DaskRunner: its own "Completed" lines, and a worker's records forwarded with the
+        # node's name in front (only that exact prefix is looked past)
+        (_record("cxr_spurious.runner", "Completed node: a (on tcp://127.0.0.1:1)"), False),
+        (_record("cxr_spurious.runner", "Completed 3 out of 9 tasks"), False),
+        (
+            _record(
+                "kedro.pipeline.node", "[a] Running node: a: f([x]) -> [y]", forwarded_from="[a] "
+            ),
+            False,
+        ),
+        (
+            _record("kedro.io.data_catalog", "[a] Loading data from x ...", forwarded_from="[a] "),
+            False,
+        ),
+        (_record("kedro.pipeline.node", "[a] Running node: a", forwarded_from="[b] "), True),
+        (_record("cxr_spurious.x", "[a] 431 maps evaluated", forwarded_from="[a] "), True),
+        (_record("cxr_spurious.runner", "Started a local Dask cluster at tcp://..."), True),
         (_record("kedro.io.data_catalog", "a catalog problem", logging.WARNING), True),
         (_record("kedro.validation.type_extractor", UNION, logging.WARNING), False),
         (_record("kedro.validation.x", "another validation problem", logging.WARNING), True),

@@ -8,6 +8,8 @@ chunks) submits its chunks to the cluster as Dask tasks, which the scheduler see
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -164,3 +166,44 @@ def test_a_chunk_error_reaches_the_node_as_itself_and_workers_1_stays_in_the_tas
     keys = [k for k in _chunk_keys(stream) if k.rsplit("-", 1)[0] not in failed_tokens]
     # the first map: one chunk per item, all of one map; the second (workers=1) none
     assert len(keys) == 3 and len({k.rsplit("-", 1)[0] for k in keys}) == 1, keys
+
+
+def _identity(x: int) -> int:
+    return x
+
+
+def _stop_at_the_last_item(n: int) -> tuple[list[int], list[str]]:
+    """Consume ``ordered_map`` as ``zip(jobs, results)`` does (``n`` items, then stop
+    without asking for the end), and let the generator be finalised in another thread, as
+    the cyclic garbage collector may do; what its clean-up raised, if anything."""
+    results = ordered_map(_identity, range(n), n_items=n, min_items=2, progress=False)
+    got = [r for _, r in zip(range(n), results)]
+    caught: list[str] = []
+
+    def close() -> None:
+        try:
+            results.close()  # the inner chunk generator is finalised with it
+        except BaseException as exc:
+            caught.append(f"{type(exc).__name__}: {exc}")
+
+    previous = sys.unraisablehook  # "Exception ignored in: <generator ...>" goes through it
+    sys.unraisablehook = lambda u: caught.append(f"{u.exc_type.__name__}: {u.exc_value}")
+    try:
+        closer = threading.Thread(target=close)
+        closer.start()
+        closer.join()
+    finally:
+        sys.unraisablehook = previous
+    return got, caught
+
+
+def test_a_map_consumed_to_its_last_item_leaves_the_worker_client_cleanly(cluster: Any) -> None:
+    """A consumer that stops at the last item (``zip`` with a shorter first iterable) used
+    to leave the chunk generator suspended inside ``worker_client``; finalised outside the
+    worker's task thread, its clean-up failed ("Exception ignored in: <generator object
+    _dask_map>", AttributeError from Dask's ``rejoin``), printed with a traceback on the
+    console of a DaskRunner run."""
+    _local, client = cluster
+    got, caught = client.submit(_stop_at_the_last_item, 12, pure=False).result()
+    assert got == list(range(12))
+    assert caught == []

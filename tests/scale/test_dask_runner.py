@@ -35,7 +35,7 @@ from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.parallel import available_cores
 from cxr_spurious.pipelines.localization import create_pipeline
-from cxr_spurious.runner import DaskRunner, _Session
+from cxr_spurious.runner import DASK_LOG_ENV, DaskRunner, _Session
 from cxr_spurious.sources.cache import ImageCache
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("dask")]
@@ -387,6 +387,52 @@ def test_without_an_address_a_loopback_local_cluster_sized_to_the_machine(
     assert (
         started and "tcp://127.0.0.1:" in started[0] and "1 worker(s) x 1 thread(s)" in started[0]
     )
+    assert "; dashboard http://127.0.0.1:" in started[0]  # the scheduler's, on loopback
+
+
+def _worker_dask_logging(_x: object) -> dict[str, object]:
+    """What a node sees on its worker: Dask's logging setting and its logger's level."""
+    return {
+        "env": os.environ.get(DASK_LOG_ENV),
+        "level": logging.getLogger("distributed").getEffectiveLevel(),
+    }
+
+
+@pytest.mark.parametrize("level", ["WARNING", "INFO"])
+def test_dask_chatter_follows_cluster_log_level(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, level: str
+) -> None:
+    """The scheduler's and nannies' INFO lines (this process) are off at the default WARNING
+    and there at INFO; the worker processes start with the same level (their start-up
+    lines); the ``distributed`` logger and the environment are restored after the run."""
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    monkeypatch.delenv(DASK_LOG_ENV, raising=False)
+    dask_logger = logging.getLogger("distributed")
+    before = dask_logger.level
+    caplog.set_level(logging.INFO)
+    catalog = DataCatalog(
+        {"x": MemoryDataset(3), "y": PickleDataset(filepath=str(tmp_path / "y.pkl"))}
+    )
+    runner = DaskRunner(n_workers=1, cluster_log_level=level)
+    runner.run(Pipeline([Node(_worker_dask_logging, "x", "y", name="a")]), catalog)
+    on_worker = catalog.load("y")
+    assert on_worker == {"env": level.lower(), "level": getattr(logging, level)}
+    chatter = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("distributed") and r.levelno < logging.WARNING
+    ]
+    if level == "WARNING":
+        assert chatter == [], chatter[:5]
+    else:
+        assert any("Scheduler at" in m for m in chatter), chatter[:5]
+    assert dask_logger.level == before and DASK_LOG_ENV not in os.environ
+
+
+def test_cluster_log_level_must_be_a_level_name() -> None:
+    with pytest.raises(ValueError, match=r"cluster_log_level must be one of DEBUG, INFO, .*'LOUD'"):
+        DaskRunner(cluster_log_level="LOUD")
+    assert DaskRunner(cluster_log_level="info")._cluster_log_level == "INFO"
 
 
 def test_a_failing_node_lets_a_running_node_finish_its_save(

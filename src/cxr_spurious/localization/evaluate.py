@@ -535,7 +535,8 @@ def evaluate_heatmap_set(
         results = [(rec, pred) for _, rec, pred in done]
     index = heatmaps.index.reset_index(drop=True)
     records, seg_json = [], {}
-    for row, job, (rec, pred) in zip(index.to_dict("records"), jobs, results):
+    # strict: one result per job and index row, and the map's generator run to its end
+    for row, job, (rec, pred) in zip(index.to_dict("records"), jobs, results, strict=True):
         seg_json.setdefault(job.image_id, {})[job.task] = pred
         records.append({**row, **rec})
     table = pd.DataFrame(records)

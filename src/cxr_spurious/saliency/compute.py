@@ -320,7 +320,7 @@ def compute_method_maps(
         progress=False,
         min_items=2,
     )
-    for chunk, result in zip(chunks, results):
+    for chunk, result in zip(chunks, results, strict=True):  # the map run to its end
         parts[chunk.method].append(result)
     out = {}
     n_batches = len(image_batches(images, batch_size))
