@@ -223,6 +223,12 @@ def tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
+        # An experiment made active by an earlier module (``mlflow.set_experiment``, also
+        # through a Kedro session) names an id of that module's store: start_run here would
+        # fail with "No Experiment with id=3 exists"
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+        mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(uri)
         yield uri

@@ -259,12 +259,19 @@ class SweepParamsHook:
 
 
 class StageTimingHooks:
-    """Times every node and logs one line with each stage's wall time when the run ends.
+    """Times every node: one console line per node, each stage's wall time at the end.
 
     Every node's run, input loads and output saves are recorded as ``(start, end)``
     intervals per stage; a stage's wall time is the length of their union
     (``union_length``), so nodes running side by side count once. The hooks may be called
     from a runner's threads (``ThreadRunner``): the records are guarded by a lock.
+
+    The line ``Node <name> done in <s> s (<stage>)`` is logged once the node's outputs are
+    saved (Kedro calls ``after_node_run`` between the run and the saves) and its time runs
+    from its first input load: what the person at the console waits for, also for a node
+    whose work is in a dataset's save (the phantom's images, the image cache). A runner
+    that reports a node done with no outputs to save (``DaskRunner``, whose workers load and
+    save) gets the line at ``after_node_run``.
     """
 
     def __init__(self) -> None:
@@ -273,27 +280,38 @@ class StageTimingHooks:
         self._start: dict[str, tuple[float, str]] = {}
         self._intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self._run_start = 0.0
+        self._node_first: dict[str, float] = {}  # node -> its first load (or its start)
+        self._unsaved: dict[str, set[str]] = {}  # node -> outputs not saved yet
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
         with self._lock:
             self._start.clear()
             self._intervals.clear()
+            self._node_first.clear()
+            self._unsaved.clear()
             self._run_start = time.perf_counter()
 
     @hook_impl
     def before_node_run(self, node: Node) -> None:
+        with self._lock:
+            self._node_first.setdefault(node.name, time.perf_counter())
         self._begin(node.name, node)
 
     @hook_impl
-    def after_node_run(self, node: Node) -> None:
-        interval = self._stop(node.name, node)
-        if interval is not None:  # the console's one line per node (logging_filters.py)
-            seconds = interval[1] - interval[0]
-            logger.info("Node %s done in %.1f s (%s)", node.name, seconds, stage_of(node))
+    def after_node_run(self, node: Node, outputs: dict[str, Any]) -> None:
+        if self._stop(node.name, node) is None:
+            return
+        with self._lock:
+            if outputs:  # the line once they are saved (after_dataset_saved)
+                self._unsaved[node.name] = set(outputs)
+                return
+        self._node_done(node)
 
     @hook_impl
     def before_dataset_loaded(self, dataset_name: str, node: Node) -> None:
+        with self._lock:
+            self._node_first.setdefault(node.name, time.perf_counter())
         self._begin(f"load:{dataset_name}:{node.name}", node)
 
     @hook_impl
@@ -307,6 +325,23 @@ class StageTimingHooks:
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, node: Node) -> None:
         self._stop(f"save:{dataset_name}:{node.name}", node)
+        with self._lock:
+            unsaved = self._unsaved.get(node.name)
+            if unsaved is None:
+                return
+            unsaved.discard(dataset_name)
+            if unsaved:
+                return
+            del self._unsaved[node.name]
+        self._node_done(node)
+
+    def _node_done(self, node: Node) -> None:
+        """The console's one line per node (logging_filters.py), from its first load."""
+        with self._lock:
+            first = self._node_first.pop(node.name, None)
+        if first is not None:
+            seconds = time.perf_counter() - first
+            logger.info("Node %s done in %.1f s (%s)", node.name, seconds, stage_of(node))
 
     def _begin(self, key: str, node: Node) -> None:
         now = time.perf_counter()

@@ -43,7 +43,7 @@ def test_times_are_summed_per_stage(caplog) -> None:
     hooks.before_pipeline_run({})
     hooks.before_node_run(node)
     time.sleep(0.02)
-    hooks.after_node_run(node)
+    hooks.after_node_run(node, {"b": 1})
     hooks.before_dataset_saved("b", node)
     time.sleep(0.03)
     hooks.after_dataset_saved("b", node)
@@ -51,6 +51,51 @@ def test_times_are_summed_per_stage(caplog) -> None:
         hooks.after_pipeline_run()
     assert hooks.stage_seconds()["ingestion"] >= 0.05
     assert "Wall time by stage: ingestion 0 s" in caplog.text
+
+
+def _node_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if " done in " in r.getMessage()]
+
+
+def test_a_nodes_line_comes_after_its_saves_and_counts_loads_and_saves(caplog) -> None:
+    """Kedro calls after_node_run before it saves the outputs: a node whose work is in a
+    dataset's save (the phantom's images) used to read "done in 0.0 s"."""
+    hooks = StageTimingHooks()
+    node = Node(_f, "a", ["b", "c"], name="n", tags=["ingestion"])
+    hooks.before_pipeline_run({})
+    with caplog.at_level(logging.INFO, logger="cxr_spurious.hooks"):
+        hooks.before_dataset_loaded("a", node)
+        time.sleep(0.05)
+        hooks.after_dataset_loaded("a", node)
+        hooks.before_node_run(node)
+        hooks.after_node_run(node, {"b": 1, "c": 2})
+        assert _node_lines(caplog) == []  # not before its outputs are saved
+        for name in ("b", "c"):
+            hooks.before_dataset_saved(name, node)
+            time.sleep(0.1)
+            hooks.after_dataset_saved(name, node)
+            if name == "b":
+                assert _node_lines(caplog) == []  # "c" is still to be saved
+    lines = _node_lines(caplog)
+    assert len(lines) == 1 and lines[0].startswith("Node n done in ") and "(ingestion)" in lines[0]
+    seconds = float(re.search(r"done in (\d+\.\d) s", lines[0]).group(1))
+    assert seconds >= 0.2  # the load and both saves, not the node's own 0.0 s
+
+
+def test_a_node_reported_without_outputs_to_save_gets_its_line_at_once(caplog) -> None:
+    """DaskRunner reports a node done (its worker loaded and saved) with outputs={}; a node
+    without outputs has nothing to wait for either."""
+    hooks = StageTimingHooks()
+    node = Node(_f, "a", "b", name="remote", tags=["localization"])
+    hooks.before_pipeline_run({})
+    with caplog.at_level(logging.INFO, logger="cxr_spurious.hooks"):
+        hooks.before_node_run(node)
+        time.sleep(0.05)
+        hooks.after_node_run(node, {})
+    lines = _node_lines(caplog)
+    assert len(lines) == 1 and re.match(
+        r"Node remote done in 0\.[0-9] s \(localization\)", lines[0]
+    )
 
 
 def _project(root: Path, marker: int) -> Path:

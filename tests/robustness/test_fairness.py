@@ -111,13 +111,17 @@ def test_fast_gaps_equal_fairlearn_on_random_data() -> None:
         )
 
 
-def test_fairness_deterministic_and_skips_single_group() -> None:
+def test_fairness_deterministic_and_skips_single_group(caplog) -> None:
     t = make_table()
     t["one"] = "x"
-    a = fairness_tables(t, TASK, 0.5, ["sex", "one"], n_boot=20, seed=2)
+    with caplog.at_level("WARNING", logger="cxr_spurious.robustness.fairness"):
+        a = fairness_tables(t, TASK, 0.5, ["sex", "one"], n_boot=20, seed=2)
     b = fairness_tables(t, TASK, 0.5, ["sex", "one"], n_boot=20, seed=2)
     pd.testing.assert_frame_equal(a[1], b[1])
     assert set(a[1]["attribute"]) == {"sex"}
+    # the skipped attribute is said, not only a NaN gap in the model's summary
+    assert f"fairness {TASK} / one: no gaps, 1 group(s)" in caplog.text
+    assert "one group only" in caplog.text and f"fairness {TASK} / sex" not in caplog.text
 
 
 def _rare_group_table(seed: int = 0) -> pd.DataFrame:

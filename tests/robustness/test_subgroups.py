@@ -43,6 +43,39 @@ def test_subgroup_auroc_deterministic_and_small_groups_skipped() -> None:
     assert "tiny" not in set(a["group"])
 
 
+def test_worst_group_names_left_out_groups_and_counts_only_the_scored_ones(caplog) -> None:
+    t = make_table()
+    small = t.index[:6]
+    t.loc[small, "site"] = "C"  # 6 rows: too few positives or negatives at min_per_class 5
+    y = t.loc[small, TASK]
+    with caplog.at_level("WARNING", logger="cxr_spurious.robustness.subgroups"):
+        out = subgroup_auroc(t, TASK, ["site"], n_boot=20, seed=0, min_per_class=5)
+    worst = out.query("metric == 'worst_group_auroc'").iloc[0]
+    scored = out.query("metric == 'auroc' and attribute == 'site'")
+    assert "C" not in set(scored["group"]) and len(scored) >= 2
+    assert np.isclose(worst["estimate"], scored["estimate"].min())
+    assert worst["n"] == len(t) - 6  # the scored groups' rows, not site C's
+    assert worst["n_pos"] == int(t[TASK].sum() - y.sum())
+    left = f"C ({int(y.sum())} pos, {int((y == 0).sum())} neg)"
+    assert f"left out (fewer than 5 positives or negatives): {left}" in worst["ci_note"]
+    assert left in caplog.text and "site" in caplog.text
+
+
+def test_one_scorable_group_is_no_worst_group() -> None:
+    """Only one group of the attribute can be scored: its AUROC would read as the worst
+    group's although it may be the best; the row says why it is NaN instead."""
+    t = make_table()
+    groups = sorted(t["site"].unique())
+    keep, rest = groups[0], t.index[t["site"] != groups[0]]
+    t.loc[rest[5:], "site"] = keep  # every site but one shrinks to 5 rows in all
+    t.loc[rest[:5], "site"] = "small"
+    out = subgroup_auroc(t, TASK, ["site"], n_boot=20, seed=0, min_per_class=5)
+    worst = out.query("metric == 'worst_group_auroc'").iloc[0]
+    assert np.isnan(worst["estimate"]) and np.isnan(worst["lo"]) and worst["n"] == 0
+    assert worst["ci_note"].startswith("no worst group: 1 group(s) of 'site' scorable")
+    assert "left out (fewer than 5 positives or negatives): small (" in worst["ci_note"]
+
+
 def test_paired_test_detects_better_model() -> None:
     t = make_table()
     noisy = t.copy()

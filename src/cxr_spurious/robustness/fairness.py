@@ -20,6 +20,7 @@ gaps that need the missing class (``fnr_gap``: positives; ``fpr_gap``: negatives
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Literal
 
@@ -42,7 +43,9 @@ from cxr_spurious.stats.bootstrap import (
     percentile_ci,
 )
 
-from .subgroups import eligible_groups
+from .subgroups import eligible_groups, left_out_note
+
+logger = logging.getLogger(__name__)
 
 # Operating-point rules (``robustness.operating_point``).
 RULES: tuple[str, ...] = ("youden", "fixed_sensitivity", "fixed_specificity")
@@ -199,7 +202,13 @@ def fairness_tables(
             raise ContractError(f"evaluation table has no attribute column '{attr}'")
         y_all = labelled[task].to_numpy(dtype=float)
         groups = eligible_groups(y_all, labelled[attr], min_per_class)
-        if len(groups) < 2:
+        if len(groups) < 2:  # no gap to report: say so (the summary's gap columns are NaN)
+            logger.warning(
+                "fairness %s / %s: no gaps, %d group(s) with at least %d positives and "
+                "negatives; %s",
+                task, attr, len(groups), min_per_class,
+                left_out_note(y_all, labelled[attr], groups, min_per_class) or "one group only",
+            )  # fmt: skip
             continue
         sub = labelled[labelled[attr].isin(groups)]
         y = sub[task].to_numpy(dtype=int)

@@ -11,6 +11,7 @@ is NaN and ``ci_note`` says why and how many (``bootstrap_or_note``); the estima
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,8 @@ METRICS: dict[str, Callable[..., float]] = {
     "robust_auroc": robust_auroc,
     "reverse_auroc": reverse_auroc,
 }
+
+logger = logging.getLogger(__name__)
 
 
 def eligible_groups(y: np.ndarray, values: pd.Series, min_per_class: int) -> list[object]:
@@ -77,7 +80,11 @@ def subgroup_auroc(
     CIs resample patients (``patient_id``). A subgroup's CI resamples the patients of that
     subgroup; the worst-group CI resamples all patients and takes the minimum over the
     eligible groups (those with ``min_per_class`` positives and negatives) in each replicate
-    (undefined when any of them is). Undefined replicates: see the module docstring.
+    (undefined when any of them is); its ``n`` / ``n_pos`` count the eligible groups' rows.
+    Groups left out are named with their counts in the worst-group row's ``ci_note`` and
+    in a warning; with fewer than two eligible groups the worst-group row has a NaN
+    estimate and says so (one group's AUROC is no worst group: it may be the best one).
+    Undefined replicates: see the module docstring.
 
     Args:
         table: Evaluation rows of one split (``patient_id``, ``task``, ``p_<task>``, attributes).
@@ -133,6 +140,9 @@ def subgroup_auroc(
         if attr not in table.columns:
             raise ContractError(f"evaluation table has no attribute column '{attr}'")
         groups = eligible_groups(y, table[attr], min_per_class)
+        left_out = left_out_note(y, table[attr], groups, min_per_class)
+        if left_out:
+            logger.warning("subgroup AUROC %s / %s: %s", task, attr, left_out)
         for v in groups:
             mask = (table[attr] == v).to_numpy()
             yy, ss, pp = y[mask], s[mask], pid[mask]
@@ -145,7 +155,7 @@ def subgroup_auroc(
                 **kw,
             )
             rows.append(_row(task, "auroc", attr, str(v), yy, res, note))
-        if groups:
+        if len(groups) >= 2:
             # Rows of groups too small to score get code -1 (left out of the worst group).
             values = table[attr].where(table[attr].isin(groups))
             codes = pd.Categorical(values, categories=groups).codes
@@ -157,8 +167,30 @@ def subgroup_auroc(
                 desc=f"worst-group AUROC {task}/{attr}",
                 **kw,
             )
-            rows.append(_row(task, "worst_group_auroc", attr, "worst", y, res, note))
+            note = "; ".join(part for part in (note, left_out) if part)
+            rows.append(_row(task, "worst_group_auroc", attr, "worst", y[codes >= 0], res, note))
+        else:  # one scorable group is not a worst group (it may be the best one)
+            none = BootstrapResult(float("nan"), float("nan"), float("nan"), np.array([]))
+            why = f"no worst group: {len(groups)} group(s) of '{attr}' scorable"
+            note = "; ".join(part for part in (why, left_out) if part)
+            rows.append(_row(task, "worst_group_auroc", attr, "worst", y[:0], none, note))
     return pd.DataFrame(rows)
+
+
+def left_out_note(
+    y: np.ndarray, values: pd.Series, groups: Sequence[object], min_per_class: int
+) -> str:
+    """Which groups of ``values`` are left out of the per-group and worst-group AUROC
+    (fewer than ``min_per_class`` positives or negatives), with their counts; "" if none."""
+    out = []
+    for v in sorted(values.dropna().unique(), key=str):
+        if v in groups:
+            continue
+        yy = y[(values == v).to_numpy()]
+        out.append(f"{v} ({int((yy == 1).sum())} pos, {int((yy == 0).sum())} neg)")
+    if not out:
+        return ""
+    return f"left out (fewer than {min_per_class} positives or negatives): " + ", ".join(out)
 
 
 def paired_auroc_test(

@@ -37,11 +37,16 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, f
 
 
 def paired_p(diff: np.ndarray) -> float:
-    """Two-sided paired t-test p-value of the finite differences (NaN with < 2 or no spread)."""
+    """Two-sided paired t-test p-value of the finite differences, as ``scipy.stats.ttest_rel``
+    gives it: NaN with fewer than 2 differences or all of them 0; 0.0 when they are all one
+    non-zero value (no spread: t is infinite, e.g. a metric saturated at 1.0 on one side and
+    0.0 on the other on every seed; it stays in the multiplicity family)."""
     d = np.asarray(diff, dtype=float)
     d = d[np.isfinite(d)]
-    if d.size < 2 or d.std(ddof=1) == 0:
+    if d.size < 2:
         return float("nan")
+    if d.std(ddof=1) == 0:
+        return 0.0 if d.mean() != 0 else float("nan")
     t = d.mean() / (d.std(ddof=1) / np.sqrt(d.size))
     return float(2 * stats.t.sf(abs(t), d.size - 1))
 
