@@ -253,3 +253,39 @@ def test_findings_at_several_levels_are_refused() -> None:
     )
     with pytest.raises(ContractError, match=r"several CI levels \[0\.9, 0\.95\]"):
         build_study_report(dataclasses.replace(inputs, study_findings=findings))
+
+
+def _findings_rows(page: str) -> dict[str, list[str]]:
+    """The findings table: measure -> the models' cells (unescaped text)."""
+    import html
+
+    section = page.split('id="findings"')[1].split("</table>")[0]
+    rows = [
+        [html.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", section)
+    ]
+    return {row[0]: row[1:] for row in rows[1:]}
+
+
+def test_findings_print_counts_whole_and_metrics_with_fixed_decimals() -> None:
+    """Transposed, a model's column mixes counts and metrics: a count read "223.0" and an
+    AUROC of exactly 1 read "1 [1, 1]" before."""
+    inputs = synthetic.inputs()
+    findings = inputs.study_findings.assign(
+        reverse_auroc=1.0,
+        reverse_auroc_lo=1.0,
+        reverse_auroc_hi=1.0,
+        gradcam_lesion_mass=0.4,
+        gradcam_lesion_mass_lo=0.3,
+        gradcam_lesion_mass_hi=0.5,
+        gradcam_lesion_mass_n_maps=223.0,
+        gradcam_lesion_mass_n_nonzero=201.0,
+        test_n_boot=1000.0,
+    )
+    page = build_study_report(dataclasses.replace(inputs, study_findings=findings))
+    rows = _findings_rows(page)
+    assert rows["reverse_auroc"] == ["1.00 [1.00, 1.00]"] * len(findings)
+    assert rows["gradcam_lesion_mass"] == ["0.40 [0.30, 0.50]"] * len(findings)
+    assert rows["gradcam_lesion_mass_n_maps"] == ["223"] * len(findings)
+    assert rows["gradcam_lesion_mass_n_nonzero"] == ["201"] * len(findings)
+    assert rows["test_n_boot"] == ["1000"] * len(findings) and rows["n_test"] == ["431"] * 3

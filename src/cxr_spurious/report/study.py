@@ -18,6 +18,7 @@ the file that holds all of it (``SOURCES``).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -271,10 +272,19 @@ def ci_level_text(findings: pd.DataFrame) -> str:
     return f"{100 * levels[0]:g} %"
 
 
+#: Findings columns that count (maps, bootstrap replicates, test images): printed whole.
+COUNT_COLUMN = re.compile(r"(^n_|_n$|_n_maps$|_n_nonzero$|_n_boot$)")
+
+
 def _findings(inputs: StudyReportInputs, max_rows: int) -> str:
-    findings = inputs.study_findings
+    findings = inputs.study_findings.copy()
     _require(findings, ["model"], "study_findings")
-    wide = with_cis(findings).set_index("model").T.reset_index(names="measure")
+    # counts as whole numbers (transposed, a model's column mixes them with metrics, and
+    # 223 would print as "223.0"); metrics with fixed decimals ("1.00 [1.00, 1.00]", not "1")
+    for col in [c for c in findings.columns if COUNT_COLUMN.search(str(c))]:
+        values = pd.to_numeric(findings[col], errors="coerce")
+        findings[col] = ["" if pd.isna(v) else str(int(round(v))) for v in values]
+    wide = with_cis(findings, fixed=True).set_index("model").T.reset_index(names="measure")
     wide.columns = [str(c) for c in wide.columns]
     source = f"{SOURCES['study_findings']} (one row per model there)"
     return table_html(wide.astype(str).replace({"nan": ""}), max_rows=max_rows, source=source)
