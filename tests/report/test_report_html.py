@@ -289,3 +289,24 @@ def test_findings_print_counts_whole_and_metrics_with_fixed_decimals() -> None:
     assert rows["gradcam_lesion_mass_n_maps"] == ["223"] * len(findings)
     assert rows["gradcam_lesion_mass_n_nonzero"] == ["201"] * len(findings)
     assert rows["test_n_boot"] == ["1000"] * len(findings) and rows["n_test"] == ["431"] * 3
+
+
+def test_findings_of_a_model_retrained_since_are_marked_stale() -> None:
+    """A findings row records the training it describes (``model_digest``); a model trained
+    again since (e.g. by torchrun or ``kedro run --pipeline training``) no longer matches."""
+    inputs = synthetic.inputs()
+    models = list(inputs.study_findings["model"])
+    digests = {m: f"{i:016x}" for i, m in enumerate(models)}
+    findings = inputs.study_findings.assign(model_digest=[digests[m] for m in models])
+    same = dataclasses.replace(inputs, study_findings=findings, model_digests=digests)
+    assert "Stale rows" not in build_study_report(same)
+    retrained = {**digests, models[-1]: "f" * 16}
+    page = build_study_report(dataclasses.replace(same, model_digests=retrained))
+    note = page.split("Stale rows")[1].split("</p>")[0]
+    assert f"{models[-1]} (row {digests[models[-1]]}, model now {'f' * 16})" in note
+    assert all(m not in note for m in models[:-1])
+    # rows written before the column, or models without a digest: nothing to compare
+    old = dataclasses.replace(inputs, model_digests=retrained)
+    assert "Stale rows" not in build_study_report(old)
+    unknown = dataclasses.replace(same, model_digests={**digests, models[-1]: None})
+    assert "Stale rows" not in build_study_report(unknown)

@@ -38,6 +38,7 @@ from cxr_spurious.report.html import (
     table_html,
     with_cis,
 )
+from cxr_spurious.study.findings import MODEL_DIGEST_COLUMN
 
 # (key, title) of every section, in page order.
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -179,6 +180,9 @@ class StudyReportInputs:
             erm, paired over seeds) or ``None``.
         sweep_summary: ``sweep_summary`` or ``None``.
         shortcut_detection: ``shortcut_detection`` or ``None``.
+        model_digests: Each study model's ``model_digest`` as its ``test_metrics`` reads
+            now; a findings row with another one describes an earlier training of that
+            model and gets a note (rows and models without a digest are not checked).
         written: When the files of ``study_findings`` and of the optional tables
             (``headline_table``, ``headline_table_seeds``, ``headline_paired_differences``,
             ``sweep_summary``, ``shortcut_detection``) were last
@@ -203,6 +207,7 @@ class StudyReportInputs:
     sweep_summary: pd.DataFrame | None = None
     shortcut_detection: pd.DataFrame | None = None
     written: Mapping[str, datetime | None] = field(default_factory=dict)
+    model_digests: Mapping[str, str | None] = field(default_factory=dict)
 
 
 def stack_per_model(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -287,7 +292,37 @@ def _findings(inputs: StudyReportInputs, max_rows: int) -> str:
     wide = with_cis(findings, fixed=True).set_index("model").T.reset_index(names="measure")
     wide.columns = [str(c) for c in wide.columns]
     source = f"{SOURCES['study_findings']} (one row per model there)"
-    return table_html(wide.astype(str).replace({"nan": ""}), max_rows=max_rows, source=source)
+    table = table_html(wide.astype(str).replace({"nan": ""}), max_rows=max_rows, source=source)
+    return _retrained_note(inputs.study_findings, inputs.model_digests) + table
+
+
+def retrained_models(
+    findings: pd.DataFrame, current: Mapping[str, str | None]
+) -> dict[str, tuple[str, str]]:
+    """Models whose findings row describes another training than the one on disk now:
+    ``{model: (row's model_digest, current one)}`` (rows or models without a digest are
+    not compared)."""
+    if MODEL_DIGEST_COLUMN not in findings:
+        return {}
+    out = {}
+    for model, recorded in zip(findings["model"], findings[MODEL_DIGEST_COLUMN]):
+        now = current.get(str(model))
+        if isinstance(recorded, str) and recorded and now and recorded != now:
+            out[str(model)] = (recorded, now)
+    return out
+
+
+def _retrained_note(findings: pd.DataFrame, current: Mapping[str, str | None]) -> str:
+    stale = retrained_models(findings, current)
+    if not stale:
+        return ""
+    which = "; ".join(f"{m} (row {old}, model now {new})" for m, (old, new) in stale.items())
+    return paragraph(
+        f"Stale rows: the findings of {which} describe an earlier training of the model "
+        "than the one trained since (its settings, data or code differ). Rerun the study "
+        "(kedro run --pipeline study, then report) before reading them.",
+        "note",
+    )
 
 
 def _overlays(inputs: StudyReportInputs) -> str:

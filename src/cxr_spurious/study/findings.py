@@ -27,6 +27,7 @@ import pandas as pd
 
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, check_n_boot
+from cxr_spurious.training.outputs import model_digest
 
 TUBE_MASS_COLUMN = "shortcut_Chest Tube"
 TUBE_AUROC_COLUMN = "shortcut_auroc_Chest Tube"
@@ -272,7 +273,14 @@ def model_row(
             }
         )
     row["test_ci_note"] = entry.get("ci_note", "")
+    # which trained model the row describes (its settings, data and code): the report
+    # compares it with the model's current test_metrics
+    row[MODEL_DIGEST_COLUMN] = model_digest(test_metrics)
     return row
+
+
+#: The findings column naming the trained model a row describes (``model_digest``).
+MODEL_DIGEST_COLUMN = "model_digest"
 
 
 # Columns that record how the CIs were made (settings, not findings: not logged as metrics).
@@ -345,6 +353,7 @@ def assemble_findings(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Rows -> table with identity columns first, then metrics with their CIs side by side."""
     table = pd.DataFrame(list(rows))
     ident = [c for c in ("model", "supervision", "architecture", "task", "n_test") if c in table]
+    ident += [MODEL_DIGEST_COLUMN] if MODEL_DIGEST_COLUMN in table else []
     ident += [c for c in CI_SETTING_COLUMNS if c in table]
     rest = [c for c in table.columns if c not in ident]
     out = table[ident + rest]
@@ -364,6 +373,8 @@ def findings_metrics(table: pd.DataFrame) -> dict[str, dict[str, float]]:
     for rec in table.to_dict("records"):
         for key, value in rec.items():
             if key in {"model", "supervision", "architecture", "task", "n_test"}:
+                continue
+            if key == MODEL_DIGEST_COLUMN:
                 continue
             if key in CI_SETTING_COLUMNS:
                 continue

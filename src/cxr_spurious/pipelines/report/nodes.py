@@ -17,6 +17,7 @@ from cxr_spurious.report.study import (
     build_study_report,
     stack_per_model,
 )
+from cxr_spurious.training.outputs import model_digest
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,12 @@ def stack_calibration(**tables: pd.DataFrame) -> pd.DataFrame:
 def stack_fairness_gaps(**tables: pd.DataFrame) -> pd.DataFrame:
     """Every model's ``<m>.fairness_gaps`` in one table (keyword = model name)."""
     return stack_per_model(tables)
+
+
+def current_model_digests(**test_metrics: Mapping[str, Any]) -> dict[str, str | None]:
+    """Each study model's ``model_digest`` as its ``<m>.test_metrics`` reads now (keyword =
+    model name): the report checks the findings rows against them."""
+    return {name: model_digest(metrics) for name, metrics in test_metrics.items()}
 
 
 def _loaded(partitions: Mapping[str, Callable[[], Any]], keep: Callable[[str], bool]) -> dict:
@@ -61,6 +68,7 @@ def build_report(
     title: str,
     max_rows: int,
     study_findings_written: datetime | None = None,
+    model_digests: Mapping[str, str | None] | None = None,
 ) -> str:
     """The study report (``report``): one HTML page of the stages' reporting datasets.
 
@@ -90,6 +98,9 @@ def build_report(
         study_findings_written: When ``study_findings``'s file was written
             (``report_study_findings_written``); an optional table older than it gets a
             note.
+        model_digests: Each study model's ``model_digest`` now
+            (``current_model_digests``); a findings row that describes another training
+            of its model (retrained since the study ran) gets a note.
 
     Returns:
         The HTML page.
@@ -117,6 +128,7 @@ def build_report(
         headline_paired_differences=headline_paired_differences,
         sweep_summary=sweep_summary,
         shortcut_detection=shortcut_detection,
+        model_digests=dict(model_digests or {}),
         written={
             "study_findings": study_findings_written,
             "headline_table": _written(headline_table),

@@ -36,12 +36,19 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
                 name="stack_fairness_gaps",
             ),
             Node(
+                func=nodes.current_model_digests,
+                inputs={m: f"{m}.test_metrics" for m in STUDY_MODELS},
+                outputs="report_model_digests",
+                name="current_model_digests",
+            ),
+            Node(
                 func=nodes.build_report,
                 inputs={
                     "dataset_report": "dataset_report",
                     "example_grid": "example_grid",
                     "study_findings": "study_findings",
                     "study_findings_written": "report_study_findings_written",
+                    "model_digests": "report_model_digests",
                     "study_findings_figure": "study_findings_figure",
                     "localization_overlays": "localization_overlays",
                     "localization_summary": "localization_summary",
