@@ -93,7 +93,7 @@ OVERVIEW_DRAWN = (
     "study_findings_figure",
 )
 # Elements (nodes, datasets, boxes) the overview may draw (it draws 22); the whole default
-# graph draws 139.
+# graph draws 144 (2026-12-06).
 MAX_OVERVIEW_ELEMENTS = 30
 # Smallest on-screen label font (CSS px, 1600 x 1000 window) counted as legible: the overview's
 # is 5.6 px (zoom 40 %), the whole graph's 1.8 px (zoom 13 %), unreadable.
