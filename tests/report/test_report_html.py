@@ -291,7 +291,7 @@ def test_findings_print_counts_whole_and_metrics_with_fixed_decimals() -> None:
     assert rows["test_n_boot"] == ["1000"] * len(findings) and rows["n_test"] == ["431"] * 3
 
 
-def test_findings_of_a_model_retrained_since_are_marked_stale() -> None:
+def test_findings_of_a_model_retrained_since_are_marked_stale(caplog) -> None:
     """A findings row records the training it describes (``model_digest``); a model trained
     again since (e.g. by torchrun or ``kedro run --pipeline training``) no longer matches."""
     inputs = synthetic.inputs()
@@ -301,7 +301,9 @@ def test_findings_of_a_model_retrained_since_are_marked_stale() -> None:
     same = dataclasses.replace(inputs, study_findings=findings, model_digests=digests)
     assert "Stale rows" not in build_study_report(same)
     retrained = {**digests, models[-1]: "f" * 16}
-    page = build_study_report(dataclasses.replace(same, model_digests=retrained))
+    with caplog.at_level("WARNING", logger="cxr_spurious.report.study"):
+        page = build_study_report(dataclasses.replace(same, model_digests=retrained))
+    assert f"the findings of {models[-1]} (row" in caplog.text  # on the console too
     note = page.split("Stale rows")[1].split("</p>")[0]
     assert f"{models[-1]} (row {digests[models[-1]]}, model now {'f' * 16})" in note
     assert all(m not in note for m in models[:-1])

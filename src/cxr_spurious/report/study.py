@@ -17,6 +17,7 @@ the file that holds all of it (``SOURCES``).
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -39,6 +40,8 @@ from cxr_spurious.report.html import (
     with_cis,
 )
 from cxr_spurious.study.findings import MODEL_DIGEST_COLUMN
+
+logger = logging.getLogger(__name__)
 
 # (key, title) of every section, in page order.
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -317,6 +320,11 @@ def _retrained_note(findings: pd.DataFrame, current: Mapping[str, str | None]) -
     if not stale:
         return ""
     which = "; ".join(f"{m} (row {old}, model now {new})" for m, (old, new) in stale.items())
+    logger.warning(
+        "study report: the findings of %s describe an earlier training of the model; rerun "
+        "the study before reading them",
+        which,
+    )
     return paragraph(
         f"Stale rows: the findings of {which} describe an earlier training of the model "
         "than the one trained since (its settings, data or code differ). Rerun the study "
