@@ -49,6 +49,7 @@ from kedro.pipeline import Node
 from kedro.utils import find_kedro_project
 
 from cxr_spurious.errors import ParameterError
+from cxr_spurious.logging_filters import join_run_logging
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +257,21 @@ class SweepParamsHook:
         if blocks != _BUILT_FROM:
             reset_pipeline_registry()
             _BUILT_FROM = blocks
+
+
+class WorkerLoggingHook:
+    """Worker processes of ``ParallelRunner`` started by ``spawn`` / ``forkserver``
+    (``KEDRO_MP_CONTEXT``, Python's default on macOS) join the run's logging before their
+    first dataset load or node (``logging_filters.join_run_logging``): the console filter
+    and the log file, as forked workers inherit them. A no-op everywhere else."""
+
+    @hook_impl(tryfirst=True)
+    def before_dataset_loaded(self) -> None:
+        join_run_logging()
+
+    @hook_impl(tryfirst=True)
+    def before_node_run(self) -> None:
+        join_run_logging()
 
 
 class StageTimingHooks:

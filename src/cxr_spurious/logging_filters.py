@@ -19,8 +19,11 @@ A record is kept off the console (and still written to the file) when:
   the end of the run instead (``ConsoleFilter.summary``). Worker processes forked by Kedro's
   ``ParallelRunner`` inherit the filter and the file handler; what they drop is counted in a
   tally file that the run's process reads back (``ConsoleFilter.share_with_workers``).
-  Workers started by ``spawn`` / ``forkserver`` (``KEDRO_MP_CONTEXT``) configure logging from
-  ``conf/logging.yml`` alone: their warnings are neither filtered nor in the log file.
+  Workers started by ``spawn`` / ``forkserver`` (``KEDRO_MP_CONTEXT``; Python's default on
+  macOS) start with Kedro's logging from ``conf/logging.yml`` alone; they join the run's
+  (the filter, the log file, the tally) through ``RUN_LOGGING_ENV`` when they import this
+  package and again before their first dataset load (``join_run_logging``, called by the
+  package's ``__init__`` and by ``hooks.WorkerLoggingHook``).
 
 MLflow configures its own loggers when it is imported (``mlflow``, ``alembic``,
 ``sqlalchemy.engine``, ``huey``: a stderr handler of its own, level ``MLFLOW_LOGGING_LEVEL``
@@ -43,8 +46,10 @@ have no log file; there they are dropped. Every other warning passes.
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
+import multiprocessing
 import os
 import re
 import sys
@@ -81,6 +86,9 @@ CONSOLE_QUIET_INFO: tuple[tuple[str, str], ...] = (
 CONSOLE_QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
     ("kedro.validation", "Union type hint"),
     ("kedro_viz", "Workflow tracking is disabled"),
+    # kedro-viz's dataset statistics hook in a worker started by spawn: it never saw the
+    # catalog (after_catalog_created runs in the run's process), so each save warns
+    ("kedro_viz", "[hook: after_dataset_saved] Unable to create statistics"),
 )
 
 #: Warning categories that never need a user's attention on the console.
@@ -422,13 +430,21 @@ def configure_rank_logging(
     return console_filter, None
 
 
+#: Environment variable through which the run's process hands its logging set-up to worker
+#: processes started by ``spawn`` / ``forkserver`` (``KEDRO_MP_CONTEXT``; Python's default
+#: on macOS): JSON ``{"log_file", "tally", "pid", "levels"}`` (``join_run_logging``).
+RUN_LOGGING_ENV = "CXR_SPURIOUS_RUN_LOGGING"
+
+
 def configure_run_logging(
     project_path: Path | str = ".", logger_levels: Mapping[str, object] | None = None
 ) -> tuple[ConsoleFilter, Path]:
     """Route a run's output: a quiet console, everything in ``<project>/logs/info.log``.
 
     Idempotent: handlers and filters installed by an earlier call are replaced. MLflow's
-    own loggers are taken back into that routing (``adopt_mlflow_loggers``).
+    own loggers are taken back into that routing (``adopt_mlflow_loggers``). Worker
+    processes forked from this one inherit it; workers started by ``spawn`` /
+    ``forkserver`` join it through ``RUN_LOGGING_ENV`` (``join_run_logging``).
 
     Args:
         project_path: The project root (the log file goes under its ``logs/``).
@@ -437,17 +453,76 @@ def configure_run_logging(
 
     Returns:
         The console filter (its ``summary`` names the library warnings dropped by this
-        process and the worker processes forked from it) and the log file's path.
+        process and its worker processes) and the log file's path.
     """
-    root = logging.getLogger()
-    log_file = Path(project_path) / LOG_FILE
+    log_file = Path(project_path).resolve() / LOG_FILE
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    console_filter = ConsoleFilter()
+    tally = console_filter.share_with_workers()
+    _route(console_filter, log_file, logger_levels)
+    os.environ[RUN_LOGGING_ENV] = json.dumps(
+        {
+            "log_file": str(log_file),
+            "tally": str(tally),
+            "pid": os.getpid(),
+            "levels": {str(k): v for k, v in (logger_levels or {}).items()},
+        }
+    )
+    _release_startup_warnings(_run_file_handler(), console_filter)
+    return console_filter, log_file
+
+
+def join_run_logging() -> bool:
+    """In a worker process started by ``spawn`` / ``forkserver``, route its output as the
+    run's own (``configure_run_logging``): the console filter, whose dropped warnings are
+    counted in the run's tally file, and the run's log file, appended to.
+
+    Kedro's ``ParallelRunner`` configures such a worker's logging from ``conf/logging.yml``
+    alone (every INFO line on the console, rich-wrapped; nothing in the log file); the
+    project's hooks call this before a worker's first dataset load. A no-op outside a run
+    (no ``RUN_LOGGING_ENV``) and in a process that already routes the run's output (the
+    run's own, a forked worker).
+
+    Returns:
+        Whether this call set up the process's logging.
+    """
+    raw = os.environ.get(RUN_LOGGING_ENV)
+    if not raw or _run_file_handler() is not None:
+        return False
+    try:
+        shared = json.loads(raw)
+        log_file, tally, owner = Path(shared["log_file"]), Path(shared["tally"]), int(shared["pid"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    parent = multiprocessing.parent_process()
+    # only a worker the run's process started itself (the variable is inherited by any
+    # process started later, e.g. by a test or a notebook, long after that run)
+    if parent is None or parent.pid != owner or not log_file.parent.is_dir():
+        return False
+    console_filter = ConsoleFilter()
+    console_filter._tally, console_filter._pid = tally, owner  # count in the run's tally
+    _route(console_filter, log_file, shared.get("levels") or {})
+    return True
+
+
+def _run_file_handler() -> logging.Handler | None:
+    """The root logger's run log file handler (``configure_run_logging``'s), if any."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_cxr_run_logging", 0):
+            return handler
+    return None
+
+
+def _route(
+    console_filter: ConsoleFilter, log_file: Path, logger_levels: Mapping[str, object] | None
+) -> None:
+    """Install ``console_filter`` on the root's console handlers (plain ones off a terminal)
+    and a handler appending to ``log_file`` (replacing earlier ones); adopt MLflow's loggers."""
+    root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, logging.FileHandler) and getattr(handler, "_cxr_run_logging", 0):
             root.removeHandler(handler)
             handler.close()
-    console_filter = ConsoleFilter()
-    console_filter.share_with_workers()
     for handler in list(root.handlers):
         if not _is_console_handler(handler):
             continue
@@ -469,5 +544,3 @@ def configure_run_logging(
     file_handler._cxr_run_logging = True  # type: ignore[attr-defined]
     root.addHandler(file_handler)
     adopt_mlflow_loggers(logger_levels)
-    _release_startup_warnings(file_handler, console_filter)
-    return console_filter, log_file

@@ -24,7 +24,12 @@ from kedro.config import OmegaConfigLoader
 from omegaconf import DictConfig, OmegaConf
 
 from cxr_spurious.errors import ParameterError
-from cxr_spurious.hooks import ParameterKeysHook, StageTimingHooks, SweepParamsHook
+from cxr_spurious.hooks import (
+    ParameterKeysHook,
+    StageTimingHooks,
+    SweepParamsHook,
+    WorkerLoggingHook,
+)
 from cxr_spurious.tracking import BatchedParamsMlflowHook, MlflowRunNamingHook
 
 #: Config keys (groups of files) in which ``${env:...}`` may be used.
@@ -176,6 +181,7 @@ CONFIG_LOADER_ARGS = {
 # ParameterKeysHook refuses unknown parameter keys first (``tryfirst``), before the MLflow
 # hooks open a run.
 HOOKS = (
+    WorkerLoggingHook(),
     ParameterKeysHook(),
     StageTimingHooks(),
     SweepParamsHook(),

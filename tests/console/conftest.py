@@ -12,9 +12,17 @@ import pytest
 def clean_root() -> Iterator[logging.Logger]:
     """The root logger, its handlers and level restored after the test (the tests install
     the run's console and file handlers)."""
+    import os
+
+    from cxr_spurious.logging_filters import RUN_LOGGING_ENV
+
     root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
+    saved = (list(root.handlers), root.level, os.environ.get(RUN_LOGGING_ENV))
     yield root
+    if saved[2] is None:  # configure_run_logging hands its set-up to workers through it
+        os.environ.pop(RUN_LOGGING_ENV, None)
+    else:
+        os.environ[RUN_LOGGING_ENV] = saved[2]
     for handler in list(root.handlers):
         if handler not in saved[0]:
             root.removeHandler(handler)

@@ -82,6 +82,14 @@ DOTS = (
         (_record(VIZ_HOOK, "Workflow tracking is disabled during partial ...", WARN), False),
         (_record(VIZ_HOOK, "Workflow tracking is disabled for non-sequential ...", WARN), False),
         (_record(VIZ_HOOK, "another kedro-viz problem", logging.WARNING), True),
+        (
+            _record(
+                "kedro_viz.integrations.kedro.hooks",
+                "[hook: after_dataset_saved] Unable to create statistics for the dataset %s : %s",
+                WARN,
+            ),
+            False,
+        ),
         (_record("cxr_spurious.x", UNION, logging.WARNING), True),
         (_record("kedro.framework.session.session", "Kedro project cxr_spurious"), True),
         (_record("cxr_spurious.hooks", "Node build_manifest done in 0.1 s (ingestion)"), True),
@@ -400,3 +408,56 @@ def test_rank_logging_names_the_rank_and_only_rank_0_speaks_at_info(
         assert info_lines == [] and log_file is None
         assert not (tmp_path / "logs").exists()
         assert not [h for h in clean_root.handlers if isinstance(h, logging.FileHandler)]
+
+
+def _spawned_worker_logs(stream_marker: str) -> str:
+    """In a spawned worker: Kedro's logging as ``ParallelRunner`` leaves it (a rich console,
+    INFO), then what the project's hook does before the first load; what it printed."""
+    import warnings
+
+    from kedro.logging import RichHandler
+    from rich.console import Console
+
+    from cxr_spurious.logging_filters import join_run_logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    root.handlers[:] = [RichHandler(console=Console(file=stream))]
+    root.setLevel(logging.INFO)
+    joined = join_run_logging()
+    logging.getLogger("kedro.io.data_catalog").info("Loading data from a (MemoryDataset)...")
+    logging.getLogger("cxr_spurious.worker").info(stream_marker)
+    logging.captureWarnings(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn_explicit("Mean of empty slice", RuntimeWarning, f"{SITE}/numpy/x.py", 3)
+    for handler in root.handlers:
+        handler.flush()
+    return f"joined={joined}\n" + stream.getvalue()
+
+
+def test_spawned_workers_join_the_runs_console_filter_and_log_file(
+    clean_root: logging.Logger, tmp_path: Path
+) -> None:
+    """Workers started by spawn (KEDRO_MP_CONTEXT=spawn; macOS's default) configure logging
+    from conf/logging.yml alone; the project's hook makes them route as forked ones do."""
+    import multiprocessing
+
+    hold_startup_warnings().release()
+    clean_root.handlers[:] = [PlainConsoleHandler(io.StringIO())]
+    clean_root.setLevel(logging.INFO)
+    console_filter, log_file = configure_run_logging(tmp_path)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        shown = pool.apply(_spawned_worker_logs, ("rows ready in the worker",))
+    assert shown.startswith("joined=True\n"), shown
+    lines = shown.splitlines()[1:]
+    assert len(lines) == 1 and lines[0].endswith("INFO     rows ready in the worker"), lines
+    written = log_file.read_text(encoding="utf-8")
+    assert "Loading data from a (MemoryDataset)" in written and "rows ready" in written
+    assert "RuntimeWarning: Mean of empty slice" in written
+    assert console_filter.summary("logs/info.log") == (
+        "1 warning(s) from libraries (1 RuntimeWarning) are in logs/info.log"
+    )
+    # the run's own process does not join (it routes the run's output already; without a
+    # multiprocessing parent that started it, no process does)
+    assert _spawned_worker_logs("x").startswith("joined=False")
