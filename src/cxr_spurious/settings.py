@@ -181,8 +181,8 @@ CONFIG_LOADER_ARGS = {
 # ParameterKeysHook refuses unknown parameter keys first (``tryfirst``), before the MLflow
 # hooks open a run.
 HOOKS = (
-    WorkerLoggingHook(),
     ParameterKeysHook(),
+    WorkerLoggingHook(),
     StageTimingHooks(),
     SweepParamsHook(),
     BatchedParamsMlflowHook(),
