@@ -154,6 +154,14 @@ class ConsoleFilter(logging.Filter):
         self._pid = os.getpid()
         self._tally: Path | None = None
 
+    @classmethod
+    def counting_in(cls, tally: Path, owner_pid: int) -> ConsoleFilter:
+        """A filter of a worker the run did not fork (``join_run_logging``): what it drops
+        is counted in the run's tally file ``tally``, as a forked worker's copy does."""
+        joined = cls()
+        joined._tally, joined._pid = tally, owner_pid
+        return joined
+
     def share_with_workers(self) -> Path:
         """Have forked worker processes count what they drop in a tally file; idempotent.
 
@@ -499,9 +507,7 @@ def join_run_logging() -> bool:
     # process started later, e.g. by a test or a notebook, long after that run)
     if parent is None or parent.pid != owner or not log_file.parent.is_dir():
         return False
-    console_filter = ConsoleFilter()
-    console_filter._tally, console_filter._pid = tally, owner  # count in the run's tally
-    _route(console_filter, log_file, shared.get("levels") or {})
+    _route(ConsoleFilter.counting_in(tally, owner), log_file, shared.get("levels") or {})
     return True
 
 
