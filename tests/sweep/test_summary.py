@@ -158,3 +158,23 @@ def test_a_metric_undefined_for_some_pairs_is_counted_and_noted() -> None:
     assert row["note"] == "undefined for some pairs: robust_auroc: 3 of 4 pairs"
     complete = paired_differences(_models(), [("seg", "erm")])
     assert (complete["robust_auroc_n"] == 4).all() and (complete["note"] == "").all()
+
+
+def test_cell_intervals_are_cut_to_the_metric_range() -> None:
+    """A robust AUROC near 1 on 4 seeds with one low seed: scipy's interval passes 1, the
+    summary's stops there; a paired difference stays within [-1, 1]; a value outside an
+    AUROC's range is refused naming the table and metric."""
+    models = _models()
+    seg = models["supervision"] == "seg"
+    models.loc[seg, "robust_auroc"] = models.loc[seg, "seed"].map({0: 1.0, 1: 0.99, 2: 0.7, 3: 1.0})
+    values = [1.0, 0.99, 0.7, 1.0]
+    ref_lo, ref_hi = stats.t.interval(0.95, 3, loc=np.mean(values), scale=stats.sem(values))
+    assert ref_hi > 1
+    summary = summarise_cells(models)
+    row = summary[summary["supervision"] == "seg"].iloc[0]
+    assert row["robust_auroc_hi"] == 1.0 and row["robust_auroc_lo"] == pytest.approx(ref_lo)
+    paired = paired_differences(models)
+    assert (paired["robust_auroc_hi"] <= 1.0).all() and (paired["robust_auroc_lo"] >= -1.0).all()
+    models.loc[seg & (models["seed"] == 0), "robust_auroc"] = 1.5
+    with pytest.raises(ContractError, match="sweep_models: robust_auroc: value 1.5 lies outside"):
+        summarise_cells(models)

@@ -5,6 +5,13 @@ comparison of two models trained on the same seeds (``paired_difference``: mean 
 difference, paired t interval, ``scipy.stats.ttest_rel``'s two-sided p-value). The sweep's
 summaries (``cxr_spurious.sweep.summary``) and the comparison's across-seed tables
 (``summarise_over_seeds``, ``paired_over_seeds``) are built on them.
+
+A t interval is symmetric, so with a few seeds near the edge of a bounded metric it can
+reach past what the metric can take (an AUROC of 0.89 [0.74, 1.04]). Where the metric's
+range is known (``metric_range``: AUROCs, rates, masses and gaps in [0, 1], reliances in
+[-1, 1]; a paired difference of two such metrics in [lo - hi, hi - lo]) the interval is cut
+to that range. Its coverage does not change, since the true value lies in the range; a
+metric whose name matches no rule keeps the plain interval.
 """
 
 from __future__ import annotations
@@ -20,20 +27,80 @@ from cxr_spurious.errors import ContractError, ParameterError
 
 SEED_COLUMN = "seed"
 
+#: The range of each kind of metric, matched on the end of its column name (first match).
+METRIC_RANGES: tuple[tuple[str, tuple[float, float]], ...] = (
+    ("auroc", (0.0, 1.0)),  # auroc, robust_auroc, worst_group_auroc, <method>_artefact_auroc
+    ("hit_rate", (0.0, 1.0)),
+    ("miou", (0.0, 1.0)),
+    ("artefact_mass", (0.0, 1.0)),  # share of a non-negative map's mass
+    ("artefact_area", (0.0, 1.0)),
+    ("fnr_gap", (0.0, 1.0)),  # max - min of per-group rates
+    ("fpr_gap", (0.0, 1.0)),
+    ("equalized_odds_difference", (0.0, 1.0)),
+    ("reliance", (-1.0, 1.0)),  # mean change of a probability between two renders
+    ("artefact_rise", (-1.0, 1.0)),
+)
+#: Slack for float round-off when values are checked against their metric's range.
+RANGE_TOLERANCE = 1e-9
 
-def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of the finite values and its Student t interval (NaN bounds with < 2 values)."""
+
+def metric_range(name: str) -> tuple[float, float] | None:
+    """The values metric ``name`` can take (``METRIC_RANGES``), or None when unknown."""
+    for suffix, bounds in METRIC_RANGES:
+        if name.endswith(suffix):
+            return bounds
+    return None
+
+
+def difference_range(name: str) -> tuple[float, float] | None:
+    """The values a difference of two ``name`` metrics can take, or None when unknown."""
+    bounds = metric_range(name)
+    if bounds is None:
+        return None
+    lo, hi = bounds
+    return lo - hi, hi - lo
+
+
+def t_interval(
+    values: np.ndarray,
+    level: float = 0.95,
+    *,
+    bounds: tuple[float, float] | None = None,
+    name: str = "values",
+) -> tuple[float, float, float]:
+    """Mean of the finite values and its Student t interval (NaN bounds with < 2 values).
+
+    Args:
+        values: One value per seed (NaN values are left out).
+        level: Confidence level.
+        bounds: The range the quantity can take: the interval is cut to it.
+        name: The quantity in error messages.
+
+    Raises:
+        ParameterError: ``level`` is not in (0, 1).
+        ContractError: a value lies outside ``bounds`` (the range does not fit the metric).
+    """
     if not 0 < level < 1:
         raise ParameterError("ci_level", f"must be in (0, 1), got {level}")
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return float("nan"), float("nan"), float("nan")
+    if bounds is not None:
+        outside = v[(v < bounds[0] - RANGE_TOLERANCE) | (v > bounds[1] + RANGE_TOLERANCE)]
+        if outside.size:
+            raise ContractError(
+                f"{name}: value {float(outside[0]):g} lies outside its range "
+                f"[{bounds[0]:g}, {bounds[1]:g}] (stats.seeds.METRIC_RANGES)"
+            )
     mean = float(v.mean())
     if v.size < 2:
         return mean, float("nan"), float("nan")
     half = float(stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-    return mean, mean - half, mean + half
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return mean, lo, hi
 
 
 def paired_p(diff: np.ndarray) -> float:
@@ -51,9 +118,16 @@ def paired_p(diff: np.ndarray) -> float:
     return float(2 * stats.t.sf(abs(t), d.size - 1))
 
 
-def paired_difference(diff: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
-    """Mean of the paired differences ``a - b``, its t interval and the paired p-value."""
-    mean, lo, hi = t_interval(diff, level)
+def paired_difference(
+    diff: np.ndarray,
+    level: float = 0.95,
+    *,
+    bounds: tuple[float, float] | None = None,
+    name: str = "differences",
+) -> tuple[float, float, float, float]:
+    """Mean of the paired differences ``a - b``, its t interval (cut to ``bounds``, the
+    range of a difference: ``difference_range``) and the paired p-value."""
+    mean, lo, hi = t_interval(diff, level, bounds=bounds, name=name)
     return mean, lo, hi, paired_p(diff)
 
 
@@ -94,7 +168,7 @@ def summarise_over_seeds(
         row.update(n_seeds=len(group), seeds=seed_list(group[SEED_COLUMN]))
         for m in metrics:
             values = group[m].to_numpy(dtype=float)
-            mean, lo, hi = t_interval(values, level)
+            mean, lo, hi = t_interval(values, level, bounds=metric_range(m), name=f"{source}: {m}")
             row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi})
             row[f"{m}_n"] = int(np.isfinite(values).sum())
         rows.append(row)
@@ -148,7 +222,9 @@ def paired_over_seeds(
         row.update(n_pairs=len(group), seeds=seed_list(group[SEED_COLUMN]))
         for m in metrics:
             diff = (group[f"{m}_a"] - group[f"{m}_b"]).to_numpy(dtype=float)
-            mean, lo, hi, p = paired_difference(diff, level)
+            mean, lo, hi, p = paired_difference(
+                diff, level, bounds=difference_range(m), name=f"{source}: {m} difference"
+            )
             row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi, f"{m}_p": p})
             row[f"{m}_n"] = int(np.isfinite(diff).sum())  # pairs where both sides are defined
         rows.append(row)

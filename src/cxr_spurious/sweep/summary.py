@@ -9,7 +9,8 @@ also re-draws which images carry the artefact, in train and val and, unless
 strength, seed and, between two location supervisions, the same location fraction; ``erm``
 uses no location labels and pairs with every fraction), as the mean paired difference with a
 paired t interval and p-value (``scipy.stats.ttest_rel``'s). The interval and the paired
-test are ``cxr_spurious.stats.seeds``'s (shared with the comparison's across-seed tables).
+test are ``cxr_spurious.stats.seeds``'s (shared with the comparison's across-seed tables),
+both cut to the metric's range where it is known (``stats.seeds.metric_range``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError, ParameterError
-from cxr_spurious.stats.seeds import SEED_COLUMN, paired_difference, seed_list, t_interval
+from cxr_spurious.stats.seeds import (
+    SEED_COLUMN,
+    difference_range,
+    metric_range,
+    paired_difference,
+    seed_list,
+    t_interval,
+)
 from cxr_spurious.sweep.grid import CELL_COLUMNS, LOCATION_SUPERVISIONS
 
 #: Columns that are never metrics (the cell, the seed and bookkeeping).
@@ -75,7 +83,10 @@ def summarise_cells(
         row["confounding"] = row["p_given_ptx"] - row["p_given_no_ptx"]
         row.update(n_seeds=len(group), seeds=_seed_list(group))
         for m in names:
-            mean, lo, hi = t_interval(group[m].to_numpy(dtype=float), level)
+            values = group[m].to_numpy(dtype=float)
+            mean, lo, hi = t_interval(
+                values, level, bounds=metric_range(m), name=f"sweep_models: {m}"
+            )
             row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi})
         row["ci_covers"] = "seeds"
         row["note"] = ONE_SEED_NOTE if len(group) == 1 else _missing_note(group, names)
@@ -134,7 +145,9 @@ def _pair_rows(
         defined: dict[str, int] = {}
         for m in names:
             diff = (group[f"{m}_a"] - group[f"{m}_b"]).to_numpy(dtype=float)
-            mean, lo, hi, p = paired_difference(diff, level)
+            mean, lo, hi, p = paired_difference(
+                diff, level, bounds=difference_range(m), name=f"sweep_models: {m} ({a} - {b})"
+            )
             defined[m] = int(np.isfinite(diff).sum())  # pairs where both sides are defined
             row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi, f"{m}_p": p, f"{m}_n": defined[m]})
         row["ci_covers"] = "seeds (paired)"

@@ -470,7 +470,8 @@ def render_sweep_tables(
         "seed(s) each. Cells: mean over seeds "
         f"[{level_text(level)} t interval across seeds: each seed retrains on re-drawn "
         "artefact carriers; the test images are fixed, their carriers re-drawn too unless "
-        "`sweep.test_seed` is set]. Paired differences: same data and seed, paired "
+        "`sweep.test_seed` is set; cut to the metric's range, e.g. [0, 1] for an AUROC]. "
+        "Paired differences: same data and seed, paired "
         f"{level_text(level)} t interval and p-value. Detection: "
         f"{level_text(detection_level)} bootstrap CI over models; false flags: "
         f"{level_text(detection_level)} Wilson interval.",

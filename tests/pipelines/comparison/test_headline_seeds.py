@@ -69,7 +69,10 @@ def test_across_seed_means_and_t_intervals_match_scipy() -> None:
     # an undefined seed is left out of that metric, and the note says so
     jtt = table[table["variant"] == "cmp_jtt"].iloc[0]
     mean, lo, hi = _t([0.69, 0.20])
-    assert (jtt["robust_tube_auroc"], jtt["robust_tube_auroc_lo"]) == pytest.approx((mean, lo))
+    assert lo < 0 < 1 < hi  # two seeds far apart: the plain interval passes both ends
+    assert (jtt["robust_tube_auroc"], jtt["robust_tube_auroc_lo"]) == pytest.approx((mean, 0.0))
+    assert jtt["robust_tube_auroc_hi"] == 1.0  # cut to an AUROC's range
+    assert "cut to the metric's range" in jtt["ci_note"]
     assert jtt["robust_tube_auroc_n"] == 2
     assert "robust_tube_auroc: 2 of 3" in jtt["ci_note"]
     assert "across 3 training seeds" in jtt["ci_note"]
