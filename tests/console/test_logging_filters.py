@@ -461,3 +461,29 @@ def test_spawned_workers_join_the_runs_console_filter_and_log_file(
     # the run's own process does not join (it routes the run's output already; without a
     # multiprocessing parent that started it, no process does)
     assert _spawned_worker_logs("x").startswith("joined=False")
+
+
+def test_spawned_parallel_workers_run_the_projects_hooks(
+    clean_root: logging.Logger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``KEDRO_MP_CONTEXT=spawn`` on Linux: Kedro bootstraps the project in a worker only
+    when the process-wide start method is spawn, so the workers ran every node with no
+    project hook (no ``Node ... done in`` line). The package, imported by the worker when it
+    unpickles its node, now configures the project there; the hooks' node line reaches the
+    run's log file (and the console filter, which passes it)."""
+    from kedro.framework.hooks.manager import _create_hook_manager
+    from kedro.io import MemoryDataset, SharedMemoryDataCatalog
+    from kedro.pipeline import Node, Pipeline
+    from kedro.runner import ParallelRunner
+
+    monkeypatch.setenv("KEDRO_MP_CONTEXT", "spawn")
+    hold_startup_warnings().release()
+    console = io.StringIO()
+    clean_root.handlers[:] = [PlainConsoleHandler(console)]
+    clean_root.setLevel(logging.INFO)
+    _, log_file = configure_run_logging(tmp_path)
+    pipeline = Pipeline([Node(mean_of_nothing, "a", "o0", name="m0", tags=["study"])])
+    catalog = SharedMemoryDataCatalog({"a": MemoryDataset(1)})
+    ParallelRunner(max_workers=1).run(pipeline, catalog, _create_hook_manager())
+    written = log_file.read_text(encoding="utf-8")
+    assert re.search(r"Node m0 done in \d+\.\d s \(study\)", written), written[-2000:]

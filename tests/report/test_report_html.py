@@ -312,3 +312,26 @@ def test_findings_of_a_model_retrained_since_are_marked_stale(caplog) -> None:
     assert "Stale rows" not in build_study_report(old)
     unknown = dataclasses.replace(same, model_digests={**digests, models[-1]: None})
     assert "Stale rows" not in build_study_report(unknown)
+
+
+def test_robustness_rows_of_a_model_retrained_since_are_marked_stale(caplog) -> None:
+    """``robustness_summary`` rows record the training they describe too: a model trained
+    again after the robustness pipeline ran gets its own note in that section, and the
+    digest column itself is not shown."""
+    inputs = synthetic.inputs()
+    summary = inputs.robustness_summary
+    models = list(dict.fromkeys(summary["model"]))
+    digests = {m: f"{i:016x}" for i, m in enumerate(models)}
+    summary = summary.assign(model_digest=[digests[m] for m in summary["model"]])
+    same = dataclasses.replace(inputs, robustness_summary=summary, model_digests=digests)
+    page = build_study_report(same)
+    assert "Stale rows" not in page and "model_digest" not in page
+    retrained = {**digests, models[0]: "e" * 16}
+    with caplog.at_level("WARNING", logger="cxr_spurious.report.study"):
+        page = build_study_report(dataclasses.replace(same, model_digests=retrained))
+    assert "the robustness summary rows (and the calibration and fairness tables" in caplog.text
+    robustness = page.split("Robustness summary")[1]
+    note = robustness.split("Stale rows")[1].split("</p>")[0]
+    assert f"{models[0]} (row {digests[models[0]]}, model now {'e' * 16})" in note
+    assert "kedro run --pipeline robustness" in note
+    assert all(m not in note for m in models[1:])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from cxr_spurious.study.findings import MODEL_DIGEST_COLUMN, findings_metrics, model_row
-from cxr_spurious.training.outputs import model_digest
+from cxr_spurious.training.provenance import model_digest
 
 METRICS = {
     "Pneumothorax": {"auroc": 0.9, "auroc_lo": 0.8, "auroc_hi": 0.95},

@@ -39,7 +39,7 @@ from cxr_spurious.report.html import (
     table_html,
     with_cis,
 )
-from cxr_spurious.study.findings import MODEL_DIGEST_COLUMN
+from cxr_spurious.training.provenance import MODEL_DIGEST_COLUMN
 
 logger = logging.getLogger(__name__)
 
@@ -184,8 +184,9 @@ class StudyReportInputs:
         sweep_summary: ``sweep_summary`` or ``None``.
         shortcut_detection: ``shortcut_detection`` or ``None``.
         model_digests: Each study model's ``model_digest`` as its ``test_metrics`` reads
-            now; a findings row with another one describes an earlier training of that
-            model and gets a note (rows and models without a digest are not checked).
+            now; a findings or robustness summary row with another one describes an
+            earlier training of that model and gets a note (rows and models without a
+            digest are not checked).
         written: When the files of ``study_findings`` and of the optional tables
             (``headline_table``, ``headline_table_seeds``, ``headline_paired_differences``,
             ``sweep_summary``, ``shortcut_detection``) were last
@@ -296,39 +297,52 @@ def _findings(inputs: StudyReportInputs, max_rows: int) -> str:
     wide.columns = [str(c) for c in wide.columns]
     source = f"{SOURCES['study_findings']} (one row per model there)"
     table = table_html(wide.astype(str).replace({"nan": ""}), max_rows=max_rows, source=source)
-    return _retrained_note(inputs.study_findings, inputs.model_digests) + table
+    note = _retrained_note(
+        inputs.study_findings,
+        inputs.model_digests,
+        "the findings",
+        "kedro run --pipeline study, then report",
+    )
+    return note + table
 
 
 def retrained_models(
-    findings: pd.DataFrame, current: Mapping[str, str | None]
+    table: pd.DataFrame, current: Mapping[str, str | None]
 ) -> dict[str, tuple[str, str]]:
-    """Models whose findings row describes another training than the one on disk now:
-    ``{model: (row's model_digest, current one)}`` (rows or models without a digest are
-    not compared)."""
-    if MODEL_DIGEST_COLUMN not in findings:
+    """Models whose rows in ``table`` (``study_findings``, ``robustness_summary``: a
+    ``model`` and a ``model_digest`` column) describe another training than the one on disk
+    now: ``{model: (row's model_digest, current one)}`` (rows or models without a digest
+    are not compared)."""
+    if MODEL_DIGEST_COLUMN not in table:
         return {}
     out = {}
-    for model, recorded in zip(findings["model"], findings[MODEL_DIGEST_COLUMN]):
+    for model, recorded in zip(table["model"], table[MODEL_DIGEST_COLUMN]):
         now = current.get(str(model))
         if isinstance(recorded, str) and recorded and now and recorded != now:
             out[str(model)] = (recorded, now)
     return out
 
 
-def _retrained_note(findings: pd.DataFrame, current: Mapping[str, str | None]) -> str:
-    stale = retrained_models(findings, current)
+def _retrained_note(
+    table: pd.DataFrame, current: Mapping[str, str | None], what: str, rerun: str
+) -> str:
+    """A "Stale rows" note (and a console warning) when rows of ``table`` describe an
+    earlier training of their model; ``what`` names the rows, ``rerun`` the command."""
+    stale = retrained_models(table, current)
     if not stale:
         return ""
     which = "; ".join(f"{m} (row {old}, model now {new})" for m, (old, new) in stale.items())
     logger.warning(
-        "study report: the findings of %s describe an earlier training of the model; rerun "
-        "the study before reading them",
+        "study report: %s of %s describe an earlier training of the model; run %s before "
+        "reading them",
+        what,
         which,
+        rerun,
     )
     return paragraph(
-        f"Stale rows: the findings of {which} describe an earlier training of the model "
-        "than the one trained since (its settings, data or code differ). Rerun the study "
-        "(kedro run --pipeline study, then report) before reading them.",
+        f"Stale rows: {what} of {which} describe an earlier training of the model than the "
+        f"one trained since (its settings, data or code differ). Run {rerun} before reading "
+        "them.",
         "note",
     )
 
@@ -424,10 +438,17 @@ def _localization(inputs: StudyReportInputs, max_rows: int) -> str:
 
 
 def _robustness(inputs: StudyReportInputs, max_rows: int) -> str:
+    summary = inputs.robustness_summary
     parts = [
         heading("Robustness summary"),
+        _retrained_note(
+            summary,
+            inputs.model_digests,
+            "the robustness summary rows (and the calibration and fairness tables of the same run)",
+            "kedro run --pipeline robustness, then report",
+        ),
         table_html(
-            with_cis(inputs.robustness_summary),
+            with_cis(summary.drop(columns=[MODEL_DIGEST_COLUMN], errors="ignore")),
             max_rows=max_rows,
             source=SOURCES["robustness_summary"],
         ),

@@ -27,7 +27,7 @@ import pandas as pd
 
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, check_n_boot
-from cxr_spurious.training.outputs import model_digest
+from cxr_spurious.training.provenance import MODEL_DIGEST_COLUMN, model_digest
 
 TUBE_MASS_COLUMN = "shortcut_Chest Tube"
 TUBE_AUROC_COLUMN = "shortcut_auroc_Chest Tube"
@@ -277,10 +277,6 @@ def model_row(
     # compares it with the model's current test_metrics
     row[MODEL_DIGEST_COLUMN] = model_digest(test_metrics)
     return row
-
-
-#: The findings column naming the trained model a row describes (``model_digest``).
-MODEL_DIGEST_COLUMN = "model_digest"
 
 
 # Columns that record how the CIs were made (settings, not findings: not logged as metrics).

@@ -315,20 +315,6 @@ def training_record(cfg: Mapping[str, Any], resolved: Mapping[str, str]) -> dict
     return {"training_config": items, "training_config_digest": digest}
 
 
-def model_digest(test_metrics: Mapping[str, Any]) -> str | None:
-    """A short digest of the trained model ``test_metrics`` describes: its settings
-    (``training_config_digest``) with what it was trained on (``trained_on``: the data's
-    and the training code's digests). Two records with the same digest describe the same
-    training; None for a record without ``training_config_digest`` (written before it).
-    """
-    settings = test_metrics.get("training_config_digest")
-    if settings is None:
-        return None
-    what = {"settings": settings, "trained_on": test_metrics.get("trained_on")}
-    text = json.dumps(what, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def recorded_differences(
     recorded: Mapping[str, Any], cfg: Mapping[str, Any], resolved: Mapping[str, str]
 ) -> dict[str, tuple[Any, Any]] | None:

@@ -102,7 +102,12 @@ def test_variants_train_on_their_own_resampled_manifest(pipeline) -> None:
         *(f"{m}.test_metrics" for m in STUDY_MODELS),
     ]
     summaries = next(n for n in pipeline.nodes if n.name == "check_study_summaries")
-    assert summaries.inputs == ["params:robustness", *(f"{m}.model_summary" for m in STUDY_MODELS)]
+    # the summaries are checked against the models check_study_models passed (model_digest)
+    assert summaries.inputs == [
+        "params:robustness",
+        STUDY_CHECK,
+        *(f"{m}.model_summary" for m in STUDY_MODELS),
+    ]
     assert summaries.outputs == [SUMMARY_CHECK]
 
 

@@ -43,6 +43,7 @@ from cxr_spurious.pipelines.training.nodes import evaluate_test_metrics, resolve
 from cxr_spurious.robustness.evaluation import SETTINGS_COLUMN, summary_settings
 from cxr_spurious.training import device as device_module
 from cxr_spurious.training.checkpoints import code_digests
+from cxr_spurious.training.provenance import MODEL_DIGEST_COLUMN, model_digest
 from cxr_spurious.variants import STUDY_MODELS
 
 TASK = "Pneumothorax"
@@ -126,6 +127,9 @@ def _run(metrics: dict[str, JSONDataset], training: dict[str, Any]) -> dict[str,
         {"image_id": preds["image_id"], "e0": np.arange(len(preds), dtype=float)}
     )
     summaries = {f"{v}.model_summary": _summary(0.5 + 0.02 * i) for i, v in enumerate(VARIANTS)}
+    for m in STUDY_MODELS:  # the study's summaries were computed on these trainings
+        digest = model_digest(metrics[f"{m}.test_metrics"].load())
+        summaries[f"{m}.model_summary"][MODEL_DIGEST_COLUMN] = digest
     data = study_data()
     datasets: dict[str, Any] = {
         **{name: MemoryDataset(value, copy_mode="assign") for name, value in data.items()},

@@ -23,6 +23,7 @@ from cxr_spurious.hooks import base_parameters
 from cxr_spurious.pipelines.comparison.nodes import check_study_summaries
 from cxr_spurious.pipelines.robustness.nodes import combine_robustness_summary, summarise_model
 from cxr_spurious.robustness.evaluation import SETTINGS_COLUMN
+from cxr_spurious.training.provenance import MODEL_DIGEST_COLUMN, model_digest
 from cxr_spurious.variants import STUDY_MODELS
 
 TASK = "Pneumothorax"
@@ -185,3 +186,51 @@ def test_summary_modules_follow_their_rule() -> None:
     }
     assert closure >= not_summary  # every exclusion is still imported (else drop it here)
     assert tuple(sorted(closure - not_summary)) == SUMMARY_MODULES
+
+
+def _test_metrics(epochs: int) -> dict[str, Any]:
+    """The part of a ``test_metrics`` record that ``model_digest`` reads."""
+    return {
+        "training_config_digest": f"settings-{epochs}",
+        "trained_on": {"data": "d" * 64, "code": {"cxr_spurious.training.engine": "c" * 64}},
+    }
+
+
+def test_a_summary_of_an_earlier_training_of_the_model_is_refused(tmp_path: Path) -> None:
+    """The study's robustness ran, then ``box`` was retrained (``kedro run --pipeline
+    training`` with other settings, or torchrun): its summary, still on disk, describes the
+    earlier model. ``check_study_models`` passes the retrained model (it matches this run's
+    settings), so only the summary's ``model_digest`` tells."""
+    robustness = _robustness()
+    subgroup, gaps = _subgroup_and_gaps()
+    args = (
+        subgroup,
+        gaps,
+        robustness["worst_group_attributes"],
+        robustness["fairness_attribute"],
+        robustness["attributes"],
+    )
+    summaries = {}
+    for model in STUDY_MODELS:
+        summary = summarise_model(*args, settings=robustness, test_metrics=_test_metrics(4))
+        dataset = CSVDataset(filepath=str(tmp_path / model / "model_summary.csv"))
+        dataset.save(summary)
+        summaries[model] = dataset.load()
+    current = {m: model_digest(_test_metrics(4)) for m in STUDY_MODELS}
+    assert summaries["box"][MODEL_DIGEST_COLUMN].iloc[0] == current["box"]
+    assert sorted(check_study_summaries(robustness, current, **summaries)) == sorted(STUDY_MODELS)
+    retrained = {**current, "box": model_digest(_test_metrics(8))}
+    with pytest.raises(ContractError) as info:
+        check_study_summaries(robustness, retrained, **summaries)
+    message = str(info.value)
+    assert "box.model_summary describes an earlier training of the model" in message
+    assert f"the model now: {retrained['box']}" in message
+    assert "kedro run --pipeline robustness" in message
+    assert "erm.model_summary" not in message and "seg.model_summary" not in message
+    # a summary written before the column cannot show which model it describes
+    summaries["seg"] = summaries["seg"].drop(columns=[MODEL_DIGEST_COLUMN])
+    with pytest.raises(ContractError, match=r"seg\.model_summary records no single model_dig"):
+        check_study_summaries(robustness, current, **summaries)
+    # the robustness collector keeps the column for the report
+    combined = combine_robustness_summary(**{m: summaries[m] for m in ("erm", "box")})
+    assert list(combined[MODEL_DIGEST_COLUMN]) == [current["erm"], current["box"]]

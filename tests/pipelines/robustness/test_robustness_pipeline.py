@@ -16,6 +16,7 @@ from tests.robustness.robust_fixtures import TASK, make_table
 
 from cxr_spurious.pipelines.robustness import create_pipeline, nodes
 from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.training.provenance import model_digest
 from cxr_spurious.variants import STUDY_MODELS
 
 PARAMS = Path(__file__).resolve().parents[3] / "conf/base/parameters_robustness.yml"
@@ -82,12 +83,17 @@ def test_namespaced_run_and_summary() -> None:
         p[f"p_{TASK}"] = np.clip(p[f"p_{TASK}"] + noise.normal(0, 0.1 * i, len(p)), 0, 1)
         data[f"{m}.predictions"] = p
         data[f"{m}.embeddings"] = emb
+        data[f"{m}.test_metrics"] = {"training_config_digest": f"settings-{m}"}
     catalog = DataCatalog({k: MemoryDataset(v, copy_mode="assign") for k, v in data.items()})
     for name in pipe.all_outputs():
         catalog[name] = _Kept(copy_mode="assign")
     SequentialRunner().run(pipe, catalog)
     summary = catalog.load("robustness_summary")
     assert list(summary["model"]) == models
+    # each row names the training of its model it was computed on (the report checks it)
+    assert list(summary["model_digest"]) == [
+        model_digest(data[f"{m}.test_metrics"]) for m in models
+    ]
     test = manifest.assign(p=data["erm.predictions"][f"p_{TASK}"])
     test = test[test["split"] == "test"]
     assert np.isclose(summary.loc[0, "auroc"], roc_auc_score(test[TASK], test["p"]))
@@ -144,6 +150,7 @@ def test_operating_points_come_from_val_and_are_applied_to_test() -> None:
     }
     for m in STUDY_MODELS:
         data[f"{m}.predictions"], data[f"{m}.embeddings"] = preds, emb
+        data[f"{m}.test_metrics"] = {"training_config_digest": f"settings-{m}"}
     catalog = DataCatalog({k: MemoryDataset(v, copy_mode="assign") for k, v in data.items()})
     for name in pipe.all_outputs():
         catalog[name] = _Kept(copy_mode="assign")

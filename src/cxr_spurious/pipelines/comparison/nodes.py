@@ -38,6 +38,7 @@ from cxr_spurious.training.outputs import (
     recorded_trained_on,
     resolved_precision_and_device,
 )
+from cxr_spurious.training.provenance import MODEL_DIGEST_COLUMN, model_digest
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,9 @@ def check_study_models(
         **test_metrics: ``<model>.test_metrics`` of every study model (keyword = model).
 
     Returns:
-        ``{model: training_config_digest}``: what was checked (the headline table and the
-        inputs that read ``erm``'s outputs wait for it).
+        ``{model: model_digest}`` (``training.outputs.model_digest``: the settings, data and
+        code checked): the headline table and the inputs that read ``erm``'s outputs wait
+        for it, and ``check_study_summaries`` checks the study's summaries against it.
 
     Raises:
         ContractError: a model's record differs (naming the model and every differing key
@@ -165,7 +167,7 @@ def check_study_models(
             differing.append(f"{model}.test_metrics records {values}")
             machine = machine or bool(set(diff) & set(RESOLVED_KEYS))
         else:
-            checked[model] = str(metrics["training_config_digest"])
+            checked[model] = str(model_digest(metrics))
             configs[model] = cfg
     if missing:
         raise ContractError(
@@ -248,9 +250,12 @@ def _check_trained_on(
 
 
 def check_study_summaries(
-    robustness: Mapping[str, Any], **summaries: pd.DataFrame
+    robustness: Mapping[str, Any],
+    study_check: Mapping[str, str] | None = None,
+    **summaries: pd.DataFrame,
 ) -> dict[str, str]:
-    """Check that the study's robustness summaries were computed under this run's settings.
+    """Check that the study's robustness summaries were computed under this run's settings,
+    on the models this run reuses.
 
     ``headline_table`` stacks the study models' ``model_summary`` (from the last
     ``kedro run``) with the ``cmp_*`` variants' (computed in this run): a study summary made
@@ -260,10 +265,14 @@ def check_study_summaries(
     ``robustness.evaluation.summary_settings``) and the source digests of the code that
     computed it (``pipelines.robustness.nodes.SUMMARY_MODULES``): a summary computed by
     other code (the project updated between the two runs) is refused too, naming the
-    modules.
+    modules. With ``study_check`` (``check_study_models``' ``{model: model_digest}``) each
+    summary must also describe that training of its model (its ``model_digest``): a model
+    retrained since the study's robustness ran (``kedro run --pipeline training``,
+    ``torchrun``) would have its new model compared on an old model's summary.
 
     Args:
         robustness: This run's ``robustness`` parameters.
+        study_check: ``check_study_models``' result (the models' digests), or None.
         **summaries: ``<model>.model_summary`` of every study model (keyword = model).
 
     Returns:
@@ -296,6 +305,12 @@ def check_study_summaries(
                 f"{model}.model_summary was computed by other code (the source of "
                 f"{', '.join(changed)} changed since)"
             )
+        elif (
+            study_check is not None
+            and model in study_check
+            and (stale := _summary_model_differs(summary, study_check[model]))
+        ):
+            differing.append(f"{model}.model_summary {stale}")
         else:
             checked[model] = str(records[0])
     if missing:
@@ -314,6 +329,26 @@ def check_study_summaries(
         )
     logger.info("study summaries %s: this run's robustness settings", ", ".join(checked))
     return checked
+
+
+def _summary_model_differs(summary: pd.DataFrame, current: str) -> str:
+    """Why ``summary`` does not describe the model whose digest is ``current`` ("" if it
+    does)."""
+    recorded = (
+        summary[MODEL_DIGEST_COLUMN].dropna().unique() if MODEL_DIGEST_COLUMN in summary else []
+    )
+    if len(recorded) != 1:
+        return (
+            f"records no single {MODEL_DIGEST_COLUMN} (written before the record): it cannot "
+            "show which training of the model it describes"
+        )
+    if str(recorded[0]) != current:
+        return (
+            f"describes an earlier training of the model ({MODEL_DIGEST_COLUMN} "
+            f"{recorded[0]}; the model now: {current}): the model was retrained after the "
+            "study's robustness ran (`kedro run --pipeline robustness` recomputes it)"
+        )
+    return ""
 
 
 def gate_study_erm(

@@ -241,6 +241,7 @@ def create_study_model_check() -> Pipeline:
                 func=nodes.check_study_summaries,
                 inputs={
                     "robustness": "params:robustness",
+                    "study_check": STUDY_CHECK,
                     **{m: f"{m}.model_summary" for m in STUDY_MODELS},
                 },
                 outputs=SUMMARY_CHECK,
@@ -289,7 +290,7 @@ def create_study_seed_pipeline() -> Pipeline:
     robustness = per_variant(
         create_robustness_template(), TRAINED, shared_inputs=SHARED_INPUTS
     ) + per_variant(
-        create_robustness_template(operating_rows=DFR_HELD_OUT),
+        create_robustness_template(operating_rows=DFR_HELD_OUT, model_digest=False),
         [DFR],
         shared_inputs={**SHARED_INPUTS, "embeddings": f"{DFR}.dfr_embeddings"},
     )
@@ -437,7 +438,7 @@ def create_seed_pipeline(seed: int, study_seed: int) -> Pipeline:
         [ns(v) for v in (*study_models, *TRAINED)],
         shared_inputs=SHARED_INPUTS,
     ) + per_variant(
-        create_robustness_template(operating_rows=DFR_HELD_OUT),
+        create_robustness_template(operating_rows=DFR_HELD_OUT, model_digest=False),
         [ns(DFR)],
         shared_inputs={**SHARED_INPUTS, "embeddings": f"{ns(DFR)}.dfr_embeddings"},
     )

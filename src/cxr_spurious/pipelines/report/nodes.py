@@ -17,7 +17,7 @@ from cxr_spurious.report.study import (
     build_study_report,
     stack_per_model,
 )
-from cxr_spurious.training.outputs import model_digest
+from cxr_spurious.training.provenance import model_digest
 
 logger = logging.getLogger(__name__)
 

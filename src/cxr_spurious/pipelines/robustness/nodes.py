@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from cxr_spurious.robustness.subgroups import subgroup_auroc
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.bootstrap import check_n_boot
 from cxr_spurious.training.checkpoints import code_digests
+from cxr_spurious.training.provenance import MODEL_DIGEST_COLUMN, model_digest
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ SUMMARY_MODULES: tuple[str, ...] = (
     "cxr_spurious.stats.bootstrap",
     "cxr_spurious.stats.metrics",
     "cxr_spurious.training.checkpoints",
+    "cxr_spurious.training.provenance",
     "cxr_spurious.variants",
 )
 
@@ -355,6 +358,7 @@ def summarise_model(
     fairness_attribute: str,
     attributes: list[str],
     settings: dict[str, Any] | None = None,
+    test_metrics: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """One row per task: overall, worst-group and robust AUROC, FNR gap, EOD (with CIs).
 
@@ -362,7 +366,10 @@ def summarise_model(
     With ``settings`` (``params:robustness``) each row records the settings it was computed
     under (``robustness_settings``, ``evaluation.summary_settings``) and the source digests
     of ``SUMMARY_MODULES``, for runs that reuse the summary (the comparison's
-    ``check_study_summaries``).
+    ``check_study_summaries``). With ``test_metrics`` (the model's) each row records which
+    training of the model it describes (``model_digest``, ``training.outputs.model_digest``):
+    a model retrained since (``kedro run --pipeline training``, ``torchrun``) no longer
+    matches, and the comparison refuses to reuse the summary and the report says so.
 
     Args:
         subgroup: ``subgroup_auroc``.
@@ -371,6 +378,7 @@ def summarise_model(
         fairness_attribute: ``robustness.fairness_attribute``.
         attributes: ``robustness.attributes`` (the evaluated ones).
         settings: ``params:robustness``.
+        test_metrics: ``test_metrics`` of the model the predictions came from.
 
     Raises:
         ParameterError: a worst-group or fairness attribute that was not evaluated.
@@ -406,6 +414,8 @@ def summarise_model(
         )
         if settings is not None:
             row[SETTINGS_COLUMN] = summary_settings(settings, code=code_digests(SUMMARY_MODULES))
+        if test_metrics is not None:
+            row[MODEL_DIGEST_COLUMN] = model_digest(test_metrics)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -21,7 +21,9 @@ P = "params:robustness"
 SHARED_INPUTS: frozenset[str] = frozenset({"manifest", "image_cache"})
 
 
-def create_robustness_template(operating_rows: str | None = None) -> Pipeline:
+def create_robustness_template(
+    operating_rows: str | None = None, *, model_digest: bool = True
+) -> Pipeline:
     """One model: evaluation table -> AUROC, operating point -> fairness, calibration, strata,
     summary.
 
@@ -31,6 +33,9 @@ def create_robustness_template(operating_rows: str | None = None) -> Pipeline:
             ``image_id`` of the validation rows to choose them on: the comparison's DFR,
             fitted on half the validation patients, gives ``dfr_held_out_val``, the other
             half.
+        model_digest: The summary records which training of the model it describes (from
+            the template input ``test_metrics``); off for a variant without its own
+            ``test_metrics`` (the comparison's DFR, a refitted head on ``erm``).
     """
     choose_inputs = {
         "table": "evaluation_table",
@@ -168,6 +173,7 @@ def create_robustness_template(operating_rows: str | None = None) -> Pipeline:
                     "fairness_attribute": f"{P}.fairness_attribute",
                     "attributes": f"{P}.attributes",
                     "settings": "params:robustness",
+                    **({"test_metrics": "test_metrics"} if model_digest else {}),
                 },
                 outputs="model_summary",
                 name="summarise_model",
