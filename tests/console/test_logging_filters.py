@@ -466,11 +466,12 @@ def test_spawned_workers_join_the_runs_console_filter_and_log_file(
 def test_spawned_parallel_workers_run_the_projects_hooks(
     clean_root: logging.Logger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``KEDRO_MP_CONTEXT=spawn`` on Linux: Kedro bootstraps the project in a worker only
-    when the process-wide start method is spawn, so the workers ran every node with no
-    project hook (no ``Node ... done in`` line). The package, imported by the worker when it
-    unpickles its node, now configures the project there; the hooks' node line reaches the
-    run's log file (and the console filter, which passes it)."""
+    """``KEDRO_MP_CONTEXT=spawn`` (macOS's default): Kedro bootstraps the project in a
+    worker only when ``PACKAGE_NAME`` is set there, which it never is in a fresh
+    interpreter, so the workers ran every node with no project hook (no ``Node ... done
+    in`` line). The package, imported by the worker when it unpickles its node, now points
+    the worker's settings at the project's; the hooks' node line reaches the run's log file
+    (the console filter passes it too)."""
     from kedro.framework.hooks.manager import _create_hook_manager
     from kedro.io import MemoryDataset, SharedMemoryDataCatalog
     from kedro.pipeline import Node, Pipeline
@@ -478,8 +479,7 @@ def test_spawned_parallel_workers_run_the_projects_hooks(
 
     monkeypatch.setenv("KEDRO_MP_CONTEXT", "spawn")
     hold_startup_warnings().release()
-    console = io.StringIO()
-    clean_root.handlers[:] = [PlainConsoleHandler(console)]
+    clean_root.handlers[:] = [PlainConsoleHandler(io.StringIO())]
     clean_root.setLevel(logging.INFO)
     _, log_file = configure_run_logging(tmp_path)
     pipeline = Pipeline([Node(mean_of_nothing, "a", "o0", name="m0", tags=["study"])])

@@ -49,10 +49,24 @@ def test_phantom_ingestion_end_to_end(kedro_project: Path, run_kedro) -> None:
     for name in ("dataset_report.csv", "dataset_report.png", "example_grid.png"):
         assert (kedro_project / "data/08_reporting" / name).stat().st_size > 0
 
-    # A second run reuses the phantom and the cache (resumable, nothing rebuilt).
-    again = run_kedro(kedro_project, "run", "--pipeline", "ingestion", "--env", "test")
+    # A second run reuses the phantom and the cache (resumable, nothing rebuilt), under
+    # ParallelRunner: each node in a worker process, the in-memory source handed between
+    # them (a plain MemoryDataset loaded a bare object there: "'object' object has no
+    # attribute 'manifest'")
+    again = run_kedro(
+        kedro_project,
+        "run",
+        "--pipeline",
+        "ingestion",
+        "--env",
+        "test",
+        "--runner",
+        "ParallelRunner",
+    )
     log = again.log
+    assert "Pipeline execution completed successfully" in log
     assert "skipping generation" in log and "skipping the rebuild" in log
+    assert load_from_catalog(kedro_project, "manifest")["manifest"]["len"] == 96
 
 
 def test_chexlocalize_sample_ingestion(kedro_project: Path, run_kedro) -> None:
