@@ -467,7 +467,7 @@ def configure_run_logging(
     log_file.parent.mkdir(parents=True, exist_ok=True)
     console_filter = ConsoleFilter()
     tally = console_filter.share_with_workers()
-    _route(console_filter, log_file, logger_levels)
+    _route(console_filter, log_file, logger_levels, owner=os.getpid())
     os.environ[RUN_LOGGING_ENV] = json.dumps(
         {
             "log_file": str(log_file),
@@ -507,7 +507,9 @@ def join_run_logging() -> bool:
     # process started later, e.g. by a test or a notebook, long after that run)
     if parent is None or parent.pid != owner or not log_file.parent.is_dir():
         return False
-    _route(ConsoleFilter.counting_in(tally, owner), log_file, shared.get("levels") or {})
+    _route(
+        ConsoleFilter.counting_in(tally, owner), log_file, shared.get("levels") or {}, owner=owner
+    )
     return True
 
 
@@ -519,11 +521,53 @@ def _run_file_handler() -> logging.Handler | None:
     return None
 
 
+class RunLogFileHandler(logging.handlers.RotatingFileHandler):
+    """The run's log file, shared by the run's process and its worker processes.
+
+    Only the run's own process (``owner``) rotates it (at ``max_bytes``, keeping
+    ``backups`` old files). A worker (forked with a copy of this handler, or joined through
+    ``RUN_LOGGING_ENV``) never rotates: each process rotating on its own count would rename
+    the file under the others and overwrite ``info.log.1`` with another process's
+    rotation, losing lines. Instead a worker reopens the file once the run's process has
+    rotated it, so its lines land in the current file, not in the renamed one.
+    """
+
+    def __init__(
+        self, filename: Path | str, *, owner: int, max_bytes: int = 20_000_000, backups: int = 3
+    ) -> None:
+        super().__init__(filename, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        self.owner = owner
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:  # noqa: N802 (logging's name)
+        if os.getpid() == self.owner:
+            return bool(super().shouldRollover(record))
+        self._reopen_if_rotated()
+        return False
+
+    def _reopen_if_rotated(self) -> None:
+        """Reopen the file when the name no longer points to the open one (rotated)."""
+        if self.stream is None:
+            return
+        try:
+            current = os.stat(self.baseFilename)
+            rotated = not os.path.samestat(current, os.fstat(self.stream.fileno()))
+        except OSError:  # renamed and not created again yet: create it
+            rotated = True
+        if rotated:
+            self.stream.close()
+            self.stream = self._open()
+
+
 def _route(
-    console_filter: ConsoleFilter, log_file: Path, logger_levels: Mapping[str, object] | None
+    console_filter: ConsoleFilter,
+    log_file: Path,
+    logger_levels: Mapping[str, object] | None,
+    *,
+    owner: int,
 ) -> None:
     """Install ``console_filter`` on the root's console handlers (plain ones off a terminal)
-    and a handler appending to ``log_file`` (replacing earlier ones); adopt MLflow's loggers."""
+    and a handler appending to ``log_file`` (replacing earlier ones; rotated by the run's
+    process ``owner`` only, ``RunLogFileHandler``); adopt MLflow's loggers."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, logging.FileHandler) and getattr(handler, "_cxr_run_logging", 0):
@@ -542,9 +586,7 @@ def _route(
             root.addHandler(plain)
         else:
             handler.addFilter(console_filter)
-    file_handler = logging.handlers.RotatingFileHandler(
-        log_file, maxBytes=20_000_000, backupCount=3, encoding="utf-8"
-    )
+    file_handler = RunLogFileHandler(log_file, owner=owner)
     file_handler.setFormatter(logging.Formatter(_FORMAT))
     file_handler.setLevel(logging.INFO)
     file_handler._cxr_run_logging = True  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,7 +146,7 @@ def test_configure_run_logging_on_a_pipe(clean_root: logging.Logger, tmp_path: P
     assert log_file == tmp_path / "logs" / "info.log"
     assert [type(h).__name__ for h in clean_root.handlers] == [
         "PlainConsoleHandler",
-        "RotatingFileHandler",
+        "RunLogFileHandler",
     ]
     assert isinstance(clean_root.handlers[0], PlainConsoleHandler)
     long = "parameter 'x': " + "must be a positive integer naming the patient64542 " * 6
@@ -487,3 +488,51 @@ def test_spawned_parallel_workers_run_the_projects_hooks(
     ParallelRunner(max_workers=1).run(pipeline, catalog, _create_hook_manager())
     written = log_file.read_text(encoding="utf-8")
     assert re.search(r"Node m0 done in \d+\.\d s \(study\)", written), written[-2000:]
+
+
+def _log_from_fork(log_file: str, n: int) -> None:
+    """In a forked worker: write ``n`` lines through the inherited run log handler."""
+    log = logging.getLogger("cxr_spurious.worker")
+    for i in range(n):
+        log.info("worker line %03d %s", i, "x" * 60)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def test_only_the_runs_process_rotates_the_log_file(
+    clean_root: logging.Logger, tmp_path: Path
+) -> None:
+    """Each process rotating the shared file on its own count renamed it under the others
+    (and overwrote info.log.1): a forked worker past the size limit does not rotate, the
+    run's process does, and the worker's next line goes to the new file."""
+    import multiprocessing
+
+    from cxr_spurious.logging_filters import RunLogFileHandler
+
+    log_file = tmp_path / "info.log"
+    handler = RunLogFileHandler(log_file, owner=os.getpid(), max_bytes=2_000, backups=3)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    clean_root.handlers[:] = [handler]
+    clean_root.setLevel(logging.INFO)
+    worker = multiprocessing.get_context("fork").Process(
+        target=_log_from_fork, args=(str(log_file), 60)
+    )
+    worker.start()
+    worker.join(30)
+    assert worker.exitcode == 0
+    assert not (tmp_path / "info.log.1").exists()  # 60 lines of ~80 bytes, not rotated
+    assert log_file.read_text().count("worker line") == 60
+    log = logging.getLogger("cxr_spurious.run")
+    log.info("run line %s", "y" * 60)  # the owner: past 2,000 bytes, rotates first
+    assert (tmp_path / "info.log.1").read_text().count("worker line") == 60
+    assert log_file.read_text().count("run line") == 1
+    # a worker holding the renamed file reopens the current one
+    stale = RunLogFileHandler(log_file, owner=os.getpid() + 1, max_bytes=2_000)
+    stale.setFormatter(logging.Formatter("%(message)s"))
+    log.info("second run line")  # (owner's handler)
+    os.replace(log_file, tmp_path / "info.log.9")  # rotated under the stale handler
+    stale.emit(logging.LogRecord("w", logging.INFO, __file__, 1, "after rotation", None, None))
+    stale.close()
+    assert "after rotation" in log_file.read_text()
+    assert "after rotation" not in (tmp_path / "info.log.9").read_text()
+    handler.close()
