@@ -17,6 +17,10 @@ cxr_h       int      original image height (CheXlocalize ``cxr_dims[1]``)
 model       str      model name (variant), e.g. ``erm``
 method      str      saliency method, e.g. ``gradcam``
 ==========  =======  ===========================================================
+
+A set computed by the saliency pipeline also has ``model_fingerprint`` (str): the trained
+model artifact's fingerprint, which the localization tables keep and the study compares
+with the model's ``test_metrics`` (``training.provenance``).
 """
 
 from __future__ import annotations

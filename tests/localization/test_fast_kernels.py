@@ -470,3 +470,17 @@ def test_probability_tuning_counts_are_plain_otsu_whatever_the_config():
     for table in (plain, tuned):
         _, _, prob = nodes.tune_segmentation(table.assign(set="s"), [0.2, 0.8, 0.1], [0, 0.7, 0.3])
         assert prob["mIoU"].tolist() == expected
+
+
+def test_the_sets_model_fingerprint_reaches_every_row_missing_maps_included():
+    """The study compares each localization row's ``model_fingerprint`` with the model's
+    record; the rows charged for a missing map carry the set's too."""
+    hs, gt = _memory_set()
+    row = 0
+    keep = np.arange(len(hs)) != row
+    index = hs.index[keep].reset_index(drop=True).assign(model_fingerprint="f" * 64)
+    table, _ = evaluate_heatmap_set(
+        HeatmapSet(index, hs.maps[keep]), gt, progress=False, workers=1, prefer_gpu=False
+    )
+    assert len(table) == len(hs)  # the dropped pair is charged as an empty prediction
+    assert (table["model_fingerprint"] == "f" * 64).all()

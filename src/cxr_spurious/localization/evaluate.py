@@ -612,6 +612,14 @@ def _add_missing_predictions(
     extra = []
     model = index["model"].iloc[0] if len(index) else ""
     method = index["method"].iloc[0] if len(index) else ""
+    # the set's other constant columns (the model's fingerprint) go on these rows too
+    constant = {
+        c: index[c].iloc[0]
+        for c in index.columns
+        if c not in ("image_id", "task", "prob", "gt", "cxr_w", "cxr_h", "model", "method")
+        and len(index)
+        and index[c].nunique(dropna=False) == 1
+    }
     for cxr_id, entry in gt.items():
         for task, rle in entry.items():
             if (cxr_id, task) in have:
@@ -638,6 +646,7 @@ def _add_missing_predictions(
                     "cxr_h": h,
                     "model": model,
                     "method": method,
+                    **constant,
                     "in_gt": True,
                     "n_pixels": h * w,
                     "pred_area": 0,

@@ -301,7 +301,10 @@ def _findings(inputs: StudyReportInputs, max_rows: int) -> str:
         inputs.study_findings,
         inputs.model_digests,
         "the findings",
-        "kedro run --pipeline study, then report",
+        # the whole study: its saliency and localization outputs, which the findings also
+        # read, were computed from the earlier model too (``--pipeline study`` alone would
+        # mix the new model's AUROCs with the old model's saliency)
+        "kedro run (the whole study)",
     )
     return note + table
 

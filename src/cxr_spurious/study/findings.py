@@ -27,7 +27,11 @@ import pandas as pd
 
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, check_n_boot
-from cxr_spurious.training.provenance import MODEL_DIGEST_COLUMN, model_digest
+from cxr_spurious.training.provenance import (
+    MODEL_DIGEST_COLUMN,
+    MODEL_FINGERPRINT_KEY,
+    model_digest,
+)
 
 TUBE_MASS_COLUMN = "shortcut_Chest Tube"
 TUBE_AUROC_COLUMN = "shortcut_auroc_Chest Tube"
@@ -281,6 +285,39 @@ def model_row(
 
 # Columns that record how the CIs were made (settings, not findings: not logged as metrics).
 CI_SETTING_COLUMNS: tuple[str, ...] = ("ci_level", "test_n_boot", "study_n_boot")
+
+
+def check_same_model(model: str, per_map: pd.DataFrame, test_metrics: Mapping[str, Any]) -> None:
+    """Refuse localization rows of ``model`` computed from another training of it.
+
+    The heatmap sets record the fingerprint of the model artifact they were computed from
+    (``model_fingerprint``), and so does ``test_metrics``: a model retrained after its
+    saliency maps were computed (``kedro run --pipeline training``, ``torchrun``, then
+    ``--pipeline study``) would otherwise get one findings row that mixes the new model's
+    AUROCs with the earlier model's saliency results. Rows or records without a
+    fingerprint (older files, imported CheXlocalize maps) are not compared.
+
+    Raises:
+        ContractError: naming the model, both fingerprints and what to run.
+    """
+    current = test_metrics.get(MODEL_FINGERPRINT_KEY) if isinstance(test_metrics, Mapping) else None
+    if not current or MODEL_FINGERPRINT_KEY not in per_map:
+        return
+    other = sorted({str(v) for v in per_map[MODEL_FINGERPRINT_KEY].dropna()} - {str(current)})
+    if other:
+        methods = sorted(
+            per_map.loc[per_map[MODEL_FINGERPRINT_KEY].astype(str).isin(other), "method"]
+            .astype(str)
+            .unique()
+        )
+        raise ContractError(
+            f"{model}: localization_per_cxr holds the {', '.join(methods)} maps of another "
+            f"training of {model} (model_fingerprint {', '.join(v[:12] for v in other)}; "
+            f"{model}.test_metrics describes {str(current)[:12]}): the model was trained again "
+            "after its saliency maps were computed, so its findings would mix two models. "
+            "Run the saliency and localization stages again first: kedro run (the whole "
+            "study)"
+        )
 
 
 def check_ci_level(level: object, key: str) -> float:

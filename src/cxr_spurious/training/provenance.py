@@ -1,6 +1,8 @@
-"""Which training of a model a table describes (``model_digest``), for readers of tables
-computed from a model that may have been retrained since (study findings, robustness
-summaries). Standard library only, so a module whose import closure is recorded
+"""Which training of a model a table describes, for readers of tables computed from a
+model that may have been retrained since: ``model_digest`` (from ``test_metrics``: study
+findings, robustness summaries) and ``model_fingerprint`` (from the model artifact, which
+``test_metrics`` also records: heatmap sets and the localization tables built on them).
+Standard library only, so a module whose import closure is recorded
 (``pipelines.robustness.nodes.SUMMARY_MODULES``) can use it cheaply.
 """
 
@@ -32,3 +34,18 @@ def model_digest(test_metrics: Mapping[str, Any]) -> str | None:
     what = {"settings": settings, "trained_on": test_metrics.get("trained_on")}
     text = json.dumps(what, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: The key (in ``test_metrics``) and the column (in a heatmap set's index and the
+#: localization tables) naming the trained model artifact behind them.
+MODEL_FINGERPRINT_KEY = "model_fingerprint"
+
+
+def model_fingerprint(artifact: object) -> str | None:
+    """The trained model artifact's ``fingerprint`` (``checkpoints.result_fingerprint`` of
+    its run: the settings that change the result, the DDP world size, the training data and
+    code), or None for an artifact without one (an older file, a skipped variant)."""
+    if not isinstance(artifact, Mapping):
+        return None
+    value = artifact.get("fingerprint")
+    return str(value) if value else None

@@ -156,3 +156,18 @@ def test_deeplift_is_planned_away_for_unet_small(params, cache_and_manifest, art
     assert sorted(out) == ["seg.saliency"]
     assert "skipping saliency method 'deeplift' for seg" in caplog.text
     assert "summation-to-delta" in caplog.text
+
+
+def test_heatmap_sets_record_the_model_artifacts_fingerprint(params, cache_and_manifest, artifacts):
+    """The study tells the maps of an earlier training of a model by this column."""
+    cache, manifest = cache_and_manifest
+    trained = {**artifacts["erm"], "fingerprint": "f" * 64}
+    sets = nodes.compute_heatmaps(
+        trained, {"name": "erm"}, cache, manifest, max_images=2, **_run_args(params)
+    )
+    assert set(sets["erm.gradcam"].index["model_fingerprint"]) == {"f" * 64}
+    # an artifact without one (an older file): no column, nothing to compare
+    older = nodes.compute_heatmaps(
+        artifacts["erm"], {"name": "erm"}, cache, manifest, max_images=2, **_run_args(params)
+    )
+    assert "model_fingerprint" not in older["erm.gradcam"].index

@@ -192,3 +192,18 @@ def test_resolution_inside_a_process_group_counts_its_processes(
     }
     monkeypatch.setattr(outputs, "process_group", lambda: (0, 1))
     assert outputs.resolved_precision_and_device({}) == {"precision": "fp32", "device": "cpu"}
+
+
+def test_test_metrics_record_the_model_artifacts_fingerprint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
+    trained = {
+        "variant": "erm",
+        "fingerprint": "a" * 64,
+        "trained_as": {"precision": "fp32", "device": "cpu"},
+    }
+    assert _metrics_of(trained)["model_fingerprint"] == "a" * 64
+    older = {"variant": "erm", "trained_as": {"precision": "fp32", "device": "cpu"}}
+    assert "model_fingerprint" not in _metrics_of(older)

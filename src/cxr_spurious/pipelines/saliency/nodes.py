@@ -28,6 +28,7 @@ from cxr_spurious.saliency.overlays import TUBE_OBJECT, overlay_figure, sample_r
 from cxr_spurious.saliency.registry import MethodOptions
 from cxr_spurious.saliency.sanity import SANITY_COLUMNS, model_randomisation_check
 from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.training.provenance import MODEL_FINGERPRINT_KEY, model_fingerprint
 from cxr_spurious.variants import heatmap_set_name
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ def compute_heatmaps(
 
     Returns:
         ``{heatmap_set_name(model, method): HeatmapSet}``; ``SKIPPED`` when the model is.
+        Each set's index records the model artifact's fingerprint (``model_fingerprint``
+        column) when the artifact has one.
     """
     model_name = _variant_name(variant)
     if is_skipped(model_artifact):  # a model skipped upstream (the sweep's resumed cells)
@@ -120,8 +123,15 @@ def compute_heatmaps(
         elapsed,
         len(ids) * len(planned) / max(elapsed, 1e-9),
     )
-    out = {heatmap_set_name(model_name, method): hset for method, hset in sets.items()}
-    return out
+    fingerprint = model_fingerprint(model_artifact)
+    if fingerprint:  # which training of the model the maps come from (the study checks it)
+        sets = {
+            method: HeatmapSet(
+                index=h.index.assign(**{MODEL_FINGERPRINT_KEY: fingerprint}), maps=h.maps
+            )
+            for method, h in sets.items()
+        }
+    return {heatmap_set_name(model_name, method): hset for method, hset in sets.items()}
 
 
 def check_saliency_sanity(

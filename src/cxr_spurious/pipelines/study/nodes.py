@@ -15,6 +15,7 @@ from cxr_spurious.study.figures import plot_findings
 from cxr_spurious.study.findings import (
     assemble_findings,
     check_ci_level,
+    check_same_model,
     findings_metrics,
     model_row,
     saliency_findings,
@@ -70,6 +71,8 @@ def summarise_findings(
     Raises:
         ParameterError: ``study.ci_level`` outside (0, 1) or not the level of the test
             metrics' CIs (naming both keys).
+        ContractError: the model's localization rows come from the maps of another
+            training of it (``study.findings.check_same_model``).
     """
     model = str(variant["name"])
     level = check_ci_level(ci_level, "study.ci_level")
@@ -88,6 +91,7 @@ def summarise_findings(
     sets = localization_per_cxr[
         (localization_per_cxr["model"] == model) & (localization_per_cxr["task"] == task)
     ]
+    check_same_model(model, sets, test_metrics)
     human = human_benchmark[human_benchmark["task"] == task] if len(human_benchmark) else None
     for method, per_map in sets.groupby("method", sort=True):
         prefix = str(method).replace("+", "p")

@@ -145,6 +145,7 @@ ROW_MODULES: tuple[str, ...] = (
     "cxr_spurious.training.engine",
     "cxr_spurious.training.objectives",
     "cxr_spurious.training.outputs",
+    "cxr_spurious.training.provenance",
     "cxr_spurious.variants",
 )
 

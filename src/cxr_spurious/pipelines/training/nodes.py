@@ -41,6 +41,7 @@ from cxr_spurious.training.outputs import (
     training_curves,
     training_record,
 )
+from cxr_spurious.training.provenance import MODEL_FINGERPRINT_KEY, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -218,12 +219,16 @@ def evaluate_test_metrics(
     provenance = (
         recorded_trained_on(model, f"{config['variant']}.model") if model is not None else None
     )
+    fingerprint = model_fingerprint(model)
     return {
         "supervision": config["supervision"],
         "architecture": config["architecture"],
         **metrics,
         **training_record(config, resolved),
         **({TRAINED_ON_KEY: provenance} if provenance is not None else {}),
+        # the artifact these metrics describe; heatmap sets record it too, so the study
+        # can tell localization results of an earlier training of the model
+        **({MODEL_FINGERPRINT_KEY: fingerprint} if fingerprint else {}),
     }
 
 
