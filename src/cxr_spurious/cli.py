@@ -31,7 +31,12 @@ from kedro.io.core import DatasetError
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cxr_spurious.errors import CxrSpuriousError, DataFormatError, ParameterError
+from cxr_spurious.errors import (
+    CxrSpuriousError,
+    DataFormatError,
+    ParameterError,
+    StaleOutputError,
+)
 from cxr_spurious.logging_filters import configure_run_logging, configured_levels
 from cxr_spurious.stats.bootstrap import BootstrapDropError
 
@@ -39,12 +44,14 @@ logger = logging.getLogger(__name__)
 
 #: Errors a user causes and fixes (their message says what to change). ``CxrSpuriousError``
 #: itself is an unknown name (``unknown_name_error`` without a parameter key).
-#: ``ContractError`` (a pipeline's output breaking its contract) and ``WorkerError`` (a
-#: worker process died) are bugs to report, and keep their traceback.
+#: ``StaleOutputError`` is an earlier run's output that this run cannot reuse (the message
+#: names what to rerun). ``ContractError`` (a pipeline's output breaking its contract) and
+#: ``WorkerError`` (a worker process died) are bugs to report, and keep their traceback.
 USER_ERRORS: tuple[type[CxrSpuriousError], ...] = (
     DataFormatError,
     ParameterError,
     BootstrapDropError,
+    StaleOutputError,
 )
 
 

@@ -50,6 +50,12 @@ class ContractError(CxrSpuriousError):
     """A table or array handed between pipelines breaks the documented contract."""
 
 
+class StaleOutputError(ContractError):
+    """Outputs left by an earlier run no longer fit what this run reads them with (a model
+    trained again since, other settings, other code): the user reruns what the message
+    names, so it is reported as a mistake (one line), not as a bug."""
+
+
 def unknown_name_error(
     kind: str, name: str, valid: object, key: str | None = None
 ) -> CxrSpuriousError:

@@ -11,7 +11,13 @@ import pytest
 from tests.conftest import kedro_env
 
 from cxr_spurious.cli import USER_ERRORS, one_line, user_error
-from cxr_spurious.errors import ContractError, CxrSpuriousError, DataFormatError, ParameterError
+from cxr_spurious.errors import (
+    ContractError,
+    CxrSpuriousError,
+    DataFormatError,
+    ParameterError,
+    StaleOutputError,
+)
 from cxr_spurious.stats.bootstrap import BootstrapDropError
 
 MESSAGE = (
@@ -92,13 +98,19 @@ def test_a_genuine_bug_keeps_its_traceback(kedro_project: Path) -> None:
         (DataFormatError("labels.csv", "missing column 'x'", where="row 3"), True),
         (BootstrapDropError("too many undefined replicates"), True),
         (CxrSpuriousError("unknown architecture 'x'; valid names are: a, b"), True),
+        (StaleOutputError("seg.model_summary describes an earlier training"), True),
         (ContractError("table lacks column 'image_id'"), False),
         (KeyError("x"), False),
     ],
 )
 def test_which_errors_are_a_users_mistake(exc: Exception, expected: bool) -> None:
     assert (user_error(exc) is exc) is expected
-    assert set(USER_ERRORS) >= {ParameterError, DataFormatError, BootstrapDropError}
+    assert set(USER_ERRORS) >= {
+        ParameterError,
+        DataFormatError,
+        BootstrapDropError,
+        StaleOutputError,
+    }
 
 
 def test_a_mistake_wrapped_by_kedro_is_found_and_flattened() -> None:

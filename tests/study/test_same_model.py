@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from tests.study.test_ci_level import _inputs
 
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import StaleOutputError
 from cxr_spurious.pipelines.study import nodes
 
 NOW, EARLIER = "c" * 64, "e" * 64
@@ -36,7 +36,8 @@ def test_maps_of_the_same_training_pass() -> None:
 
 
 def test_maps_of_an_earlier_training_are_refused() -> None:
-    with pytest.raises(ContractError) as info:
+    # a stale output the user reruns: one line on the console, not a bug's traceback
+    with pytest.raises(StaleOutputError) as info:
         nodes.summarise_findings(**_with_fingerprints(EARLIER, NOW), ci_level=0.95)  # type: ignore[arg-type]
     message = str(info.value)
     assert message.startswith("erm: localization_per_cxr holds the gradcam maps of another")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError, ParameterError, StaleOutputError
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, check_n_boot
 from cxr_spurious.training.provenance import (
     MODEL_DIGEST_COLUMN,
@@ -298,7 +298,7 @@ def check_same_model(model: str, per_map: pd.DataFrame, test_metrics: Mapping[st
     fingerprint (older files, imported CheXlocalize maps) are not compared.
 
     Raises:
-        ContractError: naming the model, both fingerprints and what to run.
+        StaleOutputError: naming the model, both fingerprints and what to run.
     """
     current = test_metrics.get(MODEL_FINGERPRINT_KEY) if isinstance(test_metrics, Mapping) else None
     if not current or MODEL_FINGERPRINT_KEY not in per_map:
@@ -310,7 +310,7 @@ def check_same_model(model: str, per_map: pd.DataFrame, test_metrics: Mapping[st
             .astype(str)
             .unique()
         )
-        raise ContractError(
+        raise StaleOutputError(
             f"{model}: localization_per_cxr holds the {', '.join(methods)} maps of another "
             f"training of {model} (model_fingerprint {', '.join(v[:12] for v in other)}; "
             f"{model}.test_metrics describes {str(current)[:12]}): the model was trained again "

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from kedro_datasets.pandas import CSVDataset
 
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, StaleOutputError
 from cxr_spurious.hooks import base_parameters
 from cxr_spurious.pipelines.comparison.nodes import check_study_summaries
 from cxr_spurious.pipelines.robustness.nodes import combine_robustness_summary, summarise_model
@@ -220,7 +220,7 @@ def test_a_summary_of_an_earlier_training_of_the_model_is_refused(tmp_path: Path
     assert summaries["box"][MODEL_DIGEST_COLUMN].iloc[0] == current["box"]
     assert sorted(check_study_summaries(robustness, current, **summaries)) == sorted(STUDY_MODELS)
     retrained = {**current, "box": model_digest(_test_metrics(8))}
-    with pytest.raises(ContractError) as info:
+    with pytest.raises(StaleOutputError) as info:
         check_study_summaries(robustness, retrained, **summaries)
     message = str(info.value)
     assert "box.model_summary describes an earlier training of the model" in message

@@ -14,6 +14,9 @@ from cxr_spurious.sources.cache import load_cache
 
 pytestmark = pytest.mark.integration
 
+#: ``kedro run`` of the ingestion pipeline in the test environment.
+INGESTION = ("run", "--pipeline", "ingestion", "--env", "test")
+
 
 def test_phantom_ingestion_end_to_end(kedro_project: Path, run_kedro) -> None:
     proc = run_kedro(kedro_project, "run", "--pipeline", "ingestion", "--env", "test")
@@ -53,16 +56,7 @@ def test_phantom_ingestion_end_to_end(kedro_project: Path, run_kedro) -> None:
     # ParallelRunner: each node in a worker process, the in-memory source handed between
     # them (a plain MemoryDataset loaded a bare object there: "'object' object has no
     # attribute 'manifest'")
-    again = run_kedro(
-        kedro_project,
-        "run",
-        "--pipeline",
-        "ingestion",
-        "--env",
-        "test",
-        "--runner",
-        "ParallelRunner",
-    )
+    again = run_kedro(kedro_project, *INGESTION, "--runner", "ParallelRunner")
     log = again.log
     assert "Pipeline execution completed successfully" in log
     assert "skipping generation" in log and "skipping the rebuild" in log

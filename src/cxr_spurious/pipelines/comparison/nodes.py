@@ -14,7 +14,7 @@ import pandas as pd
 from cxr_spurious.debiasing.dfr import dfr_held_out_rows, fit_dfr
 from cxr_spurious.debiasing.groups import assign_groups, group_keys
 from cxr_spurious.debiasing.resampling import resampling_differences
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError, ParameterError, StaleOutputError
 from cxr_spurious.pipelines.robustness.nodes import SUMMARY_MODULES
 from cxr_spurious.robustness.evaluation import (
     SETTINGS_COLUMN,
@@ -132,7 +132,7 @@ def check_study_models(
         for it, and ``check_study_summaries`` checks the study's summaries against it.
 
     Raises:
-        ContractError: a model's record differs (naming the model and every differing key
+        StaleOutputError: a model's record differs (naming the model and every differing key
             with both values, the data, or the modules whose source changed), a record is
             missing (a ``test_metrics`` written by an older version), or the study's
             ``resampled_manifest`` is resampled (saying how).
@@ -170,14 +170,14 @@ def check_study_models(
             checked[model] = str(model_digest(metrics))
             configs[model] = cfg
     if missing:
-        raise ContractError(
+        raise StaleOutputError(
             f"{', '.join(missing)}: no record of the training configuration (training_config): "
             "the study models predate the record (written by an older version), so the "
             "comparison cannot show they were trained under this run's parameters; re-run "
             f"them: {RERUN_STUDY}"
         )
     if differing:
-        raise ContractError(
+        raise StaleOutputError(
             "the study's models were trained under other settings than this run's "
             "parameters give them (training.<key>, or training.variants.<model>.<key>): "
             + "; ".join(differing)
@@ -205,7 +205,7 @@ def _check_trained_on(
     """``check_study_models``'s data and code part (the configurations already agree)."""
     resampled = resampling_differences(manifest, resampled_manifest)
     if resampled:
-        raise ContractError(
+        raise StaleOutputError(
             "resampled_manifest: the study's models were trained on rows that are not the "
             f"manifest left unresampled ({'; '.join(resampled)}): the study ran with a "
             "debiasing.strategy other than none, or ingestion re-ran since. The comparison's "
@@ -234,14 +234,14 @@ def _check_trained_on(
                 "sources)"
             )
     if missing:
-        raise ContractError(
+        raise StaleOutputError(
             f"{', '.join(missing)}: no record of the training data and code "
             f"({TRAINED_ON_KEY}): the study models predate the record (written by an older "
             "version), so the comparison cannot show they were trained on this run's data "
             f"by this code; re-run them: {RERUN_STUDY}"
         )
     if differing:
-        raise ContractError(
+        raise StaleOutputError(
             "; ".join(differing)
             + ". The comparison reuses the study's models on training.seed and trains every "
             "cmp_* variant on this run's data with this code, so its rows would compare "
@@ -279,7 +279,7 @@ def check_study_summaries(
         ``{model: recorded settings}``: what was checked (``headline_table`` waits for it).
 
     Raises:
-        ContractError: a summary's record differs (naming the model and every differing key
+        StaleOutputError: a summary's record differs (naming the model and every differing key
             with both values, or the modules whose source changed) or is missing (a summary
             written before the record, or before it held the code digests).
     """
@@ -314,14 +314,14 @@ def check_study_summaries(
         else:
             checked[model] = str(records[0])
     if missing:
-        raise ContractError(
+        raise StaleOutputError(
             f"{', '.join(missing)}: no record of the robustness settings and code "
             f"({SETTINGS_COLUMN}): the study's summaries predate the record (written by an "
             "older version), so the comparison cannot show they were computed under this "
             f"run's parameters by this code; re-run them: {RERUN_STUDY}"
         )
     if differing:
-        raise ContractError(
+        raise StaleOutputError(
             "the study's robustness summaries were computed under other settings or by "
             "other code than this run's: "
             + "; ".join(differing)

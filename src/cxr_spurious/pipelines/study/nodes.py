@@ -71,7 +71,7 @@ def summarise_findings(
     Raises:
         ParameterError: ``study.ci_level`` outside (0, 1) or not the level of the test
             metrics' CIs (naming both keys).
-        ContractError: the model's localization rows come from the maps of another
+        StaleOutputError: the model's localization rows come from the maps of another
             training of it (``study.findings.check_same_model``).
     """
     model = str(variant["name"])
