@@ -484,3 +484,20 @@ def test_the_sets_model_fingerprint_reaches_every_row_missing_maps_included():
     )
     assert len(table) == len(hs)  # the dropped pair is charged as an empty prediction
     assert (table["model_fingerprint"] == "f" * 64).all()
+    # and the summary per set keeps it, for the report's stale-row check
+    from cxr_spurious.pipelines.localization import nodes
+
+    per_map, _ = nodes.evaluate_heatmaps(
+        {"erm.gradcam": HeatmapSet(index, hs.maps[keep])},
+        gt,
+        {},
+        None,
+        None,
+        0,
+        [],
+        False,
+        10,
+        False,
+    )
+    summary = nodes.summarise_localization(per_map, n_boot=10, seed=0)
+    assert len(summary) and set(summary["model_fingerprint"]) == {"f" * 64}

@@ -335,3 +335,42 @@ def test_robustness_rows_of_a_model_retrained_since_are_marked_stale(caplog) -> 
     assert f"{models[0]} (row {digests[models[0]]}, model now {'e' * 16})" in note
     assert "kedro run --pipeline robustness" in note
     assert all(m not in note for m in models[1:])
+
+
+def test_localization_rows_of_maps_of_an_earlier_training_are_marked_stale(caplog) -> None:
+    """``localization_summary`` keeps each set's ``model_fingerprint``; a model trained
+    again since its maps were computed gets a note in the localization section."""
+    inputs = synthetic.inputs()
+    summary = inputs.localization_summary
+    models = list(dict.fromkeys(summary["model"]))
+    fingerprints = {m: f"{i:064x}" for i, m in enumerate(models)}
+    summary = summary.assign(model_fingerprint=[fingerprints[m] for m in summary["model"]])
+    same = dataclasses.replace(
+        inputs, localization_summary=summary, model_fingerprints=fingerprints
+    )
+    page = build_study_report(same)
+    assert "Stale rows" not in page and "model_fingerprint" not in page
+    retrained = {**fingerprints, models[0]: "a" * 64}
+    with caplog.at_level("WARNING", logger="cxr_spurious.report.study"):
+        page = build_study_report(dataclasses.replace(same, model_fingerprints=retrained))
+    assert "the localization rows (and the overlays)" in caplog.text
+    note = page.split("Localization per heatmap set")[1].split("Stale rows")[1].split("</p>")[0]
+    assert f"{models[0]} (row {fingerprints[models[0]]}, model now {'a' * 64})" in note
+    assert "kedro run (the whole study)" in note
+
+
+def test_the_report_node_reads_digests_and_fingerprints_from_test_metrics() -> None:
+    from cxr_spurious.pipelines.report.nodes import _current, current_model_digests
+    from cxr_spurious.training.provenance import model_digest
+
+    record = {"training_config_digest": "s", "trained_on": {"data": "d"}, "model_fingerprint": "f"}
+    current = current_model_digests(erm=record, box={"training_config_digest": "s"})
+    assert current["model_digest"] == {
+        "erm": model_digest(record),
+        "box": model_digest({"training_config_digest": "s"}),
+    }
+    assert current["model_fingerprint"] == {"erm": "f", "box": None}
+    assert _current(current, "model_fingerprint") == {"erm": "f", "box": None}
+    # the flat {model: digest} the node returned before: digests, no fingerprints
+    assert _current({"erm": "abc"}, "model_digest") == {"erm": "abc"}
+    assert _current({"erm": "abc"}, "model_fingerprint") == {}

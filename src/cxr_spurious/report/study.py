@@ -39,7 +39,7 @@ from cxr_spurious.report.html import (
     table_html,
     with_cis,
 )
-from cxr_spurious.training.provenance import MODEL_DIGEST_COLUMN
+from cxr_spurious.training.provenance import MODEL_DIGEST_COLUMN, MODEL_FINGERPRINT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,9 @@ class StudyReportInputs:
             now; a findings or robustness summary row with another one describes an
             earlier training of that model and gets a note (rows and models without a
             digest are not checked).
+        model_fingerprints: Each study model's ``model_fingerprint`` as its
+            ``test_metrics`` reads now; a localization row of a set computed from another
+            training of its model gets a note.
         written: When the files of ``study_findings`` and of the optional tables
             (``headline_table``, ``headline_table_seeds``, ``headline_paired_differences``,
             ``sweep_summary``, ``shortcut_detection``) were last
@@ -212,6 +215,7 @@ class StudyReportInputs:
     shortcut_detection: pd.DataFrame | None = None
     written: Mapping[str, datetime | None] = field(default_factory=dict)
     model_digests: Mapping[str, str | None] = field(default_factory=dict)
+    model_fingerprints: Mapping[str, str | None] = field(default_factory=dict)
 
 
 def stack_per_model(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -310,16 +314,17 @@ def _findings(inputs: StudyReportInputs, max_rows: int) -> str:
 
 
 def retrained_models(
-    table: pd.DataFrame, current: Mapping[str, str | None]
+    table: pd.DataFrame, current: Mapping[str, str | None], column: str = MODEL_DIGEST_COLUMN
 ) -> dict[str, tuple[str, str]]:
     """Models whose rows in ``table`` (``study_findings``, ``robustness_summary``: a
     ``model`` and a ``model_digest`` column) describe another training than the one on disk
     now: ``{model: (row's model_digest, current one)}`` (rows or models without a digest
-    are not compared)."""
-    if MODEL_DIGEST_COLUMN not in table:
+    are not compared); ``column`` = ``model_fingerprint`` compares the model artifacts of
+    the localization rows likewise."""
+    if column not in table or "model" not in table:
         return {}
     out = {}
-    for model, recorded in zip(table["model"], table[MODEL_DIGEST_COLUMN]):
+    for model, recorded in zip(table["model"], table[column]):
         now = current.get(str(model))
         if isinstance(recorded, str) and recorded and now and recorded != now:
             out[str(model)] = (recorded, now)
@@ -327,11 +332,15 @@ def retrained_models(
 
 
 def _retrained_note(
-    table: pd.DataFrame, current: Mapping[str, str | None], what: str, rerun: str
+    table: pd.DataFrame,
+    current: Mapping[str, str | None],
+    what: str,
+    rerun: str,
+    column: str = MODEL_DIGEST_COLUMN,
 ) -> str:
     """A "Stale rows" note (and a console warning) when rows of ``table`` describe an
     earlier training of their model; ``what`` names the rows, ``rerun`` the command."""
-    stale = retrained_models(table, current)
+    stale = retrained_models(table, current, column)
     if not stale:
         return ""
     which = "; ".join(f"{m} (row {old}, model now {new})" for m, (old, new) in stale.items())
@@ -396,6 +405,13 @@ def _localization(inputs: StudyReportInputs, max_rows: int) -> str:
         )
     parts = [
         heading("Localization per heatmap set"),
+        _retrained_note(
+            summary,
+            inputs.model_fingerprints,
+            "the localization rows (and the overlays)",
+            "kedro run (the whole study)",
+            column=MODEL_FINGERPRINT_KEY,
+        ),
         table_html(shown, max_rows=max_rows, source=SOURCES["localization_summary"]),
     ]
     rows = []

@@ -22,6 +22,7 @@ from cxr_spurious.localization.segmentation import SegmentationConfig
 from cxr_spurious.overlays import images_of
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.multiplicity import adjust_column, family_note, read_settings
+from cxr_spurious.training.provenance import MODEL_FINGERPRINT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,9 @@ def summarise_localization(
 ) -> pd.DataFrame:
     """``localization_summary``: set x task (+ overall) with bootstrap CIs.
 
-    Carries ``skipped_map_files`` (per set) from the per-map table when present.
+    Carries ``skipped_map_files`` (per set) and ``model_fingerprint`` (the set's model
+    artifact, which the report compares with the model's ``test_metrics``) from the per-map
+    table when present.
     """
     table = summary.summary_table(
         per_map,
@@ -208,6 +211,9 @@ def summarise_localization(
         table[SKIPPED_COLUMN] = (
             table["set"].map(per_map.groupby("set")[SKIPPED_COLUMN].max()).fillna(0).astype(int)
         )
+    if MODEL_FINGERPRINT_KEY in per_map.columns and len(table):  # the report checks it
+        fingerprints = per_map.dropna(subset=[MODEL_FINGERPRINT_KEY]).groupby("set")
+        table[MODEL_FINGERPRINT_KEY] = table["set"].map(fingerprints[MODEL_FINGERPRINT_KEY].first())
     return table
 
 

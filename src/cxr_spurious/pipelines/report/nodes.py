@@ -17,7 +17,11 @@ from cxr_spurious.report.study import (
     build_study_report,
     stack_per_model,
 )
-from cxr_spurious.training.provenance import model_digest
+from cxr_spurious.training.provenance import (
+    MODEL_DIGEST_COLUMN,
+    MODEL_FINGERPRINT_KEY,
+    model_digest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +36,22 @@ def stack_fairness_gaps(**tables: pd.DataFrame) -> pd.DataFrame:
     return stack_per_model(tables)
 
 
-def current_model_digests(**test_metrics: Mapping[str, Any]) -> dict[str, str | None]:
-    """Each study model's ``model_digest`` as its ``<m>.test_metrics`` reads now (keyword =
-    model name): the report checks the findings rows against them."""
-    return {name: model_digest(metrics) for name, metrics in test_metrics.items()}
+def current_model_digests(
+    **test_metrics: Mapping[str, Any],
+) -> dict[str, dict[str, str | None]]:
+    """Which training of each study model is on disk now, as its ``<m>.test_metrics``
+    reads (keyword = model name): ``{"model_digest": {model: digest}, "model_fingerprint":
+    {model: fingerprint}}``. The report checks the findings and robustness rows against
+    the digests and the localization rows against the fingerprints."""
+    return {
+        MODEL_DIGEST_COLUMN: {name: model_digest(m) for name, m in test_metrics.items()},
+        MODEL_FINGERPRINT_KEY: {
+            name: (str(m[MODEL_FINGERPRINT_KEY]) if m.get(MODEL_FINGERPRINT_KEY) else None)
+            if isinstance(m, Mapping)
+            else None
+            for name, m in test_metrics.items()
+        },
+    }
 
 
 def _loaded(partitions: Mapping[str, Callable[[], Any]], keep: Callable[[str], bool]) -> dict:
@@ -98,9 +114,9 @@ def build_report(
         study_findings_written: When ``study_findings``'s file was written
             (``report_study_findings_written``); an optional table older than it gets a
             note.
-        model_digests: Each study model's ``model_digest`` now
-            (``current_model_digests``); a findings row that describes another training
-            of its model (retrained since the study ran) gets a note.
+        model_digests: ``current_model_digests``' output (which training of each model is
+            on disk now); a findings, robustness or localization row that describes another
+            training of its model (retrained since) gets a note.
 
     Returns:
         The HTML page.
@@ -128,7 +144,8 @@ def build_report(
         headline_paired_differences=headline_paired_differences,
         sweep_summary=sweep_summary,
         shortcut_detection=shortcut_detection,
-        model_digests=dict(model_digests or {}),
+        model_digests=_current(model_digests, MODEL_DIGEST_COLUMN),
+        model_fingerprints=_current(model_digests, MODEL_FINGERPRINT_KEY),
         written={
             "study_findings": study_findings_written,
             "headline_table": _written(headline_table),
@@ -141,3 +158,13 @@ def build_report(
     page = build_study_report(inputs, title=title, max_rows=max_rows)
     logger.info("study report: %.1f MB of HTML", len(page.encode()) / 1e6)
     return page
+
+
+def _current(recorded: Mapping[str, Any] | None, key: str) -> dict[str, str | None]:
+    """One kind of ``current_model_digests``' record, ``{model: value}`` (a flat
+    ``{model: digest}``, as the node returned before it held fingerprints, is digests)."""
+    recorded = dict(recorded or {})
+    if key in recorded and isinstance(recorded[key], Mapping):
+        return dict(recorded[key])
+    flat = all(v is None or isinstance(v, str) for v in recorded.values())
+    return dict(recorded) if flat and key == MODEL_DIGEST_COLUMN else {}
