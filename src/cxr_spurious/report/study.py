@@ -343,7 +343,10 @@ def _retrained_note(
     stale = retrained_models(table, current, column)
     if not stale:
         return ""
-    which = "; ".join(f"{m} (row {old}, model now {new})" for m, (old, new) in stale.items())
+    # digests are 16 characters, fingerprints 64: 16 tell them apart on the page
+    which = "; ".join(
+        f"{m} (row {old[:16]}, model now {new[:16]})" for m, (old, new) in stale.items()
+    )
     logger.warning(
         "study report: %s of %s describe an earlier training of the model; run %s before "
         "reading them",
