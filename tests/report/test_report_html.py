@@ -314,49 +314,51 @@ def test_findings_of_a_model_retrained_since_are_marked_stale(caplog) -> None:
     assert "Stale rows" not in build_study_report(unknown)
 
 
-def test_robustness_rows_of_a_model_retrained_since_are_marked_stale(caplog) -> None:
-    """``robustness_summary`` rows record the training they describe too: a model trained
-    again after the robustness pipeline ran gets its own note in that section, and the
-    digest column itself is not shown."""
+@pytest.mark.parametrize(
+    ("table", "column", "current", "width", "section", "what", "rerun"),
+    [
+        (  # robustness_summary rows record the training they describe (model_digest)
+            "robustness_summary",
+            "model_digest",
+            "model_digests",
+            16,
+            "Robustness summary",
+            "the robustness summary rows (and the calibration and fairness tables",
+            "kedro run --pipeline robustness",
+        ),
+        (  # localization_summary keeps each set's model artifact (model_fingerprint)
+            "localization_summary",
+            "model_fingerprint",
+            "model_fingerprints",
+            64,
+            "Localization per heatmap set",
+            "the localization rows (and the overlays)",
+            "kedro run (the whole study)",
+        ),
+    ],
+)
+def test_rows_of_a_model_retrained_since_are_marked_stale_in_their_section(
+    caplog, table: str, column: str, current: str, width: int, section: str, what: str, rerun: str
+) -> None:
+    """A model trained again after the section's table was computed gets a note there (and
+    a console warning) naming it with both values cut to 16 characters; the column itself
+    is not shown."""
     inputs = synthetic.inputs()
-    summary = inputs.robustness_summary
-    models = list(dict.fromkeys(summary["model"]))
-    digests = {m: f"{i:016x}" for i, m in enumerate(models)}
-    summary = summary.assign(model_digest=[digests[m] for m in summary["model"]])
-    same = dataclasses.replace(inputs, robustness_summary=summary, model_digests=digests)
+    rows = getattr(inputs, table)
+    models = list(dict.fromkeys(rows["model"]))
+    values = {m: f"{i:0{width}x}" for i, m in enumerate(models)}
+    rows = rows.assign(**{column: [values[m] for m in rows["model"]]})
+    same = dataclasses.replace(inputs, **{table: rows, current: values})
     page = build_study_report(same)
-    assert "Stale rows" not in page and "model_digest" not in page
-    retrained = {**digests, models[0]: "e" * 16}
+    assert "Stale rows" not in page and column not in page
+    retrained = {**values, models[0]: "e" * width}
     with caplog.at_level("WARNING", logger="cxr_spurious.report.study"):
-        page = build_study_report(dataclasses.replace(same, model_digests=retrained))
-    assert "the robustness summary rows (and the calibration and fairness tables" in caplog.text
-    robustness = page.split("Robustness summary")[1]
-    note = robustness.split("Stale rows")[1].split("</p>")[0]
-    assert f"{models[0]} (row {digests[models[0]]}, model now {'e' * 16})" in note
-    assert "kedro run --pipeline robustness" in note
+        page = build_study_report(dataclasses.replace(same, **{current: retrained}))
+    assert what in caplog.text
+    note = page.split(section)[1].split("Stale rows")[1].split("</p>")[0]
+    assert f"{models[0]} (row {values[models[0]][:16]}, model now {'e' * 16})" in note
+    assert rerun in note
     assert all(m not in note for m in models[1:])
-
-
-def test_localization_rows_of_maps_of_an_earlier_training_are_marked_stale(caplog) -> None:
-    """``localization_summary`` keeps each set's ``model_fingerprint``; a model trained
-    again since its maps were computed gets a note in the localization section."""
-    inputs = synthetic.inputs()
-    summary = inputs.localization_summary
-    models = list(dict.fromkeys(summary["model"]))
-    fingerprints = {m: f"{i:064x}" for i, m in enumerate(models)}
-    summary = summary.assign(model_fingerprint=[fingerprints[m] for m in summary["model"]])
-    same = dataclasses.replace(
-        inputs, localization_summary=summary, model_fingerprints=fingerprints
-    )
-    page = build_study_report(same)
-    assert "Stale rows" not in page and "model_fingerprint" not in page
-    retrained = {**fingerprints, models[0]: "a" * 64}
-    with caplog.at_level("WARNING", logger="cxr_spurious.report.study"):
-        page = build_study_report(dataclasses.replace(same, model_fingerprints=retrained))
-    assert "the localization rows (and the overlays)" in caplog.text
-    note = page.split("Localization per heatmap set")[1].split("Stale rows")[1].split("</p>")[0]
-    assert f"{models[0]} (row {fingerprints[models[0]][:16]}, model now {'a' * 16})" in note
-    assert "kedro run (the whole study)" in note
 
 
 def test_the_report_node_reads_digests_and_fingerprints_from_test_metrics() -> None:
