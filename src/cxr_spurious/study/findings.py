@@ -31,6 +31,7 @@ from cxr_spurious.training.provenance import (
     MODEL_DIGEST_COLUMN,
     MODEL_FINGERPRINT_KEY,
     model_digest,
+    recorded_fingerprint,
 )
 
 TUBE_MASS_COLUMN = "shortcut_Chest Tube"
@@ -300,10 +301,10 @@ def check_same_model(model: str, per_map: pd.DataFrame, test_metrics: Mapping[st
     Raises:
         StaleOutputError: naming the model, both fingerprints and what to run.
     """
-    current = test_metrics.get(MODEL_FINGERPRINT_KEY) if isinstance(test_metrics, Mapping) else None
+    current = recorded_fingerprint(test_metrics)
     if not current or MODEL_FINGERPRINT_KEY not in per_map:
         return
-    other = sorted({str(v) for v in per_map[MODEL_FINGERPRINT_KEY].dropna()} - {str(current)})
+    other = sorted({str(v) for v in per_map[MODEL_FINGERPRINT_KEY].dropna()} - {current})
     if other:
         methods = sorted(
             per_map.loc[per_map[MODEL_FINGERPRINT_KEY].astype(str).isin(other), "method"]
@@ -313,7 +314,7 @@ def check_same_model(model: str, per_map: pd.DataFrame, test_metrics: Mapping[st
         raise StaleOutputError(
             f"{model}: localization_per_cxr holds the {', '.join(methods)} maps of another "
             f"training of {model} (model_fingerprint {', '.join(v[:12] for v in other)}; "
-            f"{model}.test_metrics describes {str(current)[:12]}): the model was trained again "
+            f"{model}.test_metrics describes {current[:12]}): the model was trained again "
             "after its saliency maps were computed, so its findings would mix two models. "
             "Run the saliency and localization stages again first: kedro run (the whole "
             "study)"

@@ -49,3 +49,12 @@ def model_fingerprint(artifact: object) -> str | None:
         return None
     value = artifact.get("fingerprint")
     return str(value) if value else None
+
+
+def recorded_fingerprint(test_metrics: object) -> str | None:
+    """The ``model_fingerprint`` a ``test_metrics`` record holds, or None (a record written
+    before it, or no record)."""
+    if not isinstance(test_metrics, Mapping):
+        return None
+    value = test_metrics.get(MODEL_FINGERPRINT_KEY)
+    return str(value) if value else None

@@ -21,6 +21,7 @@ from cxr_spurious.training.provenance import (
     MODEL_DIGEST_COLUMN,
     MODEL_FINGERPRINT_KEY,
     model_digest,
+    recorded_fingerprint,
 )
 
 logger = logging.getLogger(__name__)
@@ -45,12 +46,7 @@ def current_model_digests(
     the digests and the localization rows against the fingerprints."""
     return {
         MODEL_DIGEST_COLUMN: {name: model_digest(m) for name, m in test_metrics.items()},
-        MODEL_FINGERPRINT_KEY: {
-            name: (str(m[MODEL_FINGERPRINT_KEY]) if m.get(MODEL_FINGERPRINT_KEY) else None)
-            if isinstance(m, Mapping)
-            else None
-            for name, m in test_metrics.items()
-        },
+        MODEL_FINGERPRINT_KEY: {name: recorded_fingerprint(m) for name, m in test_metrics.items()},
     }
 
 
@@ -161,10 +157,5 @@ def build_report(
 
 
 def _current(recorded: Mapping[str, Any] | None, key: str) -> dict[str, str | None]:
-    """One kind of ``current_model_digests``' record, ``{model: value}`` (a flat
-    ``{model: digest}``, as the node returned before it held fingerprints, is digests)."""
-    recorded = dict(recorded or {})
-    if key in recorded and isinstance(recorded[key], Mapping):
-        return dict(recorded[key])
-    flat = all(v is None or isinstance(v, str) for v in recorded.values())
-    return dict(recorded) if flat and key == MODEL_DIGEST_COLUMN else {}
+    """One kind of ``current_model_digests``' record: ``{model: value}``."""
+    return dict((recorded or {}).get(key) or {})
