@@ -24,7 +24,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from cxr_spurious.errors import DataFormatError, ParameterError
-from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.heatmaps import INDEX_COLUMNS, HeatmapSet
 from cxr_spurious.io.chexlocalize import (
     PickleFolderSet,
     PickleMapStack,
@@ -616,9 +616,7 @@ def _add_missing_predictions(
     constant = {
         c: index[c].iloc[0]
         for c in index.columns
-        if c not in ("image_id", "task", "prob", "gt", "cxr_w", "cxr_h", "model", "method")
-        and len(index)
-        and index[c].nunique(dropna=False) == 1
+        if c not in INDEX_COLUMNS and len(index) and index[c].nunique(dropna=False) == 1
     }
     for cxr_id, entry in gt.items():
         for task, rle in entry.items():
