@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from statsmodels.stats.multitest import multipletests
 
+from cxr_spurious.cli import user_error
 from cxr_spurious.datasets.skippable import SKIPPED, SkippableDataset, is_skipped
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError, ParameterError, StaleOutputError
 from cxr_spurious.hooks import SweepParamsHook, stashed_sweep_params
 from cxr_spurious.pipelines.sweep import nodes
 from cxr_spurious.pipelines.sweep import pipeline as sweep_pipeline
@@ -150,7 +151,7 @@ def test_collector_leaves_out_cells_without_a_row() -> None:
     row = {"namespace": CELL.namespace, "config_hash": plans[0]["config_hash"], "x": 1.0}
     table = nodes.collect_sweep_models(row, SKIPPED, *plans)
     assert list(table["namespace"]) == [CELL.namespace]
-    with pytest.raises(ContractError, match="no cell has a row"):
+    with pytest.raises(ParameterError, match="'training.only': selects none of the sweep's 1 "):
         nodes.collect_sweep_models(SKIPPED, plans[0])
     with pytest.raises(ContractError, match="odd number"):
         nodes.collect_sweep_models(row, *plans)
@@ -187,8 +188,9 @@ def test_collector_leaves_out_stale_rows_that_training_only_did_not_retrain(
     assert "stale: configuration changed but the cell was not retrained (training.only)" in warning
     assert erm.namespace in warning and CELL.namespace not in warning
     # every row stale: nothing of the current configuration to tabulate
-    with pytest.raises(ContractError, match=erm.namespace):
+    with pytest.raises(StaleOutputError, match="1 cell\\(s\\) hold rows of an earlier") as err:
         nodes.collect_sweep_models(rows[0], new[erm])
+    assert erm.namespace in str(err.value) and user_error(err.value) is err.value
 
 
 def _cell_rows(

@@ -29,7 +29,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxr_spurious.datasets.skippable import SKIPPED, is_skipped
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError, StaleOutputError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.models import model_from_artifact
 from cxr_spurious.sources.cache import ImageCache
@@ -400,9 +400,10 @@ def collect_sweep_models(*rows_then_plans: Any) -> pd.DataFrame:
     pairs they belonged to are absent (``n/a``) until they are retrained.
 
     Raises:
-        ContractError: the inputs are not rows and plans in equal numbers, or no cell has a
-            row of the current configuration (every row missing or stale; the stale cells
-            are named).
+        ContractError: the inputs are not rows and plans in equal numbers.
+        StaleOutputError: no cell has a row of the current configuration and some cells
+            hold rows of an earlier one (named, with what to rerun).
+        ParameterError: ``training.only`` selected no cell and no cell has any row.
     """
     if len(rows_then_plans) % 2:
         raise ContractError(
@@ -442,14 +443,18 @@ def collect_sweep_models(*rows_then_plans: Any) -> pd.DataFrame:
         if not is_skipped(r) and r.get("config_hash") == p["config_hash"]
     ]
     if not kept:
-        why = (
-            f"; stale (configuration changed but not retrained, training.only): {stale}"
-            if stale
-            else ""
-        )
-        raise ContractError(
-            "sweep_models: no cell has a row of the current configuration; run the sweep "
-            f"without training.only, or with a grid that selects some cell{why}"
+        if stale:
+            raise StaleOutputError(
+                f"sweep_models: no cell has a row of the current configuration; "
+                f"{len(stale)} cell(s) hold rows of an earlier configuration that "
+                f"training.only did not retrain ({', '.join(stale)}): run the sweep without "
+                "training.only, or with training.only selecting them, to retrain them"
+            )
+        raise ParameterError(
+            "training.only",
+            f"selects none of the sweep's {len(rows)} cells and no cell has a row from an "
+            "earlier run, so there is nothing to summarise; run the sweep without "
+            "training.only, or with training.only naming a supervision or a cell's namespace",
         )
     return pd.DataFrame(kept)
 
