@@ -7,6 +7,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -216,3 +217,29 @@ def test_nearest_rule_tie_breaks_to_earlier_admission() -> None:
     )
     got = choose_admission_values(studies, adm, "nearest")
     assert (got.loc["s1", "race"], got.loc["s1", "insurance"]) == ("A", "X")
+
+
+def test_nearest_rule_skips_admissions_that_do_not_record_the_value() -> None:
+    """The nearest admission says UNKNOWN race (NaN here) and no insurance: each column
+    comes from the nearest admission that records it, not NaN."""
+    studies = pd.DataFrame(
+        {
+            "study_id": ["s1", "s2"],
+            "subject_id": ["1", "2"],
+            "_when": [pd.Timestamp("2150-01-02"), pd.Timestamp("2150-01-02")],
+        }
+    )
+    adm = pd.DataFrame(
+        {
+            "subject_id": ["1", "1", "1", "2"],
+            "admittime": pd.to_datetime(["2150-01-01", "2140-01-01", "2170-01-01", "2150-01-01"]),
+            "race": [np.nan, "WHITE", "ASIAN", np.nan],
+            "insurance": ["Medicare", np.nan, "Medicaid", np.nan],
+        }
+    )
+    for rule in ("nearest", "most_frequent"):
+        got = choose_admission_values(studies, adm, rule)
+        assert got.loc["s2"].isna().all()  # nothing recorded anywhere: unknown
+    got = choose_admission_values(studies, adm, "nearest")
+    # the 2140 admission (10 years before) is nearer than 2170's
+    assert (got.loc["s1", "race"], got.loc["s1", "insurance"]) == ("WHITE", "Medicare")

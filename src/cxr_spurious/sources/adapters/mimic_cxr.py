@@ -356,9 +356,12 @@ def choose_admission_values(
     Args:
         studies: ``study_id``, ``subject_id``, ``_when`` (study datetime, may be NaT).
         admissions: ``subject_id``, ``admittime`` (datetime), ``race``, ``insurance``.
-        rule: ``nearest`` (closest admittime, ties -> earlier; studies without a date fall
-            back to ``most_frequent``) or ``most_frequent`` (per subject mode, ties ->
-            alphabetical).
+        rule: ``nearest`` (per column, the closest admittime among the subject's admissions
+            that record a value, ties -> earlier; a study without a date, or whose subject
+            has no dated admission recording the column, falls back to ``most_frequent``)
+            or ``most_frequent`` (per subject mode of the recorded values, ties ->
+            alphabetical). Race UNKNOWN / UNABLE TO OBTAIN / declined is not recorded
+            (NaN before this call).
 
     Returns:
         Indexed by ``study_id``: columns ``race``, ``insurance`` (NaN when unknown).
@@ -374,13 +377,15 @@ def choose_admission_values(
     )
     pairs = pairs[pairs["admittime"].notna()]
     pairs["_gap"] = (pairs["admittime"] - pairs["_when"]).abs()
-    nearest = (
-        pairs.sort_values(["study_id", "_gap", "admittime"], kind="stable")
-        .drop_duplicates("study_id")
-        .set_index("study_id")[["race", "insurance"]]
-    )
+    pairs = pairs.sort_values(["study_id", "_gap", "admittime"], kind="stable")
     out = fallback.copy()
-    out.loc[nearest.index, ["race", "insurance"]] = nearest.to_numpy()
+    for column in ("race", "insurance"):
+        # per column, the nearest admission that records it: an UNKNOWN race on the nearest
+        # admission must not hide the race the subject's other admissions record
+        nearest = (
+            pairs[pairs[column].notna()].drop_duplicates("study_id").set_index("study_id")[column]
+        )
+        out.loc[nearest.index, column] = nearest.to_numpy()
     return out
 
 
