@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import cv2
-from tqdm.auto import tqdm
 
 from cxr_spurious.errors import CxrSpuriousError, DataFormatError, ParameterError
+from cxr_spurious.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ def ordered_map(
     """
     n = resolve_workers(workers, n_items, min_items)
     guarded = _Guarded(func)
-    bar = tqdm(total=n_items, desc=desc, leave=False, disable=not progress)
+    bar = progress_bar(total=n_items, desc=desc, disable=not progress)
     try:
         if workers != 1 and n_items >= min_items and on_dask_worker():
             chunks = _dask_map(

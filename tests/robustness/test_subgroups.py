@@ -99,3 +99,6 @@ def test_evaluation_table_alignment_and_errors() -> None:
         evaluation_table(manifest, preds.iloc[2:], [TASK], ["sex"])
     with pytest.raises(ParameterError, match="'insurance'"):
         evaluation_table(manifest, preds, [TASK], ["insurance"])
+    logits = preds.assign(**{f"p_{TASK}": np.log(preds[f"p_{TASK}"] / (1 - preds[f"p_{TASK}"]))})
+    with pytest.raises(ContractError, match=rf"p_{TASK} holds -?[\d.]+, outside \[0, 1\]"):
+        evaluation_table(manifest, logits, [TASK], ["sex"])

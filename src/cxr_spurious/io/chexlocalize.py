@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from cxr_spurious.errors import ContractError, DataFormatError, unknown_name_error
 from cxr_spurious.heatmaps import INDEX_COLUMNS, HeatmapSet
@@ -63,6 +62,7 @@ from cxr_spurious.io.safe_pickle import (
     short_repr,
 )
 from cxr_spurious.parallel import ordered_map
+from cxr_spurious.progress import progress_bar
 from cxr_spurious.tasks import (
     CHEXLOCALIZE_PROB_ORDER,
     CHEXLOCALIZE_TASKS,
@@ -1031,11 +1031,10 @@ def write_chexlocalize_folder(
     """
     count = 0
     with atomic_dir(folder) as tmp:
-        payloads = tqdm(
+        payloads = progress_bar(
             iter_payloads(heatmaps, images),
             total=len(heatmaps),
             desc=f"export {Path(folder).name}",
-            leave=False,
             disable=not progress,
         )
         for name, payload in payloads:

@@ -33,7 +33,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.io.atomic import atomic_dir, write_text_atomic
@@ -43,6 +42,7 @@ from cxr_spurious.phantom.artefacts import render_name
 from cxr_spurious.phantom.cohort import STREAM_IMAGE, ImageRecord, build_cohort, stream_rng
 from cxr_spurious.phantom.config import PhantomConfig
 from cxr_spurious.phantom.render import RENDER_REMOVES, RenderedImage, RenderSpec, render_versions
+from cxr_spurious.progress import progress_bar
 from cxr_spurious.sources.adapters.base import RENDER_MASKS_FILE
 from cxr_spurious.sources.contract import ATTRIBUTE_HEADER, SPLITS
 from cxr_spurious.tasks import (
@@ -194,7 +194,9 @@ def _rendered(
     the consumer, so the results held in memory do not grow with the number of images.
     """
     chunks = [records[i : i + _CHUNK] for i in range(0, len(records), _CHUNK)]
-    with tqdm(total=len(records), desc="phantom", unit="img", disable=not progress) as bar:
+    with progress_bar(
+        total=len(records), desc="phantom", unit="img", disable=not progress, leave=True
+    ) as bar:
         if n_jobs == 1:
             for chunk in chunks:
                 part = _process_chunk(cfg, chunk, seed, str(out_dir))

@@ -67,8 +67,17 @@ def evaluation_table(
         out["tube"] = m["tube"].to_numpy(dtype=float)
     if spurious is not None:
         out[spurious] = spurious_column(m, spurious)
-    if not np.isfinite(out[[f"p_{t}" for t in tasks]].to_numpy(dtype=float)).all():
+    probs = out[[f"p_{t}" for t in tasks]].to_numpy(dtype=float)
+    if not np.isfinite(probs).all():
         raise ContractError(f"{name}: p_<task> columns contain NaN or infinite values")
+    if ((probs < 0) | (probs > 1)).any():  # logits: the operating points assume [0, 1]
+        col, value = next(
+            (f"p_{t}", v) for t, c in zip(tasks, probs.T) for v in c if not 0 <= v <= 1
+        )
+        raise ContractError(
+            f"{name}: {col} holds {value:g}, outside [0, 1]; expected probabilities "
+            "(a sigmoid's output), not logits"
+        )
     return out
 
 

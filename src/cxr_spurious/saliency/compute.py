@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from cxr_spurious.errors import ContractError, CxrSpuriousError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.parallel import on_dask_worker, ordered_map
+from cxr_spurious.progress import progress_bar
 from cxr_spurious.saliency.registry import MethodOptions, MethodUnfitError, get_method
 
 logger = logging.getLogger(__name__)
@@ -200,10 +200,9 @@ class ChunkMaps:
             spec.open(model, options) as attribute,
         ):
             for b, sl in enumerate(
-                tqdm(
+                progress_bar(
                     batches,
                     desc=self.desc or f"saliency {chunk.method}",
-                    leave=False,
                     disable=not self.progress,
                 )
             ):

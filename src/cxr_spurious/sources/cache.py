@@ -53,12 +53,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from cxr_spurious.errors import ContractError, CxrSpuriousError, DataFormatError, ParameterError
 from cxr_spurious.io.atomic import atomic_dir, stale_old_reason, write_text_atomic
 from cxr_spurious.io.images import read_image
 from cxr_spurious.io.masks import decode_rle
+from cxr_spurious.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -578,7 +578,7 @@ def _map(
     progress: bool,
 ) -> Iterator[Any]:
     """``func`` over ``items`` (in the pool's workers when there is one), results unordered."""
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=desc, unit="img", disable=not progress)
     try:
         results = (
             (func(item) for item in items) if pool is None else pool.imap_unordered(func, items)

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def bootstrap(
     n_boot = check_n_boot(n_boot)
     estimate = float(statistic(np.arange(n)))
     samples = bootstrap_indices(n, n_boot, seed, clusters)
-    iterator = tqdm(samples, desc=desc, leave=False, disable=not progress)
+    iterator = progress_bar(samples, desc=desc, disable=not progress)
     reps = np.array([float(statistic(idx)) for idx in iterator], dtype=float)
     if not np.isfinite(estimate):
         return BootstrapResult(estimate, float("nan"), float("nan"), reps)

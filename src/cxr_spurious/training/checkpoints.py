@@ -94,6 +94,7 @@ RESULT_MODULES: tuple[str, ...] = (
     "cxr_spurious.models.pretrained",
     "cxr_spurious.models.registry",
     "cxr_spurious.models.unet",
+    "cxr_spurious.progress",
     "cxr_spurious.sources.cache",
     "cxr_spurious.stats.bootstrap",
     "cxr_spurious.stats.metrics",

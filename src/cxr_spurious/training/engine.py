@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from cxr_spurious.models import CXRModel, build_model
+from cxr_spurious.progress import progress_bar
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.metrics import auroc, robust_auroc
 from cxr_spurious.training.checkpoints import (
@@ -176,7 +176,7 @@ def train_one_epoch(
     wait = 0.0
     start = time.perf_counter()
     iterator = iter(loader)
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, disable=not progress)
+    bar = progress_bar(total=len(loader), desc=f"epoch {epoch}", disable=not progress)
     while max_steps is None or steps < max_steps:
         t0 = time.perf_counter()
         try:
@@ -266,7 +266,7 @@ def predict(
     """
     model.eval()
     probs, embs = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for batch in progress_bar(loader, desc=desc, disable=not progress):
         with setup.inference():
             logits, emb = model.logits_and_embedding(setup.to_input(batch["image"]))
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())

@@ -10,7 +10,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
@@ -20,6 +19,7 @@ from cxr_spurious.localization.evaluate import evaluate_heatmap_set, validate_se
 from cxr_spurious.localization.figures import plot_overlays, sample_overlay_rows
 from cxr_spurious.localization.segmentation import SegmentationConfig
 from cxr_spurious.overlays import images_of
+from cxr_spurious.progress import progress_bar
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.multiplicity import adjust_column, family_note, read_settings
 from cxr_spurious.training.provenance import MODEL_FINGERPRINT_KEY
@@ -153,7 +153,7 @@ def evaluate_heatmaps(
     validate_segmentations(spurious_segmentations or {}, source="spurious_segmentations")
     default = configs.pop("*")
     tables, segs = [], {}
-    for name in tqdm(sorted(heatmap_collection), desc="heatmap sets", leave=False):
+    for name in progress_bar(sorted(heatmap_collection), desc="heatmap sets"):
         hs = heatmap_collection[name]
         # the tasks from the pairs: a pickle folder's index is read by the evaluation itself
         per_task = {t: configs.get(t, default) for t in hs.pairs["task"].astype(str).unique()}

@@ -47,6 +47,7 @@ SUMMARY_MODULES: tuple[str, ...] = (
     "cxr_spurious.io.safe_pickle",
     "cxr_spurious.logging_filters",
     "cxr_spurious.pipelines.robustness.nodes",
+    "cxr_spurious.progress",
     "cxr_spurious.robustness.evaluation",
     "cxr_spurious.robustness.fairness",
     "cxr_spurious.robustness.subgroups",

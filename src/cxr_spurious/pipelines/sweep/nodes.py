@@ -119,6 +119,7 @@ ROW_MODULES: tuple[str, ...] = (
     "cxr_spurious.pipelines.saliency.nodes",
     "cxr_spurious.pipelines.sweep.nodes",
     "cxr_spurious.pipelines.training.nodes",
+    "cxr_spurious.progress",
     "cxr_spurious.saliency.compute",
     "cxr_spurious.saliency.registry",
     "cxr_spurious.saliency.sanity",

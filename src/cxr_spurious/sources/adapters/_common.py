@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from cxr_spurious.errors import DataFormatError, ParameterError, unknown_name_error
 from cxr_spurious.io.images import DICOM_SUFFIXES
+from cxr_spurious.progress import progress_bar
 from cxr_spurious.sources.contract import SPLITS, assign_patient_splits
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def keep_existing(
     exists = np.fromiter(
         (
             Path(p).is_file()
-            for p in tqdm(paths, desc="check images", leave=False, disable=len(paths) < 5000)
+            for p in progress_bar(paths, desc="check images", disable=len(paths) < 5000)
         ),
         dtype=bool,
         count=len(paths),
@@ -239,8 +239,8 @@ def index_files(folder: Path, suffix: str) -> dict[str, Path]:
     if not Path(folder).is_dir():
         raise DataFormatError(folder, "image folder not found")
     index: dict[str, Path] = {}
-    for dirpath, _dirs, files in tqdm(
-        os.walk(folder), desc=f"index {Path(folder).name}", leave=False, unit="dir"
+    for dirpath, _dirs, files in progress_bar(
+        os.walk(folder), desc=f"index {Path(folder).name}", unit="dir"
     ):
         for name in files:
             if not name.lower().endswith(suffix) or is_stray_file(name):
@@ -281,9 +281,7 @@ def image_sizes(
     paths: Sequence[Path], *, desc: str = "read image sizes"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Widths and heights of many images, with a progress bar."""
-    sizes = [
-        image_size(Path(p)) for p in tqdm(paths, desc=desc, leave=False, disable=len(paths) < 1000)
-    ]
+    sizes = [image_size(Path(p)) for p in progress_bar(paths, desc=desc, disable=len(paths) < 1000)]
     arr = np.array(sizes, dtype=np.int64).reshape(-1, 2)
     return arr[:, 0], arr[:, 1]
 

@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io.dicom import DicomHeader, read_dicom_header
 from cxr_spurious.io.masks import decode_siim_rle, encode_rle
 from cxr_spurious.io.safe_pickle import load_pickle
+from cxr_spurious.progress import progress_bar
 from cxr_spurious.sources.adapters import _common as common
 from cxr_spurious.sources.adapters.base import IngestedSource, Json
 from cxr_spurious.sources.contract import normalise_manifest
@@ -205,7 +205,7 @@ def _read_headers(
         )
     headers: dict[str, DicomHeader] = {}
     no_pixels: list[str] = []
-    for image_id in tqdm([i for i in groups if i in index], desc="read DICOM headers", leave=False):
+    for image_id in progress_bar([i for i in groups if i in index], desc="read DICOM headers"):
         header = read_dicom_header(index[image_id])
         if header.has_pixel_data:
             headers[image_id] = header
@@ -230,7 +230,7 @@ def _segmentations(
     instances: Json = {}
     positive: dict[str, float] = {}
     empty_cache: dict[tuple[int, int], dict[str, Any]] = {}
-    for image_id, header in tqdm(headers.items(), desc="decode SIIM RLE", leave=False):
+    for image_id, header in progress_bar(headers.items(), desc="decode SIIM RLE"):
         h, w = header.rows, header.columns
         masks = masks_for_image(groups[image_id], h, w, source_file=csv_path)
         positive[image_id] = 1.0 if masks else 0.0
