@@ -134,6 +134,25 @@ def test_tuning_matches_brute_force():
     )  # the reference's probability cutoffs, np.arange(0, .9, .1): 0.9 excluded
 
 
+def test_a_finer_grid_keeps_its_values_in_the_tuning_tables():
+    """A grid step of 0.05: the best threshold is written as 0.35, not the reference's
+    one-decimal 0.3 (a value of the grid that scored worse); the 0.1 grids write as before."""
+    grid = tuning.threshold_grid(0.2, 0.5, 0.05)
+    assert len(grid) == 6
+    per_map = pd.DataFrame({"task": ["Edema"], "in_gt": True, "gt_area": [10]})
+    for t in grid:  # the IoU peaks (1.0) at 0.35
+        per_map[f"tune_area_{t:g}"] = [10 if abs(t - 0.35) < 1e-9 else 20]
+        per_map[f"tune_inter_{t:g}"] = [10]
+    best, table = tuning.tune_thresholds(per_map, grid)
+    assert best.iloc[0]["threshold"] == 0.35
+    assert table["threshold"].tolist() == [0.2, 0.25, 0.3, 0.35, 0.4, 0.45]
+    assert table.loc[table["threshold"] == 0.35, "mIoU"].item() == 1.0
+    cutoffs = tuning.tune_probability_cutoffs(
+        _prob_tuning_table(), tuning.threshold_grid(0.0, 0.9, 0.1)
+    )["prob_threshold"]
+    assert sorted(set(cutoffs)) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+
+
 def test_one_sort_per_map_gives_the_rank_metrics_of_separate_sorts():
     """``RankedScore`` (one sort shared by pixel AUROC, relevance rank, top-k and every
     spurious AUROC) against scikit-learn and scipy's average ranks, ties included."""

@@ -13,9 +13,12 @@ Reference semantics (rajpurkarlab/cheXlocalize ``heatmap_to_segmentation.py``):
 * optional probability cutoff: below it the mask is empty.
 
 A constant map (max == min at native resolution) has no normalised form: it gives an
-empty mask (the reference divides 0 by 0 and casts NaN to 0, also empty) and never NaN.
-Constancy is tested before upsampling because bilinear weights do not sum to exactly 1
-in float32, so an upsampled constant map can show ulp-level ripples.
+empty mask, never NaN. Constancy is tested before upsampling because bilinear weights do
+not sum to exactly 1 in float32, so an upsampled constant map can show ulp-level ripples.
+Where the upsampled copy is exactly constant the reference is empty too (it divides 0 by 0
+and casts NaN to 0); where it ripples, the reference stretches the ripples to [0, 1] and
+cuts a mask of them. That mask says nothing about location, so this is a deliberate
+departure (the localization pipeline's README, "Semantics").
 """
 
 from __future__ import annotations

@@ -36,6 +36,13 @@ def threshold_grid(start: float, stop: float, step: float) -> list[float]:
     return [float(v) for v in np.arange(start, stop, step)]
 
 
+def grid_value(value: float) -> float:
+    """A grid value as the tuning tables write it: the float steps' rounding error removed
+    (0.30000000000000004 -> 0.3), and nothing else. The reference rounds to one decimal,
+    which is the same on its 0.1 grids but merges the values of a finer grid (0.35 -> 0.3)."""
+    return round(float(value), 10)
+
+
 def tuning_counts(
     heatmaps: HeatmapSet,
     gt_segmentations: Mapping[str, Mapping[str, Any]],
@@ -120,9 +127,9 @@ def tune_thresholds(
                 iou = np.where((area > 0) & (gt_area > 0), inter / (area + gt_area - inter), np.nan)
             miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else np.nan
             mious.append(miou)
-            rows.append({"task": task, "threshold": round(t, 1), "mIoU": miou})
+            rows.append({"task": task, "threshold": grid_value(t), "mIoU": miou})
         finite = [m if np.isfinite(m) else -np.inf for m in mious]
-        best.append({"threshold": round(grid[int(np.argmax(finite))], 1), "task": task})
+        best.append({"threshold": grid_value(grid[int(np.argmax(finite))]), "task": task})
     return pd.DataFrame(best), pd.DataFrame(rows)
 
 
@@ -169,7 +176,5 @@ def tune_probability_cutoffs(per_map: pd.DataFrame, cutoffs: Sequence[float]) ->
             with np.errstate(invalid="ignore", divide="ignore"):
                 iou = np.where(union > 0, i / union, np.nan)
             miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else np.nan
-            rows.append(
-                {"prob_threshold": round(float(c), 1), "mIoU": round(miou, 3), "task": task}
-            )
+            rows.append({"prob_threshold": grid_value(c), "mIoU": round(miou, 3), "task": task})
     return pd.DataFrame(rows)
