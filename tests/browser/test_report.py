@@ -9,7 +9,8 @@ For the checks, a copy of the page gets a small inline script that, once the pag
 loaded, writes what the browser rendered (section ids, each image's ``naturalWidth``) into
 the DOM that ``--dump-dom`` prints. The screenshot (of the page itself, no probe) is
 written to ``test-artifacts/browser/report.png``, and to ``docs/screenshots/report.png`` by
-``make screenshots``.
+``make screenshots``; ``report_comparison.png`` is the page scrolled to its comparison
+section on (the comparison and sweep tables).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import functools
 import http.server
 import json
 import re
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -45,6 +45,8 @@ PROBE = """<script>
 window.addEventListener("load", () => {
   const out = {
     sections: [...document.querySelectorAll("section")].map((s) => s.id),
+    tops: Object.fromEntries([...document.querySelectorAll("section")].map(
+      (s) => [s.id, Math.round(s.getBoundingClientRect().top + window.scrollY)])),
     imgs: [...document.images].map((i) => ({alt: i.alt, complete: i.complete,
                                             width: i.naturalWidth})),
   };
@@ -131,20 +133,32 @@ def test_report_renders_offline_every_section_and_image(chromium, tmp_path, loop
     broken = [img["alt"] for img in seen["imgs"] if not img["width"] > 0]
     assert not broken, f"images not decoded: {broken}"
 
-    shot = tmp_path / "report.png"
-    _run(
-        chromium,
-        [
-            *_offline_flags(dead_port),
-            "--virtual-time-budget=3000",
-            f"--screenshot={shot}",
-            page.as_uri(),
-        ],
-        tmp_path / "profile-shot",
-        size=SCREENSHOT_SIZE,
-    )
-    with Image.open(shot) as image:
-        assert image.size == tuple(int(v) for v in SCREENSHOT_SIZE.split(","))
-        assert len(image.convert("L").getcolors(maxcolors=1 << 16) or ()) > 16, "blank page"
-    shutil.copyfile(shot, artifacts_dir(REPO) / "report.png")
-    publish_screenshot(artifacts_dir(REPO) / "report.png")
+    # the top of the page; and from the comparison section on (the comparison and sweep
+    # tables): a window tall enough to hold it, cut at the section's top as the probe saw it
+    # (same width, so the same layout)
+    width, height = (int(v) for v in SCREENSHOT_SIZE.split(","))
+    top = seen["tops"]["comparison"]
+    assert top > height  # below the first screenshot
+    for name, window, box in (
+        ("report.png", (width, height), None),
+        ("report_comparison.png", (width, top + height), (0, top, width, top + height)),
+    ):
+        shot = tmp_path / name
+        _run(
+            chromium,
+            [
+                *_offline_flags(dead_port),
+                "--virtual-time-budget=3000",
+                f"--screenshot={shot}",
+                page.as_uri(),
+            ],
+            tmp_path / f"profile-{name}",
+            size=f"{window[0]},{window[1]}",
+        )
+        with Image.open(shot) as image:
+            assert image.size == window
+            view = image.crop(box) if box else image.copy()
+        assert view.size == (width, height)
+        assert len(view.convert("L").getcolors(maxcolors=1 << 16) or ()) > 16, f"blank {name}"
+        view.save(artifacts_dir(REPO) / name)
+        publish_screenshot(artifacts_dir(REPO) / name)

@@ -141,7 +141,7 @@ def test_each_comparison_table_has_its_own_time(tmp_path) -> None:
     assert text.index("headline_paired_differences.csv: written") < older
     assert "(written 2026-12-06 07:15 UTC)" in text
     # read back from CSV ("0,1,2" stays text), the cells are as built from the tables
-    assert "0.90 [0.72, 1.08], p = 0.002 (adj. 0.023)" in text
+    assert "0.45 [0.30, 0.60], p = 0.002 (adj. 0.023)" in text
     assert " 0,1,2 " in text
     # the seed-0 table was not written: named, not an error
     assert (
