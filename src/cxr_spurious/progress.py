@@ -8,7 +8,9 @@ is not a terminal (``kedro run > run.log 2>&1``, CI, a pipe, the workers of
   nested bar on a second row and moves the cursor back up with the ANSI code ``ESC[A``,
   which a log file shows as junk (``^[[A``), one per refresh;
 * a bar refreshes at most every ``REDIRECTED_MININTERVAL`` seconds instead of ten times a
-  second, so a loop leaves a few carriage-return updates in the file, not thousands.
+  second, so a loop leaves a few carriage-return updates in the file, not thousands;
+* a finished bar stays, ending its line, so the log line after it starts a line of its own
+  (a bar that is not left is cleared with spaces and a carriage return, no newline).
 
 The outer bar (an epoch, the phantom, the heatmap sets) still shows where the run is.
 """
@@ -72,13 +74,17 @@ def progress_bar(
     Returns:
         The ``tqdm.auto`` bar: iterate over it, or call ``update`` / ``close`` (it is also a
         context manager). On a stream that is not a terminal it is disabled when another bar
-        is open in this process, and refreshes every ``REDIRECTED_MININTERVAL`` s.
+        is open in this process, refreshes every ``REDIRECTED_MININTERVAL`` s and is left
+        when it finishes.
     """
     stream = sys.stderr if file is None else file
     options: dict[str, Any] = {}
     if not disable and not is_interactive(stream):
         disable = open_bars() > 0
         options["mininterval"] = REDIRECTED_MININTERVAL
+        # the finished bar ends its line: the next log line starts on a line of its own
+        # (tqdm clears a bar it does not leave with spaces and a carriage return only)
+        leave = True
     return auto_tqdm(
         iterable,
         desc=desc,

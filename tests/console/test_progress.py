@@ -27,6 +27,8 @@ def test_nested_bars_leave_no_cursor_codes_in_a_file() -> None:
     assert "outer" in text
     assert "inner" not in text and "\x1b[" not in text
     assert progress.open_bars() == 0  # both closed
+    # the finished bar ends its line (a log line after it starts a line of its own)
+    assert text.endswith("\n") and text.splitlines()[-1].rsplit("\r", 1)[-1].startswith("outer")
 
 
 def test_nested_bars_draw_on_a_terminal() -> None:
