@@ -107,15 +107,40 @@ def test_a_method_leaves_the_model_it_explains_as_it_found_it(
     assert not model.training
 
 
-def test_seg_prob_is_the_dense_probability_map(dense, images):
-    maps, _ = compute_maps(
+def test_seg_prob_is_the_dense_probability_map_over_its_maximum(dense, images):
+    maps, probs = compute_maps(
         dense, images, "seg_prob", ["Pneumothorax"], device="cpu", progress=False
     )
     with torch.inference_mode():
         expected = torch.sigmoid(
             dense.dense_logits(torch.from_numpy(images).float()[:, None] / 255)
         )[:, 0].numpy()
-    np.testing.assert_allclose(maps[:, 0].astype(np.float32), expected, atol=1e-3)
+    expected = expected / expected.reshape(len(expected), -1).max(axis=1)[:, None, None]
+    np.testing.assert_allclose(maps[:, 0].astype(np.float32), expected, rtol=1e-3)
+    assert (maps.reshape(len(maps), -1).max(axis=1) == 1).all()
+    assert ((probs > 0) & (probs < 1)).all()  # the image's probability stays a probability
+
+
+def test_a_confident_negative_seg_prob_map_keeps_its_segmentation(dense, images):
+    """Dense logits near -20: the probabilities (about 2e-9) underflow to 0 in float16. The
+    stored map must still segment as the float32 probability map does."""
+    from cxr_spurious.localization.segmentation import heatmap_to_segmentation
+
+    with torch.no_grad():
+        dense.head.bias -= 20.0
+    maps, _ = compute_maps(
+        dense, images, "seg_prob", ["Pneumothorax"], device="cpu", progress=False
+    )
+    with torch.inference_mode():
+        probs32 = torch.sigmoid(
+            dense.dense_logits(torch.from_numpy(images).float()[:, None] / 255)
+        )[:, 0].numpy()
+    assert probs32.max() < 1e-7 and not probs32.astype(np.float16).any()  # the underflow
+    for stored, exact in zip(maps[:, 0], probs32):
+        got = heatmap_to_segmentation(stored.astype(np.float32), 64, 64)
+        want = heatmap_to_segmentation(exact, 64, 64)
+        assert got.any()
+        assert (got != want).mean() < 0.01  # float16 rounding of the scaled map only
 
 
 def test_gradcam_matches_a_manual_computation(classifier, images):

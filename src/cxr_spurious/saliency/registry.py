@@ -40,7 +40,12 @@ Map values.
   scale is not informative).
 * ``occlusion``: the positive part of the logit drop (evidence *for* the task), divided
   by its maximum per map.
-* ``seg_prob``: ``sigmoid(dense_logits)`` unchanged (absolute probabilities in [0, 1]).
+* ``seg_prob``: ``sigmoid(dense_logits)`` divided by its maximum per map, for the same
+  reason: a confident negative's probabilities (all below float16's smallest normal number,
+  6.1e-5, at a logit under -9.7) would lose their ranking in float16 storage, and under
+  about 3e-8 (a logit under -17.3) become an all-zero map, with no segmentation. Every use
+  of a map (min-max normalisation, argmax, mass shares, pixel AUROCs) is unchanged by a
+  positive factor; the image's probability is the heatmap set's ``prob``.
 """
 
 from __future__ import annotations
@@ -612,7 +617,7 @@ def _seg_prob(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
             if last.get("x") is not x:  # one dense pass per batch serves every task
                 with torch.inference_mode():
                     last["x"], last["probs"] = x, torch.sigmoid(model.dense_logits(x)).float().cpu()
-            return last["probs"][:, task].numpy(), None
+            return _per_map_max_scale(last["probs"][:, task]), None
 
         yield attribute
     finally:
