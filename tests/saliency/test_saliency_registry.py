@@ -107,15 +107,22 @@ def test_a_method_leaves_the_model_it_explains_as_it_found_it(
     assert not model.training
 
 
-def test_seg_prob_is_the_dense_probability_map_over_its_maximum(dense, images):
+def _seg_prob_and_exact(dense, images) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stored maps, image probabilities) of ``seg_prob`` for Pneumothorax, and the float32
+    probability map ``sigmoid(dense_logits)`` computed here."""
     maps, probs = compute_maps(
         dense, images, "seg_prob", ["Pneumothorax"], device="cpu", progress=False
     )
     with torch.inference_mode():
-        expected = torch.sigmoid(
-            dense.dense_logits(torch.from_numpy(images).float()[:, None] / 255)
-        )[:, 0].numpy()
-    expected = expected / expected.reshape(len(expected), -1).max(axis=1)[:, None, None]
+        exact = torch.sigmoid(dense.dense_logits(torch.from_numpy(images).float()[:, None] / 255))[
+            :, 0
+        ].numpy()
+    return maps, probs, exact
+
+
+def test_seg_prob_is_the_dense_probability_map_over_its_maximum(dense, images):
+    maps, probs, exact = _seg_prob_and_exact(dense, images)
+    expected = exact / exact.reshape(len(exact), -1).max(axis=1)[:, None, None]
     np.testing.assert_allclose(maps[:, 0].astype(np.float32), expected, rtol=1e-3)
     assert (maps.reshape(len(maps), -1).max(axis=1) == 1).all()
     assert ((probs > 0) & (probs < 1)).all()  # the image's probability stays a probability
@@ -128,13 +135,7 @@ def test_a_confident_negative_seg_prob_map_keeps_its_segmentation(dense, images)
 
     with torch.no_grad():
         dense.head.bias -= 20.0
-    maps, _ = compute_maps(
-        dense, images, "seg_prob", ["Pneumothorax"], device="cpu", progress=False
-    )
-    with torch.inference_mode():
-        probs32 = torch.sigmoid(
-            dense.dense_logits(torch.from_numpy(images).float()[:, None] / 255)
-        )[:, 0].numpy()
+    maps, _, probs32 = _seg_prob_and_exact(dense, images)
     assert probs32.max() < 1e-7 and not probs32.astype(np.float16).any()  # the underflow
     for stored, exact in zip(maps[:, 0], probs32):
         got = heatmap_to_segmentation(stored.astype(np.float32), 64, 64)
