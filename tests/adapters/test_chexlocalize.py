@@ -104,6 +104,20 @@ def test_missing_image_can_be_skipped_and_counted(
     assert "Skipped 1 CSV row" in caplog.text
 
 
+def test_a_table_whose_every_image_is_missing_is_an_error_even_when_skipping(
+    tmp_path: Path,
+) -> None:
+    """Images moved elsewhere (another root, another path prefix): skipping would leave an
+    empty split behind a warning."""
+    root = make_tree(tmp_path)
+    moved = tmp_path / "moved"
+    (root / "valid").rename(moved)
+    with pytest.raises(
+        DataFormatError, match=r"valid\.csv \(row 2\).*none of the 3 images.*ingestion\.root"
+    ):
+        read(root, on_missing="skip")
+
+
 def test_truncated_image_is_reported(tmp_path: Path) -> None:
     root = make_tree(tmp_path)
     img = root / "valid/patient64543/study1/view1_frontal.jpg"

@@ -175,7 +175,8 @@ def keep_existing(
         Boolean mask of rows to keep.
 
     Raises:
-        DataFormatError: some image is missing and ``on_missing`` is ``error``.
+        DataFormatError: some image is missing and ``on_missing`` is ``error``; or, whatever
+            ``on_missing``, every image of a table of two or more rows is missing.
     """
     exists = np.fromiter(
         (
@@ -186,6 +187,17 @@ def keep_existing(
         count=len(paths),
     )
     n_missing = int((~exists).sum())
+    if n_missing and n_missing == len(paths) > 1:
+        # a table whose every file is absent: its paths do not match the folder's layout
+        # (another root, a release's path prefix), which skipping would hide as an empty split
+        raise DataFormatError(
+            source_file,
+            f"none of the {n_missing} images this table references exists (the first: "
+            f"{paths[0]}); check that ingestion.root is the dataset's folder and that the "
+            "table's paths match its layout (ingestion.on_missing: skip drops rows whose "
+            "file is missing, not a whole table)",
+            where=rows[0],
+        )
     if n_missing:
         first = int(np.flatnonzero(~exists)[0])
         message = (
