@@ -183,6 +183,15 @@ def test_overlapping_lists_rejected(tmp_path: Path) -> None:
         read(root, base_params())
 
 
+def test_one_split_list_without_the_other_is_an_error(tmp_path: Path) -> None:
+    root = build_nih(tmp_path)
+    (root / "train_val_list.txt").unlink()
+    with pytest.raises(
+        DataFormatError, match=r"test_list\.txt: train_val_list\.txt is missing beside it"
+    ):
+        read(root, base_params())
+
+
 def test_lists_not_patient_disjoint(tmp_path: Path) -> None:
     root = build_nih(tmp_path)
     lines = (root / "train_val_list.txt").read_text().replace("00004521_001.png\n", "")

@@ -192,8 +192,18 @@ def read_split_lists(folder: Path) -> dict[str, str]:
     """``{filename stem: split}`` from the official lists (empty when absent).
 
     Raises:
-        DataFormatError: an image listed in both files.
+        DataFormatError: an image listed in both files, or one file without the other (the
+            images of the absent list would all be left out as in neither list).
     """
+    present = [(folder / name).is_file() for name, _ in SPLIT_LISTS]
+    if any(present) and not all(present):
+        there, absent = (SPLIT_LISTS[i][0] for i in ((0, 1) if present[0] else (1, 0)))
+        raise DataFormatError(
+            folder / there,
+            f"{absent} is missing beside it: the official split needs both lists (else every "
+            f"image of the absent list would be left out); add {absent}, or remove {there} to "
+            "carve val and test by patient",
+        )
     split: dict[str, str] = {}
     for name, value in SPLIT_LISTS:
         path = folder / name
