@@ -57,6 +57,7 @@ ADAPTER_OPTIONS: tuple[str, ...] = (
 OPEN_MAPS: tuple[str, ...] = (
     "localization.fixed_thresholds",  # {task: threshold}
     "localization.prob_cutoffs",  # {task: cutoff}
+    "localization.prob_cutoffs_grid_by_task",  # {task: [start, stop, step]}
     "sweep.grid.strengths",  # {label: [P(artefact | PTX), P(artefact | no PTX)]}
     "sweep.grid.extra_fractions",  # {supervision: [fractions]} (checked by sweep.grid)
     # an objective's settings: checked against its objective by ``check_parameter_keys``

@@ -153,6 +153,24 @@ def test_a_finer_grid_keeps_its_values_in_the_tuning_tables():
     assert sorted(set(cutoffs)) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 
 
+def test_a_task_can_have_its_own_probability_cutoffs():
+    """The reference's one exception: Lung Lesion is tuned from 0.1, the others from 0."""
+    table = _prob_tuning_table()
+    lesion = table.assign(task="Lung Lesion")
+    both = pd.concat([table, lesion], ignore_index=True)
+    grid = tuning.threshold_grid(0.0, 0.9, 0.1)
+    out = tuning.tune_probability_cutoffs(
+        both, grid, {"Lung Lesion": tuning.threshold_grid(0.1, 0.9, 0.1)}
+    )
+    cut = out.groupby("task")["prob_threshold"].apply(list)
+    assert cut["Lung Lesion"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    assert cut.drop("Lung Lesion").map(lambda c: c[0] == 0.0 and len(c) == 9).all()
+    # the same mIoU at the cutoffs both grids share
+    alone = tuning.tune_probability_cutoffs(lesion, grid)
+    shared = alone[alone["prob_threshold"] >= 0.1].reset_index(drop=True)
+    pd.testing.assert_frame_equal(out[out["task"] == "Lung Lesion"].reset_index(drop=True), shared)
+
+
 def test_one_sort_per_map_gives_the_rank_metrics_of_separate_sorts():
     """``RankedScore`` (one sort shared by pixel AUROC, relevance rank, top-k and every
     spurious AUROC) against scikit-learn and scipy's average ranks, ties included."""

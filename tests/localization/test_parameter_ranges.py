@@ -90,6 +90,23 @@ def test_tuning_grids_outside_the_unit_interval_are_refused(grid: list[float]) -
         nodes.tune_segmentation(per_map, [0.2, 0.8, 0.1], grid)
 
 
+def test_a_task_grid_is_checked_like_the_grid_and_named_by_its_task() -> None:
+    per_map = pd.DataFrame({"set": ["s"], "in_gt": [True]})
+    with pytest.raises(
+        ParameterError, match=r"localization\.prob_cutoffs_grid_by_task\.Lung Lesion.*outside"
+    ):
+        nodes.tune_segmentation(
+            per_map,
+            [0.2, 0.8, 0.1],
+            [0.0, 0.85, 0.1],
+            prob_cutoffs_grid_by_task={"Lung Lesion": [10, 80, 10]},
+        )
+    with pytest.raises(ParameterError, match=r"prob_cutoffs_grid_by_task.*\{task: \[start"):
+        nodes.tune_segmentation(
+            per_map, [0.2, 0.8, 0.1], [0.0, 0.85, 0.1], prob_cutoffs_grid_by_task=[0.1, 0.8, 0.1]
+        )
+
+
 def test_top_k_share_by_hand_and_refused_below_one() -> None:
     score = np.array([[0.9, 0.1, 0.8], [0.2, 0.7, 0.3]])
     mask = np.array([[1, 0, 0], [0, 1, 1]], bool)

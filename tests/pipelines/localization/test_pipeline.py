@@ -26,6 +26,7 @@ PARAMS = {
     "smoothing_k": 0,
     "tuning_grid": [0.2, 0.8, 0.1],
     "prob_cutoffs_grid": [0.0, 0.85, 0.1],
+    "prob_cutoffs_grid_by_task": {"Lung Lesion": [0.1, 0.85, 0.1]},
     "extra_metrics": True,
     "top_k": 5,
     "prefer_gpu": False,

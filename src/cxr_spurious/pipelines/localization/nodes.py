@@ -227,6 +227,7 @@ def tune_segmentation(
     tuning_grid: list[float],
     prob_cutoffs_grid: list[float],
     split: str | None = None,
+    prob_cutoffs_grid_by_task: Mapping[str, list[float]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Threshold and probability-cutoff tuning per set (reference CSV layouts + ``set``, ``split``).
 
@@ -246,6 +247,9 @@ def tune_segmentation(
         tuning_grid: ``localization.tuning_grid``.
         prob_cutoffs_grid: ``localization.prob_cutoffs_grid``.
         split: The split the maps came from (``None``: unknown, an empty column).
+        prob_cutoffs_grid_by_task: ``localization.prob_cutoffs_grid_by_task``: ``{task:
+            [start, stop, step]}`` in place of ``prob_cutoffs_grid`` for that task (the
+            ``chexlocalize`` environment: Lung Lesion from 0.1, as the reference).
 
     Returns:
         ``localization_tuning_results``, ``localization_tuning_grid`` and
@@ -253,10 +257,19 @@ def tune_segmentation(
     """
     grid = _grid(tuning_grid, "localization.tuning_grid")
     cut = _grid(prob_cutoffs_grid, "localization.prob_cutoffs_grid")
+    if not isinstance(prob_cutoffs_grid_by_task or {}, Mapping):
+        raise ParameterError(
+            "localization.prob_cutoffs_grid_by_task",
+            f"expected {{task: [start, stop, step]}}, got {prob_cutoffs_grid_by_task!r}",
+        )
+    cut_by_task = {
+        str(task): _grid(values, f"localization.prob_cutoffs_grid_by_task.{task}")
+        for task, values in (prob_cutoffs_grid_by_task or {}).items()
+    }
     best, full, prob = [], [], []
     for name, group in per_map.groupby("set", sort=True):
         b, f = tuning.tune_thresholds(group, grid)
-        p = tuning.tune_probability_cutoffs(group, cut)
+        p = tuning.tune_probability_cutoffs(group, cut, cut_by_task)
         for frame, out in ((b, best), (f, full), (p, prob)):
             out.append(frame.assign(set=name, split=split))
     if split is not None:

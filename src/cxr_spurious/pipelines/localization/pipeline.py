@@ -75,6 +75,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                     "per_map": "localization_per_map",
                     "tuning_grid": f"{P}tuning_grid",
                     "prob_cutoffs_grid": f"{P}prob_cutoffs_grid",
+                    "prob_cutoffs_grid_by_task": f"{P}prob_cutoffs_grid_by_task",
                     # the split the maps were made on, written beside the tuned values
                     "split": "params:saliency.split",
                 },
