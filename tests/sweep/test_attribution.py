@@ -8,6 +8,9 @@ import pytest
 
 from cxr_spurious.errors import ContractError
 from cxr_spurious.heatmaps import HeatmapSet
+from cxr_spurious.io.masks import encode_rle
+from cxr_spurious.localization.evaluate import evaluate_heatmap_set
+from cxr_spurious.localization.segmentation import upsample
 from cxr_spurious.sweep.attribution import (
     SALIENCY_TABLE_COLUMNS,
     map_iou,
@@ -104,3 +107,39 @@ def test_maps_are_brought_to_the_mask_size_and_inputs_are_checked() -> None:
         {"m.c": _set(coarse, ["a", "b"], [1, 0], "c")}, ["a", "b"], lesion, artefact, task="Edema"
     )
     assert other.empty and tuple(other.columns) == SALIENCY_TABLE_COLUMNS
+
+
+def test_the_sweep_and_the_study_measure_artefact_mass_alike() -> None:
+    """One definition of relevance mass: the sweep's ``artefact_mass`` / ``artefact_auroc``
+    equal the localization evaluation's ``shortcut_<object>`` / ``shortcut_auroc_<object>``
+    (what the study reports as tube mass) on the same maps, masks and image size, floor
+    included (maps offset by 0.3, as a probability map's background)."""
+    rng = np.random.default_rng(3)
+    ids = ["p1_study1_view1_frontal", "p2_study1_view1_frontal", "p3_study1_view1_frontal"]
+    maps = (rng.random((3, 6, 6)) + 0.3).astype(np.float32)
+    maps[:, :, 5] += 1.0  # relevance on the artefact's columns
+    lesion = np.zeros((3, S, S), bool)
+    lesion[0, 2:7, 3:9] = True
+    lesion[2, 9:14, 1:6] = True
+    artefact = np.zeros((3, S, S), bool)
+    artefact[:, :, 13:15] = True
+    gt = [1.0, 0.0, 1.0]
+    hset = _set(maps, ids, gt, "gradcam")
+    sweep = saliency_table({"m.g": hset}, ids, lesion, artefact, task="Pneumothorax")
+    study, _ = evaluate_heatmap_set(
+        hset,
+        {i: {"Pneumothorax": encode_rle(lesion[k].astype(np.uint8))} for k, i in enumerate(ids)},
+        spurious_segmentations={
+            i: {"Chest Tube": encode_rle(artefact[k].astype(np.uint8))} for k, i in enumerate(ids)
+        },
+        progress=False,
+        workers=1,
+    )
+    study = study.set_index("image_id").loc[ids]
+    np.testing.assert_allclose(
+        sweep["artefact_mass"], study["shortcut_Chest Tube"], rtol=1e-5, atol=1e-7
+    )
+    np.testing.assert_allclose(sweep["artefact_auroc"], study["shortcut_auroc_Chest Tube"])
+    ups = [upsample(m, S, S).numpy().astype(np.float64) for m in maps]
+    raw = np.array([u[a].sum() / u.sum() for u, a in zip(ups, artefact)])  # floor included
+    assert (sweep["artefact_mass"].to_numpy() > raw + 0.01).all()  # the floor is left out

@@ -8,6 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxr_spurious.errors import ContractError
+from cxr_spurious.localization.metrics import relevance_mass
 from cxr_spurious.stats.bootstrap import bootstrap_indices
 from cxr_spurious.sweep.grid import Cell, config_hash
 from cxr_spurious.sweep.metrics import (
@@ -162,12 +163,26 @@ def test_artefact_attribution_uses_mask_mass_and_pixel_auroc() -> None:
     lesions = np.zeros_like(masks)
     lesions[1, 5:, 5:] = True
     out = artefact_attribution(maps, masks, lesions)
-    assert out["artefact_mass"][0] == pytest.approx(maps[0, :2].sum() / maps[0].sum())
+    norm = (maps[0] - maps[0].min()) / (maps[0].max() - maps[0].min())  # the study's map
+    assert out["artefact_mass"][0] == pytest.approx(norm[:2].sum() / norm.sum(), rel=1e-6)
     assert out["artefact_area"].tolist() == pytest.approx([16 / 64, 4 / 64, 0.0])
     keep = ~lesions[1].ravel()
     expected = roc_auc_score(masks[1].ravel()[keep], maps[1].ravel()[keep])
     assert out["artefact_auroc"][1] == pytest.approx(expected)
     assert np.isnan(out["artefact_mass"][2]) and np.isnan(out["artefact_auroc"][2])
+
+
+def test_artefact_mass_leaves_out_the_maps_floor() -> None:
+    """A probability map's background floor is not relevance: a map that rises only on the
+    artefact puts all its mass there, and a constant map has no mass share at all."""
+    masks = np.zeros((2, 8, 8), dtype=bool)
+    masks[:, 2:4, :] = True
+    maps = np.full((2, 8, 8), 0.2)
+    maps[0, 2:4, :] = 0.9
+    out = artefact_attribution(maps, masks)
+    assert out["artefact_mass"][0] == pytest.approx(1.0)
+    assert np.isnan(out["artefact_mass"][1])
+    assert relevance_mass(maps[0] * 7.0 + 3.0, masks[0]) == pytest.approx(1.0)  # affine-free
 
 
 def test_artefact_attribution_checks_its_inputs() -> None:

@@ -370,7 +370,32 @@ def spurious_auroc(
 
 
 def mass_share(score: np.ndarray, mask: np.ndarray) -> float:
-    """Share of a non-negative map's mass on a mask (NaN for a zero map)."""
+    """Share of a non-negative map's mass on a mask (NaN for a zero map).
+
+    The project's relevance mass is this share taken on the **min-max normalised** map
+    (``relevance_mass``): callers that already hold the normalised map (the localization
+    evaluation's score) call it directly.
+    """
     s = np.asarray(score, dtype=np.float64)
     total = s.sum()
     return float(s[np.asarray(mask, dtype=bool)].sum() / total) if total > 0 else float("nan")
+
+
+def relevance_mass(map2d: np.ndarray, mask: np.ndarray) -> float:
+    """Share of a map's relevance on a mask: ``mass_share`` of the min-max normalised map.
+
+    This is the one definition of relevance mass in the project: the localization
+    evaluation's lesion mass and ``shortcut_<object>`` (tube) mass, and the sweep's
+    ``<method>_artefact_mass``. Normalising first removes the map's floor, so a constant
+    offset (a probability map's background, about 0.1-0.3 in the phantom study) does not
+    pull the share towards the mask's area share. The arithmetic is the evaluation's
+    (float32 ``(map - min) / (max - min)``, as ``segmentation.normalise``); NaN for a
+    constant map, which carries no spatial information.
+    """
+    m = np.asarray(map2d, dtype=np.float32)
+    lo, hi = np.min(m), np.max(m)
+    span = np.float32(hi - lo)
+    if not span > 0:
+        return float("nan")
+    norm = np.divide(np.subtract(m, lo, dtype=np.float32), span, dtype=np.float32)
+    return mass_share(norm, mask)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError
-from cxr_spurious.localization.metrics import mass_share, spurious_auroc
+from cxr_spurious.localization.metrics import relevance_mass, spurious_auroc
 from cxr_spurious.stats.bootstrap import (
     MAX_DROPPED_SHARE,
     BootstrapResult,
@@ -183,8 +183,9 @@ def artefact_attribution(
             (``localization.metrics.spurious_auroc``).
 
     Returns:
-        ``artefact_mass`` (share of the map's mass in the mask, ``mass_share``; NaN for an
-        empty mask or a zero map), ``artefact_auroc`` (the map as a pixel score for the mask)
+        ``artefact_mass`` (share of the min-max normalised map's mass in the mask,
+        ``localization.metrics.relevance_mass``, the study's definition of tube mass; NaN
+        for an empty mask or a constant map), ``artefact_auroc`` (the map as a pixel score for the mask)
         and ``artefact_area`` (the mask's share of the image), one row per image.
     """
     maps, masks = np.asarray(maps, dtype=float), np.asarray(masks, dtype=bool)
@@ -206,7 +207,7 @@ def artefact_attribution(
         exclude = None if lesions is None else lesions[k]
         rows.append(
             {
-                "artefact_mass": np.nan if empty else mass_share(maps[k], masks[k]),
+                "artefact_mass": np.nan if empty else relevance_mass(maps[k], masks[k]),
                 "artefact_auroc": spurious_auroc(maps[k], masks[k], exclude=exclude),
                 "artefact_area": float(masks[k].mean()),
             }
