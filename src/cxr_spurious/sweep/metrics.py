@@ -185,8 +185,9 @@ def artefact_attribution(
     Returns:
         ``artefact_mass`` (share of the min-max normalised map's mass in the mask,
         ``localization.metrics.relevance_mass``, the study's definition of tube mass; NaN
-        for an empty mask or a constant map), ``artefact_auroc`` (the map as a pixel score for the mask)
-        and ``artefact_area`` (the mask's share of the image), one row per image.
+        for an empty mask or a constant map), ``artefact_auroc`` (the map as a pixel score
+        for the mask) and ``artefact_area`` (the mask's share of the image), one row per
+        image.
     """
     maps, masks = np.asarray(maps, dtype=float), np.asarray(masks, dtype=bool)
     if maps.ndim != 3 or maps.shape != masks.shape:
