@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 from tests.report import synthetic
 
@@ -332,7 +333,7 @@ def test_findings_of_a_model_retrained_since_are_marked_stale(caplog) -> None:
             "model_fingerprints",
             64,
             "Localization per heatmap set",
-            "the localization rows (and the overlays)",
+            "the localization rows",
             "kedro run (the whole study)",
         ),
     ],
@@ -359,6 +360,36 @@ def test_rows_of_a_model_retrained_since_are_marked_stale_in_their_section(
     assert f"{models[0]} (row {values[models[0]][:16]}, model now {'e' * 16})" in note
     assert rerun in note
     assert all(m not in note for m in models[1:])
+
+
+def test_overlays_of_a_model_retrained_since_are_marked_stale(caplog) -> None:
+    """An overlay PNG records the model fingerprint of its maps (``io.png_text``); an
+    overlay of an earlier training gets a note in the overlays section naming its model."""
+    inputs = synthetic.inputs()
+    models = list(inputs.study_findings["model"])
+    prints = {m: f"{i:064x}" for i, m in enumerate(models)}
+
+    def tagged(model: str) -> bytes:
+        fig = Figure(figsize=(2, 2), dpi=40)
+        fig.subplots().plot([0, 1])
+        buffer = io.BytesIO()
+        fig.savefig(
+            buffer, format="png", metadata={"model": model, "model_fingerprint": prints[model]}
+        )
+        return buffer.getvalue()
+
+    overlays = {f"{m}.gradcam": tagged(m) for m in models}
+    overlays["outside.gradcam"] = synthetic.png("no fingerprint")  # nothing to compare
+    same = dataclasses.replace(inputs, overlays=overlays, model_fingerprints=prints)
+    assert "Stale rows" not in build_study_report(same)
+    retrained = {**prints, models[1]: "e" * 64}
+    with caplog.at_level("WARNING", logger="cxr_spurious.report.study"):
+        page = build_study_report(dataclasses.replace(same, model_fingerprints=retrained))
+    assert "the overlays of" in caplog.text
+    section = page.rsplit("Saliency overlays per model", 1)[1]  # the section, not the menu
+    note = section.split("Stale rows")[1].split("</p>")[0]
+    assert f"{models[1]} (row {prints[models[1]][:16]}, model now {'e' * 16})" in note
+    assert all(m not in note for m in models if m != models[1])
 
 
 def test_the_report_node_reads_digests_and_fingerprints_from_test_metrics() -> None:

@@ -12,6 +12,10 @@ the nodes that draw them. ``FigureDataset`` saves exactly as ``MatplotlibDataset
 
 Inside a ``PartitionedDataset`` each partition loads as the bytes of its file.
 
+A PNG carries the text a node recorded on its figure (``io.png_text.set_png_text``, e.g.
+the model fingerprint of an overlay) as ``tEXt`` chunks; ``io.png_text.read_png_text``
+reads it back from the loaded bytes.
+
 On the local filesystem a save is atomic: a figure is written to a temporary file and
 renamed (``atomic_path``), a list or dict of figures is written into a temporary folder that
 replaces the folder once complete (``atomic_dir``), so a failure mid-write (a full disk, a
@@ -32,6 +36,7 @@ from kedro_datasets.matplotlib import MatplotlibDataset
 from matplotlib.figure import Figure
 
 from cxr_spurious.io.atomic import atomic_dir, write_bytes_atomic
+from cxr_spurious.io.png_text import png_save_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -57,7 +62,7 @@ class FigureDataset(MatplotlibDataset):
             for name, plot in named:
                 target = tmp / name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(self._png_bytes(plot))
+                target.write_bytes(self._png_bytes(plot, name))
         plt.close("all")
         self._invalidate_cache()
 
@@ -65,11 +70,11 @@ class FigureDataset(MatplotlibDataset):
         if self._protocol != "file":
             super()._save_to_fs(full_key_path, plot)
             return
-        write_bytes_atomic(full_key_path, self._png_bytes(plot))
+        write_bytes_atomic(full_key_path, self._png_bytes(plot, full_key_path))
 
-    def _png_bytes(self, plot: Figure) -> bytes:
+    def _png_bytes(self, plot: Figure, path: str) -> bytes:
         buffer = io.BytesIO()
-        plot.savefig(buffer, **self._save_args)
+        plot.savefig(buffer, **png_save_args(plot, self._save_args, path))
         return buffer.getvalue()
 
     def load(self) -> bytes:  # type: ignore[override]

@@ -310,10 +310,11 @@ def mass_rank_metrics(
         ranked: ``RankedScore(score)`` when the caller already has it (one sort per map).
 
     Returns:
-        relevance_mass (share of map mass inside the mask), relevance_rank (share of the
-        top-|mask| pixels inside it), top_k_intersection (share of the top-k pixels inside
-        it) and pixel_auroc (the map as a pixel score for the mask); the last three NaN
-        for a constant map.
+        relevance_mass (share of map mass inside the mask, ``mass_share``; the evaluation
+        passes the min-max normalised map, so this is ``relevance_mass``), relevance_rank
+        (share of the top-|mask| pixels inside it), top_k_intersection (share of the top-k
+        pixels inside it) and pixel_auroc (the map as a pixel score for the mask); the last
+        three NaN for a constant map.
     """
     s = np.asarray(score, dtype=np.float64).reshape(-1)
     g = np.asarray(gt_mask, dtype=bool).reshape(-1)
@@ -325,8 +326,7 @@ def mass_rank_metrics(
             "top_k_intersection": np.nan,
             "pixel_auroc": np.nan,
         }
-    total = s.sum()
-    mass = float(s[g].sum() / total) if total > 0 else np.nan
+    mass = mass_share(s, g)
     ranked = RankedScore(s) if ranked is None else ranked
     if ranked.constant:
         return {

@@ -29,6 +29,7 @@ import pandas as pd
 from cxr_spurious import __version__
 from cxr_spurious.datasets.optional import WRITTEN_ATTR
 from cxr_spurious.errors import ContractError
+from cxr_spurious.io.png_text import read_png_text
 from cxr_spurious.report.html import (
     Section,
     figure_html,
@@ -371,7 +372,23 @@ def _overlays(inputs: StudyReportInputs) -> str:
         model = name.split(".", 1)[0]
         return (models.index(model) if model in models else len(models), name)
 
-    return "".join(
+    drawn_from = []  # what each overlay PNG recorded of its model (io.png_text)
+    for png in inputs.overlays.values():
+        try:
+            text = read_png_text(bytes(png))
+        except (ContractError, TypeError):  # not a PNG: figure_html names it below
+            text = {}
+        model, fingerprint = text.get("model"), text.get(MODEL_FINGERPRINT_KEY)
+        if model and fingerprint:
+            drawn_from.append({"model": model, MODEL_FINGERPRINT_KEY: fingerprint})
+    note = _retrained_note(
+        pd.DataFrame(drawn_from, columns=["model", MODEL_FINGERPRINT_KEY]),
+        inputs.model_fingerprints,
+        "the overlays",
+        "kedro run (the whole study)",
+        column=MODEL_FINGERPRINT_KEY,
+    )
+    return note + "".join(
         heading(name) + figure_html(inputs.overlays[name], name=f"localization_overlays/{name}")
         for name in sorted(inputs.overlays, key=order)
     )
@@ -411,7 +428,7 @@ def _localization(inputs: StudyReportInputs, max_rows: int) -> str:
         _retrained_note(
             summary,
             inputs.model_fingerprints,
-            "the localization rows (and the overlays)",
+            "the localization rows",
             "kedro run (the whole study)",
             column=MODEL_FINGERPRINT_KEY,
         ),

@@ -12,7 +12,8 @@ image and method:
   positives (NaN on negatives);
 * ``artefact_mass``, ``artefact_auroc``, ``artefact_area``: ``metrics.artefact_attribution``
   against the artefact mask (empty where the image does not carry the artefact; the lesion
-  is left out of the pixel AUROC).
+  is left out of the pixel AUROC). The mass is taken on the min-max normalised map
+  (``localization.metrics.relevance_mass``), as the study's tube mass.
 
 The table is what ``metrics.model_metrics`` reads as ``saliency``.
 """

@@ -216,6 +216,32 @@ def test_overlays_without_an_image_cache_draw_every_map_without_its_radiograph(c
     assert not any("(no image)" in ax.get_title() for fig in cached.values() for ax in fig.axes)
 
 
+def test_each_overlay_png_records_the_model_it_was_drawn_from(tmp_path) -> None:
+    """The overlay PNG carries its set's model and model fingerprint (``tEXt`` chunks), so
+    the report can tell an overlay of an earlier training; a set without a fingerprint (an
+    outside CheXlocalize folder) or naming two models records none."""
+    from cxr_spurious.datasets.figures import FigureDataset
+    from cxr_spurious.io.png_text import read_png_text
+    from cxr_spurious.pipelines.localization.nodes import (
+        overlay_provenance,
+        plot_localization_overlays,
+    )
+
+    sets, gt, _ = _collection()
+    erm = sets["erm.gradcam"]
+    sets["erm.gradcam"] = HeatmapSet(erm.index.assign(model_fingerprint="f" * 64), erm.maps)
+    figures = plot_localization_overlays(sets, gt, None, n=2, seed=0)
+    for name, fig in figures.items():
+        FigureDataset(filepath=str(tmp_path / f"{name}.png")).save(fig)
+    text = read_png_text((tmp_path / "erm.gradcam.png").read_bytes())
+    assert (text["model"], text["model_fingerprint"]) == ("erm", "f" * 64)
+    assert "model_fingerprint" not in read_png_text((tmp_path / "seg.gradcam.png").read_bytes())
+    mixed = HeatmapSet(
+        erm.index.assign(model=["erm", "seg"] * (len(erm) // 2), model_fingerprint="f"), erm.maps
+    )
+    assert overlay_provenance(mixed) == {"model_fingerprint": "f"}
+
+
 def test_the_chexlocalize_env_writes_no_reporting_output_over_the_studys() -> None:
     """`kedro run --pipeline localization --env chexlocalize` must not replace an output of
     the default study (the report reads the overlays back): every reporting dataset of the

@@ -14,6 +14,7 @@ import pandas as pd
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.chexlocalize import check_task
+from cxr_spurious.io.png_text import set_png_text
 from cxr_spurious.localization import metrics, summary, tuning
 from cxr_spurious.localization.evaluate import evaluate_heatmap_set, validate_segmentations
 from cxr_spurious.localization.figures import plot_overlays, sample_overlay_rows
@@ -626,7 +627,7 @@ def plot_localization_overlays(
                 len(ids),
             )
         images = images_of(image_cache, cached) if image_cache is not None else {}
-        figures[name] = plot_overlays(
+        figure = plot_overlays(
             hset,
             gt_segmentations,
             images,
@@ -635,4 +636,19 @@ def plot_localization_overlays(
             spurious_segmentations=spurious_segmentations,
             title=name,
         )
+        figures[name] = set_png_text(figure, overlay_provenance(hset))
     return figures
+
+
+def overlay_provenance(hset: HeatmapSet) -> dict[str, str]:
+    """What an overlay PNG records of its maps (``io.png_text``): the ``model`` and its
+    ``model_fingerprint`` when the set's index names exactly one of each (the saliency
+    pipeline's sets do; an outside CheXlocalize folder has neither), so the study report
+    can tell an overlay of an earlier training from the model on disk now."""
+    out = {}
+    for key in ("model", MODEL_FINGERPRINT_KEY):
+        if key in hset.index.columns:
+            values = hset.index[key].dropna().astype(str).unique()
+            if len(values) == 1 and values[0]:
+                out[key] = str(values[0])
+    return out
