@@ -288,3 +288,65 @@ def test_fit_joint_models_keeps_the_convergence_columns():
     assert out.loc[out["model"] == "logit", "converged"].all()
     empty = fit_joint_models(_table(60).iloc[:0].assign(set="m"))
     assert {"converged", "fit_warnings"} <= set(empty.columns) and empty.empty
+
+
+def test_a_feature_with_one_value_keeps_its_place_in_the_bonferroni_family():
+    """k is the features the study tests (the reference's bonferroni_correction=4): a
+    feature that cannot be fitted (one polygon per lesion: n_instances is 1 everywhere) gets
+    a row saying so and still counts, and the forest plot's legend states the k the flag
+    used."""
+    from cxr_spurious.pipelines.regression.nodes import plot_forest
+    from cxr_spurious.regression.models import FEATURES
+
+    df = _table(n=80, seed=3).assign(n_instances=1.0)
+    rng = np.random.default_rng(0)
+    # an outcome whose area_ratio p-value lies between 0.05/4 and 0.05/3
+    for _ in range(2000):
+        df["iou_tp"] = 0.3 + 0.08 * df["area_ratio"] + rng.normal(0, 0.1, len(df))
+        p = sm.OLS(df["iou_tp"], sm.add_constant(minmax(df["area_ratio"]))).fit().pvalues
+        if 0.05 / 4 < p["area_ratio"] < 0.05 / 3:
+            break
+    else:
+        raise AssertionError("no draw with 0.05/4 < p < 0.05/3")
+    res = feature_regressions(df, ["iou_tp"], min_clusters=20).set_index("feature")
+    assert list(res.index) == list(FEATURES) and (res["bonferroni_k"] == 4).all()
+    skipped = res.loc["n_instances"]
+    assert np.isnan(skipped["coef"]) and not skipped["bonferroni_significant"]
+    assert (
+        skipped["significance_note"]
+        == "not fitted: the feature takes one value on all 80 observations"
+    )
+    assert res.loc["area_ratio", "coef_pval"] > 0.05 / 4
+    assert not res.loc["area_ratio", "bonferroni_significant"]  # 0.05/3 would have flagged it
+    fig = plot_forest(res.reset_index().assign(set="s"))
+    try:
+        assert "p < 0.05/4" in fig.legends[0].get_texts()[0].get_text()
+        assert len(fig.axes[0].get_yticklabels()) == 3  # the unfitted feature is not drawn
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def test_lesions_without_annotated_instances_are_left_out_as_the_reference_does(caplog):
+    """The reference's regression_pathology_features.py keeps ``df[df.n_instance > 0]``."""
+    import logging
+
+    from cxr_spurious.pipelines.regression.nodes import build_regression_table
+
+    df = _table(n=40, seed=5)
+    df.loc[[3, 7, 11], "n_instances"] = 0
+    per_cxr = df[["image_id", "task", "iou_tp", "hit"]].assign(
+        set="s", prob=0.5, iou_full=df["iou_tp"]
+    )
+    features = df[
+        ["image_id", "task", "n_instances", "area_ratio", "elongation", "irrectangularity"]
+    ]
+    with caplog.at_level(logging.INFO, logger="cxr_spurious.regression.models"):
+        table = build_regression_table(per_cxr, features, pd.DataFrame())
+    assert len(table) == 37 and (table["n_instances"] > 0).all()
+    assert "3 lesion(s) without an annotated instance" in caplog.text
+    reference = df[df["n_instances"] > 0]
+    fit = sm.OLS(reference["iou_tp"], sm.add_constant(minmax(reference["area_ratio"]))).fit()
+    row = feature_regressions(table, ["iou_tp"], features=["area_ratio"]).iloc[0]
+    assert np.isclose(row["coef"], fit.params["area_ratio"])

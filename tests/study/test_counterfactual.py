@@ -73,3 +73,21 @@ def test_paired_renders_errors() -> None:
         paired_renders(preds, "Edema", "no_tube")
     with pytest.raises(ContractError, match="no 'no_device' render"):
         paired_renders(preds, "Pneumothorax", "no_device")
+
+
+def test_repeated_or_undefined_predictions_and_unknown_images_are_refused() -> None:
+    """One prediction per (image, render): a repeated pair used to keep its first value, a
+    NaN probability dropped its image, and an image outside the manifest failed in the
+    bootstrap's sort; each is now a ContractError naming the rows."""
+    preds, manifest, *_ = _data(shortcut=True, n=20)
+    twice = pd.concat([preds, preds.iloc[[0]].assign(p_Pneumothorax=0.1)], ignore_index=True)
+    with pytest.raises(ContractError, match=r"repeat 1 \(image_id, render\).*'img0', 'original'"):
+        paired_renders(twice, "Pneumothorax", "no_tube")
+    undefined = preds.copy()
+    undefined.loc[3, "p_Pneumothorax"] = np.nan
+    with pytest.raises(ContractError, match=r"NaN on 1 row\(s\), e.g. \[\('img3', 'original'\)\]"):
+        paired_renders(undefined, "Pneumothorax", "no_tube")
+    with pytest.raises(ContractError, match=r"of erm predictions, e.g. \['img0'\]"):
+        counterfactual_findings(
+            preds, manifest[manifest["image_id"] != "img0"], "Pneumothorax", n_boot=20, label="erm"
+        )

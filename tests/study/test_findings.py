@@ -146,3 +146,14 @@ def test_model_row_names_what_training_recorded() -> None:
     assert model_row("erm", variant, before_rename, "Pneumothorax")["supervision"] == "seg"
     unrecorded = {"Pneumothorax": {"auroc": 0.8}}
     assert model_row("erm", variant, unrecorded, "Pneumothorax")["supervision"] == "erm"
+
+
+def test_a_map_of_an_image_outside_the_manifest_is_named() -> None:
+    """The patient bootstrap needs every CXR's patient: a map of an image the manifest does
+    not hold is a ContractError naming it and the set, not a TypeError from the sort."""
+    per_map, manifest, human = _inputs()
+    per_map.loc[5, "image_id"] = "ghost1"
+    with pytest.raises(ContractError, match=r"1 CXR\(s\) of the maps of erm/gradcam.*ghost1"):
+        saliency_findings(per_map, manifest, human, n_boot=20, seed=0, label="erm/gradcam")
+    with pytest.raises(ContractError, match="no patient_id column"):
+        saliency_findings(per_map, manifest.drop(columns="patient_id"), human, n_boot=20, seed=0)

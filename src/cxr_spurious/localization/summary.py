@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError
+from cxr_spurious.sources.contract import patient_ids
 from cxr_spurious.stats.bootstrap import (
     MAX_DROPPED_SHARE,
     MIN_CI_CLUSTERS,
@@ -224,19 +225,7 @@ def patient_clusters(
     """
     ids = pd.Series(image_ids, dtype=object).astype(str).reset_index(drop=True)
     if isinstance(manifest, pd.DataFrame) and {"image_id", "patient_id"} <= set(manifest.columns):
-        dedup = manifest.drop_duplicates("image_id")
-        lookup = pd.Series(
-            dedup["patient_id"].to_numpy(), index=dedup["image_id"].astype(str).to_numpy()
-        )
-        patients = ids.map(lookup)
-        missing = sorted(set(ids[patients.isna()]))
-        if missing:
-            raise ContractError(
-                f"manifest has no patient_id for {len(missing)} CXR(s) "
-                "of the localization table, e.g. "
-                f"{missing[:3]}; every evaluated CXR must be a manifest row (patient bootstrap)"
-            )
-        return patients.astype(str).to_numpy(), "patient"
+        return patient_ids(ids, manifest, table="the localization table"), "patient"
     parsed = ids.str.extract(_CHEXPERT_ID, expand=False)
     if len(ids) and parsed.notna().all():
         return parsed.astype(str).to_numpy(), "patient"

@@ -54,7 +54,8 @@ def geometric_features(
     number of annotated polygons of that task (as the reference, which counts annotations
     because overlapping instances merge in the mask), 0 where the annotations have none for a
     non-empty mask (the reference's value too); those pairs are counted in one warning, since
-    a mask without annotated instances usually means mismatched files.
+    a mask without annotated instances usually means mismatched files, and the regressions
+    leave them out, as the reference does (``models.annotated_lesions``).
     """
     rows = []
     unannotated: list[str] = []
@@ -72,8 +73,9 @@ def geometric_features(
     if unannotated:
         logger.warning(
             "%d non-empty ground-truth mask(s) have no annotated instance in gt_annotations "
-            "(n_instances = 0, as the CheXlocalize reference counts them), e.g. %s: check that "
-            "the segmentations and annotations files are of the same split",
+            "(n_instances = 0, as the CheXlocalize reference counts them; the regressions "
+            "leave them out, as the reference does), e.g. %s: check that the segmentations "
+            "and annotations files are of the same split",
             len(unannotated),
             ", ".join(unannotated[:3]),
         )

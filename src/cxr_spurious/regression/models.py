@@ -93,6 +93,26 @@ def _term_table(
     )
 
 
+def annotated_lesions(features: pd.DataFrame) -> pd.DataFrame:
+    """The feature rows with at least one annotated instance (``n_instances > 0``).
+
+    As the reference's ``regression_pathology_features.py`` (``df[df.n_instance > 0]``):
+    a non-empty mask without annotated polygons (mismatched segmentation and annotation
+    files, which ``features.geometric_features`` warns about) is left out of every
+    regression; how many is logged.
+    """
+    if "n_instances" not in features:
+        return features
+    keep = features["n_instances"].fillna(0) > 0
+    if not keep.all():
+        logger.info(
+            "regression: %d lesion(s) without an annotated instance (n_instances = 0) left "
+            "out, as the reference does",
+            int((~keep).sum()),
+        )
+    return features[keep]
+
+
 def minmax(series: pd.Series) -> pd.Series:
     """Min-max normalise (a constant column becomes 0)."""
     lo, hi = series.min(), series.max()
@@ -236,7 +256,12 @@ def feature_regressions(
 ) -> pd.DataFrame:
     """Single-predictor OLS of each outcome on each (min-max-normalised) feature.
 
-    Pooled over tasks (reference) or per task; Bonferroni significance over the features.
+    Pooled over tasks (reference) or per task; Bonferroni significance over the features:
+    p < 0.05 / k with k = ``len(features)``, the family the study sets out to test (the
+    reference's ``bonferroni_correction=4`` over its four features), recorded per row as
+    ``bonferroni_k``. A feature that cannot be fitted in a group (one value, e.g.
+    ``n_instances`` when every lesion is one polygon, or fewer than 3 rows) still counts in
+    k and gets a row without estimates whose ``significance_note`` says why.
     With ``normalise`` (the reference's geometric-feature regressions) each feature is
     min-max scaled within the fitted group (all tasks pooled, or the one task), so a
     coefficient is the outcome's change over the feature's range in that group; without it
@@ -253,12 +278,14 @@ def feature_regressions(
         normalise: Min-max scale each feature within the fitted group (False: raw values).
 
     Returns:
-        One row per fit: coefficients, CIs, p-values, Spearman, ``n``, ``n_cxr``,
-        ``se_type``, ``bonferroni_significant``, ``significance_note`` (why a fit is not
-        eligible for the flag; empty otherwise), ``cluster`` (used for the errors or "none"),
-        ``fit_warnings`` (warnings raised by the fit; empty for none).
+        One row per (group, outcome, feature): coefficients, CIs, p-values, Spearman,
+        ``n``, ``n_cxr``, ``se_type``, ``bonferroni_k``, ``bonferroni_significant``,
+        ``significance_note`` (why a fit is not eligible for the flag, or was not fitted;
+        empty otherwise), ``cluster`` (used for the errors or "none"), ``fit_warnings``
+        (warnings raised by the fit; empty for none).
     """
     min_clusters = _check_min_clusters(min_clusters)
+    k = len(features)
     rows = []
     groups = table.groupby("task") if by_task else [("pooled", table)]
     for task, group in groups:
@@ -270,25 +297,41 @@ def feature_regressions(
                 sub = g[
                     [y, f, "image_id", "patient_id"] if "patient_id" in g else [y, f, "image_id"]
                 ].dropna()
+                n_cxr = int(sub["image_id"].nunique())
+                ident = {"task": task, "outcome": y, "feature": f}
                 if len(sub) < 3 or sub[f].nunique() < 2:
+                    why = (
+                        f"{len(sub)} observation(s) < 3"
+                        if len(sub) < 3
+                        else f"the feature takes one value on all {len(sub)} observations"
+                    )
+                    rows.append(
+                        {
+                            **ident,
+                            "n": int(len(sub)),
+                            "n_cxr": n_cxr,
+                            "bonferroni_k": k,
+                            "bonferroni_significant": False,
+                            "significance_note": f"not fitted: {why}",
+                            "cluster": "none",
+                        }
+                    )
                     continue
                 res = ols_single(sub, y, f, cluster=cluster, min_clusters=min_clusters)
-                n_cxr = int(sub["image_id"].nunique())
                 note = (
                     ""
                     if n_cxr >= min_clusters
                     else f"not flagged: {n_cxr} CXRs ({len(sub)} observations) "
                     f"< min_clusters {min_clusters}"
                 )
-                significant = bool(res["coef_pval"] < 0.05 / len(features)) and not note
+                significant = bool(res["coef_pval"] < 0.05 / k) and not note
                 used = cluster if cluster and str(res["se_type"]).startswith("cluster") else "none"
                 rows.append(
                     {
-                        "task": task,
-                        "outcome": y,
-                        "feature": f,
+                        **ident,
                         **res,
                         "n_cxr": n_cxr,
+                        "bonferroni_k": k,
                         "bonferroni_significant": significant,
                         "significance_note": note,
                         "cluster": used,
@@ -298,7 +341,11 @@ def feature_regressions(
 
 
 def logistic_hit(table: pd.DataFrame, features: Sequence[str] = FEATURES) -> pd.DataFrame:
-    """Logistic regression of hit/miss on all normalised features together (odds ratios).
+    """Logistic regression of hit/miss on all normalised features together.
+
+    ``coef`` and its CI are on the log-odds scale (statsmodels' ``Logit`` parameters):
+    ``exp(coef)`` is the odds ratio of a hit across the feature's range. Features with one
+    value are left out of the model.
 
     One row per term, with ``converged`` and ``fit_warnings`` (see the module docstring).
     """

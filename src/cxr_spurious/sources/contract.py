@@ -250,6 +250,40 @@ def assign_patient_splits(
     return out
 
 
+def patient_ids(image_ids: Iterable[object], manifest: pd.DataFrame, *, table: str) -> np.ndarray:
+    """The manifest's ``patient_id`` of each CXR, as strings: the bootstrap's cluster.
+
+    Args:
+        image_ids: CXR ids of the rows of ``table``.
+        manifest: The manifest (``image_id``, ``patient_id``; the first row of an id counts).
+        table: What the rows are, for the error (e.g. ``"the localization table"``).
+
+    Raises:
+        ContractError: the manifest lacks ``image_id`` / ``patient_id``, or some CXRs of
+            ``table`` (naming how many and the first three).
+    """
+    lacking = [c for c in ("image_id", "patient_id") if c not in manifest.columns]
+    if lacking:
+        raise ContractError(
+            f"manifest has no {' or '.join(lacking)} column; {table} needs each CXR's patient "
+            "(the bootstrap resamples patients)"
+        )
+    dedup = manifest.drop_duplicates("image_id")
+    lookup = pd.Series(
+        dedup["patient_id"].astype(str).to_numpy(), index=dedup["image_id"].astype(str).to_numpy()
+    )
+    ids = pd.Series(list(image_ids), dtype=object).astype(str)
+    patients = ids.map(lookup)
+    missing = sorted(set(ids[patients.isna()]))
+    if missing:
+        raise ContractError(
+            f"manifest has no patient_id for {len(missing)} CXR(s) of {table}, e.g. "
+            f"{missing[:3]}; every CXR of {table} must be a manifest row (the bootstrap "
+            "resamples patients)"
+        )
+    return patients.to_numpy(dtype=object).astype(str)
+
+
 def age_bin_labels(edges: Sequence[float]) -> list[str]:
     """Labels of the age bins defined by increasing lower edges (last bin open-ended).
 

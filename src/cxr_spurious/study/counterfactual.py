@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError
+from cxr_spurious.sources.contract import patient_ids
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap
 from cxr_spurious.stats.metrics import auroc
 
@@ -37,7 +38,22 @@ def paired_renders(predictions: pd.DataFrame, task: str, render: str) -> pd.Data
         raise ContractError(
             f"counterfactual predictions lack column '{col}'; have {list(predictions.columns)}"
         )
-    wide = predictions.pivot_table(index="image_id", columns="render", values=col, aggfunc="first")
+    repeated = predictions.duplicated(["image_id", "render"], keep=False)
+    if repeated.any():
+        twice = predictions.loc[repeated, ["image_id", "render"]].drop_duplicates()
+        raise ContractError(
+            f"counterfactual predictions repeat {len(twice)} (image_id, render) pair(s), e.g. "
+            f"{[tuple(r) for r in twice.head(3).itertuples(index=False)]}; expected one "
+            "prediction per image and render"
+        )
+    undefined = predictions[col].isna()
+    if undefined.any():
+        bad = predictions.loc[undefined, ["image_id", "render"]].head(3)
+        raise ContractError(
+            f"counterfactual predictions: '{col}' is NaN on {int(undefined.sum())} row(s), e.g. "
+            f"{[tuple(r) for r in bad.itertuples(index=False)]}; expected a probability"
+        )
+    wide = predictions.pivot(index="image_id", columns="render", values=col)
     for name in (ORIGINAL, render):
         if name not in wide.columns:
             raise ContractError(
@@ -77,6 +93,8 @@ def counterfactual_findings(
     Raises:
         BootstrapDropError: too many undefined replicates.
     """
+    known = predictions["image_id"].astype(str).unique()
+    lookup = dict(zip(known, patient_ids(known, manifest, table=f"{label or 'the'} predictions")))
     meta = manifest.set_index("image_id")
     out: dict[str, float] = {}
     boot: dict[str, Any] = {
@@ -96,7 +114,7 @@ def counterfactual_findings(
         pairs = paired_renders(predictions, task, render)
         pairs = pairs[pairs["image_id"].map(meta[condition]) == 1].reset_index(drop=True)
         drop = (pairs["p_original"] - pairs["p_counterfactual"]).to_numpy()
-        patients = pairs["image_id"].map(meta["patient_id"]).to_numpy()
+        patients = pairs["image_id"].astype(str).map(lookup).to_numpy()
         if len(drop) == 0:
             out.update({name + k: v for k, v in empty.items()})
             continue
@@ -113,7 +131,7 @@ def counterfactual_findings(
         pairs = paired_renders(predictions, task, NO_TUBE)
         y = pairs["image_id"].map(meta[task]).to_numpy(dtype=float)
         score = pairs["p_counterfactual"].to_numpy()
-        patients = pairs["image_id"].map(meta["patient_id"]).to_numpy()
+        patients = pairs["image_id"].astype(str).map(lookup).to_numpy()
         res = bootstrap(
             lambda i: auroc(y[i], score[i]),
             len(y),

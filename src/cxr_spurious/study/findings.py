@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError, ParameterError, StaleOutputError
+from cxr_spurious.sources.contract import patient_ids
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, check_n_boot
 from cxr_spurious.training.provenance import (
     MODEL_DIGEST_COLUMN,
@@ -131,7 +132,9 @@ def saliency_findings(
         ``_n_nonzero`` (the maps the share averages: all-zero maps have no share).
     """
     meta = manifest.set_index("image_id")
-    patients = per_map["image_id"].map(meta["patient_id"]).astype(str).to_numpy()
+    patients = patient_ids(
+        per_map["image_id"], manifest, table=f"the maps of {label}" if label else "the maps"
+    )
     out: dict[str, float] = {}
     share = float(max_dropped_share)
     prefix = f"{label}/" if label else ""
@@ -220,7 +223,7 @@ def _pct_below_human(
         return _NAN4
     m = pairs[f"{col}_model"].to_numpy(float)
     h = pairs[f"{col}_human"].to_numpy(float)
-    clusters = pairs["image_id"].map(meta["patient_id"]).astype(str).to_numpy()
+    clusters = patient_ids(pairs["image_id"], meta.reset_index(), table=f"{label} (human pairs)")
 
     def pct(i: np.ndarray) -> float:
         denominator = h[i].mean()

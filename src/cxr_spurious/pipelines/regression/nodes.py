@@ -29,10 +29,13 @@ def build_regression_table(
     """Per-map outcomes joined with the gt features and the human-benchmark gap.
 
     The true-positive slice keeps IoU > NaN; ``iou_gap`` / ``hit_gap`` are benchmark minus
-    saliency (NaN without a benchmark).
+    saliency (NaN without a benchmark). Lesions without an annotated instance
+    (``n_instances`` 0) are left out, as the reference does (``models.annotated_lesions``).
     """
     cols = ["set", "image_id", "task", "prob", "iou_tp", "iou_full", "hit"]
-    table = localization_per_cxr[cols].merge(features, on=["image_id", "task"], how="inner")
+    table = localization_per_cxr[cols].merge(
+        models.annotated_lesions(features), on=["image_id", "task"], how="inner"
+    )
     return models.with_human_gap(table, human_benchmark)
 
 
@@ -93,8 +96,9 @@ def regress_on_confidence(
 def fit_joint_models(table: pd.DataFrame) -> pd.DataFrame:
     """Logistic hit/miss model and a mixed model (random intercept per CXR), per set.
 
-    ``converged`` / ``fit_warnings`` record statsmodels' convergence problems per fit (a
-    tiny study's mixed model often sits on the boundary) instead of console warnings.
+    ``converged`` / ``fit_warnings`` record statsmodels' convergence problems per fit
+    instead of console warnings (in a single-task study each CXR has one row, so the mixed
+    model's random intercept sits on the boundary and its coefficients equal OLS).
     """
     frames = []
     for name, group in table.groupby("set", sort=True):
@@ -126,14 +130,18 @@ def fit_joint_models(table: pd.DataFrame) -> pd.DataFrame:
 def plot_forest(feature_regressions: pd.DataFrame) -> plt.Figure:
     """Forest plot of pooled feature coefficients with their unadjusted 95% CIs.
 
-    A point is red when ``bonferroni_significant`` (p < 0.05 / k over the k features, on a
-    fit of at least ``regression.min_clusters`` CXRs), blue otherwise; the legend says so.
+    A point is red when ``bonferroni_significant`` (p < 0.05 / k over the k features the
+    study tests, ``bonferroni_k``, on a fit of at least ``regression.min_clusters`` CXRs),
+    blue otherwise; the legend says so, with the k the flag used. Features that could not
+    be fitted (no estimate) are not drawn.
     """
     pooled = (
         feature_regressions[feature_regressions.get("task", pd.Series(dtype=str)) == "pooled"]
         if len(feature_regressions)
         else feature_regressions
     )
+    if len(pooled) and "coef" in pooled:  # features not fitted (one value) have no estimate
+        pooled = pooled[pooled["coef"].notna()]
     fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(pooled), 4) + 1.4), constrained_layout=True)
     labels = (
         [f"{r.set} | {r.outcome} ~ {r.feature}" for r in pooled.itertuples()] if len(pooled) else []
@@ -150,7 +158,8 @@ def plot_forest(feature_regressions: pd.DataFrame) -> plt.Figure:
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xlabel("coefficient (min-max-normalised feature), unadjusted 95% CI")
-    k = int(pooled["feature"].nunique()) if len(pooled) else len(models.FEATURES)
+    ks = sorted({int(v) for v in pooled.get("bonferroni_k", pd.Series(dtype=float)).dropna()})
+    k = "/".join(str(v) for v in ks) if ks else str(len(models.FEATURES))  # the flag's own k
     handles = [
         Line2D([], [], color=SIGNIFICANT_COLOUR, marker="o", ls="none"),
         Line2D([], [], color=OTHER_COLOUR, marker="o", ls="none"),

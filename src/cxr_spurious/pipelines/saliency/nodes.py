@@ -28,6 +28,7 @@ from cxr_spurious.saliency.overlays import TUBE_OBJECT, overlay_figure, sample_r
 from cxr_spurious.saliency.registry import MethodOptions
 from cxr_spurious.saliency.sanity import SANITY_COLUMNS, model_randomisation_check
 from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.sources.contract import patient_ids
 from cxr_spurious.training.provenance import MODEL_FINGERPRINT_KEY, model_fingerprint
 from cxr_spurious.variants import heatmap_set_name
 
@@ -206,9 +207,7 @@ def _patients_of(manifest: pd.DataFrame, ids: list[str]) -> list[str] | None:
     """``patient_id`` of each image (the bootstrap cluster), None when the manifest has none."""
     if "patient_id" not in manifest.columns:
         return None
-    lookup = manifest.drop_duplicates("image_id").set_index("image_id")["patient_id"].astype(str)
-    lookup.index = lookup.index.astype(str)
-    return [lookup[i] for i in ids]
+    return patient_ids(ids, manifest, table="the saliency sanity check").tolist()
 
 
 def plot_heatmap_overlays(
