@@ -93,6 +93,10 @@ def test_round_trip_through_to_dict() -> None:
         # Values the generator cannot honour (audit s21): refused up front.
         ({"findings": {"min_thickness_at_96": 10.5}}, "phantom.findings.min_thickness_at_96"),
         ({"findings": {"min_thickness_at_96": 16.0}}, "phantom.findings.min_thickness_at_96"),
+        # an integer key given NaN or inf: a ParameterError, not int()'s ValueError
+        ({"n_images": float("nan")}, "phantom.n_images"),
+        ({"n_images": float("inf")}, "phantom.n_images"),
+        ({"demographics": {"age_min": float("nan")}}, "phantom.demographics.age_min"),
         ({"sites": {"A": {"share": 1.0, "marker": " "}}}, "phantom.sites.A.marker"),
         ({"sites": {"A": {"share": 1.0, "marker": "   "}}}, "phantom.sites.A.marker"),
         ({"artefacts": {"marker_port": {"text": " "}}}, "phantom.artefacts.marker_port.text"),

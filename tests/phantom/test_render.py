@@ -129,12 +129,56 @@ def test_a_pneumothorax_at_the_largest_valid_thickness_always_fits(size: int) ->
         {
             "n_images": 300,
             "image_size": size,
-            "prevalence": {"Pneumothorax": 1.0},
+            # the other findings need less room (see the next tests): none drawn here
+            "prevalence": {t: float(t == "Pneumothorax") for t in PHANTOM_TASKS},
             "findings": {"min_thickness_at_96": 10.0},
         }
     )
     for index in range(cfg.n_images):
         assert "Pneumothorax" in render_image(cfg, index, 0).polygons
+
+
+def test_every_lung_lesion_is_drawn_in_small_images() -> None:
+    """At 64 px with the default settings, 8 of these 300 Lung Lesion positives used to get
+    no outline (no drawn size fitted) and silently became negatives; the nodule sampler now
+    tries the smallest size of its range before giving up."""
+    cfg = PhantomConfig.from_dict(
+        {"n_images": 300, "image_size": 64, "prevalence": {"Lung Lesion": 1.0}}
+    )
+    for index in range(cfg.n_images):
+        rendered = render_image(cfg, index, 0)
+        assert "Lung Lesion" in rendered.polygons, index
+        assert rendered.masks()["Lung Lesion"].any(), index
+
+
+def test_a_finding_without_room_stops_the_generation_naming_it(tmp_path: Path) -> None:
+    """A positive label needs its outline: a Lung Lesion that does not fit (10 px at 96 px
+    in a 64 px image) is a ParameterError naming the key, the finding and the image, where
+    its label used to turn negative behind one warning."""
+    cfg = PhantomConfig.from_dict(
+        {
+            "n_images": 60,
+            "image_size": 64,
+            "prevalence": {t: float(t == "Lung Lesion") for t in PHANTOM_TASKS},
+            "findings": {"min_thickness_at_96": 10.0},
+        }
+    )
+    failed = []
+    for index in range(cfg.n_images):
+        try:
+            render_image(cfg, index, 0)
+        except ParameterError as err:
+            failed.append((index, err))
+    assert failed, "expected at least one Lung Lesion without room"
+    index, err = failed[0]
+    rec = build_cohort(cfg, 0)[index]
+    assert err.key == "ingestion.phantom.findings.min_thickness_at_96"
+    assert "a Lung Lesion 10 px thick at 96 px (6.7 px at the written 64 px)" in str(err)
+    assert f"image {index} ({rec.image_id})" in str(err)
+    out = tmp_path / "phantom"
+    with pytest.raises(ParameterError, match="a Lung Lesion"):
+        generate_phantom(cfg, out, seed=0, progress=False)
+    assert not out.exists()
 
 
 def _no_room_config(n_images: int) -> PhantomConfig:

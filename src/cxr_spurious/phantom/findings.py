@@ -30,15 +30,21 @@ _PTX_LUCENCY = 0.055
 _PTX_LINE = 0.12
 _EFFUSION = 0.26
 _NODULE = 0.17
+#: Smallest nodule diameter, in units of the minimum thickness (the range drawn is 1.15-2.4).
+_NODULE_MIN_FACTOR = 1.15
 _OPACITY = 0.15
 
 
 class FindingDoesNotFitError(Exception):
     """No outline of the minimum thickness fits in this image's anatomy.
 
-    ``render`` turns it into a ``ParameterError`` naming ``findings.min_thickness_at_96``
-    and the image.
+    ``render`` turns it into a ``ParameterError`` naming ``findings.min_thickness_at_96``,
+    the task and the image.
     """
+
+    def __init__(self, message: str, task: str = "Pneumothorax") -> None:
+        super().__init__(message)
+        self.task = task
 
 
 @dataclass(frozen=True)
@@ -166,12 +172,16 @@ def sample_nodules(ctx: FindingContext, rng: np.random.Generator, n_max: int) ->
     polys: list[np.ndarray] = []
     centres: list[tuple[np.ndarray, float]] = []
     for _ in range(n):
-        radius = 0.5 * ctx.min_thickness_px * rng.uniform(1.15, 2.4)
+        radius = 0.5 * ctx.min_thickness_px * rng.uniform(_NODULE_MIN_FACTOR, 2.4)
         for cand in _interior_points(lungs, radius * 1.3 + 2, rng, 8):
             if all(np.linalg.norm(cand - c) > radius + r + 3 for c, r in centres):
                 centres.append((cand, radius))
                 polys.append(blob(cand, radius, rng, irregularity=0.08, n_points=24))
                 break
+    if not polys:  # no drawn size fitted (a small lung): once more at the range's smallest
+        radius = 0.5 * ctx.min_thickness_px * _NODULE_MIN_FACTOR
+        for cand in _interior_points(lungs, radius * 1.3 + 2, rng, 1):
+            polys.append(blob(cand, radius, rng, irregularity=0.08, n_points=24))
     return polys
 
 

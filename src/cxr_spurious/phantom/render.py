@@ -146,25 +146,31 @@ def render_versions(
         remove=spec.remove, artefact=spec.artefact)``.
 
     Raises:
-        ParameterError: ``findings.min_thickness_at_96`` is too thick for this image's
-            pneumothorax (drawn, or the ``tube_lesion`` artefact's would-be one), or a
-            marker text draws nothing; naming the key and the image.
+        ParameterError: ``findings.min_thickness_at_96`` is too thick for one of this
+            image's positive findings (drawn, or the ``tube_lesion`` artefact's would-be
+            pneumothorax), or a marker text draws nothing; naming the key, the finding and
+            the image.
     """
     try:
         return _render_versions(cfg, rec, seed, specs)
     except findings.FindingDoesNotFitError as err:
-        raise _too_thick_error(cfg, rec) from err
+        raise _too_thick_error(cfg, rec, err.task) from err
 
 
-def _too_thick_error(cfg: PhantomConfig, rec: ImageRecord) -> ParameterError:
-    """The error of a pneumothorax ``findings.min_thickness_at_96`` thick that does not fit."""
+def _too_thick_error(cfg: PhantomConfig, rec: ImageRecord, task: str) -> ParameterError:
+    """The error of a ``task`` finding ``findings.min_thickness_at_96`` thick that does not
+    fit in the image's lungs (its label would otherwise silently become negative)."""
     t96 = cfg.findings.min_thickness_at_96
     size = cfg.image_size
+    limit = (
+        f"up to {MAX_MIN_THICKNESS_AT_96:g} fits at the default appearance.body_scale"
+        if task == "Pneumothorax"
+        else f"every {task} fitted up to 6.5 in 300 images at the default appearance.body_scale"
+    )
     message = (
-        f"a pneumothorax {t96:g} px thick at 96 px ({t96 * size / 96.0:.1f} px at the written"
-        f" {size} px) does not fit in the lung of image {rec.index} ({rec.image_id}); lower"
-        f" it (up to {MAX_MIN_THICKNESS_AT_96:g} fits at the default appearance.body_scale;"
-        " a smaller body_scale needs less)"
+        f"a {task} {t96:g} px thick at 96 px ({t96 * size / 96.0:.1f} px at the written"
+        f" {size} px) does not fit in the lungs of image {rec.index} ({rec.image_id}); lower"
+        f" it ({limit}; a smaller body_scale needs less)"
     )
     return ParameterError(f"{PIPELINE_KEY}.findings.min_thickness_at_96", message)
 
@@ -313,8 +319,8 @@ def _draw_findings(
             polys = findings.sample_opacity(ctx, rng, n_max)
         else:
             polys = [anat.heart]
-        if not polys:
-            continue
+        if not polys:  # a positive label needs its outline: never a silent negative
+            raise findings.FindingDoesNotFitError(f"no {task} outline fits", task=task)
         as_lists = [[[round(float(x), 3), round(float(y), 3)] for x, y in p] for p in polys]
         mask = rasterize_polygons(as_lists, size, size)
         if task == "Pneumothorax":

@@ -404,22 +404,12 @@ def generate_phantom(
     start = time.perf_counter()
     records = sorted(build_cohort(cfg, int(seed)), key=lambda r: r.index)
     rows: list[ImageRow] = []
-    mismatched: list[str] = []
     with atomic_dir(out_dir) as tmp:
         with contextlib.ExitStack() as stack:
             truth = _GroundTruthWriter(cfg, tmp, stack)
             for result in _rendered(cfg, records, int(seed), tmp, n_jobs, progress):
                 truth.add(result)
                 rows.append(result.row())
-                if set(result.positives) != set(result.record.positives):
-                    mismatched.append(result.record.image_id)
-        if mismatched:
-            logger.warning(
-                "%d image(s) lost a finding that did not fit "
-                "(labels follow the drawn outlines), e.g. %s",
-                len(mismatched),
-                mismatched[:3],
-            )
         _write_tables(cfg, rows, truth, int(seed), tmp)
     logger.info(
         "Phantom: %d images written to %s in %.1f s (n_jobs=%d)",
