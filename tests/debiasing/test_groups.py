@@ -22,6 +22,29 @@ def test_age_bins_default_edges() -> None:
 def test_age_bins_must_increase() -> None:
     with pytest.raises(ParameterError, match="age_bins"):
         bin_ages(pd.Series([1.0]), [0, 40, 20])
+    for bad in ([], [0, float("nan")], ["a"]):
+        with pytest.raises(ParameterError, match="increasing list of finite lower edges"):
+            bin_ages(pd.Series([1.0]), bad)
+
+
+def test_bad_age_bins_name_the_key_each_pipeline_reads() -> None:
+    """``age_bins`` exists under debiasing, robustness and the comparison: the error names
+    the one the failing node read (the comparison's through ``with_parameter_keys``)."""
+    from cxr_spurious.pipelines.comparison.pipeline import _dfr_function
+    from cxr_spurious.robustness.evaluation import evaluation_table
+
+    m = make_manifest()
+    with pytest.raises(ParameterError) as info:
+        group_keys(m, ["age_bin"], age_edges=[40, 20])
+    assert info.value.key == "debiasing.age_bins"
+    dfr = _dfr_function()
+    with pytest.raises(ParameterError) as info:
+        dfr(m, pd.DataFrame(), [TASK], ["age_bin"], [40, 20], 1.0, 0)
+    assert info.value.key == "comparison.debiasing.age_bins"
+    preds = m[["image_id"]].assign(**{f"p_{TASK}": 0.5})
+    with pytest.raises(ParameterError) as info:
+        evaluation_table(m, preds, [TASK], ["age_bin"], age_edges=[40, 20])
+    assert info.value.key == "robustness.age_bins"
 
 
 def test_keys_crossed_with_label_and_missing_values() -> None:

@@ -42,7 +42,9 @@ def grouping_columns(
     cols = {}
     for attr in attributes:
         if attr == AGE_BIN:
-            cols[attr] = bin_ages(manifest["age_years"], age_edges).to_numpy()
+            cols[attr] = bin_ages(
+                manifest["age_years"], age_edges, key="debiasing.age_bins"
+            ).to_numpy()
         else:
             cols[attr] = manifest[attr].to_numpy()
     return pd.DataFrame(cols, index=manifest.index)

@@ -62,7 +62,11 @@ def evaluation_table(
     for t in tasks:
         out[f"p_{t}"] = aligned[f"p_{t}"].to_numpy(dtype=float)
     for a in attributes:
-        out[a] = bin_ages(m["age_years"], age_edges).to_numpy() if a == AGE_BIN else m[a].to_numpy()
+        out[a] = (
+            bin_ages(m["age_years"], age_edges, key="robustness.age_bins").to_numpy()
+            if a == AGE_BIN
+            else m[a].to_numpy()
+        )
     if "tube" in m.columns and "tube" not in out.columns:
         out["tube"] = m["tube"].to_numpy(dtype=float)
     if spurious is not None:

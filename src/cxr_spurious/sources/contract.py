@@ -284,36 +284,44 @@ def patient_ids(image_ids: Iterable[object], manifest: pd.DataFrame, *, table: s
     return patients.to_numpy(dtype=object).astype(str)
 
 
-def age_bin_labels(edges: Sequence[float]) -> list[str]:
+def age_bin_labels(edges: Sequence[float], *, key: str = "age_bins") -> list[str]:
     """Labels of the age bins defined by increasing lower edges (last bin open-ended).
 
     Args:
         edges: Lower edges, e.g. ``[0, 20, 40, 60, 80]``.
+        key: The parameter the edges come from, named in the error.
 
     Returns:
         ``["0-20", "20-40", "40-60", "60-80", "80+"]`` for the default edges.
     """
-    e = _check_edges(edges)
+    e = _check_edges(edges, key)
     names = [f"{_edge(a)}-{_edge(b)}" for a, b in zip(e[:-1], e[1:])]
     return [*names, f"{_edge(e[-1])}+"]
 
 
-def bin_ages(ages: pd.Series | np.ndarray, edges: Sequence[float] = DEFAULT_AGE_EDGES) -> pd.Series:
+def bin_ages(
+    ages: pd.Series | np.ndarray,
+    edges: Sequence[float] = DEFAULT_AGE_EDGES,
+    *,
+    key: str = "age_bins",
+) -> pd.Series:
     """Map ages in years to bin labels; ages below the first edge or NaN map to NaN.
 
     Args:
         ages: Ages in years.
         edges: Increasing lower edges; bins are ``[a, b)`` and the last is ``[last, inf)``.
+        key: The parameter the edges come from (e.g. ``debiasing.age_bins``), named in the
+            error.
 
     Returns:
         A Series of bin labels (object dtype, NaN where unknown).
 
     Raises:
-        ParameterError: (on ``age_bins``) the edges are empty or not increasing.
+        ParameterError: (on ``key``) the edges are empty or not increasing.
     """
-    e = _check_edges(edges)
+    e = _check_edges(edges, key)
     values = pd.to_numeric(pd.Series(ages), errors="coerce").to_numpy(dtype=float)
-    labels = np.array(age_bin_labels(e), dtype=object)
+    labels = np.array(age_bin_labels(e, key=key), dtype=object)
     idx = np.searchsorted(np.asarray(e), values, side="right") - 1
     out = np.full(values.shape, np.nan, dtype=object)
     ok = np.isfinite(values) & (idx >= 0)
@@ -321,11 +329,14 @@ def bin_ages(ages: pd.Series | np.ndarray, edges: Sequence[float] = DEFAULT_AGE_
     return pd.Series(out, index=getattr(ages, "index", None), dtype=object)
 
 
-def _check_edges(edges: Sequence[float]) -> list[float]:
-    e = [float(x) for x in edges]
-    if not e or any(b <= a for a, b in zip(e[:-1], e[1:])):
+def _check_edges(edges: Sequence[float], key: str) -> list[float]:
+    try:
+        e = [float(x) for x in edges]
+    except (TypeError, ValueError):
+        e = []
+    if not e or any(b <= a for a, b in zip(e[:-1], e[1:])) or not all(map(np.isfinite, e)):
         raise ParameterError(
-            "age_bins", f"must be a non-empty increasing list of lower edges, got {list(edges)}"
+            key, f"must be a non-empty increasing list of finite lower edges, got {edges!r}"
         )
     return e
 
