@@ -320,6 +320,24 @@ def test_method_options_reject_unknown_keys():
         MethodOptions.from_params({"ig_steps": 0})
 
 
+def test_occlusion_settings_are_checked(classifier, images):
+    """0 used to mean the default (``x or default``), a negative window failed in torch and
+    a window larger than the image in Captum, none naming the setting."""
+    for name in ("occlusion_window", "occlusion_stride"):
+        for bad in (0, -4, 2.5, True):
+            with pytest.raises(ParameterError, match=r"null \(the default\) or an integer") as e:
+                MethodOptions.from_params({name: bad})
+            assert e.value.key == f"saliency.method_options.{name}"
+    assert MethodOptions.from_params({"occlusion_window": None}).occlusion_window is None
+    size = int(images.shape[-1])
+    with pytest.raises(ParameterError, match=f"{size + 1} px is larger than") as e:
+        compute_maps(
+            classifier, images, "occlusion", ["Pneumothorax"], progress=False,
+            options=MethodOptions(occlusion_window=size + 1),
+        )  # fmt: skip
+    assert e.value.key == "method_options.occlusion_window"
+
+
 @pytest.mark.parametrize(
     ("method", "model_name"),
     [

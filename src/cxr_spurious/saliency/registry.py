@@ -141,6 +141,14 @@ class MethodOptions:
             raise ParameterError(
                 f"{key}.smoothgrad_stdev", f"must be >= 0, got {opts.smoothgrad_stdev}"
             )
+        for name in ("occlusion_window", "occlusion_stride"):
+            value = getattr(opts, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ParameterError(
+                    f"{key}.{name}", f"must be null (the default) or an integer >= 1, got {value!r}"
+                )
         return opts
 
 
@@ -528,6 +536,12 @@ def _occlusion(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
             size = int(x.shape[-1])
             window = int(options.occlusion_window or max(1, size // 8))
             stride = int(options.occlusion_stride or max(1, window // 2))
+            if window > min(x.shape[-2:]):
+                raise ParameterError(
+                    "method_options.occlusion_window",
+                    f"{window} px is larger than the {tuple(x.shape[-2:])} px input; choose "
+                    "at most the image size (null: size // 8)",
+                )
             with torch.no_grad():
                 attr = occ.attribute(
                     x,

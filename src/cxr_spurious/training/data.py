@@ -55,8 +55,11 @@ def build_training_table(
         DataFormatError: a task has no positive (or no negative) in train, location
             labels are required but missing (naming the image ids), or the subgroup
             column holds a value other than 0 / 1 / empty.
-        ParameterError: ``selection_metric`` is ``robust_auroc`` and the validation rows
-            cannot define it (see ``_check_robust_selection``).
+        DataFormatError: no validation rows (the model is selected on them).
+        ParameterError: the validation rows cannot define ``selection_metric`` (no task
+            with both classes for ``auroc``; see ``_check_robust_selection`` for
+            ``robust_auroc``), or ``batch_size`` exceeds the train rows (the loader drops
+            the incomplete last batch, so no step would run).
     """
     tasks = list(cfg["tasks"])
     missing = [t for t in tasks if t not in manifest.columns]
@@ -96,8 +99,11 @@ def build_training_table(
     )
     table["subgroup"] = subgroup_column(manifest, str(cfg["subgroup"]), name)
     _check_labels(table, tasks, name)
+    _check_fits_a_batch(table, int(cfg["batch_size"]), name)
     if cfg.get("selection_metric") == "robust_auroc":
         _check_robust_selection(table, tasks, str(cfg["subgroup"]), name)
+    else:
+        _check_auroc_selection(table, tasks, name)
     table["loc"] = select_location_labels(table, cache, cfg, name)
     table = table.reset_index(drop=True)
     # the resampling's label travels with the table (``outputs.resampling_name``)
@@ -170,10 +176,45 @@ def _check_robust_selection(
     )
 
 
+def _check_fits_a_batch(table: pd.DataFrame, batch_size: int, name: str) -> None:
+    """The train loader drops an incomplete last batch (``engine``: ``drop_last``), so with
+    fewer train rows than ``batch_size`` no optimiser step would run and the untrained
+    weights would be kept as the selected model."""
+    n_train = int((table["split"] == "train").sum())
+    if n_train < batch_size:
+        raise ParameterError(
+            "training.batch_size",
+            f"{batch_size} is more than {name}'s {n_train} train rows: the training loader "
+            "drops an incomplete batch, so no step would run; lower it to at most "
+            f"{n_train} (or give more training images)",
+        )
+
+
+def _check_auroc_selection(table: pd.DataFrame, tasks: Sequence[str], name: str) -> None:
+    """``selection_metric: auroc`` needs some task with both classes in the validation
+    rows; otherwise every epoch's value is NaN and selection would keep the first epoch."""
+    val = table[table["split"] == "val"]
+    for task in tasks:
+        y = val[LABEL_PREFIX + task]
+        if (y == 1).any() and (y == 0).any():
+            return
+    raise ParameterError(
+        "training.selection_metric",
+        f"auroc is undefined on {name}'s validation split: no task of {list(tasks)} has both "
+        f"a positive and a negative among its {len(val)} validation rows, so every epoch "
+        "would score NaN and the first would be kept; give the validation split both classes "
+        "(e.g. more images, or other split fractions)",
+    )
+
+
 def _check_labels(table: pd.DataFrame, tasks: Sequence[str], name: str) -> None:
     train = table[table["split"] == "train"]
     if train.empty:
         raise DataFormatError(name, "has no train rows (split == 'train')")
+    if not (table["split"] == "val").any():
+        raise DataFormatError(
+            name, "has no validation rows (split == 'val'); the model is selected on them"
+        )
     for task in tasks:
         y = train[LABEL_PREFIX + task]
         if not (y == 1).any():
