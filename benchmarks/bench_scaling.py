@@ -412,9 +412,14 @@ def stage_train_epoch(a: StageArgs) -> Work:
     from cxr_spurious.training.engine import fit
 
     work = Path(a.work)
+    manifest = _manifest(work)
     cfg = _training_config(a.device)
+    # a small N (``--quick``'s 40: 26 train rows) holds fewer train rows than one batch; the
+    # loader drops an incomplete batch, so the epoch is one batch of every train row there
+    n_train = int((manifest["split"] == "train").sum())
+    cfg = {**cfg, "batch_size": max(1, min(int(cfg["batch_size"]), n_train))}
     cache = load_cache(work / "cache")
-    table = build_training_table(_manifest(work), cache, cfg)
+    table = build_training_table(manifest, cache, cfg)
     train = table[table["split"] == "train"].reset_index(drop=True)
     val = table[table["split"] == "val"].reset_index(drop=True)
     setup = setup_for(cfg)
