@@ -237,11 +237,16 @@ def test_batches_are_deterministic_and_masked(tiny) -> None:
     assert a["dense_valid"].all()
 
 
-def test_validation_splits_that_cannot_select_are_refused(tiny) -> None:
-    """A validation split without both classes under ``selection_metric: auroc`` scored NaN
-    every epoch and kept the first; no validation split at all failed with a bare numpy
-    error in the validation pass."""
+def test_selection_and_batches_that_could_not_train_are_refused(tiny) -> None:
+    """Each of these used to train silently into the untrained or first-epoch weights: a
+    batch larger than the train split (the loader drops it: no step), a validation split
+    without both classes under ``selection_metric: auroc`` (NaN every epoch: the first
+    kept), and no validation split at all (a bare numpy error in the validation pass)."""
     manifest, cache = tiny
+    n_train = int((manifest["split"] == "train").sum())
+    with pytest.raises(ParameterError, match=f"more than resampled_manifest's {n_train} train"):
+        build_training_table(manifest, cache, tiny_config(batch_size=n_train + 1))
+    build_training_table(manifest, cache, tiny_config(batch_size=n_train))
     one_class = manifest.copy()
     one_class.loc[one_class["split"] == "val", TASK] = 0.0
     with pytest.raises(ParameterError, match="auroc is undefined") as err:

@@ -58,7 +58,8 @@ def build_training_table(
         DataFormatError: no validation rows (the model is selected on them).
         ParameterError: the validation rows cannot define ``selection_metric`` (no task
             with both classes for ``auroc``; see ``_check_robust_selection`` for
-            ``robust_auroc``).
+            ``robust_auroc``), or ``batch_size`` exceeds the train rows (the loader drops
+            the incomplete last batch, so no step would run).
     """
     tasks = list(cfg["tasks"])
     missing = [t for t in tasks if t not in manifest.columns]
@@ -98,6 +99,7 @@ def build_training_table(
     )
     table["subgroup"] = subgroup_column(manifest, str(cfg["subgroup"]), name)
     _check_labels(table, tasks, name)
+    _check_fits_a_batch(table, int(cfg["batch_size"]), name)
     if cfg.get("selection_metric") == "robust_auroc":
         _check_robust_selection(table, tasks, str(cfg["subgroup"]), name)
     else:
@@ -172,6 +174,20 @@ def _check_robust_selection(
         "tube-labelled patient in test); select on auroc, or give validation rows that "
         "attribute",
     )
+
+
+def _check_fits_a_batch(table: pd.DataFrame, batch_size: int, name: str) -> None:
+    """The train loader drops an incomplete last batch (``engine``: ``drop_last``), so with
+    fewer train rows than ``batch_size`` no optimiser step would run and the untrained
+    weights would be kept as the selected model."""
+    n_train = int((table["split"] == "train").sum())
+    if n_train < batch_size:
+        raise ParameterError(
+            "training.batch_size",
+            f"{batch_size} is more than {name}'s {n_train} train rows: the training loader "
+            "drops an incomplete batch, so no step would run; lower it to at most "
+            f"{n_train} (or give more training images)",
+        )
 
 
 def _check_auroc_selection(table: pd.DataFrame, tasks: Sequence[str], name: str) -> None:

@@ -1,10 +1,12 @@
 """The data a study trains on, and model artifacts that record it, for the comparison's
 checks of the study's models (``check_study_models``).
 
-``study_data`` is the tiny training set of ``tests/training`` with the study's resampled
-manifest (``debiasing.strategy: none``); ``study_artifact`` is the artifact ``train_model``
-writes, without weights: ``trained_as`` as the model's precision and device resolve here
-and ``trained_on`` as ``engine.fit`` digests the rows ``train_model`` gives it.
+``study_data`` is the tiny training set of ``tests/training`` (32 train rows: one batch
+at ``conf/base``'s ``batch_size``, which ``build_training_table`` requires) with the
+study's resampled manifest (``debiasing.strategy: none``); ``study_artifact`` is the
+artifact ``train_model`` writes, without weights: ``trained_as`` as the model's precision
+and device resolve here and ``trained_on`` as ``engine.fit`` digests the rows
+``train_model`` gives it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from cxr_spurious.training.outputs import resolved_precision_and_device
 def study_data(**resampling: Any) -> dict[str, Any]:
     """``{"manifest", "resampled_manifest", "image_cache"}`` of a tiny study; ``resampling``
     (``strategy``, ``target``) resamples it, by default not at all (``none``)."""
-    manifest, cache = tiny_study(n_train=24, n_val=16, n_test=8, p_confound=0.75)
+    manifest, cache = tiny_study(n_train=32, n_val=16, n_test=8, p_confound=0.75)
     groups = (np.arange(len(manifest)) % 3 == 0).astype(np.int64)  # groups of 1/3 and 2/3
     resampled = resample_manifest(
         manifest,
