@@ -96,6 +96,17 @@ def _clear_stashed_session_parameters() -> Iterator[None]:
         hooks._SWEEP_PARAMS = None
 
 
+@pytest.fixture(autouse=True)
+def _forget_the_session_run() -> Iterator[None]:
+    """Forget the MLflow session run (or untracked session) a test's hook recorded, after
+    each test: left over, another test's datasets would log under a run of another store,
+    or log nothing."""
+    yield
+    mlflow_run = sys.modules.get("cxr_spurious.datasets.mlflow_run")
+    if mlflow_run is not None:
+        mlflow_run.remember_session_run(None)
+
+
 @pytest.fixture
 def chexlocalize_sample() -> Path:
     """The real CheXlocalize sample kept in ``tests/fixtures`` (never skipped)."""

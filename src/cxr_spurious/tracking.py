@@ -140,8 +140,8 @@ class MlflowRunNamingHook:
     @hook_impl(trylast=True)  # after kedro-mlflow's hook has started the run
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
         run = mlflow.active_run()
-        if run is None:  # tracking disabled for this pipeline
-            remember_session_run(None)
+        if run is None:  # tracking disabled for this pipeline (mlflow.yml)
+            remember_session_run(None, untracked=True)
             return
         remember_session_run(RunReference(run.info.run_id, mlflow.get_tracking_uri()))
         names = pipeline_names(run_params)
@@ -203,6 +203,10 @@ class BatchedParamsMlflowHook(MlflowHook):
         self, run_params: dict[str, Any], pipeline: Pipeline, catalog: CatalogProtocol
     ) -> None:
         self._logged = {}
+        # The hook outlives a session (one instance in settings.HOOKS): kedro-mlflow keeps
+        # the last session's run id, and its before_node_run would reopen that (finished)
+        # run in a later session whose pipeline is not tracked.
+        self.run_id = None
         super().before_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
         if not self._is_mlflow_enabled or self.run_id is None:
             return

@@ -5,13 +5,18 @@ stopped by signalling the whole group: both spawn child processes (uvicorn worke
 multiprocessing helpers) that keep the port open if only the parent is killed.
 
 Chromium is driven through its command line (``--dump-dom`` for the rendered DOM,
-``--screenshot`` for a PNG), so no browser-automation package is needed. Every call gets a
-fresh ``--user-data-dir``.
+``--screenshot`` for a PNG), or, where a page settles on wall-clock time that virtual time
+does not wait for (work in a web worker), through the DevTools protocol over a pipe
+(``settled_page``); no browser-automation package is needed. Every call gets a fresh
+``--user-data-dir``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import fcntl
+import json
 import os
 import shutil
 import signal
@@ -393,6 +398,176 @@ def screenshot(
             f"file present: {scratch.is_file()}\n{proc.stderr[-1500:]}"
         )
     raise AssertionError(f"chromium --screenshot {url} wrote no PNG:\n" + "\n".join(failures))
+
+
+class DevToolsError(AssertionError):
+    """A DevTools protocol command failed (its ``code`` and ``message`` in the text)."""
+
+
+#: Errors of an evaluation that met a navigation (the page replaced its document): the
+#: page is read again at the next poll.
+_NAVIGATING = ("navigated or closed", "Execution context was destroyed", "Cannot find context")
+
+
+class _DevToolsPipe:
+    """Chromium with ``--remote-debugging-pipe``: DevTools protocol commands go to its file
+    descriptor 3, replies come from 4, each a JSON text ended by a NUL byte."""
+
+    def __init__(self, binary: str, profile: Path, url: str = "about:blank") -> None:
+        profile.mkdir(parents=True, exist_ok=False)
+        to_chromium, commands = os.pipe()
+        replies, from_chromium = os.pipe()
+        # above 4, so that placing them on 3 and 4 in the child cannot overwrite one another
+        child_in = fcntl.fcntl(to_chromium, fcntl.F_DUPFD, 10)
+        child_out = fcntl.fcntl(from_chromium, fcntl.F_DUPFD, 10)
+        os.close(to_chromium)
+        os.close(from_chromium)
+
+        def on_3_and_4() -> None:
+            os.dup2(child_in, 3)
+            os.dup2(child_out, 4)
+
+        command = [
+            binary,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={WINDOW_SIZE}",
+            "--remote-debugging-pipe",
+            url,
+        ]
+        self.proc = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=on_3_and_4,  # only dup2 in the child: no locks taken
+            pass_fds=(3, 4, child_in, child_out),
+        )
+        os.close(child_in)
+        os.close(child_out)
+        self._out = os.fdopen(commands, "wb", buffering=0)
+        self._in = os.fdopen(replies, "rb", buffering=0)
+        self._buffer = b""
+        self._id = 0
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        """Send one command and return its result (events in between are skipped)."""
+        self._id += 1
+        message: dict = {"id": self._id, "method": method, "params": params or {}}
+        if session is not None:
+            message["sessionId"] = session
+        self._out.write(json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buffer:
+                chunk = self._in.read(1 << 16)
+                if not chunk:
+                    raise AssertionError(f"chromium closed the DevTools pipe during {method}")
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise DevToolsError(f"DevTools {method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def evaluate(self, expression: str, session: str) -> object:
+        """The value of a JavaScript expression in the page."""
+        result = self.call(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session
+        )
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression!r} threw in the page: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def close(self) -> str:
+        """Close the browser; its standard error output (the tail)."""
+        with contextlib.suppress(Exception):
+            self.call("Browser.close")
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        self._out.close()
+        self._in.close()
+        return err.decode(errors="replace")[-1500:]
+
+
+def settled_page(
+    binary: str,
+    url: str,
+    profile: Path,
+    ready: str,
+    *,
+    out_png: Path | None = None,
+    timeout: float = 180.0,
+    steady_s: float = 2.0,
+) -> str:
+    """The DOM of ``url`` once the JavaScript expression ``ready`` is true and the page
+    has not changed for ``steady_s`` seconds of wall-clock time; a screenshot of that same
+    moment written to ``out_png`` when given (never half-written).
+
+    Virtual time (``dump_dom``) stops waiting when the page's own thread is idle, so a
+    layout computed in a web worker may not be done when the DOM is read, more often the
+    busier the machine; this polls the live page instead, up to ``timeout`` seconds.
+
+    Raises:
+        AssertionError: ``ready`` did not hold steadily within ``timeout`` (the message has
+            what the page showed last).
+    """
+    browser = _DevToolsPipe(binary, profile)
+    try:
+        pages = [t for t in browser.call("Target.getTargets")["targetInfos"] if t["type"] == "page"]
+        assert pages, "headless chromium opened no page"
+        session = browser.call(
+            "Target.attachToTarget", {"targetId": pages[0]["targetId"], "flatten": True}
+        )["sessionId"]
+        # the page gets all of WINDOW_SIZE, as with --screenshot (the window's frame aside)
+        width, height = (int(v) for v in WINDOW_SIZE.split(","))
+        browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
+        browser.call("Page.navigate", {"url": url}, session)
+        deadline = time.monotonic() + timeout
+        dom, steady_since = "", None
+        # while the page loads there may be no document element yet, or ``ready`` throws
+        probe = (
+            "(() => { const html = document.documentElement ?"
+            " document.documentElement.outerHTML : '';"
+            f" try {{ return [Boolean({ready}), html]; }}"
+            " catch (e) { return [false, html]; } })()"
+        )
+        while time.monotonic() < deadline:
+            try:
+                is_ready, now_dom = browser.evaluate(probe, session)  # type: ignore[misc]
+            except DevToolsError as err:
+                if not any(text in str(err) for text in _NAVIGATING):
+                    raise
+                is_ready, now_dom = False, ""
+            if is_ready and now_dom == dom:
+                steady_since = steady_since or time.monotonic()
+                if time.monotonic() - steady_since >= steady_s:
+                    break
+            else:
+                steady_since = None
+            dom = now_dom
+            time.sleep(0.5)
+        else:
+            raise AssertionError(
+                f"{url} was not steadily ready ({ready}) within {timeout:g} s; last DOM "
+                f"(start): {dom[:1500]}"
+            )
+        if out_png is not None:
+            png = base64.b64decode(browser.call("Page.captureScreenshot", {}, session)["data"])
+            assert png[:8] == b"\x89PNG\r\n\x1a\n", f"screenshot of {url} is not a PNG"
+            out_png.parent.mkdir(parents=True, exist_ok=True)
+            partial = out_png.with_name(f".{out_png.name}.partial")
+            partial.write_bytes(png)
+            os.replace(partial, out_png)
+        return dom
+    finally:
+        browser.close()
 
 
 class _TextExtractor(HTMLParser):

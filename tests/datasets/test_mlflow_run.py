@@ -139,3 +139,50 @@ def test_loading_a_run_without_a_model_names_the_run(tracking: str) -> None:
         DataFormatError, match=f"runs:/{run_id}/model/model.pt: the run has no model"
     ):
         load_model_from_run(run_id, tracking)
+
+
+def test_a_tracking_uri_of_another_store_leaves_the_session_store_alone(
+    tracking: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run cannot have its parent in another store: the run is top-level there, and
+    MLflow's process-wide URI (the session run's store) is not changed."""
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    mlflow.set_experiment("session_exp_other_store")
+    with mlflow.start_run(run_name="kedro-session") as parent:
+        ds = MlflowChildRunDataset(experiment="study_other", tracking_uri=other)
+        ds.save(_record())
+        assert mlflow.get_tracking_uri() == tracking
+        mlflow.log_metric("after_the_save", 1.0)  # the session run is still reachable
+    run = MlflowClient(other).get_run(ds.load()["run_id"])
+    assert "mlflow.parentRunId" not in run.data.tags
+    assert MlflowClient(other).get_experiment(run.info.experiment_id).name == "study_other"
+    session = MlflowClient(tracking).get_run(parent.info.run_id)
+    assert session.info.status == "FINISHED" and session.data.metrics["after_the_save"] == 1.0
+    assert "is not the store of the session's run" in caplog.text
+
+
+def test_an_untracked_pipeline_logs_no_run_here_or_in_a_worker(tracking: str) -> None:
+    """mlflow.yml's disable_tracking: the hook records it (remember_session_run with
+    untracked=True), and the datasets log nothing, also after pickling for a worker."""
+    import pickle
+
+    from cxr_spurious.datasets import mlflow_run
+
+    client = MlflowClient(tracking)
+    before = {e.experiment_id: len(client.search_runs([e.experiment_id])) for e in
+              client.search_experiments()}  # fmt: skip
+    ds = MlflowChildRunDataset(experiment="study_untracked")
+    mlflow_run.remember_session_run(None, untracked=True)
+    try:
+        ds.save(_record())
+        shipped = pickle.dumps(ds)
+    finally:
+        mlflow_run.remember_session_run(None)
+    assert not ds.exists()
+    pickle.loads(shipped).save(_record())  # in a worker process, no session state there
+    after = {e.experiment_id: len(client.search_runs([e.experiment_id])) for e in
+             client.search_experiments()}  # fmt: skip
+    assert after == before and client.get_experiment_by_name("study_untracked") is None
+    # a tracked session afterwards logs again
+    ds.save(_record())
+    assert ds.exists()

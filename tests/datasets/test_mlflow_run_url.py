@@ -21,3 +21,19 @@ from cxr_spurious.datasets.mlflow_run import run_url, url_suffix
 def test_run_url(uri: str, expected: str | None) -> None:
     assert run_url(uri, "3", "abc") == expected
     assert url_suffix(uri, "3", "abc") == (f": {expected}" if expected else "")
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://alice:s3cret@mlflow.example.org",
+        "http://alice:s3cret@127.0.0.1:5000/",
+        "https://token@mlflow.example.org",
+    ],
+)
+def test_a_password_in_the_uri_stays_out_of_the_link(uri: str) -> None:
+    link = run_url(uri, "3", "abc")
+    assert link is not None and "s3cret" not in link and "alice" not in link
+    assert "token" not in link
+    host = "127.0.0.1:5000" if "127.0.0.1" in uri else "mlflow.example.org"
+    assert link == f"{uri.split('://')[0]}://{host}/#/experiments/3/runs/abc"

@@ -172,3 +172,30 @@ def test_the_project_registers_exactly_one_mlflow_hook() -> None:
     _register_hooks_entry_points(manager, settings.DISABLE_HOOKS_FOR_PLUGINS)
     hooks = [p for p in manager.get_plugins() if isinstance(p, MlflowHook)]
     assert len(hooks) == 1 and isinstance(hooks[0], BatchedParamsMlflowHook)
+
+
+def test_a_later_untracked_pipeline_does_not_reopen_the_last_run(tracking: str) -> None:
+    """The hook lives for the whole process (one instance in settings.HOOKS): a session
+    whose pipeline mlflow.yml does not track must not reopen the last session's run."""
+    from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
+
+    experiment = _experiment("params-untracked-later-session")
+    hook = BatchedParamsMlflowHook()
+    earlier = mlflow.start_run(experiment_id=experiment).info.run_id
+    mlflow.end_run("FAILED")  # the earlier session's run, closed by kedro-mlflow
+    _configured(hook, earlier)
+    hook._already_active_mlflow = False
+    hook.mlflow_config = KedroMlflowConfig(
+        tracking={"disable_tracking": {"pipelines": ["untracked"]}}
+    )
+    pipeline = Pipeline([NODE])
+    try:
+        hook.before_pipeline_run(
+            run_params={"pipeline_names": ["untracked"]}, pipeline=pipeline, catalog=DataCatalog()
+        )
+        assert not hook._is_mlflow_enabled and hook.run_id is None
+        hook.before_node_run(NODE, DataCatalog(), {"params:x": 1}, False)
+        assert mlflow.active_run() is None
+    finally:
+        _end_runs()
+    assert MlflowClient().get_run(earlier).info.status == "FAILED"

@@ -77,8 +77,14 @@ def test_the_hook_names_the_parent_run_and_sets_the_experiment_kind(
 
 
 def test_the_hook_does_nothing_without_an_active_run(tracking: str) -> None:
+    from cxr_spurious.datasets import mlflow_run
+
     assert mlflow.active_run() is None
-    MlflowRunNamingHook().before_pipeline_run({"pipeline_names": ["training"]})
+    hook = MlflowRunNamingHook()
+    hook.before_pipeline_run({"pipeline_names": ["training"]})
+    assert mlflow.active_run() is None and mlflow_run.run_for_logging() is None
+    hook.on_pipeline_error()
+    assert not mlflow_run.session_untracked()
 
 
 def test_mlflow_yml_creates_the_experiment_as_model_training() -> None:
@@ -145,3 +151,27 @@ def test_the_findings_table_and_figure_are_parent_run_artifacts(
         catalog.save("study_findings_figure", fig)
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"study_findings.csv", "study_findings.png"} <= logged
+
+
+def test_an_untracked_pipeline_saves_parent_artifacts_without_logging(
+    tracking: str, tmp_path: Path
+) -> None:
+    """With no run (mlflow.yml does not track the pipeline) the file is written, nothing
+    is logged, and the naming hook marks the session untracked until the pipeline ends."""
+    from cxr_spurious.datasets import mlflow_run
+
+    hook = MlflowRunNamingHook()
+    hook.before_pipeline_run({"pipeline_names": ["training"]})  # no active run
+    try:
+        assert mlflow_run.session_untracked()
+        ds = mlflow_run.MlflowRunArtifactDataset(
+            {"type": "pandas.CSVDataset", "filepath": str(tmp_path / "t.csv")}
+        )
+        with mlflow.start_run() as other:  # a run a user opened: still not the pipeline's
+            ds._logging_activated = False  # what kedro-mlflow's switch does
+            ds.save(pd.DataFrame({"a": [1]}))
+        assert (tmp_path / "t.csv").exists()
+        assert MlflowClient(tracking).list_artifacts(other.info.run_id) == []
+    finally:
+        hook.after_pipeline_run()
+    assert not mlflow_run.session_untracked()

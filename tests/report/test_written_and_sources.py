@@ -218,3 +218,25 @@ def test_the_files_the_page_names_are_the_catalogs() -> None:
         if not isinstance(inner, dict) or "filepath" not in inner:
             inner = entry
         assert inner.get("filepath", inner.get("path")) == path, name
+
+
+@pytest.mark.parametrize(
+    ("p", "text"),
+    [
+        (0.123, "= 0.123"),
+        (0.002, "= 0.002"),
+        (0.0496, "= 0.0496"),  # three decimals would read "0.050": not below 0.05
+        (0.04951, "= 0.0495"),
+        (0.00996, "= 0.00996"),
+        (0.099996, "= 0.099996"),
+        (0.0999996, "< 0.1"),
+        (0.0499999996, "< 0.05"),
+        (0.0504, "= 0.050"),  # rounding down onto a level changes no reading
+        (0.05, "= 0.050"),
+        (0.0009, "< 0.001"),
+    ],
+)
+def test_p_text_never_rounds_a_p_value_up_onto_a_level(p: float, text: str) -> None:
+    from cxr_spurious.report.html import p_text
+
+    assert p_text(p) == text

@@ -282,6 +282,14 @@ def test_task_not_trained_lists_the_model_tasks(classifier, images):
         compute_maps(classifier, images, "gradcam", ["Edema"], progress=False)
 
 
+@pytest.mark.parametrize("tasks", [[], ""])
+def test_no_task_named_is_refused_instead_of_empty_maps(classifier, images, tasks):
+    # an empty list (or a blank --params string) used to give zero-row heatmap sets
+    with pytest.raises(ParameterError, match=r"saliency\.tasks.*names no task.*null for all"):
+        compute_maps(classifier, images, "gradcam", tasks, progress=False)
+    assert compute_maps(classifier, images, "gradcam", None, progress=False)[0].shape[1] == 2
+
+
 def test_smoothgrad_is_seeded_and_leaves_global_rng_alone(classifier, images):
     state = torch.random.get_rng_state()
 

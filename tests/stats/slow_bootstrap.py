@@ -41,8 +41,9 @@ def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[fl
 
 
 def two_sided_p(replicates: np.ndarray) -> float:
-    """Twice the smaller share of finite replicates on either side of zero, capped at 1."""
+    """Twice the smaller share of finite replicates on either side of zero, capped at 1;
+    with none on the smaller side, 2 / (finite replicates + 1)."""
     kept = [r for r in replicates if np.isfinite(r)]
-    below = sum(r <= 0 for r in kept) / len(kept)
-    above = sum(r >= 0 for r in kept) / len(kept)
-    return min(1.0, 2 * min(below, above))
+    smaller = min(sum(r <= 0 for r in kept), sum(r >= 0 for r in kept))
+    share = smaller / len(kept) if smaller else 1 / (len(kept) + 1)
+    return min(1.0, 2 * share)

@@ -32,7 +32,8 @@ def _scripted(values: list[float]):
         ([-3.0, -2.0, -1.0, 1.0], 0.5),
         ([-1.0, -2.0, 1.0, 2.0], 1.0),
         ([0.0, 0.0, 0.0, 0.0], 1.0),  # 2 * 1 capped at 1
-        ([1.0, 2.0, 3.0, 4.0], 0.0),
+        ([1.0, 2.0, 3.0, 4.0], 0.4),  # none below zero: 2 / (4 + 1), not 0
+        ([-1.0, -2.0, np.nan, -4.0], 0.5),  # none above: 2 / (3 defined + 1)
         ([-1.0, 1.0, np.nan, 2.0, 3.0], 0.5),  # the undefined replicate is left out
     ],
 )

@@ -143,8 +143,11 @@ def test_detection_figure_one_panel_per_artefact_with_ci_bars() -> None:
         assert list(ax.get_yticks()) == [0, 1, 2]
         assert ax.get_xlabel().startswith("Detection AUROC")
         assert ax.get_xlim() == (0, 1)
-        (points,) = [line for line in ax.get_lines() if line.get_marker() == "o"]
-        assert list(points.get_xdata()) == pytest.approx([0.8, 0.6])
+        points = [line for line in ax.get_lines() if line.get_marker() == "o"]
+        assert [p.get_xdata()[0] for p in points] == pytest.approx([0.8, 0.6])
+        assert [p.get_ydata()[0] for p in points] == [0, 2]  # gradcam, occlusion rows
+        bars = [list(line.get_xdata()) for line in ax.get_lines() if line.get_marker() == "|"]
+        assert bars == [pytest.approx([0.7, 0.85]), pytest.approx([0.5, 0.65])]
     fig.savefig(io.BytesIO(), format="png")
 
 

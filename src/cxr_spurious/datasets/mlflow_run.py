@@ -51,6 +51,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import mlflow.artifacts
@@ -114,10 +115,22 @@ class RunReference:
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     """The run's page in the MLflow UI of a tracking server (``http(s)://`` URIs), as MLflow
     links it (``<server>/#/experiments/<id>/runs/<run>``); None for a local store (SQLite,
-    files), which has no server to link to."""
+    files), which has no server to link to. A user name and password in the URI
+    (``https://user:secret@host``) are left out: the link goes into log lines."""
     if not tracking_uri.lower().startswith(("http://", "https://")):
         return None
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    server = _without_credentials(tracking_uri).split("#", 1)[0].rstrip("/")
+    return f"{server}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _without_credentials(uri: str) -> str:
+    """``uri`` without the user name and password of its address
+    (``postgresql://user:secret@host/db`` -> ``postgresql://host/db``), for log lines."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def url_suffix(tracking_uri: str, experiment_id: str, run_id: str) -> str:
@@ -127,16 +140,28 @@ def url_suffix(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 
 
 _session_run: RunReference | None = None
+_session_untracked = False
 
 
-def remember_session_run(run: RunReference | None) -> None:
+def remember_session_run(run: RunReference | None, *, untracked: bool = False) -> None:
     """Record (or, with None, forget) the run of this process's Kedro session.
 
     ``mlflow.active_run()`` is per thread; the session's run must also be found by the
     threads that pickle datasets for other processes (e.g. Dask's event loop).
+
+    Args:
+        run: The session's run; None when there is none (or the pipeline has ended).
+        untracked: The running pipeline is one ``mlflow.yml`` does not track
+            (``tracking.disable_tracking.pipelines``): the datasets here log nothing.
     """
-    global _session_run
+    global _session_run, _session_untracked
     _session_run = run
+    _session_untracked = untracked and run is None
+
+
+def session_untracked() -> bool:
+    """Whether this process runs a pipeline that ``mlflow.yml`` does not track."""
+    return _session_untracked
 
 
 def run_for_logging() -> RunReference | None:
@@ -149,13 +174,20 @@ def run_for_logging() -> RunReference | None:
 
 
 class _CarriesRun:
-    """Mixin: the dataset takes ``run_for_logging()`` along when it is pickled."""
+    """Mixin: the dataset takes ``run_for_logging()`` along when it is pickled, and whether
+    the session's pipeline is tracked at all."""
 
     _carried_run: RunReference | None = None
+    _carried_untracked = False
+    #: kedro-mlflow's switch (``switch_catalog_logging``) for pipelines it does not track;
+    #: it reaches only catalog entries whose class name starts with "Mlflow" (not through a
+    #: wrapper such as ``SkippableDataset``), so ``session_untracked()`` is checked as well.
+    _logging_activated = True
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_carried_run"] = run_for_logging() or self._carried_run
+        state["_carried_untracked"] = session_untracked() or self._carried_untracked
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -164,6 +196,10 @@ class _CarriesRun:
     def _run(self) -> RunReference | None:
         """The run to log under: this process's, else the one carried from the client."""
         return run_for_logging() or self._carried_run
+
+    def _tracking_off(self) -> bool:
+        """The pipeline saving this dataset is one ``mlflow.yml`` leaves untracked."""
+        return not self._logging_activated or session_untracked() or self._carried_untracked
 
 
 def git_commit(path: str | Path = ".") -> str:
@@ -214,6 +250,25 @@ class MlflowChildRunDataset(_CarriesRun, AbstractDataset[Mapping[str, Any], dict
             return parent.tracking_uri
         return self._tracking_uri or mlflow.get_tracking_uri()
 
+    def _parent(self) -> RunReference | None:
+        """The run to nest under; None where ``tracking_uri`` names another store than the
+        session run's (a run cannot have its parent in another store): then a top-level run
+        in ``experiment`` of that store, and a warning says so."""
+        parent = self._run()
+        if parent is None or not self._tracking_uri:
+            return parent
+        if self._tracking_uri != parent.tracking_uri:
+            logger.warning(
+                "MlflowChildRunDataset: tracking_uri %s is not the store of the session's run"
+                " %s (%s); the run is logged there as a top-level run of experiment '%s'",
+                _without_credentials(self._tracking_uri),
+                parent.run_id,
+                _without_credentials(parent.tracking_uri),
+                self._experiment or "Default",
+            )
+            return None
+        return parent
+
     def _experiment_id(self, client: MlflowClient, parent: RunReference | None) -> str:
         if parent is not None:
             return client.get_run(parent.run_id).info.experiment_id
@@ -228,9 +283,15 @@ class MlflowChildRunDataset(_CarriesRun, AbstractDataset[Mapping[str, Any], dict
                 "MlflowChildRunDataset expects a record dict with 'run_name', "
                 f"got {type(data).__name__}"
             )
-        if self._tracking_uri:
-            mlflow.set_tracking_uri(self._tracking_uri)
-        parent = self._run()
+        if self._tracking_off():
+            logger.info(
+                "MLflow tracking is off for this pipeline (mlflow.yml): run '%s' not logged",
+                data["run_name"],
+            )
+            return
+        # MLflow's process-wide tracking URI is left alone: the session's run and every
+        # later log call of this process keep their store.
+        parent = self._parent()
         uri = self._uri(parent)
         client = MlflowClient(tracking_uri=uri)
         tags = {str(k): str(v) for k, v in (data.get("tags") or {}).items()}
@@ -390,7 +451,6 @@ class MlflowRunArtifactDataset(_CarriesRun, AbstractDataset[Any, Any]):
                 "versioned; log an unversioned file (the run keeps the history)"
             )
         self._artifact_path = artifact_path
-        self._logging_activated = True  # kedro-mlflow's switch for untracked pipelines
         self.metadata = metadata
         if hasattr(self._dataset, "preview"):  # kedro-viz reads the method's return type
             self.preview = self._dataset.preview
@@ -402,7 +462,7 @@ class MlflowRunArtifactDataset(_CarriesRun, AbstractDataset[Any, Any]):
     def save(self, data: Any) -> None:
         """Save through the wrapped dataset, then log its file to the run."""
         self._dataset.save(data)
-        if not self._logging_activated:
+        if self._tracking_off():
             return
         local = str(self._dataset._filepath)  # type: ignore[attr-defined]
         run = self._run()

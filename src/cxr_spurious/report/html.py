@@ -121,9 +121,25 @@ def with_cis(table: pd.DataFrame, digits: int = 2, *, fixed: bool = False) -> pd
 P_FLOOR = 0.001
 
 
+#: Significance levels a reader compares a p-value with: its text never rounds up to one.
+P_LEVELS = (0.01, 0.05, 0.1)
+
+
 def p_text(p: float, equals: str = "= ") -> str:
-    """A finite p-value as table text: ``= 0.123`` (``equals`` first), or ``< 0.001``."""
-    return f"< {P_FLOOR:g}" if p < P_FLOOR else f"{equals}{p:.3f}"
+    """A finite p-value as table text: ``= 0.123`` (``equals`` first), or ``< 0.001``.
+
+    Three decimals, with more where three would round the value up onto a level of
+    ``P_LEVELS`` (0.0496 is ``= 0.0496``, not ``= 0.050``, which reads as not below 0.05);
+    ``< 0.05`` where even six decimals would.
+    """
+    if p < P_FLOOR:
+        return f"< {P_FLOOR:g}"
+    for digits in range(3, 7):
+        shown = round(p, digits)
+        crossed = [level for level in P_LEVELS if p < level <= shown]
+        if not crossed:
+            return f"{equals}{p:.{digits}f}"
+    return f"< {crossed[0]:g}"
 
 
 def check_row_limit(value: object, key: str = "max_rows") -> int:

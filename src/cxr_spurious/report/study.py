@@ -593,8 +593,9 @@ def paired_cell(
     Args:
         ci: The mean difference with its interval (``with_cis``); empty: the metric is not
             defined for the row, and the cell is empty.
-        p: The paired test's p-value, shown with three decimals (``p < 0.001`` below
-            ``report.html.P_FLOOR``); left out when not a finite number.
+        p: The paired test's p-value as ``report.html.p_text`` writes it (three decimals,
+            more where three would round it up to 0.05; ``p < 0.001`` below ``P_FLOOR``);
+            left out when not a finite number.
         p_adj: The p-value adjusted for multiplicity, shown as ``(adj. ...)`` only when it
             is a finite number (tables written before the adjustment have none).
         n: The pairs where the metric is defined, and ``n_pairs`` all the row's pairs:

@@ -58,12 +58,19 @@ def resolve_tasks(
     """The tasks to explain: ``tasks`` (checked against ``model.tasks``) or all of the model's.
 
     Raises:
-        ParameterError: a requested task is not one the model was trained on (lists the valid ones).
+        ParameterError: a requested task is not one the model was trained on (lists the valid ones),
+            or ``tasks`` names none (an empty list or string would explain nothing).
     """
     model_tasks = [str(t) for t in model.tasks]
     if tasks is None:
         return model_tasks
     wanted = name_list(tasks, spaces=False) or []
+    if not wanted:
+        raise ParameterError(
+            "saliency.tasks",
+            f"names no task (got {tasks!r}), so no map would be made; give some of "
+            f"{model_name}'s tasks {model_tasks}, or null for all of them",
+        )
     unknown = [t for t in wanted if t not in model_tasks]
     if unknown:
         raise ParameterError(

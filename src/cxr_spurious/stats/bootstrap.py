@@ -320,8 +320,11 @@ def paired_bootstrap(
     unless the full-sample difference is undefined too).
 
     Returns:
-        The result for the difference and a two-sided p-value (twice the smaller share of
-        replicates on either side of zero, capped at 1).
+        The result for the difference and a two-sided p-value: twice the smaller share of
+        the defined replicates on either side of zero (a zero counts on both), capped at 1.
+        Where no replicate lies on the smaller side it is ``2 / (B + 1)`` for ``B``
+        defined replicates, not 0: ``B`` replicates cannot show a smaller p-value, and a
+        0 would read as "< 0.001" at any ``n_boot`` (and stay 0 through Holm).
 
     Raises:
         ParameterError: ``n_boot`` is not an integer >= 1 (``check_n_boot``).
@@ -338,7 +341,9 @@ def paired_bootstrap(
     if finite.size == 0:
         p_value = float("nan")
     else:
-        p_value = float(min(1.0, 2 * min((finite <= 0).mean(), (finite >= 0).mean())))
+        smaller_side = min(int((finite <= 0).sum()), int((finite >= 0).sum()))
+        share = smaller_side / finite.size if smaller_side else 1.0 / (finite.size + 1)
+        p_value = float(min(1.0, 2 * share))
     return BootstrapResult(estimate, lo, hi, reps), p_value
 
 

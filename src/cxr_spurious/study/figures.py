@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cxr_spurious.ci_marks import draw_intervals
+
 PANELS: tuple[tuple[str, str], ...] = (
     ("auroc", "Overall AUROC"),
     ("robust_auroc", "Robust AUROC\n(PTX without tube vs no PTX with tube)"),
@@ -38,16 +40,7 @@ def plot_findings(findings: pd.DataFrame) -> Figure:
         est = findings[col].to_numpy(float)
         lo = findings.get(f"{col}_lo", findings[col]).to_numpy(float)
         hi = findings.get(f"{col}_hi", findings[col]).to_numpy(float)
-        for k in range(len(models)):
-            if np.isfinite(est[k]):
-                ax.errorbar(
-                    est[k],
-                    y[k],
-                    xerr=[[max(est[k] - lo[k], 0)], [max(hi[k] - est[k], 0)]],
-                    fmt="o",
-                    color=colours[k],
-                    capsize=3,
-                )
+        draw_intervals(ax, est, lo, hi, y, color=colours)
         if "auroc" in col:
             ax.axvline(0.5, color="grey", lw=0.8, ls="--")
             ax.set_xlim(0, 1)

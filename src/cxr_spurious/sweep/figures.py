@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from cxr_spurious.ci_marks import draw_intervals
 from cxr_spurious.errors import ContractError
 from cxr_spurious.sweep.detection import ALL_ARTEFACTS
 from cxr_spurious.sweep.grid import LOCATION_SUPERVISIONS
@@ -150,9 +151,7 @@ def plot_detection(
         est = rows[metric].to_numpy(dtype=float)
         lo = rows.get(f"{metric}_lo", rows[metric]).to_numpy(dtype=float)
         hi = rows.get(f"{metric}_hi", rows[metric]).to_numpy(dtype=float)
-        ok = np.isfinite(est)
-        err = np.vstack([np.nan_to_num(est - lo), np.nan_to_num(hi - est)]).clip(min=0)
-        ax.errorbar(est[ok], y[ok], xerr=err[:, ok], fmt="o", capsize=3)
+        draw_intervals(ax, est, lo, hi, y, color="C0")
         ax.axvline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_xlim(0, 1)
         ax.set_yticks(y, methods)

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from cxr_spurious.ci_marks import draw_intervals
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.chexlocalize import check_task
@@ -579,11 +580,11 @@ def plot_metric_bars(localization_summary: pd.DataFrame) -> plt.Figure:
                 .reindex(tasks)
             )
             x = [i + k * width for i in range(len(tasks))]
-            err = [
-                (sub[metric] - sub[f"{metric}_lo"]).clip(lower=0).fillna(0),
-                (sub[f"{metric}_hi"] - sub[metric]).clip(lower=0).fillna(0),
-            ]
-            ax.bar(x, sub[metric].fillna(0), width=width, yerr=err, capsize=2, label=name)
+            ax.bar(x, sub[metric].fillna(0), width=width, label=name)
+            draw_intervals(
+                ax, sub[metric], sub[f"{metric}_lo"], sub[f"{metric}_hi"], x,
+                vertical=True, color="black", marker=None,
+            )  # fmt: skip
         ax.set_xticks(
             [i + 0.4 - width / 2 for i in range(len(tasks))],
             tasks,
