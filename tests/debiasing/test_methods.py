@@ -263,6 +263,28 @@ def test_group_dro_upweights_worst_group_over_steps() -> None:
         GroupDROObjective(2, step_size=0)
 
 
+def test_group_dro_under_bf16_autocast_updates_q_as_in_float32() -> None:
+    """The engine calls the objective on bf16 logits (``precision: bf16``, or ``auto`` on a
+    CPU or GPU with native bf16): the update must not round ``exp(0.01 * loss_g)`` to the
+    same bf16 value for every group (``q`` stayed uniform: 1/3 each)."""
+    logits = torch.tensor([[0.1], [-0.2], [0.05], [0.3], [-0.1], [0.2]])  # losses ~0.6-0.8
+    labels = torch.tensor([[1.0], [0.0], [0.0], [1.0], [0.0], [0.0]])
+    batch = {"group": torch.tensor([0, 0, 1, 1, 2, 2])}
+    valid = torch.ones_like(labels, dtype=torch.bool)
+    runs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        obj = GroupDROObjective(3, step_size=0.01)
+        for _ in range(200):
+            loss = obj(logits.to(dtype), labels, valid, batch)
+        runs[dtype] = (obj.q.clone(), loss)
+    q32, qbf = runs[torch.float32][0], runs[torch.bfloat16][0]
+    assert qbf.dtype == torch.float32 and runs[torch.bfloat16][1].dtype == torch.float32
+    assert not torch.allclose(qbf, torch.full((3,), 1 / 3), atol=1e-3)  # q moved
+    # bf16 logits are rounded inputs (about 3 significant digits): q follows fp32 closely
+    torch.testing.assert_close(qbf, q32, atol=5e-3, rtol=0)
+    assert int(qbf.argmax()) == int(q32.argmax())
+
+
 def test_group_count_report() -> None:
     m = make_manifest()
     ids, names = assign_groups(group_keys(m, ["sex"]))

@@ -149,6 +149,45 @@ def test_cluster_downsample_counts_and_spread() -> None:
     assert keep.size == 20 and np.sum(keep >= 90) == 10
 
 
+def _separated_clusters(sizes: list[int]) -> np.ndarray:
+    """Points in far-apart tight clusters of ``sizes`` (k-means finds each one)."""
+    rng = np.random.default_rng(0)
+    return np.vstack([rng.normal(100.0 * c, 0.1, size=(n, 2)) for c, n in enumerate(sizes)])
+
+
+@pytest.mark.parametrize(
+    ("sizes", "keep", "expected"),
+    [
+        ([7, 9, 7, 2], 14, [2, 4, 4, 4]),  # equal shares capped by size (was 2, 3, 4, 5)
+        ([37, 4, 26, 9, 12, 30, 38], 145, [4, 9, 12, 26, 30, 32, 32]),
+        ([5, 5, 5], 7, [2, 2, 3]),
+    ],
+)
+def test_cluster_downsample_keeps_equal_shares_capped_by_cluster_size(
+    sizes: list[int], keep: int, expected: list[int]
+) -> None:
+    x = _separated_clusters(sizes)
+    kept = cluster_keep(x, keep, n_clusters=len(sizes), seed=0)
+    starts = np.cumsum([0, *sizes])
+    per_cluster = [int(((kept >= a) & (kept < b)).sum()) for a, b in zip(starts, starts[1:])]
+    assert sorted(per_cluster) == expected and sum(per_cluster) == keep
+
+
+def test_water_fill_is_max_min_fair_against_brute_force() -> None:
+    """Any bin below its cap has at most one row less than any other bin."""
+    from cxr_spurious.debiasing.resampling import _water_fill
+
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        sizes = rng.integers(0, 15, size=rng.integers(1, 8))
+        total = int(rng.integers(0, sizes.sum() + 1))
+        quota = _water_fill(sizes, total)
+        assert quota.sum() == total and (quota <= sizes).all() and (quota >= 0).all()
+        below_cap = quota < sizes
+        if below_cap.any():
+            assert quota.max() - quota[below_cap].min() <= 1, (sizes, total, quota)
+
+
 def test_ungrouped_train_rows_are_kept_once() -> None:
     m, g = _setup()
     g = g.copy()

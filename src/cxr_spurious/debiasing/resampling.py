@@ -218,18 +218,23 @@ def cluster_keep(
 
 
 def _water_fill(sizes: np.ndarray, total: int) -> np.ndarray:
-    """Split ``total`` as equally as possible over bins capped by ``sizes``."""
-    quota = np.zeros_like(sizes)
-    left = total
-    open_bins = np.flatnonzero(sizes > 0)
-    while left > 0 and open_bins.size:
-        share, rest = divmod(left, open_bins.size)
-        give = np.full(open_bins.size, share)
-        give[:rest] += 1
-        give = np.minimum(give, sizes[open_bins] - quota[open_bins])
-        quota[open_bins] += give
-        left -= int(give.sum())
-        open_bins = open_bins[quota[open_bins] < sizes[open_bins]]
+    """Split ``total`` as equally as possible over bins capped by ``sizes``: every bin gets
+    ``min(size, L)`` for the highest level ``L`` that fits, and the rows left over go one
+    each to the first bins (in index order) that still have room; so no two bins below
+    their cap differ by more than one."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = min(int(total), int(sizes.sum()))
+    lo, hi = 0, int(sizes.max(initial=0))
+    while lo < hi:  # the highest level L with sum(min(sizes, L)) <= total
+        mid = (lo + hi + 1) // 2
+        if int(np.minimum(sizes, mid).sum()) <= total:
+            lo = mid
+        else:
+            hi = mid - 1
+    quota = np.minimum(sizes, lo)
+    rest = total - int(quota.sum())
+    room = np.flatnonzero(sizes > quota)[:rest]  # rest < len(room): L + 1 did not fit
+    quota[room] += 1
     return quota
 
 
