@@ -103,6 +103,34 @@ def test_an_interrupted_remote_collection_save_is_refused_not_loaded_partially(m
     assert list(ds.load()) == ["erm.gradcam"]
 
 
+def test_an_interrupted_remote_set_save_does_not_load_new_maps_under_the_old_index(
+    monkeypatch,
+):
+    """A single remote set: the old index goes first and the new one is written last, so a
+    save that dies after the maps leaves an incomplete set that is refused by name."""
+    ds = HeatmapSetDataset(path="memory://interrupted-set/erm.gradcam")
+    ds.save(_set("erm", seed=0))
+    written = []
+    real_open = ds._fs.open
+
+    def dies_on_the_index(path, mode="rb", **kwargs):
+        if "w" in mode and str(path).endswith("index.parquet"):
+            raise KeyboardInterrupt("lost connection")
+        written.append(str(path))
+        return real_open(path, mode, **kwargs)
+
+    monkeypatch.setattr(ds._fs, "open", dies_on_the_index)
+    with pytest.raises(KeyboardInterrupt):
+        ds.save(_set("box", seed=1))
+    monkeypatch.undo()
+    assert written and written[-1].endswith("maps.npy")  # the new maps are there
+    assert not ds.exists()
+    with pytest.raises(DatasetError, match=r"erm\.gradcam/index\.parquet: missing.*incomplete"):
+        ds.load()
+    ds.save(_set("box", seed=1))
+    _assert_same(_set("box", seed=1), ds.load())
+
+
 def test_collection_errors(tmp_path):
     ds = HeatmapCollectionDataset(path=str(tmp_path / "none"))
     with pytest.raises(DatasetError, match="no heatmap sets found"):

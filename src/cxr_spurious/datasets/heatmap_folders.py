@@ -16,9 +16,10 @@
 Local folders are written atomically (a complete temporary folder replaces the old one)
 and loaded with memory-mapped maps; other fsspec protocols (``s3://``...) are read and
 written through fsspec without memory mapping (not atomically: a collection's record and old
-folder are removed, then the new sets and last the record are written), with the filesystem
-options of ``credentials`` (a
-Kedro credentials entry) and ``fs_args``. ``ChexlocalizeExportDataset`` is local only.
+folder are removed, then the new sets and last the record are written; a set's old index is
+removed, then its maps and last its index are written, so an interrupted save is refused on
+load, never read as complete), with the filesystem options of ``credentials`` (a Kedro
+credentials entry) and ``fs_args``. ``ChexlocalizeExportDataset`` is local only.
 """
 
 from __future__ import annotations
@@ -120,14 +121,26 @@ class _FolderDataset:
         return path if self._local else f"{self._protocol}://{path}"
 
     def _write_remote_set(self, heatmaps: HeatmapSet, *parts: str) -> None:
+        """Write a set through fsspec: the old index goes first and the new one is written
+        last, so an interrupted save leaves no index beside the new maps (and does not load
+        as complete: ``_read_remote_set``)."""
+        index_path = self._full(*parts, INDEX_FILE)
+        if self._fs.exists(index_path):
+            self._fs.rm(index_path)
         buf = io.BytesIO()
         np.save(buf, np.asarray(heatmaps.maps, dtype=np.float16))
         with self._fs.open(self._full(*parts, MAPS_FILE), "wb") as fh:
             fh.write(buf.getvalue())
-        with self._fs.open(self._full(*parts, INDEX_FILE), "wb") as fh:
+        with self._fs.open(index_path, "wb") as fh:
             heatmaps.index.reset_index(drop=True).to_parquet(fh, index=False)
 
     def _read_remote_set(self, *parts: str) -> HeatmapSet:
+        if not self._fs.exists(self._full(*parts, INDEX_FILE)):
+            raise DataFormatError(
+                self._full(*parts, INDEX_FILE),
+                f"missing: this remote heatmap set is incomplete (its save did not finish; "
+                f"{INDEX_FILE} is written last); rerun `kedro run --pipeline saliency`",
+            )
         with self._fs.open(self._full(*parts, MAPS_FILE), "rb") as fh:
             maps = np.load(io.BytesIO(fh.read()), allow_pickle=False)
         with self._fs.open(self._full(*parts, INDEX_FILE), "rb") as fh:

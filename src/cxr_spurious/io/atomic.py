@@ -38,7 +38,7 @@ def current_umask() -> int:
     return mask
 
 
-def _destination(final: str | os.PathLike[str]) -> Path:
+def destination(final: str | os.PathLike[str]) -> Path:
     """``final``, or where it links to when it is a symbolic link.
 
     Renaming onto a link would replace the link itself: the new content would land next to
@@ -78,7 +78,7 @@ def atomic_path(final: str | os.PathLike[str], *, suffix: str = "") -> Iterator[
     Yields:
         The temporary path to write to. It is removed if the block raises.
     """
-    final = _destination(final)
+    final = destination(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{final.name}.", suffix=suffix or final.suffix, dir=final.parent
@@ -178,7 +178,7 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     Yields:
         The temporary folder to fill. It is removed if the block raises.
     """
-    final = _destination(final)
+    final = destination(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_old_folders(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))

@@ -55,7 +55,12 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError, CxrSpuriousError, DataFormatError, ParameterError
-from cxr_spurious.io.atomic import atomic_dir, stale_old_reason, write_text_atomic
+from cxr_spurious.io.atomic import (
+    atomic_dir,
+    destination,
+    stale_old_reason,
+    write_text_atomic,
+)
 from cxr_spurious.io.images import read_image
 from cxr_spurious.io.masks import decode_rle
 from cxr_spurious.progress import progress_bar
@@ -66,6 +71,10 @@ logger = logging.getLogger(__name__)
 # 3: counterfactual renders under ``renders/`` (was ``variants/``), ``render_ids`` (was
 #    ``variant_ids``) and render masks (``renders/<name>.mask.npy``, ``render_masks``).
 CACHE_FORMAT_VERSION = 3
+# How pixels and masks are derived (in the fingerprint, so that a cache made under older
+# rules is rebuilt): 2: a non-empty mask keeps its largest-fraction pixel, and polygons
+# wholly outside the image draw no box.
+CACHE_RULES_VERSION = 2
 # The render name that means the cached original images.
 ORIGINAL_RENDER = "original"
 # Area fraction above which a downsampled pixel counts as inside a mask.
@@ -100,6 +109,7 @@ class CacheSpec:
             json.dumps(
                 {
                     "v": CACHE_FORMAT_VERSION,
+                    "rules": CACHE_RULES_VERSION,
                     "size": self.size,
                     "tasks": self.tasks,
                     "objects": self.objects,
@@ -282,12 +292,26 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
-def resize_mask(mask: np.ndarray, size: int, threshold: float = PATHOLOGY_THRESHOLD) -> np.ndarray:
-    """Resize a 0/1 mask to (size, size): area fraction >= ``threshold`` is inside."""
+def resize_mask(
+    mask: np.ndarray,
+    size: int,
+    threshold: float = PATHOLOGY_THRESHOLD,
+    *,
+    keep_nonempty: bool = False,
+) -> np.ndarray:
+    """Resize a 0/1 mask to (size, size): area fraction >= ``threshold`` is inside.
+
+    ``keep_nonempty``: a non-empty mask whose every cache pixel falls below ``threshold``
+    (a lesion smaller than about half a cache pixel) keeps the pixel(s) with the largest
+    area fraction, so a positive finding is not cached as a known-empty location.
+    """
     if not mask.any():
         return np.zeros((size, size), dtype=np.uint8)
     frac = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-    return (frac >= threshold).astype(np.uint8)
+    out = (frac >= threshold).astype(np.uint8)
+    if keep_nonempty and not out.any():
+        out = ((frac > 0) & (frac == frac.max())).astype(np.uint8)
+    return out
 
 
 def boxes_from_polygons(
@@ -301,7 +325,10 @@ def boxes_from_polygons(
             continue
         x0, y0 = np.floor(pts.min(axis=0)).astype(int)
         x1, y1 = np.ceil(pts.max(axis=0)).astype(int)
-        out[max(y0, 0) : min(y1, height - 1) + 1, max(x0, 0) : min(x1, width - 1) + 1] = 1
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width - 1), min(y1, height - 1)
+        if x1 < x0 or y1 < y0:  # wholly outside the image (a negative slice end would
+            continue  # otherwise fill most of it)
+        out[y0 : y1 + 1, x0 : x1 + 1] = 1
     return out
 
 
@@ -313,6 +340,17 @@ def boxes_from_mask(mask: np.ndarray) -> np.ndarray:
         x, y, w, h = stats[k, :4]
         out[y : y + h, x : x + w] = 1
     return out
+
+
+def _check_mask_size(mask: np.ndarray, hw: tuple[int, int], source: str, key: str) -> None:
+    """A full-resolution mask must be the image's size (a transposed or other-sized mask
+    would otherwise be stretched onto it)."""
+    if mask.shape != tuple(hw):
+        raise DataFormatError(
+            source,
+            f"mask size {list(mask.shape)} disagrees with image size {list(hw)}",
+            where=key,
+        )
 
 
 def _row_payload(
@@ -337,33 +375,30 @@ def _row_payload(
         full = None
         if seg is not None and task in seg:
             full = decode_rle(seg[task], source="gt_segmentations", key=f"{image_id}/{task}")
-            if full.shape != (h, w):
-                raise DataFormatError(
-                    "gt_segmentations",
-                    f"mask size {list(full.shape)} disagrees with image size [{h}, {w}]",
-                    where=f"{image_id}/{task}",
-                )
+            _check_mask_size(full, (h, w), "gt_segmentations", f"{image_id}/{task}")
             known[j] = True
         elif labels[j] == 0:
             known[j] = True  # a negative label means an empty mask is known
         if full is None or not full.any():
             continue
-        masks[j] = resize_mask(full, size)
+        masks[j] = resize_mask(full, size, keep_nonempty=True)
         if ann is not None and task in ann:
             full_boxes = boxes_from_polygons(ann[task], h, w)
         elif inst is not None and task in inst:
             full_boxes = np.zeros((h, w), dtype=np.uint8)
             for k, rle in enumerate(inst[task]):
-                full_boxes |= boxes_from_mask(
-                    decode_rle(rle, source="instance_segmentations", key=f"{image_id}/{task}/{k}")
-                )
+                key = f"{image_id}/{task}/{k}"
+                instance = decode_rle(rle, source="instance_segmentations", key=key)
+                _check_mask_size(instance, (h, w), "instance_segmentations", key)
+                full_boxes |= boxes_from_mask(instance)
         else:
             full_boxes = boxes_from_mask(full)
-        boxes[j] = resize_mask(full_boxes, size)
+        boxes[j] = resize_mask(full_boxes, size, keep_nonempty=True)
     spurious = np.zeros((len(objects), size, size), dtype=np.uint8)
     for k, obj in enumerate(objects):
         if spur is not None and obj in spur:
             full = decode_rle(spur[obj], source="spurious_segmentations", key=f"{image_id}/{obj}")
+            _check_mask_size(full, (h, w), "spurious_segmentations", f"{image_id}/{obj}")
             spurious[k] = resize_mask(full, size, SPURIOUS_THRESHOLD)
     return small, masks, boxes, spurious, known
 
@@ -380,11 +415,19 @@ def resize_support(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def _render_payload(
-    args: tuple[str, str, int, str, Any],
+    args: tuple[str, str, int, str, Any, tuple[int, int]],
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode one render (and its mask, when it has one) at cache resolution."""
-    image_id, path, size, name, rle = args
+    """Decode one render (and its mask, when it has one) at cache resolution; a render
+    must be its original's size (``hw``), or it would be stretched onto the cache grid."""
+    image_id, path, size, name, rle, hw = args
     image = read_image(path)
+    if image.shape != tuple(hw):
+        raise DataFormatError(
+            path,
+            f"render is {image.shape[1]}x{image.shape[0]} (w x h) but its original image is "
+            f"{hw[1]}x{hw[0]}",
+            where=f"{name}/{image_id}",
+        )
     if rle is None:
         return resize_image(image, size), None
     full = decode_rle(rle, source=f"render_masks/{name}", key=image_id)
@@ -428,6 +471,10 @@ def build_cache(spec: CacheSpec, folder: str | os.PathLike[str], *, progress: bo
     """
     if spec.size < 8:
         raise ParameterError("ingestion.cache.size", f"must be >= 8 pixels, got {spec.size}")
+    # The source files' stamps before any is read: a file rewritten during the build then
+    # no longer matches the record, and the next save rebuilds instead of keeping old pixels.
+    fingerprint = spec.fingerprint()
+    original_hw = {i: tuple(hw) for i, hw in zip(spec.image_ids, spec.sizes, strict=True)}
     folder = Path(folder)
     n, t, k, s = len(spec.image_ids), len(spec.tasks), len(spec.objects), spec.size
     jobs = (
@@ -481,9 +528,13 @@ def build_cache(spec: CacheSpec, folder: str | os.PathLike[str], *, progress: bo
                     paths = (str(target), str(mask_target) if masks is not None else None)
                     write_render = functools.partial(_cache_render, paths, _render_payload)
                     renders = (
-                        (r, (i, mapping[i], s, name, None if masks is None else masks[i]))
+                        (
+                            r,
+                            (i, mapping[i], s, name, None if masks is None else masks[i],
+                             original_hw[i]),
+                        )
                         for r, i in enumerate(ids)
-                    )
+                    )  # fmt: skip
                     desc = f"caching '{name}' renders"
                     for _ in _map(
                         write_render, renders, pool, total=len(ids), desc=desc, progress=progress
@@ -495,7 +546,7 @@ def build_cache(spec: CacheSpec, folder: str | os.PathLike[str], *, progress: bo
         np.save(tmp / "has_mask.npy", has_mask)
         index = {
             "format_version": CACHE_FORMAT_VERSION,
-            "fingerprint": spec.fingerprint(),
+            "fingerprint": fingerprint,
             "size": s,
             "tasks": spec.tasks,
             "objects": spec.objects,
@@ -852,7 +903,7 @@ def remove_stale_builds(folder: str | os.PathLike[str]) -> list[Path]:
     Returns:
         The folders removed.
     """
-    folder = Path(folder)
+    folder = destination(folder)  # a build of a linked folder runs next to its target
     if not folder.parent.is_dir():
         return []
     now = time.time()
@@ -898,7 +949,7 @@ def check_disk_space(spec: CacheSpec, folder: str | os.PathLike[str]) -> None:
     Raises:
         ParameterError: (``ingestion.cache.size``) with the needed and free bytes and the folder.
     """
-    folder = Path(folder).absolute()
+    folder = destination(folder).absolute()  # the build is written next to a link's target
     probe = folder.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

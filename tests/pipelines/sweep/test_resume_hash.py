@@ -204,6 +204,7 @@ NOT_ROW = {
     "cxr_spurious.localization.figures",
     "cxr_spurious.saliency.overlays",
     "cxr_spurious.sources.report",
+    "cxr_spurious.ci_marks",
 }
 
 

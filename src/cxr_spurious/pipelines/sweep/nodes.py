@@ -77,8 +77,8 @@ UNREAD_INGESTION_KEYS: frozenset[str] = frozenset({"report_attributes", "example
 #: imports pull in (``hooks``, ``pipelines._recipe``, ``pipelines.*.pipeline``), the collectors
 #: after the rows (``sweep.summary``, ``sweep.detection``, ``sweep.figures``, ``sweep.tables``,
 #: ``report.html``) and modules that only draw figures (``phantom.figures``,
-#: ``localization.figures``, ``saliency.overlays``, ``sources.report``). A test keeps this list
-#: equal to that rule.
+#: ``localization.figures``, ``saliency.overlays``, ``sources.report``, ``ci_marks``). A test
+#: keeps this list equal to that rule.
 ROW_MODULES: tuple[str, ...] = (
     "cxr_spurious.augment",
     "cxr_spurious.datasets.heatmap_folders",
