@@ -159,6 +159,25 @@ def test_with_cis_joins_estimates_and_intervals():
     assert out.loc[0, "estimate"] == "0.10"  # an interval with a missing end shows no interval
 
 
+def test_a_bound_other_than_zero_never_prints_as_zero():
+    # A difference of 0.03 [0.004, 0.06] beside p = 0.03 used to print as [0.00, 0.06]: an
+    # interval that seems to reach 0 next to a p-value that says it does not.
+    table = pd.DataFrame(
+        {
+            "d": [0.03, -0.03, 0.0, 0.02],
+            "d_lo": [0.004, -0.06, 0.0, 0.0000002],
+            "d_hi": [0.06, -0.0004, 0.05, 0.031],
+        }
+    )
+    out = with_cis(table, fixed=True)["d"].tolist()
+    assert out == [
+        "0.03 [0.004, 0.06]",
+        "-0.03 [-0.06, -0.0004]",
+        "0.00 [0.00, 0.05]",  # a bound that is 0 stays 0.00
+        "0.02 [2.0e-07, 0.03]",  # below half a millionth: scientific notation
+    ]
+
+
 def test_long_tables_are_cut_with_a_note():
     html = table_html(pd.DataFrame({"x": range(10)}), max_rows=3)
     assert html.count("<tr>") == 4 and "First 3 of 10 rows" in html

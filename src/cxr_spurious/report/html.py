@@ -88,11 +88,34 @@ def _fmt(value: object, digits: int, fixed: bool = False) -> str:
     return str(value)
 
 
+#: The most decimals a confidence bound gets so that a bound other than 0 does not print as 0.
+BOUND_MAX_DIGITS = 6
+
+
+def _bound(value: object, digits: int, fixed: bool) -> str:
+    """A confidence bound as text: like ``_fmt``, but a bound other than 0 never reads as 0.
+
+    A lower bound of 0.004 rounded to ``0.00`` reads as an interval that reaches 0, beside a
+    p-value below 0.05; it gets the decimals that show it is not 0 (``0.004``; ``-0.004``
+    rather than ``-0.00``), up to ``BOUND_MAX_DIGITS``; a smaller one prints as ``2.0e-07``.
+    """
+    text = _fmt(value, digits, fixed)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not text:
+        return text
+    v = float(value)
+    if not math.isfinite(v) or v == 0.0:
+        return text
+    for d in range(digits, BOUND_MAX_DIGITS + 1):
+        if round(v, d) != 0.0:
+            return f"{v:.{d}f}" if d > digits else text
+    return f"{v:.1e}"
+
+
 def _ci(est: object, lo: object, hi: object, digits: int, fixed: bool = False) -> str:
     e = _fmt(est, digits, fixed)
     if not e:
         return ""
-    lo_s, hi_s = _fmt(lo, digits, fixed), _fmt(hi, digits, fixed)
+    lo_s, hi_s = _bound(lo, digits, fixed), _bound(hi, digits, fixed)
     return f"{e} [{lo_s}, {hi_s}]" if lo_s and hi_s else e
 
 
