@@ -86,7 +86,7 @@ def test_boxes_become_polygons_masks_and_instances(tmp_path: Path) -> None:
     )
     second = decode_rle(out.instance_segmentations["00011290_003"]["Nodule"][1])
     expected = np.zeros((NIH_SIZE, NIH_SIZE), np.uint8)
-    expected[40:47, 50:56] = 1  # box x=50, y=40, w=5, h=6 filled with its outline
+    expected[40:46, 50:55] = 1  # box x=50, y=40, w=5, h=6: 5 x 6 pixels (7 x 6 before)
     np.testing.assert_array_equal(second, expected)
     union = decode_rle(out.segmentations["00011290_003"]["Nodule"])
     assert (
@@ -301,3 +301,22 @@ def test_2017_header_with_rows_without_the_trailing_comma(tmp_path: Path) -> Non
     b = read(root, base_params()).manifest
     cols = [c for c in a.columns if c != "path"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_a_box_mask_covers_w_by_h_pixels() -> None:
+    from cxr_spurious.sources.adapters.nih_cxr14 import box_mask
+
+    # the corner polygon filled with its outline covered (w + 1) x (h + 1) pixels: an area
+    # 1.155 x the box's for a 10 x 20 box, 1.058 x for a 40 x 38.75 one
+    for x, y, w, h in [(100, 50, 10, 20), (12.4, 7.6, 40.0, 38.75), (0.0, 0.0, 1024.0, 1024.0)]:
+        mask = box_mask([(x, y, w, h)], 1024, 1024)
+        assert abs(int(mask.sum()) - w * h) <= w + h  # edges rounded to the pixel grid
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        assert (rows[0], cols[0]) == (round(y), round(x))
+        assert (rows[-1] + 1, cols[-1] + 1) == (min(round(y + h), 1024), min(round(x + w), 1024))
+    np.testing.assert_array_equal(box_mask([(100, 50, 10, 20)], 1024, 1024)[50:70, 100:110], 1)
+    assert box_mask([(100, 50, 10, 20)], 1024, 1024).sum() == 200
+    # a sub-pixel box keeps a pixel; one past the right edge draws nothing; one across it is cut
+    assert box_mask([(5.2, 5.2, 0.2, 0.2)], 16, 16).sum() == 1
+    assert box_mask([(20.0, 3.0, 4.0, 4.0)], 16, 16).sum() == 0
+    assert box_mask([(14.0, 0.0, 4.0, 2.0)], 16, 16).sum() == 4

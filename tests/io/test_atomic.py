@@ -15,6 +15,7 @@ from cxr_spurious.io.atomic import (
     atomic_dir,
     atomic_path,
     current_umask,
+    remove_stale_old_folders,
     write_bytes_atomic,
     write_text_atomic,
 )
@@ -219,3 +220,18 @@ def test_a_stale_old_symlink_goes_and_its_target_stays(tmp_path: Path) -> None:
         "data/heatmaps": "dir",
         "data/heatmaps/b.txt": "new",
     }
+
+
+def test_a_file_where_the_folder_goes_is_replaced_without_a_leftover(tmp_path: Path) -> None:
+    # the file was moved aside as ".out.old.<pid>.<hex>" and never removed (rmtree of a file
+    # does nothing with ignore_errors, and the stale-folder cleanup skipped files)
+    final = tmp_path / "out"
+    final.write_text("an older run wrote a file here")
+    with atomic_dir(final) as tmp:
+        (tmp / "new").write_text("ok")
+    assert final.is_dir() and (final / "new").read_text() == "ok"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # a leftover file of an ended process is cleaned like a leftover folder
+    stale = tmp_path / ".out.old.999999999.abc"
+    stale.write_text("left by a crash")
+    assert remove_stale_old_folders(final) == [stale] and not stale.exists()

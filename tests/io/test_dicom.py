@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -129,6 +130,33 @@ def test_not_dicom_and_missing_file(tmp_path: Path) -> None:
         read_dicom(bad)
     with pytest.raises(DataFormatError, match="not found"):
         read_dicom(tmp_path / "absent.dcm")
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("png.dcm", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4),
+        ("text.dcm", b"hello world, not dicom\n" * 10),
+    ],
+)
+def test_other_bytes_named_dcm_are_refused_as_not_dicom(
+    tmp_path: Path, name: str, content: bytes
+) -> None:
+    # pydicom's force=True parsed these into a garbage element: read_image said "no pixel
+    # data" and read_dicom_header returned a 0 x 0 header without pixels (skipped by SIIM)
+    path = tmp_path / name
+    path.write_bytes(content)
+    for read in (read_image, read_dicom_header):
+        with pytest.raises(DataFormatError, match=rf"{re.escape(name)}: not a DICOM file"):
+            read(path)
+
+
+def test_palette_colour_is_refused_not_read_as_grey(tmp_path: Path) -> None:
+    # PALETTE COLOR stores palette indices in one sample: they read as grey levels before
+    path = fx.write_dicom(tmp_path / "pal.dcm", _ramp(), photometric="PALETTE COLOR")
+    with pytest.raises(DataFormatError, match=r"pal\.dcm.*PALETTE COLOR.*not supported"):
+        read_dicom(path)
+    assert read_dicom_header(path).rows == 16  # the header stays readable
 
 
 def test_header_fields(tmp_path: Path) -> None:

@@ -307,3 +307,32 @@ def test_model_artifacts_and_checkpoints_refuse_a_compressed_zip(tmp_path: Path)
     _redeflate(real, folder / "epoch_001.pt")
     with pytest.raises(DataFormatError, match=r"epoch_001\.pt: zip entry '[^']+' is compressed"):
         load_latest_checkpoint(folder, {})
+
+
+def test_bytes_of_text_allows_only_plain_encodings(tmp_path: Path) -> None:
+    # bytes(str, "unicode_escape") makes up to 10 bytes a character: 32 copies of a 400 kB
+    # string loaded 32 MB from a 400 kB file, 10x the 8x-file-size budget, uncharged
+    class Escaped:
+        def __reduce__(self):
+            return (bytes, ("\U0001f600" * 1000, "unicode_escape"))
+
+    path = _write(tmp_path, pickle.dumps([Escaped()], protocol=4), "escaped.pkl")
+    with pytest.raises(
+        DataFormatError, match=r"escaped\.pkl: builtins\.bytes\(\) with encoding 'unicode_escape'"
+    ):
+        load_pickle(path)
+
+    class Plain:
+        def __reduce__(self):
+            return (bytes, ("caf\u00e9", "utf-8"))
+
+    ok = _write(tmp_path, pickle.dumps([Plain()], protocol=4), "plain.pkl")
+    assert load_pickle(ok) == ["caf\u00e9".encode()]
+
+
+def test_a_legacy_torch_save_is_named_not_returned_as_its_magic_number(tmp_path: Path) -> None:
+    # the first of a legacy torch.save's pickles is torch's magic number: it came back as an int
+    path = tmp_path / "heat_Edema_map.pt"
+    torch.save({"map": torch.zeros(1, 1, 4, 4)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(DataFormatError, match=r"heat_Edema_map\.pt: a legacy torch\.save file"):
+        load_torch_pickle(path)

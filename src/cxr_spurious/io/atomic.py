@@ -50,8 +50,10 @@ def destination(final: str | os.PathLike[str]) -> Path:
 
 
 def _remove_tree(path: Path) -> None:
-    """Remove a folder, or only the link when ``path`` is a symbolic link (never its target)."""
-    if path.is_symlink():
+    """Remove a folder, or only the link when ``path`` is a symbolic link (never its target),
+    or the file when a file stood where the folder goes (an ``atomic_dir`` swap moves it
+    aside like a folder)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     else:
@@ -151,7 +153,7 @@ def remove_stale_old_folders(final: str | os.PathLike[str]) -> list[Path]:
     removed = []
     for path in sorted(final.parent.glob(f".{glob.escape(final.name)}.old.*")):
         try:
-            if not path.is_dir() or stale_old_reason(path) is None:
+            if stale_old_reason(path) is None:
                 continue
         except OSError:
             continue

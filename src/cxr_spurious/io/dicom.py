@@ -182,9 +182,23 @@ def _read_forced(path: Path, kwargs: dict[str, Any]) -> Dataset:
         ds = pydicom.dcmread(path, force=True, **kwargs)
     except Exception as exc:
         raise DataFormatError(path, f"not a readable DICOM file: {exc}") from exc
-    if len(ds) == 0:
-        raise DataFormatError(path, "not a DICOM file (no data elements, even with force=True)")
+    # the tags only: iterating the dataset would convert each (garbage) element's value
+    if not any(tag.group in _IMAGE_GROUPS for tag in ds.keys()):  # noqa: SIM118
+        # force=True parses any bytes (a PNG, a text file) into a few garbage elements
+        raise DataFormatError(
+            path,
+            "not a DICOM file (no DICM prefix, and a forced read found no patient, study, "
+            "series or image element)",
+        )
     return ds
+
+
+#: Element groups of a radiograph's header: identification (0008), patient (0010),
+#: acquisition (0018), study / series (0020), image (0028) and pixel data (7FE0).
+_IMAGE_GROUPS = frozenset({0x0008, 0x0010, 0x0018, 0x0020, 0x0028, 0x7FE0})
+
+#: Photometric interpretations read as one grey channel (colour ones reduced to luminance).
+_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_")
 
 
 def read_dicom_header(path: str | Path) -> DicomHeader:
@@ -271,6 +285,14 @@ def _stored_pixels(ds: Dataset, path: str | Path) -> np.ndarray:
         raise DataFormatError(
             path, f"pixel data of transfer syntax {syntax.name} ({syntax}) does not decode: {exc}"
         ) from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2")
+    if not photometric.strip().upper().startswith(_PHOTOMETRIC):
+        # PALETTE COLOR (one sample of palette indices) would read as grey levels
+        raise DataFormatError(
+            path,
+            f"PhotometricInterpretation {photometric.strip()!r} is not supported (expected "
+            "MONOCHROME1, MONOCHROME2, RGB or YBR_*)",
+        )
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:

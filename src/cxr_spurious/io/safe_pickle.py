@@ -563,9 +563,15 @@ def _result_bytes(name: str, args: tuple[Any, ...]) -> int:
         if isinstance(first, str) and first and max(first) > "\xff":
             return 88 * n  # one str object per character
         return 8 * n
-    if name == "str":
-        return 4 * n
+    if name == "str" or isinstance(first, str):
+        return 4 * n  # UCS-4 text, or text encoded (utf-8: at most 4 bytes a character)
     return n
+
+
+#: Text encodings a pickle may name in ``bytes(str, encoding)`` / ``str(bytes, encoding)``:
+#: each makes at most 4 bytes of a character (``unicode_escape`` makes up to 10, ``utf-32``
+#: 4 plus a mark, and codecs such as ``rot13`` or ``zlib`` are not text encodings at all).
+_ENCODINGS = frozenset({"utf-8", "utf8", "ascii", "latin1", "latin-1", "iso-8859-1"})
 
 
 def _plain(ctx: _Context, module: str, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -575,6 +581,15 @@ def _plain(ctx: _Context, module: str, name: str, func: Callable[..., Any]) -> C
         if name == "bytes" and args and isinstance(args[0], int):
             what = f"bytes({short_repr(args[0], 30)})"
             ctx.check_size(args[0], what)
+        if (
+            name in ("bytes", "bytearray", "str")
+            and len(args) > 1
+            and not (isinstance(args[1], str) and args[1].lower() in _ENCODINGS)
+        ):
+            raise ctx.error(
+                f"{module}.{name}() with encoding {short_repr(args[1], 30)} is not allowed in "
+                f"a pickle (only {', '.join(sorted(_ENCODINGS))})"
+            )
         ctx.charge(_result_bytes(name, args), what)
         if name == "str" and not all(isinstance(a, _STR_ARGS) for a in args):
             raise ctx.error("str() of a container is not allowed in a pickle")
@@ -871,11 +886,20 @@ def load_torch_pickle(path: str | Path, *, max_bytes: int | None = None) -> Any:
     try:
         with path.open("rb") as fh:
             ctx = _Context(str(path), _open_size(fh), max_bytes)
-            return _unpickle(fh, ctx, lambda f: _TorchPickleUnpickler(f, ctx))
+            loaded = _unpickle(fh, ctx, lambda f: _TorchPickleUnpickler(f, ctx))
     except DataFormatError:
         raise
     except _READ_ERRORS as exc:
         raise DataFormatError(path, f"not a readable heatmap pickle: {_exc_text(exc)}") from exc
+    if type(loaded) is int and loaded == _LEGACY_MAGIC:
+        # a legacy torch.save file is several pickles in a row; the first is this number
+        raise DataFormatError(
+            path,
+            "a legacy torch.save file (not a zip archive: torch before 1.6, or "
+            "_use_new_zipfile_serialization=False), which is not read; save it again with "
+            "torch.save in the default (zip) format, or pickle.dump the dict of tensors",
+        )
+    return loaded
 
 
 class _TorchPickleUnpickler(_RestrictedUnpickler):

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import DataFormatError
-from cxr_spurious.io.masks import encode_rle, rasterize_polygons
+from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.sources.adapters import _common as common
 from cxr_spurious.sources.adapters.base import IngestedSource, Json
 from cxr_spurious.sources.contract import normalise_manifest
@@ -287,6 +287,25 @@ def box_polygon(x: float, y: float, w: float, h: float) -> list[list[float]]:
     return [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
 
 
+def box_mask(boxes: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """Fill boxes ``(x, y, w, h)`` into a uint8 (height, width) mask, ``w x h`` pixels each.
+
+    A box covers the pixels ``[x, x + w) x [y, y + h)``, its edges rounded to the pixel grid
+    and clipped to the image, at least one pixel when it starts inside the image (one that
+    starts beyond its right or bottom edge draws nothing). Filling its corner
+    polygon instead (``rasterize_polygons``, outline included, the CheXlocalize convention
+    for hand-drawn contours) adds a row and a column: an 11 x 21 mask for a 10 x 20 box.
+    """
+    mask = np.zeros((int(height), int(width)), dtype=np.uint8)
+    for x, y, w, h in boxes:
+        c0, r0 = max(round(x), 0), max(round(y), 0)
+        if c0 >= width or r0 >= height:
+            continue
+        c1, r1 = min(max(round(x + w), c0 + 1), width), min(max(round(y + h), r0 + 1), height)
+        mask[r0:r1, c0:c1] = 1
+    return mask
+
+
 def boxes_to_ground_truth(
     boxes: pd.DataFrame, manifest: pd.DataFrame, tasks: list[str]
 ) -> tuple[Json, Json, Json]:
@@ -301,15 +320,16 @@ def boxes_to_ground_truth(
     instances: Json = {}
     for image_id, group in boxes[boxes["task"].isin(tasks)].groupby("image", sort=False):
         h, w = int(info.at[image_id, "height"]), int(info.at[image_id, "width"])
-        polygons = {
-            task: [box_polygon(*r) for r in g[["x", "y", "w", "h"]].itertuples(index=False)]
+        by_task = {
+            task: [tuple(map(float, r)) for r in g[["x", "y", "w", "h"]].itertuples(index=False)]
             for task, g in group.groupby("task", sort=False)
         }
+        polygons = {task: [box_polygon(*b) for b in bs] for task, bs in by_task.items()}
         annotations[image_id] = {"img_size": [h, w], **polygons}
         instances[image_id] = {
-            t: [encode_rle(rasterize_polygons([p], h, w)) for p in ps] for t, ps in polygons.items()
+            t: [encode_rle(box_mask([b], h, w)) for b in bs] for t, bs in by_task.items()
         }
-        masks = {t: encode_rle(rasterize_polygons(ps, h, w)) for t, ps in polygons.items()}
+        masks = {t: encode_rle(box_mask(bs, h, w)) for t, bs in by_task.items()}
         empty = encode_rle(np.zeros((h, w), dtype=np.uint8))
         masks.update(
             {t: dict(empty) for t in tasks if t not in masks and info.at[image_id, t] == 0.0}
