@@ -15,7 +15,11 @@ Where the work runs:
   every chunk. ``workers`` bounds the chunks in flight (``None``: twice the cluster's
   threads); ``workers=1`` keeps the work in the calling task.
 * **Elsewhere**, a pool of forked processes (one per core by default), or this process for
-  ``workers=1`` and for jobs below ``min_items``.
+  ``workers=1`` and for jobs below ``min_items``. A pool worker that dies (killed by the
+  out-of-memory killer, a segfault in a C extension, ``os._exit``) stops the map with
+  ``WorkerLostError`` naming the items whose results were lost, rather than leaving it
+  waiting for them forever (``multiprocessing.Pool`` replaced the worker and never
+  returned its items).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -44,6 +50,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MIN_ITEMS_FOR_POOL = 16  # below this, starting workers costs more than it saves
+#: Chunks in flight per pool worker: enough to keep every worker busy while the oldest
+#: chunk's results wait to be consumed, few enough to hold results one window at a time.
+CHUNKS_PER_WORKER = 4
 #: Key prefix of the Dask tasks that ``ordered_map`` submits for its chunks.
 CHUNK_KEY_PREFIX = "cxr-chunk"
 
@@ -58,6 +67,12 @@ WORKER_MALLOPT: dict[int, int] = {
     _M_TRIM_THRESHOLD: 512 << 20,
     _M_TOP_PAD: 64 << 20,
 }
+
+
+class WorkerLostError(RuntimeError):
+    """A process of ``ordered_map``'s pool died before returning its items' results (killed,
+    e.g. by the out-of-memory killer, or crashed in a C extension): the message names the
+    items whose results were lost."""
 
 
 @dataclass(frozen=True)
@@ -140,22 +155,55 @@ def _init_worker() -> None:
         logger.debug("glibc mallopt not available; workers keep the default allocator settings")
 
 
+def _no_op() -> None:
+    """A first task for a new pool: submitting it starts the workers (see ``_start_pool``)."""
+
+
 @contextmanager
-def _start_pool(n: int) -> Iterator[Any]:
+def _start_pool(n: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of ``n`` workers, forked while cv2 has no worker threads.
 
     cv2's thread pool does not survive ``fork`` (a child touching it hangs), so this
-    process drops to one cv2 thread while the workers are forked and restores its
-    setting right after.
+    process drops to one cv2 thread while the workers are forked (a fork-context executor
+    forks them all at its first submission, made here) and restores its setting right
+    after. A ``ProcessPoolExecutor`` rather than ``multiprocessing.Pool``: when a worker
+    dies, its futures fail with ``BrokenProcessPool`` instead of never completing.
+
+    On leaving normally the idle workers exit; on an error, or a consumer that stops
+    early, the queued chunks are cancelled and the workers terminated at once (as
+    ``Pool.terminate`` did), not left to finish work nobody reads.
     """
     previous = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        pool = _context().Pool(n, initializer=_init_worker)
+        pool = ProcessPoolExecutor(n, mp_context=_context(), initializer=_init_worker)
+        pool.submit(_no_op)
     finally:
         cv2.setNumThreads(previous)
-    with pool:
+    finished = False
+    try:
         yield pool
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            _terminate_pool(pool)
+
+
+def _terminate_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel ``pool``'s queued work and terminate its workers now.
+
+    What Python 3.14's ``ProcessPoolExecutor.terminate_workers`` does, for the Pythons
+    before it: the worker processes are read from ``_processes`` before ``shutdown``
+    drops them; the executor sees them end, fails what was in flight and reaps them.
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with suppress(ProcessLookupError, ValueError):  # already gone / closed
+            if process.is_alive():
+                process.terminate()
 
 
 class _Guarded:
@@ -278,7 +326,7 @@ def ordered_map(
 
     Args:
         func: A picklable (module-level) function of one item.
-        items: The inputs (consumed lazily by the pool's feeder / the chunk submitter).
+        items: The inputs (consumed lazily by the chunk submitter).
         n_items: Number of items (for the progress bar and the pool decision).
         workers: Processes (Dask: chunks in flight); ``None`` = one per available core
             (Dask: twice the cluster's threads); 1 = in this process (this task).
@@ -295,6 +343,8 @@ def ordered_map(
     Raises:
         DataFormatError: re-raised from a worker.
         ParameterError: re-raised from a worker, or bad ``workers``.
+        WorkerLostError: a pool worker process died (killed or crashed), naming the items
+            whose results were lost.
     """
     n = resolve_workers(workers, n_items, min_items)
     guarded = _Guarded(func)
@@ -321,11 +371,73 @@ def ordered_map(
                 bar.update(1)
                 yield res
             return
-        with _start_pool(n) as pool:
-            for res in pool.imap(guarded, items, chunksize=max(1, int(chunksize))):
-                if isinstance(res, _Failure):
-                    _raise(res)
-                bar.update(1)
-                yield res
+        for res in _pool_map(guarded, items, n=n, n_items=n_items, chunksize=chunksize):
+            if isinstance(res, _Failure):
+                _raise(res)
+            bar.update(1)
+            yield res
     finally:
         bar.close()
+
+
+def _pool_map(
+    guarded: _Guarded, items: Iterable[Any], *, n: int, n_items: int, chunksize: int
+) -> Iterator[Any]:
+    """Chunks of ``items`` on a pool of ``n`` processes, results in input order.
+
+    At most ``CHUNKS_PER_WORKER * n`` chunks are in flight: the next is submitted when the
+    oldest has been consumed, so ``items`` is read lazily.
+
+    Raises:
+        WorkerLostError: a worker process died; names the positions of the items whose
+            results it took with it (those of the chunks in flight that had not finished:
+            the item it was running is among them).
+    """
+    size = max(1, int(chunksize))
+    window = CHUNKS_PER_WORKER * n
+    with _start_pool(n) as pool:
+        pending: deque[tuple[range, Future[list[Any]]]] = deque()  # item positions, future
+        submitted = 0  # items submitted so far
+        chunks = _chunks(items, size)
+        while True:
+            while len(pending) < window and (chunk := next(chunks, None)) is not None:
+                positions = range(submitted, submitted + len(chunk))
+                pending.append((positions, pool.submit(_run_chunk, guarded, chunk)))
+                submitted += len(chunk)
+            if not pending:
+                return
+            future = pending[0][1]
+            try:
+                results = future.result()
+            except BrokenProcessPool as exc:
+                raise WorkerLostError(_lost_items_message(guarded, pending, n_items)) from exc
+            pending.popleft()
+            del future
+            yield from results
+
+
+def _lost_items_message(
+    guarded: _Guarded, pending: Iterable[tuple[range, Future[list[Any]]]], n_items: int
+) -> str:
+    """What ``WorkerLostError`` says: the items of the chunks in flight that a broken pool
+    failed (it fails every one not finished when a worker died)."""
+    chunks = list(pending)
+    wait([future for _, future in chunks])  # a broken pool fails them all at once
+    lost = [p for p, future in chunks if future.cancelled() or future.exception() is not None]
+    spans: list[list[int]] = []
+    for positions in lost:
+        if spans and spans[-1][1] + 1 == positions.start:
+            spans[-1][1] = positions.stop - 1
+        else:
+            spans.append([positions.start, positions.stop - 1])
+    which = ", ".join(f"#{a}" if a == b else f"#{a} to #{b}" for a, b in spans)
+    count = sum(len(positions) for positions in lost)
+    name = getattr(guarded.func, "__qualname__", type(guarded.func).__name__)
+    return (
+        f"a worker process of the pool running {name} died, and the results of "
+        f"{'item' if count == 1 else 'items'} {which} (of {n_items} items, counted from 0), "
+        "queued or running then, were lost with it: it was killed (e.g. by the "
+        "out-of-memory killer: see the kernel log) or crashed (e.g. a segfault in a C "
+        "extension). Run with fewer workers to use less memory, or with workers: 1 to see "
+        "the failing item's own error"
+    )

@@ -49,7 +49,9 @@ Kedro's deployment guide for Dask, written against Kedro 1.7's ``AbstractRunner`
   (Ctrl-C) cuts off the nodes still running: the runner names them, says that their
   outputs may be partial and deletes those it can (file datasets with an fsspec
   ``_filepath``) once its own cluster is closed, so that ``--only-missing-outputs`` runs
-  them again; the others are named for deletion by hand.
+  them again; the others are named for deletion by hand. A node lost with its workers
+  (``KilledWorker``: they died while it was assigned to them, e.g. killed mid-save for
+  lack of memory) or dropped by the scheduler after it started counts as cut off too.
 """
 
 from __future__ import annotations
@@ -545,9 +547,9 @@ def _discard_partial_outputs(
         else:
             left.append(f"{name} ({dataset})")
     log.warning(
-        "The run stopped while node(s) %s were still running on Dask workers: outputs they "
-        "had started to write may be partial. Deleted: %s. Delete by hand before rerunning "
-        "with --only-missing-outputs: %s",
+        "The run stopped while node(s) %s were still running on Dask workers (or had died "
+        "with them): outputs they had started to write may be partial. Deleted: %s. Delete "
+        "by hand before rerunning with --only-missing-outputs: %s",
         ", ".join(sorted(n.name for n in nodes)),
         ", ".join(removed) or "none",
         ", ".join(left) or "none",
@@ -586,7 +588,8 @@ class _Session:
         self.by_name = {n.name: n for n in pipeline.nodes}
         self.running: dict[Future, Node] = {}
         self.stopping = False
-        self.cut_off: list[Node] = []  # nodes left running when the run ended (filled by run)
+        # nodes left running when the run ended, or lost mid-run (filled by run)
+        self.cut_off: list[Node] = []
 
     # -- events from the workers ------------------------------------------------------
     def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -732,10 +735,24 @@ class _Session:
                 f"node '{node.name}' was lost: the Dask workers running it died {allowed + 1} "
                 f"time(s) (last on {worker}; the scheduler's "
                 f"distributed.scheduler.allowed-failures = {allowed}). Outputs it had started "
-                "to write may be incomplete; rerun from this node"
+                "to write may be incomplete: the runner deletes those it can (a warning names "
+                "them); rerun from this node"
             )
         error.add_note(f"(raised by node '{node.name}' on Dask worker {worker})")
         return error.with_traceback(traceback)
+
+    def _lost(self, node: Node, future: Future) -> bool:
+        """Whether a failed node's outputs may be partial: its task was lost with its
+        workers (``KilledWorker``), or dropped by the scheduler after the node started.
+
+        A ``KilledWorker`` node counts whether or not its start event arrived: the worker
+        that died may have taken the event with it (a node killed right after it began to
+        write), and deleting the outputs of a node that had not started only makes a rerun
+        with ``--only-missing-outputs`` write them again.
+        """
+        if future.status == "cancelled":
+            return node.name in self.started
+        return isinstance(future.exception(), KilledWorker)
 
     def _finish_running(self) -> None:
         """After a failure: let the started nodes finish; the others do not start.
@@ -770,8 +787,8 @@ class _Session:
                     elif node.name in self.started:  # an earlier try's worker died mid-run
                         self.cut_off.append(node)
                     continue
-                if future.status == "cancelled" and node.name in self.started:
-                    self.cut_off.append(node)  # the scheduler dropped it while it ran
+                if self._lost(node, future):
+                    self.cut_off.append(node)  # its worker died, or the scheduler dropped it
                 error = self._error_of(node, future)
                 self.log.error(
                     "Node %s also failed: %s: %s", node.name, type(error).__name__, error
@@ -783,6 +800,8 @@ class _Session:
         self.stopping = True
         self._drain()  # the node's start event names its worker
         error = self._error_of(node, future)
+        if self._lost(node, future):  # it may have written part of its outputs
+            self.cut_off.append(node)
         del future
         self._finish_running()
         self._hook("on_node_error", node, error=error)

@@ -3,6 +3,7 @@ this module to run them)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -36,6 +37,16 @@ class SlowLines(AbstractDataset):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}
+
+
+class DiesMidSave(SlowLines):
+    """Saves the first half of its lines, then its process dies: a worker killed mid-save
+    (by the out-of-memory killer, say), leaving a partial file."""
+
+    def _save(self, lines: list[str]) -> None:
+        with self._path.open("w", encoding="utf-8") as out:
+            out.writelines(line + "\n" for line in lines[: len(lines) // 2])
+        os._exit(1)
 
 
 ROWS = 50

@@ -4,7 +4,8 @@ The localization pipeline's outputs under Dask are byte-identical to ``Sequentia
 a node's ``ParameterError`` reaches the caller as itself; the pre-flight check names an
 in-memory dataset that cannot cross processes before any cluster is contacted; a worker
 killed while it runs a node gets that node retried (and only that node), with the same final
-outputs, and with no retries allowed the run stops naming the node, which saved nothing.
+outputs, and with no retries allowed the run stops naming the node, which saved nothing; a
+node lost with its worker mid-save has its partial output deleted, as a cut-off node has.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from kedro.pipeline import Node, Pipeline
 from kedro.runner import SequentialRunner
 from kedro_datasets.pickle import PickleDataset
 from tests.pipelines.localization.test_pipeline import PARAMS as LOCALIZATION_PARAMS
-from tests.scale.slow_nodes import ROWS, SlowLines, count_rows, fails_while_b_saves, rows
+from tests.scale.slow_nodes import (
+    ROWS,
+    DiesMidSave,
+    SlowLines,
+    count_rows,
+    fails_while_b_saves,
+    rows,
+)
 
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
@@ -500,6 +508,27 @@ def test_an_interrupted_run_deletes_the_outputs_it_cut_off(
     # the closing cluster killed b mid-save: its partial file is gone, so that
     # --only-missing-outputs runs b again, and the log says so
     assert not b_out.exists()
+    warning = next(r.getMessage() for r in caplog.records if "still running" in r.getMessage())
+    assert warning.startswith("The run stopped while node(s) b were still running")
+    assert "may be partial. Deleted: b_out." in warning
+
+
+def test_a_node_lost_with_its_worker_mid_save_has_its_partial_output_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its worker died (KilledWorker) after half of b's file was written: the partial file
+    used to stay, and ``--only-missing-outputs`` then took it for b's output."""
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    pipeline = Pipeline([Node(rows, "b_in", "b_out", name="b")])
+    b_out = tmp_path / "b_out.txt"
+    catalog = DataCatalog({"b_in": MemoryDataset(2), "b_out": DiesMidSave(str(b_out))})
+    caplog.set_level(logging.INFO)
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        pytest.raises(RuntimeError, match=r"node 'b' was lost: the Dask workers running it died"),
+    ):
+        DaskRunner(n_workers=1).run(pipeline, catalog)  # the scheduler reads the setting
+    assert not b_out.exists()  # the half-written file is gone: a rerun writes b again
     warning = next(r.getMessage() for r in caplog.records if "still running" in r.getMessage())
     assert warning.startswith("The run stopped while node(s) b were still running")
     assert "may be partial. Deleted: b_out." in warning

@@ -5,7 +5,9 @@ A checkpoint holds ``model``, ``optimizer``, ``scheduler`` and ``objective`` sta
 (list of per-epoch dicts), ``best`` (``metric``, ``epoch``, ``state_dict``) and
 ``bad_epochs`` (early-stopping counter), and ``fingerprint`` / ``fingerprint_items``: what
 determines the result (every training parameter that changes the weights, the resolved
-precision and device type, the number of processes, a digest of the training data, and a
+precision and device type, the number of processes, a digest of the training data, the
+SHA-256 of the pretrained weights file when ``training.pretrained`` is set (the path alone
+would let a run continue a model started from other weights put at the same path), and a
 digest of the source of every project module the training code runs, ``RESULT_MODULES``:
 a checkpoint written before the model, loss or data code changed is not continued under
 the new code).
@@ -38,6 +40,7 @@ import torch
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io.atomic import atomic_path, write_text_atomic
 from cxr_spurious.io.safe_pickle import MODEL_FILE_MAX_BYTES, check_torch_zip
+from cxr_spurious.models.pretrained import resolve_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +131,26 @@ FINGERPRINT_NAMES: dict[str, str] = {"supervision": "method"}
 _CURRENT_NAMES = {old: new for new, old in FINGERPRINT_NAMES.items()}
 
 
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def weights_digest(pretrained: str) -> str:
+    """SHA-256 (hex) of the weights file ``training.pretrained`` names.
+
+    The file is the one the model loads (``models.pretrained.resolve_weights_file``: a
+    path, or a torchvision weights name in the torch hub cache), read in 1 MiB chunks
+    (a weights file is ~100 MB; it is hashed once per run).
+
+    Raises:
+        ParameterError: ``pretrained`` names no local file.
+    """
+    digest = hashlib.sha256()
+    with resolve_weights_file(pretrained).open("rb") as fh:
+        while block := fh.read(_HASH_CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def checkpoint_folder(checkpoint_dir: str | Path, variant: str) -> Path:
     """``<checkpoint_dir>/<variant>``."""
     return Path(checkpoint_dir) / variant
@@ -151,7 +174,10 @@ def result_fingerprint(
             ``_world`` when above 1.
 
     The items also hold ``_code``, ``code_digests()``: the source digest of each module of
-    ``RESULT_MODULES``.
+    ``RESULT_MODULES``, and, when ``cfg["pretrained"]`` is set, ``_weights``: the SHA-256
+    of its file (``weights_digest``; ``pretrained`` itself is only the path or name, the
+    same for any file put there). A run without pretrained weights has no ``_weights``
+    item: its items are what they were before the item existed.
 
     Returns:
         The hex digest and the dict it was computed from (JSON-ready).
@@ -167,6 +193,8 @@ def result_fingerprint(
     )
     if int(world) != 1:
         items["_world"] = int(world)
+    if cfg.get("pretrained"):
+        items["_weights"] = weights_digest(str(cfg["pretrained"]))
     blob = json.dumps(items, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest(), items
 
@@ -201,6 +229,7 @@ def _describe_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -
         "_precision": "precision",
         "_device": "device",
         "_world": "number of processes (world size)",
+        "_weights": "pretrained weights (SHA-256 of the training.pretrained file)",
     }
     defaults = {"_world": 1}  # not digested for one process
     parts = []
@@ -327,8 +356,9 @@ def load_latest_checkpoint(
             when the checkpoint reached its ``max_steps``).
 
     Raises:
-        DataFormatError: the file is unreadable, was written with other settings, or cannot
-            be continued to this run's result (naming the file and what differs).
+        DataFormatError: the file is unreadable, is not a complete checkpoint (not a dict,
+            or without a key of ``CHECKPOINT_KEYS``), was written with other settings, or
+            cannot be continued to this run's result (naming the file and what differs).
     """
     paths = list_checkpoints(folder)
     if not paths:
@@ -336,17 +366,29 @@ def load_latest_checkpoint(
     path = paths[-1]
     check_torch_zip(path, max_bytes=MODEL_FILE_MAX_BYTES)  # no compressed entries (zip bomb)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DataFormatError(path, f"unreadable checkpoint: {exc}") from exc
-    if fingerprint is not None and state.get("fingerprint") != fingerprint[0]:
+    if not isinstance(loaded, dict):
+        raise DataFormatError(
+            path,
+            f"not a training checkpoint: it holds a {type(loaded).__name__}, not the dict "
+            "save_checkpoint writes; delete it or set training.resume: false",
+        )
+    state: dict[str, Any] = loaded
+    if (
+        fingerprint is not None
+        and "fingerprint" in state
+        and state["fingerprint"] != fingerprint[0]
+    ):
         differs = _describe_difference(state.get("fingerprint_items") or {}, fingerprint[1])
         raise DataFormatError(
             path,
             f"checkpoint was written with other settings ({differs}); "
             "delete the checkpoint folder or set training.resume: false",
         )
-    saved = state.get("config", {})
+    check_checkpoint_keys(path, state)
+    saved = state["config"]
     for key in COMPATIBLE_KEYS:
         value = saved.get(key, saved.get(FINGERPRINT_NAMES.get(key, key)))
         if value != config.get(key):
@@ -360,6 +402,51 @@ def load_latest_checkpoint(
     check_continuation(path, state, config, epoch_steps=epoch_steps)
     logger.info("Resuming from %s (epoch %d)", path, state["epoch"])
     return state
+
+
+# What a checkpoint must hold, and of which type, for a run to resume from it: the keys
+# ``engine.save_epoch_checkpoint`` writes (``TrainState.to_checkpoint`` and the states of
+# the model, optimiser, scheduler and RNG) that resuming reads unconditionally.
+CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "global_step": int,
+    "bad_epochs": int,
+    "history": list,
+    "best": (dict, type(None)),
+    "stopped": str,
+    "fingerprint": str,
+    "fingerprint_items": dict,
+    "config": dict,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "rng": dict,
+}
+
+
+def check_checkpoint_keys(path: str | Path, state: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint payload that lacks a key of ``CHECKPOINT_KEYS`` or holds one of
+    another type (a truncated or foreign file that still unpickles), so that resuming
+    fails naming the file rather than with a ``KeyError`` or ``AttributeError`` later.
+
+    Raises:
+        DataFormatError: naming the file, the missing keys and those of the wrong type.
+    """
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    wrong = [
+        f"'{key}' is a {type(state[key]).__name__}"
+        for key, kind in CHECKPOINT_KEYS.items()
+        if key in state and not isinstance(state[key], kind)
+    ]
+    if missing or wrong:
+        problems = ([f"missing {', '.join(repr(k) for k in missing)}"] if missing else []) + wrong
+        raise DataFormatError(
+            path,
+            f"not a complete training checkpoint ({'; '.join(problems)}); expected the keys "
+            f"{', '.join(CHECKPOINT_KEYS)} as save_checkpoint writes them: delete the file "
+            "(the run resumes from the one before, or starts over) or set "
+            "training.resume: false",
+        )
 
 
 def check_continuation(

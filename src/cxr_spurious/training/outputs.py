@@ -35,7 +35,8 @@ RENDERS: tuple[str, ...] = ("original", "no_tube", "no_lesion")
 CI_SETTING_KEYS: tuple[str, ...] = ("ci_level", "n_boot")
 TRAINING_RECORD_KEYS: tuple[str, ...] = ("training_config", "training_config_digest")
 # The key of a model artifact and of its ``test_metrics`` that records what the model was
-# trained on: the digest of its training data and of the training code (``trained_on``).
+# trained on: the digest of its training data, of the training code and, for a run from
+# pretrained weights, of the weights file (``trained_on``).
 TRAINED_ON_KEY = "trained_on"
 # Resolved training keys left out of ``training_record``: those the checkpoint fingerprint
 # leaves out (where files go, progress, loader workers, the test-metric CI settings, which
@@ -241,21 +242,31 @@ def trained_on(items: Mapping[str, Any] | None) -> dict[str, Any] | None:
     Returns:
         ``{"data": digest, "code": {module: digest}}``: ``data`` the digest of the train
         and validation rows and the image cache (``checkpoints.training_data_digest``),
-        ``code`` the source digest of each module of ``checkpoints.RESULT_MODULES``; None
-        without items (a result read back from a spawned process group).
+        ``code`` the source digest of each module of ``checkpoints.RESULT_MODULES``; with
+        ``"weights": sha256`` of the pretrained weights file when the run started from one
+        (``checkpoints.weights_digest``: ``training.pretrained`` is only its path, the same
+        for other weights put there). None without items (a result read back from a
+        spawned process group).
     """
     if items is None:
         return None
     code = {str(k): str(v) for k, v in items["_code"].items()}
-    return {"data": str(items["_data"]), "code": code}
+    record: dict[str, Any] = {"data": str(items["_data"]), "code": code}
+    if items.get("_weights") is not None:
+        record["weights"] = str(items["_weights"])
+    return record
 
 
 def recorded_trained_on(record: Mapping[str, Any], source: str) -> dict[str, Any] | None:
     """The ``trained_on`` record of a model artifact or ``test_metrics``; None when absent.
 
+    Returns:
+        ``{"data": str, "code": {module: str}}``, with ``"weights": str`` (the pretrained
+        weights file's SHA-256, ``trained_on``) where the record has it.
+
     Raises:
         ContractError: the record is there but not ``{"data": str, "code": {module: str}}``
-            (``source`` names what it was read from).
+            (and an optional ``"weights": str``); ``source`` names what it was read from.
     """
     value = record.get(TRAINED_ON_KEY)
     if value is None:
@@ -264,12 +275,17 @@ def recorded_trained_on(record: Mapping[str, Any], source: str) -> dict[str, Any
         not isinstance(value, Mapping)
         or not isinstance(value.get("data"), str)
         or not isinstance(value.get("code"), Mapping)
+        or not isinstance(value.get("weights", ""), str)
     ):
         raise ContractError(
             f"{source}: '{TRAINED_ON_KEY}' should map 'data' to the training data's digest "
-            f"and 'code' to {{module: source digest}}, got {value!r}"
+            "and 'code' to {module: source digest} (and 'weights', where there is one, to "
+            f"the pretrained weights file's SHA-256), got {value!r}"
         )
-    return {"data": value["data"], "code": dict(value["code"])}
+    out: dict[str, Any] = {"data": value["data"], "code": dict(value["code"])}
+    if "weights" in value:
+        out["weights"] = value["weights"]
+    return out
 
 
 def recorded_trained_as(artifact: Mapping[str, Any]) -> dict[str, Any] | None:
