@@ -6,10 +6,15 @@ side): bin ``m`` holds the scores in ``(m / n_bins, (m + 1) / n_bins]`` (Guo et 
 so a score on an inner edge (0.5, the score of a logit of 0, with 10 bins) falls in the
 lower bin, 0.0 in the first bin and 1.0 in the last. ECE = sum over non-empty bins of
 ``n_bin / n * |mean label - mean score|``.
+
+Groups with fewer than ``min_rows`` labelled rows get no ECE (an ECE over a dozen rows is
+mostly binning noise); the table's warning and the reliability diagram's footnote name them
+with their sizes, and the diagram leaves them out too, so both show the same groups.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -19,6 +24,12 @@ from matplotlib.figure import Figure
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap
+
+logger = logging.getLogger(__name__)
+
+#: Fewest labelled rows of a group with an ECE and a reliability curve
+#: (``robustness.calibration_min_rows`` in the pipeline).
+MIN_ROWS = 20
 
 
 def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
@@ -63,7 +74,7 @@ def calibration_table(
     attributes: Sequence[str],
     *,
     n_bins: int = 10,
-    min_rows: int = 20,
+    min_rows: int = MIN_ROWS,
     n_boot: int = 200,
     seed: int = 0,
     level: float = 0.95,
@@ -75,6 +86,7 @@ def calibration_table(
     replicates are counted in ``ece_dropped``. ECE needs no class balance, so a group of
     ``min_rows`` rows has none unless scores are missing: above ``max_dropped_share`` it is
     an error (``BootstrapDropError`` naming the task and group), not a quieter interval.
+    Groups below ``min_rows`` have no row; a warning names them with their sizes.
 
     Returns:
         Rows ``task, attribute, group, n, ece, ece_lo, ece_hi, ece_dropped``.
@@ -82,10 +94,12 @@ def calibration_table(
     lab = table[np.isfinite(table[task].to_numpy(dtype=float))].reset_index(drop=True)
     parts = [("all", "all", np.ones(len(lab), dtype=bool))]
     for attr in attributes:
-        for v in sorted(lab[attr].dropna().unique(), key=str):
-            mask = (lab[attr] == v).to_numpy()
-            if mask.sum() >= min_rows:
-                parts.append((attr, str(v), mask))
+        kept, small = split_by_size(lab[attr], min_rows)
+        parts += [(attr, str(v), (lab[attr] == v).to_numpy()) for v in kept]
+        if small:
+            logger.warning(
+                "calibration %s / %s: %s", task, attr, small_groups_note(small, min_rows)
+            )
     rows = []
     for attr, group, mask in parts:
         y = lab.loc[mask, task].to_numpy(dtype=float)
@@ -115,21 +129,52 @@ def calibration_table(
     return pd.DataFrame(rows)
 
 
+def split_by_size(values: pd.Series, min_rows: int) -> tuple[list[object], dict[object, int]]:
+    """Groups of ``values`` (sorted as text) with at least ``min_rows`` rows, and the others
+    with their row counts."""
+    counts = values.value_counts()
+    counts = counts[counts > 0]  # a categorical's unused categories are no groups
+    kept: list[object] = []
+    small: dict[object, int] = {}
+    for v in sorted(counts.index, key=str):
+        if counts[v] >= min_rows:
+            kept.append(v)
+        else:
+            small[v] = int(counts[v])
+    return kept, small
+
+
+def small_groups_note(small: dict[object, int], min_rows: int) -> str:
+    """``left out (fewer than 20 labelled rows): D (n=12), E (n=3)``."""
+    listed = ", ".join(f"{v} (n={n})" for v, n in small.items())
+    return f"left out (fewer than {min_rows} labelled rows): {listed}"
+
+
 def plot_reliability(
-    table: pd.DataFrame, task: str, attribute: str | None, *, n_bins: int = 10, title: str = ""
+    table: pd.DataFrame,
+    task: str,
+    attribute: str | None,
+    *,
+    n_bins: int = 10,
+    min_rows: int = MIN_ROWS,
+    title: str = "",
 ) -> Figure:
-    """Reliability diagram: fraction positive vs mean score per bin, one line per group."""
+    """Reliability diagram: fraction positive vs mean score per bin, one line per group.
+
+    The groups are those of ``calibration_table`` with the same ``min_rows``: smaller groups
+    are left out and named with their sizes under the plot (and in a warning).
+    """
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     lab = table[np.isfinite(table[task].to_numpy(dtype=float))]
-    groups = (
-        [("all", lab)]
-        if attribute is None
-        else [
-            (str(v), lab[lab[attribute] == v])
-            for v in sorted(lab[attribute].dropna().unique(), key=str)
-        ]
-    )
+    groups, note = [("all", lab)], ""
+    if attribute is not None:
+        kept, small = split_by_size(lab[attribute], min_rows)
+        groups = [(str(v), lab[lab[attribute] == v]) for v in kept]
+        if small:
+            note = small_groups_note(small, min_rows)
+            logger.warning("reliability diagram %s / %s: %s", task, attribute, note)
+            fig.text(0.01, 0.005, note, fontsize=6, ha="left", va="bottom", wrap=True)
     for name, sub in groups:
         bins = reliability_bins(sub[task].to_numpy(), sub[f"p_{task}"].to_numpy(), n_bins)
         ax.plot(
@@ -142,6 +187,7 @@ def plot_reliability(
     ax.set_xlabel("mean predicted probability")
     ax.set_ylabel("fraction positive")
     ax.set_title(title or f"{task} reliability" + (f" by {attribute}" if attribute else ""))
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    if groups:
+        ax.legend(fontsize=7)
+    fig.tight_layout(rect=(0, 0.05, 1, 1) if note else None)  # keep the footnote clear
     return fig

@@ -169,6 +169,10 @@ def fairness_tables(
 
     Groups with fewer than ``min_per_class`` positives or negatives are left out (a rate on
     a handful of cases is noise, and Fairlearn scores a group without positives TPR 0).
+    Left-out groups are never silent: a warning names them with their counts, and so does
+    each gap row's ``ci_note`` (as the worst-group AUROC row does), since a gap over the
+    remaining groups can hide the group that is served worst. With fewer than two groups
+    left the attribute has no gap rows (a warning says so).
 
     Args:
         table: Evaluation rows of one split (labels, ``p_<task>``, ``patient_id``, attributes).
@@ -184,7 +188,8 @@ def fairness_tables(
 
     Returns:
         ``(by_group, gaps)``: ``task, attribute, group, tpr, fpr, fnr, ppv, count`` and
-        ``task, attribute, metric, estimate, lo, hi, n_groups, n_patients, n_dropped``.
+        ``task, attribute, metric, estimate, lo, hi, n_groups, n_patients, n_dropped,
+        ci_note`` (``ci_note``: the left-out groups and their counts, ``""`` if none).
 
     Raises:
         ParameterError: ``min_per_class`` < 1.
@@ -202,14 +207,18 @@ def fairness_tables(
             raise ContractError(f"evaluation table has no attribute column '{attr}'")
         y_all = labelled[task].to_numpy(dtype=float)
         groups = eligible_groups(y_all, labelled[attr], min_per_class)
+        left_out = left_out_note(y_all, labelled[attr], groups, min_per_class)
         if len(groups) < 2:  # no gap to report: say so (the summary's gap columns are NaN)
             logger.warning(
                 "fairness %s / %s: no gaps, %d group(s) with at least %d positives and "
                 "negatives; %s",
-                task, attr, len(groups), min_per_class,
-                left_out_note(y_all, labelled[attr], groups, min_per_class) or "one group only",
+                task, attr, len(groups), min_per_class, left_out or "one group only",
             )  # fmt: skip
             continue
+        if left_out:  # the gaps compare fewer groups than the attribute has: say which
+            logger.warning(
+                "fairness %s / %s: gaps over %d groups; %s", task, attr, len(groups), left_out
+            )
         sub = labelled[labelled[attr].isin(groups)]
         y = sub[task].to_numpy(dtype=int)
         y_pred = (sub[f"p_{task}"].to_numpy(dtype=float) >= threshold).astype(int)
@@ -243,6 +252,7 @@ def fairness_tables(
                     "n_groups": len(groups),
                     "n_patients": int(pd.unique(pid).size),
                     "n_dropped": count_dropped(values),
+                    "ci_note": left_out,
                 }
             )
     group_cols = ["task", "attribute", "group", "tpr", "fpr", "fnr", "ppv", "count"]
@@ -263,5 +273,6 @@ def fairness_tables(
             "n_groups",
             "n_patients",
             "n_dropped",
+            "ci_note",
         ],
     )

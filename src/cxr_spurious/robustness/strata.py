@@ -4,12 +4,16 @@ each true class and look for clusters the model fails on.
 Per class: PCA (seeded) -> k-means or a Gaussian mixture (k fixed, or chosen by the
 silhouette score over a range) -> per cluster: size, error rate at the operating point,
 mean score, AUROC of the cluster against all rows of the other class; a cluster is flagged
-when its error rate exceeds the class's by ``margin``. Adjusted mutual information (AMI)
-between clusters and known attributes tells whether the clusters recover them.
+when it has at least ``min_stratum_size`` rows and its error rate exceeds the class's by
+``margin`` (k-means readily gives an outlier its own cluster, and one misclassified image
+is an error rate of 1, not a hidden stratum). A class with fewer than ``MIN_CLASS_SIZE``
+rows is not clustered, with a warning. Adjusted mutual information (AMI) between clusters
+and known attributes tells whether the clusters recover them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Literal
 
@@ -25,8 +29,14 @@ from sklearn.mixture import GaussianMixture
 from cxr_spurious.errors import ParameterError, unknown_name_error
 from cxr_spurious.stats.metrics import auroc
 
+logger = logging.getLogger(__name__)
+
 REDUCERS = ("pca", "umap")
 CLUSTERERS = ("kmeans", "gmm")
+#: Default fewest rows of a cluster that can be flagged (``robustness.strata.min_stratum_size``).
+MIN_STRATUM_SIZE = 5
+#: Fewest rows of a class that is clustered (fewer cannot be split into scored clusters).
+MIN_CLASS_SIZE = 3
 
 
 def reduce(
@@ -94,6 +104,7 @@ def find_strata(
     clusterer: Literal["kmeans", "gmm"] = "kmeans",
     k: int | Sequence[int] = (2, 3, 4, 5),
     margin: float = 0.1,
+    min_stratum_size: int = MIN_STRATUM_SIZE,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Cluster each true class and score the clusters.
@@ -108,13 +119,24 @@ def find_strata(
         clusterer: ``kmeans`` or ``gmm``.
         k: Number of clusters per class, or candidates for the silhouette.
         margin: Flag a cluster when its error rate > class error rate + margin.
+        min_stratum_size: Fewest rows of a flagged cluster (>= 1); smaller clusters keep
+            their row in the table but are never flagged.
         seed: Seed of reduction and clustering.
 
     Returns:
         ``(cluster id per row (class * 100 + cluster), 2-D coordinates per row, table)``;
         table rows: ``class, cluster, size, error_rate, class_error_rate, mean_score,
-        auroc, flagged``.
+        auroc, flagged``. A class with fewer than ``MIN_CLASS_SIZE`` rows has no rows
+        (cluster id -1, NaN coordinates) and a warning.
+
+    Raises:
+        ParameterError: ``min_stratum_size`` < 1.
     """
+    if int(min_stratum_size) < 1:
+        raise ParameterError(
+            "robustness.strata.min_stratum_size",
+            f"must be an integer >= 1 (fewest rows of a flagged cluster), got {min_stratum_size}",
+        )
     yy = np.asarray(y, dtype=float)
     pred = np.asarray(p, dtype=float) >= threshold
     ids = np.full(len(yy), -1, dtype=np.int64)
@@ -123,7 +145,15 @@ def find_strata(
     for cls in (0, 1):
         members = np.flatnonzero(yy == cls)
         other = np.flatnonzero(yy == 1 - cls)
-        if members.size < 3:
+        if members.size < MIN_CLASS_SIZE:
+            logger.warning(
+                "hidden strata: class %d (%s) has %d labelled row(s), fewer than %d; not "
+                "clustered (no cluster rows, no flags for it)",
+                cls,
+                "positives" if cls else "negatives",
+                members.size,
+                MIN_CLASS_SIZE,
+            )
             continue
         z = reduce(x[members], reducer=reducer, n_components=n_components, seed=seed)
         coords[members, : min(2, z.shape[1])] = z[:, :2]
@@ -144,7 +174,7 @@ def find_strata(
                     "class_error_rate": class_err,
                     "mean_score": float(np.mean(np.asarray(p)[sel])),
                     "auroc": auroc(yy[both], np.asarray(p, dtype=float)[both]),
-                    "flagged": bool(err > class_err + margin),
+                    "flagged": bool(sel.size >= min_stratum_size and err > class_err + margin),
                 }
             )
     return (

@@ -84,6 +84,10 @@ def subgroup_auroc(
     Groups left out are named with their counts in the worst-group row's ``ci_note`` and
     in a warning; with fewer than two eligible groups the worst-group row has a NaN
     estimate and says so (one group's AUROC is no worst group: it may be the best one).
+    Robust / reverse AUROC rows count only the rows they compare (``n``: positives without
+    the spurious feature and negatives with it, or the reverse pairing; ``n_pos``: those
+    positives); when either side is empty the estimate is NaN and ``ci_note`` and a warning
+    give both counts (``undefined_pairing_note``).
     Undefined replicates: see the module docstring.
 
     Args:
@@ -125,17 +129,22 @@ def subgroup_auroc(
         )
     if spurious is not None:
         t = table[spurious].to_numpy(dtype=float)
-        for metric in ("robust_auroc", "reverse_auroc"):
+        for metric in SPURIOUS_PAIRING:
             fn = METRICS[metric]
+            desc = f"{metric} {task}/{spurious}"
             res, note = bootstrap_or_note(
                 lambda i, fn=fn: fn(y[i], s[i], t[i]),
                 len(y),
                 clusters=pid,
                 max_dropped_share=share,
-                desc=f"{metric} {task}/{spurious}",
+                desc=desc,
                 **kw,
             )
-            rows.append(_row(task, metric, spurious, "all", y, res, note))
+            used = spurious_pairing_rows(y, t, metric)
+            if not np.isfinite(res.estimate):
+                note = undefined_pairing_note(y, t, metric, spurious)
+                logger.warning("%s: %s", desc, note)
+            rows.append(_row(task, metric, spurious, "all", y[used], res, note))
     for attr in attributes:
         if attr not in table.columns:
             raise ContractError(f"evaluation table has no attribute column '{attr}'")
@@ -175,6 +184,47 @@ def subgroup_auroc(
             note = "; ".join(part for part in (why, left_out) if part)
             rows.append(_row(task, "worst_group_auroc", attr, "worst", y[:0], none, note))
     return pd.DataFrame(rows)
+
+
+#: Which rows robust and reverse AUROC compare (``stats.metrics.robust_auroc`` /
+#: ``reverse_auroc``): ``(spurious value of the positives, spurious value of the negatives)``.
+SPURIOUS_PAIRING: dict[str, tuple[int, int]] = {
+    "robust_auroc": (0, 1),  # positives without the feature vs negatives with it
+    "reverse_auroc": (1, 0),  # positives with it vs negatives without it
+}
+
+
+def spurious_pairing_rows(y: np.ndarray, spurious: np.ndarray, metric: str) -> np.ndarray:
+    """Mask of the rows ``metric`` (a key of ``SPURIOUS_PAIRING``) scores.
+
+    Robust and reverse AUROC use only two of the four label x feature cells, so the row's
+    ``n`` / ``n_pos`` must count those cells, not the whole split.
+    """
+    pos_value, neg_value = SPURIOUS_PAIRING[metric]
+    yy, tt = np.asarray(y, dtype=float), np.asarray(spurious, dtype=float)
+    return ((yy == 1) & (tt == pos_value)) | ((yy == 0) & (tt == neg_value))
+
+
+def undefined_pairing_note(y: np.ndarray, spurious: np.ndarray, metric: str, name: str) -> str:
+    """Why robust / reverse AUROC (``metric``) is undefined: the counts of its two sides.
+
+    Either side can be empty (no positive without the feature, no negative with it, or a
+    feature column without values), and a NaN estimate with no word would read as a
+    missing number rather than an undefined one.
+    """
+    pos_value, neg_value = SPURIOUS_PAIRING[metric]
+    yy, tt = np.asarray(y, dtype=float), np.asarray(spurious, dtype=float)
+    used = spurious_pairing_rows(yy, tt, metric)
+    n_pos, n_neg = int((used & (yy == 1)).sum()), int((used & (yy == 0)).sum())
+    word = {1: "with", 0: "without"}
+    note = (
+        f"undefined: {n_pos} positives {word[pos_value]} '{name}' / "
+        f"{n_neg} negatives {word[neg_value]} it"
+    )
+    unknown = int((np.isfinite(yy) & ~np.isfinite(tt)).sum())
+    if unknown:
+        note += f" ({unknown} labelled rows have no '{name}' value)"
+    return note
 
 
 def left_out_note(

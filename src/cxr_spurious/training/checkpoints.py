@@ -40,7 +40,6 @@ import torch
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io.atomic import atomic_path, write_text_atomic
 from cxr_spurious.io.safe_pickle import MODEL_FILE_MAX_BYTES, check_torch_zip
-from cxr_spurious.models.pretrained import resolve_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +143,10 @@ def weights_digest(pretrained: str) -> str:
     Raises:
         ParameterError: ``pretrained`` names no local file.
     """
+    # imported here: the robustness summaries import this module for its digests, and their
+    # code digest (pipelines.robustness.nodes.SUMMARY_MODULES) does not cover the models
+    from cxr_spurious.models.pretrained import resolve_weights_file
+
     digest = hashlib.sha256()
     with resolve_weights_file(pretrained).open("rb") as fh:
         while block := fh.read(_HASH_CHUNK_BYTES):

@@ -208,3 +208,30 @@ def test_the_record_is_not_logged_as_metrics(study: dict[str, Any]) -> None:
     flat = flat_metrics(study["metrics"]["erm"])
     assert not any("trained_on" in key or "code" in key for key in flat)
     assert json.dumps(flat)  # numbers only
+
+
+def test_replaced_pretrained_weights_are_refused(study: dict[str, Any], tmp_path: Path) -> None:
+    # training.pretrained is a path: weights replaced at that path left the same settings,
+    # data and code, so the old study models passed beside variants started from new weights
+    from cxr_spurious.training.checkpoints import weights_digest
+
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"the weights the study started from")
+    training = {**study["training"], "pretrained": str(weights)}
+    configs = {m: resolve_config(training, training["variants"][m]) for m in STUDY_MODELS}
+    metrics = copy.deepcopy(study["metrics"])
+    for model in STUDY_MODELS:
+        metrics[model]["trained_on"]["weights"] = weights_digest(str(weights))
+    data = study["data"]
+    args = (data["manifest"], data["resampled_manifest"], data["image_cache"])
+    nodes._check_trained_on(configs, *args, metrics)  # the same file: passes
+    weights.write_bytes(b"other weights put at the same path")
+    with pytest.raises(ContractError) as err:
+        nodes._check_trained_on(configs, *args, metrics)
+    message = str(err.value)
+    for model in STUDY_MODELS:
+        assert f"{model} may have started from other weights than the file" in message
+    assert "its recorded SHA-256 differs" in message and RERUN in message
+    del metrics["erm"]["trained_on"]["weights"]  # a record without the digest
+    with pytest.raises(ContractError, match=r"erm may have started .*\(none recorded\)"):
+        nodes._check_trained_on(configs, *args, metrics)

@@ -28,6 +28,7 @@ from cxr_spurious.training.checkpoints import (
     changed_code_modules,
     code_digests,
     training_data_digest,
+    weights_digest,
 )
 from cxr_spurious.training.config import resolve_training_config
 from cxr_spurious.training.data import build_training_table, split_training_table
@@ -225,6 +226,12 @@ def _check_trained_on(
             differing.append(
                 f"{model} was trained by other code (the source of {', '.join(changed)} "
                 "changed since)"
+            )
+        if cfg.get("pretrained") and record.get("weights") != weights_digest(cfg["pretrained"]):
+            why = "its recorded SHA-256 differs" if record.get("weights") else "none recorded"
+            differing.append(
+                f"{model} may have started from other weights than the file "
+                f"training.pretrained ({cfg['pretrained']}) holds now ({why})"
             )
         table = build_training_table(resampled_manifest, image_cache, cfg)
         if record["data"] != training_data_digest(*split_training_table(table), image_cache):

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from cxr_spurious.debiasing.features import embedding_matrix
 from cxr_spurious.errors import ContractError
-from cxr_spurious.robustness.calibration import calibration_table, plot_reliability
+from cxr_spurious.robustness.calibration import MIN_ROWS, calibration_table, plot_reliability
 from cxr_spurious.robustness.evaluation import (
     SETTINGS_COLUMN,
     check_attribute_parameters,
@@ -22,7 +22,13 @@ from cxr_spurious.robustness.evaluation import (
     summary_settings,
 )
 from cxr_spurious.robustness.fairness import choose_threshold, fairness_tables
-from cxr_spurious.robustness.strata import attribute_ami, find_strata, plot_strata, plot_thumbnails
+from cxr_spurious.robustness.strata import (
+    MIN_STRATUM_SIZE,
+    attribute_ami,
+    find_strata,
+    plot_strata,
+    plot_thumbnails,
+)
 from cxr_spurious.robustness.subgroups import subgroup_auroc
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.bootstrap import check_n_boot
@@ -267,15 +273,24 @@ def compute_calibration(
 
 
 def plot_reliability_diagram(
-    table: pd.DataFrame, tasks: list[str], attribute: str, n_bins: int
+    table: pd.DataFrame,
+    tasks: list[str],
+    attribute: str,
+    n_bins: int,
+    min_rows: int = MIN_ROWS,
 ) -> Figure:
     """Reliability diagram of the first task on the test split, one line per group.
+
+    ``min_rows`` (``robustness.calibration_min_rows``) leaves out the groups that
+    ``compute_calibration`` gives no ECE, named under the plot.
 
     Raises:
         ParameterError: ``attribute`` (``robustness.reliability_attribute``) is not a column.
     """
     check_attribute_parameters([], grouping_columns(table, []), reliability_attribute=attribute)
-    return plot_reliability(split_rows(table, "test"), tasks[0], attribute, n_bins=int(n_bins))
+    return plot_reliability(
+        split_rows(table, "test"), tasks[0], attribute, n_bins=int(n_bins), min_rows=int(min_rows)
+    )
 
 
 def find_hidden_strata(
@@ -309,6 +324,7 @@ def find_hidden_strata(
         clusterer=strata.get("clusterer", "kmeans"),
         k=strata.get("k", [2, 3, 4, 5]),
         margin=float(strata.get("margin", 0.1)),
+        min_stratum_size=int(strata.get("min_stratum_size", MIN_STRATUM_SIZE)),
         seed=int(strata.get("seed", 0)),
     )
     present = list(ami_attributes)

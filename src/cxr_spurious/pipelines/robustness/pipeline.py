@@ -124,6 +124,7 @@ def create_robustness_template(
                     "tasks": f"{P}.tasks",
                     "attribute": f"{P}.reliability_attribute",
                     "n_bins": f"{P}.calibration_bins",
+                    "min_rows": f"{P}.calibration_min_rows",
                 },
                 outputs="reliability_plot",
                 name="plot_reliability_diagram",
