@@ -84,6 +84,20 @@ def test_robust_auroc_above_threshold_gets_nan_ci_and_note() -> None:
     assert np.isfinite(out["auroc_lo"])  # the overall AUROC keeps its CI
 
 
+def test_an_undefined_robust_auroc_says_which_side_is_empty() -> None:
+    # every positive has a tube: robust AUROC has no positive side; it was a bare NaN with
+    # an empty ci_note in test_metrics, read as a missing number
+    preds, manifest, *_ = _test_split(robust_positives=0)
+    out = compute_test_metrics(
+        preds, manifest, [TASK], "tube", n_boot=N_BOOT, seed=0, max_dropped_share=0.05
+    )[TASK]
+    assert np.isnan(out["robust_auroc"]) and np.isfinite(out["reverse_auroc"])
+    n_neg_tube = int(((manifest[TASK] == 0) & (manifest["tube"] == 1)).sum())
+    assert out["ci_note"] == (
+        f"robust_auroc: undefined: 0 positives without 'tube' / {n_neg_tube} negatives with it"
+    )
+
+
 def test_auroc_above_threshold_is_an_error_naming_it() -> None:
     preds, manifest, *_ = _test_split()
     manifest[TASK] = 0.0

@@ -54,14 +54,53 @@ def robust_auroc(y_true: np.ndarray, score: np.ndarray, spurious: np.ndarray) ->
         AUROC on the subset {y=1, spurious=0} U {y=0, spurious=1}; NaN if a side is empty.
     """
     y = np.asarray(y_true, dtype=float)
-    t = np.asarray(spurious, dtype=float)
-    keep = ((y == 1) & (t == 0)) | ((y == 0) & (t == 1))
+    keep = spurious_pairing_rows(y, spurious, "robust_auroc")
     return auroc(y[keep], np.asarray(score, dtype=float)[keep])
 
 
 def reverse_auroc(y_true: np.ndarray, score: np.ndarray, spurious: np.ndarray) -> float:
     """The easy direction: positives *with* the spurious feature vs negatives *without* it."""
     y = np.asarray(y_true, dtype=float)
-    t = np.asarray(spurious, dtype=float)
-    keep = ((y == 1) & (t == 1)) | ((y == 0) & (t == 0))
+    keep = spurious_pairing_rows(y, spurious, "reverse_auroc")
     return auroc(y[keep], np.asarray(score, dtype=float)[keep])
+
+
+#: Which rows robust and reverse AUROC compare (``robust_auroc`` /
+#: ``reverse_auroc``): ``(spurious value of the positives, spurious value of the negatives)``.
+SPURIOUS_PAIRING: dict[str, tuple[int, int]] = {
+    "robust_auroc": (0, 1),  # positives without the feature vs negatives with it
+    "reverse_auroc": (1, 0),  # positives with it vs negatives without it
+}
+
+
+def spurious_pairing_rows(y: np.ndarray, spurious: np.ndarray, metric: str) -> np.ndarray:
+    """Mask of the rows ``metric`` (a key of ``SPURIOUS_PAIRING``) scores.
+
+    Robust and reverse AUROC use only two of the four label x feature cells, so the row's
+    ``n`` / ``n_pos`` must count those cells, not the whole split.
+    """
+    pos_value, neg_value = SPURIOUS_PAIRING[metric]
+    yy, tt = np.asarray(y, dtype=float), np.asarray(spurious, dtype=float)
+    return ((yy == 1) & (tt == pos_value)) | ((yy == 0) & (tt == neg_value))
+
+
+def undefined_pairing_note(y: np.ndarray, spurious: np.ndarray, metric: str, name: str) -> str:
+    """Why robust / reverse AUROC (``metric``) is undefined: the counts of its two sides.
+
+    Either side can be empty (no positive without the feature, no negative with it, or a
+    feature column without values), and a NaN estimate with no word would read as a
+    missing number rather than an undefined one.
+    """
+    pos_value, neg_value = SPURIOUS_PAIRING[metric]
+    yy, tt = np.asarray(y, dtype=float), np.asarray(spurious, dtype=float)
+    used = spurious_pairing_rows(yy, tt, metric)
+    n_pos, n_neg = int((used & (yy == 1)).sum()), int((used & (yy == 0)).sum())
+    word = {1: "with", 0: "without"}
+    note = (
+        f"undefined: {n_pos} positives {word[pos_value]} '{name}' / "
+        f"{n_neg} negatives {word[neg_value]} it"
+    )
+    unknown = int((np.isfinite(yy) & ~np.isfinite(tt)).sum())
+    if unknown:
+        note += f" ({unknown} labelled rows have no '{name}' value)"
+    return note

@@ -21,7 +21,7 @@ from cxr_spurious.errors import ContractError
 from cxr_spurious.models import CXRModel
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, bootstrap_or_note
-from cxr_spurious.stats.metrics import auroc, reverse_auroc, robust_auroc
+from cxr_spurious.stats.metrics import auroc, reverse_auroc, robust_auroc, undefined_pairing_note
 from cxr_spurious.training.checkpoints import NOT_RESULT_KEYS
 from cxr_spurious.training.config import DEFAULTS
 from cxr_spurious.training.data import CacheBatches, make_loader, subgroup_column
@@ -186,6 +186,8 @@ def compute_test_metrics(
                 res, note = bootstrap_or_note(
                     fn, len(test), max_dropped_share=share, desc=desc, **kw
                 )
+                if not np.isfinite(res.estimate):  # a side is empty: say which, not a bare NaN
+                    note = undefined_pairing_note(y, spurious, name, subgroup)
                 if note:
                     notes.append(f"{name}: {note}")
             entry.update(res.as_dict(name))
