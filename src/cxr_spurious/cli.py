@@ -96,6 +96,50 @@ def _project_path(ctx: click.Context) -> Path:
     return Path(getattr(metadata, "project_path", None) or Path.cwd())
 
 
+#: The characters after which a quote opens a quoted string inside a list or map value.
+_QUOTE_OPENERS_NESTED = "[{,:"
+
+
+def split_items(value: str) -> list[str]:
+    """``--params`` split at the commas outside brackets, braces and quoted strings.
+
+    A quote opens a quoted string only as the first non-blank character of an item's value
+    (right after its first ``=``) or of an element of a list or map (after ``[``, ``{``,
+    ``,`` or ``:`` inside brackets or braces), where OmegaConf reads one; elsewhere it is a
+    character of the value.
+    """
+    items: list[str] = []
+    current: list[str] = []
+    depth, quote, previous = 0, "", ""
+    for char in value:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'" and (
+            (depth == 0 and previous == "=" and _first_equals(current))
+            or (depth > 0 and previous != "" and previous in _QUOTE_OPENERS_NESTED)
+        ):
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            items.append("".join(current))
+            current, previous = [], ""
+            continue
+        current.append(char)
+        if not char.isspace():
+            previous = char
+    items.append("".join(current))
+    return items
+
+
+def _first_equals(current: list[str]) -> bool:
+    """Whether the last non-blank character of ``current`` is the item's first ``=``."""
+    text = "".join(current).rstrip()
+    return text.endswith("=") and text.index("=") == len(text) - 1
+
+
 @click.group(name="cxr-spurious")
 def cli() -> None:
     """Commands of the cxr-spurious project (they replace Kedro's of the same name)."""
@@ -106,26 +150,14 @@ def split_params(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     does not end an item: ``sweep.grid.seeds=[0,1,2],training.epochs=2`` is two items.
 
     Kedro 1.7 splits on every comma, so a list value (``[0,1]``) stopped the run before it
-    started ("Item `1]` must contain a key and a value").
+    started ("Item `1]` must contain a key and a value"). A quote opens a quoted string only
+    where OmegaConf's grammar (which parses each value, ``OmegaConf.from_dotlist``) reads
+    one: at the start of a value or of a list / map element; an apostrophe inside a word
+    (``report.title=Saab's study``) is a character of the value (``split_items``).
     """
     if not value or isinstance(value, dict):
         return value or {}
-    items, depth, quote, current = [], 0, "", []
-    for char in str(value):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "\"'":
-            quote = char
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth = max(depth - 1, 0)
-        elif char == "," and depth == 0:
-            items.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    items.append("".join(current))
+    items = split_items(str(value))
     dot_list = []
     for item in (i.strip() for i in items if i.strip()):
         key, equals, val = item.partition("=")

@@ -10,16 +10,21 @@ not available. A failed run logs the line too, marked "(run failed)".
 
 ``ParameterKeysHook`` refuses, when the context is created (before any node, and before
 the other hooks), a parameter key that nothing reads: the merged parameters (environments
-and ``--params`` included) against the keys of the shipped configuration, ``conf/base`` and
-the ``SHIPPED_ENVS`` (``cxr_spurious.parameter_schema``). A misspelt ``study.nboot`` stops
-the run with a ``ParameterError`` naming ``study.n_boot``.
+and ``--params`` included) against the keys of the shipped configuration of ``conf/base``
+and of the run's environment when it is one of the ``SHIPPED_ENVS``, from the committed
+snapshot ``parameter_keys.json`` (``cxr_spurious.parameter_schema``), and the names the
+loaded environments read with ``${runtime_params:...}``. A misspelt ``study.nboot`` stops
+the run with a ``ParameterError`` naming ``study.n_boot``; a key of a shipped file
+(``conf/base``, ``conf/<shipped env>``) that the snapshot does not know is refused naming
+the file.
 
 ``SweepParamsHook`` stashes the ``sweep`` parameters (with ``--params`` overrides) when the
 context is created, which Kedro does before the first access to the registered pipelines
 (``KedroSession.run``: ``load_context()``, then ``pipelines[name]``), so that
 ``pipelines/sweep/pipeline.py`` can build one namespace per grid cell; it stashes every
 parameter too (``stashed_parameters``), which the comparison reads for its seeds
-(``pipelines/comparison/pipeline.py``). Kedro loads the registered pipelines once per
+(``pipelines/comparison/pipeline.py``); both are cleared once the run ends, done or failed
+(``clear_stash``). Kedro loads the registered pipelines once per
 process and keeps them; when a later session of the same process (a notebook, a script)
 has other ``PIPELINE_PARAMETERS`` than the previous one, the hook empties Kedro's registry,
 so that its pipelines are built again from its own parameters. Without a session,
@@ -130,33 +135,73 @@ def _config_files(folder: Path) -> list[Path]:
     )
 
 
-def shipped_parameters(conf: Path) -> list[dict[str, Any]]:
-    """The parameters of ``conf/base`` and of each of ``SHIPPED_ENVS`` present, each read
-    on its own and unresolved (only their keys matter): files named ``parameters*`` or
-    under a ``parameters*`` folder, as Kedro's config loader finds them."""
-    out: list[dict[str, Any]] = []
-    for env in ("base", *SHIPPED_ENVS):
-        folder = conf / env
-        if not folder.is_dir():
-            continue
-        for path in _config_files(folder):
-            if any(part.startswith("parameters") for part in path.relative_to(folder).parts):
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-                if isinstance(loaded, dict):
-                    out.append(loaded)
+def env_parameter_files(conf: Path, env: str) -> list[tuple[Path, dict[str, Any]]]:
+    """``(path, parameters)`` of each parameter file of ``conf/<env>`` (none when the folder
+    does not exist), read unresolved (only their keys matter): files named ``parameters*``
+    or under a ``parameters*`` folder, as Kedro's config loader finds them."""
+    folder = conf / env
+    if not folder.is_dir():
+        return []
+    out: list[tuple[Path, dict[str, Any]]] = []
+    for path in _config_files(folder):
+        if any(part.startswith("parameters") for part in path.relative_to(folder).parts):
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict):
+                out.append((path, loaded))
     return out
 
 
-def runtime_param_names(conf: Path) -> list[str]:
-    """Names read with ``${runtime_params:NAME}`` anywhere in ``conf`` (``--params NAME=...``
-    sets them, which also adds them to the parameters)."""
+def shipped_parameters(conf: Path) -> list[dict[str, Any]]:
+    """The parameters of ``conf/base`` and of each of ``SHIPPED_ENVS`` present, each read
+    on its own and unresolved (``env_parameter_files``)."""
+    return [
+        loaded for env in ("base", *SHIPPED_ENVS) for _, loaded in env_parameter_files(conf, env)
+    ]
+
+
+def runtime_param_names(conf: Path, envs: tuple[str, ...] | None = None) -> list[str]:
+    """Names read with ``${runtime_params:NAME}`` in ``conf`` (``--params NAME=...`` sets
+    them, which also adds them to the parameters): in the folders ``envs`` only (the
+    environments a run loads), or anywhere in ``conf`` when ``envs`` is None."""
+    folders = [conf] if envs is None else [conf / env for env in dict.fromkeys(envs)]
     names = {
         match.group(1)
-        for path in _config_files(conf)
+        for folder in folders
+        if folder.is_dir()
+        for path in _config_files(folder)
         if not path.name.startswith("credentials")  # never read here
         for match in _RUNTIME_PARAM.finditer(path.read_text(encoding="utf-8"))
     }
     return sorted(names)
+
+
+def run_env(config_loader: Any) -> str:
+    """The environment a run loads over ``base`` (``--env``, else the default ``local``)."""
+    return str(
+        getattr(config_loader, "env", None)
+        or getattr(config_loader, "default_run_env", None)
+        or "local"
+    )
+
+
+#: Why the top-level ``split`` is not read outside the ``chexlocalize`` environment.
+SPLIT_HINT = "the maps' split is 'saliency.split' here (--params saliency.split=val)"
+
+
+def other_env_hints(conf: Path, env: str, snapshot: Mapping[str, Any]) -> dict[str, str]:
+    """``{key: hint}`` for the top-level keys and runtime names that only other shipped
+    environments read (``chexlocalize_dir``, ``split``, ``map_dir`` outside ``--env
+    chexlocalize``): given to a run of ``env`` that sets them, instead of a guess."""
+    hints: dict[str, str] = {}
+    for other in SHIPPED_ENVS:
+        if other == env:
+            continue
+        names = [*runtime_param_names(conf, (other,)), *snapshot.get(other, {})]
+        for name in names:
+            hints.setdefault(name, f"read only with --env {other}")
+    if "split" in hints:
+        hints["split"] += f"; {SPLIT_HINT}"
+    return hints
 
 
 SPLIT_NAMED_PARAMS: tuple[str, ...] = ("map_dir", "gt_segmentations")
@@ -207,20 +252,55 @@ class ParameterKeysHook:
                 valid key (``cxr_spurious.parameter_schema.check_parameter_keys``).
         """
         # imported here: it imports torch, which `settings` (every kedro command) need not
-        from cxr_spurious.parameter_schema import check_parameter_keys, parameter_schema
+        from cxr_spurious.parameter_schema import (
+            SNAPSHOT_PATH,
+            check_parameter_keys,
+            check_shipped_files,
+            load_snapshot,
+            parameter_schema,
+            snapshot_from_conf,
+        )
 
         conf = Path(context.config_loader.conf_source)
         if not (conf / "base").is_dir():
             logger.warning("Parameter keys not checked: %s has no base folder", conf)
             return
+        env = run_env(context.config_loader)
+        envs = ("base", env)
+        if SNAPSHOT_PATH.is_file():
+            snapshot = load_snapshot()
+        else:  # an installed copy without the snapshot: the shipped files say
+            logger.warning("%s not found: parameter keys read from %s", SNAPSHOT_PATH, conf)
+            snapshot = snapshot_from_conf(conf)
+        schema = parameter_schema(
+            [snapshot.get(e, {}) for e in envs], runtime_param_names(conf, envs)
+        )
+        # a typo written into a shipped file: named with the file (the snapshot, not the
+        # file, says which keys exist)
+        check_shipped_files(
+            [
+                (_shown(path, conf), config)
+                for e in envs
+                if e in snapshot
+                for path, config in env_parameter_files(conf, e)
+            ],
+            schema,
+        )
         params = context.config_loader["parameters"]
-        schema = parameter_schema(shipped_parameters(conf), runtime_param_names(conf))
-        check_parameter_keys(params, schema)
+        check_parameter_keys(params, schema, other_env_hints(conf, env, snapshot))
         saliency = params.get("saliency") if isinstance(params, Mapping) else None
         check_split_names(
             context.config_loader.runtime_params or {},
             saliency.get("split") if isinstance(saliency, Mapping) else None,
         )
+
+
+def _shown(path: Path, conf: Path) -> str:
+    """``path`` as ``conf/<env>/<file>`` (relative to the folder holding ``conf``)."""
+    try:
+        return str(path.relative_to(conf.parent))
+    except ValueError:
+        return str(path)
 
 
 def reset_pipeline_registry() -> None:
@@ -257,6 +337,29 @@ class SweepParamsHook:
         if blocks != _BUILT_FROM:
             reset_pipeline_registry()
             _BUILT_FROM = blocks
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        clear_stash()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        clear_stash()
+
+
+def clear_stash() -> None:
+    """Forget the stashed parameters once the session's run is over (done or failed).
+
+    The pipelines are built from them before the run starts (``KedroSession.run``: the
+    context, then ``pipelines[name]``, then the runner); a later construction without a
+    session (a bare ``register_pipelines()``, kedro-viz) reads ``conf/base`` again instead
+    of the finished run's ``--params``. The registry built from them is kept: the next
+    context builds it again (``SweepParamsHook``) as none is recorded.
+    """
+    global _SWEEP_PARAMS, _PARAMS, _BUILT_FROM
+    _SWEEP_PARAMS = None
+    _PARAMS = None
+    _BUILT_FROM = None
 
 
 class WorkerLoggingHook:

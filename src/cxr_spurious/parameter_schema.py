@@ -21,6 +21,13 @@ shipped configuration (``conf/base`` and the environments the project ships, rea
 * names that configuration files read with ``${runtime_params:NAME}`` (``chexlocalize_dir``),
   which ``--params`` also adds to the parameters.
 
+The key trees of the shipped files come from a committed snapshot, ``parameter_keys.json``
+beside this module (``snapshot_from_conf``; regenerate it with ``python -m
+cxr_spurious.parameter_schema`` after adding a key the code reads), not from the files of the
+run: a key misspelt *in* ``conf/base`` or a shipped environment's file would otherwise be
+part of the schema, accepted and ignored. ``check_shipped_files`` refuses such a key naming
+the file; a test keeps the snapshot equal to what the shipped files give.
+
 An unknown key raises ``ParameterError`` naming its full dotted path and the closest valid
 key (``difflib.get_close_matches`` among its siblings, else the same key one block down:
 ``sweep.seeds`` -> ``sweep.grid.seeds``, else the only key of that name anywhere); every
@@ -31,7 +38,10 @@ check when a run's context is created, before any node.
 from __future__ import annotations
 
 import difflib
+import json
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from cxr_spurious.errors import ParameterError
@@ -85,6 +95,12 @@ _VARIANT_BLOCKS: tuple[str, ...] = (
     "comparison.training_variants.*",
     "sweep.training",
 )
+
+
+#: The committed key trees of the shipped parameter files (``snapshot_from_conf``).
+SNAPSHOT_PATH = Path(__file__).with_name("parameter_keys.json")
+#: How to regenerate ``SNAPSHOT_PATH`` (named in the error for a key it does not know).
+SNAPSHOT_COMMAND = "python -m cxr_spurious.parameter_schema"
 
 
 class _OpenMap:
@@ -187,12 +203,18 @@ def parameter_schema(
     return tree
 
 
-def check_parameter_keys(params: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+def check_parameter_keys(
+    params: Mapping[str, Any],
+    schema: Mapping[str, Any],
+    hints: Mapping[str, str] | None = None,
+) -> None:
     """Refuse every parameter key the project does not read.
 
     Args:
         params: A run's merged parameters (``context.config_loader["parameters"]``).
         schema: ``parameter_schema(...)``.
+        hints: ``{dotted key: why it is not read here}`` for keys valid elsewhere (a name
+            only another environment reads), used in place of the closest-key guess.
 
     Raises:
         ParameterError: naming the first unknown key's dotted path and its closest valid
@@ -200,7 +222,7 @@ def check_parameter_keys(params: Mapping[str, Any], schema: Mapping[str, Any]) -
             of ``DELEGATED`` checks and of ``check_objective_params``.
     """
     problems: dict[str, tuple[str, str]] = {}
-    _walk(params, schema, (), problems, schema)
+    _walk(params, schema, (), problems, schema, hints=hints or {})
     for key, options, name, note in _objective_settings(params):
         try:
             check_objective_params(name, options, key)
@@ -221,11 +243,16 @@ def _walk(
     path: tuple[str, ...],
     problems: dict[str, tuple[str, str]],
     root: Mapping[str, Any],
+    *,
+    hints: Mapping[str, str],
+    delegate: bool = True,
 ) -> None:
     dotted = ".".join(path)
     if node is None or node is OPEN:
         return
     if callable(node):
+        if not delegate:
+            return
         try:
             node(value, dotted)
         except ParameterError as exc:
@@ -236,15 +263,21 @@ def _walk(
     for key, sub in value.items():
         here = (*path, str(key))
         if str(key) in node:
-            _walk(sub, node[str(key)], here, problems, root)
+            _walk(sub, node[str(key)], here, problems, root, hints=hints, delegate=delegate)
         else:
-            problems[".".join(here)] = _unknown(here, node, root)
+            problems[".".join(here)] = _unknown(here, node, root, hints)
 
 
 def _unknown(
-    path: tuple[str, ...], block: Mapping[str, Any], root: Mapping[str, Any]
+    path: tuple[str, ...],
+    block: Mapping[str, Any],
+    root: Mapping[str, Any],
+    hints: Mapping[str, str] | None = None,
 ) -> tuple[str, str]:
     """``(problem, short hint)`` for the unknown key at ``path`` in ``block``."""
+    told = (hints or {}).get(".".join(path))
+    if told is not None:
+        return f"not read in this environment: {told}", told
     hint = _known_mistake(path)
     if hint is not None:
         return hint, hint
@@ -348,3 +381,90 @@ def _get(params: Mapping[str, Any], *keys: str) -> Any:
     for key in keys:
         node = node.get(key) if isinstance(node, Mapping) else None
     return node
+
+
+def _prune(tree: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``tree`` with the maps whose keys are data (``OPEN_MAPS``) and the ``DELEGATED``
+    blocks cut to leaves: editing a task's threshold changes no key of the snapshot."""
+    cut = [*OPEN_MAPS, *(pattern for pattern, _ in DELEGATED)]
+    out: dict[str, Any] = {}
+    for key, child in tree.items():
+        here = (*path, key)
+        if isinstance(child, dict) and not any(_matches(p, here) for p in cut):
+            out[key] = _prune(child, here)
+        else:
+            out[key] = None
+    return out
+
+
+def snapshot_from_conf(conf: Path) -> dict[str, dict[str, Any]]:
+    """``{environment: key tree}`` of the parameter files of ``conf/base`` and each of
+    ``hooks.SHIPPED_ENVS`` present (``hooks.env_parameter_files``), data maps pruned."""
+    from cxr_spurious.hooks import SHIPPED_ENVS, env_parameter_files
+
+    return {
+        env: _prune(key_tree(*(config for _, config in env_parameter_files(conf, env))))
+        for env in ("base", *SHIPPED_ENVS)
+        if (conf / env).is_dir()
+    }
+
+
+def snapshot_text(snapshot: Mapping[str, Any]) -> str:
+    """The snapshot as written to ``SNAPSHOT_PATH`` (sorted keys, one key a line)."""
+    return json.dumps(snapshot, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def load_snapshot(path: Path = SNAPSHOT_PATH) -> dict[str, dict[str, Any]]:
+    """The committed ``{environment: key tree}`` (``snapshot_from_conf``)."""
+    loaded = json.loads(path.read_text(encoding="utf-8"))
+    return {str(env): dict(tree) for env, tree in loaded.items()}
+
+
+def write_snapshot(conf: Path, path: Path = SNAPSHOT_PATH) -> Path:
+    """Write ``snapshot_from_conf(conf)`` to ``path`` (``SNAPSHOT_COMMAND``)."""
+    path.write_text(snapshot_text(snapshot_from_conf(conf)), encoding="utf-8")
+    return path
+
+
+def check_shipped_files(
+    files: Sequence[tuple[str, Mapping[str, Any]]], schema: Mapping[str, Any]
+) -> None:
+    """Refuse a key of a shipped parameter file (``conf/base``, a shipped environment) that
+    the schema built from the committed snapshot does not know.
+
+    Only the keys are checked (the files are read unresolved); the values, and the blocks
+    checked by their own module (``DELEGATED``), are checked on the merged parameters.
+
+    Args:
+        files: ``(name shown, parameters)`` of each file.
+        schema: ``parameter_schema`` of the snapshot.
+
+    Raises:
+        ParameterError: naming the key, the closest valid key and the file.
+    """
+    for name, config in files:
+        problems: dict[str, tuple[str, str]] = {}
+        _walk(config, schema, (), problems, schema, hints={}, delegate=False)
+        if problems:
+            (key, (problem, _)), *others = problems.items()
+            also = f" (also: {', '.join(k for k, _ in others)})" if others else ""
+            raise ParameterError(
+                key,
+                f"{problem}{also} (written in the shipped file {name}; if the code reads "
+                f"a new key there, add it to {SNAPSHOT_PATH.name}: {SNAPSHOT_COMMAND})",
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cxr_spurious.parameter_schema [CONF]``: write ``SNAPSHOT_PATH`` from
+    ``CONF`` (default: the source checkout's ``conf``)."""
+    from cxr_spurious.hooks import SOURCE_CONF
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    conf = Path(args[0]) if args else SOURCE_CONF
+    print(f"wrote {write_snapshot(conf)} from {conf}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -71,3 +71,32 @@ def test_the_project_run_command_uses_it() -> None:
     assert option.callback is split_params
     kedro_option = next(p for p in kedro_run.params if p.name == "params")
     assert kedro_option.callback is _split_params  # Kedro's command is left as it was
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            "report.title=Saab's study,study.n_boot=10",
+            {"report": {"title": "Saab's study"}, "study": {"n_boot": 10}},
+        ),
+        ("a=O'Neil's,b=2", {"a": "O'Neil's", "b": 2}),
+        ('a=say "hi" now,b=2', {"a": 'say "hi" now', "b": 2}),
+    ],
+)
+def test_a_quote_inside_a_word_does_not_swallow_the_later_items(value: str, expected: dict) -> None:
+    assert split_params(None, None, value) == expected
+    assert _kedro(value) == expected  # no comma in a value: Kedro reads it the same
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("a= 'x,y' ,b=1", {"a": "x,y", "b": 1}),  # at the start of a value, blanks before
+        ("a=[p, 'q,r', s],b=1", {"a": ["p", "q,r", "s"], "b": 1}),  # of a list element
+        ("a={k: 'x,y'},b=1", {"a": {"k": "x,y"}, "b": 1}),  # of a map value
+        ("a=[O'Neil, x],b=2", {"a": ["O'Neil", "x"], "b": 2}),  # not inside a word
+    ],
+)
+def test_a_quote_opens_at_the_start_of_a_value_or_element(value: str, expected: dict) -> None:
+    assert split_params(None, None, value) == expected

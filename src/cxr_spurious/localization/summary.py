@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.sources.contract import patient_ids
 from cxr_spurious.stats.bootstrap import (
     MAX_DROPPED_SHARE,
@@ -79,14 +79,26 @@ def reference_bootstrap(per_cxr: pd.DataFrame, n_boot: int = 1000, seed: int = 0
     return pd.DataFrame(reps, columns=tasks)
 
 
+def _order_statistic(share: float, n: int) -> int:
+    """The reference's position ``int(share * n) - 1`` of a sorted sample, within ``[0, n - 1]``."""
+    return min(max(int(share * n) - 1, 0), max(n - 1, 0))
+
+
 def reference_ci(
     replicates: pd.Series, confidence_level: float = 0.05
 ) -> tuple[float, float, float]:
-    """Reference CI: order statistics of the sorted replicates (NaN last), rounded to 3."""
+    """Reference CI: order statistics of the sorted replicates (NaN last), rounded to 3.
+
+    The reference takes the replicates at positions ``int(alpha / 2 * n) - 1`` and
+    ``int((1 - alpha / 2) * n) - 1``; below 40 replicates the first is -1, which Python reads
+    as the last (largest) replicate. Both positions are clamped to ``[0, n - 1]``: the
+    smallest replicate then, as ``np.quantile(..., method="lower")``; from 40 replicates on,
+    the reference's numbers.
+    """
     ordered = replicates.sort_values().reset_index(drop=True)
     n = len(ordered)
-    lower = ordered.iloc[int(confidence_level / 2 * n) - 1]
-    upper = ordered.iloc[int((1 - confidence_level / 2) * n) - 1]
+    lower = ordered.iloc[_order_statistic(confidence_level / 2, n)]
+    upper = ordered.iloc[_order_statistic(1 - confidence_level / 2, n)]
     return round(float(lower), 3), round(float(replicates.mean()), 3), round(float(upper), 3)
 
 
@@ -303,6 +315,16 @@ def bootstrap_means(
     return out
 
 
+#: Columns of the project tables (``summary_table``, ``subgroup_table``,
+#: ``paired_comparisons``) that record how their CIs were made.
+CI_COLUMNS: tuple[str, ...] = ("ci_level", "n_boot")
+
+
+def ci_settings(level: float, n_boot: int) -> dict[str, float | int]:
+    """The ``CI_COLUMNS`` of a row: the CI level and the bootstrap replicates."""
+    return {"ci_level": float(level), "n_boot": int(n_boot)}
+
+
 def summary_table(
     per_map: pd.DataFrame,
     *,
@@ -317,7 +339,8 @@ def summary_table(
 
     Only CXRs in the ground truth count (the reference's evaluation set). CIs resample
     patients (``patient_clusters``: the manifest's ``patient_id``, else CheXpert-style ids);
-    see ``bootstrap_means`` for the columns.
+    see ``bootstrap_means`` for the columns, then ``ci_level`` and ``n_boot``
+    (``CI_COLUMNS``: the level and replicates the CIs were made with).
     """
     rows = []
     scored = per_map[per_map["in_gt"].astype(bool)]
@@ -337,8 +360,53 @@ def summary_table(
                 max_dropped_share=max_dropped_share,
                 label=cell,
             )
-            rows.append({**labels, "task": task, **stats})
+            rows.append({**labels, "task": task, **stats, **ci_settings(level, n_boot)})
     return pd.DataFrame(rows)
+
+
+def check_attributes(attributes: object, key: str) -> list[str]:
+    """``subgroup_attributes`` as a list of names (``None``: none).
+
+    Raises:
+        ParameterError: not a list of strings (a bare string such as ``--params
+        localization.subgroup_attributes=sex`` would be read letter by letter).
+    """
+    if attributes is None:
+        return []
+    if not isinstance(attributes, list | tuple) or not all(
+        isinstance(a, str) and a for a in attributes
+    ):
+        raise ParameterError(
+            key, f"expected a list of manifest columns, e.g. [sex, tube], got {attributes!r}"
+        )
+    return list(attributes)
+
+
+def check_pairs(pairs: object, names: Sequence[str], key: str) -> list[tuple[str, str]]:
+    """``compare_pairs``: a list of ``[set_a, set_b]`` of two different known sets.
+
+    Raises:
+        ParameterError: naming ``key``: not a list of two-element lists, a pair of one set
+            with itself, or a set that is not in ``names`` (the available ones listed).
+    """
+    expected = "expected a list of [set_a, set_b] pairs of two different heatmap sets"
+    if not isinstance(pairs, list | tuple):
+        raise ParameterError(key, f"{expected}, got {pairs!r}")
+    out: list[tuple[str, str]] = []
+    for pair in pairs:
+        if (
+            not isinstance(pair, list | tuple)
+            or len(pair) != 2
+            or not all(isinstance(s, str) for s in pair)
+        ):
+            raise ParameterError(key, f"{expected}; {pair!r} is not a pair of set names")
+        if pair[0] == pair[1]:
+            raise ParameterError(key, f"{expected}; {list(pair)!r} compares a set with itself")
+        out.append((pair[0], pair[1]))
+    unknown = sorted({s for p in out for s in p} - set(names))
+    if unknown:
+        raise ParameterError(key, f"unknown heatmap set(s) {unknown}; available: {list(names)}")
+    return out
 
 
 def subgroup_table(
@@ -349,12 +417,26 @@ def subgroup_table(
     n_boot: int,
     seed: int,
     max_dropped_share: float = MAX_DROPPED_SHARE,
+    key: str = "subgroup_attributes",
 ) -> pd.DataFrame:
-    """Summary broken down by manifest attributes (one block per attribute and level)."""
-    if not isinstance(manifest, pd.DataFrame) or manifest.empty or not attributes:
+    """Summary broken down by manifest attributes (one block per attribute and level).
+
+    Empty without a manifest (``{}`` in the ``chexlocalize`` environment) or attributes.
+
+    Raises:
+        ParameterError: ``attributes`` (the parameter ``key``) is not a list of names, or
+            names a column the manifest lacks (the message lists the manifest's columns).
+    """
+    attrs = check_attributes(attributes, key)
+    if not isinstance(manifest, pd.DataFrame) or manifest.empty or not attrs:
         return pd.DataFrame()
+    unknown = [a for a in attrs if a not in manifest.columns]
+    if unknown:
+        available = ", ".join(str(c) for c in manifest.columns if c != "image_id")
+        raise ParameterError(
+            key, f"not a column of the manifest: {unknown}; available columns: {available}"
+        )
     frames = []
-    attrs = [a for a in attributes if a in manifest.columns]
     joined = per_map.merge(
         manifest[["image_id", *attrs]].astype({"image_id": str}), on="image_id", how="left"
     )
@@ -381,6 +463,7 @@ def paired_comparisons(
     seed: int,
     manifest: object = None,
     max_dropped_share: float = MAX_DROPPED_SHARE,
+    level: float = 0.95,
 ) -> pd.DataFrame:
     """Difference a - b of each metric between two heatmap sets on the same (CXR, task) pairs.
 
@@ -391,16 +474,22 @@ def paired_comparisons(
         seed: Seed.
         manifest: For the patient of each CXR (see ``patient_clusters``).
         max_dropped_share: See ``cxr_spurious.stats.bootstrap.percentile_ci``.
+        level: CI level.
 
     Returns:
         set_a, set_b, task, metric, diff, diff_lo, diff_hi, p_value, n_maps, n_clusters,
-        cluster_unit, diff_dropped.
+        cluster_unit, diff_dropped, ci_level, n_boot.
+
+    Raises:
+        ParameterError: a pair of a set with itself (its differences would all be 0).
     """
     rows = []
     scored = per_map[per_map["in_gt"].astype(bool)]
     patients, unit = patient_clusters(scored["image_id"], manifest)
     scored = scored.assign(_cluster=patients)
     for a, b in pairs:
+        if a == b:
+            raise ParameterError("compare_pairs", f"[{a!r}, {b!r}] compares a set with itself")
         left = scored[scored["set"] == a].set_index(["image_id", "task"])
         right = scored[scored["set"] == b].set_index(["image_id", "task"])
         common = left.index.intersection(right.index)
@@ -425,6 +514,7 @@ def paired_comparisons(
                     len(va),
                     n_boot=n_boot,
                     seed=seed,
+                    level=level,
                     clusters=groups,
                     max_dropped_share=max_dropped_share,
                     label=f"{a} - {b}/{task}/{name}",
@@ -443,6 +533,7 @@ def paired_comparisons(
                         "n_clusters": int(pd.unique(groups).size),
                         "cluster_unit": unit,
                         "diff_dropped": res.n_dropped,
+                        **ci_settings(level, n_boot),
                     }
                 )
     return pd.DataFrame(rows)

@@ -19,6 +19,7 @@ from cxr_spurious.localization.evaluate import (
 )
 from cxr_spurious.localization.metrics import rle_area
 from cxr_spurious.parallel import ordered_map
+from cxr_spurious.tasks import CHEXLOCALIZE_TASKS
 
 
 def threshold_grid(start: float, stop: float, step: float) -> list[float]:
@@ -157,11 +158,19 @@ def tune_probability_cutoffs(
     from its one Lung Lesion segmentation, and leaves 668 false-positive segmentations).
 
     Raises:
-        ParameterError: the per-map table lacks the counts (evaluated without a tuning grid).
+        ParameterError: the per-map table lacks the counts (evaluated without a tuning grid),
+            or ``by_task`` names a task that is not a CheXlocalize task (a misspelt task
+            would silently get ``cutoffs``).
 
     Returns:
         ``probability_tuning_results.csv`` layout: prob_threshold, mIoU (3 decimals), task.
     """
+    unknown = sorted(str(t) for t in (by_task or {}) if str(t) not in CHEXLOCALIZE_TASKS)
+    if unknown:
+        raise ParameterError(
+            "localization.prob_cutoffs_grid_by_task",
+            f"unknown task(s) {unknown}; valid names are: {', '.join(sorted(CHEXLOCALIZE_TASKS))}",
+        )
     missing = [c for c in PROB_TUNING_COLUMNS if c not in per_map.columns]
     if missing:
         raise ParameterError(

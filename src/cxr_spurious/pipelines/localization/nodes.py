@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_spurious.ci_marks import draw_intervals
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError, DataFormatError, ParameterError
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.chexlocalize import check_task
 from cxr_spurious.io.png_text import set_png_text
@@ -23,7 +23,9 @@ from cxr_spurious.localization.segmentation import SegmentationConfig
 from cxr_spurious.overlays import images_of
 from cxr_spurious.progress import progress_bar
 from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.stats.bootstrap import check_max_dropped_share, check_n_boot
 from cxr_spurious.stats.multiplicity import adjust_column, family_note, read_settings
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.training.provenance import MODEL_FINGERPRINT_KEY
 
 logger = logging.getLogger(__name__)
@@ -99,15 +101,56 @@ def _per_task(table: object, key: str) -> dict[str, float]:
     return out
 
 
+def _task_key(task: object, key: str) -> str:
+    """A task named as a key of the map parameter ``key``: a CheXlocalize task.
+
+    Raises:
+        ParameterError: not a CheXlocalize task (the valid names listed), naming ``key``.
+    """
+    try:
+        check_task(task, source=f"parameter {key}")  # type: ignore[arg-type]
+    except DataFormatError as exc:
+        raise ParameterError(key, exc.problem) from exc
+    return str(task)
+
+
+def _bootstrap_settings(
+    n_boot: object, seed: object, max_dropped_share: object | None = None
+) -> tuple[int, int, float | None]:
+    """``localization.n_boot`` / ``seed`` / ``max_dropped_share``, checked and converted.
+
+    Raises:
+        ParameterError: naming the ``localization.*`` key of a bad value.
+    """
+    share = (
+        None
+        if max_dropped_share is None
+        else check_max_dropped_share(max_dropped_share, "localization.max_dropped_share")
+    )
+    return (
+        check_n_boot(n_boot, "localization.n_boot"),
+        check_seed(seed, "localization.seed"),
+        share,
+    )
+
+
 def _configs(
     fixed_thresholds: dict[str, float] | None,
     prob_cutoffs: dict[str, float] | None,
-    smoothing_k: int,
+    smoothing_k: object,
 ) -> dict[str, SegmentationConfig]:
     fixed = _per_task(fixed_thresholds, "localization.fixed_thresholds")
     cut = _per_task(prob_cutoffs, "localization.prob_cutoffs")
-    if smoothing_k < 0:
-        raise ParameterError("localization.smoothing_k", f"must be >= 0, got {smoothing_k}")
+    if (
+        isinstance(smoothing_k, bool)
+        or not isinstance(smoothing_k, int | float | np.integer | np.floating)
+        or not float(smoothing_k).is_integer()
+        or smoothing_k < 0
+    ):
+        raise ParameterError(
+            "localization.smoothing_k", f"must be an integer >= 0, got {smoothing_k!r}"
+        )
+    smoothing_k = int(smoothing_k)
     tasks = set(fixed) | set(cut)
     return {
         t: SegmentationConfig(
@@ -148,7 +191,7 @@ def evaluate_heatmaps(
     """
     # every parameter checked before any segmentation or map is read
     grid = _grid(tuning_grid, "localization.tuning_grid") if tuning_grid else []
-    configs = _configs(fixed_thresholds, prob_cutoffs, int(smoothing_k))
+    configs = _configs(fixed_thresholds, prob_cutoffs, smoothing_k)
     top_k = metrics.check_top_k(top_k)
     # every RLE checked once here, not once per set
     validate_segmentations(gt_segmentations, source="gt_segmentations")
@@ -201,13 +244,14 @@ def summarise_localization(
     artifact, which the report compares with the model's ``test_metrics``) from the per-map
     table when present.
     """
+    n_boot, seed, share = _bootstrap_settings(n_boot, seed, max_dropped_share)
     table = summary.summary_table(
         per_map,
         n_boot=n_boot,
         seed=seed,
         by=("set", "model", "method"),
         manifest=manifest,
-        max_dropped_share=float(max_dropped_share),
+        max_dropped_share=float(share),  # type: ignore[arg-type]
     )
     if SKIPPED_COLUMN in per_map.columns and len(table):
         table[SKIPPED_COLUMN] = (
@@ -264,8 +308,11 @@ def tune_segmentation(
             "localization.prob_cutoffs_grid_by_task",
             f"expected {{task: [start, stop, step]}}, got {prob_cutoffs_grid_by_task!r}",
         )
+    # a misspelt task would otherwise be ignored (the default grid, with its cutoff 0)
     cut_by_task = {
-        str(task): _grid(values, f"localization.prob_cutoffs_grid_by_task.{task}")
+        _task_key(task, "localization.prob_cutoffs_grid_by_task"): _grid(
+            values, f"localization.prob_cutoffs_grid_by_task.{task}"
+        )
         for task, values in (prob_cutoffs_grid_by_task or {}).items()
     }
     best, full, prob = [], [], []
@@ -454,6 +501,7 @@ def build_reference_reports(
     Returns:
         ``{partition: table}`` of the reference-layout CSVs.
     """
+    n_boot, seed, _ = _bootstrap_settings(n_boot, seed)
     reports: dict[str, pd.DataFrame] = {}
     sets = sorted(per_map["set"].unique())
     hb = _layout(hb_table, "humanbenchmark_", n_boot, seed, true_pos_only) if len(hb_table) else {}
@@ -510,14 +558,21 @@ def summarise_subgroups(
     seed: int,
     max_dropped_share: float = 0.05,
 ) -> pd.DataFrame:
-    """Every metric by manifest attribute level, with patient-bootstrap CIs."""
+    """Every metric by manifest attribute level, with patient-bootstrap CIs.
+
+    Raises:
+        ParameterError: a bad ``localization.n_boot`` / ``seed`` / ``max_dropped_share``, or
+            ``localization.subgroup_attributes`` not a list of manifest columns.
+    """
+    n_boot, seed, share = _bootstrap_settings(n_boot, seed, max_dropped_share)
     return summary.subgroup_table(
         per_map,
         manifest,
         attributes,
         n_boot=n_boot,
         seed=seed,
-        max_dropped_share=float(max_dropped_share),
+        max_dropped_share=float(share),  # type: ignore[arg-type]
+        key="localization.subgroup_attributes",
     )
 
 
@@ -538,20 +593,20 @@ def compare_sets(
     metric and task when it is not set; ``p_adj_note`` says which.
     """
     method, family = read_settings(multiplicity, "localization.multiplicity")
+    n_boot, seed, share = _bootstrap_settings(n_boot, seed, max_dropped_share)
     names = sorted(per_map["set"].unique())
-    chosen = pairs if pairs else [[a, b] for i, a in enumerate(names) for b in names[i + 1 :]]
-    unknown = sorted({s for p in chosen for s in p} - set(names))
-    if unknown:
-        raise ParameterError(
-            "localization.compare_pairs", f"unknown heatmap set(s) {unknown}; available: {names}"
-        )
+    chosen = (
+        summary.check_pairs(pairs, names, "localization.compare_pairs")
+        if pairs
+        else [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    )
     table = summary.paired_comparisons(
         per_map,
         chosen,
         n_boot=n_boot,
         seed=seed,
         manifest=manifest,
-        max_dropped_share=float(max_dropped_share),
+        max_dropped_share=float(share),  # type: ignore[arg-type]
     )
     if table.empty:
         return table

@@ -1,0 +1,29 @@
+"""The check of a seed parameter (``localization.seed``, ...): the one place it is done."""
+
+from __future__ import annotations
+
+import numbers
+
+from cxr_spurious.errors import ParameterError
+
+#: numpy's ``default_rng`` / ``RandomState`` take seeds in ``[0, 2**32 - 1]`` (the legacy
+#: generator of the reference-layout files refuses anything larger).
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value: object, key: str = "seed") -> int:
+    """A seed as an ``int`` in ``[0, 2**32 - 1]``.
+
+    Accepts an integer, or a float with an integral value (``--params`` may parse ``1e3`` as
+    ``1000.0``); refuses booleans, fractions, strings and anything else.
+
+    Raises:
+        ParameterError: naming ``key``, the value and the range expected.
+    """
+    expected = f"must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ParameterError(key, expected)
+    number = float(value)
+    if not number.is_integer() or not 0 <= number <= MAX_SEED:
+        raise ParameterError(key, expected)
+    return int(value) if isinstance(value, numbers.Integral) else int(number)
