@@ -33,3 +33,19 @@ def make_table(n_patients: int = 150, seed: int = 0) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def outlier_data(
+    n: int, n_features: int, n_outliers: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, scores and embeddings: ``n`` images, half positives scored 0.9 and half
+    negatives scored 0.1 (no errors), except ``n_outliers`` negatives far away in embedding
+    space (``n_features`` dimensions) that the model calls positive (0.99)."""
+    rng = np.random.default_rng(0)
+    y = (np.arange(n) % 2).astype(float)
+    x = rng.normal(size=(n, n_features))
+    p = np.where(y == 1, 0.9, 0.1)
+    odd = np.flatnonzero(y == 0)[:n_outliers]
+    x[odd] += 60.0
+    p[odd] = 0.99
+    return y, p, x

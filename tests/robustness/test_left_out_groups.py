@@ -19,7 +19,7 @@ from fairlearn.metrics import (
     false_positive_rate,
 )
 from sklearn.metrics import roc_auc_score
-from tests.robustness.robust_fixtures import TASK, make_table
+from tests.robustness.robust_fixtures import TASK, make_table, outlier_data
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.robustness.calibration import (
@@ -155,17 +155,8 @@ def test_no_groups_left_out_means_no_warning_and_every_line(caplog) -> None:
 
 
 def _outlier_data(n_outliers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """100 negatives scored 0.1 and 100 positives scored 0.9 (no errors), except
-    ``n_outliers`` negatives far away in embedding space that the model calls positive."""
-    rng = np.random.default_rng(0)
-    n = 200
-    y = (np.arange(n) % 2).astype(float)
-    x = rng.normal(size=(n, 5))
-    p = np.where(y == 1, 0.9, 0.1)
-    odd = np.flatnonzero(y == 0)[:n_outliers]
-    x[odd] += 60.0
-    p[odd] = 0.99
-    return y, p, x
+    """200 images in 5 dimensions, ``n_outliers`` of them misclassified outliers."""
+    return outlier_data(200, 5, n_outliers)
 
 
 @pytest.mark.parametrize(("n_outliers", "flagged"), [(1, False), (4, False), (5, True)])

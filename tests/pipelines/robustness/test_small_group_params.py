@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
-from tests.robustness.robust_fixtures import TASK, make_table
+from tests.robustness.robust_fixtures import TASK, make_table, outlier_data
 
 from cxr_spurious.pipelines.robustness import create_pipeline, nodes
 from cxr_spurious.robustness.strata import MIN_STRATUM_SIZE
@@ -19,15 +18,8 @@ PARAMS = Path(__file__).resolve().parents[3] / "conf/base/parameters_robustness.
 
 def _strata_inputs(n_outliers: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Test rows whose negatives include ``n_outliers`` far-away images called positive."""
-    rng = np.random.default_rng(0)
-    n = 120
-    y = (np.arange(n) % 2).astype(float)
-    x = rng.normal(size=(n, 4))
-    p = np.where(y == 1, 0.9, 0.1)
-    odd = np.flatnonzero(y == 0)[:n_outliers]
-    x[odd] += 60.0
-    p[odd] = 0.99
-    ids = [f"i{k}" for k in range(n)]
+    y, p, x = outlier_data(120, 4, n_outliers)
+    ids = [f"i{k}" for k in range(len(y))]
     table = pd.DataFrame(
         {"image_id": ids, "split": "test", TASK: y, f"p_{TASK}": p, "tube": y, "site": "a"}
     )
