@@ -180,6 +180,30 @@ def _run_params() -> list[click.Parameter]:
     return params
 
 
+@cli.command(name="parameter-keys")
+@click.option(
+    "--conf",
+    "conf",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The configuration folder to read (default: the project's conf).",
+)
+def parameter_keys(conf: Path | None) -> None:
+    """Write the parameter-key snapshot (parameter_keys.json) from the shipped configuration.
+
+    Run it after adding a key that the code reads to conf/base or a shipped environment:
+    every run checks its parameters against this snapshot, so a key that a shipped file
+    holds but the snapshot does not is refused as a typo.
+    """
+    # imported here: parameter_schema imports torch, which other commands need not
+    from cxr_spurious import parameter_schema
+    from cxr_spurious.hooks import SOURCE_CONF
+
+    source = conf or SOURCE_CONF
+    written = parameter_schema.write_snapshot(source, parameter_schema.SNAPSHOT_PATH)
+    click.echo(f"wrote {written} from {source}")
+
+
 #: MLflow's switch for the run and experiment links it prints to stdout (``true``: off).
 MLFLOW_QUIET_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,7 +99,7 @@ _VARIANT_BLOCKS: tuple[str, ...] = (
 #: The committed key trees of the shipped parameter files (``snapshot_from_conf``).
 SNAPSHOT_PATH = Path(__file__).with_name("parameter_keys.json")
 #: How to regenerate ``SNAPSHOT_PATH`` (named in the error for a key it does not know).
-SNAPSHOT_COMMAND = "python -m cxr_spurious.parameter_schema"
+SNAPSHOT_COMMAND = "kedro parameter-keys"
 
 
 class _OpenMap:
@@ -421,8 +420,11 @@ def load_snapshot(path: Path = SNAPSHOT_PATH) -> dict[str, dict[str, Any]]:
 
 
 def write_snapshot(conf: Path, path: Path = SNAPSHOT_PATH) -> Path:
-    """Write ``snapshot_from_conf(conf)`` to ``path`` (``SNAPSHOT_COMMAND``)."""
-    path.write_text(snapshot_text(snapshot_from_conf(conf)), encoding="utf-8")
+    """Write ``snapshot_from_conf(conf)`` to ``path`` (``SNAPSHOT_COMMAND``), whole or not
+    at all (a half-written snapshot would refuse every run)."""
+    from cxr_spurious.io.atomic import write_text_atomic
+
+    write_text_atomic(path, snapshot_text(snapshot_from_conf(conf)))
     return path
 
 
@@ -453,18 +455,3 @@ def check_shipped_files(
                 f"{problem}{also} (written in the shipped file {name}; if the code reads "
                 f"a new key there, add it to {SNAPSHOT_PATH.name}: {SNAPSHOT_COMMAND})",
             )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cxr_spurious.parameter_schema [CONF]``: write ``SNAPSHOT_PATH`` from
-    ``CONF`` (default: the source checkout's ``conf``)."""
-    from cxr_spurious.hooks import SOURCE_CONF
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    conf = Path(args[0]) if args else SOURCE_CONF
-    print(f"wrote {write_snapshot(conf)} from {conf}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -27,7 +27,7 @@ CONF = REPO / "conf"
 
 def test_the_committed_snapshot_is_what_the_shipped_files_give() -> None:
     """Fails when a shipped parameter file gains or loses a key: regenerate the snapshot
-    (``python -m cxr_spurious.parameter_schema``) when the code reads the new key."""
+    (``kedro parameter-keys``) when the code reads the new key."""
     snapshot = parameter_schema.snapshot_from_conf(CONF)
     text = parameter_schema.SNAPSHOT_PATH.read_text(encoding="utf-8")
     assert text == parameter_schema.snapshot_text(snapshot)
@@ -136,3 +136,21 @@ def test_the_stashed_parameters_are_forgotten_when_the_run_ends(end: str) -> Non
     getattr(hook, end)()
     assert hooks.stashed_parameters() is None
     assert hooks.stashed_sweep_params() is None
+
+
+def test_the_parameter_keys_command_writes_the_snapshot_of_a_conf(
+    conf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from cxr_spurious.cli import cli
+
+    target = tmp_path / "parameter_keys.json"
+    monkeypatch.setattr(parameter_schema, "SNAPSHOT_PATH", target)
+    _add_line(conf / "base/parameters_localization.yml", "localization:", "  new_key: 1")
+    result = CliRunner().invoke(cli, ["parameter-keys", "--conf", str(conf)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"wrote {target} from {conf}"
+    written = target.read_text(encoding="utf-8")
+    assert written == parameter_schema.snapshot_text(parameter_schema.snapshot_from_conf(conf))
+    assert "new_key" in parameter_schema.load_snapshot(target)["base"]["localization"]
