@@ -424,3 +424,10 @@ def test_the_report_node_reads_digests_and_fingerprints_from_test_metrics() -> N
     assert current["model_fingerprint"] == {"erm": "f", "box": None}
     assert _current(current, "model_fingerprint") == {"erm": "f", "box": None}
     assert _current(None, "model_digest") == {}
+
+
+def test_a_count_of_zero_prints_as_a_count() -> None:
+    # an integer 0 fell through to the float format: n_flagged 0 showed as "0.00"
+    table = pd.DataFrame({"method": ["gradcam"], "n_models": [6], "n_flagged": [0], "r": [0.0]})
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", table_html(table))
+    assert cells == ["gradcam", "6", "0", "0.00"]

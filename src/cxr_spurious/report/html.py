@@ -77,6 +77,8 @@ def figure_html(png: bytes, *, name: str, caption: str = "") -> str:
 def _fmt(value: object, digits: int, fixed: bool = False) -> str:
     if isinstance(value, bool):
         return str(value)
+    if isinstance(value, numbers.Integral) and not fixed:
+        return str(int(value))  # a count, 0 included ("0", not "0.00")
     if isinstance(value, int | float) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             return "" if math.isnan(value) else str(value)

@@ -151,3 +151,10 @@ def test_an_unknown_multiplicity_setting_names_the_key() -> None:
         summarise_headline_seeds(_per_seed(), 0.95, {"method": "sidak"})
     with pytest.raises(ParameterError, match=r"comparison.multiplicity.*\['level'\]"):
         summarise_headline_seeds(_per_seed(), 0.95, {"level": 0.05})
+
+
+def test_the_notes_state_a_level_that_is_not_a_whole_percent() -> None:
+    # f"{level:.0%}" printed 0.975 as "98%" and 0.995 as "100%"
+    table, paired = summarise_headline_seeds(_per_seed(), 0.975)
+    assert table["ci_note"].str.startswith("97.5% t interval across").all()
+    assert paired["ci_note"].str.startswith("97.5% paired t interval").all()

@@ -443,7 +443,7 @@ def summarise_headline_seeds(
         paired, metrics, method=method, family=family, groups=["task"], source=source
     )
     paired["ci_note"] = (
-        f"{level:.0%} paired t interval over training seeds of variant - {ERM_VARIANT} "
+        f"{100 * level:g}% paired t interval over training seeds of variant - {ERM_VARIANT} "
         "(same seed and task), cut to the range of a difference; p: paired t-test; "
         f"{family_note(method, family, ['task'])}; <metric>_n: the pairs where the metric "
         "is defined on both sides (n_pairs counts every paired seed)"
@@ -464,7 +464,7 @@ def _ci_note(row: dict[str, Any], metrics: list[str], level: float) -> str:
         )
     else:
         note = (
-            f"{level:.0%} t interval across {n} training seeds ({row['seeds']}), cut to "
+            f"{100 * level:g}% t interval across {n} training seeds ({row['seeds']}), cut to "
             "the metric's range; test-sampling CIs of each seed are in headline_table_per_seed"
         )
     short = [f"{m}: {row[f'{m}_n']} of {n}" for m in metrics if row[f"{m}_n"] < n]
