@@ -332,3 +332,91 @@ def test_an_image_beyond_the_decompression_bomb_limit_names_file_and_row(
         r"\(referenced by valid\.csv row 2\): Image size \(2000 pixels\) exceeds limit",
     ):
         read(root)
+
+
+def _edit_valid_csv(root: Path, row: int, **values: str) -> None:
+    """Set columns of data row ``row`` (0-based) of ``valid.csv``."""
+    with (root / "valid.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[row].update(values)
+    with (root / "valid.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CHEXPERT_HEADER))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_the_release_layout_finds_the_json_folder_beside_the_chexpert_folder(
+    tmp_path: Path,
+) -> None:
+    """<download>/CheXpert/ (labels, images) beside <download>/CheXlocalize/ (JSON files): with
+    root = the CheXpert folder, no annotation was found and nothing said so."""
+    expected = read(make_tree(tmp_path / "flat"))
+    root = make_tree(tmp_path / "download" / "CheXpert")
+    (tmp_path / "download" / "CheXlocalize").mkdir()
+    for name in ("gt_annotations_val.json", "gt_segmentations_val.json"):
+        (root / name).rename(tmp_path / "download" / "CheXlocalize" / name)
+    out = read(root)
+    assert out.annotations == expected.annotations and len(out.annotations) == 3
+    assert out.segmentations == expected.segmentations
+
+
+def test_positive_labels_without_any_ground_truth_file_name_the_folders_searched(
+    tmp_path: Path,
+) -> None:
+    root = make_tree(tmp_path / "CheXpert")
+    for name in ("gt_annotations_val.json", "gt_segmentations_val.json"):
+        (root / name).unlink()
+    with pytest.raises(DataFormatError, match=r"positives for CheXlocalize task\(s\)") as info:
+        read(root)
+    message = str(info.value)
+    assert "{'Cardiomegaly': 2}" in message and "gt_annotations_test.json" in message
+    for folder in (root, root / "CheXlocalize", tmp_path / "CheXlocalize"):
+        assert str(folder) in message
+    # without a positive label there is nothing to locate: no error
+    _edit_valid_csv(root, 0, Cardiomegaly="0.0")
+    _edit_valid_csv(root, 2, Cardiomegaly="0.0")
+    assert read(root).annotations == {}
+
+
+def test_a_folder_with_its_own_ground_truth_ignores_the_chexlocalize_folder_beside_it(
+    tmp_path: Path,
+) -> None:
+    root = make_tree(tmp_path / "phantom")
+    (tmp_path / "CheXlocalize").mkdir()
+    (tmp_path / "CheXlocalize" / "gt_annotations_test.json").write_text("{not json")
+    (tmp_path / "CheXlocalize" / "hb_annotations_test.json").write_text("{not json")
+    assert len(read(root).annotations) == 3
+
+
+@pytest.mark.parametrize(("value", "shown"), [("yes", "'yes'"), ("2.0", "'2.0'"), ("N/A", "'N/A'")])
+def test_a_bad_label_names_the_file_row_and_column(tmp_path: Path, value: str, shown: str) -> None:
+    """'yes' gave a bare pandas ValueError; '2.0' passed and failed later without file or row."""
+    root = make_tree(tmp_path)
+    _edit_valid_csv(root, 1, Cardiomegaly=value)
+    with pytest.raises(
+        DataFormatError,
+        match=rf"valid\.csv \(row 3\): label column 'Cardiomegaly' has value {shown}",
+    ):
+        read(root)
+
+
+@pytest.mark.parametrize(("policy", "expected"), [(None, None), ("zeros", 0.0), ("ones", 1.0)])
+def test_uncertain_labels_follow_the_uncertainty_policy(
+    tmp_path: Path, policy: str | None, expected: float | None
+) -> None:
+    root = make_tree(tmp_path)
+    _edit_valid_csv(root, 1, Cardiomegaly="-1.0", Edema="")
+    params = {"uncertainty_policy": policy} if policy else {}
+    m = validate_manifest(read(root, **params).manifest).set_index("image_id")
+    value = m.at["patient64542_study1_view1_frontal", "Cardiomegaly"]
+    assert np.isnan(value) if expected is None else value == expected
+    assert np.isnan(m.at["patient64542_study1_view1_frontal", "Edema"])  # blank: unmentioned
+
+
+def test_unparseable_or_impossible_ages_are_missing(tmp_path: Path) -> None:
+    """'abc' gave a bare ValueError; -1 and 0 (CheXpert's missing age) are NaN like 300."""
+    root = make_tree(tmp_path, n_patients=5)
+    for row, age in enumerate(("abc", "-1", "0", "300", "058Y")):
+        _edit_valid_csv(root, row, Age=age)
+    ages = read(root).manifest["age_years"].tolist()
+    assert np.isnan(ages[:4]).all() and ages[4] == 58.0

@@ -161,6 +161,50 @@ def _rewrite_gz(path: Path, old: str, new: str) -> None:
         fh.write(text.replace(old, new))
 
 
+def _set_metadata_field(root: Path, line: int, field: int, value: str) -> None:
+    """Set field ``field`` (0-based) of line ``line`` (1-based) of the metadata table."""
+    path = root / "mimic-cxr-2.0.0-metadata.csv.gz"
+    with gzip.open(path, "rt") as fh:
+        lines = fh.read().splitlines()
+    fields = lines[line - 1].split(",")
+    fields[field] = value
+    lines[line - 1] = ",".join(fields)
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("field", [5, 6])  # Rows, Columns
+def test_a_blank_image_size_names_the_metadata_line_or_is_skipped(
+    tmp_path: Path, field: int
+) -> None:
+    """A blank Rows / Columns became NaN, then a bare IntCastingNaNError."""
+    root = build_mimic(tmp_path, mimic_iv=None)
+    _set_metadata_field(root, 4, field, "")
+    with pytest.raises(
+        DataFormatError,
+        match=rf"metadata\.csv\.gz \(line 4\): dicom_id {_id(3)} has a blank Rows or Columns"
+        r".*ingestion\.on_missing: skip",
+    ):
+        read(root, base_params())
+    m = read(root, base_params(on_missing="skip")).manifest
+    assert len(m) == len(MIMIC_IMAGES) - 1 and _id(3) not in set(m["image_id"])
+
+
+@pytest.mark.parametrize("value", ["n/a", "0", "25.5"])
+def test_an_image_size_that_is_not_a_positive_integer_names_the_metadata_line(
+    tmp_path: Path, value: str
+) -> None:
+    root = build_mimic(tmp_path, mimic_iv=None)
+    _set_metadata_field(root, 4, 5, value)
+    for on_missing in ("error", "skip"):
+        with pytest.raises(
+            DataFormatError,
+            match=rf"metadata\.csv\.gz \(line 4\): Rows '{value}' / Columns '26' of dicom_id "
+            rf"{_id(3)}; expected positive integers",
+        ):
+            read(root, base_params(on_missing=on_missing))
+
+
 def test_changed_metadata_header(tmp_path: Path) -> None:
     root = build_mimic(tmp_path, mimic_iv=None)
     _rewrite_gz(root / "mimic-cxr-2.0.0-metadata.csv.gz", "ViewPosition", "View")

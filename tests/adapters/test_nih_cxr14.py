@@ -16,6 +16,7 @@ from cxr_spurious.io.images import read_image
 from cxr_spurious.io.masks import decode_rle
 from cxr_spurious.sources.adapters import get_adapter
 from cxr_spurious.sources.adapters.nih_cxr14 import TASKS
+from cxr_spurious.sources.cache import build_cache, load_cache, make_cache_spec
 from cxr_spurious.sources.contract import validate_manifest
 
 from .fixtures import NIH_RGBA, NIH_ROWS, NIH_SIZE, base_params, build_nih, write_png
@@ -101,6 +102,51 @@ def test_boxes_become_polygons_masks_and_instances(tmp_path: Path) -> None:
         t for t in TASKS if t != "Infiltration"
     }
     assert set(out.annotations) == {"00004521_000", "00011290_003"}
+
+
+def test_a_box_outside_its_image_names_the_line_and_the_image_size(tmp_path: Path) -> None:
+    """A downsampled copy (64 px PNGs, boxes in 1024 px coordinates): box_mask drew nothing,
+    so the positive label got a known-empty mask, silently."""
+    root = build_nih(tmp_path)
+    bbox = root / "BBox_List_2017.csv"
+    lines = bbox.read_text().splitlines()
+    lines[1] = "00004521_000.png,Effusion,612.5,402.1333,180.2667,251.7333"
+    bbox.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        DataFormatError,
+        match=r"BBox_List_2017\.csv \(line 2\): Effusion box .* lies outside its image "
+        r"00004521_000\.png of 64x64 \(w x h\) pixels",
+    ):
+        read(root, base_params())
+    # a box of a task left out is not used, so not checked
+    out = read(root, base_params(tasks=["Nodule"]))
+    assert set(out.annotations) == {"00011290_003"}
+
+
+def test_cached_box_targets_are_the_box_masks(tmp_path: Path) -> None:
+    """The cache took the box target from the corner polygon (outline included): one row and
+    one column more than the box's [x, x + w) x [y, y + h) mask."""
+    out = read(build_nih(tmp_path), base_params())
+    spec = make_cache_spec(
+        out.manifest,
+        out.tasks,
+        NIH_SIZE,  # the PNGs' size: no resampling
+        segmentations=out.segmentations,
+        instance_segmentations=out.instance_segmentations,
+        annotations=out.annotations,
+    )
+    build_cache(spec, tmp_path / "cache", progress=False)
+    cache = load_cache(tmp_path / "cache")
+    n_boxed = 0
+    for image_id, entry in out.instance_segmentations.items():
+        row = cache.row(image_id)
+        for task in entry:
+            j = cache.tasks.index(task)
+            mask = decode_rle(out.segmentations[image_id][task])
+            np.testing.assert_array_equal(cache.masks[row, j], mask)
+            np.testing.assert_array_equal(cache.boxes[row, j], mask, err_msg=f"{image_id}/{task}")
+            n_boxed += 1
+    assert n_boxed == 3
 
 
 def test_bbox_header_and_labels_checked(tmp_path: Path) -> None:

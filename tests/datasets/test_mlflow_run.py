@@ -6,6 +6,8 @@ import io
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from kedro.io.core import DatasetError
@@ -15,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from cxr_spurious.datasets.mlflow_run import (
     MODEL_ARTIFACT,
     MlflowChildRunDataset,
+    MlflowRunArtifactDataset,
     load_model_artifact,
     load_model_from_run,
 )
@@ -186,3 +189,43 @@ def test_an_untracked_pipeline_logs_no_run_here_or_in_a_worker(tracking: str) ->
     # a tracked session afterwards logs again
     ds.save(_record())
     assert ds.exists()
+
+
+def test_a_model_config_torch_cannot_read_back_is_not_logged(tracking: str) -> None:
+    """The run's model file goes through the same check as ``TorchModelDataset.save``."""
+    ds = MlflowChildRunDataset(experiment="study_x", tracking_uri=tracking)
+    record = _record(with_model=True)
+    record["model"]["config"]["lr"] = np.float64(0.1)
+    with pytest.raises(
+        DatasetError, match=r"runs:/\w+/model/model\.pt: config\['lr'\] holds a numpy\.float64"
+    ):
+        ds.save(record)
+    client = MlflowClient(tracking)
+    run = client.search_runs(
+        [client.get_experiment_by_name("study_x").experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+    assert run.info.status == "FAILED" and "model" not in {
+        a.path for a in client.list_artifacts(run.info.run_id)
+    }
+
+
+@pytest.mark.parametrize("filepath", ["s3://bucket/t.csv", "memory://bucket/t.csv"])
+def test_a_wrapped_file_that_is_not_local_is_refused(filepath: str) -> None:
+    """Its ``_filepath`` is the path without the protocol (``bucket/t.csv``): save logged
+    whatever local file had that relative path, or failed with a bare FileNotFoundError."""
+    with pytest.raises(
+        DatasetError,
+        match=rf"CSVDataset's filepath '{filepath}' is not a local file .*must be a local file",
+    ):
+        MlflowRunArtifactDataset({"type": "pandas.CSVDataset", "filepath": filepath})
+
+
+def test_a_local_wrapped_file_is_logged(tracking: str, tmp_path: Path) -> None:
+    for filepath in (str(tmp_path / "a.csv"), f"file://{tmp_path / 'b.csv'}"):
+        ds = MlflowRunArtifactDataset({"type": "pandas.CSVDataset", "filepath": filepath})
+        with mlflow.start_run() as run:
+            ds.save(pd.DataFrame({"a": [1]}))
+        logged = [a.path for a in MlflowClient(tracking).list_artifacts(run.info.run_id)]
+        assert logged == [Path(filepath).name]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from kedro.io.core import DatasetError
@@ -87,3 +88,35 @@ def test_saving_another_variants_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="variant 'seg' as 'erm'"):
         TorchModelDataset(filepath=str(tmp_path / "m.pt"), variant="erm").save(artifact)
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "where", "kind"),
+    [
+        ({"lr": np.float64(0.1)}, r"config\['lr'\]", "numpy.float64"),
+        ({"root": Path("/data")}, r"config\['root'\]", r"pathlib\.\w*Path"),
+        (
+            {"opt": {"betas": [0.9, np.float32(0.99)]}},
+            r"config\['opt'\]\['betas'\]\[1\]",
+            "float32",
+        ),
+    ],
+)
+def test_save_refuses_what_load_would_refuse_and_writes_nothing(
+    tmp_path: Path, config: dict, where: str, kind: str
+) -> None:
+    """A numpy scalar or a Path in the config was saved and only refused by the next run's
+    ``torch.load(weights_only=True)``; the old file (and no temporary one) stays."""
+    path = tmp_path / "m" / "model.pt"
+    good = {"state_dict": build_model(CONFIG).state_dict(), "config": CONFIG}
+    TorchModelDataset(filepath=str(path)).save(good)
+    before = path.read_bytes()
+    bad = {**good, "config": {**CONFIG, **config}}
+    with pytest.raises(DatasetError, match=rf"model\.pt: {where} holds a \S*{kind}.*weights_only"):
+        TorchModelDataset(filepath=str(path)).save(bad)
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
+    assert path.read_bytes() == before
+    remote = TorchModelDataset(filepath="memory:///refused/model.pt")
+    with pytest.raises(DatasetError, match=rf"memory:///refused/model\.pt: {where}"):
+        remote.save(bad)
+    assert not remote.exists()

@@ -314,3 +314,47 @@ def test_group_dro_registered_with_training_and_resumes() -> None:
     assert torch.equal(fresh.q, obj.q)
     with pytest.raises(ParameterError, match="'group' column"):
         objectives.make_objective("group_dro", np.zeros((2, 1)), np.array([-1, -1]), {})
+
+
+def test_george_refuses_a_number_of_components_below_one() -> None:
+    # n_components <= 0 silently became 1 PCA dimension (max(1, ...))
+    m = make_manifest(n_patients=60)
+    emb = _embeddings(m)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ParameterError, match="^parameter 'n_components': .*>= 1") as err:
+            discover_groups(m, emb, TASK, n_clusters=2, n_components=bad)  # type: ignore[arg-type]
+        assert err.value.key == "n_components"
+    assert discover_groups(m, emb, TASK, n_clusters=2, n_components=1).ge(0).any()
+
+
+@pytest.mark.parametrize(
+    ("params", "key"),
+    [
+        ({"step_size": float("nan")}, "step_size"),
+        ({"step_size": float("inf")}, "step_size"),
+        ({"step_size": 0.0}, "step_size"),
+        ({"step_size": -0.1}, "step_size"),
+        ({"step_size": True}, "step_size"),
+        ({"size_adjustment": -2.0}, "size_adjustment"),
+        ({"size_adjustment": float("nan")}, "size_adjustment"),
+        ({"size_adjustment": float("inf")}, "size_adjustment"),
+    ],
+)
+def test_group_dro_refuses_settings_out_of_range(params: dict[str, float], key: str) -> None:
+    # a NaN / inf step size made q and the loss NaN; a negative or NaN size adjustment was
+    # silently no adjustment
+    from cxr_spurious.training import objectives
+
+    labels, groups = np.zeros((4, 1)), np.array([0, 0, 0, 1])
+    with pytest.raises(ParameterError, match="finite number") as err:
+        objectives.make_objective("group_dro", labels, groups, params)
+    assert err.value.key == f"training.objective_params.{key}"
+    with pytest.raises(ParameterError) as err:
+        make_group_dro({"n_groups": 2, "group_sizes": [3, 1], **params})
+    assert err.value.key == f"training.group_dro.{key}"
+    with pytest.raises(ParameterError):
+        GroupDROObjective(2, group_sizes=torch.tensor([3, 1]), **params)  # type: ignore[arg-type]
+    ok = objectives.make_objective(
+        "group_dro", labels, groups, {"step_size": 0.5, "size_adjustment": 0.0}
+    )
+    assert isinstance(ok, GroupDROObjective) and ok.step_size == 0.5

@@ -236,3 +236,27 @@ def test_misaligned_groups_and_missing_inputs() -> None:
         resample_manifest(m, g, "cluster_downsample", target="min")
     with pytest.raises(ParameterError, match="erm.predictions"):
         resample_manifest(m, g, "jtt")
+
+
+def test_jtt_refuses_errors_that_are_not_flags() -> None:
+    # np.asarray(errors, dtype=bool) turned NaN (no ERM prediction) into an error
+    m, g = _setup()
+    train = np.flatnonzero((m["split"] == "train").to_numpy())
+    for bad in (np.nan, 0.5, 2, None, "yes"):
+        errors = pd.Series(np.arange(len(m)) % 5 == 0, dtype=object)
+        errors.iloc[train[1]] = bad
+        if bad is not None and not isinstance(bad, str):
+            errors = errors.astype(float)
+        with pytest.raises(ContractError, match="errors must be booleans"):
+            resample_manifest(m, g, "jtt", errors=errors)
+    with pytest.raises(ContractError, match="errors has shape"):
+        resample_manifest(m, g, "jtt", errors=np.zeros(len(m) - 1, dtype=bool))
+
+
+@pytest.mark.parametrize("dtype", [bool, np.int64, np.uint8, np.float64])
+def test_jtt_takes_booleans_and_0_1_numbers_alike(dtype: type) -> None:
+    m, g = _setup()
+    flags = np.arange(len(m)) % 5 == 0
+    expected = resample_manifest(m, g, "jtt", errors=flags, jtt_upweight=3)
+    got = resample_manifest(m, g, "jtt", errors=pd.Series(flags.astype(dtype)), jtt_upweight=3)
+    pd.testing.assert_frame_equal(got, expected)

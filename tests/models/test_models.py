@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 
 import pytest
@@ -191,3 +192,58 @@ def test_pretrained_zip_with_compressed_entries_is_refused(tmp_path, monkeypatch
         rf"the limit of {unpacked - 1:,} bytes",
     ):
         load_pretrained_state(str(real))
+
+
+def _densenet_file_in_the_old_key_layout(path) -> dict[str, torch.Tensor]:
+    """A DenseNet-121 state dict saved as torchvision's own ImageNet file lays it out
+    (``denselayerN.norm.1.weight`` for ``norm1.weight``, no ``num_batches_tracked``);
+    returns the reference (new layout) state dict."""
+    torch.manual_seed(0)
+    reference = torchvision.models.densenet121(weights=None).state_dict()
+    old = {
+        re.sub(r"(denselayer\d+)\.(norm|conv)([12])\.", r"\1.\2.\3.", k): v
+        for k, v in reference.items()
+        if not k.endswith("num_batches_tracked")
+    }
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old
+    torch.save(old, path)
+    return reference
+
+
+def test_densenet_weights_in_torchvisions_old_key_layout_load(tmp_path, monkeypatch) -> None:
+    """torchvision's DenseNet-121 ImageNet file used to be refused ("weights do not fit")."""
+    reference = _densenet_file_in_the_old_key_layout(tmp_path / "d121.pth")
+    cached = tmp_path / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
+    cached.parent.mkdir(parents=True)
+    _densenet_file_in_the_old_key_layout(cached)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for weights in (str(tmp_path / "d121.pth"), "DenseNet121_Weights.IMAGENET1K_V1"):
+        model = build_model({"architecture": "densenet121", "tasks": TASKS, "pretrained": weights})
+        state = model.state_dict()
+        for key in (
+            "features.denseblock1.denselayer1.norm1.weight",
+            "features.denseblock4.denselayer16.conv2.weight",
+            "features.denseblock3.denselayer24.norm2.running_var",
+            "features.transition1.norm.weight",
+        ):
+            assert torch.equal(state[key], reference[key]), key
+        assert torch.allclose(
+            state["features.conv0.weight"],
+            reference["features.conv0.weight"].sum(dim=1, keepdim=True),
+        )
+
+
+def test_artifact_loads_after_its_pretrained_file_is_gone(tmp_path) -> None:
+    """Rebuilding a trained model used to read ``config['pretrained']`` again (all its weights
+    are in the artifact): once the file was moved the artifact could not be loaded."""
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    config = {"architecture": "resnet18", "tasks": TASKS, "pretrained": str(weights)}
+    model = build_model(config).eval()
+    artifact = {"state_dict": model.state_dict(), "config": dict(config)}
+    weights.unlink()
+    rebuilt = model_from_artifact(artifact, source="m.pt")
+    assert artifact["config"]["pretrained"] == str(weights)  # the provenance is kept
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cxr_spurious.phantom import PhantomConfig, build_cohort
-from cxr_spurious.phantom.cohort import split_counts
+from cxr_spurious.phantom import cohort as cohort_module
+from cxr_spurious.phantom.cohort import cohort_for, split_counts
 
 N = 4000  # cohort only (no pixels): fast
 
@@ -106,3 +107,26 @@ def test_cohort_is_deterministic_and_seed_dependent() -> None:
     cfg = PhantomConfig.from_dict({"n_images": 300})
     assert build_cohort(cfg, 5) == build_cohort(cfg, 5)
     assert build_cohort(cfg, 5) != build_cohort(cfg, 6)
+
+
+def test_group_order_is_part_of_the_fingerprint_and_the_cohort_cache_key() -> None:
+    # The cohort draws sites and groups in the listed order: a config listing them in
+    # another order is another data set, so it must not share the cohort_for cache entry.
+    cfg = PhantomConfig.from_dict({"n_images": 40})
+    sites = cfg.to_dict()["sites"]
+    demo = cfg.to_dict()["demographics"]
+    reordered = PhantomConfig.from_dict(
+        {
+            "n_images": 40,
+            "sites": dict(reversed(list(sites.items()))),
+            "demographics": {"race": dict(reversed(list(demo["race"].items())))},
+        }
+    )
+    assert build_cohort(cfg, 0) != build_cohort(reordered, 0)
+    assert cfg.fingerprint() != reordered.fingerprint()
+    cohort_module._CACHE.clear()
+    try:
+        assert cohort_for(cfg, 0) == build_cohort(cfg, 0)
+        assert cohort_for(reordered, 0) == build_cohort(reordered, 0)
+    finally:
+        cohort_module._CACHE.clear()

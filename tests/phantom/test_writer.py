@@ -14,7 +14,7 @@ import pytest
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.io.images import read_image
 from cxr_spurious.io.masks import decode_rle, rasterize_polygons
-from cxr_spurious.phantom import PhantomConfig, generate_phantom, writer
+from cxr_spurious.phantom import PhantomConfig, build_cohort, generate_phantom, writer
 from cxr_spurious.phantom.geometry import dilate
 from cxr_spurious.sources.contract import ATTRIBUTE_HEADER
 from cxr_spurious.tasks import CHEXPERT_HEADER, PHANTOM_TASKS, SPURIOUS_OBJECTS, TASK_TO_CSV
@@ -191,6 +191,24 @@ def test_switches_and_argument_validation(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="seed"):
         generate_phantom(cfg, tmp_path / "q", seed=-1)
     assert not (tmp_path / "q").exists()
+
+
+def test_meta_config_reproduces_a_phantom_whose_groups_are_not_sorted(tmp_path: Path) -> None:
+    # The cohort follows the listed order of sites and groups: phantom_meta.json keeps it.
+    cfg = PhantomConfig.tiny(
+        n_images=16,
+        image_size=32,
+        sites={"C": {"share": 0.2}, "B": {"share": 0.3}, "A": {"share": 0.5}},
+        counterfactuals={"splits": []},
+        human_benchmark={"splits": []},
+    )
+    out = generate_phantom(cfg, tmp_path / "p", seed=0, progress=False)
+    meta = json.loads((out / "phantom_meta.json").read_text())
+    again = PhantomConfig.from_dict(meta["config"])
+    assert list(again.sites) == ["C", "B", "A"]
+    assert list(again.demographics.race) == list(cfg.demographics.race)
+    assert again.fingerprint() == cfg.fingerprint()
+    assert build_cohort(again, meta["seed"]) == build_cohort(cfg, 0)
 
 
 def test_json_object_writer_writes_the_bytes_of_the_whole_document(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cxr_spurious.errors import ContractError, CxrSpuriousError, ParameterError
 from cxr_spurious.heatmaps import INDEX_COLUMNS
@@ -171,3 +172,98 @@ def test_name_list_accepts_cli_strings(classifier):
     ]
     assert name_list(None) is None and name_list(["a"]) == ["a"]
     assert plan_methods("erm", classifier, "gradcam saliency") == ["gradcam", "saliency"]
+
+
+def _bad_image_arrays(images: np.ndarray) -> dict[str, np.ndarray]:
+    nan = images.astype(np.float32) / 255
+    nan[0, 3, 3] = np.nan
+    return {
+        "dtype float64": images.astype(np.float64),  # 0-255 taken as [0, 1] intensities
+        "dtype uint16": images.astype(np.uint16),
+        "dtype int64": images.astype(np.int64),
+        "dtype bool": images > 100,
+        "shape (6, 1, 32, 32)": images[:, None],
+        "shape (32, 32)": images[0],
+        "non-finite": nan,
+        "range": images.astype(np.float32) / 127.5 - 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "dtype float64",
+        "dtype uint16",
+        "dtype int64",
+        "dtype bool",
+        "shape (6, 1, 32, 32)",
+        "shape (32, 32)",
+        "non-finite",
+        "range",
+    ],
+)
+def test_images_that_are_not_uint8_or_float_in_0_1_are_refused(classifier, images, case):
+    # uint16 / int64 / float images in 0-255 ran as if in [0, 1]; a channel axis failed in
+    # torch ("required rank 4 tensor"); a NaN pixel surfaced as non-finite maps
+    from cxr_spurious.saliency.compute import compute_maps, to_input
+
+    bad = _bad_image_arrays(images)[case]
+    word = case.split()[0]
+    with pytest.raises(ContractError, match=word):
+        compute_maps(classifier, bad, "gradcam", ["Pneumothorax"], device="cpu", progress=False)
+    with pytest.raises(ContractError, match=word):
+        to_input(bad, torch.device("cpu"))
+
+
+def test_uint8_and_float_in_0_1_images_give_the_same_maps(classifier, images):
+    from cxr_spurious.saliency.compute import compute_maps
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return compute_maps(classifier, x, "gradcam", None, device="cpu", progress=False)
+
+    as_uint8, as_float = run(images), run(images.astype(np.float32) / 255)
+    np.testing.assert_array_equal(as_uint8[0], as_float[0])
+    np.testing.assert_allclose(as_uint8[1], as_float[1], rtol=1e-6)
+    assert run(images[:0])[0].shape == (0, 2, *images.shape[1:])
+
+
+def test_a_method_named_twice_is_computed_once(classifier, images, toys):
+    # it used to give 2N maps for N images, then a heatmap set of mismatched lengths
+    from cxr_spurious.saliency.compute import compute_method_maps, heatmap_sets_for
+
+    out = compute_method_maps(
+        classifier,
+        images,
+        ["saliency", "gradcam", "saliency"],
+        ["Pneumothorax"],
+        device="cpu",
+        progress=False,
+    )
+    assert list(out) == ["saliency", "gradcam"]
+    assert out["saliency"][0].shape == (len(images), 1, toys.SIZE, toys.SIZE)
+    assert out["saliency"][1].shape == (len(images), 1)
+    ids = [f"i{i}" for i in range(len(images))]
+    sets = heatmap_sets_for(
+        classifier,
+        images,
+        ids,
+        toys.toy_manifest(ids),
+        model_name="erm",
+        methods=["gradcam", "gradcam"],
+        device="cpu",
+        progress=False,
+    )
+    assert list(sets) == ["gradcam"] and len(sets["gradcam"]) == 2 * len(images)
+
+
+@pytest.mark.parametrize(
+    ("tasks", "twice"),
+    [("Pneumothorax;Pneumothorax", "Pneumothorax"), (["Lung Lesion"] * 2, "Lung Lesion")],
+)
+def test_a_task_named_twice_is_refused(classifier, tasks, twice):
+    # 'A;A' gave duplicate sanity rows, and heatmap sets refused only after every map
+    from cxr_spurious.saliency.compute import resolve_tasks
+
+    with pytest.raises(ParameterError, match=rf"\['{twice}'\] more than once") as e:
+        resolve_tasks(classifier, tasks)
+    assert e.value.key == "saliency.tasks"

@@ -380,3 +380,41 @@ def test_maps_and_probabilities_do_not_depend_on_the_batch_size(method, model_na
         )
         np.testing.assert_allclose(out[b][1], out[len(images)][1], rtol=1e-6)
     assert out[1][0].max() > 0  # maps with content, not all zeros
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1, "0.1", True])
+def test_smoothgrad_stdev_must_be_a_finite_number_at_least_zero(bad):
+    # NaN failed inside torch.normal, inf gave non-finite maps, both after from_params
+    with pytest.raises(ParameterError, match="finite number >= 0") as e:
+        MethodOptions.from_params({"smoothgrad_stdev": bad})
+    assert e.value.key == "saliency.method_options.smoothgrad_stdev"
+    assert MethodOptions.from_params({"smoothgrad_stdev": 0}).smoothgrad_stdev == 0
+
+
+def test_an_occlusion_stride_larger_than_the_window_names_the_setting(classifier, images):
+    # it passed from_params, then failed in Captum with a bare AssertionError
+    with pytest.raises(ParameterError, match="larger than occlusion_window") as e:
+        MethodOptions.from_params({"occlusion_window": 4, "occlusion_stride": 8})
+    assert e.value.key == "saliency.method_options.occlusion_stride"
+    options = MethodOptions.from_params({"occlusion_stride": 8})  # window: 32 px // 8 = 4
+    with pytest.raises(ParameterError, match="8 px is larger than the 4 px occlusion") as e:
+        compute_maps(
+            classifier, images, "occlusion", ["Pneumothorax"], options=options, progress=False
+        )
+    assert e.value.key == "method_options.occlusion_stride"
+
+
+@pytest.mark.parametrize("method", CLASSIFIER_METHODS)
+def test_maps_under_a_callers_inference_mode_equal_those_outside(method, classifier, images):
+    # gradient methods failed under torch.inference_mode() ("does not require grad")
+    def run() -> tuple[np.ndarray, np.ndarray]:
+        return compute_maps(
+            classifier, images, method, ["Pneumothorax"], options=FAST, device="cpu",
+            progress=False,
+        )  # fmt: skip
+
+    outside = run()
+    with torch.inference_mode():
+        inside = run()
+    np.testing.assert_array_equal(inside[0], outside[0])
+    np.testing.assert_array_equal(inside[1], outside[1])

@@ -91,3 +91,28 @@ def test_repeated_or_undefined_predictions_and_unknown_images_are_refused() -> N
         counterfactual_findings(
             preds, manifest[manifest["image_id"] != "img0"], "Pneumothorax", n_boot=20, label="erm"
         )
+
+
+@pytest.mark.parametrize(
+    ("column", "needed"),
+    [("tube", "cf_drop_no_tube"), ("Pneumothorax", "cf_drop_no_lesion, cf_auroc_no_tube")],
+)
+def test_a_manifest_without_the_tube_or_task_column_is_refused_naming_it(
+    column: str, needed: str
+) -> None:
+    """A missing column failed with a bare KeyError deep in the bootstrap loop."""
+    preds, manifest, *_ = _data(shortcut=True, n=20)
+    with pytest.raises(
+        ContractError,
+        match=rf"counterfactual findings of erm: the manifest lacks column '{column}' "
+        rf"\(needed for {needed}\)",
+    ):
+        counterfactual_findings(
+            preds, manifest.drop(columns=column), "Pneumothorax", n_boot=20, label="erm"
+        )
+    if column == "tube":  # without a no_tube render the tube column is not needed
+        kept = preds[preds["render"] != "no_tube"]
+        out = counterfactual_findings(
+            kept, manifest.drop(columns="tube"), "Pneumothorax", n_boot=20, label="erm"
+        )
+        assert np.isnan(out["cf_drop_no_tube"]) and not np.isnan(out["cf_drop_no_lesion"])

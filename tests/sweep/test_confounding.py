@@ -126,3 +126,23 @@ def test_labels_must_be_binary() -> None:
         _assign(manifest)
     with pytest.raises(ContractError, match="missing column"):
         assign_artefacts(manifest, task="Edema", p_given_ptx=0.9, p_given_no_ptx=0.1, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("n", "p", "expected"), [(45, 0.7, 32), (85, 0.7, 60), (90, 0.35, 32), (45, 0.3, 14)]
+)
+def test_a_half_rounds_up_exactly_as_documented(n: int, p: float, expected: int) -> None:
+    # floor(p * n + 0.5) in binary floating point: 0.7 * 45 = 31.499999999999996 -> 31
+    assert quota(n, p) == expected
+
+
+def test_a_half_quota_rounds_up_on_both_sides_of_the_label() -> None:
+    manifest = pd.DataFrame(
+        {
+            "image_id": [f"x{i:03d}" for i in range(90)],
+            "split": "train",
+            TASK: [1] * 45 + [0] * 45,
+        }
+    )
+    has = assign_artefacts(manifest, task=TASK, p_given_ptx=0.7, p_given_no_ptx=0.3, seed=0)
+    assert _counts(manifest, has) == {("train", 0): 14, ("train", 1): 32}

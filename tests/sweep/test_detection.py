@@ -146,3 +146,26 @@ def test_bad_arguments() -> None:
         shortcut_detection(models.drop(columns="artefact_reliance"), n_boot=10, seed=0)
     with pytest.raises(ContractError, match="ig_artefact_mass"):
         shortcut_detection(models, methods=["ig"], n_boot=10, seed=0)
+
+
+@pytest.mark.parametrize("level", [-0.2, 0.0, 1.0, 1.5, float("nan"), True, "0.95"])
+def test_a_ci_level_outside_0_1_is_refused_even_without_a_bootstrap(level: object) -> None:
+    # no separation statistic is defined (constant reliance), so the bootstrap, which
+    # checks the level, never ran: -0.2 gave an inverted Wilson interval, 1.5 a NaN one
+    models = pd.DataFrame(
+        {
+            "artefact": "tube_random",
+            "p_given_ptx": [0.5] * 4,
+            "p_given_no_ptx": [0.5] * 4,
+            "artefact_reliance": [0.0] * 4,
+            "artefact_area": 0.1,
+            "gradcam_artefact_mass": [0.1, 0.3, 0.25, 0.05],
+        }
+    )
+    with pytest.raises(ParameterError) as err:
+        shortcut_detection(models, level=level, n_boot=10)  # type: ignore[arg-type]
+    assert err.value.key == "level"
+    with pytest.raises(ParameterError) as err:
+        wilson_interval(1, 4, level)  # type: ignore[arg-type]
+    assert err.value.key == "level"
+    assert shortcut_detection(models, level=0.9, n_boot=10)["false_flag_rate_lo"].notna().all()

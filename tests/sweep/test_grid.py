@@ -51,7 +51,7 @@ def test_namespaces_are_kedro_safe_and_unique() -> None:
         ({"strengths": {"very-strong": [0.9, 0.1]}}, "sweep.grid.strengths.very-strong"),
         ({"strengths": {"strong": [0.9]}}, "sweep.grid.strengths.strong"),
         ({"seeds": [0, 0]}, "sweep.grid.seeds"),
-        ({"seeds": [0, -1]}, "sweep.grid.seeds"),
+        ({"seeds": [0, -1]}, "sweep.grid.seeds[1]"),
         ({"location_fractions": [0.0]}, "sweep.grid.location_fractions"),
         ({"extra_fractions": {"erm": [0.5]}}, "sweep.grid.extra_fractions.erm"),
         ({"extra_fractions": {"seg": [1.5]}}, "sweep.grid.extra_fractions.seg"),

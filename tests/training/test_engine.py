@@ -10,8 +10,9 @@ import pytest
 import torch
 from tests.training.training_tiny_data import TASK, tiny_config
 
-from cxr_spurious.errors import DataFormatError
+from cxr_spurious.errors import DataFormatError, ParameterError
 from cxr_spurious.stats.metrics import auroc
+from cxr_spurious.training import engine
 from cxr_spurious.training.checkpoints import (
     list_checkpoints,
     prepare_run_folder,
@@ -389,3 +390,50 @@ def test_result_modules_are_the_training_code_import_closure() -> None:
         "cxr_spurious.training.engine", "cxr_spurious.training.distributed"
     )
     assert tuple(sorted(closure)) == RESULT_MODULES
+
+
+@pytest.mark.parametrize("supervision", ["erm", "seg"])
+def test_a_non_finite_loss_stops_training_naming_variant_epoch_and_step(
+    tiny, monkeypatch: pytest.MonkeyPatch, supervision: str
+) -> None:
+    """A NaN loss used to train on: the weights became NaN and epoch 1 was still selected
+    and returned."""
+    real = engine.make_objective
+    calls = []
+
+    def poisoned_at_step_2(*args, **kwargs):
+        objective = real(*args, **kwargs)
+
+        def loss(logits, labels, valid, batch):
+            calls.append(1)
+            value = objective(logits, labels, valid, batch)
+            return value * float("nan") if len(calls) == 2 else value
+
+        return loss
+
+    monkeypatch.setattr(engine, "make_objective", poisoned_at_step_2)
+    cfg = tiny_config(epochs=2, supervision=supervision, architecture="unet_small")
+    with pytest.raises(
+        ParameterError,
+        match=rf"training\.lr.*\[{supervision}, unet_small\] the training loss is nan at "
+        r"epoch 1, step 2.*lower training\.lr.*check the inputs",
+    ) as err:
+        _fit(tiny, cfg)
+    assert type(err.value).__name__ == "NonFiniteLossError" and len(calls) == 2
+
+
+@pytest.mark.parametrize("arch", ["unet_small", "cnn_small", "resnet18"])
+def test_predict_on_no_images_gives_empty_arrays_of_the_usual_widths(tiny, arch: str) -> None:
+    """Used to crash in ``np.concatenate`` (e.g. an empty test split)."""
+    from cxr_spurious.training.outputs import predict_images
+
+    manifest, cache = tiny
+    cfg = tiny_config(architecture=arch)
+    model = init_model(cfg)
+    full_probs, full_embs = predict(model, [{"image": torch.rand(2, 1, 32, 32)}], CPU)
+    for probs, embs in (
+        predict(model, [], CPU),
+        predict_images(model, manifest[manifest["split"] == "none"], cache, cfg, CPU),
+    ):
+        assert probs.shape == (0, full_probs.shape[1]) and embs.shape == (0, full_embs.shape[1])
+        assert probs.dtype == embs.dtype == np.float32

@@ -143,3 +143,17 @@ def test_only_with_an_unknown_name_is_refused() -> None:
             {"only": ["seg", "pixel"], "variants": {"seg": {}}},
             {"variant": "seg", "supervision": "seg"},
         )
+
+
+@pytest.mark.parametrize("value", ["30m", -5, 0, 0.0, True, float("nan"), float("inf"), [60]])
+def test_a_bad_time_budget_names_the_key(value: object) -> None:
+    """A bad ``time_budget_s`` used to be accepted: the run trained a whole epoch and then
+    failed with a bare ValueError (text) or stopped silently (<= 0)."""
+    with pytest.raises(ParameterError, match=r"training\.time_budget_s.*> 0 or null"):
+        resolve_training_config({"time_budget_s": value}, {"name": "erm", "supervision": "erm"})
+
+
+@pytest.mark.parametrize("value", [None, 60, 0.5, 3600.0])
+def test_a_time_budget_may_be_any_positive_number_or_null(value: object) -> None:
+    cfg = resolve_training_config({"time_budget_s": value}, {"name": "erm", "supervision": "erm"})
+    assert cfg["time_budget_s"] == value

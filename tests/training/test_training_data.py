@@ -255,3 +255,34 @@ def test_selection_and_batches_that_could_not_train_are_refused(tiny) -> None:
     no_val = manifest[manifest["split"] != "val"]
     with pytest.raises(DataFormatError, match=r"no validation rows \(split == 'val'\)"):
         build_training_table(no_val, cache, tiny_config())
+
+
+def test_a_positive_location_fraction_never_rounds_to_no_image(tiny, caplog) -> None:
+    """0.03 of 16 train images used to round to 0: a seg run without a single location
+    label, silently."""
+    manifest, cache = tiny
+    with caplog.at_level("WARNING", logger="cxr_spurious.training.data"):
+        small = build_training_table(
+            manifest,
+            cache,
+            tiny_config(supervision="seg", architecture="unet_small", location_fraction=0.03),
+        )
+    assert small["loc"].sum() == 1 and not small.loc[small["split"] != "train", "loc"].any()
+    assert any(
+        "training.location_fraction" in r.getMessage()
+        and "0.03" in r.getMessage()
+        and "1 of 16" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cxr_spurious.training.data"):
+        for fraction, expected in ((0.0, 0), (0.5, 8)):
+            table = build_training_table(
+                manifest,
+                cache,
+                tiny_config(
+                    supervision="seg", architecture="unet_small", location_fraction=fraction
+                ),
+            )
+            assert table["loc"].sum() == expected
+    assert "location_fraction" not in caplog.text

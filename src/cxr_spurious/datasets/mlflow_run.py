@@ -65,6 +65,7 @@ logger = logging.getLogger(__name__)
 _MAX_BATCH = 900  # MLflow's log_batch limit is 1000 metrics per call
 MODEL_ARTIFACT = "model/model.pt"  #: path of the model file inside a run's artifacts
 DESCRIPTION_TAG = "mlflow.note.content"  #: the tag the MLflow UI shows as a run's description
+_LOCAL_PROTOCOLS = ("file", "local")  #: fsspec protocols of a local file
 
 #: How each supervision (``training.config.SUPERVISIONS``) is described.
 SUPERVISION_TEXT = {
@@ -354,12 +355,12 @@ class MlflowChildRunDataset(_CarriesRun, AbstractDataset[Mapping[str, Any], dict
     def _log_torch_model(client: MlflowClient, run_id: str, model: Any) -> None:
         """Upload the ``{"state_dict", "config"}`` artifact as ``model/model.pt`` (+ config.json).
 
-        The weights are checked against the architecture first (a run never holds a model
-        that cannot be rebuilt). No fluent ``start_run`` here: it would clash with the
-        session's active experiment.
+        The weights are checked against the architecture first, and the file against
+        ``torch.load(weights_only=True)`` (``artifact_bytes``): a run never holds a model
+        that cannot be read back or rebuilt. No fluent ``start_run`` here: it would clash
+        with the session's active experiment.
         """
-        import torch
-
+        from cxr_spurious.datasets.torch_model import artifact_bytes
         from cxr_spurious.models import model_from_artifact
 
         if not isinstance(model, Mapping) or not {"state_dict", "config"} <= set(model):
@@ -373,10 +374,11 @@ class MlflowChildRunDataset(_CarriesRun, AbstractDataset[Mapping[str, Any], dict
             "config": dict(model["config"]),
             **{k: model[k] for k in ("variant", "fingerprint") if model.get(k) is not None},
         }
+        data = artifact_bytes(payload, f"runs:/{run_id}/{MODEL_ARTIFACT}")
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / "model"
             target.mkdir()
-            torch.save(payload, target / "model.pt")
+            (target / "model.pt").write_bytes(data)
             (target / "config.json").write_text(
                 json.dumps(payload["config"], indent=2, sort_keys=True, default=str) + "\n"
             )
@@ -435,7 +437,8 @@ class MlflowRunArtifactDataset(_CarriesRun, AbstractDataset[Any, Any]):
             metadata: Free-form metadata (kedro-viz layer, preview arguments).
 
         Raises:
-            DatasetError: the wrapped dataset has no ``filepath`` or is versioned.
+            DatasetError: the wrapped dataset has no ``filepath``, its ``filepath`` is not a
+                local file (``s3://``, ``memory://``...) or it is versioned.
         """
         config = {"type": dataset} if isinstance(dataset, str) else dict(dataset)
         dataset_class, dataset_args = parse_dataset_definition(config)
@@ -444,6 +447,17 @@ class MlflowRunArtifactDataset(_CarriesRun, AbstractDataset[Any, Any]):
             raise DatasetError(
                 f"MlflowRunArtifactDataset: the wrapped {dataset_class.__name__} has no "
                 "local 'filepath' to log as an artifact"
+            )
+        # kedro's get_protocol_and_path gives "file" for a local path; fsspec also says
+        # "local". Another protocol's ``_filepath`` is the path without it (``s3://b/t.csv``
+        # -> ``b/t.csv``): logging that would upload an unrelated local file.
+        protocol = getattr(self._dataset, "_protocol", "file")
+        if protocol not in _LOCAL_PROTOCOLS:
+            raise DatasetError(
+                f"MlflowRunArtifactDataset: the wrapped {dataset_class.__name__}'s filepath "
+                f"'{dataset_args.get('filepath', self._dataset._filepath)}' is not a local "
+                f"file (protocol '{protocol}'); it must be a local file to log as an "
+                "artifact (or use the plain dataset, unlogged)"
             )
         if getattr(self._dataset, "_version", None) is not None:
             raise DatasetError(

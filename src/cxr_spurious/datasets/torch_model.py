@@ -10,12 +10,16 @@ Saved with ``torch.save`` (locally to a temporary file renamed into place, so a 
 never leaves half a model); loaded with ``torch.load(weights_only=True)``, so a model file
 can never run code, after ``check_torch_zip`` (no compressed entries: no zip bomb).
 fsspec URLs (``s3://``...) are written and read through fsspec; their filesystem options
-come from ``credentials`` (a Kedro credentials entry) and ``fs_args``.
+come from ``credentials`` (a Kedro credentials entry) and ``fs_args``. ``save`` refuses,
+before anything is written, an artifact that ``load`` could not read back (a numpy scalar
+or a ``Path`` in ``config``: ``weights_only=True`` refuses them), naming the key
+(``artifact_bytes``, also used for the model MLflow runs log).
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
@@ -28,6 +32,73 @@ from kedro.io.core import get_protocol_and_path
 from cxr_spurious.errors import DataFormatError
 from cxr_spurious.io.atomic import atomic_path
 from cxr_spurious.io.safe_pickle import MODEL_FILE_MAX_BYTES, check_torch_zip
+
+
+def _round_trip_error(value: Any) -> Exception | None:
+    """Why ``torch.load(weights_only=True)`` cannot read ``value`` back; None if it can."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(value, buffer)
+        buffer.seek(0)
+        torch.load(buffer, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    """The line of ``exc`` that says why (torch's weights_only message runs to a page)."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return f"unsupported global {found.group(1)}"
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _offending(value: Any, where: str = "") -> tuple[str, Any]:
+    """The innermost key under ``value`` (at ``where``; "" for the artifact itself) whose
+    value does not round-trip, and that value (``value`` itself when no single item is to
+    blame, e.g. a numpy dict key)."""
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return where, value
+    for key, item in items:
+        if not isinstance(item, torch.Tensor) and _round_trip_error(item) is not None:
+            return _offending(item, f"{where}[{key!r}]" if where else str(key))
+    return where, value
+
+
+def artifact_bytes(payload: Mapping[str, Any], source: str) -> bytes:
+    """``torch.save(payload)``, checked to load back with ``torch.load(weights_only=True)``.
+
+    Args:
+        payload: The model artifact (``{"state_dict", "config", ...}``).
+        source: The file it goes to, for the error message.
+
+    Returns:
+        The bytes to write.
+
+    Raises:
+        DataFormatError: a value cannot be saved or would not load back (a numpy scalar,
+            a ``Path``, an object), naming the key (``config['lr']``) and its type.
+    """
+    buffer = io.BytesIO()
+    try:
+        torch.save(dict(payload), buffer)
+        torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        where, value = _offending(payload)
+        kind = type(value)
+        raise DataFormatError(
+            source,
+            f"{where or 'the artifact'} holds a {kind.__module__}.{kind.__qualname__} "
+            f"({_reason(exc)}), which torch.load(weights_only=True) would not read back; "
+            "store plain Python values (float(), int(), str(), lists, dicts) or tensors",
+        ) from exc
+    return buffer.getvalue()
 
 
 class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
@@ -139,16 +210,15 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
                 f"refusing to save the model of variant '{payload['variant']}' "
                 f"as '{self._variant}'",
             )
+        data = artifact_bytes(payload, self._url)  # nothing is written when load would fail
         if self._protocol == "file":
             with atomic_path(self._url, suffix=".pt") as tmp:
-                torch.save(payload, tmp)
+                tmp.write_bytes(data)
             return
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
         parent = str(self._filepath.parent)
         self._fs.makedirs(f"{self._protocol}://{parent}", exist_ok=True)
         with self._fs.open(self._url, "wb") as fh:
-            fh.write(buffer.getvalue())
+            fh.write(data)
 
     def _exists(self) -> bool:
         return bool(self._fs.exists(self._url))

@@ -3,8 +3,9 @@
 A library function: no pipeline, node or parameter calls ``discover_groups`` (the
 comparison's Group DRO uses the known groups of ``comparison.debiasing.group_by``). Its
 ids have the form of the manifest's ``group`` column, so a caller can write them there for
-Group DRO when the true groups are unknown. Its errors name its own argument
-(``n_clusters``): no parameter feeds it (``debiasing.n_clusters`` is ``cluster_downsample``'s).
+Group DRO when the true groups are unknown. Its errors name its own arguments
+(``n_clusters``, ``n_components``): no parameter feeds it (``debiasing.n_clusters`` is
+``cluster_downsample``'s).
 """
 
 from __future__ import annotations
@@ -48,11 +49,21 @@ def discover_groups(
 
     Raises:
         ParameterError: ``n_clusters`` below 1, or above a class's number of train rows
-            (the error names the argument ``n_clusters``).
+            (the error names the argument ``n_clusters``); ``n_components`` not an integer
+            >= 1 (naming ``n_components``).
     """
     if n_clusters < 1:
         raise ParameterError(
             "n_clusters", f"discover_groups needs n_clusters >= 1, got {n_clusters}"
+        )
+    if (
+        isinstance(n_components, bool)
+        or not isinstance(n_components, int | np.integer)
+        or n_components < 1
+    ):  # 0 or a negative count used to become 1 dimension without a word
+        raise ParameterError(
+            "n_components",
+            f"discover_groups needs an integer n_components >= 1, got {n_components!r}",
         )
     x = embedding_matrix(manifest, embeddings)
     y = manifest[task].to_numpy(dtype=float)

@@ -22,6 +22,7 @@ function that no pipeline calls. Rows of group ``-1`` are left out of the robust
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +50,19 @@ def _refuse_unknown(config: Mapping[str, Any], valid: frozenset[str], key: str) 
         )
 
 
+def _check_setting(value: object, key: str, *, positive: bool) -> float:
+    """``value`` as a float, refused (``ParameterError`` on ``key``) unless it is a finite
+    number > 0 (``positive``) or >= 0: a NaN or infinite step size made ``q`` and the loss
+    NaN, and a negative or NaN size adjustment was silently no adjustment."""
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ParameterError(key, f"must be a finite number {bound}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ParameterError(key, f"must be a finite number {bound}, got {value!r}")
+    return number
+
+
 class GroupDROObjective:
     """Online Group DRO loss over ``n_groups`` groups (binary cross-entropy per task)."""
 
@@ -64,14 +78,20 @@ class GroupDROObjective:
 
         Args:
             n_groups: Number of groups (ids ``0..n_groups-1``).
-            step_size: Exponentiated-gradient step ``eta`` (> 0).
-            size_adjustment: Sagawa et al.'s ``C``: adds ``C / sqrt(n_g)`` to each group loss.
+            step_size: Exponentiated-gradient step ``eta`` (finite, > 0).
+            size_adjustment: Sagawa et al.'s ``C`` (finite, >= 0): adds ``C / sqrt(n_g)`` to
+                each group loss.
             group_sizes: Train size of each group (needed when ``size_adjustment > 0``).
+
+        Raises:
+            ParameterError: ``n_groups`` < 1, or a setting out of its range (NaN included).
         """
         if n_groups < 1:
             raise ParameterError("training.group_dro.n_groups", f"must be >= 1, got {n_groups}")
-        if step_size <= 0:
-            raise ParameterError("training.group_dro.step_size", f"must be > 0, got {step_size}")
+        step_size = _check_setting(step_size, "training.group_dro.step_size", positive=True)
+        size_adjustment = _check_setting(
+            size_adjustment, "training.group_dro.size_adjustment", positive=False
+        )
         if size_adjustment > 0 and (group_sizes is None or len(group_sizes) != n_groups):
             raise ParameterError(
                 "training.group_dro.size_adjustment", "needs group_sizes with one entry per group"
@@ -229,7 +249,8 @@ def make_group_dro(config: Mapping[str, Any]) -> GroupDROObjective:
             ``group_sizes``; nothing else.
 
     Raises:
-        ParameterError: ``n_groups`` is missing, or a key outside those four.
+        ParameterError: ``n_groups`` is missing, a key outside those four, or a setting out
+            of its range (``GroupDROObjective``).
     """
     _refuse_unknown(config, _GROUP_DRO_CONFIG, "training.group_dro")
     if "n_groups" not in config:
@@ -240,8 +261,8 @@ def make_group_dro(config: Mapping[str, Any]) -> GroupDROObjective:
     sizes = config.get("group_sizes")
     return GroupDROObjective(
         int(config["n_groups"]),
-        step_size=float(config.get("step_size", 0.01)),
-        size_adjustment=float(config.get("size_adjustment", 0.0)),
+        step_size=config.get("step_size", 0.01),  # checked (finite, > 0) by the objective
+        size_adjustment=config.get("size_adjustment", 0.0),
         group_sizes=torch.as_tensor(sizes) if sizes is not None else None,
     )
 
@@ -258,10 +279,16 @@ def group_dro_factory(
             (``GROUP_DRO_PARAMS``; the groups give ``n_groups`` and ``group_sizes``).
 
     Raises:
-        ParameterError: no train row has a group, or a key of ``params`` outside
-            ``GROUP_DRO_PARAMS``.
+        ParameterError: no train row has a group, a key of ``params`` outside
+            ``GROUP_DRO_PARAMS``, or a setting that is not finite (``step_size`` > 0,
+            ``size_adjustment`` >= 0).
     """
     _refuse_unknown(params, frozenset(GROUP_DRO_PARAMS), "training.objective_params")
+    for name in GROUP_DRO_PARAMS:
+        if name in params:
+            _check_setting(
+                params[name], f"training.objective_params.{name}", positive=name == "step_size"
+            )
     g = np.asarray(groups, dtype=np.int64)
     known = g[g >= 0]
     if known.size == 0:

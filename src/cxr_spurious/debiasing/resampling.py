@@ -103,7 +103,8 @@ def resample_manifest(
         seed: Seed of the local generator.
         features: ``cluster_downsample`` only: one feature row per manifest row (val/test
             rows may hold anything; only train rows are read).
-        errors: ``jtt`` only: per manifest row, True where the ERM model was wrong.
+        errors: ``jtt`` only: per manifest row, True where the ERM model was wrong
+            (booleans or 0 / 1; anything else, NaN included, is a ``ContractError``).
         n_clusters: ``cluster_downsample``: k-means clusters per over-represented group.
         jtt_upweight: ``jtt``: total copies (a whole number) or weight (any number) of an
             error row (lambda >= 1; ``jtt_upweight_value``).
@@ -291,9 +292,7 @@ def _jtt(
         raise ParameterError(
             "debiasing.strategy", "jtt needs the ERM model's errors (erm.predictions)"
         )
-    err = np.asarray(errors, dtype=bool)
-    if err.shape[0] != len(base):
-        raise ContractError(f"errors has {err.shape[0]} entries for a manifest of {len(base)} rows")
+    err = _error_flags(errors, len(base))
     if mode not in ("duplicate", "weight"):
         raise unknown_name_error(
             "jtt mode", mode, ("duplicate", "weight"), key="debiasing.jtt_mode"
@@ -305,6 +304,40 @@ def _jtt(
         return base
     extra = [np.repeat(wrong, int(lam) - 1)]
     return _assemble(base, np.zeros(len(base), dtype=bool), extra, augment_copies=False)
+
+
+def _error_flags(errors: pd.Series | np.ndarray, n_rows: int) -> np.ndarray:
+    """``errors`` as a boolean array of ``n_rows``: booleans, or numbers that are all 0 or 1.
+
+    Anything else is refused rather than cast: ``bool(nan)`` is True, so a row whose
+    correctness is unknown (NaN, e.g. no ERM prediction after a merge) was upweighted as an
+    ERM error.
+
+    Raises:
+        ContractError: not one entry per manifest row, or an entry that is not a boolean / 0
+            / 1 (NaN, None, 0.5, 2, a string ...).
+    """
+    raw = np.asarray(errors)
+    if raw.ndim != 1 or raw.shape[0] != n_rows:
+        raise ContractError(
+            f"errors has shape {raw.shape} for a manifest of {n_rows} rows (one flag per row)"
+        )
+    if raw.dtype.kind == "b":
+        return raw
+    if raw.dtype.kind in "iuf":
+        flag = np.isin(raw, (0, 1))
+        if flag.all():
+            return raw == 1
+        bad = np.flatnonzero(~flag)
+        raise ContractError(
+            f"errors must be booleans (or 0 / 1), got {bad.size} other value(s), e.g. "
+            f"{raw[bad[:3]].tolist()} at row(s) {bad[:3].tolist()} (a NaN, e.g. an image "
+            "without an ERM prediction, is neither an error nor a correct prediction)"
+        )
+    raise ContractError(
+        f"errors must be booleans (or 0 / 1), got dtype {raw.dtype} "
+        f"(e.g. {raw[:3].tolist()}); a missing flag is neither an error nor a correct one"
+    )
 
 
 def _assemble(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -78,6 +79,19 @@ def load_pretrained_state(pretrained: str) -> dict[str, torch.Tensor]:
     return state
 
 
+# torchvision's DenseNet ImageNet files name a dense layer's parameters ``norm.1``,
+# ``conv.1``, ``norm.2``, ``conv.2`` (the layout before its modules became ``norm1`` ...);
+# torchvision renames them when it loads such a file, and so does ``load_backbone``.
+_OLD_DENSE_LAYER_KEY = re.compile(r"(?:^|(?<=\.))(denselayer\d+\.(?:norm|conv))\.([12])(?=\.)")
+
+
+def current_key_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with DenseNet keys of the old layout (``...denselayer3.norm.1.weight``)
+    renamed to torchvision's current one (``...denselayer3.norm1.weight``); other keys as
+    they are."""
+    return {_OLD_DENSE_LAYER_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+
+
 def grey_first_conv(conv: nn.Conv2d) -> nn.Conv2d:
     """A 1-input-channel copy of ``conv`` whose kernel is the sum of the RGB kernels.
 
@@ -114,11 +128,14 @@ def load_backbone(
 
     Returns:
         ``model`` with its first convolution replaced by a 1-channel one.
+
+    DenseNet files in torchvision's old key layout (its own ImageNet weights) are read
+    as torchvision reads them (``current_key_layout``).
     """
     if pretrained:
         state = {
             k: v
-            for k, v in load_pretrained_state(pretrained).items()
+            for k, v in current_key_layout(load_pretrained_state(pretrained)).items()
             if not k.startswith(skip_prefixes)
         }
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -82,7 +82,8 @@ def model_from_artifact(
         expected_architecture: If given, the artifact must hold this architecture.
 
     Returns:
-        The model with its weights, in eval mode.
+        The model with its weights, in eval mode (built without ``config['pretrained']``:
+        the artifact holds every weight).
 
     Raises:
         DataFormatError: not an artifact dict, another architecture than expected, or
@@ -102,7 +103,9 @@ def model_from_artifact(
             source,
             f"holds a '{arch}' model but architecture '{expected_architecture}' was expected",
         )
-    model = build_model(config)
+    # Every weight comes from the artifact: the pretrained file it started from (kept in
+    # its config as provenance) is not read again, and may be gone.
+    model = build_model({**config, "pretrained": None})
     load_weights(model, artifact["state_dict"], source=source, architecture=str(arch))
     return model.eval()
 

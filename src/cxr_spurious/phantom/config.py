@@ -412,8 +412,14 @@ class PhantomConfig:
         return _plain(dataclasses.asdict(self))
 
     def fingerprint(self) -> str:
-        """A short hash of the resolved config."""
-        blob = json.dumps(self.to_dict(), sort_keys=True)
+        """A short hash of the resolved config, sensitive to the order of mapping keys.
+
+        The cohort draws sites and demographic groups in the order the user listed them
+        (``sites``, ``demographics.sex`` / ``race`` / ``insurance``), so two configs that list
+        the same groups in another order are different data sets and hash differently. The
+        other keys come in a fixed order (dataclass fields, defaults of fixed vocabularies).
+        """
+        blob = json.dumps(self.to_dict())
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

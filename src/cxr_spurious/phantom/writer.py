@@ -375,7 +375,9 @@ def _write_tables(
         },
         "artefact_images": {name: writer.count for name, writer in truth.masks.items()},
     }
-    write_text_atomic(out / "phantom_meta.json", json.dumps(meta, indent=2, sort_keys=True))
+    # Not sort_keys: the order of sites and demographic groups decides the cohort, so the
+    # config must keep it for ``PhantomConfig.from_dict(meta["config"])`` to reproduce it.
+    write_text_atomic(out / "phantom_meta.json", json.dumps(meta, indent=2))
 
 
 def generate_phantom(

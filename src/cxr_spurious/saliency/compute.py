@@ -59,7 +59,8 @@ def resolve_tasks(
 
     Raises:
         ParameterError: a requested task is not one the model was trained on (lists the valid ones),
-            or ``tasks`` names none (an empty list or string would explain nothing).
+            ``tasks`` names none (an empty list or string would explain nothing), or names a
+            task twice (its rows would be duplicated in the heatmap set).
     """
     model_tasks = [str(t) for t in model.tasks]
     if tasks is None:
@@ -76,6 +77,13 @@ def resolve_tasks(
         raise ParameterError(
             "saliency.tasks",
             f"{model_name} was not trained on task(s) {unknown}; its tasks are {model_tasks}",
+        )
+    repeated = sorted({t for t in wanted if wanted.count(t) > 1})
+    if repeated:
+        raise ParameterError(
+            "saliency.tasks",
+            f"names task(s) {repeated} more than once (got {tasks!r}); each task's maps are "
+            "made once, so name each task once",
         )
     return wanted
 
@@ -113,9 +121,49 @@ def image_batches(images: np.ndarray, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
 
 
-def to_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (B, S, S) (or float in [0, 1]) -> float (B, 1, S, S) in [0, 1] on ``device``."""
+def check_images(images: np.ndarray) -> np.ndarray:
+    """``images`` as an array, checked to be model inputs: (N, H, W) uint8 (0-255), or
+    floating point with every value finite and in [0, 1].
+
+    Any other integer type (uint16, int64 ...) is refused rather than guessed at: its values
+    in 0-255 would otherwise be taken as [0, 1] intensities.
+
+    Raises:
+        ContractError: another shape (a channel axis, a single 2-D image), another dtype, or
+            float values that are not finite or outside [0, 1].
+    """
     arr = np.asarray(images)
+    if arr.ndim != 3:
+        raise ContractError(
+            f"saliency images must be an (N, H, W) array, got shape {arr.shape} "
+            "(no channel axis; a single image as images[None])"
+        )
+    if arr.dtype == np.uint8:
+        return arr
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ContractError(
+            f"saliency images must be uint8 (0-255) or float in [0, 1], got dtype {arr.dtype}"
+        )
+    if arr.size and not np.isfinite(arr).all():
+        raise ContractError(
+            f"saliency images hold {int((~np.isfinite(arr)).sum())} non-finite value(s) "
+            "(float images must be finite, in [0, 1])"
+        )
+    if arr.size and (arr.min() < 0 or arr.max() > 1):
+        raise ContractError(
+            f"float saliency images must be in [0, 1], got range [{arr.min()}, {arr.max()}] "
+            f"(dtype {arr.dtype}; pass uint8 for 0-255 images)"
+        )
+    return arr
+
+
+def to_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (B, S, S) (or float in [0, 1]) -> float (B, 1, S, S) in [0, 1] on ``device``.
+
+    Raises:
+        ContractError: see ``check_images``.
+    """
+    arr = check_images(images)
     x = torch.from_numpy(np.ascontiguousarray(arr)).float()
     if arr.dtype == np.uint8:
         x = x / 255.0
@@ -186,6 +234,9 @@ class ChunkMaps:
         except MethodUnfitError as exc:
             return UnfitChunk(chunk.method, getattr(exc, "batch", chunk.first_batch), str(exc))
 
+    # Out of a caller's torch.inference_mode(): the gradient methods need autograd, and the
+    # model copy and inputs made under it would be inference tensors (no requires_grad).
+    @torch.inference_mode(False)
     def _maps(self, chunk: SaliencyChunk) -> tuple[np.ndarray, np.ndarray]:
         spec = get_method(chunk.method)
         dev = self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
@@ -290,21 +341,25 @@ def compute_method_maps(
             batches' maps are discarded.
 
     Returns:
-        ``{method: (maps, probs)}`` in the order of ``methods`` (see ``compute_maps``),
-        without the methods ``skip_unfit`` left out.
+        ``{method: (maps, probs)}`` in the order of ``methods`` (see ``compute_maps``; a
+        method named twice once, at its first place), without the methods ``skip_unfit``
+        left out.
 
     Raises:
-        ParameterError: unknown method or task, or ``batch_size`` < 1.
+        ParameterError: unknown method or task, a task named twice, or ``batch_size`` < 1.
+        ContractError: ``images`` are not (N, H, W) uint8 or float in [0, 1] (``check_images``).
         CxrSpuriousError: a method cannot explain this model (``MethodUnfitError`` only
             without ``skip_unfit``), or produced non-finite maps.
     """
+    methods = list(dict.fromkeys(methods))  # a method named twice is computed once
     specs = [get_method(m) for m in methods]
+    images = check_images(images)
     task_names = resolve_tasks(model, tasks)
     task_idx = [list(model.tasks).index(t) for t in task_names]
     for spec in specs:  # before any work is sent anywhere
         spec.check_model(model)
     on_dask = on_dask_worker()
-    chunks = saliency_chunks(images, list(methods), batch_size, per_batch=on_dask)
+    chunks = saliency_chunks(images, methods, batch_size, per_batch=on_dask)
     func = ChunkMaps(
         model,
         task_idx,

@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -137,9 +138,15 @@ class MethodOptions:
         for name in ("ig_steps", "smoothgrad_samples"):
             if int(getattr(opts, name)) < 1:
                 raise ParameterError(f"{key}.{name}", f"must be >= 1, got {getattr(opts, name)}")
-        if opts.smoothgrad_stdev < 0:
+        stdev = opts.smoothgrad_stdev
+        if (
+            isinstance(stdev, bool)
+            or not isinstance(stdev, int | float)
+            or not math.isfinite(stdev)
+            or stdev < 0
+        ):
             raise ParameterError(
-                f"{key}.smoothgrad_stdev", f"must be >= 0, got {opts.smoothgrad_stdev}"
+                f"{key}.smoothgrad_stdev", f"must be a finite number >= 0, got {stdev!r}"
             )
         for name in ("occlusion_window", "occlusion_stride"):
             value = getattr(opts, name)
@@ -149,6 +156,13 @@ class MethodOptions:
                 raise ParameterError(
                     f"{key}.{name}", f"must be null (the default) or an integer >= 1, got {value!r}"
                 )
+        window, stride = opts.occlusion_window, opts.occlusion_stride
+        if window is not None and stride is not None and stride > window:
+            raise ParameterError(
+                f"{key}.occlusion_stride",
+                f"{stride} px is larger than occlusion_window ({window} px), which would skip "
+                "pixels; choose at most the window (null: window // 2)",
+            )
         return opts
 
 
@@ -541,6 +555,13 @@ def _occlusion(model: nn.Module, options: MethodOptions) -> Iterator[Attribute]:
                     "method_options.occlusion_window",
                     f"{window} px is larger than the {tuple(x.shape[-2:])} px input; choose "
                     "at most the image size (null: size // 8)",
+                )
+            if stride > window:  # Captum's bare AssertionError otherwise
+                raise ParameterError(
+                    "method_options.occlusion_stride",
+                    f"{stride} px is larger than the {window} px occlusion window "
+                    f"(occlusion_window={options.occlusion_window!r}, null: input size // 8), "
+                    "which would skip pixels; choose at most the window (null: window // 2)",
                 )
             with torch.no_grad():
                 attr = occ.attribute(

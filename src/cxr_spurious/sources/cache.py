@@ -73,8 +73,9 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT_VERSION = 3
 # How pixels and masks are derived (in the fingerprint, so that a cache made under older
 # rules is rebuilt): 2: a non-empty mask keeps its largest-fraction pixel, and polygons
-# wholly outside the image draw no box.
-CACHE_RULES_VERSION = 2
+# wholly outside the image draw no box. 3: boxes come from instance masks before polygons
+# (NIH boxes as their masks, [x, x + w), not a row and column larger).
+CACHE_RULES_VERSION = 3
 # The render name that means the cached original images.
 ORIGINAL_RENDER = "original"
 # Area fraction above which a downsampled pixel counts as inside a mask.
@@ -382,15 +383,18 @@ def _row_payload(
         if full is None or not full.any():
             continue
         masks[j] = resize_mask(full, size, keep_nonempty=True)
-        if ann is not None and task in ann:
-            full_boxes = boxes_from_polygons(ann[task], h, w)
-        elif inst is not None and task in inst:
+        # Instance masks before polygons: they are exact extents (NIH's box_mask fills
+        # [x, x + w), where the box of its corner polygon adds the outline's row and column).
+        # Only NIH has both; CheXlocalize and the phantom have polygons, SIIM instances.
+        if inst is not None and task in inst:
             full_boxes = np.zeros((h, w), dtype=np.uint8)
             for k, rle in enumerate(inst[task]):
                 key = f"{image_id}/{task}/{k}"
                 instance = decode_rle(rle, source="instance_segmentations", key=key)
                 _check_mask_size(instance, (h, w), "instance_segmentations", key)
                 full_boxes |= boxes_from_mask(instance)
+        elif ann is not None and task in ann:
+            full_boxes = boxes_from_polygons(ann[task], h, w)
         else:
             full_boxes = boxes_from_mask(full)
         boxes[j] = resize_mask(full_boxes, size, keep_nonempty=True)

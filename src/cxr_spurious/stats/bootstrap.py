@@ -154,6 +154,19 @@ def count_dropped(replicates: np.ndarray) -> int:
     return int((~np.isfinite(np.asarray(replicates, dtype=float))).sum())
 
 
+def check_ci_level(level: object, key: str = "ci_level") -> float:
+    """A CI level as a float in (0, 1): the one check of a ``ci_level`` parameter.
+
+    Raises:
+        ParameterError: naming ``key``.
+    """
+    if isinstance(level, bool) or not isinstance(level, int | float | np.integer | np.floating):
+        raise ParameterError(key, f"must be a number in (0, 1), got {level!r}")
+    if not 0 < float(level) < 1:
+        raise ParameterError(key, f"must be in (0, 1), got {level!r}")
+    return float(level)
+
+
 def check_max_dropped_share(value: float, key: str = "max_dropped_share") -> float:
     """Validate a ``max_dropped_share`` parameter (a number in [0, 1]; booleans refused)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:

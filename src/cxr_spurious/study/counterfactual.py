@@ -65,6 +65,25 @@ def paired_renders(predictions: pd.DataFrame, task: str, render: str) -> pd.Data
     return out
 
 
+def _check_manifest(manifest: pd.DataFrame, task: str, renders: set[Any], label: str) -> None:
+    """The manifest has ``tube`` where a no-tube render is scored and the task column where
+    a no-lesion or no-tube render is (their conditions and the tube-free AUROC's labels)."""
+    needed = {
+        "tube": [f"cf_drop_{NO_TUBE}"] if NO_TUBE in renders else [],
+        task: [
+            *([f"cf_drop_{NO_LESION}"] if NO_LESION in renders else []),
+            *(["cf_auroc_no_tube"] if NO_TUBE in renders else []),
+        ],
+    }
+    for column, metrics in needed.items():
+        if metrics and column not in manifest.columns:
+            raise ContractError(
+                f"counterfactual findings of {label or 'the model'}: the manifest lacks column "
+                f"'{column}' (needed for {', '.join(metrics)}); have "
+                f"{sorted(str(c) for c in manifest.columns)}"
+            )
+
+
 def counterfactual_findings(
     predictions: pd.DataFrame,
     manifest: pd.DataFrame,
@@ -92,7 +111,11 @@ def counterfactual_findings(
 
     Raises:
         BootstrapDropError: too many undefined replicates.
+        ContractError: the manifest lacks ``tube`` or the task column where a render
+            present needs it (naming the column and ``label``).
     """
+    renders = set(predictions["render"])
+    _check_manifest(manifest, task, renders, label)
     known = predictions["image_id"].astype(str).unique()
     lookup = dict(zip(known, patient_ids(known, manifest, table=f"{label or 'the'} predictions")))
     meta = manifest.set_index("image_id")
@@ -108,7 +131,7 @@ def counterfactual_findings(
     specs = ((NO_TUBE, "tube"), (NO_LESION, task))
     for render, condition in specs:
         name = f"cf_drop_{render}"
-        if render not in set(predictions["render"]):
+        if render not in renders:
             out.update({name + k: v for k, v in empty.items()})
             continue
         pairs = paired_renders(predictions, task, render)
@@ -127,7 +150,7 @@ def counterfactual_findings(
         )
         out.update({**res.as_dict(name), f"{name}_dropped": float(res.n_dropped)})
     name = "cf_auroc_no_tube"
-    if NO_TUBE in set(predictions["render"]):
+    if NO_TUBE in renders:
         pairs = paired_renders(predictions, task, NO_TUBE)
         y = pairs["image_id"].map(meta[task]).to_numpy(dtype=float)
         score = pairs["p_counterfactual"].to_numpy()

@@ -25,9 +25,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError, ParameterError, StaleOutputError
+from cxr_spurious.errors import ContractError, StaleOutputError
 from cxr_spurious.sources.contract import patient_ids
-from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, check_n_boot
+from cxr_spurious.stats.bootstrap import (
+    MAX_DROPPED_SHARE,
+    bootstrap,
+    check_ci_level,
+    check_n_boot,
+)
 from cxr_spurious.training.provenance import (
     MODEL_DIGEST_COLUMN,
     MODEL_FINGERPRINT_KEY,
@@ -322,19 +327,6 @@ def check_same_model(model: str, per_map: pd.DataFrame, test_metrics: Mapping[st
             "Run the saliency and localization stages again first: kedro run (the whole "
             "study)"
         )
-
-
-def check_ci_level(level: object, key: str) -> float:
-    """A CI level as a float in (0, 1).
-
-    Raises:
-        ParameterError: naming ``key``.
-    """
-    if isinstance(level, bool) or not isinstance(level, int | float | np.integer | np.floating):
-        raise ParameterError(key, f"must be a number in (0, 1), got {level!r}")
-    if not 0 < float(level) < 1:
-        raise ParameterError(key, f"must be in (0, 1), got {level!r}")
-    return float(level)
 
 
 def training_ci_settings(

@@ -19,11 +19,15 @@ the spread across seeds is then the training side's alone.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pandas as pd
 
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.phantom import render_name  # the phantom's one spelling: with_<kind>
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.study.counterfactual import NO_LESION, ORIGINAL
 
 __all__ = ["NO_LESION", "ORIGINAL", "assign_artefacts", "quota", "render_name"]
@@ -33,8 +37,13 @@ TEST_SPLIT = "test"
 
 
 def quota(n: int, p: float) -> int:
-    """Images of a group of ``n`` that carry the artefact: ``floor(p * n + 0.5)``."""
-    return int(np.floor(p * n + 0.5))
+    """Images of a group of ``n`` that carry the artefact: ``floor(p * n + 0.5)``.
+
+    Computed exactly, with ``p`` the decimal it is written as (``Fraction(str(p))``), so a
+    half rounds up: in binary floating point ``0.7 * 45`` is 31.499999999999996, which
+    rounded down (31 carriers instead of 32).
+    """
+    return math.floor(Fraction(str(float(p))) * int(n) + Fraction(1, 2))
 
 
 def assign_artefacts(
@@ -68,8 +77,8 @@ def assign_artefacts(
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
             raise ParameterError(key, f"must be a probability in [0, 1], got {p!r}")
     table = _checked(manifest, task).sort_values("image_id", kind="stable")
-    if test_seed is not None and (isinstance(test_seed, bool) or not isinstance(test_seed, int)):
-        raise ParameterError("sweep.test_seed", f"must be an integer or null, got {test_seed!r}")
+    if test_seed is not None:
+        test_seed = check_seed(test_seed, "sweep.test_seed")
     rng = np.random.default_rng(seed)
     test_rng = rng if test_seed is None else np.random.default_rng(test_seed)
     out = pd.Series(False, index=pd.Index(table["image_id"], name="image_id"), name="has_artefact")

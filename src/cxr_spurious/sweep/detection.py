@@ -25,7 +25,7 @@ from scipy.stats import rankdata
 from statsmodels.stats.proportion import proportion_confint
 
 from cxr_spurious.errors import ContractError, ParameterError
-from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap_or_note
+from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap_or_note, check_ci_level
 from cxr_spurious.stats.metrics import auroc
 
 RELIANCE_COLUMN = "artefact_reliance"
@@ -56,7 +56,13 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of ``k`` successes in ``n`` trials (NaN, NaN for ``n`` = 0)."""
+    """Wilson score interval of ``k`` successes in ``n`` trials (NaN, NaN for ``n`` = 0).
+
+    Raises:
+        ParameterError: ``level`` not in (0, 1) (naming ``level``; -0.2 gave an inverted
+            interval and 1.5 a NaN one).
+    """
+    level = check_ci_level(level, "level")
     if n == 0:
         return float("nan"), float("nan")
     lo, hi = proportion_confint(k, n, alpha=1 - level, method="wilson")
@@ -96,7 +102,13 @@ def shortcut_detection(
         ``method``, ``artefact``, ``rule``, ``n_models``, ``n_reliant``, ``n_not_reliant``,
         ``detection_auroc`` and ``spearman`` (each with ``_lo``/``_hi``/``_dropped``),
         ``n_unconfounded``, ``n_flagged``, ``false_flag_rate`` (``_lo``/``_hi``), ``note``.
+
+    Raises:
+        ParameterError: ``level`` not in (0, 1), checked whether or not a bootstrap runs;
+            ``reliance_threshold`` not finite; ``flag_k`` not > 0.
+        ContractError: a missing column.
     """
+    level = check_ci_level(level, "level")
     _check(models, reliance_threshold, flag_k)
     names = list(methods) if methods is not None else saliency_methods(models)
     area = models.groupby("artefact")[AREA_COLUMN].mean() if AREA_COLUMN in models else None

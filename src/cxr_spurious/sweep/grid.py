@@ -28,6 +28,7 @@ import numpy as np
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.phantom import ARTEFACT_KINDS  # the kinds the phantom renders (with_<kind>)
+from cxr_spurious.stats.seed_param import check_seed
 
 __all__ = ["ARTEFACT_KINDS", "CELL_COLUMNS", "Cell", "config_hash", "expand_grid"]
 #: Supervisions of the sweep; ``LOCATION_SUPERVISIONS`` use location labels.
@@ -213,9 +214,7 @@ def _fraction_rows(params: Mapping[str, Any], supervisions: list[str]) -> list[t
 def _seeds(raw: Any) -> list[int]:
     if isinstance(raw, str) or not isinstance(raw, Sequence) or not raw:
         raise ParameterError(f"{GRID}.seeds", f"must be a non-empty list of integers, got {raw!r}")
-    bad = [s for s in raw if isinstance(s, bool) or not isinstance(s, int) or s < 0]
-    if bad:
-        raise ParameterError(f"{GRID}.seeds", f"seeds must be integers >= 0, got {bad}")
-    if len(set(raw)) != len(raw):
+    seeds = [check_seed(s, f"{GRID}.seeds[{i}]") for i, s in enumerate(raw)]
+    if len(set(seeds)) != len(seeds):
         raise ParameterError(f"{GRID}.seeds", f"seeds repeat in {list(raw)}")
-    return list(raw)
+    return seeds

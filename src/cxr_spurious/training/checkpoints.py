@@ -100,6 +100,7 @@ RESULT_MODULES: tuple[str, ...] = (
     "cxr_spurious.sources.cache",
     "cxr_spurious.stats.bootstrap",
     "cxr_spurious.stats.metrics",
+    "cxr_spurious.stats.seed_param",
     "cxr_spurious.training.checkpoints",
     "cxr_spurious.training.config",
     "cxr_spurious.training.data",

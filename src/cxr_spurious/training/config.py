@@ -7,12 +7,14 @@ and model artifacts). ``resolve_training_config`` is the single place that check
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cxr_spurious.errors import ParameterError, unknown_name_error
 from cxr_spurious.models import ARCHITECTURES, DENSE_ARCHITECTURES, POOLINGS
 from cxr_spurious.stats.bootstrap import check_max_dropped_share
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.training.device import PRECISIONS
 
 logger = logging.getLogger(__name__)
@@ -133,10 +135,22 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         "grid_cell",
     ):
         _positive_int(cfg, key)
-    for key in ("seed", "num_workers", "coarse_radius", "target_dilation", "step_size"):
+    check_seed(cfg["seed"], "training.seed")
+    for key in ("num_workers", "coarse_radius", "target_dilation", "step_size"):
         _positive_int(cfg, key, minimum=0)
     _positive_int(cfg, "max_steps", allow_none=True)
     _positive_int(cfg, "patience", allow_none=True)
+    budget = cfg["time_budget_s"]
+    if budget is not None and (
+        isinstance(budget, bool)
+        or not isinstance(budget, int | float)
+        or not math.isfinite(budget)
+        or budget <= 0
+    ):
+        raise ParameterError(
+            "training.time_budget_s",
+            f"must be a finite number of seconds > 0 or null, got {budget!r}",
+        )
     check_max_dropped_share(cfg["max_dropped_share"], "training.max_dropped_share")
     if not 0.0 <= float(cfg["location_fraction"]) <= 1.0:
         raise ParameterError(
@@ -199,6 +213,7 @@ def resolve_training_config(
     if cfg["supervision"] == "multitask":
         cfg["image_head"] = "linear"
     validate_config(cfg)
+    cfg["seed"] = check_seed(cfg["seed"], "training.seed")
     _check_overridden_shared_values(cfg, shared, variant)
     _warn_unused_shared_values(shared)
     return cfg

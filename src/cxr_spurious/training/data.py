@@ -247,9 +247,10 @@ def select_location_labels(
 ) -> np.ndarray:
     """Which train rows use their location label (dense supervisions only).
 
-    ``location_fraction`` of the distinct train images are drawn with ``seed`` among those
-    whose location labels are known for every task; repeated rows of one image share
-    the draw. Val/test rows never use location labels in the loss.
+    ``location_fraction`` of the distinct train images (rounded, at least one for a positive
+    fraction, with a warning) are drawn with ``seed`` among those whose location labels are
+    known for every task; repeated rows of one image share the draw. Val/test rows never
+    use location labels in the loss.
 
     Raises:
         DataFormatError: more images are needed than have masks; names the first ones missing.
@@ -262,7 +263,15 @@ def select_location_labels(
     ids = pd.unique(table.loc[train, "image_id"])
     per_id = pd.Series(known[train], index=table.loc[train, "image_id"]).groupby(level=0).all()
     candidates = np.array([i for i in ids if per_id[i]], dtype=object)
-    needed = int(round(float(cfg["location_fraction"]) * len(ids)))
+    fraction = float(cfg["location_fraction"])
+    needed = int(round(fraction * len(ids)))
+    if needed == 0 and fraction > 0 and len(ids):
+        needed = 1  # a dense run with no location label at all would be an ERM run
+        logger.warning(
+            "training.location_fraction=%s of %d train images rounds to none; using the "
+            "location labels of 1 of %d images instead (variant %s)",
+            cfg["location_fraction"], len(ids), len(ids), cfg.get("variant", "?"),
+        )  # fmt: skip
     if needed > len(candidates):
         lacking = [i for i in ids if not per_id[i]]
         raise DataFormatError(

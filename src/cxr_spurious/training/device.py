@@ -86,6 +86,11 @@ def resolve_device(
 ) -> DeviceSetup:
     """Pick the device (``auto`` = CUDA when present, else MPS, else CPU) and the precision.
 
+    Under DDP, ``auto`` and a bare ``cuda`` are ``cuda:<local_rank>`` (this process's GPU);
+    in one process a bare ``cuda`` stays index-less (the current CUDA device, as recorded
+    in the run's outputs), and ``distributed_setup`` selects only an indexed device
+    (``torch.cuda.set_device`` refuses a bare ``cuda``).
+
     Args:
         name: ``auto``, ``cpu``, ``mps`` or ``cuda[:k]``.
         local_rank: Under DDP, the CUDA device index of this process.
@@ -100,7 +105,7 @@ def resolve_device(
     """
     if name == "auto":
         if torch.cuda.is_available():
-            name = "cuda" if local_rank is None else f"cuda:{local_rank}"
+            name = "cuda"
         elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             name = "mps"
         else:
@@ -109,6 +114,8 @@ def resolve_device(
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ParameterError("training.device", f"'{name}' requested but CUDA is not available")
+        if device.index is None and local_rank is not None:
+            device = torch.device("cuda", local_rank)
         return DeviceSetup(device, _autocast_dtype(device, precision), True, True)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ParameterError("training.device", "'mps' requested but MPS is not available")

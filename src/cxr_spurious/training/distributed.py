@@ -86,7 +86,9 @@ def distributed_setup(cfg: Mapping[str, Any]) -> tuple[DeviceSetup, int, int]:
     rank, world = process_group()
     local_rank = int(os.environ.get("LOCAL_RANK", rank)) if world > 1 else None
     setup = setup_for(cfg, local_rank=local_rank)
-    if setup.device.type == "cuda":
+    if setup.device.type == "cuda" and setup.device.index is not None:
+        # set_device refuses an index-less device: a bare ``cuda`` in one process already
+        # means the current device (every run on a GPU machine used to stop here)
         torch.cuda.set_device(setup.device)
     return setup, rank, world
 

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cxr_spurious.errors import ParameterError
 from cxr_spurious.models import CXRModel, build_model
 from cxr_spurious.progress import progress_bar
 from cxr_spurious.sources.cache import ImageCache
@@ -51,6 +52,28 @@ HISTORY_COLUMNS: tuple[str, ...] = (
     "epoch", "train_loss", "image_loss", "dense_loss", "val_auroc", "val_robust_auroc",
     "lr", "steps", "seconds", "images_per_s", "data_wait_fraction", "selected",
 )  # fmt: skip
+
+
+class NonFiniteLossError(ParameterError):
+    """A training step's loss is NaN or infinite (a diverging run, or NaN/inf inputs):
+    raised before that step updates the weights, naming ``training.lr``."""
+
+
+def check_finite_loss(
+    cfg: Mapping[str, Any], loss: float, image: float, dense: float, *, epoch: int, step: int
+) -> None:
+    """Raise ``NonFiniteLossError`` naming the variant, epoch and step when ``loss`` is not
+    finite (its image / dense parts tell which part went wrong)."""
+    if math.isfinite(loss):
+        return
+    raise NonFiniteLossError(
+        "training.lr",
+        f"[{cfg.get('variant', '?')}, {cfg.get('architecture', '?')}] the training loss is "
+        f"{loss} at epoch {epoch}, step {step} (image loss {image}, dense loss {dense}); "
+        "training stopped there, before that step's update: lower training.lr (or try "
+        "training.precision: fp32), or check the inputs (images, labels, sample weights) "
+        "for NaN / inf values",
+    )
 
 
 class TrainingForward(nn.Module):
@@ -162,6 +185,10 @@ def train_one_epoch(
         max_steps: Stop after this many steps (None: whole epoch).
         progress: Show a progress bar.
 
+    Raises:
+        NonFiniteLossError: a step's loss is NaN or infinite (before that step's update;
+            under DDP the process that saw it raises, and the launcher ends the others).
+
     Returns:
         Mean ``train_loss``, ``image_loss``, ``dense_loss``, ``steps``, ``seconds``,
         ``images_per_s`` and ``data_wait_fraction`` (share of step time spent waiting for
@@ -189,9 +216,13 @@ def train_one_epoch(
         with setup.autocast():
             outputs = net(batch["image"])
         loss, image, dense = batch_loss(outputs, batch, cfg, objective)
+        # batch_loss already waited for the device (its parts are Python floats): reading
+        # the total costs no further synchronisation
+        value = float(loss.detach())
+        check_finite_loss(cfg, value, image, dense, epoch=epoch, step=steps + 1)
         loss.backward()
         optimizer.step()
-        totals += (float(loss.detach()), image, dense)
+        totals += (value, image, dense)
         steps += 1
         images += int(batch["image"].shape[0])
         bar.update()
@@ -262,7 +293,9 @@ def predict(
     """Probabilities ``(n, T)`` and embeddings ``(n, D)`` (float32) in loader order.
 
     Always computed in fp32 (``setup.inference``), also when training ran under bf16
-    autocast: bf16 scores keep 8 bits of mantissa and would tie in AUROCs.
+    autocast: bf16 scores keep 8 bits of mantissa and would tie in AUROCs. No images give
+    ``(0, T)`` and ``(0, D)`` arrays, ``T`` the model's tasks and ``D`` its ``embed_dim``
+    (no forward pass; ``(0, 0)`` embeddings for a model without ``embed_dim``).
     """
     model.eval()
     probs, embs = [], []
@@ -271,6 +304,9 @@ def predict(
             logits, emb = model.logits_and_embedding(setup.to_input(batch["image"]))
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         embs.append(emb.float().cpu().numpy())
+    if not probs:
+        empty = (0, len(model.tasks)), (0, int(getattr(model, "embed_dim", 0)))
+        return np.zeros(empty[0], dtype=np.float32), np.zeros(empty[1], dtype=np.float32)
     return np.concatenate(probs).astype(np.float32), np.concatenate(embs).astype(np.float32)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from statsmodels.stats.multitest import multipletests
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.pipelines.comparison.nodes import (
     HEADLINE_METRICS,
+    build_headline_table,
     stack_seed_tables,
     summarise_headline_seeds,
 )
@@ -158,3 +161,63 @@ def test_the_notes_state_a_level_that_is_not_a_whole_percent() -> None:
     table, paired = summarise_headline_seeds(_per_seed(), 0.975)
     assert table["ci_note"].str.startswith("97.5% t interval across").all()
     assert paired["ci_note"].str.startswith("97.5% paired t interval").all()
+
+
+def _summary(value: float, drop: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A robustness ``model_summary`` of one task, without the columns ``drop``."""
+    row: dict[str, object] = {"task": "Pneumothorax"}
+    for m in HEADLINE_METRICS:
+        row.update({m: value, f"{m}_lo": value - 0.05, f"{m}_hi": value + 0.05})
+    return pd.DataFrame([row]).drop(columns=list(drop))
+
+
+@pytest.mark.parametrize(
+    ("drop", "named"),
+    [
+        (("robust_tube_auroc",), "robust_tube_auroc"),
+        (("fnr_gap_lo", "fnr_gap_hi"), "fnr_gap_lo, fnr_gap_hi"),
+        (("task",), "task"),
+    ],
+)
+def test_a_summary_without_a_headline_column_is_refused_naming_it(
+    drop: tuple[str, ...], named: str
+) -> None:
+    """A missing metric column was read as NaN ("defined on 0 of N seeds"), a missing
+    ``task`` failed with a bare KeyError."""
+    with pytest.raises(ContractError, match=f"cmp_jtt.model_summary lacks {named} \\("):
+        build_headline_table(erm=_summary(0.7), cmp_jtt=_summary(0.8, drop=drop))
+    table = build_headline_table(erm=_summary(0.7), cmp_jtt=_summary(0.8))
+    assert list(table["variant"]) == ["erm", "cmp_jtt"] and table["fnr_gap_hi"][1] == pytest.approx(
+        0.85
+    )
+
+
+def test_a_variant_without_a_seed_in_common_with_erm_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    per_seed = stack_seed_tables(
+        s0=build_headline_table(erm=_summary(0.7), seg=_summary(0.9)),
+        s1=build_headline_table(cmp_jtt=_summary(0.8)),
+    )
+    with caplog.at_level(logging.WARNING, logger="cxr_spurious.pipelines.comparison.nodes"):
+        _, paired = summarise_headline_seeds(per_seed, 0.95)
+    assert list(paired["variant"]) == ["seg"]
+    assert (
+        "left out of headline_paired_differences, no seed shared with 'erm' on the task: "
+        "cmp_jtt on Pneumothorax (seeds [1]; erm: [0])"
+    ) in caplog.text
+
+
+def test_no_variant_paired_with_erm_is_a_contract_error_saying_so() -> None:
+    """An empty paired table lacked the ``<m>_p`` columns: adjust_table failed with a
+    misleading multiplicity error."""
+    per_seed = stack_seed_tables(
+        s0=build_headline_table(erm=_summary(0.7)),
+        s1=build_headline_table(cmp_jtt=_summary(0.8)),
+    )
+    with pytest.raises(
+        ContractError,
+        match=r"headline_table_per_seed: no variant shares a training seed and task with "
+        r"'erm'.*cmp_jtt on Pneumothorax \(seeds \[1\]; erm: \[0\]\)",
+    ):
+        summarise_headline_seeds(per_seed, 0.95)

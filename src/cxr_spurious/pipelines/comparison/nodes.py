@@ -23,6 +23,7 @@ from cxr_spurious.robustness.evaluation import (
 )
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.multiplicity import adjust_table, family_note, read_settings
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.stats.seeds import SEED_COLUMN, paired_over_seeds, summarise_over_seeds
 from cxr_spurious.training.checkpoints import (
     changed_code_modules,
@@ -71,11 +72,12 @@ def refit_last_layer(
         validation rows of the patients DFR was not fitted on (``dfr_held_out_rows``), on
         which the robustness template chooses DFR's operating point.
     """
+    seed = check_seed(seed, "comparison.debiasing.seed")
     ids, _ = assign_groups(group_keys(manifest, group_by, age_edges=age_bins))
     preds = fit_dfr(
-        manifest, embeddings, ids.to_numpy(), tasks, c=float(c), seed=int(seed), model_name="dfr"
+        manifest, embeddings, ids.to_numpy(), tasks, c=float(c), seed=seed, model_name="dfr"
     )
-    held = dfr_held_out_rows(manifest, seed=int(seed))
+    held = dfr_held_out_rows(manifest, seed=seed)
     held_out = manifest.loc[held, ["image_id", "patient_id"]].reset_index(drop=True)
     return preds, embeddings, held_out
 
@@ -376,7 +378,26 @@ def build_headline_table(
     ``study_check`` / ``summary_check``: ``check_study_models`` / ``check_study_summaries``
     results on ``training.seed``, where the study's models are reused (the table waits for
     them); None on another seed.
+
+    Raises:
+        ContractError: a summary lacks ``task`` or a headline metric or its CI column
+            (naming ``<variant>.model_summary`` and the columns): the robustness summary
+            writes them all, NaN where a metric is undefined.
     """
+    required = ["task", *(f"{m}{end}" for m in HEADLINE_METRICS for end in ("", "_lo", "_hi"))]
+    missing = {
+        variant: [c for c in required if c not in summary.columns]
+        for variant, summary in summaries.items()
+    }
+    if problems := [
+        f"{v}.model_summary lacks {', '.join(cols)}" for v, cols in missing.items() if cols
+    ]:
+        raise ContractError(
+            "build_headline_table: "
+            + "; ".join(problems)
+            + " (a robustness model_summary has 'task' and every headline metric with its CI, "
+            "NaN where undefined: a file of an older version or of another writer?)"
+        )
     rows = []
     for variant, summary in summaries.items():
         for rec in summary.to_dict("records"):
@@ -396,12 +417,12 @@ def build_headline_table(
 def seed_overrides(*, seed: int, name: str) -> dict[str, Any]:
     """The training template's overrides of one variant on a seed other than the study's:
     ``training.seed`` and the variant's name (its checkpoints, model file and MLflow run)."""
-    return {"variant": {"seed": int(seed), "name": name}}
+    return {"variant": {"seed": check_seed(seed, "comparison.seeds"), "name": name}}
 
 
 def resampling_seed(*, seed: int) -> int:
     """The debiasing template's resampling seed on a seed other than the study's."""
-    return int(seed)
+    return check_seed(seed, "comparison.seeds")
 
 
 def stack_seed_tables(**tables: pd.DataFrame) -> pd.DataFrame:
@@ -439,6 +460,7 @@ def summarise_headline_seeds(
     paired = paired_over_seeds(
         per_seed, "variant", ERM_VARIANT, ["task"], metrics, level=level, source=source
     )
+    _check_pairs(per_seed, paired, source)
     paired = adjust_table(
         paired, metrics, method=method, family=family, groups=["task"], source=source
     )
@@ -453,6 +475,38 @@ def summarise_headline_seeds(
         summary[["variant", "n_seeds", *metrics]].round(3).to_string(index=False),
     )
     return summary, paired
+
+
+def _check_pairs(per_seed: pd.DataFrame, paired: pd.DataFrame, source: str) -> None:
+    """Warn of each variant and task with no seed in common with ``erm``'s rows of that
+    task (``paired_over_seeds`` leaves it out of ``headline_paired_differences``).
+
+    Raises:
+        ContractError: no variant pairs with ``erm`` at all (naming ``source``).
+    """
+    groups = per_seed.groupby(["variant", "task"], sort=False, dropna=False)[SEED_COLUMN]
+    by_key = {key: sorted(int(s) for s in group.unique()) for key, group in groups}
+    erm = {task: seeds for (variant, task), seeds in by_key.items() if variant == ERM_VARIANT}
+    done = set(zip(paired["variant"], paired["task"], strict=True)) if len(paired) else set()
+    unpaired = [
+        f"{variant} on {task} (seeds {seeds}; {ERM_VARIANT}: {erm.get(task, [])})"
+        for (variant, task), seeds in by_key.items()
+        if variant != ERM_VARIANT and (variant, task) not in done
+    ]
+    if paired.empty:
+        raise ContractError(
+            f"{source}: no variant shares a training seed and task with '{ERM_VARIANT}', so "
+            "headline_paired_differences has nothing to compare: "
+            + ("; ".join(unpaired) or f"no variant but '{ERM_VARIANT}'")
+            + f" (each seed's headline table needs an '{ERM_VARIANT}' row of every task)"
+        )
+    if unpaired:
+        logger.warning(
+            "%s: left out of headline_paired_differences, no seed shared with '%s' on the task: %s",
+            source,
+            ERM_VARIANT,
+            "; ".join(unpaired),
+        )
 
 
 def _ci_note(row: dict[str, Any], metrics: list[str], level: float) -> str:

@@ -56,6 +56,7 @@ from cxr_spurious.pipelines.debiasing.pipeline import (
 )
 from cxr_spurious.pipelines.robustness.pipeline import create_robustness_template
 from cxr_spurious.pipelines.training.pipeline import create_training_template
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.variants import STUDY_MODELS
 
 C = "params:comparison"
@@ -162,15 +163,11 @@ def comparison_seeds(params: Mapping[str, Any]) -> tuple[list[int], int]:
     Raises:
         ParameterError: naming the key and what was expected.
     """
-    study = (params.get("training") or {}).get("seed", 0)
-    if isinstance(study, bool) or not isinstance(study, int) or study < 0:
-        raise ParameterError("training.seed", f"must be an integer >= 0, got {study!r}")
+    study = check_seed((params.get("training") or {}).get("seed", 0), "training.seed")
     raw = (params.get("comparison") or {}).get("seeds", [study])
     if isinstance(raw, str) or not isinstance(raw, Sequence) or not raw:
         raise ParameterError("comparison.seeds", f"must be a non-empty list of seeds, got {raw!r}")
-    bad = [s for s in raw if isinstance(s, bool) or not isinstance(s, int) or s < 0]
-    if bad:
-        raise ParameterError("comparison.seeds", f"seeds must be integers >= 0, got {bad}")
+    raw = [check_seed(s, f"comparison.seeds[{i}]") for i, s in enumerate(raw)]
     if len(set(raw)) != len(raw):
         raise ParameterError("comparison.seeds", f"seeds repeat in {list(raw)}")
     if study not in raw:
@@ -183,6 +180,7 @@ def comparison_seeds(params: Mapping[str, Any]) -> tuple[list[int], int]:
     # seed s with s: a debiasing seed equal to another seed of the list would give two
     # "seeds" the same resampling draws
     debiasing = ((params.get("comparison") or {}).get("debiasing") or {}).get("seed", study)
+    debiasing = check_seed(debiasing, "comparison.debiasing.seed")
     if debiasing != study and debiasing in raw:
         raise ParameterError(
             "comparison.debiasing.seed",

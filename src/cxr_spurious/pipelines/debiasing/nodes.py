@@ -15,6 +15,7 @@ from cxr_spurious.debiasing.report import group_count_table, plot_group_counts
 from cxr_spurious.debiasing.resampling import jtt_upweight_value, resample_manifest
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.stats.seed_param import check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def resample_train_rows(
     n_clusters: int,
 ) -> pd.DataFrame:
     """The resampled manifest (train rows resampled; ``weight``, ``augment``, ``group``)."""
+    seed = check_seed(seed, "debiasing.seed")
     x = (
         embedding_matrix(manifest, features, split="train")
         if strategy == "cluster_downsample"
@@ -93,7 +95,7 @@ def resample_train_rows(
         groups["group"].to_numpy(),
         strategy,
         target=target,
-        seed=int(seed),
+        seed=seed,
         features=x,
         n_clusters=int(n_clusters),
     )

@@ -17,6 +17,7 @@ from cxr_spurious.sources.adapters import IngestedSource, get_adapter
 from cxr_spurious.sources.cache import CacheSpec, make_cache_spec
 from cxr_spurious.sources.contract import validate_manifest
 from cxr_spurious.sources.report import dataset_counts, plot_dataset_report
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.tasks import SPURIOUS_OBJECTS
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,10 @@ def generate_phantom(
     if source == "phantom":
         check_phantom_size(phantom)
     return PhantomRequest(
-        enabled=source == "phantom", config=dict(phantom or {}), seed=int(seed), n_jobs=int(n_jobs)
+        enabled=source == "phantom",
+        config=dict(phantom or {}),
+        seed=check_seed(seed, "ingestion.seed"),
+        n_jobs=int(n_jobs),
     )
 
 
@@ -189,4 +193,4 @@ def plot_examples(ingested: IngestedSource, n: int, seed: int) -> Figure:
     Returns:
         The figure.
     """
-    return example_grid(ingested, n=n, seed=seed)
+    return example_grid(ingested, n=n, seed=check_seed(seed, "ingestion.seed"))

@@ -32,6 +32,7 @@ from cxr_spurious.robustness.strata import (
 from cxr_spurious.robustness.subgroups import subgroup_auroc
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.bootstrap import check_n_boot
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.training.checkpoints import code_digests
 from cxr_spurious.training.provenance import MODEL_DIGEST_COLUMN, model_digest
 
@@ -61,6 +62,7 @@ SUMMARY_MODULES: tuple[str, ...] = (
     "cxr_spurious.sources.contract",
     "cxr_spurious.stats.bootstrap",
     "cxr_spurious.stats.metrics",
+    "cxr_spurious.stats.seed_param",
     "cxr_spurious.training.checkpoints",
     "cxr_spurious.training.provenance",
     "cxr_spurious.variants",
@@ -122,6 +124,7 @@ def compute_subgroup_auroc(
     ``n_dropped`` counts undefined replicates; above ``max_dropped_share`` the overall AUROC
     is an error and a group statistic gets a NaN CI with a ``ci_note``.
     """
+    seed = check_seed(seed, "robustness.seed")
     test = split_rows(table, "test")
     parts = [
         subgroup_auroc(
@@ -131,7 +134,7 @@ def compute_subgroup_auroc(
             spurious=spurious,
             min_per_class=int(min_per_class),
             n_boot=check_n_boot(n_boot, N_BOOT_KEY),
-            seed=int(seed),
+            seed=seed,
             level=float(ci_level),
             max_dropped_share=float(max_dropped_share),
         )
@@ -221,6 +224,7 @@ def compute_fairness(
     max_dropped_share: float = 0.05,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group rates and gaps on the test split at the validation thresholds."""
+    seed = check_seed(seed, "robustness.seed")
     test = split_rows(table, "test")
     by, gaps = [], []
     for op in operating_points.itertuples():
@@ -231,7 +235,7 @@ def compute_fairness(
             attributes,
             min_per_class=int(min_per_class),
             n_boot=check_n_boot(n_boot, N_BOOT_KEY),
-            seed=int(seed),
+            seed=seed,
             level=float(ci_level),
             max_dropped_share=float(max_dropped_share),
         )
@@ -252,6 +256,7 @@ def compute_calibration(
     max_dropped_share: float = 0.05,
 ) -> pd.DataFrame:
     """ECE overall and per group on the test split, with CIs (and ``ece_dropped``)."""
+    seed = check_seed(seed, "robustness.seed")
     test = split_rows(table, "test")
     return pd.concat(
         [
@@ -262,7 +267,7 @@ def compute_calibration(
                 n_bins=int(n_bins),
                 min_rows=int(min_rows),
                 n_boot=check_n_boot(n_boot, N_BOOT_KEY),
-                seed=int(seed),
+                seed=seed,
                 level=float(ci_level),
                 max_dropped_share=float(max_dropped_share),
             )
@@ -308,6 +313,7 @@ def find_hidden_strata(
     Raises:
         ParameterError: an AMI attribute (``robustness.ami_attributes``) is not a column.
     """
+    seed = check_seed(strata.get("seed", 0), "robustness.strata.seed")
     check_attribute_parameters([], grouping_columns(table, []), ami_attributes=ami_attributes)
     test = split_rows(table, "test")
     op = operating_points.iloc[0]
@@ -325,7 +331,7 @@ def find_hidden_strata(
         k=strata.get("k", [2, 3, 4, 5]),
         margin=float(strata.get("margin", 0.1)),
         min_stratum_size=int(strata.get("min_stratum_size", MIN_STRATUM_SIZE)),
-        seed=int(strata.get("seed", 0)),
+        seed=seed,
     )
     present = list(ami_attributes)
     assign = test[["image_id", task, *present]].assign(cluster=ids, x=coords[:, 0], y=coords[:, 1])

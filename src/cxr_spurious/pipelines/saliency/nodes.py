@@ -29,6 +29,7 @@ from cxr_spurious.saliency.registry import MethodOptions
 from cxr_spurious.saliency.sanity import SANITY_COLUMNS, model_randomisation_check
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.sources.contract import patient_ids
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.training.provenance import MODEL_FINGERPRINT_KEY, model_fingerprint
 from cxr_spurious.variants import heatmap_set_name
 
@@ -41,7 +42,7 @@ def _options(method_options: dict[str, Any] | None, seed: int) -> MethodOptions:
     ``seed`` is not a method option: ``saliency.method_options.seed`` is refused (it used
     to be overwritten by ``saliency.seed`` without a word), naming ``saliency.seed``.
     """
-    return MethodOptions.from_params(method_options, seed=int(seed))
+    return MethodOptions.from_params(method_options, seed=check_seed(seed, "saliency.seed"))
 
 
 def _variant_name(variant: Mapping[str, Any]) -> str:
@@ -94,6 +95,7 @@ def compute_heatmaps(
         column) when the artifact has one.
     """
     model_name = _variant_name(variant)
+    seed = check_seed(seed, "saliency.seed")
     if is_skipped(model_artifact):  # a model skipped upstream (the sweep's resumed cells)
         logger.info("%s: model skipped upstream, no heatmaps computed", model_name)
         return SKIPPED
@@ -179,6 +181,7 @@ def check_saliency_sanity(
     model_name = _variant_name(variant)
     if not enabled:
         return pd.DataFrame(columns=list(SANITY_COLUMNS))
+    seed = check_seed(seed, "saliency.seed")
     if is_skipped(model_artifact):
         logger.info("%s: model skipped upstream (training.only), no sanity check", model_name)
         return pd.DataFrame(columns=list(SANITY_COLUMNS))
@@ -228,6 +231,7 @@ def plot_heatmap_overlays(
     if is_skipped(heatmaps):
         logger.info("model skipped upstream (training.only): no saliency overlays")
         return {}
+    seed = check_seed(seed, "saliency.seed")
     figures = {}
     for name, hset in heatmaps.items():
         rows = sample_rows(hset, n_images, seed)

@@ -10,11 +10,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxr_spurious.errors import ParameterError
+from cxr_spurious.stats.bootstrap import check_ci_level
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.study.counterfactual import counterfactual_findings
 from cxr_spurious.study.figures import plot_findings
 from cxr_spurious.study.findings import (
     assemble_findings,
-    check_ci_level,
     check_same_model,
     findings_metrics,
     model_row,
@@ -70,12 +71,14 @@ def summarise_findings(
 
     Raises:
         ParameterError: ``study.ci_level`` outside (0, 1) or not the level of the test
-            metrics' CIs (naming both keys).
+            metrics' CIs (naming both keys); ``study.seed`` not an integer in
+            [0, 2**32 - 1].
         StaleOutputError: the model's localization rows come from the maps of another
             training of it (``study.findings.check_same_model``).
     """
     model = str(variant["name"])
     level = check_ci_level(ci_level, "study.ci_level")
+    seed = check_seed(seed, "study.seed")
     test_level, test_n_boot, test_key = training_ci_settings(
         model, variant, test_metrics, training_ci_level, training_n_boot
     )

@@ -34,6 +34,7 @@ from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.models import model_from_artifact
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.multiplicity import adjust_table, family_note, read_settings
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.sweep.attribution import saliency_table
 from cxr_spurious.sweep.confounding import NO_LESION, ORIGINAL, assign_artefacts, render_name
 from cxr_spurious.sweep.detection import shortcut_detection
@@ -131,6 +132,7 @@ ROW_MODULES: tuple[str, ...] = (
     "cxr_spurious.sources.contract",
     "cxr_spurious.stats.bootstrap",
     "cxr_spurious.stats.metrics",
+    "cxr_spurious.stats.seed_param",
     "cxr_spurious.stats.seeds",
     "cxr_spurious.study.counterfactual",
     "cxr_spurious.sweep.attribution",
@@ -368,7 +370,7 @@ def summarise_cell(
         table,
         None if is_skipped(saliency) else saliency,
         n_boot=int(metrics["n_boot"]),
-        seed=int(metrics["seed"]),
+        seed=check_seed(metrics["seed"], "sweep.metrics.seed"),
         level=float(metrics["ci_level"]),
         max_dropped_share=float(metrics["max_dropped_share"]),
         label=cell.namespace,
@@ -496,7 +498,7 @@ def detect_shortcuts(models: pd.DataFrame, detection: Mapping[str, Any]) -> pd.D
         reliance_threshold=float(detection["reliance_threshold"]),
         flag_k=float(detection["flag_k"]),
         n_boot=int(detection["n_boot"]),
-        seed=int(detection["seed"]),
+        seed=check_seed(detection["seed"], "sweep.detection.seed"),
         level=float(detection["ci_level"]),
     )
 

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from cxr_spurious.datasets.skippable import SKIPPED
 from cxr_spurious.models import model_from_artifact
 from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.training.checkpoints import checkpoint_folder
 from cxr_spurious.training.config import model_config, resolve_training_config, variant_selected
 from cxr_spurious.training.data import build_training_table, split_training_table
@@ -201,7 +202,7 @@ def evaluate_test_metrics(
         config["tasks"],
         config["subgroup"],
         n_boot=int(config["n_boot"]),
-        seed=int(config["seed"]),
+        seed=check_seed(config["seed"], "training.seed"),
         level=float(config["ci_level"]),
         max_dropped_share=float(config["max_dropped_share"]),
     )

@@ -22,6 +22,7 @@ from cxr_spurious.errors import DataFormatError, ParameterError, unknown_name_er
 from cxr_spurious.io.images import DICOM_SUFFIXES
 from cxr_spurious.progress import progress_bar
 from cxr_spurious.sources.contract import SPLITS, assign_patient_splits
+from cxr_spurious.stats.seed_param import check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +67,7 @@ def fractions_param(params: Mapping[str, Any]) -> dict[str, float]:
 
 def seed_param(params: Mapping[str, Any]) -> int:
     """``ingestion.seed`` as an int (default 0)."""
-    raw = params.get("seed", 0)
-    try:
-        return int(raw)
-    except (TypeError, ValueError) as exc:
-        raise ParameterError("ingestion.seed", f"expected an integer, got {raw!r}") from exc
+    return check_seed(params.get("seed", 0), "ingestion.seed")
 
 
 def path_param(params: Mapping[str, Any], key: str, root: Path) -> Path | None:

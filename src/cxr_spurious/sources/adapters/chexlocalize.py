@@ -7,15 +7,20 @@ Reads a folder laid out like the CheXlocalize release (or its ``sample/`` folder
     <root>/gt_annotations_val.json, gt_segmentations_val.json          (optional, also *_test)
     <root>/hb_annotations_test.json, hb_segmentations_test.json, hb_salient_pt_test.json
 
-The JSON files may also sit in ``<root>/CheXlocalize/``. The phantom generator writes the
+The JSON files may also sit in ``<root>/CheXlocalize/``, or, in the release layout
+(``<download>/CheXpert/`` with the labels and images beside ``<download>/CheXlocalize/``
+with the JSON files), in ``<root>/../CheXlocalize/`` when ``root`` and its ``CheXlocalize/``
+hold no ``gt_*`` file. Labels with positives for CheXlocalize tasks but no ``gt_*`` file in
+any of those folders are an error (naming them). The phantom generator writes the
 same layout (plus ``attributes.csv`` and ``spurious_segmentations.json``), so both go
 through this reader. The JSON formats themselves (reading, checks, polygon rasterisation)
 are ``cxr_spurious.io.chexlocalize``; this module knows where the files are and turns the
 labels CSV into the manifest.
 
 Parameters (``ingestion.*``): ``tasks`` (default: the CheXlocalize tasks with labels here),
-plus the common ``on_missing``, ``split_fractions`` and ``seed`` (``split_fractions`` only
-serves rows of ``labels.csv`` without an ``attributes.csv`` split).
+``uncertainty_policy`` (as for CheXpert: -1.0 -> NaN / 0 / 1), plus the common
+``on_missing``, ``split_fractions`` and ``seed`` (``split_fractions`` only serves rows of
+``labels.csv`` without an ``attributes.csv`` split).
 """
 
 from __future__ import annotations
@@ -77,6 +82,12 @@ ALL_TASKS: tuple[str, ...] = tuple(task_column(o) for o in CHEXPERT_OBSERVATIONS
 _SPLIT_DIRS = ("valid", "val", "test", "train", "images")
 _SEX = {"Male": "M", "Female": "F", "M": "M", "F": "F"}
 _RENDER_DIR = re.compile(r"^[a-z0-9_]+$")
+# The JSON folder of the CheXlocalize release, inside ``root`` or beside it.
+JSON_DIR = "CheXlocalize"
+GT_STEMS: tuple[str, ...] = ("gt_annotations", "gt_segmentations")
+GT_FILES: tuple[str, ...] = tuple(
+    f"{stem}{suffix}.json" for stem in GT_STEMS for suffix in ("_val", "_test", "")
+)
 
 
 @dataclass(frozen=True)
@@ -108,12 +119,16 @@ def read_chexlocalize(root: Path, params: Mapping[str, Any]) -> IngestedSource:
     if not root.is_dir():
         raise ParameterError("ingestion.root", f"'{root}' is not a folder")
     on_missing = common.on_missing_param(params)
-    labels, attributes = read_labels(root), _read_attributes(root / ATTRIBUTES_FILE)
+    policy = common.choice_param(
+        params, "uncertainty_policy", common.UNCERTAINTY_POLICIES, "ignore"
+    )
+    labels, attributes = read_labels(root, policy), _read_attributes(root / ATTRIBUTES_FILE)
     manifest, sizes = read_images(root, labels, on_missing)
     if attributes is not None:
         manifest = _merge_attributes(manifest, attributes, root / ATTRIBUTES_FILE)
     tasks = select_tasks(params.get("tasks"), manifest)
     truth = read_ground_truth(root, sizes, tasks)
+    _check_ground_truth_found(root, manifest, tasks)
     human = read_human_benchmark(root, sizes)
     renders = _find_renders(root, manifest)
     manifest["split"] = _fill_missing_splits(manifest, params)
@@ -176,18 +191,28 @@ def read_labels_csv(path: Path) -> pd.DataFrame:
             f"(or {list(TEST_LABELS_HEADER)}); unknown columns {extra}, missing columns {missing}",
             where="line 1",
         )
-    return pd.read_csv(path, dtype={"Path": str})
+    # Labels as text (``parse_labels`` quotes a bad one as written); only blank is missing.
+    text = {"Path": str, **dict.fromkeys(CHEXPERT_OBSERVATIONS, str)}
+    return pd.read_csv(path, dtype=text, keep_default_na=False, na_values=[""])
 
 
-def read_labels(root: Path) -> pd.DataFrame:
+def read_labels(root: Path, policy: str = "ignore") -> pd.DataFrame:
     """Every labels CSV of ``root`` (``LABEL_FILES``), one row per image.
+
+    Args:
+        root: The folder.
+        policy: ``uncertainty_policy``: -1.0 (uncertain) becomes NaN (``ignore``), 0
+            (``zeros``) or 1 (``ones``).
 
     Returns:
         The CSV columns plus ``image_id``, ``_split`` (the file's split, ``""`` for
         ``labels.csv``), ``_csv`` (the file) and ``_ref`` (``row N``, the file's line).
+        Labels are 1 / 0 / NaN; ``Age`` is in years or NaN (``plausible_age``; 0, CheXpert's
+        missing age, is NaN too).
 
     Raises:
-        DataFormatError: no labels CSV, or one with a changed header.
+        DataFormatError: no labels CSV, one with a changed header, or a label that is not
+            1, 0, -1 or blank (naming the file, row and column).
     """
     frames = []
     for name, split in LABEL_FILES:
@@ -198,6 +223,13 @@ def read_labels(root: Path) -> pd.DataFrame:
             df["_csv"] = str(path)
             # 1-based line numbers after the header
             df["_ref"] = [f"row {i}" for i in range(2, len(df) + 2)]
+            observations = [o for o in CHEXPERT_OBSERVATIONS if o in df.columns]
+            df[observations] = common.parse_labels(
+                df[observations], policy, source_file=path, row_refs=list(df["_ref"])
+            )
+            if "Age" in df.columns:
+                age = common.plausible_age(df["Age"])
+                df["Age"] = age.mask(age == 0)
             frames.append(df)
     if not frames:
         expected = [n for n, _ in LABEL_FILES]
@@ -301,7 +333,6 @@ def _manifest_row(rec: Mapping[str, Any], h: int, w: int) -> dict[str, Any]:
     """The manifest row of one labels-CSV record whose image is (h, w)."""
     parts = rec["image_id"].split("_")
     ap_pa = rec.get("AP/PA")
-    age = rec.get("Age")
     row = {
         "image_id": rec["image_id"],
         "patient_id": parts[0],
@@ -312,7 +343,7 @@ def _manifest_row(rec: Mapping[str, Any], h: int, w: int) -> dict[str, Any]:
         "width": w,
         "height": h,
         "sex": _SEX.get(str(rec.get("Sex")), np.nan),
-        "age_years": float(age) if pd.notna(age) and float(age) > 0 else np.nan,
+        "age_years": rec.get("Age", np.nan),
     }
     for obs in CHEXPERT_OBSERVATIONS:
         row[task_column(obs)] = rec.get(obs, np.nan)
@@ -422,13 +453,53 @@ def read_human_benchmark(root: Path, sizes: Mapping[str, tuple[int, int]]) -> Js
     return human
 
 
+def json_folders(root: Path) -> tuple[Path, ...]:
+    """Where the JSON files are looked for, in order: ``root``, ``root/CheXlocalize`` and,
+    when neither holds a ``gt_*`` file (``GT_FILES``), ``root/../CheXlocalize`` (the release
+    puts ``CheXlocalize/`` beside ``CheXpert/``; a folder with its own ground truth, such as
+    a phantom, never mixes in the files of a folder beside it)."""
+    near = (root, root / JSON_DIR)
+    beside = root.parent / JSON_DIR
+    if any((folder / name).is_file() for folder in near for name in GT_FILES):
+        return near
+    if beside.resolve() in {folder.resolve() for folder in near}:
+        return near
+    return (*near, beside)
+
+
 def _find(root: Path, names: tuple[str, ...]) -> Path | None:
-    """The first of ``names`` in ``root`` or ``root/CheXlocalize``."""
-    for folder in (root, root / "CheXlocalize"):
+    """The first of ``names`` in the first folder of ``json_folders(root)`` holding one."""
+    for folder in json_folders(root):
         for name in names:
             if (folder / name).is_file():
                 return folder / name
     return None
+
+
+def _check_ground_truth_found(root: Path, manifest: pd.DataFrame, tasks: list[str]) -> None:
+    """Labels with positives for CheXlocalize tasks need a ``gt_*`` file somewhere.
+
+    Raises:
+        DataFormatError: no ``GT_FILES`` in any of ``json_folders(root)`` while some image is
+            positive for a CheXlocalize task among ``tasks`` (naming the folders searched).
+    """
+    if _find(root, GT_FILES) is not None:
+        return
+    positive = {
+        t: int((manifest[t] == 1.0).sum())
+        for t in tasks
+        if t in CHEXLOCALIZE_TASKS and t in manifest.columns
+    }
+    positive = {t: n for t, n in positive.items() if n}
+    if not positive:
+        return
+    searched = ", ".join(str(folder) for folder in json_folders(root))
+    problem = (
+        f"the labels have positives for CheXlocalize task(s) {positive} but no ground truth: "
+        f"none of {list(GT_FILES)} in {searched}; put the release's CheXlocalize/ folder "
+        "inside or beside this one (or use source chexpert for labels without locations)"
+    )
+    raise DataFormatError(root, problem)
 
 
 def _load_split_json(root: Path, stem: str) -> Json:

@@ -139,8 +139,9 @@ def read_mimic_cxr(root: Path, params: Mapping[str, Any]) -> IngestedSource:
         Manifest with the 14 CheXpert observations; no location ground truth.
 
     Raises:
-        DataFormatError: changed headers, bad label or split values, duplicate label rows,
-            images without a split row or file (``on_missing: error``), conflicting gender.
+        DataFormatError: changed headers, bad label, split or size values, duplicate label
+            rows, images without a split row, size or file (``on_missing: error``),
+            conflicting gender.
     """
     on_missing = common.on_missing_param(params)
     policy = common.choice_param(
@@ -228,11 +229,46 @@ def _join_splits(
     rows["view"] = view.map(lambda v: VIEW_NAMES.get(v, v) if v else np.nan)
     rows["width"] = pd.to_numeric(meta["Columns"], errors="coerce")
     rows["height"] = pd.to_numeric(meta["Rows"], errors="coerce")
+    blank = _check_sizes(meta, rows)
+    if blank.any():
+        first = rows.loc[blank, "_ref"].iat[0]
+        common.skip_or_raise(
+            f"dicom_id {rows.loc[blank, 'image_id'].iat[0]} has a blank Rows or Columns "
+            "(the image size, which the masks and cache need)",
+            source_file=first.split(" ")[0],
+            where=first.split(" ", 1)[1],
+            on_missing=on_missing,
+            count=int(blank.sum()),
+        )
+        meta, rows = meta[~blank], rows[~blank]
     rows["_when"] = study_datetime(meta["StudyDate"].fillna(""), meta["StudyTime"])
     rows["path"] = image_paths(files_root, rows["subject_id"], rows["study_id"], rows["image_id"])
     common.check_unique_ids(rows["image_id"], list(rows["_ref"]), source_file="metadata")
     common.check_patient_disjoint(rows["split"], rows["patient_id"], source_file="split table")
     return rows.reset_index(drop=True)
+
+
+def _check_sizes(meta: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
+    """Rows whose ``Rows`` or ``Columns`` is blank (a missing size, for ``on_missing``).
+
+    Raises:
+        DataFormatError: a non-blank ``Rows`` / ``Columns`` that is not a positive integer
+            (naming the metadata file and line).
+    """
+    raw = meta[["Columns", "Rows"]].apply(lambda c: c.fillna("").str.strip())
+    blank = (raw == "").any(axis=1)
+    size = rows[["width", "height"]]
+    bad = ~blank & (size.isna() | (size < 1) | (size % 1 != 0)).any(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        ref = rows["_ref"].iat[i]
+        raise DataFormatError(
+            ref.split(" ")[0],
+            f"Rows {raw['Rows'].iat[i]!r} / Columns {raw['Columns'].iat[i]!r} of dicom_id "
+            f"{rows['image_id'].iat[i]}; expected positive integers (the image's size)",
+            where=ref.split(" ", 1)[1],
+        )
+    return blank
 
 
 def _join_labels(rows: pd.DataFrame, path: Path, policy: str) -> pd.DataFrame:

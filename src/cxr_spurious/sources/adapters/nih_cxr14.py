@@ -18,6 +18,7 @@ Layout (``root`` holds the CSVs; PNGs anywhere below it, NIH Box ``images/`` or 
 * ``BBox_List_2017.csv`` boxes become polygons (4 corners) in ``annotations``, filled boxes
   in ``segmentations`` (per task, with empty masks for tasks labelled absent) and one
   instance per box in ``instance_segmentations``; ``Infiltrate`` means ``Infiltration``.
+  A box starting outside its PNG (a downsampled copy) is refused, naming its line.
 * Task columns keep NIH's spellings (``Effusion``, ``Pleural_Thickening``...).
 """
 
@@ -306,6 +307,38 @@ def box_mask(boxes: Sequence[Sequence[float]], height: int, width: int) -> np.nd
     return mask
 
 
+def check_boxes_inside(
+    boxes: pd.DataFrame, manifest: pd.DataFrame, tasks: list[str], path: Path
+) -> None:
+    """Refuse a box of ``tasks`` that starts beyond its image's right or bottom edge.
+
+    ``box_mask`` draws nothing for such a box, so its positive label would get a known-empty
+    mask. It happens with downsampled copies of NIH (boxes are in the 1024 x 1024 PNG's
+    pixels).
+
+    Raises:
+        DataFormatError: naming ``path``, the box's line and the image size.
+    """
+    used = boxes[boxes["task"].isin(tasks)]
+    info = manifest.set_index("image_id")
+    width = info["width"].reindex(used["image"]).to_numpy(dtype=float)
+    height = info["height"].reindex(used["image"]).to_numpy(dtype=float)
+    outside = (np.round(used["x"].to_numpy(dtype=float)) >= width) | (
+        np.round(used["y"].to_numpy(dtype=float)) >= height
+    )
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        box = used[["x", "y", "w", "h"]].iloc[i].tolist()
+        raise DataFormatError(
+            path,
+            f"{used['task'].iat[i]} box {box} (x, y, w, h) lies outside its image "
+            f"{used['image'].iat[i]}.png of {int(width[i])}x{int(height[i])} (w x h) pixels, so "
+            "the positive label would get an empty mask; the boxes are in the pixels of NIH's "
+            "1024x1024 PNGs: use the full-size images, or leave this file out",
+            where=used["_ref"].iat[i],
+        )
+
+
 def boxes_to_ground_truth(
     boxes: pd.DataFrame, manifest: pd.DataFrame, tasks: list[str]
 ) -> tuple[Json, Json, Json]:
@@ -351,7 +384,8 @@ def read_nih_cxr14(root: Path, params: Mapping[str, Any]) -> IngestedSource:
 
     Raises:
         DataFormatError: changed headers, bad rows, overlapping split lists, a missing image
-            (``on_missing: error``), duplicated images or conflicting sex.
+            (``on_missing: error``), duplicated images, conflicting sex or a box outside its
+            image.
     """
     on_missing = common.on_missing_param(params)
     sex_rule = common.choice_param(params, "sex_conflict", common.SEX_CONFLICT_RULES, "error")
@@ -392,6 +426,7 @@ def read_nih_cxr14(root: Path, params: Mapping[str, Any]) -> IngestedSource:
                 int((~known).sum()),
                 boxes.loc[~known, "image"].iat[0],
             )
+        check_boxes_inside(boxes[known], manifest, tasks, folder / BBOX_FILE)
         annotations, segmentations, instances = boxes_to_ground_truth(boxes[known], manifest, tasks)
     logger.info(
         "nih_cxr14: %d images, %d with boxes, splits %s",
