@@ -1,10 +1,14 @@
 """Project exceptions.
 
 Every error a user can cause (a bad file, a bad parameter) raises one of these, with a
-message that names the file, row or key and says what was expected.
+message that names the file, row or key and says what was expected. ``check_number`` and
+``check_integer`` are the one check of a numeric parameter's type and range.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 
 class CxrSpuriousError(Exception):
@@ -75,3 +79,104 @@ def unknown_name_error(
     if key is not None:
         return ParameterError(key, problem)
     return CxrSpuriousError(problem)
+
+
+def check_number(
+    value: object,
+    key: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    unit: str = "",
+    nullable: bool = False,
+) -> float:
+    """A numeric parameter checked against its range: the one check of a bounded number.
+
+    Accepts an ``int``, a ``float`` or a numpy number; refuses booleans (``True`` is a ``1``
+    to Python, never what a user meant), strings, NaN, infinities and values outside
+    ``[low, high]`` (an open end with ``low_open`` / ``high_open``). The message states the
+    kind and range expected, then the value given.
+
+    Args:
+        value: The parameter's value.
+        key: Its dotted key (``training.lr``), named in the error.
+        low: Lower bound, or ``None`` for none.
+        high: Upper bound, or ``None`` for none.
+        low_open: ``low`` itself is refused (``> low``).
+        high_open: ``high`` itself is refused (``< high``).
+        unit: Words put after "number" in the message ("of seconds").
+        nullable: Say "or null" in the message (the caller accepts ``None`` itself).
+
+    Returns:
+        The value as a ``float``.
+
+    Raises:
+        ParameterError: naming ``key``, the range expected and the value given.
+    """
+    kind = f"a finite number{' ' + unit if unit else ''}"
+    return _checked(value, key, kind, low, high, low_open, high_open, nullable, integer=False)
+
+
+def check_integer(
+    value: object,
+    key: str,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    nullable: bool = False,
+) -> int:
+    """An integer parameter in ``[low, high]``: ``check_number`` for whole numbers.
+
+    A float with an integral value is accepted (``--params`` parses ``1e3`` as ``1000.0``);
+    a fraction, a boolean, a string or a non-finite number is refused.
+
+    Raises:
+        ParameterError: naming ``key``, the range expected and the value given.
+    """
+    number = _checked(value, key, "an integer", low, high, False, False, nullable, integer=True)
+    return int(value) if isinstance(value, numbers.Integral) else int(number)
+
+
+def _checked(
+    value: object,
+    key: str,
+    kind: str,
+    low: float | None,
+    high: float | None,
+    low_open: bool,
+    high_open: bool,
+    nullable: bool,
+    *,
+    integer: bool,
+) -> float:
+    lo, hi = _bound_text(low), _bound_text(high)
+    if low is not None and high is not None:
+        bounds = f" in {'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
+    elif low is not None:
+        bounds = f" {'>' if low_open else '>='} {lo}"
+    elif high is not None:
+        bounds = f" {'<' if high_open else '<='} {hi}"
+    else:
+        bounds = ""
+    expected = f"must be {kind}{bounds}{' or null' if nullable else ''}, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy bools are not Real
+        raise ParameterError(key, expected)
+    number = float(value)
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        raise ParameterError(key, expected)
+    if low is not None and (number < low or (low_open and number == low)):
+        raise ParameterError(key, expected)
+    if high is not None and (number > high or (high_open and number == high)):
+        raise ParameterError(key, expected)
+    return number
+
+
+def _bound_text(bound: float | None) -> str:
+    """A bound as written in a message: whole numbers in full (4294967295, not 4.29e+09)."""
+    if bound is None:
+        return ""
+    if float(bound).is_integer():
+        return str(int(bound))
+    return f"{bound:g}"

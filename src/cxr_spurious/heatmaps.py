@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError, check_integer
 
 INDEX_COLUMNS: tuple[str, ...] = (
     "image_id",
@@ -109,8 +109,7 @@ def sample_positives_first(
         ParameterError: ``n`` < 1, naming ``parameter``.
         ContractError: ``positive`` is not one flag per row.
     """
-    if n < 1:
-        raise ParameterError(parameter, f"must be >= 1, got {n}")
+    n = check_integer(n, parameter, low=1)
     first = (
         heatmaps.index["gt"].to_numpy(dtype=float) == 1
         if positive is None

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import cv2
 
-from cxr_spurious.errors import CxrSpuriousError, DataFormatError, ParameterError
+from cxr_spurious.errors import CxrSpuriousError, DataFormatError, ParameterError, check_integer
 from cxr_spurious.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -96,10 +96,8 @@ def resolve_workers(workers: int | None, n_items: int, min_items: int = MIN_ITEM
     Raises:
         ParameterError: ``workers`` < 1.
     """
-    if workers is not None and workers < 1:
-        raise ParameterError(
-            "localization.workers", f"must be >= 1 or null (one per core), got {workers}"
-        )
+    if workers is not None:  # null: one per core
+        workers = check_integer(workers, "localization.workers", low=1, nullable=True)
     n = available_cores() if workers is None else int(workers)
     return 1 if n_items < min_items else max(1, min(n, n_items))
 

@@ -22,7 +22,7 @@ def test_sgd_and_adamw() -> None:
     ("overrides", "match"),
     [
         ({"optimizer": "adam"}, "training.optimizer.*unknown optimizer 'adam'"),
-        ({"optimizer": "sgd", "momentum": -1}, "training.momentum.*>= 0"),
+        ({"optimizer": "sgd", "momentum": -1}, r"training.momentum.*in \[0, 1\)"),
     ],
 )
 def test_invalid_optimizer_settings_name_the_key(overrides: dict, match: str) -> None:

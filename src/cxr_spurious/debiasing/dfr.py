@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from cxr_spurious.errors import DataFormatError, ParameterError
+from cxr_spurious.errors import DataFormatError, check_number
 
 from .features import embedding_matrix
 from .groups import NO_GROUP
@@ -135,8 +135,7 @@ def fit_dfr(
     Returns:
         ``image_id, split, model, p_<task>...`` for every manifest row.
     """
-    if c <= 0:
-        raise ParameterError("debiasing.dfr_c", f"must be > 0, got {c}")
+    c = check_number(c, "debiasing.dfr_c", low=0, low_open=True)
     x = embedding_matrix(manifest, embeddings)
     out = pd.DataFrame(
         {

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError, check_integer
 from cxr_spurious.sources.contract import align_table
 
 
@@ -54,8 +54,7 @@ def thumbnails(images: np.ndarray, size: int = 16) -> np.ndarray:
     Raises:
         ParameterError: ``size`` is not a positive integer.
     """
-    if int(size) < 1:
-        raise ParameterError("debiasing.thumbnail_size", f"must be >= 1, got {size}")
+    size = check_integer(size, "debiasing.thumbnail_size", low=1)
     out = np.empty((len(images), size * size), dtype=np.float32)
     for i, img in enumerate(images):
         out[i] = (

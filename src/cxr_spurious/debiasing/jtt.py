@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError, check_number
 from cxr_spurious.sources.contract import align_table
 
 
@@ -31,8 +31,9 @@ def error_set(
     Raises:
         ContractError: the predictions miss train images or the ``p_<task>`` column.
     """
-    if not 0.0 < threshold < 1.0:
-        raise ParameterError("debiasing.jtt_threshold", f"must be in (0, 1), got {threshold}")
+    threshold = check_number(
+        threshold, "debiasing.jtt_threshold", low=0, high=1, low_open=True, high_open=True
+    )
     col = f"p_{task}"
     if col not in predictions.columns:
         raise ContractError(f"erm.predictions: no column '{col}'; got {list(predictions.columns)}")

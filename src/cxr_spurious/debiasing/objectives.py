@@ -22,7 +22,6 @@ function that no pipeline calls. Rows of group ``-1`` are left out of the robust
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cxr_spurious.errors import ParameterError
+from cxr_spurious.errors import ParameterError, check_integer, check_number
 
 #: The keys of ``training.objective_params`` Group DRO reads (any other key is refused).
 GROUP_DRO_PARAMS: tuple[str, ...] = ("step_size", "size_adjustment")
@@ -54,13 +53,7 @@ def _check_setting(value: object, key: str, *, positive: bool) -> float:
     """``value`` as a float, refused (``ParameterError`` on ``key``) unless it is a finite
     number > 0 (``positive``) or >= 0: a NaN or infinite step size made ``q`` and the loss
     NaN, and a negative or NaN size adjustment was silently no adjustment."""
-    bound = "> 0" if positive else ">= 0"
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ParameterError(key, f"must be a finite number {bound}, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        raise ParameterError(key, f"must be a finite number {bound}, got {value!r}")
-    return number
+    return check_number(value, key, low=0, low_open=positive)
 
 
 class GroupDROObjective:
@@ -86,8 +79,7 @@ class GroupDROObjective:
         Raises:
             ParameterError: ``n_groups`` < 1, or a setting out of its range (NaN included).
         """
-        if n_groups < 1:
-            raise ParameterError("training.group_dro.n_groups", f"must be >= 1, got {n_groups}")
+        n_groups = check_integer(n_groups, "training.group_dro.n_groups", low=1)
         step_size = _check_setting(step_size, "training.group_dro.step_size", positive=True)
         size_adjustment = _check_setting(
             size_adjustment, "training.group_dro.size_adjustment", positive=False

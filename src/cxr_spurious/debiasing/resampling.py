@@ -32,7 +32,13 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
 
-from cxr_spurious.errors import ContractError, ParameterError, unknown_name_error
+from cxr_spurious.errors import (
+    ContractError,
+    ParameterError,
+    check_integer,
+    check_number,
+    unknown_name_error,
+)
 
 from .groups import NO_GROUP
 
@@ -205,8 +211,7 @@ def cluster_keep(
     n = x.shape[0]
     if not 0 < n_keep <= n:
         raise ParameterError("debiasing.target", f"cannot keep {n_keep} of {n} rows")
-    if n_clusters < 1:
-        raise ParameterError("debiasing.n_clusters", f"must be >= 1, got {n_clusters}")
+    n_clusters = check_integer(n_clusters, "debiasing.n_clusters", low=1)
     if not np.isfinite(x).all():
         raise ContractError("cluster features contain NaN or infinite values")
     k = min(n_clusters, n_keep, n)
@@ -265,13 +270,7 @@ def jtt_upweight_value(upweight: object, mode: str) -> float:
         ParameterError: naming ``debiasing.jtt_upweight``.
     """
     key = "debiasing.jtt_upweight"
-    if isinstance(upweight, bool) or not isinstance(
-        upweight, int | float | np.integer | np.floating
-    ):
-        raise ParameterError(key, f"must be a number >= 1, got {upweight!r}")
-    value = float(upweight)
-    if not np.isfinite(value) or value < 1:
-        raise ParameterError(key, f"must be a finite number >= 1, got {upweight!r}")
+    value = check_number(upweight, key, low=1)
     if mode == "duplicate" and not value.is_integer():
         raise ParameterError(
             key,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
-from cxr_spurious.errors import DataFormatError, ParameterError
+from cxr_spurious.errors import DataFormatError, check_integer
 from cxr_spurious.io.masks import _compressed_counts, decode_rle
 from cxr_spurious.stats.metrics import auroc_ranked
 from cxr_spurious.tasks import CHEXLOCALIZE_TASKS
@@ -279,13 +279,7 @@ def check_top_k(top_k: object, key: str = "localization.top_k") -> int:
     Raises:
         ParameterError: naming ``key``.
     """
-    number = not isinstance(top_k, bool) and isinstance(
-        top_k, int | float | np.integer | np.floating
-    )
-    value = float(top_k) if number else float("nan")  # type: ignore[arg-type]
-    if not (np.isfinite(value) and value.is_integer() and value >= 1):
-        raise ParameterError(key, f"must be an integer >= 1 (pixels), got {top_k!r}")
-    return int(value)
+    return check_integer(top_k, key, low=1)
 
 
 def mass_rank_metrics(

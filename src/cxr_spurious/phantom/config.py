@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_spurious.errors import ParameterError
+from cxr_spurious.errors import ParameterError, check_integer, check_number
 from cxr_spurious.phantom.artefacts import ARTEFACT_KINDS, TUBE_KINDS
 from cxr_spurious.sources.contract import SPLITS
 from cxr_spurious.tasks import PHANTOM_TASKS
@@ -486,22 +486,9 @@ def _coerce(default: Any, value: Any, key: str, *, merge: bool = False) -> Any:
             raise ParameterError(key, f"expected true or false, got {value!r}")
         return value
     if isinstance(default, int):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(float(value))
-            or float(value) != int(value)
-        ):
-            raise ParameterError(key, f"expected an integer, got {value!r}")
-        return int(value)
+        return check_integer(value, key)  # ranges: validate_config
     if isinstance(default, float):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(float(value))
-        ):
-            raise ParameterError(key, f"expected a finite number, got {value!r}")
-        return float(value)
+        return check_number(value, key)
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ParameterError(key, f"expected a string, got {value!r}")

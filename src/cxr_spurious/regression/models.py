@@ -27,7 +27,7 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats
 
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError, check_integer
 
 logger = logging.getLogger(__name__)
 
@@ -180,11 +180,7 @@ def spearman_fisher(
 
 
 def _check_min_clusters(min_clusters: int) -> int:
-    if isinstance(min_clusters, bool) or int(min_clusters) != min_clusters or int(min_clusters) < 2:
-        raise ParameterError(
-            "regression.min_clusters", f"must be an integer >= 2, got {min_clusters!r}"
-        )
-    return int(min_clusters)
+    return check_integer(min_clusters, "regression.min_clusters", low=2)
 
 
 def ols_single(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError, check_integer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -176,15 +176,7 @@ def check_row_limit(value: object, key: str = "max_rows") -> int:
     Raises:
         ParameterError: naming ``key`` (``report.max_table_rows`` for the report's parameter).
     """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(float(value))
-        or not float(value).is_integer()
-        or value < 1
-    ):
-        raise ParameterError(key, f"must be an integer >= 1, got {value!r}")
-    return int(value)
+    return check_integer(value, key, low=1)
 
 
 def cut_note(shown: int, total: int, source: str | None = None) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxr_spurious.errors import ParameterError
+from cxr_spurious.errors import check_integer
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataF
     Raises:
         ParameterError: ``n_bins < 1``.
     """
-    if n_bins < 1:
-        raise ParameterError("robustness.calibration_bins", f"must be >= 1, got {n_bins}")
+    n_bins = check_integer(n_bins, "robustness.calibration_bins", low=1)
     yy, pp = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     keep = np.isfinite(yy) & np.isfinite(pp)
     yy, pp = yy[keep], pp[keep]

@@ -35,7 +35,7 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import precision_score, roc_curve
 
-from cxr_spurious.errors import ContractError, ParameterError, unknown_name_error
+from cxr_spurious.errors import ContractError, check_integer, check_number, unknown_name_error
 from cxr_spurious.stats.bootstrap import (
     MAX_DROPPED_SHARE,
     bootstrap_indices,
@@ -77,8 +77,7 @@ def choose_threshold(
         raise unknown_name_error(
             "operating-point rule", rule, RULES, key="robustness.operating_point"
         )
-    if not 0 < target <= 1:
-        raise ParameterError("robustness.operating_target", f"must be in (0, 1], got {target}")
+    target = check_number(target, "robustness.operating_target", low=0, high=1, low_open=True)
     yy = np.asarray(y, dtype=float)
     keep = np.isfinite(yy)
     if np.unique(yy[keep]).size < 2:
@@ -195,11 +194,8 @@ def fairness_tables(
         ParameterError: ``min_per_class`` < 1.
         BootstrapDropError: too many undefined replicates for a gap.
     """
-    if int(min_per_class) < 1:
-        raise ParameterError(
-            "robustness.min_per_class",
-            f"must be >= 1 (a reported group needs both classes), got {min_per_class}",
-        )
+    # a reported group needs both classes
+    min_per_class = check_integer(min_per_class, "robustness.min_per_class", low=1)
     labelled = table[np.isfinite(table[task].to_numpy(dtype=float))]
     by_group, gaps = [], []
     for attr in attributes:

@@ -26,7 +26,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_mutual_info_score, silhouette_score
 from sklearn.mixture import GaussianMixture
 
-from cxr_spurious.errors import ParameterError, unknown_name_error
+from cxr_spurious.errors import ParameterError, check_integer, unknown_name_error
 from cxr_spurious.stats.metrics import auroc
 
 logger = logging.getLogger(__name__)
@@ -132,11 +132,8 @@ def find_strata(
     Raises:
         ParameterError: ``min_stratum_size`` < 1.
     """
-    if int(min_stratum_size) < 1:
-        raise ParameterError(
-            "robustness.strata.min_stratum_size",
-            f"must be an integer >= 1 (fewest rows of a flagged cluster), got {min_stratum_size}",
-        )
+    # the fewest rows of a flagged cluster
+    min_stratum_size = check_integer(min_stratum_size, "robustness.strata.min_stratum_size", low=1)
     yy = np.asarray(y, dtype=float)
     pred = np.asarray(p, dtype=float) >= threshold
     ids = np.full(len(yy), -1, dtype=np.int64)

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxr_spurious.errors import ContractError, CxrSpuriousError, ParameterError
+from cxr_spurious.errors import ContractError, CxrSpuriousError, ParameterError, check_integer
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.parallel import on_dask_worker, ordered_map
 from cxr_spurious.progress import progress_bar
@@ -105,19 +105,19 @@ def select_image_ids(
             f"no manifest rows with split == {split!r}; "
             f"splits present: {sorted(manifest['split'].unique())}",
         )
-    if max_images is None or int(max_images) >= ids.size:
+    if max_images is None:
         return ids.tolist()
-    if int(max_images) < 1:
-        raise ParameterError("saliency.max_images", f"must be >= 1 or null, got {max_images}")
+    n = check_integer(max_images, "saliency.max_images", low=1, nullable=True)
+    if n >= ids.size:
+        return ids.tolist()
     rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(ids.size, size=int(max_images), replace=False))
+    keep = np.sort(rng.choice(ids.size, size=n, replace=False))
     return ids[keep].tolist()
 
 
 def image_batches(images: np.ndarray, batch_size: int) -> list[slice]:
     """Slices of ``batch_size`` rows covering ``images``."""
-    if batch_size < 1:
-        raise ParameterError("saliency.batch_size", f"must be >= 1, got {batch_size}")
+    batch_size = check_integer(batch_size, "saliency.batch_size", low=1)
     return [slice(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
 
 

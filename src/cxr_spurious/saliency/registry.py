@@ -53,17 +53,22 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import math
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from cxr_spurious.errors import CxrSpuriousError, ParameterError, unknown_name_error
+from cxr_spurious.errors import (
+    CxrSpuriousError,
+    ParameterError,
+    check_integer,
+    check_number,
+    unknown_name_error,
+)
 
 # attribute(x, task) -> (maps (B, h, w) float32, image logits (B, T) of that pass or None)
 Attribute = Callable[[torch.Tensor, int], tuple[np.ndarray, torch.Tensor | None]]
@@ -135,27 +140,18 @@ class MethodOptions:
                 key, f"unknown option(s) {unknown}; valid options are {sorted(OPTION_PARAMETERS)}"
             )
         opts = cls(**params, seed=int(seed))
-        for name in ("ig_steps", "smoothgrad_samples"):
-            if int(getattr(opts, name)) < 1:
-                raise ParameterError(f"{key}.{name}", f"must be >= 1, got {getattr(opts, name)}")
-        stdev = opts.smoothgrad_stdev
-        if (
-            isinstance(stdev, bool)
-            or not isinstance(stdev, int | float)
-            or not math.isfinite(stdev)
-            or stdev < 0
-        ):
-            raise ParameterError(
-                f"{key}.smoothgrad_stdev", f"must be a finite number >= 0, got {stdev!r}"
-            )
+        checked: dict[str, Any] = {
+            name: check_integer(getattr(opts, name), f"{key}.{name}", low=1)
+            for name in ("ig_steps", "smoothgrad_samples")
+        }
+        checked["smoothgrad_stdev"] = check_number(
+            opts.smoothgrad_stdev, f"{key}.smoothgrad_stdev", low=0
+        )
         for name in ("occlusion_window", "occlusion_stride"):
             value = getattr(opts, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ParameterError(
-                    f"{key}.{name}", f"must be null (the default) or an integer >= 1, got {value!r}"
-                )
+            if value is not None:  # null: the default (see the field's comment)
+                checked[name] = check_integer(value, f"{key}.{name}", low=1, nullable=True)
+        opts = replace(opts, **checked)
         window, stride = opts.occlusion_window, opts.occlusion_stride
         if window is not None and stride is not None and stride > window:
             raise ParameterError(

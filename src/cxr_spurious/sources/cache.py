@@ -54,7 +54,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError, CxrSpuriousError, DataFormatError, ParameterError
+from cxr_spurious.errors import (
+    ContractError,
+    CxrSpuriousError,
+    DataFormatError,
+    ParameterError,
+    check_integer,
+)
 from cxr_spurious.io.atomic import (
     atomic_dir,
     destination,
@@ -1181,10 +1187,8 @@ def make_cache_spec(
                 f"render '{name}' has no mask for {len(missing)} of its image(s),"
                 f" e.g. {missing[:3]}"
             )
-    if not isinstance(size, int) or size < 8:
-        raise ParameterError("ingestion.cache.size", f"must be an integer >= 8, got {size!r}")
-    if not isinstance(n_jobs, int) or n_jobs < 1:
-        raise ParameterError("ingestion.n_jobs", f"must be an integer >= 1, got {n_jobs!r}")
+    size = check_integer(size, "ingestion.cache.size", low=8)
+    n_jobs = check_integer(n_jobs, "ingestion.n_jobs", low=1)
     ann = {
         image_id: {task: polys for task, polys in entry.items() if task != "img_size"}
         for image_id, entry in (annotations or {}).items()

@@ -15,14 +15,12 @@ for statistics of small groups: a NaN CI and a note instead of the error.
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError, check_integer, check_number
 from cxr_spurious.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -70,12 +68,7 @@ def check_n_boot(value: object, key: str = "n_boot") -> int:
     Raises:
         ParameterError: naming ``key`` and the value.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ParameterError(key, f"must be an integer >= 1, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or not number.is_integer() or number < 1:
-        raise ParameterError(key, f"must be an integer >= 1, got {value!r}")
-    return int(number)
+    return check_integer(value, key, low=1)
 
 
 def bootstrap_indices(
@@ -160,18 +153,12 @@ def check_ci_level(level: object, key: str = "ci_level") -> float:
     Raises:
         ParameterError: naming ``key``.
     """
-    if isinstance(level, bool) or not isinstance(level, int | float | np.integer | np.floating):
-        raise ParameterError(key, f"must be a number in (0, 1), got {level!r}")
-    if not 0 < float(level) < 1:
-        raise ParameterError(key, f"must be in (0, 1), got {level!r}")
-    return float(level)
+    return check_number(level, key, low=0, high=1, low_open=True, high_open=True)
 
 
-def check_max_dropped_share(value: float, key: str = "max_dropped_share") -> float:
+def check_max_dropped_share(value: object, key: str = "max_dropped_share") -> float:
     """Validate a ``max_dropped_share`` parameter (a number in [0, 1]; booleans refused)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ParameterError(key, f"must be a share in [0, 1], got {value!r}")
-    return float(value)
+    return check_number(value, key, low=0, high=1)
 
 
 def percentile_ci(
@@ -195,8 +182,7 @@ def percentile_ci(
         ParameterError: ``level`` outside (0, 1) or ``max_dropped_share`` outside [0, 1].
         BootstrapDropError: more than ``max_dropped_share`` of the replicates are NaN.
     """
-    if not 0 < level < 1:
-        raise ParameterError("ci_level", f"must be in (0, 1), got {level}")
+    level = check_ci_level(level)
     values = np.asarray(replicates, dtype=float)
     finite = values[np.isfinite(values)]
     if max_dropped_share is not None and values.size:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numbers
-
-from cxr_spurious.errors import ParameterError
+from cxr_spurious.errors import check_integer
 
 #: numpy's ``default_rng`` / ``RandomState`` take seeds in ``[0, 2**32 - 1]`` (the legacy
 #: generator of the reference-layout files refuses anything larger).
@@ -18,12 +16,6 @@ def check_seed(value: object, key: str = "seed") -> int:
     ``1000.0``); refuses booleans, fractions, strings and anything else.
 
     Raises:
-        ParameterError: naming ``key``, the value and the range expected.
+        ParameterError: naming ``key``, the value and the range expected (``check_integer``).
     """
-    expected = f"must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {value!r}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ParameterError(key, expected)
-    number = float(value)
-    if not number.is_integer() or not 0 <= number <= MAX_SEED:
-        raise ParameterError(key, expected)
-    return int(value) if isinstance(value, numbers.Integral) else int(number)
+    return check_integer(value, key, low=0, high=MAX_SEED)

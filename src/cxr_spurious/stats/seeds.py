@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError
+from cxr_spurious.stats.bootstrap import check_ci_level
 
 SEED_COLUMN = "seed"
 
@@ -80,8 +81,7 @@ def t_interval(
         ParameterError: ``level`` is not in (0, 1).
         ContractError: a value lies outside ``bounds`` (the range does not fit the metric).
     """
-    if not 0 < level < 1:
-        raise ParameterError("ci_level", f"must be in (0, 1), got {level}")
+    level = check_ci_level(level)
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size == 0:

@@ -25,7 +25,7 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError, check_number
 from cxr_spurious.phantom import render_name  # the phantom's one spelling: with_<kind>
 from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.study.counterfactual import NO_LESION, ORIGINAL
@@ -74,8 +74,7 @@ def assign_artefacts(
     """
     probs = {"p_given_ptx": p_given_ptx, "p_given_no_ptx": p_given_no_ptx, "test_p": test_p}
     for key, p in probs.items():
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
-            raise ParameterError(key, f"must be a probability in [0, 1], got {p!r}")
+        check_number(p, key, low=0, high=1)
     table = _checked(manifest, task).sort_values("image_id", kind="stable")
     if test_seed is not None:
         test_seed = check_seed(test_seed, "sweep.test_seed")

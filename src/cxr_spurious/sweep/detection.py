@@ -24,7 +24,7 @@ import pandas as pd
 from scipy.stats import rankdata
 from statsmodels.stats.proportion import proportion_confint
 
-from cxr_spurious.errors import ContractError, ParameterError
+from cxr_spurious.errors import ContractError, check_number
 from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap_or_note, check_ci_level
 from cxr_spurious.stats.metrics import auroc
 
@@ -140,12 +140,8 @@ def _check(models: pd.DataFrame, reliance_threshold: float, flag_k: float) -> No
     ]
     if missing:
         raise ContractError(f"sweep_models: missing column(s) {missing} for shortcut detection")
-    if not np.isfinite(reliance_threshold):
-        raise ParameterError(
-            "reliance_threshold", f"must be a finite number, got {reliance_threshold}"
-        )
-    if not flag_k > 0:
-        raise ParameterError("flag_k", f"must be > 0, got {flag_k}")
+    check_number(reliance_threshold, "reliance_threshold")
+    check_number(flag_k, "flag_k", low=0, low_open=True)
 
 
 def _separation(

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_spurious.errors import ParameterError
+from cxr_spurious.errors import ParameterError, check_number
 from cxr_spurious.phantom import ARTEFACT_KINDS  # the kinds the phantom renders (with_<kind>)
 from cxr_spurious.stats.seed_param import check_seed
 
@@ -168,15 +168,12 @@ def _strengths(raw: Any) -> dict[str, tuple[float, float]]:
 
 
 def _probability(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ParameterError(key, f"probabilities must be numbers in [0, 1], got {value!r}")
-    return float(value)
+    return check_number(value, key, low=0, high=1)
 
 
 def _fraction(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-        raise ParameterError(key, f"a location-label fraction must be in (0, 1], got {value!r}")
-    return float(value)
+    """A location-label fraction in (0, 1]."""
+    return check_number(value, key, low=0, high=1, low_open=True)
 
 
 def _fraction_list(raw: Any, key: str) -> list[float]:

@@ -7,11 +7,10 @@ and model artifacts). ``resolve_training_config`` is the single place that check
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cxr_spurious.errors import ParameterError, unknown_name_error
+from cxr_spurious.errors import ParameterError, check_integer, check_number, unknown_name_error
 from cxr_spurious.models import ARCHITECTURES, DENSE_ARCHITECTURES, POOLINGS
 from cxr_spurious.stats.bootstrap import check_max_dropped_share
 from cxr_spurious.stats.seed_param import check_seed
@@ -85,26 +84,18 @@ _RENAMED_SHARED_KEYS: dict[str, str] = {"method": "training.only"}
 _RENAMED_VARIANT_KEYS: dict[str, str] = {"method": "supervision"}
 
 
-def _positive_int(
-    cfg: Mapping[str, Any], key: str, *, allow_none: bool = False, minimum: int = 1
-) -> None:
-    value = cfg[key]
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ParameterError(
-            f"training.{key}",
-            f"must be an integer >= {minimum}{' or null' if allow_none else ''}, got {value!r}",
-        )
-
-
 def _choice(cfg: Mapping[str, Any], key: str, valid: Iterable[str], kind: str) -> None:
     if cfg[key] not in tuple(valid):
         raise unknown_name_error(kind, str(cfg[key]), valid, key=f"training.{key}")
 
 
-def validate_config(cfg: Mapping[str, Any]) -> None:
-    """Check every key of a merged config; raise ``ParameterError`` naming the key."""
+def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every key of a merged config; raise ``ParameterError`` naming the key.
+
+    Returns:
+        The numeric keys converted: whole numbers as ``int`` (``--params`` parses
+        ``training.epochs=1e1`` as ``10.0``), the others as ``float``.
+    """
     _choice(cfg, "supervision", SUPERVISIONS, "supervision")
     _choice(cfg, "architecture", ARCHITECTURES, "architecture")
     _choice(cfg, "schedule", SCHEDULES, "schedule")
@@ -124,6 +115,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ParameterError(
             "training.tasks", f"must be a non-empty list of task names, got {tasks!r}"
         )
+    out: dict[str, Any] = {}
     for key in (
         "batch_size",
         "eval_batch_size",
@@ -133,40 +125,47 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         "pool_kernel",
         "base_channels",
         "grid_cell",
+        "step_size",
     ):
-        _positive_int(cfg, key)
-    check_seed(cfg["seed"], "training.seed")
-    for key in ("num_workers", "coarse_radius", "target_dilation", "step_size"):
-        _positive_int(cfg, key, minimum=0)
-    _positive_int(cfg, "max_steps", allow_none=True)
-    _positive_int(cfg, "patience", allow_none=True)
-    budget = cfg["time_budget_s"]
-    if budget is not None and (
-        isinstance(budget, bool)
-        or not isinstance(budget, int | float)
-        or not math.isfinite(budget)
-        or budget <= 0
-    ):
-        raise ParameterError(
+        out[key] = check_integer(cfg[key], f"training.{key}", low=1)
+    out["seed"] = check_seed(cfg["seed"], "training.seed")
+    for key in ("num_workers", "coarse_radius", "target_dilation"):
+        out[key] = check_integer(cfg[key], f"training.{key}", low=0)
+    for key in ("max_steps", "patience"):
+        if cfg[key] is not None:
+            out[key] = check_integer(cfg[key], f"training.{key}", low=1, nullable=True)
+    if cfg["time_budget_s"] is not None:
+        out["time_budget_s"] = check_number(
+            cfg["time_budget_s"],
             "training.time_budget_s",
-            f"must be a finite number of seconds > 0 or null, got {budget!r}",
+            low=0,
+            low_open=True,
+            unit="of seconds",
+            nullable=True,
         )
-    check_max_dropped_share(cfg["max_dropped_share"], "training.max_dropped_share")
-    if not 0.0 <= float(cfg["location_fraction"]) <= 1.0:
-        raise ParameterError(
-            "training.location_fraction", f"must be in [0, 1], got {cfg['location_fraction']!r}"
-        )
-    for key in ("lr", "momentum", "weight_decay", "multitask_weight", "gamma"):
-        if not isinstance(cfg[key], int | float) or cfg[key] < 0:
-            raise ParameterError(f"training.{key}", f"must be a number >= 0, got {cfg[key]!r}")
-    if not 0 < float(cfg["topk"]) <= 1:
-        raise ParameterError("training.topk", f"must be in (0, 1], got {cfg['topk']!r}")
-    if cfg["pool_kernel"] % 2 == 0:
+    out["max_dropped_share"] = check_max_dropped_share(
+        cfg["max_dropped_share"], "training.max_dropped_share"
+    )
+    out["location_fraction"] = check_number(
+        cfg["location_fraction"], "training.location_fraction", low=0, high=1
+    )
+    # SGD's momentum diverges at 1 and above; a step schedule's gamma of 0 stops learning
+    # after the first decay. A learning rate of 0 is allowed (the untrained model, on purpose).
+    out["lr"] = check_number(cfg["lr"], "training.lr", low=0)
+    out["momentum"] = check_number(
+        cfg["momentum"], "training.momentum", low=0, high=1, high_open=True
+    )
+    out["gamma"] = check_number(cfg["gamma"], "training.gamma", low=0, high=1, low_open=True)
+    for key in ("weight_decay", "multitask_weight"):
+        out[key] = check_number(cfg[key], f"training.{key}", low=0)
+    out["topk"] = check_number(cfg["topk"], "training.topk", low=0, high=1, low_open=True)
+    if out["pool_kernel"] % 2 == 0:
         raise ParameterError("training.pool_kernel", f"must be odd, got {cfg['pool_kernel']}")
     if cfg["device"] not in ("auto", "cpu", "mps") and not str(cfg["device"]).startswith("cuda"):
         raise ParameterError(
             "training.device", f"must be auto, cpu, mps or cuda[:k], got {cfg['device']!r}"
         )
+    return out
 
 
 def resolve_training_config(
@@ -212,8 +211,7 @@ def resolve_training_config(
     cfg["objective_params"] = dict(cfg.get("objective_params") or {})
     if cfg["supervision"] == "multitask":
         cfg["image_head"] = "linear"
-    validate_config(cfg)
-    cfg["seed"] = check_seed(cfg["seed"], "training.seed")
+    cfg.update(validate_config(cfg))
     _check_overridden_shared_values(cfg, shared, variant)
     _warn_unused_shared_values(shared)
     return cfg

@@ -120,7 +120,7 @@ def make_scheduler(
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(cfg["epochs"]))
     if cfg["schedule"] == "step":
         return torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=max(1, int(cfg["step_size"])), gamma=float(cfg["gamma"])
+            optimizer, step_size=int(cfg["step_size"]), gamma=float(cfg["gamma"])
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from cxr_spurious.ci_marks import draw_intervals
-from cxr_spurious.errors import ContractError, DataFormatError, ParameterError
+from cxr_spurious.errors import (
+    ContractError,
+    DataFormatError,
+    ParameterError,
+    check_integer,
+    check_number,
+)
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.io.chexlocalize import check_task
 from cxr_spurious.io.png_text import set_png_text
@@ -80,12 +86,12 @@ def _unit_value(value: object, key: str) -> float:
     Raises:
         ParameterError: not a number (a bool neither), not finite, or outside [0, 1].
     """
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ParameterError(key, f"must be a number in [0, 1], got {value!r}")
-    if not 0.0 <= float(value) <= 1.0:
-        hint = " (a fraction, not a percentage)" if 1 < float(value) <= 100 else ""
-        raise ParameterError(key, f"must be in [0, 1]{hint}, got {value!r}")
-    return float(value)
+    try:
+        return check_number(value, key, low=0, high=1)
+    except ParameterError as exc:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and 1 < value <= 100:
+            raise ParameterError(key, f"{exc.problem} (a fraction, not a percentage)") from None
+        raise
 
 
 def _per_task(table: object, key: str) -> dict[str, float]:
@@ -141,16 +147,7 @@ def _configs(
 ) -> dict[str, SegmentationConfig]:
     fixed = _per_task(fixed_thresholds, "localization.fixed_thresholds")
     cut = _per_task(prob_cutoffs, "localization.prob_cutoffs")
-    if (
-        isinstance(smoothing_k, bool)
-        or not isinstance(smoothing_k, int | float | np.integer | np.floating)
-        or not float(smoothing_k).is_integer()
-        or smoothing_k < 0
-    ):
-        raise ParameterError(
-            "localization.smoothing_k", f"must be an integer >= 0, got {smoothing_k!r}"
-        )
-    smoothing_k = int(smoothing_k)
+    smoothing_k = check_integer(smoothing_k, "localization.smoothing_k", low=0)
     tasks = set(fixed) | set(cut)
     return {
         t: SegmentationConfig(
