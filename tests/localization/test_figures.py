@@ -182,3 +182,58 @@ def test_overlays_outline_the_spurious_object_and_say_so():
     assert len(dashed) == 5
     plain = plot_overlays(hs, gt, _images(), n=6, seed=0)
     assert "chest tube" not in [t.get_text() for t in plain.legends[0].get_texts()]
+
+
+def _small_lesion_at_the_maximum(height: int = 1000, width: int = 1000):
+    """One peaked map on a ``height`` x ``width`` CXR whose gt is a 3 x 3 block around the
+    map's full-size maximum: a hit for the evaluation, a lesion that the 256-px display
+    mask loses (nearest-neighbour shrinking by ~4 keeps at most one of its rows/columns)."""
+    from cxr_spurious.localization.kernels import segment_map_cpu
+    from cxr_spurious.localization.segmentation import SegmentationConfig
+
+    m = np.zeros((10, 10), np.float32)
+    m[5, 5] = 1.0
+    r, c = segment_map_cpu(m, height, width, 1.0, SegmentationConfig()).argmax
+    gt = np.zeros((height, width), np.uint8)
+    gt[r - 1 : r + 2, c - 1 : c + 2] = 1
+    return m, encode_rle(gt), (r, c)
+
+
+def test_overlay_hit_is_decided_at_full_resolution_like_the_evaluation():
+    from cxr_spurious.localization.metrics import rle_pixel
+
+    m, rle, (r, c) = _small_lesion_at_the_maximum()
+    assert rle_pixel(rle, r, c) == 1  # the evaluation's hit
+    panel = overlay_panel(m, 1000, 1000, 1.0, rle)
+    assert panel["hit"] == 1.0
+    # the display mask alone would call it a miss (the old marker): it is only for drawing
+    g = panel["gt"]
+    rr, cc = (min(int(v), s - 1) for v, s in zip(panel["argmax"], g.shape))
+    assert not g[rr, cc]
+    # no gt, or an empty one: no pointing game (NaN), as the evaluation
+    assert np.isnan(overlay_panel(m, 1000, 1000, 1.0, None)["hit"])
+    empty = encode_rle(np.zeros((1000, 1000), np.uint8))
+    assert np.isnan(overlay_panel(m, 1000, 1000, 1.0, empty)["hit"])
+
+
+def test_plot_overlays_fills_the_marker_of_a_full_resolution_hit():
+    m, rle, _ = _small_lesion_at_the_maximum()
+    cxr = "p0_study1_view1_frontal"
+    index = pd.DataFrame(
+        [
+            {
+                "image_id": cxr,
+                "task": "Edema",
+                "prob": 1.0,
+                "gt": 1.0,
+                "cxr_w": 1000,
+                "cxr_h": 1000,
+                "model": "m",
+                "method": "g",
+            }
+        ]
+    )
+    fig = plot_overlays(HeatmapSet(index, m[None]), {cxr: {"Edema": rle}}, {}, n=1, seed=0)
+    (ax,) = [a for a in fig.axes if a.get_title()]
+    (marker,) = [line for line in ax.lines if line.get_marker() == "o"]
+    assert marker.get_markerfacecolor() != "none"  # filled: a hit

@@ -69,7 +69,7 @@ def test_out_of_range_values_are_refused_before_any_map(over: dict[str, object],
 
 
 def test_percentage_hint() -> None:
-    with pytest.raises(ParameterError, match=r"not a percentage.*50"):
+    with pytest.raises(ParameterError, match=r"got 50 \(a fraction, not a percentage\)"):
         _evaluate(fixed_thresholds={"Edema": 50})
 
 

@@ -47,14 +47,19 @@ def test_pooled_ols_matches_statsmodels_directly():
 
 
 def test_cluster_robust_matches_statsmodels():
+    """Cluster-robust errors with t(G - 1) quantiles (statsmodels' ``use_t=True``)."""
     df = _table()  # 20 CXRs
     res = feature_regressions(
         df, ["iou_tp"], features=["area_ratio"], cluster="image_id", min_clusters=20
     ).iloc[0]
     fit = sm.OLS(df["iou_tp"], sm.add_constant(minmax(df["area_ratio"]))).fit(
-        cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]}
+        cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]}, use_t=True
     )
     assert np.allclose([res.coef_lo, res.coef_hi], fit.conf_int().loc["area_ratio"])
+    # by hand: t quantile with G - 1 = 19 degrees of freedom on the cluster-robust SE
+    se, q = fit.bse["area_ratio"], stats.t.ppf(0.975, 19)
+    assert np.allclose([res.coef_lo, res.coef_hi], [res.coef - q * se, res.coef + q * se])
+    assert res.coef_pval == pytest.approx(2 * stats.t.sf(abs(res.coef / se), 19), rel=1e-10)
     assert (
         res.se_type == "cluster-robust (image_id)" and res.cluster == "image_id" and res.n_cxr == 20
     )
@@ -248,7 +253,7 @@ def test_gap_regression_matches_statsmodels_directly():
     res = feature_regressions(gap, ["iou_gap"], features=["area_ratio"], cluster="image_id").iloc[0]
     y = human["iou_tp"] - df["iou_tp"]
     fit = sm.OLS(y, sm.add_constant(minmax(df["area_ratio"]))).fit(
-        cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]}
+        cov_type="cluster", cov_kwds={"groups": pd.factorize(df["image_id"])[0]}, use_t=True
     )
     assert np.isclose(res.coef, fit.params["area_ratio"]) and np.isclose(
         res.coef_pval, fit.pvalues["area_ratio"]

@@ -431,3 +431,22 @@ def test_a_count_of_zero_prints_as_a_count() -> None:
     table = pd.DataFrame({"method": ["gradcam"], "n_models": [6], "n_flagged": [0], "r": [0.0]})
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", table_html(table))
     assert cells == ["gradcam", "6", "0", "0.00"]
+
+
+def test_permutation_p_values_print_as_p_values() -> None:
+    """``p_no_gap`` (fairness gaps) and ``*_p_no_gap`` (the robustness summary) print as the
+    report's p-values do, not as raw floats; an undefined one is empty."""
+    table = pd.DataFrame(
+        {
+            "metric": ["fnr_gap", "fpr_gap", "equalized_odds_difference"],
+            "estimate": [0.2, 0.1, 0.3],
+            "lo": [0.1, 0.05, 0.2],
+            "hi": [0.3, 0.2, 0.4],
+            "p_no_gap": [0.0004, 0.04962, float("nan")],
+            "fnr_gap_p_no_gap": [0.5, 0.012345, 1.0],
+        }
+    )
+    out = with_cis(table)
+    assert list(out["p_no_gap"]) == ["< 0.001", "0.0496", ""]
+    assert list(out["fnr_gap_p_no_gap"]) == ["0.500", "0.012", "1.000"]
+    assert list(out["estimate"]) == ["0.20 [0.10, 0.30]", "0.10 [0.05, 0.20]", "0.30 [0.20, 0.40]"]

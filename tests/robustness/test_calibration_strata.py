@@ -106,10 +106,28 @@ def test_find_strata_flags_hidden_subgroup() -> None:
     assert len(thumbs.axes) == 3
 
 
-def test_gmm_fixed_k_and_reducer_errors() -> None:
-    _, _, x, _ = _strata_data()
+def test_gmm_finds_the_planted_subgroup() -> None:
+    """The Gaussian mixture, like k-means, separates the far-away drain=0 images and
+    flags them (a mixture that ignores the data, e.g. one cluster for every row, fails)."""
+    y, p, x, drain = _strata_data()
     labels, k = cluster(x, clusterer="gmm", k=3, seed=0)
-    assert k == 3 and np.unique(labels).size <= 3
+    assert k == 3 and (np.bincount(labels, minlength=3) > 0).all()  # 3 non-empty clusters
+    # drain is two blobs: 3 clusters split one of them, each cluster (nearly) pure
+    shares = [drain[labels == c].mean() for c in range(3)]
+    assert all(s <= 0.15 or s >= 0.85 for s in shares), shares
+    assert adjusted_mutual_info_score(drain, labels) > 0.6
+    ids, _, table = find_strata(y, p, x, 0.5, clusterer="gmm", k=[2, 3, 4], margin=0.1, seed=0)
+    flagged = table[table["flagged"]]
+    assert len(flagged) == 1 and flagged["class"].iloc[0] == 1
+    members = ids == flagged["cluster"].iloc[0]
+    assert drain[members].mean() < 0.05 and flagged["error_rate"].iloc[0] > 0.9
+    assert members.sum() == ((y == 1) & (drain == 0)).sum()  # all of them, only them
+    pos = ids >= 100
+    assert adjusted_mutual_info_score(drain[pos].astype(str), ids[pos]) > 0.8
+
+
+def test_reducer_errors() -> None:
+    _, _, x, _ = _strata_data()
     with pytest.raises(ParameterError, match="umap-learn"):
         reduce(x, reducer="umap")
     with pytest.raises(ParameterError, match="valid names are: pca, umap"):

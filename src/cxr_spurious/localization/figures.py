@@ -100,14 +100,19 @@ def overlay_panel(
 
     Returns:
         ``heat`` (float, [0, 1]), ``pred`` and ``gt`` (uint8 0/1 or ``None``), ``objects``
-        (``{name: uint8 mask}``), ``argmax`` (row, col) in display pixels and ``iou`` (NaN
-        when undefined).
+        (``{name: uint8 mask}``), ``argmax`` (row, col) in display pixels, ``iou`` (NaN
+        when undefined) and ``hit``: 1.0 / 0.0 when the maximum is / is not in the ground
+        truth, NaN for an empty or absent one. ``hit`` is decided on the full-size mask at
+        the full-size maximum, as the evaluation scores it (``evaluate.score_fast_map``), not
+        on the shrunk display mask, where a small lesion can vanish or the scaled point
+        land on the other side of its edge.
     """
     heat, pred, (row, col) = segment_for_display(map2d, height, width, prob)
     dh, dw = _display_size(height, width)
     gt = decode_rle(dict(gt_rle), source="gt_segmentations") if gt_rle is not None else None
     inter = int((pred & gt).sum()) if gt is not None else 0
     union = int((pred | gt).sum()) if gt is not None else 0
+    hit = float(gt[int(row), int(col)]) if gt is not None and gt.any() else float("nan")
     return {
         "heat": cv2.resize(heat, (dw, dh), interpolation=cv2.INTER_AREA),
         "pred": cv2.resize(pred, (dw, dh), interpolation=cv2.INTER_NEAREST),
@@ -119,6 +124,7 @@ def overlay_panel(
         },
         "argmax": (row * dh / height, col * dw / width),
         "iou": inter / union if gt is not None and pred.any() and gt.any() else float("nan"),
+        "hit": hit,
     }
 
 
@@ -155,7 +161,8 @@ def plot_overlays(
     the min-max normalised heatmap blended over it (jet, semi-transparent), the outlines of
     the ground truth (lime), of each spurious object present (magenta, dashed: where a
     shortcut model may look instead) and of the map's Otsu segmentation (white), and the
-    heatmap's maximum (the hit/miss point: a circle, filled when inside the ground truth);
+    heatmap's maximum (the hit/miss point: a circle, filled when it is a hit, decided on the
+    full-size ground truth as the evaluation's ``hit``);
     it is titled with CXR, task, model probability and IoU. Maps with a non-empty ground
     truth are drawn first. A legend names the outlines drawn; a colour bar the heatmap.
 
@@ -223,10 +230,7 @@ def plot_overlays(
             {GROUND_TRUTH: panel["gt"], CHEST_TUBE: tube, SEGMENTATION: panel["pred"]},
         )
         layers.append(layer)
-        hit = False
-        if panel["gt"] is not None and panel["gt"].any():
-            r, c = (min(int(v), s - 1) for v, s in zip(panel["argmax"], panel["gt"].shape))
-            hit = bool(panel["gt"][r, c])
+        hit = panel["hit"] == 1.0  # decided at full size, as the evaluation scores it
         ax.plot(
             panel["argmax"][1],
             panel["argmax"][0],

@@ -5,13 +5,22 @@ Bootstrap conventions: the reference-layout tables (``reference_bootstrap``,
 draws, so they reproduce its files; the project tables (``summary_table``,
 ``subgroup_table``, ``paired_comparisons``) resample patients (``patient_clusters``) with
 ``cxr_spurious.stats.bootstrap``.
+
+Rows scored: ``miou_full`` (``iou_full``) is the mean over the rows of CheXlocalize's full
+mode (``eval.py --true_pos_only False``): the CXRs in the ground truth and every CXR with a
+map outside it, scored against an empty mask (IoU 0 for a non-empty prediction, NaN and
+left out of the mean for an empty one), the rows of the reference-layout full-mode
+``iou_results_per_cxr`` (``per_cxr_table(include_outside_gt=True)``); ``miou_tp``,
+``hit_rate`` and the other metrics are over the CXRs in the ground truth
+(``scored_rows``).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +42,9 @@ logger = logging.getLogger(__name__)
 _CHEXPERT_ID = re.compile(r"^(patient\d+)_study\d+")
 
 METRICS: dict[str, str] = {"miou_tp": "iou_tp", "miou_full": "iou_full", "hit_rate": "hit"}
+#: The metric scored on the reference full mode's rows (``scored_rows``), every CXR with a
+#: map included; the others are scored on the CXRs in the ground truth.
+FULL_MODE_METRICS: frozenset[str] = frozenset({"miou_full"})
 EXTRA_METRICS: tuple[str, ...] = (
     "relevance_mass",
     "relevance_rank",
@@ -57,6 +69,23 @@ def per_cxr_table(
     out = wide.reset_index(drop=True)
     out["img_id"] = wide.index.to_list()
     return out
+
+
+def scored_rows(per_map: pd.DataFrame, metric: str) -> pd.Series:
+    """The rows of ``per_map`` that ``metric`` (a ``METRICS`` / extra-metric name) is
+    averaged over, as a boolean mask.
+
+    ``miou_full`` (``FULL_MODE_METRICS``): every row, as CheXlocalize's full mode (its
+    ``get_ious`` with ``true_pos_only=False`` appends each predicted CXR that is not in the
+    ground truth, scored against an empty mask), so a false-positive mask outside the
+    ground truth counts as IoU 0; an empty one there is NaN (empty union) and counts in no
+    mean. These are the rows of the full-mode ``iou_results_per_cxr`` of the same table
+    (``per_cxr_table(include_outside_gt=True)``). Every other metric: the CXRs in the
+    ground truth (``in_gt``), as the true-positive IoU and the hit rate of the reference.
+    """
+    if metric in FULL_MODE_METRICS:
+        return pd.Series(True, index=per_map.index)
+    return per_map["in_gt"].astype(bool)
 
 
 def _nanmean_replicates(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -262,8 +291,11 @@ def bootstrap_means(
     max_dropped_share: float = MAX_DROPPED_SHARE,
     min_clusters: int = MIN_CI_CLUSTERS,
     label: str = "",
+    metrics: Sequence[str] | None = None,
 ) -> dict[str, float | str]:
     """Mean of each metric with a percentile CI, resampling clusters (all their maps together).
+
+    Every row of ``per_map`` counts (``summary_table`` chooses the rows of each metric).
 
     Args:
         per_map: Rows of one table cell.
@@ -276,6 +308,8 @@ def bootstrap_means(
             finite value of a metric); above it ``BootstrapDropError``.
         min_clusters: A metric finite in fewer clusters gets no CI (named in ``ci_note``).
         label: The cell, for error messages.
+        metrics: Names of the metrics to compute (default: every ``METRICS`` name, the
+            extra metrics and ``shortcut_*`` columns present).
 
     Returns:
         ``n_cxr``, ``n_maps``, ``n_clusters``, ``cluster_unit``, then per metric
@@ -291,6 +325,8 @@ def bootstrap_means(
         "cluster_unit": cluster_unit,
     }
     names = _metric_columns(per_map)
+    if metrics is not None:
+        names = {name: names[name] for name in metrics}
     cols = {name: per_map[col].to_numpy(dtype=float) for name, col in names.items()}
     results = nanmean_cis(
         cols,
@@ -302,17 +338,18 @@ def bootstrap_means(
         min_clusters=min_clusters,
         label=label,
     )
-    short = []
     for name, res in results.items():
         out[name], out[f"{name}_lo"], out[f"{name}_hi"] = res.estimate, res.lo, res.hi
         out[f"{name}_dropped"] = float(res.n_dropped)
-        finite = np.isfinite(cols[name])
-        if finite.any() and not np.isfinite(res.lo):
-            short.append(name)
-    out["ci_note"] = (
-        f"no CI (finite in < {min_clusters} {cluster_unit}s): {', '.join(short)}" if short else ""
-    )
+    out["ci_note"] = _ci_note(out, list(results), min_clusters, cluster_unit)
     return out
+
+
+def _ci_note(stats: Mapping[str, Any], names: Sequence[str], min_clusters: int, unit: str) -> str:
+    """``ci_note``: the metrics of ``names`` with a value but no CI (finite in fewer than
+    ``min_clusters`` clusters: ``nanmean_cis`` leaves their bounds NaN)."""
+    short = [n for n in names if np.isfinite(stats[n]) and not np.isfinite(stats[f"{n}_lo"])]
+    return f"no CI (finite in < {min_clusters} {unit}s): {', '.join(short)}" if short else ""
 
 
 #: Columns of the project tables (``summary_table``, ``subgroup_table``,
@@ -337,31 +374,79 @@ def summary_table(
 ) -> pd.DataFrame:
     """``localization_summary``: per group x task and an ``overall`` row, every metric with CIs.
 
-    Only CXRs in the ground truth count (the reference's evaluation set). CIs resample
-    patients (``patient_clusters``: the manifest's ``patient_id``, else CheXpert-style ids);
-    see ``bootstrap_means`` for the columns, then ``ci_level`` and ``n_boot``
-    (``CI_COLUMNS``: the level and replicates the CIs were made with).
+    A cell (group x task) is made for the tasks with rows of CXRs in the ground truth.
+    ``miou_full`` is averaged over the rows of the reference's full mode (``scored_rows``:
+    also every CXR with a map outside the ground truth, a false positive there scoring 0),
+    so it equals the mean of the full-mode ``iou_results_per_cxr`` of the same rows; every
+    other metric over the CXRs in the ground truth. ``n_cxr``, ``n_maps`` and ``n_clusters``
+    count the latter; ``n_cxr_full``, ``n_maps_full`` and ``n_clusters_full`` the rows of
+    ``miou_full``. CIs resample patients (``patient_clusters``: the manifest's
+    ``patient_id``, else CheXpert-style ids); see ``bootstrap_means`` for the columns, then
+    ``ci_level`` and ``n_boot`` (``CI_COLUMNS``: the level and replicates the CIs were made
+    with).
     """
     rows = []
-    scored = per_map[per_map["in_gt"].astype(bool)]
-    patients, unit = patient_clusters(scored["image_id"], manifest)
-    scored = scored.assign(_cluster=patients)
-    for key, group in scored.groupby(list(by), sort=True):
+    patients, unit = patient_clusters(per_map["image_id"], manifest)
+    table = per_map.assign(_cluster=patients)
+    for key, group in table.groupby(list(by), sort=True):
         labels = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         for task, sub in [*group.groupby("task", sort=True), ("overall", group)]:
+            if not sub["in_gt"].astype(bool).any():
+                continue  # only CXRs outside the ground truth: no cell, as before
             cell = "/".join(str(v) for v in (*labels.values(), task)) + ": "
-            stats = bootstrap_means(
-                sub.drop(columns="_cluster"),
+            stats = _cell_stats(
+                sub,
                 n_boot=n_boot,
                 seed=seed,
                 level=level,
-                clusters=sub["_cluster"].to_numpy(),
-                cluster_unit=unit,
+                unit=unit,
                 max_dropped_share=max_dropped_share,
                 label=cell,
             )
             rows.append({**labels, "task": task, **stats, **ci_settings(level, n_boot)})
     return pd.DataFrame(rows)
+
+
+def _cell_stats(
+    cell: pd.DataFrame,
+    *,
+    n_boot: int,
+    seed: int,
+    level: float,
+    unit: str,
+    max_dropped_share: float,
+    label: str,
+) -> dict[str, float | str]:
+    """``bootstrap_means`` of one cell (with a ``_cluster`` column), each metric on its own
+    rows (``scored_rows``): one call for the metrics of the CXRs in the ground truth (the
+    same draws as before ``miou_full`` had its own rows), one for ``FULL_MODE_METRICS``.
+    Columns in ``bootstrap_means``' order, ``n_*_full`` after ``n_clusters``."""
+    names = list(_metric_columns(cell))
+    parts: dict[bool, dict[str, float | str]] = {}
+    for full in (False, True):
+        chosen = [m for m in names if (m in FULL_MODE_METRICS) == full]
+        rows = cell[scored_rows(cell, chosen[0])]
+        parts[full] = bootstrap_means(
+            rows.drop(columns="_cluster"),
+            n_boot=n_boot,
+            seed=seed,
+            level=level,
+            clusters=rows["_cluster"].to_numpy(),
+            cluster_unit=unit,
+            max_dropped_share=max_dropped_share,
+            label=label,
+            metrics=chosen,
+        )
+    counts = ("n_cxr", "n_maps", "n_clusters")
+    out: dict[str, float | str] = {k: parts[False][k] for k in counts}
+    out.update({f"{k}_full": parts[True][k] for k in counts})
+    out["cluster_unit"] = unit
+    for name in names:
+        source = parts[name in FULL_MODE_METRICS]
+        for suffix in ("", "_lo", "_hi", "_dropped"):
+            out[f"{name}{suffix}"] = source[f"{name}{suffix}"]
+    out["ci_note"] = _ci_note(out, names, MIN_CI_CLUSTERS, unit)
+    return out
 
 
 def check_attributes(attributes: object, key: str) -> list[str]:
@@ -467,6 +552,12 @@ def paired_comparisons(
 ) -> pd.DataFrame:
     """Difference a - b of each metric between two heatmap sets on the same (CXR, task) pairs.
 
+    Each metric is compared on its own rows (``scored_rows``): ``miou_full`` on every pair
+    the two sets share, CXRs outside the ground truth included (as the reference's full
+    mode and ``summary_table``), the others on the pairs of CXRs in the ground truth; in
+    both, only the pairs where the metric is finite in both sets count. A row per task
+    with pairs of CXRs in the ground truth, and ``overall``.
+
     Args:
         per_map: Per-map table with a ``set`` column.
         pairs: [[set_a, set_b], ...].
@@ -484,24 +575,28 @@ def paired_comparisons(
         ParameterError: a pair of a set with itself (its differences would all be 0).
     """
     rows = []
-    scored = per_map[per_map["in_gt"].astype(bool)]
-    patients, unit = patient_clusters(scored["image_id"], manifest)
-    scored = scored.assign(_cluster=patients)
+    patients, unit = patient_clusters(per_map["image_id"], manifest)
+    table = per_map.assign(_cluster=patients)
     for a, b in pairs:
         if a == b:
             raise ParameterError("compare_pairs", f"[{a!r}, {b!r}] compares a set with itself")
-        left = scored[scored["set"] == a].set_index(["image_id", "task"])
-        right = scored[scored["set"] == b].set_index(["image_id", "task"])
+        left = table[table["set"] == a].set_index(["image_id", "task"])
+        right = table[table["set"] == b].set_index(["image_id", "task"])
         common = left.index.intersection(right.index)
-        if common.empty:
-            continue
         left, right = left.loc[common].reset_index(), right.loc[common].reset_index()
+        in_gt = left["in_gt"].astype(bool).to_numpy()  # the same CXR: the same in both sets
+        if not in_gt.any():
+            continue
+        own = {name: scored_rows(left, name).to_numpy() for name in METRICS}
         for task, sel in [
-            *((t, (left["task"] == t).to_numpy()) for t in sorted(left["task"].unique())),
+            *(
+                (t, (left["task"] == t).to_numpy())
+                for t in sorted(left.loc[in_gt, "task"].unique())
+            ),
             ("overall", np.ones(len(left), bool)),
         ]:
-            la, rb = left[sel], right[sel]
             for name, col in METRICS.items():
+                la, rb = left[sel & own[name]], right[sel & own[name]]
                 va, vb = la[col].to_numpy(float), rb[col].to_numpy(float)
                 keep = np.isfinite(va) & np.isfinite(vb)
                 if not keep.any():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ from cxr_spurious.localization.evaluate import (
 from cxr_spurious.localization.metrics import rle_area
 from cxr_spurious.parallel import ordered_map
 from cxr_spurious.tasks import CHEXLOCALIZE_TASKS
+
+logger = logging.getLogger(__name__)
 
 
 def threshold_grid(start: float, stop: float, step: float) -> list[float]:
@@ -102,26 +105,80 @@ def tuning_counts(
     return table
 
 
+def _with_map(per_map: pd.DataFrame) -> pd.Series:
+    """Rows that are maps: a gt pair without one (``missing_maps``) has no
+    ``tune_otsu_area`` in a table evaluated with a tuning grid."""
+    if "tune_otsu_area" in per_map.columns:
+        return per_map["tune_otsu_area"].notna()
+    return pd.Series(True, index=per_map.index)
+
+
+def _positive(per_map: pd.DataFrame) -> pd.Series:
+    """Rows of a (CXR, task) with a non-empty ground truth, the only maps that get
+    ``tune_area_<t>`` counts (``evaluate.score_fast_map``)."""
+    gt_area = per_map["gt_area"] if "gt_area" in per_map.columns else 0
+    return per_map["in_gt"].astype(bool) & (pd.to_numeric(gt_area) > 0)
+
+
 def tune_thresholds(
-    per_map: pd.DataFrame, grid: Sequence[float]
+    per_map: pd.DataFrame,
+    grid: Sequence[float],
+    *,
+    label: str = "",
+    split: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per task, the fixed threshold maximising true-positive mIoU over the gt CXRs.
 
+    The counts ``tune_area_<t>`` / ``tune_inter_<t>`` exist only for maps of a (CXR, task)
+    with a non-empty ground truth. A table without a single such map (e.g. maps of another
+    split than the ground truth's) has none to tune on: its mIoUs are NaN, with a warning
+    naming ``label`` (the set) and that cause, not a grid error; a task without a positive
+    map gets NaN mIoUs too. As before, a task whose mIoUs are all NaN writes the grid's
+    first threshold in the results table.
+
+    Args:
+        per_map: ``localization_per_map`` rows of one set, or ``tuning_counts``.
+        grid: The fixed thresholds.
+        label: The set, named in the warning.
+        split: The split the maps were made on (``saliency.split``), named in the warning.
+
     Returns:
         (``tuning_results.csv`` layout: threshold, task; and the full grid: task, threshold, mIoU).
+
+    Raises:
+        ParameterError: ``localization.tuning_grid``: the table has positive maps but no
+            counts for a threshold of ``grid`` (evaluated with another grid, or none).
     """
     rows, best = [], []
     scored = per_map[per_map["in_gt"].astype(bool)]
+    lacking = [t for t in grid if f"tune_area_{t:g}" not in per_map.columns]
+    maps = _with_map(per_map)
+    no_positive = bool(lacking) and not (maps & _positive(per_map)).any()
+    if no_positive:
+        where = f", made on the {split} split (saliency.split)," if split is not None else ""
+        logger.warning(
+            "%s: none of its %d map(s)%s is of a CXR and task with a non-empty ground truth "
+            "(%d of them of CXRs in the ground truth): the fixed-threshold tuning has no "
+            "positive map to tune on, its mIoUs are NaN. Are the maps of another split than "
+            "the ground truth's?",
+            label or "the heatmap set",
+            int(maps.sum()),
+            where,
+            int((maps & per_map["in_gt"].astype(bool)).sum()),
+        )
+    elif lacking:
+        raise ParameterError(
+            "localization.tuning_grid",
+            f"per-map table lacks counts for threshold {lacking[0]:g}; evaluate with the same grid",
+        )
     for task, group in scored.groupby("task", sort=True):
         mious = []
         for t in grid:
-            area = group.get(f"tune_area_{t:g}")
-            if area is None:
-                raise ParameterError(
-                    "localization.tuning_grid",
-                    f"per-map table lacks counts for threshold {t:g}; evaluate with the same grid",
-                )
-            area = area.to_numpy(float)
+            if no_positive:
+                rows.append({"task": task, "threshold": grid_value(t), "mIoU": np.nan})
+                mious.append(np.nan)
+                continue
+            area = group[f"tune_area_{t:g}"].to_numpy(float)
             inter = group[f"tune_inter_{t:g}"].to_numpy(float)
             gt_area = group["gt_area"].to_numpy(float)
             with np.errstate(invalid="ignore", divide="ignore"):

@@ -23,7 +23,12 @@ def mask_features(mask: np.ndarray) -> dict[str, float]:
     ``findContours(segm, 1, 1)``), and of those the one with the most points (the first on a
     tie), which can be a hole's. Elongation = long / short side of that contour's
     minimum-area rectangle; irrectangularity = 1 - contour area / rectangle area (the
-    reference's ``1 - rec_area_ratio``). NaN for an empty mask.
+    reference's ``1 - rec_area_ratio``). Elongation and irrectangularity are NaN for an
+    empty mask, and for a mask one pixel wide (a straight line of pixels, in any direction,
+    or a single pixel): the contour through the pixel centres then has a minimum-area
+    rectangle with a short side of 0 (the reference divides by that zero).
+    ``geometric_features`` counts such masks in a warning, since their lesions leave the
+    elongation and irrectangularity regressions.
     """
     h, w = mask.shape
     area = float(mask.sum())
@@ -55,10 +60,13 @@ def geometric_features(
     because overlapping instances merge in the mask), 0 where the annotations have none for a
     non-empty mask (the reference's value too); those pairs are counted in one warning, since
     a mask without annotated instances usually means mismatched files, and the regressions
-    leave them out, as the reference does (``models.annotated_lesions``).
+    leave them out, as the reference does (``models.annotated_lesions``). Masks one pixel
+    wide (``mask_features``: NaN elongation and irrectangularity) are counted in a warning
+    too, since their lesions leave those two regressions (``n`` differs between features).
     """
     rows = []
     unannotated: list[str] = []
+    degenerate: list[str] = []
     for cxr_id in sorted(gt_segmentations):
         for task, rle in sorted(gt_segmentations[cxr_id].items()):
             mask = decode_rle(rle, source="gt_segmentations", key=f"{cxr_id}/{task}")
@@ -67,9 +75,10 @@ def geometric_features(
             n_inst = len(gt_annotations.get(cxr_id, {}).get(task, []))
             if n_inst == 0:
                 unannotated.append(f"{cxr_id}/{task}")
-            rows.append(
-                {"image_id": cxr_id, "task": task, "n_instances": n_inst, **mask_features(mask)}
-            )
+            shape = mask_features(mask)
+            if np.isnan(shape["elongation"]) or np.isnan(shape["irrectangularity"]):
+                degenerate.append(f"{cxr_id}/{task}")
+            rows.append({"image_id": cxr_id, "task": task, "n_instances": n_inst, **shape})
     if unannotated:
         logger.warning(
             "%d non-empty ground-truth mask(s) have no annotated instance in gt_annotations "
@@ -78,5 +87,14 @@ def geometric_features(
             "and annotations files are of the same split",
             len(unannotated),
             ", ".join(unannotated[:3]),
+        )
+    if degenerate:
+        logger.warning(
+            "%d non-empty ground-truth mask(s) are one pixel wide (a line or a single pixel): "
+            "their minimum-area rectangle has a side of 0, so elongation and "
+            "irrectangularity are NaN and those lesions are left out of the elongation and "
+            "irrectangularity regressions (n differs between features), e.g. %s",
+            len(degenerate),
+            ", ".join(degenerate[:3]),
         )
     return pd.DataFrame(rows)

@@ -5,12 +5,19 @@ fewer than ``min_clusters`` clusters the fit uses ordinary OLS errors (logged, a
 ``se_type``). Significance: a fit on fewer than ``min_clusters`` CXRs is never flagged
 ``bonferroni_significant`` (``significance_note`` says why), whatever its p-value.
 
+Cluster-robust inference uses t quantiles with G - 1 degrees of freedom (G clusters;
+statsmodels' ``use_t=True``), the usual small-G convention (Cameron & Miller), not normal
+quantiles: with a few dozen clusters the normal ones give intervals that are too narrow.
+
 Expected statistical conditions are recorded in the tables, not printed: the fallback to OLS
 errors in ``se_type`` (logged at DEBUG only), and for the iterative fits (logit, mixed model)
 ``converged`` (the optimiser converged and statsmodels raised no ``ConvergenceWarning``) and
 ``fit_warnings`` (the warnings statsmodels raised during the fit, e.g. a Hessian that is not
 positive definite). Every fit records its warnings in ``fit_warnings`` instead of letting
-them reach the console.
+them reach the console. A fit or term that cannot be estimated (too few rows, an outcome or
+a feature with one value, a feature aliased with others, a singular model) gets a row
+without estimates whose note (``significance_note`` in the OLS tables, ``note`` in the
+joint models) says why, never coefficients picked arbitrarily by a pseudo-inverse.
 """
 
 from __future__ import annotations
@@ -89,8 +96,131 @@ def _term_table(
             "n": n,
             "converged": _converged(fit, caught),
             "fit_warnings": warning_text(caught),
+            "note": "",
         }
     )
+
+
+#: Columns of ``logistic_hit`` / ``mixed_effects`` (and the ``regression_joint_models`` table,
+#: which adds ``set``).
+JOINT_COLUMNS: tuple[str, ...] = (
+    "term",
+    "coef",
+    "coef_lo",
+    "coef_hi",
+    "p_value",
+    "model",
+    "n",
+    "converged",
+    "fit_warnings",
+    "note",
+)
+
+
+def _unfitted_terms(
+    terms: Sequence[str], notes: Sequence[str], *, model: str, n: int
+) -> pd.DataFrame:
+    """Rows without estimates (``converged`` False, the reason in ``note``)."""
+    k = len(terms)
+    missing = np.full(k, np.nan)
+    return pd.DataFrame(
+        {
+            "term": list(terms),
+            "coef": missing,
+            "coef_lo": missing,
+            "coef_hi": missing,
+            "p_value": missing,
+            "model": [model] * k,
+            "n": np.full(k, n, dtype=np.int64),
+            "converged": np.zeros(k, dtype=bool),
+            "fit_warnings": [""] * k,
+            "note": list(notes),
+        }
+    )
+
+
+def identifiable_terms(
+    data: pd.DataFrame, features: Sequence[str]
+) -> tuple[list[str], dict[str, str]]:
+    """The features a joint model can estimate, and why each other one is left out.
+
+    A feature with one value is confounded with the intercept; a feature that is a linear
+    combination of the intercept and the features kept before it (``irrectangularity`` =
+    1 - ``area_ratio`` on some data) is aliased: statsmodels would fit it through a
+    pseudo-inverse and report an arbitrary split of the effect between the aliased terms.
+    Features are kept in the order given; each left-out one gets a note naming the
+    features it is aliased with.
+
+    Returns:
+        ``(kept features, {left-out feature: note})``.
+    """
+    n = len(data)
+    kept: list[str] = []
+    notes: dict[str, str] = {}
+    columns = [np.ones(n)]
+    for f in features:
+        col = data[f].to_numpy(dtype=float)
+        if data[f].nunique() < 2:
+            notes[f] = f"not fitted: the feature takes one value on all {n} observations"
+            continue
+        candidate = np.column_stack([*columns, col])
+        if np.linalg.matrix_rank(candidate) < candidate.shape[1]:
+            weights = np.linalg.lstsq(np.column_stack(columns), col, rcond=None)[0][1:]
+            partners = [t for t, w in zip(kept, weights, strict=True) if abs(w) > 1e-8]
+            notes[f] = (
+                f"aliased: a linear combination of {', '.join(partners) or 'the others'} "
+                f"and the intercept on these {n} observations, so its coefficient is not "
+                "identified; left out of the model, whose kept terms absorb its effect"
+            )
+            continue
+        columns.append(col)
+        kept.append(f)
+    return kept, notes
+
+
+def _joint_model(
+    data: pd.DataFrame,
+    outcome: str,
+    features: Sequence[str],
+    *,
+    model: str,
+    min_rows: int,
+    fitter: Any,
+    groups: str | None = None,
+) -> pd.DataFrame:
+    """Fit ``outcome ~ identifiable features`` with ``fitter(formula, data)``; one row per
+    feature asked for (in order), those without estimates saying why in ``note``."""
+    n = len(data)
+    features = list(features)
+    kept, notes = identifiable_terms(data, features)
+    why = ""
+    if n <= len(kept) + min_rows:
+        why = f"not fitted: {n} observation(s) are too few for {len(kept)} term(s)"
+    elif data[outcome].nunique() < 2:
+        why = f"not fitted: the outcome {outcome} takes one value on all {n} observations"
+    elif groups is not None and data[groups].nunique() < 2:
+        why = f"not fitted: the rows come from fewer than 2 {groups} groups"
+    elif not kept:
+        why = "not fitted: no feature varies on these rows"
+    if why:
+        return _unfitted_terms(features, [notes.get(f, why) for f in features], model=model, n=n)
+    formula = f"{outcome} ~ {' + '.join(kept)}"
+    try:
+        with recorded_warnings() as caught:
+            fit = fitter(formula, data)
+            ci, pvalues = fit.conf_int(), fit.pvalues
+    except np.linalg.LinAlgError as exc:
+        why = f"not fitted: statsmodels failed on {formula} ({type(exc).__name__}: {exc})"
+        return _unfitted_terms(features, [notes.get(f, why) for f in features], model=model, n=n)
+    fitted = _term_table(fit, ci, pvalues, kept, caught, model=model, n=n)
+    if not notes:
+        return fitted[list(JOINT_COLUMNS)]
+    left_out = _unfitted_terms(list(notes), list(notes.values()), model=model, n=n).assign(
+        converged=bool(fitted["converged"].iloc[0]),
+        fit_warnings=str(fitted["fit_warnings"].iloc[0]),
+    )
+    out = pd.concat([fitted, left_out], ignore_index=True)
+    return out.set_index("term").loc[features].reset_index()[list(JOINT_COLUMNS)]
 
 
 def annotated_lesions(features: pd.DataFrame) -> pd.DataFrame:
@@ -155,19 +285,57 @@ def with_human_gap(table: pd.DataFrame, human: pd.DataFrame | None) -> pd.DataFr
         )
     hb = human[["image_id", "task"]].copy()
     for col in GAP_OUTCOMES.values():
-        hb[f"hb_{col}"] = pd.to_numeric(human[col], errors="coerce") if col in human else np.nan
+        hb[f"hb_{col}"] = _benchmark_scores(human, col) if col in human else np.nan
     out = out.merge(hb, on=["image_id", "task"], how="left")
     for gap, col in GAP_OUTCOMES.items():
         out[gap] = out[f"hb_{col}"] - out[col]
     return out
 
 
+def _benchmark_scores(human: pd.DataFrame, col: str) -> pd.Series:
+    """``human[col]`` as numbers; missing values (NaN, None, blank, "nan") stay NaN.
+
+    Raises:
+        ContractError: a value that is present does not read as a number (text, a decimal
+            comma), naming the first such (image_id, task, value) and how many there are.
+    """
+    raw = human[col]
+    values = pd.to_numeric(raw, errors="coerce")
+    suspect = values.isna() & raw.notna()
+    if suspect.any():
+        missing = raw[suspect].map(_spells_missing)
+        bad = suspect & ~missing.reindex(raw.index, fill_value=False)
+        if bad.any():
+            first = human.loc[bad].iloc[0]
+            raise ContractError(
+                f"localization_human_benchmark: {int(bad.sum())} '{col}' value(s) are not "
+                f"numbers, e.g. (image_id, task, {col}) = ({first['image_id']!r}, "
+                f"{first['task']!r}, {first[col]!r})"
+            )
+    return values
+
+
+def _spells_missing(value: object) -> bool:
+    """A blank string or one that reads as NaN (``"nan"``, ``"NaN"``): a missing score."""
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return not text or text.lower() == "nan"
+
+
 def spearman_fisher(
     y: np.ndarray, x: np.ndarray, z: float = 1.96
 ) -> tuple[float, float, float, float]:
-    """Spearman rho, p-value and its Fisher-z CI (se = 1/sqrt(n - 3)), like the reference."""
-    rho, p = stats.spearmanr(y, x, nan_policy="omit")
-    n = len(y)
+    """Spearman rho, p-value and its Fisher-z CI (se = 1/sqrt(n - 3)), like the reference.
+
+    Rows where ``y`` or ``x`` is not finite are left out, of rho and of n alike.
+    """
+    y, x = np.asarray(y, dtype=float), np.asarray(x, dtype=float)
+    both = np.isfinite(y) & np.isfinite(x)
+    n = int(both.sum())
+    if n < 2:
+        return np.nan, np.nan, np.nan, np.nan
+    rho, p = stats.spearmanr(y[both], x[both])
     if n <= 3 or not np.isfinite(rho) or abs(rho) >= 1:
         return float(rho), float(p), np.nan, np.nan
     delta = z / math.sqrt(n - 3)
@@ -179,7 +347,9 @@ def spearman_fisher(
     )
 
 
-def _check_min_clusters(min_clusters: int) -> int:
+def check_min_clusters(min_clusters: object) -> int:
+    """``regression.min_clusters`` as an ``int`` >= 2 (``check_integer``: no truncation of
+    a fraction, no boolean)."""
     return check_integer(min_clusters, "regression.min_clusters", low=2)
 
 
@@ -194,17 +364,17 @@ def ols_single(
     """OLS ``y ~ x`` with 95% CI + Spearman.
 
     Errors are cluster-robust by ``cluster`` when given and the data has at least
-    ``min_clusters`` clusters; otherwise ordinary OLS errors (``se_type`` says which, and
-    why; the fallback is logged).
+    ``min_clusters`` clusters, with t(G - 1) quantiles for the CI and p-value (G clusters);
+    otherwise ordinary OLS errors (``se_type`` says which, and why; the fallback is logged).
     """
-    min_clusters = _check_min_clusters(min_clusters)
+    min_clusters = check_min_clusters(min_clusters)
     data = df[[y, x] + ([cluster] if cluster else [])].dropna()
     model = smf.ols(f"{y} ~ {x}", data=data)
     n_clusters = int(data[cluster].nunique()) if cluster else 0
     with recorded_warnings() as caught:
         if cluster and n_clusters >= min_clusters:
             groups = pd.factorize(data[cluster])[0]
-            fit = model.fit(cov_type="cluster", cov_kwds={"groups": groups})
+            fit = model.fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
         else:
             fit = model.fit()
         lo, hi = fit.conf_int(alpha=0.05).loc[x]
@@ -256,8 +426,10 @@ def feature_regressions(
     p < 0.05 / k with k = ``len(features)``, the family the study sets out to test (the
     reference's ``bonferroni_correction=4`` over its four features), recorded per row as
     ``bonferroni_k``. A feature that cannot be fitted in a group (one value, e.g.
-    ``n_instances`` when every lesion is one polygon, or fewer than 3 rows) still counts in
-    k and gets a row without estimates whose ``significance_note`` says why.
+    ``n_instances`` when every lesion is one polygon; an outcome with one value, e.g.
+    every map of a task a hit; or fewer than 3 rows) still counts in k and gets a row
+    without estimates whose ``significance_note`` says why. A row is left out of a fit
+    only when its outcome, feature, ``image_id`` or ``cluster`` value is missing.
     With ``normalise`` (the reference's geometric-feature regressions) each feature is
     min-max scaled within the fitted group (all tasks pooled, or the one task), so a
     coefficient is the outcome's change over the feature's range in that group; without it
@@ -267,7 +439,7 @@ def feature_regressions(
         table: Rows with ``task``, ``image_id``, the outcomes and features.
         outcomes: Outcome columns.
         features: Feature columns.
-        cluster: Column for cluster-robust errors (None: OLS errors).
+        cluster: Column of ``table`` for cluster-robust errors (None: OLS errors).
         by_task: One fit per task instead of pooled.
         min_clusters: Fewest clusters for cluster-robust errors, and fewest CXRs
             (``image_id``) for ``bonferroni_significant`` to be set.
@@ -279,8 +451,17 @@ def feature_regressions(
         ``significance_note`` (why a fit is not eligible for the flag, or was not fitted;
         empty otherwise), ``cluster`` (used for the errors or "none"), ``fit_warnings``
         (warnings raised by the fit; empty for none).
+
+    Raises:
+        ContractError: ``cluster`` is not a column of ``table``.
+        ParameterError: ``min_clusters`` is not an integer >= 2.
     """
-    min_clusters = _check_min_clusters(min_clusters)
+    min_clusters = check_min_clusters(min_clusters)
+    if cluster is not None and cluster not in table.columns:
+        raise ContractError(
+            f"feature_regressions: the cluster column '{cluster}' is not in the table; "
+            f"it has {list(table.columns)}"
+        )
     k = len(features)
     rows = []
     groups = table.groupby("task") if by_task else [("pooled", table)]
@@ -290,17 +471,19 @@ def feature_regressions(
             g[f] = minmax(g[f].astype(float)) if normalise else g[f].astype(float)
         for y in outcomes:
             for f in features:
-                sub = g[
-                    [y, f, "image_id", "patient_id"] if "patient_id" in g else [y, f, "image_id"]
-                ].dropna()
+                cols = dict.fromkeys([y, f, "image_id", *([cluster] if cluster else [])])
+                sub = g[list(cols)].dropna()
                 n_cxr = int(sub["image_id"].nunique())
                 ident = {"task": task, "outcome": y, "feature": f}
-                if len(sub) < 3 or sub[f].nunique() < 2:
-                    why = (
-                        f"{len(sub)} observation(s) < 3"
-                        if len(sub) < 3
-                        else f"the feature takes one value on all {len(sub)} observations"
-                    )
+                if len(sub) < 3:
+                    why = f"{len(sub)} observation(s) < 3"
+                elif sub[f].nunique() < 2:
+                    why = f"the feature takes one value on all {len(sub)} observations"
+                elif sub[y].nunique() < 2:
+                    why = f"the outcome takes one value on all {len(sub)} observations"
+                else:
+                    why = ""
+                if why:
                     rows.append(
                         {
                             **ident,
@@ -340,21 +523,28 @@ def logistic_hit(table: pd.DataFrame, features: Sequence[str] = FEATURES) -> pd.
     """Logistic regression of hit/miss on all normalised features together.
 
     ``coef`` and its CI are on the log-odds scale (statsmodels' ``Logit`` parameters):
-    ``exp(coef)`` is the odds ratio of a hit across the feature's range. Features with one
-    value are left out of the model.
+    ``exp(coef)`` is the odds ratio of a hit across the feature's range.
 
-    One row per term, with ``converged`` and ``fit_warnings`` (see the module docstring).
+    One row per feature asked for, with ``converged``, ``fit_warnings`` (see the module
+    docstring) and ``note``: a feature with one value, or aliased with the others
+    (``identifiable_terms``), is left out of the model and its row has no estimates; when
+    the model cannot be fitted at all (too few rows, ``hit`` with one value, no feature that
+    varies) every row has none, ``converged`` is False, and ``note`` says why. Empty for a
+    table without rows.
     """
     data = table[["hit", *features]].dropna().copy()
+    if data.empty:
+        return pd.DataFrame(columns=list(JOINT_COLUMNS))
     for f in features:
         data[f] = minmax(data[f].astype(float))
-    usable = [f for f in features if data[f].nunique() > 1]
-    if len(data) <= len(usable) + 1 or data["hit"].nunique() < 2:
-        return pd.DataFrame()
-    with recorded_warnings() as caught:
-        fit = smf.logit(f"hit ~ {' + '.join(usable)}", data=data).fit(disp=0)
-        ci, pvalues = fit.conf_int(), fit.pvalues
-    return _term_table(fit, ci, pvalues, usable, caught, model="logit", n=len(data))
+    return _joint_model(
+        data,
+        "hit",
+        features,
+        model="logit",
+        min_rows=1,
+        fitter=lambda formula, d: smf.logit(formula, data=d).fit(disp=0),
+    )
 
 
 def mixed_effects(
@@ -362,16 +552,22 @@ def mixed_effects(
 ) -> pd.DataFrame:
     """Linear mixed model ``outcome ~ features`` with a random intercept per CXR.
 
-    One row per term, with ``converged`` and ``fit_warnings`` (see the module docstring).
+    One row per feature asked for, with ``converged``, ``fit_warnings`` (see the module
+    docstring) and ``note``, as ``logistic_hit`` (also not fitted: rows from fewer than two
+    CXRs, or a singular model, whose statsmodels error the note quotes). Empty for a table
+    without rows.
     """
     data = table[[outcome, "image_id", *features]].dropna().copy()
+    if data.empty:
+        return pd.DataFrame(columns=list(JOINT_COLUMNS))
     for f in features:
         data[f] = minmax(data[f].astype(float))
-    usable = [f for f in features if data[f].nunique() > 1]
-    if len(data) <= len(usable) + 2 or data["image_id"].nunique() < 2:
-        return pd.DataFrame()
-    formula = f"{outcome} ~ {' + '.join(usable)}"
-    with recorded_warnings() as caught:
-        fit = smf.mixedlm(formula, data=data, groups=data["image_id"]).fit()
-        ci, pvalues = fit.conf_int(), fit.pvalues
-    return _term_table(fit, ci, pvalues, usable, caught, model=f"mixedlm:{outcome}", n=len(data))
+    return _joint_model(
+        data,
+        outcome,
+        features,
+        model=f"mixedlm:{outcome}",
+        min_rows=2,
+        fitter=lambda formula, d: smf.mixedlm(formula, data=d, groups=d["image_id"]).fit(),
+        groups="image_id",
+    )

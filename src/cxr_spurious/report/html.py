@@ -125,9 +125,11 @@ def with_cis(table: pd.DataFrame, digits: int = 2, *, fixed: bool = False) -> pd
     """Each estimate with its interval in one text column: ``0.66 [0.60, 0.70]``.
 
     Columns ``x``, ``x_lo``, ``x_hi`` become one column ``x``, and so do ``estimate``,
-    ``lo``, ``hi``; the bootstrap's bookkeeping columns ``*_dropped`` are left out. Other
-    columns are kept as they are. Whole numbers print without decimals (counts) unless
-    ``fixed`` (every number with ``digits`` decimals: ``1.00 [1.00, 1.00]``).
+    ``lo``, ``hi``; the bootstrap's bookkeeping columns ``*_dropped`` are left out. A
+    permutation test's p-value (``p_no_gap``, ``*_p_no_gap``) prints as ``p_text`` does
+    (``0.012``, ``< 0.001``; empty where undefined). Other columns are kept as they are.
+    Whole numbers print without decimals (counts) unless ``fixed`` (every number with
+    ``digits`` decimals: ``1.00 [1.00, 1.00]``).
     """
     out = table.copy()
     cols = list(out.columns)
@@ -136,6 +138,12 @@ def with_cis(table: pd.DataFrame, digits: int = 2, *, fixed: bool = False) -> pd
         triples.append(("estimate", "lo", "hi"))
     for est, lo, hi in triples:
         out[est] = [_ci(e, a, b, digits, fixed) for e, a, b in zip(out[est], out[lo], out[hi])]
+    for col in cols:
+        if col == "p_no_gap" or str(col).endswith("_p_no_gap"):
+            out[col] = [
+                p_text(float(v), equals="") if pd.notna(v) and math.isfinite(float(v)) else ""
+                for v in out[col]
+            ]
     drop = {c for _, lo, hi in triples for c in (lo, hi)} | {
         c for c in cols if str(c).endswith("_dropped")
     }

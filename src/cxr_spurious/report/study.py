@@ -106,7 +106,9 @@ READ: dict[str, str] = {
     "robustness": (
         "Per model: overall, worst-subgroup and robust (tube-stratified) AUROC and the "
         "fairness gaps with CIs, then calibration error (ECE, 0 = calibrated) and the gaps "
-        "between subgroups at the chosen operating point (0 = equal)."
+        "between subgroups at the chosen operating point (0 = equal). A gap is the largest "
+        "minus the smallest group's rate, so its interval lies above 0 even when the groups "
+        "do not differ: p_no_gap (a permutation test over patients) says whether there is one."
     ),
     "comparison": (
         "One row per debiasing variant of the comparison pipeline, to compare with erm, the "

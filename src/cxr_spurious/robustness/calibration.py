@@ -10,6 +10,9 @@ lower bin, 0.0 in the first bin and 1.0 in the last. ECE = sum over non-empty bi
 Groups with fewer than ``min_rows`` labelled rows get no ECE (an ECE over a dozen rows is
 mostly binning noise); the table's warning and the reliability diagram's footnote name them
 with their sizes, and the diagram leaves them out too, so both show the same groups.
+A group (or a split) of fewer than ``MIN_CI_CLUSTERS`` patients has an ECE without a CI
+(NaN ``ece_lo`` / ``ece_hi``; ``ci_note``: ``no CI: 1 patient (fewer than 5)``): the
+patient bootstrap of one patient draws the same rows in every replicate.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxr_spurious.errors import check_integer
-from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap
+from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, BootstrapResult, bootstrap
+
+from .subgroups import few_patients_note
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +90,13 @@ def calibration_table(
     replicates are counted in ``ece_dropped``. ECE needs no class balance, so a group of
     ``min_rows`` rows has none unless scores are missing: above ``max_dropped_share`` it is
     an error (``BootstrapDropError`` naming the task and group), not a quieter interval.
-    Groups below ``min_rows`` have no row; a warning names them with their sizes.
+    Groups below ``min_rows`` have no row; a warning names them with their sizes. A group
+    of fewer than ``MIN_CI_CLUSTERS`` patients keeps its ECE with NaN ``ece_lo`` /
+    ``ece_hi`` and a ``ci_note`` giving the number of patients (module docstring).
 
     Returns:
-        Rows ``task, attribute, group, n, ece, ece_lo, ece_hi, ece_dropped``.
+        Rows ``task, attribute, group, n, ece, ece_lo, ece_hi, ece_dropped, ci_note``
+        (``ci_note``: why a CI is missing, ``""`` when it stands).
     """
     lab = table[np.isfinite(table[task].to_numpy(dtype=float))].reset_index(drop=True)
     parts = [("all", "all", np.ones(len(lab), dtype=bool))]
@@ -103,16 +111,23 @@ def calibration_table(
     for attr, group, mask in parts:
         y = lab.loc[mask, task].to_numpy(dtype=float)
         p = lab.loc[mask, f"p_{task}"].to_numpy(dtype=float)
-        res = bootstrap(
-            lambda i, y=y, p=p: expected_calibration_error(y[i], p[i], n_bins),
-            len(y),
-            n_boot=n_boot,
-            seed=seed,
-            clusters=lab.loc[mask, "patient_id"].to_numpy(),
-            level=level,
-            max_dropped_share=float(max_dropped_share),
-            desc=f"ECE {task}/{attr}={group}",
-        )
+        patients = lab.loc[mask, "patient_id"].to_numpy()
+        desc = f"ECE {task}/{attr}={group}"
+        if note := few_patients_note(patients):
+            estimate = expected_calibration_error(y, p, n_bins)
+            res = BootstrapResult(estimate, float("nan"), float("nan"), np.array([]))
+            logger.warning("%s: %s", desc, note)
+        else:
+            res = bootstrap(
+                lambda i, y=y, p=p: expected_calibration_error(y[i], p[i], n_bins),
+                len(y),
+                n_boot=n_boot,
+                seed=seed,
+                clusters=patients,
+                level=level,
+                max_dropped_share=float(max_dropped_share),
+                desc=desc,
+            )
         rows.append(
             {
                 "task": task,
@@ -123,9 +138,24 @@ def calibration_table(
                 "ece_lo": res.lo,
                 "ece_hi": res.hi,
                 "ece_dropped": res.n_dropped,
+                "ci_note": note,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))
+
+
+#: The columns of ``calibration_table``.
+CALIBRATION_COLUMNS: tuple[str, ...] = (
+    "task",
+    "attribute",
+    "group",
+    "n",
+    "ece",
+    "ece_lo",
+    "ece_hi",
+    "ece_dropped",
+    "ci_note",
+)
 
 
 def split_by_size(values: pd.Series, min_rows: int) -> tuple[list[object], dict[object, int]]:

@@ -71,18 +71,44 @@ def evaluation_table(
         out["tube"] = m["tube"].to_numpy(dtype=float)
     if spurious is not None:
         out[spurious] = spurious_column(m, spurious)
-    probs = out[[f"p_{t}" for t in tasks]].to_numpy(dtype=float)
-    if not np.isfinite(probs).all():
-        raise ContractError(f"{name}: p_<task> columns contain NaN or infinite values")
-    if ((probs < 0) | (probs > 1)).any():  # logits: the operating points assume [0, 1]
-        col, value = next(
-            (f"p_{t}", v) for t, c in zip(tasks, probs.T) for v in c if not 0 <= v <= 1
-        )
-        raise ContractError(
-            f"{name}: {col} holds {value:g}, outside [0, 1]; expected probabilities "
-            "(a sigmoid's output), not logits"
-        )
+    check_probabilities(out, tasks, name)
     return out
+
+
+#: How many offending image ids a bad-prediction error lists.
+N_EXAMPLES = 5
+
+
+def check_probabilities(table: pd.DataFrame, tasks: Sequence[str], name: str) -> None:
+    """Refuse ``p_<task>`` values that are NaN, infinite or outside [0, 1].
+
+    The operating points and the calibration assume probabilities; a logit or a missing
+    score would silently move thresholds and bins. Each offending column is named with the
+    number of images and the first ``N_EXAMPLES`` image ids and values (in table order).
+
+    Raises:
+        ContractError: ``{name}: p_Effusion is NaN or infinite for 1 image(s), e.g.
+            p11_1 (nan); ...``, one clause per column and kind.
+    """
+    problems = []
+    for t in tasks:
+        col = f"p_{t}"
+        values = table[col].to_numpy(dtype=float)
+        finite = np.isfinite(values)
+        outside = finite & ((values < 0) | (values > 1))  # logits: thresholds assume [0, 1]
+        for mask, what in ((~finite, "NaN or infinite"), (outside, "outside [0, 1]")):
+            if mask.any():
+                rows = np.flatnonzero(mask)
+                examples = ", ".join(
+                    f"{table['image_id'].iloc[i]} ({values[i]:g})" for i in rows[:N_EXAMPLES]
+                )
+                more = ", ..." if rows.size > N_EXAMPLES else ""
+                problems.append(f"{col} is {what} for {rows.size} image(s), e.g. {examples}{more}")
+    if problems:
+        raise ContractError(
+            f"{name}: " + "; ".join(problems) + "; expected probabilities in [0, 1] "
+            "(a sigmoid's output), not logits or missing scores"
+        )
 
 
 def spurious_column(manifest: pd.DataFrame, spurious: str) -> np.ndarray:

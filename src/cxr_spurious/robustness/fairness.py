@@ -16,6 +16,14 @@ neither is the same statistic. The replicate's gap is therefore undefined (NaN) 
 gaps that need the missing class (``fnr_gap``: positives; ``fpr_gap``: negatives;
 ``equalized_odds_difference``: both), counted in ``n_dropped`` and, above
 ``max_dropped_share`` of the replicates, an error.
+
+The gaps are max - min differences over groups, so they are >= 0 and biased upwards: two
+groups drawn from one population have a positive sample gap, and the percentile bootstrap
+interval of a max - min gap (``lo`` / ``hi``) lies above 0 almost always, whether or not the
+groups differ. It is an interval for the size of the observed gap, not a test that there is
+one. The test is ``p_no_gap``: a permutation test of "no gap" (``permutation_p_values``)
+that shuffles the group labels over whole patients at the fixed operating point and asks
+how often a gap at least as large as the observed one arises by chance.
 """
 
 from __future__ import annotations
@@ -39,11 +47,12 @@ from cxr_spurious.errors import ContractError, check_integer, check_number, unkn
 from cxr_spurious.stats.bootstrap import (
     MAX_DROPPED_SHARE,
     bootstrap_indices,
+    check_n_boot,
     count_dropped,
     percentile_ci,
 )
 
-from .subgroups import eligible_groups, left_out_note
+from .subgroups import eligible_groups, few_patients_note, left_out_note
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +61,11 @@ RULES: tuple[str, ...] = ("youden", "fixed_sensitivity", "fixed_specificity")
 Rule = Literal["youden", "fixed_sensitivity", "fixed_specificity"]
 # The threshold that calls no probability positive (``p >= ABOVE_ONE`` is never true).
 ABOVE_ONE = float(np.nextafter(1.0, 2.0))
+#: The gaps of ``fairness_point`` / ``_fast_gaps``, in the order of the table's rows.
+GAP_METRICS: tuple[str, ...] = ("equalized_odds_difference", "fnr_gap", "fpr_gap")
+#: A permuted gap within this of the observed one counts as "at least as large" (the two are
+#: computed by different float sums; an identical split must not count as smaller).
+_GAP_TIE = 1e-12
 
 
 def choose_threshold(
@@ -152,6 +166,66 @@ def _fast_gaps(
     return {"equalized_odds_difference": eod, "fnr_gap": tpr_gap, "fpr_gap": fpr_gap}
 
 
+def permutation_p_values(
+    y: np.ndarray,
+    y_pred: np.ndarray,
+    codes: np.ndarray,
+    n_groups: int,
+    patients: np.ndarray,
+    *,
+    n_perm: int,
+    seed: int,
+) -> dict[str, tuple[float, int]]:
+    """Permutation test of "no gap" for each gap of ``_fast_gaps``.
+
+    Null hypothesis: the group does not matter, so the rows' group labels are exchangeable
+    over patients. Each permutation shuffles the group labels over whole patients (the
+    clusters the bootstrap resamples; a patient keeps all its rows and the labels ``y`` and
+    predictions ``y_pred`` at the fixed operating point, and the groups keep their numbers
+    of patients) and recomputes the gap. A patient whose images fall in several groups (an
+    age bin that changes between visits) contributes one unit per group. Then
+    ``p = (1 + #{permuted gap >= observed gap}) / (1 + n)`` over the ``n`` permutations in
+    which the gap is defined (every group has the class it needs); it is never 0, and its
+    smallest value is ``1 / (1 + n)``.
+
+    Args:
+        y: Labels 1 / 0.
+        y_pred: Predictions 1 / 0 at the operating point (not recomputed).
+        codes: Group code ``0..n_groups-1`` per row.
+        n_groups: Number of groups.
+        patients: Patient per row.
+        n_perm: Permutations (>= 1).
+        seed: Seed (the permutations use a stream apart from the bootstrap's).
+
+    Returns:
+        ``{gap: (p_value, undefined permutations)}``; ``p_value`` NaN when the observed gap
+        or every permuted one is undefined.
+    """
+    n_perm = check_n_boot(n_perm, "robustness.n_boot")
+    codes = np.asarray(codes)
+    _, patient = np.unique(np.asarray(patients), return_inverse=True)
+    # units: (patient, group) blocks, sorted, so the result does not depend on the row order
+    blocks, unit = np.unique(np.c_[patient.ravel(), codes], axis=0, return_inverse=True)
+    unit = unit.ravel()
+    unit_group = blocks[:, 1]
+    observed = _fast_gaps(y, y_pred, codes, n_groups)
+    rng = np.random.default_rng((int(seed), 1))  # not the bootstrap's default_rng(seed)
+    perms = [
+        _fast_gaps(y, y_pred, rng.permutation(unit_group)[unit], n_groups) for _ in range(n_perm)
+    ]
+    out = {}
+    for metric in GAP_METRICS:
+        values = np.array([r[metric] for r in perms], dtype=float)
+        finite = values[np.isfinite(values)]
+        undefined = int(values.size - finite.size)
+        if not np.isfinite(observed[metric]) or finite.size == 0:
+            out[metric] = (float("nan"), undefined)
+            continue
+        extreme = int((finite >= observed[metric] - _GAP_TIE).sum())
+        out[metric] = ((1 + extreme) / (1 + finite.size), undefined)
+    return out
+
+
 def fairness_tables(
     table: pd.DataFrame,
     task: str,
@@ -164,7 +238,8 @@ def fairness_tables(
     level: float = 0.95,
     max_dropped_share: float = MAX_DROPPED_SHARE,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-group rates and gaps (with patient-bootstrap CIs) at a fixed threshold.
+    """Per-group rates and gaps (with patient-bootstrap CIs and a test of "no gap") at a
+    fixed threshold.
 
     Groups with fewer than ``min_per_class`` positives or negatives are left out (a rate on
     a handful of cases is noise, and Fairlearn scores a group without positives TPR 0).
@@ -173,22 +248,34 @@ def fairness_tables(
     remaining groups can hide the group that is served worst. With fewer than two groups
     left the attribute has no gap rows (a warning says so).
 
+    Each gap is a max - min difference over the groups (>= 0): ``lo`` / ``hi`` is the
+    percentile bootstrap interval of that max - min gap, biased away from 0 (it excludes 0
+    even when the groups do not differ; module docstring), so it says how large the gap
+    may be, not whether there is one. ``p_no_gap`` is the test: the permutation p-value of
+    "no gap" (``permutation_p_values``: group labels shuffled over whole patients at the
+    fixed threshold, ``n_boot`` permutations, seeded by ``seed``). A gap over a group of
+    fewer than ``MIN_CI_CLUSTERS`` patients has no interval (NaN ``lo`` / ``hi``) and
+    ``ci_note`` says which group and how many patients; its ``p_no_gap`` stands.
+
     Args:
         table: Evaluation rows of one split (labels, ``p_<task>``, ``patient_id``, attributes).
         task: The label column.
         threshold: Positive when ``p >= threshold``.
         attributes: Sensitive attributes (columns of ``table``).
         min_per_class: Smallest class count of a reported group (>= 1).
-        n_boot: Bootstrap replicates for the gap CIs.
-        seed: Bootstrap seed.
+        n_boot: Bootstrap replicates for the gap CIs, and permutations for ``p_no_gap``.
+        seed: Bootstrap and permutation seed.
         level: CI level.
         max_dropped_share: Largest share of undefined replicates (a reported group without
             the class a gap needs, see the module docstring); above it an error.
 
     Returns:
         ``(by_group, gaps)``: ``task, attribute, group, tpr, fpr, fnr, ppv, count`` and
-        ``task, attribute, metric, estimate, lo, hi, n_groups, n_patients, n_dropped,
-        ci_note`` (``ci_note``: the left-out groups and their counts, ``""`` if none).
+        ``task, attribute, metric, estimate, lo, hi, p_no_gap, n_groups, n_patients,
+        n_dropped, ci_note`` (``lo`` / ``hi``: percentile interval of the max - min gap;
+        ``p_no_gap``: permutation p-value of no gap; ``ci_note``: groups too small in
+        patients for a CI, the left-out groups and their counts, and permutations in which
+        the gap was undefined; ``""`` if none).
 
     Raises:
         ParameterError: ``min_per_class`` < 1.
@@ -225,17 +312,41 @@ def fairness_tables(
         codes = pd.Categorical(sens).codes
         pid = sub["patient_id"].to_numpy()
         point = fairness_point(y, y_pred, sens)
-        reps = [
-            _fast_gaps(y[i], y_pred[i], codes[i], len(groups))
-            for i in bootstrap_indices(len(y), n_boot, seed, pid)
-        ]
+        # a group of a handful of patients gives the gap no interval (MIN_CI_CLUSTERS)
+        few = "; ".join(
+            note
+            for g in pd.Categorical(sens).categories
+            if (note := few_patients_note(pid[sens == g], f"group {g}"))
+        )
+        reps = (
+            []
+            if few
+            else [
+                _fast_gaps(y[i], y_pred[i], codes[i], len(groups))
+                for i in bootstrap_indices(len(y), n_boot, seed, pid)
+            ]
+        )
+        tests = permutation_p_values(y, y_pred, codes, len(groups), pid, n_perm=n_boot, seed=seed)
+        if few:
+            logger.warning("fairness %s / %s: gap CIs: %s", task, attr, few)
         for metric, value in point.items():
             values = np.array([r[metric] for r in reps], dtype=float)
-            lo, hi = percentile_ci(
-                values,
-                level,
-                max_dropped_share=max_dropped_share,
-                label=f"fairness {task}/{attr}/{metric}",
+            lo, hi = (
+                (float("nan"), float("nan"))
+                if few
+                else percentile_ci(
+                    values,
+                    level,
+                    max_dropped_share=max_dropped_share,
+                    label=f"fairness {task}/{attr}/{metric}",
+                )
+            )
+            p_value, undefined = tests[metric]
+            perm_note = (
+                f"p_no_gap over {n_boot - undefined} of {n_boot} permutations ({undefined} "
+                "left a group without the class the gap needs)"
+                if undefined
+                else ""
             )
             gaps.append(
                 {
@@ -245,10 +356,11 @@ def fairness_tables(
                     "estimate": value,
                     "lo": lo,
                     "hi": hi,
+                    "p_no_gap": p_value,
                     "n_groups": len(groups),
                     "n_patients": int(pd.unique(pid).size),
                     "n_dropped": count_dropped(values),
-                    "ci_note": left_out,
+                    "ci_note": "; ".join(part for part in (few, left_out, perm_note) if part),
                 }
             )
     group_cols = ["task", "attribute", "group", "tpr", "fpr", "fnr", "ppv", "count"]
@@ -257,18 +369,20 @@ def fairness_tables(
         if by_group
         else pd.DataFrame(columns=group_cols)
     )
-    return by, pd.DataFrame(
-        gaps,
-        columns=[
-            "task",
-            "attribute",
-            "metric",
-            "estimate",
-            "lo",
-            "hi",
-            "n_groups",
-            "n_patients",
-            "n_dropped",
-            "ci_note",
-        ],
-    )
+    return by, pd.DataFrame(gaps, columns=list(GAP_COLUMNS))
+
+
+#: The columns of the gaps table (``fairness_tables``).
+GAP_COLUMNS: tuple[str, ...] = (
+    "task",
+    "attribute",
+    "metric",
+    "estimate",
+    "lo",
+    "hi",
+    "p_no_gap",
+    "n_groups",
+    "n_patients",
+    "n_dropped",
+    "ci_note",
+)

@@ -9,6 +9,14 @@ when it has at least ``min_stratum_size`` rows and its error rate exceeds the cl
 is an error rate of 1, not a hidden stratum). A class with fewer than ``MIN_CLASS_SIZE``
 rows is not clustered, with a warning. Adjusted mutual information (AMI) between clusters
 and known attributes tells whether the clusters recover them.
+
+Row order does not matter: each class's rows are put in a canonical order (by image id
+where the caller gives them, else by their embedding values) before reduction and
+clustering, and the labels are mapped back. k-means++ seeding and the silhouette choice of
+k otherwise depend on the order the rows come in, so the same images listed in another
+order (a reordered manifest) could give another k and other flags under the same seed.
+k-means keeps the best of ``KMEANS_N_INIT`` seedings and the Gaussian mixture the best of
+``GMM_N_INIT`` initialisations, so that the seed matters less too.
 """
 
 from __future__ import annotations
@@ -37,6 +45,11 @@ CLUSTERERS = ("kmeans", "gmm")
 MIN_STRATUM_SIZE = 5
 #: Fewest rows of a class that is clustered (fewer cannot be split into scored clusters).
 MIN_CLASS_SIZE = 3
+#: k-means initialisations kept the best of (was 4: on a weakly clustered class the chosen
+#: k then followed the seeding as much as the data).
+KMEANS_N_INIT = 20
+#: Gaussian-mixture initialisations kept the best of (each costs a k-means and an EM fit).
+GMM_N_INIT = 5
 
 
 def reduce(
@@ -71,6 +84,9 @@ def cluster(
 ) -> tuple[np.ndarray, int]:
     """Cluster ``z``; ``k`` fixed or the silhouette-best of a range.
 
+    The result depends on the order of the rows of ``z`` (k-means++ seeding, the mixture's
+    initialisation); ``find_strata`` passes them in a canonical order.
+
     Returns:
         Labels and the chosen k.
     """
@@ -83,9 +99,13 @@ def cluster(
     best: tuple[float, np.ndarray, int] | None = None
     for c in candidates:
         if clusterer == "kmeans":
-            labels = KMeans(n_clusters=c, n_init=4, random_state=seed).fit_predict(z)
+            labels = KMeans(n_clusters=c, n_init=KMEANS_N_INIT, random_state=seed).fit_predict(z)
         else:
-            labels = GaussianMixture(n_components=c, random_state=seed).fit(z).predict(z)
+            labels = (
+                GaussianMixture(n_components=c, n_init=GMM_N_INIT, random_state=seed)
+                .fit(z)
+                .predict(z)
+            )
         score = silhouette_score(z, labels) if 1 < np.unique(labels).size < len(z) else -1.0
         if best is None or score > best[0]:
             best = (score, labels, c)
@@ -106,8 +126,13 @@ def find_strata(
     margin: float = 0.1,
     min_stratum_size: int = MIN_STRATUM_SIZE,
     seed: int = 0,
+    image_ids: Sequence[object] | np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Cluster each true class and score the clusters.
+
+    The rows of each class are reduced and clustered in a canonical order (``image_ids``
+    sorted, else the embedding rows sorted) and the results mapped back to the caller's
+    rows, so the same images in another row order give the same clusters and flags.
 
     Args:
         y: Labels 1 / 0 (NaN rows get cluster -1).
@@ -122,6 +147,8 @@ def find_strata(
         min_stratum_size: Fewest rows of a flagged cluster (>= 1); smaller clusters keep
             their row in the table but are never flagged.
         seed: Seed of reduction and clustering.
+        image_ids: Unique id of each row (the canonical order); None: the rows are ordered
+            by their embedding values (identical rows are interchangeable).
 
     Returns:
         ``(cluster id per row (class * 100 + cluster), 2-D coordinates per row, table)``;
@@ -131,17 +158,20 @@ def find_strata(
 
     Raises:
         ParameterError: ``min_stratum_size`` < 1.
+        ValueError: ``image_ids`` not one unique id per row.
     """
     # the fewest rows of a flagged cluster
     min_stratum_size = check_integer(min_stratum_size, "robustness.strata.min_stratum_size", low=1)
     yy = np.asarray(y, dtype=float)
+    x = np.asarray(x)
+    order = canonical_order(x, image_ids)
     pred = np.asarray(p, dtype=float) >= threshold
     ids = np.full(len(yy), -1, dtype=np.int64)
     coords = np.full((len(yy), 2), np.nan)
     rows = []
     for cls in (0, 1):
-        members = np.flatnonzero(yy == cls)
-        other = np.flatnonzero(yy == 1 - cls)
+        members = order[yy[order] == cls]  # the class's rows in canonical order
+        other = order[yy[order] == 1 - cls]
         if members.size < MIN_CLASS_SIZE:
             logger.warning(
                 "hidden strata: class %d (%s) has %d labelled row(s), fewer than %d; not "
@@ -191,6 +221,28 @@ def find_strata(
             ],
         ),
     )
+
+
+def canonical_order(
+    x: np.ndarray, image_ids: Sequence[object] | np.ndarray | None = None
+) -> np.ndarray:
+    """Row indices in an order that does not depend on the order the rows come in.
+
+    By ``image_ids`` (as text) where given, else lexicographically by the rows of ``x``
+    (rows that are equal are interchangeable for clustering).
+
+    Raises:
+        ValueError: ``image_ids`` has another length than ``x`` or repeats an id.
+    """
+    if image_ids is None:
+        return np.lexsort(np.asarray(x, dtype=float).T[::-1]) if len(x) else np.arange(0)
+    ids = np.asarray(image_ids).astype(str)
+    if ids.shape != (len(x),) or np.unique(ids).size != ids.size:
+        raise ValueError(
+            f"image_ids: need one unique id per row ({len(x)} rows); got {ids.size} ids, "
+            f"{np.unique(ids).size} distinct"
+        )
+    return np.argsort(ids, kind="stable")
 
 
 def attribute_ami(clusters: np.ndarray, y: np.ndarray, attributes: pd.DataFrame) -> pd.DataFrame:

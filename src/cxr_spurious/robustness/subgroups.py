@@ -7,6 +7,12 @@ raise ``BootstrapDropError`` above ``max_dropped_share``. Statistics of groups (
 AUROC, the worst-group AUROC, robust / reverse AUROC, which compare two tube subgroups) may
 legitimately be undefined in many resamples of a small group: above the threshold their CI
 is NaN and ``ci_note`` says why and how many (``bootstrap_or_note``); the estimate stays.
+
+A statistic of fewer than ``MIN_CI_CLUSTERS`` patients (the project's rule for a
+patient-bootstrap CI, ``stats.bootstrap``) gets no CI either: a group of one patient would
+draw the same rows in every replicate, an interval of width 0, and a handful of patients
+give a handful of distinct resamples. Its ``lo`` / ``hi`` are NaN and ``ci_note`` says how
+many patients (``few_patients_note``: ``no CI: 1 patient (fewer than 5)``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import pandas as pd
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.stats.bootstrap import (
     MAX_DROPPED_SHARE,
+    MIN_CI_CLUSTERS,
     BootstrapResult,
     bootstrap,
     bootstrap_or_note,
@@ -52,6 +59,32 @@ def eligible_groups(y: np.ndarray, values: pd.Series, min_per_class: int) -> lis
         if (yy == 1).sum() >= min_per_class and (yy == 0).sum() >= min_per_class:
             out.append(v)
     return out
+
+
+def few_patients_note(
+    patients: Sequence[object] | np.ndarray, what: str = "", min_patients: int = MIN_CI_CLUSTERS
+) -> str:
+    """Why a statistic of these rows gets no CI: ``no CI: 1 patient (fewer than 5)``.
+
+    ``""`` when the rows come from at least ``min_patients`` distinct patients
+    (``MIN_CI_CLUSTERS``, as ``nanmean_cis``): a patient bootstrap over fewer draws a
+    handful of distinct resamples (one patient: the same rows every time, a CI of width 0).
+
+    Args:
+        patients: Patient of each row the statistic uses.
+        what: What the rows are, named in the note (``group F``).
+        min_patients: Fewest patients for a CI.
+    """
+    n = int(pd.unique(np.asarray(patients, dtype=object)).size)
+    if n >= min_patients:
+        return ""
+    counted = f"{n} patient" + ("" if n == 1 else "s")
+    return f"no CI: {what + ' has ' if what else ''}{counted} (fewer than {min_patients})"
+
+
+def _no_ci(estimate: float) -> BootstrapResult:
+    """An estimate without an interval (and without replicates: ``n_dropped`` 0)."""
+    return BootstrapResult(float(estimate), float("nan"), float("nan"), np.array([]))
 
 
 def worst_group_auroc(
@@ -95,7 +128,10 @@ def subgroup_auroc(
     the spurious feature and negatives with it, or the reverse pairing; ``n_pos``: those
     positives); when either side is empty the estimate is NaN and ``ci_note`` and a warning
     give both counts (``undefined_pairing_note``).
-    Undefined replicates: see the module docstring.
+    Undefined replicates: see the module docstring. A statistic of fewer than
+    ``MIN_CI_CLUSTERS`` patients (a group, the rows robust / reverse AUROC compare, the
+    whole split; for the worst group: any eligible group) has an estimate and no CI, and
+    ``ci_note`` gives the number of patients (module docstring).
 
     Args:
         table: Evaluation rows of one split (``patient_id``, ``task``, ``p_<task>``, attributes).
@@ -118,15 +154,21 @@ def subgroup_auroc(
     pid = table["patient_id"].to_numpy()
     kw: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level}
     share = float(max_dropped_share)
-    overall = bootstrap(
-        lambda i: auroc(y[i], s[i]),
-        len(y),
-        clusters=pid,
-        max_dropped_share=share,
-        desc=f"AUROC {task}",
-        **kw,
-    )
-    rows = [_row(task, "auroc", "all", "all", y, overall)]
+    labelled = np.isfinite(y)
+    few = few_patients_note(pid[labelled])
+    if few:
+        overall = _no_ci(auroc(y, s))
+        logger.warning("AUROC %s: %s", task, few)
+    else:
+        overall = bootstrap(
+            lambda i: auroc(y[i], s[i]),
+            len(y),
+            clusters=pid,
+            max_dropped_share=share,
+            desc=f"AUROC {task}",
+            **kw,
+        )
+    rows = [_row(task, "auroc", "all", "all", y, overall, few)]
     if spurious is not None and spurious not in table.columns:
         # a silent skip would leave the robust / reverse AUROC out of every summary
         raise ParameterError(
@@ -139,15 +181,19 @@ def subgroup_auroc(
         for metric in SPURIOUS_PAIRING:
             fn = METRICS[metric]
             desc = f"{metric} {task}/{spurious}"
-            res, note = bootstrap_or_note(
-                lambda i, fn=fn: fn(y[i], s[i], t[i]),
-                len(y),
-                clusters=pid,
-                max_dropped_share=share,
-                desc=desc,
-                **kw,
-            )
             used = spurious_pairing_rows(y, t, metric)
+            if note := few_patients_note(pid[used]):
+                res = _no_ci(fn(y, s, t))
+                logger.warning("%s: %s", desc, note)
+            else:
+                res, note = bootstrap_or_note(
+                    lambda i, fn=fn: fn(y[i], s[i], t[i]),
+                    len(y),
+                    clusters=pid,
+                    max_dropped_share=share,
+                    desc=desc,
+                    **kw,
+                )
             if not np.isfinite(res.estimate):
                 note = undefined_pairing_note(y, t, metric, spurious)
                 logger.warning("%s: %s", desc, note)
@@ -159,30 +205,41 @@ def subgroup_auroc(
         left_out = left_out_note(y, table[attr], groups, min_per_class)
         if left_out:
             logger.warning("subgroup AUROC %s / %s: %s", task, attr, left_out)
+        few_groups = []  # notes of the groups too small in patients for a CI
         for v in groups:
             mask = (table[attr] == v).to_numpy()
             yy, ss, pp = y[mask], s[mask], pid[mask]
-            res, note = bootstrap_or_note(
-                lambda i, yy=yy, ss=ss: auroc(yy[i], ss[i]),
-                int(mask.sum()),
-                clusters=pp,
-                max_dropped_share=share,
-                desc=f"AUROC {task}/{attr}={v}",
-                **kw,
-            )
+            desc = f"AUROC {task}/{attr}={v}"
+            if note := few_patients_note(pp[np.isfinite(yy)]):
+                res = _no_ci(auroc(yy, ss))
+                few_groups.append(few_patients_note(pp[np.isfinite(yy)], f"group {v}"))
+                logger.warning("%s: %s", desc, note)
+            else:
+                res, note = bootstrap_or_note(
+                    lambda i, yy=yy, ss=ss: auroc(yy[i], ss[i]),
+                    int(mask.sum()),
+                    clusters=pp,
+                    max_dropped_share=share,
+                    desc=desc,
+                    **kw,
+                )
             rows.append(_row(task, "auroc", attr, str(v), yy, res, note))
         if len(groups) >= 2:
             # Rows of groups too small to score get code -1 (left out of the worst group).
             values = table[attr].where(table[attr].isin(groups))
             codes = pd.Categorical(values, categories=groups).codes
-            res, note = bootstrap_or_note(
-                _worst_statistic(y, s, codes, len(groups)),
-                len(y),
-                clusters=pid,
-                max_dropped_share=share,
-                desc=f"worst-group AUROC {task}/{attr}",
-                **kw,
-            )
+            if few_groups:  # the minimum over a group without a CI has none either
+                res = _no_ci(worst_group_auroc(y, s, codes, len(groups)))
+                note = "; ".join(few_groups)
+            else:
+                res, note = bootstrap_or_note(
+                    _worst_statistic(y, s, codes, len(groups)),
+                    len(y),
+                    clusters=pid,
+                    max_dropped_share=share,
+                    desc=f"worst-group AUROC {task}/{attr}",
+                    **kw,
+                )
             note = "; ".join(part for part in (note, left_out) if part)
             rows.append(_row(task, "worst_group_auroc", attr, "worst", y[codes >= 0], res, note))
         else:  # one scorable group is not a worst group (it may be the best one)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from cxr_spurious.errors import ContractError, check_integer, check_number
 from cxr_spurious.progress import progress_bar
@@ -90,11 +91,13 @@ def bootstrap_indices(
 
     Raises:
         ParameterError: ``n_boot`` is not an integer >= 1 (``check_n_boot``).
+        ContractError: a cluster label is None or NaN (``check_cluster_labels``).
     """
     n_boot = check_n_boot(n_boot)
     rng = np.random.default_rng(seed)
     if clusters is None:
         return [rng.integers(0, n, size=n) for _ in range(n_boot)]
+    check_cluster_labels(clusters)
     labels = np.asarray(clusters)
     if labels.shape[0] != n:
         raise ValueError(f"clusters has {labels.shape[0]} labels for {n} rows")
@@ -110,6 +113,28 @@ def bootstrap_indices(
         offsets = np.repeat(starts[picked] - (np.cumsum(lens) - lens), lens)
         out.append(order[np.arange(lens.sum()) + offsets])
     return out
+
+
+def check_cluster_labels(labels: Sequence[object] | np.ndarray) -> None:
+    """Refuse cluster labels that are missing (None, NaN, ``pd.NA``, NaT).
+
+    A row without a cluster (patient) label cannot be resampled with its cluster: a None
+    among strings would break the sort with a bare ``TypeError``, and NaN labels would be
+    merged into one made-up cluster.
+
+    Raises:
+        ContractError: naming how many rows lack a label and the first few positions.
+    """
+    # as objects: ``np.asarray`` of a list of strings would turn NaN into the string 'nan'
+    missing = np.asarray(pd.isna(np.asarray(labels, dtype=object)), dtype=bool).reshape(-1)
+    if missing.any():
+        where = np.flatnonzero(missing)
+        shown = ", ".join(str(int(i)) for i in where[:5]) + (", ..." if where.size > 5 else "")
+        raise ContractError(
+            f"clusters: {where.size} of {missing.size} row(s) have no cluster label (None or "
+            f"NaN), at position(s) {shown}; a row without a patient label cannot be resampled "
+            "with its cluster: give every row a label or leave those rows out"
+        )
 
 
 def bootstrap_count_matrix(
@@ -411,8 +436,10 @@ def nanmean_cis(
 
     Raises:
         ParameterError: ``n_boot`` is not an integer >= 1 (``check_n_boot``).
+        ContractError: a cluster label is None or NaN (``check_cluster_labels``).
     """
     n_boot = check_n_boot(n_boot)
+    check_cluster_labels(clusters)
     labels = np.asarray(clusters)
     counts = bootstrap_count_matrix(len(labels), n_boot, seed, labels)
     out: dict[str, BootstrapResult] = {}

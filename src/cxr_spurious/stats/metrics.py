@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxr_spurious.errors import ContractError
+
 
 def auroc_ranked(positive: np.ndarray, desc_scores: np.ndarray) -> float:
     """AUROC of scores sorted in descending order, given each one's positive flag.
@@ -28,18 +30,45 @@ def auroc_ranked(positive: np.ndarray, desc_scores: np.ndarray) -> float:
 
 
 def auroc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """AUROC ignoring NaN labels and scores; NaN when fewer than two classes remain.
+    """AUROC ignoring NaN labels and NaN scores; NaN when fewer than two classes remain.
 
-    Computed as the Mann-Whitney statistic with average ranks for ties (``auroc_ranked``),
-    which equals scikit-learn's ``roc_auc_score`` (tested) at a fraction of its cost inside
-    bootstraps.
+    Labels are 1 (positive) or 0 (negative), NaN for unknown. Scores of +inf / -inf are
+    kept: they rank above / below every finite score (an overflowed logit is the most
+    confident one, not a missing one). Computed as the Mann-Whitney statistic with average
+    ranks for ties (``auroc_ranked``), which equals scikit-learn's ``roc_auc_score`` (tested)
+    at a fraction of its cost inside bootstraps.
+
+    Raises:
+        ContractError: a label that is not NaN is neither 0 nor 1 (CheXpert's uncertain -1,
+            labels coded 1 / 2): the message names the label values seen.
     """
     y = np.asarray(y_true, dtype=float)
     s = np.asarray(score, dtype=float)
-    keep = np.isfinite(y) & np.isfinite(s)
+    check_binary_labels(y, "auroc")
+    keep = ~np.isnan(y) & ~np.isnan(s)
     y, s = y[keep], s[keep]
     order = np.argsort(-s, kind="stable")
     return auroc_ranked(y[order] == 1, s[order])
+
+
+def check_binary_labels(y: np.ndarray, metric: str) -> None:
+    """Refuse labels other than 0, 1 and NaN (unknown), naming the values seen.
+
+    Every label other than 1 would otherwise count as a negative: CheXpert's uncertain -1
+    would join the negatives, and labels coded 1 / 2 would invert the AUROC.
+
+    Raises:
+        ContractError: naming ``metric``, the distinct label values and how many rows are bad.
+    """
+    yy = np.asarray(y, dtype=float)
+    bad = ~((yy == 0) | (yy == 1) | np.isnan(yy))
+    if bad.any():
+        seen = np.unique(yy[~np.isnan(yy)])
+        shown = ", ".join(f"{v:g}" for v in seen[:10]) + (", ..." if seen.size > 10 else "")
+        raise ContractError(
+            f"{metric}: labels must be 1 (positive), 0 (negative) or NaN (unknown); "
+            f"{int(bad.sum())} of {yy.size} label(s) are not, values seen: {shown}"
+        )
 
 
 def robust_auroc(y_true: np.ndarray, score: np.ndarray, spurious: np.ndarray) -> float:
@@ -52,8 +81,12 @@ def robust_auroc(y_true: np.ndarray, score: np.ndarray, spurious: np.ndarray) ->
 
     Returns:
         AUROC on the subset {y=1, spurious=0} U {y=0, spurious=1}; NaN if a side is empty.
+
+    Raises:
+        ContractError: a label other than 1, 0 or NaN (``check_binary_labels``).
     """
     y = np.asarray(y_true, dtype=float)
+    check_binary_labels(y, "robust_auroc")
     keep = spurious_pairing_rows(y, spurious, "robust_auroc")
     return auroc(y[keep], np.asarray(score, dtype=float)[keep])
 
@@ -61,6 +94,7 @@ def robust_auroc(y_true: np.ndarray, score: np.ndarray, spurious: np.ndarray) ->
 def reverse_auroc(y_true: np.ndarray, score: np.ndarray, spurious: np.ndarray) -> float:
     """The easy direction: positives *with* the spurious feature vs negatives *without* it."""
     y = np.asarray(y_true, dtype=float)
+    check_binary_labels(y, "reverse_auroc")
     keep = spurious_pairing_rows(y, spurious, "reverse_auroc")
     return auroc(y[keep], np.asarray(score, dtype=float)[keep])
 

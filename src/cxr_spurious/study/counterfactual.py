@@ -14,7 +14,7 @@ import pandas as pd
 
 from cxr_spurious.errors import ContractError
 from cxr_spurious.sources.contract import patient_ids
-from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap
+from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap, check_max_dropped_share
 from cxr_spurious.stats.metrics import auroc
 
 ORIGINAL = "original"
@@ -124,7 +124,7 @@ def counterfactual_findings(
         "n_boot": n_boot,
         "seed": seed,
         "level": level,
-        "max_dropped_share": float(max_dropped_share),
+        "max_dropped_share": check_max_dropped_share(max_dropped_share),
     }
     prefix = f"{label}/" if label else ""
     empty = {"": np.nan, "_lo": np.nan, "_hi": np.nan, "_dropped": np.nan}

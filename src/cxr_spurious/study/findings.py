@@ -31,6 +31,7 @@ from cxr_spurious.stats.bootstrap import (
     MAX_DROPPED_SHARE,
     bootstrap,
     check_ci_level,
+    check_max_dropped_share,
     check_n_boot,
 )
 from cxr_spurious.training.provenance import (
@@ -141,7 +142,7 @@ def saliency_findings(
         per_map["image_id"], manifest, table=f"the maps of {label}" if label else "the maps"
     )
     out: dict[str, float] = {}
-    share = float(max_dropped_share)
+    share = check_max_dropped_share(max_dropped_share)
     prefix = f"{label}/" if label else ""
     boot: dict[str, Any] = {
         "n_boot": n_boot,

@@ -237,6 +237,9 @@ def summarise_localization(
 ) -> pd.DataFrame:
     """``localization_summary``: set x task (+ overall) with bootstrap CIs.
 
+    ``miou_full`` is scored on the rows of the reference's full mode (CXRs with a map
+    outside the ground truth included, ``summary.scored_rows``: the mean of the full-mode
+    ``iou_results_per_cxr``), the other metrics on the CXRs in the ground truth.
     Carries ``skipped_map_files`` (per set) and ``model_fingerprint`` (the set's model
     artifact, which the report compares with the model's ``test_metrics``) from the per-map
     table when present.
@@ -314,7 +317,7 @@ def tune_segmentation(
     }
     best, full, prob = [], [], []
     for name, group in per_map.groupby("set", sort=True):
-        b, f = tuning.tune_thresholds(group, grid)
+        b, f = tuning.tune_thresholds(group, grid, label=str(name), split=split)
         p = tuning.tune_probability_cutoffs(group, cut, cut_by_task)
         for frame, out in ((b, best), (f, full), (p, prob)):
             out.append(frame.assign(set=name, split=split))

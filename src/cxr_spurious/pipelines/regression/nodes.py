@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -10,6 +11,8 @@ from matplotlib.lines import Line2D
 
 from cxr_spurious.regression import features as feat
 from cxr_spurious.regression import models
+
+logger = logging.getLogger(__name__)
 
 #: Forest-plot colours: Bonferroni-significant fits, and the others.
 SIGNIFICANT_COLOUR = "C3"
@@ -47,7 +50,9 @@ def regress_on_features(
     Outcomes: ``iou_tp`` and ``hit``, plus the human-benchmark gaps ``iou_gap`` and
     ``hit_gap`` where a benchmark scored the same maps. Cluster-robust errors need
     ``min_clusters`` CXRs (else OLS errors, logged); fits on fewer CXRs are never flagged.
+    ``min_clusters`` is checked as given (``models.check_min_clusters``), never truncated.
     """
+    min_clusters = models.check_min_clusters(min_clusters)
     frames = []
     for name, group in table.groupby("set", sort=True):
         outcomes = ["iou_tp", "hit"] + [
@@ -59,7 +64,7 @@ def regress_on_features(
                 outcomes,
                 cluster="image_id" if cluster_robust else None,
                 by_task=by_task,
-                min_clusters=int(min_clusters),
+                min_clusters=min_clusters,
             )
             frames.append(res.assign(set=name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -73,8 +78,9 @@ def regress_on_confidence(
     As the reference's ``regression_model_assurance.py``: OLS of the outcome on the model's
     raw probability (``feature`` = ``prob``, not rescaled), so pooled and per-task
     coefficients are all the outcome's change per unit of probability; Bonferroni over one
-    predictor (p < 0.05).
+    predictor (p < 0.05). ``min_clusters`` is checked as given, never truncated.
     """
+    min_clusters = models.check_min_clusters(min_clusters)
     frames = []
     for name, group in localization_per_cxr[localization_per_cxr["in_gt"].astype(bool)].groupby(
         "set", sort=True
@@ -86,7 +92,7 @@ def regress_on_confidence(
                     ["iou_full", "hit"],
                     features=["prob"],
                     by_task=by_task,
-                    min_clusters=int(min_clusters),
+                    min_clusters=min_clusters,
                     normalise=False,
                 ).assign(set=name)
             )
@@ -98,7 +104,9 @@ def fit_joint_models(table: pd.DataFrame) -> pd.DataFrame:
 
     ``converged`` / ``fit_warnings`` record statsmodels' convergence problems per fit
     instead of console warnings (in a single-task study each CXR has one row, so the mixed
-    model's random intercept sits on the boundary and its coefficients equal OLS).
+    model's random intercept sits on the boundary and its coefficients equal OLS). A term
+    without an estimate (a feature with one value, or aliased with others; a model that
+    cannot be fitted) keeps its row, its ``note`` says why, and a log line names the set.
     """
     frames = []
     for name, group in table.groupby("set", sort=True):
@@ -107,23 +115,31 @@ def fit_joint_models(table: pd.DataFrame) -> pd.DataFrame:
             models.mixed_effects(group, "iou_tp").assign(set=name),
         ]
     frames = [f for f in frames if len(f)]
+    for frame in frames:
+        _log_unestimated_terms(frame)
     return (
         pd.concat(frames, ignore_index=True)
         if frames
-        else pd.DataFrame(
-            columns=[
-                "term",
-                "coef",
-                "coef_lo",
-                "coef_hi",
-                "p_value",
-                "model",
-                "n",
-                "converged",
-                "fit_warnings",
-                "set",
-            ]
-        )
+        else pd.DataFrame(columns=[*models.JOINT_COLUMNS, "set"])
+    )
+
+
+def _log_unestimated_terms(frame: pd.DataFrame) -> None:
+    """One log line per joint model with terms left without estimates, naming the set and
+    the features: a warning for an aliased term or a model statsmodels could not fit, an
+    info line for the expected cases (a feature or outcome with one value, too few rows)."""
+    noted = frame[frame["note"].astype(str) != ""]
+    if noted.empty:
+        return
+    serious = noted["note"].str.startswith("aliased") | noted["note"].str.contains(
+        "statsmodels failed", regex=False
+    )
+    logger.log(
+        logging.WARNING if serious.any() else logging.INFO,
+        "regression set %s, %s: no estimate for %s",
+        frame["set"].iloc[0],
+        frame["model"].iloc[0],
+        "; ".join(f"{r.term} [{r.note}]" for r in noted.itertuples()),
     )
 
 

@@ -223,7 +223,13 @@ def compute_fairness(
     ci_level: float,
     max_dropped_share: float = 0.05,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-group rates and gaps on the test split at the validation thresholds."""
+    """Per-group rates and gaps on the test split at the validation thresholds.
+
+    Each gap row has the percentile bootstrap interval of the max - min gap (``lo`` /
+    ``hi``, biased away from 0) and ``p_no_gap``, the permutation test of "no gap"
+    (``n_boot`` permutations of the group labels over patients, seeded by ``seed``;
+    ``fairness.fairness_tables``).
+    """
     seed = check_seed(seed, "robustness.seed")
     test = split_rows(table, "test")
     by, gaps = [], []
@@ -307,6 +313,9 @@ def find_hidden_strata(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Cluster the test embeddings of each true class of the first task.
 
+    The rows are clustered in ``image_id`` order (``find_strata``'s ``image_ids``), so the
+    clusters and flags do not depend on the order of the manifest.
+
     Returns:
         ``(assignments: image_id, class, cluster, x, y + attributes; clusters table; AMI table)``.
 
@@ -332,6 +341,7 @@ def find_hidden_strata(
         margin=float(strata.get("margin", 0.1)),
         min_stratum_size=int(strata.get("min_stratum_size", MIN_STRATUM_SIZE)),
         seed=seed,
+        image_ids=test["image_id"].to_numpy(),  # the canonical order: not the manifest's
     )
     present = list(ami_attributes)
     assign = test[["image_id", task, *present]].assign(cluster=ids, x=coords[:, 0], y=coords[:, 1])
@@ -385,6 +395,12 @@ def summarise_model(
 ) -> pd.DataFrame:
     """One row per task: overall, worst-group and robust AUROC, FNR gap, EOD (with CIs).
 
+    The gaps (max - min over the groups of ``fairness_attribute``) come with the percentile
+    interval of that max - min gap (``fnr_gap_lo`` / ``_hi``, biased away from 0: it
+    excludes 0 even where the groups do not differ) and the permutation p-value of "no
+    gap" (``fnr_gap_p_no_gap``, ``equalized_odds_difference_p_no_gap``; the gaps table's
+    ``p_no_gap``, NaN where that table has none), which is the test of a disparity.
+
     The worst-group AUROC is the lowest per-attribute worst group over ``worst_attributes``.
     With ``settings`` (``params:robustness``) each row records the settings it was computed
     under (``robustness_settings``, ``evaluation.summary_settings``) and the source digests
@@ -431,10 +447,9 @@ def summarise_model(
         )
         row.update(_pick(s, s["metric"] == "robust_auroc", "robust_tube_auroc"))
         g = gaps[(gaps["task"] == task) & (gaps["attribute"] == fairness_attribute)]
-        row.update(_pick(g, g["metric"] == "fnr_gap", "fnr_gap"))
-        row.update(
-            _pick(g, g["metric"] == "equalized_odds_difference", "equalized_odds_difference")
-        )
+        for gap in ("fnr_gap", "equalized_odds_difference"):
+            row.update(_pick(g, g["metric"] == gap, gap))
+            row[f"{gap}{P_NO_GAP_SUFFIX}"] = _pick_p_no_gap(g, g["metric"] == gap)
         if settings is not None:
             row[SETTINGS_COLUMN] = summary_settings(settings, code=code_digests(SUMMARY_MODULES))
         if test_metrics is not None:
@@ -449,6 +464,18 @@ def combine_robustness_summary(**summaries: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(
         [s.assign(model=name) for name, s in summaries.items()], ignore_index=True
     ).pipe(lambda d: d[["model", *[c for c in d.columns if c not in ("model", SETTINGS_COLUMN)]]])
+
+
+#: The summary column of a gap's permutation p-value: ``fnr_gap_p_no_gap``.
+P_NO_GAP_SUFFIX = "_p_no_gap"
+
+
+def _pick_p_no_gap(frame: pd.DataFrame, mask: pd.Series) -> float:
+    """The ``p_no_gap`` of the first row of ``mask`` (NaN: no row, or a table without it)."""
+    sel = frame[mask]
+    if sel.empty or "p_no_gap" not in sel.columns:
+        return float("nan")
+    return float(sel["p_no_gap"].iloc[0])
 
 
 def _pick(frame: pd.DataFrame, mask: pd.Series, name: str) -> dict[str, float]:

@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxr_spurious.errors import ParameterError
-from cxr_spurious.stats.bootstrap import check_ci_level
+from cxr_spurious.stats.bootstrap import check_ci_level, check_max_dropped_share, check_n_boot
 from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.study.counterfactual import counterfactual_findings
 from cxr_spurious.study.figures import plot_findings
@@ -72,13 +72,18 @@ def summarise_findings(
     Raises:
         ParameterError: ``study.ci_level`` outside (0, 1) or not the level of the test
             metrics' CIs (naming both keys); ``study.seed`` not an integer in
-            [0, 2**32 - 1].
+            [0, 2**32 - 1]; ``study.n_boot`` not an integer >= 1 or
+            ``study.max_dropped_share`` not a number in [0, 1] (booleans refused: ``True``
+            would otherwise read as a share of 1 and switch the dropped-replicate guard
+            off). All checked before any bootstrap.
         StaleOutputError: the model's localization rows come from the maps of another
             training of it (``study.findings.check_same_model``).
     """
     model = str(variant["name"])
     level = check_ci_level(ci_level, "study.ci_level")
     seed = check_seed(seed, "study.seed")
+    n_boot = check_n_boot(n_boot, "study.n_boot")
+    share = check_max_dropped_share(max_dropped_share, "study.max_dropped_share")
     test_level, test_n_boot, test_key = training_ci_settings(
         model, variant, test_metrics, training_ci_level, training_n_boot
     )
@@ -90,7 +95,7 @@ def summarise_findings(
             f"two CI levels: set study.ci_level and {test_key} to the same value",
         )
     row = model_row(model, variant, test_metrics, task)
-    row.update({"ci_level": level, "test_n_boot": test_n_boot, "study_n_boot": int(n_boot)})
+    row.update({"ci_level": level, "test_n_boot": test_n_boot, "study_n_boot": n_boot})
     sets = localization_per_cxr[
         (localization_per_cxr["model"] == model) & (localization_per_cxr["task"] == task)
     ]
@@ -105,7 +110,7 @@ def summarise_findings(
             n_boot=n_boot,
             seed=seed,
             level=level,
-            max_dropped_share=float(max_dropped_share),
+            max_dropped_share=share,
             label=f"{model}/{method}",
         )
         row.update({f"{prefix}_{k}": v for k, v in metrics.items()})
@@ -117,7 +122,7 @@ def summarise_findings(
             n_boot=n_boot,
             seed=seed,
             level=level,
-            max_dropped_share=float(max_dropped_share),
+            max_dropped_share=share,
             label=model,
         )
     )
