@@ -4,8 +4,38 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from fairlearn.metrics import (
+    MetricFrame,
+    equalized_odds_difference,
+    false_negative_rate,
+    false_positive_rate,
+)
 
 TASK = "Pneumothorax"
+
+
+def fairlearn_gaps(y: object, y_pred: object, groups: object, names: list) -> dict[str, float]:
+    """The three gaps as Fairlearn computes them (the tests' reference): FNR and FPR gaps
+    (``MetricFrame.difference``) and the equalized-odds difference; a gap that needs a class
+    one of ``names`` lacks is NaN, as the project reports it."""
+    yy, gg = np.asarray(y), np.asarray(groups)
+    has_pos = all(((gg == g) & (yy == 1)).any() for g in names)
+    has_neg = all(((gg == g) & (yy == 0)).any() for g in names)
+    diff = MetricFrame(
+        metrics={"fnr": false_negative_rate, "fpr": false_positive_rate},
+        y_true=y,
+        y_pred=y_pred,
+        sensitive_features=groups,
+    ).difference()
+    return {
+        "equalized_odds_difference": float(
+            equalized_odds_difference(y, y_pred, sensitive_features=groups)
+        )
+        if has_pos and has_neg
+        else np.nan,
+        "fnr_gap": float(diff["fnr"]) if has_pos else np.nan,
+        "fpr_gap": float(diff["fpr"]) if has_neg else np.nan,
+    }
 
 
 def make_table(n_patients: int = 150, seed: int = 0) -> pd.DataFrame:

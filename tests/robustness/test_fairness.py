@@ -13,7 +13,7 @@ from fairlearn.metrics import (
     true_positive_rate,
 )
 from sklearn.metrics import precision_score, roc_curve
-from tests.robustness.robust_fixtures import TASK, make_table
+from tests.robustness.robust_fixtures import TASK, fairlearn_gaps, make_table
 
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.robustness.fairness import _fast_gaps, choose_threshold, fairness_tables
@@ -158,22 +158,8 @@ def _slow_fairlearn_bootstrap(
         picked = rng.integers(0, len(labels), size=len(labels))
         rep = pd.concat([t[t["patient_id"] == labels[k]] for k in picked])
         y, yp, s = rep[TASK].astype(int), (rep[f"p_{TASK}"] >= threshold).astype(int), rep["grp"]
-        has_pos = all(((s == g) & (y == 1)).any() for g in groups)
-        has_neg = all(((s == g) & (y == 0)).any() for g in groups)
-        mf = MetricFrame(
-            metrics={"fnr": false_negative_rate, "fpr": false_positive_rate},
-            y_true=y,
-            y_pred=yp,
-            sensitive_features=s,
-        )
-        diff = mf.difference()
-        reps["fnr_gap"].append(float(diff["fnr"]) if has_pos else np.nan)
-        reps["fpr_gap"].append(float(diff["fpr"]) if has_neg else np.nan)
-        reps["equalized_odds_difference"].append(
-            float(equalized_odds_difference(y, yp, sensitive_features=s))
-            if has_pos and has_neg
-            else np.nan
-        )
+        for metric, value in fairlearn_gaps(y, yp, s, groups).items():
+            reps[metric].append(value)
     out = {}
     for metric, values in reps.items():
         v = np.array(values)
