@@ -7,7 +7,8 @@ Kedro's options and does Kedro's run, and in addition:
 * routes logging (``logging_filters.configure_run_logging``): one line per node on the
   console, everything else (dataset loads, library warnings, tracebacks) in ``logs/info.log``;
 * stops on a user's mistake (``USER_ERRORS``: bad data, a bad parameter, too few samples for
-  a confidence interval, an unknown name) with its message on one line and where the full
+  a confidence interval, an unknown name; a ``--pipeline``, ``--nodes`` or other selection
+  naming nothing that exists) with its message on one line and where the full
   traceback is, instead of a screenful of traceback. Any other exception is a bug: it keeps
   its traceback on the console (and in the log file), also when it was raised while a
   user's mistake was being handled (``user_error``);
@@ -62,9 +63,26 @@ USER_ERRORS: tuple[type[CxrSpuriousError], ...] = (
 #: ``${env:...}`` in ``credentials.yml``). The mistake behind them may be their ``__context__``.
 WRAPPERS: tuple[type[BaseException], ...] = (DatasetError, OmegaConfBaseException)
 
+#: How Kedro's ``ValueError`` begins for a run selection that names nothing that exists:
+#: ``--pipeline`` (``KedroSession.run``, with its close matches), ``--nodes``, ``--namespaces``,
+#: ``--from-inputs`` / ``--to-outputs``, and filters that leave no node (``Pipeline.filter``).
+RUN_SELECTION_MISTAKES: tuple[str, ...] = (
+    "Failed to find the pipeline named",
+    "Pipeline does not contain nodes named",
+    "Pipeline does not contain nodes with the following namespaces",
+    "Pipeline does not contain datasets named",
+    "Pipeline contains no nodes after applying all provided filters",
+)
 
-def user_error(exc: BaseException) -> CxrSpuriousError | None:
-    """The user's mistake behind ``exc`` (itself, or what it wraps), if any.
+
+def _selection_mistake(exc: BaseException) -> bool:
+    return type(exc) is ValueError and str(exc).startswith(RUN_SELECTION_MISTAKES)
+
+
+def user_error(exc: BaseException) -> Exception | None:
+    """The user's mistake behind ``exc`` (itself, or what it wraps), if any: one of
+    ``USER_ERRORS``, or Kedro's error for a run selection naming nothing that exists
+    (``RUN_SELECTION_MISTAKES``).
 
     Follows ``__cause__`` (``raise ... from``), and ``__context__`` only from ``WRAPPERS``.
     Any other exception raised while a user's mistake was being handled (e.g. a hook's
@@ -75,8 +93,12 @@ def user_error(exc: BaseException) -> CxrSpuriousError | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, USER_ERRORS) or type(current) is CxrSpuriousError:
-            return current
+        if (
+            isinstance(current, USER_ERRORS)
+            or type(current) is CxrSpuriousError
+            or _selection_mistake(current)
+        ):
+            return current  # type: ignore[return-value]
         if current.__cause__ is not None:
             current = current.__cause__
         elif isinstance(current, WRAPPERS):

@@ -21,6 +21,9 @@ every stage in a namespace of its own it still draws 95 elements (139 now).
 
 from __future__ import annotations
 
+import importlib.util
+import re
+
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
@@ -50,6 +53,17 @@ def tag_overview(pipeline: Pipeline, names: frozenset[str]) -> Pipeline:
     )
 
 
+def _missing_pipeline(exc: ImportError) -> str | None:
+    """The pipeline name of ``find_pipelines``' error for a requested name that has no
+    folder under ``pipelines/`` (``kedro run --pipeline trainin``), else None (a pipeline
+    module that exists and failed to import)."""
+    match = re.search(r"'([\w.]+)\.pipelines\.(\w+)' module", str(exc))
+    if exc.__cause__ is not None or match is None:
+        return None
+    module = f"{match.group(1)}.pipelines.{match.group(2)}"
+    return match.group(2) if importlib.util.find_spec(module) is None else None
+
+
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines.
 
@@ -62,11 +76,19 @@ def register_pipelines() -> dict[str, Pipeline]:
     ``tests/framework/test_pipeline_recipe.py``.
     """
     overview = frozenset(OVERVIEW_NODES)
+    try:
+        found = find_pipelines(raise_errors=True)
+    except ImportError as exc:
+        missing = _missing_pipeline(exc)
+        if missing is None:
+            raise
+        # Kedro 1.7 reports a requested name without a folder as a failed import; a KeyError
+        # lets ``KedroSession.run`` name the pipeline and suggest the close matches.
+        raise KeyError(f"no pipeline named {missing!r}") from exc
     # The overview tag goes on every registered pipeline holding those nodes: kedro-viz keeps
     # the tags of a node from the first registered pipeline it reads the node from.
     pipelines = {
-        name: tag_overview(pipeline.tag(name), overview)
-        for name, pipeline in find_pipelines(raise_errors=True).items()
+        name: tag_overview(pipeline.tag(name), overview) for name, pipeline in found.items()
     }
     pipelines["__default__"] = sum(
         (p for name, p in pipelines.items() if name not in NOT_IN_DEFAULT), start=Pipeline([])

@@ -101,6 +101,11 @@ def test_a_genuine_bug_keeps_its_traceback(kedro_project: Path) -> None:
         (StaleOutputError("seg.model_summary describes an earlier training"), True),
         (ContractError("table lacks column 'image_id'"), False),
         (KeyError("x"), False),
+        (ValueError("Failed to find the pipeline named 'trainin'. Did you mean: training"), True),
+        (ValueError("Pipeline does not contain nodes named ['nope']."), True),
+        (ValueError("Pipeline does not contain datasets named ['x']"), True),
+        (ValueError("Pipeline contains no nodes after applying all provided filters."), True),
+        (ValueError("could not convert string to float: 'x'"), False),
     ],
 )
 def test_which_errors_are_a_users_mistake(exc: Exception, expected: bool) -> None:

@@ -170,3 +170,28 @@ def test_the_catalog_namespace_placeholder_is_variant() -> None:
         if name != "variant"
     }
     assert not placeholders, placeholders
+
+
+def test_a_requested_pipeline_without_a_folder_is_a_key_error_not_a_failed_import() -> None:
+    """Kedro 1.7's ``find_pipelines`` raises ImportError (no cause) for a requested name with
+    no folder; one that exists and fails to import keeps its ImportError and its cause."""
+    from cxr_spurious.pipeline_registry import _missing_pipeline
+
+    missing = ImportError(
+        "An error occurred while importing the 'cxr_spurious.pipelines.trainin' module."
+    )
+    assert _missing_pipeline(missing) == "trainin"
+    existing = ImportError(
+        "An error occurred while importing the 'cxr_spurious.pipelines.training' module."
+    )
+    assert _missing_pipeline(existing) is None
+    try:
+        try:
+            raise SyntaxError("bad line")
+        except SyntaxError as cause:
+            raise ImportError(
+                "An error occurred while importing the 'cxr_spurious.pipelines.trainin' module."
+            ) from cause
+    except ImportError as broken:
+        assert _missing_pipeline(broken) is None
+    assert _missing_pipeline(ImportError("No module named 'foo'")) is None
