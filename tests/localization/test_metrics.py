@@ -252,3 +252,26 @@ def test_probability_tuning_scores_every_map_like_the_reference():
         tuning.tune_probability_cutoffs(
             _prob_tuning_table().drop(columns=["tune_otsu_area"]), [0.5]
         )
+
+
+def test_a_task_without_a_finite_miou_gets_no_tuned_threshold(caplog):
+    """Edema has a positive map; Cardiomegaly's only map has an empty prediction at every
+    threshold: its mIoUs are NaN, and its threshold is left empty (not the grid's first)."""
+    per_map = pd.DataFrame(
+        {
+            "task": ["Edema", "Cardiomegaly"],
+            "in_gt": True,
+            "gt_area": [10, 10],
+            "tune_area_0.2": [20, 0],
+            "tune_inter_0.2": [8, 0],
+            "tune_area_0.5": [12, 0],
+            "tune_inter_0.5": [7, 0],
+        }
+    )
+    with caplog.at_level("WARNING", logger="cxr_spurious.localization.tuning"):
+        best, grid = tuning.tune_thresholds(per_map, [0.2, 0.5], label="erm.gradcam")
+    by_task = best.set_index("task")["threshold"]
+    assert by_task["Edema"] == 0.5 and np.isnan(by_task["Cardiomegaly"])
+    assert grid[grid["task"] == "Cardiomegaly"]["mIoU"].isna().all()
+    assert "erm.gradcam: task Cardiomegaly has no finite mIoU" in caplog.text
+    assert "Edema" not in caplog.text

@@ -265,3 +265,37 @@ def test_unpairable_percentage_decrease_is_an_error():
     bs = summary.reference_bootstrap(pred, n_boot=20)
     with pytest.raises(ContractError, match="20 model and 10 human-benchmark"):
         summary.percentage_decrease(bs, bs.iloc[:10])
+
+
+def test_a_paired_difference_over_few_patients_has_no_ci_and_no_p_value():
+    """One patient resampled gives the same difference in every replicate: before the
+    few-patient rule that read as p = 2 / (B + 1), "significant" for any difference."""
+    per_map, manifest = _per_map(seed=4)
+    few = manifest.assign(patient_id=np.where(np.arange(len(manifest)) < 3, "p0", "p1"))
+    other = per_map.assign(set="seg.gradcam", iou_full=per_map["iou_full"] * 0.5)
+    both = pd.concat([per_map, other], ignore_index=True)
+    out = summary.paired_comparisons(
+        both, [["erm.gradcam", "seg.gradcam"]], n_boot=200, seed=1, manifest=few
+    )
+    row = out[(out["task"] == "overall") & (out["metric"] == "miou_full")].iloc[0]
+    assert row["n_clusters"] == 2 and row["diff"] > 0
+    assert np.isnan(row["diff_lo"]) and np.isnan(row["diff_hi"]) and np.isnan(row["p_value"])
+    assert row["ci_note"] == "no CI or p-value: 2 patients (fewer than 5)"
+    many = summary.paired_comparisons(
+        both, [["erm.gradcam", "seg.gradcam"]], n_boot=200, seed=1, manifest=manifest
+    )
+    assert (many["ci_note"] == "").all() and many["p_value"].notna().all()
+
+
+def test_paired_bootstrap_needs_five_clusters_or_rows():
+    from cxr_spurious.stats.bootstrap import paired_bootstrap
+
+    values = np.arange(8, dtype=float)
+    a = lambda i: float(values[i].mean())  # noqa: E731
+    b = lambda i: float(values[i].mean() - 1.0)  # noqa: E731
+    res, p = paired_bootstrap(a, b, 8, n_boot=50, clusters=[0, 0, 0, 0, 1, 1, 2, 3])
+    assert res.estimate == pytest.approx(1.0) and np.isnan(res.lo) and np.isnan(p)
+    res, p = paired_bootstrap(a, b, 4, n_boot=50)
+    assert np.isnan(res.lo) and np.isnan(p)
+    res, p = paired_bootstrap(a, b, 8, n_boot=50, clusters=[0, 0, 1, 1, 2, 2, 3, 4])
+    assert res.lo == pytest.approx(1.0) and p == pytest.approx(2 / 51)

@@ -352,6 +352,14 @@ def _ci_note(stats: Mapping[str, Any], names: Sequence[str], min_clusters: int, 
     return f"no CI (finite in < {min_clusters} {unit}s): {', '.join(short)}" if short else ""
 
 
+def _few_clusters_note(clusters: np.ndarray, unit: str) -> str:
+    """``ci_note`` of a paired difference: why it has no CI or p-value, else ``""``."""
+    n = int(pd.unique(clusters).size)
+    if n >= MIN_CI_CLUSTERS:
+        return ""
+    return f"no CI or p-value: {n} {unit}{'' if n == 1 else 's'} (fewer than {MIN_CI_CLUSTERS})"
+
+
 #: Columns of the project tables (``summary_table``, ``subgroup_table``,
 #: ``paired_comparisons``) that record how their CIs were made.
 CI_COLUMNS: tuple[str, ...] = ("ci_level", "n_boot")
@@ -569,7 +577,9 @@ def paired_comparisons(
 
     Returns:
         set_a, set_b, task, metric, diff, diff_lo, diff_hi, p_value, n_maps, n_clusters,
-        cluster_unit, diff_dropped, ci_level, n_boot.
+        cluster_unit, diff_dropped, ci_note, ci_level, n_boot. A difference over fewer
+        than ``MIN_CI_CLUSTERS`` clusters has no CI and no p-value (``paired_bootstrap``;
+        ``ci_note`` says so).
 
     Raises:
         ParameterError: a pair of a set with itself (its differences would all be 0).
@@ -628,6 +638,7 @@ def paired_comparisons(
                         "n_clusters": int(pd.unique(groups).size),
                         "cluster_unit": unit,
                         "diff_dropped": res.n_dropped,
+                        "ci_note": _few_clusters_note(groups, unit),
                         **ci_settings(level, n_boot),
                     }
                 )

@@ -133,8 +133,10 @@ def tune_thresholds(
     with a non-empty ground truth. A table without a single such map (e.g. maps of another
     split than the ground truth's) has none to tune on: its mIoUs are NaN, with a warning
     naming ``label`` (the set) and that cause, not a grid error; a task without a positive
-    map gets NaN mIoUs too. As before, a task whose mIoUs are all NaN writes the grid's
-    first threshold in the results table.
+    map gets NaN mIoUs too. A task whose mIoUs are all NaN gets a NaN (empty) threshold in
+    the results table, with a warning: CheXlocalize's ``np.argmax`` over NaNs picks the
+    grid's first threshold, which read as a tuned value (and could be copied into
+    ``localization.fixed_thresholds``, which refuses NaN).
 
     Args:
         per_map: ``localization_per_map`` rows of one set, or ``tuning_counts``.
@@ -187,7 +189,19 @@ def tune_thresholds(
             mious.append(miou)
             rows.append({"task": task, "threshold": grid_value(t), "mIoU": miou})
         finite = [m if np.isfinite(m) else -np.inf for m in mious]
-        best.append({"threshold": grid_value(grid[int(np.argmax(finite))]), "task": task})
+        if np.isfinite(mious).any():
+            chosen = grid_value(grid[int(np.argmax(finite))])
+        else:
+            chosen = float("nan")
+            if not no_positive:  # that case is warned about once above
+                logger.warning(
+                    "%s: task %s has no finite mIoU at any threshold of the grid (no map of "
+                    "a CXR with a non-empty ground truth for it): its tuned threshold is left "
+                    "empty, not set to the grid's first value",
+                    label or "the heatmap set",
+                    task,
+                )
+        best.append({"threshold": chosen, "task": task})
     return pd.DataFrame(best), pd.DataFrame(rows)
 
 

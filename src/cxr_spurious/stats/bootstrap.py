@@ -326,6 +326,11 @@ def _warn_if_many_dropped(reps: np.ndarray, max_dropped_share: float | None, lab
         )
 
 
+#: Fewest clusters (rows without clusters) for which a statistic gets a bootstrap CI or a
+#: bootstrap p-value: a percentile interval over a handful of clusters says nothing.
+MIN_CI_CLUSTERS = 5
+
+
 def paired_bootstrap(
     statistic_a: Callable[[np.ndarray], float],
     statistic_b: Callable[[np.ndarray], float],
@@ -337,11 +342,15 @@ def paired_bootstrap(
     level: float = 0.95,
     max_dropped_share: float | None = None,
     label: str = "paired difference",
+    min_clusters: int = MIN_CI_CLUSTERS,
 ) -> tuple[BootstrapResult, float]:
     """Bootstrap the difference ``a - b`` on the same resampled rows.
 
     Undefined replicates follow ``bootstrap`` (counted; an error above ``max_dropped_share``
-    unless the full-sample difference is undefined too).
+    unless the full-sample difference is undefined too). Fewer than ``min_clusters``
+    clusters (rows, without ``clusters``) give the difference without a CI and without a
+    p-value (NaN): one patient's rows resampled give the same difference in every replicate,
+    which read as p = 2 / (B + 1) for any nonzero difference.
 
     Returns:
         The result for the difference and a two-sided p-value: twice the smaller share of
@@ -356,6 +365,9 @@ def paired_bootstrap(
     n_boot = check_n_boot(n_boot)
     estimate = float(statistic_a(np.arange(n)) - statistic_b(np.arange(n)))
     samples = bootstrap_indices(n, n_boot, seed, clusters)
+    units = n if clusters is None else int(np.unique(np.asarray(clusters)).size)
+    if units < max(int(min_clusters), 1):
+        return BootstrapResult(estimate, float("nan"), float("nan"), np.array([])), float("nan")
     reps = np.array([float(statistic_a(i) - statistic_b(i)) for i in samples], dtype=float)
     if not np.isfinite(estimate):
         return BootstrapResult(estimate, float("nan"), float("nan"), reps), float("nan")
@@ -396,10 +408,6 @@ def legacy_bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
         if n
         else np.zeros((n_boot, 0), dtype=int)
     )
-
-
-#: Fewest clusters with a finite value for which a mean gets a bootstrap CI.
-MIN_CI_CLUSTERS = 5
 
 
 def nanmean_cis(
