@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from cxr_spurious.errors import ContractError
-from cxr_spurious.stats.bootstrap import bootstrap, bootstrap_indices, nanmean_cis
+from cxr_spurious.robustness.fairness import permutation_p_values
+from cxr_spurious.stats.bootstrap import (
+    bootstrap,
+    bootstrap_indices,
+    nanmean_cis,
+    paired_bootstrap,
+)
 
 
 @pytest.mark.parametrize(
@@ -27,6 +33,11 @@ def test_a_row_without_a_cluster_label_is_refused(clusters, count, positions) ->
         nanmean_cis({"v": np.arange(4.0)}, clusters, n_boot=2, seed=0)
     with pytest.raises(ContractError, match=pattern):
         bootstrap(lambda i: float(np.mean(i)), 4, n_boot=2, clusters=clusters)
+    with pytest.raises(ContractError, match=pattern):
+        paired_bootstrap(lambda i: 1.0, lambda i: 0.0, 4, n_boot=2, clusters=clusters)
+    y, y_pred, codes = np.array([1, 0, 1, 0]), np.array([1, 0, 0, 0]), np.array([0, 0, 1, 1])
+    with pytest.raises(ContractError, match=pattern):  # the fairness gaps' test of no gap
+        permutation_p_values(y, y_pred, codes, 2, clusters, n_perm=2, seed=0)
 
 
 def test_only_the_first_positions_are_listed() -> None:

@@ -47,6 +47,7 @@ from cxr_spurious.errors import ContractError, check_integer, check_number, unkn
 from cxr_spurious.stats.bootstrap import (
     MAX_DROPPED_SHARE,
     bootstrap_indices,
+    check_cluster_labels,
     check_n_boot,
     count_dropped,
     percentile_ci,
@@ -200,8 +201,12 @@ def permutation_p_values(
     Returns:
         ``{gap: (p_value, undefined permutations)}``; ``p_value`` NaN when the observed gap
         or every permuted one is undefined.
+
+    Raises:
+        ContractError: a patient label is None or NaN (``check_cluster_labels``).
     """
     n_perm = check_n_boot(n_perm, "robustness.n_boot")
+    check_cluster_labels(patients)
     codes = np.asarray(codes)
     _, patient = np.unique(np.asarray(patients), return_inverse=True)
     # units: (patient, group) blocks, sorted, so the result does not depend on the row order
