@@ -126,8 +126,9 @@ def with_cis(table: pd.DataFrame, digits: int = 2, *, fixed: bool = False) -> pd
 
     Columns ``x``, ``x_lo``, ``x_hi`` become one column ``x``, and so do ``estimate``,
     ``lo``, ``hi``; the bootstrap's bookkeeping columns ``*_dropped`` are left out. A
-    permutation test's p-value (``p_no_gap``, ``*_p_no_gap``) prints as ``p_text`` does
-    (``0.012``, ``< 0.001``; empty where undefined). Other columns are kept as they are.
+    permutation test's p-value (``p_no_gap``, its adjusted ``p_no_gap_adj``,
+    ``*_p_no_gap``) prints as ``p_text`` does (``0.012``, ``< 0.001``; empty where
+    undefined). Other columns are kept as they are.
     Whole numbers print without decimals (counts) unless ``fixed`` (every number with
     ``digits`` decimals: ``1.00 [1.00, 1.00]``).
     """
@@ -139,7 +140,7 @@ def with_cis(table: pd.DataFrame, digits: int = 2, *, fixed: bool = False) -> pd
     for est, lo, hi in triples:
         out[est] = [_ci(e, a, b, digits, fixed) for e, a, b in zip(out[est], out[lo], out[hi])]
     for col in cols:
-        if col == "p_no_gap" or str(col).endswith("_p_no_gap"):
+        if col in ("p_no_gap", "p_no_gap_adj") or str(col).endswith("_p_no_gap"):
             out[col] = [
                 p_text(float(v), equals="") if pd.notna(v) and math.isfinite(float(v)) else ""
                 for v in out[col]

@@ -108,7 +108,8 @@ READ: dict[str, str] = {
         "fairness gaps with CIs, then calibration error (ECE, 0 = calibrated) and the gaps "
         "between subgroups at the chosen operating point (0 = equal). A gap is the largest "
         "minus the smallest group's rate, so its interval lies above 0 even when the groups "
-        "do not differ: p_no_gap (a permutation test over patients) says whether there is one."
+        "do not differ: p_no_gap (a permutation test over patients) says whether there is one, "
+        "p_no_gap_adj the same adjusted for the attributes tested (robustness.multiplicity)."
     ),
     "comparison": (
         "One row per debiasing variant of the comparison pipeline, to compare with erm, the "

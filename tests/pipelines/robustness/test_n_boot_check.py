@@ -60,9 +60,10 @@ def test_an_integral_float_is_that_many_replicates() -> None:
         ),
     }
     for name, expected in reference.items():
-        pd.testing.assert_frame_equal(
-            calls[name]().reset_index(drop=True), expected.reset_index(drop=True)
-        )
+        got = calls[name]().reset_index(drop=True)
+        if name == "fairness":  # the node adds the adjusted test over the attributes
+            got = got.drop(columns=["p_no_gap_adj", "p_adj_note"])
+        pd.testing.assert_frame_equal(got, expected.reset_index(drop=True))
     # and 20 replicates are not 19 (the comparison can fail)
     fewer = subgroup_auroc(test, TASK, ["sex"], spurious="tube", min_per_class=5, n_boot=19)
     assert not calls["subgroup_auroc"]()[["lo", "hi"]].equals(fewer[["lo", "hi"]])

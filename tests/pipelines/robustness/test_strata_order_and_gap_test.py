@@ -64,3 +64,60 @@ def test_summary_has_the_gap_tests_beside_the_intervals() -> None:
         sub, gaps.drop(columns="p_no_gap"), ["site"], "site", ["site", "tube"]
     ).iloc[0]
     assert np.isnan(old["fnr_gap_p_no_gap"]) and old["fnr_gap"] == 0.3
+
+
+def _fairness_inputs() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """600 test images of 300 patients; sites and sexes each with both classes."""
+    rng = np.random.default_rng(5)
+    n = 600
+    y = (rng.random(n) < 0.5).astype(float)
+    site = rng.choice(["A", "B", "C"], n)
+    sex = rng.choice(["F", "M"], n)
+    p = np.clip(0.5 * y + 0.25 + rng.normal(0, 0.2, n) - 0.15 * (site == "C") * y, 0, 1)
+    table = pd.DataFrame(
+        {
+            "image_id": [f"img{k:04d}" for k in range(n)],
+            "patient_id": [f"p{k // 2:03d}" for k in range(n)],
+            "split": "test",
+            TASK: y,
+            f"p_{TASK}": p,
+            "site": site,
+            "sex": sex,
+        }
+    )
+    return table, pd.DataFrame({"task": [TASK], "threshold": [0.5]})
+
+
+def test_the_gap_tests_are_adjusted_for_the_attributes_tested() -> None:
+    """``p_no_gap_adj``: Holm over the attributes, per gap metric and task (statsmodels'
+    ``multipletests`` is the reference); ``method: none`` leaves the p-values as they are."""
+    from statsmodels.stats.multitest import multipletests
+
+    table, ops = _fairness_inputs()
+    args = dict(min_per_class=5, n_boot=200, seed=0, ci_level=0.95)
+    _, gaps = nodes.compute_fairness(table, ops, ["site", "sex"], **args)
+    cols = list(gaps.columns)
+    assert cols.index("p_no_gap_adj") == cols.index("p_no_gap") + 1
+    for _, family in gaps.groupby(["task", "metric"]):
+        assert sorted(family["attribute"]) == ["sex", "site"]
+        expected = multipletests(family["p_no_gap"].to_numpy(), method="holm")[1]
+        np.testing.assert_allclose(family["p_no_gap_adj"].to_numpy(), expected)
+    assert (gaps["p_no_gap_adj"] >= gaps["p_no_gap"]).all()
+    assert (gaps["p_no_gap_adj"] > gaps["p_no_gap"]).any()
+    assert gaps["p_adj_note"].iloc[0].startswith("p_no_gap_adj: Holm (family-wise error)")
+    _, plain = nodes.compute_fairness(
+        table, ops, ["site", "sex"], **args, multiplicity={"method": "none"}
+    )
+    np.testing.assert_array_equal(plain["p_no_gap_adj"], plain["p_no_gap"])
+
+
+def test_an_unknown_multiplicity_method_is_refused_naming_the_key() -> None:
+    import pytest
+
+    from cxr_spurious.errors import ParameterError
+
+    table, ops = _fairness_inputs()
+    with pytest.raises(ParameterError, match=r"robustness\.multiplicity\.method"):
+        nodes.compute_fairness(
+            table, ops, ["site"], 5, 20, 0, 0.95, multiplicity={"method": "holmes"}
+        )

@@ -32,6 +32,7 @@ from cxr_spurious.robustness.strata import (
 from cxr_spurious.robustness.subgroups import subgroup_auroc
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.bootstrap import check_n_boot
+from cxr_spurious.stats.multiplicity import adjust_column, family_note, read_settings
 from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.training.checkpoints import code_digests
 from cxr_spurious.training.provenance import MODEL_DIGEST_COLUMN, model_digest
@@ -62,6 +63,7 @@ SUMMARY_MODULES: tuple[str, ...] = (
     "cxr_spurious.sources.contract",
     "cxr_spurious.stats.bootstrap",
     "cxr_spurious.stats.metrics",
+    "cxr_spurious.stats.multiplicity",
     "cxr_spurious.stats.seed_param",
     "cxr_spurious.training.checkpoints",
     "cxr_spurious.training.provenance",
@@ -213,6 +215,11 @@ def _operating_rows(val: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     return val[val["image_id"].astype(str).isin(set(ids))].reset_index(drop=True)
 
 
+#: Columns of ``fairness_gaps`` that split a multiplicity family (``family: metric``): one
+#: family per gap metric and task, over the attributes tested.
+FAIRNESS_FAMILY: tuple[str, ...] = ("metric", "task")
+
+
 def compute_fairness(
     table: pd.DataFrame,
     operating_points: pd.DataFrame,
@@ -222,14 +229,21 @@ def compute_fairness(
     seed: int,
     ci_level: float,
     max_dropped_share: float = 0.05,
+    multiplicity: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group rates and gaps on the test split at the validation thresholds.
 
     Each gap row has the percentile bootstrap interval of the max - min gap (``lo`` /
     ``hi``, biased away from 0) and ``p_no_gap``, the permutation test of "no gap"
     (``n_boot`` permutations of the group labels over patients, seeded by ``seed``;
-    ``fairness.fairness_tables``).
+    ``fairness.fairness_tables``). ``p_no_gap_adj`` (after it) is that p-value adjusted
+    for the attributes tested: ``robustness.multiplicity`` (``method`` holm | bonferroni |
+    fdr_bh | none, ``family`` metric: each gap metric within each task, over the
+    attributes | table: every row), Holm per metric and task when it is not set;
+    ``p_adj_note`` says which. The model summary's ``*_p_no_gap`` stays unadjusted: it is
+    the one test of the pre-specified ``robustness.fairness_attribute``.
     """
+    method, family = read_settings(multiplicity, "robustness.multiplicity")
     seed = check_seed(seed, "robustness.seed")
     test = split_rows(table, "test")
     by, gaps = [], []
@@ -247,7 +261,19 @@ def compute_fairness(
         )
         by.append(b.assign(threshold=op.threshold))
         gaps.append(g.assign(threshold=op.threshold))
-    return pd.concat(by, ignore_index=True), pd.concat(gaps, ignore_index=True)
+    table = adjust_column(
+        pd.concat(gaps, ignore_index=True),
+        "p_no_gap",
+        method=method,
+        family=family,
+        groups=FAIRNESS_FAMILY,
+        out_column="p_no_gap_adj",
+        source="fairness_gaps",
+    )
+    table["p_adj_note"] = family_note(method, family, FAIRNESS_FAMILY).replace(
+        "p_adj", "p_no_gap_adj", 1
+    )
+    return pd.concat(by, ignore_index=True), table
 
 
 def compute_calibration(

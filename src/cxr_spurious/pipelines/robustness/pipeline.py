@@ -97,6 +97,7 @@ def create_robustness_template(
                     "min_per_class": f"{P}.min_per_class",
                     **boot,
                     "max_dropped_share": f"{P}.max_dropped_share",
+                    "multiplicity": f"{P}.multiplicity",
                 },
                 outputs=["fairness_by_group", "fairness_gaps"],
                 name="compute_fairness",
