@@ -24,8 +24,8 @@ context is created, which Kedro does before the first access to the registered p
 ``pipelines/sweep/pipeline.py`` can build one namespace per grid cell; it stashes every
 parameter too (``stashed_parameters``), which the comparison reads for its seeds
 (``pipelines/comparison/pipeline.py``); both are cleared once the run ends, done or failed
-(``clear_stash``), or, for a run that failed before its runner started, once its context
-is gone. Kedro loads the registered pipelines once per
+(``clear_stash``; a run that fails before its runner starts keeps its stash until the next
+context). Kedro loads the registered pipelines once per
 process and keeps them; when a later session of the same process (a notebook, a script)
 has other ``PIPELINE_PARAMETERS`` than the previous one, the hook empties Kedro's registry,
 so that its pipelines are built again from its own parameters. Without a session,
@@ -41,7 +41,6 @@ import logging
 import re
 import threading
 import time
-import weakref
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -83,9 +82,6 @@ _PARAMS: dict[str, Any] | None = None
 PIPELINE_PARAMETERS: tuple[str, ...] = ("sweep", "comparison", "training")
 # PIPELINE_PARAMETERS of the last context created in this process (None: no context yet).
 _BUILT_FROM: dict[str, Any] | None = None
-# The stash's owner: a token of the context that stashed it (``SweepParamsHook``); the
-# stash is forgotten when that context is collected (``_forget_stash_of``).
-_STASH_OWNER: object | None = None
 # ``conf`` beside ``src/`` when the package is imported from its source checkout (an
 # editable install); an installed copy (site-packages) has none there.
 SOURCE_CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -334,7 +330,7 @@ class SweepParamsHook:
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
-        global _SWEEP_PARAMS, _PARAMS, _BUILT_FROM, _STASH_OWNER
+        global _SWEEP_PARAMS, _PARAMS, _BUILT_FROM
         _PARAMS = dict(context.config_loader["parameters"])
         sweep = _PARAMS.get("sweep")
         _SWEEP_PARAMS = dict(sweep) if isinstance(sweep, dict) else None
@@ -342,11 +338,6 @@ class SweepParamsHook:
         if blocks != _BUILT_FROM:
             reset_pipeline_registry()
             _BUILT_FROM = blocks
-        # A run that fails before its runner starts (an unknown ``--pipeline``, ``--nodes``
-        # matching nothing, the catalog) calls neither hook below: the stash then goes with
-        # its context, which Kedro drops once ``KedroSession.run`` has raised.
-        owner = _STASH_OWNER = object()
-        weakref.finalize(context, _forget_stash_of, owner)
 
     @hook_impl
     def after_pipeline_run(self) -> None:
@@ -357,15 +348,16 @@ class SweepParamsHook:
         clear_stash()
 
 
-def _forget_stash_of(owner: object) -> None:
-    """Clear the stash if the context it belongs to (``owner``, its token) still owns it."""
-    if owner is _STASH_OWNER:
-        clear_stash()
-
-
 def clear_stash() -> None:
-    """Forget the stashed parameters once the session's run is over (done or failed), or
-    once the context that stashed them is gone (a run that failed before its runner).
+    """Forget the stashed parameters once the session's run is over (done or failed).
+
+    A run that fails before its runner starts (an unknown ``--pipeline``, ``--nodes``
+    matching nothing, the catalog) calls neither ``after_pipeline_run`` nor
+    ``on_pipeline_error``: its stash stays until the next context of the process replaces
+    it, and a session-less construction in between (a notebook's bare
+    ``register_pipelines()``) reads it. Tying the stash to the context instead made it end
+    whenever the garbage collector took a context that a live session had dropped
+    (``session.load_context().params``), before that session built its pipelines.
 
     The pipelines are built from them before the run starts (``KedroSession.run``: the
     context, then ``pipelines[name]``, then the runner); a later construction without a
@@ -373,11 +365,10 @@ def clear_stash() -> None:
     of the finished run's ``--params``. The registry built from them is kept: the next
     context builds it again (``SweepParamsHook``) as none is recorded.
     """
-    global _SWEEP_PARAMS, _PARAMS, _BUILT_FROM, _STASH_OWNER
+    global _SWEEP_PARAMS, _PARAMS, _BUILT_FROM
     _SWEEP_PARAMS = None
     _PARAMS = None
     _BUILT_FROM = None
-    _STASH_OWNER = None
 
 
 class WorkerLoggingHook:
