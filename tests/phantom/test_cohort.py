@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from cxr_spurious.errors import ParameterError
 from cxr_spurious.phantom import PhantomConfig, build_cohort
 from cxr_spurious.phantom import cohort as cohort_module
 from cxr_spurious.phantom.cohort import cohort_for, split_counts
+from cxr_spurious.phantom.config import TubeConfig
 
 N = 4000  # cohort only (no pixels): fast
 
@@ -130,3 +134,76 @@ def test_group_order_is_part_of_the_fingerprint_and_the_cohort_cache_key() -> No
         assert cohort_for(reordered, 0) == build_cohort(reordered, 0)
     finally:
         cohort_module._CACHE.clear()
+
+
+def test_the_order_of_a_multipliers_groups_is_not_part_of_the_fingerprint() -> None:
+    # factors are looked up by group: listing the groups in another order is the same data
+    # set (and shares the cohort cache entry); the order of sites and race groups is not
+    def config(race_factors: dict, race: dict | None = None) -> PhantomConfig:
+        demo = {"prevalence_multiplier": {"race": race_factors, "sex": {"F": 1.2}}}
+        return PhantomConfig.from_dict(
+            {"n_images": 200, "demographics": {**demo, **({"race": race} if race else {})}}
+        )
+
+    cfg = config({"Black": 1.5, "Asian": 0.5})
+    same = config({"Asian": 0.5, "Black": 1.5})
+    factors = (cfg.demographics.prevalence_multiplier, same.demographics.prevalence_multiplier)
+    assert [list(f["race"]) for f in factors] == [["Black", "Asian"], ["Asian", "Black"]]
+    assert cfg.fingerprint() == same.fingerprint()
+    assert build_cohort(cfg, 3) == build_cohort(same, 3)
+    race = dict(reversed(list(cfg.demographics.race.items())))
+    other = config({"Black": 1.5, "Asian": 0.5}, race)
+    assert other.fingerprint() != cfg.fingerprint()
+    assert build_cohort(other, 3) != build_cohort(cfg, 3)
+
+
+_NO_PTX = {"train": -3.0, "val": 0.1, "test": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        # values from_dict refuses, in a config built without it (audit: build_cohort drew
+        # every PTX image with a tube and none without from these tube probabilities)
+        (
+            {"tube": TubeConfig(p_given_ptx={"train": 7.0, "val": 0.9, "test": 0.5})},
+            "ingestion.phantom.tube.p_given_ptx.train",
+        ),
+        (
+            {"tube": TubeConfig(p_given_no_ptx=_NO_PTX)},
+            "ingestion.phantom.tube.p_given_no_ptx.train",
+        ),
+        ({"image_size": 20}, "ingestion.phantom.image_size"),
+        ({"n_images": "many"}, "ingestion.phantom.n_images"),
+        (
+            {"split_fractions": {"train": 0.5, "val": 0.5, "test": 0.5}},
+            "ingestion.phantom.split_fractions",
+        ),
+        ({"prevalence": {"Pneumothorax": 0.5, "Edema": 0.2}}, "ingestion.phantom.prevalence.Edema"),
+    ],
+)
+def test_build_cohort_checks_a_config_built_without_from_dict(change: dict, key: str) -> None:
+    cfg = dataclasses.replace(PhantomConfig.tiny(), **change)
+    with pytest.raises(ParameterError) as info:
+        build_cohort(cfg, 0)
+    assert info.value.key == key
+    with pytest.raises(ParameterError) as info:
+        cohort_for(cfg, 0)
+    assert info.value.key == key
+    with pytest.raises(ParameterError, match="expected a PhantomConfig"):
+        build_cohort(cfg.to_dict(), 0)  # type: ignore[arg-type]
+
+
+def test_a_valid_config_built_without_from_dict_gives_the_same_cohort() -> None:
+    direct = dataclasses.replace(PhantomConfig(), n_images=30, image_size=64)
+    assert build_cohort(direct, 2) == build_cohort(PhantomConfig.tiny(n_images=30), 2)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "3", 2**32, None])
+def test_a_bad_seed_is_refused_naming_it(seed: object) -> None:
+    cfg = PhantomConfig.tiny()
+    for draw in (build_cohort, cohort_for):
+        with pytest.raises(ParameterError) as info:
+            draw(cfg, seed)  # type: ignore[arg-type]
+        assert info.value.key == "seed"
+    assert build_cohort(cfg, 2**32 - 1) and build_cohort(cfg, 4.0) == build_cohort(cfg, 4)

@@ -81,6 +81,11 @@ def test_round_trip_through_to_dict() -> None:
             "phantom.sites.A.marker_corner",
         ),
         ({"sites": {"A": {"share": 1.0, "colour": 3}}}, "phantom.sites.A.colour"),
+        # a site's share under its own key (was "phantom.sites (share).A"), the sum on sites
+        ({"sites": {"A": {"share": 1.5}}}, "phantom.sites.A.share"),
+        ({"sites": {"A": {"share": -0.2}, "B": {"share": 1.2}}}, "phantom.sites.A.share"),
+        ({"sites": {"A": {"share": 0.5}, "B": {"share": 0.2}}}, "phantom.sites"),
+        ({"sites": {}}, "phantom.sites"),
         ({"counterfactuals": {"variants": ["no_heart"]}}, "phantom.counterfactuals.variants"),
         ({"counterfactuals": {"renders": ["no_heart"]}}, "phantom.counterfactuals.renders"),
         ({"human_benchmark": {"splits": ["holdout"]}}, "phantom.human_benchmark.splits"),

@@ -32,7 +32,8 @@ def test_example_grid_sample_is_seeded(tiny_dir: Path) -> None:
         titles.append([ax.get_title() for ax in fig.axes if ax.images])
         images = [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
         plt.close(fig)
-    assert titles[0] == titles[1]
+    assert titles[0] == titles[1]  # the same seed draws the same sample
+    assert titles[0] != titles[2]  # another seed another (seeds 1 and 2 of tiny_dir differ)
     assert len(images) == 4
 
 

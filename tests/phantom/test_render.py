@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.phantom.tube_mask_checks import assert_tube_mask_fits
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.io.masks import rasterize_polygons
 from cxr_spurious.phantom import PhantomConfig, build_cohort, generate_phantom, render_image
+from cxr_spurious.phantom.config import DevicesConfig
 from cxr_spurious.phantom.devices import draw_marker
 from cxr_spurious.phantom.findings import thickness
 from cxr_spurious.phantom.geometry import dilate, vertex_normals
@@ -59,6 +62,15 @@ def test_no_tube_counterfactual_changes_only_the_tube_region() -> None:
         assert diff.any()
         assert not (diff & (dilate(tube, 4) == 0)).any()
         assert cf.polygons == orig.polygons
+
+
+def test_tube_mask_covers_the_tube_and_little_else() -> None:
+    recs = _records(lambda r: r.tube)
+    assert len(recs) >= 10
+    for rec in recs:
+        orig = render_image(CFG, rec.index, SEED)
+        cf = render_image(CFG, rec.index, SEED, remove=frozenset({"Chest Tube"}))
+        assert_tube_mask_fits(orig.spurious["Chest Tube"], orig.image, cf.image)
 
 
 def test_no_lesion_counterfactual_changes_only_the_lesion_region() -> None:
@@ -228,6 +240,33 @@ def test_polygons_are_one_per_instance_and_inside_the_image() -> None:
             pts = np.asarray(outline)
             assert pts.shape[1] == 2 and len(pts) >= 3
             assert pts.min() >= 0 and pts.max() <= 95
+
+
+@pytest.mark.parametrize(
+    ("cfg", "key"),
+    [
+        (dataclasses.replace(CFG, image_size=20), "ingestion.phantom.image_size"),
+        (dataclasses.replace(CFG, n_images=0), "ingestion.phantom.n_images"),
+        (
+            dataclasses.replace(CFG, devices=DevicesConfig(p_support_device=1.5)),
+            "ingestion.phantom.devices.p_support_device",
+        ),
+    ],
+)
+def test_render_image_checks_a_config_built_without_from_dict(cfg: PhantomConfig, key: str) -> None:
+    render_image(CFG, 0, SEED)  # the cohort cache holds the valid config's cohort
+    with pytest.raises(ParameterError) as info:
+        render_image(cfg, 0, SEED)
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize("seed", [-1, 2.5, False, "4"])
+def test_render_image_refuses_a_bad_seed_naming_it(seed: object) -> None:
+    # -1 was numpy's "expected non-negative integer", naming no parameter
+    with pytest.raises(ParameterError) as info:
+        render_image(CFG, 0, seed)  # type: ignore[arg-type]
+    assert info.value.key == "seed"
+    assert np.array_equal(render_image(CFG, 0, 4.0).image, render_image(CFG, 0, SEED).image)
 
 
 def test_remove_and_index_are_validated() -> None:

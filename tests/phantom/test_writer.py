@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tests.phantom.tube_mask_checks import assert_tube_mask_fits
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.io.images import read_image
@@ -97,6 +99,19 @@ def test_spurious_masks_exactly_where_drawn(tiny_dir: Path) -> None:
     for image_id, tube in zip(attrs["image_id"], attrs["tube"]):
         assert set(spurious[image_id]) == set(SPURIOUS_OBJECTS)
         assert decode_rle(spurious[image_id]["Chest Tube"]).any() == (tube == 1)
+
+
+def test_written_tube_masks_cover_the_tube_and_little_else(tiny_dir: Path) -> None:
+    # spurious_segmentations.json against the written no_tube counterfactuals (64 px)
+    attrs = pd.read_csv(tiny_dir / "attributes.csv", dtype={"image_id": str})
+    spurious = json.loads((tiny_dir / "spurious_segmentations.json").read_text())
+    test = attrs[(attrs["split"] == "test") & (attrs["tube"] == 1)]
+    assert len(test) >= 3
+    for image_id in test["image_id"]:
+        rel = Path("images", *image_id.split("_", 2)).with_suffix(".png")
+        orig = read_image(tiny_dir / rel)
+        no_tube = read_image(tiny_dir / "counterfactuals" / "no_tube" / rel)
+        assert_tube_mask_fits(decode_rle(spurious[image_id]["Chest Tube"]), orig, no_tube)
 
 
 def test_counterfactuals_mirror_the_test_images(tiny_dir: Path) -> None:
@@ -191,6 +206,27 @@ def test_switches_and_argument_validation(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="seed"):
         generate_phantom(cfg, tmp_path / "q", seed=-1)
     assert not (tmp_path / "q").exists()
+
+
+def test_generate_phantom_checks_a_config_built_without_from_dict(tmp_path: Path) -> None:
+    # the audit wrote a phantom with P(tube | PTX) = 7 whose own phantom_meta.json config
+    # from_dict then refused: refused up front now, naming the key, with nothing written
+    tiny = PhantomConfig.tiny(n_images=8, image_size=32)
+    tube = dataclasses.replace(tiny.tube, p_given_ptx={"train": 7.0, "val": 7.0, "test": 7.0})
+    cases = {
+        "ingestion.phantom.tube.p_given_ptx.train": dataclasses.replace(tiny, tube=tube),
+        "ingestion.phantom.image_size": dataclasses.replace(tiny, image_size=20),
+    }
+    for key, cfg in cases.items():
+        with pytest.raises(ParameterError) as info:
+            generate_phantom(cfg, tmp_path / "p", seed=0, progress=False)
+        assert info.value.key == key
+        assert not (tmp_path / "p").exists()
+    for seed in (1.5, -1, 2**32):
+        with pytest.raises(ParameterError) as info:
+            generate_phantom(tiny, tmp_path / "p", seed=seed, progress=False)  # type: ignore[arg-type]
+        assert info.value.key == "seed"
+    assert not (tmp_path / "p").exists()
 
 
 def test_meta_config_reproduces_a_phantom_whose_groups_are_not_sorted(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from cxr_spurious.io.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 _REQUEST_FILE = ".phantom_request.json"
+#: Where the pipeline keeps the generator settings, named in their errors.
+_CONFIG_KEY = "ingestion.phantom"
 
 
 @dataclass(frozen=True)
@@ -32,13 +34,24 @@ class PhantomRequest:
     n_jobs: int = 1
 
     def digest(self) -> str:
-        """Hash of the request (not of ``n_jobs``: output does not depend on it)."""
-        from cxr_spurious.phantom import PHANTOM_VERSION
+        """Hash of what the request generates: the resolved config's ``fingerprint``, the
+        seed and ``PHANTOM_VERSION`` (not ``n_jobs``: the output does not depend on it).
 
+        The config is resolved (``PhantomConfig.from_dict``: defaults filled in, merged
+        mappings in their fixed order), so settings that spell the same phantom give the
+        same digest, and a change of a default in the code gives another. Its fingerprint
+        keeps the order of the sites and demographic groups, which decides the cohort: two
+        requests that list them in another order are different phantoms.
+
+        Raises:
+            ParameterError: a bad generator setting, naming its key under
+                ``ingestion.phantom``.
+        """
+        from cxr_spurious.phantom import PHANTOM_VERSION, PhantomConfig
+
+        fingerprint = PhantomConfig.from_dict(self.config, key=_CONFIG_KEY).fingerprint()
         blob = json.dumps(
-            {"config": self.config, "seed": self.seed, "version": PHANTOM_VERSION},
-            sort_keys=True,
-            default=str,
+            {"config": fingerprint, "seed": self.seed, "version": PHANTOM_VERSION}, default=str
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -80,7 +93,7 @@ class PhantomSourceDataset(AbstractDataset[PhantomRequest, str]):
             return
         from cxr_spurious.phantom import PhantomConfig, generate_phantom
 
-        config = PhantomConfig.from_dict(data.config, key="ingestion.phantom")
+        config = PhantomConfig.from_dict(data.config, key=_CONFIG_KEY)
         generate_phantom(
             config, self._path, seed=data.seed, n_jobs=data.n_jobs, progress=self._progress
         )

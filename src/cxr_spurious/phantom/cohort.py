@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxr_spurious.phantom.config import PhantomConfig
+from cxr_spurious.phantom.config import PIPELINE_KEY, PhantomConfig, check_config
 from cxr_spurious.sources.contract import SPLITS, assign_patient_splits
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.tasks import PHANTOM_TASKS
 
 # Stream ids mixed into numpy SeedSequences: (master seed, stream, index...).
@@ -136,12 +137,18 @@ def build_cohort(cfg: PhantomConfig, seed: int) -> tuple[ImageRecord, ...]:
     """Draw the whole cohort for a config and master seed.
 
     Args:
-        cfg: Generator config.
-        seed: Master seed.
+        cfg: Generator config (checked as ``PhantomConfig.from_dict`` checks it).
+        seed: Master seed, an integer in ``[0, 2**32 - 1]``.
 
     Returns:
         One ``ImageRecord`` per image, ordered by patient then study.
+
+    Raises:
+        ParameterError: a config value ``PhantomConfig.from_dict`` refuses (its key under
+            ``ingestion.phantom``), or a seed that is not such an integer (``seed``).
     """
+    check_config(cfg, PIPELINE_KEY)
+    seed = check_seed(seed, "seed")
     rng = stream_rng(seed, STREAM_COHORT)
     counts = _studies(cfg, rng)
     n_pat = len(counts)
@@ -212,8 +219,18 @@ _CACHE: dict[tuple[str, int], tuple[ImageRecord, ...]] = {}
 
 
 def cohort_for(cfg: PhantomConfig, seed: int) -> tuple[ImageRecord, ...]:
-    """``build_cohort`` with a small cache (rendering many images calls it repeatedly)."""
-    key = (cfg.fingerprint(), int(seed))
+    """``build_cohort`` with a small cache (rendering many images calls it repeatedly).
+
+    The cache key is the config's fingerprint (its whole ``to_dict``) and the seed: an entry
+    exists only for a config and seed ``build_cohort`` has checked, so a hit needs no check.
+
+    Raises:
+        ParameterError: as ``build_cohort``.
+    """
+    if not isinstance(cfg, PhantomConfig):
+        check_config(cfg, PIPELINE_KEY)  # raises: not a config
+    seed = check_seed(seed, "seed")
+    key = (cfg.fingerprint(), seed)
     if key not in _CACHE:
         if len(_CACHE) >= 4:
             _CACHE.pop(next(iter(_CACHE)))

@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -417,9 +417,20 @@ class PhantomConfig:
         The cohort draws sites and demographic groups in the order the user listed them
         (``sites``, ``demographics.sex`` / ``race`` / ``insurance``), so two configs that list
         the same groups in another order are different data sets and hash differently. The
-        other keys come in a fixed order (dataclass fields, defaults of fixed vocabularies).
+        other keys come in a fixed order (dataclass fields, defaults of fixed vocabularies),
+        except the ``{group: factor}`` maps of ``demographics.prevalence_multiplier`` and
+        ``lesion_contrast_multiplier``: factors are looked up by group, so the order of a
+        map's groups cannot change the data and is not hashed (the order of its attributes
+        is: the factors are multiplied in that order).
         """
-        blob = json.dumps(self.to_dict())
+        plain = self.to_dict()
+        demo = plain["demographics"]
+        for name in ("prevalence_multiplier", "lesion_contrast_multiplier"):
+            demo[name] = {
+                attr: dict(sorted(groups.items())) if isinstance(groups, Mapping) else groups
+                for attr, groups in demo[name].items()
+            }
+        blob = json.dumps(plain)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -537,11 +548,15 @@ def _check_ranges(section: Any, key: str, bounds: Mapping[str, tuple[float, floa
         _check_range(getattr(section, attr), f"{key}.{attr}", lo, hi)
 
 
-def _check_shares(shares: Mapping[str, float], key: str) -> None:
+def _check_shares(
+    shares: Mapping[str, float], key: str, share_key: Callable[[str], str] | None = None
+) -> None:
+    """Shares in [0, 1] summing to 1; ``share_key(name)`` is the key of one share (default
+    ``{key}.{name}``), ``key`` that of the whole mapping (named when the sum is off)."""
     if not shares:
         raise ParameterError(key, "expected at least one group")
     for name, share in shares.items():
-        _check_range(share, f"{key}.{name}", 0.0, 1.0)
+        _check_range(share, share_key(name) if share_key else f"{key}.{name}", 0.0, 1.0)
     total = sum(shares.values())
     if not math.isclose(total, 1.0, abs_tol=1e-6):
         raise ParameterError(key, f"shares must sum to 1, got {total:.6g} from {dict(shares)}")
@@ -599,11 +614,13 @@ def validate_config(cfg: PhantomConfig, key: str = "phantom") -> None:
             f" not fit in every lung), got {cfg.findings.min_thickness_at_96}"
         )
         raise ParameterError(thickness_key, message)
-    _check_shares({name: s.share for name, s in cfg.sites.items()}, f"{key}.sites (share)")
+    for name, site in cfg.sites.items():
+        if not isinstance(site, SiteConfig):
+            raise ParameterError(f"{key}.sites.{name}", "expected a mapping of site settings")
+    shares = {name: site.share for name, site in cfg.sites.items()}
+    _check_shares(shares, f"{key}.sites", lambda name: f"{key}.sites.{name}.share")
     for name, site in cfg.sites.items():
         skey = f"{key}.sites.{name}"
-        if not isinstance(site, SiteConfig):
-            raise ParameterError(skey, "expected a mapping of site settings")
         _check_range(site.brightness, f"{skey}.brightness", -0.5, 0.5)
         for attr in ("contrast", "noise", "blur", "lesion_contrast", "prevalence_multiplier"):
             _check_range(getattr(site, attr), f"{skey}.{attr}", 0.0, 5.0)
@@ -673,6 +690,26 @@ def validate_config(cfg: PhantomConfig, key: str = "phantom") -> None:
         "point_jitter": (0.0, 0.1),
     }
     _check_ranges(cfg.human_benchmark, f"{key}.human_benchmark", reader)
+
+
+def check_config(cfg: PhantomConfig, key: str = "phantom") -> PhantomConfig:
+    """The checks of ``PhantomConfig.from_dict`` on a config handed to an entry point
+    (``generate_phantom``, ``build_cohort``, ``render_image``), which may have been built
+    without them (directly or with ``dataclasses.replace``): types, then the ranges of
+    ``validate_config``, run on the config's ``to_dict``.
+
+    Returns:
+        ``cfg`` itself, unchanged.
+
+    Raises:
+        ParameterError: ``cfg`` is not a ``PhantomConfig``, or a value ``from_dict`` refuses,
+            naming its dotted key under ``key``.
+    """
+    if not isinstance(cfg, PhantomConfig):
+        message = f"expected a PhantomConfig (PhantomConfig.from_dict), got {type(cfg).__name__}"
+        raise ParameterError(key, message)
+    PhantomConfig.from_dict(cfg.to_dict(), key=key)
+    return cfg
 
 
 def _check_marker(text: str, corner: str, text_key: str, corner_key: str) -> None:

@@ -40,11 +40,12 @@ from cxr_spurious.io.masks import encode_rle
 from cxr_spurious.phantom import human_benchmark
 from cxr_spurious.phantom.artefacts import render_name
 from cxr_spurious.phantom.cohort import STREAM_IMAGE, ImageRecord, build_cohort, stream_rng
-from cxr_spurious.phantom.config import PhantomConfig
+from cxr_spurious.phantom.config import PIPELINE_KEY, PhantomConfig, check_config
 from cxr_spurious.phantom.render import RENDER_REMOVES, RenderedImage, RenderSpec, render_versions
 from cxr_spurious.progress import progress_bar
 from cxr_spurious.sources.adapters.base import RENDER_MASKS_FILE
 from cxr_spurious.sources.contract import ATTRIBUTE_HEADER, SPLITS
+from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.tasks import (
     CHEXPERT_HEADER,
     CHEXPERT_OBSERVATIONS,
@@ -386,9 +387,11 @@ def generate_phantom(
     """Generate the phantom data set into ``out_dir`` (replaced atomically when complete).
 
     Args:
-        cfg: Generator config (``PhantomConfig.from_dict``).
+        cfg: Generator config (``PhantomConfig.from_dict``; one built otherwise gets the
+            same checks).
         out_dir: Output folder; an existing folder is replaced only once the new one is done.
-        seed: Master seed; the output depends only on (cfg, seed), not on ``n_jobs``.
+        seed: Master seed, an integer in ``[0, 2**32 - 1]``; the output depends only on
+            (cfg, seed), not on ``n_jobs``.
         n_jobs: Worker processes (1 renders in this process).
         progress: Show a tqdm progress bar.
 
@@ -396,12 +399,14 @@ def generate_phantom(
         The output folder.
 
     Raises:
-        ParameterError: ``n_jobs`` < 1 or a non-integer seed.
+        ParameterError: a config value ``PhantomConfig.from_dict`` refuses (its key under
+            ``ingestion.phantom``), ``n_jobs`` < 1, or a seed outside ``[0, 2**32 - 1]`` or
+            not an integer; before anything is written.
     """
+    check_config(cfg, PIPELINE_KEY)
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
         raise ParameterError("n_jobs", f"expected an integer >= 1, got {n_jobs!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ParameterError("seed", f"expected an integer >= 0, got {seed!r}")
+    seed = check_seed(seed, "seed")
     out_dir = Path(out_dir)
     start = time.perf_counter()
     records = sorted(build_cohort(cfg, int(seed)), key=lambda r: r.index)
