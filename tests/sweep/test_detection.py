@@ -137,6 +137,46 @@ def test_same_seed_same_table() -> None:
     pd.testing.assert_frame_equal(a, shortcut_detection(models, n_boot=100, seed=4))
 
 
+CI_COLUMNS = ["detection_auroc_lo", "detection_auroc_hi", "spearman_lo", "spearman_hi"]
+
+
+def test_the_seed_decides_the_bootstrap() -> None:
+    """Another seed draws other replicates: the CIs move, the estimates do not (a detection
+    that ignored its seed passed every other test)."""
+    models = _models()
+    a = shortcut_detection(models, n_boot=100, seed=4)
+    b = shortcut_detection(models, n_boot=100, seed=5)
+    est = ["detection_auroc", "spearman", "false_flag_rate", "false_flag_rate_lo"]
+    pd.testing.assert_frame_equal(a[est], b[est])
+    noise_a, noise_b = _row(a, "noise", "all"), _row(b, "noise", "all")
+    for column in CI_COLUMNS:
+        assert noise_a[column] != noise_b[column], column
+    gradcam_a, gradcam_b = _row(a, "gradcam", "marker_port"), _row(b, "gradcam", "marker_port")
+    assert gradcam_a["spearman_lo"] != gradcam_b["spearman_lo"]
+
+
+@pytest.mark.parametrize("order", ["shuffled", "reversed", "grid reordered"])
+def test_the_table_does_not_depend_on_the_row_order(order: str) -> None:
+    """``sweep_models``' rows follow the order of the grid's artefacts and strengths in the
+    YAML: the same models and seed must give the same CIs whatever that order."""
+    models = _models()
+    if order == "shuffled":
+        other = models.sample(frac=1.0, random_state=11)
+    elif order == "reversed":
+        other = models.iloc[::-1]
+    else:  # artefacts [tube_random, marker_port], strengths {strong, medium, none}
+        rank = {"strong": 0, "medium": 1, "none": 2}
+        other = models.assign(
+            a=models["artefact"] != "tube_random", s=models["strength"].map(rank)
+        ).sort_values(["a", "s", "supervision", "seed"], kind="stable")
+        other = other.drop(columns=["a", "s"])
+    other = other.reset_index(drop=True)
+    assert not other.equals(models)
+    a = shortcut_detection(models, n_boot=200, seed=0)
+    b = shortcut_detection(other, n_boot=200, seed=0)
+    pd.testing.assert_frame_equal(a, b)
+
+
 def test_bad_arguments() -> None:
     models = _models()
     with pytest.raises(ParameterError) as err:

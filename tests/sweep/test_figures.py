@@ -70,6 +70,84 @@ def test_strength_curves_one_panel_per_artefact_and_metric() -> None:
     fig.savefig(io.BytesIO(), format="png")
 
 
+def _one_seed_at_medium() -> pd.DataFrame:
+    """erm on tube_random: 3 seeds at none and strong, one at medium (no interval there)."""
+    rng = np.random.default_rng(0)
+    rows = [
+        {
+            "artefact": "tube_random",
+            "strength": st,
+            "p_given_ptx": p1,
+            "p_given_no_ptx": p0,
+            "supervision": "erm",
+            "location_fraction": 0.0,
+            "seed": seed,
+            "robust_auroc": 0.8 - (p1 - p0) * 0.4 + rng.normal(0, 0.02),
+            "artefact_reliance": (p1 - p0) * 0.3 + rng.normal(0, 0.02),
+        }
+        for st, (p1, p0) in STRENGTHS.items()
+        for seed in range(1 if st == "medium" else 3)
+    ]
+    return summarise_cells(pd.DataFrame(rows))
+
+
+def _band_spans(ax) -> list[tuple[float, float]]:
+    """The x extent of every filled region of the panel's CI bands."""
+    polys = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    return [
+        (float(p.vertices[:, 0].min()), float(p.vertices[:, 0].max()))
+        for c in polys
+        for p in c.get_paths()
+        if len(p.vertices)
+    ]
+
+
+def _error_bars(ax) -> dict[float, tuple[float, float]]:
+    """Vertical segments drawn by ``draw_intervals``: x -> (lo, hi)."""
+    out = {}
+    for line in ax.get_lines():
+        x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+        if line.get_label().startswith("_") and len(x) == 2 and x[0] == x[1] and y[0] != y[1]:
+            out[float(x[0])] = (float(y[0]), float(y[1]))
+    return out
+
+
+def test_the_band_breaks_where_a_strength_has_no_interval() -> None:
+    """The band used to be drawn from none (0.0) straight to strong (0.8), showing an
+    interval at medium (0.4), where the summary has none (one seed)."""
+    summary = _one_seed_at_medium()
+    assert summary.set_index("strength")["artefact_reliance_lo"].isna().tolist() == [
+        True,
+        False,
+        False,
+    ]  # medium, none, strong
+    fig = plot_strength_curves(summary)
+    by_strength = summary.set_index("strength")
+    for ax, metric in zip(fig.get_axes(), ["robust_auroc", "artefact_reliance"]):
+        for lo, hi in _band_spans(ax):
+            assert not lo < 0.4 < hi and not lo <= 0.4 <= hi, (metric, lo, hi)
+        # none and strong have an interval but no neighbour with one: error bars
+        bars = _error_bars(ax)
+        assert sorted(bars) == pytest.approx([0.0, 0.8])
+        for x, strength in ((0.0, "none"), (0.8, "strong")):
+            expected = by_strength.loc[strength, [f"{metric}_lo", f"{metric}_hi"]].tolist()
+            assert bars[x] == pytest.approx(expected)
+        assert len(_labelled_lines(ax)[0].get_xdata()) == 3  # the line still has every point
+    fig.savefig(io.BytesIO(), format="png")
+
+
+def test_the_band_covers_neighbouring_strengths_with_intervals() -> None:
+    summary = _one_seed_at_medium()
+    strong = summary[summary["strength"] == "strong"].assign(
+        strength="stronger", p_given_ptx=1.0, p_given_no_ptx=0.0
+    )
+    fig = plot_strength_curves(pd.concat([summary, strong], ignore_index=True))
+    ax = fig.get_axes()[1]
+    spans = [s for s in _band_spans(ax) if s[1] > s[0]]
+    assert spans == [pytest.approx((0.8, 1.0))]  # strong to stronger, not across medium
+    assert sorted(_error_bars(ax)) == pytest.approx([0.0])  # none stands alone
+
+
 def test_series_label() -> None:
     assert series_label("seg", 0.25) == "seg (25% location labels)"
     assert series_label("seg", 1.0) == "seg" and series_label("erm", 0.0) == "erm"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +12,7 @@ from scipy import stats
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.sweep.summary import (
     ONE_SEED_NOTE,
+    check_pairs,
     metric_columns,
     paired_differences,
     summarise_cells,
@@ -90,6 +93,25 @@ def test_a_metric_missing_for_a_seed_is_noted() -> None:
     assert "robust_auroc: 3 of 4 seeds" in summary.loc["erm", "note"]
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_value_is_left_out_and_noted_like_nan(bad: float) -> None:
+    """t_interval leaves out NaN and +-inf alike; the note counted NaN only, so an infinite
+    value vanished from the mean and interval without a trace."""
+    models = _models()
+    erm0 = (models["supervision"] == "erm") & (models["seed"] == 0)
+    models.loc[erm0, "robust_auroc"] = bad
+    models.loc[erm0, "artefact_reliance"] = np.nan
+    row = summarise_cells(models).set_index("supervision").loc["erm"]
+    rest = VALUES[("erm", 0.0)][1:]
+    assert row["robust_auroc"] == pytest.approx(np.mean(rest))
+    assert row["robust_auroc_hi"] == pytest.approx(
+        stats.t.interval(0.95, 2, loc=np.mean(rest), scale=stats.sem(rest))[1]
+    )
+    assert row["note"] == (
+        "undefined for some seeds: robust_auroc: 3 of 4 seeds, artefact_reliance: 3 of 4 seeds"
+    )
+
+
 def test_paired_differences_match_ttest_rel() -> None:
     table = paired_differences(_models())
     assert set(table["pair"]) == {"seg - erm", "seg - box", "box - erm"}
@@ -133,8 +155,61 @@ def test_repeated_cell_and_seed_is_an_error() -> None:
 
 def test_a_pair_of_one_supervision_is_refused() -> None:
     with pytest.raises(ParameterError) as err:
-        paired_differences(_models(), [("seg", "seg")])
-    assert err.value.key == "pairs"
+        paired_differences(_models(), [("seg", "erm"), ("seg", "seg")])
+    assert err.value.key == "pairs[1]"
+    assert "two different supervisions, got seg - seg" in err.value.problem
+
+
+@pytest.mark.parametrize(
+    ("pairs", "key", "words"),
+    [
+        ([("seg", "ERM")], "pairs[0]", "unknown supervision(s) ['ERM']; valid names are"),
+        ([("seg", "erm", "box")], "pairs[0]", "must be a pair [a, b] of two supervisions"),
+        (["seg-erm"], "pairs[0]", "got 'seg-erm'"),
+        ([("seg", None)], "pairs[0]", "unknown supervision(s) [None]"),
+        (None, "pairs", "must be a list"),
+    ],
+)
+def test_a_malformed_pair_or_unknown_supervision_is_refused(
+    pairs: object, key: str, words: str
+) -> None:
+    with pytest.raises(ParameterError) as err:
+        paired_differences(_models(), pairs)  # type: ignore[arg-type]
+    assert err.value.key == key and words in err.value.problem
+
+
+def test_check_pairs_names_the_parameter() -> None:
+    assert check_pairs([["seg", "erm"], ("box", "erm")], "sweep.summary.pairs") == [
+        ("seg", "erm"),
+        ("box", "erm"),
+    ]
+    with pytest.raises(ParameterError) as err:
+        check_pairs([["seg", "erm"], ["sg", "erm"]], "sweep.summary.pairs")
+    assert err.value.key == "sweep.summary.pairs[1]"
+    assert "valid names are ['erm', 'box', 'seg']" in err.value.problem
+
+
+def test_a_pair_of_a_supervision_not_trained_is_skipped_with_an_info_line(caplog) -> None:
+    """The shipped pairs name box, which the base grid does not train: not a warning."""
+    models = _models()
+    with caplog.at_level(logging.INFO, logger="cxr_spurious.sweep.summary"):
+        paired = paired_differences(models[models["supervision"] != "box"], [("box", "erm")])
+    assert paired.empty
+    [record] = [r for r in caplog.records if "box - erm" in r.getMessage()]
+    assert record.levelno == logging.INFO
+    assert "pair box - erm skipped: no model of ['box'] in this run" in record.getMessage()
+
+
+def test_a_pair_of_trained_supervisions_without_shared_cells_is_a_warning(caplog) -> None:
+    models = _models()
+    box = models[models["supervision"] == "box"].assign(artefact="elsewhere")
+    others = models[models["supervision"] != "box"]
+    with caplog.at_level(logging.INFO, logger="cxr_spurious.sweep.summary"):
+        paired = paired_differences(pd.concat([others, box]), [("box", "erm")])
+    assert paired.empty
+    [record] = [r for r in caplog.records if "box - erm" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "share no artefact, strength and seed" in record.getMessage()
 
 
 def test_a_metric_undefined_for_some_pairs_is_counted_and_noted() -> None:

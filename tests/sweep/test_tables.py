@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.sweep.detection import shortcut_detection
 from cxr_spurious.sweep.summary import paired_differences, summarise_cells
 from cxr_spurious.sweep.tables import (
@@ -340,3 +340,17 @@ def test_one_seed_onset_is_undetermined_not_none() -> None:
         "undetermined (one seed: no across-seed interval) from medium (0.7 / 0.3); "
         "relies from strong (0.9 / 0.1)"
     )
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "0.05", None])
+def test_a_non_finite_onset_threshold_is_refused(sweep, bad: object) -> None:
+    """A NaN threshold is never reached: every onset read "none of the grid's strengths"."""
+    _, summary, paired, detection = sweep
+    with pytest.raises(ParameterError) as err:
+        reliance_onset(summary, supervision="erm", threshold=bad)  # type: ignore[arg-type]
+    assert err.value.key == "threshold"
+    with pytest.raises(ParameterError) as err:
+        render_sweep_tables(summary, paired, detection, onset_threshold=bad)  # type: ignore[arg-type]
+    assert err.value.key == "onset_threshold"
+    onset = reliance_onset(summary, supervision="erm", threshold=0.05).set_index("artefact")
+    assert onset.loc["tube, random side", "`erm` relies from"] == "medium (0.7 / 0.3)"

@@ -7,7 +7,9 @@ mass share, ``<method>_artefact_mass``). Per method and artefact (and ``all`` ar
 
 * ``detection_auroc``: AUROC of the attribution for reliance, over models, with a percentile
   bootstrap over models (rows resampled; NaN CI and a note when a resample often lacks a
-  class, see ``stats.bootstrap.bootstrap_or_note``);
+  class, see ``stats.bootstrap.bootstrap_or_note``). The rows are put in a canonical order
+  first (``canonical_order``), so the same seed gives the same CI whatever the order of
+  ``sweep_models``' rows (which follows the order of the grid's parameters);
 * ``spearman``: rank correlation of attribution with reliance, with the same bootstrap;
 * ``false_flag_rate``: among models trained without confounding (P(artefact | PTX) =
   P(artefact | no PTX)), the share whose attribution exceeds ``flag_k`` times the artefact's
@@ -25,14 +27,53 @@ from scipy.stats import rankdata
 from statsmodels.stats.proportion import proportion_confint
 
 from cxr_spurious.errors import ContractError, check_number
-from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, bootstrap_or_note, check_ci_level
+from cxr_spurious.stats.bootstrap import (
+    MAX_DROPPED_SHARE,
+    bootstrap_or_note,
+    check_ci_level,
+    check_max_dropped_share,
+    check_n_boot,
+)
 from cxr_spurious.stats.metrics import auroc
+from cxr_spurious.sweep.grid import CELL_COLUMNS
 
 RELIANCE_COLUMN = "artefact_reliance"
 AREA_COLUMN = "artefact_area"
 MASS_SUFFIX = "_artefact_mass"
 ALL_ARTEFACTS = "all"
 _NAN_CI = {"": np.nan, "_lo": np.nan, "_hi": np.nan, "_dropped": np.nan}
+#: Columns that identify a model of ``sweep_models``, in the order its rows are sorted by
+#: before the bootstrap (``canonical_order``).
+MODEL_KEY: tuple[str, ...] = (*CELL_COLUMNS, "seed")
+
+
+def check_reliance_threshold(value: object, key: str = "reliance_threshold") -> float:
+    """The reliance at or above which a model relies on its artefact: a finite number.
+
+    Raises:
+        ParameterError: naming ``key`` (booleans, strings, NaN and infinities refused).
+    """
+    return check_number(value, key)
+
+
+def check_flag_k(value: object, key: str = "flag_k") -> float:
+    """The multiple of the artefact's mean area share above which a map flags it: > 0.
+
+    Raises:
+        ParameterError: naming ``key`` (booleans, strings, NaN, infinities and values <= 0
+            refused).
+    """
+    return check_number(value, key, low=0, low_open=True)
+
+
+def canonical_order(models: pd.DataFrame, methods: Sequence[str] = ()) -> pd.DataFrame:
+    """``models`` sorted by the model's identity (``MODEL_KEY``, the columns present), then
+    by reliance and the methods' attributions: rows that tie on every sort column are equal
+    in everything the bootstrap reads, so its replicates depend on the set of models only,
+    not on the order of the rows (the order of the grid's artefacts and strengths)."""
+    values = [RELIANCE_COLUMN, *(f"{m}{MASS_SUFFIX}" for m in methods)]
+    by = [c for c in (*MODEL_KEY, *values) if c in models.columns]
+    return models.sort_values(by, kind="stable", na_position="last").reset_index(drop=True)
 
 
 def saliency_methods(models: pd.DataFrame) -> list[str]:
@@ -96,7 +137,8 @@ def shortcut_detection(
         methods: Saliency methods (default: every ``<method>_artefact_mass`` column).
         reliance_threshold: Reliance at or above which a model relies on its artefact.
         flag_k: Multiple of the artefact's mean area share above which a map flags it.
-        n_boot, seed, level, max_dropped_share: The bootstrap over models.
+        n_boot, seed, level, max_dropped_share: The bootstrap over models (rows in
+            ``canonical_order``: the same seed gives the same CI whatever the row order).
 
     Returns:
         ``method``, ``artefact``, ``rule``, ``n_models``, ``n_reliant``, ``n_not_reliant``,
@@ -105,12 +147,16 @@ def shortcut_detection(
 
     Raises:
         ParameterError: ``level`` not in (0, 1), checked whether or not a bootstrap runs;
-            ``reliance_threshold`` not finite; ``flag_k`` not > 0.
+            ``reliance_threshold`` not finite; ``flag_k`` not > 0; ``n_boot`` not an integer
+            >= 1; ``max_dropped_share`` not in [0, 1].
         ContractError: a missing column.
     """
     level = check_ci_level(level, "level")
-    _check(models, reliance_threshold, flag_k)
+    n_boot = check_n_boot(n_boot)
+    max_dropped_share = check_max_dropped_share(max_dropped_share)
+    reliance_threshold, flag_k = _check(models, reliance_threshold, flag_k)
     names = list(methods) if methods is not None else saliency_methods(models)
+    models = canonical_order(models, [m for m in names if f"{m}{MASS_SUFFIX}" in models])
     area = models.groupby("artefact")[AREA_COLUMN].mean() if AREA_COLUMN in models else None
     boot: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level}
     rows = []
@@ -132,7 +178,7 @@ def shortcut_detection(
     return pd.DataFrame(rows)
 
 
-def _check(models: pd.DataFrame, reliance_threshold: float, flag_k: float) -> None:
+def _check(models: pd.DataFrame, reliance_threshold: float, flag_k: float) -> tuple[float, float]:
     missing = [
         c
         for c in ("artefact", "p_given_ptx", "p_given_no_ptx", RELIANCE_COLUMN)
@@ -140,8 +186,7 @@ def _check(models: pd.DataFrame, reliance_threshold: float, flag_k: float) -> No
     ]
     if missing:
         raise ContractError(f"sweep_models: missing column(s) {missing} for shortcut detection")
-    check_number(reliance_threshold, "reliance_threshold")
-    check_number(flag_k, "flag_k", low=0, low_open=True)
+    return check_reliance_threshold(reliance_threshold), check_flag_k(flag_k)
 
 
 def _separation(

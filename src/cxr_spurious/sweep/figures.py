@@ -2,7 +2,8 @@
 
 (a) ``plot_strength_curves``: each metric against the confounding strength
     P(artefact | PTX) - P(artefact | no PTX), one line per supervision with its across-seed CI
-    band, one panel per artefact (columns) and metric (rows);
+    band (broken at strengths without an interval; an error bar at an isolated one), one
+    panel per artefact (columns) and metric (rows);
 (b) ``plot_detection``: each saliency method's detection AUROC with its CI, one panel per
     artefact.
 """
@@ -127,11 +128,32 @@ def _draw_curves(
         )
         if f"{metric}_lo" in rows and f"{metric}_hi" in rows:
             lo, hi = rows[f"{metric}_lo"].to_numpy(float), rows[f"{metric}_hi"].to_numpy(float)
-            ok = np.isfinite(lo) & np.isfinite(hi)
-            ax.fill_between(x[ok], lo[ok], hi[ok], color=line.get_color(), alpha=0.2, lw=0)
+            _draw_band(ax, x, rows[metric].to_numpy(dtype=float), lo, hi, line.get_color())
     for word, level in _REFERENCE.items():
         if metric.endswith(word):
             ax.axhline(level, color="grey", lw=0.8, ls="--", label="_reference")
+
+
+def _draw_band(
+    ax: Axes, x: np.ndarray, est: np.ndarray, lo: np.ndarray, hi: np.ndarray, color: object
+) -> None:
+    """The CI band of one series, only where the strengths have an interval.
+
+    The band is drawn over each run of neighbouring strengths that all have one, so it breaks
+    at a strength without an interval (e.g. one seed) instead of being drawn across it; a
+    strength whose neighbours have none gets its interval as an error bar.
+    """
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():
+        return
+    ax.fill_between(x, lo, hi, where=ok, interpolate=False, color=color, alpha=0.2, lw=0)
+    before = np.r_[False, ok[:-1]]
+    after = np.r_[ok[1:], False]
+    alone = ok & ~before & ~after
+    if alone.any():
+        draw_intervals(
+            ax, est[alone], lo[alone], hi[alone], x[alone], vertical=True, color=color, marker=None
+        )
 
 
 def plot_detection(

@@ -15,6 +15,7 @@ both cut to the metric's range where it is known (``stats.seeds.metric_range``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,9 @@ from cxr_spurious.stats.seeds import (
     seed_list,
     t_interval,
 )
-from cxr_spurious.sweep.grid import CELL_COLUMNS, LOCATION_SUPERVISIONS
+from cxr_spurious.sweep.grid import CELL_COLUMNS, LOCATION_SUPERVISIONS, SUPERVISIONS
+
+logger = logging.getLogger(__name__)
 
 #: Columns that are never metrics (the cell, the seed and bookkeeping).
 IDENTITY_COLUMNS: frozenset[str] = frozenset(
@@ -61,6 +64,46 @@ def metric_columns(models: pd.DataFrame) -> list[str]:
     ]
 
 
+def check_pairs(pairs: object, key: str = "pairs") -> list[tuple[str, str]]:
+    """The supervision pairs to compare, checked: a list of ``[a, b]``, two different names
+    of ``grid.SUPERVISIONS`` each.
+
+    Args:
+        pairs: The pairs (``sweep.summary.pairs``).
+        key: The parameter's key, named in the error (``[i]`` added for the i-th pair).
+
+    Returns:
+        The pairs as tuples, in the order given.
+
+    Raises:
+        ParameterError: ``pairs`` is not a list, a pair is not two names, a name is not a
+            supervision (the valid names listed) or a pair names one supervision twice.
+    """
+    if isinstance(pairs, str | bytes) or not isinstance(pairs, Sequence):
+        raise ParameterError(
+            key, f"must be a list of [supervision, supervision] pairs, got {pairs!r}"
+        )
+    out: list[tuple[str, str]] = []
+    for i, pair in enumerate(pairs):
+        where = f"{key}[{i}]"
+        if isinstance(pair, str | bytes) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ParameterError(
+                where,
+                f"must be a pair [a, b] of two supervisions {list(SUPERVISIONS)}, got {pair!r}",
+            )
+        bad = [name for name in pair if name not in SUPERVISIONS]
+        if bad:
+            raise ParameterError(
+                where,
+                f"unknown supervision(s) {bad}; valid names are {list(SUPERVISIONS)}",
+            )
+        a, b = pair
+        if a == b:
+            raise ParameterError(where, f"a pair needs two different supervisions, got {a} - {b}")
+        out.append((str(a), str(b)))
+    return out
+
+
 def summarise_cells(
     models: pd.DataFrame, *, metrics: Sequence[str] | None = None, level: float = 0.95
 ) -> pd.DataFrame:
@@ -73,7 +116,9 @@ def summarise_cells(
 
     Returns:
         ``CELL_COLUMNS``, ``confounding``, ``n_seeds``, ``seeds``, per metric ``<m>``,
-        ``<m>_lo``, ``<m>_hi``; ``ci_covers`` ("seeds") and ``note``.
+        ``<m>_lo``, ``<m>_hi``; ``ci_covers`` ("seeds") and ``note``. A value that is not
+        finite (NaN or +-inf) is left out of its metric's mean and interval, and ``note``
+        counts it: ``undefined for some seeds: robust_auroc: 3 of 4 seeds``.
     """
     _check_models(models)
     names = list(metrics) if metrics is not None else metric_columns(models)
@@ -103,6 +148,10 @@ def paired_differences(
 ) -> pd.DataFrame:
     """Mean difference (a - b) between two supervisions trained on the same data and seed.
 
+    ``pairs`` is checked by ``check_pairs``; a valid pair whose supervisions never share a
+    cell and seed in ``models`` (e.g. one of them is not in the grid) gives no rows and a
+    warning that names it.
+
     Returns:
         One row per pair and matched cell: ``pair`` ("seg - erm"), ``supervision_a``,
         ``supervision_b``, the cell columns (``location_fraction`` of the location side),
@@ -111,14 +160,21 @@ def paired_differences(
         the metric is defined on both sides: the others are left out of that metric's
         difference, interval and test, and ``note`` names the metric, e.g. ``undefined for
         some pairs: occlusion_artefact_mass: 2 of 3 pairs``); ``ci_covers``, ``note``.
+
+    Raises:
+        ParameterError: a malformed pair, an unknown supervision or a pair of one
+            supervision (``check_pairs``, naming ``pairs[i]``).
     """
     _check_models(models)
-    same = [f"{a} - {b}" for a, b in pairs if a == b]
-    if same:
-        raise ParameterError("pairs", f"a pair needs two different supervisions, got {same}")
+    pairs = check_pairs(pairs)
     names = list(metrics) if metrics is not None else metric_columns(models)
-    frames = [_pair_rows(models, a, b, names, level) for a, b in pairs]
-    frames = [f for f in frames if not f.empty]
+    frames = []
+    for a, b in pairs:
+        frame = _pair_rows(models, a, b, names, level)
+        if frame.empty:
+            _warn_unmatched(models, a, b)
+        else:
+            frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -156,6 +212,26 @@ def _pair_rows(
     return pd.DataFrame(rows)
 
 
+def _warn_unmatched(models: pd.DataFrame, a: str, b: str) -> None:
+    """Say why a pair has no rows: an info line when the run trained no model of one of its
+    supervisions (the shipped pairs name every supervision, the base grid trains erm and seg
+    only), a warning when both were trained but share no artefact, strength and seed."""
+    present = set(models["supervision"].astype(str))
+    absent = [s for s in (a, b) if s not in present]
+    if absent:
+        logger.info(
+            "sweep_paired_differences: pair %s - %s skipped: no model of %s in this run "
+            "(supervisions trained: %s)",
+            a, b, absent, sorted(present),
+        )  # fmt: skip
+        return
+    logger.warning(
+        "sweep_paired_differences: pair %s - %s has no rows: the two supervisions share no "
+        "artefact, strength and seed",
+        a, b,
+    )  # fmt: skip
+
+
 def _check_models(models: pd.DataFrame) -> None:
     missing = [c for c in (*CELL_COLUMNS, SEED_COLUMN) if c not in models.columns]
     if missing:
@@ -178,9 +254,9 @@ def _missing_pairs_note(defined: dict[str, int], n_pairs: int) -> str:
 
 
 def _missing_note(group: pd.DataFrame, names: list[str]) -> str:
-    short = [
-        f"{m}: {int(group[m].notna().sum())} of {len(group)} seeds"
-        for m in names
-        if group[m].notna().sum() < len(group)
-    ]
+    """``undefined for some seeds: <m>: k of n seeds`` for each metric with fewer than ``n``
+    finite values: NaN and +-inf are both left out of the mean and interval
+    (``stats.seeds.t_interval``), so both are counted here."""
+    defined = {m: int(np.isfinite(group[m].to_numpy(dtype=float)).sum()) for m in names}
+    short = [f"{m}: {k} of {len(group)} seeds" for m, k in defined.items() if k < len(group)]
     return ("undefined for some seeds: " + ", ".join(short)) if short else ""

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_spurious.errors import ContractError
+from cxr_spurious.errors import ContractError, check_number
 from cxr_spurious.report.html import p_text, with_cis
 from cxr_spurious.sweep.detection import ALL_ARTEFACTS
 from cxr_spurious.sweep.figures import percent, series_labels
@@ -278,9 +278,12 @@ def reliance_onset(
     rather than counting that strength as not relied on.
 
     Raises:
+        ParameterError: ``threshold`` is not a finite number (a NaN threshold is never
+            reached, so every onset would read ``none of the grid's strengths``).
         ContractError: a column is missing, no cell has ``supervision``, or it has several
             location fractions and ``location_fraction`` does not pick one.
     """
+    threshold = check_number(threshold, "threshold")
     _require(
         summary,
         ["artefact", "supervision", "location_fraction", metric, f"{metric}_lo"],
@@ -460,7 +463,12 @@ def render_sweep_tables(
     (artefact, strength) adds that cell's ``STUDY_METRICS`` per supervision, when the sweep
     has it. ``level`` is the confidence level of ``summary``'s and ``paired``'s across-seed
     intervals (``sweep.summary.ci_level``), ``detection_level`` that of ``detection``'s
-    bootstrap and Wilson intervals (``sweep.detection.ci_level``); the text names both."""
+    bootstrap and Wilson intervals (``sweep.detection.ci_level``); the text names both.
+
+    Raises:
+        ParameterError: ``onset_threshold`` is not a finite number.
+    """
+    onset_threshold = check_number(onset_threshold, "onset_threshold")
     seeds = sorted({int(n) for n in summary.get("n_seeds", pd.Series([], dtype=float)).dropna()})
     cells = summary[["artefact", "strength", "supervision", "location_fraction"]]
     parts = [

@@ -29,19 +29,29 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxr_spurious.datasets.skippable import SKIPPED, is_skipped
-from cxr_spurious.errors import ContractError, ParameterError, StaleOutputError
+from cxr_spurious.errors import ContractError, ParameterError, StaleOutputError, check_number
 from cxr_spurious.heatmaps import HeatmapSet
 from cxr_spurious.models import model_from_artifact
 from cxr_spurious.sources.cache import ImageCache
+from cxr_spurious.stats.bootstrap import check_ci_level, check_max_dropped_share, check_n_boot
 from cxr_spurious.stats.multiplicity import adjust_table, family_note, read_settings
 from cxr_spurious.stats.seed_param import check_seed
 from cxr_spurious.sweep.attribution import saliency_table
 from cxr_spurious.sweep.confounding import NO_LESION, ORIGINAL, assign_artefacts, render_name
-from cxr_spurious.sweep.detection import shortcut_detection
+from cxr_spurious.sweep.detection import (
+    check_flag_k,
+    check_reliance_threshold,
+    shortcut_detection,
+)
 from cxr_spurious.sweep.figures import plot_detection, plot_strength_curves
-from cxr_spurious.sweep.grid import Cell, config_hash
+from cxr_spurious.sweep.grid import ARTEFACT_KINDS, Cell, config_hash, expand_grid
 from cxr_spurious.sweep.metrics import model_metrics, model_row, render_table
-from cxr_spurious.sweep.summary import metric_columns, paired_differences, summarise_cells
+from cxr_spurious.sweep.summary import (
+    check_pairs,
+    metric_columns,
+    paired_differences,
+    summarise_cells,
+)
 from cxr_spurious.sweep.tables import render_sweep_tables
 from cxr_spurious.training.checkpoints import code_digests
 from cxr_spurious.training.device import setup_for
@@ -360,22 +370,45 @@ def summarise_cell(
     task: str,
     metrics: Mapping[str, Any],
 ) -> Any:
-    """One ``sweep_models`` row: the cell, seed, config hash and ``model_metrics``."""
+    """One ``sweep_models`` row: the cell, seed, config hash and ``model_metrics``.
+
+    Raises:
+        ParameterError: a ``sweep.metrics`` setting missing or out of range, naming its key
+            (``sweep.metrics.n_boot``: an integer >= 1; ``ci_level``: in (0, 1);
+            ``max_dropped_share``: in [0, 1]; ``seed``: an integer in [0, 2**32 - 1]).
+    """
     if is_skipped(render_predictions):
         return SKIPPED
+    section = "sweep.metrics"
+    n_boot = check_n_boot(_setting(metrics, section, "n_boot"), f"{section}.n_boot")
+    seed = check_seed(_setting(metrics, section, "seed"), f"{section}.seed")
+    level = check_ci_level(_setting(metrics, section, "ci_level"), f"{section}.ci_level")
+    share = check_max_dropped_share(
+        _setting(metrics, section, "max_dropped_share"), f"{section}.max_dropped_share"
+    )
     cell = Cell(**plan["cell"])
     has = manifest.set_index("image_id")[ARTEFACT_COLUMN].astype(bool)
     table = render_table(render_predictions, manifest, has, task=task, artefact=cell.artefact)
     values = model_metrics(
         table,
         None if is_skipped(saliency) else saliency,
-        n_boot=int(metrics["n_boot"]),
-        seed=check_seed(metrics["seed"], "sweep.metrics.seed"),
-        level=float(metrics["ci_level"]),
-        max_dropped_share=float(metrics["max_dropped_share"]),
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+        max_dropped_share=share,
         label=cell.namespace,
     )
     return _plain(model_row(cell, values, plan["config_hash"]))
+
+
+def _setting(params: Mapping[str, Any] | None, section: str, name: str) -> Any:
+    """``params[name]``, or a ``ParameterError`` naming ``<section>.<name>`` when it is not
+    set (the value itself is checked by the caller)."""
+    if not isinstance(params, Mapping):
+        raise ParameterError(section, f"must be a mapping of settings, got {params!r}")
+    if name not in params:
+        raise ParameterError(f"{section}.{name}", "is missing")
+    return params[name]
 
 
 def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -471,9 +504,14 @@ def summarise_sweep(
     ``summary.multiplicity`` (``method`` holm | bonferroni | fdr_bh | none, ``family``
     metric: each metric within each pair and location fraction, over the grid's cells |
     table: every p-value), Holm within each metric and pair when it is not set.
+
+    Raises:
+        ParameterError: ``sweep.summary.ci_level`` not in (0, 1); ``sweep.summary.pairs``
+            not a list of two different supervision names (``grid.SUPERVISIONS``), naming
+            the pair (``sweep.summary.pairs[1]``); a bad ``sweep.summary.multiplicity``.
     """
-    level = float(summary["ci_level"])
-    pairs = [tuple(p) for p in summary["pairs"]]
+    level = _summary_level(summary)
+    pairs = check_pairs(_setting(summary, "sweep.summary", "pairs"), "sweep.summary.pairs")
     method, family = read_settings(summary.get("multiplicity"), "sweep.summary.multiplicity")
     cells = summarise_cells(models, level=level)
     metrics = metric_columns(models)
@@ -491,28 +529,57 @@ def summarise_sweep(
     return cells, paired
 
 
+def _summary_level(summary_params: Mapping[str, Any]) -> float:
+    """``sweep.summary.ci_level``, checked (in (0, 1))."""
+    value = _setting(summary_params, "sweep.summary", "ci_level")
+    return check_ci_level(value, "sweep.summary.ci_level")
+
+
+def _detection_level(detection_params: Mapping[str, Any]) -> float:
+    """``sweep.detection.ci_level``, checked (in (0, 1))."""
+    value = _setting(detection_params, "sweep.detection", "ci_level")
+    return check_ci_level(value, "sweep.detection.ci_level")
+
+
 def detect_shortcuts(models: pd.DataFrame, detection: Mapping[str, Any]) -> pd.DataFrame:
-    """``shortcut_detection``: per saliency method and artefact."""
+    """``shortcut_detection``: per saliency method and artefact.
+
+    Every setting is checked before the table is read, naming its key: a fraction for
+    ``n_boot`` or a boolean for a number is refused, not truncated or read as 1.
+
+    Raises:
+        ParameterError: ``sweep.detection.seed`` not an integer in [0, 2**32 - 1];
+            ``reliance_threshold`` not a finite number; ``flag_k`` not > 0; ``n_boot`` not
+            an integer >= 1; ``ci_level`` not in (0, 1); any of them missing.
+    """
+    section = "sweep.detection"
+    seed = check_seed(_setting(detection, section, "seed"), f"{section}.seed")
+    threshold = check_reliance_threshold(
+        _setting(detection, section, "reliance_threshold"), f"{section}.reliance_threshold"
+    )
+    flag_k = check_flag_k(_setting(detection, section, "flag_k"), f"{section}.flag_k")
+    n_boot = check_n_boot(_setting(detection, section, "n_boot"), f"{section}.n_boot")
+    level = _detection_level(detection)
     return shortcut_detection(
         models,
-        reliance_threshold=float(detection["reliance_threshold"]),
-        flag_k=float(detection["flag_k"]),
-        n_boot=int(detection["n_boot"]),
-        seed=check_seed(detection["seed"], "sweep.detection.seed"),
-        level=float(detection["ci_level"]),
+        reliance_threshold=threshold,
+        flag_k=flag_k,
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
     )
 
 
 def plot_sweep_strength(summary: pd.DataFrame, summary_params: Mapping[str, Any]) -> Figure:
     """Robust AUROC and reliance against confounding strength (``plot_strength_curves``),
-    the band at ``sweep.summary.ci_level``."""
-    return plot_strength_curves(summary, level=float(summary_params["ci_level"]))
+    the band at ``sweep.summary.ci_level`` (checked: in (0, 1))."""
+    return plot_strength_curves(summary, level=_summary_level(summary_params))
 
 
 def plot_sweep_detection(detection: pd.DataFrame, detection_params: Mapping[str, Any]) -> Figure:
     """Detection AUROC per saliency method and artefact (``plot_detection``), the CI at
-    ``sweep.detection.ci_level``."""
-    return plot_detection(detection, level=float(detection_params["ci_level"]))
+    ``sweep.detection.ci_level`` (checked: in (0, 1))."""
+    return plot_detection(detection, level=_detection_level(detection_params))
 
 
 def write_sweep_tables(
@@ -522,16 +589,90 @@ def write_sweep_tables(
     tables: Mapping[str, Any],
     summary_params: Mapping[str, Any],
     detection_params: Mapping[str, Any],
+    grid: Mapping[str, Any] | None = None,
 ) -> str:
     """``sweep_tables``: the findings as Markdown (``cxr_spurious.sweep.tables``), naming
-    the levels of ``sweep.summary.ci_level`` and ``sweep.detection.ci_level``."""
-    cell = tables.get("study_cell")
+    the levels of ``sweep.summary.ci_level`` and ``sweep.detection.ci_level``.
+
+    ``sweep.tables.study_cell`` is null or ``{artefact, strength}``: ``artefact`` one of the
+    phantom's artefact kinds, ``strength`` one of the grid's strength labels (``grid``,
+    ``sweep.grid``; without it, the strengths of ``summary``). A valid cell that this run
+    has no row of (not in the grid, or no model of it trained) leaves its section out with
+    a warning.
+
+    Raises:
+        ParameterError: ``sweep.tables.onset_threshold`` not a finite number;
+            ``sweep.tables.study_cell`` not null or a mapping of exactly ``artefact`` and
+            ``strength``, or naming an unknown artefact kind or strength label (the valid
+            names listed); a level not in (0, 1).
+    """
+    threshold = check_number(
+        _setting(tables, "sweep.tables", "onset_threshold"), "sweep.tables.onset_threshold"
+    )
+    level = _summary_level(summary_params)
+    detection_level = _detection_level(detection_params)
+    study_cell = _study_cell(tables.get("study_cell"), summary, grid)
     return render_sweep_tables(
         summary,
         paired,
         detection,
-        onset_threshold=float(tables["onset_threshold"]),
-        study_cell=(str(cell["artefact"]), str(cell["strength"])) if cell else None,
-        level=float(summary_params["ci_level"]),
-        detection_level=float(detection_params["ci_level"]),
+        onset_threshold=threshold,
+        study_cell=study_cell,
+        level=level,
+        detection_level=detection_level,
     )
+
+
+def _study_cell(
+    cell: Any, summary: pd.DataFrame, grid: Mapping[str, Any] | None
+) -> tuple[str, str] | None:
+    """``sweep.tables.study_cell`` as ``(artefact, strength)``, checked (see
+    ``write_sweep_tables``); a warning when this run has no row of that cell."""
+    key = "sweep.tables.study_cell"
+    if cell is None:
+        return None
+    if not isinstance(cell, Mapping) or set(cell) != {"artefact", "strength"}:
+        got = sorted(map(str, cell)) if isinstance(cell, Mapping) else repr(cell)
+        raise ParameterError(
+            key, f"must be null or a mapping with the keys ['artefact', 'strength'], got {got}"
+        )
+    artefact, strength = cell["artefact"], cell["strength"]
+    if artefact not in ARTEFACT_KINDS:
+        raise ParameterError(
+            f"{key}.artefact",
+            f"unknown artefact kind {artefact!r}; valid names are {sorted(ARTEFACT_KINDS)}",
+        )
+    if grid is not None:
+        cells = expand_grid(grid)
+        strengths = list(dict.fromkeys(c.strength for c in cells))
+        artefacts = sorted({c.artefact for c in cells})
+        source = "the grid's strength labels (sweep.grid.strengths)"
+    else:
+        has = "strength" in summary.columns
+        strengths = sorted(summary["strength"].astype(str).unique()) if has else []
+        artefacts = None
+        source = "the strengths of sweep_summary"
+    if strength not in strengths:
+        raise ParameterError(
+            f"{key}.strength",
+            f"unknown strength {strength!r}; valid names are {source}: {strengths}",
+        )
+    columns = {"artefact", "strength"} <= set(summary.columns)
+    here = columns and bool(
+        ((summary["artefact"] == artefact) & (summary["strength"] == strength)).any()
+    )
+    if not here:
+        why = (
+            f"the grid's artefacts {artefacts} leave it out"
+            if artefacts is not None and artefact not in artefacts
+            else "sweep_summary has no row of it: no model of the cell was trained in this "
+            "configuration"
+        )
+        logger.warning(
+            "sweep_tables: %s %s / %s is not in this run's results (%s); its section is left out",
+            key,
+            artefact,
+            strength,
+            why,
+        )
+    return str(artefact), str(strength)

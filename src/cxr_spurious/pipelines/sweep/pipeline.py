@@ -214,6 +214,7 @@ def create_collectors(names: list[str]) -> Pipeline:
                     "params:sweep.tables",
                     "params:sweep.summary",
                     "params:sweep.detection",
+                    "params:sweep.grid",
                 ],
                 "sweep_tables",
                 name="write_sweep_tables",
