@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from tests.sweep.sweep_rows import cell_rows
 
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.sweep.detection import shortcut_detection
@@ -29,30 +30,20 @@ SEEDS = range(4)
 def _models() -> pd.DataFrame:
     """tube_random: erm relies from medium on; faint_texture: nobody relies at any strength."""
     rng = np.random.default_rng(7)
-    rows = []
-    for artefact in ("tube_random", "faint_texture"):
-        for strength, (p1, p0) in STRENGTHS.items():
-            for sup, frac in SUPERVISIONS:
-                for seed in SEEDS:
-                    learns = artefact == "tube_random" and sup == "erm"
-                    reliance = (p1 - p0) * 0.5 * learns + rng.normal(0, 0.01)
-                    robust = 0.95 - reliance * 1.5 + rng.normal(0, 0.02)
-                    rows.append(
-                        {
-                            "artefact": artefact,
-                            "strength": strength,
-                            "p_given_ptx": p1,
-                            "p_given_no_ptx": p0,
-                            "supervision": sup,
-                            "location_fraction": frac,
-                            "seed": seed,
-                            "robust_auroc": robust,
-                            "artefact_reliance": reliance,
-                            "lesion_reliance": 0.5 - reliance + rng.normal(0, 0.02),
-                            "artefact_area": 0.03,
-                            "gradcam_artefact_mass": 0.03 + reliance * 0.5 + rng.normal(0, 0.01),
-                        }
-                    )
+
+    def metrics(confounding: float, sup: str, seed: int, artefact: str) -> dict[str, float]:
+        learns = artefact == "tube_random" and sup == "erm"
+        reliance = confounding * 0.5 * learns + rng.normal(0, 0.01)
+        return {
+            "robust_auroc": 0.95 - reliance * 1.5 + rng.normal(0, 0.02),
+            "artefact_reliance": reliance,
+            "lesion_reliance": 0.5 - reliance + rng.normal(0, 0.02),
+            "artefact_area": 0.03,
+            "gradcam_artefact_mass": 0.03 + reliance * 0.5 + rng.normal(0, 0.01),
+        }
+
+    artefacts = ("tube_random", "faint_texture")
+    rows = cell_rows(STRENGTHS, tuple(SUPERVISIONS), metrics, artefacts, seeds=len(SEEDS))
     return pd.DataFrame(rows)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from tests.sweep.sweep_rows import cell_rows
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.pipelines.sweep import nodes
@@ -38,29 +39,21 @@ def _models() -> pd.DataFrame:
     """tube_random and marker_port at none / strong (no medium), erm and seg, 3 seeds: erm
     relies on the artefact at strong, Grad-CAM's mass follows reliance."""
     rng = np.random.default_rng(0)
-    rows = []
-    for artefact in ("tube_random", "marker_port"):
-        for strength, (p1, p0) in {"none": (0.5, 0.5), "strong": (0.9, 0.1)}.items():
-            for sup, frac in (("erm", 0.0), ("seg", 1.0)):
-                for seed in range(3):
-                    reliance = (p1 - p0) * 0.5 * (sup == "erm") + rng.normal(0, 0.01)
-                    rows.append(
-                        {
-                            "artefact": artefact,
-                            "strength": strength,
-                            "p_given_ptx": p1,
-                            "p_given_no_ptx": p0,
-                            "supervision": sup,
-                            "location_fraction": frac,
-                            "seed": seed,
-                            "artefact_reliance": reliance,
-                            "robust_auroc": 0.9 - reliance,
-                            "auroc": 0.85 + rng.normal(0, 0.01),
-                            "artefact_area": 0.03,
-                            "gradcam_artefact_mass": 0.03 + reliance * 0.5 + rng.normal(0, 0.01),
-                        }
-                    )
-    return pd.DataFrame(rows)
+
+    def metrics(confounding: float, sup: str, seed: int, _artefact: str) -> dict[str, float]:
+        reliance = confounding * 0.5 * (sup == "erm") + rng.normal(0, 0.01)
+        return {
+            "artefact_reliance": reliance,
+            "robust_auroc": 0.9 - reliance,
+            "auroc": 0.85 + rng.normal(0, 0.01),
+            "artefact_area": 0.03,
+            "gradcam_artefact_mass": 0.03 + reliance * 0.5 + rng.normal(0, 0.01),
+        }
+
+    strengths = {"none": (0.5, 0.5), "strong": (0.9, 0.1)}
+    supervisions = (("erm", 0.0), ("seg", 1.0))
+    artefacts = ("tube_random", "marker_port")
+    return pd.DataFrame(cell_rows(strengths, supervisions, metrics, artefacts))
 
 
 def _error(call: Any) -> ParameterError:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
 from statsmodels.stats.multitest import multipletests
+from tests.sweep.sweep_rows import cell_rows
 
 from cxr_spurious.cli import user_error
 from cxr_spurious.datasets.skippable import SKIPPED, SkippableDataset, is_skipped
@@ -193,35 +193,11 @@ def test_collector_leaves_out_stale_rows_that_training_only_did_not_retrain(
     assert erm.namespace in str(err.value) and user_error(err.value) is err.value
 
 
-def _cell_rows(
-    strengths: dict[str, tuple[float, float]],
-    supervisions: tuple[tuple[str, float], ...],
-    metrics: Callable[[float, str, int], dict[str, float]],
-) -> list[dict[str, object]]:
-    """``sweep_models`` rows of the tube_random cells: ``metrics(confounding, supervision,
-    seed)`` gives each row's metric values (confounding = P(tube | PTX) - P(tube | no PTX))."""
-    return [
-        {
-            "artefact": "tube_random",
-            "strength": strength,
-            "p_given_ptx": p1,
-            "p_given_no_ptx": p0,
-            "supervision": sup,
-            "location_fraction": frac,
-            "seed": seed,
-            **metrics(p1 - p0, sup, seed),
-        }
-        for strength, (p1, p0) in strengths.items()
-        for sup, frac in supervisions
-        for seed in range(3)
-    ]
-
-
 def test_collector_nodes_name_the_configured_levels() -> None:
-    rows = _cell_rows(
+    rows = cell_rows(
         {"none": (0.5, 0.5), "strong": (0.9, 0.1)},
         (("erm", 0.0), ("seg", 1.0)),
-        lambda conf, sup, seed: {
+        lambda conf, sup, seed, _artefact: {
             "artefact_reliance": conf * (sup == "erm") + 0.01 * seed,
             "robust_auroc": 0.8 - 0.01 * seed,
         },
@@ -319,10 +295,10 @@ def test_a_skipped_model_gets_no_heatmaps() -> None:
 def _pair_rows() -> pd.DataFrame:
     rng = np.random.default_rng(3)
     return pd.DataFrame(
-        _cell_rows(
+        cell_rows(
             {"none": (0.5, 0.5), "medium": (0.7, 0.3), "strong": (0.9, 0.1)},
             (("erm", 0.0), ("seg", 1.0), ("box", 1.0)),
-            lambda conf, sup, seed: {
+            lambda conf, sup, seed, _artefact: {
                 "artefact_reliance": conf * (sup == "erm") + rng.normal(0, 0.05),
                 "robust_auroc": 0.8 - 0.2 * conf * (sup == "erm") + rng.normal(0, 0.05),
             },
