@@ -16,8 +16,8 @@ from tests.robustness.robust_fixtures import TASK, make_table
 
 from cxr_spurious.robustness.calibration import calibration_table, expected_calibration_error
 from cxr_spurious.robustness.fairness import fairness_tables
-from cxr_spurious.robustness.subgroups import few_patients_note, subgroup_auroc
-from cxr_spurious.stats.bootstrap import MIN_CI_CLUSTERS
+from cxr_spurious.robustness.subgroups import subgroup_auroc
+from cxr_spurious.stats.bootstrap import MIN_CI_CLUSTERS, few_clusters_note
 
 
 def _with_site(n_patients: int, images: int = 24, seed: int = 0) -> pd.DataFrame:
@@ -111,10 +111,17 @@ def test_gap_over_a_group_of_few_patients_has_no_ci_but_keeps_its_test() -> None
     assert big["lo"].notna().all() and (big["ci_note"] == "").all()
 
 
-def test_few_patients_note_counts_distinct_patients() -> None:
-    assert few_patients_note(["a"] * 10) == "no CI: 1 patient (fewer than 5)"
-    assert few_patients_note(["a", "b", "a"], "group x") == (
+def test_few_clusters_note_counts_distinct_clusters() -> None:
+    assert few_clusters_note(["a"] * 10) == "no CI: 1 patient (fewer than 5)"
+    assert few_clusters_note(["a", "b", "a"], what="group x") == (
         "no CI: group x has 2 patients (fewer than 5)"
     )
-    assert few_patients_note(list("abcde")) == ""
-    assert few_patients_note(list("abc"), min_patients=3) == ""
+    assert few_clusters_note(list("abcde")) == ""
+    assert few_clusters_note(list("abc"), min_clusters=3) == ""
+    assert few_clusters_note(list("abcd"), min_clusters=5) == "no CI: 4 patients (fewer than 5)"
+    # the localization comparisons' wording: CXRs as clusters, no CI and no p-value
+    assert few_clusters_note(np.array(["c1", "c1"]), unit="cxr", lacks="CI or p-value") == (
+        "no CI or p-value: 1 cxr (fewer than 5)"
+    )
+    # integer patient ids count the same way
+    assert few_clusters_note([1, 2, 2, 3]) == "no CI: 3 patients (fewer than 5)"

@@ -30,6 +30,7 @@ from cxr_spurious.sources.contract import patient_ids
 from cxr_spurious.stats.bootstrap import (
     MAX_DROPPED_SHARE,
     MIN_CI_CLUSTERS,
+    few_clusters_note,
     legacy_bootstrap_indices,
     nanmean_cis,
     paired_bootstrap,
@@ -352,14 +353,6 @@ def _ci_note(stats: Mapping[str, Any], names: Sequence[str], min_clusters: int, 
     return f"no CI (finite in < {min_clusters} {unit}s): {', '.join(short)}" if short else ""
 
 
-def _few_clusters_note(clusters: np.ndarray, unit: str) -> str:
-    """``ci_note`` of a paired difference: why it has no CI or p-value, else ``""``."""
-    n = int(pd.unique(clusters).size)
-    if n >= MIN_CI_CLUSTERS:
-        return ""
-    return f"no CI or p-value: {n} {unit}{'' if n == 1 else 's'} (fewer than {MIN_CI_CLUSTERS})"
-
-
 #: Columns of the project tables (``summary_table``, ``subgroup_table``,
 #: ``paired_comparisons``) that record how their CIs were made.
 CI_COLUMNS: tuple[str, ...] = ("ci_level", "n_boot")
@@ -638,7 +631,7 @@ def paired_comparisons(
                         "n_clusters": int(pd.unique(groups).size),
                         "cluster_unit": unit,
                         "diff_dropped": res.n_dropped,
-                        "ci_note": _few_clusters_note(groups, unit),
+                        "ci_note": few_clusters_note(groups, unit=unit, lacks="CI or p-value"),
                         **ci_settings(level, n_boot),
                     }
                 )

@@ -26,9 +26,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxr_spurious.errors import check_integer
-from cxr_spurious.stats.bootstrap import MAX_DROPPED_SHARE, BootstrapResult, bootstrap
-
-from .subgroups import few_patients_note
+from cxr_spurious.stats.bootstrap import (
+    MAX_DROPPED_SHARE,
+    BootstrapResult,
+    bootstrap,
+    few_clusters_note,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ def calibration_table(
         p = lab.loc[mask, f"p_{task}"].to_numpy(dtype=float)
         patients = lab.loc[mask, "patient_id"].to_numpy()
         desc = f"ECE {task}/{attr}={group}"
-        if note := few_patients_note(patients):
+        if note := few_clusters_note(patients):
             estimate = expected_calibration_error(y, p, n_bins)
             res = BootstrapResult(estimate, float("nan"), float("nan"), np.array([]))
             logger.warning("%s: %s", desc, note)

@@ -50,10 +50,11 @@ from cxr_spurious.stats.bootstrap import (
     check_cluster_labels,
     check_n_boot,
     count_dropped,
+    few_clusters_note,
     percentile_ci,
 )
 
-from .subgroups import eligible_groups, few_patients_note, left_out_note
+from .subgroups import eligible_groups, left_out_note
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +322,7 @@ def fairness_tables(
         few = "; ".join(
             note
             for g in pd.Categorical(sens).categories
-            if (note := few_patients_note(pid[sens == g], f"group {g}"))
+            if (note := few_clusters_note(pid[sens == g], what=f"group {g}"))
         )
         reps = (
             []

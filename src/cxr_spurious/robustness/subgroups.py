@@ -12,7 +12,7 @@ A statistic of fewer than ``MIN_CI_CLUSTERS`` patients (the project's rule for a
 patient-bootstrap CI, ``stats.bootstrap``) gets no CI either: a group of one patient would
 draw the same rows in every replicate, an interval of width 0, and a handful of patients
 give a handful of distinct resamples. Its ``lo`` / ``hi`` are NaN and ``ci_note`` says how
-many patients (``few_patients_note``: ``no CI: 1 patient (fewer than 5)``).
+many patients (``stats.bootstrap.few_clusters_note``: ``no CI: 1 patient (fewer than 5)``).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import pandas as pd
 from cxr_spurious.errors import ContractError, ParameterError
 from cxr_spurious.stats.bootstrap import (
     MAX_DROPPED_SHARE,
-    MIN_CI_CLUSTERS,
     BootstrapResult,
     bootstrap,
     bootstrap_or_note,
+    few_clusters_note,
     paired_bootstrap,
 )
 from cxr_spurious.stats.metrics import (
@@ -59,27 +59,6 @@ def eligible_groups(y: np.ndarray, values: pd.Series, min_per_class: int) -> lis
         if (yy == 1).sum() >= min_per_class and (yy == 0).sum() >= min_per_class:
             out.append(v)
     return out
-
-
-def few_patients_note(
-    patients: Sequence[object] | np.ndarray, what: str = "", min_patients: int = MIN_CI_CLUSTERS
-) -> str:
-    """Why a statistic of these rows gets no CI: ``no CI: 1 patient (fewer than 5)``.
-
-    ``""`` when the rows come from at least ``min_patients`` distinct patients
-    (``MIN_CI_CLUSTERS``, as ``nanmean_cis``): a patient bootstrap over fewer draws a
-    handful of distinct resamples (one patient: the same rows every time, a CI of width 0).
-
-    Args:
-        patients: Patient of each row the statistic uses.
-        what: What the rows are, named in the note (``group F``).
-        min_patients: Fewest patients for a CI.
-    """
-    n = int(pd.unique(np.asarray(patients, dtype=object)).size)
-    if n >= min_patients:
-        return ""
-    counted = f"{n} patient" + ("" if n == 1 else "s")
-    return f"no CI: {what + ' has ' if what else ''}{counted} (fewer than {min_patients})"
 
 
 def _no_ci(estimate: float) -> BootstrapResult:
@@ -155,7 +134,7 @@ def subgroup_auroc(
     kw: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level}
     share = float(max_dropped_share)
     labelled = np.isfinite(y)
-    few = few_patients_note(pid[labelled])
+    few = few_clusters_note(pid[labelled])
     if few:
         overall = _no_ci(auroc(y, s))
         logger.warning("AUROC %s: %s", task, few)
@@ -182,7 +161,7 @@ def subgroup_auroc(
             fn = METRICS[metric]
             desc = f"{metric} {task}/{spurious}"
             used = spurious_pairing_rows(y, t, metric)
-            if note := few_patients_note(pid[used]):
+            if note := few_clusters_note(pid[used]):
                 res = _no_ci(fn(y, s, t))
                 logger.warning("%s: %s", desc, note)
             else:
@@ -210,9 +189,9 @@ def subgroup_auroc(
             mask = (table[attr] == v).to_numpy()
             yy, ss, pp = y[mask], s[mask], pid[mask]
             desc = f"AUROC {task}/{attr}={v}"
-            if note := few_patients_note(pp[np.isfinite(yy)]):
+            if note := few_clusters_note(pp[np.isfinite(yy)]):
                 res = _no_ci(auroc(yy, ss))
-                few_groups.append(few_patients_note(pp[np.isfinite(yy)], f"group {v}"))
+                few_groups.append(few_clusters_note(pp[np.isfinite(yy)], what=f"group {v}"))
                 logger.warning("%s: %s", desc, note)
             else:
                 res, note = bootstrap_or_note(

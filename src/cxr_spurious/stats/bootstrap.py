@@ -331,6 +331,35 @@ def _warn_if_many_dropped(reps: np.ndarray, max_dropped_share: float | None, lab
 MIN_CI_CLUSTERS = 5
 
 
+def few_clusters_note(
+    clusters: Sequence[object] | np.ndarray,
+    *,
+    unit: str = "patient",
+    what: str = "",
+    lacks: str = "CI",
+    min_clusters: int = MIN_CI_CLUSTERS,
+) -> str:
+    """Why a statistic of these rows gets no ``lacks`` (a CI, or a CI and a p-value):
+    ``no CI: 1 patient (fewer than 5)``, ``no CI: group F has 2 patients (fewer than 5)``.
+
+    ``""`` when the rows come from at least ``min_clusters`` distinct clusters (the rule of
+    ``nanmean_cis`` and ``paired_bootstrap``): a cluster bootstrap over fewer draws a
+    handful of distinct resamples (one cluster: the same rows every time, a CI of width 0).
+
+    Args:
+        clusters: Cluster (patient, CXR) of each row the statistic uses.
+        unit: What a cluster is, named in the note (``patient``, ``cxr``).
+        what: What the rows are, named in the note (``group F``).
+        lacks: What the statistic goes without (``CI``, ``CI or p-value``).
+        min_clusters: Fewest clusters for a CI.
+    """
+    n = int(pd.unique(np.asarray(clusters, dtype=object)).size)
+    if n >= min_clusters:
+        return ""
+    counted = f"{n} {unit}" + ("" if n == 1 else "s")
+    return f"no {lacks}: {what + ' has ' if what else ''}{counted} (fewer than {min_clusters})"
+
+
 def paired_bootstrap(
     statistic_a: Callable[[np.ndarray], float],
     statistic_b: Callable[[np.ndarray], float],
