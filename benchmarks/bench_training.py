@@ -4,7 +4,7 @@ Usage:
     python benchmarks/bench_training.py [--models unet_small cnn_small resnet18]
         [--images 1700] [--size 96] [--batch 32] [--epochs 1] [--rounds 2]
         [--precisions auto] [--threads N] [--device cpu] [--compile]
-        [--eval-batch N] [--eval-batches 16 32 64 128] [--ceiling] [--json FILE]
+        [--eval-batch N] [--eval-batches 16 32 64 128] [--ceiling] [--fill-ab] [--json FILE]
 
 Both sides run in this process, interleaved (loop, pure, loop, pure, ... ``--rounds`` times
 per model and precision), so a shared, noisy machine slows both alike:
@@ -63,11 +63,20 @@ the bulk of the work; element-wise operations are not counted), the pure step's 
 and the rate of a large square matrix product (``--ceiling-size``, same precision and
 threads, timed right after the row's rounds) as the ceiling; with the images per second
 the pure step would reach at that ceiling.
+
+``--fill-ab`` also times, in each round right after the regular loop and pure step, the
+same loop and pure step with PyTorch's NaN fill of fresh tensors on
+(``torch.utils.deterministic.fill_uninitialized_memory``, PyTorch's default under
+deterministic algorithms; the project switches it off, ``training/device.py``
+``FILL_UNINITIALIZED_MEMORY``), and reports both rates with fill on and the speed-up of the
+project's setting; plus whether 3 pure steps from the same weights end identical with the
+fill on and off (they must: a difference means an operation reads memory it did not write).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -76,7 +85,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +93,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+import torch.utils.deterministic
 import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -92,6 +102,7 @@ from cxr_spurious.phantom import PhantomConfig, generate_phantom
 from cxr_spurious.sources.adapters import get_adapter
 from cxr_spurious.sources.cache import ImageCache, build_cache, load_cache, make_cache_spec
 from cxr_spurious.sources.contract import validate_manifest
+from cxr_spurious.training import device as device_module
 from cxr_spurious.training.config import resolve_training_config
 from cxr_spurious.training.data import CacheBatches, build_training_table, make_loader
 from cxr_spurious.training.device import (
@@ -277,6 +288,42 @@ def time_pure(
     return {"images": steps * int(x.shape[0]), "seconds": seconds, "steps": steps}
 
 
+@contextlib.contextmanager
+def nan_fill(on: bool) -> Iterator[None]:
+    """PyTorch's NaN fill of fresh tensors on (or off) inside the block, for the pure step
+    (the flag) and for ``fit`` (which sets the flag from ``FILL_UNINITIALIZED_MEMORY``
+    through ``configure_determinism``); both are put back afterwards."""
+    saved = (
+        device_module.FILL_UNINITIALIZED_MEMORY,
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
+    device_module.FILL_UNINITIALIZED_MEMORY = on
+    torch.utils.deterministic.fill_uninitialized_memory = on
+    try:
+        yield
+    finally:
+        device_module.FILL_UNINITIALIZED_MEMORY = saved[0]
+        torch.utils.deterministic.fill_uninitialized_memory = saved[1]
+
+
+def fill_checks(
+    cfg: Mapping[str, Any], setup: DeviceSetup, image: torch.Tensor, steps: int
+) -> dict[str, float]:
+    """Largest parameter difference after ``steps`` pure steps from the same weights with
+    the NaN fill on and off (0 unless an operation reads memory it did not write), and
+    whether the parameters stayed finite with it on."""
+    ends = {}
+    for on in (True, False):
+        with nan_fill(on):
+            runner = pure_step_runner(cfg, setup, image)
+            time_pure(runner, setup, steps)
+            ends[on] = _parameters(runner)
+    return {
+        "fill_vs_no_fill_max_diff": _max_diff(ends[True], ends[False]),
+        "fill_params_finite": all(bool(torch.isfinite(p).all()) for p in ends[True]),
+    }
+
+
 def _parameters(runner: tuple[TrainingForward, Any, Any, Any]) -> list[torch.Tensor]:
     return [p.detach().float().cpu().clone() for p in runner[0].parameters()]
 
@@ -389,6 +436,14 @@ def bench_row(
         entry = {"loop": loop, "pure": pure}
         if compiled is not None:  # one compiled model for every round: no recompilation
             entry["compiled"] = time_pure(compiled, setup, max(1, loop["steps"]))
+        if args.fill_ab:
+            with nan_fill(True):
+                entry["loop_fill"] = time_loop(
+                    train, val, cache, cfg, setup, work / f"{model}_{precision}_{r}_fill"
+                )
+                entry["pure_fill"] = time_pure(
+                    pure_step_runner(cfg, setup, image), setup, max(1, loop["steps"])
+                )
         rounds.append(entry)
     ceiling: dict[str, float] = {}
     if args.ceiling:
@@ -429,6 +484,18 @@ def bench_row(
             of_ceiling=pure_rate * gflop / ceiling["matmul_gflop_s"],
             img_s_at_ceiling=ceiling["matmul_gflop_s"] / gflop,
         )
+    if args.fill_ab:
+        loop_fill = sum(x["loop_fill"]["images"] for x in rounds) / sum(
+            x["loop_fill"]["seconds"] for x in rounds
+        )
+        pure_fill = sum(x["pure_fill"]["images"] for x in rounds) / sum(
+            x["pure_fill"]["seconds"] for x in rounds
+        )
+        row.update(
+            loop_fill_img_s=loop_fill, pure_fill_img_s=pure_fill,
+            loop_vs_fill=loop_rate / loop_fill, pure_vs_fill=pure_rate / pure_fill,
+            **fill_checks(cfg, setup, image, 3),
+        )  # fmt: skip
     if compiled is not None:
         done = [x["compiled"] for x in rounds]
         compiled_rate = sum(x["images"] for x in done) / sum(x["seconds"] for x in done)
@@ -552,6 +619,23 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 f"| {r['matmul_gflop_s']:.1f} | {r['of_ceiling']:.2f} "
                 f"| {r['img_s_at_ceiling']:.1f} |"
             )
+    filled = [r for r in rows if "loop_fill_img_s" in r]
+    if filled:
+        out += [
+            "",
+            "| model | precision | loop img/s | loop img/s, NaN fill on | loop speed-up "
+            "| pure img/s | pure img/s, NaN fill on | pure speed-up | params, fill on vs off "
+            "| finite with fill |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in filled:
+            out.append(
+                f"| {r['model']} | {r['precision']} | {r['loop_img_s']:.1f} "
+                f"| {r['loop_fill_img_s']:.1f} | {r['loop_vs_fill']:.3f} "
+                f"| {r['pure_img_s']:.1f} | {r['pure_fill_img_s']:.1f} "
+                f"| {r['pure_vs_fill']:.3f} | {r['fill_vs_no_fill_max_diff']:.2g} "
+                f"| {'yes' if r['fill_params_finite'] else 'no'} |"
+            )
     compiled = [r for r in rows if "compiled_img_s" in r]
     if compiled:
         out += [
@@ -630,6 +714,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--ceiling-size", type=int, default=2048, help="matrix size of --ceiling's product"
+    )
+    ap.add_argument(
+        "--fill-ab",
+        action="store_true",
+        help="also time loop and pure step with PyTorch's NaN fill of fresh tensors on",
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)

@@ -177,3 +177,30 @@ def test_training_benchmark_refuses_an_unknown_model() -> None:
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 2 and "unknown ['vgg11']" in done.stderr, done.stderr
+
+
+@pytest.mark.integration  # about 10 s: a 40-image phantom, its cache, (fit, pure) with and without
+def test_fill_ab_times_both_settings_and_checks_they_train_the_same(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--models", "cnn_small", "--precisions", "fp32",
+         "--images", "40", "--size", "32", "--batch", "8", "--rounds", "1", "--jobs", "1",
+         "--fill-ab", "--json", str(out_json)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out_json.read_text())["rows"]
+    (entry,) = row["rounds"]
+    # the fill side trains as many steps as the project's side, and both are timed
+    assert entry["loop_fill"]["steps"] == entry["loop"]["steps"] == entry["pure_fill"]["steps"]
+    for key in ("loop_fill_img_s", "pure_fill_img_s", "loop_vs_fill", "pure_vs_fill"):
+        assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+    assert row["loop_vs_fill"] == pytest.approx(row["loop_img_s"] / row["loop_fill_img_s"])
+    assert row["pure_vs_fill"] == pytest.approx(row["pure_img_s"] / row["pure_fill_img_s"])
+    # no operation of the step reads memory it did not write: same parameters either way
+    assert row["fill_vs_no_fill_max_diff"] == 0.0 and row["fill_params_finite"] is True
+    table = done.stdout.split("| loop img/s, NaN fill on |")[1].splitlines()
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[:2] == ["cnn_small", "fp32"]
+    assert float(cells[4]) == pytest.approx(row["loop_vs_fill"], abs=0.0006)
+    assert float(cells[8]) == 0.0 and cells[9] == "yes"

@@ -7,16 +7,21 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils.deterministic
 from tests.training.training_tiny_data import tiny_config
 
 from cxr_spurious.errors import ParameterError
 from cxr_spurious.models import build_model, ops
+from cxr_spurious.saliency.compute import compute_maps
+from cxr_spurious.training import device as device_module
 from cxr_spurious.training.data import build_training_table
 from cxr_spurious.training.device import configure_determinism, resolve_device
-from cxr_spurious.training.engine import fit
+from cxr_spurious.training.engine import fit, init_model
+from cxr_spurious.training.outputs import predict_images
 
 # the default study trains unet_small (erm, box, seg, every comparison variant); the others
 # are the registry's other small architectures and the multitask / pooling options
@@ -48,9 +53,11 @@ def restore_determinism():
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
         os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        torch.utils.deterministic.fill_uninitialized_memory,
     )
     yield
     torch.use_deterministic_algorithms(state[0], warn_only=state[1])
+    torch.utils.deterministic.fill_uninitialized_memory = state[5]
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = state[2], state[3]
     if state[4] is None:
         os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
@@ -67,8 +74,10 @@ def test_configure_determinism_is_strict_and_sets_the_cublas_workspace(
     assert not torch.is_deterministic_algorithms_warn_only_enabled()
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert torch.utils.deterministic.fill_uninitialized_memory is False  # no NaN fill
     configure_determinism(False)
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    assert torch.utils.deterministic.fill_uninitialized_memory is True  # PyTorch's default
 
 
 def test_a_deterministic_cublas_setting_is_kept_and_another_refused(
@@ -111,6 +120,58 @@ def test_fit_trains_under_strict_determinism_and_same_seed_gives_same_weights(
     b = fit(train, val, cache, cfg, resolve_device("cpu"))
     assert a.state_dict.keys() == b.state_dict.keys()
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+
+
+def _train_predict_explain(
+    tiny, architecture: str, supervision: str
+) -> tuple[dict[str, torch.Tensor], np.ndarray, list[np.ndarray]]:
+    """A strict-deterministic ``fit`` (with validation and model selection), the test
+    images' probabilities and embeddings as the training pipeline predicts them, and the
+    saliency maps of the trained model (Grad-CAM, integrated gradients)."""
+    manifest, cache = tiny
+    cfg = tiny_config(epochs=2, seed=3, architecture=architecture, supervision=supervision)
+    table = build_training_table(manifest, cache, cfg)
+    train = table[table["split"] == "train"].reset_index(drop=True)
+    val = table[table["split"] == "val"].reset_index(drop=True)
+    setup = resolve_device("cpu")
+    result = fit(train, val, cache, cfg, setup)
+    model = init_model(cfg)
+    model.load_state_dict(result.state_dict)
+    model.eval()
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    probs, emb = predict_images(model, test, cache, cfg, setup)
+    images = cache.images[cache.rows(test["image_id"])]
+    maps = [
+        compute_maps(model, images, method, list(model.tasks), batch_size=4, device="cpu",
+                     progress=False)[0]
+        for method in ("gradcam", "integrated_gradients")
+    ]  # fmt: skip
+    return result.state_dict, np.concatenate([probs, emb], axis=1), maps
+
+
+@pytest.mark.parametrize(
+    ("architecture", "supervision"),
+    [("unet_small", "seg"), ("unet_small", "box"), ("cnn_small", "erm"), ("resnet18", "erm")],
+)
+def test_no_step_reads_memory_it_did_not_write(
+    tiny, architecture: str, supervision: str, restore_determinism, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FILL_UNINITIALIZED_MEMORY`` is off: PyTorch's NaN fill of fresh tensors changes
+    nothing only if no operation reads memory it did not write. With the fill on, such a
+    read gives NaN; so training, prediction and saliency must give bitwise the same numbers
+    with it on and off (and none of them NaN)."""
+    runs = {}
+    for fill in (True, False):
+        monkeypatch.setattr(device_module, "FILL_UNINITIALIZED_MEMORY", fill)
+        runs[fill] = _train_predict_explain(tiny, architecture, supervision)
+        assert torch.utils.deterministic.fill_uninitialized_memory is fill  # fit switched it
+    (w_on, out_on, maps_on), (w_off, out_off, maps_off) = runs[True], runs[False]
+    assert w_on.keys() == w_off.keys()
+    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on)
+    assert np.isfinite(out_on).all() and np.array_equal(out_on, out_off)
+    for m_on, m_off in zip(maps_on, maps_off, strict=True):
+        assert m_on.size > 0 and np.isfinite(m_on).all()
+        assert np.array_equal(m_on, m_off)
 
 
 def _forward_backward(
