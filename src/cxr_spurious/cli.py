@@ -23,7 +23,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from kedro.framework.cli.project import run as kedro_run
@@ -179,16 +179,28 @@ def split_params(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """
     if not value or isinstance(value, dict):
         return value or {}
-    items = split_items(str(value))
+    try:
+        return params_from_text(str(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def params_from_text(value: str) -> dict[str, Any]:
+    """``--params`` text (``a.b=1,c=[0,1]``) as a nested dict: items split by
+    ``split_items``, values typed by OmegaConf's grammar (``OmegaConf.from_dotlist``).
+    ``kedro run`` (``split_params``) and the ``torchrun`` entry point
+    (``training.distributed``) read it alike.
+
+    Raises:
+        ValueError: an item without ``=`` or without a key.
+    """
     dot_list = []
-    for item in (i.strip() for i in items if i.strip()):
+    for item in (i.strip() for i in split_items(value) if i.strip()):
         key, equals, val = item.partition("=")
         if not equals or not key.strip():
-            raise click.BadParameter(
-                f"item `{item}` must be a key and a value separated by `=`", ctx, param
-            )
+            raise ValueError(f"item `{item}` must be a key and a value separated by `=`")
         dot_list.append(f"{key.strip()}={val}")
-    return OmegaConf.to_container(OmegaConf.from_dotlist(dot_list))
+    return cast(dict[str, Any], OmegaConf.to_container(OmegaConf.from_dotlist(dot_list)))
 
 
 def _run_params() -> list[click.Parameter]:

@@ -74,6 +74,8 @@ CONSOLE_QUIET_INFO: tuple[tuple[str, str], ...] = (
     ("kedro_mlflow", "Registering new custom resolver"),
     ("kedro_mlflow", "Mlflow run '"),  # tracking.py logs the run's name for what ran
     ("kedro_mlflow", "The run '"),  # "... was closed because of an error" (once per run)
+    # one per output of each variant that ``training.only`` leaves out (16 per variant)
+    ("cxr_spurious.datasets.skippable", "Skipped saving "),
 )
 
 #: WARNING lines of libraries' loggers kept off the console (written to the log file and

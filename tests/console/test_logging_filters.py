@@ -59,6 +59,13 @@ DOTS = (
         ),
         (_record("kedro.io.data_catalog", "Saving data to 'x' (ParquetDataset)..."), False),
         (_record("kedro.pipeline.node", "Running node: generate_phantom: ..."), False),
+        (
+            _record(
+                "cxr_spurious.datasets.skippable",
+                "Skipped saving box.model (variant not selected by training.only); ...",
+            ),
+            False,
+        ),
         (_record("kedro.runner.sequential_runner", "Completed 3 out of 9 tasks"), False),
         # DaskRunner: its own "Completed" lines, and a worker's records forwarded with the
         # node's name in front (only that exact prefix is looked past)

@@ -44,3 +44,20 @@ def test_overwriting_folders_hold_no_other_dataset(env: str) -> None:
                 continue
             inside = PurePosixPath(where) == folder or folder in PurePosixPath(where).parents
             assert not inside, f"{env}: {name} (overwrite: true) would delete {other} at {where}"
+
+
+def test_figure_folders_are_not_previewed_by_kedro_viz() -> None:
+    """A ``MatplotlibDataset`` saving a folder of figures (a path without a file suffix) is
+    not a figure kedro-viz can preview: without ``preview: false`` every ``kedro viz
+    build --include-previews`` warns for it (``IsADirectoryError``)."""
+    folders = {
+        name: entry
+        for name, entry in _catalog("base").items()
+        if isinstance(entry, dict)
+        and entry.get("type") == "matplotlib.MatplotlibDataset"
+        and not PurePosixPath(str(_location(entry))).suffix
+    }
+    assert "{variant}.saliency_overlays" in folders  # the check has something to check
+    for name, entry in folders.items():
+        viz = entry.get("metadata", {}).get("kedro-viz", {})
+        assert viz.get("preview") is False, f"{name}: a folder of figures, set preview: false"

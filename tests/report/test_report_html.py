@@ -353,7 +353,7 @@ def test_findings_of_a_model_retrained_since_are_marked_stale(caplog) -> None:
             64,
             "Localization per heatmap set",
             "the localization rows",
-            "kedro run (the whole study)",
+            "kedro run --pipelines saliency,localization,regression,robustness,study,report",
         ),
     ],
 )

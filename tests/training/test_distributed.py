@@ -39,6 +39,14 @@ def test_parse_params_like_kedro() -> None:
     assert parse_params("training.epochs=3,training.only=seg,training.resume=true") == {
         "training": {"epochs": 3, "only": "seg", "resume": True}
     }
+    # a list value keeps its commas, as under kedro run (it used to split them: a YAML error)
+    assert parse_params("sweep.grid.seeds=[0,1,2],training.lr=0.001") == {
+        "sweep": {"grid": {"seeds": [0, 1, 2]}},
+        "training": {"lr": 0.001},
+    }
+    assert parse_params(None) == {} and parse_params("") == {}
+    with pytest.raises(SystemExit, match="--params: item `training.only` must be a key and"):
+        parse_params("training.only")
 
 
 @pytest.mark.integration

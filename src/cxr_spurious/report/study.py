@@ -40,7 +40,11 @@ from cxr_spurious.report.html import (
     table_html,
     with_cis,
 )
-from cxr_spurious.training.provenance import MODEL_DIGEST_COLUMN, MODEL_FINGERPRINT_KEY
+from cxr_spurious.training.provenance import (
+    MODEL_DIGEST_COLUMN,
+    MODEL_FINGERPRINT_KEY,
+    RERUN_AFTER_RETRAINING,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -310,10 +314,10 @@ def _findings(inputs: StudyReportInputs, max_rows: int) -> str:
         inputs.study_findings,
         inputs.model_digests,
         "the findings",
-        # the whole study: its saliency and localization outputs, which the findings also
-        # read, were computed from the earlier model too (``--pipeline study`` alone would
-        # mix the new model's AUROCs with the old model's saliency)
-        "kedro run (the whole study)",
+        # every stage after training: its saliency and localization outputs, which the
+        # findings also read, were computed from the earlier model too (``--pipeline study``
+        # alone would mix the new model's AUROCs with the old model's saliency)
+        RERUN_AFTER_RETRAINING,
     )
     return note + table
 
@@ -389,7 +393,7 @@ def _overlays(inputs: StudyReportInputs) -> str:
         pd.DataFrame(drawn_from, columns=["model", MODEL_FINGERPRINT_KEY]),
         inputs.model_fingerprints,
         "the overlays",
-        "kedro run (the whole study)",
+        RERUN_AFTER_RETRAINING,
         column=MODEL_FINGERPRINT_KEY,
     )
     return note + "".join(
@@ -433,7 +437,7 @@ def _localization(inputs: StudyReportInputs, max_rows: int) -> str:
             summary,
             inputs.model_fingerprints,
             "the localization rows",
-            "kedro run (the whole study)",
+            RERUN_AFTER_RETRAINING,
             column=MODEL_FINGERPRINT_KEY,
         ),
         table_html(shown, max_rows=max_rows, source=SOURCES["localization_summary"]),

@@ -37,6 +37,7 @@ from cxr_spurious.stats.bootstrap import (
 from cxr_spurious.training.provenance import (
     MODEL_DIGEST_COLUMN,
     MODEL_FINGERPRINT_KEY,
+    RERUN_AFTER_RETRAINING,
     model_digest,
     recorded_fingerprint,
 )
@@ -325,8 +326,7 @@ def check_same_model(model: str, per_map: pd.DataFrame, test_metrics: Mapping[st
             f"training of {model} (model_fingerprint {', '.join(v[:12] for v in other)}; "
             f"{model}.test_metrics describes {current[:12]}): the model was trained again "
             "after its saliency maps were computed, so its findings would mix two models. "
-            "Run the saliency and localization stages again first: kedro run (the whole "
-            "study)"
+            f"Run the saliency and localization stages again first: {RERUN_AFTER_RETRAINING}"
         )
 
 

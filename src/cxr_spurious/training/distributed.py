@@ -54,20 +54,14 @@ FIT_TAG = "fit"  # the training template's node that trains (every rank runs it 
 
 
 def parse_params(text: str | None) -> dict[str, Any]:
-    """Kedro-style ``--params`` (``a.b=1,c=x``) as a nested dict with YAML-typed values."""
-    import yaml
+    """``--params`` (``a.b=1,c=[0,1]``) as ``kedro run`` reads them (``cli.params_from_text``):
+    a nested dict, a comma inside brackets, braces or quotes kept in its value."""
+    from cxr_spurious.cli import params_from_text
 
-    out: dict[str, Any] = {}
-    for item in filter(None, (text or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--params: expected key=value, got '{item}'")
-        node = out
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
+    try:
+        return params_from_text(text or "")
+    except ValueError as exc:
+        raise SystemExit(f"--params: {exc}") from None
 
 
 def process_group() -> tuple[int, int]:

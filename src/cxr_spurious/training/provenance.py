@@ -18,6 +18,14 @@ from typing import Any
 #: can tell a table of an earlier training from one of the model on disk now.
 MODEL_DIGEST_COLUMN = "model_digest"
 
+#: What to run when outputs were computed from an earlier training of a model (e.g. after
+#: ``torchrun`` trained it again): the stages after training. A plain ``kedro run`` would
+#: train the model once more and replace the new one.
+RERUN_AFTER_RETRAINING = (
+    "kedro run --pipelines saliency,localization,regression,robustness,study,report "
+    "(the stages after training; a plain kedro run would train the model again)"
+)
+
 
 def model_digest(test_metrics: Mapping[str, Any]) -> str | None:
     """A short digest of the trained model ``test_metrics`` describes: its settings
