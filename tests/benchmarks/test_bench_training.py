@@ -78,16 +78,23 @@ def test_training_benchmark_runs_on_tiny_sizes_and_reports_a_ratio_per_row(
 
 
 @pytest.mark.integration  # about 30 s, most of it torch.compile of a tiny model
-def test_compile_flag_times_the_compiled_step_and_checks_its_determinism(tmp_path: Path) -> None:
+def _one_cnn_round(tmp_path: Path, flag: str, timeout: int) -> tuple[dict, str]:
+    """One round of ``cnn_small`` in fp32 on a 40-image phantom at 32 px with ``flag``:
+    the JSON row and the printed output."""
     out_json = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--models", "cnn_small", "--precisions", "fp32",
          "--images", "40", "--size", "32", "--batch", "8", "--rounds", "1", "--jobs", "1",
-         "--compile", "--json", str(out_json)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+         flag, "--json", str(out_json)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = json.loads(out_json.read_text())["rows"]
+    return row, done.stdout
+
+
+def test_compile_flag_times_the_compiled_step_and_checks_its_determinism(tmp_path: Path) -> None:
+    row, stdout = _one_cnn_round(tmp_path, "--compile", timeout=600)
     (r,) = row["rounds"]
     # the compiled step takes as many steps as the eager pure step, in the same round
     assert r["compiled"]["steps"] == r["pure"]["steps"] == r["loop"]["steps"]
@@ -102,7 +109,7 @@ def test_compile_flag_times_the_compiled_step_and_checks_its_determinism(tmp_pat
     assert row["compiled_moved_max"] > 1e-4
     assert row["compiled_vs_compiled_max_diff"] == 0
     assert math.isfinite(row["compiled_vs_eager_max_diff"])
-    table = done.stdout.split("| model | precision | pure img/s | compiled img/s")[1]
+    table = stdout.split("| model | precision | pure img/s | compiled img/s")[1]
     cells = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
     assert cells[:2] == ["cnn_small", "fp32"]
     assert float(cells[4]) == pytest.approx(row["compiled_vs_eager"], abs=0.006)
@@ -181,15 +188,7 @@ def test_training_benchmark_refuses_an_unknown_model() -> None:
 
 @pytest.mark.integration  # about 10 s: a 40-image phantom, its cache, (fit, pure) with and without
 def test_fill_ab_times_both_settings_and_checks_they_train_the_same(tmp_path: Path) -> None:
-    out_json = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--models", "cnn_small", "--precisions", "fp32",
-         "--images", "40", "--size", "32", "--batch", "8", "--rounds", "1", "--jobs", "1",
-         "--fill-ab", "--json", str(out_json)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    (row,) = json.loads(out_json.read_text())["rows"]
+    row, stdout = _one_cnn_round(tmp_path, "--fill-ab", timeout=300)
     (entry,) = row["rounds"]
     # the fill side trains as many steps as the project's side, and both are timed
     assert entry["loop_fill"]["steps"] == entry["loop"]["steps"] == entry["pure_fill"]["steps"]
@@ -199,7 +198,7 @@ def test_fill_ab_times_both_settings_and_checks_they_train_the_same(tmp_path: Pa
     assert row["pure_vs_fill"] == pytest.approx(row["pure_img_s"] / row["pure_fill_img_s"])
     # no operation of the step reads memory it did not write: same parameters either way
     assert row["fill_vs_no_fill_max_diff"] == 0.0 and row["fill_params_finite"] is True
-    table = done.stdout.split("| loop img/s, NaN fill on |")[1].splitlines()
+    table = stdout.split("| loop img/s, NaN fill on |")[1].splitlines()
     cells = [c.strip() for c in table[2].strip("|").split("|")]
     assert cells[:2] == ["cnn_small", "fp32"]
     assert float(cells[4]) == pytest.approx(row["loop_vs_fill"], abs=0.0006)
