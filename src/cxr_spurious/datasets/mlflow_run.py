@@ -12,12 +12,19 @@
 
 and creates a run nested under the active run (the kedro-mlflow session run), in the
 active run's experiment; with no active run it creates a top-level run in ``experiment``.
+It exists (``kedro run --only-missing-outputs`` skips it) once saved in this process, or
+when the experiment already holds a finished run of the trained model at ``model_filepath``
+(the catalog's ``data/06_models/{variant}/model.pt``): a run whose ``variant`` and
+``model_fingerprint`` tags are that artifact's (the training pipeline's record carries
+them). Without ``model_filepath``, or for a model file without a fingerprint, only a save
+in this process counts.
 The run's description (the ``mlflow.note.content`` tag the MLflow UI shows) says what the
 variant is: supervision, architecture, data (``describe_variant``).
 The tracking URI is ``tracking_uri`` if given, else whatever MLflow is configured with
 (``MLFLOW_TRACKING_URI`` or the URI kedro-mlflow set from ``conf/*/mlflow.yml``). The git
 commit of the project is added as the ``git_commit`` parameter. Loading returns the
-latest run's data (params, metrics) of that run name, for inspection.
+data (params, metrics) of the run saved (or, found as above, the existing one), for
+inspection.
 
 The model is logged as the run artifact ``model/model.pt``: the same ``{"state_dict",
 "config"}`` file the catalog writes, readable with ``torch.load(weights_only=True)`` (no
@@ -58,7 +65,10 @@ import mlflow.artifacts
 from kedro.io import AbstractDataset
 from kedro.io.core import DatasetError, parse_dataset_definition
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from cxr_spurious.training.provenance import MODEL_FINGERPRINT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +238,7 @@ class MlflowChildRunDataset(_CarriesRun, AbstractDataset[Mapping[str, Any], dict
         experiment: str | None = None,
         tracking_uri: str | None = None,
         log_model: bool = True,
+        model_filepath: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         """Create the dataset.
@@ -236,13 +247,19 @@ class MlflowChildRunDataset(_CarriesRun, AbstractDataset[Mapping[str, Any], dict
             experiment: Experiment of top-level runs (used when no run is active).
             tracking_uri: Tracking URI; None = MLflow's current one.
             log_model: Log ``record["model"]`` as the ``model/model.pt`` artifact.
+            model_filepath: The model file (``TorchModelDataset``) whose run this dataset
+                logs: the dataset exists when the experiment holds a finished run tagged
+                with that artifact's ``variant`` and ``model_fingerprint``. None: it exists
+                only after a save in this process.
             metadata: Free-form metadata (kedro-viz layer).
         """
         self._experiment = experiment
         self._tracking_uri = tracking_uri
         self._log_model = log_model
+        self._model_filepath = model_filepath
         self._last_run_id: str | None = None
         self._last_uri: str | None = None
+        self._found: RunReference | None = None  # an existing run of the model (``_exists``)
         self.metadata = metadata
 
     def _uri(self, parent: RunReference | None) -> str:
@@ -251,14 +268,16 @@ class MlflowChildRunDataset(_CarriesRun, AbstractDataset[Mapping[str, Any], dict
             return parent.tracking_uri
         return self._tracking_uri or mlflow.get_tracking_uri()
 
-    def _parent(self) -> RunReference | None:
+    def _parent(self, *, warn: bool = True) -> RunReference | None:
         """The run to nest under; None where ``tracking_uri`` names another store than the
         session run's (a run cannot have its parent in another store): then a top-level run
-        in ``experiment`` of that store, and a warning says so."""
+        in ``experiment`` of that store, and (with ``warn``) a warning says so."""
         parent = self._run()
         if parent is None or not self._tracking_uri:
             return parent
         if self._tracking_uri != parent.tracking_uri:
+            if not warn:
+                return None
             logger.warning(
                 "MlflowChildRunDataset: tracking_uri %s is not the store of the session's run"
                 " %s (%s); the run is logged there as a top-level run of experiment '%s'",
@@ -385,12 +404,17 @@ class MlflowChildRunDataset(_CarriesRun, AbstractDataset[Mapping[str, Any], dict
             client.log_artifacts(run_id, str(target), "model")
 
     def load(self) -> dict[str, Any]:
-        """Params and latest metrics of the run this dataset last wrote."""
-        if self._last_run_id is None:
+        """Params and latest metrics of the run this dataset last wrote, else of the
+        existing run of its model that ``exists()`` found."""
+        if self._last_run_id is not None:
+            run_id, uri = self._last_run_id, self._last_uri
+        elif (found := self._existing_run()) is not None:
+            run_id, uri = found.run_id, found.tracking_uri
+        else:
             raise DatasetError(
                 "MlflowChildRunDataset has not written a run in this session; nothing to load"
             )
-        run = MlflowClient(tracking_uri=self._last_uri).get_run(self._last_run_id)
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
         return {
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
@@ -399,10 +423,93 @@ class MlflowChildRunDataset(_CarriesRun, AbstractDataset[Mapping[str, Any], dict
         }
 
     def _exists(self) -> bool:
-        return self._last_run_id is not None
+        """Saved in this process, or a finished run of the model at ``model_filepath`` is
+        in the experiment (``_existing_run``)."""
+        return self._last_run_id is not None or self._existing_run() is not None
+
+    def _model_identity(self) -> tuple[str, str] | None:
+        """``(variant, fingerprint)`` of the model file at ``model_filepath``; None without
+        the option, the file, or those records (an older file), or for an unreadable file
+        (whatever reads it next reports that)."""
+        if not self._model_filepath:
+            return None
+        from cxr_spurious.datasets.torch_model import TorchModelDataset
+
+        try:
+            artifact = TorchModelDataset(filepath=self._model_filepath).load()
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # a broken file: not this dataset's error to raise
+            logger.debug("MlflowChildRunDataset: cannot read %s: %s", self._model_filepath, exc)
+            return None
+        variant, fingerprint = artifact.get("variant"), artifact.get("fingerprint")
+        if not variant or not fingerprint:
+            return None
+        return str(variant), str(fingerprint)
+
+    def _existing_run(self) -> RunReference | None:
+        """A finished run in this dataset's experiment (the session run's, else
+        ``experiment``) tagged with the ``variant`` and ``model_fingerprint`` of the model
+        at ``model_filepath``: the record of that trained model, logged by an earlier run.
+        None when there is none, when tracking is off for this pipeline, or when the store
+        cannot be searched (with a warning: the record is then logged again)."""
+        if self._found is not None:
+            return self._found
+        if self._tracking_off():
+            return None
+        identity = self._model_identity()
+        if identity is None:
+            return None
+        variant, fingerprint = identity
+        if "'" in variant or not fingerprint.isalnum():
+            return None  # not a value a filter string can quote; never written by training
+        parent = self._parent(warn=False)
+        uri = self._uri(parent)
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            if parent is not None:
+                experiment_id = client.get_run(parent.run_id).info.experiment_id
+            else:
+                found = client.get_experiment_by_name(self._experiment or "Default")
+                if found is None:
+                    return None
+                experiment_id = found.experiment_id
+            runs = client.search_runs(
+                [experiment_id],
+                filter_string=(
+                    f"tags.variant = '{variant}' and tags.{MODEL_FINGERPRINT_KEY} = "
+                    f"'{fingerprint}' and attributes.status = 'FINISHED'"
+                ),
+                max_results=1,
+                order_by=["attributes.start_time DESC"],
+            )
+        except MlflowException as exc:
+            logger.warning(
+                "MlflowChildRunDataset: could not search %s for the run of model '%s' (%s); "
+                "its run is logged again",
+                _without_credentials(uri),
+                variant,
+                exc,
+            )
+            return None
+        if not runs:
+            return None
+        self._found = RunReference(runs[0].info.run_id, uri)
+        logger.info(
+            "MLflow run '%s' (%s) already records the model of variant '%s' (fingerprint %s)",
+            runs[0].info.run_name,
+            runs[0].info.run_id,
+            variant,
+            fingerprint[:12],
+        )
+        return self._found
 
     def _describe(self) -> dict[str, Any]:
-        return {"experiment": self._experiment, "tracking_uri": self._tracking_uri}
+        return {
+            "experiment": self._experiment,
+            "tracking_uri": self._tracking_uri,
+            "model_filepath": self._model_filepath,
+        }
 
 
 class MlflowRunArtifactDataset(_CarriesRun, AbstractDataset[Any, Any]):

@@ -2,7 +2,9 @@
 
 A trained model's artifact also records the ``variant`` it was trained as, its training
 ``fingerprint`` (``training.checkpoints.result_fingerprint``: settings, precision, data) and
-``trained_as`` (precision, device type and DDP processes it trained with);
+``trained_as`` (precision, device type and DDP processes it trained with), ``trained_on``
+(digests of its training data and code) and ``train_set`` (the resampling and the train
+row and image counts its MLflow run reports);
 a dataset configured with ``variant`` refuses a file of another variant (a model copied
 over another's), naming the file and both variants.
 
@@ -192,7 +194,8 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
 
     def save(self, data: Mapping[str, Any]) -> None:
         """Write ``{"state_dict", "config"}`` (tensors moved to CPU), with the records
-        ``variant``, ``fingerprint``, ``trained_as`` and ``trained_on`` where present."""
+        ``variant``, ``fingerprint``, ``trained_as``, ``trained_on`` and ``train_set``
+        where present."""
         if not isinstance(data, Mapping) or not {"state_dict", "config"} <= set(data):
             raise DataFormatError(self._url, "can only save a dict with 'state_dict' and 'config'")
         payload = {
@@ -200,7 +203,7 @@ class TorchModelDataset(AbstractDataset[Mapping[str, Any], dict[str, Any]]):
             "config": dict(data["config"]),
             **{
                 k: data[k]
-                for k in ("variant", "fingerprint", "trained_as", "trained_on")
+                for k in ("variant", "fingerprint", "trained_as", "trained_on", "train_set")
                 if data.get(k) is not None
             },
         }

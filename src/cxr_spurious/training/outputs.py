@@ -38,6 +38,12 @@ TRAINING_RECORD_KEYS: tuple[str, ...] = ("training_config", "training_config_dig
 # trained on: the digest of its training data, of the training code and, for a run from
 # pretrained weights, of the weights file (``trained_on``).
 TRAINED_ON_KEY = "trained_on"
+# The key of a model artifact that records the train split the model was fitted on, as
+# its MLflow run reports it (``train_set``): the resampling's name and the row and image
+# counts. A run logged later (``kedro run --only-missing-outputs``) reads them from the
+# model, not from whatever training table the project holds by then.
+TRAIN_SET_KEY = "train_set"
+TRAIN_SET_FIELDS: tuple[str, ...] = ("resampling", "n_train_rows", "n_train_images")
 # Resolved training keys left out of ``training_record``: those the checkpoint fingerprint
 # leaves out (where files go, progress, loader workers, the test-metric CI settings, which
 # ``test_metrics`` records apart) except the stopping rules, which change a finished run's
@@ -288,6 +294,53 @@ def recorded_trained_on(record: Mapping[str, Any], source: str) -> dict[str, Any
     if "weights" in value:
         out["weights"] = value["weights"]
     return out
+
+
+def train_set(cfg: Mapping[str, Any], table: pd.DataFrame) -> dict[str, Any]:
+    """What the MLflow run of a model trained on ``table`` reports of its train split.
+
+    Args:
+        cfg: The variant's resolved training config (``training.resampling``, if set, names
+            the resampling; ``resampling_name``).
+        table: The training table the model is fitted on (``build_training_table``).
+
+    Returns:
+        ``{"resampling": name, "n_train_rows": rows, "n_train_images": unique images}`` of
+        the table's ``train`` split (rows repeat under upsampling), stored in the model
+        artifact as ``TRAIN_SET_KEY``.
+    """
+    train = table[table["split"] == "train"]
+    return {
+        "resampling": resampling_name(cfg, table),
+        "n_train_rows": int(len(train)),
+        "n_train_images": int(train["image_id"].nunique()),
+    }
+
+
+def recorded_train_set(artifact: Mapping[str, Any], source: str) -> dict[str, Any] | None:
+    """The ``train_set`` record of a model artifact (``train_model``); None when absent
+    (a model file written before the record existed).
+
+    Raises:
+        ContractError: the record is there but not ``{"resampling": str, "n_train_rows":
+            int, "n_train_images": int}``; ``source`` names what it was read from.
+    """
+    value = artifact.get(TRAIN_SET_KEY)
+    if value is None:
+        return None
+    if (
+        not isinstance(value, Mapping)
+        or not isinstance(value.get("resampling"), str)
+        or not all(
+            isinstance(value.get(k), int) and not isinstance(value.get(k), bool)
+            for k in ("n_train_rows", "n_train_images")
+        )
+    ):
+        raise ContractError(
+            f"{source}: '{TRAIN_SET_KEY}' should map 'resampling' to the resampling's name "
+            f"and 'n_train_rows', 'n_train_images' to counts, got {value!r}"
+        )
+    return {k: value[k] for k in TRAIN_SET_FIELDS}
 
 
 def recorded_trained_as(artifact: Mapping[str, Any]) -> dict[str, Any] | None:

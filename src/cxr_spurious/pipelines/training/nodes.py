@@ -17,7 +17,7 @@ from cxr_spurious.datasets.skippable import SKIPPED
 from cxr_spurious.models import model_from_artifact
 from cxr_spurious.sources.cache import ImageCache
 from cxr_spurious.stats.seed_param import check_seed
-from cxr_spurious.training.checkpoints import checkpoint_folder
+from cxr_spurious.training.checkpoints import checkpoint_folder, training_data_digest
 from cxr_spurious.training.config import model_config, resolve_training_config, variant_selected
 from cxr_spurious.training.data import build_training_table, split_training_table
 from cxr_spurious.training.device import precision_name, setup_for
@@ -25,18 +25,21 @@ from cxr_spurious.training.distributed import distributed_setup
 from cxr_spurious.training.engine import fit
 from cxr_spurious.training.outputs import (
     RENDERS,
+    TRAIN_SET_FIELDS,
+    TRAIN_SET_KEY,
     TRAINED_ON_KEY,
     compute_test_metrics,
     embeddings_frame,
     flat_metrics,
     predict_images,
     predictions_frame,
+    recorded_train_set,
     recorded_trained_as,
     recorded_trained_on,
-    resampling_name,
     resolved_precision_and_device,
     run_name,
     run_params,
+    train_set,
     trained_as,
     trained_on,
     training_curves,
@@ -99,7 +102,9 @@ def train_model(
     process group (``torchrun -m cxr_spurious.training.distributed``) every rank runs this
     node and trains under DDP; the group's rank and size come from ``distributed_setup``.
     The artifact records how the model trained (``trained_as``: precision, device type,
-    processes) and on what (``trained_on``: digests of the training data and code).
+    processes), on what (``trained_on``: digests of the training data and code) and the
+    train split its MLflow run reports (``train_set``: resampling name, row and image
+    counts), so a record assembled later describes this model, not the table of that day.
     """
     if config["skip"]:
         return SKIPPED, SKIPPED
@@ -125,6 +130,7 @@ def train_model(
         "fingerprint": result.fingerprint,
         "trained_as": trained_as(setup, world),
         "trained_on": trained_on(result.fingerprint_items),
+        TRAIN_SET_KEY: train_set(config, training_table),
     }
     return artifact, result.history
 
@@ -246,22 +252,46 @@ def _curves(training_history: pd.DataFrame, config: dict[str, Any]) -> Figure:
     )
 
 
+#: The resampling of a run name whose model does not record its train split and whose
+#: training data the training table no longer matches (``assemble_run_record``).
+UNKNOWN_RESAMPLING = "unknown"
+
+
 def assemble_run_record(
     config: dict[str, Any],
     training_table: Any,
     training_history: Any,
     metrics: Any,
     model: Any,
+    image_cache: ImageCache | None = None,
 ) -> Any:
     """The MLflow record of one variant (see ``MlflowChildRunDataset``).
+
+    The record describes the model it logs: the resampling name and the train row and image
+    counts come from the model artifact (``train_set``, recorded by ``train_model``), not
+    from this run's training table, which may be another one (``kedro run
+    --only-missing-outputs`` after the resampling changed, with this model not retrained).
+    A model file written before that record gets the table's values only when the table
+    (with ``image_cache``) is the data it trained on (its ``trained_on`` data digest);
+    otherwise the run is logged without them, its name says resampling ``unknown``, and a
+    warning names the variant. The tags carry the model's ``model_fingerprint``, by which
+    ``MlflowChildRunDataset`` finds the run of a model that has one.
 
     The curves figure is drawn again from the history (figures are write-only datasets, and
     a resumed run may skip ``plot_training_curves``).
     """
     if config["skip"]:
         return SKIPPED
-    train = training_table[training_table["split"] == "train"]
-    resampling = resampling_name(config, training_table)
+    trained = _recorded_train_set(config, training_table, image_cache, model)
+    resampling = trained["resampling"] if trained is not None else UNKNOWN_RESAMPLING
+    params = run_params(
+        config,
+        resampling,
+        trained["n_train_rows"] if trained is not None else 0,
+        trained["n_train_images"] if trained is not None else 0,
+    )
+    if trained is None:
+        params = {k: v for k, v in params.items() if k not in TRAIN_SET_FIELDS}
     history_cols = (
         "train_loss",
         "image_loss",
@@ -272,6 +302,7 @@ def assemble_run_record(
         "images_per_s",
         "data_wait_fraction",
     )
+    fingerprint = model_fingerprint(model)
     return {
         "run_name": run_name(config, resampling),
         "tags": {
@@ -282,8 +313,10 @@ def assemble_run_record(
             "precision": (recorded_trained_as(model) or {}).get("precision")
             or precision_name(setup_for(config)),
             "pipeline": "training",
+            # the trained model this run logs (``MlflowChildRunDataset`` looks it up by it)
+            **({MODEL_FINGERPRINT_KEY: fingerprint} if fingerprint else {}),
         },
-        "params": run_params(config, resampling, len(train), train["image_id"].nunique()),
+        "params": params,
         "metric_history": {c: training_history[c].astype(float).tolist() for c in history_cols},
         "metrics": {
             **flat_metrics(metrics),
@@ -294,3 +327,45 @@ def assemble_run_record(
         "figures": {"training_curves.png": _curves(training_history, config)},
         "model": model,  # the catalog's {"state_dict", "config"}: logged as a torch file, no pickle
     }
+
+
+def _recorded_train_set(
+    config: Mapping[str, Any],
+    training_table: pd.DataFrame,
+    image_cache: ImageCache | None,
+    model: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """The model's train split as its MLflow run reports it (``train_set``): recorded in
+    the artifact; for an artifact without the record, the training table's when the model
+    trained on it (the ``trained_on`` data digest equals the table's); else None, with a
+    warning naming the variant."""
+    variant = config["variant"]
+    source = f"{variant}.model"
+    recorded = recorded_train_set(model, source)
+    if recorded is not None:
+        return recorded
+    provenance = recorded_trained_on(model, source)
+    if provenance is None:
+        why = "nor the digest of its training data (trained_on)"
+    elif image_cache is None:
+        why = "and no image cache was given to check its training data digest against"
+    elif provenance["data"] != training_data_digest(
+        *split_training_table(training_table), image_cache
+    ):
+        why = (
+            "and it was trained on other data than the training table holds now "
+            "(resampled_manifest or the image cache changed since it was trained)"
+        )
+    else:
+        return train_set(config, training_table)
+    logger.warning(
+        "[%s] the model file does not record the train split it was fitted on (written by "
+        "an older version) %s: its MLflow run is logged without resampling, n_train_rows "
+        "and n_train_images (resampling '%s' in the run name); retrain it for a full "
+        "record (kedro run --pipeline training --params training.only=%s)",
+        variant,
+        why,
+        UNKNOWN_RESAMPLING,
+        variant,
+    )
+    return None

@@ -86,6 +86,7 @@ def create_training_template(*, overrides: str | None = None) -> Pipeline:
                     "training_history",
                     "test_metrics",
                     "model",
+                    "image_cache",  # checks an older model file's training data digest
                 ],
                 outputs="mlflow_run",
                 name="assemble_run_record",
